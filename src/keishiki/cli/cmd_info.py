@@ -1,0 +1,52 @@
+"""``keishiki info PATH``: what a model file or folder is and what it holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._app import JSON_OPTION, app
+from .render import console, human_bytes, human_count, kv_table, print_json, section
+
+# ModelInfo.to_dict() keys shown in the summary table, not again as sections
+_COMMON = {"path", "format", "variant", "format_version", "file_size", "n_tensors",
+           "n_parameters", "total_bytes", "dtypes", "metadata", "config", "graph", "gguf",
+           "safety", "warnings"}
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="Model file or folder (any format)."),
+    json_out: bool = JSON_OPTION,
+) -> int:
+    """Identify PATH by its content and summarise it, without loading weights or running code."""
+    from ..formats import inspect
+
+    model = inspect(path)
+    data = model.to_dict()
+    if json_out:
+        print_json(data)
+        return 0
+    fmt = data["format"] + (f" ({data['variant']})" if data.get("variant") else "")
+    console.print(kv_table(None, [
+        ("path", str(path)),
+        ("format", fmt),
+        ("format version", data.get("format_version")),
+        ("size on disk", human_bytes(data["file_size"])),
+        ("tensors", f"{data['n_tensors']:,}"),
+        ("parameters", human_count(data["n_parameters"])),
+        ("tensor bytes", human_bytes(data["total_bytes"])),
+        ("dtypes", ", ".join(f"{k}×{v}" for k, v in data["dtypes"].items())),
+    ]))
+    for key in ("metadata", "config", "graph", "gguf"):
+        if data.get(key):
+            section(key, data[key])
+    for key, value in data.items():
+        if key not in _COMMON and isinstance(value, dict) and value:
+            section(key, value)
+    if data.get("safety"):
+        section("safety", data["safety"])
+    for warning in data.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    return 0

@@ -1,0 +1,34 @@
+"""``keishiki tensors PATH``: every tensor's name, dtype, shape and bytes."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import typer
+
+from ._app import JSON_OPTION, app
+from .render import human_bytes, print_json, table
+
+
+@app.command()
+def tensors(
+    path: Path = typer.Argument(..., help="Model file or folder (any format)."),
+    filter: str = typer.Option(None, "--filter", "-f", help="Only names matching this glob."),
+    json_out: bool = JSON_OPTION,
+) -> int:
+    """List every tensor (name, dtype, shape, bytes, offset) without reading tensor data."""
+    from ..formats import inspect
+
+    model = inspect(path)
+    infos = [t for t in model.tensors if filter is None or fnmatch.fnmatchcase(t.name, filter)]
+    if json_out:
+        print_json([t.to_dict() for t in infos])
+        return 0
+    rows = [(t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]", human_bytes(t.nbytes),
+             "" if t.data_offset is None else str(t.data_offset),
+             t.file or "") for t in infos]
+    table(f"{len(infos)} of {model.n_tensors} tensors in {path}",
+          ["name", "dtype", "shape", "bytes", "offset", "file"], rows,
+          justify_right=["bytes", "offset"])
+    return 0

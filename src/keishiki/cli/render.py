@@ -1,0 +1,109 @@
+"""One renderer for human output (rich tables) and ``--json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any, Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False, soft_wrap=False)
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "backslashreplace")
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return str(obj)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so every consumer can parse the output."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as indented JSON on stdout."""
+    text = json.dumps(_finite(json.loads(json.dumps(obj, default=_default))), indent=2,
+                      ensure_ascii=False)
+    sys.stdout.write(text + "\n")
+
+
+def human_bytes(n: int | float | None) -> str:
+    """1536 -> '1.5 KiB'."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_count(n: int | None) -> str:
+    """1234567 -> '1.23M (1,234,567)'."""
+    if n is None:
+        return "-"
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix} ({n:,})"
+    return f"{n:,}"
+
+
+def short(value: Any, limit: int = 100) -> str:
+    """A one-line rendering of any value, cut at ``limit`` characters."""
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}={short(v, 30)}" for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(short(v, 30) for v in value[:12])
+        if len(value) > 12:
+            text += f", … ({len(value)} items)"
+    else:
+        text = str(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def kv_table(title: str | None, rows: Iterable[tuple[str, Any]]) -> Table:
+    """A two-column key/value table (rows with value None are skipped)."""
+    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        if value is None or value == {} or value == []:
+            continue
+        table.add_row(key, value if isinstance(value, str) else short(value))
+    return table
+
+
+def section(title: str, data: dict[str, Any]) -> None:
+    """Print a dict as a titled key/value table (nested values shortened to one line)."""
+    console.print(f"\n[bold underline]{title}[/bold underline]")
+    console.print(kv_table(None, data.items()))
+
+
+def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]],
+          justify_right: Iterable[str] = ()) -> None:
+    """Print a simple table with headers."""
+    right = set(justify_right)
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in columns:
+        t.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    for row in rows:
+        t.add_row(*[v if isinstance(v, str) else short(v) for v in row])
+    console.print(t)

@@ -1,0 +1,1 @@
+"""Shared model of what a file holds: sources, tensors, model info, dtypes, pickles."""

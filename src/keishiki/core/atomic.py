@@ -1,0 +1,93 @@
+"""Atomic outputs: write under a temporary name in the target folder, fsync, then rename.
+
+A process killed at any moment (SIGKILL included) leaves nothing under the output name:
+at worst a ``.<name>.keishiki-tmp-<pid>`` file or folder beside it, which the next run
+may delete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import InvalidRequest
+
+TMP_MARK = ".keishiki-tmp-"
+
+
+def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = (), force: bool = False) -> None:
+    """Refuse to write over an input, or over an existing output without ``force``."""
+    out_r = out.resolve()
+    for src in inputs:
+        src_r = Path(src).resolve()
+        # replacing ``out`` would delete the input when they are the same path, or when the
+        # input lives inside an output folder that --force would replace
+        if out_r == src_r or src_r.is_relative_to(out_r):
+            raise InvalidRequest(f"{out}: refusing to write over the input {src}")
+    if out.exists() and not force:
+        raise InvalidRequest(f"{out}: already exists (pass --force to overwrite)")
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Raise when the file system holding ``folder`` has less than ``needed`` bytes free."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise InvalidRequest(f"{folder}: needs {needed / 1e9:.2f} GB free, only "
+                             f"{free / 1e9:.2f} GB available")
+
+
+def _fsync_tree(path: Path) -> None:
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for p in paths:
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``out``; on success it is renamed to ``out``.
+
+    Args:
+        out: the final file or folder name.
+        force: replace an existing ``out`` (it is removed only after the new one is complete).
+        folder: create the temporary path as an empty folder (for multi-file outputs).
+
+    On an exception the temporary path is removed and ``out`` is left untouched.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise InvalidRequest(f"{out}: already exists (pass --force to overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
+    _remove(tmp)
+    if folder:
+        tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if out.exists() or out.is_symlink():
+            old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
+            os.replace(out, old) if not out.is_dir() else out.rename(old)
+            os.replace(tmp, out)
+            _remove(old)
+        else:
+            os.replace(tmp, out)
+        dir_fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        _remove(tmp)
+        raise

@@ -1,0 +1,98 @@
+"""ModelInfo: the one shared description of what a model file or folder holds."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .tensor import LazyTensor, TensorInfo
+
+
+@dataclass
+class ModelInfo:
+    """Everything ``keishiki info`` knows about a model, read without loading weights.
+
+    Format readers fill the common fields and put format-specific facts into
+    ``details[<format id>]`` (for example ``details["pytorch"]["kind"] == "state_dict"``);
+    :meth:`to_dict` flattens ``details`` into the top level of the ``--json`` object.
+    """
+
+    path: str
+    format: str
+    variant: str | None = None
+    format_version: str | None = None
+    file_size: int = 0
+    tensors: list[TensorInfo] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+    graph: dict[str, Any] | None = None
+    gguf: dict[str, Any] | None = None
+    safety: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    # reads one tensor's data on demand; None for formats keishiki only names
+    tensor_loader: Callable[[TensorInfo], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def n_parameters(self) -> int:
+        """Sum of the element counts of the listed tensors."""
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def dtypes(self) -> dict[str, int]:
+        """{dtype: number of tensors}, most common first."""
+        return dict(Counter(t.dtype for t in self.tensors).most_common())
+
+    def tensor(self, name: str) -> TensorInfo:
+        """The tensor called ``name`` (KeyError when absent)."""
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def lazy_tensors(self) -> Iterator[LazyTensor]:
+        """Each tensor as a :class:`LazyTensor`; raises when the format cannot load data."""
+        if self.tensor_loader is None:
+            from ..errors import InvalidRequest
+
+            raise InvalidRequest(f"{self.path}: keishiki cannot read tensor data from "
+                                 f"{self.format} files")
+        loader = self.tensor_loader
+        for info in self.tensors:
+            yield LazyTensor(info, (lambda i=info: loader(i)))
+
+    def to_dict(self, with_tensors: bool = False) -> dict[str, Any]:
+        """The ``info --json`` object (tensors listed only when ``with_tensors``)."""
+        out: dict[str, Any] = {
+            "path": self.path,
+            "format": self.format,
+            "variant": self.variant,
+            "format_version": self.format_version,
+            "file_size": self.file_size,
+            "n_tensors": self.n_tensors,
+            "n_parameters": self.n_parameters,
+            "total_bytes": self.total_bytes,
+            "dtypes": self.dtypes,
+            "metadata": self.metadata,
+            "config": self.config,
+            "graph": self.graph,
+            "gguf": self.gguf,
+            "safety": self.safety,
+            "warnings": self.warnings,
+        }
+        for key, value in self.details.items():
+            out.setdefault(key, value)
+        if with_tensors:
+            out["tensors"] = [t.to_dict() for t in self.tensors]
+        return out

@@ -1,0 +1,186 @@
+"""A model on disk (one file or a folder), read in small pieces and never consumed.
+
+Sniffers and readers share one :class:`Source` so the first bytes, the zip directory
+and JSON files are read once.  Nothing here reads tensor bytes unless asked for an
+explicit range, and nothing resolves a path outside the model's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptFile, InvalidRequest, KeishikiError
+
+HEAD_BYTES = 64 * 1024
+# JSON sidecars (config.json, index files, tokenizer configs) larger than this are refused:
+# a 2 GB "config.json" is an attack or a mistake, not a config.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+_DRIVE = re.compile(r"^[A-Za-z]:")  # a Windows drive letter is absolute too
+
+
+class Source:
+    """A path to a model file or folder with cheap, cached, bounded reads.
+
+    >>> src = Source("model.safetensors"); src.peek(8)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists() and not self.path.is_symlink():
+            raise KeishikiError(f"{self.path}: no such file or folder")
+        self._zip: zipfile.ZipFile | None = None
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def is_dir(self) -> bool:
+        return self.path.is_dir()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @cached_property
+    def size(self) -> int:
+        """File size, or the total size of the regular files in a folder (not following links)."""
+        if not self.is_dir:
+            return self.path.stat().st_size
+        total = 0
+        for root, _dirs, files in os.walk(self.path):
+            for f in files:
+                p = Path(root, f)
+                if not p.is_symlink():
+                    total += p.stat().st_size
+        return total
+
+    # ---- bytes ----------------------------------------------------------------------------
+    @cached_property
+    def head(self) -> bytes:
+        """Up to the first 64 KiB of a file (empty for folders)."""
+        if self.is_dir:
+            return b""
+        with open(self.path, "rb") as fh:
+            return fh.read(HEAD_BYTES)
+
+    def peek(self, n: int) -> bytes:
+        """The first ``n`` bytes (fewer when the file is shorter)."""
+        if n <= HEAD_BYTES:
+            return self.head[:n]
+        return self.read_at(0, n, exact=False)
+
+    def read_at(self, offset: int, n: int, exact: bool = True) -> bytes:
+        """``n`` bytes at ``offset``; raises CorruptFile when ``exact`` and the file is shorter."""
+        if offset < 0 or n < 0 or (exact and offset + n > self.size):
+            raise CorruptFile(self.path, f"needs {n} bytes at offset {offset} but the file has "
+                              f"{self.size} bytes", offset=offset)
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(n)
+        if exact and len(data) != n:
+            raise CorruptFile(self.path, f"short read ({len(data)} of {n} bytes)", offset=offset)
+        return data
+
+    # ---- zip archives ---------------------------------------------------------------------
+    @property
+    def looks_like_zip(self) -> bool:
+        return self.head[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+
+    def zip(self) -> zipfile.ZipFile:
+        """The file opened as a zip archive (directory only; members are read on demand)."""
+        if self._zip is None:
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                raise CorruptFile(self.path, f"broken zip archive: {exc}") from None
+        return self._zip
+
+    @cached_property
+    def zip_names(self) -> list[str]:
+        """Member names of a zip file, [] when the file is not a readable zip."""
+        if self.is_dir or not self.looks_like_zip:
+            return []
+        try:
+            return self.zip().namelist()
+        except CorruptFile:
+            return []
+
+    def read_member(self, name: str, limit: int = 256 * 1024 * 1024) -> bytes:
+        """One zip member's bytes, refusing members that expand beyond ``limit`` (zip bombs)."""
+        zf = self.zip()
+        try:
+            info = zf.getinfo(name)
+        except KeyError:
+            raise CorruptFile(self.path, f"zip member {name!r} is missing") from None
+        if info.file_size > limit:
+            raise CorruptFile(self.path, f"zip member {name!r} expands to {info.file_size} bytes "
+                              f"(limit {limit})")
+        try:
+            with zf.open(info) as fh:
+                data = fh.read(limit + 1)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+            raise CorruptFile(self.path, f"zip member {name!r} unreadable: {exc}") from None
+        except Exception as exc:  # zlib.error and friends from a damaged stream
+            raise CorruptFile(self.path, f"zip member {name!r} unreadable: {exc}") from None
+        if len(data) > limit:
+            raise CorruptFile(self.path, f"zip member {name!r} expands beyond {limit} bytes")
+        return data
+
+    # ---- folders --------------------------------------------------------------------------
+    def child(self, rel: str) -> Path:
+        """A path inside this folder (or beside this file); refuses anything that escapes it.
+
+        Absolute paths, ``..`` components and symlinks that resolve outside the model's
+        folder raise :class:`InvalidRequest` (ONNX external-data traversal, CVE-2024-27318).
+        """
+        root = self.path if self.is_dir else self.path.parent
+        if not rel or os.path.isabs(rel) or rel.startswith(("\\", "/")) or _DRIVE.match(rel):
+            raise InvalidRequest(f"{self.path}: refuses absolute or empty path {rel!r}")
+        candidate = root / rel
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(root.resolve()):
+            raise InvalidRequest(f"{self.path}: refuses {rel!r}, which resolves outside "
+                                 f"the model's folder")
+        return candidate
+
+    def files(self) -> list[str]:
+        """Names of the entries directly inside a folder, sorted ([] for a file)."""
+        if not self.is_dir:
+            return []
+        return sorted(os.listdir(self.path))
+
+    def has(self, rel: str) -> bool:
+        """True when a regular file ``rel`` exists inside the folder."""
+        try:
+            return self.child(rel).is_file()
+        except KeishikiError:
+            return False
+
+    def read_json(self, rel: str | None = None) -> Any:
+        """Parse a JSON file (this file, or ``rel`` inside the folder), size-bounded."""
+        path = self.path if rel is None else self.child(rel)
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise CorruptFile(path, f"JSON file of {size} bytes exceeds {MAX_JSON_BYTES}")
+        try:
+            return json.loads(path.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise CorruptFile(path, f"invalid JSON: {exc}") from None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Source({str(self.path)!r})"

@@ -1,0 +1,121 @@
+"""The format registry: sniff a path by content, then read it lazily into a ModelInfo.
+
+Each module in :data:`SNIFF_ORDER` exposes ``sniff(src) -> Match | None`` (cheap, never
+raises, never imports a heavy library) and ``read(src, match) -> ModelInfo``.  Order
+matters only where containers overlap: folders first, then the zip flavours from the most
+specific (TorchScript, torch.export, Keras, NumPy) to the most general (torch.save), then
+files with a magic number, then the formats with no magic at all (Torch7, ONNX), which
+their sniffers confirm by parsing a little.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..core.model import ModelInfo
+from ..core.source import Source
+from ..errors import CorruptFile, KeishikiError, UnknownFormat
+
+
+@dataclass(frozen=True)
+class Match:
+    """A sniffer's verdict: the format id (as in ``--json``), its variant, and why."""
+
+    format: str
+    variant: str | None = None
+    module: str = ""
+    reason: str = ""
+
+
+SNIFF_ORDER = [
+    "hf_model",       # folder: config.json + weights
+    "tf_savedmodel",  # folder: saved_model.pb
+    "coreml",         # .mlpackage folder / .mlmodel
+    "torchscript",    # zip with code/ and constants.pkl
+    "torch_export",   # zip with serialized_exported_program
+    "keras",          # zip with config.json + model.weights.h5
+    "numpy",          # \x93NUMPY, or a zip of .npy members
+    "pytorch",        # zip with data.pkl, or a legacy pickle with torch's magic number
+    "safetensors",    # u64 header length + JSON header
+    "gguf",           # "GGUF"
+    "keras_h5",       # HDF5 signature
+    "tflite",         # "TFL3" flatbuffer identifier
+    "flax_msgpack",   # msgpack map of ndarray ext types
+    "pickle",         # any other pickle stream (not a model format, but scan-worthy)
+    "torch7",         # Lua Torch serialisation (binary or ascii): confirmed by parsing
+    "onnx",           # protobuf, no magic: confirmed by parsing, also a folder with one .onnx
+]
+
+LOOKED_FOR = ("torch7, pytorch, torchscript, torch-export, safetensors, hf-model, onnx, gguf, "
+              "numpy, keras-h5, keras, flax-msgpack, tflite, tensorflow-savedmodel, coreml")
+
+
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__name__}.{name}":
+            return None  # format module not written yet
+        raise
+
+
+def identify(path: str | os.PathLike | Source) -> Match:
+    """Which format ``path`` holds, judged by content (never by extension alone).
+
+    Raises:
+        UnknownFormat: no sniffer recognised it.
+    """
+    src = path if isinstance(path, Source) else Source(path)
+    for name in SNIFF_ORDER:
+        mod = _module(name)
+        if mod is None:
+            continue
+        try:
+            match = mod.sniff(src)
+        except KeishikiError:
+            match = None
+        except Exception:  # a sniffer must never take identification down
+            if os.environ.get("KEISHIKI_DEBUG"):
+                raise
+            match = None
+        if match is not None:
+            return Match(match.format, match.variant, name, match.reason)
+    raise UnknownFormat(src.path, LOOKED_FOR)
+
+
+def read(src: Source, match: Match) -> ModelInfo:
+    """Run the matched format's reader, turning any parser failure into CorruptFile."""
+    mod = _module(match.module)
+    assert mod is not None
+    try:
+        info = mod.read(src, match)
+    except KeishikiError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise CorruptFile(src.path, f"{type(exc).__name__} while parsing "
+                          f"(absurd sizes or nesting?)") from None
+    except Exception as exc:
+        if os.environ.get("KEISHIKI_DEBUG"):
+            raise
+        raise CorruptFile(src.path, f"{type(exc).__name__}: {exc}") from None
+    info.file_size = src.size
+    return info
+
+
+def inspect(path: str | os.PathLike) -> ModelInfo:
+    """Identify ``path`` and read what it holds, lazily and without running its code.
+
+    >>> info = inspect("model.safetensors"); info.format, info.n_parameters
+
+    Raises:
+        UnknownFormat: not a model file keishiki knows.
+        CorruptFile: the format was recognised but its bytes are broken.
+    """
+    with Source(path) as src:
+        match = identify(src)
+        info = read(src, match)
+        info.path = str(path)
+        return info

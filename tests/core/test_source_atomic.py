@@ -1,0 +1,69 @@
+import os
+import struct
+
+import pytest
+
+from keishiki.core.atomic import atomic_output, check_output
+from keishiki.core.source import Source
+from keishiki.errors import CorruptFile, InvalidRequest, KeishikiError
+
+
+def test_child_refuses_escape(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "secret").write_text("x")
+    os.symlink(tmp_path / "secret", tmp_path / "m" / "link")
+    src = Source(tmp_path / "m")
+    for bad in ["../secret", "/etc/passwd", "link", "C:\\x", ""]:
+        with pytest.raises(InvalidRequest):
+            src.child(bad)
+    assert src.child("a/b.bin") == tmp_path / "m" / "a" / "b.bin"
+
+
+def test_read_at_bounds(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"abcdef")
+    src = Source(p)
+    assert src.read_at(2, 3) == b"cde"
+    with pytest.raises(CorruptFile, match="needs 10 bytes at offset 2"):
+        src.read_at(2, 10)
+
+
+def test_missing_path():
+    with pytest.raises(KeishikiError, match="no such file"):
+        Source("/definitely/not/here")
+
+
+def test_zip_member_bomb_limit(tmp_path):
+    import zipfile
+
+    p = tmp_path / "z.zip"
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big", b"\0" * 5_000_000)
+    with pytest.raises(CorruptFile, match="expands to 5000000 bytes"):
+        Source(p).read_member("big", limit=1_000_000)
+
+
+def test_atomic_output_success_and_failure(tmp_path):
+    out = tmp_path / "out.bin"
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"done")
+        assert not out.exists()
+    assert out.read_bytes() == b"done"
+    with pytest.raises(InvalidRequest, match="already exists"):
+        with atomic_output(out):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_output(out, force=True) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert out.read_bytes() == b"done"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_check_output_refuses_input(tmp_path):
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"x")
+    with pytest.raises(InvalidRequest, match="over the input"):
+        check_output(src, [src], force=True)
+    with pytest.raises(InvalidRequest, match="over the input"):
+        check_output(tmp_path, [src], force=True)
