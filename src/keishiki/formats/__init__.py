@@ -118,4 +118,15 @@ def inspect(path: str | os.PathLike) -> ModelInfo:
         match = identify(src)
         info = read(src, match)
         info.path = str(path)
+        info.safety = _safety(src, info)
         return info
+
+
+def _safety(src: Source, info: ModelInfo) -> dict | None:
+    """The scan verdict for formats that can carry code (pickles, TorchScript, Keras, ONNX
+    external data); None for pure-data formats.  Owned by :mod:`keishiki.scan`."""
+    try:
+        from ..scan import summary_for
+    except ImportError:  # scan not built yet
+        return None
+    return summary_for(src, info)
