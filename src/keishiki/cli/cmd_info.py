@@ -24,13 +24,19 @@ def info(
     from ..formats import inspect
 
     model = inspect(path)
-    data = model.to_dict()
     if json_out:
-        print_json(data)
+        print_json(model.to_dict())
         return 0
+    render_info(model, str(path))
+    return 0
+
+
+def render_info(model, path: str) -> None:
+    """Print a ModelInfo as the human ``info`` view."""
+    data = model.to_dict()
     fmt = data["format"] + (f" ({data['variant']})" if data.get("variant") else "")
     console.print(kv_table(None, [
-        ("path", str(path)),
+        ("path", path),
         ("format", fmt),
         ("format version", data.get("format_version")),
         ("size on disk", human_bytes(data["file_size"])),
@@ -49,4 +55,3 @@ def info(
         section("safety", data["safety"])
     for warning in data.get("warnings") or []:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    return 0

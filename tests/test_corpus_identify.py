@@ -1,0 +1,73 @@
+"""Every model in the real-file corpus is identified with the right format id and variant.
+
+The case table is facts.json itself: its ``format`` strings (written by the corpus's
+authors, not by keishiki) map onto keishiki's ids below; aux files (test vectors, reference
+outputs) are skipped.  Adding a file and its facts to the corpus brings it in here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from keishiki.formats import identify, inspect
+from tests.conftest import FACTS, corpus_path, run_cli
+
+# facts.json "format" -> (keishiki format id, variant)
+EXPECTED = {
+    "torch7 (binary)": ("torch7", "binary"),
+    "torch7 (ascii)": ("torch7", "ascii"),
+    "pytorch legacy pickle": ("pytorch", "legacy"),
+    "pytorch zip": ("pytorch", "zip"),
+    "torchscript": ("torchscript", None),
+    "safetensors": ("safetensors", None),
+    "hf model directory": ("hf-model", None),
+    "hf model directory (flax weights)": ("hf-model", None),
+    "hf model directory (sentence-transformers)": ("hf-model", None),
+    "flax msgpack": ("flax-msgpack", None),
+    "onnx": ("onnx", "embedded"),
+    "onnx (external data)": ("onnx", "external-data"),
+    "gguf": ("gguf", None),
+    "keras h5": ("keras-h5", None),
+    "keras v3 (.keras zip)": ("keras", None),
+    "numpy npz": ("numpy", "npz"),
+    "npz (aux)": ("numpy", "npz"),
+    "tflite": ("tflite", None),
+    "tensorflow savedmodel directory": ("tensorflow-savedmodel", None),
+    "coreml mlpackage directory": ("coreml", None),
+}
+
+CASES = sorted(k for k, v in FACTS.items() if v.get("format") in EXPECTED)
+
+
+def test_case_table_covers_every_model_format():
+    unknown = {v.get("format") for v in FACTS.values()} - set(EXPECTED)
+    assert all("aux" in f for f in unknown), unknown
+
+
+@pytest.mark.parametrize("rel", CASES)
+def test_identified(rel):
+    fmt, variant = EXPECTED[FACTS[rel]["format"]]
+    match = identify(corpus_path(rel))
+    assert match.format == fmt
+    if variant is not None:
+        assert match.variant == variant
+
+
+@pytest.mark.parametrize("rel", CASES)
+def test_info_json_never_fails(rel):
+    path = corpus_path(rel)
+    code, out, err = run_cli("info", path, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["format"] == EXPECTED[FACTS[rel]["format"]][0]
+    assert data["file_size"] > 0
+    assert data["n_parameters"] == sum(
+        __import__("math").prod(t.shape) for t in inspect(path).tensors)
+
+
+@pytest.mark.parametrize("rel", [k for k in CASES if "tensor_count" in FACTS[k]
+                                 and FACTS[k]["format"] not in ("gguf",)])
+def test_tensor_count(rel):
+    assert inspect(corpus_path(rel)).n_tensors == FACTS[rel]["tensor_count"]
