@@ -1,0 +1,269 @@
+"""torch7: Lua Torch ``torch.save`` files (binary or ascii), read by keishiki's own parser.
+
+There is no magic number, so the sniffer parses: the root value must be a table, torch
+object or function carrying memo index 1, and the first values must parse.  Tensors are
+named by their path in the object tree the way PyTorch names the equivalent model: the
+children of a container's ``modules`` list become ``0``, ``1``... (``0.weight``,
+``2.bias``), any other table key is used as is, and a tensor at the root is ``tensor``.
+Lua bytecode in function values is recorded by size and never loaded.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.model import ModelInfo
+from ..core.source import Source
+from ..core.tensor import TensorInfo
+from ..errors import CorruptFile
+from . import _torch7_parse as t7
+
+FORMAT = "torch7"
+MAX_ASCII_BYTES = 1 << 30  # ascii files are parsed in memory
+_ROOT_TAGS = {3, 4, 6, 7, 8}
+_DIGITS = b"0123456789"
+
+
+def _sniff_binary(src: Source) -> bool:
+    head = src.head
+    if len(head) < 12 or int.from_bytes(head[:4], "little") not in _ROOT_TAGS:
+        return False
+    if int.from_bytes(head[4:8], "little") != 1:  # the root object is always memo index 1
+        return False
+    for long_size in (8, 4):
+        parser = t7.parser_for(io.BytesIO(head), src.size, ascii=False, long_size=long_size)
+        try:
+            parser.read()
+            return True
+        except t7.Truncated:
+            # the head ends mid-object: plausible when enough of it parsed
+            if len(head) < src.size and parser.s.pos >= 24:
+                return True
+        except (t7.Malformed, RecursionError, ValueError, OverflowError):
+            pass
+    return False
+
+
+def _sniff_ascii(src: Source) -> bool:
+    head = src.head
+    lines = head[:32].split(b"\n")
+    if len(lines) < 3 or not lines[0].isdigit() or int(lines[0]) not in _ROOT_TAGS:
+        return False
+    if lines[1].strip() != b"1":
+        return False
+    parser = t7.parser_for(head, src.size, ascii=True)
+    try:
+        parser.read()
+        return True
+    except t7.Truncated:
+        return len(head) < src.size and parser.s.pos >= 16
+    except (t7.Malformed, RecursionError, ValueError, OverflowError):
+        return False
+
+
+def sniff(src: Source):
+    from . import Match
+
+    if src.is_dir or src.size < 8:
+        return None
+    if src.head[:1] in (b"\x03", b"\x04", b"\x06", b"\x07", b"\x08") and _sniff_binary(src):
+        return Match(FORMAT, "binary", reason="Torch7 binary object stream (parsed)")
+    if src.head[:1] in _DIGITS and _sniff_ascii(src):
+        return Match(FORMAT, "ascii", reason="Torch7 ascii object stream (parsed)")
+    return None
+
+
+def parse(src: Source, variant: str) -> t7.Parser:
+    """Parse the whole file; returns the parser (``.memo``, ``.root_header``, root in ``.root``).
+
+    Binary files are tried with 8-byte longs, then 4-byte longs (files written on Windows
+    or 32-bit systems), as torchfile does.
+
+    Raises:
+        CorruptFile: truncated, malformed, or absurd sizes.
+    """
+    if variant == "ascii":
+        if src.size > MAX_ASCII_BYTES:
+            raise CorruptFile(src.path, f"ascii Torch7 file of {src.size} bytes exceeds the "
+                              f"{MAX_ASCII_BYTES}-byte limit; re-save it in binary mode")
+        parser = t7.parser_for(src.path.read_bytes(), src.size, ascii=True)
+        _run(src, parser)
+        return parser
+    first_error: CorruptFile | None = None
+    for long_size in (8, 4):
+        with open(src.path, "rb") as fh:
+            parser = t7.parser_for(fh, src.size, ascii=False, long_size=long_size)
+            try:
+                _run(src, parser)
+                parser.long_size = long_size  # type: ignore[attr-defined]
+                return parser
+            except CorruptFile as exc:
+                first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
+
+
+def _run(src: Source, parser: t7.Parser) -> None:
+    try:
+        parser.root = parser.read()  # type: ignore[attr-defined]
+    except t7.Truncated as exc:
+        raise CorruptFile(src.path, "truncated Torch7 object stream",
+                          offset=exc.args[0] if exc.args else None) from None
+    except t7.Malformed as exc:
+        raise CorruptFile(src.path, str(exc), offset=parser.s.pos) from None
+    except RecursionError:
+        raise CorruptFile(src.path, "objects nested too deeply") from None
+
+
+def _key_name(key: Any) -> str:
+    if isinstance(key, bool):
+        return str(key).lower()
+    if isinstance(key, float) and key.is_integer():
+        return str(int(key))
+    if isinstance(key, (str, float)):
+        return str(key)
+    return f"[{type(key).__name__.lower()}]"
+
+
+def _join(path: str, part: str) -> str:
+    return f"{path}.{part}" if path else part
+
+
+class _Walker:
+    """Names tensors by their first path in the tree and builds the module tree."""
+
+    def __init__(self):
+        self.tensors: list[tuple[str, Any]] = []
+        self.seen: set[int] = set()
+        self.n_empty = 0
+        self.n_functions = 0
+
+    def walk(self, obj: Any, path: str, node: dict) -> None:
+        if isinstance(obj, (t7.Tensor, t7.Storage, t7.Table, t7.TorchObject, t7.Function)):
+            if id(obj) in self.seen:
+                return  # shared (or cyclic) reference: named where first seen
+            self.seen.add(id(obj))
+        if isinstance(obj, t7.Tensor):
+            if obj.storage is None:
+                self.n_empty += 1
+            else:
+                self.tensors.append((path or "tensor", obj))
+        elif isinstance(obj, t7.Storage):
+            self.tensors.append((path or "storage", obj))
+        elif isinstance(obj, t7.Function):
+            self.n_functions += 1
+        elif isinstance(obj, t7.TorchObject):
+            child = {"name": path, "class": obj.class_name, "children": []}
+            node["children"].append(child)
+            self._fields(obj.content, path, child)
+            if not child["children"]:
+                del child["children"]
+        elif isinstance(obj, t7.Table):
+            self._fields(obj, path, node)
+
+    def _fields(self, table: Any, path: str, node: dict) -> None:
+        if not isinstance(table, t7.Table):
+            self.walk(table, path, node)
+            return
+        for key, value in table.items:
+            if key == "modules" and isinstance(value, t7.Table) and id(value) not in self.seen:
+                # a container's children: PyTorch numbers them from 0, Lua from 1
+                self.seen.add(id(value))
+                for k, child in value.items:
+                    name = str(int(k) - 1) if isinstance(k, float) and k.is_integer() \
+                        else _key_name(k)
+                    self.walk(child, _join(path, name), node)
+            else:
+                self.walk(value, _join(path, _key_name(key)), node)
+
+
+def _tensor_info(name: str, obj: Any, ascii: bool) -> TensorInfo:
+    if isinstance(obj, t7.Storage):
+        shape, itemsize = (obj.size,), np.dtype(obj.dtype).itemsize
+        offset = obj.data_offset
+        return TensorInfo(name, obj.dtype, shape, obj.size * itemsize, data_offset=offset,
+                          extra={"torch_class": obj.class_name})
+    itemsize = np.dtype(obj.dtype).itemsize
+    numel = int(np.prod(obj.shape)) if obj.shape else 1
+    contiguous = list(obj.stride) == [int(np.prod(obj.shape[i + 1:])) for i in
+                                      range(len(obj.shape))]
+    offset = None
+    if not ascii and contiguous and obj.storage.data_offset is not None:
+        offset = obj.storage.data_offset + obj.storage_offset * itemsize
+    return TensorInfo(name, obj.dtype, tuple(obj.shape), numel * itemsize, data_offset=offset,
+                      extra={"torch_class": obj.class_name})
+
+
+def _loader(path: Path, objects: dict[str, Any], ascii: bool):
+    def load(info: TensorInfo) -> np.ndarray:
+        obj = objects[info.name]
+        if isinstance(obj, t7.Storage):
+            return t7.load_values(path, obj, ascii).astype(obj.dtype)
+        values = t7.load_values(path, obj.storage, ascii)
+        itemsize = values.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            values[obj.storage_offset:], shape=obj.shape,
+            strides=[s * itemsize for s in obj.stride])
+        return np.array(view, dtype=obj.dtype)
+
+    return load
+
+
+def _summary(parser: t7.Parser) -> dict[str, Any]:
+    root = parser.root  # type: ignore[attr-defined]
+    code = {type(None): 0, float: 1, str: 2, t7.Table: 3, bool: 5}.get(type(root), 4)
+    out: dict[str, Any] = {"root_type_code": code}
+    if isinstance(root, t7.Function):
+        out["root_type_code"] = {v: k for k, v in t7.TYPE_NAMES.items()}[root.kind]
+        out["root_type"] = root.kind
+        out["bytecode_bytes"] = root.bytecode_size
+        return out
+    out["root_type"] = t7.TYPE_NAMES[out["root_type_code"]]
+    if parser.root_header is not None:
+        version, out["torch_class"] = parser.root_header
+        if version is not None:
+            out["version"] = version
+    table = root.content if isinstance(root, t7.TorchObject) and root.class_name.startswith(
+        "tds.") else root
+    if isinstance(table, t7.Table):
+        if table is root:
+            out["n_keys"] = len(table.items)
+        if table.is_list and (table is not root or table.items):
+            out["len"] = len(table.items)
+    return out
+
+
+def read(src: Source, match) -> ModelInfo:
+    variant = match.variant or "binary"
+    parser = parse(src, variant)
+    walker = _Walker()
+    tree: dict[str, Any] = {"name": "", "children": []}
+    walker.walk(parser.root, "", tree)  # type: ignore[attr-defined]
+    ascii = variant == "ascii"
+    infos, objects = [], {}
+    for name, obj in walker.tensors:
+        base, n = name, 1
+        while name in objects:  # two paths to different objects with one name (rare)
+            n += 1
+            name = f"{base}#{n}"
+        objects[name] = obj
+        infos.append(_tensor_info(name, obj, ascii))
+    details = _summary(parser)
+    if tree["children"]:
+        details["modules"] = tree["children"][0] if len(tree["children"]) == 1 \
+            else tree["children"]
+    details["long_size"] = getattr(parser, "long_size", None) if not ascii else None
+    details["n_empty_tensors"] = walker.n_empty
+    warnings = []
+    if walker.n_functions or isinstance(parser.root, t7.Function):  # type: ignore[attr-defined]
+        details["n_functions"] = max(walker.n_functions, 1)
+        warnings.append("holds Lua functions (bytecode): Lua torch.load would load and may run "
+                        "them; keishiki only recorded their size")
+    version = details.get("version")
+    return ModelInfo(path=str(src.path), format=FORMAT, variant=variant,
+                     format_version=version, tensors=infos, warnings=warnings,
+                     details={FORMAT: details}, tensor_loader=_loader(src.path, objects, ascii))
