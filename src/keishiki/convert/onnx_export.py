@@ -14,7 +14,9 @@ opset is checked and converted with ``onnx.version_converter`` when it differs.
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
+import logging
 import shutil
 import tempfile
 import warnings as pywarnings
@@ -150,12 +152,40 @@ def _torch_export(wrapper, args, path: Path, exporter: str, opset: int, n_layers
         kwargs.update(dynamo=False, do_constant_folding=False)
     else:
         require("onnxscript", purpose="use the dynamo ONNX exporter")
+        # torch.export cannot translate dynamic_axes for *past; give dynamic_shapes by argument
+        # name instead (symbol names are renamed afterwards by name_dynamic_axes).
+        dyn = torch.export.Dim.DYNAMIC
+        del kwargs["dynamic_axes"]
+        kwargs["dynamic_shapes"] = {
+            "input_ids": {0: dyn, 1: dyn}, "attention_mask": {0: dyn, 1: dyn},
+            "position_ids": {0: dyn, 1: dyn},
+            "past": tuple({0: dyn, 2: dyn} for _ in range(2 * n_layers))}
         # the optimizer renames weights to val_<N>; without it names survive
-        kwargs.update(dynamo=True, optimize=False, external_data=False)
-    with pywarnings.catch_warnings():
-        pywarnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.onnx.export(wrapper, args, str(path), **kwargs)
+        kwargs.update(dynamo=True, optimize=False, external_data=False, verbose=False)
+    # torch.onnx logs progress and (dynamo) a failed internal opset conversion: keishiki
+    # reports the opset it finds in the file instead, so keep the terminal quiet
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with pywarnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            pywarnings.simplefilter("ignore")
+            with torch.no_grad():
+                torch.onnx.export(wrapper, args, str(path), **kwargs)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def name_dynamic_axes(onnx_model, n_layers: int) -> None:
+    """Give the graph's dynamic dims the optimum names (the dynamo exporter writes ``s10``…)."""
+    axes = _dynamic_axes(n_layers)
+    for value in list(onnx_model.graph.input) + list(onnx_model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for index, name in axes.get(value.name, {}).items():
+            if index < len(dims):
+                dims[index].dim_param = name
 
 
 def written_opset(onnx_model) -> int:
@@ -276,6 +306,7 @@ def _export_with_fallback(wrapper, args, out_dir: Path, exporter: str, opset: in
                 warns.append(f"the {attempt} exporter failed ({errors[-1]})")
                 continue
             onnx_model = onnx.load(str(path))  # loads external data written by the exporter
+        name_dynamic_axes(onnx_model, n_layers)
         got = written_opset(onnx_model)
         if got == opset:
             return onnx_model, attempt

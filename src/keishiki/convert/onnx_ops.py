@@ -32,7 +32,7 @@ def convert_opset_proto(onnx_model, target: int):
     try:
         converted = version_converter.convert_version(onnx_model, target)
     except Exception as exc:  # the C++ converter raises RuntimeError/IndexError/...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = converter_reason(exc)
         raise InvalidRequest(
             f"onnx.version_converter cannot convert opset {current} → {target}: {reason} "
             f"(re-export from the source model at opset {target}, or pick an opset ≥ the "
@@ -45,6 +45,16 @@ def convert_opset_proto(onnx_model, target: int):
         raise InvalidRequest(f"opset {current} → {target} produced an invalid model: "
                              f"{str(exc).splitlines()[0]}") from None
     return converted
+
+
+def converter_reason(exc: BaseException) -> str:
+    """The readable part of a version_converter error (drops the C++ source path and assert)."""
+    import re
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\S+\.(h|cc|cpp):\d+:\s*(\w+:\s*)?", "", text)
+    text = re.sub(r"^Assertion `[^`]*` failed:\s*", "", text)
+    return text
 
 
 def _default_opset(onnx_model) -> int:

@@ -79,18 +79,17 @@ def torch_greedy(model, prompt: np.ndarray, steps: int = VERIFY_STEPS):
     return tokens, logits_steps
 
 
-def onnx_lm_forced(session, prompt: np.ndarray, tokens: Sequence[int], shape: dict[str, int]):
-    """Feed ``prompt`` then ``tokens`` through an ORT KV-cache session one step at a time.
+def kv_lm_forced(step_fn: Callable[[dict], dict], prompt: np.ndarray, tokens: Sequence[int],
+                 shape: dict[str, int], kv_dtype=np.float32):
+    """Feed ``prompt`` then ``tokens`` through a flat KV-cache model one step at a time.
 
+    ``step_fn(feed) -> {output name: array}`` runs the model (ORT session or TorchScript).
     Returns (argmax per step, last-position logits per step).  Step 0 runs the whole prompt
     with an empty past (past length 0), each later step one token with the presents as past.
     """
-    in_names = {i.name for i in session.get_inputs()}
-    kv_type = _ort_float_type(session)
     past = {f"past_key_values.{i}.{k}": np.zeros((1, shape["kv_heads"], 0, shape["head_dim"]),
-                                                   dtype=kv_type)
+                                                   dtype=kv_dtype)
             for i in range(shape["n_layers"]) for k in ("key", "value")}
-    out_names = [o.name for o in session.get_outputs()]
     inp = prompt
     total = 0
     argmaxes, logits_steps = [], []
@@ -99,9 +98,8 @@ def onnx_lm_forced(session, prompt: np.ndarray, tokens: Sequence[int], shape: di
         feed = {"input_ids": inp,
                 "attention_mask": np.ones((1, total + seq), dtype=np.int64),
                 "position_ids": np.arange(total, total + seq, dtype=np.int64)[None, :], **past}
-        feed = {k: v for k, v in feed.items() if k in in_names}
-        outs = dict(zip(out_names, session.run(None, feed)))
-        last = outs["logits"][:, -1, :].astype(np.float32)
+        outs = step_fn(feed)
+        last = np.asarray(outs["logits"][:, -1, :], dtype=np.float32)
         logits_steps.append(last)
         argmaxes.append(int(last[0].argmax()))
         for name in past:
@@ -109,6 +107,18 @@ def onnx_lm_forced(session, prompt: np.ndarray, tokens: Sequence[int], shape: di
         total += seq
         inp = np.array([[tokens[step]]], dtype=np.int64)
     return argmaxes, logits_steps
+
+
+def onnx_lm_forced(session, prompt: np.ndarray, tokens: Sequence[int], shape: dict[str, int]):
+    """:func:`kv_lm_forced` through an onnxruntime session."""
+    in_names = {i.name for i in session.get_inputs()}
+    out_names = [o.name for o in session.get_outputs()]
+
+    def step(feed):
+        feed = {k: v for k, v in feed.items() if k in in_names}
+        return dict(zip(out_names, session.run(None, feed)))
+
+    return kv_lm_forced(step, prompt, tokens, shape, _ort_float_type(session))
 
 
 def _ort_float_type(session):
@@ -183,3 +193,118 @@ def onnx_is_causal_lm(onnx_path: Path) -> bool:
     session = ort_session(onnx_path)
     return ({"input_ids"} <= {i.name for i in session.get_inputs()}
             and "logits" in {o.name for o in session.get_outputs()})
+
+
+def _to_numpy(tensor) -> np.ndarray:
+    tensor = tensor.detach()
+    if str(tensor.dtype) == "torch.bfloat16":
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def torchscript_lm_forced(ts_module, meta: dict, prompt: np.ndarray, tokens: Sequence[int]):
+    """Teacher-forced greedy through a traced LM: prefix recompute, or its KV cache."""
+    torch = require("torch")
+    if meta.get("kv_cache"):
+        names = meta["output_names"]
+        order = meta["input_names"]
+        kv_dtype = np.float16 if meta.get("dtype") == "float16" else np.float32  # bf16 → f32
+
+        def step(feed):
+            with torch.no_grad():
+                outs = ts_module(*[torch.from_numpy(np.ascontiguousarray(feed[n]))
+                                   .to(_kv_torch_dtype(meta) if n.startswith("past") else None)
+                                   for n in order])
+            return {n: _to_numpy(o) for n, o in zip(names, outs)}
+
+        return kv_lm_forced(step, prompt, tokens, meta, kv_dtype)
+    ids = prompt
+    argmaxes, logits_steps = [], []
+    with torch.no_grad():
+        for token in tokens:
+            last = _to_numpy(ts_module(torch.from_numpy(ids))[:, -1, :]).astype(np.float32)
+            logits_steps.append(last)
+            argmaxes.append(int(last[0].argmax()))
+            ids = np.concatenate([ids, np.array([[token]], dtype=np.int64)], axis=1)
+    return argmaxes, logits_steps
+
+
+def _kv_torch_dtype(meta: dict):
+    torch = require("torch")
+    return getattr(torch, meta.get("dtype") or "float32")
+
+
+def verify_torchscript_lm(model_dir: Path, pt_path: Path, atol: float | None = None,
+                          rtol: float = 0.0, steps: int = VERIFY_STEPS,
+                          dtype: str | None = None) -> dict[str, Any]:
+    """Run the HF model (eager) and the TorchScript archive greedily; compare logits and tokens."""
+    torch = require("torch")
+    from .onnx_export import load_causal_lm, model_shape
+    from .torchscript_export import read_meta
+
+    started = time.perf_counter()
+    model = load_causal_lm(Path(model_dir))
+    shape = model_shape(model.config)
+    prompt = seed_token_ids(shape["vocab"])
+    reference = torch_greedy(model, prompt, steps)
+    meta = {**shape, **read_meta(Path(pt_path))}
+    meta.setdefault("dtype", dtype or "float32")
+    ts_module = torch.jit.load(str(pt_path), map_location="cpu").eval()
+    src_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    atol = atol if atol is not None else max(default_atol(src_dtype), default_atol(meta["dtype"]))
+    report = compare_lm(reference,
+                        lambda toks: torchscript_lm_forced(ts_module, meta, prompt, toks),
+                        atol, rtol, meta["dtype"])
+    report["kv_cache"] = bool(meta.get("kv_cache"))
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def compare_outputs(got: Sequence[np.ndarray], ref: Sequence[np.ndarray], atol: float,
+                    rtol: float = 0.0) -> dict[str, Any]:
+    """Compare output lists of a non-LM graph: max abs/rel diff, exact shapes, pass flag."""
+    diff = _Diff()
+    problems = []
+    if len(got) != len(ref):
+        problems.append(f"{len(got)} outputs vs {len(ref)}")
+    for i, (a, b) in enumerate(zip(got, ref)):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            problems.append(f"output {i}: shape {a.shape} vs {b.shape}")
+            continue
+        if a.dtype.kind in "fc" or b.dtype.kind in "fc":
+            diff.add(a, b)
+        elif not np.array_equal(a, b):
+            problems.append(f"output {i}: integer/bool values differ")
+    within = diff.max_abs <= atol + rtol * diff.ref_max
+    return {"method": "run-both", "passed": bool(within and not problems),
+            "max_abs_diff": diff.max_abs, "max_rel_diff": diff.max_rel, "atol": atol,
+            "rtol": rtol, "n_outputs": len(ref), "problems": problems}
+
+
+def verify_torchscript_module(module, pt_path: Path, example_input: str,
+                              atol: float | None = None, rtol: float = 0.0) -> dict[str, Any]:
+    """Run the eager module and the archive on the example input and a second seeded input."""
+    torch = require("torch")
+    from .torchscript_export import make_example_tensors
+
+    ts_module = torch.jit.load(str(pt_path), map_location="cpu").eval()
+    got, ref = [], []
+    with torch.no_grad():
+        for seed in (0, 1):
+            inputs = make_example_tensors(example_input, seed=seed)
+            got += _flatten_outputs(ts_module(*inputs))
+            ref += _flatten_outputs(module(*inputs))
+    report = compare_outputs(got, ref, 1e-5 if atol is None else atol, rtol)
+    report["inputs"] = example_input
+    return report
+
+
+def _flatten_outputs(value) -> list[np.ndarray]:
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in _flatten_outputs(v)]
+    if isinstance(value, dict):
+        return [a for k in sorted(value) for a in _flatten_outputs(value[k])]
+    if hasattr(value, "detach"):
+        return [_to_numpy(value)]
+    return [np.asarray(value)]
