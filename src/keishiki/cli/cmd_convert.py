@@ -1,0 +1,95 @@
+"""``keishiki convert SRC OUT --to FORMAT``: a verified conversion along the format graph."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ._app import JSON_OPTION, app
+from .render import console, human_bytes, print_json, table
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Model file or folder (any readable format)."),
+    out: Path = typer.Argument(..., help="Output file or folder (must not exist without --force)."),
+    to: str = typer.Option(..., "--to", help="Target format: safetensors, pytorch, hf-model, "
+                           "gguf, torchscript, onnx."),
+    dtype: str = typer.Option(None, "--dtype", help="Cast floating weights: float16, bfloat16, "
+                              "float32."),
+    key: str = typer.Option(None, "--key", help="The state_dict inside a training checkpoint "
+                            "(e.g. model)."),
+    shard_size: str = typer.Option(None, "--shard-size", help="Max bytes per weight shard "
+                                   "(e.g. 5GB) for hf-model outputs."),
+    quant: str = typer.Option(None, "--quant", help="GGUF tensor type: f32, f16, bf16, q8_0."),
+    method: str = typer.Option(None, "--method", help="TorchScript: trace or script."),
+    example_input: str = typer.Option(None, "--example-input", help="Traced input, e.g. "
+                                      "1x8:int64."),
+    trust: bool = typer.Option(False, "--trust", help="Allow loading a whole pickled module "
+                               "(RUNS code from the file)."),
+    opset: int = typer.Option(None, "--opset", help="ONNX opset."),
+    exporter: str = typer.Option(None, "--exporter", help="ONNX exporter: dynamo or torchscript."),
+    external_data: bool = typer.Option(None, "--external-data/--no-external-data",
+                                       help="ONNX weights in an external data file or embedded."),
+    atol: float = typer.Option(None, "--atol", help="Allowed abs difference when running both."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip verification."),
+    strict: bool = typer.Option(False, "--strict", help="Remove the output when verification "
+                                "fails (default: keep it as OUT.unverified)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: bool = JSON_OPTION,
+) -> int:
+    """Convert SRC to another format, streaming, and prove the result by reading it back
+    (weights) or running both (graphs). Exit 1 when verification fails."""
+    from ..convert import convert as run_convert
+    from ..errors import Mismatch
+
+    options = dict(dtype=dtype, key=key, shard_size=shard_size, quant=quant, method=method,
+                   example_input=example_input, trust=trust, opset=opset, exporter=exporter,
+                   external_data=external_data, atol=atol, verify=not no_verify, strict=strict,
+                   force=force, quiet=quiet)
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        report = run_convert(src, out, to=to, **options).to_dict()
+    except Mismatch as exc:
+        if json_out:
+            print_json(exc.report)
+        elif exc.report:
+            render_report(exc.report)
+        sys.stderr.write(f"keishiki: verification failed: {exc}\n")
+        return 1
+    if json_out:
+        print_json(report)
+    else:
+        render_report(report)
+    return 0
+
+
+def render_report(report: dict) -> None:
+    """The short human view: path taken, then one row per step."""
+    console.print(f"[bold]{report['src']}[/bold] ({report['src_format']}) -> "
+                  f"[bold]{report['out']}[/bold] ({report['to']})  via "
+                  + "  ⟶  ".join(report["path"]))
+    rows = []
+    for step in report["steps"]:
+        v = step.get("verify") or {}
+        if not v:
+            verdict = "not verified"
+        else:
+            verdict = ("ok" if v.get("passed") else "FAILED") + f" ({v.get('method', '?')})"
+        diff = v.get("max_abs_diff")
+        rows.append((step["edge"], str(step.get("n_tensors", "")),
+                     human_bytes(step.get("bytes_written")), f"{step.get('seconds', 0):.2f}s",
+                     verdict, "" if diff is None else f"{diff:.3g}"))
+    table(None, ["edge", "tensors", "written", "time", "verification", "max abs diff"], rows,
+          justify_right=["tensors", "written", "time"])
+    for step in report["steps"]:
+        for warning in step.get("warnings", []):
+            console.print(f"[yellow]warning:[/yellow] {warning}")
+        reason = (step.get("verify") or {}).get("reason")
+        if reason:
+            console.print(f"[red]{step['edge']}:[/red] {reason}")
+    if report.get("kept_as"):
+        console.print(f"[red]unverified output kept as {report['kept_as']}[/red]")

@@ -1,0 +1,216 @@
+"""``keishiki.convert(src, out, to=...)``: find a path through the conversion graph, run each
+edge into a temporary name, verify it, and rename the result into place.
+
+>>> report = keishiki.convert("pytorch_model.bin", "model.safetensors", to="safetensors")
+>>> report.path, report.passed
+(['pytorch -> safetensors'], True)
+
+A path of several edges (``torch7 -> safetensors -> gguf``) runs through a hidden temporary
+folder beside the output, removed at the end.  A SIGKILL at any moment leaves nothing under
+the output's name (only hidden ``.OUT.keishiki-*`` leftovers).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..core.atomic import atomic_output, check_free_space, check_output
+from ..errors import InvalidRequest, Mismatch, MissingDependency
+from .base import (DTYPES, GGUF_QUANTS, STEP_SUFFIX, TARGETS, ConvertOptions, ConvertReport,
+                   Edge, StepReport, output_is_folder)
+
+__all__ = ["convert", "ConvertOptions", "ConvertReport", "StepReport", "Edge", "parse_size"]
+
+_OPTION_NAMES = {f.name for f in fields(ConvertOptions)} - {"to"}
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: Any) -> ConvertReport:
+    """Convert the model at ``src`` into format ``to`` at ``out``, verified.
+
+    Args:
+        src: a model file or folder in any format keishiki reads.
+        out: the output file or folder (must not exist unless ``force=True``).
+        to: target format id: safetensors, pytorch, hf-model, gguf, torchscript, onnx.
+        **options: the fields of :class:`ConvertOptions` (``dtype``, ``force``, ``verify``,
+            ``strict``, ``key``, ``shard_size`` (int or ``"5GB"``), ``quant``, ...).
+
+    Returns:
+        A :class:`ConvertReport` with the path taken and every step's verification.
+
+    Raises:
+        InvalidRequest: bad options, an existing output without ``force``, output == input.
+        NoConversionPath: no chain of edges from the source's format to ``to``.
+        MissingDependency: an edge needs an extra that is not installed.
+        Mismatch: the result differs from the source (kept as ``OUT.unverified`` unless
+            ``strict``); ``Mismatch.report`` holds the full report.
+    """
+    from ..formats import identify
+    from .paths import describe, find_path
+
+    opts = make_options(to, options)
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise InvalidRequest(f"{src}: no such file or folder")
+    check_output(out, [src], opts.force)
+    src_format = identify(src).format
+    path = find_path(src_format, opts.to)
+    _check_extras(path)
+    check_free_space(out.parent if str(out.parent) else Path("."), _space_needed(src, path, opts))
+
+    report = ConvertReport(src=str(src), out=str(out), src_format=src_format, to=opts.to,
+                           path=describe(path))
+    start = time.perf_counter()
+    try:
+        _run_path(src, out, path, opts, report)
+    finally:
+        report.seconds = time.perf_counter() - start
+    return report
+
+
+def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
+    """Validate keyword options into a :class:`ConvertOptions` (InvalidRequest on bad ones)."""
+    unknown = set(options) - _OPTION_NAMES
+    if unknown:
+        raise InvalidRequest(f"unknown convert option(s): {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(sorted(_OPTION_NAMES))})")
+    if to not in TARGETS:
+        raise InvalidRequest(f"cannot write {to!r}: --to must be one of {', '.join(TARGETS)}")
+    opts = ConvertOptions(to=to, **options)
+    if opts.dtype is not None and opts.dtype not in DTYPES:
+        raise InvalidRequest(f"--dtype {opts.dtype!r}: use one of {', '.join(DTYPES)}")
+    if opts.quant is not None:
+        opts.quant = opts.quant.lower()
+        if opts.quant not in GGUF_QUANTS:
+            raise InvalidRequest(f"--quant {opts.quant!r}: use one of {', '.join(GGUF_QUANTS)}")
+    if isinstance(opts.shard_size, str):
+        opts.shard_size = parse_size(opts.shard_size)
+    if opts.shard_size is not None and opts.shard_size <= 0:
+        raise InvalidRequest("--shard-size must be positive (e.g. 5GB)")
+    return opts
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"`` → 5_000_000_000, ``"500MiB"`` → 524_288_000, ``1024`` → 1024 (as transformers)."""
+    if isinstance(text, int):
+        return text
+    raw = str(text).strip().upper().replace(" ", "")
+    number = raw.rstrip("KMGTIB")
+    unit = raw[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value <= 0:
+        raise InvalidRequest(f"size {text!r}: write it like 5GB, 500MB or 2GiB")
+    return int(value * _UNITS[unit])
+
+
+def _check_extras(path: list[Edge]) -> None:
+    from .._optional import available
+    from .edges import EXTRA_MODULES
+
+    for edge in path:
+        for extra in edge.extras:
+            for module in EXTRA_MODULES.get(extra, ()):
+                if not available(module):
+                    raise MissingDependency(module, extra, purpose=f"convert {edge.name}")
+
+
+def _space_needed(src: Path, path: list[Edge], opts: ConvertOptions) -> int:
+    """A generous estimate of the bytes the conversion writes (every step's output)."""
+    from ..core.source import Source
+
+    size = Source(src).size
+    growth = 1.0
+    if path[0].src == "gguf" or opts.dtype == "float32":
+        growth = 4.0  # dequantizing (q4 -> f32 is ~8x, but 4x of a mostly-q8/f16 file is typical)
+    return int(size * growth * len(path))
+
+
+def _step_out(steps_dir: Path, i: int, edge: Edge) -> Path:
+    suffix = "" if edge.dst == "hf-model" else STEP_SUFFIX.get(edge.dst, "")
+    return steps_dir / f"step{i}-{edge.dst}{suffix}"
+
+
+def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
+              report: ConvertReport) -> None:
+    steps_dir = out.parent / f".{out.name}.keishiki-steps-{os.getpid()}"
+    current = src
+    try:
+        for i, edge in enumerate(path):
+            last = i == len(path) - 1
+            if not last:
+                steps_dir.mkdir(parents=True, exist_ok=True)
+                step_out = _step_out(steps_dir, i, edge)
+                folder = edge.dst == "hf-model"
+                if folder:
+                    step_out.mkdir()
+                step_opts = replace(opts, to=edge.dst, force=True)
+                step = _run_edge(edge, current, step_out, step_opts)
+                report.steps.append(step)
+                if step.passed is False:
+                    raise Mismatch(f"{edge.name} (intermediate step) failed verification: "
+                                   f"{_why(step)}; nothing written to {out}", report.to_dict())
+                current = step_out
+            else:
+                _run_last(edge, current, src, out, opts, report)
+    finally:
+        if steps_dir.exists():
+            shutil.rmtree(steps_dir, ignore_errors=True)
+
+
+def _run_last(edge: Edge, current: Path, src: Path, out: Path, opts: ConvertOptions,
+              report: ConvertReport) -> None:
+    folder = output_is_folder(opts.to, out, src.is_dir())
+    with atomic_output(out, force=opts.force, folder=folder) as tmp:
+        step = _run_edge(edge, current, tmp, opts)
+        step.out = str(out)  # the edge saw the temporary name
+        report.steps.append(step)
+        if step.passed is False:
+            kept = _keep_unverified(tmp, out, opts.strict)
+            report.kept_as = kept
+            where = (f"kept as {kept} for inspection" if kept
+                     else "removed (--strict)")
+            raise Mismatch(f"{out}: verification failed ({_why(step)}); output {where}",
+                           report.to_dict())
+
+
+def _run_edge(edge: Edge, src: Path, out: Path, opts: ConvertOptions) -> StepReport:
+    fn = edge.function()
+    start = time.perf_counter()
+    step = fn(src, out, opts)
+    if not step.seconds:
+        step.seconds = time.perf_counter() - start
+    step.edge = step.edge or edge.name
+    return step
+
+
+def _keep_unverified(tmp: Path, out: Path, strict: bool) -> str | None:
+    if strict:
+        return None
+    kept = out.with_name(out.name + ".unverified")
+    if kept.is_dir() and not kept.is_symlink():
+        shutil.rmtree(kept)
+    elif kept.exists() or kept.is_symlink():
+        kept.unlink()
+    os.replace(tmp, kept)
+    return str(kept)
+
+
+def _why(step: StepReport) -> str:
+    v = step.verify
+    for key in ("reason", "message"):
+        if v.get(key):
+            return str(v[key])
+    bits = [f"{k}={v[k]}" for k in ("max_abs_diff", "n_mismatched", "tokens_match") if k in v]
+    return ", ".join(bits) or "outputs differ"
+

@@ -1,0 +1,196 @@
+"""The contract every conversion edge follows: options in, a verified step report out.
+
+An *edge* is one conversion between two format ids (``pytorch -> safetensors``).  It is a
+plain function ``fn(src: Path, out: Path, opts: ConvertOptions) -> StepReport`` named in an
+:class:`Edge` by its import path, so listing the graph (``keishiki formats``) imports nothing
+heavy.  The framework (:func:`keishiki.convert.convert`) gives the function a *temporary*
+``out`` beside the final output:
+
+* when the output is a folder (an ``hf-model``, or an ONNX/TorchScript folder that carries the
+  tokenizer), ``out`` already exists as an empty folder: ``out.is_dir()`` tells the edge
+  which layout to write (see :func:`output_is_folder` for the rule);
+* otherwise ``out`` does not exist yet and the edge writes one file there.
+
+The edge writes, verifies (unless ``opts.verify`` is False) and returns its report; the
+framework renames the result into place atomically, or beside it as ``OUT.unverified`` when
+verification failed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# format ids a conversion can write (the --to choices)
+TARGETS = ("safetensors", "pytorch", "hf-model", "gguf", "torchscript", "onnx")
+DTYPES = ("float16", "bfloat16", "float32")
+GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0")
+
+# file suffixes that make OUT a single file even when the target could be a folder
+FILE_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".ts",
+                 ".pt2", ".torchscript"}
+# the suffix an intermediate step's output gets inside the multi-step temp folder
+STEP_SUFFIX = {"safetensors": ".safetensors", "pytorch": ".bin", "gguf": ".gguf",
+               "onnx": ".onnx", "torchscript": ".pt"}
+
+
+@dataclass
+class ConvertOptions:
+    """Every option of ``keishiki convert``; each edge reads the ones it understands.
+
+    Attributes:
+        to: target format id (one of :data:`TARGETS`).
+        dtype: cast floating tensors to ``float16``/``bfloat16``/``float32`` (weight edges).
+        force: replace an existing output.
+        verify: read the result back (or run both) and compare; on by default.
+        strict: on a failed verification remove the output instead of keeping ``OUT.unverified``.
+        quiet: no progress bar.
+        atol, rtol: tolerances for run-both verification (graph edges); weight edges are exact.
+        key: the state_dict inside a training checkpoint (``--key model``).
+        shard_size: maximum bytes per weight shard (hf-model targets).
+        quant: GGUF tensor type: ``f32``/``f16``/``bf16``/``q8_0``.
+        method: TorchScript ``trace`` or ``script``.
+        example_input: ``"1x8:int64"`` (shape and dtype of a traced input).
+        trust: allow running a whole-module pickle's code.
+        opset, exporter: ONNX export settings (``dynamo``/``torchscript``).
+        external_data, external_threshold: ONNX external data on/off and size threshold.
+        tokenizer: a tokenizer folder/file to carry along when the source has none.
+    """
+
+    to: str
+    dtype: str | None = None
+    force: bool = False
+    verify: bool = True
+    strict: bool = False
+    quiet: bool = False
+    atol: float | None = None
+    rtol: float | None = None
+    key: str | None = None
+    shard_size: int | None = None
+    quant: str | None = None
+    method: str | None = None
+    example_input: str | None = None
+    trust: bool = False
+    opset: int | None = None
+    exporter: str | None = None
+    external_data: bool | None = None
+    external_threshold: int = 1024
+    tokenizer: str | None = None
+
+
+@dataclass
+class StepReport:
+    """What one edge did: counts, timing, and its verification verdict.
+
+    ``verify`` holds at least ``{"method": "read-back" | "run-both", "passed": bool}`` and the
+    measured differences (``max_abs_diff``, ``n_compared``, ``mismatches`` ...); it stays
+    ``{}`` when verification was switched off.
+    """
+
+    edge: str
+    src: str
+    out: str
+    seconds: float = 0.0
+    n_tensors: int = 0
+    bytes_written: int = 0
+    verify: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool | None:
+        """True/False after verification, None when it did not run."""
+        return self.verify.get("passed") if self.verify else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One conversion the graph offers.
+
+    Attributes:
+        src, dst: format ids.
+        run: ``"keishiki.convert.<module>:<function>"``, imported only when the edge runs.
+        extras: pip extras the edge needs (``("torch", "onnx")``).
+        lossless: False when the edge can lose information (quantization, graph capture).
+        description: one line for ``keishiki formats``.
+    """
+
+    src: str
+    dst: str
+    run: str
+    extras: tuple[str, ...] = ()
+    lossless: bool = True
+    description: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.src} -> {self.dst}"
+
+    def function(self):
+        """The edge's function, imported now."""
+        import importlib
+
+        module, _, attr = self.run.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@dataclass
+class ConvertReport:
+    """The result of :func:`keishiki.convert`: the path taken and each step's report."""
+
+    src: str
+    out: str
+    src_format: str
+    to: str
+    path: list[str]
+    steps: list[StepReport] = field(default_factory=list)
+    seconds: float = 0.0
+    kept_as: str | None = None  # where an unverified output was kept
+
+    @property
+    def verified(self) -> bool:
+        """True when every step ran its verification."""
+        return bool(self.steps) and all(s.verify for s in self.steps)
+
+    @property
+    def passed(self) -> bool:
+        """False when any step's verification failed (True when verification was off)."""
+        return all(s.passed is not False for s in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": self.src, "out": self.out, "src_format": self.src_format, "to": self.to,
+                "path": self.path, "seconds": round(self.seconds, 3),
+                "verified": self.verified, "passed": self.passed, "kept_as": self.kept_as,
+                "steps": [s.to_dict() for s in self.steps]}
+
+
+def output_is_folder(to: str, out: Path, src_is_dir: bool) -> bool:
+    """Whether the final output of a conversion to ``to`` is a folder.
+
+    ``hf-model`` is always a folder; an OUT ending in a model-file suffix (``.safetensors``,
+    ``.bin``, ``.pt``, ``.gguf``, ``.onnx`` ...) is always a file; otherwise a folder source
+    (an HF folder) gives a folder, and so do ONNX/TorchScript targets (the tokenizer and
+    config travel with them).
+    """
+    if to == "hf-model":
+        return True
+    if out.suffix.lower() in FILE_SUFFIXES:
+        return False
+    return src_is_dir or to in ("onnx", "torchscript")
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

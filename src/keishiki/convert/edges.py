@@ -1,0 +1,104 @@
+"""The conversion graph: every format keishiki knows and every edge between them.
+
+Weight-carrying edges (this list) stream tensors and are verified by reading the result
+back; graph edges (:mod:`keishiki.convert.graph_edges`) capture or rewrite a computation and
+are verified by running both.  Nothing heavy is imported here: an edge names its function
+as a string and is imported only when it runs.
+"""
+
+from __future__ import annotations
+
+from .base import Edge
+
+# format id -> (what it is, module in keishiki/formats that reads it)
+FORMATS: dict[str, tuple[str, str]] = {
+    "safetensors": ("safetensors tensors (single file or shard)", "safetensors"),
+    "pytorch": ("torch.save pickles: state_dicts, checkpoints, whole nn.Modules", "pytorch"),
+    "hf-model": ("Hugging Face model folder: config.json + weights + tokenizer", "hf_model"),
+    "gguf": ("GGUF v2/v3 (llama.cpp), quantized or not", "gguf"),
+    "torchscript": ("TorchScript archive (torch.jit.save)", "torchscript"),
+    "onnx": ("ONNX ModelProto, embedded or external data", "onnx"),
+    "torch-export": ("torch.export .pt2 archive", "torch_export"),
+    "torch7": ("Lua Torch7 torch.save file (binary or ascii)", "torch7"),
+    "numpy": ("NumPy .npy / .npz arrays", "numpy"),
+    "keras-h5": ("Keras/TF HDF5 weights or model", "keras_h5"),
+    "keras": ("Keras v3 .keras archive", "keras"),
+    "flax-msgpack": ("Flax serialized state (msgpack)", "flax_msgpack"),
+    "tflite": ("TensorFlow Lite flatbuffer (identified only)", "tflite"),
+    "tensorflow-savedmodel": ("TensorFlow SavedModel folder (identified only)", "tf_savedmodel"),
+    "coreml": ("Core ML model (identified only)", "coreml"),
+}
+
+# pip extra -> the modules it must make importable (checked before a conversion starts)
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "hf": ("safetensors",),
+    "gguf": ("gguf",),
+    "onnx": ("onnx", "onnxruntime"),
+    "h5": ("h5py",),
+    "flax": ("msgpack",),
+}
+
+_W = "keishiki.convert.weights"
+_H = "keishiki.convert.hf_weights"
+_G = "keishiki.convert.gguf_edges"
+
+WEIGHT_EDGES: list[Edge] = [
+    Edge("pytorch", "safetensors", f"{_W}:to_safetensors", ("hf",),
+         description="state_dict (or --key of a checkpoint) streamed tensor by tensor; ties recorded"),
+    Edge("safetensors", "pytorch", f"{_W}:to_pytorch", ("torch",),
+         description="torch.save zip from memory-mapped tensors; recorded ties restored"),
+    Edge("safetensors", "safetensors", f"{_W}:to_safetensors", ("hf",),
+         description="rewrite (e.g. --dtype bfloat16), ties kept"),
+    Edge("torch7", "safetensors", f"{_W}:to_safetensors", ("hf",),
+         description="Lua Torch weights named like the equivalent PyTorch module"),
+    Edge("torch7", "pytorch", f"{_W}:to_pytorch", ("torch",),
+         description="Lua Torch weights as a PyTorch state_dict"),
+    Edge("numpy", "safetensors", f"{_W}:to_safetensors", ("hf",),
+         description="npz/npy arrays by name"),
+    Edge("keras-h5", "safetensors", f"{_W}:to_safetensors", ("hf", "h5"),
+         description="Keras HDF5 weights by their layer path"),
+    Edge("flax-msgpack", "safetensors", f"{_W}:to_safetensors", ("hf", "flax"),
+         description="Flax state by its tree path"),
+    Edge("hf-model", "safetensors", f"{_H}:to_safetensors", ("hf",),
+         description="HF folder with model.safetensors (sharded with --shard-size); or one file"),
+    Edge("hf-model", "pytorch", f"{_H}:to_pytorch", ("hf", "torch"),
+         description="HF folder with pytorch_model.bin (sharded with --shard-size); or one file"),
+    Edge("hf-model", "hf-model", f"{_H}:to_safetensors", ("hf",),
+         description="re-save an HF folder as safetensors (dtype change, re-sharding)"),
+    Edge("gguf", "safetensors", f"{_G}:gguf_to_safetensors", ("gguf", "hf"),
+         description="dequantized, llama names mapped back to Hugging Face, Q/K un-permuted"),
+    Edge("gguf", "hf-model", f"{_G}:gguf_to_hf", ("gguf", "hf"),
+         description="HF folder: config.json from GGUF metadata, model.safetensors, tokenizer"),
+    Edge("hf-model", "gguf", f"{_G}:hf_to_gguf", ("gguf", "hf"), lossless=False,
+         description="llama family at f32/f16/bf16/q8_0 (--quant); lossless at f32"),
+    Edge("safetensors", "gguf", f"{_G}:safetensors_to_gguf", ("gguf", "hf"), lossless=False,
+         description="tensors kept by name (generic GGUF); lossless at f32"),
+]
+
+try:  # the graph edges are written in parallel; TODO(lead): drop this guard once they land
+    from .graph_edges import GRAPH_EDGES
+except ModuleNotFoundError as exc:
+    if exc.name != f"{__package__}.graph_edges":
+        raise
+    GRAPH_EDGES: list[Edge] = []
+
+EDGES: list[Edge] = [*WEIGHT_EDGES, *GRAPH_EDGES]
+
+
+def formats_table() -> list[dict]:
+    """Every format: id, what, readable (keishiki has a reader), writable (some edge writes it)."""
+    import importlib.util
+
+    writable = {e.dst for e in EDGES}
+    rows = []
+    for fid, (what, module) in FORMATS.items():
+        readable = importlib.util.find_spec(f"keishiki.formats.{module}") is not None
+        rows.append({"id": fid, "what": what, "readable": readable, "writable": fid in writable})
+    return rows
+
+
+def edges_table() -> list[dict]:
+    """Every edge: src, dst, extras, lossless, description."""
+    return [{"src": e.src, "dst": e.dst, "extras": list(e.extras), "lossless": e.lossless,
+             "description": e.description} for e in EDGES]

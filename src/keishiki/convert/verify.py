@@ -1,0 +1,172 @@
+"""Read-back verification for weight edges: every tensor compared with what was meant to be written.
+
+The output is opened with the target format's reference library (``safetensors.safe_open``,
+``torch.load(weights_only=True, mmap=True)``, ``gguf.GGUFReader``) — never with keishiki's own
+reader, so a bug shared by keishiki's writer and reader cannot hide.  Each tensor is compared
+bit for bit with the expected array (the source tensor, cast when ``--dtype`` asked for it);
+names, dtypes and shapes are checked; the largest difference from the *original* values is
+reported so a dtype change shows its rounding.  Run-both verification of graph edges lives
+with the graph edges.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..core import dtypes
+
+CHUNK = 1 << 22  # elements per chunk when measuring differences (bounded temporary memory)
+MAX_LISTED = 10  # names listed per kind of problem in the report
+
+
+class ReadBack:
+    """Accumulates per-tensor comparisons into the ``StepReport.verify`` dict.
+
+    >>> rb = ReadBack(); rb.compare("w", expected, got, original=src); rb.result()["passed"]
+    """
+
+    def __init__(self, method: str = "read-back", library: str = ""):
+        self.method = method
+        self.library = library
+        self.n_compared = 0
+        self.n_bit_exact = 0
+        self.max_abs_diff = 0.0  # against the original values (shows a dtype change's rounding)
+        self.mismatched: list[str] = []
+        self.missing: list[str] = []
+        self.unexpected: list[str] = []
+        self.problems: list[str] = []
+        self.tolerances: dict[str, float] = {}
+
+    def compare(self, name: str, expected: np.ndarray, got: np.ndarray,
+                original: np.ndarray | None = None, atol: float | None = None) -> bool:
+        """Compare one tensor: dtype, shape, then bytes (or within ``atol`` when given).
+
+        Args:
+            expected: what should have been written (already cast/quantization-free).
+            got: what the reference library read back.
+            original: the source values before a dtype change, for the reported difference.
+            atol: allowed absolute difference (quantized targets); None means bit-exact.
+        """
+        self.n_compared += 1
+        if got.dtype != expected.dtype or tuple(got.shape) != tuple(expected.shape):
+            self.mismatched.append(name)
+            self.problems.append(f"{name}: wrote {expected.dtype}{list(expected.shape)}, read "
+                                 f"back {got.dtype}{list(got.shape)}")
+            return False
+        exact = bit_equal(expected, got)
+        self.n_bit_exact += exact
+        diff = max_abs_diff(original if original is not None else expected, got)
+        self.max_abs_diff = max(self.max_abs_diff, diff)
+        ok = exact or (atol is not None and diff <= atol)
+        if atol is not None:
+            self.tolerances[name] = atol
+        if not ok:
+            self.mismatched.append(name)
+            self.problems.append(f"{name}: differs (max abs diff {diff:.3g})")
+        return ok
+
+    def count_ok(self, n: int = 1) -> None:
+        """Record ``n`` tensors checked elsewhere as equal (aliases of a written tensor)."""
+        self.n_compared += n
+        self.n_bit_exact += n
+
+    def result(self) -> dict[str, Any]:
+        """The verify dict: method, library, passed, counts, max_abs_diff, first problems."""
+        passed = not (self.mismatched or self.missing or self.unexpected)
+        out: dict[str, Any] = {
+            "method": self.method, "library": self.library, "passed": passed,
+            "n_compared": self.n_compared, "n_bit_exact": self.n_bit_exact,
+            "max_abs_diff": self.max_abs_diff, "n_mismatched": len(self.mismatched),
+            "missing": self.missing[:MAX_LISTED], "unexpected": self.unexpected[:MAX_LISTED],
+        }
+        if self.tolerances:
+            out["max_tolerance"] = max(self.tolerances.values())
+        if not passed:
+            reasons = self.problems[:3]
+            if self.missing:
+                reasons.append(f"{len(self.missing)} tensor(s) missing from the output, "
+                               f"e.g. {self.missing[0]}")
+            if self.unexpected:
+                reasons.append(f"{len(self.unexpected)} unexpected tensor(s), "
+                               f"e.g. {self.unexpected[0]}")
+            out["reason"] = "; ".join(reasons)
+        return out
+
+
+def bit_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when the two arrays hold the same bytes (NaN payloads included)."""
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    if a.nbytes != b.nbytes:
+        return False
+    return bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| over finite values (float64, chunked); 0.0 for non-numeric dtypes."""
+    if a.size == 0 or a.shape != b.shape:
+        return 0.0
+    if not (_numeric(a.dtype) and _numeric(b.dtype)):
+        return 0.0 if bit_equal(a, b) else float("inf")
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    worst = 0.0
+    for start in range(0, flat_a.size, CHUNK):
+        x = flat_a[start:start + CHUNK].astype(np.float64)
+        y = flat_b[start:start + CHUNK].astype(np.float64)
+        both_nan = np.isnan(x) & np.isnan(y)
+        same_inf = np.isinf(x) & (x == y)
+        d = np.abs(x - y)
+        d[both_nan | same_inf] = 0.0
+        if d.size:
+            worst = max(worst, float(np.nanmax(np.where(np.isnan(d), np.inf, d))))
+    return worst
+
+
+def _numeric(dtype: np.dtype) -> bool:
+    return dtype.kind in "fiub" or dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+# ---- reference readers ------------------------------------------------------------------------
+
+def torch_to_numpy(tensor) -> np.ndarray:
+    """A numpy array of a CPU torch tensor; bfloat16/float8 through their bits and ml_dtypes."""
+    import torch
+
+    tensor = tensor.detach()
+    special = {torch.bfloat16: ("bfloat16", torch.int16),
+               getattr(torch, "float8_e4m3fn", None): ("float8_e4m3fn", torch.uint8),
+               getattr(torch, "float8_e5m2", None): ("float8_e5m2", torch.uint8)}
+    if tensor.dtype in special and tensor.dtype is not None:
+        name, carrier = special[tensor.dtype]
+        return tensor.contiguous().view(carrier).numpy().view(dtypes.to_numpy(name))
+    return tensor.numpy()
+
+
+@contextmanager
+def open_safetensors(path: Path) -> Iterator[tuple[list[str], dict, Callable[[str], np.ndarray]]]:
+    """(names, metadata, get) for a safetensors file through ``safetensors.safe_open``."""
+    from .._optional import available, require
+
+    require("safetensors", extra="hf", purpose="verify safetensors output")
+    from safetensors import safe_open
+
+    framework = "pt" if available("torch") else "np"
+    with safe_open(str(path), framework=framework) as fh:
+        names = list(fh.keys())
+        metadata = fh.metadata() or {}
+        if framework == "pt":
+            yield names, metadata, lambda n: torch_to_numpy(fh.get_tensor(n))
+        else:
+            yield names, metadata, fh.get_tensor
+
+
+def load_torch(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True, mmap=True)`` of a torch.save zip (the reference reader)."""
+    from .._optional import require
+
+    torch = require("torch", extra="torch", purpose="verify PyTorch output")
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
