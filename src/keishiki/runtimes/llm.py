@@ -1,0 +1,279 @@
+"""``LLM``: vLLM's offline API over every backend keishiki can run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence as Seq
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from .base import Backend, Sequence
+from .outputs import CompletionOutput, RequestOutput
+from .params import SamplingParams
+from .sampling import make_rng
+from .select import choose
+from .tokenizer import Tokenizer, find_tokenizer_dir
+
+PromptType = str | dict
+OnText = Callable[[int, int, str], None]
+
+
+class LLM:
+    """Load a model in any runnable format and generate from it, as ``vllm.LLM`` does.
+
+    >>> llm = LLM(model="tiny-llama/")                 # a HF folder, .onnx, TorchScript .pt
+    >>> out = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=8))
+    >>> out[0].outputs[0].text
+
+    Args:
+        model: a Hugging Face folder, an ONNX causal-LM file/folder or a TorchScript file.
+        tokenizer: folder with ``tokenizer.json`` (default: the model's folder).
+        backend: ``auto``, ``torch``, ``onnxruntime``, ``torchscript`` or ``vllm``.
+        dtype: ``auto``/None, ``float32``, ``float16``, ``bfloat16`` (torch and vLLM).
+        seed: seeds the generator of requests whose SamplingParams has no seed.
+        trust_remote_code: let transformers/vLLM run the model folder's own code.
+        tensor_parallel_size, pipeline_parallel_size: passed to vLLM.
+        max_model_len: cap on prompt + output length (default: the model's).
+        max_num_seqs: most sequences decoded in one batch.
+        device: ``cpu``/``cuda`` for torch and torchscript; providers: ONNX Runtime's.
+
+    Attributes:
+        backend: the engine's name; backend_reason: why it was chosen and how it runs.
+
+    Raises:
+        InvalidRequest: missing path, a format that cannot generate, bad arguments.
+        RuntimeUnavailable: the engine cannot run here (no vLLM / GPU, no tokenizer).
+        MissingDependency: the engine's library is not installed.
+    """
+
+    def __init__(self, model: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
+                 backend: str = "auto", dtype: str | None = None, seed: int | None = None,
+                 trust_remote_code: bool = False, tensor_parallel_size: int = 1,
+                 pipeline_parallel_size: int = 1, max_model_len: int | None = None,
+                 max_num_seqs: int | None = None, device: str | None = None,
+                 providers: list[str] | None = None, **engine_kwargs: Any):
+        started = time.perf_counter()
+        self.model_path = Path(model)
+        choice = choose(self.model_path, backend)
+        self.format = choice.format
+        tokenizer_dir = find_tokenizer_dir(
+            self.model_path, tokenizer if tokenizer is not None else
+            (choice.folder if (choice.folder / "tokenizer.json").is_file() else None))
+        self.tokenizer = Tokenizer(tokenizer_dir)
+        config = choice.config() or _read_config(tokenizer_dir)
+        self._engine = self._load(choice, config, tokenizer_dir, dtype=dtype, seed=seed,
+                                  trust_remote_code=trust_remote_code, device=device,
+                                  providers=providers, tp=tensor_parallel_size,
+                                  pp=pipeline_parallel_size, max_model_len=max_model_len,
+                                  engine_kwargs=engine_kwargs)
+        if max_num_seqs:
+            self._engine.max_batch = max_num_seqs
+        if max_model_len:
+            self._engine.max_model_len = max_model_len
+        if getattr(self._engine, "pad_id", None) is not None and self.tokenizer.pad_token_id \
+                is not None:
+            self._engine.pad_id = self.tokenizer.pad_token_id
+        self.backend = self._engine.name
+        self.backend_reason = "; ".join([choice.reason] + self._engine.details)
+        self._rng = np.random.default_rng(seed)
+        self.load_seconds = time.perf_counter() - started
+
+    @staticmethod
+    def _load(choice, config, tokenizer_dir, *, dtype, seed, trust_remote_code, device,
+              providers, tp, pp, max_model_len, engine_kwargs) -> Backend:
+        if choice.backend == "torch":
+            from .torch_backend import TorchBackend
+
+            return TorchBackend(choice.model_file, dtype=dtype, device=device,
+                                trust_remote_code=trust_remote_code)
+        if choice.backend == "onnxruntime":
+            from .onnxruntime_backend import OnnxRuntimeBackend
+
+            return OnnxRuntimeBackend(choice.model_file, config, providers=providers,
+                                      threads=engine_kwargs.get("threads"))
+        if choice.backend == "torchscript":
+            from .torchscript_backend import TorchScriptBackend
+
+            return TorchScriptBackend(choice.model_file, config, device=device)
+        from .vllm_backend import VllmBackend
+
+        return VllmBackend(choice.model_file, tokenizer=str(tokenizer_dir), dtype=dtype,
+                           seed=seed, tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                           max_model_len=max_model_len, trust_remote_code=trust_remote_code,
+                           **engine_kwargs)
+
+    def get_tokenizer(self) -> Tokenizer:
+        """The tokenizer (keishiki's ``tokenizers``-based one, for every backend)."""
+        return self.tokenizer
+
+    def generate(self, prompts: PromptType | Seq[PromptType],
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
+                 use_tqdm: bool = False, on_text: OnText | None = None) -> list[RequestOutput]:
+        """Generate completions for each prompt.
+
+        Args:
+            prompts: a string, a list of strings, or ``{"prompt_token_ids": [...]}`` dicts.
+            sampling_params: one for all prompts or one per prompt (default SamplingParams()).
+            use_tqdm: accepted for vLLM compatibility (no progress bar here).
+            on_text: called as ``on_text(request, index, delta)`` as text is generated.
+
+        Returns:
+            One RequestOutput per prompt, in order.
+
+        Raises:
+            InvalidRequest: no prompts, an empty prompt, out-of-range parameters, a prompt
+                longer than the model takes.
+        """
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise InvalidRequest("nothing to generate: the prompt list is empty")
+        params = self._params_per_prompt(sampling_params, len(prompts))
+        texts, ids = zip(*(self._tokenize(p, i) for i, p in enumerate(prompts)))
+        return self._generate_ids(list(texts), list(ids), params, on_text)
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
+             add_generation_prompt: bool = True, chat_template: str | None = None,
+             use_tqdm: bool = False, on_text: OnText | None = None) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of ``{"role", "content"}`` dicts) or
+        to a list of conversations, rendered with the tokenizer's chat template.
+
+        Raises:
+            InvalidRequest: no chat template, malformed messages, or what generate() raises.
+        """
+        if not messages:
+            raise InvalidRequest("messages must be a non-empty list of "
+                                 "{'role': ..., 'content': ...} dicts")
+        conversations = [messages] if isinstance(messages[0], dict) else list(messages)
+        rendered = [self.tokenizer.render_chat(c, add_generation_prompt, chat_template)
+                    for c in conversations]
+        params = self._params_per_prompt(sampling_params, len(rendered))
+        ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in rendered]
+        return self._generate_ids(rendered, ids, params, on_text)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _params_per_prompt(self, sampling_params, count: int) -> list[SamplingParams]:
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * count
+        sampling_params = list(sampling_params)
+        if len(sampling_params) != count:
+            raise InvalidRequest(f"{len(sampling_params)} sampling params for {count} prompts: "
+                                 f"pass one, or one per prompt")
+        for item in sampling_params:
+            if not isinstance(item, SamplingParams):
+                raise InvalidRequest(f"sampling_params must be SamplingParams, got "
+                                     f"{type(item).__name__}")
+            item.validate()
+        return sampling_params
+
+    def _tokenize(self, prompt: PromptType, index: int) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if prompt.get("prompt_token_ids"):
+                return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+            prompt = prompt.get("prompt", "")
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequest(f"prompt {index} is empty: give some text to continue")
+        return prompt, self.tokenizer.encode(prompt)
+
+    def _sequences(self, ids: list[list[int]], params: list[SamplingParams]) -> list[Sequence]:
+        limit = self._engine.max_model_len
+        eos = set(self.tokenizer.eos_token_ids)
+        seqs = []
+        for request, (prompt_ids, p) in enumerate(zip(ids, params)):
+            if limit and len(prompt_ids) >= limit:
+                raise InvalidRequest(f"prompt {request} has {len(prompt_ids)} tokens; the model "
+                                     f"takes at most {limit} in all")
+            room = limit - len(prompt_ids) if limit else None
+            max_new = min(x for x in (p.max_tokens, room) if x) if (p.max_tokens or room) \
+                else 2**31
+            stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else eos)
+            for index in range(p.n):
+                seqs.append(Sequence(request, index, list(prompt_ids), p,
+                                     make_rng(p.seed, index, self._rng), stop_ids, max_new))
+        return seqs
+
+    def _generate_ids(self, texts, ids, params, on_text) -> list[RequestOutput]:
+        seqs = self._sequences(ids, params)
+        trackers = [_TextTracker(self.tokenizer, s.params) for s in seqs]
+        watch = on_text is not None or any(s.params.stop for s in seqs)
+        index_of = {id(s): i for i, s in enumerate(seqs)}
+        for step in self._engine.run(seqs):
+            if not watch:
+                continue
+            for seq in step:
+                tracker = trackers[index_of[id(seq)]]
+                delta = tracker.update(seq)
+                if delta and on_text is not None:
+                    on_text(seq.request, seq.index, delta)
+        return self._outputs(texts, ids, params, seqs, trackers)
+
+    def _outputs(self, texts, ids, params, seqs, trackers) -> list[RequestOutput]:
+        results = [RequestOutput(str(i), texts[i], list(ids[i]), [],
+                                 metrics={"backend": self.backend}) for i in range(len(ids))]
+        for seq, tracker in zip(seqs, trackers):
+            text = tracker.final_text(seq)
+            results[seq.request].outputs.append(CompletionOutput(
+                seq.index, text, list(seq.output_ids), finish_reason=seq.finish_reason,
+                stop_reason=seq.stop_reason))
+            metrics = results[seq.request].metrics
+            if seq.first_token_at is not None:
+                metrics.setdefault("first_token_s", seq.first_token_at - seq.started_at)
+                metrics.setdefault("decode_s", seq.last_token_at - seq.first_token_at)
+        return results
+
+
+class _TextTracker:
+    """Detokenizes one sequence as it grows: applies stop strings (cutting them from the
+    text, as vLLM does) and returns the text that is safe to stream (held back by the length
+    of the longest stop string, so a stop string is never half-printed, and while the text
+    ends in the middle of a UTF-8 character)."""
+
+    def __init__(self, tokenizer: Tokenizer, params: SamplingParams):
+        self.tokenizer = tokenizer
+        self.params = params
+        self.hold = max((len(s) for s in params.stop), default=1) - 1
+        self.streamed = 0
+        self.done = False
+
+    def update(self, seq: Sequence) -> str:
+        """The new streamable text after this step (and stop-string handling)."""
+        if self.done:
+            return ""
+        text = self.final_text(seq)
+        if seq.finished:
+            self.done = True
+            end = len(text)
+        else:
+            end = len(text.rstrip("\ufffd")) - self.hold
+        delta = text[self.streamed:max(end, self.streamed)]
+        self.streamed += len(delta)
+        return delta
+
+    def final_text(self, seq: Sequence) -> str:
+        """The sequence's text, cut at the first stop string (which then ends it)."""
+        if seq.text is not None:  # the backend detokenized (vLLM)
+            return seq.text
+        text = self.tokenizer.decode(seq.output_ids, self.params.skip_special_tokens)
+        found = [(text.find(s), s) for s in self.params.stop if s in text]
+        if found:
+            at, stop = min(found)
+            text = text[:at + len(stop) if self.params.include_stop_str_in_output else at]
+            seq.finish_reason, seq.stop_reason = "stop", stop
+        return text
+
+
+def _read_config(folder: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,110 @@
+"""``SamplingParams``: how to pick tokens, with vLLM's names, defaults and checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from ..errors import InvalidRequest
+
+_GREEDY_EPS = 1e-5  # vLLM treats temperature below this as greedy
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings for one request, as in ``vllm.SamplingParams``.
+
+    Args:
+        n: sequences to return per prompt.
+        temperature: 0 means greedy (argmax); higher is more random (vLLM default 1.0).
+        top_p: keep the smallest set of tokens whose probability mass reaches top_p, in (0, 1].
+        top_k: keep the k most likely tokens; 0 or -1 keeps all.
+        min_p: drop tokens less likely than min_p times the most likely one, in [0, 1].
+        repetition_penalty: > 1 discourages tokens already in the prompt or output (1 = off).
+        presence_penalty, frequency_penalty: OpenAI-style penalties on output tokens, in [-2, 2].
+        seed: seeds this request's random generator (same seed → same tokens on every
+            numpy-sampled backend).
+        max_tokens: most tokens to generate (vLLM default 16).
+        stop: strings that end generation; they are not included in the text.
+        stop_token_ids: token ids that end generation (kept in ``token_ids``).
+        ignore_eos: keep generating past the end-of-sequence token.
+        skip_special_tokens: leave special tokens out of the decoded text.
+
+    Raises:
+        InvalidRequest: a value is out of range (checked by :meth:`validate`).
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    max_tokens: int | None = 16
+    stop: list[str] | str | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+
+    @property
+    def greedy(self) -> bool:
+        """True when the next token is the argmax (temperature ~ 0)."""
+        return self.temperature < _GREEDY_EPS
+
+    def validate(self) -> "SamplingParams":
+        """Check every field (messages follow vLLM's); returns self.
+
+        Raises:
+            InvalidRequest: the first out-of-range value, saying the allowed range.
+        """
+        _check(isinstance(self.n, int) and self.n >= 1, f"n must be at least 1, got {self.n}.")
+        _check(_num(self.temperature) and self.temperature >= 0,
+               f"temperature must be non-negative, got {self.temperature}.")
+        _check(_num(self.top_p) and 0 < self.top_p <= 1,
+               f"top_p must be in (0, 1], got {self.top_p}.")
+        _check(isinstance(self.top_k, int) and (self.top_k >= 0 or self.top_k == -1),
+               f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}.")
+        _check(_num(self.min_p) and 0 <= self.min_p <= 1,
+               f"min_p must be in [0, 1], got {self.min_p}.")
+        _check(_num(self.repetition_penalty) and 0 < self.repetition_penalty <= 100,
+               f"repetition_penalty must be in (0, 100], got {self.repetition_penalty}.")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(_num(value) and -2 <= value <= 2, f"{name} must be in [-2, 2], got {value}.")
+        _check(self.max_tokens is None or (isinstance(self.max_tokens, int)
+                                           and self.max_tokens >= 1),
+               f"max_tokens must be at least 1, got {self.max_tokens}.")
+        _check(self.seed is None or isinstance(self.seed, int),
+               f"seed must be an integer, got {self.seed!r}.")
+        _check(all(isinstance(s, str) and s for s in self.stop),
+               f"stop must be non-empty strings, got {self.stop!r}.")
+        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+               f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}.")
+        return self
+
+    def clone(self, **changes) -> "SamplingParams":
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (``extra`` left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+
+
+def _num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InvalidRequest(message)

@@ -1,0 +1,162 @@
+"""``backend="auto"``: which engine runs what a path holds, and why.
+
+hf-model → vLLM when it is installed and a CUDA GPU is visible, else torch; onnx →
+onnxruntime (its CUDA provider when onnxruntime-gpu and a GPU are there); torchscript →
+torchscript.  Formats that hold weights without an architecture (a state_dict, safetensors,
+GGUF...) cannot generate here and are refused with what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._optional import available
+from ..errors import InvalidRequest, UnknownFormat
+
+BACKENDS = ("auto", "torch", "onnxruntime", "torchscript", "vllm")
+# which format each explicit backend runs
+RUNS = {"torch": "hf-model", "vllm": "hf-model", "onnxruntime": "onnx",
+        "torchscript": "torchscript"}
+_HF_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+# preferred file names inside an ONNX folder: merged/with-past decoders carry the cache
+_ONNX_NAMES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx",
+               "decoder_model.onnx")
+
+
+@dataclass
+class Choice:
+    """The chosen backend and what it loads.
+
+    Attributes:
+        backend: engine name; format: what the path holds; reason: why this backend.
+        model_file: the file the engine loads (the folder itself for hf-model).
+        folder: the folder beside the model (config.json, tokenizer), if any.
+    """
+
+    backend: str
+    format: str
+    reason: str
+    model_file: Path
+    folder: Path
+
+    def config(self) -> dict:
+        """The folder's config.json as a dict ({} if absent)."""
+        try:
+            return json.loads((self.folder / "config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def detect_format(path: Path) -> str:
+    """The format id of ``path`` from :func:`keishiki.formats.identify`, refined for folders
+    that hold an exported ONNX model next to a config.json (an export folder, not weights)."""
+    from ..formats import identify
+
+    try:
+        fmt = identify(path).format
+    except UnknownFormat:
+        fmt = _fallback_format(path)
+        if fmt is None:
+            raise
+    if path.is_dir() and fmt == "hf-model" and _onnx_in(path) and not _has_hf_weights(path):
+        return "onnx"
+    return fmt
+
+
+def _fallback_format(path: Path) -> str | None:
+    """Minimal content checks while a format's reader is not registered (never by name only
+    for files: ONNX is protobuf, TorchScript a zip with code/)."""
+    import zipfile
+
+    if path.is_dir():
+        if (path / "config.json").is_file() and _has_hf_weights(path):
+            return "hf-model"
+        return "onnx" if _onnx_in(path) else None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "pytorch"
+        return None
+    if path.suffix == ".onnx":
+        return "onnx"
+    return None
+
+
+def _has_hf_weights(folder: Path) -> bool:
+    return any(any(folder.glob(pattern)) for pattern in _HF_WEIGHTS)
+
+
+def _onnx_in(folder: Path) -> Path | None:
+    for name in _ONNX_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    files = sorted(folder.glob("*.onnx"))
+    return files[0] if len(files) == 1 else None
+
+
+def _torchscript_in(folder: Path) -> Path | None:
+    files = sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
+    return files[0] if len(files) == 1 else None
+
+
+def choose(path: str | Path, backend: str = "auto") -> Choice:
+    """Pick the engine for ``path``.
+
+    Raises:
+        InvalidRequest: no such path, an unknown backend name, a format that cannot generate,
+            or a backend that does not run this format.
+        UnknownFormat: keishiki does not recognise the file.
+    """
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise InvalidRequest(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if not path.exists():
+        raise InvalidRequest(f"{path}: no such file or folder")
+    fmt = detect_format(path)
+    model_file, folder = _locate(path, fmt)
+    if backend == "auto":
+        name, reason = _auto(fmt, path)
+    elif RUNS[backend] != fmt:
+        raise InvalidRequest(f"backend '{backend}' runs {RUNS[backend]} models and {path} is "
+                             f"{fmt}; use backend='auto' or convert it (keishiki convert)")
+    else:
+        name, reason = backend, "asked for"
+    return Choice(name, fmt, reason, model_file, folder)
+
+
+def _locate(path: Path, fmt: str) -> tuple[Path, Path]:
+    if fmt == "hf-model":
+        return path, path
+    if fmt == "onnx":
+        file = _onnx_in(path) if path.is_dir() else path
+    elif fmt == "torchscript":
+        file = _torchscript_in(path) if path.is_dir() else path
+    else:
+        raise InvalidRequest(
+            f"{path}: a {fmt} file cannot generate text (it holds weights without the model's "
+            f"architecture); run a Hugging Face folder, an ONNX causal-LM graph or a "
+            f"TorchScript LM")
+    if file is None:
+        raise InvalidRequest(f"{path}: the folder holds no single {fmt} model file to run")
+    return file, path if path.is_dir() else path.parent
+
+
+def _auto(fmt: str, path: Path) -> tuple[str, str]:
+    if fmt == "hf-model":
+        if available("vllm"):
+            from .vllm_backend import cuda_available
+
+            if cuda_available():
+                return "vllm", "auto: Hugging Face folder, vLLM installed and a CUDA GPU visible"
+            return "torch", "auto: Hugging Face folder; vLLM is installed but no CUDA GPU"
+        return "torch", "auto: Hugging Face folder (vLLM not installed)"
+    if fmt == "onnx":
+        return "onnxruntime", "auto: ONNX graph"
+    if fmt == "torchscript":
+        return "torchscript", "auto: TorchScript archive"
+    raise InvalidRequest(f"{path}: a {fmt} file cannot generate text")

@@ -1,0 +1,116 @@
+"""vLLM backend: a thin adapter over ``vllm.LLM`` (GPU only).
+
+vLLM's engine is how keishiki runs a model across several GPUs or machines: the
+``tensor_parallel_size`` and ``pipeline_parallel_size`` arguments go straight through.
+vLLM pins its own torch and transformers, so install keishiki into vLLM's environment with
+its core dependencies only (``pip install keishiki``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from .._optional import available
+from ..errors import RuntimeUnavailable
+from .base import Backend, Sequence
+from .params import SamplingParams
+
+# keishiki field -> vllm.SamplingParams keyword (the same names: vLLM's are the model)
+_SAME = ["n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+         "presence_penalty", "frequency_penalty", "seed", "max_tokens", "stop",
+         "stop_token_ids", "ignore_eos", "skip_special_tokens", "include_stop_str_in_output"]
+
+
+def sampling_kwargs(params: SamplingParams) -> dict:
+    """The ``vllm.SamplingParams(**kwargs)`` equivalent of ``params`` (one to one; top_k 0
+    becomes vLLM's "disabled" value -1, which every vLLM version accepts)."""
+    kwargs = {name: getattr(params, name) for name in _SAME}
+    kwargs["stop"] = list(params.stop) or None
+    kwargs["stop_token_ids"] = list(params.stop_token_ids) or None
+    if kwargs["top_k"] == 0:
+        kwargs["top_k"] = -1
+    kwargs.update(params.extra)
+    return kwargs
+
+
+def supported_architectures() -> tuple[str | None, set[str] | None]:
+    """(vLLM version, architectures) from ``keishiki/data/vllm_supported.json``; (None, None)
+    when the list is not shipped."""
+    try:
+        text = resources.files("keishiki").joinpath("data/vllm_supported.json").read_text()
+        data = json.loads(text)
+        return data.get("vllm_version"), set(data.get("architectures") or [])
+    except (OSError, ValueError, ModuleNotFoundError):
+        return None, None
+
+
+def check_supported(model_dir: Path) -> None:
+    """Raise RuntimeUnavailable naming the architecture when vLLM's list lacks it."""
+    version, archs = supported_architectures()
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    model_archs = config.get("architectures") or []
+    if archs and model_archs and not any(a in archs for a in model_archs):
+        raise RuntimeUnavailable(
+            f"{model_dir}: architecture {', '.join(model_archs)} is not on vLLM "
+            f"{version or ''}'s supported list; use backend='torch' (or convert to ONNX)")
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA GPU (imports torch: only call when vLLM is installed)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+class VllmBackend(Backend):
+    """Hands whole requests to ``vllm.LLM.generate`` and copies its results back."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, tokenizer: str | None = None, dtype: str | None = None,
+                 seed: int | None = None, tensor_parallel_size: int = 1,
+                 pipeline_parallel_size: int = 1, max_model_len: int | None = None,
+                 trust_remote_code: bool = False, **engine_kwargs):
+        super().__init__()
+        if not available("vllm"):
+            raise RuntimeUnavailable("backend 'vllm' needs vLLM, which is not installed: "
+                                     "pip install vllm (in its own environment, then "
+                                     "pip install keishiki there), or use backend='torch'")
+        check_supported(model_dir)
+        if not cuda_available():
+            raise RuntimeUnavailable("backend 'vllm' needs a CUDA GPU and none is visible; "
+                                     "use backend='torch' or 'onnxruntime' on a CPU")
+        import vllm
+
+        self.vllm = vllm
+        self.engine = vllm.LLM(
+            model=str(model_dir), tokenizer=tokenizer, dtype=dtype or "auto", seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code, **engine_kwargs)
+        self.details = [f"vllm {vllm.__version__}", f"tensor_parallel_size={tensor_parallel_size}",
+                        f"pipeline_parallel_size={pipeline_parallel_size}"]
+
+    def _run_impl(self, seqs: list[Sequence]):
+        by_request: dict[int, list[Sequence]] = {}
+        for seq in seqs:
+            by_request.setdefault(seq.request, []).append(seq)
+        requests = list(by_request.values())
+        prompts = [{"prompt_token_ids": group[0].prompt_ids} for group in requests]
+        params = [self.vllm.SamplingParams(**sampling_kwargs(group[0].params.clone(
+            n=len(group)))) for group in requests]
+        results = self.engine.generate(prompts, params, use_tqdm=False)
+        for group, result in zip(requests, results):
+            for seq, completion in zip(group, result.outputs):
+                seq.output_ids = list(completion.token_ids)
+                seq.text = completion.text
+                seq.finish_reason = completion.finish_reason or "length"
+                seq.stop_reason = completion.stop_reason
+        yield seqs
