@@ -1,0 +1,82 @@
+"""coreml: Core ML ``.mlpackage`` folders (``Manifest.json`` + ``Data/com.apple.CoreML/``) and
+bare ``.mlmodel`` protobuf files.
+
+Summary only.  A bare ``.mlmodel`` has no magic and starts like an ONNX ModelProto (both
+open with a small varint field 1 then a length-delimited field 2), so it is claimed only
+with the ``.mlmodel`` extension *and* that protobuf shape; ONNX files are never taken.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.model import ModelInfo
+from ..core.source import Source
+from ..errors import KeishikiError
+from ._summary import first_varint_field, list_files, varint
+
+FORMAT = "coreml"
+MAX_SPEC_VERSION = 100  # Core ML specification versions are small integers (9 in 2024)
+
+
+def _spec_version(head: bytes) -> int | None:
+    """Model.specificationVersion when ``head`` opens like a Core ML Model protobuf."""
+    version = first_varint_field(head)
+    if version is None or not 1 <= version <= MAX_SPEC_VERSION:
+        return None
+    pos = varint(head, 1)[1]  # type: ignore[index]
+    return version if head[pos:pos + 1] == b"\x12" else None  # field 2: description
+
+
+def _manifest(src: Source) -> dict[str, Any] | None:
+    try:
+        data = src.read_json("Manifest.json")
+    except KeishikiError:
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("itemInfoEntries"), dict)
+    return data if ok else None
+
+
+def sniff(src: Source):
+    from . import Match
+
+    if src.is_dir:
+        if src.has("Manifest.json") and _manifest(src) is not None:
+            return Match(FORMAT, "mlpackage", reason="folder with a Core ML Manifest.json")
+        return None
+    if src.path.suffix.lower() == ".mlmodel" and _spec_version(src.head[:32]) is not None:
+        return Match(FORMAT, "mlmodel", reason=".mlmodel protobuf (specificationVersion)")
+    return None
+
+
+def _root_model(src: Source, manifest: dict[str, Any]) -> str | None:
+    entries = manifest.get("itemInfoEntries") or {}
+    root = entries.get(manifest.get("rootModelIdentifier"), {})
+    rel = root.get("path") if isinstance(root, dict) else None
+    return f"Data/{rel}" if isinstance(rel, str) else None
+
+
+def read(src: Source, match) -> ModelInfo:
+    details: dict[str, Any] = {}
+    warnings = ["summary only: reading a Core ML model's layers and weights needs coremltools"]
+    if src.is_dir:
+        manifest = _manifest(src) or {}
+        files = list_files(src.path)
+        model_rel = _root_model(src, manifest)
+        details.update(manifest=manifest.get("fileFormatVersion"), files=files,
+                       n_files=len(files), root_model=model_rel)
+        spec = None
+        if model_rel and src.has(model_rel):
+            with open(src.child(model_rel), "rb") as fh:
+                spec = _spec_version(fh.read(32))
+        elif model_rel:
+            warnings.append(f"the manifest's root model {model_rel} is missing")
+        weights = [f for f in files if "/weights/" in f["path"]]
+        details["weights_bytes"] = sum(f["size"] for f in weights)
+    else:
+        spec = _spec_version(src.head[:32])
+        details["files"] = [{"path": src.name, "size": src.size}]
+    details["specification_version"] = spec
+    return ModelInfo(path=str(src.path), format=FORMAT, variant=match.variant,
+                     format_version=str(spec) if spec is not None else None,
+                     details={FORMAT: details}, warnings=warnings)
