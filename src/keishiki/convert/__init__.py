@@ -49,7 +49,6 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
         Mismatch: the result differs from the source (kept as ``OUT.unverified`` unless
             ``strict``); ``Mismatch.report`` holds the full report.
     """
-    from ..formats import identify
     from .paths import describe, find_path
 
     opts = make_options(to, options)
@@ -57,7 +56,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
     if not src.exists():
         raise InvalidRequest(f"{src}: no such file or folder")
     check_output(out, [src], opts.force)
-    src_format = identify(src).format
+    src_format = source_format(src)
     path = find_path(src_format, opts.to)
     _check_extras(path)
     check_free_space(out.parent if str(out.parent) else Path("."), _space_needed(src, path, opts))
@@ -70,6 +69,45 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
     finally:
         report.seconds = time.perf_counter() - start
     return report
+
+
+def source_format(src: Path) -> str:
+    """The format id of ``src`` (by content); a folder with config.json and weights, or a
+    torch.save file, is recognised even before its format reader is registered."""
+    from ..errors import UnknownFormat
+    from ..formats import identify
+
+    try:
+        return identify(src).format
+    except UnknownFormat:
+        fallback = fallback_format(src)
+        if fallback is None:
+            raise
+        return fallback
+
+
+def fallback_format(src: Path) -> str | None:
+    """``hf-model`` / ``pytorch`` from a cheap look at ``src``, or None."""
+    import zipfile
+
+    if src.is_dir():
+        has_weights = any((src / n).is_file() for n in (
+            "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json"))
+        return "hf-model" if (src / "config.json").is_file() and has_weights else None
+    with open(src, "rb") as fh:
+        head = fh.read(16)
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(src) as zf:
+                if any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()):
+                    return "pytorch"
+        except zipfile.BadZipFile:
+            return None
+    # a legacy torch.save file starts with the pickled magic number 0x1950a86a20f9469cfc6c
+    if head[:2] == b"\x80\x02" and b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19" in head[:16]:
+        return "pytorch"
+    return None
 
 
 def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:

@@ -37,6 +37,8 @@ class SourceTensors:
     metadata: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     format: str = ""
+    # name -> the safetensors file holding it (those tensors can be memory-mapped for torch.save)
+    mapped_files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -45,13 +47,23 @@ class SourceTensors:
 
 # ---- reading the source -------------------------------------------------------------------
 
-def read_model(src: Path) -> ModelInfo:
-    """The source's ModelInfo from keishiki's reader (identify + read; no scan)."""
+def read_model(src: Path) -> ModelInfo | None:
+    """The source's ModelInfo from keishiki's reader (identify + read; no scan); None for a
+    torch.save file when keishiki's pickle reader is not available (torch.load is used then)."""
     from ..core.source import Source
+    from ..errors import UnknownFormat
     from ..formats import identify, read
 
     with Source(src) as source:
-        return read(source, identify(source))
+        try:
+            match = identify(source)
+        except UnknownFormat:
+            from . import fallback_format
+
+            if fallback_format(Path(src)) == "pytorch":
+                return None
+            raise
+        return read(source, match)
 
 
 def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = None) -> SourceTensors:
@@ -62,6 +74,8 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
             pickled module without ``--trust``, or a format whose tensor data keishiki cannot read.
     """
     info = info or read_model(src)
+    if info is None:
+        return _torch_fallback(src, opts)
     kind = str(info.details.get(info.format, {}).get("kind", "")) if info.details else ""
     if info.format == "pytorch" and "module" in kind:
         return _trusted_module(src, info, opts)
@@ -72,7 +86,8 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
     unique, aliases = _dedupe(tensors)
     metadata = dict(info.metadata) if info.format == "safetensors" else {}
     aliases.update(_recorded_aliases(metadata))
-    return SourceTensors(unique, aliases, metadata, list(info.warnings), info.format)
+    mapped = {t.name: Path(src) for t in unique} if info.format == "safetensors" else {}
+    return SourceTensors(unique, aliases, metadata, list(info.warnings), info.format, mapped)
 
 
 def _select_key(tensors: list[LazyTensor], key: str | None, src: Path,
@@ -276,7 +291,7 @@ def to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
 # ---- → pytorch ----------------------------------------------------------------------------
 
-def torch_tensors(src: Path, st: SourceTensors, dtype: str | None) -> dict[str, object]:
+def torch_tensors(st: SourceTensors, dtype: str | None) -> dict[str, object]:
     """{name: torch tensor} for torch.save, ties restored.
 
     Memory bound: safetensors sources become tensors over one copy-on-write memory map of the
@@ -286,11 +301,14 @@ def torch_tensors(src: Path, st: SourceTensors, dtype: str | None) -> dict[str, 
     once.
     """
     torch = _torch()
-    mapped = np.memmap(src, dtype=np.uint8, mode="c") if st.format == "safetensors" else None
+    maps: dict[Path, np.memmap] = {}
     out: dict[str, object] = {}
     for t in st.tensors:
-        if mapped is not None and t.info.data_offset is not None and t.info.nbytes:
-            raw = mapped[t.info.data_offset:t.info.data_offset + t.info.nbytes]
+        path = st.mapped_files.get(t.name)
+        if path is not None and t.info.data_offset is not None and t.info.nbytes:
+            if path not in maps:
+                maps[path] = np.memmap(path, dtype=np.uint8, mode="c")
+            raw = maps[path][t.info.data_offset:t.info.data_offset + t.info.nbytes]
             tensor = _bytes_to_torch(torch, raw, t.info)
             if dtype is not None and t.info.dtype in FLOATING:
                 tensor = tensor.to(getattr(torch, dtype))
@@ -363,7 +381,7 @@ def to_pytorch(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     report = StepReport(edge=f"{st.format} -> pytorch", src=str(src), out=str(out),
                         warnings=list(st.warnings))
     with Timer() as timer, progress(None, "-> pytorch", opts.quiet) as _adv:
-        state = torch_tensors(src, st, opts.dtype)
+        state = torch_tensors(st, opts.dtype)
         torch.save(state, str(out))
         del state
     report.n_tensors = len(st.tensors)
