@@ -1,0 +1,78 @@
+"""``keishiki compare A B``: the same model in two files or formats, tensor by tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._app import JSON_OPTION, app
+from .cmd_map import render_unmatched, shape_text
+from .render import console, print_json, table
+
+STYLE = {"identical": "green", "within tolerance": "yellow", "different": "red"}
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="Model A, the reference (any format)."),
+    b: Path = typer.Argument(..., help="Model B (any format)."),
+    atol: float = typer.Option(0.0, "--atol", help="Allowed absolute difference per element."),
+    rtol: float = typer.Option(0.0, "--rtol", help="Allowed difference relative to |A|."),
+    allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Tensors found on "
+                                         "one side only do not make the verdict 'different'."),
+    no_values: bool = typer.Option(False, "--no-values", help="Pair by names only."),
+    outputs: bool = typer.Option(False, "--outputs", help="Also run both as causal LMs "
+                                 "(greedy) and compare tokens and logits."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt for --outputs."),
+    max_tokens: int = typer.Option(20, "--max-tokens", help="Greedy steps for --outputs."),
+    logits_atol: float = typer.Option(None, "--logits-atol", help="Allowed logit difference "
+                                      "for --outputs (default by dtype: 1e-4 for float32)."),
+    show: str = typer.Option("diff", "--show", help="Rows to list: diff (not identical), all."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: bool = JSON_OPTION,
+) -> int:
+    """Compare the weights of A and B pair by pair (max abs/rel diff, bit-for-bit or not,
+    dtype changes), optionally their outputs. Exit 0 identical or within tolerance,
+    1 different, 2 error."""
+    from ..compare import compare as run_compare
+
+    report = run_compare(a, b, atol=atol, rtol=rtol, by_value=not no_values,
+                         allow_unmatched=allow_unmatched, outputs=outputs, prompt=prompt,
+                         max_tokens=max_tokens, logits_atol=logits_atol,
+                         quiet=quiet or json_out)
+    if json_out:
+        print_json(report.to_dict())
+        return report.exit_code
+    render(report, show_all=show == "all")
+    return report.exit_code
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def render(report, show_all: bool = False) -> None:
+    """Human view: the rows worth seeing, unpaired tensors, outputs, then the verdict."""
+    m = report.mapping
+    rows = [(d.pair.a, d.pair.b, d.pair.how, shape_text(d.pair.a_shape),
+             d.pair.a_dtype if d.pair.a_dtype == d.pair.b_dtype
+             else f"{d.pair.a_dtype} / {d.pair.b_dtype}",
+             d.status, _num(d.max_abs_diff), _num(d.max_rel_diff))
+            for d in report.tensors if show_all or d.status != "identical"]
+    counts = ", ".join(f"{n} {s}" for s, n in report.counts().items())
+    console.print(f"[bold]{m.a_path}[/bold] ({m.a_format}) vs [bold]{m.b_path}[/bold] "
+                  f"({m.b_format}): {len(report.tensors)} pairs ({counts})")
+    if rows:
+        table(None, ["A", "B", "how", "shape", "dtype", "status", "max abs", "max rel"], rows,
+              justify_right=["max abs", "max rel"])
+    if m.unmatched_a or m.unmatched_b:
+        render_unmatched(m)
+    if report.outputs:
+        o = report.outputs
+        console.print(f"outputs ({o['backend_a']} vs {o['backend_b']}, prompt {o['prompt']!r}, "
+                      f"{o['steps']} greedy steps): {o['summary']}")
+    verdict = report.verdict
+    console.print(f"verdict: [bold {STYLE[verdict]}]{verdict}[/bold {STYLE[verdict]}]"
+                  f" (atol {report.atol:g}, rtol {report.rtol:g})"
+                  + ("".join(f"\n  - {r}" for r in report.reasons)))

@@ -1,0 +1,161 @@
+"""Compare a model across formats: its weights tensor by tensor, and optionally its outputs.
+
+>>> report = keishiki.compare("tiny-llama/", "tiny-llama-onnx/model.onnx", atol=1e-6)
+>>> report.verdict, report.exit_code
+('identical', 0)
+
+Tensors are paired by :func:`keishiki.mapping.map_names` (names, prefixes, GGUF names, then
+content hashes for exporter-generated ONNX names), then each pair is loaded, compared and
+dropped before the next: one pair in memory at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.model import ModelInfo
+from ..errors import InvalidRequest
+from ..mapping import NameMap, load_array, map_names
+from .weights import TensorDiff, compare_arrays
+
+VERDICTS = ("identical", "within tolerance", "different")
+
+
+@dataclass
+class CompareReport:
+    """What :func:`compare` found.
+
+    Attributes:
+        verdict: ``identical`` (every pair bit-for-bit, nothing unpaired), ``within tolerance``
+            (every pair equal within atol/rtol, dtype changes allowed), or ``different``.
+        mapping: the :class:`~keishiki.mapping.NameMap` used.
+        tensors: one :class:`~keishiki.compare.weights.TensorDiff` per pair, in A's order.
+        outputs: the run-both result when outputs were compared, else None.
+    """
+
+    mapping: NameMap
+    tensors: list[TensorDiff]
+    atol: float
+    rtol: float
+    allow_unmatched: bool = False
+    outputs: dict[str, Any] | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        self.reasons = self._reasons()
+        if self.reasons:
+            return "different"
+        unmatched = self.mapping.unmatched_a or self.mapping.unmatched_b
+        if all(d.status == "identical" for d in self.tensors) and not unmatched:
+            return "identical"
+        return "within tolerance"
+
+    @property
+    def exit_code(self) -> int:
+        """0 when identical or within tolerance, 1 when different (the CLI's exit code)."""
+        return 0 if self.verdict != "different" else 1
+
+    def _reasons(self) -> list[str]:
+        reasons = []
+        bad = [d for d in self.tensors if not d.ok]
+        if bad:
+            names = ", ".join(d.pair.a for d in bad[:5]) + (" …" if len(bad) > 5 else "")
+            reasons.append(f"{len(bad)} tensor(s) differ: {names}")
+        ua, ub = self.mapping.counted_unmatched
+        if not self.allow_unmatched and (ua or ub):
+            reasons.append(f"unpaired tensors: {len(ua)} only in A, {len(ub)} only in B")
+        if not self.tensors:
+            reasons.append("no tensor of A could be paired with one of B")
+        if self.outputs is not None and not self.outputs.get("passed", False):
+            reasons.append("outputs differ: " + str(self.outputs.get("summary", "")))
+        return reasons
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.tensors:
+            out[d.status] = out.get(d.status, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        verdict = self.verdict
+        mapping = self.mapping.to_dict()
+        return {
+            "verdict": verdict, "exit_code": self.exit_code, "reasons": self.reasons,
+            "a": mapping["a"], "b": mapping["b"], "atol": self.atol, "rtol": self.rtol,
+            "n_pairs": len(self.tensors), "status_counts": self.counts(),
+            "how": mapping["how"],
+            "max_abs_diff": max((d.max_abs_diff or 0.0 for d in self.tensors), default=0.0),
+            "tensors": [d.to_dict() for d in self.tensors],
+            "unmatched_a": mapping["unmatched_a"], "unmatched_b": mapping["unmatched_b"],
+            "outputs": self.outputs,
+        }
+
+
+def _model(x: str | os.PathLike | ModelInfo) -> ModelInfo:
+    if isinstance(x, ModelInfo):
+        return x
+    from ..formats import inspect
+
+    return inspect(x)
+
+
+def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, *,
+            atol: float = 0.0, rtol: float = 0.0, by_value: bool = True,
+            allow_unmatched: bool = False, outputs: bool = False, prompt: str | None = None,
+            max_tokens: int = 20, logits_atol: float | None = None,
+            quiet: bool = True) -> CompareReport:
+    """Compare model ``a`` (the reference) with model ``b``, in any two formats.
+
+    Args:
+        a, b: paths (or ModelInfo from :func:`keishiki.inspect`).
+        atol, rtol: per-element tolerance ``|a-b| <= atol + rtol*|a|`` (default: exact).
+        by_value: pair tensors that names cannot pair by hashing their contents.
+        allow_unmatched: tensors present on one side only do not make the verdict
+            ``different`` (ONNX graph constants such as shapes never do).
+        outputs: also run both as causal LMs with greedy decoding and compare logits and
+            tokens (see :mod:`keishiki.compare.outputs`).
+        prompt, max_tokens: the prompt (default ``"The quick brown fox"``) and greedy steps.
+        logits_atol: absolute logit tolerance for ``outputs`` (default: by weight dtype,
+            1e-4 for float32).
+        quiet: no progress bar.
+
+    Returns:
+        A :class:`CompareReport`; ``report.verdict`` and ``report.exit_code`` summarise it.
+
+    Raises:
+        UnknownFormat, CorruptFile: a path is not a readable model.
+        InvalidRequest: negative tolerances, or a format keishiki cannot read data from.
+    """
+    if atol < 0 or rtol < 0:
+        raise InvalidRequest(f"tolerances must be >= 0 (got atol={atol}, rtol={rtol})")
+    model_a, model_b = _model(a), _model(b)
+    for m in (model_a, model_b):
+        if m.tensor_loader is None and m.tensors:
+            raise InvalidRequest(f"{m.path}: keishiki cannot read tensor data from {m.format} "
+                                 f"files, so their weights cannot be compared")
+    from ..core.progress import progress
+
+    with progress(None, "pairing tensors", quiet=quiet) as advance:
+        name_map = map_names(model_a, model_b, by_value=by_value,
+                             on_load=lambda n: advance(1, description=f"hashing {n}"))
+    diffs = []
+    with progress(len(name_map.pairs), "comparing", quiet=quiet) as advance:
+        for pair in name_map.pairs:
+            arr_a = load_array(model_a, model_a.tensor(pair.a))
+            arr_b = load_array(model_b, model_b.tensor(pair.b))
+            diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol))
+            del arr_a, arr_b  # one pair in memory at a time
+            advance(1)
+    report = CompareReport(name_map, diffs, atol, rtol, allow_unmatched)
+    if outputs:
+        from .outputs import compare_outputs
+
+        report.outputs = compare_outputs(model_a, model_b, prompt=prompt,
+                                         max_tokens=max_tokens, atol=logits_atol)
+    return report
+
+
+__all__ = ["CompareReport", "TensorDiff", "compare"]

@@ -1,0 +1,171 @@
+"""Compare one pair of tensors: bit-for-bit, then by value (max abs / rel difference).
+
+A is the reference: an element is within tolerance when ``|a - b| <= atol + rtol * |a|``
+(numpy's ``allclose`` with A in the role of ``b``), NaN equal to NaN.  ``max_rel_diff`` is
+``max|a - b| / max|a|``, the same definition the converter's run-both verifier uses, so it stays
+finite where A has zeros.  Work happens in chunks of float64 so a large tensor never needs
+more than its two arrays plus a few tens of MB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..mapping import TensorPair
+
+CHUNK = 1 << 21  # elements per float64 chunk (16 MB)
+
+
+@dataclass
+class TensorDiff:
+    """How one mapped pair compares.
+
+    ``status`` is ``identical`` (same dtype and bytes), ``equal`` (same values, different
+    dtype or layout), ``within tolerance``, ``different`` or ``shape mismatch``.
+    """
+
+    pair: TensorPair
+    status: str
+    bit_equal: bool
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    n_over_tolerance: int = 0
+    transform: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("identical", "equal", "within tolerance")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.pair.to_dict()
+        out.update({"status": self.status, "bit_equal": self.bit_equal,
+                    "dtype_differs": self.pair.a_dtype != self.pair.b_dtype,
+                    "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
+                    "n_over_tolerance": self.n_over_tolerance})
+        if self.transform != self.pair.transform:
+            out["transform_applied"] = self.transform
+        if self.notes:
+            out["notes"] = self.notes
+        return out
+
+
+# ---- transforms --------------------------------------------------------------------------------
+
+def llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's row permutation of Q/K weights (HF → GGUF), as in convert_hf_to_gguf.py."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def llama_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of :func:`llama_permute` (GGUF → HF)."""
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def apply_transform(arr: np.ndarray, transform: str | None, extra: dict) -> np.ndarray:
+    """B's array lined up with A's (see :class:`keishiki.mapping.TensorPair`)."""
+    if transform is None:
+        return arr
+    if transform == "transpose":
+        return arr.T
+    n_head = int(extra.get("n_head", 0))
+    if n_head <= 0 or arr.ndim < 1 or arr.shape[0] % (2 * n_head):
+        return arr  # cannot apply: compare as is, the diff will say whether that was right
+    if transform == "llama-rope-permute":
+        return llama_permute(arr, n_head)
+    if transform == "llama-rope-unpermute":
+        return llama_unpermute(arr, n_head)
+    raise ValueError(f"unknown transform {transform!r}")
+
+
+# ---- differences -------------------------------------------------------------------------------
+
+def _as_wide(arr: np.ndarray) -> np.ndarray:
+    kind = arr.dtype.kind
+    if kind == "c":
+        return arr.astype(np.complex128)
+    if kind in "iub":
+        return arr.astype(np.int64)
+    return arr.astype(np.float64)  # float16/32/64 and the ml_dtypes floats
+
+
+def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[float, float, int]:
+    """(max |a-b|, max |a-b| / max |a|, number of elements over ``atol + rtol*|a|``) for two
+    arrays of one shape, in float64 chunks; NaN matches NaN, a NaN against a number counts."""
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    max_abs = max_ref = 0.0
+    over = 0
+    for start in range(0, flat_a.size, CHUNK):
+        xa = _as_wide(flat_a[start:start + CHUNK])
+        xb = _as_wide(flat_b[start:start + CHUNK])
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.abs(xa - xb).astype(np.float64)
+            ref = np.abs(xa).astype(np.float64)
+        both_nan = np.isnan(ref) & np.isnan(np.abs(xb).astype(np.float64))
+        diff[both_nan] = 0.0
+        # equal infinities give inf - inf = nan: they are equal
+        same = xa == xb
+        diff[same] = 0.0
+        bad = np.isnan(diff)
+        diff[bad] = np.inf
+        if diff.size:
+            max_abs = max(max_abs, float(diff.max()))
+            finite_ref = ref[np.isfinite(ref)]
+            if finite_ref.size:
+                max_ref = max(max_ref, float(finite_ref.max()))
+        with np.errstate(invalid="ignore"):
+            over += int(np.count_nonzero(~(diff <= atol + rtol * np.nan_to_num(ref))))
+    max_rel = max_abs / max_ref if max_ref else (0.0 if max_abs == 0 else float("inf"))
+    return max_abs, max_rel, over
+
+
+def compare_arrays(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
+                   rtol: float) -> TensorDiff:
+    """Compare A's array with B's (B not yet transformed) for ``pair``."""
+    candidates = [pair.transform]
+    if pair.transform and pair.transform.startswith("llama-rope"):
+        candidates.append(None)  # a writer that did not permute
+    best: TensorDiff | None = None
+    for transform in candidates:
+        diff = _compare_one(pair, a, apply_transform(b, transform, pair.extra), atol, rtol)
+        diff.transform = transform
+        if best is None or _rank(diff) < _rank(best):
+            best = diff
+        if diff.ok:
+            break
+    assert best is not None
+    if best.transform != pair.transform:
+        best.notes.append(f"matched without the {pair.transform} transform")
+    return best
+
+
+def _rank(diff: TensorDiff) -> tuple:
+    return (not diff.ok, diff.max_abs_diff if diff.max_abs_diff is not None else np.inf)
+
+
+def _compare_one(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
+                 rtol: float) -> TensorDiff:
+    if tuple(a.shape) != tuple(b.shape):
+        if a.size == b.size and a.size and pair.how.startswith("value"):
+            b = b.reshape(a.shape)  # same bytes, a reshaped view (ONNX folds sometimes)
+        else:
+            return TensorDiff(pair, "shape mismatch", False,
+                              notes=[f"shape {list(a.shape)} vs {list(b.shape)}"])
+    same_dtype = a.dtype == b.dtype
+    bit_equal = bool(same_dtype and np.ascontiguousarray(a).tobytes()
+                     == np.ascontiguousarray(b).tobytes())
+    if bit_equal:
+        return TensorDiff(pair, "identical", True, 0.0, 0.0, 0)
+    max_abs, max_rel, over = value_diff(a, b, atol, rtol)
+    if max_abs == 0.0:
+        status = "equal"
+    elif over == 0:
+        status = "within tolerance"
+    else:
+        status = "different"
+    return TensorDiff(pair, status, False, max_abs, max_rel, over)
