@@ -1,0 +1,299 @@
+"""Hugging Face model folders: ``config.json`` plus weights in any of transformers' layouts.
+
+The weights are read by the registry's own readers (safetensors, pytorch, keras-h5,
+flax-msgpack, gguf), one shard at a time and header-only, so a sharded 100 GB model is
+described from its headers.  Shard names come from ``*.index.json`` files and are resolved
+inside the folder only.  On top of the tensors this module reports the config facts people
+ask for first (layers, hidden size, heads, KV heads, vocabulary, context length, dtype),
+the memory the weights need at common precisions, the tokenizer files present, and whether
+the architecture is on vLLM's supported list (``data/vllm_supported.json``, with the vLLM
+version it was taken from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.model import ModelInfo
+from ..core.source import Source
+from ..core.tensor import TensorInfo
+from ..errors import CorruptFile, KeishikiError, UnknownFormat
+
+FORMAT = "hf-model"
+
+# (weights format, single-file name, index file name), in transformers' loading preference
+WEIGHT_LAYOUTS = [
+    ("safetensors", "model.safetensors", "model.safetensors.index.json"),
+    ("pytorch", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ("keras-h5", "tf_model.h5", "tf_model.h5.index.json"),
+    ("flax-msgpack", "flax_model.msgpack", "flax_model.msgpack.index.json"),
+]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json"]
+# bytes per parameter for the memory estimate
+PRECISIONS = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+
+# config.json facts: (reported name, keys that different model families use for it)
+CONFIG_FACTS = [
+    ("num_hidden_layers", ("num_hidden_layers", "n_layer", "num_layers", "n_layers")),
+    ("hidden_size", ("hidden_size", "n_embd", "d_model", "dim")),
+    ("num_attention_heads", ("num_attention_heads", "n_head", "num_heads", "n_heads")),
+    ("num_key_value_heads", ("num_key_value_heads", "num_kv_heads", "n_kv_heads",
+                             "multi_query_group_num")),
+    ("intermediate_size", ("intermediate_size", "n_inner", "ffn_dim", "d_ff")),
+    ("vocab_size", ("vocab_size", "padded_vocab_size", "n_vocab")),
+    ("max_position_embeddings", ("max_position_embeddings", "n_positions", "max_seq_len",
+                                 "seq_length", "n_ctx", "max_sequence_length")),
+    ("head_dim", ("head_dim",)),
+]
+
+
+# ---- sniffing -----------------------------------------------------------------------------------
+
+def _config(src: Source) -> dict[str, Any] | None:
+    if not src.is_dir or not src.has("config.json"):
+        return None
+    try:
+        config = src.read_json("config.json")
+    except KeishikiError:
+        return None
+    if not isinstance(config, dict) or not ("model_type" in config or "architectures" in config):
+        return None
+    return config
+
+
+def _weight_files(src: Source) -> list[tuple[str, list[str], str | None]]:
+    """[(weights format, files, index file)] for every layout present in the folder."""
+    names = src.files()
+    found = []
+    for fmt, single, index in WEIGHT_LAYOUTS:
+        if index in names:
+            found.append((fmt, [], index))
+        elif single in names:
+            found.append((fmt, [single], None))
+    if not any(fmt == "safetensors" for fmt, _f, _i in found):
+        # adapters, diffusers and Mistral's consolidated files use other safetensors names
+        other = [n for n in names if n.endswith(".safetensors") and src.has(n)]
+        if other:
+            found.insert(0, ("safetensors", other, None))
+    ggufs = [n for n in names if n.lower().endswith(".gguf") and src.has(n)]
+    if ggufs:
+        found.append(("gguf", ggufs, None))
+    return found
+
+
+def sniff(src: Source):
+    from . import Match
+
+    config = _config(src)
+    if config is None:
+        return None
+    if not _weight_files(src) and sum(n.lower().endswith(".onnx") for n in src.files()) == 1:
+        return None  # an ONNX export with its config beside it: the onnx reader's job
+    return Match(FORMAT, None, reason="folder with config.json (model_type/architectures)")
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def vllm_registry() -> dict[str, Any]:
+    """The packaged list of vLLM's supported architectures (with the vLLM version)."""
+    text = resources.files("keishiki.data").joinpath("vllm_supported.json").read_text()
+    return json.loads(text)
+
+
+def vllm_support(architectures: list[str]) -> dict[str, Any]:
+    """{"vllm_supported": bool, "vllm_version", "vllm_task": "generate"|"embed"|None}."""
+    registry = vllm_registry()
+    generate = [a for a in architectures if a in set(registry["architectures"])]
+    embed = [a for a in architectures if a in set(registry.get("embedding_architectures", []))]
+    return {"vllm_supported": bool(generate), "vllm_version": registry["vllm_version"],
+            "vllm_task": "generate" if generate else ("embed" if embed else None)}
+
+
+def config_facts(config: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a config.json (text_config of multimodal models as fallback)."""
+    scopes = [config] + [config[k] for k in ("text_config", "llm_config", "language_config")
+                         if isinstance(config.get(k), dict)]
+
+    def lookup(keys: tuple[str, ...]) -> Any:
+        for scope in scopes:
+            for key in keys:
+                if scope.get(key) is not None:
+                    return scope[key]
+        return None
+
+    facts: dict[str, Any] = {
+        "model_type": config.get("model_type"),
+        "architectures": list(config.get("architectures") or []),
+    }
+    for name, keys in CONFIG_FACTS:
+        facts[name] = lookup(keys)
+    if facts["num_key_value_heads"] is None:
+        facts["num_key_value_heads"] = facts["num_attention_heads"]  # plain multi-head attention
+    if facts["head_dim"] is None and isinstance(facts["hidden_size"], int) and isinstance(
+            facts["num_attention_heads"], int) and facts["num_attention_heads"]:
+        facts["head_dim"] = facts["hidden_size"] // facts["num_attention_heads"]
+    facts["context_length"] = facts["max_position_embeddings"]
+    facts["dtype"] = lookup(("dtype", "torch_dtype"))
+    facts["tie_word_embeddings"] = config.get("tie_word_embeddings")
+    facts["transformers_version"] = config.get("transformers_version")
+    return facts
+
+
+def _shards_from_index(src: Source, index: str) -> tuple[list[str], dict[str, str], dict]:
+    data = src.read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CorruptFile(src.child(index), "no weight_map of tensor name -> shard file")
+    shards = list(dict.fromkeys(weight_map.values()))
+    return shards, weight_map, data.get("metadata") or {}
+
+
+class _Shards:
+    """Reads every weights file with the registry's readers and merges their tensors."""
+
+    def __init__(self, src: Source):
+        self.src = src
+        self.tensors: list[TensorInfo] = []
+        self.loaders: dict[tuple[str, str], tuple[Callable, TensorInfo]] = {}
+        self.metadata: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        self.formats: list[str] = []
+        self.missing: list[str] = []
+
+    def read_file(self, rel: str) -> None:
+        from . import identify, read
+
+        path = self.src.child(rel)  # refuses names that leave the folder
+        if not path.is_file():
+            self.missing.append(rel)
+            return
+        with Source(path) as child:
+            try:
+                match = identify(child)
+            except UnknownFormat:
+                self.warnings.append(f"{rel}: no keishiki reader recognises this weights file")
+                return
+            info = read(child, match)
+        self.formats.append(match.format)
+        for key, value in (info.metadata or {}).items():
+            self.metadata.setdefault(key, value)
+        for t in info.tensors:
+            extra = dict(t.extra)
+            if t.file is not None:
+                extra["member"] = t.file  # where the shard's own reader keeps the bytes
+            merged = dataclasses.replace(t, file=rel, extra=extra)
+            self.tensors.append(merged)
+            if info.tensor_loader is not None:
+                self.loaders[(rel, t.name)] = (info.tensor_loader, t)
+
+    def loader(self) -> Callable[[TensorInfo], np.ndarray]:
+        loaders = self.loaders
+
+        def load(info: TensorInfo) -> np.ndarray:
+            try:
+                fn, original = loaders[(info.file or "", info.name)]
+            except KeyError:
+                raise CorruptFile(info.file or "?", f"no reader can load tensor {info.name!r}"
+                                  ) from None
+            return fn(original)
+
+        return load
+
+
+def _check_weight_map(shards: _Shards, index: str, weight_map: dict[str, str]) -> list[str]:
+    present = {(t.file, t.name) for t in shards.tensors}
+    read_files = {t.file for t in shards.tensors}
+    problems = []
+    absent = [name for name, f in weight_map.items()
+              if f in read_files and (f, name) not in present]
+    if absent:
+        problems.append(f"{index}: {len(absent)} tensors listed in weight_map are not in their "
+                        f"shard (first: {absent[0]})")
+    listed = set(weight_map)
+    unlisted = [t.name for t in shards.tensors if t.name not in listed]
+    if unlisted:
+        problems.append(f"{index}: {len(unlisted)} tensors in the shards are not in weight_map "
+                        f"(first: {unlisted[0]})")
+    return problems
+
+
+def _tokenizer_facts(src: Source) -> dict[str, Any]:
+    names = set(src.files())
+    tokenizer_config: dict[str, Any] = {}
+    if "tokenizer_config.json" in names:
+        try:
+            loaded = src.read_json("tokenizer_config.json")
+            tokenizer_config = loaded if isinstance(loaded, dict) else {}
+        except KeishikiError:
+            tokenizer_config = {}
+    chat_template = bool(tokenizer_config.get("chat_template")) or bool(
+        {"chat_template.jinja", "chat_template.json"} & names)
+    generation_config = None
+    if "generation_config.json" in names:
+        try:
+            generation_config = src.read_json("generation_config.json")
+        except KeishikiError:
+            generation_config = None
+    return {
+        "tokenizer_files": [n for n in TOKENIZER_FILES if n in names],
+        "tokenizer_class": tokenizer_config.get("tokenizer_class"),
+        "chat_template": chat_template,
+        "generation_config": "generation_config.json" in names,
+        "generation_defaults": {k: generation_config[k] for k in (
+            "bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature",
+            "top_p", "top_k", "max_new_tokens") if k in generation_config}
+        if isinstance(generation_config, dict) else None,
+    }
+
+
+def read(src: Source, match) -> ModelInfo:
+    config = _config(src)
+    if config is None:
+        raise CorruptFile(src.path, "config.json is missing or has no model_type/architectures")
+    layouts = _weight_files(src)
+    shards = _Shards(src)
+    warnings: list[str] = []
+    hf: dict[str, Any] = config_facts(config)
+    weights: dict[str, Any] = {"formats_present": [fmt for fmt, _f, _i in layouts]}
+    if layouts:
+        fmt, files, index = layouts[0]  # the layout transformers would load
+        weight_map: dict[str, str] = {}
+        if index is not None:
+            files, weight_map, index_meta = _shards_from_index(src, index)
+            weights["index"] = index
+            weights["index_total_size"] = (index_meta or {}).get("total_size")
+        for rel in files:
+            shards.read_file(rel)
+        weights.update(format=fmt, sharded=index is not None or len(files) > 1, files=files)
+        if shards.missing:
+            weights["missing_files"] = shards.missing
+            warnings.append(f"weights files missing from the folder: {', '.join(shards.missing)}"
+                            f" (incomplete download?)")
+        if index is not None:
+            warnings.extend(_check_weight_map(shards, index, weight_map))
+        if len(layouts) > 1:
+            warnings.append(f"several weight layouts present ({', '.join(weights['formats_present'])})"
+                            f"; listing {fmt}, which transformers loads first")
+    else:
+        warnings.append("no weights: config.json without model weights in the folder")
+    warnings.extend(shards.warnings)
+    n_params = sum(t.numel for t in shards.tensors)
+    hf.update(weights=weights, total_parameters=n_params,
+              memory_bytes={p: int(n_params * b) for p, b in PRECISIONS.items()},
+              memory_note="weights only: activations and the KV cache come on top",
+              **vllm_support(hf["architectures"]), **_tokenizer_facts(src),
+              sentence_transformers=src.has("modules.json"))
+    return ModelInfo(path=str(src.path), format=FORMAT, tensors=shards.tensors,
+                     metadata=shards.metadata, config=config, warnings=warnings,
+                     details={"hf": hf}, tensor_loader=shards.loader())
