@@ -39,6 +39,7 @@ _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "int64": 8, "int32": 4, "
              "int8": 1, "uint8": 1, "bool": 1}
 _TENSOR = re.compile(r"^torch\.(\w*?)Tensor$")
 _STORAGE = re.compile(r"^torch\.(\w*?)Storage$")
+_CLASS_NAME = re.compile(r"^[A-Za-z_][\w.]*$")  # Lua class names: nn.Linear, torch.FloatTensor
 TYPE_NAMES = {0: "nil", 1: "number", 2: "string", 3: "table", 4: "torch", 5: "boolean",
               6: "function", 7: "recur_function", 8: "legacy_recur_function"}
 
@@ -296,7 +297,7 @@ class Parser:
             class_name = self._string()
         else:
             version, class_name = 0, first  # written before torch versioned its objects
-        if not class_name or not class_name.isprintable() or len(class_name) > 256:
+        if not _CLASS_NAME.match(class_name) or len(class_name) > 256:
             raise Malformed(f"bad class name {class_name[:40]!r}")
         if depth == 0:
             self.root_header = (first if first.startswith("V ") else None, class_name)

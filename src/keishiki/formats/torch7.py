@@ -38,7 +38,8 @@ def _sniff_binary(src: Source) -> bool:
         parser = t7.parser_for(io.BytesIO(head), src.size, ascii=False, long_size=long_size)
         try:
             parser.read()
-            return True
+            if parser.s.pos == src.size:  # torch.save writes exactly one object
+                return True
         except t7.Truncated:
             # the head ends mid-object: plausible when enough of it parsed
             if len(head) < src.size and parser.s.pos >= 24:
@@ -58,7 +59,7 @@ def _sniff_ascii(src: Source) -> bool:
     parser = t7.parser_for(head, src.size, ascii=True)
     try:
         parser.read()
-        return True
+        return not head[parser.s.pos:].strip()  # nothing but whitespace after the object
     except t7.Truncated:
         return len(head) < src.size and parser.s.pos >= 16
     except (t7.Malformed, RecursionError, ValueError, OverflowError):
@@ -93,16 +94,26 @@ def parse(src: Source, variant: str) -> t7.Parser:
         parser = t7.parser_for(src.path.read_bytes(), src.size, ascii=True)
         _run(src, parser)
         return parser
+    # the reading that ends exactly at the end of the file wins (torch.save writes one
+    # object); an 8-byte reading with trailing bytes is kept when no exact reading exists,
+    # a 4-byte one never (too easy to misread garbage that way)
     first_error: CorruptFile | None = None
+    partial: t7.Parser | None = None
     for long_size in (8, 4):
         with open(src.path, "rb") as fh:
             parser = t7.parser_for(fh, src.size, ascii=False, long_size=long_size)
             try:
                 _run(src, parser)
-                parser.long_size = long_size  # type: ignore[attr-defined]
-                return parser
             except CorruptFile as exc:
                 first_error = first_error or exc
+                continue
+        parser.long_size = long_size  # type: ignore[attr-defined]
+        if parser.s.pos == src.size:
+            return parser
+        if long_size == 8:
+            partial = parser
+    if partial is not None:
+        return partial
     assert first_error is not None
     raise first_error
 
@@ -263,6 +274,8 @@ def read(src: Source, match) -> ModelInfo:
         details["n_functions"] = max(walker.n_functions, 1)
         warnings.append("holds Lua functions (bytecode): Lua torch.load would load and may run "
                         "them; keishiki only recorded their size")
+    if not ascii and parser.s.pos != src.size:
+        warnings.append(f"{src.size - parser.s.pos} bytes after the object were not read")
     version = details.get("version")
     return ModelInfo(path=str(src.path), format=FORMAT, variant=variant,
                      format_version=version, tensors=infos, warnings=warnings,
