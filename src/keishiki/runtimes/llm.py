@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence as Seq
 
 import numpy as np
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, RuntimeUnavailable
 from .base import Backend, Sequence
 from .outputs import CompletionOutput, RequestOutput
 from .params import SamplingParams
@@ -59,16 +59,23 @@ class LLM:
         self.model_path = Path(model)
         choice = choose(self.model_path, backend)
         self.format = choice.format
-        tokenizer_dir = find_tokenizer_dir(
-            self.model_path, tokenizer if tokenizer is not None else
-            (choice.folder if (choice.folder / "tokenizer.json").is_file() else None))
-        self.tokenizer = Tokenizer(tokenizer_dir)
+        try:
+            tokenizer_dir = find_tokenizer_dir(
+                self.model_path, tokenizer if tokenizer is not None else
+                (choice.folder if (choice.folder / "tokenizer.json").is_file() else None))
+            no_tokenizer = None
+        except RuntimeUnavailable as exc:
+            # load the model first anyway: "not a language model" is the better message
+            tokenizer_dir, no_tokenizer = choice.folder, exc
         config = choice.config() or _read_config(tokenizer_dir)
         self._engine = self._load(choice, config, tokenizer_dir, dtype=dtype, seed=seed,
                                   trust_remote_code=trust_remote_code, device=device,
                                   providers=providers, tp=tensor_parallel_size,
                                   pp=pipeline_parallel_size, max_model_len=max_model_len,
                                   engine_kwargs=engine_kwargs)
+        if no_tokenizer is not None:
+            raise no_tokenizer
+        self.tokenizer = Tokenizer(tokenizer_dir)
         if max_num_seqs:
             self._engine.max_batch = max_num_seqs
         if max_model_len:

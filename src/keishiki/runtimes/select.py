@@ -54,14 +54,17 @@ def detect_format(path: Path) -> str:
     that hold an exported ONNX model next to a config.json (an export folder, not weights)."""
     from ..formats import identify
 
+    if path.is_dir() and not _has_hf_weights(path):
+        # an export folder (model.onnx or model.pt beside the tokenizer and config.json)
+        inner = _onnx_in(path) or _torchscript_in(path)
+        if inner is not None:
+            return detect_format(inner)
     try:
         fmt = identify(path).format
     except UnknownFormat:
         fmt = _fallback_format(path)
         if fmt is None:
             raise
-    if path.is_dir() and fmt == "hf-model" and _onnx_in(path) and not _has_hf_weights(path):
-        return "onnx"
     return fmt
 
 

@@ -45,18 +45,18 @@ class TorchScriptBackend(LoopBackend):
         self.cached = n_past > 0
         self.batchable = self.n_inputs >= 2
         config = config or {}
+        meta = _keishiki_meta(ts_file)  # written by keishiki's exporter: the model's shape
         if self.cached:
-            sizes = graph_inputs[3].type().sizes() if hasattr(graph_inputs[3].type(), "sizes") \
-                else None
-            heads = (sizes or [None, None])[1] or model_config_value(
+            sizes = _traced_sizes(graph_inputs[3]) or [None] * 4
+            heads = meta.get("kv_heads") or sizes[1] or model_config_value(
                 config, "num_key_value_heads", "num_attention_heads")
-            head_dim = (sizes or [None] * 4)[3] or model_config_value(config, "head_dim")
+            head_dim = meta.get("head_dim") or sizes[3] or model_config_value(config, "head_dim")
             if not heads or not head_dim:
                 raise InvalidRequest(f"{ts_file}: cannot tell the KV cache's head sizes; put the "
                                      f"model's config.json beside the tokenizer")
             self.past_shape = (heads, head_dim)
             self.n_past = n_past
-        self.vocab_size = model_config_value(config, "vocab_size")
+        self.vocab_size = meta.get("vocab") or model_config_value(config, "vocab_size")
         self.max_model_len = model_config_value(config, "max_position_embeddings")
         how = (f"KV cache ({n_past // 2} layers)" if self.cached else
                "no KV cache in the traced graph: the prefix is recomputed every step")
@@ -85,3 +85,20 @@ class TorchScriptBackend(LoopBackend):
             out = self.module(*args)
             logits = out[0] if isinstance(out, (tuple, list)) else out
             return logits[:, -1, :].float().cpu().numpy(), all_ids
+
+
+def _keishiki_meta(ts_file: Path) -> dict:
+    """The ``keishiki.json`` facts keishiki's TorchScript exporter stores ({} otherwise)."""
+    try:
+        from ..convert.torchscript_export import read_meta
+    except ImportError:
+        return {}
+    return read_meta(ts_file)
+
+
+def _traced_sizes(graph_input) -> list | None:
+    """The sizes a traced input was recorded with (None when the type has none)."""
+    try:
+        return graph_input.type().sizes()
+    except (AttributeError, RuntimeError):
+        return None

@@ -1,0 +1,70 @@
+"""``keishiki run MODEL -p PROMPT``: generate text with whichever backend runs the model."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from ._app import JSON_OPTION, app
+from .render import print_json
+
+
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="HF folder, ONNX file/folder or TorchScript file."),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt (repeat for more)."),
+    backend: str = typer.Option("auto", "--backend", "-b",
+                                help="auto, torch, onnxruntime, torchscript or vllm."),
+    tokenizer: Path = typer.Option(None, "--tokenizer", help="Folder with tokenizer.json."),
+    max_tokens: int = typer.Option(16, "--max-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus mass, in (0, 1]."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0 = all)."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min_p × the best."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
+    seed: int = typer.Option(None, "--seed", help="Seed: same seed, same tokens."),
+    stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap each prompt as a user message in "
+                                                    "the tokenizer's chat template."),
+    dtype: str = typer.Option(None, "--dtype", help="auto, float32, float16, bfloat16."),
+    json_out: bool = JSON_OPTION,
+) -> int:
+    """Generate from MODEL (vLLM's sampling options); one prompt streams as it is generated."""
+    from ..errors import InvalidRequest
+    from ..runtimes import LLM, SamplingParams
+
+    # check the request before loading anything: bad input fails fast
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                            top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
+                            seed=seed, stop=list(stop or [])).validate()
+    if not prompt:
+        raise InvalidRequest("no prompt: give one or more -p PROMPT")
+    if any(not p for p in prompt):
+        raise InvalidRequest("a prompt is empty: give some text to continue")
+    llm = LLM(model=str(model), backend=backend, tokenizer=tokenizer, dtype=dtype, seed=seed)
+    stream = len(prompt) == 1 and not json_out
+    on_text = (lambda _req, _idx, delta: (sys.stdout.write(delta), sys.stdout.flush())) \
+        if stream else None
+    started = time.perf_counter()
+    if chat:
+        outs = llm.chat([[{"role": "user", "content": p}] for p in prompt], params,
+                        on_text=on_text)
+    else:
+        outs = llm.generate(prompt, params, on_text=on_text)
+    seconds = time.perf_counter() - started
+    if json_out:
+        print_json({"backend": llm.backend, "backend_reason": llm.backend_reason,
+                    "outputs": [o.to_dict() for o in outs]})
+        return 0
+    if stream:
+        sys.stdout.write("\n")
+    else:
+        for out in outs:
+            sys.stdout.write(f"--- {out.prompt}\n{out.outputs[0].text}\n")
+    tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    sys.stderr.write(f"[{llm.backend}: {llm.backend_reason}; {tokens} tokens in "
+                     f"{seconds:.2f} s, load {llm.load_seconds:.2f} s]\n")
+    return 0
