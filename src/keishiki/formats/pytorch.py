@@ -224,6 +224,16 @@ def mapping_items(value: Any) -> list[tuple[Any, Any]] | None:
     return None
 
 
+def class_name(call: Call) -> str:
+    """The qualname of what ``call`` instantiates, seeing through legacy ('module', cls, ...)
+    persistent ids."""
+    func = call.func
+    if isinstance(func, PersistentId) and isinstance(func.pid, tuple) and len(func.pid) > 1 \
+            and func.pid[0] == "module" and isinstance(func.pid[1], GlobalRef):
+        return func.pid[1].qualname
+    return call.qualname
+
+
 def module_state(value: Any) -> dict | None:
     """The attribute dict of a pickled nn.Module (state with _parameters/_modules), else None."""
     if isinstance(value, Call) and isinstance(value.state, dict) and \
@@ -307,7 +317,7 @@ def module_classes(root: Any, path: str) -> list[str]:
     try:
         for node in iter_nodes(root):
             if module_state(node) is not None:
-                found.add(node.qualname)
+                found.add(class_name(node))
     except ValueError as exc:
         raise CorruptFile(path, str(exc)) from None
     return sorted(found)
@@ -391,7 +401,7 @@ def parse_object(rec: PickleRecord, path: str,
         "kind": kind,
         "pickle_protocol": rec.protocol,
         "globals": sorted({g.qualname for g in rec.globals}),
-        "root_type": type_name(rec.value),
+        "root_type": class_name(rec.value) if isinstance(rec.value, Call) else type_name(rec.value),
         "n_top_keys": len(top_keys),
         "top_keys": top_keys[:100],
         "n_storages": len(by_storage),
@@ -525,6 +535,8 @@ def read_legacy(src: Source, match) -> ModelInfo:
     little = info_dict.get("little_endian", True) is not False
     dtype_of: dict[str, str] = {}
     for pid in main.persistent_ids:
+        if _legacy_module_pid(pid) is not None:
+            continue
         storage = decode_storage(pid, path)
         dtype_of.setdefault(storage.key, storage.dtype)
     starts = _legacy_storage_offsets(src, keys, dtype_of, keys_rec.end, little)
@@ -544,10 +556,33 @@ def read_legacy(src: Source, match) -> ModelInfo:
         "byteorder": "little" if little else "big",
         "n_storages": len(keys),
     })
+    sources = _legacy_module_sources(main)
+    if sources:
+        details["module_sources"] = sources
     return ModelInfo(path=path, format=FORMAT, variant="legacy",
                      format_version=str(LEGACY_PROTOCOL_VERSION), tensors=parsed.tensors,
                      details={FORMAT: details}, warnings=_warnings(details),
                      tensor_loader=loader_for(src.path, parsed.refs, details["byteorder"]))
+
+
+def _legacy_module_pid(pid: Any) -> tuple | None:
+    """Legacy saves of whole modules reference each nn.Module class as the persistent id
+    ``('module', class, source_file, source_text)``: the class's source rides along."""
+    tup = pid.pid if isinstance(pid, PersistentId) else None
+    if isinstance(tup, tuple) and len(tup) == 4 and tup[0] == "module":
+        return tup
+    return None
+
+
+def _legacy_module_sources(rec: PickleRecord) -> list[dict[str, Any]]:
+    out = []
+    for pid in rec.persistent_ids:
+        tup = _legacy_module_pid(pid)
+        if tup is not None:
+            out.append({"class": getattr(tup[1], "qualname", str(tup[1])),
+                        "source_file": str(tup[2]),
+                        "source_lines": str(tup[3]).count("\n")})
+    return out
 
 
 def _legacy_pickles(data: bytes, path: str) -> list[PickleRecord]:

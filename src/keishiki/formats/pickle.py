@@ -1,0 +1,93 @@
+"""pickle: any pickle stream that is not a torch checkpoint (``pickle.dumps``, sklearn, joblib).
+
+Not a model format keishiki converts, but one it must name and scan: loading a pickle runs
+whatever callables it references.  The stream is read by the restricted VM only; ``info``
+reports the protocol, the globals it references and the type of its root object.
+
+The sniffer is strict so that random bytes are never called a pickle: a protocol 2-5 stream
+must start with PROTO and parse cleanly as far as the first 64 KiB go; a protocol 0/1
+stream (no PROTO opcode) must parse to STOP.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+from ..core.model import ModelInfo
+from ..core.pickle_reader import OPCODE_NAMES, PickleRecord, read_pickle, read_pickles, type_name
+from ..core.source import HEAD_BYTES, Source
+from ..errors import CorruptFile
+
+FORMAT = "pickle"
+# first opcodes of protocol 0/1 pickles of ordinary objects: MARK, EMPTY_LIST/DICT/TUPLE,
+# GLOBAL, NONE, INT, LONG, FLOAT, STRING, UNICODE, BININT*, BINUNICODE, BINFLOAT, NEWTRUE/FALSE
+_P0_STARTS = set(b"(]})cNILFSVJKMXGTU")
+_TRUNCATION = ("bytes but only", "before STOP")
+
+
+def _head_parses(head: bytes, whole_file: bool) -> PickleRecord | None:
+    rec = read_pickle(head, 0, lenient=True, max_ops=20_000)
+    if rec.error is None:
+        return rec if rec.n_ops >= 2 else None
+    if not whole_file and any(t in rec.error for t in _TRUNCATION) and rec.n_ops >= 3:
+        return rec  # the stream simply continues past the first 64 KiB
+    return None
+
+
+def sniff(src: Source):
+    from . import Match
+
+    if src.is_dir or src.looks_like_zip:
+        return None
+    head = src.head
+    if len(head) < 2:
+        return None
+    whole = src.size <= HEAD_BYTES
+    if head[0] == 0x80:
+        if head[1] not in (2, 3, 4, 5) or head[2:3] not in OPCODE_NAMES:
+            return None
+        if _head_parses(head, whole) is None:
+            return None
+        return Match(FORMAT, None, reason=f"pickle protocol {head[1]} stream")
+    if head[0] not in _P0_STARTS:
+        return None
+    rec = _head_parses(head, whole)
+    if rec is None or (whole and head[rec.end:].strip(b"\0 \r\n\t") and rec.error is None
+                       and head[rec.end:rec.end + 1] not in OPCODE_NAMES):
+        return None
+    return Match(FORMAT, None, reason="protocol 0/1 pickle stream (parsed to STOP)")
+
+
+def read(src: Source, match) -> ModelInfo:
+    """Protocol, globals and root type of every stream in the file (no tensors)."""
+    path = str(src.path)
+    with open(src.path, "rb") as fh:
+        if src.size == 0:
+            raise CorruptFile(path, "empty file")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                records = read_pickles(view, path=path)
+                details = _details(records)
+            finally:
+                view.release()
+    warnings = []
+    if details["calls"]:
+        warnings.append(f"loading this pickle calls {details['calls']} callables "
+                        f"({', '.join(details['globals'][:5])}); use `keishiki scan`")
+    return ModelInfo(path=path, format=FORMAT, format_version=str(details["protocol"]),
+                     details={FORMAT: details}, warnings=warnings)
+
+
+def _details(records: list[PickleRecord]) -> dict[str, Any]:
+    first = records[0]
+    return {
+        "protocol": max(r.protocol for r in records),
+        "n_streams": len(records),
+        "globals": sorted({g.qualname for r in records for g in r.globals}),
+        "calls": sum(len(r.calls) for r in records),
+        "root_type": type_name(first.value),
+        "stream_bytes": records[-1].end,
+        "python2_pickle": any(r.py2_strings for r in records),
+    }

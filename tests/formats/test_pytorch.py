@@ -1,0 +1,342 @@
+"""pytorch (torch.save zip and legacy): corpus facts, values equal torch.load, kinds, and
+that reading never imports torch, runs code or reads storage bytes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keishiki.core.source import Source
+from keishiki.errors import CorruptFile, KeishikiError
+from keishiki.formats import identify, inspect
+from tests.conftest import FACTS, corpus_path, run_cli
+
+CORPUS = sorted(k for k in FACTS if k.startswith(("pytorch_zip/", "pytorch_legacy/"))
+                or k == "hf_dir/tiny-bert-io.pt")
+
+
+def flatten(obj, prefix=""):
+    """{dotted name: tensor} the way keishiki names them (torch side, for comparisons)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        yield prefix or "tensor", obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from flatten(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def assert_same_values(path: Path, expected: dict | None = None):
+    """Every tensor keishiki loads equals torch.load(weights_only=True)'s, bit for bit."""
+    import torch
+
+    info = inspect(path)
+    if expected is None:
+        expected = dict(flatten(torch.load(path, weights_only=True, map_location="cpu")))
+    assert sorted(t.name for t in info.tensors) == sorted(expected)
+    for lazy in info.lazy_tensors():
+        got, want = lazy.load(), expected[lazy.name]
+        assert got.flags["C_CONTIGUOUS"]
+        assert list(got.shape) == list(want.shape), lazy.name
+        assert lazy.info.dtype == str(want.dtype).removeprefix("torch."), lazy.name
+        want_np = want.contiguous().view(torch.int16).numpy() if want.dtype == torch.bfloat16 \
+            else want.numpy()
+        got_np = got.view(np.int16) if want.dtype == torch.bfloat16 else got
+        assert np.array_equal(got_np, want_np), lazy.name
+    return info
+
+
+# ---- the real-file corpus ---------------------------------------------------------------------
+@pytest.mark.parametrize("rel", CORPUS)
+def test_corpus_facts(rel):
+    facts = FACTS[rel]
+    info = inspect(corpus_path(rel))
+    d = info.to_dict()
+    assert d["format"] == "pytorch"
+    assert d["variant"] == ("legacy" if rel.startswith("pytorch_legacy") else "zip")
+    assert d["n_tensors"] == facts["tensor_count"]
+    assert d["dtypes"] == facts["dtypes"]
+    assert d["n_parameters"] == facts["total_numel"]
+    listed = [f"{t.name}:{t.dtype}{list(t.shape)}" for t in info.tensors]
+    assert listed[:len(facts["tensors_first"])] == facts["tensors_first"]
+    p = d["pytorch"]  # format-specific facts live under the format id
+    assert p["globals"] == facts["pickle_globals"]
+    assert p["root_type"] == facts["root_type"]
+    assert p["n_top_keys"] == facts["n_top_keys"]
+    assert p["top_keys"][:len(facts["top_keys_first"])] == facts["top_keys_first"]
+    assert p["pickle_protocol"] == facts.get("pickle_protocol", facts.get("data_pkl_protocol"))
+    assert p["n_storages"] == facts["n_storages"] if "n_storages" in facts else True
+    assert d["total_bytes"] == sum(t.nbytes for t in info.tensors)
+    if d["variant"] == "legacy":
+        assert p["magic_number"] == facts["magic_number"]
+        assert p["protocol_version"] == facts["protocol_version"] == 1001
+        assert p["sys_info"] == facts["sys_info"]
+        assert p["python2_pickle"] == facts["python2_pickle"]
+    else:
+        assert p["archive_prefix"] == facts["archive_prefix"]
+        assert p["version_record"] == facts["version_record"]
+        assert p["has_byteorder"] == facts["has_byteorder"]
+        assert p["has_serialization_id"] == facts["has_serialization_id"]
+        assert p["n_records"] == facts["n_records"]
+    for name in facts.get("non_contiguous", []):
+        assert info.tensor(name).extra.get("contiguous") is False
+
+
+@pytest.mark.parametrize("rel", CORPUS)
+def test_corpus_values_equal_torch_load(rel):
+    pytest.importorskip("torch")
+    assert_same_values(corpus_path(rel))
+
+
+def test_corpus_kinds():
+    assert inspect(corpus_path("pytorch_zip/candle/test_with_key.pt")).details["pytorch"][
+        "kind"] == "checkpoint"
+    info = inspect(corpus_path("pytorch_zip/torch-1.13.1-debian/mixed_dtypes_views_zip.pt"))
+    d = info.details["pytorch"]
+    assert d["kind"] == "state_dict"
+    assert d["shared_storages"] == [{"storage_key": "8",
+                                     "tensors": ["view_a", "view_b", "transposed"]}]
+    view_b = info.tensor("view_b")
+    assert view_b.extra["storage_offset"] == 6 and view_b.extra["stride"] == [2, 1]
+    assert view_b.data_offset == info.tensor("view_a").data_offset + 6 * 4
+
+
+# ---- tiny files written here ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A dict of awkward tensors saved as zip and as legacy, plus the tensors themselves."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    tensors = {
+        "f32": torch.randn(3, 4),
+        "f16": torch.randn(5).half(),
+        "bf16": torch.randn(2, 3).bfloat16(),
+        "f64": torch.randn(2).double(),
+        "i64": torch.arange(7),
+        "i32": torch.tensor([1, -2], dtype=torch.int32),
+        "i8": torch.tensor([-3, 4], dtype=torch.int8),
+        "u8": torch.tensor([250, 3], dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.zeros(0, 3),
+        "base": base,
+        "row": base[1],            # view with storage offset
+        "col": base[:, 2],         # strided view
+        "t": base.t(),             # transposed, non-contiguous
+        "slice": base[1:3, ::2],   # offset + step
+        "tied": None,
+    }
+    tensors["tied"] = tensors["f32"]  # the same tensor under two names
+    out = tmp_path_factory.mktemp("pt")
+    zip_path, legacy_path = out / "mixed.pt", out / "mixed_legacy.pt"
+    torch.save(tensors, zip_path)
+    torch.save(tensors, legacy_path, _use_new_zipfile_serialization=False)
+    return zip_path, legacy_path, tensors
+
+
+@pytest.mark.parametrize("variant", ["zip", "legacy"])
+def test_saved_values(saved, variant):
+    path = saved[0] if variant == "zip" else saved[1]
+    assert identify(path).variant == variant
+    info = assert_same_values(path, saved[2])
+    d = info.details["pytorch"]
+    assert d["kind"] == "state_dict" and d["root_type"] == "builtins.dict"
+    shared = {s["storage_key"]: s["tensors"] for s in d["shared_storages"]}
+    assert ["base", "row", "col", "t", "slice"] in shared.values()
+    assert ["f32", "tied"] in shared.values()
+    assert info.tensor("t").extra["contiguous"] is False
+    assert info.tensor("slice").nbytes == 2 * 3 * 4
+    assert info.tensor("scalar").shape == () and info.tensor("empty").shape == (0, 3)
+
+
+def test_saved_zip_offsets_point_at_the_bytes(saved):
+    zip_path, _, tensors = saved
+    info = inspect(zip_path)
+    raw = zip_path.read_bytes()
+    f32 = info.tensor("f32")
+    assert raw[f32.data_offset:f32.data_offset + f32.nbytes] == tensors["f32"].numpy().tobytes()
+    assert f32.file == "mixed/data/" + f32.extra["storage_key"] or f32.file.endswith(
+        "/data/" + f32.extra["storage_key"])
+
+
+def test_checkpoint_with_optimizer(tmp_path):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    ckpt = {"epoch": 3, "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": opt.state_dict(), "nested": {"ema": {"w": torch.ones(2)}}}
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    info = assert_same_values(path)
+    d = info.details["pytorch"]
+    assert d["kind"] == "checkpoint"
+    assert set(d["checkpoint_keys"]) == {"epoch", "model_state_dict", "optimizer_state_dict"}
+    names = {t.name for t in info.tensors}
+    assert {"model_state_dict.0.weight", "model_state_dict.2.bias",
+            "optimizer_state_dict.state.0.exp_avg", "optimizer_state_dict.state.3.exp_avg_sq",
+            "nested.ema.w"} <= names
+
+
+def test_single_tensor_and_parameter(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save(torch.arange(6).reshape(2, 3), tmp_path / "t.pt")
+    info = inspect(tmp_path / "t.pt")
+    assert info.details["pytorch"]["kind"] == "tensor"
+    assert [(t.name, t.shape) for t in info.tensors] == [("tensor", (2, 3))]
+    assert np.array_equal(next(info.lazy_tensors()).load(), np.arange(6).reshape(2, 3))
+    torch.save({"p": torch.nn.Parameter(torch.ones(2))}, tmp_path / "p.pt")
+    info = inspect(tmp_path / "p.pt")
+    assert info.tensor("p").extra["tensor_kind"] == "parameter"
+    assert "torch._utils._rebuild_parameter" in info.details["pytorch"]["globals"]
+
+
+MODULE_SRC = textwrap.dedent('''
+    import pathlib
+    import torch
+
+    MARKER = pathlib.Path(__file__).with_name("MARKER")
+
+    class TinyNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+            self.register_buffer("steps", torch.zeros(1, dtype=torch.int64))
+
+        def __setstate__(self, state):  # would run on torch.load(weights_only=False)
+            MARKER.write_text("code ran")
+            super().__setstate__(state)
+''')
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_whole_pickled_module(tmp_path, monkeypatch, legacy):
+    torch = pytest.importorskip("torch")
+    (tmp_path / "tinynet_mod.py").write_text(MODULE_SRC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    mod = importlib.import_module("tinynet_mod")
+    path = tmp_path / "whole.pt"
+    torch.save(mod.TinyNet(), path, _use_new_zipfile_serialization=not legacy)
+    sys.modules.pop("tinynet_mod")
+    info = inspect(path)
+    d = info.details["pytorch"]
+    assert d["kind"] == "module"
+    assert d["module_classes"] == ["tinynet_mod.TinyNet", "torch.nn.modules.linear.Linear"]
+    assert "weights_only=False" in d["loading"] and "nn.Module" in d["loading"]
+    assert [t.name for t in info.tensors] == ["steps", "fc.weight", "fc.bias"] or \
+        sorted(t.name for t in info.tensors) == ["fc.bias", "fc.weight", "steps"]
+    assert any("nn.Module" in w for w in info.warnings)
+    assert not (tmp_path / "MARKER").exists()
+    assert "tinynet_mod" not in sys.modules
+    code, out, _ = run_cli("info", path, "--json")
+    assert code in (0, 1) and json.loads(out)["pytorch"]["kind"] == "module"
+
+
+def test_info_reads_no_storage_bytes(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "big.pt"
+    torch.save({"w": torch.zeros(4_000_000)}, path)  # 16 MB storage
+    members: list[str] = []
+    original = Source.read_member
+
+    def spy(self, name, limit=256 * 1024 * 1024):
+        members.append(name)
+        return original(self, name, limit)
+
+    monkeypatch.setattr(Source, "read_member", spy)
+    info = inspect(path)
+    assert info.tensor("w").nbytes == 16_000_000
+    assert not [m for m in members if "/data/" in m]
+
+
+def test_import_light_subprocess(saved):
+    zip_path, legacy_path, _ = saved
+    scripted = corpus_path("torchscript/torch-1.13.1-debian/tinynet_scripted.pt")
+    code = textwrap.dedent(f"""
+        import sys, keishiki
+        for p in {[str(zip_path), str(legacy_path), str(scripted)]!r}:
+            info = keishiki.inspect(p)
+            assert info.n_tensors > 0, p
+        assert 'torch' not in sys.modules, 'torch was imported'
+        print('ok')
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+def test_truncated_legacy(saved, tmp_path):
+    _, legacy_path, _ = saved
+    raw = legacy_path.read_bytes()
+    for cut in (20, 100, 400, len(raw) - 10):
+        bad = tmp_path / f"cut{cut}.pt"
+        bad.write_bytes(raw[:cut])
+        with pytest.raises(CorruptFile):
+            inspect(bad)
+        code, out, err = run_cli("info", bad)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_broken_zip_members(saved, tmp_path):
+    zip_path, _, _ = saved
+    with zipfile.ZipFile(zip_path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    pkl = next(n for n in members if n.endswith("data.pkl"))
+    cases = {
+        "truncated_pkl": {**members, pkl: members[pkl][:len(members[pkl]) // 2]},
+        "missing_storage": {n: v for n, v in members.items() if not n.endswith("/data/0")},
+        "short_storage": {**members, next(n for n in members if n.endswith("/data/0")): b"\0"},
+    }
+    for label, content in cases.items():
+        bad = tmp_path / f"{label}.pt"
+        with zipfile.ZipFile(bad, "w") as zf:
+            for n, v in content.items():
+                zf.writestr(n, v)
+        with pytest.raises(KeishikiError):
+            inspect(bad)
+        code, _, err = run_cli("tensors", bad)
+        assert code == 2 and "Traceback" not in err, label
+
+
+def test_hostile_view_and_storage_numbers(tmp_path):
+    # a data.pkl whose tensor claims a 2^40-element view of a 1-element storage
+    import pickle
+
+    pkl = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(X\x01\x00\x00\x00s"
+           b"ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ"
+           b"K\x00\x8a\x06\x00\x00\x00\x00\x00\x01\x85K\x01\x85\x89NtR.")
+    pickle.loads  # (not used: the stream is only ever read by keishiki's VM)
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/data/0", b"\0\0\0\0")
+    with pytest.raises(CorruptFile, match="overruns"):
+        inspect(bad)
+
+
+def test_legacy_sniff_is_strict(tmp_path):
+    import pickle
+
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    assert identify(plain).format == "pickle"
+    fake = tmp_path / "fake.pt"
+    fake.write_bytes(b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little"))
+    with pytest.raises(KeishikiError):
+        inspect(fake)
