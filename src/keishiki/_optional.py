@@ -21,6 +21,7 @@ EXTRA_OF = {
     "h5py": "h5",
     "msgpack": "flax",
     "psutil": "all",
+    "netron": "view",
     "vllm": "vllm (pip install vllm in its own environment)",
 }
 

@@ -1,0 +1,46 @@
+"""``keishiki view PATH``: serve a page about one model on 127.0.0.1 until Ctrl-C."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import typer
+
+from ._app import app
+from .render import console
+
+
+@app.command()
+def view(
+    path: Path = typer.Argument(..., help="Model file or folder (any format)."),
+    port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL."),
+) -> int:
+    """Show a model in a local web page (summary, metadata, tensors, graph, GGUF keys, scan
+    verdict; Netron link for graphs when netron is installed). Ctrl-C stops."""
+    from ..errors import InvalidRequest
+    from ..formats import inspect
+    from ..view import ViewServer
+
+    if not 0 <= port <= 65535:
+        raise InvalidRequest(f"--port must be 0..65535, got {port}")
+    info = inspect(path)
+    try:
+        server = ViewServer(info, port=port).start()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} "
+                             f"(try --port 0)") from None
+    console.print(f"keishiki view: {path} ({info.format}) at [bold]{server.url}[/bold]  "
+                  f"(Ctrl-C stops)")
+    if not no_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        threading.Event().wait()  # until Ctrl-C
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
