@@ -433,10 +433,18 @@ def _read_external(src: Source, model_path: Path, info: TensorInfo) -> bytes:
 
 def _load_strings(model_path: Path, t: pb.Tensor, info: TensorInfo) -> np.ndarray:
     with open(model_path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        values = [bytes(buf[a:b]) for a, b in t.string_spans]
+        values = [_utf8_or_bytes(bytes(buf[a:b])) for a, b in t.string_spans]
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
     return arr.reshape(info.shape)
+
+
+def _utf8_or_bytes(data: bytes) -> str | bytes:
+    """Strings as onnx.numpy_helper returns them (UTF-8 text), raw bytes when not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
 
 
 def _load_typed(model_path: Path, t: pb.Tensor, info: TensorInfo, dtype: np.dtype) -> np.ndarray:
