@@ -20,12 +20,25 @@ MAX_SPEC_VERSION = 100  # Core ML specification versions are small integers (9 i
 
 
 def _spec_version(head: bytes) -> int | None:
-    """Model.specificationVersion when ``head`` opens like a Core ML Model protobuf."""
+    """Model.specificationVersion when ``head`` opens like a Core ML Model protobuf.
+
+    Model = {1: specificationVersion, 2: description {1: input {1: name ...}}}; ONNX's
+    ModelProto also opens with field 1 then field 2, but its field 2 is a string
+    (producer_name), whose text does not start with the nested 0x0a tags checked here.
+    """
     version = first_varint_field(head)
     if version is None or not 1 <= version <= MAX_SPEC_VERSION:
         return None
     pos = varint(head, 1)[1]  # type: ignore[index]
-    return version if head[pos:pos + 1] == b"\x12" else None  # field 2: description
+    if head[pos:pos + 1] != b"\x12":  # field 2: description
+        return None
+    got = varint(head, pos + 1)
+    if got is None or head[got[1]:got[1] + 1] != b"\x0a":  # description.input
+        return None
+    got = varint(head, got[1] + 1)
+    if got is None or head[got[1]:got[1] + 1] != b"\x0a":  # input.name
+        return None
+    return version
 
 
 def _manifest(src: Source) -> dict[str, Any] | None:
@@ -44,7 +57,7 @@ def sniff(src: Source):
         if src.has("Manifest.json") and _manifest(src) is not None:
             return Match(FORMAT, "mlpackage", reason="folder with a Core ML Manifest.json")
         return None
-    if src.path.suffix.lower() == ".mlmodel" and _spec_version(src.head[:32]) is not None:
+    if src.path.suffix.lower() == ".mlmodel" and _spec_version(src.head[:64]) is not None:
         return Match(FORMAT, "mlmodel", reason=".mlmodel protobuf (specificationVersion)")
     return None
 
@@ -68,13 +81,13 @@ def read(src: Source, match) -> ModelInfo:
         spec = None
         if model_rel and src.has(model_rel):
             with open(src.child(model_rel), "rb") as fh:
-                spec = _spec_version(fh.read(32))
+                spec = _spec_version(fh.read(64))
         elif model_rel:
             warnings.append(f"the manifest's root model {model_rel} is missing")
         weights = [f for f in files if "/weights/" in f["path"]]
         details["weights_bytes"] = sum(f["size"] for f in weights)
     else:
-        spec = _spec_version(src.head[:32])
+        spec = _spec_version(src.head[:64])
         details["files"] = [{"path": src.name, "size": src.size}]
     details["specification_version"] = spec
     return ModelInfo(path=str(src.path), format=FORMAT, variant=match.variant,
