@@ -35,8 +35,10 @@ def convert_opset_proto(onnx_model, target: int):
         reason = converter_reason(exc)
         raise InvalidRequest(
             f"onnx.version_converter cannot convert opset {current} → {target}: {reason} "
-            f"(re-export from the source model at opset {target}, or pick an opset ≥ the "
-            f"op's version)") from None
+            f"(re-export from the source model with --opset {target}, or choose another "
+            f"--opset)") from None
+    if uses_external_data(converted):
+        return converted  # tensors not loaded: the saved file is checked instead
     try:
         onnx.checker.check_model(converted)
     except ValueError:  # > 2 GB protos cannot be checked in memory; the file check runs later
@@ -54,7 +56,7 @@ def converter_reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = re.sub(r"^\S+\.(h|cc|cpp):\d+:\s*(\w+:\s*)?", "", text)
     text = re.sub(r"^Assertion `[^`]*` failed:\s*", "", text)
-    return text
+    return text.replace("$", "")
 
 
 def _default_opset(onnx_model) -> int:
@@ -102,3 +104,105 @@ def load_model(path: Path, load_external: bool = True):
 
         load_external_data_for_model(model, str(Path(path).resolve().parent))
     return model
+
+
+def model_file(src: Path) -> Path:
+    """The ``.onnx`` file of ``src``: itself, or the only ``.onnx`` file inside a folder.
+
+    Raises:
+        InvalidRequest: a folder with no or several ``.onnx`` files.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        return src
+    found = sorted(p for p in src.iterdir() if p.suffix.lower() == ".onnx" and p.is_file())
+    if len(found) != 1:
+        raise InvalidRequest(f"{src}: expected one .onnx file in the folder, found "
+                             f"{len(found)}")
+    return found[0]
+
+
+def uses_external_data(onnx_model) -> bool:
+    """True when any tensor of the (not yet loaded) model lives in an external file."""
+    from onnx.external_data_helper import _get_all_tensors
+    from onnx.external_data_helper import uses_external_data as uses
+
+    return any(uses(t) for t in _get_all_tensors(onnx_model))
+
+
+def tensor_bytes(onnx_model) -> int:
+    """Bytes of tensor data held by the (loaded) model's initializers and Constant nodes."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return sum(len(t.raw_data) for t in _get_all_tensors(onnx_model))
+
+
+def rewrite(src_model: Path, out_model: Path, *, opset: int | None = None,
+            external_data: bool | None = None,
+            threshold: int = DEFAULT_EXTERNAL_THRESHOLD) -> dict:
+    """Write ``src_model`` to ``out_model`` at another opset and/or data layout.
+
+    Args:
+        src_model: the source ``.onnx`` file (its external data beside it).
+        out_model: the ``.onnx`` file to write; external data goes to ``<name>.data`` beside it.
+        opset: the target default-domain opset (None keeps it).
+        external_data: True/False forces the layout; None keeps the source's (and switches to
+            external above 2 GB, where protobuf cannot hold the model).
+        threshold: tensors smaller than this many bytes stay inside the graph file.
+
+    Returns:
+        Facts: ``opset_from``, ``opset``, ``external_data_from``, ``external_data``,
+        ``files`` written.
+
+    Raises:
+        InvalidRequest: no version_converter adapter for the requested opset; a model above
+            2 GB asked to be embedded.
+        CorruptFile: external data outside the folder or missing.
+    """
+    onnx = require("onnx", purpose="rewrite the ONNX model")
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = load_model(src_model, load_external=False)
+    was_external = uses_external_data(model)
+    opset_from = _default_opset(model)
+    if opset is not None and opset != opset_from:
+        model = convert_opset_proto(model, opset)
+    load_external_data_for_model(model, str(Path(src_model).resolve().parent))
+    size = tensor_bytes(model)
+    if external_data is None:
+        external_data = was_external or size > TWO_GB
+    elif not external_data and size > TWO_GB:
+        raise InvalidRequest(f"{src_model}: {size / 1e9:.1f} GB of tensors cannot be embedded "
+                             f"(protobuf's 2 GB limit); drop --no-external-data")
+    out_model = Path(out_model)
+    if external_data:
+        onnx.save_model(model, str(out_model), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=out_model.name + ".data",
+                        size_threshold=threshold)
+    else:
+        onnx.save_model(model, str(out_model))
+    checker = _check_like_source(out_model, src_model)
+    files = [out_model.name] + ([out_model.name + ".data"]
+                                if (out_model.parent / (out_model.name + ".data")).exists() else [])
+    return {"opset_from": opset_from, "opset": _default_opset(model),
+            "external_data_from": was_external, "external_data": external_data,
+            "files": files, "tensor_bytes": size, "checker": checker}
+
+
+def _check_like_source(out_model: Path, src_model: Path) -> str:
+    """``onnx.checker`` on the result: "ok", or the reason when the source fails it too.
+
+    Raises:
+        InvalidRequest: the result fails the checker while the source passes it.
+    """
+    onnx = require("onnx")
+    try:
+        onnx.checker.check_model(str(out_model))
+        return "ok"
+    except onnx.checker.ValidationError as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+    try:
+        onnx.checker.check_model(str(src_model))
+    except onnx.checker.ValidationError:
+        return f"fails onnx.checker, as the source does: {reason}"
+    raise InvalidRequest(f"the rewritten model fails onnx.checker: {reason}")

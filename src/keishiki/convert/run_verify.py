@@ -79,21 +79,24 @@ def torch_greedy(model, prompt: np.ndarray, steps: int = VERIFY_STEPS):
     return tokens, logits_steps
 
 
-def kv_lm_forced(step_fn: Callable[[dict], dict], prompt: np.ndarray, tokens: Sequence[int],
-                 shape: dict[str, int], kv_dtype=np.float32):
+def kv_lm_forced(step_fn: Callable[[dict], dict], prompt: np.ndarray,
+                 tokens: Sequence[int] | None, shape: dict[str, int], kv_dtype=np.float32,
+                 steps: int = VERIFY_STEPS):
     """Feed ``prompt`` then ``tokens`` through a flat KV-cache model one step at a time.
 
     ``step_fn(feed) -> {output name: array}`` runs the model (ORT session or TorchScript).
     Returns (argmax per step, last-position logits per step).  Step 0 runs the whole prompt
     with an empty past (past length 0), each later step one token with the presents as past.
+    ``tokens=None`` runs free greedy for ``steps`` steps (each step feeds its own argmax).
     """
+    n_steps = len(tokens) if tokens is not None else steps
     past = {f"past_key_values.{i}.{k}": np.zeros((1, shape["kv_heads"], 0, shape["head_dim"]),
                                                    dtype=kv_dtype)
             for i in range(shape["n_layers"]) for k in ("key", "value")}
     inp = prompt
     total = 0
     argmaxes, logits_steps = [], []
-    for step in range(len(tokens)):
+    for step in range(n_steps):
         seq = inp.shape[1]
         feed = {"input_ids": inp,
                 "attention_mask": np.ones((1, total + seq), dtype=np.int64),
@@ -105,12 +108,24 @@ def kv_lm_forced(step_fn: Callable[[dict], dict], prompt: np.ndarray, tokens: Se
         for name in past:
             past[name] = outs[name.replace("past_key_values", "present")]
         total += seq
-        inp = np.array([[tokens[step]]], dtype=np.int64)
+        nxt = tokens[step] if tokens is not None else argmaxes[-1]
+        inp = np.array([[nxt]], dtype=np.int64)
     return argmaxes, logits_steps
 
 
-def onnx_lm_forced(session, prompt: np.ndarray, tokens: Sequence[int], shape: dict[str, int]):
-    """:func:`kv_lm_forced` through an onnxruntime session."""
+def onnx_lm_shape(session) -> dict[str, int]:
+    """n_layers, kv_heads, head_dim, vocab read from a KV-cache session's input/output specs."""
+    pasts = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    logits = next(o for o in session.get_outputs() if o.name == "logits")
+    first = pasts[0].shape if pasts else [None, 1, None, 1]
+    vocab = logits.shape[-1]
+    return {"n_layers": len(pasts) // 2, "kv_heads": int(first[1]), "head_dim": int(first[3]),
+            "vocab": vocab if isinstance(vocab, int) else 2}
+
+
+def onnx_lm_forced(session, prompt: np.ndarray, tokens: Sequence[int] | None,
+                   shape: dict[str, int], steps: int = VERIFY_STEPS):
+    """:func:`kv_lm_forced` through an onnxruntime session (``tokens=None``: free greedy)."""
     in_names = {i.name for i in session.get_inputs()}
     out_names = [o.name for o in session.get_outputs()]
 
@@ -118,7 +133,7 @@ def onnx_lm_forced(session, prompt: np.ndarray, tokens: Sequence[int], shape: di
         feed = {k: v for k, v in feed.items() if k in in_names}
         return dict(zip(out_names, session.run(None, feed)))
 
-    return kv_lm_forced(step, prompt, tokens, shape, _ort_float_type(session))
+    return kv_lm_forced(step, prompt, tokens, shape, _ort_float_type(session), steps)
 
 
 def _ort_float_type(session):
@@ -132,8 +147,9 @@ def _ort_float_type(session):
 def ort_session(path: Path):
     """A CPU onnxruntime InferenceSession of ``path`` (one thread pool, quiet logging)."""
     ort = require("onnxruntime", purpose="run the ONNX model")
+    ort.set_default_logger_severity(4)  # run errors become exceptions; no colored log lines
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -308,3 +324,113 @@ def _flatten_outputs(value) -> list[np.ndarray]:
     if hasattr(value, "detach"):
         return [_to_numpy(value)]
     return [np.asarray(value)]
+
+
+def verify_onnx_pair_lm(src_path: Path, out_path: Path, atol: float | None = None,
+                        rtol: float = 0.0, steps: int = VERIFY_STEPS) -> dict[str, Any]:
+    """Both KV-cache ONNX LMs in ORT: free greedy on the source, teacher-forced result."""
+    started = time.perf_counter()
+    src_session, out_session = ort_session(src_path), ort_session(out_path)
+    shape = onnx_lm_shape(src_session)
+    prompt = seed_token_ids(shape["vocab"])
+    reference = onnx_lm_forced(src_session, prompt, None, shape, steps)
+    dtype = _onnx_weight_dtype(out_session)
+    atol = atol if atol is not None else default_atol(dtype)
+    report = compare_lm(reference, lambda toks: onnx_lm_forced(out_session, prompt, toks, shape),
+                        atol, rtol, dtype)
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+ORT_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+             "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+             "tensor(int16)": np.int16, "tensor(uint16)": np.uint16}
+
+
+def graph_inputs(onnx_dir: Path, session, free_dim: int = 8) -> tuple[dict[str, np.ndarray], str]:
+    """Inputs for a non-LM graph: ``test_data_set_0/input_*.pb`` beside it, else seeded random.
+
+    Returns (feed, where they came from).  Unknown dims become 1 in front (batch) and
+    ``free_dim`` elsewhere; floats are standard normal, integers 0 or 1 (safe as indices),
+    booleans random.
+    """
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    names = [i.name for i in session.get_inputs()]
+    data_dir = Path(onnx_dir) / "test_data_set_0"
+    files = sorted(data_dir.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[-1])) \
+        if data_dir.is_dir() else []
+    if files and len(files) == len(names):
+        feed = {}
+        for name, path in zip(names, files):
+            tensor = onnx.TensorProto()
+            tensor.ParseFromString(path.read_bytes())
+            feed[name] = numpy_helper.to_array(tensor)
+        return feed, str(data_dir.name)
+    rng = np.random.default_rng(SEED)
+    # a symbolic dim that leads some input is a batch dim wherever it appears (RNN states)
+    batch_names = {spec.shape[0] for spec in session.get_inputs()
+                   if spec.shape and isinstance(spec.shape[0], str)}
+    feed = {}
+    for spec in session.get_inputs():
+        dims = [d if isinstance(d, int) and d > 0 else
+                (1 if i == 0 or d in batch_names else free_dim)
+                for i, d in enumerate(spec.shape or [])]
+        dtype = ORT_NUMPY.get(spec.type)
+        if dtype is None:
+            raise ValueError(f"input {spec.name!r} has type {spec.type}")
+        if np.issubdtype(dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(dims).astype(dtype)
+        elif dtype == np.bool_:
+            feed[spec.name] = rng.integers(0, 2, dims).astype(bool)
+        else:
+            feed[spec.name] = rng.integers(0, 2, dims).astype(dtype)
+    return feed, f"random (seed 0, free dims {free_dim})"
+
+
+def verify_onnx_pair_graph(src_path: Path, out_path: Path, atol: float | None = None,
+                           rtol: float = 0.0) -> dict[str, Any]:
+    """Run the source and result graphs in ORT on the same inputs; compare every output.
+
+    When ORT cannot run the source (an opset or op it lacks), the result is only checked
+    with ``onnx.checker`` and the verdict says so (``method: checker-only``).
+    """
+    onnx = require("onnx")
+    started = time.perf_counter()
+    ort = require("onnxruntime")
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
+    try:
+        src_session = ort_session(src_path)
+        # random inputs: small free dims first, then audio-sized ones (a model may need a
+        # minimum length, e.g. a reflect pad)
+        for free_dim in (8, 512):
+            feed, origin = graph_inputs(Path(src_path).parent, src_session, free_dim)
+            try:
+                ref = src_session.run(None, feed, quiet)
+                break
+            except Exception:  # ORT's own exception types; retried with larger dims
+                if free_dim == 512 or not origin.startswith("random"):
+                    raise
+    except Exception as exc:  # ORT raises its own exception types for unsupported models
+        onnx.checker.check_model(str(out_path))
+        return {"method": "checker-only", "passed": True,
+                "reason": f"onnxruntime cannot run the source ({_first_line(exc)}); the "
+                          f"result passed onnx.checker only",
+                "seconds": round(time.perf_counter() - started, 3)}
+    try:
+        got = ort_session(out_path).run(None, feed, quiet)
+    except Exception as exc:
+        return {"method": "run-both", "passed": False, "inputs": origin,
+                "reason": f"onnxruntime cannot run the result: {_first_line(exc)}",
+                "seconds": round(time.perf_counter() - started, 3)}
+    report = compare_outputs(got, ref, 1e-5 if atol is None else atol, rtol)
+    report.update(inputs=origin, seconds=round(time.perf_counter() - started, 3))
+    return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

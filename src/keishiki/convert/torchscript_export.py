@@ -170,15 +170,53 @@ def _module_traced(path: Path, method: str, example_input: str, trust: bool):
     if method == "trace-kv":
         raise InvalidRequest("--method trace-kv is for Hugging Face causal LM folders")
     inputs = tuple(make_example_tensors(example_input))
-    return _trace(module, inputs), module, facts
+    try:
+        return _trace(module, inputs), module, facts
+    except Exception as exc:  # a wrong input shape/dtype fails inside the model's forward
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InvalidRequest(f"{path}: tracing {facts['class']} with --example-input "
+                             f"{example_input!r} failed: {reason} (give the shape and dtype "
+                             f"its forward takes, e.g. '1x3x224x224:float32')") from None
 
 
 def output_paths(out: Path) -> tuple[Path, bool]:
     """(the .pt file to write, whether ``out`` is a folder) — a ``.pt``/``.pth`` suffix = a file."""
     out = Path(out)
-    if out.suffix in (".pt", ".pth", ".ts", ".jit"):
-        return out, False
-    return out / "model.pt", True
+    if out.is_dir() or out.suffix.lower() not in (".pt", ".pth", ".ts", ".jit", ".torchscript"):
+        return out / "model.pt", True
+    return out, False
+
+
+def export_to(src: Path, pt_path: Path, *, method: str = "trace",
+              example_input: str = "1x8:int64", trust: bool = False,
+              dtype: str | None = None, side_files_to: Path | None = None):
+    """Write the archive to ``pt_path``; returns (facts, the eager module for verification).
+
+    ``side_files_to``: a folder receiving the HF source's tokenizer and config files.
+    """
+    torch = require("torch", purpose="write TorchScript")
+    if method not in METHODS:
+        raise InvalidRequest(f"--method {method}: choose one of {', '.join(METHODS)}")
+    src, pt_path = Path(src), Path(pt_path)
+    if src.is_dir():
+        scripted, facts = _hf_traced(src, method, example_input, dtype)
+        module = None
+    else:
+        if dtype:
+            raise InvalidRequest("--dtype applies to Hugging Face folders; cast the module "
+                                 "before saving it")
+        scripted, module, facts = _module_traced(src, method, example_input, trust)
+    facts.update(method=method, torch=torch.__version__)
+    pt_path.parent.mkdir(parents=True, exist_ok=True)
+    with pywarnings.catch_warnings():
+        pywarnings.simplefilter("ignore")
+        torch.jit.save(scripted, str(pt_path), _extra_files={META_NAME: json.dumps(facts)})
+    side = []
+    if side_files_to is not None and src.is_dir():
+        from .onnx_export import copy_side_files
+
+        side = copy_side_files(src, side_files_to)
+    return {**facts, "path": str(pt_path), "side_files": side}, module
 
 
 def export_torchscript(src: Path, out: Path, *, method: str = "trace",
@@ -197,32 +235,17 @@ def export_torchscript(src: Path, out: Path, *, method: str = "trace",
 
     Returns:
         Facts: ``path`` (the .pt written), ``kind``, ``method``, ``input_names``,
-        ``output_names``, ``kv_cache``, model shape for LMs, ``side_files``.
+        ``output_names``, ``kv_cache``, model shape and ``dtype`` for LMs, ``side_files``.
 
     Raises:
         InvalidRequest: unknown method, a pickle without ``trust``, a malformed example input,
-            a model ``torch.jit.script`` cannot compile.
+            a model ``torch.jit.script`` cannot compile or that fails to trace.
     """
-    torch = require("torch", purpose="write TorchScript")
-    if method not in METHODS:
-        raise InvalidRequest(f"--method {method}: choose one of {', '.join(METHODS)}")
-    src, out = Path(src), Path(out)
-    pt_path, is_folder = output_paths(out)
-    if src.is_dir():
-        scripted, facts = _hf_traced(src, method, example_input, dtype)
-    else:
-        scripted, _module, facts = _module_traced(src, method, example_input, trust)
-    facts.update(method=method, torch=torch.__version__)
-    pt_path.parent.mkdir(parents=True, exist_ok=True)
-    with pywarnings.catch_warnings():
-        pywarnings.simplefilter("ignore")
-        torch.jit.save(scripted, str(pt_path), _extra_files={META_NAME: json.dumps(facts)})
-    side = []
-    if is_folder and src.is_dir():
-        from .onnx_export import copy_side_files
-
-        side = copy_side_files(src, out)
-    return {**facts, "path": str(pt_path), "side_files": side}
+    pt_path, is_folder = output_paths(Path(out))
+    facts, _module = export_to(src, pt_path, method=method, example_input=example_input,
+                               trust=trust, dtype=dtype,
+                               side_files_to=pt_path.parent if is_folder else None)
+    return facts
 
 
 def read_meta(pt_path: Path) -> dict:
