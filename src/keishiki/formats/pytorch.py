@@ -453,20 +453,16 @@ def zip_data_offset(src: Source, name: str) -> int | None:
     return start
 
 
-def read_zip(src: Source, match) -> ModelInfo:
-    names = src.zip_names
-    member = data_pkl_member(names)
-    if member is None:
-        raise CorruptFile(src.path, "zip archive has no data.pkl")
-    prefix = member[: -len("data.pkl")]
-    where = f"{src.path}:{member}"
-    rec = read_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where)
-    members = set(names)
+def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
+                        ) -> Callable[[StorageRef], tuple[int | None, str | None]]:
+    """storage -> (absolute offset of its bytes or None when compressed, member name), checking
+    that the member ``<prefix><folder>/<key>`` exists and is large enough."""
+    members = set(src.zip_names)
     cache: dict[str, tuple[int | None, str | None]] = {}
 
     def location(storage: StorageRef) -> tuple[int | None, str | None]:
         if storage.key not in cache:
-            name = f"{prefix}data/{storage.key}"
+            name = f"{prefix}{folder}/{storage.key}"
             if name not in members:
                 raise CorruptFile(src.path, f"storage {storage.key!r} has no member {name!r}")
             size = src.zip().getinfo(name).file_size
@@ -477,6 +473,19 @@ def read_zip(src: Source, match) -> ModelInfo:
             cache[storage.key] = (zip_data_offset(src, name), name)
         return cache[storage.key]
 
+    return location
+
+
+def read_zip(src: Source, match) -> ModelInfo:
+    names = src.zip_names
+    member = data_pkl_member(names)
+    if member is None:
+        raise CorruptFile(src.path, "zip archive has no data.pkl")
+    prefix = member[: -len("data.pkl")]
+    where = f"{src.path}:{member}"
+    rec = read_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where)
+    members = set(names)
+    location = zip_storage_locator(src, prefix)
     parsed = parse_object(rec, where, location)
     details = parsed.details
     details["container"] = "zip"

@@ -1,0 +1,325 @@
+"""torchscript: ``torch.jit.save`` archives (also named ``.pt``), read without torch.
+
+Members: ``<prefix>/data.pkl`` (the module object tree: ``__torch__.*`` class instances
+whose BUILD state is a dict of attributes, tensors as in torch.save), ``<prefix>/data/<key>``
+storages, ``<prefix>/code/__torch__/....py`` (the compiled classes as TorchScript source:
+``__parameters__ = [...]``, ``__buffers__ = [...]``, typed attributes, methods),
+``constants.pkl`` (+ ``constants/<key>``), optional ``extra/*``, ``bytecode.pkl`` (mobile),
+``traced_inputs.pkl``, ``*.debug_pkl`` and no ``.format_version``.
+
+Parameters are told from buffers and plain tensor attributes by the class's own
+``__parameters__`` / ``__buffers__`` lists, read by parsing the code file with :mod:`ast`
+(parsed, never executed).  The forward schema comes from the ``def forward`` signature.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core import dtypes
+from ..core.model import ModelInfo
+from ..core.pickle_reader import Call, GlobalRef, read_pickle
+from ..core.source import Source
+from ..core.tensor import TensorInfo
+from ..errors import CorruptFile
+from . import pytorch
+
+FORMAT = "torchscript"
+MAX_CODE_BYTES = 16 * 1024 * 1024  # one code file
+SHOW_CODE_BYTES = 64 * 1024  # the top module's code shown in details
+MAX_CODE_FILES_PARSED = 2000
+
+
+def prefix_of(names: list[str]) -> str | None:
+    """The archive folder holding data.pkl + constants.pkl + code/, else None."""
+    member = pytorch.data_pkl_member(names)
+    if member is None:
+        return None
+    prefix = member[: -len("data.pkl")]
+    has_constants = f"{prefix}constants.pkl" in names
+    has_code = any(n.startswith(f"{prefix}code/") for n in names)
+    return prefix if has_constants and has_code else None
+
+
+def sniff(src: Source):
+    from . import Match
+
+    if src.is_dir or not src.looks_like_zip:
+        return None
+    if prefix_of(src.zip_names) is None:
+        return None
+    return Match(FORMAT, None, reason="zip with data.pkl, constants.pkl and code/ (torch.jit)")
+
+
+# ---- code files ------------------------------------------------------------------------------
+
+@dataclass
+class ClassCode:
+    """What a compiled class's source declares (parsed with ast, never run)."""
+
+    name: str
+    parameters: list[str] = field(default_factory=list)
+    buffers: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    forward_schema: str | None = None
+    forward_source: str | None = None
+
+
+def class_file(qualname: str) -> tuple[str, str]:
+    """``__torch__.a.b.Cls`` -> (``code/__torch__/a/b.py``, ``Cls``)."""
+    parts = qualname.split(".")
+    return "code/" + "/".join(parts[:-1]) + ".py", parts[-1]
+
+
+_TYPE_FORMS = {"Optional": "{}?", "List": "{}[]"}
+
+
+def schema_type(node: ast.expr | None) -> str:
+    """A Python annotation as TorchScript's schema spells it (Optional[T] -> T?, List[T] -> T[])."""
+    if node is None:
+        return "Any"
+    if isinstance(node, ast.Subscript):
+        base = ast.unparse(node.value)
+        inner = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        args = [schema_type(a) for a in inner]
+        if base in _TYPE_FORMS and len(args) == 1:
+            return _TYPE_FORMS[base].format(args[0])
+        if base == "Tuple":
+            return "(" + ", ".join(args) + ")"
+        return f"{base}({', '.join(args)})"
+    if isinstance(node, ast.Constant) and node.value is None:
+        return "NoneType"
+    return ast.unparse(node)
+
+
+def _schema(fn: ast.FunctionDef) -> str:
+    args = fn.args.args
+    defaults = [None] * (len(args) - len(fn.args.defaults)) + list(fn.args.defaults)
+    parts = []
+    for arg, default in zip(args, defaults):
+        text = f"{schema_type(arg.annotation)} {arg.arg}"
+        if default is not None:
+            text += f"={ast.unparse(default)}"
+        parts.append(text)
+    return f"{fn.name}({', '.join(parts)}) -> {schema_type(fn.returns)}"
+
+
+def _string_list(node: ast.expr) -> list[str]:
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return []
+
+
+def parse_classes(source: str) -> dict[str, ClassCode]:
+    """Every class a code file defines, with its declared parameters/buffers and methods."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return {}
+    out: dict[str, ClassCode] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        cls = ClassCode(node.name)
+        for item in node.body:
+            if isinstance(item, ast.Assign) and len(item.targets) == 1 and \
+                    isinstance(item.targets[0], ast.Name):
+                if item.targets[0].id == "__parameters__":
+                    cls.parameters = _string_list(item.value)
+                elif item.targets[0].id == "__buffers__":
+                    cls.buffers = _string_list(item.value)
+            elif isinstance(item, ast.FunctionDef):
+                cls.methods.append(item.name)
+                if item.name == "forward":
+                    cls.forward_schema = _schema(item)
+                    cls.forward_source = ast.get_source_segment(source, item)
+        out[node.name] = cls
+    return out
+
+
+class CodeIndex:
+    """Parses code files on demand (each at most once) and answers per-class questions."""
+
+    def __init__(self, src: Source, prefix: str):
+        self.src, self.prefix = src, prefix
+        self.names = set(src.zip_names)
+        self.files: dict[str, dict[str, ClassCode]] = {}
+        self.texts: dict[str, str] = {}
+
+    def text(self, rel: str) -> str | None:
+        name = self.prefix + rel
+        if name not in self.names:
+            return None
+        if rel not in self.texts:
+            self.texts[rel] = self.src.read_member(name, MAX_CODE_BYTES).decode("utf-8", "replace")
+        return self.texts[rel]
+
+    def cls(self, qualname: str) -> ClassCode | None:
+        rel, name = class_file(qualname)
+        if rel not in self.files:
+            if len(self.files) >= MAX_CODE_FILES_PARSED:
+                return None
+            text = self.text(rel)
+            self.files[rel] = parse_classes(text) if text is not None else {}
+        return self.files[rel].get(name)
+
+
+# ---- the module tree --------------------------------------------------------------------------
+
+def _is_script_object(value: Any) -> bool:
+    return isinstance(value, Call) and isinstance(value.func, GlobalRef) and \
+        value.func.module.startswith("__torch__")
+
+
+def _attributes(obj: Call) -> list[tuple[str, Any]]:
+    state = obj.state
+    if isinstance(state, dict):
+        return [(k, v) for k, v in state.items() if isinstance(k, str)]
+    return []
+
+
+def walk_module(root: Any, path: str, code: CodeIndex):
+    """(dotted name, role, tensor ref, owner class) for every tensor in the object tree.
+
+    role: ``parameter`` / ``buffer`` (declared by the owner's class code) or ``attribute``.
+    Iterative; objects already visited are not re-entered (shared submodules, cycles).
+    """
+    seen: set[int] = set()
+    todo: list[tuple[str, Any, Call | None]] = [("", root, None)]
+    while todo:
+        name, value, owner = todo.pop()
+        if isinstance(value, Call):
+            ref = pytorch.decode_tensor(value, path)
+            if ref is not None:
+                role = "attribute"
+                if owner is not None:
+                    decl = code.cls(owner.qualname)
+                    attr = name.rsplit(".", 1)[-1]
+                    if decl is not None and attr in decl.parameters:
+                        role = "parameter"
+                    elif decl is not None and attr in decl.buffers:
+                        role = "buffer"
+                yield name, role, ref, owner
+                continue
+        if id(value) in seen:
+            continue
+        if _is_script_object(value):
+            seen.add(id(value))
+            kids = [(k, v, value) for k, v in _attributes(value) if k != "training"]
+        elif isinstance(value, (list, tuple)):
+            seen.add(id(value))
+            kids = [(str(i), v, None) for i, v in enumerate(value)]
+        elif isinstance(value, dict):
+            seen.add(id(value))
+            kids = [(str(k), v, None) for k, v in value.items()]
+        else:
+            continue
+        for part, child, own in reversed(kids):
+            todo.append((f"{name}.{part}" if name else part, child, own))
+
+
+def read(src: Source, match) -> ModelInfo:
+    """Parameters, buffers, classes and forward schema of a TorchScript archive."""
+    names = src.zip_names
+    prefix = prefix_of(names)
+    if prefix is None:
+        raise CorruptFile(src.path, "not a TorchScript archive (no data.pkl/constants.pkl/code)")
+    where = f"{src.path}:{prefix}data.pkl"
+    rec = read_pickle(src.read_member(prefix + "data.pkl", pytorch.MAX_PICKLE_BYTES), path=where)
+    code = CodeIndex(src, prefix)
+    location = pytorch.zip_storage_locator(src, prefix)
+    tensors: list[TensorInfo] = []
+    refs: dict[str, pytorch.TensorRef] = {}
+    roles: dict[str, int] = {"parameter": 0, "buffer": 0, "attribute": 0}
+    param_numel = 0
+    for name, role, ref, owner in walk_module(rec.value, where, code):
+        roles[role] += 1
+        numel = math.prod(ref.shape)
+        if role == "parameter":
+            param_numel += numel
+        itemsize = dtypes.itemsize(ref.dtype) or 1
+        offset = member = None
+        extra: dict[str, Any] = {"role": role, "stride": list(ref.stride),
+                                 "storage_offset": ref.storage_offset}
+        if ref.storage is not None:
+            start, member = location(ref.storage)
+            extra["storage_key"] = ref.storage.key
+            if start is not None:
+                offset = start + ref.storage_offset * itemsize
+        if owner is not None:
+            extra["owner_class"] = owner.qualname
+        if not pytorch.is_contiguous(ref.shape, ref.stride):
+            extra["contiguous"] = False
+        tensors.append(TensorInfo(name, ref.dtype, ref.shape, numel * itemsize, offset, member,
+                                  extra))
+        refs[name] = ref
+    details = _details(src, prefix, rec, code, roles, param_numel)
+    byteorder = details.get("byteorder") or "little"
+    return ModelInfo(path=str(src.path), format=FORMAT, format_version=details["version_record"],
+                     tensors=tensors, details={FORMAT: details},
+                     warnings=["TorchScript archives carry code (code/ files) that runs when "
+                               "loaded with torch.jit.load"],
+                     tensor_loader=pytorch.loader_for(src.path, refs, byteorder))
+
+
+def _details(src: Source, prefix: str, rec, code: CodeIndex, roles: dict[str, int],
+             param_numel: int) -> dict[str, Any]:
+    names = src.zip_names
+    rel = [n[len(prefix):] for n in names if n.startswith(prefix)]
+    root = rec.value
+    root_class = root.qualname if isinstance(root, Call) else None
+    top = code.cls(root_class) if root_class else None
+    details: dict[str, Any] = {
+        "archive_prefix": prefix.rstrip("/"),
+        "original_name": root_class.rsplit(".", 1)[-1] if root_class else None,
+        "root_class": root_class,
+        "n_parameters": roles["parameter"],
+        "n_buffers": roles["buffer"],
+        "n_tensor_attributes": roles["attribute"],
+        "param_numel": param_numel,
+        "methods": top.methods if top else [],
+        "forward_schema": top.forward_schema if top else None,
+        "classes": sorted({g.qualname for g in rec.globals if g.module.startswith("__torch__")}),
+        "globals": sorted({g.qualname for g in rec.globals}),
+        "pickle_protocol": rec.protocol,
+        "code_files": sorted(r for r in rel if r.startswith("code/") and r.endswith(".py")),
+        "extra_files": sorted(r[len("extra/"):] for r in rel if r.startswith("extra/")),
+        "has_bytecode_pkl": "bytecode.pkl" in rel,
+        "has_constants_pkl": "constants.pkl" in rel,
+        "has_traced_inputs": "traced_inputs.pkl" in rel,
+        "has_debug_info": any(r.endswith(".debug_pkl") for r in rel),
+        "n_data_records": sum(1 for r in rel if r.startswith("data/")),
+        "n_records": len(names),
+        "version_record": _small(src, prefix + "version") or _small(src, prefix + ".data/version"),
+        "byteorder": _small(src, prefix + "byteorder"),
+        "constants": _constants(src, prefix),
+    }
+    if top is not None and root_class:
+        file_rel = class_file(root_class)[0]
+        text = code.text(file_rel) or ""
+        details["code"] = {file_rel: text[:SHOW_CODE_BYTES]}
+        details["forward_source"] = top.forward_source
+    return details
+
+
+def _small(src: Source, name: str) -> str | None:
+    if name not in set(src.zip_names):
+        return None
+    return src.read_member(name, 4096).decode("utf-8", "replace").strip()
+
+
+def _constants(src: Source, prefix: str) -> list[str]:
+    """The constants table as ``type[shape]`` strings (tensors) or value types."""
+    name = prefix + "constants.pkl"
+    if name not in set(src.zip_names):
+        return []
+    rec = read_pickle(src.read_member(name, pytorch.MAX_PICKLE_BYTES), path=f"{src.path}:{name}")
+    values = rec.value if isinstance(rec.value, tuple) else (rec.value,)
+    out = []
+    for v in values[:1000]:
+        ref = pytorch.decode_tensor(v, name) if isinstance(v, Call) else None
+        out.append(f"{ref.dtype}{list(ref.shape)}" if ref else type(v).__name__)
+    return out
