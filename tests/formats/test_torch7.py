@@ -37,13 +37,14 @@ def test_corpus_facts(rel):
 
 def test_ascii_net_tree_and_values():
     info = inspect(corpus_path("torch7_ascii/opencv-testdata/net_softmax_net.txt"))
-    tree = info.details["torch7"]["modules"]
+    assert info.details["torch7"]["modules"] == {"": "nn.Sequential", "0": "nn.SoftMax"}
+    tree = info.details["torch7"]["module_tree"]
     assert tree["class"] == "nn.Sequential"
     assert [c["class"] for c in tree["children"]] == ["nn.SoftMax"]
     out = info.tensor_loader(info.tensor("0.output"))
     assert out.shape == (1, 5, 1, 1) and out.sum() == pytest.approx(1.0)  # a softmax output
     nested = inspect(corpus_path("torch7_ascii/opencv-testdata/net_cadd_table_net.txt"))
-    children = nested.details["torch7"]["modules"]["children"]
+    children = nested.details["torch7"]["module_tree"]["children"]
     assert [c["class"] for c in children] == ["nn.ConcatTable", "nn.CAddTable"]
     assert [c["name"] for c in children[0]["children"]] == ["0.0", "0.1"]
 
@@ -201,8 +202,8 @@ def test_sequential_names_values_and_tree(sequential_file):
         np.testing.assert_array_equal(lazy.load(), expected[lazy.name])
     details = info.details["torch7"]
     assert details["torch_class"] == "nn.Sequential" and details["version"] == "V 1"
-    assert [c["class"] for c in details["modules"]["children"]] == ["nn.Linear", "nn.ReLU",
-                                                                    "nn.Linear"]
+    assert details["modules"] == {"": "nn.Sequential", "0": "nn.Linear", "1": "nn.ReLU",
+                                  "2": "nn.Linear"}
     assert details["n_empty_tensors"] == 2
     if variant == "binary":
         assert details["long_size"] == long_size

@@ -28,6 +28,7 @@ from ..errors import CorruptFile
 FORMAT = "keras-h5"
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_DATASETS = 1_000_000
+MAX_DEPTH = 64
 _OPTIMIZER_ROOTS = ("optimizer_weights/", "optimizer/")
 
 
@@ -59,21 +60,31 @@ def walk_datasets(h5file: Any, path: str) -> tuple[list[tuple[str, Any]], list[s
     h5py = _h5py()
     found: list[tuple[str, Any]] = []
     skipped: list[str] = []
+    visited = [0]  # hard links can make a group reachable many times (or from itself)
 
-    def visit(name: str, link: Any) -> None:
-        if not isinstance(link, h5py.HardLink):
-            skipped.append(name)
-            return
-        obj = h5file[name]
-        if isinstance(obj, h5py.Dataset):
-            if obj.external or obj.is_virtual:
-                skipped.append(name)  # its bytes live in another file
-                return
-            found.append((name, obj))
-            if len(found) > MAX_DATASETS:
-                raise CorruptFile(path, f"more than {MAX_DATASETS} datasets")
+    def visit(group: Any, prefix: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise CorruptFile(path, f"HDF5 groups nested deeper than {MAX_DEPTH}")
+        for key in group:  # name order, as h5py's visititems
+            name = f"{prefix}{key}"
+            visited[0] += 1
+            if visited[0] > 2 * MAX_DATASETS:
+                raise CorruptFile(path, f"more than {2 * MAX_DATASETS} HDF5 objects")
+            if not isinstance(group.get(key, getlink=True), h5py.HardLink):
+                skipped.append(name)  # soft or external link: never followed
+                continue
+            obj = group[key]
+            if isinstance(obj, h5py.Group):
+                visit(obj, f"{name}/", depth + 1)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.external or obj.is_virtual:
+                    skipped.append(name)  # its bytes live in another file
+                    continue
+                found.append((name, obj))
+                if len(found) > MAX_DATASETS:
+                    raise CorruptFile(path, f"more than {MAX_DATASETS} datasets")
 
-    h5file.visititems_links(visit)
+    visit(h5file, "", 0)
     return found, skipped
 
 

@@ -224,6 +224,12 @@ def _loader(path: Path, objects: dict[str, Any], ascii: bool):
     return load
 
 
+def _flat_modules(nodes: list[dict]):
+    for node in nodes:
+        yield node["name"], node["class"]
+        yield from _flat_modules(node.get("children", []))
+
+
 def _summary(parser: t7.Parser) -> dict[str, Any]:
     root = parser.root  # type: ignore[attr-defined]
     code = {type(None): 0, float: 1, str: 2, t7.Table: 3, bool: 5}.get(type(root), 4)
@@ -265,7 +271,9 @@ def read(src: Source, match) -> ModelInfo:
         infos.append(_tensor_info(name, obj, ascii))
     details = _summary(parser)
     if tree["children"]:
-        details["modules"] = tree["children"][0] if len(tree["children"]) == 1 \
+        # {path: class} like PyTorch's named_modules() ("" is the root), plus the nesting
+        details["modules"] = dict(_flat_modules(tree["children"]))
+        details["module_tree"] = tree["children"][0] if len(tree["children"]) == 1 \
             else tree["children"]
     details["long_size"] = getattr(parser, "long_size", None) if not ascii else None
     details["n_empty_tensors"] = walker.n_empty
