@@ -163,3 +163,13 @@ def test_truncated_h5(tmp_path, cut):
     p.write_bytes(full.read_bytes()[:cut])
     code, out, err = run_cli("info", p)
     assert code == 2 and "corrupt" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_group_hard_linked_into_itself_is_bounded(tmp_path):
+    p = tmp_path / "cycle.h5"
+    with h5py.File(p, "w") as f:
+        group = f.create_group("g")
+        group["w"] = np.ones(2, np.float32)
+        group["again"] = group  # a hard link back to the group: an endless tree
+    code, _, err = run_cli("info", p)
+    assert code == 2 and "nested deeper" in err and "Traceback" not in err
