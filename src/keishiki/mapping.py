@@ -120,11 +120,14 @@ def _brief(t: TensorInfo) -> dict[str, Any]:
 
 
 def is_graph_constant(t: TensorInfo, fmt: str) -> bool:
-    """True for ONNX initializers that are graph plumbing, not weights (shape constants,
-    axes, scalars): integer/bool tensors or scalars.  They are listed but not counted."""
+    """True for ONNX tensors that are graph plumbing, not weights: integer/bool tensors
+    (shapes, axes), scalars, and Constant-node values (``rotary_emb`` frequencies, masks: a
+    PyTorch model computes them, so they have no counterpart in its state_dict).  Listed
+    but not counted as a difference; a Constant that holds a weight is paired by value first."""
     if fmt != "onnx":
         return False
-    return (not t.dtype.startswith(("float", "bfloat"))) or t.numel <= 1
+    return (not t.dtype.startswith(("float", "bfloat")) or t.numel <= 1
+            or t.extra.get("source") == "constant")
 
 
 # ---- public entry point ------------------------------------------------------------------------
@@ -242,7 +245,7 @@ def _gguf_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
     gguf_side, gguf_names, other_names = (a, left, right) if a.format == "gguf" else (b, right, left)
     arch = gguf_architecture(gguf_side)
     table = _gguf_table(arch, gguf_names)
-    if table is None:
+    if table is None and arch != "llama":
         return []
     heads = _gguf_heads(gguf_side, arch)
     out = []
@@ -307,9 +310,16 @@ def _gguf_table(arch: str | None, gguf_names: dict[str, TensorInfo]):
 
 
 def _hf_to_gguf(table, name: str) -> str | None:
-    """The GGUF name of HF tensor ``name``, trying it without leading dotted components too
-    (``bert.embeddings.LayerNorm.weight`` is listed as ``embeddings.LayerNorm``)."""
+    """The GGUF name of HF tensor ``name``: the converter's llama table first (the names
+    ``keishiki convert`` writes), then the gguf package's table, trying the name without
+    leading dotted components too (``bert.embeddings.LayerNorm.weight`` is listed there as
+    ``embeddings.LayerNorm``)."""
     candidate = strip_wrappers(name)
+    from .convert.gguf_names import hf_to_gguf_name
+
+    found = hf_to_gguf_name(candidate)
+    if found or table is None:
+        return found
     while candidate:
         found = table.get_name(candidate, try_suffixes=(".weight", ".bias"))
         if found:

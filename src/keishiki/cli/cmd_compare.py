@@ -67,7 +67,7 @@ def render(report, show_all: bool = False) -> None:
         table(None, ["A", "B", "how", "shape", "dtype", "status", "max abs", "max rel"], rows,
               justify_right=["max abs", "max rel"])
     if m.unmatched_a or m.unmatched_b:
-        render_unmatched(m)
+        render_unmatched(m, show_all=show_all)
     if report.outputs:
         o = report.outputs
         console.print(f"outputs ({o['backend_a']} vs {o['backend_b']}, prompt {o['prompt']!r}, "

@@ -20,6 +20,8 @@ def map_cmd(
     b: Path = typer.Argument(..., help="Model B (any format)."),
     no_values: bool = typer.Option(False, "--no-values", help="Pair by names only (never "
                                    "read tensor data)."),
+    show: str = typer.Option("pairs", "--show", help="pairs (default) or all (also list "
+                             "ONNX graph constants left unpaired)."),
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Pair every tensor of A with its counterpart in B: exact names, wrapper prefixes
@@ -39,21 +41,26 @@ def map_cmd(
             for p in name_map.pairs]
     table(f"{len(name_map.pairs)} pairs: {a} ({name_map.a_format}) ↔ {b} ({name_map.b_format})",
           ["A", "B", "how", "A shape", "B shape", "dtype"], rows)
-    render_unmatched(name_map)
+    render_unmatched(name_map, show_all=show == "all")
     return 1 if ua or ub else 0
 
 
-def render_unmatched(name_map) -> None:
-    """Print the tensors left unpaired on each side (graph constants marked)."""
+def render_unmatched(name_map, show_all: bool = False) -> None:
+    """Print the tensors left unpaired on each side; ONNX graph constants (shapes, axes,
+    Constant-node values) only as a count unless ``show_all``."""
     from ..mapping import is_graph_constant
 
     for side, infos, fmt in (("A", name_map.unmatched_a, name_map.a_format),
                              ("B", name_map.unmatched_b, name_map.b_format)):
-        if not infos:
-            continue
-        rows = [(t.name, t.dtype, shape_text(t.shape),
-                 "graph constant (not counted)" if is_graph_constant(t, fmt) else "")
-                for t in infos]
-        table(f"{len(infos)} only in {side}", ["name", "dtype", "shape", "note"], rows)
+        constants = [t for t in infos if is_graph_constant(t, fmt)]
+        listed = infos if show_all else [t for t in infos if not is_graph_constant(t, fmt)]
+        if listed:
+            rows = [(t.name, t.dtype, shape_text(t.shape),
+                     "graph constant (not counted)" if is_graph_constant(t, fmt) else "")
+                    for t in listed]
+            table(f"{len(listed)} only in {side}", ["name", "dtype", "shape", "note"], rows)
+        if constants and not show_all:
+            console.print(f"{len(constants)} ONNX graph constants only in {side} (shapes, "
+                          f"axes, Constant-node values; not counted; --show all lists them)")
     if not name_map.unmatched_a and not name_map.unmatched_b:
         console.print("every tensor paired")

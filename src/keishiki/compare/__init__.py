@@ -12,6 +12,8 @@ dropped before the next: one pair in memory at a time.
 from __future__ import annotations
 
 import os
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +30,8 @@ class CompareReport:
     """What :func:`compare` found.
 
     Attributes:
-        verdict: ``identical`` (every pair bit-for-bit, nothing unpaired), ``within tolerance``
+        verdict: ``identical`` (every pair bit-for-bit, nothing unpaired but ONNX graph
+            constants), ``within tolerance``
             (every pair equal within atol/rtol, dtype changes allowed), or ``different``.
         mapping: the :class:`~keishiki.mapping.NameMap` used.
         tensors: one :class:`~keishiki.compare.weights.TensorDiff` per pair, in A's order.
@@ -48,8 +51,8 @@ class CompareReport:
         self.reasons = self._reasons()
         if self.reasons:
             return "different"
-        unmatched = self.mapping.unmatched_a or self.mapping.unmatched_b
-        if all(d.status == "identical" for d in self.tensors) and not unmatched:
+        ua, ub = self.mapping.counted_unmatched  # ONNX graph constants never count
+        if all(d.status == "identical" for d in self.tensors) and not (ua or ub):
             return "identical"
         return "within tolerance"
 
@@ -159,3 +162,16 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
 
 
 __all__ = ["CompareReport", "TensorDiff", "compare"]
+
+
+class _CallablePackage(types.ModuleType):
+    """``keishiki.compare`` is both this package and the public function.  Once any
+    submodule is imported, Python binds the *package* to ``keishiki.compare`` and the lazy
+    re-export in ``keishiki/__init__.py`` no longer runs; calling the package forwards to
+    :func:`compare`, so ``keishiki.compare(a, b)`` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CompareReport:
+        return compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..convert.gguf_names import permute as llama_permute
+from ..convert.gguf_names import unpermute as llama_unpermute
 from ..mapping import TensorPair
 
 CHUNK = 1 << 21  # elements per float64 chunk (16 MB)
@@ -54,18 +56,6 @@ class TensorDiff:
 
 
 # ---- transforms --------------------------------------------------------------------------------
-
-def llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's row permutation of Q/K weights (HF → GGUF), as in convert_hf_to_gguf.py."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
-
-def llama_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """The inverse of :func:`llama_permute` (GGUF → HF)."""
-    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
 
 def apply_transform(arr: np.ndarray, transform: str | None, extra: dict) -> np.ndarray:
     """B's array lined up with A's (see :class:`keishiki.mapping.TensorPair`)."""

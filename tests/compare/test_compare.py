@@ -1,0 +1,171 @@
+"""keishiki.compare / ``keishiki compare``: weights tensor by tensor, verdicts, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import keishiki
+from keishiki.compare.weights import apply_transform, value_diff
+from keishiki.errors import InvalidRequest
+from tests.conftest import corpus_path, run_cli
+
+
+def by_a(report) -> dict:
+    return {d.pair.a: d for d in report.tensors}
+
+
+def test_identical_across_containers(seq_files):
+    report = keishiki.compare(seq_files["safetensors"], seq_files["pt"])
+    assert report.verdict == "identical" and report.exit_code == 0
+    assert report.counts() == {"identical": 4}
+    assert all(d.bit_equal and d.max_abs_diff == 0.0 for d in report.tensors)
+
+
+def test_perturbed_tensor_is_named(seq_files):
+    report = keishiki.compare(seq_files["safetensors"], seq_files["perturbed"])
+    assert report.verdict == "different" and report.exit_code == 1
+    diff = by_a(report)["2.weight"]
+    assert diff.status == "different" and not diff.bit_equal and diff.n_over_tolerance == 1
+    assert diff.max_abs_diff == pytest.approx(1e-3, rel=1e-3)
+    assert "2.weight" in report.reasons[0]
+    assert all(by_a(report)[n].status == "identical" for n in ("0.weight", "0.bias", "2.bias"))
+    # a tolerance above the change accepts it
+    loose = keishiki.compare(seq_files["safetensors"], seq_files["perturbed"], atol=2e-3)
+    assert loose.verdict == "within tolerance" and loose.exit_code == 0
+
+
+def test_module_prefix_and_onnx_transposed_are_identical(seq_files):
+    assert keishiki.compare(seq_files["safetensors"], seq_files["module"]).verdict == "identical"
+    report = keishiki.compare(seq_files["pt"], seq_files["onnx"])
+    assert report.verdict == "identical"
+    assert by_a(report)["0.weight"].pair.how == "value-transposed"
+
+
+def test_bfloat16_copy_is_within_tolerance_not_identical(seq_files, seq_state_dict):
+    _, sd = seq_state_dict
+    report = keishiki.compare(seq_files["safetensors"], seq_files["bf16"])
+    assert report.verdict == "different"  # exact by default; bfloat16 rounding differs
+    d = by_a(report)["0.weight"]
+    assert d.pair.b_dtype == "bfloat16" and d.to_dict()["dtype_differs"] is True
+    import ml_dtypes
+
+    expected = np.max(np.abs(sd["0.weight"] - sd["0.weight"].astype(ml_dtypes.bfloat16)
+                             .astype(np.float32)))
+    assert d.max_abs_diff == pytest.approx(float(expected), rel=1e-6)
+    ok = keishiki.compare(seq_files["safetensors"], seq_files["bf16"], rtol=2 ** -8)
+    assert ok.verdict == "within tolerance"
+
+
+def test_unpaired_and_shape_mismatch(seq_files):
+    extra = keishiki.compare(seq_files["safetensors"], seq_files["extra"])
+    assert extra.verdict == "different" and "1 only in B" in extra.reasons[0]
+    allowed = keishiki.compare(seq_files["safetensors"], seq_files["extra"], allow_unmatched=True)
+    assert allowed.verdict == "within tolerance"
+    shape = keishiki.compare(seq_files["safetensors"], seq_files["shape"])
+    assert by_a(shape)["0.bias"].status == "shape mismatch" and shape.verdict == "different"
+
+
+def test_gguf_llama_unpermutes_and_dequantizes(llama_gguf_pair):
+    hf, gg, _ = llama_gguf_pair
+    report = keishiki.compare(hf, gg)
+    d = by_a(report)
+    assert d["model.layers.0.self_attn.q_proj.weight"].status == "identical"
+    assert d["model.layers.0.self_attn.k_proj.weight"].status == "identical"
+    up = d["model.layers.0.mlp.up_proj.weight"]  # q8_0: dequantized, small error
+    assert up.pair.b_dtype == "q8_0" and up.status == "different"
+    assert 0 < up.max_abs_diff < 0.05
+    assert keishiki.compare(hf, gg, atol=0.05).verdict == "within tolerance"
+    # and with GGUF as A, the HF side gets permuted instead
+    back = keishiki.compare(gg, hf, atol=0.05)
+    assert back.verdict == "within tolerance"
+    assert by_a(back)["blk.0.attn_q.weight"].status == "identical"
+
+
+def test_real_corpus_legacy_vs_zip_identical():
+    legacy = corpus_path("pytorch_legacy/torch-1.13.1-debian/tinynet_state_dict_legacy.pt")
+    zipped = corpus_path("pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt")
+    report = keishiki.compare(legacy, zipped)
+    assert report.verdict == "identical" and len(report.tensors) == 9
+
+
+def test_real_corpus_onnx_with_folded_batchnorm():
+    """torch 1.13's export folded BatchNorm into the conv: those weights have no counterpart."""
+    sd = corpus_path("pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt")
+    graph = corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx")
+    report = keishiki.compare(sd, graph)
+    assert {d.pair.a for d in report.tensors} == {"fc.weight", "fc.bias"}
+    assert all(d.status == "identical" for d in report.tensors)
+    assert {t.name for t in report.mapping.unmatched_b} == {"onnx::Conv_16", "onnx::Conv_17"}
+    assert report.verdict == "different"
+
+
+def test_value_diff_nan_inf_and_ints():
+    a = np.array([1.0, np.nan, np.inf, -2.0], np.float32)
+    assert value_diff(a, a.copy(), 0, 0) == (0.0, 0.0, 0)
+    b = a.copy()
+    b[1] = 0.0
+    max_abs, _, over = value_diff(a, b, 0, 0)
+    assert max_abs == float("inf") and over == 1
+    assert value_diff(np.array([5, 7]), np.array([5, 9]), 0, 0)[0] == 2.0
+
+
+def test_transforms_round_trip():
+    w = np.arange(8 * 3).reshape(8, 3)
+    from keishiki.convert.gguf_names import permute
+
+    assert np.array_equal(apply_transform(permute(w, 2), "llama-rope-unpermute", {"n_head": 2}), w)
+    assert np.array_equal(apply_transform(w, "llama-rope-permute", {"n_head": 2}), permute(w, 2))
+    assert apply_transform(w, "transpose", {}).shape == (3, 8)
+
+
+def test_bad_tolerance():
+    with pytest.raises(InvalidRequest, match="tolerances"):
+        keishiki.compare("x", "y", atol=-1)
+
+
+def test_cli_exit_codes_and_json(seq_files):
+    code, out, err = run_cli("compare", seq_files["safetensors"], seq_files["onnx"], "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["verdict"] == "identical" and doc["n_pairs"] == 4
+    assert doc["how"] == {"exact": 2, "value-transposed": 2}
+    code, out, err = run_cli("compare", seq_files["safetensors"], seq_files["perturbed"])
+    assert code == 1 and "2.weight" in out and "different" in out
+    code, out, err = run_cli("compare", seq_files["safetensors"], seq_files["perturbed"],
+                             "--atol", "0.01")
+    assert code == 0 and "within tolerance" in out
+
+
+def test_cli_bad_input(tmp_path, seq_files):
+    garbage = tmp_path / "junk.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    for args in ([garbage, seq_files["pt"]], [seq_files["pt"], tmp_path / "nope"],
+                 [seq_files["pt"], seq_files["pt"], "--atol", "-1"]):
+        code, out, err = run_cli("compare", *args)
+        assert code == 2, (args, out, err)
+        assert err.startswith("keishiki: error:") and err.count("\n") == 1, err
+    code, out, err = run_cli("compare", seq_files["pt"], seq_files["pt"], "--atol", "abc")
+    assert code == 2  # a usage error from the option parser
+
+
+@pytest.mark.slow
+def test_outputs_hf_vs_onnx_export(tiny_llama, tmp_path_factory):
+    """The tiny Llama against its ONNX export: weights identical, greedy tokens equal."""
+    pytest.importorskip("onnxruntime")
+    from keishiki.convert.onnx_export import export_causal_lm
+
+    out = tmp_path_factory.mktemp("tl-onnx") / "onnx"
+    export_causal_lm(tiny_llama, out)
+    report = keishiki.compare(tiny_llama, out / "model.onnx", outputs=True, max_tokens=6)
+    assert report.verdict == "identical", report.reasons
+    o = report.outputs
+    assert o["passed"] and o["tokens_match"] and len(o["tokens_a"]) == 6
+    assert (o["backend_a"], o["backend_b"]) == ("torch", "onnxruntime")
+    assert o["max_abs_diff"] < 1e-4
+    code, text, err = run_cli("compare", tiny_llama, out / "model.onnx", "--outputs",
+                              "--max-tokens", "3", "--json")
+    assert code == 0, err
+    assert json.loads(text)["outputs"]["tokens_match"] is True

@@ -1,0 +1,141 @@
+"""keishiki.mapping / ``keishiki map``: pairing tensors across formats."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from keishiki.core.model import ModelInfo
+from keishiki.core.tensor import TensorInfo
+from keishiki.formats import inspect
+from keishiki.mapping import content_digest, map_names, strip_wrappers
+from tests.conftest import corpus_path, run_cli
+
+
+def pairs_of(name_map) -> dict[str, tuple[str, str]]:
+    return {p.a: (p.b, p.how) for p in name_map.pairs}
+
+
+def memory_model(arrays: dict[str, np.ndarray], fmt: str = "safetensors") -> ModelInfo:
+    """A ModelInfo over in-memory arrays (the mapping only needs names, shapes, a loader)."""
+    infos = [TensorInfo(k, str(v.dtype), v.shape, v.nbytes) for k, v in arrays.items()]
+    return ModelInfo(path=f"<{fmt}>", format=fmt, tensors=infos,
+                     tensor_loader=lambda info: arrays[info.name])
+
+
+def test_exact_names_safetensors_vs_torch_save(seq_files):
+    m = map_names(inspect(seq_files["safetensors"]), inspect(seq_files["pt"]))
+    assert pairs_of(m) == {n: (n, "exact") for n in ("0.weight", "0.bias", "2.weight", "2.bias")}
+    assert m.unmatched_a == [] and m.unmatched_b == []
+
+
+@pytest.mark.parametrize("key, b_prefix", [("module", "module."),
+                                           ("compiled", "_orig_mod.model.")])
+def test_wrapper_and_model_prefixes(seq_files, key, b_prefix):
+    m = map_names(inspect(seq_files["safetensors"]), inspect(seq_files[key]))
+    assert pairs_of(m) == {n: (b_prefix + n, "prefix")
+                           for n in ("0.weight", "0.bias", "2.weight", "2.bias")}
+    # and the other way round
+    back = map_names(inspect(seq_files[key]), inspect(seq_files["safetensors"]))
+    assert {p.b for p in back.pairs} == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_onnx_matmul_names_map_back_transposed(seq_files):
+    onnx_info = inspect(seq_files["onnx"])
+    generated = [t.name for t in onnx_info.tensors if t.name.startswith("onnx::MatMul_")]
+    assert len(generated) == 2, [t.name for t in onnx_info.tensors]  # what the exporter wrote
+    m = map_names(inspect(seq_files["safetensors"]), onnx_info)
+    got = {p.a: p for p in m.pairs}
+    for name, shape in (("0.weight", (8, 4)), ("2.weight", (3, 8))):
+        pair = got[name]
+        assert pair.b in generated and pair.how == "value-transposed" and pair.transposed
+        assert pair.a_shape == shape and pair.b_shape == shape[::-1]
+    assert got["0.bias"].how == "exact" and not got["0.bias"].transposed
+    assert m.unmatched_a == [] and m.counted_unmatched == ([], [])
+
+
+def test_no_values_leaves_generated_names_unpaired(seq_files):
+    m = map_names(inspect(seq_files["safetensors"]), inspect(seq_files["onnx"]), by_value=False)
+    assert {t.name for t in m.unmatched_a} == {"0.weight", "2.weight"}
+
+
+def test_gguf_llama_names(llama_gguf_pair):
+    hf, gg, sd = llama_gguf_pair
+    m = map_names(inspect(hf), inspect(gg))
+    got = pairs_of(m)
+    assert got["model.layers.0.mlp.up_proj.weight"] == ("blk.0.ffn_up.weight", "gguf")
+    assert got["model.embed_tokens.weight"] == ("token_embd.weight", "gguf")
+    assert len(got) == len(sd) and not m.unmatched_a and not m.unmatched_b
+    q = next(p for p in m.pairs if p.b == "blk.0.attn_q.weight")
+    k = next(p for p in m.pairs if p.b == "blk.0.attn_k.weight")
+    assert (q.transform, q.extra["n_head"]) == ("llama-rope-unpermute", 4)
+    assert (k.transform, k.extra["n_head"]) == ("llama-rope-unpermute", 2)
+
+
+def test_gguf_bert_from_llama_cpp_corpus():
+    """A real llama.cpp conversion: names come from the gguf package's table (bert)."""
+    hf = inspect(corpus_path("hf_dir/tiny-bert-safetensors"))
+    gg = inspect(corpus_path("gguf/llama.cpp-convert/tiny-bert-q8_0.gguf"))
+    m = map_names(hf, gg, by_value=False)
+    got = pairs_of(m)
+    assert got["embeddings.word_embeddings.weight"] == ("token_embd.weight", "gguf")
+    assert got["encoder.layer.1.attention.self.query.weight"] == ("blk.1.attn_q.weight", "gguf")
+    assert len(m.pairs) == 37 and not m.unmatched_b  # every GGUF tensor found its HF name
+    assert {t.name for t in m.unmatched_a} == {"pooler.dense.weight", "pooler.dense.bias"}
+
+
+def test_value_match_bfloat16_against_float32_and_tied_weights():
+    import ml_dtypes
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 8  # exact in bfloat16
+    a = memory_model({"embed.weight": w, "lm_head.weight": w.copy(),
+                      "norm": np.array([1.5, 2.0], np.float32)})
+    b = memory_model({"val_1": w.astype(ml_dtypes.bfloat16), "val_2": np.array([1.5, 2], np.float32)},
+                     fmt="onnx")
+    m = map_names(a, b)
+    got = {p.a: p for p in m.pairs}
+    assert (got["embed.weight"].b, got["embed.weight"].how) == ("val_1", "value")
+    assert got["lm_head.weight"].b == "val_1" and got["lm_head.weight"].extra == {"shared": True}
+    assert got["norm"].b == "val_2"
+    assert not m.unmatched_a and not m.unmatched_b
+
+
+def test_prefix_needs_matching_sizes():
+    a = memory_model({"fc.weight": np.zeros((2, 2), np.float32)})
+    b = memory_model({"model.fc.weight": np.zeros((3, 2), np.float32)})
+    m = map_names(a, b, by_value=False)
+    assert m.pairs == [] and len(m.unmatched_a) == 1
+
+
+def test_helpers():
+    assert strip_wrappers("module._orig_mod.module.fc.weight") == "fc.weight"
+    assert strip_wrappers("model.fc") == "model.fc"
+    x = np.array([1.0, 2.5], np.float32)
+    assert content_digest(x) == content_digest(x.astype(np.float16))
+    assert content_digest(x) != content_digest(x.astype(np.float64))
+    assert content_digest(np.array([1, 2], np.int64)) != content_digest(np.array([1, 2], np.int32))
+
+
+def test_cli_map_json_and_exit_codes(seq_files):
+    code, out, err = run_cli("map", seq_files["safetensors"], seq_files["onnx"], "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["n_pairs"] == 4 and doc["how"] == {"exact": 2, "value-transposed": 2}
+    weight = next(p for p in doc["pairs"] if p["a"] == "2.weight")
+    assert weight["b"].startswith("onnx::MatMul_") and weight["transposed"] is True
+    assert weight["a_shape"] == [3, 8] and weight["b_shape"] == [8, 3]
+    code, out, err = run_cli("map", seq_files["safetensors"], seq_files["extra"])
+    assert code == 1 and "3.weight" in out and "only in B" in out
+    code, out, err = run_cli("map", seq_files["safetensors"], seq_files["module"])
+    assert code == 0 and "module.0.weight" in out and "prefix" in out
+
+
+def test_cli_map_bad_input(tmp_path, seq_files):
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x00not a model at all" * 10)
+    code, out, err = run_cli("map", garbage, seq_files["safetensors"])
+    assert code == 2 and err.count("\n") == 1 and "not a model file" in err
+    code, out, err = run_cli("map", tmp_path / "missing.pt", seq_files["safetensors"])
+    assert code == 2 and err.startswith("keishiki: error:") and "Traceback" not in err

@@ -1,0 +1,123 @@
+"""keishiki.view: the loopback server, its page and JSON API, and the CLI's errors."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from keishiki.formats import inspect
+from keishiki.view import ViewServer
+from keishiki.view.server import page_html, to_json
+from tests.conftest import corpus_path, run_cli
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def onnx_server(seq_files):
+    server = ViewServer(inspect(seq_files["onnx"]), port=0).start()
+    yield server
+    server.stop()
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+
+
+def test_serves_page_and_info_on_loopback_only(onnx_server, seq_files):
+    assert onnx_server.url.startswith("http://127.0.0.1:") and onnx_server.port > 0
+    assert onnx_server._httpd.server_address[0] == "127.0.0.1"
+    status, ctype, body = get(onnx_server.url)
+    assert status == 200 and ctype.startswith("text/html")
+    assert b"/api/info" in body and b"tensor-filter" in body
+    status, ctype, body = get(onnx_server.url + "api/info")
+    info = json.loads(body)
+    assert status == 200 and ctype.startswith("application/json")
+    assert info["format"] == "onnx" and info["path"] == str(seq_files["onnx"])
+    assert info["graph"]["op_types"] == {"MatMul": 2, "Add": 2, "Relu": 1}
+    assert len(info["tensors"]) == 4 and {"name", "dtype", "shape"} <= set(info["tensors"][0])
+    assert "safety" in info and "view" in info
+
+
+def test_unknown_route_and_foreign_host(onnx_server):
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        get(onnx_server.url + "../../etc/passwd")
+    assert exc.value.code == 404
+    conn = http.client.HTTPConnection("127.0.0.1", onnx_server.port, timeout=10)
+    conn.request("GET", "/api/info", headers={"Host": "evil.example:80"})
+    assert conn.getresponse().status == 403  # DNS-rebinding guard
+    conn.close()
+
+
+def test_page_is_self_contained():
+    html = page_html().decode()
+    # no external scripts, styles or fonts: the machine may be offline
+    assert not re.search(r"""(src|href)\s*=\s*["']https?://""", html)
+    assert "innerHTML" not in html  # model strings are inserted as text only
+
+
+def test_netron_link(onnx_server):
+    pytest.importorskip("netron")
+    assert onnx_server.payload["view"]["netron"] is True
+    opener = urllib.request.build_opener(NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        opener.open(onnx_server.url + "netron", timeout=30)
+    assert exc.value.code == 302
+    assert exc.value.headers["Location"].startswith("http://127.0.0.1:")
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_to_json_handles_nan_and_bytes():
+    doc = json.loads(to_json({"x": float("nan"), "b": b"\xffab", "t": (1, 2)}))
+    assert doc == {"x": "nan", "b": "\\xffab", "t": [1, 2]}
+
+
+@pytest.mark.parametrize("rel", ["gguf/llama.cpp-convert/tiny-bert-q8_0.gguf",
+                                 "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx"])
+def test_page_renders_in_node(tmp_path, rel):
+    """Run the page's script against a minimal DOM (node) with a real /api/info payload."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    server = ViewServer(inspect(corpus_path(rel)))
+    try:
+        payload = server.payload
+        (tmp_path / "info.json").write_bytes(to_json(payload))
+    finally:
+        server._httpd.server_close()
+    script = re.search(r"<script>(.*)</script>", page_html().decode(), re.S).group(1)
+    (tmp_path / "page.js").write_text(script)
+    result = subprocess.run([node, str(HERE / "render_page.js"), str(tmp_path / "page.js"),
+                             str(tmp_path / "info.json")], capture_output=True, text=True,
+                            timeout=60, env={"FILTER": "blk.0|fc"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    page = json.loads(result.stdout)
+    assert "Could not load" not in page["main"]
+    assert "tensors" in page["ids"] and "summary" in page["ids"]
+    names = [t["name"] for t in payload["tensors"]]
+    assert all(n in page["main"] for n in names[:5])
+    assert page["filtered"] == sum(1 for n in names if re.search("blk.0|fc", n.lower()))
+    if payload["format"] == "gguf":
+        assert "gguf-kv" in page["ids"] and "bert.block_count" in page["main"]
+    else:
+        assert "op-types" in page["ids"] and "Conv" in page["main"]
+
+
+def test_cli_view_bad_input(tmp_path):
+    code, out, err = run_cli("view", tmp_path / "missing.onnx", "--no-browser")
+    assert code == 2 and err.startswith("keishiki: error:") and err.count("\n") == 1
+    code, out, err = run_cli("view", tmp_path, "--port", "70000", "--no-browser")
+    assert code == 2 and "--port" in err
