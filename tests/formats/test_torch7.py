@@ -288,3 +288,29 @@ def test_inspect_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_module_named_by_its_place_in_modules_not_first_field(tmp_path):
+    # nngraph's gModule keeps each module in its graph nodes *and* in `modules`; the file
+    # may list the nodes first. PyTorch-style names must still come from `modules`.
+    w = _Writer()
+    seen = {}
+
+    def linear(w):
+        seen["index"] = w.next_index
+        w.module("nn.Linear", [("weight", _contiguous(W1))])
+
+    def again(w):  # a memo reference to the Linear written above
+        w.int(4)
+        w.int(seen["index"])
+
+    w.module("nn.gModule", [
+        ("forwardnodes", lambda w: w.table([(1.0, lambda w: w.module(
+            "nngraph.Node", [("data", lambda w: w.table([("module", linear)]))]))])),
+        ("modules", lambda w: w.table([(1.0, again)]))])
+    p = tmp_path / "gmodule.t7"
+    p.write_bytes(bytes(w.out))
+    info = inspect(p)
+    assert [t.name for t in info.tensors] == ["0.weight"]
+    assert info.details["torch7"]["modules"]["0"] == "nn.Linear"
+    np.testing.assert_array_equal(info.tensor_loader(info.tensors[0]), W1)

@@ -67,8 +67,13 @@ class Table:
 
     @property
     def is_list(self) -> bool:
-        """Keys are exactly 1..n (what Lua calls a sequence)."""
-        return all(isinstance(k, float) and k == i + 1 for i, (k, _) in enumerate(self.items))
+        """Keys are exactly {1..n} in any order (what Lua calls a sequence; torchfile's
+        list heuristic)."""
+        keys = [k for k, _ in self.items]
+        if not all(isinstance(k, float) and not isinstance(k, bool) and k.is_integer()
+                   for k in keys):
+            return False
+        return sorted(int(k) for k in keys) == list(range(1, len(keys) + 1))
 
 
 @dataclass(eq=False)

@@ -140,6 +140,13 @@ def _key_name(key: Any) -> str:
     return f"[{type(key).__name__.lower()}]"
 
 
+def _key_order(key: Any) -> tuple:
+    """Numbers first in numeric order, then everything else in file order."""
+    if isinstance(key, float) and not isinstance(key, bool):
+        return (0, key)
+    return (1, 0)
+
+
 def _join(path: str, part: str) -> str:
     return f"{path}.{part}" if path else part
 
@@ -180,11 +187,15 @@ class _Walker:
         if not isinstance(table, t7.Table):
             self.walk(table, path, node)
             return
-        for key, value in table.items:
+        # a container's children first, so a module reachable from several fields (nngraph
+        # keeps it in its nodes too) is named by its place in `modules`, as PyTorch would
+        items = sorted(table.items, key=lambda kv: kv[0] != "modules")
+        for key, value in items:
             if key == "modules" and isinstance(value, t7.Table) and id(value) not in self.seen:
-                # a container's children: PyTorch numbers them from 0, Lua from 1
+                # PyTorch numbers a container's children from 0, Lua from 1
                 self.seen.add(id(value))
-                for k, child in value.items:
+                children = sorted(value.items, key=lambda kv: _key_order(kv[0]))
+                for k, child in children:
                     name = str(int(k) - 1) if isinstance(k, float) and k.is_integer() \
                         else _key_name(k)
                     self.walk(child, _join(path, name), node)
