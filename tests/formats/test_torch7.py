@@ -314,3 +314,15 @@ def test_module_named_by_its_place_in_modules_not_first_field(tmp_path):
     assert [t.name for t in info.tensors] == ["0.weight"]
     assert info.details["torch7"]["modules"]["0"] == "nn.Linear"
     np.testing.assert_array_equal(info.tensor_loader(info.tensors[0]), W1)
+
+
+def test_ascii_empty_storage_and_strings(tmp_path):
+    # an empty storage writes no value line at all; the next value must not be swallowed
+    text = ("3\n1\n2\n"
+            "2\n1\na\n4\n2\n3\nV 1\n18\ntorch.FloatStorage\n0\n"
+            "2\n1\nb\n2\n0\n") + "\n"
+    p = tmp_path / "empty.t7"
+    p.write_text(text)
+    info = inspect(p)
+    assert info.variant == "ascii" and info.details["torch7"]["n_keys"] == 2
+    assert [(t.name, t.shape) for t in info.tensors] == [("a", (0,))]

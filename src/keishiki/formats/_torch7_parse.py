@@ -210,6 +210,8 @@ class _Ascii:
         return out
 
     def skip_values(self, n: int, dtype: str) -> tuple[int | None, int | None]:
+        if n == 0:  # DiskFile writes nothing at all (not even the newline) for no values
+            return None, self.pos
         if dtype in ("uint8", "int8"):  # byte storages are raw in ascii mode too
             self._newline()
             start = self.pos
