@@ -91,12 +91,17 @@ def map_onnx_names(onnx_model: "onnx.ModelProto", state_dict: Mapping[str, Any],
 
 
 def strip_prefix_mapping(onnx_model: "onnx.ModelProto", prefix: str,
-                         state_dict: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
-    """``{name: (name without prefix, False)}`` for initializers named ``prefix + param``."""
+                         state_dict: Mapping[str, Any] | None = None) -> dict[str, tuple[str, bool]]:
+    """``{name: (name without prefix, False)}`` for initializers named ``prefix + …``.
+
+    With ``state_dict``, only names whose rest is a parameter; without, every prefixed name
+    (non-persistent buffers such as ``rotary_emb.inv_freq`` are not in the state_dict).
+    """
     out = {}
     for tensor in onnx_model.graph.initializer:
-        if tensor.name.startswith(prefix) and tensor.name[len(prefix):] in state_dict:
-            out[tensor.name] = (tensor.name[len(prefix):], False)
+        rest = tensor.name[len(prefix):]
+        if tensor.name.startswith(prefix) and (state_dict is None or rest in state_dict):
+            out[tensor.name] = (rest, False)
     return out
 
 

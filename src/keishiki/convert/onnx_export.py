@@ -56,12 +56,45 @@ def load_causal_lm(model_dir: Path, dtype: str | None = None):
     transformers = require("transformers", purpose="load the Hugging Face model")
     torch_dtype = getattr(torch, _dtype_name(dtype)) if dtype else None
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=torch_dtype, attn_implementation="eager")
+        with quiet_transformers(transformers):
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                str(model_dir), dtype=torch_dtype, attn_implementation="eager")
     except (ValueError, OSError, KeyError) as exc:
         raise InvalidRequest(f"{model_dir}: cannot load as a causal LM with transformers: "
                              f"{str(exc).splitlines()[0]}") from None
     return model.eval()
+
+
+@contextlib.contextmanager
+def quiet_transformers(transformers):
+    """No "Loading weights" progress bar or config notices on stderr while loading."""
+    tlog = transformers.utils.logging
+    verbosity = tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(verbosity)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def quietly(fn):
+    """Decorator: run ``fn`` under :func:`quiet_transformers` when transformers is installed."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .._optional import available
+
+        if not available("transformers"):
+            return fn(*args, **kwargs)
+        with quiet_transformers(require("transformers")):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _dtype_name(dtype: str) -> str:
@@ -201,7 +234,7 @@ def fix_names(onnx_model, state_dict) -> dict[str, int]:
     from . import names
 
     n_prefixed = names.rename_initializers(
-        onnx_model, names.strip_prefix_mapping(onnx_model, WRAPPER_PREFIX, state_dict))
+        onnx_model, names.strip_prefix_mapping(onnx_model, WRAPPER_PREFIX))
     n_matched = names.rename_initializers(onnx_model, names.map_onnx_names(onnx_model, state_dict))
     return {"renamed_prefix": n_prefixed, "renamed_by_value": n_matched,
             "generated_left": len(names.generated_names(onnx_model))}
@@ -222,6 +255,7 @@ def _param_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.state_dict().values())
 
 
+@quietly
 def export_causal_lm(model_dir: Path, out_dir: Path, *, opset: int | None = None,
                      exporter: str = DEFAULT_EXPORTER, dtype: str | None = None,
                      external_data: bool | None = None) -> dict:

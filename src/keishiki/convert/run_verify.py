@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .._optional import require
+from .onnx_export import quietly
 
 DEFAULT_ATOL = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1, "float64": 1e-6}
 VERIFY_STEPS = 20
@@ -174,6 +175,7 @@ def compare_lm(reference: tuple[list[int], list[np.ndarray]],
             "prompt_len": PROMPT_LEN, "seed": SEED}
 
 
+@quietly
 def verify_onnx_lm(model_dir: Path, onnx_path: Path, atol: float | None = None,
                    rtol: float = 0.0, steps: int = VERIFY_STEPS) -> dict[str, Any]:
     """Run the HF model (PyTorch) and the exported KV-cache ONNX model; compare (see module doc).
@@ -250,6 +252,7 @@ def _kv_torch_dtype(meta: dict):
     return getattr(torch, meta.get("dtype") or "float32")
 
 
+@quietly
 def verify_torchscript_lm(model_dir: Path, pt_path: Path, atol: float | None = None,
                           rtol: float = 0.0, steps: int = VERIFY_STEPS,
                           dtype: str | None = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .._optional import require
 from ..errors import InvalidRequest
+from .onnx_export import quietly
 
 METHODS = ("trace", "trace-kv", "script")
 META_NAME = "keishiki.json"
@@ -187,6 +188,7 @@ def output_paths(out: Path) -> tuple[Path, bool]:
     return out, False
 
 
+@quietly
 def export_to(src: Path, pt_path: Path, *, method: str = "trace",
               example_input: str = "1x8:int64", trust: bool = False,
               dtype: str | None = None, side_files_to: Path | None = None):
