@@ -156,18 +156,21 @@ class _Reader:
         if end > self.size:
             raise _Short(pos)
         if code == 1:  # ndarray: [shape, dtype name, bytes]
-            inner, _ = self.value(pos, depth + 1)
-            if not (isinstance(inner, list) and len(inner) == 3 and isinstance(inner[2], Bin)):
+            inner, inner_end = self.value(pos, depth + 1)
+            if inner_end != end or not (isinstance(inner, list) and len(inner) == 3
+                                        and isinstance(inner[2], Bin)):
                 raise _Bad("ext 1 payload is not [shape, dtype, bytes]")
             return self._array_leaf(inner[0], inner[1], inner[2]), end
         if code == 3:  # numpy scalar: [dtype name, bytes]
-            inner, _ = self.value(pos, depth + 1)
-            if not (isinstance(inner, list) and len(inner) == 2 and isinstance(inner[1], Bin)):
+            inner, inner_end = self.value(pos, depth + 1)
+            if inner_end != end or not (isinstance(inner, list) and len(inner) == 2
+                                        and isinstance(inner[1], Bin)):
                 raise _Bad("ext 3 payload is not [dtype, bytes]")
             return self._array_leaf([], inner[0], inner[1]), end
         if code == 2:  # native complex: [real, imag]
-            inner, _ = self.value(pos, depth + 1)
-            if not (isinstance(inner, list) and len(inner) == 2):
+            inner, inner_end = self.value(pos, depth + 1)
+            if inner_end != end or not (isinstance(inner, list) and len(inner) == 2 and all(
+                    isinstance(x, (int, float)) for x in inner)):
                 raise _Bad("ext 2 payload is not [real, imag]")
             return Complex(complex(inner[0], inner[1])), end
         raise _Bad(f"unknown msgpack ext type {code}")

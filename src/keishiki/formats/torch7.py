@@ -11,6 +11,7 @@ Lua bytecode in function values is recorded by size and never loaded.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +211,8 @@ def _tensor_info(name: str, obj: Any, ascii: bool) -> TensorInfo:
         return TensorInfo(name, obj.dtype, shape, obj.size * itemsize, data_offset=offset,
                           extra={"torch_class": obj.class_name})
     itemsize = np.dtype(obj.dtype).itemsize
-    numel = int(np.prod(obj.shape)) if obj.shape else 1
-    contiguous = list(obj.stride) == [int(np.prod(obj.shape[i + 1:])) for i in
+    numel = math.prod(obj.shape)
+    contiguous = list(obj.stride) == [math.prod(obj.shape[i + 1:]) for i in
                                       range(len(obj.shape))]
     offset = None
     if not ascii and contiguous and obj.storage.data_offset is not None:
