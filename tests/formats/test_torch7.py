@@ -326,3 +326,18 @@ def test_ascii_empty_storage_and_strings(tmp_path):
     info = inspect(p)
     assert info.variant == "ascii" and info.details["torch7"]["n_keys"] == 2
     assert [(t.name, t.shape) for t in info.tensors] == [("a", (0,))]
+
+
+def test_tds_hash_counts_keys(tmp_path):
+    w = _Writer()
+    w.header("tds.Hash")
+    w.int(2)      # element count
+    w.int(0)      # the (nil) metatable slot tds writes first
+    for key, value in (("a", 1.0), (1.0, 2.0)):
+        w.key(key)
+        w.value(value)
+    p = tmp_path / "hash.t7"
+    p.write_bytes(bytes(w.out))
+    details = inspect(p).details["torch7"]
+    assert details["torch_class"] == "tds.Hash" and details["n_keys"] == 2
+    assert "len" not in details

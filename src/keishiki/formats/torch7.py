@@ -256,13 +256,17 @@ def _summary(parser: t7.Parser) -> dict[str, Any]:
         version, out["torch_class"] = parser.root_header
         if version is not None:
             out["version"] = version
-    table = root.content if isinstance(root, t7.TorchObject) and root.class_name.startswith(
-        "tds.") else root
-    if isinstance(table, t7.Table):
-        if table is root:
-            out["n_keys"] = len(table.items)
-        if table.is_list and (table is not root or table.items):
-            out["len"] = len(table.items)
+    # what torchfile reports: a table's key count, and its length when it is a sequence;
+    # a tds.Vec is a sequence and a tds.Hash a map, whatever their keys
+    if isinstance(root, t7.Table):
+        out["n_keys"] = len(root.items)
+        if root.is_list and root.items:
+            out["len"] = len(root.items)
+    elif isinstance(root, t7.TorchObject) and isinstance(root.content, t7.Table):
+        if root.class_name == "tds.Vec":
+            out["len"] = len(root.content.items)
+        elif root.class_name == "tds.Hash":
+            out["n_keys"] = len(root.content.items)
     return out
 
 
