@@ -368,7 +368,8 @@ def content_digest(arr: np.ndarray) -> tuple:
 
 
 def _hashable(info: TensorInfo) -> bool:
-    return not GGML_QUANT.match(info.dtype) and info.numel > 0
+    # a 1-element tensor (a step counter, a scale) would pair with any equal scalar constant
+    return not GGML_QUANT.match(info.dtype) and info.numel > 1
 
 
 def _value_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],

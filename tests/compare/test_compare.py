@@ -169,3 +169,17 @@ def test_outputs_hf_vs_onnx_export(tiny_llama, tmp_path_factory):
                               "--max-tokens", "3", "--json")
     assert code == 0, err
     assert json.loads(text)["outputs"]["tokens_match"] is True
+
+
+def test_torch7_sequential_vs_pytorch_names(tmp_path):
+    """A Lua Torch nn.Sequential (named 0.weight, 2.bias… by the reader) against the
+    state_dict of the equivalent PyTorch model."""
+    t7 = pytest.importorskip("tests.formats.test_torch7")
+    from safetensors.numpy import save_file
+
+    (tmp_path / "net.t7").write_bytes(t7.write_sequential())
+    save_file({"0.weight": t7.W1, "0.bias": t7.B1, "2.weight": t7.W2, "2.bias": t7.B2},
+              str(tmp_path / "net.safetensors"))
+    report = keishiki.compare(tmp_path / "net.safetensors", tmp_path / "net.t7")
+    assert report.verdict == "identical", report.reasons
+    assert report.mapping.how_counts() == {"exact": 4}

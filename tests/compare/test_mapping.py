@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -139,3 +140,46 @@ def test_cli_map_bad_input(tmp_path, seq_files):
     assert code == 2 and err.count("\n") == 1 and "not a model file" in err
     code, out, err = run_cli("map", tmp_path / "missing.pt", seq_files["safetensors"])
     assert code == 2 and err.startswith("keishiki: error:") and "Traceback" not in err
+
+
+def test_constant_node_weight_paired_by_value(tmp_path):
+    """A weight stored as a Constant node (as exporters do for large models, whose values go
+    to ``Constant_<N>_attr__value`` files) pairs by value, transposed."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from safetensors.numpy import save_file
+
+    w = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    save_file({"fc.weight": w}, str(tmp_path / "fc.safetensors"))
+    const = helper.make_node("Constant", [], ["c"], name="Constant_5",
+                             value=numpy_helper.from_array(np.ascontiguousarray(w.T)))
+    graph = helper.make_graph(
+        [const, helper.make_node("MatMul", ["x", "c"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "fc.onnx"))
+    m = map_names(inspect(tmp_path / "fc.safetensors"), inspect(tmp_path / "fc.onnx"))
+    assert [(p.a, p.how, p.transposed) for p in m.pairs] == [("fc.weight", "value-transposed",
+                                                             True)]
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_val_names(tmp_path, seq_state_dict):
+    """torch.onnx.export(dynamo=True) optimizes weights into ``val_<N>`` initializers."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from safetensors.numpy import save_file
+
+    model, sd = seq_state_dict
+    save_file(sd, str(tmp_path / "seq.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 2, 4),), str(tmp_path / "seq.onnx"),
+                          dynamo=True, verbose=False)
+    m = map_names(inspect(tmp_path / "seq.safetensors"), inspect(tmp_path / "seq.onnx"))
+    weights = {p.a: p for p in m.pairs if p.a.endswith("weight")}
+    assert all(re.fullmatch(r"val_\d+", p.b) for p in weights.values()), weights
+    assert all(p.how == "value-transposed" for p in weights.values())
+    assert not m.unmatched_a
