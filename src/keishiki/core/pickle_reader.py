@@ -203,6 +203,7 @@ class _VM:
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
+        self._n_ops = 0
         self.rec = PickleRecord(value=None, protocol=0, globals=[], calls=[], start=start, end=start)
 
     # ---- byte access ----------------------------------------------------------------------
@@ -312,19 +313,68 @@ class _VM:
             self.rec.notes.append(f"APPEND(S)/ADDITEMS at {at} on a {type(target).__name__}")
 
     # ---- the loop -------------------------------------------------------------------------
-    def run(self) -> None:  # noqa: C901 - one dispatch table, kept in one place for speed
-        data, rec = self.data, self.rec
+    def run(self) -> None:
+        try:
+            self._loop()
+        except _Fail:
+            self.rec.n_ops = max(self.rec.n_ops, self._n_ops)
+            raise
+
+    def _loop(self) -> None:  # noqa: C901 - one dispatch table, kept in one place for speed
+        data, rec, n, memo = self.data, self.rec, self.n, self.memo
         n_ops = 0
         while True:
             at = self.pos
-            if at >= self.n:
+            if at >= n:
                 raise _Fail("stream ends before STOP (truncated)", at)
             op = data[at]
-            self.pos = at + 1
             n_ops += 1
-            if n_ops > self.max_ops:
-                raise _Fail(f"more than {self.max_ops} opcodes", at)
-            # most frequent opcodes in torch checkpoints first
+            self._n_ops = n_ops
+            if n_ops & 0x3FF == 0:  # caps checked every 1024 opcodes: cheap, still bounded
+                rec.n_ops = n_ops
+                if n_ops > self.max_ops:
+                    raise _Fail(f"more than {self.max_ops} opcodes", at)
+                if len(self.stack) > self.max_stack:
+                    raise _Fail(f"stack deeper than {self.max_stack} items", at)
+            stack = self.stack
+            # fast paths for the opcodes that make up most of a torch data.pkl
+            if op == 0x71 or op == 0x68 or op == 0x4B:  # BINPUT / BINGET / BININT1
+                if at + 1 >= n:
+                    raise _Fail(f"needs 1 bytes but only {n - at - 1} are left", at)
+                arg = data[at + 1]
+                self.pos = at + 2
+                if op == 0x4B:
+                    stack.append(arg)
+                elif op == 0x68:
+                    if arg not in memo:
+                        raise _Fail(f"memo key {arg} was never stored", at)
+                    stack.append(memo[arg])
+                else:
+                    if not stack or stack[-1] is _MARK:
+                        raise _Fail("stack underflow", at)
+                    if arg not in memo and len(memo) >= self.max_memo:
+                        raise _Fail(f"memo larger than {self.max_memo} entries", at)
+                    memo[arg] = stack[-1]
+                continue
+            if op == 0x58:  # BINUNICODE
+                if at + 5 > n:
+                    raise _Fail(f"needs 4 bytes but only {n - at - 1} are left", at)
+                k = int.from_bytes(data[at + 1:at + 5], "little")
+                end = at + 5 + k
+                if end > n:
+                    raise _Fail(f"needs {k} bytes but only {n - at - 5} are left", at)
+                stack.append(self._utf8(data[at + 5:end], at))
+                self.pos = end
+                continue
+            if op == 0x28:  # MARK
+                self.metastack.append(stack)
+                self.stack = []
+                self.pos = at + 1
+                if len(self.metastack) > self.max_depth:
+                    raise _Fail(f"MARKs nested deeper than {self.max_depth}", at)
+                continue
+            self.pos = at + 1
+            # the rest, most frequent first
             if op == 0x71:  # BINPUT
                 self.memo_put(self.take(1, at)[0], at)
             elif op == 0x68:  # BINGET

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 import struct
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -309,18 +310,12 @@ def walk_tensors(root: Any, path: str) -> Iterator[tuple[str, Call, TensorRef]]:
             todo.append((f"{name}.{part}" if name else part, child))
 
 
-def module_classes(root: Any, path: str) -> list[str]:
-    """Qualnames of the nn.Module classes a pickle instantiates (empty for a state_dict)."""
-    from ..core.pickle_reader import iter_nodes
+def module_classes(rec: PickleRecord) -> list[str]:
+    """Qualnames of the nn.Module classes a pickle instantiates (empty for a state_dict).
 
-    found = set()
-    try:
-        for node in iter_nodes(root):
-            if module_state(node) is not None:
-                found.add(class_name(node))
-    except ValueError as exc:
-        raise CorruptFile(path, str(exc)) from None
-    return sorted(found)
+    Every object the stream builds is one of the VM's recorded calls, so no walk is needed.
+    """
+    return sorted({class_name(c) for c in rec.calls if module_state(c) is not None})
 
 
 def classify(root: Any, names: list[str], modules: list[str]) -> tuple[str, list[str]]:
@@ -337,7 +332,8 @@ def classify(root: Any, names: list[str], modules: list[str]) -> tuple[str, list
     hits = [k for k in top if k in CHECKPOINT_KEYS]
     if hits or modules:
         return "checkpoint", hits
-    if names and all("." not in n or n in top for n in names):
+    top_set = set(top)
+    if names and all("." not in n or n in top_set for n in names):
         return "state_dict", []
     return ("checkpoint" if names else "other"), []
 
@@ -362,7 +358,7 @@ def parse_object(rec: PickleRecord, path: str,
     """
     found = list(walk_tensors(rec.value, path))
     names = [n for n, _, _ in found]
-    modules = module_classes(rec.value, path)
+    modules = module_classes(rec)
     kind, ckpt_keys = classify(rec.value, names, modules)
     tensors: list[TensorInfo] = []
     refs: dict[str, TensorRef] = {}
@@ -433,7 +429,7 @@ def is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return True
 
 
-def zip_data_offset(src: Source, name: str) -> int | None:
+def zip_data_offset(src: Source, name: str, fh: BinaryIO | None = None) -> int | None:
     """Absolute offset of a STORED zip member's bytes (None when compressed or missing)."""
     try:
         info = src.zip().getinfo(name)
@@ -441,7 +437,14 @@ def zip_data_offset(src: Source, name: str) -> int | None:
         return None
     if info.compress_type != 0:
         return None
-    local = src.read_at(info.header_offset, 30)
+    if fh is None:
+        local = src.read_at(info.header_offset, 30)
+    else:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+    if len(local) != 30:
+        raise CorruptFile(src.path, f"zip member {name!r}: truncated local header",
+                          offset=info.header_offset)
     if local[:4] != b"PK\x03\x04":
         raise CorruptFile(src.path, f"zip member {name!r}: bad local header",
                           offset=info.header_offset)
@@ -459,6 +462,7 @@ def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
     that the member ``<prefix><folder>/<key>`` exists and is large enough."""
     members = set(src.zip_names)
     cache: dict[str, tuple[int | None, str | None]] = {}
+    handle: list[BinaryIO] = []  # opened on first use, closed when the locator is collected
 
     def location(storage: StorageRef) -> tuple[int | None, str | None]:
         if storage.key not in cache:
@@ -470,7 +474,10 @@ def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
             if size < need:
                 raise CorruptFile(src.path, f"member {name!r} holds {size} bytes but its "
                                   f"storage needs {need}")
-            cache[storage.key] = (zip_data_offset(src, name), name)
+            if not handle:
+                handle.append(open(src.path, "rb"))  # noqa: SIM115 - closed by the finalizer
+                weakref.finalize(location, handle[0].close)
+            cache[storage.key] = (zip_data_offset(src, name, handle[0]), name)
         return cache[storage.key]
 
     return location
@@ -614,17 +621,23 @@ def _legacy_storage_offsets(src: Source, keys: list[str], dtype_of: dict[str, st
     """Byte offset of each storage's data: per key, an int64 element count then the bytes."""
     starts: dict[str, int] = {}
     fmt = "<q" if little else ">q"
-    for key in keys:
-        if key not in dtype_of:
-            raise CorruptFile(src.path, f"storage {key!r} is listed but no tensor uses it "
-                              f"(its element size is unknown)", offset=pos)
-        (numel,) = struct.unpack(fmt, src.read_at(pos, 8))
-        nbytes = numel * (dtypes.itemsize(dtype_of[key]) or 1)
-        if numel < 0 or pos + 8 + nbytes > src.size:
-            raise CorruptFile(src.path, f"storage {key!r} of {numel} elements runs past the "
-                              f"end of the file", offset=pos)
-        starts[key] = pos + 8
-        pos += 8 + nbytes
+    with open(src.path, "rb") as fh:  # one handle for thousands of 8-byte reads
+        for key in keys:
+            if key not in dtype_of:
+                raise CorruptFile(src.path, f"storage {key!r} is listed but no tensor uses it "
+                                  f"(its element size is unknown)", offset=pos)
+            fh.seek(pos)
+            raw = fh.read(8)
+            if len(raw) != 8:
+                raise CorruptFile(src.path, f"storage {key!r}: file ends in its header",
+                                  offset=pos)
+            (numel,) = struct.unpack(fmt, raw)
+            nbytes = numel * (dtypes.itemsize(dtype_of[key]) or 1)
+            if numel < 0 or pos + 8 + nbytes > src.size:
+                raise CorruptFile(src.path, f"storage {key!r} of {numel} elements runs past "
+                                  f"the end of the file", offset=pos)
+            starts[key] = pos + 8
+            pos += 8 + nbytes
     return starts
 
 
