@@ -47,6 +47,9 @@ def test_savedmodel_summary():
     assert [f["path"] for f in details["files"]] == FACTS[rel]["files"]
     assert sum(f["size"] for f in details["files"]) == FACTS[rel]["size_bytes"]
     assert details["has_variables_index"] and details["saved_model_schema_version"] == 1
+    graph_file = corpus_path(rel) / "saved_model.pb"  # the .pb itself: not mistaken for ONNX
+    assert identify(graph_file).format == "tensorflow-savedmodel"
+    assert inspect(graph_file).details["tensorflow-savedmodel"]["n_files"] == 3
 
 
 def test_coreml_mlpackage_and_bare_mlmodel(tmp_path):

@@ -18,10 +18,16 @@ def sniff(src: Source):
 
     if src.is_dir and (src.has("saved_model.pb") or src.has("saved_model.pbtxt")):
         return Match(FORMAT, None, reason="folder with saved_model.pb")
+    # the graph file itself: its name plus SavedModel's leading schema version (field 1 = 1);
+    # claimed here, before the ONNX sniffer, because ONNX's ModelProto opens the same way
+    if not src.is_dir and src.name == "saved_model.pb" and first_varint_field(src.head) == 1:
+        return Match(FORMAT, None, reason="saved_model.pb (SavedModel schema version 1)")
     return None
 
 
 def read(src: Source, match) -> ModelInfo:
+    if not src.is_dir:  # pointed at saved_model.pb: describe the folder around it
+        src = Source(src.path.parent)
     files = list_files(src.path)
     names = {f["path"] for f in files}
     details = {
