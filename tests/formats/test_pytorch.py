@@ -340,3 +340,63 @@ def test_legacy_sniff_is_strict(tmp_path):
     fake.write_bytes(b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little"))
     with pytest.raises(KeishikiError):
         inspect(fake)
+
+
+# ---- fuzz: only keishiki's own errors may escape the readers ------------------------------------
+def _fuzz_one(tmp_dir: Path, name: str, data: bytes, monkeypatch) -> None:
+    path = tmp_dir / name
+    path.write_bytes(data)
+    monkeypatch.setenv("KEISHIKI_DEBUG", "1")  # let any non-keishiki exception through
+    try:
+        info = inspect(path)
+        for lazy in list(info.lazy_tensors())[:3] if info.tensor_loader else []:
+            lazy.load()
+    except KeishikiError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fuzz_seeds(saved, tmp_path_factory):
+    zip_path, legacy_path, _ = saved
+    with zipfile.ZipFile(zip_path) as zf:
+        pkl_name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+        members = {n: zf.read(n) for n in zf.namelist()}
+    return legacy_path.read_bytes(), members, pkl_name, tmp_path_factory.mktemp("fuzz")
+
+
+def test_fuzz_legacy_bytes(fuzz_seeds, monkeypatch):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    legacy, _, _, tmp_dir = fuzz_seeds
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def run(data):
+        buf = bytearray(legacy[:2000])  # the pickles and the first storages
+        for _ in range(data.draw(st.integers(1, 5))):
+            buf[data.draw(st.integers(0, len(buf) - 1))] = data.draw(st.integers(0, 255))
+        _fuzz_one(tmp_dir, "legacy.pt", bytes(buf) + legacy[2000:], monkeypatch)
+
+    run()
+
+
+def test_fuzz_zip_data_pkl(fuzz_seeds, monkeypatch):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, members, pkl_name, tmp_dir = fuzz_seeds
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def run(data):
+        pkl = bytearray(members[pkl_name])
+        for _ in range(data.draw(st.integers(1, 5))):
+            pkl[data.draw(st.integers(0, len(pkl) - 1))] = data.draw(st.integers(0, 255))
+        path = tmp_dir / "fuzz.pt"
+        with zipfile.ZipFile(path, "w") as zf:
+            for n, v in members.items():
+                zf.writestr(n, bytes(pkl) if n == pkl_name else v)
+        _fuzz_one(tmp_dir, "fuzz.pt", path.read_bytes(), monkeypatch)
+
+    run()

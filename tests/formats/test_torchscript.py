@@ -142,3 +142,34 @@ def test_broken_archive(jit_files, tmp_path):
         inspect(bad)
     code, _, err = run_cli("info", bad)
     assert code == 2 and "Traceback" not in err
+
+
+def test_fuzz_data_pkl_and_code(jit_files, tmp_path, monkeypatch):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scripted, _ = jit_files
+    with zipfile.ZipFile(scripted) as zf:
+        members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    targets = [n for n in members if n.endswith("/data.pkl") or n.endswith("code/__torch__.py")
+               or n.endswith("constants.pkl")]
+    monkeypatch.setenv("KEISHIKI_DEBUG", "1")  # any non-keishiki exception fails the test
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(targets), st.data())
+    def run(target, data):
+        buf = bytearray(members[target])
+        for _ in range(data.draw(st.integers(1, 5))):
+            buf[data.draw(st.integers(0, len(buf) - 1))] = data.draw(st.integers(0, 255))
+        path = tmp_path / "fuzz.pt"
+        with zipfile.ZipFile(path, "w") as zf:
+            for n, v in members.items():
+                zf.writestr(n, bytes(buf) if n == target else v)
+        try:
+            info = inspect(path)
+            for lazy in list(info.lazy_tensors())[:3]:
+                lazy.load()
+        except KeishikiError:
+            pass
+
+    run()

@@ -11,7 +11,6 @@ stream (no PROTO opcode) must parse to STOP.
 
 from __future__ import annotations
 
-import mmap
 from typing import Any
 
 from ..core.model import ModelInfo
@@ -24,6 +23,7 @@ FORMAT = "pickle"
 # GLOBAL, NONE, INT, LONG, FLOAT, STRING, UNICODE, BININT*, BINUNICODE, BINFLOAT, NEWTRUE/FALSE
 _P0_STARTS = set(b"(]})cNILFSVJKMXGTU")
 _TRUNCATION = ("bytes but only", "before STOP")
+MAX_READ_BYTES = 256 * 1024 * 1024
 
 
 def _head_parses(head: bytes, whole_file: bool) -> PickleRecord | None:
@@ -62,20 +62,20 @@ def sniff(src: Source):
 def read(src: Source, match) -> ModelInfo:
     """Protocol, globals and root type of every stream in the file (no tensors)."""
     path = str(src.path)
-    with open(src.path, "rb") as fh:
-        if src.size == 0:
-            raise CorruptFile(path, "empty file")
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                records = read_pickles(view, path=path)
-                details = _details(records)
-            finally:
-                view.release()
+    if src.size == 0:
+        raise CorruptFile(path, "empty file")
+    # a pickle's metadata cannot be separated from its payload, so the stream is read; very
+    # large ones are analysed as far as MAX_READ_BYTES go, leniently, and say so
+    data = src.read_at(0, min(src.size, MAX_READ_BYTES))
+    partial = src.size > MAX_READ_BYTES
+    records = read_pickles(data, path=path, lenient=partial)
+    details = _details(records)
     warnings = []
-    if details["calls"]:
-        warnings.append(f"loading this pickle calls {details['calls']} callables "
-                        f"({', '.join(details['globals'][:5])}); use `keishiki scan`")
+    if partial:
+        warnings.append(f"only the first {MAX_READ_BYTES >> 20} MiB of the stream were analysed")
+    if details["globals"]:
+        warnings.append(f"unpickling imports and may call the {len(details['globals'])} "
+                        f"globals this stream references; `keishiki scan` judges them")
     return ModelInfo(path=path, format=FORMAT, format_version=str(details["protocol"]),
                      details={FORMAT: details}, warnings=warnings)
 
