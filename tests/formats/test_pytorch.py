@@ -400,3 +400,42 @@ def test_fuzz_zip_data_pkl(fuzz_seeds, monkeypatch):
         _fuzz_one(tmp_dir, "fuzz.pt", path.read_bytes(), monkeypatch)
 
     run()
+
+
+def test_big_endian_zip(saved, tmp_path):
+    """A checkpoint written on a big-endian machine (byteorder record 'big') loads right."""
+    zip_path, _, tensors = saved
+    info = inspect(zip_path)
+    itemsize = {t.extra["storage_key"]: np.dtype(t.dtype if t.dtype != "bfloat16" else "int16"
+                                                 ).itemsize for t in info.tensors}
+    bad = tmp_path / "big_endian.pt"
+    with zipfile.ZipFile(zip_path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            key = item.filename.rsplit("/data/", 1)[-1] if "/data/" in item.filename else None
+            if item.filename.endswith("/byteorder"):
+                data = b"big"
+            elif key in itemsize and itemsize[key] > 1:
+                data = np.frombuffer(data, f"u{itemsize[key]}").byteswap().tobytes()
+            dst.writestr(item, data)
+    got = inspect(bad)
+    assert got.details["pytorch"]["byteorder"] == "big"
+    assert_same_values(bad, {k: v for k, v in tensors.items()})
+
+
+def test_quantized_and_meta(tmp_path):
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_tensor(torch.tensor([0.5, -1.0, 2.0]), 0.5, 1, torch.qint8)
+    torch.save({"q": q, "m": torch.empty(2, 3, device="meta")}, tmp_path / "qm.pt")
+    info = inspect(tmp_path / "qm.pt")
+    tq, tm = info.tensor("q"), info.tensor("m")
+    assert tq.dtype == "qint8" and tq.extra["quantizer"] == ["torch.per_tensor_affine", 0.5, 1]
+    loaded = {lt.name: lt for lt in info.lazy_tensors()}
+    assert loaded["q"].load().tolist() == q.int_repr().tolist()
+    assert tm.extra["device"] == "meta" and tm.shape == (2, 3)
+    with pytest.raises(KeishikiError, match="meta"):
+        loaded["m"].load()

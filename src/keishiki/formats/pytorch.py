@@ -388,6 +388,8 @@ def parse_object(rec: PickleRecord, path: str,
             extra["contiguous"] = False
         if ref.kind != "tensor":
             extra["tensor_kind"] = ref.kind
+        if ref.kind == "quantized":
+            extra["quantizer"] = _quantizer(_call)
         tensors.append(TensorInfo(name, ref.dtype, ref.shape, numel * itemsize, offset, member,
                                   extra))
         refs[name] = ref
@@ -411,6 +413,20 @@ def parse_object(rec: PickleRecord, path: str,
         details["module_classes"] = modules
         details["loading"] = MODULE_NOTE
     return _Parsed(rec, tensors, refs, details)
+
+
+def _quantizer(call: Call) -> list[Any]:
+    """``_rebuild_qtensor``'s quantizer params, e.g. ['torch.per_tensor_affine', 0.1, 3]."""
+    params = call.args[4] if len(call.args) > 4 and isinstance(call.args[4], tuple) else ()
+    out: list[Any] = []
+    for p in params[:3]:
+        if isinstance(p, GlobalRef):
+            out.append(p.qualname)
+        elif isinstance(p, (int, float, str)):
+            out.append(p)
+        else:
+            out.append(type_name(p))  # per-channel scales are tensors: named, not loaded
+    return out
 
 
 def _span(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
