@@ -7,11 +7,11 @@ names by ``onnx::MatMul_<N>`` / ``val_<N>`` and store Linear weights transposed.
 run in this order, each on what the previous ones left unpaired:
 
 1. ``exact``: the same name on both sides.
-2. ``prefix``: equal after dropping wrapper prefixes (``module.``, ``_orig_mod.``) or after
+2. ``gguf``: HF names mapped to GGUF names (the converter's llama table, else the gguf
+   package's own ``gguf.get_tensor_name_map`` for the file's architecture).
+3. ``prefix``: equal after dropping wrapper prefixes (``module.``, ``_orig_mod.``) or after
    dropping a leading dotted prefix that only one side has (``model.``, ``bert.``), when the
    element counts agree.
-3. ``gguf``: HF names mapped to GGUF names with the gguf package's own table
-   (``gguf.get_tensor_name_map``) for the file's architecture.
 4. ``value`` / ``value-transposed``: by content: a hash of the bytes (floats as float32 so a
    bfloat16 tensor finds its float32 copy), and for 2-D tensors of its transpose.  This
    reads tensor data (one tensor at a time), so it runs only on what names could not pair.
@@ -149,17 +149,27 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
     right = {t.name: t for t in b.tensors}
     pairs: list[TensorPair] = []
 
+    stored_transposed = _declared_transposed(a), _declared_transposed(b)
+
     def add(a_name: str, b_name: str, how: str, transform: str | None = None, **extra) -> None:
         ta, tb = left.pop(a_name), right.pop(b_name)
+        if transform is None and len(ta.shape) == 2 and tb.shape == ta.shape[::-1] and (
+                ta.shape[0] != ta.shape[1] or a_name in stored_transposed[0]
+                or b_name in stored_transposed[1]):
+            # named after the parameter but stored as the MatMul operand (keishiki's ONNX
+            # export records these in its metadata; a non-square shape says so by itself)
+            transform = "transpose"
         pairs.append(TensorPair(ta.name, tb.name, how, ta.shape, tb.shape, ta.dtype, tb.dtype,
                                 transform, dict(extra)))
 
     for name in [n for n in left if n in right]:
         add(name, name, "exact")
-    for a_name, b_name in _prefix_pairs(left, right):
-        add(a_name, b_name, "prefix")
+    # GGUF names before prefixes, so that a dropped prefix never pairs an HF name with a
+    # GGUF name that merely looks like its tail
     for a_name, b_name, transform, extra in _gguf_pairs(a, b, left, right):
         add(a_name, b_name, "gguf", transform, **extra)
+    for a_name, b_name in _prefix_pairs(left, right):
+        add(a_name, b_name, "prefix")
     if by_value and left and right and a.tensor_loader and b.tensor_loader:
         _value_pairs(a, b, left, right, pairs, on_load)
 
@@ -167,6 +177,18 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
     pairs.sort(key=lambda p: order[p.a])
     return NameMap(str(a.path), str(b.path), a.format, b.format, pairs,
                    list(left.values()), list(right.values()))
+
+
+def _declared_transposed(info: ModelInfo) -> set[str]:
+    """Initializers an ONNX file declares as stored transposed (metadata key written by
+    :func:`keishiki.convert.names.rename_initializers`)."""
+    import json
+
+    raw = (info.metadata or {}).get("keishiki:transposed_initializers")
+    try:
+        return set(json.loads(raw)) if raw else set()
+    except (TypeError, ValueError):
+        return set()
 
 
 # ---- prefix ------------------------------------------------------------------------------------

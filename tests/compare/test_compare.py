@@ -183,3 +183,18 @@ def test_torch7_sequential_vs_pytorch_names(tmp_path):
     report = keishiki.compare(tmp_path / "net.safetensors", tmp_path / "net.t7")
     assert report.verdict == "identical", report.reasons
     assert report.mapping.how_counts() == {"exact": 4}
+
+
+def test_parameter_named_but_stored_transposed():
+    """keishiki's ONNX export keeps parameter names on MatMul operands (stored transposed)."""
+    from tests.compare.test_mapping import memory_model
+
+    rng = np.random.default_rng(3)
+    rect, square = rng.standard_normal((2, 3)), rng.standard_normal((3, 3))
+    a = memory_model({"fc.weight": rect, "sq.weight": square})
+    b = memory_model({"fc.weight": rect.T.copy(), "sq.weight": square.T.copy()}, fmt="onnx")
+    report = keishiki.compare(a, b)
+    assert report.verdict == "identical", report.reasons
+    fc, sq = by_a(report)["fc.weight"], by_a(report)["sq.weight"]
+    assert fc.pair.transform == "transpose" and fc.pair.how == "exact"
+    assert sq.transform == "transpose" and "only with the transpose" in sq.notes[0]

@@ -4,7 +4,7 @@ A is the reference: an element is within tolerance when ``|a - b| <= atol + rtol
 (numpy's ``allclose`` with A in the role of ``b``), NaN equal to NaN.  ``max_rel_diff`` is
 ``max|a - b| / max|a|``, the same definition the converter's run-both verifier uses, so it stays
 finite where A has zeros.  Work happens in chunks of float64 so a large tensor never needs
-more than its two arrays plus a few tens of MB.
+more than its two arrays (plus one contiguous copy of a transposed view) and a few tens of MB.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..convert.gguf_names import permute as llama_permute
 from ..convert.gguf_names import unpermute as llama_unpermute
 from ..mapping import TensorPair
 
-CHUNK = 1 << 21  # elements per float64 chunk (16 MB)
+CHUNK = 1 << 20  # elements per float64 chunk (8 MB; a few temporaries of this size)
 
 
 @dataclass
@@ -120,6 +120,8 @@ def compare_arrays(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
     candidates = [pair.transform]
     if pair.transform and pair.transform.startswith("llama-rope"):
         candidates.append(None)  # a writer that did not permute
+    elif pair.transform is None and a.ndim == 2 and a.shape[0] == a.shape[1]:
+        candidates.append("transpose")  # a square MatMul operand kept under the param's name
     best: TensorDiff | None = None
     for transform in candidates:
         diff = _compare_one(pair, a, apply_transform(b, transform, pair.extra), atol, rtol)
@@ -130,8 +132,19 @@ def compare_arrays(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
             break
     assert best is not None
     if best.transform != pair.transform:
-        best.notes.append(f"matched without the {pair.transform} transform")
+        best.notes.append(f"matched only with the {best.transform} transform" if best.transform
+                          else f"matched without the {pair.transform} transform")
     return best
+
+
+def _bytes_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-for-bit equality of two contiguous arrays of one dtype, in chunks."""
+    raw_a, raw_b = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
+    if raw_a.size != raw_b.size:
+        return False
+    step = CHUNK * 8
+    return all(np.array_equal(raw_a[i:i + step], raw_b[i:i + step])
+               for i in range(0, raw_a.size, step))
 
 
 def _rank(diff: TensorDiff) -> tuple:
@@ -146,9 +159,9 @@ def _compare_one(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
         else:
             return TensorDiff(pair, "shape mismatch", False,
                               notes=[f"shape {list(a.shape)} vs {list(b.shape)}"])
-    same_dtype = a.dtype == b.dtype
-    bit_equal = bool(same_dtype and np.ascontiguousarray(a).tobytes()
-                     == np.ascontiguousarray(b).tobytes())
+    # one contiguous copy at most (a transposed view), so chunks below are views, not copies
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    bit_equal = a.dtype == b.dtype and _bytes_equal(a, b)
     if bit_equal:
         return TensorDiff(pair, "identical", True, 0.0, 0.0, 0)
     max_abs, max_rel, over = value_diff(a, b, atol, rtol)
