@@ -194,3 +194,37 @@ def test_refusals(tiny_llama, tmp_path):
     code, _, err = run_cli("convert", tiny_llama, tmp_path / "x.onnx", "--to", "onnx",
                            "--external-data")
     assert code == 2 and "external data needs a folder OUT" in err
+
+
+def test_above_the_size_threshold_goes_external(tiny_llama, tmp_path, monkeypatch):
+    from keishiki.convert import onnx_export as oe
+
+    monkeypatch.setattr(oe, "TWO_GB", 1000)  # pretend the tiny model is above 2 GB
+    facts = oe.export_causal_lm(tiny_llama, tmp_path / "big")
+    assert facts["external_data"] is True and (tmp_path / "big" / "model.onnx.data").is_file()
+    onnx.checker.check_model(str(tmp_path / "big" / "model.onnx"))
+
+
+def test_generic_causal_lm_gpt2(tmp_path):
+    """Not only Llama: GPT-2 (Conv1D weights, learned positions, tied embeddings)."""
+    import torch
+    import transformers
+
+    from keishiki.convert.onnx_export import export_causal_lm
+    from keishiki.convert.run_verify import verify_onnx_lm
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2,
+                                     n_head=4, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    model.save_pretrained(tmp_path / "gpt2")
+    facts = export_causal_lm(tmp_path / "gpt2", tmp_path / "gpt2-onnx")
+    assert facts["n_layers"] == 2 and facts["kv_heads"] == 4 and facts["head_dim"] == 8
+    names = initializer_names(tmp_path / "gpt2-onnx" / "model.onnx")
+    assert "transformer.h.0.mlp.c_fc.weight" in names
+    assert not [n for n in names if n.startswith(("onnx::", "val_", "lm."))]
+    report = verify_onnx_lm(tmp_path / "gpt2", tmp_path / "gpt2-onnx" / "model.onnx")
+    assert report["passed"] and report["tokens_match"]

@@ -192,13 +192,27 @@ def verify_onnx_lm(model_dir: Path, onnx_path: Path, atol: float | None = None,
     shape = model_shape(model.config)
     prompt = seed_token_ids(shape["vocab"])
     reference = torch_greedy(model, prompt, steps)
-    session = ort_session(onnx_path)
-    onnx_dtype = _onnx_weight_dtype(session)
-    atol = atol if atol is not None else max(default_atol(dtype), default_atol(onnx_dtype))
-    report = compare_lm(reference, lambda toks: onnx_lm_forced(session, prompt, toks, shape),
-                        atol, rtol, onnx_dtype)
+    try:
+        session = ort_session(onnx_path)
+        onnx_dtype = _onnx_weight_dtype(session)
+        atol = atol if atol is not None else max(default_atol(dtype), default_atol(onnx_dtype))
+        report = compare_lm(reference, lambda toks: onnx_lm_forced(session, prompt, toks, shape),
+                            atol, rtol, onnx_dtype)
+    except Exception as exc:  # ORT's own error types: an op without a kernel for this dtype
+        hint = (" (onnxruntime's CPU kernels lack bfloat16 for some ops: export float16, or "
+                "pass --no-verify and run it on a GPU provider)"
+                if _has_bfloat16(onnx_path) else "")
+        return {"method": "run-both", "passed": False,
+                "reason": f"onnxruntime cannot run the result: {_first_line(exc)}{hint}",
+                "seconds": round(time.perf_counter() - started, 3)}
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
+
+
+def _has_bfloat16(onnx_path: Path) -> bool:
+    onnx = require("onnx")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(t.data_type == onnx.TensorProto.BFLOAT16 for t in model.graph.initializer)
 
 
 def _onnx_weight_dtype(session) -> str:
