@@ -17,7 +17,11 @@ _ROOT: list[Path] = []
 def work_dir() -> Path:
     """One temporary folder per test process for the memoised exports."""
     if not _ROOT:
+        import atexit
+        import shutil
+
         _ROOT.append(Path(tempfile.mkdtemp(prefix="keishiki-graph-tests-")))
+        atexit.register(shutil.rmtree, _ROOT[0], ignore_errors=True)
     return _ROOT[0]
 
 

@@ -169,3 +169,17 @@ def test_formats_lists_the_graph_edges():
     edges = {(e["src"], e["dst"]) for e in json.loads(out)["edges"]}
     assert {("hf-model", "onnx"), ("hf-model", "torchscript"), ("pytorch", "torchscript"),
             ("onnx", "onnx"), ("onnx", "safetensors")} <= edges
+
+
+def test_graph_edge_modules_import_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, json; import keishiki.convert.edges as e; e.edges_table(); "
+            "import keishiki.convert.graph_edges, keishiki.convert.names, "
+            "keishiki.convert.onnx_ops, keishiki.convert.onnx_export, "
+            "keishiki.convert.torchscript_export, keishiki.convert.run_verify; "
+            "print(json.dumps([m for m in ('torch', 'onnx', 'onnxruntime', 'transformers') "
+            "if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
