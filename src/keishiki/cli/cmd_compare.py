@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
-from .cmd_map import render_unmatched, shape_text
 from .render import console, print_json, table
 
 STYLE = {"identical": "green", "within tolerance": "yellow", "different": "red"}
@@ -32,9 +31,15 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = JSON_OPTION,
 ) -> int:
-    """Compare the weights of A and B pair by pair (max abs/rel diff, bit-for-bit or not,
-    dtype changes), optionally their outputs. Exit 0 identical or within tolerance,
-    1 different, 2 error."""
+    """Compare the weights of A and B tensor by tensor (and optionally their outputs).
+
+    Reports max abs/rel differences, bit-for-bit equality and dtype changes per pair.
+    Exit 0 identical or within tolerance, 1 different, 2 error.
+    """
+    if show not in ("diff", "all"):
+        from ..errors import InvalidRequest
+
+        raise InvalidRequest(f"--show {show}: choose diff or all")
     from ..compare import compare as run_compare
 
     report = run_compare(a, b, atol=atol, rtol=rtol, by_value=not no_values,
@@ -46,6 +51,10 @@ def compare(
         return report.exit_code
     render(report, show_all=show == "all")
     return report.exit_code
+
+
+def shape_text(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 def _num(x) -> str:
@@ -76,3 +85,24 @@ def render(report, show_all: bool = False) -> None:
     console.print(f"verdict: [bold {STYLE[verdict]}]{verdict}[/bold {STYLE[verdict]}]"
                   f" (atol {report.atol:g}, rtol {report.rtol:g})"
                   + ("".join(f"\n  - {r}" for r in report.reasons)))
+
+
+def render_unmatched(name_map, show_all: bool = False) -> None:
+    """Print the tensors left unpaired on each side; ONNX graph constants (shapes, axes,
+    Constant-node values) only as a count unless ``show_all``."""
+    from ..mapping import is_graph_constant
+
+    for side, infos, fmt in (("A", name_map.unmatched_a, name_map.a_format),
+                             ("B", name_map.unmatched_b, name_map.b_format)):
+        constants = [t for t in infos if is_graph_constant(t, fmt)]
+        listed = infos if show_all else [t for t in infos if not is_graph_constant(t, fmt)]
+        if listed:
+            rows = [(t.name, t.dtype, shape_text(t.shape),
+                     "graph constant (not counted)" if is_graph_constant(t, fmt) else "")
+                    for t in listed]
+            table(f"{len(listed)} only in {side}", ["name", "dtype", "shape", "note"], rows)
+        if constants and not show_all:
+            console.print(f"{len(constants)} ONNX graph constants only in {side} (shapes, "
+                          f"axes, Constant-node values; not counted; --show all lists them)")
+    if not name_map.unmatched_a and not name_map.unmatched_b:
+        console.print("every tensor paired")

@@ -7,11 +7,8 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
-from .render import console, print_json, table
-
-
-def shape_text(shape) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]"
+from .cmd_compare import render_unmatched, shape_text
+from .render import print_json, table
 
 
 @app.command(name="map")
@@ -24,9 +21,16 @@ def map_cmd(
                              "ONNX graph constants left unpaired)."),
     json_out: bool = JSON_OPTION,
 ) -> int:
-    """Pair every tensor of A with its counterpart in B: exact names, wrapper prefixes
-    (module., _orig_mod., model.), GGUF names, and ONNX exporter names (onnx::MatMul_N,
-    val_N) by content, transposed or not. Exit 1 when some tensor stays unpaired."""
+    """Pair every tensor of A with its counterpart in B, across formats.
+
+    Matchers: exact names, GGUF names, wrapper prefixes (module., _orig_mod., model.), then
+    content (ONNX exporter names such as onnx::MatMul_N and val_N, transposed or not).
+    Exit 1 when some tensor stays unpaired.
+    """
+    if show not in ("pairs", "all"):
+        from ..errors import InvalidRequest
+
+        raise InvalidRequest(f"--show {show}: choose pairs or all")
     from ..formats import inspect
     from ..mapping import map_names
 
@@ -43,24 +47,3 @@ def map_cmd(
           ["A", "B", "how", "A shape", "B shape", "dtype"], rows)
     render_unmatched(name_map, show_all=show == "all")
     return 1 if ua or ub else 0
-
-
-def render_unmatched(name_map, show_all: bool = False) -> None:
-    """Print the tensors left unpaired on each side; ONNX graph constants (shapes, axes,
-    Constant-node values) only as a count unless ``show_all``."""
-    from ..mapping import is_graph_constant
-
-    for side, infos, fmt in (("A", name_map.unmatched_a, name_map.a_format),
-                             ("B", name_map.unmatched_b, name_map.b_format)):
-        constants = [t for t in infos if is_graph_constant(t, fmt)]
-        listed = infos if show_all else [t for t in infos if not is_graph_constant(t, fmt)]
-        if listed:
-            rows = [(t.name, t.dtype, shape_text(t.shape),
-                     "graph constant (not counted)" if is_graph_constant(t, fmt) else "")
-                    for t in listed]
-            table(f"{len(listed)} only in {side}", ["name", "dtype", "shape", "note"], rows)
-        if constants and not show_all:
-            console.print(f"{len(constants)} ONNX graph constants only in {side} (shapes, "
-                          f"axes, Constant-node values; not counted; --show all lists them)")
-    if not name_map.unmatched_a and not name_map.unmatched_b:
-        console.print("every tensor paired")

@@ -17,8 +17,11 @@ def view(
     port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL."),
 ) -> int:
-    """Show a model in a local web page (summary, metadata, tensors, graph, GGUF keys, scan
-    verdict; Netron link for graphs when netron is installed). Ctrl-C stops."""
+    """Show a model in a local web page on 127.0.0.1 (Ctrl-C stops).
+
+    The page shows the summary, metadata, tensors, graph facts, GGUF keys and the scan
+    verdict, with a Netron link for graphs when netron is installed.
+    """
     from ..errors import InvalidRequest
     from ..formats import inspect
     from ..view import ViewServer
