@@ -355,3 +355,12 @@ def test_fuzz_mutated_pickles(seed, data):
         pass
     rec = read_pickle(bytes(buf), lenient=True)
     assert (rec.error is None) == (rec.error_offset is None)
+
+
+def test_many_concatenated_streams_are_bounded():
+    data = b"N." * 2000
+    assert len(read_pickles(data)) == 2000
+    with pytest.raises(CorruptFile, match="concatenated"):
+        read_pickles(data + b"cos\nsystem\n(S'id'\ntR.", max_streams=2000)
+    recs = read_pickles(data, lenient=True, max_streams=10)
+    assert len(recs) == 11 and recs[-1].error

@@ -690,11 +690,12 @@ def _failed(vm: _VM, reason: str, offset: int, path: str, lenient: bool) -> Pick
 
 
 def read_pickles(data: bytes | bytearray | memoryview, *, path: str = "<pickle>",
-                 lenient: bool = False, start: int = 0) -> list[PickleRecord]:
+                 lenient: bool = False, start: int = 0, max_ops: int = 50_000_000,
+                 max_streams: int = 100_000) -> list[PickleRecord]:
     """Every pickle stream concatenated in ``data`` (read until EOF or trailing garbage).
 
-    A later stream that starts with a byte that is no pickle opcode, or trailing zero or
-    whitespace padding, ends the list quietly; a later stream that starts like a pickle and
+    A later stream that starts with a byte that is no pickle opcode (garbage, or zero or
+    whitespace padding: none of those bytes is an opcode) ends the list quietly; a later stream that starts like a pickle and
     breaks raises (or, when ``lenient``, is returned with its ``error`` and ends the list).
 
     Raises:
@@ -704,9 +705,15 @@ def read_pickles(data: bytes | bytearray | memoryview, *, path: str = "<pickle>"
     records: list[PickleRecord] = []
     pos = start
     while pos < len(view):
-        if records and (view[pos] not in _OPCODE_BYTES or not bytes(view[pos:]).strip(b"\0 \n\r\t")):
+        if records and view[pos] not in _OPCODE_BYTES:  # garbage or padding (\0, \n, space)
             break
-        rec = read_pickle(view, pos, path=path, lenient=lenient)
+        if len(records) >= max_streams:  # never stop silently: a payload could follow
+            reason = f"more than {max_streams} concatenated pickle streams"
+            if not lenient:
+                raise CorruptFile(path, f"pickle: {reason}", offset=pos)
+            records.append(PickleRecord(None, 0, [], [], pos, pos, reason, pos))
+            break
+        rec = read_pickle(view, pos, path=path, lenient=lenient, max_ops=max_ops)
         records.append(rec)
         if rec.error is not None or rec.end <= pos:
             break

@@ -24,6 +24,7 @@ FORMAT = "pickle"
 _P0_STARTS = set(b"(]})cNILFSVJKMXGTU")
 _TRUNCATION = ("bytes but only", "before STOP")
 MAX_READ_BYTES = 256 * 1024 * 1024
+MAX_OPS = 10_000_000  # per stream; bounds a hostile stream to a few seconds
 
 
 def _head_parses(head: bytes, whole_file: bool) -> PickleRecord | None:
@@ -68,7 +69,7 @@ def read(src: Source, match) -> ModelInfo:
     # large ones are analysed as far as MAX_READ_BYTES go, leniently, and say so
     data = src.read_at(0, min(src.size, MAX_READ_BYTES))
     partial = src.size > MAX_READ_BYTES
-    records = read_pickles(data, path=path, lenient=partial)
+    records = read_pickles(data, path=path, lenient=partial, max_ops=MAX_OPS)
     details = _details(records)
     warnings = []
     if partial:

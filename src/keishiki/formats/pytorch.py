@@ -40,7 +40,9 @@ from ..errors import CorruptFile, InvalidRequest
 FORMAT = "pytorch"
 TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
-MAX_PICKLE_BYTES = 1024 * 1024 * 1024  # a data.pkl beyond 1 GiB is not a checkpoint's metadata
+MAX_PICKLE_BYTES = 256 * 1024 * 1024  # a data.pkl beyond 256 MiB is not a checkpoint's metadata
+# ~30 opcodes per tensor: 10 M allows ~300 k tensors, and bounds a hostile stream to seconds
+MAX_OPS = 10_000_000
 MAX_LEGACY_PICKLE_BYTES = 256 * 1024 * 1024
 MAX_NAMING_VISITS = 5_000_000
 
@@ -506,7 +508,7 @@ def read_zip(src: Source, match) -> ModelInfo:
         raise CorruptFile(src.path, "zip archive has no data.pkl")
     prefix = member[: -len("data.pkl")]
     where = f"{src.path}:{member}"
-    rec = read_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where)
+    rec = read_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where, max_ops=MAX_OPS)
     members = set(names)
     location = zip_storage_locator(src, prefix)
     parsed = parse_object(rec, where, location)
@@ -622,7 +624,7 @@ def _legacy_pickles(data: bytes, path: str) -> list[PickleRecord]:
     recs, pos = [], 0
     for what in ("magic number", "protocol version", "sys_info", "object", "storage keys"):
         try:
-            rec = read_pickle(view, pos, path=path)
+            rec = read_pickle(view, pos, path=path, max_ops=MAX_OPS)
         except CorruptFile as exc:
             raise CorruptFile(path, f"legacy {what} pickle: {exc.reason}", exc.offset) from None
         recs.append(rec)

@@ -228,7 +228,8 @@ def read(src: Source, match) -> ModelInfo:
     if prefix is None:
         raise CorruptFile(src.path, "not a TorchScript archive (no data.pkl/constants.pkl/code)")
     where = f"{src.path}:{prefix}data.pkl"
-    rec = read_pickle(src.read_member(prefix + "data.pkl", pytorch.MAX_PICKLE_BYTES), path=where)
+    rec = read_pickle(src.read_member(prefix + "data.pkl", pytorch.MAX_PICKLE_BYTES), path=where,
+                      max_ops=pytorch.MAX_OPS)
     code = CodeIndex(src, prefix)
     location = pytorch.zip_storage_locator(src, prefix)
     tensors: list[TensorInfo] = []
@@ -316,7 +317,8 @@ def _constants(src: Source, prefix: str) -> list[str]:
     name = prefix + "constants.pkl"
     if name not in set(src.zip_names):
         return []
-    rec = read_pickle(src.read_member(name, pytorch.MAX_PICKLE_BYTES), path=f"{src.path}:{name}")
+    rec = read_pickle(src.read_member(name, pytorch.MAX_PICKLE_BYTES), path=f"{src.path}:{name}",
+                      max_ops=pytorch.MAX_OPS)
     values = rec.value if isinstance(rec.value, tuple) else (rec.value,)
     out = []
     for v in values[:1000]:
