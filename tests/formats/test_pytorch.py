@@ -439,3 +439,12 @@ def test_quantized_and_meta(tmp_path):
     assert tm.extra["device"] == "meta" and tm.shape == (2, 3)
     with pytest.raises(KeishikiError, match="meta"):
         loaded["m"].load()
+
+
+def test_list_root_is_other(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save([torch.ones(2), {"x": torch.zeros(1)}], tmp_path / "l.pt")
+    info = inspect(tmp_path / "l.pt")
+    assert info.details["pytorch"]["kind"] == "other"
+    assert [t.name for t in info.tensors] == ["0", "1.x"]
+    assert info.details["pytorch"]["root_type"] == "builtins.list"

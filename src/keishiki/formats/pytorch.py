@@ -328,8 +328,8 @@ def classify(root: Any, names: list[str], modules: list[str]) -> tuple[str, list
     if module_state(root) is not None:
         return "module", []
     items = mapping_items(root)
-    if items is None:
-        return ("other" if not names else "checkpoint"), []
+    if items is None:  # a list/tuple/custom object holding tensors: not a known layout
+        return "other", []
     top = [k for k, _ in items if isinstance(k, str)]
     hits = [k for k in top if k in CHECKPOINT_KEYS]
     if hits or modules:
