@@ -95,7 +95,8 @@ class NameMap:
 
     @property
     def counted_unmatched(self) -> tuple[list[str], list[str]]:
-        """Unpaired names that count as a difference (graph constants excluded)."""
+        """Unpaired names that count as a difference (graph constants and computed buffers
+        excluded)."""
         return ([t.name for t in self.unmatched_a if not is_graph_constant(t, self.a_format)],
                 [t.name for t in self.unmatched_b if not is_graph_constant(t, self.b_format)])
 
@@ -109,25 +110,44 @@ class NameMap:
             "b": {"path": self.b_path, "format": self.b_format},
             "n_pairs": len(self.pairs), "how": self.how_counts(),
             "pairs": [p.to_dict() for p in self.pairs],
-            "unmatched_a": [_brief(t) for t in self.unmatched_a],
-            "unmatched_b": [_brief(t) for t in self.unmatched_b],
+            "unmatched_a": [_brief(t, self.a_format) for t in self.unmatched_a],
+            "unmatched_b": [_brief(t, self.b_format) for t in self.unmatched_b],
             "n_unmatched_counted": len(ua) + len(ub),
         }
 
 
-def _brief(t: TensorInfo) -> dict[str, Any]:
-    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+def _brief(t: TensorInfo, fmt: str) -> dict[str, Any]:
+    out = {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+    reason = uncounted_reason(t, fmt)
+    if reason:
+        out["not_counted"] = reason
+    return out
+
+
+# buffers a model recomputes at load time (transformers registers them non-persistent, so a
+# state_dict has none, while TorchScript archives and ONNX graphs carry them)
+COMPUTED_BUFFERS = re.compile(r"(^|\.)(rotary_emb\.(original_)?inv_freq|embeddings\.position_ids"
+                              r"|attn\.masked_bias)$")
+
+
+def uncounted_reason(t: TensorInfo, fmt: str) -> str | None:
+    """Why an unpaired tensor does not count as a difference, or None when it does.
+
+    ``"graph constant"``: ONNX tensors that are graph plumbing, not weights: integer/bool
+    tensors (shapes, axes), scalars, and Constant-node values (a PyTorch model computes
+    them; a Constant that holds a weight is paired by value first).  ``"computed buffer"``:
+    rotary ``inv_freq``, BERT ``position_ids`` and the like, in any format."""
+    if COMPUTED_BUFFERS.search(t.name):
+        return "computed buffer"
+    if fmt == "onnx" and (not t.dtype.startswith(("float", "bfloat")) or t.numel <= 1
+                          or t.extra.get("source") == "constant"):
+        return "graph constant"
+    return None
 
 
 def is_graph_constant(t: TensorInfo, fmt: str) -> bool:
-    """True for ONNX tensors that are graph plumbing, not weights: integer/bool tensors
-    (shapes, axes), scalars, and Constant-node values (``rotary_emb`` frequencies, masks: a
-    PyTorch model computes them, so they have no counterpart in its state_dict).  Listed
-    but not counted as a difference; a Constant that holds a weight is paired by value first."""
-    if fmt != "onnx":
-        return False
-    return (not t.dtype.startswith(("float", "bfloat")) or t.numel <= 1
-            or t.extra.get("source") == "constant")
+    """True when an unpaired ``t`` is listed but not counted (see :func:`uncounted_reason`)."""
+    return uncounted_reason(t, fmt) is not None
 
 
 # ---- public entry point ------------------------------------------------------------------------

@@ -198,3 +198,25 @@ def test_parameter_named_but_stored_transposed():
     fc, sq = by_a(report)["fc.weight"], by_a(report)["sq.weight"]
     assert fc.pair.transform == "transpose" and fc.pair.how == "exact"
     assert sq.transform == "transpose" and "only with the transpose" in sq.notes[0]
+
+
+def test_real_corpus_state_dict_vs_torchscript():
+    sd = corpus_path("pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt")
+    scripted = corpus_path("torchscript/torch-1.13.1-debian/tinynet_scripted.pt")
+    report = keishiki.compare(sd, scripted)
+    assert report.verdict == "identical" and len(report.tensors) == 9
+
+
+def test_computed_buffers_do_not_count():
+    from tests.compare.test_mapping import memory_model
+
+    w = np.ones((2, 2), np.float32)
+    a = memory_model({"model.layers.0.w": w})
+    b = memory_model({"lm.model.layers.0.w": w,
+                      "lm.model.rotary_emb.inv_freq": np.arange(4, dtype=np.float32)},
+                     fmt="torchscript")
+    report = keishiki.compare(a, b)
+    assert report.verdict == "identical", report.reasons
+    assert report.to_dict()["unmatched_b"] == [{"name": "lm.model.rotary_emb.inv_freq",
+                                                "dtype": "float32", "shape": [4],
+                                                "not_counted": "computed buffer"}]

@@ -88,21 +88,23 @@ def render(report, show_all: bool = False) -> None:
 
 
 def render_unmatched(name_map, show_all: bool = False) -> None:
-    """Print the tensors left unpaired on each side; ONNX graph constants (shapes, axes,
-    Constant-node values) only as a count unless ``show_all``."""
-    from ..mapping import is_graph_constant
+    """Print the tensors left unpaired on each side; those that do not count (ONNX graph
+    constants, computed buffers) only as a count unless ``show_all``."""
+    from ..mapping import uncounted_reason
 
     for side, infos, fmt in (("A", name_map.unmatched_a, name_map.a_format),
                              ("B", name_map.unmatched_b, name_map.b_format)):
-        constants = [t for t in infos if is_graph_constant(t, fmt)]
-        listed = infos if show_all else [t for t in infos if not is_graph_constant(t, fmt)]
+        reasons = {t.name: uncounted_reason(t, fmt) for t in infos}
+        quiet = [t for t in infos if reasons[t.name]]
+        listed = infos if show_all else [t for t in infos if not reasons[t.name]]
         if listed:
             rows = [(t.name, t.dtype, shape_text(t.shape),
-                     "graph constant (not counted)" if is_graph_constant(t, fmt) else "")
+                     f"{reasons[t.name]} (not counted)" if reasons[t.name] else "")
                     for t in listed]
             table(f"{len(listed)} only in {side}", ["name", "dtype", "shape", "note"], rows)
-        if constants and not show_all:
-            console.print(f"{len(constants)} ONNX graph constants only in {side} (shapes, "
-                          f"axes, Constant-node values; not counted; --show all lists them)")
+        if quiet and not show_all:
+            console.print(f"{len(quiet)} only in {side} not counted (ONNX graph constants: "
+                          f"shapes, axes, Constant-node values; computed buffers such as "
+                          f"rotary inv_freq); --show all lists them")
     if not name_map.unmatched_a and not name_map.unmatched_b:
         console.print("every tensor paired")
