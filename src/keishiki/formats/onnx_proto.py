@@ -401,6 +401,7 @@ def parse_model(buf: Any, size: int) -> Model:
 # ModelProto fields and their wire types (anything else at the top level: not ONNX)
 _MODEL_FIELDS = {1: VARINT, 2: LEN, 3: LEN, 4: LEN, 5: VARINT, 6: LEN, 7: LEN, 8: LEN, 14: LEN,
                  20: LEN, 25: LEN}
+MAX_NAME_BYTES = 4096
 _GRAPH_FIELDS = {1: LEN, 2: LEN, 5: LEN, 10: LEN, 11: LEN, 12: LEN, 13: LEN, 14: LEN, 15: LEN,
                  16: LEN}
 
@@ -426,6 +427,8 @@ def looks_like_model(head: bytes, file_size: int) -> bool:
                 seen[number] = value
                 continue
             length, pos = read_varint(head, pos, end)
+            if number in (2, 3, 4) and length > MAX_NAME_BYTES:
+                return False  # producer name/version and domain are short strings
             if pos + length > file_size:
                 # a truncated model: accept only a graph after a sane ir_version, so that
                 # the reader can say "truncated" instead of "unknown format"
