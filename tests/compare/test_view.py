@@ -85,35 +85,56 @@ def test_to_json_handles_nan_and_bytes():
     assert doc == {"x": "nan", "b": "\\xffab", "t": [1, 2]}
 
 
-@pytest.mark.parametrize("rel", ["gguf/llama.cpp-convert/tiny-bert-q8_0.gguf",
-                                 "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx"])
-def test_page_renders_in_node(tmp_path, rel):
-    """Run the page's script against a minimal DOM (node) with a real /api/info payload."""
+def render_in_node(tmp_path: Path, payload: dict, filter_text: str = "") -> dict:
+    """Run the page's script against a minimal DOM (node) with ``payload`` as /api/info."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
-    server = ViewServer(inspect(corpus_path(rel)))
-    try:
-        payload = server.payload
-        (tmp_path / "info.json").write_bytes(to_json(payload))
-    finally:
-        server._httpd.server_close()
+    (tmp_path / "info.json").write_bytes(to_json(payload))
     script = re.search(r"<script>(.*)</script>", page_html().decode(), re.S).group(1)
     (tmp_path / "page.js").write_text(script)
     result = subprocess.run([node, str(HERE / "render_page.js"), str(tmp_path / "page.js"),
                              str(tmp_path / "info.json")], capture_output=True, text=True,
-                            timeout=60, env={"FILTER": "blk.0|fc"})
+                            timeout=60, env={"FILTER": filter_text})
     assert result.returncode == 0, result.stdout + result.stderr
     page = json.loads(result.stdout)
     assert "Could not load" not in page["main"]
+    return page
+
+
+def payload_of(path) -> dict:
+    server = ViewServer(inspect(path))
+    server._httpd.server_close()
+    return server.payload
+
+
+@pytest.mark.parametrize("rel", ["gguf/llama.cpp-convert/tiny-bert-q8_0.gguf",
+                                 "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",
+                                 "hf_dir/tiny-bert-safetensors"])
+def test_page_renders_in_node(tmp_path, rel):
+    payload = payload_of(corpus_path(rel))
+    page = render_in_node(tmp_path, payload, "blk.0|fc|layer.1")
     assert "tensors" in page["ids"] and "summary" in page["ids"]
     names = [t["name"] for t in payload["tensors"]]
     assert all(n in page["main"] for n in names[:5])
-    assert page["filtered"] == sum(1 for n in names if re.search("blk.0|fc", n.lower()))
+    assert page["filtered"] == sum(1 for n in names if re.search("blk.0|fc|layer.1", n.lower()))
     if payload["format"] == "gguf":
         assert "gguf-kv" in page["ids"] and "bert.block_count" in page["main"]
-    else:
+    elif payload["format"] == "onnx":
         assert "op-types" in page["ids"] and "Conv" in page["main"]
+    else:
+        assert "config" in page["ids"] and "BertModel" in page["main"]
+
+
+def test_page_renders_scan_findings(tmp_path, seq_files):
+    payload = payload_of(seq_files["pt"])
+    payload["safety"] = {"verdict": "dangerous", "findings": [
+        {"file": "x.pt", "member": "data.pkl", "offset": 12, "opcode": "GLOBAL",
+         "global": "os.system", "severity": "dangerous", "reason": "runs a shell command"}]}
+    page = render_in_node(tmp_path, payload)
+    assert "scan: dangerous" in page["badges"]
+    assert "findings" in page["ids"] and "os.system" in page["main"]
+    assert "x.pt!data.pkl@12" in page["main"] and "runs a shell command" in page["main"]
 
 
 def test_cli_view_bad_input(tmp_path):
