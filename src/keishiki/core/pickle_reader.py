@@ -164,6 +164,10 @@ OPCODE_NAMES = {
     b"\x96": "BYTEARRAY8", b"\x97": "NEXT_BUFFER", b"\x98": "READONLY_BUFFER",
 }
 _NAME_OF = {op[0]: name for op, name in OPCODE_NAMES.items()}
+# fast-path tables for the VM loop: opcode -> argument width / pushed constant / items popped
+_FIXED_ARG = {0x71: 1, 0x68: 1, 0x4B: 1, 0x72: 4, 0x6A: 4, 0x4D: 2}
+_CONSTANTS = {0x29: (), 0x89: False, 0x88: True, 0x4E: None}
+_POPS = {0x85: 1, 0x86: 2, 0x87: 3, 0x52: 2, 0x51: 1}
 _OPCODE_BYTES = frozenset(_NAME_OF)
 
 
@@ -337,19 +341,22 @@ class _VM:
                 if len(self.stack) > self.max_stack:
                     raise _Fail(f"stack deeper than {self.max_stack} items", at)
             stack = self.stack
-            # fast paths for the opcodes that make up most of a torch data.pkl
-            if op == 0x71 or op == 0x68 or op == 0x4B:  # BINPUT / BINGET / BININT1
-                if at + 1 >= n:
-                    raise _Fail(f"needs 1 bytes but only {n - at - 1} are left", at)
-                arg = data[at + 1]
-                self.pos = at + 2
-                if op == 0x4B:
+            # fast paths (local stack, no helper calls) for the opcodes that make up nearly
+            # all of a torch data.pkl; everything else goes through the full table below
+            width = _FIXED_ARG.get(op)
+            if width is not None:  # BINPUT BINGET BININT1 LONG_BINPUT LONG_BINGET BININT2
+                if at + width >= n:
+                    raise _Fail(f"needs {width} bytes but only {n - at - 1} are left", at)
+                arg = data[at + 1] if width == 1 else int.from_bytes(data[at + 1:at + 1 + width],
+                                                                       "little")
+                self.pos = at + 1 + width
+                if op == 0x4B or op == 0x4D:  # BININT1 / BININT2
                     stack.append(arg)
-                elif op == 0x68:
+                elif op == 0x68 or op == 0x6A:  # BINGET / LONG_BINGET
                     if arg not in memo:
                         raise _Fail(f"memo key {arg} was never stored", at)
                     stack.append(memo[arg])
-                else:
+                else:  # BINPUT / LONG_BINPUT
                     if not stack or stack[-1] is _MARK:
                         raise _Fail("stack underflow", at)
                     if arg not in memo and len(memo) >= self.max_memo:
@@ -372,6 +379,35 @@ class _VM:
                 self.pos = at + 1
                 if len(self.metastack) > self.max_depth:
                     raise _Fail(f"MARKs nested deeper than {self.max_depth}", at)
+                continue
+            if op == 0x74:  # TUPLE
+                if not self.metastack:
+                    raise _Fail("no MARK to pop to", at)
+                self.stack = self.metastack.pop()
+                self.stack.append(tuple(stack))
+                self.pos = at + 1
+                continue
+            if op in _CONSTANTS:  # EMPTY_TUPLE NEWFALSE NEWTRUE NONE
+                stack.append(_CONSTANTS[op])
+                self.pos = at + 1
+                continue
+            count = _POPS.get(op)
+            if count is not None:  # TUPLE1-3 / REDUCE / BINPERSID
+                if len(stack) < count:
+                    raise _Fail("stack underflow", at)
+                items = stack[-count:]
+                if any(x is _MARK for x in items):
+                    raise _Fail("unexpected MARK on the stack", at)
+                del stack[-count:]
+                if op == 0x52:
+                    stack.append(self.add_call(items[0], items[1], None, at, "REDUCE"))
+                elif op == 0x51:
+                    pid = PersistentId(items[0], at)
+                    rec.persistent_ids.append(pid)
+                    stack.append(pid)
+                else:
+                    stack.append(tuple(items))
+                self.pos = at + 1
                 continue
             self.pos = at + 1
             # the rest, most frequent first
