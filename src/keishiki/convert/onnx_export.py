@@ -15,6 +15,7 @@ opset is checked and converted with ``onnx.version_converter`` when it differs.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import shutil
@@ -287,19 +288,22 @@ def export_causal_lm(model_dir: Path, out_dir: Path, *, opset: int | None = None
     opset_requested = opset or DEFAULT_OPSET
     model = load_causal_lm(model_dir, dtype)
     shape = model_shape(model.config)
-    state_dict = {k: v for k, v in model.state_dict().items()}
-    wrapper = _make_wrapper(model)
-    args = dummy_inputs(shape, next(model.parameters()).dtype)
+    weight_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    if external_data is None:
+        external_data = _param_bytes(model) > TWO_GB
+    state_dict = dict(model.state_dict())
     warns: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_model, used = _export_with_fallback(wrapper, args, out_dir, exporter, opset_requested,
-                                             shape["n_layers"], warns)
+    onnx_model, used = _export_with_fallback(
+        _make_wrapper(model), dummy_inputs(shape, next(model.parameters()).dtype), out_dir,
+        exporter, opset_requested, shape["n_layers"], warns)
     name_facts = fix_names(onnx_model, state_dict)
+    # the torch weights are no longer needed: free them before serialising (peak memory)
+    del model, state_dict
+    gc.collect()
     if name_facts["generated_left"]:
         warns.append(f"{name_facts['generated_left']} initializers keep exporter-generated "
                      f"names (no parameter has their value)")
-    if external_data is None:
-        external_data = _param_bytes(model) > TWO_GB
     save_onnx(onnx_model, out_dir / "model.onnx", external_data)
     del onnx_model
     onnx.checker.check_model(str(out_dir / "model.onnx"))
@@ -311,7 +315,7 @@ def export_causal_lm(model_dir: Path, out_dir: Path, *, opset: int | None = None
             "input_names": [i.name for i in final.graph.input],
             "output_names": [o.name for o in final.graph.output],
             "expected_input_names": inputs, "expected_output_names": outputs,
-            **shape, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            **shape, "dtype": weight_dtype,
             "external_data": external_data, "files": sorted(p.name for p in out_dir.iterdir()),
             "side_files": copied, "names": name_facts, "warnings": warns,
             "torch": torch.__version__, "onnx": onnx.__version__}
