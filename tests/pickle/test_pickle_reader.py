@@ -364,3 +364,19 @@ def test_many_concatenated_streams_are_bounded():
         read_pickles(data + b"cos\nsystem\n(S'id'\ntR.", max_streams=2000)
     recs = read_pickles(data, lenient=True, max_streams=10)
     assert len(recs) == 11 and recs[-1].error
+
+
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                    st.text(max_size=20), st.binary(max_size=20))
+_VALUES = st.recursive(_LEAVES, lambda kids: st.one_of(
+    st.lists(kids, max_size=5), st.tuples(kids), st.tuples(kids, kids),
+    st.tuples(kids, kids, kids), st.lists(kids, max_size=5).map(tuple),
+    st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), kids, max_size=5)),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES, st.integers(0, 5))
+def test_differential_against_cpython(value, protocol):
+    data = pickle.dumps(value, protocol=protocol)
+    assert materialize(read_pickle(data).value) == pickle.loads(data)
