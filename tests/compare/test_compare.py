@@ -220,3 +220,10 @@ def test_computed_buffers_do_not_count():
     assert report.to_dict()["unmatched_b"] == [{"name": "lm.model.rotary_emb.inv_freq",
                                                 "dtype": "float32", "shape": [4],
                                                 "not_counted": "computed buffer"}]
+
+
+def test_outputs_of_weights_only_files_is_a_one_line_error(seq_files):
+    pytest.importorskip("keishiki.runtimes")
+    code, out, err = run_cli("compare", seq_files["safetensors"], seq_files["pt"], "--outputs")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "cannot compare outputs" in err and "cannot generate" in err

@@ -139,6 +139,11 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
         if m.tensor_loader is None and m.tensors:
             raise InvalidRequest(f"{m.path}: keishiki cannot read tensor data from {m.format} "
                                  f"files, so their weights cannot be compared")
+    if outputs:
+        from .outputs import check_runnable
+
+        check_runnable(model_a)
+        check_runnable(model_b)
     from ..core.progress import progress
 
     with progress(None, "pairing tensors", quiet=quiet) as advance:

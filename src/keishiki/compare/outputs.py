@@ -40,6 +40,20 @@ def _weights_dtype(model: ModelInfo) -> str:
     return floats[0] if floats else "float32"
 
 
+def check_runnable(model: ModelInfo) -> None:
+    """Fail fast, before a long weight comparison, when ``model`` cannot generate.
+
+    Raises:
+        InvalidRequest: not a causal LM in a format :class:`keishiki.LLM` runs.
+    """
+    from ..runtimes.select import choose
+
+    try:
+        choose(model.path)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"cannot compare outputs: {exc}") from None
+
+
 def _load(model: ModelInfo):
     from ..runtimes import LLM
 
