@@ -173,3 +173,21 @@ def test_fuzz_data_pkl_and_code(jit_files, tmp_path, monkeypatch):
             pass
 
     run()
+
+
+def test_custom_ops_are_named(tmp_path):
+    torch = pytest.importorskip("torch")
+    lib = torch.library.Library("kstest", "DEF")
+    lib.define("twice(Tensor x) -> Tensor")
+    lib.impl("twice", lambda x: x * 2, "CPU")
+
+    class UsesCustomOp(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.kstest.twice(x) + 1
+
+    path = tmp_path / "custom.pt"
+    torch.jit.save(torch.jit.script(UsesCustomOp()), path)
+    d = inspect(path).details["torchscript"]
+    assert d["custom_ops"] == ["kstest.twice"]
+    assert d["op_namespaces"]["kstest"] == 1
+    assert d["custom_classes"] == []

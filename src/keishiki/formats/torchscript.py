@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ast
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,12 @@ FORMAT = "torchscript"
 MAX_CODE_BYTES = 16 * 1024 * 1024  # one code file
 SHOW_CODE_BYTES = 64 * 1024  # the top module's code shown in details
 MAX_CODE_FILES_PARSED = 2000
+MAX_CODE_BYTES_SCANNED = 64 * 1024 * 1024  # all code files together, for the op census
+# operator namespaces every TorchScript program uses; anything else needs a custom library
+STANDARD_OP_NAMESPACES = {"aten", "prim", "quantized", "_quantized", "prepacked", "profiler",
+                          "_caffe2", "torchvision", "image", "_c10d_functional", "c10d"}
+_OP_REF = re.compile(rb"\bops\.([A-Za-z_][A-Za-z_0-9]*)\.([A-Za-z_][A-Za-z_0-9]*)")
+_CLASS_REF = re.compile(rb"\btorch\.classes\.([A-Za-z_][A-Za-z_0-9]*)\.([A-Za-z_][A-Za-z_0-9]*)")
 
 
 def prefix_of(names: list[str]) -> str | None:
@@ -298,12 +306,38 @@ def _details(src: Source, prefix: str, rec, code: CodeIndex, roles: dict[str, in
         "byteorder": _small(src, prefix + "byteorder"),
         "constants": _constants(src, prefix),
     }
+    details.update(_op_census(src, prefix))
     if top is not None and root_class:
         file_rel = class_file(root_class)[0]
         text = code.text(file_rel) or ""
         details["code"] = {file_rel: text[:SHOW_CODE_BYTES]}
         details["forward_source"] = top.forward_source
     return details
+
+
+def _op_census(src: Source, prefix: str) -> dict[str, Any]:
+    """``ops.<namespace>.<op>`` and ``torch.classes.<ns>.<cls>`` referenced by the code files.
+
+    Operators outside the standard namespaces come from a C++ library that must be loaded
+    (``torch.ops.load_library``) before the archive runs: worth a look before trusting it.
+    """
+    namespaces: Counter[str] = Counter()
+    custom: set[str] = set()
+    classes: set[str] = set()
+    budget = MAX_CODE_BYTES_SCANNED
+    for info in src.zip().infolist():
+        name = info.filename
+        if not (name.startswith(prefix + "code/") and name.endswith(".py")) or budget <= 0:
+            continue
+        text = src.read_member(name, min(MAX_CODE_BYTES, budget))
+        budget -= len(text)
+        for ns, op in _OP_REF.findall(text):
+            namespaces[ns.decode()] += 1
+            if ns.decode() not in STANDARD_OP_NAMESPACES:
+                custom.add(f"{ns.decode()}.{op.decode()}")
+        classes.update(f"{a.decode()}.{b.decode()}" for a, b in _CLASS_REF.findall(text))
+    return {"op_namespaces": dict(namespaces.most_common()), "custom_ops": sorted(custom),
+            "custom_classes": sorted(classes)}
 
 
 def _small(src: Source, name: str) -> str | None:
