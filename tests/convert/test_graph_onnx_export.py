@@ -228,3 +228,13 @@ def test_generic_causal_lm_gpt2(tmp_path):
     assert not [n for n in names if n.startswith(("onnx::", "val_", "lm."))]
     report = verify_onnx_lm(tmp_path / "gpt2", tmp_path / "gpt2-onnx" / "model.onnx")
     assert report["passed"] and report["tokens_match"]
+
+
+def test_encoder_model_is_refused_with_the_reason(tmp_path):
+    from tests.conftest import corpus_path
+
+    src = corpus_path("hf_dir/all-MiniLM-L6-v2")
+    code, _, err = run_cli("convert", src, tmp_path / "bert", "--to", "onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "BertModel cannot run with a KV cache" in err and "decoder-only causal LMs" in err
+    assert not (tmp_path / "bert").exists()

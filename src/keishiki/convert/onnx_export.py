@@ -222,6 +222,28 @@ def name_dynamic_axes(onnx_model, n_layers: int) -> None:
                 dims[index].dim_param = name
 
 
+def check_forward(wrapper, args, model_dir: Path, n_layers: int) -> None:
+    """Run the flat-cache wrapper once in eager mode: a model that is not a decoder-only LM
+    with a DynamicCache fails here with a clear message instead of inside an exporter.
+
+    Raises:
+        InvalidRequest: the forward fails or returns no cache for every layer.
+    """
+    torch = require("torch")
+    arch = (getattr(wrapper.lm.config, "architectures", None) or ["this model"])[0]
+    try:
+        with torch.no_grad():
+            outputs = wrapper(*args)
+    except Exception as exc:  # transformers raises many types for unsupported cache use
+        raise InvalidRequest(
+            f"{model_dir}: {arch} cannot run with a KV cache ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); "
+            f"keishiki exports decoder-only causal LMs to ONNX") from None
+    if len(outputs) != 1 + 2 * n_layers:
+        raise InvalidRequest(f"{model_dir}: {arch} returned {len(outputs) - 1} cache tensors for "
+                             f"{n_layers} layers; keishiki exports decoder-only causal LMs")
+
+
 def written_opset(onnx_model) -> int:
     """The default-domain opset a ModelProto declares."""
     for entry in onnx_model.opset_import:
@@ -294,9 +316,12 @@ def export_causal_lm(model_dir: Path, out_dir: Path, *, opset: int | None = None
     state_dict = dict(model.state_dict())
     warns: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_model, used = _export_with_fallback(
-        _make_wrapper(model), dummy_inputs(shape, next(model.parameters()).dtype), out_dir,
-        exporter, opset_requested, shape["n_layers"], warns)
+    wrapper = _make_wrapper(model)
+    args = dummy_inputs(shape, next(model.parameters()).dtype)
+    check_forward(wrapper, args, model_dir, shape["n_layers"])
+    onnx_model, used = _export_with_fallback(wrapper, args, out_dir, exporter, opset_requested,
+                                             shape["n_layers"], warns)
+    del wrapper
     name_facts = fix_names(onnx_model, state_dict)
     # the torch weights are no longer needed: free them before serialising (peak memory)
     del model, state_dict
@@ -357,4 +382,4 @@ def _export_with_fallback(wrapper, args, out_dir: Path, exporter: str, opset: in
             warns.append(f"{exc}; trying the other exporter")
             errors.append(f"{attempt}: opset {got} instead of {opset}")
     raise InvalidRequest(f"could not export at opset {opset}: " + "; ".join(errors)
-                         + " (try another --opset)")
+                         + " (try another --opset or --exporter)")
