@@ -21,21 +21,20 @@ from __future__ import annotations
 
 import math
 import struct
-import weakref
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
-
-import numpy as np
+from typing import Any, Callable
 
 from ..core import dtypes
 from ..core.model import ModelInfo
-from ..core.pickle_reader import (
-    Call, GlobalRef, OpaqueKey, PersistentId, PickleRecord, read_pickle, type_name,
-)
+from ..core.pickle_reader import Call, PersistentId, PickleRecord, read_pickle, type_name
 from ..core.source import Source
 from ..core.tensor import TensorInfo
-from ..errors import CorruptFile, InvalidRequest
+from ..errors import CorruptFile
+from .torch_pickle import (
+    REBUILD_FROM_TYPE, REBUILD_META, REBUILD_TENSOR, REBUILD_WRAPPERS, StorageRef, TensorRef,
+    class_name, decode_storage, is_contiguous, key_text, loader_for, mapping_items,
+    module_classes, module_state, quantizer_params, span, walk_tensors, zip_storage_locator,
+)
 
 FORMAT = "pytorch"
 TORCH_MAGIC = 0x1950A86A20F9469CFC6C
@@ -44,19 +43,6 @@ MAX_PICKLE_BYTES = 256 * 1024 * 1024  # a data.pkl beyond 256 MiB is not a check
 # ~30 opcodes per tensor: 10 M allows ~300 k tensors, and bounds a hostile stream to seconds
 MAX_OPS = 10_000_000
 MAX_LEGACY_PICKLE_BYTES = 256 * 1024 * 1024
-MAX_NAMING_VISITS = 5_000_000
-
-# the functions torch pickles a tensor as; arguments start (storage, storage_offset, size, stride)
-REBUILD_TENSOR = {
-    "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_qtensor", "torch._utils._rebuild_tensor_v3",
-}
-REBUILD_WRAPPERS = {  # first argument is the tensor itself
-    "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
-}
-REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"  # (func, new_type, args, state)
-REBUILD_META = "torch._utils._rebuild_meta_tensor_no_storage"  # (dtype, size, stride, ...)
-MAPPING_TYPES = {"collections.OrderedDict", "builtins.dict", "__builtin__.dict"}
 # top-level keys that mark a training checkpoint rather than a bare state_dict
 CHECKPOINT_KEYS = {
     "optimizer", "optimizer_state_dict", "optimizer_states", "optimizers", "epoch", "epochs",
@@ -115,209 +101,6 @@ def sniff(src: Source):
         if rec.value == TORCH_MAGIC:
             return Match(FORMAT, "legacy", reason="pickle starting with torch's magic number")
     return None
-
-
-# ---- tensors inside a pickle ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StorageRef:
-    """One storage a tensor points at: key (zip member data/<key>), dtype, element count."""
-
-    key: str
-    dtype: str
-    numel: int
-    location: str
-    view_offset: int = 0  # legacy storage views: element offset into the root storage
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """A tensor rebuild call, decoded: its storage and the view on it."""
-
-    storage: StorageRef | None
-    dtype: str
-    storage_offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    kind: str  # "tensor", "parameter", "meta", "quantized", "subclass"
-
-
-def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
-    if isinstance(value, Call) and value.args:  # torch.Size((2, 3)) when pickled as a call
-        value = value.args[0]
-    if not isinstance(value, (tuple, list)) or not all(type(v) is int for v in value):
-        raise CorruptFile(path, f"tensor {what} is not a tuple of ints")
-    if len(value) > 64 or any(v < 0 for v in value):
-        raise CorruptFile(path, f"tensor {what} {list(value)[:8]} is out of range")
-    return tuple(value)
-
-
-def storage_dtype(ref: Any) -> str | None:
-    """``torch.FloatStorage`` / ``torch.float16`` / ``torch.UntypedStorage`` -> dtype name."""
-    if not isinstance(ref, GlobalRef) or ref.module != "torch":
-        return None
-    if ref.name in ("UntypedStorage", "ByteStorage"):
-        return "uint8"
-    return dtypes.from_torch_storage(ref.name) or dtypes.from_torch_dtype(ref.name)
-
-
-def decode_storage(pid: Any, path: str) -> StorageRef:
-    """``('storage', type, key, location, numel[, view_metadata])`` -> StorageRef."""
-    tup = pid.pid if isinstance(pid, PersistentId) else None
-    if not isinstance(tup, tuple) or len(tup) < 5 or tup[0] != "storage":
-        raise CorruptFile(path, f"unexpected persistent id {type(tup).__name__} "
-                          f"(not a torch storage reference)")
-    _, stype, key, location, numel = tup[:5]
-    dtype = storage_dtype(stype)
-    if dtype is None:
-        raise CorruptFile(path, f"storage {key!r}: unknown storage type "
-                          f"{getattr(stype, 'qualname', type(stype).__name__)}")
-    if not isinstance(key, str) or type(numel) is not int or numel < 0:
-        raise CorruptFile(path, f"storage {key!r}: malformed key or size")
-    view_offset = 0
-    if len(tup) > 5 and isinstance(tup[5], tuple) and len(tup[5]) == 3:
-        # legacy storage view: (view_key, offset, size) of the root storage `key`
-        _view_key, view_offset, numel = tup[5]
-        if type(view_offset) is not int or type(numel) is not int or view_offset < 0:
-            raise CorruptFile(path, f"storage {key!r}: malformed view metadata")
-    return StorageRef(key, dtype, numel, str(location), view_offset)
-
-
-def decode_tensor(call: Call, path: str) -> TensorRef | None:
-    """The tensor a rebuild call would make, or None when ``call`` is not a tensor rebuild."""
-    name = call.qualname
-    args = call.args
-    if name in REBUILD_WRAPPERS and args and isinstance(args[0], Call):
-        inner = decode_tensor(args[0], path)
-        return None if inner is None else TensorRef(**{**inner.__dict__, "kind": "parameter"})
-    if name == REBUILD_FROM_TYPE and len(args) >= 3 and isinstance(args[2], tuple):
-        inner_call = Call(args[0], args[2], None, call.offset, call.opcode)
-        inner = decode_tensor(inner_call, path)
-        return None if inner is None else TensorRef(**{**inner.__dict__, "kind": "subclass"})
-    if name == REBUILD_META and len(args) >= 3:
-        dtype = storage_dtype(args[0]) or "float32"
-        return TensorRef(None, dtype, 0, _ints(args[1], "size", path),
-                         _ints(args[2], "stride", path), "meta")
-    if name not in REBUILD_TENSOR or len(args) < 4:
-        return None
-    storage = decode_storage(args[0], path)
-    offset = args[1]
-    if type(offset) is not int or offset < 0:
-        raise CorruptFile(path, "tensor storage_offset is not a non-negative int")
-    shape, stride = _ints(args[2], "size", path), _ints(args[3], "stride", path)
-    if len(shape) != len(stride):
-        raise CorruptFile(path, f"tensor size {list(shape)} and stride {list(stride)} differ "
-                          f"in length")
-    kind = "quantized" if name.endswith("qtensor") else "tensor"
-    return TensorRef(storage, storage.dtype, offset + storage.view_offset, shape, stride, kind)
-
-
-def mapping_items(value: Any) -> list[tuple[Any, Any]] | None:
-    """(key, value) pairs of a dict or a dict-building call (OrderedDict(...)), else None."""
-    if isinstance(value, dict):
-        return list(value.items())
-    if isinstance(value, Call) and value.qualname in MAPPING_TYPES:
-        pairs: list[tuple[Any, Any]] = []
-        if value.args and isinstance(value.args[0], (list, tuple)):
-            for item in value.args[0]:  # OrderedDict([[k, v], ...]) in old pickles
-                if isinstance(item, (list, tuple)) and len(item) == 2:
-                    pairs.append((item[0], item[1]))
-        pairs.extend((value.dictitems or {}).items())
-        return pairs
-    return None
-
-
-def class_name(call: Call) -> str:
-    """The qualname of what ``call`` instantiates, seeing through legacy ('module', cls, ...)
-    persistent ids."""
-    func = call.func
-    if isinstance(func, PersistentId) and isinstance(func.pid, tuple) and len(func.pid) > 1 \
-            and func.pid[0] == "module" and isinstance(func.pid[1], GlobalRef):
-        return func.pid[1].qualname
-    return call.qualname
-
-
-def module_state(value: Any) -> dict | None:
-    """The attribute dict of a pickled nn.Module (state with _parameters/_modules), else None."""
-    if isinstance(value, Call) and isinstance(value.state, dict) and \
-            "_modules" in value.state and "_parameters" in value.state:
-        return value.state
-    return None
-
-
-def _key_text(key: Any) -> str:
-    if isinstance(key, OpaqueKey):
-        return repr(key)
-    return key if isinstance(key, str) else str(key)
-
-
-def _children(value: Any) -> list[tuple[str, Any]]:
-    """(name part, child) pairs used to name tensors by their place in the structure."""
-    state = module_state(value)
-    if state is not None:
-        out: list[tuple[str, Any]] = []
-        for group in ("_parameters", "_buffers", "_modules"):
-            out.extend((_key_text(k), v) for k, v in mapping_items(state.get(group)) or [])
-        out.extend((k, v) for k, v in state.items() if isinstance(k, str) and not k.startswith("_")
-                   and k != "training")
-        return out
-    items = mapping_items(value)
-    if items is not None:
-        return [(_key_text(k), v) for k, v in items]
-    if isinstance(value, (list, tuple)):
-        return [(str(i), v) for i, v in enumerate(value)]
-    if isinstance(value, Call):
-        out = []
-        if isinstance(value.state, dict):
-            out.extend((_key_text(k), v) for k, v in value.state.items())
-        elif value.state is not None:
-            out.append(("state", value.state))
-        out.extend((_key_text(k), v) for k, v in (value.dictitems or {}).items())
-        out.extend((str(i), v) for i, v in enumerate(value.listitems or []))
-        if not out:
-            out.extend((str(i), v) for i, v in enumerate(value.args))
-        return out
-    return []
-
-
-def walk_tensors(root: Any, path: str) -> Iterator[tuple[str, Call, TensorRef]]:
-    """Every tensor reachable from ``root`` as (dotted name, call, decoded), in pickle order.
-
-    Iterative depth-first walk; a container on the current path is not re-entered (cycles),
-    and the total number of visits is capped so a shared-reference "bomb" fails fast.
-    """
-    todo: list[tuple[str, Any] | tuple[None, int]] = [("", root)]
-    on_path: set[int] = set()
-    visits = 0
-    while todo:
-        name, value = todo.pop()
-        if name is None:  # leaving a container
-            on_path.discard(value)
-            continue
-        if isinstance(value, Call):
-            ref = decode_tensor(value, path)
-            if ref is not None:
-                yield name, value, ref
-                continue
-        kids = _children(value)
-        if not kids or id(value) in on_path:
-            continue
-        visits += len(kids)
-        if visits > MAX_NAMING_VISITS:
-            raise CorruptFile(path, f"pickled structure has more than {MAX_NAMING_VISITS} "
-                              f"references (a shared-reference bomb?)")
-        on_path.add(id(value))
-        todo.append((None, id(value)))
-        for part, child in reversed(kids):
-            todo.append((f"{name}.{part}" if name else part, child))
-
-
-def module_classes(rec: PickleRecord) -> list[str]:
-    """Qualnames of the nn.Module classes a pickle instantiates (empty for a state_dict).
-
-    Every object the stream builds is one of the VM's recorded calls, so no walk is needed.
-    """
-    return sorted({class_name(c) for c in rec.calls if module_state(c) is not None})
 
 
 def classify(root: Any, names: list[str], modules: list[str]) -> tuple[str, list[str]]:
@@ -379,7 +162,7 @@ def parse_object(rec: PickleRecord, path: str,
             start, member = storage_location(ref.storage)
             if start is not None:
                 offset = start + ref.storage_offset * itemsize
-            used = ref.storage_offset - ref.storage.view_offset + _span(ref.shape, ref.stride)
+            used = ref.storage_offset - ref.storage.view_offset + span(ref.shape, ref.stride)
             if numel and used > ref.storage.numel:
                 raise CorruptFile(path, f"tensor {name!r}: view {list(ref.shape)} stride "
                                   f"{list(ref.stride)} at offset {ref.storage_offset} overruns "
@@ -391,12 +174,12 @@ def parse_object(rec: PickleRecord, path: str,
         if ref.kind != "tensor":
             extra["tensor_kind"] = ref.kind
         if ref.kind == "quantized":
-            extra["quantizer"] = _quantizer(_call)
+            extra["quantizer"] = quantizer_params(_call)
         tensors.append(TensorInfo(name, ref.dtype, ref.shape, numel * itemsize, offset, member,
                                   extra))
         refs[name] = ref
     items = mapping_items(rec.value)
-    top_keys = [_key_text(k) for k, _ in items] if items is not None else []
+    top_keys = [key_text(k) for k, _ in items] if items is not None else []
     details: dict[str, Any] = {
         "kind": kind,
         "pickle_protocol": rec.protocol,
@@ -415,90 +198,6 @@ def parse_object(rec: PickleRecord, path: str,
         details["module_classes"] = modules
         details["loading"] = MODULE_NOTE
     return _Parsed(rec, tensors, refs, details)
-
-
-def _quantizer(call: Call) -> list[Any]:
-    """``_rebuild_qtensor``'s quantizer params, e.g. ['torch.per_tensor_affine', 0.1, 3]."""
-    params = call.args[4] if len(call.args) > 4 and isinstance(call.args[4], tuple) else ()
-    out: list[Any] = []
-    for p in params[:3]:
-        if isinstance(p, GlobalRef):
-            out.append(p.qualname)
-        elif isinstance(p, (int, float, str)):
-            out.append(p)
-        else:
-            out.append(type_name(p))  # per-channel scales are tensors: named, not loaded
-    return out
-
-
-def _span(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
-    """Elements from the first to one past the last element a view touches."""
-    if any(d == 0 for d in shape):
-        return 0
-    return 1 + sum((d - 1) * s for d, s in zip(shape, stride))
-
-
-def is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    expected = 1
-    for d, s in zip(reversed(shape), reversed(stride)):
-        if d != 1 and s != expected:
-            return False
-        expected *= d
-    return True
-
-
-def zip_data_offset(src: Source, name: str, fh: BinaryIO | None = None) -> int | None:
-    """Absolute offset of a STORED zip member's bytes (None when compressed or missing)."""
-    try:
-        info = src.zip().getinfo(name)
-    except KeyError:
-        return None
-    if info.compress_type != 0:
-        return None
-    if fh is None:
-        local = src.read_at(info.header_offset, 30)
-    else:
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-    if len(local) != 30:
-        raise CorruptFile(src.path, f"zip member {name!r}: truncated local header",
-                          offset=info.header_offset)
-    if local[:4] != b"PK\x03\x04":
-        raise CorruptFile(src.path, f"zip member {name!r}: bad local header",
-                          offset=info.header_offset)
-    n_name, n_extra = struct.unpack("<HH", local[26:30])
-    start = info.header_offset + 30 + n_name + n_extra
-    if start + info.file_size > src.size:
-        raise CorruptFile(src.path, f"zip member {name!r} extends past the end of the file",
-                          offset=start)
-    return start
-
-
-def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
-                        ) -> Callable[[StorageRef], tuple[int | None, str | None]]:
-    """storage -> (absolute offset of its bytes or None when compressed, member name), checking
-    that the member ``<prefix><folder>/<key>`` exists and is large enough."""
-    members = set(src.zip_names)
-    cache: dict[str, tuple[int | None, str | None]] = {}
-    handle: list[BinaryIO] = []  # opened on first use, closed when the locator is collected
-
-    def location(storage: StorageRef) -> tuple[int | None, str | None]:
-        if storage.key not in cache:
-            name = f"{prefix}{folder}/{storage.key}"
-            if name not in members:
-                raise CorruptFile(src.path, f"storage {storage.key!r} has no member {name!r}")
-            size = src.zip().getinfo(name).file_size
-            need = storage.numel * (dtypes.itemsize(storage.dtype) or 1)
-            if size < need:
-                raise CorruptFile(src.path, f"member {name!r} holds {size} bytes but its "
-                                  f"storage needs {need}")
-            if not handle:
-                handle.append(open(src.path, "rb"))  # noqa: SIM115 - closed by the finalizer
-                weakref.finalize(location, handle[0].close)
-            cache[storage.key] = (zip_data_offset(src, name, handle[0]), name)
-        return cache[storage.key]
-
-    return location
 
 
 def read_zip(src: Source, match) -> ModelInfo:
@@ -666,63 +365,3 @@ def read(src: Source, match) -> ModelInfo:
     return read_zip(src, match)
 
 
-# ---- loading tensor data -----------------------------------------------------------------
-
-def numpy_dtype(name: str) -> np.dtype:
-    """numpy dtype for a storage dtype (quantized types as their raw integer type)."""
-    raw = {"qint8": "int8", "quint8": "uint8", "qint32": "int32", "quint4x2": "uint8"}
-    try:
-        return dtypes.to_numpy(raw.get(name, name))
-    except (KeyError, TypeError) as exc:
-        raise InvalidRequest(f"keishiki cannot load {name} tensors as numpy arrays") from exc
-
-
-def view_from_bytes(buf: bytes | memoryview, ref: TensorRef, byteorder: str,
-                    first: int = 0) -> np.ndarray:
-    """Apply a tensor's view (offset/shape/stride) to storage bytes; returns a contiguous copy.
-
-    ``first`` is the element index of ``buf``'s first byte within the storage.
-    """
-    dtype = numpy_dtype(ref.dtype)
-    if byteorder == "big" and dtype.itemsize > 1:
-        dtype = dtype.newbyteorder(">")
-    flat = np.frombuffer(buf, dtype=dtype)
-    start = ref.storage_offset - first
-    need = _span(ref.shape, ref.stride)
-    if start < 0 or start + need > flat.size:
-        raise CorruptFile("<storage>", f"view needs elements [{ref.storage_offset}, "
-                          f"{ref.storage_offset + need}) beyond its storage")
-    if need == 0:
-        return np.zeros(ref.shape, dtype=dtype.newbyteorder("="))
-    arr = np.lib.stride_tricks.as_strided(flat[start:], shape=ref.shape,
-                                          strides=[s * dtype.itemsize for s in ref.stride])
-    out = np.array(arr, copy=True, order="C")
-    if out.dtype.byteorder == ">":
-        out = out.astype(out.dtype.newbyteorder("="))
-    return out
-
-
-def loader_for(path: Path, refs: dict[str, TensorRef], byteorder: str
-               ) -> Callable[[TensorInfo], np.ndarray]:
-    """A loader reading only the bytes a tensor's view spans (never unpickling anything)."""
-    path = Path(path)
-
-    def load(info: TensorInfo) -> np.ndarray:
-        ref = refs.get(info.name)
-        if ref is None or ref.storage is None:
-            raise InvalidRequest(f"{path}: tensor {info.name!r} has no stored data "
-                                 f"(meta tensor)")
-        itemsize = numpy_dtype(ref.dtype).itemsize
-        need = _span(ref.shape, ref.stride)
-        if info.data_offset is not None:  # STORED zip member or legacy storage: read the span
-            with open(path, "rb") as fh:
-                fh.seek(info.data_offset)
-                buf = fh.read(need * itemsize)
-            if len(buf) != need * itemsize:
-                raise CorruptFile(path, f"tensor {info.name!r}: short read", info.data_offset)
-            return view_from_bytes(buf, ref, byteorder, first=ref.storage_offset)
-        with Source(path) as src:  # compressed member: inflate it (bounded by its size)
-            data = src.read_member(info.file, max(1, ref.storage.numel * itemsize) + 64)
-        return view_from_bytes(data, ref, byteorder)
-
-    return load

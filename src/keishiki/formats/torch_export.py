@@ -23,7 +23,7 @@ from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
-from . import pytorch
+from . import torch_pickle
 
 FORMAT = "torch-export"
 MAX_JSON_BYTES = 512 * 1024 * 1024
@@ -146,7 +146,7 @@ def _ops(program: dict) -> tuple[int, dict[str, int]]:
 # ---- reading ---------------------------------------------------------------------------------
 
 def _weights(src: Source, root: str, model: str, folder: str, config_name: str,
-             role_of: dict[str, str], refs: dict[str, pytorch.TensorRef]) -> list[TensorInfo]:
+             role_of: dict[str, str], refs: dict[str, torch_pickle.TensorRef]) -> list[TensorInfo]:
     name = f"{root}data/{folder}/{config_name.format(model)}"
     if name not in set(src.zip_names):
         return []
@@ -168,17 +168,17 @@ def _weights(src: Source, root: str, model: str, folder: str, config_name: str,
         if entry.get("use_pickle"):
             extra["pickled"] = True  # a torch.save'd tensor: listed, not loaded
         elif member in set(src.zip_names) and -1 not in shape:
-            start = pytorch.zip_data_offset(src, member)
+            start = torch_pickle.zip_data_offset(src, member)
             size = src.zip().getinfo(member).file_size
-            storage = pytorch.StorageRef(entry.get("path_name", ""), dtype, size // itemsize,
+            storage = torch_pickle.StorageRef(entry.get("path_name", ""), dtype, size // itemsize,
                                          str((meta.get("device") or {}).get("type", "cpu")))
-            ref = pytorch.TensorRef(storage, dtype, offset_elems, shape, stride, "tensor")
-            if math.prod(shape) and offset_elems + pytorch._span(shape, stride) > storage.numel:
+            ref = torch_pickle.TensorRef(storage, dtype, offset_elems, shape, stride, "tensor")
+            if math.prod(shape) and offset_elems + torch_pickle.span(shape, stride) > storage.numel:
                 raise CorruptFile(src.path, f"tensor {fqn!r}: view overruns {member!r}")
             refs[fqn] = ref
             if start is not None:
                 data_offset = start + offset_elems * itemsize
-        if not pytorch.is_contiguous(shape, stride):
+        if not torch_pickle.is_contiguous(shape, stride):
             extra["contiguous"] = False
         out.append(TensorInfo(fqn, dtype, shape, max(0, math.prod(shape)) * itemsize,
                               data_offset, member, extra))
@@ -225,7 +225,7 @@ def read(src: Source, match) -> ModelInfo:
     inputs, outputs = _signature(program)
     role_of = {s["target"]: _SPEC_KINDS[s["kind"]][1] for s in inputs
                if s["kind"] in _SPEC_KINDS and "target" in s}
-    refs: dict[str, pytorch.TensorRef] = {}
+    refs: dict[str, torch_pickle.TensorRef] = {}
     if model is not None:
         tensors = _weights(src, root, model, "weights", "{}_weights_config.json", role_of, refs)
         tensors += _weights(src, root, model, "constants", "{}_constants_config.json", role_of,
@@ -266,8 +266,8 @@ def read(src: Source, match) -> ModelInfo:
                      tensor_loader=_loader(src, refs, details["byteorder"] or "little"))
 
 
-def _loader(src: Source, refs: dict[str, pytorch.TensorRef], byteorder: str):
-    base = pytorch.loader_for(src.path, refs, byteorder)
+def _loader(src: Source, refs: dict[str, torch_pickle.TensorRef], byteorder: str):
+    base = torch_pickle.loader_for(src.path, refs, byteorder)
 
     def load(info: TensorInfo):
         if info.name not in refs:

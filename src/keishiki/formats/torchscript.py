@@ -27,7 +27,7 @@ from ..core.pickle_reader import Call, GlobalRef, read_pickle
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
-from . import pytorch
+from . import pytorch, torch_pickle
 
 FORMAT = "torchscript"
 MAX_CODE_BYTES = 16 * 1024 * 1024  # one code file
@@ -200,7 +200,7 @@ def walk_module(root: Any, path: str, code: CodeIndex):
     while todo:
         name, value, owner = todo.pop()
         if isinstance(value, Call):
-            ref = pytorch.decode_tensor(value, path)
+            ref = torch_pickle.decode_tensor(value, path)
             if ref is not None:
                 role = "attribute"
                 if owner is not None:
@@ -239,9 +239,9 @@ def read(src: Source, match) -> ModelInfo:
     rec = read_pickle(src.read_member(prefix + "data.pkl", pytorch.MAX_PICKLE_BYTES), path=where,
                       max_ops=pytorch.MAX_OPS)
     code = CodeIndex(src, prefix)
-    location = pytorch.zip_storage_locator(src, prefix)
+    location = torch_pickle.zip_storage_locator(src, prefix)
     tensors: list[TensorInfo] = []
-    refs: dict[str, pytorch.TensorRef] = {}
+    refs: dict[str, torch_pickle.TensorRef] = {}
     roles: dict[str, int] = {"parameter": 0, "buffer": 0, "attribute": 0}
     param_numel = 0
     for name, role, ref, owner in walk_module(rec.value, where, code):
@@ -260,7 +260,7 @@ def read(src: Source, match) -> ModelInfo:
                 offset = start + ref.storage_offset * itemsize
         if owner is not None:
             extra["owner_class"] = owner.qualname
-        if not pytorch.is_contiguous(ref.shape, ref.stride):
+        if not torch_pickle.is_contiguous(ref.shape, ref.stride):
             extra["contiguous"] = False
         tensors.append(TensorInfo(name, ref.dtype, ref.shape, numel * itemsize, offset, member,
                                   extra))
@@ -271,7 +271,7 @@ def read(src: Source, match) -> ModelInfo:
                      tensors=tensors, details={FORMAT: details},
                      warnings=["TorchScript archives carry code (code/ files) that runs when "
                                "loaded with torch.jit.load"],
-                     tensor_loader=pytorch.loader_for(src.path, refs, byteorder))
+                     tensor_loader=torch_pickle.loader_for(src.path, refs, byteorder))
 
 
 def _details(src: Source, prefix: str, rec, code: CodeIndex, roles: dict[str, int],
@@ -356,6 +356,6 @@ def _constants(src: Source, prefix: str) -> list[str]:
     values = rec.value if isinstance(rec.value, tuple) else (rec.value,)
     out = []
     for v in values[:1000]:
-        ref = pytorch.decode_tensor(v, name) if isinstance(v, Call) else None
+        ref = torch_pickle.decode_tensor(v, name) if isinstance(v, Call) else None
         out.append(f"{ref.dtype}{list(ref.shape)}" if ref else type(v).__name__)
     return out
