@@ -41,6 +41,7 @@ REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"  # (func, new_type, ar
 REBUILD_META = "torch._utils._rebuild_meta_tensor_no_storage"  # (dtype, size, stride, ...)
 MAPPING_TYPES = {"collections.OrderedDict", "builtins.dict", "__builtin__.dict"}
 
+
 @dataclass(frozen=True)
 class StorageRef:
     """One storage a tensor points at: key (zip member data/<key>), dtype, element count."""
