@@ -101,9 +101,10 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             facts["side_files"] += carry_tokenizer(opts, out)
             model_path = out / "model.onnx"
         else:
-            if opts.external_data:
-                raise InvalidRequest(f"{out}: external data needs a folder OUT (drop the .onnx "
-                                     f"suffix) so the .data file travels with the graph")
+            if opts.external_data or _weights_bytes(src) > onnx_export.TWO_GB:
+                raise InvalidRequest(f"{out}: external data (needed above 2 GB) needs a folder "
+                                     f"OUT (drop the .onnx suffix) so the .data file travels "
+                                     f"with the graph")
             work = _sibling_tmp(out, "export")
             try:
                 facts = onnx_export.export_causal_lm(
@@ -123,6 +124,12 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     report.bytes_written = _files_bytes(out)
     report.seconds = timer.seconds
     return report
+
+
+def _weights_bytes(model_dir: Path) -> int:
+    """Bytes of the weight files of an HF folder (what the graph would embed, before --dtype)."""
+    return sum(p.stat().st_size for p in Path(model_dir).iterdir()
+               if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
 
 
 def _count_initializers(model_path: Path) -> int:
