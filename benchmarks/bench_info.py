@@ -12,8 +12,11 @@ ONNX model with external data, then times, each in a fresh Python process:
   safetensors, ``safe_open`` (lazy) and ``load_file``.
 
 Each measurement runs ``--repeat`` times in a new process; the table shows the median time
-of the operation itself and the largest peak RSS (``ru_maxrss`` of that process).  Files are
-read from a warm page cache (they were just written).  Needs about 10 GB of free disk; the
+of the operation itself (after a warm-up call on a one-tensor file of the same format), the
+median wall time of a whole fresh process (start-up and imports included: ``keishiki info``
+as a command against a script doing the baseline), and the largest peak RSS (VmHWM).  Files
+are read from a warm page cache (they were just written) unless ``--cold``, which evicts
+them with ``posix_fadvise(DONTNEED)`` before every run.  Needs about 10 GB of free disk; the
 files are deleted afterwards unless ``--keep``.  Formats whose keishiki reader is not
 installed are skipped.
 
@@ -192,8 +195,24 @@ def _size(path: Path) -> int:
 
 # ---- measuring ----------------------------------------------------------------------------------
 
+COLD = False  # --cold: evict the checkpoint from the page cache before every run
+
+
+def evict(path: Path) -> None:
+    """Drop ``path``'s pages from the page cache (posix_fadvise: no root, nothing else)."""
+    for p in (path.iterdir() if path.is_dir() else [path]):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def run_child(setup: str, op: str, path: Path, warm: Path | None) -> dict:
     """Run one measurement in a fresh interpreter; ``wall_s`` is the whole process."""
+    if COLD:
+        evict(path)
     code = _CHILD.format(setup=setup, op="    " + op)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code, str(path), str(warm or "")],
@@ -220,18 +239,20 @@ def run_cli(path: Path) -> dict:
         "print(json.dumps({'wall_s': wall, 'n': n, 'hwm_kb': "
         "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
     )
+    if COLD:
+        evict(path)
     out = subprocess.run([sys.executable, "-c", wrapper, str(path)], capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def measure(setup: str, op: str, path: Path, warm: Path, repeat: int) -> dict:
-    """Median warm op time, median cold process wall time, largest peak RSS (cold runs)."""
+    """Median warm op time, median wall time of a fresh process, largest peak RSS."""
     warm_runs = [run_child(setup, op, path, warm) for _ in range(repeat)]
-    cold_runs = [run_child(setup, op, path, None) for _ in range(repeat)]
+    fresh_runs = [run_child(setup, op, path, None) for _ in range(repeat)]
     return {"op_s": statistics.median(r["op_s"] for r in warm_runs),
-            "wall_s": statistics.median(r["wall_s"] for r in cold_runs),
-            "rss_mb": max(r["hwm_kb"] for r in cold_runs + warm_runs) / 1024,
+            "wall_s": statistics.median(r["wall_s"] for r in fresh_runs),
+            "rss_mb": max(r["hwm_kb"] for r in fresh_runs + warm_runs) / 1024,
             "n": warm_runs[0]["n"]}
 
 
@@ -307,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensors", type=int, default=24)
     parser.add_argument("--shape", default="4096x5120", help="ROWSxCOLS of each tensor")
     parser.add_argument("--formats", default=",".join(FILES))
+    parser.add_argument("--cold", action="store_true",
+                        help="evict the checkpoint from the page cache before every run")
     parser.add_argument("--json-out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
+    global COLD
+    COLD = args.cold
     shape = tuple(int(d) for d in args.shape.split("x"))
     formats = available_formats([f for f in args.formats.split(",") if f])
     out = args.out or Path(tempfile.mkdtemp(prefix="keishiki-bench-"))
@@ -320,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_all(out, formats, args.tensors, shape)
         print(f"\n{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"{time.strftime('%Y-%m-%d', time.gmtime())}, repeat {args.repeat}\n{HEADER}")
+              f"{time.strftime('%Y-%m-%d', time.gmtime())}, repeat {args.repeat}, "
+              f"{'cold' if COLD else 'warm'} page cache\n{HEADER}")
         rows = bench(out, formats, args.repeat, args.tensors)
         if args.json_out:
             args.json_out.write_text(json.dumps(rows, indent=1))
