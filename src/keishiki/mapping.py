@@ -190,7 +190,7 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
         add(a_name, b_name, "gguf", transform, **extra)
     for a_name, b_name in _prefix_pairs(left, right):
         add(a_name, b_name, "prefix")
-    if by_value and left and right and a.tensor_loader and b.tensor_loader:
+    if by_value and left and (right or pairs) and a.tensor_loader and b.tensor_loader:
         _value_pairs(a, b, left, right, pairs, on_load)
 
     order = {t.name: i for i, t in enumerate(a.tensors)}
@@ -414,48 +414,70 @@ def _hashable(info: TensorInfo) -> bool:
     return not GGML_QUANT.match(info.dtype) and info.numel > 1
 
 
+def _digest_table(model: ModelInfo, infos: Iterable[TensorInfo], numels: set[int],
+                  on_load: Callable[[str], None] | None) -> dict[tuple, list]:
+    """{content digest: [(name, None | "transpose")]} of ``infos`` whose size is in
+    ``numels`` (2-D tensors also under their transpose's digest)."""
+    table: dict[tuple, list[tuple[str, str | None]]] = defaultdict(list)
+    for t in infos:
+        if not _hashable(t) or t.numel not in numels:
+            continue
+        if on_load:
+            on_load(t.name)
+        arr = load_array(model, t)
+        table[content_digest(arr)].append((t.name, None))
+        if arr.ndim == 2:
+            table[content_digest(arr.T)].append((t.name, "transpose"))
+        del arr
+    return table
+
+
+def _value_pair(ta: TensorInfo, tb: TensorInfo, transform: str | None,
+                extra: dict) -> TensorPair:
+    return TensorPair(ta.name, tb.name, "value-transposed" if transform else "value",
+                      ta.shape, tb.shape, ta.dtype, tb.dtype, transform, extra)
+
+
 def _value_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
                  right: dict[str, TensorInfo], pairs: list[TensorPair],
                  on_load: Callable[[str], None] | None) -> None:
-    """Pair what is left by content; tied tensors of A may share one tensor of B."""
+    """Pair what is left by content.  Several tensors of A may share one tensor of B: tied
+    weights stored once, or equal tensors (all-ones norms) an exporter merged into one."""
     right_numels = {t.numel for t in right.values() if _hashable(t)}
     left_numels = {t.numel for t in left.values() if _hashable(t)}
-    by_digest: dict[tuple, list[tuple[str, str | None]]] = defaultdict(list)
-    for t in list(right.values()):
-        if not _hashable(t) or t.numel not in left_numels:
-            continue
-        if on_load:
-            on_load(t.name)
-        arr = load_array(b, t)
-        by_digest[content_digest(arr)].append((t.name, None))
-        if arr.ndim == 2:
-            by_digest[content_digest(arr.T)].append((t.name, "transpose"))
-        del arr
-
-    b_pairs: dict[str, TensorPair] = {}
+    table = _digest_table(b, list(right.values()), left_numels, on_load)
+    # sizes a tensor of A can match: B's unpaired tensors, or (shared) B's paired ones
+    wanted = right_numels | {math.prod(p.b_shape) for p in pairs}
+    leftovers: list[tuple[TensorInfo, tuple]] = []
     for t in list(left.values()):
-        if not _hashable(t) or t.numel not in right_numels:
+        if not _hashable(t) or t.numel not in wanted:
             continue
         if on_load:
             on_load(t.name)
-        candidates = by_digest.get(content_digest(load_array(a, t)), [])
+        digest = content_digest(load_array(a, t))
+        candidates = table.get(digest, [])
         # an untransposed match first, then a name not used yet
-        free = [c for c in candidates if c[0] in right]
-        free.sort(key=lambda c: c[1] is not None)
+        free = sorted((c for c in candidates if c[0] in right), key=lambda c: c[1] is not None)
         if free:
             b_name, transform = free[0]
-            tb = right.pop(b_name)
-            pair = TensorPair(t.name, b_name, "value-transposed" if transform else "value",
-                              t.shape, tb.shape, t.dtype, tb.dtype, transform,
-                              {"ambiguous": True} if len(free) > 1 else {})
-            b_pairs[b_name] = pair
-        elif candidates:  # B's tensor already paired: a tied weight stored once in B
+            pair = _value_pair(t, right.pop(b_name), transform,
+                               {"ambiguous": True} if len(free) > 1 else {})
+        elif candidates:  # B's tensor was paired by value already: shared
             b_name, transform = candidates[0]
-            tb = b.tensor(b_name)
-            pair = TensorPair(t.name, b_name, "value-transposed" if transform else "value",
-                              t.shape, tb.shape, t.dtype, tb.dtype, transform,
-                              {"shared": True})
+            pair = _value_pair(t, b.tensor(b_name), transform, {"shared": True})
         else:
+            leftovers.append((t, digest))
             continue
         del left[t.name]
         pairs.append(pair)
+    if not leftovers:
+        return
+    # B's tensors paired by name may hold what the leftovers hold as well
+    named = {p.b: b.tensor(p.b) for p in pairs if not p.how.startswith("value")}
+    table = _digest_table(b, named.values(), {t.numel for t, _ in leftovers}, on_load)
+    for t, digest in leftovers:
+        candidates = sorted(table.get(digest, []), key=lambda c: c[1] is not None)
+        if candidates:
+            b_name, transform = candidates[0]
+            del left[t.name]
+            pairs.append(_value_pair(t, named[b_name], transform, {"shared": True}))

@@ -183,3 +183,17 @@ def test_dynamo_exporter_val_names(tmp_path, seq_state_dict):
     assert all(re.fullmatch(r"val_\d+", p.b) for p in weights.values()), weights
     assert all(p.how == "value-transposed" for p in weights.values())
     assert not m.unmatched_a
+
+
+def test_merged_equal_tensors_share_one_named_tensor():
+    """Exporters merge equal tensors (all-ones norms): the one left keeps one name."""
+    ones = np.ones(4, np.float32)
+    a = memory_model({"l0.norm.weight": ones, "l1.norm.weight": ones.copy(),
+                      "l1.fc.weight": np.arange(8, dtype=np.float32).reshape(2, 4)})
+    b = memory_model({"l0.norm.weight": ones.copy(),
+                      "l1.fc.weight": np.arange(8, dtype=np.float32).reshape(2, 4)}, fmt="onnx")
+    m = map_names(a, b)
+    got = {p.a: p for p in m.pairs}
+    assert got["l1.norm.weight"].b == "l0.norm.weight"
+    assert (got["l1.norm.weight"].how, got["l1.norm.weight"].extra) == ("value", {"shared": True})
+    assert not m.unmatched_a and not m.unmatched_b
