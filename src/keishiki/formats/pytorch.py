@@ -30,7 +30,7 @@ from ..core.pickle_reader import Call, PersistentId, PickleRecord, read_pickle, 
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
-from .torch_pickle import (
+from ._torch_pickle import (
     REBUILD_FROM_TYPE, REBUILD_META, REBUILD_TENSOR, REBUILD_WRAPPERS, StorageRef, TensorRef,
     class_name, decode_storage, is_contiguous, key_text, loader_for, mapping_items,
     module_classes, module_state, quantizer_params, span, walk_tensors, zip_storage_locator,

@@ -23,7 +23,7 @@ from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
-from . import torch_pickle
+from . import _torch_pickle as torch_pickle
 
 FORMAT = "torch-export"
 MAX_JSON_BYTES = 512 * 1024 * 1024
