@@ -134,7 +134,7 @@ def write(fh: BinaryIO, tensors: Sequence[LazyTensor], metadata: dict[str, str] 
     """
     fh.write(build_header([t.info for t in tensors], metadata))
     for lazy in tensors:
-        arr = np.ascontiguousarray(lazy.load())
+        arr = np.asarray(lazy.load(), order="C")  # (ascontiguousarray turns 0-d into 1-d)
         data = arr.tobytes() if arr.dtype.byteorder not in (">",) else arr.astype(
             arr.dtype.newbyteorder("<")).tobytes()
         if len(data) != lazy.info.nbytes or tuple(arr.shape) != tuple(lazy.info.shape):
