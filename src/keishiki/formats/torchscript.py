@@ -27,7 +27,8 @@ from ..core.pickle_reader import Call, GlobalRef, read_pickle
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
-from . import pytorch, torch_pickle
+from . import _torch_pickle as torch_pickle
+from . import pytorch
 
 FORMAT = "torchscript"
 MAX_CODE_BYTES = 16 * 1024 * 1024  # one code file
