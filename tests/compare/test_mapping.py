@@ -197,3 +197,40 @@ def test_merged_equal_tensors_share_one_named_tensor():
     assert got["l1.norm.weight"].b == "l0.norm.weight"
     assert (got["l1.norm.weight"].how, got["l1.norm.weight"].extra) == ("value", {"shared": True})
     assert not m.unmatched_a and not m.unmatched_b
+
+
+@pytest.mark.slow
+def test_llama_export_matmul_names_back_to_hf_names(tiny_llama, tmp_path):
+    """The mission's example: a plain TorchScript-exporter ONNX file of a Llama (constant
+    folding on) names its MatMul weights ``onnx::MatMul_<N>``; they map back to
+    ``model.layers.0.mlp.up_proj.weight`` & co., transposed."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    from keishiki.convert.onnx_export import load_causal_lm
+
+    class Logits(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids, mask, pos):
+            return self.lm(input_ids=ids, attention_mask=mask, position_ids=pos,
+                           use_cache=False, return_dict=False)[0]
+
+    ids = torch.tensor([[1, 2, 3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(load_causal_lm(tiny_llama)),
+                          (ids, torch.ones_like(ids), torch.arange(3)[None]),
+                          str(tmp_path / "plain.onnx"), dynamo=False, do_constant_folding=True)
+    hf = inspect(tiny_llama)
+    m = map_names(hf, inspect(tmp_path / "plain.onnx"))
+    got = {p.a: p for p in m.pairs}
+    up = got["model.layers.0.mlp.up_proj.weight"]
+    assert re.fullmatch(r"onnx::MatMul_\d+", up.b) and up.how == "value-transposed"
+    assert up.transposed and up.b_shape == up.a_shape[::-1]
+    linear = [n for n in got if n.endswith("_proj.weight")]
+    assert len(linear) == 2 * 7 and all(got[n].transposed for n in linear)
+    assert m.counted_unmatched == ([], [])
+    assert len(m.pairs) == hf.n_tensors
