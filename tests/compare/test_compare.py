@@ -227,3 +227,18 @@ def test_outputs_of_weights_only_files_is_a_one_line_error(seq_files):
     code, out, err = run_cli("compare", seq_files["safetensors"], seq_files["pt"], "--outputs")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "cannot compare outputs" in err and "cannot generate" in err
+
+
+@pytest.mark.slow
+def test_outputs_hf_vs_torchscript_export(tiny_llama, tmp_path):
+    """Names in a traced archive carry the wrapper's prefix (``lm.``) and its rotary
+    buffers, which a state_dict lacks: still identical, and the same greedy tokens."""
+    from keishiki.convert import convert
+
+    convert(tiny_llama, tmp_path / "ts", to="torchscript", verify=False, quiet=True)
+    report = keishiki.compare(tiny_llama, tmp_path / "ts" / "model.pt", outputs=True,
+                              max_tokens=4)
+    assert report.verdict == "identical", report.reasons
+    assert set(report.mapping.how_counts()) <= {"exact", "prefix"}
+    assert {t["not_counted"] for t in report.to_dict()["unmatched_b"]} <= {"computed buffer"}
+    assert report.outputs["tokens_match"] and report.outputs["backend_b"] == "torchscript"

@@ -109,7 +109,8 @@ class ViewServer:
 
     def start(self) -> "ViewServer":
         """Start serving in a daemon thread; returns self."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="keishiki-view",
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
+                                        name="keishiki-view",
                                         daemon=True)
         self._thread.start()
         return self
