@@ -114,6 +114,24 @@ class OpaqueKey:
         return f"<{type(self.value).__name__} key@{self.offset}>"
 
 
+@dataclass(frozen=True, eq=False)
+class InlineArray:
+    """Raw array bytes that joblib writes into the stream right after a NumpyArrayWrapper's
+    BUILD (read only with ``joblib_arrays=True``); object arrays are a nested pickle instead."""
+
+    wrapper: Call
+    offset: int  # first byte of the array data (after joblib's alignment padding)
+    nbytes: int
+    dtype: str  # numpy dtype string with byte order, e.g. "<f8"
+    shape: tuple[int, ...]
+    order: str  # "C" or "F"
+    nested: "PickleRecord | None" = None  # object arrays: the nested pickle stream
+
+
+JOBLIB_WRAPPERS = {"joblib.numpy_pickle.NumpyArrayWrapper",
+                   "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper"}
+
+
 @dataclass
 class PickleRecord:
     """Everything one pickle stream did, for format readers and the scanner."""
@@ -130,6 +148,7 @@ class PickleRecord:
     n_ops: int = 0
     py2_strings: bool = False  # STRING/BINSTRING/SHORT_BINSTRING seen (a Python 2 writer)
     notes: list[str] = field(default_factory=list)  # oddities a real loader would trip on
+    inline_arrays: list[InlineArray] = field(default_factory=list)  # joblib_arrays mode only
 
 
 class _Fail(Exception):
@@ -196,7 +215,7 @@ class _VM:
     """One pass over one stream.  Fields are plain attributes for speed in the hot loop."""
 
     def __init__(self, data: memoryview, start: int, max_ops: int, max_depth: int,
-                 max_memo: int):
+                 max_memo: int, joblib_arrays: bool = False, path: str = "<pickle>"):
         self.data = data
         self.n = len(data)
         self.pos = start
@@ -208,6 +227,8 @@ class _VM:
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self._n_ops = 0
+        self.joblib_arrays = joblib_arrays
+        self.path = path
         self.rec = PickleRecord(value=None, protocol=0, globals=[], calls=[], start=start, end=start)
 
     # ---- byte access ----------------------------------------------------------------------
@@ -475,6 +496,8 @@ class _VM:
                 if isinstance(target, Call):
                     # a second BUILD on one object updates it again; keep both states
                     target.state = state if target.state is None else (target.state, state)
+                    if self.joblib_arrays and target.qualname in JOBLIB_WRAPPERS:
+                        self.skip_joblib_array(target, at)
                 else:
                     self.rec.notes.append(f"BUILD at {at} on a {type(target).__name__}")
                     self.stack[-1] = self.add_call(None, (target,), None, at, "BUILD")
@@ -654,6 +677,57 @@ class _VM:
         else:
             raise _Fail(f"unknown opcode 0x{op:02x}", at)
 
+    # ---- joblib ---------------------------------------------------------------------------
+    def skip_joblib_array(self, wrapper: Call, at: int) -> None:
+        """Step over the array data joblib.dump writes after a NumpyArrayWrapper's BUILD
+        (joblib.load reads it from the file there): optional alignment padding then raw
+        bytes, or, for object arrays, a nested pickle stream (run through this VM too)."""
+        state = wrapper.state if isinstance(wrapper.state, dict) else {}
+        shape, dtype_call = state.get("shape"), state.get("dtype")
+        if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+            raise _Fail("joblib array wrapper without a valid shape", at)
+        if not isinstance(dtype_call, Call) or not dtype_call.args or \
+                not isinstance(dtype_call.args[0], str) or len(dtype_call.args[0]) > 32:
+            raise _Fail("joblib array wrapper without a valid dtype", at)
+        code = dtype_call.args[0]
+        dstate = dtype_call.state if isinstance(dtype_call.state, tuple) else ()
+        flags = dstate[7] if len(dstate) > 7 and type(dstate[7]) is int else 0
+        if code.startswith("O") or flags & 1:  # holds Python objects: a nested pickle
+            try:
+                nested = read_pickle(self.data, self.pos, path=self.path, joblib_arrays=True,
+                                     max_ops=self.max_ops, max_depth=self.max_depth,
+                                     max_memo=self.max_memo)
+            except CorruptFile as exc:
+                raise _Fail(f"joblib object array: {exc.reason}",
+                            exc.offset if exc.offset is not None else self.pos) from None
+            self.rec.globals.extend(nested.globals)
+            self.rec.calls.extend(nested.calls)
+            self.rec.persistent_ids.extend(nested.persistent_ids)
+            self.rec.inline_arrays.append(InlineArray(wrapper, self.pos, nested.end - self.pos,
+                                                      code, shape, "C", nested))
+            self.rec.inline_arrays.extend(nested.inline_arrays)
+            self.pos = nested.end
+            return
+        try:
+            import numpy as np  # numpy is a core dependency; parsing a dtype string runs nothing
+
+            itemsize = dstate[5] if len(dstate) > 5 and type(dstate[5]) is int and dstate[5] > 0 \
+                else np.dtype(code).itemsize
+        except (TypeError, ValueError, SyntaxError):
+            raise _Fail(f"joblib array dtype {code!r} is not a numpy dtype", at) from None
+        if state.get("numpy_array_alignment_bytes") is not None:
+            pad = self.take(1, self.pos)[0]
+            self.take(pad, self.pos)
+        nbytes = itemsize
+        for d in shape:
+            nbytes *= d
+        order = state.get("order") if state.get("order") in ("C", "F") else "C"
+        byteorder = dstate[1] if len(dstate) > 1 and dstate[1] in ("<", ">", "|") else "|"
+        start = self.pos
+        self.take(nbytes, start)
+        self.rec.inline_arrays.append(InlineArray(wrapper, start, nbytes, byteorder + code,
+                                                  shape, order))
+
     # ---- argument helpers -----------------------------------------------------------------
     def _marked(self, at: int) -> list[Any]:
         items = self.pop_mark(at)
@@ -685,7 +759,7 @@ class _VM:
 
 def read_pickle(data: bytes | bytearray | memoryview, start: int = 0, *, path: str = "<pickle>",
                 lenient: bool = False, max_ops: int = 50_000_000, max_depth: int = 10_000,
-                max_memo: int = 10_000_000) -> PickleRecord:
+                max_memo: int = 10_000_000, joblib_arrays: bool = False) -> PickleRecord:
     """Run one pickle stream starting at ``start`` through the restricted VM.
 
     Nothing is imported or called: globals become :class:`GlobalRef`, calls :class:`Call`.
@@ -697,6 +771,11 @@ def read_pickle(data: bytes | bytearray | memoryview, start: int = 0, *, path: s
         lenient: on a malformed stream return the partial record with ``error`` and
             ``error_offset`` set instead of raising.
         max_ops, max_depth, max_memo: caps on opcodes run, MARK nesting, memo entries.
+        joblib_arrays: read as ``joblib.load`` does: after the BUILD of a joblib
+            ``NumpyArrayWrapper`` the array's raw bytes (or a nested pickle for object
+            arrays) follow inline; they are skipped and listed in ``inline_arrays``.
+            ``pickle.load`` would instead run those bytes as opcodes, so a scanner should
+            read a joblib file both ways.
 
     Returns:
         The :class:`PickleRecord` (``end`` is the offset just after STOP).
@@ -705,7 +784,7 @@ def read_pickle(data: bytes | bytearray | memoryview, start: int = 0, *, path: s
         CorruptFile: malformed, truncated or over a cap (unless ``lenient``).
     """
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
-    vm = _VM(view, start, max_ops, max_depth, max_memo)
+    vm = _VM(view, start, max_ops, max_depth, max_memo, joblib_arrays, path)
     try:
         vm.run()
     except _Fail as exc:
@@ -727,7 +806,7 @@ def _failed(vm: _VM, reason: str, offset: int, path: str, lenient: bool) -> Pick
 
 def read_pickles(data: bytes | bytearray | memoryview, *, path: str = "<pickle>",
                  lenient: bool = False, start: int = 0, max_ops: int = 50_000_000,
-                 max_streams: int = 100_000) -> list[PickleRecord]:
+                 max_streams: int = 100_000, joblib_arrays: bool = False) -> list[PickleRecord]:
     """Every pickle stream concatenated in ``data`` (read until EOF or trailing garbage).
 
     A later stream that starts with a byte that is no pickle opcode (garbage, or zero or
@@ -749,7 +828,8 @@ def read_pickles(data: bytes | bytearray | memoryview, *, path: str = "<pickle>"
                 raise CorruptFile(path, f"pickle: {reason}", offset=pos)
             records.append(PickleRecord(None, 0, [], [], pos, pos, reason, pos))
             break
-        rec = read_pickle(view, pos, path=path, lenient=lenient, max_ops=max_ops)
+        rec = read_pickle(view, pos, path=path, lenient=lenient, max_ops=max_ops,
+                          joblib_arrays=joblib_arrays)
         records.append(rec)
         if rec.error is not None or rec.end <= pos:
             break

@@ -204,8 +204,19 @@ def _children(value: Any) -> list[tuple[str, Any]]:
 
 
 def walk_tensors(root: Any, path: str) -> Iterator[tuple[str, Call, TensorRef]]:
-    """Every tensor reachable from ``root`` as (dotted name, call, decoded), in pickle order.
+    """Every tensor reachable from ``root`` as (dotted name, call, decoded), in pickle order."""
 
+    def leaf(value: Any) -> TensorRef | None:
+        return decode_tensor(value, path) if isinstance(value, Call) else None
+
+    yield from walk_named(root, path, leaf)
+
+
+def walk_named(root: Any, path: str, leaf: Callable[[Any], Any]) -> Iterator[tuple[str, Any, Any]]:
+    """(dotted name, value, leaf(value)) for every value where ``leaf`` is not None.
+
+    Names follow the pickled structure the way ``state_dict()`` does (mapping keys, list
+    indices, a module's parameters/buffers/submodules, other objects' attributes).
     Iterative depth-first walk; a container on the current path is not re-entered (cycles),
     and the total number of visits is capped so a shared-reference "bomb" fails fast.
     """
@@ -217,11 +228,10 @@ def walk_tensors(root: Any, path: str) -> Iterator[tuple[str, Call, TensorRef]]:
         if name is None:  # leaving a container
             on_path.discard(value)
             continue
-        if isinstance(value, Call):
-            ref = decode_tensor(value, path)
-            if ref is not None:
-                yield name, value, ref
-                continue
+        found = leaf(value)
+        if found is not None:
+            yield name, value, found
+            continue
         kids = _children(value)
         if not kids or id(value) in on_path:
             continue
