@@ -448,3 +448,15 @@ def test_list_root_is_other(tmp_path):
     assert info.details["pytorch"]["kind"] == "other"
     assert [t.name for t in info.tensors] == ["0", "1.x"]
     assert info.details["pytorch"]["root_type"] == "builtins.list"
+
+
+def test_recompressed_zip_still_loads(saved, tmp_path):
+    """Archives re-zipped with deflate (not what torch writes) have no data_offset but load."""
+    zip_path, _, tensors = saved
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(zip_path) as src, zipfile.ZipFile(deflated, "w",
+                                                           zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+    info = assert_same_values(deflated, tensors)
+    assert all(t.data_offset is None for t in info.tensors)
