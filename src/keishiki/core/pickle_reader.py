@@ -243,11 +243,16 @@ class _VM:
     def line(self, at: int) -> bytes:
         """Bytes up to the next newline (protocol-0 arguments), at most 1 MiB."""
         pos = self.pos
-        end = bytes(self.data[pos:pos + (1 << 20)]).find(b"\n")
-        if end < 0:
-            raise _Fail("unterminated text argument (no newline)", at)
-        self.pos = pos + end + 1
-        return bytes(self.data[pos:pos + end])
+        size = 64  # lines are short: look in a small window first, widen up to 1 MiB
+        while True:
+            window = bytes(self.data[pos:pos + size])
+            end = window.find(b"\n")
+            if end >= 0:
+                self.pos = pos + end + 1
+                return window[:end]
+            if size >= (1 << 20) or pos + size >= self.n:
+                raise _Fail("unterminated text argument (no newline)", at)
+            size *= 8
 
     # ---- stack helpers --------------------------------------------------------------------
     def pop(self, at: int) -> Any:
