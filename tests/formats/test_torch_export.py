@@ -91,3 +91,52 @@ def test_broken_json(pt2, tmp_path):
         inspect(bad)
     code, _, err = run_cli("info", bad)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_fuzz_json_values(pt2, tmp_path, monkeypatch):
+    """Values of the wrong type anywhere in the JSON give CorruptFile, never a traceback."""
+    import json
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    with zipfile.ZipFile(pt2) as zf:
+        members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    targets = [n for n in members if n.endswith(".json")]
+    monkeypatch.setenv("KEISHIKI_DEBUG", "1")
+    junk = st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=3), st.lists(st.none()),
+                     st.dictionaries(st.text(max_size=2), st.none(), max_size=2))
+
+    def paths(node, prefix=()):
+        yield prefix
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from paths(v, prefix + (k,))
+        elif isinstance(node, list):
+            for i, v in enumerate(node[:3]):
+                yield from paths(v, prefix + (i,))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(targets), st.data(), junk)
+    def run(target, data, value):
+        doc = json.loads(members[target])
+        where = data.draw(st.sampled_from(list(paths(doc))[1:]))
+        node = doc
+        for part in where[:-1]:
+            node = node[part]
+        node[where[-1]] = value
+        path = tmp_path / "fuzz.pt2"
+        with zipfile.ZipFile(path, "w") as zf:
+            for n, v in members.items():
+                zf.writestr(n, json.dumps(doc).encode() if n == target else v)
+        try:
+            info = inspect(path)
+            for lazy in list(info.lazy_tensors())[:3]:
+                try:
+                    lazy.load()
+                except KeishikiError:
+                    pass
+        except KeishikiError:
+            pass
+
+    run()

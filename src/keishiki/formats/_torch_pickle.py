@@ -203,6 +203,29 @@ def _children(value: Any) -> list[tuple[str, Any]]:
     return []
 
 
+def plain_value(value: Any, depth: int = 4, max_items: int = 100) -> Any:
+    """A JSON-safe, shallow copy of a value read from a file (for ``details``).
+
+    Scalars pass, containers are kept to ``depth`` levels and ``max_items`` entries, and
+    anything else (placeholders, deeper nesting) becomes a short description: a hostile
+    sys_info or JSON field must not make ``info --json`` recurse or fail.
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return value[:1000]
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if depth <= 0:
+        return f"<nested {type(value).__name__}>"
+    if isinstance(value, dict):
+        return {str(key_text(k))[:200]: plain_value(v, depth - 1, max_items)
+                for k, v in list(value.items())[:max_items]}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v, depth - 1, max_items) for v in list(value)[:max_items]]
+    return type_name(value)
+
+
 def walk_tensors(root: Any, path: str) -> Iterator[tuple[str, Call, TensorRef]]:
     """Every tensor reachable from ``root`` as (dotted name, call, decoded), in pickle order."""
 
@@ -347,7 +370,7 @@ def numpy_dtype(name: str) -> np.dtype:
     raw = {"qint8": "int8", "quint8": "uint8", "qint32": "int32", "quint4x2": "uint8"}
     try:
         return dtypes.to_numpy(raw.get(name, name))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"keishiki cannot load {name} tensors as numpy arrays") from exc
 
 

@@ -33,7 +33,8 @@ from ..errors import CorruptFile
 from ._torch_pickle import (
     REBUILD_FROM_TYPE, REBUILD_META, REBUILD_TENSOR, REBUILD_WRAPPERS, StorageRef, TensorRef,
     class_name, decode_storage, is_contiguous, key_text, loader_for, mapping_items,
-    module_classes, module_state, quantizer_params, span, walk_tensors, zip_storage_locator,
+    module_classes, module_state, plain_value, quantizer_params, span, walk_tensors,
+    zip_storage_locator,
 )
 
 FORMAT = "pytorch"
@@ -285,7 +286,7 @@ def read_legacy(src: Source, match) -> ModelInfo:
         "container": "legacy",
         "magic_number": hex(magic.value),
         "protocol_version": proto_version.value,
-        "sys_info": info_dict,
+        "sys_info": plain_value(info_dict),
         "byteorder": "little" if little else "big",
         "n_storages": len(keys),
     })

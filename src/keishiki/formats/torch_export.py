@@ -89,7 +89,9 @@ def _json(src: Source, name: str) -> Any:
 def scalar_type(code: Any) -> str:
     if isinstance(code, str):
         code = _SCALAR_NAMES.get(code.upper(), code)
-    return SCALAR_TYPES.get(code, f"scalar_type_{code}") if isinstance(code, int) else str(code)
+    if isinstance(code, int) and not isinstance(code, bool):
+        return SCALAR_TYPES.get(code, f"scalar_type_{code}")
+    return f"scalar_type_{str(code)[:20]}"
 
 
 def _dims(values: Any) -> tuple[int, ...]:
@@ -167,7 +169,9 @@ def _weights(src: Source, root: str, model: str, folder: str, config_name: str,
         data_offset = None
         if entry.get("use_pickle"):
             extra["pickled"] = True  # a torch.save'd tensor: listed, not loaded
-        elif member in set(src.zip_names) and -1 not in shape:
+        elif member in set(src.zip_names) and min(shape + stride, default=0) >= 0 and \
+                dtypes.itemsize(dtype) is not None and \
+                len(shape) == len(stride) and type(offset_elems) is int and offset_elems >= 0:
             start = torch_pickle.zip_data_offset(src, member)
             size = src.zip().getinfo(member).file_size
             storage = torch_pickle.StorageRef(entry.get("path_name", ""), dtype, size // itemsize,
@@ -203,7 +207,21 @@ def _from_graph_meta(program: dict, inputs: list[dict]) -> list[TensorInfo]:
 
 
 def read(src: Source, match) -> ModelInfo:
-    """Tensors (from the weights configs), graph signature and op counts of a .pt2 archive."""
+    """Tensors (from the weights configs), graph signature and op counts of a .pt2 archive.
+
+    Raises:
+        CorruptFile: missing members, invalid JSON, or JSON that breaks the schema.
+    """
+    try:
+        return _read(src)
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
+        # the ExportedProgram schema is deep; a value of the wrong type anywhere in it is a
+        # broken file, reported in one line rather than guarded at every access
+        raise CorruptFile(src.path, f"malformed exported program JSON "
+                          f"({type(exc).__name__}: {exc})") from None
+
+
+def _read(src: Source) -> ModelInfo:
     names = src.zip_names
     root = _root(names)
     if root is None:
@@ -244,14 +262,14 @@ def read(src: Source, match) -> ModelInfo:
         "archive_version": _small(src, f"{root}archive_version"),
         "layout": "pt2-archive" if model is not None else "serialized_exported_program (torch<2.6)",
         "models": models,
-        "schema_version": program.get("schema_version"),
-        "torch_version": program.get("torch_version"),
-        "opset_version": program.get("opset_version"),
-        "verifiers": program.get("verifiers"),
-        "inputs": inputs,
-        "outputs": outputs,
+        "schema_version": torch_pickle.plain_value(program.get("schema_version")),
+        "torch_version": torch_pickle.plain_value(program.get("torch_version")),
+        "opset_version": torch_pickle.plain_value(program.get("opset_version")),
+        "verifiers": torch_pickle.plain_value(program.get("verifiers")),
+        "inputs": torch_pickle.plain_value(inputs, max_items=100_000),
+        "outputs": torch_pickle.plain_value(outputs, max_items=100_000),
         "user_inputs": [s["arg"] for s in inputs if s["kind"] == "user_input"],
-        "forward_arg_names": forward_args,
+        "forward_arg_names": torch_pickle.plain_value(forward_args),
         "n_parameters": sum(1 for s in inputs if s["kind"] == "parameter"),
         "n_buffers": sum(1 for s in inputs if s["kind"] == "buffer"),
         "n_nodes": n_nodes,
