@@ -260,8 +260,12 @@ def bench(out: Path, formats: list[str], repeat: int, n: int) -> list[dict]:
     rows = []
     for fmt in formats:
         path, warm = out / FILES[fmt], out / "warm" / FILES[fmt]
-        mine = measure(*KEISHIKI, path, warm, repeat)
-        cli_runs = [run_cli(path) for _ in range(repeat)]
+        try:
+            mine = measure(*KEISHIKI, path, warm, repeat)
+            cli_runs = [run_cli(path) for _ in range(repeat)]
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            print(f"{fmt:14s} keishiki failed: {exc}", flush=True)
+            continue
         cli = {"wall_s": statistics.median(r["wall_s"] for r in cli_runs),
                "rss_mb": max(r["hwm_kb"] for r in cli_runs) / 1024}
         assert mine["n"] == cli_runs[0]["n"] == n, (fmt, mine, cli_runs)
@@ -289,10 +293,15 @@ HEADER = (f"{'format':14s} {'baseline':40s} | {'op: keishiki':>12s} {'baseline':
           f"{'peak RSS MB: lib':>16s} {'CLI':>5s} {'baseline':>8s}")
 
 
+def _ratio(x: float) -> str:
+    return f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
+
+
 def _row(r: dict) -> str:
     return (f"{r['format']:14s} {r['baseline']:40s} | {r['keishiki_op_s'] * 1000:10.2f}ms "
-            f"{r['baseline_op_s'] * 1000:8.1f}ms {r['op_speedup']:6.0f}x | "
-            f"{r['cli_wall_s']:11.2f}s {r['baseline_wall_s']:8.2f}s {r['wall_speedup']:5.1f}x | "
+            f"{r['baseline_op_s'] * 1000:8.2f}ms {_ratio(r['op_speedup']):>7s} | "
+            f"{r['cli_wall_s']:11.2f}s {r['baseline_wall_s']:8.2f}s "
+            f"{_ratio(r['wall_speedup']):>6s} | "
             f"{r['keishiki_rss_mb']:16.0f} {r['cli_rss_mb']:5.0f} {r['baseline_rss_mb']:8.0f}"
             + (f"  ({r['error']})" if r.get("error") else ""))
 

@@ -176,3 +176,14 @@ def test_cli_json(written):
     code, out, _ = run_cli("tensors", path, "--json")
     rows = {t["name"]: t for t in json.loads(out)}
     assert rows["blk.0.q8"]["gguf_shape"] == [64, 4] and rows["blk.0.q8"]["shape"] == [4, 64]
+
+
+def test_inspect_loads_neither_gguf_nor_torch():
+    import subprocess
+    import sys
+
+    path = corpus_path("gguf/llama.cpp-convert/tiny-bert-q8_0.gguf")
+    code = (f"import sys, keishiki; keishiki.inspect({str(path)!r}); "
+            f"print([m for m in ('gguf', 'torch', 'onnx') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

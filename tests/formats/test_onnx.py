@@ -288,3 +288,15 @@ def test_cli_json(mixed_model):
     assert code == 0 and data["format"] == "onnx" and data["graph"]["n_initializers"] == 13
     code, out, _ = run_cli("tensors", mixed_model, "--json", "--filter", "raw_*")
     assert [t["name"] for t in json.loads(out)] == ["raw_f32"]
+
+
+def test_inspect_external_data_loads_no_onnx():
+    import subprocess
+    import sys
+
+    path = corpus_path("onnx_external_data/onnx-1.12.0-debian/nmp_external_single")
+    code = (f"import sys, keishiki; i = keishiki.inspect({str(path)!r}); "
+            f"next(i.lazy_tensors()).load(); "
+            f"print([m for m in ('onnx', 'onnxruntime', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
