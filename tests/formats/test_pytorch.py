@@ -460,3 +460,11 @@ def test_recompressed_zip_still_loads(saved, tmp_path):
             dst.writestr(item.filename, src.read(item.filename))
     info = assert_same_values(deflated, tensors)
     assert all(t.data_offset is None for t in info.tensors)
+
+
+def test_expanded_views(tmp_path):
+    torch = pytest.importorskip("torch")
+    base = torch.arange(3.0)
+    tensors = {"row": base.expand(4, 3), "scalar_bcast": torch.tensor(7.0).expand(5)}
+    torch.save(tensors, tmp_path / "expand.pt")
+    assert_same_values(tmp_path / "expand.pt", tensors)

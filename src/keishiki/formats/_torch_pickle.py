@@ -11,6 +11,7 @@ applies offset/shape/stride with numpy.  Nothing here imports torch or runs pick
 
 from __future__ import annotations
 
+import math
 import struct
 import weakref
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from ..core.tensor import TensorInfo
 from ..errors import CorruptFile, InvalidRequest
 
 MAX_NAMING_VISITS = 5_000_000
+MAX_EXPANSION_BYTES = 1 << 32  # a stride-0 view may expand its stored bytes this far at most
 
 # the functions torch pickles a tensor as; arguments start (storage, storage_offset, size, stride)
 REBUILD_TENSOR = {
@@ -391,9 +393,18 @@ def view_from_bytes(buf: bytes | memoryview, ref: TensorRef, byteorder: str,
                           f"{ref.storage_offset + need}) beyond its storage")
     if need == 0:
         return np.zeros(ref.shape, dtype=dtype.newbyteorder("="))
-    arr = np.lib.stride_tricks.as_strided(flat[start:], shape=ref.shape,
-                                          strides=[s * dtype.itemsize for s in ref.stride])
-    out = np.array(arr, copy=True, order="C")
+    materialised = math.prod(ref.shape) * dtype.itemsize
+    if materialised > max(MAX_EXPANSION_BYTES, 64 * need * dtype.itemsize):
+        # zero strides let a tiny storage claim an enormous tensor (an expand() bomb)
+        raise CorruptFile("<storage>", f"tensor of shape {list(ref.shape)} would take "
+                          f"{materialised} bytes from {need * dtype.itemsize} stored bytes")
+    try:
+        arr = np.lib.stride_tricks.as_strided(flat[start:], shape=ref.shape,
+                                              strides=[s * dtype.itemsize for s in ref.stride])
+        out = np.array(arr, copy=True, order="C")
+    except (MemoryError, ValueError) as exc:
+        raise CorruptFile("<storage>", f"tensor of shape {list(ref.shape)} cannot be "
+                          f"materialised ({type(exc).__name__})") from None
     if out.dtype.byteorder == ">":
         out = out.astype(out.dtype.newbyteorder("="))
     return out
@@ -417,9 +428,14 @@ def loader_for(path: Path, refs: dict[str, TensorRef], byteorder: str
                 buf = fh.read(need * itemsize)
             if len(buf) != need * itemsize:
                 raise CorruptFile(path, f"tensor {info.name!r}: short read", info.data_offset)
-            return view_from_bytes(buf, ref, byteorder, first=ref.storage_offset)
-        with Source(path) as src:  # compressed member: inflate it (bounded by its size)
-            data = src.read_member(info.file, max(1, ref.storage.numel * itemsize) + 64)
-        return view_from_bytes(data, ref, byteorder)
+            first = ref.storage_offset
+        else:
+            with Source(path) as src:  # compressed member: inflate it (bounded by its size)
+                buf = src.read_member(info.file, max(1, ref.storage.numel * itemsize) + 64)
+            first = 0
+        try:
+            return view_from_bytes(buf, ref, byteorder, first=first)
+        except CorruptFile as exc:  # name the file and tensor, not the anonymous storage
+            raise CorruptFile(path, f"tensor {info.name!r}: {exc.reason}") from None
 
     return load
