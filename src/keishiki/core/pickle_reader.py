@@ -436,48 +436,9 @@ class _VM:
                 self.pos = at + 1
                 continue
             self.pos = at + 1
-            # the rest, most frequent first
-            if op == 0x71:  # BINPUT
-                self.memo_put(self.take(1, at)[0], at)
-            elif op == 0x68:  # BINGET
-                self.memo_get(self.take(1, at)[0], at)
-            elif op == 0x58:  # BINUNICODE
-                (k,) = struct.unpack("<I", self.take(4, at))
-                self.push(self._utf8(self.take(k, at), at), at)
-            elif op == 0x4B:  # BININT1
-                self.push(self.take(1, at)[0], at)
-            elif op == 0x28:  # MARK
-                self.metastack.append(self.stack)
-                self.stack = []
-                if len(self.metastack) > self.max_depth:
-                    raise _Fail(f"MARKs nested deeper than {self.max_depth}", at)
-            elif op == 0x74:  # TUPLE
-                self.push(tuple(self._marked(at)), at)
-            elif op == 0x85:  # TUPLE1
-                self.push((self.pop(at),), at)
-            elif op == 0x86:  # TUPLE2
-                b = self.pop(at)
-                self.push((self.pop(at), b), at)
-            elif op == 0x87:  # TUPLE3
-                c = self.pop(at)
-                b = self.pop(at)
-                self.push((self.pop(at), b, c), at)
-            elif op == 0x29:  # EMPTY_TUPLE
-                self.push((), at)
-            elif op == 0x52:  # REDUCE
-                args = self.pop(at)
-                func = self.pop(at)
-                self.push(self.add_call(func, args, None, at, "REDUCE"), at)
-            elif op == 0x4A:  # BININT
+            # the remaining opcodes of the main loop
+            if op == 0x4A:  # BININT
                 self.push(struct.unpack("<i", self.take(4, at))[0], at)
-            elif op == 0x4D:  # BININT2
-                self.push(struct.unpack("<H", self.take(2, at))[0], at)
-            elif op == 0x89:  # NEWFALSE
-                self.push(False, at)
-            elif op == 0x88:  # NEWTRUE
-                self.push(True, at)
-            elif op == 0x4E:  # NONE
-                self.push(None, at)
             elif op == 0x75:  # SETITEMS
                 pairs = self._marked(at)
                 self.setitems(self.top(at), pairs, at)
@@ -507,10 +468,6 @@ class _VM:
                     self.rec.notes.append(f"BUILD at {at} on a {type(target).__name__}")
                     self.stack[-1] = self.add_call(None, (target,), None, at, "BUILD")
                     self.stack[-1].state = state
-            elif op == 0x51:  # BINPERSID
-                pid = PersistentId(self.pop(at), at)
-                rec.persistent_ids.append(pid)
-                self.push(pid, at)
             elif op == 0x63:  # GLOBAL
                 module = self._text(self.line(at), at)
                 name = self._text(self.line(at), at)
@@ -566,10 +523,6 @@ class _VM:
             self.pop_mark(at)
         elif op == 0x32:  # DUP
             self.push(self.top(at), at)
-        elif op == 0x72:  # LONG_BINPUT
-            self.memo_put(struct.unpack("<I", self.take(4, at))[0], at)
-        elif op == 0x6A:  # LONG_BINGET
-            self.memo_get(struct.unpack("<I", self.take(4, at))[0], at)
         elif op == 0x70:  # PUT
             self.memo_put(self._int_arg(self.line(at), at), at)
         elif op == 0x67:  # GET
