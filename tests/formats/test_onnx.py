@@ -300,3 +300,40 @@ def test_inspect_external_data_loads_no_onnx():
             f"print([m for m in ('onnx', 'onnxruntime', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("window", [0, 64, 4096])
+def test_streaming_walk_equals_in_memory_walk(monkeypatch, window):
+    """FileReader's field-by-field reads (messages over the window) give the same model."""
+    path = corpus_path("onnx/silero-vad-6.2.3/silero_vad_16k_op15.onnx")
+    reference = pb.parse_model(pb.BytesReader(path.read_bytes()))
+    monkeypatch.setattr(pb, "WINDOW_BYTES", window)
+    reader = pb.open_file(str(path))
+    try:
+        assert pb.parse_model(reader) == reference
+    finally:
+        os.close(reader.fd)
+
+
+def test_info_does_not_touch_payload_pages(tmp_path):
+    """A 64 MB embedded model is described with a few small reads, not by mapping it."""
+    big = numpy_helper.from_array(np.ones((4096, 4096), np.float32), "big")
+    path = tmp_path / "big.onnx"
+    onnx.save(_model([big, big]), str(path))
+    reads = []
+    real_pread = os.pread
+
+    def counting_pread(fd, n, offset):
+        reads.append(n)
+        return real_pread(fd, n, offset)
+
+    import keishiki.formats.onnx as konnx
+
+    konnx._parse_cached.cache_clear()
+    pb.os.pread, saved = counting_pread, pb.os.pread
+    try:
+        info = inspect(path)
+    finally:
+        pb.os.pread = saved
+    assert info.n_tensors == 2 and info.tensor("big").nbytes == 64 * 2**20
+    assert sum(reads) < 64 * 1024, sum(reads)

@@ -126,8 +126,11 @@ def parse(path: Path) -> pb.Model:
 def _parse_cached(path: str, size: int, _mtime_ns: int) -> pb.Model:
     if size == 0:
         raise pb.ProtoError("empty file", 0)
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return pb.parse_model(buf, min(size, len(buf)))
+    reader = pb.open_file(path)
+    try:
+        return pb.parse_model(reader)
+    finally:
+        os.close(reader.fd)
 
 
 def _all_tensors(model: pb.Model):

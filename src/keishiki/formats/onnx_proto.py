@@ -1,9 +1,9 @@
 """A minimal protobuf wire-format walker for ONNX's ModelProto, without the onnx package.
 
 Only the fields ``keishiki info`` needs are decoded.  Tensor payloads (``raw_data`` and the
-packed typed fields such as ``float_data``) are never copied: the walker records their
+packed typed fields such as ``float_data``) are never read: the walker records their
 absolute byte range in the file, so a 2 GB embedded model is described by reading only its
-small fields (the buffer is a read-only ``mmap``: untouched pages are never read).
+small fields (:class:`FileReader` reads with ``pread``, message by message).
 
 Field numbers follow onnx/onnx.proto (IR version 10).  Every length is checked against the
 enclosing message before it is used, and nesting is capped, so truncated or hostile bytes
@@ -13,6 +13,7 @@ recursing without end or allocating what a length field claims.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -181,26 +182,137 @@ class Model:
     n_training_info: int = 0
 
 
+# ---- readers --------------------------------------------------------------------------------------
+
+class BytesReader:
+    """Protobuf fields of a message held in memory (tests, small files)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.size = len(data)
+
+    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
+        return iter_fields(self.data, start, end)
+
+    def read(self, span: tuple[int, int]) -> bytes:
+        return self.data[span[0]:span[1]]
+
+    def text(self, span: tuple[int, int]) -> str:
+        return self.read(span).decode("utf-8", "replace")
+
+    def varints(self, span: tuple[int, int]) -> list[int]:
+        return unpack_varints(self.data, span)
+
+
+WINDOW_BYTES = 1 << 20  # messages up to this size are read whole and walked in memory
+
+
+class FileReader(BytesReader):
+    """Protobuf fields of a file, read with ``pread`` and never memory-mapped.
+
+    Messages up to :data:`WINDOW_BYTES` are read in one piece; larger ones (the graph, big
+    tensors) are walked field by field with small reads, so a tensor's payload is skipped
+    without touching its pages.  (A memory map would do the same work, but the kernel maps
+    whole 2 MB folios around each touched byte, inflating RSS by ~2 MB per tensor.)
+    """
+
+    def __init__(self, fd: int, size: int):
+        self.fd = fd
+        self.size = size
+        self._window = b""
+        self._window_start = 0
+
+    def _pread(self, start: int, end: int) -> bytes:
+        data = os.pread(self.fd, end - start, start)
+        if len(data) != end - start:
+            raise ProtoError(f"file ends inside a field ({len(data)} of {end - start} bytes)",
+                             start)
+        return data
+
+    def _in_window(self, start: int, end: int) -> bool:
+        return self._window_start <= start and end <= self._window_start + len(self._window)
+
+    def read(self, span: tuple[int, int]) -> bytes:
+        start, end = span
+        if self._in_window(start, end):
+            return self._window[start - self._window_start:end - self._window_start]
+        return self._pread(start, end)
+
+    def varints(self, span: tuple[int, int]) -> list[int]:
+        data = self.read(span)
+        return unpack_varints(data, (0, len(data)))
+
+    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
+        if end - start > WINDOW_BYTES and not self._in_window(start, end):
+            yield from self._stream(start, end)
+            return
+        if not self._in_window(start, end):
+            self._window, self._window_start = self._pread(start, end), start
+        window, base = self._window, self._window_start  # kept even if a nested read moves on
+        for number, wire, value in iter_fields(window, start - base, end - base):
+            if wire == LEN:
+                value = (value[0] + base, value[1] + base)
+            yield number, wire, value
+
+    def _stream(self, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
+        pos = start
+        while pos < end:
+            head = self._pread(pos, min(end, pos + 32))
+            key, p = read_varint(head, 0, len(head))
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                raise ProtoError("field number 0", pos)
+            if wire == VARINT:
+                value, p = read_varint(head, p, len(head))
+            elif wire == LEN:
+                length, p = read_varint(head, p, len(head))
+                begin = pos + p
+                if length > end - begin:
+                    raise ProtoError(f"field {number} claims {length} bytes, {end - begin} "
+                                     f"remain", begin)
+                value = (begin, begin + length)
+                p += length
+            elif wire in (FIXED32, FIXED64):
+                width = 4 if wire == FIXED32 else 8
+                if p + width > len(head):
+                    raise ProtoError("truncated fixed-width field", pos + p)
+                value = int.from_bytes(head[p:p + width], "little")
+                p += width
+            else:
+                raise ProtoError(f"unsupported wire type {wire} for field {number}", pos + p)
+            pos += p
+            yield number, wire, value
+
+
+def open_file(path: str) -> "FileReader":
+    """A FileReader over ``path`` (close its ``fd`` with ``os.close``)."""
+    fd = os.open(path, os.O_RDONLY)
+    return FileReader(fd, os.fstat(fd).st_size)
+
+
+Reader = BytesReader
+
+
 def parse_string_entry(buf: Any, span: tuple[int, int]) -> tuple[str, str]:
     """A StringStringEntryProto -> (key, value)."""
     key = value = ""
-    for number, wire, v in iter_fields(buf, *span):
+    for number, wire, v in buf.fields(*span):
         if wire != LEN:
             continue
         if number == 1:
-            key = _text(buf, v)
+            key = buf.text(v)
         elif number == 2:
-            value = _text(buf, v)
+            value = buf.text(v)
     return key, value
 
 
 def parse_tensor(buf: Any, span: tuple[int, int]) -> Tensor:
     """A TensorProto, recording payload byte ranges instead of copying them."""
     t = Tensor()
-    for number, wire, v in iter_fields(buf, *span):
+    for number, wire, v in buf.fields(*span):
         if number == 1:  # dims: packed (proto3 writers) or one varint per dim (old writers)
             if wire == LEN:
-                t.dims.extend(unpack_varints(buf, v))
+                t.dims.extend(buf.varints(v))
             elif wire == VARINT:
                 t.dims.append(_signed64(v))
         elif number == 2 and wire == VARINT:
@@ -208,7 +320,7 @@ def parse_tensor(buf: Any, span: tuple[int, int]) -> Tensor:
         elif number == 3:
             t.has_segment = True
         elif number == 8 and wire == LEN:
-            t.name = _text(buf, v)
+            t.name = buf.text(v)
         elif number == 9 and wire == LEN:
             t.raw = v
         elif number in TYPED_FIELDS:
@@ -238,13 +350,13 @@ def parse_type(buf: Any, span: tuple[int, int], depth: int = 0) -> dict[str, Any
     """
     if depth > MAX_DEPTH:
         raise ProtoError("type nesting too deep", span[0])
-    for number, wire, v in iter_fields(buf, *span):
+    for number, wire, v in buf.fields(*span):
         if wire != LEN:
             continue
         if number in (1, 8):  # tensor_type / sparse_tensor_type
             out: dict[str, Any] = {"kind": "tensor" if number == 1 else "sparse_tensor",
                                    "elem_type": 0, "shape": None}
-            for n2, w2, v2 in iter_fields(buf, *v):
+            for n2, w2, v2 in buf.fields(*v):
                 if n2 == 1 and w2 == VARINT:
                     out["elem_type"] = v2
                 elif n2 == 2 and w2 == LEN:
@@ -253,13 +365,13 @@ def parse_type(buf: Any, span: tuple[int, int], depth: int = 0) -> dict[str, Any
         if number in (4, 9):  # sequence_type / optional_type: elem_type is a TypeProto
             kind = "sequence" if number == 4 else "optional"
             elem = None
-            for n2, w2, v2 in iter_fields(buf, *v):
+            for n2, w2, v2 in buf.fields(*v):
                 if n2 == 1 and w2 == LEN:
                     elem = parse_type(buf, v2, depth + 1)
             return {"kind": kind, "elem": elem}
         if number == 5:  # map_type
             key_type, value = 0, None
-            for n2, w2, v2 in iter_fields(buf, *v):
+            for n2, w2, v2 in buf.fields(*v):
                 if n2 == 1 and w2 == VARINT:
                     key_type = v2
                 elif n2 == 2 and w2 == LEN:
@@ -270,15 +382,15 @@ def parse_type(buf: Any, span: tuple[int, int], depth: int = 0) -> dict[str, Any
 
 def _parse_shape(buf: Any, span: tuple[int, int]) -> list[int | str | None]:
     dims: list[int | str | None] = []
-    for number, wire, v in iter_fields(buf, *span):
+    for number, wire, v in buf.fields(*span):
         if number != 1 or wire != LEN:
             continue
         dim: int | str | None = None
-        for n2, w2, v2 in iter_fields(buf, *v):
+        for n2, w2, v2 in buf.fields(*v):
             if n2 == 1 and w2 == VARINT:
                 dim = _signed64(v2)
             elif n2 == 2 and w2 == LEN:
-                param = _text(buf, v2)
+                param = buf.text(v2)
                 # an empty dim_param counts as unset, as onnx's own printer treats it
                 dim = param or dim
         dims.append(dim)
@@ -288,9 +400,9 @@ def _parse_shape(buf: Any, span: tuple[int, int]) -> list[int | str | None]:
 def parse_value_info(buf: Any, span: tuple[int, int]) -> ValueInfo:
     """A ValueInfoProto."""
     name, typ = "", {"kind": "unknown"}
-    for number, wire, v in iter_fields(buf, *span):
+    for number, wire, v in buf.fields(*span):
         if number == 1 and wire == LEN:
-            name = _text(buf, v)
+            name = buf.text(v)
         elif number == 2 and wire == LEN:
             typ = parse_type(buf, v)
     return ValueInfo(name, typ)
@@ -301,11 +413,11 @@ def parse_attribute(buf: Any, span: tuple[int, int], node: Node, depth: int) -> 
     name = ""
     tensors: list[Tensor] = []
     graphs: list[Graph] = []
-    for number, wire, v in iter_fields(buf, *span):
+    for number, wire, v in buf.fields(*span):
         if wire != LEN:
             continue
         if number == 1:
-            name = _text(buf, v)
+            name = buf.text(v)
         elif number in (5, 10):
             tensors.append(parse_tensor(buf, v))
         elif number in (6, 11):
@@ -317,19 +429,19 @@ def parse_attribute(buf: Any, span: tuple[int, int], node: Node, depth: int) -> 
 def parse_node(buf: Any, span: tuple[int, int], depth: int) -> Node:
     """A NodeProto."""
     node = Node()
-    for number, wire, v in iter_fields(buf, *span):
+    for number, wire, v in buf.fields(*span):
         if wire != LEN:
             continue
         if number == 1:
-            node.inputs.append(_text(buf, v))
+            node.inputs.append(buf.text(v))
         elif number == 2:
-            node.outputs.append(_text(buf, v))
+            node.outputs.append(buf.text(v))
         elif number == 3:
-            node.name = _text(buf, v)
+            node.name = buf.text(v)
         elif number == 4:
-            node.op_type = _text(buf, v)
+            node.op_type = buf.text(v)
         elif number == 7:
-            node.domain = _text(buf, v)
+            node.domain = buf.text(v)
         elif number == 5:
             parse_attribute(buf, v, node, depth)
     return node
@@ -340,13 +452,13 @@ def parse_graph(buf: Any, span: tuple[int, int], depth: int = 0) -> Graph:
     if depth > MAX_DEPTH:
         raise ProtoError(f"subgraphs nested deeper than {MAX_DEPTH}", span[0])
     g = Graph()
-    for number, wire, v in iter_fields(buf, *span):
+    for number, wire, v in buf.fields(*span):
         if wire != LEN:
             continue
         if number == 1:
             g.nodes.append(parse_node(buf, v, depth))
         elif number == 2:
-            g.name = _text(buf, v)
+            g.name = buf.text(v)
         elif number == 5:
             g.initializers.append(parse_tensor(buf, v))
         elif number == 15:
@@ -358,10 +470,10 @@ def parse_graph(buf: Any, span: tuple[int, int], depth: int = 0) -> Graph:
     return g
 
 
-def parse_model(buf: Any, size: int) -> Model:
-    """The ModelProto occupying ``buf[0:size]``."""
+def parse_model(buf: "Reader") -> Model:
+    """The ModelProto filling ``buf`` (a :class:`FileReader` or :class:`BytesReader`)."""
     m = Model()
-    for number, wire, v in iter_fields(buf, 0, size):
+    for number, wire, v in buf.fields(0, buf.size):
         if number == 1 and wire == VARINT:
             m.ir_version = _signed64(v)
         elif number == 5 and wire == VARINT:
@@ -369,20 +481,20 @@ def parse_model(buf: Any, size: int) -> Model:
         elif wire != LEN:
             continue
         elif number == 2:
-            m.producer_name = _text(buf, v)
+            m.producer_name = buf.text(v)
         elif number == 3:
-            m.producer_version = _text(buf, v)
+            m.producer_version = buf.text(v)
         elif number == 4:
-            m.domain = _text(buf, v)
+            m.domain = buf.text(v)
         elif number == 6:
-            m.doc_string = _text(buf, v)
+            m.doc_string = buf.text(v)
         elif number == 7:
             m.graph = parse_graph(buf, v)
         elif number == 8:
             domain, version = "", 0
-            for n2, w2, v2 in iter_fields(buf, *v):
+            for n2, w2, v2 in buf.fields(*v):
                 if n2 == 1 and w2 == LEN:
-                    domain = _text(buf, v2)
+                    domain = buf.text(v2)
                 elif n2 == 2 and w2 == VARINT:
                     version = _signed64(v2)
             m.opset_import.append((domain, version))
