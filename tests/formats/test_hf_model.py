@@ -185,3 +185,23 @@ def test_cli_human_and_json(tiny_llama):
     assert data["config"]["model_type"] == "llama"
     code, out, _ = run_cli("info", tiny_llama)
     assert code == 0 and "hf-model" in out and "vllm_supported" in out
+
+
+@pytest.mark.parametrize("weights_rel, name, fmt", [
+    ("keras_h5/keras-3.15.1/tiny_mlp_keras3_legacy.h5", "tf_model.h5", "keras-h5"),
+    ("gguf/llama.cpp-convert/tiny-bert-q8_0.gguf", "tiny-bert-q8_0.gguf", "gguf"),
+])
+def test_other_weight_layouts_use_the_registry_readers(tmp_path, weights_rel, name, fmt):
+    source = corpus_path(weights_rel)
+    shutil.copy(source, tmp_path / name)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert",
+                                                      "architectures": ["BertModel"]}))
+    info = inspect(tmp_path)
+    alone = inspect(source)
+    assert info.format == "hf-model" and info.details["hf"]["weights"]["format"] == fmt
+    assert [(t.name, t.dtype, t.shape) for t in info.tensors] == \
+        [(t.name, t.dtype, t.shape) for t in alone.tensors]
+    assert all(t.file == name for t in info.tensors)
+    first = info.tensors[0]
+    np.testing.assert_array_equal(info.tensor_loader(first),
+                                  alone.tensor_loader(alone.tensors[0]))
