@@ -187,3 +187,36 @@ def test_inspect_loads_neither_gguf_nor_torch():
             f"print([m for m in ('gguf', 'torch', 'onnx') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_mutated_files_fail_cleanly(written, tmp_path):
+    """Random overwrites and truncations of a GGUF: a model or a CorruptFile, fast."""
+    import random
+
+    from keishiki.core.source import Source
+    from keishiki.errors import KeishikiError
+
+    rng = random.Random(3)
+    path, _arrays, _q8 = written
+    seed = path.read_bytes()
+    header_end = inspect(path).gguf["tensor_data_offset"]
+    for i in range(300):
+        blob = bytearray(seed)
+        pos = rng.randrange(header_end)
+        if rng.random() < 0.8:
+            blob[pos:pos + 8] = rng.getrandbits(64).to_bytes(8, "little")
+        else:
+            del blob[pos:]
+        p = tmp_path / f"m{i}.gguf"
+        p.write_bytes(bytes(blob))
+        src = Source(p)
+        if kg.sniff(src) is None:
+            continue
+        start = time.perf_counter()
+        try:
+            info = kg.read(src, None)
+            for lazy in info.lazy_tensors():
+                lazy.load()
+        except KeishikiError:
+            pass
+        assert time.perf_counter() - start < 1.0

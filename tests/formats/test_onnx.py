@@ -337,3 +337,35 @@ def test_info_does_not_touch_payload_pages(tmp_path):
         pb.os.pread = saved
     assert info.n_tensors == 2 and info.tensor("big").nbytes == 64 * 2**20
     assert sum(reads) < 64 * 1024, sum(reads)
+
+
+def test_mutated_models_fail_cleanly(mixed_model, tmp_path):
+    """Random byte flips, overwrites and truncations: a model or a KeishikiError, fast."""
+    from keishiki.core.source import Source
+    from keishiki.errors import KeishikiError
+    from keishiki.formats import onnx as konnx
+
+    rng = random.Random(7)
+    seed = mixed_model.read_bytes()
+    for i in range(300):
+        blob = bytearray(seed)
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(blob))
+            if rng.random() < 0.7:
+                blob[pos:pos + 4] = rng.getrandbits(32).to_bytes(4, "little")
+            else:
+                del blob[pos:]
+                break
+        path = tmp_path / f"m{i}.onnx"
+        path.write_bytes(bytes(blob))
+        try:
+            src = Source(path)
+            match = konnx.sniff(src)
+            if match is not None:
+                for lazy in konnx.read(src, match).lazy_tensors():
+                    try:
+                        lazy.load()
+                    except KeishikiError:
+                        pass
+        except KeishikiError:
+            pass

@@ -404,7 +404,13 @@ def loader_for(src: Source, model_path: Path,
         elif t.raw is not None:
             data = _read_range(model_path, t.raw[0], t.raw[1] - t.raw[0])
         else:
-            return _load_typed(model_path, t, info, dtype)
+            try:
+                return _load_typed(model_path, t, info, dtype)
+            except pb.ProtoError as exc:
+                raise CorruptFile(model_path, f"tensor {info.name!r}: {exc.reason}",
+                                  offset=exc.offset) from None
+            except (ValueError, OverflowError) as exc:  # values that do not fit the type
+                raise CorruptFile(model_path, f"tensor {info.name!r}: {exc}") from None
         if info.numel == 0:
             return np.zeros(info.shape, dtype=dtype)
         if len(data) != info.numel * dtype.itemsize:
@@ -437,6 +443,9 @@ def _read_external(src: Source, model_path: Path, info: TensorInfo) -> bytes:
 def _load_strings(model_path: Path, t: pb.Tensor, info: TensorInfo) -> np.ndarray:
     with open(model_path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         values = [_utf8_or_bytes(bytes(buf[a:b])) for a, b in t.string_spans]
+    if len(values) != info.numel:
+        raise CorruptFile(model_path, f"tensor {info.name!r}: {len(values)} strings for shape "
+                          f"{list(info.shape)}")
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
     return arr.reshape(info.shape)

@@ -96,6 +96,7 @@ def _text(buf: Any, span: tuple[int, int]) -> str:
 
 def _signed64(value: int) -> int:
     """A varint as protobuf int64/int32 (negative numbers are 10-byte two's complement)."""
+    value &= (1 << 64) - 1  # a 10th byte may carry bits past 64: protobuf drops them
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
@@ -329,7 +330,7 @@ def parse_tensor(buf: Any, span: tuple[int, int]) -> Tensor:
             else:  # unpacked repeated scalars: rare, small, kept as values
                 values = t.typed.setdefault(number, [])
                 if isinstance(values, tuple):
-                    raise ProtoError("packed and unpacked data mixed in one tensor", v[0])
+                    raise ProtoError("packed and unpacked data mixed in one tensor", values[0])
                 values.append((_signed64(v) if wire == VARINT else v, wire))
         elif number == 6 and wire == LEN:
             t.string_count += 1
