@@ -220,3 +220,23 @@ def test_mutated_files_fail_cleanly(written, tmp_path):
         except KeishikiError:
             pass
         assert time.perf_counter() - start < 1.0
+
+
+def test_big_endian_file(tmp_path):
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4),
+              "b": np.arange(6, dtype=np.int16).reshape(2, 3)}
+    path = tmp_path / "be.gguf"
+    w = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian.BIG)
+    w.add_uint32("x.y", 7)
+    w.add_array("arr", [1.5, 2.5])
+    for name, arr in arrays.items():
+        w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    info = inspect(path)
+    assert info.gguf["byte_order"] == "big" and info.gguf["version"] == 3
+    assert info.gguf["kv"]["x.y"] == 7 and info.gguf["kv"]["arr"] == [1.5, 2.5]
+    for lazy in info.lazy_tensors():
+        np.testing.assert_array_equal(lazy.load(), arrays[lazy.name])
