@@ -145,8 +145,7 @@ def _read_value(cur: _Cursor, vtype: int, key: str, full_arrays: bool) -> Any:
     cur.need(count * min_item, f"array {key!r} of {count} {item_name} items")
     keep = count if (full_arrays or count <= ARRAY_KEEP) else ARRAY_FIRST
     if item_type == STRING:
-        items = [cur.string(f"item of {key!r}", keep=i < keep) for i in range(count)]
-        items = items[:keep]
+        items = _skim_strings(cur, count, keep, key)
     else:
         width = struct.calcsize(item_code)
         items = list(struct.unpack_from(f"{cur.order}{keep}{item_code}", cur.buf, cur.pos))
@@ -154,6 +153,26 @@ def _read_value(cur: _Cursor, vtype: int, key: str, full_arrays: bool) -> Any:
     if count <= ARRAY_KEEP or full_arrays:
         return items
     return {"type": item_name, "length": count, "first": items}
+
+
+def _skim_strings(cur: _Cursor, count: int, keep: int, key: str) -> list[str]:
+    """Walk a string array (vocabularies: 100k+ items), decoding only the first ``keep``."""
+    length_at = struct.Struct(cur.order + "Q").unpack_from
+    buf, size, pos = cur.buf, cur.size, cur.pos
+    items: list[str] = []
+    for i in range(count):
+        if pos + 8 > size:
+            cur.pos = pos
+            cur.fail(f"array {key!r} is cut off at item {i} of {count}")
+        (n,) = length_at(buf, pos)
+        pos += 8 + n
+        if pos > size:
+            cur.pos = pos - n
+            cur.fail(f"item {i} of array {key!r} claims {n} bytes beyond the end of the file")
+        if i < keep:
+            items.append(bytes(buf[pos - n:pos]).decode("utf-8", "replace"))
+    cur.pos = pos
+    return items
 
 
 def read_header(src: Source, full_arrays: bool = False) -> Header:
