@@ -205,3 +205,25 @@ def test_other_weight_layouts_use_the_registry_readers(tmp_path, weights_rel, na
     first = info.tensors[0]
     np.testing.assert_array_equal(info.tensor_loader(first),
                                   alone.tensor_loader(alone.tensors[0]))
+
+
+def test_sharded_pytorch_bin_folder(tiny_llama, tiny_llama_state_dict, tmp_path):
+    import torch
+
+    shutil.copy(tiny_llama / "config.json", tmp_path / "config.json")
+    names = sorted(tiny_llama_state_dict)
+    halves = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    weight_map = {}
+    for shard, keys in halves.items():
+        torch.save({k: tiny_llama_state_dict[k] for k in keys}, tmp_path / shard)
+        weight_map.update({k: shard for k in keys})
+    (tmp_path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    info = inspect(tmp_path)
+    weights = info.details["hf"]["weights"]
+    assert weights["format"] == "pytorch" and weights["sharded"] is True
+    assert weights["index"] == "pytorch_model.bin.index.json"
+    assert {t.name: t.file for t in info.tensors} == weight_map and info.warnings == []
+    for lazy in info.lazy_tensors():
+        np.testing.assert_array_equal(lazy.load(), tiny_llama_state_dict[lazy.name].numpy())
