@@ -106,7 +106,8 @@ def sniff(src: Source):
 @lru_cache(maxsize=1)
 def vllm_registry() -> dict[str, Any]:
     """The packaged list of vLLM's supported architectures (with the vLLM version)."""
-    text = resources.files("keishiki.data").joinpath("vllm_supported.json").read_text()
+    # a data file of the keishiki package (pyproject: package-data "data/*.json")
+    text = resources.files("keishiki").joinpath("data", "vllm_supported.json").read_text()
     return json.loads(text)
 
 
