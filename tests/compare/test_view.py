@@ -142,3 +142,23 @@ def test_cli_view_bad_input(tmp_path):
     assert code == 2 and err.startswith("keishiki: error:") and err.count("\n") == 1
     code, out, err = run_cli("view", tmp_path, "--port", "70000", "--no-browser")
     assert code == 2 and "--port" in err
+
+
+def test_cli_view_prints_url_and_stops_on_ctrl_c(seq_files):
+    import signal
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "keishiki", "view", str(seq_files["onnx"]),
+                             "--no-browser", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
+        assert json.loads(get(url + "api/info")[2])["format"] == "onnx"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
+from rich.markup import escape
+
 from .render import console, print_json, table
 
 STYLE = {"identical": "green", "within tolerance": "yellow", "different": "red"}
@@ -64,14 +66,15 @@ def _num(x) -> str:
 def render(report, show_all: bool = False) -> None:
     """Human view: the rows worth seeing, unpaired tensors, outputs, then the verdict."""
     m = report.mapping
-    rows = [(d.pair.a, d.pair.b, d.pair.how, shape_text(d.pair.a_shape),
+    rows = [(escape(d.pair.a), escape(d.pair.b), d.pair.how, shape_text(d.pair.a_shape),
              d.pair.a_dtype if d.pair.a_dtype == d.pair.b_dtype
              else f"{d.pair.a_dtype} / {d.pair.b_dtype}",
              d.status, _num(d.max_abs_diff), _num(d.max_rel_diff))
             for d in report.tensors if show_all or d.status != "identical"]
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items())
-    console.print(f"[bold]{m.a_path}[/bold] ({m.a_format}) vs [bold]{m.b_path}[/bold] "
-                  f"({m.b_format}): {len(report.tensors)} pairs ({counts})")
+    console.print(f"[bold]{escape(m.a_path)}[/bold] ({m.a_format}) vs "
+                  f"[bold]{escape(m.b_path)}[/bold] ({m.b_format}): {len(report.tensors)} "
+                  f"pairs ({counts})")
     if rows:
         table(None, ["A", "B", "how", "shape", "dtype", "status", "max abs", "max rel"], rows,
               justify_right=["max abs", "max rel"])
@@ -79,12 +82,13 @@ def render(report, show_all: bool = False) -> None:
         render_unmatched(m, show_all=show_all)
     if report.outputs:
         o = report.outputs
-        console.print(f"outputs ({o['backend_a']} vs {o['backend_b']}, prompt {o['prompt']!r}, "
+        console.print(f"outputs ({o['backend_a']} vs {o['backend_b']}, prompt "
+                      f"{escape(repr(o['prompt']))}, "
                       f"{o['steps']} greedy steps): {o['summary']}")
     verdict = report.verdict
     console.print(f"verdict: [bold {STYLE[verdict]}]{verdict}[/bold {STYLE[verdict]}]"
                   f" (atol {report.atol:g}, rtol {report.rtol:g})"
-                  + ("".join(f"\n  - {r}" for r in report.reasons)))
+                  + ("".join(f"\n  - {escape(r)}" for r in report.reasons)))
 
 
 def render_unmatched(name_map, show_all: bool = False) -> None:
@@ -98,7 +102,7 @@ def render_unmatched(name_map, show_all: bool = False) -> None:
         quiet = [t for t in infos if reasons[t.name]]
         listed = infos if show_all else [t for t in infos if not reasons[t.name]]
         if listed:
-            rows = [(t.name, t.dtype, shape_text(t.shape),
+            rows = [(escape(t.name), t.dtype, shape_text(t.shape),
                      f"{reasons[t.name]} (not counted)" if reasons[t.name] else "")
                     for t in listed]
             table(f"{len(listed)} only in {side}", ["name", "dtype", "shape", "note"], rows)

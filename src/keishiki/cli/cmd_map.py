@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
+from rich.markup import escape
+
 from .cmd_compare import render_unmatched, shape_text
 from .render import print_json, table
 
@@ -39,11 +41,12 @@ def map_cmd(
     if json_out:
         print_json(name_map.to_dict())
         return 1 if ua or ub else 0
-    rows = [(p.a, p.b, p.how + (" (shared)" if p.extra.get("shared") else ""),
+    rows = [(escape(p.a), escape(p.b), p.how + (" (shared)" if p.extra.get("shared") else ""),
              shape_text(p.a_shape), shape_text(p.b_shape),
              p.a_dtype if p.a_dtype == p.b_dtype else f"{p.a_dtype} / {p.b_dtype}")
             for p in name_map.pairs]
-    table(f"{len(name_map.pairs)} pairs: {a} ({name_map.a_format}) ↔ {b} ({name_map.b_format})",
+    table(f"{len(name_map.pairs)} pairs: {escape(str(a))} ({name_map.a_format}) ↔ "
+          f"{escape(str(b))} ({name_map.b_format})",
           ["A", "B", "how", "A shape", "B shape", "dtype"], rows)
     render_unmatched(name_map, show_all=show == "all")
     return 1 if ua or ub else 0

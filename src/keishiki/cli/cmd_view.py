@@ -34,8 +34,11 @@ def view(
     except OSError as exc:
         raise InvalidRequest(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} "
                              f"(try --port 0)") from None
-    console.print(f"keishiki view: {path} ({info.format}) at [bold]{server.url}[/bold]  "
-                  f"(Ctrl-C stops)")
+    # one unwrapped line, so that scripts reading stdout find the URL whole
+    from rich.markup import escape
+
+    console.print(f"keishiki view: {escape(str(path))} ({info.format}) at [bold]{server.url}[/bold]  "
+                  f"(Ctrl-C stops)", soft_wrap=True, markup=True, highlight=False)
     if not no_browser:
         import webbrowser
 
