@@ -23,6 +23,7 @@ reversed dims); ``transform`` says how B's array must be changed to line up with
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -97,8 +98,8 @@ class NameMap:
     def counted_unmatched(self) -> tuple[list[str], list[str]]:
         """Unpaired names that count as a difference (graph constants and computed buffers
         excluded)."""
-        return ([t.name for t in self.unmatched_a if not is_graph_constant(t, self.a_format)],
-                [t.name for t in self.unmatched_b if not is_graph_constant(t, self.b_format)])
+        return ([t.name for t in self.unmatched_a if not is_uncounted(t, self.a_format)],
+                [t.name for t in self.unmatched_b if not is_uncounted(t, self.b_format)])
 
     def how_counts(self) -> dict[str, int]:
         return dict(Counter(p.how for p in self.pairs).most_common())
@@ -145,7 +146,7 @@ def uncounted_reason(t: TensorInfo, fmt: str) -> str | None:
     return None
 
 
-def is_graph_constant(t: TensorInfo, fmt: str) -> bool:
+def is_uncounted(t: TensorInfo, fmt: str) -> bool:
     """True when an unpaired ``t`` is listed but not counted (see :func:`uncounted_reason`)."""
     return uncounted_reason(t, fmt) is not None
 
@@ -202,9 +203,9 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
 def _declared_transposed(info: ModelInfo) -> set[str]:
     """Initializers an ONNX file declares as stored transposed (metadata key written by
     :func:`keishiki.convert.names.rename_initializers`)."""
-    import json
+    from .convert.names import TRANSPOSED_KEY
 
-    raw = (info.metadata or {}).get("keishiki:transposed_initializers")
+    raw = (info.metadata or {}).get(TRANSPOSED_KEY)
     try:
         return set(json.loads(raw)) if raw else set()
     except (TypeError, ValueError):
