@@ -433,6 +433,35 @@ def _digest_table(model: ModelInfo, infos: Iterable[TensorInfo], numels: set[int
     return table
 
 
+_NAME_SPLIT = re.compile(r"[./:_\-]+")
+# leaf names other frameworks give a PyTorch ``weight`` / ``bias`` (Flax, Keras, TF)
+_LEAF_ALIASES = {"kernel": "weight", "scale": "weight", "embedding": "weight",
+                 "embeddings": "weight", "gamma": "weight", "beta": "bias", "0": ""}
+
+
+def _name_tokens(name: str) -> list[str]:
+    parts = [_LEAF_ALIASES.get(p, p) for p in _NAME_SPLIT.split(name.lower())]
+    return [p for p in parts if p]
+
+
+def name_similarity(a: str, b: str) -> float:
+    """How alike two tensor names are across naming styles: the length of their common
+    tail of tokens (``encoder.layer.0.output.dense.bias`` vs
+    ``encoder/layer/0/output/dense/bias`` share all six), plus a little for shared tokens."""
+    ta, tb = _name_tokens(a), _name_tokens(b)
+    tail = 0
+    while tail < min(len(ta), len(tb)) and ta[-1 - tail] == tb[-1 - tail]:
+        tail += 1
+    return tail + 0.01 * len(set(ta) & set(tb))
+
+
+def _rank_candidates(name: str, candidates: list) -> list[tuple[tuple, float]]:
+    """Candidates best first: untransposed before transposed, then by name similarity."""
+    scored = [(c, name_similarity(name, c[0])) for c in candidates]
+    scored.sort(key=lambda cs: (cs[0][1] is not None, -cs[1]))
+    return scored
+
+
 def _value_pair(ta: TensorInfo, tb: TensorInfo, transform: str | None,
                 extra: dict) -> TensorPair:
     return TensorPair(ta.name, tb.name, "value-transposed" if transform else "value",
@@ -457,12 +486,13 @@ def _value_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
             on_load(t.name)
         digest = content_digest(load_array(a, t))
         candidates = table.get(digest, [])
-        # an untransposed match first, then a name not used yet
-        free = sorted((c for c in candidates if c[0] in right), key=lambda c: c[1] is not None)
+        free = _rank_candidates(t.name, [c for c in candidates if c[0] in right])
         if free:
-            b_name, transform = free[0]
+            (b_name, transform), score = free[0]
+            # equal tensors (zero biases, unit norms) tie on value: the names decide
+            ambiguous = len(free) > 1 and free[1][1] == score
             pair = _value_pair(t, right.pop(b_name), transform,
-                               {"ambiguous": True} if len(free) > 1 else {})
+                               {"ambiguous": True} if ambiguous else {})
         elif candidates:  # B's tensor was paired by value already: shared
             b_name, transform = candidates[0]
             pair = _value_pair(t, b.tensor(b_name), transform, {"shared": True})

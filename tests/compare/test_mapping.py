@@ -234,3 +234,29 @@ def test_llama_export_matmul_names_back_to_hf_names(tiny_llama, tmp_path):
     assert len(linear) == 2 * 7 and all(got[n].transposed for n in linear)
     assert m.counted_unmatched == ([], [])
     assert len(m.pairs) == hf.n_tensors
+
+
+def test_flax_names_pair_by_value_and_name_similarity():
+    """The corpus' Flax msgpack holds the same BERT weights as its safetensors twin, under
+    Flax names (``…/kernel`` transposed, ``…/scale``, ``…/embedding``); the many all-zero
+    biases tie on value and are told apart by their names."""
+    hf = inspect(corpus_path("hf_dir/tiny-bert-safetensors"))
+    flax = inspect(corpus_path("hf_dir/tiny-bert-flax"))
+    m = map_names(hf, flax)
+    assert len(m.pairs) == 39 and not m.unmatched_a and not m.unmatched_b
+    assert m.how_counts() == {"value": 26, "value-transposed": 13}
+    for p in m.pairs:
+        assert not p.extra.get("ambiguous")
+        stem = p.a.rsplit(".", 1)[0].replace(".", "/")
+        assert p.b.rsplit("/", 1)[0] == stem, (p.a, p.b)
+        assert p.transposed == p.b.endswith("/kernel")
+
+
+def test_equal_values_are_told_apart_by_names():
+    zeros = np.zeros(3, np.float32)
+    a = memory_model({"enc.q.bias": zeros, "enc.k.bias": zeros.copy(), "enc.v.bias": zeros.copy()})
+    b = memory_model({"enc/v/bias": zeros.copy(), "enc/q/bias": zeros.copy(),
+                      "enc/k/bias": zeros.copy()}, fmt="flax-msgpack")
+    m = map_names(a, b)
+    assert {p.a: p.b for p in m.pairs} == {"enc.q.bias": "enc/q/bias", "enc.k.bias": "enc/k/bias",
+                                           "enc.v.bias": "enc/v/bias"}
