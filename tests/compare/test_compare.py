@@ -242,3 +242,13 @@ def test_outputs_hf_vs_torchscript_export(tiny_llama, tmp_path):
     assert set(report.mapping.how_counts()) <= {"exact", "prefix"}
     assert {t["not_counted"] for t in report.to_dict()["unmatched_b"]} <= {"computed buffer"}
     assert report.outputs["tokens_match"] and report.outputs["backend_b"] == "torchscript"
+
+
+def test_real_corpus_keras_h5_vs_keras_v3_zip():
+    """One Keras model saved both ways: ``model_weights/hidden/hidden/kernel`` in HDF5,
+    ``layers/dense/vars/0`` in the .keras zip; names share nothing, values pair them."""
+    h5 = corpus_path("keras_h5/keras-3.15.1/tiny_mlp_keras3_legacy.h5")
+    v3 = corpus_path("other/keras_v3_zip/keras-3.15.1/tiny_mlp_keras3.keras")
+    report = keishiki.compare(h5, v3)
+    assert report.verdict == "identical", report.reasons
+    assert set(report.mapping.how_counts()) == {"value"} and len(report.tensors) >= 4
