@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..core.model import ModelInfo
@@ -44,11 +44,9 @@ class CompareReport:
     rtol: float
     allow_unmatched: bool = False
     outputs: dict[str, Any] | None = None
-    reasons: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
-        self.reasons = self._reasons()
         if self.reasons:
             return "different"
         ua, ub = self.mapping.counted_unmatched  # ONNX graph constants never count
@@ -61,7 +59,9 @@ class CompareReport:
         """0 when identical or within tolerance, 1 when different (the CLI's exit code)."""
         return 0 if self.verdict != "different" else 1
 
-    def _reasons(self) -> list[str]:
+    @property
+    def reasons(self) -> list[str]:
+        """Why the verdict is ``different`` (empty otherwise), most important first."""
         reasons = []
         bad = [d for d in self.tensors if not d.ok]
         if bad:
