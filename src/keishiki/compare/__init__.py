@@ -30,9 +30,9 @@ class CompareReport:
     """What :func:`compare` found.
 
     Attributes:
-        verdict: ``identical`` (every pair bit-for-bit, nothing unpaired but ONNX graph
-            constants), ``within tolerance``
-            (every pair equal within atol/rtol, dtype changes allowed), or ``different``.
+        verdict: ``identical`` (every pair bit-for-bit; nothing unpaired except ONNX graph
+            constants and computed buffers), ``within tolerance`` (every pair within
+            atol/rtol, dtype changes allowed), or ``different`` (see ``reasons``).
         mapping: the :class:`~keishiki.mapping.NameMap` used.
         tensors: one :class:`~keishiki.compare.weights.TensorDiff` per pair, in A's order.
         outputs: the run-both result when outputs were compared, else None.
@@ -49,7 +49,7 @@ class CompareReport:
     def verdict(self) -> str:
         if self.reasons:
             return "different"
-        ua, ub = self.mapping.counted_unmatched  # ONNX graph constants never count
+        ua, ub = self.mapping.counted_unmatched  # graph constants, computed buffers never count
         if all(d.status == "identical" for d in self.tensors) and not (ua or ub):
             return "identical"
         return "within tolerance"
@@ -69,7 +69,8 @@ class CompareReport:
             reasons.append(f"{len(bad)} tensor(s) differ: {names}")
         ua, ub = self.mapping.counted_unmatched
         if not self.allow_unmatched and (ua or ub):
-            reasons.append(f"unpaired tensors: {len(ua)} only in A, {len(ub)} only in B")
+            reasons.append(f"unpaired tensors: {len(ua)} only in A{_first(ua)}, "
+                           f"{len(ub)} only in B{_first(ub)}")
         if not self.tensors:
             reasons.append("no tensor of A could be paired with one of B")
         if self.outputs is not None and not self.outputs.get("passed", False):
@@ -95,6 +96,12 @@ class CompareReport:
             "unmatched_a": mapping["unmatched_a"], "unmatched_b": mapping["unmatched_b"],
             "outputs": self.outputs,
         }
+
+
+def _first(names: list[str], n: int = 3) -> str:
+    if not names:
+        return ""
+    return " (" + ", ".join(names[:n]) + (" …" if len(names) > n else "") + ")"
 
 
 def _model(x: str | os.PathLike | ModelInfo) -> ModelInfo:
