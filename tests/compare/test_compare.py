@@ -252,3 +252,16 @@ def test_real_corpus_keras_h5_vs_keras_v3_zip():
     report = keishiki.compare(h5, v3)
     assert report.verdict == "identical", report.reasons
     assert set(report.mapping.how_counts()) == {"value"} and len(report.tensors) >= 4
+
+
+def test_config_differences_are_reported_not_judged():
+    from tests.compare.test_mapping import memory_model
+
+    w = np.ones((2, 2), np.float32)
+    a, b = memory_model({"w": w}), memory_model({"w": w.copy()})
+    a.config = {"model_type": "llama", "dtype": "float32", "vocab_size": 10}
+    b.config = {"model_type": "llama", "dtype": "float16", "vocab_size": 10, "extra": 1}
+    report = keishiki.compare(a, b)
+    assert report.config_diff == {"dtype": ["float32", "float16"], "extra": [None, 1]}
+    assert report.verdict == "identical"
+    assert keishiki.compare(memory_model({"w": w}), memory_model({"w": w})).config_diff is None

@@ -80,6 +80,10 @@ def render(report, show_all: bool = False) -> None:
               justify_right=["max abs", "max rel"])
     if m.unmatched_a or m.unmatched_b:
         render_unmatched(m, show_all=show_all)
+    if report.config_diff:
+        table("config.json keys that differ", ["key", "A", "B"],
+              [(escape(k), escape(repr(a)), escape(repr(b)))
+               for k, (a, b) in report.config_diff.items()])
     if report.outputs:
         o = report.outputs
         console.print(f"outputs ({o['backend_a']} vs {o['backend_b']}, prompt "

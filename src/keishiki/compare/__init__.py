@@ -36,6 +36,7 @@ class CompareReport:
         mapping: the :class:`~keishiki.mapping.NameMap` used.
         tensors: one :class:`~keishiki.compare.weights.TensorDiff` per pair, in A's order.
         outputs: the run-both result when outputs were compared, else None.
+        config_diff: differing config.json keys when both sides have one (informational).
     """
 
     mapping: NameMap
@@ -44,6 +45,7 @@ class CompareReport:
     rtol: float
     allow_unmatched: bool = False
     outputs: dict[str, Any] | None = None
+    config_diff: dict[str, Any] | None = None
 
     @property
     def verdict(self) -> str:
@@ -95,7 +97,18 @@ class CompareReport:
             "tensors": [d.to_dict() for d in self.tensors],
             "unmatched_a": mapping["unmatched_a"], "unmatched_b": mapping["unmatched_b"],
             "outputs": self.outputs,
+            "config_diff": self.config_diff,
         }
+
+
+def config_diff(a: ModelInfo, b: ModelInfo) -> dict[str, Any] | None:
+    """``{key: [value in A, value in B]}`` for config.json keys that differ, when both models
+    carry a config (informational: the verdict is about weights and outputs)."""
+    if not a.config or not b.config:
+        return None
+    keys = sorted(set(a.config) | set(b.config))
+    return {k: [a.config.get(k), b.config.get(k)] for k in keys
+            if a.config.get(k) != b.config.get(k)}
 
 
 def _first(names: list[str], n: int = 3) -> str:
@@ -164,7 +177,8 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
             diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol))
             del arr_a, arr_b  # one pair in memory at a time
             advance(1)
-    report = CompareReport(name_map, diffs, atol, rtol, allow_unmatched)
+    report = CompareReport(name_map, diffs, atol, rtol, allow_unmatched,
+                           config_diff=config_diff(model_a, model_b))
     if outputs:
         from .outputs import compare_outputs
 
