@@ -265,3 +265,25 @@ def test_config_differences_are_reported_not_judged():
     assert report.config_diff == {"dtype": ["float32", "float16"], "extra": [None, 1]}
     assert report.verdict == "identical"
     assert keishiki.compare(memory_model({"w": w}), memory_model({"w": w})).config_diff is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["f32", "q8_0"])
+def test_hf_vs_keishiki_gguf(tiny_llama, tmp_path, quant):
+    """The tiny Llama converted by ``keishiki convert --to gguf``: names mapped back, Q/K
+    permutation undone (or not, if the converter keeps HF order), Q8_0 within its rounding."""
+    pytest.importorskip("gguf")
+    from keishiki.convert import convert
+    from keishiki.errors import NoConversionPath
+
+    out = tmp_path / f"tiny-{quant}.gguf"
+    try:
+        convert(tiny_llama, out, to="gguf", quant=quant, verify=False, quiet=True)
+    except (ImportError, NoConversionPath) as exc:
+        pytest.skip(f"HF → GGUF conversion not available here: {exc}")
+    report = keishiki.compare(tiny_llama, out, atol=0.0 if quant == "f32" else 0.05)
+    assert report.verdict == ("identical" if quant == "f32" else "within tolerance"), \
+        report.reasons
+    assert report.mapping.how_counts().get("gguf", 0) >= 18
+    q = next(d for d in report.tensors if d.pair.a.endswith("layers.0.self_attn.q_proj.weight"))
+    assert q.pair.b == "blk.0.attn_q.weight"
