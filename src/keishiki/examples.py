@@ -75,6 +75,7 @@ def build_tiny_llama(out: str | Path, seed: int = 0, layers: int = 2, hidden: in
             if "norm" in name:
                 param.add_(torch.randn_like(param) * 0.02)
     model.generation_config.do_sample = False
+    transformers.utils.logging.disable_progress_bar()  # keep the demo's output readable
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -30,14 +30,14 @@ def demo(
     # (target path, --to, options): each a real conversion, verified by keishiki
     steps = [
         (out / "tiny-llama.pt", "pytorch", {}),
-        (out / "tiny-llama-bin", "hf-model", {"to_weights": "pytorch"}),
+        (out / "tiny-llama-bin", "pytorch", {}),
         (out / "tiny-llama-f16.gguf", "gguf", {"quant": "f16"}),
-        (out / "tiny-llama-onnx", "onnx", {"opset": 18}),
+        (out / "tiny-llama-onnx", "onnx", {"opset": 17}),
         (out / "tiny-llama-ts", "torchscript", {"method": "trace"}),
     ]
     shown: list[Path] = [hf, hf / "model.safetensors"]
     for target, to, options in steps:
-        source = hf / "model.safetensors" if to == "pytorch" else hf
+        source = hf / "model.safetensors" if target.suffix == ".pt" else hf
         if not target.exists():
             console.print(f"[bold]convert[/bold] {source} → {target} (--to {to})")
             keishiki.convert(source, target, to=to, quiet=True, **options)
