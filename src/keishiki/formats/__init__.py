@@ -125,8 +125,6 @@ def inspect(path: str | os.PathLike) -> ModelInfo:
 def _safety(src: Source, info: ModelInfo) -> dict | None:
     """The scan verdict for formats that can carry code (pickles, TorchScript, Keras, ONNX
     external data); None for pure-data formats.  Owned by :mod:`keishiki.scan`."""
-    try:
-        from ..scan import summary_for
-    except ImportError:  # scan not built yet
-        return None
+    from ..scan import summary_for
+
     return summary_for(src, info)

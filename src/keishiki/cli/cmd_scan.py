@@ -1,0 +1,66 @@
+"""``keishiki scan PATH...``: would loading these files run code?  Judged without loading them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from ._app import JSON_OPTION, app
+from .render import console, print_json, table
+
+_STYLE = {"dangerous": "bold red", "unknown": "yellow", "error": "magenta", "safe": "green"}
+
+
+@app.command()
+def scan(
+    paths: list[Path] = typer.Argument(..., help="Files or folders (archives are opened, "
+                                       "folders walked)."),
+    json_out: bool = JSON_OPTION,
+    allow_unknown: bool = typer.Option(False, "--allow-unknown",
+                                       help="Exit 0 when only unknown (not dangerous) "
+                                       "globals are found."),
+    show_safe: bool = typer.Option(False, "--all", help="Also list safe findings."),
+) -> int:
+    """Scan pickles, archives, TorchScript, Keras and ONNX files for code that runs on load.
+
+    Exit codes: 0 nothing unsafe, 1 dangerous or unknown globals (unknown: not on the
+    allowlist of what legitimate checkpoints reference; --allow-unknown exits 0 for those),
+    2 could not scan (damaged or unrecognised file, and nothing unsafe seen before the damage).
+    """
+    from ..scan import scan as run_scan
+
+    report = run_scan(*paths)
+    code = report.exit_code(allow_unknown=allow_unknown)
+    if json_out:
+        data = report.to_dict(include_safe=show_safe)
+        data["exit_code"] = code
+        data["files"] = [f for f in data["files"] if not f["skipped"] or f["findings"]]
+        print_json(data)
+        return code
+    _render(report, show_safe)
+    for fr in report.files:
+        for err in fr.errors:
+            sys.stderr.write(f"keishiki: error: {err}\n")
+    return code
+
+
+def _render(report, show_safe: bool) -> None:
+    files = [fr for fr in report.files if not fr.skipped]
+    table(None, ["verdict", "file", "kind", "dangerous", "unknown", "safe"],
+          [[f"[{_STYLE[fr.verdict]}]{fr.verdict}[/]", escape(fr.path), fr.kind or "-",
+            str(sum(f.severity == "dangerous" for f in fr.findings)),
+            str(sum(f.severity == "unknown" for f in fr.findings)),
+            str(sum(f.severity == "safe" for f in fr.findings))] for fr in files],
+          justify_right=["dangerous", "unknown", "safe"])
+    shown = [f for f in report.findings if show_safe or f.severity != "safe"]
+    if shown:
+        table("findings", ["severity", "where", "opcode", "global", "reason"],
+              [[f"[{_STYLE[f.severity]}]{f.severity}[/]", escape(f.where), f.opcode,
+                escape(f.global_), escape(f.reason)] for f in shown[:500]])
+        if len(shown) > 500:
+            console.print(f"… {len(shown) - 500} more findings (use --json)")
+    style = _STYLE[report.verdict]
+    console.print(f"verdict: [{style}]{report.verdict}[/] ({len(files)} files scanned)")

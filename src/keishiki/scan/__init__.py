@@ -1,0 +1,106 @@
+"""``keishiki scan``: is a model file safe to load?  Judged by reading it, never by loading it.
+
+Pickles (any protocol, concatenated, truncated, inside zip/tar archives at any depth, torch
+legacy files), TorchScript code, Keras Lambda layers, ONNX external-data paths, archive
+member names and folder symlinks are checked; every global a pickle names is judged
+against an allowlist of what legitimate checkpoints use (see :mod:`.allowlist`).
+
+>>> report = keishiki.scan("suspicious.pt")
+>>> report.verdict, [f.global_ for f in report.findings if f.severity == "dangerous"]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from .findings import FileReport, Finding, ScanReport
+
+# formats whose files can carry code or pickles (keishiki info shows their verdict)
+CODE_BEARING = frozenset({"pytorch", "pickle", "torchscript", "torch-export", "keras",
+                          "keras-h5", "hf-model", "numpy", "onnx"})
+_CACHE: dict[tuple, ScanReport] = {}
+
+
+def scan(*paths: str | os.PathLike) -> ScanReport:
+    """Scan files and folders for code that would run when they are loaded.
+
+    Args:
+        paths: files or folders (folders are walked; archives are opened at any depth).
+
+    Returns:
+        A :class:`ScanReport`: ``.verdict`` (``safe``/``unknown``/``dangerous``/``error``),
+        ``.findings`` (each with file, member, offset, opcode, global, severity, reason),
+        ``.exit_code()``.
+
+    Raises:
+        KeishikiError: a path does not exist.  Damaged files do not raise: they are
+        reported as errors in the report (what was seen up to the damage is still judged).
+    """
+    from .scanner import scan_paths
+
+    return scan_paths(paths)
+
+
+def _cached_scan(path: Path) -> ScanReport:
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is not None and key in _CACHE:
+        return _CACHE[key]
+    report = scan(path)
+    if key is not None:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        _CACHE[key] = report
+    return report
+
+
+def summary_for(src: Any, info: Any) -> dict | None:
+    """The compact scan verdict that ``keishiki info`` shows, for formats that can carry code.
+
+    Args:
+        src: the :class:`~keishiki.core.source.Source` being inspected.
+        info: its :class:`~keishiki.core.model.ModelInfo` (only ``format`` and ``variant`` used).
+
+    Returns:
+        ``{"verdict", "findings", "dangerous": [...], "unknown": [...]}`` or None for
+        pure-data formats (safetensors, gguf, ...) and ONNX without external data.
+    """
+    fmt = getattr(info, "format", None)
+    if fmt not in CODE_BEARING:
+        return None
+    if fmt == "onnx" and getattr(info, "variant", None) != "external-data":
+        return None
+    try:
+        report = _cached_scan(Path(src.path))
+    except Exception as exc:  # info must work on any file: a scan failure is shown, not raised
+        return {"verdict": "error", "findings": 0, "dangerous": [], "unknown": [],
+                "errors": [f"{type(exc).__name__}: {exc}"]}
+    unsafe = [f for f in report.findings if f.severity != "safe"]
+    out = {"verdict": report.verdict, "findings": len(unsafe),
+           "dangerous": report.globals_by_severity("dangerous"),
+           "unknown": report.globals_by_severity("unknown")}
+    errors = [e for fr in report.files for e in fr.errors]
+    if errors:
+        out["errors"] = errors[:5]
+    return out
+
+
+class _CallableModule(types.ModuleType):
+    """``keishiki.scan`` is both this package and the function: once the package has been
+    imported, the import system binds the package as ``keishiki.scan``, and
+    ``keishiki.scan(path)`` must still work."""
+
+    def __call__(self, *paths: str | os.PathLike) -> ScanReport:
+        return scan(*paths)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["scan", "summary_for", "ScanReport", "FileReport", "Finding", "CODE_BEARING"]

@@ -1,0 +1,146 @@
+"""ONNX external-data locations, read straight from the protobuf wire format.
+
+An initializer stored outside the model names its file in ``external_data`` (key
+``location``).  ``onnx.load`` resolves it against the model's folder; an absolute path, a
+``..`` component or a symlink that leads outside makes a model read any file on the
+machine (CVE-2024-27318 and friends).  Parsing the wire format ourselves needs no onnx
+package and has no 2 GB protobuf limit; only the message paths that hold tensors are
+descended into, iteratively.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_MAX_DEPTH = 64
+_MAX_FIELDS = 5_000_000
+
+# message kind -> {field number: child message kind}
+_PATHS = {
+    "model": {7: "graph", 25: "function"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse",
+                  23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+
+
+class NotOnnx(Exception):
+    """The bytes are not a protobuf ModelProto."""
+
+
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise NotOnnx("bad varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf, start: int, end: int):
+    """(field number, wire type, value or (start, end)) of one message's fields."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise NotOnnx("field number 0")
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+            yield field, wire, value
+        elif wire == 1:
+            pos += 8
+            yield field, wire, None
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            if pos + length > end:
+                raise NotOnnx("length beyond the message")
+            yield field, wire, (pos, pos + length)
+            pos += length
+        elif wire == 5:
+            pos += 4
+            yield field, wire, None
+        else:
+            raise NotOnnx(f"wire type {wire}")
+    if pos != end:
+        raise NotOnnx("message overruns")
+
+
+def _tensor_location(buf, start: int, end: int) -> tuple[str, str | None]:
+    """(tensor name, external location or None) of one TensorProto."""
+    name, location = "", None
+    for field, wire, value in _fields(buf, start, end):
+        if field == 8 and wire == 2:
+            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+        elif field == 13 and wire == 2:
+            key = val = None
+            for f2, w2, v2 in _fields(buf, *value):
+                if w2 == 2 and f2 in (1, 2):
+                    text = bytes(buf[v2[0]:v2[1]]).decode("utf-8", "replace")
+                    key, val = (text, val) if f2 == 1 else (key, text)
+            if key == "location":
+                location = val
+    return name, location
+
+
+def external_locations(buf) -> list[tuple[str, str]]:
+    """(tensor name, location) for every tensor stored as external data in a ModelProto.
+
+    Raises:
+        NotOnnx: the bytes do not parse as a ModelProto with a graph.
+    """
+    out: list[tuple[str, str]] = []
+    todo = [("model", 0, len(buf), 0)]
+    fields = 0
+    saw_graph = False
+    while todo:
+        kind, start, end, depth = todo.pop()
+        if depth > _MAX_DEPTH:
+            raise NotOnnx("nesting too deep")
+        if kind == "tensor":
+            name, location = _tensor_location(buf, start, end)
+            if location is not None:
+                out.append((name, location))
+            continue
+        children = _PATHS[kind]
+        for field, wire, value in _fields(buf, start, end):
+            fields += 1
+            if fields > _MAX_FIELDS:
+                raise NotOnnx("too many fields")
+            if kind == "model" and field == 7:
+                saw_graph = True
+            if wire == 2 and field in children:
+                todo.append((children[field], value[0], value[1], depth + 1))
+    if not saw_graph:
+        raise NotOnnx("no graph")
+    return out
+
+
+def judge_location(model_path: Path, location: str) -> tuple[str, str]:
+    """(severity, reason) for one external-data location relative to the model file."""
+    norm = location.replace("\\", "/")
+    if not location or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        return "dangerous", f"absolute external-data location {location!r}: reads any file"
+    if ".." in norm.split("/"):
+        return "dangerous", (f"external-data location {location!r} climbs out of the model "
+                             "folder with '..'")
+    root = model_path.parent.resolve()
+    target = model_path.parent / location
+    try:
+        resolved = target.resolve()
+    except (OSError, RuntimeError):
+        return "dangerous", f"external-data location {location!r} cannot be resolved (loop?)"
+    if not resolved.is_relative_to(root):
+        return "dangerous", (f"external-data location {location!r} resolves through a symlink "
+                             f"to {resolved}, outside the model folder")
+    if not os.path.exists(resolved):
+        return "safe", f"external-data file {location!r} is missing"
+    return "safe", f"external data in {location!r} inside the model folder"

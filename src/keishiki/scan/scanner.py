@@ -1,0 +1,330 @@
+"""Walk files, folders and archives and send each piece of content to the right check.
+
+Content decides, never the extension: a file is scanned as a zip when it has a zip
+directory, as pickles when its bytes start like a pickle (a zip with a pickle in front is
+both: ``torch.load`` reads the pickle), as a NumPy file when it has the NumPy magic, and so
+on, at any depth of nesting.  Nothing is imported from the file and nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import re
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import KeishikiError
+from . import archives, keras, onnx_refs, torchscript
+from .findings import FileReport, Finding, ScanReport
+from .pickles import Where, looks_like_pickle, scan_blob
+
+FILE_SECONDS = 8.0        # time budget per file (the issue allows 10 s)
+MAX_DEPTH = 4             # archives inside archives
+_PICKLE_NAMES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".dill",
+                 ".sav", ".p", ".mar", ".pt2", ".debug_pkl")
+_MODEL_EXTS = _PICKLE_NAMES + (".npy", ".npz", ".onnx", ".keras", ".h5", ".hdf5",
+                               ".safetensors", ".gguf", ".jit", ".msgpack", ".zip", ".tar",
+                               ".tflite", ".t7", ".pb", ".mlmodel", ".ggml", ".model")
+_STORAGE = re.compile(r"(^|/)data/\d+$|(^|/)\.data/")
+_HDF5 = b"\x89HDF\r\n\x1a\n"
+_NPY = b"\x93NUMPY"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+class _Ctx:
+    """State of one file's scan: its report and its time budget."""
+
+    def __init__(self, report: FileReport):
+        self.report = report
+        self.deadline = time.monotonic() + FILE_SECONDS
+
+    def finding(self, member: str, offset: int | None, opcode: str, subject: str,
+                severity: str, reason: str) -> None:
+        self.report.add(Finding(self.report.path, member, offset, opcode, subject, severity,
+                                reason))
+
+    def error(self, member: str, message: str) -> None:
+        where = self.report.path + (f"!{member}" if member else "")
+        self.report.errors.append(f"{where}: {message}")
+
+
+def _pickle(ctx: _Ctx, data, member: str, strict: bool, torchscript_ctx: bool = False,
+            torch_file: bool = False) -> bool:
+    """Scan ``data`` as pickle streams.  When not ``strict`` (the bytes only might be a
+    pickle) and the first stream breaks without naming any global, the attempt is undone."""
+    rep = ctx.report
+    n_f, n_e, n_s = len(rep.findings), len(rep.errors), len(rep.scanned)
+    where = Where(rep.path, member, torchscript_ctx, torch_file)
+    scan_blob(memoryview(data), where, rep, ctx.deadline)
+    new = rep.findings[n_f:]
+    if not strict and len(rep.errors) > n_e and not any(_IDENT.match(f.global_) for f in new) \
+            and len(rep.scanned) - n_s <= 1:
+        del rep.findings[n_f:]
+        del rep.errors[n_e:]
+        del rep.scanned[n_s:]
+        return False
+    return True
+
+
+def _npy(ctx: _Ctx, data, member: str) -> None:
+    """A .npy with an object dtype holds a pickle after its header."""
+    head = bytes(data[:12])
+    if len(head) < 10:
+        ctx.error(member, "truncated NumPy header")
+        return
+    major = head[6]
+    if major == 1:
+        hlen, start = int.from_bytes(head[8:10], "little"), 10
+    else:
+        hlen, start = int.from_bytes(head[8:12], "little"), 12
+    header = bytes(data[start:start + min(hlen, 1 << 16)])
+    if b"'|O'" in header or b'"|O"' in header or re.search(rb"'O'", header):
+        ctx.finding(member, None, "npy", "numpy.object_", "safe",
+                    "object array: its elements are a pickle (np.load needs allow_pickle=True)")
+        _pickle(ctx, memoryview(data)[start + hlen:], member, strict=True)
+
+
+def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
+            torch_member: bool = False, ts: bool = False) -> str:
+    """Scan one piece of content (a file or an archive member); return what it was."""
+    head = bytes(data[:512])
+    kinds = []
+    if head[:2] == b"PK" or (len(data) > 22 and archives.is_zip(fp)):
+        if depth >= MAX_DEPTH:
+            ctx.error(member, f"archives nested deeper than {MAX_DEPTH}")
+            return "zip"
+        _zip(ctx, fp, member, depth)
+        kinds.append("zip")
+    if head[:6] == _NPY:
+        _npy(ctx, data, member)
+        kinds.append("npy")
+    elif looks_like_pickle(head) and head[:4] != b"PK\x03\x04":
+        # torch.load treats a file starting with a zip local header as a zip, never a pickle
+        strict = head[0] == 0x80 or name.lower().endswith(_PICKLE_NAMES)
+        if _pickle(ctx, data, member, strict, ts, torch_member):
+            kinds.append("pickle")
+    if archives.looks_like_tar(head) and "zip" not in kinds:
+        _tar(ctx, data, member, depth)
+        kinds.append("tar")
+    return "+".join(kinds)
+
+
+def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
+    try:
+        members = archives.zip_members(fp)
+    except archives.ArchiveError as exc:
+        ctx.error(prefix, str(exc))
+        return
+    names = [m.name for m in members]
+    ts = torchscript.is_torchscript(names)
+    torch_zip = ts or any(n == "data.pkl" or n.endswith("/data.pkl") for n in names)
+    keras_zip = "config.json" in names and any(n.endswith(".weights.h5") or n == "metadata.json"
+                                               for n in names)
+    join = (lambda n: f"{prefix}!{n}") if prefix else (lambda n: n)
+    if ts:
+        code = [n for n in names if "/code/" in f"/{n}" and not n.endswith("/")]
+        ctx.finding(prefix, None, "torchscript", "torchscript-code", "unknown",
+                    f"TorchScript archive: {len(code)} code files run when the model is loaded "
+                    f"and called: {', '.join(code[:8])}{' …' if len(code) > 8 else ''}")
+    for m in members:
+        path = join(m.name)
+        bad = archives.unsafe_name(m.name)
+        if bad:
+            ctx.finding(path, m.header_offset, "zip-member", m.name, "dangerous", bad)
+        if m.is_dir or (torch_zip and _STORAGE.search(m.name)):
+            continue  # torch never unpickles storages: raw tensor bytes
+        if time.monotonic() > ctx.deadline:
+            ctx.error(prefix, "scan stopped at the time limit")
+            return
+        head = archives.read_zip_head(fp, m, 512)
+        lower = m.name.lower()
+        is_code = ts and "/code/" in f"/{m.name}" and lower.endswith(".py")
+        is_config = keras_zip and m.name == "config.json"
+        interesting = (is_code or is_config or lower.endswith(_PICKLE_NAMES)
+                       or looks_like_pickle(head) or head[:2] == b"PK" or head[:6] == _NPY
+                       or archives.looks_like_tar(head))
+        if not interesting:
+            continue
+        try:
+            blob = archives.read_zip_member(fp, m)
+        except archives.ArchiveError as exc:
+            ctx.error(path, str(exc))
+            continue
+        ctx.report.scanned.append(path)
+        if is_code:
+            text = blob.decode("utf-8", "replace")
+            for sev, subject, reason in torchscript.code_findings(m.name, text):
+                ctx.finding(path, None, "torchscript-code", subject, sev, reason)
+        elif is_config:
+            _keras_config(ctx, keras.parse_config(blob), path)
+        else:
+            content(ctx, blob, io.BytesIO(blob), path, depth + 1, m.name, torch_zip, ts)
+
+
+def _tar(ctx: _Ctx, data, prefix: str, depth: int) -> None:
+    try:
+        entries = archives.tar_members(bytes(data))
+    except archives.ArchiveError as exc:
+        ctx.error(prefix, str(exc))
+        return
+    join = (lambda n: f"{prefix}!{n}") if prefix else (lambda n: n)
+    for name, blob, kind in entries:
+        path = join(name)
+        bad = archives.unsafe_name(name)
+        if bad:
+            ctx.finding(path, None, "tar-member", name, "dangerous", bad)
+        if kind == "link" and blob is not None and archives.link_escapes(name, blob.decode()):
+            ctx.finding(path, None, "tar-member", name, "dangerous",
+                        f"link to {blob.decode()!r} outside the archive")
+        elif kind == "file" and blob is not None and depth + 1 < MAX_DEPTH:
+            content(ctx, blob, io.BytesIO(blob), path, depth + 1, name)
+
+
+def _keras_config(ctx: _Ctx, config, member: str) -> None:
+    if config is None:
+        ctx.error(member, "Keras config is not valid JSON")
+        return
+    for sev, subject, reason in keras.config_findings(config):
+        ctx.finding(member, None, "keras-config", subject, sev, reason)
+
+
+def _onnx(ctx: _Ctx, path: Path, data) -> bool:
+    try:
+        refs = onnx_refs.external_locations(memoryview(data))
+    except onnx_refs.NotOnnx:
+        return False
+    for tensor, location in refs:
+        sev, reason = onnx_refs.judge_location(path, location)
+        ctx.finding("", None, "onnx-external-data", location, sev,
+                    f"tensor {tensor!r}: {reason}")
+    return True
+
+
+def _identify(path: Path) -> str | None:
+    """The format id keishiki's sniffers give ``path`` (labels only; the verdict never
+    rests on it), None when unknown."""
+    try:
+        from ..formats import identify  # noqa: PLC0415 - keeps scan importable alone
+
+        return identify(path).format
+    except KeishikiError:
+        return None
+    except Exception:  # a sniffer bug must not take the scan down
+        return None
+
+
+def scan_file(path: Path, explicit: bool = True) -> FileReport:
+    """Scan one file.  ``explicit``: named by the user (an unrecognised file is an error)
+    rather than found in a folder (an unrecognised file is skipped)."""
+    report = FileReport(str(path))
+    ctx = _Ctx(report)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            if explicit:
+                report.errors.append(f"{path}: empty file")
+            else:
+                report.skipped = "empty file"
+            return report
+        with open(path, "rb") as fh:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    report.kind = _scan_top(ctx, path, view, fh, explicit)
+                finally:
+                    view.release()
+    except OSError as exc:
+        report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+    except (MemoryError, RecursionError) as exc:
+        report.errors.append(f"{path}: {type(exc).__name__} while scanning (absurd sizes?)")
+    return report
+
+
+def _scan_top(ctx: _Ctx, path: Path, view, fh: BinaryIO, explicit: bool) -> str:
+    report = ctx.report
+    head = bytes(view[:512])
+    kind = ""
+    if head[:8] == _HDF5:
+        _h5(ctx, path, view)
+        kind = "hdf5"
+    elif path.suffix.lower() == ".onnx" and _onnx(ctx, path, view):
+        kind = "onnx"
+    else:
+        kind = content(ctx, view, fh, "", 0, path.name)
+        if not kind and head[:1] == b"\x08" and _onnx(ctx, path, view):
+            kind = "onnx"
+    if kind:
+        if kind.startswith("zip") and not kind.startswith("zip+") and not report.scanned \
+                and not report.findings and not report.errors:
+            report.findings.append(Finding(str(path), "", None, "zip", "", "safe",
+                                           "zip archive without pickles or code"))
+        return kind
+    fmt = _identify(path)
+    if fmt:
+        return fmt  # a data-only format: nothing in it is executed when loaded
+    if explicit:
+        report.errors.append(f"{path}: not a pickle, archive or model file keishiki "
+                             "recognises (nothing to scan)")
+    else:
+        report.skipped = ("not a pickle, archive or model file" if path.suffix.lower() in
+                          _MODEL_EXTS else "not a model file")
+    return ""
+
+
+def _h5(ctx: _Ctx, path: Path, view) -> None:
+    config, error = keras.h5_config(str(path))
+    if error:
+        ctx.error("", error)
+        return
+    if config is not None:
+        _keras_config(ctx, config, "model_config")
+    elif keras.raw_lambda_hint(bytes(view[: 1 << 22])):
+        ctx.finding("", None, "keras-config", "Lambda", "dangerous",
+                    "the HDF5 attributes mention a Lambda layer (serialized Python)")
+
+
+def scan_folder(root: Path) -> list[FileReport]:
+    """Scan every file under ``root`` (links are not followed; links leading outside are
+    findings)."""
+    out: list[FileReport] = []
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
+            path = Path(dirpath, name)
+            if path.is_symlink():
+                rep = FileReport(str(path), kind="symlink")
+                try:
+                    target = path.resolve()
+                except (OSError, RuntimeError):
+                    target = None
+                if target is None or not target.is_relative_to(real_root):
+                    rep.add(Finding(str(path), "", None, "symlink", os.readlink(path),
+                                    "dangerous", f"symlink points outside the scanned folder "
+                                    f"(to {target}): a loader would read that file"))
+                    out.append(rep)
+                continue  # a link inside the folder: its target is scanned on its own
+            if path.is_file():
+                out.append(scan_file(path, explicit=False))
+    return out
+
+
+def scan_paths(paths) -> ScanReport:
+    """Scan files and folders; see :func:`keishiki.scan.scan`."""
+    report = ScanReport()
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            if path.is_symlink():
+                report.files.append(FileReport(str(path), kind="symlink",
+                                               errors=[f"{path}: broken symlink"]))
+                continue
+            raise KeishikiError(f"{path}: no such file or folder")
+        if path.is_dir():
+            report.files.extend(scan_folder(path))
+        else:
+            report.files.append(scan_file(path, explicit=True))
+    return report

@@ -1,0 +1,40 @@
+"""TorchScript archives carry code: list it, and name the calls that reach beyond aten/prim.
+
+``torch.jit.load`` compiles the archive's ``code/`` files and runs them when the model is
+called; ``torch.load`` on such an archive hands it to ``torch.jit.load`` (CVE-2025-32434
+used exactly that to get past ``weights_only``).  The code is plain TorchScript text, so
+ops from custom namespaces (``torch.ops.myns.op``: a C++ extension that must be loaded)
+and custom classes (``__torch__.torch.classes``) are visible by reading it.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CUSTOM_OP = re.compile(r"\bops\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
+_CUSTOM_CLASS = re.compile(r"__torch__\.torch\.classes\.([A-Za-z0-9_.]+)")
+_FILE_OPS = re.compile(r"\b(?:torch|ops\.aten)\.(from_file|save|load|_load_for_mobile)\b")
+_STANDARD_NS = frozenset({"aten", "prim", "quantized", "_quantized", "profiler", "cuda",
+                          "_caffe2", "onnx", "_test", "uninitialized"})
+
+
+def is_torchscript(names: list[str]) -> bool:
+    """A zip holding ``code/`` files and ``constants.pkl`` (or mobile ``bytecode.pkl``)."""
+    has_code = any("/code/" in f"/{n}" for n in names)
+    return has_code and any(n.endswith(("constants.pkl", "bytecode.pkl")) for n in names)
+
+
+def code_findings(name: str, text: str) -> list[tuple[str, str, str]]:
+    """(severity, subject, reason) for the unusual calls in one ``code/`` file."""
+    out: list[tuple[str, str, str]] = []
+    for ns, op in sorted(set(_CUSTOM_OP.findall(text))):
+        if ns not in _STANDARD_NS:
+            out.append(("unknown", f"torch.ops.{ns}.{op}",
+                        f"custom op {ns}::{op} in {name}: needs a native extension library"))
+    for cls in sorted(set(_CUSTOM_CLASS.findall(text))):
+        out.append(("unknown", f"__torch__.torch.classes.{cls}",
+                    f"custom TorchScript class {cls} in {name}: native code"))
+    for op in sorted(set(_FILE_OPS.findall(text))):
+        out.append(("dangerous", f"torch.{op}",
+                    f"TorchScript code in {name} calls {op}: reads or writes files"))
+    return out
