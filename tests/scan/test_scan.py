@@ -1,0 +1,278 @@
+"""keishiki scan: malicious samples in many disguises are caught, benign look-alikes are not,
+findings name where and why, exit codes follow the contract, and nothing ever runs."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import keishiki
+from keishiki.scan.allowlist import classify
+from tests.conftest import CORPUS, FACTS, corpus_path, run_cli
+
+MALICIOUS = [
+    "reduce_os_system_p0", "reduce_os_system_p1", "reduce_os_system_p2", "reduce_os_system_p3",
+    "reduce_os_system_p4", "reduce_os_system_p5", "py2_builtin_eval", "py2_builtin_exec_p2",
+    "builtins_open_p4", "memo_mix_binput_memoize", "memo_out_of_order", "modelscan85_build_attrs",
+    "modelscan330_numpy_builtins", "modelscan331_importlib_getattr",
+    "modelscan267_nested_pickle_loads", "pr74_importlib", "pr74_marshal_functiontype", "pip_main",
+    "numpy_runstring", "copyreg_reconstructor_popen", "ext1_registry", "newobj_ex_popen",
+    "inst_p0_subprocess_call", "obj_p1_os_system", "getattr_import_chain",
+    "operator_methodcaller", "codecs_rot13_exec", "functools_partial", "timeit_timeit",
+    "shutil_copyfile", "dotted_name_walk", "unicode_escape_names", "os_trailing_space",
+    "fullwidth_unicode_module", "stack_global_from_call", "benign_then_payload",
+    "truncated_after_reduce", "garbage_after_payload", "dangerous_then_bad_memo", "pickle_as_bin",
+    "npy_object_payload", "npz_object_payload", "zip_dotdot_member", "nested_zip",
+    "tar_member_payload", "keras_lambda", "keras_h5_lambda", "torch_zip_reduce",
+    "torch_zip_renamed_prefix", "torch_zip_extra_member", "torch_zip_bad_crc",
+    "torch_zip_encrypted_flag", "torch_zip_dotdot_member", "torch_zip_payload_in_storage_name",
+    "torch_legacy_reduce", "torch_legacy_sysinfo_payload", "torch_legacy_keys_payload",
+    "torch_magic_then_payload", "torch_legacy_trailing_payload",
+]
+BENIGN = [
+    "numpy_pickle_p2", "numpy_pickle_p3", "numpy_pickle_p4", "numpy_pickle_p5", "plain_dict_p0",
+    "ordered_dict_p2", "npy", "npz", "torch_zip_all_dtypes", "torch_legacy_all_dtypes",
+    "torch_training_checkpoint", "torch_training_checkpoint_legacy", "safetensors",
+]
+
+
+def test_sample_lists_match_generator(malicious_samples, benign_samples):
+    assert set(malicious_samples) <= set(MALICIOUS)
+    assert set(MALICIOUS) - set(malicious_samples) <= {"keras_h5_lambda"}  # needs h5py
+    assert sorted(BENIGN) == sorted(benign_samples)
+
+
+@pytest.mark.parametrize("name", MALICIOUS)
+def test_malicious_is_dangerous_and_never_runs(name, malicious_samples, marker):
+    sample = malicious_samples.get(name) or pytest.skip(f"{name} not built here (h5py?)")
+    report = keishiki.scan(sample.path)
+    assert report.verdict == "dangerous", (name, [f.to_dict() for f in report.findings])
+    assert report.exit_code() == 1
+    bad = [f for f in report.findings if f.severity == "dangerous"]
+    assert all(f.reason and f.file == str(sample.path) for f in bad)
+    code, _out, err = run_cli("info", sample.path)  # info on an unsafe file: metadata only
+    assert code in (0, 1, 2) and "Traceback" not in err
+    assert not marker.exists(), f"{name}: a payload ran"
+
+
+@pytest.mark.parametrize("name", BENIGN)
+def test_benign_lookalikes_are_safe(name, benign_samples):
+    report = keishiki.scan(benign_samples[name].path)
+    assert report.verdict == "safe", [f.to_dict() for f in report.findings if f.severity != "safe"]
+    assert report.exit_code() == 0
+
+
+def test_findings_say_where(malicious_samples):
+    rep = keishiki.scan(malicious_samples["torch_zip_reduce"].path)
+    (f,) = [f for f in rep.findings if f.severity == "dangerous"]
+    assert f.member.endswith("/data.pkl") and f.global_ == "posix.system"
+    assert f.opcode == "GLOBAL" and isinstance(f.offset, int) and f.offset > 0
+    nested = keishiki.scan(malicious_samples["nested_zip"].path)
+    (g,) = [f for f in nested.findings if f.severity == "dangerous"]
+    assert g.member == "model/inner.pt!archive/data.pkl"
+    memo = keishiki.scan(malicious_samples["memo_mix_binput_memoize"].path)
+    (h,) = [f for f in memo.findings if f.severity == "dangerous"]
+    assert (h.global_, h.opcode) == ("os.system", "STACK_GLOBAL")
+
+
+def test_truncated_payload_is_dangerous_with_an_error(malicious_samples):
+    rep = keishiki.scan(malicious_samples["truncated_after_reduce"].path)
+    assert rep.verdict == "dangerous" and rep.exit_code() == 1
+    assert "truncated" in rep.files[0].errors[0]
+
+
+def test_concatenated_streams_all_read(malicious_samples):
+    rep = keishiki.scan(malicious_samples["benign_then_payload"].path)
+    assert len(rep.files[0].scanned) == 2
+
+
+def test_whole_pickled_module_is_unknown_with_the_classes_named(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "whole.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), path)
+    rep = keishiki.scan(path)
+    assert rep.verdict == "unknown"
+    unknown = {f.global_: f.reason for f in rep.findings if f.severity == "unknown"}
+    assert "torch.nn.modules.linear.Linear" in unknown
+    assert "weights_only=False" in unknown["torch.nn.modules.linear.Linear"]
+    assert run_cli("scan", path)[0] == 1
+    assert run_cli("scan", "--allow-unknown", path)[0] == 0
+
+
+def test_torchscript_lists_code_and_is_not_dangerous(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x) + 1
+
+    path = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.script(Net()), path)
+    rep = keishiki.scan(path)
+    assert rep.verdict == "unknown"
+    (code,) = [f for f in rep.findings if f.opcode == "torchscript"]
+    assert "code/__torch__" in code.reason
+
+
+def test_torchscript_custom_op_and_file_op_are_named():
+    from keishiki.scan.torchscript import code_findings
+
+    found = code_findings("code/x.py", "y = ops.my_ext.secret(x)\nz = torch.from_file('/etc/x')")
+    assert ("unknown", "torch.ops.my_ext.secret") in [(s, g) for s, g, _ in found]
+    assert ("dangerous", "torch.from_file") in [(s, g) for s, g, _ in found]
+
+
+def _onnx_with_location(folder: Path, location: str) -> Path:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    tensor = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    node = helper.make_node("Add", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [2])],
+                              [helper.make_tensor_value_info("y", 1, [2])], [tensor])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("location,severity", [
+    ("weights.bin", "safe"), ("../secret.bin", "dangerous"), ("/etc/passwd", "dangerous"),
+    ("sub/../../x", "dangerous"), ("link.bin", "dangerous"),
+])
+def test_onnx_external_data_locations(tmp_path, location, severity):
+    folder = tmp_path / "m"
+    path = _onnx_with_location(folder, location)
+    (folder / "weights.bin").write_bytes(b"\0" * 8)
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 8)
+    os.symlink(tmp_path / "outside.bin", folder / "link.bin")
+    rep = keishiki.scan(path)
+    (f,) = [f for f in rep.findings if f.opcode == "onnx-external-data"]
+    assert (f.severity, f.global_) == (severity, location)
+
+
+def test_folder_symlink_outside_is_dangerous(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    os.symlink("/etc/hostname", folder / "pytorch_model.bin")
+    rep = keishiki.scan(folder)
+    assert rep.verdict == "dangerous"
+    assert [f.opcode for f in rep.findings if f.severity == "dangerous"] == ["symlink"]
+
+
+def test_zip_bomb_is_an_error_quickly(tmp_path):
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("archive/data.pkl", "w", force_zip64=True) as fh:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(300):
+                fh.write(chunk)
+    start = time.monotonic()
+    code, out, err = run_cli("scan", path)
+    assert time.monotonic() - start < 10
+    assert code == 2 and "zip bomb" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("data", [
+    b"\x80\x04" + b"(" * 200_000,                     # deep MARK nesting
+    b"\x80\x04" + b"]" * 2_000_000 + b".",            # huge stack
+    b"\x80\x04X\xff\xff\xff\x7f",                     # absurd length
+    b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62),     # absurd 8-byte length
+    os.urandom(4096),
+    b"PK\x05\x06" + b"\0" * 18,                       # empty zip directory
+])
+def test_malformed_is_one_line_exit_2(tmp_path, data):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(data)
+    start = time.monotonic()
+    code, _out, err = run_cli("scan", path)
+    assert time.monotonic() - start < 10
+    assert code in (1, 2) and "Traceback" not in err
+    if code == 2:
+        assert err.startswith("keishiki: error:")
+
+
+def test_nested_zips_deeper_than_the_limit(tmp_path):
+    blob = b"\x80\x04N."
+    for _ in range(8):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("inner.zip", blob)
+        blob = buf.getvalue()
+    path = tmp_path / "deep.zip"
+    path.write_bytes(blob)
+    rep = keishiki.scan(path)
+    assert rep.verdict == "error" and "nested deeper" in rep.files[0].errors[0]
+
+
+def test_cli_exit_codes_and_json(tmp_path, malicious_samples, benign_samples):
+    import json
+
+    code, out, _ = run_cli("scan", "--json", malicious_samples["torch_zip_reduce"].path,
+                           benign_samples["torch_zip_all_dtypes"].path)
+    data = json.loads(out)
+    assert code == 1 and data["verdict"] == "dangerous" and data["exit_code"] == 1
+    assert [f["verdict"] for f in data["files"]] == ["dangerous", "safe"]
+    assert run_cli("scan", benign_samples["torch_zip_all_dtypes"].path)[0] == 0
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x01\x02\x03 not a model")
+    code, _, err = run_cli("scan", garbage)
+    assert code == 2 and "nothing to scan" in err
+    assert run_cli("scan", tmp_path / "missing.pt")[0] == 2
+
+
+def test_info_shows_the_verdict(malicious_samples):
+    info = keishiki.inspect(malicious_samples["reduce_os_system_p4"].path)
+    assert info.safety["verdict"] == "dangerous"
+    assert "posix.system" in info.safety["dangerous"]
+
+
+def test_scan_is_callable_after_the_package_import():
+    import keishiki.scan as scan_pkg
+
+    assert callable(keishiki.scan) and callable(scan_pkg)
+
+
+# ---- the real corpus -----------------------------------------------------------------------
+
+PICKLE_GLOBALS = sorted({g for facts in FACTS.values() for g in facts.get("pickle_globals") or []})
+
+
+@pytest.mark.parametrize("qualname", PICKLE_GLOBALS)
+def test_every_corpus_global_is_allowlisted(qualname):
+    module, name = qualname.rsplit(".", 1)
+    assert classify(module, name)[0] == "safe"
+
+
+def test_every_corpus_file_is_not_dangerous():
+    if not CORPUS.exists():
+        pytest.skip("corpus absent")
+    rep = keishiki.scan(CORPUS)
+    verdicts = {Path(fr.path).relative_to(CORPUS).as_posix(): fr.verdict for fr in rep.files}
+    assert "dangerous" not in verdicts.values()
+    assert "error" not in verdicts.values()
+    unknown = sorted(k for k, v in verdicts.items() if v == "unknown")
+    assert all(k.startswith("torchscript/") for k in unknown), unknown  # TorchScript code only
+    for rel, facts in FACTS.items():
+        if facts.get("pickle_globals") and rel in verdicts:
+            assert verdicts[rel] == "safe", rel
+
+
+@pytest.mark.parametrize("rel", sorted(k for k, v in FACTS.items() if v.get("pickle_globals")))
+def test_corpus_pickles_scan_safe_with_their_globals(rel):
+    path = corpus_path(rel)
+    rep = keishiki.scan(path)
+    assert rep.verdict == "safe"
+    seen = {f.global_ for f in rep.findings}
+    assert set(FACTS[rel]["pickle_globals"]) <= seen
