@@ -1,0 +1,104 @@
+"""``keishiki run`` and ``keishiki bench``: outputs, JSON, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import corpus_path, run_cli
+
+from .test_tokenizer_select import NON_LM_ONNX
+
+
+def test_run_streams_one_prompt(tiny_onnx, llms):
+    code, out, err = run_cli("run", tiny_onnx, "-p", "Hello, world", "-t", "0", "-n", "8")
+    assert code == 0, err
+    expected = llms["onnxruntime"].generate(
+        ["Hello, world"], __import__("keishiki").SamplingParams(temperature=0, max_tokens=8))
+    assert out == expected[0].outputs[0].text + "\n"
+    assert "onnxruntime" in err and "tokens in" in err
+
+
+def test_run_json_several_prompts(tiny_llama):
+    code, out, err = run_cli("run", tiny_llama, "-p", "Hello", "-p", "初めまして", "--json",
+                             "--seed", "0", "--top-p", "0.9", "--top-k", "20", "--min-p",
+                             "0.01", "-n", "5")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["backend"] == "torch"
+    assert [o["prompt"] for o in data["outputs"]] == ["Hello", "初めまして"]
+    assert all(len(o["outputs"][0]["token_ids"]) <= 5 for o in data["outputs"])
+    again = json.loads(run_cli("run", tiny_llama, "-p", "Hello", "-p", "初めまして", "--json",
+                               "--seed", "0", "--top-p", "0.9", "--top-k", "20", "--min-p",
+                               "0.01", "-n", "5")[1])
+    assert [o["outputs"] for o in again["outputs"]] == [o["outputs"] for o in data["outputs"]]
+
+
+def test_run_chat(tiny_onnx):
+    code, out, err = run_cli("run", tiny_onnx, "-p", "hi", "--chat", "--json", "-n", "2")
+    assert code == 0, err
+    assert json.loads(out)["outputs"][0]["prompt"] == "<|user|>hi</s><|assistant|>"
+
+
+def _error(*args):
+    code, out, err = run_cli(*args)
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("keishiki: error: "), err
+    return lines[0]
+
+
+def test_run_errors(tiny_llama, tmp_path):
+    assert "no such file or folder" in _error("run", tmp_path / "nope", "-p", "x")
+    assert "no prompt" in _error("run", tiny_llama)
+    assert "top_p must be in (0, 1], got 0.0" in _error("run", tiny_llama, "-p", "x",
+                                                         "--top-p", "0")
+    assert "max_tokens must be at least 1, got -3" in _error("run", tiny_llama, "-p", "x",
+                                                              "--max-tokens", "-3")
+    assert "temperature must be non-negative" in _error("run", tiny_llama, "-p", "x", "-t", "-1")
+    assert "cannot generate text" in _error("run", tiny_llama / "model.safetensors", "-p", "x")
+
+
+def test_run_refuses_state_dict_and_non_lm_graph(tiny_llama_state_dict, tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "weights.pt"
+    torch.save(dict(tiny_llama_state_dict), path)
+    assert "pytorch file cannot generate text" in _error("run", path, "-p", "x")
+    message = _error("run", corpus_path(NON_LM_ONNX), "-p", "x")
+    assert "not a causal language model graph" in message
+
+
+@pytest.mark.slow
+def test_bench_json(tiny_onnx, tiny_ts_kv, tmp_path):
+    code, out, err = run_cli("bench", tiny_onnx, "--gen-len", "4", "--prompt-len", "6",
+                             "--batch", "2", "--repeats", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    (row,) = report["results"]
+    assert row["backend"] == "onnxruntime" and row["decode_tok_s"] > 0 and row["peak_rss"] > 0
+    assert len(row["token_ids"]) == 2 and all(len(t) == 4 for t in row["token_ids"])
+
+
+@pytest.mark.slow
+def test_bench_hf_folder_converts_and_agrees(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEISHIKI_CACHE", str(tmp_path))
+    from keishiki.runtimes.bench import bench
+
+    report = bench(tiny_llama, ["torch", "onnxruntime", "torchscript"], prompt_len=6,
+                   gen_len=4, batch=2, repeats=1, cache_dir=tmp_path)
+    assert [r["backend"] for r in report["results"]] == ["torch", "onnxruntime", "torchscript"]
+    assert report["agreement"]["reference"] == "torch"
+    for name in ("onnxruntime", "torchscript"):
+        assert report["agreement"][name] == {"identical": 2, "of": 2,
+                                             "first_difference_at": None}
+    code, out, err = run_cli("bench", tiny_llama, "--backends", "onnxruntime", "--gen-len", "3",
+                             "--prompt-len", "4", "--repeats", "1")
+    assert code == 0, err
+    assert "decode tok/s" in out and "onnxruntime" in out
+
+
+def test_bench_errors(tiny_llama, tmp_path):
+    assert "no such file or folder" in _error("bench", tmp_path / "nope")
+    assert "--batch must be at least 1" in _error("bench", tiny_llama, "--batch", "0")
+    assert "unknown backend 'tensorrt'" in _error("bench", tiny_llama, "--backends", "tensorrt")

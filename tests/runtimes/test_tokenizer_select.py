@@ -1,0 +1,92 @@
+"""The tokenizers-only tokenizer against transformers', and backend selection and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from keishiki.errors import InvalidRequest, RuntimeUnavailable, UnknownFormat
+from keishiki.runtimes import LLM
+from keishiki.runtimes.select import choose
+from keishiki.runtimes.tokenizer import Tokenizer, find_tokenizer_dir
+from tests.conftest import corpus_path
+
+from .conftest import PROMPTS
+
+NON_LM_ONNX = "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx"
+
+
+def test_tokenizer_matches_transformers(tiny_llama):
+    transformers = pytest.importorskip("transformers")
+    ours = Tokenizer(tiny_llama)
+    theirs = transformers.AutoTokenizer.from_pretrained(tiny_llama)
+    for text in PROMPTS:
+        ids = ours.encode(text)
+        assert ids == theirs(text)["input_ids"]
+        assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert ours.render_chat(messages) == theirs.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True)
+    assert (ours.bos_token_id, ours.eos_token_ids, ours.pad_token_id) == (1, [2], 0)
+
+
+def test_chat_errors(tiny_llama):
+    tok = Tokenizer(tiny_llama)
+    with pytest.raises(InvalidRequest, match="non-empty list"):
+        tok.render_chat([{"content": "no role"}])
+    tok.chat_template = None
+    with pytest.raises(InvalidRequest, match="no chat template"):
+        tok.render_chat([{"role": "user", "content": "x"}])
+
+
+def test_choose(tiny_llama, tiny_onnx, tiny_ts):
+    hf = choose(tiny_llama)
+    assert (hf.backend, hf.format) == ("torch", "hf-model")
+    assert "vLLM" in hf.reason
+    onnx = choose(tiny_onnx)
+    assert (onnx.backend, onnx.model_file.name) == ("onnxruntime", "model.onnx")
+    assert choose(tiny_onnx / "model.onnx").folder == tiny_onnx
+    ts = choose(tiny_ts / "model.pt")
+    assert (ts.backend, ts.format) == ("torchscript", "torchscript")
+
+
+def test_refusals(tiny_llama, tiny_ts, tmp_path):
+    with pytest.raises(InvalidRequest, match="no such file or folder"):
+        choose(tmp_path / "missing")
+    with pytest.raises(InvalidRequest, match="safetensors file cannot generate"):
+        choose(tiny_llama / "model.safetensors")
+    with pytest.raises(InvalidRequest, match="backend 'onnxruntime' runs onnx models"):
+        choose(tiny_llama, "onnxruntime")
+    with pytest.raises(InvalidRequest, match="backend must be one of"):
+        choose(tiny_llama, "tensorrt")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x01\x02 not a model")
+    with pytest.raises(UnknownFormat):
+        choose(junk)
+    with pytest.raises(RuntimeUnavailable, match="no tokenizer.json"):
+        LLM(model=tiny_ts / "model.pt", tokenizer=tmp_path)
+    assert find_tokenizer_dir(tiny_ts / "model.pt", None) == tiny_ts
+
+
+def test_state_dict_cannot_generate(tiny_llama_state_dict, tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "weights.pt"
+    torch.save(dict(tiny_llama_state_dict), path)
+    with pytest.raises(InvalidRequest, match="pytorch file cannot generate"):
+        choose(path)
+
+
+def test_non_lm_onnx_graph_is_refused():
+    with pytest.raises(InvalidRequest, match="not a causal language model graph"):
+        LLM(model=corpus_path(NON_LM_ONNX))
+
+
+def test_empty_prompts(llms):
+    llm = llms["onnxruntime"]
+    with pytest.raises(InvalidRequest, match="prompt list is empty"):
+        llm.generate([])
+    with pytest.raises(InvalidRequest, match="prompt 1 is empty"):
+        llm.generate(["ok", ""])
+    with pytest.raises(InvalidRequest, match="2 sampling params for 1 prompts"):
+        from keishiki.runtimes import SamplingParams
+
+        llm.generate(["ok"], [SamplingParams(), SamplingParams()])

@@ -1,0 +1,122 @@
+"""The vLLM adapter: the SamplingParams mapping (with a fake vllm module), the refusals
+without vLLM / a GPU / a supported architecture, and a real run where vLLM and CUDA exist."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from keishiki.errors import RuntimeUnavailable
+from keishiki.runtimes import SamplingParams
+from keishiki.runtimes import vllm_backend
+from keishiki.runtimes.vllm_backend import VllmBackend, sampling_kwargs
+
+
+def test_sampling_kwargs_map_one_to_one():
+    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, top_k=0, min_p=0.05,
+                            repetition_penalty=1.1, seed=7, max_tokens=32, stop="###",
+                            stop_token_ids=[5], ignore_eos=True)
+    kwargs = sampling_kwargs(params)
+    assert kwargs == {"n": 2, "temperature": 0.8, "top_p": 0.95, "top_k": -1, "min_p": 0.05,
+                      "repetition_penalty": 1.1, "presence_penalty": 0.0,
+                      "frequency_penalty": 0.0, "seed": 7, "max_tokens": 32, "stop": ["###"],
+                      "stop_token_ids": [5], "ignore_eos": True, "skip_special_tokens": True,
+                      "include_stop_str_in_output": False}
+    assert sampling_kwargs(SamplingParams(top_k=40))["top_k"] == 40
+    assert sampling_kwargs(SamplingParams())["stop"] is None
+
+
+class _FakeCompletion:
+    def __init__(self, index):
+        self.index, self.text, self.token_ids = index, f"text{index}", [10 + index, 11]
+        self.finish_reason, self.stop_reason = "length", None
+
+
+def _fake_vllm(calls):
+    module = types.ModuleType("vllm")
+    module.__version__ = "0.0-fake"
+
+    class SamplingParamsFake:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLMFake:
+        def __init__(self, **kwargs):
+            calls["engine"] = kwargs
+
+        def generate(self, prompts, params, use_tqdm=True):
+            calls["generate"] = (prompts, [p.kwargs for p in params])
+            return [types.SimpleNamespace(outputs=[_FakeCompletion(i) for i in range(p.kwargs["n"])])
+                    for p in params]
+
+    module.SamplingParams, module.LLM = SamplingParamsFake, LLMFake
+    return module
+
+
+def test_adapter_with_a_fake_vllm(tiny_llama, monkeypatch):
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls))
+    monkeypatch.setattr(vllm_backend, "available", lambda name: True)
+    monkeypatch.setattr(vllm_backend, "cuda_available", lambda: True)
+    from keishiki.runtimes import LLM
+
+    llm = LLM(model=tiny_llama, backend="vllm", tensor_parallel_size=4,
+              pipeline_parallel_size=2, seed=3)
+    assert llm.backend == "vllm" and "tensor_parallel_size=4" in llm.backend_reason
+    engine = calls["engine"]
+    assert (engine["model"], engine["tensor_parallel_size"], engine["pipeline_parallel_size"],
+            engine["seed"]) == (str(tiny_llama), 4, 2, 3)
+    out = llm.generate(["Hello", "Hi"], SamplingParams(n=2, temperature=0.5, seed=1))
+    prompts, params = calls["generate"]
+    assert prompts == [{"prompt_token_ids": llm.tokenizer.encode("Hello")},
+                       {"prompt_token_ids": llm.tokenizer.encode("Hi")}]
+    assert params[0]["n"] == 2 and params[0]["temperature"] == 0.5 and params[0]["seed"] == 1
+    assert [c.text for c in out[1].outputs] == ["text0", "text1"]
+    assert out[0].outputs[1].token_ids == [11, 11]
+
+
+def test_without_vllm_is_a_clear_error(tiny_llama, monkeypatch):
+    monkeypatch.setattr(vllm_backend, "available", lambda name: False)
+    with pytest.raises(RuntimeUnavailable, match="needs vLLM, which is not installed"):
+        VllmBackend(tiny_llama)
+
+
+def test_without_gpu_is_a_clear_error(tiny_llama, monkeypatch):
+    monkeypatch.setattr(vllm_backend, "available", lambda name: True)
+    monkeypatch.setattr(vllm_backend, "cuda_available", lambda: False)
+    with pytest.raises(RuntimeUnavailable, match="needs a CUDA GPU"):
+        VllmBackend(tiny_llama)
+
+
+def test_unsupported_architecture_is_named(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["TinyNetForMagic"]}))
+    monkeypatch.setattr(vllm_backend, "available", lambda name: True)
+    monkeypatch.setattr(vllm_backend, "supported_architectures",
+                        lambda: ("0.33", {"LlamaForCausalLM"}))
+    with pytest.raises(RuntimeUnavailable, match="TinyNetForMagic is not on vLLM 0.33"):
+        VllmBackend(tmp_path)
+
+
+def test_shipped_list_when_present():
+    version, archs = vllm_backend.supported_architectures()
+    if archs is None:
+        pytest.skip("keishiki/data/vllm_supported.json is not shipped yet")
+    assert "LlamaForCausalLM" in archs
+
+
+@pytest.mark.gpu
+def test_real_vllm(tiny_llama):
+    pytest.importorskip("vllm")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from keishiki.runtimes import LLM
+
+    llm = LLM(model=tiny_llama, backend="vllm")
+    greedy = SamplingParams(temperature=0, max_tokens=8)
+    out = llm.generate(["Hello, world!"], greedy)[0].outputs[0]
+    reference = LLM(model=tiny_llama, backend="torch").generate(["Hello, world!"], greedy)
+    assert out.token_ids == reference[0].outputs[0].token_ids
