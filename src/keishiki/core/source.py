@@ -7,9 +7,11 @@ explicit range, and nothing resolves a path outside the model's folder.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import zipfile
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +26,31 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")  # a Windows drive letter is absolute too
 
 
+def _check_readable_kind(path: Path) -> None:
+    """Refuse what cannot be a model before anything opens it.
+
+    A FIFO or a character device would block ``open()``/``read()`` forever (or never end),
+    and a broken or looping symlink would otherwise surface as "not a model file".
+
+    Raises:
+        KeishikiError: missing path, broken/looping symlink, or not a file/folder.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeishikiError(f"{path}: symbolic link loop; point it at a real file") from None
+        if path.is_symlink():
+            raise KeishikiError(f"{path}: broken symbolic link (points to "
+                                f"{os.readlink(path)!r}, which does not exist)") from None
+        if exc.errno == errno.ENOENT:
+            raise KeishikiError(f"{path}: no such file or folder") from None
+        raise KeishikiError(f"{path}: cannot read: {exc.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise KeishikiError(f"{path}: not a regular file or folder (a pipe, socket or device); "
+                            f"give the model file itself")
+
+
 class Source:
     """A path to a model file or folder with cheap, cached, bounded reads.
 
@@ -32,8 +59,7 @@ class Source:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.exists() and not self.path.is_symlink():
-            raise KeishikiError(f"{self.path}: no such file or folder")
+        _check_readable_kind(self.path)
         self._zip: zipfile.ZipFile | None = None
 
     # ---- identity -------------------------------------------------------------------------
@@ -163,6 +189,8 @@ class Source:
     def read_json(self, rel: str | None = None) -> Any:
         """Parse a JSON file (this file, or ``rel`` inside the folder), size-bounded."""
         path = self.path if rel is None else self.child(rel)
+        if path.exists() and not path.is_file():  # a FIFO config.json would block forever
+            raise CorruptFile(path, "not a regular file")
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
             raise CorruptFile(path, f"JSON file of {size} bytes exceeds {MAX_JSON_BYTES}")
