@@ -1,0 +1,376 @@
+"""GGUF edges: gguf → safetensors / hf-model (dequantized, llama names mapped back, Q/K
+un-permuted), hf-model (llama family) → gguf and safetensors → gguf at f32/f16/bf16/q8_0.
+
+GGUF stores dims reversed (``ne[0]`` is the fastest-moving one); the ``gguf`` package's
+reader and writer take row-major numpy shapes, so shapes here are always row-major.
+Everything goes through the ``gguf`` package (the reference implementation): reading with
+``GGUFReader`` (memory-mapped), dequantizing with ``gguf.quants.dequantize``, writing with
+``GGUFWriter`` in its streaming mode (tensor infos first, then data one tensor at a time).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core import dtypes
+from ..core.progress import progress
+from ..core.tensor import LazyTensor, TensorInfo
+from ..errors import InvalidRequest
+from . import gguf_names as names
+from .base import ConvertOptions, StepReport, Timer
+from .verify import ReadBack
+from .weights import (FLOATING, SourceTensors, cast_array, source_tensors, verify_safetensors,
+                      write_safetensors)
+
+_KEEP = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+         "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
+_FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
+GGUF_MAX_NAME = 63
+
+
+def _gguf():
+    from .._optional import require
+
+    return require("gguf", extra="gguf", purpose="read or write GGUF")
+
+
+# ---- reading GGUF -------------------------------------------------------------------------
+
+def read_kv(reader) -> dict[str, Any]:
+    """Every metadata field as a Python value (arrays as lists)."""
+    out = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            out[key] = field.contents()
+        except Exception:  # an exotic nested array: not needed for conversion
+            continue
+    return out
+
+
+def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str, Any]]:
+    """The GGUF file's tensors as LazyTensors with HF names (llama) and row-major shapes.
+
+    Quantized tensors load dequantized to float32 (or ``dtype``); F32/F16/BF16 keep their type.
+    """
+    gguf = _gguf()
+    reader = gguf.GGUFReader(str(path))
+    kv = read_kv(reader)
+    llama = kv.get("general.architecture") == "llama"
+    n_head = int(kv.get("llama.attention.head_count", 0) or 0)
+    n_head_kv = int(kv.get("llama.attention.head_count_kv", n_head) or n_head)
+    tensors, warnings = [], []
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        type_name = t.tensor_type.name
+        dtype_name = _KEEP.get(type_name, "float32")
+        hf_name = names.gguf_to_hf_name(t.name) if llama else None
+        if llama and hf_name is None:
+            warnings.append(f"{t.name}: no Hugging Face name known; kept as is")
+        heads = names.rotary_heads(t.name, n_head, n_head_kv) if llama else None
+
+        def load(t=t, shape=shape, heads=heads, keep=type_name in _KEEP) -> np.ndarray:
+            if keep:
+                arr = np.asarray(t.data)
+                if type_name == "BF16":
+                    arr = arr.view(np.uint16).view(dtypes.to_numpy("bfloat16"))
+                arr = arr.reshape(shape)
+            else:
+                arr = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+            return names.unpermute(arr, heads) if heads else np.ascontiguousarray(arr)
+
+        size = int(np.prod(shape)) * dtypes.itemsize(dtype_name) if shape else dtypes.itemsize(dtype_name)
+        info = TensorInfo(hf_name or t.name, dtype_name, shape, size,
+                          extra={"gguf_name": t.name, "ggml_type": type_name})
+        tensors.append(LazyTensor(info, load))
+    return SourceTensors(tensors, warnings=warnings, format="gguf"), kv
+
+
+def gguf_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
+    """Edge ``gguf -> safetensors``: dequantized tensors, llama names mapped back to HF."""
+    st, kv = gguf_tensors(src, opts.dtype)
+    report = StepReport(edge="gguf -> safetensors", src=str(src), out=str(out),
+                        warnings=st.warnings)
+    with Timer() as timer, progress(st.nbytes, "-> safetensors", opts.quiet, unit_bytes=True) as adv:
+        report.bytes_written = write_safetensors(out, st, opts, adv)
+        if opts.verify:
+            report.verify = verify_safetensors(out, st, opts.dtype)
+    report.n_tensors = len(st.tensors)
+    report.details["architecture"] = kv.get("general.architecture")
+    report.details["ggml_types"] = sorted({t.info.extra["ggml_type"] for t in st.tensors})
+    report.seconds = timer.seconds
+    return report
+
+
+def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
+    """Edge ``gguf -> hf-model``: config.json from the llama metadata, model.safetensors and,
+    for a gpt2-style vocabulary, tokenizer.json/tokenizer_config.json."""
+    from .gguf_vocab import write_hf_tokenizer
+
+    st, kv = gguf_tensors(src, opts.dtype)
+    if kv.get("general.architecture") != "llama":
+        raise InvalidRequest(f"{src}: GGUF architecture {kv.get('general.architecture')!r}: only "
+                             f"llama-family GGUF files become HF folders; use --to safetensors "
+                             f"to get the tensors")
+    if not out.is_dir():
+        out.mkdir()
+    report = gguf_to_safetensors(src, out / "model.safetensors", opts)
+    report.edge, report.out = "gguf -> hf-model", str(out)
+    embed = next(t for t in st.tensors if t.name == "model.embed_tokens.weight")
+    tied = not any(t.name == "lm_head.weight" for t in st.tensors)
+    written = {t.info.dtype for t in st.tensors if t.info.dtype in FLOATING}
+    dtype = opts.dtype or ("float32" if "float32" in written or not written else sorted(written)[0])
+    config = names.gguf_kv_to_config(kv, embed.info.shape[0], tied, dtype)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    files = write_hf_tokenizer(out, kv)
+    if not files:
+        report.warnings.append("tokenizer not converted (only gpt2-style BPE vocabularies are)")
+    report.details["files"] = ["config.json", "generation_config.json", "model.safetensors", *files]
+    return report
+
+
+# ---- writing GGUF -------------------------------------------------------------------------
+
+@dataclass
+class Planned:
+    """One tensor to write: GGUF name, its source, the GGML type, rotary heads to permute."""
+
+    gguf_name: str
+    source: LazyTensor
+    qtype: str  # F32 | F16 | BF16 | Q8_0 | keep (integers as they are)
+    heads: int | None = None
+
+
+def _pick_type(info: TensorInfo, quant: str) -> str:
+    if info.dtype not in FLOATING:
+        return "keep"
+    if quant == "f32" or len(info.shape) < 2:
+        return "F32"  # llama.cpp keeps 1-D tensors (norms, biases) in f32
+    if quant == "q8_0":
+        return "Q8_0" if info.shape[-1] % 32 == 0 else "F16"
+    return {"f16": "F16", "bf16": "BF16"}[quant]
+
+
+def _default_quant(st: SourceTensors, opts: ConvertOptions) -> str:
+    if opts.quant:
+        return opts.quant
+    if opts.dtype:
+        return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}[opts.dtype]
+    floating = {t.info.dtype for t in st.tensors if t.info.dtype in FLOATING}
+    # lossless by default: keep a half-precision model in its half type, else f32
+    return {frozenset({"float16"}): "f16", frozenset({"bfloat16"}): "bf16"}.get(
+        frozenset(floating), "f32")
+
+
+def _encode(arr: np.ndarray, qtype: str, heads: int | None) -> np.ndarray:
+    """The bytes GGUF stores for ``arr`` (permuted first when ``heads``)."""
+    gguf = _gguf()
+    if heads:
+        arr = names.permute(arr, heads)
+    if qtype == "keep":
+        return np.ascontiguousarray(arr)
+    if qtype == "F32":
+        return np.ascontiguousarray(cast_array(arr, "float32"))
+    if qtype == "F16":
+        return np.ascontiguousarray(cast_array(arr, "float16"))
+    if qtype == "BF16":
+        return np.ascontiguousarray(cast_array(arr, "bfloat16")).view(np.uint8)
+    data = np.ascontiguousarray(cast_array(arr, "float32"))
+    return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+
+
+def _encoded_size(info: TensorInfo, qtype: str) -> tuple[tuple[int, ...], Any, int, Any]:
+    """(shape passed to add_tensor_info, numpy dtype, nbytes, raw GGML type or None)."""
+    gguf = _gguf()
+    numel = int(np.prod(info.shape)) if info.shape else 1
+    if qtype == "keep":
+        return info.shape, dtypes.to_numpy(info.dtype), info.nbytes, None
+    if qtype in ("F32", "F16"):
+        dt = np.float32 if qtype == "F32" else np.float16
+        return info.shape, np.dtype(dt), numel * np.dtype(dt).itemsize, None
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    block, type_size = gguf.GGML_QUANT_SIZES[qt]
+    row_bytes = info.shape[-1] // block * type_size
+    byte_shape = (*info.shape[:-1], row_bytes)
+    return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), qt
+
+
+def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned],
+               quiet: bool) -> int:
+    """Stream ``plan`` into a GGUF file: metadata via ``kv_writer(writer)``, infos, then data."""
+    gguf = _gguf()
+    for p in plan:
+        if len(p.gguf_name) > GGUF_MAX_NAME:
+            raise InvalidRequest(f"tensor name {p.gguf_name!r} is longer than GGUF's "
+                                 f"{GGUF_MAX_NAME}-byte limit")
+    writer = gguf.GGUFWriter(str(out), arch)
+    kv_writer(writer)
+    for p in plan:
+        shape, np_dtype, nbytes, raw = _encoded_size(p.source.info, p.qtype)
+        writer.add_tensor_info(p.gguf_name, shape, np_dtype, nbytes, raw_dtype=raw)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    total = sum(p.source.info.nbytes for p in plan)
+    with progress(total, "-> gguf", quiet, unit_bytes=True) as adv:
+        for p in plan:
+            writer.write_tensor_data(_encode(p.source.load(), p.qtype, p.heads))
+            adv(p.source.info.nbytes)
+    writer.close()
+    return out.stat().st_size
+
+
+def verify_gguf(out: Path, plan: list[Planned], required_keys: list[str]) -> dict:
+    """Read the GGUF back with GGUFReader: names, GGML types, shapes, and every tensor's
+    values (bit for bit; Q8_0 within half a quantization step of each 32-value block)."""
+    gguf = _gguf()
+    reader = gguf.GGUFReader(str(out))
+    rb = ReadBack(library="gguf.GGUFReader")
+    by_name = {t.name: t for t in reader.tensors}
+    for p in plan:
+        t = by_name.get(p.gguf_name)
+        if t is None:
+            rb.missing.append(p.gguf_name)
+            continue
+        original = p.source.load()
+        expected_src = names.permute(original, p.heads) if p.heads else original
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if shape != tuple(p.source.info.shape):
+            rb.mismatched.append(p.gguf_name)
+            rb.problems.append(f"{p.gguf_name}: shape {list(shape)} != {list(p.source.info.shape)}")
+            continue
+        if p.qtype == "Q8_0":
+            got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+            ref = cast_array(expected_src, "float32").astype(np.float32)
+            blocks = np.abs(ref.reshape(-1, 32)).max(axis=1) / 127.0
+            # rounding to the nearest step (d/2) plus d stored in float16 (|q| <= 127)
+            atol = float(blocks.max() * (0.5 + 127 * 2.0 ** -11)) * 1.001 + 1e-12
+            rb.compare(p.gguf_name, ref, got, original=ref, atol=atol)
+        else:
+            expected = _encode(original, p.qtype, p.heads)
+            got = np.asarray(t.data)
+            rb.compare(p.gguf_name, expected.reshape(-1).view(np.uint8),
+                       got.reshape(-1).view(np.uint8),
+                       original=None)
+    rb.unexpected.extend(sorted(set(by_name) - {p.gguf_name for p in plan}))
+    fields = set(reader.fields)
+    absent = [k for k in required_keys if k not in fields]
+    result = rb.result()
+    if absent:
+        result["passed"] = False
+        result["reason"] = f"metadata keys missing: {', '.join(absent)}"
+    result["metadata_keys_checked"] = len(required_keys)
+    return result
+
+
+def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
+    """Edge ``hf-model -> gguf``: a llama-family HF folder as a llama.cpp-loadable GGUF."""
+    from .gguf_vocab import vocab_from_hf
+    from .hf_weights import folder_tensors
+
+    config = json.loads((src / "config.json").read_text())
+    if not names.is_llama(config):
+        raise InvalidRequest(f"{src}: model_type {config.get('model_type')!r}: keishiki writes "
+                             f"GGUF for the llama family (llama, mistral) only")
+    _, st = folder_tensors(src, replace_key(opts))
+    hp = names.config_to_gguf_kv(config)
+    quant = _default_quant(st, opts)
+    plan, warnings = [], list(st.warnings)
+    for t in st.tensors:
+        if names.SKIPPED_HF.search(t.name):
+            continue
+        gname = names.hf_to_gguf_name(t.name)
+        if gname is None:
+            warnings.append(f"{t.name}: no GGUF name for it in the llama layout; kept as is")
+            gname = t.name
+        heads = names.rotary_heads(gname, hp["head_count"], hp["head_count_kv"])
+        plan.append(Planned(gname, t, _pick_type(t.info, quant), heads))
+    vocab = vocab_from_hf(src, hp["vocab_size"])
+    if vocab is None:
+        warnings.append("tokenizer not converted (no byte-level BPE tokenizer.json)")
+
+    def kv_writer(w) -> None:
+        w.add_name(src.name)
+        w.add_file_type(_FILE_TYPE[quant])
+        if quant == "q8_0":
+            w.add_quantization_version(2)
+        w.add_block_count(hp["block_count"])
+        w.add_context_length(hp["context_length"])
+        w.add_embedding_length(hp["embedding_length"])
+        w.add_feed_forward_length(hp["feed_forward_length"])
+        w.add_head_count(hp["head_count"])
+        w.add_head_count_kv(hp["head_count_kv"])
+        w.add_rope_dimension_count(hp["rope_dimension_count"])
+        w.add_rope_freq_base(hp["rope_freq_base"])
+        w.add_layer_norm_rms_eps(hp["rms_eps"])
+        w.add_vocab_size(hp["vocab_size"])
+        for key, setter in (("bos_token_id", w.add_bos_token_id),
+                            ("eos_token_id", w.add_eos_token_id),
+                            ("pad_token_id", w.add_pad_token_id)):
+            if isinstance(config.get(key), int):
+                setter(config[key])
+        if vocab:
+            w.add_tokenizer_model(vocab["model"])
+            w.add_tokenizer_pre(vocab["pre"])
+            w.add_token_list(vocab["tokens"])
+            w.add_token_types(vocab["token_types"])
+            w.add_token_merges(vocab["merges"])
+            if vocab["chat_template"]:
+                w.add_chat_template(vocab["chat_template"])
+
+    report = StepReport(edge="hf-model -> gguf", src=str(src), out=str(out), warnings=warnings)
+    with Timer() as timer:
+        report.bytes_written = write_gguf(out, "llama", kv_writer, plan, opts.quiet)
+        required = ["general.architecture", "llama.block_count", "llama.context_length",
+                    "llama.embedding_length", "llama.feed_forward_length",
+                    "llama.attention.head_count", "llama.attention.head_count_kv",
+                    "llama.rope.dimension_count", "llama.rope.freq_base",
+                    "llama.attention.layer_norm_rms_epsilon"]
+        if vocab:
+            required += ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"]
+        if opts.verify:
+            report.verify = verify_gguf(out, plan, required)
+    report.n_tensors = len(plan)
+    report.details.update(quant=quant, types=sorted({p.qtype for p in plan}))
+    report.seconds = timer.seconds
+    return report
+
+
+def replace_key(opts: ConvertOptions) -> ConvertOptions:
+    """``opts`` without ``dtype`` (GGUF edges apply it through the quant type)."""
+    from dataclasses import replace
+
+    return replace(opts, dtype=None)
+
+
+def safetensors_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
+    """Edge ``safetensors -> gguf``: a generic GGUF (architecture ``keishiki``) with the
+    tensors under their own names; f32 by default, or ``--quant``."""
+    st = source_tensors(src, replace_key(opts))
+    quant = _default_quant(st, opts)
+    plan = [Planned(t.name, t, _pick_type(t.info, quant)) for t in st.tensors]
+
+    def kv_writer(w) -> None:
+        w.add_name(src.stem)
+        w.add_file_type(_FILE_TYPE[quant])
+        if st.aliases:
+            w.add_string("keishiki.aliases", json.dumps(st.aliases, sort_keys=True))
+
+    report = StepReport(edge="safetensors -> gguf", src=str(src), out=str(out),
+                        warnings=list(st.warnings))
+    with Timer() as timer:
+        report.bytes_written = write_gguf(out, "keishiki", kv_writer, plan, opts.quiet)
+        if opts.verify:
+            report.verify = verify_gguf(out, plan, ["general.architecture"])
+    report.n_tensors = len(plan)
+    report.details.update(quant=quant, types=sorted({p.qtype for p in plan}))
+    report.seconds = timer.seconds
+    return report
