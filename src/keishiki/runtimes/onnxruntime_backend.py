@@ -2,7 +2,8 @@
 nor transformers.
 
 The layout is discovered from the graph's names (keishiki's exporter and optimum use the same):
-inputs ``input_ids``, ``attention_mask``, optional ``position_ids`` and
+inputs ``input_ids``, ``attention_mask``, optional ``position_ids`` (and ``use_cache_branch``
+in optimum's merged decoders) and
 ``past_key_values.{i}.key/value`` ``[batch, kv_heads, past, head_dim]``; outputs ``logits``
 and ``present.{i}.key/value``.  The first step feeds an empty past (length 0); each later step
 feeds the previous step's presents.  A graph without past inputs recomputes the prefix.
@@ -90,6 +91,7 @@ class OnnxRuntimeBackend(LoopBackend):
 
     def _forward(self, state, input_ids, attention_mask, position_ids):
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        first = state is None
         if self.cached:
             if state is None:
                 heads, head_dim = self.past_shape
@@ -103,6 +105,9 @@ class OnnxRuntimeBackend(LoopBackend):
             state = all_ids
         if "position_ids" in self.input_names:
             feed["position_ids"] = position_ids
+        if "use_cache_branch" in self.input_names:
+            # optimum's merged decoder: the no-past branch on the first step, then the cached one
+            feed["use_cache_branch"] = np.array([state is not None and not first], dtype=bool)
         feed = {k: v for k, v in feed.items() if k in self.input_names}
         results = self.session.run(self.output_names, feed)
         logits = np.asarray(results[0][:, -1, :], dtype=np.float32)
