@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .render import console, human_bytes, human_count, kv_table, print_json, section
@@ -54,4 +55,4 @@ def render_info(model, path: str) -> None:
     if data.get("safety"):
         section("safety", data["safety"])
     for warning in data.get("warnings") or []:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}")

@@ -6,6 +6,7 @@ import fnmatch
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .render import human_bytes, print_json, table
@@ -25,10 +26,11 @@ def tensors(
     if json_out:
         print_json([t.to_dict() for t in infos])
         return 0
-    rows = [(t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]", human_bytes(t.nbytes),
-             "" if t.data_offset is None else str(t.data_offset),
-             t.file or "") for t in infos]
-    table(f"{len(infos)} of {model.n_tensors} tensors in {path}",
+    # names, dtypes and file names come from the file: escaped so "[/x]" is not rich markup
+    rows = [(escape(t.name), escape(str(t.dtype)), "\\[" + ", ".join(map(str, t.shape)) + "]",
+             human_bytes(t.nbytes), "" if t.data_offset is None else str(t.data_offset),
+             escape(str(t.file or ""))) for t in infos]
+    table(f"{len(infos)} of {model.n_tensors} tensors in {escape(str(path))}",
           ["name", "dtype", "shape", "bytes", "offset", "file"], rows,
           justify_right=["bytes", "offset"])
     return 0

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Any, Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=False)
+# In a pipe or a file there is no terminal width: rich would fold every line at 80 columns
+# and split tensor names and paths in two (breaking `keishiki tensors m | grep`).  Lines are
+# left whole there unless COLUMNS says otherwise.
+_PIPE_WIDTH = 4096
+console = Console(highlight=False, soft_wrap=False,
+                  width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else _PIPE_WIDTH)
 
 
 def _default(obj: Any) -> Any:
@@ -80,26 +87,35 @@ def short(value: Any, limit: int = 100) -> str:
 
 
 def kv_table(title: str | None, rows: Iterable[tuple[str, Any]]) -> Table:
-    """A two-column key/value table (rows with value None are skipped)."""
-    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
+    """A two-column key/value table (rows with value None are skipped).
+
+    Keys and values are text from the model file (metadata, names, paths): they are
+    escaped, so a value like ``[/x]`` prints as itself instead of being read as rich markup.
+    """
+    table = Table(title=title and escape(title), show_header=False, title_justify="left",
+                  box=None, pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in rows:
         if value is None or value == {} or value == []:
             continue
-        table.add_row(key, value if isinstance(value, str) else short(value))
+        table.add_row(escape(str(key)), escape(value if isinstance(value, str) else short(value)))
     return table
 
 
 def section(title: str, data: dict[str, Any]) -> None:
     """Print a dict as a titled key/value table (nested values shortened to one line)."""
-    console.print(f"\n[bold underline]{title}[/bold underline]")
+    console.print(f"\n[bold underline]{escape(title)}[/bold underline]")
     console.print(kv_table(None, data.items()))
 
 
 def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]],
           justify_right: Iterable[str] = ()) -> None:
-    """Print a simple table with headers."""
+    """Print a simple table with headers.
+
+    Cells are rich markup (callers style verdicts): escape text that comes from a file
+    with :func:`rich.markup.escape` before passing it.
+    """
     right = set(justify_right)
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:

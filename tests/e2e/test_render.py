@@ -1,0 +1,49 @@
+"""Human output of info/tensors: text from the file is printed as text, and lines are not
+folded when stdout is a pipe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+
+LONG = "model.encoder.layers.11.self_attention.query_key_value_projection_with_a_long_suffix.weight"
+
+
+@pytest.fixture()
+def markup_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "markup.safetensors"
+    save_file({"a[/b]": np.zeros(1, np.float32), "[red]x[/red]": np.zeros(1, np.float32),
+               LONG: np.zeros(3, np.float32)}, str(path), metadata={"note": "[/oops] [bold]hi"})
+    return path
+
+
+def test_info_prints_markup_like_metadata_verbatim(markup_file):
+    code, out, err = run_cli("info", markup_file)
+    assert code == 0, err
+    assert "[/oops] [bold]hi" in out
+
+
+def test_tensors_prints_markup_like_names_verbatim(markup_file):
+    code, out, err = run_cli("tensors", markup_file)
+    assert code == 0, err
+    assert "a[/b]" in out and "[red]x[/red]" in out and "[3]" in out
+
+
+def test_piped_tensors_keep_long_names_on_one_line(markup_file):
+    # the real situation: `keishiki tensors m | grep ...` from a shell (COLUMNS not exported)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    for command in ("tensors", "info"):
+        proc = subprocess.run([sys.executable, "-m", "keishiki", command, str(markup_file)],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        wanted = LONG if command == "tensors" else str(markup_file)
+        assert any(wanted in line for line in proc.stdout.splitlines()), proc.stdout
+        assert "\x1b[" not in proc.stdout  # no colour codes in a pipe
