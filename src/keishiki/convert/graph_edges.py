@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..core.atomic import final_name
 from ..errors import InvalidRequest
 from .base import ConvertOptions, Edge, StepReport, Timer
 
@@ -102,7 +103,7 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             model_path = out / "model.onnx"
         else:
             if opts.external_data or _weights_bytes(src) > onnx_export.TWO_GB:
-                raise InvalidRequest(f"{out}: external data (needed above 2 GB) needs a folder "
+                raise InvalidRequest(f"{final_name(out)}: external data (needed above 2 GB) needs a folder "
                                      f"OUT (drop the .onnx suffix) so the .data file travels "
                                      f"with the graph")
             work = _sibling_tmp(out, "export")
@@ -232,7 +233,7 @@ def onnx_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             out_model = out / src_model.name
         else:
             if opts.external_data:
-                raise InvalidRequest(f"{out}: external data needs a folder OUT (drop the .onnx "
+                raise InvalidRequest(f"{final_name(out)}: external data needs a folder OUT (drop the .onnx "
                                      f"suffix) so the .data file travels with the graph")
             out_model = out
         facts = onnx_ops.rewrite(src_model, out_model, opset=opts.opset,
@@ -285,7 +286,7 @@ def onnx_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
 
     src, out = Path(src), Path(out)
     if out.is_dir():
-        raise InvalidRequest(f"{out}: onnx -> safetensors writes one file; name it *.safetensors")
+        raise InvalidRequest(f"{final_name(out)}: onnx -> safetensors writes one file; name it *.safetensors")
     src_model = onnx_ops.model_file(src)
     report = StepReport(edge="onnx -> safetensors", src=str(src), out=str(out))
     with Timer() as timer:

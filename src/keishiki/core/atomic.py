@@ -18,6 +18,19 @@ from ..errors import InvalidRequest
 TMP_MARK = ".keishiki-tmp-"
 
 
+def final_name(path: str | os.PathLike) -> Path:
+    """The output name a temporary path from :func:`atomic_output` stands for.
+
+    Edges only see the temporary path; messages to the user must name what they typed
+    (``out/model.onnx``, not ``out/.model.onnx.keishiki-tmp-123``).
+    """
+    path = Path(path)
+    name = path.name
+    if name.startswith(".") and TMP_MARK in name:
+        return path.with_name(name[1:name.index(TMP_MARK)])
+    return path
+
+
 def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = (), force: bool = False) -> None:
     """Refuse to write over an input, or over an existing output without ``force``."""
     out_r = out.resolve()

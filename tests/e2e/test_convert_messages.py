@@ -1,0 +1,29 @@
+"""convert errors name the output the user typed, never keishiki's temporary name."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import corpus_path, run_cli
+
+ONNX = "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx"
+
+
+def test_external_data_into_a_file_names_the_users_out(tmp_path):
+    pytest.importorskip("onnx")
+    out = tmp_path / "graph.onnx"
+    code, _, err = run_cli("convert", corpus_path(ONNX), out, "--to", "onnx", "--external-data")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{out}: external data needs a folder OUT" in err
+    assert "keishiki-tmp" not in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir()]
+
+
+def test_final_name_maps_temporary_paths_back(tmp_path):
+    from keishiki.core.atomic import atomic_output, final_name
+
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "m.safetensors") as tmp:
+            assert final_name(tmp) == tmp_path / "m.safetensors"
+            raise RuntimeError
+    assert final_name(tmp_path / "plain.onnx") == tmp_path / "plain.onnx"
