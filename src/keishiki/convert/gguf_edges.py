@@ -75,11 +75,11 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
             warnings.append(f"{t.name}: no Hugging Face name known; kept as is")
         heads = names.rotary_heads(t.name, n_head, n_head_kv) if llama else None
 
-        def load(t=t, shape=shape, heads=heads, keep=type_name in _KEEP) -> np.ndarray:
-            if keep:
+        def load(t=t, shape=shape, heads=heads, type_name=type_name) -> np.ndarray:
+            if type_name in _KEEP:
                 arr = np.asarray(t.data)
                 if type_name == "BF16":
-                    arr = arr.view(np.uint16).view(dtypes.to_numpy("bfloat16"))
+                    arr = arr.reshape(-1).view(np.uint16).view(dtypes.to_numpy("bfloat16"))
                 arr = arr.reshape(shape)
             else:
                 arr = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)

@@ -69,8 +69,10 @@ def write_hf_tokenizer(out: Path, kv: dict[str, Any]) -> list[str]:
     tokens: list[str] = list(kv["tokenizer.ggml.tokens"])
     types: list[int] = list(kv.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
     merges = [tuple(m.split(" ", 1)) for m in kv.get("tokenizer.ggml.merges") or []]
-    regular = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (NORMAL, UNUSED)}
-    tok = Tokenizer(models.BPE(vocab=regular, merges=merges, unk_token=None))
+    # every token stays in the BPE vocab (as HF trainers put specials there too), so the
+    # special tokens added below keep their ids instead of getting new ones
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = [(i, t, ty) for i, (t, ty) in enumerate(zip(tokens, types))

@@ -77,8 +77,10 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
     if info is None:
         return _torch_fallback(src, opts)
     kind = str(info.details.get(info.format, {}).get("kind", "")) if info.details else ""
-    if info.format == "pytorch" and "module" in kind:
+    if info.format == "pytorch" and "module" in kind and info.tensor_loader is None:
         return _trusted_module(src, info, opts)
+    # a whole pickled nn.Module with a reader that loads data: keishiki's pickle reader names
+    # its parameters by the module tree without running any of its code, so no --trust needed
     if info.format == "pytorch" and info.tensor_loader is None:
         return _torch_fallback(src, opts)
     tensors = list(info.lazy_tensors())
