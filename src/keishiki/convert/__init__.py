@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
+import types
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -252,3 +254,16 @@ def _why(step: StepReport) -> str:
     bits = [f"{k}={v[k]}" for k in ("max_abs_diff", "n_mismatched", "tokens_match") if k in v]
     return ", ".join(bits) or "outputs differ"
 
+
+
+class _CallableModule(types.ModuleType):
+    """``keishiki.convert`` is both this package and its main function: importing any
+    submodule (``keishiki.convert.paths``) makes Python set the package attribute
+    ``keishiki.convert`` to this module, replacing the lazily exported function, so the
+    module itself must be callable for ``keishiki.convert(src, out, to=...)`` to keep working."""
+
+    def __call__(self, src, out, to: str, **options: Any) -> ConvertReport:
+        return convert(src, out, to, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,159 @@
+"""The conversion framework: path finding, refusals, atomic outputs, failed verification."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import keishiki
+from keishiki.convert.base import Edge
+from keishiki.convert.paths import find_path
+from keishiki.errors import InvalidRequest, Mismatch, MissingDependency, NoConversionPath
+from tests.conftest import REPO, run_cli
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+
+@pytest.fixture()
+def small_st(tmp_path) -> Path:
+    path = tmp_path / "in.safetensors"
+    safetensors_torch.save_file({"w": torch.randn(8, 8), "b": torch.zeros(8)}, path)
+    return path
+
+
+def test_find_path_is_shortest_and_explains_failures():
+    edges = [Edge("a", "b", "m:f"), Edge("b", "c", "m:g"), Edge("a", "c", "m:h"),
+             Edge("c", "d", "m:i")]
+    assert [e.run for e in find_path("a", "d", edges)] == ["m:h", "m:i"]
+    assert [e.run for e in find_path("b", "d", edges)] == ["m:g", "m:i"]
+    with pytest.raises(NoConversionPath, match="d converts to|no conversion from d"):
+        find_path("d", "a", edges)
+    real = [e.name for e in find_path("torch7", "gguf")]
+    assert real == ["torch7 -> safetensors", "safetensors -> gguf"]
+
+
+def test_no_path_is_a_one_line_error_exit_2(tmp_path):
+    src = tmp_path / "x.npy"
+    import numpy as np
+
+    np.save(src, np.ones(3))
+    code, _, err = run_cli("convert", src, tmp_path / "o.gguf", "--to", "tflite")
+    assert code == 2 and "--to must be one of" in err
+    keras = REPO.parent / "shared/corpus/real/other/keras_v3_zip/keras-3.15.1/tiny_mlp_keras3.keras"
+    if keras.exists():
+        code, _, err = run_cli("convert", keras, tmp_path / "o.safetensors", "--to", "safetensors")
+        assert code == 2 and "no conversion path from keras to safetensors" in err
+        assert err.count("\n") == 1
+
+
+def test_refuses_existing_output_and_input_as_output(small_st, tmp_path):
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"precious")
+    code, _, err = run_cli("convert", small_st, out, "--to", "safetensors")
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert out.read_bytes() == b"precious"
+    code, _, err = run_cli("convert", small_st, small_st, "--to", "safetensors", "--force")
+    assert code == 2 and "refusing to write over the input" in err
+    code, _, _ = run_cli("convert", small_st, out, "--to", "safetensors", "--force", "-q")
+    assert code == 0 and set(safetensors_torch.load_file(out)) == {"w", "b"}
+
+
+def test_missing_extra_names_the_pip_line(small_st, tmp_path, monkeypatch):
+    import keishiki._optional as optional
+
+    real = optional.available
+    monkeypatch.setattr(optional, "available", lambda m: m != "gguf" and real(m))
+    with pytest.raises(MissingDependency, match=r"keishiki\[gguf\]"):
+        keishiki.convert(small_st, tmp_path / "o.gguf", to="gguf")
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_not_enough_disk_space_is_refused(small_st, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1))
+    with pytest.raises(InvalidRequest, match="free"):
+        keishiki.convert(small_st, tmp_path / "o.pt", to="pytorch")
+
+
+def test_failed_verification_keeps_output_aside_or_removes_it(small_st, tmp_path, monkeypatch):
+    import keishiki.convert.weights as weights
+
+    monkeypatch.setattr(weights, "verify_safetensors", lambda *a, **k: {
+        "method": "read-back", "passed": False, "reason": "w: differs (max abs diff 1)"})
+    out = tmp_path / "o.safetensors"
+    code, stdout, err = run_cli("convert", small_st, out, "--to", "safetensors", "--json")
+    assert code == 1 and "verification failed" in err and "w: differs" in err
+    assert json.loads(stdout)["passed"] is False
+    assert not out.exists() and (tmp_path / "o.safetensors.unverified").is_file()
+    code, _, err = run_cli("convert", small_st, tmp_path / "p.safetensors", "--to",
+                           "safetensors", "--strict")
+    assert code == 1 and "removed" in err
+    assert not list(tmp_path.glob("p.safetensors*")) and not list(tmp_path.glob(".p.*"))
+    with pytest.raises(Mismatch):
+        keishiki.convert(small_st, tmp_path / "q.safetensors", to="safetensors")
+
+
+def test_no_verify_skips_verification(small_st, tmp_path):
+    report = keishiki.convert(small_st, tmp_path / "o.pt", to="pytorch", verify=False, quiet=True)
+    assert report.steps[0].verify == {} and not report.verified
+
+
+def test_sigkill_mid_conversion_leaves_no_output(tmp_path):
+    """A conversion killed with SIGKILL at a random moment leaves nothing under OUT."""
+    import numpy as np
+
+    src = tmp_path / "big.safetensors"
+    safetensors_torch.save_file({f"t{i}": torch.randn(1024, 1024) for i in range(48)}, src)
+    out = tmp_path / "big.gguf"
+    proc = subprocess.Popen([sys.executable, "-m", "keishiki", "convert", str(src), str(out),
+                             "--to", "gguf", "--quant", "q8_0", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    tmp_seen = False
+    while time.time() < deadline and proc.poll() is None:
+        tmp_seen = any(".keishiki-tmp-" in p.name for p in tmp_path.iterdir())
+        if tmp_seen:
+            time.sleep(0.3)  # mid-way through writing tensor data
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert tmp_seen, "the conversion finished before it could be killed"
+    assert not out.exists()
+    assert np.all([".keishiki-" in p.name or p == src for p in tmp_path.iterdir()])
+
+
+def test_formats_command_lists_formats_and_edges():
+    code, stdout, _ = run_cli("formats", "--json")
+    assert code == 0
+    data = json.loads(stdout)
+    ids = {f["id"]: f for f in data["formats"]}
+    assert {"safetensors", "pytorch", "gguf", "onnx", "torch7", "hf-model"} <= set(ids)
+    assert ids["safetensors"]["readable"] and ids["safetensors"]["writable"]
+    assert not ids["torch7"]["writable"]
+    pairs = {(e["src"], e["dst"]): e for e in data["edges"]}
+    assert pairs[("hf-model", "gguf")]["extras"] == ["gguf", "hf"]
+    assert pairs[("pytorch", "safetensors")]["lossless"] is True
+    assert pairs[("hf-model", "gguf")]["lossless"] is False
+    code, stdout, _ = run_cli("formats")
+    assert code == 0 and "keishiki[gguf]" in stdout
+
+
+def test_report_json_and_table(small_st, tmp_path):
+    code, stdout, _ = run_cli("convert", small_st, tmp_path / "o.pt", "--to", "pytorch", "--json")
+    data = json.loads(stdout)
+    assert code == 0 and data["path"] == ["safetensors -> pytorch"] and data["passed"]
+    step = data["steps"][0]
+    assert step["out"] == str(tmp_path / "o.pt") and step["n_tensors"] == 2
+    assert step["verify"]["n_bit_exact"] == 2
+    code, stdout, _ = run_cli("convert", small_st, tmp_path / "o2.pt", "--to", "pytorch")
+    assert code == 0 and "ok (read-back)" in stdout
