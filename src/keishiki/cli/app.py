@@ -11,8 +11,9 @@ import os
 import pkgutil
 import sys
 
-import click
 import typer
+from typer import exceptions as typer_exceptions
+from typer._click import exceptions as click_exceptions  # typer >= 0.20 vendors its own click
 
 from ..errors import KeishikiError
 from ._app import app
@@ -44,11 +45,11 @@ def run(argv: list[str] | None = None) -> int:
     try:
         result = command.main(args=argv, prog_name="keishiki", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer_exceptions.Exit as exc:
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer_exceptions.Abort, KeyboardInterrupt):
         return _fail("interrupted", 130)
-    except click.ClickException as exc:
+    except click_exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
         exc.show()
         return exc.exit_code
     except KeishikiError as exc:
