@@ -47,3 +47,13 @@ def test_piped_tensors_keep_long_names_on_one_line(markup_file):
         wanted = LONG if command == "tensors" else str(markup_file)
         assert any(wanted in line for line in proc.stdout.splitlines()), proc.stdout
         assert "\x1b[" not in proc.stdout  # no colour codes in a pipe
+
+
+def test_rules_in_a_pipe_stay_readable():
+    # `keishiki demo | less` prints rules between sections: not 4096 characters of "─"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-c", "from keishiki.cli.render import console; "
+                           "console.rule('keishiki info x')"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "keishiki info x" in proc.stdout and len(proc.stdout.rstrip("\n")) <= 100

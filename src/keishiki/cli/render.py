@@ -16,8 +16,20 @@ from rich.table import Table
 # and split tensor names and paths in two (breaking `keishiki tensors m | grep`).  Lines are
 # left whole there unless COLUMNS says otherwise.
 _PIPE_WIDTH = 4096
-console = Console(highlight=False, soft_wrap=False,
-                  width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else _PIPE_WIDTH)
+_RULE_WIDTH = 100  # a rule spans the whole width: in a pipe, a readable fixed width instead
+
+
+class _Console(Console):
+    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
+             align: Any = "center") -> None:
+        from rich.rule import Rule
+
+        self.print(Rule(title, characters=characters, style=style, align=align),
+                   width=min(self.width, _RULE_WIDTH) if self.width >= _PIPE_WIDTH else None)
+
+
+console = _Console(highlight=False, soft_wrap=False,
+                   width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else _PIPE_WIDTH)
 
 
 def _default(obj: Any) -> Any:
