@@ -367,14 +367,15 @@ class _VM:
         calls_append = rec.calls.append
         pids_append = rec.persistent_ids.append
         unpack_u32, unpack_i32 = _U32.unpack_from, _I32.unpack_from
-        mark, call_cls, pid_cls = _MARK, Call, PersistentId
+        mark, call_cls, pid_cls, new = _MARK, Call, PersistentId, object.__new__
         in_slow = False
         try:
             while True:
                 at = pos
-                if at >= n:
-                    raise _Fail("stream ends before STOP (truncated)", at)
-                op = data[at]
+                try:  # no bounds test per opcode: try is free in CPython 3.11
+                    op = data[at]
+                except IndexError:
+                    raise _Fail("stream ends before STOP (truncated)", at) from None
                 n_ops += 1
                 if not n_ops & 0x3FF:  # caps checked every 1024 opcodes: cheap, still bounded
                     rec.n_ops = n_ops
@@ -472,7 +473,8 @@ class _VM:
                     value = stack[-1]
                     if value is mark:
                         raise _Fail("unexpected MARK on the stack", at)
-                    pid = pid_cls(value, at)
+                    pid = new(pid_cls)  # PersistentId(value, at) minus frozen-init overhead
+                    pid.__dict__.update(pid=value, offset=at)
                     pids_append(pid)
                     stack[-1] = pid
                     pos = at + 1

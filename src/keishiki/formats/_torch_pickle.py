@@ -12,8 +12,11 @@ applies offset/shape/stride with numpy.  Nothing here imports torch or runs pick
 from __future__ import annotations
 
 import math
+import operator
+import os
 import struct
 import weakref
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -67,7 +70,34 @@ class TensorRef:
     kind: str  # "tensor", "parameter", "meta", "quantized", "subclass"
 
 
+_INT_ONLY = frozenset({int})
+_new = object.__new__
+
+
+def _tensor_ref(storage: StorageRef | None, dtype: str, storage_offset: int,
+                shape: tuple[int, ...], stride: tuple[int, ...], kind: str) -> TensorRef:
+    """``TensorRef(...)`` without the frozen dataclass's per-field ``object.__setattr__``
+    (a third of the per-tensor cost); equal, hashable and immutable all the same."""
+    ref = _new(TensorRef)
+    ref.__dict__.update(storage=storage, dtype=dtype, storage_offset=storage_offset,
+                        shape=shape, stride=stride, kind=kind)
+    return ref
+
+
+def _storage_ref(key: str, dtype: str, numel: int, location: str,
+                 view_offset: int = 0) -> StorageRef:
+    """``StorageRef(...)``, built like :func:`_tensor_ref`."""
+    ref = _new(StorageRef)
+    ref.__dict__.update(key=key, dtype=dtype, numel=numel, location=location,
+                        view_offset=view_offset)
+    return ref
+
+
 def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
+    # fast path, C-level checks only: a tuple of at most 64 non-negative ints (bool excluded)
+    if type(value) is tuple and len(value) <= 64 and _INT_ONLY.issuperset(map(type, value)) \
+            and (not value or min(value) >= 0):
+        return value
     if isinstance(value, Call) and value.args:  # torch.Size((2, 3)) when pickled as a call
         value = value.args[0]
     if not isinstance(value, (tuple, list)) or not all(type(v) is int for v in value):
@@ -77,18 +107,37 @@ def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+_STORAGE_DTYPES: dict[str, str | None] = {}  # torch attribute name -> dtype (bounded memo)
+
+
 def storage_dtype(ref: Any) -> str | None:
     """``torch.FloatStorage`` / ``torch.float16`` / ``torch.UntypedStorage`` -> dtype name."""
     if not isinstance(ref, GlobalRef) or ref.module != "torch":
         return None
-    if ref.name in ("UntypedStorage", "ByteStorage"):
-        return "uint8"
-    return dtypes.from_torch_storage(ref.name) or dtypes.from_torch_dtype(ref.name)
+    name = ref.name
+    try:
+        return _STORAGE_DTYPES[name]
+    except KeyError:
+        pass
+    if name in ("UntypedStorage", "ByteStorage"):
+        dtype: str | None = "uint8"
+    else:
+        dtype = dtypes.from_torch_storage(name) or dtypes.from_torch_dtype(name)
+    if len(_STORAGE_DTYPES) < 256:  # names come from the file: keep the memo small
+        _STORAGE_DTYPES[name] = dtype
+    return dtype
 
 
 def decode_storage(pid: Any, path: str) -> StorageRef:
     """``('storage', type, key, location, numel[, view_metadata])`` -> StorageRef."""
     tup = pid.pid if isinstance(pid, PersistentId) else None
+    if type(tup) is tuple and len(tup) == 5 and tup[0] == "storage":
+        # fast path: the zip layout's ('storage', type, key, location, numel)
+        _, stype, key, location, numel = tup
+        dtype = storage_dtype(stype)
+        if dtype is not None and type(key) is str and type(numel) is int and numel >= 0:
+            return _storage_ref(key, dtype, numel,
+                                location if type(location) is str else str(location))
     if not isinstance(tup, tuple) or len(tup) < 5 or tup[0] != "storage":
         raise CorruptFile(path, f"unexpected persistent id {type(tup).__name__} "
                           f"(not a torch storage reference)")
@@ -105,24 +154,43 @@ def decode_storage(pid: Any, path: str) -> StorageRef:
         _view_key, view_offset, numel = tup[5]
         if type(view_offset) is not int or type(numel) is not int or view_offset < 0:
             raise CorruptFile(path, f"storage {key!r}: malformed view metadata")
-    return StorageRef(key, dtype, numel, str(location), view_offset)
+    return _storage_ref(key, dtype, numel, str(location), view_offset)
+
+
+_FAST_REBUILD = {"_rebuild_tensor_v2": "tensor", "_rebuild_tensor": "tensor",
+                 "_rebuild_tensor_v3": "tensor", "_rebuild_qtensor": "quantized"}
 
 
 def decode_tensor(call: Call, path: str) -> TensorRef | None:
     """The tensor a rebuild call would make, or None when ``call`` is not a tensor rebuild."""
-    name = call.qualname
     args = call.args
+    func = call.func
+    # fast path: torch._utils._rebuild_tensor_v2 & co. with a storage, the bulk of any file
+    if type(func) is GlobalRef and func.module == "torch._utils" and len(args) >= 4:
+        kind = _FAST_REBUILD.get(func.name)
+        if kind is not None:
+            storage = decode_storage(args[0], path)
+            offset = args[1]
+            if type(offset) is not int or offset < 0:
+                raise CorruptFile(path, "tensor storage_offset is not a non-negative int")
+            shape, stride = _ints(args[2], "size", path), _ints(args[3], "stride", path)
+            if len(shape) != len(stride):
+                raise CorruptFile(path, f"tensor size {list(shape)} and stride {list(stride)} "
+                                  f"differ in length")
+            return _tensor_ref(storage, storage.dtype, offset + storage.view_offset, shape,
+                               stride, kind)
+    name = call.qualname
     if name in REBUILD_WRAPPERS and args and isinstance(args[0], Call):
         inner = decode_tensor(args[0], path)
-        return None if inner is None else TensorRef(**{**inner.__dict__, "kind": "parameter"})
+        return None if inner is None else _tensor_ref(**{**inner.__dict__, "kind": "parameter"})
     if name == REBUILD_FROM_TYPE and len(args) >= 3 and isinstance(args[2], tuple):
         inner_call = Call(args[0], args[2], None, call.offset, call.opcode)
         inner = decode_tensor(inner_call, path)
-        return None if inner is None else TensorRef(**{**inner.__dict__, "kind": "subclass"})
+        return None if inner is None else _tensor_ref(**{**inner.__dict__, "kind": "subclass"})
     if name == REBUILD_META and len(args) >= 3:
         dtype = storage_dtype(args[0]) or "float32"
-        return TensorRef(None, dtype, 0, _ints(args[1], "size", path),
-                         _ints(args[2], "stride", path), "meta")
+        return _tensor_ref(None, dtype, 0, _ints(args[1], "size", path),
+                           _ints(args[2], "stride", path), "meta")
     if name not in REBUILD_TENSOR or len(args) < 4:
         return None
     storage = decode_storage(args[0], path)
@@ -134,7 +202,7 @@ def decode_tensor(call: Call, path: str) -> TensorRef | None:
         raise CorruptFile(path, f"tensor size {list(shape)} and stride {list(stride)} differ "
                           f"in length")
     kind = "quantized" if name.endswith("qtensor") else "tensor"
-    return TensorRef(storage, storage.dtype, offset + storage.view_offset, shape, stride, kind)
+    return _tensor_ref(storage, storage.dtype, offset + storage.view_offset, shape, stride, kind)
 
 
 def mapping_items(value: Any) -> list[tuple[Any, Any]] | None:
@@ -295,12 +363,34 @@ def quantizer_params(call: Call) -> list[Any]:
 
 def span(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
     """Elements from the first to one past the last element a view touches."""
-    if any(d == 0 for d in shape):
+    if 0 in shape:
         return 0
-    return 1 + sum((d - 1) * s for d, s in zip(shape, stride))
+    if len(shape) != len(stride):  # not from decode_tensor (which refuses it): zip() semantics
+        return 1 + sum((d - 1) * s for d, s in zip(shape, stride))
+    # 1 + sum((d - 1) * s), computed with C-level maps
+    return 1 + sum(map(operator.mul, shape, stride)) - sum(stride)
+
+
+_CONTIGUOUS: dict[tuple, bool] = {}  # (shape, stride) -> answer; a model repeats a few shapes
 
 
 def is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether a view with these dims and element strides is C-contiguous."""
+    key = (shape, stride)
+    try:
+        return _CONTIGUOUS[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable (a list from a caller): just compute
+        return _is_contiguous(shape, stride)
+    answer = _is_contiguous(shape, stride)
+    if len(_CONTIGUOUS) >= 4096:  # bounded: shapes come from the file
+        _CONTIGUOUS.clear()
+    _CONTIGUOUS[key] = answer
+    return answer
+
+
+def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     expected = 1
     for d, s in zip(reversed(shape), reversed(stride)):
         if d != 1 and s != expected:
@@ -322,18 +412,58 @@ def zip_data_offset(src: Source, name: str, fh: BinaryIO | None = None) -> int |
     else:
         fh.seek(info.header_offset)
         local = fh.read(30)
+    return _member_data_start(src, name, info, local)
+
+
+def _member_data_start(src: Source, name: str, info: Any, local: bytes) -> int:
+    """The data offset of a STORED member from its 30-byte local header ``local``."""
     if len(local) != 30:
         raise CorruptFile(src.path, f"zip member {name!r}: truncated local header",
                           offset=info.header_offset)
     if local[:4] != b"PK\x03\x04":
         raise CorruptFile(src.path, f"zip member {name!r}: bad local header",
                           offset=info.header_offset)
-    n_name, n_extra = struct.unpack("<HH", local[26:30])
+    n_name, n_extra = struct.unpack_from("<HH", local, 26)
     start = info.header_offset + 30 + n_name + n_extra
     if start + info.file_size > src.size:
         raise CorruptFile(src.path, f"zip member {name!r} extends past the end of the file",
                           offset=start)
     return start
+
+
+class _LocalHeaders:
+    """Reads 30-byte zip local headers, many per system call.
+
+    A checkpoint's small storages sit close together, so one positioned read of up to
+    ``WINDOW`` bytes covers the headers of every member starting in it; a header far from
+    the others costs one 30-byte read (never the data between them).
+    """
+
+    WINDOW = 64 * 1024
+
+    def __init__(self, path: Path, header_offsets: list[int]):
+        self.fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the locator's finalizer
+        self.offsets = header_offsets  # sorted
+        self.buf = b""
+        self.buf_start = -1
+
+    def read(self, offset: int) -> bytes:
+        rel = offset - self.buf_start
+        if self.buf_start >= 0 and 0 <= rel and rel + 30 <= len(self.buf):
+            return self.buf[rel:rel + 30]
+        # read through the last header that starts within the window after this one
+        i = bisect_right(self.offsets, offset + self.WINDOW - 30) - 1
+        end = offset + 30 if i < 0 else max(offset + 30, self.offsets[i] + 30)
+        if hasattr(os, "pread"):
+            self.buf = os.pread(self.fh.fileno(), end - offset, offset)
+        else:  # pragma: no cover - Windows
+            self.fh.seek(offset)
+            self.buf = self.fh.read(end - offset)
+        self.buf_start = offset
+        return self.buf[:30]
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
@@ -342,27 +472,35 @@ def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
     that the member ``<prefix><folder>/<key>`` exists and is large enough."""
     members = set(src.zip_names)
     cache: dict[str, tuple[int | None, str | None]] = {}
-    handle: list[BinaryIO] = []  # opened on first use, closed when the locator is collected
+    headers: list[_LocalHeaders] = []  # opened on first use, closed when the locator is collected
+    member_prefix = f"{prefix}{folder}/"
 
     def location(storage: StorageRef) -> tuple[int | None, str | None]:
-        if storage.key not in cache:
-            name = f"{prefix}{folder}/{storage.key}"
-            if name not in members:
-                raise CorruptFile(src.path, f"storage {storage.key!r} has no member {name!r}")
-            size = src.zip().getinfo(name).file_size
-            need = storage.numel * (dtypes.itemsize(storage.dtype) or 1)
-            if size < need:
-                raise CorruptFile(src.path, f"member {name!r} holds {size} bytes but its "
-                                  f"storage needs {need}")
-            if not handle:
-                handle.append(open(src.path, "rb"))  # noqa: SIM115 - closed by the finalizer
-                weakref.finalize(location, handle[0].close)
-            cache[storage.key] = (zip_data_offset(src, name, handle[0]), name)
-        return cache[storage.key]
+        key = storage.key
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        name = member_prefix + key
+        if name not in members:
+            raise CorruptFile(src.path, f"storage {key!r} has no member {name!r}")
+        info = src.zip().getinfo(name)
+        size = info.file_size
+        need = storage.numel * (dtypes.itemsize(storage.dtype) or 1)
+        if size < need:
+            raise CorruptFile(src.path, f"member {name!r} holds {size} bytes but its "
+                              f"storage needs {need}")
+        if info.compress_type != 0:
+            start = None
+        else:
+            if not headers:
+                offsets = sorted(i.header_offset for i in src.zip().infolist())
+                headers.append(_LocalHeaders(src.path, offsets))
+                weakref.finalize(location, headers[0].close)
+            start = _member_data_start(src, name, info, headers[0].read(info.header_offset))
+        cache[key] = hit = (start, name)
+        return hit
 
     return location
-
-
 
 
 # ---- loading tensor data -----------------------------------------------------------------
