@@ -110,6 +110,9 @@ def _payload_pickles(marker: Path) -> dict[str, tuple[str, bytes, bool]]:
     out["py2_builtin_exec_p2"] = ("Python 2 style protocol 2: __builtin__.exec",
                                   b"\x80\x02" + call(g0("__builtin__", "exec"), s0(code)) + STOP,
                                   True)
+    out["py2_mapped_stack_global"] = (
+        "protocol 2 STACK_GLOBAL of a py2 name (commands -> subprocess by fix_imports)",
+        b"\x80\x02" + sg("commands", "getoutput") + u(cmd) + b"\x85R" + STOP, True)
     out["builtins_open_p4"] = ("builtins.open writes a file",
                                P4 + sg("builtins", "open") + u(str(marker)) + u("w")
                                + b"\x86R" + STOP, True)

@@ -18,7 +18,7 @@ from tests.conftest import CORPUS, FACTS, corpus_path, run_cli
 
 MALICIOUS = [
     "reduce_os_system_p0", "reduce_os_system_p1", "reduce_os_system_p2", "reduce_os_system_p3",
-    "reduce_os_system_p4", "reduce_os_system_p5", "py2_builtin_eval", "py2_builtin_exec_p2",
+    "reduce_os_system_p4", "reduce_os_system_p5", "py2_builtin_eval", "py2_builtin_exec_p2", "py2_mapped_stack_global",
     "builtins_open_p4", "memo_mix_binput_memoize", "memo_out_of_order", "modelscan85_build_attrs",
     "modelscan330_numpy_builtins", "modelscan331_importlib_getattr",
     "modelscan267_nested_pickle_loads", "pr74_importlib", "pr74_marshal_functiontype", "pip_main",

@@ -20,6 +20,12 @@ from __future__ import annotations
 
 import unicodedata
 
+try:  # CPython's own py2 -> py3 rename table (what pickle's fix_imports applies)
+    from _compat_pickle import IMPORT_MAPPING as _PY2_MODULES
+    from _compat_pickle import NAME_MAPPING as _PY2_NAMES
+except ImportError:  # pragma: no cover
+    _PY2_MODULES, _PY2_NAMES = {"__builtin__": "builtins", "copy_reg": "copyreg"}, {}
+
 _STORAGES = ["BFloat16", "Bool", "Byte", "Char", "ComplexDouble", "ComplexFloat", "Double",
              "Float", "Half", "Int", "Long", "QInt32", "QInt8", "QUInt2x4", "QUInt4x2", "QUInt8",
              "Short"]
@@ -176,6 +182,24 @@ def _blocked(qualname: str) -> str | None:
 
 
 def classify(module: str, name: str, *, torchscript: bool = False) -> tuple[str, str]:
+    """The severity and reason for the global ``module.name`` (see :func:`_classify`).
+
+    A Python 2 name is also judged under the Python 3 name ``pickle`` maps it to (for
+    protocols < 3 the mapping applies to STACK_GLOBAL too, e.g. ``commands`` ->
+    ``subprocess``); the worse verdict wins.
+    """
+    severity, reason = _classify(module, name, torchscript=torchscript)
+    mapped = _PY2_NAMES.get((module, name))
+    if mapped is None and module in _PY2_MODULES:
+        mapped = (_PY2_MODULES[module], name)
+    if mapped and mapped != (module, name) and severity != "dangerous":
+        sev2, reason2 = _classify(*mapped, torchscript=torchscript)
+        if sev2 == "dangerous":
+            return sev2, f"python 2 name {module}.{name} loads as {'.'.join(mapped)}: {reason2}"
+    return severity, reason
+
+
+def _classify(module: str, name: str, *, torchscript: bool = False) -> tuple[str, str]:
     """The severity and reason for the global ``module.name``.
 
     Args:

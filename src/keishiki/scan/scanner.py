@@ -103,7 +103,9 @@ def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
         kinds.append("npy")
     elif looks_like_pickle(head) and head[:4] != b"PK\x03\x04":
         # torch.load treats a file starting with a zip local header as a zip, never a pickle
-        strict = head[0] == 0x80 or name.lower().endswith(_PICKLE_NAMES)
+        # a member's raw tensor bytes may start with 0x80 by chance: there only the name
+        # makes a failed parse an error (a stream naming no global cannot run anything)
+        strict = name.lower().endswith(_PICKLE_NAMES) or (head[0] == 0x80 and not member)
         if _pickle(ctx, data, member, strict, ts, torch_member):
             kinds.append("pickle")
     if archives.looks_like_tar(head) and "zip" not in kinds:
@@ -191,10 +193,13 @@ def _keras_config(ctx: _Ctx, config, member: str) -> None:
         ctx.finding(member, None, "keras-config", subject, sev, reason)
 
 
-def _onnx(ctx: _Ctx, path: Path, data) -> bool:
+def _onnx(ctx: _Ctx, path: Path, data, named_onnx: bool = False) -> bool:
     try:
         refs = onnx_refs.external_locations(memoryview(data))
-    except onnx_refs.NotOnnx:
+    except onnx_refs.NotOnnx as exc:
+        if named_onnx:  # an .onnx file whose external-data paths cannot be checked
+            ctx.error("", f"ONNX protobuf unreadable ({exc}): external-data paths not checked")
+            return True
         return False
     for tensor, location in refs:
         sev, reason = onnx_refs.judge_location(path, location)
@@ -250,7 +255,8 @@ def _scan_top(ctx: _Ctx, path: Path, view, fh: BinaryIO, explicit: bool) -> str:
     if head[:8] == _HDF5:
         _h5(ctx, path, view)
         kind = "hdf5"
-    elif path.suffix.lower() == ".onnx" and _onnx(ctx, path, view):
+    elif path.suffix.lower() == ".onnx" and not looks_like_pickle(head[:2]) \
+            and head[:2] != b"PK" and _onnx(ctx, path, view, named_onnx=True):
         kind = "onnx"
     else:
         kind = content(ctx, view, fh, "", 0, path.name)
