@@ -277,3 +277,29 @@ def test_corpus_pickles_scan_safe_with_their_globals(rel):
     assert rep.verdict == "safe"
     seen = {f.global_ for f in rep.findings}
     assert set(FACTS[rel]["pickle_globals"]) <= seen
+
+
+def test_hostile_files_stay_under_1_gib(tmp_path):
+    """Peak RSS of a scan process on hostile inputs (absurd stack, zip bomb, deep MARKs)."""
+    import resource
+    import subprocess
+    import sys
+
+    files = []
+    for name, data in [("stack.pkl", b"\x80\x04" + b"]" * 1_500_000 + b"."),
+                       ("marks.pkl", b"\x80\x04" + b"(" * 500_000 + b"."),
+                       ("long.pkl", b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"x" * 64)]:
+        (tmp_path / name).write_bytes(data)
+        files.append(str(tmp_path / name))
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("data.pkl", b"\x80\x04" + b"\0" * (200 << 20))
+    files.append(str(bomb))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "keishiki", "scan", *files],
+                          capture_output=True, text=True, timeout=120)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == len(files)  # one line per damaged file
+    assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    assert time.monotonic() - start < 10 * len(files)
