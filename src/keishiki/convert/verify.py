@@ -69,6 +69,36 @@ class ReadBack:
             self.problems.append(f"{name}: differs (max abs diff {diff:.3g})")
         return ok
 
+    def compare_rows(self, name: str, expected: np.ndarray, rows: "Rows",
+                     original: np.ndarray | None = None) -> bool:
+        """Like :meth:`compare`, reading the output a block of rows at a time (bounded memory).
+
+        ``original`` (the values before a dtype change) is None when nothing was cast, so a
+        bit-exact tensor costs one memcmp-like pass and no float arithmetic.
+        """
+        self.n_compared += 1
+        if rows.dtype != expected.dtype or tuple(rows.shape) != tuple(expected.shape):
+            self.mismatched.append(name)
+            self.problems.append(f"{name}: wrote {expected.dtype}{list(expected.shape)}, read "
+                                 f"back {rows.dtype}{list(rows.shape)}")
+            return False
+        exact, diff = True, 0.0
+        for start, stop in rows.blocks():
+            got = rows.read(start, stop)
+            want = expected[start:stop] if expected.ndim else expected
+            if not bit_equal(want, got):
+                exact = False
+                diff = max(diff, max_abs_diff(np.asarray(want), got))
+            if original is not None:
+                base = original[start:stop] if original.ndim else original
+                diff = max(diff, max_abs_diff(np.asarray(base), got))
+        self.n_bit_exact += exact
+        self.max_abs_diff = max(self.max_abs_diff, diff)
+        if not exact:
+            self.mismatched.append(name)
+            self.problems.append(f"{name}: differs (max abs diff {diff:.3g})")
+        return exact
+
     def count_ok(self, n: int = 1) -> None:
         """Record ``n`` tensors checked elsewhere as equal (aliases of a written tensor)."""
         self.n_compared += n
@@ -162,6 +192,48 @@ def open_safetensors(path: Path) -> Iterator[tuple[list[str], dict, Callable[[st
             yield names, metadata, lambda n: torch_to_numpy(fh.get_tensor(n))
         else:
             yield names, metadata, fh.get_tensor
+
+
+class Rows:
+    """One tensor of an open safetensors file, read a block of rows at a time."""
+
+    BLOCK_BYTES = 32 * 1024 * 1024
+
+    def __init__(self, handle, name: str, torch_framework: bool):
+        self._handle, self._name, self._pt = handle, name, torch_framework
+        self._slice = handle.get_slice(name)
+        self.shape = tuple(int(d) for d in self._slice.get_shape())
+        self.dtype = dtypes.to_numpy(dtypes.from_safetensors(self._slice.get_dtype()))
+
+    def blocks(self) -> Iterator[tuple[int, int]]:
+        """(start, stop) row ranges of about BLOCK_BYTES each ((0, 0) once for a scalar)."""
+        if not self.shape:
+            yield 0, 0
+            return
+        row_bytes = max(1, int(np.prod(self.shape[1:])) * self.dtype.itemsize)
+        step = max(1, self.BLOCK_BYTES // row_bytes)
+        for start in range(0, self.shape[0], step):
+            yield start, min(self.shape[0], start + step)
+        if self.shape[0] == 0:
+            yield 0, 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        value = (self._handle.get_tensor(self._name) if not self.shape
+                 else self._slice[start:stop])
+        return torch_to_numpy(value) if self._pt else np.asarray(value)
+
+
+@contextmanager
+def open_safetensors_rows(path: Path) -> Iterator[Callable[[str], Rows]]:
+    """``rows(name)`` for a safetensors file opened with ``safetensors.safe_open``."""
+    from .._optional import available, require
+
+    require("safetensors", extra="hf", purpose="verify safetensors output")
+    from safetensors import safe_open
+
+    framework = "pt" if available("torch") else "np"
+    with safe_open(str(path), framework=framework) as fh:
+        yield lambda name: Rows(fh, name, framework == "pt")
 
 
 def load_torch(path: Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import InvalidRequest
 from .base import ConvertOptions, StepReport, Timer
-from .verify import ReadBack, load_torch, open_safetensors, torch_to_numpy
+from .verify import (ReadBack, load_torch, open_safetensors, open_safetensors_rows,
+                     torch_to_numpy)
 
 ALIASES_KEY = "keishiki.aliases"
 FLOATING = {"float64", "float32", "float16", "bfloat16"}
@@ -84,12 +85,49 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
     if info.format == "pytorch" and info.tensor_loader is None:
         return _torch_fallback(src, opts)
     tensors = list(info.lazy_tensors())
+    if info.format == "pytorch":
+        byteorder = str(info.details.get("pytorch", {}).get("byteorder", "little"))
+        tensors = [_direct(src, t, byteorder) for t in tensors]
     tensors = _select_key(tensors, opts.key, src, checkpoint="checkpoint" in kind)
     unique, aliases = _dedupe(tensors)
     metadata = dict(info.metadata) if info.format == "safetensors" else {}
     aliases.update(_recorded_aliases(metadata))
     mapped = {t.name: Path(src) for t in unique} if info.format == "safetensors" else {}
     return SourceTensors(unique, aliases, metadata, list(info.warnings), info.format, mapped)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
+    strides, acc = [], 1
+    for dim in reversed(shape):
+        strides.append(acc)
+        acc *= dim
+    return strides[::-1]
+
+
+def _direct(src: Path, lazy: LazyTensor, byteorder: str) -> LazyTensor:
+    """A contiguous, little-endian tensor stored uncompressed is read straight into its final
+    array (one copy, no temporary buffer); anything else goes through the reader's loader."""
+    info = lazy.info
+    stride = (info.extra or {}).get("stride")
+    if (info.data_offset is None or byteorder != "little" or stride is None or info.nbytes == 0
+            or list(stride) != _contiguous_strides(tuple(info.shape))):
+        return lazy
+    try:
+        dtype = dtypes.to_numpy(info.dtype)
+    except (KeyError, TypeError):
+        return lazy
+    if dtype.itemsize * info.numel != info.nbytes:
+        return lazy
+
+    def load() -> np.ndarray:
+        arr = np.empty(info.shape, dtype=dtype)
+        with open(src, "rb") as fh:
+            fh.seek(info.data_offset)
+            if fh.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != info.nbytes:
+                return lazy.load()  # let the reader raise its CorruptFile
+        return arr
+
+    return LazyTensor(info, load)
 
 
 def _select_key(tensors: list[LazyTensor], key: str | None, src: Path,
@@ -245,8 +283,21 @@ def write_safetensors(path: Path, st: SourceTensors, opts: ConvertOptions,
         metadata[ALIASES_KEY] = json.dumps(st.aliases, sort_keys=True)
     tensors = output_tensors(st, opts.dtype)
     with open(path, "wb") as fh:
-        st_format.write(fh, tensors, metadata,
-                        on_tensor=(lambda i: advance(i.nbytes)) if advance else None)
+        fh.write(st_format.build_header([t.info for t in tensors], metadata))
+        for lazy in tensors:
+            arr = np.asarray(lazy.load())
+            # (np.ascontiguousarray would turn a 0-d scalar into shape [1])
+            arr = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+            if arr.dtype.byteorder == ">":
+                arr = arr.astype(arr.dtype.newbyteorder("<"))
+            if arr.nbytes != lazy.info.nbytes or tuple(arr.shape) != tuple(lazy.info.shape):
+                raise ValueError(f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)} but the "
+                                 f"header says {lazy.info.dtype}{list(lazy.info.shape)}")
+            # write the array's own buffer: no bytes copy of a possibly huge tensor
+            fh.write(memoryview(arr.reshape(-1).view(np.uint8)))
+            del arr
+            if advance:
+                advance(lazy.info.nbytes)
     return path.stat().st_size
 
 
@@ -254,25 +305,50 @@ def verify_safetensors(path: Path, st: SourceTensors, dtype: str | None,
                        rename: Callable[[str], str] = str) -> dict:
     """Read ``path`` back with safetensors.safe_open and compare every tensor with the source."""
     rb = ReadBack(library="safetensors.safe_open")
-    with open_safetensors(path) as (names, metadata, get):
+    with open_safetensors(path) as (names, metadata, _get):
         present = set(names)
-        expected_names = set()
-        for t in st.tensors:
-            name = rename(t.name)
-            expected_names.add(name)
-            if name not in present:
-                rb.missing.append(name)
-                continue
-            original = t.load()
-            rb.compare(name, cast_array(original, dtype), get(name), original=original)
-        rb.unexpected.extend(sorted(present - expected_names))
-        recorded = json.loads(metadata.get(ALIASES_KEY, "{}"))
-        for alias, target in st.aliases.items():
-            if recorded.get(alias) == target and target in present:
-                rb.count_ok()
-            else:
-                rb.missing.append(alias)
+    expected_names = set()
+    todo = []
+    for t in st.tensors:
+        name = rename(t.name)
+        expected_names.add(name)
+        if name in present:
+            todo.append((t, name))
+        else:
+            rb.missing.append(name)
+    # reopen the file every REOPEN_BYTES: pages of a memory map stay in the process's RSS
+    # until it is unmapped
+    for group in _groups(todo, REOPEN_BYTES):
+        with open_safetensors_rows(path) as get_rows:
+            for t, name in group:
+                original = t.load()
+                expected = cast_array(original, dtype)
+                rb.compare_rows(name, expected, get_rows(name),
+                                original=None if expected is original else original)
+                del original, expected
+    rb.unexpected.extend(sorted(present - expected_names))
+    recorded = json.loads(metadata.get(ALIASES_KEY, "{}"))
+    for alias, target in st.aliases.items():
+        if recorded.get(alias) == target and target in present:
+            rb.count_ok()
+        else:
+            rb.missing.append(alias)
     return rb.result()
+
+
+REOPEN_BYTES = 512 * 1024 * 1024
+
+
+def _groups(todo: list, limit: int) -> list[list]:
+    groups: list[list] = [[]]
+    used = 0
+    for t, name in todo:
+        if groups[-1] and used + t.info.nbytes > limit:
+            groups.append([])
+            used = 0
+        groups[-1].append((t, name))
+        used += t.info.nbytes
+    return [g for g in groups if g]
 
 
 def to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
