@@ -8,6 +8,10 @@ token; decode tokens/s = (gen_len − 1) / (t(gen_len) − t(1)), the median ove
 runs.  The same formula applies to every row, raw ``model.generate`` included
 (``min_new_tokens`` = ``max_new_tokens`` so it does not stop at EOS).
 
+A paired run also drives the same loaded model both ways in one process, alternating call
+by call (the fairest check of "keishiki's torch loop is within 5% of ``model.generate``" on a
+busy machine).
+
 Rows: ``hf-generate`` (transformers' ``model.generate``, greedy, KV cache), keishiki
 ``torch`` (transformers forward + keishiki's loop and numpy sampler), ``onnxruntime``
 (keishiki's ONNX export with KV cache, CPU provider), ``torchscript`` (traced with KV cache).
@@ -92,6 +96,41 @@ def worker(args: dict) -> dict:
             "decode_tok_s": (gen_len - 1) / (t_full - t_one), "tokens": tokens}
 
 
+def paired(path: str, prompt_len: int, gen_len: int, repeat: int) -> dict:
+    """keishiki's torch loop and ``model.generate`` on the SAME loaded model in one process,
+    alternating call by call, so machine load hits both alike; returns the median of the
+    per-pair time ratios (generate / keishiki: above 1 means keishiki is faster)."""
+    import torch
+
+    from keishiki import LLM, SamplingParams
+
+    llm = LLM(model=path, backend="torch")
+    model = llm._engine.model  # the very module keishiki drives
+    prompt = [8 + (i * 104729) % 370 for i in range(prompt_len)]
+    ids = torch.tensor([prompt])
+    params = SamplingParams(temperature=0, max_tokens=gen_len, ignore_eos=True)
+
+    def ours() -> float:
+        t = time.perf_counter()
+        llm.generate([{"prompt_token_ids": prompt}], params)
+        return time.perf_counter() - t
+
+    def theirs() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen_len,
+                           min_new_tokens=gen_len, do_sample=False)
+        return time.perf_counter() - t
+
+    ours(), theirs()  # warm-up
+    ratios, ours_s, theirs_s = [], [], []
+    for i in range(repeat * 3):
+        a, b = (ours(), theirs()) if i % 2 else (theirs(), ours())[::-1]
+        ours_s.append(a); theirs_s.append(b); ratios.append(b / a)
+    return {"row": "paired", "generate_over_keishiki": statistics.median(ratios),
+            "keishiki_s": statistics.median(ours_s), "generate_s": statistics.median(theirs_s)}
+
+
 def measure(row: str, path: Path, prompt_len: int, gen_len: int, repeat: int) -> dict:
     spec = json.dumps({"row": row, "path": str(path), "prompt_len": prompt_len,
                        "gen_len": gen_len, "repeat": repeat})
@@ -114,7 +153,12 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        if spec["row"] == "paired":
+            print(json.dumps(paired(spec["path"], spec["prompt_len"], spec["gen_len"],
+                                    spec["repeat"])))
+        else:
+            print(json.dumps(worker(spec)))
         return 0
     root = args.out or Path(tempfile.mkdtemp(prefix="keishiki-bench-run-"))
     report = []
@@ -131,6 +175,9 @@ def main() -> int:
             agrees = r["tokens"] == rows["hf-generate"].get("tokens")
             print(f"{row:<13}{r['load_s']:>8.2f}{r['first_token_s'] * 1000:>14.1f}"
                   f"{r['decode_tok_s']:>14.1f}  {agrees}")
+        pair = measure("paired", paths["torch"], args.prompt_len, args.gen_len, args.repeat)
+        print(f"paired in one process: model.generate {pair.get('generate_s', 0) * 1000:.1f} ms"
+              f", keishiki torch {pair.get('keishiki_s', 0) * 1000:.1f} ms per request")
         speed = {row: r.get("decode_tok_s") for row, r in rows.items()}
         total = {row: r.get("total_s") for row, r in rows.items()}
         ratios = {
@@ -139,10 +186,12 @@ def main() -> int:
             "keishiki torch / model.generate decode tok/s": speed["torch"] / speed["hf-generate"],
             "model.generate / keishiki torch total time": total["hf-generate"] / total["torch"],
             "torchscript / keishiki torch decode tok/s": speed["torchscript"] / speed["torch"],
+            "paired: model.generate time / keishiki torch time":
+                pair.get("generate_over_keishiki", float("nan")),
         }
         for label, value in ratios.items():
             print(f"  {label}: {value:.2f}x")
-        report.append({"model": name, "rows": rows, "ratios": ratios})
+        report.append({"model": name, "rows": rows, "paired": pair, "ratios": ratios})
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2))
     return 0

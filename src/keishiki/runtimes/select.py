@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._optional import available
-from ..errors import InvalidRequest, UnknownFormat
+from ..errors import InvalidRequest
 
 BACKENDS = ("auto", "torch", "onnxruntime", "torchscript", "vllm")
 # which format each explicit backend runs
@@ -50,8 +50,13 @@ class Choice:
 
 
 def detect_format(path: Path) -> str:
-    """The format id of ``path`` from :func:`keishiki.formats.identify`, refined for folders
-    that hold an exported ONNX model next to a config.json (an export folder, not weights)."""
+    """The format id of ``path`` from :func:`keishiki.formats.identify`; a folder without HF
+    weights that holds ``model.onnx`` or one ``.pt`` beside its tokenizer and config.json (an
+    export folder) is the format of that file.
+
+    Raises:
+        UnknownFormat: keishiki does not recognise it.
+    """
     from ..formats import identify
 
     if path.is_dir() and not _has_hf_weights(path):
@@ -59,35 +64,7 @@ def detect_format(path: Path) -> str:
         inner = _onnx_in(path) or _torchscript_in(path)
         if inner is not None:
             return detect_format(inner)
-    try:
-        fmt = identify(path).format
-    except UnknownFormat:
-        fmt = _fallback_format(path)
-        if fmt is None:
-            raise
-    return fmt
-
-
-def _fallback_format(path: Path) -> str | None:
-    """Minimal content checks while a format's reader is not registered (never by name only
-    for files: ONNX is protobuf, TorchScript a zip with code/)."""
-    import zipfile
-
-    if path.is_dir():
-        if (path / "config.json").is_file() and _has_hf_weights(path):
-            return "hf-model"
-        return "onnx" if _onnx_in(path) else None
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
-            return "torchscript"
-        if any(n.endswith("data.pkl") for n in names):
-            return "pytorch"
-        return None
-    if path.suffix == ".onnx":
-        return "onnx"
-    return None
+    return identify(path).format
 
 
 def _has_hf_weights(folder: Path) -> bool:

@@ -41,14 +41,21 @@ class TorchBackend(LoopBackend):
         self.torch = torch = require("torch", purpose="run a Hugging Face model")
         transformers = require("transformers", extra="hf", purpose="run a Hugging Face model")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        config = transformers.AutoConfig.from_pretrained(model_dir,
-                                                         trust_remote_code=trust_remote_code)
+        try:
+            config = transformers.AutoConfig.from_pretrained(model_dir,
+                                                             trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"{model_dir}: transformers cannot read its config.json: "
+                                 f"{str(exc).splitlines()[0]}") from None
         config_dtype = str(getattr(config, "dtype", None) or "").replace("torch.", "") or None
         self.dtype = torch_dtype(torch, dtype, config_dtype, self.device)
         try:
             _quiet(transformers)
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code)
+        except OSError as exc:  # config.json without weights
+            raise InvalidRequest(f"{model_dir}: no weights transformers can load: "
+                                 f"{str(exc).splitlines()[0]}") from None
         except ValueError as exc:
             archs = ", ".join(getattr(config, "architectures", None) or ["?"])
             raise InvalidRequest(f"{model_dir}: {archs} is not a causal language model "
