@@ -67,6 +67,33 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_stale(out: Path) -> None:
+    """Delete ``.<name>.keishiki-tmp-<pid>`` left by killed runs for this output name.
+
+    Only temporaries whose process is gone; never the ``old-<pid>`` copy of a replaced
+    output (after a kill at the wrong moment it may be the only copy left).
+    """
+    prefix = f".{out.name}{TMP_MARK}"
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            _remove(entry)
+
+
 @contextmanager
 def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``out``; on success it is renamed to ``out``.
@@ -82,6 +109,7 @@ def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = Fa
     if out.exists() and not force:
         raise InvalidRequest(f"{out}: already exists (pass --force to overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
     tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
     _remove(tmp)
     if folder:
