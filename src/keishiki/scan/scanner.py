@@ -155,7 +155,8 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
         except archives.ArchiveError as exc:
             ctx.error(path, str(exc))
             continue
-        ctx.report.scanned.append(path)
+        if is_code or is_config:
+            ctx.report.scanned.append(path)
         if is_code:
             text = blob.decode("utf-8", "replace")
             for sev, subject, reason in torchscript.code_findings(m.name, text):
