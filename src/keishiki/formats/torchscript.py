@@ -122,6 +122,20 @@ def _string_list(node: ast.expr) -> list[str]:
     return []
 
 
+def _source_segment(source: str, lines: list[str] | None, node: ast.AST) -> str | None:
+    """``ast.get_source_segment(source, node)`` over lines split once per file: the stdlib
+    splits the whole file on every call, quadratic for a file with many classes."""
+    if lines is None:
+        return ast.get_source_segment(source, node)
+    lineno, end_lineno = node.lineno - 1, node.end_lineno - 1
+    col, end_col = node.col_offset, node.end_col_offset
+    if end_lineno == lineno:
+        return lines[lineno].encode()[col:end_col].decode()
+    first = lines[lineno].encode()[col:].decode()
+    last = lines[end_lineno].encode()[:end_col].decode()
+    return "".join([first, *lines[lineno + 1:end_lineno], last])
+
+
 def parse_classes(source: str) -> dict[str, ClassCode]:
     """Every class a code file defines, with its declared parameters/buffers and methods."""
     try:
@@ -129,6 +143,8 @@ def parse_classes(source: str) -> dict[str, ClassCode]:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return {}
     out: dict[str, ClassCode] = {}
+    split = getattr(ast, "_splitlines_no_ff", None)  # CPython's own splitter, when present
+    lines = split(source) if split is not None else None
     for node in tree.body:
         if not isinstance(node, ast.ClassDef):
             continue
@@ -144,7 +160,7 @@ def parse_classes(source: str) -> dict[str, ClassCode]:
                 cls.methods.append(item.name)
                 if item.name == "forward":
                     cls.forward_schema = _schema(item)
-                    cls.forward_source = ast.get_source_segment(source, item)
+                    cls.forward_source = _source_segment(source, lines, item)
         out[node.name] = cls
     return out
 
@@ -157,6 +173,7 @@ class CodeIndex:
         self.names = set(src.zip_names)
         self.files: dict[str, dict[str, ClassCode]] = {}
         self.texts: dict[str, str] = {}
+        self.by_qualname: dict[str, ClassCode | None] = {}  # asked once per tensor: memoised
 
     def text(self, rel: str) -> str | None:
         name = self.prefix + rel
@@ -167,6 +184,16 @@ class CodeIndex:
         return self.texts[rel]
 
     def cls(self, qualname: str) -> ClassCode | None:
+        try:
+            return self.by_qualname[qualname]
+        except KeyError:
+            pass
+        found = self._cls(qualname)
+        if len(self.files) < MAX_CODE_FILES_PARSED:  # once the budget is spent, None may change
+            self.by_qualname[qualname] = found
+        return found
+
+    def _cls(self, qualname: str) -> ClassCode | None:
         rel, name = class_file(qualname)
         if rel not in self.files:
             if len(self.files) >= MAX_CODE_FILES_PARSED:
