@@ -195,37 +195,41 @@ def open_safetensors(path: Path) -> Iterator[tuple[list[str], dict, Callable[[st
 
 
 class Rows:
-    """One tensor of an open safetensors file, read a block of rows at a time."""
+    """One tensor of a safetensors file, read back a block of rows at a time.
+
+    Each block is read through a fresh ``safe_open``: pages of its memory map count in the
+    process's RSS until it is unmapped, so keeping one handle open over a whole file would
+    grow RSS to the file's size.
+    """
 
     BLOCK_BYTES = 32 * 1024 * 1024
 
-    def __init__(self, handle, name: str, torch_framework: bool):
-        self._handle, self._name, self._pt = handle, name, torch_framework
-        self._slice = handle.get_slice(name)
-        self.shape = tuple(int(d) for d in self._slice.get_shape())
-        self.dtype = dtypes.to_numpy(dtypes.from_safetensors(self._slice.get_dtype()))
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype,
+                 framework: str):
+        self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
+        self._framework = framework
 
     def blocks(self) -> Iterator[tuple[int, int]]:
         """(start, stop) row ranges of about BLOCK_BYTES each ((0, 0) once for a scalar)."""
-        if not self.shape:
+        if not self.shape or self.shape[0] == 0:
             yield 0, 0
             return
         row_bytes = max(1, int(np.prod(self.shape[1:])) * self.dtype.itemsize)
         step = max(1, self.BLOCK_BYTES // row_bytes)
         for start in range(0, self.shape[0], step):
             yield start, min(self.shape[0], start + step)
-        if self.shape[0] == 0:
-            yield 0, 0
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        value = (self._handle.get_tensor(self._name) if not self.shape
-                 else self._slice[start:stop])
-        return torch_to_numpy(value) if self._pt else np.asarray(value)
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework=self._framework) as fh:
+            value = fh.get_tensor(self.name) if not self.shape else fh.get_slice(self.name)[start:stop]
+            return torch_to_numpy(value) if self._framework == "pt" else np.array(value)
 
 
 @contextmanager
 def open_safetensors_rows(path: Path) -> Iterator[Callable[[str], Rows]]:
-    """``rows(name)`` for a safetensors file opened with ``safetensors.safe_open``."""
+    """``rows(name)`` for a safetensors file read with ``safetensors.safe_open``."""
     from .._optional import available, require
 
     require("safetensors", extra="hf", purpose="verify safetensors output")
@@ -233,7 +237,12 @@ def open_safetensors_rows(path: Path) -> Iterator[Callable[[str], Rows]]:
 
     framework = "pt" if available("torch") else "np"
     with safe_open(str(path), framework=framework) as fh:
-        yield lambda name: Rows(fh, name, framework == "pt")
+        meta = {}
+        for name in fh.keys():
+            sl = fh.get_slice(name)
+            meta[name] = (tuple(int(d) for d in sl.get_shape()),
+                          dtypes.to_numpy(dtypes.from_safetensors(sl.get_dtype())))
+    yield lambda name: Rows(path, name, *meta[name], framework)
 
 
 def load_torch(path: Path) -> dict[str, Any]:

@@ -316,16 +316,13 @@ def verify_safetensors(path: Path, st: SourceTensors, dtype: str | None,
             todo.append((t, name))
         else:
             rb.missing.append(name)
-    # reopen the file every REOPEN_BYTES: pages of a memory map stay in the process's RSS
-    # until it is unmapped
-    for group in _groups(todo, REOPEN_BYTES):
-        with open_safetensors_rows(path) as get_rows:
-            for t, name in group:
-                original = t.load()
-                expected = cast_array(original, dtype)
-                rb.compare_rows(name, expected, get_rows(name),
-                                original=None if expected is original else original)
-                del original, expected
+    with open_safetensors_rows(path) as get_rows:
+        for t, name in todo:
+            original = t.load()
+            expected = cast_array(original, dtype)
+            rb.compare_rows(name, expected, get_rows(name),
+                            original=None if expected is original else original)
+            del original, expected
     rb.unexpected.extend(sorted(present - expected_names))
     recorded = json.loads(metadata.get(ALIASES_KEY, "{}"))
     for alias, target in st.aliases.items():
@@ -334,21 +331,6 @@ def verify_safetensors(path: Path, st: SourceTensors, dtype: str | None,
         else:
             rb.missing.append(alias)
     return rb.result()
-
-
-REOPEN_BYTES = 512 * 1024 * 1024
-
-
-def _groups(todo: list, limit: int) -> list[list]:
-    groups: list[list] = [[]]
-    used = 0
-    for t, name in todo:
-        if groups[-1] and used + t.info.nbytes > limit:
-            groups.append([])
-            used = 0
-        groups[-1].append((t, name))
-        used += t.info.nbytes
-    return [g for g in groups if g]
 
 
 def to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
