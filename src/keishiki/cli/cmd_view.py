@@ -34,17 +34,18 @@ def view(
     except OSError as exc:
         raise InvalidRequest(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} "
                              f"(try --port 0)") from None
-    # one unwrapped line, so that scripts reading stdout find the URL whole
     from rich.markup import escape
 
-    console.print(f"keishiki view: {escape(str(path))} ({info.format}) at [bold]{server.url}[/bold]  "
-                  f"(Ctrl-C stops)", soft_wrap=True, markup=True, highlight=False)
-    if not no_browser:
-        import webbrowser
+    try:  # from here on, Ctrl-C is the normal way out (exit 0), even during the first print
+        # one unwrapped line, so that scripts reading stdout find the URL whole
+        console.print(f"keishiki view: {escape(str(path))} ({info.format}) at "
+                      f"[bold]{server.url}[/bold]  (Ctrl-C stops)", soft_wrap=True,
+                      highlight=False)
+        if not no_browser:
+            import webbrowser
 
-        webbrowser.open(server.url)
-    try:
-        threading.Event().wait()  # until Ctrl-C
+            webbrowser.open(server.url)
+        threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
