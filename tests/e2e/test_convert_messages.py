@@ -27,3 +27,16 @@ def test_final_name_maps_temporary_paths_back(tmp_path):
             assert final_name(tmp) == tmp_path / "m.safetensors"
             raise RuntimeError
     assert final_name(tmp_path / "plain.onnx") == tmp_path / "plain.onnx"
+
+
+def test_torchscript_from_a_plain_pickle_says_what_it_holds(tmp_path):
+    pytest.importorskip("torch")
+    import zipfile
+
+    src = tmp_path / "obj.pt"  # a zip checkpoint whose pickle is a plain dict without tensors
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("obj/data.pkl", b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s.")
+        z.writestr("obj/version", "3\n")
+    code, _, err = run_cli("convert", src, tmp_path / "ts.pt", "--to", "torchscript")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "holds a pickled object, not a pickled nn.Module" in err and "a other" not in err

@@ -200,7 +200,11 @@ def _refuse_state_dict(src: Path) -> None:
         return
     kind = str((info.details or {}).get(info.format, {}).get("kind", ""))
     if kind and "module" not in kind:
-        raise InvalidRequest(f"{src}: holds a {kind}, not a pickled nn.Module: TorchScript "
+        # the reader's kinds: tensor / checkpoint / state_dict / other
+        what = {"other": "a pickled object", "tensor": "a bare tensor",
+                "state_dict": "a state_dict", "checkpoint": "a training checkpoint"}
+        raise InvalidRequest(f"{final_name(src)}: holds {what.get(kind, repr(kind))}, not a "
+                             f"pickled nn.Module: TorchScript "
                              f"needs the model's code (convert the weights to safetensors, or "
                              f"export from the Hugging Face folder)")
 
