@@ -120,3 +120,27 @@ def test_torch7_to_gguf_goes_through_safetensors(tmp_path):
     (lazy,) = list(info.lazy_tensors())
     (t,) = reader.tensors
     np.testing.assert_array_equal(np.asarray(t.data).reshape(lazy.info.shape), lazy.load())
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "Q8_0", "BF16", "F16"])
+def test_quantized_types_dequantize_like_gguf_does(tmp_path, qtype):
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((8, 64)).astype(np.float32)
+    path = tmp_path / f"{qtype}.gguf"
+    writer = gguf.GGUFWriter(str(path), "test")
+    if qtype == "F16":
+        writer.add_tensor("w", data.astype(np.float16))
+    else:
+        writer.add_tensor("w", gguf.quants.quantize(data, qt), raw_dtype=qt)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = tmp_path / "w.safetensors"
+    assert keishiki.convert(path, out, to="safetensors", quiet=True).passed
+    (t,) = gguf.GGUFReader(str(path)).tensors
+    expected = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(8, 64)
+    got = safetensors_torch.load_file(out)["w"].float().numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(got - data).max() < 0.5  # and close to what was quantized
