@@ -149,35 +149,42 @@ def parse_object(rec: PickleRecord, path: str,
     tensors: list[TensorInfo] = []
     refs: dict[str, TensorRef] = {}
     by_storage: dict[str, list[str]] = {}
+    itemsize_of = dtypes.ITEMSIZE  # per-tensor loop: plain dict and local lookups
     for name, _call, ref in found:
         name = name or "tensor"
-        itemsize = dtypes.itemsize(ref.dtype) or 1
-        numel = math.prod(ref.shape)
-        extra: dict[str, Any] = {"stride": list(ref.stride), "storage_offset": ref.storage_offset}
+        dtype, shape, stride, storage_offset = ref.dtype, ref.shape, ref.stride, ref.storage_offset
+        itemsize = itemsize_of.get(dtype) or 1
+        numel = math.prod(shape)
+        extra: dict[str, Any] = {"stride": list(stride), "storage_offset": storage_offset}
         offset = member = None
-        if ref.storage is not None:
-            extra["storage_key"] = ref.storage.key
-            extra["storage_numel"] = ref.storage.numel
-            extra["device"] = ref.storage.location
-            by_storage.setdefault(ref.storage.key, []).append(name)
-            start, member = storage_location(ref.storage)
+        storage = ref.storage
+        if storage is not None:
+            key = storage.key
+            extra["storage_key"] = key
+            extra["storage_numel"] = storage.numel
+            extra["device"] = storage.location
+            sharing = by_storage.get(key)
+            if sharing is None:
+                by_storage[key] = [name]
+            else:
+                sharing.append(name)
+            start, member = storage_location(storage)
             if start is not None:
-                offset = start + ref.storage_offset * itemsize
-            used = ref.storage_offset - ref.storage.view_offset + span(ref.shape, ref.stride)
-            if numel and used > ref.storage.numel:
-                raise CorruptFile(path, f"tensor {name!r}: view {list(ref.shape)} stride "
-                                  f"{list(ref.stride)} at offset {ref.storage_offset} overruns "
-                                  f"its storage of {ref.storage.numel} elements")
+                offset = start + storage_offset * itemsize
+            used = storage_offset - storage.view_offset + span(shape, stride)
+            if numel and used > storage.numel:
+                raise CorruptFile(path, f"tensor {name!r}: view {list(shape)} stride "
+                                  f"{list(stride)} at offset {storage_offset} overruns "
+                                  f"its storage of {storage.numel} elements")
         else:
             extra["device"] = "meta"
-        if not is_contiguous(ref.shape, ref.stride):
+        if not is_contiguous(shape, stride):
             extra["contiguous"] = False
         if ref.kind != "tensor":
             extra["tensor_kind"] = ref.kind
         if ref.kind == "quantized":
             extra["quantizer"] = quantizer_params(_call)
-        tensors.append(TensorInfo(name, ref.dtype, ref.shape, numel * itemsize, offset, member,
-                                  extra))
+        tensors.append(TensorInfo(name, dtype, shape, numel * itemsize, offset, member, extra))
         refs[name] = ref
     items = mapping_items(rec.value)
     top_keys = [key_text(k) for k, _ in items] if items is not None else []
