@@ -12,7 +12,7 @@ from typing import Any
 
 from ..core.model import ModelInfo
 from ..core.source import Source
-from ..errors import KeishikiError
+from ..errors import CorruptFile, KeishikiError
 from ._summary import first_varint_field, list_files, varint
 
 FORMAT = "coreml"
@@ -39,6 +39,52 @@ def _spec_version(head: bytes) -> int | None:
     if got is None or head[got[1]:got[1] + 1] != b"\x0a":  # input.name
         return None
     return version
+
+
+MAX_TOP_FIELDS = 10_000  # a Model has a handful of top-level fields; more means garbage
+
+
+def _check_top_level(data_at, size: int, name: str) -> None:
+    """Walk the top-level protobuf fields of a Model (headers only) and refuse a file whose
+    last field runs past its end: a truncated download is otherwise named "coreml" as if whole.
+
+    ``data_at(offset, n)`` returns up to ``n`` bytes at ``offset``.
+
+    Raises:
+        CorruptFile: a field's length or varint runs past the end, or an unknown wire type.
+    """
+    pos = 0
+    for _ in range(MAX_TOP_FIELDS):
+        if pos == size:
+            return
+        window = data_at(pos, 20)
+        got = varint(window, 0)
+        if got is None:
+            raise CorruptFile(name, "truncated protobuf field header", offset=pos)
+        key, used = got
+        wire = key & 7
+        if wire == 0:
+            got = varint(window, used)
+            if got is None:
+                raise CorruptFile(name, "truncated varint", offset=pos)
+            pos += got[1]
+        elif wire == 2:
+            got = varint(window, used)
+            if got is None:
+                raise CorruptFile(name, "truncated length", offset=pos)
+            end = pos + got[1] + got[0]
+            if end > size:
+                raise CorruptFile(name, f"field {key >> 3} needs {end - size} bytes more than the "
+                                  f"{size}-byte file holds (truncated?)", offset=pos)
+            pos = end
+        elif wire in (1, 5):
+            pos += used + (8 if wire == 1 else 4)
+        else:
+            raise CorruptFile(name, f"unknown protobuf wire type {wire}", offset=pos)
+        if pos > size:
+            raise CorruptFile(name, "last field runs past the end of the file (truncated?)",
+                              offset=size)
+    raise CorruptFile(name, f"more than {MAX_TOP_FIELDS} top-level fields: not a Core ML model")
 
 
 def _manifest(src: Source) -> dict[str, Any] | None:
@@ -80,14 +126,22 @@ def read(src: Source, match) -> ModelInfo:
                        n_files=len(files), root_model=model_rel)
         spec = None
         if model_rel and src.has(model_rel):
-            with open(src.child(model_rel), "rb") as fh:
+            model_path = src.child(model_rel)
+            with open(model_path, "rb") as fh:
                 spec = _spec_version(fh.read(64))
+
+                def data_at(offset: int, n: int) -> bytes:
+                    fh.seek(offset)
+                    return fh.read(n)
+
+                _check_top_level(data_at, model_path.stat().st_size, model_path)
         elif model_rel:
             warnings.append(f"the manifest's root model {model_rel} is missing")
         weights = [f for f in files if "/weights/" in f["path"]]
         details["weights_bytes"] = sum(f["size"] for f in weights)
     else:
         spec = _spec_version(src.head[:64])
+        _check_top_level(lambda off, n: src.read_at(off, n, exact=False), src.size, src.path)
         details["files"] = [{"path": src.name, "size": src.size}]
     details["specification_version"] = spec
     return ModelInfo(path=str(src.path), format=FORMAT, variant=match.variant,
