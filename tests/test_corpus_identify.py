@@ -71,3 +71,27 @@ def test_info_json_never_fails(rel):
                                  and FACTS[k]["format"] not in ("gguf",)])
 def test_tensor_count(rel):
     assert inspect(corpus_path(rel)).n_tensors == FACTS[rel]["tensor_count"]
+
+
+def test_export_folder_is_its_archive(tiny_llama, tmp_path):
+    """A folder holding one TorchScript archive beside config/tokenizer (what `convert --to
+    torchscript` writes) is that archive, not an empty hf-model."""
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    torch.jit.save(torch.jit.script(Net()), folder / "model.pt")
+    for name in ("config.json", "tokenizer.json"):
+        (folder / name).write_bytes((tiny_llama / name).read_bytes())
+    match = identify(folder)
+    assert (match.format, match.member) == ("torchscript", "model.pt")
+    info = inspect(folder)
+    assert info.format == "torchscript" and info.n_tensors == 2 and info.n_parameters == 15

@@ -10,6 +10,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstring line breaks are reflowed, not kept
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

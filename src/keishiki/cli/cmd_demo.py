@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from rich.markup import escape
+
 from ._app import app
 from .render import console, human_bytes, table
 
@@ -25,7 +27,7 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     hf = out / "tiny-llama"
     if not (hf / "config.json").exists():
-        console.print(f"[bold]building[/bold] a tiny Llama in {hf} …")
+        console.print(f"[bold]building[/bold] a tiny Llama in {escape(str(hf))} …")
         build_tiny_llama(hf)
     # (target path, --to, options): each a real conversion, verified by keishiki
     steps = [
@@ -39,7 +41,8 @@ def demo(
     for target, to, options in steps:
         source = hf / "model.safetensors" if target.suffix == ".pt" else hf
         if not target.exists():
-            console.print(f"[bold]convert[/bold] {source} → {target} (--to {to})")
+            console.print(f"[bold]convert[/bold] {escape(str(source))} → {escape(str(target))} "
+                          f"(--to {to})")
             keishiki.convert(source, target, to=to, quiet=True, **options)
         shown.append(target)
     rows = []
@@ -48,7 +51,7 @@ def demo(
         model = keishiki.inspect(path)
         ms = (time.perf_counter() - start) * 1000
         if not quiet:
-            console.rule(f"keishiki info {path}")
+            console.rule(f"keishiki info {escape(str(path))}")
             render_info(model, str(path))
         rows.append((str(path), model.format + (f"/{model.variant}" if model.variant else ""),
                      f"{model.n_tensors}", f"{model.n_parameters:,}",

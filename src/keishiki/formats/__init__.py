@@ -22,12 +22,39 @@ from ..errors import CorruptFile, KeishikiError, UnknownFormat
 
 @dataclass(frozen=True)
 class Match:
-    """A sniffer's verdict: the format id (as in ``--json``), its variant, and why."""
+    """A sniffer's verdict: the format id (as in ``--json``), its variant, and why.
+
+    ``member`` names the one file inside a folder that holds the model (an export folder:
+    ``model.pt`` beside its tokenizer and config), which the format's reader then reads.
+    """
 
     format: str
     variant: str | None = None
     module: str = ""
     reason: str = ""
+    member: str | None = None
+
+
+# archives whose folder form is "one model file + tokenizer/config" (keishiki's exports)
+_EXPORT_MODULES = ("torchscript", "torch_export")
+_EXPORT_SUFFIXES = (".pt", ".pt2", ".pth", ".jit")
+
+
+def export_folder_member(src: Source) -> tuple[str, Match] | None:
+    """(file name, match) when a folder holds exactly one TorchScript/torch.export archive
+    and no other weights, as ``keishiki convert --to torchscript`` writes it."""
+    if not src.is_dir:
+        return None
+    names = [n for n in src.files() if n.lower().endswith(_EXPORT_SUFFIXES) and src.has(n)]
+    if len(names) != 1:
+        return None
+    with Source(src.child(names[0])) as inner:
+        for name in _EXPORT_MODULES:
+            mod = _module(name)
+            match = mod.sniff(inner) if mod is not None else None
+            if match is not None:
+                return names[0], match
+    return None
 
 
 SNIFF_ORDER = [
@@ -50,7 +77,11 @@ SNIFF_ORDER = [
 ]
 
 LOOKED_FOR = ("torch7, pytorch, torchscript, torch-export, safetensors, hf-model, onnx, gguf, "
-              "numpy, keras-h5, keras, flax-msgpack, tflite, tensorflow-savedmodel, coreml")
+              "numpy, keras-h5, keras, flax-msgpack, pickle, tflite, tensorflow-savedmodel, coreml")
+
+# exceptions that mean keishiki's own code is wrong, whatever the file holds; every other
+# exception escaping a reader is the file's bytes breaking the parser (CorruptFile)
+_CODE_BUGS = (NameError, ImportError, SyntaxError, NotImplementedError)
 
 
 def _module(name: str) -> ModuleType | None:
@@ -83,6 +114,12 @@ def identify(path: str | os.PathLike | Source) -> Match:
             match = None
         if match is not None:
             return Match(match.format, match.variant, name, match.reason)
+    exported = export_folder_member(src)
+    if exported is not None:
+        member, match = exported
+        module = _EXPORT_MODULES[[m.replace("_", "-") for m in _EXPORT_MODULES].index(match.format)]
+        return Match(match.format, match.variant, module,
+                     f"folder holding one {match.format} archive ({member})", member)
     raise UnknownFormat(src.path, LOOKED_FOR)
 
 
@@ -90,10 +127,18 @@ def read(src: Source, match: Match) -> ModelInfo:
     """Run the matched format's reader, turning any parser failure into CorruptFile."""
     mod = _module(match.module)
     assert mod is not None
+    if match.member is not None:  # an export folder: read its one model file
+        with Source(src.child(match.member)) as inner:
+            info = read(inner, Match(match.format, match.variant, match.module, match.reason))
+        info.details.setdefault("folder", {"model_file": match.member, "files": src.files()})
+        info.file_size = src.size
+        return info
     try:
         info = mod.read(src, match)
     except KeishikiError:
         raise
+    except _CODE_BUGS:
+        raise  # a bug in keishiki, not a broken file: the CLI reports it as an internal error
     except (MemoryError, RecursionError) as exc:
         raise CorruptFile(src.path, f"{type(exc).__name__} while parsing "
                           f"(absurd sizes or nesting?)") from None

@@ -96,8 +96,13 @@ def sniff(src: Source):
     config = _config(src)
     if config is None:
         return None
-    if not _weight_files(src) and sum(n.lower().endswith(".onnx") for n in src.files()) == 1:
-        return None  # an ONNX export with its config beside it: the onnx reader's job
+    if not _weight_files(src):
+        if sum(n.lower().endswith(".onnx") for n in src.files()) == 1:
+            return None  # an ONNX export with its config beside it: the onnx reader's job
+        from . import export_folder_member
+
+        if export_folder_member(src) is not None:
+            return None  # a TorchScript/torch.export file with its config: that reader's job
     return Match(FORMAT, None, reason="folder with config.json (model_type/architectures)")
 
 
