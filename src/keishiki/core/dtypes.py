@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidRequest
+
 # name -> bytes per element (block-quantized types are sized per block elsewhere)
 ITEMSIZE: dict[str, int] = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
@@ -71,9 +73,25 @@ def from_safetensors(code: str) -> str:
     return _SAFETENSORS.get(code, code.lower())
 
 
+class UnsupportedDtype(InvalidRequest, KeyError):
+    """A dtype the target format cannot hold (still a KeyError for older callers)."""
+
+    __str__ = InvalidRequest.__str__  # not KeyError's quoted repr
+
+
 def to_safetensors(name: str) -> str:
-    """keishiki name -> safetensors code; raises KeyError for types safetensors cannot hold."""
-    return _TO_SAFETENSORS[name]
+    """keishiki name -> safetensors code.
+
+    Raises:
+        UnsupportedDtype (an InvalidRequest and a KeyError): a type safetensors cannot hold
+        (strings, structured records, objects...): a one-line CLI error, not a crash.
+    """
+    try:
+        return _TO_SAFETENSORS[name]
+    except KeyError:
+        raise UnsupportedDtype(f"dtype {name!r} has no safetensors equivalent (safetensors holds "
+                               f"numeric tensors only: leave string/structured arrays out, or "
+                               f"cast them first)") from None
 
 
 def from_torch_storage(class_name: str) -> str | None:

@@ -139,7 +139,8 @@ def _read_npz(src: Source) -> tuple[list[TensorInfo], list[str], dict]:
 
 def _to_row_major(flat: np.ndarray, dtype: np.dtype, shape: tuple, fortran: bool) -> np.ndarray:
     arr = flat.view(dtype).reshape(shape, order="F" if fortran else "C")
-    arr = np.ascontiguousarray(arr)
+    # (np.ascontiguousarray would turn a 0-d array into shape (1,))
+    arr = arr if arr.flags.c_contiguous else arr.copy(order="C")
     if dtype.byteorder == ">":  # keishiki hands out native-order arrays
         arr = arr.astype(dtype.newbyteorder("="))
     return arr
