@@ -113,6 +113,20 @@ def run_cp(src: Path, out: Path) -> tuple[float, int]:
     return time.perf_counter() - start, usage.ru_maxrss * 1024
 
 
+def run_cp_fsync(src: Path, out: Path) -> tuple[float, int]:
+    """cp, then fsync the copy: what an atomic writer (fsync before rename) has to pay too."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.execvp("sh", ["sh", "-c", f"cp '{src / 'pytorch_model.bin'}' '{out / 'copy.bin'}' "
+                         f"&& sync -d '{out / 'copy.bin'}'"])
+    _, status, usage = os.wait4(pid, 0)
+    return time.perf_counter() - start, usage.ru_maxrss * 1024
+
+
 def largest_tensor_bytes(src: Path) -> int:
     import keishiki
 
@@ -141,6 +155,9 @@ def main() -> None:
         cp_times, cp_rss = zip(*[run_cp(src, work / "out") for _ in range(args.repeat)])
         cp_time = statistics.median(cp_times)
         rows.append({"what": "cp", "seconds": cp_time, "peak_rss": max(cp_rss)})
+        sync_times, sync_rss = zip(*[run_cp_fsync(src, work / "out") for _ in range(args.repeat)])
+        rows.append({"what": "cp + fsync", "seconds": statistics.median(sync_times),
+                     "peak_rss": max(sync_rss)})
         for name, code in RUNS.items():
             results = [run_snippet(code, src, work / "out", work) for _ in range(args.repeat)]
             rows.append({"what": name, "seconds": statistics.median(r[0] for r in results),

@@ -227,6 +227,10 @@ class Rows:
             return torch_to_numpy(value) if self._framework == "pt" else np.array(value)
 
 
+# safetensors' numpy framework cannot return these; torch (imported only then) can
+_NEEDS_TORCH = {"BF16", "F8_E4M3", "F8_E5M2"}
+
+
 @contextmanager
 def open_safetensors_rows(path: Path) -> Iterator[Callable[[str], Rows]]:
     """``rows(name)`` for a safetensors file read with ``safetensors.safe_open``."""
@@ -235,14 +239,16 @@ def open_safetensors_rows(path: Path) -> Iterator[Callable[[str], Rows]]:
     require("safetensors", extra="hf", purpose="verify safetensors output")
     from safetensors import safe_open
 
-    framework = "pt" if available("torch") else "np"
-    with safe_open(str(path), framework=framework) as fh:
-        meta = {}
+    meta = {}
+    with safe_open(str(path), framework="np") as fh:
         for name in fh.keys():
             sl = fh.get_slice(name)
+            code = sl.get_dtype()
+            # numpy is enough for most dtypes, and importing torch costs ~200 MB of RSS
+            framework = "pt" if code in _NEEDS_TORCH and available("torch") else "np"
             meta[name] = (tuple(int(d) for d in sl.get_shape()),
-                          dtypes.to_numpy(dtypes.from_safetensors(sl.get_dtype())))
-    yield lambda name: Rows(path, name, *meta[name], framework)
+                          dtypes.to_numpy(dtypes.from_safetensors(code)), framework)
+    yield lambda name: Rows(path, name, *meta[name])
 
 
 def load_torch(path: Path) -> dict[str, Any]:
