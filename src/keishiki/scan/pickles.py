@@ -156,7 +156,7 @@ def cross_check(data: memoryview, rec: PickleRecord, where: Where, report: FileR
     # after a break, restart where the VM stopped (an opcode boundary): what came before is
     # already recorded, and re-reading it would double the time spent on hostile streams
     start = rec.error_offset if rec.error is not None and rec.error_offset else rec.start
-    stop = len(data)
+    stop = rec.end if rec.error is None else len(data)  # a clean stream ends at its STOP
     recent: list[str] = []
     blob = bytes(data[start:min(stop, start + (64 << 20))])  # bounded copy for genops
     with warnings.catch_warnings():
