@@ -37,7 +37,7 @@ MAGIC = {
     "torch7": b"\x04\x00\x00\x00\x01\x00\x00\x00",
     "msgpack": b"\x82\xa6params",
 }
-SETTINGS = settings(max_examples=150, deadline=None, database=None,
+SETTINGS = settings(max_examples=400, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
 
 

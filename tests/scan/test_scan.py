@@ -307,3 +307,25 @@ def test_hostile_files_stay_under_1_gib(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == len(files)  # one line per damaged file
     assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
     assert time.monotonic() - start < SECONDS * len(files)
+
+
+def test_scan_never_unpickles_and_never_imports_torch(malicious_samples, benign_samples,
+                                                      monkeypatch):
+    import pickle
+    import subprocess
+    import sys
+
+    def refuse(*_a, **_k):
+        raise AssertionError("scan called a loader")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    for sample in list(malicious_samples.values()) + list(benign_samples.values()):
+        keishiki.scan(sample.path)
+    code = ("import sys, keishiki; r = keishiki.scan(sys.argv[1]); "
+            "assert r.verdict == 'dangerous'; "
+            "assert not {'torch', 'onnx', 'h5py'} & set(sys.modules), sorted(sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code,
+                           str(malicious_samples["torch_zip_reduce"].path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-500:]
