@@ -237,7 +237,7 @@ def read_zip(src: Source, match) -> ModelInfo:
 
 
 def _small_text(src: Source, name: str) -> str | None:
-    if name not in set(src.zip_names):
+    if not _has_member(src, name):
         return None
     return src.read_member(name, 4096).decode("utf-8", "replace").strip()
 
@@ -373,3 +373,10 @@ def read(src: Source, match) -> ModelInfo:
     return read_zip(src, match)
 
 
+def _has_member(src: Source, name: str) -> bool:
+    """Whether the archive has ``name`` (a dict lookup, not a set of every member name)."""
+    try:
+        src.zip().getinfo(name)
+    except (KeyError, CorruptFile):  # CorruptFile: not a readable zip, like zip_names == []
+        return False
+    return True

@@ -369,7 +369,7 @@ def _op_census(src: Source, prefix: str) -> dict[str, Any]:
 
 
 def _small(src: Source, name: str) -> str | None:
-    if name not in set(src.zip_names):
+    if not _has_member(src, name):
         return None
     return src.read_member(name, 4096).decode("utf-8", "replace").strip()
 
@@ -377,7 +377,7 @@ def _small(src: Source, name: str) -> str | None:
 def _constants(src: Source, prefix: str) -> list[str]:
     """The constants table as ``type[shape]`` strings (tensors) or value types."""
     name = prefix + "constants.pkl"
-    if name not in set(src.zip_names):
+    if not _has_member(src, name):
         return []
     rec = read_pickle(src.read_member(name, pytorch.MAX_PICKLE_BYTES), path=f"{src.path}:{name}",
                       max_ops=pytorch.MAX_OPS)
@@ -387,3 +387,12 @@ def _constants(src: Source, prefix: str) -> list[str]:
         ref = torch_pickle.decode_tensor(v, name) if isinstance(v, Call) else None
         out.append(f"{ref.dtype}{list(ref.shape)}" if ref else type(v).__name__)
     return out
+
+
+def _has_member(src: Source, name: str) -> bool:
+    """Whether the archive has ``name`` (a dict lookup, not a set of every member name)."""
+    try:
+        src.zip().getinfo(name)
+    except (KeyError, CorruptFile):  # CorruptFile: not a readable zip, like zip_names == []
+        return False
+    return True
