@@ -329,3 +329,16 @@ def test_scan_never_unpickles_and_never_imports_torch(malicious_samples, benign_
                            str(malicious_samples["torch_zip_reduce"].path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-500:]
+
+
+def test_torch_export_graph_with_a_custom_op_is_unknown(tmp_path):
+    path = tmp_path / "m.pt2"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("m/archive_format", "pt2")
+        zf.writestr("m/models/model.json",
+                    '{"nodes": [{"target": "torch.ops.aten.linear.default"}, '
+                    '{"target": "torch.ops.my_ext.secret.default"}]}')
+    rep = keishiki.scan(path)
+    assert rep.verdict == "unknown"
+    assert [f.global_ for f in rep.findings if f.severity == "unknown"] == [
+        "torch.ops.my_ext.secret"]

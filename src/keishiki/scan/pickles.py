@@ -22,8 +22,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.pickle_reader import (OPCODE_NAMES, Call, GlobalRef, PersistentId, PickleRecord,
-                                  read_pickle)
+from ..core.pickle_reader import OPCODE_NAMES, Call, GlobalRef, PickleRecord, read_pickle
 from .allowlist import classify
 from .findings import FileReport, Finding
 
@@ -31,8 +30,10 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_OPS = 3_000_000        # 1.5-8 s of VM time; data.pkl of a 10k-tensor checkpoint: ~1M
 MAX_STREAMS = 64           # concatenated streams read from one blob
 _PLAUSIBLE_FIRST = frozenset(b"(c}])NIFSVUTXKMJGBCdlLiP\x80")
-_CALLABLE_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ",
-                 "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"}
+# every opcode that can reach a callable: the VM records each (globals, calls, BUILD);
+# the cross-check re-reads the naming ones (GLOBAL, STACK_GLOBAL, INST, EXT*) after a break
+CALLABLE_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ",
+                "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"}
 _STORAGE_ITEMSIZE = {
     "Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
     "Char": 1, "Byte": 1, "Bool": 1, "ComplexDouble": 16, "ComplexFloat": 8, "QInt8": 1,
@@ -280,4 +281,4 @@ def _skip_storages(data: memoryview, pos: int, main: PickleRecord, keys: Any, wh
 
 _OPCODE_FIRST = frozenset(op[0] for op in OPCODE_NAMES)
 __all__ = ["Where", "scan_blob", "scan_stream", "looks_like_pickle", "record_findings",
-           "PersistentId", "_CALLABLE_OPS"]
+           "cross_check", "CALLABLE_OPS"]

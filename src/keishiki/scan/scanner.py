@@ -145,7 +145,10 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
         lower = m.name.lower()
         is_code = ts and "/code/" in f"/{m.name}" and lower.endswith(".py")
         is_config = keras_zip and m.name == "config.json"
-        interesting = (is_code or is_config or lower.endswith(_PICKLE_NAMES)
+        # torch.export graphs name their ops in JSON: custom namespaces need native code
+        is_export_graph = lower.endswith(".json") and ("/models/" in f"/{m.name}"
+                                                       or "serialized_exported_program" in lower)
+        interesting = (is_code or is_config or is_export_graph or lower.endswith(_PICKLE_NAMES)
                        or looks_like_pickle(head) or head[:2] == b"PK" or head[:6] == _NPY
                        or archives.looks_like_tar(head))
         if not interesting:
@@ -155,9 +158,9 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
         except archives.ArchiveError as exc:
             ctx.error(path, str(exc))
             continue
-        if is_code or is_config:
+        if is_code or is_config or is_export_graph:
             ctx.report.scanned.append(path)
-        if is_code:
+        if is_code or is_export_graph:
             text = blob.decode("utf-8", "replace")
             for sev, subject, reason in torchscript.code_findings(m.name, text):
                 ctx.finding(path, None, "torchscript-code", subject, sev, reason)
