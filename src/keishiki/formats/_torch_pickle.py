@@ -131,9 +131,11 @@ def storage_dtype(ref: Any) -> str | None:
 def decode_storage(pid: Any, path: str) -> StorageRef:
     """``('storage', type, key, location, numel[, view_metadata])`` -> StorageRef."""
     tup = pid.pid if isinstance(pid, PersistentId) else None
-    if type(tup) is tuple and len(tup) == 5 and tup[0] == "storage":
-        # fast path: the zip layout's ('storage', type, key, location, numel)
-        _, stype, key, location, numel = tup
+    if type(tup) is tuple and tup[0:1] == ("storage",) and (
+            len(tup) == 5 or (len(tup) == 6 and tup[5] is None)):
+        # fast path: ('storage', type, key, location, numel) of the zip layout, and the
+        # legacy layout's same tuple with a sixth item, None when the storage is no view
+        _, stype, key, location, numel = tup[:5]
         dtype = storage_dtype(stype)
         if dtype is not None and type(key) is str and type(numel) is int and numel >= 0:
             return _storage_ref(key, dtype, numel,
