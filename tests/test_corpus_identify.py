@@ -95,3 +95,16 @@ def test_export_folder_is_its_archive(tiny_llama, tmp_path):
     assert (match.format, match.member) == ("torchscript", "model.pt")
     info = inspect(folder)
     assert info.format == "torchscript" and info.n_tensors == 2 and info.n_parameters == 15
+
+
+def test_rejected_file_still_names_its_danger(tmp_path):
+    """A truncated payload is corrupt for keishiki but would still run in a lax loader."""
+    import zipfile
+
+    path = tmp_path / "trunc.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02R")
+        zf.writestr("archive/version", "3\n")
+    code, _, err = run_cli("info", path)
+    assert code == 2 and "truncated" in err and "DANGEROUS (os.system)" in err
+    assert err.count("\n") == 1

@@ -161,10 +161,34 @@ def inspect(path: str | os.PathLike) -> ModelInfo:
     """
     with Source(path) as src:
         match = identify(src)
-        info = read(src, match)
+        try:
+            info = read(src, match)
+        except CorruptFile as exc:
+            _add_verdict(exc, src, match)
+            raise
         info.path = str(path)
         info.safety = _safety(src, info)
         return info
+
+
+def _add_verdict(exc: CorruptFile, src: Source, match: Match) -> None:
+    """A file a reader rejects may still be a working exploit for a laxer loader (torch
+    ignores a bad CRC, a truncated pickle runs up to the break): name what scan finds."""
+    from ..scan import CODE_BEARING
+
+    if match.format not in CODE_BEARING or src.is_dir:
+        return
+    from ..scan import scan
+
+    try:
+        report = scan(src.path)
+    except Exception:  # the error being raised already says what is wrong
+        return
+    dangerous = sorted({f.global_ for f in report.findings if f.severity == "dangerous"
+                        and f.global_})
+    if report.verdict == "dangerous":
+        names = ", ".join(dangerous[:3]) or "see keishiki scan"
+        exc.message += f" — and keishiki scan calls it DANGEROUS ({names}): do not load it"
 
 
 def _safety(src: Source, info: ModelInfo) -> dict | None:
