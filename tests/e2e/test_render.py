@@ -57,3 +57,18 @@ def test_rules_in_a_pipe_stay_readable():
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "keishiki info x" in proc.stdout and len(proc.stdout.rstrip("\n")) <= 100
+
+
+@pytest.mark.parametrize("args", [["info"], ["info", "--json"], ["tensors"]])
+def test_closed_pipe_is_exit_0_and_silent(markup_file, args):
+    # `keishiki info m | head -1`: the reader is gone before keishiki writes; rich's default
+    # is SystemExit(1), which in keishiki's exit codes means "a finding"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "keishiki", *args, str(markup_file)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -19,7 +20,23 @@ _PIPE_WIDTH = 4096
 _RULE_WIDTH = 100  # a rule spans the whole width: in a pipe, a readable fixed width instead
 
 
+def _silence_stdout() -> None:
+    """After the reader went away (``keishiki info m | head -1``): point stdout at /dev/null
+    so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file (tests capture stdout in memory)
+
+
 class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would raise SystemExit(1), and 1 means "a finding" in keishiki's exit codes;
+        # the CLI maps BrokenPipeError to 0 like `cat file | head` does
+        _silence_stdout()
+        raise BrokenPipeError  # without errno: see print_json
+
     def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
              align: Any = "center") -> None:
         from rich.rule import Rule
@@ -59,7 +76,14 @@ def print_json(obj: Any) -> None:
     """Print ``obj`` as indented JSON on stdout."""
     text = json.dumps(_finite(json.loads(json.dumps(obj, default=_default))), indent=2,
                       ensure_ascii=False)
-    sys.stdout.write(text + "\n")
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        # without errno: click/typer turn an EPIPE OSError into exit 1 ("a finding" here);
+        # the CLI maps this one to 0
+        raise BrokenPipeError from None
 
 
 def human_bytes(n: int | float | None) -> str:
