@@ -86,7 +86,7 @@ def test_bench_hf_folder_converts_and_agrees(tiny_llama, tmp_path, monkeypatch):
     from keishiki.runtimes.bench import bench
 
     report = bench(tiny_llama, ["torch", "onnxruntime", "torchscript"], prompt_len=6,
-                   gen_len=4, batch=2, repeats=1, cache_dir=tmp_path)
+                   gen_len=4, batch=2, repeats=1, cache_dir=tmp_path / "bench")
     assert [r["backend"] for r in report["results"]] == ["torch", "onnxruntime", "torchscript"]
     assert report["agreement"]["reference"] == "torch"
     for name in ("onnxruntime", "torchscript"):

@@ -21,7 +21,12 @@ from ..errors import InvalidRequest
 
 DEFAULT_BACKENDS = {"hf-model": ["torch", "onnxruntime", "torchscript"],
                     "onnx": ["onnxruntime"], "torchscript": ["torchscript"]}
-CACHE = Path(os.environ.get("KEISHIKI_CACHE", Path.home() / ".cache" / "keishiki")) / "bench"
+
+
+def cache_root() -> Path:
+    """Where exports for benchmarking go: ``$KEISHIKI_CACHE/bench`` (default
+    ``~/.cache/keishiki/bench``), read at call time."""
+    return Path(os.environ.get("KEISHIKI_CACHE", Path.home() / ".cache" / "keishiki")) / "bench"
 
 
 def prompt_ids(vocab: int, length: int, batch: int, skip: int = 8) -> list[list[int]]:
@@ -85,7 +90,7 @@ def converted(model_dir: Path, backend: str, cache_dir: Path | None = None) -> P
     for file in sorted(model_dir.iterdir()):
         info = file.stat()
         stamp.update(f"{file.name}:{info.st_size}:{info.st_mtime_ns}".encode())
-    target = (cache_dir or CACHE) / f"{model_dir.name}-{stamp.hexdigest()[:12]}" / backend
+    target = (cache_dir or cache_root()) / f"{model_dir.name}-{stamp.hexdigest()[:12]}" / backend
     if (target / ".done").exists():
         return target
     if backend == "onnxruntime":
