@@ -23,6 +23,7 @@ EXTRA_OF = {
     "psutil": "all",
     "netron": "view",
     "vllm": "vllm (pip install vllm in its own environment)",
+    "jinja2": "hf",
 }
 
 
