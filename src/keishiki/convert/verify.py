@@ -202,7 +202,7 @@ class Rows:
     grow RSS to the file's size.
     """
 
-    BLOCK_BYTES = 32 * 1024 * 1024
+    BLOCK_BYTES = 8 * 1024 * 1024
 
     def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype,
                  framework: str):
@@ -229,6 +229,17 @@ class Rows:
 
 # safetensors' numpy framework cannot return these; torch (imported only then) can
 _NEEDS_TORCH = {"BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def safetensors_names(path: Path) -> tuple[list[str], dict]:
+    """(tensor names, ``__metadata__``) as ``safetensors.safe_open`` parses them (no torch)."""
+    from .._optional import require
+
+    require("safetensors", extra="hf", purpose="verify safetensors output")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as fh:
+        return list(fh.keys()), fh.metadata() or {}
 
 
 @contextmanager

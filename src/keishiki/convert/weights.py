@@ -22,7 +22,7 @@ from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import InvalidRequest
 from .base import ConvertOptions, StepReport, Timer
-from .verify import (ReadBack, load_torch, open_safetensors, open_safetensors_rows,
+from .verify import (ReadBack, load_torch, open_safetensors_rows, safetensors_names,
                      torch_to_numpy)
 
 ALIASES_KEY = "keishiki.aliases"
@@ -305,8 +305,8 @@ def verify_safetensors(path: Path, st: SourceTensors, dtype: str | None,
                        rename: Callable[[str], str] = str) -> dict:
     """Read ``path`` back with safetensors.safe_open and compare every tensor with the source."""
     rb = ReadBack(library="safetensors.safe_open")
-    with open_safetensors(path) as (names, metadata, _get):
-        present = set(names)
+    names, metadata = safetensors_names(path)
+    present = set(names)
     expected_names = set()
     todo = []
     for t in st.tensors:
