@@ -102,3 +102,6 @@ def test_bench_errors(tiny_llama, tmp_path):
     assert "no such file or folder" in _error("bench", tmp_path / "nope")
     assert "--batch must be at least 1" in _error("bench", tiny_llama, "--batch", "0")
     assert "unknown backend 'tensorrt'" in _error("bench", tiny_llama, "--backends", "tensorrt")
+    assert "cannot generate text" in _error("bench", tiny_llama / "model.safetensors")
+    assert "not a causal language model graph" in _error("bench", corpus_path(NON_LM_ONNX),
+                                                         "--repeats", "1")

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, KeishikiError
 
 DEFAULT_BACKENDS = {"hf-model": ["torch", "onnxruntime", "torchscript"],
                     "onnx": ["onnxruntime"], "torchscript": ["torchscript"]}
@@ -143,6 +143,8 @@ def bench(model: str | Path, backends: list[str] | None = None, prompt_len: int 
         results.append(_in_subprocess(dict(model=target, backend=name, tokenizer=tok,
                                            prompt_len=prompt_len, gen_len=gen_len,
                                            batch=batch, repeats=repeats)))
+    if all(r.get("refused") for r in results):  # nothing ran: one line, exit 2, as `run`
+        raise InvalidRequest(results[0]["error"])
     return {"model": str(model), "format": fmt,
             "settings": {"prompt_len": prompt_len, "gen_len": gen_len, "batch": batch,
                          "repeats": repeats, "sampling": "greedy, EOS ignored"},
@@ -182,6 +184,10 @@ def _worker(argv: list[str]) -> int:
     args = json.loads(argv[0])
     try:
         result = measure(**args)
+    except KeishikiError as exc:  # the model or request is at fault: said as keishiki says it
+        print(json.dumps({"backend": args.get("backend"), "error": str(exc).splitlines()[0],
+                          "refused": True}))
+        return 0
     except Exception as exc:  # reported as the row's error, the other backends still run
         print(json.dumps({"backend": args.get("backend"),
                           "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}))
