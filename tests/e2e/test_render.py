@@ -72,3 +72,17 @@ def test_closed_pipe_is_exit_0_and_silent(markup_file, args):
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_table_title_is_not_wrapped_at_the_table_width(tmp_path):
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / ("a-rather-long-folder-name-" * 4)
+    folder.mkdir()
+    path = folder / "w.safetensors"
+    save_file({"w": np.zeros(1, np.float32)}, str(path))  # a narrow table, a long title
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-m", "keishiki", "tensors", str(path)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].strip() == f"1 of 1 tensors in {path}"

@@ -153,7 +153,10 @@ def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]],
     with :func:`rich.markup.escape` before passing it.
     """
     right = set(justify_right)
-    t = Table(title=title, title_justify="left", header_style="bold")
+    if title:
+        # as its own line: a Table title wraps at the table's width, splitting long paths
+        console.print(title, soft_wrap=True)
+    t = Table(header_style="bold")
     for col in columns:
         t.add_column(col, justify="right" if col in right else "left", overflow="fold")
     for row in rows:
