@@ -86,3 +86,11 @@ def test_table_title_is_not_wrapped_at_the_table_width(tmp_path):
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].strip() == f"1 of 1 tensors in {path}"
+
+
+def test_short_keeps_class_names_whole_and_shows_empty_keys():
+    from keishiki.cli.render import short
+
+    classes = ["qamod.Net", "torch.nn.modules.activation.ReLU", "torch.nn.modules.linear.Linear"]
+    assert short(classes) == ", ".join(classes)
+    assert short({"": "nn.Sequential", "0": "nn.Linear"}) == '""=nn.Sequential, 0=nn.Linear'

@@ -110,10 +110,12 @@ def human_count(n: int | None) -> str:
 
 def short(value: Any, limit: int = 100) -> str:
     """A one-line rendering of any value, cut at ``limit`` characters."""
+    # items get 60 characters: class names like torch.nn.modules.activation.ReLU stay whole
     if isinstance(value, dict):
-        text = ", ".join(f"{k}={short(v, 30)}" for k, v in value.items())
+        text = ", ".join(f"{k if k != '' else chr(34) * 2}={short(v, 60)}"
+                         for k, v in value.items())
     elif isinstance(value, (list, tuple)):
-        text = ", ".join(short(v, 30) for v in value[:12])
+        text = ", ".join(short(v, 60) for v in value[:12])
         if len(value) > 12:
             text += f", … ({len(value)} items)"
     else:
