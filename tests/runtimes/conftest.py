@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_llama  # noqa: F401  (re-exported session fixture)
-
 PROMPTS = ["初めまして、こんにちは", "Hello, world! keishiki reads", "The quick brown fox"]
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tiny_llama, tmp_path_factory) -> Path:  # noqa: F811
+def tiny_onnx(tiny_llama, tmp_path_factory) -> Path:
     """``keishiki.convert`` ONNX export of the tiny Llama (folder: model.onnx + tokenizer)."""
     pytest.importorskip("onnx")
     from keishiki.convert.onnx_export import export_causal_lm
@@ -26,7 +24,7 @@ def tiny_onnx(tiny_llama, tmp_path_factory) -> Path:  # noqa: F811
     return out
 
 
-def _torchscript(tiny_llama, tmp_path_factory, method: str) -> Path:  # noqa: F811
+def _torchscript(tiny_llama, tmp_path_factory, method: str) -> Path:
     from keishiki.convert.torchscript_export import export_torchscript
 
     out = tmp_path_factory.mktemp("ts") / f"tiny-{method}"
@@ -37,19 +35,19 @@ def _torchscript(tiny_llama, tmp_path_factory, method: str) -> Path:  # noqa: F8
 
 
 @pytest.fixture(scope="session")
-def tiny_ts(tiny_llama, tmp_path_factory) -> Path:  # noqa: F811
+def tiny_ts(tiny_llama, tmp_path_factory) -> Path:
     """Traced ``model(ids)[0]`` (no cache, no mask): folder with model.pt + tokenizer."""
     return _torchscript(tiny_llama, tmp_path_factory, "trace")
 
 
 @pytest.fixture(scope="session")
-def tiny_ts_kv(tiny_llama, tmp_path_factory) -> Path:  # noqa: F811
+def tiny_ts_kv(tiny_llama, tmp_path_factory) -> Path:
     """Traced flat KV-cache interface: folder with model.pt + tokenizer."""
     return _torchscript(tiny_llama, tmp_path_factory, "trace-kv")
 
 
 @pytest.fixture(scope="session")
-def llms(tiny_llama, tiny_onnx, tiny_ts, tiny_ts_kv) -> dict:  # noqa: F811
+def llms(tiny_llama, tiny_onnx, tiny_ts, tiny_ts_kv) -> dict:
     """One loaded LLM per backend and layout, keyed by a short name."""
     from keishiki import LLM
 
