@@ -200,8 +200,8 @@ def sniff(src: Source):
     from . import Match
 
     head = src.head
-    if src.is_dir or len(head) < 4 or not (0x81 <= head[0] <= 0x8f or head[0] in (0xde, 0xdf)):
-        return None
+    if src.is_dir or len(head) < 6 or not (0x81 <= head[0] <= 0x8f or head[0] in (0xde, 0xdf)):
+        return None  # (6 bytes: a map32 header is 5 bytes before its first key)
     first_key = head[1] if head[0] <= 0x8f else head[3 if head[0] == 0xde else 5]
     if not (0xa0 <= first_key <= 0xbf or first_key in (0xd9, 0xda, 0xdb)):
         return None  # flax state maps are keyed by strings
