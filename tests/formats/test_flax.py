@@ -131,3 +131,13 @@ def test_cli_json():
                            "--json")
     data = json.loads(out)
     assert code == 0 and data["format"] == "flax-msgpack" and data["n_parameters"] == 74
+
+
+@pytest.mark.parametrize("head", [b"\xdf\x00\x00\x00", b"\xde\x00", b"\xdf\x00\x00\x00\x01"])
+def test_short_map_headers_are_not_flax(tmp_path, head):
+    from keishiki.core.source import Source
+    from keishiki.formats import flax_msgpack
+
+    p = tmp_path / "short.msgpack"
+    p.write_bytes(head)
+    assert flax_msgpack.sniff(Source(p)) is None
