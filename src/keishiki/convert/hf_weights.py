@@ -75,6 +75,7 @@ def folder_tensors(folder: Path, opts: ConvertOptions) -> tuple[str, SourceTenso
         merged.aliases.update(part.aliases)
         merged.warnings += part.warnings
         merged.mapped_files.update(part.mapped_files)
+        merged.raw_spans.update(part.raw_spans)
     return kind, merged
 
 
@@ -99,6 +100,8 @@ def plan_shards(st: SourceTensors, shard_size: int | None, dtype: str | None) ->
     for shard in shards:
         shard.mapped_files = {t.name: st.mapped_files[t.name] for t in shard.tensors
                               if t.name in st.mapped_files}
+        shard.raw_spans = {t.name: st.raw_spans[t.name] for t in shard.tensors
+                           if t.name in st.raw_spans}
     return shards
 
 

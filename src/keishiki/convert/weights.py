@@ -40,6 +40,9 @@ class SourceTensors:
     format: str = ""
     # name -> the safetensors file holding it (those tensors can be memory-mapped for torch.save)
     mapped_files: dict[str, Path] = field(default_factory=dict)
+    # name -> (file, offset) where the tensor's exact output bytes already lie (contiguous,
+    # little-endian, uncompressed): copied kernel-side with copy_file_range when not cast
+    raw_spans: dict[str, tuple[Path, int]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -93,7 +96,11 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
     metadata = dict(info.metadata) if info.format == "safetensors" else {}
     aliases.update(_recorded_aliases(metadata))
     mapped = {t.name: Path(src) for t in unique} if info.format == "safetensors" else {}
-    return SourceTensors(unique, aliases, metadata, list(info.warnings), info.format, mapped)
+    spans = {t.name: (Path(src), t.info.data_offset) for t in unique
+             if info.format == "safetensors" and t.info.data_offset is not None and not t.info.file}
+    spans.update({t.name: (Path(src), t.info.data_offset) for t in unique
+                  if getattr(t.load, "direct", False)})
+    return SourceTensors(unique, aliases, metadata, list(info.warnings), info.format, mapped, spans)
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
@@ -127,6 +134,7 @@ def _direct(src: Path, lazy: LazyTensor, byteorder: str) -> LazyTensor:
                 return lazy.load()  # let the reader raise its CorruptFile
         return arr
 
+    load.direct = True  # its bytes lie verbatim at info.data_offset
     return LazyTensor(info, load)
 
 
@@ -282,9 +290,16 @@ def write_safetensors(path: Path, st: SourceTensors, opts: ConvertOptions,
     if st.aliases:
         metadata[ALIASES_KEY] = json.dumps(st.aliases, sort_keys=True)
     tensors = output_tensors(st, opts.dtype)
-    with open(path, "wb") as fh:
+    sources: dict[Path, object] = {}
+    with open(path, "wb", buffering=0) as fh:
         fh.write(st_format.build_header([t.info for t in tensors], metadata))
-        for lazy in tensors:
+        for lazy, src_lazy in zip(tensors, st.tensors):
+            span = st.raw_spans.get(src_lazy.name)
+            if span is not None and lazy.info.dtype == src_lazy.info.dtype and lazy.info.nbytes:
+                if _copy_span(fh, sources, span, lazy.info.nbytes):
+                    if advance:
+                        advance(lazy.info.nbytes)
+                    continue
             arr = np.asarray(lazy.load())
             # (np.ascontiguousarray would turn a 0-d scalar into shape [1])
             arr = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
@@ -294,11 +309,52 @@ def write_safetensors(path: Path, st: SourceTensors, opts: ConvertOptions,
                 raise ValueError(f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)} but the "
                                  f"header says {lazy.info.dtype}{list(lazy.info.shape)}")
             # write the array's own buffer: no bytes copy of a possibly huge tensor
-            fh.write(memoryview(arr.reshape(-1).view(np.uint8)))
+            _write_all(fh, memoryview(arr.reshape(-1).view(np.uint8)))
             del arr
             if advance:
                 advance(lazy.info.nbytes)
+    for handle in sources.values():
+        handle.close()
     return path.stat().st_size
+
+
+def _write_all(fh, view: memoryview) -> None:
+    # an unbuffered FileIO may write less than asked
+    while view.nbytes:
+        n = fh.write(view)
+        view = view[n:]
+
+
+def _copy_span(fh, sources: dict, span: tuple[Path, int], nbytes: int) -> bool:
+    """Copy ``nbytes`` at ``span`` into ``fh`` in the kernel (os.copy_file_range, like cp);
+    False when the platform or file system cannot, before anything was written."""
+    import os
+
+    path, offset = span
+    if not hasattr(os, "copy_file_range"):
+        return False
+    if path not in sources:
+        sources[path] = open(path, "rb", buffering=0)
+    src_fd, done = sources[path].fileno(), 0
+    try:
+        while done < nbytes:
+            n = os.copy_file_range(src_fd, fh.fileno(), nbytes - done, offset + done)
+            if n == 0:
+                raise OSError("copy_file_range copied nothing (short source)")
+            done += n
+    except OSError:
+        if done:  # part of the tensor is written: finish it with ordinary reads
+            with open(path, "rb") as src:
+                src.seek(offset + done)
+                while done < nbytes:
+                    chunk = src.read(min(64 << 20, nbytes - done))
+                    if not chunk:
+                        raise
+                    _write_all(fh, memoryview(chunk))
+                    done += len(chunk)
+            return True
+        return False
+    return True
 
 
 def verify_safetensors(path: Path, st: SourceTensors, dtype: str | None,
