@@ -152,3 +152,17 @@ def test_unknown_option_and_bad_dtype_are_refused(pt_files, tmp_path):
     code, _, err = run_cli("convert", pt_files["zip"], tmp_path / "x.safetensors", "--to",
                            "safetensors", "--dtype", "int3")
     assert code == 2 and "--dtype" in err
+
+
+def test_kernel_copy_and_its_fallback_write_the_same_bytes(pt_files, tmp_path, monkeypatch):
+    import os
+
+    fast, slow = tmp_path / "fast.safetensors", tmp_path / "slow.safetensors"
+    keishiki.convert(pt_files["zip"], fast, to="safetensors", quiet=True)
+
+    def refuse(*args, **kwargs):
+        raise OSError(38, "copy_file_range not supported here")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    assert keishiki.convert(pt_files["zip"], slow, to="safetensors", quiet=True).passed
+    assert fast.read_bytes() == slow.read_bytes()
