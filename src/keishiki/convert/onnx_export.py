@@ -18,7 +18,9 @@ import contextlib
 import gc
 import io
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import warnings as pywarnings
 from pathlib import Path
@@ -203,13 +205,41 @@ def _torch_export(wrapper, args, path: Path, exporter: str, opset: int, n_layers
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
-        with pywarnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with pywarnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                _native_stdout_silenced():
             pywarnings.simplefilter("ignore")
             with torch.no_grad():
                 torch.onnx.export(wrapper, args, str(path), **kwargs)
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """Point file descriptor 1 at /dev/null while torch exports.
+
+    On a failed TorchScript-based export torch's C++ logger prints the whole IR graph
+    ("Torch IR graph at exception: …", hundreds of lines) straight to fd 1, past Python's
+    ``sys.stdout``: it would land in the middle of ``--json`` output or a pipe.
+    """
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 at all: nothing to protect
+        yield
+        return
+    try:
+        if sys.__stdout__ is not None:
+            sys.__stdout__.flush()  # what Python already wrote goes out before the swap
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def name_dynamic_axes(onnx_model, n_layers: int) -> None:
