@@ -135,6 +135,11 @@ class Source:
         except CorruptFile:
             return []
 
+    @cached_property
+    def zip_name_set(self) -> frozenset[str]:
+        """:attr:`zip_names` as a set, for membership tests in per-tensor loops."""
+        return frozenset(self.zip_names)
+
     def read_member(self, name: str, limit: int = 256 * 1024 * 1024) -> bytes:
         """One zip member's bytes, refusing members that expand beyond ``limit`` (zip bombs)."""
         zf = self.zip()

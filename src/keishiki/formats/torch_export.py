@@ -150,7 +150,7 @@ def _ops(program: dict) -> tuple[int, dict[str, int]]:
 def _weights(src: Source, root: str, model: str, folder: str, config_name: str,
              role_of: dict[str, str], refs: dict[str, torch_pickle.TensorRef]) -> list[TensorInfo]:
     name = f"{root}data/{folder}/{config_name.format(model)}"
-    if name not in set(src.zip_names):
+    if name not in src.zip_name_set:
         return []
     config = (_json(src, name) or {}).get("config") or {}
     out = []
@@ -169,7 +169,7 @@ def _weights(src: Source, root: str, model: str, folder: str, config_name: str,
         data_offset = None
         if entry.get("use_pickle"):
             extra["pickled"] = True  # a torch.save'd tensor: listed, not loaded
-        elif member in set(src.zip_names) and min(shape + stride, default=0) >= 0 and \
+        elif member in src.zip_name_set and min(shape + stride, default=0) >= 0 and \
                 dtypes.itemsize(dtype) is not None and \
                 len(shape) == len(stride) and type(offset_elems) is int and offset_elems >= 0:
             start = torch_pickle.zip_data_offset(src, member)
@@ -299,6 +299,6 @@ def _loader(src: Source, refs: dict[str, torch_pickle.TensorRef], byteorder: str
 
 
 def _small(src: Source, name: str) -> str | None:
-    if name not in set(src.zip_names):
+    if name not in src.zip_name_set:
         return None
     return src.read_member(name, 4096).decode("utf-8", "replace").strip()

@@ -69,8 +69,10 @@ def zip_members(fp: BinaryIO) -> list[Member]:
         raise ArchiveError(f"broken zip directory: {exc}") from None
     if len(infos) > MAX_MEMBERS:
         raise ArchiveError(f"{len(infos)} members (limit {MAX_MEMBERS})")
+    # ZipInfo.is_dir() indexes filename[-1]: an empty member name (a damaged directory)
+    # must not raise IndexError
     return [Member(i.filename, i.file_size, i.compress_size, i.compress_type, i.header_offset,
-                   i.is_dir()) for i in infos]
+                   i.filename.endswith("/")) for i in infos]
 
 
 def read_zip_member(fp: BinaryIO, member: Member, limit: int = MEMBER_LIMIT) -> bytes:
