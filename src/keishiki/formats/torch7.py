@@ -47,7 +47,26 @@ def _sniff_binary(src: Source) -> bool:
                 return True
         except (t7.Malformed, RecursionError, ValueError, OverflowError):
             pass
-    return False
+    # no clean parse, but the file opens with a Torch object header ("V 1" + a class name
+    # such as torch.FloatTensor): claim it, so the reader names what is wrong (truncated,
+    # storage too small...) instead of "not a model file"
+    return _torch_object_header(head)
+
+
+def _torch_object_header(head: bytes) -> bool:
+    """True when ``head`` starts with a binary Torch7 object: tag 4, memo index 1, a version
+    string ``V <n>`` and a dotted ASCII class name (``torch.FloatTensor``, ``nn.Sequential``)."""
+    if len(head) < 16 or head[:8] != b"\x04\x00\x00\x00\x01\x00\x00\x00":
+        return False
+    n = int.from_bytes(head[8:12], "little")
+    version = head[12:12 + n]
+    if not 3 <= n <= 16 or not version.startswith(b"V ") or not version[2:].isdigit():
+        return False
+    pos = 12 + n
+    m = int.from_bytes(head[pos:pos + 4], "little")
+    name = head[pos + 4:pos + 4 + m]
+    return (3 <= m <= 200 and len(name) == m and b"." in name
+            and all(0x21 <= c < 0x7f for c in name))
 
 
 def _sniff_ascii(src: Source) -> bool:
