@@ -166,3 +166,17 @@ def test_kernel_copy_and_its_fallback_write_the_same_bytes(pt_files, tmp_path, m
     monkeypatch.setattr(os, "copy_file_range", refuse)
     assert keishiki.convert(pt_files["zip"], slow, to="safetensors", quiet=True).passed
     assert fast.read_bytes() == slow.read_bytes()
+
+
+def test_pytorch_to_safetensors_runs_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "sd.pt"
+    torch.save({"w": torch.randn(3, 4), "i": torch.arange(5)}, src)
+    code = ("import sys, keishiki; r = keishiki.convert(sys.argv[1], sys.argv[2], "
+            "to='safetensors', quiet=True); assert r.passed; "
+            "print(sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "o.safetensors")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
