@@ -74,42 +74,10 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
 
 
 def source_format(src: Path) -> str:
-    """The format id of ``src`` (by content); a folder with config.json and weights, or a
-    torch.save file, is recognised even before its format reader is registered."""
-    from ..errors import UnknownFormat
+    """The format id of ``src``, by content (:func:`keishiki.formats.identify`)."""
     from ..formats import identify
 
-    try:
-        return identify(src).format
-    except UnknownFormat:
-        fallback = fallback_format(src)
-        if fallback is None:
-            raise
-        return fallback
-
-
-def fallback_format(src: Path) -> str | None:
-    """``hf-model`` / ``pytorch`` from a cheap look at ``src``, or None."""
-    import zipfile
-
-    if src.is_dir():
-        has_weights = any((src / n).is_file() for n in (
-            "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-            "pytorch_model.bin.index.json"))
-        return "hf-model" if (src / "config.json").is_file() and has_weights else None
-    with open(src, "rb") as fh:
-        head = fh.read(16)
-    if head[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(src) as zf:
-                if any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()):
-                    return "pytorch"
-        except zipfile.BadZipFile:
-            return None
-    # a legacy torch.save file starts with the pickled magic number 0x1950a86a20f9469cfc6c
-    if head[:2] == b"\x80\x02" and b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19" in head[:16]:
-        return "pytorch"
-    return None
+    return identify(src).format
 
 
 def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:

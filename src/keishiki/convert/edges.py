@@ -76,12 +76,7 @@ WEIGHT_EDGES: list[Edge] = [
          description="tensors kept by name (generic GGUF); lossless at f32"),
 ]
 
-try:  # the graph edges are written in parallel; TODO(lead): drop this guard once they land
-    from .graph_edges import GRAPH_EDGES
-except ModuleNotFoundError as exc:
-    if exc.name != f"{__package__}.graph_edges":
-        raise
-    GRAPH_EDGES: list[Edge] = []
+from .graph_edges import GRAPH_EDGES  # noqa: E402  (after WEIGHT_EDGES: it imports Edge)
 
 EDGES: list[Edge] = [*WEIGHT_EDGES, *GRAPH_EDGES]
 

@@ -51,23 +51,13 @@ class SourceTensors:
 
 # ---- reading the source -------------------------------------------------------------------
 
-def read_model(src: Path) -> ModelInfo | None:
-    """The source's ModelInfo from keishiki's reader (identify + read; no scan); None for a
-    torch.save file when keishiki's pickle reader is not available (torch.load is used then)."""
+def read_model(src: Path) -> ModelInfo:
+    """The source's ModelInfo from keishiki's reader (identify + read; no scan)."""
     from ..core.source import Source
-    from ..errors import UnknownFormat
     from ..formats import identify, read
 
     with Source(src) as source:
-        try:
-            match = identify(source)
-        except UnknownFormat:
-            from . import fallback_format
-
-            if fallback_format(Path(src)) == "pytorch":
-                return None
-            raise
-        return read(source, match)
+        return read(source, identify(source))
 
 
 def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = None) -> SourceTensors:
@@ -78,8 +68,6 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
             pickled module without ``--trust``, or a format whose tensor data keishiki cannot read.
     """
     info = info or read_model(src)
-    if info is None:
-        return _torch_fallback(src, opts)
     kind = str(info.details.get(info.format, {}).get("kind", "")) if info.details else ""
     if info.format == "pytorch" and "module" in kind and info.tensor_loader is None:
         return _trusted_module(src, info, opts)
