@@ -34,15 +34,21 @@ def test_killed_convert_leaves_no_output_and_next_run_sweeps_its_temporary(tmp_p
     assert out.exists() and not stale.exists() and live.exists()
 
 
-def test_sigkill_mid_convert_never_leaves_the_output_name(tmp_path, tiny_llama):
-    out = tmp_path / "onnx-out"
-    proc = subprocess.Popen([sys.executable, "-m", "keishiki", "convert", str(tiny_llama),
-                             str(out), "--to", "safetensors", "-q"],
+def test_sigkill_mid_convert_never_leaves_the_output_name(tmp_path):
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "big.safetensors"  # ~64 MB: the convert takes long enough to be killed
+    save_file({f"w{i}": np.random.default_rng(i).random(2_000_000, dtype=np.float32)
+               for i in range(8)}, str(src))
+    out = tmp_path / "out.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "keishiki", "convert", str(src), str(out),
+                             "--to", "safetensors", "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
+    time.sleep(0.8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    others = {p.name for p in tmp_path.iterdir()} - {"big.safetensors"}
     if not out.exists():  # killed before the rename (the usual case): nothing under the name
-        assert all(p.name.startswith(".onnx-out.keishiki-tmp-") for p in tmp_path.iterdir())
-    else:  # finished within the second: then it is complete
-        assert (out).stat().st_size > 0
+        assert all(name.startswith(".out.safetensors.keishiki-tmp-") for name in others)
+    else:  # finished in time: then it is complete
+        assert out.stat().st_size > src.stat().st_size // 2
