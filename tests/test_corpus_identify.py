@@ -108,3 +108,28 @@ def test_rejected_file_still_names_its_danger(tmp_path):
     code, _, err = run_cli("info", path)
     assert code == 2 and "truncated" in err and "DANGEROUS (os.system)" in err
     assert err.count("\n") == 1
+
+
+def test_near_misses_say_what_is_broken(tmp_path):
+    """An interrupted download (zip without its central directory) and a model folder whose
+    config.json does not parse are named as broken, not as 'not a model file'."""
+    import zipfile
+
+    full = tmp_path / "m.pt"
+    with zipfile.ZipFile(full, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00." * 100)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    code, _, err = run_cli("info", cut)
+    assert code == 2 and "broken zip archive" in err
+    folder = tmp_path / "badcfg"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama",')
+    (folder / "model.safetensors").write_bytes(b"x")
+    code, _, err = run_cli("info", folder)
+    assert code == 2 and "config.json" in err and "invalid JSON" in err
+    plain = tmp_path / "notes.zip"
+    with zipfile.ZipFile(plain, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    code, _, err = run_cli("info", plain)
+    assert code == 2 and "not a model file" in err

@@ -120,7 +120,20 @@ def identify(path: str | os.PathLike | Source) -> Match:
         module = _EXPORT_MODULES[[m.replace("_", "-") for m in _EXPORT_MODULES].index(match.format)]
         return Match(match.format, match.variant, module,
                      f"folder holding one {match.format} archive ({member})", member)
+    _explain_near_miss(src)
     raise UnknownFormat(src.path, LOOKED_FOR)
+
+
+def _explain_near_miss(src: Source) -> None:
+    """Raise CorruptFile for what is recognisably a model container with broken bytes (an
+    interrupted download's zip without its central directory, a model folder whose
+    config.json does not parse) instead of the vaguer "not a model file"."""
+    if not src.is_dir and src.looks_like_zip:
+        src.zip()  # raises CorruptFile("broken zip archive: ...") when the directory is gone
+    if src.is_dir and src.has("config.json"):
+        config = src.read_json("config.json")  # raises CorruptFile on invalid JSON
+        if not isinstance(config, dict):
+            raise CorruptFile(src.child("config.json"), "config.json is not a JSON object")
 
 
 def read(src: Source, match: Match) -> ModelInfo:
