@@ -347,3 +347,22 @@ def test_torch_export_graph_with_a_custom_op_is_unknown(tmp_path):
     assert rep.verdict == "unknown"
     assert [f.global_ for f in rep.findings if f.severity == "unknown"] == [
         "torch.ops.my_ext.secret"]
+
+
+def test_unparseable_data_formats_are_errors_not_safe(tmp_path):
+    """A container keishiki cannot parse is 'could not scan' (exit 2), never 'safe'."""
+    from tests.conftest import corpus_path, run_cli
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", 20) + b'{"a":' + bytes(range(256)) * 4)
+    onnx_bytes = corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx").read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(onnx_bytes[: len(onnx_bytes) // 2])
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")  # magic number only
+    for path in (bad, cut, legacy):
+        code, _, err = run_cli("scan", path)
+        assert code == 2 and err.count("\n") == 1, (path, err)
+    assert "5 pickles" in run_cli("scan", legacy)[2]
+    good = corpus_path("safetensors/safetensors-samples/f.safetensors")
+    assert run_cli("scan", good)[0] == 0

@@ -255,6 +255,11 @@ def scan_blob(data: memoryview, where: Where, report: FileReport, deadline: floa
         if time.monotonic() > deadline:
             report.errors.append(f"{where.file}: scan stopped at the time limit")
             break
+    if legacy_step and count < 5 and not report.errors:
+        # torch's legacy layout is five pickles (magic, protocol, sys_info, object, keys):
+        # a file that stops early was not seen whole, so it cannot be called safe
+        report.errors.append(f"{where.file}: legacy torch file truncated after {count} of its "
+                             f"5 pickles (byte {pos})")
     return count
 
 

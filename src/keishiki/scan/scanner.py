@@ -225,6 +225,21 @@ def _identify(path: Path) -> str | None:
         return None
 
 
+def _container_error(path: Path) -> str | None:
+    """The one-line reason keishiki's reader rejects ``path`` (header-only: cheap), or None."""
+    from ..core.source import Source  # noqa: PLC0415
+    from ..formats import identify, read  # noqa: PLC0415
+
+    try:
+        with Source(path) as src:
+            read(src, identify(src))
+    except KeishikiError as exc:
+        return str(exc)
+    except Exception as exc:  # a reader bug is still not a verdict of "safe"
+        return f"{path}: could not be parsed ({type(exc).__name__})"
+    return None
+
+
 def scan_file(path: Path, explicit: bool = True) -> FileReport:
     """Scan one file.  ``explicit``: named by the user (an unrecognised file is an error)
     rather than found in a folder (an unrecognised file is skipped)."""
@@ -274,7 +289,12 @@ def _scan_top(ctx: _Ctx, path: Path, view, fh: BinaryIO, explicit: bool) -> str:
         return kind
     fmt = _identify(path)
     if fmt:
-        return fmt  # a data-only format: nothing in it is executed when loaded
+        # a data-only format: nothing in it runs when loaded, but a container keishiki
+        # cannot parse is "could not scan" (exit 2), never a clean bill of health
+        broken = _container_error(path)
+        if broken:
+            report.errors.append(broken)
+        return fmt
     if explicit:
         report.errors.append(f"{path}: not a pickle, archive or model file keishiki "
                              "recognises (nothing to scan)")
