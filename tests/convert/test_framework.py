@@ -157,3 +157,39 @@ def test_report_json_and_table(small_st, tmp_path):
     assert step["verify"]["n_bit_exact"] == 2
     code, stdout, _ = run_cli("convert", small_st, tmp_path / "o2.pt", "--to", "pytorch")
     assert code == 0 and "ok (read-back)" in stdout
+
+
+def test_options_that_do_not_apply_and_negative_tolerances_are_refused(tmp_path):
+    from tests.conftest import run_cli
+
+    src = tmp_path / "w.safetensors"
+    import numpy as np
+    from keishiki.core.tensor import LazyTensor, TensorInfo
+    from keishiki.formats import safetensors as st
+
+    arr = np.arange(6, dtype=np.float32)
+    with open(src, "wb") as fh:
+        st.write(fh, [LazyTensor(TensorInfo("a", "float32", (6,), 24), lambda: arr)])
+    code, _, err = run_cli("convert", src, tmp_path / "o.safetensors", "--to", "safetensors",
+                           "--quant", "q8_0")
+    assert code == 2 and "--quant applies to --to gguf only" in err
+    code, _, err = run_cli("convert", src, tmp_path / "o2.safetensors", "--to", "safetensors",
+                           "--atol", "-1")
+    assert code == 2 and "--atol must be >= 0" in err
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o2.safetensors").exists()
+
+
+def test_bracketed_output_path_is_printed_not_parsed(tmp_path):
+    from tests.conftest import run_cli
+    import numpy as np
+    from keishiki.core.tensor import LazyTensor, TensorInfo
+    from keishiki.formats import safetensors as st
+
+    src = tmp_path / "w.safetensors"
+    arr = np.arange(4, dtype=np.float32)
+    with open(src, "wb") as fh:
+        st.write(fh, [LazyTensor(TensorInfo("a", "float32", (4,), 16), lambda: arr)])
+    out_dir = tmp_path / "br[/x]"
+    out_dir.mkdir()
+    code, out, err = run_cli("convert", src, out_dir / "o.safetensors", "--to", "safetensors")
+    assert code == 0 and "internal error" not in err and "br[/x]" in out

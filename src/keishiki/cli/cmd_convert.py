@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .render import console, human_bytes, print_json, table
@@ -69,8 +70,9 @@ def convert(
 
 def render_report(report: dict) -> None:
     """The short human view: path taken, then one row per step."""
-    console.print(f"[bold]{report['src']}[/bold] ({report['src_format']}) -> "
-                  f"[bold]{report['out']}[/bold] ({report['to']})  via "
+    # paths, warnings and reasons are the user's or a file's text: escaped, never markup
+    console.print(f"[bold]{escape(str(report['src']))}[/bold] ({report['src_format']}) -> "
+                  f"[bold]{escape(str(report['out']))}[/bold] ({report['to']})  via "
                   + "  ⟶  ".join(report["path"]))
     rows = []
     for step in report["steps"]:
@@ -87,9 +89,9 @@ def render_report(report: dict) -> None:
           justify_right=["tensors", "written", "time"])
     for step in report["steps"]:
         for warning in step.get("warnings", []):
-            console.print(f"[yellow]warning:[/yellow] {warning}")
+            console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}")
         reason = (step.get("verify") or {}).get("reason")
         if reason:
-            console.print(f"[red]{step['edge']}:[/red] {reason}")
+            console.print(f"[red]{step['edge']}:[/red] {escape(str(reason))}")
     if report.get("kept_as"):
-        console.print(f"[red]unverified output kept as {report['kept_as']}[/red]")
+        console.print(f"[red]unverified output kept as {escape(str(report['kept_as']))}[/red]")

@@ -99,7 +99,28 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
         opts.shard_size = parse_size(opts.shard_size)
     if opts.shard_size is not None and opts.shard_size <= 0:
         raise InvalidRequest("--shard-size must be positive (e.g. 5GB)")
+    for name in ("atol", "rtol"):
+        value = getattr(opts, name)
+        if value is not None and not value >= 0:  # (also refuses NaN)
+            raise InvalidRequest(f"--{name} must be >= 0, got {value}")
+    for name, targets in _TARGET_ONLY.items():
+        if getattr(opts, name) is not None and to not in targets:
+            flag = "--" + name.replace("_", "-")
+            raise InvalidRequest(f"{flag} applies to --to {' / '.join(targets)} only, "
+                                 f"not --to {to}")
     return opts
+
+
+# options that mean something for one kind of output only: silently ignoring them would
+# let a user believe, say, --quant q8_0 shrank a safetensors file
+_TARGET_ONLY = {
+    "quant": ("gguf",),
+    "opset": ("onnx",),
+    "exporter": ("onnx",),
+    "external_data": ("onnx",),
+    "method": ("torchscript",),
+    "example_input": ("torchscript",),
+}
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
