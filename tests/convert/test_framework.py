@@ -190,6 +190,6 @@ def test_bracketed_output_path_is_printed_not_parsed(tmp_path):
     with open(src, "wb") as fh:
         st.write(fh, [LazyTensor(TensorInfo("a", "float32", (4,), 16), lambda: arr)])
     out_dir = tmp_path / "br[/x]"
-    out_dir.mkdir()
+    out_dir.mkdir(parents=True)
     code, out, err = run_cli("convert", src, out_dir / "o.safetensors", "--to", "safetensors")
     assert code == 0 and "internal error" not in err and "br[/x]" in out
