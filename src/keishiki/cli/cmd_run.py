@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
-from .render import print_json
+from .render import print_json, write_text
 
 
 @app.command()
@@ -46,7 +46,7 @@ def run(
         raise InvalidRequest("a prompt is empty: give some text to continue")
     llm = LLM(model=str(model), backend=backend, tokenizer=tokenizer, dtype=dtype, seed=seed)
     stream = len(prompt) == 1 and not json_out
-    on_text = (lambda _req, _idx, delta: (sys.stdout.write(delta), sys.stdout.flush())) \
+    on_text = (lambda _req, _idx, delta: write_text(delta)) \
         if stream else None
     started = time.perf_counter()
     if chat:
@@ -60,10 +60,10 @@ def run(
                     "outputs": [o.to_dict() for o in outs]})
         return 0
     if stream:
-        sys.stdout.write("\n")
+        write_text("\n")
     else:
         for out in outs:
-            sys.stdout.write(f"--- {out.prompt}\n{out.outputs[0].text}\n")
+            write_text(f"--- {out.prompt}\n{out.outputs[0].text}\n")
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     sys.stderr.write(f"[{llm.backend}: {llm.backend_reason}; {tokens} tokens in "
                      f"{seconds:.2f} s, load {llm.load_seconds:.2f} s]\n")

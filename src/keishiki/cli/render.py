@@ -76,8 +76,13 @@ def print_json(obj: Any) -> None:
     """Print ``obj`` as indented JSON on stdout."""
     text = json.dumps(_finite(json.loads(json.dumps(obj, default=_default))), indent=2,
                       ensure_ascii=False)
+    write_text(text + "\n")
+
+
+def write_text(text: str) -> None:
+    """Write raw text to stdout now (streamed tokens, JSON); a closed pipe ends quietly."""
     try:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
