@@ -366,3 +366,17 @@ def test_unparseable_data_formats_are_errors_not_safe(tmp_path):
     assert "5 pickles" in run_cli("scan", legacy)[2]
     good = corpus_path("safetensors/safetensors-samples/f.safetensors")
     assert run_cli("scan", good)[0] == 0
+
+
+def test_shard_index_pointing_outside_the_folder_is_dangerous(tmp_path):
+    from tests.conftest import run_cli
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "../../etc/passwd", "b": "/etc/shadow", "c": "model-1.safetensors"}}')
+    report = keishiki.scan(folder)
+    bad = sorted(f.global_ for f in report.findings if f.severity == "dangerous")
+    assert bad == ["../../etc/passwd", "/etc/shadow"]
+    assert run_cli("scan", folder)[0] == 1

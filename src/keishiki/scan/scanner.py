@@ -9,6 +9,7 @@ on, at any depth of nesting.  Nothing is imported from the file and nothing is l
 from __future__ import annotations
 
 import io
+import json
 import mmap
 import os
 import re
@@ -338,8 +339,34 @@ def scan_folder(root: Path) -> list[FileReport]:
                     out.append(rep)
                 continue  # a link inside the folder: its target is scanned on its own
             if path.is_file():
-                out.append(scan_file(path, explicit=False))
+                rep = scan_file(path, explicit=False)
+                if name.endswith(".index.json"):
+                    _check_shard_index(path, rep)
+                out.append(rep)
     return out
+
+
+def _check_shard_index(path: Path, rep: FileReport) -> None:
+    """A sharded checkpoint's index names the shard files a loader opens: absolute names,
+    ``..`` and links leading out of the folder make it read files elsewhere (the cousin of
+    ONNX's external-data traversal, CVE-2024-27318)."""
+    try:
+        if path.stat().st_size > 64 * 1024 * 1024:
+            rep.errors.append(f"{path}: shard index larger than 64 MiB")
+            return
+        weight_map = json.loads(path.read_bytes()).get("weight_map") or {}
+        shards = sorted({str(v) for v in weight_map.values()})
+    except (OSError, ValueError, AttributeError, RecursionError) as exc:
+        rep.errors.append(f"{path}: unreadable shard index ({type(exc).__name__})")
+        return
+    folder = path.parent.resolve()
+    for shard in shards:
+        target = (path.parent / shard).resolve()
+        if os.path.isabs(shard) or ".." in Path(shard).parts or not target.is_relative_to(folder):
+            rep.add(Finding(str(path), "", None, "shard-index", shard, "dangerous",
+                            f"weight_map names {shard!r}, outside the model's folder: a loader "
+                            f"would open {target}"))
+    rep.skipped = "" if rep.findings else rep.skipped
 
 
 def scan_paths(paths) -> ScanReport:
