@@ -193,3 +193,17 @@ def test_bracketed_output_path_is_printed_not_parsed(tmp_path):
     out_dir.mkdir(parents=True)
     code, out, err = run_cli("convert", src, out_dir / "o.safetensors", "--to", "safetensors")
     assert code == 0 and "internal error" not in err and "br[/x]" in out
+
+
+def test_source_without_tensors_is_refused(tmp_path):
+    import zipfile
+
+    from tests.conftest import run_cli
+
+    src = tmp_path / "ckpt.pt"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00X\x05\x00\x00\x00epochq\x01K\x03s.")
+        zf.writestr("archive/version", "3\n")
+    code, _, err = run_cli("convert", src, tmp_path / "o.safetensors", "--to", "safetensors")
+    assert code == 2 and "holds no tensors to convert" in err
+    assert not (tmp_path / "o.safetensors").exists()

@@ -24,6 +24,7 @@ FORMATS: dict[str, tuple[str, str]] = {
     "keras-h5": ("Keras/TF HDF5 weights or model", "keras_h5"),
     "keras": ("Keras v3 .keras archive", "keras"),
     "flax-msgpack": ("Flax serialized state (msgpack)", "flax_msgpack"),
+    "pickle": ("any other Python pickle stream, joblib files (read, never loaded)", "pickle"),
     "tflite": ("TensorFlow Lite flatbuffer (identified only)", "tflite"),
     "tensorflow-savedmodel": ("TensorFlow SavedModel folder (identified only)", "tf_savedmodel"),
     "coreml": ("Core ML model (identified only)", "coreml"),

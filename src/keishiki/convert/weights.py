@@ -79,6 +79,9 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
     if info.format == "pytorch":
         byteorder = str(info.details.get("pytorch", {}).get("byteorder", "little"))
         tensors = [_direct(src, t, byteorder) for t in tensors]
+    if not tensors:
+        raise InvalidRequest(f"{src}: holds no tensors to convert ({info.format}"
+                             f"{', ' + kind if kind else ''}); keishiki info shows what it holds")
     tensors = _select_key(tensors, opts.key, src, checkpoint="checkpoint" in kind)
     unique, aliases = _dedupe(tensors)
     metadata = dict(info.metadata) if info.format == "safetensors" else {}
