@@ -48,7 +48,8 @@ def render_info(model, path: str) -> None:
     ]))
     for key in ("metadata", "config", "graph", "gguf"):
         if data.get(key):
-            section(key, data[key])
+            # the structured *_detail twins of inputs/outputs are for --json readers
+            section(key, {k: v for k, v in data[key].items() if not k.endswith("_detail")})
     for key, value in data.items():
         if key not in _COMMON and isinstance(value, dict) and value:
             section(key, value)

@@ -129,6 +129,17 @@ def short(value: Any, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _cell(value: Any) -> str:
+    """A key/value table cell: short lists of scalars one per line (ONNX inputs, file
+    lists), everything else on one shortened line."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and 1 < len(value) <= 16 and all(
+            isinstance(v, (str, int, float)) for v in value):
+        return "\n".join(short(v, 160) for v in value)
+    return short(value)
+
+
 def kv_table(title: str | None, rows: Iterable[tuple[str, Any]]) -> Table:
     """A two-column key/value table (rows with value None are skipped).
 
@@ -142,7 +153,7 @@ def kv_table(title: str | None, rows: Iterable[tuple[str, Any]]) -> Table:
     for key, value in rows:
         if value is None or value == {} or value == []:
             continue
-        table.add_row(escape(str(key)), escape(value if isinstance(value, str) else short(value)))
+        table.add_row(escape(str(key)), escape(_cell(value)))
     return table
 
 
