@@ -19,7 +19,6 @@ BACKENDS = ("auto", "torch", "onnxruntime", "torchscript", "vllm")
 # which format each explicit backend runs
 RUNS = {"torch": "hf-model", "vllm": "hf-model", "onnxruntime": "onnx",
         "torchscript": "torchscript"}
-_HF_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 # preferred file names inside an ONNX folder: merged/with-past decoders carry the cache
 _ONNX_NAMES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx",
                "decoder_model.onnx")
@@ -50,25 +49,16 @@ class Choice:
 
 
 def detect_format(path: Path) -> str:
-    """The format id of ``path`` from :func:`keishiki.formats.identify`; a folder without HF
-    weights that holds ``model.onnx`` or one ``.pt`` beside its tokenizer and config.json (an
-    export folder) is the format of that file.
+    """The format id of ``path`` from :func:`keishiki.formats.identify`, which also reads an
+    export folder (``model.onnx`` or one TorchScript ``.pt`` beside the tokenizer and
+    config.json) as the format of that file.
 
     Raises:
         UnknownFormat: keishiki does not recognise it.
     """
     from ..formats import identify
 
-    if path.is_dir() and not _has_hf_weights(path):
-        # an export folder (model.onnx or model.pt beside the tokenizer and config.json)
-        inner = _onnx_in(path) or _torchscript_in(path)
-        if inner is not None:
-            return detect_format(inner)
     return identify(path).format
-
-
-def _has_hf_weights(folder: Path) -> bool:
-    return any(any(folder.glob(pattern)) for pattern in _HF_WEIGHTS)
 
 
 def _onnx_in(folder: Path) -> Path | None:
