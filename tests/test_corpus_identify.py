@@ -133,3 +133,17 @@ def test_near_misses_say_what_is_broken(tmp_path):
         zf.writestr("readme.txt", "hello")
     code, _, err = run_cli("info", plain)
     assert code == 2 and "not a model file" in err
+
+
+def test_optimum_style_folder_is_its_merged_decoder(tmp_path):
+    """An optimum decoder export holds several graphs beside config/tokenizer: the folder is
+    ONNX, read (and run) through the graph that carries the KV cache."""
+    src = corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx")
+    folder = tmp_path / "optimum"
+    folder.mkdir()
+    for name in ("decoder_model.onnx", "decoder_model_merged.onnx"):
+        (folder / name).write_bytes(src.read_bytes())
+    (folder / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
+    match = identify(folder)
+    assert (match.format, match.member) == ("onnx", "decoder_model_merged.onnx")
+    assert inspect(folder).graph["n_nodes"] == 4

@@ -35,17 +35,24 @@ class Match:
     member: str | None = None
 
 
-# archives whose folder form is "one model file + tokenizer/config" (keishiki's exports)
-_EXPORT_MODULES = ("torchscript", "torch_export")
-_EXPORT_SUFFIXES = (".pt", ".pt2", ".pth", ".jit")
+# formats whose folder form is "model file(s) + tokenizer/config" (keishiki's and optimum's
+# exports); an optimum decoder folder holds several graphs: the one with the cache is run
+_EXPORT_MODULES = ("torchscript", "torch_export", "onnx")
+_EXPORT_SUFFIXES = (".pt", ".pt2", ".pth", ".jit", ".onnx")
+_PREFERRED = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx",
+              "decoder_model.onnx")
 
 
 def export_folder_member(src: Source) -> tuple[str, Match] | None:
-    """(file name, match) when a folder holds exactly one TorchScript/torch.export archive
-    and no other weights, as ``keishiki convert --to torchscript`` writes it."""
+    """(file name, match) when a folder's model is one exported graph or archive
+    (TorchScript, torch.export, ONNX) beside its config/tokenizer, as ``keishiki convert
+    --to torchscript|onnx`` or optimum write it."""
     if not src.is_dir:
         return None
     names = [n for n in src.files() if n.lower().endswith(_EXPORT_SUFFIXES) and src.has(n)]
+    preferred = [n for n in _PREFERRED if n in names]
+    if preferred:
+        names = preferred[:1]
     if len(names) != 1:
         return None
     with Source(src.child(names[0])) as inner:
@@ -119,7 +126,7 @@ def identify(path: str | os.PathLike | Source) -> Match:
         member, match = exported
         module = _EXPORT_MODULES[[m.replace("_", "-") for m in _EXPORT_MODULES].index(match.format)]
         return Match(match.format, match.variant, module,
-                     f"folder holding one {match.format} archive ({member})", member)
+                     f"folder holding one {match.format} model file ({member})", member)
     _explain_near_miss(src)
     raise UnknownFormat(src.path, LOOKED_FOR)
 

@@ -102,7 +102,7 @@ def sniff(src: Source):
         from . import export_folder_member
 
         if export_folder_member(src) is not None:
-            return None  # a TorchScript/torch.export file with its config: that reader's job
+            return None  # an exported graph/archive with its config: that reader's job
     return Match(FORMAT, None, reason="folder with config.json (model_type/architectures)")
 
 
