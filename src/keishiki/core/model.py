@@ -17,7 +17,8 @@ class ModelInfo:
 
     Format readers fill the common fields and put format-specific facts into
     ``details[<format id>]`` (for example ``details["pytorch"]["kind"] == "state_dict"``);
-    :meth:`to_dict` flattens ``details`` into the top level of the ``--json`` object.
+    :meth:`to_dict` puts each ``details`` section at the top level of the ``--json`` object
+    under its own key (``d["pytorch"]["kind"]``), beside the common fields.
     """
 
     path: str
