@@ -39,8 +39,8 @@ class Match:
 # exports); an optimum decoder folder holds several graphs: the one with the cache is run
 _EXPORT_MODULES = ("torchscript", "torch_export", "onnx")
 _EXPORT_SUFFIXES = (".pt", ".pt2", ".pth", ".jit", ".onnx")
-_PREFERRED = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx",
-              "decoder_model.onnx")
+ONNX_PREFERRED = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx",
+                  "decoder_model.onnx")
 
 
 def export_folder_member(src: Source) -> tuple[str, Match] | None:
@@ -50,7 +50,7 @@ def export_folder_member(src: Source) -> tuple[str, Match] | None:
     if not src.is_dir:
         return None
     names = [n for n in src.files() if n.lower().endswith(_EXPORT_SUFFIXES) and src.has(n)]
-    preferred = [n for n in _PREFERRED if n in names]
+    preferred = [n for n in ONNX_PREFERRED if n in names]
     if preferred:
         names = preferred[:1]
     if len(names) != 1:

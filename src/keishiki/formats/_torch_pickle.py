@@ -171,16 +171,7 @@ def decode_tensor(call: Call, path: str) -> TensorRef | None:
     if type(func) is GlobalRef and func.module == "torch._utils" and len(args) >= 4:
         kind = _FAST_REBUILD.get(func.name)
         if kind is not None:
-            storage = decode_storage(args[0], path)
-            offset = args[1]
-            if type(offset) is not int or offset < 0:
-                raise CorruptFile(path, "tensor storage_offset is not a non-negative int")
-            shape, stride = _ints(args[2], "size", path), _ints(args[3], "stride", path)
-            if len(shape) != len(stride):
-                raise CorruptFile(path, f"tensor size {list(shape)} and stride {list(stride)} "
-                                  f"differ in length")
-            return _tensor_ref(storage, storage.dtype, offset + storage.view_offset, shape,
-                               stride, kind)
+            return _storage_tensor(args, path, kind)
     name = call.qualname
     if name in REBUILD_WRAPPERS and args and isinstance(args[0], Call):
         inner = decode_tensor(args[0], path)
@@ -195,6 +186,11 @@ def decode_tensor(call: Call, path: str) -> TensorRef | None:
                            _ints(args[2], "stride", path), "meta")
     if name not in REBUILD_TENSOR or len(args) < 4:
         return None
+    return _storage_tensor(args, path, "quantized" if name.endswith("qtensor") else "tensor")
+
+
+def _storage_tensor(args: tuple, path: str, kind: str):
+    """The tensor a ``_rebuild_tensor*(storage, storage_offset, size, stride, ...)`` call makes."""
     storage = decode_storage(args[0], path)
     offset = args[1]
     if type(offset) is not int or offset < 0:
@@ -203,7 +199,6 @@ def decode_tensor(call: Call, path: str) -> TensorRef | None:
     if len(shape) != len(stride):
         raise CorruptFile(path, f"tensor size {list(shape)} and stride {list(stride)} differ "
                           f"in length")
-    kind = "quantized" if name.endswith("qtensor") else "tensor"
     return _tensor_ref(storage, storage.dtype, offset + storage.view_offset, shape, stride, kind)
 
 

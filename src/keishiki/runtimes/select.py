@@ -19,9 +19,6 @@ BACKENDS = ("auto", "torch", "onnxruntime", "torchscript", "vllm")
 # which format each explicit backend runs
 RUNS = {"torch": "hf-model", "vllm": "hf-model", "onnxruntime": "onnx",
         "torchscript": "torchscript"}
-# preferred file names inside an ONNX folder: merged/with-past decoders carry the cache
-_ONNX_NAMES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx",
-               "decoder_model.onnx")
 
 
 @dataclass
@@ -62,7 +59,9 @@ def detect_format(path: Path) -> str:
 
 
 def _onnx_in(folder: Path) -> Path | None:
-    for name in _ONNX_NAMES:
+    from ..formats import ONNX_PREFERRED  # merged/with-past decoders carry the cache
+
+    for name in ONNX_PREFERRED:
         if (folder / name).is_file():
             return folder / name
     files = sorted(folder.glob("*.onnx"))
