@@ -12,11 +12,10 @@ dropped before the next: one pair in memory at a time.
 from __future__ import annotations
 
 import os
-import sys
-import types
 from dataclasses import dataclass
 from typing import Any
 
+from .._callable import make_package_callable
 from ..core.model import ModelInfo
 from ..errors import InvalidRequest
 from ..mapping import NameMap, load_array, map_names
@@ -190,14 +189,4 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
 __all__ = ["CompareReport", "TensorDiff", "compare"]
 
 
-class _CallablePackage(types.ModuleType):
-    """``keishiki.compare`` is both this package and the public function.  Once any
-    submodule is imported, Python binds the *package* to ``keishiki.compare`` and the lazy
-    re-export in ``keishiki/__init__.py`` no longer runs; calling the package forwards to
-    :func:`compare`, so ``keishiki.compare(a, b)`` works either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> CompareReport:
-        return compare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_package_callable(__name__, compare)

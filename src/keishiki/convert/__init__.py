@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
-import types
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .._callable import make_package_callable
 from ..core.atomic import atomic_output, check_free_space, check_output
 from ..errors import InvalidRequest, Mismatch, MissingDependency
 from .base import (DTYPES, GGUF_QUANTS, STEP_SUFFIX, TARGETS, ConvertOptions, ConvertReport,
@@ -245,14 +244,4 @@ def _why(step: StepReport) -> str:
 
 
 
-class _CallableModule(types.ModuleType):
-    """``keishiki.convert`` is both this package and its main function: importing any
-    submodule (``keishiki.convert.paths``) makes Python set the package attribute
-    ``keishiki.convert`` to this module, replacing the lazily exported function, so the
-    module itself must be callable for ``keishiki.convert(src, out, to=...)`` to keep working."""
-
-    def __call__(self, src, out, to: str, **options: Any) -> ConvertReport:
-        return convert(src, out, to, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_package_callable(__name__, convert)

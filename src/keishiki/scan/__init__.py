@@ -12,11 +12,10 @@ against an allowlist of what legitimate checkpoints use (see :mod:`.allowlist`).
 from __future__ import annotations
 
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
+from .._callable import make_package_callable
 from .findings import FileReport, Finding, ScanReport
 
 # formats whose files can carry code or pickles (keishiki info shows their verdict)
@@ -92,15 +91,6 @@ def summary_for(src: Any, info: Any) -> dict | None:
     return out
 
 
-class _CallableModule(types.ModuleType):
-    """``keishiki.scan`` is both this package and the function: once the package has been
-    imported, the import system binds the package as ``keishiki.scan``, and
-    ``keishiki.scan(path)`` must still work."""
-
-    def __call__(self, *paths: str | os.PathLike) -> ScanReport:
-        return scan(*paths)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_package_callable(__name__, scan)
 
 __all__ = ["scan", "summary_for", "ScanReport", "FileReport", "Finding", "CODE_BEARING"]
