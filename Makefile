@@ -11,7 +11,7 @@ CORPUS := ../shared/corpus/real
 CACHE  ?= $(HOME)/.cache/keishiki/real-corpus
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test corpus bench clean
+.PHONY: all install demo test corpus fuzz bench clean
 
 all: test
 
@@ -36,6 +36,12 @@ corpus:
 
 test: install corpus
 	KEISHIKI_REAL_CORPUS_CACHE=$(CACHE) $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# New random inputs for the fuzz tests (make test runs a fixed set); FUZZ_EXAMPLES per test.
+FUZZ_EXAMPLES ?= 5000
+fuzz: install corpus
+	KEISHIKI_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) KEISHIKI_REAL_CORPUS_CACHE=$(CACHE) \
+		$(BIN)/python -m pytest -n 2 tests/fuzz $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

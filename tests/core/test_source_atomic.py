@@ -67,3 +67,25 @@ def test_check_output_refuses_input(tmp_path):
         check_output(src, [src], force=True)
     with pytest.raises(InvalidRequest, match="over the input"):
         check_output(tmp_path, [src], force=True)
+
+
+def test_zip_with_unknown_extract_version_is_corrupt_not_a_crash(tmp_path):
+    """One flipped byte in the central directory makes zipfile raise NotImplementedError
+    ("zip file version 6.4"); that is a broken file, for info (CorruptFile) and scan alike."""
+    import zipfile
+
+    import keishiki
+    from keishiki.formats import inspect
+
+    path = tmp_path / "m.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    blob = bytearray(path.read_bytes())
+    central = blob.rindex(b"PK\x01\x02")
+    blob[central + 6] = 64  # "version needed to extract": 6.4, beyond zipfile's 6.3
+    path.write_bytes(bytes(blob))
+    with pytest.raises(NotImplementedError):
+        zipfile.ZipFile(path)  # the premise: zipfile's own answer is not BadZipFile
+    with pytest.raises(CorruptFile, match="broken zip archive: zip file version 6.4"):
+        inspect(path)
+    assert keishiki.scan(path).verdict in ("error", "unknown")

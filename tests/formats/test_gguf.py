@@ -150,7 +150,7 @@ def test_hostile_headers_fail_fast(tmp_path, blob, message):
     start = time.perf_counter()
     with pytest.raises(CorruptFile, match=message):
         inspect(p)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2.0
     code, _out, err = run_cli("info", p)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
 

@@ -275,7 +275,7 @@ def test_huge_declared_lengths_fail_fast():
         t0 = time.perf_counter()
         with pytest.raises(CorruptFile, match="bytes but only"):
             read_pickle(data)
-        assert time.perf_counter() - t0 < 0.1
+        assert time.perf_counter() - t0 < 1.0  # allocating 2**64 bytes would not be
 
 
 def test_caps():

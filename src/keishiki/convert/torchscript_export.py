@@ -254,11 +254,13 @@ def read_meta(pt_path: Path) -> dict:
     """The ``keishiki.json`` facts stored in a TorchScript archive ({} when absent)."""
     import zipfile
 
+    from ..core.source import ZIP_ERRORS
+
     try:
         with zipfile.ZipFile(pt_path) as zf:
             for name in zf.namelist():
                 if name.endswith("/extra/" + META_NAME):
                     return json.loads(zf.read(name))
-    except (OSError, zipfile.BadZipFile, json.JSONDecodeError):
+    except (*ZIP_ERRORS, json.JSONDecodeError):
         pass
     return {}

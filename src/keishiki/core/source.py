@@ -12,6 +12,7 @@ import json
 import os
 import re
 import stat
+import struct
 import zipfile
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,11 @@ HEAD_BYTES = 64 * 1024
 # a 2 GB "config.json" is an attack or a mistake, not a config.
 MAX_JSON_BYTES = 64 * 1024 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")  # a Windows drive letter is absolute too
+# What zipfile raises on a damaged or hostile central directory.  NotImplementedError is
+# its answer to a "version needed" it does not know (one flipped byte makes 6.4), so it
+# belongs here as much as BadZipFile does.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
+              NotImplementedError, struct.error, UnicodeDecodeError)
 
 
 def _check_readable_kind(path: Path) -> None:
@@ -121,7 +127,7 @@ class Source:
         if self._zip is None:
             try:
                 self._zip = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            except ZIP_ERRORS as exc:
                 raise CorruptFile(self.path, f"broken zip archive: {exc}") from None
         return self._zip
 
@@ -153,7 +159,7 @@ class Source:
         try:
             with zf.open(info) as fh:
                 data = fh.read(limit + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        except ZIP_ERRORS as exc:
             raise CorruptFile(self.path, f"zip member {name!r} unreadable: {exc}") from None
         except Exception as exc:  # zlib.error and friends from a damaged stream
             raise CorruptFile(self.path, f"zip member {name!r} unreadable: {exc}") from None

@@ -13,7 +13,7 @@ import zipfile
 from typing import Any
 
 from ..core.model import ModelInfo
-from ..core.source import Source
+from ..core.source import ZIP_ERRORS, Source
 from ..errors import CorruptFile
 from . import keras_h5
 
@@ -80,7 +80,7 @@ def read(src: Source, match) -> ModelInfo:
                 all_infos = [keras_h5.dataset_info(n, d) for n, d in datasets]
         except CorruptFile:
             raise
-        except (OSError, ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as exc:
+        except (*ZIP_ERRORS, RuntimeError, KeyError) as exc:
             raise CorruptFile(src.path, f"{WEIGHTS} is not readable HDF5: {exc}") from None
         # offsets inside the embedded file are not offsets in the archive: drop them
         infos = [type(t)(t.name, t.dtype, t.shape, t.nbytes, file=WEIGHTS)

@@ -20,6 +20,8 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ..core.source import ZIP_ERRORS
+
 MEMBER_LIMIT = 256 * 1024 * 1024   # bytes one member may expand to before it is refused
 MAX_MEMBERS = 100_000
 MAX_RATIO = 1000                   # expansion ratio beyond which a big member is a bomb
@@ -64,8 +66,7 @@ def zip_members(fp: BinaryIO) -> list[Member]:
     try:
         zf = zipfile.ZipFile(fp)
         infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
-            NotImplementedError, struct.error, UnicodeDecodeError) as exc:
+    except ZIP_ERRORS as exc:
         raise ArchiveError(f"broken zip directory: {exc}") from None
     if len(infos) > MAX_MEMBERS:
         raise ArchiveError(f"{len(infos)} members (limit {MAX_MEMBERS})")
