@@ -268,7 +268,9 @@ def test_every_corpus_file_is_not_dangerous():
     assert "dangerous" not in verdicts.values()
     assert "error" not in verdicts.values()
     unknown = sorted(k for k, v in verdicts.items() if v == "unknown")
-    assert all(k.startswith("torchscript/") for k in unknown), unknown  # TorchScript code only
+    # code only: TorchScript archives, and the one Torch7 file that holds a Lua function
+    assert all(k.startswith("torchscript/") or k.endswith("/function.t7") for k in unknown), \
+        unknown
     for rel, facts in FACTS.items():
         if facts.get("pickle_globals") and rel in verdicts:
             assert verdicts[rel] == "safe", rel
@@ -380,3 +382,18 @@ def test_shard_index_pointing_outside_the_folder_is_dangerous(tmp_path):
     bad = sorted(f.global_ for f in report.findings if f.severity == "dangerous")
     assert bad == ["../../etc/passwd", "/etc/shadow"]
     assert run_cli("scan", folder)[0] == 1
+
+
+def test_torch7_lua_function_is_named_not_passed_as_data():
+    """Lua's torch.load loads a function's bytecode as code: the one corpus .t7 holding a
+    function is `unknown`, with the function's place and size; plain tensors stay safe."""
+    if not CORPUS.exists():
+        pytest.skip("corpus absent")
+    rep = keishiki.scan(corpus_path("torch7_binary/python-torchfile/function.t7"))
+    assert rep.verdict == "unknown" and rep.exit_code() == 1
+    [finding] = rep.files[0].findings
+    assert (finding.opcode, finding.global_, finding.severity) == \
+        ("lua-function", "<root>", "unknown")
+    assert "218 bytes" in finding.reason
+    assert keishiki.scan(corpus_path("torch7_binary/python-torchfile/floattensor.t7")).verdict \
+        == "safe"

@@ -167,6 +167,9 @@ def _key_order(key: Any) -> tuple:
     return (1, 0)
 
 
+MAX_LISTED_FUNCTIONS = 100  # enough to name them; a hostile file may hold millions
+
+
 def _join(path: str, part: str) -> str:
     return f"{path}.{part}" if path else part
 
@@ -179,6 +182,7 @@ class _Walker:
         self.seen: set[int] = set()
         self.n_empty = 0
         self.n_functions = 0
+        self.functions: list[tuple[str, int]] = []  # (path, bytecode bytes), for scan
 
     def walk(self, obj: Any, path: str, node: dict) -> None:
         if isinstance(obj, (t7.Tensor, t7.Storage, t7.Table, t7.TorchObject, t7.Function)):
@@ -194,6 +198,7 @@ class _Walker:
             self.tensors.append((path or "storage", obj))
         elif isinstance(obj, t7.Function):
             self.n_functions += 1
+            self.functions.append((path or "<root>", obj.bytecode_size))
         elif isinstance(obj, t7.TorchObject):
             child = {"name": path, "class": obj.class_name, "children": []}
             node["children"].append(child)
@@ -315,6 +320,8 @@ def read(src: Source, match) -> ModelInfo:
     warnings = []
     if walker.n_functions or isinstance(parser.root, t7.Function):  # type: ignore[attr-defined]
         details["n_functions"] = max(walker.n_functions, 1)
+        details["functions"] = [{"path": p, "bytecode_bytes": n}
+                                for p, n in walker.functions[:MAX_LISTED_FUNCTIONS]]
         warnings.append("holds Lua functions (bytecode): Lua torch.load would load and may run "
                         "them; keishiki only recorded their size")
     if not ascii and parser.s.pos != src.size:

@@ -226,19 +226,31 @@ def _identify(path: Path) -> str | None:
         return None
 
 
-def _container_error(path: Path) -> str | None:
-    """The one-line reason keishiki's reader rejects ``path`` (header-only: cheap), or None."""
+def _read_container(ctx: _Ctx, path: Path) -> None:
+    """Read a data-only format with keishiki's reader (header-only: cheap).  A container it
+    cannot parse is an error ("could not scan", exit 2), never a clean bill of health; a
+    Torch7 file's Lua functions are findings (Lua's torch.load loads their bytecode with
+    ``loadstring``, and crafted LuaJIT bytecode escapes the VM: code, not data)."""
     from ..core.source import Source  # noqa: PLC0415
     from ..formats import identify, read  # noqa: PLC0415
 
     try:
         with Source(path) as src:
-            read(src, identify(src))
+            info = read(src, identify(src))
     except KeishikiError as exc:
-        return str(exc)
+        ctx.report.errors.append(str(exc))
+        return
     except Exception as exc:  # a reader bug is still not a verdict of "safe"
-        return f"{path}: could not be parsed ({type(exc).__name__})"
-    return None
+        ctx.report.errors.append(f"{path}: could not be parsed ({type(exc).__name__})")
+        return
+    t7 = info.details.get("torch7", {}) if info.format == "torch7" else {}
+    for fn in t7.get("functions", []):
+        ctx.finding("", None, "lua-function", fn["path"], "unknown",
+                    f"Lua bytecode ({fn['bytecode_bytes']} bytes): Lua torch.load loads it "
+                    "as code; keishiki cannot judge what it does")
+    if t7.get("n_functions", 0) > len(t7.get("functions", [])):
+        ctx.finding("", None, "lua-function", "...", "unknown",
+                    f"{t7['n_functions'] - len(t7['functions'])} more Lua functions")
 
 
 def scan_file(path: Path, explicit: bool = True) -> FileReport:
@@ -290,11 +302,7 @@ def _scan_top(ctx: _Ctx, path: Path, view, fh: BinaryIO, explicit: bool) -> str:
         return kind
     fmt = _identify(path)
     if fmt:
-        # a data-only format: nothing in it runs when loaded, but a container keishiki
-        # cannot parse is "could not scan" (exit 2), never a clean bill of health
-        broken = _container_error(path)
-        if broken:
-            report.errors.append(broken)
+        _read_container(ctx, path)
         return fmt
     if explicit:
         report.errors.append(f"{path}: not a pickle, archive or model file keishiki "
