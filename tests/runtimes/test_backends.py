@@ -150,3 +150,28 @@ print(json.dumps([llm.backend, [m for m in ("torch", "transformers") if m in sys
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["onnxruntime", []]
+
+
+def test_torchscript_with_a_file_op_is_refused_unless_trusted(tiny_ts, tiny_llama, tmp_path):
+    """``torch.jit.load`` runs the archive's code in forward: a file op found by the scanner
+    stops the load (UnsafeFile, exit 1) until the caller trusts the file."""
+    import zipfile
+
+    from keishiki.errors import UnsafeFile
+    from keishiki.runtimes import LLM
+    from tests.conftest import run_cli
+
+    evil = tmp_path / "model.pt"
+    with zipfile.ZipFile(tiny_ts / "model.pt") as src, zipfile.ZipFile(evil, "w") as out:
+        for item in src.infolist():
+            out.writestr(item, src.read(item))
+        root = src.namelist()[0].split("/")[0]
+        out.writestr(f"{root}/code/__torch__/evil.py",
+                     "def f(x: Tensor) -> Tensor:\n  return torch.from_file('/etc/passwd')\n")
+    with pytest.raises(UnsafeFile, match=r"torch\.from_file.*trust_remote_code"):
+        LLM(model=evil, tokenizer=tiny_llama, backend="torchscript")
+    code, _out, err = run_cli("run", evil, "--tokenizer", tiny_llama, "-p", "hi", "-n", "1")
+    assert code == 1 and "unsafe" in err and err.count("\n") == 1
+    trusted = LLM(model=evil, tokenizer=tiny_llama, backend="torchscript",
+                  trust_remote_code=True)
+    assert trusted.backend == "torchscript"

@@ -30,6 +30,9 @@ def run(
     chat: bool = typer.Option(False, "--chat", help="Wrap each prompt as a user message in "
                                                     "the tokenizer's chat template."),
     dtype: str = typer.Option(None, "--dtype", help="auto, float32, float16, bfloat16."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the model folder's own code (transformers, "
+        "vLLM) and TorchScript that scan rates dangerous."),
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Generate from MODEL (vLLM's sampling options); one prompt streams as it is generated."""
@@ -44,7 +47,8 @@ def run(
         raise InvalidRequest("no prompt: give one or more -p PROMPT")
     if any(not p for p in prompt):
         raise InvalidRequest("a prompt is empty: give some text to continue")
-    llm = LLM(model=str(model), backend=backend, tokenizer=tokenizer, dtype=dtype, seed=seed)
+    llm = LLM(model=str(model), backend=backend, tokenizer=tokenizer, dtype=dtype, seed=seed,
+              trust_remote_code=trust_remote_code)
     stream = len(prompt) == 1 and not json_out
     on_text = (lambda _req, _idx, delta: write_text(delta)) \
         if stream else None

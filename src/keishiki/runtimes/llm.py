@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence as Seq
 
 import numpy as np
 
-from ..errors import InvalidRequest, RuntimeUnavailable
+from ..errors import InvalidRequest, RuntimeUnavailable, UnsafeFile
 from .base import Backend, Sequence
 from .outputs import CompletionOutput, RequestOutput
 from .params import SamplingParams
@@ -34,7 +34,8 @@ class LLM:
         backend: ``auto``, ``torch``, ``onnxruntime``, ``torchscript`` or ``vllm``.
         dtype: ``auto``/None, ``float32``, ``float16``, ``bfloat16`` (torch and vLLM).
         seed: seeds the generator of requests whose SamplingParams has no seed.
-        trust_remote_code: let transformers/vLLM run the model folder's own code.
+        trust_remote_code: let transformers/vLLM run the model folder's own code, and load a
+            TorchScript file that ``keishiki scan`` rates dangerous (file ops in its code).
         tensor_parallel_size, pipeline_parallel_size: passed to vLLM.
         max_model_len: cap on prompt + output length (default: the model's).
         max_num_seqs: most sequences decoded in one batch.
@@ -45,6 +46,7 @@ class LLM:
 
     Raises:
         InvalidRequest: missing path, a format that cannot generate, bad arguments.
+        UnsafeFile: a TorchScript file the scanner rates dangerous, without trust_remote_code.
         RuntimeUnavailable: the engine cannot run here (no vLLM / GPU, no tokenizer).
         MissingDependency: the engine's library is not installed.
     """
@@ -104,6 +106,7 @@ class LLM:
         if choice.backend == "torchscript":
             from .torchscript_backend import TorchScriptBackend
 
+            _refuse_dangerous(choice.model_file, trust_remote_code)
             return TorchScriptBackend(choice.model_file, config, device=device)
         from .vllm_backend import VllmBackend
 
@@ -284,3 +287,18 @@ def _read_config(folder: Path) -> dict:
         return json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _refuse_dangerous(path: Path, trust: bool) -> None:
+    """Scan a file that ``torch.jit.load`` would load (its code runs in ``forward``) and refuse
+    it when the scan finds a dangerous call, unless the caller trusts it.  TorchScript code
+    is always rated ``unknown`` (it is code); only ``dangerous`` findings stop the load."""
+    if trust:
+        return
+    from ..scan import scan
+
+    worst = [f for f in scan(path).findings if f.severity == "dangerous"]
+    if worst:
+        where = f"{worst[0].member}: " if worst[0].member else ""
+        raise UnsafeFile(path, f"{where}{worst[0].global_ or worst[0].opcode}: {worst[0].reason} "
+                         f"(trust_remote_code=True / --trust-remote-code runs it anyway)")
