@@ -397,3 +397,15 @@ def test_torch7_lua_function_is_named_not_passed_as_data():
     assert "218 bytes" in finding.reason
     assert keishiki.scan(corpus_path("torch7_binary/python-torchfile/floattensor.t7")).verdict \
         == "safe"
+
+
+def test_zip_end_record_spanning_disks_does_not_hide_the_pickle(tmp_path):
+    """zipfile.is_zipfile raises (not returns False) for a zip64 locator naming two disks;
+    the pickle in front of such a trailer is still read and its payload still named."""
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 2)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0, 0, 0, 0, 0)
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x04true\x85R." + locator + end)
+    rep = keishiki.scan(path)
+    assert rep.verdict == "dangerous"
+    assert "os.system" in {f.global_ for f in rep.findings}

@@ -140,7 +140,7 @@ def is_zip(fp: BinaryIO) -> bool:
     """True when ``fp`` has a zip end-of-central-directory record."""
     try:
         return zipfile.is_zipfile(fp)
-    except (OSError, ValueError):
+    except ZIP_ERRORS:  # is_zipfile itself raises BadZipFile for a "spans disks" record
         return False
 
 
