@@ -175,3 +175,72 @@ def test_torchscript_with_a_file_op_is_refused_unless_trusted(tiny_ts, tiny_llam
     trusted = LLM(model=evil, tokenizer=tiny_llama, backend="torchscript",
                   trust_remote_code=True)
     assert trusted.backend == "torchscript"
+
+
+def _transformers_logprobs(tiny_llama, ids):
+    """log_softmax of transformers' own full-sequence logits: the reference."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    return torch.log_softmax(logits, dim=-1).numpy()
+
+
+def test_next_token_logits_match_transformers_on_every_backend(llms, tiny_llama):
+    import numpy as np
+    import torch
+
+    from keishiki.errors import InvalidRequest
+
+    ids = llms["torch"].tokenizer.encode(PROMPTS[1])
+    expected = _transformers_logprobs(tiny_llama, ids)
+    for name, llm in llms.items():
+        rows = llm.next_token_logits(ids)
+        assert rows.shape == expected.shape, name
+        got = torch.log_softmax(torch.from_numpy(rows).double(), dim=-1).numpy()
+        assert np.max(np.abs(got - expected)) < 1e-4, name
+    with pytest.raises(InvalidRequest, match="token id 99999 is outside"):
+        llms["torch"].next_token_logits([1, 99999])
+
+
+def test_logprobs_and_prompt_logprobs_as_vllm_returns_them(llms, tiny_llama):
+    """Greedy: each step's chosen token has rank 1, the top-k dict holds k (+ chosen) entries
+    in logprob order, the values are transformers' raw log-softmax (temperature does not
+    change them, as in vLLM's raw_logprobs mode), and cumulative_logprob is their sum."""
+    import numpy as np
+
+    from keishiki.runtimes.outputs import Logprob
+
+    prompt = PROMPTS[2]
+    llm = llms["onnxruntime"]
+    out = llm.generate([prompt], GREEDY.clone(logprobs=3, prompt_logprobs=2))[0]
+    first = out.outputs[0]
+    assert len(first.logprobs) == len(first.token_ids) == 12
+    full = out.prompt_token_ids + first.token_ids
+    expected = _transformers_logprobs(tiny_llama, full)
+    total = 0.0
+    for step, (token, logprobs) in enumerate(zip(first.token_ids, first.logprobs)):
+        assert isinstance(logprobs[token], Logprob) and logprobs[token].rank == 1
+        assert len(logprobs) == 3
+        row = expected[len(out.prompt_token_ids) - 1 + step]
+        assert [tid for tid in logprobs] == list(np.argsort(-row)[:3])
+        for tid, lp in logprobs.items():
+            assert abs(lp.logprob - row[tid]) < 1e-4
+            assert lp.decoded_token == llm.tokenizer.decode([tid], False)
+        total += logprobs[token].logprob
+    assert abs(first.cumulative_logprob - total) < 1e-9
+    # prompt_logprobs: None, then each prompt token given the ones before it
+    assert out.prompt_logprobs[0] is None
+    assert len(out.prompt_logprobs) == len(out.prompt_token_ids)
+    for i, step in enumerate(out.prompt_logprobs[1:], start=1):
+        token = out.prompt_token_ids[i]
+        assert token in step and len(step) in (2, 3)
+        assert abs(step[token].logprob - expected[i - 1][token]) < 1e-4
+        assert step[token].rank == 1 + int(np.sum(expected[i - 1] > expected[i - 1][token]
+                                                  + 1e-9))
+    # sampled, not greedy: the chosen token is still in each dict, with its own rank
+    sampled = llm.generate([prompt], SAMPLED.clone(logprobs=0))[0].outputs[0]
+    assert all(list(d) == [t] for d, t in zip(sampled.logprobs, sampled.token_ids))
+    assert llm.generate([prompt], GREEDY)[0].outputs[0].logprobs is None

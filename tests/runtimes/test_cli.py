@@ -105,3 +105,28 @@ def test_bench_errors(tiny_llama, tmp_path):
     assert "cannot generate text" in _error("bench", tiny_llama / "model.safetensors")
     assert "not a causal language model graph" in _error("bench", corpus_path(NON_LM_ONNX),
                                                          "--repeats", "1")
+
+
+def test_run_logprobs_text_and_json(tiny_onnx, llms):
+    code, out, err = run_cli("run", tiny_onnx, "-p", "Hello", "-t", "0", "-n", "3",
+                             "--logprobs", "2", "--prompt-logprobs", "1", "--json")
+    assert code == 0, err
+    [request] = json.loads(out)["outputs"]
+    completion = request["outputs"][0]
+    reference = llms["onnxruntime"].generate(
+        ["Hello"], __import__("keishiki").SamplingParams(temperature=0, max_tokens=3,
+                                                         logprobs=2))[0].outputs[0]
+    assert completion["token_ids"] == reference.token_ids
+    for step, token in zip(completion["logprobs"], completion["token_ids"]):
+        assert step[str(token)]["rank"] == 1 and len(step) == 2  # JSON keys are strings
+    assert abs(completion["cumulative_logprob"] - reference.cumulative_logprob) < 1e-6
+    assert request["prompt_logprobs"][0] is None
+    assert len(request["prompt_logprobs"]) == len(request["prompt_token_ids"])
+    code, out, err = run_cli("run", tiny_onnx, "-p", "Hello", "-t", "0", "-n", "3",
+                             "--logprobs", "1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].startswith("--- logprobs (cumulative ") and len(lines) == 5
+    assert all(" rank 1" in line for line in lines[2:])
+    code, _, err = run_cli("run", tiny_onnx, "-p", "Hello", "--logprobs", "-2")
+    assert code == 2 and "logprobs must be None or a non-negative integer" in err

@@ -32,6 +32,8 @@ def test_defaults_are_vllms():
     ({"temperature": float("nan")}, "temperature must be non-negative"),
     ({"stop": [""]}, "stop must be non-empty strings"),
     ({"stop_token_ids": [-1]}, "stop_token_ids must be non-negative"),
+    ({"logprobs": -1}, "logprobs must be None or a non-negative integer, got -1"),
+    ({"prompt_logprobs": 2.5}, "prompt_logprobs must be None or a non-negative integer"),
 ])
 def test_validation_messages(kwargs, message):
     with pytest.raises(InvalidRequest) as info:
@@ -40,6 +42,17 @@ def test_validation_messages(kwargs, message):
 
 
 LOGITS = np.log(np.array([0.05, 0.4, 0.3, 0.15, 0.1]))
+
+
+def test_top_logprobs_ranks_and_values():
+    from keishiki.runtimes.sampling import top_logprobs
+
+    got = top_logprobs(LOGITS + 7.0, 0, 2)  # a shift changes no log-probability
+    assert list(got) == [0, 1, 2]  # the chosen token first, then the top 2 in order
+    assert got[0][1] == 5 and got[1][1] == 1 and got[2][1] == 2
+    assert np.allclose([got[t][0] for t in (0, 1, 2)], np.log([0.05, 0.4, 0.3]))
+    assert list(top_logprobs(LOGITS, 1, 0)) == [1]
+    assert len(top_logprobs(LOGITS, 3, 50)) == 5  # k beyond the vocabulary: all of it
 
 
 def test_greedy_and_filters_that_leave_one_token_pick_the_argmax():

@@ -24,7 +24,8 @@ def test_sampling_kwargs_map_one_to_one():
                       "repetition_penalty": 1.1, "presence_penalty": 0.0,
                       "frequency_penalty": 0.0, "seed": 7, "max_tokens": 32, "stop": ["###"],
                       "stop_token_ids": [5], "ignore_eos": True, "skip_special_tokens": True,
-                      "include_stop_str_in_output": False}
+                      "include_stop_str_in_output": False, "logprobs": None,
+                      "prompt_logprobs": None}
     assert sampling_kwargs(SamplingParams(top_k=40))["top_k"] == 40
     assert sampling_kwargs(SamplingParams())["stop"] is None
 
@@ -33,6 +34,9 @@ class _FakeCompletion:
     def __init__(self, index):
         self.index, self.text, self.token_ids = index, f"text{index}", [10 + index, 11]
         self.finish_reason, self.stop_reason = "length", None
+        lp = types.SimpleNamespace
+        self.logprobs = [{10 + index: lp(logprob=-0.5, rank=1, decoded_token="x")},
+                         {11: lp(logprob=-1.5, rank=2, decoded_token="y")}]
 
 
 def _fake_vllm(calls):
@@ -49,7 +53,9 @@ def _fake_vllm(calls):
 
         def generate(self, prompts, params, use_tqdm=True):
             calls["generate"] = (prompts, [p.kwargs for p in params])
-            return [types.SimpleNamespace(outputs=[_FakeCompletion(i) for i in range(p.kwargs["n"])])
+            first = {7: types.SimpleNamespace(logprob=-2.0, rank=3, decoded_token="z")}
+            return [types.SimpleNamespace(outputs=[_FakeCompletion(i) for i in range(p.kwargs["n"])],
+                                          prompt_logprobs=[None, first])
                     for p in params]
 
     module.SamplingParams, module.LLM = SamplingParamsFake, LLMFake
@@ -76,6 +82,16 @@ def test_adapter_with_a_fake_vllm(tiny_llama, monkeypatch):
     assert params[0]["n"] == 2 and params[0]["temperature"] == 0.5 and params[0]["seed"] == 1
     assert [c.text for c in out[1].outputs] == ["text0", "text1"]
     assert out[0].outputs[1].token_ids == [11, 11]
+    # vLLM's logprobs come back as keishiki's Logprob, decoded by keishiki's tokenizer
+    out = llm.generate(["Hello"], SamplingParams(logprobs=1, prompt_logprobs=1))[0]
+    assert calls["generate"][1][0]["logprobs"] == 1
+    assert calls["generate"][1][0]["prompt_logprobs"] == 1
+    first = out.outputs[0]
+    assert [(lp.logprob, lp.rank) for step in first.logprobs for lp in step.values()] == \
+        [(-0.5, 1), (-1.5, 2)]
+    assert first.cumulative_logprob == -2.0
+    assert first.logprobs[1][11].decoded_token == llm.tokenizer.decode([11], False)
+    assert out.prompt_logprobs[0] is None and out.prompt_logprobs[1][7].rank == 3
 
 
 def test_without_vllm_is_a_clear_error(tiny_llama, monkeypatch):

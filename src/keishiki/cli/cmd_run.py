@@ -30,6 +30,10 @@ def run(
     chat: bool = typer.Option(False, "--chat", help="Wrap each prompt as a user message in "
                                                     "the tokenizer's chat template."),
     dtype: str = typer.Option(None, "--dtype", help="auto, float32, float16, bfloat16."),
+    logprobs: int = typer.Option(None, "--logprobs", help="Log-probabilities of the K most "
+                                 "likely tokens at each generated step (0: the chosen one)."),
+    prompt_logprobs: int = typer.Option(None, "--prompt-logprobs",
+                                        help="The same for each prompt token (--json only)."),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Run the model folder's own code (transformers, "
         "vLLM) and TorchScript that scan rates dangerous."),
@@ -42,7 +46,8 @@ def run(
     # check the request before loading anything: bad input fails fast
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
-                            seed=seed, stop=list(stop or [])).validate()
+                            seed=seed, stop=list(stop or []), logprobs=logprobs,
+                            prompt_logprobs=prompt_logprobs).validate()
     if not prompt:
         raise InvalidRequest("no prompt: give one or more -p PROMPT")
     if any(not p for p in prompt):
@@ -68,7 +73,22 @@ def run(
     else:
         for out in outs:
             write_text(f"--- {out.prompt}\n{out.outputs[0].text}\n")
+    if logprobs is not None:
+        for out in outs:
+            _write_logprobs(out.outputs[0])
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     sys.stderr.write(f"[{llm.backend}: {llm.backend_reason}; {tokens} tokens in "
                      f"{seconds:.2f} s, load {llm.load_seconds:.2f} s]\n")
     return 0
+
+
+def _write_logprobs(completion) -> None:
+    """One line per generated token: the token, its log-probability and rank, then the
+    other most likely tokens."""
+    write_text(f"--- logprobs (cumulative {completion.cumulative_logprob:.4f})\n")
+    for token, step in zip(completion.token_ids, completion.logprobs or []):
+        chosen = step[token]
+        others = ", ".join(f"{lp.decoded_token!r} {lp.logprob:.3f}" for tid, lp in step.items()
+                           if tid != token)
+        write_text(f"{chosen.decoded_token!r:>16} {chosen.logprob:9.4f}  rank {chosen.rank:<4}"
+                   + (f"  | {others}" if others else "") + "\n")

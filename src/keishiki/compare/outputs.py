@@ -8,8 +8,8 @@ TorchScript).  The prompt is tokenized once, with A's tokenizer, and both get th
 2. Logits: both are fed A's tokens (teacher forcing) through the engine's forward step, so a
    single early divergence does not hide how close the rest is; ``max_abs_diff`` is over
    every step's last-position logits and ``max_rel_diff = max_abs_diff / max|logits_A|``.
-   This uses the backends' ``_forward`` step (``LoopBackend``); engines without one (vLLM)
-   compare tokens only.
+   This uses :meth:`keishiki.LLM.next_token_logits`; engines without it (vLLM) compare
+   tokens only.
 
 Passed: tokens equal and ``max_abs_diff <= atol + rtol * max|logits_A|`` where atol defaults
 to the converter's run-both tolerance for the weights' dtype (1e-4 for float32).
@@ -63,26 +63,16 @@ def _load(model: ModelInfo):
         raise InvalidRequest(f"cannot compare outputs: {exc}") from None
 
 
-def _teacher_forced(llm, prompt_ids: list[int], tokens: list[int]) -> list[np.ndarray] | None:
-    """Last-position logits after the prompt and after each of ``tokens`` but the last."""
-    engine = llm._engine
-    forward = getattr(engine, "_forward", None)
-    if forward is None or not callable(forward):
-        return None
-    ids = np.array([prompt_ids], dtype=np.int64)
-    mask = np.ones_like(ids)
-    positions = np.arange(ids.shape[1], dtype=np.int64)[None, :]
+def _teacher_forced(llm, prompt_ids: list[int], tokens: list[int]) -> np.ndarray | None:
+    """Last-position logits after the prompt and after each of ``tokens`` but the last
+    (``[len(tokens), vocab]``), or None for an engine that does not expose logits (vLLM)."""
+    from ..errors import RuntimeUnavailable
+
     try:
-        logits, state = forward(None, ids, mask, positions)
-    except NotImplementedError:
+        rows = llm.next_token_logits(prompt_ids + tokens[:-1])
+    except RuntimeUnavailable:
         return None
-    steps = [np.asarray(logits, dtype=np.float32)[0].copy()]
-    for token in tokens[:-1]:
-        mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
-        positions = np.array([[mask.shape[1] - 1]], dtype=np.int64)
-        logits, state = forward(state, np.array([[token]], dtype=np.int64), mask, positions)
-        steps.append(np.asarray(logits, dtype=np.float32)[0].copy())
-    return steps
+    return rows[len(prompt_ids) - 1:]
 
 
 def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,

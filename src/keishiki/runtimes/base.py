@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from .params import SamplingParams
-from .sampling import sample_token
+from .sampling import sample_token, top_logprobs
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Sequence:
     text: str | None = None          # set by backends that detokenize themselves (vLLM)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    logprobs: list[dict[int, tuple[float, int]]] | None = None  # per output token
+    prompt_logprobs: list[dict[int, tuple[float, int]] | None] | None = None  # vLLM fills it
     started_at: float = 0.0
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -119,6 +121,31 @@ class LoopBackend(Backend):
         position's logits ``[batch, vocab]`` and the new state."""
         raise NotImplementedError
 
+    def next_token_logits(self, token_ids: list[int]) -> np.ndarray:
+        """Teacher-forced logits: row ``i`` is the model's next-token logits after
+        ``token_ids[:i + 1]``, shape ``[len(token_ids), vocab]`` (float32).  The prompt is
+        fed one token at a time through the cache, the way decoding sees it.
+
+        Raises:
+            InvalidRequest: empty ``token_ids``, or an id outside the vocabulary.
+        """
+        if not token_ids:
+            raise InvalidRequest("no token ids to score")
+        bad = [t for t in token_ids if t < 0 or (self.vocab_size and t >= self.vocab_size)]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the model's vocabulary "
+                                 f"({self.vocab_size})")
+        ids = np.asarray([token_ids], dtype=np.int64)
+        logits, state = self._forward(None, ids[:, :1], np.ones((1, 1), np.int64),
+                                      np.zeros((1, 1), np.int64))
+        rows = [np.asarray(logits, dtype=np.float32)[0].copy()]
+        for i in range(1, ids.shape[1]):
+            mask = np.ones((1, i + 1), dtype=np.int64)
+            logits, state = self._forward(state, ids[:, i:i + 1], mask,
+                                          np.array([[i]], dtype=np.int64))
+            rows.append(np.asarray(logits, dtype=np.float32)[0].copy())
+        return np.stack(rows)
+
     def _run_impl(self, seqs: list[Sequence]) -> Iterator[list[Sequence]]:
         size = self.max_batch if self.batchable else 1
         for start in range(0, len(seqs), size):
@@ -141,6 +168,10 @@ class LoopBackend(Backend):
                     continue
                 token = sample_token(logits[row], seq.params, seq.rng, seq.prompt_ids,
                                      seq.output_ids)
+                if seq.params.logprobs is not None:
+                    if seq.logprobs is None:
+                        seq.logprobs = []
+                    seq.logprobs.append(top_logprobs(logits[row], token, seq.params.logprobs))
                 seq.add(token)
                 next_ids[row, 0] = token
             yield group

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..errors import InvalidRequest, RuntimeUnavailable, UnsafeFile
 from .base import Backend, Sequence
-from .outputs import CompletionOutput, RequestOutput
+from .outputs import CompletionOutput, Logprob, RequestOutput
 from .params import SamplingParams
-from .sampling import make_rng
+from .sampling import make_rng, top_logprobs
 from .select import choose
 from .tokenizer import Tokenizer, find_tokenizer_dir
 
@@ -166,6 +166,22 @@ class LLM:
         ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in rendered]
         return self._generate_ids(rendered, ids, params, on_text)
 
+    def next_token_logits(self, token_ids: Seq[int]) -> np.ndarray:
+        """Teacher-forced next-token logits (keishiki's addition): row ``i`` is what the
+        model predicts after ``token_ids[:i + 1]``, shape ``[len(token_ids), vocab]``.  The
+        same numbers ``prompt_logprobs`` is computed from; ``keishiki compare`` uses it to
+        compare two formats of one model position by position.
+
+        Raises:
+            InvalidRequest: empty ids or an id outside the vocabulary.
+            RuntimeUnavailable: the engine has no step-by-step forward (vLLM).
+        """
+        scorer = getattr(self._engine, "next_token_logits", None)
+        if scorer is None:
+            raise RuntimeUnavailable(f"backend {self.backend!r} does not expose its logits; "
+                                     f"use prompt_logprobs in SamplingParams instead")
+        return scorer([int(t) for t in token_ids])
+
     # -- internals ---------------------------------------------------------------------
 
     def _params_per_prompt(self, sampling_params, count: int) -> list[SamplingParams]:
@@ -230,14 +246,37 @@ class LLM:
                                  metrics={"backend": self.backend}) for i in range(len(ids))]
         for seq, tracker in zip(seqs, trackers):
             text = tracker.final_text(seq)
+            logprobs = None if seq.logprobs is None else \
+                [self._logprob_dict(d) for d in seq.logprobs[:len(seq.output_ids)]]
+            cumulative = None if logprobs is None else \
+                sum(step[t].logprob for step, t in zip(logprobs, seq.output_ids) if t in step)
             results[seq.request].outputs.append(CompletionOutput(
-                seq.index, text, list(seq.output_ids), finish_reason=seq.finish_reason,
+                seq.index, text, list(seq.output_ids), cumulative_logprob=cumulative,
+                logprobs=logprobs, finish_reason=seq.finish_reason,
                 stop_reason=seq.stop_reason))
+            result = results[seq.request]
+            if seq.index == 0 and seq.params.prompt_logprobs is not None:
+                raw = seq.prompt_logprobs if seq.prompt_logprobs is not None else \
+                    self._prompt_logprobs(seq.prompt_ids, seq.params.prompt_logprobs)
+                result.prompt_logprobs = [None if d is None else self._logprob_dict(d)
+                                          for d in raw]
             metrics = results[seq.request].metrics
             if seq.first_token_at is not None:
                 metrics.setdefault("first_token_s", seq.first_token_at - seq.started_at)
                 metrics.setdefault("decode_s", seq.last_token_at - seq.first_token_at)
         return results
+
+
+    def _prompt_logprobs(self, prompt_ids: list[int], k: int) -> list:
+        """vLLM's prompt_logprobs: None for the first token, then each prompt token's
+        ``{id: (logprob, rank)}`` given the tokens before it."""
+        rows = self.next_token_logits(prompt_ids)
+        return [None] + [top_logprobs(rows[i - 1], prompt_ids[i], k)
+                         for i in range(1, len(prompt_ids))]
+
+    def _logprob_dict(self, raw: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
+        return {tid: Logprob(lp, rank, self.tokenizer.decode([tid], False))
+                for tid, (lp, rank) in raw.items()}
 
 
 class _TextTracker:

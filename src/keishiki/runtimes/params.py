@@ -28,6 +28,11 @@ class SamplingParams:
         stop_token_ids: token ids that end generation (kept in ``token_ids``).
         ignore_eos: keep generating past the end-of-sequence token.
         skip_special_tokens: leave special tokens out of the decoded text.
+        logprobs: per generated token, return the log-probabilities of this many most
+            likely tokens plus the chosen one (0: the chosen one only; None: none).  As in
+            vLLM (``logprobs_mode="raw_logprobs"``) they come from the model's raw logits,
+            before temperature, penalties or top-p/top-k.
+        prompt_logprobs: the same for every prompt token after the first (teacher forced).
 
     Raises:
         InvalidRequest: a value is out of range (checked by :meth:`validate`).
@@ -48,6 +53,8 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +95,11 @@ class SamplingParams:
                f"seed must be an integer, got {self.seed!r}.")
         _check(all(isinstance(s, str) and s for s in self.stop),
                f"stop must be non-empty strings, got {self.stop!r}.")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and not isinstance(value, bool)
+                                     and value >= 0),
+                   f"{name} must be None or a non-negative integer, got {value!r}.")
         _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
                f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}.")
         return self

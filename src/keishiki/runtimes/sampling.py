@@ -96,3 +96,25 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
     cdf = np.cumsum(probs)
     index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     return min(index, len(probs) - 1)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """``log(softmax(logits))`` over the last axis, in float64 (stable for large logits)."""
+    work = np.asarray(logits, dtype=np.float64)
+    shifted = work - np.max(work, axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def top_logprobs(logits: np.ndarray, token: int, k: int) -> dict[int, tuple[float, int]]:
+    """``{token_id: (logprob, rank)}`` for the ``k`` most likely tokens and ``token`` (rank 1
+    is the most likely; equal values share the better rank), from the raw ``logits`` of one
+    position, as vLLM's ``raw_logprobs`` mode reports them."""
+    logp = log_softmax(logits)
+    chosen = float(logp[token])
+    out = {int(token): (chosen, int(np.count_nonzero(logp > chosen)) + 1)}
+    if k > 0:
+        k = min(k, logp.shape[-1])
+        best = np.argpartition(-logp, k - 1)[:k]
+        for rank, tid in enumerate(best[np.argsort(-logp[best], kind="stable")], start=1):
+            out.setdefault(int(tid), (float(logp[tid]), rank))
+    return out

@@ -20,7 +20,8 @@ from .params import SamplingParams
 # keishiki field -> vllm.SamplingParams keyword (the same names: vLLM's are the model)
 _SAME = ["n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
          "presence_penalty", "frequency_penalty", "seed", "max_tokens", "stop",
-         "stop_token_ids", "ignore_eos", "skip_special_tokens", "include_stop_str_in_output"]
+         "stop_token_ids", "ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
+         "logprobs", "prompt_logprobs"]
 
 
 def sampling_kwargs(params: SamplingParams) -> dict:
@@ -108,9 +109,22 @@ class VllmBackend(Backend):
             n=len(group)))) for group in requests]
         results = self.engine.generate(prompts, params, use_tqdm=False)
         for group, result in zip(requests, results):
+            prompt_logprobs = _raw_logprobs(getattr(result, "prompt_logprobs", None))
             for seq, completion in zip(group, result.outputs):
                 seq.output_ids = list(completion.token_ids)
                 seq.text = completion.text
                 seq.finish_reason = completion.finish_reason or "length"
                 seq.stop_reason = completion.stop_reason
+                seq.logprobs = _raw_logprobs(getattr(completion, "logprobs", None))
+                seq.prompt_logprobs = prompt_logprobs
         yield seqs
+
+
+def _raw_logprobs(steps) -> list | None:
+    """vLLM's ``[{token_id: Logprob}]`` (None entries kept) as keishiki's raw
+    ``[{token_id: (logprob, rank)}]``, which ``LLM`` decodes into its own Logprob."""
+    if steps is None:
+        return None
+    return [None if step is None else
+            {int(tid): (float(lp.logprob), getattr(lp, "rank", None)) for tid, lp in step.items()}
+            for step in steps]
