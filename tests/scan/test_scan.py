@@ -4,6 +4,7 @@ findings name where and why, exit codes follow the contract, and nothing ever ru
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import time
@@ -154,6 +155,7 @@ def _onnx_with_location(folder: Path, location: str) -> Path:
 @pytest.mark.parametrize("location,severity", [
     ("weights.bin", "safe"), ("../secret.bin", "dangerous"), ("/etc/passwd", "dangerous"),
     ("sub/../../x", "dangerous"), ("link.bin", "dangerous"),
+    ("weights.bin\0../../../etc/passwd", "dangerous"),  # C loaders cut at the NUL
 ])
 def test_onnx_external_data_locations(tmp_path, location, severity):
     folder = tmp_path / "m"
@@ -409,3 +411,23 @@ def test_zip_end_record_spanning_disks_does_not_hide_the_pickle(tmp_path):
     rep = keishiki.scan(path)
     assert rep.verdict == "dangerous"
     assert "os.system" in {f.global_ for f in rep.findings}
+
+
+def test_nul_in_external_data_or_shard_name_is_refused_everywhere(tmp_path):
+    """A NUL byte in a path read from the file: scan calls it dangerous, info and convert
+    refuse it in one line (pathlib's resolve() raised ValueError on it: a fuzz find)."""
+    folder = tmp_path / "m"
+    path = _onnx_with_location(folder, "weights.bin\0x")
+    (folder / "weights.bin").write_bytes(b"\0" * 8)
+    code, _out, err = run_cli("info", path)
+    assert code == 2 and "NUL byte" in err and err.count("\n") == 1
+    code, _out, err = run_cli("convert", path, tmp_path / "o.onnx", "--to", "onnx",
+                              "--no-external-data")
+    assert code == 2 and "NUL byte" in err and err.count("\n") == 1
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "model-1.safetensors\u0000../../x"}}))
+    rep = keishiki.scan(hf)
+    assert rep.verdict == "dangerous" and "NUL" in rep.findings[0].reason

@@ -80,6 +80,9 @@ def check_external_locations(model_path: Path, onnx_model) -> list[str]:
         if not uses_external_data(tensor):
             continue
         location = ExternalDataInfo(tensor).location
+        if "\0" in location:
+            raise CorruptFile(model_path, f"tensor {tensor.name!r} names external data "
+                              f"{location!r}, which holds a NUL byte (refused)")
         target = (folder / location).resolve()
         if Path(location).is_absolute() or not target.is_relative_to(folder):
             raise CorruptFile(model_path, f"tensor {tensor.name!r} points at external data "

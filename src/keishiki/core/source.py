@@ -177,6 +177,8 @@ class Source:
         root = self.path if self.is_dir else self.path.parent
         if not rel or os.path.isabs(rel) or rel.startswith(("\\", "/")) or _DRIVE.match(rel):
             raise InvalidRequest(f"{self.path}: refuses absolute or empty path {rel!r}")
+        if "\0" in rel:
+            raise InvalidRequest(f"{self.path}: refuses path {rel!r}, which holds a NUL byte")
         candidate = root / rel
         resolved = candidate.resolve()
         if not resolved.is_relative_to(root.resolve()):

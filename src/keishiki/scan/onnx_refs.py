@@ -127,6 +127,10 @@ def external_locations(buf) -> list[tuple[str, str]]:
 def judge_location(model_path: Path, location: str) -> tuple[str, str]:
     """(severity, reason) for one external-data location relative to the model file."""
     norm = location.replace("\\", "/")
+    if "\0" in location:
+        # C and C++ loaders (onnxruntime) cut the path at the NUL: what they open is not
+        # what the name shows, and nothing legitimate writes one
+        return "dangerous", f"external-data location {location!r} holds a NUL byte"
     if not location or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
         return "dangerous", f"absolute external-data location {location!r}: reads any file"
     if ".." in norm.split("/"):

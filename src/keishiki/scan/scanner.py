@@ -369,6 +369,11 @@ def _check_shard_index(path: Path, rep: FileReport) -> None:
         return
     folder = path.parent.resolve()
     for shard in shards:
+        if "\0" in shard:
+            rep.add(Finding(str(path), "", None, "shard-index", shard, "dangerous",
+                            f"weight_map names {shard!r}, which holds a NUL byte (C loaders "
+                            f"cut the path there)"))
+            continue
         target = (path.parent / shard).resolve()
         if os.path.isabs(shard) or ".." in Path(shard).parts or not target.is_relative_to(folder):
             rep.add(Finding(str(path), "", None, "shard-index", shard, "dangerous",
