@@ -50,11 +50,12 @@ SETTINGS = settings(max_examples=_DEEP or 400, derandomize=not _DEEP, deadline=N
 def _small_corpus_files(limit: int = 400_000) -> list[Path]:
     if not CORPUS.exists():
         return []
-    picked: dict[str, Path] = {}
+    picked: dict[tuple, Path] = {}
     for path in sorted(CORPUS.rglob("*")):
         if path.is_file() and path.stat().st_size <= limit and path.suffix not in (
                 ".md", ".py", ".json", ".sh", ".txt", ".inp", ".out"):
-            picked.setdefault(path.relative_to(CORPUS).parts[0], path)
+            # one per format folder and source (about two dozen): every reader gets mutants
+            picked.setdefault(path.relative_to(CORPUS).parts[:2], path)
     return list(picked.values())
 
 
