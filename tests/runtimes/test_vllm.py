@@ -107,9 +107,10 @@ def test_without_gpu_is_a_clear_error(tiny_llama, monkeypatch):
         VllmBackend(tiny_llama)
 
 
-def test_architecture_outside_the_registry_is_named_not_refused(tmp_path, monkeypatch):
-    """The installed vLLM's own registry decides (it is newer than any shipped list), and an
-    architecture it lacks still runs through vLLM's Transformers backend: a note, no error."""
+def test_unsupported_architecture_is_named(tmp_path, monkeypatch):
+    """The installed vLLM's own registry decides (it is newer than any shipped list); an
+    architecture outside it is refused by name unless the user picks vLLM's Transformers
+    backend (model_impl='transformers')."""
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["TinyNetForMagic"]}))
     calls: dict = {}
     fake = _fake_vllm(calls)
@@ -118,15 +119,18 @@ def test_architecture_outside_the_registry_is_named_not_refused(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "vllm", fake)
     monkeypatch.setattr(vllm_backend, "available", lambda name: True)
     monkeypatch.setattr(vllm_backend, "cuda_available", lambda: True)
-    assert not any("not native" in d for d in VllmBackend(tmp_path).details)
+    assert VllmBackend(tmp_path).name == "vllm"  # the shipped list (0.14) lacks it: ignored
     fake.ModelRegistry = types.SimpleNamespace(get_supported_archs=lambda: {"LlamaForCausalLM"})
-    backend = VllmBackend(tmp_path)
-    assert "TinyNetForMagic is not native in vLLM 0.33.0: vLLM falls back to its " \
-        "Transformers backend (slower)" in backend.details
+    with pytest.raises(RuntimeUnavailable, match="TinyNetForMagic is not on vLLM 0.33.0's "
+                                                 "supported list.*model_impl='transformers'"):
+        VllmBackend(tmp_path)
+    VllmBackend(tmp_path, model_impl="transformers")
+    assert calls["engine"]["model_impl"] == "transformers"
     del fake.ModelRegistry  # an older vLLM without the API: the shipped list answers
     monkeypatch.setattr(vllm_backend, "supported_architectures",
                         lambda: ("0.14", {"LlamaForCausalLM"}))
-    assert any("not native in vLLM 0.14" in d for d in VllmBackend(tmp_path).details)
+    with pytest.raises(RuntimeUnavailable, match="TinyNetForMagic is not on vLLM 0.14"):
+        VllmBackend(tmp_path)
 
 
 def test_shipped_list_when_present():

@@ -47,29 +47,30 @@ def supported_architectures() -> tuple[str | None, set[str] | None]:
         return None, None
 
 
-def check_supported(model_dir: Path, registry=None, installed: str | None = None) -> str | None:
-    """A note when the model's architecture is not one vLLM implements natively, else None.
+def check_supported(model_dir: Path, registry=None, installed: str | None = None) -> None:
+    """Raise RuntimeUnavailable naming the architecture when vLLM does not implement it.
 
     ``registry`` is the installed ``vllm.ModelRegistry`` (the truth for that version,
-    ``installed``); the shipped list stands in when it is absent.  vLLM runs other architectures through its
-    Transformers backend (``model_impl="auto"``), so this informs and never refuses.
+    ``installed``); the shipped list stands in when it is absent.  vLLM could still run
+    such a model through its Transformers backend, which is slower and a choice the user
+    makes: ``model_impl="transformers"`` skips this check.
     """
     version, archs = supported_architectures()
     if registry is not None and hasattr(registry, "get_supported_archs"):
         try:
-            archs = set(registry.get_supported_archs())
-            version = installed
+            archs, version = set(registry.get_supported_archs()), installed
         except Exception:  # an API change in vLLM must not stop the load: keep the list
             pass
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError):
-        return None
+        return
     model_archs = config.get("architectures") or []
     if archs and model_archs and not any(a in archs for a in model_archs):
-        return (f"{', '.join(model_archs)} is not native in vLLM {version or ''}: vLLM "
-                f"falls back to its Transformers backend (slower)")
-    return None
+        raise RuntimeUnavailable(
+            f"{model_dir}: architecture {', '.join(model_archs)} is not on vLLM "
+            f"{version or ''}'s supported list; use backend='torch' (or convert to ONNX), or "
+            f"pass model_impl='transformers' to run it through vLLM's Transformers backend")
 
 
 def cuda_available() -> bool:
@@ -100,7 +101,8 @@ class VllmBackend(Backend):
                                      "use backend='torch' or 'onnxruntime' on a CPU")
         import vllm
 
-        note = check_supported(model_dir, getattr(vllm, "ModelRegistry", None), vllm.__version__)
+        if engine_kwargs.get("model_impl") != "transformers":
+            check_supported(model_dir, getattr(vllm, "ModelRegistry", None), vllm.__version__)
         self.vllm = vllm
         self.engine = vllm.LLM(
             model=str(model_dir), tokenizer=tokenizer, dtype=dtype or "auto", seed=seed,
@@ -109,8 +111,6 @@ class VllmBackend(Backend):
             trust_remote_code=trust_remote_code, **engine_kwargs)
         self.details = [f"vllm {vllm.__version__}", f"tensor_parallel_size={tensor_parallel_size}",
                         f"pipeline_parallel_size={pipeline_parallel_size}"]
-        if note:
-            self.details.append(note)
 
     def _run_impl(self, seqs: list[Sequence]):
         by_request: dict[int, list[Sequence]] = {}
