@@ -126,3 +126,32 @@ def test_scan_of_mutated_malicious_pickle_never_crashes(tail):
     scan_blob(memoryview(evil + tail), Where("x"), report, time.monotonic() + SECONDS)
     # the gadget comes before any mutation: it is always named
     assert any(f.global_ == "os.system" and f.severity == "dangerous" for f in report.findings)
+
+
+@pytest.mark.skipif(not CORPUS_FILES, reason="corpus absent")
+@SETTINGS
+@given(st.sampled_from(CORPUS_FILES), st.data())
+def test_mutated_files_load_tensor_data_or_say_why(tmp_path_factory, source, data):
+    """What convert does after inspect: read each tensor's bytes.  A damaged file gives
+    arrays or a KeishikiError, never another exception (the first 16 tensors, bounded)."""
+    from keishiki.formats import inspect
+
+    blob = bytearray(source.read_bytes())
+    for _ in range(data.draw(st.integers(1, 8))):
+        if not blob:
+            break
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    path = tmp_path_factory.mktemp("fz") / source.name
+    path.write_bytes(bytes(blob))
+    start = time.monotonic()
+    try:
+        info = inspect(path)
+        for n, lazy in enumerate(info.lazy_tensors()):
+            if n == 16:
+                break
+            arr = lazy.load()
+            assert tuple(arr.shape) == tuple(lazy.info.shape), lazy.info.name
+    except KeishikiError:
+        pass
+    assert time.monotonic() - start < SECONDS, source
