@@ -1,0 +1,71 @@
+""":func:`map_names`: runs the matchers in order (exact, gguf, prefix, value; see the package
+doc), each on what the previous ones left unpaired, and notices weights stored transposed."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from ..core.model import ModelInfo
+from .gguf import gguf_pairs
+from .names import prefix_pairs
+from .result import NameMap, TensorPair
+from .values import value_pairs
+
+
+def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
+              on_load: Callable[[str], None] | None = None) -> NameMap:
+    """Pair the tensors of ``a`` with those of ``b`` (see the package doc for the matchers).
+
+    Args:
+        a, b: models from :func:`keishiki.inspect` (any formats).
+        by_value: also pair what names cannot, by hashing tensor contents (reads data,
+            one tensor at a time; skipped for a side whose format cannot load data).
+        on_load: called with each tensor name whose data is read for hashing (progress).
+
+    Returns:
+        A :class:`NameMap`; pairs are listed in A's tensor order.
+    """
+    left = {t.name: t for t in a.tensors}
+    right = {t.name: t for t in b.tensors}
+    pairs: list[TensorPair] = []
+
+    stored_transposed = _declared_transposed(a), _declared_transposed(b)
+
+    def add(a_name: str, b_name: str, how: str, transform: str | None = None, **extra) -> None:
+        ta, tb = left.pop(a_name), right.pop(b_name)
+        if transform is None and len(ta.shape) == 2 and tb.shape == ta.shape[::-1] and (
+                ta.shape[0] != ta.shape[1] or a_name in stored_transposed[0]
+                or b_name in stored_transposed[1]):
+            # named after the parameter but stored as the MatMul operand (keishiki's ONNX
+            # export records these in its metadata; a non-square shape says so by itself)
+            transform = "transpose"
+        pairs.append(TensorPair.of(ta, tb, how, transform, extra))
+
+    for name in [n for n in left if n in right]:
+        add(name, name, "exact")
+    # GGUF names before prefixes, so that a dropped prefix never pairs an HF name with a
+    # GGUF name that merely looks like its tail
+    for a_name, b_name, transform, extra in gguf_pairs(a, b, left, right):
+        add(a_name, b_name, "gguf", transform, **extra)
+    for a_name, b_name in prefix_pairs(left, right):
+        add(a_name, b_name, "prefix")
+    if by_value and left and (right or pairs) and a.tensor_loader and b.tensor_loader:
+        value_pairs(a, b, left, right, pairs, on_load)
+
+    order = {t.name: i for i, t in enumerate(a.tensors)}
+    pairs.sort(key=lambda p: order[p.a])
+    return NameMap(str(a.path), str(b.path), a.format, b.format, pairs,
+                   list(left.values()), list(right.values()))
+
+
+def _declared_transposed(info: ModelInfo) -> set[str]:
+    """Initializers an ONNX file declares as stored transposed (metadata key written by
+    :func:`keishiki.convert.names.rename_initializers`)."""
+    from ..convert.names import TRANSPOSED_KEY
+
+    raw = (info.metadata or {}).get(TRANSPOSED_KEY)
+    try:
+        return set(json.loads(raw)) if raw else set()
+    except (TypeError, ValueError):
+        return set()
