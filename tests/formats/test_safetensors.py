@@ -88,3 +88,38 @@ def test_cli_json_and_tensors(tmp_path):
     assert data["dtypes"]["float16"] == 1 and data["n_parameters"] == 54
     code, out, _ = run_cli("tensors", p, "--json", "--filter", "[de]")
     assert [t["name"] for t in json.loads(out)] == ["d", "e"]
+
+
+def _one_tensor_file(path, code: str, shape, nbytes: int):
+    header = json.dumps({"w": {"dtype": code, "shape": shape, "data_offsets": [0, nbytes]}})
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\x01" * nbytes)
+    return path
+
+
+def test_unknown_dtype_code_is_named_not_guessed(tmp_path):
+    """"F8" is no safetensors dtype; lower-cased it would have been numpy's float64 (a fuzz
+    find: info said f8, loading crashed in reshape).  Now info shows the code as it is, and
+    reading its data is a one-line refusal, never a guess."""
+    path = _one_tensor_file(tmp_path / "w.safetensors", "F8", [6], 6)
+    info = inspect(path)
+    assert info.tensors[0].dtype == "safetensors_F8"
+    from keishiki.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="dtype safetensors_F8, which keishiki cannot"):
+        next(info.lazy_tensors()).load()
+    code, _out, err = run_cli("convert", path, tmp_path / "o.safetensors", "--to",
+                              "safetensors", "--dtype", "float16")
+    assert code == 2 and "safetensors_F8" in err and err.count("\n") == 1
+
+
+def test_loader_failure_becomes_corrupt_file_naming_the_tensor(tmp_path):
+    """Whatever a loader trips on in lying bytes, ModelInfo.load_tensor reports CorruptFile
+    with the tensor's name (the fuzz test's contract for every format)."""
+    path = _one_tensor_file(tmp_path / "w.safetensors", "F32", [2], 8)
+    info = inspect(path)
+    import dataclasses
+
+    # what a damaged index would declare: 3 elements in 8 bytes
+    info.tensors[0] = dataclasses.replace(info.tensors[0], shape=(3,))
+    with pytest.raises(CorruptFile, match="tensor 'w': ValueError: cannot reshape"):
+        next(info.lazy_tensors()).load()

@@ -134,6 +134,7 @@ def test_scan_of_mutated_malicious_pickle_never_crashes(tail):
 def test_mutated_files_load_tensor_data_or_say_why(tmp_path_factory, source, data):
     """What convert does after inspect: read each tensor's bytes.  A damaged file gives
     arrays or a KeishikiError, never another exception (the first 16 tensors, bounded)."""
+    from keishiki.core.dtypes import itemsize
     from keishiki.formats import inspect
 
     blob = bytearray(source.read_bytes())
@@ -151,7 +152,8 @@ def test_mutated_files_load_tensor_data_or_say_why(tmp_path_factory, source, dat
             if n == 16:
                 break
             arr = lazy.load()
-            assert tuple(arr.shape) == tuple(lazy.info.shape), lazy.info.name
+            if itemsize(lazy.info.dtype) is not None:  # GGML blocks come back raw
+                assert tuple(arr.shape) == tuple(lazy.info.shape), lazy.info.name
     except KeishikiError:
         pass
     assert time.monotonic() - start < SECONDS, source

@@ -69,8 +69,10 @@ _ML_DTYPES = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "fl
 
 
 def from_safetensors(code: str) -> str:
-    """safetensors dtype code (``"BF16"``) -> keishiki name; unknown codes pass through lower-cased."""
-    return _SAFETENSORS.get(code, code.lower())
+    """safetensors dtype code (``"BF16"``) -> keishiki name.  An unknown code (a newer
+    safetensors type, or a damaged header) is kept as ``safetensors_<CODE>``: lower-casing
+    it would let numpy read ``"F8"`` as float64 or ``"F4"`` as float32."""
+    return _SAFETENSORS.get(code, f"safetensors_{code}")
 
 
 class UnsupportedDtype(InvalidRequest, KeyError):

@@ -69,9 +69,42 @@ class ModelInfo:
 
             raise InvalidRequest(f"{self.path}: keishiki cannot read tensor data from "
                                  f"{self.format} files")
-        loader = self.tensor_loader
         for info in self.tensors:
-            yield LazyTensor(info, (lambda i=info: loader(i)))
+            yield LazyTensor(info, (lambda i=info: self.load_tensor(i)))
+
+    def load_tensor(self, info: TensorInfo) -> np.ndarray:
+        """Read one tensor's data through the format's loader, checked: a damaged file's
+        failure (numpy refusing a shape, an unknown dtype code, a short read) becomes
+        CorruptFile naming the tensor, and an array whose shape is not the declared one is
+        refused rather than handed to a converter.
+
+        Raises:
+            InvalidRequest: the format has no loader.
+            CorruptFile: the bytes cannot be the declared tensor.
+        """
+        from ..errors import CorruptFile, InvalidRequest, KeishikiError
+        from . import dtypes
+
+        if self.tensor_loader is None:
+            raise InvalidRequest(f"{self.path}: keishiki cannot read tensor data from "
+                                 f"{self.format} files")
+        try:
+            arr = self.tensor_loader(info)
+        except KeishikiError:
+            raise
+        except (NameError, ImportError, SyntaxError):
+            raise  # a bug in keishiki (or a missing library), not a damaged file
+        except MemoryError:
+            raise CorruptFile(self.path, f"tensor {info.name!r}: MemoryError while reading "
+                              f"(absurd sizes?)") from None
+        except Exception as exc:  # numpy, zlib, struct... on bytes that lie
+            raise CorruptFile(self.path, f"tensor {info.name!r}: {type(exc).__name__}: "
+                              f"{exc}") from None
+        # block-quantized types come back as raw blocks, whatever their logical shape
+        if dtypes.itemsize(info.dtype) is not None and tuple(arr.shape) != tuple(info.shape):
+            raise CorruptFile(self.path, f"tensor {info.name!r}: read {list(arr.shape)}, the "
+                              f"file declares {list(info.shape)}")
+        return arr
 
     def to_dict(self, with_tensors: bool = False) -> dict[str, Any]:
         """The ``info --json`` object (tensors listed only when ``with_tensors``)."""

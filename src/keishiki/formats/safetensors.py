@@ -20,7 +20,7 @@ from ..core import dtypes
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import LazyTensor, TensorInfo
-from ..errors import CorruptFile
+from ..errors import CorruptFile, InvalidRequest
 
 FORMAT = "safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors' own reader enforces
@@ -92,6 +92,9 @@ def loader_for(path: Path) -> Callable[[TensorInfo], np.ndarray]:
 
     def load(info: TensorInfo) -> np.ndarray:
         target = path if info.file is None else path.parent / info.file
+        if dtypes.itemsize(info.dtype) is None:
+            raise InvalidRequest(f"{target}: tensor {info.name!r} has dtype {info.dtype}, "
+                                 f"which keishiki cannot read")
         dtype = dtypes.to_numpy(info.dtype)
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype=dtype)

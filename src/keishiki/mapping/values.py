@@ -31,13 +31,9 @@ def load_array(model: ModelInfo, info: TensorInfo) -> np.ndarray:
     Raises:
         InvalidRequest: ``model``'s format has no tensor loader.
         MissingDependency: a quantized tensor and no ``gguf`` package.
+        CorruptFile: the bytes cannot be the declared tensor (see ModelInfo.load_tensor).
     """
-    if model.tensor_loader is None:
-        from ..errors import InvalidRequest
-
-        raise InvalidRequest(f"{model.path}: keishiki cannot read tensor data from "
-                             f"{model.format} files")
-    arr = model.tensor_loader(info)
+    arr = model.load_tensor(info)
     if GGML_QUANT.match(info.dtype):
         arr = _dequantize(arr, info)
     return arr
