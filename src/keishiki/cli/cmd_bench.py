@@ -12,7 +12,8 @@ from .render import console, human_bytes, print_json, table
 
 @app.command()
 def bench(
-    model: Path = typer.Argument(..., help="HF folder, ONNX file/folder or TorchScript file."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="HF folder, ONNX file/folder or TorchScript file."),
     backends: str = typer.Option(None, "--backends",
                                  help="Comma-separated (default for a HF folder: "
                                       "torch,onnxruntime,torchscript)."),

@@ -16,8 +16,8 @@ STYLE = {"identical": "green", "within tolerance": "yellow", "different": "red"}
 
 @app.command()
 def compare(
-    a: Path = typer.Argument(..., help="Model A, the reference (any format)."),
-    b: Path = typer.Argument(..., help="Model B (any format)."),
+    a: Path = typer.Argument(..., metavar="A", help="Model A, the reference (any format)."),
+    b: Path = typer.Argument(..., metavar="B", help="Model B (any format)."),
     atol: float = typer.Option(0.0, "--atol", help="Allowed absolute difference per element."),
     rtol: float = typer.Option(0.0, "--rtol", help="Allowed difference relative to |A|."),
     allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Tensors found on "

@@ -14,8 +14,10 @@ from .render import console, human_bytes, print_json, table
 
 @app.command()
 def convert(
-    src: Path = typer.Argument(..., help="Model file or folder (any readable format)."),
-    out: Path = typer.Argument(..., help="Output file or folder (must not exist without --force)."),
+    src: Path = typer.Argument(
+        ..., metavar="SRC", help="Model file or folder (any readable format)."),
+    out: Path = typer.Argument(
+        ..., metavar="OUT", help="Output file or folder (must not exist without --force)."),
     to: str = typer.Option(..., "--to", help="Target format: safetensors, pytorch, hf-model, "
                            "gguf, torchscript, onnx."),
     dtype: str = typer.Option(None, "--dtype", help="Cast floating weights: float16, bfloat16, "

@@ -18,7 +18,7 @@ _COMMON = {"path", "format", "variant", "format_version", "file_size", "n_tensor
 
 @app.command()
 def info(
-    path: Path = typer.Argument(..., help="Model file or folder (any format)."),
+    path: Path = typer.Argument(..., metavar="PATH", help="Model file or folder (any format)."),
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Identify PATH by its content and summarise it, without loading weights or running code."""

@@ -15,8 +15,8 @@ from .render import print_json, table
 
 @app.command(name="map")
 def map_cmd(
-    a: Path = typer.Argument(..., help="Model A (any format)."),
-    b: Path = typer.Argument(..., help="Model B (any format)."),
+    a: Path = typer.Argument(..., metavar="A", help="Model A (any format)."),
+    b: Path = typer.Argument(..., metavar="B", help="Model B (any format)."),
     no_values: bool = typer.Option(False, "--no-values", help="Pair by names only (never "
                                    "read tensor data)."),
     show: str = typer.Option("pairs", "--show", help="pairs (default) or all (also list "

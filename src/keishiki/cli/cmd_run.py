@@ -14,7 +14,8 @@ from .render import print_json, write_text
 
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="HF folder, ONNX file/folder or TorchScript file."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="HF folder, ONNX file/folder or TorchScript file."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt (repeat for more)."),
     backend: str = typer.Option("auto", "--backend", "-b",
                                 help="auto, torch, onnxruntime, torchscript or vllm."),

@@ -14,7 +14,7 @@ from .render import human_bytes, print_json, table
 
 @app.command()
 def tensors(
-    path: Path = typer.Argument(..., help="Model file or folder (any format)."),
+    path: Path = typer.Argument(..., metavar="PATH", help="Model file or folder (any format)."),
     filter: str = typer.Option(None, "--filter", "-f", help="Only names matching this glob."),
     json_out: bool = JSON_OPTION,
 ) -> int:

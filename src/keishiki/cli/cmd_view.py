@@ -13,7 +13,7 @@ from .render import console
 
 @app.command()
 def view(
-    path: Path = typer.Argument(..., help="Model file or folder (any format)."),
+    path: Path = typer.Argument(..., metavar="PATH", help="Model file or folder (any format)."),
     port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL."),
 ) -> int:
