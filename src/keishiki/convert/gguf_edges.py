@@ -20,7 +20,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, MissingDependency
 from . import gguf_names as names
 from .base import ConvertOptions, StepReport, Timer
 from .verify import ReadBack
@@ -109,9 +109,10 @@ def gguf_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
 
 
 def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
-    """Edge ``gguf -> hf-model``: config.json from the llama metadata, model.safetensors and,
-    for a gpt2-style vocabulary, tokenizer.json/tokenizer_config.json."""
-    from .gguf_vocab import write_hf_tokenizer
+    """Edge ``gguf -> hf-model``: config.json from the llama metadata, model.safetensors and
+    tokenizer.json/tokenizer_config.json (gpt2 vocabularies rebuilt, llama/SentencePiece ones
+    through transformers' GGUF loader), the tokenizer checked by encoding sample texts."""
+    from .gguf_vocab import load_gguf_tokenizer, write_hf_tokenizer
 
     st, kv = gguf_tensors(src, opts.dtype)
     if kv.get("general.architecture") != "llama":
@@ -130,9 +131,21 @@ def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    files = write_hf_tokenizer(out, kv)
-    if not files:
-        report.warnings.append("tokenizer not converted (only gpt2-style BPE vocabularies are)")
+    try:
+        files = write_hf_tokenizer(out, kv, src)
+    except MissingDependency as exc:
+        files = []
+        report.warnings.append(f"tokenizer not converted: {exc}")
+    except Exception as exc:  # transformers' loader refusing a vocabulary: the weights stand
+        files = []
+        report.warnings.append(f"tokenizer not converted: transformers could not load it ({exc})")
+    if not files and "tokenizer.ggml.tokens" in kv and not any(
+            w.startswith("tokenizer not converted") for w in report.warnings):
+        report.warnings.append(f"tokenizer not converted (tokenizer.ggml.model "
+                               f"{kv.get('tokenizer.ggml.model')!r}; gpt2 and llama are)")
+    if files and opts.verify and report.verify:
+        check_tokenizer(report, lambda: load_gguf_tokenizer(src, kv),
+                        lambda: _auto_tokenizer(out))
     report.details["files"] = ["config.json", "generation_config.json", "model.safetensors", *files]
     return report
 
@@ -273,7 +286,7 @@ def verify_gguf(out: Path, plan: list[Planned], required_keys: list[str]) -> dic
 
 def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``hf-model -> gguf``: a llama-family HF folder as a llama.cpp-loadable GGUF."""
-    from .gguf_vocab import vocab_from_hf
+    from .gguf_vocab import load_gguf_tokenizer, vocab_from_hf
     from .hf_weights import folder_tensors
 
     config = json.loads((src / "config.json").read_text())
@@ -293,9 +306,8 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             gname = t.name
         heads = names.rotary_heads(gname, hp["head_count"], hp["head_count_kv"])
         plan.append(Planned(gname, t, _pick_type(t.info, quant), heads))
-    vocab = vocab_from_hf(src, hp["vocab_size"])
-    if vocab is None:
-        warnings.append("tokenizer not converted (no byte-level BPE tokenizer.json)")
+    vocab, vocab_warnings = vocab_from_hf(src, hp["vocab_size"])
+    warnings.extend(vocab_warnings)
 
     def kv_writer(w) -> None:
         w.add_name(src.name)
@@ -312,19 +324,14 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
         w.add_rope_freq_base(hp["rope_freq_base"])
         w.add_layer_norm_rms_eps(hp["rms_eps"])
         w.add_vocab_size(hp["vocab_size"])
-        for key, setter in (("bos_token_id", w.add_bos_token_id),
-                            ("eos_token_id", w.add_eos_token_id),
-                            ("pad_token_id", w.add_pad_token_id)):
-            if isinstance(config.get(key), int):
-                setter(config[key])
-        if vocab:
-            w.add_tokenizer_model(vocab["model"])
-            w.add_tokenizer_pre(vocab["pre"])
-            w.add_token_list(vocab["tokens"])
-            w.add_token_types(vocab["token_types"])
-            w.add_token_merges(vocab["merges"])
-            if vocab["chat_template"]:
-                w.add_chat_template(vocab["chat_template"])
+        if vocab:  # special ids come with it (gguf.SpecialVocab also reads config.json)
+            vocab.add_to(w)
+        else:
+            for key, setter in (("bos_token_id", w.add_bos_token_id),
+                                ("eos_token_id", w.add_eos_token_id),
+                                ("pad_token_id", w.add_pad_token_id)):
+                if isinstance(config.get(key), int) and config[key] >= 0:
+                    setter(config[key])
 
     report = StepReport(edge="hf-model -> gguf", src=str(src), out=str(out), warnings=warnings)
     with Timer() as timer:
@@ -335,13 +342,63 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
                     "llama.rope.dimension_count", "llama.rope.freq_base",
                     "llama.attention.layer_norm_rms_epsilon"]
         if vocab:
-            required += ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"]
+            required += vocab.required_keys()
         if opts.verify:
             report.verify = verify_gguf(out, plan, required)
+            if vocab:
+                check_tokenizer(report, lambda: _auto_tokenizer(src),
+                                lambda: load_gguf_tokenizer(out, _tokenizer_flags(vocab)))
     report.n_tensors = len(plan)
     report.details.update(quant=quant, types=sorted({p.qtype for p in plan}))
+    if vocab:
+        report.details["tokenizer"] = {"model": vocab.model, "pre": vocab.pre,
+                                       "source": vocab.source, "n_tokens": len(vocab.tokens)}
     report.seconds = timer.seconds
     return report
+
+
+def _tokenizer_flags(vocab) -> dict[str, Any]:
+    """The ``tokenizer.ggml.*`` keys :func:`load_gguf_tokenizer` needs, as written."""
+    kv: dict[str, Any] = {"tokenizer.ggml.model": vocab.model}
+    for kind in ("bos", "eos"):
+        if kind in vocab.add_special:
+            kv[f"tokenizer.ggml.add_{kind}_token"] = vocab.add_special[kind]
+    return kv
+
+
+def _auto_tokenizer(folder: Path):
+    """transformers' ``AutoTokenizer`` of an HF folder (no remote code)."""
+    from .._optional import require
+
+    transformers = require("transformers", extra="hf", purpose="check the converted tokenizer")
+    return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+
+
+def check_tokenizer(report: StepReport, load_expected: Callable, load_got: Callable) -> None:
+    """Compare two tokenizers' encodings into ``report.verify["tokenizer"]``.
+
+    A difference on the strict samples fails the step's verification (a Mismatch, like a
+    tensor that differs); one where HF and llama.cpp conventions differ is a warning; a
+    tokenizer transformers cannot load is a warning (not checked), never a crash.
+    """
+    from .gguf_vocab import compare_encodings
+
+    try:
+        expected, got = load_expected(), load_got()
+    except MissingDependency as exc:
+        report.warnings.append(f"tokenizer not checked: {exc}")
+        return
+    except Exception as exc:  # transformers refusing a tokenizer: say which and go on
+        report.warnings.append(f"tokenizer not checked: transformers could not load it "
+                               f"({type(exc).__name__}: {exc})")
+        return
+    result = compare_encodings(expected, got)
+    report.verify["tokenizer"] = result
+    report.warnings.extend(f"tokenizer: {note}" for note in result["warnings"])
+    if not result["passed"]:
+        report.verify["passed"] = False
+        reasons = [report.verify.get("reason"), result["reason"]]
+        report.verify["reason"] = "; ".join(r for r in reasons if r)
 
 
 def replace_key(opts: ConvertOptions) -> ConvertOptions:

@@ -1,66 +1,381 @@
-"""Tokenizers between Hugging Face ``tokenizer.json`` (byte-level BPE) and GGUF's
-``tokenizer.ggml.*`` arrays (the ``gpt2`` tokenizer model of llama.cpp).
+"""Tokenizers between a Hugging Face folder and GGUF's ``tokenizer.ggml.*`` metadata.
 
-GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control (special), 4 user-defined,
-5 unused (padding up to the config's vocab size), 6 byte.  SentencePiece (``tokenizer.model``)
-vocabularies are not converted: the caller gets a warning instead.
+Two of llama.cpp's tokenizer models are written:
+
+- ``llama`` (SentencePiece): Llama-2, Mistral, TinyLlama... Read from ``tokenizer.model`` with
+  ``gguf.vocab.SentencePieceVocab`` (real scores; needs the ``sentencepiece`` package), else from
+  a ``tokenizer.json`` whose BPE model has ``byte_fallback`` (``<0x00>``..``<0xFF>`` byte tokens,
+  ``▁`` meta-space); there the scores are recovered from the merge order, because llama.cpp's
+  SentencePiece tokenizer merges by score and ignores merges.
+- ``gpt2`` (byte-level BPE, no byte fallback): tokens and merges as they are; a Llama-3 split
+  regex is named ``llama-bpe`` so llama.cpp pre-tokenizes like the original.
+
+Special token ids, ``add_bos_token``/``add_eos_token`` and the chat template come from
+``gguf.SpecialVocab`` (llama.cpp's own reader of tokenizer_config.json/config.json).  GGUF
+token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused (padding up
+to the config's vocab size), 6 byte.  GGUF → HF rebuilds gpt2 vocabularies here and hands
+``llama`` ones to transformers' own GGUF tokenizer loader.  :func:`compare_encodings` checks
+either direction by encoding sample texts with both tokenizers.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+# llama.cpp's scores for rows without a token (convert_hf_to_gguf fills them the same way)
+PAD_SCORE, ADDED_SCORE = -10000.0, -1000.0
+# the split regex of Llama-3's tokenizer.json; llama.cpp calls that pre-tokenizer "llama-bpe"
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-def vocab_from_hf(folder: Path, vocab_size: int) -> dict[str, Any] | None:
-    """``{"model", "pre", "tokens", "token_types", "merges", "chat_template"}`` from an HF
-    folder's tokenizer.json (byte-level BPE only); None when there is none to convert."""
-    path = folder / "tokenizer.json"
+@dataclass
+class GGUFVocab:
+    """A tokenizer as the ``tokenizer.ggml.*`` keys llama.cpp reads.
+
+    ``scores`` is None for gpt2 (no scores), ``merges`` None for llama (llama.cpp ignores them).
+    """
+
+    model: str  # "llama" | "gpt2"
+    pre: str
+    tokens: list[str]
+    token_types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] | None = None
+    source: str = ""  # the file it was read from
+    special_ids: dict[str, int] = field(default_factory=dict)
+    add_special: dict[str, bool] = field(default_factory=dict)
+    chat_template: Any = None
+
+    def add_to(self, writer) -> None:
+        """Write every tokenizer key into a ``gguf.GGUFWriter``."""
+        writer.add_tokenizer_model(self.model)
+        writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+        writer.add_token_types(self.token_types)
+        if self.merges is not None:
+            writer.add_token_merges(self.merges)
+        for kind, idx in self.special_ids.items():
+            setter = getattr(writer, f"add_{kind}_token_id", None)
+            if setter is not None:
+                setter(idx)
+        for kind, value in self.add_special.items():
+            setter = getattr(writer, f"add_add_{kind}_token", None)
+            if setter is not None:
+                setter(value)
+        if self.chat_template:
+            writer.add_chat_template(self.chat_template)
+
+    def required_keys(self) -> list[str]:
+        """The metadata keys a reader must find back for this vocabulary."""
+        keys = ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type"]
+        keys.append("tokenizer.ggml.scores" if self.scores is not None else "tokenizer.ggml.merges")
+        return keys
+
+
+# ---- HF -> GGUF ---------------------------------------------------------------------------
+
+def vocab_from_hf(folder: Path, vocab_size: int) -> tuple[GGUFVocab | None, list[str]]:
+    """The folder's tokenizer as a GGUF vocabulary, and warnings.
+
+    Prefers ``tokenizer.model`` (SentencePiece: real scores) when the ``sentencepiece`` package
+    is installed; else ``tokenizer.json`` (byte-fallback BPE → ``llama``, byte-level BPE →
+    ``gpt2``).  The token list is padded with unused ``[PADn]`` tokens, or cut, to
+    ``vocab_size`` (the embedding rows), as llama.cpp's converter does.
+
+    Args:
+        folder: the Hugging Face model folder.
+        vocab_size: rows of the embedding matrix (config ``vocab_size``).
+
+    Returns:
+        (vocab or None when nothing could be converted, warnings for the report).
+    """
+    warnings: list[str] = []
+    spm_file, json_file = folder / "tokenizer.model", folder / "tokenizer.json"
+    data = _read_json(json_file)
+    model = (data or {}).get("model") or {}
+    is_bpe = model.get("type") == "BPE" and isinstance(model.get("vocab"), dict)
+    vocab: GGUFVocab | None = None
+    if spm_file.is_file():
+        from .._optional import available
+
+        if available("sentencepiece"):
+            vocab = _llama_from_sentencepiece(folder, vocab_size, data, warnings)
+        elif not (is_bpe and model.get("byte_fallback")):
+            warnings.append("tokenizer not converted: tokenizer.model needs the sentencepiece "
+                            "package (pip install sentencepiece) and there is no byte-fallback "
+                            "tokenizer.json to use instead")
+            return None, warnings
+    if vocab is None and data is not None:
+        if not is_bpe:
+            warnings.append(f"tokenizer not converted: tokenizer.json model "
+                            f"{model.get('type')!r} (only BPE tokenizers are written to GGUF)")
+            return None, warnings
+        if model.get("byte_fallback"):
+            vocab = _llama_from_tokenizer_json(data, _unk_token(folder, model))
+        else:
+            vocab = _gpt2_from_tokenizer_json(data)
+    if vocab is None:
+        if not warnings:
+            warnings.append("tokenizer not converted (no tokenizer.json or tokenizer.model)")
+        return None, warnings
+    _fit(vocab, vocab_size, warnings)
+    _specials(vocab, folder, warnings)
+    return vocab, warnings
+
+
+def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def _llama_from_sentencepiece(folder: Path, vocab_size: int, data: dict | None,
+                              warnings: list[str]) -> GGUFVocab | None:
+    """llama.cpp's ``_create_vocab_sentencepiece``: the SentencePiece pieces, scores and types
+    (``gguf.vocab.SentencePieceVocab``), then the HF added tokens laid over them."""
+    from gguf.vocab import SentencePieceVocab
+
+    try:
+        # only called when folder/tokenizer.model exists, so it never looks in folder.parent
+        spm = SentencePieceVocab(folder)
+        rows = list(spm.all_tokens())
+    except Exception as exc:  # a broken protobuf or added_tokens.json: say so, don't crash
+        warnings.append(f"tokenizer.model not readable by sentencepiece ({exc}); "
+                        f"trying tokenizer.json")
+        return None
+    vocab = GGUFVocab(model="llama", pre="default", source="tokenizer.model",
+                      tokens=[t.decode("utf-8") for t, _, _ in rows],
+                      scores=[float(s) for _, s, _ in rows],
+                      token_types=[int(k) for _, _, k in rows])
+    _fit(vocab, vocab_size, warnings)
+    for idx, content, special in _hf_added_tokens(folder, data):
+        if idx >= len(vocab.tokens):
+            continue
+        if vocab.tokens[idx] == content and vocab.token_types[idx] in (CONTROL, UNKNOWN):
+            continue  # already special in tokenizer.model: keep its own type and score
+        if special:
+            vocab.token_types[idx] = CONTROL
+        else:  # llama.cpp pre-normalizes the meta-space of user-defined tokens
+            content = content.replace("\u2581", " ")
+            vocab.token_types[idx] = USER_DEFINED
+        vocab.tokens[idx], vocab.scores[idx] = content, ADDED_SCORE
+    return vocab
+
+
+def _hf_added_tokens(folder: Path, data: dict | None) -> list[tuple[int, str, bool]]:
+    """(id, content, special) of tokens added on the HF side: tokenizer_config.json's
+    ``added_tokens_decoder`` (what llama.cpp reads), else tokenizer.json's ``added_tokens``."""
+    config = _read_json(folder / "tokenizer_config.json") or {}
+    decoder = config.get("added_tokens_decoder")
+    out = []
+    if isinstance(decoder, dict) and decoder:
+        for key, entry in decoder.items():
+            if str(key).isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str):
+                out.append((int(key), entry["content"], bool(entry.get("special"))))
+        return out
+    for entry in (data or {}).get("added_tokens") or []:
+        if isinstance(entry.get("id"), int) and isinstance(entry.get("content"), str):
+            out.append((entry["id"], entry["content"], bool(entry.get("special"))))
+    return out
+
+
+def _unk_token(folder: Path, model: dict) -> str | None:
+    """The unknown token: the BPE model's, else tokenizer_config.json's (transformers 5 no
+    longer writes it into the model)."""
+    if isinstance(model.get("unk_token"), str):
+        return model["unk_token"]
+    value = (_read_json(folder / "tokenizer_config.json") or {}).get("unk_token")
+    if isinstance(value, dict):  # an AddedToken written out
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _llama_from_tokenizer_json(data: dict, unk: str | None) -> GGUFVocab:
+    """A byte-fallback BPE tokenizer.json (SentencePiece converted by transformers) as a
+    ``llama`` vocabulary.  llama.cpp merges the adjacent pair whose joined text has the best
+    score, so each token scores minus the rank of the first merge that makes it: the merge
+    order survives, and transformers' GGUF loader rebuilds the same merges from it."""
+    model = data["model"]
+    by_id: dict[int, str] = {int(i): tok for tok, i in model["vocab"].items()}
+    first_rank: dict[str, int] = {}
+    for rank, merge in enumerate(model.get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        first_rank.setdefault(left + right, rank)
+    n_merges = len(first_rank)
+    types: dict[int, int] = {}
+    for added in data.get("added_tokens") or []:
+        by_id[int(added["id"])] = added["content"]
+        types[int(added["id"])] = CONTROL if added.get("special") else USER_DEFINED
+    size = max(by_id) + 1 if by_id else 0
+    tokens, scores, token_types = [], [], []
+    for i in range(size):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]"), scores.append(PAD_SCORE), token_types.append(UNUSED)
+            continue
+        kind = types.get(i, NORMAL)
+        if text == unk:
+            kind = UNKNOWN
+        elif kind == NORMAL and _BYTE_TOKEN.fullmatch(text):
+            kind = BYTE
+        if kind == USER_DEFINED:
+            score = ADDED_SCORE
+        elif kind != NORMAL:
+            score = 0.0  # SentencePiece gives control, unknown and byte pieces 0
+        elif text in first_rank:
+            score = -float(first_rank[text])
+        else:  # single characters: below every merge, as SentencePiece ranks them
+            score = -float(n_merges + i)
+        tokens.append(text), scores.append(score), token_types.append(kind)
+    return GGUFVocab(model="llama", pre="default", tokens=tokens, scores=scores,
+                     token_types=token_types, source="tokenizer.json")
+
+
+def _gpt2_from_tokenizer_json(data: dict) -> GGUFVocab:
+    """A byte-level BPE tokenizer.json as a ``gpt2`` vocabulary (tokens, merges, types)."""
+    model = data["model"]
     by_id: dict[int, str] = {int(i): tok for tok, i in model["vocab"].items()}
     types: dict[int, int] = {}
     for added in data.get("added_tokens") or []:
         by_id[int(added["id"])] = added["content"]
         types[int(added["id"])] = CONTROL if added.get("special") else USER_DEFINED
-    size = max(vocab_size, max(by_id) + 1 if by_id else 0)
-    tokens, token_types = [], []
-    for i in range(size):
-        if i in by_id:
-            tokens.append(by_id[i])
-            token_types.append(types.get(i, NORMAL))
-        else:  # llama.cpp pads the vocab to the embedding rows the same way
-            tokens.append(f"[PAD{i}]")
-            token_types.append(UNUSED)
+    size = max(by_id) + 1 if by_id else 0
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
+    token_types = [types.get(i, NORMAL) if i in by_id else UNUSED for i in range(size)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    return {"model": "gpt2", "pre": "default", "tokens": tokens, "token_types": token_types,
-            "merges": merges, "chat_template": _chat_template(folder)}
+    return GGUFVocab(model="gpt2", pre=_gpt2_pre(data), tokens=tokens, token_types=token_types,
+                     merges=merges, source="tokenizer.json")
+
+
+def _gpt2_pre(data: dict) -> str:
+    """llama.cpp's pre-tokenizer name: ``llama-bpe`` for Llama-3's split regex, else default."""
+    pre = data.get("pre_tokenizer") or {}
+    for step in pre.get("pretokenizers") or [pre]:
+        pattern = (step.get("pattern") or {}) if step.get("type") == "Split" else {}
+        if pattern.get("Regex") == _LLAMA3_SPLIT:
+            return "llama-bpe"
+    return "default"
+
+
+def _fit(vocab: GGUFVocab, vocab_size: int, warnings: list[str]) -> None:
+    """Pad with unused ``[PADn]`` tokens, or cut, to the embedding's ``vocab_size`` rows."""
+    n = len(vocab.tokens)
+    if n > vocab_size > 0:
+        warnings.append(f"{vocab.source} has {n} tokens but the model {vocab_size} embedding "
+                        f"rows: tokens from id {vocab_size} on are left out (as llama.cpp does)")
+        del vocab.tokens[vocab_size:], vocab.token_types[vocab_size:]
+        if vocab.scores is not None:
+            del vocab.scores[vocab_size:]
+    for i in range(n, vocab_size):
+        vocab.tokens.append(f"[PAD{i}]")
+        vocab.token_types.append(UNUSED)
+        if vocab.scores is not None:
+            vocab.scores.append(PAD_SCORE)
+
+
+def _specials(vocab: GGUFVocab, folder: Path, warnings: list[str]) -> None:
+    """Special ids, add_bos/add_eos and chat template through ``gguf.SpecialVocab``."""
+    import logging
+
+    from gguf import SpecialVocab
+
+    # its notes on template details would reach the CLI's stderr through logging's last resort
+    log = logging.getLogger("gguf.vocab")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        special = SpecialVocab(folder, load_merges=False, n_vocab=len(vocab.tokens))
+    except (ValueError, OSError) as exc:  # e.g. a negative pad_token_id in config.json
+        warnings.append(f"special tokens not converted ({exc})")
+        return
+    finally:
+        log.setLevel(level)
+    vocab.special_ids = dict(special.special_token_ids)
+    vocab.add_special = dict(special.add_special_token)
+    vocab.chat_template = special.chat_template or _chat_template(folder)
+    data = _read_json(folder / "tokenizer.json") if vocab.source == "tokenizer.json" else None
+    post = (data or {}).get("post_processor") or {}
+    if vocab.model == "llama" and post.get("type") == "TemplateProcessing":
+        # llama.cpp adds BOS to a SentencePiece vocabulary unless told not to, while this
+        # tokenizer.json's template says what HF does: write it down explicitly
+        single = post.get("single") or []
+        vocab.add_special.setdefault("bos", bool(single) and "SpecialToken" in single[0])
+        vocab.add_special.setdefault("eos", len(single) > 1 and "SpecialToken" in single[-1])
 
 
 def _chat_template(folder: Path) -> str | None:
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
-    config = folder / "tokenizer_config.json"
-    if config.is_file():
-        value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        return value if isinstance(value, str) else None
-    return None
+    value = (_read_json(folder / "tokenizer_config.json") or {}).get("chat_template")
+    return value if isinstance(value, str) else None
 
 
-def write_hf_tokenizer(out: Path, kv: dict[str, Any]) -> list[str]:
-    """Write tokenizer.json / tokenizer_config.json (and chat_template.jinja) into ``out`` from
-    GGUF ``tokenizer.ggml.*`` metadata of a ``gpt2`` vocabulary; returns the files written
-    ([] when the vocabulary is of another kind)."""
-    if kv.get("tokenizer.ggml.model") != "gpt2" or "tokenizer.ggml.tokens" not in kv:
+# ---- GGUF -> HF ---------------------------------------------------------------------------
+
+def write_hf_tokenizer(out: Path, kv: dict[str, Any], gguf_path: Path | None = None) -> list[str]:
+    """Write tokenizer.json / tokenizer_config.json (and chat_template.jinja) into ``out``.
+
+    A ``gpt2`` vocabulary is rebuilt here with ``tokenizers``; a ``llama`` (SentencePiece) one
+    is loaded by transformers' GGUF tokenizer loader from ``gguf_path`` and saved with
+    ``save_pretrained``.
+
+    Returns:
+        the file names written ([] for a vocabulary of another kind).
+    """
+    model = kv.get("tokenizer.ggml.model")
+    if "tokenizer.ggml.tokens" not in kv:
         return []
+    if model == "llama" and gguf_path is not None:
+        return _write_llama_hf(out, kv, gguf_path)
+    if model != "gpt2":
+        return []
+    return _write_gpt2_hf(out, kv)
+
+
+def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
+    """transformers' tokenizer for a GGUF file, BOS/EOS as llama.cpp adds them.
+
+    transformers' loader reads ``add_bos_token`` but its generic tokenizer class ignores it, so
+    the flags are passed explicitly (llama.cpp's defaults: BOS on for ``llama``, off for gpt2).
+    """
+    from .._optional import require
+
+    transformers = require("transformers", extra="hf", purpose="load a GGUF tokenizer")
+    llama = kv.get("tokenizer.ggml.model") == "llama"
+    add_bos = kv.get("tokenizer.ggml.add_bos_token", llama)
+    add_eos = kv.get("tokenizer.ggml.add_eos_token", False)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its info lines are not ours to print
+    try:
+        return transformers.AutoTokenizer.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, add_bos_token=bool(add_bos),
+            add_eos_token=bool(add_eos))
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _write_llama_hf(out: Path, kv: dict[str, Any], gguf_path: Path) -> list[str]:
+    before = {p.name for p in out.iterdir()}
+    tokenizer = load_gguf_tokenizer(gguf_path, kv)
+    tokenizer.save_pretrained(str(out))
+    return sorted({p.name for p in out.iterdir()} - before)
+
+
+def _write_gpt2_hf(out: Path, kv: dict[str, Any]) -> list[str]:
     from .._optional import require
 
     require("tokenizers", extra="hf", purpose="rebuild the tokenizer from GGUF")
@@ -95,3 +410,59 @@ def write_hf_tokenizer(out: Path, kv: dict[str, Any]) -> list[str]:
         written.append("chat_template.jinja")
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return written
+
+
+# ---- verification -------------------------------------------------------------------------
+
+# Text whose tokens must agree: plain text, no leading space, no special-token boundary.
+STRICT_SAMPLES = [
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "初めまして、こんにちは。今日はいい天気ですね。",
+    "emoji 🦙🚀 and ümlauts, naïve façade",
+    "digits 0123456789 and 3.14159 or 1,000,000",
+    "inner   spaces,\ttabs and\nnew lines",
+]
+# Text where HF tokenizers and llama.cpp may follow different conventions (a leading space
+# becomes one or two meta-spaces; text right after a special token): a difference is a warning.
+LOOSE_SAMPLES = ["  two leading spaces", " one leading space", "<s>after a special</s> token"]
+
+
+def compare_encodings(expected_tok, got_tok) -> dict[str, Any]:
+    """Encode the sample texts with both tokenizers and compare the ids.
+
+    Each sample is encoded without special tokens (the vocabulary and its merges); the first
+    one also with them (whether BOS/EOS are added, i.e. the written flags).
+
+    Args:
+        expected_tok: the reference tokenizer (the source's, loaded by transformers).
+        got_tok: the converted one (for GGUF, transformers' GGUF loader with the file's flags).
+
+    Returns:
+        ``{"method": "encode", "library": "transformers", "passed", "n_samples",
+        "mismatched": [...], "warnings": [...]}`` (plus ``reason`` when not passed);
+        ``passed`` is False when a strict sample differs; loose samples only add warnings.
+    """
+    mismatched: list[str] = []
+    notes: list[str] = []
+    for text, strict in [(t, True) for t in STRICT_SAMPLES] + [(t, False) for t in LOOSE_SAMPLES]:
+        want = list(expected_tok.encode(text, add_special_tokens=False))
+        got = list(got_tok.encode(text, add_special_tokens=False))
+        if want != got:
+            line = f"{text!r}: {_ids(want)} != {_ids(got)}"
+            (mismatched if strict else notes).append(line)
+    text = STRICT_SAMPLES[0]
+    want, got = list(expected_tok.encode(text)), list(got_tok.encode(text))
+    if want != got:
+        mismatched.append(f"with special tokens (BOS/EOS flags) {text!r}: "
+                          f"{_ids(want)} != {_ids(got)}")
+    result: dict[str, Any] = {"method": "encode", "library": "transformers",
+                              "passed": not mismatched,
+                              "n_samples": len(STRICT_SAMPLES) + len(LOOSE_SAMPLES),
+                              "mismatched": mismatched, "warnings": notes}
+    if mismatched:
+        result["reason"] = "tokenizer encodes differently: " + "; ".join(mismatched[:2])
+    return result
+
+
+def _ids(ids: list[int]) -> str:
+    return str(ids if len(ids) <= 12 else ids[:12] + ["..."])

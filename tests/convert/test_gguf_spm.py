@@ -1,0 +1,265 @@
+"""SentencePiece-style (Llama-2/Mistral) tokenizers through HF -> GGUF -> HF.
+
+A tiny SentencePiece BPE model with byte fallback is trained here (Llama's special ids: unk 0,
+bos 1, eos 2; pad 3; 512 pieces, so merges build words several levels deep), turned into an HF
+Llama tokenizer by transformers, and put next to a 1-layer LlamaForCausalLM with 512 embedding
+rows.  The GGUF side is checked with gguf's own readers and transformers' GGUF tokenizer loader.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import keishiki
+from keishiki.examples import TRAINING_TEXT
+from tests.conftest import run_cli
+
+pytest.importorskip("torch")
+gguf = pytest.importorskip("gguf")
+transformers = pytest.importorskip("transformers")
+spm = pytest.importorskip("sentencepiece")
+
+VOCAB = 520  # embedding rows: a few more than the 512 pieces, padded like llama.cpp does
+PIECES = 512
+EXTRA = [
+    "Tokenizers split text into pieces; the pieces become ids and the ids become vectors.",
+    "SentencePiece treats the input as a raw stream and marks spaces with a meta symbol.",
+    "Byte fallback turns characters outside the vocabulary into their UTF-8 bytes.",
+    "Converting a model should never change how it reads its input, not even by one token.",
+    "The llama walked slowly across the mountain, carrying a bundle of woollen blankets.",
+    "Quantization trades a little precision for a much smaller file that loads quickly.",
+    "東京の天気は晴れです。明日は雨が降るかもしれません。",
+    "Numbers like 2024, 3.14159 and 1,000,000 are split into single digits.",
+]
+TEXT = TRAINING_TEXT + EXTRA * 3
+SAMPLES = ["Hello, world! The quick brown fox converting tokenizers.", "初めまして、東京の天気。",
+           "emoji 🦙🚀🎉 ok", "digits 0123456789", "  two leading spaces",
+           "tabs\tand\nnew lines", "未知の文字 龘", "the pieces become vectors quickly"]
+
+
+def _train_spm(vocab_size: int) -> bytes:
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, character_coverage=1.0,
+        hard_vocab_limit=False, split_digits=True, minloglevel=2)
+    return buf.getvalue()
+
+
+def _llama_folder(weights: Path, dest: Path, model: bytes, keep_model: bool,
+                  keep_json: bool) -> Path:
+    """The tiny model's weights with an HF Llama tokenizer made from ``model``."""
+    shutil.copytree(weights, dest)
+    spm_dir = dest.parent / f"{dest.name}-spm"
+    spm_dir.mkdir()
+    (spm_dir / "tokenizer.model").write_bytes(model)
+    # legacy=True: the Llama-2 behaviour (meta-space after special tokens, like SentencePiece)
+    tok = transformers.LlamaTokenizer.from_pretrained(
+        str(spm_dir), legacy=True, add_bos_token=True, pad_token="<pad>",
+        chat_template="{% for m in messages %}{{ m['content'] }}</s>{% endfor %}")
+    tok.save_pretrained(str(dest))
+    if keep_model:
+        shutil.copy(spm_dir / "tokenizer.model", dest / "tokenizer.model")
+    if not keep_json:
+        (dest / "tokenizer.json").unlink()
+    # as Llama-2's tokenizer_config.json says (transformers 5 no longer writes the flags)
+    tok_config = json.loads((dest / "tokenizer_config.json").read_text())
+    tok_config.update(add_bos_token=True, add_eos_token=False)
+    (dest / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def spm_bytes() -> bytes:
+    return _train_spm(PIECES)
+
+
+@pytest.fixture(scope="session")
+def spm_weights(tmp_path_factory) -> Path:
+    """A 1-layer LlamaForCausalLM (hidden 32) with VOCAB embedding rows, no tokenizer."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("spm-weights") / "weights"
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def spm_folders(spm_weights, spm_bytes, tmp_path_factory) -> dict[str, Path]:
+    """Llama folders: both tokenizer files, tokenizer.json only, tokenizer.model only."""
+    root = tmp_path_factory.mktemp("spm-llama")
+    return {
+        "both": _llama_folder(spm_weights, root / "both", spm_bytes, True, True),
+        "json": _llama_folder(spm_weights, root / "json", spm_bytes, False, True),
+        "model": _llama_folder(spm_weights, root / "model", spm_bytes, True, False),
+    }
+
+
+@pytest.fixture(scope="session")
+def spm_ggufs(spm_folders, tmp_path_factory) -> dict[str, tuple[Path, keishiki.convert]]:
+    out = tmp_path_factory.mktemp("spm-gguf")
+    result = {}
+    for kind, folder in spm_folders.items():
+        path = out / f"{kind}.gguf"
+        result[kind] = (path, keishiki.convert(folder, path, to="gguf", quiet=True))
+    return result
+
+
+def _kv(path: Path) -> dict:
+    reader = gguf.GGUFReader(str(path))
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def _gguf_tokenizer(path: Path):
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def _encode_all(tok, add_special_tokens=False) -> list[list[int]]:
+    return [list(tok.encode(s, add_special_tokens=add_special_tokens)) for s in SAMPLES]
+
+
+def test_sentencepiece_written_as_llama_with_real_scores(spm_ggufs, spm_folders):
+    path, report = spm_ggufs["both"]
+    assert report.passed, report.to_dict()
+    step = report.steps[0]
+    assert step.details["tokenizer"] == {"model": "llama", "pre": "default",
+                                         "source": "tokenizer.model", "n_tokens": VOCAB}
+    assert step.verify["tokenizer"]["passed"] is True
+    assert step.verify["tokenizer"]["n_samples"] >= 8
+    kv = _kv(path)
+    assert kv["tokenizer.ggml.model"] == "llama"
+    assert "tokenizer.ggml.merges" not in kv  # llama.cpp's SentencePiece tokenizer uses scores
+    # the field's own reader of tokenizer.model gives the same pieces, scores and types
+    ref = list(gguf.vocab.SentencePieceVocab(spm_folders["both"]).all_tokens())
+    n = len(ref)
+    assert kv["tokenizer.ggml.tokens"][:n] == [t.decode() for t, _, _ in ref]
+    assert kv["tokenizer.ggml.scores"][:n] == pytest.approx([s for _, s, _ in ref])
+    assert kv["tokenizer.ggml.token_type"][:n] == [int(k) for _, _, k in ref]
+    types = kv["tokenizer.ggml.token_type"]
+    tokens = kv["tokenizer.ggml.tokens"]
+    assert tokens[4:260] == [f"<0x{b:02X}>" for b in range(256)]
+    assert set(types[4:260]) == {6}  # BYTE
+    assert types[0] == 2 and types[1] == types[2] == 3  # UNKNOWN, CONTROL
+    assert all(t == 5 and tok == f"[PAD{i}]" for i, (t, tok) in
+               enumerate(zip(types, tokens)) if i >= n)  # padded up to the embedding rows
+    assert len(tokens) == VOCAB
+    assert (kv["tokenizer.ggml.bos_token_id"], kv["tokenizer.ggml.eos_token_id"],
+            kv["tokenizer.ggml.unknown_token_id"], kv["tokenizer.ggml.padding_token_id"]) == (1, 2, 0, 3)
+    assert kv["tokenizer.ggml.add_bos_token"] is True
+    assert kv["tokenizer.ggml.add_eos_token"] is False
+    assert "</s>" in kv["tokenizer.chat_template"]
+
+
+def test_gguf_tokenizer_encodes_like_the_hf_one(spm_ggufs, spm_folders):
+    hf = transformers.AutoTokenizer.from_pretrained(spm_folders["both"])
+    for kind in ("both", "json", "model"):
+        path, _ = spm_ggufs[kind]
+        got = _gguf_tokenizer(path)
+        assert _encode_all(got) == _encode_all(hf), kind
+    # byte fallback is really exercised: a character outside the tiny vocabulary
+    ids = hf.encode("龘", add_special_tokens=False)
+    assert [hf.convert_ids_to_tokens(i) for i in ids[-3:]] == ["<0xE9>", "<0xBE>", "<0x98>"]
+
+
+def test_byte_fallback_tokenizer_json_is_no_longer_gpt2(spm_ggufs):
+    """The old bug: a Llama-2-style tokenizer.json (no tokenizer.model) was written as gpt2."""
+    path, report = spm_ggufs["json"]
+    assert report.passed and report.steps[0].verify["tokenizer"]["passed"]
+    assert report.steps[0].details["tokenizer"]["source"] == "tokenizer.json"
+    kv = _kv(path)
+    assert kv["tokenizer.ggml.model"] == "llama"
+    types, tokens = kv["tokenizer.ggml.token_type"], kv["tokenizer.ggml.tokens"]
+    assert [types[tokens.index(f"<0x{b:02X}>")] for b in range(256)] == [6] * 256
+    assert types[0] == 2 and types[1] == 3
+    assert kv["tokenizer.ggml.add_bos_token"] is True  # from tokenizer.json's post-processor
+    # scores recovered from the merge order: a merged token outranks the pieces it joins
+    scores = dict(zip(tokens, kv["tokenizer.ggml.scores"]))
+    merged = [t for t, ty in zip(tokens, types) if ty == 1 and len(t) > 1][:20]
+    assert merged and all(scores[t] > scores[t[-1]] for t in merged)
+
+
+def test_round_trip_hf_gguf_hf_encodes_identically(spm_ggufs, spm_folders, tmp_path):
+    path, _ = spm_ggufs["both"]
+    out = tmp_path / "back"
+    report = keishiki.convert(path, out, to="hf-model", quiet=True)
+    assert report.passed, report.to_dict()
+    step = report.steps[0]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(step.details["files"])
+    assert step.verify["tokenizer"]["passed"] is True
+    original = transformers.AutoTokenizer.from_pretrained(spm_folders["both"])
+    back = transformers.AutoTokenizer.from_pretrained(out)
+    assert _encode_all(back) == _encode_all(original)
+    assert _encode_all(back, True) == _encode_all(original, True)  # BOS added, as in the source
+    assert back.encode("hi")[0] == 1
+    data = json.loads((out / "tokenizer.json").read_text())
+    assert data["model"]["type"] == "BPE" and data["model"]["byte_fallback"] is True
+    assert transformers.AutoModelForCausalLM.from_pretrained(out).config.vocab_size == VOCAB
+
+
+def test_byte_level_tiny_llama_stays_gpt2(tiny_llama, tmp_path):
+    report = keishiki.convert(tiny_llama, tmp_path / "t.gguf", to="gguf", quiet=True)
+    assert report.passed
+    assert report.steps[0].verify["tokenizer"]["passed"] is True
+    kv = _kv(tmp_path / "t.gguf")
+    assert kv["tokenizer.ggml.model"] == "gpt2"
+    assert "tokenizer.ggml.scores" not in kv and kv["tokenizer.ggml.merges"]
+
+
+def test_cli_converts_and_reports_the_tokenizer(spm_folders, tmp_path):
+    out = tmp_path / "cli.gguf"
+    code, stdout, stderr = run_cli("convert", spm_folders["model"], out, "--to", "gguf",
+                                   "--quant", "f16", "--quiet", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    step = report["steps"][0]
+    assert report["passed"] is True
+    assert step["details"]["tokenizer"]["model"] == "llama"
+    assert step["details"]["tokenizer"]["source"] == "tokenizer.model"
+    assert step["verify"]["tokenizer"]["passed"] is True
+    assert _kv(out)["tokenizer.ggml.model"] == "llama"
+
+
+def test_tokenizer_mismatch_fails_verification(spm_folders, tmp_path, monkeypatch):
+    """The check can fail: scores that merge in the wrong order give exit 1 (Mismatch)."""
+    from keishiki.convert import gguf_vocab
+
+    real = gguf_vocab._llama_from_sentencepiece
+
+    def scrambled(*args, **kwargs):
+        vocab = real(*args, **kwargs)
+        vocab.scores = [-s if ty == 1 else s for s, ty in zip(vocab.scores, vocab.token_types)]
+        return vocab
+
+    monkeypatch.setattr(gguf_vocab, "_llama_from_sentencepiece", scrambled)
+    out = tmp_path / "bad.gguf"
+    code, _, stderr = run_cli("convert", spm_folders["both"], out, "--to", "gguf", "--quiet")
+    assert code == 1
+    assert "tokenizer encodes differently" in stderr
+    assert not out.exists() and (tmp_path / "bad.gguf.unverified").exists()
+
+
+def test_without_sentencepiece(spm_folders, tmp_path, monkeypatch):
+    """tokenizer.model alone needs sentencepiece: a clear warning, the weights still convert;
+    with a tokenizer.json next to it, that one is used."""
+    from keishiki import _optional
+
+    real = _optional.available
+    monkeypatch.setattr(_optional, "available", lambda name: name != "sentencepiece" and real(name))
+    report = keishiki.convert(spm_folders["model"], tmp_path / "m.gguf", to="gguf", quiet=True)
+    assert report.passed
+    (warning,) = [w for w in report.steps[0].warnings if "tokenizer" in w]
+    assert "sentencepiece" in warning and "pip install sentencepiece" in warning
+    assert "tokenizer.ggml.tokens" not in _kv(tmp_path / "m.gguf")
+    report = keishiki.convert(spm_folders["both"], tmp_path / "b.gguf", to="gguf", quiet=True)
+    assert report.passed and report.steps[0].details["tokenizer"]["source"] == "tokenizer.json"
+    assert _kv(tmp_path / "b.gguf")["tokenizer.ggml.model"] == "llama"
