@@ -260,3 +260,62 @@ def test_equal_values_are_told_apart_by_names():
     m = map_names(a, b)
     assert {p.a: p.b for p in m.pairs} == {"enc.q.bias": "enc/q/bias", "enc.k.bias": "enc/k/bias",
                                            "enc.v.bias": "enc/v/bias"}
+
+
+@pytest.fixture(scope="module")
+def bn_folded(tmp_path_factory):
+    """A conv net with trained-looking BatchNorms (random statistics, one eps=1e-3, one
+    conv without bias), saved as a state_dict and exported by torch.onnx's TorchScript
+    exporter, which folds each BatchNorm into the conv before it (onnx::Conv_N)."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 6, 1, bias=False), torch.nn.BatchNorm2d(6, eps=1e-3),
+        torch.nn.Flatten(), torch.nn.Linear(6 * 6 * 6, 2)).eval()
+    for bn in (net[1], net[4]):
+        n = bn.num_features
+        bn.running_mean.copy_(torch.randn(n))
+        bn.running_var.copy_(torch.rand(n) * 3 + 0.2)
+        bn.weight.data.copy_(torch.randn(n))
+        bn.bias.data.copy_(torch.randn(n))
+    folder = tmp_path_factory.mktemp("bn")
+    torch.save(net.state_dict(), folder / "net.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(folder / "net.onnx"),
+                          dynamo=False, do_constant_folding=True)
+    return folder
+
+
+def test_batchnorm_folded_into_conv_is_traced_back(bn_folded):
+    import keishiki
+
+    a, b = inspect(bn_folded / "net.pt"), inspect(bn_folded / "net.onnx")
+    m = map_names(a, b)
+    got = {p.a: p for p in m.pairs}
+    assert {n: got[n].how for n in got} == {
+        "0.weight": "folded", "0.bias": "folded", "3.weight": "folded",
+        "4.bias": "folded",  # conv 3 has no bias: the fold's bias comes from BN 4's
+        "6.weight": "exact", "6.bias": "exact"}
+    assert all(got[n].b.startswith("onnx::Conv_") for n in ("0.weight", "0.bias", "3.weight"))
+    assert got["3.weight"].extra["fold"]["eps"] == 1e-3
+    assert got["0.weight"].extra["fold"]["eps"] == 1e-5
+    # the BatchNorms' own tensors are accounted for, not missing
+    assert m.counted_unmatched == ([], [])
+    assert m.folded_into["1.running_var"] == got["0.weight"].b
+    assert "4.num_batches_tracked" in m.folded_into
+    # the fold is what pairs them: the raw conv weight is far from the folded one
+    raw = np.asarray(a.load_tensor(a.tensor("0.weight")), np.float64)
+    folded = np.asarray(b.load_tensor(b.tensor(got["0.weight"].b)), np.float64)
+    assert np.max(np.abs(raw - folded)) > 1e-2
+    report = keishiki.compare(a, b)
+    assert report.verdict == "within tolerance" and report.exit_code == 0
+    assert all(d.max_rel_diff < 1e-5 for d in report.tensors if d.pair.how == "folded")
+    code, out, _err = run_cli("map", bn_folded / "net.pt", bn_folded / "net.onnx", "--json")
+    assert code == 0
+    notes = {u["name"]: u.get("not_counted") for u in json.loads(out)["unmatched_a"]}
+    assert notes["1.weight"] == f"BatchNorm folded into {got['0.weight'].b}"

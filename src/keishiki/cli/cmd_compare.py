@@ -97,12 +97,9 @@ def render(report, show_all: bool = False) -> None:
 
 def render_unmatched(name_map, show_all: bool = False) -> None:
     """Print the tensors left unpaired on each side; those that do not count (ONNX graph
-    constants, computed buffers) only as a count unless ``show_all``."""
-    from ..mapping import uncounted_reason
-
-    for side, infos, fmt in (("A", name_map.unmatched_a, name_map.a_format),
-                             ("B", name_map.unmatched_b, name_map.b_format)):
-        reasons = {t.name: uncounted_reason(t, fmt) for t in infos}
+    constants, computed buffers, folded BatchNorms) only as a count unless ``show_all``."""
+    for side, infos in (("A", name_map.unmatched_a), ("B", name_map.unmatched_b)):
+        reasons = {t.name: name_map.not_counted(t, side) for t in infos}
         quiet = [t for t in infos if reasons[t.name]]
         listed = infos if show_all else [t for t in infos if not reasons[t.name]]
         if listed:
@@ -113,6 +110,7 @@ def render_unmatched(name_map, show_all: bool = False) -> None:
         if quiet and not show_all:
             console.print(f"{len(quiet)} only in {side} not counted (ONNX graph constants: "
                           f"shapes, axes, Constant-node values; computed buffers such as "
-                          f"rotary inv_freq); --show all lists them")
+                          f"rotary inv_freq; BatchNorms folded into a layer); --show all "
+                          f"lists them")
     if not name_map.unmatched_a and not name_map.unmatched_b:
         console.print("every tensor paired")

@@ -100,6 +100,9 @@ class CompareReport:
         }
 
 
+FOLD_RTOL = 1e-5  # float32 rounding of a BatchNorm fold (a few ulps), not a loose match
+
+
 def config_diff(a: ModelInfo, b: ModelInfo) -> dict[str, Any] | None:
     """``{key: [value in A, value in B]}`` for config.json keys that differ, when both models
     carry a config (informational: the verdict is about weights and outputs)."""
@@ -171,10 +174,14 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
     diffs = []
     with progress(len(name_map.pairs), "comparing", quiet=quiet) as advance:
         for pair in name_map.pairs:
-            arr_a = load_array(model_a, model_a.tensor(pair.a))
             arr_b = load_array(model_b, model_b.tensor(pair.b))
-            diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol))
-            del arr_a, arr_b  # one pair in memory at a time
+            if pair.how == "folded":
+                diffs.append(_compare_folded(model_a, pair, arr_b, atol, rtol))
+            else:
+                arr_a = load_array(model_a, model_a.tensor(pair.a))
+                diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol))
+                del arr_a
+            del arr_b  # one pair in memory at a time
             advance(1)
     report = CompareReport(name_map, diffs, atol, rtol, allow_unmatched,
                            config_diff=config_diff(model_a, model_b))
@@ -184,6 +191,20 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
         report.outputs = compare_outputs(model_a, model_b, prompt=prompt,
                                          max_tokens=max_tokens, atol=logits_atol)
     return report
+
+
+def _compare_folded(model_a: ModelInfo, pair, arr_b, atol: float, rtol: float) -> TensorDiff:
+    """B's tensor against A's layer with its BatchNorm folded in, recomputed from A's
+    tensors in float64.  The exporter folded in float32, so equal is never bit-equal: the
+    tolerance is at least :data:`FOLD_RTOL`, and the diff says so."""
+    from ..mapping.folding import fold_values
+
+    expected = fold_values(lambda n: load_array(model_a, model_a.tensor(n)), pair.extra["fold"])
+    diff = compare_arrays(pair, expected, arr_b, atol, max(rtol, FOLD_RTOL))
+    diff.notes.append(f"A's {pair.extra['fold']['role']} with BatchNorm "
+                      f"{pair.extra['fold']['batchnorm']!r} folded in (eps "
+                      f"{pair.extra['fold']['eps']:g}); compared with rtol >= {FOLD_RTOL:g}")
+    return diff
 
 
 __all__ = ["CompareReport", "TensorDiff", "compare"]

@@ -15,6 +15,8 @@ run in this order, each on what the previous ones left unpaired:
 4. ``value`` / ``value-transposed``: by content: a hash of the bytes (floats as float32 so a
    bfloat16 tensor finds its float32 copy), and for 2-D tensors of its transpose.  This
    reads tensor data (one tensor at a time), so it runs only on what names could not pair.
+5. ``folded``: a layer with the BatchNorm after it folded in (the ONNX exporter's constant
+   folding writes ``onnx::Conv_<N>``): recomputed from A's tensors and compared.
 
 Shapes are compared in keishiki's row-major convention (format readers already undo GGUF's
 reversed dims); ``transform`` says how B's array must be changed to line up with A's.
@@ -22,7 +24,7 @@ reversed dims); ``transform`` says how B's array must be changed to line up with
 Modules: ``pairs`` (:func:`map_names`, the order above), ``result`` (:class:`TensorPair`,
 :class:`NameMap`), ``names`` (wrapper/prefix pairing, which unpaired tensors count, name
 similarity), ``gguf`` (HF ↔ GGUF names), ``values`` (tensor data, content digests, value
-pairing).
+pairing), ``folding`` (BatchNorm folds).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-""":func:`map_names`: runs the matchers in order (exact, gguf, prefix, value; see the package
-doc), each on what the previous ones left unpaired, and notices weights stored transposed."""
+""":func:`map_names`: runs the matchers in order (exact, gguf, prefix, value, folded; see the
+package doc), each on what the previous ones left unpaired, and notices weights stored
+transposed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from typing import Callable
 
 from ..core.model import ModelInfo
+from .folding import folded_pairs
 from .gguf import gguf_pairs
 from .names import prefix_pairs
 from .result import NameMap, TensorPair
@@ -50,13 +52,20 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
         add(a_name, b_name, "gguf", transform, **extra)
     for a_name, b_name in prefix_pairs(left, right):
         add(a_name, b_name, "prefix")
+    folded_into: dict[str, str] = {}
     if by_value and left and (right or pairs) and a.tensor_loader and b.tensor_loader:
         value_pairs(a, b, left, right, pairs, on_load)
+        for a_name, b_name, fold, absorbed in list(folded_pairs(a, b, left, right, on_load)):
+            if a_name in left and b_name in right:
+                add(a_name, b_name, "folded", fold=fold)
+                for name in absorbed:
+                    folded_into.setdefault(name, b_name)
 
     order = {t.name: i for i, t in enumerate(a.tensors)}
     pairs.sort(key=lambda p: order[p.a])
     return NameMap(str(a.path), str(b.path), a.format, b.format, pairs,
-                   list(left.values()), list(right.values()))
+                   list(left.values()), list(right.values()),
+                   {n: t for n, t in folded_into.items() if n in left})
 
 
 def _declared_transposed(info: ModelInfo) -> set[str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.tensor import TensorInfo
-from .names import is_uncounted, uncounted_reason
+from .names import uncounted_reason
 
 
 @dataclass
@@ -16,7 +16,9 @@ class TensorPair:
 
     Attributes:
         a, b: the names on each side.
-        how: ``exact`` | ``prefix`` | ``gguf`` | ``value`` | ``value-transposed``.
+        how: ``exact`` | ``prefix`` | ``gguf`` | ``value`` | ``value-transposed`` |
+            ``folded`` (B's tensor is A's layer with a BatchNorm folded in: ``extra["fold"]``
+            names the tensors, see :mod:`keishiki.mapping.folding`).
         a_shape, b_shape, a_dtype, b_dtype: as the readers report them.
         transform: what to apply to B's array to line it up with A's: None, ``"transpose"``
             (ONNX MatMul weights), ``"llama-rope-permute"`` / ``"llama-rope-unpermute"``
@@ -68,13 +70,22 @@ class NameMap:
     pairs: list[TensorPair]
     unmatched_a: list[TensorInfo]
     unmatched_b: list[TensorInfo]
+    # A's BatchNorm tensors consumed by a fold: {name: B tensor they were folded into}
+    folded_into: dict[str, str] = field(default_factory=dict)
+
+    def not_counted(self, t: TensorInfo, side: str) -> str | None:
+        """Why unpaired ``t`` (on side ``"A"`` or ``"B"``) is no difference, or None when
+        it is one: a graph constant, a computed buffer, a BatchNorm folded into B."""
+        if side == "A" and t.name in self.folded_into:
+            return f"BatchNorm folded into {self.folded_into[t.name]}"
+        return uncounted_reason(t, self.a_format if side == "A" else self.b_format)
 
     @property
     def counted_unmatched(self) -> tuple[list[str], list[str]]:
-        """Unpaired names that count as a difference (graph constants and computed buffers
-        excluded)."""
-        return ([t.name for t in self.unmatched_a if not is_uncounted(t, self.a_format)],
-                [t.name for t in self.unmatched_b if not is_uncounted(t, self.b_format)])
+        """Unpaired names that count as a difference (graph constants, computed buffers and
+        folded BatchNorms excluded)."""
+        return ([t.name for t in self.unmatched_a if not self.not_counted(t, "A")],
+                [t.name for t in self.unmatched_b if not self.not_counted(t, "B")])
 
     def how_counts(self) -> dict[str, int]:
         return dict(Counter(p.how for p in self.pairs).most_common())
@@ -86,15 +97,14 @@ class NameMap:
             "b": {"path": self.b_path, "format": self.b_format},
             "n_pairs": len(self.pairs), "how": self.how_counts(),
             "pairs": [p.to_dict() for p in self.pairs],
-            "unmatched_a": [_brief(t, self.a_format) for t in self.unmatched_a],
-            "unmatched_b": [_brief(t, self.b_format) for t in self.unmatched_b],
+            "unmatched_a": [_brief(t, self.not_counted(t, "A")) for t in self.unmatched_a],
+            "unmatched_b": [_brief(t, self.not_counted(t, "B")) for t in self.unmatched_b],
             "n_unmatched_counted": len(ua) + len(ub),
         }
 
 
-def _brief(t: TensorInfo, fmt: str) -> dict[str, Any]:
+def _brief(t: TensorInfo, reason: str | None) -> dict[str, Any]:
     out = {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
-    reason = uncounted_reason(t, fmt)
     if reason:
         out["not_counted"] = reason
     return out
