@@ -92,14 +92,23 @@ def test_real_corpus_legacy_vs_zip_identical():
 
 
 def test_real_corpus_onnx_with_folded_batchnorm():
-    """torch 1.13's export folded BatchNorm into the conv: those weights have no counterpart."""
+    """torch 1.13's export folded BatchNorm into the conv (onnx::Conv_16/17): the fold is
+    recomputed from the state_dict and the generated tensors are paired with the conv's."""
     sd = corpus_path("pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt")
     graph = corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx")
     report = keishiki.compare(sd, graph)
-    assert {d.pair.a for d in report.tensors} == {"fc.weight", "fc.bias"}
-    assert all(d.status == "identical" for d in report.tensors)
-    assert {t.name for t in report.mapping.unmatched_b} == {"onnx::Conv_16", "onnx::Conv_17"}
-    assert report.verdict == "different"
+    by_a = {d.pair.a: d for d in report.tensors}
+    assert {a: (d.pair.b, d.pair.how) for a, d in by_a.items()} == {
+        "fc.weight": ("fc.weight", "exact"), "fc.bias": ("fc.bias", "exact"),
+        "conv.weight": ("onnx::Conv_16", "folded"), "conv.bias": ("onnx::Conv_17", "folded")}
+    assert by_a["fc.weight"].status == "identical"
+    assert by_a["conv.weight"].status == "within tolerance"
+    assert by_a["conv.weight"].max_rel_diff < 1e-6
+    assert report.mapping.unmatched_b == []
+    assert report.mapping.counted_unmatched == ([], [])
+    assert set(report.mapping.folded_into) == {f"bn.{p}" for p in (
+        "weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    assert report.verdict == "within tolerance"
 
 
 def test_value_diff_nan_inf_and_ints():
