@@ -332,3 +332,67 @@ def test_llama_cpp_gpt2_vocab_test_vectors(tmp_path):
     write_hf_tokenizer(tmp_path, read_kv(gguf.GGUFReader(str(path))), path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert [hf.encode(t, add_special_tokens=False) for t in texts] == expected
+
+
+@pytest.fixture(scope="session")
+def llama3_style(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny Llama with a Llama-3-style tokenizer: byte-level BPE, ignore_merges, no byte
+    fallback, Llama-3's split regex (digits in groups of at most three)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from keishiki.convert.gguf_vocab import _LLAMA3_SPLIT
+
+    folder = tmp_path_factory.mktemp("llama3") / "llama3"
+    shutil.copytree(tiny_llama, folder)
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_LLAMA3, show_progress=False,
+                                  special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TEXT + ["1234567890 123456 2024"] * 5, trainer=trainer)
+    assert tok.get_vocab_size() == VOCAB_LLAMA3
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (folder / name).unlink(missing_ok=True)
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
+        model_input_names=["input_ids", "attention_mask"]).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(bos_token_id=0, eos_token_id=1, pad_token_id=None)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+VOCAB_LLAMA3 = 384  # the tiny Llama's embedding rows
+
+
+def test_llama3_style_stays_gpt2_with_llama_bpe_pre(llama3_style, tmp_path):
+    out = tmp_path / "l3.gguf"
+    report = keishiki.convert(llama3_style, out, to="gguf", quiet=True)
+    assert report.passed, report.to_dict()
+    step = report.steps[0]
+    assert step.details["tokenizer"]["model"] == "gpt2"
+    assert step.verify["tokenizer"]["passed"] is True and not step.verify["tokenizer"]["warnings"]
+    kv = _kv(out)
+    assert (kv["tokenizer.ggml.model"], kv["tokenizer.ggml.pre"]) == ("gpt2", "llama-bpe")
+    # the pre-tokenizer name matters: digits split in threes, as in the source
+    hf = transformers.AutoTokenizer.from_pretrained(llama3_style)
+    got = _gguf_tokenizer(out)
+    digits = "1234567890 123456"
+    assert got.encode(digits, add_special_tokens=False) == hf.encode(digits, add_special_tokens=False)
+    assert all(len(t.strip("Ġ")) <= 3 for t in got.tokenize(digits))
+
+
+def test_llama3_style_round_trip_keeps_the_split(llama3_style, tmp_path):
+    gguf_path = tmp_path / "l3.gguf"
+    assert keishiki.convert(llama3_style, gguf_path, to="gguf", quiet=True).passed
+    out = tmp_path / "back"
+    report = keishiki.convert(gguf_path, out, to="hf-model", quiet=True)
+    assert report.passed and report.steps[0].verify["tokenizer"]["passed"] is True
+    hf = transformers.AutoTokenizer.from_pretrained(llama3_style)
+    back = transformers.AutoTokenizer.from_pretrained(out)
+    texts = SAMPLES + ["1234567890 123456", " leading space"]
+    assert [back.encode(t, add_special_tokens=False) for t in texts] == \
+        [hf.encode(t, add_special_tokens=False) for t in texts]

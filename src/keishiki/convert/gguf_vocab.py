@@ -329,9 +329,10 @@ def _chat_template(folder: Path) -> str | None:
 def write_hf_tokenizer(out: Path, kv: dict[str, Any], gguf_path: Path | None = None) -> list[str]:
     """Write tokenizer.json / tokenizer_config.json (and chat_template.jinja) into ``out``.
 
-    A ``gpt2`` vocabulary is rebuilt here with ``tokenizers``; a ``llama`` (SentencePiece) one
-    is loaded by transformers' GGUF tokenizer loader from ``gguf_path`` and saved with
-    ``save_pretrained``.
+    A ``gpt2`` vocabulary with GPT-2's own split (pre ``default``/``gpt-2``) is rebuilt here
+    with ``tokenizers``; a ``llama`` (SentencePiece) one, or a gpt2 one with another split
+    (``llama-bpe``...), is loaded by transformers' GGUF tokenizer loader from ``gguf_path``
+    (which knows those splits) and saved with ``save_pretrained``.
 
     Returns:
         the file names written ([] for a vocabulary of another kind).
@@ -339,11 +340,12 @@ def write_hf_tokenizer(out: Path, kv: dict[str, Any], gguf_path: Path | None = N
     model = kv.get("tokenizer.ggml.model")
     if "tokenizer.ggml.tokens" not in kv:
         return []
-    if model == "llama" and gguf_path is not None:
-        return _write_llama_hf(out, kv, gguf_path)
-    if model != "gpt2":
-        return []
-    return _write_gpt2_hf(out, kv)
+    gpt2_split = kv.get("tokenizer.ggml.pre", "default") in ("default", "gpt-2")
+    if model == "gpt2" and (gpt2_split or gguf_path is None):
+        return _write_gpt2_hf(out, kv)
+    if model in ("llama", "gpt2") and gguf_path is not None:
+        return _write_with_transformers(out, kv, gguf_path)
+    return []
 
 
 def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
@@ -393,7 +395,7 @@ def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
     return tokenizer
 
 
-def _write_llama_hf(out: Path, kv: dict[str, Any], gguf_path: Path) -> list[str]:
+def _write_with_transformers(out: Path, kv: dict[str, Any], gguf_path: Path) -> list[str]:
     before = {p.name for p in out.iterdir()}
     tokenizer = load_gguf_tokenizer(gguf_path, kv)
     tokenizer.save_pretrained(str(out))
