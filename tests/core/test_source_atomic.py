@@ -89,3 +89,18 @@ def test_zip_with_unknown_extract_version_is_corrupt_not_a_crash(tmp_path):
     with pytest.raises(CorruptFile, match="broken zip archive: zip file version 6.4"):
         inspect(path)
     assert keishiki.scan(path).verdict in ("error", "unknown")
+
+
+def test_start_writeback_is_a_hint_that_never_fails(tmp_path):
+    """The early-writeback hint changes no byte and raises nothing, even on a bad fd or an
+    empty range (the fsync before the rename is what reports disk errors)."""
+    from keishiki.core.atomic import start_writeback
+
+    path = tmp_path / "w.bin"
+    with open(path, "wb", buffering=0) as fh:
+        fh.write(b"x" * 10_000)
+        start_writeback(fh.fileno(), 0, 10_000)
+        start_writeback(fh.fileno(), 0, 0)
+        os.fsync(fh.fileno())
+    start_writeback(-1, 0, 10)
+    assert path.read_bytes() == b"x" * 10_000

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..core import dtypes
+from ..core.atomic import WRITEBACK_CHUNK, start_writeback
 from ..core.model import ModelInfo
 from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
@@ -310,15 +311,19 @@ def write_safetensors(path: Path, st: SourceTensors, opts: ConvertOptions,
 
 
 def _write_all(fh, view: memoryview) -> None:
-    # an unbuffered FileIO may write less than asked
+    """Write all of ``view`` (an unbuffered FileIO may write less than asked), starting the
+    disk write of each chunk as it goes."""
     while view.nbytes:
-        n = fh.write(view)
+        at = fh.tell()
+        n = fh.write(view[:WRITEBACK_CHUNK])
+        start_writeback(fh.fileno(), at, n)
         view = view[n:]
 
 
 def _copy_span(fh, sources: dict, span: tuple[Path, int], nbytes: int) -> bool:
-    """Copy ``nbytes`` at ``span`` into ``fh`` in the kernel (os.copy_file_range, like cp);
-    False when the platform or file system cannot, before anything was written."""
+    """Copy ``nbytes`` at ``span`` into ``fh`` in the kernel (os.copy_file_range, like cp),
+    starting the disk write of each chunk as it lands (see ``start_writeback``); False when
+    the platform or file system cannot, before anything was written."""
     import os
 
     path, offset = span
@@ -326,12 +331,15 @@ def _copy_span(fh, sources: dict, span: tuple[Path, int], nbytes: int) -> bool:
         return False
     if path not in sources:
         sources[path] = open(path, "rb", buffering=0)
-    src_fd, done = sources[path].fileno(), 0
+    src_fd, dst_fd, done = sources[path].fileno(), fh.fileno(), 0
     try:
         while done < nbytes:
-            n = os.copy_file_range(src_fd, fh.fileno(), nbytes - done, offset + done)
+            at = fh.tell()
+            n = os.copy_file_range(src_fd, dst_fd, min(WRITEBACK_CHUNK, nbytes - done),
+                                   offset + done)
             if n == 0:
                 raise OSError("copy_file_range copied nothing (short source)")
+            start_writeback(dst_fd, at, n)
             done += n
     except OSError:
         if done:  # part of the tensor is written: finish it with ordinary reads
