@@ -396,3 +396,12 @@ def test_llama3_style_round_trip_keeps_the_split(llama3_style, tmp_path):
     texts = SAMPLES + ["1234567890 123456", " leading space"]
     assert [back.encode(t, add_special_tokens=False) for t in texts] == \
         [hf.encode(t, add_special_tokens=False) for t in texts]
+
+
+def test_gguf_written_next_to_another_tokenizer(spm_folders, tiny_llama, tmp_path):
+    """transformers prefers a tokenizer.json beside a GGUF over the GGUF's own vocabulary: the
+    check must still read the GGUF (a GGUF written into a model folder)."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / name, tmp_path / name)  # the byte-level one: a decoy
+    report = keishiki.convert(spm_folders["both"], tmp_path / "spm.gguf", to="gguf", quiet=True)
+    assert report.passed and report.steps[0].verify["tokenizer"]["passed"] is True

@@ -371,18 +371,28 @@ def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
     """
     from .._optional import require
 
+    import tempfile
+
     transformers = require("transformers", extra="hf", purpose="load a GGUF tokenizer")
     llama = kv.get("tokenizer.ggml.model") == "llama"
     add_bos = kv.get("tokenizer.ggml.add_bos_token", llama)
     add_eos = kv.get("tokenizer.ggml.add_eos_token", False)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # its info lines are not ours to print
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, add_bos_token=bool(add_bos),
-            add_eos_token=bool(add_eos))
-    finally:
-        transformers.logging.set_verbosity(verbosity)
+    # from_pretrained prefers a tokenizer.json/tokenizer.model next to the GGUF over the GGUF
+    # itself (a GGUF written into its model's folder): load it alone, through a link
+    with tempfile.TemporaryDirectory(prefix="keishiki-gguf-tok-") as alone:
+        folder, name = str(gguf_path.parent), gguf_path.name
+        try:
+            (Path(alone) / "model.gguf").symlink_to(gguf_path.resolve())
+            folder, name = alone, "model.gguf"
+        except OSError:  # no symlinks here (Windows without the privilege): best effort
+            pass
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                folder, gguf_file=name, add_bos_token=bool(add_bos), add_eos_token=bool(add_eos))
+        finally:
+            transformers.logging.set_verbosity(verbosity)
     if llama and kv.get("general.architecture", "llama") == "llama":
         from tokenizers import normalizers
 
