@@ -405,3 +405,22 @@ def test_gguf_written_next_to_another_tokenizer(spm_folders, tiny_llama, tmp_pat
         shutil.copy(tiny_llama / name, tmp_path / name)  # the byte-level one: a decoy
     report = keishiki.convert(spm_folders["both"], tmp_path / "spm.gguf", to="gguf", quiet=True)
     assert report.passed and report.steps[0].verify["tokenizer"]["passed"] is True
+
+
+def test_vocab_edge_cases(spm_folders, tmp_path):
+    """A broken tokenizer.model falls back to tokenizer.json; a tokenizer bigger than the
+    embedding is cut with a warning; a pad id of -1 in config.json means none."""
+    from keishiki.convert.gguf_vocab import vocab_from_hf
+
+    folder = tmp_path / "broken"
+    shutil.copytree(spm_folders["both"], folder)
+    (folder / "tokenizer.model").write_bytes(b"not a protobuf")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, pad_token_id=-1)))
+    vocab, warnings = vocab_from_hf(folder, VOCAB)
+    assert vocab.model == "llama" and vocab.source == "tokenizer.json"
+    assert any("tokenizer.model not readable" in w for w in warnings)
+    assert vocab.special_ids["bos"] == 1 and vocab.special_ids["eos"] == 2
+    vocab, warnings = vocab_from_hf(spm_folders["both"], 300)
+    assert len(vocab.tokens) == len(vocab.scores) == len(vocab.token_types) == 300
+    assert any("left out" in w for w in warnings)

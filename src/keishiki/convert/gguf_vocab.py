@@ -296,8 +296,14 @@ def _specials(vocab: GGUFVocab, folder: Path, warnings: list[str]) -> None:
     log = logging.getLogger("gguf.vocab")
     level = log.level
     log.setLevel(logging.ERROR)
+    # a negative id in config.json ("pad_token_id": -1) means none, but SpecialVocab raises on it
+    config = _read_json(folder / "config.json") or {}
+    kinds = tuple(k for k in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+                  if not (isinstance(config.get(f"{k}_token_id"), int)
+                          and config[f"{k}_token_id"] < 0))
     try:
-        special = SpecialVocab(folder, load_merges=False, n_vocab=len(vocab.tokens))
+        special = SpecialVocab(folder, load_merges=False, n_vocab=len(vocab.tokens),
+                               special_token_types=kinds)
     except (ValueError, OSError) as exc:  # e.g. a negative pad_token_id in config.json
         warnings.append(f"special tokens not converted ({exc})")
         return
