@@ -347,7 +347,7 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             report.verify = verify_gguf(out, plan, required)
             if vocab:
                 check_tokenizer(report, lambda: _auto_tokenizer(src),
-                                lambda: load_gguf_tokenizer(out, _tokenizer_flags(vocab)))
+                                lambda: load_gguf_tokenizer(out, _tokenizer_flags(out)))
     report.n_tensors = len(plan)
     report.details.update(quant=quant, types=sorted({p.qtype for p in plan}))
     if vocab:
@@ -357,13 +357,13 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     return report
 
 
-def _tokenizer_flags(vocab) -> dict[str, Any]:
-    """The ``tokenizer.ggml.*`` keys :func:`load_gguf_tokenizer` needs, as written."""
-    kv: dict[str, Any] = {"tokenizer.ggml.model": vocab.model}
-    for kind in ("bos", "eos"):
-        if kind in vocab.add_special:
-            kv[f"tokenizer.ggml.add_{kind}_token"] = vocab.add_special[kind]
-    return kv
+def _tokenizer_flags(path: Path) -> dict[str, Any]:
+    """The scalar ``tokenizer.ggml.*`` keys :func:`load_gguf_tokenizer` needs, read back from
+    the written file with GGUFReader (what llama.cpp will see, not what was meant)."""
+    reader = _gguf().GGUFReader(str(path))
+    wanted = ("tokenizer.ggml.model", "tokenizer.ggml.add_bos_token",
+              "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix")
+    return {k: reader.fields[k].contents() for k in wanted if k in reader.fields}
 
 
 def _auto_tokenizer(folder: Path):
