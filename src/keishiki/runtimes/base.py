@@ -89,8 +89,10 @@ class Backend:
         for seq in seqs:
             if not seq.prompt_ids:
                 raise InvalidRequest(f"prompt {seq.request} is empty after tokenization")
-            if self.vocab_size and max(seq.prompt_ids) >= self.vocab_size:
-                raise InvalidRequest(f"prompt {seq.request} has token id {max(seq.prompt_ids)} "
+            bad = [t for t in seq.prompt_ids
+                   if t < 0 or (self.vocab_size and t >= self.vocab_size)]
+            if bad:
+                raise InvalidRequest(f"prompt {seq.request} has token id {bad[0]} "
                                      f"outside the model's vocabulary ({self.vocab_size})")
         return self._run_impl(seqs)
 
@@ -127,10 +129,16 @@ class LoopBackend(Backend):
         fed one token at a time through the cache, the way decoding sees it.
 
         Raises:
-            InvalidRequest: empty ``token_ids``, or an id outside the vocabulary.
+            InvalidRequest: empty ``token_ids``, an id outside the vocabulary, or more ids
+                than the model's context (``max_model_len``).
         """
         if not token_ids:
             raise InvalidRequest("no token ids to score")
+        if self.max_model_len and len(token_ids) > self.max_model_len:
+            # past its context a model's numbers mean nothing (and learned position tables
+            # fail with an index error): generate() refuses such prompts too
+            raise InvalidRequest(f"{len(token_ids)} token ids to score; the model takes at "
+                                 f"most {self.max_model_len}")
         bad = [t for t in token_ids if t < 0 or (self.vocab_size and t >= self.vocab_size)]
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is outside the model's vocabulary "

@@ -173,14 +173,19 @@ class LLM:
         compare two formats of one model position by position.
 
         Raises:
-            InvalidRequest: empty ids or an id outside the vocabulary.
+            InvalidRequest: empty ids, an id outside the vocabulary or not an integer, or
+                more ids than the model's context.
             RuntimeUnavailable: the engine has no step-by-step forward (vLLM).
         """
         scorer = getattr(self._engine, "next_token_logits", None)
         if scorer is None:
             raise RuntimeUnavailable(f"backend {self.backend!r} does not expose its logits; "
                                      f"use prompt_logprobs in SamplingParams instead")
-        return scorer([int(t) for t in token_ids])
+        ids = list(token_ids) if not isinstance(token_ids, (str, bytes)) else [token_ids]
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in ids):
+            raise InvalidRequest("token_ids must be a list of integer token ids "
+                                 "(tokenize text with llm.get_tokenizer().encode)")
+        return scorer([int(t) for t in ids])
 
     # -- internals ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ class TorchScriptBackend(LoopBackend):
     def __init__(self, ts_file: Path, config: dict | None = None, device: str | None = None):
         super().__init__()
         self.torch = torch = require("torch", purpose="run a TorchScript model")
+        self.path = ts_file
         self.device = device or "cpu"
         try:
             self.module = torch.jit.load(str(ts_file), map_location=self.device).eval()
@@ -74,17 +75,37 @@ class TorchScriptBackend(LoopBackend):
                     empty = torch.zeros((input_ids.shape[0], heads, 0, head_dim),
                                         device=self.device)
                     state = [empty] * self.n_past
-                out = self.module(t(input_ids), t(attention_mask), t(position_ids), *state)
-                return out[0][:, -1, :].float().cpu().numpy(), list(out[1:])
+                out = self._call(t(input_ids), t(attention_mask), t(position_ids), *state)
+                return self._last_logits(out[0]), list(out[1:])
             all_ids = input_ids if state is None else np.concatenate([state, input_ids], axis=1)
             args = [t(all_ids)]
             if self.n_inputs >= 2:
                 args.append(t(attention_mask))
             if self.n_inputs >= 3:
                 args.append(t(np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None)))
-            out = self.module(*args)
+            out = self._call(*args)
             logits = out[0] if isinstance(out, (tuple, list)) else out
-            return logits[:, -1, :].float().cpu().numpy(), all_ids
+            return self._last_logits(logits), all_ids
+
+    def _call(self, *args):
+        """Call the module; its own failure (a TorchScript error, an exception its code
+        raises) means it is not the causal LM the schema suggested: one line, not a trace."""
+        try:
+            return self.module(*args)
+        except (RuntimeError, self.torch.jit.Error) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise InvalidRequest(f"{self.path}: the TorchScript model failed on token ids (not a "
+                                 f"causal LM?): {lines[-1] if lines else type(exc).__name__}"
+                                 ) from None
+
+    def _last_logits(self, logits):
+        """The last position's logits ``[batch, vocab]`` of a ``[batch, seq, vocab]`` output."""
+        if not isinstance(logits, self.torch.Tensor) or logits.dim() != 3:
+            shape = list(logits.shape) if isinstance(logits, self.torch.Tensor) else \
+                type(logits).__name__
+            raise InvalidRequest(f"{self.path}: the TorchScript model returned {shape}, not "
+                                 f"logits [batch, tokens, vocab]: not a causal LM")
+        return logits[:, -1, :].float().cpu().numpy()
 
 
 def _keishiki_meta(ts_file: Path) -> dict:

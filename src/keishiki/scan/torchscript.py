@@ -9,7 +9,9 @@ and custom classes (``__torch__.torch.classes``) are visible by reading it.
 
 from __future__ import annotations
 
+import io
 import re
+import tokenize
 
 _CUSTOM_OP = re.compile(r"\bops\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 _CUSTOM_CLASS = re.compile(r"__torch__\.torch\.classes\.([A-Za-z0-9_.]+)")
@@ -25,7 +27,10 @@ def is_torchscript(names: list[str]) -> bool:
 
 
 def code_findings(name: str, text: str) -> list[tuple[str, str, str]]:
-    """(severity, subject, reason) for the unusual calls in one ``code/`` file."""
+    """(severity, subject, reason) for the unusual calls in one ``code/`` file (Python
+    source, read as ``torch.jit.load`` parses it) or ``torch.export`` JSON graph."""
+    if name.lower().endswith(".py"):
+        text = canonical_code(text)
     out: list[tuple[str, str, str]] = []
     for ns, op in sorted(set(_CUSTOM_OP.findall(text))):
         if ns not in _STANDARD_NS:
@@ -38,3 +43,38 @@ def code_findings(name: str, text: str) -> list[tuple[str, str, str]]:
         out.append(("dangerous", f"torch.{op}",
                     f"TorchScript code in {name} calls {op}: reads or writes files"))
     return out
+
+
+_NAME_LIKE = (tokenize.NAME, tokenize.NUMBER)
+_SKIPPED = (tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+            tokenize.DEDENT, tokenize.ENDMARKER)
+# a parenthesised name whose attribute is taken: "(torch).load", "return(torch).load",
+# "((torch)).load" (unwrapped from the inside out)
+_WRAPPED_NAME = re.compile(r"\(\s*([A-Za-z_][\w.]*)\s*\)(?=[.)])")
+
+
+def canonical_code(text: str) -> str:
+    """TorchScript source as its parser sees it, for the patterns above: comments and string
+    literals dropped (a ``# torch.load`` comment calls nothing), and the layout Python
+    allows inside a name removed (``torch . from_file``, a backslash line break,
+    ``(torch).from_file`` all call ``torch.from_file``: ``torch.jit.load`` accepts them).
+    Text the tokenizer rejects falls back to the raw text with that layout removed."""
+    parts: list[str] = []
+    previous = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type in _SKIPPED:
+                previous = None
+                continue
+            if previous in _NAME_LIKE and tok.type in _NAME_LIKE:
+                parts.append(" ")  # keep "return torch" from becoming one name
+            parts.append(tok.string)
+            previous = tok.type
+        code = "".join(parts)
+    except (tokenize.TokenError, SyntaxError):
+        code = re.sub(r"\s*\.\s*", ".", re.sub(r"\\\r?\n", " ", text))
+    while True:  # unwrap (name) until nothing changes: ((torch)).load
+        unwrapped = _WRAPPED_NAME.sub(r" \1", code)
+        if unwrapped == code:
+            return code
+        code = unwrapped

@@ -1,0 +1,121 @@
+"""QA of the session's new features as a demanding user meets them: each test is a finding
+that failed before its fix (logprobs / next_token_logits edges, the TorchScript gate, …)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import corpus_path, run_cli
+
+torch = pytest.importorskip("torch")
+
+
+# -- the TorchScript gate: the scanner reads code as torch.jit.load parses it --------------
+
+class _ReadsFile(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.from_file("/nonexistent-keishiki-qa", False, 4, dtype=torch.uint8)
+        return x + y.sum()
+
+
+class _Plain(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+def _rewrite_code(src: Path, dst: Path, edit) -> Path:
+    """Copy a TorchScript archive, passing each ``code/*.py`` member's text through ``edit``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if "/code/" in info.filename and info.filename.endswith(".py"):
+                data = edit(data.decode()).encode()
+            zout.writestr(info, data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def file_op_ts(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ts") / "reads_file.pt"
+    torch.jit.save(torch.jit.script(_ReadsFile()), str(out))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["torch . from_file", "torch.\\\n        from_file",
+                                    "(torch).from_file", "((torch)).from_file"])
+def test_scan_sees_a_file_op_whatever_its_layout(file_op_ts, tmp_path, layout):
+    from keishiki import scan
+
+    hidden = _rewrite_code(file_op_ts, tmp_path / "hidden.pt",
+                           lambda text: text.replace("torch.from_file", layout))
+    torch.jit.load(str(hidden))  # torch parses it: the call is real
+    report = scan(hidden)
+    assert report.verdict == "dangerous"
+    assert any(f.global_ == "torch.from_file" for f in report.findings)
+
+
+def test_run_refuses_a_file_op_behind_spaces(file_op_ts, tmp_path, tiny_llama):
+    hidden = _rewrite_code(file_op_ts, tmp_path / "hidden.pt",
+                           lambda text: text.replace("torch.from_file", "torch . from_file"))
+    code, out, err = run_cli("run", hidden, "--tokenizer", tiny_llama, "-p", "hi",
+                             "--backend", "torchscript")
+    assert code == 1 and "from_file" in err and "--trust-remote-code" in err
+
+
+def test_scan_ignores_file_ops_named_in_comments_and_strings(tmp_path):
+    from keishiki import scan
+
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(_Plain()), str(plain))
+    noted = _rewrite_code(plain, tmp_path / "noted.pt", lambda text: text.replace(
+        "return torch.add(x, 1)",
+        "# never torch.load(x) here\n    _0 = \"torch.from_file\"\n    return torch.add(x, 1)"))
+    torch.jit.load(str(noted))
+    assert scan(noted).verdict == "unknown"  # TorchScript code is always unknown, not dangerous
+
+
+# -- run on a TorchScript file that is not a causal LM: one line, exit 2 -------------------
+
+@pytest.mark.parametrize("rel", ["torchscript/torch-1.13.1-debian/tinynet_scripted.pt",
+                                 "torchscript/silero-vad-6.2.3/silero_vad.jit"])
+def test_run_non_lm_torchscript_is_one_line(rel, tiny_llama):
+    path = corpus_path(rel)
+    code, out, err = run_cli("run", path, "--tokenizer", tiny_llama, "-p", "hi", "-n", "1")
+    assert code == 2, err
+    assert "not a causal LM" in err and err.count("\n") == 1 and "internal error" not in err
+
+
+# -- token ids the user passes in -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llm(tiny_llama):
+    from keishiki import LLM
+
+    return LLM(model=str(tiny_llama), backend="torch")
+
+
+def test_negative_prompt_token_id_is_refused(llm):
+    from keishiki import SamplingParams
+    from keishiki.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="token id -3 outside"):
+        llm.generate({"prompt_token_ids": [5, -3]}, SamplingParams(max_tokens=1))
+
+
+@pytest.mark.parametrize("ids", ["abc", [1.7], [True, 2]])
+def test_next_token_logits_wants_integer_ids(llm, ids):
+    from keishiki.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="integer token ids"):
+        llm.next_token_logits(ids)
+
+
+def test_next_token_logits_stops_at_the_context(llm):
+    from keishiki.errors import InvalidRequest
+
+    assert llm.next_token_logits([5] * 256).shape == (256, 384)
+    with pytest.raises(InvalidRequest, match="at most 256"):
+        llm.next_token_logits([5] * 257)
