@@ -1,5 +1,6 @@
-"""GGUF edges: gguf → safetensors / hf-model (dequantized, llama names mapped back, Q/K
-un-permuted), hf-model (llama family) → gguf and safetensors → gguf at f32/f16/bf16/q8_0.
+"""GGUF edges: gguf → safetensors / hf-model (dequantized, names mapped back, llama's Q/K
+un-permuted, gemma's norm offset undone), hf-model (llama, mistral, qwen2, qwen3, gemma,
+gemma2: see :mod:`.gguf_archs`) → gguf and safetensors → gguf at f32/f16/bf16/q8_0.
 
 GGUF stores dims reversed (``ne[0]`` is the fastest-moving one); the ``gguf`` package's
 reader and writer take row-major numpy shapes, so shapes here are always row-major.
@@ -21,6 +22,7 @@ from ..core import dtypes
 from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import InvalidRequest, MissingDependency
+from . import gguf_archs as archs
 from . import gguf_names as names
 from .base import ConvertOptions, StepReport, Timer
 from .verify import ReadBack
@@ -55,27 +57,35 @@ def read_kv(reader) -> dict[str, Any]:
 
 
 def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str, Any]]:
-    """The GGUF file's tensors as LazyTensors with HF names (llama) and row-major shapes.
+    """The GGUF file's tensors as LazyTensors with row-major shapes; for an architecture in
+    :data:`.gguf_archs.ARCHS`, with HF names, Q/K un-permuted and norm offsets undone.
 
     Quantized tensors load dequantized to float32 (or ``dtype``); F32/F16/BF16 keep their type.
     """
     gguf = _gguf()
     reader = gguf.GGUFReader(str(path))
     kv = read_kv(reader)
-    llama = kv.get("general.architecture") == "llama"
-    n_head = int(kv.get("llama.attention.head_count", 0) or 0)
-    n_head_kv = int(kv.get("llama.attention.head_count_kv", n_head) or n_head)
+    arch = archs.for_gguf(kv)
+    back: dict[str, str] = {}
+    n_head = n_head_kv = 0
+    if arch:
+        _, back = arch.name_maps(int(kv.get(f"{arch.name}.block_count", 0) or 0))
+        n_head = int(kv.get(f"{arch.name}.attention.head_count", 0) or 0)
+        n_head_kv = int(kv.get(f"{arch.name}.attention.head_count_kv", n_head) or n_head)
     tensors, warnings = [], []
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         type_name = t.tensor_type.name
         dtype_name = _KEEP.get(type_name, "float32")
-        hf_name = names.gguf_to_hf_name(t.name) if llama else None
-        if llama and hf_name is None:
+        hf_name = back.get(t.name) if arch else None
+        if arch and hf_name is None:
             warnings.append(f"{t.name}: no Hugging Face name known; kept as is")
-        heads = names.rotary_heads(t.name, n_head, n_head_kv) if llama else None
+        heads = (names.rotary_heads(t.name, n_head, n_head_kv)
+                 if arch and arch.permute_qk else None)
+        offset = arch.offset_of(hf_name) if arch and hf_name else 0.0
 
-        def load(t=t, shape=shape, heads=heads, type_name=type_name) -> np.ndarray:
+        def load(t=t, shape=shape, heads=heads, type_name=type_name,
+                 offset=offset) -> np.ndarray:
             if type_name in _KEEP:
                 arr = np.asarray(t.data)
                 if type_name == "BF16":
@@ -83,6 +93,9 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
                 arr = arr.reshape(shape)
             else:
                 arr = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+            if offset:  # gemma: llama.cpp stored w + 1 (its RMSNorm multiplies by w alone)
+                arr = cast_array(cast_array(arr, "float32") - np.float32(offset),
+                                 dtypes.from_numpy(arr.dtype))
             return names.unpermute(arr, heads) if heads else np.ascontiguousarray(arr)
 
         size = int(np.prod(shape)) * dtypes.itemsize(dtype_name) if shape else dtypes.itemsize(dtype_name)
@@ -93,7 +106,8 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
 
 
 def gguf_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
-    """Edge ``gguf -> safetensors``: dequantized tensors, llama names mapped back to HF."""
+    """Edge ``gguf -> safetensors``: dequantized tensors, known architectures' names mapped
+    back to HF (others keep their GGUF names)."""
     st, kv = gguf_tensors(src, opts.dtype)
     report = StepReport(edge="gguf -> safetensors", src=str(src), out=str(out),
                         warnings=st.warnings)
@@ -109,16 +123,18 @@ def gguf_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
 
 
 def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
-    """Edge ``gguf -> hf-model``: config.json from the llama metadata, model.safetensors and
-    tokenizer.json/tokenizer_config.json (gpt2 vocabularies rebuilt, llama/SentencePiece ones
-    through transformers' GGUF loader), the tokenizer checked by encoding sample texts."""
+    """Edge ``gguf -> hf-model``: config.json from the ``<arch>.*`` metadata (llama, qwen2,
+    qwen3, gemma, gemma2), model.safetensors and tokenizer.json/tokenizer_config.json (gpt2
+    vocabularies rebuilt, llama/SentencePiece ones through transformers' GGUF loader), the
+    tokenizer checked by encoding sample texts."""
     from .gguf_vocab import load_gguf_tokenizer, write_hf_tokenizer
 
     st, kv = gguf_tensors(src, opts.dtype)
-    if kv.get("general.architecture") != "llama":
-        raise InvalidRequest(f"{src}: GGUF architecture {kv.get('general.architecture')!r}: only "
-                             f"llama-family GGUF files become HF folders; use --to safetensors "
-                             f"to get the tensors")
+    arch = archs.for_gguf(kv)
+    if arch is None:
+        raise InvalidRequest(f"{src}: GGUF architecture {kv.get('general.architecture')!r}: "
+                             f"keishiki makes HF folders of {', '.join(archs.ARCHS)} GGUF files "
+                             f"only; use --to safetensors to get the tensors")
     if not out.is_dir():
         out.mkdir()
     report = gguf_to_safetensors(src, out / "model.safetensors", opts)
@@ -127,7 +143,7 @@ def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     tied = not any(t.name == "lm_head.weight" for t in st.tensors)
     written = {t.info.dtype for t in st.tensors if t.info.dtype in FLOATING}
     dtype = opts.dtype or ("float32" if "float32" in written or not written else sorted(written)[0])
-    config = names.gguf_kv_to_config(kv, embed.info.shape[0], tied, dtype)
+    config = archs.config_from_metadata(arch, kv, embed.info.shape[0], tied, dtype)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
@@ -154,12 +170,14 @@ def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
 @dataclass
 class Planned:
-    """One tensor to write: GGUF name, its source, the GGML type, rotary heads to permute."""
+    """One tensor to write: GGUF name, its source, the GGML type, rotary heads to permute,
+    and what to add to it first (gemma's norm offset)."""
 
     gguf_name: str
     source: LazyTensor
     qtype: str  # F32 | F16 | BF16 | Q8_0 | keep (integers as they are)
     heads: int | None = None
+    offset: float = 0.0
 
 
 def _pick_type(info: TensorInfo, quant: str) -> str:
@@ -183,9 +201,12 @@ def _default_quant(st: SourceTensors, opts: ConvertOptions) -> str:
         frozenset(floating), "f32")
 
 
-def _encode(arr: np.ndarray, qtype: str, heads: int | None) -> np.ndarray:
-    """The bytes GGUF stores for ``arr`` (permuted first when ``heads``)."""
+def _encode(arr: np.ndarray, qtype: str, heads: int | None, offset: float = 0.0) -> np.ndarray:
+    """The bytes GGUF stores for ``arr`` (``offset`` added in float32 and rows permuted first
+    when asked)."""
     gguf = _gguf()
+    if offset:
+        arr = cast_array(arr, "float32") + np.float32(offset)
     if heads:
         arr = names.permute(arr, heads)
     if qtype == "keep":
@@ -235,7 +256,7 @@ def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned],
     total = sum(p.source.info.nbytes for p in plan)
     with progress(total, "-> gguf", quiet, unit_bytes=True) as adv:
         for p in plan:
-            writer.write_tensor_data(_encode(p.source.load(), p.qtype, p.heads))
+            writer.write_tensor_data(_encode(p.source.load(), p.qtype, p.heads, p.offset))
             adv(p.source.info.nbytes)
     writer.close()
     return out.stat().st_size
@@ -254,7 +275,11 @@ def verify_gguf(out: Path, plan: list[Planned], required_keys: list[str]) -> dic
             rb.missing.append(p.gguf_name)
             continue
         original = p.source.load()
-        expected_src = names.permute(original, p.heads) if p.heads else original
+        expected_src = original
+        if p.offset:
+            expected_src = cast_array(original, "float32") + np.float32(p.offset)
+        if p.heads:
+            expected_src = names.permute(expected_src, p.heads)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         if shape != tuple(p.source.info.shape):
             rb.mismatched.append(p.gguf_name)
@@ -268,7 +293,7 @@ def verify_gguf(out: Path, plan: list[Planned], required_keys: list[str]) -> dic
             atol = float(blocks.max() * (0.5 + 127 * 2.0 ** -11)) * 1.001 + 1e-12
             rb.compare(p.gguf_name, ref, got, original=ref, atol=atol)
         else:
-            expected = _encode(original, p.qtype, p.heads)
+            expected = _encode(original, p.qtype, p.heads, p.offset)
             got = np.asarray(t.data)
             rb.compare(p.gguf_name, expected.reshape(-1).view(np.uint8),
                        got.reshape(-1).view(np.uint8),
@@ -285,45 +310,39 @@ def verify_gguf(out: Path, plan: list[Planned], required_keys: list[str]) -> dic
 
 
 def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
-    """Edge ``hf-model -> gguf``: a llama-family HF folder as a llama.cpp-loadable GGUF."""
+    """Edge ``hf-model -> gguf``: an HF causal-LM folder (llama, mistral, qwen2, qwen3, gemma,
+    gemma2) as a llama.cpp-loadable GGUF, written as llama.cpp's ``convert_hf_to_gguf.py``
+    does (see :mod:`.gguf_archs`).
+
+    Raises:
+        InvalidRequest: another model_type.
+    """
     from .gguf_vocab import load_gguf_tokenizer, vocab_from_hf
     from .hf_weights import folder_tensors
 
     config = json.loads((src / "config.json").read_text())
-    if not names.is_llama(config):
-        raise InvalidRequest(f"{src}: model_type {config.get('model_type')!r}: keishiki writes "
-                             f"GGUF for the llama family (llama, mistral) only")
+    arch = archs.for_config(config, src)
     _, st = folder_tensors(src, replace_key(opts))
-    hp = names.config_to_gguf_kv(config)
+    metadata = archs.metadata_from_config(arch, config)
+    n_head = int(config["num_attention_heads"])
+    n_head_kv = int(archs.config_value(config, "num_key_value_heads"))
+    vocab_size = int(config["vocab_size"])
     quant = _default_quant(st, opts)
-    plan, warnings = [], list(st.warnings)
-    for t in st.tensors:
-        if names.SKIPPED_HF.search(t.name):
-            continue
-        gname = names.hf_to_gguf_name(t.name)
-        if gname is None:
-            warnings.append(f"{t.name}: no GGUF name for it in the llama layout; kept as is")
-            gname = t.name
-        heads = names.rotary_heads(gname, hp["head_count"], hp["head_count_kv"])
-        plan.append(Planned(gname, t, _pick_type(t.info, quant), heads))
-    vocab, vocab_warnings = vocab_from_hf(src, hp["vocab_size"])
+    plan, warnings = _plan(arch, config, st, quant, n_head, n_head_kv)
+    warnings = [*st.warnings, *warnings]
+    vocab, vocab_warnings = vocab_from_hf(src, vocab_size)
     warnings.extend(vocab_warnings)
+    if vocab and vocab.model == "gpt2" and arch.bpe_pre_from_transformers:
+        vocab.pre = _transformers_bpe_pre(src) or vocab.pre
 
     def kv_writer(w) -> None:
         w.add_name(src.name)
         w.add_file_type(_FILE_TYPE[quant])
         if quant == "q8_0":
             w.add_quantization_version(2)
-        w.add_block_count(hp["block_count"])
-        w.add_context_length(hp["context_length"])
-        w.add_embedding_length(hp["embedding_length"])
-        w.add_feed_forward_length(hp["feed_forward_length"])
-        w.add_head_count(hp["head_count"])
-        w.add_head_count_kv(hp["head_count_kv"])
-        w.add_rope_dimension_count(hp["rope_dimension_count"])
-        w.add_rope_freq_base(hp["rope_freq_base"])
-        w.add_layer_norm_rms_eps(hp["rms_eps"])
-        w.add_vocab_size(hp["vocab_size"])
+        for key, kind, value in metadata:
+            (w.add_float32 if kind == "f32" else w.add_uint32)(key, value)
+        w.add_vocab_size(vocab_size)
         if vocab:  # special ids come with it (gguf.SpecialVocab also reads config.json)
             vocab.add_to(w)
         else:
@@ -335,12 +354,8 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
     report = StepReport(edge="hf-model -> gguf", src=str(src), out=str(out), warnings=warnings)
     with Timer() as timer:
-        report.bytes_written = write_gguf(out, "llama", kv_writer, plan, opts.quiet)
-        required = ["general.architecture", "llama.block_count", "llama.context_length",
-                    "llama.embedding_length", "llama.feed_forward_length",
-                    "llama.attention.head_count", "llama.attention.head_count_kv",
-                    "llama.rope.dimension_count", "llama.rope.freq_base",
-                    "llama.attention.layer_norm_rms_epsilon"]
+        report.bytes_written = write_gguf(out, arch.name, kv_writer, plan, opts.quiet)
+        required = arch.required_keys()
         if vocab:
             required += vocab.required_keys()
         if opts.verify:
@@ -349,12 +364,60 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
                 check_tokenizer(report, lambda: _auto_tokenizer(src),
                                 lambda: load_gguf_tokenizer(out, _tokenizer_flags(out)))
     report.n_tensors = len(plan)
-    report.details.update(quant=quant, types=sorted({p.qtype for p in plan}))
+    report.details.update(quant=quant, types=sorted({p.qtype for p in plan}),
+                          architecture=arch.name)
     if vocab:
         report.details["tokenizer"] = {"model": vocab.model, "pre": vocab.pre,
                                        "source": vocab.source, "n_tokens": len(vocab.tokens)}
     report.seconds = timer.seconds
     return report
+
+
+def _plan(arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors, quant: str,
+          n_head: int, n_head_kv: int) -> tuple[list[Planned], list[str]]:
+    """Every tensor of ``st`` as a :class:`Planned` write for ``arch``, and warnings."""
+    to_gguf, _ = arch.name_maps(int(config["num_hidden_layers"]))
+    plan, warnings = [], []
+    for t in st.tensors:
+        if names.SKIPPED_HF.search(t.name):
+            continue
+        if t.name == "lm_head.weight" and not arch.store_lm_head:
+            # llama.cpp skips it too: these models tie it to the embedding
+            if config.get("tie_word_embeddings") is False:
+                warnings.append(f"lm_head.weight: not stored ({arch.name} GGUF files tie it "
+                                f"to token_embd), but config.json says it is not tied")
+            continue
+        gname = to_gguf.get(t.name)
+        if gname is None:
+            warnings.append(f"{t.name}: no GGUF name for it in the {arch.name} layout; "
+                            f"kept as is")
+            gname = t.name
+        heads = names.rotary_heads(gname, n_head, n_head_kv) if arch.permute_qk else None
+        plan.append(Planned(gname, t, _pick_type(t.info, quant), heads, arch.offset_of(t.name)))
+    warnings.extend(archs.config_warnings(arch, config))
+    return plan, warnings
+
+
+def _transformers_bpe_pre(folder: Path) -> str | None:
+    """llama.cpp's name for the split regex transformers applies to ``folder``'s tokenizer
+    (from transformers' own GGUF table, ``GGUF_PRE_TOKENIZER_SPLITS``); None when unknown.
+
+    Why not tokenizer.json's: transformers 5 picks the tokenizer class from model_type too, so
+    a qwen2 folder gets ``Qwen2Tokenizer``'s split (digits one by one) over the file's, and the
+    GGUF must split like what users of the folder get.
+    """
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_PRE_TOKENIZER_SPLITS)
+
+        tokenizer = _auto_tokenizer(folder)
+        pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    except Exception:  # no transformers, another layout, no fast tokenizer: keep the file's
+        return None
+    patterns = {(step.get("pattern") or {}).get("Regex")
+                for step in pre.get("pretokenizers") or [pre] if step.get("type") == "Split"}
+    return next((name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items()
+                 if regex in patterns), None)
 
 
 def _tokenizer_flags(path: Path) -> dict[str, Any]:

@@ -1,0 +1,240 @@
+"""What keishiki knows about each GGUF architecture it converts to and from, in one table.
+
+One :class:`GGUFArch` per llama.cpp architecture, written the way llama.cpp's
+``convert_hf_to_gguf.py`` writes it (``LlamaModel``, ``Qwen2Model``, ``Qwen3Model``,
+``GemmaModel``, ``Gemma2Model``):
+
+- ``llama`` (model_type llama, mistral): Q/K rows permuted for llama.cpp's interleaved rotary.
+- ``qwen2``: q/k/v biases, no permutation (llama.cpp's qwen2 graph uses NEOX rotary, HF's order).
+- ``qwen3``: like qwen2 without biases, plus per-head ``q_norm``/``k_norm`` → ``attn_q_norm``/
+  ``attn_k_norm``; ``head_dim`` is independent of hidden/heads, so ``attention.key_length``.
+- ``gemma``/``gemma2``: RMSNorm weights stored as ``w + 1`` (HF's GemmaRMSNorm multiplies by
+  ``1 + w``, llama.cpp's by ``w``); the tied ``lm_head`` is not stored; gemma2's extra
+  post-attention/post-FFN norms and soft-capping/sliding-window metadata.
+
+Tensor names come from the ``gguf`` package's own table (``gguf.get_tensor_name_map``); this
+module only lists which Hugging Face tensors each architecture has, so GGUF → HF knows what to
+produce.  Config ↔ metadata keys are :class:`Key` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Key:
+    """One ``<arch>.<gguf>`` metadata key and the config.json entry it comes from.
+
+    ``kind`` is the GGUF value type (``u32`` or ``f32``); ``required`` marks keys llama.cpp's
+    loader refuses the file without (checked after writing); ``only_if_in_config`` writes it
+    only when config.json has the entry (llama.cpp does so for ``head_dim`` → key_length).
+    """
+
+    gguf: str
+    hf: str
+    kind: str = "u32"
+    required: bool = True
+    only_if_in_config: bool = False
+
+
+_COMMON = (
+    Key("block_count", "num_hidden_layers"),
+    Key("context_length", "max_position_embeddings"),
+    Key("embedding_length", "hidden_size"),
+    Key("feed_forward_length", "intermediate_size"),
+    Key("attention.head_count", "num_attention_heads"),
+    Key("attention.head_count_kv", "num_key_value_heads"),
+)
+_ROPE_BASE = Key("rope.freq_base", "rope_theta", "f32")
+_RMS_EPS = Key("attention.layer_norm_rms_epsilon", "rms_norm_eps", "f32")
+_KEY_LEN = (Key("attention.key_length", "head_dim"), Key("attention.value_length", "head_dim"))
+
+# Hugging Face layer tensors (``model.layers.N.<part>.weight|bias``) per architecture
+_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_LLAMA_PARTS = ("input_layernorm", *_ATTN, "post_attention_layernorm", *_MLP)
+_GEMMA2_PARTS = (*_LLAMA_PARTS, "pre_feedforward_layernorm", "post_feedforward_layernorm")
+_TOP_PARTS = ("model.embed_tokens", "model.norm", "lm_head")
+
+# defaults llama.cpp / transformers assume when a config.json omits an entry
+_DEFAULTS = {"max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+
+
+@dataclass(frozen=True)
+class GGUFArch:
+    """How one architecture is written: GGUF name, HF classes, tensor changes, metadata.
+
+    ``norm_offset`` is added to every ``*norm.weight`` on the way to GGUF (subtracted on the
+    way back); ``permute_qk`` applies llama.cpp's rotary row permutation to attn_q/attn_k;
+    ``store_lm_head`` False drops ``lm_head.weight`` (always tied to the embedding there);
+    ``config_extra`` are fixed config.json entries for GGUF → HF; ``config_copies`` set one
+    config entry from another on the way back (gemma2's ``query_pre_attn_scalar``: llama.cpp
+    scales queries by ``head_dim``); ``bpe_pre_from_transformers`` names a byte-level BPE
+    vocabulary's pre-tokenizer after the split transformers really applies to the folder
+    (transformers 5 gives a qwen2 folder ``Qwen2Tokenizer``'s split whatever tokenizer.json
+    says; llama.cpp calls it ``qwen2``). The llama path keeps tokenizer.json's own split.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    hf_class: str
+    hf_model_type: str
+    layer_parts: tuple[str, ...]
+    keys: tuple[Key, ...]
+    permute_qk: bool = False
+    norm_offset: float = 0.0
+    store_lm_head: bool = True
+    config_extra: dict[str, Any] = field(default_factory=dict)
+    config_copies: tuple[tuple[str, str], ...] = ()
+    bpe_pre_from_transformers: bool = True
+
+    def required_keys(self) -> list[str]:
+        """Metadata keys llama.cpp's loader requires for this architecture."""
+        return ["general.architecture", *(f"{self.name}.{k.gguf}" for k in self.keys
+                                          if k.required and not k.only_if_in_config)]
+
+    def name_maps(self, n_blocks: int) -> tuple[dict[str, str], dict[str, str]]:
+        """(HF → GGUF, GGUF → HF) tensor names for ``n_blocks`` layers, from gguf's table."""
+        import gguf
+
+        arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[self.name]
+        table = gguf.get_tensor_name_map(arch_enum, n_blocks)
+        hf_bases = [*_TOP_PARTS, *(f"model.layers.{b}.{p}" for b in range(n_blocks)
+                                   for p in self.layer_parts)]
+        forward = {}
+        for base in hf_bases:
+            gguf_base = table.get_name(base)
+            if gguf_base is None:
+                continue  # e.g. gemma's lm_head: not stored
+            for suffix in (".weight", ".bias"):
+                forward[base + suffix] = gguf_base + suffix
+        return forward, {v: k for k, v in forward.items()}
+
+    def offset_of(self, hf_name: str) -> float:
+        """What is added to tensor ``hf_name`` on the way to GGUF (0.0: nothing)."""
+        return self.norm_offset if hf_name.endswith("norm.weight") else 0.0
+
+
+ARCHS: dict[str, GGUFArch] = {a.name: a for a in (
+    GGUFArch("llama", ("llama", "mistral"), "LlamaForCausalLM", "llama", _LLAMA_PARTS,
+             (*_COMMON, Key("rope.dimension_count", "head_dim"), _ROPE_BASE, _RMS_EPS),
+             permute_qk=True, config_extra={"hidden_act": "silu", "attention_bias": False},
+             bpe_pre_from_transformers=False),
+    GGUFArch("qwen2", ("qwen2",), "Qwen2ForCausalLM", "qwen2", _LLAMA_PARTS,
+             (*_COMMON, _ROPE_BASE, _RMS_EPS,
+              *(Key(k.gguf, k.hf, only_if_in_config=True) for k in _KEY_LEN)),
+             config_extra={"hidden_act": "silu"}),
+    GGUFArch("qwen3", ("qwen3",), "Qwen3ForCausalLM", "qwen3",
+             (*_LLAMA_PARTS, "self_attn.q_norm", "self_attn.k_norm"),
+             (*_COMMON, _ROPE_BASE, _RMS_EPS,
+              *(Key(k.gguf, k.hf, only_if_in_config=True) for k in _KEY_LEN)),
+             config_extra={"hidden_act": "silu", "attention_bias": False}),
+    GGUFArch("gemma", ("gemma",), "GemmaForCausalLM", "gemma", _LLAMA_PARTS,
+             (*_COMMON, _RMS_EPS, *_KEY_LEN, Key("rope.freq_base", "rope_theta", "f32",
+                                                   required=False)),
+             norm_offset=1.0, store_lm_head=False,
+             config_extra={"hidden_act": "gelu_pytorch_tanh",
+                           "hidden_activation": "gelu_pytorch_tanh"}),
+    GGUFArch("gemma2", ("gemma2",), "Gemma2ForCausalLM", "gemma2", _GEMMA2_PARTS,
+             (*_COMMON, _RMS_EPS, *_KEY_LEN,
+              Key("rope.freq_base", "rope_theta", "f32", required=False),
+              Key("attention.sliding_window", "sliding_window", required=False),
+              Key("attn_logit_softcapping", "attn_logit_softcapping", "f32", required=False),
+              Key("final_logit_softcapping", "final_logit_softcapping", "f32", required=False)),
+             norm_offset=1.0, store_lm_head=False,
+             config_extra={"hidden_act": "gelu_pytorch_tanh",
+                           "hidden_activation": "gelu_pytorch_tanh"},
+             config_copies=(("query_pre_attn_scalar", "head_dim"),)),
+)}
+
+
+def for_config(config: dict[str, Any], where: Any = "") -> GGUFArch:
+    """The architecture a config.json is written as.
+
+    Raises:
+        InvalidRequest: the model_type is not one keishiki writes as GGUF.
+    """
+    model_type = config.get("model_type")
+    classes = set(config.get("architectures") or [])
+    for arch in ARCHS.values():
+        if model_type in arch.model_types or (not model_type and arch.hf_class in classes):
+            return arch
+    if "MistralForCausalLM" in classes:
+        return ARCHS["llama"]
+    supported = ", ".join(t for a in ARCHS.values() for t in a.model_types)
+    raise InvalidRequest(f"{where}: model_type {model_type!r}: keishiki writes GGUF for "
+                         f"{supported} only; use --to safetensors, or llama.cpp's "
+                         f"convert_hf_to_gguf.py")
+
+
+def for_gguf(kv: dict[str, Any]) -> GGUFArch | None:
+    """The architecture of a GGUF file's metadata (None: keishiki does not map it)."""
+    return ARCHS.get(kv.get("general.architecture"))
+
+
+def config_value(config: dict[str, Any], hf_key: str) -> Any:
+    """A config.json entry with the fallbacks llama.cpp and transformers use."""
+    value = config.get(hf_key)
+    if value is not None:
+        return value
+    if hf_key == "num_key_value_heads":
+        return config["num_attention_heads"]
+    if hf_key == "head_dim":
+        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    if hf_key == "rope_theta":  # transformers 5 keeps it under rope_parameters
+        value = (config.get("rope_parameters") or {}).get("rope_theta")
+    return value if value is not None else _DEFAULTS.get(hf_key)
+
+
+def metadata_from_config(arch: GGUFArch, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """``(key, kind, value)`` of every ``<arch>.*`` key to write, from a config.json."""
+    out = []
+    for key in arch.keys:
+        if key.only_if_in_config and config.get(key.hf) is None:
+            continue
+        value = config_value(config, key.hf)
+        if value is None:
+            continue
+        out.append((f"{arch.name}.{key.gguf}", key.kind,
+                    float(value) if key.kind == "f32" else int(value)))
+    return out
+
+
+def config_warnings(arch: GGUFArch, config: dict[str, Any]) -> list[str]:
+    """What a config.json says that the GGUF cannot carry (an entry llama.cpp derives from
+    another one, ``arch.config_copies``, set to something else)."""
+    out = []
+    for dst, src in arch.config_copies:
+        if config.get(dst) is not None and config[dst] != config_value(config, src):
+            out.append(f"{dst} {config[dst]} != {src} {config_value(config, src)}: llama.cpp "
+                       f"uses {src} for it ({arch.name}), so the GGUF computes differently")
+    return out
+
+
+def config_from_metadata(arch: GGUFArch, kv: dict[str, Any], vocab_size: int, tied: bool,
+                         dtype: str) -> dict[str, Any]:
+    """A config.json for ``arch.hf_class`` from GGUF metadata (``kv``: ``<arch>.*`` keys)."""
+    config: dict[str, Any] = {"architectures": [arch.hf_class], "model_type": arch.hf_model_type}
+    for key in arch.keys:
+        value = kv.get(f"{arch.name}.{key.gguf}")
+        if value is not None:
+            config[key.hf] = float(value) if key.kind == "f32" else int(value)
+    heads = config["num_attention_heads"]
+    config.setdefault("num_key_value_heads", heads)
+    config.setdefault("head_dim", config["hidden_size"] // heads)
+    for hf_key, default in _DEFAULTS.items():
+        config.setdefault(hf_key, default)
+    for dst, src in arch.config_copies:
+        config[dst] = config[src]
+    config.update(vocab_size=vocab_size, tie_word_embeddings=tied, **arch.config_extra)
+    config["dtype"] = dtype
+    for key, hf_key in (("tokenizer.ggml.bos_token_id", "bos_token_id"),
+                        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+                        ("tokenizer.ggml.padding_token_id", "pad_token_id")):
+        if key in kv:
+            config[hf_key] = int(kv[key])
+    return config
