@@ -1,4 +1,4 @@
-"""HF <-> GGUF beyond the llama family (qwen2, qwen3, gemma, gemma2), checked by readers that
+"""HF <-> GGUF beyond the llama family (qwen2, qwen3, gemma, gemma2, phi3), checked by readers that
 are not keishiki's: transformers' own GGUF loader (``from_pretrained(gguf_file=...)``, which
 maps llama.cpp's names back and undoes gemma's norm offset itself) must give the original
 model's logits, and so must the HF folder keishiki makes from the GGUF.  transformers 5.24
@@ -37,8 +37,11 @@ CASES = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
                dict(num_attention_heads=2, num_key_value_heads=1, head_dim=256,
                     query_pre_attn_scalar=256)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM",
+             dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                  original_max_position_embeddings=256)),
 }
-TRANSFORMERS_READS = ("qwen2", "qwen3", "gemma2")  # transformers.integrations.ggml
+TRANSFORMERS_READS = ("qwen2", "qwen3", "gemma2", "phi3")  # transformers.integrations.ggml
 # keys llama.cpp's loader (llama-model.cpp load_hparams) reads as required, plus the ones
 # its converter always writes for these architectures (key_length for gemma)
 LLAMA_CPP_KEYS = {
@@ -58,6 +61,10 @@ LLAMA_CPP_KEYS = {
                "attention.layer_norm_rms_epsilon", "attention.key_length",
                "attention.value_length", "attention.sliding_window",
                "attn_logit_softcapping", "final_logit_softcapping"],
+    "phi3": ["context_length", "embedding_length", "block_count", "feed_forward_length",
+             "attention.head_count", "attention.head_count_kv",
+             "attention.layer_norm_rms_epsilon", "rope.dimension_count", "rope.freq_base",
+             "rope.scaling.original_context_length", "attention.sliding_window"],
 }
 
 
@@ -128,6 +135,9 @@ def test_metadata_llama_cpp_needs(arch, arch_ggufs, tiny_models):
     assert kv[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
     if "head_dim" in config and arch != "qwen2":
         assert kv[f"{arch}.attention.key_length"] == config["head_dim"]
+    if arch == "phi3":
+        assert kv["phi3.rope.dimension_count"] == 16  # hidden 64 / 4 heads, all rotated
+        assert kv["phi3.attention.sliding_window"] == 0  # none: llama.cpp's "no SWA"
     if arch == "gemma2":
         assert kv["gemma2.final_logit_softcapping"] == pytest.approx(30.0)
         assert kv["gemma2.attention.sliding_window"] == config["sliding_window"]
@@ -145,9 +155,9 @@ def test_tensor_names_and_what_llama_cpp_changes(arch_ggufs, tiny_models):
         reader, _ = _fields(arch_ggufs[arch, "f32"])
         t = {x.name: np.asarray(x.data).reshape(tuple(reversed(x.shape.tolist())))
              for x in reader.tensors}
-        q = hf["model.layers.1.self_attn.q_proj.weight"]
-        if arch.startswith("qwen"):
-            np.testing.assert_array_equal(t["blk.1.attn_q.weight"], q)  # not permuted
+        if arch.startswith("qwen"):  # not permuted
+            np.testing.assert_array_equal(t["blk.1.attn_q.weight"],
+                                          hf["model.layers.1.self_attn.q_proj.weight"])
             np.testing.assert_array_equal(t["blk.1.ffn_norm.weight"],
                                           hf["model.layers.1.post_attention_layernorm.weight"])
             assert "output.weight" in t or arch == "qwen3"
@@ -163,6 +173,11 @@ def test_tensor_names_and_what_llama_cpp_changes(arch_ggufs, tiny_models):
             np.testing.assert_array_equal(t["output_norm.weight"], hf["model.norm.weight"] + 1)
             np.testing.assert_array_equal(t["blk.0.attn_norm.weight"],
                                           hf["model.layers.0.input_layernorm.weight"] + 1)
+        if arch == "phi3":  # fused tensors kept fused, as llama.cpp does
+            np.testing.assert_array_equal(t["blk.1.attn_qkv.weight"],
+                                          hf["model.layers.1.self_attn.qkv_proj.weight"])
+            np.testing.assert_array_equal(t["blk.0.ffn_up.weight"],
+                                          hf["model.layers.0.mlp.gate_up_proj.weight"])
         if arch == "gemma2":
             np.testing.assert_array_equal(
                 t["blk.1.post_ffw_norm.weight"],
@@ -226,10 +241,23 @@ def test_other_model_types_are_refused_with_the_list(tiny_llama, tmp_path):
     folder = tmp_path / "phi"
     shutil.copytree(tiny_llama, folder)
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="phi3", architectures=["Phi3ForCausalLM"])
+    config.update(model_type="falcon", architectures=["FalconForCausalLM"])
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InvalidRequest, match=r"phi3.*llama, mistral, qwen2, qwen3, gemma, gemma2"):
+    with pytest.raises(InvalidRequest,
+                       match=r"falcon.*llama, mistral, qwen2, qwen3, gemma, gemma2, phi3 only"):
         keishiki.convert(folder, tmp_path / "x.gguf", to="gguf", quiet=True)
+
+
+def test_phi3_longrope_is_refused(tiny_models, tmp_path):
+    folder = tmp_path / "phi3-128k"
+    shutil.copytree(tiny_models["phi3"][0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0,
+                                 "long_factor": [1.0] * 8, "short_factor": [1.0] * 8}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidRequest, match="long_factor.*rope_factors"):
+        keishiki.convert(folder, tmp_path / "x.gguf", to="gguf", quiet=True)
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_gemma2_query_scalar_llama_cpp_cannot_carry_is_a_warning(tiny_models, tmp_path):

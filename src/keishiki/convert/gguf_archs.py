@@ -8,6 +8,9 @@ One :class:`GGUFArch` per llama.cpp architecture, written the way llama.cpp's
 - ``qwen2``: q/k/v biases, no permutation (llama.cpp's qwen2 graph uses NEOX rotary, HF's order).
 - ``qwen3``: like qwen2 without biases, plus per-head ``q_norm``/``k_norm`` → ``attn_q_norm``/
   ``attn_k_norm``; ``head_dim`` is independent of hidden/heads, so ``attention.key_length``.
+- ``phi3``: fused ``qkv_proj`` → ``attn_qkv`` and ``gate_up_proj`` → ``ffn_up`` as they are;
+  ``rope.dimension_count`` from ``partial_rotary_factor``; no sliding window written as 0.
+  LongRoPE checkpoints (``long_factor``/``short_factor``) are refused.
 - ``gemma``/``gemma2``: RMSNorm weights stored as ``w + 1`` (HF's GemmaRMSNorm multiplies by
   ``1 + w``, llama.cpp's by ``w``); the tied ``lm_head`` is not stored; gemma2's extra
   post-attention/post-FFN norms and soft-capping/sliding-window metadata.
@@ -31,7 +34,8 @@ class Key:
 
     ``kind`` is the GGUF value type (``u32`` or ``f32``); ``required`` marks keys llama.cpp's
     loader refuses the file without (checked after writing); ``only_if_in_config`` writes it
-    only when config.json has the entry (llama.cpp does so for ``head_dim`` → key_length).
+    only when config.json has the entry (llama.cpp does so for ``head_dim`` → key_length);
+    ``none_as`` is written for a null entry and read back as null (phi3's sliding_window 0).
     """
 
     gguf: str
@@ -39,6 +43,7 @@ class Key:
     kind: str = "u32"
     required: bool = True
     only_if_in_config: bool = False
+    none_as: int | None = None
 
 
 _COMMON = (
@@ -58,6 +63,8 @@ _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.
 _MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _LLAMA_PARTS = ("input_layernorm", *_ATTN, "post_attention_layernorm", *_MLP)
 _GEMMA2_PARTS = (*_LLAMA_PARTS, "pre_feedforward_layernorm", "post_feedforward_layernorm")
+_PHI3_PARTS = ("input_layernorm", "self_attn.qkv_proj", "self_attn.o_proj",
+               "post_attention_layernorm", "mlp.gate_up_proj", "mlp.down_proj")
 _TOP_PARTS = ("model.embed_tokens", "model.norm", "lm_head")
 
 # defaults llama.cpp / transformers assume when a config.json omits an entry
@@ -77,6 +84,8 @@ class GGUFArch:
     vocabulary's pre-tokenizer after the split transformers really applies to the folder
     (transformers 5 gives a qwen2 folder ``Qwen2Tokenizer``'s split whatever tokenizer.json
     says; llama.cpp calls it ``qwen2``). The llama path keeps tokenizer.json's own split.
+    ``refuse_rope`` lists rope parameters keishiki cannot write for it (phi3's LongRoPE
+    factors, which llama.cpp stores as extra ``rope_factors_*`` tensors).
     """
 
     name: str
@@ -91,6 +100,7 @@ class GGUFArch:
     config_extra: dict[str, Any] = field(default_factory=dict)
     config_copies: tuple[tuple[str, str], ...] = ()
     bpe_pre_from_transformers: bool = True
+    refuse_rope: tuple[str, ...] = ()
 
     def required_keys(self) -> list[str]:
         """Metadata keys llama.cpp's loader requires for this architecture."""
@@ -149,6 +159,13 @@ ARCHS: dict[str, GGUFArch] = {a.name: a for a in (
              config_extra={"hidden_act": "gelu_pytorch_tanh",
                            "hidden_activation": "gelu_pytorch_tanh"},
              config_copies=(("query_pre_attn_scalar", "head_dim"),)),
+    GGUFArch("phi3", ("phi3",), "Phi3ForCausalLM", "phi3", _PHI3_PARTS,
+             (*_COMMON, _RMS_EPS, Key("rope.dimension_count", "partial_rotary_factor"),
+              _ROPE_BASE,
+              Key("rope.scaling.original_context_length", "original_max_position_embeddings",
+                  required=False),
+              Key("attention.sliding_window", "sliding_window", none_as=0)),
+             config_extra={"hidden_act": "silu"}, refuse_rope=("long_factor", "short_factor")),
 )}
 
 
@@ -185,9 +202,58 @@ def config_value(config: dict[str, Any], hf_key: str) -> Any:
         return config["num_attention_heads"]
     if hf_key == "head_dim":
         return int(config["hidden_size"]) // int(config["num_attention_heads"])
-    if hf_key == "rope_theta":  # transformers 5 keeps it under rope_parameters
-        value = (config.get("rope_parameters") or {}).get("rope_theta")
+    if hf_key in ("rope_theta", "partial_rotary_factor"):  # transformers 5: rope_parameters
+        value = _rope(config).get(hf_key)
+    if value is None and hf_key == "partial_rotary_factor":
+        value = 1.0
     return value if value is not None else _DEFAULTS.get(hf_key)
+
+
+def _rope(config: dict[str, Any]) -> dict[str, Any]:
+    return config.get("rope_parameters") or config.get("rope_scaling") or {}
+
+
+def _to_gguf_value(config: dict[str, Any], key: Key) -> Any:
+    """The value of ``key`` for a config.json (None: not written)."""
+    value = config_value(config, key.hf)
+    if value is None:
+        return key.none_as
+    if key.hf == "partial_rotary_factor":  # llama.cpp stores the rotated dims per head
+        return int(float(value) * int(config["hidden_size"])) // int(config["num_attention_heads"])
+    return value
+
+
+def _to_hf_value(config: dict[str, Any], key: Key, value: Any) -> Any:
+    """The config.json value of GGUF ``value`` for ``key`` (None: leave the entry out)."""
+    if key.none_as is not None and value == key.none_as:
+        return None
+    if key.hf == "partial_rotary_factor":
+        return int(value) * config["num_attention_heads"] / config["hidden_size"]
+    return float(value) if key.kind == "f32" else int(value)
+
+
+def config_problems(arch: GGUFArch, config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(refusals, warnings) for writing ``config`` as ``arch``: what the GGUF cannot carry.
+
+    Refusals: rope parameters the architecture needs extra tensors for (``refuse_rope``).
+    Warnings: a rope scaling type keishiki does not write (the GGUF computes as unscaled), and
+    an entry llama.cpp derives from another one set to something else (``config_copies``).
+    """
+    rope = _rope(config)
+    refusals = [f"rope {k!r} (rope_type {rope.get('rope_type')!r}) needs llama.cpp's "
+                f"rope_factors tensors, which keishiki does not write; use llama.cpp's "
+                f"convert_hf_to_gguf.py" for k in arch.refuse_rope if rope.get(k)]
+    warnings = []
+    rope_type = rope.get("rope_type") or rope.get("type")
+    if rope_type not in (None, "default") and not refusals:
+        warnings.append(f"rope_type {rope_type!r}: not written to the GGUF (llama.cpp will "
+                        f"use unscaled rope)")
+    for dst, src in arch.config_copies:
+        if config.get(dst) is not None and config[dst] != config_value(config, src):
+            warnings.append(f"{dst} {config[dst]} != {src} {config_value(config, src)}: "
+                            f"llama.cpp uses {src} for it ({arch.name}), so the GGUF computes "
+                            f"differently")
+    return refusals, warnings
 
 
 def metadata_from_config(arch: GGUFArch, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
@@ -196,7 +262,7 @@ def metadata_from_config(arch: GGUFArch, config: dict[str, Any]) -> list[tuple[s
     for key in arch.keys:
         if key.only_if_in_config and config.get(key.hf) is None:
             continue
-        value = config_value(config, key.hf)
+        value = _to_gguf_value(config, key)
         if value is None:
             continue
         out.append((f"{arch.name}.{key.gguf}", key.kind,
@@ -204,25 +270,21 @@ def metadata_from_config(arch: GGUFArch, config: dict[str, Any]) -> list[tuple[s
     return out
 
 
-def config_warnings(arch: GGUFArch, config: dict[str, Any]) -> list[str]:
-    """What a config.json says that the GGUF cannot carry (an entry llama.cpp derives from
-    another one, ``arch.config_copies``, set to something else)."""
-    out = []
-    for dst, src in arch.config_copies:
-        if config.get(dst) is not None and config[dst] != config_value(config, src):
-            out.append(f"{dst} {config[dst]} != {src} {config_value(config, src)}: llama.cpp "
-                       f"uses {src} for it ({arch.name}), so the GGUF computes differently")
-    return out
-
-
 def config_from_metadata(arch: GGUFArch, kv: dict[str, Any], vocab_size: int, tied: bool,
                          dtype: str) -> dict[str, Any]:
     """A config.json for ``arch.hf_class`` from GGUF metadata (``kv``: ``<arch>.*`` keys)."""
     config: dict[str, Any] = {"architectures": [arch.hf_class], "model_type": arch.hf_model_type}
+    late = []
     for key in arch.keys:
         value = kv.get(f"{arch.name}.{key.gguf}")
-        if value is not None:
-            config[key.hf] = float(value) if key.kind == "f32" else int(value)
+        if value is None:
+            continue
+        if key.hf == "partial_rotary_factor":
+            late.append((key, value))  # needs hidden_size and heads first
+        elif (hf_value := _to_hf_value(config, key, value)) is not None:
+            config[key.hf] = hf_value
+    for key, value in late:
+        config[key.hf] = _to_hf_value(config, key, value)
     heads = config["num_attention_heads"]
     config.setdefault("num_key_value_heads", heads)
     config.setdefault("head_dim", config["hidden_size"] // heads)

@@ -322,6 +322,9 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
     config = json.loads((src / "config.json").read_text())
     arch = archs.for_config(config, src)
+    refusals, config_warnings = archs.config_problems(arch, config)
+    if refusals:
+        raise InvalidRequest(f"{src}: {refusals[0]}")
     _, st = folder_tensors(src, replace_key(opts))
     metadata = archs.metadata_from_config(arch, config)
     n_head = int(config["num_attention_heads"])
@@ -329,7 +332,7 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     vocab_size = int(config["vocab_size"])
     quant = _default_quant(st, opts)
     plan, warnings = _plan(arch, config, st, quant, n_head, n_head_kv)
-    warnings = [*st.warnings, *warnings]
+    warnings = [*st.warnings, *warnings, *config_warnings]
     vocab, vocab_warnings = vocab_from_hf(src, vocab_size)
     warnings.extend(vocab_warnings)
     if vocab and vocab.model == "gpt2" and arch.bpe_pre_from_transformers:
@@ -394,7 +397,6 @@ def _plan(arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors, quant
             gname = t.name
         heads = names.rotary_heads(gname, n_head, n_head_kv) if arch.permute_qk else None
         plan.append(Planned(gname, t, _pick_type(t.info, quant), heads, arch.offset_of(t.name)))
-    warnings.extend(archs.config_warnings(arch, config))
     return plan, warnings
 
 
