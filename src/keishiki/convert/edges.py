@@ -68,11 +68,14 @@ WEIGHT_EDGES: list[Edge] = [
     Edge("hf-model", "hf-model", f"{_H}:to_safetensors", ("hf",),
          description="re-save an HF folder as safetensors (dtype change, re-sharding)"),
     Edge("gguf", "safetensors", f"{_G}:gguf_to_safetensors", ("gguf", "hf"),
-         description="dequantized, llama names mapped back to Hugging Face, Q/K un-permuted"),
+         description="dequantized; llama/qwen2/qwen3/gemma/gemma2/phi3 names mapped back to "
+                     "Hugging Face (llama Q/K un-permuted, gemma norm +1 undone)"),
     Edge("gguf", "hf-model", f"{_G}:gguf_to_hf", ("gguf", "hf"),
-         description="HF folder: config.json from GGUF metadata, model.safetensors, tokenizer"),
+         description="HF folder: config.json from GGUF metadata (llama, qwen2, qwen3, gemma, "
+                     "gemma2, phi3), model.safetensors, tokenizer"),
     Edge("hf-model", "gguf", f"{_G}:hf_to_gguf", ("gguf", "hf"), lossless=False,
-         description="llama family at f32/f16/bf16/q8_0 (--quant); lossless at f32"),
+         description="llama, mistral, qwen2, qwen3, gemma, gemma2, phi3 as llama.cpp writes "
+                     "them, f32/f16/bf16/q8_0 (--quant); lossless at f32"),
     Edge("safetensors", "gguf", f"{_G}:safetensors_to_gguf", ("gguf", "hf"), lossless=False,
          description="tensors kept by name (generic GGUF); lossless at f32"),
 ]
