@@ -119,3 +119,87 @@ def test_next_token_logits_stops_at_the_context(llm):
     assert llm.next_token_logits([5] * 256).shape == (256, 384)
     with pytest.raises(InvalidRequest, match="at most 256"):
         llm.next_token_logits([5] * 257)
+
+
+# -- BatchNorm folds: the dynamo exporter, unusual eps, ConvTranspose, unfolded BatchNorms ---
+
+def _bn_model(kind: str):
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = {
+        "conv": lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)),
+        "eps": lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, eps=1e-6),
+                                     nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8, eps=0.01)),
+        "plain": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, bias=False),
+                                       nn.BatchNorm2d(8, affine=False)),
+        "transpose": lambda: nn.Sequential(nn.ConvTranspose2d(3, 8, 3), nn.BatchNorm2d(8)),
+        "linear": lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.BatchNorm1d(16)),
+    }[kind]()
+    for mod in model.modules():
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+            if mod.affine:
+                mod.weight.data.uniform_(0.5, 1.5)
+                mod.bias.data.uniform_(-1, 1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def bn_exports(tmp_path_factory):
+    """{(kind, dynamo): (checkpoint, onnx)}, exported once."""
+    pytest.importorskip("onnx")
+    import warnings
+
+    folder = tmp_path_factory.mktemp("bn")
+    out = {}
+    for kind, dynamo in [("conv", True), ("eps", False), ("eps", True), ("plain", False),
+                         ("transpose", True), ("linear", False)]:
+        model = _bn_model(kind)
+        ckpt = folder / f"{kind}.pt"
+        torch.save(model.state_dict(), ckpt)
+        onnx_file = folder / f"{kind}_{dynamo}.onnx"
+        x = torch.randn(2, 3, 2, 2) if kind == "linear" else torch.randn(1, 3, 8, 8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                pytest.importorskip("onnxscript")
+                torch.onnx.export(model, (x,), str(onnx_file), dynamo=True, verbose=False)
+            else:
+                torch.onnx.export(model, (x,), str(onnx_file), dynamo=False)
+        out[kind, dynamo] = ckpt, onnx_file
+    return out
+
+
+@pytest.mark.parametrize("kind,dynamo,eps", [
+    ("conv", True, {1e-5}),          # folded values kept under the conv's own names
+    ("eps", False, {1e-6, 0.01}),    # eps outside the defaults, told apart from 1e-5
+    ("eps", True, {1e-6, 0.01}),
+    ("plain", False, {1e-5}),        # no conv bias, no affine part: the bias is from the mean
+    ("transpose", True, {1e-5}),     # ConvTranspose scales its weight along dim 1
+])
+def test_compare_pairs_every_batchnorm_fold(bn_exports, kind, dynamo, eps):
+    import json
+
+    ckpt, onnx_file = bn_exports[kind, dynamo]
+    code, out, err = run_cli("compare", ckpt, onnx_file, "--json")
+    report = json.loads(out)
+    assert code == 0, (report["reasons"], report["how"])
+    folded = [t for t in report["tensors"] if t["how"] == "folded"]
+    assert folded and {t["fold"]["eps"] for t in folded} == eps
+    assert all(t["status"] == "within tolerance" for t in folded)
+    assert not [u for u in report["unmatched_a"] if not u.get("not_counted")]
+
+
+def test_unfolded_batchnorm_counter_is_not_a_difference(bn_exports):
+    """BatchNorm1d after Linear stays a BatchNormalization node; only num_batches_tracked,
+    a training counter, is missing from the ONNX file."""
+    import json
+
+    ckpt, onnx_file = bn_exports["linear", False]
+    code, out, err = run_cli("map", ckpt, onnx_file, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["n_unmatched_counted"] == 0
+    counter = [u for u in report["unmatched_a"] if u["name"] == "2.num_batches_tracked"]
+    assert counter and counter[0]["not_counted"] == "training counter"

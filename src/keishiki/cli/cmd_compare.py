@@ -110,7 +110,8 @@ def render_unmatched(name_map, show_all: bool = False) -> None:
         if quiet and not show_all:
             console.print(f"{len(quiet)} only in {side} not counted (ONNX graph constants: "
                           f"shapes, axes, Constant-node values; computed buffers such as "
-                          f"rotary inv_freq; BatchNorms folded into a layer); --show all "
+                          f"rotary inv_freq; BatchNorms folded into a layer, their "
+                          f"training counters); --show all "
                           f"lists them")
     if not name_map.unmatched_a and not name_map.unmatched_b:
         console.print("every tensor paired")

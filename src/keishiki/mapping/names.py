@@ -104,9 +104,13 @@ def uncounted_reason(t: TensorInfo, fmt: str) -> str | None:
     ``"graph constant"``: ONNX tensors that are graph plumbing, not weights: integer/bool
     tensors (shapes, axes), scalars, and Constant-node values (a PyTorch model computes
     them; a Constant that holds a weight is paired by value first).  ``"computed buffer"``:
-    rotary ``inv_freq``, BERT ``position_ids`` and the like, in any format."""
+    rotary ``inv_freq``, BERT ``position_ids`` and the like, in any format.
+    ``"training counter"``: a BatchNorm's ``num_batches_tracked`` (unused at inference, so
+    exporters drop it even where they keep the BatchNorm)."""
     if COMPUTED_BUFFERS.search(t.name):
         return "computed buffer"
+    if t.name.rsplit(".", 1)[-1] == "num_batches_tracked" and t.numel <= 1:
+        return "training counter"
     if fmt == "onnx" and (not t.dtype.startswith(("float", "bfloat")) or t.numel <= 1
                           or t.extra.get("source") == "constant"):
         return "graph constant"

@@ -55,11 +55,19 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
     folded_into: dict[str, str] = {}
     if by_value and left and (right or pairs) and a.tensor_loader and b.tensor_loader:
         value_pairs(a, b, left, right, pairs, on_load)
-        for a_name, b_name, fold, absorbed in list(folded_pairs(a, b, left, right, on_load)):
+        named = {p.a: p.b for p in pairs if p.how in ("exact", "prefix") and not p.transform}
+        by_name = {(p.a, p.b): p for p in pairs}
+        for a_name, b_name, fold, absorbed in list(folded_pairs(a, b, left, right, on_load,
+                                                                named)):
             if a_name in left and b_name in right:
                 add(a_name, b_name, "folded", fold=fold)
-                for name in absorbed:
-                    folded_into.setdefault(name, b_name)
+            elif (a_name, b_name) in by_name:  # same name, folded values (dynamo exporter)
+                by_name[a_name, b_name].how = "folded"
+                by_name[a_name, b_name].extra["fold"] = fold
+            else:
+                continue
+            for name in absorbed:
+                folded_into.setdefault(name, b_name)
 
     order = {t.name: i for i, t in enumerate(a.tensors)}
     pairs.sort(key=lambda p: order[p.a])
