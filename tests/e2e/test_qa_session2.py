@@ -203,3 +203,39 @@ def test_unfolded_batchnorm_counter_is_not_a_difference(bn_exports):
     assert code == 0 and report["n_unmatched_counted"] == 0
     counter = [u for u in report["unmatched_a"] if u["name"] == "2.num_batches_tracked"]
     assert counter and counter[0]["not_counted"] == "training counter"
+
+
+# -- Torch7: functions inside a closure's upvalues are code too ----------------------------
+
+def _t7_closure() -> bytes:
+    """A binary Torch7 table {outer = function} whose upvalues hold two more functions."""
+    import struct
+
+    ints = lambda v: struct.pack("<i", v)  # noqa: E731
+    memo = iter(range(1, 100))
+
+    def string(s: str) -> bytes:
+        return ints(2) + ints(len(s)) + s.encode()
+
+    def func(upvalues: bytes = ints(0)) -> bytes:
+        return ints(6) + ints(next(memo)) + ints(20) + b"\x1bLJ" + bytes(17) + upvalues
+
+    def table(pairs) -> bytes:
+        head = ints(3) + ints(next(memo)) + ints(len(pairs))
+        return head + b"".join(string(k) + v() for k, v in pairs)
+
+    return table([("outer", lambda: func(table([
+        ("inner", func), ("deep", lambda: func(table([("x", func)])))])))])
+
+
+def test_scan_lists_lua_functions_in_upvalues(tmp_path):
+    import json
+
+    path = tmp_path / "closure.t7"
+    path.write_bytes(_t7_closure())
+    code, out, err = run_cli("scan", path, "--json")
+    names = [f["global"] for fr in json.loads(out)["files"] for f in fr["findings"]]
+    assert names == ["outer", "outer.<upvalues>.inner", "outer.<upvalues>.deep",
+                     "outer.<upvalues>.deep.<upvalues>.x"]
+    code, out, err = run_cli("info", path, "--json")
+    assert json.loads(out)["torch7"]["n_functions"] == 4

@@ -199,6 +199,10 @@ class _Walker:
         elif isinstance(obj, t7.Function):
             self.n_functions += 1
             self.functions.append((path or "<root>", obj.bytecode_size))
+            # a closure's upvalues are values torch.load restores too: more functions
+            # (each one more piece of code) and tensors can hide there
+            if obj.upvalues is not None:
+                self._fields(obj.upvalues, _join(path or "<root>", "<upvalues>"), node)
         elif isinstance(obj, t7.TorchObject):
             child = {"name": path, "class": obj.class_name, "children": []}
             node["children"].append(child)
