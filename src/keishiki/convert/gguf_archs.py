@@ -2,7 +2,7 @@
 
 One :class:`GGUFArch` per llama.cpp architecture, written the way llama.cpp's
 ``convert_hf_to_gguf.py`` writes it (``LlamaModel``, ``Qwen2Model``, ``Qwen3Model``,
-``GemmaModel``, ``Gemma2Model``):
+``GemmaModel``, ``Gemma2Model``, ``Phi3MiniModel``):
 
 - ``llama`` (model_type llama, mistral): Q/K rows permuted for llama.cpp's interleaved rotary.
 - ``qwen2``: q/k/v biases, no permutation (llama.cpp's qwen2 graph uses NEOX rotary, HF's order).
@@ -111,7 +111,10 @@ class GGUFArch:
         """(HF → GGUF, GGUF → HF) tensor names for ``n_blocks`` layers, from gguf's table."""
         import gguf
 
-        arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[self.name]
+        arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(self.name)
+        if arch_enum is None:  # an old gguf package (qwen3 came in 2025)
+            raise InvalidRequest(f"the installed gguf package does not know architecture "
+                                 f"{self.name!r}: pip install -U gguf")
         table = gguf.get_tensor_name_map(arch_enum, n_blocks)
         hf_bases = [*_TOP_PARTS, *(f"model.layers.{b}.{p}" for b in range(n_blocks)
                                    for p in self.layer_parts)]
