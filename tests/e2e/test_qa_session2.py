@@ -239,3 +239,28 @@ def test_scan_lists_lua_functions_in_upvalues(tmp_path):
                      "outer.<upvalues>.deep.<upvalues>.x"]
     code, out, err = run_cli("info", path, "--json")
     assert json.loads(out)["torch7"]["n_functions"] == 4
+
+
+# -- scan: a safetensors header length whose first byte is 0x80 is not a pickle --------------
+
+@pytest.mark.parametrize("header_len", [128, 384, 1408])
+def test_scan_safetensors_with_pickle_like_length(tmp_path, header_len):
+    """A header of 128 + 256·k bytes (k ≤ 5) makes the file start with 80 0k, a pickle
+    PROTO opcode; the safetensors library writes such files for small models."""
+    import json
+    import struct
+
+    import numpy as np
+
+    data = np.arange(4, dtype=np.float32).tobytes()
+    header = {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, len(data)]},
+              "__metadata__": {"pad": ""}}
+    text = json.dumps(header).encode()
+    header["__metadata__"]["pad"] = "x" * (header_len - len(text))
+    text = json.dumps(header).encode()
+    assert len(text) == header_len
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", header_len) + text + data)
+    assert path.read_bytes()[0] == 0x80
+    code, out, err = run_cli("scan", path)
+    assert code == 0 and "verdict: safe" in out, out + err

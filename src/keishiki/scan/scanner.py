@@ -106,13 +106,33 @@ def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
         # torch.load treats a file starting with a zip local header as a zip, never a pickle
         # a member's raw tensor bytes may start with 0x80 by chance: there only the name
         # makes a failed parse an error (a stream naming no global cannot run anything)
-        strict = name.lower().endswith(_PICKLE_NAMES) or (head[0] == 0x80 and not member)
+        # a safetensors file whose header is 128, 384, ... 1408 bytes long starts with
+        # 80 0N too (its little-endian length): a valid header makes that the reading
+        strict = name.lower().endswith(_PICKLE_NAMES) or (
+            head[0] == 0x80 and not member and not _safetensors_header(data))
         if _pickle(ctx, data, member, strict, ts, torch_member):
             kinds.append("pickle")
     if archives.looks_like_tar(head) and "zip" not in kinds:
         _tar(ctx, data, member, depth)
         kinds.append("tar")
     return "+".join(kinds)
+
+
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
+
+
+def _safetensors_header(data) -> bool:
+    """True when ``data`` opens with a safetensors header: an 8-byte little-endian length
+    that fits the file, then a JSON object of that length."""
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(bytes(data[:8]), "little")
+    if not 2 <= n <= min(len(data) - 8, _MAX_SAFETENSORS_HEADER) or bytes(data[8:9]) != b"{":
+        return False
+    try:
+        return isinstance(json.loads(bytes(data[8:8 + n])), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
