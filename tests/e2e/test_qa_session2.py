@@ -264,3 +264,70 @@ def test_scan_safetensors_with_pickle_like_length(tmp_path, header_len):
     assert path.read_bytes()[0] == 0x80
     code, out, err = run_cli("scan", path)
     assert code == 0 and "verdict: safe" in out, out + err
+
+
+# -- prompt_logprobs on engines without a KV cache: one forward, not one per token ---------
+
+@pytest.fixture(scope="module")
+def no_cache_exports(tiny_llama, tmp_path_factory):
+    """{backend: folder} of the tiny Llama as TorchScript (plain trace) and ONNX, both
+    ``ids[, mask] -> logits`` without a cache."""
+    import shutil
+    import warnings
+
+    pytest.importorskip("onnxruntime")
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("nocache")
+    code, out, err = run_cli("convert", tiny_llama, root / "ts", "--to", "torchscript")
+    assert code == 0, err
+    onnx_dir = root / "onnx"
+    onnx_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        shutil.copy(tiny_llama / name, onnx_dir / name)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              use_cache=False).logits
+
+    ids = torch.tensor([[5, 6, 7, 8]])
+    axes = {0: "batch", 1: "seq"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(), (ids, torch.ones_like(ids)), str(onnx_dir / "model.onnx"),
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                        "logits": axes}, dynamo=False)
+    return {"torchscript": root / "ts", "onnxruntime": onnx_dir}
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnxruntime"])
+def test_no_cache_scoring_is_one_forward(no_cache_exports, llm, backend, monkeypatch):
+    import numpy as np
+
+    from keishiki import LLM, SamplingParams
+
+    engine = LLM(model=str(no_cache_exports[backend]), backend=backend)
+    assert "no KV cache" in engine.backend_reason
+    steps = []
+    original = engine._engine._forward
+    monkeypatch.setattr(engine._engine, "_forward",
+                        lambda *args: steps.append(1) or original(*args))
+    ids = list(range(3, 203))
+    rows = engine.next_token_logits(ids)
+    assert len(steps) <= 1  # was one recomputed prefix per token: O(n²), 46 s for 250
+    assert np.abs(rows - llm.next_token_logits(ids)).max() < 1e-4
+    out = engine.generate({"prompt_token_ids": ids[:20]},
+                          SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=2))[0]
+    ref = llm.generate({"prompt_token_ids": ids[:20]},
+                       SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=2))[0]
+    assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+    for got, want in zip(out.prompt_logprobs[1:], ref.prompt_logprobs[1:]):
+        assert got.keys() == want.keys()
+        assert all(abs(got[t].logprob - want[t].logprob) < 1e-4 for t in got)

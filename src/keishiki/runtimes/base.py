@@ -143,6 +143,11 @@ class LoopBackend(Backend):
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is outside the model's vocabulary "
                                  f"({self.vocab_size})")
+        return self._score(token_ids)
+
+    def _score(self, token_ids: list[int]) -> np.ndarray:
+        """next_token_logits' work, on checked ids (a backend whose model returns every
+        position's logits in one call overrides this)."""
         ids = np.asarray([token_ids], dtype=np.int64)
         logits, state = self._forward(None, ids[:, :1], np.ones((1, 1), np.int64),
                                       np.zeros((1, 1), np.int64))

@@ -89,6 +89,17 @@ class OnnxRuntimeBackend(LoopBackend):
                                  f"config.json beside the model to read them from")
         return (heads, head_dim), _NP_TYPES.get(first.type, np.float32)
 
+    def _score(self, token_ids: list[int]) -> np.ndarray:
+        """Without a cache every decode step runs the whole prefix anyway: one run on all
+        ids gives every row (token by token was O(n²))."""
+        if self.cached:
+            return super()._score(token_ids)
+        ids = np.asarray([token_ids], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None, :]}
+        feed = {k: v for k, v in feed.items() if k in self.input_names}
+        return np.asarray(self.session.run(["logits"], feed)[0][0], dtype=np.float32)
+
     def _forward(self, state, input_ids, attention_mask, position_ids):
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         first = state is None

@@ -87,6 +87,22 @@ class TorchScriptBackend(LoopBackend):
             logits = out[0] if isinstance(out, (tuple, list)) else out
             return self._last_logits(logits), all_ids
 
+    def _score(self, token_ids: list[int]) -> np.ndarray:
+        """Without a cache every decode step already runs the whole prefix, so one call on
+        all ids gives every row at once (token by token it took O(n²): 46 s for 250
+        tokens of the tiny Llama, against 0.1 s)."""
+        if self.cached:
+            return super()._score(token_ids)
+        torch = self.torch
+        ids = np.asarray([token_ids], dtype=np.int64)
+        mask = np.ones_like(ids)
+        args = [ids, mask, np.arange(ids.shape[1], dtype=np.int64)[None, :]][:self.n_inputs]
+        with torch.inference_mode():
+            out = self._call(*(torch.from_numpy(a).to(self.device) for a in args))
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        self._last_logits(logits)  # the same shape check as decoding
+        return logits[0].float().cpu().numpy()
+
     def _call(self, *args):
         """Call the module; its own failure (a TorchScript error, an exception its code
         raises) means it is not the causal LM the schema suggested: one line, not a trace."""
