@@ -331,3 +331,17 @@ def test_no_cache_scoring_is_one_forward(no_cache_exports, llm, backend, monkeyp
     for got, want in zip(out.prompt_logprobs[1:], ref.prompt_logprobs[1:]):
         assert got.keys() == want.keys()
         assert all(abs(got[t].logprob - want[t].logprob) < 1e-4 for t in got)
+
+
+# -- keishiki run: --prompt-logprobs is shown without --json, each prompt's numbers labelled -
+
+def test_run_prints_prompt_logprobs_and_labels_prompts(tiny_llama):
+    code, out, err = run_cli("run", tiny_llama, "-p", "Hello world", "-p", "hi", "-t", "0",
+                             "-n", "2", "--prompt-logprobs", "1", "--logprobs", "0")
+    assert code == 0, err
+    assert "--- prompt logprobs of prompt 0\n" in out
+    assert "--- prompt logprobs of prompt 1\n" in out
+    assert "--- logprobs of prompt 1 (cumulative" in out
+    section = out.split("--- prompt logprobs of prompt 0\n")[1].split("---")[0].splitlines()
+    assert "(first token: nothing before it)" in section[0]
+    assert len(section) == 5 and all(" rank " in line for line in section[1:])  # Hel|lo| w|or|ld

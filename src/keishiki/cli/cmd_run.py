@@ -34,7 +34,7 @@ def run(
     logprobs: int = typer.Option(None, "--logprobs", help="Log-probabilities of the K most "
                                  "likely tokens at each generated step (0: the chosen one)."),
     prompt_logprobs: int = typer.Option(None, "--prompt-logprobs",
-                                        help="The same for each prompt token (--json only)."),
+                                        help="The same for each prompt token after the first."),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Run the model folder's own code (transformers, "
         "vLLM) and TorchScript that scan rates dangerous."),
@@ -74,22 +74,44 @@ def run(
     else:
         for out in outs:
             write_text(f"--- {out.prompt}\n{out.outputs[0].text}\n")
-    if logprobs is not None:
-        for out in outs:
-            _write_logprobs(out.outputs[0])
+    for number, out in enumerate(outs):
+        # several prompts: say whose numbers follow (their texts were printed above)
+        label = f" of prompt {number}" if len(outs) > 1 else ""
+        if out.prompt_logprobs is not None:
+            _write_prompt_logprobs(out, label,
+                                   lambda t: llm.get_tokenizer().decode([t], False))
+        if logprobs is not None:
+            _write_logprobs(out.outputs[0], label)
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     sys.stderr.write(f"[{llm.backend}: {llm.backend_reason}; {tokens} tokens in "
                      f"{seconds:.2f} s, load {llm.load_seconds:.2f} s]\n")
     return 0
 
 
-def _write_logprobs(completion) -> None:
+def _write_logprobs(completion, label: str = "") -> None:
     """One line per generated token: the token, its log-probability and rank, then the
     other most likely tokens."""
-    write_text(f"--- logprobs (cumulative {completion.cumulative_logprob:.4f})\n")
+    cumulative = completion.cumulative_logprob
+    write_text(f"--- logprobs{label} (cumulative "
+               f"{'n/a' if cumulative is None else format(cumulative, '.4f')})\n")
     for token, step in zip(completion.token_ids, completion.logprobs or []):
-        chosen = step[token]
-        others = ", ".join(f"{lp.decoded_token!r} {lp.logprob:.3f}" for tid, lp in step.items()
-                           if tid != token)
-        write_text(f"{chosen.decoded_token!r:>16} {chosen.logprob:9.4f}  rank {chosen.rank:<4}"
-                   + (f"  | {others}" if others else "") + "\n")
+        _write_step(token, step)
+
+
+def _write_prompt_logprobs(out, label: str, decode) -> None:
+    """The same lines for each prompt token, given the tokens before it (the first has
+    nothing before it: no log-probability, as in vLLM)."""
+    write_text(f"--- prompt logprobs{label}\n")
+    for token, step in zip(out.prompt_token_ids, out.prompt_logprobs):
+        if step is None:
+            write_text(f"{decode(token)!r:>16} {'':>9}  (first token: nothing before it)\n")
+        else:
+            _write_step(token, step)
+
+
+def _write_step(token: int, step: dict) -> None:
+    chosen = step[token]
+    others = ", ".join(f"{lp.decoded_token!r} {lp.logprob:.3f}" for tid, lp in step.items()
+                       if tid != token)
+    write_text(f"{chosen.decoded_token!r:>16} {chosen.logprob:9.4f}  rank {chosen.rank:<4}"
+               + (f"  | {others}" if others else "") + "\n")
