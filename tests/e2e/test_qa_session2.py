@@ -345,3 +345,19 @@ def test_run_prints_prompt_logprobs_and_labels_prompts(tiny_llama):
     section = out.split("--- prompt logprobs of prompt 0\n")[1].split("---")[0].splitlines()
     assert "(first token: nothing before it)" in section[0]
     assert len(section) == 5 and all(" rank " in line for line in section[1:])  # Hel|lo| w|or|ld
+
+
+def test_run_refuses_torchscript_the_scanner_could_not_read(file_op_ts, tmp_path, tiny_llama):
+    """A 40 MB comment after the code deflates 1000:1: the scanner refuses the member as a
+    zip bomb, torch.jit.load reads it, and from_file would run."""
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(file_op_ts) as zin, zipfile.ZipFile(bomb, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if "/code/" in info.filename and info.filename.endswith(".py"):
+                zout.writestr(info.filename, data + b"\n" + b"#" * (40 << 20) + b"\n",
+                              compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+            else:
+                zout.writestr(info, data)
+    code, out, err = run_cli("run", bomb, "--tokenizer", tiny_llama, "-p", "hi")
+    assert code == 1 and "not scanned in full" in err and "zip bomb" in err, err

@@ -336,13 +336,21 @@ def _read_config(folder: Path) -> dict:
 def _refuse_dangerous(path: Path, trust: bool) -> None:
     """Scan a file that ``torch.jit.load`` would load (its code runs in ``forward``) and refuse
     it when the scan finds a dangerous call, unless the caller trusts it.  TorchScript code
-    is always rated ``unknown`` (it is code); only ``dangerous`` findings stop the load."""
+    is always rated ``unknown`` (it is code); ``dangerous`` findings stop the load, and so
+    does a part the scanner could not read (a code member padded past the zip-bomb ratio
+    is still read by ``torch.jit.load``: what was not scanned may be what runs)."""
     if trust:
         return
     from ..scan import scan
 
-    worst = [f for f in scan(path).findings if f.severity == "dangerous"]
+    report = scan(path)
+    worst = [f for f in report.findings if f.severity == "dangerous"]
     if worst:
         where = f"{worst[0].member}: " if worst[0].member else ""
         raise UnsafeFile(path, f"{where}{worst[0].global_ or worst[0].opcode}: {worst[0].reason} "
                          f"(trust_remote_code=True / --trust-remote-code runs it anyway)")
+    errors = [e for fr in report.files for e in fr.errors]
+    if errors:
+        raise UnsafeFile(path, f"not scanned in full, so its code is not known to be safe: "
+                         f"{errors[0]} (trust_remote_code=True / --trust-remote-code runs it "
+                         f"anyway)")
