@@ -3,7 +3,7 @@ are not keishiki's: transformers' own GGUF loader (``from_pretrained(gguf_file=.
 maps llama.cpp's names back and undoes gemma's norm offset itself) must give the original
 model's logits, and so must the HF folder keishiki makes from the GGUF.  transformers 5.24
 does not load ``gemma`` (1) GGUF files: that one is checked with gguf.GGUFReader and the
-round trip."""
+round trip.  Where llama-cpp-python is installed, llama.cpp itself runs every GGUF too."""
 
 from __future__ import annotations
 
@@ -80,7 +80,9 @@ def tiny_models(tiny_llama, tmp_path_factory):
     base = json.loads((tiny_llama / "config.json").read_text())
     out = {}
     for arch, (config_cls, model_cls, extra) in CASES.items():
-        folder = tmp_path_factory.mktemp("archs") / f"tiny-{arch}"
+        # general.name comes from the folder name; llama.cpp special-cases a name containing
+        # "phi3" (Phi-3's SentencePiece tokens), which the tiny tokenizer does not have
+        folder = tmp_path_factory.mktemp(f"archs-{arch}") / "tiny"
         config = getattr(transformers, config_cls)(
             vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"],
             eos_token_id=base["eos_token_id"], pad_token_id=base["pad_token_id"],
@@ -290,3 +292,19 @@ def test_half_precision_through_the_cli(quant, rel, tiny_models, tmp_path):
         out.parent, gguf_file=out.name, dtype=torch.float32).eval()
     np.testing.assert_allclose(_logits(model), expected, atol=rel * np.abs(expected).max(),
                                rtol=0)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_llama_cpp_runs_the_gguf(arch, arch_ggufs, tiny_models):
+    """llama.cpp (through llama-cpp-python, when installed) loads the GGUF and gives the
+    original logits: within 2e-3 of the largest at f32 (its KV cache is f16), 5% at q8_0."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    expected = tiny_models[arch][1][0]
+    for quant, rel in (("f32", 2e-3), ("q8_0", 0.05)):
+        llm = llama_cpp.Llama(model_path=str(arch_ggufs[arch, quant]), logits_all=True,
+                              n_ctx=64, n_threads=2, verbose=False)
+        llm.eval(TOKEN_IDS[0])
+        got = np.asarray(llm.scores[:len(TOKEN_IDS[0])])
+        llm.close()
+        np.testing.assert_allclose(got, expected, atol=rel * np.abs(expected).max(), rtol=0,
+                                   err_msg=f"{arch} {quant}")
