@@ -113,12 +113,16 @@ def test_next_token_logits_wants_integer_ids(llm, ids):
         llm.next_token_logits(ids)
 
 
-def test_next_token_logits_stops_at_the_context(llm):
+def test_next_token_logits_stops_at_the_context(llm, monkeypatch):
     from keishiki.errors import InvalidRequest
 
-    assert llm.next_token_logits([5] * 256).shape == (256, 384)
+    assert llm._engine.max_model_len == 256  # the tiny Llama's max_position_embeddings
     with pytest.raises(InvalidRequest, match="at most 256"):
         llm.next_token_logits([5] * 257)
+    monkeypatch.setattr(llm._engine, "max_model_len", 8)  # the limit itself is allowed
+    assert llm.next_token_logits([5] * 8).shape == (8, 384)
+    with pytest.raises(InvalidRequest, match="9 token ids to score; the model takes at most 8"):
+        llm.next_token_logits([5] * 9)
 
 
 # -- BatchNorm folds: the dynamo exporter, unusual eps, ConvTranspose, unfolded BatchNorms ---
@@ -154,7 +158,7 @@ def bn_exports(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bn")
     out = {}
-    for kind, dynamo in [("conv", True), ("eps", False), ("eps", True), ("plain", False),
+    for kind, dynamo in [("conv", True), ("eps", False), ("plain", False),
                          ("transpose", True), ("linear", False)]:
         model = _bn_model(kind)
         ckpt = folder / f"{kind}.pt"
@@ -175,7 +179,6 @@ def bn_exports(tmp_path_factory):
 @pytest.mark.parametrize("kind,dynamo,eps", [
     ("conv", True, {1e-5}),          # folded values kept under the conv's own names
     ("eps", False, {1e-6, 0.01}),    # eps outside the defaults, told apart from 1e-5
-    ("eps", True, {1e-6, 0.01}),
     ("plain", False, {1e-5}),        # no conv bias, no affine part: the bias is from the mean
     ("transpose", True, {1e-5}),     # ConvTranspose scales its weight along dim 1
 ])
