@@ -308,3 +308,19 @@ def test_llama_cpp_runs_the_gguf(arch, arch_ggufs, tiny_models):
         llm.close()
         np.testing.assert_allclose(got, expected, atol=rel * np.abs(expected).max(), rtol=0,
                                    err_msg=f"{arch} {quant}")
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_llama_cpp_tokenizes_like_the_hf_folder(arch, arch_ggufs, tiny_models):
+    """The pre-tokenizer written (``qwen2`` for a qwen2 folder, whose transformers tokenizer is
+    Qwen2Tokenizer; ``gpt-2`` for GPT-2's split) makes llama.cpp's ids equal transformers'."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from keishiki.convert.gguf_vocab import LOOSE_SAMPLES, STRICT_SAMPLES
+
+    llm = llama_cpp.Llama(model_path=str(arch_ggufs[arch, "f32"]), vocab_only=True,
+                          verbose=False)
+    hf = transformers.AutoTokenizer.from_pretrained(tiny_models[arch][0])
+    for text in STRICT_SAMPLES + LOOSE_SAMPLES:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf(
+            text, add_special_tokens=False)["input_ids"], text
+    llm.close()

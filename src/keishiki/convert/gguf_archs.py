@@ -83,7 +83,8 @@ class GGUFArch:
     scales queries by ``head_dim``); ``bpe_pre_from_transformers`` names a byte-level BPE
     vocabulary's pre-tokenizer after the split transformers really applies to the folder
     (transformers 5 gives a qwen2 folder ``Qwen2Tokenizer``'s split whatever tokenizer.json
-    says; llama.cpp calls it ``qwen2``). The llama path keeps tokenizer.json's own split.
+    says; llama.cpp calls it ``qwen2``; GPT-2's own split is ``gpt-2``). The llama path keeps
+    gguf_vocab's choice.
     ``refuse_rope`` lists rope parameters keishiki cannot write for it (phi3's LongRoPE
     factors, which llama.cpp stores as extra ``rope_factors_*`` tensors).
     """

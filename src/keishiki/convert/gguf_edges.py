@@ -416,8 +416,12 @@ def _transformers_bpe_pre(folder: Path) -> str | None:
         pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
     except Exception:  # no transformers, another layout, no fast tokenizer: keep the file's
         return None
+    steps = pre.get("pretokenizers") or [pre]
+    if len(steps) == 1 and steps[0].get("type") == "ByteLevel" and steps[0].get("use_regex", True):
+        # GPT-2's own split: llama.cpp's "gpt-2" is that regex ("default" splits digits in 3s)
+        return "gpt-2"
     patterns = {(step.get("pattern") or {}).get("Regex")
-                for step in pre.get("pretokenizers") or [pre] if step.get("type") == "Split"}
+                for step in steps if step.get("type") == "Split"}
     return next((name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items()
                  if regex in patterns), None)
 
