@@ -364,3 +364,14 @@ def test_run_refuses_torchscript_the_scanner_could_not_read(file_op_ts, tmp_path
                 zout.writestr(info, data)
     code, out, err = run_cli("run", bomb, "--tokenizer", tiny_llama, "-p", "hi")
     assert code == 1 and "not scanned in full" in err and "zip bomb" in err, err
+
+
+def test_negative_seed_is_a_seed(llm):
+    """vLLM takes any int as a seed; numpy's generator refused -1 (an internal error)."""
+    from keishiki import SamplingParams
+
+    params = SamplingParams(seed=-1, max_tokens=4)
+    first = llm.generate("hi", params)[0].outputs[0].token_ids
+    assert llm.generate("hi", params)[0].outputs[0].token_ids == first
+    code, out, err = run_cli("run", llm.model_path, "-p", "hi", "--seed", "-1", "-n", "2")
+    assert code == 0, err

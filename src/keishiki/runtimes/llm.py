@@ -87,7 +87,7 @@ class LLM:
             self._engine.pad_id = self.tokenizer.pad_token_id
         self.backend = self._engine.name
         self.backend_reason = "; ".join([choice.reason] + self._engine.details)
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(None if seed is None else seed % 2**64)
         self.load_seconds = time.perf_counter() - started
 
     @staticmethod

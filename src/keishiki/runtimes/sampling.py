@@ -24,7 +24,9 @@ def make_rng(seed: int | None, index: int = 0,
     ``fallback`` (the LLM-wide generator) or from fresh entropy.
     """
     if seed is not None:
-        return np.random.default_rng([seed, index])
+        # numpy seeds only from non-negative integers; vLLM takes any int (-1 included):
+        # fold the seed into 64 bits so every int is a distinct, valid seed
+        return np.random.default_rng([seed % 2**64, index])
     if fallback is not None:
         return np.random.default_rng(fallback.integers(0, 2**63))
     return np.random.default_rng()
