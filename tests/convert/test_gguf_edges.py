@@ -43,6 +43,9 @@ def test_hf_to_gguf_metadata_llama_cpp_needs(ggufs, tiny_llama):
     assert _field(reader, "llama.rope.dimension_count") == config["head_dim"]
     assert _field(reader, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
     assert _field(reader, "tokenizer.ggml.model") == "gpt2"
+    # GPT-2's own split (a lone ByteLevel pre-tokenizer); llama.cpp's "default" would group
+    # digits in threes and tokenize "1,000,000" differently from the HF tokenizer
+    assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"
     assert len(_field(reader, "tokenizer.ggml.tokens")) == config["vocab_size"]
     assert _field(reader, "tokenizer.ggml.bos_token_id") == config["bos_token_id"]
     names = {t.name: t for t in reader.tensors}

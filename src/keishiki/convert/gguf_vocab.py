@@ -261,12 +261,19 @@ def _gpt2_from_tokenizer_json(data: dict) -> GGUFVocab:
 
 
 def _gpt2_pre(data: dict) -> str:
-    """llama.cpp's pre-tokenizer name: ``llama-bpe`` for Llama-3's split regex, else default."""
+    """llama.cpp's pre-tokenizer name: ``llama-bpe`` for Llama-3's split regex, ``gpt-2`` for
+    GPT-2's own (a lone ByteLevel step with its regex), else ``default``.  llama.cpp's
+    ``default`` is not GPT-2's split: it groups digits in threes, so "3.14159" and
+    "1,000,000" would tokenize differently from the HF tokenizer."""
     pre = data.get("pre_tokenizer") or {}
-    for step in pre.get("pretokenizers") or [pre]:
+    steps = pre.get("pretokenizers") or [pre]
+    for step in steps:
         pattern = (step.get("pattern") or {}) if step.get("type") == "Split" else {}
         if pattern.get("Regex") == _LLAMA3_SPLIT:
             return "llama-bpe"
+    if len(steps) == 1 and steps[0].get("type") == "ByteLevel" \
+            and steps[0].get("use_regex", True):
+        return "gpt-2"
     return "default"
 
 
