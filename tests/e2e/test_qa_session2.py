@@ -57,6 +57,23 @@ def test_scan_sees_a_file_op_whatever_its_layout(file_op_ts, tmp_path, layout):
     assert any(f.global_ == "torch.from_file" for f in report.findings)
 
 
+@pytest.mark.parametrize("code", [
+    "  y = " + "(" * 200_000 + "torch" + ")" * 200_000 + ".from_file(x)\n",
+    "  y = " + "(" * 200_000 + "1" + ")" * 200_000 + "\n",
+    "  y = torch" + " " * 400_000 + "x\n",
+])
+def test_code_reading_is_linear_in_hostile_nesting(code):
+    """Deep parentheses and long blank runs: one pass each (the first attempt took minutes)."""
+    import time
+
+    from keishiki.scan.torchscript import code_findings
+
+    started = time.monotonic()
+    found = code_findings("code/__torch__.py", code)
+    assert time.monotonic() - started < 10
+    assert [f[1] for f in found] == (["torch.from_file"] if "torch)" in code else [])
+
+
 def test_run_refuses_a_file_op_behind_spaces(file_op_ts, tmp_path, tiny_llama):
     hidden = _rewrite_code(file_op_ts, tmp_path / "hidden.pt",
                            lambda text: text.replace("torch.from_file", "torch . from_file"))

@@ -10,6 +10,7 @@ and custom classes (``__torch__.torch.classes``) are visible by reading it.
 from __future__ import annotations
 
 import io
+import keyword
 import re
 import tokenize
 
@@ -46,11 +47,11 @@ def code_findings(name: str, text: str) -> list[tuple[str, str, str]]:
 
 
 _NAME_LIKE = (tokenize.NAME, tokenize.NUMBER)
+# blanks before or after a dot; a match starts only where a run of blanks starts, so a long
+# run costs one look at it (the plain "\s*\.\s*" is quadratic in the run's length)
+_SPACE_AT_DOT = re.compile(r"(?<!\s)\s+(?=\.)|(?<=\.)\s+")
 _SKIPPED = (tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
             tokenize.DEDENT, tokenize.ENDMARKER)
-# a parenthesised name whose attribute is taken: "(torch).load", "return(torch).load",
-# "((torch)).load" (unwrapped from the inside out)
-_WRAPPED_NAME = re.compile(r"\(\s*([A-Za-z_][\w.]*)\s*\)(?=[.)])")
 
 
 def canonical_code(text: str) -> str:
@@ -69,12 +70,29 @@ def canonical_code(text: str) -> str:
             if previous in _NAME_LIKE and tok.type in _NAME_LIKE:
                 parts.append(" ")  # keep "return torch" from becoming one name
             parts.append(tok.string)
+            if keyword.iskeyword(tok.string):
+                parts.append(" ")  # "return(torch)" groups, it does not call
             previous = tok.type
         code = "".join(parts)
     except (tokenize.TokenError, SyntaxError):
-        code = re.sub(r"\s*\.\s*", ".", re.sub(r"\\\r?\n", " ", text))
-    while True:  # unwrap (name) until nothing changes: ((torch)).load
-        unwrapped = _WRAPPED_NAME.sub(r" \1", code)
-        if unwrapped == code:
-            return code
-        code = unwrapped
+        code = _SPACE_AT_DOT.sub("", re.sub(r"\\\r?\n", " ", text))
+    return _drop_grouping(code)
+
+
+def _drop_grouping(code: str) -> str:
+    """``code`` with grouping parentheses blanked out and call parentheses kept: ``(torch)``
+    and ``((torch).ops)`` are names, ``f(x)`` stays a call.  A ``(`` right after a name,
+    ``)`` or ``]`` opens a call; any other opens a group.  One pass, whatever the nesting."""
+    out: list[str] = []
+    calls: list[bool] = []  # per open "(": is it a call?
+    for ch in code:
+        if ch == "(":
+            previous = next((c for c in reversed(out[-2:]) if c), " ") if out else " "
+            is_call = previous.isalnum() or previous in "_)]"
+            calls.append(is_call)
+            out.append("(" if is_call else "")
+        elif ch == ")":
+            out.append(")" if not calls or calls.pop() else "")
+        else:
+            out.append(ch)
+    return "".join(out)
