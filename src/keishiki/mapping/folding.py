@@ -97,9 +97,12 @@ def folded_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
     counterpart only; the caller turns that pair into a ``folded`` one."""
     from .values import load_array
 
+    batchnorms = list(_batchnorms(left))
+    if not batchnorms:
+        return
     named = named or {}
-    pool = dict(left)
-    pool.update({n: a.tensor(n) for n in named if n not in pool})
+    pool = dict(left)  # the layers a fold may start from: unpaired, or paired by name
+    pool.update({t.name: t for t in a.tensors if t.name in named and t.name not in pool})
 
     cache: dict[tuple[str, str], np.ndarray] = {}
 
@@ -114,7 +117,7 @@ def folded_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
     def candidates(shape: tuple[int, ...]) -> list[str]:
         return [n for n, t in right.items() if t.shape == shape and t.dtype in FLOATS]
 
-    for bn, channels in list(_batchnorms(left)):
+    for bn, channels in batchnorms:
         affine = bn + ".weight" in left and bn + ".bias" in left
         for layer, layer_bias, axis in list(_layers(pool, channels)):
             if layer.startswith(bn + "."):
