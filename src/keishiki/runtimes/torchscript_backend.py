@@ -110,9 +110,12 @@ class TorchScriptBackend(LoopBackend):
             return self.module(*args)
         except (RuntimeError, self.torch.jit.Error) as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            last = lines[-1] if lines else type(exc).__name__
+            if isinstance(exc, getattr(self.torch, "OutOfMemoryError", ())):
+                raise InvalidRequest(f"{self.path}: out of memory running the model on "
+                                     f"{self.device}: {last}") from None
             raise InvalidRequest(f"{self.path}: the TorchScript model failed on token ids (not a "
-                                 f"causal LM?): {lines[-1] if lines else type(exc).__name__}"
-                                 ) from None
+                                 f"causal LM?): {last}") from None
 
     def _last_logits(self, logits):
         """The last position's logits ``[batch, vocab]`` of a ``[batch, seq, vocab]`` output."""
