@@ -392,3 +392,18 @@ def test_negative_seed_is_a_seed(llm):
     assert llm.generate("hi", params)[0].outputs[0].token_ids == first
     code, out, err = run_cli("run", llm.model_path, "-p", "hi", "--seed", "-1", "-n", "2")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("kind,dynamo", [("conv", True), ("plain", False)])
+def test_compare_pairs_folds_with_the_export_as_a(bn_exports, kind, dynamo):
+    """``compare model.onnx model.pt``: the BatchNorm is B's; the fold is recomputed from B."""
+    import json
+
+    ckpt, onnx_file = bn_exports[kind, dynamo]
+    code, out, err = run_cli("compare", onnx_file, ckpt, "--json")
+    report = json.loads(out)
+    assert code == 0, (report["reasons"], report["how"])
+    folded = [t for t in report["tensors"] if t["how"] == "folded"]
+    assert folded and all(t["fold"]["side"] == "B" for t in folded)
+    assert all(t["status"] == "within tolerance" for t in folded)
+    assert not [u for u in report["unmatched_b"] if not u.get("not_counted")]

@@ -176,7 +176,7 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
         for pair in name_map.pairs:
             arr_b = load_array(model_b, model_b.tensor(pair.b))
             if pair.how == "folded":
-                diffs.append(_compare_folded(model_a, pair, arr_b, atol, rtol))
+                diffs.append(_compare_folded(model_a, model_b, pair, arr_b, atol, rtol))
             else:
                 arr_a = load_array(model_a, model_a.tensor(pair.a))
                 diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol))
@@ -193,15 +193,22 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
     return report
 
 
-def _compare_folded(model_a: ModelInfo, pair, arr_b, atol: float, rtol: float) -> TensorDiff:
+def _compare_folded(model_a: ModelInfo, model_b: ModelInfo, pair, arr_b, atol: float,
+                    rtol: float) -> TensorDiff:
     """B's tensor against A's layer with its BatchNorm folded in, recomputed from A's
-    tensors in float64.  The exporter folded in float32, so equal is never bit-equal: the
+    tensors in float64 (or A's against B's, when B holds the BatchNorm).  The exporter folded in float32, so equal is never bit-equal: the
     tolerance is at least :data:`FOLD_RTOL`, and the diff says so."""
     from ..mapping.folding import fold_values
 
-    expected = fold_values(lambda n: load_array(model_a, model_a.tensor(n)), pair.extra["fold"])
-    diff = compare_arrays(pair, expected, arr_b, atol, max(rtol, FOLD_RTOL))
-    diff.notes.append(f"A's {pair.extra['fold']['role']} with BatchNorm "
+    fold = pair.extra["fold"]
+    if fold.get("side") == "B":  # B is the checkpoint with the BatchNorm, A the export
+        expected = fold_values(lambda n: load_array(model_b, model_b.tensor(n)), fold)
+        arr_a = load_array(model_a, model_a.tensor(pair.a))
+        diff = compare_arrays(pair, arr_a, expected, atol, max(rtol, FOLD_RTOL))
+    else:
+        expected = fold_values(lambda n: load_array(model_a, model_a.tensor(n)), fold)
+        diff = compare_arrays(pair, expected, arr_b, atol, max(rtol, FOLD_RTOL))
+    diff.notes.append(f"{fold.get('side', 'A')}'s {pair.extra['fold']['role']} with BatchNorm "
                       f"{pair.extra['fold']['batchnorm']!r} folded in (eps "
                       f"{pair.extra['fold']['eps']:g}); compared with rtol >= {FOLD_RTOL:g}")
     return diff

@@ -53,27 +53,47 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
     for a_name, b_name in prefix_pairs(left, right):
         add(a_name, b_name, "prefix")
     folded_into: dict[str, str] = {}
-    if by_value and left and (right or pairs) and a.tensor_loader and b.tensor_loader:
-        value_pairs(a, b, left, right, pairs, on_load)
-        named = {p.a: p.b for p in pairs if p.how in ("exact", "prefix") and not p.transform}
-        by_name = {(p.a, p.b): p for p in pairs}
-        for a_name, b_name, fold, absorbed in list(folded_pairs(a, b, left, right, on_load,
-                                                                named)):
-            if a_name in left and b_name in right:
-                add(a_name, b_name, "folded", fold=fold)
-            elif (a_name, b_name) in by_name:  # same name, folded values (dynamo exporter)
-                by_name[a_name, b_name].how = "folded"
-                by_name[a_name, b_name].extra["fold"] = fold
-            else:
-                continue
-            for name in absorbed:
-                folded_into.setdefault(name, b_name)
+    folded_into_b: dict[str, str] = {}
+    if by_value and (left or right) and a.tensor_loader and b.tensor_loader:
+        if left and (right or pairs):
+            value_pairs(a, b, left, right, pairs, on_load)
+        # the checkpoint with the BatchNorm may be either side: compare model.onnx model.pt
+        _pair_folds(a, b, left, right, pairs, add, folded_into, on_load, reverse=False)
+        _pair_folds(b, a, right, left, pairs, add, folded_into_b, on_load, reverse=True)
 
     order = {t.name: i for i, t in enumerate(a.tensors)}
     pairs.sort(key=lambda p: order[p.a])
     return NameMap(str(a.path), str(b.path), a.format, b.format, pairs,
                    list(left.values()), list(right.values()),
-                   {n: t for n, t in folded_into.items() if n in left})
+                   {n: t for n, t in folded_into.items() if n in left},
+                   {n: t for n, t in folded_into_b.items() if n in right})
+
+
+def _pair_folds(bn_side: ModelInfo, other: ModelInfo, bn_left: dict, other_left: dict,
+                pairs: list[TensorPair], add, absorbed_into: dict[str, str],
+                on_load, reverse: bool) -> None:
+    """Pair the layers of ``bn_side`` whose BatchNorm ``other`` holds folded in (see
+    :mod:`.folding`), adding new pairs or turning name pairs into ``folded`` ones.
+    ``reverse``: ``bn_side`` is model B (``extra["fold"]["side"] = "B"``)."""
+    def key(p: TensorPair) -> tuple[str, str]:
+        return (p.b, p.a) if reverse else (p.a, p.b)
+
+    named = dict(key(p) for p in pairs if p.how in ("exact", "prefix") and not p.transform)
+    by_name = {key(p): p for p in pairs}
+    for bn_name, other_name, fold, absorbed in list(folded_pairs(
+            bn_side, other, bn_left, other_left, on_load, named)):
+        if reverse:
+            fold = dict(fold, side="B")
+        if bn_name in bn_left and other_name in other_left:
+            add(*((other_name, bn_name) if reverse else (bn_name, other_name)), "folded",
+                fold=fold)
+        elif (bn_name, other_name) in by_name:  # same name, folded values (dynamo exporter)
+            by_name[bn_name, other_name].how = "folded"
+            by_name[bn_name, other_name].extra["fold"] = fold
+        else:
+            continue
+        for name in absorbed:
+            absorbed_into.setdefault(name, other_name)
 
 
 def _declared_transposed(info: ModelInfo) -> set[str]:

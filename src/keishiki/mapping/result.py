@@ -72,12 +72,16 @@ class NameMap:
     unmatched_b: list[TensorInfo]
     # A's BatchNorm tensors consumed by a fold: {name: B tensor they were folded into}
     folded_into: dict[str, str] = field(default_factory=dict)
+    # the same for B's BatchNorms, when B is the checkpoint and A the export
+    folded_into_b: dict[str, str] = field(default_factory=dict)
 
     def not_counted(self, t: TensorInfo, side: str) -> str | None:
         """Why unpaired ``t`` (on side ``"A"`` or ``"B"``) is no difference, or None when
         it is one: a graph constant, a computed buffer, a BatchNorm folded into B."""
         if side == "A" and t.name in self.folded_into:
             return f"BatchNorm folded into {self.folded_into[t.name]}"
+        if side == "B" and t.name in self.folded_into_b:
+            return f"BatchNorm folded into {self.folded_into_b[t.name]}"
         return uncounted_reason(t, self.a_format if side == "A" else self.b_format)
 
     @property
