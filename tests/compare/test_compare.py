@@ -296,3 +296,35 @@ def test_hf_vs_keishiki_gguf(tiny_llama, tmp_path, quant):
     assert report.mapping.how_counts().get("gguf", 0) >= 18
     q = next(d for d in report.tensors if d.pair.a.endswith("layers.0.self_attn.q_proj.weight"))
     assert q.pair.b == "blk.0.attn_q.weight"
+
+
+def test_gemma2_hf_vs_its_gguf_is_identical_both_ways(tiny_llama, tmp_path):
+    """gemma2's GGUF names come from the converter's architecture table (not the llama one:
+    post_attention_layernorm is not ffn_norm there), and llama.cpp's w + 1 on RMSNorm
+    weights is undone exactly (B = A + 1 in float32 is what the writer computed)."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    vocab = json.loads((tiny_llama / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    model = transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=vocab, query_pre_attn_scalar=16))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.3)  # |w| < 1: where w + 1 - 1 would round
+    hf = tmp_path / "g2"
+    model.save_pretrained(hf)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / name, hf / name)
+    keishiki.convert(hf, tmp_path / "g2.gguf", to="gguf", quiet=True)
+    for a, b in ((hf, tmp_path / "g2.gguf"), (tmp_path / "g2.gguf", hf)):
+        report = keishiki.compare(a, b)
+        assert report.verdict == "identical", report.reasons
+        norms = [d for d in report.tensors if "norm" in d.pair.a + d.pair.b]
+        assert len(norms) == 2 * 4 + 1 and all(d.bit_equal for d in norms)
+        assert {d.pair.transform for d in norms} == \
+            {"subtract-offset" if a == hf else "add-offset"}

@@ -9,7 +9,7 @@ more than its two arrays (plus one contiguous copy of a transposed view) and a f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,9 @@ def apply_transform(arr: np.ndarray, transform: str | None, extra: dict) -> np.n
         return arr
     if transform == "transpose":
         return arr.T
+    if transform in ("subtract-offset", "add-offset"):  # gemma's RMSNorm stored as w + 1
+        offset = np.asarray(extra.get("offset", 0.0), dtype=arr.dtype)
+        return arr - offset if transform == "subtract-offset" else arr + offset
     n_head = int(extra.get("n_head", 0))
     if n_head <= 0 or arr.ndim < 1 or arr.shape[0] % (2 * n_head):
         return arr  # cannot apply: compare as is, the diff will say whether that was right
@@ -117,6 +120,13 @@ def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[
 def compare_arrays(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
                    rtol: float) -> TensorDiff:
     """Compare A's array with B's (B not yet transformed) for ``pair``."""
+    if pair.transform == "subtract-offset":
+        # B = A + offset as the writer computed it (in A's dtype): adding to A reproduces
+        # B's bits exactly, where subtracting from B would round |w| < 1 away
+        best = compare_arrays(replace(pair, transform=None),
+                              apply_transform(a, "add-offset", pair.extra), b, atol, rtol)
+        best.pair, best.transform = pair, pair.transform
+        return best
     candidates = [pair.transform]
     if pair.transform and pair.transform.startswith("llama-rope"):
         candidates.append(None)  # a writer that did not permute

@@ -30,23 +30,32 @@ def gguf_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
         return []
     gguf_side, gguf_names, other_names = (a, left, right) if a.format == "gguf" else (b, right, left)
     arch = gguf_architecture(gguf_side)
+    written = _converter_arch(arch)
     table = _gguf_table(arch, gguf_names)
     if table is None and arch != "llama":
         return []
+    forward = written.name_maps(_n_blocks(gguf_names))[0] if written is not None else {}
     heads = _gguf_heads(gguf_side, arch)
     out = []
     taken: set[str] = set()
     for name in other_names:
-        target = _hf_to_gguf(table, name)
+        # the converter's own table first (what keishiki and llama.cpp write for the arch)
+        target = forward.get(strip_wrappers(name)) or (
+            _hf_to_gguf(table, name) if written is None or written.name == "llama" else None)
         if target is None or target not in gguf_names or target in taken:
             continue
         taken.add(target)
         transform, extra = None, {}
         kind = target.split(".")[-2] if target.count(".") >= 2 else ""
+        offset = written.offset_of(strip_wrappers(name)) if written is not None else 0.0
         if arch == "llama" and kind in LLAMA_ROPE and heads:
             # B's array lines up with A's after (un)doing llama.cpp's permutation
             transform = "llama-rope-unpermute" if b is gguf_side else "llama-rope-permute"
             extra = {"n_head": heads[0] if kind == "attn_q" else heads[1]}
+        elif offset:
+            # gemma: llama.cpp stores RMSNorm weights as w + 1
+            transform = "subtract-offset" if b is gguf_side else "add-offset"
+            extra = {"offset": offset}
         a_name, b_name = (target, name) if a.format == "gguf" else (name, target)
         out.append((a_name, b_name, transform, extra))
     return out
@@ -77,6 +86,25 @@ def _gguf_heads(info: ModelInfo, arch: str | None) -> tuple[int, int] | None:
         return None
 
 
+def _n_blocks(gguf_names: dict[str, TensorInfo]) -> int:
+    blocks = [int(m.group(1)) for n in gguf_names if (m := re.match(r"blk\.(\d+)\.", n))]
+    return max(blocks, default=-1) + 1
+
+
+def _converter_arch(arch: str | None):
+    """keishiki's converter description of ``arch`` (names, norm offsets), None if it has
+    none or the converter's table cannot be built here (no gguf package)."""
+    try:
+        from ..convert.gguf_archs import ARCHS
+
+        written = ARCHS.get(arch or "")
+        if written is not None:
+            written.name_maps(0)  # raises when the gguf package lacks the architecture
+        return written
+    except Exception:  # ImportError, an old gguf package: fall back to the tables below
+        return None
+
+
 def _gguf_table(arch: str | None, gguf_names: dict[str, TensorInfo]):
     if not arch:
         return None
@@ -87,8 +115,7 @@ def _gguf_table(arch: str | None, gguf_names: dict[str, TensorInfo]):
     arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(arch)
     if arch_enum is None:
         return None
-    blocks = [int(m.group(1)) for n in gguf_names if (m := re.match(r"blk\.(\d+)\.", n))]
-    return gguf.get_tensor_name_map(arch_enum, max(blocks, default=-1) + 1)
+    return gguf.get_tensor_name_map(arch_enum, _n_blocks(gguf_names))
 
 
 def _hf_to_gguf(table, name: str) -> str | None:

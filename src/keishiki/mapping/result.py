@@ -23,7 +23,9 @@ class TensorPair:
         transform: what to apply to B's array to line it up with A's: None, ``"transpose"``
             (ONNX MatMul weights), ``"llama-rope-permute"`` / ``"llama-rope-unpermute"``
             (llama.cpp's Q/K row permutation for its rotary layout, applied to or undone on
-            B; the compare also tries the array as is, since not every writer permutes).
+            B; the compare also tries the array as is, since not every writer permutes),
+            ``"subtract-offset"`` / ``"add-offset"`` (``extra["offset"]``: llama.cpp stores
+            gemma's RMSNorm weights as ``w + 1``).
         extra: transform parameters (``n_head``) and notes (``shared``: B's tensor is
             also paired with another A tensor, as tied weights are).
     """
