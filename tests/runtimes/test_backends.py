@@ -244,3 +244,49 @@ def test_logprobs_and_prompt_logprobs_as_vllm_returns_them(llms, tiny_llama):
     sampled = llm.generate([prompt], SAMPLED.clone(logprobs=0))[0].outputs[0]
     assert all(list(d) == [t] for d, t in zip(sampled.logprobs, sampled.token_ids))
     assert llm.generate([prompt], GREEDY)[0].outputs[0].logprobs is None
+
+
+def test_onnx_with_external_data_leaving_its_folder_is_refused(tiny_onnx, tmp_path):
+    """ONNX Runtime cuts an external-data path at a NUL byte, so 'weights.bin\\0../../x'
+    loaded weights.bin and ran while every other command refused the file; run now refuses
+    what scan calls dangerous (UnsafeFile, exit 1) unless trusted."""
+    import shutil
+
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from keishiki.errors import UnsafeFile
+    from keishiki.runtimes import LLM
+    from tests.conftest import run_cli
+
+    folder = tmp_path / "nul"
+    shutil.copytree(tiny_onnx, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    convert_model_to_external_data(model, location="weights.bin", size_threshold=0)
+    onnx.save(model, str(folder / "model.onnx"))
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "weights.bin\0../../../etc/passwd"
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(UnsafeFile, match="NUL byte.*trust_remote_code"):
+        LLM(model=folder)
+    code, _out, err = run_cli("run", folder, "-p", "hi", "-n", "1")
+    assert code == 1 and "unsafe" in err and err.count("\n") == 1
+    assert LLM(model=folder, trust_remote_code=True).backend == "onnxruntime"
+
+
+def test_logprobs_over_max_logprobs_are_refused_as_vllm_does(llms):
+    """vLLM caps logprobs at its engine's max_logprobs (20 by default) with this message;
+    --logprobs 100000 printed the whole vocabulary on every line."""
+    from keishiki.errors import InvalidRequest
+
+    llm = llms["onnxruntime"]
+    with pytest.raises(InvalidRequest, match="Requested logprobs of 21, which is greater "
+                                             "than max allowed: 20"):
+        llm.generate(["Hi"], GREEDY.clone(logprobs=21, max_tokens=1))
+    with pytest.raises(InvalidRequest, match="Requested prompt logprobs of 50"):
+        llm.generate(["Hi"], GREEDY.clone(prompt_logprobs=50, max_tokens=1))
+    assert len(llm.generate(["Hi"], GREEDY.clone(logprobs=20, max_tokens=1))[0]
+               .outputs[0].logprobs[0]) == 20

@@ -105,3 +105,9 @@ def test_repetition_penalty_changes_greedy_choice():
     assert sample_token(logits, params, make_rng(0), [1], []) == 2
     # negative logits are multiplied (pushed down), positive divided
     assert sample_token(np.array([-1.0, -1.5]), params, make_rng(0), [0], []) == 1
+
+
+def test_logprobs_accept_numpy_integers():
+    params = SamplingParams(logprobs=np.int64(2), prompt_logprobs=np.int32(0)).validate()
+    assert (params.logprobs, params.prompt_logprobs) == (2, 0)
+    assert type(params.logprobs) is int

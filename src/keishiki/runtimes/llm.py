@@ -39,6 +39,8 @@ class LLM:
         tensor_parallel_size, pipeline_parallel_size: passed to vLLM.
         max_model_len: cap on prompt + output length (default: the model's).
         max_num_seqs: most sequences decoded in one batch.
+        max_logprobs: the largest ``logprobs`` / ``prompt_logprobs`` a request may ask for
+            (vLLM's engine argument and default, 20).
         device: ``cpu``/``cuda`` for torch and torchscript; providers: ONNX Runtime's.
 
     Attributes:
@@ -46,7 +48,8 @@ class LLM:
 
     Raises:
         InvalidRequest: missing path, a format that cannot generate, bad arguments.
-        UnsafeFile: a TorchScript file the scanner rates dangerous, without trust_remote_code.
+        UnsafeFile: a TorchScript or ONNX file the scanner rates dangerous (a file op in the
+            code, external data outside the model's folder), without trust_remote_code.
         RuntimeUnavailable: the engine cannot run here (no vLLM / GPU, no tokenizer).
         MissingDependency: the engine's library is not installed.
     """
@@ -56,11 +59,15 @@ class LLM:
                  trust_remote_code: bool = False, tensor_parallel_size: int = 1,
                  pipeline_parallel_size: int = 1, max_model_len: int | None = None,
                  max_num_seqs: int | None = None, device: str | None = None,
-                 providers: list[str] | None = None, **engine_kwargs: Any):
+                 providers: list[str] | None = None, max_logprobs: int = 20,
+                 **engine_kwargs: Any):
         started = time.perf_counter()
+        self.max_logprobs = max_logprobs
         self.model_path = Path(model)
         choice = choose(self.model_path, backend)
         self.format = choice.format
+        if choice.backend == "vllm":  # vLLM enforces the same cap itself
+            engine_kwargs.setdefault("max_logprobs", max_logprobs)
         try:
             tokenizer_dir = find_tokenizer_dir(
                 self.model_path, tokenizer if tokenizer is not None else
@@ -101,6 +108,9 @@ class LLM:
         if choice.backend == "onnxruntime":
             from .onnxruntime_backend import OnnxRuntimeBackend
 
+            # no Python in ONNX, but external-data paths ORT follows (CVE-2024-27318; a NUL
+            # cuts the path in C++): what scan calls dangerous is not loaded either
+            _refuse_dangerous(choice.model_file, trust_remote_code, unread_is_unsafe=False)
             return OnnxRuntimeBackend(choice.model_file, config, providers=providers,
                                       threads=engine_kwargs.get("threads"))
         if choice.backend == "torchscript":
@@ -203,6 +213,13 @@ class LLM:
                 raise InvalidRequest(f"sampling_params must be SamplingParams, got "
                                      f"{type(item).__name__}")
             item.validate()
+            for name in ("logprobs", "prompt_logprobs"):
+                asked = getattr(item, name)
+                if asked is not None and asked > self.max_logprobs:
+                    # vLLM's wording; its engine argument raises the cap
+                    raise InvalidRequest(f"Requested {name.replace('_', ' ')} of {asked}, which "
+                                         f"is greater than max allowed: {self.max_logprobs} "
+                                         f"(LLM(max_logprobs=...) raises it)")
         return sampling_params
 
     def _tokenize(self, prompt: PromptType, index: int) -> tuple[str | None, list[int]]:
@@ -333,12 +350,13 @@ def _read_config(folder: Path) -> dict:
         return {}
 
 
-def _refuse_dangerous(path: Path, trust: bool) -> None:
-    """Scan a file that ``torch.jit.load`` would load (its code runs in ``forward``) and refuse
-    it when the scan finds a dangerous call, unless the caller trusts it.  TorchScript code
-    is always rated ``unknown`` (it is code); ``dangerous`` findings stop the load, and so
-    does a part the scanner could not read (a code member padded past the zip-bomb ratio
-    is still read by ``torch.jit.load``: what was not scanned may be what runs)."""
+def _refuse_dangerous(path: Path, trust: bool, unread_is_unsafe: bool = True) -> None:
+    """Scan a file a runtime would load and refuse it when the scan finds something
+    dangerous, unless the caller trusts it.  For TorchScript (its code runs in ``forward``;
+    always rated ``unknown``, since it is code) a part the scanner could not read stops the
+    load too (``unread_is_unsafe``): a code member padded past the zip-bomb ratio is still
+    read by ``torch.jit.load``, so what was not scanned may be what runs.  For ONNX the
+    dangerous findings are external-data paths leaving the model's folder."""
     if trust:
         return
     from ..scan import scan
@@ -349,7 +367,7 @@ def _refuse_dangerous(path: Path, trust: bool) -> None:
         where = f"{worst[0].member}: " if worst[0].member else ""
         raise UnsafeFile(path, f"{where}{worst[0].global_ or worst[0].opcode}: {worst[0].reason} "
                          f"(trust_remote_code=True / --trust-remote-code runs it anyway)")
-    errors = [e for fr in report.files for e in fr.errors]
+    errors = [e for fr in report.files for e in fr.errors] if unread_is_unsafe else []
     if errors:
         raise UnsafeFile(path, f"not scanned in full, so its code is not known to be safe: "
                          f"{errors[0]} (trust_remote_code=True / --trust-remote-code runs it "
