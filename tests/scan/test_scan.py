@@ -431,3 +431,17 @@ def test_nul_in_external_data_or_shard_name_is_refused_everywhere(tmp_path):
         json.dumps({"weight_map": {"w": "model-1.safetensors\u0000../../x"}}))
     rep = keishiki.scan(hf)
     assert rep.verdict == "dangerous" and "NUL" in rep.findings[0].reason
+
+
+def test_scan_into_a_closed_pipe_keeps_the_verdicts_exit_code(malicious_samples):
+    """`keishiki scan evil.pkl | head -1` must still exit 1: a reader that stops early is
+    no reason to report a dangerous file as clean (other commands exit 0 on EPIPE)."""
+    import subprocess
+    import sys
+
+    sample = next(s for s in malicious_samples.values() if s.path.suffix == ".pkl")
+    for extra in ([], ["--json"]):
+        proc = subprocess.Popen([sys.executable, "-m", "keishiki", "scan", str(sample.path),
+                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc.stdout.close()  # the reader is gone before the first byte is written
+        assert proc.wait(timeout=60) == 1, extra

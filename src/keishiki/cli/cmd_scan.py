@@ -35,13 +35,18 @@ def scan(
 
     report = run_scan(*paths)
     code = report.exit_code(allow_unknown=allow_unknown)
-    if json_out:
-        data = report.to_dict(include_safe=show_safe)
-        data["exit_code"] = code
-        data["files"] = [f for f in data["files"] if not f["skipped"] or f["findings"]]
-        print_json(data)
+    try:
+        if json_out:
+            data = report.to_dict(include_safe=show_safe)
+            data["exit_code"] = code
+            data["files"] = [f for f in data["files"] if not f["skipped"] or f["findings"]]
+            print_json(data)
+            return code
+        _render(report, show_safe)
+    except BrokenPipeError:
+        # the reader stopped early (`| head`): the verdict, not the pipe, sets the exit code,
+        # or `scan evil.pt | head; echo ${PIPESTATUS[0]}` would say 0
         return code
-    _render(report, show_safe)
     for fr in report.files:
         for err in fr.errors:
             sys.stderr.write(f"keishiki: error: {err}\n")
