@@ -125,8 +125,10 @@ class LoopBackend(Backend):
 
     def next_token_logits(self, token_ids: list[int]) -> np.ndarray:
         """Teacher-forced logits: row ``i`` is the model's next-token logits after
-        ``token_ids[:i + 1]``, shape ``[len(token_ids), vocab]`` (float32).  The prompt is
-        fed one token at a time through the cache, the way decoding sees it.
+        ``token_ids[:i + 1]``, shape ``[len(token_ids), vocab]`` (float32).  A model that can
+        return every position's logits in one call is run once (torch; ONNX and TorchScript
+        graphs without a cache); a cached graph, which only returns the last position, is
+        fed one token at a time through its cache, the way decoding sees it.
 
         Raises:
             InvalidRequest: empty ``token_ids``, an id outside the vocabulary, or more ids
