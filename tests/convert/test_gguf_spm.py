@@ -424,3 +424,33 @@ def test_vocab_edge_cases(spm_folders, tmp_path):
     vocab, warnings = vocab_from_hf(spm_folders["both"], 300)
     assert len(vocab.tokens) == len(vocab.scores) == len(vocab.token_types) == 300
     assert any("left out" in w for w in warnings)
+
+
+def test_space_prefix_follows_the_source_as_llama_cpp_writes_it(spm_ggufs, spm_weights,
+                                                                tmp_path):
+    """llama.cpp's converter writes tokenizer.model's add_dummy_prefix as
+    ``tokenizer.ggml.add_space_prefix``: True for Llama-2-style models (also read from a
+    tokenizer.json's Prepend normalizer), False for Gemma-style ones, where a reader that
+    assumed llama.cpp's default would put "▁" before every text."""
+    for kind in ("both", "json", "model"):
+        assert _kv(spm_ggufs[kind][0])["tokenizer.ggml.add_space_prefix"] is True, kind
+    from keishiki.convert.gguf_vocab import _json_dummy_prefix, vocab_from_hf
+
+    folder = tmp_path / "no-prefix"
+    folder.mkdir()
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT), model_writer=buf, model_type="bpe", vocab_size=PIECES,
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, character_coverage=1.0,
+        hard_vocab_limit=False, minloglevel=2, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=False)
+    (folder / "tokenizer.model").write_bytes(buf.getvalue())
+    vocab, _warnings = vocab_from_hf(folder, VOCAB)
+    assert (vocab.model, vocab.source, vocab.add_space_prefix) == \
+        ("llama", "tokenizer.model", False)
+    # a Gemma-style tokenizer.json: spaces replaced by "▁", nothing prepended
+    gemma = {"normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}}
+    assert _json_dummy_prefix(gemma) is False
+    metaspace = {"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581",
+                                   "prepend_scheme": "first"}}
+    assert _json_dummy_prefix(metaspace) is True

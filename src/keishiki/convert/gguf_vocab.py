@@ -52,6 +52,8 @@ class GGUFVocab:
     special_ids: dict[str, int] = field(default_factory=dict)
     add_special: dict[str, bool] = field(default_factory=dict)
     chat_template: Any = None
+    # SentencePiece's dummy prefix ("▁" before the text); None: leave llama.cpp's default
+    add_space_prefix: bool | None = None
 
     def add_to(self, writer) -> None:
         """Write every tokenizer key into a ``gguf.GGUFWriter``."""
@@ -71,6 +73,8 @@ class GGUFVocab:
             setter = getattr(writer, f"add_add_{kind}_token", None)
             if setter is not None:
                 setter(value)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
         if self.chat_template:
             writer.add_chat_template(self.chat_template)
 
@@ -159,7 +163,8 @@ def _llama_from_sentencepiece(folder: Path, vocab_size: int, data: dict | None,
     vocab = GGUFVocab(model="llama", pre="default", source="tokenizer.model",
                       tokens=[t.decode("utf-8") for t, _, _ in rows],
                       scores=[float(s) for _, s, _ in rows],
-                      token_types=[int(k) for _, _, k in rows])
+                      token_types=[int(k) for _, _, k in rows],
+                      add_space_prefix=_spm_dummy_prefix(spm))
     _fit(vocab, vocab_size, warnings)
     for idx, content, special in _hf_added_tokens(folder, data):
         if idx >= len(vocab.tokens):
@@ -173,6 +178,40 @@ def _llama_from_sentencepiece(folder: Path, vocab_size: int, data: dict | None,
             vocab.token_types[idx] = USER_DEFINED
         vocab.tokens[idx], vocab.scores[idx] = content, ADDED_SCORE
     return vocab
+
+
+def _spm_dummy_prefix(spm) -> bool | None:
+    """The model's ``normalizer_spec.add_dummy_prefix``, which llama.cpp's converter writes as
+    ``add_space_prefix``: Llama-2's models set it, Gemma's do not (there llama.cpp would put a
+    "▁" before every text the HF tokenizer does not).  Read by encoding one letter, so no
+    protobuf module is needed."""
+    try:
+        pieces = spm.sentencepiece_tokenizer.encode("a", out_type=str)
+    except Exception:  # an API change: keep llama.cpp's default
+        return None
+    return bool(pieces) and pieces[0].startswith("\u2581")
+
+
+def _json_dummy_prefix(data: dict) -> bool | None:
+    """Whether a SentencePiece-style tokenizer.json puts "▁" before the text: a ``Prepend``
+    normalizer (transformers' Llama conversion) or a ``Metaspace`` pre-tokenizer that
+    prepends; None when neither is there to say."""
+    def steps(node: Any) -> list[dict]:
+        if not isinstance(node, dict):
+            return []
+        inner = node.get("normalizers") or node.get("pretokenizers")
+        return [n for n in inner if isinstance(n, dict)] if isinstance(inner, list) else [node]
+
+    normalizers = steps(data.get("normalizer"))
+    pre = steps(data.get("pre_tokenizer"))
+    if any(n.get("type") == "Prepend" and n.get("prepend") == "\u2581" for n in normalizers):
+        return True
+    for step in pre:
+        if step.get("type") == "Metaspace":
+            scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True)
+                              else "never")
+            return scheme != "never"
+    return False if any(n.get("type") == "Replace" for n in normalizers) else None
 
 
 def _hf_added_tokens(folder: Path, data: dict | None) -> list[tuple[int, str, bool]]:
@@ -241,7 +280,8 @@ def _llama_from_tokenizer_json(data: dict, unk: str | None) -> GGUFVocab:
             score = -float(n_merges + i)
         tokens.append(text), scores.append(score), token_types.append(kind)
     return GGUFVocab(model="llama", pre="default", tokens=tokens, scores=scores,
-                     token_types=token_types, source="tokenizer.json")
+                     token_types=token_types, source="tokenizer.json",
+                     add_space_prefix=_json_dummy_prefix(data))
 
 
 def _gpt2_from_tokenizer_json(data: dict) -> GGUFVocab:
