@@ -21,7 +21,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
-from ..errors import InvalidRequest, MissingDependency
+from ..errors import CorruptFile, InvalidRequest, MissingDependency
 from . import gguf_archs as archs
 from . import gguf_names as names
 from .base import ConvertOptions, StepReport, Timer
@@ -56,6 +56,48 @@ def read_kv(reader) -> dict[str, Any]:
     return out
 
 
+def open_reader(path: Path):
+    """``gguf.GGUFReader`` over ``path``.
+
+    Raises:
+        CorruptFile: the file is truncated or malformed (GGUFReader's own ValueError/IndexError
+            would otherwise surface as an internal error); keishiki's GGUF reader names the
+            first bad byte when it can.
+    """
+    gguf = _gguf()
+    try:
+        return gguf.GGUFReader(str(path))
+    except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
+        from ..formats import inspect
+        inspect(path)  # raises CorruptFile with the offending offset for a bad layout
+        raise CorruptFile(path, f"gguf cannot read it ({exc})") from exc
+
+
+def _check_heads(src: Path, config: dict[str, Any], st: SourceTensors, n_head: int,
+                 n_head_kv: int) -> None:
+    """Refuse a config whose head counts disagree with the attention weights' shapes.
+
+    Why: a config.json without ``num_key_value_heads`` defaults to ``num_attention_heads``
+    (as transformers does); for a GQA checkpoint the GGUF would then carry the wrong
+    ``head_count_kv`` and llama.cpp refuses to load it, while the read-back passes.
+
+    Raises:
+        InvalidRequest: the q_proj/k_proj rows are not heads x head_dim.
+    """
+    head_dim = int(archs.config_value(config, "head_dim"))
+    by_name = {t.info.name: t.info for t in st.tensors}
+    for proj, key, heads in (("q_proj", "num_attention_heads", n_head),
+                             ("k_proj", "num_key_value_heads", n_head_kv)):
+        info = by_name.get(f"model.layers.0.self_attn.{proj}.weight")
+        if info is None or not info.shape or info.shape[0] == heads * head_dim:
+            continue
+        given = "" if config.get(key) is not None else " (absent: defaults to num_attention_heads)"
+        raise InvalidRequest(
+            f"{src}: config.json's {key} {heads}{given} x head_dim {head_dim} != "
+            f"{info.shape[0]} rows of {info.name}; set {key} to "
+            f"{info.shape[0] // head_dim if head_dim else '?'} in config.json")
+
+
 def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str, Any]]:
     """The GGUF file's tensors as LazyTensors with row-major shapes; for an architecture in
     :data:`.gguf_archs.ARCHS`, with HF names, Q/K un-permuted and norm offsets undone.
@@ -63,7 +105,7 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
     Quantized tensors load dequantized to float32 (or ``dtype``); F32/F16/BF16 keep their type.
     """
     gguf = _gguf()
-    reader = gguf.GGUFReader(str(path))
+    reader = open_reader(path)
     kv = read_kv(reader)
     arch = archs.for_gguf(kv)
     back: dict[str, str] = {}
@@ -329,6 +371,7 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     metadata = archs.metadata_from_config(arch, config)
     n_head = int(config["num_attention_heads"])
     n_head_kv = int(archs.config_value(config, "num_key_value_heads"))
+    _check_heads(src, config, st, n_head, n_head_kv)
     vocab_size = int(config["vocab_size"])
     quant = _default_quant(st, opts)
     plan, warnings = _plan(arch, config, st, quant, n_head, n_head_kv)
