@@ -53,3 +53,40 @@ def test_config_without_num_key_value_heads_is_refused(tiny_llama, tmp_path):
     assert code == 2, err
     assert "num_key_value_heads" in err and "set num_key_value_heads to 2" in err
     assert not (tmp_path / "nokv.gguf").exists()
+
+
+def test_linear_rope_scaling_is_written_and_read_back(tiny_llama, tmp_path):
+    # rope_type 'linear' was dropped with a warning: llama.cpp then computed unscaled rope
+    # (logits 30x further from transformers'); it reads rope.scaling.type/factor
+    import numpy as np
+    import torch
+    import transformers
+
+    src = tmp_path / "linear"
+    shutil.copytree(tiny_llama, src)
+    config = json.loads((src / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "linear.gguf"
+    code, stdout, err = run_cli("convert", src, out, "--to", "gguf", "--json")
+    assert code == 0, err
+    assert "rope_type" not in stdout  # no 'not written' warning any more
+    import gguf
+    fields = gguf.GGUFReader(str(out)).fields
+    assert fields["llama.rope.scaling.type"].contents() == "linear"
+    assert fields["llama.rope.scaling.factor"].contents() == 4.0
+    back = tmp_path / "back"
+    code, _, err = run_cli("convert", out, back, "--to", "hf-model", "--quiet")
+    assert code == 0, err
+    ids = [[1, 5, 77, 200, 300, 42, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
+    logits = []
+    for folder in (src, back):
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        assert model.config.rope_parameters["rope_type"] == "linear"
+        with torch.no_grad():
+            logits.append(model(torch.tensor(ids)).logits[0].numpy())
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(str(out), logits_all=True, verbose=False, n_ctx=64)
+    llm.eval(ids[0])
+    assert np.abs(np.array(llm.scores[:len(ids[0])]) - logits[0]).max() < 1e-3

@@ -249,7 +249,7 @@ def config_problems(arch: GGUFArch, config: dict[str, Any]) -> tuple[list[str], 
                 f"convert_hf_to_gguf.py" for k in arch.refuse_rope if rope.get(k)]
     warnings = []
     rope_type = rope.get("rope_type") or rope.get("type")
-    if rope_type not in (None, "default") and not refusals:
+    if rope_type not in (None, "default", "linear") and not refusals:
         warnings.append(f"rope_type {rope_type!r}: not written to the GGUF (llama.cpp will "
                         f"use unscaled rope)")
     for dst, src in arch.config_copies:
@@ -261,8 +261,14 @@ def config_problems(arch: GGUFArch, config: dict[str, Any]) -> tuple[list[str], 
 
 
 def metadata_from_config(arch: GGUFArch, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
-    """``(key, kind, value)`` of every ``<arch>.*`` key to write, from a config.json."""
+    """``(key, kind, value)`` of every ``<arch>.*`` key to write, from a config.json
+    (kind ``u32``, ``f32`` or ``str``)."""
     out = []
+    rope = _rope(config)
+    if (rope.get("rope_type") or rope.get("type")) == "linear" and rope.get("factor"):
+        # llama.cpp divides positions by rope.scaling.factor for type "linear", as HF does
+        out += [(f"{arch.name}.rope.scaling.type", "str", "linear"),
+                (f"{arch.name}.rope.scaling.factor", "f32", float(rope["factor"]))]
     for key in arch.keys:
         if key.only_if_in_config and config.get(key.hf) is None:
             continue
@@ -289,6 +295,9 @@ def config_from_metadata(arch: GGUFArch, kv: dict[str, Any], vocab_size: int, ti
             config[key.hf] = hf_value
     for key, value in late:
         config[key.hf] = _to_hf_value(config, key, value)
+    if kv.get(f"{arch.name}.rope.scaling.type") == "linear":
+        config["rope_scaling"] = {"rope_type": "linear",
+                                  "factor": float(kv[f"{arch.name}.rope.scaling.factor"])}
     heads = config["num_attention_heads"]
     config.setdefault("num_key_value_heads", heads)
     config.setdefault("head_dim", config["hidden_size"] // heads)

@@ -387,7 +387,7 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
         if quant == "q8_0":
             w.add_quantization_version(2)
         for key, kind, value in metadata:
-            (w.add_float32 if kind == "f32" else w.add_uint32)(key, value)
+            {"f32": w.add_float32, "str": w.add_string}.get(kind, w.add_uint32)(key, value)
         w.add_vocab_size(vocab_size)
         if vocab:  # special ids come with it (gguf.SpecialVocab also reads config.json)
             vocab.add_to(w)
