@@ -90,3 +90,20 @@ def test_linear_rope_scaling_is_written_and_read_back(tiny_llama, tmp_path):
     llm = llama_cpp.Llama(str(out), logits_all=True, verbose=False, n_ctx=64)
     llm.eval(ids[0])
     assert np.abs(np.array(llm.scores[:len(ids[0])]) - logits[0]).max() < 1e-3
+
+
+@pytest.mark.parametrize("entry, result", [("num_attention_heads", 2), ("vocab_size", 2),
+                                           ("num_hidden_layers", 2), ("hidden_size", 2),
+                                           ("intermediate_size", 2)])
+def test_config_missing_an_entry_is_a_one_line_refusal(tiny_llama, tmp_path, entry, result):
+    # before: KeyError -> "internal error" (heads, vocab, layers) or exit 1 after the whole
+    # write with a '.unverified' file left (hidden_size, intermediate_size)
+    src = tmp_path / "cfg"
+    shutil.copytree(tiny_llama, src)
+    config = json.loads((src / "config.json").read_text())
+    del config[entry]
+    (src / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli("convert", src, tmp_path / "x.gguf", "--to", "gguf")
+    assert code == result
+    assert f"config.json has no {entry}" in err and "internal error" not in err
+    assert not list(tmp_path.glob("x.gguf*"))

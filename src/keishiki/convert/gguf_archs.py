@@ -239,10 +239,16 @@ def _to_hf_value(config: dict[str, Any], key: Key, value: Any) -> Any:
 def config_problems(arch: GGUFArch, config: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(refusals, warnings) for writing ``config`` as ``arch``: what the GGUF cannot carry.
 
-    Refusals: rope parameters the architecture needs extra tensors for (``refuse_rope``).
+    Refusals: entries llama.cpp's loader needs that config.json lacks (the file would fail
+    verification, or the conversion crash, after the whole write); rope parameters the
+    architecture needs extra tensors for (``refuse_rope``).
     Warnings: a rope scaling type keishiki does not write (the GGUF computes as unscaled), and
     an entry llama.cpp derives from another one set to something else (``config_copies``).
     """
+    missing = [hf_key for hf_key in _needed_entries(arch) if _lookup(config, hf_key) is None]
+    if missing:
+        return [f"config.json has no {', '.join(missing)}, which the GGUF metadata needs; add "
+                f"{'it' if len(missing) == 1 else 'them'} to config.json"], []
     rope = _rope(config)
     refusals = [f"rope {k!r} (rope_type {rope.get('rope_type')!r}) needs llama.cpp's "
                 f"rope_factors tensors, which keishiki does not write; use llama.cpp's "
@@ -258,6 +264,21 @@ def config_problems(arch: GGUFArch, config: dict[str, Any]) -> tuple[list[str], 
                             f"llama.cpp uses {src} for it ({arch.name}), so the GGUF computes "
                             f"differently")
     return refusals, warnings
+
+
+def _needed_entries(arch: GGUFArch) -> list[str]:
+    """config.json entries a GGUF of ``arch`` cannot be written without."""
+    base = ["num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size"]
+    return list(dict.fromkeys(base + [k.hf for k in arch.keys if k.required
+                                      and not k.only_if_in_config and k.none_as is None]))
+
+
+def _lookup(config: dict[str, Any], hf_key: str) -> Any:
+    """:func:`config_value`, None where a fallback's own entry is missing too."""
+    try:
+        return config_value(config, hf_key)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
 
 
 def metadata_from_config(arch: GGUFArch, config: dict[str, Any]) -> list[tuple[str, str, Any]]:
