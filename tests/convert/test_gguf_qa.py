@@ -107,3 +107,52 @@ def test_config_missing_an_entry_is_a_one_line_refusal(tiny_llama, tmp_path, ent
     assert code == result
     assert f"config.json has no {entry}" in err and "internal error" not in err
     assert not list(tmp_path.glob("x.gguf*"))
+
+
+def _strip_gguf(src, out, drop):
+    """A copy of GGUF ``src`` without the metadata keys / tensors named in ``drop``."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(out), reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in drop:
+            continue
+        kind = field.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(key, field.contents(), kind, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(key, field.contents(), kind)
+    for t in reader.tensors:
+        if t.name not in drop:
+            writer.add_tensor(t.name, np.asarray(t.data).reshape(tuple(reversed(t.shape.tolist()))))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("drop, says", [
+    ("llama.attention.head_count", "no llama.attention.head_count"),   # was KeyError
+    ("llama.embedding_length", "no llama.embedding_length"),           # was KeyError
+    ("token_embd.weight", "model.embed_tokens.weight"),                 # was StopIteration
+    ("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight"),  # was exit 0, no q_proj
+])
+def test_incomplete_gguf_to_hf_is_refused(tiny_gguf, tmp_path, drop, says):
+    cut = tmp_path / "cut.gguf"
+    _strip_gguf(tiny_gguf, cut, {drop})
+    code, _, err = run_cli("convert", cut, tmp_path / "hf", "--to", "hf-model")
+    assert code == 2, err
+    assert says in err and "internal error" not in err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_gguf_without_output_or_context_length_still_converts(tiny_gguf, tmp_path):
+    # the completeness check keeps the fallbacks: no output.weight = tied, context 2048
+    cut = tmp_path / "cut.gguf"
+    _strip_gguf(tiny_gguf, cut, {"output.weight", "llama.context_length"})
+    code, _, err = run_cli("convert", cut, tmp_path / "hf", "--to", "hf-model", "--quiet")
+    assert code == 0, err
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and config["max_position_embeddings"] == 2048

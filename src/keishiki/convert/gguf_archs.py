@@ -69,6 +69,7 @@ _TOP_PARTS = ("model.embed_tokens", "model.norm", "lm_head")
 
 # defaults llama.cpp / transformers assume when a config.json omits an entry
 _DEFAULTS = {"max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+DEFAULTS = _DEFAULTS  # read by gguf_edges: keys a GGUF may omit
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,37 @@ def gguf_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
     return report
 
 
+def _check_complete(src: Path, arch: archs.GGUFArch, kv: dict[str, Any],
+                    st: SourceTensors) -> None:
+    """Refuse a GGUF that lacks metadata llama.cpp requires or a tensor the HF model needs.
+
+    Why: config.json is built from those keys (a missing one was a KeyError), and a missing
+    weight would be silently random-initialised by transformers.
+
+    Raises:
+        CorruptFile: the first few missing keys or tensors, named.
+    """
+    # keys config_from_metadata has a fallback for (transformers' and llama.cpp's defaults)
+    # may be absent: old GGUFs omit head_count_kv
+    defaulted = {"num_key_value_heads", *archs.DEFAULTS}
+    missing = [f"{arch.name}.{k.gguf}" for k in arch.keys
+               if k.required and not k.only_if_in_config and k.hf not in defaulted
+               and f"{arch.name}.{k.gguf}" not in kv]
+    if missing:
+        raise CorruptFile(src, f"GGUF metadata has no {', '.join(missing[:3])}, which llama.cpp "
+                               f"requires for {arch.name}; use --to safetensors for the tensors")
+    present = {t.name for t in st.tensors}
+    n_blocks = int(kv[f"{arch.name}.block_count"])
+    needed = ["model.embed_tokens.weight", "model.norm.weight",
+              *(f"model.layers.{i}.{part}.weight" for i in range(n_blocks)
+                for part in arch.layer_parts)]
+    absent = [name for name in needed if name not in present]
+    if absent:
+        raise CorruptFile(src, f"{len(absent)} tensor(s) the {arch.name} model needs are "
+                               f"missing ({', '.join(absent[:3])}); use --to safetensors for "
+                               f"the tensors")
+
+
 def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``gguf -> hf-model``: config.json from the ``<arch>.*`` metadata (llama, qwen2,
     qwen3, gemma, gemma2), model.safetensors and tokenizer.json/tokenizer_config.json (gpt2
@@ -177,6 +208,7 @@ def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
         raise InvalidRequest(f"{src}: GGUF architecture {kv.get('general.architecture')!r}: "
                              f"keishiki makes HF folders of {', '.join(archs.ARCHS)} GGUF files "
                              f"only; use --to safetensors to get the tensors")
+    _check_complete(src, arch, kv, st)
     if not out.is_dir():
         out.mkdir()
     report = gguf_to_safetensors(src, out / "model.safetensors", opts)
