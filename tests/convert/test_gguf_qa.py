@@ -156,3 +156,18 @@ def test_gguf_without_output_or_context_length_still_converts(tiny_gguf, tmp_pat
     assert code == 0, err
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["tie_word_embeddings"] is True and config["max_position_embeddings"] == 2048
+
+
+def test_hf_weights_missing_a_layer_tensor_are_refused(tiny_llama, tmp_path):
+    # before: exit 0 and a GGUF without blk.1.attn_q (llama.cpp: "missing tensor")
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "holes"
+    shutil.copytree(tiny_llama, src)
+    weights = load_file(src / "model.safetensors")
+    del weights["model.layers.1.self_attn.q_proj.weight"]
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    code, _, err = run_cli("convert", src, tmp_path / "x.gguf", "--to", "gguf")
+    assert code == 2, err
+    assert "model.layers.1.self_attn.q_proj.weight" in err
+    assert not list(tmp_path.glob("x.gguf*"))

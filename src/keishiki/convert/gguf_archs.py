@@ -267,6 +267,15 @@ def config_problems(arch: GGUFArch, config: dict[str, Any]) -> tuple[list[str], 
     return refusals, warnings
 
 
+def needed_tensors(arch: GGUFArch, n_blocks: int) -> list[str]:
+    """HF names of the weights a model of ``arch`` cannot run without (llama.cpp refuses a
+    GGUF lacking them; transformers would random-initialise them). ``lm_head`` is not among
+    them: without it both tie the head to the embedding."""
+    return ["model.embed_tokens.weight", "model.norm.weight",
+            *(f"model.layers.{i}.{part}.weight" for i in range(n_blocks)
+              for part in arch.layer_parts)]
+
+
 def _needed_entries(arch: GGUFArch) -> list[str]:
     """config.json entries a GGUF of ``arch`` cannot be written without."""
     base = ["num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size"]

@@ -73,19 +73,26 @@ def open_reader(path: Path):
         raise CorruptFile(path, f"gguf cannot read it ({exc})") from exc
 
 
-def _check_heads(src: Path, config: dict[str, Any], st: SourceTensors, n_head: int,
-                 n_head_kv: int) -> None:
-    """Refuse a config whose head counts disagree with the attention weights' shapes.
+def _check_heads(src: Path, arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors,
+                 n_head: int, n_head_kv: int) -> None:
+    """Refuse weights that lack a tensor the model needs, or a config whose head counts
+    disagree with the attention weights' shapes.
 
     Why: a config.json without ``num_key_value_heads`` defaults to ``num_attention_heads``
     (as transformers does); for a GQA checkpoint the GGUF would then carry the wrong
     ``head_count_kv`` and llama.cpp refuses to load it, while the read-back passes.
 
     Raises:
-        InvalidRequest: the q_proj/k_proj rows are not heads x head_dim.
+        InvalidRequest: a needed tensor is missing; the q_proj/k_proj rows are not
+            heads x head_dim.
     """
-    head_dim = int(archs.config_value(config, "head_dim"))
     by_name = {t.info.name: t.info for t in st.tensors}
+    absent = [name for name in archs.needed_tensors(arch, int(config["num_hidden_layers"]))
+              if name not in by_name]
+    if absent:  # llama.cpp would refuse the GGUF ("missing tensor"); the read-back cannot see it
+        raise InvalidRequest(f"{src}: {len(absent)} tensor(s) a {arch.name} model needs are "
+                             f"missing ({', '.join(absent[:3])}); check the weight files")
+    head_dim = int(archs.config_value(config, "head_dim"))
     for proj, key, heads in (("q_proj", "num_attention_heads", n_head),
                              ("k_proj", "num_key_value_heads", n_head_kv)):
         info = by_name.get(f"model.layers.0.self_attn.{proj}.weight")
@@ -185,10 +192,7 @@ def _check_complete(src: Path, arch: archs.GGUFArch, kv: dict[str, Any],
                                f"requires for {arch.name}; use --to safetensors for the tensors")
     present = {t.name for t in st.tensors}
     n_blocks = int(kv[f"{arch.name}.block_count"])
-    needed = ["model.embed_tokens.weight", "model.norm.weight",
-              *(f"model.layers.{i}.{part}.weight" for i in range(n_blocks)
-                for part in arch.layer_parts)]
-    absent = [name for name in needed if name not in present]
+    absent = [name for name in archs.needed_tensors(arch, n_blocks) if name not in present]
     if absent:
         raise CorruptFile(src, f"{len(absent)} tensor(s) the {arch.name} model needs are "
                                f"missing ({', '.join(absent[:3])}); use --to safetensors for "
@@ -403,7 +407,7 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     metadata = archs.metadata_from_config(arch, config)
     n_head = int(config["num_attention_heads"])
     n_head_kv = int(archs.config_value(config, "num_key_value_heads"))
-    _check_heads(src, config, st, n_head, n_head_kv)
+    _check_heads(src, arch, config, st, n_head, n_head_kv)
     vocab_size = int(config["vocab_size"])
     quant = _default_quant(st, opts)
     plan, warnings = _plan(arch, config, st, quant, n_head, n_head_kv)
