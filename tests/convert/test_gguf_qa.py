@@ -171,3 +171,13 @@ def test_hf_weights_missing_a_layer_tensor_are_refused(tiny_llama, tmp_path):
     assert code == 2, err
     assert "model.layers.1.self_attn.q_proj.weight" in err
     assert not list(tmp_path.glob("x.gguf*"))
+
+
+def test_vocab_only_gguf_to_hf_says_so(tmp_path):
+    # before: StopIteration ("internal error") looking for the embedding
+    from tests.conftest import corpus_path
+
+    vocab = corpus_path("gguf/llama.cpp-vocab/ggml-vocab-llama-spm.gguf")
+    code, _, err = run_cli("convert", vocab, tmp_path / "hf", "--to", "hf-model")
+    assert code == 2
+    assert "vocabulary-only GGUF" in err and len(err.strip().splitlines()) == 1

@@ -179,6 +179,7 @@ def _check_complete(src: Path, arch: archs.GGUFArch, kv: dict[str, Any],
     weight would be silently random-initialised by transformers.
 
     Raises:
+        InvalidRequest: the GGUF holds no tensors at all (a vocabulary-only file).
         CorruptFile: the first few missing keys or tensors, named.
     """
     # keys config_from_metadata has a fallback for (transformers' and llama.cpp's defaults)
@@ -190,6 +191,9 @@ def _check_complete(src: Path, arch: archs.GGUFArch, kv: dict[str, Any],
     if missing:
         raise CorruptFile(src, f"GGUF metadata has no {', '.join(missing[:3])}, which llama.cpp "
                                f"requires for {arch.name}; use --to safetensors for the tensors")
+    if not st.tensors:  # llama.cpp's --vocab-only files: a tokenizer, no model
+        raise InvalidRequest(f"{src}: a vocabulary-only GGUF (no tensors): there is no model "
+                             f"to make an HF folder of")
     present = {t.name for t in st.tensors}
     n_blocks = int(kv[f"{arch.name}.block_count"])
     absent = [name for name in archs.needed_tensors(arch, n_blocks) if name not in present]
