@@ -181,3 +181,25 @@ def test_vocab_only_gguf_to_hf_says_so(tmp_path):
     code, _, err = run_cli("convert", vocab, tmp_path / "hf", "--to", "hf-model")
     assert code == 2
     assert "vocabulary-only GGUF" in err and len(err.strip().splitlines()) == 1
+
+
+def test_phi3_config_without_num_key_value_heads_is_refused(tiny_llama, tmp_path):
+    # phi3's fused qkv_proj: (heads + 2 x kv heads) x head_dim rows; before: exit 0 and a
+    # GGUF with head_count_kv 4 for 2 KV heads
+    import transformers
+
+    config = transformers.Phi3Config(
+        vocab_size=384, hidden_size=64, num_hidden_layers=1, intermediate_size=128,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        original_max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2)
+    src = tmp_path / "phi3"
+    transformers.Phi3ForCausalLM(config).save_pretrained(src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / name, src / name)
+    saved = json.loads((src / "config.json").read_text())
+    del saved["num_key_value_heads"]
+    (src / "config.json").write_text(json.dumps(saved))
+    code, _, err = run_cli("convert", src, tmp_path / "x.gguf", "--to", "gguf")
+    assert code == 2, err
+    assert "set num_key_value_heads to 2" in err

@@ -103,6 +103,13 @@ def _check_heads(src: Path, arch: archs.GGUFArch, config: dict[str, Any], st: So
             f"{src}: config.json's {key} {heads}{given} x head_dim {head_dim} != "
             f"{info.shape[0]} rows of {info.name}; set {key} to "
             f"{info.shape[0] // head_dim if head_dim else '?'} in config.json")
+    fused = by_name.get("model.layers.0.self_attn.qkv_proj.weight")  # phi3: q, k, v stacked
+    if fused is not None and fused.shape and fused.shape[0] != (n_head + 2 * n_head_kv) * head_dim:
+        kv_rows = (fused.shape[0] - n_head * head_dim) // 2
+        raise InvalidRequest(
+            f"{src}: config.json's heads ({n_head} + 2 x {n_head_kv} KV) x head_dim {head_dim} "
+            f"!= {fused.shape[0]} rows of {fused.name}; set num_key_value_heads to "
+            f"{kv_rows // head_dim if head_dim else '?'} in config.json")
 
 
 def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str, Any]]:
