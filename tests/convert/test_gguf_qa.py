@@ -203,3 +203,38 @@ def test_phi3_config_without_num_key_value_heads_is_refused(tiny_llama, tmp_path
     code, _, err = run_cli("convert", src, tmp_path / "x.gguf", "--to", "gguf")
     assert code == 2, err
     assert "set num_key_value_heads to 2" in err
+
+
+def test_gguf_without_head_count_kv_reads_the_kv_heads_from_attn_k(tiny_gguf, tmp_path):
+    """An old GGUF may omit head_count_kv; with 2 KV heads for 4 query heads the default
+    (= head_count) un-permuted K wrongly and wrote num_key_value_heads 4, which transformers
+    cannot load.  The rows of blk.0.attn_k say 2."""
+    transformers = pytest.importorskip("transformers")
+    cut = tmp_path / "nokv.gguf"
+    _strip_gguf(tiny_gguf, cut, {"llama.attention.head_count_kv"})
+    code, _, err = run_cli("convert", cut, tmp_path / "hf", "--to", "hf-model", "--quiet")
+    assert code == 0, err
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 2)
+    transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")  # loads
+    code, _, err = run_cli("compare", tiny_gguf, cut)
+    assert code == 0, err
+
+
+def test_vocab_only_gguf_to_safetensors_is_refused(tmp_path):
+    from tests.conftest import corpus_path
+
+    vocab = corpus_path("gguf/llama.cpp-vocab/ggml-vocab-llama-spm.gguf")
+    code, _, err = run_cli("convert", vocab, tmp_path / "v.safetensors", "--to", "safetensors")
+    assert code == 2 and "vocabulary-only GGUF" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("v.safetensors*"))
+
+
+def test_compare_hf_with_a_gguf_lacking_head_count_kv(tiny_llama, tiny_gguf, tmp_path):
+    """compare un-permutes attn_k with the KV heads read from the tensor when the metadata
+    omits them (with 4 assumed for 2, every K weight compared 'different')."""
+    cut = tmp_path / "nokv.gguf"
+    _strip_gguf(tiny_gguf, cut, {"llama.attention.head_count_kv"})
+    report = __import__("keishiki").compare(tiny_llama, cut, rtol=1e-3, atol=1e-3)
+    k = [d for d in report.tensors if d.pair.a.endswith("k_proj.weight")]
+    assert len(k) == 2 and all(d.ok and d.transform == "llama-rope-unpermute" for d in k)

@@ -124,11 +124,16 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
     arch = archs.for_gguf(kv)
     back: dict[str, str] = {}
     n_head = n_head_kv = 0
+    tensors, warnings = [], []
     if arch:
         _, back = arch.name_maps(int(kv.get(f"{arch.name}.block_count", 0) or 0))
         n_head = int(kv.get(f"{arch.name}.attention.head_count", 0) or 0)
+        inferred = _kv_heads_from_tensors(reader, kv, arch.name, n_head)
+        if inferred is not None:
+            kv[f"{arch.name}.attention.head_count_kv"] = inferred
+            warnings.append(f"{arch.name}.attention.head_count_kv is absent: {inferred} KV "
+                            f"heads, read from blk.0.attn_k.weight's rows")
         n_head_kv = int(kv.get(f"{arch.name}.attention.head_count_kv", n_head) or n_head)
-    tensors, warnings = [], []
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         type_name = t.tensor_type.name
@@ -161,10 +166,33 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
     return SourceTensors(tensors, warnings=warnings, format="gguf"), kv
 
 
+def _kv_heads_from_tensors(reader, kv: dict[str, Any], arch: str, n_head: int) -> int | None:
+    """KV heads of a GGUF whose metadata omits ``head_count_kv`` (old files, where llama.cpp
+    defaults it to ``head_count``), from ``blk.0.attn_k.weight``'s rows / head size; None
+    when the key is there or the tensors cannot say.  Why: with fewer KV heads than query
+    heads, the default un-permutes K wrongly and gives a config transformers cannot load."""
+    if f"{arch}.attention.head_count_kv" in kv or not n_head:
+        return None
+    head_dim = kv.get(f"{arch}.attention.key_length") or (
+        int(kv.get(f"{arch}.embedding_length", 0) or 0) // n_head)
+    k = next((t for t in reader.tensors if t.name == "blk.0.attn_k.weight"), None)
+    if k is None or not head_dim:
+        return None
+    rows = int(k.shape.tolist()[-1])  # GGUF lists dims reversed: the last is the rows
+    heads, rest = divmod(rows, int(head_dim))
+    return heads if heads and not rest and heads != n_head else None
+
+
 def gguf_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``gguf -> safetensors``: dequantized tensors, known architectures' names mapped
-    back to HF (others keep their GGUF names)."""
+    back to HF (others keep their GGUF names).
+
+    Raises:
+        InvalidRequest: a vocabulary-only GGUF (no tensors to write).
+    """
     st, kv = gguf_tensors(src, opts.dtype)
+    if not st.tensors:  # llama.cpp's --vocab-only files: an empty safetensors helps nobody
+        raise InvalidRequest(f"{src}: a vocabulary-only GGUF (no tensors): nothing to write")
     report = StepReport(edge="gguf -> safetensors", src=str(src), out=str(out),
                         warnings=st.warnings)
     with Timer() as timer, progress(st.nbytes, "-> safetensors", opts.quiet, unit_bytes=True) as adv:

@@ -79,11 +79,24 @@ def _gguf_kv(info: ModelInfo, key: str) -> Any:
 
 def _gguf_heads(info: ModelInfo, arch: str | None) -> tuple[int, int] | None:
     n_head = _gguf_kv(info, f"{arch}.attention.head_count")
-    n_kv = _gguf_kv(info, f"{arch}.attention.head_count_kv") or n_head
+    n_kv = _gguf_kv(info, f"{arch}.attention.head_count_kv") or _kv_heads(info, arch, n_head)
     try:
-        return (int(n_head), int(n_kv)) if n_head else None
+        return (int(n_head), int(n_kv or n_head)) if n_head else None
     except (TypeError, ValueError):
         return None
+
+
+def _kv_heads(info: ModelInfo, arch: str | None, n_head: Any) -> int | None:
+    """KV heads of a GGUF that omits ``head_count_kv``: ``blk.0.attn_k.weight``'s rows over
+    the head size (the converter reads them the same way)."""
+    try:
+        head_dim = _gguf_kv(info, f"{arch}.attention.key_length") or (
+            int(_gguf_kv(info, f"{arch}.embedding_length")) // int(n_head))
+        k = next(t for t in info.tensors if t.name == "blk.0.attn_k.weight")
+        heads, rest = divmod(int(k.shape[0]), int(head_dim))
+    except (StopIteration, TypeError, ValueError, ZeroDivisionError, IndexError):
+        return None
+    return heads if heads and not rest else None
 
 
 def _n_blocks(gguf_names: dict[str, TensorInfo]) -> int:
