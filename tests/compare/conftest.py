@@ -59,7 +59,10 @@ def llama_gguf_pair(tmp_path_factory) -> tuple[Path, Path, dict]:
     gguf = pytest.importorskip("gguf")
     from safetensors.numpy import save_file
 
-    from keishiki.convert.gguf_names import hf_to_gguf_name, permute
+    from keishiki.convert.gguf_archs import ARCHS
+    from keishiki.convert.gguf_names import permute
+
+    gguf_name = ARCHS["llama"].name_maps(1)[0]
 
     rng = np.random.default_rng(0)
     hidden, n_head, n_kv, head_dim = 16, 4, 2, 4
@@ -87,9 +90,9 @@ def llama_gguf_pair(tmp_path_factory) -> tuple[Path, Path, dict]:
             value = permute(value, n_kv)
         if "up_proj" in name:
             q8 = gguf.quants.quantize(value, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(hf_to_gguf_name(name), q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(gguf_name[name], q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
-            writer.add_tensor(hf_to_gguf_name(name), value)
+            writer.add_tensor(gguf_name[name], value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

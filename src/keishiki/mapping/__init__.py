@@ -7,8 +7,9 @@ names by ``onnx::MatMul_<N>`` / ``val_<N>`` and store Linear weights transposed.
 run in this order, each on what the previous ones left unpaired:
 
 1. ``exact``: the same name on both sides.
-2. ``gguf``: HF names mapped to GGUF names (the converter's llama table, else the gguf
-   package's own ``gguf.get_tensor_name_map`` for the file's architecture).
+2. ``gguf``: HF names mapped to GGUF names (the converter's names for the architectures it
+   writes, else the gguf package's own ``gguf.get_tensor_name_map`` for the file's
+   architecture).
 3. ``prefix``: equal after dropping wrapper prefixes (``module.``, ``_orig_mod.``) or after
    dropping a leading dotted prefix that only one side has (``model.``, ``bert.``), when the
    element counts agree.

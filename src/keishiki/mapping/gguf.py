@@ -1,6 +1,6 @@
 """Hugging Face ↔ GGUF names: the GGUF file's architecture and head counts, the name tables
-(the converter's llama table, else the gguf package's), and llama.cpp's Q/K row permutation
-that a pair has to undo."""
+(the converter's for the architectures it writes, else the gguf package's), and what a pair
+has to undo: llama.cpp's Q/K row permutation, gemma's ``w + 1`` norms."""
 
 from __future__ import annotations
 
@@ -32,16 +32,16 @@ def gguf_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
     arch = gguf_architecture(gguf_side)
     written = _converter_arch(arch)
     table = _gguf_table(arch, gguf_names)
-    if table is None and arch != "llama":
+    if table is None:  # no gguf package, or an architecture it does not know
         return []
     forward = written.name_maps(_n_blocks(gguf_names))[0] if written is not None else {}
     heads = _gguf_heads(gguf_side, arch)
     out = []
     taken: set[str] = set()
     for name in other_names:
-        # the converter's own table first (what keishiki and llama.cpp write for the arch)
-        target = forward.get(strip_wrappers(name)) or (
-            _hf_to_gguf(table, name) if written is None or written.name == "llama" else None)
+        # the converter's own names first (what keishiki and llama.cpp write for the arch),
+        # then the gguf package's table for the file's architecture
+        target = forward.get(strip_wrappers(name)) or _hf_to_gguf(table, name)
         if target is None or target not in gguf_names or target in taken:
             continue
         taken.add(target)
@@ -132,16 +132,10 @@ def _gguf_table(arch: str | None, gguf_names: dict[str, TensorInfo]):
 
 
 def _hf_to_gguf(table, name: str) -> str | None:
-    """The GGUF name of HF tensor ``name``: the converter's llama table first (the names
-    ``keishiki convert`` writes), then the gguf package's table, trying the name without
-    leading dotted components too (``bert.embeddings.LayerNorm.weight`` is listed there as
-    ``embeddings.LayerNorm``)."""
+    """The GGUF name of HF tensor ``name`` by the gguf package's table for the file's
+    architecture, trying the name without leading dotted components too
+    (``bert.embeddings.LayerNorm.weight`` is listed there as ``embeddings.LayerNorm``)."""
     candidate = strip_wrappers(name)
-    from ..convert.gguf_names import hf_to_gguf_name
-
-    found = hf_to_gguf_name(candidate)
-    if found or table is None:
-        return found
     while candidate:
         found = table.get_name(candidate, try_suffixes=(".weight", ".bias"))
         if found:
