@@ -111,7 +111,6 @@ def render_unmatched(name_map, show_all: bool = False) -> None:
             console.print(f"{len(quiet)} only in {side} not counted (ONNX graph constants: "
                           f"shapes, axes, Constant-node values; computed buffers such as "
                           f"rotary inv_freq; BatchNorms folded into a layer, their "
-                          f"training counters); --show all "
-                          f"lists them")
+                          f"training counters); --show all lists them")
     if not name_map.unmatched_a and not name_map.unmatched_b:
         console.print("every tensor paired")

@@ -37,7 +37,7 @@ def run(
                                         help="The same for each prompt token after the first."),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Run the model folder's own code (transformers, "
-        "vLLM) and TorchScript that scan rates dangerous."),
+        "vLLM), and TorchScript or ONNX files that scan rates dangerous."),
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Generate from MODEL (vLLM's sampling options); one prompt streams as it is generated."""

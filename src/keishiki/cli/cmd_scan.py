@@ -17,8 +17,7 @@ _STYLE = {"dangerous": "bold red", "unknown": "yellow", "error": "magenta", "saf
 @app.command()
 def scan(
     paths: list[Path] = typer.Argument(
-        ..., metavar="PATHS", help="Files or folders (archives are opened, "
-                                       "folders walked)."),
+        ..., metavar="PATHS", help="Files or folders (archives are opened, folders walked)."),
     json_out: bool = JSON_OPTION,
     allow_unknown: bool = typer.Option(False, "--allow-unknown",
                                        help="Exit 0 when only unknown (not dangerous) "

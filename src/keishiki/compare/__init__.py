@@ -174,14 +174,13 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
     diffs = []
     with progress(len(name_map.pairs), "comparing", quiet=quiet) as advance:
         for pair in name_map.pairs:
-            arr_b = load_array(model_b, model_b.tensor(pair.b))
             if pair.how == "folded":
-                diffs.append(_compare_folded(model_a, model_b, pair, arr_b, atol, rtol))
+                diffs.append(_compare_folded(model_a, model_b, pair, atol, rtol))
             else:
                 arr_a = load_array(model_a, model_a.tensor(pair.a))
+                arr_b = load_array(model_b, model_b.tensor(pair.b))
                 diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol))
-                del arr_a
-            del arr_b  # one pair in memory at a time
+                del arr_a, arr_b  # one pair in memory at a time
             advance(1)
     report = CompareReport(name_map, diffs, atol, rtol, allow_unmatched,
                            config_diff=config_diff(model_a, model_b))
@@ -193,24 +192,24 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
     return report
 
 
-def _compare_folded(model_a: ModelInfo, model_b: ModelInfo, pair, arr_b, atol: float,
+def _compare_folded(model_a: ModelInfo, model_b: ModelInfo, pair, atol: float,
                     rtol: float) -> TensorDiff:
-    """B's tensor against A's layer with its BatchNorm folded in, recomputed from A's
-    tensors in float64 (or A's against B's, when B holds the BatchNorm).  The exporter folded in float32, so equal is never bit-equal: the
-    tolerance is at least :data:`FOLD_RTOL`, and the diff says so."""
+    """The export's tensor against the checkpoint's layer with its BatchNorm folded in,
+    recomputed in float64 from the side holding the BatchNorm (A, or B when
+    ``fold["side"] == "B"``).  The exporter folded in float32, so equal is never
+    bit-equal: the tolerance is at least :data:`FOLD_RTOL`, and the diff says so."""
     from ..mapping.folding import fold_values
 
     fold = pair.extra["fold"]
-    if fold.get("side") == "B":  # B is the checkpoint with the BatchNorm, A the export
-        expected = fold_values(lambda n: load_array(model_b, model_b.tensor(n)), fold)
-        arr_a = load_array(model_a, model_a.tensor(pair.a))
-        diff = compare_arrays(pair, arr_a, expected, atol, max(rtol, FOLD_RTOL))
-    else:
-        expected = fold_values(lambda n: load_array(model_a, model_a.tensor(n)), fold)
-        diff = compare_arrays(pair, expected, arr_b, atol, max(rtol, FOLD_RTOL))
-    diff.notes.append(f"{fold.get('side', 'A')}'s {pair.extra['fold']['role']} with BatchNorm "
-                      f"{pair.extra['fold']['batchnorm']!r} folded in (eps "
-                      f"{pair.extra['fold']['eps']:g}); compared with rtol >= {FOLD_RTOL:g}")
+    side_b = fold.get("side") == "B"
+    checkpoint, export = (model_b, model_a) if side_b else (model_a, model_b)
+    expected = fold_values(lambda n: load_array(checkpoint, checkpoint.tensor(n)), fold)
+    got = load_array(export, export.tensor(pair.a if side_b else pair.b))
+    a, b = (got, expected) if side_b else (expected, got)
+    diff = compare_arrays(pair, a, b, atol, max(rtol, FOLD_RTOL))
+    diff.notes.append(f"{'B' if side_b else 'A'}'s {fold['role']} with BatchNorm "
+                      f"{fold['batchnorm']!r} folded in (eps {fold['eps']:g}); compared with "
+                      f"rtol >= {FOLD_RTOL:g}")
     return diff
 
 

@@ -495,7 +495,7 @@ def to_pytorch(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     st = source_tensors(src, opts)
     report = StepReport(edge=f"{st.format} -> pytorch", src=str(src), out=str(out),
                         warnings=list(st.warnings))
-    with Timer() as timer, progress(None, "-> pytorch", opts.quiet) as _adv:
+    with Timer() as timer, progress(None, "-> pytorch", opts.quiet):
         state = torch_tensors(st, opts.dtype)
         torch.save(state, str(out))
         del state

@@ -64,11 +64,7 @@ class ModelInfo:
 
     def lazy_tensors(self) -> Iterator[LazyTensor]:
         """Each tensor as a :class:`LazyTensor`; raises when the format cannot load data."""
-        if self.tensor_loader is None:
-            from ..errors import InvalidRequest
-
-            raise InvalidRequest(f"{self.path}: keishiki cannot read tensor data from "
-                                 f"{self.format} files")
+        self._require_loader()
         for info in self.tensors:
             yield LazyTensor(info, (lambda i=info: self.load_tensor(i)))
 
@@ -82,12 +78,10 @@ class ModelInfo:
             InvalidRequest: the format has no loader.
             CorruptFile: the bytes cannot be the declared tensor.
         """
-        from ..errors import CorruptFile, InvalidRequest, KeishikiError
+        from ..errors import CorruptFile, KeishikiError
         from . import dtypes
 
-        if self.tensor_loader is None:
-            raise InvalidRequest(f"{self.path}: keishiki cannot read tensor data from "
-                                 f"{self.format} files")
+        self._require_loader()
         try:
             arr = self.tensor_loader(info)
         except KeishikiError:
@@ -105,6 +99,13 @@ class ModelInfo:
             raise CorruptFile(self.path, f"tensor {info.name!r}: read {list(arr.shape)}, the "
                               f"file declares {list(info.shape)}")
         return arr
+
+    def _require_loader(self) -> None:
+        if self.tensor_loader is None:
+            from ..errors import InvalidRequest
+
+            raise InvalidRequest(f"{self.path}: keishiki cannot read tensor data from "
+                                 f"{self.format} files")
 
     def to_dict(self, with_tensors: bool = False) -> dict[str, Any]:
         """The ``info --json`` object (tensors listed only when ``with_tensors``)."""

@@ -159,9 +159,7 @@ class Source:
         try:
             with zf.open(info) as fh:
                 data = fh.read(limit + 1)
-        except ZIP_ERRORS as exc:
-            raise CorruptFile(self.path, f"zip member {name!r} unreadable: {exc}") from None
-        except Exception as exc:  # zlib.error and friends from a damaged stream
+        except Exception as exc:  # ZIP_ERRORS, zlib.error and friends from a damaged stream
             raise CorruptFile(self.path, f"zip member {name!r} unreadable: {exc}") from None
         if len(data) > limit:
             raise CorruptFile(self.path, f"zip member {name!r} expands beyond {limit} bytes")

@@ -16,7 +16,6 @@ import dataclasses
 import json
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

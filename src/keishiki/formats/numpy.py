@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.model import ModelInfo
-from ..core.source import ZIP_ERRORS, Source
+from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 
@@ -117,9 +117,7 @@ def _read_npz(src: Source) -> tuple[list[TensorInfo], list[str], dict]:
             header_len, dtype, shape, fortran = parse_header(raw, where)
         except ValueError as exc:
             raise CorruptFile(src.path, str(exc)) from None
-        except ZIP_ERRORS as exc:
-            raise CorruptFile(src.path, f"{where} unreadable: {exc}") from None
-        except Exception as exc:  # zlib.error from a damaged stream
+        except Exception as exc:  # ZIP_ERRORS, zlib.error from a damaged stream
             raise CorruptFile(src.path, f"{where} unreadable: {exc}") from None
         name = zinfo.filename[:-4]
         if dtype.hasobject:

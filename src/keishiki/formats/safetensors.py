@@ -12,7 +12,7 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 

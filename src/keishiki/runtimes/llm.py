@@ -35,7 +35,8 @@ class LLM:
         dtype: ``auto``/None, ``float32``, ``float16``, ``bfloat16`` (torch and vLLM).
         seed: seeds the generator of requests whose SamplingParams has no seed.
         trust_remote_code: let transformers/vLLM run the model folder's own code, and load a
-            TorchScript file that ``keishiki scan`` rates dangerous (file ops in its code).
+            TorchScript or ONNX file that ``keishiki scan`` rates dangerous (file ops in its
+            code, external data outside its folder).
         tensor_parallel_size, pipeline_parallel_size: passed to vLLM.
         max_model_len: cap on prompt + output length (default: the model's).
         max_num_seqs: most sequences decoded in one batch.
@@ -282,12 +283,11 @@ class LLM:
                     self._prompt_logprobs(seq.prompt_ids, seq.params.prompt_logprobs)
                 result.prompt_logprobs = [None if d is None else self._logprob_dict(d)
                                           for d in raw]
-            metrics = results[seq.request].metrics
+            metrics = result.metrics
             if seq.first_token_at is not None:
                 metrics.setdefault("first_token_s", seq.first_token_at - seq.started_at)
                 metrics.setdefault("decode_s", seq.last_token_at - seq.first_token_at)
         return results
-
 
     def _prompt_logprobs(self, prompt_ids: list[int], k: int) -> list:
         """vLLM's prompt_logprobs: None for the first token, then each prompt token's
