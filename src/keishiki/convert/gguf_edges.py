@@ -11,6 +11,7 @@ Everything goes through the ``gguf`` package (the reference implementation): rea
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -453,8 +454,10 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     warnings = [*st.warnings, *warnings, *config_warnings]
     vocab, vocab_warnings = vocab_from_hf(src, vocab_size)
     warnings.extend(vocab_warnings)
+    # the folder's transformers tokenizer, loaded once for the split and for the check
+    source_tokenizer = functools.cache(lambda: _auto_tokenizer(src))
     if vocab and vocab.model == "gpt2" and arch.bpe_pre_from_transformers:
-        vocab.pre = _transformers_bpe_pre(src) or vocab.pre
+        vocab.pre = _transformers_bpe_pre(source_tokenizer) or vocab.pre
 
     def kv_writer(w) -> None:
         w.add_name(src.name)
@@ -482,7 +485,7 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
         if opts.verify:
             report.verify = verify_gguf(out, plan, required)
             if vocab:
-                check_tokenizer(report, lambda: _auto_tokenizer(src),
+                check_tokenizer(report, source_tokenizer,
                                 lambda: load_gguf_tokenizer(out, _tokenizer_flags(out)))
     report.n_tensors = len(plan)
     report.details.update(quant=quant, types=sorted({p.qtype for p in plan}),
@@ -518,9 +521,10 @@ def _plan(arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors, quant
     return plan, warnings
 
 
-def _transformers_bpe_pre(folder: Path) -> str | None:
-    """llama.cpp's name for the split regex transformers applies to ``folder``'s tokenizer
-    (from transformers' own GGUF table, ``GGUF_PRE_TOKENIZER_SPLITS``); None when unknown.
+def _transformers_bpe_pre(load_tokenizer: Callable) -> str | None:
+    """llama.cpp's name for the split regex transformers applies to the folder's tokenizer
+    (``load_tokenizer()``; the names from transformers' own GGUF table,
+    ``GGUF_PRE_TOKENIZER_SPLITS``); None when unknown.
 
     Why not tokenizer.json's: transformers 5 picks the tokenizer class from model_type too, so
     a qwen2 folder gets ``Qwen2Tokenizer``'s split (digits one by one) over the file's, and the
@@ -530,14 +534,16 @@ def _transformers_bpe_pre(folder: Path) -> str | None:
         from transformers.integrations.gguf.gguf_tokenizer_mapping import (
             GGUF_PRE_TOKENIZER_SPLITS)
 
-        tokenizer = _auto_tokenizer(folder)
+        tokenizer = load_tokenizer()
         pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
     except Exception:  # no transformers, another layout, no fast tokenizer: keep the file's
         return None
-    steps = pre.get("pretokenizers") or [pre]
-    if len(steps) == 1 and steps[0].get("type") == "ByteLevel" and steps[0].get("use_regex", True):
+    from .gguf_vocab import is_gpt2_split
+
+    if is_gpt2_split(pre):
         # GPT-2's own split: llama.cpp's "gpt-2" is that regex ("default" splits digits in 3s)
         return "gpt-2"
+    steps = pre.get("pretokenizers") or [pre]
     patterns = {(step.get("pattern") or {}).get("Regex")
                 for step in steps if step.get("type") == "Split"}
     return next((name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items()

@@ -306,15 +306,18 @@ def _gpt2_pre(data: dict) -> str:
     ``default`` is not GPT-2's split: it groups digits in threes, so "3.14159" and
     "1,000,000" would tokenize differently from the HF tokenizer."""
     pre = data.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers") or [pre]
-    for step in steps:
+    for step in pre.get("pretokenizers") or [pre]:
         pattern = (step.get("pattern") or {}) if step.get("type") == "Split" else {}
         if pattern.get("Regex") == _LLAMA3_SPLIT:
             return "llama-bpe"
-    if len(steps) == 1 and steps[0].get("type") == "ByteLevel" \
-            and steps[0].get("use_regex", True):
-        return "gpt-2"
-    return "default"
+    return "gpt-2" if is_gpt2_split(pre) else "default"
+
+
+def is_gpt2_split(pre_tokenizer: dict) -> bool:
+    """True for GPT-2's own split: a lone ``ByteLevel`` pre-tokenizer with its regex on."""
+    steps = pre_tokenizer.get("pretokenizers") or [pre_tokenizer]
+    return len(steps) == 1 and steps[0].get("type") == "ByteLevel" \
+        and steps[0].get("use_regex", True)
 
 
 def _fit(vocab: GGUFVocab, vocab_size: int, warnings: list[str]) -> None:
