@@ -118,16 +118,15 @@ def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
     return "+".join(kinds)
 
 
-_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
-
-
 def _safetensors_header(data) -> bool:
     """True when ``data`` opens with a safetensors header: an 8-byte little-endian length
-    that fits the file, then a JSON object of that length."""
+    that fits the file (and the reader's limit), then a JSON object of that length."""
+    from ..formats.safetensors import MAX_HEADER_BYTES  # noqa: PLC0415 - scan loads alone
+
     if len(data) < 10:
         return False
     n = int.from_bytes(bytes(data[:8]), "little")
-    if not 2 <= n <= min(len(data) - 8, _MAX_SAFETENSORS_HEADER) or bytes(data[8:9]) != b"{":
+    if not 2 <= n <= min(len(data) - 8, MAX_HEADER_BYTES) or bytes(data[8:9]) != b"{":
         return False
     try:
         return isinstance(json.loads(bytes(data[8:8 + n])), dict)
