@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import keishiki
 from keishiki.convert.base import Edge
 from keishiki.convert.paths import find_path
 from keishiki.errors import InvalidRequest, Mismatch, MissingDependency, NoConversionPath
-from tests.conftest import REPO, run_cli
+from tests.conftest import corpus_path, run_cli
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -47,11 +48,10 @@ def test_no_path_is_a_one_line_error_exit_2(tmp_path):
     np.save(src, np.ones(3))
     code, _, err = run_cli("convert", src, tmp_path / "o.gguf", "--to", "tflite")
     assert code == 2 and "--to must be one of" in err
-    keras = REPO.parent / "shared/corpus/real/other/keras_v3_zip/keras-3.15.1/tiny_mlp_keras3.keras"
-    if keras.exists():
-        code, _, err = run_cli("convert", keras, tmp_path / "o.safetensors", "--to", "safetensors")
-        assert code == 2 and "no conversion path from keras to safetensors" in err
-        assert err.count("\n") == 1
+    keras = corpus_path("other/keras_v3_zip/keras-3.15.1/tiny_mlp_keras3.keras")
+    code, _, err = run_cli("convert", keras, tmp_path / "o.safetensors", "--to", "safetensors")
+    assert code == 2 and "no conversion path from keras to safetensors" in err
+    assert err.count("\n") == 1
 
 
 def test_refuses_existing_output_and_input_as_output(small_st, tmp_path):
@@ -62,8 +62,52 @@ def test_refuses_existing_output_and_input_as_output(small_st, tmp_path):
     assert out.read_bytes() == b"precious"
     code, _, err = run_cli("convert", small_st, small_st, "--to", "safetensors", "--force")
     assert code == 2 and "refusing to write over the input" in err
-    code, _, _ = run_cli("convert", small_st, out, "--to", "safetensors", "--force", "-q")
+    # --force replaces what keishiki would write, not a file of the user's that merely has
+    # the output's name
+    code, _, err = run_cli("convert", small_st, out, "--to", "safetensors", "--force", "-q")
+    assert code == 2 and "is not a model file, so it is not keishiki's to replace" in err
+    assert out.read_bytes() == b"precious"
+    shutil.copy(small_st, out)
+    code, _, _ = run_cli("convert", small_st, out, "--to", "safetensors", "--force", "-q",
+                         "--dtype", "float16")
     assert code == 0 and set(safetensors_torch.load_file(out)) == {"w", "b"}
+    assert safetensors_torch.load_file(out)["w"].dtype == torch.float16
+
+
+FORCE_CASES = [
+    # (what is at OUT, target, refused with)
+    ("user folder", "hf-model", "holds what keishiki does not write (notes.txt)"),
+    ("folder with a subfolder", "hf-model", "holds what keishiki does not write (sub)"),
+    ("folder, file output", "safetensors", "is a folder and the output is a file"),
+]
+
+
+@pytest.mark.parametrize("case, to, message", FORCE_CASES)
+def test_force_never_deletes_what_keishiki_did_not_write(small_st, tmp_path, case, to, message):
+    """The red team's `convert X DIR --force` deleted an unrelated folder and wrote a file in
+    its place: --force replaces only a model output keishiki would write."""
+    out = tmp_path / ("out.safetensors" if to == "safetensors" else "out")
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    if case == "folder with a subfolder":
+        (out / "sub").mkdir()
+        (out / "sub" / "thesis.tex").write_text("precious")
+    else:
+        (out / "notes.txt").write_text("precious")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    code, _, err = run_cli("convert", small_st, out, "--to", to, "--force", "-q")
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+
+def test_force_replaces_keishikis_own_folder(tiny_llama, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("convert", tiny_llama, out, "--to", "hf-model", "-q")[0] == 0
+    code, _, err = run_cli("convert", tiny_llama, out, "--to", "hf-model", "--force", "-q",
+                           "--dtype", "float16")
+    assert code == 0, err
+    weights = safetensors_torch.load_file(out / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float16}
 
 
 def test_missing_extra_names_the_pip_line(small_st, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ Exit codes: 0 done / nothing unsafe, 1 a finding (unsafe file, verification mism
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import pkgutil
@@ -36,13 +37,35 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+# errors of the machine, not of keishiki: said as such, in the words a user searches for
+_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or folder",
+    errno.EISDIR: "is a folder",
+    errno.ENOTDIR: "not a folder",
+    errno.EMFILE: "too many open files",
+    errno.EIO: "input/output error (a failing disk?)",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: what happened (ENOSPC, EROFS, EACCES, ...) and where."""
+    what = _OS_ERRORS.get(exc.errno, exc.strerror or type(exc).__name__)
+    where = exc.filename if exc.filename is not None else ""
+    return f"{where}: {what}" if where else what
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises, never prints a traceback
     unless ``KEISHIKI_DEBUG=1``)."""
     debug = bool(os.environ.get("KEISHIKI_DEBUG"))
-    _load_commands()
-    command = typer.main.get_command(app)
     try:
+        _load_commands()  # inside the try: Ctrl-C during the imports is an interrupt too
+        command = typer.main.get_command(app)
         result = command.main(args=argv, prog_name="keishiki", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer_exceptions.Exit as exc:
@@ -58,6 +81,15 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(str(exc).replace("\n", " "), exc.exit_code)
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if debug:
+            raise
+        return _fail(os_error_line(exc), 2)
+    except MemoryError:
+        if debug:
+            raise
+        return _fail("out of memory (the model, or a size a file claims, is too large for this "
+                     "machine)", 2)
     except Exception as exc:  # a bug: still one line, with the way to see more
         if debug:
             raise

@@ -22,6 +22,9 @@ def bench(
     batch: int = typer.Option(1, "--batch", help="Sequences generated together."),
     repeats: int = typer.Option(3, "--repeats", help="Timed runs (the median is shown)."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="Folder with tokenizer.json."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Load a model that scan rates dangerous or unknown "
+        "(RUNS code from it)."),
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Load time, time to first token, decode tokens/s and peak memory per backend (each in
@@ -31,7 +34,8 @@ def bench(
 
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     report = run_bench(model, names, prompt_len=prompt_len, gen_len=gen_len, batch=batch,
-                       tokenizer=str(tokenizer) if tokenizer else None, repeats=repeats)
+                       tokenizer=str(tokenizer) if tokenizer else None, repeats=repeats,
+                       trust_remote_code=trust_remote_code)
     if json_out:
         print_json(report)
         return 0

@@ -29,6 +29,9 @@ def compare(
     max_tokens: int = typer.Option(20, "--max-tokens", help="Greedy steps for --outputs."),
     logits_atol: float = typer.Option(None, "--logits-atol", help="Allowed logit difference "
                                       "for --outputs (default by dtype: 1e-4 for float32)."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="With --outputs, run models that scan rates "
+        "dangerous or unknown (RUNS code from them)."),
     show: str = typer.Option("diff", "--show", help="Rows to list: diff (not identical), all."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = JSON_OPTION,
@@ -47,7 +50,7 @@ def compare(
     report = run_compare(a, b, atol=atol, rtol=rtol, by_value=not no_values,
                          allow_unmatched=allow_unmatched, outputs=outputs, prompt=prompt,
                          max_tokens=max_tokens, logits_atol=logits_atol,
-                         quiet=quiet or json_out)
+                         quiet=quiet or json_out, trust_remote_code=trust_remote_code)
     if json_out:
         print_json(report.to_dict())
         return report.exit_code

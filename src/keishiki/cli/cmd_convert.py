@@ -30,7 +30,9 @@ def convert(
     method: str = typer.Option(None, "--method", help="TorchScript: trace or script."),
     example_input: str = typer.Option(None, "--example-input", help="Traced input, e.g. "
                                       "1x8:int64."),
-    trust: bool = typer.Option(False, "--trust", help="Allow loading a whole pickled module "
+    trust: bool = typer.Option(False, "--trust-remote-code", "--trust",
+                               help="Load a source that scans dangerous or unknown with a "
+                               "library that can run its code, e.g. a whole pickled module "
                                "(RUNS code from the file)."),
     opset: int = typer.Option(None, "--opset", help="ONNX opset."),
     exporter: str = typer.Option(None, "--exporter", help="ONNX exporter: dynamo or torchscript."),
@@ -95,5 +97,9 @@ def render_report(report: dict) -> None:
         reason = (step.get("verify") or {}).get("reason")
         if reason:
             console.print(f"[red]{step['edge']}:[/red] {escape(str(reason))}")
+    scan = report.get("source_scan")
+    if scan:
+        console.print(f"[yellow]note:[/yellow] the source scans {scan['verdict']}; its weights "
+                      f"were read by {scan['read_by']} ({escape(str(scan['reason']))})")
     if report.get("kept_as"):
         console.print(f"[red]unverified output kept as {escape(str(report['kept_as']))}[/red]")

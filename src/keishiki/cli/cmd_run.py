@@ -36,8 +36,8 @@ def run(
     prompt_logprobs: int = typer.Option(None, "--prompt-logprobs",
                                         help="The same for each prompt token after the first."),
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Run the model folder's own code (transformers, "
-        "vLLM), and TorchScript or ONNX files that scan rates dangerous."),
+        False, "--trust-remote-code", help="Load a model that scan rates dangerous or unknown, "
+        "and let transformers/vLLM run the folder's own code (RUNS code from it)."),
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Generate from MODEL (vLLM's sampling options); one prompt streams as it is generated."""

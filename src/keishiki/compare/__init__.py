@@ -131,7 +131,7 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
             atol: float = 0.0, rtol: float = 0.0, by_value: bool = True,
             allow_unmatched: bool = False, outputs: bool = False, prompt: str | None = None,
             max_tokens: int = 20, logits_atol: float | None = None,
-            quiet: bool = True) -> CompareReport:
+            quiet: bool = True, trust_remote_code: bool = False) -> CompareReport:
     """Compare model ``a`` (the reference) with model ``b``, in any two formats.
 
     Args:
@@ -146,6 +146,7 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
         logits_atol: absolute logit tolerance for ``outputs`` (default: by weight dtype,
             1e-4 for float32).
         quiet: no progress bar.
+        trust_remote_code: with ``outputs``, run models that scan dangerous or unknown.
 
     Returns:
         A :class:`CompareReport`; ``report.verdict`` and ``report.exit_code`` summarise it.
@@ -153,6 +154,7 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
     Raises:
         UnknownFormat, CorruptFile: a path is not a readable model.
         InvalidRequest: negative tolerances, or a format keishiki cannot read data from.
+        UnsafeFile: ``outputs`` on a model that scans dangerous or unknown, untrusted.
     """
     if atol < 0 or rtol < 0:
         raise InvalidRequest(f"tolerances must be >= 0 (got atol={atol}, rtol={rtol})")
@@ -164,8 +166,8 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
     if outputs:
         from .outputs import check_runnable
 
-        check_runnable(model_a)
-        check_runnable(model_b)
+        check_runnable(model_a, trust_remote_code)
+        check_runnable(model_b, trust_remote_code)
     from ..core.progress import progress
 
     with progress(None, "pairing tensors", quiet=quiet) as advance:
@@ -188,7 +190,8 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
         from .outputs import compare_outputs
 
         report.outputs = compare_outputs(model_a, model_b, prompt=prompt,
-                                         max_tokens=max_tokens, atol=logits_atol)
+                                         max_tokens=max_tokens, atol=logits_atol,
+                                         trust_remote_code=trust_remote_code)
     return report
 
 

@@ -40,25 +40,29 @@ def _weights_dtype(model: ModelInfo) -> str:
     return floats[0] if floats else "float32"
 
 
-def check_runnable(model: ModelInfo) -> None:
-    """Fail fast, before a long weight comparison, when ``model`` cannot generate.
+def check_runnable(model: ModelInfo, trust_remote_code: bool = False) -> None:
+    """Fail fast, before a long weight comparison, when ``model`` cannot generate or may not
+    be loaded (the load gate, :func:`keishiki.core.gate.admit`).
 
     Raises:
         InvalidRequest: not a causal LM in a format :class:`keishiki.LLM` runs.
+        UnsafeFile: it scans dangerous or unknown, without ``trust_remote_code``.
     """
+    from ..core.gate import admit
     from ..runtimes.select import choose
 
     try:
-        choose(model.path)
+        choice = choose(model.path)
     except InvalidRequest as exc:
         raise InvalidRequest(f"cannot compare outputs: {exc}") from None
+    admit(choice.model_file, trust=trust_remote_code, purpose="compare outputs")
 
 
-def _load(model: ModelInfo):
+def _load(model: ModelInfo, trust_remote_code: bool):
     from ..runtimes import LLM
 
     try:
-        return LLM(model=model.path)
+        return LLM(model=model.path, trust_remote_code=trust_remote_code)
     except InvalidRequest as exc:
         raise InvalidRequest(f"cannot compare outputs: {exc}") from None
 
@@ -77,7 +81,7 @@ def _teacher_forced(llm, prompt_ids: list[int], tokens: list[int]) -> np.ndarray
 
 def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
                     max_tokens: int = 20, atol: float | None = None,
-                    rtol: float = 0.0) -> dict[str, Any]:
+                    rtol: float = 0.0, trust_remote_code: bool = False) -> dict[str, Any]:
     """Greedy-decode ``a`` and ``b`` on one prompt; compare tokens and logits (module doc).
 
     Args:
@@ -86,6 +90,7 @@ def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
         max_tokens: greedy steps.
         atol, rtol: logit tolerance (atol None or 0: the default for A's weight dtype, since
             two runtimes never give bit-equal logits).
+        trust_remote_code: load models that scan dangerous or unknown (runs their code).
 
     Returns:
         ``{"passed", "summary", "prompt", "prompt_token_ids", "tokens_a", "tokens_b",
@@ -101,7 +106,7 @@ def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
     if max_tokens < 1:
         raise InvalidRequest(f"max_tokens must be at least 1, got {max_tokens}")
     prompt = prompt or DEFAULT_PROMPT
-    llm_a, llm_b = _load(a), _load(b)
+    llm_a, llm_b = _load(a, trust_remote_code), _load(b, trust_remote_code)
     prompt_ids = llm_a.tokenizer.encode(prompt)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     request = {"prompt": prompt, "prompt_token_ids": prompt_ids}

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from .._callable import make_package_callable
-from ..core.atomic import atomic_output, check_free_space, check_output
+from ..core.atomic import (atomic_output, check_free_space, check_output, output_lock,
+                           replace_refusal, steps_folder)
+from ..core.gate import admit, check_tree, problem, verdict
 from ..errors import InvalidRequest, Mismatch, MissingDependency
 from .base import (DTYPES, GGUF_QUANTS, STEP_SUFFIX, TARGETS, ConvertOptions, ConvertReport,
                    Edge, StepReport, output_is_folder)
 
 __all__ = ["convert", "ConvertOptions", "ConvertReport", "StepReport", "Edge", "parse_size"]
 
-_OPTION_NAMES = {f.name for f in fields(ConvertOptions)} - {"to"}
+_OPTION_NAMES = ({f.name for f in fields(ConvertOptions)} - {"to"}) | {"trust_remote_code"}
 
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: Any) -> ConvertReport:
@@ -38,13 +40,17 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
         out: the output file or folder (must not exist unless ``force=True``).
         to: target format id: safetensors, pytorch, hf-model, gguf, torchscript, onnx.
         **options: the fields of :class:`ConvertOptions` (``dtype``, ``force``, ``verify``,
-            ``strict``, ``key``, ``shard_size`` (int or ``"5GB"``), ``quant``, ...).
+            ``strict``, ``key``, ``shard_size`` (int or ``"5GB"``), ``quant``,
+            ``trust_remote_code``, ...).
 
     Returns:
         A :class:`ConvertReport` with the path taken and every step's verification.
 
     Raises:
         InvalidRequest: bad options, an existing output without ``force``, output == input.
+        UnsafeFile: a file of the source leads outside its folder; or the path hands the
+            source to a loader that can run its code (transformers, a whole-module pickle)
+            and it scans dangerous or unknown, without ``trust_remote_code``.
         NoConversionPath: no chain of edges from the source's format to ``to``.
         MissingDependency: an edge needs an extra that is not installed.
         Mismatch: the result differs from the source (kept as ``OUT.unverified`` unless
@@ -56,20 +62,48 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
     src, out = Path(src), Path(out)
     if not src.exists():
         raise InvalidRequest(f"{src}: no such file or folder")
-    check_output(out, [src], opts.force)
+    check_output(out, [src], opts.force, folder=output_is_folder(opts.to, out, src.is_dir()))
+    check_tree(src)
     src_format = source_format(src)
     path = find_path(src_format, opts.to)
     _check_extras(path)
+    source_scan = _admit_source(src, src_format, path[0], opts)
     check_free_space(out.parent if str(out.parent) else Path("."), _space_needed(src, path, opts))
 
     report = ConvertReport(src=str(src), out=str(out), src_format=src_format, to=opts.to,
-                           path=describe(path))
+                           path=describe(path), source_scan=source_scan)
     start = time.perf_counter()
     try:
-        _run_path(src, out, path, opts, report)
+        with output_lock(out):
+            _run_path(src, out, path, opts, report)
     finally:
         report.seconds = time.perf_counter() - start
     return report
+
+
+def _admit_source(src: Path, src_format: str, first: Edge,
+                  opts: ConvertOptions) -> dict | None:
+    """The load gate for a conversion's source.
+
+    An edge that hands the source to a third-party loader (:attr:`Edge.loads_source`) gets it
+    only when it scans safe or ``opts.trust``.  Every other edge reads it with keishiki's own
+    readers, which run nothing: a dangerous pickle's weights can be taken out safely, and the
+    report says that is what happened (``source_scan``; the CLI prints it in one line).
+    """
+    if first.loads_source:
+        admit(src, trust=opts.trust, purpose=f"convert ({first.name} loads it with its "
+                                             f"library)")
+        return None
+    from ..scan import CODE_BEARING
+
+    if src_format not in CODE_BEARING:
+        return None
+    report = verdict(src)
+    reason = problem(report)
+    if reason is None:
+        return None
+    return {"verdict": report.verdict, "reason": reason,
+            "read_by": "keishiki's own reader, which runs nothing from the file"}
 
 
 def source_format(src: Path) -> str:
@@ -87,6 +121,9 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
                              f"(known: {', '.join(sorted(_OPTION_NAMES))})")
     if to not in TARGETS:
         raise InvalidRequest(f"cannot write {to!r}: --to must be one of {', '.join(TARGETS)}")
+    if "trust_remote_code" in options:  # the Python API's name for --trust
+        options = dict(options)
+        options["trust"] = bool(options.pop("trust_remote_code")) or options.get("trust", False)
     opts = ConvertOptions(to=to, **options)
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise InvalidRequest(f"--dtype {opts.dtype!r}: use one of {', '.join(DTYPES)}")
@@ -171,7 +208,7 @@ def _step_out(steps_dir: Path, i: int, edge: Edge) -> Path:
 
 def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
               report: ConvertReport) -> None:
-    steps_dir = out.parent / f".{out.name}.keishiki-steps-{os.getpid()}"
+    steps_dir = steps_folder(out)
     current = src
     try:
         for i, edge in enumerate(path):
@@ -226,6 +263,8 @@ def _keep_unverified(tmp: Path, out: Path, strict: bool) -> str | None:
     if strict:
         return None
     kept = out.with_name(out.name + ".unverified")
+    if replace_refusal(kept, tmp.is_dir()):  # something of the user's holds that name
+        kept = out.with_name(f"{out.name}.unverified-{os.getpid()}")
     if kept.is_dir() and not kept.is_symlink():
         shutil.rmtree(kept)
     elif kept.exists() or kept.is_symlink():

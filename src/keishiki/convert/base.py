@@ -53,7 +53,8 @@ class ConvertOptions:
         quant: GGUF tensor type: ``f32``/``f16``/``bf16``/``q8_0``.
         method: TorchScript ``trace`` or ``script``.
         example_input: ``"1x8:int64"`` (shape and dtype of a traced input).
-        trust: allow running a whole-module pickle's code.
+        trust: load a source that scans dangerous or unknown with a loader that can run its
+            code (``trust_remote_code`` is the same option under its Python API name).
         opset, exporter: ONNX export settings (``dynamo``/``torchscript``).
         external_data, external_threshold: ONNX external data on/off and size threshold.
         tokenizer: a tokenizer folder/file to carry along when the source has none.
@@ -118,6 +119,10 @@ class Edge:
         extras: pip extras the edge needs (``("torch", "onnx")``).
         lossless: False when the edge can lose information (quantization, graph capture).
         description: one line for ``keishiki formats``.
+        loads_source: the edge hands its source to a third-party loader that can run code
+            from it (transformers' ``from_pretrained``, ``torch.load(weights_only=False)``),
+            so the source must pass the load gate; other edges read it with keishiki's own
+            readers, which run nothing.
     """
 
     src: str
@@ -126,6 +131,7 @@ class Edge:
     extras: tuple[str, ...] = ()
     lossless: bool = True
     description: str = ""
+    loads_source: bool = False
 
     @property
     def name(self) -> str:
@@ -151,6 +157,9 @@ class ConvertReport:
     steps: list[StepReport] = field(default_factory=list)
     seconds: float = 0.0
     kept_as: str | None = None  # where an unverified output was kept
+    # the source's scan verdict when it is not "safe" and keishiki's reader took its
+    # weights anyway: {"verdict", "reason", "read_by"}
+    source_scan: dict | None = None
 
     @property
     def verified(self) -> bool:
@@ -166,7 +175,7 @@ class ConvertReport:
         return {"src": self.src, "out": self.out, "src_format": self.src_format, "to": self.to,
                 "path": self.path, "seconds": round(self.seconds, 3),
                 "verified": self.verified, "passed": self.passed, "kept_as": self.kept_as,
-                "steps": [s.to_dict() for s in self.steps]}
+                "source_scan": self.source_scan, "steps": [s.to_dict() for s in self.steps]}
 
 
 def output_is_folder(to: str, out: Path, src_is_dir: bool) -> bool:

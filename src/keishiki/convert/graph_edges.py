@@ -25,12 +25,15 @@ _M = "keishiki.convert.graph_edges"
 
 GRAPH_EDGES: list[Edge] = [
     Edge("hf-model", "onnx", f"{_M}:hf_to_onnx", ("torch", "hf", "onnx"), lossless=False,
+         loads_source=True,
          description="causal LM with KV cache (optimum layout), parameter names kept; "
                      "--opset, --exporter, --dtype, --external-data; greedy-checked in ORT"),
     Edge("hf-model", "torchscript", f"{_M}:hf_to_torchscript", ("torch", "hf"), lossless=False,
+         loads_source=True,
          description="traced causal LM (--method trace: logits; trace-kv: with KV cache); "
                      "tokenizer travels with a folder OUT"),
     Edge("pytorch", "torchscript", f"{_M}:module_to_torchscript", ("torch",), lossless=False,
+         loads_source=True,
          description="whole pickled nn.Module (--trust: runs its code), --method trace with "
                      "--example-input, or script"),
     Edge("onnx", "onnx", f"{_M}:onnx_to_onnx", ("onnx",),

@@ -187,7 +187,11 @@ def _recorded_aliases(metadata: dict[str, str]) -> dict[str, str]:
 
 
 def _torch_fallback(src: Path, opts: ConvertOptions) -> SourceTensors:
-    """torch.load(weights_only=True, mmap=True) when keishiki's pickle reader cannot load data."""
+    """torch.load(weights_only=True, mmap=True) when keishiki's pickle reader cannot load data
+    (after the load gate: torch's unpickler is handed only what scans safe, or is trusted)."""
+    from ..core.gate import admit
+
+    admit(src, trust=opts.trust, purpose="read it with torch.load(weights_only=True)")
     torch = _torch()
     try:
         obj = torch.load(str(src), map_location="cpu", weights_only=True, mmap=True)

@@ -8,6 +8,7 @@ may delete.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,18 @@ from typing import Iterator
 from ..errors import InvalidRequest
 
 TMP_MARK = ".keishiki-tmp-"
+STEPS_MARK = ".keishiki-steps-"
+LOCK_MARK = ".keishiki-lock"
+# what keishiki writes into an output folder: the only names --force may delete
+_SIDECARS = frozenset({
+    "config.json", "generation_config.json", "preprocessor_config.json", "keishiki.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json"})
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".onnx", ".onnx.data", ".onnx_data",
+                    ".data", ".pt", ".pth", ".ts", ".index.json")
+# ONNX external data files the torch exporters name after tensors ("onnx__MatMul_9")
+_ONNX_TENSOR_FILE = re.compile(r"^[A-Za-z0-9_\-]+$")
 WRITEBACK_CHUNK = 64 << 20  # bytes a streaming writer hands to start_writeback at a time
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = None     # libc's, looked up on first use; False where there is none
@@ -63,8 +76,11 @@ def final_name(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = (), force: bool = False) -> None:
-    """Refuse to write over an input, or over an existing output without ``force``."""
+def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = (), force: bool = False,
+                 folder: bool | None = None) -> None:
+    """Refuse to write over an input, over an existing output without ``force``, or (with
+    ``force``, when ``folder`` says what the output will be) over what keishiki did not
+    write (:func:`replace_refusal`): checked before any work starts."""
     out_r = out.resolve()
     for src in inputs:
         src_r = Path(src).resolve()
@@ -74,6 +90,47 @@ def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = (), force: b
             raise InvalidRequest(f"{out}: refusing to write over the input {src}")
     if out.exists() and not force:
         raise InvalidRequest(f"{out}: already exists (pass --force to overwrite)")
+    refusal = replace_refusal(out, folder) if force and folder is not None else None
+    if refusal:
+        raise InvalidRequest(f"refusing to replace: {refusal}")
+
+
+def _written_by_keishiki(name: str, onnx_folder: bool) -> bool:
+    if name in _SIDECARS or name.endswith(_WEIGHT_SUFFIXES):
+        return True
+    return onnx_folder and bool(_ONNX_TENSOR_FILE.match(name))
+
+
+def replace_refusal(out: Path, folder: bool) -> str | None:
+    """Why ``--force`` must not replace what is at ``out`` (None: it may).
+
+    ``--force`` replaces what keishiki would write, nothing else: an existing folder only
+    when it holds model files and their sidecars alone (weights, graphs, configs, tokenizer
+    files: no subfolders, nothing else), a file only when it is a model file, and never a
+    folder with a file or a file with a folder.
+    """
+    if out.is_symlink() or not out.exists():
+        return None  # a link is replaced, its target never touched
+    if out.is_dir() != folder:
+        return (f"{out} is a {'folder' if out.is_dir() else 'file'} and the output is a "
+                f"{'folder' if folder else 'file'}; keishiki will not replace one with the other")
+    if not folder:
+        from ..formats import identify
+
+        try:
+            identify(out)
+        except Exception:  # noqa: BLE001 - whatever the reason, it is not a model file
+            return f"{out} is not a model file, so it is not keishiki's to replace"
+        return None
+    entries = list(out.iterdir())
+    onnx_folder = any(e.name.endswith(".onnx") for e in entries)
+    foreign = [e.name for e in entries
+               if e.is_symlink() or not e.is_file() or not _written_by_keishiki(e.name, onnx_folder)]
+    if foreign:
+        listed = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
+        return (f"{out} holds what keishiki does not write ({listed}); --force replaces only "
+                f"a model output folder")
+    return None
 
 
 def check_free_space(folder: Path, needed: int) -> None:
@@ -110,20 +167,71 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale(out: Path) -> None:
-    """Delete ``.<name>.keishiki-tmp-<pid>`` left by killed runs for this output name.
+    """Delete ``.<name>.keishiki-tmp-<pid>`` and ``.<name>.keishiki-steps-<pid>`` left by
+    killed runs for this output name.
 
     Only temporaries whose process is gone; never the ``old-<pid>`` copy of a replaced
     output (after a kill at the wrong moment it may be the only copy left).
     """
-    prefix = f".{out.name}{TMP_MARK}"
+    prefixes = (f".{out.name}{TMP_MARK}", f".{out.name}{STEPS_MARK}")
     try:
         entries = list(out.parent.iterdir())
     except OSError:
         return
     for entry in entries:
-        pid = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
+        prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
+        pid = entry.name[len(prefix):] if prefix else ""
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             _remove(entry)
+
+
+def steps_folder(out: Path) -> Path:
+    """The hidden folder beside ``out`` for a multi-step conversion's intermediate outputs
+    (removed at the end, on Ctrl-C, and by the next run after a kill)."""
+    return out.parent / f".{out.name}{STEPS_MARK}{os.getpid()}"
+
+
+@contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold ``out`` for this process while it is written: a second keishiki writing the same
+    output fails at once in one line instead of silently replacing the first one's result.
+
+    The lock is ``flock`` on a hidden ``.<name>.keishiki-lock`` beside ``out``: the kernel
+    releases it when a process dies, so a kill never leaves ``out`` locked.  Stale
+    temporaries of killed runs are removed once the lock is held.
+
+    Raises:
+        InvalidRequest: another process holds the lock.
+    """
+    import fcntl
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}{LOCK_MARK}"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InvalidRequest(f"{out}: another keishiki process is writing it now; wait for "
+                                 f"it to finish or choose another output") from None
+        try:  # the holder before us may have removed the file after we opened it
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        _remove_stale(out)
+        yield
+    finally:
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 @contextmanager
@@ -132,7 +240,8 @@ def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = Fa
 
     Args:
         out: the final file or folder name.
-        force: replace an existing ``out`` (it is removed only after the new one is complete).
+        force: replace an existing ``out`` (it is removed only after the new one is complete),
+            when it is what keishiki would write (:func:`replace_refusal`).
         folder: create the temporary path as an empty folder (for multi-file outputs).
 
     On an exception the temporary path is removed and ``out`` is left untouched.
@@ -140,6 +249,9 @@ def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = Fa
     out = Path(out)
     if out.exists() and not force:
         raise InvalidRequest(f"{out}: already exists (pass --force to overwrite)")
+    refusal = replace_refusal(out, folder) if force else None
+    if refusal:
+        raise InvalidRequest(f"refusing to replace: {refusal}")
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
     tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
@@ -149,6 +261,9 @@ def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = Fa
     try:
         yield tmp
         _fsync_tree(tmp)
+        if (out.exists() or out.is_symlink()) and not force:
+            raise InvalidRequest(f"{out}: appeared while keishiki was writing it; left as it "
+                                 f"is (pass --force to overwrite)")
         if out.exists() or out.is_symlink():
             old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
             os.replace(out, old) if not out.is_dir() else out.rename(old)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import stat
 import struct
 import zipfile
@@ -18,13 +17,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFile, InvalidRequest, KeishikiError
+from ..errors import CorruptFile, KeishikiError
 
 HEAD_BYTES = 64 * 1024
 # JSON sidecars (config.json, index files, tokenizer configs) larger than this are refused:
 # a 2 GB "config.json" is an attack or a mistake, not a config.
 MAX_JSON_BYTES = 64 * 1024 * 1024
-_DRIVE = re.compile(r"^[A-Za-z]:")  # a Windows drive letter is absolute too
 # What zipfile raises on a damaged or hostile central directory.  NotImplementedError is
 # its answer to a "version needed" it does not know (one flipped byte makes 6.4), so it
 # belongs here as much as BadZipFile does.
@@ -170,19 +168,12 @@ class Source:
         """A path inside this folder (or beside this file); refuses anything that escapes it.
 
         Absolute paths, ``..`` components and symlinks that resolve outside the model's
-        folder raise :class:`InvalidRequest` (ONNX external-data traversal, CVE-2024-27318).
+        folder raise :class:`InvalidRequest` (ONNX external-data traversal, CVE-2024-27318);
+        the rule is the path gate's (:func:`keishiki.core.gate.inside`).
         """
-        root = self.path if self.is_dir else self.path.parent
-        if not rel or os.path.isabs(rel) or rel.startswith(("\\", "/")) or _DRIVE.match(rel):
-            raise InvalidRequest(f"{self.path}: refuses absolute or empty path {rel!r}")
-        if "\0" in rel:
-            raise InvalidRequest(f"{self.path}: refuses path {rel!r}, which holds a NUL byte")
-        candidate = root / rel
-        resolved = candidate.resolve()
-        if not resolved.is_relative_to(root.resolve()):
-            raise InvalidRequest(f"{self.path}: refuses {rel!r}, which resolves outside "
-                                 f"the model's folder")
-        return candidate
+        from .gate import inside
+
+        return inside(self.path if self.is_dir else self.path.parent, rel)
 
     def files(self) -> list[str]:
         """Names of the entries directly inside a folder, sorted ([] for a file)."""

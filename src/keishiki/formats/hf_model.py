@@ -154,6 +154,18 @@ def config_facts(config: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
+def missing_sizes(config: dict[str, Any]) -> list[str]:
+    """The size entries (layers, hidden size, vocabulary) a config.json leaves out.
+
+    transformers fills a missing one with its class default: ``{"model_type": "llama"}``
+    alone builds a 7B Llama in float32 (killed for memory at 24 GB), so a loader must not be
+    handed such a config.
+    """
+    facts = config_facts(config)
+    return [name for name in ("num_hidden_layers", "hidden_size", "vocab_size")
+            if not isinstance(facts.get(name), int) or isinstance(facts.get(name), bool)]
+
+
 def _shards_from_index(src: Source, index: str) -> tuple[list[str], dict[str, str], dict]:
     data = src.read_json(index)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None

@@ -39,7 +39,8 @@ def prompt_ids(vocab: int, length: int, batch: int, skip: int = 8) -> list[list[
 
 
 def measure(model: str, backend: str, tokenizer: str | None, prompt_len: int, gen_len: int,
-            batch: int, repeats: int = 3, threads: int | None = None) -> dict:
+            batch: int, repeats: int = 3, threads: int | None = None,
+            trust_remote_code: bool = False) -> dict:
     """Load ``model`` on ``backend`` and time greedy generation of ``gen_len`` tokens for
     ``batch`` prompts of ``prompt_len`` tokens (EOS ignored, so every run has the same length).
 
@@ -51,7 +52,8 @@ def measure(model: str, backend: str, tokenizer: str | None, prompt_len: int, ge
 
     start = time.perf_counter()
     kwargs = {"threads": threads} if threads and backend == "onnxruntime" else {}
-    llm = LLM(model=model, backend=backend, tokenizer=tokenizer, **kwargs)
+    llm = LLM(model=model, backend=backend, tokenizer=tokenizer,
+              trust_remote_code=trust_remote_code, **kwargs)
     load_s = time.perf_counter() - start
     vocab = llm._engine.vocab_size or llm.tokenizer.vocab_size
     prompts = [{"prompt_token_ids": ids} for ids in prompt_ids(vocab, prompt_len, batch)]
@@ -107,8 +109,12 @@ def converted(model_dir: Path, backend: str, cache_dir: Path | None = None) -> P
 
 def bench(model: str | Path, backends: list[str] | None = None, prompt_len: int = 32,
           gen_len: int = 32, batch: int = 1, tokenizer: str | None = None,
-          repeats: int = 3, cache_dir: Path | None = None) -> dict:
+          repeats: int = 3, cache_dir: Path | None = None,
+          trust_remote_code: bool = False) -> dict:
     """Measure each backend on ``model`` (see :func:`measure`), each in its own process.
+
+    The model passes the load gate first (:func:`keishiki.core.gate.admit`): a HF folder is
+    exported with transformers before any worker starts, so the gate cannot wait for them.
 
     Returns:
         ``{"model", "format", "settings", "results": [...], "agreement": {...}}`` where each
@@ -117,8 +123,10 @@ def bench(model: str | Path, backends: list[str] | None = None, prompt_len: int 
 
     Raises:
         InvalidRequest: bad sizes, an unknown backend, a model that cannot generate.
+        UnsafeFile: the model scans dangerous or unknown, without ``trust_remote_code``.
     """
-    from .select import BACKENDS, detect_format
+    from ..core.gate import admit
+    from .select import BACKENDS, choose, detect_format
 
     model = Path(model)
     if not model.exists():
@@ -130,6 +138,8 @@ def bench(model: str | Path, backends: list[str] | None = None, prompt_len: int 
     fmt = detect_format(model)
     if fmt not in DEFAULT_BACKENDS:
         raise InvalidRequest(f"{model}: a {fmt} file cannot generate text")
+    admit(model, trust=trust_remote_code, purpose="benchmark")
+    choose(model).check_sizes()
     backends = backends or DEFAULT_BACKENDS[fmt]
     for name in backends:
         if name not in BACKENDS or name == "auto":
@@ -142,7 +152,8 @@ def bench(model: str | Path, backends: list[str] | None = None, prompt_len: int 
             target, tok = str(converted(model, name, cache_dir)), tokenizer or str(model)
         results.append(_in_subprocess(dict(model=target, backend=name, tokenizer=tok,
                                            prompt_len=prompt_len, gen_len=gen_len,
-                                           batch=batch, repeats=repeats)))
+                                           batch=batch, repeats=repeats,
+                                           trust_remote_code=trust_remote_code)))
     if all(r.get("refused") for r in results):  # nothing ran: one line, exit 2, as `run`
         raise InvalidRequest(results[0]["error"])
     return {"model": str(model), "format": fmt,

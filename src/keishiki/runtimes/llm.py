@@ -18,6 +18,8 @@ from .select import choose
 from .tokenizer import Tokenizer, find_tokenizer_dir
 
 PromptType = str | dict
+# max_tokens=None on a model whose context length nobody states: a bound, not 2**31 steps
+UNBOUNDED_MAX_TOKENS = 4096
 OnText = Callable[[int, int, str], None]
 
 
@@ -77,6 +79,8 @@ class LLM:
         except RuntimeUnavailable as exc:
             # load the model first anyway: "not a language model" is the better message
             tokenizer_dir, no_tokenizer = choice.folder, exc
+        _admit(choice, tokenizer_dir, trust_remote_code)
+        choice.check_sizes()
         config = choice.config() or _read_config(tokenizer_dir)
         self._engine = self._load(choice, config, tokenizer_dir, dtype=dtype, seed=seed,
                                   trust_remote_code=trust_remote_code, device=device,
@@ -109,15 +113,11 @@ class LLM:
         if choice.backend == "onnxruntime":
             from .onnxruntime_backend import OnnxRuntimeBackend
 
-            # no Python in ONNX, but external-data paths ORT follows (CVE-2024-27318; a NUL
-            # cuts the path in C++): what scan calls dangerous is not loaded either
-            _refuse_dangerous(choice.model_file, trust_remote_code, unread_is_unsafe=False)
             return OnnxRuntimeBackend(choice.model_file, config, providers=providers,
                                       threads=engine_kwargs.get("threads"))
         if choice.backend == "torchscript":
             from .torchscript_backend import TorchScriptBackend
 
-            _refuse_dangerous(choice.model_file, trust_remote_code)
             return TorchScriptBackend(choice.model_file, config, device=device)
         from .vllm_backend import VllmBackend
 
@@ -225,11 +225,22 @@ class LLM:
 
     def _tokenize(self, prompt: PromptType, index: int) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
-            if prompt.get("prompt_token_ids"):
-                return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+            ids = prompt.get("prompt_token_ids")
+            if ids:
+                if isinstance(ids, (str, bytes)) or not all(
+                        isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+                        for t in ids):
+                    raise InvalidRequest(f"prompt {index}: prompt_token_ids must be a list of "
+                                         f"integer token ids")
+                return prompt.get("prompt"), [int(t) for t in ids]
             prompt = prompt.get("prompt", "")
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequest(f"prompt {index} is empty: give some text to continue")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: no tokenizer can take them
+            raise InvalidRequest(f"prompt {index} is not valid text ({exc.reason} at "
+                                 f"character {exc.start})") from None
         return prompt, self.tokenizer.encode(prompt)
 
     def _sequences(self, ids: list[list[int]], params: list[SamplingParams]) -> list[Sequence]:
@@ -242,7 +253,7 @@ class LLM:
                                      f"takes at most {limit} in all")
             room = limit - len(prompt_ids) if limit else None
             max_new = min(x for x in (p.max_tokens, room) if x) if (p.max_tokens or room) \
-                else 2**31
+                else UNBOUNDED_MAX_TOKENS
             stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else eos)
             for index in range(p.n):
                 seqs.append(Sequence(request, index, list(prompt_ids), p,
@@ -350,25 +361,12 @@ def _read_config(folder: Path) -> dict:
         return {}
 
 
-def _refuse_dangerous(path: Path, trust: bool, unread_is_unsafe: bool = True) -> None:
-    """Scan a file a runtime would load and refuse it when the scan finds something
-    dangerous, unless the caller trusts it.  For TorchScript (its code runs in ``forward``;
-    always rated ``unknown``, since it is code) a part the scanner could not read stops the
-    load too (``unread_is_unsafe``): a code member padded past the zip-bomb ratio is still
-    read by ``torch.jit.load``, so what was not scanned may be what runs.  For ONNX the
-    dangerous findings are external-data paths leaving the model's folder."""
-    if trust:
-        return
-    from ..scan import scan
+def _admit(choice, tokenizer_dir: Path, trust: bool) -> None:
+    """The load gate for everything the engine will open: the model (an HF folder whole, or
+    the ONNX/TorchScript file: its verdict must be safe unless trusted) and the folders its
+    config and tokenizer come from (no file of theirs may lead outside them)."""
+    from ..core.gate import admit, check_tree
 
-    report = scan(path)
-    worst = [f for f in report.findings if f.severity == "dangerous"]
-    if worst:
-        where = f"{worst[0].member}: " if worst[0].member else ""
-        raise UnsafeFile(path, f"{where}{worst[0].global_ or worst[0].opcode}: {worst[0].reason} "
-                         f"(trust_remote_code=True / --trust-remote-code runs it anyway)")
-    errors = [e for fr in report.files for e in fr.errors] if unread_is_unsafe else []
-    if errors:
-        raise UnsafeFile(path, f"not scanned in full, so its code is not known to be safe: "
-                         f"{errors[0]} (trust_remote_code=True / --trust-remote-code runs it "
-                         f"anyway)")
+    admit(choice.model_file, trust=trust, purpose="run")
+    for folder in {choice.folder, tokenizer_dir}:
+        check_tree(folder, recursive=False)

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field, fields, replace
 from ..errors import InvalidRequest
 
 _GREEDY_EPS = 1e-5  # vLLM treats temperature below this as greedy
+# most sequences one request may ask for (each holds a KV cache: n=10**6 is a memory bomb);
+# vLLM's OpenAI server bounds n by its scheduler's max_num_seqs (256 by default)
+MAX_N = 256
 
 
 @dataclass
@@ -15,7 +18,7 @@ class SamplingParams:
     """Sampling settings for one request, as in ``vllm.SamplingParams``.
 
     Args:
-        n: sequences to return per prompt.
+        n: sequences to return per prompt (at most 256, vLLM's default max_num_seqs).
         temperature: 0 means greedy (argmax); higher is more random (vLLM default 1.0).
         top_p: keep the smallest set of tokens whose probability mass reaches top_p, in (0, 1].
         top_k: keep the k most likely tokens; 0 or -1 keeps all.
@@ -79,7 +82,8 @@ class SamplingParams:
         Raises:
             InvalidRequest: the first out-of-range value, saying the allowed range.
         """
-        _check(isinstance(self.n, int) and self.n >= 1, f"n must be at least 1, got {self.n}.")
+        _check(isinstance(self.n, int) and not isinstance(self.n, bool) and 1 <= self.n <= MAX_N,
+               f"n must be between 1 and {MAX_N}, got {self.n}.")
         _check(_num(self.temperature) and self.temperature >= 0,
                f"temperature must be non-negative, got {self.temperature}.")
         _check(_num(self.top_p) and 0 < self.top_p <= 1,

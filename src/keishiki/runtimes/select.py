@@ -40,9 +40,27 @@ class Choice:
     def config(self) -> dict:
         """The folder's config.json as a dict ({} if absent)."""
         try:
-            return json.loads((self.folder / "config.json").read_text())
-        except (OSError, ValueError):
+            value = json.loads((self.folder / "config.json").read_text())
+        except (OSError, ValueError, RecursionError):
             return {}
+        return value if isinstance(value, dict) else {}
+
+    def check_sizes(self) -> None:
+        """Refuse a Hugging Face folder whose config.json does not state the model's size.
+
+        Raises:
+            InvalidRequest: layers, hidden size or vocabulary missing (transformers and vLLM
+                would build their default, multi-GB model instead).
+        """
+        if self.format != "hf-model":
+            return
+        from ..formats.hf_model import missing_sizes
+
+        missing = missing_sizes(self.config())
+        if missing:
+            raise InvalidRequest(f"{self.folder}: config.json does not give the model's "
+                                 f"{', '.join(missing)}; transformers would build its default "
+                                 f"(multi-GB) model instead of this one")
 
 
 def detect_format(path: Path) -> str:

@@ -44,7 +44,9 @@ def scan(*paths: str | os.PathLike) -> ScanReport:
     return scan_paths(paths)
 
 
-def _cached_scan(path: Path) -> ScanReport:
+def cached_scan(path: Path) -> ScanReport:
+    """:func:`scan` of one path, remembered by (resolved path, mtime, size) in this process:
+    ``info`` and the load gate ask for the same verdict."""
     try:
         st = path.stat()
         key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
@@ -77,7 +79,7 @@ def summary_for(src: Any, info: Any) -> dict | None:
     if fmt == "onnx" and getattr(info, "variant", None) != "external-data":
         return None
     try:
-        report = _cached_scan(Path(src.path))
+        report = cached_scan(Path(src.path))
     except Exception as exc:  # info must work on any file: a scan failure is shown, not raised
         return {"verdict": "error", "findings": 0, "dangerous": [], "unknown": [],
                 "errors": [f"{type(exc).__name__}: {exc}"]}
