@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -141,3 +142,23 @@ def test_inspect_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_npz_zip_bomb_is_refused_before_it_expands(tmp_path):
+    """A 64 KiB npz whose member deflates into 64 MiB: refused from its directory entry by
+    info, convert and compare alike (it took 2.2-3.2 GB in convert and compare)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (16 << 20,)})
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open("w.npy", "w", force_zip64=True) as fh:
+            fh.write(header.getvalue())
+            for _ in range(64):
+                fh.write(b"\0" * (1 << 20))
+    assert bomb.stat().st_size < 100_000
+    for args in (["info", bomb], ["convert", bomb, tmp_path / "o.safetensors", "--to",
+                                  "safetensors"], ["compare", bomb, bomb]):
+        code, _out, err = run_cli(*args)
+        assert code == 2 and "(over 1000:1): a zip bomb" in err and err.count("\n") == 1, args
+    assert not (tmp_path / "o.safetensors").exists()

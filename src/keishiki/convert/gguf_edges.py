@@ -65,12 +65,16 @@ def open_reader(path: Path):
             would otherwise surface as an internal error); keishiki's GGUF reader names the
             first bad byte when it can.
     """
+    from ..formats import inspect
+
+    # keishiki's own reader first: it bounds array lengths, nesting and string sizes, where
+    # GGUFReader builds a numpy view per element of whatever length the file claims
+    # (a crafted array length grew past 1.5 GB for minutes); it names the bad offset
+    inspect(path)
     gguf = _gguf()
     try:
         return gguf.GGUFReader(str(path))
     except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
-        from ..formats import inspect
-        inspect(path)  # raises CorruptFile with the offending offset for a bad layout
         raise CorruptFile(path, f"gguf cannot read it ({exc})") from exc
 
 

@@ -26,8 +26,26 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 # What zipfile raises on a damaged or hostile central directory.  NotImplementedError is
 # its answer to a "version needed" it does not know (one flipped byte makes 6.4), so it
 # belongs here as much as BadZipFile does.
+# a compressed member that expands more than MAX_RATIO times into more than BOMB_MIN_BYTES is
+# a zip bomb: torch.save and Keras store members uncompressed, and deflate of real weights
+# stays far below 1000:1 (only runs of one byte reach it)
+MAX_RATIO = 1000
+BOMB_MIN_BYTES = 16 << 20
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
               NotImplementedError, struct.error, UnicodeDecodeError)
+
+
+def check_expansion(path: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse a zip member that would expand like a zip bomb (see :data:`MAX_RATIO`).
+
+    Raises:
+        CorruptFile: it claims more than ``MAX_RATIO`` times its compressed size, and more
+            than :data:`BOMB_MIN_BYTES`.
+    """
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > BOMB_MIN_BYTES \
+            and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise CorruptFile(path, f"zip member {info.filename!r} expands {info.compress_size:,} "
+                                f"bytes into {info.file_size:,} (over {MAX_RATIO}:1): a zip bomb")
 
 
 def _check_readable_kind(path: Path) -> None:
@@ -154,6 +172,7 @@ class Source:
         if info.file_size > limit:
             raise CorruptFile(self.path, f"zip member {name!r} expands to {info.file_size} bytes "
                               f"(limit {limit})")
+        check_expansion(self.path, info)
         try:
             with zf.open(info) as fh:
                 data = fh.read(limit + 1)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.model import ModelInfo
-from ..core.source import Source
+from ..core.source import Source, check_expansion
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 
@@ -124,6 +124,7 @@ def _read_npz(src: Source) -> tuple[list[TensorInfo], list[str], dict]:
             objects.append(name)
             continue
         nbytes = math.prod(shape) * dtype.itemsize
+        check_expansion(src.path, zinfo)
         if header_len + nbytes != zinfo.file_size:
             raise CorruptFile(src.path, f"{where}: {dtype}{list(shape)} needs {nbytes} bytes "
                               f"after a {header_len}-byte header, member has {zinfo.file_size}")
