@@ -18,3 +18,29 @@ def test_missing_argument_and_bad_option():
 def test_help_exits_0():
     code, out, _ = run_cli("--help")
     assert code == 0 and "info" in out and "convert" in out
+
+
+def test_ctrl_c_during_the_command_imports_is_an_interrupt(monkeypatch):
+    import keishiki.cli.app as app
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "_load_commands", interrupted)
+    code, out, err = run_cli("info", "x")
+    assert (code, out, err) == (130, "", "keishiki: error: interrupted\n")
+
+
+def test_ctrl_c_inside_an_optional_import_is_not_a_missing_dependency(monkeypatch):
+    import importlib
+
+    import pytest
+
+    from keishiki._optional import require
+
+    def interrupted(name, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        require("torch")
