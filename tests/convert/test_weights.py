@@ -146,6 +146,26 @@ def test_torch7_to_pytorch(tmp_path):
     assert tensor.sum().item() == pytest.approx(21.9)  # facts.json: sum 21.9
 
 
+EMPTY_SHAPES = [(0,), (0, 4), (4, 0), (2, 0, 3)]
+
+
+@pytest.mark.parametrize("shape", EMPTY_SHAPES)
+@pytest.mark.parametrize("to, suffix", [("safetensors", ".safetensors"), ("pytorch", ".pt")])
+def test_zero_element_tensors_convert_and_verify(tmp_path, shape, to, suffix):
+    """safetensors refuses the slice [0:0] of an empty dimension: the read-back check raised
+    it as an internal error, so every real Torch7 nn module (empty output/gradInput) failed."""
+    src = tmp_path / "empty.pt"
+    torch.save({"empty": torch.zeros(shape), "w": torch.arange(6.0)}, src)
+    first = tmp_path / "first.safetensors"
+    assert keishiki.convert(src, first, to="safetensors", quiet=True).passed
+    out = tmp_path / f"out{suffix}"
+    assert keishiki.convert(first, out, to=to, quiet=True).passed
+    loaded = safetensors_torch.load_file(out) if to == "safetensors" else \
+        torch.load(out, weights_only=True)
+    assert tuple(loaded["empty"].shape) == shape and loaded["empty"].dtype == torch.float32
+    assert torch.equal(loaded["w"], torch.arange(6.0))
+
+
 def test_unknown_option_and_bad_dtype_are_refused(pt_files, tmp_path):
     with pytest.raises(InvalidRequest, match="unknown convert option"):
         keishiki.convert(pt_files["zip"], tmp_path / "x", to="safetensors", bogus=1)

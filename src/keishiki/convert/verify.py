@@ -223,7 +223,10 @@ class Rows:
         from safetensors import safe_open
 
         with safe_open(str(self.path), framework=self._framework) as fh:
-            value = fh.get_tensor(self.name) if not self.shape else fh.get_slice(self.name)[start:stop]
+            # a zero-element tensor is read whole: safetensors refuses the slice [0:0] of an
+            # empty dimension ("index 0 out of bounds"), and every Torch7 module holds some
+            whole = not self.shape or 0 in self.shape
+            value = fh.get_tensor(self.name) if whole else fh.get_slice(self.name)[start:stop]
             return torch_to_numpy(value) if self._framework == "pt" else np.array(value)
 
 
