@@ -102,7 +102,6 @@ def test_safetensors_to_safetensors_bfloat16(tmp_path):
 
 @pytest.mark.parametrize("rel,n", [
     ("torch7_binary/python-torchfile/floattensor.t7", 1),
-    ("torch7_ascii/opencv-testdata/net_softmax_net.txt", 1),
     ("other/npz/candle/test.npz", 2),
     ("keras_h5/keras-3.15.1/tiny_mlp_keras3_legacy.h5", 8),
     ("flax_msgpack/flax-0.12.8/mlp_params.msgpack", 6),
@@ -123,6 +122,14 @@ def test_corpus_files_to_safetensors_match_the_source_reader(rel, n, tmp_path):
         if arr.dtype.kind in "fiu":
             np.testing.assert_array_equal(got.float().numpy() if got.dtype == torch.bfloat16
                                           else got.numpy(), arr)
+
+
+def test_a_torch7_module_without_parameters_has_nothing_to_convert(tmp_path):
+    """nn.SoftMax holds only its last output: nothing its PyTorch equivalent would hold."""
+    src = corpus_path("torch7_ascii/opencv-testdata/net_softmax_net.txt")
+    code, _, err = run_cli("convert", src, tmp_path / "o.safetensors", "--to", "safetensors")
+    assert code == 2 and "only the transient state of Lua nn modules (0.output)" in err
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_corpus_checkpoint_with_key(tmp_path):

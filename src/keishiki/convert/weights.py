@@ -44,6 +44,8 @@ class SourceTensors:
     # name -> (file, offset) where the tensor's exact output bytes already lie (contiguous,
     # little-endian, uncompressed): copied kernel-side with copy_file_range when not cast
     raw_spans: dict[str, tuple[Path, int]] = field(default_factory=dict)
+    # tensors of the source left out: a Lua nn module's gradients, activations, workspaces
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -77,12 +79,17 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
     if info.format == "pytorch" and info.tensor_loader is None:
         return _torch_fallback(src, opts)
     tensors = list(info.lazy_tensors())
+    # what the PyTorch module would hold: strict load_state_dict fails on gradWeight & co.
+    dropped = [t.name for t in tensors if (t.info.extra or {}).get("transient")]
+    tensors = [t for t in tensors if not (t.info.extra or {}).get("transient")]
     if info.format == "pytorch":
         byteorder = str(info.details.get("pytorch", {}).get("byteorder", "little"))
         tensors = [_direct(src, t, byteorder) for t in tensors]
     if not tensors:
-        raise InvalidRequest(f"{src}: holds no tensors to convert ({info.format}"
-                             f"{', ' + kind if kind else ''}); keishiki info shows what it holds")
+        what = (f"only the transient state of Lua nn modules ({', '.join(dropped[:3])}), which "
+                f"a PyTorch module does not hold" if dropped else
+                f"no tensors to convert ({info.format}{', ' + kind if kind else ''})")
+        raise InvalidRequest(f"{src}: holds {what}; keishiki info shows what it holds")
     tensors = _select_key(tensors, opts.key, src, checkpoint="checkpoint" in kind)
     unique, aliases = _dedupe(tensors)
     metadata = dict(info.metadata) if info.format == "safetensors" else {}
@@ -92,7 +99,13 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
              if info.format == "safetensors" and t.info.data_offset is not None and not t.info.file}
     spans.update({t.name: (Path(src), t.info.data_offset) for t in unique
                   if getattr(t.load, "direct", False)})
-    return SourceTensors(unique, aliases, metadata, list(info.warnings), info.format, mapped, spans)
+    warnings = list(info.warnings)
+    if dropped:
+        warnings.append(f"left out {len(dropped)} tensors the PyTorch module does not hold "
+                        f"(gradients, activations, workspaces of Lua nn): "
+                        f"{', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}")
+    return SourceTensors(unique, aliases, metadata, warnings, info.format, mapped, spans,
+                         dropped)
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
@@ -402,6 +415,8 @@ def to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     report.n_tensors = len(st.tensors)
     if st.aliases:
         report.details["aliases"] = st.aliases
+    if st.dropped:
+        report.details["dropped"] = st.dropped
     if opts.verify:
         report.verify = verify_safetensors(out, st, opts.dtype)
     report.seconds = timer.seconds
@@ -507,6 +522,8 @@ def to_pytorch(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     report.bytes_written = out.stat().st_size
     if st.aliases:
         report.details["aliases"] = st.aliases
+    if st.dropped:
+        report.details["dropped"] = st.dropped
     if opts.verify:
         report.verify = verify_pytorch(out, st, opts.dtype)
     report.seconds = timer.seconds

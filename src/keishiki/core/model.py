@@ -43,8 +43,9 @@ class ModelInfo:
 
     @property
     def n_parameters(self) -> int:
-        """Sum of the element counts of the listed tensors."""
-        return sum(t.numel for t in self.tensors)
+        """Sum of the element counts of the listed tensors, less transient ones (a Lua nn
+        module's gradients and activations, which its PyTorch equivalent does not hold)."""
+        return sum(t.numel for t in self.tensors if not (t.extra or {}).get("transient"))
 
     @property
     def total_bytes(self) -> int:

@@ -168,6 +168,11 @@ def _key_order(key: Any) -> tuple:
 
 
 MAX_LISTED_FUNCTIONS = 100  # enough to name them; a hostile file may hold millions
+# what the equivalent PyTorch module holds of a Lua nn module's tensors (parameters and the
+# BatchNorm statistics); gradWeight, gradBias, output, gradInput, finput, save_mean ... are
+# gradients, activations and workspaces of the last training step: "transient"
+MODULE_STATE = frozenset({"weight", "bias", "running_mean", "running_var"})
+_NN_PACKAGES = ("nn.", "cudnn.", "cunn.", "nngraph.")
 
 
 def _join(path: str, part: str) -> str:
@@ -178,7 +183,7 @@ class _Walker:
     """Names tensors by their first path in the tree and builds the module tree."""
 
     def __init__(self):
-        self.tensors: list[tuple[str, Any]] = []
+        self.tensors: list[tuple[str, Any, bool]] = []  # (name, object, transient)
         self.seen: set[int] = set()
         self.n_empty = 0
         self.n_functions = 0
@@ -193,9 +198,11 @@ class _Walker:
             if obj.storage is None:
                 self.n_empty += 1
             else:
-                self.tensors.append((path or "tensor", obj))
+                transient = str(node.get("class", "")).startswith(_NN_PACKAGES) and \
+                    path.rpartition(".")[2] not in MODULE_STATE
+                self.tensors.append((path or "tensor", obj, transient))
         elif isinstance(obj, t7.Storage):
-            self.tensors.append((path or "storage", obj))
+            self.tensors.append((path or "storage", obj, False))
         elif isinstance(obj, t7.Function):
             self.n_functions += 1
             self.functions.append((path or "<root>", obj.bytecode_size))
@@ -232,7 +239,7 @@ class _Walker:
                 self.walk(value, _join(path, _key_name(key)), node)
 
 
-def _tensor_info(name: str, obj: Any, ascii: bool) -> TensorInfo:
+def _tensor_info(name: str, obj: Any, ascii: bool, transient: bool = False) -> TensorInfo:
     if isinstance(obj, t7.Storage):
         shape, itemsize = (obj.size,), np.dtype(obj.dtype).itemsize
         offset = obj.data_offset
@@ -245,8 +252,11 @@ def _tensor_info(name: str, obj: Any, ascii: bool) -> TensorInfo:
     offset = None
     if not ascii and contiguous and obj.storage.data_offset is not None:
         offset = obj.storage.data_offset + obj.storage_offset * itemsize
+    extra: dict[str, Any] = {"torch_class": obj.class_name}
+    if transient:
+        extra["transient"] = True
     return TensorInfo(name, obj.dtype, tuple(obj.shape), numel * itemsize, data_offset=offset,
-                      extra={"torch_class": obj.class_name})
+                      extra=extra)
 
 
 def _loader(path: Path, objects: dict[str, Any], ascii: bool):
@@ -306,13 +316,13 @@ def read(src: Source, match) -> ModelInfo:
     walker.walk(parser.root, "", tree)  # type: ignore[attr-defined]
     ascii = variant == "ascii"
     infos, objects = [], {}
-    for name, obj in walker.tensors:
+    for name, obj, transient in walker.tensors:
         base, n = name, 1
         while name in objects:  # two paths to different objects with one name (rare)
             n += 1
             name = f"{base}#{n}"
         objects[name] = obj
-        infos.append(_tensor_info(name, obj, ascii))
+        infos.append(_tensor_info(name, obj, ascii, transient))
     details = _summary(parser)
     if tree["children"]:
         # {path: class} like PyTorch's named_modules() ("" is the root), plus the nesting
