@@ -328,3 +328,16 @@ def test_gemma2_hf_vs_its_gguf_is_identical_both_ways(tiny_llama, tmp_path):
         assert len(norms) == 2 * 4 + 1 and all(d.bit_equal for d in norms)
         assert {d.pair.transform for d in norms} == \
             {"subtract-offset" if a == hf else "add-offset"}
+
+
+@pytest.mark.parametrize("a_tensors, b_tensors, verdict, code", [
+    ({}, {}, "identical", 0),            # nothing on either side: nothing differs
+    ({"w": [1.0]}, {}, "different", 1),  # one side empty: nothing pairs
+])
+def test_models_without_tensors(tmp_path, a_tensors, b_tensors, verdict, code):
+    torch = pytest.importorskip("torch")
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({k: torch.tensor(v) for k, v in a_tensors.items()}, a)
+    torch.save({k: torch.tensor(v) for k, v in b_tensors.items()}, b)
+    rc, out, _ = run_cli("compare", a, b, "--json")
+    assert rc == code and json.loads(out)["verdict"] == verdict

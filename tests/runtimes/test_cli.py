@@ -67,6 +67,10 @@ def test_run_refuses_state_dict_and_non_lm_graph(tiny_llama_state_dict, tmp_path
     assert "pytorch file cannot generate text" in _error("run", path, "-p", "x")
     message = _error("run", corpus_path(NON_LM_ONNX), "-p", "x")
     assert "not a causal language model graph" in message
+    # a BertModel folder: AutoModelForCausalLM would give it a randomly initialised head
+    message = _error("run", corpus_path("hf_dir/tiny-bert-safetensors"), "-p", "x")
+    assert "not a causal language model checkpoint (BertModel)" in message
+    assert "cls.predictions.bias" in message and "fill at random" in message
 
 
 @pytest.mark.slow

@@ -72,7 +72,8 @@ class CompareReport:
         if not self.allow_unmatched and (ua or ub):
             reasons.append(f"unpaired tensors: {len(ua)} only in A{_first(ua)}, "
                            f"{len(ub)} only in B{_first(ub)}")
-        if not self.tensors:
+        if not self.tensors and (self.mapping.unmatched_a or self.mapping.unmatched_b):
+            # (two models without any tensor have nothing that differs)
             reasons.append("no tensor of A could be paired with one of B")
         if self.outputs is not None and not self.outputs.get("passed", False):
             reasons.append("outputs differ: " + str(self.outputs.get("summary", "")))

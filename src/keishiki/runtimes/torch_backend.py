@@ -51,8 +51,15 @@ class TorchBackend(LoopBackend):
         self.dtype = torch_dtype(torch, dtype, config_dtype, self.device)
         try:
             _quiet(transformers)
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code)
+            level = transformers.utils.logging.get_verbosity()
+            # missing weights are keishiki's refusal below, not transformers' load report
+            transformers.utils.logging.set_verbosity_error()
+            try:
+                model, loading = transformers.AutoModelForCausalLM.from_pretrained(
+                    model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code,
+                    output_loading_info=True)
+            finally:
+                transformers.utils.logging.set_verbosity(level)
         except OSError as exc:  # config.json without weights
             raise InvalidRequest(f"{model_dir}: no weights transformers can load: "
                                  f"{str(exc).splitlines()[0]}") from None
@@ -60,6 +67,13 @@ class TorchBackend(LoopBackend):
             archs = ", ".join(getattr(config, "architectures", None) or ["?"])
             raise InvalidRequest(f"{model_dir}: {archs} is not a causal language model "
                                  f"transformers can generate with ({str(exc).splitlines()[0]})")
+        missing = sorted(loading.get("missing_keys") or [])
+        if missing:  # a BertModel folder gets a randomly initialised LM head: not a causal LM
+            archs = ", ".join(getattr(config, "architectures", None) or ["?"])
+            raise InvalidRequest(
+                f"{model_dir}: not a causal language model checkpoint ({archs}): its weights "
+                f"lack {len(missing)} tensor(s) a causal-LM head needs ({', '.join(missing[:3])}"
+                f"{' ...' if len(missing) > 3 else ''}), which transformers would fill at random")
         self.model = model.to(self.device).eval()
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.max_model_len = getattr(config, "max_position_embeddings", None)
