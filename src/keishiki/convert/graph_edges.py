@@ -177,11 +177,13 @@ def module_to_torchscript(src: Path, out: Path, opts: ConvertOptions) -> StepRep
     src, out = Path(src), Path(out)
     _refuse_state_dict(src)
     pt_path = out / "model.pt" if out.is_dir() else out
-    example = opts.example_input or "1x8:int64"
+    method = opts.method or "trace"
+    # scripting needs no input; tracing does (a token-id default suits LMs)
+    example = opts.example_input or (None if method == "script" else "1x8:int64")
     report = StepReport(edge="pytorch -> torchscript", src=str(src), out=str(out))
     with Timer() as timer:
-        facts, module = tse.export_to(src, pt_path, method=opts.method or "trace",
-                                      example_input=example, trust=opts.trust)
+        facts, module = tse.export_to(src, pt_path, method=method,
+                                      example_input=example or "", trust=opts.trust)
         report.details["torchscript"] = facts
         report.warnings.append("--trust: the pickle's code ran while loading it")
         if opts.verify:

@@ -315,13 +315,18 @@ def compare_outputs(got: Sequence[np.ndarray], ref: Sequence[np.ndarray], atol: 
             "rtol": rtol, "n_outputs": len(ref), "problems": problems}
 
 
-def verify_torchscript_module(module, pt_path: Path, example_input: str,
+def verify_torchscript_module(module, pt_path: Path, example_input: str | None,
                               atol: float | None = None, rtol: float = 0.0) -> dict[str, Any]:
-    """Run the eager module and the archive on the example input and a second seeded input."""
+    """Run the eager module and the archive on the example input and a second seeded input.
+
+    Without an example input (``--method script`` needs none to export) there is nothing to
+    run them on: the archive's state_dict is compared with the module's instead."""
     torch = require("torch")
     from .torchscript_export import make_example_tensors
 
     ts_module = torch.jit.load(str(pt_path), map_location="cpu").eval()
+    if example_input is None:
+        return _compare_state_dicts(module.state_dict(), ts_module.state_dict())
     got, ref = [], []
     with torch.no_grad():
         for seed in (0, 1):
@@ -330,6 +335,21 @@ def verify_torchscript_module(module, pt_path: Path, example_input: str,
             ref += _flatten_outputs(module(*inputs))
     report = compare_outputs(got, ref, 1e-5 if atol is None else atol, rtol)
     report["inputs"] = example_input
+    return report
+
+
+def _compare_state_dicts(ref: dict, got: dict) -> dict[str, Any]:
+    """Bit-exact comparison of two state_dicts (names, shapes, values)."""
+    import torch
+
+    names = sorted(set(ref) | set(got))
+    differ = [n for n in names if n not in ref or n not in got
+              or not torch.equal(ref[n].detach(), got[n].detach())]
+    report: dict[str, Any] = {"method": "state-dict", "passed": not differ,
+                              "n_compared": len(names),
+                              "note": "no --example-input: weights compared, outputs not run"}
+    if differ:
+        report["reason"] = f"{len(differ)} tensor(s) differ or are missing: {differ[:5]}"
     return report
 
 

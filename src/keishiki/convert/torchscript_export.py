@@ -165,7 +165,7 @@ def _module_traced(path: Path, method: str, example_input: str, trust: bool):
     module = load_module_pickle(path, trust)
     facts: dict[str, Any] = {"source": "pytorch-module", "kind": "module",
                              "class": f"{type(module).__module__}.{type(module).__qualname__}",
-                             "example_input": example_input}
+                             "example_input": example_input or None}
     if method == "script":
         return _script(module, facts["class"]), module, facts
     if method == "trace-kv":

@@ -167,7 +167,9 @@ def problem(report: "ScanReport") -> str | None:
             f = found[0]
             where = f"{Path(f.file).name}{'!' + f.member if f.member else ''}"
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-            return f"{severity}: {where}: {f.global_ or f.opcode}: {f.reason}{more}"
+            subject = f.global_ or f.opcode
+            what = f.reason if f.reason.startswith(subject) else f"{subject}: {f.reason}"
+            return f"{severity}: {where}: {what}{more}"
     errors = [e for fr in report.files for e in fr.errors]
     if errors:
         return f"not scanned in full, so what it runs is not known: {errors[0]}"
