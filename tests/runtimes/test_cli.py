@@ -134,3 +134,18 @@ def test_run_logprobs_text_and_json(tiny_onnx, llms):
     assert all(" rank 1" in line for line in lines[2:])
     code, _, err = run_cli("run", tiny_onnx, "-p", "Hello", "--logprobs", "-2")
     assert code == 2 and "logprobs must be None or a non-negative integer" in err
+
+
+def test_bench_worker_reports_its_own_peak_memory():
+    """ru_maxrss of a spawned child starts at its parent's peak: a worker reported the CLI's
+    394 MiB where it used 77.  The worker's own high-water mark is what bench shows."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(400 << 20)  # the parent's peak: 400 MiB touched
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    code = "from keishiki.runtimes.bench import _peak_rss; print(_peak_rss())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True).stdout)
+    assert 0 < child < 200 << 20
+    del ballast
