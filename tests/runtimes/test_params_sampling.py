@@ -113,3 +113,35 @@ def test_logprobs_accept_numpy_integers():
     params = SamplingParams(logprobs=np.int64(2), prompt_logprobs=np.int32(0)).validate()
     assert (params.logprobs, params.prompt_logprobs) == (2, 0)
     assert type(params.logprobs) is int
+
+
+class _ByteTokenizer:
+    """Each token is one byte of UTF-8: a multi-byte character takes several steps."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("stop, cut_at_step, text", [
+    (["\ufffd"], None, "aé!"),   # the half-decoded é must not match U+FFFD
+    (["é"], 3, "a"),             # a stop string matches once the character is whole
+    (["é!"], 4, "a"),
+])
+def test_stop_strings_match_complete_characters_only(stop, cut_at_step, text):
+    from types import SimpleNamespace
+
+    from keishiki.runtimes.llm import _TextTracker
+
+    tracker = _TextTracker(_ByteTokenizer(), SamplingParams(stop=stop))
+    data = list("aé!".encode())  # a, 0xC3, 0xA9, !
+    seq = SimpleNamespace(text=None, output_ids=[], finished=False, finish_reason=None,
+                          stop_reason=None)
+    stopped_at = None
+    for step, token in enumerate(data, 1):
+        seq.output_ids.append(token)
+        seq.finished = step == len(data)
+        final = tracker.final_text(seq)
+        if seq.finish_reason == "stop":
+            stopped_at = step
+            break
+    assert stopped_at == cut_at_step and final == text

@@ -344,7 +344,11 @@ class _TextTracker:
         if seq.text is not None:  # the backend detokenized (vLLM)
             return seq.text
         text = self.tokenizer.decode(seq.output_ids, self.params.skip_special_tokens)
-        found = [(text.find(s), s) for s in self.params.stop if s in text]
+        # stop strings match complete characters only, as vLLM's detokenizer: while the
+        # last tokens hold part of a UTF-8 character the text ends in U+FFFD, which would
+        # match a stop string "\ufffd" (or one ending in it) a token too early
+        complete = text if seq.finished else text.rstrip("\ufffd")
+        found = [(complete.find(s), s) for s in self.params.stop if s in complete]
         if found:
             at, stop = min(found)
             text = text[:at + len(stop) if self.params.include_stop_str_in_output else at]
