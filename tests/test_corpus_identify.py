@@ -63,10 +63,12 @@ def test_info_json_never_fails(rel):
     data = json.loads(out)
     assert data["format"] == EXPECTED[FACTS[rel]["format"]][0]
     assert data["file_size"] > 0
-    # transient tensors (a Lua nn module's last output, gradients) are listed, not counted
+    # transient tensors (a Lua nn module's last output, gradients) and ONNX graph constants
+    # are listed, not counted
+    from keishiki.core.model import is_parameter
+
     assert data["n_parameters"] == sum(
-        __import__("math").prod(t.shape) for t in inspect(path).tensors
-        if not t.extra.get("transient"))
+        __import__("math").prod(t.shape) for t in inspect(path).tensors if is_parameter(t))
 
 
 @pytest.mark.parametrize("rel", [k for k in CASES if "tensor_count" in FACTS[k]

@@ -48,8 +48,15 @@ def render_info(model, path: str) -> None:
     ]))
     for key in ("metadata", "config", "graph", "gguf"):
         if data.get(key):
-            # the structured *_detail twins of inputs/outputs are for --json readers
-            section(key, {k: v for k, v in data[key].items() if not k.endswith("_detail")})
+            # the structured *_detail twins of inputs/outputs are for --json readers; the
+            # meaning of generated names gets a section of its own, in full
+            section(key, {k: v for k, v in data[key].items()
+                          if not k.endswith("_detail") and k != "generated_names"})
+    generated = (data.get("graph") or {}).get("generated_names")
+    if generated:
+        section("generated names", {
+            kind: f"{g['count']}× (e.g. {', '.join(g['examples'])}): {g['meaning']}"
+            for kind, g in generated.items()})
     for key, value in data.items():
         if key not in _COMMON and isinstance(value, dict) and value:
             section(key, value)

@@ -11,6 +11,12 @@ import numpy as np
 from .tensor import LazyTensor, TensorInfo
 
 
+def is_parameter(t: TensorInfo) -> bool:
+    """Whether ``t`` counts as a model parameter (see :attr:`ModelInfo.n_parameters`)."""
+    extra = t.extra or {}
+    return not extra.get("transient") and extra.get("source") != "constant"
+
+
 @dataclass
 class ModelInfo:
     """Everything ``keishiki info`` knows about a model, read without loading weights.
@@ -43,9 +49,10 @@ class ModelInfo:
 
     @property
     def n_parameters(self) -> int:
-        """Sum of the element counts of the listed tensors, less transient ones (a Lua nn
-        module's gradients and activations, which its PyTorch equivalent does not hold)."""
-        return sum(t.numel for t in self.tensors if not (t.extra or {}).get("transient"))
+        """Sum of the element counts of the model's weights: the listed tensors less transient
+        ones (a Lua nn module's gradients and activations, which its PyTorch equivalent does
+        not hold) and graph constants (an ONNX Constant node's shape or scalar)."""
+        return sum(t.numel for t in self.tensors if is_parameter(t))
 
     @property
     def total_bytes(self) -> int:

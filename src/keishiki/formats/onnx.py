@@ -323,6 +323,8 @@ def _graph_summary(model: pb.Model, infos: list[TensorInfo], reader: _Reader) ->
         "n_initializers": len(graph.initializers),
         "n_sparse_initializers": graph.n_sparse_initializers,
         "n_constants": sum(1 for i in infos if i.extra.get("source") == "constant"),
+        # elements of Constant nodes: listed as tensors, not counted as parameters
+        "constant_elements": sum(i.numel for i in infos if i.extra.get("source") == "constant"),
         "n_functions": model.n_functions,
         "initializer_bytes": sum(i.nbytes for i in initializer_infos),
         "external_data_files": sorted(reader.external_files),
