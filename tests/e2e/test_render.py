@@ -94,3 +94,17 @@ def test_short_keeps_class_names_whole_and_shows_empty_keys():
     classes = ["qamod.Net", "torch.nn.modules.activation.ReLU", "torch.nn.modules.linear.Linear"]
     assert short(classes) == ", ".join(classes)
     assert short({"": "nn.Sequential", "0": "nn.Linear"}) == '""=nn.Sequential, 0=nn.Linear'
+
+
+def test_generated_names_are_explained_in_full():
+    """The meaning of onnx::Conv_N was cut to "meaning…" in the human view."""
+    from tests.conftest import corpus_path
+
+    path = corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-m", "keishiki", "info", str(path)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("onnx::<Op>_<N>"))
+    assert line.rstrip().endswith("the original parameter name is lost")
+    assert "onnx::Conv_16" in line and "…" not in line
