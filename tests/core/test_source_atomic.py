@@ -93,9 +93,9 @@ def test_zip_with_unknown_extract_version_is_corrupt_not_a_crash(tmp_path):
         zipfile.ZipFile(path)  # the premise: zipfile's own answer is not BadZipFile
     with pytest.raises(CorruptFile, match="broken zip archive: zip file version 6.4"):
         inspect(path)
-    report = keishiki.scan(path)  # a zip it cannot open is not scanned: an error, named
-    assert report.verdict == "error"
-    assert any("zip file version 6.4" in e for e in report.files[0].errors)
+    # torch.load's zip reader ignores "version needed", so scan reads the pickle as torch
+    # would (an empty dict) instead of stopping where zipfile does
+    assert keishiki.scan(path).verdict == "safe"
 
 
 def test_start_writeback_is_a_hint_that_never_fails(tmp_path):

@@ -1,16 +1,16 @@
 """Every format's magic followed by garbage (or nothing): one line, exit 2, quickly — for info,
-tensors and info --json (the QA sweep's hostile set, kept as a regression test)."""
+tensors and info --json (the QA sweep's hostile set, kept as a regression test).  "Quickly" is
+counted in function calls and bytes read, which a loaded machine does not stretch."""
 
 from __future__ import annotations
 
 import json
 import random
 import struct
-import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import bytes_read, count_calls, run_cli
 
 _R = random.Random(7)
 _GARBAGE = bytes(_R.getrandbits(8) for _ in range(3000))
@@ -39,10 +39,11 @@ MAGICS = {
 def test_magic_then_garbage_is_one_line_exit_2(tmp_path, magic, tail):
     path = tmp_path / f"m.{magic}"
     path.write_bytes(MAGICS[magic] + tail)
+    run_cli("info", path)  # the first look imports the reader's modules: not counted below
     for args in (["info"], ["tensors"], ["info", "--json"]):
-        start = time.monotonic()
-        code, out, err = run_cli(*args, path)
-        assert time.monotonic() - start < 10
+        with count_calls() as work:
+            code, out, err = run_cli(*args, path)
+        assert work.calls < 200_000, args  # about 21 000, most of them the CLI's own
         assert code == 2, (args, out[:300], err)
         assert err.startswith("keishiki: error: ") and err.count("\n") == 1, err
         assert "internal error" not in err
@@ -57,6 +58,8 @@ def test_sparse_10gb_safetensors_header_is_refused_fast(tmp_path):
     with open(path, "wb") as fh:
         fh.write(struct.pack("<Q", 128) + header)
         fh.truncate(10 * 2**30)  # sparse: no disk used
-    start = time.monotonic()
+    before = bytes_read()
     code, _, err = run_cli("info", path)
-    assert code == 2 and "needs" in err and time.monotonic() - start < 10
+    assert code == 2 and "needs" in err
+    # the header (and, in a fresh process, ~6 MB of .pyc imports), not the 10 GiB of data
+    assert bytes_read() - before < 2**28

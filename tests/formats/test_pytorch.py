@@ -167,8 +167,8 @@ def test_saved_zip_offsets_point_at_the_bytes(saved):
     raw = zip_path.read_bytes()
     f32 = info.tensor("f32")
     assert raw[f32.data_offset:f32.data_offset + f32.nbytes] == tensors["f32"].numpy().tobytes()
-    assert f32.file == "mixed/data/" + f32.extra["storage_key"] or f32.file.endswith(
-        "/data/" + f32.extra["storage_key"])
+    # torch.save names the archive's root folder after the file: mixed.pt -> mixed/
+    assert f32.file == "mixed/data/" + f32.extra["storage_key"]
 
 
 def test_checkpoint_with_optimizer(tmp_path):
@@ -238,13 +238,14 @@ def test_whole_pickled_module(tmp_path, monkeypatch, legacy):
     assert d["kind"] == "module"
     assert d["module_classes"] == ["tinynet_mod.TinyNet", "torch.nn.modules.linear.Linear"]
     assert "weights_only=False" in d["loading"] and "nn.Module" in d["loading"]
-    assert [t.name for t in info.tensors] == ["steps", "fc.weight", "fc.bias"] or \
-        sorted(t.name for t in info.tensors) == ["fc.bias", "fc.weight", "steps"]
+    # pickle order: the module's _buffers are pickled before its _modules
+    assert [t.name for t in info.tensors] == ["steps", "fc.weight", "fc.bias"]
     assert any("nn.Module" in w for w in info.warnings)
     assert not (tmp_path / "MARKER").exists()
     assert "tinynet_mod" not in sys.modules
     code, out, _ = run_cli("info", path, "--json")
-    assert code in (0, 1) and json.loads(out)["pytorch"]["kind"] == "module"
+    # info describes (exit 0) even when its safety section says unknown/dangerous; scan judges
+    assert code == 0 and json.loads(out)["pytorch"]["kind"] == "module"
 
 
 def test_info_reads_no_storage_bytes(tmp_path, monkeypatch):

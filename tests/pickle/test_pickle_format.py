@@ -71,7 +71,7 @@ def test_payload_is_named_not_run(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"ok": 1, "x": Payload()}, protocol=2))
     info = inspect(path)
-    assert {"posix.system", "os.system"} & set(info.details["pickle"]["globals"])
+    assert f"{os.system.__module__}.system" in info.details["pickle"]["globals"]
     assert not marker.exists()
 
 
@@ -120,11 +120,11 @@ def test_joblib_object_array_payload_is_seen(tmp_path):
     path = tmp_path / "evil.joblib"
     joblib.dump({"w": np.ones(3), "objs": np.array([Payload()], dtype=object)}, path)
     rec = read_pickle(path.read_bytes(), joblib_arrays=True)
-    assert {"posix.system", "os.system"} & {g.qualname for g in rec.globals}
+    assert f"{os.system.__module__}.system" in {g.qualname for g in rec.globals}
     nested = [a for a in rec.inline_arrays if a.nested is not None]
     assert len(nested) == 1
     info = inspect(path)
-    assert {"posix.system", "os.system"} & set(info.details["pickle"]["globals"])
+    assert f"{os.system.__module__}.system" in info.details["pickle"]["globals"]
     assert [t.name for t in info.tensors] == ["w"]
     assert not marker.exists()
 
@@ -136,7 +136,9 @@ def test_joblib_plain_reading_differs(joblib_file):
     joblib_rec = read_pickle(data, joblib_arrays=True)
     assert joblib_rec.end == len(data)
     plain = read_pickle(data, lenient=True)
-    assert plain.error is not None or plain.end != joblib_rec.end
+    # it fails: joblib's padding byte before the first inline array is no pickle opcode
+    assert plain.error is not None and plain.error.startswith("unknown opcode")
+    assert plain.error_offset < joblib_rec.inline_arrays[0].offset
 
 
 def test_joblib_truncated_array(joblib_file, tmp_path):
