@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import InvalidRequest, KeishikiError
 
 DEFAULT_BACKENDS = {"hf-model": ["torch", "onnxruntime", "torchscript"],
-                    "onnx": ["onnxruntime"], "torchscript": ["torchscript"]}
+                    "onnx": ["onnxruntime"], "torchscript": ["torchscript"], "gguf": ["torch"]}
 
 
 def cache_root() -> Path:

@@ -31,7 +31,8 @@ class LLM:
     >>> out[0].outputs[0].text
 
     Args:
-        model: a Hugging Face folder, an ONNX causal-LM file/folder or a TorchScript file.
+        model: a Hugging Face folder, an ONNX causal-LM file/folder, a TorchScript file or a
+            GGUF file (dequantized once into a cached Hugging Face folder, run with torch).
         tokenizer: folder with ``tokenizer.json`` (default: the model's folder).
         backend: ``auto``, ``torch``, ``onnxruntime``, ``torchscript`` or ``vllm``.
         dtype: ``auto``/None, ``float32``, ``float16``, ``bfloat16`` (torch and vLLM).
@@ -69,6 +70,8 @@ class LLM:
         self.model_path = Path(model)
         choice = choose(self.model_path, backend)
         self.format = choice.format
+        if choice.format == "gguf":
+            choice = _dequantized(choice, trust_remote_code)
         if choice.backend == "vllm":  # vLLM enforces the same cap itself
             engine_kwargs.setdefault("max_logprobs", max_logprobs)
         try:
@@ -363,6 +366,18 @@ def _read_config(folder: Path) -> dict:
         return json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _dequantized(choice, trust: bool):
+    """The choice for a GGUF file: its cached Hugging Face folder (after the GGUF itself has
+    passed the load gate: its chat template is rendered later)."""
+    from ..core.gate import admit
+    from .gguf_run import hf_folder_for
+    from .select import Choice
+
+    admit(choice.model_file, trust=trust, purpose="run")
+    folder = hf_folder_for(choice.model_file)
+    return Choice(choice.backend, "hf-model", f"{choice.reason}: {folder}", folder, folder)
 
 
 def _admit(choice, tokenizer_dir: Path, trust: bool) -> None:

@@ -2,7 +2,8 @@
 
 hf-model → vLLM when it is installed and a CUDA GPU is visible, else torch; onnx →
 onnxruntime (its CUDA provider when onnxruntime-gpu and a GPU are there); torchscript →
-torchscript.  Formats that hold weights without an architecture (a state_dict, safetensors,
+torchscript; gguf → torch, on the model dequantized into a cached Hugging Face folder
+(:mod:`keishiki.runtimes.gguf_run`).  Formats that hold weights without an architecture (a state_dict, safetensors,
 GGUF...) cannot generate here and are refused with what to do instead.
 """
 
@@ -17,8 +18,8 @@ from ..errors import InvalidRequest
 
 BACKENDS = ("auto", "torch", "onnxruntime", "torchscript", "vllm")
 # which format each explicit backend runs
-RUNS = {"torch": "hf-model", "vllm": "hf-model", "onnxruntime": "onnx",
-        "torchscript": "torchscript"}
+RUNS = {"torch": ("hf-model", "gguf"), "vllm": ("hf-model",), "onnxruntime": ("onnx",),
+        "torchscript": ("torchscript",)}
 
 
 @dataclass
@@ -108,8 +109,9 @@ def choose(path: str | Path, backend: str = "auto") -> Choice:
     model_file, folder = _locate(path, fmt)
     if backend == "auto":
         name, reason = _auto(fmt, path)
-    elif RUNS[backend] != fmt:
-        raise InvalidRequest(f"backend '{backend}' runs {RUNS[backend]} models and {path} is "
+    elif fmt not in RUNS[backend]:
+        raise InvalidRequest(f"backend '{backend}' runs {' and '.join(RUNS[backend])} models "
+                             f"and {path} is "
                              f"{fmt}; use backend='auto' or convert it (keishiki convert)")
     else:
         name, reason = backend, "asked for"
@@ -119,6 +121,8 @@ def choose(path: str | Path, backend: str = "auto") -> Choice:
 def _locate(path: Path, fmt: str) -> tuple[Path, Path]:
     if fmt == "hf-model":
         return path, path
+    if fmt == "gguf" and not path.is_dir():
+        return path, path.parent
     if fmt == "onnx":
         file = _onnx_in(path) if path.is_dir() else path
     elif fmt == "torchscript":
@@ -126,8 +130,8 @@ def _locate(path: Path, fmt: str) -> tuple[Path, Path]:
     else:
         raise InvalidRequest(
             f"{path}: a {fmt} file cannot generate text (it holds weights without the model's "
-            f"architecture); run a Hugging Face folder, an ONNX causal-LM graph or a "
-            f"TorchScript LM")
+            f"architecture); run a Hugging Face folder, an ONNX causal-LM graph, a "
+            f"TorchScript LM or a GGUF file")
     if file is None:
         raise InvalidRequest(f"{path}: the folder holds no single {fmt} model file to run")
     return file, path if path.is_dir() else path.parent
@@ -146,4 +150,7 @@ def _auto(fmt: str, path: Path) -> tuple[str, str]:
         return "onnxruntime", "auto: ONNX graph"
     if fmt == "torchscript":
         return "torchscript", "auto: TorchScript archive"
+    if fmt == "gguf":
+        return "torch", ("auto: GGUF, dequantized into a Hugging Face folder (keishiki convert "
+                         "--to hf-model, cached) and run with transformers")
     raise InvalidRequest(f"{path}: a {fmt} file cannot generate text")
