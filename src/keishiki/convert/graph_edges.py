@@ -331,7 +331,8 @@ def _write_safetensors(path: Path, st, dtype: str | None) -> int:
             if tuple(arr.shape) != tuple(lazy.info.shape) or arr.nbytes != lazy.info.nbytes:
                 raise InvalidRequest(f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)}, "
                                      f"expected {lazy.info.dtype}{list(lazy.info.shape)}")
-            fh.write(arr.tobytes())
+            fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))  # no tobytes() copy
+            del arr
     return path.stat().st_size
 
 
@@ -368,44 +369,63 @@ def _onnx_tensors(info, src_model: Path):
 
 def _verify_onnx_safetensors(src_model: Path, out: Path, dtype: str | None,
                              transposed: list[str]) -> dict:
-    """Every main-graph initializer/Constant of the source, as onnx sees it, vs the file."""
-    from onnx import numpy_helper
+    """Every initializer/Constant of the source, as onnx sees it, vs the file.
+
+    One tensor at a time: the graph is parsed without its external data, and each tensor's
+    data is loaded by onnx's own ``load_external_data_for_tensor`` just before it is compared
+    and dropped just after (loading the whole model, then holding every array in a dict, took
+    4x the model's size).
+    """
+    import numpy as np
+    from onnx import external_data_helper, numpy_helper
 
     from . import onnx_ops
-    from .verify import ReadBack, open_safetensors
+    from .verify import ReadBack, open_safetensors_rows, safetensors_names
     from .weights import cast_array
 
-    model = onnx_ops.load_model(src_model, load_external=True)
-    expected: dict = {}
-    _collect_tensors(model.graph, "", expected, numpy_helper)
+    model = onnx_ops.load_model(src_model, load_external=False)
+    base_dir = str(src_model.parent)
     rb = ReadBack(library="safetensors.safe_open vs onnx.numpy_helper")
-    with open_safetensors(out) as (names, _metadata, get):
-        present = set(names)
-        for name, arr in expected.items():
-            if name in transposed and arr.ndim == 2:
-                arr = arr.T
+    seen: set[str] = set()
+    names, _metadata = safetensors_names(out)
+    present = set(names)
+    # rows read a block at a time through fresh handles: one handle over the whole output
+    # keeps every page it touched mapped (RSS grows to the file's size)
+    with open_safetensors_rows(out) as get_rows:
+        for name, tensor in _iter_tensors(model.graph, ""):
+            if name in seen:  # the writer keeps the first of a repeated name
+                continue
+            seen.add(name)
             if name not in present:
                 rb.missing.append(name)
                 continue
-            rb.compare(name, cast_array(arr, dtype), get(name), original=arr)
-        rb.unexpected.extend(sorted(present - set(expected)))
+            if external_data_helper.uses_external_data(tensor):
+                external_data_helper.load_external_data_for_tensor(tensor, base_dir)
+            arr = numpy_helper.to_array(tensor)
+            tensor.ClearField("raw_data")
+            if name in transposed and arr.ndim == 2:
+                arr = np.ascontiguousarray(arr.T)
+            expected = cast_array(arr, dtype)
+            rb.compare_rows(name, expected, get_rows(name),
+                            original=None if expected is arr else arr)
+            del arr, expected
+        rb.unexpected.extend(sorted(present - seen))
     return rb.result()
 
 
-def _collect_tensors(graph, prefix: str, found: dict, numpy_helper) -> None:
-    """Initializers and Constant values by the names the edge writes (same walk as the reader:
-    subgraph tensors under ``<node name or OpType_index>/<attr>/``)."""
+def _iter_tensors(graph, prefix: str):
+    """(name, TensorProto) of the initializers and Constant values by the names the edge
+    writes (same walk as the reader: subgraph tensors under ``<node or OpType_index>/<attr>/``)."""
     for t in graph.initializer:
-        found.setdefault(f"{prefix}/{t.name}" if prefix else t.name, numpy_helper.to_array(t))
+        yield (f"{prefix}/{t.name}" if prefix else t.name), t
     for index, node in enumerate(graph.node):
         node_id = node.name or f"{node.op_type}_{index}"
         for attr in node.attribute:
             if (node.op_type == "Constant" and not node.domain and attr.name == "value"
                     and attr.HasField("t")):
                 name = node.output[0] if node.output and node.output[0] else node_id
-                found.setdefault(f"{prefix}/{name}" if prefix else name,
-                                 numpy_helper.to_array(attr.t))
+                yield (f"{prefix}/{name}" if prefix else name), attr.t
             subgraphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
             for sub in subgraphs:
                 sub_prefix = f"{prefix}/{node_id}/{attr.name}" if prefix else f"{node_id}/{attr.name}"
-                _collect_tensors(sub, sub_prefix, found, numpy_helper)
+                yield from _iter_tensors(sub, sub_prefix)
