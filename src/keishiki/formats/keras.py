@@ -10,10 +10,11 @@ would deserialise their Python bytecode when loading with ``safe_mode=False``.
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 from typing import Any
 
 from ..core.model import ModelInfo
-from ..core.source import ZIP_ERRORS, Source
+from ..core.source import ZIP_ERRORS, Source, check_expansion
 from ..errors import CorruptFile
 from . import keras_h5
 
@@ -48,6 +49,7 @@ class _MemberFile:
         h5py = keras_h5._h5py()
         self.zf = zipfile.ZipFile(path)
         try:
+            check_expansion(Path(path), self.zf.getinfo(member))  # a deflated bomb inside
             self.fh = self.zf.open(member)  # seekable: h5py reads it like a file
             self.h5 = h5py.File(self.fh, "r")
         except Exception:
