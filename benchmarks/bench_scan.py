@@ -15,8 +15,13 @@ everything by construction, so raw catches alone cannot rank it).
 
 Needs (installs nothing itself): ``pip install -e '.[bench]'`` (picklescan, modelscan,
 fickling) and torch.  ``--verify-live`` additionally loads every live sample with its
-real loader (pickle.load / torch.load(weights_only=False) / np.load(allow_pickle=True)) in
-a subprocess and checks that the marker appears, proving the payloads are real.
+real loader in a subprocess (pickle.load, pickle.load until EOF, torch.load(weights_only=
+False), np.load(allow_pickle=True), joblib.load, torch.jit.load + one call, Keras
+load_model with safe_mode=False, transformers AutoConfig with trust_remote_code=True) and
+checks that the marker appears, proving the payloads are real.  Keras is not a keishiki
+dependency: point ``KERAS_PATH`` at a ``pip install --target DIR keras`` (torch backend).
+Folder samples (HF checkpoints) are scanned as folders by every tool (picklescan's
+directory scan, fickling file by file).
 """
 
 from __future__ import annotations
@@ -47,9 +52,9 @@ def _keishiki(path: Path) -> str:
 
 
 def _picklescan(path: Path) -> str:
-    from picklescan.scanner import scan_file_path
+    from picklescan.scanner import scan_directory_path, scan_file_path
 
-    result = scan_file_path(str(path))
+    result = (scan_directory_path if path.is_dir() else scan_file_path)(str(path))
     if result.issues_count or result.infected_files:
         return "flagged"
     return "error" if result.scan_err else "clean"
@@ -67,10 +72,11 @@ def _modelscan(path: Path) -> str:
 def _fickling(path: Path) -> str:
     import fickling
 
-    result = fickling.scan_file(str(path), graceful=True)
-    if not result.is_safe:
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    results = [fickling.scan_file(str(f), graceful=True) for f in files]
+    if any(not r.is_safe for r in results):
         return "flagged"
-    return "error" if result.errors else "clean"
+    return "error" if any(r.errors for r in results) else "clean"
 
 
 TOOLS = {"keishiki": _keishiki, "picklescan": _picklescan, "modelscan": _modelscan,
@@ -90,31 +96,62 @@ def run_tool(fn, path: Path) -> tuple[str, float]:
 
 _LOADERS = {
     "pickle": "import pickle,sys; pickle.load(open(sys.argv[1],'rb'))",
+    # readers that load every pickle of a stream until EOF (history logs, multi-dumps)
+    "pickle-all": ("import pickle,sys\nf=open(sys.argv[1],'rb')\n"
+                   "while True:\n    pickle.load(f)"),
     "torch": "import torch,sys; torch.load(sys.argv[1], weights_only=False)",
     "numpy": ("import numpy,sys; d=numpy.load(sys.argv[1], allow_pickle=True); "
               "[d[k] for k in d.files] if hasattr(d,'files') else None"),
+    "joblib": "import joblib,sys; joblib.load(sys.argv[1])",
+    # the TorchScript loader, then one call: code in forward runs only when called
+    "torchscript": ("import torch,sys; m=torch.jit.load(sys.argv[1]); m(torch.ones(2))"),
+    # Keras 3 defaults (safe_mode=True); needs keras on the path (KERAS_PATH, torch backend)
+    "keras": ("import os,sys; os.environ['KERAS_BACKEND']='torch'; import keras; "
+              "keras.saving.load_model(sys.argv[1])"),
+    "keras-unsafe": ("import os,sys; os.environ['KERAS_BACKEND']='torch'; import keras; "
+                     "keras.saving.load_model(sys.argv[1], safe_mode=False)"),
+    # what `transformers` does for a folder with auto_map when the user trusts it
+    "hf-remote-code": ("import sys, transformers; "
+                       "transformers.AutoConfig.from_pretrained(sys.argv[1], "
+                       "trust_remote_code=True)"),
+    "hf-remote-code-tokenizer": ("import sys, transformers; "
+                                 "transformers.AutoTokenizer.from_pretrained(sys.argv[1], "
+                                 "trust_remote_code=True)"),
+    # how llama-cpp-python < 0.2.72 rendered a model's chat template (CVE-2024-34359)
+    "jinja-unsandboxed": ("import sys, jinja2; jinja2.Environment().from_string("
+                          "open(sys.argv[1]).read()).render(messages=[])"),
+    "gguf-template-unsandboxed": (
+        "import sys, gguf, jinja2; f = gguf.GGUFReader(sys.argv[1]).fields"
+        "['tokenizer.chat_template']; t = bytes(f.parts[f.data[0]]).decode(); "
+        "jinja2.Environment().from_string(t).render(messages=[])"),
 }
+
+
+def loads_live(sample, marker: Path, timeout: float = 60) -> bool:
+    """Open ``sample`` with its real loader in a subprocess; True when the marker appeared."""
+    if marker.exists():
+        marker.unlink()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if sample.loader.startswith("keras") and os.environ.get("KERAS_PATH"):
+        env["PYTHONPATH"] = os.environ["KERAS_PATH"]
+    target = getattr(sample, "target", None) or sample.path
+    with tempfile.TemporaryDirectory() as cwd:
+        try:
+            subprocess.run([sys.executable, "-c", _LOADERS[sample.loader], str(target)],
+                           cwd=cwd, capture_output=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            pass
+    time.sleep(0.05)
+    ran = marker.exists()
+    if ran:
+        marker.unlink()
+    return ran
 
 
 def verify_live(samples, marker: Path) -> dict[str, bool]:
     """Load each live sample with its real loader in a subprocess; True = marker appeared."""
-    out = {}
-    for s in samples:
-        if not s.live or s.loader not in _LOADERS:
-            continue
-        if marker.exists():
-            marker.unlink()
-        with tempfile.TemporaryDirectory() as cwd:
-            try:
-                subprocess.run([sys.executable, "-c", _LOADERS[s.loader], str(s.path)],
-                               cwd=cwd, capture_output=True, timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        time.sleep(0.05)
-        out[s.name] = marker.exists()
-    if marker.exists():
-        marker.unlink()
-    return out
+    return {s.name: loads_live(s, marker) for s in samples
+            if s.live and s.loader in _LOADERS}
 
 
 def main(argv: list[str] | None = None) -> int:

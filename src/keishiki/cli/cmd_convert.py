@@ -27,6 +27,11 @@ def convert(
     shard_size: str = typer.Option(None, "--shard-size", help="Max bytes per weight shard "
                                    "(e.g. 5GB) for hf-model outputs."),
     quant: str = typer.Option(None, "--quant", help="GGUF tensor type: f32, f16, bf16, q8_0."),
+    split_max_size: str = typer.Option(None, "--split-max-size", help="GGUF: write splits of "
+                                       "at most this much tensor data (e.g. 2G, 500M), named "
+                                       "OUT-00001-of-0000N.gguf..."),
+    split_max_tensors: int = typer.Option(None, "--split-max-tensors", help="GGUF: write "
+                                          "splits of at most N tensors."),
     method: str = typer.Option(None, "--method", help="TorchScript: trace or script."),
     example_input: str = typer.Option(None, "--example-input", help="Traced input, e.g. "
                                       "1x8:int64."),
@@ -52,6 +57,7 @@ def convert(
     from ..errors import Mismatch
 
     options = dict(dtype=dtype, key=key, shard_size=shard_size, quant=quant, method=method,
+                   split_max_size=split_max_size, split_max_tensors=split_max_tensors,
                    example_input=example_input, trust=trust, opset=opset, exporter=exporter,
                    external_data=external_data, atol=atol, verify=not no_verify, strict=strict,
                    force=force, quiet=quiet)
@@ -94,6 +100,10 @@ def render_report(report: dict) -> None:
     for step in report["steps"]:
         for warning in step.get("warnings", []):
             console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}")
+        splits = step.get("details", {}).get("split_files")
+        if splits:
+            console.print(f"wrote {len(splits)} splits: {escape(splits[0])} ... "
+                          f"{escape(splits[-1])}")
         reason = (step.get("verify") or {}).get("reason")
         if reason:
             console.print(f"[red]{step['edge']}:[/red] {escape(str(reason))}")

@@ -83,27 +83,34 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
 
 def _admit_source(src: Path, src_format: str, first: Edge,
                   opts: ConvertOptions) -> dict | None:
-    """The load gate for a conversion's source.
+    """The load gate for a conversion's source: it scans safe, or ``opts.trust``.
 
-    An edge that hands the source to a third-party loader (:attr:`Edge.loads_source`) gets it
-    only when it scans safe or ``opts.trust``.  Every other edge reads it with keishiki's own
-    readers, which run nothing: a dangerous pickle's weights can be taken out safely, and the
-    report says that is what happened (``source_scan``; the CLI prints it in one line).
+    Untrusted, a source that scans dangerous or unknown is refused whatever the edge, so no
+    output is ever derived from it silently (an escaping chat template would travel into a
+    GGUF, say).  Trusted, an edge that hands the source to a third-party loader
+    (:attr:`Edge.loads_source`) may run its code; every other edge reads it with keishiki's
+    own readers, which run nothing, and the report says so (``source_scan``; the CLI prints
+    it in one line): that is how the weights of a hostile pickle are taken out safely.
     """
-    if first.loads_source:
-        admit(src, trust=opts.trust, purpose=f"convert ({first.name} loads it with its "
-                                             f"library)")
-        return None
     from ..scan import CODE_BEARING
 
-    if src_format not in CODE_BEARING:
+    if first.loads_source or src_format in CODE_BEARING:
+        admit(src, trust=opts.trust, purpose=_purpose(first), unread_blocks=first.loads_source)
+    if not opts.trust or first.loads_source or src_format not in CODE_BEARING:
         return None
     report = verdict(src)
-    reason = problem(report)
+    reason = problem(report, unread_blocks=False)
     if reason is None:
         return None
     return {"verdict": report.verdict, "reason": reason,
             "read_by": "keishiki's own reader, which runs nothing from the file"}
+
+
+def _purpose(first: Edge) -> str:
+    if first.loads_source:
+        return f"convert ({first.name} loads it with its library)"
+    return (f"convert ({first.name} reads it with keishiki's own reader, which runs nothing: "
+            f"--trust-remote-code takes the weights out anyway)")
 
 
 def source_format(src: Path) -> str:
@@ -135,6 +142,13 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
         opts.shard_size = parse_size(opts.shard_size)
     if opts.shard_size is not None and opts.shard_size <= 0:
         raise InvalidRequest("--shard-size must be positive (e.g. 5GB)")
+    if isinstance(opts.split_max_size, str):  # gguf-split's units: 2G, 500M
+        from .gguf_split import parse_split_size
+
+        opts.split_max_size = parse_split_size(opts.split_max_size)
+    for name in ("split_max_size", "split_max_tensors"):
+        if getattr(opts, name) is not None and getattr(opts, name) <= 0:
+            raise InvalidRequest(f"--{name.replace('_', '-')} must be positive")
     for name in ("atol", "rtol"):
         value = getattr(opts, name)
         if value is not None and not value >= 0:  # (also refuses NaN)
@@ -156,6 +170,8 @@ _TARGET_ONLY = {
     "external_data": ("onnx",),
     "method": ("torchscript",),
     "example_input": ("torchscript",),
+    "split_max_size": ("gguf",),
+    "split_max_tensors": ("gguf",),
 }
 
 
@@ -236,7 +252,12 @@ def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
 def _run_last(edge: Edge, current: Path, src: Path, out: Path, opts: ConvertOptions,
               report: ConvertReport) -> None:
     folder = output_is_folder(opts.to, out, src.is_dir())
-    with atomic_output(out, force=opts.force, folder=folder) as tmp:
+    from .gguf_split import atomic_splits, wants_split
+
+    # a split GGUF is several files beside OUT: written and verified in a temporary folder
+    target = (atomic_splits(out, src, force=opts.force) if wants_split(opts) and not folder
+              else atomic_output(out, force=opts.force, folder=folder))
+    with target as tmp:
         step = _run_edge(edge, current, tmp, opts)
         step.out = str(out)  # the edge saw the temporary name
         report.steps.append(step)

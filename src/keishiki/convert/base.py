@@ -58,6 +58,9 @@ class ConvertOptions:
         opset, exporter: ONNX export settings (``dynamo``/``torchscript``).
         external_data, external_threshold: ONNX external data on/off and size threshold.
         tokenizer: a tokenizer folder/file to carry along when the source has none.
+        split_max_size, split_max_tensors: write the GGUF as splits of at most this many
+            bytes of tensor data / tensors each (``--to gguf`` only; OUT names the stem:
+            ``model.gguf`` gives ``model-00001-of-0000N.gguf``...).
     """
 
     to: str
@@ -79,6 +82,8 @@ class ConvertOptions:
     external_data: bool | None = None
     external_threshold: int = 1024
     tokenizer: str | None = None
+    split_max_size: int | None = None
+    split_max_tensors: int | None = None
 
 
 @dataclass

@@ -45,10 +45,13 @@ def _gguf():
 # ---- reading GGUF -------------------------------------------------------------------------
 
 def read_kv(reader) -> dict[str, Any]:
-    """Every metadata field as a Python value (arrays as lists)."""
+    """Every metadata field as a Python value (arrays as lists), ``split.*`` keys left out
+    (they describe one file of a split model, not the model)."""
+    from ..formats.gguf_split import SPLIT_KEYS
+
     out = {}
     for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
+        if key.startswith("GGUF.") or key in SPLIT_KEYS:
             continue
         try:
             out[key] = field.contents()
@@ -57,25 +60,39 @@ def read_kv(reader) -> dict[str, Any]:
     return out
 
 
-def open_reader(path: Path):
-    """``gguf.GGUFReader`` over ``path``.
+def open_readers(path: Path) -> list:
+    """``gguf.GGUFReader`` of every file of the GGUF model at ``path`` (a file, any split of
+    a split model, or a folder holding one model), in split order: the first holds the
+    metadata.
 
     Raises:
-        CorruptFile: the file is truncated or malformed (GGUFReader's own ValueError/IndexError
+        CorruptFile: a file is truncated or malformed (GGUFReader's own ValueError/IndexError
             would otherwise surface as an internal error); keishiki's GGUF reader names the
             first bad byte when it can.
+        InvalidRequest: a split is missing (named), or a folder holds no or several models.
     """
     from ..formats import inspect
+    from ..formats.gguf_split import model_paths
 
     # keishiki's own reader first: it bounds array lengths, nesting and string sizes, where
     # GGUFReader builds a numpy view per element of whatever length the file claims
-    # (a crafted array length grew past 1.5 GB for minutes); it names the bad offset
+    # (a crafted array length grew past 1.5 GB for minutes); it names the bad offset, and
+    # it checks a split model's every split (present, named and numbered alike)
     inspect(path)
     gguf = _gguf()
-    try:
-        return gguf.GGUFReader(str(path))
-    except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
-        raise CorruptFile(path, f"gguf cannot read it ({exc})") from exc
+    readers = []
+    for file in model_paths(path):
+        try:
+            readers.append(gguf.GGUFReader(str(file)))
+        except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
+            raise CorruptFile(file, f"gguf cannot read it ({exc})") from exc
+    return readers
+
+
+def open_reader(path: Path):
+    """``gguf.GGUFReader`` of the file holding the metadata of the GGUF model at ``path``
+    (the first split of a split model); checked as :func:`open_readers` does."""
+    return open_readers(path)[0]
 
 
 def _check_heads(src: Path, arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors,
@@ -124,8 +141,9 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
     Quantized tensors load dequantized to float32 (or ``dtype``); F32/F16/BF16 keep their type.
     """
     gguf = _gguf()
-    reader = open_reader(path)
-    kv = read_kv(reader)
+    readers = open_readers(path)
+    kv = read_kv(readers[0])  # the first split holds the model's metadata
+    reader_tensors = [t for reader in readers for t in reader.tensors]
     arch = archs.for_gguf(kv)
     back: dict[str, str] = {}
     n_head = n_head_kv = 0
@@ -133,13 +151,13 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
     if arch:
         _, back = arch.name_maps(int(kv.get(f"{arch.name}.block_count", 0) or 0))
         n_head = int(kv.get(f"{arch.name}.attention.head_count", 0) or 0)
-        inferred = _kv_heads_from_tensors(reader, kv, arch.name, n_head)
+        inferred = _kv_heads_from_tensors(reader_tensors, kv, arch.name, n_head)
         if inferred is not None:
             kv[f"{arch.name}.attention.head_count_kv"] = inferred
             warnings.append(f"{arch.name}.attention.head_count_kv is absent: {inferred} KV "
                             f"heads, read from blk.0.attn_k.weight's rows")
         n_head_kv = int(kv.get(f"{arch.name}.attention.head_count_kv", n_head) or n_head)
-    for t in reader.tensors:
+    for t in reader_tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         type_name = t.tensor_type.name
         dtype_name = _KEEP.get(type_name, "float32")
@@ -171,7 +189,8 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
     return SourceTensors(tensors, warnings=warnings, format="gguf"), kv
 
 
-def _kv_heads_from_tensors(reader, kv: dict[str, Any], arch: str, n_head: int) -> int | None:
+def _kv_heads_from_tensors(tensors: list, kv: dict[str, Any], arch: str,
+                           n_head: int) -> int | None:
     """KV heads of a GGUF whose metadata omits ``head_count_kv`` (old files, where llama.cpp
     defaults it to ``head_count``), from ``blk.0.attn_k.weight``'s rows / head size; None
     when the key is there or the tensors cannot say.  Why: with fewer KV heads than query
@@ -180,7 +199,7 @@ def _kv_heads_from_tensors(reader, kv: dict[str, Any], arch: str, n_head: int) -
         return None
     head_dim = kv.get(f"{arch}.attention.key_length") or (
         int(kv.get(f"{arch}.embedding_length", 0) or 0) // n_head)
-    k = next((t for t in reader.tensors if t.name == "blk.0.attn_k.weight"), None)
+    k = next((t for t in tensors if t.name == "blk.0.attn_k.weight"), None)
     if k is None or not head_dim:
         return None
     rows = int(k.shape.tolist()[-1])  # GGUF lists dims reversed: the last is the rows
@@ -269,8 +288,11 @@ def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    from ..formats.gguf_split import model_paths
+
+    first = model_paths(src)[0]  # the file holding the tokenizer: the first split
     try:
-        files = write_hf_tokenizer(out, kv, src)
+        files = write_hf_tokenizer(out, kv, first)
     except MissingDependency as exc:
         files = []
         report.warnings.append(f"tokenizer not converted: {exc}")
@@ -282,7 +304,7 @@ def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
         report.warnings.append(f"tokenizer not converted (tokenizer.ggml.model "
                                f"{kv.get('tokenizer.ggml.model')!r}; gpt2 and llama are)")
     if files and opts.verify and report.verify:
-        check_tokenizer(report, lambda: load_gguf_tokenizer(src, kv),
+        check_tokenizer(report, lambda: load_gguf_tokenizer(first, kv),
                         lambda: _auto_tokenizer(out))
     report.details["files"] = ["config.json", "generation_config.json", "model.safetensors", *files]
     return report
@@ -359,20 +381,45 @@ def _encoded_size(info: TensorInfo, qtype: str) -> tuple[tuple[int, ...], Any, i
     return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), qt
 
 
-def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned],
-               quiet: bool) -> int:
-    """Stream ``plan`` into a GGUF file: metadata via ``kv_writer(writer)``, infos, then data."""
+def gguf_target(out: Path) -> Path:
+    """The GGUF file an edge writes for ``out``: ``out`` itself, or, when the output is a
+    folder (OUT without ``.gguf`` for a folder source, or :func:`.gguf_split.atomic_splits`'
+    temporary folder), a file inside it named after OUT (``model.gguf``; split:
+    ``model-00001-of-0000N.gguf``...)."""
+    from ..core.atomic import final_name
+
+    if not out.is_dir():
+        return out
+    from .gguf_split import stem_of
+
+    return out / f"{stem_of(final_name(out))}.gguf"
+
+
+def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned], quiet: bool,
+               opts: ConvertOptions | None = None) -> list[Path]:
+    """Stream ``plan`` into a GGUF file: metadata via ``kv_writer(writer)``, infos, then data.
+
+    With ``opts.split_max_size`` / ``opts.split_max_tensors`` gguf's writer splits the
+    tensors into ``STEM-00001-of-0000N.gguf``... beside ``out`` (metadata in the first,
+    ``split.*`` keys in each), as llama.cpp's ``convert_hf_to_gguf.py --split-max-size`` does.
+
+    Returns:
+        the files written, in split order (``[out]`` when not split).
+    """
     gguf = _gguf()
     for p in plan:
         if len(p.gguf_name) > GGUF_MAX_NAME:
             raise InvalidRequest(f"tensor name {p.gguf_name!r} is longer than GGUF's "
                                  f"{GGUF_MAX_NAME}-byte limit")
-    writer = gguf.GGUFWriter(str(out), arch)
+    writer = gguf.GGUFWriter(str(out), arch,
+                             split_max_tensors=getattr(opts, "split_max_tensors", None) or 0,
+                             split_max_size=getattr(opts, "split_max_size", None) or 0)
     kv_writer(writer)
     for p in plan:
         shape, np_dtype, nbytes, raw = _encoded_size(p.source.info, p.qtype)
         writer.add_tensor_info(p.gguf_name, shape, np_dtype, nbytes, raw_dtype=raw)
     writer.write_header_to_file()
+    files = [Path(f.name) for f in writer.fout]  # the writer's own split names
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     total = sum(p.source.info.nbytes for p in plan)
@@ -381,16 +428,18 @@ def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned],
             writer.write_tensor_data(_encode(p.source.load(), p.qtype, p.heads, p.offset))
             adv(p.source.info.nbytes)
     writer.close()
-    return out.stat().st_size
+    return files
 
 
-def verify_gguf(out: Path, plan: list[Planned], required_keys: list[str]) -> dict:
-    """Read the GGUF back with GGUFReader: names, GGML types, shapes, and every tensor's
-    values (bit for bit; Q8_0 within half a quantization step of each 32-value block)."""
+def verify_gguf(files: list[Path], plan: list[Planned], required_keys: list[str]) -> dict:
+    """Read the GGUF back with GGUFReader, every split of it: names, GGML types, shapes, and
+    every tensor's values (bit for bit; Q8_0 within half a quantization step of each 32-value
+    block); a split set must also read as one model with keishiki's reader (names, split.*
+    keys, tensor counts)."""
     gguf = _gguf()
-    reader = gguf.GGUFReader(str(out))
+    readers = [gguf.GGUFReader(str(f)) for f in files]
     rb = ReadBack(library="gguf.GGUFReader")
-    by_name = {t.name: t for t in reader.tensors}
+    by_name = {t.name: t for reader in readers for t in reader.tensors}
     for p in plan:
         t = by_name.get(p.gguf_name)
         if t is None:
@@ -421,14 +470,44 @@ def verify_gguf(out: Path, plan: list[Planned], required_keys: list[str]) -> dic
                        got.reshape(-1).view(np.uint8),
                        original=None)
     rb.unexpected.extend(sorted(set(by_name) - {p.gguf_name for p in plan}))
-    fields = set(reader.fields)
+    fields = set(readers[0].fields)  # the first split holds the metadata
     absent = [k for k in required_keys if k not in fields]
     result = rb.result()
-    if absent:
+    problem = _split_problem(files) if len(files) > 1 else None
+    if absent or problem:
         result["passed"] = False
-        result["reason"] = f"metadata keys missing: {', '.join(absent)}"
+        result["reason"] = problem or f"metadata keys missing: {', '.join(absent)}"
     result["metadata_keys_checked"] = len(required_keys)
+    if len(files) > 1:
+        result["n_files"] = len(files)
     return result
+
+
+def _split_problem(files: list[Path]) -> str | None:
+    """Why keishiki's reader (as strict as llama.cpp's) would not read ``files`` as exactly
+    one split model; None when it does."""
+    from ..errors import KeishikiError
+    from ..formats.gguf_split import model_paths
+
+    try:
+        found = model_paths(files[0])
+    except KeishikiError as exc:
+        return f"the splits do not read as one model: {exc}"
+    if found != files:
+        return f"the splits read as {[p.name for p in found]}, not {[p.name for p in files]}"
+    return None
+
+
+def _split_details(report: StepReport, files: list[Path], opts: ConvertOptions) -> None:
+    """Sizes and split file names in ``report`` (OUT names the stem when split)."""
+    from .gguf_split import wants_split
+
+    report.bytes_written = sum(f.stat().st_size for f in files)
+    if len(files) > 1:
+        report.details["split_files"] = [f.name for f in files]
+    elif wants_split(opts):
+        report.warnings.append("fits in one file under the split limits: written unsplit "
+                               "(as gguf-py does)")
 
 
 def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
@@ -482,15 +561,16 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
     report = StepReport(edge="hf-model -> gguf", src=str(src), out=str(out), warnings=warnings)
     with Timer() as timer:
-        report.bytes_written = write_gguf(out, arch.name, kv_writer, plan, opts.quiet)
+        files = write_gguf(gguf_target(out), arch.name, kv_writer, plan, opts.quiet, opts)
+        _split_details(report, files, opts)
         required = arch.required_keys()
         if vocab:
             required += vocab.required_keys()
         if opts.verify:
-            report.verify = verify_gguf(out, plan, required)
-            if vocab:
+            report.verify = verify_gguf(files, plan, required)
+            if vocab:  # the first split holds the tokenizer
                 check_tokenizer(report, source_tokenizer,
-                                lambda: load_gguf_tokenizer(out, _tokenizer_flags(out)))
+                                lambda: load_gguf_tokenizer(files[0], _tokenizer_flags(files[0])))
     report.n_tensors = len(plan)
     report.details.update(quant=quant, types=sorted({p.qtype for p in plan}),
                           architecture=arch.name)
@@ -621,9 +701,10 @@ def safetensors_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
     report = StepReport(edge="safetensors -> gguf", src=str(src), out=str(out),
                         warnings=list(st.warnings))
     with Timer() as timer:
-        report.bytes_written = write_gguf(out, "keishiki", kv_writer, plan, opts.quiet)
+        files = write_gguf(gguf_target(out), "keishiki", kv_writer, plan, opts.quiet, opts)
+        _split_details(report, files, opts)
         if opts.verify:
-            report.verify = verify_gguf(out, plan, ["general.architecture"])
+            report.verify = verify_gguf(files, plan, ["general.architecture"])
     report.n_tensors = len(plan)
     report.details.update(quant=quant, types=sorted({p.qtype for p in plan}))
     report.seconds = timer.seconds

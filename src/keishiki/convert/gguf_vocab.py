@@ -488,9 +488,15 @@ def _write_gpt2_hf(out: Path, kv: dict[str, Any]) -> list[str]:
     for i, text, ty in specials:  # added in id order so they keep their ids
         added = AddedToken(text, special=ty == CONTROL, normalized=False)
         (tok.add_special_tokens if ty == CONTROL else tok.add_tokens)([added])
+    flags = _add_special_flags(kv, tokens)
+    template = special_template(*flags.values())
+    if template is not None:
+        tok.post_processor = template
     tok.save(str(out / "tokenizer.json"))
     config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
                               "model_input_names": ["input_ids", "attention_mask"]}
+    # what the template does, said where transformers' Llama-style classes read it
+    config.update({f"add_{k}_token": v is not None for k, v in flags.items()})
     for key, name in (("bos_token_id", "bos_token"), ("eos_token_id", "eos_token"),
                       ("padding_token_id", "pad_token"), ("unknown_token_id", "unk_token")):
         idx = kv.get(f"tokenizer.ggml.{key}")
@@ -503,6 +509,41 @@ def _write_gpt2_hf(out: Path, kv: dict[str, Any]) -> list[str]:
         written.append("chat_template.jinja")
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return written
+
+
+def _add_special_flags(kv: dict[str, Any], tokens: list[str]) -> dict[str, tuple[str, int] | None]:
+    """{"bos": (token, id) or None, "eos": ...}: the special tokens llama.cpp adds around
+    every text (``tokenizer.ggml.add_bos_token``/``add_eos_token``; both off by default for
+    a gpt2 vocabulary, as llama.cpp has it)."""
+    out: dict[str, tuple[str, int] | None] = {}
+    for kind in ("bos", "eos"):
+        idx = kv.get(f"tokenizer.ggml.{kind}_token_id")
+        wanted = kv.get(f"tokenizer.ggml.add_{kind}_token") is True
+        ok = isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < len(tokens)
+        out[kind] = (tokens[idx], idx) if wanted and ok else None
+    return out
+
+
+def special_template(bos: tuple[str, int] | None, eos: tuple[str, int] | None):
+    """A ``tokenizers`` post-processor adding ``bos``/``eos`` (token, id) around each
+    sequence as HF's Llama tokenizers do (``<s> $A </s>``, pairs ``<s> $A </s> <s> $B </s>``);
+    None when neither is added.
+
+    Why: a fast tokenizer adds special tokens only through its tokenizer.json post-processor;
+    transformers 5's generic class ignores ``add_bos_token`` in tokenizer_config.json.
+    """
+    if bos is None and eos is None:
+        return None
+    from tokenizers import processors
+
+    def seq(name: str, type_id: int) -> str:
+        parts = [f"{bos[0]}:{type_id}" if bos else "", f"${name}:{type_id}",
+                 f"{eos[0]}:{type_id}" if eos else ""]
+        return " ".join(p for p in parts if p)
+
+    specials = list(dict.fromkeys(t for t in (bos, eos) if t is not None))
+    return processors.TemplateProcessing(single=seq("A", 0), pair=f"{seq('A', 0)} {seq('B', 1)}",
+                                         special_tokens=specials)
 
 
 # ---- verification -------------------------------------------------------------------------

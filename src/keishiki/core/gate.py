@@ -158,9 +158,9 @@ def verdict(path: Path) -> "ScanReport":
     return cached_scan(path)
 
 
-def problem(report: "ScanReport") -> str | None:
+def problem(report: "ScanReport", unread_blocks: bool = True) -> str | None:
     """The first reason the scan gives not to load: a dangerous finding, then an unknown
-    one, then a part the scanner could not read.  None when the verdict is safe."""
+    one, then (when ``unread_blocks``) a part the scanner could not read.  None otherwise."""
     for severity in ("dangerous", "unknown"):
         found = [f for f in report.findings if f.severity == severity]
         if found:
@@ -170,13 +170,14 @@ def problem(report: "ScanReport") -> str | None:
             subject = f.global_ or f.opcode
             what = f.reason if f.reason.startswith(subject) else f"{subject}: {f.reason}"
             return f"{severity}: {where}: {what}{more}"
-    errors = [e for fr in report.files for e in fr.errors]
+    errors = [e for fr in report.files for e in fr.errors] if unread_blocks else []
     if errors:
         return f"not scanned in full, so what it runs is not known: {errors[0]}"
     return None
 
 
-def admit(path: str | os.PathLike, *, trust: bool = False, purpose: str = "load") -> "ScanReport | None":
+def admit(path: str | os.PathLike, *, trust: bool = False, purpose: str = "load",
+          unread_blocks: bool = True) -> "ScanReport | None":
     """The load gate: refuse to hand ``path`` to a loader unless it scans safe or is trusted.
 
     The path gate (:func:`check_tree`) applies whatever ``trust`` says: trusting a model's
@@ -186,6 +187,9 @@ def admit(path: str | os.PathLike, *, trust: bool = False, purpose: str = "load"
         path: the model file or folder a loader is about to open.
         trust: the user passed ``trust_remote_code=True`` / ``--trust-remote-code``.
         purpose: what is about to happen, for the message ("run", "convert", ...).
+        unread_blocks: a part the scanner could not read refuses the load too (a loader
+            that runs code may run what was not read); False for keishiki's own readers,
+            which run nothing and refuse a broken file themselves, in its own words.
 
     Returns:
         The scan report (None when trusted: nothing was scanned).
@@ -199,7 +203,7 @@ def admit(path: str | os.PathLike, *, trust: bool = False, purpose: str = "load"
     if trust:
         return None
     report = verdict(path)
-    reason = problem(report)
+    reason = problem(report, unread_blocks)
     if reason:
         raise UnsafeFile(path, f"not loaded to {purpose}: {reason} ({TRUST_HINT})")
     return report

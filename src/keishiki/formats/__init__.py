@@ -178,8 +178,14 @@ def inspect(path: str | os.PathLike) -> ModelInfo:
     Raises:
         UnknownFormat: not a model file keishiki knows.
         CorruptFile: the format was recognised but its bytes are broken.
+        UnsafeFile: a folder whose files lead outside it (a symlink or an index entry out:
+            the path gate, :func:`keishiki.core.gate.check_tree`).
     """
+    from ..core.gate import check_tree
+
     with Source(path) as src:
+        if src.is_dir:
+            check_tree(src.path)
         match = identify(src)
         try:
             info = read(src, match)

@@ -10,6 +10,9 @@ GGUF stores dims fastest-first (ne[0] is the row length); :class:`TensorInfo` sh
 row-major (PyTorch order), so they are reversed here and the GGUF order is kept in
 ``extra["gguf_shape"]``.  Block-quantized tensors load as their raw ``uint8`` blocks, shaped
 as ``GGUFReader`` shapes them (rows × bytes per row).
+
+A split model (``NAME-00001-of-0000N.gguf``..., see :mod:`.gguf_split`) is read as one model
+from any of its splits or from its folder: every split's tensors, the first split's metadata.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import math
 import mmap
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +30,7 @@ from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
+from . import gguf_split
 
 FORMAT = "gguf"
 MAGIC = b"GGUF"
@@ -72,8 +76,12 @@ def ggml_dtype(type_id: int) -> str:
 def sniff(src: Source):
     from . import Match
 
+    if src.is_dir:  # a folder of GGUF files (one model, perhaps split): read() picks the file
+        found = gguf_split.gguf_files(src)
+        return Match(FORMAT, None, reason=f"folder holding {len(found)} GGUF file(s)") \
+            if found else None
     head = src.head
-    if src.is_dir or len(head) < 24 or head[:4] != MAGIC:
+    if len(head) < 24 or head[:4] != MAGIC:
         return None
     return Match(FORMAT, None, reason="magic 'GGUF'")
 
@@ -264,32 +272,57 @@ def _tensor_info(cur: _Cursor, header: Header, name: str, dims: list[int], type_
 # ---- ModelInfo ----------------------------------------------------------------------------------
 
 def read(src: Source, match) -> ModelInfo:
-    header = read_header(src)
+    """The model at ``src`` (a GGUF file, any split of a split model, or a folder holding
+    one model): every split's tensors, the metadata of the first split."""
+    if src.is_dir:
+        with Source(gguf_split.model_file(src)) as inner:
+            return read(inner, match)
+    parts = gguf_split.open_set(src.path, read_header(src))
+    header = parts.headers[0]  # the first split holds the model's metadata
     kv = header.kv
     tokens = kv.get("tokenizer.ggml.tokens")
     n_vocab = tokens["length"] if isinstance(tokens, dict) else (
         len(tokens) if isinstance(tokens, list) else None)
+    tensors = _all_tensors(parts)
     gguf = {
         "version": header.version,
         "architecture": kv.get("general.architecture"),
-        "tensor_count": header.tensor_count,
+        "tensor_count": len(tensors),
         "kv_count": header.kv_count,
         "alignment": header.alignment,
         "tensor_data_offset": header.data_offset,
         "byte_order": "little" if header.byte_order == "<" else "big",
         "n_vocab_tokens": n_vocab,
-        "ggml_types": _type_histogram(header.tensors),
+        "ggml_types": _type_histogram(tensors),
         "kv": kv,
         "kv_types": header.kv_types,
     }
+    if parts.count > 1:
+        gguf["splits"] = {"count": parts.count, "files": parts.names,
+                          "n_tensors": [len(h.tensors) for h in parts.headers],
+                          "bytes": sum(p.stat().st_size for p in parts.paths)}
     metadata = {k: v for k, v in kv.items()
                 if k.startswith("general.") and not isinstance(v, (dict, list))}
     warnings = []
-    if header.tensor_count == 0:
+    if not tensors:
         warnings.append("no tensors: a vocabulary-only GGUF (convert_hf_to_gguf --vocab-only)")
+    named = gguf_split.parse_name(src.path.name)
+    if parts.count == 1 and named and named[2] > 1:
+        warnings.append(f"named like split {named[1]} of {named[2]} but has no split.* keys: "
+                        f"read as a whole model on its own")
     return ModelInfo(path=str(src.path), format=FORMAT, format_version=str(header.version),
-                     tensors=header.tensors, metadata=metadata, gguf=gguf, warnings=warnings,
+                     variant="split" if parts.count > 1 else None,
+                     tensors=tensors, metadata=metadata, gguf=gguf, warnings=warnings,
                      tensor_loader=loader_for(src.path, header.byte_order))
+
+
+def _all_tensors(parts: gguf_split.SplitSet) -> list[TensorInfo]:
+    """Every split's tensors in split order; a split's tensors name their file."""
+    if parts.count == 1:
+        return parts.headers[0].tensors
+    # the loader reads each from the split its ``file`` names, beside the named one
+    return [replace(t, file=name)
+            for name, header in zip(parts.names, parts.headers) for t in header.tensors]
 
 
 def _type_histogram(tensors: list[TensorInfo]) -> dict[str, int]:
@@ -301,11 +334,14 @@ def _type_histogram(tensors: list[TensorInfo]) -> dict[str, int]:
 
 def loader_for(path: Path, byte_order: str = "<") -> Callable[[TensorInfo], np.ndarray]:
     """A function reading one tensor: plain types as their dtype in row-major shape,
-    quantized types as raw uint8 blocks shaped (rows..., bytes per row) like GGUFReader."""
+    quantized types as raw uint8 blocks shaped (rows..., bytes per row) like GGUFReader.
+    A split model's tensors are read from the split their ``file`` names, beside ``path``."""
     from ..core import dtypes
+    from ..core.gate import inside
 
     def load(info: TensorInfo) -> np.ndarray:
-        mm = np.memmap(path, dtype=np.uint8, mode="r", offset=info.data_offset,
+        where = inside(path.parent, info.file) if info.file else path
+        mm = np.memmap(where, dtype=np.uint8, mode="r", offset=info.data_offset,
                        shape=(info.nbytes,)) if info.nbytes else np.zeros(0, np.uint8)
         data = np.array(mm)
         _name, block, block_bytes = GGML_TYPES[_TYPE_IDS[info.extra["ggml_type"]]]

@@ -5,9 +5,10 @@ flax-msgpack, gguf), one shard at a time and header-only, so a sharded 100 GB mo
 described from its headers.  Shard names come from ``*.index.json`` files and are resolved
 inside the folder only.  On top of the tensors this module reports the config facts people
 ask for first (layers, hidden size, heads, KV heads, vocabulary, context length, dtype),
-the memory the weights need at common precisions, the tokenizer files present, and whether
-the architecture is on vLLM's supported list (``data/vllm_supported.json``, with the vLLM
-version it was taken from).
+the memory the weights need at common precisions, the parameter count and KV cache that
+config.json alone implies (``_hf_sizes``: a folder can be sized before its download), the
+tokenizer files present, and which of vLLM's model lists name the architecture
+(``data/vllm_supported.json``, with the vLLM version it was taken from).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile, KeishikiError, UnknownFormat
+from ._hf_sizes import LAYOUTS, kv_cache, parameters_from_config
 
 FORMAT = "hf-model"
 
@@ -43,7 +45,7 @@ PRECISIONS = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 # config.json facts: (reported name, keys that different model families use for it)
 CONFIG_FACTS = [
     ("num_hidden_layers", ("num_hidden_layers", "n_layer", "num_layers", "n_layers")),
-    ("hidden_size", ("hidden_size", "n_embd", "d_model", "dim")),
+    ("hidden_size", ("hidden_size", "n_embd", "n_embed", "d_model", "dim")),
     ("num_attention_heads", ("num_attention_heads", "n_head", "num_heads", "n_heads")),
     ("num_key_value_heads", ("num_key_value_heads", "num_kv_heads", "n_kv_heads",
                              "multi_query_group_num")),
@@ -83,7 +85,11 @@ def _weight_files(src: Source) -> list[tuple[str, list[str], str | None]]:
         other = [n for n in names if n.endswith(".safetensors") and src.has(n)]
         if other:
             found.insert(0, ("safetensors", other, None))
-    ggufs = [n for n in names if n.lower().endswith(".gguf") and src.has(n)]
+    from .gguf_split import is_later_split
+
+    # a split GGUF is read whole from any of its files: list its first split only
+    ggufs = [n for n in names if n.lower().endswith(".gguf") and src.has(n)
+             and not is_later_split(n)]
     if ggufs:
         found.append(("gguf", ggufs, None))
     return found
@@ -115,13 +121,42 @@ def vllm_registry() -> dict[str, Any]:
     return json.loads(text)
 
 
+def vllm_lists(registry: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """vLLM's model lists by their registry.py name: ``{name: {"task", "architectures"}}``.
+
+    The order is the data file's, which puts text generation first: it decides the main
+    task of an architecture on several lists (``LlamaForCausalLM`` generates and embeds).
+    """
+    registry = vllm_registry() if registry is None else registry
+    return registry.get("lists") or {}
+
+
+def vllm_architectures(registry: dict[str, Any] | None = None) -> set[str]:
+    """Every architecture name on any of vLLM's lists: what ``ModelRegistry.get_supported_archs()``
+    of that vLLM version returns."""
+    return {a for entry in vllm_lists(registry).values() for a in entry["architectures"]}
+
+
 def vllm_support(architectures: list[str]) -> dict[str, Any]:
-    """{"vllm_supported": bool, "vllm_version", "vllm_task": "generate"|"embed"|None}."""
+    """Whether the vLLM version of the packaged list serves any of ``architectures``.
+
+    Returns ``{"supported", "task", "tasks", "lists", "version", "supported_until"}``:
+    ``task`` is the first list's task ("generate", "multimodal generate", "embed",
+    "score", ...), ``tasks`` and ``lists`` every match, ``supported_until`` the last vLLM
+    version for an architecture vLLM has dropped (Mllama: "0.10.2"), else None.
+
+    >>> vllm_support(["Gemma3ForConditionalGeneration"])["task"]
+    'multimodal generate'
+    """
     registry = vllm_registry()
-    generate = [a for a in architectures if a in set(registry["architectures"])]
-    embed = [a for a in architectures if a in set(registry.get("embedding_architectures", []))]
-    return {"vllm_supported": bool(generate), "vllm_version": registry["vllm_version"],
-            "vllm_task": "generate" if generate else ("embed" if embed else None)}
+    matched = [(name, entry["task"]) for name, entry in vllm_lists(registry).items()
+               if any(a in entry["architectures"] for a in architectures)]
+    previous = registry.get("previously_supported") or {}
+    until = next((previous[a] for a in architectures if a in previous), None)
+    tasks = list(dict.fromkeys(task for _name, task in matched))
+    return {"supported": bool(matched), "task": tasks[0] if tasks else None, "tasks": tasks,
+            "lists": [name for name, _task in matched], "version": registry["vllm_version"],
+            "supported_until": None if matched else until}
 
 
 def config_facts(config: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +179,9 @@ def config_facts(config: dict[str, Any]) -> dict[str, Any]:
         facts[name] = lookup(keys)
     if facts["num_key_value_heads"] is None:
         facts["num_key_value_heads"] = facts["num_attention_heads"]  # plain multi-head attention
+    layout = LAYOUTS.get(facts["model_type"])
+    if facts["head_dim"] is None and layout is not None and layout.head_dim:
+        facts["head_dim"] = layout.head_dim  # Qwen3, Gemma: the class default, not hidden/heads
     if facts["head_dim"] is None and isinstance(facts["hidden_size"], int) and isinstance(
             facts["num_attention_heads"], int) and facts["num_attention_heads"]:
         facts["head_dim"] = facts["hidden_size"] // facts["num_attention_heads"]
@@ -274,6 +312,31 @@ def _tokenizer_facts(src: Source) -> dict[str, Any]:
     }
 
 
+def _estimate(config: dict[str, Any], n_params: int) -> dict[str, Any]:
+    """parameters_from_config, its memory, and how far the weights present are from it."""
+    estimate = parameters_from_config(config)
+    if estimate.get("estimated"):
+        total = estimate["total"]
+        estimate["memory_bytes"] = {p: int(total * b) for p, b in PRECISIONS.items()}
+        if n_params:
+            # a gap means missing shards, a vision tower outside the scope, or a layout
+            # this estimate does not know (extra heads, padded vocabularies)
+            estimate["vs_weights"] = {"weights": n_params, "difference": n_params - total,
+                                      "relative": round((n_params - total) / total, 6)}
+    return estimate
+
+
+def _memory(n_params: int, estimate: dict[str, Any]) -> dict[str, Any]:
+    """memory_bytes from the weights, or from the config estimate when there are none."""
+    if n_params or not estimate.get("estimated"):
+        return {"memory_bytes": {p: int(n_params * b) for p, b in PRECISIONS.items()},
+                "memory_note": "weights only: activations and the KV cache (kv_cache) come "
+                               "on top"}
+    return {"memory_bytes": estimate["memory_bytes"],
+            "memory_note": "estimated from config.json (no weights in the folder): weights "
+                           "only, activations and the KV cache (kv_cache) come on top"}
+
+
 def read(src: Source, match) -> ModelInfo:
     config = _config(src)
     if config is None:
@@ -306,10 +369,13 @@ def read(src: Source, match) -> ModelInfo:
         warnings.append("no weights: config.json without model weights in the folder")
     warnings.extend(shards.warnings)
     n_params = sum(t.numel for t in shards.tensors)
-    hf.update(weights=weights, total_parameters=n_params,
-              memory_bytes={p: int(n_params * b) for p, b in PRECISIONS.items()},
-              memory_note="weights only: activations and the KV cache come on top",
-              **vllm_support(hf["architectures"]), **_tokenizer_facts(src),
+    estimate = _estimate(config, n_params)
+    vllm = vllm_support(hf["architectures"])
+    hf.update(weights=weights, total_parameters=n_params, **_memory(n_params, estimate),
+              parameters_from_config=estimate, kv_cache=kv_cache(config),
+              vllm_supported=vllm["supported"], vllm_task=vllm["task"],
+              vllm_tasks=vllm["tasks"], vllm_version=vllm["version"],
+              vllm_supported_until=vllm["supported_until"], **_tokenizer_facts(src),
               sentence_transformers=src.has("modules.json"))
     return ModelInfo(path=str(src.path), format=FORMAT, tensors=shards.tensors,
                      metadata=shards.metadata, config=config, warnings=warnings,

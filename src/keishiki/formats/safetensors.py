@@ -1,6 +1,11 @@
 """safetensors: an 8-byte little-endian header length, a JSON header, then raw tensor bytes.
 
-Reading parses only the header (bounded: safetensors itself refuses headers over 100 MB).
+Reading parses only the header, and refuses exactly what the ``safetensors`` library (Rust,
+0.8) refuses: serde_json's grammar (no NaN, no floats or signs where a size goes, no lone
+surrogates, nesting of at most 127), a ``__metadata__`` of strings given once, dtypes from
+its list, tensors that tile the data section from byte 0 with neither gap nor overlap, and
+a file that ends where the last tensor does.  A file keishiki reads and the real loader
+refuses (or the reverse) would let ``info``/``convert`` vouch for bytes nobody else sees.
 The writer streams one tensor at a time, so converting never holds a whole model in memory;
 safetensors' own ``save_file`` needs every tensor materialised at once and refuses shared
 storages, which is why keishiki writes the (simple, documented) layout itself.
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
@@ -23,7 +29,19 @@ from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import CorruptFile, InvalidRequest
 
 FORMAT = "safetensors"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors' own reader enforces
+MAX_HEADER_BYTES = 100_000_000  # MAX_HEADER_SIZE of safetensors' Rust reader (not 100 MiB)
+MAX_DEPTH = 127                 # serde_json's recursion limit, counted as safetensors nests
+U64_MAX = 2 ** 64 - 1
+# bits per element of every dtype safetensors 0.8 knows (serde refuses any other name)
+DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
+    "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
+    "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64,
+    "U64": 64,
+}
+_FIELD_SET = frozenset({"dtype", "shape", "data_offsets"})
+_MINUS_ZERO = re.compile(r"-0(?![0-9.eE])")  # serde reads "-0" as a float, Python as 0
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def sniff(src: Source):
@@ -35,55 +53,194 @@ def sniff(src: Source):
     (n,) = struct.unpack("<Q", head[:8])
     if n < 2 or n > MAX_HEADER_BYTES or 8 + n > src.size:
         return None
-    if head[8:9] != b"{":
+    if head[8:].lstrip(b" \t\n\r")[:1] != b"{":  # serde skips JSON whitespace first
         return None
     return Match(FORMAT, None, reason="u64 header length followed by a JSON object")
 
 
+class _Object(dict):
+    """A JSON object that remembers which keys it was given more than once (serde keeps the
+    last value in a map but refuses a repeated struct field)."""
+
+    repeated: frozenset = frozenset()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):  # rare: find which keys came twice
+        seen: set[str] = set()
+        obj.repeated = frozenset(k for k, _v in pairs if k in seen or seen.add(k))
+    return obj
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} out of range")
+    return value
+
+
+def _check_tree(value: Any, depth: int, strings: bool) -> None:
+    """Refuse nesting deeper than serde allows (``value`` sits at ``depth``) and, when
+    ``strings``, lone surrogates, which Python's json accepts and serde_json does not."""
+    todo = [(value, depth)]
+    while todo:
+        obj, level = todo.pop()
+        if isinstance(obj, (dict, list)):
+            if level > MAX_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+            items = list(obj.items()) if isinstance(obj, dict) else [(None, v) for v in obj]
+            for key, item in items:
+                if strings and isinstance(key, str):
+                    todo.append((key, level))
+                todo.append((item, level + 1))
+        elif strings and isinstance(obj, str):
+            try:
+                obj.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("header holds a lone UTF-16 surrogate escape") from None
+
+
+def parse_header(raw: bytes) -> dict[str, Any]:
+    """The header JSON parsed as serde_json parses it for safetensors.
+
+    Raises:
+        ValueError: what safetensors refuses (the message says why).
+    """
+    try:
+        text = raw.decode("utf-8")  # never the UTF-16/32 or BOM sniffing of json.loads(bytes)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        hooks: dict[str, Any] = {"parse_int": lambda s: -0.0 if s == "-0" else int(s)} \
+            if _MINUS_ZERO.search(text) else {}
+        header = json.loads(text, object_pairs_hook=_object, parse_constant=_no_constant,
+                            parse_float=_finite, **hooks)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"header is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        _check_tree(header, 1, strings=True)
+    if not isinstance(header, dict):
+        raise ValueError(f"header is a JSON {type(header).__name__}, not an object")
+    if "__metadata__" in header.repeated:
+        raise ValueError("__metadata__ given twice")
+    return header
+
+
+def _usizes(values: list, what: str) -> tuple[int, ...]:
+    """``values`` as unsigned 64-bit integers, or ValueError (bool, float, "-0": not usize)."""
+    for v in values:
+        if type(v) is not int or not 0 <= v <= U64_MAX:
+            raise ValueError(f"{what} holds {json.dumps(v)[:40]}, not an unsigned integer")
+    return tuple(values)
+
+
+def _entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype code, shape, begin, end) of one tensor entry, typed as serde reads it: an
+    object with the three fields (others ignored, a repeated one refused) or an array of
+    exactly three."""
+    if isinstance(entry, dict):
+        try:
+            code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        except KeyError as exc:
+            raise ValueError(f"tensor {name!r}: field {exc.args[0]!r} missing") from None
+        twice = _FIELD_SET & getattr(entry, "repeated", frozenset())
+        if twice:
+            raise ValueError(f"tensor {name!r}: field {sorted(twice)[0]!r} repeated")
+        if len(entry) > 3:
+            for key, value in entry.items():  # ignored by serde but parsed: depth counts
+                if key not in _FIELD_SET and isinstance(value, (dict, list)):
+                    _check_tree(value, 3, strings=False)
+    elif isinstance(entry, list):
+        if len(entry) != 3:
+            raise ValueError(f"tensor {name!r}: array of {len(entry)} items, not 3")
+        code, shape, offsets = entry
+    else:
+        raise ValueError(f"tensor {name!r}: entry is {type(entry).__name__}, not an object")
+    if isinstance(code, dict) and len(code) == 1 and None in code.values():
+        code = next(iter(code))  # serde's map form of an enum variant: {"F32": null}
+    if not isinstance(code, str) or code not in DTYPE_BITS:
+        raise ValueError(f"tensor {name!r}: unknown dtype {json.dumps(code)[:40]}")
+    if not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
+        raise ValueError(f"tensor {name!r}: shape must be a list and data_offsets two numbers")
+    begin, end = _usizes(offsets, f"tensor {name!r}: data_offsets")
+    return code, _usizes(shape, f"tensor {name!r}: shape"), begin, end
+
+
+def validate(header: dict[str, Any], data_bytes: int) -> tuple[dict[str, str], list[tuple]]:
+    """Check a parsed header as ``Metadata::validate`` does: (metadata, [(name, dtype code,
+    shape, begin, end)] in offset order).
+
+    Raises:
+        ValueError: what safetensors refuses.
+    """
+    header = dict(header)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("__metadata__ must map strings to strings")
+    entries = sorted(((name, *_entry(name, e)) for name, e in header.items()),
+                     key=lambda t: (t[3], t[4]))
+    start = 0
+    for name, code, shape, begin, end in entries:
+        if begin != start or end < begin:
+            raise ValueError(f"tensor {name!r}: data_offsets [{begin}, {end}] leave a gap or "
+                             f"overlap (expected to start at {start})")
+        start = end
+        n = 1
+        for d in shape:  # a left fold with overflow checks, as Rust's try_fold does
+            n *= d
+            if n > U64_MAX:
+                raise ValueError(f"tensor {name!r}: shape {list(shape)} overflows")
+        bits = n * DTYPE_BITS[code]
+        if bits > U64_MAX or bits % 8:
+            raise ValueError(f"tensor {name!r}: {code}{list(shape)} is not a whole number of "
+                             f"bytes")
+        if bits // 8 != end - begin:
+            raise ValueError(f"tensor {name!r}: {code}{list(shape)} needs {bits // 8} bytes, "
+                             f"data_offsets give {end - begin}")
+    if start > data_bytes:
+        raise ValueError(f"tensors end at byte {start} of the data section, outside the file "
+                         f"({data_bytes} bytes of data)")
+    if start != data_bytes:
+        raise ValueError(f"tensors cover {start} bytes of a {data_bytes}-byte data section "
+                         f"(safetensors refuses a file not fully covered)")
+    return dict(metadata), entries
+
+
 def read_header(src: Source) -> tuple[int, dict[str, Any]]:
-    """(header length, parsed header) with every entry checked against the file size."""
+    """(header length, parsed header), parsed as safetensors parses it."""
     if src.size < 8:
         raise CorruptFile(src.path, "shorter than the 8-byte header length", offset=0)
     (n,) = struct.unpack("<Q", src.peek(8))
     if n > MAX_HEADER_BYTES or 8 + n > src.size:
         raise CorruptFile(src.path, f"header length {n} exceeds the file size {src.size} "
                           f"(or the {MAX_HEADER_BYTES}-byte limit)", offset=0)
-    raw = src.read_at(8, n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CorruptFile(src.path, f"header is not valid JSON: {exc}", offset=8) from None
-    if not isinstance(header, dict):
-        raise CorruptFile(src.path, "header is not a JSON object", offset=8)
-    return n, header
-
-
-def _tensor_info(src: Source, name: str, entry: Any, data_start: int) -> TensorInfo:
-    try:
-        code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        shape = tuple(int(d) for d in shape)
-        begin, end = int(begin), int(end)
-    except (TypeError, KeyError, ValueError) as exc:
-        raise CorruptFile(src.path, f"tensor {name!r}: malformed header entry ({exc})") from None
-    dtype = dtypes.from_safetensors(str(code))
-    if any(d < 0 for d in shape) or not 0 <= begin <= end or data_start + end > src.size:
-        raise CorruptFile(src.path, f"tensor {name!r}: offsets [{begin}, {end}] or shape "
-                          f"{list(shape)} outside the file", offset=data_start + begin)
-    size = dtypes.itemsize(dtype)
-    if size is not None and math.prod(shape) * size != end - begin:
-        raise CorruptFile(src.path, f"tensor {name!r}: {dtype}{list(shape)} needs "
-                          f"{math.prod(shape) * size} bytes, header gives {end - begin}")
-    return TensorInfo(name, dtype, shape, end - begin, data_offset=data_start + begin)
+        return n, parse_header(src.read_at(8, n))
+    except ValueError as exc:
+        raise CorruptFile(src.path, str(exc), offset=8) from None
 
 
 def read_tensors(src: Source) -> tuple[list[TensorInfo], dict[str, str]]:
-    """The tensors (in file order) and the ``__metadata__`` of one safetensors file."""
+    """The tensors (in file order) and the ``__metadata__`` of one safetensors file.
+
+    Raises:
+        CorruptFile: anything the safetensors library would refuse to open.
+    """
     n, header = read_header(src)
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise CorruptFile(src.path, "__metadata__ is not an object")
-    infos = [_tensor_info(src, k, v, 8 + n) for k, v in header.items()]
-    infos.sort(key=lambda t: t.data_offset or 0)
+    try:
+        metadata, entries = validate(header, src.size - 8 - n)
+    except ValueError as exc:
+        raise CorruptFile(src.path, str(exc), offset=8) from None
+    infos = [TensorInfo(name, dtypes.from_safetensors(code), shape, end - begin,
+                        data_offset=8 + n + begin)
+             for name, code, shape, begin, end in entries]
     return infos, metadata
 
 

@@ -9,7 +9,6 @@ its core dependencies only (``pip install keishiki``).
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 from .._optional import available
@@ -37,14 +36,16 @@ def sampling_kwargs(params: SamplingParams) -> dict:
 
 
 def supported_architectures() -> tuple[str | None, set[str] | None]:
-    """(vLLM version, architectures) from ``keishiki/data/vllm_supported.json``; (None, None)
-    when the list is not shipped."""
+    """(vLLM version, architectures) from ``keishiki/data/vllm_supported.json``: every name
+    on any of its lists, as the installed vLLM's ``ModelRegistry.get_supported_archs()``
+    would answer; (None, None) when the list is not shipped."""
+    from ..formats.hf_model import vllm_architectures, vllm_registry
+
     try:
-        text = resources.files("keishiki").joinpath("data/vllm_supported.json").read_text()
-        data = json.loads(text)
-        return data.get("vllm_version"), set(data.get("architectures") or [])
+        registry = vllm_registry()
     except (OSError, ValueError, ModuleNotFoundError):
         return None, None
+    return registry.get("vllm_version"), vllm_architectures(registry) or None
 
 
 def check_supported(model_dir: Path, registry=None, installed: str | None = None) -> None:

@@ -20,7 +20,7 @@ from .findings import FileReport, Finding, ScanReport
 
 # formats whose files can carry code or pickles (keishiki info shows their verdict)
 CODE_BEARING = frozenset({"pytorch", "pickle", "torchscript", "torch-export", "keras",
-                          "keras-h5", "hf-model", "numpy", "onnx"})
+                          "keras-h5", "hf-model", "numpy", "onnx", "gguf"})
 _CACHE: dict[tuple, ScanReport] = {}
 
 

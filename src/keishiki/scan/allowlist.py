@@ -84,7 +84,43 @@ OTHER_SAFE = frozenset([
     "datetime.timedelta", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
 ])
 
-SAFE = TORCH_WEIGHTS_ONLY | NUMPY | BUILTIN_DATA | OTHER_SAFE
+# Classes that checkpoints carry beside tensors (docs/scan.md has the table with the reason
+# for each).  Each was read in its library: unpickling it is a plain object creation
+# (``object.__new__`` or a C/enum constructor that parses its arguments) plus BUILD, which
+# sets ``__dict__`` or calls a ``__setstate__`` that only assigns fields.  Nothing here
+# imports, opens files or calls an argument.
+_PATHS = ["Path", "PurePath", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"]
+_BIT_GENERATORS = ["numpy.random._mt19937.MT19937", "numpy.random._pcg64.PCG64",
+                   "numpy.random._pcg64.PCG64DXSM", "numpy.random._philox.Philox",
+                   "numpy.random._sfc64.SFC64"]
+_TRAINER_ENUMS = ["training_args.OptimizerNames", "trainer_utils.HubStrategy",
+                  "trainer_utils.IntervalStrategy", "trainer_utils.SaveStrategy",
+                  "trainer_utils.SchedulerType", "trainer_utils.EvaluationStrategy",
+                  "trainer_utils.FSDPOption", "debug_utils.DebugOption",
+                  "training_args.ParallelMode"]
+_DCP = ["metadata.Metadata", "metadata.TensorStorageMetadata", "metadata.ChunkStorageMetadata",
+        "metadata.BytesStorageMetadata", "metadata.MetadataIndex", "metadata.StorageMeta",
+        "metadata.TensorProperties", "metadata._MEM_FORMAT_ENCODING",
+        "filesystem._StorageInfo"]
+STATE_ONLY = frozenset(
+    ["argparse.Namespace", "datetime.time", "datetime.timezone",
+     "numpy.random.bit_generator.SeedSequence",
+     "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
+     "numpy.random.bit_generator.__pyx_unpickle_SeedlessSeedSequence",
+     "numpy.random._generator.Generator", "numpy.random.mtrand.RandomState",
+     "joblib.numpy_pickle.NumpyArrayWrapper",
+     "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
+     "transformers.training_args.TrainingArguments",
+     "transformers.training_args_seq2seq.Seq2SeqTrainingArguments",
+     "transformers.trainer_pt_utils.AcceleratorConfig",
+     "accelerate.state.PartialState", "accelerate.utils.dataclasses.DistributedType"]
+    + [f"pathlib.{p}" for p in _PATHS] + [f"pathlib._local.{p}" for p in _PATHS]
+    + _BIT_GENERATORS
+    + [f"transformers.{e}" for e in _TRAINER_ENUMS]
+    + [f"torch.distributed.checkpoint.{d}" for d in _DCP]
+)
+
+SAFE = TORCH_WEIGHTS_ONLY | NUMPY | BUILTIN_DATA | OTHER_SAFE | STATE_ONLY
 
 # safe only with particular arguments (checked against the Call by the pickle scanner)
 CONDITIONAL = {
@@ -92,7 +128,15 @@ CONDITIONAL = {
     "copyreg._reconstructor": "plain-object reconstruction of a class and base listed separately",
     "copyreg.__newobj__": "object creation of a class listed separately",
     "copyreg.__newobj_ex__": "object creation of a class listed separately",
+    # numpy's Generator/RandomState pickles: they call the class or the constructor they
+    # are given, so they are safe only with a BitGenerator name/class and numpy's own ctor
+    "numpy.random._pickle.__bit_generator_ctor": "builds a numpy BitGenerator by name or class",
+    "numpy.random._pickle.__generator_ctor": "builds a numpy Generator around a BitGenerator",
+    "numpy.random._pickle.__randomstate_ctor": "builds a numpy RandomState around a "
+                                               "BitGenerator",
+    "numpy.random.__RandomState_ctor": "numpy < 1.17 RandomState (seeded with 0)",
 }
+BIT_GENERATORS = frozenset(_BIT_GENERATORS)
 
 # TorchScript's own pickles resolve these from the archive's compiled code, not by import
 TORCHSCRIPT_SAFE_PREFIXES = ("__torch__.", "torch.jit._pickle.")
@@ -164,9 +208,15 @@ def _module_matches(module: str, blocked: frozenset[str]) -> str | None:
     return None
 
 
+# Cyrillic and Greek letters that look like Latin ones (Unicode confusables): NFKC keeps
+# them apart, a reader of the scan's output does not
+_CONFUSABLES = str.maketrans("аеорсухіѕјԁһӏԛԝοαειικνρτυχ", "aeopcyxisjdhlqwoaeiiknptux")
+
+
 def _fold(text: str) -> str:
-    """Text as a careless reader would see it: NFKC, no whitespace/NULs, lower case."""
-    text = unicodedata.normalize("NFKC", text)
+    """Text as a careless reader would see it: NFKC, look-alike letters as the Latin ones
+    they imitate, no whitespace/NULs, lower case."""
+    text = unicodedata.normalize("NFKC", text).translate(_CONFUSABLES)
     return "".join(ch for ch in text if not ch.isspace() and ch not in "\0\u200b\u200c\u200d"
                    "\ufeff").lower()
 

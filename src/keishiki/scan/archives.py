@@ -1,15 +1,17 @@
-"""Zip and tar archives read the way torch reads them, not the way ``zipfile`` refuses them.
+"""Zip and tar archives read the way their loaders read them, not the way ``zipfile`` refuses them.
 
 torch's zip reader (miniz) ignores CRCs, the "encrypted" flag bit and local-header name
 mismatches; ``zipfile`` raises on each, and scanners that use it crash and report nothing
 while ``torch.load`` happily unpickles the member (picklescan GHSA-w8jq-xcqf-f792,
-GHSA-7q5r-7gvp-wc82, CVE-2025-10156).  So members are located through the central
-directory and their bytes read straight from the local header, with the expansion bounded
-(zip bombs).
+GHSA-7q5r-7gvp-wc82, CVE-2025-10156).  And the two find the central directory differently
+(:mod:`.miniz`), so a zip is listed by both: every member either reader sees is scanned
+(numpy and Keras open zips with ``zipfile``, torch with miniz).  Bytes are read straight from
+each local header, with the expansion bounded (zip bombs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import posixpath
 import re
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..core.source import ZIP_ERRORS
+from . import miniz
 
 MEMBER_LIMIT = 256 * 1024 * 1024   # bytes one member may expand to before it is refused
 MAX_MEMBERS = 100_000
@@ -43,6 +46,18 @@ class Member:
     header_offset: int
     is_dir: bool = False
     is_link: bool = False
+    raw_name: bytes = b""    # the name's bytes as stored (miniz compares these)
+    seen_by: str = ""        # which directory lists it: "miniz", "zipfile" or both
+
+
+@dataclass
+class ZipListing:
+    """A zip's members as miniz (torch) and ``zipfile`` (numpy, Keras) list them."""
+
+    members: list[Member]            # the union, each local entry once, miniz's order first
+    miniz: list[Member] | None       # miniz's directory in its order (None: miniz refuses)
+    miniz_error: str = ""
+    zipfile_error: str = ""
 
 
 def unsafe_name(name: str) -> str | None:
@@ -57,23 +72,63 @@ def unsafe_name(name: str) -> str | None:
     return None
 
 
-def zip_members(fp: BinaryIO) -> list[Member]:
-    """The central directory of the zip archive in ``fp``.
-
-    Raises:
-        ArchiveError: not a readable zip directory, or absurdly many members.
-    """
-    try:
-        zf = zipfile.ZipFile(fp)
-        infos = zf.infolist()
-    except ZIP_ERRORS as exc:
-        raise ArchiveError(f"broken zip directory: {exc}") from None
+def _zipfile_members(fp: BinaryIO) -> list[Member]:
+    zf = zipfile.ZipFile(fp)
+    infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
         raise ArchiveError(f"{len(infos)} members (limit {MAX_MEMBERS})")
     # ZipInfo.is_dir() indexes filename[-1]: an empty member name (a damaged directory)
     # must not raise IndexError
     return [Member(i.filename, i.file_size, i.compress_size, i.compress_type, i.header_offset,
-                   i.filename.endswith("/")) for i in infos]
+                   i.filename.endswith("/"), raw_name=i.orig_filename.encode("utf-8",
+                                                                          "surrogateescape"),
+                   seen_by="zipfile") for i in infos]
+
+
+def _miniz_members(fp: BinaryIO) -> list[Member]:
+    fp.seek(0, 2)
+    entries = miniz.entries(fp, fp.tell())
+    return [Member(e.name, e.size, e.compressed, e.method, e.header_offset, e.name.endswith("/"),
+                   raw_name=e.raw_name, seen_by="miniz") for e in entries]
+
+
+def list_zip(fp: BinaryIO) -> ZipListing:
+    """The members of the zip in ``fp`` as both miniz and ``zipfile`` list them.
+
+    Raises:
+        ArchiveError: neither reader finds a directory.
+    """
+    try:
+        mz: list[Member] | None = _miniz_members(fp)
+        mz_error = ""
+    except (miniz.MinizError, OSError, ValueError, struct.error) as exc:
+        mz, mz_error = None, f"miniz (torch) refuses it: {exc}"
+    try:
+        zf, zf_error = _zipfile_members(fp), ""
+    except ArchiveError:
+        raise
+    except ZIP_ERRORS as exc:
+        zf, zf_error = [], f"zipfile refuses it: {exc}"
+    if mz is None and zf_error:
+        raise ArchiveError(f"broken zip directory ({mz_error}; {zf_error})")
+    union: dict[tuple, Member] = {}
+    for m in (mz or []) + zf:
+        key = (m.header_offset, m.compressed, m.size, m.method)
+        if key in union:
+            union[key].seen_by = "miniz+zipfile" if union[key].seen_by != m.seen_by \
+                else union[key].seen_by
+        else:
+            union[key] = dataclasses.replace(m)
+    return ZipListing(list(union.values()), mz, mz_error, zf_error)
+
+
+def zip_members(fp: BinaryIO) -> list[Member]:
+    """Every member of the zip in ``fp`` that miniz or ``zipfile`` lists (see :func:`list_zip`).
+
+    Raises:
+        ArchiveError: not a readable zip directory, or absurdly many members.
+    """
+    return list_zip(fp).members
 
 
 def read_zip_member(fp: BinaryIO, member: Member, limit: int = MEMBER_LIMIT) -> bytes:
@@ -99,7 +154,11 @@ def read_zip_member(fp: BinaryIO, member: Member, limit: int = MEMBER_LIMIT) -> 
                                f"{member.header_offset}")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         fp.seek(member.header_offset + 30 + name_len + extra_len)
-        raw = fp.read(min(member.compressed, limit * 2 + 1024))
+        # a stored member: zipfile reads its compressed size, miniz (torch) its expanded size,
+        # which a crafted directory can make differ: read both
+        stored_len = max(member.compressed, member.size) if member.method == 0 else \
+            member.compressed
+        raw = fp.read(min(stored_len, limit * 2 + 1024))
     except (OSError, ValueError) as exc:
         raise ArchiveError(f"member {member.name!r} unreadable: {exc}") from None
     if member.method == zipfile.ZIP_STORED:
@@ -113,8 +172,31 @@ def read_zip_member(fp: BinaryIO, member: Member, limit: int = MEMBER_LIMIT) -> 
             raise ArchiveError(f"member {member.name!r} expands beyond {limit:,} bytes "
                                "(zip bomb?)")
         return out
-    raise ArchiveError(f"member {member.name!r}: compression method {member.method} is not "
-                       "read by torch either")
+    if member.method in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        return _expand_other(raw, member, limit)
+    raise ArchiveError(f"member {member.name!r}: compression method {member.method} is read "
+                       "neither by torch nor by zipfile")
+
+
+def _expand_other(raw: bytes, member: Member, limit: int) -> bytes:
+    """bzip2 and LZMA members: torch cannot read them but ``zipfile`` (np.load of an .npz,
+    Keras) can, so they are expanded too, bounded like deflate."""
+    import bz2  # noqa: PLC0415 - rare
+    import lzma  # noqa: PLC0415
+
+    try:
+        if member.method == zipfile.ZIP_BZIP2:
+            out = bz2.BZ2Decompressor().decompress(raw, limit + 1)
+        else:  # zipfile's LZMA: 2-byte version, 2-byte properties size, properties, raw LZMA1
+            (psize,) = struct.unpack("<H", raw[2:4])
+            filt = lzma._decode_filter_properties(lzma.FILTER_LZMA1, raw[4:4 + psize])
+            out = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[filt]).decompress(
+                raw[4 + psize:], limit + 1)
+    except (OSError, ValueError, EOFError, lzma.LZMAError, struct.error) as exc:
+        raise ArchiveError(f"member {member.name!r}: damaged compressed data: {exc}") from None
+    if len(out) > limit:
+        raise ArchiveError(f"member {member.name!r} expands beyond {limit:,} bytes (zip bomb?)")
+    return out
 
 
 def read_zip_head(fp: BinaryIO, member: Member, n: int = 64) -> bytes:
@@ -126,21 +208,30 @@ def read_zip_head(fp: BinaryIO, member: Member, n: int = 64) -> bytes:
             return b""
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         fp.seek(member.header_offset + 30 + name_len + extra_len)
-        raw = fp.read(min(member.compressed, 1 << 16))
         if member.method == zipfile.ZIP_STORED:
-            return raw[:n]
+            return fp.read(min(member.compressed, n))
+        raw = fp.read(min(member.compressed, 1 << 16))
         if member.method == zipfile.ZIP_DEFLATED:
             return zlib.decompressobj(-15).decompress(raw, n)
-    except (OSError, ValueError, zlib.error):
+        if member.method in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+            return _expand_other(raw, member, 1 << 20)[:n]
+    except (OSError, ValueError, zlib.error, ArchiveError):
         return b""
     return b""
 
 
 def is_zip(fp: BinaryIO) -> bool:
-    """True when ``fp`` has a zip end-of-central-directory record."""
+    """True when ``fp`` has a zip end-of-central-directory record that ``zipfile`` or miniz
+    (torch) finds."""
     try:
-        return zipfile.is_zipfile(fp)
+        if zipfile.is_zipfile(fp):
+            return True
     except ZIP_ERRORS:  # is_zipfile itself raises BadZipFile for a "spans disks" record
+        pass
+    try:
+        fp.seek(0, 2)
+        return miniz.has_eocd(fp, fp.tell())
+    except (OSError, ValueError):
         return False
 
 
@@ -185,5 +276,15 @@ def link_escapes(member_name: str, target: str) -> bool:
 
 
 def looks_like_tar(head: bytes) -> bool:
-    """ustar magic at byte 257."""
-    return len(head) >= 262 and head[257:262] == b"ustar"
+    """A tar header block as ``tarfile`` accepts it: the ``ustar`` magic, or (an old v7 tar,
+    as torch <= 0.1.10 wrote with ``tarfile``) a name and a valid header checksum."""
+    if len(head) < 512:
+        return False
+    if head[257:262] == b"ustar":
+        return True
+    field = head[148:156].split(b"\0", 1)[0].strip(b" ")
+    if not head[:1].strip(b"\0") or not field or any(c not in b"01234567" for c in field):
+        return False
+    block = head[:148] + b" " * 8 + head[156:512]
+    signed = sum(struct.unpack("148b8x356b", head[:512])) + 256
+    return int(field, 8) in (sum(block), signed)

@@ -1,40 +1,45 @@
-"""Scan pickle streams: every global and every call, judged against the allowlist.
+"""Scan pickle streams as their loaders read them: every global and every call, judged
+against the allowlist.
 
-The restricted VM (:mod:`keishiki.core.pickle_reader`) runs each stream without calling
-anything; this module turns its record into findings and adds what a name-only check
-misses: calls whose callable was built at load time (``getattr(...)(...)`` chains), BUILD
-on a global (attribute tampering, modelscan#85), ``_codecs.encode``/``copyreg`` helpers
-used with unusual arguments.  An opcode-level cross-check with :mod:`pickletools` looks
-past a point where the VM stopped (a malformed tail, a cap) so a gadget after the break is
-still named: ``pickle.load`` may well have executed what came before it.
+Each stream is read by CPython's own unpickler run inertly (:mod:`.unpickler`): what its
+``find_class`` saw is what the loader would import, and every such global becomes a
+finding.  On top of names, calls are judged where the name alone is not enough: a call of
+an object produced at load time (``getattr(...)(...)`` chains), BUILD or item assignment on
+a global itself (attribute tampering, modelscan#85), ``_codecs.encode`` / ``copyreg``
+helpers with unusual arguments, EXT opcodes (copyreg's registry of the loading process).
 
-Layouts: several streams concatenated (benign prefix then payload), and torch's legacy
-format (magic number, protocol, sys_info, main pickle, storage keys, then raw storages:
-storages are skipped by their recorded sizes, and bytes after them are scanned again).
+Layouts, as loaders read them:
+- ``pickle.load`` / ``np.load`` reads one stream from byte 0; a further stream right after
+  it is read too (a second ``pickle.load`` on the same file runs it).
+- torch's legacy format: five pickles (magic number, protocol, sys_info, main object,
+  storage keys), then raw storages skipped by their sizes; bytes after them are read again.
+- ``joblib.load`` (the pure-Python unpickler) reads array data inside the stream after
+  each ``NumpyArrayWrapper``: a stream naming one is also read that way.
+- Where the C unpickler stops on the file's own error, the pure-Python one (joblib, dill)
+  reads the same stream as well: the two differ in error handling, so each is judged.
 """
 
 from __future__ import annotations
 
 import mmap
-import pickletools
 import struct
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.pickle_reader import OPCODE_NAMES, Call, GlobalRef, PickleRecord, read_pickle
-from .allowlist import classify
+from .allowlist import BIT_GENERATORS, classify
 from .findings import FileReport, Finding
+from .oplex import OPCODE_BYTES
+from .unpickler import (JOBLIB_WRAPPERS, CallRecord, Global, Result, StreamRecord, Stub,
+                        read_stream)
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-MAX_OPS = 3_000_000        # 1.5-8 s of VM time; data.pkl of a 10k-tensor checkpoint: ~1M
 MAX_STREAMS = 64           # concatenated streams read from one blob
-_PLAUSIBLE_FIRST = frozenset(b"(c}])NIFSVUTXKMJGBCdlLiP\x80")
-# every opcode that can reach a callable: the VM records each (globals, calls, BUILD);
-# the cross-check re-reads the naming ones (GLOBAL, STACK_GLOBAL, INST, EXT*) after a break
-CALLABLE_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ",
-                "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"}
+MAX_REPEATS = 16           # findings per (global, severity) in one blob
+MAX_NESTED = 3             # pickles inside call arguments (torch.storage._load_from_bytes)
+# callables that unpickle their first (bytes) argument with a full loader
+NESTED_LOADERS = frozenset(("torch.storage._load_from_bytes", "pickle.loads", "_pickle.loads",
+                            "dill.loads", "dill._dill.loads", "joblib.load"))
 _STORAGE_ITEMSIZE = {
     "Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
     "Char": 1, "Byte": 1, "Bool": 1, "ComplexDouble": 16, "ComplexFloat": 8, "QInt8": 1,
@@ -50,15 +55,16 @@ class Where:
     member: str = ""
     torchscript: bool = False
     torch_file: bool = False  # persistent ids are expected (torch.save data)
+    depth: int = 0            # nesting of pickles inside call arguments
 
 
 def looks_like_pickle(head: bytes) -> bool:
-    """A cheap test: protocol 2+ header, or a first byte protocol 0/1 writers start with."""
-    if not head:
+    """True when ``pickle.load`` would execute at least the first opcode of ``head``: any
+    opcode byte can open a stream (no PROTO is needed), and PROTO must name 0-5.  Whether
+    the bytes *are* a pickle is decided by parsing them (:func:`scan_blob`)."""
+    if not head or head[0] not in OPCODE_BYTES:
         return False
-    if head[0] == 0x80:
-        return len(head) > 1 and head[1] <= 5
-    return head[0] in _PLAUSIBLE_FIRST
+    return head[0] != 0x80 or (len(head) > 1 and head[1] <= 5)
 
 
 def _finding(where: Where, offset: int | None, opcode: str, qualname: str, severity: str,
@@ -66,185 +72,232 @@ def _finding(where: Where, offset: int | None, opcode: str, qualname: str, sever
     return Finding(where.file, where.member, offset, opcode, qualname, severity, reason)
 
 
-def _walk_args(value: Any, limit: int = 10_000):
-    """GlobalRefs and Calls reachable from a call's arguments (iterative, bounded)."""
-    todo, seen, n = [value], set(), 0
-    while todo and n < limit:
-        obj = todo.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        n += 1
-        if isinstance(obj, (GlobalRef, Call)):
-            yield obj
-        if isinstance(obj, (list, tuple, set, frozenset)):
-            todo.extend(obj)
-        elif isinstance(obj, dict):
-            todo.extend(obj.values())
-        elif isinstance(obj, Call):
-            todo.extend([obj.func, obj.args])
+class _Judge:
+    """Turns stream records into findings on one report, once per (offset, subject)."""
+
+    def __init__(self, where: Where, report: FileReport, deadline: float):
+        self.where, self.report, self.deadline = where, report, deadline
+        self.seen: set[tuple] = set()
+        self.repeats: dict[tuple[str, str], int] = {}
+
+    def add(self, offset, opcode, subject, severity, reason) -> None:
+        key = (offset, subject, severity)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        # the same subject again at another offset adds nothing after a few: a stream
+        # repeating one gadget a million times gives a report, not a million lines
+        repeats = self.repeats.get((subject, severity), 0)
+        self.repeats[(subject, severity)] = repeats + 1
+        if repeats < MAX_REPEATS:
+            self.report.add(_finding(self.where, offset, opcode, subject, severity, reason))
+
+    def record(self, rec: StreamRecord, note: str = "") -> None:
+        """Findings for every global, EXT opcode, call and failure of ``rec``."""
+        for ref in rec.globals:
+            severity, reason = self._classify(ref)
+            self.add(ref.offset, ref.opcode, ref.qualname, severity, reason + note)
+        for offset, code in rec.ext:
+            severity, reason = classify("copyreg.extension", str(code))
+            self.add(offset, "EXT", f"copyreg.extension.{code}", severity, reason + note)
+        for call in rec.calls:
+            self._call(call)
+        if rec.dynamic:
+            self.add(rec.error_offset, "STACK_GLOBAL", "<dynamic>", "dangerous",
+                     "the stream names a global or class computed at load time (a stand-in "
+                     f"for a call's result reached an import or NEWOBJ: {rec.dynamic}); the "
+                     "loader would import or build whatever that call returns")
+        if not self.where.torch_file and rec.persistent_ids:
+            self.add(None, "BINPERSID", "", "safe",
+                     "persistent id outside a torch checkpoint: plain pickle.load refuses it; "
+                     "a custom loader decides what it means")
+
+    def _classify(self, ref: Global) -> tuple[str, str]:
+        torchscript = self.where.torchscript
+        severity, reason = classify(ref.module, ref.name, torchscript=torchscript)
+        if ref.raw:
+            sev2, reason2 = classify(*ref.raw, torchscript=torchscript)
+            reason += f" (named {ref.raw[0]}.{ref.raw[1]} in the file)"
+            if sev2 == "dangerous" and severity != "dangerous":
+                severity, reason = sev2, reason2
+        return severity, reason
+
+    def _call(self, call: CallRecord) -> None:
+        name = call.callee.qualname if call.callee else "<dynamic>"
+        if call.kind == "dynamic":
+            what = call.args[0].qualname if call.args else "?"
+            self.add(call.offset, "REDUCE", "<dynamic>", "dangerous",
+                     f"calls an object produced at load time (the result of {what}), not a "
+                     "named global: a getattr/import gadget chain")
+        elif call.kind == "build-global":
+            self.add(call.offset, "BUILD", name, "dangerous",
+                     f"BUILD sets attributes on the global {name} itself (tampers with module "
+                     "state; modelscan#85 family)")
+        elif call.kind == "mutate-global":
+            self.add(call.offset, "SETITEM", name, "dangerous",
+                     f"stores items into the global {name} itself (tampers with module state)")
+        elif name == "_codecs.encode":
+            args = call.args
+            ok = (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str)
+                  and args[1].lower().replace("-", "").replace("_", "") in ("latin1", "iso88591"))
+            if not ok:
+                self.add(call.offset, "REDUCE", name, "unknown",
+                         "_codecs.encode is allowed only as bytes reconstruction (text, "
+                         "'latin1'); called here with other arguments")
+        elif name in ("copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"):
+            if not call.args or not isinstance(call.args[0], Stub):
+                self.add(call.offset, "REDUCE", name, "unknown",
+                         f"{name} with a class that is not a named global")
+        elif name in _NUMPY_CTORS:
+            why = _numpy_ctor_misuse(name, call)
+            if why:
+                self.add(call.offset, "REDUCE", name, "unknown", why)
+        elif name in _RECONSTRUCT:
+            sub = call.args[0] if call.args else None
+            if not (isinstance(sub, Stub) and sub._global.qualname in _ARRAY_TYPES):
+                self.add(call.offset, "REDUCE", name, "unknown",
+                         f"{name} builds an array of type {_label(sub)}: only numpy's own "
+                         "array types are expected (a subclass runs its own hooks)")
+        elif name in NESTED_LOADERS and call.args and isinstance(call.args[0], (bytes,
+                                                                                bytearray)):
+            self._nested(call, bytes(call.args[0]))
+
+    def _nested(self, call: CallRecord, blob: bytes) -> None:
+        """Judge the pickle a nested loader would read from a call's bytes argument."""
+        where = self.where
+        if where.depth >= MAX_NESTED or not blob or blob[:2] == b"PK":
+            return  # the call itself is judged by name; a nested zip is not followed here
+        inner = Where(where.file, f"{where.member}<arg of {call.callee.qualname}@{call.offset}>",
+                      where.torchscript, False, where.depth + 1)
+        scan_blob(memoryview(blob), inner, self.report, self.deadline)
 
 
-def record_findings(rec: PickleRecord, where: Where, report: FileReport) -> None:
-    """Turn one VM record into findings on ``report`` (globals, calls, persistent ids)."""
-    severity_at: dict[int, str] = {}
-    for ref in rec.globals:
-        severity, reason = classify(ref.module, ref.name, torchscript=where.torchscript)
-        if ref.note:
-            reason += f" ({ref.note})"
-        report.add(_finding(where, ref.offset, ref.opcode, ref.qualname, severity, reason))
-        severity_at[id(ref)] = severity
-    for call in rec.calls:
-        _judge_call(call, where, report)
-    if not where.torch_file:
-        for pid in rec.persistent_ids[:1]:
-            report.add(_finding(where, pid.offset, "BINPERSID", "", "safe",
-                                "persistent id outside a torch checkpoint: plain pickle.load "
-                                "refuses it; a custom loader decides what it means"))
+_NUMPY_CTORS = frozenset(("numpy.random._pickle.__bit_generator_ctor",
+                          "numpy.random._pickle.__generator_ctor",
+                          "numpy.random._pickle.__randomstate_ctor"))
+_RECONSTRUCT = frozenset(("numpy.core.multiarray._reconstruct",
+                          "numpy._core.multiarray._reconstruct"))
+_ARRAY_TYPES = frozenset(("numpy.ndarray", "numpy.ma.core.MaskedArray", "numpy.matrix",
+                          "numpy.matrixlib.defmatrix.matrix"))
 
 
-def _judge_call(call: Call, where: Where, report: FileReport) -> None:
-    func = call.func
-    if call.opcode == "BUILD":
-        # the VM records BUILD on a non-Call target as Call(func=None, args=(target,))
-        target = call.args[0] if call.args else None
-        if isinstance(target, GlobalRef):
-            report.add(_finding(where, call.offset, "BUILD", target.qualname, "dangerous",
-                                f"BUILD sets attributes on the global {target.qualname} "
-                                "itself (tampers with module state; modelscan#85 family)"))
-        return
-    if not isinstance(func, GlobalRef):
-        what = func.qualname if isinstance(func, Call) else type(func).__name__
-        report.add(_finding(where, call.offset, call.opcode, "<dynamic>", "dangerous",
-                            f"{call.opcode} calls an object produced at load time (result of "
-                            f"{what}), not a named global: a getattr/import gadget chain"))
-        return
-    qualname = func.qualname
-    if qualname == "_codecs.encode":
-        args = call.args
-        ok = (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str)
-              and args[1].lower().replace("-", "").replace("_", "") in ("latin1", "iso88591"))
-        if not ok:
-            report.add(_finding(where, call.offset, call.opcode, qualname, "unknown",
-                                "_codecs.encode is allowed only as bytes reconstruction "
-                                "(text, 'latin1'); called here with other arguments"))
-    elif qualname in ("copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"):
-        refs = [r for r in _walk_args(call.args) if isinstance(r, GlobalRef)]
-        if not refs:
-            report.add(_finding(where, call.offset, call.opcode, qualname, "unknown",
-                                f"{qualname} with a class that is not a named global"))
+def _label(value: Any) -> str:
+    if isinstance(value, Stub):
+        return value._global.qualname
+    return getattr(value, "qualname", type(value).__name__)
 
 
-def scan_stream(data: memoryview, start: int, where: Where, report: FileReport,
-                deadline: float) -> PickleRecord:
-    """Scan one stream at ``start``; record findings and any error; return the record."""
-    rec = read_pickle(data, start, path=where.file, lenient=True, max_ops=MAX_OPS)
-    record_findings(rec, where, report)
-    if rec.error is not None:
-        report.errors.append(f"{where.file}{'!' + where.member if where.member else ''}: "
-                             f"pickle stream at byte {start} breaks at byte {rec.error_offset}: "
-                             f"{rec.error}")
-        cross_check(data, rec, where, report, deadline)
-    elif rec.n_ops <= 200_000:
-        cross_check(data, rec, where, report, deadline)
+def _numpy_ctor_misuse(name: str, call: CallRecord) -> str:
+    """Why a numpy Generator/BitGenerator pickling helper is called with something other
+    than what numpy writes ("" when it is what numpy writes): these helpers call the class
+    or the constructor they are given."""
+    args = list(call.args) + list((call.kwargs or {}).values())
+    if name.endswith("__bit_generator_ctor"):
+        arg = args[0] if args else "MT19937"
+        ok = isinstance(arg, str) or (isinstance(arg, Stub)
+                                      and arg._global.qualname in BIT_GENERATORS)
+        return "" if ok and len(args) <= 1 else (
+            f"{name} is given {_label(arg)}, not a BitGenerator name or class: it calls it")
+    first = args[0] if args else "MT19937"
+    ctor = args[1] if len(args) > 1 else None
+    first_ok = isinstance(first, str) or (isinstance(first, Result) and first.call is not None
+                                         and first.qualname in _NUMPY_CTORS)
+    ctor_ok = ctor is None or (isinstance(ctor, Stub) and ctor._global.qualname ==
+                               "numpy.random._pickle.__bit_generator_ctor")
+    if first_ok and ctor_ok and len(args) <= 2:
+        return ""
+    return (f"{name} is given {_label(first)} and {_label(ctor)}: it calls the constructor "
+            "it is given, and only numpy's own is expected")
+
+
+def _error(where: Where, report: FileReport, rec: StreamRecord, what: str) -> None:
+    place = where.file + (f"!{where.member}" if where.member else "")
+    report.errors.append(f"{place}: pickle stream at byte {rec.start} {what}")
+
+
+def read_as_loaders(data: memoryview, pos: int, where: Where, report: FileReport,
+                    judge: _Judge) -> StreamRecord:
+    """Read the stream at ``pos`` as every loader that could meet it would, judge what each
+    saw, report failures; return the C unpickler's record (the one ``pickle.load``,
+    ``torch.load`` and ``np.load`` follow)."""
+    deadline = judge.deadline
+    rec = read_stream(data, pos, deadline, torch_names=where.torch_file)
+    judge.record(rec)
+    joblib = any(g.qualname in JOBLIB_WRAPPERS for g in rec.globals)
+    alt = None
+    if joblib or rec.error:
+        alt = read_stream(data, pos, deadline, python=True, joblib=joblib,
+                          torch_names=where.torch_file)
+        judge.record(alt, " (as the pure-Python unpickler of joblib/dill reads it)")
+    if rec.capped:
+        _error(where, report, rec, f"was not read to its end: {rec.capped}")
+    if alt is not None and alt.capped and not rec.capped:
+        _error(where, report, alt, f"was not read to its end by the pure-Python unpickler: "
+               f"{alt.capped}")
+    if rec.error and not (joblib and alt is not None and not (alt.error or alt.capped)):
+        _error(where, report, rec, f"breaks at byte {rec.error_offset}: {rec.error}")
+    elif rec.error:
+        judge.add(rec.error_offset, "", "", "safe",
+                  f"pickle.load stops here ({rec.error}); joblib.load reads this joblib "
+                  "dump to its end")
+        rec = alt  # joblib's reading decides where the next stream starts
+    elif alt is not None and alt.error and not rec.error:
+        _error(where, report, alt, f"breaks at byte {alt.error_offset} for joblib.load: "
+               f"{alt.error}")
     return rec
 
 
-def cross_check(data: memoryview, rec: PickleRecord, where: Where, report: FileReport,
-                deadline: float) -> None:
-    """Opcode-level pass with pickletools over the stream: every GLOBAL/INST/STACK_GLOBAL/EXT
-    the VM did not record (it stopped early) becomes a finding by its literal name."""
-    seen = {g.offset for g in rec.globals}
-    # after a break, restart where the VM stopped (an opcode boundary): what came before is
-    # already recorded, and re-reading it would double the time spent on hostile streams
-    start = rec.error_offset if rec.error is not None and rec.error_offset else rec.start
-    stop = rec.end if rec.error is None else len(data)  # a clean stream ends at its STOP
-    recent: list[str] = []
-    blob = bytes(data[start:min(stop, start + (64 << 20))])  # bounded copy for genops
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # genops warns on odd escapes in STRING args
-        for op, arg, pos in _bounded_genops(blob, deadline):
-            at = start + pos
-            name = op.name
-            if isinstance(arg, str) and name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE",
-                                                 "BINUNICODE8", "STRING", "BINSTRING",
-                                                 "SHORT_BINSTRING"):
-                recent = (recent + [arg])[-2:]
-            if name in ("GLOBAL", "INST") and at not in seen:
-                module, _, gname = str(arg).partition(" ")
-                _late(where, report, at, name, module, gname)
-            elif name == "STACK_GLOBAL" and at not in seen:
-                if len(recent) == 2:
-                    _late(where, report, at, name, recent[0], recent[1])
-                else:
-                    _late(where, report, at, name, "<dynamic>", "<dynamic>")
-            elif name in ("EXT1", "EXT2", "EXT4") and at not in seen:
-                _late(where, report, at, name, "copyreg.extension", str(arg))
-            if name == "STOP" and rec.error is None:
-                return
-    # genops breaks where the stream breaks; what it saw up to there is recorded
-
-
-def _bounded_genops(blob: bytes, deadline: float):
-    """pickletools.genops, stopping at the time limit; yields what it read before a break."""
+def _key(value: Any) -> str:
+    """A storage key as text (keys are strings; a hostile one may be an int too big for
+    ``str``)."""
+    if isinstance(value, str):
+        return value
     try:
-        for n, item in enumerate(pickletools.genops(blob)):
-            if n % 4096 == 0 and time.monotonic() > deadline:
-                return
-            yield item
-    except (ValueError, struct.error, IndexError, UnicodeDecodeError, EOFError, TypeError,
-            OverflowError):
-        return
+        return type(value).__name__ + ":" + repr(value)[:64]
+    except ValueError:  # an int beyond str()'s digit limit, maybe inside a tuple
+        return f"<{type(value).__name__} without a printable form>"
 
 
-def _late(where: Where, report: FileReport, at: int, opcode: str, module: str, name: str) -> None:
-    severity, reason = classify(module, name, torchscript=where.torchscript)
-    report.add(_finding(where, at, opcode, f"{module}.{name}", severity,
-                        reason + " (seen by the opcode cross-check beyond the VM's stop)"))
-
-
-def _legacy_storages(main: PickleRecord, keys: Any) -> list[tuple[str, int]] | None:
+def _legacy_storages(main: StreamRecord, keys: Any) -> list[tuple[str, int]] | None:
     """(key, itemsize) for each storage in the order the legacy file writes them."""
     types: dict[str, int] = {}
     for pid in main.persistent_ids:
-        t = pid.pid
-        if isinstance(t, tuple) and len(t) >= 3 and t[0] == "storage":
-            cls = t[1]
-            key = t[2]
-            name = cls.name if isinstance(cls, GlobalRef) else ""
+        if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
+            cls, key = pid[1], pid[2]
+            name = cls._global.name if isinstance(cls, Stub) else ""
             base = name[:-len("Storage")] if name.endswith("Storage") else name
-            types[str(key)] = _STORAGE_ITEMSIZE.get(base, 1)
+            types[_key(key)] = _STORAGE_ITEMSIZE.get(base, 1)
     if not isinstance(keys, list):
         return None
-    return [(str(k), types.get(str(k), 1)) for k in keys]
+    return [(_key(k), types.get(_key(k), 1)) for k in keys]
 
 
 def scan_blob(data: memoryview, where: Where, report: FileReport, deadline: float,
               start: int = 0) -> int:
     """Scan every pickle stream in ``data`` from ``start``: concatenated streams, the torch
-    legacy layout (storages skipped by size, trailing bytes scanned again).
+    legacy layout (storages skipped by size, trailing bytes scanned again), joblib dumps.
 
     Returns:
         The number of streams read.
     """
+    judge = _Judge(where, report, deadline)
     pos, count, legacy_step = start, 0, 0
-    records: list[PickleRecord] = []
+    records: list[StreamRecord] = []
     n = len(data)
     while pos < n and count < MAX_STREAMS:
-        if count and data[pos] not in _OPCODE_FIRST:
+        if count and data[pos] not in OPCODE_BYTES:
             if bytes(data[pos:pos + 4096]).strip(b"\0 \r\n\t"):
-                report.add(_finding(where, pos, "", "", "safe",
-                                    f"{n - pos} bytes after the last pickle stream are not a "
-                                    "pickle (not read by a loader)"))
+                judge.add(pos, "", "", "safe", f"{n - pos} bytes after the last pickle stream "
+                          "are not a pickle (not read by a loader)")
             break
-        rec = scan_stream(data, pos, where, report, deadline)
+        rec = read_as_loaders(data, pos, where, report, judge)
         records.append(rec)
         count += 1
         report.scanned.append(f"{where.member or where.file}@{pos}")
-        if rec.error is not None or rec.end <= pos:
+        if rec.error or rec.capped or rec.dynamic or rec.end <= pos:
             break
         pos = rec.end
-        if count == 1 and rec.value == LEGACY_MAGIC:
+        if count == 1 and type(rec.value) is int and rec.value == LEGACY_MAGIC:
             legacy_step = 1
             where.torch_file = True
             report.kind = report.kind or "torch-legacy"
@@ -264,7 +317,7 @@ def scan_blob(data: memoryview, where: Where, report: FileReport, deadline: floa
     return count
 
 
-def _skip_storages(data: memoryview, pos: int, main: PickleRecord, keys: Any, where: Where,
+def _skip_storages(data: memoryview, pos: int, main: StreamRecord, keys: Any, where: Where,
                    report: FileReport) -> int:
     plan = _legacy_storages(main, keys)
     if plan is None:
@@ -291,6 +344,4 @@ def _skip_storages(data: memoryview, pos: int, main: PickleRecord, keys: Any, wh
     return pos
 
 
-_OPCODE_FIRST = frozenset(op[0] for op in OPCODE_NAMES)
-__all__ = ["Where", "scan_blob", "scan_stream", "looks_like_pickle", "record_findings",
-           "cross_check", "CALLABLE_OPS"]
+__all__ = ["Where", "scan_blob", "read_as_loaders", "looks_like_pickle", "LEGACY_MAGIC"]

@@ -1,8 +1,8 @@
 """Walk files, folders and archives and send each piece of content to the right check.
 
 Content decides, never the extension: a file is scanned as a zip when it has a zip
-directory, as pickles when its bytes start like a pickle (a zip with a pickle in front is
-both: ``torch.load`` reads the pickle), as a NumPy file when it has the NumPy magic, and so
+directory, as pickles when its bytes parse as one, whatever the first opcode (a zip with a
+pickle in front is both: ``torch.load`` reads the pickle), as a NumPy file when it has the NumPy magic, and so
 on, at any depth of nesting.  Nothing is imported from the file and nothing is loaded.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import KeishikiError
-from . import archives, keras, onnx_refs, torchscript
+from . import archives, compressed, keras, npy, onnx_refs, opt_in, torch_archive, torchscript
 from .findings import FileReport, Finding, ScanReport
 from .pickles import Where, looks_like_pickle, scan_blob
 
@@ -29,7 +29,6 @@ _PICKLE_NAMES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", "
 _MODEL_EXTS = _PICKLE_NAMES + (".npy", ".npz", ".onnx", ".keras", ".h5", ".hdf5",
                                ".safetensors", ".gguf", ".jit", ".msgpack", ".zip", ".tar",
                                ".tflite", ".t7", ".pb", ".mlmodel", ".ggml", ".model")
-_STORAGE = re.compile(r"(^|/)data/\d+$|(^|/)\.data/")
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 _NPY = b"\x93NUMPY"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -61,6 +60,8 @@ def _pickle(ctx: _Ctx, data, member: str, strict: bool, torchscript_ctx: bool = 
     where = Where(rep.path, member, torchscript_ctx, torch_file)
     scan_blob(memoryview(data), where, rep, ctx.deadline)
     new = rep.findings[n_f:]
+    # undone only when the loader imported nothing by name before failing (a msgpack map
+    # opens with 0x82-0x84, an EXT opcode whose code no process registers)
     if not strict and len(rep.errors) > n_e and not any(_IDENT.match(f.global_) for f in new) \
             and len(rep.scanned) - n_s <= 1:
         del rep.findings[n_f:]
@@ -71,21 +72,17 @@ def _pickle(ctx: _Ctx, data, member: str, strict: bool, torchscript_ctx: bool = 
 
 
 def _npy(ctx: _Ctx, data, member: str) -> None:
-    """A .npy with an object dtype holds a pickle after its header."""
-    head = bytes(data[:12])
-    if len(head) < 10:
-        ctx.error(member, "truncated NumPy header")
+    """A .npy whose dtype holds objects (numpy's own header parser decides, see
+    :mod:`.npy`) holds a pickle after its header; a header numpy refuses is an error."""
+    head = npy.read_header(data)
+    if head.error:
+        ctx.error(member, head.error)
         return
-    major = head[6]
-    if major == 1:
-        hlen, start = int.from_bytes(head[8:10], "little"), 10
-    else:
-        hlen, start = int.from_bytes(head[8:12], "little"), 12
-    header = bytes(data[start:start + min(hlen, 1 << 16)])
-    if b"'|O'" in header or b'"|O"' in header or re.search(rb"'O'", header):
+    if head.hasobject:
         ctx.finding(member, None, "npy", "numpy.object_", "safe",
-                    "object array: its elements are a pickle (np.load needs allow_pickle=True)")
-        _pickle(ctx, memoryview(data)[start + hlen:], member, strict=True)
+                    f"object array (dtype {head.descr}): its elements are a pickle "
+                    "(np.load needs allow_pickle=True)")
+        _pickle(ctx, memoryview(data)[head.data_offset:], member, strict=True)
 
 
 def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
@@ -99,23 +96,56 @@ def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
             return "zip"
         _zip(ctx, fp, member, depth)
         kinds.append("zip")
+    if not kinds and compressed.joblib_compression(head) and \
+            _joblib_compressed(ctx, data, member, name):
+        kinds.append("joblib-compressed")  # pickle.load may still read the raw bytes: below
     if head[:6] == _NPY:
         _npy(ctx, data, member)
         kinds.append("npy")
+    elif name.lower().endswith((".npy", ".npz")) and "joblib-compressed" not in kinds \
+            and head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        # np.load(allow_pickle=True) unpickles a file that does not start with the NumPy or
+        # a zip magic, whatever its first byte (even with a zip appended behind the pickle)
+        _pickle(ctx, data, member, True, ts, torch_member)
+        kinds.append("pickle")
     elif looks_like_pickle(head) and head[:4] != b"PK\x03\x04":
         # torch.load treats a file starting with a zip local header as a zip, never a pickle
         # a member's raw tensor bytes may start with 0x80 by chance: there only the name
         # makes a failed parse an error (a stream naming no global cannot run anything)
         # a safetensors file whose header is 128, 384, ... 1408 bytes long starts with
         # 80 0N too (its little-endian length): a valid header makes that the reading
-        strict = name.lower().endswith(_PICKLE_NAMES) or (
-            head[0] == 0x80 and not member and not _safetensors_header(data))
+        strict = (name.lower().endswith(_PICKLE_NAMES) or (
+            head[0] == 0x80 and not member and not _safetensors_header(data))) \
+            and "joblib-compressed" not in kinds
         if _pickle(ctx, data, member, strict, ts, torch_member):
             kinds.append("pickle")
     if archives.looks_like_tar(head) and "zip" not in kinds:
         _tar(ctx, data, member, depth)
         kinds.append("tar")
     return "+".join(kinds)
+
+
+def _joblib_compressed(ctx: _Ctx, data, member: str, name: str) -> bool:
+    """joblib.load picks a decompressor by the first bytes and unpickles what comes out:
+    so does the scan (False when the bytes do not decompress to something pickle-like)."""
+    kind = compressed.joblib_compression(bytes(data[:8]))
+    label = f"{member}<{kind}>" if member else f"<{kind}>"
+    try:
+        probe = compressed.decompress(data, kind, compressed.PROBE, partial=True)
+        if not looks_like_pickle(probe[:2]):
+            return False
+        out = compressed.decompress(data, kind)
+    except compressed.Undecodable as exc:
+        if kind in ("lz4", "compat"):
+            ctx.error(member, f"joblib {kind} compression is not read by the scan ({exc})")
+            return True
+        return False
+    except OverflowError as exc:
+        ctx.error(label, str(exc))
+        return True
+    strict = name.lower().endswith(_PICKLE_NAMES + (".joblib", ".z", ".gz", ".bz2", ".lzma",
+                                                    ".xz"))
+    return _pickle(ctx, out, label, strict)
 
 
 def _safetensors_header(data) -> bool:
@@ -135,36 +165,36 @@ def _safetensors_header(data) -> bool:
 
 
 def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
-    try:
-        members = archives.zip_members(fp)
+    try:  # both directories (miniz's for torch, zipfile's for numpy/Keras), torch's own view
+        listing, lay, diff = torch_archive.views(fp)
     except archives.ArchiveError as exc:
         ctx.error(prefix, str(exc))
         return
+    ctx.deadline += diff.import_seconds  # the first zip imports torch: not the file's time
+    members = listing.members
     names = [m.name for m in members]
     ts = torchscript.is_torchscript(names)
-    torch_zip = ts or any(n == "data.pkl" or n.endswith("/data.pkl") for n in names)
-    keras_zip = "config.json" in names and any(n.endswith(".weights.h5") or n == "metadata.json"
-                                               for n in names)
+    torch_zip = ts or lay.is_torch  # a data.pkl torch finds: case-insensitive, in its folder
+    # Keras builds the model from config.json before it reads any weight (or metadata)
+    keras_zip = any(n.lower() == "config.json" for n in names)
     join = (lambda n: f"{prefix}!{n}") if prefix else (lambda n: n)
-    if ts:
-        code = [n for n in names if "/code/" in f"/{n}" and not n.endswith("/")]
-        ctx.finding(prefix, None, "torchscript", "torchscript-code", "unknown",
-                    f"TorchScript archive: {len(code)} code files run when the model is loaded "
-                    f"and called: {', '.join(code[:8])}{' …' if len(code) > 8 else ''}")
+    code: list[tuple[str, str]] = []  # (path, text) of the TorchScript code members read
     for m in members:
         path = join(m.name)
         bad = archives.unsafe_name(m.name)
         if bad:
             ctx.finding(path, m.header_offset, "zip-member", m.name, "dangerous", bad)
-        if m.is_dir or (torch_zip and _STORAGE.search(m.name)):
-            continue  # torch never unpickles storages: raw tensor bytes
+        # torch never unpickles storages (raw tensor bytes); np.load of the same zip would
+        # unpickle a member with the NumPy magic and an object dtype, so those are read
+        if m.is_dir or (lay.is_storage(m) and archives.read_zip_head(fp, m, 6) != _NPY):
+            continue
         if time.monotonic() > ctx.deadline:
             ctx.error(prefix, "scan stopped at the time limit")
-            return
+            break
         head = archives.read_zip_head(fp, m, 512)
         lower = m.name.lower()
-        is_code = ts and "/code/" in f"/{m.name}" and lower.endswith(".py")
-        is_config = keras_zip and m.name == "config.json"
+        is_code = ts and torchscript.is_code_member(m.name)
+        is_config = keras_zip and m.name.lower() == "config.json"
         # torch.export graphs name their ops in JSON: custom namespaces need native code
         is_export_graph = lower.endswith(".json") and ("/models/" in f"/{m.name}"
                                                        or "serialized_exported_program" in lower)
@@ -180,7 +210,9 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
             continue
         if is_code or is_config or is_export_graph:
             ctx.report.scanned.append(path)
-        if is_code or is_export_graph:
+        if is_code:
+            code.append((path, blob.decode("utf-8", "replace")))
+        elif is_export_graph:
             text = blob.decode("utf-8", "replace")
             for sev, subject, reason in torchscript.code_findings(m.name, text):
                 ctx.finding(path, None, "torchscript-code", subject, sev, reason)
@@ -188,6 +220,50 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
             _keras_config(ctx, keras.parse_config(blob), path)
         else:
             content(ctx, blob, io.BytesIO(blob), path, depth + 1, m.name, torch_zip, ts)
+    _zip_differential(ctx, diff, join, depth, torch_zip, ts, code)
+    if ts:
+        _torchscript_code(ctx, prefix, names, code)
+
+
+def _zip_differential(ctx: _Ctx, diff, join, depth: int, torch_zip: bool, ts: bool,
+                      code: list[tuple[str, str]]) -> None:
+    """torch's own reader disagrees with keishiki's: dangerous, and what torch reads is
+    scanned as well (see :mod:`.torch_archive`)."""
+    for member, reason in diff.findings:
+        ctx.finding(join(member), None, "zip-differential", member, "dangerous",
+                    f"archive parser differential: {reason}")
+    for member, blob in diff.extra:
+        if blob is None:
+            continue
+        if torchscript.is_code_member(member):
+            code.append((join(member), blob.decode("utf-8", "replace")))
+        else:
+            content(ctx, blob, io.BytesIO(blob), join(member), depth + 1, member, torch_zip, ts)
+
+
+def _torchscript_code(ctx: _Ctx, prefix: str, names: list[str],
+                      code: list[tuple[str, str]]) -> None:
+    """Judge an archive's code files together: every call allowlisted makes the code safe;
+    otherwise each call off the list is a finding.  Code not read (damaged member, time
+    limit) or mobile bytecode (the lite interpreter runs its own operator list) is unknown."""
+    total = sum(1 for n in names if torchscript.is_code_member(n))
+    found = torchscript.archive_findings(code, ctx.deadline)
+    for path, sev, subject, reason in found:
+        ctx.finding(path, None, "torchscript-code", subject, sev, reason)
+    mobile = [n for n in names if n.lower().endswith("bytecode.pkl")]
+    if len(code) < total:
+        ctx.finding(prefix, None, "torchscript", "torchscript-code", "unknown",
+                    f"TorchScript archive: {total - len(code)} of {total} code files could not "
+                    "be read, and torch.jit.load would compile them unjudged")
+    elif mobile:
+        where = f"{prefix}!{mobile[0]}" if prefix else mobile[0]
+        ctx.finding(where, None, "torchscript", "mobile-bytecode",
+                    "unknown", "TorchScript mobile bytecode: the lite interpreter runs its "
+                    "operator list, which keishiki does not judge")
+    elif not found:
+        listed = ", ".join(p for p, _ in code[:8]) + (" …" if len(code) > 8 else "")
+        ctx.finding(prefix, None, "torchscript", "torchscript-code", "safe",
+                    f"TorchScript code: {total} files, every call allowlisted: {listed}")
 
 
 def _tar(ctx: _Ctx, data, prefix: str, depth: int) -> None:
@@ -262,6 +338,10 @@ def _read_container(ctx: _Ctx, path: Path) -> None:
     except Exception as exc:  # a reader bug is still not a verdict of "safe"
         ctx.report.errors.append(f"{path}: could not be parsed ({type(exc).__name__})")
         return
+    # a GGUF's chat template is rendered by llama.cpp and friends: judged like HF's
+    kv = (getattr(info, "gguf", None) or {}).get("kv") or {} if info.format == "gguf" else {}
+    for sev, subject, reason in opt_in.gguf_findings(kv):
+        ctx.finding("", None, "chat-template", subject, sev, reason)
     t7 = info.details.get("torch7", {}) if info.format == "torch7" else {}
     for fn in t7.get("functions", []):
         ctx.finding("", None, "lua-function", fn["path"], "unknown",
@@ -364,13 +444,27 @@ def scan_folder(root: Path) -> list[FileReport]:
                                     "dangerous", f"symlink points outside the scanned folder "
                                     f"(to {target}): a loader would read that file"))
                     out.append(rep)
+                elif target.is_file():  # HF cache snapshot → blobs/: the name says what it is
+                    _opt_in_code(path, rep)
+                    if rep.findings:
+                        out.append(rep)
                 continue  # a link inside the folder: its target is scanned on its own
             if path.is_file():
                 rep = scan_file(path, explicit=False)
                 if name.endswith(".index.json"):
                     _check_shard_index(path, rep)
+                _opt_in_code(path, rep)
                 out.append(rep)
     return out
+
+
+def _opt_in_code(path: Path, rep: FileReport) -> None:
+    """Code a loader runs by opt-in (``auto_map``, ``*.py``, chat templates that leave the
+    jinja2 sandbox): named as ``unknown`` findings on the file that carries it."""
+    found = opt_in.file_findings(path)
+    if found:
+        rep.findings.extend(found)
+        rep.skipped = ""
 
 
 def _check_shard_index(path: Path, rep: FileReport) -> None:

@@ -1,38 +1,117 @@
-"""TorchScript archives carry code: list it, and name the calls that reach beyond aten/prim.
+"""TorchScript archives carry code: every call in it must resolve to an allowlisted op.
 
-``torch.jit.load`` compiles the archive's ``code/`` files and runs them when the model is
-called; ``torch.load`` on such an archive hands it to ``torch.jit.load`` (CVE-2025-32434
-used exactly that to get past ``weights_only``).  The code is plain TorchScript text, so
-ops from custom namespaces (``torch.ops.myns.op``: a C++ extension that must be loaded)
-and custom classes (``__torch__.torch.classes``) are visible by reading it.
+``torch.jit.load`` compiles the archive's ``code/`` files (runs ``__setstate__`` at once) and
+runs the rest when the model is called; ``torch.load`` on such an archive hands it to
+``torch.jit.load`` (CVE-2025-32434 used exactly that to get past ``weights_only``).  The code
+is Python syntax written by TorchScript's own serializer, so it is read with :mod:`ast` and
+every name it reaches is resolved statically (:mod:`.torchscript_calls`): ``torch.*`` and ``ops.*`` ops
+against an allowlist of what real exports use (``data/torchscript_allowlist.json``),
+``__torch__.*`` against the classes and functions the archive itself defines, bare names
+against TorchScript's pure builtins.  A file that does not parse is dangerous (torch's parser
+may read it differently); file, process and code-loading ops are dangerous; ops of custom
+namespaces and custom classes (native code) and anything else off the list are unknown.
 """
 
 from __future__ import annotations
 
-import io
-import keyword
+import ast
 import re
-import tokenize
+import time
 
+from .torchscript_calls import Index, Judgement, allowlist, judge_tree
+
+__all__ = ["allowlist", "archive_findings", "code_findings", "is_code_member", "is_torchscript",
+           "module_of", "parse"]
+
+# a code member: <archive>/code/<qualified path>.py; torch's reader (miniz) finds members
+# case-insensitively, so CODE/ and .PY load too
+_CODE = re.compile(r"(?:^|/)code/(.+)\.py$", re.IGNORECASE)
 _CUSTOM_OP = re.compile(r"\bops\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 _CUSTOM_CLASS = re.compile(r"__torch__\.torch\.classes\.([A-Za-z0-9_.]+)")
 _FILE_OPS = re.compile(r"\b(?:torch|ops\.aten)\.(from_file|save|load|_load_for_mobile)\b")
 _STANDARD_NS = frozenset({"aten", "prim", "quantized", "_quantized", "profiler", "cuda",
                           "_caffe2", "onnx", "_test", "uninitialized"})
 
+MAX_CODE_CHARS = 16 * 1024 * 1024  # per archive; Python's parser takes seconds per few MB
+
+
+def is_code_member(name: str) -> bool:
+    """``name`` is a ``code/…py`` member that ``torch.jit.load`` may compile."""
+    return bool(_CODE.search(name))
+
 
 def is_torchscript(names: list[str]) -> bool:
-    """A zip holding ``code/`` files and ``constants.pkl`` (or mobile ``bytecode.pkl``)."""
-    has_code = any("/code/" in f"/{n}" for n in names)
-    return has_code and any(n.endswith(("constants.pkl", "bytecode.pkl")) for n in names)
+    """A zip holding ``code/*.py`` files (with or without ``constants.pkl``/``bytecode.pkl``:
+    the code is what matters)."""
+    return any(is_code_member(n) for n in names)
 
 
-def code_findings(name: str, text: str) -> list[tuple[str, str, str]]:
-    """(severity, subject, reason) for the unusual calls in one ``code/`` file (Python
-    source, read as ``torch.jit.load`` parses it) or ``torch.export`` JSON graph."""
-    if name.lower().endswith(".py"):
-        text = canonical_code(text)
-    out: list[tuple[str, str, str]] = []
+def module_of(member: str) -> str:
+    """The TorchScript module a code member defines: ``a/code/__torch__/x/y.py`` →
+    ``__torch__.x.y`` (the qualified name torch.jit.load looks the file up by)."""
+    m = _CODE.search(member)
+    return m.group(1).replace("/", ".") if m else member
+
+
+def archive_findings(files, deadline: float | None = None) -> list[tuple[str, str, str, str]]:
+    """Judge every code file of one archive together (a call into ``__torch__.x.f`` is
+    resolved against what the archive's other files define).
+
+    Args:
+        files: ``(member, text)`` pairs (or a dict) for each ``code/…py`` member; a member
+            may carry its outer archives' path (``outer.zip!a/code/__torch__.py``).
+        deadline: a ``time.monotonic()`` past which the rest is left unjudged (``unknown``).
+
+    Returns:
+        ``(member, severity, subject, reason)`` for every call that is not allowlisted;
+        empty when all the code is.
+    """
+    pairs = list(files.items()) if isinstance(files, dict) else list(files)
+    trees: list[tuple[str, ast.Module]] = []
+    out: list[tuple[str, str, str, str]] = []
+    if sum(len(text) for _, text in pairs) > MAX_CODE_CHARS:
+        return [(pairs[0][0], "unknown", "torchscript-code", f"more than {MAX_CODE_CHARS:,} "
+                 "characters of code (real exports hold a few hundred KB): not judged")]
+    for member, text in pairs:
+        if deadline is not None and time.monotonic() > deadline:
+            return out + [(member, "unknown", "torchscript-code",
+                           "the scan's time limit passed before this code was judged")]
+        tree, problem = parse(member, text)
+        if tree is None:
+            out.append((member, "dangerous", "unparseable-code", problem))
+        else:
+            trees.append((member, tree))
+    index = Index.build([(module_of(m.rsplit("!", 1)[-1]), t) for m, t in trees])
+    for member, tree in trees:
+        for sev, subject, reason in judge_tree(member, tree, index):
+            out.append((member, sev, subject, reason))
+    return out
+
+
+def parse(member: str, text: str) -> tuple[ast.Module | None, str]:
+    """``(tree, "")`` or ``(None, why)``: a file Python's parser rejects (NUL bytes, nesting
+    beyond its limits, bad indentation) may still load in torch, read its own way."""
+    try:
+        return ast.parse(text, filename=member), ""
+    except SyntaxError as exc:
+        why = f"{exc.msg} (line {exc.lineno})"
+    except (ValueError, RecursionError, MemoryError) as exc:
+        why = f"{type(exc).__name__}: {str(exc)[:80]}"
+    return None, (f"{member} does not parse as Python ({why}): torch's own parser may read "
+                  "it differently, so its calls cannot be judged")
+
+
+def code_findings(name: str, text: str) -> list[Judgement]:
+    """(severity, subject, reason) for one ``code/`` file judged on its own, or for a
+    ``torch.export`` JSON graph (``.pt2``): there, ops outside the standard namespaces
+    need native code (unknown)."""
+    if not name.lower().endswith(".py"):
+        return _graph_findings(name, text)
+    return [(sev, subject, reason) for _, sev, subject, reason in archive_findings({name: text})]
+
+
+def _graph_findings(name: str, text: str) -> list[Judgement]:
+    out: list[Judgement] = []
     for ns, op in sorted(set(_CUSTOM_OP.findall(text))):
         if ns not in _STANDARD_NS:
             out.append(("unknown", f"torch.ops.{ns}.{op}",
@@ -41,58 +120,5 @@ def code_findings(name: str, text: str) -> list[tuple[str, str, str]]:
         out.append(("unknown", f"__torch__.torch.classes.{cls}",
                     f"custom TorchScript class {cls} in {name}: native code"))
     for op in sorted(set(_FILE_OPS.findall(text))):
-        out.append(("dangerous", f"torch.{op}",
-                    f"TorchScript code in {name} calls {op}: reads or writes files"))
+        out.append(("dangerous", f"torch.{op}", f"{name} calls {op}: reads or writes files"))
     return out
-
-
-_NAME_LIKE = (tokenize.NAME, tokenize.NUMBER)
-# blanks before or after a dot; a match starts only where a run of blanks starts, so a long
-# run costs one look at it (the plain "\s*\.\s*" is quadratic in the run's length)
-_SPACE_AT_DOT = re.compile(r"(?<!\s)\s+(?=\.)|(?<=\.)\s+")
-_SKIPPED = (tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
-            tokenize.DEDENT, tokenize.ENDMARKER)
-
-
-def canonical_code(text: str) -> str:
-    """TorchScript source as its parser sees it, for the patterns above: comments and string
-    literals dropped (a ``# torch.load`` comment calls nothing), and the layout Python
-    allows inside a name removed (``torch . from_file``, a backslash line break,
-    ``(torch).from_file`` all call ``torch.from_file``: ``torch.jit.load`` accepts them).
-    Text the tokenizer rejects falls back to the raw text with that layout removed."""
-    parts: list[str] = []
-    previous = None
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
-            if tok.type in _SKIPPED:
-                previous = None
-                continue
-            if previous in _NAME_LIKE and tok.type in _NAME_LIKE:
-                parts.append(" ")  # keep "return torch" from becoming one name
-            parts.append(tok.string)
-            if keyword.iskeyword(tok.string):
-                parts.append(" ")  # "return(torch)" groups, it does not call
-            previous = tok.type
-        code = "".join(parts)
-    except (tokenize.TokenError, SyntaxError):
-        code = _SPACE_AT_DOT.sub("", re.sub(r"\\\r?\n", " ", text))
-    return _drop_grouping(code)
-
-
-def _drop_grouping(code: str) -> str:
-    """``code`` with grouping parentheses blanked out and call parentheses kept: ``(torch)``
-    and ``((torch).ops)`` are names, ``f(x)`` stays a call.  A ``(`` right after a name,
-    ``)`` or ``]`` opens a call; any other opens a group.  One pass, whatever the nesting."""
-    out: list[str] = []
-    calls: list[bool] = []  # per open "(": is it a call?
-    for ch in code:
-        if ch == "(":
-            previous = next((c for c in reversed(out[-2:]) if c), " ") if out else " "
-            is_call = previous.isalnum() or previous in "_)]"
-            calls.append(is_call)
-            out.append("(" if is_call else "")
-        elif ch == ")":
-            out.append(")" if not calls or calls.pop() else "")
-        else:
-            out.append(ch)
-    return "".join(out)

@@ -1,0 +1,339 @@
+"""Read one pickle stream with CPython's own unpickler, inertly, and record what it did.
+
+The loader's parser is the scanner's parser: :class:`_CReader` subclasses the C
+``_pickle.Unpickler`` (what ``pickle.load``, ``torch.load`` and ``np.load`` run) and
+:class:`_PyReader` the pure-Python ``pickle._Unpickler`` (what ``joblib.load`` and
+``dill.load`` run).  Only two hooks change: ``find_class`` records the global and returns
+a fresh stand-in class instead of importing, and ``persistent_load`` records the id and
+returns a stand-in.  Every opcode then does what it does in the loader, with stand-ins
+flowing through: calling a stand-in class (REDUCE, OBJ, INST) or creating one (NEWOBJ,
+NEWOBJ_EX, which need a real type) records the call and returns a stand-in result; BUILD,
+SETITEMS, APPENDS, ADDITEMS on stand-ins record nothing harmful; EXT1/2/4 reach
+``find_class`` through copyreg's registry as in the loader.  Nothing from the file is
+imported or called.
+
+What ``find_class`` saw is exactly what the loader would import.  A stream that fails
+part-way keeps everything recorded before the failure: the loader has run it too.
+The reader is bounded by :mod:`.oplex` (memo, opcode count, time, sizes).
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import _pickle
+import copyreg
+import io
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .oplex import Capped, GuardedReader, cleared_stream, opcode_name
+
+MAX_CALLS = 1_000_000       # ~20k in a 10k-tensor checkpoint; ~250 bytes each with args
+MAX_PERSISTENT = 1_000_000
+MAX_NAME = 1000             # characters of module + name kept for a global
+MAX_GLOBALS = 200_000       # find_class calls (a pickler names each global once: memo)
+JOBLIB_WRAPPERS = frozenset(("joblib.numpy_pickle.NumpyArrayWrapper",
+                             "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper"))
+# torch's UnpicklerWrapper.find_class renames this module before importing
+TORCH_MODULE_MAPPING = {"torch.tensor": "torch._tensor"}
+
+
+@dataclass(slots=True)
+class Global:
+    """One ``find_class`` call: the global the loader would import."""
+
+    offset: int | None   # the GLOBAL/STACK_GLOBAL/INST/EXT opcode, when known
+    opcode: str
+    module: str          # as the loader resolves it (Python 2 names mapped below protocol 3)
+    name: str
+    raw: tuple[str, str] | None = None  # the names in the file, when resolving changed them
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """A call the loader would make. ``kind``: ``call`` (REDUCE/OBJ/INST on a global),
+    ``new`` (NEWOBJ/NEWOBJ_EX/INST/OBJ through ``cls.__new__``), ``dynamic`` (the callable
+    was itself produced at load time), ``build-global`` / ``mutate-global`` (BUILD,
+    SETITEM(S), APPEND(S), ADDITEMS applied to a global itself)."""
+
+    kind: str
+    callee: Global | None
+    args: tuple = ()
+    kwargs: dict | None = None
+    offset: int | None = None
+
+
+@dataclass
+class StreamRecord:
+    """What one stream made the unpickler do."""
+
+    start: int
+    end: int = 0                   # first byte the loader did not read
+    value: Any = None              # the unpickled value (stand-ins inside); None on error
+    globals: list[Global] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    persistent_ids: list[Any] = field(default_factory=list)
+    ext: list[tuple[int, int]] = field(default_factory=list)  # (offset, code) of EXT opcodes
+    error: str = ""                # why the loader stops (its own error)
+    capped: str = ""               # why the scan stopped (its own limit)
+    dynamic: str = ""              # a failure only stand-ins cause: a computed name or class
+    error_offset: int | None = None
+    n_ops: int = 0
+
+
+# ---- stand-ins --------------------------------------------------------------------------
+
+
+class Stub(type):
+    """Metaclass of the stand-ins ``find_class`` returns (one fresh class per global)."""
+
+    _rec: "_Recorder"
+    _global: Global
+
+    def __call__(cls, *args, **kwargs):
+        return cls._rec.call("call", cls._global, args, kwargs)
+
+    # on the metaclass, so that they apply to the global itself (BUILD on a global)
+    def __setstate__(cls, state):
+        cls._rec.call("build-global", cls._global, (state,), None)
+
+    def __setitem__(cls, key, value):
+        cls._rec.call("mutate-global", cls._global, (key, value), None)
+
+    def append(cls, item):
+        cls._rec.call("mutate-global", cls._global, (item,), None)
+
+    def extend(cls, items):
+        cls._rec.call("mutate-global", cls._global, (list(items),), None)
+
+    def add(cls, item):
+        cls._rec.call("mutate-global", cls._global, (item,), None)
+
+
+def _stub_new(cls, *args, **kwargs):
+    return cls._rec.call("new", cls._global, args, kwargs)
+
+
+class Result:
+    """A stand-in for what a call (or a persistent id) would have returned."""
+
+    __slots__ = ("call", "state", "_rec", "__weakref__")
+
+    def __init__(self, rec: "_Recorder", call: CallRecord | None):
+        self._rec, self.call, self.state = rec, call, None
+
+    def __call__(self, *args, **kwargs):  # REDUCE on a load-time object: a gadget chain
+        return self._rec.call("dynamic", None, (self,) + args, kwargs)
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+    def add(self, item):
+        pass
+
+    @property
+    def qualname(self) -> str:
+        """The global whose call produced this, or ``<persistent id>``/``<dynamic>``."""
+        if self.call is None:
+            return "<persistent id>"
+        return self.call.callee.qualname if self.call.callee else "<dynamic>"
+
+
+# ---- recording --------------------------------------------------------------------------
+
+
+class _Recorder:
+    """The state both unpickler classes share for one stream."""
+
+    def __init__(self, reader: Any, record: StreamRecord, torch_names: bool,
+                 deadline: float = float("inf")):
+        self.reader, self.record, self.torch_names = reader, record, torch_names
+        self.deadline = deadline
+        self.k = 0  # find_class calls so far: the k-th naming opcode of the lexer
+        self.stubs: dict[tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> type:
+        lexer = self.reader.lexer
+        offset, opcode = None, "GLOBAL"
+        if self.k < len(lexer.naming_at):
+            offset, opcode = lexer.naming_at[self.k], opcode_name(lexer.naming_op[self.k])
+        self.k += 1
+        if len(module) + len(name) > MAX_NAME:  # no importable name is this long
+            module, name = module[:MAX_NAME // 2] + "...", name[:MAX_NAME // 2] + "..."
+        raw = (module, name)
+        if lexer.proto_at(self.reader.pos) < 3:
+            # what pickle's own find_class does for protocols 0-2 (fix_imports=True)
+            if raw in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[raw]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
+        if self.torch_names:
+            module = TORCH_MODULE_MAPPING.get(module, module)
+        ref = Global(offset, opcode, module, name, raw if raw != (module, name) else None)
+        if len(self.record.globals) >= MAX_GLOBALS:
+            raise Capped(f"more than {MAX_GLOBALS} globals named in one stream")
+        self.record.globals.append(ref)
+        # one stand-in per global, as the loader gets one object per module attribute (and
+        # a stream repeating GLOBAL a million times must not make a million classes)
+        stub = self.stubs.get((module, name))
+        if stub is None:
+            stub = self.stubs[(module, name)] = Stub(
+                "Global", (), {"__new__": _stub_new, "__slots__": (), "_rec": self,
+                               "_global": ref})
+        return stub
+
+    def call(self, kind: str, callee: Global | None, args: tuple, kwargs) -> Result:
+        calls = self.record.calls
+        if len(calls) >= MAX_CALLS:
+            raise Capped(f"more than {MAX_CALLS} calls in one stream")
+        if len(calls) & 0xFFF == 0xFFF and time.monotonic() > self.deadline:
+            raise Capped(f"time limit reached after {len(calls)} calls")
+        rec = CallRecord(kind, callee, args, kwargs or None, self.reader.pos)
+        calls.append(rec)
+        return Result(self, rec)
+
+    def persistent_load(self, pid: Any) -> Result:
+        pids = self.record.persistent_ids
+        if len(pids) >= MAX_PERSISTENT:
+            raise Capped(f"more than {MAX_PERSISTENT} persistent ids in one stream")
+        pids.append(pid)
+        return Result(self, None)
+
+
+class _CReader(_pickle.Unpickler):
+    """The C unpickler with recording hooks."""
+
+    def __init__(self, source: Any, rec: _Recorder):
+        super().__init__(source, encoding="latin1")
+        self._rec = rec
+
+    def find_class(self, module, name):
+        return self._rec.find_class(module, name)
+
+    def persistent_load(self, pid):
+        return self._rec.persistent_load(pid)
+
+
+class _PyReader(pickle._Unpickler):
+    """The pure-Python unpickler with recording hooks; with ``joblib`` set, BUILD on a
+    joblib array wrapper steps over the array data that follows it, as joblib.load does."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, source: Any, rec: _Recorder, joblib: bool = False):
+        super().__init__(source, encoding="latin1")
+        self._rec, self._joblib = rec, joblib
+
+    def find_class(self, module, name):
+        return self._rec.find_class(module, name)
+
+    def persistent_load(self, pid):
+        return self._rec.persistent_load(pid)
+
+    def load_build(self):
+        pickle._Unpickler.load_build(self)
+        top = self.stack[-1]
+        if self._joblib and isinstance(top, Result) and top.qualname in JOBLIB_WRAPPERS:
+            from .joblib_arrays import skip_array  # noqa: PLC0415
+
+            skip_array(self, top)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+_STAND_IN_ERRORS = ("STACK_GLOBAL requires str", "must be a type", "isn't a type object",
+                    "is not a type object")
+
+
+class _Position:
+    """Where the loader's file position is, for an up-front-cleared stream (a BytesIO)."""
+
+    def __init__(self, lexer, bio: io.BytesIO, start: int):
+        self.lexer, self.bio, self.start = lexer, bio, start
+
+    @property
+    def pos(self) -> int:
+        return self.start + self.bio.tell()
+
+
+def read_stream(data: memoryview, start: int, deadline: float, *, python: bool = False,
+                joblib: bool = False, torch_names: bool = False) -> StreamRecord:
+    """Unpickle one stream of ``data`` at ``start`` inertly and return what it did.
+
+    Args:
+        data: the bytes (a file's mapping or an archive member).
+        start: where the loader's file position is.
+        deadline: ``time.monotonic()`` value at which reading stops (``capped``).
+        python: use ``pickle._Unpickler`` (joblib, dill) instead of the C unpickler.
+        joblib: step over joblib's array data after each NumpyArrayWrapper (implies python).
+        torch_names: apply torch's own module renames (``torch.tensor`` -> ``torch._tensor``).
+
+    Returns:
+        A :class:`StreamRecord`; never raises for anything the bytes contain.
+    """
+    record = StreamRecord(start)
+    if joblib:
+        # joblib reads array data between opcodes: clear opcodes as they are read
+        source: Any = GuardedReader(data, start, deadline)
+        where: Any = source
+    else:
+        # one lexing pass to the STOP, then serve what it cleared
+        lexer, source = cleared_stream(data, start, deadline)
+        where = _Position(lexer, source, start) if isinstance(source, io.BytesIO) else source
+    rec = _Recorder(where, record, torch_names, deadline)
+    if python or joblib:
+        unpickler: Any = _PyReader(source, rec, joblib)
+    else:
+        unpickler = _CReader(source, rec)
+    # EXT opcodes resolve through copyreg, which caches what find_class returned: keep
+    # stand-ins out of the process's cache (and real objects out of this scan)
+    copyreg.clear_extension_cache()
+    try:
+        record.value = unpickler.load()
+    except Capped as exc:
+        record.capped = str(exc)
+    except RecursionError:
+        record.capped = "nesting deeper than the interpreter's recursion limit"
+    except MemoryError:
+        record.capped = "the stream asks for more memory than the scan allows"
+    except Exception as exc:  # noqa: BLE001 - whatever the loader raises, it stops there
+        message = f"{type(exc).__name__}: {exc}"[:300]
+        if any(text in message for text in _STAND_IN_ERRORS):
+            record.dynamic = message
+        else:
+            record.error = message
+    finally:
+        copyreg.clear_extension_cache()
+    lexer = where.lexer
+    record.end = where.pos
+    record.n_ops = lexer.n_ops
+    if lexer.capped and record.end >= lexer.ok and not record.dynamic:
+        record.error, record.capped = "", lexer.capped  # it ran into the scan's limit
+    if record.error or record.capped or record.dynamic:
+        record.error_offset = record.end
+    record.ext = [(at, code) for at, code in lexer.ext if at < record.end]
+    # stand-in classes are freed by the cycle collector, not at once: drop the views they
+    # reach, or the caller's mmap cannot close
+    lexer.data = memoryview(b"")
+    if isinstance(source, GuardedReader):
+        source.data = memoryview(b"")
+    return record
+
+
+__all__ = ["read_stream", "StreamRecord", "Global", "CallRecord", "Result", "Stub",
+           "JOBLIB_WRAPPERS", "Capped"]

@@ -1,0 +1,538 @@
+"""Red team: every keishiki command and API entry point over every malicious sample of
+``tests/scan/samples.py``; no payload may ever run (the marker file never appears), `scan`
+must say unsafe (exit 1), and the load paths (`run`, `bench`, `convert`, `compare
+--outputs`, ``LLM``, ``convert()``) must refuse a dangerous-or-unknown file without trust,
+with one error line and no traceback.  Then the path gate: HF folders whose shard, index
+or tokenizer lands outside the folder are refused by every command and never leak the
+outside file; and ``convert --force`` never deletes a folder keishiki did not write.
+
+Commands that load a runtime run in a subprocess per sample (``_driver.py``: one start-up
+and one torch import per sample, the marker checked after each command); the metadata
+commands (info, tensors, scan) run in this process.  Build once per module; ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.scan.samples import benign, malicious
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("_driver.py")
+
+# every malicious sample of tests/scan/samples.py -> its kind (picks the usual convert
+# target and whether it is offered to the runtimes)
+MALICIOUS_TABLE = {
+    "reduce_os_system_p0": "pickle", "reduce_os_system_p1": "pickle",
+    "reduce_os_system_p2": "pickle", "reduce_os_system_p3": "pickle",
+    "reduce_os_system_p4": "pickle", "reduce_os_system_p5": "pickle", "py2_builtin_eval": "pickle",
+    "py2_builtin_exec_p2": "pickle", "py2_mapped_stack_global": "pickle",
+    "builtins_open_p4": "pickle", "memo_mix_binput_memoize": "pickle",
+    "memo_out_of_order": "pickle", "modelscan85_build_attrs": "pickle",
+    "modelscan330_numpy_builtins": "pickle", "modelscan331_importlib_getattr": "pickle",
+    "modelscan267_nested_pickle_loads": "pickle", "pr74_importlib": "pickle",
+    "pr74_marshal_functiontype": "pickle", "pip_main": "pickle", "numpy_runstring": "pickle",
+    "copyreg_reconstructor_popen": "pickle", "ext1_registry": "pickle",
+    "newobj_ex_popen": "pickle", "inst_p0_subprocess_call": "pickle", "obj_p1_os_system": "pickle",
+    "getattr_import_chain": "pickle", "operator_methodcaller": "pickle",
+    "codecs_rot13_exec": "pickle", "functools_partial": "pickle", "timeit_timeit": "pickle",
+    "mailcap_findmatch": "pickle", "spawnv_passfds": "pickle", "sqlite3_connect": "pickle",
+    "zipfile_write": "pickle", "torch_collect_env_run": "pickle", "shutil_copyfile": "pickle",
+    "dotted_name_walk": "pickle", "unicode_escape_names": "pickle", "os_trailing_space": "pickle",
+    "fullwidth_unicode_module": "pickle", "stack_global_from_call": "pickle",
+    "benign_then_payload": "pickle", "truncated_after_reduce": "pickle",
+    "garbage_after_payload": "pickle", "dangerous_then_bad_memo": "pickle",
+    "pickle_as_bin": "pickle", "npy_object_payload": "numpy", "npz_object_payload": "numpy",
+    "zip_dotdot_member": "archive", "nested_zip": "archive", "tar_member_payload": "archive",
+    "keras_lambda": "keras", "keras_h5_lambda": "keras", "noproto_frame_first": "pickle",
+    "noproto_short_binunicode_first": "pickle", "noproto_newtrue_first": "pickle",
+    "noproto_empty_dict_first": "pickle", "noproto_mark_first": "pickle",
+    "multi_pickle_third_stream": "pickle", "nullifai_broken_tail": "pickle",
+    "nullifai_truncated_mid_string": "pickle", "npy_descr_big_endian_O": "numpy",
+    "npy_descr_O8": "numpy", "npy_descr_object_word": "numpy", "npy_descr_escaped_O": "numpy",
+    "npy_double_quoted_header": "numpy", "npy_structured_object_field": "numpy",
+    "npy_v3_object": "numpy", "npy_v2_object": "numpy", "npy_really_pickle": "numpy",
+    "joblib_payload": "joblib", "joblib_zlib_payload": "joblib", "joblib_lzma_payload": "joblib",
+    "joblib_gzip_payload": "joblib", "keras_lambda_no_metadata": "keras",
+    "keras_lambda_bytecode": "keras", "keras_module_gadget_activation": "keras",
+    "keras_module_gadget_top_level": "keras", "keras_upper_case_config_json": "keras",
+    "zip_prepended_junk": "archive", "torch_zip_reduce": "torch",
+    "torch_zip_renamed_prefix": "torch", "torch_zip_extra_member": "archive",
+    "torch_zip_bad_crc": "torch", "torch_zip_encrypted_flag": "torch",
+    "torch_zip_dotdot_member": "archive", "torch_zip_payload_in_storage_name": "torch",
+    "torch_legacy_reduce": "torch", "torch_legacy_sysinfo_payload": "torch",
+    "torch_legacy_keys_payload": "torch", "torch_magic_then_payload": "torch",
+    "torch_legacy_trailing_payload": "archive", "torch_zip_upper_case_members": "torch",
+    "torch_zip_mixed_case_data_pkl": "torch", "torch_zip_dot_data_folder": "torch",
+    "torch_zip_zip64_members": "torch", "torch_zip_nullifai_broken_pickle": "torch",
+    "polyglot_pickle_then_torch_zip": "torch", "torch_tar_legacy_payload": "torch",
+    "torch_tar_v7_no_ustar_magic": "torch", "torch_tar_payload_in_storages": "torch",
+    "torch_legacy_protocol_pickle_payload": "torch", "ts_setstate_aten_save": "ts",
+    "ts_forward_aten_save": "ts", "ts_forward_ops_aten_save": "ts", "ts_upper_case_members": "ts",
+    "ts_forward_from_file": "ts", "ts_load_library": "ts", "ts_getattr_computed": "ts",
+    "ts_dunder_globals": "ts", "ts_setstate_as_pytorch_model_bin": "ts",
+    "hf_ckpt_training_args_bin": "hf", "hf_ckpt_optimizer_pt": "hf", "hf_ckpt_rng_state_pth": "hf",
+    "hf_ckpt_scheduler_no_extension": "hf", "hf_pytorch_model_bin_payload": "hf",
+    "hf_sharded_bin_payload": "hf", "hf_auto_map_remote_code": "hf",
+    "hf_tokenizer_auto_map_remote_code": "hf", "hf_chat_template_ssti": "hf",
+    "gguf_chat_template_ssti": "gguf", "torch_zip_duplicate_data_pkl": "torch",
+    "torch_zip_duplicate_data_pkl_case": "torch", "ts_duplicate_code_member": "ts",
+    "ts_duplicate_code_member_case": "ts", "keras_internal_get_file_gadget": "keras",
+    "keras_internal_enable_unsafe": "keras",
+}
+BENIGN_NAMES = [
+    "numpy_pickle_p2", "numpy_pickle_p3", "numpy_pickle_p4", "numpy_pickle_p5", "plain_dict_p0",
+    "ordered_dict_p2", "npy", "npz", "torch_zip_all_dtypes", "torch_legacy_all_dtypes",
+    "torch_training_checkpoint", "torch_training_checkpoint_legacy", "safetensors",
+    "torch_ckpt_argparse_namespace", "torch_ckpt_pathlib_paths", "hf_trainer_rng_state",
+    "torch_ckpt_numpy_generator", "hf_training_args_bin", "torch_dcp_folder", "ts_traced_plain",
+    "ts_scripted_plain", "joblib_numpy_arrays", "joblib_numpy_arrays_zlib",
+    "numpy_generator_pickle", "numpy_randomstate_pickle",
+]
+# the usual second target of each kind (the first is always safetensors)
+USUAL_TARGET = {"pickle": "pytorch", "torch": "pytorch", "numpy": "pytorch",
+                "joblib": "pytorch", "archive": "pytorch", "keras": "pytorch",
+                "ts": "onnx", "hf": "gguf", "gguf": "hf-model"}
+# offered to the runtimes: whatever `run` could take (TorchScript, HF folders, pickles named
+# pytorch_model.bin in a folder) and a few of every other kind
+RUNNABLE = sorted({n for n, k in MALICIOUS_TABLE.items() if k in ("ts", "hf")} | {
+    "pickle_as_bin", "reduce_os_system_p4", "torch_zip_reduce", "polyglot_pickle_then_torch_zip",
+    "torch_tar_legacy_payload", "npy_really_pickle", "joblib_payload", "keras_lambda_bytecode",
+    "gguf_chat_template_ssti"})
+
+# (command, whether it must refuse: non-zero exit / KeishikiError, one line, no traceback)
+EVERY = ["info", "tensors", "scan", "convert-safetensors", "convert-usual", "compare", "map",
+         "api-inspect", "api-convert"]
+RUNTIME = ["run", "bench", "compare-outputs", "api-llm"]
+CHAT = ["run-chat"]  # HF folders: the chat template is rendered too
+REFUSES = {"convert-safetensors", "convert-usual", "api-convert", "run", "run-chat", "bench",
+           "compare-outputs", "api-llm"}
+IN_PROCESS = {"info", "tensors", "scan"}
+
+# in-process commands first, command by command (pytest-xdist deals its first quarter of
+# tests round-robin: cheap ones there), then the subprocess ones sample by sample (later
+# chunks are contiguous, so a driver run per group of samples is seldom repeated)
+CASES = ([(n, c) for c in EVERY if c in IN_PROCESS for n in MALICIOUS_TABLE]
+         + [(n, c) for n in MALICIOUS_TABLE
+            for c in EVERY + (RUNTIME if n in RUNNABLE else [])
+            + (CHAT if MALICIOUS_TABLE[n] in ("hf", "gguf") else [])
+            if c not in IN_PROCESS])
+GROUP = 4  # samples per driver subprocess (one start-up and torch import per group)
+_ORDER = list(MALICIOUS_TABLE)
+
+# misses still open at the last red-team run: (sample, command) -> what happens
+KNOWN_MISSES: dict[tuple[str, str], str] = {}
+
+
+def _case(name: str, command: str):
+    miss = KNOWN_MISSES.get((name, command))
+    marks = [pytest.mark.xfail(strict=True, reason=miss)] if miss else []
+    return pytest.param(name, command, id=f"{name}-{command}", marks=marks)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("redteam")
+    marker = root / "MARKER"
+    samples = {s.name: s for s in malicious(root / "malicious", marker)}
+    return {"root": root, "marker": marker, "samples": samples}
+
+
+@pytest.fixture(scope="module")
+def benign_corpus(tmp_path_factory):
+    pytest.importorskip("torch")
+    return {s.name: s for s in benign(tmp_path_factory.mktemp("redteam-benign"))}
+
+
+def _driver(spec: dict, workdir: Path, timeout: float) -> dict:
+    result = workdir / "result.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=str(REPO / "src"))
+    try:
+        subprocess.run([sys.executable, str(DRIVER), json.dumps(spec), str(result)],
+                       cwd=workdir, env=env, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    return json.loads(result.read_text()) if result.exists() else {}
+
+
+_RESULTS: dict[str, dict] = {}
+
+
+def _commands(name: str, path: Path, out: Path) -> list[list[str]]:
+    kind = MALICIOUS_TABLE[name]
+    usual = USUAL_TARGET[kind]
+    cmds = [
+        ["convert-safetensors", "cli", "convert", str(path), str(out / "a.safetensors"),
+         "--to", "safetensors", "--quiet"],
+        ["convert-usual", "cli", "convert", str(path), str(out / f"b.{usual}"), "--to", usual,
+         "--quiet"],
+        ["compare", "cli", "compare", str(path), str(path), "--quiet"],
+        ["map", "cli", "map", str(path), str(path)],
+        ["api-inspect", "inspect", str(path)],
+        ["api-convert", "convert", str(path), str(out / "c.safetensors"), "safetensors"],
+    ]
+    if name in RUNNABLE:
+        cmds += [
+            ["run", "cli", "run", str(path), "--max-tokens", "1", "--prompt", "hi",
+             "--temperature", "0"],
+            ["bench", "cli", "bench", str(path), "--repeats", "1", "--gen-len", "1",
+             "--prompt-len", "4"],
+            ["compare-outputs", "cli", "compare", str(path), str(path), "--outputs",
+             "--max-tokens", "1", "--quiet"],
+            ["api-llm", "llm", str(path)],
+        ]
+    if kind in ("hf", "gguf"):
+        cmds.append(["run-chat", "cli", "run", str(path), "--chat", "--max-tokens", "1",
+                     "--prompt", "hi", "--temperature", "0"])
+    return cmds
+
+
+def _sample_results(corpus, name: str) -> dict:
+    """Every subprocess command of ``name`` and the samples grouped with it, run once in
+    one driver process (cached per worker); the marker is checked after each command."""
+    if name not in _RESULTS:
+        start = _ORDER.index(name) // GROUP * GROUP
+        group = _ORDER[start:start + GROUP]
+        work = corpus["root"] / "runs" / f"{group[0]}+{len(group)}"
+        work.mkdir(parents=True)
+        cmds, outs = [], {}
+        for member in group:
+            outs[member] = work / member
+            outs[member].mkdir()
+            for cid, *rest in _commands(member, corpus["samples"][member].path, outs[member]):
+                cmds.append([f"{member}::{cid}", *rest])
+        res = _driver({"marker": str(corpus["marker"]), "commands": cmds}, work,
+                      timeout=120 * len(cmds) + 60)
+        for member in group:
+            _RESULTS[member] = {"out": outs[member], "results": {
+                cid: res.get(f"{member}::{cid}", {"exc": "driver died or hung",
+                                                  "marker": False})
+                for cid, *_ in _commands(member, Path(), outs[member])}}
+    return _RESULTS[name]
+
+
+def _one_error_line(stderr: str) -> bool:
+    return len([ln for ln in stderr.splitlines() if ln.startswith("keishiki:")]) == 1
+
+
+def test_table_covers_the_generator(corpus, benign_corpus):
+    assert sorted(corpus["samples"]) == sorted(MALICIOUS_TABLE)
+    assert sorted(benign_corpus) == sorted(BENIGN_NAMES)
+
+
+@pytest.mark.parametrize("name,command", [_case(n, c) for n, c in CASES])
+def test_no_payload_runs(corpus, name, command):
+    marker = corpus["marker"]
+    assert not marker.exists(), "marker left over by an earlier case"
+    path = corpus["samples"][name].path
+    if command in IN_PROCESS:
+        code, _out, err = run_cli(command, path)
+        ran = marker.exists()
+        if ran:
+            marker.unlink()
+        assert not ran, f"{name}: `keishiki {command}` ran the payload (marker created)"
+        assert "Traceback" not in err, err[-2000:]
+        if command == "scan":
+            assert code == 1, f"scan exit {code}: {err.strip()[:300]}"
+        return
+    entry = _sample_results(corpus, name)
+    res = entry["results"][command]
+    assert not res["marker"], f"{name}: {command} ran the payload (marker created)"
+    assert res["exc"] != "Hang", f"{command} hung past 120 s"
+    text = (res.get("stdout") or "") + (res.get("stderr") or "")
+    assert "Traceback" not in text, text[-2000:]
+    if command.startswith("api-"):
+        if command == "api-inspect":
+            assert res["exc"] is None or res["keishiki_error"], res.get("traceback")
+        else:
+            assert res["keishiki_error"] is True, (
+                f"{command} did not refuse: exc={res['exc']} {res.get('traceback', '')[-800:]}")
+            assert "\n" not in res["exc_msg"].strip()
+            _assert_no_output(entry["out"], command)
+        return
+    assert res["exc"] is None, res.get("traceback", res["exc"])
+    if command in REFUSES:
+        assert res["rc"] not in (0, None), (
+            f"{command} exit {res['rc']} on a malicious sample: "
+            f"{(res['stdout'] + res['stderr']).strip()[-400:]}")
+        assert _one_error_line(res["stderr"]), res["stderr"][-1000:]
+        _assert_no_output(entry["out"], command)
+
+
+# the output each converting command was given (refused: nothing may be left there)
+OUTPUT_PREFIX = {"convert-safetensors": "a.", "convert-usual": "b.", "api-convert": "c."}
+
+
+def _assert_no_output(out: Path, command: str) -> None:
+    prefix = OUTPUT_PREFIX.get(command)
+    if prefix:
+        left = sorted(p.name for p in out.iterdir() if p.name.startswith(prefix))
+        assert not left, f"{command} refused but left {left}"
+
+
+@pytest.mark.parametrize("name", BENIGN_NAMES)
+def test_benign_lookalike_scans_safe(benign_corpus, name):
+    code, _out, err = run_cli("scan", benign_corpus[name].path)
+    assert "Traceback" not in err
+    assert code == 0, err.strip()[:400]
+
+
+# ---- the path gate -------------------------------------------------------------------------
+
+SECRET = "KEISHIKI-SECRET-7d41c9e2"
+PATH_CASES = ["shard_symlink", "index_symlink", "index_dotdot", "index_absolute",
+              "tokenizer_symlink", "config_symlink",
+              # a shard under a symlinked sub-folder (a resolver that checks only the file's
+              # own is_symlink misses it)
+              "index_subdir_symlink",
+              # HF cache: snapshots/ -> blobs/ is allowed, but only into the same repo's
+              # blobs/, and only when the blob itself is not a link out
+              "hf_cache_blob_links_outside", "hf_cache_other_repos_blob",
+              # the repo's blobs/ folder itself is a symlink to a folder outside
+              "hf_cache_blobs_dir_outside",
+              # a split GGUF named by its first shard; the second shard links outside
+              "gguf_split_shard_symlink"]
+PATH_COMMANDS = ["info", "convert", "run", "compare", "map"]
+KNOWN_PATH_MISSES: dict[tuple[str, str], str] = {}
+
+
+@pytest.fixture(scope="module")
+def path_cases(tmp_path_factory, corpus):
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    from tests.scan.samples import _tiny_hf
+
+    root = tmp_path_factory.mktemp("pathgate")
+    base = _tiny_hf(corpus["root"] / "malicious")  # built with the corpus: reused
+    weights = load_file(base / "model.safetensors")
+    outside = root / "outside"
+    outside.mkdir()
+    secret = outside / "secret.safetensors"
+    save_file({k: v.clone() for k, v in weights.items()}, secret, metadata={"note": SECRET})
+    index = {"metadata": {"note": SECRET, "total_size": 0},
+             "weight_map": {k: "model.safetensors" for k in weights}}
+    (outside / "model.safetensors.index.json").write_text(json.dumps(index))
+    tok = json.loads((base / "tokenizer.json").read_text())
+    tok["added_tokens"].append({"id": len(tok["model"]["vocab"]) + 100, "content": SECRET,
+                                "single_word": False, "lstrip": False, "rstrip": False,
+                                "normalized": False, "special": True})
+    (outside / "tokenizer.json").write_text(json.dumps(tok))
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["note"] = SECRET
+    (outside / "config.json").write_text(json.dumps(cfg))
+    cases = {}
+    for case in PATH_CASES:
+        folder = root / "models" / case
+        shutil.copytree(base, folder)
+        if case == "shard_symlink":
+            (folder / "model.safetensors").unlink()
+            os.symlink(secret, folder / "model.safetensors")
+        elif case == "index_symlink":
+            os.symlink(outside / "model.safetensors.index.json",
+                       folder / "model.safetensors.index.json")
+        elif case in ("index_dotdot", "index_absolute"):
+            (folder / "model.safetensors").unlink()
+            shutil.copy(secret, folder.parent / "secret.safetensors")
+            shard = "../secret.safetensors" if case == "index_dotdot" else str(secret)
+            (folder / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {}, "weight_map": {k: shard for k in weights}}))
+        elif case == "tokenizer_symlink":
+            (folder / "tokenizer.json").unlink()
+            os.symlink(outside / "tokenizer.json", folder / "tokenizer.json")
+        elif case == "config_symlink":
+            (folder / "config.json").unlink()
+            os.symlink(outside / "config.json", folder / "config.json")
+        elif case == "index_subdir_symlink":
+            (folder / "model.safetensors").unlink()
+            os.symlink(outside, folder / "shards")
+            (folder / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {}, "weight_map": {k: "shards/secret.safetensors"
+                                                for k in weights}}))
+        elif case == "gguf_split_shard_symlink":
+            shutil.rmtree(folder)
+            folder = _gguf_split(root / "gguf" / "model", root / "gguf" / "outside")
+        elif case.startswith("hf_cache_"):
+            shutil.rmtree(folder)
+            folder = _hf_cache_snapshot(root / "hub" / case, base, secret,
+                                        case.split("_", 2)[2])
+        cases[case] = folder
+    # controls: the same layouts without a way out are read (the refusals are not vacuous)
+    cases["control_plain"] = base
+    cases["control_hf_cache_same_repo"] = _hf_cache_snapshot(
+        root / "hub" / "control", base, base / "model.safetensors", "same_repo")
+    return {"root": root, "cases": cases, "base": base}
+
+
+def _gguf_split(folder: Path, outside: Path) -> Path:
+    """A 2-shard GGUF in ``folder`` whose second shard is a symlink to one in ``outside``
+    (that one's metadata holds SECRET); returns the first shard."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    for where, name in ((folder, "tiny"), (outside, SECRET)):
+        where.mkdir(parents=True)
+        w = gguf.GGUFWriter(str(where / "m.gguf"), "llama", split_max_tensors=1)
+        w.add_string("general.name", name)
+        w.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+        w.add_tensor("output.weight", np.ones((4, 8), dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    second = "m-00002-of-00002.gguf"
+    (folder / second).unlink()
+    os.symlink(outside / second, folder / second)
+    return folder / "m-00001-of-00002.gguf"
+
+
+def _hf_cache_snapshot(hub: Path, base: Path, weights: Path, mode: str) -> Path:
+    """models--org--name/{blobs,snapshots/REV} like huggingface_hub writes it; the weights'
+    blob per ``mode``: "same_repo" (a copy, as the hub writes it), "blob_links_outside"
+    (the blob is a symlink to ``weights`` outside), "other_repos_blob" (the snapshot links
+    into another repo's blobs/), "blobs_dir_outside" (blobs/ is a symlink to the folder of
+    ``weights``)."""
+    repo = hub / "models--org--tiny"
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    if mode == "blobs_dir_outside":
+        os.symlink(weights.parent, repo / "blobs")
+    else:
+        (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for i, f in enumerate(sorted(base.iterdir())):
+        if f.name == "model.safetensors":
+            continue
+        blob = repo / "blobs" / f"{i:064x}"
+        shutil.copy(f, blob)
+        os.symlink(os.path.relpath(blob, snap), snap / f.name)
+    blob = repo / "blobs" / ("e" * 64)
+    if mode == "blobs_dir_outside":
+        blob = repo / "blobs" / weights.name
+    elif mode == "other_repos_blob":
+        other = hub / "models--someone--else" / "blobs"
+        other.mkdir(parents=True)
+        blob = other / ("f" * 64)
+        shutil.copy(weights, blob)
+    elif mode == "blob_links_outside":
+        os.symlink(weights, blob)
+    else:
+        shutil.copy(weights, blob)
+    os.symlink(os.path.relpath(blob, snap), snap / "model.safetensors")
+    return snap
+
+
+_PATH_RESULTS: dict[str, dict] = {}
+
+
+def _path_results(path_cases, case: str) -> dict:
+    if case not in _PATH_RESULTS:
+        folder = path_cases["cases"][case]
+        work = path_cases["root"] / "runs" / case
+        out = work / "out"
+        out.mkdir(parents=True)
+        cmds = [["info", "cli", "info", str(folder)],
+                ["convert", "cli", "convert", str(folder), str(out / "o.safetensors"), "--to",
+                 "safetensors", "--quiet"],
+                ["run", "cli", "run", str(folder), "--max-tokens", "1", "--prompt", "hi",
+                 "--temperature", "0"],
+                ["compare", "cli", "compare", str(folder), str(folder), "--quiet"],
+                ["map", "cli", "map", str(folder), str(folder)]]
+        res = _driver({"marker": str(work / "MARKER"), "commands": cmds}, work,
+                      timeout=120 * len(cmds) + 60)
+        _PATH_RESULTS[case] = {"results": res, "out": out}
+    return _PATH_RESULTS[case]
+
+
+@pytest.mark.parametrize("case,command", [
+    pytest.param(c, m, id=f"{c}-{m}", marks=[pytest.mark.xfail(
+        strict=True, reason=KNOWN_PATH_MISSES[(c, m)])] if (c, m) in KNOWN_PATH_MISSES else [])
+    for c in PATH_CASES for m in PATH_COMMANDS])
+def test_path_outside_the_folder_is_refused(path_cases, case, command):
+    entry = _path_results(path_cases, case)
+    res = entry["results"].get(command)
+    assert res is not None, "driver died or hung"
+    text = (res.get("stdout") or "") + (res.get("stderr") or "")
+    assert "Traceback" not in text and res["exc"] is None, res.get("traceback", text[-1500:])
+    assert SECRET not in text, f"{command} printed the outside file's bytes"
+    for f in entry["out"].rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f"{f.name} holds the outside bytes"
+    assert res["rc"] not in (0, None), f"{command} exit {res['rc']}: {text.strip()[-400:]}"
+
+
+@pytest.mark.parametrize("case", ["control_plain", "control_hf_cache_same_repo"])
+def test_path_gate_controls_are_read(path_cases, tmp_path, case):
+    folder = path_cases["cases"][case]
+    assert run_cli("info", folder)[0] == 0
+    code, _out, err = run_cli("convert", folder, tmp_path / "o.safetensors", "--to",
+                              "safetensors", "--quiet")
+    assert code == 0, err[-500:]
+
+
+KNOWN_FORCE_MISSES: dict[tuple[str, str], str] = {}
+
+
+@pytest.mark.parametrize("to,how", [
+    pytest.param(to, how, id=f"{to}-{how}", marks=[pytest.mark.xfail(
+        strict=True, reason=KNOWN_FORCE_MISSES[(to, how)])]
+        if (to, how) in KNOWN_FORCE_MISSES else [])
+    for to in ("safetensors", "hf-model") for how in ("folder", "symlink_to_folder")])
+def test_convert_force_never_deletes_a_folder_keishiki_did_not_write(path_cases, tmp_path,
+                                                                     to, how):
+    """OUT is the user's folder (or a symlink to it): --force must not delete it, its
+    files, or the user's symlink; keishiki refuses."""
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    (user / "sub").mkdir()
+    (user / "sub" / "data.csv").write_text("1,2,3")
+    target = user
+    if how == "symlink_to_folder":
+        target = tmp_path / "latest"
+        os.symlink(user, target)
+    code, out, err = run_cli("convert", path_cases["base"], target, "--to", to, "--force",
+                             "--quiet")
+    assert (user / "thesis.tex").read_text() == "years of work"
+    assert (user / "sub" / "data.csv").read_text() == "1,2,3"
+    if how == "symlink_to_folder":
+        assert target.is_symlink() and target.resolve() == user.resolve(), \
+            "--force replaced the user's symlink"
+    assert code != 0 and "Traceback" not in err, (code, err[-500:])
+
+
+def test_convert_force_never_writes_over_its_source(path_cases, tmp_path):
+    src = tmp_path / "model"
+    shutil.copytree(path_cases["base"], src)
+    before = {f.name: f.read_bytes() for f in src.iterdir()}
+    code, _out, err = run_cli("convert", src, src, "--to", "hf-model", "--force", "--quiet")
+    assert code != 0 and "Traceback" not in err
+    assert {f.name: f.read_bytes() for f in src.iterdir()} == before
+
+
+@pytest.mark.parametrize("name", ["hf_chat_template_ssti", "gguf_chat_template_ssti"])
+def test_chat_template_escape_stays_in_the_sandbox_even_trusted(corpus, name):
+    """--trust-remote-code lets the model load, but a chat template is still rendered in
+    jinja's sandbox: the template's reach for os.system fails and creates nothing."""
+    path = corpus["samples"][name].path
+    work = corpus["root"] / "trusted-chat" / name
+    work.mkdir(parents=True)
+    res = _driver({"marker": str(corpus["marker"]), "commands": [
+        ["run", "cli", "run", str(path), "--chat", "--trust-remote-code", "--max-tokens", "1",
+         "--prompt", "hi", "--temperature", "0"]]}, work, timeout=180)["run"]
+    assert not res["marker"], "the chat template ran code"
+    assert res["exc"] is None, res.get("traceback")
+    assert "Traceback" not in res["stderr"]
