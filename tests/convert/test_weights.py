@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keishiki
-from keishiki.errors import InvalidRequest
+from keishiki.errors import InvalidRequest, UnsafeFile
 from tests.conftest import corpus_path, run_cli
 
 torch = pytest.importorskip("torch")
@@ -85,9 +85,16 @@ def test_checkpoint_needs_key_and_key_selects_the_state_dict(pt_files, tmp_path)
 
 
 def test_whole_module_pickle_weights_named_by_module_tree_without_running_it(pt_files, tmp_path):
+    """A whole pickled module scans unknown (its classes' code is not the file's to vouch
+    for): refused untrusted; trusted, keishiki's reader names the weights by the module tree
+    and runs none of its code, and the report says so."""
     out = tmp_path / "m.safetensors"
-    report = keishiki.convert(pt_files["module"], out, to="safetensors", quiet=True)
-    assert report.passed
+    with pytest.raises(UnsafeFile, match="runs nothing: --trust-remote-code takes the weights"):
+        keishiki.convert(pt_files["module"], out, to="safetensors", quiet=True)
+    assert not out.exists()
+    report = keishiki.convert(pt_files["module"], out, to="safetensors", quiet=True,
+                              trust_remote_code=True)
+    assert report.passed and report.source_scan["verdict"] == "unknown"
     assert set(safetensors_torch.load_file(out)) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 

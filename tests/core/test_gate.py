@@ -232,17 +232,21 @@ def test_admit_names_the_finding(dangerous_bin):
     assert gate.admit(dangerous_bin, trust=True) is None
 
 
-def test_convert_takes_weights_out_of_a_dangerous_pickle_and_says_so(dangerous_bin, tmp_path):
+def test_convert_refuses_a_dangerous_pickle_then_takes_its_weights_when_trusted(dangerous_bin,
+                                                                               tmp_path):
     out = tmp_path / "w.safetensors"
+    code, _, err = run_cli("convert", dangerous_bin, out, "--to", "safetensors", "-q")
+    assert code == 1 and "dangerous" in err and "system" in err and err.count("\n") == 1
+    assert "keishiki's own reader, which runs nothing" in err and not out.exists()
     code, stdout, err = run_cli("convert", dangerous_bin, out, "--to", "safetensors",
-                                "--json", "-q")
+                                "--json", "-q", "--trust-remote-code")
     assert code == 0, err
     report = json.loads(stdout)
     assert report["source_scan"]["verdict"] == "dangerous"
     assert "system" in report["source_scan"]["reason"]
     assert report["source_scan"]["read_by"].startswith("keishiki's own reader")
     code, stdout, err = run_cli("convert", dangerous_bin, tmp_path / "w2.safetensors",
-                                "--to", "safetensors", "-q")
+                                "--to", "safetensors", "-q", "--trust-remote-code")
     assert code == 0 and "note: the source scans dangerous" in stdout
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from keishiki.core.atomic import atomic_output, check_output
 from keishiki.core.source import Source
-from keishiki.errors import CorruptFile, InvalidRequest, KeishikiError
+from keishiki.errors import CorruptFile, InvalidRequest, KeishikiError, UnsafeFile
 
 
 def test_child_refuses_escape(tmp_path):
@@ -16,7 +16,7 @@ def test_child_refuses_escape(tmp_path):
     os.symlink(tmp_path / "secret", tmp_path / "m" / "link")
     src = Source(tmp_path / "m")
     for bad in ["../secret", "/etc/passwd", "link", "C:\\x", ""]:
-        with pytest.raises(InvalidRequest):
+        with pytest.raises(UnsafeFile):
             src.child(bad)
     assert src.child("a/b.bin") == tmp_path / "m" / "a" / "b.bin"
 

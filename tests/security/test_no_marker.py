@@ -474,13 +474,24 @@ def test_path_outside_the_folder_is_refused(path_cases, case, command):
     assert res["rc"] not in (0, None), f"{command} exit {res['rc']}: {text.strip()[-400:]}"
 
 
-@pytest.mark.parametrize("case", ["control_plain", "control_hf_cache_same_repo"])
-def test_path_gate_controls_are_read(path_cases, tmp_path, case):
+KNOWN_CONTROL_MISSES: dict[tuple[str, str], str] = {}
+
+
+@pytest.mark.parametrize("case,command", [
+    pytest.param(c, m, id=f"{c}-{m}", marks=[pytest.mark.xfail(
+        strict=True, reason=KNOWN_CONTROL_MISSES[(c, m)])]
+        if (c, m) in KNOWN_CONTROL_MISSES else [])
+    for c in ("control_plain", "control_hf_cache_same_repo")
+    for m in ("info", "scan", "convert", "run")])
+def test_path_gate_controls_are_read(path_cases, tmp_path, case, command):
+    """The same layouts with no way out are read by every command (so the refusals above
+    are the path gate's, not a blanket refusal of symlinks or caches)."""
     folder = path_cases["cases"][case]
-    assert run_cli("info", folder)[0] == 0
-    code, _out, err = run_cli("convert", folder, tmp_path / "o.safetensors", "--to",
-                              "safetensors", "--quiet")
-    assert code == 0, err[-500:]
+    args = {"info": [], "scan": [],
+            "convert": [tmp_path / "o.safetensors", "--to", "safetensors", "--quiet"],
+            "run": ["--max-tokens", "1", "--prompt", "hi", "--temperature", "0"]}[command]
+    code, out, err = run_cli(command, folder, *args)
+    assert code == 0, (out + err).strip()[-500:]
 
 
 KNOWN_FORCE_MISSES: dict[tuple[str, str], str] = {}

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidRequest, UnsafeFile
+from ..errors import UnsafeFile
 
 if TYPE_CHECKING:
     from ..scan.findings import ScanReport
@@ -77,11 +77,11 @@ def inside(root: Path, rel: str | os.PathLike) -> Path:
     """``root / rel`` when it stays inside the model's folder (see :func:`escape_reason`).
 
     Raises:
-        InvalidRequest: the name leads outside ``root``.
+        UnsafeFile: the name leads outside ``root`` (exit 1: a finding, as every escape is).
     """
     reason = escape_reason(root, rel)
     if reason:
-        raise InvalidRequest(f"{root}: refuses {reason}")
+        raise UnsafeFile(root, f"refuses {reason}")
     return root / rel
 
 

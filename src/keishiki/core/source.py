@@ -187,7 +187,7 @@ class Source:
         """A path inside this folder (or beside this file); refuses anything that escapes it.
 
         Absolute paths, ``..`` components and symlinks that resolve outside the model's
-        folder raise :class:`InvalidRequest` (ONNX external-data traversal, CVE-2024-27318);
+        folder raise :class:`UnsafeFile` (ONNX external-data traversal, CVE-2024-27318);
         the rule is the path gate's (:func:`keishiki.core.gate.inside`).
         """
         from .gate import inside

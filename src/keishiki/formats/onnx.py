@@ -227,7 +227,7 @@ class _Reader:
 
     def _external_size(self, location: str) -> int | None:
         if location not in self._ext_sizes:
-            path = self.src.child(location)  # raises InvalidRequest when it escapes the folder
+            path = self.src.child(location)  # raises UnsafeFile when it escapes the folder
             if not path.exists():
                 self._ext_sizes[location] = None
             elif not path.is_file():
@@ -385,7 +385,7 @@ def loader_for(src: Source, model_path: Path,
     """A function returning one tensor's data as a row-major numpy array.
 
     Raises (from the returned function):
-        InvalidRequest: 4-bit/segmented tensors, or external data outside the folder.
+        InvalidRequest: 4-bit/segmented tensors.  UnsafeFile: external data outside the folder.
         CorruptFile: missing or short external data.
     """
 
