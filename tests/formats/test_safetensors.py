@@ -96,20 +96,21 @@ def _one_tensor_file(path, code: str, shape, nbytes: int):
     return path
 
 
-def test_unknown_dtype_code_is_named_not_guessed(tmp_path):
+def test_unknown_dtype_code_is_refused_as_safetensors_refuses_it(tmp_path):
     """"F8" is no safetensors dtype; lower-cased it would have been numpy's float64 (a fuzz
-    find: info said f8, loading crashed in reshape).  Now info shows the code as it is, and
-    reading its data is a one-line refusal, never a guess."""
-    path = _one_tensor_file(tmp_path / "w.safetensors", "F8", [6], 6)
-    info = inspect(path)
-    assert info.tensors[0].dtype == "safetensors_F8"
-    from keishiki.errors import InvalidRequest
+    find: info said f8, loading crashed in reshape).  The safetensors library refuses the
+    file, and so does every keishiki command, in one line naming the tensor and the code."""
+    from safetensors import SafetensorError, safe_open
 
-    with pytest.raises(InvalidRequest, match="dtype safetensors_F8, which keishiki cannot"):
-        next(info.lazy_tensors()).load()
-    code, _out, err = run_cli("convert", path, tmp_path / "o.safetensors", "--to",
-                              "safetensors", "--dtype", "float16")
-    assert code == 2 and "safetensors_F8" in err and err.count("\n") == 1
+    path = _one_tensor_file(tmp_path / "w.safetensors", "F8", [6], 6)
+    with pytest.raises(SafetensorError):
+        safe_open(str(path), framework="np")
+    with pytest.raises(CorruptFile, match="tensor 'w': unknown dtype \"F8\""):
+        inspect(path)
+    for args in (["info", path], ["convert", path, tmp_path / "o.safetensors", "--to",
+                                  "safetensors"]):
+        code, _out, err = run_cli(*args)
+        assert code == 2 and 'unknown dtype "F8"' in err and err.count("\n") == 1
 
 
 def test_loader_failure_becomes_corrupt_file_naming_the_tensor(tmp_path):

@@ -4,7 +4,14 @@ Every malicious payload is harmless: when loaded it only creates the marker file
 given (``touch MARKER`` or ``open(MARKER, "w")``).  Each sample names the bypass family it
 reproduces (picklescan#14, modelscan#85, ...), the loader that would run it, and whether
 it is live (the payload really runs under that loader on this machine) so the benchmark
-can prove the corpus is real with ``--verify-live``.
+can prove the corpus is real with ``--verify-live`` (``bench_scan._LOADERS`` says what each
+loader name runs; a folder sample names the file its loader opens in ``target``).
+
+Round 2 (issue 8) adds the loaders' own semantics: pickles without PROTO, multi-stream
+files, nullifAI broken tails, pickle+zip polyglots, case-changed / duplicate / zip64 zip
+members and odd archive folders, pre-0.4 torch tars (v7 too), every ``.npy`` spelling of an
+object dtype, joblib dumps, Keras configs, TorchScript code (``__setstate__`` runs on
+load), HF folders (payloads in files a folder scan might skip, remote code, chat templates).
 
 Nothing here is imported by the keishiki package.
 """
@@ -770,7 +777,8 @@ def _ts_cls(code: str) -> str:
 
 
 def _tiny_hf(root: Path) -> Path | None:
-    """One tiny Llama folder (config, safetensors, tokenizer) per root; None without transformers."""
+    """One tiny Llama folder (config, safetensors, tokenizer) per root (None without
+    transformers)."""
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -1053,7 +1061,8 @@ def _more_benign_torch(root: Path) -> list[Sample]:
     rng = {"python": random.getstate(), "numpy": np.random.get_state(),
            "cpu": torch.random.get_rng_state()}
     out.append(Sample("hf_trainer_rng_state", "HF Trainer rng_state.pth (python, numpy, torch "
-                      "RNG states)", _torch_save(rng, r / "rng" / "rng_state.pth"), "torch", False))
+                      "RNG states)", _torch_save(rng, r / "rng" / "rng_state.pth"), "torch",
+                      False))
     out.append(Sample("torch_ckpt_numpy_generator", "checkpoint with a numpy Generator object",
                       _torch_save({"model": sd, "rng": np.random.default_rng(1)},
                                   r / "gen.pt"), "torch", False))

@@ -501,27 +501,32 @@ KNOWN_FORCE_MISSES: dict[tuple[str, str], str] = {}
     pytest.param(to, how, id=f"{to}-{how}", marks=[pytest.mark.xfail(
         strict=True, reason=KNOWN_FORCE_MISSES[(to, how)])]
         if (to, how) in KNOWN_FORCE_MISSES else [])
-    for to in ("safetensors", "hf-model") for how in ("folder", "symlink_to_folder")])
+    for to in ("safetensors", "hf-model")
+    for how in ("folder", "symlink_to_folder", "symlink_to_file", "dangling_symlink")])
 def test_convert_force_never_deletes_a_folder_keishiki_did_not_write(path_cases, tmp_path,
                                                                      to, how):
-    """OUT is the user's folder (or a symlink to it): --force must not delete it, its
-    files, or the user's symlink; keishiki refuses."""
+    """OUT is the user's folder, a symlink to it, a symlink to the user's file, or a
+    dangling symlink: --force must not delete or write through any of them; keishiki
+    refuses."""
     user = tmp_path / "thesis"
     user.mkdir()
     (user / "thesis.tex").write_text("years of work")
     (user / "sub").mkdir()
     (user / "sub" / "data.csv").write_text("1,2,3")
     target = user
-    if how == "symlink_to_folder":
-        target = tmp_path / "latest"
-        os.symlink(user, target)
+    link_to = {"symlink_to_folder": user, "symlink_to_file": user / "thesis.tex",
+               "dangling_symlink": tmp_path / "gone.safetensors"}.get(how)
+    if link_to is not None:
+        target = tmp_path / "latest.safetensors"
+        os.symlink(link_to, target)
     code, out, err = run_cli("convert", path_cases["base"], target, "--to", to, "--force",
                              "--quiet")
     assert (user / "thesis.tex").read_text() == "years of work"
     assert (user / "sub" / "data.csv").read_text() == "1,2,3"
-    if how == "symlink_to_folder":
-        assert target.is_symlink() and target.resolve() == user.resolve(), \
+    if link_to is not None:
+        assert target.is_symlink() and os.readlink(target) == str(link_to), \
             "--force replaced the user's symlink"
+        assert not (tmp_path / "gone.safetensors").exists(), "wrote through a dangling link"
     assert code != 0 and "Traceback" not in err, (code, err[-500:])
 
 

@@ -106,11 +106,14 @@ def replace_refusal(out: Path, folder: bool) -> str | None:
 
     ``--force`` replaces what keishiki would write, nothing else: an existing folder only
     when it holds model files and their sidecars alone (weights, graphs, configs, tokenizer
-    files: no subfolders, nothing else), a file only when it is a model file, and never a
-    folder with a file or a file with a folder.
+    files: no subfolders, nothing else), a file only when it is a model file, never a
+    symbolic link, and never a folder with a file or a file with a folder.
     """
-    if out.is_symlink() or not out.exists():
-        return None  # a link is replaced, its target never touched
+    if out.is_symlink():  # the user's link (to their folder, say) is not keishiki's either
+        return (f"{out} is a symbolic link (to {os.readlink(out)}); keishiki replaces only what "
+                f"it wrote: remove the link or choose another output")
+    if not out.exists():
+        return None
     if out.is_dir() != folder:
         return (f"{out} is a {'folder' if out.is_dir() else 'file'} and the output is a "
                 f"{'folder' if folder else 'file'}; keishiki will not replace one with the other")

@@ -40,11 +40,16 @@ def model_root(path: Path) -> Path:
 
 
 def _cache_blobs(root_real: Path) -> Path | None:
-    """``<repo>/blobs`` when ``root_real`` is (inside) a Hugging Face cache snapshot."""
+    """``<repo>/blobs`` when ``root_real`` (resolved) is (inside) a Hugging Face cache
+    snapshot, and ``blobs`` is the repository's own real folder: a ``blobs`` that is itself a
+    symlink would make anything it points at "inside"."""
     for folder in (root_real, *root_real.parents):
         parent = folder.parent
         if parent.name == "snapshots" and _HF_REPO.match(parent.parent.name):
-            return parent.parent / "blobs"
+            blobs = parent.parent / "blobs"
+            if blobs.is_symlink() or not blobs.is_dir():
+                return None
+            return blobs
     return None
 
 
@@ -68,7 +73,7 @@ def escape_reason(root: Path, rel: str | os.PathLike) -> str | None:
     if target.is_relative_to(root_real):
         return None
     blobs = _cache_blobs(root_real)
-    if blobs is not None and target.parent == blobs.resolve():
+    if blobs is not None and target.parent == blobs:
         return None
     return f"{rel!r} resolves to {target}, outside the model's folder {root}"
 
@@ -108,32 +113,34 @@ def tree_escapes(path: Path, recursive: bool = True) -> list[tuple[str, str]]:
                     if reason:
                         out.append((rel, f"symlink {reason}"))
                 elif name.endswith(".index.json") and p.is_file():
-                    out.extend(_index_escapes(root, p))
+                    out.extend((rel, why) for _shard, why in index_escapes(root, p))
     elif path.name.endswith(".index.json"):
-        out.extend(_index_escapes(root, path))
+        out.extend((path.name, why) for _shard, why in index_escapes(root, path))
     return out
 
 
-def _index_escapes(root: Path, index: Path) -> list[tuple[str, str]]:
-    """The shard names of a sharded checkpoint's index that lead outside ``root``."""
-    rel_index = index.relative_to(root).as_posix()
+def index_escapes(root: Path, index: Path) -> list[tuple[str, str]]:
+    """(shard name, reason) for each file a sharded checkpoint's index names outside
+    ``root``; ("", reason) when the index itself cannot be read (a loader would fail)."""
     try:
         if index.stat().st_size > MAX_INDEX_BYTES:
-            return [(rel_index, "shard index larger than 64 MiB")]
+            return [("", "shard index larger than 64 MiB")]
         weight_map = json.loads(index.read_bytes()).get("weight_map") or {}
         shards = sorted({str(v) for v in weight_map.values()})
     except (OSError, ValueError, AttributeError, RecursionError) as exc:
-        return [(rel_index, f"unreadable shard index ({type(exc).__name__})")]
+        return [("", f"unreadable shard index ({type(exc).__name__})")]
     folder = index.parent.relative_to(root)
     out = []
     for shard in shards:
-        if ".." in Path(shard.replace("\\", "/")).parts:
+        if "\0" in shard:
+            reason = f"{shard!r}, which holds a NUL byte (C loaders cut the path there)"
+        elif ".." in Path(shard.replace("\\", "/")).parts:
             reason = f"{shard!r}, which climbs out with '..'"
         else:
-            reason = escape_reason(root, shard if os.path.isabs(shard) or "\0" in shard
+            reason = escape_reason(root, shard if os.path.isabs(shard)
                                    else (folder / shard).as_posix())
         if reason:
-            out.append((rel_index, f"weight_map names {reason}"))
+            out.append((shard, f"weight_map names {reason}"))
     return out
 
 

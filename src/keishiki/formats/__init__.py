@@ -186,7 +186,12 @@ def inspect(path: str | os.PathLike) -> ModelInfo:
     with Source(path) as src:
         if src.is_dir:
             check_tree(src.path)
-        match = identify(src)
+        try:
+            match = identify(src)
+        except UnknownFormat as exc:
+            if not src.is_dir:
+                _add_verdict(exc, src, None)
+            raise
         try:
             info = read(src, match)
         except CorruptFile as exc:
@@ -197,12 +202,13 @@ def inspect(path: str | os.PathLike) -> ModelInfo:
         return info
 
 
-def _add_verdict(exc: CorruptFile, src: Source, match: Match) -> None:
-    """A file a reader rejects may still be a working exploit for a laxer loader (torch
-    ignores a bad CRC, a truncated pickle runs up to the break): name what scan finds."""
+def _add_verdict(exc: CorruptFile | UnknownFormat, src: Source, match: Match | None) -> None:
+    """A file a reader rejects (or no sniffer recognises) may still be a working exploit for
+    a laxer loader (torch ignores a bad CRC, a truncated pickle runs up to the break, a zip
+    with a pickle inside is still unzipped): name what scan finds."""
     from ..scan import CODE_BEARING
 
-    if match.format not in CODE_BEARING or src.is_dir:
+    if (match is not None and match.format not in CODE_BEARING) or src.is_dir:
         return
     from ..scan import scan
 

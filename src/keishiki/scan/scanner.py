@@ -425,8 +425,11 @@ def _h5(ctx: _Ctx, path: Path, view) -> None:
 
 
 def scan_folder(root: Path) -> list[FileReport]:
-    """Scan every file under ``root`` (links are not followed; links leading outside are
-    findings)."""
+    """Scan every file under ``root`` (links are not followed; a link that leads outside the
+    folder is a finding, by the path gate's rule: :func:`keishiki.core.gate.escape_reason`,
+    which lets a Hugging Face cache snapshot link into its own repository's ``blobs/``)."""
+    from ..core.gate import escape_reason
+
     out: list[FileReport] = []
     real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -434,21 +437,21 @@ def scan_folder(root: Path) -> list[FileReport]:
         for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
             path = Path(dirpath, name)
             if path.is_symlink():
-                rep = FileReport(str(path), kind="symlink")
-                try:
-                    target = path.resolve()
-                except (OSError, RuntimeError):
-                    target = None
-                if target is None or not target.is_relative_to(real_root):
+                reason = escape_reason(root, path.relative_to(root).as_posix())
+                if reason:
+                    rep = FileReport(str(path), kind="symlink")
                     rep.add(Finding(str(path), "", None, "symlink", os.readlink(path),
-                                    "dangerous", f"symlink points outside the scanned folder "
-                                    f"(to {target}): a loader would read that file"))
+                                    "dangerous", f"symlink {reason}: a loader would read "
+                                    f"that file"))
                     out.append(rep)
-                elif target.is_file():  # HF cache snapshot → blobs/: the name says what it is
-                    _opt_in_code(path, rep)
+                    continue
+                if path.resolve().is_relative_to(real_root) or not path.is_file():
+                    rep = FileReport(str(path), kind="symlink")
+                    _opt_in_code(path, rep)  # (its target is scanned on its own)
                     if rep.findings:
                         out.append(rep)
-                continue  # a link inside the folder: its target is scanned on its own
+                    continue
+                # a cache snapshot's link into blobs/: scanned through the link, by its name
             if path.is_file():
                 rep = scan_file(path, explicit=False)
                 if name.endswith(".index.json"):
@@ -470,29 +473,16 @@ def _opt_in_code(path: Path, rep: FileReport) -> None:
 def _check_shard_index(path: Path, rep: FileReport) -> None:
     """A sharded checkpoint's index names the shard files a loader opens: absolute names,
     ``..`` and links leading out of the folder make it read files elsewhere (the cousin of
-    ONNX's external-data traversal, CVE-2024-27318)."""
-    try:
-        if path.stat().st_size > 64 * 1024 * 1024:
-            rep.errors.append(f"{path}: shard index larger than 64 MiB")
-            return
-        weight_map = json.loads(path.read_bytes()).get("weight_map") or {}
-        shards = sorted({str(v) for v in weight_map.values()})
-    except (OSError, ValueError, AttributeError, RecursionError) as exc:
-        rep.errors.append(f"{path}: unreadable shard index ({type(exc).__name__})")
-        return
-    folder = path.parent.resolve()
-    for shard in shards:
-        if "\0" in shard:
+    ONNX's external-data traversal, CVE-2024-27318).  The path gate's own check."""
+    from ..core.gate import index_escapes
+
+    for shard, reason in index_escapes(path.parent, path):
+        if not shard:
+            rep.errors.append(f"{path}: {reason}")
+        else:
             rep.add(Finding(str(path), "", None, "shard-index", shard, "dangerous",
-                            f"weight_map names {shard!r}, which holds a NUL byte (C loaders "
-                            f"cut the path there)"))
-            continue
-        target = (path.parent / shard).resolve()
-        if os.path.isabs(shard) or ".." in Path(shard).parts or not target.is_relative_to(folder):
-            rep.add(Finding(str(path), "", None, "shard-index", shard, "dangerous",
-                            f"weight_map names {shard!r}, outside the model's folder: a loader "
-                            f"would open {target}"))
-    rep.skipped = "" if rep.findings else rep.skipped
+                            f"{reason}: a loader would open a file outside the model's folder"))
+    rep.skipped = "" if rep.findings or rep.errors else rep.skipped
 
 
 def scan_paths(paths) -> ScanReport:
