@@ -29,6 +29,30 @@ def test_tokenizer_matches_transformers(tiny_llama):
     assert (ours.bos_token_id, ours.eos_token_ids, ours.pad_token_id) == (1, [2], 0)
 
 
+@pytest.mark.parametrize("setting", ["padding", "truncation", "both"])
+def test_padding_and_truncation_in_tokenizer_json_are_not_applied(tiny_llama, tmp_path, setting):
+    """A tokenizer.json saved with padding to 16 (or truncation to 2) fed [1, 415, 411, 3, 3,
+    ...] where transformers feeds [1, 415, 411]: prompts are encoded as vLLM encodes them."""
+    import json
+    import shutil
+
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "tok"
+    shutil.copytree(tiny_llama, folder)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    if setting in ("padding", "both"):
+        data["padding"] = {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of":
+                           None, "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"}
+    if setting in ("truncation", "both"):
+        data["truncation"] = {"direction": "Right", "max_length": 2, "strategy": "LongestFirst",
+                              "stride": 0}
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    theirs = transformers.AutoTokenizer.from_pretrained(folder)
+    ours = Tokenizer(folder)
+    for text in PROMPTS:
+        assert ours.encode(text) == theirs(text)["input_ids"] == Tokenizer(tiny_llama).encode(text)
+
+
 def test_chat_errors(tiny_llama):
     tok = Tokenizer(tiny_llama)
     with pytest.raises(InvalidRequest, match="non-empty list"):

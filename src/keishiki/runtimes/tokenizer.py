@@ -66,6 +66,12 @@ class Tokenizer:
         tokenizers = require("tokenizers", extra="hf", purpose="tokenize prompts")
         self.folder = Path(folder)
         self._tok = tokenizers.Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        # padding and truncation saved in tokenizer.json are a training pipeline's settings:
+        # transformers (and so vLLM) encode a prompt with neither unless asked, where
+        # `tokenizers` would pad it with [PAD] ids or cut it (a BERT folder's prompt became
+        # 128 tokens)
+        self._tok.no_padding()
+        self._tok.no_truncation()
         tok_config = _read_json(self.folder / "tokenizer_config.json")
         gen_config = _read_json(self.folder / "generation_config.json")
         model_config = _read_json(self.folder / "config.json")
