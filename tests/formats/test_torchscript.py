@@ -93,7 +93,7 @@ def test_built_here(jit_files, which):
                                        "self, Tensor x, int k=2) -> Tensor")
         assert d["extra_files"] == ["meta.txt"]
     else:
-        assert d["has_traced_inputs"] or True  # torch 2.13 keeps traced inputs optional
+        assert d["has_traced_inputs"] is True  # torch 2.13 saves traced_inputs.pkl
         assert "Net self, Tensor x" in d["forward_schema"]  # traced classes are mangled
     top_file = class_file(d["root_class"])[0]
     assert top_file in d["code_files"] and "def forward" in d["code"][top_file]
