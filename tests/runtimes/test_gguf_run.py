@@ -51,3 +51,17 @@ def test_gguf_cli_and_backend_choice(tiny_llama, tmp_path, monkeypatch):
     assert len(json.loads(out)["outputs"][0]["outputs"][0]["token_ids"]) == 3
     code, _, err = run_cli("run", gguf_file, "-p", "Hello", "--backend", "onnxruntime")
     assert code == 2 and "runs onnx models and" in err and "is gguf" in err
+
+
+@pytest.mark.slow
+def test_split_gguf_and_its_folder_run(tiny_llama, reference, tmp_path, monkeypatch):
+    """A split GGUF runs named by any split or by its folder, as one model."""
+    monkeypatch.setenv("KEISHIKI_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "split"
+    folder.mkdir()
+    keishiki.convert(tiny_llama, folder / "m.gguf", to="gguf", split_max_tensors=8, quiet=True)
+    splits = sorted(p.name for p in folder.iterdir())
+    assert len(splits) > 1 and splits[0].endswith("-00001-of-%05d.gguf" % len(splits))
+    for target in (folder, folder / splits[-1]):
+        outs = LLM(model=target).generate(PROMPTS, GREEDY)
+        assert [(o.prompt_token_ids, o.outputs[0].token_ids) for o in outs] == reference

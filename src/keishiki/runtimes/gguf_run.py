@@ -22,6 +22,16 @@ def cache_root() -> Path:
     return base / "gguf"
 
 
+def _split_glob(gguf_path: Path) -> str:
+    """``stem-*-of-NNNNN.gguf`` for a split file (llama.cpp's naming), else its own name."""
+    from ..formats.gguf_split import parse_name
+
+    parsed = parse_name(gguf_path.name)
+    if not parsed or parsed[2] <= 1:
+        return gguf_path.name
+    return f"{parsed[0]}-?????-of-{parsed[2]:05d}.gguf"
+
+
 def hf_folder_for(gguf_path: Path, cache_dir: Path | None = None) -> Path:
     """The Hugging Face folder of ``gguf_path``, converted on first use (verified).
 
@@ -31,8 +41,11 @@ def hf_folder_for(gguf_path: Path, cache_dir: Path | None = None) -> Path:
     """
     from ..convert import convert
 
-    info = gguf_path.stat()
-    stamp = hashlib.sha256(f"{gguf_path.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode())
+    stamp = hashlib.sha256()
+    # every file of a split set: a changed second split must not find the old conversion
+    for part in sorted(gguf_path.parent.glob(_split_glob(gguf_path))) or [gguf_path]:
+        info = part.stat()
+        stamp.update(f"{part.resolve()}:{info.st_size}:{info.st_mtime_ns};".encode())
     target = (cache_dir or cache_root()) / f"{gguf_path.stem}-{stamp.hexdigest()[:16]}"
     if (target / "config.json").is_file():
         return target

@@ -121,7 +121,13 @@ def choose(path: str | Path, backend: str = "auto") -> Choice:
 def _locate(path: Path, fmt: str) -> tuple[Path, Path]:
     if fmt == "hf-model":
         return path, path
-    if fmt == "gguf" and not path.is_dir():
+    if fmt == "gguf":
+        if path.is_dir():  # the folder's one GGUF model (the first file of a split set)
+            from ..core.source import Source
+            from ..formats.gguf_split import model_file
+
+            with Source(path) as src:
+                return model_file(src), path
         return path, path.parent
     if fmt == "onnx":
         file = _onnx_in(path) if path.is_dir() else path
