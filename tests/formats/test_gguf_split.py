@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import keishiki
-from keishiki.errors import CorruptFile, InvalidRequest
+from keishiki.errors import CorruptFile, InvalidRequest, UnsafeFile
 from keishiki.formats import identify, inspect
 from tests.conftest import run_cli
 
@@ -173,20 +173,22 @@ def _escape(folder: Path) -> str:
     return NAMES[2]
 
 
-# (how the set is broken, error type, what the one line says)
+# (how the set is broken, error type, what the one line says, exit code: a split that leads
+# outside the folder is a finding of the path gate, 1)
 BROKEN = [
-    (_missing, InvalidRequest, "split 2 of 3 is missing"),
-    (_swapped, CorruptFile, "its name makes it split 2 of 3"),
-    (_recounted, CorruptFile, "make it split 1 of 3, but its name is not"),
-    (_tensor_count, CorruptFile, "split.tensors.count says 4 tensors, but the 3 splits hold 3"),
-    (_duplicate, CorruptFile, "tensor 'same' is also in m-00001-of-00003.gguf"),
-    (_escape, InvalidRequest, "outside the model's folder"),
+    (_missing, InvalidRequest, "split 2 of 3 is missing", 2),
+    (_swapped, CorruptFile, "its name makes it split 2 of 3", 2),
+    (_recounted, CorruptFile, "make it split 1 of 3, but its name is not", 2),
+    (_tensor_count, CorruptFile, "split.tensors.count says 4 tensors, but the 3 splits hold 3", 2),
+    (_duplicate, CorruptFile, "tensor 'same' is also in m-00001-of-00003.gguf", 2),
+    (_escape, UnsafeFile, "outside the model's folder", 1),
 ]
 
 
-@pytest.mark.parametrize("breaker, error, message", BROKEN,
+@pytest.mark.parametrize("breaker, error, message, exit_code", BROKEN,
                          ids=[b[0].__name__.strip("_") for b in BROKEN])
-def test_a_broken_set_is_refused_in_one_line(split_copy, tmp_path, breaker, error, message):
+def test_a_broken_set_is_refused_in_one_line(split_copy, tmp_path, breaker, error, message,
+                                             exit_code):
     named = breaker(split_copy)
     first = sorted(p.name for p in split_copy.glob("*.gguf"))[0]
     with pytest.raises(error, match=message) as exc:
@@ -196,7 +198,7 @@ def test_a_broken_set_is_refused_in_one_line(split_copy, tmp_path, breaker, erro
                  ["convert", split_copy / first, tmp_path / "o.safetensors", "--to",
                   "safetensors"]):
         code, _out, err = run_cli(*argv)
-        assert code == 2, err
+        assert code == exit_code, err
         assert err.count("\n") == 1 and message in err and named in err
     assert not (tmp_path / "o.safetensors").exists()
 

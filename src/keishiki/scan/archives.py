@@ -22,12 +22,11 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..core.source import ZIP_ERRORS
+from ..core.source import BOMB_MIN_BYTES, MAX_RATIO, ZIP_ERRORS
 from . import miniz
 
 MEMBER_LIMIT = 256 * 1024 * 1024   # bytes one member may expand to before it is refused
 MAX_MEMBERS = 100_000
-MAX_RATIO = 1000                   # expansion ratio beyond which a big member is a bomb
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -143,7 +142,7 @@ def read_zip_member(fp: BinaryIO, member: Member, limit: int = MEMBER_LIMIT) -> 
         raise ArchiveError(f"member {member.name!r} expands to {member.size:,} bytes "
                            f"(limit {limit:,}; zip bomb?)")
     if member.compressed and member.size / max(member.compressed, 1) > MAX_RATIO \
-            and member.size > (16 << 20):
+            and member.size > BOMB_MIN_BYTES:
         raise ArchiveError(f"member {member.name!r} expands {member.size // member.compressed}x "
                            f"({member.size:,} bytes): zip bomb")
     try:
