@@ -483,3 +483,37 @@ def test_keras_h5_without_h5py_falls_back_to_the_bytes(name, expected, tmp_path,
         fh.attrs["model_config"] = json.dumps(KERAS_CASES[name][1], indent=1)
     monkeypatch.setattr(keras_scan, "h5_config", lambda _path: (None, None))
     assert keishiki.scan(path).verdict == expected
+
+
+@pytest.mark.parametrize("how, where, verdict", [
+    ("external_link", "inside", "safe"),
+    ("external_link", "outside", "dangerous"),
+    ("external_storage", "outside", "dangerous"),
+    ("virtual_source", "outside", "dangerous"),
+])
+def test_hdf5_references_are_judged_by_the_path_gate(tmp_path, how, where, verdict):
+    """h5py follows external links, external storage and virtual-dataset sources when Keras
+    reads a weight: like ONNX external data, a reference out of the folder is dangerous."""
+    h5py = pytest.importorskip("h5py")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    other = (folder if where == "inside" else tmp_path) / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("kernel", data=np.ones((2, 2), np.float32))
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"\0" * 16)
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as f:
+        if how == "external_link":
+            f["kernel"] = h5py.ExternalLink(str(other) if where == "outside" else "other.h5",
+                                            "/kernel")
+        elif how == "external_storage":
+            f.create_dataset("kernel", shape=(2, 2), dtype="<f4", external=[(str(raw), 0, 16)])
+        else:
+            layout = h5py.VirtualLayout(shape=(2, 2), dtype="<f4")
+            layout[:] = h5py.VirtualSource(str(other), "kernel", shape=(2, 2))
+            f.create_virtual_dataset("kernel", layout)
+    report = keishiki.scan(path)
+    assert report.verdict == verdict
+    (finding,) = [f for f in report.findings if f.opcode == "hdf5-reference"]
+    assert finding.member == "kernel" and finding.severity == verdict

@@ -191,6 +191,56 @@ def h5_config(path: str) -> tuple[Any, str | None]:
     return ([model, training] if training is not None else model), None
 
 
+MAX_H5_OBJECTS = 200_000  # links and datasets walked for references before giving up
+
+
+def h5_references(path: str) -> tuple[list[tuple[str, str]], str | None]:
+    """(object name, file it reads) for every HDF5 external link, external storage and
+    virtual-dataset source in ``path``, and an error or None.
+
+    h5py follows all three when Keras reads a weight (``load_model``, ``load_weights``):
+    like ONNX external data, they make a loader read another file.  Soft links stay inside
+    the file.  Without h5py: ([], None) (nothing can be read that way here either).
+    """
+    try:
+        import h5py  # noqa: PLC0415 - heavy, only for HDF5 files
+    except ImportError:
+        return [], None
+    found: list[tuple[str, str]] = []
+    seen = [0]
+
+    def visit(group: Any, prefix: str) -> None:
+        for key in group:
+            seen[0] += 1
+            if seen[0] > MAX_H5_OBJECTS:
+                raise RecursionError(f"more than {MAX_H5_OBJECTS} HDF5 objects")
+            name = f"{prefix}{key}"
+            link = group.get(key, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                found.append((name, link.filename))
+                continue
+            if not isinstance(link, h5py.HardLink):
+                continue  # a soft link names a path inside this file
+            obj = group[key]
+            if isinstance(obj, h5py.Group):
+                visit(obj, f"{name}/")
+            elif isinstance(obj, h5py.Dataset):
+                found.extend((name, ext[0] if isinstance(ext[0], str) else
+                              ext[0].decode("utf-8", "replace")) for ext in obj.external or [])
+                if obj.is_virtual:
+                    found.extend((name, src.file_name) for src in obj.virtual_sources()
+                                 if src.file_name != ".")
+
+    try:
+        with h5py.File(path, "r") as fh:
+            visit(fh, "")
+    except RecursionError as exc:
+        return found, f"HDF5 file not walked in full: {exc}"
+    except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
+        return found, f"HDF5 file unreadable: {type(exc).__name__}: {exc}"
+    return found, None
+
+
 # serialized Python in the attribute text, whatever the JSON spacing or escaping of quotes
 _RAW_CODE = re.compile(rb'class_name\\?"\s*:\s*\\?"(?:Lambda|__lambda__)\\?"'
                        rb'|function_type\\?"\s*:\s*\\?"lambda')

@@ -413,6 +413,16 @@ def _scan_top(ctx: _Ctx, path: Path, view, fh: BinaryIO, explicit: bool) -> str:
 
 
 def _h5(ctx: _Ctx, path: Path, view) -> None:
+    from ..core.gate import escape_reason
+
+    refs, ref_error = keras.h5_references(str(path))
+    for name, target in refs:  # judged by the path gate's rule, as ONNX external data
+        reason = escape_reason(path.parent, target)
+        ctx.finding(name, None, "hdf5-reference", target, "dangerous" if reason else "safe",
+                    f"h5py reads this object from {target!r} (Keras load_model/load_weights "
+                    f"follows it)" + (f": {reason}" if reason else ", inside the folder"))
+    if ref_error:
+        ctx.error("", ref_error)
     config, error = keras.h5_config(str(path))
     if error:
         ctx.error("", error)
