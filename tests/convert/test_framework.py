@@ -100,6 +100,17 @@ def test_force_never_deletes_what_keishiki_did_not_write(small_st, tmp_path, cas
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
 
 
+def test_force_does_not_replace_a_model_of_another_kind(tiny_llama, tmp_path):
+    """An ONNX export folder is no hf-model output: --force --to hf-model leaves it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    shutil.copy(corpus_path("onnx/onnxruntime-1.32.0/mul_1.onnx"), out / "model.onnx")
+    code, _, err = run_cli("convert", tiny_llama, out, "--to", "hf-model", "--force", "-q")
+    assert code == 2 and "holds a model in the onnx format, not the hf-model output" in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx"]
+
+
 def test_force_replaces_keishikis_own_folder(tiny_llama, tmp_path):
     out = tmp_path / "out"
     assert run_cli("convert", tiny_llama, out, "--to", "hf-model", "-q")[0] == 0

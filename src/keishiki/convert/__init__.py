@@ -24,8 +24,8 @@ from ..core.atomic import (atomic_output, check_free_space, check_output, output
                            replace_refusal, steps_folder)
 from ..core.gate import admit, check_tree, problem, verdict
 from ..errors import InvalidRequest, Mismatch, MissingDependency
-from .base import (DTYPES, GGUF_QUANTS, STEP_SUFFIX, TARGETS, ConvertOptions, ConvertReport,
-                   Edge, StepReport, output_is_folder)
+from .base import (DTYPES, GGUF_QUANTS, OUTPUT_KINDS, STEP_SUFFIX, TARGETS, ConvertOptions,
+                   ConvertReport, Edge, StepReport, output_is_folder)
 
 __all__ = ["convert", "ConvertOptions", "ConvertReport", "StepReport", "Edge", "parse_size"]
 
@@ -62,7 +62,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
     src, out = Path(src), Path(out)
     if not src.exists():
         raise InvalidRequest(f"{src}: no such file or folder")
-    check_output(out, [src], opts.force, folder=output_is_folder(opts.to, out, src.is_dir()))
+    check_output(out, [src], opts.force, folder=output_is_folder(opts.to, out, src.is_dir()),
+                 kinds=OUTPUT_KINDS[opts.to])
     check_tree(src)
     src_format = source_format(src)
     path = find_path(src_format, opts.to)

@@ -28,6 +28,13 @@ TARGETS = ("safetensors", "pytorch", "hf-model", "gguf", "torchscript", "onnx")
 DTYPES = ("float16", "bfloat16", "float32")
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0")
 
+# what an existing OUT may be identified as for --force to replace it, per target: a folder
+# of safetensors/pytorch shards with their config reads as an hf-model
+OUTPUT_KINDS = {"safetensors": frozenset({"safetensors", "hf-model"}),
+                "pytorch": frozenset({"pytorch", "hf-model"}),
+                "hf-model": frozenset({"hf-model"}), "gguf": frozenset({"gguf"}),
+                "torchscript": frozenset({"torchscript"}), "onnx": frozenset({"onnx"})}
+
 # file suffixes that make OUT a single file even when the target could be a folder
 FILE_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".ts",
                  ".pt2", ".torchscript"}

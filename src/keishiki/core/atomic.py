@@ -77,10 +77,11 @@ def final_name(path: str | os.PathLike) -> Path:
 
 
 def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = (), force: bool = False,
-                 folder: bool | None = None) -> None:
+                 folder: bool | None = None, kinds: frozenset[str] | None = None) -> None:
     """Refuse to write over an input, over an existing output without ``force``, or (with
     ``force``, when ``folder`` says what the output will be) over what keishiki did not
-    write (:func:`replace_refusal`): checked before any work starts."""
+    write (:func:`replace_refusal`, ``kinds``: the formats the output may be): checked
+    before any work starts."""
     out_r = out.resolve()
     for src in inputs:
         src_r = Path(src).resolve()
@@ -90,7 +91,7 @@ def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = (), force: b
             raise InvalidRequest(f"{out}: refusing to write over the input {src}")
     if out.exists() and not force:
         raise InvalidRequest(f"{out}: already exists (pass --force to overwrite)")
-    refusal = replace_refusal(out, folder) if force and folder is not None else None
+    refusal = replace_refusal(out, folder, kinds) if force and folder is not None else None
     if refusal:
         raise InvalidRequest(f"refusing to replace: {refusal}")
 
@@ -101,12 +102,13 @@ def _written_by_keishiki(name: str, onnx_folder: bool) -> bool:
     return onnx_folder and bool(_ONNX_TENSOR_FILE.match(name))
 
 
-def replace_refusal(out: Path, folder: bool) -> str | None:
+def replace_refusal(out: Path, folder: bool, kinds: frozenset[str] | None = None) -> str | None:
     """Why ``--force`` must not replace what is at ``out`` (None: it may).
 
     ``--force`` replaces what keishiki would write, nothing else: an existing folder only
     when it holds model files and their sidecars alone (weights, graphs, configs, tokenizer
-    files: no subfolders, nothing else), a file only when it is a model file, never a
+    files: no subfolders, nothing else), a file only when it is a model file, either only
+    when it is a model of one of ``kinds`` (the output's formats) when given, never a
     symbolic link, and never a folder with a file or a file with a folder.
     """
     if out.is_symlink():  # the user's link (to their folder, say) is not keishiki's either
@@ -117,22 +119,27 @@ def replace_refusal(out: Path, folder: bool) -> str | None:
     if out.is_dir() != folder:
         return (f"{out} is a {'folder' if out.is_dir() else 'file'} and the output is a "
                 f"{'folder' if folder else 'file'}; keishiki will not replace one with the other")
-    if not folder:
-        from ..formats import identify
+    if folder:
+        entries = list(out.iterdir())
+        if not entries:
+            return None
+        onnx_folder = any(e.name.endswith(".onnx") for e in entries)
+        foreign = [e.name for e in entries if e.is_symlink() or not e.is_file()
+                   or not _written_by_keishiki(e.name, onnx_folder)]
+        if foreign:
+            listed = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
+            return (f"{out} holds what keishiki does not write ({listed}); --force replaces "
+                    f"only a model output folder")
+    from ..formats import identify
 
-        try:
-            identify(out)
-        except Exception:  # noqa: BLE001 - whatever the reason, it is not a model file
-            return f"{out} is not a model file, so it is not keishiki's to replace"
-        return None
-    entries = list(out.iterdir())
-    onnx_folder = any(e.name.endswith(".onnx") for e in entries)
-    foreign = [e.name for e in entries
-               if e.is_symlink() or not e.is_file() or not _written_by_keishiki(e.name, onnx_folder)]
-    if foreign:
-        listed = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
-        return (f"{out} holds what keishiki does not write ({listed}); --force replaces only "
-                f"a model output folder")
+    what = "folder" if folder else "file"
+    try:
+        found = identify(out).format
+    except Exception:  # noqa: BLE001 - whatever the reason, it is not a model
+        return f"{out} is not a model {what}, so it is not keishiki's to replace"
+    if kinds is not None and found not in kinds:
+        return (f"{out} holds a model in the {found} format, not the "
+                f"{' or '.join(sorted(kinds))} output being written: choose another output")
     return None
 
 
