@@ -88,7 +88,8 @@ MALICIOUS_TABLE = {
     "gguf_chat_template_ssti": "gguf", "torch_zip_duplicate_data_pkl": "torch",
     "torch_zip_duplicate_data_pkl_case": "torch", "ts_duplicate_code_member": "ts",
     "ts_duplicate_code_member_case": "ts", "keras_internal_get_file_gadget": "keras",
-    "keras_internal_enable_unsafe": "keras",
+    "keras_internal_enable_unsafe": "keras", "pt2_use_pickle_weight_zip": "pt2",
+    "pt2_use_pickle_weight_raw": "pt2",
 }
 BENIGN_NAMES = [
     "numpy_pickle_p2", "numpy_pickle_p3", "numpy_pickle_p4", "numpy_pickle_p5", "plain_dict_p0",
@@ -102,13 +103,13 @@ BENIGN_NAMES = [
 # the usual second target of each kind (the first is always safetensors)
 USUAL_TARGET = {"pickle": "pytorch", "torch": "pytorch", "numpy": "pytorch",
                 "joblib": "pytorch", "archive": "pytorch", "keras": "pytorch",
-                "ts": "onnx", "hf": "gguf", "gguf": "hf-model"}
+                "ts": "onnx", "hf": "gguf", "gguf": "hf-model", "pt2": "pytorch"}
 # offered to the runtimes: whatever `run` could take (TorchScript, HF folders, pickles named
 # pytorch_model.bin in a folder) and a few of every other kind
 RUNNABLE = sorted({n for n, k in MALICIOUS_TABLE.items() if k in ("ts", "hf")} | {
     "pickle_as_bin", "reduce_os_system_p4", "torch_zip_reduce", "polyglot_pickle_then_torch_zip",
     "torch_tar_legacy_payload", "npy_really_pickle", "joblib_payload", "keras_lambda_bytecode",
-    "gguf_chat_template_ssti"})
+    "gguf_chat_template_ssti", "pt2_use_pickle_weight_zip"})
 
 # (command, whether it must refuse: non-zero exit / KeishikiError, one line, no traceback)
 EVERY = ["info", "tensors", "scan", "convert-safetensors", "convert-usual", "compare", "map",
@@ -552,3 +553,198 @@ def test_chat_template_escape_stays_in_the_sandbox_even_trusted(corpus, name):
     assert not res["marker"], "the chat template ran code"
     assert res["exc"] is None, res.get("traceback")
     assert "Traceback" not in res["stderr"]
+
+
+def test_the_harness_sees_a_payload_that_runs(corpus):
+    """The canary: with --trust-remote-code the TorchScript __setstate__ payload does run
+    (torch.jit.load runs it), and the driver reports the marker, so the `marker: False` of
+    every case above is a real observation."""
+    work = corpus["root"] / "canary"
+    work.mkdir()
+    path = corpus["samples"]["ts_setstate_aten_save"].path
+    res = _driver({"marker": str(corpus["marker"]), "commands": [
+        ["run", "cli", "run", str(path), "--trust-remote-code", "--max-tokens", "1",
+         "--prompt", "hi"]]}, work, timeout=180)["run"]
+    assert res["marker"] is True
+    assert not corpus["marker"].exists()  # the driver removed it
+
+
+# ---- references out of the file that a loader follows ----------------------------------------
+
+KNOWN_REFERENCE_MISSES: dict[str, str] = {}
+
+
+def _keras_h5_referencing(path: Path, outside: Path, how: str) -> None:
+    """A Keras-2 style .h5 whose Dense kernel is read from ``outside`` by h5py (and so by
+    Keras' load_model / load_weights): HDF5 external storage or an external link."""
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    if how == "external_storage":
+        outside.write_bytes(SECRET.encode().ljust(64, b"A"))
+    else:
+        with h5py.File(outside, "w") as f:
+            f.create_dataset("kernel", data=np.frombuffer(
+                SECRET.encode().ljust(64, b"B"), dtype="<f4").reshape(4, 4))
+    cfg = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "Dense", "config": {"name": "dense", "units": 4}}]}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(cfg)
+        f.attrs["keras_version"] = "2.15.0"
+        f.attrs["backend"] = "tensorflow"
+        group = f.create_group("model_weights")
+        group.attrs["layer_names"] = [b"dense"]
+        layer = group.create_group("dense")
+        layer.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+        weights = layer.create_group("dense")
+        if how == "external_storage":
+            weights.create_dataset("kernel:0", shape=(4, 4), dtype="<f4",
+                                   external=[(str(outside), 0, 64)])
+        else:
+            weights["kernel:0"] = h5py.ExternalLink(str(outside), "/kernel")
+        weights.create_dataset("bias:0", data=np.zeros(4, dtype="<f4"))
+
+
+@pytest.mark.parametrize("how", [
+    pytest.param(h, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_REFERENCE_MISSES[h])]
+                 if h in KNOWN_REFERENCE_MISSES else [])
+    for h in ("external_storage", "external_link")])
+def test_hdf5_reference_outside_the_folder(tmp_path, how):
+    """h5py follows HDF5 external storage and external links on disk (checked: reading the
+    kernel returns the outside file's bytes), so a loader reading weights through h5py reads
+    a file outside the model's folder. keishiki never reads it (info, tensors, convert: no
+    secret in any output) and scan must say so, as it does for ONNX external data (exit 1)."""
+    path = tmp_path / "model" / "model.h5"
+    _keras_h5_referencing(path, tmp_path / "outside" / "data.bin", how)
+    outputs = []
+    for args in (["info", path], ["tensors", path],
+                 ["convert", path, tmp_path / "o.safetensors", "--to", "safetensors",
+                  "--quiet"]):
+        code, out, err = run_cli(*args)
+        assert "Traceback" not in err
+        outputs.append(out + err)
+    assert SECRET not in "".join(outputs)
+    out_file = tmp_path / "o.safetensors"
+    assert not out_file.exists() or SECRET.encode() not in out_file.read_bytes()
+    code, out, err = run_cli("scan", path)
+    assert code == 1, (out + err).strip()[-300:]
+
+
+# ---- strings from the file must not drive the user's terminal ---------------------------------
+
+ESC_TEXT = "\x1b[2K\x1b[1A\x1b[8mverdict: safe\x1b]52;c;dG91Y2ggL3RtcC94\x07"
+_ESC = ("raw ESC sequences from the file's {} reach the terminal (rich escapes markup, not "
+        "ESC): the file can erase rows, conceal 'dangerous', write the clipboard (OSC 52)")
+KNOWN_TERMINAL_MISSES: dict[str, str] = {}  # (all fixed: cli/render.printable)
+
+
+@pytest.fixture(scope="module")
+def escape_files(tmp_path_factory):
+    """A pickle whose global's name and a safetensors file whose tensor name and metadata
+    carry terminal control sequences (erase line, cursor up, conceal, OSC 52 clipboard)."""
+    pytest.importorskip("torch")
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.scan.samples import u
+
+    root = tmp_path_factory.mktemp("escapes")
+    pkl = root / "g.pkl"
+    pkl.write_bytes(b"\x80\x04" + u("os") + u("system" + ESC_TEXT) + b"\x93" + u("true")
+                    + b"\x85R.")
+    st = root / "m.safetensors"
+    save_file({"w" + ESC_TEXT: torch.ones(2)}, st, metadata={"note": ESC_TEXT})
+    named = root / "named"  # the file's own name carries the sequences
+    named.mkdir()
+    (named / f"evil{ESC_TEXT.replace('/', '_')}.pkl").write_bytes(
+        b"\x80\x04" + u("os") + u("system") + b"\x93" + u("true") + b"\x85R.")
+    return {"pkl": pkl, "st": st, "name": named}
+
+
+@pytest.mark.parametrize("command,which", [
+    pytest.param(c, w, id=f"{c}-{w}", marks=[pytest.mark.xfail(
+        strict=True, reason=KNOWN_TERMINAL_MISSES[f"{c}-{w}"])]
+        if f"{c}-{w}" in KNOWN_TERMINAL_MISSES else [])
+    for c, w in [("scan", "pkl"), ("info", "pkl"), ("scan", "st"), ("info", "st"),
+                 ("tensors", "st"), ("map", "st"), ("compare", "st"), ("scan", "name")]])
+def test_file_strings_cannot_drive_the_terminal(escape_files, command, which):
+    """Names and metadata read from a file are shown with their control characters
+    escaped: raw ESC / C1 sequences would let the file erase the finding rows, hide
+    'dangerous' (SGR 8) or write the clipboard (OSC 52) in the user's terminal. (Output
+    here is not a terminal, so keishiki itself emits no escape codes: any ESC came from the
+    file.)"""
+    path = escape_files[which]
+    args = [path, path] if command in ("map", "compare") else [path]
+    code, out, err = run_cli(command, *args)
+    assert "Traceback" not in err
+    text = out + err
+    bad = sorted({f"U+{ord(ch):04X}" for ch in text if ch == "\x1b" or "\x80" <= ch <= "\x9f"})
+    assert not bad, f"raw control characters from the file reach the terminal: {bad}"
+
+
+# ---- the load gate's scan cache must not outlive a changed file --------------------------------
+
+KNOWN_CACHE_MISS = ""  # fixed: the cache key holds the inode and ctime, folders never cached
+
+
+def _pad_zip(src: Path, size: int, out: Path) -> None:
+    """``src`` re-zipped with an ignored ``extra/pad`` member so that it is ``size`` bytes."""
+    import io
+    import zipfile
+
+    folder = zipfile.ZipFile(src).namelist()[0].split("/")[0]
+    for pad in range(8192):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(buf, "w") as zout:
+            for name in zin.namelist():
+                zout.writestr(name, zin.read(name))
+            zout.writestr(f"{folder}/extra/pad", b"\0" * pad)
+        if len(buf.getvalue()) == size:
+            out.write_bytes(buf.getvalue())
+            return
+    raise AssertionError("could not pad to the size")
+
+
+@pytest.mark.xfail(bool(KNOWN_CACHE_MISS), strict=True, reason=KNOWN_CACHE_MISS)
+def test_gate_cache_does_not_outlive_a_changed_file(corpus, tmp_path):
+    """In one process (a server, a notebook): LLM(p) on a TorchScript file that scans safe,
+    then the file is rewritten in place with a payload of the same size and the old mtime
+    (rsync --inplace -t, tar extraction), then LLM(p) again. The gate must judge the new
+    bytes, not a verdict cached by (path, size, mtime): the payload must not run."""
+    import warnings
+
+    import torch
+
+    good = tmp_path / "good.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 3))), good)
+    evil = corpus["samples"]["ts_setstate_aten_save"].path
+    size = max(good.stat().st_size, evil.stat().st_size) + 300
+    _pad_zip(good, size, tmp_path / "good_padded.pt")
+    _pad_zip(evil, size, tmp_path / "evil_padded.pt")
+    script = f"""
+import os, shutil, keishiki
+p = {str(tmp_path / "model.pt")!r}
+shutil.copy({str(tmp_path / "good_padded.pt")!r}, p)
+st = os.stat(p)
+for attempt in (1, 2):
+    if attempt == 2:
+        with open(p, "r+b") as f:
+            f.write(open({str(tmp_path / "evil_padded.pt")!r}, "rb").read())
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        keishiki.LLM(p)
+    except keishiki.KeishikiError:
+        pass
+"""
+    marker = corpus["marker"]
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    ran = marker.exists()
+    if ran:
+        marker.unlink()
+    assert "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert not ran, "the second load used the first file's cached verdict: the payload ran"

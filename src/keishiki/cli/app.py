@@ -20,8 +20,8 @@ from ..errors import KeishikiError
 from ._app import app
 
 # commands listed in `keishiki --help` in this order; modules not named here follow
-ORDER = ["info", "tensors", "scan", "formats", "convert", "run", "bench", "compare", "map",
-         "view", "demo"]
+ORDER = ["info", "tensors", "scan", "pull", "formats", "convert", "run", "bench", "compare",
+         "map", "view", "demo"]
 
 
 def _load_commands() -> None:
@@ -33,7 +33,9 @@ def _load_commands() -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"keishiki: error: {message}\n")
+    from .render import printable  # (messages quote file names and names from files)
+
+    sys.stderr.write(f"keishiki: error: {printable(message)}\n")
     return code
 
 

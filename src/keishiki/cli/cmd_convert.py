@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from ._app import JSON_OPTION, app
-from .render import console, human_bytes, print_json, table
+from .render import console, human_bytes, print_json, printable, table
 
 
 @app.command()
@@ -69,7 +69,7 @@ def convert(
             print_json(exc.report)
         elif exc.report:
             render_report(exc.report)
-        sys.stderr.write(f"keishiki: verification failed: {exc}\n")
+        sys.stderr.write(printable(f"keishiki: verification failed: {exc}") + "\n")
         return 1
     if json_out:
         print_json(report)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.markup import escape
 
@@ -18,7 +16,9 @@ _COMMON = {"path", "format", "variant", "format_version", "file_size", "n_tensor
 
 @app.command()
 def info(
-    path: Path = typer.Argument(..., metavar="PATH", help="Model file or folder (any format)."),
+    # a str, not a Path: Path("hf://org/name") would fold the "//"
+    path: str = typer.Argument(..., metavar="PATH", help="Model file or folder (any format), "
+                               "or hf://ORG/NAME[@REV] on the Hub (read by range requests)."),
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Identify PATH by its content and summarise it, without loading weights or running code."""

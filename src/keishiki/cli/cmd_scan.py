@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from ._app import JSON_OPTION, app
-from .render import console, print_json, table
+from .render import console, print_json, printable, table
 
 _STYLE = {"dangerous": "bold red", "unknown": "yellow", "error": "magenta", "safe": "green"}
 
@@ -48,7 +48,7 @@ def scan(
         return code
     for fr in report.files:
         for err in fr.errors:
-            sys.stderr.write(f"keishiki: error: {err}\n")
+            sys.stderr.write(printable(f"keishiki: error: {err}") + "\n")
     return code
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -14,7 +13,9 @@ from .render import human_bytes, print_json, table
 
 @app.command()
 def tensors(
-    path: Path = typer.Argument(..., metavar="PATH", help="Model file or folder (any format)."),
+    # a str, not a Path: Path("hf://org/name") would fold the "//"
+    path: str = typer.Argument(..., metavar="PATH", help="Model file or folder (any format), "
+                               "or hf://ORG/NAME[@REV] on the Hub (read by range requests)."),
     filter: str = typer.Option(None, "--filter", "-f", help="Only names matching this glob."),
     json_out: bool = JSON_OPTION,
 ) -> int:

@@ -20,6 +20,23 @@ _PIPE_WIDTH = 4096
 _RULE_WIDTH = 100  # a rule spans the whole width: in a pipe, a readable fixed width instead
 
 
+# C0 controls but newline and tab, DEL, the C1 block (CSI 0x9b drives a terminal without
+# ESC) and the bidi overrides that reorder what is shown: text from a file (tensor names,
+# metadata, pickle globals, file names) is printed with these spelled out, so it can never
+# erase a "dangerous" row, hide text or write the clipboard (OSC 52)
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0b, 0x20),
+                                           *range(0x7f, 0xa0)]}
+_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x202a, 0x202f), *range(0x2066, 0x206a)]})
+_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in [*range(0x7f, 0xa0), *range(0x202a, 0x202f),
+                                              *range(0x2066, 0x206a)]}
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters spelled out (``\\x1b``), newlines and tabs
+    kept."""
+    return text.translate(_CONTROLS)
+
+
 def _silence_stdout() -> None:
     """After the reader went away (``keishiki info m | head -1``): point stdout at /dev/null
     so the interpreter's final flush does not fail again."""
@@ -31,6 +48,11 @@ def _silence_stdout() -> None:
 
 
 class _Console(Console):
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # noqa: A003 - rich's name
+        """rich's print, with control characters in plain strings spelled out (tables built
+        here are cleaned cell by cell: :func:`table`, :func:`kv_table`)."""
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
     def on_broken_pipe(self) -> None:
         # rich would raise SystemExit(1), and 1 means "a finding" in keishiki's exit codes;
         # the CLI maps BrokenPipeError to 0 like `cat file | head` does
@@ -76,7 +98,8 @@ def print_json(obj: Any) -> None:
     """Print ``obj`` as indented JSON on stdout."""
     text = json.dumps(_finite(json.loads(json.dumps(obj, default=_default))), indent=2,
                       ensure_ascii=False)
-    write_text(text + "\n")
+    # json escapes C0 controls itself; C1 and bidi controls become \u escapes too (valid JSON)
+    write_text(text.translate(_JSON_CONTROLS) + "\n")
 
 
 def write_text(text: str) -> None:
@@ -125,7 +148,7 @@ def short(value: Any, limit: int = 100) -> str:
             text += f", … ({len(value)} items)"
     else:
         text = str(value)
-    text = text.replace("\n", " ")
+    text = printable(text.replace("\n", " "))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -133,7 +156,7 @@ def _cell(value: Any) -> str:
     """A key/value table cell: short lists of scalars one per line (ONNX inputs, file
     lists), everything else on one shortened line."""
     if isinstance(value, str):
-        return value
+        return printable(value)
     if isinstance(value, (list, tuple)) and 1 < len(value) <= 16 and all(
             isinstance(v, (str, int, float)) for v in value):
         return "\n".join(short(v, 160) for v in value)
@@ -153,7 +176,7 @@ def kv_table(title: str | None, rows: Iterable[tuple[str, Any]]) -> Table:
     for key, value in rows:
         if value is None or value == {} or value == []:
             continue
-        table.add_row(escape(str(key)), escape(_cell(value)))
+        table.add_row(escape(printable(str(key))), escape(_cell(value)))
     return table
 
 
@@ -173,10 +196,10 @@ def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]],
     right = set(justify_right)
     if title:
         # as its own line: a Table title wraps at the table's width, splitting long paths
-        console.print(title, soft_wrap=True)
+        console.print(printable(title), soft_wrap=True)
     t = Table(header_style="bold")
     for col in columns:
         t.add_column(col, justify="right" if col in right else "left", overflow="fold")
     for row in rows:
-        t.add_row(*[v if isinstance(v, str) else short(v) for v in row])
+        t.add_row(*[printable(v) if isinstance(v, str) else short(v) for v in row])
     console.print(t)

@@ -45,11 +45,18 @@ def scan(*paths: str | os.PathLike) -> ScanReport:
 
 
 def cached_scan(path: Path) -> ScanReport:
-    """:func:`scan` of one path, remembered by (resolved path, mtime, size) in this process:
-    ``info`` and the load gate ask for the same verdict."""
+    """:func:`scan` of one file, remembered in this process by what identifies its bytes:
+    ``info`` and the load gate ask for the same verdict.
+
+    The key holds the inode and the change time (ctime) beside size and mtime: a file
+    rewritten in place with its old size and mtime (``os.utime`` sets those, nothing sets
+    ctime) is scanned again.  Folders are always scanned anew: a file inside one can change
+    without the folder's own times changing.
+    """
     try:
         st = path.stat()
-        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        key = None if path.is_dir() else (str(path.resolve()), st.st_ino, st.st_size,
+                                            st.st_mtime_ns, st.st_ctime_ns)
     except OSError:
         key = None
     if key is not None and key in _CACHE:
