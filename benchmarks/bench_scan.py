@@ -100,6 +100,7 @@ _LOADERS = {
     "pickle-all": ("import pickle,sys\nf=open(sys.argv[1],'rb')\n"
                    "while True:\n    pickle.load(f)"),
     "torch": "import torch,sys; torch.load(sys.argv[1], weights_only=False)",
+    "torch-export": "import torch,sys; torch.export.load(sys.argv[1])",
     "numpy": ("import numpy,sys; d=numpy.load(sys.argv[1], allow_pickle=True); "
               "[d[k] for k in d.files] if hasattr(d,'files') else None"),
     "joblib": "import joblib,sys; joblib.load(sys.argv[1])",

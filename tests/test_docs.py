@@ -26,6 +26,7 @@ line before its fence: ``<!-- docs-test: skip (reason) -->``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -120,6 +121,8 @@ class Command:
     output: list[str] = field(default_factory=list)
     expect: int | None = None    # exit code the docs imply (None: not run)
     not_run: str | None = None   # why the line is not run
+    env: dict[str, str] = field(default_factory=dict)  # VAR=value before the command
+    rest: str = ""               # what follows a pipe or && (not run)
 
 
 def parse_shell(block: Block) -> list[Command]:
@@ -153,6 +156,14 @@ def parse_shell(block: Block) -> list[Command]:
             cmd.argv = argv = [a.rstrip(";") for a in argv[:-2] if a != ";"]
             shown = [ln for ln in cmd.output if ln.strip().isdigit()]
             cmd.expect = int(shown[-1]) if shown else None
+        while argv and re.fullmatch(r"[A-Za-z_]\w*=.*", argv[0]):  # HF_HUB_OFFLINE=1 keishiki
+            key, _, value = argv.pop(0).partition("=")
+            cmd.env[key] = value
+        for i, a in enumerate(argv):  # keishiki ... | jq .x: the keishiki part runs
+            if a in ("|", "||", "&&", ";"):
+                cmd.argv, cmd.rest = argv[:i], " ".join(argv[i:])
+                argv = cmd.argv
+                break
         if not argv or argv[0] != "keishiki":
             cmd.not_run = _not_run(argv[0] if argv else "")
             continue
@@ -625,6 +636,20 @@ def _run_view(argv: list[str], timeout: float = 120) -> tuple[bool, int | None, 
             proc.wait()
 
 
+@contextlib.contextmanager
+def _environ(env: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _shell(block: Block, workdir) -> None:
     work, prepare = workdir
     commands = parse_shell(block)
@@ -646,7 +671,10 @@ def _shell(block: Block, workdir) -> None:
                 failures.append(f"{block.file}:{cmd.line}: `{cmd.text}` did not serve its page "
                                 f"(exit code {code}):\n{out[-2000:]}")
             continue
-        code, out, err = run_cli(*cmd.argv[1:])
+        if cmd.rest:
+            print(f"not run: `{cmd.rest}` (only the keishiki command is)")
+        with _environ(cmd.env):
+            code, out, err = run_cli(*cmd.argv[1:])
         print(out[-4000:], err[-4000:], sep="\n")
         if code != cmd.expect:
             hint = ("\n(a file the docs name that FIXTURES does not build?)"
@@ -707,12 +735,15 @@ def test_shell_commands_expected_codes_and_prepared_names():
         "$ ls llama-onnx/",
         "$ keishiki run llama -p '# exit 3' --backend vllm",
         "$ keishiki run llama -p '# exit 3'   # exit 2 (no such model)",
+        "$ HF_HUB_OFFLINE=1 keishiki info downloads/ --json | jq .format",
     ])
     cmds = parse_shell(block)
     assert [(c.expect, c.not_run is None) for c in cmds] == [
         (0, True), (1, True), (0, True), (0, True), (2, True), (None, False), (None, False),
-        (None, False), (2, True)]
+        (None, False), (2, True), (0, True)]
     assert "GPU" in cmds[7].not_run
+    assert (cmds[9].env, cmds[9].argv, cmds[9].rest) == (
+        {"HF_HUB_OFFLINE": "1"}, ["keishiki", "info", "downloads/", "--json"], "| jq .format")
     assert cmds[2].argv == ["keishiki", "compare", "hf.safetensors", "model.gguf", "--atol", "0.05"]
     assert cmds[4].argv[-1] == "a\nb" and cmds[4].line == 9
     assert sorted(names_to_prepare(block, cmds)) == [

@@ -29,6 +29,7 @@ _EXPORTS = {
     "LLM": "keishiki.runtimes",
     "SamplingParams": "keishiki.runtimes",
     "compare": "keishiki.compare",
+    "pull": "keishiki.hub.pull",
     "KeishikiError": "keishiki.errors",
 }
 

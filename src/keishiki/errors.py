@@ -87,3 +87,8 @@ class Mismatch(KeishikiError):
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
         self.report = report or {}
+
+
+class HubError(KeishikiError):
+    """The Hugging Face Hub refused or could not answer: repository or revision not found,
+    gated, offline and not cached, unreachable (``keishiki pull``, ``info hf://...``)."""

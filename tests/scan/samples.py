@@ -904,7 +904,46 @@ def _more_torch_samples(root: Path, marker: Path, evil: bytes) -> list[Sample]:
                       "named pytorch_model.bin, loaded by torch.load(weights_only=False)",
                       _ts_with(r, "x", setstate=f"    torch.save(self.w, {mk!r})\n",
                                rel="ts_bin/pytorch_model.bin"), "torch"))
+    out.extend(_pt2_samples(r, marker, evil))
     out.extend(_hf_samples(root, marker, evil))
+    return out
+
+
+def _pt2_samples(r: Path, marker: Path, evil: bytes) -> list[Sample]:
+    """torch.export archives: a weight whose config says ``use_pickle`` is read by
+    ``torch.export.load`` with ``torch.load(weights_only=False)`` (torch 2.13
+    export/pt2_archive/_package.py)."""
+    import json
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(torch.nn.Sequential(torch.nn.Linear(4, 3)),
+                                 (torch.ones(1, 4),))
+        clean = r / "_clean.pt2"
+        torch.export.save(ep, clean)
+    buf = io.BytesIO()
+    torch.save({"w": Reduce(os.system, (_touch(marker),))}, buf)
+    out = []
+    for name, payload, family in (
+            ("pt2_use_pickle_weight_zip", buf.getvalue(), "torch.export .pt2 whose weights "
+             "config sets use_pickle: the weight is a torch.save zip with a payload"),
+            ("pt2_use_pickle_weight_raw", evil, "torch.export .pt2, use_pickle weight that is "
+             "a bare payload pickle (torch.load's legacy path unpickles it)")):
+        path = r / f"{name}.pt2"
+        with zipfile.ZipFile(clean) as zin, zipfile.ZipFile(path, "w") as zout:
+            conf = next(n for n in zin.namelist()
+                        if n.endswith("data/weights/model_weights_config.json"))
+            cfg = json.loads(zin.read(conf))
+            first = next(iter(cfg["config"].values()))
+            first["use_pickle"] = True
+            weight = conf.rsplit("/", 1)[0] + "/" + first["path_name"]
+            for n in zin.namelist():
+                data = {conf: json.dumps(cfg).encode(), weight: payload}.get(n) or zin.read(n)
+                zout.writestr(n, data)
+        out.append(Sample(name, family, path, "torch-export"))
     return out
 
 

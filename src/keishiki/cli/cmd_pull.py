@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from ._app import JSON_OPTION, app
-from .render import console, human_bytes, kv_table, print_json
+from .render import console, human_bytes, kv_table, print_json, printable
 
 
 @app.command()
@@ -32,7 +32,9 @@ def pull(
     """Download REPO from the Hugging Face Hub into its cache and scan every file.
 
     Through huggingface_hub: HF_ENDPOINT, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and your
-    token apply, and transformers and vLLM find the same files. Exit codes as `keishiki scan`: 0 nothing unsafe, 1 dangerous or unknown code found
+    token apply, and transformers and vLLM find the same files.
+
+    Exit codes as `keishiki scan`: 0 nothing unsafe, 1 dangerous or unknown code found
     (the files stay where they landed: pull only reports), 2 could not pull.
     """
     from ..hub.pull import pull as run_pull
@@ -59,5 +61,5 @@ def pull(
         _render(report.scan, show_safe=False)
         for fr in report.scan.files:
             for err in fr.errors:
-                sys.stderr.write(f"keishiki: error: {err}\n")
+                sys.stderr.write(printable(f"keishiki: error: {err}") + "\n")
     return code

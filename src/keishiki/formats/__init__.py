@@ -175,13 +175,23 @@ def inspect(path: str | os.PathLike) -> ModelInfo:
 
     >>> info = inspect("model.safetensors"); info.format, info.n_parameters
 
+    ``hf://org/name[@rev][/file]`` reads a Hub repository's config and weight headers with
+    range requests, without downloading it (:mod:`keishiki.hub.remote`).
+
     Raises:
         UnknownFormat: not a model file keishiki knows.
         CorruptFile: the format was recognised but its bytes are broken.
         UnsafeFile: a folder whose files lead outside it (a symlink or an index entry out:
             the path gate, :func:`keishiki.core.gate.check_tree`).
+        HubError: an ``hf://`` repository, revision or file the Hub cannot give.
     """
     from ..core.gate import check_tree
+    from ..hub import is_hf_path
+
+    if is_hf_path(path):
+        from ..hub.remote import inspect_remote
+
+        return inspect_remote(str(path))
 
     with Source(path) as src:
         if src.is_dir:

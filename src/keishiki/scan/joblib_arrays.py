@@ -12,26 +12,58 @@ from __future__ import annotations
 from typing import Any
 
 
+MAX_DTYPE_DEPTH = 16
+
+
 def _dtype_of(stand_in: Any) -> tuple[int, bool]:
-    """(itemsize, hasobject) of the ``numpy.dtype(...)`` call a wrapper's state names."""
+    """(itemsize, hasobject) of the dtype a wrapper's state names, as joblib gets it."""
+    dtype = _real_dtype(stand_in, 0)
+    return dtype.itemsize, dtype.hasobject
+
+
+def _real_dtype(stand_in: Any, depth: int) -> Any:
+    """The ``numpy.dtype`` the loader builds from a recorded ``numpy.dtype(spec, align,
+    copy)`` call and its BUILD state: numpy's own constructor and ``__setstate__`` (C code
+    that sets fields, itemsize, subarrays; it imports and calls nothing else), so the
+    itemsize and ``hasobject`` are the loader's and not a reading of the spec string (a
+    ``'V8'`` whose state says 1024 bytes, an ``'object'``, an object subarray).
+
+    Raises:
+        ValueError: not a dtype numpy would build from these values.
+    """
     import numpy as np  # noqa: PLC0415 - only joblib dumps need it
 
+    if depth > MAX_DTYPE_DEPTH:
+        raise ValueError("joblib array dtype nested too deeply")
     call = getattr(stand_in, "call", None)
     if call is None or call.callee is None or not call.args or \
             call.callee.qualname not in ("numpy.dtype", "numpy.core.multiarray.dtype"):
         raise ValueError("joblib array wrapper without a numpy dtype")
-    spec = call.args[0]
-    if not isinstance(spec, str) or len(spec) > 32:
+    spec, *flags = call.args
+    if not isinstance(spec, str) or len(spec) > 32 or not all(isinstance(f, bool)
+                                                              for f in flags[:2]):
         raise ValueError(f"joblib array dtype {spec!r} is not a dtype string")
-    itemsize = np.dtype(spec).itemsize  # a type string: builds a dtype, runs nothing else
-    state = getattr(stand_in, "state", None)
-    fields = state[4] if isinstance(state, tuple) and len(state) > 4 else None
-    hasobject = spec.lstrip("<>|=").startswith("O")
-    if isinstance(fields, dict):  # structured dtype: (field dtype, offset) per name
-        for value in fields.values():
-            if isinstance(value, tuple) and value and _dtype_of(value[0])[1]:
-                hasobject = True
-    return itemsize, hasobject
+    try:
+        dtype = np.dtype(spec, *flags[:2])
+        state = getattr(stand_in, "state", None)
+        if state is not None:
+            dtype.__setstate__(_realize(state, depth))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"joblib array dtype {spec!r} with its state: {exc}") from None
+    return dtype
+
+
+def _realize(value: Any, depth: int) -> Any:
+    """``value`` (a dtype's pickled state) with recorded dtype calls built for real."""
+    if getattr(value, "call", None) is not None:
+        return _real_dtype(value, depth + 1)
+    if isinstance(value, tuple):
+        return tuple(_realize(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return {k: _realize(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (str, bytes, int, float, bool, type(None))):
+        return value
+    raise ValueError(f"joblib array dtype state holds a {type(value).__name__}")
 
 
 def skip_array(unpickler: Any, wrapper: Any) -> None:
@@ -46,7 +78,9 @@ def skip_array(unpickler: Any, wrapper: Any) -> None:
     itemsize, hasobject = _dtype_of(state.get("dtype"))
     reader = unpickler._rec.reader
     if hasobject:
-        inner = _PyReader(reader, unpickler._rec, joblib=True)
+        # joblib reads an object array with a plain pickle.Unpickler (joblib 1.6,
+        # NumpyArrayWrapper.read_array): no array stepping inside it, so none here either
+        inner = _PyReader(reader, unpickler._rec, joblib=False)
         inner.load()
         return
     if state.get("numpy_array_alignment_bytes") is not None:

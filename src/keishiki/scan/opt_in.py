@@ -34,6 +34,8 @@ _MAX_JSON = 64 * 1024 * 1024
 # filters and tests that look attributes up by a name given as a string
 _ATTR_FILTERS = frozenset({"attr", "map", "selectattr", "rejectattr", "sort", "groupby", "sum",
                            "unique", "min", "max", "dictsort"})
+# filters whose first argument is an attribute name (the others take attribute=...)
+_ATTR_FIRST_ARG = frozenset({"attr", "selectattr", "rejectattr", "groupby"})
 # filters that build strings: a key made with them is computed
 _STRING_FILTERS = frozenset({"format", "join", "replace", "string", "reverse", "lower", "upper",
                              "title", "capitalize", "trim", "urlencode", "first", "last", "list",
@@ -199,6 +201,7 @@ def template_findings(text: str, where: str) -> list[Judgement]:
     uses_format = False
     judged: set[int] = set()  # constants already named as an item or attribute lookup
     try:
+        computed = _computed_names(tree, nodes)
         for node in tree.find_all(nodes.Node):
             if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
                 flag(f".{node.attr}", f"reads the attribute .{node.attr}")
@@ -206,7 +209,7 @@ def template_findings(text: str, where: str) -> list[Judgement]:
                 uses_format = True
             elif isinstance(node, nodes.Getitem):
                 judged.add(id(node.arg))
-                _item(node.arg, flag, nodes)
+                _item(node.arg, flag, nodes, computed)
             elif isinstance(node, (nodes.Filter, nodes.Test)) and node.name in _ATTR_FILTERS:
                 judged.update(id(v) for v in (*node.args, *(kw.value for kw in node.kwargs)))
                 _attr_filter(node, flag, nodes)
@@ -229,16 +232,35 @@ def template_findings(text: str, where: str) -> list[Judgement]:
     return list(found.values())
 
 
-def _item(arg, flag, nodes) -> None:
+def _builds_a_string(value, nodes) -> bool:
+    """Whether an expression builds a string at render time (``~``, ``%``, calls, string
+    filters): a name made that way cannot be read before the template runs."""
+    return any(isinstance(n, (nodes.Concat, nodes.Call, nodes.Mod))
+               or isinstance(n, nodes.Filter) and n.name in _STRING_FILTERS
+               for n in (value, *value.find_all(nodes.Node)))
+
+
+def _computed_names(tree, nodes) -> set[str]:
+    """Variables ``{% set %}`` to a string built at render time (``'_' ~ '_globals__'``):
+    used as a key or an attribute name later, they are a computed lookup too."""
+    names: set[str] = set()
+    for assign in tree.find_all(nodes.Assign):
+        if isinstance(assign.target, nodes.Name) and _builds_a_string(assign.node, nodes):
+            names.add(assign.target.name)
+    return names
+
+
+def _item(arg, flag, nodes, computed: set[str] = frozenset()) -> None:
     """``x['_y']`` reads a private attribute (jinja's getitem falls back to getattr); a key
-    built from strings (``x['__cl' ~ 'ass__']``, ``x['%c'|format(95)]``) cannot be read before
-    it runs.  Arithmetic on names (``messages[messages|length - 1]``) is an index."""
+    built from strings (``x['__cl' ~ 'ass__']``, ``x['%c'|format(95)]``, or a variable set to
+    such a string) cannot be read before it runs.  Arithmetic on names
+    (``messages[messages|length - 1]``) is an index."""
     if isinstance(arg, nodes.Const):
         if isinstance(arg.value, str) and arg.value.startswith("_"):
             flag(f"[{arg.value!r}]", f"reads the item {arg.value!r}")
-    elif any(isinstance(n, (nodes.Concat, nodes.Call, nodes.Mod))
-             or isinstance(n, nodes.Filter) and n.name in _STRING_FILTERS
-             for n in (arg, *arg.find_all(nodes.Node))):
+    elif _builds_a_string(arg, nodes) or any(
+            isinstance(n, nodes.Name) and n.name in computed
+            for n in (arg, *arg.find_all(nodes.Name))):
         flag("[<computed>]", "looks an item up by a name built from strings")
 
 
@@ -251,8 +273,12 @@ def _attr_filter(node, flag, nodes) -> None:
             if any(part.startswith("_") for part in value.value.split(".")):
                 flag(f"|{node.name}({value.value!r})",
                      f"|{node.name} looks up the attribute {value.value!r}")
-        elif node.name == "attr":
-            flag("|attr(<computed>)", "|attr with a computed attribute name")
+    # the argument that names an attribute, when it is not written out: computed
+    naming = [kw.value for kw in node.kwargs if kw.key == "attribute"]
+    if node.name in _ATTR_FIRST_ARG and node.args:
+        naming.append(node.args[0])
+    if any(not isinstance(v, nodes.Const) for v in naming):
+        flag(f"|{node.name}(<computed>)", f"|{node.name} with a computed attribute name")
 
 
 def _finding(path: Path, kind: str, judged: Judgement) -> Finding:

@@ -34,7 +34,7 @@ from .unpickler import (JOBLIB_WRAPPERS, CallRecord, Global, Result, StreamRecor
                         read_stream)
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-MAX_STREAMS = 64           # concatenated streams read from one blob
+MAX_STREAMS = 100_000      # concatenated streams read from one blob (the time budget binds first)
 MAX_REPEATS = 16           # findings per (global, severity) in one blob
 MAX_NESTED = 3             # pickles inside call arguments (torch.storage._load_from_bytes)
 # callables that unpickle their first (bytes) argument with a full loader
@@ -309,12 +309,83 @@ def scan_blob(data: memoryview, where: Where, report: FileReport, deadline: floa
         if time.monotonic() > deadline:
             report.errors.append(f"{where.file}: scan stopped at the time limit")
             break
+    if count >= MAX_STREAMS and pos < n and data[pos] in OPCODE_BYTES:
+        # a loader reading until EOF goes on: what was not read is not known to be safe
+        report.errors.append(f"{where.file}: more than {MAX_STREAMS} pickle streams; the rest "
+                             f"(from byte {pos}) was not read")
     if legacy_step and count < 5 and not report.errors:
         # torch's legacy layout is five pickles (magic, protocol, sys_info, object, keys):
         # a file that stops early was not seen whole, so it cannot be called safe
         report.errors.append(f"{where.file}: legacy torch file truncated after {count} of its "
                              f"5 pickles (byte {pos})")
     return count
+
+
+LEGACY_TAR_RECORDS = ("storages", "tensors")
+MAX_LEGACY_ITEMS = 1_000_000
+
+
+def scan_legacy_tar_member(record: str, data: memoryview, where: Where, report: FileReport,
+                           deadline: float) -> None:
+    """The ``storages`` or ``tensors`` member of a pre-0.4 torch tar, read as
+    ``torch.serialization.legacy_load`` reads it: a count pickle, then per item an args
+    pickle followed by raw bytes (a storage: int64 element count and its data; a tensor:
+    int32 ndim, 4 pad bytes, sizes, strides, offset), and for storages a last pickle of
+    views.  Read as back-to-back pickles, the first raw bytes would end the reading with
+    a payload pickle still ahead of torch."""
+    judge = _Judge(where, report, deadline)
+    where.torch_file = True
+    n, pos = len(data), 0
+
+    def stream() -> StreamRecord | None:
+        nonlocal pos
+        rec = read_as_loaders(data, pos, where, report, judge)
+        report.scanned.append(f"{where.member or where.file}@{pos}")
+        if rec.error or rec.capped or rec.dynamic or rec.end <= pos:
+            return None
+        pos = rec.end
+        return rec
+
+    def raw(size: int) -> bool:
+        nonlocal pos
+        if size < 0 or pos + size > n:
+            report.errors.append(f"{where.file}!{where.member}: legacy {record} item runs past "
+                                 f"the end (byte {pos})")
+            return False
+        pos += size
+        return True
+
+    count = stream()
+    items = count.value if count is not None and type(count.value) is int else None
+    if items is None or not 0 <= items <= MAX_LEGACY_ITEMS:
+        if count is not None:
+            report.errors.append(f"{where.file}!{where.member}: legacy {record} count "
+                                 f"{items!r} is not a count")
+        return
+    for _ in range(items):
+        args = stream()
+        if args is None or time.monotonic() > deadline:
+            return
+        if record == "storages":
+            cls = args.value[2] if isinstance(args.value, tuple) and len(args.value) > 2 else None
+            name = cls._global.name if isinstance(cls, Stub) else ""
+            itemsize = _STORAGE_ITEMSIZE.get(name[:-len("Storage")] if name.endswith("Storage")
+                                             else name, 1)
+            if not raw(8):
+                return
+            (numel,) = struct.unpack("<q", data[pos - 8:pos])
+            if not raw(numel * itemsize):
+                return
+        else:
+            if not raw(8):
+                return
+            (ndim,) = struct.unpack("<i", data[pos - 8:pos - 4])
+            if not 0 <= ndim <= 64 or not raw(16 * ndim + 8):
+                return
+    if record == "storages" and stream() is None:
+        return
+    if pos < n:  # whatever follows is read as pickles too (torch itself stops here)
+        scan_blob(data, where, report, deadline, start=pos)
 
 
 def _skip_storages(data: memoryview, pos: int, main: StreamRecord, keys: Any, where: Where,

@@ -20,7 +20,8 @@ from typing import BinaryIO
 from ..errors import KeishikiError
 from . import archives, compressed, keras, npy, onnx_refs, opt_in, torch_archive, torchscript
 from .findings import FileReport, Finding, ScanReport
-from .pickles import Where, looks_like_pickle, scan_blob
+from .pickles import (LEGACY_TAR_RECORDS, Where, looks_like_pickle, scan_blob,
+                      scan_legacy_tar_member)
 
 FILE_SECONDS = 8.0        # time budget per file (the issue allows 10 s)
 MAX_DEPTH = 4             # archives inside archives
@@ -273,6 +274,8 @@ def _tar(ctx: _Ctx, data, prefix: str, depth: int) -> None:
         ctx.error(prefix, str(exc))
         return
     join = (lambda n: f"{prefix}!{n}") if prefix else (lambda n: n)
+    # a pre-0.4 torch checkpoint: torch.load reads these members in its own layout
+    legacy = {"pickle", "storages"} <= {name for name, _blob, _kind in entries}
     for name, blob, kind in entries:
         path = join(name)
         bad = archives.unsafe_name(name)
@@ -281,6 +284,9 @@ def _tar(ctx: _Ctx, data, prefix: str, depth: int) -> None:
         if kind == "link" and blob is not None and archives.link_escapes(name, blob.decode()):
             ctx.finding(path, None, "tar-member", name, "dangerous",
                         f"link to {blob.decode()!r} outside the archive")
+        elif kind == "file" and blob is not None and legacy and name in LEGACY_TAR_RECORDS:
+            scan_legacy_tar_member(name, memoryview(blob), Where(ctx.report.path, path),
+                                   ctx.report, ctx.deadline)
         elif kind == "file" and blob is not None and depth + 1 < MAX_DEPTH:
             content(ctx, blob, io.BytesIO(blob), path, depth + 1, name)
 

@@ -248,12 +248,29 @@ class _PyReader(pickle._Unpickler):
     def load_build(self):
         pickle._Unpickler.load_build(self)
         top = self.stack[-1]
-        if self._joblib and isinstance(top, Result) and top.qualname in JOBLIB_WRAPPERS:
+        if self._joblib and isinstance(top, Result) and _is_joblib_wrapper(top):
             from .joblib_arrays import skip_array  # noqa: PLC0415
 
             skip_array(self, top)
 
     dispatch[pickle.BUILD[0]] = load_build
+
+
+# calls that make an instance of the class they are given (joblib's isinstance sees it)
+_INSTANCE_MAKERS = frozenset(("copyreg._reconstructor", "copyreg.__newobj__",
+                              "copyreg.__newobj_ex__"))
+
+
+def _is_joblib_wrapper(obj: Result) -> bool:
+    """Whether joblib.load's ``isinstance(obj, NumpyArrayWrapper)`` would be true: the
+    wrapper made by a call of its class, or by a copyreg helper given its class."""
+    if obj.qualname in JOBLIB_WRAPPERS:
+        return True
+    call = obj.call
+    if call is None or call.callee is None or call.callee.qualname not in _INSTANCE_MAKERS:
+        return False
+    first = call.args[0] if call.args else None
+    return isinstance(first, Stub) and first._global.qualname in JOBLIB_WRAPPERS
 
 
 _STAND_IN_ERRORS = ("STACK_GLOBAL requires str", "must be a type", "isn't a type object",

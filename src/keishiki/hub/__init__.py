@@ -1,0 +1,25 @@
+"""The Hugging Face Hub: ``pull`` a repository into the standard cache (then scan it), and
+read a repository's config and weight headers with ranged requests before downloading it
+(``info hf://org/name``).
+
+Everything goes through ``huggingface_hub`` (``snapshot_download``, ``HfApi``,
+``HfFileSystem``): the same cache transformers and vLLM read, the same ``HF_ENDPOINT``,
+``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and token.  ``huggingface_hub`` is imported
+only when one of these runs, never by ``import keishiki``.
+
+Modules: :mod:`.pull` (``keishiki.pull``), :mod:`.remote` (``inspect("hf://...")``),
+:mod:`.select` (which files ``--prefer-safetensors`` skips), :mod:`._hf` (the import,
+the ``hf://`` parser and huggingface_hub's errors as one-line :class:`~keishiki.errors.HubError`).
+"""
+
+from __future__ import annotations
+
+HF_PREFIX = "hf://"
+
+
+def is_hf_path(path: object) -> bool:
+    """Whether ``path`` names a Hub repository or file (``hf://org/name[@rev][/file]``)."""
+    return isinstance(path, str) and path.startswith(HF_PREFIX)
+
+
+__all__ = ["is_hf_path", "HF_PREFIX"]

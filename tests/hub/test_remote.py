@@ -1,0 +1,299 @@
+"""``keishiki info hf://...`` / ``tensors hf://...``: a Hub model described from range reads of
+its config and weight headers, with the requests and bytes it took, checked against the fake
+Hub's own log and against ``inspect`` of the same files on disk."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+from .conftest import GATED, GGUF, TINY
+from .fakehub import Repo
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _log(hub) -> list[tuple[str, str, str | None]]:
+    """(method, path with the commit as <c>, range) of every request, sorted."""
+    commits = {r.commit: "<c>" for r in hub.repos.values()}
+    out = []
+    for r in hub.log:
+        path = r.path
+        for commit, tag in commits.items():
+            path = path.replace(commit, tag)
+        out.append((r.method, path, r.range))
+    return sorted(out, key=lambda t: (t[0], t[1], t[2] or ""))
+
+
+def test_info_reads_headers_only(hub, hub_env, tiny_llama):
+    import keishiki
+
+    remote = keishiki.inspect(f"hf://{TINY}")
+    local = keishiki.inspect(tiny_llama)
+    weights = hub.repos[TINY].files["model.safetensors"]
+    (n,) = struct.unpack("<Q", weights[:8])
+    base = f"/{TINY}/resolve/<c>"
+    assert _log(hub) == sorted([
+        ("GET", f"/api/models/{TINY}", None),                       # commit, files, sizes
+        ("GET", f"/api/models/{TINY}/revision/<c>", None),          # HfFileSystem.resolve_path
+        ("GET", f"/api/models/{TINY}/tree/<c>", None),              # HfFileSystem.info (ls /)
+        ("GET", f"{base}/config.json", f"bytes=0-{len(hub.repos[TINY].files['config.json']) - 1}"),
+        ("GET", f"{base}/model.safetensors", "bytes=0-7"),
+        ("GET", f"{base}/model.safetensors", f"bytes=8-{8 + n - 1}"),
+        ("GET", f"{base}/tokenizer_config.json",
+         f"bytes=0-{len(hub.repos[TINY].files['tokenizer_config.json']) - 1}"),
+    ], key=lambda t: (t[0], t[1], t[2] or ""))
+    cost = remote.details["remote"]
+    content = sum(r.sent for r in hub.log if "/resolve/" in r.path)
+    assert (cost["requests"], cost["response_bytes"], cost["bytes_read"]) == \
+        (len(hub.log), hub.bytes_sent, content)
+    assert cost["bytes_read"] < 0.10 * len(weights)
+    assert (cost["commit"], cost["weight_bytes"]) == (hub.repos[TINY].commit, len(weights))
+    # the same model as the folder on disk
+    assert remote.n_parameters == local.n_parameters == 123_200
+    assert [t.to_dict() for t in remote.tensors] == [t.to_dict() for t in local.tensors]
+    same = set(local.details["hf"]) - {"weights", "generation_defaults"}
+    assert {k: remote.details["hf"][k] for k in same} == {k: local.details["hf"][k] for k in same}
+    assert remote.details["hf"]["memory_bytes"]["fp16"] == 2 * 123_200
+    assert remote.details["hf"]["vllm_supported"] is True
+    assert remote.warnings == [] and remote.format == "hf-model"
+
+
+def test_info_through_a_cdn_redirect(hub, hub_env, tiny_llama):
+    """Range reads of an LFS file follow the Hub's 302 to its CDN (two requests each: both
+    counted, the Range kept across the redirect)."""
+    import keishiki
+
+    hub.cdn = True
+    remote = keishiki.inspect(f"hf://{TINY}")
+    assert [t.to_dict() for t in remote.tensors] == \
+        [t.to_dict() for t in keishiki.inspect(tiny_llama).tensors]
+    (n,) = struct.unpack("<Q", hub.repos[TINY].files["model.safetensors"][:8])
+    assert [r.range for r in hub.log if r.path.startswith("/cdn/")] == \
+        ["bytes=0-7", f"bytes=8-{7 + n}"]
+    assert remote.details["remote"]["requests"] == len(hub.log) == 9
+    assert remote.details["remote"]["bytes_read"] == sum(
+        r.sent for r in hub.log if r.path.startswith("/cdn/") or (
+            "/resolve/" in r.path and r.path.endswith(".json")))
+
+
+@pytest.mark.parametrize("suffix", ["", "@main", "@{commit}"])
+def test_info_json_revisions(hub, hub_env, suffix):
+    commit = hub.repos[TINY].commit
+    code, out, err = run_cli("info", f"hf://{TINY}{suffix.format(commit=commit)}", "--json")
+    data = json.loads(out)
+    assert (code, err) == (0, "")
+    assert (data["n_parameters"], data["remote"]["commit"]) == (123_200, commit)
+    assert data["remote"]["requests"] == len(hub.log) == 7
+    assert data["hf"]["num_hidden_layers"] == 2 and data["hf"]["hidden_size"] == 64
+
+
+def test_info_human_view(hub, hub_env):
+    code, out, err = run_cli("info", f"hf://{TINY}")
+    assert (code, err) == (0, "")
+    assert f"hf://{TINY}" in out and "123.20K (123,200)" in out and "float32×21" in out
+    assert "remote" in out and hub.repos[TINY].commit in out
+
+
+def test_tensors_hf_path_matches_the_folder(hub, hub_env, tiny_llama):
+    code, out, _ = run_cli("tensors", f"hf://{TINY}", "--json")
+    code_local, out_local, _ = run_cli("tensors", tiny_llama, "--json")
+    assert code == code_local == 0
+    assert json.loads(out) == json.loads(out_local)
+    assert not any("/resolve/" in r.path and r.range is None for r in hub.log)
+
+
+def test_sharded_repo_reads_every_shard_header(hub, hub_env, tiny_llama, tmp_path):
+    import keishiki
+
+    folder = tmp_path / "sharded"
+    code, _out, err = run_cli("convert", tiny_llama, folder, "--to", "hf-model",
+                              "--shard-size", "200KB")
+    assert code == 0, err
+    shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
+    assert len(shards) == 3
+    hub.add(Repo.from_folder("keishiki-test/sharded", folder))
+    hub.reset()
+    remote = keishiki.inspect("hf://keishiki-test/sharded")
+    local = keishiki.inspect(folder)
+    assert [t.to_dict() for t in remote.tensors] == [t.to_dict() for t in local.tensors]
+    assert remote.details["hf"]["weights"]["files"] == shards
+    ranges = {}
+    for r in hub.log:
+        if r.path.endswith(".safetensors"):
+            ranges.setdefault(r.path.rsplit("/", 1)[1], []).append(r.range.split("-")[0])
+    # per shard: its length (bytes=0-7), then its header from byte 8
+    assert {k: sorted(v) for k, v in ranges.items()} == {s: ["bytes=0", "bytes=8"]
+                                                          for s in shards}
+    # model_info, resolve, ls, config, index, tokenizer_config, 2 per shard
+    assert remote.details["remote"]["requests"] == len(hub.log) == 6 + 2 * len(shards)
+    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    assert remote.details["remote"]["bytes_read"] < 0.05 * weights
+
+
+def test_one_safetensors_file(hub, hub_env, tiny_llama):
+    import keishiki
+
+    remote = keishiki.inspect(f"hf://{TINY}/model.safetensors")
+    local = keishiki.inspect(tiny_llama / "model.safetensors")
+    assert remote.format == local.format == "safetensors"
+    assert [t.to_dict() for t in remote.tensors] == [t.to_dict() for t in local.tensors]
+    (n,) = struct.unpack("<Q", hub.repos[TINY].files["model.safetensors"][:8])
+    assert [r.range for r in hub.log if "/resolve/" in r.path] == ["bytes=0-7", f"bytes=8-{7 + n}"]
+
+
+@pytest.mark.parametrize("files,outcome", [
+    ({"a-q4.gguf": "gguf", "a-q8.gguf": "gguf"},
+     "error: hf://keishiki-test/many: no config.json and 2 GGUF models; name one: "
+     "hf://keishiki-test/many/a-q4.gguf"),
+    ({"adapter_config.json": "config", "adapter_model.safetensors": "weights"},
+     "error: hf://keishiki-test/many: no config.json and no GGUF models; name one: "
+     "hf://keishiki-test/many/adapter_model.safetensors"),
+    ({"config.json": "config", "a-q4.gguf": "gguf"},
+     "warning: no safetensors weights: GGUF files (a-q4.gguf): name one to read its header, "
+     "hf://keishiki-test/many/a-q4.gguf; sizes below come from config.json"),
+    ({"config.json": "config", "pytorch_model.bin": b"\x80\x04."},
+     "warning: no safetensors weights: pytorch_model.bin cannot be read by range (pickles "
+     "are read whole: pull them to inspect and scan them); sizes below come from config.json"),
+])
+def test_repos_without_safetensors(hub, hub_env, repo_files, files, outcome):
+    content = {"gguf": repo_files[GGUF]["tiny.gguf"], "config": repo_files[TINY]["config.json"],
+               "weights": repo_files[TINY]["model.safetensors"]}
+    hub.add(Repo("keishiki-test/many", {k: content.get(v, v) for k, v in files.items()}))
+    code, out, err = run_cli("info", "hf://keishiki-test/many", "--json")
+    if outcome.startswith("error: "):
+        assert (code, out, err) == (2, "", f"keishiki: {outcome}\n")
+        return
+    data = json.loads(out)
+    assert (code, data["warnings"], data["n_parameters"]) == (0, [outcome[9:]], 0)
+    # the size comes from config.json alone
+    assert data["hf"]["parameters_from_config"]["total"] == 123_200
+    assert data["hf"]["memory_bytes"]["fp32"] == 4 * 123_200
+
+
+def test_sizes_missing_from_model_info(hub, hub_env, tiny_llama):
+    """A mirror whose model_info lacks sizes: the folder listing HfFileSystem makes anyway
+    gives them, at no extra request."""
+    import keishiki
+
+    hub.sizes_in_info = False
+    remote = keishiki.inspect(f"hf://{TINY}")
+    assert remote.n_parameters == keishiki.inspect(tiny_llama).n_parameters
+    assert remote.details["remote"]["requests"] == len(hub.log) == 7
+
+
+def test_corrupt_header_is_one_line(hub, hub_env, repo_files):
+    bad = struct.pack("<Q", 10**12) + b"{}"
+    hub.add(Repo("keishiki-test/corrupt", {"config.json": repo_files[TINY]["config.json"],
+                                           "model.safetensors": bad}))
+    code, out, err = run_cli("info", "hf://keishiki-test/corrupt")
+    short = hub.repos["keishiki-test/corrupt"].commit[:12]
+    assert (code, out) == (2, "")
+    assert err == (f"keishiki: error: hf://keishiki-test/corrupt@{short}/model.safetensors: "
+                   f"corrupt or truncated at byte 0: header length 1000000000000 exceeds the "
+                   f"file size 10 (or the 100000000-byte limit)\n")
+
+
+def _gguf_bytes(tmp_path, tokens: int, width: int) -> bytes:
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "big-vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_token_list([f"token-{i:06d}" for i in range(tokens)])
+    writer.add_tensor("token_embd.weight", np.zeros((tokens, width), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("tokens,width,ranges", [
+    (1_000, 1024, ["bytes=0-65535"]),                         # a 20 KB header: one read
+    (10_000, 256, ["bytes=0-65535", "bytes=65536-262143"]),  # a 200 KB header: grows ×4
+])
+def test_gguf_header_by_growing_prefix(hub, hub_env, tmp_path, tokens, width, ranges):
+    import keishiki
+
+    pytest.importorskip("gguf")
+    data = _gguf_bytes(tmp_path, tokens, width)
+    repo = hub.add(Repo("keishiki-test/vocab", {"model.gguf": data}))
+    (tmp_path / "local.gguf").write_bytes(data)
+    local = keishiki.inspect(tmp_path / "local.gguf")
+    for path in ("hf://keishiki-test/vocab", "hf://keishiki-test/vocab/model.gguf"):
+        hub.reset()
+        remote = keishiki.inspect(path)
+        assert [r.range for r in hub.log if "/resolve/" in r.path] == ranges
+        assert remote.gguf["n_vocab_tokens"] == tokens
+        assert remote.details["remote"]["bytes_read"] < 0.10 * len(data)
+        assert [(t.name, t.dtype, t.shape, t.nbytes, t.data_offset) for t in remote.tensors] \
+            == [(t.name, t.dtype, t.shape, t.nbytes, t.data_offset) for t in local.tensors]
+        assert remote.details["remote"]["commit"] == repo.commit
+
+
+def test_gguf_repo_info(hub, hub_env):
+    code, out, _ = run_cli("info", f"hf://{GGUF}", "--json")
+    data = json.loads(out)
+    assert (code, data["format"], data["n_tensors"]) == (0, "gguf", 2)
+    assert data["gguf"]["n_vocab_tokens"] == 1000
+    assert data["remote"]["bytes_read"] < 0.10 * data["remote"]["weight_bytes"]
+
+
+@pytest.mark.parametrize("path,message", [
+    ("hf://keishiki-test/absent", "keishiki-test/absent on {endpoint}: repository not found "
+                                  "(or private: log in with `hf auth login` or HF_TOKEN)"),
+    (f"hf://{TINY}@nope", f"{TINY}@nope on {{endpoint}}: revision 'nope' not found (a branch, "
+                          f"tag or commit)"),
+    (f"hf://{GATED}", f"{GATED} on {{endpoint}}: gated repository: accept its terms at "
+                      f"{{endpoint}}/{GATED} and log in (`hf auth login` or HF_TOKEN)"),
+    (f"hf://{TINY}/absent.safetensors", f"hf://{TINY}@{{short}}/absent.safetensors: no such "
+                                        f"file in the repository"),
+    (f"hf://{TINY}/config.json", f"hf://{TINY}@{{short}}/config.json: keishiki reads "
+                                 f".safetensors and .gguf headers remotely; `keishiki pull` "
+                                 f"the repository to inspect other files"),
+    ("hf://datasets/org/data", "hf://datasets/org/data: a dataset repository; keishiki reads "
+                               "model repositories (hf://ORG/NAME)"),
+])
+@pytest.mark.parametrize("command", ["info", "tensors"])
+def test_errors_are_one_line(hub, hub_env, path, message, command):
+    code, out, err = run_cli(command, path)
+    expected = message.format(endpoint=hub.endpoint, short=hub.repos[TINY].commit[:12])
+    assert (code, out, err) == (2, "", f"keishiki: error: {expected}\n")
+
+
+def test_offline_info_is_one_line(hub, hub_env, go_offline):
+    go_offline()
+    code, out, err = run_cli("info", f"hf://{TINY}")
+    assert (code, out, hub.log) == (2, "", [])
+    assert err == (f"keishiki: error: hf://{TINY}: HF_HUB_OFFLINE=1 forbids reading the Hub; "
+                   f"inspect the snapshot folder `keishiki pull` left in the cache instead\n")
+
+
+def test_import_keishiki_stays_light(tiny_llama):
+    """huggingface_hub is imported for hf:// paths and pull only."""
+    code = ("import sys, keishiki; keishiki.inspect(sys.argv[1]); keishiki.pull; "
+            "import keishiki.hub.remote; print('huggingface_hub' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_llama)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
+
+
+def test_fresh_process_configured_by_env_loads_nothing_heavy(hub, hub_env):
+    """HF_ENDPOINT alone points a fresh interpreter at the Hub; the look imports neither
+    torch, transformers nor gguf-py."""
+    code = ("from tests.hub import loopback; loopback.install()\n"
+            "import sys, keishiki\n"
+            "info = keishiki.inspect(sys.argv[1])\n"
+            "heavy = ['torch', 'transformers', 'tokenizers', 'gguf', 'onnx', 'safetensors']\n"
+            "print(info.n_parameters, [m for m in heavy if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code, f"hf://{TINY}"], env=hub_env.env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "123200 []\n"), done.stderr
+    assert len(hub.log) == 7
