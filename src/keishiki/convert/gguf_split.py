@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..core.atomic import TMP_MARK, replace_refusal
+from ..core.atomic import TMP_MARK, fsync_dir, replace_refusal
 from ..errors import InvalidRequest
 from ..formats.gguf_split import parse_name
 
@@ -137,11 +137,7 @@ def _move_into_place(tmp: Path, out: Path, existing: list[Path], force: bool) ->
             for old in rest:
                 old.unlink(missing_ok=True)
         os.replace(p, target)
-    dir_fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(out.parent)
 
 
 def _is_first(path: Path) -> bool:

@@ -152,6 +152,15 @@ def check_free_space(folder: Path, needed: int) -> None:
                              f"{free / 1e9:.2f} GB available")
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make the renames inside ``folder`` durable (its directory entry fsync'd)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def _fsync_tree(path: Path) -> None:
     paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     for p in paths:
@@ -281,11 +290,7 @@ def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = Fa
             _remove(old)
         else:
             os.replace(tmp, out)
-        dir_fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(out.parent)
     except BaseException:
         _remove(tmp)
         raise
