@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UnsafeFile
+from .source import MAX_JSON_BYTES
 
 if TYPE_CHECKING:
     from ..scan.findings import ScanReport
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _HF_REPO = re.compile(r"^(models|datasets|spaces)--.+")
 TRUST_HINT = "trust_remote_code=True / --trust-remote-code loads it anyway"
-MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
 def model_root(path: Path) -> Path:
@@ -123,7 +123,7 @@ def index_escapes(root: Path, index: Path) -> list[tuple[str, str]]:
     """(shard name, reason) for each file a sharded checkpoint's index names outside
     ``root``; ("", reason) when the index itself cannot be read (a loader would fail)."""
     try:
-        if index.stat().st_size > MAX_INDEX_BYTES:
+        if index.stat().st_size > MAX_JSON_BYTES:
             return [("", "shard index larger than 64 MiB")]
         weight_map = json.loads(index.read_bytes()).get("weight_map") or {}
         shards = sorted({str(v) for v in weight_map.values()})
