@@ -346,47 +346,11 @@ def _corpus(rel: str):
 
 def _llama_gguf_pair(dest, get):
     """hf.safetensors + model.gguf: llama names, Q/K permuted as llama.cpp does, ffn_up Q8_0
-    (docs/compare_view.md), written with gguf.GGUFWriter as tests/compare does."""
-    import gguf
-    import numpy as np
-    from safetensors.numpy import save_file
+    (docs/compare_view.md), written as tests/compare does."""
+    from tests.compare.conftest import write_llama_gguf_pair
 
-    from keishiki.convert.gguf_archs import ARCHS
-    from keishiki.convert.gguf_names import permute
-
-    gguf_name = ARCHS["llama"].name_maps(1)[0]
-    rng = np.random.default_rng(0)
-    hidden, n_head, n_kv, head_dim = 16, 4, 2, 4
-    sd = {
-        "model.embed_tokens.weight": rng.standard_normal((32, hidden)),
-        "model.layers.0.input_layernorm.weight": rng.standard_normal(hidden),
-        "model.layers.0.self_attn.q_proj.weight": rng.standard_normal((n_head * head_dim, hidden)),
-        "model.layers.0.self_attn.k_proj.weight": rng.standard_normal((n_kv * head_dim, hidden)),
-        "model.layers.0.self_attn.v_proj.weight": rng.standard_normal((n_kv * head_dim, hidden)),
-        "model.layers.0.mlp.up_proj.weight": rng.standard_normal((24, 32)) * 0.1,
-        "model.norm.weight": rng.standard_normal(hidden),
-    }
-    sd = {k: v.astype(np.float32) for k, v in sd.items()}
     dest.mkdir()
-    save_file(sd, str(dest / "hf.safetensors"))
-    writer = gguf.GGUFWriter(str(dest / "model.gguf"), "llama")
-    writer.add_block_count(1)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
-    for name, value in sd.items():
-        if "q_proj" in name:
-            value = permute(value, n_head)
-        elif "k_proj" in name:
-            value = permute(value, n_kv)
-        if "up_proj" in name:
-            q8 = gguf.quants.quantize(value, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(gguf_name[name], q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(gguf_name[name], value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_llama_gguf_pair(dest, up_scale=0.1)
 
 
 def _resnet_pair(dest, get):

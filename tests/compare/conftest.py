@@ -54,9 +54,15 @@ def seq_files(tmp_path_factory, seq_state_dict) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def llama_gguf_pair(tmp_path_factory) -> tuple[Path, Path, dict]:
     """HF-named llama weights (safetensors) and the same in a GGUF written with
-    ``gguf.GGUFWriter`` the way llama.cpp does: GGUF names, Q/K rows permuted for rotary,
-    one tensor Q8_0."""
-    gguf = pytest.importorskip("gguf")
+    ``gguf.GGUFWriter`` the way llama.cpp does (see :func:`write_llama_gguf_pair`)."""
+    pytest.importorskip("gguf")
+    return write_llama_gguf_pair(tmp_path_factory.mktemp("llama-gguf"))
+
+
+def write_llama_gguf_pair(root: Path, up_scale: float = 1.0) -> tuple[Path, Path, dict]:
+    """``root/hf.safetensors`` and ``root/model.gguf``: GGUF names, Q/K rows permuted for
+    rotary, ffn_up in Q8_0 (scaled by ``up_scale``); returns (hf, gguf, state dict)."""
+    import gguf
     from safetensors.numpy import save_file
 
     from keishiki.convert.gguf_archs import ARCHS
@@ -72,11 +78,10 @@ def llama_gguf_pair(tmp_path_factory) -> tuple[Path, Path, dict]:
         "model.layers.0.self_attn.q_proj.weight": rng.standard_normal((n_head * head_dim, hidden)),
         "model.layers.0.self_attn.k_proj.weight": rng.standard_normal((n_kv * head_dim, hidden)),
         "model.layers.0.self_attn.v_proj.weight": rng.standard_normal((n_kv * head_dim, hidden)),
-        "model.layers.0.mlp.up_proj.weight": rng.standard_normal((24, 32)),
+        "model.layers.0.mlp.up_proj.weight": rng.standard_normal((24, 32)) * up_scale,
         "model.norm.weight": rng.standard_normal(hidden),
     }
     sd = {k: v.astype(np.float32) for k, v in sd.items()}
-    root = tmp_path_factory.mktemp("llama-gguf")
     hf, gg = root / "hf.safetensors", root / "model.gguf"
     save_file(sd, str(hf))
     writer = gguf.GGUFWriter(str(gg), "llama")
