@@ -16,8 +16,10 @@ _STYLE = {"dangerous": "bold red", "unknown": "yellow", "error": "magenta", "saf
 
 @app.command()
 def scan(
-    paths: list[Path] = typer.Argument(
-        ..., metavar="PATHS", help="Files or folders (archives are opened, folders walked)."),
+    # str, not Path: Path("hf://org/name") would fold the "//"
+    paths: list[str] = typer.Argument(
+        ..., metavar="PATHS", help="Files or folders (archives are opened, folders walked), "
+        "or hf://ORG/NAME[@REV] on the Hub (read by range requests, weights not downloaded)."),
     json_out: bool = JSON_OPTION,
     allow_unknown: bool = typer.Option(False, "--allow-unknown",
                                        help="Exit 0 when only unknown (not dangerous) "
@@ -32,13 +34,15 @@ def scan(
     """
     from ..scan import scan as run_scan
 
-    report = run_scan(*paths)
+    report = run_scan(*(p if p.startswith("hf://") else Path(p) for p in paths))
     code = report.exit_code(allow_unknown=allow_unknown)
     try:
         if json_out:
             data = report.to_dict(include_safe=show_safe)
             data["exit_code"] = code
             data["files"] = [f for f in data["files"] if not f["skipped"] or f["findings"]]
+            if getattr(report, "remote", None):
+                data["remote"] = report.remote
             print_json(data)
             return code
         _render(report, show_safe)

@@ -39,9 +39,19 @@ def scan(*paths: str | os.PathLike) -> ScanReport:
         KeishikiError: a path does not exist.  Damaged files do not raise: they are
         reported as errors in the report (what was seen up to the damage is still judged).
     """
+    from ..hub import is_hf_path
     from .scanner import scan_paths
 
-    return scan_paths(paths)
+    remote = [p for p in paths if is_hf_path(p)]
+    report = scan_paths([p for p in paths if not is_hf_path(p)])
+    if remote:  # hf://org/name: judged from byte ranges, without downloading the weights
+        from ..hub.remote_scan import scan_remote  # noqa: PLC0415 - imports huggingface_hub
+
+        for path in remote:
+            found = scan_remote(str(path))
+            report.files.extend(found.files)
+            report.remote = found.remote  # type: ignore[attr-defined]
+    return report
 
 
 def cached_scan(path: Path) -> ScanReport:
