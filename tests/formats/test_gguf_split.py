@@ -103,6 +103,9 @@ def test_cli_info_and_tensors_show_every_split(split_dir):
     assert code == 0, err
     data = json.loads(out)
     assert data["n_tensors"] == 5 and data["gguf"]["splits"]["count"] == 3
+    # the size is the model's, every split's bytes, not the named file's
+    assert data["file_size"] == sum((split_dir / n).stat().st_size for n in NAMES) \
+        == data["gguf"]["splits"]["bytes"]
     code, out, err = run_cli("tensors", split_dir / NAMES[2], "--json")
     assert code == 0, err
     assert [t["file"] for t in json.loads(out)] == [NAMES[0]] * 2 + [NAMES[1]] * 2 + [NAMES[2]]

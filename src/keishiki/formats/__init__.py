@@ -166,7 +166,7 @@ def read(src: Source, match: Match) -> ModelInfo:
         if os.environ.get("KEISHIKI_DEBUG"):
             raise
         raise CorruptFile(src.path, f"{type(exc).__name__}: {exc}") from None
-    info.file_size = src.size
+    info.file_size = info.file_size or src.size  # (a split GGUF: every split's bytes)
     return info
 
 

@@ -313,7 +313,8 @@ def read(src: Source, match) -> ModelInfo:
     return ModelInfo(path=str(src.path), format=FORMAT, format_version=str(header.version),
                      variant="split" if parts.count > 1 else None,
                      tensors=tensors, metadata=metadata, gguf=gguf, warnings=warnings,
-                     tensor_loader=loader_for(src.path, header.byte_order))
+                     tensor_loader=loader_for(src.path, header.byte_order),
+                     file_size=gguf["splits"]["bytes"] if parts.count > 1 else 0)
 
 
 def _all_tensors(parts: gguf_split.SplitSet) -> list[TensorInfo]:
