@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence as Seq
 
 import numpy as np
 
-from ..errors import InvalidRequest, RuntimeUnavailable, UnsafeFile
+from ..errors import InvalidRequest, RuntimeUnavailable
 from .base import Backend, Sequence
 from .outputs import CompletionOutput, Logprob, RequestOutput
 from .params import SamplingParams
@@ -37,9 +37,8 @@ class LLM:
         backend: ``auto``, ``torch``, ``onnxruntime``, ``torchscript`` or ``vllm``.
         dtype: ``auto``/None, ``float32``, ``float16``, ``bfloat16`` (torch and vLLM).
         seed: seeds the generator of requests whose SamplingParams has no seed.
-        trust_remote_code: let transformers/vLLM run the model folder's own code, and load a
-            TorchScript or ONNX file that ``keishiki scan`` rates dangerous (file ops in its
-            code, external data outside its folder).
+        trust_remote_code: load a model that ``keishiki scan`` rates dangerous or unknown,
+            and let transformers/vLLM run the model folder's own code.
         tensor_parallel_size, pipeline_parallel_size: passed to vLLM.
         max_model_len: cap on prompt + output length (default: the model's).
         max_num_seqs: most sequences decoded in one batch.
@@ -52,8 +51,8 @@ class LLM:
 
     Raises:
         InvalidRequest: missing path, a format that cannot generate, bad arguments.
-        UnsafeFile: a TorchScript or ONNX file the scanner rates dangerous (a file op in the
-            code, external data outside the model's folder), without trust_remote_code.
+        UnsafeFile: the model scans dangerous or unknown (the load gate), without
+            trust_remote_code; or one of its files leads outside its folder (the path gate).
         RuntimeUnavailable: the engine cannot run here (no vLLM / GPU, no tokenizer).
         MissingDependency: the engine's library is not installed.
     """

@@ -80,8 +80,8 @@ def file_findings(path: Path) -> list[Finding]:
         if not is_model_folder(path.parent):
             return []  # a folder of scripts: nothing loads them as part of a model
         return [Finding(str(path), "", None, "python-file", name, "unknown",
-                        f"Python file in the model folder: transformers imports it under "
-                        f"trust_remote_code=True (via auto_map), and so does any loader told to")]
+                        "Python file in the model folder: transformers imports it under "
+                        "trust_remote_code=True (via auto_map), and so does any loader told to")]
     if name not in AUTO_MAP_FILES and name not in _TEMPLATE_FILES \
             and not lower.endswith(".jinja"):
         return []
