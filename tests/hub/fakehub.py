@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 # files the Hub stores in LFS (a sha256 ETag and X-Linked-* headers, as huggingface.co does)
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack",
-                ".onnx", ".pkl")
+                ".onnx", ".pkl", ".gz")
 
 
 @dataclass
@@ -46,6 +46,10 @@ class Repo:
     commit: str = ""
     branches: tuple[str, ...] = ("main",)
     gated: bool = False
+    # private: without ``Authorization: Bearer <token>`` the Hub answers 401 (as for a
+    # repository that does not exist: it never says which)
+    private: bool = False
+    token: str = "hf_keishiki_test_token"
 
     def __post_init__(self) -> None:
         if not self.commit:
@@ -95,6 +99,14 @@ class FakeHub:
     server: ThreadingHTTPServer | None = None
     thread: threading.Thread | None = None
     connections: set = field(default_factory=set)  # open keep-alive sockets, closed by stop()
+    # {file name: n}: the next whole-file GET of that name sends its headers and n bytes of
+    # the body, then drops the connection (a download killed mid-way); once per entry
+    cut: dict[str, int] = field(default_factory=dict)
+    cut_always: bool = False  # True: every GET of a file in ``cut`` fails (ranged ones at once)
+    # {file name: n}: the next whole-file GET sends n bytes, then waits for ``release`` (the
+    # client is killed meanwhile), then drops the connection
+    stall: dict[str, int] = field(default_factory=dict)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def add(self, repo: Repo) -> Repo:
         self.repos[repo.repo_id] = repo
@@ -123,6 +135,7 @@ class FakeHub:
     def stop(self) -> None:
         """Stop listening and close every open connection: huggingface_hub's client keeps
         connections alive, and a handler thread would go on answering on one."""
+        self.release.set()  # a stalled answer ends now
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -214,6 +227,9 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if repo.gated:
             self._error(403, "GatedRepo")
+            return None
+        if repo.private and self.headers.get("Authorization") != f"Bearer {repo.token}":
+            self._error(401, "RepoNotFound")
             return None
         return repo
 
@@ -343,6 +359,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _bytes(self, data: bytes, headers: dict[str, str]) -> None:
         """The file, or the part of it a ``Range`` header asks for (206)."""
+        if self.command == "GET" and self._cut_short(data, headers):
+            return
         wanted = self.headers.get("Range")
         if wanted and self.command == "GET":
             r = _RANGE.match(wanted.strip())
@@ -353,3 +371,39 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             return self._send(206, data[start:end + 1], headers, "application/octet-stream")
         self._send(200, data, headers, "application/octet-stream")
+
+    def _cut_short(self, data: bytes, headers: dict[str, str]) -> bool:
+        """Send part of ``data`` and drop the connection, when ``cut`` names this file (a
+        ranged request, a resume, is dropped before any byte when ``cut_always``)."""
+        name = unquote(urlsplit(self.path).path).rsplit("/", 1)[-1]
+        ranged = bool(self.headers.get("Range"))
+        with self.state.lock:
+            stall = None if ranged else self.state.stall.pop(name, None)
+            if stall is not None:
+                n = stall
+            elif self.state.cut_always:
+                n = self.state.cut.get(name)
+            else:
+                n = None if ranged else self.state.cut.pop(name, None)
+        if n is None:
+            return False
+        self._record(0 if ranged else n)
+        if ranged:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data[:n])
+        self.wfile.flush()
+        if stall is not None:
+            self.state.release.wait(60)
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        return True

@@ -7,13 +7,15 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
+from .args import HF_HELP, model_path
 from .render import console, human_bytes, print_json, table
 
 
 @app.command()
 def bench(
     model: Path = typer.Argument(
-        ..., metavar="MODEL", help="HF folder, ONNX file/folder or TorchScript file."),
+        ..., metavar="MODEL", parser=model_path,
+        help="HF folder, ONNX file/folder, TorchScript or GGUF file." + HF_HELP),
     backends: str = typer.Option(None, "--backends",
                                  help="Comma-separated (default for a HF folder: "
                                       "torch,onnxruntime,torchscript)."),

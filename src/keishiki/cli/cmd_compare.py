@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
+from .args import HF_HELP, model_path
 from rich.markup import escape
 
 from .render import console, print_json, table
@@ -16,8 +17,10 @@ STYLE = {"identical": "green", "within tolerance": "yellow", "different": "red"}
 
 @app.command()
 def compare(
-    a: Path = typer.Argument(..., metavar="A", help="Model A, the reference (any format)."),
-    b: Path = typer.Argument(..., metavar="B", help="Model B (any format)."),
+    a: Path = typer.Argument(..., metavar="A", parser=model_path,
+                             help="Model A, the reference (any format)." + HF_HELP),
+    b: Path = typer.Argument(..., metavar="B", parser=model_path,
+                             help="Model B (any format)."),
     atol: float = typer.Option(0.0, "--atol", help="Allowed absolute difference per element."),
     rtol: float = typer.Option(0.0, "--rtol", help="Allowed difference relative to |A|."),
     allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Tensors found on "

@@ -9,13 +9,15 @@ import typer
 from rich.markup import escape
 
 from ._app import JSON_OPTION, app
+from .args import HF_HELP, model_path
 from .render import console, human_bytes, print_json, printable, table
 
 
 @app.command()
 def convert(
     src: Path = typer.Argument(
-        ..., metavar="SRC", help="Model file or folder (any readable format)."),
+        ..., metavar="SRC", parser=model_path,
+        help="Model file or folder (any readable format)." + HF_HELP),
     out: Path = typer.Argument(
         ..., metavar="OUT", help="Output file or folder (must not exist without --force)."),
     to: str = typer.Option(..., "--to", help="Target format: safetensors, pytorch, hf-model, "
@@ -26,7 +28,12 @@ def convert(
                             "(e.g. model)."),
     shard_size: str = typer.Option(None, "--shard-size", help="Max bytes per weight shard "
                                    "(e.g. 5GB) for hf-model outputs."),
-    quant: str = typer.Option(None, "--quant", help="GGUF tensor type: f32, f16, bf16, q8_0."),
+    quant: str = typer.Option(None, "--quant", help="GGUF: f32, f16, bf16, q8_0, q4_0, q4_1, "
+                              "q5_0, q5_1, q2_K, q3_K, q3_K_M, q4_K, q4_K_S, q4_K_M, q5_K, "
+                              "q5_K_M, q6_K (llama.cpp's types and k-quant mixes); ONNX: int8, "
+                              "int4."),
+    block_size: int = typer.Option(None, "--block-size", help="ONNX --quant int4: values per "
+                                   "quantization block (default 32)."),
     split_max_size: str = typer.Option(None, "--split-max-size", help="GGUF: write splits of "
                                        "at most this much tensor data (e.g. 2G, 500M), named "
                                        "OUT-00001-of-0000N.gguf..."),
@@ -58,6 +65,7 @@ def convert(
 
     options = dict(dtype=dtype, key=key, shard_size=shard_size, quant=quant, method=method,
                    split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                   block_size=block_size,
                    example_input=example_input, trust=trust, opset=opset, exporter=exporter,
                    external_data=external_data, atol=atol, verify=not no_verify, strict=strict,
                    force=force, quiet=quiet)
@@ -104,6 +112,9 @@ def render_report(report: dict) -> None:
         if splits:
             console.print(f"wrote {len(splits)} splits: {escape(splits[0])} ... "
                           f"{escape(splits[-1])}")
+        quality = quality_line(step.get("verify") or {})
+        if quality:
+            console.print(quality)
         reason = (step.get("verify") or {}).get("reason")
         if reason:
             console.print(f"[red]{step['edge']}:[/red] {escape(str(reason))}")
@@ -113,3 +124,15 @@ def render_report(report: dict) -> None:
                       f"were read by {scan['read_by']} ({escape(str(scan['reason']))})")
     if report.get("kept_as"):
         console.print(f"[red]unverified output kept as {escape(str(report['kept_as']))}[/red]")
+
+
+def quality_line(verify: dict) -> str | None:
+    """One line of a quantized step's run-against-the-original metrics, or None."""
+    q = verify.get("quality") if "quality" in verify else verify
+    if not q or q.get("method") != "quantized-vs-original" or "kl_mean" not in q:
+        return None
+    return (f"{q['quant']} vs original on {q['n_positions']} positions: KL mean "
+            f"{q['kl_mean']:.3g} (<= {q['kl_mean_allowed']:g}), greedy agreement "
+            f"{q['top1_agreement']:.0%} ({q['top1_agreement_near_ties']:.0%} with near-ties; "
+            f">= {q['top1_min']:.0%}), logits max abs diff {q['max_abs_diff']:.3g}, mean "
+            f"{q['mean_abs_diff']:.3g}")

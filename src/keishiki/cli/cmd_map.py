@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
+from .args import HF_HELP, model_path
 from rich.markup import escape
 
 from .cmd_compare import render_unmatched, shape_text
@@ -15,8 +16,10 @@ from .render import print_json, table
 
 @app.command(name="map")
 def map_cmd(
-    a: Path = typer.Argument(..., metavar="A", help="Model A (any format)."),
-    b: Path = typer.Argument(..., metavar="B", help="Model B (any format)."),
+    a: Path = typer.Argument(..., metavar="A", parser=model_path,
+                             help="Model A (any format)." + HF_HELP),
+    b: Path = typer.Argument(..., metavar="B", parser=model_path,
+                             help="Model B (any format)."),
     no_values: bool = typer.Option(False, "--no-values", help="Pair by names only (never "
                                    "read tensor data)."),
     show: str = typer.Option("pairs", "--show", help="pairs (default) or all (also list "

@@ -9,13 +9,15 @@ from pathlib import Path
 import typer
 
 from ._app import JSON_OPTION, app
+from .args import HF_HELP, model_path
 from .render import print_json, write_text
 
 
 @app.command()
 def run(
     model: Path = typer.Argument(
-        ..., metavar="MODEL", help="HF folder, ONNX file/folder or TorchScript file."),
+        ..., metavar="MODEL", parser=model_path,
+        help="HF folder, ONNX file/folder, TorchScript or GGUF file." + HF_HELP),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt (repeat for more)."),
     backend: str = typer.Option("auto", "--backend", "-b",
                                 help="auto, torch, onnxruntime, torchscript or vllm."),

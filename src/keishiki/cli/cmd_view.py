@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import typer
 
@@ -13,7 +12,9 @@ from .render import console
 
 @app.command()
 def view(
-    path: Path = typer.Argument(..., metavar="PATH", help="Model file or folder (any format)."),
+    # a str, not a Path: hf://ORG/NAME is shown from its headers, read by range (no download)
+    path: str = typer.Argument(..., metavar="PATH", help="Model file or folder (any format), "
+                               "or hf://ORG/NAME[@REV][/FILE] on the Hub (read by range)."),
     port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL."),
 ) -> int:

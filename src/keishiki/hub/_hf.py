@@ -115,6 +115,11 @@ def _message(exc: BaseException, spec: RepoSpec, remote: bool) -> str | None:
     httpx = _httpx()
     if httpx is not None and isinstance(exc, (httpx.ConnectError, httpx.TimeoutException)):
         return f"{spec.label}: cannot reach {endpoint()} ({type(exc).__name__})"
+    if httpx is not None and isinstance(exc, httpx.TransportError):
+        # huggingface_hub resumed by itself a few times, gave up and deleted its partial
+        # file: no snapshot link points at half a file
+        return (f"{spec.label}: the download from {endpoint()} broke off "
+                f"({type(exc).__name__}); run it again")
     return None
 
 

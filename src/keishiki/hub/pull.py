@@ -111,6 +111,9 @@ def pull(repo_id: str, revision: str | None = None, include: Sequence[str] | Non
             else:
                 skipped = skipped_for_safetensors(_filtered(files, include, exclude))
         ignore = [*(exclude or []), *map(literal_pattern, skipped)] or None
+        if local_dir is None and (cleared := _clear_killed_partials(spec)):
+            warnings.append(f"removed {cleared} partial download(s) a killed pull left in "
+                            f"the cache")
         with _progress(quiet), _no_match_said_once():
             folder = Path(hub.snapshot_download(
                 spec.repo_id, revision=spec.revision, allow_patterns=list(include or []) or None,
@@ -151,6 +154,36 @@ def _repo_files(spec: _hf.RepoSpec, local_dir) -> tuple[list[str] | None, str | 
         return [f.path for f in cached], None
     info = hub.HfApi().model_info(spec.repo_id, revision=spec.revision)
     return [s.rfilename for s in info.siblings or []], info.sha
+
+
+def _clear_killed_partials(spec: _hf.RepoSpec) -> int:
+    """Remove the ``blobs/<etag>.<id>.incomplete`` files that killed downloads left; returns
+    how many.
+
+    huggingface_hub 2.x downloads each blob into a file unique to the process and deletes it
+    when the download fails, so an interrupted pull resumes by its own retries; a process
+    killed outright leaves its file behind forever (no later download reuses it).  One is
+    stale when nobody holds its blob's lock (``.locks/<repo>/<etag>.lock``, the lock
+    huggingface_hub downloads under): a download in progress holds it.
+    """
+    from filelock import FileLock, Timeout
+    from huggingface_hub.file_download import repo_folder_name
+
+    cache = Path(_hf.hf().constants.HF_HUB_CACHE)
+    folder = repo_folder_name(repo_id=spec.repo_id, repo_type="model")
+    blobs, locks = cache / folder / "blobs", cache / ".locks" / folder
+    removed = 0
+    for part in sorted(blobs.glob("*.incomplete")) if blobs.is_dir() else []:
+        etag = part.name.split(".", 1)[0]
+        if part.is_symlink() or not part.is_file() or not locks.is_dir():
+            continue
+        try:
+            with FileLock(locks / f"{etag}.lock", timeout=0):
+                part.unlink(missing_ok=True)
+                removed += 1
+        except Timeout:  # being downloaded right now
+            continue
+    return removed
 
 
 def _commit_from_refs(spec: _hf.RepoSpec) -> str | None:

@@ -1,0 +1,22 @@
+"""Arguments several commands share: a MODEL that is a local path or an ``hf://`` reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def model_path(text: str) -> Path:
+    """A command's model argument as a local path: ``hf://org/name[@rev][/file]`` is the
+    cached snapshot (pulled first, with a line on stderr, when the cache lacks it).
+
+    Used as typer's ``parser=``: typer would otherwise make ``Path("hf://org/name")``, which
+    folds the ``//``.
+    """
+    if text.startswith("hf://"):
+        from ..hub.resolve import local_path
+
+        return local_path(text)
+    return Path(text)
+
+
+HF_HELP = " A Hub model as hf://ORG/NAME[@REV][/FILE] is read from the cache, or pulled first."
