@@ -1,4 +1,6 @@
-"""``keishiki pull REPO[@REV]``: download a Hub repository into the standard cache and scan it."""
+"""``keishiki pull REPO[@REV]``: download a Hub repository into the standard cache and scan it;
+``keishiki pull onnx-zoo:NAME``: one ONNX Model Zoo model, sha256-checked against the zoo's
+manifest (:mod:`keishiki.hub.zoo`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from ..errors import InvalidRequest
 from ._app import JSON_OPTION, app
 from .render import console, human_bytes, kv_table, print_json, printable
 
@@ -15,7 +18,8 @@ from .render import console, human_bytes, kv_table, print_json, printable
 @app.command()
 def pull(
     repo: str = typer.Argument(..., metavar="REPO[@REV]",
-                               help="org/name, optionally @branch, @tag or @commit."),
+                               help="org/name, optionally @branch, @tag or @commit; or "
+                               "onnx-zoo:NAME for an ONNX Model Zoo model."),
     include: list[str] = typer.Option(None, "--include", help="Only paths matching this glob "
                                       "(repeatable)."),
     exclude: list[str] = typer.Option(None, "--exclude", help="Skip paths matching this glob "
@@ -26,6 +30,11 @@ def pull(
                                             help="Skip pickled weights (*.bin, *.pt, *.pth, "
                                             "*.ckpt) beside *.safetensors, as transformers "
                                             "loads them."),
+    opset: int = typer.Option(None, "--opset", help="onnx-zoo:NAME: the version with exactly "
+                              "this opset (default: the highest)."),
+    zoo_repo: str = typer.Option(None, "--zoo-repo", metavar="ORG/NAME[@REV]",
+                                 help="onnx-zoo:NAME: the repository holding "
+                                 "ONNX_HUB_MANIFEST.json (default: onnxmodelzoo/legacy_models)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     json_out: bool = JSON_OPTION,
 ) -> int:
@@ -34,9 +43,24 @@ def pull(
     Through huggingface_hub: HF_ENDPOINT, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and your
     token apply, and transformers and vLLM find the same files.
 
+    `onnx-zoo:NAME` fetches one model of the ONNX Model Zoo (names as onnx.hub: any case)
+    and checks its sha256 against the zoo's manifest before scanning it.
+
     Exit codes as `keishiki scan`: 0 nothing unsafe, 1 dangerous or unknown code found
     (the files stay where they landed: pull only reports), 2 could not pull.
     """
+    from ..hub.zoo import ZOO_PREFIX
+
+    if repo.startswith(ZOO_PREFIX):
+        unused = [flag for flag, value in (("--include", include), ("--exclude", exclude),
+                                           ("--local-dir", local_dir),
+                                           ("--prefer-safetensors", prefer_safetensors)) if value]
+        if unused:
+            raise InvalidRequest(f"{', '.join(unused)}: not for {ZOO_PREFIX}NAME (a zoo model "
+                                 f"is one file)")
+        return _pull_zoo(repo[len(ZOO_PREFIX):], opset, zoo_repo, quiet, json_out)
+    if opset is not None or zoo_repo is not None:
+        raise InvalidRequest(f"--opset and --zoo-repo are for {ZOO_PREFIX}NAME, not {repo}")
     from ..hub.pull import pull as run_pull
 
     report = run_pull(repo, include=include or None, exclude=exclude or None,
@@ -55,11 +79,38 @@ def pull(
     ]))
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    if report.scan is not None:
-        from .cmd_scan import _render
-
-        _render(report.scan, show_safe=False)
-        for fr in report.scan.files:
-            for err in fr.errors:
-                sys.stderr.write(printable(f"keishiki: error: {err}") + "\n")
+    _render_scan(report.scan)
     return code
+
+
+def _pull_zoo(name: str, opset: int | None, zoo_repo: str | None, quiet: bool,
+              json_out: bool) -> int:
+    from ..hub.zoo import DEFAULT_REPO, pull_model
+
+    report = pull_model(name, zoo_repo or DEFAULT_REPO, opset, silent=quiet)
+    code = report.exit_code()
+    if json_out:
+        print_json(report.to_dict())
+        return code
+    console.print(kv_table(None, [
+        ("zoo", report.repo_id + (f"@{report.revision}" if report.revision else "")),
+        ("commit", report.commit),
+        ("model", f"{report.info.model} (opset {report.info.opset})"),
+        ("file", str(report.path) + (" (from the cache, offline)" if report.offline else "")),
+        ("size", human_bytes(report.nbytes)),
+        ("sha256", f"{report.sha256} (matches the manifest)"),
+    ]))
+    _render_scan(report.scan)
+    return code
+
+
+def _render_scan(scan) -> None:
+    """The scan verdict as ``keishiki scan`` prints it; unread parts as one-line errors."""
+    if scan is None:
+        return
+    from .cmd_scan import _render
+
+    _render(scan, show_safe=False)
+    for fr in scan.files:
+        for err in fr.errors:
+            sys.stderr.write(printable(f"keishiki: error: {err}") + "\n")

@@ -26,6 +26,7 @@ from ..core.model import ModelInfo
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile, HubError, InvalidRequest
 from . import _hf
+from . import remote_files
 from .headers import gguf_header, gguf_models, read_shards, safetensors_header
 from .ranged import RangedRepo, Traffic
 
@@ -86,8 +87,7 @@ def _one_file(repo: RangedRepo, name: str) -> ModelInfo:
         return ModelInfo(path=name, format="safetensors", tensors=tensors, metadata=metadata)
     if name.lower().endswith(".gguf"):
         return gguf_header(repo, name)
-    raise InvalidRequest(f"{repo.where(name)}: keishiki reads .safetensors and .gguf headers "
-                         f"remotely; `keishiki pull` the repository to inspect other files")
+    return remote_files.inspect_file(repo, name)  # ONNX, torch checkpoints; else refused
 
 
 # ---- a repository -------------------------------------------------------------------------------
@@ -109,33 +109,68 @@ def _repository(repo: RangedRepo) -> ModelInfo:
         raise CorruptFile(repo.where("config.json"), "config.json is not a JSON object")
     shards, weights = _shards(repo)
     tensors, metadata = read_shards(repo, shards)
+    safety = None
+    fmt = "safetensors" if shards else None
+    if not shards:  # pickled weights only: their data.pkl, read by range, gives the tensors
+        shards, weights = _pickle_shards(repo)
+        tensors, safety = _read_pickle_shards(repo, shards)
+        fmt = "pytorch" if shards else None
     warnings = _weight_warnings(repo, shards, weights)
-    weights.update(format="safetensors" if shards else None, files=shards,
-                   sharded=len(shards) > 1, formats_present=_formats_present(repo))
+    weights.update(format=fmt, files=shards, sharded=len(shards) > 1,
+                   formats_present=_formats_present(repo))
     hf = _hf_facts(repo, config, tensors, weights)
     return ModelInfo(path=repo.spec.repo_id, format="hf-model", tensors=tensors,
-                     metadata=metadata, config=config, warnings=warnings, details={"hf": hf})
+                     metadata=metadata, config=config, warnings=warnings, details={"hf": hf},
+                     safety=safety)
 
 
 def _shards(repo: RangedRepo) -> tuple[list[str], dict[str, Any]]:
     """The safetensors files transformers would load, in its order, and facts for the
     ``weights`` entry (index name, its total_size)."""
-    names = sorted(repo.sizes)
-    index = "model.safetensors.index.json"
-    if index in repo.sizes:
-        data = repo.read_json(index)
-        weight_map = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(weight_map, dict):
-            raise CorruptFile(repo.where(index), "no weight_map of tensor name -> shard file")
-        shards = list(dict.fromkeys(str(v) for v in weight_map.values()))
-        missing = [s for s in shards if s not in repo.sizes]
-        facts = {"index": index, "index_total_size": (data.get("metadata") or {}).get(
-            "total_size"), "missing_files": missing}
-        return [s for s in shards if s in repo.sizes], facts
+    if "model.safetensors.index.json" in repo.sizes:
+        return _indexed(repo, "model.safetensors.index.json")
     if "model.safetensors" in repo.sizes:
         return ["model.safetensors"], {}
     # adapters, Mistral's consolidated files: any safetensors at the top of the repository
-    return [n for n in names if n.endswith(".safetensors") and "/" not in n], {}
+    return [n for n in sorted(repo.sizes) if n.endswith(".safetensors") and "/" not in n], {}
+
+
+def _pickle_shards(repo: RangedRepo) -> tuple[list[str], dict[str, Any]]:
+    """The pickled checkpoint files transformers loads when there is no safetensors: the
+    shards ``pytorch_model.bin.index.json`` names, or ``pytorch_model.bin``."""
+    if "pytorch_model.bin.index.json" in repo.sizes:
+        return _indexed(repo, "pytorch_model.bin.index.json")
+    return (["pytorch_model.bin"] if "pytorch_model.bin" in repo.sizes else []), {}
+
+
+def _indexed(repo: RangedRepo, index: str) -> tuple[list[str], dict[str, Any]]:
+    """The shards a ``*.index.json`` names (those present, in its order) and its facts."""
+    data = repo.read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CorruptFile(repo.where(index), "no weight_map of tensor name -> shard file")
+    shards = list(dict.fromkeys(str(v) for v in weight_map.values()))
+    missing = [s for s in shards if s not in repo.sizes]
+    facts = {"index": index, "index_total_size": (data.get("metadata") or {}).get(
+        "total_size"), "missing_files": missing}
+    return [s for s in shards if s in repo.sizes], facts
+
+
+def _read_pickle_shards(repo: RangedRepo,
+                        shards: list[str]) -> tuple[list[TensorInfo], dict | None]:
+    """Every shard's tensors (named by shard) and the worst of their scan verdicts."""
+    tensors: list[TensorInfo] = []
+    verdicts = []
+    for shard in shards:
+        info = remote_files.inspect_file(repo, shard)
+        tensors += [dataclasses.replace(t, file=shard) for t in info.tensors]
+        verdicts.append(info.safety or {"verdict": "safe"})
+    if not verdicts:
+        return tensors, None
+    order = ["safe", "unknown", "error", "dangerous"]
+    worst = max(verdicts, key=lambda v: order.index(v.get("verdict", "error"))
+                if v.get("verdict") in order else 2)
+    return tensors, worst
 
 
 def _formats_present(repo: RangedRepo) -> list[str]:
@@ -159,8 +194,8 @@ def _weight_warnings(repo: RangedRepo, shards: list[str],
             why = (f"GGUF files ({', '.join(ggufs[:3])}): name one to read its header, "
                    f"hf://{repo.spec.repo_id}/{ggufs[0]}")
         elif others:
-            why = (f"{', '.join(others[:4])} cannot be read by range (pickles are read whole: "
-                   f"pull them to inspect and scan them)")
+            why = (f"{', '.join(others[:4])}: name one to read it by range, "
+                   f"hf://{repo.spec.repo_id}/{others[0]}")
         else:
             why = "config.json without weights"
         warnings.append(f"no safetensors weights: {why}; sizes below come from config.json")
