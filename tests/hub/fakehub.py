@@ -22,6 +22,7 @@ sent) so tests can say what was and was not fetched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -68,6 +69,13 @@ class Repo:
         return rev in self.branches or rev == self.commit
 
 
+@functools.lru_cache(maxsize=None)  # the real Hub does not hash a file per request
+def sha256_hex(data: bytes) -> str:
+    """The sha256 of ``data`` (an LFS file's ETag and oid)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
 def git_oid(data: bytes) -> str:
     """The git blob id of ``data`` (the ETag the Hub sends for non-LFS files)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -176,6 +184,9 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 class _Handler(BaseHTTPRequestHandler):
     state: FakeHub
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm holds
+    # the body for the client's delayed ACK (40 ms a small answer, which no real Hub costs)
+    disable_nagle_algorithm = True
 
     def log_message(self, *args) -> None:  # keep pytest's output clean
         pass
@@ -285,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
             if blobs and self.state.sizes_in_info:
                 entry.update(size=len(data), blobId=git_oid(data))
                 if is_lfs(name):
-                    entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                    entry["lfs"] = {"sha256": sha256_hex(data),
                                     "size": len(data), "pointerSize": 134}
             siblings.append(entry)
         self._json({"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.commit,
@@ -296,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
         data = repo.files[name]
         entry = {"type": "file", "oid": git_oid(data), "size": len(data), "path": name}
         if is_lfs(name):
-            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
+            entry["lfs"] = {"oid": sha256_hex(data), "size": len(data),
                             "pointerSize": 134}
         return entry
 
@@ -341,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         data = repo.files[name]
         headers = {**commit, "Accept-Ranges": "bytes", "ETag": f'"{git_oid(data)}"'}
         if is_lfs(name):
-            sha = hashlib.sha256(data).hexdigest()
+            sha = sha256_hex(data)
             headers.update({"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"',
                             "X-Linked-Size": str(len(data))})
             if self.state.cdn:
@@ -353,7 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _cdn(self, m: re.Match, query: dict) -> None:
         for repo in self.state.repos.values():
             for data in repo.files.values():
-                if hashlib.sha256(data).hexdigest() == m["sha"]:
+                if sha256_hex(data) == m["sha"]:
                     return self._bytes(data, {"Accept-Ranges": "bytes", "ETag": f'"{m["sha"]}"'})
         self._error(404, "NotFound")
 

@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 from .conftest import BOTH, EVIL, GATED, GGUF, TINY
+from keishiki.hub.headers import safetensors_first_read
+
 from .fakehub import Repo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -39,13 +41,12 @@ def test_info_reads_headers_only(hub, hub_env, tiny_llama):
     weights = hub.repos[TINY].files["model.safetensors"]
     (n,) = struct.unpack("<Q", weights[:8])
     base = f"/{TINY}/resolve/<c>"
+    first = safetensors_first_read(len(weights))
+    assert 8 + n <= first  # the length and the whole header in one request
     assert _log(hub) == sorted([
         ("GET", f"/api/models/{TINY}", None),                       # commit, files, sizes
-        ("GET", f"/api/models/{TINY}/revision/<c>", None),          # HfFileSystem.resolve_path
-        ("GET", f"/api/models/{TINY}/tree/<c>", None),              # HfFileSystem.info (ls /)
         ("GET", f"{base}/config.json", f"bytes=0-{len(hub.repos[TINY].files['config.json']) - 1}"),
-        ("GET", f"{base}/model.safetensors", "bytes=0-7"),
-        ("GET", f"{base}/model.safetensors", f"bytes=8-{8 + n - 1}"),
+        ("GET", f"{base}/model.safetensors", f"bytes=0-{first - 1}"),
         ("GET", f"{base}/tokenizer_config.json",
          f"bytes=0-{len(hub.repos[TINY].files['tokenizer_config.json']) - 1}"),
     ], key=lambda t: (t[0], t[1], t[2] or ""))
@@ -74,10 +75,9 @@ def test_info_through_a_cdn_redirect(hub, hub_env, tiny_llama):
     remote = keishiki.inspect(f"hf://{TINY}")
     assert [t.to_dict() for t in remote.tensors] == \
         [t.to_dict() for t in keishiki.inspect(tiny_llama).tensors]
-    (n,) = struct.unpack("<Q", hub.repos[TINY].files["model.safetensors"][:8])
-    assert [r.range for r in hub.log if r.path.startswith("/cdn/")] == \
-        ["bytes=0-7", f"bytes=8-{7 + n}"]
-    assert remote.details["remote"]["requests"] == len(hub.log) == 9
+    first = safetensors_first_read(len(hub.repos[TINY].files["model.safetensors"]))
+    assert [r.range for r in hub.log if r.path.startswith("/cdn/")] == [f"bytes=0-{first - 1}"]
+    assert remote.details["remote"]["requests"] == len(hub.log) == 5
     assert remote.details["remote"]["bytes_read"] == sum(
         r.sent for r in hub.log if r.path.startswith("/cdn/") or (
             "/resolve/" in r.path and r.path.endswith(".json")))
@@ -90,7 +90,7 @@ def test_info_json_revisions(hub, hub_env, suffix):
     data = json.loads(out)
     assert (code, err) == (0, "")
     assert (data["n_parameters"], data["remote"]["commit"]) == (123_200, commit)
-    assert data["remote"]["requests"] == len(hub.log) == 7
+    assert data["remote"]["requests"] == len(hub.log) == 4
     assert data["hf"]["num_hidden_layers"] == 2 and data["hf"]["hidden_size"] == 64
 
 
@@ -128,11 +128,10 @@ def test_sharded_repo_reads_every_shard_header(hub, hub_env, tiny_llama, tmp_pat
     for r in hub.log:
         if r.path.endswith(".safetensors"):
             ranges.setdefault(r.path.rsplit("/", 1)[1], []).append(r.range.split("-")[0])
-    # per shard: its length (bytes=0-7), then its header from byte 8
-    assert {k: sorted(v) for k, v in ranges.items()} == {s: ["bytes=0", "bytes=8"]
-                                                          for s in shards}
-    # model_info, resolve, ls, config, index, tokenizer_config, 2 per shard
-    assert remote.details["remote"]["requests"] == len(hub.log) == 6 + 2 * len(shards)
+    # per shard: one request, its length and header (1% of a 200 KB shard holds it)
+    assert {k: sorted(v) for k, v in ranges.items()} == {s: ["bytes=0"] for s in shards}
+    # model_info, then config, index, tokenizer_config (in parallel), 1 per shard
+    assert remote.details["remote"]["requests"] == len(hub.log) == 4 + len(shards)
     weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     assert remote.details["remote"]["bytes_read"] < 0.05 * weights
 
@@ -144,8 +143,27 @@ def test_one_safetensors_file(hub, hub_env, tiny_llama):
     local = keishiki.inspect(tiny_llama / "model.safetensors")
     assert remote.format == local.format == "safetensors"
     assert [t.to_dict() for t in remote.tensors] == [t.to_dict() for t in local.tensors]
-    (n,) = struct.unpack("<Q", hub.repos[TINY].files["model.safetensors"][:8])
-    assert [r.range for r in hub.log if "/resolve/" in r.path] == ["bytes=0-7", f"bytes=8-{7 + n}"]
+    first = safetensors_first_read(len(hub.repos[TINY].files["model.safetensors"]))
+    assert [r.range for r in hub.log if "/resolve/" in r.path] == [f"bytes=0-{first - 1}"]
+
+
+def test_a_header_longer_than_the_first_read(hub, hub_env, tmp_path):
+    """2,000 one-element tensors: a 100 KB header over 8 KB of data. The first request's
+    1% is not enough: the second asks for exactly the rest of the header."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    import keishiki
+
+    data = save({f"t{i:04d}": np.zeros(1, dtype=np.float32) for i in range(2000)})
+    (n,) = struct.unpack("<Q", data[:8])
+    first = safetensors_first_read(len(data))
+    assert first < 8 + n
+    hub.add(Repo("keishiki-test/long-header", {"model.safetensors": data}))
+    info = keishiki.inspect("hf://keishiki-test/long-header/model.safetensors")
+    assert info.n_tensors == 2000 and info.n_parameters == 2000
+    assert [r.range for r in hub.log if "/resolve/" in r.path] == \
+        [f"bytes=0-{first - 1}", f"bytes={first}-{7 + n}"]
 
 
 @pytest.mark.parametrize("files,outcome", [
@@ -296,7 +314,7 @@ def test_fresh_process_configured_by_env_loads_nothing_heavy(hub, hub_env):
     done = subprocess.run([sys.executable, "-c", code, f"hf://{TINY}"], env=hub_env.env(),
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (0, "123200 []\n"), done.stderr
-    assert len(hub.log) == 7
+    assert len(hub.log) == 4
 
 
 # ---- pickled checkpoints and ONNX, read by keishiki's local readers over a sparse copy -------

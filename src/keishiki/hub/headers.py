@@ -15,6 +15,7 @@ from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 from .ranged import RangedRepo
 
+SAFETENSORS_FIRST_READ = 64 * 1024
 GGUF_FIRST_READ = 64 * 1024
 GGUF_MAX_HEADER = 512 * 1024 * 1024
 SHARD_WORKERS = 8
@@ -22,19 +23,24 @@ SHARD_WORKERS = 8
 
 def safetensors_header(repo: RangedRepo,
                        name: str) -> tuple[list[TensorInfo], dict[str, str]]:
-    """The tensors and ``__metadata__`` of one safetensors file: 8 bytes, then the header."""
+    """The tensors and ``__metadata__`` of one safetensors file: its length and header from
+    one request when the header fits :func:`safetensors_first_read`, else two."""
     from ..formats import safetensors as st
 
     size = repo.size(name)
     where = repo.where(name)
     if size < 8:
         raise CorruptFile(where, "shorter than the 8-byte header length", offset=0)
-    (n,) = struct.unpack("<Q", repo.read(name, 0, 8))
+    prefix = repo.read(name, 0, safetensors_first_read(size))
+    (n,) = struct.unpack("<Q", prefix[:8])
     if n > st.MAX_HEADER_BYTES or 8 + n > size:
         raise CorruptFile(where, f"header length {n} exceeds the file size {size} (or the "
                           f"{st.MAX_HEADER_BYTES}-byte limit)", offset=0)
+    header = prefix[8:8 + n]
+    if len(header) < n:  # a header longer than the first read: the rest, exactly
+        header += repo.read(name, len(prefix), 8 + n - len(prefix))
     try:
-        metadata, entries = st.validate(st.parse_header(repo.read(name, 8, n)), size - 8 - n)
+        metadata, entries = st.validate(st.parse_header(header), size - 8 - n)
     except ValueError as exc:
         raise CorruptFile(where, str(exc), offset=8) from None
     from ..core import dtypes
@@ -43,6 +49,13 @@ def safetensors_header(repo: RangedRepo,
                           data_offset=8 + n + begin, file=name)
                for t, code, shape, begin, end in entries]
     return tensors, metadata
+
+
+def safetensors_first_read(size: int) -> int:
+    """How much of a safetensors file the first request asks for: the 8-byte length and,
+    speculatively, the header behind it (a 7B shard's is ~10 KB, so one request usually
+    holds it), but never more than 1% of the file nor 64 KiB; at least the 8 bytes."""
+    return min(size, max(8, min(SAFETENSORS_FIRST_READ, size // 100)))
 
 
 def read_shards(repo: RangedRepo,

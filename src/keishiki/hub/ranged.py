@@ -1,9 +1,11 @@
-"""Ranged reads of one Hub repository at one commit, through huggingface_hub's
-``HfFileSystem`` file objects, with the HTTP requests and bytes they cost counted.
+"""Ranged reads of one Hub repository at one commit, through huggingface_hub (its URL
+builder, headers and shared HTTP session), with the HTTP requests and bytes they cost counted.
 
-:class:`Traffic` counts at huggingface_hub's shared HTTP client (an event hook for the
-duration of a look), so the hidden calls count too: ``HfFileSystem`` checks the revision
-once and lists a folder before its first read.
+Reads are plain ranged GETs of ``resolve`` URLs pinned to the commit ``model_info`` gave:
+``HfFileSystem`` file objects would add a revision check and a folder listing before the
+first read (two round trips of the few a remote ``info`` takes).  :class:`Traffic` counts at
+huggingface_hub's shared HTTP client (an event hook for the duration of a look), so every
+call counts, redirects to the CDN included.
 """
 
 from __future__ import annotations
@@ -58,33 +60,71 @@ class RangedRepo:
         info = hub.HfApi().model_info(spec.repo_id, revision=spec.revision, files_metadata=True)
         self.commit: str = info.sha
         self.sizes: dict[str, int | None] = {s.rfilename: s.size for s in info.siblings or []}
-        self.fs = hub.HfFileSystem(skip_instance_cache=True)
-        self.fs.resolve_path(spec.repo_id, revision=self.commit)  # once, before any thread
         self.bytes_read = 0
         self._lock = threading.Lock()
+        self._json: dict[str, Any] = {}  # prefetched: the document, or the error reading it
+
+    def url(self, name: str) -> str:
+        """The ``resolve`` URL of ``name`` at this commit (huggingface_hub's own builder)."""
+        return _hf.hf().hf_hub_url(self.spec.repo_id, name, revision=self.commit)
 
     def size(self, name: str) -> int:
-        """The size of ``name`` (from ``model_info``; asked of the Hub if that lacked it)."""
+        """The size of ``name`` (from ``model_info``; a HEAD request when that lacked it)."""
         if self.sizes[name] is None:  # a mirror that does not answer ?blobs=true in full
-            self.sizes[name] = int(self.fs.info(f"{self.spec.repo_id}/{name}",
-                                                revision=self.commit)["size"])
+            self.sizes[name] = _hf.hf().get_hf_file_metadata(self.url(name)).size
         return self.sizes[name]  # type: ignore[return-value]
 
     def read(self, name: str, offset: int, n: int) -> bytes:
-        """``n`` bytes of ``name`` from ``offset``: one ranged GET (none for ``n == 0``)."""
-        size = self.size(name)
+        """``n`` bytes of ``name`` from ``offset``: one ranged GET through huggingface_hub's
+        HTTP session and headers (token, user agent), following the Hub's redirect to its
+        CDN; none for ``n == 0``.  A server that ignores the range is refused, not read."""
+        hub = _hf.hf()
+        n = min(n, self.size(name) - offset)
         if n <= 0:
             return b""
-        with self.fs.open(f"{self.spec.repo_id}/{name}", "rb", revision=self.commit,
-                          size=size, cache_type="none", block_size=max(n, 1)) as fh:
-            fh.seek(offset)
-            data = fh.read(n)
+        headers = {**hub.utils.build_hf_headers(), "Range": f"bytes={offset}-{offset + n - 1}"}
+        chunks, got = [], 0
+        with hub.utils.get_session().stream("GET", self.url(name), headers=headers,
+                                             follow_redirects=True) as response:
+            hub.utils.hf_raise_for_status(response)
+            if response.status_code != 206 and not (offset == 0 and n == self.size(name)):
+                raise CorruptFile(self.where(name), f"the server answered a range request "
+                                  f"with HTTP {response.status_code} (the whole file): not read")
+            for chunk in response.iter_bytes():
+                chunks.append(chunk[:n - got])
+                got += len(chunks[-1])
+                if got >= n:
+                    break
+        data = b"".join(chunks)
         with self._lock:
             self.bytes_read += len(data)
         return data
 
+    def prefetch_json(self, names: list[str]) -> None:
+        """Read these JSON files at once, in parallel (one round trip, not one each); later
+        :meth:`read_json` calls answer from what came back, errors included."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(name: str) -> Any:
+            try:
+                return self._read_json(name)
+            except Exception as exc:  # said when the caller reads it, as a direct read would
+                return exc
+
+        todo = [n for n in names if n in self.sizes and n not in self._json]
+        with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+            self._json.update(zip(todo, pool.map(one, todo)))
+
     def read_json(self, name: str) -> Any:
         """A JSON file of the repository, read whole (one ranged GET)."""
+        if name in self._json:
+            value = self._json[name]
+            if isinstance(value, Exception):
+                raise value
+            return value
+        return self._read_json(name)
+
+    def _read_json(self, name: str) -> Any:
         if self.size(name) > MAX_JSON_BYTES:
             raise CorruptFile(self.where(name), f"{self.size(name)} bytes: a config or index "
                               f"larger than {MAX_JSON_BYTES} is not read")

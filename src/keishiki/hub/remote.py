@@ -1,13 +1,14 @@
 """``keishiki info hf://org/name[@rev]``: describe a Hub model before downloading it.
 
 What is read, all through huggingface_hub: one ``model_info`` call (the commit the revision
-points at, every file and its size), then with HTTP range requests through ``HfFileSystem``
-file objects: ``config.json`` and ``tokenizer_config.json`` whole, the safetensors index,
-and of every safetensors shard its 8-byte header length and then exactly its header (two
-small requests per shard).  huggingface_hub's ``get_safetensors_metadata`` is not used: it
-fetches the first 100 kB of each shard whatever the header's size (a fifth of a small
-model) and downloads a sharded model's index into the cache; the parse here is keishiki's
-own, which refuses what the safetensors library refuses.  A GGUF file's header is read from
+points at, every file and its size), then with HTTP range requests (:mod:`.ranged`):
+``config.json``, ``tokenizer_config.json`` and the weights index whole, in parallel, and of
+every safetensors shard, in parallel, a prefix holding its 8-byte header length and usually
+its whole header (a second request for the rest when it does not).  huggingface_hub's
+``get_safetensors_metadata`` is not used: it fetches the first 100 kB of each shard
+whatever the file's size (a fifth of a small model) and downloads a sharded model's index
+into the cache; the parse here is keishiki's own, which refuses what the safetensors
+library refuses.  A GGUF file's header is read from
 a prefix that grows until the header fits (64 KiB, then ×4).  Modules: :mod:`.ranged` (the
 reads and their count), :mod:`.headers` (the weight headers); this one assembles the view.
 
@@ -104,6 +105,9 @@ def _repository(repo: RangedRepo) -> ModelInfo:
         hint = f"; name one: hf://{repo.spec.repo_id}/{files[0]}" if files else ""
         raise InvalidRequest(f"hf://{repo.spec.label}: no config.json and "
                              f"{len(ggufs) or 'no'} GGUF models{hint}")
+    # the JSON a description needs, in one round trip rather than one each
+    repo.prefetch_json(["config.json", "model.safetensors.index.json",
+                        "pytorch_model.bin.index.json", "tokenizer_config.json"])
     config = repo.read_json("config.json")
     if not isinstance(config, dict):
         raise CorruptFile(repo.where("config.json"), "config.json is not a JSON object")
