@@ -65,6 +65,14 @@ def test_pull_to_local_dir_copies_real_files(hub, hub_env, tmp_path):
     assert (report.verdict, report.exit_code()) == ("safe", 0)  # .cache/huggingface/ too
 
 
+def test_hf_prefix_is_the_same_repository(hub, hub_env):
+    import keishiki
+
+    plain, prefixed = keishiki.pull(TINY, quiet=True), keishiki.pull(f"hf://{TINY}@main",
+                                                                     quiet=True)
+    assert (prefixed.repo_id, prefixed.folder) == (plain.repo_id, plain.folder)
+
+
 @pytest.mark.parametrize("how,ref", [("commit", None), ("branch", "main"),
                                      ("argument", None), ("pr", "refs/pr/1")])
 def test_pinned_revisions(hub, hub_env, how, ref):

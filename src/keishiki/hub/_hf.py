@@ -52,12 +52,13 @@ class RepoSpec:
 
 
 def parse_repo(text: str) -> RepoSpec:
-    """``org/name`` or ``org/name@rev`` (a branch, tag, commit or ``refs/pr/N``).
+    """``org/name`` or ``org/name@rev`` (a branch, tag, commit or ``refs/pr/N``), with or
+    without ``hf://`` in front (as every other command writes a Hub model).
 
     Raises:
         InvalidRequest: not ``org/name[@rev]``.
     """
-    repo_id, _, revision = text.partition("@")
+    repo_id, _, revision = text.removeprefix("hf://").partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (text.count("@") and not revision):
         raise InvalidRequest(f"{text!r} is not a Hub repository: write ORG/NAME or ORG/NAME@REV")
     return RepoSpec(repo_id, revision or None)
