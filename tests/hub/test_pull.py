@@ -187,6 +187,8 @@ def test_offline_and_not_cached_is_one_line(hub, hub_env, go_offline):
     (GATED, f"{GATED} on {{endpoint}}: gated repository: accept its terms at "
             f"{{endpoint}}/{GATED} and log in (`hf auth login` or HF_TOKEN)"),
     ("not-a-repo", "'not-a-repo' is not a Hub repository: write ORG/NAME or ORG/NAME@REV"),
+    (f"{TINY}@../../x", f"{TINY}@../../x: '../../x' is not a revision (a branch, tag, commit "
+                        f"or refs/pr/N)"),
 ])
 def test_errors_are_one_line(hub, hub_env, spec, message):
     code, out, err = run_cli("pull", spec, "--quiet")

@@ -107,6 +107,8 @@ def test_run_of_a_dangerous_hf_reference_is_refused(hub, hub_env, marker):
                                   "private: log in with `hf auth login` or HF_TOKEN)"),
     ("hf://datasets/org/data", "hf://datasets/org/data: a dataset repository; keishiki reads "
                                "model repositories (hf://ORG/NAME)"),
+    (f"hf://{TINY}@../../x", f"hf://{TINY}@../../x: '..' is not a revision (a branch, tag, "
+                             f"commit or refs/pr/N)"),
 ])
 def test_bad_references_are_one_line(hub, hub_env, tmp_path, ref, message):
     code, out, err = run_cli("convert", ref, tmp_path / "o.safetensors", "--to", "safetensors")

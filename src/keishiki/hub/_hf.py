@@ -61,7 +61,17 @@ def parse_repo(text: str) -> RepoSpec:
     repo_id, _, revision = text.removeprefix("hf://").partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (text.count("@") and not revision):
         raise InvalidRequest(f"{text!r} is not a Hub repository: write ORG/NAME or ORG/NAME@REV")
+    _check_revision(text, revision)
     return RepoSpec(repo_id, revision or None)
+
+
+def _check_revision(text: str, revision: str | None) -> None:
+    """A revision names a ref, and huggingface_hub joins it to cache paths (``refs/<rev>``):
+    no ``..`` part, no absolute path, no backslash (git refuses them in ref names too)."""
+    if revision and (revision.startswith("/") or "\\" in revision
+                     or ".." in revision.split("/")):
+        raise InvalidRequest(f"{text}: {revision!r} is not a revision (a branch, tag, commit "
+                             f"or refs/pr/N)")
 
 
 def parse_hf_path(path: str) -> RepoSpec:
@@ -79,6 +89,7 @@ def parse_hf_path(path: str) -> RepoSpec:
     if uri.type != "model":
         raise InvalidRequest(f"{path}: a {uri.type} repository; keishiki reads model "
                              f"repositories (hf://ORG/NAME)")
+    _check_revision(path, uri.revision)
     return RepoSpec(uri.id, uri.revision, uri.path_in_repo.strip("/"))
 
 
