@@ -213,3 +213,15 @@ def test_a_killed_pull_leaves_nothing_a_loader_sees(hub, hub_env):
     assert list(blobs.glob("*.incomplete")) == []
     assert report.warnings == [f"removed {len(left)} partial download(s) a killed pull left "
                                f"in the cache"]
+
+
+@pytest.mark.slow
+def test_llm_takes_an_hf_reference(hub, hub_env, tiny_llama):
+    import keishiki
+
+    params = keishiki.SamplingParams(temperature=0, max_tokens=3)
+    remote = keishiki.LLM(f"hf://{TINY}", backend="torch")
+    assert remote.model_path == _snapshot(hub_env, hub, TINY)
+    local = keishiki.LLM(tiny_llama, backend="torch")
+    ids = [llm.generate(["hello"], params)[0].outputs[0].token_ids for llm in (remote, local)]
+    assert ids[0] == ids[1] and len(ids[0]) == 3

@@ -23,6 +23,15 @@ UNBOUNDED_MAX_TOKENS = 4096
 OnText = Callable[[int, int, str], None]
 
 
+def _local(model: str | os.PathLike) -> Path:
+    """A local path for ``model``: ``hf://`` references resolve to the Hugging Face cache."""
+    if isinstance(model, str) and model.startswith("hf://"):
+        from ..hub.resolve import local_path
+
+        return local_path(model)
+    return Path(model)
+
+
 class LLM:
     """Load a model in any runnable format and generate from it, as ``vllm.LLM`` does.
 
@@ -32,7 +41,9 @@ class LLM:
 
     Args:
         model: a Hugging Face folder, an ONNX causal-LM file/folder, a TorchScript file or a
-            GGUF file (dequantized once into a cached Hugging Face folder, run with torch).
+            GGUF file (dequantized once into a cached Hugging Face folder, run with torch);
+            or ``hf://org/name[@rev][/file]``, from the Hugging Face cache (pulled first when
+            the cache lacks it, with a line on stderr).
         tokenizer: folder with ``tokenizer.json`` (default: the model's folder).
         backend: ``auto``, ``torch``, ``onnxruntime``, ``torchscript`` or ``vllm``.
         dtype: ``auto``/None, ``float32``, ``float16``, ``bfloat16`` (torch and vLLM).
@@ -66,7 +77,7 @@ class LLM:
                  **engine_kwargs: Any):
         started = time.perf_counter()
         self.max_logprobs = max_logprobs
-        self.model_path = Path(model)
+        self.model_path = _local(model)
         choice = choose(self.model_path, backend)
         self.format = choice.format
         if choice.format == "gguf":
