@@ -21,35 +21,57 @@ def compare(
                              help="Model A, the reference (any format)." + HF_HELP),
     b: Path = typer.Argument(..., metavar="B", parser=model_path,
                              help="Model B (any format)."),
-    atol: float = typer.Option(0.0, "--atol", help="Allowed absolute difference per element."),
-    rtol: float = typer.Option(0.0, "--rtol", help="Allowed difference relative to |A|."),
+    atol: float = typer.Option(None, "--atol", help="Allowed absolute difference per element "
+                               "(default 0; with --layers 1e-6)."),
+    rtol: float = typer.Option(None, "--rtol", help="Allowed difference relative to |A| "
+                               "(default 0; with --layers by precision: 1e-3 for float32)."),
     allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Tensors found on "
                                          "one side only do not make the verdict 'different'."),
     no_values: bool = typer.Option(False, "--no-values", help="Pair by names only."),
     outputs: bool = typer.Option(False, "--outputs", help="Also run both as causal LMs "
                                  "(greedy) and compare tokens and logits."),
-    prompt: str = typer.Option(None, "--prompt", help="Prompt for --outputs."),
+    layers: bool = typer.Option(False, "--layers", help="Instead of the weights, run both on "
+                                "one prompt with every intermediate exposed and find the first "
+                                "layer whose output differs."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt for --outputs and --layers."),
     max_tokens: int = typer.Option(20, "--max-tokens", help="Greedy steps for --outputs."),
     logits_atol: float = typer.Option(None, "--logits-atol", help="Allowed logit difference "
                                       "for --outputs (default by dtype: 1e-4 for float32)."),
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="With --outputs, run models that scan rates "
+        False, "--trust-remote-code", help="With --outputs or --layers, run models that scan "
         "dangerous or unknown (RUNS code from them)."),
     show: str = typer.Option("diff", "--show", help="Rows to list: diff (not identical), all."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = JSON_OPTION,
 ) -> int:
-    """Compare the weights of A and B tensor by tensor (and optionally their outputs).
+    """Compare the weights of A and B tensor by tensor (and optionally their outputs), or
+    with --layers their intermediate outputs module by module.
 
     Reports max abs/rel differences, bit-for-bit equality and dtype changes per pair.
-    Exit 0 identical or within tolerance, 1 different, 2 error.
+    Exit 0 identical or within tolerance, 1 different (--layers: a layer diverges), 2 error.
     """
     if show not in ("diff", "all"):
         from ..errors import InvalidRequest
 
         raise InvalidRequest(f"--show {show}: choose diff or all")
+    if layers:
+        from ..compare import compare_layers
+        from ..errors import InvalidRequest
+
+        if outputs:
+            raise InvalidRequest("--layers and --outputs are separate runs: choose one")
+
+        layer_report = compare_layers(a, b, prompt=prompt, atol=atol, rtol=rtol,
+                                      trust_remote_code=trust_remote_code,
+                                      quiet=quiet or json_out)
+        if json_out:
+            print_json(layer_report.to_dict())
+        else:
+            render_layers(layer_report)
+        return layer_report.exit_code
     from ..compare import compare as run_compare
 
+    atol, rtol = atol or 0.0, rtol or 0.0
     report = run_compare(a, b, atol=atol, rtol=rtol, by_value=not no_values,
                          allow_unmatched=allow_unmatched, outputs=outputs, prompt=prompt,
                          max_tokens=max_tokens, logits_atol=logits_atol,
@@ -120,3 +142,38 @@ def render_unmatched(name_map, show_all: bool = False) -> None:
                           f"training counters); --show all lists them")
     if not name_map.unmatched_a and not name_map.unmatched_b:
         console.print("every tensor paired")
+
+
+def render_layers(report) -> None:
+    """Human view of ``compare --layers``: both runs, one row per paired intermediate in A's
+    execution order (the first over tolerance marked), then the verdict."""
+    first = report.first_divergence
+    a, b = report.a, report.b
+    console.print(f"[bold]{escape(a.path)}[/bold] ({a.format}, {a.backend}, {a.precision}) vs "
+                  f"[bold]{escape(b.path)}[/bold] ({b.format}, {b.backend}, {b.precision}): "
+                  f"{len(report.rows)} intermediates paired, prompt "
+                  f"{escape(repr(report.prompt))} ({len(report.token_ids)} tokens)")
+    counts = {}
+    for row in report.rows:
+        counts[row.module] = counts.get(row.module, 0) + 1
+    rows = []
+    for row in report.rows:
+        name = row.module + (f"[{row.index}]" if counts[row.module] > 1 else "")
+        if not row.module_b.endswith(row.module) and not row.module.endswith(row.module_b):
+            name += f" ↔ {row.module_b}"  # not just a wrapper's prefix (lm.) apart
+        shape = shape_text(row.shape_a) + ("" if row.shape_a == row.shape_b
+                                           else f" / {shape_text(row.shape_b)}")
+        status = ("[bold red]first divergence[/bold red]" if row is first else
+                  "[green]ok[/green]" if row.ok else "[red]over[/red]")
+        rows.append((escape(name), shape, _num(row.max_abs_diff), _num(row.max_rel_diff),
+                     f"{row.cosine:.6f}", status))
+    table(None, ["module", "shape", "max abs", "rel", "cosine", "status"], rows,
+          justify_right=["max abs", "rel", "cosine"])
+    tolerance = f"atol {report.atol:g}, rtol {report.rtol:g} ({report.rtol_source})"
+    if first is None:
+        console.print(f"verdict: [bold green]within tolerance[/bold green] ({tolerance})")
+    else:
+        console.print(f"verdict: [bold red]diverged[/bold red] ({tolerance}): first at "
+                      f"{escape(first.module)} (rel {first.max_rel_diff:.3g}, cosine "
+                      f"{first.cosine:.6f}); {sum(not r.ok for r in report.rows)} of "
+                      f"{len(report.rows)} over")

@@ -1,4 +1,5 @@
-"""Compare a model across formats: its weights tensor by tensor, and optionally its outputs.
+"""Compare a model across formats: its weights tensor by tensor, and optionally its outputs;
+or, with :func:`compare_layers`, its intermediate outputs module by module.
 
 >>> report = keishiki.compare("tiny-llama/", "tiny-llama-onnx/model.onnx", atol=1e-6)
 >>> report.verdict, report.exit_code
@@ -217,7 +218,15 @@ def _compare_folded(model_a: ModelInfo, model_b: ModelInfo, pair, atol: float,
     return diff
 
 
-__all__ = ["CompareReport", "TensorDiff", "compare"]
+def compare_layers(a: str | os.PathLike, b: str | os.PathLike, **kwargs):
+    """Run ``a`` and ``b`` on one prompt with every intermediate exposed and find the first
+    module whose output differs (see :func:`keishiki.compare.layers.compare_layers`)."""
+    from .layers import compare_layers as run
+
+    return run(a, b, **kwargs)
+
+
+__all__ = ["CompareReport", "TensorDiff", "compare", "compare_layers"]
 
 
 make_package_callable(__name__, compare)
