@@ -24,6 +24,10 @@ EXTRA_OF = {
     "netron": "view",
     "vllm": "vllm (pip install vllm in its own environment)",
     "jinja2": "hf",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "sse_starlette": "serve",
+    "prometheus_client": "serve",
 }
 
 

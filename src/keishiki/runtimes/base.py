@@ -84,6 +84,16 @@ class Backend:
         Raises:
             InvalidRequest: an empty batch, an empty prompt, or a token id outside the vocabulary.
         """
+        self.check(seqs)
+        return self._run_impl(seqs)
+
+    def check(self, seqs: list[Sequence]) -> None:
+        """The checks :meth:`run` makes before generating (also used by
+        :class:`keishiki.runtimes.batch.DecodeBatch`).
+
+        Raises:
+            InvalidRequest: an empty batch, an empty prompt, or a token id outside the vocabulary.
+        """
         if not seqs:
             raise InvalidRequest("nothing to generate: the prompt list is empty")
         for seq in seqs:
@@ -94,7 +104,6 @@ class Backend:
             if bad:
                 raise InvalidRequest(f"prompt {seq.request} has token id {bad[0]} "
                                      f"outside the model's vocabulary ({self.vocab_size})")
-        return self._run_impl(seqs)
 
     def _run_impl(self, seqs: list[Sequence]) -> Iterator[list[Sequence]]:
         raise NotImplementedError
@@ -121,6 +130,17 @@ class LoopBackend(Backend):
         returned; ``input_ids``/``position_ids`` are the new tokens ``[batch, new]`` and
         ``attention_mask`` covers all tokens so far ``[batch, total]``.  Returns the last
         position's logits ``[batch, vocab]`` and the new state."""
+        raise NotImplementedError
+
+    def _state_parts(self, state: Any) -> list:
+        """``state`` as a flat list of arrays (numpy or torch) whose first axis is the batch
+        row and whose length axis is 2 for ``[batch, heads, length, head_dim]`` KV tensors or
+        1 for ``[batch, length]`` token ids; what lets
+        :class:`~keishiki.runtimes.batch.DecodeBatch` drop rows and stack new ones in."""
+        raise NotImplementedError
+
+    def _state_from_parts(self, parts: list) -> Any:
+        """The inverse of :meth:`_state_parts`."""
         raise NotImplementedError
 
     def next_token_logits(self, token_ids: list[int]) -> np.ndarray:
@@ -179,22 +199,26 @@ class LoopBackend(Backend):
         while True:
             next_ids = np.full((len(group), 1), self.pad_id, dtype=np.int64)
             for row, seq in enumerate(group):
-                if seq.finished:
-                    continue
-                token = sample_token(logits[row], seq.params, seq.rng, seq.prompt_ids,
-                                     seq.output_ids)
-                if seq.params.logprobs is not None:
-                    if seq.logprobs is None:
-                        seq.logprobs = []
-                    seq.logprobs.append(top_logprobs(logits[row], token, seq.params.logprobs))
-                seq.add(token)
-                next_ids[row, 0] = token
+                if not seq.finished:
+                    next_ids[row, 0] = sample_next(seq, logits[row])
             yield group
             if all(seq.finished for seq in group):
                 return
             mask = np.concatenate([mask, np.ones((len(group), 1), dtype=np.int64)], axis=1)
             positions = mask.sum(axis=1, keepdims=True) - 1
             logits, state = self._forward(state, next_ids, mask, positions)
+
+
+def sample_next(seq: Sequence, logits: np.ndarray) -> int:
+    """Draw ``seq``'s next token from its row of ``logits``, record its log-probabilities if
+    asked, and append it (applying the stop rules); returns the token."""
+    token = sample_token(logits, seq.params, seq.rng, seq.prompt_ids, seq.output_ids)
+    if seq.params.logprobs is not None:
+        if seq.logprobs is None:
+            seq.logprobs = []
+        seq.logprobs.append(top_logprobs(logits, token, seq.params.logprobs))
+    seq.add(token)
+    return token
 
 
 def model_config_value(config: dict, *names: str) -> Any:

@@ -127,6 +127,14 @@ class OnnxRuntimeBackend(LoopBackend):
         return logits, state
 
 
+    def _state_parts(self, state) -> list:
+        # with a cache: the past tensors [batch, kv_heads, past, head_dim]; without: the ids
+        return [state[name] for name in self.past_names] if self.cached else [state]
+
+    def _state_from_parts(self, parts: list):
+        return dict(zip(self.past_names, parts)) if self.cached else parts[0]
+
+
 def _layer_order(name: str) -> tuple[int, int]:
     match = _PAST.match(name) or _PRESENT.match(name)
     return int(match.group(1)), 0 if match.group(2) == "key" else 1

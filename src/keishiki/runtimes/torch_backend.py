@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, RuntimeUnavailable
 from .base import LoopBackend
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32",
@@ -104,6 +104,26 @@ class TorchBackend(LoopBackend):
                 use_cache=True, logits_to_keep=1, **{self.cache_arg: state})
             logits = out.logits[:, -1, :].float().cpu().numpy()
         return logits, getattr(out, self.cache_arg)
+
+
+    def _state_parts(self, state) -> list:
+        """The cache's key and value tensors, layer by layer.  Only a cache of plain growing
+        layers splits by row: a sliding-window or recurrent layer keeps positions or state
+        that rows cannot be cut from."""
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(state, "layers", None)
+        if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
+            kinds = sorted({type(layer).__name__ for layer in layers or []}) or \
+                [type(state).__name__]
+            raise RuntimeUnavailable(f"continuous batching needs a cache of full-attention "
+                                     f"layers; this model's is {', '.join(kinds)}")
+        return [t for layer in layers for t in (layer.keys, layer.values)]
+
+    def _state_from_parts(self, parts: list):
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=list(zip(parts[0::2], parts[1::2])))
 
 
 def _forward_params(model) -> set[str]:

@@ -87,6 +87,13 @@ class TorchScriptBackend(LoopBackend):
             logits = out[0] if isinstance(out, (tuple, list)) else out
             return self._last_logits(logits), all_ids
 
+    def _state_parts(self, state) -> list:
+        # with a cache: the flat past tensors [batch, kv_heads, past, head_dim]; without: ids
+        return list(state) if self.cached else [state]
+
+    def _state_from_parts(self, parts: list):
+        return list(parts) if self.cached else parts[0]
+
     def _score(self, token_ids: list[int]) -> np.ndarray:
         """Without a cache every decode step already runs the whole prefix, so one call on
         all ids gives every row at once (token by token it took O(n²): 46 s for 250
