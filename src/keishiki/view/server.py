@@ -1,15 +1,22 @@
-"""A tiny local web server for one model: the static page plus a JSON API, loopback only.
+"""A tiny local web server for one model, or two side by side: static page plus a JSON API,
+loopback only.
 
-Routes (GET only):
-  ``/``             the page (``static/index.html``: one self-contained HTML+JS file)
-  ``/api/info``     ``inspect(path).to_dict(with_tensors=True)`` plus ``view`` facts
-                    (whether the Netron link is offered)
-  ``/netron``       starts Netron on another loopback port for this model (when the
-                    ``netron`` package is installed) and redirects there
+Routes (GET/HEAD only):
+  ``/``, ``/index.html``, ``/view.js``   the page (``static/``: fixed names, nothing else)
+  ``/api/info[?side=b]``  ``inspect(path).to_dict(with_tensors=True)`` plus ``view`` facts
+                          (Netron link offered, statistics available or why not)
+  ``/api/compare``        ``compare --json`` of A and B, the layer table's JSON when given
+                          (404 for one model)
+  ``/api/stats?side=a&name=N``  statistics of one tensor, computed on request
+                          (:mod:`keishiki.view.stats`; errors as ``{"error": ...}``)
+  ``/netron[?side=b]``    starts Netron on another loopback port for that model (when the
+                          ``netron`` package is installed and Netron draws it as a graph)
+                          and redirects there
 
 The server binds 127.0.0.1 and nothing else, and answers only requests whose ``Host``
 header names the loopback address (a web page elsewhere cannot read it through DNS
-rebinding).  It serves no files but its own page: the model's path is fixed at start.
+rebinding).  It serves no files but its own: static names are looked up in a fixed table,
+and the models' paths are fixed at start.
 """
 
 from __future__ import annotations
@@ -22,13 +29,21 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from ..core.model import ModelInfo
+from ..errors import KeishikiError
+from . import netron
+from .payload import model_payload
+from .stats import MAX_BYTES, MAX_ELEMENTS
 
 HOST = "127.0.0.1"
-NETRON_FORMATS = {"onnx", "torchscript", "keras-h5", "keras", "tflite", "coreml", "pytorch",
-                  "safetensors", "gguf", "torch7", "numpy", "tensorflow-savedmodel"}
 ALLOWED_HOSTS = ("127.0.0.1", "localhost")
+# route -> (file in static/, content type): the only files the server ever reads
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/index.html": ("index.html", "text/html; charset=utf-8"),
+          "/view.js": ("view.js", "text/javascript; charset=utf-8")}
+JSON_TYPE = "application/json; charset=utf-8"
 
 
 def to_json(obj: Any) -> bytes:
@@ -58,15 +73,15 @@ def to_json(obj: Any) -> bytes:
     return json.dumps(finite(plain), ensure_ascii=False).encode("utf-8")
 
 
+def static_file(name: str) -> bytes:
+    """One of the page's files shipped in ``keishiki/view/static/`` (a name from
+    :data:`STATIC`)."""
+    return resources.files("keishiki.view").joinpath("static", name).read_bytes()
+
+
 def page_html() -> bytes:
-    """The static page shipped in ``keishiki/view/static/index.html``."""
-    return resources.files("keishiki.view").joinpath("static/index.html").read_bytes()
-
-
-def netron_available() -> bool:
-    from .._optional import available
-
-    return available("netron")
+    """The page's HTML (``static/index.html``); its script is ``static/view.js``."""
+    return static_file("index.html")
 
 
 def free_port() -> int:
@@ -77,7 +92,8 @@ def free_port() -> int:
 
 
 class ViewServer:
-    """Serve one model's page on ``http://127.0.0.1:<port>/`` from a background thread.
+    """Serve one model's page, or two models' comparison, on ``http://127.0.0.1:<port>/``
+    from a background thread.
 
     >>> server = ViewServer(keishiki.inspect("model.onnx")).start()
     >>> server.url
@@ -85,19 +101,38 @@ class ViewServer:
     >>> server.stop()
 
     Args:
-        info: the inspected model (its ``path`` is what Netron would open).
+        info: the inspected model (A, the reference, when comparing).
         port: TCP port; 0 picks a free one.
+        other: model B, shown against A (``comparison`` then holds their comparison).
+        comparison: :func:`keishiki.view.payload.compare_payload` of A and B.
+        max_stats_bytes, max_stats_elements: bounds of one statistics request (see
+            :func:`keishiki.view.stats.tensor_stats`).
     """
 
-    def __init__(self, info: ModelInfo, port: int = 0):
-        self.info = info
-        self.payload = info.to_dict(with_tensors=True)
-        self.payload["view"] = {"netron": netron_available() and info.format in NETRON_FORMATS}
-        self._netron_address: tuple[str, int] | None = None
+    def __init__(self, info: ModelInfo, port: int = 0, *, other: ModelInfo | None = None,
+                 comparison: dict[str, Any] | None = None, max_stats_bytes: int = MAX_BYTES,
+                 max_stats_elements: int = MAX_ELEMENTS):
+        self.models = {"a": info} if other is None else {"a": info, "b": other}
+        self.payloads = {side: model_payload(m) for side, m in self.models.items()}
+        for side, payload in self.payloads.items():
+            payload["view"].update(side=side, compare=other is not None)
+        self.comparison = comparison
+        self.stats_limits = {"max_bytes": max_stats_bytes, "max_elements": max_stats_elements}
+        self._netron: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()  # one tensor in memory at a time
         self._httpd = ThreadingHTTPServer((HOST, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.models["a"]
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """Model A's ``/api/info`` answer."""
+        return self.payloads["a"]
 
     @property
     def port(self) -> int:
@@ -107,7 +142,7 @@ class ViewServer:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}/"
 
-    def start(self) -> "ViewServer":
+    def start(self) -> ViewServer:
         """Start serving in a daemon thread; returns self."""
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
                                         name="keishiki-view",
@@ -119,23 +154,37 @@ class ViewServer:
         """Stop serving (and Netron, if it was started)."""
         self._httpd.shutdown()
         self._httpd.server_close()
-        if self._netron_address is not None:
-            import netron
+        if self._netron:
+            import netron as netron_pkg
 
-            netron.stop(self._netron_address)
-            self._netron_address = None
+            for address in self._netron.values():
+                netron_pkg.stop(address)
+            self._netron.clear()
 
-    def netron_url(self) -> str | None:
-        """Start Netron for this model on a free loopback port (once); its URL, or None."""
-        if not self.payload["view"]["netron"]:
+    def netron_url(self, side: str = "a") -> str | None:
+        """Start Netron for model ``side`` on a free loopback port (once); its URL, or None
+        when Netron is not installed or draws no graph for that model."""
+        payload = self.payloads.get(side)
+        if payload is None or not payload["view"]["netron"]:
             return None
         with self._lock:
-            if self._netron_address is None:
-                import netron
+            if side not in self._netron:
+                import netron as netron_pkg
 
-                self._netron_address = tuple(netron.start(
-                    str(self.info.path), address=(HOST, free_port()), browse=False))
-        return f"http://{self._netron_address[0]}:{self._netron_address[1]}/"
+                self._netron[side] = tuple(netron_pkg.start(
+                    netron.target(self.models[side]), address=(HOST, free_port()),
+                    browse=False))
+        host, port = self._netron[side]
+        return f"http://{host}:{port}/"
+
+    def stats(self, side: str, name: str) -> dict[str, Any]:
+        """Statistics of tensor ``name`` of model ``side`` (see ``/api/stats``)."""
+        from .stats import tensor_stats
+
+        with self._stats_lock:
+            out = tensor_stats(self.models[side], name, **self.stats_limits)
+        out["side"] = side
+        return out
 
 
 def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
@@ -152,11 +201,17 @@ def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
+            # the page runs its own script only, and reaches nothing but this server
+            self.send_header("Content-Security-Policy", "default-src 'self'; "
+                             "style-src 'self' 'unsafe-inline'; img-src 'self' data:")
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+
+        def _error(self, status: int, message: str) -> None:
+            self._send(status, to_json({"error": message}), JSON_TYPE)
 
         def _host_ok(self) -> bool:
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
@@ -166,22 +221,47 @@ def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
             if not self._host_ok():
                 self._send(HTTPStatus.FORBIDDEN, b"forbidden host\n", "text/plain")
                 return
-            route = self.path.split("?", 1)[0]
-            if route in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, page_html(), "text/html; charset=utf-8")
+            parts = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+            side = query.get("side", "a")
+            route = parts.path
+            if route in STATIC:
+                name, ctype = STATIC[route]
+                self._send(HTTPStatus.OK, static_file(name), ctype)
+            elif route == "/favicon.ico":  # browsers ask; no icon, and no 404 in the console
+                self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+            elif side not in server.models:
+                self._error(HTTPStatus.NOT_FOUND, f"no model {side!r} (sides: "
+                            f"{', '.join(server.models)})")
             elif route == "/api/info":
-                self._send(HTTPStatus.OK, to_json(server.payload),
-                           "application/json; charset=utf-8")
+                self._send(HTTPStatus.OK, to_json(server.payloads[side]), JSON_TYPE)
+            elif route == "/api/compare" and server.comparison is not None:
+                self._send(HTTPStatus.OK, to_json(server.comparison), JSON_TYPE)
+            elif route == "/api/stats":
+                self._stats(side, query.get("name"))
             elif route == "/netron":
-                url = server.netron_url()
-                if url is None:
-                    self._send(HTTPStatus.NOT_FOUND, b"netron is not installed "
-                               b"(pip install netron) or cannot open this format\n",
-                               "text/plain")
-                else:
-                    self._send(HTTPStatus.FOUND, b"", "text/plain", {"Location": url})
+                self._netron(side)
             else:
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+        def _stats(self, side: str, name: str | None) -> None:
+            if name is None:
+                self._error(HTTPStatus.BAD_REQUEST, "name= (a tensor name) is required")
+                return
+            try:
+                body = to_json(server.stats(side, name))
+            except KeishikiError as exc:
+                self._error(HTTPStatus.BAD_REQUEST, str(exc))
+                return
+            self._send(HTTPStatus.OK, body, JSON_TYPE)
+
+        def _netron(self, side: str) -> None:
+            url = server.netron_url(side)
+            if url is None:
+                self._send(HTTPStatus.NOT_FOUND, b"netron is not installed (pip install "
+                           b"netron) or draws no graph for this model\n", "text/plain")
+            else:
+                self._send(HTTPStatus.FOUND, b"", "text/plain", {"Location": url})
 
         do_HEAD = do_GET
 
