@@ -91,6 +91,8 @@ class Request:
     path: str           # URL path, unquoted, without the query
     range: str | None   # the Range header, if any
     sent: int           # body bytes sent
+    host: str = ""      # the Host header (the CDN's is another origin)
+    auth: bool = False  # whether an Authorization header came with it
 
 
 @dataclass
@@ -115,6 +117,14 @@ class FakeHub:
     # client is killed meanwhile), then drops the connection
     stall: dict[str, int] = field(default_factory=dict)
     release: threading.Event = field(default_factory=threading.Event)
+    # a hostile Hub (tests/hub/test_redteam_hub.py): fields merged into model_info's answer,
+    # headers that replace /resolve's own, and how a ranged GET is answered: "honest",
+    # "whole" (200 and the whole file), "shift" (the bytes one further on, as its
+    # Content-Range says), "short" (half the bytes asked for), "stall" (headers, then nothing
+    # until ``release``)
+    info_patch: dict = field(default_factory=dict)
+    resolve_headers: dict = field(default_factory=dict)
+    range_mode: str = "honest"
 
     def add(self, repo: Repo) -> Repo:
         self.repos[repo.repo_id] = repo
@@ -196,6 +206,11 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.connections.add(self.connection)
 
+    def handle(self) -> None:
+        # a client that hangs up mid-answer (a range answered whole, refused) is no server error
+        with contextlib.suppress(ConnectionError):
+            super().handle()
+
     def finish(self) -> None:
         with self.state.lock:
             self.state.connections.discard(self.connection)
@@ -207,7 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _record(self, sent: int) -> None:
         path = unquote(urlsplit(self.path).path)
         with self.state.lock:
-            self.state.log.append(Request(self.command, path, self.headers.get("Range"), sent))
+            self.state.log.append(Request(self.command, path, self.headers.get("Range"), sent,
+                                          self.headers.get("Host", ""),
+                                          "Authorization" in self.headers))
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "application/json") -> None:
@@ -301,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
             siblings.append(entry)
         self._json({"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.commit,
                     "private": False, "gated": False, "disabled": False,
-                    "siblings": siblings, "tags": []})
+                    "siblings": siblings, "tags": [], **self.state.info_patch})
 
     def _entry(self, repo: Repo, name: str) -> dict:
         data = repo.files[name]
@@ -355,11 +372,12 @@ class _Handler(BaseHTTPRequestHandler):
             sha = sha256_hex(data)
             headers.update({"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"',
                             "X-Linked-Size": str(len(data))})
+            headers.update(self.state.resolve_headers)
             if self.state.cdn:
                 port = self.server.server_address[1]
                 return self._send(302, b"", {**headers,
                                              "Location": f"http://localhost:{port}/cdn/{sha}"})
-        self._bytes(data, headers)
+        self._bytes(data, {**headers, **self.state.resolve_headers})
 
     def _cdn(self, m: re.Match, query: dict) -> None:
         for repo in self.state.repos.values():
@@ -380,7 +398,25 @@ class _Handler(BaseHTTPRequestHandler):
             start = int(r[1])
             end = min(int(r[2]) if r[2] else len(data) - 1, len(data) - 1)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            return self._send(206, data[start:end + 1], headers, "application/octet-stream")
+            mode = self.state.range_mode
+            if mode == "whole":
+                return self._send(200, data, headers, "application/octet-stream")
+            body = {"shift": data[start + 1:end + 2],
+                    "short": data[start:start + (end + 1 - start) // 2]}.get(mode,
+                                                                          data[start:end + 1])
+            if mode == "shift":
+                headers["Content-Range"] = f"bytes {start + 1}-{end + 1}/{len(data)}"
+            if mode == "stall":
+                self._record(0)
+                self.send_response(206)
+                self.send_header("Content-Range", headers["Content-Range"])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.flush()
+                self.state.release.wait(60)
+                self.close_connection = True
+                return
+            return self._send(206, body, headers, "application/octet-stream")
         self._send(200, data, headers, "application/octet-stream")
 
     def _cut_short(self, data: bytes, headers: dict[str, str]) -> bool:

@@ -123,7 +123,8 @@ def test_offline_and_hub_down(hub, hub_env, go_offline, tmp_path):
     code, _o, err = run_cli("convert", f"hf://{TINY}", out, "--to", "safetensors")
     assert code == 2
     assert err == (_pulling(f"hf://{TINY}", hub_env, hub)
-                   + f"keishiki: error: {TINY}: cannot reach {hub.endpoint} (ConnectError)\n")
+                   + f"keishiki: error: {TINY}: not in the cache and {hub.endpoint} cannot be "
+                     f"reached\n")
     go_offline()
     code, _o, err = run_cli("convert", f"hf://{TINY}", out, "--to", "safetensors")
     assert code == 2

@@ -9,6 +9,7 @@ that names the repository, the revision and what to do.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Iterator
@@ -35,6 +36,73 @@ def endpoint() -> str:
 def offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set for huggingface_hub."""
     return bool(hf().constants.is_offline_mode())
+
+
+# What a Hub answer may name for huggingface_hub to join to a cache path: a commit becomes
+# ``snapshots/<commit>/`` and ``trees/<commit>.json``, an ETag ``blobs/<etag>`` and
+# ``.locks/.../<etag>.lock``.  huggingface_hub 2.4 joins the server's ETag as it comes (a
+# ``"../../x"`` ETag writes the download outside the cache), so keishiki refuses any answer
+# whose ETag or commit is not one plain name: the Hub's are hex digests.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def plain_name(value: str) -> bool:
+    """Whether ``value`` is usable as one file name in the cache (no separator, no ``..``)."""
+    return bool(_PLAIN_NAME.fullmatch(value)) and ".." not in value
+
+
+def _check_cache_headers(response) -> None:
+    """An httpx response hook: refuse a ``resolve`` answer whose ETag or commit header would
+    lead huggingface_hub's cache writes outside the cache.  Only ``resolve`` answers name
+    blobs and snapshots (the API's JSON answers carry web-server ETags, base64 with ``/``)."""
+    if "/resolve/" not in response.request.url.path:
+        return
+    for key in ("ETag", "X-Linked-Etag", "X-Repo-Commit"):
+        value = response.headers.get(key)
+        if value is None:
+            continue
+        name = value.strip().removeprefix("W/").strip('"')
+        if not plain_name(name):
+            raise HubError(f"{endpoint()} answered {response.request.url.path} with {key} "
+                           f"{value[:80]!r}: not a plain hash, refused (it would name a file "
+                           f"outside the cache)")
+
+
+@contextlib.contextmanager
+def cache_headers_checked() -> Iterator[None]:
+    """Refuse, while active, any Hub answer whose ETag or commit is not a plain name
+    (:func:`_check_cache_headers`), on huggingface_hub's shared HTTP client."""
+    from huggingface_hub.utils import get_session
+
+    hooks = get_session().event_hooks["response"]
+    hooks.append(_check_cache_headers)
+    try:
+        yield
+    finally:
+        hooks.remove(_check_cache_headers)
+
+
+def model_info(spec: "RepoSpec", **kwargs):
+    """``HfApi().model_info`` of ``spec``, its answer checked: one HubError for JSON
+    huggingface_hub cannot parse (a proxy's page, a mirror's other shape) and for a commit
+    that is not a 40-digit hash (huggingface_hub joins it to cache paths unchecked).
+
+    Raises:
+        HubError: as above (and huggingface_hub's own errors, for :func:`hub_errors`).
+    """
+    hub = hf()
+    try:
+        info = hub.HfApi().model_info(spec.repo_id, revision=spec.revision, **kwargs)
+    except hub.errors.HFValidationError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise HubError(f"{spec.label} on {endpoint()}: the Hub's repository information is "
+                       f"malformed ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if not (isinstance(info.sha, str) and COMMIT.fullmatch(info.sha)):
+        raise HubError(f"{spec.label} on {endpoint()}: the Hub names commit "
+                       f"{str(info.sha)[:80]!r}, not a 40-digit hash: refused")
+    return info
 
 
 @dataclass(frozen=True)
@@ -119,6 +187,11 @@ def _message(exc: BaseException, spec: RepoSpec, remote: bool) -> str | None:
             return (f"{spec.label}: not in the cache ({hf().constants.HF_HUB_CACHE}) and "
                     f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online")
         return f"{spec.label}: not in the cache and {endpoint()} cannot be reached"
+    if isinstance(exc, ValueError) and str(exc).startswith(("Invalid filename",
+                                                            "Invalid pointer path")):
+        # huggingface_hub's own refusal of a file name that would leave the cache or
+        # local_dir ("../x", "/abs"): a hostile listing, said in one line, not as a crash
+        return f"{where}: the Hub lists a file name it refuses ({str(exc).split(':')[0][:120]})"
     if isinstance(exc, errors.HFValidationError):
         return f"{spec.label}: not a valid repository id or revision ({str(exc).splitlines()[0]})"
     if isinstance(exc, errors.HfHubHTTPError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, UnsafeFile
 from . import _hf
 from .select import literal_pattern, skipped_for_safetensors
 
@@ -101,10 +101,21 @@ def pull(repo_id: str, revision: str | None = None, include: Sequence[str] | Non
     """
     spec = _spec(repo_id, revision)
     hub = _hf.hf()
-    with _hf.hub_errors(spec):
-        skipped, commit, warnings = [], None, []
+    with _hf.hub_errors(spec), _hf.cache_headers_checked():
+        skipped, commit, warnings, files = [], None, [], None
+        revision: Any = spec.revision
+        api_error: Exception | None = None  # the Hub failed: the cache alone answers
+        if prefer_safetensors or not (_hf.offline() or _hf.COMMIT.fullmatch(revision or "")):
+            try:
+                files, commit = _repo_files(spec, local_dir)
+            except Exception as exc:
+                if not _cache_may_answer(exc):
+                    raise
+                api_error = exc
+            else:
+                if not _hf.offline():
+                    revision = _pinned(spec, commit, local_dir)
         if prefer_safetensors:
-            files, commit = _repo_files(spec, local_dir)
             if files is None:
                 warnings.append("--prefer-safetensors: the file list is not known offline and "
                                 "not cached; nothing was skipped")
@@ -114,14 +125,22 @@ def pull(repo_id: str, revision: str | None = None, include: Sequence[str] | Non
         if local_dir is None and (cleared := _clear_killed_partials(spec)):
             warnings.append(f"removed {cleared} partial download(s) a killed pull left in "
                             f"the cache")
-        with _progress(quiet), _no_match_said_once():
-            folder = Path(hub.snapshot_download(
-                spec.repo_id, revision=spec.revision, allow_patterns=list(include or []) or None,
-                ignore_patterns=ignore, local_dir=local_dir))
+        try:
+            with _progress(quiet), _no_match_said_once():
+                folder = Path(hub.snapshot_download(
+                    spec.repo_id, revision=revision,
+                    allow_patterns=list(include or []) or None, ignore_patterns=ignore,
+                    local_dir=local_dir, local_files_only=api_error is not None))
+        except hub.errors.LocalEntryNotFoundError:
+            # not cached either: say why the Hub could not answer (gated, not found...)
+            if api_error is None or not isinstance(api_error, hub.errors.HfHubHTTPError):
+                raise
+            raise api_error from None
+    if local_dir is None:
+        check_snapshot(spec.label, spec, folder)
+    # online, the commit was resolved once (_pinned): --prefer-safetensors decided on the file
+    # list of the very commit that was downloaded
     snapshot_commit = folder.name if folder.parent.name == "snapshots" else None
-    if commit and snapshot_commit and commit != snapshot_commit:
-        warnings.append(f"the branch moved from {commit[:12]} to {snapshot_commit[:12]} while "
-                        f"pulling: --prefer-safetensors decided on the older file list")
     commit = snapshot_commit or commit or _commit_from_refs(spec)
     files, nbytes = _pulled(spec, commit, folder, local_dir, include, ignore)
     if not files:
@@ -152,8 +171,64 @@ def _repo_files(spec: _hf.RepoSpec, local_dir) -> tuple[list[str] | None, str | 
         except hub.errors.CachedRepoTreeNotFoundError:
             return None, None
         return [f.path for f in cached], None
-    info = hub.HfApi().model_info(spec.repo_id, revision=spec.revision)
+    info = _hf.model_info(spec)  # its commit checked: see _pinned
     return [s.rfilename for s in info.siblings or []], info.sha
+
+
+def check_snapshot(ref: str, spec: _hf.RepoSpec, folder: Path) -> None:
+    """The folder huggingface_hub answered must be a real folder of the repository's own
+    ``snapshots/``: it joins the commit read from ``refs/<rev>`` to that path unchecked, so a
+    crafted cache (a ref holding ``../../x`` or an absolute path, a snapshot that is a
+    symlink) would hand a command (or pull's report) any folder on the disk as
+    ``hf://org/name``.  ``ref`` names what was asked for, in the message.
+
+    Raises:
+        UnsafeFile: it is not (exit 1: a finding, as every escape is).
+    """
+    from huggingface_hub.file_download import repo_folder_name
+
+    snapshots = (Path(_hf.hf().constants.HF_HUB_CACHE).expanduser()
+                 / repo_folder_name(repo_id=spec.repo_id, repo_type="model") / "snapshots")
+    real = Path(os.path.abspath(folder))
+    if real.parent != Path(os.path.abspath(snapshots)) or not _hf.plain_name(real.name) \
+            or folder.is_symlink():
+        raise UnsafeFile(folder, f"refuses {ref}: the cache answers a folder that is not a "
+                                 f"snapshot of {spec.repo_id} ({snapshots}/<commit>)")
+
+
+def _cache_may_answer(exc: Exception) -> bool:
+    """Whether ``snapshot_download`` would answer from the cache after ``model_info`` failed
+    so (the Hub unreachable, down, or refusing a token): its own fallback, mirrored here,
+    with ``local_files_only`` so that no second answer of the Hub is trusted instead."""
+    errors = _hf.hf().errors
+    httpx = _hf._httpx()
+    unreachable = (errors.OfflineModeIsEnabled,
+                   *((httpx.ConnectError, httpx.TimeoutException) if httpx else ()))
+    return isinstance(exc, unreachable) or (isinstance(exc, errors.HfHubHTTPError)
+                                            and not isinstance(exc, errors.RevisionNotFoundError))
+
+
+def _pinned(spec: _hf.RepoSpec, commit: str, local_dir) -> Any:
+    """The revision ``snapshot_download`` gets once ``model_info`` said its commit: that
+    commit as huggingface_hub's ``ResolvedRevision`` (so it does not ask again).
+
+    huggingface_hub joins the commit the Hub names to cache paths (``snapshots/<commit>``,
+    ``trees/<commit>.json``) unchecked: a hostile endpoint answering ``"../../x"`` would have
+    it write outside the cache.  Resolved here, the commit is checked first
+    (:func:`._hf.model_info`), and the ref (``refs/<branch>``, which ``snapshot_download``
+    skips for a resolved revision) is written only with a commit that passed.
+    """
+    from huggingface_hub import ResolvedRevision
+    from huggingface_hub.file_download import (_cache_commit_hash_for_specific_revision,
+                                               repo_folder_name)
+
+    if spec.revision != commit:
+        storage = Path(_hf.hf().constants.HF_HUB_CACHE) / repo_folder_name(
+            repo_id=spec.repo_id, repo_type="model")
+        with contextlib.suppress(OSError):  # best effort, as huggingface_hub's own
+            _cache_commit_hash_for_specific_revision(str(storage), spec.revision or "main",
+                                                     commit)
+    return ResolvedRevision(commit, initial=spec.revision, repo_id=spec.repo_id)
 
 
 def _clear_killed_partials(spec: _hf.RepoSpec) -> int:

@@ -11,13 +11,18 @@ call counts, redirects to the CDN included.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Any
 
-from ..errors import CorruptFile
+from ..errors import CorruptFile, HubError
 from . import _hf
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # the path gate's limit on a shard index, for every JSON
+# no model file comes near 8 TiB (half ext4's largest file): a larger size in model_info is
+# a lie, and the sparse copies of remote_scan could not be made that large
+MAX_FILE_BYTES = 1 << 43
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class Traffic:
@@ -55,11 +60,11 @@ class RangedRepo:
     """One repository at one commit: its files and sizes, and ranged reads of them."""
 
     def __init__(self, spec: _hf.RepoSpec):
-        hub = _hf.hf()
         self.spec = spec
-        info = hub.HfApi().model_info(spec.repo_id, revision=spec.revision, files_metadata=True)
+        info = _hf.model_info(spec, files_metadata=True, timeout=timeout())
         self.commit: str = info.sha
         self.sizes: dict[str, int | None] = {s.rfilename: s.size for s in info.siblings or []}
+        _check_listing(spec, self.sizes)
         self.bytes_read = 0
         self._lock = threading.Lock()
         self._json: dict[str, Any] = {}  # prefetched: the document, or the error reading it
@@ -71,7 +76,11 @@ class RangedRepo:
     def size(self, name: str) -> int:
         """The size of ``name`` (from ``model_info``; a HEAD request when that lacked it)."""
         if self.sizes[name] is None:  # a mirror that does not answer ?blobs=true in full
-            self.sizes[name] = _hf.hf().get_hf_file_metadata(self.url(name)).size
+            size = _hf.hf().get_hf_file_metadata(self.url(name), timeout=timeout()).size
+            if size is None:
+                raise HubError(f"{self.where(name)}: the Hub gives no size for it: refused")
+            _check_listing(self.spec, {name: size})
+            self.sizes[name] = size
         return self.sizes[name]  # type: ignore[return-value]
 
     def read(self, name: str, offset: int, n: int) -> bytes:
@@ -84,21 +93,39 @@ class RangedRepo:
             return b""
         headers = {**hub.utils.build_hf_headers(), "Range": f"bytes={offset}-{offset + n - 1}"}
         chunks, got = [], 0
+        # a timeout: huggingface_hub's shared client has none, and a server that stops
+        # sending would hold the look forever
         with hub.utils.get_session().stream("GET", self.url(name), headers=headers,
-                                             follow_redirects=True) as response:
+                                             follow_redirects=True,
+                                             timeout=timeout()) as response:
             hub.utils.hf_raise_for_status(response)
             if response.status_code != 206 and not (offset == 0 and n == self.size(name)):
                 raise CorruptFile(self.where(name), f"the server answered a range request "
                                   f"with HTTP {response.status_code} (the whole file): not read")
+            if response.status_code == 206:
+                self._check_range(name, response.headers.get("Content-Range"), offset)
             for chunk in response.iter_bytes():
                 chunks.append(chunk[:n - got])
                 got += len(chunks[-1])
                 if got >= n:
                     break
         data = b"".join(chunks)
+        if len(data) != n:  # the answer ended early: never pass a short prefix on as the file
+            raise CorruptFile(self.where(name), f"the server sent {len(data)} of the {n} bytes "
+                              f"asked for at offset {offset}")
         with self._lock:
             self.bytes_read += len(data)
         return data
+
+    def _check_range(self, name: str, header: str | None, offset: int) -> None:
+        """A 206 answer must say it holds the bytes asked for, of a file of the size
+        ``model_info`` gave: bytes from elsewhere would be written where they do not belong
+        (the scanner would judge a file that is not the one a loader reads)."""
+        m = _CONTENT_RANGE.fullmatch((header or "").strip())
+        if not m or int(m[1]) != offset or m[3] not in ("*", str(self.size(name))):
+            raise CorruptFile(self.where(name), f"the server answered bytes {offset}- with "
+                              f"Content-Range {str(header)[:80]!r} (the file is "
+                              f"{self.size(name)} bytes): not read")
 
     def prefetch_json(self, names: list[str]) -> None:
         """Read these JSON files at once, in parallel (one round trip, not one each); later
@@ -130,8 +157,38 @@ class RangedRepo:
                               f"larger than {MAX_JSON_BYTES} is not read")
         try:
             return json.loads(self.read(name, 0, self.size(name)))
-        except ValueError as exc:
-            raise CorruptFile(self.where(name), f"not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise CorruptFile(self.where(name), f"not JSON: {type(exc).__name__}: "
+                              f"{str(exc)[:120]}") from None
 
     def where(self, name: str) -> str:
         return f"hf://{self.spec.repo_id}@{self.commit[:12]}/{name}"
+
+
+def timeout() -> float:
+    """Seconds a Hub request may wait for the next bytes (huggingface_hub's download timeout,
+    ``HF_HUB_DOWNLOAD_TIMEOUT``)."""
+    return float(_hf.hf().constants.HF_HUB_DOWNLOAD_TIMEOUT)
+
+
+def _check_listing(spec: _hf.RepoSpec, sizes: dict[str, int | None]) -> None:
+    """Refuse a file list no git repository can hold: each name is joined to a temporary
+    folder (the sparse copies) and a size makes a file that large.
+
+    Raises:
+        HubError: a name that is absolute, has an empty, ``.`` or ``..`` part, a backslash
+            or a control character, or is also a folder of another name; a size that is not
+            a whole number from 0 to 8 TiB.
+    """
+    folders = {"/".join(parts[:i]) for n in sizes if isinstance(n, str)
+               for parts in [n.split("/")] for i in range(1, len(parts))}
+    for name, size in sizes.items():
+        bad = (not isinstance(name, str) or any(p in ("", ".", "..") for p in name.split("/"))
+               or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name))
+        if bad or name in folders:
+            raise HubError(f"hf://{spec.label} on {_hf.endpoint()}: the Hub lists a file named "
+                           f"{str(name)[:80]!r}: not a plain path inside a repository, refused")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)
+                                 or not 0 <= size <= MAX_FILE_BYTES):
+            raise HubError(f"hf://{spec.label} on {_hf.endpoint()}: the Hub lists "
+                           f"{name[:80]!r} with size {str(size)[:40]!r}: refused")

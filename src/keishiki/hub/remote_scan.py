@@ -17,7 +17,10 @@ same :func:`keishiki.scan.scanner.scan_file` a local file gets:
   in, ``chat_template.json``, ``*.index.json``, ``*.py``, ``*.jinja`` are fetched whole
   (other JSON, ``tokenizer.json`` included, carries no code and is not fetched);
 - safetensors and GGUF: their headers through :mod:`.headers` (a GGUF chat template is
-  judged as the local scan judges it); ``*.onnx`` up to :data:`WHOLE_LIMIT` whole.
+  judged as the local scan judges it); ``*.onnx`` up to :data:`WHOLE_LIMIT` whole;
+- any other file (``README.md``, ``weights.data``, ``model.tar``): its first 512 bytes and
+  its tail, then fetched as above when they show a zip, a pickle, a NumPy array, a tar or a
+  joblib-compressed stream (the local scan judges every file by its bytes, whatever its name).
 
 Paths in the report are ``hf://org/name@<commit12>/file``; ``report.remote`` holds what the
 look cost (``requests``, ``bytes_read``, ``response_bytes``, ``weight_bytes``).
@@ -40,6 +43,7 @@ MEMBER_LIMIT = 64 * 1024 * 1024  # a zip member (pickle, code) read whole up to 
 SMALL_TAIL = 1024                # first read from the end: the end record(s)
 TAIL = 64 * 1024 + 22            # then, if none is there: the end record behind a comment
 MERGE_GAP = 4096                 # ranges this close are fetched as one request
+FETCH_PIECE = 8 * 1024 * 1024    # the most one request asks for (and memory holds)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".dill",
                     ".sav", ".p", ".mar", ".pt2", ".jit", ".zip", ".npy", ".npz", ".keras")
 _TEXT_SUFFIXES = (".json", ".py", ".jinja")
@@ -70,12 +74,12 @@ class _Sparse:
             for a, b in merged:
                 if self.covered(a, b):
                     continue
-                data = self.repo.read(self.name, a, b - a)
-                if len(data) != b - a:
-                    raise CorruptFile(self.repo.where(self.name),
-                                      f"short read at {a}: {len(data)} of {b - a} bytes")
-                fh.seek(a)
-                fh.write(data)
+                # in pieces: merged ranges (a zip's many members side by side) may add up
+                # to any size, and each read is held in memory whole
+                for start in range(a, b, FETCH_PIECE):
+                    end = min(b, start + FETCH_PIECE)
+                    fh.seek(start)
+                    fh.write(self.repo.read(self.name, start, end - start))
                 self.have.append((a, b))
 
     def covered(self, a: int, b: int) -> bool:
@@ -167,7 +171,6 @@ def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
     from ..scan.scanner import scan_file
 
     lower = name.lower()
-    base = posixpath.basename(lower)
     local = root / name
     size = repo.size(name)
     try:
@@ -204,14 +207,16 @@ def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
                                    f"(limit {WHOLE_LIMIT:,}): pull it to scan it")
             _Sparse(repo, name, local).fetch([(0, size)])
             return scan_file(local)
-        if lower.endswith(_PICKLE_SUFFIXES) or "." not in base:
-            if size == 0:
-                return None
-            sparse = _Sparse(repo, name, local)
-            if not _fetch_for_scan(sparse, extensionless="." not in base):
-                return None
-            fr = scan_file(local, explicit=lower.endswith(_PICKLE_SUFFIXES))
-            return None if fr.skipped else fr
+        # any other file: a local scan judges every file by its bytes (a pickle named
+        # weights.data or model.tar is still what torch.load, pickle.load or joblib.load
+        # runs), so its head and tail are read, and the file fetched when they look loadable
+        if size == 0:
+            return None
+        named = lower.endswith(_PICKLE_SUFFIXES)
+        if not _fetch_for_scan(_Sparse(repo, name, local), sniff=not named):
+            return None
+        fr = scan_file(local, explicit=named)
+        return None if fr.skipped else fr
     except _CannotJudge as exc:
         return FileReport(str(local), errors=[f"{local}: {exc}"])
     except CorruptFile as exc:
@@ -225,12 +230,11 @@ def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
 
 # ---- what the scanner reads of a file -----------------------------------------------------------
 
-def _fetch_for_scan(sp: _Sparse, extensionless: bool = False) -> bool:
+def _fetch_for_scan(sp: _Sparse, sniff: bool = False) -> bool:
     """Fetch every byte :func:`scan_file` reads of ``sp``; raise :class:`_CannotJudge` when
-    that cannot be bounded.  False: an extension-less file that is neither a pickle nor a
-    zip (not scanned, as a local scan of a folder skips it)."""
-    from ..scan.pickles import looks_like_pickle
-
+    that cannot be bounded.  ``sniff``: a file whose name promises nothing; False when its
+    bytes are nothing the scanner reads (:func:`_loadable`, no zip): not scanned, as a local
+    scan of a folder skips it."""
     size = sp.size
     if size <= 4 * SMALL_TAIL:  # small: one request for all of it
         sp.fetch([(0, size)])
@@ -240,7 +244,7 @@ def _fetch_for_scan(sp: _Sparse, extensionless: bool = False) -> bool:
         sp.fetch([(max(0, size - TAIL), size)])
         cd = _central_directory(sp, TAIL)
     head = sp.read(0, 512)
-    if extensionless and cd is None and not looks_like_pickle(head):
+    if sniff and cd is None and not _loadable(head):
         return False
     if cd is None or head[:4] != b"PK\x03\x04":
         # not a zip, or something in front of one (torch.load reads that as a pickle)
@@ -252,6 +256,17 @@ def _fetch_for_scan(sp: _Sparse, extensionless: bool = False) -> bool:
         return True
     _fetch_zip(sp, cd)
     return True
+
+
+def _loadable(head: bytes) -> bool:
+    """Whether a file's first bytes are what the local scan reads whatever the name (its
+    ``content`` sniff): a pickle, a NumPy array, a tar (torch's legacy format) or a
+    joblib-compressed stream."""
+    from ..scan import archives, compressed
+    from ..scan.pickles import looks_like_pickle
+
+    return (looks_like_pickle(head) or head[:6] == b"\x93NUMPY"
+            or archives.looks_like_tar(head) or bool(compressed.joblib_compression(head)))
 
 
 def _central_directory(sp: _Sparse, window: int) -> list[tuple[int, int]] | None:

@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ..core.gate import inside
 from ..errors import HubError, InvalidRequest
 from . import _hf
+from .pull import check_snapshot, pull
 from .select import literal_pattern, skipped_for_safetensors
 
 
@@ -51,8 +53,6 @@ def local_path(ref: str, *, quiet: bool = False,
     with _hf.hub_errors(spec):
         folder = _cached(spec, patterns)
     if folder is None:
-        from .pull import pull
-
         if _hf.offline():
             raise HubError(f"{ref}: not in the cache ({_hf.hf().constants.HF_HUB_CACHE}) and "
                            f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online")
@@ -66,10 +66,12 @@ def local_path(ref: str, *, quiet: bool = False,
             if not inner:
                 raise
             raise HubError(f"{ref}: no file or folder {inner!r} in {spec.label}") from None
-    target = folder / inner if inner else folder
-    if not (target.exists() or target.is_symlink()):
+    check_snapshot(ref, spec, folder)
+    if inner and not ((folder / inner).exists() or (folder / inner).is_symlink()):
         raise HubError(f"{ref}: no file or folder {inner!r} in {spec.label}")
-    return target
+    # the path gate for the file named: a command's own gate judges a named file's
+    # neighbours, not the file, and here the user named a repository path, not that link
+    return inside(folder, inner) if inner else folder
 
 
 def _cached(spec: _hf.RepoSpec, patterns: list[str] | None) -> Path | None:

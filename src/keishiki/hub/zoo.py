@@ -88,9 +88,11 @@ def manifest(repo: str = DEFAULT_REPO, force_reload: bool = False, silent: bool 
     """
     spec = parse_repo(repo)
     hub = _hf.hf()
-    with _hf.hub_errors(replace(spec, path_in_repo=MANIFEST)), _bars(silent):
+    with _hf.hub_errors(replace(spec, path_in_repo=MANIFEST)), _bars(silent), \
+            _hf.cache_headers_checked():
         path = Path(hub.hf_hub_download(spec.repo_id, MANIFEST, revision=spec.revision,
                                         force_download=force_reload))
+    _check_cached(path, MANIFEST, spec.label)
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise HubError(f"{spec.label}: {MANIFEST} is larger than 64 MiB: not a zoo manifest")
     # hf_hub_download answers snapshots/<commit>/ONNX_HUB_MANIFEST.json
@@ -268,9 +270,10 @@ def _fetch_checked(found: Manifest, info: ModelInfo, path_key: str, sha_key: str
     want = zoo_manifest.sha256_of(info, sha_key, found.where)
     hub = _hf.hf()
     spec = _hf.RepoSpec(found.spec.repo_id, found.commit, filename)
-    with _hf.hub_errors(spec), _bars(silent):
+    with _hf.hub_errors(spec), _bars(silent), _hf.cache_headers_checked():
         path = Path(hub.hf_hub_download(spec.repo_id, filename, revision=found.commit,
                                         force_download=force))
+    _check_cached(path, filename, found.where)
     with open(path, "rb") as f:
         got = hashlib.file_digest(f, "sha256").hexdigest()
     if got != want:
@@ -278,6 +281,24 @@ def _fetch_checked(found: Manifest, info: ModelInfo, path_key: str, sha_key: str
         raise HubError(f"{found.where}: {filename} has sha256 {got[:16]}..., the manifest says "
                        f"{want[:16]}...: removed from the cache, not used")
     return path, got
+
+
+def _check_cached(path: Path, filename: str, where: str) -> None:
+    """The path gate for a file ``hf_hub_download`` answered from the cache, before a byte of
+    it is read: its snapshot link must lead into the repository's own ``blobs/``, to a
+    regular file.  A crafted cache linking it to ``/dev/zero`` or a FIFO would otherwise
+    have the checksum read forever (and the manifest be read into memory without end).
+
+    Raises:
+        UnsafeFile: the link leads outside the repository (exit 1).
+        HubError: it leads to something that is not a regular file.
+    """
+    from ..core.gate import inside
+
+    inside(path.parents[filename.count("/")], filename)
+    if not path.resolve().is_file():
+        raise HubError(f"{where}: {filename} in the cache ({path}) is not a regular file: "
+                       f"refused")
 
 
 def _discard(path: Path) -> None:
