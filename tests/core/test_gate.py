@@ -96,6 +96,17 @@ def test_hf_cache_snapshot_links_into_its_own_blobs_are_sanctioned(tmp_path):
     assert [name for name, _ in gate.tree_escapes(snap)] == ["stolen.json"]
 
 
+def test_a_cache_blob_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A FIFO put in blobs/ would hang a loader reading the snapshot's link to it."""
+    import os
+
+    snap, _foreign = _hf_cache(tmp_path)
+    os.mkfifo(snap.parent.parent / "blobs" / "fifo")
+    (snap / "model.safetensors").symlink_to(Path("../../blobs/fifo"))
+    assert "not a regular file" in gate.escape_reason(snap, "model.safetensors")
+    assert [name for name, _ in gate.tree_escapes(snap)] == ["model.safetensors"]
+
+
 # ---- tree_escapes / check_tree: a whole model folder --------------------------------------
 
 def _index(folder: Path, shards: list[str], name: str = "model.safetensors.index.json") -> None:

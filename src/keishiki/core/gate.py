@@ -74,6 +74,10 @@ def escape_reason(root: Path, rel: str | os.PathLike) -> str | None:
         return None
     blobs = _cache_blobs(root_real)
     if blobs is not None and target.parent == blobs:
+        # a blob is a file huggingface_hub wrote: a FIFO or device there would hang or feed
+        # a loader forever
+        if target.exists() and not target.is_file():
+            return f"{rel!r} leads to {target}, a cache blob that is not a regular file"
         return None
     return f"{rel!r} resolves to {target}, outside the model's folder {root}"
 
