@@ -227,7 +227,7 @@ def test_options_that_do_not_apply_and_negative_tolerances_are_refused(tmp_path)
         st.write(fh, [LazyTensor(TensorInfo("a", "float32", (6,), 24), lambda: arr)])
     code, _, err = run_cli("convert", src, tmp_path / "o.safetensors", "--to", "safetensors",
                            "--quant", "q8_0")
-    assert code == 2 and "--quant applies to --to gguf only" in err
+    assert code == 2 and "--quant applies to --to gguf / onnx only" in err
     code, _, err = run_cli("convert", src, tmp_path / "o2.safetensors", "--to", "safetensors",
                            "--atol", "-1")
     assert code == 2 and "--atol must be >= 0" in err

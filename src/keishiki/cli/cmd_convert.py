@@ -131,8 +131,10 @@ def quality_line(verify: dict) -> str | None:
     q = verify.get("quality") if "quality" in verify else verify
     if not q or q.get("method") != "quantized-vs-original" or "kl_mean" not in q:
         return None
+    sure = q["top1_agreement_confident"]
+    confident = (f"{sure:.0%} on {q['n_confident']} confident (>= {q['top1_min']:.0%})"
+                 if sure is not None else "no confident position")
     return (f"{q['quant']} vs original on {q['n_positions']} positions: KL mean "
             f"{q['kl_mean']:.3g} (<= {q['kl_mean_allowed']:g}), greedy agreement "
-            f"{q['top1_agreement']:.0%} ({q['top1_agreement_near_ties']:.0%} with near-ties; "
-            f">= {q['top1_min']:.0%}), logits max abs diff {q['max_abs_diff']:.3g}, mean "
-            f"{q['mean_abs_diff']:.3g}")
+            f"{q['top1_agreement']:.0%}, {confident}; logits max abs diff "
+            f"{q['max_abs_diff']:.3g}, mean {q['mean_abs_diff']:.3g}")

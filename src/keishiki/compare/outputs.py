@@ -12,7 +12,10 @@ TorchScript).  The prompt is tokenized once, with A's tokenizer, and both get th
    tokens only.
 
 Passed: tokens equal and ``max_abs_diff <= atol + rtol * max|logits_A|`` where atol defaults
-to the converter's run-both tolerance for the weights' dtype (1e-4 for float32).
+to the converter's run-both tolerance for the weights' dtype (1e-4 for float32).  When one
+side is quantized (a GGUF k-quant or q8_0, an int8/int4 ONNX) and no atol is given, the
+verdict is the quantized conversion's instead (``quantized``: KL divergence and greedy
+agreement within the type's tolerance, :mod:`keishiki.convert.quant_verify`).
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
     first = next((i for i, (x, y) in enumerate(zip(tokens_a, tokens_b)) if x != y),
                  None if len(tokens_a) == len(tokens_b) else min(len(tokens_a), len(tokens_b)))
 
+    atol_given = bool(atol)
     atol = atol if atol else _default_atol(_weights_dtype(a))
     max_abs = max_rel = None
     logits_ok = True
@@ -135,9 +139,32 @@ def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
     summary = (f"tokens {'match' if tokens_match else f'diverge at step {first}'}"
                + (f", max logit diff {max_abs:.3g} (atol {atol:g})" if max_abs is not None
                   else ", logits not compared"))
+    quantized = _quantized_judgement(a, b, steps_a, steps_b) if not atol_given else None
+    if quantized is not None:  # a quantized side: judged by KL and greedy agreement
+        passed = quantized["passed"]
+        summary += (f"; quantized ({quantized['quant']}): KL mean {quantized['kl_mean']:.3g} "
+                    f"(<= {quantized['kl_mean_allowed']:g}), greedy agreement "
+                    f"{quantized['top1_agreement']:.0%}")
     return {"passed": passed, "summary": summary, "prompt": prompt,
             "prompt_token_ids": prompt_ids, "steps": max_tokens,
             "tokens_a": tokens_a, "tokens_b": tokens_b, "tokens_match": tokens_match,
             "first_divergence": first, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
             "atol": atol, "rtol": rtol, "backend_a": llm_a.backend, "backend_b": llm_b.backend,
-            "text_a": out_a.text, "text_b": out_b.text}
+            "text_a": out_a.text, "text_b": out_b.text, "quantized": quantized}
+
+
+def _quantized_judgement(a: ModelInfo, b: ModelInfo, steps_a, steps_b) -> dict | None:
+    """When one side holds quantized weights (a k-quant GGUF, an int8/int4 ONNX) and no
+    atol was given: the teacher-forced logits judged as the converter judges a quantized
+    conversion (:mod:`keishiki.convert.quant_verify`: KL divergence and greedy agreement
+    within the type's tolerance), since tokens and logits are not expected to be equal."""
+    if steps_a is None or steps_b is None:
+        return None
+    try:
+        from ..convert.quant_verify import judge, logit_metrics, quant_kind
+    except ImportError:  # converter not installed in this tree
+        return None
+    kind = quant_kind(b) or quant_kind(a)
+    if kind is None:
+        return None
+    return judge(logit_metrics([np.asarray(steps_a)], [np.asarray(steps_b)]), kind)

@@ -141,6 +141,8 @@ def compare_arrays(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
         if diff.ok:
             break
     assert best is not None
+    if best.status == "different" and not (atol or rtol):
+        _quantization_tolerance(best, a, apply_transform(b, best.transform, pair.extra))
     if best.transform != pair.transform:
         best.notes.append(f"matched only with the {best.transform} transform" if best.transform
                           else f"matched without the {pair.transform} transform")
@@ -182,3 +184,22 @@ def _compare_one(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
     else:
         status = "different"
     return TensorDiff(pair, status, False, max_abs, max_rel, over)
+
+
+def _quantization_tolerance(diff: TensorDiff, a: np.ndarray, b: np.ndarray) -> None:
+    """A pair whose one side is a GGUF quantized tensor (dtype ``q8_0``, ``q4_k`` ...) and
+    no tolerance was asked for: within tolerance when its relative RMS error is within the
+    type's bound, the one the converter's read-back uses (:data:`WEIGHT_REL_RMSE`): a q8_0
+    GGUF is never bit-equal to its source."""
+    from ..convert.gguf_quant import WEIGHT_REL_RMSE, weight_error
+
+    qtype = next((str(d).upper() for d in (diff.pair.b_dtype, diff.pair.a_dtype)
+                  if str(d).upper() in WEIGHT_REL_RMSE), None)
+    if qtype is None or a.shape != b.shape:
+        return
+    rel = weight_error(a, b)["rel_rmse"]
+    bound = WEIGHT_REL_RMSE[qtype]
+    if rel <= bound:
+        diff.status, diff.n_over_tolerance = "within tolerance", 0
+    diff.notes.append(f"{qtype}: relative RMS error {rel:.3g} "
+                      f"{'<=' if rel <= bound else '>'} {bound:g} (quantization-aware tolerance)")

@@ -24,8 +24,8 @@ from ..core.atomic import (atomic_output, check_free_space, check_output, output
                            replace_refusal, steps_folder)
 from ..core.gate import admit, check_tree, problem, verdict
 from ..errors import InvalidRequest, Mismatch, MissingDependency
-from .base import (DTYPES, GGUF_QUANTS, OUTPUT_KINDS, STEP_SUFFIX, TARGETS, ConvertOptions,
-                   ConvertReport, Edge, StepReport, output_is_folder)
+from .base import (DTYPES, GGUF_QUANTS, ONNX_QUANTS, OUTPUT_KINDS, STEP_SUFFIX, TARGETS,
+                   ConvertOptions, ConvertReport, Edge, StepReport, output_is_folder)
 
 __all__ = ["convert", "ConvertOptions", "ConvertReport", "StepReport", "Edge", "parse_size"]
 
@@ -66,7 +66,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
                  kinds=OUTPUT_KINDS[opts.to])
     check_tree(src)
     src_format = source_format(src)
-    path = find_path(src_format, opts.to)
+    path = _with_quant_edge(find_path(src_format, opts.to), opts)
     _check_extras(path)
     source_scan = _admit_source(src, src_format, path[0], opts)
     check_free_space(out.parent if str(out.parent) else Path("."), _space_needed(src, path, opts))
@@ -80,6 +80,18 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
     finally:
         report.seconds = time.perf_counter() - start
     return report
+
+
+def _with_quant_edge(path: list[Edge], opts: ConvertOptions) -> list[Edge]:
+    """``--to onnx --quant int8|int4``: the path to ONNX, then onnxruntime's quantizer (an
+    ``onnx -> onnx`` rewrite is dropped unless it has an opset to change)."""
+    if opts.to != "onnx" or not opts.quant:
+        return path
+    from .edges import ONNX_QUANT_EDGE
+
+    if path and path[-1].run.endswith(":onnx_to_onnx") and opts.opset is None:
+        path = path[:-1]
+    return [*path, ONNX_QUANT_EDGE]
 
 
 def _admit_source(src: Path, src_format: str, first: Edge,
@@ -135,10 +147,6 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
     opts = ConvertOptions(to=to, **options)
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise InvalidRequest(f"--dtype {opts.dtype!r}: use one of {', '.join(DTYPES)}")
-    if opts.quant is not None:
-        opts.quant = opts.quant.lower()
-        if opts.quant not in GGUF_QUANTS:
-            raise InvalidRequest(f"--quant {opts.quant!r}: use one of {', '.join(GGUF_QUANTS)}")
     if isinstance(opts.shard_size, str):
         opts.shard_size = parse_size(opts.shard_size)
     if opts.shard_size is not None and opts.shard_size <= 0:
@@ -159,13 +167,31 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
             flag = "--" + name.replace("_", "-")
             raise InvalidRequest(f"{flag} applies to --to {' / '.join(targets)} only, "
                                  f"not --to {to}")
+    if opts.quant is not None:
+        opts.quant = _quant_name(opts.quant, to)
+    if opts.block_size is not None and (opts.quant != "int4" or opts.block_size < 16
+                                        or opts.block_size & (opts.block_size - 1)):
+        raise InvalidRequest(f"--block-size {opts.block_size}: applies to --quant int4, a "
+                             f"power of 2 >= 16 (e.g. 32, 128)")
     return opts
+
+
+def _quant_name(quant: str, to: str) -> str:
+    """``--quant`` as spelled in :data:`GGUF_QUANTS` / :data:`ONNX_QUANTS` (any case) for
+    target ``to``; InvalidRequest naming every choice otherwise."""
+    choices = ONNX_QUANTS if to == "onnx" else GGUF_QUANTS
+    found = {q.lower(): q for q in choices}.get(str(quant).lower())
+    if found is None:
+        raise InvalidRequest(f"--quant {quant!r} for --to {to}: use one of "
+                             f"{', '.join(choices)}")
+    return found
 
 
 # options that mean something for one kind of output only: silently ignoring them would
 # let a user believe, say, --quant q8_0 shrank a safetensors file
 _TARGET_ONLY = {
-    "quant": ("gguf",),
+    "quant": ("gguf", "onnx"),
+    "block_size": ("onnx",),
     "opset": ("onnx",),
     "exporter": ("onnx",),
     "external_data": ("onnx",),
@@ -218,6 +244,12 @@ def _space_needed(src: Path, path: list[Edge], opts: ConvertOptions) -> int:
     return int(size * growth * len(path))
 
 
+def _quant_edge() -> Edge:
+    from .edges import ONNX_QUANT_EDGE
+
+    return ONNX_QUANT_EDGE
+
+
 def _step_out(steps_dir: Path, i: int, edge: Edge) -> Path:
     suffix = "" if edge.dst == "hf-model" else STEP_SUFFIX.get(edge.dst, "")
     return steps_dir / f"step{i}-{edge.dst}{suffix}"
@@ -233,8 +265,12 @@ def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
             if not last:
                 steps_dir.mkdir(parents=True, exist_ok=True)
                 step_out = _step_out(steps_dir, i, edge)
-                folder = edge.dst == "hf-model"
+                # an ONNX export quantized next is a folder: its tokenizer and config, and
+                # the external data of a model over 2 GB, travel to the quantized one
+                folder = edge.dst == "hf-model" or (edge.dst == "onnx" and
+                                                   path[i + 1] is _quant_edge())
                 if folder:
+                    step_out = step_out.with_suffix("")
                     step_out.mkdir()
                 step_opts = replace(opts, to=edge.dst, force=True)
                 step = _run_edge(edge, current, step_out, step_opts)

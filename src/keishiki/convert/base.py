@@ -26,7 +26,11 @@ from typing import Any
 # format ids a conversion can write (the --to choices)
 TARGETS = ("safetensors", "pytorch", "hf-model", "gguf", "torchscript", "onnx")
 DTYPES = ("float16", "bfloat16", "float32")
-GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0")
+# --quant values: GGUF types and llama.cpp mixes (convert/gguf_quant.py says which tensor gets
+# which type), then ONNX weight quantization (convert/onnx_quant.py)
+GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K",
+               "q3_K_M", "q4_K", "q4_K_S", "q4_K_M", "q5_K", "q5_K_M", "q6_K")
+ONNX_QUANTS = ("int8", "int4")
 
 # what an existing OUT may be identified as for --force to replace it, per target: a folder
 # of safetensors/pytorch shards with their config reads as an hf-model
@@ -57,7 +61,9 @@ class ConvertOptions:
         atol, rtol: tolerances for run-both verification (graph edges); weight edges are exact.
         key: the state_dict inside a training checkpoint (``--key model``).
         shard_size: maximum bytes per weight shard (hf-model targets).
-        quant: GGUF tensor type: ``f32``/``f16``/``bf16``/``q8_0``.
+        quant: GGUF type or llama.cpp mix (:data:`GGUF_QUANTS`: ``q8_0``, ``q4_K_M`` ...);
+            ONNX: ``int8`` (dynamic) or ``int4`` (MatMulNBits).
+        block_size: ONNX int4: values per quantization block (a power of 2, >= 16).
         method: TorchScript ``trace`` or ``script``.
         example_input: ``"1x8:int64"`` (shape and dtype of a traced input).
         trust: load a source that scans dangerous or unknown with a loader that can run its
@@ -91,6 +97,7 @@ class ConvertOptions:
     tokenizer: str | None = None
     split_max_size: int | None = None
     split_max_tensors: int | None = None
+    block_size: int | None = None
 
 
 @dataclass

@@ -75,14 +75,23 @@ WEIGHT_EDGES: list[Edge] = [
                      "gemma2, phi3), model.safetensors, tokenizer"),
     Edge("hf-model", "gguf", f"{_G}:hf_to_gguf", ("gguf", "hf"), lossless=False,
          description="llama, mistral, qwen2, qwen3, gemma, gemma2, phi3 as llama.cpp writes "
-                     "them, f32/f16/bf16/q8_0 (--quant); lossless at f32"),
+                     "them, f32/f16/bf16/q8_0, q4_0/q4_1/q5_0/q5_1 and llama.cpp's k-quant mixes "
+                     "(--quant q4_K_M ...); lossless at f32"),
     Edge("safetensors", "gguf", f"{_G}:safetensors_to_gguf", ("gguf", "hf"), lossless=False,
          description="tensors kept by name (generic GGUF); lossless at f32"),
 ]
 
 from .graph_edges import GRAPH_EDGES  # noqa: E402  (after WEIGHT_EDGES: it imports Edge)
 
-EDGES: list[Edge] = [*WEIGHT_EDGES, *GRAPH_EDGES]
+# --to onnx --quant int8|int4 (and `keishiki quantize`) ends the path with this edge; listed
+# last so path finding never picks it for a plain onnx -> onnx rewrite
+ONNX_QUANT_EDGE = Edge("onnx", "onnx", "keishiki.convert.onnx_quant:quantize_edge", ("onnx",),
+                       lossless=False,
+                       description="--quant int8 (quantize_dynamic) / int4 (MatMulNBits, "
+                                   "--block-size) with onnxruntime's quantizers; run against "
+                                   "the original")
+
+EDGES: list[Edge] = [*WEIGHT_EDGES, *GRAPH_EDGES, ONNX_QUANT_EDGE]
 
 
 def formats_table() -> list[dict]:

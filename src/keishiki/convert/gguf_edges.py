@@ -1,6 +1,7 @@
 """GGUF edges: gguf → safetensors / hf-model (dequantized, names mapped back, llama's Q/K
 un-permuted, gemma's norm offset undone), hf-model (llama, mistral, qwen2, qwen3, gemma,
-gemma2: see :mod:`.gguf_archs`) → gguf and safetensors → gguf at f32/f16/bf16/q8_0.
+gemma2: see :mod:`.gguf_archs`) → gguf and safetensors → gguf at f32/f16/bf16/q8_0 and
+llama.cpp's quantization types and k-quant mixes (:mod:`.gguf_quant`).
 
 GGUF stores dims reversed (``ne[0]`` is the fastest-moving one); the ``gguf`` package's
 reader and writer take row-major numpy shapes, so shapes here are always row-major.
@@ -12,6 +13,7 @@ Everything goes through the ``gguf`` package (the reference implementation): rea
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import CorruptFile, InvalidRequest, MissingDependency
 from . import gguf_archs as archs
 from . import gguf_names as names
+from . import gguf_quant as quants
 from .base import ConvertOptions, StepReport, Timer
 from .verify import ReadBack
 from .weights import (FLOATING, SourceTensors, cast_array, source_tensors, verify_safetensors,
@@ -32,7 +35,6 @@ from .weights import (FLOATING, SourceTensors, cast_array, source_tensors, verif
 
 _KEEP = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
          "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
-_FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
 GGUF_MAX_NAME = 63
 
 
@@ -319,9 +321,10 @@ class Planned:
 
     gguf_name: str
     source: LazyTensor
-    qtype: str  # F32 | F16 | BF16 | Q8_0 | keep (integers as they are)
+    qtype: str  # F32 | F16 | BF16 | Q8_0, Q4_K ... (gguf_quant.QUANTIZED) | keep (integers)
     heads: int | None = None
     offset: float = 0.0
+    digest: str | None = None  # sha256 of the quantized bytes written (read-back check)
 
 
 def _pick_type(info: TensorInfo, quant: str) -> str:
@@ -331,7 +334,21 @@ def _pick_type(info: TensorInfo, quant: str) -> str:
         return "F32"  # llama.cpp keeps 1-D tensors (norms, biases) in f32
     if quant == "q8_0":
         return "Q8_0" if info.shape[-1] % 32 == 0 else "F16"
-    return {"f16": "F16", "bf16": "BF16"}[quant]
+    if quant in ("f16", "bf16"):
+        return {"f16": "F16", "bf16": "BF16"}[quant]
+    return "mix"  # a llama.cpp quantization mix: :func:`_apply_mix` picks the type by name
+
+
+def _apply_mix(plan: list[Planned], quant: str, n_head: int = 0, n_head_kv: int = 0,
+               n_layer: int = 0, generic: bool = False) -> None:
+    """Give every ``mix`` tensor of ``plan`` its type under llama.cpp's rules for ``quant``
+    (:func:`.gguf_quant.tensor_type`), in file order as llama.cpp counts layers; ``generic``
+    (tensors under their own names): the mix's type for every 2-D tensor."""
+    state = quants.MixState.for_names([p.gguf_name for p in plan], n_head, n_head_kv, n_layer)
+    for p in plan:
+        if p.qtype == "mix":
+            p.qtype = quants.tensor_type(p.gguf_name, tuple(p.source.info.shape), quant, state,
+                                         generic)
 
 
 def _default_quant(st: SourceTensors, opts: ConvertOptions) -> str:
@@ -362,7 +379,9 @@ def _encode(arr: np.ndarray, qtype: str, heads: int | None, offset: float = 0.0)
     if qtype == "BF16":
         return np.ascontiguousarray(cast_array(arr, "bfloat16")).view(np.uint8)
     data = np.ascontiguousarray(cast_array(arr, "float32"))
-    return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+    if qtype == "Q8_0":
+        return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+    return quants.quantize(data, qtype)
 
 
 def _encoded_size(info: TensorInfo, qtype: str) -> tuple[tuple[int, ...], Any, int, Any]:
@@ -425,7 +444,11 @@ def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned], q
     total = sum(p.source.info.nbytes for p in plan)
     with progress(total, "-> gguf", quiet, unit_bytes=True) as adv:
         for p in plan:
-            writer.write_tensor_data(_encode(p.source.load(), p.qtype, p.heads, p.offset))
+            data = _encode(p.source.load(), p.qtype, p.heads, p.offset)
+            if p.qtype in quants.QUANTIZED and p.qtype != "Q8_0":
+                # the read-back compares bytes with this instead of quantizing twice
+                p.digest = hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()
+            writer.write_tensor_data(data)
             adv(p.source.info.nbytes)
     writer.close()
     return files
@@ -434,12 +457,14 @@ def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned], q
 def verify_gguf(files: list[Path], plan: list[Planned], required_keys: list[str]) -> dict:
     """Read the GGUF back with GGUFReader, every split of it: names, GGML types, shapes, and
     every tensor's values (bit for bit; Q8_0 within half a quantization step of each 32-value
-    block); a split set must also read as one model with keishiki's reader (names, split.*
-    keys, tensor counts)."""
+    block; the other quantized types: the bytes written, and the dequantized values'
+    relative RMS error within :data:`.gguf_quant.WEIGHT_REL_RMSE`); a split set must also
+    read as one model with keishiki's reader (names, split.* keys, tensor counts)."""
     gguf = _gguf()
     readers = [gguf.GGUFReader(str(f)) for f in files]
     rb = ReadBack(library="gguf.GGUFReader")
     by_name = {t.name: t for reader in readers for t in reader.tensors}
+    worst: dict[str, float] = {}  # GGML type -> worst relative RMS error of its tensors
     for p in plan:
         t = by_name.get(p.gguf_name)
         if t is None:
@@ -463,6 +488,8 @@ def verify_gguf(files: list[Path], plan: list[Planned], required_keys: list[str]
             # rounding to the nearest step (d/2) plus d stored in float16 (|q| <= 127)
             atol = float(blocks.max() * (0.5 + 127 * 2.0 ** -11)) * 1.001 + 1e-12
             rb.compare(p.gguf_name, ref, got, original=ref, atol=atol)
+        elif p.qtype in quants.QUANTIZED:
+            _check_quantized(rb, p, t, expected_src, shape, worst)
         else:
             expected = _encode(original, p.qtype, p.heads, p.offset)
             got = np.asarray(t.data)
@@ -473,6 +500,8 @@ def verify_gguf(files: list[Path], plan: list[Planned], required_keys: list[str]
     fields = set(readers[0].fields)  # the first split holds the metadata
     absent = [k for k in required_keys if k not in fields]
     result = rb.result()
+    if worst:
+        result["quant_rel_rmse"] = {k: round(v, 5) for k, v in sorted(worst.items())}
     problem = _split_problem(files) if len(files) > 1 else None
     if absent or problem:
         result["passed"] = False
@@ -481,6 +510,32 @@ def verify_gguf(files: list[Path], plan: list[Planned], required_keys: list[str]
     if len(files) > 1:
         result["n_files"] = len(files)
     return result
+
+
+def _check_quantized(rb: ReadBack, p: Planned, t, expected_src: np.ndarray,
+                     shape: tuple[int, ...], worst: dict[str, float]) -> None:
+    """One quantized tensor read back: its GGML type, the very bytes written (sha256), and
+    its values dequantized by gguf-py within the type's error bound."""
+    got_bytes = np.ascontiguousarray(np.asarray(t.data))
+    rb.n_compared += 1
+    problem = None
+    if t.tensor_type.name != p.qtype:
+        problem = f"{p.gguf_name}: type {t.tensor_type.name}, wrote {p.qtype}"
+    elif hashlib.sha256(got_bytes.data).hexdigest() != p.digest:
+        problem = f"{p.gguf_name}: bytes differ from those written"
+    else:
+        rb.n_bit_exact += 1
+        got = _gguf().quants.dequantize(got_bytes, t.tensor_type).reshape(shape)
+        err = quants.weight_error(cast_array(expected_src, "float32"), got)
+        rb.max_abs_diff = max(rb.max_abs_diff, err["max_abs"])
+        worst[p.qtype] = max(worst.get(p.qtype, 0.0), err["rel_rmse"])
+        bound = quants.WEIGHT_REL_RMSE[p.qtype]
+        if not err["rel_rmse"] <= bound:
+            problem = (f"{p.gguf_name}: {p.qtype} relative RMS error {err['rel_rmse']:.3g} "
+                       f"over {bound:g}")
+    if problem:
+        rb.mismatched.append(p.gguf_name)
+        rb.problems.append(problem)
 
 
 def _split_problem(files: list[Path]) -> str | None:
@@ -544,9 +599,9 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
     def kv_writer(w) -> None:
         w.add_name(src.name)
-        w.add_file_type(_FILE_TYPE[quant])
-        if quant == "q8_0":
-            w.add_quantization_version(2)
+        w.add_file_type(quants.file_type(quant))
+        if quant not in ("f32", "f16", "bf16"):
+            w.add_quantization_version(_gguf().GGML_QUANT_VERSION)
         for key, kind, value in metadata:
             {"f32": w.add_float32, "str": w.add_string}.get(kind, w.add_uint32)(key, value)
         w.add_vocab_size(vocab_size)
@@ -571,6 +626,8 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             if vocab:  # the first split holds the tokenizer
                 check_tokenizer(report, source_tokenizer,
                                 lambda: load_gguf_tokenizer(files[0], _tokenizer_flags(files[0])))
+            if quant not in ("f32", "f16", "bf16"):
+                check_quality(report, src, files[0], quant, opts.trust)
     report.n_tensors = len(plan)
     report.details.update(quant=quant, types=sorted({p.qtype for p in plan}),
                           architecture=arch.name)
@@ -602,6 +659,7 @@ def _plan(arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors, quant
             gname = t.name
         heads = names.rotary_heads(gname, n_head, n_head_kv) if arch.permute_qk else None
         plan.append(Planned(gname, t, _pick_type(t.info, quant), heads, arch.offset_of(t.name)))
+    _apply_mix(plan, quant, n_head, n_head_kv, int(config["num_hidden_layers"]))
     return plan, warnings
 
 
@@ -678,6 +736,29 @@ def check_tokenizer(report: StepReport, load_expected: Callable, load_got: Calla
         report.verify["reason"] = "; ".join(r for r in reasons if r)
 
 
+def check_quality(report: StepReport, src: Path, gguf_file: Path, quant: str,
+                  trust: bool) -> None:
+    """Run the source and the quantized GGUF (dequantized) on fixed prompts into
+    ``report.verify["quality"]`` (:mod:`.quant_verify`): logit error, KL divergence and
+    greedy agreement within the type's tolerance, or the step fails.  Without torch and
+    transformers it is a warning (the tensors were still read back)."""
+    from .._optional import available
+    from ..core.gate import admit
+    from .quant_verify import gguf_quality
+
+    if not (available("torch") and available("transformers")):
+        report.warnings.append("quantized model not run against the source (needs torch and "
+                               "transformers); its tensors were read back")
+        return
+    admit(src, trust=trust, purpose="run it against its quantized GGUF")
+    result = gguf_quality(src, gguf_file, quant)
+    report.verify["quality"] = result
+    if not result["passed"]:
+        report.verify["passed"] = False
+        reasons = [report.verify.get("reason"), result.get("reason")]
+        report.verify["reason"] = "; ".join(r for r in reasons if r)
+
+
 def replace_key(opts: ConvertOptions) -> ConvertOptions:
     """``opts`` without ``dtype`` (GGUF edges apply it through the quant type)."""
     from dataclasses import replace
@@ -691,10 +772,13 @@ def safetensors_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
     st = source_tensors(src, replace_key(opts))
     quant = _default_quant(st, opts)
     plan = [Planned(t.name, t, _pick_type(t.info, quant)) for t in st.tensors]
+    _apply_mix(plan, quant, generic=True)
 
     def kv_writer(w) -> None:
         w.add_name(src.stem)
-        w.add_file_type(_FILE_TYPE[quant])
+        w.add_file_type(quants.file_type(quant))
+        if quant not in ("f32", "f16", "bf16"):
+            w.add_quantization_version(_gguf().GGML_QUANT_VERSION)
         if st.aliases:
             w.add_string("keishiki.aliases", json.dumps(st.aliases, sort_keys=True))
 
