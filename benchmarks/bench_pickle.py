@@ -11,14 +11,21 @@ module with one ``nn.Linear`` per two tensors), then times, each in a fresh Pyth
   ``git archive REV src``, for before/after figures on the same machine at the same time),
 * ``torch.load(path, mmap=True, weights_only=True)`` (zip), ``torch.load(path,
   weights_only=True)`` (legacy pickles cannot be memory-mapped), ``torch.jit.load(path)``
-  (TorchScript).
+  (TorchScript),
+* the pickle limit: the zip directory and ``data.pkl`` (``constants.pkl`` too for
+  TorchScript) read with ``zipfile`` and run through CPython's C unpickler whose
+  ``find_class`` returns inert stand-ins (for a legacy file, its five header pickles):
+  the floor for any reader that sees every global and storage, so every change is
+  measured against it as well as against torch.
+
+``keishiki.inspect`` is timed with its per-file caches cleared before each call, so each
+call includes the safety verdict, as the first call on a file does.
 
 Each measurement is the median of ``--repeat`` calls after a warm-up call on a one-tensor
 file of the same format (lazy imports and first-call set-up are not counted on either side);
 the table shows it in ms and per tensor in µs, the CPU time of the same calls (steadier than
-wall time when other work shares the machine), the first call on the file alone
-(``inspect`` attaches the scan verdict, which :mod:`keishiki.scan` caches per file, so only
-the first call pays for the scan), and the process's peak RSS (VmHWM).
+wall time when other work shares the machine), the first call on the file alone, and the
+process's peak RSS (VmHWM).
 
     python benchmarks/bench_pickle.py                          # 300 and 2000 tensors
     python benchmarks/bench_pickle.py --tensors 2000 --elems 65536 --compare-rev HEAD~3
@@ -46,9 +53,48 @@ _CHILD = """
 import json, sys, time
 path, warm, repeat, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if kind == "keishiki":
+    import importlib
     import keishiki
-    def op(p):
+    scan_cache = importlib.import_module("keishiki.scan")._CACHE
+    shared = getattr(importlib.import_module("keishiki.scan.unpickler"), "_SHARED", [])
+    def op(p):  # every call pays for the safety verdict, as the first inspect of a file does
+        scan_cache.clear()
+        shared.clear()
         return len(keishiki.inspect(p).tensors)
+elif kind == "limit":
+    # the floor for any reader that must see every global and storage: the zip directory,
+    # data.pkl's bytes, and CPython's C unpickler with inert stand-ins (nothing imported)
+    import pickle, zipfile
+    class Obj:  # what a call of a stand-in returns: takes BUILD, items, appends
+        def __init__(self, *args, **kwargs):
+            self.args = args
+        def __setstate__(self, state):
+            self.state = state
+        def __setitem__(self, key, value):
+            pass
+        def append(self, item):
+            pass
+        extend = add = append
+    def stand_in(module, name):
+        return type(name, (Obj,), {})
+    class Inert(pickle.Unpickler):
+        def find_class(self, module, name):
+            return stand_in(module, name)
+        def persistent_load(self, pid):
+            return pid
+    def op(p):
+        with open(p, "rb") as fh:
+            if fh.read(2) == b"PK":
+                zf = zipfile.ZipFile(fh)
+                names = [n for n in zf.namelist() if n.endswith(("/data.pkl", "/constants.pkl"))]
+                for name in names:
+                    Inert(zf.open(name), encoding="latin1").load()
+                return len(names)
+            fh.seek(0)
+            reader = Inert(fh, encoding="latin1")  # legacy: its five header pickles
+            for _ in range(5):
+                reader.load()
+            return 5
 else:
     import torch
     def op(p):
@@ -118,6 +164,7 @@ def extract_rev(rev: str, dest: Path) -> Path:
     return dest / "src"
 
 
+LIMIT_TEXT = "limit: zip read + C unpickler, inert stand-ins"
 BASELINES = {"zip": "torch.load-mmap", "legacy": "torch.load", "torchscript": "torch.jit.load"}
 BASELINE_TEXT = {"torch.load-mmap": "torch.load(mmap=True, weights_only=True)",
                  "torch.load": "torch.load(weights_only=True)",
@@ -138,6 +185,7 @@ def bench(out: Path, counts: list[int], elems: int, repeat: int, rev_src: Path |
             if rev_src is not None:
                 runs.append((f"keishiki@{rev}", "keishiki", str(rev_src)))
             runs.append((BASELINE_TEXT[BASELINES[fmt]], BASELINES[fmt], None))
+            runs.append((LIMIT_TEXT, "limit", None))
             for label, kind, pythonpath in runs:
                 res = run_child(path, warm[fmt], repeat, kind, pythonpath)
                 wall, cpu = statistics.median(res["walls"]), statistics.median(res["cpus"])

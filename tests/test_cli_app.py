@@ -23,7 +23,7 @@ def test_help_exits_0():
 def test_ctrl_c_during_the_command_imports_is_an_interrupt(monkeypatch):
     import keishiki.cli.app as app
 
-    def interrupted():
+    def interrupted(*_argv):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(app, "_load_commands", interrupted)

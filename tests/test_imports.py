@@ -39,3 +39,48 @@ def test_inspect_loads_no_torch_or_onnx(rel):
     path = corpus_path(rel)
     loaded = _loaded_after(f"import keishiki; keishiki.inspect({str(path)!r})")
     assert not {"torch", "onnx", "onnxruntime", "transformers"} & set(loaded), loaded
+
+
+def _modules_after_cli(args: list[str]) -> set[str]:
+    """Top-level modules imported by one in-process CLI run (stdout discarded)."""
+    script = ("import io, sys, contextlib, json\nfrom keishiki.cli.app import run\n"
+              f"with contextlib.redirect_stdout(io.StringIO()): run({args!r})\n"
+              "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return set(__import__("json").loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("rel", [
+    None,  # keishiki --help
+    "safetensors/safetensors-samples/overall.safetensors",
+    "pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt",
+    "pytorch_legacy/torch-1.13.1-debian/tinynet_state_dict_legacy.pt",
+    "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",  # sniffed last: every module
+])
+def test_cli_start_up_needs_no_numpy(rel):
+    """numpy costs ~130 ms of start-up: --help, info and scan of these files never need it
+    (the modules that load tensors use ``keishiki.core.lazy_numpy``)."""
+    runs = [["--help"]] if rel is None else [["info", str(corpus_path(rel))],
+                                             ["scan", str(corpus_path(rel))]]
+    for args in runs:
+        assert "numpy" not in _modules_after_cli(args), args
+
+
+def test_a_command_loads_only_its_own_module():
+    """`keishiki info` imports cmd_info alone (each cmd module brings its own imports)."""
+    script = ("import io, sys, contextlib\nfrom keishiki.cli.app import run\n"
+              "with contextlib.redirect_stdout(io.StringIO()): run(['info', '--help'])\n"
+              "print(sorted(m for m in sys.modules if m.startswith('keishiki.cli.cmd_')))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "['keishiki.cli.cmd_info']"
+
+
+def test_lazy_numpy_is_numpy():
+    """The stand-in gives numpy's own objects once used."""
+    import numpy
+
+    from keishiki.core.lazy_numpy import _LazyNumpy
+
+    lazy = _LazyNumpy("numpy")
+    assert lazy.float32 is numpy.float32 and lazy.frombuffer is numpy.frombuffer
+    assert "frombuffer" in vars(lazy)  # later reads are plain attribute lookups

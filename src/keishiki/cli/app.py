@@ -20,16 +20,35 @@ from ..errors import KeishikiError
 from ._app import app
 
 # commands listed in `keishiki --help` in this order; modules not named here follow
-ORDER = ["info", "tensors", "scan", "pull", "formats", "convert", "run", "bench", "compare",
+ORDER = ["info", "tensors", "scan", "pull", "formats", "convert", "quantize", "run", "bench", "serve", "compare",
          "map", "view", "demo"]
 
 
-def _load_commands() -> None:
+def _order(name: str) -> tuple[int, str]:
+    return (ORDER.index(name) if name in ORDER else len(ORDER), name)
+
+
+def _load_commands(argv: list[str] | None = None) -> None:
+    """Import the command modules: only ``cmd_<name>`` when ``argv`` names a command that has
+    one (start-up time: each module brings its own imports, and typer builds every
+    registered command's options), else all of them (``--help``, a typo to suggest for)."""
     from . import __path__ as pkg_path
 
     found = [m.name[4:] for m in pkgutil.iter_modules(pkg_path) if m.name.startswith("cmd_")]
-    for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+    if argv and argv[0] in found:  # the program has no options but --help: argv[0] is it
+        importlib.import_module(f"{__package__}.cmd_{argv[0]}")
+        return
+    for name in sorted(found, key=_order):
         importlib.import_module(f"{__package__}.cmd_{name}")
+    # commands register on import: keep ORDER even when one was loaded alone before
+    app.registered_commands.sort(
+        key=lambda c: _order(getattr(c.callback, "__module__", "").rsplit(".cmd_")[-1]))
+
+
+def _command():
+    """The click command: always a group (typer would make a lone registered command the
+    program itself)."""
+    return typer.main.get_group(app)
 
 
 def _fail(message: str, code: int) -> int:
@@ -66,8 +85,8 @@ def run(argv: list[str] | None = None) -> int:
     unless ``KEISHIKI_DEBUG=1``)."""
     debug = bool(os.environ.get("KEISHIKI_DEBUG"))
     try:
-        _load_commands()  # inside the try: Ctrl-C during the imports is an interrupt too
-        command = typer.main.get_command(app)
+        _load_commands(argv)  # inside the try: Ctrl-C during the imports is an interrupt too
+        command = _command()
         result = command.main(args=argv, prog_name="keishiki", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer_exceptions.Exit as exc:

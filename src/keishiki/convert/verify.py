@@ -205,9 +205,10 @@ class Rows:
     BLOCK_BYTES = 8 * 1024 * 1024
 
     def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype,
-                 framework: str):
+                 framework: str, handles: "_Handles | None" = None):
         self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
         self._framework = framework
+        self._handles = handles
 
     def blocks(self) -> Iterator[tuple[int, int]]:
         """(start, stop) row ranges of about BLOCK_BYTES each ((0, 0) once for a scalar)."""
@@ -220,14 +221,62 @@ class Rows:
             yield start, min(self.shape[0], start + step)
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        if self._handles is not None:
+            fh = self._handles.get(self._framework)
+            value = self._get(fh, start, stop)
+            self._handles.count(self._framework, value.nbytes if hasattr(value, "nbytes")
+                                else 0)
+            return value
         from safetensors import safe_open
 
         with safe_open(str(self.path), framework=self._framework) as fh:
-            # a zero-element tensor is read whole: safetensors refuses the slice [0:0] of an
-            # empty dimension ("index 0 out of bounds"), and every Torch7 module holds some
-            whole = not self.shape or 0 in self.shape
-            value = fh.get_tensor(self.name) if whole else fh.get_slice(self.name)[start:stop]
-            return torch_to_numpy(value) if self._framework == "pt" else np.array(value)
+            return self._get(fh, start, stop)
+
+    def _get(self, fh: Any, start: int, stop: int) -> np.ndarray:
+        # a zero-element tensor is read whole: safetensors refuses the slice [0:0] of an
+        # empty dimension ("index 0 out of bounds"), and every Torch7 module holds some
+        whole = not self.shape or 0 in self.shape
+        value = fh.get_tensor(self.name) if whole else fh.get_slice(self.name)[start:stop]
+        # numpy's framework already returns an array over its own copy of the bytes (a
+        # bytearray, not the map): a second copy would only cost time
+        return torch_to_numpy(value) if self._framework == "pt" else np.asarray(value)
+
+
+class _Handles:
+    """``safe_open`` handles shared by the :class:`Rows` of one file, one per framework,
+    reopened after ``REOPEN_BYTES`` of reads: opening parses the whole header (once per
+    tensor was a fifth of the verification on a 256-tensor file), while one handle kept
+    over the whole file would let its mapped pages pile up in RSS."""
+
+    REOPEN_BYTES = 8 * 1024 * 1024
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handles: dict[str, Any] = {}
+        self.read: dict[str, int] = {}
+
+    def get(self, framework: str) -> Any:
+        """An open handle for ``framework``."""
+        fh = self.handles.get(framework)
+        if fh is None or self.read[framework] >= self.REOPEN_BYTES:
+            from safetensors import safe_open
+
+            self.close(framework)
+            fh = self.handles[framework] = safe_open(str(self.path), framework=framework)
+            fh.__enter__()
+            self.read[framework] = 0
+        return fh
+
+    def count(self, framework: str, nbytes: int) -> None:
+        """Record ``nbytes`` read through ``framework``'s handle."""
+        self.read[framework] = self.read.get(framework, 0) + nbytes
+
+    def close(self, framework: str | None = None) -> None:
+        """Close one handle, or all."""
+        for name in [framework] if framework else list(self.handles):
+            fh = self.handles.pop(name, None)
+            if fh is not None:
+                fh.__exit__(None, None, None)
 
 
 # safetensors' numpy framework cannot return these; torch (imported only then) can
@@ -262,7 +311,11 @@ def open_safetensors_rows(path: Path) -> Iterator[Callable[[str], Rows]]:
             framework = "pt" if code in _NEEDS_TORCH and available("torch") else "np"
             meta[name] = (tuple(int(d) for d in sl.get_shape()),
                           dtypes.to_numpy(dtypes.from_safetensors(code)), framework)
-    yield lambda name: Rows(path, name, *meta[name])
+    handles = _Handles(path)
+    try:
+        yield lambda name: Rows(path, name, *meta[name], handles=handles)
+    finally:
+        handles.close()
 
 
 def load_torch(path: Path) -> dict[str, Any]:

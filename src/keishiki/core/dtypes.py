@@ -7,7 +7,7 @@ GGML block-quantized types keep their lower-case GGML names (``q4_0``, ``q8_0``,
 
 from __future__ import annotations
 
-import numpy as np
+from .lazy_numpy import np  # numpy on first use (start-up time)
 
 from ..errors import InvalidRequest
 

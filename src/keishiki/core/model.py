@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-import numpy as np
+from .lazy_numpy import np  # numpy on first use (start-up time)
 
 from .tensor import LazyTensor, TensorInfo
 

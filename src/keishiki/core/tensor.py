@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
+from .lazy_numpy import np  # numpy on first use (start-up time)
 
 
 @dataclass(frozen=True)

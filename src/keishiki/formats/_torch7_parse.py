@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import numpy as np
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 
 MAX_DEPTH = 200          # nesting beyond this is an attack or corruption, not a model
 MAX_OBJECTS = 5_000_000  # values read in one file

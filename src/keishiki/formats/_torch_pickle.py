@@ -11,21 +11,23 @@ applies offset/shape/stride with numpy.  Nothing here imports torch or runs pick
 
 from __future__ import annotations
 
+import _compat_pickle
 import math
 import operator
 import os
 import struct
+import time
 import weakref
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-import numpy as np
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 
 from ..core import dtypes
 from ..core.pickle_reader import (
-    Call, GlobalRef, OpaqueKey, PersistentId, PickleRecord, type_name,
+    Call, GlobalRef, OpaqueKey, PersistentId, PickleRecord, read_pickle, safe_key, type_name,
 )
 from ..core.source import Source
 from ..core.tensor import TensorInfo
@@ -200,6 +202,148 @@ def _storage_tensor(args: tuple, path: str, kind: str):
         raise CorruptFile(path, f"tensor size {list(shape)} and stride {list(stride)} differ "
                           f"in length")
     return _tensor_ref(storage, storage.dtype, offset + storage.view_offset, shape, stride, kind)
+
+
+# ---- one reading for the reader and the scan ------------------------------------------------
+
+READ_SECONDS = 8.0  # the scan's per-file budget; a reading cut off by it is redone by the VM
+_ATOMS = frozenset((str, int, float, bool, type(None), bytes))
+
+
+class _Unusual(Exception):
+    """The C reading holds something the VM records differently: let the VM read it."""
+
+
+def read_torch_pickle(data: bytes | memoryview, start: int = 0, *, path: str = "<pickle>",
+                      max_ops: int = 10_000_000, torch_names: bool = True) -> PickleRecord:
+    """One torch pickle stream as :func:`keishiki.core.pickle_reader.read_pickle` records
+    it, read by the scanner's inert C unpickler (:func:`keishiki.scan.unpickler.read_stream`).
+
+    Why: ``inspect`` and ``convert`` both need the tensors *and* the safety verdict of the
+    same stream.  The scan's reading (CPython's own unpickler with stand-ins, behind the
+    bounding lexer) is kept for the scan that follows, which takes it instead of reading
+    again, and it runs at C speed where the pure-Python VM costs ~0.3 µs per opcode.  A stream the
+    C reading does not finish cleanly, or that holds what the VM records in its own way
+    (EXT codes, Python 2 text, stand-ins reaching imports, a second BUILD, tampering with
+    a global), is read by the VM instead, so errors and edge cases are the VM's as before.
+
+    ``torch_names`` must match how the scan reads the stream (True for a torch zip's
+    ``data.pkl`` and a legacy file's pickles after the magic number) for the reading to be
+    shared; either way the result is the same.
+    """
+    from ..scan.unpickler import read_stream  # noqa: PLC0415 - keeps scan out of import
+
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    deadline = time.monotonic() + READ_SECONDS
+    rec = read_stream(view, start, deadline, torch_names=torch_names, share=True)
+    if not (rec.error or rec.capped or rec.dynamic or rec.ext or rec.py2_text) \
+            and rec.n_ops <= max_ops:
+        try:
+            return _from_stream(rec)
+        except (_Unusual, RecursionError):
+            pass
+    return read_pickle(data, start, path=path, max_ops=max_ops)
+
+
+def _from_stream(rec: Any) -> PickleRecord:
+    """The VM's record (GlobalRef, Call, PersistentId) of a clean C reading."""
+    from ..scan.unpickler import Result, Stub  # noqa: PLC0415
+
+    globals_ = []
+    for g in rec.globals:
+        module, name, note = _vm_name(g)
+        globals_.append(GlobalRef(module, name, g.offset if g.offset is not None else rec.start,
+                                  g.opcode, note))
+    first = {}
+    for g, ref in zip(rec.globals, globals_):
+        first.setdefault(id(g), ref)
+    memo: dict[int, Any] = {}
+    atoms = _ATOMS
+    new = object.__new__
+
+    def items(seq: Any) -> list:
+        return [v if type(v) in atoms else conv(v) for v in seq]
+
+    def conv(obj: Any) -> Any:  # noqa: C901 - one dispatch, most frequent kinds first
+        kind = type(obj)
+        if kind is tuple and atoms.issuperset(map(type, obj)):
+            return obj  # sizes, strides, keys: immutable, shared as they are
+        key = id(obj)
+        done = memo.get(key)
+        if done is not None:
+            return done
+        if kind is tuple:
+            out: Any = tuple(items(obj))
+        elif kind is Result:
+            call = obj.call
+            if call is None:
+                out = new(PersistentId)
+                out.__dict__.update(pid=conv(obj.pid), offset=obj.at)
+            else:
+                if call.kind not in ("call", "new") or obj.n_build > 1:
+                    raise _Unusual(call.kind)
+                # Call(...) without the dataclass __init__: the same eight fields
+                out = memo[key] = new(Call)
+                kwargs = call.kwargs
+                out.__dict__.update(
+                    func=first[id(call.callee)], args=tuple(items(call.args)),
+                    kwargs={k: conv(v) for k, v in kwargs.items()} if kwargs else None,
+                    offset=call.offset - 1, opcode="REDUCE" if call.kind == "call" else "NEWOBJ",
+                    state=None if obj.state is None else conv(obj.state),
+                    dictitems=None if obj.dictitems is None else {
+                        safe_key(conv(k)): conv(v) for k, v in obj.dictitems},
+                    listitems=None if obj.listitems is None else items(obj.listitems))
+                return out
+        elif kind is Stub:
+            out = first[id(obj._global)]
+        elif kind is dict:
+            out = memo[key] = {}
+            for k, v in obj.items():
+                out[safe_key(conv(k))] = conv(v)
+            return out
+        elif kind is list:
+            out = memo[key] = []
+            out.extend(items(obj))
+            return out
+        elif kind is set:
+            out = memo[key] = set()
+            out.update(safe_key(conv(v)) for v in obj)
+            return out
+        elif kind is frozenset:
+            out = frozenset(safe_key(conv(v)) for v in obj)
+        elif kind in atoms or kind is bytearray:
+            return obj
+        else:
+            raise _Unusual(kind.__name__)
+        memo[key] = out
+        return out
+
+    value = conv(rec.value)
+    calls, persistent = [], []
+    for result in rec.results:  # every call and persistent id, reachable or not
+        (persistent if result.call is None else calls).append(conv(result))
+    return PickleRecord(value, rec.protocol, globals_, calls, rec.start, rec.end,
+                        persistent_ids=persistent, n_ops=rec.n_ops)
+
+
+def _vm_name(g: Any) -> tuple[str, str, str]:
+    """(module, name, note) of a global as the VM records it: Python 2 names mapped like
+    pickle maps them, torch's own module renames not (a file naming ``torch.tensor`` is
+    left to the VM, which keeps the written name)."""
+    if g.raw is None:
+        return g.module, g.name, ""
+    module, name = g.raw
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        note = f"python 2 name {module}.{name}"
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        note = f"python 2 module {module}"
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    else:
+        raise _Unusual("renamed by torch")
+    if (module, name) != (g.module, g.name):
+        raise _Unusual("renamed by torch")
+    return module, name, note
 
 
 def mapping_items(value: Any) -> list[tuple[Any, Any]] | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 
 from ..core.model import ModelInfo
 from ..core.source import Source

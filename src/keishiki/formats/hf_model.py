@@ -19,7 +19,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable
 
-import numpy as np
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 
 from ..core.model import ModelInfo
 from ..core.source import Source

@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from typing import Any, Callable
 
-import numpy as np
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 
 from .._optional import require
 from ..core import dtypes

@@ -10,9 +10,10 @@ pickles back to back: the magic number 0x1950a86a20f9469cfc6c, the protocol vers
 a ``sys_info`` dict (endianness, C type sizes), the object itself, and the list of storage
 keys; then, for each key in that order, an int64 element count and the raw bytes.
 
-Both are read with keishiki's restricted VM (:mod:`keishiki.core.pickle_reader`): tensors
-are the ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`` calls it
-records, their storages the persistent ids ``('storage', torch.FloatStorage, key,
+Both are read into the restricted VM's records (:mod:`keishiki.core.pickle_reader`; the
+scan's inert C reading is shared and converted when it is clean, see
+:func:`._torch_pickle.read_torch_pickle`): tensors are the
+``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`` calls it records, their storages the persistent ids ``('storage', torch.FloatStorage, key,
 location, numel)``.  Nothing from the file is imported or run, and no storage bytes are read
 until a tensor is loaded.
 """
@@ -33,8 +34,8 @@ from ..errors import CorruptFile
 from ._torch_pickle import (
     REBUILD_FROM_TYPE, REBUILD_META, REBUILD_TENSOR, REBUILD_WRAPPERS, StorageRef, TensorRef,
     class_name, decode_storage, is_contiguous, key_text, loader_for, mapping_items,
-    module_classes, module_state, plain_value, quantizer_params, span, walk_tensors,
-    zip_storage_locator,
+    module_classes, module_state, plain_value, quantizer_params, read_torch_pickle, span,
+    walk_tensors, zip_storage_locator,
 )
 
 FORMAT = "pytorch"
@@ -150,6 +151,7 @@ def parse_object(rec: PickleRecord, path: str,
     refs: dict[str, TensorRef] = {}
     by_storage: dict[str, list[str]] = {}
     itemsize_of = dtypes.ITEMSIZE  # per-tensor loop: plain dict and local lookups
+    new = object.__new__
     for name, _call, ref in found:
         name = name or "tensor"
         dtype, shape, stride, storage_offset = ref.dtype, ref.shape, ref.stride, ref.storage_offset
@@ -184,7 +186,10 @@ def parse_object(rec: PickleRecord, path: str,
             extra["tensor_kind"] = ref.kind
         if ref.kind == "quantized":
             extra["quantizer"] = quantizer_params(_call)
-        tensors.append(TensorInfo(name, dtype, shape, numel * itemsize, offset, member, extra))
+        info = new(TensorInfo)  # TensorInfo(...) without the frozen dataclass's __setattr__s
+        info.__dict__.update(name=name, dtype=dtype, shape=shape, nbytes=numel * itemsize,
+                             data_offset=offset, file=member, extra=extra)
+        tensors.append(info)
         refs[name] = ref
     items = mapping_items(rec.value)
     top_keys = [key_text(k) for k, _ in items] if items is not None else []
@@ -215,7 +220,8 @@ def read_zip(src: Source, match) -> ModelInfo:
         raise CorruptFile(src.path, "zip archive has no data.pkl")
     prefix = member[: -len("data.pkl")]
     where = f"{src.path}:{member}"
-    rec = read_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where, max_ops=MAX_OPS)
+    rec = read_torch_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where,
+                            max_ops=MAX_OPS)
     members = set(names)
     location = zip_storage_locator(src, prefix)
     parsed = parse_object(rec, where, location)
@@ -330,8 +336,9 @@ def _legacy_pickles(data: bytes, path: str) -> list[PickleRecord]:
     view = memoryview(data)
     recs, pos = [], 0
     for what in ("magic number", "protocol version", "sys_info", "object", "storage keys"):
-        try:
-            rec = read_pickle(view, pos, path=path, max_ops=MAX_OPS)
+        try:  # torch's names from the second pickle on, as the scan reads them
+            rec = read_torch_pickle(view, pos, path=path, max_ops=MAX_OPS,
+                                    torch_names=bool(recs))
         except CorruptFile as exc:
             raise CorruptFile(path, f"legacy {what} pickle: {exc.reason}", exc.offset) from None
         recs.append(rec)

@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-import numpy as np
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 
 from ..core import dtypes
 from ..core.model import ModelInfo

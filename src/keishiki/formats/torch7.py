@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 
 from ..core.model import ModelInfo
 from ..core.source import Source

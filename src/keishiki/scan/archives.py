@@ -11,7 +11,7 @@ each local header, with the expansion bounded (zip bombs).
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import io
 import posixpath
 import re
@@ -117,7 +117,7 @@ def list_zip(fp: BinaryIO) -> ZipListing:
             union[key].seen_by = "miniz+zipfile" if union[key].seen_by != m.seen_by \
                 else union[key].seen_by
         else:
-            union[key] = dataclasses.replace(m)
+            union[key] = copy.copy(m)  # (dataclasses.replace runs __init__: 10x slower)
     return ZipListing(list(union.values()), mz, mz_error, zf_error)
 
 

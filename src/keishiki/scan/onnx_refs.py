@@ -49,7 +49,11 @@ def _fields(buf, start: int, end: int):
     """(field number, wire type, value or (start, end)) of one message's fields."""
     pos = start
     while pos < end:
-        key, pos = _varint(buf, pos, end)
+        key = buf[pos]  # one-byte keys and lengths (nearly all) without a call
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
         field, wire = key >> 3, key & 7
         if field == 0:
             raise NotOnnx("field number 0")
@@ -60,7 +64,11 @@ def _fields(buf, start: int, end: int):
             pos += 8
             yield field, wire, None
         elif wire == 2:
-            length, pos = _varint(buf, pos, end)
+            length = buf[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _varint(buf, pos, end)
             if pos + length > end:
                 raise NotOnnx("length beyond the message")
             yield field, wire, (pos, pos + length)

@@ -80,6 +80,9 @@ class StreamRecord:
     calls: list[CallRecord] = field(default_factory=list)
     persistent_ids: list[Any] = field(default_factory=list)
     ext: list[tuple[int, int]] = field(default_factory=list)  # (offset, code) of EXT opcodes
+    results: list["Result"] = field(default_factory=list)      # per call and persistent id
+    protocol: int = 0              # the highest PROTO seen
+    py2_text: bool = False         # STRING/BINSTRING/SHORT_BINSTRING seen
     error: str = ""                # why the loader stops (its own error)
     capped: str = ""               # why the scan stopped (its own limit)
     dynamic: str = ""              # a failure only stand-ins cause: a computed name or class
@@ -121,30 +124,46 @@ def _stub_new(cls, *args, **kwargs):
 
 
 class Result:
-    """A stand-in for what a call (or a persistent id) would have returned."""
+    """A stand-in for what a call (or a persistent id) would have returned.
 
-    __slots__ = ("call", "state", "_rec", "__weakref__")
+    It keeps what the stream put into it (BUILD's state, SETITEM(S) pairs, APPEND(S) and
+    ADDITEMS items) and, for a persistent id, the id: torch's reader names tensors from
+    them (:mod:`keishiki.formats._torch_pickle`), so one reading serves the reader and the
+    scan.  Keeping them changes nothing the loader does.
+    """
+
+    __slots__ = ("call", "state", "_rec", "dictitems", "listitems", "pid", "at", "n_build",
+                 "__weakref__")
 
     def __init__(self, rec: "_Recorder", call: CallRecord | None):
         self._rec, self.call, self.state = rec, call, None
+        self.dictitems = self.listitems = self.pid = None
+        self.at = self.n_build = 0
 
     def __call__(self, *args, **kwargs):  # REDUCE on a load-time object: a gadget chain
         return self._rec.call("dynamic", None, (self,) + args, kwargs)
 
     def __setstate__(self, state):
         self.state = state
+        self.n_build += 1
 
     def __setitem__(self, key, value):
-        pass
+        # pairs, not a dict: a key need not be hashable, and the loader does not hash it
+        if self.dictitems is None:
+            self.dictitems = []
+        self.dictitems.append((key, value))
 
     def append(self, item):
-        pass
+        if self.listitems is None:
+            self.listitems = []
+        self.listitems.append(item)
 
     def extend(self, items):
-        pass
+        if self.listitems is None:
+            self.listitems = []
+        self.listitems.extend(items)
 
-    def add(self, item):
-        pass
+    add = append
 
     @property
     def qualname(self) -> str:
@@ -205,14 +224,19 @@ class _Recorder:
             raise Capped(f"time limit reached after {len(calls)} calls")
         rec = CallRecord(kind, callee, args, kwargs or None, self.reader.pos)
         calls.append(rec)
-        return Result(self, rec)
+        result = Result(self, rec)
+        self.record.results.append(result)
+        return result
 
     def persistent_load(self, pid: Any) -> Result:
         pids = self.record.persistent_ids
         if len(pids) >= MAX_PERSISTENT:
             raise Capped(f"more than {MAX_PERSISTENT} persistent ids in one stream")
         pids.append(pid)
-        return Result(self, None)
+        result = Result(self, None)
+        result.pid, result.at = pid, self.reader.pos
+        self.record.results.append(result)
+        return result
 
 
 class _CReader(_pickle.Unpickler):
@@ -288,9 +312,46 @@ class _Position:
         return self.start + self.bio.tell()
 
 
+# Readings kept for a second reader of the same bytes: ``inspect`` reads a torch pickle for
+# its tensors (``share=True``) and then scans it.  A record depends only on the stream's own
+# bytes (through its STOP), where it starts and how it is read, so an entry is reused only
+# when all of those are equal, only when its reading ended cleanly at the STOP (a cut-off
+# reading may depend on the time left), and once (the scan takes it out).  Kept records
+# are few and small in objects: everything they hold stays alive for the collector to walk.
+SHARED_STREAMS = 8           # a legacy torch file is five streams
+SHARED_BYTES = 16 << 20
+SHARED_OPS = 2_000_000       # opcodes of all kept readings together (~ objects they hold)
+# (key, stream bytes, record), oldest first
+_SHARED: list[tuple[tuple, bytes, StreamRecord]] = []
+
+
+def _take_shared(data: memoryview, key: tuple) -> tuple[bytes, StreamRecord] | None:
+    start = key[0]
+    for i in range(len(_SHARED) - 1, -1, -1):
+        k, stream, record = _SHARED[i]
+        if k == key and bytes(data[start:start + len(stream)]) == stream:
+            del _SHARED[i]
+            return stream, record
+    return None
+
+
+def _share(key: tuple, stream: bytes, record: StreamRecord) -> None:
+    if len(stream) > SHARED_BYTES or record.n_ops > SHARED_OPS:
+        return
+    _SHARED[:] = [e for e in _SHARED if e[0] != key]
+    _SHARED.append((key, stream, record))
+    while len(_SHARED) > SHARED_STREAMS or sum(e[2].n_ops for e in _SHARED) > SHARED_OPS:
+        del _SHARED[0]
+
+
 def read_stream(data: memoryview, start: int, deadline: float, *, python: bool = False,
-                joblib: bool = False, torch_names: bool = False) -> StreamRecord:
+                joblib: bool = False, torch_names: bool = False,
+                share: bool = False) -> StreamRecord:
     """Unpickle one stream of ``data`` at ``start`` inertly and return what it did.
+
+    With ``share``, a clean reading is kept for the next reader of the same stream, which
+    gets the same record object instead of reading again (see ``_SHARED``): treat records
+    as read-only.
 
     Args:
         data: the bytes (a file's mapping or an archive member).
@@ -303,6 +364,12 @@ def read_stream(data: memoryview, start: int, deadline: float, *, python: bool =
     Returns:
         A :class:`StreamRecord`; never raises for anything the bytes contain.
     """
+    key = (start, python, joblib, torch_names, bytes(data[start:start + 64]))
+    known = _take_shared(data, key)
+    if known is not None:
+        if share:  # a reader again (inspect twice): the scan may still follow
+            _share(key, *known)
+        return known[1]
     record = StreamRecord(start)
     if joblib:
         # joblib reads array data between opcodes: clear opcodes as they are read
@@ -344,6 +411,11 @@ def read_stream(data: memoryview, start: int, deadline: float, *, python: bool =
     if record.error or record.capped or record.dynamic:
         record.error_offset = record.end
     record.ext = [(at, code) for at, code in lexer.ext if at < record.end]
+    record.protocol = max((p for at, p in lexer.protos if at < record.end), default=0)
+    record.py2_text = lexer.py2_text
+    if share and isinstance(source, io.BytesIO) and not (record.error or record.capped
+                                                         or record.dynamic):
+        _share(key, source.getvalue()[:record.end - start], record)
     # stand-in classes are freed by the cycle collector, not at once: drop the views they
     # reach, or the caller's mmap cannot close
     lexer.data = memoryview(b"")
