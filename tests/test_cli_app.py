@@ -20,6 +20,13 @@ def test_help_exits_0():
     assert code == 0 and "info" in out and "convert" in out
 
 
+def test_version_is_the_package_version():
+    from importlib.metadata import version
+
+    code, out, err = run_cli("--version")
+    assert (code, out, err) == (0, f"keishiki {version('keishiki')}\n", "")
+
+
 def test_ctrl_c_during_the_command_imports_is_an_interrupt(monkeypatch):
     import keishiki.cli.app as app
 

@@ -15,3 +15,18 @@ app = typer.Typer(
 )
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document for scripts.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"keishiki {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version,
+                                       is_eager=True, help="Print keishiki's version and exit.")
+          ) -> None:
+    """Identify, inspect, scan, convert and run model files in every format."""

@@ -39,7 +39,8 @@ def convert(
                                        "OUT-00001-of-0000N.gguf..."),
     split_max_tensors: int = typer.Option(None, "--split-max-tensors", help="GGUF: write "
                                           "splits of at most N tensors."),
-    method: str = typer.Option(None, "--method", help="TorchScript: trace or script."),
+    method: str = typer.Option(None, "--method", help="TorchScript: trace (logits), trace-kv "
+                               "(with a KV cache) or script."),
     example_input: str = typer.Option(None, "--example-input", help="Traced input, e.g. "
                                       "1x8:int64."),
     trust: bool = typer.Option(False, "--trust-remote-code", "--trust",
