@@ -121,14 +121,20 @@ def test_force_replaces_keishikis_own_folder(tiny_llama, tmp_path):
     assert {t.dtype for t in weights.values()} == {torch.float16}
 
 
-def test_missing_extra_names_the_pip_line(small_st, tmp_path, monkeypatch):
+@pytest.mark.parametrize("missing,to,name,extra", [
+    ("gguf", "gguf", "o.gguf", "gguf"),
+    # writing safetensors needs the safetensors library alone, not transformers
+    ("safetensors", "safetensors", "o2.safetensors", "safetensors"),
+])
+def test_missing_extra_names_the_pip_line(small_st, tmp_path, monkeypatch, missing, to, name,
+                                          extra):
     import keishiki._optional as optional
 
     real = optional.available
-    monkeypatch.setattr(optional, "available", lambda m: m != "gguf" and real(m))
-    with pytest.raises(MissingDependency, match=r"keishiki\[gguf\]"):
-        keishiki.convert(small_st, tmp_path / "o.gguf", to="gguf")
-    assert not (tmp_path / "o.gguf").exists()
+    monkeypatch.setattr(optional, "available", lambda m: m != missing and real(m))
+    with pytest.raises(MissingDependency, match=rf"keishiki\[{extra}\]"):
+        keishiki.convert(small_st, tmp_path / name, to=to)
+    assert not (tmp_path / name).exists()
 
 
 def test_not_enough_disk_space_is_refused(small_st, tmp_path, monkeypatch):

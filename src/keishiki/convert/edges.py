@@ -33,11 +33,12 @@ FORMATS: dict[str, tuple[str, str]] = {
 # pip extra -> the modules it must make importable (checked before a conversion starts)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
+    "safetensors": ("safetensors",),
     "hf": ("safetensors",),
     "gguf": ("gguf",),
     "onnx": ("onnx", "onnxruntime"),
     "h5": ("h5py",),
-    "flax": ("msgpack",),
+    "flax": (),  # keishiki reads msgpack itself (formats/flax_msgpack.py)
 }
 
 _W = "keishiki.convert.weights"
@@ -45,21 +46,21 @@ _H = "keishiki.convert.hf_weights"
 _G = "keishiki.convert.gguf_edges"
 
 WEIGHT_EDGES: list[Edge] = [
-    Edge("pytorch", "safetensors", f"{_W}:to_safetensors", ("hf",),
+    Edge("pytorch", "safetensors", f"{_W}:to_safetensors", ("safetensors",),
          description="state_dict (or --key of a checkpoint) streamed tensor by tensor; ties recorded"),
     Edge("safetensors", "pytorch", f"{_W}:to_pytorch", ("torch",),
          description="torch.save zip from memory-mapped tensors; recorded ties restored"),
-    Edge("safetensors", "safetensors", f"{_W}:to_safetensors", ("hf",),
+    Edge("safetensors", "safetensors", f"{_W}:to_safetensors", ("safetensors",),
          description="rewrite (e.g. --dtype bfloat16), ties kept"),
-    Edge("torch7", "safetensors", f"{_W}:to_safetensors", ("hf",),
+    Edge("torch7", "safetensors", f"{_W}:to_safetensors", ("safetensors",),
          description="Lua Torch weights named like the equivalent PyTorch module"),
     Edge("torch7", "pytorch", f"{_W}:to_pytorch", ("torch",),
          description="Lua Torch weights as a PyTorch state_dict"),
-    Edge("numpy", "safetensors", f"{_W}:to_safetensors", ("hf",),
+    Edge("numpy", "safetensors", f"{_W}:to_safetensors", ("safetensors",),
          description="npz/npy arrays by name"),
-    Edge("keras-h5", "safetensors", f"{_W}:to_safetensors", ("hf", "h5"),
+    Edge("keras-h5", "safetensors", f"{_W}:to_safetensors", ("safetensors", "h5"),
          description="Keras HDF5 weights by their layer path"),
-    Edge("flax-msgpack", "safetensors", f"{_W}:to_safetensors", ("hf", "flax"),
+    Edge("flax-msgpack", "safetensors", f"{_W}:to_safetensors", ("safetensors",),
          description="Flax state by its tree path"),
     Edge("hf-model", "safetensors", f"{_H}:to_safetensors", ("hf",),
          description="HF folder with model.safetensors (sharded with --shard-size); or one file"),

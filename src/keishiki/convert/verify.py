@@ -181,7 +181,7 @@ def open_safetensors(path: Path) -> Iterator[tuple[list[str], dict, Callable[[st
     """(names, metadata, get) for a safetensors file through ``safetensors.safe_open``."""
     from .._optional import available, require
 
-    require("safetensors", extra="hf", purpose="verify safetensors output")
+    require("safetensors", extra="safetensors", purpose="verify safetensors output")
     from safetensors import safe_open
 
     framework = "pt" if available("torch") else "np"
@@ -287,7 +287,7 @@ def safetensors_names(path: Path) -> tuple[list[str], dict]:
     """(tensor names, ``__metadata__``) as ``safetensors.safe_open`` parses them (no torch)."""
     from .._optional import require
 
-    require("safetensors", extra="hf", purpose="verify safetensors output")
+    require("safetensors", extra="safetensors", purpose="verify safetensors output")
     from safetensors import safe_open
 
     with safe_open(str(path), framework="np") as fh:
@@ -299,7 +299,7 @@ def open_safetensors_rows(path: Path) -> Iterator[Callable[[str], Rows]]:
     """``rows(name)`` for a safetensors file read with ``safetensors.safe_open``."""
     from .._optional import available, require
 
-    require("safetensors", extra="hf", purpose="verify safetensors output")
+    require("safetensors", extra="safetensors", purpose="verify safetensors output")
     from safetensors import safe_open
 
     meta = {}
