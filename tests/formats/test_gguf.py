@@ -179,7 +179,7 @@ def test_cli_json(written):
     assert code == 0 and data["format"] == "gguf" and data["gguf"]["version"] == 3
     assert data["dtypes"] == {"float32": 1, "float16": 1, "int32": 1, "q8_0": 1}
     code, out, _ = run_cli("tensors", path, "--json")
-    rows = {t["name"]: t for t in json.loads(out)}
+    rows = {t["name"]: t for t in json.loads(out)["tensors"]}
     assert rows["blk.0.q8"]["gguf_shape"] == [64, 4] and rows["blk.0.q8"]["shape"] == [4, 64]
 
 

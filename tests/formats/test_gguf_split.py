@@ -108,7 +108,8 @@ def test_cli_info_and_tensors_show_every_split(split_dir):
         == data["gguf"]["splits"]["bytes"]
     code, out, err = run_cli("tensors", split_dir / NAMES[2], "--json")
     assert code == 0, err
-    assert [t["file"] for t in json.loads(out)] == [NAMES[0]] * 2 + [NAMES[1]] * 2 + [NAMES[2]]
+    files = [t["file"] for t in json.loads(out)["tensors"]]
+    assert files == [NAMES[0]] * 2 + [NAMES[1]] * 2 + [NAMES[2]]
     code, out, err = run_cli("info", split_dir)
     assert code == 0 and "splits" in out and "count=3" in out, err
 

@@ -287,7 +287,7 @@ def test_cli_json(mixed_model):
     data = json.loads(out)
     assert code == 0 and data["format"] == "onnx" and data["graph"]["n_initializers"] == 13
     code, out, _ = run_cli("tensors", mixed_model, "--json", "--filter", "raw_*")
-    assert [t["name"] for t in json.loads(out)] == ["raw_f32"]
+    assert [t["name"] for t in json.loads(out)["tensors"]] == ["raw_f32"]
 
 
 def test_inspect_external_data_loads_no_onnx():

@@ -87,7 +87,7 @@ def test_cli_json_and_tensors(tmp_path):
     assert code == 0 and data["format"] == "safetensors" and data["n_tensors"] == 9
     assert data["dtypes"]["float16"] == 1 and data["n_parameters"] == 54
     code, out, _ = run_cli("tensors", p, "--json", "--filter", "[de]")
-    assert [t["name"] for t in json.loads(out)] == ["d", "e"]
+    assert [t["name"] for t in json.loads(out)["tensors"]] == ["d", "e"]
 
 
 def _one_tensor_file(path, code: str, shape, nbytes: int):

@@ -265,7 +265,7 @@ def test_cli_tensors_json(sequential_file):
     path, _, _ = sequential_file
     code, out, err = run_cli("tensors", path, "--json")
     assert code == 0, err
-    assert [(t["name"], t["shape"]) for t in json.loads(out)][:2] == [("0.weight", [4, 3]),
+    assert [(t["name"], t["shape"]) for t in json.loads(out)["tensors"]][:2] == [("0.weight", [4, 3]),
                                                                       ("0.bias", [4])]
 
 

@@ -105,7 +105,10 @@ def test_tensors_hf_path_matches_the_folder(hub, hub_env, tiny_llama):
     code, out, _ = run_cli("tensors", f"hf://{TINY}", "--json")
     code_local, out_local, _ = run_cli("tensors", tiny_llama, "--json")
     assert code == code_local == 0
-    assert json.loads(out) == json.loads(out_local)
+    remote, local = json.loads(out), json.loads(out_local)
+    assert (remote["schema"], remote["path"], remote["n_tensors"]) == \
+        ("keishiki.tensors/1", f"hf://{TINY}", 21)
+    assert remote["tensors"] == local["tensors"]
     assert not any("/resolve/" in r.path and r.range is None for r in hub.log)
 
 
@@ -355,7 +358,7 @@ def test_one_pickle_file_and_its_verdict(hub, hub_env, tiny_llama):
     assert code == 0, err
     local = run_cli("tensors", tiny_llama, "--json")[1]
     key = lambda rows: sorted((r["name"], r["dtype"], r["shape"]) for r in rows)  # noqa: E731
-    assert key(json.loads(out)) == key(json.loads(local))
+    assert key(json.loads(out)["tensors"]) == key(json.loads(local)["tensors"])
     code, out, err = run_cli("info", f"hf://{BOTH}/onnx/pytorch_model.bin", "--json")
     data = json.loads(out)
     assert (code, data["format"], data["safety"]["verdict"]) == (0, "pytorch", "safe")

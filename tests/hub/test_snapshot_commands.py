@@ -61,7 +61,7 @@ CASES = [
     ("info", ["info", "{snap}", "--json"], 0, lambda o: _params(o) == 123_200),
     ("info-file", ["info", "{snap}/model.safetensors", "--json"], 0,
      lambda o: _params(o) == 123_200),
-    ("tensors", ["tensors", "{snap}", "--json"], 0, lambda o: len(json.loads(o)) == 21),
+    ("tensors", ["tensors", "{snap}", "--json"], 0, lambda o: len(json.loads(o)["tensors"]) == 21),
     ("scan", ["scan", "{snap}"], 0, lambda o: "verdict: safe (1 files scanned)" in o),
     ("convert-safetensors", ["convert", "{snap}", "{out}/m.safetensors", "--to", "safetensors"],
      0, lambda o: "ok (read-back)" in o),

@@ -320,7 +320,7 @@ def test_cli_pull_json(hub, hub_env, zoo):
     path = _snapshot(hub_env, hub) / V / "tinynet-12.onnx"
     data12 = zoo["files"][f"{V}/tinynet-12.onnx"]
     assert data == {
-        "source": "onnx-zoo", "repo_id": ZOO, "revision": None,
+        "schema": "keishiki.pull-zoo/1", "source": "onnx-zoo", "repo_id": ZOO, "revision": None,
         "commit": hub.repos[ZOO].commit, "model": "TinyNet", "opset": 12,
         "model_path": f"{V}/tinynet-12.onnx", "path": str(path),
         "sha256": hashlib.sha256(data12).hexdigest(), "sha256_verified": True,

@@ -39,7 +39,7 @@ def bench(
                        tokenizer=str(tokenizer) if tokenizer else None, repeats=repeats,
                        trust_remote_code=trust_remote_code)
     if json_out:
-        print_json(report)
+        print_json(report, schema="keishiki.bench/1")
         return 0
     agreement = report["agreement"]
     rows = []

@@ -77,7 +77,7 @@ def compare(
                          max_tokens=max_tokens, logits_atol=logits_atol,
                          quiet=quiet or json_out, trust_remote_code=trust_remote_code)
     if json_out:
-        print_json(report.to_dict())
+        print_json(report.to_dict(), schema="keishiki.compare/1")
         return report.exit_code
     render(report, show_all=show == "all")
     return report.exit_code

@@ -75,13 +75,13 @@ def convert(
         report = run_convert(src, out, to=to, **options).to_dict()
     except Mismatch as exc:
         if json_out:
-            print_json(exc.report)
+            print_json(exc.report, schema="keishiki.convert/1")
         elif exc.report:
             render_report(exc.report)
         sys.stderr.write(printable(f"keishiki: verification failed: {exc}") + "\n")
         return 1
     if json_out:
-        print_json(report)
+        print_json(report, schema="keishiki.convert/1")
     else:
         render_report(report)
     return 0

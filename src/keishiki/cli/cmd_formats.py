@@ -15,7 +15,7 @@ def formats(json_out: bool = JSON_OPTION) -> int:
 
     fmts, edges = formats_table(), edges_table()
     if json_out:
-        print_json({"formats": fmts, "edges": edges})
+        print_json({"formats": fmts, "edges": edges}, schema="keishiki.formats/1")
         return 0
     yes = lambda b: "yes" if b else "-"  # noqa: E731
     table("formats", ["id", "what", "read", "write"],

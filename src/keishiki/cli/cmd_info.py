@@ -26,7 +26,7 @@ def info(
 
     model = inspect(path)
     if json_out:
-        print_json(model.to_dict())
+        print_json(model.to_dict(), schema="keishiki.info/1")
         return 0
     render_info(model, str(path))
     return 0

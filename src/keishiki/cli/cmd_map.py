@@ -42,7 +42,7 @@ def map_cmd(
     name_map = map_names(inspect(a), inspect(b), by_value=not no_values)
     ua, ub = name_map.counted_unmatched
     if json_out:
-        print_json(name_map.to_dict())
+        print_json(name_map.to_dict(), schema="keishiki.map/1")
         return 1 if ua or ub else 0
     rows = [(escape(p.a), escape(p.b), p.how + (" (shared)" if p.extra.get("shared") else ""),
              shape_text(p.a_shape), shape_text(p.b_shape),

@@ -67,7 +67,7 @@ def pull(
                       local_dir=local_dir, prefer_safetensors=prefer_safetensors, quiet=quiet)
     code = report.exit_code()
     if json_out:
-        print_json(report.to_dict())
+        print_json(report.to_dict(), schema="keishiki.pull/1")
         return code
     console.print(kv_table(None, [
         ("repository", report.repo_id + (f"@{report.revision}" if report.revision else "")),
@@ -90,7 +90,7 @@ def _pull_zoo(name: str, opset: int | None, zoo_repo: str | None, quiet: bool,
     report = pull_model(name, zoo_repo or DEFAULT_REPO, opset, silent=quiet)
     code = report.exit_code()
     if json_out:
-        print_json(report.to_dict())
+        print_json(report.to_dict(), schema="keishiki.pull-zoo/1")
         return code
     console.print(kv_table(None, [
         ("zoo", report.repo_id + (f"@{report.revision}" if report.revision else "")),

@@ -69,7 +69,7 @@ def run(
     seconds = time.perf_counter() - started
     if json_out:
         print_json({"backend": llm.backend, "backend_reason": llm.backend_reason,
-                    "outputs": [o.to_dict() for o in outs]})
+                    "outputs": [o.to_dict() for o in outs]}, schema="keishiki.run/1")
         return 0
     if stream:
         write_text("\n")

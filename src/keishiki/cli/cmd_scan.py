@@ -43,7 +43,7 @@ def scan(
             data["files"] = [f for f in data["files"] if not f["skipped"] or f["findings"]]
             if getattr(report, "remote", None):
                 data["remote"] = report.remote
-            print_json(data)
+            print_json(data, schema="keishiki.scan/1")
             return code
         _render(report, show_safe)
     except BrokenPipeError:

@@ -25,7 +25,10 @@ def tensors(
     model = inspect(path)
     infos = [t for t in model.tensors if filter is None or fnmatch.fnmatchcase(t.name, filter)]
     if json_out:
-        print_json([t.to_dict() for t in infos])
+        # an object holding the list, so fields can be added without breaking scripts
+        print_json({"path": str(path), "format": model.format, "n_tensors": model.n_tensors,
+                    "filter": filter, "tensors": [t.to_dict() for t in infos]},
+                   schema="keishiki.tensors/1")
         return 0
     # names, dtypes and file names come from the file: escaped so "[/x]" is not rich markup
     rows = [(escape(t.name), escape(str(t.dtype)), "\\[" + ", ".join(map(str, t.shape)) + "]",

@@ -94,8 +94,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def print_json(obj: Any) -> None:
-    """Print ``obj`` as indented JSON on stdout."""
+def print_json(obj: Any, schema: str | None = None) -> None:
+    """Print ``obj`` as indented JSON on stdout; ``schema`` (``keishiki.<command>/<version>``,
+    listed in docs/json.md) goes first, so scripts can tell a shape they know."""
+    if schema is not None:
+        obj = {"schema": schema, **obj}
     text = json.dumps(_finite(json.loads(json.dumps(obj, default=_default))), indent=2,
                       ensure_ascii=False)
     # json escapes C0 controls itself; C1 and bidi controls become \u escapes too (valid JSON)
