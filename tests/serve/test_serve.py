@@ -212,7 +212,7 @@ def test_disconnect_cancels(server):
     ("/v1/completions", b'{"prompt": "x",', 400, "malformed JSON"),
     ("/v1/completions", b"x" * (4 * 2**20 + 1), 413, "larger than"),
     ("/v1/nothing", {}, 404, "Not Found"),
-    ("/detokenize", {"tokens": [-1]}, 400, "outside the vocabulary"),
+    ("/detokenize", {"tokens": [-1]}, 400, "outside the model's vocabulary"),
 ])
 def test_bad_requests(server, path, body, status, message):
     _name, _llm, running = server

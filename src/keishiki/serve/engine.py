@@ -33,6 +33,10 @@ class EngineFailed(KeishikiError):
     """The model failed while running this request (HTTP 500)."""
 
 
+class EngineStopped(EngineFailed):
+    """The engine thread has stopped: no request can run (HTTP 503)."""
+
+
 @dataclass
 class Update:
     """What one completion gained in one step: its new text, token ids and their
@@ -100,6 +104,11 @@ class Engine:
         """Most sequences one step decodes."""
         return self.batch.capacity
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread runs (``/health`` answers 503 once it does not)."""
+        return self._thread.is_alive() and not self._stop
+
     def start(self) -> None:
         """Start the engine thread."""
         self._thread.start()
@@ -121,6 +130,10 @@ class Engine:
         """
         self.llm._engine.check(request.seqs)
         with self._cond:
+            # a stopped (or dead) engine thread never takes the request: refuse it rather than
+            # leave its client waiting forever
+            if not self.alive:
+                raise EngineStopped("the server is stopping: no new requests")
             if len(self._waiting) >= self.max_queue_len:
                 self.metrics.rejected.inc()
                 raise ServerBusy(f"the server is busy: {len(self._waiting)} requests are "
@@ -166,7 +179,10 @@ class Engine:
                     self._cond.wait()
                 if self._stop:
                     break
-            self._drop_cancelled()  # first: their rows are free for the waiting
+            try:
+                self._drop_cancelled()  # first: their rows are free for the waiting
+            except Exception as exc:  # cutting the cache failed: it is unusable, all fail
+                self._fail(list(self._running), exc)
             with self._cond:
                 admitted = self._take_waiting()
             try:

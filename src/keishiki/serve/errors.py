@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import InvalidRequest, KeishikiError
-from .engine import EngineFailed, ServerBusy
+from .engine import EngineFailed, EngineStopped, ServerBusy
 
 log = logging.getLogger("keishiki.serve")
 
@@ -49,6 +49,8 @@ def as_api_error(exc: Exception) -> APIError:
         return exc
     if isinstance(exc, ServerBusy):
         return APIError(503, str(exc), "server_busy", headers={"Retry-After": "1"})
+    if isinstance(exc, EngineStopped):
+        return APIError(503, str(exc), "engine_stopped")
     if isinstance(exc, InvalidRequest):
         return APIError(400, str(exc), "invalid_request")
     if isinstance(exc, EngineFailed):

@@ -17,7 +17,10 @@ class StreamOptions(BaseModel):
 class _Sampling(BaseModel):
     """The fields completions and chat share (OpenAI's, then vLLM's extras)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # allow_inf_nan=False: JSON has no NaN or Infinity, but Python's json reads both; a NaN
+    # passes every range check (all comparisons are false) and an infinite temperature turns
+    # the logits into NaN, so they are refused here as vLLM's pydantic models refuse them
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
     n: int = 1

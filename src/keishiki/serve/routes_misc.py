@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from .protocol import DetokenizeRequest, ModelCard, ModelList, TokenizeRequest
-from .shaping import check_model, render_chat
+from .shaping import check_model, check_token_ids, encode, render_chat
 
 router = APIRouter()
 
@@ -21,8 +21,13 @@ async def models(request: Request) -> ModelList:
 
 
 @router.get("/health")
-async def health() -> Response:
-    """200 while the server runs (vLLM's: an empty body)."""
+async def health(request: Request) -> Response:
+    """200 while the server runs (vLLM's: an empty body); 503 once the engine thread has
+    stopped, so a load balancer stops sending requests that would fail."""
+    from .errors import error_response
+
+    if not request.app.state.ctx.engine.alive:
+        return error_response(503, "the engine has stopped", "engine_stopped")
     return Response(status_code=200)
 
 
@@ -34,14 +39,13 @@ async def metrics(request: Request) -> Response:
 
 
 @router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request) -> dict:
+async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     """Token ids of a prompt, or of chat messages rendered with the chat template (vLLM's
     shape: ``count``, ``max_model_len``, ``tokens``, ``token_strs``)."""
     from .errors import APIError
 
     ctx = request.app.state.ctx
     check_model(ctx, body.model)
-    tokenizer = ctx.llm.tokenizer
     if body.messages is not None:
         text = render_chat(ctx, body.messages, body.add_generation_prompt)
         special = bool(body.add_special_tokens)  # the template wrote them already
@@ -49,21 +53,18 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
         text, special = body.prompt, body.add_special_tokens is not False
     else:
         raise APIError(400, "give prompt or messages", "invalid_request")
-    ids = tokenizer.encode(text, add_special_tokens=special)
-    return {"count": len(ids), "max_model_len": ctx.max_model_len, "tokens": ids,
-            "token_strs": None}
+    ids = await encode(ctx, text, "messages" if body.messages is not None else "prompt",
+                       add_special_tokens=special)
+    # a JSONResponse as is: FastAPI's jsonable_encoder walks a returned dict item by item,
+    # over a second per million ids on the event loop; these are plain JSON values already
+    return JSONResponse({"count": len(ids), "max_model_len": ctx.max_model_len, "tokens": ids,
+                         "token_strs": None})
 
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
     """The text of token ids (``{"prompt": text}``, as vLLM)."""
-    from .errors import APIError
-
     ctx = request.app.state.ctx
     check_model(ctx, body.model)
-    vocab = ctx.llm._engine.vocab_size or ctx.llm.tokenizer.vocab_size
-    bad = [t for t in body.tokens if t < 0 or t >= vocab]
-    if bad:
-        raise APIError(400, f"token id {bad[0]} is outside the vocabulary ({vocab})",
-                       "invalid_request", "tokens")
+    check_token_ids(ctx, body.tokens, "tokens")
     return {"prompt": ctx.llm.tokenizer.decode(body.tokens, skip_special_tokens=False)}

@@ -17,8 +17,8 @@ from .engine import TextTracker, Update
 from .errors import APIError, as_api_error, error_body
 from .protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                        CompletionResponse)
-from .shaping import (chat_logprobs, check_model, completion_logprobs, render_chat,
-                      sampling_params, sequences)
+from .shaping import (chat_logprobs, check_model, check_token_ids, completion_logprobs, encode,
+                      render_chat, sampling_params, sequences)
 
 router = APIRouter()
 
@@ -95,7 +95,7 @@ def _sse(chunks):
 
 # -- completions ---------------------------------------------------------------------------
 
-def _prompt_ids(ctx, prompt) -> tuple[list[str], list[list[int]]]:
+async def _prompt_ids(ctx, prompt) -> tuple[list[str], list[list[int]]]:
     """Texts and token ids of the prompt field's four forms."""
     tokenizer = ctx.llm.tokenizer
     if isinstance(prompt, str):
@@ -110,8 +110,9 @@ def _prompt_ids(ctx, prompt) -> tuple[list[str], list[list[int]]]:
             if not item:
                 raise APIError(400, "the prompt is empty", "invalid_request", "prompt")
             texts.append(item)
-            ids.append(tokenizer.encode(item))
+            ids.append(await encode(ctx, item, "prompt"))
         else:
+            check_token_ids(ctx, item, "prompt")
             texts.append(tokenizer.decode(item, skip_special_tokens=False))
             ids.append(list(item))
     return texts, ids
@@ -127,7 +128,7 @@ async def completions(body: CompletionRequest, http: Request):
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", "invalid_request",
                        "best_of")
-    texts, prompt_ids = _prompt_ids(ctx, body.prompt)
+    texts, prompt_ids = await _prompt_ids(ctx, body.prompt)
     k = body.logprobs
     params = sampling_params(ctx, body, body.max_tokens, k,
                              k if body.echo and k is not None else None)
@@ -198,7 +199,7 @@ async def chat_completions(body: ChatCompletionRequest, http: Request):
     tokenizer = ctx.llm.tokenizer
     text = render_chat(ctx, body.messages, body.add_generation_prompt)
     # the template wrote the special tokens itself (as transformers and vLLM encode it)
-    prompt_ids = [tokenizer.encode(text, add_special_tokens=False)]
+    prompt_ids = [await encode(ctx, text, "messages", add_special_tokens=False)]
     k = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
         else body.max_tokens

@@ -15,6 +15,44 @@ def check_model(ctx, name: str | None) -> None:
         raise APIError(404, f"The model `{name}` does not exist.", "model_not_found", "model")
 
 
+async def encode(ctx, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of ``text``, refusing what is no Unicode text, tokenized off the event loop.
+
+    JSON may escape a lone surrogate (``"\\ud800"``) and Python's json decodes it into a
+    ``str`` that has no UTF-8 form; the tokenizers library then raises a TypeError, which
+    would be a 500.  It is the request's fault, so a 400.
+
+    A body at the size limit is megabytes of text, seconds of tokenizing: that runs on a
+    worker thread, through ``encode_batch``, which (unlike ``encode``) releases the GIL, so
+    the server keeps answering other requests meanwhile (vLLM tokenizes off the loop too).
+
+    Raises:
+        APIError: ``text`` holds a lone surrogate.
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"{param} is not valid Unicode text: a lone surrogate "
+                            f"(\\u{ord(exc.object[exc.start]):04x}) at position {exc.start}",
+                       "invalid_request", param) from None
+    # Tokenizer.encode's own call, ids for ids (the tokenizers.Tokenizer it wraps)
+    encoded = await run_in_threadpool(ctx.llm.tokenizer._tok.encode_batch, [text],
+                                      add_special_tokens=add_special_tokens)
+    return list(encoded[0].ids)
+
+
+def check_token_ids(ctx, ids: list[int], param: str) -> None:
+    """400 unless every id is in the vocabulary.  Checked before anything decodes them: the
+    tokenizer raises OverflowError on ids past 64 bits or below 0."""
+    vocab = ctx.llm._engine.vocab_size or ctx.llm.tokenizer.vocab_size
+    bad = [t for t in ids if t < 0 or t >= vocab]
+    if bad:
+        raise APIError(400, f"token id {bad[0]} is outside the model's vocabulary ({vocab})",
+                       "invalid_request", param)
+
+
 def render_chat(ctx, messages, add_generation_prompt: bool = True) -> str:
     """The prompt text of a conversation, through the chat template in jinja2's sandbox
     (``Tokenizer.render_chat``).  Content given as parts keeps its text parts, joined by
