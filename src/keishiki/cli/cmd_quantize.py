@@ -23,7 +23,7 @@ def quantize(
     int4: bool = typer.Option(False, "--int4", help="4-bit block-wise weights (onnxruntime "
                               "MatMulNBits)."),
     block_size: int = typer.Option(None, "--block-size", help="--int4: values per block, a "
-                                   "power of 2 >= 16 (default 32)."),
+                                   "power of 2 from 16 to 256 (default 32)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip running it against the "
                                    "original."),
     strict: bool = typer.Option(False, "--strict", help="Remove the output when verification "
@@ -41,6 +41,16 @@ def quantize(
 
     if int8 == int4:
         raise InvalidRequest("quantize needs exactly one of --int8 or --int4")
+    if src.exists():
+        # say what quantize takes rather than let convert's path search wander through a
+        # GGUF of a bare tensor file and fail on a step the user never asked for
+        from ..convert import source_format
+
+        kind = source_format(src)
+        if kind not in ("onnx", "hf-model"):
+            raise InvalidRequest(f"{src}: a {kind} file; keishiki quantize takes an ONNX model "
+                                 f"(or a Hugging Face folder, exported first). For GGUF: "
+                                 f"keishiki convert SRC OUT --to gguf --quant q4_K_M")
     options = dict(quant="int8" if int8 else "int4", block_size=block_size,
                    verify=not no_verify, strict=strict, force=force, quiet=quiet)
     options = {k: v for k, v in options.items() if v is not None}
@@ -48,13 +58,13 @@ def quantize(
         report = convert(src, out, to="onnx", **options).to_dict()
     except Mismatch as exc:
         if json_out:
-            print_json(exc.report)
+            print_json(exc.report, schema="keishiki.convert/1")
         elif exc.report:
             render_report(exc.report)
         sys.stderr.write(printable(f"keishiki: verification failed: {exc}") + "\n")
         return 1
     if json_out:
-        print_json(report)
+        print_json(report, schema="keishiki.convert/1")
     else:
         render_report(report)
     return 0

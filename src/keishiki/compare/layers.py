@@ -288,9 +288,12 @@ def compare_layers(a: str | os.PathLike, b: str | os.PathLike, *, prompt: str | 
         raise InvalidRequest(f"tolerances must be >= 0 (got atol={atol}, rtol={rtol})")
     side_a = resolve(a, trust_remote_code)
     side_b = resolve(b, trust_remote_code)
-    prompt = prompt or DEFAULT_PROMPT
-    token_ids = tokenize(side_a, side_b, prompt)
+    # an empty prompt is the user's (it was silently replaced by the default): it runs on
+    # whatever the tokenizer adds (BOS), or is refused as tokenizing to nothing
+    prompt = DEFAULT_PROMPT if prompt is None else prompt
     _check_vocab(side_a, side_b)
+    token_ids = tokenize(side_a, side_b, prompt)
+    _check_context(side_a, side_b, len(token_ids))
     with progress(2, "running A", quiet=quiet) as advance:
         cap_a = capture(side_a, token_ids)
         advance(1, description="running B")
@@ -331,10 +334,33 @@ def tokenize(side_a, side_b, prompt: str) -> list[int]:
 
 
 def _check_vocab(side_a, side_b) -> None:
+    """Refuse two different models: vocabulary, width or depth differ in their configs.
+
+    Two architectures sharing a tokenizer (a Llama and a Qwen2 of another width) used to
+    pair only their ``lm_head`` and read "diverged" (exit 1): that is not a finding about
+    a conversion, so it is refused as vocabularies are (exit 2)."""
     from ..runtimes.base import model_config_value
 
-    va = model_config_value(side_a.config, "vocab_size")
-    vb = model_config_value(side_b.config, "vocab_size")
-    if isinstance(va, int) and isinstance(vb, int) and va != vb:
-        raise InvalidRequest(f"vocabularies differ: A has {va} tokens, B {vb}; compare "
-                             f"layers of one model in two formats")
+    for key, what in (("vocab_size", "vocabularies differ"),
+                      ("hidden_size", "hidden sizes differ"),
+                      ("num_hidden_layers", "layer counts differ")):
+        va = model_config_value(side_a.config, key)
+        vb = model_config_value(side_b.config, key)
+        if isinstance(va, int) and isinstance(vb, int) and va != vb:
+            raise InvalidRequest(f"{what}: A has {va}, B {vb} ({key}); compare layers of "
+                                 f"one model in two formats")
+
+
+def _check_context(side_a, side_b, n_tokens: int) -> None:
+    """Refuse a prompt longer than either model's context: past it, rotary models run on
+    positions they were never trained on and learned position tables index out of range,
+    so no layer's difference would mean anything."""
+    from ..runtimes.base import model_config_value
+
+    for name, side in (("A", side_a), ("B", side_b)):
+        n_ctx = model_config_value(side.config, "max_position_embeddings", "n_positions",
+                                   "n_ctx")
+        if isinstance(n_ctx, int) and 0 < n_ctx < n_tokens:
+            raise InvalidRequest(f"the prompt is {n_tokens} tokens, longer than {name}'s "
+                                 f"context of {n_ctx} (max_position_embeddings): give a "
+                                 f"shorter --prompt")

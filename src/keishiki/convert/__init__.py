@@ -169,10 +169,13 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
                                  f"not --to {to}")
     if opts.quant is not None:
         opts.quant = _quant_name(opts.quant, to)
+    # onnxruntime's MatMulNBits quantizer (MLAS MlasQuantizeBlockwise) takes 16..256 only;
+    # a larger power of 2 was an internal RuntimeError from deep inside it
     if opts.block_size is not None and (opts.quant != "int4" or opts.block_size < 16
+                                        or opts.block_size > 256
                                         or opts.block_size & (opts.block_size - 1)):
         raise InvalidRequest(f"--block-size {opts.block_size}: applies to --quant int4, a "
-                             f"power of 2 >= 16 (e.g. 32, 128)")
+                             f"power of 2 from 16 to 256 (e.g. 32, 128)")
     return opts
 
 
@@ -272,7 +275,10 @@ def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
                 if folder:
                     step_out = step_out.with_suffix("")
                     step_out.mkdir()
-                step_opts = replace(opts, to=edge.dst, force=True)
+                # --quant/--block-size are the last edge's: an intermediate step (the GGUF
+                # on the way safetensors -> gguf -> ... -> onnx --quant int8) stays lossless
+                # (it was handed "int8" as a GGUF type: a KeyError)
+                step_opts = replace(opts, to=edge.dst, force=True, quant=None, block_size=None)
                 step = _run_edge(edge, current, step_out, step_opts)
                 report.steps.append(step)
                 if step.passed is False:

@@ -63,7 +63,7 @@ class ConvertOptions:
         shard_size: maximum bytes per weight shard (hf-model targets).
         quant: GGUF type or llama.cpp mix (:data:`GGUF_QUANTS`: ``q8_0``, ``q4_K_M`` ...);
             ONNX: ``int8`` (dynamic) or ``int4`` (MatMulNBits).
-        block_size: ONNX int4: values per quantization block (a power of 2, >= 16).
+        block_size: ONNX int4: values per quantization block (a power of 2, 16 to 256).
         method: TorchScript ``trace`` or ``script``.
         example_input: ``"1x8:int64"`` (shape and dtype of a traced input).
         trust: load a source that scans dangerous or unknown with a loader that can run its

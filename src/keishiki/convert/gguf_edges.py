@@ -178,7 +178,7 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
                     arr = arr.reshape(-1).view(np.uint16).view(dtypes.to_numpy("bfloat16"))
                 arr = arr.reshape(shape)
             else:
-                arr = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+                arr = quants.dequantize(np.asarray(t.data), t.tensor_type, shape)
             if offset:  # gemma: llama.cpp stored w + 1 (its RMSNorm multiplies by w alone)
                 arr = cast_array(cast_array(arr, "float32") - np.float32(offset),
                                  dtypes.from_numpy(arr.dtype))
@@ -379,9 +379,7 @@ def _encode(arr: np.ndarray, qtype: str, heads: int | None, offset: float = 0.0)
     if qtype == "BF16":
         return np.ascontiguousarray(cast_array(arr, "bfloat16")).view(np.uint8)
     data = np.ascontiguousarray(cast_array(arr, "float32"))
-    if qtype == "Q8_0":
-        return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
-    return quants.quantize(data, qtype)
+    return quants.quantize(data, qtype)  # Q8_0 too: it handles empty tensors gguf-py cannot
 
 
 def _encoded_size(info: TensorInfo, qtype: str) -> tuple[tuple[int, ...], Any, int, Any]:
@@ -444,7 +442,11 @@ def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned], q
     total = sum(p.source.info.nbytes for p in plan)
     with progress(total, "-> gguf", quiet, unit_bytes=True) as adv:
         for p in plan:
-            data = _encode(p.source.load(), p.qtype, p.heads, p.offset)
+            arr = p.source.load()
+            # NaN/inf or out-of-float16 weights would make whole blocks garbage (or inf
+            # in F16) with no error but the verifier's: refused up front, naming the tensor
+            quants.check_representable(p.gguf_name, arr, p.qtype)
+            data = _encode(arr, p.qtype, p.heads, p.offset)
             if p.qtype in quants.QUANTIZED and p.qtype != "Q8_0":
                 # the read-back compares bytes with this instead of quantizing twice
                 p.digest = hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()
@@ -482,11 +484,11 @@ def verify_gguf(files: list[Path], plan: list[Planned], required_keys: list[str]
             rb.problems.append(f"{p.gguf_name}: shape {list(shape)} != {list(p.source.info.shape)}")
             continue
         if p.qtype == "Q8_0":
-            got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+            got = quants.dequantize(np.asarray(t.data), t.tensor_type, shape)
             ref = cast_array(expected_src, "float32").astype(np.float32)
             blocks = np.abs(ref.reshape(-1, 32)).max(axis=1) / 127.0
             # rounding to the nearest step (d/2) plus d stored in float16 (|q| <= 127)
-            atol = float(blocks.max() * (0.5 + 127 * 2.0 ** -11)) * 1.001 + 1e-12
+            atol = float(blocks.max(initial=0.0) * (0.5 + 127 * 2.0 ** -11)) * 1.001 + 1e-12
             rb.compare(p.gguf_name, ref, got, original=ref, atol=atol)
         elif p.qtype in quants.QUANTIZED:
             _check_quantized(rb, p, t, expected_src, shape, worst)
@@ -525,7 +527,7 @@ def _check_quantized(rb: ReadBack, p: Planned, t, expected_src: np.ndarray,
         problem = f"{p.gguf_name}: bytes differ from those written"
     else:
         rb.n_bit_exact += 1
-        got = _gguf().quants.dequantize(got_bytes, t.tensor_type).reshape(shape)
+        got = quants.dequantize(got_bytes, t.tensor_type, shape)
         err = quants.weight_error(cast_array(expected_src, "float32"), got)
         rb.max_abs_diff = max(rb.max_abs_diff, err["max_abs"])
         worst[p.qtype] = max(worst.get(p.qtype, 0.0), err["rel_rmse"])

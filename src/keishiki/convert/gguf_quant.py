@@ -171,16 +171,71 @@ def fallback(qtype: str, nx: int) -> str:
     return qtype if qtype in BLOCK and nx % BLOCK[qtype] == 0 else "F16"
 
 
+F16_MAX = 65504.0
+
+
+def check_representable(name: str, arr: np.ndarray, qtype: str) -> None:
+    """Refuse values ``qtype`` cannot hold, instead of writing garbage.
+
+    Every GGML block type keeps float16 scales: one NaN/inf makes its block's scale NaN/inf
+    and every value of the block garbage, and a magnitude past float16's 65504 overflows the
+    scale (llama.cpp's ``ggml_validate_row_data`` rejects such rows when it loads them).
+    F16 itself turns finite values past 65504 into inf.  F32/BF16 hold every float32 value,
+    NaN and inf included, and an F16 keeps a NaN/inf already there: those are written as
+    they are.
+
+    Raises:
+        InvalidRequest: naming the tensor, the count of bad values and the types that keep
+            them.
+    """
+    from ..errors import InvalidRequest
+
+    from ..core import dtypes
+    from .weights import FLOATING, cast_array
+
+    if qtype not in QUANTIZED and qtype != "F16" or \
+            dtypes.from_numpy(arr.dtype) not in FLOATING or \
+            qtype == "F16" and arr.dtype == np.float16:  # kept as it is: nothing to check
+        return
+    values = cast_array(arr, "float32")  # bfloat16 (ml_dtypes) and float16 sources
+    finite = np.isfinite(values)
+    n_bad = int(values.size - np.count_nonzero(finite))
+    if n_bad and qtype in QUANTIZED:
+        raise InvalidRequest(f"{name}: {n_bad} NaN/inf value(s); {qtype} cannot hold them (a "
+                             f"block's float16 scale becomes NaN/inf and the whole block "
+                             f"garbage): fix the weights, or keep them as they are with "
+                             f"--quant f32 or bf16")
+    big = float(np.max(np.abs(values[finite]), initial=0.0))
+    if big > F16_MAX:
+        what = "rounds it to inf" if qtype == "F16" else "overflows its float16 block scales"
+        raise InvalidRequest(f"{name}: a weight of magnitude {big:.3g}, past float16's "
+                             f"{F16_MAX:g}; {qtype} {what}: keep it with --quant f32 or bf16")
+
+
 def quantize(arr: np.ndarray, qtype: str) -> np.ndarray:
     """``arr`` (float32) as the bytes of GGML type ``qtype``: gguf-py's quantizer for
     Q4_0..Q8_0, :mod:`.kquants` for the k-quants."""
+    import gguf
+
+    if arr.size == 0:  # a tensor with no rows (or columns): its empty bytes, in the GGUF's
+        # byte shape (the block quantizers' reshapes cannot infer a size from 0 elements)
+        return np.zeros(gguf.quant_shape_to_byte_shape(arr.shape, getattr(
+            gguf.GGMLQuantizationType, qtype)), dtype=np.uint8)
     if qtype in K_QUANTS:
         from . import kquants
 
         return kquants.quantize(arr, qtype)
+    return gguf.quants.quantize(arr, getattr(gguf.GGMLQuantizationType, qtype))
+
+
+def dequantize(data: np.ndarray, ggml_type, shape: tuple[int, ...]) -> np.ndarray:
+    """gguf-py's dequantizer of GGUF bytes, as float32 of ``shape``; an empty tensor (0 rows
+    or columns) directly, since gguf-py's row grouping cannot reshape 0 bytes."""
     import gguf
 
-    return gguf.quants.quantize(arr, getattr(gguf.GGMLQuantizationType, qtype))
+    if not int(np.prod(shape)):
+        return np.zeros(shape, dtype=np.float32)
+    return gguf.quants.dequantize(data, ggml_type).reshape(shape)
 
 
 def weight_error(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
