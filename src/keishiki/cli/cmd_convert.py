@@ -61,15 +61,21 @@ def convert(
 ) -> int:
     """Convert SRC to another format, streaming, and prove the result by reading it back
     (weights) or running both (graphs). Exit 1 when verification fails."""
-    from ..convert import convert as run_convert
-    from ..errors import Mismatch
-
     options = dict(dtype=dtype, key=key, shard_size=shard_size, quant=quant, method=method,
                    split_max_size=split_max_size, split_max_tensors=split_max_tensors,
                    block_size=block_size,
                    example_input=example_input, trust=trust, opset=opset, exporter=exporter,
                    external_data=external_data, atol=atol, verify=not no_verify, strict=strict,
                    force=force, quiet=quiet)
+    return convert_and_report(src, out, to, options, json_out)
+
+
+def convert_and_report(src: Path, out: Path, to: str, options: dict, json_out: bool) -> int:
+    """Run one conversion (options that are None left out) and print its report, as JSON or
+    the human view; 1 when verification fails (the report still printed), else 0."""
+    from ..convert import convert as run_convert
+    from ..errors import Mismatch
+
     options = {k: v for k, v in options.items() if v is not None}
     try:
         report = run_convert(src, out, to=to, **options).to_dict()

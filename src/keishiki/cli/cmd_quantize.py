@@ -3,13 +3,11 @@ onnxruntime's own quantizers, verified against the original."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from ._app import JSON_OPTION, app
-from .render import print_json, printable
 
 
 @app.command()
@@ -35,9 +33,8 @@ def quantize(
     """Quantize an ONNX model's MatMul weights to int8 or int4 and check the result against
     the original (KL divergence and greedy agreement for a causal LM). Exit 1 when it fails
     its tolerance. For GGUF: keishiki convert SRC OUT --to gguf --quant q4_K_M."""
-    from ..convert import convert
-    from ..errors import InvalidRequest, Mismatch
-    from .cmd_convert import render_report
+    from ..errors import InvalidRequest
+    from .cmd_convert import convert_and_report
 
     if int8 == int4:
         raise InvalidRequest("quantize needs exactly one of --int8 or --int4")
@@ -53,18 +50,4 @@ def quantize(
                                  f"keishiki convert SRC OUT --to gguf --quant q4_K_M")
     options = dict(quant="int8" if int8 else "int4", block_size=block_size,
                    verify=not no_verify, strict=strict, force=force, quiet=quiet)
-    options = {k: v for k, v in options.items() if v is not None}
-    try:
-        report = convert(src, out, to="onnx", **options).to_dict()
-    except Mismatch as exc:
-        if json_out:
-            print_json(exc.report, schema="keishiki.convert/1")
-        elif exc.report:
-            render_report(exc.report)
-        sys.stderr.write(printable(f"keishiki: verification failed: {exc}") + "\n")
-        return 1
-    if json_out:
-        print_json(report, schema="keishiki.convert/1")
-    else:
-        render_report(report)
-    return 0
+    return convert_and_report(src, out, "onnx", options, json_out)
