@@ -17,7 +17,9 @@ from .ranged import RangedRepo
 
 SAFETENSORS_FIRST_READ = 64 * 1024
 GGUF_FIRST_READ = 64 * 1024
-GGUF_MAX_HEADER = 512 * 1024 * 1024
+# a 262k-token vocabulary with its merges is ~20 MB of header: 64 MiB bounds what a hostile
+# header can make keishiki fetch (and re-parse at each ×4) before it gives up
+GGUF_MAX_HEADER = 64 * 1024 * 1024
 SHARD_WORKERS = 8
 
 
@@ -98,7 +100,8 @@ def gguf_header(repo: RangedRepo, name: str) -> ModelInfo:
         except (struct.error, IndexError):
             pass  # the header goes on past the prefix
         if want >= min(size, GGUF_MAX_HEADER):
-            raise CorruptFile(where, f"no complete GGUF header in the first {want} bytes")
+            raise CorruptFile(where, f"no complete GGUF header in the first {want} bytes "
+                              f"(pull the file to inspect it)")
         want = min(size, want * 4, GGUF_MAX_HEADER)
     kv = header.kv
     tokens = kv.get("tokenizer.ggml.tokens")
