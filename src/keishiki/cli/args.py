@@ -15,8 +15,18 @@ def model_path(text: str) -> Path:
     if text.startswith("hf://"):
         from ..hub.resolve import local_path
 
-        return local_path(text)
+        return local_path(text, say=_notice)
     return Path(text)
+
+
+def _notice(line: str) -> None:
+    """One line on stderr, as the CLI's errors are (text from the user and the Hub escaped)."""
+    import sys
+
+    from .render import printable
+
+    sys.stderr.write(f"keishiki: {printable(line)}\n")
+    sys.stderr.flush()
 
 
 HF_HELP = " A Hub model as hf://ORG/NAME[@REV][/FILE] is read from the cache, or pulled first."

@@ -118,7 +118,7 @@ def render(report, show_all: bool = False) -> None:
                       f"{escape(repr(o['prompt']))}, "
                       f"{o['steps']} greedy steps): {o['summary']}")
     verdict = report.verdict
-    quantized = sum(any("quantization-aware" in n for n in d.notes) for d in report.tensors)
+    quantized = sum(d.quant_bound is not None for d in report.tensors)
     console.print(f"verdict: [bold {STYLE[verdict]}]{verdict}[/bold {STYLE[verdict]}]"
                   f" (atol {report.atol:g}, rtol {report.rtol:g}"
                   + (f"; {quantized} quantized tensor(s) by their type's bound" if quantized

@@ -37,6 +37,7 @@ class TensorDiff:
     n_over_tolerance: int = 0
     transform: str | None = None
     notes: list[str] = field(default_factory=list)
+    quant_bound: float | None = None  # judged by its GGUF type's bound (no tolerance given)
 
     @property
     def ok(self) -> bool:
@@ -198,7 +199,7 @@ def _quantization_tolerance(diff: TensorDiff, a: np.ndarray, b: np.ndarray) -> N
     if qtype is None or a.shape != b.shape:
         return
     rel = weight_error(a, b)["rel_rmse"]
-    bound = WEIGHT_REL_RMSE[qtype]
+    bound = diff.quant_bound = WEIGHT_REL_RMSE[qtype]
     if rel <= bound:
         diff.status, diff.n_over_tolerance = "within tolerance", 0
     diff.notes.append(f"{qtype}: relative RMS error {rel:.3g} "

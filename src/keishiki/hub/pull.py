@@ -22,8 +22,27 @@ if TYPE_CHECKING:
     from ..scan.findings import ScanReport
 
 
+class ScannedReport:
+    """What a report of downloaded files says of their scan (``scan``: a ScanReport or None)."""
+
+    scan: "ScanReport | None"
+
+    @property
+    def verdict(self) -> str:
+        """The scan verdict of the pulled files (``safe``/``unknown``/``dangerous``/``error``)."""
+        return self.scan.verdict if self.scan is not None else "safe"
+
+    def exit_code(self, allow_unknown: bool = False) -> int:
+        """As ``keishiki scan``: 0 nothing unsafe, 1 dangerous or unknown, 2 not scanned."""
+        return self.scan.exit_code(allow_unknown) if self.scan is not None else 0
+
+    def _scan_fields(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "exit_code": self.exit_code(),
+                "scan": self.scan.to_dict(include_safe=False) if self.scan is not None else None}
+
+
 @dataclass
-class PullReport:
+class PullReport(ScannedReport):
     """What :func:`pull` fetched and what keishiki's scanner says of it.
 
     Attributes:
@@ -50,23 +69,12 @@ class PullReport:
     warnings: list[str] = field(default_factory=list)
     scan: "ScanReport | None" = None
 
-    @property
-    def verdict(self) -> str:
-        """The scan verdict of the pulled files (``safe``/``unknown``/``dangerous``/``error``)."""
-        return self.scan.verdict if self.scan is not None else "safe"
-
-    def exit_code(self, allow_unknown: bool = False) -> int:
-        """As ``keishiki scan``: 0 nothing unsafe, 1 dangerous or unknown, 2 not scanned."""
-        return self.scan.exit_code(allow_unknown) if self.scan is not None else 0
-
     def to_dict(self) -> dict[str, Any]:
         """The ``pull --json`` object."""
         return {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit,
                 "folder": str(self.folder), "files": self.files, "n_files": len(self.files),
                 "nbytes": self.nbytes, "skipped": self.skipped, "offline": self.offline,
-                "warnings": self.warnings, "verdict": self.verdict,
-                "exit_code": self.exit_code(),
-                "scan": self.scan.to_dict(include_safe=False) if self.scan is not None else None}
+                "warnings": self.warnings, **self._scan_fields()}
 
 
 def pull(repo_id: str, revision: str | None = None, include: Sequence[str] | None = None,

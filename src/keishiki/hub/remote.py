@@ -171,10 +171,8 @@ def _read_pickle_shards(repo: RangedRepo,
         verdicts.append(info.safety or {"verdict": "safe"})
     if not verdicts:
         return tensors, None
-    order = ["safe", "unknown", "error", "dangerous"]
-    worst = max(verdicts, key=lambda v: order.index(v.get("verdict", "error"))
-                if v.get("verdict") in order else 2)
-    return tensors, worst
+    rank = {"safe": 0, "unknown": 1, "error": 2, "dangerous": 3}
+    return tensors, max(verdicts, key=lambda v: rank.get(v.get("verdict"), 2))
 
 
 def _formats_present(repo: RangedRepo) -> list[str]:

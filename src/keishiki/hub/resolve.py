@@ -1,11 +1,12 @@
 """``hf://org/name[@rev][/path]`` as a local path, for the commands that need the bytes
-(``run``, ``convert``, ``compare``, ``map``, ``bench``, ``view``).
+(``run``, ``convert``, ``compare``, ``map``, ``bench``, and ``keishiki.LLM``).
 
 The cache answers first, without a request: huggingface_hub's ``snapshot_download`` with
 ``local_files_only=True`` returns the snapshot folder only when its cached file list says
 every file asked for is there.  Otherwise the files are pulled (:func:`keishiki.pull`: the
-standard cache, huggingface_hub's progress bar, the scan) after one line on stderr that says
-so, as transformers' ``from_pretrained("org/name")`` would fetch them silently.  What is
+standard cache, huggingface_hub's progress bar, the scan) after one line that says so (the
+CLI's on stderr, the library's a warning on the ``keishiki`` logger), where transformers'
+``from_pretrained("org/name")`` would fetch them silently.  What is
 pulled is what a loader reads: ``/path`` alone when one is named (a GGUF of a repository of
 quantizations), and safetensors rather than the pickles beside them (``prefer_safetensors``).
 
@@ -15,7 +16,7 @@ Whatever comes back still goes through the path gate (a snapshot may link into i
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,8 @@ def local_path(ref: str, *, quiet: bool = False,
     Args:
         ref: an ``hf://`` path (a repository, or a file or folder in it).
         quiet: no progress bar while pulling.
-        say: where the one-line "pulling" notice goes (default: stderr).
+        say: where the one-line "pulling" notice goes (default: a warning on the
+            ``keishiki`` logger).
 
     Returns:
         The snapshot folder, or the file/folder ``path`` in it.
@@ -57,7 +59,7 @@ def local_path(ref: str, *, quiet: bool = False,
             raise HubError(f"{ref}: not in the cache ({_hf.hf().constants.HF_HUB_CACHE}) and "
                            f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online")
 
-        (say or _stderr)(f"{ref}: not in the cache ({_hf.hf().constants.HF_HUB_CACHE}); "
+        (say or _log)(f"{ref}: not in the cache ({_hf.hf().constants.HF_HUB_CACHE}); "
                          f"pulling it from {_hf.endpoint()}")
         try:
             folder = pull(spec.repo_id, spec.revision, include=patterns,
@@ -100,8 +102,7 @@ def _cached(spec: _hf.RepoSpec, patterns: list[str] | None) -> Path | None:
     return folder
 
 
-def _stderr(line: str) -> None:
-    from ..cli.render import printable
-
-    sys.stderr.write(f"keishiki: {printable(line)}\n")
-    sys.stderr.flush()
+def _log(line: str) -> None:
+    # the library's voice (logging's last-resort handler prints a warning on stderr when the
+    # caller configured none); the CLI passes its own one-line writer
+    logging.getLogger("keishiki").warning(line)

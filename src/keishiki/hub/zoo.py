@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import HubError, InvalidRequest
 from . import _hf, zoo_archive, zoo_manifest
+from .pull import ScannedReport
 from .zoo_manifest import MANIFEST, ModelInfo
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def get_model_info(model: str, repo: str = DEFAULT_REPO, opset: int | None = Non
 
 
 @dataclass
-class ZooPull:
+class ZooPull(ScannedReport):
     """A zoo model fetched and checked: where it is and what the scanner says of it.
 
     Attributes:
@@ -145,23 +146,13 @@ class ZooPull:
     offline: bool = False
     scan: "ScanReport | None" = None
 
-    @property
-    def verdict(self) -> str:
-        return self.scan.verdict if self.scan is not None else "safe"
-
-    def exit_code(self, allow_unknown: bool = False) -> int:
-        """As ``keishiki scan``: 0 nothing unsafe, 1 dangerous or unknown, 2 not scanned."""
-        return self.scan.exit_code(allow_unknown) if self.scan is not None else 0
-
     def to_dict(self) -> dict[str, Any]:
         """The ``pull onnx-zoo:NAME --json`` object."""
         return {"source": "onnx-zoo", "repo_id": self.repo_id, "revision": self.revision,
                 "commit": self.commit, "model": self.info.model, "opset": self.info.opset,
                 "model_path": self.info.model_path, "path": str(self.path),
                 "sha256": self.sha256, "sha256_verified": True, "nbytes": self.nbytes,
-                "tags": sorted(self.info.tags), "offline": self.offline,
-                "verdict": self.verdict, "exit_code": self.exit_code(),
-                "scan": self.scan.to_dict(include_safe=False) if self.scan is not None else None}
+                "tags": sorted(self.info.tags), "offline": self.offline, **self._scan_fields()}
 
 
 def pull_model(model: str, repo: str = DEFAULT_REPO, opset: int | None = None,

@@ -43,7 +43,7 @@ class LLM:
         model: a Hugging Face folder, an ONNX causal-LM file/folder, a TorchScript file or a
             GGUF file (dequantized once into a cached Hugging Face folder, run with torch);
             or ``hf://org/name[@rev][/file]``, from the Hugging Face cache (pulled first when
-            the cache lacks it, with a line on stderr).
+            the cache lacks it, with a warning on the ``keishiki`` logger).
         tokenizer: folder with ``tokenizer.json`` (default: the model's folder).
         backend: ``auto``, ``torch``, ``onnxruntime``, ``torchscript`` or ``vllm``.
         dtype: ``auto``/None, ``float32``, ``float16``, ``bfloat16`` (torch and vLLM).
