@@ -55,8 +55,8 @@ path, warm, repeat, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[
 if kind == "keishiki":
     import importlib
     import keishiki
-    scan_cache = importlib.import_module("keishiki.scan")._CACHE
-    shared = getattr(importlib.import_module("keishiki.scan.unpickler"), "_SHARED", [])
+    scan_cache = importlib.import_module("keishiki._scan")._CACHE
+    shared = getattr(importlib.import_module("keishiki._scan.unpickler"), "_SHARED", [])
     def op(p):  # every call pays for the safety verdict, as the first inspect of a file does
         scan_cache.clear()
         shared.clear()

@@ -9,7 +9,7 @@ tests use (2 layers, hidden 256) and a 12-layer hidden-768 one (12 heads, 4 KV h
   gguf-py's own q8_0 path (``gguf.quants.quantize(..., Q8_0)`` + ``GGUFWriter``, what
   ``convert_hf_to_gguf.py --outtype q8_0`` runs; llama.cpp's C converter is not installed
   here), so every row also reads as a ratio to it;
-* the quality of each file (:func:`keishiki.convert.quant_verify.gguf_quality`: logits max
+* the quality of each file (:func:`keishiki._convert.quant_verify.gguf_quality`: logits max
   and mean abs error, mean KL divergence, greedy agreement on the fixed prompts);
 * ONNX: the 12-layer model exported (fp32), quantized to int8 and int4 (block 32), each run
   by keishiki's onnxruntime backend: decode tokens/s = (n - 1) / (t(n) - t(1)), median of 3.
@@ -75,7 +75,7 @@ def run_snippet(code: str, work: Path, **values) -> tuple[float, int]:
 
 
 def gguf_rows(name: str, hf: Path, work: Path, types: list[str]) -> list[dict]:
-    from keishiki.convert.quant_verify import gguf_quality
+    from keishiki._convert.quant_verify import gguf_quality
 
     rows = []
     anchor = work / f"{name}-gguf-py-q8_0.gguf"

@@ -41,8 +41,8 @@ ROWS = ["hf-generate", "torch", "onnxruntime", "torchscript"]
 
 def build(root: Path, name: str) -> dict[str, Path]:
     """The HF folder and its ONNX / TorchScript (KV cache) exports, built once under root."""
-    from keishiki.convert.onnx_export import export_causal_lm
-    from keishiki.convert.torchscript_export import export_torchscript
+    from keishiki._convert.onnx_export import export_causal_lm
+    from keishiki._convert.torchscript_export import export_torchscript
     from keishiki.examples import build_tiny_llama
 
     hf, onnx_dir, ts_dir = root / name, root / f"{name}-onnx", root / f"{name}-ts"

@@ -38,7 +38,7 @@ from bench_runtimes import MODELS  # noqa: E402 - the same two model shapes
 
 def build(root: Path, name: str) -> Path:
     """The model's ONNX export folder (built once under ``root``)."""
-    from keishiki.convert.onnx_export import export_causal_lm
+    from keishiki._convert.onnx_export import export_causal_lm
     from keishiki.examples import build_tiny_llama
 
     hf, onnx_dir = root / name, root / f"{name}-onnx"

@@ -65,8 +65,8 @@ def write_llama_gguf_pair(root: Path, up_scale: float = 1.0) -> tuple[Path, Path
     import gguf
     from safetensors.numpy import save_file
 
-    from keishiki.convert.gguf_archs import ARCHS
-    from keishiki.convert.gguf_names import permute
+    from keishiki._convert.gguf_archs import ARCHS
+    from keishiki._convert.gguf_names import permute
 
     gguf_name = ARCHS["llama"].name_maps(1)[0]
 

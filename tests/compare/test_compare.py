@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keishiki
-from keishiki.compare.weights import apply_transform, value_diff
+from keishiki._compare.weights import apply_transform, value_diff
 from keishiki.errors import InvalidRequest
 from tests.conftest import corpus_path, run_cli
 
@@ -125,7 +125,7 @@ def test_value_diff_nan_inf_and_ints():
 
 def test_transforms_round_trip():
     w = np.arange(8 * 3).reshape(8, 3)
-    from keishiki.convert.gguf_names import permute
+    from keishiki._convert.gguf_names import permute
 
     assert np.array_equal(apply_transform(permute(w, 2), "llama-rope-unpermute", {"n_head": 2}), w)
     assert np.array_equal(apply_transform(w, "llama-rope-permute", {"n_head": 2}), permute(w, 2))
@@ -166,7 +166,7 @@ def test_cli_bad_input(tmp_path, seq_files):
 def test_outputs_hf_vs_onnx_export(tiny_llama, tmp_path_factory):
     """The tiny Llama against its ONNX export: weights identical, greedy tokens equal."""
     pytest.importorskip("onnxruntime")
-    from keishiki.convert.onnx_export import export_causal_lm
+    from keishiki._convert.onnx_export import export_causal_lm
 
     out = tmp_path_factory.mktemp("tl-onnx") / "onnx"
     export_causal_lm(tiny_llama, out)
@@ -244,7 +244,7 @@ def test_outputs_of_weights_only_files_is_a_one_line_error(seq_files):
 def test_outputs_hf_vs_torchscript_export(tiny_llama, tmp_path):
     """Names in a traced archive carry the wrapper's prefix (``lm.``) and its rotary
     buffers, which a state_dict lacks: still identical, and the same greedy tokens."""
-    from keishiki.convert import convert
+    from keishiki._convert import convert
 
     convert(tiny_llama, tmp_path / "ts", to="torchscript", verify=False, quiet=True)
     report = keishiki.compare(tiny_llama, tmp_path / "ts" / "model.pt", outputs=True,
@@ -284,7 +284,7 @@ def test_hf_vs_keishiki_gguf(tiny_llama, tmp_path, quant):
     """The tiny Llama converted by ``keishiki convert --to gguf``: names mapped back, Q/K
     permutation undone (or not, if the converter keeps HF order), Q8_0 within its rounding."""
     pytest.importorskip("gguf")
-    from keishiki.convert import convert
+    from keishiki._convert import convert
     from keishiki.errors import NoConversionPath
 
     out = tmp_path / f"tiny-{quant}.gguf"

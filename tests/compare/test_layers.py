@@ -58,18 +58,18 @@ def models(tiny_llama, tmp_path_factory):
         return _copy_with(tiny_llama, folder, _scaled)
 
     def onnx_of(hf: Path, key: str) -> Path:
-        from keishiki.convert.onnx_export import export_causal_lm
+        from keishiki._convert.onnx_export import export_causal_lm
 
         return export_once(key, lambda f: (export_causal_lm(hf, f), f)[1]) / "model.onnx"
 
     def torchscript_of(hf: Path, folder: Path) -> Path:
-        from keishiki.convert import convert
+        from keishiki._convert import convert
 
         convert(hf, folder, to="torchscript", verify=False, quiet=True)
         return folder
 
     def gguf_of(hf: Path, path: Path) -> Path:
-        from keishiki.convert import convert
+        from keishiki._convert import convert
 
         convert(hf, path, to="gguf", quant="f32", verify=False, quiet=True)
         return path
@@ -86,9 +86,9 @@ def models(tiny_llama, tmp_path_factory):
 
     def int4_of(onnx_file: Path, folder: Path) -> Path:
         try:  # keishiki's own int4 edge (MatMulNBits after folding the weights' Transposes)
-            from keishiki.convert.onnx_quant import quantize_file
+            from keishiki._convert.onnx_quant import quantize_file
         except ImportError:
-            pytest.skip("keishiki.convert.onnx_quant is not in this tree")
+            pytest.skip("keishiki._convert.onnx_quant is not in this tree")
         folder.mkdir()
         quantize_file(onnx_file, folder / "model.onnx", "int4")
         return folder / "model.onnx"
@@ -132,7 +132,7 @@ def gguf_cache(tmp_path_factory, monkeypatch):
     ("onnx-perturbed", "hf"),  # the perturbed model as the reference
 ])
 def test_perturbed_layer_is_the_first_divergence(models, gguf_cache, a, b):
-    from keishiki.compare import compare_layers
+    from keishiki._compare import compare_layers
 
     report = compare_layers(models(a), models(b))
     first = report.first_divergence
@@ -156,7 +156,7 @@ def test_perturbed_layer_is_the_first_divergence(models, gguf_cache, a, b):
     ("hf", "onnx-external", ("torch", "onnxruntime"), 32),
 ])
 def test_same_model_in_two_formats_is_within_tolerance(models, a, b, backends, n_rows):
-    from keishiki.compare import compare_layers
+    from keishiki._compare import compare_layers
 
     folder_b = sorted(p.name for p in models(b).parent.iterdir())
     report = compare_layers(models(a), models(b), prompt="Hello there, how are you?")
@@ -182,7 +182,7 @@ def test_same_model_in_two_formats_is_within_tolerance(models, a, b, backends, n
 @pytest.mark.parametrize("quantized, precision, rtol", [("onnx-int8", "8-bit", 0.1),
                                                        ("onnx-int4", "4-bit", 0.3)])
 def test_onnx_against_its_quantization_uses_its_tolerance(models, quantized, precision, rtol):
-    from keishiki.compare import compare_layers
+    from keishiki._compare import compare_layers
 
     report = compare_layers(models("onnx"), models(quantized))
     assert (report.a.precision, report.b.precision) == ("float32", precision)
@@ -210,7 +210,7 @@ def test_cli_table_and_json(models):
                              "--prompt", "a b c")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["schema"] == "keishiki.compare.layers/1"
+    assert doc["schema"] == "keishiki._compare.layers/1"
     assert doc["verdict"] == "within tolerance" and doc["first_divergence"] is None
     assert doc["prompt"] == "a b c" and doc["n_over_tolerance"] == 0
     assert all(row["max_abs_diff"] == 0 and row["cosine"] == pytest.approx(1.0)
@@ -263,7 +263,7 @@ def test_escaping_values_and_scope_names():
     """The scope analysis on a hand-made graph: a value read outside its module is that
     module's output (and its parents' when it leaves them too); a Cast of the module's
     own input is not."""
-    from keishiki.compare.intermediates import (escaping_values, hierarchy_parts,
+    from keishiki._compare.intermediates import (escaping_values, hierarchy_parts,
                                                 onnx_scope_chain, precision_of_dtypes)
 
     assert onnx_scope_chain("/lm/model/layers.0/mlp/down_proj/MatMul") == (
@@ -286,7 +286,7 @@ def test_escaping_values_and_scope_names():
 
 
 def test_diff_arrays_nan_and_zero():
-    from keishiki.compare.layers import diff_arrays
+    from keishiki._compare.layers import diff_arrays
 
     a = np.array([1.0, 2.0, np.nan], np.float32)
     assert diff_arrays(a, a.copy(), 0, 0) == (0.0, 0.0, pytest.approx(1.0), True)

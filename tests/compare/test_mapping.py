@@ -207,7 +207,7 @@ def test_llama_export_matmul_names_back_to_hf_names(tiny_llama, tmp_path):
     import warnings
 
     torch = pytest.importorskip("torch")
-    from keishiki.convert.onnx_export import load_causal_lm
+    from keishiki._convert.onnx_export import load_causal_lm
 
     class Logits(torch.nn.Module):
         def __init__(self, lm):

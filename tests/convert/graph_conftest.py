@@ -36,7 +36,7 @@ def export_once(key: str, make: Callable[[Path], Any]) -> Any:
 def onnx_export(tiny_llama: Path, opset: int = 17, exporter: str = "torchscript",
                 **kwargs) -> tuple[Path, dict]:
     """(folder, facts) of ``export_causal_lm`` on the tiny Llama, made once per settings."""
-    from keishiki.convert.onnx_export import export_causal_lm
+    from keishiki._convert.onnx_export import export_causal_lm
 
     key = f"onnx-{exporter}-{opset}-" + "-".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
     return export_once(key, lambda folder: (folder, export_causal_lm(
@@ -62,7 +62,7 @@ def torch_greedy_ids(model_dir: Path, steps: int = 20) -> tuple[list[int], list[
     import torch
     from transformers import AutoModelForCausalLM
 
-    from keishiki.convert.run_verify import seed_token_ids
+    from keishiki._convert.run_verify import seed_token_ids
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     prompt = seed_token_ids(model.config.vocab_size)
@@ -77,7 +77,7 @@ def ort_greedy_ids(model_path: Path, prompt: list[int], steps: int = 20) -> list
     """Free-running greedy decode in onnxruntime with the KV cache (empty past first)."""
     import numpy as np
 
-    from keishiki.convert.run_verify import onnx_lm_forced, onnx_lm_shape, ort_session
+    from keishiki._convert.run_verify import onnx_lm_forced, onnx_lm_shape, ort_session
 
     session = ort_session(model_path)
     tokens, _ = onnx_lm_forced(session, np.array([prompt], dtype=np.int64), None,

@@ -1,7 +1,7 @@
 """A line-by-line transcription of llama.cpp's reference k-quant functions (ggml-quants.c:
 make_qkx2_quants, make_qx_quants, make_q3_quants, quantize_row_q{2..6}_K_ref), one block at
 a time in float32 with sequential sums as the C loops do: slow, for checking that
-keishiki.convert.kquants (the same algorithm over all blocks at once) produces the same bytes.
+keishiki._convert.kquants (the same algorithm over all blocks at once) produces the same bytes.
 """
 
 from __future__ import annotations

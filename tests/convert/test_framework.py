@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import keishiki
-from keishiki.convert.base import Edge
-from keishiki.convert.paths import find_path
+from keishiki._convert.base import Edge
+from keishiki._convert.paths import find_path
 from keishiki.errors import InvalidRequest, Mismatch, MissingDependency, NoConversionPath
 from tests.conftest import corpus_path, run_cli
 
@@ -146,7 +146,7 @@ def test_not_enough_disk_space_is_refused(small_st, tmp_path, monkeypatch):
 
 
 def test_failed_verification_keeps_output_aside_or_removes_it(small_st, tmp_path, monkeypatch):
-    import keishiki.convert.weights as weights
+    import keishiki._convert.weights as weights
 
     monkeypatch.setattr(weights, "verify_safetensors", lambda *a, **k: {
         "method": "read-back", "passed": False, "reason": "w: differs (max abs diff 1)"})

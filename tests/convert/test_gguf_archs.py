@@ -316,7 +316,7 @@ def test_llama_cpp_tokenizes_like_the_hf_folder(arch, arch_ggufs, tiny_models):
     """The pre-tokenizer written (``qwen2`` for a qwen2 folder, whose transformers tokenizer is
     Qwen2Tokenizer; ``gpt-2`` for GPT-2's split) makes llama.cpp's ids equal transformers'."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from keishiki.convert.gguf_vocab import LOOSE_SAMPLES, STRICT_SAMPLES
+    from keishiki._convert.gguf_vocab import LOOSE_SAMPLES, STRICT_SAMPLES
 
     llm = llama_cpp.Llama(model_path=str(arch_ggufs[arch, "f32"]), vocab_only=True,
                           verbose=False)

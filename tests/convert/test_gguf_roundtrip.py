@@ -55,7 +55,7 @@ def _with_template(folder: Path, bos: str, split_regex: str | None = None) -> Pa
 
 @pytest.fixture(scope="module")
 def sources(tiny_llama, spm_weights, spm_bytes, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
-    from keishiki.convert.gguf_vocab import _LLAMA3_SPLIT
+    from keishiki._convert.gguf_vocab import _LLAMA3_SPLIT
 
     root = tmp_path_factory.mktemp("roundtrip")
     folders = {"byte-level": tiny_llama}

@@ -172,7 +172,7 @@ def test_sentencepiece_written_as_llama_with_real_scores(spm_ggufs, spm_folders)
 
 
 def test_gguf_tokenizer_encodes_like_the_hf_one(spm_ggufs, spm_folders, spm_bytes):
-    from keishiki.convert.gguf_vocab import load_gguf_tokenizer
+    from keishiki._convert.gguf_vocab import load_gguf_tokenizer
 
     hf = transformers.AutoTokenizer.from_pretrained(spm_folders["both"])
     sp = spm.SentencePieceProcessor(model_proto=spm_bytes)
@@ -249,7 +249,7 @@ def test_cli_converts_and_reports_the_tokenizer(spm_folders, tmp_path):
 
 def test_tokenizer_mismatch_fails_verification(spm_folders, tmp_path, monkeypatch):
     """The check can fail: scores that merge in the wrong order give exit 1 (Mismatch)."""
-    from keishiki.convert import gguf_vocab
+    from keishiki._convert import gguf_vocab
 
     real = gguf_vocab._llama_from_sentencepiece
 
@@ -296,8 +296,8 @@ def test_llama_cpp_llama2_vocab_test_vectors(tmp_path):
     """Llama-2's real vocabulary (32000 pieces, written by llama.cpp's converter): GGUF -> HF
     tokenizer.json -> GGUF again; every step encodes llama.cpp's 46 test texts (spaces,
     newlines, emoji, Cyrillic, CJK...) to exactly llama.cpp's ids."""
-    from keishiki.convert.gguf_edges import read_kv
-    from keishiki.convert.gguf_vocab import load_gguf_tokenizer, vocab_from_hf, write_hf_tokenizer
+    from keishiki._convert.gguf_edges import read_kv
+    from keishiki._convert.gguf_vocab import load_gguf_tokenizer, vocab_from_hf, write_hf_tokenizer
 
     path, texts, expected = _vocab_tests("llama-spm")
     kv = read_kv(gguf.GGUFReader(str(path)))
@@ -325,8 +325,8 @@ def test_llama_cpp_llama2_vocab_test_vectors(tmp_path):
 
 
 def test_llama_cpp_gpt2_vocab_test_vectors(tmp_path):
-    from keishiki.convert.gguf_edges import read_kv
-    from keishiki.convert.gguf_vocab import write_hf_tokenizer
+    from keishiki._convert.gguf_edges import read_kv
+    from keishiki._convert.gguf_vocab import write_hf_tokenizer
 
     path, texts, expected = _vocab_tests("gpt-2")
     write_hf_tokenizer(tmp_path, read_kv(gguf.GGUFReader(str(path))), path)
@@ -340,7 +340,7 @@ def llama3_style(tiny_llama, tmp_path_factory) -> Path:
     fallback, Llama-3's split regex (digits in groups of at most three)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from keishiki.convert.gguf_vocab import _LLAMA3_SPLIT
+    from keishiki._convert.gguf_vocab import _LLAMA3_SPLIT
 
     folder = tmp_path_factory.mktemp("llama3") / "llama3"
     shutil.copytree(tiny_llama, folder)
@@ -410,7 +410,7 @@ def test_gguf_written_next_to_another_tokenizer(spm_folders, tiny_llama, tmp_pat
 def test_vocab_edge_cases(spm_folders, tmp_path):
     """A broken tokenizer.model falls back to tokenizer.json; a tokenizer bigger than the
     embedding is cut with a warning; a pad id of -1 in config.json means none."""
-    from keishiki.convert.gguf_vocab import vocab_from_hf
+    from keishiki._convert.gguf_vocab import vocab_from_hf
 
     folder = tmp_path / "broken"
     shutil.copytree(spm_folders["both"], folder)
@@ -434,7 +434,7 @@ def test_space_prefix_follows_the_source_as_llama_cpp_writes_it(spm_ggufs, spm_w
     assumed llama.cpp's default would put "▁" before every text."""
     for kind in ("both", "json", "model"):
         assert _kv(spm_ggufs[kind][0])["tokenizer.ggml.add_space_prefix"] is True, kind
-    from keishiki.convert.gguf_vocab import _json_dummy_prefix, vocab_from_hf
+    from keishiki._convert.gguf_vocab import _json_dummy_prefix, vocab_from_hf
 
     folder = tmp_path / "no-prefix"
     folder.mkdir()

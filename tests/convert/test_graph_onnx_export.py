@@ -67,7 +67,7 @@ def test_ort_greedy_equals_transformers_generate(tiny_llama, greedy_reference, o
 
 
 def test_verify_reports_tiny_diffs_and_matching_tokens(tiny_llama):
-    from keishiki.convert.run_verify import verify_onnx_lm
+    from keishiki._convert.run_verify import verify_onnx_lm
 
     folder, _ = onnx_export(tiny_llama)
     report = verify_onnx_lm(tiny_llama, folder / "model.onnx")
@@ -80,7 +80,7 @@ def test_empty_past_and_padded_batch_match_pytorch(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from keishiki.convert.run_verify import ort_session
+    from keishiki._convert.run_verify import ort_session
 
     folder, _ = onnx_export(tiny_llama)
     session = ort_session(folder / "model.onnx")
@@ -119,7 +119,7 @@ def test_external_data_when_asked(tiny_llama):
     assert (folder / "model.onnx.data").stat().st_size > 400_000
     assert (folder / "model.onnx").stat().st_size < 300_000
     onnx.checker.check_model(str(folder / "model.onnx"))
-    from keishiki.convert.run_verify import verify_onnx_lm
+    from keishiki._convert.run_verify import verify_onnx_lm
 
     assert verify_onnx_lm(tiny_llama, folder / "model.onnx")["passed"]
 
@@ -129,7 +129,7 @@ def test_names_map_constant_folded_matmul_weights_back(tiny_llama, tiny_llama_st
     """The TorchScript exporter with constant folding writes onnx::MatMul_<N> (transposed)."""
     import torch
 
-    from keishiki.convert import names, onnx_export as oe
+    from keishiki._convert import names, onnx_export as oe
 
     model = oe.load_causal_lm(tiny_llama)
     shape = oe.model_shape(model.config)
@@ -150,7 +150,7 @@ def test_names_map_constant_folded_matmul_weights_back(tiny_llama, tiny_llama_st
 
 
 def test_float16_export_passes_with_the_float16_tolerance(tiny_llama):
-    from keishiki.convert.run_verify import verify_onnx_lm
+    from keishiki._convert.run_verify import verify_onnx_lm
 
     folder, facts = onnx_export(tiny_llama, dtype="float16")
     assert facts["dtype"] == "float16"
@@ -197,7 +197,7 @@ def test_refusals(tiny_llama, tmp_path):
 
 
 def test_above_the_size_threshold_goes_external(tiny_llama, tmp_path, monkeypatch):
-    from keishiki.convert import onnx_export as oe
+    from keishiki._convert import onnx_export as oe
 
     monkeypatch.setattr(oe, "TWO_GB", 1000)  # pretend the tiny model is above 2 GB
     facts = oe.export_causal_lm(tiny_llama, tmp_path / "big")
@@ -210,8 +210,8 @@ def test_generic_causal_lm_gpt2(tmp_path):
     import torch
     import transformers
 
-    from keishiki.convert.onnx_export import export_causal_lm
-    from keishiki.convert.run_verify import verify_onnx_lm
+    from keishiki._convert.onnx_export import export_causal_lm
+    from keishiki._convert.run_verify import verify_onnx_lm
 
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2,

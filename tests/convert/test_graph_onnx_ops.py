@@ -22,7 +22,7 @@ SILERO = "onnx/silero-vad-6.2.3/silero_vad_16k_op15.onnx"
 
 
 def _convert(src, out, **options):
-    from keishiki.convert import convert
+    from keishiki._convert import convert
 
     return convert(src, out, quiet=True, **options).to_dict()["steps"][0]
 
@@ -152,7 +152,7 @@ def test_onnx_to_safetensors_with_subgraph_constants(tmp_path):
 
 def test_onnx_to_pytorch_goes_through_safetensors(tmp_path):
     torch = pytest.importorskip("torch")
-    from keishiki.convert import convert
+    from keishiki._convert import convert
 
     report = convert(corpus_path(TINYNET), tmp_path / "w.bin", to="pytorch", quiet=True)
     assert report.path == ["onnx -> safetensors", "safetensors -> pytorch"]
@@ -176,10 +176,10 @@ def test_graph_edge_modules_import_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, json; import keishiki.convert.edges as e; e.edges_table(); "
-            "import keishiki.convert.graph_edges, keishiki.convert.names, "
-            "keishiki.convert.onnx_ops, keishiki.convert.onnx_export, "
-            "keishiki.convert.torchscript_export, keishiki.convert.run_verify; "
+    code = ("import sys, json; import keishiki._convert.edges as e; e.edges_table(); "
+            "import keishiki._convert.graph_edges, keishiki._convert.names, "
+            "keishiki._convert.onnx_ops, keishiki._convert.onnx_export, "
+            "keishiki._convert.torchscript_export, keishiki._convert.run_verify; "
             "print(json.dumps([m for m in ('torch', 'onnx', 'onnxruntime', 'transformers') "
             "if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

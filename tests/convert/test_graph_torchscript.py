@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 
 def _convert(src, out, **options):
-    from keishiki.convert import convert
+    from keishiki._convert import convert
 
     return convert(src, out, quiet=True, **options).to_dict()
 
@@ -64,7 +64,7 @@ def test_traced_folder_loads_and_matches_generate(tiny_llama, ts_folder):
 
 
 def test_archive_describes_its_interface(ts_folder, ts_kv_file):
-    from keishiki.convert.torchscript_export import read_meta
+    from keishiki._convert.torchscript_export import read_meta
 
     meta = read_meta(ts_folder[0] / "model.pt")
     assert meta["kind"] == "causal-lm" and meta["input_names"] == ["input_ids"]
@@ -153,7 +153,7 @@ def test_bad_example_input(module_pickle, tmp_path):
 
 
 def test_parse_example_input():
-    from keishiki.convert.torchscript_export import parse_example_input
+    from keishiki._convert.torchscript_export import parse_example_input
 
     assert parse_example_input("1x8:int64") == [((1, 8), "int64")]
     assert parse_example_input("1x3x4x4, 2:int32") == [((1, 3, 4, 4), "float32"), ((2,), "int32")]

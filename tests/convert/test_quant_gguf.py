@@ -37,7 +37,7 @@ def test_every_type_written_read_back_and_judged(llama256, tmp_path, quant):
     """gguf-py reads every tensor back (bytes and error bound); the run against the source
     reports its metrics and its verdict follows the type's tolerance row."""
     import keishiki
-    from keishiki.convert.quant_verify import tolerance
+    from keishiki._convert.quant_verify import tolerance
     from keishiki.errors import Mismatch
 
     out = tmp_path / f"m-{quant}.gguf"
@@ -127,7 +127,7 @@ def test_bad_quant_one_line_exit_2(llama256, tmp_path, args, message):
 
 
 def test_quality_metrics_values():
-    from keishiki.convert.quant_verify import judge, logit_metrics
+    from keishiki._convert.quant_verify import judge, logit_metrics
 
     ref = [np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))]
     got = [np.log(np.array([[0.25, 0.75], [0.9, 0.1]]))]
@@ -146,7 +146,7 @@ def test_quality_metrics_values():
 
 
 def test_a_confident_flip_fails_even_with_small_kl():
-    from keishiki.convert.quant_verify import judge, logit_metrics
+    from keishiki._convert.quant_verify import judge, logit_metrics
 
     ref = [np.array([[3.0, 0.0, 0.0]] * 9 + [[0.1, 0.0, 0.0]])]  # p(top) 0.87 at 9 positions
     got = [np.array([[3.0, 0.0, 0.0]] * 8 + [[0.0, 3.0, 0.0], [0.0, 0.1, 0.0]])]
@@ -169,7 +169,7 @@ def test_llama_cpp_runs_the_quantized_gguf(llama256, tmp_path, quant):
     at q8_0 and 54% at q2_K on this random model.)"""
     llama_cpp = pytest.importorskip("llama_cpp")
     import keishiki
-    from keishiki.convert.quant_verify import prompts
+    from keishiki._convert.quant_verify import prompts
 
     out = tmp_path / f"m-{quant}.gguf"
     keishiki.convert(llama256, out, to="gguf", quant=quant, quiet=True, verify=False)

@@ -7,7 +7,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from keishiki.convert import gguf_quant, kquants  # noqa: E402
+from keishiki._convert import gguf_quant, kquants  # noqa: E402
 
 from .quant_reference import REFERENCE  # noqa: E402
 

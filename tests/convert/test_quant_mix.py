@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keishiki.convert import gguf_quant as gq
+from keishiki._convert import gguf_quant as gq
 
 N_LAYER = 32  # Llama-3-8B's shapes: 32 heads, 8 KV heads (n_gqa 4), ffn 14336, vocab 128256
 MORE_BITS = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]  # use_more_bits(i, 32)

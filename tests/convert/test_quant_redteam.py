@@ -91,8 +91,8 @@ def test_gguf_quant_on_odd_widths_writes_verifies_and_runs(odd_models, tmp_path,
 
 def test_every_quant_value_gives_a_type_whose_block_divides_the_rows():
     """Every --quant (any case) on the odd widths: a type the row length fits, or F16."""
-    from keishiki.convert import gguf_quant as q
-    from keishiki.convert.base import GGUF_QUANTS
+    from keishiki._convert import gguf_quant as q
+    from keishiki._convert.base import GGUF_QUANTS
 
     names = ["token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_v.weight",
              "blk.0.ffn_down.weight", "blk.0.attn_norm.weight", "output.weight"]

@@ -67,7 +67,7 @@ def test_code_reading_is_linear_in_hostile_nesting(code):
     """Deep parentheses and long blank runs: one pass each (the first attempt took minutes).
     Python-level work is counted (about 11.5 calls a character, linear); a quadratic regex
     runs in one call, so the timeout catches that (~6 minutes for these 400 000 blanks)."""
-    from keishiki.scan.torchscript import code_findings
+    from keishiki._scan.torchscript import code_findings
 
     with count_calls() as work:
         found = code_findings("code/__torch__.py", code)

@@ -341,7 +341,7 @@ def test_never_writes_over_the_input(weights, tmp_path):
 
 
 def test_failed_verification_keeps_the_splits_together(weights, tmp_path, monkeypatch):
-    from keishiki.convert import gguf_edges
+    from keishiki._convert import gguf_edges
 
     real = gguf_edges.verify_gguf
 
@@ -375,7 +375,7 @@ def test_bad_split_options_are_refused(weights, tmp_path, argv, message):
     ("2G", 2 * 10**9), ("500M", 5 * 10**8), ("9K", 9000), ("2GB", 2 * 10**9),
     ("2GiB", 2**31), ("1024", 1024), (4096, 4096)])
 def test_split_sizes_read_like_gguf_split(text, size):
-    from keishiki.convert.gguf_split import parse_split_size
+    from keishiki._convert.gguf_split import parse_split_size
 
     assert parse_split_size(text) == size
 

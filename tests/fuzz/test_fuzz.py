@@ -142,8 +142,8 @@ def test_mutated_corpus_files(tmp_path_factory, source, data):
 @SETTINGS
 @given(st.binary(max_size=512))
 def test_scan_of_mutated_malicious_pickle_never_crashes(tail):
-    from keishiki.scan.findings import FileReport
-    from keishiki.scan.pickles import Where, scan_blob
+    from keishiki._scan.findings import FileReport
+    from keishiki._scan.pickles import Where, scan_blob
 
     evil = b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x04true\x85R"
     report = FileReport("x")

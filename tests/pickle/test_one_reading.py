@@ -19,11 +19,11 @@ import keishiki
 from keishiki.core.pickle_reader import read_pickle
 from keishiki.formats import _torch_pickle as tp
 from keishiki.formats import pytorch
-from keishiki.scan import oplex
-from keishiki.scan import unpickler
+from keishiki._scan import oplex
+from keishiki._scan import unpickler
 
 torch = pytest.importorskip("torch")
-scan_pkg = importlib.import_module("keishiki.scan")
+scan_pkg = importlib.import_module("keishiki._scan")
 
 
 def _objects() -> dict:

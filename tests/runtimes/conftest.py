@@ -15,7 +15,7 @@ PROMPTS = ["初めまして、こんにちは", "Hello, world! keishiki reads", 
 def tiny_onnx(tiny_llama, tmp_path_factory) -> Path:
     """``keishiki.convert`` ONNX export of the tiny Llama (folder: model.onnx + tokenizer)."""
     pytest.importorskip("onnx")
-    from keishiki.convert.onnx_export import export_causal_lm
+    from keishiki._convert.onnx_export import export_causal_lm
 
     out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
     with warnings.catch_warnings():
@@ -25,7 +25,7 @@ def tiny_onnx(tiny_llama, tmp_path_factory) -> Path:
 
 
 def _torchscript(tiny_llama, tmp_path_factory, method: str) -> Path:
-    from keishiki.convert.torchscript_export import export_torchscript
+    from keishiki._convert.torchscript_export import export_torchscript
 
     out = tmp_path_factory.mktemp("ts") / f"tiny-{method}"
     with warnings.catch_warnings():

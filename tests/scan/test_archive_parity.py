@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import keishiki
-from keishiki.scan import archives, miniz, torch_archive
+from keishiki._scan import archives, miniz, torch_archive
 
 torch = pytest.importorskip("torch")
 

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 import keishiki
-from keishiki.scan import keras as keras_scan
-from keishiki.scan import npy
+from keishiki._scan import keras as keras_scan
+from keishiki._scan import npy
 
 
 class _Touch:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import keishiki
-from keishiki.scan.opt_in import file_findings, folder_findings, gguf_findings, template_findings
+from keishiki._scan.opt_in import file_findings, folder_findings, gguf_findings, template_findings
 from tests.conftest import run_cli
 
 pytest.importorskip("jinja2")

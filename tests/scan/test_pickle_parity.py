@@ -478,9 +478,9 @@ def test_opcode_soup_never_escapes_and_leaves_copyreg_clean():
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from keishiki.scan.findings import FileReport
-    from keishiki.scan.oplex import OPCODE_BYTES
-    from keishiki.scan.pickles import Where, scan_blob
+    from keishiki._scan.findings import FileReport
+    from keishiki._scan.oplex import OPCODE_BYTES
+    from keishiki._scan.pickles import Where, scan_blob
 
     alphabet = sorted(OPCODE_BYTES) + [0, 1, 2, 10, 255]
     copyreg.add_extension("collections", "OrderedDict", 0x7C)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import keishiki
-from keishiki.scan.allowlist import classify
+from keishiki._scan.allowlist import classify
 from tests.conftest import CORPUS, FACTS, corpus_path, run_cli
 
 # one table of the corpus, with each sample's kind: tests/security/test_no_marker.py
@@ -116,7 +116,7 @@ def test_torchscript_lists_code_and_is_not_dangerous(tmp_path):
 
 
 def test_torchscript_custom_op_and_file_op_are_named():
-    from keishiki.scan.torchscript import code_findings
+    from keishiki._scan.torchscript import code_findings
 
     found = code_findings("code/x.py", "y = ops.my_ext.secret(x)\nz = torch.from_file('/etc/x')")
     assert ("unknown", "torch.ops.my_ext.secret") in [(s, g) for s, g, _ in found]
@@ -234,10 +234,15 @@ def test_info_shows_the_verdict(malicious_samples):
     assert "posix.system" in info.safety["dangerous"]
 
 
-def test_scan_is_callable_after_the_package_import():
-    import keishiki.scan as scan_pkg
+@pytest.mark.parametrize("name", ["scan", "convert", "compare"])
+def test_public_names_are_plain_functions_after_the_package_import(name):
+    import importlib
+    import inspect as pyinspect
 
-    assert callable(keishiki.scan) and callable(scan_pkg)
+    importlib.import_module(f"keishiki._{name}.findings" if name == "scan" else f"keishiki._{name}")
+    function = getattr(keishiki, name)
+    assert pyinspect.isfunction(function) and function.__name__ == name
+    assert function.__doc__ and "package" not in function.__doc__.splitlines()[0].lower()
 
 
 # ---- the real corpus -----------------------------------------------------------------------

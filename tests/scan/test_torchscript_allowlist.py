@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import keishiki
-from keishiki.scan import torchscript as ts
+from keishiki._scan import torchscript as ts
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore")  # torch.jit deprecation, tracer notes

@@ -55,7 +55,7 @@ def compare(
 
         raise InvalidRequest(f"--show {show}: choose diff or all")
     if layers:
-        from ..compare import compare_layers
+        from .._compare import compare_layers
         from ..errors import InvalidRequest
 
         if outputs:
@@ -69,7 +69,7 @@ def compare(
         else:
             render_layers(layer_report)
         return layer_report.exit_code
-    from ..compare import compare as run_compare
+    from .._compare import compare as run_compare
 
     atol, rtol = atol or 0.0, rtol or 0.0
     report = run_compare(a, b, atol=atol, rtol=rtol, by_value=not no_values,

@@ -73,7 +73,7 @@ def convert(
 def convert_and_report(src: Path, out: Path, to: str, options: dict, json_out: bool) -> int:
     """Run one conversion (options that are None left out) and print its report, as JSON or
     the human view; 1 when verification fails (the report still printed), else 0."""
-    from ..convert import convert as run_convert
+    from .._convert import convert as run_convert
     from ..errors import Mismatch
 
     options = {k: v for k, v in options.items() if v is not None}

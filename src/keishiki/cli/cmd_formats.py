@@ -11,7 +11,7 @@ def formats(json_out: bool = JSON_OPTION) -> int:
     """List every format (readable, writable) and every conversion edge with the extra it needs."""
     from rich.markup import escape
 
-    from ..convert.edges import edges_table, formats_table
+    from .._convert.edges import edges_table, formats_table
 
     fmts, edges = formats_table(), edges_table()
     if json_out:

@@ -41,7 +41,7 @@ def quantize(
     if src.exists():
         # say what quantize takes rather than let convert's path search wander through a
         # GGUF of a bare tensor file and fail on a step the user never asked for
-        from ..convert import source_format
+        from .._convert import source_format
 
         kind = source_format(src)
         if kind not in ("onnx", "hf-model"):

@@ -32,7 +32,7 @@ def scan(
     allowlist of what legitimate checkpoints reference; --allow-unknown exits 0 for those),
     2 could not scan (damaged or unrecognised file, and nothing unsafe seen before the damage).
     """
-    from ..scan import scan as run_scan
+    from .._scan import scan as run_scan
 
     report = run_scan(*(p if p.startswith("hf://") else Path(p) for p in paths))
     code = report.exit_code(allow_unknown=allow_unknown)

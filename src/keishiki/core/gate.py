@@ -27,7 +27,7 @@ from ..errors import UnsafeFile
 from .source import MAX_JSON_BYTES
 
 if TYPE_CHECKING:
-    from ..scan.findings import ScanReport
+    from .._scan.findings import ScanReport
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _HF_REPO = re.compile(r"^(models|datasets|spaces)--.+")
@@ -164,7 +164,7 @@ def check_tree(path: Path, recursive: bool = True) -> None:
 
 def verdict(path: Path) -> "ScanReport":
     """The scan report of ``path`` (cached by path, size and mtime within the process)."""
-    from ..scan import cached_scan
+    from .._scan import cached_scan
 
     return cached_scan(path)
 

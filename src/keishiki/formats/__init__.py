@@ -216,11 +216,11 @@ def _add_verdict(exc: CorruptFile | UnknownFormat, src: Source, match: Match | N
     """A file a reader rejects (or no sniffer recognises) may still be a working exploit for
     a laxer loader (torch ignores a bad CRC, a truncated pickle runs up to the break, a zip
     with a pickle inside is still unzipped): name what scan finds."""
-    from ..scan import CODE_BEARING
+    from .._scan import CODE_BEARING
 
     if (match is not None and match.format not in CODE_BEARING) or src.is_dir:
         return
-    from ..scan import scan
+    from .._scan import scan
 
     try:
         report = scan(src.path)
@@ -235,7 +235,7 @@ def _add_verdict(exc: CorruptFile | UnknownFormat, src: Source, match: Match | N
 
 def _safety(src: Source, info: ModelInfo) -> dict | None:
     """The scan verdict for formats that can carry code (pickles, TorchScript, Keras, ONNX
-    external data); None for pure-data formats.  Owned by :mod:`keishiki.scan`."""
-    from ..scan import summary_for
+    external data); None for pure-data formats.  Owned by :mod:`keishiki._scan`."""
+    from .._scan import summary_for
 
     return summary_for(src, info)

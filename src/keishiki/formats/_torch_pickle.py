@@ -217,7 +217,7 @@ class _Unusual(Exception):
 def read_torch_pickle(data: bytes | memoryview, start: int = 0, *, path: str = "<pickle>",
                       max_ops: int = 10_000_000, torch_names: bool = True) -> PickleRecord:
     """One torch pickle stream as :func:`keishiki.core.pickle_reader.read_pickle` records
-    it, read by the scanner's inert C unpickler (:func:`keishiki.scan.unpickler.read_stream`).
+    it, read by the scanner's inert C unpickler (:func:`keishiki._scan.unpickler.read_stream`).
 
     Why: ``inspect`` and ``convert`` both need the tensors *and* the safety verdict of the
     same stream.  The scan's reading (CPython's own unpickler with stand-ins, behind the
@@ -231,7 +231,7 @@ def read_torch_pickle(data: bytes | memoryview, start: int = 0, *, path: str = "
     ``data.pkl`` and a legacy file's pickles after the magic number) for the reading to be
     shared; either way the result is the same.
     """
-    from ..scan.unpickler import read_stream  # noqa: PLC0415 - keeps scan out of import
+    from .._scan.unpickler import read_stream  # noqa: PLC0415 - keeps scan out of import
 
     view = data if isinstance(data, memoryview) else memoryview(data)
     deadline = time.monotonic() + READ_SECONDS
@@ -247,7 +247,7 @@ def read_torch_pickle(data: bytes | memoryview, start: int = 0, *, path: str = "
 
 def _from_stream(rec: Any) -> PickleRecord:
     """The VM's record (GlobalRef, Call, PersistentId) of a clean C reading."""
-    from ..scan.unpickler import Result, Stub  # noqa: PLC0415
+    from .._scan.unpickler import Result, Stub  # noqa: PLC0415
 
     globals_ = []
     for g in rec.globals:

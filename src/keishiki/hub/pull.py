@@ -19,7 +19,7 @@ from . import _hf
 from .select import literal_pattern, skipped_for_safetensors
 
 if TYPE_CHECKING:
-    from ..scan.findings import ScanReport
+    from .._scan.findings import ScanReport
 
 
 class ScannedReport:
@@ -55,7 +55,7 @@ class PullReport(ScannedReport):
             ``prefer_safetensors``), with ``nbytes`` their total size.
         skipped: pickled weights left on the Hub by ``prefer_safetensors``.
         offline: answered from the cache (``HF_HUB_OFFLINE``), nothing downloaded.
-        scan: the :class:`~keishiki.scan.ScanReport` of ``folder``.
+        scan: the :class:`~keishiki._scan.ScanReport` of ``folder``.
     """
 
     repo_id: str
@@ -154,7 +154,7 @@ def pull(repo_id: str, revision: str | None = None, include: Sequence[str] | Non
     if not files:
         raise InvalidRequest(f"{spec.label}: no file of the repository matches "
                              f"{_patterns(include, exclude)}: nothing was pulled")
-    from ..scan import scan
+    from .._scan import scan
 
     return PullReport(spec.repo_id, spec.revision, commit, folder, files, nbytes, skipped,
                       offline=_hf.offline(), warnings=warnings, scan=scan(folder))

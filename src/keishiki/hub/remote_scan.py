@@ -3,7 +3,7 @@ downloading its weights.
 
 Every file a loader might unpickle or run is copied into a *sparse local temporary copy*
 (a temp file of the remote size with only the fetched ranges written) and judged by the
-same :func:`keishiki.scan.scanner.scan_file` a local file gets:
+same :func:`keishiki._scan.scanner.scan_file` a local file gets:
 
 - a zip (torch ``*.bin``/``*.pt``/``*.pth``/``*.ckpt``, TorchScript): the end record and
   the central directory (read from the end of the file), then of every member its local
@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CorruptFile, HubError, KeishikiError
-from ..scan.findings import FileReport, Finding, ScanReport
+from .._scan.findings import FileReport, Finding, ScanReport
 from . import _hf
 from .ranged import MAX_JSON_BYTES, RangedRepo, Traffic
 
@@ -105,7 +105,7 @@ def scan_remote(path: str) -> ScanReport:
     """Scan ``hf://org/name[@rev][/file]`` with range requests (nothing enters the cache).
 
     Returns:
-        A :class:`~keishiki.scan.ScanReport` like a local scan's, with paths
+        A :class:`~keishiki._scan.ScanReport` like a local scan's, with paths
         ``hf://org/name@<commit12>/file`` and ``report.remote`` (the cost of the look).
 
     Raises:
@@ -167,8 +167,8 @@ def _relabel(fr: FileReport, local: str, remote: str) -> None:
 
 def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
     """One file's report (None: a file no loader unpickles or runs, not listed)."""
-    from ..scan import opt_in
-    from ..scan.scanner import scan_file
+    from .._scan import opt_in
+    from .._scan.scanner import scan_file
 
     lower = name.lower()
     local = root / name
@@ -197,7 +197,7 @@ def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
             fr = FileReport(str(local), kind=lower.rsplit(".", 1)[-1])
             fr.findings.extend(opt_in.file_findings(local))
             if lower.endswith(".index.json"):
-                from ..scan.scanner import _check_shard_index
+                from .._scan.scanner import _check_shard_index
                 _check_shard_index(local, fr)
             return fr if fr.findings or fr.errors else None
         if lower.endswith((".onnx", ".h5", ".hdf5")):
@@ -262,8 +262,8 @@ def _loadable(head: bytes) -> bool:
     """Whether a file's first bytes are what the local scan reads whatever the name (its
     ``content`` sniff): a pickle, a NumPy array, a tar (torch's legacy format) or a
     joblib-compressed stream."""
-    from ..scan import archives, compressed
-    from ..scan.pickles import looks_like_pickle
+    from .._scan import archives, compressed
+    from .._scan.pickles import looks_like_pickle
 
     return (looks_like_pickle(head) or head[:6] == b"\x93NUMPY"
             or archives.looks_like_tar(head) or bool(compressed.joblib_compression(head)))
@@ -302,7 +302,7 @@ def _central_directory(sp: _Sparse, window: int) -> list[tuple[int, int]] | None
 
 
 def _fetch_zip(sp: _Sparse, directory: list[tuple[int, int]]) -> None:
-    from ..scan import archives, torch_archive
+    from .._scan import archives, torch_archive
 
     sp.fetch(directory)
     with open(sp.path, "rb") as fh:

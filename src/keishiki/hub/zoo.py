@@ -40,7 +40,7 @@ from .pull import ScannedReport
 from .zoo_manifest import MANIFEST, ModelInfo
 
 if TYPE_CHECKING:
-    from ..scan.findings import ScanReport
+    from .._scan.findings import ScanReport
 
 DEFAULT_REPO = "onnxmodelzoo/legacy_models"
 ZOO_PREFIX = "onnx-zoo:"
@@ -133,7 +133,7 @@ class ZooPull(ScannedReport):
         path: the ``.onnx`` file in the Hugging Face cache (``snapshots/<commit>/...``).
         sha256, nbytes: the file's checksum (equal to the manifest's) and size.
         offline: answered from the cache (``HF_HUB_OFFLINE``).
-        scan: the :class:`~keishiki.scan.ScanReport` of ``path`` (None when not scanned).
+        scan: the :class:`~keishiki._scan.ScanReport` of ``path`` (None when not scanned).
     """
 
     repo_id: str
@@ -170,7 +170,7 @@ def pull_model(model: str, repo: str = DEFAULT_REPO, opset: int | None = None,
     path, sha = _fetch_checked(found, info, "model_path", "model_sha", force_reload, silent)
     report = None
     if scan:
-        from ..scan import scan as run_scan
+        from .._scan import scan as run_scan
 
         report = run_scan(path)
     return ZooPull(found.spec.repo_id, found.spec.revision, found.commit, info, path, sha,

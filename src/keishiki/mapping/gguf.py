@@ -108,7 +108,7 @@ def _converter_arch(arch: str | None):
     """keishiki's converter description of ``arch`` (names, norm offsets), None if it has
     none or the converter's table cannot be built here (no gguf package)."""
     try:
-        from ..convert.gguf_archs import ARCHS
+        from .._convert.gguf_archs import ARCHS
 
         written = ARCHS.get(arch or "")
         if written is not None:

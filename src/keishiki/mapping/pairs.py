@@ -98,8 +98,8 @@ def _pair_folds(bn_side: ModelInfo, other: ModelInfo, bn_left: dict, other_left:
 
 def _declared_transposed(info: ModelInfo) -> set[str]:
     """Initializers an ONNX file declares as stored transposed (metadata key written by
-    :func:`keishiki.convert.names.rename_initializers`)."""
-    from ..convert.names import TRANSPOSED_KEY
+    :func:`keishiki._convert.names.rename_initializers`)."""
+    from .._convert.names import TRANSPOSED_KEY
 
     raw = (info.metadata or {}).get(TRANSPOSED_KEY)
     try:

@@ -109,11 +109,11 @@ def converted(model_dir: Path, backend: str, cache_dir: Path | None = None) -> P
     if (target / ".done").exists():
         return target
     if backend == "onnxruntime":
-        from ..convert.onnx_export import export_causal_lm
+        from .._convert.onnx_export import export_causal_lm
 
         export_causal_lm(model_dir, target)
     else:
-        from ..convert.torchscript_export import export_torchscript
+        from .._convert.torchscript_export import export_torchscript
 
         export_torchscript(model_dir, target, method="trace-kv")
     (target / ".done").write_text("ok")

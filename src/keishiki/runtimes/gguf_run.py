@@ -39,7 +39,7 @@ def hf_folder_for(gguf_path: Path, cache_dir: Path | None = None) -> Path:
         KeishikiError: the conversion's own refusals (an architecture it cannot map, a GGUF
             without a vocabulary or lacking required metadata, a corrupt file).
     """
-    from ..convert import convert
+    from .._convert import convert
 
     stamp = hashlib.sha256()
     # every file of a split set: a changed second split must not find the old conversion

@@ -137,7 +137,7 @@ class TorchScriptBackend(LoopBackend):
 def _keishiki_meta(ts_file: Path) -> dict:
     """The ``keishiki.json`` facts keishiki's TorchScript exporter stores ({} otherwise)."""
     try:
-        from ..convert.torchscript_export import read_meta
+        from .._convert.torchscript_export import read_meta
     except ImportError:
         return {}
     return read_meta(ts_file)

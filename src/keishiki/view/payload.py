@@ -15,7 +15,7 @@ from ..errors import InvalidRequest
 from . import netron
 from .stats import unavailable_reason
 
-LAYERS_SCHEMA = "keishiki.compare.layers/"
+LAYERS_SCHEMA = "keishiki._compare.layers/"
 
 
 def model_payload(info: ModelInfo) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def compare_payload(a: ModelInfo, b: ModelInfo, *, atol: float = 0.0, rtol: floa
     False and ``values_note`` says why.  ``layers`` is a ``compare --layers --json``
     document shown as the layer-by-layer table (None: not given).
     """
-    from ..compare import compare
+    from .._compare import compare
     from ..mapping import map_names
 
     missing = [(side, r) for side, m in (("A", a), ("B", b))

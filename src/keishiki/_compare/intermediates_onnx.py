@@ -5,7 +5,7 @@ file is read without its external data, outputs are appended, and the session is
 the serialized bytes with ONNX Runtime's ``session.model_external_initializers_file_folder_
 path`` pointing at the model's folder, so external weights are read where they lie and
 nothing is written.  Only the values leaving a module scope are fetched (see
-:func:`keishiki.compare.intermediates.escaping_values`).
+:func:`keishiki._compare.intermediates.escaping_values`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The conversion graph: every format keishiki knows and every edge between them.
 
 Weight-carrying edges (this list) stream tensors and are verified by reading the result
-back; graph edges (:mod:`keishiki.convert.graph_edges`) capture or rewrite a computation and
+back; graph edges (:mod:`keishiki._convert.graph_edges`) capture or rewrite a computation and
 are verified by running both.  Nothing heavy is imported here: an edge names its function
 as a string and is imported only when it runs.
 """
@@ -41,9 +41,9 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "flax": (),  # keishiki reads msgpack itself (formats/flax_msgpack.py)
 }
 
-_W = "keishiki.convert.weights"
-_H = "keishiki.convert.hf_weights"
-_G = "keishiki.convert.gguf_edges"
+_W = "keishiki._convert.weights"
+_H = "keishiki._convert.hf_weights"
+_G = "keishiki._convert.gguf_edges"
 
 WEIGHT_EDGES: list[Edge] = [
     Edge("pytorch", "safetensors", f"{_W}:to_safetensors", ("safetensors",),
@@ -86,7 +86,7 @@ from .graph_edges import GRAPH_EDGES  # noqa: E402  (after WEIGHT_EDGES: it impo
 
 # --to onnx --quant int8|int4 (and `keishiki quantize`) ends the path with this edge; listed
 # last so path finding never picks it for a plain onnx -> onnx rewrite
-ONNX_QUANT_EDGE = Edge("onnx", "onnx", "keishiki.convert.onnx_quant:quantize_edge", ("onnx",),
+ONNX_QUANT_EDGE = Edge("onnx", "onnx", "keishiki._convert.onnx_quant:quantize_edge", ("onnx",),
                        lossless=False,
                        description="--quant int8 (quantize_dynamic) / int4 (MatMulNBits, "
                                    "--block-size) with onnxruntime's quantizers; run against "

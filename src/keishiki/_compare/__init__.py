@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .._callable import make_package_callable
 from ..core.model import ModelInfo
 from ..errors import InvalidRequest
 from ..mapping import NameMap, load_array, map_names
@@ -34,7 +33,7 @@ class CompareReport:
             constants and computed buffers), ``within tolerance`` (every pair within
             atol/rtol, dtype changes allowed), or ``different`` (see ``reasons``).
         mapping: the :class:`~keishiki.mapping.NameMap` used.
-        tensors: one :class:`~keishiki.compare.weights.TensorDiff` per pair, in A's order.
+        tensors: one :class:`~keishiki._compare.weights.TensorDiff` per pair, in A's order.
         outputs: the run-both result when outputs were compared, else None.
         config_diff: differing config.json keys when both sides have one (informational).
     """
@@ -143,7 +142,7 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
         allow_unmatched: tensors present on one side only do not make the verdict
             ``different`` (ONNX graph constants such as shapes never do).
         outputs: also run both as causal LMs with greedy decoding and compare logits and
-            tokens (see :mod:`keishiki.compare.outputs`).
+            tokens (see :mod:`keishiki._compare.outputs`).
         prompt, max_tokens: the prompt (default ``"The quick brown fox"``) and greedy steps.
         logits_atol: absolute logit tolerance for ``outputs`` (default: by weight dtype,
             1e-4 for float32).
@@ -220,13 +219,10 @@ def _compare_folded(model_a: ModelInfo, model_b: ModelInfo, pair, atol: float,
 
 def compare_layers(a: str | os.PathLike, b: str | os.PathLike, **kwargs):
     """Run ``a`` and ``b`` on one prompt with every intermediate exposed and find the first
-    module whose output differs (see :func:`keishiki.compare.layers.compare_layers`)."""
+    module whose output differs (see :func:`keishiki._compare.layers.compare_layers`)."""
     from .layers import compare_layers as run
 
     return run(a, b, **kwargs)
 
 
 __all__ = ["CompareReport", "TensorDiff", "compare", "compare_layers"]
-
-
-make_package_callable(__name__, compare)

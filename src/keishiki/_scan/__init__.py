@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._callable import make_package_callable
 from .findings import FileReport, Finding, ScanReport
 
 # formats whose files can carry code or pickles (keishiki info shows their verdict)
@@ -108,8 +107,5 @@ def summary_for(src: Any, info: Any) -> dict | None:
     if errors:
         out["errors"] = errors[:5]
     return out
-
-
-make_package_callable(__name__, scan)
 
 __all__ = ["scan", "summary_for", "ScanReport", "FileReport", "Finding", "CODE_BEARING"]

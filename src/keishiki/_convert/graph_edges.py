@@ -21,7 +21,7 @@ from ..core.atomic import final_name
 from ..errors import InvalidRequest
 from .base import ConvertOptions, Edge, StepReport, Timer
 
-_M = "keishiki.convert.graph_edges"
+_M = "keishiki._convert.graph_edges"
 
 GRAPH_EDGES: list[Edge] = [
     Edge("hf-model", "onnx", f"{_M}:hf_to_onnx", ("torch", "hf", "onnx"), lossless=False,

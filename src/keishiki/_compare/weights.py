@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..convert.gguf_names import permute as llama_permute
-from ..convert.gguf_names import unpermute as llama_unpermute
+from .._convert.gguf_names import permute as llama_permute
+from .._convert.gguf_names import unpermute as llama_unpermute
 from ..mapping import TensorPair
 
 CHUNK = 1 << 20  # elements per float64 chunk (8 MB; a few temporaries of this size)
@@ -192,7 +192,7 @@ def _quantization_tolerance(diff: TensorDiff, a: np.ndarray, b: np.ndarray) -> N
     no tolerance was asked for: within tolerance when its relative RMS error is within the
     type's bound, the one the converter's read-back uses (:data:`WEIGHT_REL_RMSE`): a q8_0
     GGUF is never bit-equal to its source."""
-    from ..convert.gguf_quant import WEIGHT_REL_RMSE, weight_error
+    from .._convert.gguf_quant import WEIGHT_REL_RMSE, weight_error
 
     qtype = next((str(d).upper() for d in (diff.pair.b_dtype, diff.pair.a_dtype)
                   if str(d).upper() in WEIGHT_REL_RMSE), None)

@@ -31,7 +31,7 @@ _SI = {"K": "KB", "M": "MB", "G": "GB", "T": "TB"}
 
 def parse_split_size(text: str | int) -> int:
     """``"2G"`` → 2_000_000_000 (gguf-split's ``N(M|G)``, powers of 1000), and whatever
-    :func:`keishiki.convert.parse_size` reads (``"500MB"``, ``"2GiB"``, ``1024``).
+    :func:`keishiki._convert.parse_size` reads (``"500MB"``, ``"2GiB"``, ``1024``).
 
     Raises:
         InvalidRequest: not a positive size.

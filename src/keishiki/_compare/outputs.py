@@ -15,7 +15,7 @@ Passed: tokens equal and ``max_abs_diff <= atol + rtol * max|logits_A|`` where a
 to the converter's run-both tolerance for the weights' dtype (1e-4 for float32).  When one
 side is quantized (a GGUF k-quant or q8_0, an int8/int4 ONNX) and no atol is given, the
 verdict is the quantized conversion's instead (``quantized``: KL divergence and greedy
-agreement within the type's tolerance, :mod:`keishiki.convert.quant_verify`).
+agreement within the type's tolerance, :mod:`keishiki._convert.quant_verify`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ DEFAULT_PROMPT = "The quick brown fox"
 
 def _default_atol(dtype: str | None) -> float:
     try:
-        from ..convert.run_verify import default_atol
+        from .._convert.run_verify import default_atol
     except ImportError:  # converter not installed in this tree
         return 1e-4
     return default_atol(dtype)
@@ -156,12 +156,12 @@ def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
 def _quantized_judgement(a: ModelInfo, b: ModelInfo, steps_a, steps_b) -> dict | None:
     """When one side holds quantized weights (a k-quant GGUF, an int8/int4 ONNX) and no
     atol was given: the teacher-forced logits judged as the converter judges a quantized
-    conversion (:mod:`keishiki.convert.quant_verify`: KL divergence and greedy agreement
+    conversion (:mod:`keishiki._convert.quant_verify`: KL divergence and greedy agreement
     within the type's tolerance), since tokens and logits are not expected to be equal."""
     if steps_a is None or steps_b is None:
         return None
     try:
-        from ..convert.quant_verify import judge, logit_metrics, quant_kind
+        from .._convert.quant_verify import judge, logit_metrics, quant_kind
     except ImportError:  # converter not installed in this tree
         return None
     kind = quant_kind(b) or quant_kind(a)

@@ -512,7 +512,7 @@ def _check_shard_index(path: Path, rep: FileReport) -> None:
 
 
 def scan_paths(paths) -> ScanReport:
-    """Scan files and folders; see :func:`keishiki.scan.scan`."""
+    """Scan files and folders; see :func:`keishiki._scan.scan`."""
     report = ScanReport()
     for p in paths:
         path = Path(p)

@@ -3,7 +3,7 @@
 An *edge* is one conversion between two format ids (``pytorch -> safetensors``).  It is a
 plain function ``fn(src: Path, out: Path, opts: ConvertOptions) -> StepReport`` named in an
 :class:`Edge` by its import path, so listing the graph (``keishiki formats``) imports nothing
-heavy.  The framework (:func:`keishiki.convert.convert`) gives the function a *temporary*
+heavy.  The framework (:func:`keishiki._convert.convert`) gives the function a *temporary*
 ``out`` beside the final output:
 
 * when the output is a folder (an ``hf-model``, or an ONNX/TorchScript folder that carries the
@@ -134,7 +134,7 @@ class Edge:
 
     Attributes:
         src, dst: format ids.
-        run: ``"keishiki.convert.<module>:<function>"``, imported only when the edge runs.
+        run: ``"keishiki._convert.<module>:<function>"``, imported only when the edge runs.
         extras: pip extras the edge needs (``("torch", "onnx")``).
         lossless: False when the edge can lose information (quantization, graph capture).
         description: one line for ``keishiki formats``.

@@ -6,7 +6,7 @@ output differs beyond tolerance.
 (None, 0)
 
 1. Both sides run once on A's tokenization of the prompt, every intermediate exposed
-   (:mod:`keishiki.compare.intermediates`: hooks for PyTorch, every node output marked for
+   (:mod:`keishiki._compare.intermediates`: hooks for PyTorch, every node output marked for
    ONNX, the inlined graph for TorchScript).
 2. Modules are paired by path as tensors are (:func:`keishiki.mapping.names.prefix_pairs`:
    the same path, or equal once a wrapper's prefix such as the exporters' ``lm.`` is
@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import InvalidRequest
 from .intermediates import Capture, Probe
 
-SCHEMA = "keishiki.compare.layers/1"
+SCHEMA = "keishiki._compare.layers/1"
 
 # default rtol (relative to max|A| of each intermediate) by the precision a side computes
 # in: float runtimes differ by rounding; weights quantized to N bits by ~2^-N per layer,

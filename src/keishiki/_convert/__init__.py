@@ -19,7 +19,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .._callable import make_package_callable
 from ..core.atomic import (atomic_output, check_free_space, check_output, output_lock,
                            replace_refusal, steps_folder)
 from ..core.gate import admit, check_tree, problem, verdict
@@ -105,7 +104,7 @@ def _admit_source(src: Path, src_format: str, first: Edge,
     own readers, which run nothing, and the report says so (``source_scan``; the CLI prints
     it in one line): that is how the weights of a hostile pickle are taken out safely.
     """
-    from ..scan import CODE_BEARING
+    from .._scan import CODE_BEARING
 
     if first.loads_source or src_format in CODE_BEARING:
         admit(src, trust=opts.trust, purpose=_purpose(first), unread_blocks=first.loads_source)
@@ -344,7 +343,3 @@ def _why(step: StepReport) -> str:
             return str(v[key])
     bits = [f"{k}={v[k]}" for k in ("max_abs_diff", "n_mismatched", "tokens_match") if k in v]
     return ", ".join(bits) or "outputs differ"
-
-
-
-make_package_callable(__name__, convert)
