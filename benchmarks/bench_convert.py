@@ -33,10 +33,18 @@ import time
 from pathlib import Path
 
 CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
-    "intermediate_size": 5504, "num_hidden_layers": 8, "num_attention_heads": 16,
-    "num_key_value_heads": 16, "vocab_size": 32000, "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "dtype": "float32",
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "intermediate_size": 5504,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "dtype": "float32",
 }
 
 BUILD = r"""
@@ -94,8 +102,12 @@ def run_snippet(code: str, src: Path, out: Path, work: Path) -> tuple[float, int
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
-    proc = subprocess.run([sys.executable, "-c", WRAP, str(src), str(out), str(snippet)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAP, str(src), str(out), str(snippet)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
     _, seconds, rss = line.split()
     return float(seconds), int(rss)
@@ -121,8 +133,15 @@ def run_cp_fsync(src: Path, out: Path) -> tuple[float, int]:
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
-        os.execvp("sh", ["sh", "-c", f"cp '{src / 'pytorch_model.bin'}' '{out / 'copy.bin'}' "
-                         f"&& sync -d '{out / 'copy.bin'}'"])
+        os.execvp(
+            "sh",
+            [
+                "sh",
+                "-c",
+                f"cp '{src / 'pytorch_model.bin'}' '{out / 'copy.bin'}' "
+                f"&& sync -d '{out / 'copy.bin'}'",
+            ],
+        )
     _, status, usage = os.wait4(pid, 0)
     return time.perf_counter() - start, usage.ru_maxrss * 1024
 
@@ -156,21 +175,34 @@ def main() -> None:
         cp_time = statistics.median(cp_times)
         rows.append({"what": "cp", "seconds": cp_time, "peak_rss": max(cp_rss)})
         sync_times, sync_rss = zip(*[run_cp_fsync(src, work / "out") for _ in range(args.repeat)])
-        rows.append({"what": "cp + fsync", "seconds": statistics.median(sync_times),
-                     "peak_rss": max(sync_rss)})
+        rows.append(
+            {
+                "what": "cp + fsync",
+                "seconds": statistics.median(sync_times),
+                "peak_rss": max(sync_rss),
+            }
+        )
         for name, code in RUNS.items():
             results = [run_snippet(code, src, work / "out", work) for _ in range(args.repeat)]
-            rows.append({"what": name, "seconds": statistics.median(r[0] for r in results),
-                         "peak_rss": max(r[1] for r in results)})
+            rows.append(
+                {
+                    "what": name,
+                    "seconds": statistics.median(r[0] for r in results),
+                    "peak_rss": max(r[1] for r in results),
+                }
+            )
         print(f"\n{platform.node()} python {platform.python_version()}, repeat {args.repeat}\n")
         print("| what | time | speed vs cp | peak RSS | RSS - largest tensor |")
         print("|---|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['what']} | {r['seconds']:.2f} s | {cp_time / r['seconds']:.2f}x | "
-                  f"{r['peak_rss'] / 2**20:.0f} MiB | {(r['peak_rss'] - largest) / 2**20:.0f} MiB |")
+            print(
+                f"| {r['what']} | {r['seconds']:.2f} s | {cp_time / r['seconds']:.2f}x | "
+                f"{r['peak_rss'] / 2**20:.0f} MiB | {(r['peak_rss'] - largest) / 2**20:.0f} MiB |"
+            )
         if args.json_out:
-            args.json_out.write_text(json.dumps({"size": size, "largest": largest, "rows": rows},
-                                                indent=2))
+            args.json_out.write_text(
+                json.dumps({"size": size, "largest": largest, "rows": rows}, indent=2)
+            )
     finally:
         if not args.keep and not args.out:
             shutil.rmtree(work, ignore_errors=True)

@@ -36,10 +36,20 @@ def _repository(shard_mib: int) -> dict[str, bytes]:
 
     names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
     for i in range(32):
-        names += [f"model.layers.{i}.{n}.weight" for n in (
-            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm",
-            "post_attention_layernorm")]
+        names += [
+            f"model.layers.{i}.{n}.weight"
+            for n in (
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+                "input_layernorm",
+                "post_attention_layernorm",
+            )
+        ]
     per = shard_mib * 1024 * 1024 // 2 // (len(names) // 4 + 1)  # fp16 elements per tensor
     files: dict[str, bytes] = {}
     weight_map = {}
@@ -49,13 +59,21 @@ def _repository(shard_mib: int) -> dict[str, bytes]:
         files[shard] = save({n: np.zeros(per, dtype=np.float16) for n in part})
         weight_map.update({n: shard for n in part})
     files["model.safetensors.index.json"] = json.dumps(
-        {"metadata": {"total_size": sum(map(len, files.values()))},
-         "weight_map": weight_map}).encode()
-    files["config.json"] = json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-        "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 32, "vocab_size": 32000,
-        "max_position_embeddings": 4096}).encode()
+        {"metadata": {"total_size": sum(map(len, files.values()))}, "weight_map": weight_map}
+    ).encode()
+    files["config.json"] = json.dumps(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "vocab_size": 32000,
+            "max_position_embeddings": 4096,
+        }
+    ).encode()
     files["tokenizer_config.json"] = b'{"tokenizer_class": "LlamaTokenizer"}'
     return files
 
@@ -64,7 +82,9 @@ def _point_at(hub, cache: Path) -> None:
     from huggingface_hub import HfFileSystem, constants
 
     constants.ENDPOINT = hub.endpoint
-    constants.HUGGINGFACE_CO_URL_TEMPLATE = hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    constants.HUGGINGFACE_CO_URL_TEMPLATE = (
+        hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     constants.HF_HUB_CACHE = str(cache)
     constants.HF_HUB_OFFLINE = False
     constants.HF_HUB_DISABLE_TELEMETRY = True
@@ -104,31 +124,44 @@ def main() -> int:
             times: dict[str, list[float]] = {"keishiki": [], "hf": []}
             sent: dict[str, int] = {}
             for _ in range(args.rounds):
-                for tool, fn in (("keishiki", lambda: keishiki.inspect(f"hf://{repo_id}")),
-                                 ("hf", lambda: api.get_safetensors_metadata(repo_id))):
+                for tool, fn in (
+                    ("keishiki", lambda: keishiki.inspect(f"hf://{repo_id}")),
+                    ("hf", lambda: api.get_safetensors_metadata(repo_id)),
+                ):
                     hub.reset()
                     times[tool].append(_timed(fn))
                     sent[tool] = hub.bytes_sent
             info = keishiki.inspect(f"hf://{repo_id}")
             k, h = statistics.median(times["keishiki"]), statistics.median(times["hf"])
             share = sent["keishiki"] / weights
-            print(f"remote info of {len(files) - 3} shards, {info.n_tensors} tensors, "
-                  f"{weights / 2**20:.0f} MiB of weights:")
-            print(f"  keishiki inspect(hf://)          {k * 1000:7.1f} ms  "
-                  f"{sent['keishiki']:>9,} bytes sent ({share:.3%} of the weights), "
-                  f"{info.details['remote']['requests']} requests")
-            print(f"  huggingface_hub metadata         {h * 1000:7.1f} ms  "
-                  f"{sent['hf']:>9,} bytes sent")
-            print(f"  ratio keishiki / huggingface_hub {k / h:7.2f}x   (target <= 2x; "
-                  f"bytes target <= 1%)")
+            print(
+                f"remote info of {len(files) - 3} shards, {info.n_tensors} tensors, "
+                f"{weights / 2**20:.0f} MiB of weights:"
+            )
+            print(
+                f"  keishiki inspect(hf://)          {k * 1000:7.1f} ms  "
+                f"{sent['keishiki']:>9,} bytes sent ({share:.3%} of the weights), "
+                f"{info.details['remote']['requests']} requests"
+            )
+            print(
+                f"  huggingface_hub metadata         {h * 1000:7.1f} ms  "
+                f"{sent['hf']:>9,} bytes sent"
+            )
+            print(
+                f"  ratio keishiki / huggingface_hub {k / h:7.2f}x   (target <= 2x; "
+                f"bytes target <= 1%)"
+            )
             ok &= k / h <= 2 and share <= 0.01
 
             pulls: dict[str, list[float]] = {"keishiki": [], "hf": []}
             for r in range(args.rounds):
                 for tool in ("keishiki", "hf"):
                     _point_at(hub, Path(tmp) / f"pull-{tool}-{r}")
-                    fn = (lambda: keishiki.pull(repo_id, quiet=True)) if tool == "keishiki" \
+                    fn = (
+                        (lambda: keishiki.pull(repo_id, quiet=True))
+                        if tool == "keishiki"
                         else (lambda: huggingface_hub.snapshot_download(repo_id))
+                    )
                     pulls[tool].append(_timed(fn))
             k, h = statistics.median(pulls["keishiki"]), statistics.median(pulls["hf"])
             print(f"pull of {sum(map(len, files.values())) / 2**20:.0f} MiB into a fresh cache:")
@@ -138,8 +171,10 @@ def main() -> int:
             ok &= k / h <= 1.10
     finally:
         hub.stop()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}, huggingface_hub {huggingface_hub.__version__}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
+        f"{platform.python_version()}, huggingface_hub {huggingface_hub.__version__}"
+    )
     return 0 if ok else 1
 
 

@@ -48,8 +48,13 @@ FILES = {
     "gguf": "model.gguf",
     "onnx-external": "onnx_external",  # a folder: model.onnx + model.onnx.data
 }
-READER_MODULE = {"safetensors": "safetensors", "pytorch-zip": "pytorch",
-                 "pytorch-legacy": "pytorch", "gguf": "gguf", "onnx-external": "onnx"}
+READER_MODULE = {
+    "safetensors": "safetensors",
+    "pytorch-zip": "pytorch",
+    "pytorch-legacy": "pytorch",
+    "gguf": "gguf",
+    "onnx-external": "onnx",
+}
 
 # child program: prints {"op_s", "n", "hwm_kb"}; argv = path, warm-up path or ""
 # The warm-up call on a one-tensor file of the same format pays the one-time costs (lazy
@@ -71,31 +76,48 @@ op_s = time.perf_counter() - t
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
 print(json.dumps({{"op_s": op_s, "n": n, "hwm_kb": hwm}}))
 """
-KEISHIKI = ("import keishiki, keishiki.formats",
-            "info = keishiki.inspect(P); n = info.n_tensors")
+KEISHIKI = ("import keishiki, keishiki.formats", "info = keishiki.inspect(P); n = info.n_tensors")
 BASELINES = {
     "safetensors": [
-        ("safetensors.safe_open (lazy)", "from safetensors import safe_open",
-         "f = safe_open(P, framework='pt'); n = len([f.get_slice(k).get_shape() for k in f.keys()])"),
-        ("safetensors.torch.load_file", "from safetensors.torch import load_file",
-         "n = len(load_file(P))"),
+        (
+            "safetensors.safe_open (lazy)",
+            "from safetensors import safe_open",
+            "f = safe_open(P, framework='pt'); n = len([f.get_slice(k).get_shape() for k in f.keys()])",
+        ),
+        (
+            "safetensors.torch.load_file",
+            "from safetensors.torch import load_file",
+            "n = len(load_file(P))",
+        ),
     ],
-    "pytorch-zip": [("torch.load(mmap=True, weights_only=True)", "import torch",
-                     "n = len(torch.load(P, mmap=True, weights_only=True))")],
-    "pytorch-legacy": [("torch.load(weights_only=True)", "import torch",
-                        "n = len(torch.load(P, weights_only=True))")],
-    "gguf": [("gguf.GGUFReader", "from gguf import GGUFReader",
-              "n = len(GGUFReader(P).tensors)")],
+    "pytorch-zip": [
+        (
+            "torch.load(mmap=True, weights_only=True)",
+            "import torch",
+            "n = len(torch.load(P, mmap=True, weights_only=True))",
+        )
+    ],
+    "pytorch-legacy": [
+        (
+            "torch.load(weights_only=True)",
+            "import torch",
+            "n = len(torch.load(P, weights_only=True))",
+        )
+    ],
+    "gguf": [("gguf.GGUFReader", "from gguf import GGUFReader", "n = len(GGUFReader(P).tensors)")],
     "onnx-external": [
-        ("onnx.load", "import onnx",
-         "n = len(onnx.load(P + '/model.onnx').graph.initializer)"),
-        ("onnx.load(load_external_data=False)", "import onnx",
-         "n = len(onnx.load(P + '/model.onnx', load_external_data=False).graph.initializer)"),
+        ("onnx.load", "import onnx", "n = len(onnx.load(P + '/model.onnx').graph.initializer)"),
+        (
+            "onnx.load(load_external_data=False)",
+            "import onnx",
+            "n = len(onnx.load(P + '/model.onnx', load_external_data=False).graph.initializer)",
+        ),
     ],
 }
 
 
 # ---- building the checkpoints -------------------------------------------------------------------
+
 
 def _names(n: int) -> list[str]:
     return [f"layers.{i}.weight" for i in range(n)]
@@ -105,8 +127,10 @@ def build_safetensors(path: Path, base: np.ndarray, n: int) -> None:
     from keishiki.core.tensor import LazyTensor, TensorInfo
     from keishiki.formats import safetensors as st
 
-    lazies = [LazyTensor(TensorInfo(k, "float32", base.shape, base.nbytes), lambda: base)
-              for k in _names(n)]
+    lazies = [
+        LazyTensor(TensorInfo(k, "float32", base.shape, base.nbytes), lambda: base)
+        for k in _names(n)
+    ]
     with open(path, "wb") as fh:
         st.write(fh, lazies)
 
@@ -146,16 +170,22 @@ def build_onnx_external(folder: Path, base: np.ndarray, n: int) -> None:
             fh.write(base.tobytes())
             t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[rows, cols])
             t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", "model.onnx.data"), ("offset", str(offset)),
-                               ("length", str(base.nbytes))):
+            for key, value in (
+                ("location", "model.onnx.data"),
+                ("offset", str(offset)),
+                ("length", str(base.nbytes)),
+            ):
                 t.external_data.add(key=key, value=value)
             inits.append(t)
             nodes.append(helper.make_node("MatMul", ["x", name], [f"y{i}"]))
-            outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT,
-                                                         ["batch", cols]))
+            outputs.append(
+                helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["batch", cols])
+            )
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows])
-    model = helper.make_model(helper.make_graph(nodes, "bench", [x], outputs, inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "bench", [x], outputs, inits),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     onnx.save(model, str(folder / "model.onnx"))
 
 
@@ -166,8 +196,9 @@ def build_all(out: Path, formats: list[str], n: int, shape: tuple[int, int]) -> 
     _build(out, formats, n, shape)
 
 
-def _build(out: Path, formats: list[str], n: int, shape: tuple[int, int],
-           quiet: bool = False) -> None:
+def _build(
+    out: Path, formats: list[str], n: int, shape: tuple[int, int], quiet: bool = False
+) -> None:
     base = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     builders = {
         "safetensors": lambda p: build_safetensors(p, base, n),
@@ -183,8 +214,11 @@ def _build(out: Path, formats: list[str], n: int, shape: tuple[int, int],
         start = time.perf_counter()
         builders[fmt](path)
         if not quiet:
-            print(f"built {fmt:15s} {_size(path) / 2**30:.2f} GiB in "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"built {fmt:15s} {_size(path) / 2**30:.2f} GiB in "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
 
 
 def _size(path: Path) -> int:
@@ -200,7 +234,7 @@ COLD = False  # --cold: evict the checkpoint from the page cache before every ru
 
 def evict(path: Path) -> None:
     """Drop ``path``'s pages from the page cache (posix_fadvise: no root, nothing else)."""
-    for p in (path.iterdir() if path.is_dir() else [path]):
+    for p in path.iterdir() if path.is_dir() else [path]:
         fd = os.open(p, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -215,8 +249,9 @@ def run_child(setup: str, op: str, path: Path, warm: Path | None) -> dict:
         evict(path)
     code = _CHILD.format(setup=setup, op="    " + op)
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(warm or "")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(warm or "")], capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
@@ -241,8 +276,9 @@ def run_cli(path: Path) -> dict:
     )
     if COLD:
         evict(path)
-    out = subprocess.run([sys.executable, "-c", wrapper, str(path)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, str(path)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -250,10 +286,12 @@ def measure(setup: str, op: str, path: Path, warm: Path, repeat: int) -> dict:
     """Median warm op time, median wall time of a fresh process, largest peak RSS."""
     warm_runs = [run_child(setup, op, path, warm) for _ in range(repeat)]
     fresh_runs = [run_child(setup, op, path, None) for _ in range(repeat)]
-    return {"op_s": statistics.median(r["op_s"] for r in warm_runs),
-            "wall_s": statistics.median(r["wall_s"] for r in fresh_runs),
-            "rss_mb": max(r["hwm_kb"] for r in fresh_runs + warm_runs) / 1024,
-            "n": warm_runs[0]["n"]}
+    return {
+        "op_s": statistics.median(r["op_s"] for r in warm_runs),
+        "wall_s": statistics.median(r["wall_s"] for r in fresh_runs),
+        "rss_mb": max(r["hwm_kb"] for r in fresh_runs + warm_runs) / 1024,
+        "n": warm_runs[0]["n"],
+    }
 
 
 def bench(out: Path, formats: list[str], repeat: int, n: int) -> list[dict]:
@@ -266,8 +304,10 @@ def bench(out: Path, formats: list[str], repeat: int, n: int) -> list[dict]:
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             print(f"{fmt:14s} keishiki failed: {exc}", flush=True)
             continue
-        cli = {"wall_s": statistics.median(r["wall_s"] for r in cli_runs),
-               "rss_mb": max(r["hwm_kb"] for r in cli_runs) / 1024}
+        cli = {
+            "wall_s": statistics.median(r["wall_s"] for r in cli_runs),
+            "rss_mb": max(r["hwm_kb"] for r in cli_runs) / 1024,
+        }
         assert mine["n"] == cli_runs[0]["n"] == n, (fmt, mine, cli_runs)
         for label, setup, op in BASELINES[fmt]:
             try:
@@ -275,22 +315,33 @@ def bench(out: Path, formats: list[str], repeat: int, n: int) -> list[dict]:
             except RuntimeError as exc:
                 nan = float("nan")
                 theirs = {"op_s": nan, "wall_s": nan, "rss_mb": nan, "error": str(exc)}
-            rows.append({"format": fmt, "baseline": label, "size_gib": _size(path) / 2**30,
-                         "keishiki_op_s": mine["op_s"], "keishiki_wall_s": mine["wall_s"],
-                         "keishiki_rss_mb": mine["rss_mb"],
-                         "cli_wall_s": cli["wall_s"], "cli_rss_mb": cli["rss_mb"],
-                         "baseline_op_s": theirs["op_s"], "baseline_wall_s": theirs["wall_s"],
-                         "baseline_rss_mb": theirs["rss_mb"],
-                         "op_speedup": theirs["op_s"] / mine["op_s"],
-                         "wall_speedup": theirs["wall_s"] / cli["wall_s"],
-                         "error": theirs.get("error")})
+            rows.append(
+                {
+                    "format": fmt,
+                    "baseline": label,
+                    "size_gib": _size(path) / 2**30,
+                    "keishiki_op_s": mine["op_s"],
+                    "keishiki_wall_s": mine["wall_s"],
+                    "keishiki_rss_mb": mine["rss_mb"],
+                    "cli_wall_s": cli["wall_s"],
+                    "cli_rss_mb": cli["rss_mb"],
+                    "baseline_op_s": theirs["op_s"],
+                    "baseline_wall_s": theirs["wall_s"],
+                    "baseline_rss_mb": theirs["rss_mb"],
+                    "op_speedup": theirs["op_s"] / mine["op_s"],
+                    "wall_speedup": theirs["wall_s"] / cli["wall_s"],
+                    "error": theirs.get("error"),
+                }
+            )
             print(_row(rows[-1]), flush=True)
     return rows
 
 
-HEADER = (f"{'format':14s} {'baseline':40s} | {'op: keishiki':>12s} {'baseline':>10s} "
-          f"{'ratio':>7s} | {'process: CLI':>12s} {'baseline':>9s} {'ratio':>6s} | "
-          f"{'peak RSS MB: lib':>16s} {'CLI':>5s} {'baseline':>8s}")
+HEADER = (
+    f"{'format':14s} {'baseline':40s} | {'op: keishiki':>12s} {'baseline':>10s} "
+    f"{'ratio':>7s} | {'process: CLI':>12s} {'baseline':>9s} {'ratio':>6s} | "
+    f"{'peak RSS MB: lib':>16s} {'CLI':>5s} {'baseline':>8s}"
+)
 
 
 def _ratio(x: float) -> str:
@@ -298,12 +349,14 @@ def _ratio(x: float) -> str:
 
 
 def _row(r: dict) -> str:
-    return (f"{r['format']:14s} {r['baseline']:40s} | {r['keishiki_op_s'] * 1000:10.2f}ms "
-            f"{r['baseline_op_s'] * 1000:8.2f}ms {_ratio(r['op_speedup']):>7s} | "
-            f"{r['cli_wall_s']:11.2f}s {r['baseline_wall_s']:8.2f}s "
-            f"{_ratio(r['wall_speedup']):>6s} | "
-            f"{r['keishiki_rss_mb']:16.0f} {r['cli_rss_mb']:5.0f} {r['baseline_rss_mb']:8.0f}"
-            + (f"  ({r['error']})" if r.get("error") else ""))
+    return (
+        f"{r['format']:14s} {r['baseline']:40s} | {r['keishiki_op_s'] * 1000:10.2f}ms "
+        f"{r['baseline_op_s'] * 1000:8.2f}ms {_ratio(r['op_speedup']):>7s} | "
+        f"{r['cli_wall_s']:11.2f}s {r['baseline_wall_s']:8.2f}s "
+        f"{_ratio(r['wall_speedup']):>6s} | "
+        f"{r['keishiki_rss_mb']:16.0f} {r['cli_rss_mb']:5.0f} {r['baseline_rss_mb']:8.0f}"
+        + (f"  ({r['error']})" if r.get("error") else "")
+    )
 
 
 def available_formats(wanted: list[str]) -> list[str]:
@@ -337,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensors", type=int, default=24)
     parser.add_argument("--shape", default="4096x5120", help="ROWSxCOLS of each tensor")
     parser.add_argument("--formats", default=",".join(FILES))
-    parser.add_argument("--cold", action="store_true",
-                        help="evict the checkpoint from the page cache before every run")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict the checkpoint from the page cache before every run",
+    )
     parser.add_argument("--json-out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     global COLD
@@ -353,9 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         build_all(out, formats, args.tensors, shape)
-        print(f"\n{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"{time.strftime('%Y-%m-%d', time.gmtime())}, repeat {args.repeat}, "
-              f"{'cold' if COLD else 'warm'} page cache\n{HEADER}")
+        print(
+            f"\n{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}, repeat {args.repeat}, "
+            f"{'cold' if COLD else 'warm'} page cache\n{HEADER}"
+        )
         rows = bench(out, formats, args.repeat, args.tensors)
         if args.json_out:
             args.json_out.write_text(json.dumps(rows, indent=1))

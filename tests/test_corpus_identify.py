@@ -68,11 +68,13 @@ def test_info_json_never_fails(rel):
     from keishiki.core.model import is_parameter
 
     assert data["n_parameters"] == sum(
-        __import__("math").prod(t.shape) for t in inspect(path).tensors if is_parameter(t))
+        __import__("math").prod(t.shape) for t in inspect(path).tensors if is_parameter(t)
+    )
 
 
-@pytest.mark.parametrize("rel", [k for k in CASES if "tensor_count" in FACTS[k]
-                                 and FACTS[k]["format"] not in ("gguf",)])
+@pytest.mark.parametrize(
+    "rel", [k for k in CASES if "tensor_count" in FACTS[k] and FACTS[k]["format"] not in ("gguf",)]
+)
 def test_tensor_count(rel):
     assert inspect(corpus_path(rel)).n_tensors == FACTS[rel]["tensor_count"]
 
@@ -107,7 +109,9 @@ def test_rejected_file_still_names_its_danger(tmp_path):
 
     path = tmp_path / "trunc.pt"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02R")
+        zf.writestr(
+            "archive/data.pkl", b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02R"
+        )
         zf.writestr("archive/version", "3\n")
     code, _, err = run_cli("info", path)
     assert code == 2 and "truncated" in err and "DANGEROUS (os.system)" in err
@@ -147,7 +151,9 @@ def test_optimum_style_folder_is_its_merged_decoder(tmp_path):
     folder.mkdir()
     for name in ("decoder_model.onnx", "decoder_model_merged.onnx"):
         (folder / name).write_bytes(src.read_bytes())
-    (folder / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
+    (folder / "config.json").write_text(
+        '{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}'
+    )
     match = identify(folder)
     assert (match.format, match.member) == ("onnx", "decoder_model_merged.onnx")
     assert inspect(folder).graph["n_nodes"] == 4

@@ -68,13 +68,14 @@ def _not_run(word: str) -> str:
 
 # ---- reading the docs ------------------------------------------------------------------------
 
+
 @dataclass
 class Block:
-    file: str          # relative to the repository
-    line: int          # 1-based line of the opening fence
+    file: str  # relative to the repository
+    line: int  # 1-based line of the opening fence
     lang: str
     lines: list[str]
-    skip: str | None = None   # reason from a <!-- docs-test: skip (...) --> marker
+    skip: str | None = None  # reason from a <!-- docs-test: skip (...) --> marker
 
     @property
     def id(self) -> str:
@@ -96,16 +97,17 @@ def extract_blocks(path: Path) -> list[Block]:
             continue
         fence, lang = m["fence"], (m["info"].split() or [""])[0].lower()
         j = i + 1
-        while j < len(lines) and not (lines[j].strip().startswith(fence[0] * len(fence))
-                                      and not lines[j].strip().strip(fence[0])):
+        while j < len(lines) and not (
+            lines[j].strip().startswith(fence[0] * len(fence))
+            and not lines[j].strip().strip(fence[0])
+        ):
             j += 1
         prev = next((lines[k] for k in range(i - 1, -1, -1) if lines[k].strip()), "")
         marker = SKIP_MARK.search(prev)
         indent = len(m["indent"])
-        body = [ln[indent:] if ln[:indent].isspace() else ln for ln in lines[i + 1:j]]
+        body = [ln[indent:] if ln[:indent].isspace() else ln for ln in lines[i + 1 : j]]
         name = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-        blocks.append(Block(name, i + 1, lang, body,
-                            marker["reason"] if marker else None))
+        blocks.append(Block(name, i + 1, lang, body, marker["reason"] if marker else None))
         i = j + 1
     return blocks
 
@@ -115,14 +117,14 @@ BLOCKS = [b for f in DOC_FILES for b in extract_blocks(f)]
 
 @dataclass
 class Command:
-    line: int                    # line in the markdown file
-    text: str                    # after the "$ " prompt, continuation lines joined
+    line: int  # line in the markdown file
+    text: str  # after the "$ " prompt, continuation lines joined
     argv: list[str]
     output: list[str] = field(default_factory=list)
-    expect: int | None = None    # exit code the docs imply (None: not run)
-    not_run: str | None = None   # why the line is not run
+    expect: int | None = None  # exit code the docs imply (None: not run)
+    not_run: str | None = None  # why the line is not run
     env: dict[str, str] = field(default_factory=dict)  # VAR=value before the command
-    rest: str = ""               # what follows a pipe or && (not run)
+    rest: str = ""  # what follows a pipe or && (not run)
 
 
 def parse_shell(block: Block) -> list[Command]:
@@ -167,8 +169,9 @@ def parse_shell(block: Block) -> list[Command]:
         if not argv or argv[0] != "keishiki":
             cmd.not_run = _not_run(argv[0] if argv else "")
             continue
-        if "--backend=vllm" in argv or any(a == "--backend" and b == "vllm"
-                                           for a, b in zip(argv, argv[1:])):
+        if "--backend=vllm" in argv or any(
+            a == "--backend" and b == "vllm" for a, b in zip(argv, argv[1:])
+        ):
             cmd.not_run = "--backend vllm needs a CUDA GPU and vLLM"
             continue
         if cmd.expect is None and n + 1 < len(commands) and commands[n + 1].argv == ["echo", "$?"]:
@@ -178,8 +181,9 @@ def parse_shell(block: Block) -> list[Command]:
             m = re.search(r"\bexit (?:code )?(\d+)\b", _comment(cmd.text))
             if m:
                 cmd.expect = int(m[1])
-            elif any(re.search(r"verdict: (dangerous|unknown|different)\b", ln)
-                     for ln in cmd.output):
+            elif any(
+                re.search(r"verdict: (dangerous|unknown|different)\b", ln) for ln in cmd.output
+            ):
                 cmd.expect = 1
             else:
                 cmd.expect = 0
@@ -195,7 +199,7 @@ def _comment(text: str) -> str:
         elif ch in "'\"":
             quote = ch
         elif ch == "#" and (i == 0 or text[i - 1].isspace()):
-            return text[i + 1:]
+            return text[i + 1 :]
     return ""
 
 
@@ -226,13 +230,17 @@ def kind_of(block: Block) -> tuple[str, str | None]:
     if block.lang in SHELL:
         if block.lang:
             words = sorted({ln.split()[0] for ln in block.lines if ln.strip()})
-            return "none", ("no `$ keishiki` command to run (" + ", ".join(
-                f"`{w}`: {_not_run(w)}" for w in words) + ")")
+            return "none", (
+                "no `$ keishiki` command to run ("
+                + ", ".join(f"`{w}`: {_not_run(w)}" for w in words)
+                + ")"
+            )
         return "none", "not code: a listing or usage synopsis without a `$ ` prompt"
     return "none", f"a `{block.lang}` block is not run"
 
 
 # ---- fixtures: every file the docs name, built once per session ------------------------------
+
 
 @dataclass
 class Fixture:
@@ -262,8 +270,14 @@ def _seq_onnx(example_shape):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # 3-D input: MatMul with transposed onnx::MatMul_<N> weights; 2-D: Gemm, names kept
-            torch.onnx.export(_seq_model(), (torch.randn(*example_shape),), str(dest),
-                              dynamo=False, do_constant_folding=True)
+            torch.onnx.export(
+                _seq_model(),
+                (torch.randn(*example_shape),),
+                str(dest),
+                dynamo=False,
+                do_constant_folding=True,
+            )
+
     return build
 
 
@@ -272,6 +286,7 @@ def _torch_save(make):
         import torch
 
         torch.save(make(get), dest)
+
     return build
 
 
@@ -305,16 +320,21 @@ def _suspicious(get):  # a harmless pickle that still calls a global on load: pr
 
 def _evil_pkl(dest, get):
     # a protocol-2 pickle whose GLOBAL os.system sits at offset 17 (docs/pytorch.md)
-    dest.write_bytes(b"\x80\x02}q\x00X\x05\x00\x00\x00shellq\x01cos\nsystem\nq\x02"
-                     b"X\x0b\x00\x00\x00touch PWNEDq\x03\x85q\x04Rq\x05s.")
+    dest.write_bytes(
+        b"\x80\x02}q\x00X\x05\x00\x00\x00shellq\x01cos\nsystem\nq\x02"
+        b"X\x0b\x00\x00\x00touch PWNEDq\x03\x85q\x04Rq\x05s."
+    )
 
 
 def _ckpt(get):
     import torch
 
     model = _seq_model()
-    return {"model": model.state_dict(), "epoch": 3, "optimizer":
-            torch.optim.SGD(model.parameters(), lr=0.1).state_dict()}
+    return {
+        "model": model.state_dict(),
+        "epoch": 3,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
+    }
 
 
 def _net_t7(dest, get):
@@ -328,6 +348,7 @@ def _convert(src: str, **options):
         import keishiki
 
         keishiki.convert(get(src), dest, quiet=True, **options)
+
     return build
 
 
@@ -335,12 +356,14 @@ def _copy_of(name: str, member: str | None = None):
     def build(dest, get):
         src = get(name) / member if member else get(name)
         _copy(src, dest)
+
     return build
 
 
 def _corpus(rel: str):
     def build(dest, get):
         _copy(corpus_path(rel), dest)
+
     return build
 
 
@@ -383,19 +406,39 @@ def _resnet_pair(dest, get):
     torch.save(model.state_dict(), dest / "resnet.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), str(dest / "resnet.onnx"),
-                          dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 8, 8),),
+            str(dest / "resnet.onnx"),
+            dynamo=False,
+            do_constant_folding=True,
+        )
 
 
 QWEN2_5_7B_INSTRUCT = {  # Qwen/Qwen2.5-7B-Instruct's config.json as published
-    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
-    "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 3584,
-    "initializer_range": 0.02, "intermediate_size": 18944, "max_position_embeddings": 32768,
-    "max_window_layers": 28, "model_type": "qwen2", "num_attention_heads": 28,
-    "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06,
-    "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16", "transformers_version": "4.43.1", "use_cache": True,
-    "use_sliding_window": False, "vocab_size": 152064,
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "initializer_range": 0.02,
+    "intermediate_size": 18944,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 28,
+    "model_type": "qwen2",
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 131072,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.1",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 152064,
 }
 
 
@@ -405,6 +448,7 @@ def _config_only(config: dict):
 
         dest.mkdir()
         (dest / "config.json").write_text(json.dumps(config, indent=2))
+
     return build
 
 
@@ -418,8 +462,11 @@ def _downloads(dest, get):  # a folder of clean downloads: `scan downloads/` exi
 # block's text (``llama`` does not match ``tiny-llama`` or ``llama.gguf``).
 FIXTURES: dict[str, Fixture] = {
     # Hugging Face folders and their exports (keishiki.examples + keishiki convert)
-    "tiny-llama": Fixture(lambda dest, get: __import__(
-        "keishiki.examples", fromlist=["build_tiny_llama"]).build_tiny_llama(dest)),
+    "tiny-llama": Fixture(
+        lambda dest, get: __import__(
+            "keishiki.examples", fromlist=["build_tiny_llama"]
+        ).build_tiny_llama(dest)
+    ),
     "llama": Fixture(_copy_of("tiny-llama")),
     "some-hf-folder": Fixture(_copy_of("tiny-llama")),
     "tiny-onnx": Fixture(_convert("tiny-llama", to="onnx")),
@@ -454,11 +501,13 @@ FIXTURES: dict[str, Fixture] = {
     "evil.pt": Fixture(_torch_save(_evil)),
     "evil.pkl": Fixture(_evil_pkl),
     # real files from the corpus
-    "nmp_external_single": Fixture(_corpus("onnx_external_data/onnx-1.12.0-debian/"
-                                           "nmp_external_single")),
+    "nmp_external_single": Fixture(
+        _corpus("onnx_external_data/onnx-1.12.0-debian/nmp_external_single")
+    ),
     "tiny-bert-q8_0.gguf": Fixture(_corpus("gguf/llama.cpp-convert/tiny-bert-q8_0.gguf")),
     "pytorch_zip/torch-1.13.1-debian/mixed_dtypes_views_zip.pt": Fixture(
-        _corpus("pytorch_zip/torch-1.13.1-debian/mixed_dtypes_views_zip.pt")),
+        _corpus("pytorch_zip/torch-1.13.1-debian/mixed_dtypes_views_zip.pt")
+    ),
 }
 
 
@@ -475,8 +524,10 @@ def _token(name: str) -> re.Pattern:
 
 
 # a call that writes its second path argument: convert(...), export_causal_lm(...), ...
-_WRITES_PY = re.compile(r"\b(?:convert|export_\w+)\(\s*(?:Path\()?[\"'][^\"']+[\"']\)?\s*,\s*"
-                        r"(?:Path\()?[\"'](?P<out>[^\"']+)[\"']")
+_WRITES_PY = re.compile(
+    r"\b(?:convert|export_\w+)\(\s*(?:Path\()?[\"'][^\"']+[\"']\)?\s*,\s*"
+    r"(?:Path\()?[\"'](?P<out>[^\"']+)[\"']"
+)
 
 
 def _fixture_of(arg: str) -> str | None:
@@ -569,13 +620,17 @@ def workdir(tmp_path, monkeypatch, docs_fixtures, tmp_path_factory):
 
 # ---- the tests -------------------------------------------------------------------------------
 
+
 def _run_view(argv: list[str], timeout: float = 120) -> tuple[bool, int | None, str]:
     """``keishiki view`` serves until Ctrl-C: start it, wait for its URL, stop it.
     Returns (served, exit code if it ended by itself, output)."""
     import selectors
 
-    proc = subprocess.Popen([sys.executable, "-m", "keishiki", *argv[1:]], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keishiki", *argv[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out = b""
     deadline = time.monotonic() + timeout
     try:
@@ -619,8 +674,12 @@ def _shell(block: Block, workdir) -> None:
     commands = parse_shell(block)
     runnable = [c for c in commands if c.not_run is None]
     if not runnable:
-        pytest.skip("no keishiki command to run: " + "; ".join(
-            f"line {c.line} `{c.text.splitlines()[0][:40]}`: {c.not_run}" for c in commands))
+        pytest.skip(
+            "no keishiki command to run: "
+            + "; ".join(
+                f"line {c.line} `{c.text.splitlines()[0][:40]}`: {c.not_run}" for c in commands
+            )
+        )
     prepare(names_to_prepare(block, commands))
     failures = []
     for cmd in commands:
@@ -632,8 +691,10 @@ def _shell(block: Block, workdir) -> None:
             served, code, out = _run_view(cmd.argv)
             print(out)
             if not served:
-                failures.append(f"{block.file}:{cmd.line}: `{cmd.text}` did not serve its page "
-                                f"(exit code {code}):\n{out[-2000:]}")
+                failures.append(
+                    f"{block.file}:{cmd.line}: `{cmd.text}` did not serve its page "
+                    f"(exit code {code}):\n{out[-2000:]}"
+                )
             continue
         if cmd.rest:
             print(f"not run: `{cmd.rest}` (only the keishiki command is)")
@@ -641,11 +702,15 @@ def _shell(block: Block, workdir) -> None:
             code, out, err = run_cli(*cmd.argv[1:])
         print(out[-4000:], err[-4000:], sep="\n")
         if code != cmd.expect:
-            hint = ("\n(a file the docs name that FIXTURES does not build?)"
-                    if "no such file" in err else "")
-            failures.append(f"{block.file}:{cmd.line}: `{cmd.text}` exited {code}, the docs "
-                            f"imply {cmd.expect}\nstdout: {out[-1500:]}\nstderr: {err[-1500:]}"
-                            + hint)
+            hint = (
+                "\n(a file the docs name that FIXTURES does not build?)"
+                if "no such file" in err
+                else ""
+            )
+            failures.append(
+                f"{block.file}:{cmd.line}: `{cmd.text}` exited {code}, the docs "
+                f"imply {cmd.expect}\nstdout: {out[-1500:]}\nstderr: {err[-1500:]}" + hint
+            )
     assert not failures, "\n\n".join(failures)
 
 
@@ -673,59 +738,97 @@ def test_doc_block_runs(block: Block, request):
 
 # ---- the reader itself -----------------------------------------------------------------------
 
+
 def test_blocks_are_found_with_languages_and_markers(tmp_path):
     md = tmp_path / "x.md"
-    md.write_text("text\n\n```python\nprint(1)\n```\n\n<!-- docs-test: skip (needs a GPU) -->\n"
-                  "```console\n$ keishiki run m --backend vllm\n```\n\n````\n```\n````\n")
+    md.write_text(
+        "text\n\n```python\nprint(1)\n```\n\n<!-- docs-test: skip (needs a GPU) -->\n"
+        "```console\n$ keishiki run m --backend vllm\n```\n\n````\n```\n````\n"
+    )
     blocks = extract_blocks(md)
     assert [(b.line, b.lang, b.skip) for b in blocks] == [
-        (3, "python", None), (8, "console", "needs a GPU"), (12, "", None)]
+        (3, "python", None),
+        (8, "console", "needs a GPU"),
+        (12, "", None),
+    ]
     assert blocks[2].lines == ["```"]
 
 
 def test_shell_commands_expected_codes_and_prepared_names():
-    block = Block("x.md", 1, "console", [
-        "$ keishiki convert llama/ llama-onnx/ --to onnx   # made here, not prepared",
-        "$ keishiki scan evil.pt",
-        "verdict: dangerous (1 files scanned)",
-        "$ keishiki compare hf.safetensors model.gguf --atol 0.05; echo $?",
-        "... verdict: within tolerance",
-        "0",
-        "$ keishiki scan downloads/ --json   # exit 0 clean, 1 unsafe",
-        "$ keishiki run llama-onnx -p 'a",
-        "b'",
-        "$ echo $?",
-        "2",
-        "$ ls llama-onnx/",
-        "$ keishiki run llama -p '# exit 3' --backend vllm",
-        "$ keishiki run llama -p '# exit 3'   # exit 2 (no such model)",
-        "$ HF_HUB_OFFLINE=1 keishiki info downloads/ --json | jq .format",
-    ])
+    block = Block(
+        "x.md",
+        1,
+        "console",
+        [
+            "$ keishiki convert llama/ llama-onnx/ --to onnx   # made here, not prepared",
+            "$ keishiki scan evil.pt",
+            "verdict: dangerous (1 files scanned)",
+            "$ keishiki compare hf.safetensors model.gguf --atol 0.05; echo $?",
+            "... verdict: within tolerance",
+            "0",
+            "$ keishiki scan downloads/ --json   # exit 0 clean, 1 unsafe",
+            "$ keishiki run llama-onnx -p 'a",
+            "b'",
+            "$ echo $?",
+            "2",
+            "$ ls llama-onnx/",
+            "$ keishiki run llama -p '# exit 3' --backend vllm",
+            "$ keishiki run llama -p '# exit 3'   # exit 2 (no such model)",
+            "$ HF_HUB_OFFLINE=1 keishiki info downloads/ --json | jq .format",
+        ],
+    )
     cmds = parse_shell(block)
     assert [(c.expect, c.not_run is None) for c in cmds] == [
-        (0, True), (1, True), (0, True), (0, True), (2, True), (None, False), (None, False),
-        (None, False), (2, True), (0, True)]
+        (0, True),
+        (1, True),
+        (0, True),
+        (0, True),
+        (2, True),
+        (None, False),
+        (None, False),
+        (None, False),
+        (2, True),
+        (0, True),
+    ]
     assert "GPU" in cmds[7].not_run
     assert (cmds[9].env, cmds[9].argv, cmds[9].rest) == (
-        {"HF_HUB_OFFLINE": "1"}, ["keishiki", "info", "downloads/", "--json"], "| jq .format")
+        {"HF_HUB_OFFLINE": "1"},
+        ["keishiki", "info", "downloads/", "--json"],
+        "| jq .format",
+    )
     assert cmds[2].argv == ["keishiki", "compare", "hf.safetensors", "model.gguf", "--atol", "0.05"]
     assert cmds[4].argv[-1] == "a\nb" and cmds[4].line == 9
     assert sorted(names_to_prepare(block, cmds)) == [
-        "downloads", "evil.pt", "hf.safetensors", "llama", "model.gguf"]
+        "downloads",
+        "evil.pt",
+        "hf.safetensors",
+        "llama",
+        "model.gguf",
+    ]
 
 
 def test_python_writes_are_not_prepared_and_doctest_prompts_are_stripped():
-    block = Block("x.md", 10, "python", [
-        ">>> import keishiki",
-        '>>> keishiki.inspect("model.safetensors")',
-        "ModelInfo(...)",
-        '>>> keishiki.convert("pytorch_model.bin", "model.safetensors", to="safetensors")',
-    ])
+    block = Block(
+        "x.md",
+        10,
+        "python",
+        [
+            ">>> import keishiki",
+            '>>> keishiki.inspect("model.safetensors")',
+            "ModelInfo(...)",
+            '>>> keishiki.convert("pytorch_model.bin", "model.safetensors", to="safetensors")',
+        ],
+    )
     assert names_to_prepare(block, None) == ["pytorch_model.bin", "model.safetensors"]
     src = python_source(block)
-    assert src.splitlines()[10:] == ["import keishiki", 'keishiki.inspect("model.safetensors")',
-                                     "", 'keishiki.convert("pytorch_model.bin", '
-                                     '"model.safetensors", to="safetensors")']
-    block.lines = ['keishiki.convert("pytorch_model.bin", "model.safetensors")',
-                   'keishiki.inspect("model.safetensors")']
+    assert src.splitlines()[10:] == [
+        "import keishiki",
+        'keishiki.inspect("model.safetensors")',
+        "",
+        'keishiki.convert("pytorch_model.bin", "model.safetensors", to="safetensors")',
+    ]
+    block.lines = [
+        'keishiki.convert("pytorch_model.bin", "model.safetensors")',
+        'keishiki.inspect("model.safetensors")',
+    ]
     assert names_to_prepare(block, None) == ["pytorch_model.bin"]

@@ -13,7 +13,9 @@ HEAVY = ["torch", "onnx", "onnxruntime", "transformers", "tokenizers", "gguf", "
 
 
 def _loaded_after(code: str) -> list[str]:
-    script = code + f"\nimport sys, json; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    script = (
+        code + f"\nimport sys, json; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return __import__("json").loads(out.stdout.strip().splitlines()[-1])
 
@@ -26,15 +28,18 @@ def test_cli_help_is_light():
     assert _loaded_after("from keishiki.cli.app import _load_commands; _load_commands()") == []
 
 
-@pytest.mark.parametrize("rel", [
-    "safetensors/safetensors-samples/overall.safetensors",
-    "pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt",
-    "pytorch_legacy/torch-1.13.1-debian/tinynet_state_dict_legacy.pt",
-    "torchscript/torch-1.13.1-debian/tinynet_scripted.pt",
-    "torch7_binary/python-torchfile/floattensor.t7",
-    "other/npz/candle/test.npz",
-    "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",
-])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "safetensors/safetensors-samples/overall.safetensors",
+        "pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt",
+        "pytorch_legacy/torch-1.13.1-debian/tinynet_state_dict_legacy.pt",
+        "torchscript/torch-1.13.1-debian/tinynet_scripted.pt",
+        "torch7_binary/python-torchfile/floattensor.t7",
+        "other/npz/candle/test.npz",
+        "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",
+    ],
+)
 def test_inspect_loads_no_torch_or_onnx(rel):
     path = corpus_path(rel)
     loaded = _loaded_after(f"import keishiki; keishiki.inspect({str(path)!r})")
@@ -43,34 +48,44 @@ def test_inspect_loads_no_torch_or_onnx(rel):
 
 def _modules_after_cli(args: list[str]) -> set[str]:
     """Top-level modules imported by one in-process CLI run (stdout discarded)."""
-    script = ("import io, sys, contextlib, json\nfrom keishiki.cli.app import run\n"
-              f"with contextlib.redirect_stdout(io.StringIO()): run({args!r})\n"
-              "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    script = (
+        "import io, sys, contextlib, json\nfrom keishiki.cli.app import run\n"
+        f"with contextlib.redirect_stdout(io.StringIO()): run({args!r})\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return set(__import__("json").loads(out.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize("rel", [
-    None,  # keishiki --help
-    "safetensors/safetensors-samples/overall.safetensors",
-    "pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt",
-    "pytorch_legacy/torch-1.13.1-debian/tinynet_state_dict_legacy.pt",
-    "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",  # sniffed last: every module
-])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        None,  # keishiki --help
+        "safetensors/safetensors-samples/overall.safetensors",
+        "pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt",
+        "pytorch_legacy/torch-1.13.1-debian/tinynet_state_dict_legacy.pt",
+        "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",  # sniffed last: every module
+    ],
+)
 def test_cli_start_up_needs_no_numpy(rel):
     """numpy costs ~130 ms of start-up: --help, info and scan of these files never need it
     (the modules that load tensors use ``keishiki.core.lazy_numpy``)."""
-    runs = [["--help"]] if rel is None else [["info", str(corpus_path(rel))],
-                                             ["scan", str(corpus_path(rel))]]
+    runs = (
+        [["--help"]]
+        if rel is None
+        else [["info", str(corpus_path(rel))], ["scan", str(corpus_path(rel))]]
+    )
     for args in runs:
         assert "numpy" not in _modules_after_cli(args), args
 
 
 def test_a_command_loads_only_its_own_module():
     """`keishiki info` imports cmd_info alone (each cmd module brings its own imports)."""
-    script = ("import io, sys, contextlib\nfrom keishiki.cli.app import run\n"
-              "with contextlib.redirect_stdout(io.StringIO()): run(['info', '--help'])\n"
-              "print(sorted(m for m in sys.modules if m.startswith('keishiki.cli.cmd_')))")
+    script = (
+        "import io, sys, contextlib\nfrom keishiki.cli.app import run\n"
+        "with contextlib.redirect_stdout(io.StringIO()): run(['info', '--help'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('keishiki.cli.cmd_')))"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "['keishiki.cli.cmd_info']"
 

@@ -46,14 +46,25 @@ def train_tokenizer(vocab_size: int = 384):
     )
     tok.train_from_iterator(TRAINING_TEXT, trainer=trainer)
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        model_input_names=["input_ids", "attention_mask"], chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_input_names=["input_ids", "attention_mask"],
+        chat_template=CHAT_TEMPLATE,
     )
 
 
-def build_tiny_llama(out: str | Path, seed: int = 0, layers: int = 2, hidden: int = 64,
-                     heads: int = 4, kv_heads: int = 2, intermediate: int = 128,
-                     max_positions: int = 256) -> Path:
+def build_tiny_llama(
+    out: str | Path,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+    max_positions: int = 256,
+) -> Path:
     """Write a random-weight tiny Llama (model + tokenizer) to the folder ``out``; return it."""
     torch = require("torch", purpose="build the example model")
     transformers = require("transformers", purpose="build the example model")
@@ -61,10 +72,16 @@ def build_tiny_llama(out: str | Path, seed: int = 0, layers: int = 2, hidden: in
     tokenizer = train_tokenizer()
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = transformers.LlamaForCausalLM(config).eval()

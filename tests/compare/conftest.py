@@ -27,11 +27,17 @@ def seq_files(tmp_path_factory, seq_state_dict) -> dict[str, Path]:
 
     model, sd = seq_state_dict
     root = tmp_path_factory.mktemp("seq")
-    files = {"safetensors": root / "seq.safetensors", "pt": root / "seq.pt",
-             "module": root / "seq_module.pt", "compiled": root / "seq_compiled.safetensors",
-             "perturbed": root / "seq_perturbed.safetensors", "bf16": root / "seq_bf16.pt",
-             "extra": root / "seq_extra.safetensors", "shape": root / "seq_shape.safetensors",
-             "onnx": root / "seq.onnx"}
+    files = {
+        "safetensors": root / "seq.safetensors",
+        "pt": root / "seq.pt",
+        "module": root / "seq_module.pt",
+        "compiled": root / "seq_compiled.safetensors",
+        "perturbed": root / "seq_perturbed.safetensors",
+        "bf16": root / "seq_bf16.pt",
+        "extra": root / "seq_extra.safetensors",
+        "shape": root / "seq_shape.safetensors",
+        "onnx": root / "seq.onnx",
+    }
     save_file(sd, str(files["safetensors"]))
     torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, files["pt"])
     torch.save({"module." + k: torch.from_numpy(v) for k, v in sd.items()}, files["module"])
@@ -46,8 +52,13 @@ def seq_files(tmp_path_factory, seq_state_dict) -> dict[str, Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # a 3-D input makes the TorchScript exporter emit MatMul (2-D gives Gemm, names kept)
-        torch.onnx.export(model, (torch.randn(1, 2, 4),), str(files["onnx"]), dynamo=False,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 2, 4),),
+            str(files["onnx"]),
+            dynamo=False,
+            do_constant_folding=True,
+        )
     return files
 
 

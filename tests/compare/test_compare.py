@@ -52,10 +52,11 @@ def test_bfloat16_copy_is_within_tolerance_not_identical(seq_files, seq_state_di
     assert d.pair.b_dtype == "bfloat16" and d.to_dict()["dtype_differs"] is True
     import ml_dtypes
 
-    expected = np.max(np.abs(sd["0.weight"] - sd["0.weight"].astype(ml_dtypes.bfloat16)
-                             .astype(np.float32)))
+    expected = np.max(
+        np.abs(sd["0.weight"] - sd["0.weight"].astype(ml_dtypes.bfloat16).astype(np.float32))
+    )
     assert d.max_abs_diff == pytest.approx(float(expected), rel=1e-6)
-    ok = keishiki.compare(seq_files["safetensors"], seq_files["bf16"], rtol=2 ** -8)
+    ok = keishiki.compare(seq_files["safetensors"], seq_files["bf16"], rtol=2**-8)
     assert ok.verdict == "within tolerance"
 
 
@@ -101,15 +102,19 @@ def test_real_corpus_onnx_with_folded_batchnorm():
     report = keishiki.compare(sd, graph)
     by_a = {d.pair.a: d for d in report.tensors}
     assert {a: (d.pair.b, d.pair.how) for a, d in by_a.items()} == {
-        "fc.weight": ("fc.weight", "exact"), "fc.bias": ("fc.bias", "exact"),
-        "conv.weight": ("onnx::Conv_16", "folded"), "conv.bias": ("onnx::Conv_17", "folded")}
+        "fc.weight": ("fc.weight", "exact"),
+        "fc.bias": ("fc.bias", "exact"),
+        "conv.weight": ("onnx::Conv_16", "folded"),
+        "conv.bias": ("onnx::Conv_17", "folded"),
+    }
     assert by_a["fc.weight"].status == "identical"
     assert by_a["conv.weight"].status == "within tolerance"
     assert by_a["conv.weight"].max_rel_diff < 1e-6
     assert report.mapping.unmatched_b == []
     assert report.mapping.counted_unmatched == ([], [])
-    assert set(report.mapping.folded_into) == {f"bn.{p}" for p in (
-        "weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    assert set(report.mapping.folded_into) == {
+        f"bn.{p}" for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
     assert report.verdict == "within tolerance"
 
 
@@ -145,16 +150,20 @@ def test_cli_exit_codes_and_json(seq_files):
     assert doc["how"] == {"exact": 2, "value-transposed": 2}
     code, out, err = run_cli("compare", seq_files["safetensors"], seq_files["perturbed"])
     assert code == 1 and "2.weight" in out and "different" in out
-    code, out, err = run_cli("compare", seq_files["safetensors"], seq_files["perturbed"],
-                             "--atol", "0.01")
+    code, out, err = run_cli(
+        "compare", seq_files["safetensors"], seq_files["perturbed"], "--atol", "0.01"
+    )
     assert code == 0 and "within tolerance" in out
 
 
 def test_cli_bad_input(tmp_path, seq_files):
     garbage = tmp_path / "junk.safetensors"
     garbage.write_bytes(b"\xff" * 64)
-    for args in ([garbage, seq_files["pt"]], [seq_files["pt"], tmp_path / "nope"],
-                 [seq_files["pt"], seq_files["pt"], "--atol", "-1"]):
+    for args in (
+        [garbage, seq_files["pt"]],
+        [seq_files["pt"], tmp_path / "nope"],
+        [seq_files["pt"], seq_files["pt"], "--atol", "-1"],
+    ):
         code, out, err = run_cli("compare", *args)
         assert code == 2, (args, out, err)
         assert err.startswith("keishiki: error:") and err.count("\n") == 1, err
@@ -176,8 +185,9 @@ def test_outputs_hf_vs_onnx_export(tiny_llama, tmp_path_factory):
     assert o["passed"] and o["tokens_match"] and len(o["tokens_a"]) == 6
     assert (o["backend_a"], o["backend_b"]) == ("torch", "onnxruntime")
     assert o["max_abs_diff"] < 1e-4
-    code, text, err = run_cli("compare", tiny_llama, out / "model.onnx", "--outputs",
-                              "--max-tokens", "3", "--json")
+    code, text, err = run_cli(
+        "compare", tiny_llama, out / "model.onnx", "--outputs", "--max-tokens", "3", "--json"
+    )
     assert code == 0, err
     assert json.loads(text)["outputs"]["tokens_match"] is True
 
@@ -189,8 +199,10 @@ def test_torch7_sequential_vs_pytorch_names(tmp_path):
     from safetensors.numpy import save_file
 
     (tmp_path / "net.t7").write_bytes(t7.write_sequential())
-    save_file({"0.weight": t7.W1, "0.bias": t7.B1, "2.weight": t7.W2, "2.bias": t7.B2},
-              str(tmp_path / "net.safetensors"))
+    save_file(
+        {"0.weight": t7.W1, "0.bias": t7.B1, "2.weight": t7.W2, "2.bias": t7.B2},
+        str(tmp_path / "net.safetensors"),
+    )
     report = keishiki.compare(tmp_path / "net.safetensors", tmp_path / "net.t7")
     assert report.verdict == "identical", report.reasons
     assert report.mapping.how_counts() == {"exact": 4}
@@ -223,14 +235,20 @@ def test_computed_buffers_do_not_count():
 
     w = np.ones((2, 2), np.float32)
     a = memory_model({"model.layers.0.w": w})
-    b = memory_model({"lm.model.layers.0.w": w,
-                      "lm.model.rotary_emb.inv_freq": np.arange(4, dtype=np.float32)},
-                     fmt="torchscript")
+    b = memory_model(
+        {"lm.model.layers.0.w": w, "lm.model.rotary_emb.inv_freq": np.arange(4, dtype=np.float32)},
+        fmt="torchscript",
+    )
     report = keishiki.compare(a, b)
     assert report.verdict == "identical", report.reasons
-    assert report.to_dict()["unmatched_b"] == [{"name": "lm.model.rotary_emb.inv_freq",
-                                                "dtype": "float32", "shape": [4],
-                                                "not_counted": "computed buffer"}]
+    assert report.to_dict()["unmatched_b"] == [
+        {
+            "name": "lm.model.rotary_emb.inv_freq",
+            "dtype": "float32",
+            "shape": [4],
+            "not_counted": "computed buffer",
+        }
+    ]
 
 
 def test_outputs_of_weights_only_files_is_a_one_line_error(seq_files):
@@ -247,8 +265,7 @@ def test_outputs_hf_vs_torchscript_export(tiny_llama, tmp_path):
     from keishiki._convert import convert
 
     convert(tiny_llama, tmp_path / "ts", to="torchscript", verify=False, quiet=True)
-    report = keishiki.compare(tiny_llama, tmp_path / "ts" / "model.pt", outputs=True,
-                              max_tokens=4)
+    report = keishiki.compare(tiny_llama, tmp_path / "ts" / "model.pt", outputs=True, max_tokens=4)
     assert report.verdict == "identical", report.reasons
     assert set(report.mapping.how_counts()) <= {"exact", "prefix"}
     assert {t["not_counted"] for t in report.to_dict()["unmatched_b"]} <= {"computed buffer"}
@@ -293,8 +310,7 @@ def test_hf_vs_keishiki_gguf(tiny_llama, tmp_path, quant):
     except (ImportError, NoConversionPath) as exc:
         pytest.skip(f"HF → GGUF conversion not available here: {exc}")
     report = keishiki.compare(tiny_llama, out, atol=0.0 if quant == "f32" else 0.05)
-    assert report.verdict == ("identical" if quant == "f32" else "within tolerance"), \
-        report.reasons
+    assert report.verdict == ("identical" if quant == "f32" else "within tolerance"), report.reasons
     assert report.mapping.how_counts().get("gguf", 0) >= 18
     q = next(d for d in report.tensors if d.pair.a.endswith("layers.0.self_attn.q_proj.weight"))
     assert q.pair.b == "blk.0.attn_q.weight"
@@ -311,9 +327,18 @@ def test_gemma2_hf_vs_its_gguf_is_identical_both_ways(tiny_llama, tmp_path):
     pytest.importorskip("gguf")
     vocab = json.loads((tiny_llama / "config.json").read_text())["vocab_size"]
     torch.manual_seed(0)
-    model = transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=vocab, query_pre_attn_scalar=16))
+    model = transformers.Gemma2ForCausalLM(
+        transformers.Gemma2Config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=vocab,
+            query_pre_attn_scalar=16,
+        )
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -328,14 +353,16 @@ def test_gemma2_hf_vs_its_gguf_is_identical_both_ways(tiny_llama, tmp_path):
         assert report.verdict == "identical", report.reasons
         norms = [d for d in report.tensors if "norm" in d.pair.a + d.pair.b]
         assert len(norms) == 2 * 4 + 1 and all(d.bit_equal for d in norms)
-        assert {d.pair.transform for d in norms} == \
-            {"subtract-offset" if a == hf else "add-offset"}
+        assert {d.pair.transform for d in norms} == {"subtract-offset" if a == hf else "add-offset"}
 
 
-@pytest.mark.parametrize("a_tensors, b_tensors, verdict, code", [
-    ({}, {}, "identical", 0),            # nothing on either side: nothing differs
-    ({"w": [1.0]}, {}, "different", 1),  # one side empty: nothing pairs
-])
+@pytest.mark.parametrize(
+    "a_tensors, b_tensors, verdict, code",
+    [
+        ({}, {}, "identical", 0),  # nothing on either side: nothing differs
+        ({"w": [1.0]}, {}, "different", 1),  # one side empty: nothing pairs
+    ],
+)
 def test_models_without_tensors(tmp_path, a_tensors, b_tensors, verdict, code):
     torch = pytest.importorskip("torch")
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"

@@ -18,8 +18,13 @@ pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime")
 
 PERTURBED = "model.layers.1.mlp.down_proj.weight"
-SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json",
-              "tokenizer_config.json", "chat_template.jinja")
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+)
 
 
 def _copy_with(tiny_llama: Path, out: Path, change) -> Path:
@@ -122,15 +127,18 @@ def gguf_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("a, b", [
-    ("hf", "hf-perturbed"),
-    ("hf", "onnx-perturbed"),
-    ("onnx", "onnx-perturbed"),
-    ("hf", "ts-perturbed"),
-    ("ts", "onnx-perturbed"),
-    ("hf", "gguf-perturbed"),
-    ("onnx-perturbed", "hf"),  # the perturbed model as the reference
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("hf", "hf-perturbed"),
+        ("hf", "onnx-perturbed"),
+        ("onnx", "onnx-perturbed"),
+        ("hf", "ts-perturbed"),
+        ("ts", "onnx-perturbed"),
+        ("hf", "gguf-perturbed"),
+        ("onnx-perturbed", "hf"),  # the perturbed model as the reference
+    ],
+)
 def test_perturbed_layer_is_the_first_divergence(models, gguf_cache, a, b):
     from keishiki._compare import compare_layers
 
@@ -143,18 +151,21 @@ def test_perturbed_layer_is_the_first_divergence(models, gguf_cache, a, b):
     # ×1.5 on B is 0.5 of A; ×1.5 on A is 1/3 of A; the direction is unchanged
     assert first.max_rel_diff == pytest.approx(0.5 if "perturbed" in b else 1 / 3, rel=0.01)
     assert first.cosine == pytest.approx(1.0, abs=1e-5)
-    before = report.rows[:report.rows.index(first)]
+    before = report.rows[: report.rows.index(first)]
     assert len(before) >= 20 and all(r.ok and r.max_rel_diff < 1e-5 for r in before)
     assert report.rtol == 1e-3 and report.a.precision == report.b.precision == "float32"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("a, b, backends, n_rows", [
-    ("hf", "onnx", ("torch", "onnxruntime"), 32),
-    ("hf", "ts", ("torch", "torchscript"), 32),
-    ("ts", "onnx", ("torchscript", "onnxruntime"), 26),
-    ("hf", "onnx-external", ("torch", "onnxruntime"), 32),
-])
+@pytest.mark.parametrize(
+    "a, b, backends, n_rows",
+    [
+        ("hf", "onnx", ("torch", "onnxruntime"), 32),
+        ("hf", "ts", ("torch", "torchscript"), 32),
+        ("ts", "onnx", ("torchscript", "onnxruntime"), 26),
+        ("hf", "onnx-external", ("torch", "onnxruntime"), 32),
+    ],
+)
 def test_same_model_in_two_formats_is_within_tolerance(models, a, b, backends, n_rows):
     from keishiki._compare import compare_layers
 
@@ -169,18 +180,25 @@ def test_same_model_in_two_formats_is_within_tolerance(models, a, b, backends, n
     assert min(r.cosine for r in report.rows) > 0.99999
     names = [r.module for r in report.rows]
     assert names[-1].endswith("lm_head")
-    prefix = names[-1][:-len("lm_head")]  # "" for a HF model, "lm." for an export
+    prefix = names[-1][: -len("lm_head")]  # "" for a HF model, "lm." for an export
     # execution order: a Linear before its layer, layer 0 before layer 1
-    order = [names.index(prefix + n) for n in ("model.embed_tokens",
-                                               "model.layers.0.mlp.down_proj",
-                                               "model.layers.0", "model.layers.1.self_attn.q_proj",
-                                               "model.norm")]
+    order = [
+        names.index(prefix + n)
+        for n in (
+            "model.embed_tokens",
+            "model.layers.0.mlp.down_proj",
+            "model.layers.0",
+            "model.layers.1.self_attn.q_proj",
+            "model.norm",
+        )
+    ]
     assert order == sorted(order)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quantized, precision, rtol", [("onnx-int8", "8-bit", 0.1),
-                                                       ("onnx-int4", "4-bit", 0.3)])
+@pytest.mark.parametrize(
+    "quantized, precision, rtol", [("onnx-int8", "8-bit", 0.1), ("onnx-int4", "4-bit", 0.3)]
+)
 def test_onnx_against_its_quantization_uses_its_tolerance(models, quantized, precision, rtol):
     from keishiki._compare import compare_layers
 
@@ -206,23 +224,28 @@ def test_cli_table_and_json(models):
     assert code == 1, err
     text = " ".join(out.split())  # rich wraps at the terminal's width
     assert "verdict: diverged" in text and "first at model.layers.1.mlp.down_proj (rel 0.5" in text
-    code, out, err = run_cli("compare", models("hf"), models("hf"), "--layers", "--json",
-                             "--prompt", "a b c")
+    code, out, err = run_cli(
+        "compare", models("hf"), models("hf"), "--layers", "--json", "--prompt", "a b c"
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert doc["schema"] == "keishiki._compare.layers/1"
     assert doc["verdict"] == "within tolerance" and doc["first_divergence"] is None
     assert doc["prompt"] == "a b c" and doc["n_over_tolerance"] == 0
-    assert all(row["max_abs_diff"] == 0 and row["cosine"] == pytest.approx(1.0)
-               for row in doc["layers"])
+    assert all(
+        row["max_abs_diff"] == 0 and row["cosine"] == pytest.approx(1.0) for row in doc["layers"]
+    )
     assert doc["a"]["backend"] == "torch" and doc["a"]["precision"] == "float32"
 
 
-@pytest.mark.parametrize("make_b, message", [
-    (lambda m, root: root / "model.safetensors", "cannot compare layers"),
-    (lambda m, root: m("more-tokens"), "vocabularies differ: A has"),
-    (lambda m, root: root / "missing", "no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "make_b, message",
+    [
+        (lambda m, root: root / "model.safetensors", "cannot compare layers"),
+        (lambda m, root: m("more-tokens"), "vocabularies differ: A has"),
+        (lambda m, root: root / "missing", "no such file or folder"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(models, tiny_llama, make_b, message):
     code, out, err = run_cli("compare", tiny_llama, make_b(models, tiny_llama), "--layers")
     assert code == 2, out
@@ -243,12 +266,13 @@ def test_the_load_gate_applies(models, tmp_path):
         for item in src.infolist():
             out.writestr(item, src.read(item))
         root = src.namelist()[0].split("/")[0]
-        out.writestr(f"{root}/code/__torch__/evil.py",
-                     "def f(x: Tensor) -> Tensor:\n  return torch.from_file('/etc/passwd')\n")
+        out.writestr(
+            f"{root}/code/__torch__/evil.py",
+            "def f(x: Tensor) -> Tensor:\n  return torch.from_file('/etc/passwd')\n",
+        )
     code, _out, err = run_cli("compare", models("hf"), evil_dir, "--layers")
     assert code == 1 and "unsafe" in err and "compare layers" in err, err
-    code, _out, err = run_cli("compare", models("hf"), evil_dir, "--layers",
-                              "--trust-remote-code")
+    code, _out, err = run_cli("compare", models("hf"), evil_dir, "--layers", "--trust-remote-code")
     assert code == 0, err
 
 
@@ -263,18 +287,29 @@ def test_escaping_values_and_scope_names():
     """The scope analysis on a hand-made graph: a value read outside its module is that
     module's output (and its parents' when it leaves them too); a Cast of the module's
     own input is not."""
-    from keishiki._compare.intermediates import (escaping_values, hierarchy_parts,
-                                                onnx_scope_chain, precision_of_dtypes)
+    from keishiki._compare.intermediates import (
+        escaping_values,
+        hierarchy_parts,
+        onnx_scope_chain,
+        precision_of_dtypes,
+    )
 
     assert onnx_scope_chain("/lm/model/layers.0/mlp/down_proj/MatMul") == (
-        "lm", "lm.model", "lm.model.layers.0", "lm.model.layers.0.mlp",
-        "lm.model.layers.0.mlp.down_proj")
+        "lm",
+        "lm.model",
+        "lm.model.layers.0",
+        "lm.model.layers.0.mlp",
+        "lm.model.layers.0.mlp.down_proj",
+    )
     assert onnx_scope_chain("Constant_12") == ()
-    assert onnx_scope_chain("node_5", {"pkg.torch.onnx.name_scopes":
-                                       "['', 'model', 'model.norm', 'mul_3']"}) == (
-        "model", "model.norm")
+    assert onnx_scope_chain(
+        "node_5", {"pkg.torch.onnx.name_scopes": "['', 'model', 'model.norm', 'mul_3']"}
+    ) == ("model", "model.norm")
     assert hierarchy_parts("lm(LlamaForCausalLM).model(LlamaModel).0(LlamaDecoderLayer)") == [
-        "lm", "model", "0"]
+        "lm",
+        "model",
+        "0",
+    ]
     mlp, down = ("m", "m.mlp"), ("m", "m.mlp", "m.mlp.down")
     nodes = [(mlp, ["cast"]), (down, ["mm"]), (mlp, ["act"]), (("m",), ["add"])]
     consumers = {"cast": [1], "mm": [2], "act": [3]}

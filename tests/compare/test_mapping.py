@@ -22,8 +22,9 @@ def pairs_of(name_map) -> dict[str, tuple[str, str]]:
 def memory_model(arrays: dict[str, np.ndarray], fmt: str = "safetensors") -> ModelInfo:
     """A ModelInfo over in-memory arrays (the mapping only needs names, shapes, a loader)."""
     infos = [TensorInfo(k, str(v.dtype), v.shape, v.nbytes) for k, v in arrays.items()]
-    return ModelInfo(path=f"<{fmt}>", format=fmt, tensors=infos,
-                     tensor_loader=lambda info: arrays[info.name])
+    return ModelInfo(
+        path=f"<{fmt}>", format=fmt, tensors=infos, tensor_loader=lambda info: arrays[info.name]
+    )
 
 
 def test_exact_names_safetensors_vs_torch_save(seq_files):
@@ -32,12 +33,12 @@ def test_exact_names_safetensors_vs_torch_save(seq_files):
     assert m.unmatched_a == [] and m.unmatched_b == []
 
 
-@pytest.mark.parametrize("key, b_prefix", [("module", "module."),
-                                           ("compiled", "_orig_mod.model.")])
+@pytest.mark.parametrize("key, b_prefix", [("module", "module."), ("compiled", "_orig_mod.model.")])
 def test_wrapper_and_model_prefixes(seq_files, key, b_prefix):
     m = map_names(inspect(seq_files["safetensors"]), inspect(seq_files[key]))
-    assert pairs_of(m) == {n: (b_prefix + n, "prefix")
-                           for n in ("0.weight", "0.bias", "2.weight", "2.bias")}
+    assert pairs_of(m) == {
+        n: (b_prefix + n, "prefix") for n in ("0.weight", "0.bias", "2.weight", "2.bias")
+    }
     # and the other way round
     back = map_names(inspect(seq_files[key]), inspect(seq_files["safetensors"]))
     assert {p.b for p in back.pairs} == {"0.weight", "0.bias", "2.weight", "2.bias"}
@@ -91,10 +92,12 @@ def test_value_match_bfloat16_against_float32_and_tied_weights():
     import ml_dtypes
 
     w = np.arange(12, dtype=np.float32).reshape(3, 4) / 8  # exact in bfloat16
-    a = memory_model({"embed.weight": w, "lm_head.weight": w.copy(),
-                      "norm": np.array([1.5, 2.0], np.float32)})
-    b = memory_model({"val_1": w.astype(ml_dtypes.bfloat16), "val_2": np.array([1.5, 2], np.float32)},
-                     fmt="onnx")
+    a = memory_model(
+        {"embed.weight": w, "lm_head.weight": w.copy(), "norm": np.array([1.5, 2.0], np.float32)}
+    )
+    b = memory_model(
+        {"val_1": w.astype(ml_dtypes.bfloat16), "val_2": np.array([1.5, 2], np.float32)}, fmt="onnx"
+    )
     m = map_names(a, b)
     got = {p.a: p for p in m.pairs}
     assert (got["embed.weight"].b, got["embed.weight"].how) == ("val_1", "value")
@@ -151,16 +154,24 @@ def test_constant_node_weight_paired_by_value(tmp_path):
 
     w = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
     save_file({"fc.weight": w}, str(tmp_path / "fc.safetensors"))
-    const = helper.make_node("Constant", [], ["c"], name="Constant_5",
-                             value=numpy_helper.from_array(np.ascontiguousarray(w.T)))
+    const = helper.make_node(
+        "Constant",
+        [],
+        ["c"],
+        name="Constant_5",
+        value=numpy_helper.from_array(np.ascontiguousarray(w.T)),
+    )
     graph = helper.make_graph(
-        [const, helper.make_node("MatMul", ["x", "c"], ["y"])], "g",
+        [const, helper.make_node("MatMul", ["x", "c"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "fc.onnx"))
     m = map_names(inspect(tmp_path / "fc.safetensors"), inspect(tmp_path / "fc.onnx"))
-    assert [(p.a, p.how, p.transposed) for p in m.pairs] == [("fc.weight", "value-transposed",
-                                                             True)]
+    assert [(p.a, p.how, p.transposed) for p in m.pairs] == [
+        ("fc.weight", "value-transposed", True)
+    ]
 
 
 @pytest.mark.slow
@@ -176,8 +187,9 @@ def test_dynamo_exporter_val_names(tmp_path, seq_state_dict):
     save_file(sd, str(tmp_path / "seq.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 2, 4),), str(tmp_path / "seq.onnx"),
-                          dynamo=True, verbose=False)
+        torch.onnx.export(
+            model, (torch.randn(1, 2, 4),), str(tmp_path / "seq.onnx"), dynamo=True, verbose=False
+        )
     m = map_names(inspect(tmp_path / "seq.safetensors"), inspect(tmp_path / "seq.onnx"))
     weights = {p.a: p for p in m.pairs if p.a.endswith("weight")}
     assert all(re.fullmatch(r"val_\d+", p.b) for p in weights.values()), weights
@@ -188,10 +200,20 @@ def test_dynamo_exporter_val_names(tmp_path, seq_state_dict):
 def test_merged_equal_tensors_share_one_named_tensor():
     """Exporters merge equal tensors (all-ones norms): the one left keeps one name."""
     ones = np.ones(4, np.float32)
-    a = memory_model({"l0.norm.weight": ones, "l1.norm.weight": ones.copy(),
-                      "l1.fc.weight": np.arange(8, dtype=np.float32).reshape(2, 4)})
-    b = memory_model({"l0.norm.weight": ones.copy(),
-                      "l1.fc.weight": np.arange(8, dtype=np.float32).reshape(2, 4)}, fmt="onnx")
+    a = memory_model(
+        {
+            "l0.norm.weight": ones,
+            "l1.norm.weight": ones.copy(),
+            "l1.fc.weight": np.arange(8, dtype=np.float32).reshape(2, 4),
+        }
+    )
+    b = memory_model(
+        {
+            "l0.norm.weight": ones.copy(),
+            "l1.fc.weight": np.arange(8, dtype=np.float32).reshape(2, 4),
+        },
+        fmt="onnx",
+    )
     m = map_names(a, b)
     got = {p.a: p for p in m.pairs}
     assert got["l1.norm.weight"].b == "l0.norm.weight"
@@ -215,15 +237,24 @@ def test_llama_export_matmul_names_back_to_hf_names(tiny_llama, tmp_path):
             self.lm = lm
 
         def forward(self, ids, mask, pos):
-            return self.lm(input_ids=ids, attention_mask=mask, position_ids=pos,
-                           use_cache=False, return_dict=False)[0]
+            return self.lm(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=False,
+                return_dict=False,
+            )[0]
 
     ids = torch.tensor([[1, 2, 3]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Logits(load_causal_lm(tiny_llama)),
-                          (ids, torch.ones_like(ids), torch.arange(3)[None]),
-                          str(tmp_path / "plain.onnx"), dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            Logits(load_causal_lm(tiny_llama)),
+            (ids, torch.ones_like(ids), torch.arange(3)[None]),
+            str(tmp_path / "plain.onnx"),
+            dynamo=False,
+            do_constant_folding=True,
+        )
     hf = inspect(tiny_llama)
     m = map_names(hf, inspect(tmp_path / "plain.onnx"))
     got = {p.a: p for p in m.pairs}
@@ -255,11 +286,16 @@ def test_flax_names_pair_by_value_and_name_similarity():
 def test_equal_values_are_told_apart_by_names():
     zeros = np.zeros(3, np.float32)
     a = memory_model({"enc.q.bias": zeros, "enc.k.bias": zeros.copy(), "enc.v.bias": zeros.copy()})
-    b = memory_model({"enc/v/bias": zeros.copy(), "enc/q/bias": zeros.copy(),
-                      "enc/k/bias": zeros.copy()}, fmt="flax-msgpack")
+    b = memory_model(
+        {"enc/v/bias": zeros.copy(), "enc/q/bias": zeros.copy(), "enc/k/bias": zeros.copy()},
+        fmt="flax-msgpack",
+    )
     m = map_names(a, b)
-    assert {p.a: p.b for p in m.pairs} == {"enc.q.bias": "enc/q/bias", "enc.k.bias": "enc/k/bias",
-                                           "enc.v.bias": "enc/v/bias"}
+    assert {p.a: p.b for p in m.pairs} == {
+        "enc.q.bias": "enc/q/bias",
+        "enc.k.bias": "enc/k/bias",
+        "enc.v.bias": "enc/v/bias",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -273,9 +309,14 @@ def bn_folded(tmp_path_factory):
     pytest.importorskip("onnx")
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-        torch.nn.Conv2d(4, 6, 1, bias=False), torch.nn.BatchNorm2d(6, eps=1e-3),
-        torch.nn.Flatten(), torch.nn.Linear(6 * 6 * 6, 2)).eval()
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 6, 1, bias=False),
+        torch.nn.BatchNorm2d(6, eps=1e-3),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6 * 6 * 6, 2),
+    ).eval()
     for bn in (net[1], net[4]):
         n = bn.num_features
         bn.running_mean.copy_(torch.randn(n))
@@ -286,8 +327,13 @@ def bn_folded(tmp_path_factory):
     torch.save(net.state_dict(), folder / "net.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(folder / "net.onnx"),
-                          dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            net,
+            (torch.randn(1, 3, 8, 8),),
+            str(folder / "net.onnx"),
+            dynamo=False,
+            do_constant_folding=True,
+        )
     return folder
 
 
@@ -298,9 +344,13 @@ def test_batchnorm_folded_into_conv_is_traced_back(bn_folded):
     m = map_names(a, b)
     got = {p.a: p for p in m.pairs}
     assert {n: got[n].how for n in got} == {
-        "0.weight": "folded", "0.bias": "folded", "3.weight": "folded",
+        "0.weight": "folded",
+        "0.bias": "folded",
+        "3.weight": "folded",
         "4.bias": "folded",  # conv 3 has no bias: the fold's bias comes from BN 4's
-        "6.weight": "exact", "6.bias": "exact"}
+        "6.weight": "exact",
+        "6.bias": "exact",
+    }
     assert all(got[n].b.startswith("onnx::Conv_") for n in ("0.weight", "0.bias", "3.weight"))
     assert got["3.weight"].extra["fold"]["eps"] == 1e-3
     assert got["0.weight"].extra["fold"]["eps"] == 1e-5

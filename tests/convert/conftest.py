@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture(scope="session")
 def state_dict():
     """Tied embedding/head, a transposed (Fortran-order) weight, a strided view, bf16, ints."""
@@ -35,9 +36,16 @@ def pt_files(tmp_path_factory, state_dict) -> dict[str, Path]:
     torch.save(state_dict, zip_path)
     torch.save(state_dict, legacy, _use_new_zipfile_serialization=False)
     ckpt = folder / "ckpt.pt"
-    torch.save({"model": {"a.weight": torch.ones(2, 2), "a.bias": torch.zeros(2)},
-                "optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}}, "epoch": 3}, ckpt)
+    torch.save(
+        {
+            "model": {"a.weight": torch.ones(2, 2), "a.bias": torch.zeros(2)},
+            "optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}},
+            "epoch": 3,
+        },
+        ckpt,
+    )
     module = folder / "module.pt"
-    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1)),
-               module)
+    torch.save(
+        torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1)), module
+    )
     return {"zip": zip_path, "legacy": legacy, "ckpt": ckpt, "module": module}

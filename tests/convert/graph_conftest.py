@@ -33,14 +33,20 @@ def export_once(key: str, make: Callable[[Path], Any]) -> Any:
     return _CACHE[key]
 
 
-def onnx_export(tiny_llama: Path, opset: int = 17, exporter: str = "torchscript",
-                **kwargs) -> tuple[Path, dict]:
+def onnx_export(
+    tiny_llama: Path, opset: int = 17, exporter: str = "torchscript", **kwargs
+) -> tuple[Path, dict]:
     """(folder, facts) of ``export_causal_lm`` on the tiny Llama, made once per settings."""
     from keishiki._convert.onnx_export import export_causal_lm
 
     key = f"onnx-{exporter}-{opset}-" + "-".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
-    return export_once(key, lambda folder: (folder, export_causal_lm(
-        tiny_llama, folder, opset=opset, exporter=exporter, **kwargs)))
+    return export_once(
+        key,
+        lambda folder: (
+            folder,
+            export_causal_lm(tiny_llama, folder, opset=opset, exporter=exporter, **kwargs),
+        ),
+    )
 
 
 def initializer_names(model_path: Path) -> list[str]:
@@ -68,9 +74,10 @@ def torch_greedy_ids(model_dir: Path, steps: int = 20) -> tuple[list[int], list[
     prompt = seed_token_ids(model.config.vocab_size)
     model.generation_config.eos_token_id = None  # 20 tokens whatever comes out
     with torch.no_grad():
-        out = model.generate(torch.from_numpy(prompt), max_new_tokens=steps, do_sample=False,
-                             pad_token_id=0)
-    return prompt[0].tolist(), out[0, prompt.shape[1]:].tolist()
+        out = model.generate(
+            torch.from_numpy(prompt), max_new_tokens=steps, do_sample=False, pad_token_id=0
+        )
+    return prompt[0].tolist(), out[0, prompt.shape[1] :].tolist()
 
 
 def ort_greedy_ids(model_path: Path, prompt: list[int], steps: int = 20) -> list[int]:
@@ -80,6 +87,7 @@ def ort_greedy_ids(model_path: Path, prompt: list[int], steps: int = 20) -> list
     from keishiki._convert.run_verify import onnx_lm_forced, onnx_lm_shape, ort_session
 
     session = ort_session(model_path)
-    tokens, _ = onnx_lm_forced(session, np.array([prompt], dtype=np.int64), None,
-                               onnx_lm_shape(session), steps)
+    tokens, _ = onnx_lm_forced(
+        session, np.array([prompt], dtype=np.int64), None, onnx_lm_shape(session), steps
+    )
     return tokens

@@ -19,8 +19,9 @@ def llama256(tmp_path_factory) -> Path:
     if "hf" not in _BUILT:
         from keishiki.examples import build_tiny_llama
 
-        _BUILT["hf"] = build_tiny_llama(tmp_path_factory.mktemp("q") / "llama256", hidden=256,
-                                        intermediate=512)
+        _BUILT["hf"] = build_tiny_llama(
+            tmp_path_factory.mktemp("q") / "llama256", hidden=256, intermediate=512
+        )
     return _BUILT["hf"]
 
 

@@ -149,8 +149,9 @@ def pack2(L) -> bytes:
     out = bytearray(64)
     for j in range(0, QK_K, 128):
         for l in range(32):
-            out[j // 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | \
-                (L[j + l + 96] << 6)
+            out[j // 4 + l] = (
+                L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6)
+            )
     return bytes(out)
 
 
@@ -158,11 +159,11 @@ def q2_k(x) -> bytes:
     L = [0] * QK_K
     scales, mins = [], []
     for j in range(16):
-        g = x[16 * j:16 * j + 16]
+        g = x[16 * j : 16 * j + 16]
         s, m, l = make_qkx2(g, np.abs(g), 3, -0.5, 0.1, 15, True)
         scales.append(s)
         mins.append(m)
-        L[16 * j:16 * j + 16] = l
+        L[16 * j : 16 * j + 16] = l
     max_scale, max_min = max(max(scales), f32(0)), max(max(mins), f32(0))
     sc = [0] * 16
     if max_scale > 0:
@@ -191,9 +192,9 @@ def q3_k(x) -> bytes:
     L = [0] * QK_K
     scales = []
     for j in range(16):
-        s, l = make_q3(x[16 * j:16 * j + 16], 4)
+        s, l = make_q3(x[16 * j : 16 * j + 16], 4)
         scales.append(s)
-        L[16 * j:16 * j + 16] = l
+        L[16 * j : 16 * j + 16] = l
     max_scale = amax = f32(0)
     for s in scales:
         if abs(s) > amax:
@@ -235,7 +236,7 @@ def _q45(x, nmax, rmin, nstep):
     L = [0] * QK_K
     scales, mins = [], []
     for j in range(8):
-        g = x[32 * j:32 * j + 32]
+        g = x[32 * j : 32 * j + 32]
         sum_x2 = f32(0)
         for v in g:
             sum_x2 = f32(sum_x2 + f32(v * v))
@@ -243,7 +244,7 @@ def _q45(x, nmax, rmin, nstep):
         s, m, l = make_qkx2(g, (av_x + np.abs(g)).astype(f32), nmax, rmin, 0.1, nstep, False)
         scales.append(s)
         mins.append(m)
-        L[32 * j:32 * j + 32] = l
+        L[32 * j : 32 * j + 32] = l
     max_scale, max_min = max(max(scales), f32(0)), max(max(mins), f32(0))
     inv_scale = f32(f32(63) / max_scale) if max_scale > 0 else f32(0)
     inv_min = f32(f32(63) / max_min) if max_min > 0 else f32(0)
@@ -304,9 +305,9 @@ def q6_k(x) -> bytes:
     scales = []
     max_scale = max_abs = f32(0)
     for ib in range(16):
-        s, l = make_qx(x[16 * ib:16 * ib + 16], 32)
+        s, l = make_qx(x[16 * ib : 16 * ib + 16], 32)
         scales.append(s)
-        L[16 * ib:16 * ib + 16] = l
+        L[16 * ib : 16 * ib + 16] = l
         if abs(s) > max_abs:
             max_abs, max_scale = abs(s), s
     if max_abs < EPS:
@@ -327,8 +328,12 @@ def q6_k(x) -> bytes:
             q3, q4 = L[j + l + 64] & 0xF, L[j + l + 96] & 0xF
             ql[64 * h + l] = q1 | (q3 << 4)
             ql[64 * h + l + 32] = q2 | (q4 << 4)
-            qh[32 * h + l] = (L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | \
-                ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6)
+            qh[32 * h + l] = (
+                (L[j + l] >> 4)
+                | ((L[j + l + 32] >> 4) << 2)
+                | ((L[j + l + 64] >> 4) << 4)
+                | ((L[j + l + 96] >> 4) << 6)
+            )
     return bytes(ql) + bytes(qh) + bytes(np.array(sc, np.int8).view(np.uint8)) + d_b
 
 

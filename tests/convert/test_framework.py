@@ -31,8 +31,12 @@ def small_st(tmp_path) -> Path:
 
 
 def test_find_path_is_shortest_and_explains_failures():
-    edges = [Edge("a", "b", "m:f"), Edge("b", "c", "m:g"), Edge("a", "c", "m:h"),
-             Edge("c", "d", "m:i")]
+    edges = [
+        Edge("a", "b", "m:f"),
+        Edge("b", "c", "m:g"),
+        Edge("a", "c", "m:h"),
+        Edge("c", "d", "m:i"),
+    ]
     assert [e.run for e in find_path("a", "d", edges)] == ["m:h", "m:i"]
     assert [e.run for e in find_path("b", "d", edges)] == ["m:g", "m:i"]
     with pytest.raises(NoConversionPath, match="d converts to|no conversion from d"):
@@ -68,8 +72,9 @@ def test_refuses_existing_output_and_input_as_output(small_st, tmp_path):
     assert code == 2 and "is not a model file, so it is not keishiki's to replace" in err
     assert out.read_bytes() == b"precious"
     shutil.copy(small_st, out)
-    code, _, _ = run_cli("convert", small_st, out, "--to", "safetensors", "--force", "-q",
-                         "--dtype", "float16")
+    code, _, _ = run_cli(
+        "convert", small_st, out, "--to", "safetensors", "--force", "-q", "--dtype", "float16"
+    )
     assert code == 0 and set(safetensors_torch.load_file(out)) == {"w", "b"}
     assert safetensors_torch.load_file(out)["w"].dtype == torch.float16
 
@@ -114,20 +119,25 @@ def test_force_does_not_replace_a_model_of_another_kind(tiny_llama, tmp_path):
 def test_force_replaces_keishikis_own_folder(tiny_llama, tmp_path):
     out = tmp_path / "out"
     assert run_cli("convert", tiny_llama, out, "--to", "hf-model", "-q")[0] == 0
-    code, _, err = run_cli("convert", tiny_llama, out, "--to", "hf-model", "--force", "-q",
-                           "--dtype", "float16")
+    code, _, err = run_cli(
+        "convert", tiny_llama, out, "--to", "hf-model", "--force", "-q", "--dtype", "float16"
+    )
     assert code == 0, err
     weights = safetensors_torch.load_file(out / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float16}
 
 
-@pytest.mark.parametrize("missing,to,name,extra", [
-    ("gguf", "gguf", "o.gguf", "gguf"),
-    # writing safetensors needs the safetensors library alone, not transformers
-    ("safetensors", "safetensors", "o2.safetensors", "safetensors"),
-])
-def test_missing_extra_names_the_pip_line(small_st, tmp_path, monkeypatch, missing, to, name,
-                                          extra):
+@pytest.mark.parametrize(
+    "missing,to,name,extra",
+    [
+        ("gguf", "gguf", "o.gguf", "gguf"),
+        # writing safetensors needs the safetensors library alone, not transformers
+        ("safetensors", "safetensors", "o2.safetensors", "safetensors"),
+    ],
+)
+def test_missing_extra_names_the_pip_line(
+    small_st, tmp_path, monkeypatch, missing, to, name, extra
+):
     import keishiki._optional as optional
 
     real = optional.available
@@ -148,15 +158,23 @@ def test_not_enough_disk_space_is_refused(small_st, tmp_path, monkeypatch):
 def test_failed_verification_keeps_output_aside_or_removes_it(small_st, tmp_path, monkeypatch):
     import keishiki._convert.weights as weights
 
-    monkeypatch.setattr(weights, "verify_safetensors", lambda *a, **k: {
-        "method": "read-back", "passed": False, "reason": "w: differs (max abs diff 1)"})
+    monkeypatch.setattr(
+        weights,
+        "verify_safetensors",
+        lambda *a, **k: {
+            "method": "read-back",
+            "passed": False,
+            "reason": "w: differs (max abs diff 1)",
+        },
+    )
     out = tmp_path / "o.safetensors"
     code, stdout, err = run_cli("convert", small_st, out, "--to", "safetensors", "--json")
     assert code == 1 and "verification failed" in err and "w: differs" in err
     assert json.loads(stdout)["passed"] is False
     assert not out.exists() and (tmp_path / "o.safetensors.unverified").is_file()
-    code, _, err = run_cli("convert", small_st, tmp_path / "p.safetensors", "--to",
-                           "safetensors", "--strict")
+    code, _, err = run_cli(
+        "convert", small_st, tmp_path / "p.safetensors", "--to", "safetensors", "--strict"
+    )
     assert code == 1 and "removed" in err
     assert not list(tmp_path.glob("p.safetensors*")) and not list(tmp_path.glob(".p.*"))
     with pytest.raises(Mismatch):
@@ -175,9 +193,23 @@ def test_sigkill_mid_conversion_leaves_no_output(tmp_path):
     src = tmp_path / "big.safetensors"
     safetensors_torch.save_file({f"t{i}": torch.randn(1024, 1024) for i in range(48)}, src)
     out = tmp_path / "big.gguf"
-    proc = subprocess.Popen([sys.executable, "-m", "keishiki", "convert", str(src), str(out),
-                             "--to", "gguf", "--quant", "q8_0", "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keishiki",
+            "convert",
+            str(src),
+            str(out),
+            "--to",
+            "gguf",
+            "--quant",
+            "q8_0",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     tmp_seen = False
     while time.time() < deadline and proc.poll() is None:
@@ -225,26 +257,30 @@ def test_options_that_do_not_apply_and_negative_tolerances_are_refused(tmp_path)
 
     src = tmp_path / "w.safetensors"
     import numpy as np
+
     from keishiki.core.tensor import LazyTensor, TensorInfo
     from keishiki.formats import safetensors as st
 
     arr = np.arange(6, dtype=np.float32)
     with open(src, "wb") as fh:
         st.write(fh, [LazyTensor(TensorInfo("a", "float32", (6,), 24), lambda: arr)])
-    code, _, err = run_cli("convert", src, tmp_path / "o.safetensors", "--to", "safetensors",
-                           "--quant", "q8_0")
+    code, _, err = run_cli(
+        "convert", src, tmp_path / "o.safetensors", "--to", "safetensors", "--quant", "q8_0"
+    )
     assert code == 2 and "--quant applies to --to gguf / onnx only" in err
-    code, _, err = run_cli("convert", src, tmp_path / "o2.safetensors", "--to", "safetensors",
-                           "--atol", "-1")
+    code, _, err = run_cli(
+        "convert", src, tmp_path / "o2.safetensors", "--to", "safetensors", "--atol", "-1"
+    )
     assert code == 2 and "--atol must be >= 0" in err
     assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o2.safetensors").exists()
 
 
 def test_bracketed_output_path_is_printed_not_parsed(tmp_path):
-    from tests.conftest import run_cli
     import numpy as np
+
     from keishiki.core.tensor import LazyTensor, TensorInfo
     from keishiki.formats import safetensors as st
+    from tests.conftest import run_cli
 
     src = tmp_path / "w.safetensors"
     arr = np.arange(4, dtype=np.float32)

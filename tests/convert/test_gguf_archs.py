@@ -21,50 +21,111 @@ transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
 TOKEN_IDS = [[1, 5, 77, 200, 383, 42, 9, 300]]
-_SMALL = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-              max_position_embeddings=256, rms_norm_eps=1e-6)
+_SMALL = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+)
 # qwen3: head_dim 128 != hidden/heads, as in the real Qwen3 models (transformers' GGUF loader
 # does not read attention.key_length for qwen3 and takes Qwen3Config's default 128).
 # gemma2: head_dim 256 = query_pre_attn_scalar's default, which is what llama.cpp scales by.
 CASES = {
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",
-              dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM",
-              dict(num_attention_heads=4, num_key_value_heads=2, head_dim=128,
-                   tie_word_embeddings=True)),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM",
-              dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16)),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
-               dict(num_attention_heads=2, num_key_value_heads=1, head_dim=256,
-                    query_pre_attn_scalar=256)),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM",
-             dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                  original_max_position_embeddings=256)),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        "Qwen3ForCausalLM",
+        dict(num_attention_heads=4, num_key_value_heads=2, head_dim=128, tie_word_embeddings=True),
+    ),
+    "gemma": (
+        "GemmaConfig",
+        "GemmaForCausalLM",
+        dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16),
+    ),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        dict(num_attention_heads=2, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256),
+    ),
+    "phi3": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            original_max_position_embeddings=256,
+        ),
+    ),
 }
 TRANSFORMERS_READS = ("qwen2", "qwen3", "gemma2", "phi3")  # transformers.integrations.ggml
 # keys llama.cpp's loader (llama-model.cpp load_hparams) reads as required, plus the ones
 # its converter always writes for these architectures (key_length for gemma)
 LLAMA_CPP_KEYS = {
-    "qwen2": ["context_length", "embedding_length", "block_count", "feed_forward_length",
-              "attention.head_count", "attention.head_count_kv",
-              "attention.layer_norm_rms_epsilon", "rope.freq_base"],
-    "qwen3": ["context_length", "embedding_length", "block_count", "feed_forward_length",
-              "attention.head_count", "attention.head_count_kv",
-              "attention.layer_norm_rms_epsilon", "attention.key_length",
-              "attention.value_length"],
-    "gemma": ["context_length", "embedding_length", "block_count", "feed_forward_length",
-              "attention.head_count", "attention.head_count_kv",
-              "attention.layer_norm_rms_epsilon", "attention.key_length",
-              "attention.value_length"],
-    "gemma2": ["context_length", "embedding_length", "block_count", "feed_forward_length",
-               "attention.head_count", "attention.head_count_kv",
-               "attention.layer_norm_rms_epsilon", "attention.key_length",
-               "attention.value_length", "attention.sliding_window",
-               "attn_logit_softcapping", "final_logit_softcapping"],
-    "phi3": ["context_length", "embedding_length", "block_count", "feed_forward_length",
-             "attention.head_count", "attention.head_count_kv",
-             "attention.layer_norm_rms_epsilon", "rope.dimension_count", "rope.freq_base",
-             "rope.scaling.original_context_length", "attention.sliding_window"],
+    "qwen2": [
+        "context_length",
+        "embedding_length",
+        "block_count",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+        "attention.layer_norm_rms_epsilon",
+        "rope.freq_base",
+    ],
+    "qwen3": [
+        "context_length",
+        "embedding_length",
+        "block_count",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+        "attention.layer_norm_rms_epsilon",
+        "attention.key_length",
+        "attention.value_length",
+    ],
+    "gemma": [
+        "context_length",
+        "embedding_length",
+        "block_count",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+        "attention.layer_norm_rms_epsilon",
+        "attention.key_length",
+        "attention.value_length",
+    ],
+    "gemma2": [
+        "context_length",
+        "embedding_length",
+        "block_count",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+        "attention.layer_norm_rms_epsilon",
+        "attention.key_length",
+        "attention.value_length",
+        "attention.sliding_window",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+    ],
+    "phi3": [
+        "context_length",
+        "embedding_length",
+        "block_count",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+        "attention.layer_norm_rms_epsilon",
+        "rope.dimension_count",
+        "rope.freq_base",
+        "rope.scaling.original_context_length",
+        "attention.sliding_window",
+    ],
 }
 
 
@@ -84,9 +145,13 @@ def tiny_models(tiny_llama, tmp_path_factory):
         # "phi3" (Phi-3's SentencePiece tokens), which the tiny tokenizer does not have
         folder = tmp_path_factory.mktemp(f"archs-{arch}") / "tiny"
         config = getattr(transformers, config_cls)(
-            vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"],
-            eos_token_id=base["eos_token_id"], pad_token_id=base["pad_token_id"],
-            **_SMALL, **extra)
+            vocab_size=base["vocab_size"],
+            bos_token_id=base["bos_token_id"],
+            eos_token_id=base["eos_token_id"],
+            pad_token_id=base["pad_token_id"],
+            **_SMALL,
+            **extra,
+        )
         torch.manual_seed(0)
         model = getattr(transformers, model_cls)(config).eval()
         gen = torch.Generator().manual_seed(1)
@@ -155,49 +220,63 @@ def test_tensor_names_and_what_llama_cpp_changes(arch_ggufs, tiny_models):
     for arch in CASES:
         hf = load_file(tiny_models[arch][0] / "model.safetensors")
         reader, _ = _fields(arch_ggufs[arch, "f32"])
-        t = {x.name: np.asarray(x.data).reshape(tuple(reversed(x.shape.tolist())))
-             for x in reader.tensors}
+        t = {
+            x.name: np.asarray(x.data).reshape(tuple(reversed(x.shape.tolist())))
+            for x in reader.tensors
+        }
         if arch.startswith("qwen"):  # not permuted
-            np.testing.assert_array_equal(t["blk.1.attn_q.weight"],
-                                          hf["model.layers.1.self_attn.q_proj.weight"])
-            np.testing.assert_array_equal(t["blk.1.ffn_norm.weight"],
-                                          hf["model.layers.1.post_attention_layernorm.weight"])
+            np.testing.assert_array_equal(
+                t["blk.1.attn_q.weight"], hf["model.layers.1.self_attn.q_proj.weight"]
+            )
+            np.testing.assert_array_equal(
+                t["blk.1.ffn_norm.weight"], hf["model.layers.1.post_attention_layernorm.weight"]
+            )
             # qwen3 here ties its embeddings: llama.cpp writes no output.weight then
             assert ("output.weight" in t) == (arch != "qwen3")
         if arch == "qwen2":
-            np.testing.assert_array_equal(t["blk.0.attn_k.bias"],
-                                          hf["model.layers.0.self_attn.k_proj.bias"])
+            np.testing.assert_array_equal(
+                t["blk.0.attn_k.bias"], hf["model.layers.0.self_attn.k_proj.bias"]
+            )
         if arch == "qwen3":
-            np.testing.assert_array_equal(t["blk.0.attn_k_norm.weight"],
-                                          hf["model.layers.0.self_attn.k_norm.weight"])
+            np.testing.assert_array_equal(
+                t["blk.0.attn_k_norm.weight"], hf["model.layers.0.self_attn.k_norm.weight"]
+            )
             assert t["blk.0.attn_q_norm.weight"].shape == (128,)
         if arch.startswith("gemma"):
             assert "output.weight" not in t
             np.testing.assert_array_equal(t["output_norm.weight"], hf["model.norm.weight"] + 1)
-            np.testing.assert_array_equal(t["blk.0.attn_norm.weight"],
-                                          hf["model.layers.0.input_layernorm.weight"] + 1)
+            np.testing.assert_array_equal(
+                t["blk.0.attn_norm.weight"], hf["model.layers.0.input_layernorm.weight"] + 1
+            )
         if arch == "phi3":  # fused tensors kept fused, as llama.cpp does
-            np.testing.assert_array_equal(t["blk.1.attn_qkv.weight"],
-                                          hf["model.layers.1.self_attn.qkv_proj.weight"])
-            np.testing.assert_array_equal(t["blk.0.ffn_up.weight"],
-                                          hf["model.layers.0.mlp.gate_up_proj.weight"])
+            np.testing.assert_array_equal(
+                t["blk.1.attn_qkv.weight"], hf["model.layers.1.self_attn.qkv_proj.weight"]
+            )
+            np.testing.assert_array_equal(
+                t["blk.0.ffn_up.weight"], hf["model.layers.0.mlp.gate_up_proj.weight"]
+            )
         if arch == "gemma2":
             np.testing.assert_array_equal(
                 t["blk.1.post_ffw_norm.weight"],
-                hf["model.layers.1.post_feedforward_layernorm.weight"] + 1)
+                hf["model.layers.1.post_feedforward_layernorm.weight"] + 1,
+            )
             np.testing.assert_array_equal(
-                t["blk.1.ffn_norm.weight"], hf["model.layers.1.pre_feedforward_layernorm.weight"] + 1)
+                t["blk.1.ffn_norm.weight"],
+                hf["model.layers.1.pre_feedforward_layernorm.weight"] + 1,
+            )
 
 
 @pytest.mark.parametrize("arch", TRANSFORMERS_READS)
 @pytest.mark.parametrize("quant", ["f32", "q8_0"])
-def test_transformers_gguf_loader_gives_the_same_logits(arch, quant, arch_ggufs, tiny_models,
-                                                        tmp_path):
+def test_transformers_gguf_loader_gives_the_same_logits(
+    arch, quant, arch_ggufs, tiny_models, tmp_path
+):
     """f32: the original logits; q8_0: within quantization of them, and the same (to float
     rounding) as keishiki's own GGUF -> HF folder of the same file."""
     path = arch_ggufs[arch, quant]
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
     assert type(model).__name__ == CASES[arch][1]
     got, expected = _logits(model), tiny_models[arch][1]
     if quant == "f32":
@@ -219,17 +298,27 @@ def test_gguf_to_hf_model_round_trip(arch, arch_ggufs, tiny_models, tmp_path):
     assert report.passed, report.to_dict()
     config = json.loads((out / "config.json").read_text())
     original = json.loads((src / "config.json").read_text())
-    for key in ("model_type", "architectures", "hidden_size", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "intermediate_size", "tie_word_embeddings",
-                "vocab_size"):
+    for key in (
+        "model_type",
+        "architectures",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "tie_word_embeddings",
+        "vocab_size",
+    ):
         if key in original:  # qwen2 has no head_dim entry
             assert config[key] == original[key], key
     model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     # f32 round trip: bit-exact except gemma's norms, (w + 1) - 1 in float32
     np.testing.assert_allclose(_logits(model), expected, atol=1e-5, rtol=0)
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert tok("Hello world")["input_ids"] == transformers.AutoTokenizer.from_pretrained(src)(
-        "Hello world")["input_ids"]
+    assert (
+        tok("Hello world")["input_ids"]
+        == transformers.AutoTokenizer.from_pretrained(src)("Hello world")["input_ids"]
+    )
 
 
 def test_q8_0_round_trip_within_quantization(arch_ggufs, tiny_models, tmp_path):
@@ -246,8 +335,9 @@ def test_other_model_types_are_refused_with_the_list(tiny_llama, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config.update(model_type="falcon", architectures=["FalconForCausalLM"])
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InvalidRequest,
-                       match=r"falcon.*llama, mistral, qwen2, qwen3, gemma, gemma2, phi3 only"):
+    with pytest.raises(
+        InvalidRequest, match=r"falcon.*llama, mistral, qwen2, qwen3, gemma, gemma2, phi3 only"
+    ):
         keishiki.convert(folder, tmp_path / "x.gguf", to="gguf", quiet=True)
 
 
@@ -255,8 +345,12 @@ def test_phi3_longrope_is_refused(tiny_models, tmp_path):
     folder = tmp_path / "phi3-128k"
     shutil.copytree(tiny_models["phi3"][0], folder)
     config = json.loads((folder / "config.json").read_text())
-    config["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0,
-                                 "long_factor": [1.0] * 8, "short_factor": [1.0] * 8}
+    config["rope_parameters"] = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "long_factor": [1.0] * 8,
+        "short_factor": [1.0] * 8,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(InvalidRequest, match="long_factor.*rope_factors"):
         keishiki.convert(folder, tmp_path / "x.gguf", to="gguf", quiet=True)
@@ -282,17 +376,18 @@ def test_half_precision_through_the_cli(quant, rel, tiny_models, tmp_path):
 
     src, expected = tiny_models["qwen3"]
     out = tmp_path / f"qwen3-{quant}.gguf"
-    code, stdout, stderr = run_cli("convert", str(src), str(out), "--to", "gguf",
-                                   "--quant", quant, "--quiet", "--json")
+    code, stdout, stderr = run_cli(
+        "convert", str(src), str(out), "--to", "gguf", "--quant", quant, "--quiet", "--json"
+    )
     assert code == 0, stderr
     assert json.loads(stdout)["passed"] is True
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
     assert types["blk.0.attn_q.weight"] == quant.upper()
     assert types["blk.0.attn_q_norm.weight"] == "F32"
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        out.parent, gguf_file=out.name, dtype=torch.float32).eval()
-    np.testing.assert_allclose(_logits(model), expected, atol=rel * np.abs(expected).max(),
-                               rtol=0)
+        out.parent, gguf_file=out.name, dtype=torch.float32
+    ).eval()
+    np.testing.assert_allclose(_logits(model), expected, atol=rel * np.abs(expected).max(), rtol=0)
 
 
 @pytest.mark.parametrize("arch", list(CASES))
@@ -302,13 +397,19 @@ def test_llama_cpp_runs_the_gguf(arch, arch_ggufs, tiny_models):
     llama_cpp = pytest.importorskip("llama_cpp")
     expected = tiny_models[arch][1][0]
     for quant, rel in (("f32", 2e-3), ("q8_0", 0.05)):
-        llm = llama_cpp.Llama(model_path=str(arch_ggufs[arch, quant]), logits_all=True,
-                              n_ctx=64, n_threads=2, verbose=False)
+        llm = llama_cpp.Llama(
+            model_path=str(arch_ggufs[arch, quant]),
+            logits_all=True,
+            n_ctx=64,
+            n_threads=2,
+            verbose=False,
+        )
         llm.eval(TOKEN_IDS[0])
-        got = np.asarray(llm.scores[:len(TOKEN_IDS[0])])
+        got = np.asarray(llm.scores[: len(TOKEN_IDS[0])])
         llm.close()
-        np.testing.assert_allclose(got, expected, atol=rel * np.abs(expected).max(), rtol=0,
-                                   err_msg=f"{arch} {quant}")
+        np.testing.assert_allclose(
+            got, expected, atol=rel * np.abs(expected).max(), rtol=0, err_msg=f"{arch} {quant}"
+        )
 
 
 @pytest.mark.parametrize("arch", list(CASES))
@@ -318,10 +419,11 @@ def test_llama_cpp_tokenizes_like_the_hf_folder(arch, arch_ggufs, tiny_models):
     llama_cpp = pytest.importorskip("llama_cpp")
     from keishiki._convert.gguf_vocab import LOOSE_SAMPLES, STRICT_SAMPLES
 
-    llm = llama_cpp.Llama(model_path=str(arch_ggufs[arch, "f32"]), vocab_only=True,
-                          verbose=False)
+    llm = llama_cpp.Llama(model_path=str(arch_ggufs[arch, "f32"]), vocab_only=True, verbose=False)
     hf = transformers.AutoTokenizer.from_pretrained(tiny_models[arch][0])
     for text in STRICT_SAMPLES + LOOSE_SAMPLES:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf(
-            text, add_special_tokens=False)["input_ids"], text
+        assert (
+            llm.tokenize(text.encode(), add_bos=False, special=True)
+            == hf(text, add_special_tokens=False)["input_ids"]
+        ), text
     llm.close()

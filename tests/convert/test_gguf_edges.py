@@ -64,8 +64,7 @@ def test_q_is_permuted_like_llama_cpp(ggufs, tiny_llama_state_dict):
     hf = tiny_llama_state_dict["model.layers.0.self_attn.q_proj.weight"].numpy()
     heads = 4
     expected = hf.reshape(heads, 2, hf.shape[0] // heads // 2, hf.shape[1]).swapaxes(1, 2)
-    np.testing.assert_array_equal(np.asarray(q.data).reshape(hf.shape),
-                                  expected.reshape(hf.shape))
+    np.testing.assert_array_equal(np.asarray(q.data).reshape(hf.shape), expected.reshape(hf.shape))
 
 
 def test_hf_gguf_hf_round_trip_is_exact_at_f32(ggufs, tiny_llama, tiny_llama_state_dict, tmp_path):
@@ -86,8 +85,9 @@ def test_hf_gguf_hf_round_trip_is_exact_at_f32(ggufs, tiny_llama, tiny_llama_sta
 
 
 @pytest.mark.parametrize("quant,tol", [("f16", 1e-3), ("bf16", 1e-2), ("q8_0", 0.02)])
-def test_hf_gguf_safetensors_within_quantization(ggufs, tiny_llama_state_dict, tmp_path,
-                                                 quant, tol):
+def test_hf_gguf_safetensors_within_quantization(
+    ggufs, tiny_llama_state_dict, tmp_path, quant, tol
+):
     out = tmp_path / "back.safetensors"
     report = keishiki.convert(ggufs[quant], out, to="safetensors", quiet=True)
     assert report.passed

@@ -72,6 +72,7 @@ def test_linear_rope_scaling_is_written_and_read_back(tiny_llama, tmp_path):
     assert code == 0, err
     assert "rope_type" not in stdout  # no 'not written' warning any more
     import gguf
+
     fields = gguf.GGUFReader(str(out)).fields
     assert fields["llama.rope.scaling.type"].contents() == "linear"
     assert fields["llama.rope.scaling.factor"].contents() == 4.0
@@ -89,12 +90,19 @@ def test_linear_rope_scaling_is_written_and_read_back(tiny_llama, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     llm = llama_cpp.Llama(str(out), logits_all=True, verbose=False, n_ctx=64)
     llm.eval(ids[0])
-    assert np.abs(np.array(llm.scores[:len(ids[0])]) - logits[0]).max() < 1e-3
+    assert np.abs(np.array(llm.scores[: len(ids[0])]) - logits[0]).max() < 1e-3
 
 
-@pytest.mark.parametrize("entry, result", [("num_attention_heads", 2), ("vocab_size", 2),
-                                           ("num_hidden_layers", 2), ("hidden_size", 2),
-                                           ("intermediate_size", 2)])
+@pytest.mark.parametrize(
+    "entry, result",
+    [
+        ("num_attention_heads", 2),
+        ("vocab_size", 2),
+        ("num_hidden_layers", 2),
+        ("hidden_size", 2),
+        ("intermediate_size", 2),
+    ],
+)
 def test_config_missing_an_entry_is_a_one_line_refusal(tiny_llama, tmp_path, entry, result):
     # before: KeyError -> "internal error" (heads, vocab, layers) or exit 1 after the whole
     # write with a '.unverified' file left (hidden_size, intermediate_size)
@@ -133,12 +141,15 @@ def _strip_gguf(src, out, drop):
     writer.close()
 
 
-@pytest.mark.parametrize("drop, says", [
-    ("llama.attention.head_count", "no llama.attention.head_count"),   # was KeyError
-    ("llama.embedding_length", "no llama.embedding_length"),           # was KeyError
-    ("token_embd.weight", "model.embed_tokens.weight"),                 # was StopIteration
-    ("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight"),  # was exit 0, no q_proj
-])
+@pytest.mark.parametrize(
+    "drop, says",
+    [
+        ("llama.attention.head_count", "no llama.attention.head_count"),  # was KeyError
+        ("llama.embedding_length", "no llama.embedding_length"),  # was KeyError
+        ("token_embd.weight", "model.embed_tokens.weight"),  # was StopIteration
+        ("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight"),  # was exit 0, no q_proj
+    ],
+)
 def test_incomplete_gguf_to_hf_is_refused(tiny_gguf, tmp_path, drop, says):
     cut = tmp_path / "cut.gguf"
     _strip_gguf(tiny_gguf, cut, {drop})
@@ -189,10 +200,19 @@ def test_phi3_config_without_num_key_value_heads_is_refused(tiny_llama, tmp_path
     import transformers
 
     config = transformers.Phi3Config(
-        vocab_size=384, hidden_size=64, num_hidden_layers=1, intermediate_size=128,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        original_max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2)
+        vocab_size=384,
+        hidden_size=64,
+        num_hidden_layers=1,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        original_max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     src = tmp_path / "phi3"
     transformers.Phi3ForCausalLM(config).save_pretrained(src)
     for name in ("tokenizer.json", "tokenizer_config.json"):

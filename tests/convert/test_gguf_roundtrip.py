@@ -24,8 +24,13 @@ torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
-TEXTS = ["Hello, world! The quick brown fox.", "digits 0123456789 and 3.14159",
-         "emoji 🦙 and ümlauts, naïve façade", "tabs\tand\nnew   lines", "a"]
+TEXTS = [
+    "Hello, world! The quick brown fox.",
+    "digits 0123456789 and 3.14159",
+    "emoji 🦙 and ümlauts, naïve façade",
+    "tabs\tand\nnew   lines",
+    "a",
+]
 
 
 def _with_template(folder: Path, bos: str, split_regex: str | None = None) -> Path:
@@ -36,19 +41,36 @@ def _with_template(folder: Path, bos: str, split_regex: str | None = None) -> Pa
     bos_id = next(t["id"] for t in data["added_tokens"] if t["content"] == bos)
     data["post_processor"] = {
         "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                   {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                 {"Sequence": {"id": "A", "type_id": 0}},
-                 {"SpecialToken": {"id": bos, "type_id": 1}},
-                 {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+        "single": [
+            {"SpecialToken": {"id": bos, "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+        ],
+        "pair": [
+            {"SpecialToken": {"id": bos, "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": bos, "type_id": 1}},
+            {"Sequence": {"id": "B", "type_id": 1}},
+        ],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+    }
     if split_regex:
-        data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": split_regex}, "behavior": "Isolated",
-             "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-             "use_regex": False}]}
+        data["pre_tokenizer"] = {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": split_regex},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": True,
+                    "use_regex": False,
+                },
+            ],
+        }
     path.write_text(json.dumps(data))
     return folder
 
@@ -63,8 +85,9 @@ def sources(tiny_llama, spm_weights, spm_bytes, tmp_path_factory) -> dict[str, P
         shutil.copytree(tiny_llama, root / name)
     folders["byte-level-bos"] = _with_template(root / "byte-level-bos", "<s>")
     folders["llama3-bos"] = _with_template(root / "llama3-bos", "<s>", _LLAMA3_SPLIT)
-    folders["sentencepiece"] = _llama_folder(spm_weights, root / "spm", spm_bytes,
-                                             keep_model=True, keep_json=True)
+    folders["sentencepiece"] = _llama_folder(
+        spm_weights, root / "spm", spm_bytes, keep_model=True, keep_json=True
+    )
     return folders
 
 
@@ -83,12 +106,12 @@ CASES = [  # (vocabulary, GGUF tokenizer model, pre, BOS added, split options)
 ]
 
 
-@pytest.mark.parametrize("kind, model, pre, bos, split", CASES,
-                         ids=[f"{c[0]}{'-split' if c[4] else ''}" for c in CASES])
+@pytest.mark.parametrize(
+    "kind, model, pre, bos, split", CASES, ids=[f"{c[0]}{'-split' if c[4] else ''}" for c in CASES]
+)
 def test_hf_gguf_hf_round_trip(sources, tmp_path, kind, model, pre, bos, split):
     src = sources[kind]
-    report = keishiki.convert(src, tmp_path / "m.gguf", to="gguf", quant="f32", quiet=True,
-                              **split)
+    report = keishiki.convert(src, tmp_path / "m.gguf", to="gguf", quant="f32", quiet=True, **split)
     assert report.passed and report.steps[0].verify["tokenizer"]["passed"], report.to_dict()
     files = report.steps[0].details.get("split_files") or ["m.gguf"]
     assert (len(files) > 1) == bool(split)
@@ -103,8 +126,10 @@ def test_hf_gguf_hf_round_trip(sources, tmp_path, kind, model, pre, bos, split):
     want_ids = [original.encode(t) for t in TEXTS]
     assert [got.encode(t) for t in TEXTS] == want_ids
     assert all((ids[0] == original.bos_token_id) is bos for ids in want_ids)
-    assert [got.encode(t, add_special_tokens=False) for t in TEXTS] == \
-        [original.encode(t, add_special_tokens=False) for t in TEXTS]
+    assert [got.encode(t, add_special_tokens=False) for t in TEXTS] == [
+        original.encode(t, add_special_tokens=False) for t in TEXTS
+    ]
     for ids in want_ids[:2]:
-        np.testing.assert_allclose(_logits(tmp_path / "back", ids), _logits(src, ids),
-                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            _logits(tmp_path / "back", ids), _logits(src, ids), atol=1e-5, rtol=0
+        )

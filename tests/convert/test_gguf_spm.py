@@ -37,9 +37,15 @@ EXTRA = [
     "Numbers like 2024, 3.14159 and 1,000,000 are split into single digits.",
 ]
 TEXT = TRAINING_TEXT + EXTRA * 3
-SAMPLES = ["Hello, world! The quick brown fox converting tokenizers.", "初めまして、東京の天気。",
-           "emoji 🦙🚀🎉 ok", "digits 0123456789", "tabs\tand\nnew   lines",
-           "未知の文字 龘", "the pieces become vectors quickly"]
+SAMPLES = [
+    "Hello, world! The quick brown fox converting tokenizers.",
+    "初めまして、東京の天気。",
+    "emoji 🦙🚀🎉 ok",
+    "digits 0123456789",
+    "tabs\tand\nnew   lines",
+    "未知の文字 龘",
+    "the pieces become vectors quickly",
+]
 # where transformers 5's LlamaTokenizer and SentencePiece/llama.cpp differ (see gguf_vocab)
 SPACED = ["  two leading spaces", " one leading space", "<s>after a special</s> token"]
 VOCAB_TESTS = "gguf/llama.cpp-vocab/ggml-vocab-{}.gguf"
@@ -48,17 +54,30 @@ VOCAB_TESTS = "gguf/llama.cpp-vocab/ggml-vocab-{}.gguf"
 def _train_spm(vocab_size: int) -> bytes:
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
-        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, character_coverage=1.0,
-        hard_vocab_limit=False, split_digits=True, minloglevel=2,
+        sentence_iterator=iter(TEXT),
+        model_writer=buf,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        split_digits=True,
+        minloglevel=2,
         # as Llama's tokenizer.model: no normalization, whitespace kept as it is
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True)
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+    )
     return buf.getvalue()
 
 
-def _llama_folder(weights: Path, dest: Path, model: bytes, keep_model: bool,
-                  keep_json: bool) -> Path:
+def _llama_folder(
+    weights: Path, dest: Path, model: bytes, keep_model: bool, keep_json: bool
+) -> Path:
     """The tiny model's weights with an HF Llama tokenizer made from ``model``."""
     shutil.copytree(weights, dest)
     spm_dir = dest.parent / f"{dest.name}-spm"
@@ -66,8 +85,12 @@ def _llama_folder(weights: Path, dest: Path, model: bytes, keep_model: bool,
     (spm_dir / "tokenizer.model").write_bytes(model)
     # legacy=True: the Llama-2 behaviour (meta-space after special tokens, like SentencePiece)
     tok = transformers.LlamaTokenizer.from_pretrained(
-        str(spm_dir), legacy=True, add_bos_token=True, pad_token="<pad>",
-        chat_template="{% for m in messages %}{{ m['content'] }}</s>{% endfor %}")
+        str(spm_dir),
+        legacy=True,
+        add_bos_token=True,
+        pad_token="<pad>",
+        chat_template="{% for m in messages %}{{ m['content'] }}</s>{% endfor %}",
+    )
     tok.save_pretrained(str(dest))
     if keep_model:
         shutil.copy(spm_dir / "tokenizer.model", dest / "tokenizer.model")
@@ -93,9 +116,18 @@ def spm_weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("spm-weights") / "weights"
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
@@ -138,8 +170,12 @@ def test_sentencepiece_written_as_llama_with_real_scores(spm_ggufs, spm_folders)
     path, report = spm_ggufs["both"]
     assert report.passed, report.to_dict()
     step = report.steps[0]
-    assert step.details["tokenizer"] == {"model": "llama", "pre": "default",
-                                         "source": "tokenizer.model", "n_tokens": VOCAB}
+    assert step.details["tokenizer"] == {
+        "model": "llama",
+        "pre": "default",
+        "source": "tokenizer.model",
+        "n_tokens": VOCAB,
+    }
     check = step.verify["tokenizer"]
     assert check["passed"] is True and check["n_samples"] >= 8 and not check["mismatched"]
     # transformers 5's LlamaTokenizer drops SentencePiece's dummy prefix before a leading
@@ -161,11 +197,16 @@ def test_sentencepiece_written_as_llama_with_real_scores(spm_ggufs, spm_folders)
     assert tokens[4:260] == [f"<0x{b:02X}>" for b in range(256)]
     assert set(types[4:260]) == {6}  # BYTE
     assert types[0] == 2 and types[1] == types[2] == 3  # UNKNOWN, CONTROL
-    assert all(t == 5 and tok == f"[PAD{i}]" for i, (t, tok) in
-               enumerate(zip(types, tokens)) if i >= n)  # padded up to the embedding rows
+    assert all(
+        t == 5 and tok == f"[PAD{i}]" for i, (t, tok) in enumerate(zip(types, tokens)) if i >= n
+    )  # padded up to the embedding rows
     assert len(tokens) == VOCAB
-    assert (kv["tokenizer.ggml.bos_token_id"], kv["tokenizer.ggml.eos_token_id"],
-            kv["tokenizer.ggml.unknown_token_id"], kv["tokenizer.ggml.padding_token_id"]) == (1, 2, 0, 3)
+    assert (
+        kv["tokenizer.ggml.bos_token_id"],
+        kv["tokenizer.ggml.eos_token_id"],
+        kv["tokenizer.ggml.unknown_token_id"],
+        kv["tokenizer.ggml.padding_token_id"],
+    ) == (1, 2, 0, 3)
     assert kv["tokenizer.ggml.add_bos_token"] is True
     assert kv["tokenizer.ggml.add_eos_token"] is False
     assert "</s>" in kv["tokenizer.chat_template"]
@@ -235,8 +276,9 @@ def test_byte_level_tiny_llama_stays_gpt2(tiny_llama, tmp_path):
 
 def test_cli_converts_and_reports_the_tokenizer(spm_folders, tmp_path):
     out = tmp_path / "cli.gguf"
-    code, stdout, stderr = run_cli("convert", spm_folders["model"], out, "--to", "gguf",
-                                   "--quant", "f16", "--quiet", "--json")
+    code, stdout, stderr = run_cli(
+        "convert", spm_folders["model"], out, "--to", "gguf", "--quant", "f16", "--quiet", "--json"
+    )
     assert code == 0, stderr
     report = json.loads(stdout)
     step = report["steps"][0]
@@ -288,7 +330,7 @@ def _vocab_tests(name: str) -> tuple[Path, list[str], list[list[int]]]:
     path = corpus_path(VOCAB_TESTS.format(name))
     texts = path.with_name(path.name + ".inp").read_text(encoding="utf-8")
     texts = texts.split("\n__ggml_vocab_test__\n")[:-1]
-    ids = path.with_name(path.name + ".out").read_text().split("\n")[:len(texts)]
+    ids = path.with_name(path.name + ".out").read_text().split("\n")[: len(texts)]
     return path, texts, [[int(i) for i in line.split()] for line in ids]
 
 
@@ -345,20 +387,29 @@ def llama3_style(tiny_llama, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("llama3") / "llama3"
     shutil.copytree(tiny_llama, folder)
     tok = Tokenizer(models.BPE(ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_LLAMA3, show_progress=False,
-                                  special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_LLAMA3,
+        show_progress=False,
+        special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(TEXT + ["1234567890 123456 2024"] * 5, trainer=trainer)
     assert tok.get_vocab_size() == VOCAB_LLAMA3
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (folder / name).unlink(missing_ok=True)
     transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
-        model_input_names=["input_ids", "attention_mask"]).save_pretrained(folder)
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        model_input_names=["input_ids", "attention_mask"],
+    ).save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(bos_token_id=0, eos_token_id=1, pad_token_id=None)
     (folder / "config.json").write_text(json.dumps(config))
@@ -381,7 +432,9 @@ def test_llama3_style_stays_gpt2_with_llama_bpe_pre(llama3_style, tmp_path):
     hf = transformers.AutoTokenizer.from_pretrained(llama3_style)
     got = _gguf_tokenizer(out)
     digits = "1234567890 123456"
-    assert got.encode(digits, add_special_tokens=False) == hf.encode(digits, add_special_tokens=False)
+    assert got.encode(digits, add_special_tokens=False) == hf.encode(
+        digits, add_special_tokens=False
+    )
     assert all(len(t.strip("Ġ")) <= 3 for t in got.tokenize(digits))
 
 
@@ -394,8 +447,9 @@ def test_llama3_style_round_trip_keeps_the_split(llama3_style, tmp_path):
     hf = transformers.AutoTokenizer.from_pretrained(llama3_style)
     back = transformers.AutoTokenizer.from_pretrained(out)
     texts = SAMPLES + ["1234567890 123456", " leading space"]
-    assert [back.encode(t, add_special_tokens=False) for t in texts] == \
-        [hf.encode(t, add_special_tokens=False) for t in texts]
+    assert [back.encode(t, add_special_tokens=False) for t in texts] == [
+        hf.encode(t, add_special_tokens=False) for t in texts
+    ]
 
 
 def test_gguf_written_next_to_another_tokenizer(spm_folders, tiny_llama, tmp_path):
@@ -426,8 +480,7 @@ def test_vocab_edge_cases(spm_folders, tmp_path):
     assert any("left out" in w for w in warnings)
 
 
-def test_space_prefix_follows_the_source_as_llama_cpp_writes_it(spm_ggufs, spm_weights,
-                                                                tmp_path):
+def test_space_prefix_follows_the_source_as_llama_cpp_writes_it(spm_ggufs, spm_weights, tmp_path):
     """llama.cpp's converter writes tokenizer.model's add_dummy_prefix as
     ``tokenizer.ggml.add_space_prefix``: True for Llama-2-style models (also read from a
     tokenizer.json's Prepend normalizer), False for Gemma-style ones, where a reader that
@@ -440,17 +493,33 @@ def test_space_prefix_follows_the_source_as_llama_cpp_writes_it(spm_ggufs, spm_w
     folder.mkdir()
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT), model_writer=buf, model_type="bpe", vocab_size=PIECES,
-        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, character_coverage=1.0,
-        hard_vocab_limit=False, minloglevel=2, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, add_dummy_prefix=False)
+        sentence_iterator=iter(TEXT),
+        model_writer=buf,
+        model_type="bpe",
+        vocab_size=PIECES,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+    )
     (folder / "tokenizer.model").write_bytes(buf.getvalue())
     vocab, _warnings = vocab_from_hf(folder, VOCAB)
-    assert (vocab.model, vocab.source, vocab.add_space_prefix) == \
-        ("llama", "tokenizer.model", False)
+    assert (vocab.model, vocab.source, vocab.add_space_prefix) == (
+        "llama",
+        "tokenizer.model",
+        False,
+    )
     # a Gemma-style tokenizer.json: spaces replaced by "▁", nothing prepended
     gemma = {"normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}}
     assert _json_dummy_prefix(gemma) is False
-    metaspace = {"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581",
-                                   "prepend_scheme": "first"}}
+    metaspace = {
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"}
+    }
     assert _json_dummy_prefix(metaspace) is True

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.convert.graph_conftest import (initializer_names, onnx_export, opset_of,
-                                          ort_greedy_ids, torch_greedy_ids)
+from tests.convert.graph_conftest import (
+    initializer_names,
+    onnx_export,
+    opset_of,
+    ort_greedy_ids,
+    torch_greedy_ids,
+)
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("transformers")
@@ -17,7 +22,8 @@ onnx = pytest.importorskip("onnx")
 
 N_LAYERS = 2
 INPUTS = ["input_ids", "attention_mask", "position_ids"] + [
-    f"past_key_values.{i}.{k}" for i in range(N_LAYERS) for k in ("key", "value")]
+    f"past_key_values.{i}.{k}" for i in range(N_LAYERS) for k in ("key", "value")
+]
 OUTPUTS = ["logits"] + [f"present.{i}.{k}" for i in range(N_LAYERS) for k in ("key", "value")]
 
 
@@ -27,8 +33,9 @@ def greedy_reference(tiny_llama):
 
 
 @pytest.mark.parametrize("opset", [14, 17, 18])
-def test_export_writes_the_opset_asked_with_kv_layout_and_names(tiny_llama, opset,
-                                                                tiny_llama_state_dict):
+def test_export_writes_the_opset_asked_with_kv_layout_and_names(
+    tiny_llama, opset, tiny_llama_state_dict
+):
     folder, facts = onnx_export(tiny_llama, opset=opset)
     model_path = folder / "model.onnx"
     onnx.checker.check_model(str(model_path))
@@ -44,8 +51,10 @@ def test_export_writes_the_opset_asked_with_kv_layout_and_names(tiny_llama, opse
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     up = tiny_llama_state_dict["model.layers.0.mlp.up_proj.weight"].numpy()
     assert np.array_equal(weights["model.layers.0.mlp.up_proj.weight"], up)
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in list(model.graph.input) + list(model.graph.output)}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(model.graph.input) + list(model.graph.output)
+    }
     assert dims["past_key_values.0.key"] == ["batch_size", 2, "past_sequence_length", 16]
     assert dims["logits"] == ["batch_size", "sequence_length", 384]
     assert dims["present.1.value"] == ["batch_size", 2, "total_sequence_length", 16]
@@ -53,8 +62,12 @@ def test_export_writes_the_opset_asked_with_kv_layout_and_names(tiny_llama, opse
 
 def test_side_files_travel(tiny_llama):
     folder, facts = onnx_export(tiny_llama)
-    for name in ("config.json", "generation_config.json", "tokenizer.json",
-                 "tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert (folder / name).read_bytes() == (tiny_llama / name).read_bytes()
     assert facts["n_layers"] == 2 and facts["kv_heads"] == 2 and facts["head_dim"] == 16
 
@@ -93,8 +106,11 @@ def test_empty_past_and_padded_batch_match_pytorch(tiny_llama):
     assert presents[0].shape == (2, 2, 8, 16)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
     with torch.no_grad():
-        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    position_ids=torch.from_numpy(pos)).logits.numpy()
+        ref = model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(pos),
+        ).logits.numpy()
     assert np.abs(logits[0, 3:] - ref[0, 3:]).max() < 1e-4
     assert np.abs(logits[1] - ref[1]).max() < 1e-4
 
@@ -124,19 +140,26 @@ def test_external_data_when_asked(tiny_llama):
     assert verify_onnx_lm(tiny_llama, folder / "model.onnx")["passed"]
 
 
-def test_names_map_constant_folded_matmul_weights_back(tiny_llama, tiny_llama_state_dict,
-                                                       tmp_path):
+def test_names_map_constant_folded_matmul_weights_back(tiny_llama, tiny_llama_state_dict, tmp_path):
     """The TorchScript exporter with constant folding writes onnx::MatMul_<N> (transposed)."""
     import torch
 
-    from keishiki._convert import names, onnx_export as oe
+    from keishiki._convert import names
+    from keishiki._convert import onnx_export as oe
 
     model = oe.load_causal_lm(tiny_llama)
     shape = oe.model_shape(model.config)
     path = tmp_path / "folded.onnx"
-    torch.onnx.export(oe._make_wrapper(model), oe.dummy_inputs(shape, torch.float32), str(path),
-                      dynamo=False, do_constant_folding=True, opset_version=17,
-                      input_names=INPUTS, output_names=OUTPUTS)
+    torch.onnx.export(
+        oe._make_wrapper(model),
+        oe.dummy_inputs(shape, torch.float32),
+        str(path),
+        dynamo=False,
+        do_constant_folding=True,
+        opset_version=17,
+        input_names=INPUTS,
+        output_names=OUTPUTS,
+    )
     proto = onnx.load(str(path))
     generated = names.generated_names(proto)
     assert any(n.startswith("onnx::MatMul_") for n in generated)
@@ -156,21 +179,26 @@ def test_float16_export_passes_with_the_float16_tolerance(tiny_llama):
     assert facts["dtype"] == "float16"
     weights = onnx.load(str(folder / "model.onnx")).graph.initializer
     assert {t.data_type for t in weights if t.name.endswith("proj.weight")} == {
-        onnx.TensorProto.FLOAT16}
+        onnx.TensorProto.FLOAT16
+    }
     report = verify_onnx_lm(tiny_llama, folder / "model.onnx")
     assert report["atol"] == 2e-2 and report["max_abs_diff"] < 2e-2 and report["passed"]
 
 
 def test_convert_cli_to_onnx_folder_and_file(tiny_llama, tmp_path):
-    code, out, err = run_cli("convert", tiny_llama, tmp_path / "m", "--to", "onnx",
-                             "--opset", "17", "--json", "--quiet")
+    code, out, err = run_cli(
+        "convert", tiny_llama, tmp_path / "m", "--to", "onnx", "--opset", "17", "--json", "--quiet"
+    )
     assert code == 0, err
     step = json.loads(out)["steps"][0]
     assert step["edge"] == "hf-model -> onnx" and step["verify"]["tokens_match"] is True
     assert step["verify"]["method"] == "run-both" and step["n_tensors"] >= 21
-    assert (tmp_path / "m" / "model.onnx").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
-    code, out, err = run_cli("convert", tiny_llama, tmp_path / "single.onnx", "--to", "onnx",
-                             "--quiet")
+    assert (tmp_path / "m" / "model.onnx").is_file() and (
+        tmp_path / "m" / "tokenizer.json"
+    ).is_file()
+    code, out, err = run_cli(
+        "convert", tiny_llama, tmp_path / "single.onnx", "--to", "onnx", "--quiet"
+    )
     assert code == 0, err
     assert (tmp_path / "single.onnx").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
@@ -178,8 +206,18 @@ def test_convert_cli_to_onnx_folder_and_file(tiny_llama, tmp_path):
 
 def test_failed_verification_exits_1_and_keeps_unverified(tiny_llama, tmp_path):
     # float16 weights cannot be within atol 1e-9 of the float32 model
-    code, out, err = run_cli("convert", tiny_llama, tmp_path / "m16", "--to", "onnx",
-                             "--dtype", "float16", "--atol", "1e-9", "--quiet")
+    code, out, err = run_cli(
+        "convert",
+        tiny_llama,
+        tmp_path / "m16",
+        "--to",
+        "onnx",
+        "--dtype",
+        "float16",
+        "--atol",
+        "1e-9",
+        "--quiet",
+    )
     assert code == 1
     assert "verification failed" in err and "max_abs_diff" in err
     assert not (tmp_path / "m16").exists()
@@ -187,12 +225,14 @@ def test_failed_verification_exits_1_and_keeps_unverified(tiny_llama, tmp_path):
 
 
 def test_refusals(tiny_llama, tmp_path):
-    code, _, err = run_cli("convert", tiny_llama, tmp_path / "x", "--to", "onnx",
-                           "--exporter", "tensorflow")
+    code, _, err = run_cli(
+        "convert", tiny_llama, tmp_path / "x", "--to", "onnx", "--exporter", "tensorflow"
+    )
     assert code == 2 and "--exporter tensorflow: choose one of torchscript, dynamo" in err
     assert len(err.strip().splitlines()) == 1
-    code, _, err = run_cli("convert", tiny_llama, tmp_path / "x.onnx", "--to", "onnx",
-                           "--external-data")
+    code, _, err = run_cli(
+        "convert", tiny_llama, tmp_path / "x.onnx", "--to", "onnx", "--external-data"
+    )
     assert code == 2 and "needs a folder OUT" in err
 
 
@@ -214,8 +254,15 @@ def test_generic_causal_lm_gpt2(tmp_path):
     from keishiki._convert.run_verify import verify_onnx_lm
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2,
-                                     n_head=4, bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=300,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         for param in model.parameters():

@@ -106,10 +106,13 @@ def _model_with_external(tmp_path, location):
     for key, value in (("location", location), ("offset", "0"), ("length", "8")):
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
-    graph = helper.make_graph([helper.make_node("Add", ["X", "W"], ["Y"])], "g",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])],
-                              [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "W"], ["Y"])],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])],
+        [weight],
+    )
     folder = tmp_path / "evil"
     folder.mkdir()
     (tmp_path / "secret.bin").write_bytes(b"\x00" * 8)
@@ -127,8 +130,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, to):
     assert not out.exists()
 
 
-def test_onnx_to_safetensors_gives_back_the_parameters(tiny_llama, tiny_llama_state_dict,
-                                                      tmp_path):
+def test_onnx_to_safetensors_gives_back_the_parameters(tiny_llama, tiny_llama_state_dict, tmp_path):
     from safetensors import safe_open
 
     folder, _ = onnx_export(tiny_llama, opset=17, external_data=True)
@@ -157,8 +159,10 @@ def test_onnx_to_pytorch_goes_through_safetensors(tmp_path):
     report = convert(corpus_path(TINYNET), tmp_path / "w.bin", to="pytorch", quiet=True)
     assert report.path == ["onnx -> safetensors", "safetensors -> pytorch"]
     sd = torch.load(str(tmp_path / "w.bin"), weights_only=True)
-    init = {t.name: onnx.numpy_helper.to_array(t)
-            for t in onnx.load(str(corpus_path(TINYNET))).graph.initializer}
+    init = {
+        t.name: onnx.numpy_helper.to_array(t)
+        for t in onnx.load(str(corpus_path(TINYNET))).graph.initializer
+    }
     assert set(init) <= set(sd)
     for name, arr in init.items():
         assert np.array_equal(sd[name].numpy(), arr)
@@ -168,20 +172,27 @@ def test_formats_lists_the_graph_edges():
     code, out, err = run_cli("formats", "--json")
     assert code == 0, err
     edges = {(e["src"], e["dst"]) for e in json.loads(out)["edges"]}
-    assert {("hf-model", "onnx"), ("hf-model", "torchscript"), ("pytorch", "torchscript"),
-            ("onnx", "onnx"), ("onnx", "safetensors")} <= edges
+    assert {
+        ("hf-model", "onnx"),
+        ("hf-model", "torchscript"),
+        ("pytorch", "torchscript"),
+        ("onnx", "onnx"),
+        ("onnx", "safetensors"),
+    } <= edges
 
 
 def test_graph_edge_modules_import_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, json; import keishiki._convert.edges as e; e.edges_table(); "
-            "import keishiki._convert.graph_edges, keishiki._convert.names, "
-            "keishiki._convert.onnx_ops, keishiki._convert.onnx_export, "
-            "keishiki._convert.torchscript_export, keishiki._convert.run_verify; "
-            "print(json.dumps([m for m in ('torch', 'onnx', 'onnxruntime', 'transformers') "
-            "if m in sys.modules]))")
+    code = (
+        "import sys, json; import keishiki._convert.edges as e; e.edges_table(); "
+        "import keishiki._convert.graph_edges, keishiki._convert.names, "
+        "keishiki._convert.onnx_ops, keishiki._convert.onnx_export, "
+        "keishiki._convert.torchscript_export, keishiki._convert.run_verify; "
+        "print(json.dumps([m for m in ('torch', 'onnx', 'onnxruntime', 'transformers') "
+        "if m in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
@@ -196,13 +207,17 @@ def test_onnx_to_safetensors_holds_one_tensor_at_a_time(tmp_path):
 
     size = 2_000_000  # 8 MB of float32 each, 48 MB in all
     inits = [numpy_helper.from_array(np.full(size, i, np.float32), f"w{i}") for i in range(6)]
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w0"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])],
-                              inits)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w0"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])],
+        inits,
+    )
     src = tmp_path / "m.onnx"
-    onnx.save_model(helper.make_model(graph), str(src), save_as_external_data=True,
-                    location="m.onnx.data")
+    onnx.save_model(
+        helper.make_model(graph), str(src), save_as_external_data=True, location="m.onnx.data"
+    )
     del inits, graph
     tracemalloc.start()
     try:

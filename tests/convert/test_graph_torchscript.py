@@ -21,16 +21,19 @@ def _convert(src, out, **options):
 
 @pytest.fixture(scope="module")
 def ts_folder(tiny_llama):
-    return export_once("ts-folder", lambda folder: (folder, _convert(
-        tiny_llama, folder, to="torchscript")))
+    return export_once(
+        "ts-folder", lambda folder: (folder, _convert(tiny_llama, folder, to="torchscript"))
+    )
 
 
 @pytest.fixture(scope="module")
 def ts_kv_file(tiny_llama):
     def make(folder):
         folder.mkdir(parents=True)
-        return folder / "kv.pt", _convert(tiny_llama, folder / "kv.pt", to="torchscript",
-                                          method="trace-kv")
+        return folder / "kv.pt", _convert(
+            tiny_llama, folder / "kv.pt", to="torchscript", method="trace-kv"
+        )
+
     return export_once("ts-kv", make)
 
 
@@ -58,7 +61,7 @@ def test_traced_folder_loads_and_matches_generate(tiny_llama, ts_folder):
     with torch.no_grad():
         for _ in range(20):  # no cache: the prefix is recomputed each step
             ids = torch.cat([ids, ts(ids)[:, -1:].argmax(-1)], dim=1)
-    assert ids[0, len(prompt):].tolist() == expected
+    assert ids[0, len(prompt) :].tolist() == expected
     # batch size is not baked in (traced with 2 rows even for a 1x8 example input)
     assert ts(torch.zeros(3, 5, dtype=torch.long)).shape == (3, 5, 384)
 
@@ -89,8 +92,9 @@ def test_trace_kv_file_decodes_with_cache(tiny_llama, ts_kv_file):
 
 
 def test_script_method_is_a_clear_error_for_hf_models(tiny_llama, tmp_path):
-    code, _, err = run_cli("convert", tiny_llama, tmp_path / "s.pt", "--to", "torchscript",
-                           "--method", "script")
+    code, _, err = run_cli(
+        "convert", tiny_llama, tmp_path / "s.pt", "--to", "torchscript", "--method", "script"
+    )
     assert code == 2
     assert "torch.jit.script cannot compile" in err and "--method trace" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s.pt").exists()
@@ -98,8 +102,15 @@ def test_script_method_is_a_clear_error_for_hf_models(tiny_llama, tmp_path):
 
 def test_module_pickle_needs_trust(module_pickle, tmp_path):
     folder, _ = module_pickle
-    code, _, err = run_cli("convert", folder / "whole.pt", tmp_path / "m.pt", "--to",
-                           "torchscript", "--example-input", "2x4:float32")
+    code, _, err = run_cli(
+        "convert",
+        folder / "whole.pt",
+        tmp_path / "m.pt",
+        "--to",
+        "torchscript",
+        "--example-input",
+        "2x4:float32",
+    )
     # the load gate: unpickling a whole module runs code keishiki cannot vouch for
     assert code == 1 and "--trust-remote-code" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.pt").exists()
@@ -108,9 +119,20 @@ def test_module_pickle_needs_trust(module_pickle, tmp_path):
 @pytest.mark.parametrize("method", ["trace", "script"])
 def test_module_pickle_with_trust(module_pickle, tmp_path, method):
     folder, model = module_pickle
-    code, out, err = run_cli("convert", folder / "whole.pt", tmp_path / "m.pt", "--to",
-                             "torchscript", "--trust", "--method", method, "--example-input",
-                             "2x4:float32", "--json", "--quiet")
+    code, out, err = run_cli(
+        "convert",
+        folder / "whole.pt",
+        tmp_path / "m.pt",
+        "--to",
+        "torchscript",
+        "--trust",
+        "--method",
+        method,
+        "--example-input",
+        "2x4:float32",
+        "--json",
+        "--quiet",
+    )
     assert code == 0, err
     step = json.loads(out)["steps"][0]
     assert step["verify"]["passed"] and step["verify"]["max_abs_diff"] == 0.0
@@ -124,9 +146,18 @@ def test_script_without_example_input_compares_weights(module_pickle, tmp_path):
     """--method script needs no input to export; verification then compares the weights
     (it ran the module on a default token-id input and died as an internal error)."""
     folder, model = module_pickle
-    code, out, err = run_cli("convert", folder / "whole.pt", tmp_path / "m.pt", "--to",
-                             "torchscript", "--trust-remote-code", "--method", "script",
-                             "--json", "--quiet")
+    code, out, err = run_cli(
+        "convert",
+        folder / "whole.pt",
+        tmp_path / "m.pt",
+        "--to",
+        "torchscript",
+        "--trust-remote-code",
+        "--method",
+        "script",
+        "--json",
+        "--quiet",
+    )
     assert code == 0, err
     verify = json.loads(out)["steps"][0]["verify"]
     assert verify["method"] == "state-dict" and verify["passed"] and verify["n_compared"] == 4
@@ -137,18 +168,35 @@ def test_script_without_example_input_compares_weights(module_pickle, tmp_path):
 
 def test_state_dict_pickle_is_refused_with_the_reason(module_pickle, tmp_path):
     folder, _ = module_pickle
-    code, _, err = run_cli("convert", folder / "state.pt", tmp_path / "m.pt", "--to",
-                           "torchscript", "--trust")
+    code, _, err = run_cli(
+        "convert", folder / "state.pt", tmp_path / "m.pt", "--to", "torchscript", "--trust"
+    )
     assert code == 2 and "state_dict" in err and "not a pickled nn.Module" in err
 
 
 def test_bad_example_input(module_pickle, tmp_path):
     folder, _ = module_pickle
-    code, _, err = run_cli("convert", folder / "whole.pt", tmp_path / "m.pt", "--to",
-                           "torchscript", "--trust", "--example-input", "banana")
+    code, _, err = run_cli(
+        "convert",
+        folder / "whole.pt",
+        tmp_path / "m.pt",
+        "--to",
+        "torchscript",
+        "--trust",
+        "--example-input",
+        "banana",
+    )
     assert code == 2 and "expected SHAPE:DTYPE" in err
-    code, _, err = run_cli("convert", folder / "whole.pt", tmp_path / "m.pt", "--to",
-                           "torchscript", "--trust", "--example-input", "2x5:float32")
+    code, _, err = run_cli(
+        "convert",
+        folder / "whole.pt",
+        tmp_path / "m.pt",
+        "--to",
+        "torchscript",
+        "--trust",
+        "--example-input",
+        "2x5:float32",
+    )
     assert code == 2 and "tracing torch.nn.modules.container.Sequential" in err
 
 

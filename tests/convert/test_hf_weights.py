@@ -34,12 +34,18 @@ def test_to_sharded_pytorch_bin_with_index(bin_folder, tiny_llama, tiny_llama_st
             total += v.numel() * v.element_size()
         assert sum(v.numel() * v.element_size() for v in part.values()) <= 100_000 or len(part) == 1
     assert index["metadata"]["total_size"] == total
-    for side in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    for side in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ):
         assert (bin_folder / side).read_bytes() == (tiny_llama / side).read_bytes()
 
 
-def test_bin_folder_back_to_sharded_safetensors_loads_in_transformers(bin_folder, tmp_path,
-                                                                      tiny_llama_state_dict):
+def test_bin_folder_back_to_sharded_safetensors_loads_in_transformers(
+    bin_folder, tmp_path, tiny_llama_state_dict
+):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "st"
     report = keishiki.convert(bin_folder, out, to="safetensors", shard_size="200KB", quiet=True)

@@ -14,16 +14,33 @@ from .quant_fixtures import llama256  # noqa: F401  (a fixture)
 
 gguf = pytest.importorskip("gguf")
 
-QUALITY_KEYS = {"max_abs_diff", "mean_abs_diff", "kl_mean", "kl_max", "top1_agreement",
-                "top1_agreement_confident", "n_confident", "kl_mean_allowed", "top1_min",
-                "n_positions",
-                "passed", "quant"}
+QUALITY_KEYS = {
+    "max_abs_diff",
+    "mean_abs_diff",
+    "kl_mean",
+    "kl_max",
+    "top1_agreement",
+    "top1_agreement_confident",
+    "n_confident",
+    "kl_mean_allowed",
+    "top1_min",
+    "n_positions",
+    "passed",
+    "quant",
+}
 # the types each --quant writes for the 2-layer model (rows of 256 and 512: whole blocks)
 TYPES = {
-    "q8_0": {"Q8_0"}, "q4_0": {"Q4_0", "Q6_K"}, "q4_1": {"Q4_1", "Q6_K"},
-    "q5_0": {"Q5_0", "Q6_K"}, "q5_1": {"Q5_1", "Q6_K"}, "q2_K": {"Q2_K", "Q3_K", "Q6_K"},
-    "q3_K_M": {"Q3_K", "Q4_K", "Q5_K", "Q6_K"}, "q4_K_S": {"Q4_K", "Q5_K", "Q6_K"},
-    "q4_K_M": {"Q4_K", "Q6_K"}, "q5_K_M": {"Q5_K", "Q6_K"}, "q6_K": {"Q6_K"},
+    "q8_0": {"Q8_0"},
+    "q4_0": {"Q4_0", "Q6_K"},
+    "q4_1": {"Q4_1", "Q6_K"},
+    "q5_0": {"Q5_0", "Q6_K"},
+    "q5_1": {"Q5_1", "Q6_K"},
+    "q2_K": {"Q2_K", "Q3_K", "Q6_K"},
+    "q3_K_M": {"Q3_K", "Q4_K", "Q5_K", "Q6_K"},
+    "q4_K_S": {"Q4_K", "Q5_K", "Q6_K"},
+    "q4_K_M": {"Q4_K", "Q6_K"},
+    "q5_K_M": {"Q5_K", "Q6_K"},
+    "q6_K": {"Q6_K"},
 }
 
 
@@ -50,16 +67,19 @@ def test_every_type_written_read_back_and_judged(llama256, tmp_path, quant):
     assert verify["n_mismatched"] == 0 and verify["n_compared"] == 21
     assert set(_types(written).values()) - {"F32"} == TYPES[quant]
     reader = gguf.GGUFReader(str(written))
-    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType[
-        f"MOSTLY_{quant.upper()}"]
+    assert (
+        reader.fields["general.file_type"].contents()
+        == gguf.LlamaFileType[f"MOSTLY_{quant.upper()}"]
+    )
     for t in reader.tensors:  # every tensor dequantizes, finite
         assert np.isfinite(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)).all()
     quality = verify["quality"]
     assert QUALITY_KEYS <= set(quality)
     tol = tolerance(quant)
     sure = quality["top1_agreement_confident"]
-    assert quality["passed"] == (quality["kl_mean"] <= tol["kl_mean"] and
-                                 (sure is None or sure >= tol["top1"]))
+    assert quality["passed"] == (
+        quality["kl_mean"] <= tol["kl_mean"] and (sure is None or sure >= tol["top1"])
+    )
     assert verify["passed"] == quality["passed"]
     assert 0 < quality["mean_abs_diff"] <= quality["max_abs_diff"]
     if quant != "q8_0":
@@ -70,8 +90,9 @@ def test_every_type_written_read_back_and_judged(llama256, tmp_path, quant):
 def test_q4_k_m_convert_then_run(llama256, tmp_path, monkeypatch):
     monkeypatch.setenv("KEISHIKI_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "tiny-q4_K_M.gguf"
-    code, stdout, err = run_cli("convert", llama256, out, "--to", "gguf", "--quant", "q4_K_M",
-                                "--json", "--quiet")
+    code, stdout, err = run_cli(
+        "convert", llama256, out, "--to", "gguf", "--quant", "q4_K_M", "--json", "--quiet"
+    )
     assert code == 0, err
     step = json.loads(stdout)["steps"][0]
     assert step["details"]["quant"] == "q4_K_M"
@@ -90,34 +111,47 @@ def test_q4_k_m_convert_then_run(llama256, tmp_path, monkeypatch):
 
 
 def test_human_report_prints_the_quality_line(llama256, tmp_path):
-    code, stdout, err = run_cli("convert", llama256, tmp_path / "m.gguf", "--to", "gguf",
-                                "--quant", "Q8_0", "--quiet")
+    code, stdout, err = run_cli(
+        "convert", llama256, tmp_path / "m.gguf", "--to", "gguf", "--quant", "Q8_0", "--quiet"
+    )
     assert code == 0, err
     assert "q8_0 vs original on 64 positions: KL mean" in stdout
 
 
 def test_safetensors_to_gguf_quantized_keeps_names(tmp_path):
-    import keishiki
     from safetensors.numpy import save_file
 
+    import keishiki
+
     rng = np.random.default_rng(0)
-    save_file({"w": rng.standard_normal((8, 512)).astype(np.float32),
-               "b": np.zeros(8, np.float32), "odd": np.ones((4, 40), np.float32)},
-              str(tmp_path / "t.safetensors"))
-    report = keishiki.convert(tmp_path / "t.safetensors", tmp_path / "t.gguf", to="gguf",
-                              quant="q4_K_M", quiet=True)
+    save_file(
+        {
+            "w": rng.standard_normal((8, 512)).astype(np.float32),
+            "b": np.zeros(8, np.float32),
+            "odd": np.ones((4, 40), np.float32),
+        },
+        str(tmp_path / "t.safetensors"),
+    )
+    report = keishiki.convert(
+        tmp_path / "t.safetensors", tmp_path / "t.gguf", to="gguf", quant="q4_K_M", quiet=True
+    )
     assert report.passed
     assert _types(tmp_path / "t.gguf") == {"w": "Q4_K", "b": "F32", "odd": "F16"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--to", "gguf", "--quant", "q4_K_X"], "--quant 'q4_K_X' for --to gguf: use one of f32, "
-                                            "f16, bf16, q8_0, q4_0"),
-    (["--to", "gguf", "--quant", "int8"], "q4_K_M, q5_K, q5_K_M, q6_K"),
-    (["--to", "onnx", "--quant", "q4_K_M"], "for --to onnx: use one of int8, int4"),
-    (["--to", "safetensors", "--quant", "q8_0"], "--quant applies to --to gguf / onnx only"),
-    (["--to", "onnx", "--quant", "int8", "--block-size", "32"], "applies to --quant int4"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--to", "gguf", "--quant", "q4_K_X"],
+            "--quant 'q4_K_X' for --to gguf: use one of f32, f16, bf16, q8_0, q4_0",
+        ),
+        (["--to", "gguf", "--quant", "int8"], "q4_K_M, q5_K, q5_K_M, q6_K"),
+        (["--to", "onnx", "--quant", "q4_K_M"], "for --to onnx: use one of int8, int4"),
+        (["--to", "safetensors", "--quant", "q8_0"], "--quant applies to --to gguf / onnx only"),
+        (["--to", "onnx", "--quant", "int8", "--block-size", "32"], "applies to --quant int4"),
+    ],
+)
 def test_bad_quant_one_line_exit_2(llama256, tmp_path, args, message):
     code, stdout, err = run_cli("convert", llama256, tmp_path / "x", *args)
     assert code == 2
@@ -154,8 +188,10 @@ def test_a_confident_flip_fails_even_with_small_kl():
     assert (m["n_confident"], m["top1_agreement_confident"]) == (9, 8 / 9)
     verdict = judge(m, "q8_0")
     assert not verdict["passed"]
-    assert "greedy-token agreement 88.9% where the original is confident (9 positions) " \
-           "under 95%" in verdict["reason"]
+    assert (
+        "greedy-token agreement 88.9% where the original is confident (9 positions) "
+        "under 95%" in verdict["reason"]
+    )
 
 
 @pytest.mark.slow
@@ -181,9 +217,10 @@ def test_llama_cpp_runs_the_quantized_gguf(llama256, tmp_path, quant):
     ids = prompts(model.config.vocab_size)[0]
     with torch.no_grad():
         expected = model(input_ids=torch.from_numpy(ids)).logits[0].numpy()
-    llm = llama_cpp.Llama(model_path=str(out), logits_all=True, n_ctx=64, n_threads=2,
-                          verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(out), logits_all=True, n_ctx=64, n_threads=2, verbose=False
+    )
     llm.eval(ids[0].tolist())
-    got = np.asarray(llm.scores[:ids.shape[1]])
+    got = np.asarray(llm.scores[: ids.shape[1]])
     llm.close()
     np.testing.assert_allclose(got, expected, atol=0.03 * np.abs(expected).max(), rtol=0)

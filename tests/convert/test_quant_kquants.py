@@ -13,14 +13,32 @@ from .quant_reference import REFERENCE  # noqa: E402
 
 # llama.cpp's own bounds for its total quantization error on this data
 # (tests/test-quantize-fns.cpp: generate_data(0.0, 32*128) and sqrt(sum d^2) / n)
-LLAMA_CPP_BOUND = {"Q2_K": 0.0075, "Q3_K": 0.0040, "Q4_K": 0.002, "Q5_K": 0.002,
-                   "Q6_K": 0.002, "Q4_0": 0.002, "Q4_1": 0.002, "Q5_0": 0.002, "Q5_1": 0.002,
-                   "Q8_0": 0.002}
+LLAMA_CPP_BOUND = {
+    "Q2_K": 0.0075,
+    "Q3_K": 0.0040,
+    "Q4_K": 0.002,
+    "Q5_K": 0.002,
+    "Q6_K": 0.002,
+    "Q4_0": 0.002,
+    "Q4_1": 0.002,
+    "Q5_0": 0.002,
+    "Q5_1": 0.002,
+    "Q8_0": 0.002,
+}
 # relative RMS error on N(0, 1) weights, measured with this quantizer (docs/quantize.md);
 # each row is the measured value rounded up by ~3%
-GAUSSIAN_REL_RMSE = {"Q2_K": 0.306, "Q3_K": 0.156, "Q4_K": 0.074, "Q5_K": 0.0374,
-                     "Q6_K": 0.0184, "Q4_0": 0.0888, "Q4_1": 0.0807, "Q5_0": 0.0442,
-                     "Q5_1": 0.0392, "Q8_0": 0.00555}
+GAUSSIAN_REL_RMSE = {
+    "Q2_K": 0.306,
+    "Q3_K": 0.156,
+    "Q4_K": 0.074,
+    "Q5_K": 0.0374,
+    "Q6_K": 0.0184,
+    "Q4_0": 0.0888,
+    "Q4_1": 0.0807,
+    "Q5_0": 0.0442,
+    "Q5_1": 0.0392,
+    "Q8_0": 0.00555,
+}
 ALL_TYPES = sorted(LLAMA_CPP_BOUND)
 
 
@@ -33,11 +51,16 @@ def _roundtrip(x: np.ndarray, qtype: str) -> tuple[np.ndarray, np.ndarray]:
 def blocks() -> np.ndarray:
     """Gaussian, small-offset, all-zero, llama.cpp's cosine and heavy-tailed blocks."""
     rng = np.random.default_rng(0)
-    return np.concatenate([
-        rng.standard_normal((5, 256)), rng.standard_normal((2, 256)) * 0.01 + 0.02,
-        np.zeros((1, 256)), (0.1 + 2 * np.cos(np.arange(512))).reshape(2, 256),
-        rng.standard_t(3, (3, 256)), -np.abs(rng.standard_normal((1, 256))),
-    ]).astype(np.float32)
+    return np.concatenate(
+        [
+            rng.standard_normal((5, 256)),
+            rng.standard_normal((2, 256)) * 0.01 + 0.02,
+            np.zeros((1, 256)),
+            (0.1 + 2 * np.cos(np.arange(512))).reshape(2, 256),
+            rng.standard_t(3, (3, 256)),
+            -np.abs(rng.standard_normal((1, 256))),
+        ]
+    ).astype(np.float32)
 
 
 @pytest.mark.parametrize("qtype", kquants.TYPES)
@@ -46,8 +69,11 @@ def test_same_bytes_as_a_transcription_of_llama_cpp(blocks, qtype):
     quantize_row_<type>_ref (tests/convert/quant_reference.py)."""
     ours = kquants.quantize(blocks, qtype).reshape(len(blocks), -1)
     ref = np.stack([np.frombuffer(REFERENCE[qtype](b), np.uint8) for b in blocks])
-    assert ours.shape[1] == kquants.BLOCK_BYTES[qtype] == gguf.GGML_QUANT_SIZES[
-        getattr(gguf.GGMLQuantizationType, qtype)][1]
+    assert (
+        ours.shape[1]
+        == kquants.BLOCK_BYTES[qtype]
+        == gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, qtype)][1]
+    )
     assert [i for i in range(len(blocks)) if not np.array_equal(ours[i], ref[i])] == []
 
 
@@ -76,9 +102,13 @@ def test_gaussian_error_and_shape(qtype):
 @pytest.mark.parametrize("qtype", kquants.TYPES)
 @pytest.mark.parametrize("case", ["zeros", "constant", "one-spike", "negative", "tiny"])
 def test_edge_blocks_dequantize_sensibly(qtype, case):
-    x = {"zeros": np.zeros(256), "constant": np.full(256, 0.5),
-         "one-spike": np.eye(1, 256, 7)[0] * 100, "negative": -np.linspace(0.1, 3, 256),
-         "tiny": np.full(256, 1e-30)}[case].astype(np.float32)[None]
+    x = {
+        "zeros": np.zeros(256),
+        "constant": np.full(256, 0.5),
+        "one-spike": np.eye(1, 256, 7)[0] * 100,
+        "negative": -np.linspace(0.1, 3, 256),
+        "tiny": np.full(256, 1e-30),
+    }[case].astype(np.float32)[None]
     _, back = _roundtrip(x, qtype)
     assert np.isfinite(back).all()
     assert np.abs(back - x).max() <= np.abs(x).max() * 0.55 + 1e-6
@@ -91,8 +121,7 @@ def test_chunks_do_not_change_the_bytes(monkeypatch):
     assert np.array_equal(kquants.quantize(x, "Q4_K"), whole)
 
 
-@pytest.mark.parametrize("shape, message", [((3, 100), "multiple of 256"),
-                                            ((), "multiple of 256")])
+@pytest.mark.parametrize("shape, message", [((3, 100), "multiple of 256"), ((), "multiple of 256")])
 def test_refuses_rows_that_are_not_whole_blocks(shape, message):
     with pytest.raises(ValueError, match=message):
         kquants.quantize(np.zeros(shape, np.float32), "Q4_K")
@@ -101,4 +130,3 @@ def test_refuses_rows_that_are_not_whole_blocks(shape, message):
 def test_unknown_type():
     with pytest.raises(ValueError, match="no k-quant quantizer for 'Q7_K'"):
         kquants.quantize(np.zeros((1, 256), np.float32), "Q7_K")
-

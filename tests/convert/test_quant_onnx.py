@@ -24,9 +24,14 @@ def _ops(model_path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flag, op, extra", [("--int8", "MatMulInteger", []),
-                                             ("--int4", "MatMulNBits", []),
-                                             ("--int4", "MatMulNBits", ["--block-size", "16"])])
+@pytest.mark.parametrize(
+    "flag, op, extra",
+    [
+        ("--int8", "MatMulInteger", []),
+        ("--int4", "MatMulNBits", []),
+        ("--int4", "MatMulNBits", ["--block-size", "16"]),
+    ],
+)
 def test_quantize_command_writes_a_runnable_model(llama256_onnx, tmp_path, flag, op, extra):
     out = tmp_path / "q"
     code, stdout, err = run_cli("quantize", llama256_onnx, out, flag, *extra, "--json")
@@ -38,8 +43,9 @@ def test_quantize_command_writes_a_runnable_model(llama256_onnx, tmp_path, flag,
     assert _ops(out / "model.onnx")[op] == 15
     if flag == "--int4":
         assert facts["block_size"] == (16 if extra else 32)
-        node = next(n for n in onnx.load(str(out / "model.onnx")).graph.node
-                    if n.op_type == "MatMulNBits")
+        node = next(
+            n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"
+        )
         attrs = {a.name: a.i for a in node.attribute}
         assert attrs["block_size"] == facts["block_size"] and attrs["bits"] == 4
     assert step["bytes_written"] < step["details"]["bytes_source"] / 2.5
@@ -60,16 +66,18 @@ def test_no_overwrite_without_force_and_one_flag(llama256_onnx, tmp_path):
     assert _ops(out)["MatMulInteger"] == 15  # a single file: the graph alone
     code, _, err = run_cli("quantize", llama256_onnx, tmp_path / "y", "--int8", "--int4")
     assert code == 2 and err == "keishiki: error: quantize needs exactly one of --int8 or --int4\n"
-    code, _, err = run_cli("quantize", llama256_onnx, tmp_path / "z", "--int4",
-                           "--block-size", "48")
+    code, _, err = run_cli(
+        "quantize", llama256_onnx, tmp_path / "z", "--int4", "--block-size", "48"
+    )
     assert code == 2 and "--block-size 48: applies to --quant int4, a power of 2" in err
 
 
 @pytest.mark.slow
 def test_external_data_kept_external(llama256_onnx, tmp_path):
     ext = tmp_path / "ext"
-    code, _, err = run_cli("convert", llama256_onnx, ext, "--to", "onnx", "--external-data",
-                           "--no-verify")
+    code, _, err = run_cli(
+        "convert", llama256_onnx, ext, "--to", "onnx", "--external-data", "--no-verify"
+    )
     assert code == 0, err
     code, _, err = run_cli("quantize", ext, tmp_path / "q.onnx", "--int4")
     assert code == 2 and "needs a folder OUT" in err
@@ -83,8 +91,9 @@ def test_external_data_kept_external(llama256_onnx, tmp_path):
 @pytest.mark.slow
 def test_convert_hf_to_quantized_onnx(llama256, tmp_path):
     out = tmp_path / "int8"
-    code, stdout, err = run_cli("convert", llama256, out, "--to", "onnx", "--quant", "int8",
-                                "--json", "--quiet")
+    code, stdout, err = run_cli(
+        "convert", llama256, out, "--to", "onnx", "--quant", "int8", "--json", "--quiet"
+    )
     assert code == 0, err
     report = json.loads(stdout)
     assert report["path"] == ["hf-model -> onnx", "onnx -> onnx"]
@@ -98,21 +107,27 @@ def test_convert_hf_to_quantized_onnx(llama256, tmp_path):
 def test_a_graph_that_is_not_a_language_model(tmp_path, quant, op):
     """Any graph with a constant-weight MatMul: quantized, then run on the source's inputs
     (the difference reported, not judged: there is no next-token distribution)."""
-    import keishiki
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32))
-                                .astype(np.float32), "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
-                              [w])
+    import keishiki
+
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "W"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.save(model, str(tmp_path / "mm.onnx"))
-    report = keishiki.convert(tmp_path / "mm.onnx", tmp_path / "q.onnx", to="onnx",
-                              quant=quant, quiet=True)
+    report = keishiki.convert(
+        tmp_path / "mm.onnx", tmp_path / "q.onnx", to="onnx", quant=quant, quiet=True
+    )
     step = report.steps[0]
     assert step.verify["method"] == "run-both" and step.verify["passed"]
     assert 0 < step.verify["max_abs_diff"] < 5 and "not a causal LM" in step.verify["note"]
@@ -122,9 +137,12 @@ def test_a_graph_that_is_not_a_language_model(tmp_path, quant, op):
 def test_nothing_to_quantize_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.save(model, str(tmp_path / "relu.onnx"))

@@ -21,8 +21,9 @@ def _equal(a, b) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy"])
-def test_pytorch_to_safetensors_keeps_every_tensor_and_records_ties(pt_files, state_dict,
-                                                                    tmp_path, kind):
+def test_pytorch_to_safetensors_keeps_every_tensor_and_records_ties(
+    pt_files, state_dict, tmp_path, kind
+):
     out = tmp_path / "model.safetensors"
     report = keishiki.convert(pt_files[kind], out, to="safetensors", quiet=True)
     assert report.path == ["pytorch -> safetensors"] and report.passed
@@ -67,8 +68,10 @@ def test_dtype_change_only_touches_floating_tensors(pt_files, state_dict, tmp_pa
     diff = (loaded["lin.weight"].float() - state_dict["lin.weight"].float()).abs().max().item()
     assert diff <= tol * 10
     assert report.steps[0].verify["max_abs_diff"] == pytest.approx(
-        max((loaded[n].double() - state_dict[n].double()).abs().max().item()
-            for n in loaded), rel=1e-6, abs=1e-12)
+        max((loaded[n].double() - state_dict[n].double()).abs().max().item() for n in loaded),
+        rel=1e-6,
+        abs=1e-12,
+    )
 
 
 def test_checkpoint_needs_key_and_key_selects_the_state_dict(pt_files, tmp_path):
@@ -76,8 +79,7 @@ def test_checkpoint_needs_key_and_key_selects_the_state_dict(pt_files, tmp_path)
     code, _, err = run_cli("convert", pt_files["ckpt"], out, "--to", "safetensors")
     assert code == 2 and "--key" in err and "model" in err and "optimizer" in err
     assert not out.exists()
-    code, _, err = run_cli("convert", pt_files["ckpt"], out, "--to", "safetensors",
-                           "--key", "nope")
+    code, _, err = run_cli("convert", pt_files["ckpt"], out, "--to", "safetensors", "--key", "nope")
     assert code == 2 and "holds no tensors" in err
     keishiki.convert(pt_files["ckpt"], out, to="safetensors", key="model", quiet=True)
     loaded = safetensors_torch.load_file(out)
@@ -92,8 +94,9 @@ def test_whole_module_pickle_weights_named_by_module_tree_without_running_it(pt_
     with pytest.raises(UnsafeFile, match="runs nothing: --trust-remote-code takes the weights"):
         keishiki.convert(pt_files["module"], out, to="safetensors", quiet=True)
     assert not out.exists()
-    report = keishiki.convert(pt_files["module"], out, to="safetensors", quiet=True,
-                              trust_remote_code=True)
+    report = keishiki.convert(
+        pt_files["module"], out, to="safetensors", quiet=True, trust_remote_code=True
+    )
     assert report.passed and report.source_scan["verdict"] == "unknown"
     assert set(safetensors_torch.load_file(out)) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
@@ -107,14 +110,17 @@ def test_safetensors_to_safetensors_bfloat16(tmp_path):
     assert loaded["w"].dtype == torch.bfloat16 and loaded["i"].dtype == torch.int64
 
 
-@pytest.mark.parametrize("rel,n", [
-    ("torch7_binary/python-torchfile/floattensor.t7", 1),
-    ("other/npz/candle/test.npz", 2),
-    ("keras_h5/keras-3.15.1/tiny_mlp_keras3_legacy.h5", 8),
-    ("flax_msgpack/flax-0.12.8/mlp_params.msgpack", 6),
-    ("pytorch_zip/torch-1.13.1-debian/mixed_dtypes_views_zip.pt", 12),
-    ("pytorch_legacy/lpips-0.1.4/v0.1_alex.pth", 5),
-])
+@pytest.mark.parametrize(
+    "rel,n",
+    [
+        ("torch7_binary/python-torchfile/floattensor.t7", 1),
+        ("other/npz/candle/test.npz", 2),
+        ("keras_h5/keras-3.15.1/tiny_mlp_keras3_legacy.h5", 8),
+        ("flax_msgpack/flax-0.12.8/mlp_params.msgpack", 6),
+        ("pytorch_zip/torch-1.13.1-debian/mixed_dtypes_views_zip.pt", 12),
+        ("pytorch_legacy/lpips-0.1.4/v0.1_alex.pth", 5),
+    ],
+)
 def test_corpus_files_to_safetensors_match_the_source_reader(rel, n, tmp_path):
     src = corpus_path(rel)
     out = tmp_path / "out.safetensors"
@@ -127,8 +133,9 @@ def test_corpus_files_to_safetensors_match_the_source_reader(rel, n, tmp_path):
         got = loaded[lazy.name]
         assert tuple(got.shape) == tuple(arr.shape), lazy.name
         if arr.dtype.kind in "fiu":
-            np.testing.assert_array_equal(got.float().numpy() if got.dtype == torch.bfloat16
-                                          else got.numpy(), arr)
+            np.testing.assert_array_equal(
+                got.float().numpy() if got.dtype == torch.bfloat16 else got.numpy(), arr
+            )
 
 
 def test_a_torch7_module_without_parameters_has_nothing_to_convert(tmp_path):
@@ -174,8 +181,11 @@ def test_zero_element_tensors_convert_and_verify(tmp_path, shape, to, suffix):
     assert keishiki.convert(src, first, to="safetensors", quiet=True).passed
     out = tmp_path / f"out{suffix}"
     assert keishiki.convert(first, out, to=to, quiet=True).passed
-    loaded = safetensors_torch.load_file(out) if to == "safetensors" else \
-        torch.load(out, weights_only=True)
+    loaded = (
+        safetensors_torch.load_file(out)
+        if to == "safetensors"
+        else torch.load(out, weights_only=True)
+    )
     assert tuple(loaded["empty"].shape) == shape and loaded["empty"].dtype == torch.float32
     assert torch.equal(loaded["w"], torch.arange(6.0))
 
@@ -183,8 +193,15 @@ def test_zero_element_tensors_convert_and_verify(tmp_path, shape, to, suffix):
 def test_unknown_option_and_bad_dtype_are_refused(pt_files, tmp_path):
     with pytest.raises(InvalidRequest, match="unknown convert option"):
         keishiki.convert(pt_files["zip"], tmp_path / "x", to="safetensors", bogus=1)
-    code, _, err = run_cli("convert", pt_files["zip"], tmp_path / "x.safetensors", "--to",
-                           "safetensors", "--dtype", "int3")
+    code, _, err = run_cli(
+        "convert",
+        pt_files["zip"],
+        tmp_path / "x.safetensors",
+        "--to",
+        "safetensors",
+        "--dtype",
+        "int3",
+    )
     assert code == 2 and "--dtype" in err
 
 
@@ -208,9 +225,15 @@ def test_pytorch_to_safetensors_runs_without_importing_torch(tmp_path):
 
     src = tmp_path / "sd.pt"
     torch.save({"w": torch.randn(3, 4), "i": torch.arange(5)}, src)
-    code = ("import sys, keishiki; r = keishiki.convert(sys.argv[1], sys.argv[2], "
-            "to='safetensors', quiet=True); assert r.passed; "
-            "print(sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "o.safetensors")],
-                         capture_output=True, text=True, check=True)
+    code = (
+        "import sys, keishiki; r = keishiki.convert(sys.argv[1], sys.argv[2], "
+        "to='safetensors', quiet=True); assert r.passed; "
+        "print(sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(src), str(tmp_path / "o.safetensors")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "[]"

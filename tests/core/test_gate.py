@@ -109,6 +109,7 @@ def test_a_cache_blob_that_is_not_a_regular_file_is_refused(tmp_path):
 
 # ---- tree_escapes / check_tree: a whole model folder --------------------------------------
 
+
 def _index(folder: Path, shards: list[str], name: str = "model.safetensors.index.json") -> None:
     weight_map = {f"t{i}": s for i, s in enumerate(shards)}
     (folder / name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
@@ -135,7 +136,8 @@ def _escaping_folder(tmp_path: Path, case: str) -> Path:
     elif case == "symlinked index":
         _index(tmp_path, ["model-00001-of-00001.safetensors"])
         (model / "model.safetensors.index.json").symlink_to(
-            tmp_path / "model.safetensors.index.json")
+            tmp_path / "model.safetensors.index.json"
+        )
     elif case == "symlinked tokenizer":
         (model / "tokenizer.json").symlink_to(secret)
     elif case == "symlinked subfolder":
@@ -199,22 +201,28 @@ def _real_model_with_escape(tmp_path: Path, tiny_llama: Path, case: str) -> Path
 def test_convert_and_run_refuse_an_escaping_folder(tmp_path, tiny_llama, case):
     model = _real_model_with_escape(tmp_path, tiny_llama, case)
     out = tmp_path / "out"
-    for args in (["convert", model, out, "--to", "safetensors", "-q"],
-                 ["convert", model, out, "--to", "gguf", "-q"],
-                 ["run", model, "-p", "hi", "--max-tokens", "1"]):
+    for args in (
+        ["convert", model, out, "--to", "safetensors", "-q"],
+        ["convert", model, out, "--to", "gguf", "-q"],
+        ["run", model, "-p", "hi", "--max-tokens", "1"],
+    ):
         code, stdout, err = run_cli(*args)
         assert code != 0, args
         assert err.startswith("keishiki: error: ") and err.count("\n") == 1, err
         assert "internal error" not in err
         assert SECRET.decode() not in stdout + err
     assert not out.exists()
-    assert not any(SECRET in p.read_bytes() for p in tmp_path.rglob("*")
-                   if p.is_file() and not p.is_symlink() and p.name != "id_rsa")
+    assert not any(
+        SECRET in p.read_bytes()
+        for p in tmp_path.rglob("*")
+        if p.is_file() and not p.is_symlink() and p.name != "id_rsa"
+    )
     with pytest.raises(UnsafeFile):
         keishiki.LLM(model=model)
 
 
 # ---- the load gate: dangerous and unknown are refused alike --------------------------------
+
 
 class _Payload:
     def __reduce__(self):
@@ -243,21 +251,30 @@ def test_admit_names_the_finding(dangerous_bin):
     assert gate.admit(dangerous_bin, trust=True) is None
 
 
-def test_convert_refuses_a_dangerous_pickle_then_takes_its_weights_when_trusted(dangerous_bin,
-                                                                               tmp_path):
+def test_convert_refuses_a_dangerous_pickle_then_takes_its_weights_when_trusted(
+    dangerous_bin, tmp_path
+):
     out = tmp_path / "w.safetensors"
     code, _, err = run_cli("convert", dangerous_bin, out, "--to", "safetensors", "-q")
     assert code == 1 and "dangerous" in err and "system" in err and err.count("\n") == 1
     assert "keishiki's own reader, which runs nothing" in err and not out.exists()
-    code, stdout, err = run_cli("convert", dangerous_bin, out, "--to", "safetensors",
-                                "--json", "-q", "--trust-remote-code")
+    code, stdout, err = run_cli(
+        "convert", dangerous_bin, out, "--to", "safetensors", "--json", "-q", "--trust-remote-code"
+    )
     assert code == 0, err
     report = json.loads(stdout)
     assert report["source_scan"]["verdict"] == "dangerous"
     assert "system" in report["source_scan"]["reason"]
     assert report["source_scan"]["read_by"].startswith("keishiki's own reader")
-    code, stdout, err = run_cli("convert", dangerous_bin, tmp_path / "w2.safetensors",
-                                "--to", "safetensors", "-q", "--trust-remote-code")
+    code, stdout, err = run_cli(
+        "convert",
+        dangerous_bin,
+        tmp_path / "w2.safetensors",
+        "--to",
+        "safetensors",
+        "-q",
+        "--trust-remote-code",
+    )
     assert code == 0 and "note: the source scans dangerous" in stdout
 
 
@@ -277,11 +294,15 @@ def test_a_loader_edge_refuses_a_dangerous_source(dangerous_bin, tiny_llama, tmp
 
 # ---- bounds: a config.json that does not state the model's size ----------------------------
 
-@pytest.mark.parametrize("config", [
-    {"model_type": "llama"},
-    {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2},
-    {"model_type": "llama", "text_config": {"hidden_size": 64}},
-])
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"model_type": "llama"},
+        {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2},
+        {"model_type": "llama", "text_config": {"hidden_size": 64}},
+    ],
+)
 def test_run_refuses_a_config_without_sizes(tmp_path, tiny_llama, config):
     model = tmp_path / "m"
     model.mkdir()
@@ -294,6 +315,7 @@ def test_run_refuses_a_config_without_sizes(tmp_path, tiny_llama, config):
 
 
 # ---- writing: a lock per output, leftovers of killed runs removed --------------------------
+
 
 def test_a_second_writer_of_the_same_output_fails_in_one_line(tmp_path):
     out = tmp_path / "o.safetensors"
@@ -315,13 +337,17 @@ def test_leftover_steps_of_a_killed_run_are_removed(tmp_path, tiny_llama):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gguf"]
 
 
-@pytest.mark.parametrize("err_no, words", [
-    (errno.ENOSPC, "no space left on the device"),
-    (errno.EROFS, "read-only file system"),
-    (errno.EACCES, "permission denied"),
-])
-def test_disk_errors_are_one_line_and_leave_nothing(tmp_path, tiny_llama, monkeypatch,
-                                                    err_no, words):
+@pytest.mark.parametrize(
+    "err_no, words",
+    [
+        (errno.ENOSPC, "no space left on the device"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
+def test_disk_errors_are_one_line_and_leave_nothing(
+    tmp_path, tiny_llama, monkeypatch, err_no, words
+):
     import keishiki.core.atomic as atomic
 
     def fail(path):
@@ -329,7 +355,8 @@ def test_disk_errors_are_one_line_and_leave_nothing(tmp_path, tiny_llama, monkey
 
     monkeypatch.setattr(atomic, "_fsync_tree", fail)
     out = tmp_path / "o.safetensors"
-    code, _, err = run_cli("convert", tiny_llama / "model.safetensors", out,
-                           "--to", "safetensors", "-q")
+    code, _, err = run_cli(
+        "convert", tiny_llama / "model.safetensors", out, "--to", "safetensors", "-q"
+    )
     assert code == 2 and words in err and err.count("\n") == 1 and "internal error" not in err
     assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,5 @@
 import io
 import os
-import struct
 
 import numpy as np
 import pytest

@@ -38,25 +38,55 @@ def test_sigkill_mid_convert_never_leaves_the_output_name(tmp_path):
     from safetensors.numpy import save_file
 
     src = tmp_path / "big.safetensors"  # ~64 MB: the convert takes long enough to be killed
-    save_file({f"w{i}": np.random.default_rng(i).random(2_000_000, dtype=np.float32)
-               for i in range(8)}, str(src))
+    save_file(
+        {f"w{i}": np.random.default_rng(i).random(2_000_000, dtype=np.float32) for i in range(8)},
+        str(src),
+    )
     out = tmp_path / "out.safetensors"
-    proc = subprocess.Popen([sys.executable, "-m", "keishiki", "convert", str(src), str(out),
-                             "--to", "safetensors", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keishiki",
+            "convert",
+            str(src),
+            str(out),
+            "--to",
+            "safetensors",
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(0.8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # the writer's lock file may stay behind a SIGKILL (the kernel released the lock itself)
-    others = {p.name for p in tmp_path.iterdir()} - {"big.safetensors",
-                                                     ".out.safetensors.keishiki-lock"}
+    others = {p.name for p in tmp_path.iterdir()} - {
+        "big.safetensors",
+        ".out.safetensors.keishiki-lock",
+    }
     if not out.exists():  # killed before the rename (the usual case): nothing under the name
         assert all(name.startswith(".out.safetensors.keishiki-tmp-") for name in others)
     else:  # finished in time: then it is complete
         assert out.stat().st_size > src.stat().st_size // 2
     # the next run to the same output is not locked out, and clears every leftover
-    done = subprocess.run([sys.executable, "-m", "keishiki", "convert", str(src), str(out),
-                           "--to", "safetensors", "-q", "--force"], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keishiki",
+            "convert",
+            str(src),
+            str(out),
+            "--to",
+            "safetensors",
+            "-q",
+            "--force",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "out.safetensors"]

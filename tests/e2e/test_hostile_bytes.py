@@ -53,8 +53,13 @@ def test_magic_then_garbage_is_one_line_exit_2(tmp_path, magic, tail):
 
 def test_sparse_10gb_safetensors_header_is_refused_fast(tmp_path):
     path = tmp_path / "big.safetensors"
-    header = json.dumps({"w": {"dtype": "F32", "shape": [2684354560],
-                               "data_offsets": [0, 10 * 2**30 - 136]}}).encode().ljust(128)
+    header = (
+        json.dumps(
+            {"w": {"dtype": "F32", "shape": [2684354560], "data_offsets": [0, 10 * 2**30 - 136]}}
+        )
+        .encode()
+        .ljust(128)
+    )
     with open(path, "wb") as fh:
         fh.write(struct.pack("<Q", 128) + header)
         fh.truncate(10 * 2**30)  # sparse: no disk used

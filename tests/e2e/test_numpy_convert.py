@@ -20,9 +20,11 @@ def test_zero_dim_array_converts_with_its_shape(tmp_path):
     assert got.shape == () and got == np.float32(3.5)
 
 
-@pytest.mark.parametrize("array", [np.array(["ab", "c"]),
-                                   np.zeros(3, dtype=[("a", "<f4"), ("b", "<i8")])],
-                         ids=["str", "structured"])
+@pytest.mark.parametrize(
+    "array",
+    [np.array(["ab", "c"]), np.zeros(3, dtype=[("a", "<f4"), ("b", "<i8")])],
+    ids=["str", "structured"],
+)
 def test_unsupported_dtype_is_one_line_error(tmp_path, array):
     src = tmp_path / "a.npy"
     np.save(src, array)

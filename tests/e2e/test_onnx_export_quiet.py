@@ -18,9 +18,18 @@ def llama_built_elsewhere(tmp_path_factory):
     """The tiny Llama built in a child process: the session fixture would load torch into
     this worker, and every later child (e.g. the scan RSS test's) inherits its ru_maxrss."""
     path = tmp_path_factory.mktemp("qa-llama") / "tl"
-    subprocess.run([sys.executable, "-c", "import sys; from keishiki.examples import "
-                    "build_tiny_llama; build_tiny_llama(sys.argv[1])", str(path)],
-                   check=True, capture_output=True, timeout=280)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from keishiki.examples import "
+            "build_tiny_llama; build_tiny_llama(sys.argv[1])",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=280,
+    )
     return path
 
 
@@ -28,10 +37,26 @@ def llama_built_elsewhere(tmp_path_factory):
 def test_failed_export_leaves_stdout_clean(tmp_path, llama_built_elsewhere):
     pytest.importorskip("onnx")
     out = tmp_path / "onnx9"
-    proc = subprocess.run([sys.executable, "-m", "keishiki", "convert", str(llama_built_elsewhere),
-                           str(out),
-                           "--to", "onnx", "--opset", "9", "--exporter", "torchscript", "--json"],
-                          capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keishiki",
+            "convert",
+            str(llama_built_elsewhere),
+            str(out),
+            "--to",
+            "onnx",
+            "--opset",
+            "9",
+            "--exporter",
+            "torchscript",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == "", proc.stdout[:500]
     assert proc.stderr.count("\n") == 1 and "opset 9" in proc.stderr

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 # -- the TorchScript gate: the scanner reads code as torch.jit.load parses it --------------
 
+
 class _ReadsFile(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.from_file("/nonexistent-keishiki-qa", False, 4, dtype=torch.uint8)
@@ -44,13 +45,21 @@ def file_op_ts(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("layout", ["torch . from_file", "torch.\\\n        from_file",
-                                    "(torch).from_file", "((torch)).from_file"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "torch . from_file",
+        "torch.\\\n        from_file",
+        "(torch).from_file",
+        "((torch)).from_file",
+    ],
+)
 def test_scan_sees_a_file_op_whatever_its_layout(file_op_ts, tmp_path, layout):
     from keishiki import scan
 
-    hidden = _rewrite_code(file_op_ts, tmp_path / "hidden.pt",
-                           lambda text: text.replace("torch.from_file", layout))
+    hidden = _rewrite_code(
+        file_op_ts, tmp_path / "hidden.pt", lambda text: text.replace("torch.from_file", layout)
+    )
     torch.jit.load(str(hidden))  # torch parses it: the call is real
     report = scan(hidden)
     assert report.verdict == "dangerous"
@@ -58,11 +67,18 @@ def test_scan_sees_a_file_op_whatever_its_layout(file_op_ts, tmp_path, layout):
 
 
 @pytest.mark.timeout(120)  # these take ~3 s; only a hang (a quadratic regex) reaches it
-@pytest.mark.parametrize("code", [
-    "def forward(self, x):\n  y = " + "(" * 200_000 + "torch" + ")" * 200_000 + ".from_file(x)\n",
-    "def forward(self, x):\n  y = " + "(" * 200_000 + "1" + ")" * 200_000 + "\n",
-    "def forward(self, x):\n  y = torch" + " " * 400_000 + "x\n",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "def forward(self, x):\n  y = "
+        + "(" * 200_000
+        + "torch"
+        + ")" * 200_000
+        + ".from_file(x)\n",
+        "def forward(self, x):\n  y = " + "(" * 200_000 + "1" + ")" * 200_000 + "\n",
+        "def forward(self, x):\n  y = torch" + " " * 400_000 + "x\n",
+    ],
+)
 def test_code_reading_is_linear_in_hostile_nesting(code):
     """Deep parentheses and long blank runs: one pass each (the first attempt took minutes).
     Python-level work is counted (about 11.5 calls a character, linear); a quadratic regex
@@ -78,10 +94,14 @@ def test_code_reading_is_linear_in_hostile_nesting(code):
 
 
 def test_run_refuses_a_file_op_behind_spaces(file_op_ts, tmp_path, tiny_llama):
-    hidden = _rewrite_code(file_op_ts, tmp_path / "hidden.pt",
-                           lambda text: text.replace("torch.from_file", "torch . from_file"))
-    code, out, err = run_cli("run", hidden, "--tokenizer", tiny_llama, "-p", "hi",
-                             "--backend", "torchscript")
+    hidden = _rewrite_code(
+        file_op_ts,
+        tmp_path / "hidden.pt",
+        lambda text: text.replace("torch.from_file", "torch . from_file"),
+    )
+    code, out, err = run_cli(
+        "run", hidden, "--tokenizer", tiny_llama, "-p", "hi", "--backend", "torchscript"
+    )
     assert code == 1 and "from_file" in err and "--trust-remote-code" in err
 
 
@@ -90,17 +110,30 @@ def test_scan_ignores_file_ops_named_in_comments_and_strings(tmp_path):
 
     plain = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(_Plain()), str(plain))
-    noted = _rewrite_code(plain, tmp_path / "noted.pt", lambda text: text.replace(
-        "return torch.add(x, 1)",
-        "# never torch.load(x) here\n    _0 = \"torch.from_file\"\n    return torch.add(x, 1)"))
+    noted = _rewrite_code(
+        plain,
+        tmp_path / "noted.pt",
+        lambda text: text.replace(
+            "return torch.add(x, 1)",
+            '# never torch.load(x) here\n    _0 = "torch.from_file"\n    return torch.add(x, 1)',
+        ),
+    )
     torch.jit.load(str(noted))
-    assert scan(noted).verdict == "safe"  # every call allowlisted; comments and strings call nothing
+    assert (
+        scan(noted).verdict == "safe"
+    )  # every call allowlisted; comments and strings call nothing
 
 
 # -- run on a TorchScript file that is not a causal LM: one line, exit 2 -------------------
 
-@pytest.mark.parametrize("rel", ["torchscript/torch-1.13.1-debian/tinynet_scripted.pt",
-                                 "torchscript/silero-vad-6.2.3/silero_vad.jit"])
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "torchscript/torch-1.13.1-debian/tinynet_scripted.pt",
+        "torchscript/silero-vad-6.2.3/silero_vad.jit",
+    ],
+)
 def test_run_non_lm_torchscript_is_one_line(rel, tiny_llama):
     path = corpus_path(rel)
     code, out, err = run_cli("run", path, "--tokenizer", tiny_llama, "-p", "hi", "-n", "1")
@@ -109,6 +142,7 @@ def test_run_non_lm_torchscript_is_one_line(rel, tiny_llama):
 
 
 # -- token ids the user passes in -----------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def llm(tiny_llama):
@@ -147,16 +181,27 @@ def test_next_token_logits_stops_at_the_context(llm, monkeypatch):
 
 # -- BatchNorm folds: the dynamo exporter, unusual eps, ConvTranspose, unfolded BatchNorms ---
 
+
 def _bn_model(kind: str):
     nn = torch.nn
     torch.manual_seed(0)
     model = {
-        "conv": lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)),
-        "eps": lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, eps=1e-6),
-                                     nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8, eps=0.01)),
-        "plain": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, bias=False),
-                                       nn.BatchNorm2d(8, affine=False)),
+        "conv": lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, bias=False),
+            nn.BatchNorm2d(8),
+        ),
+        "eps": lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3),
+            nn.BatchNorm2d(8, eps=1e-6),
+            nn.Conv2d(8, 8, 3),
+            nn.BatchNorm2d(8, eps=0.01),
+        ),
+        "plain": lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8, affine=False)
+        ),
         "transpose": lambda: nn.Sequential(nn.ConvTranspose2d(3, 8, 3), nn.BatchNorm2d(8)),
         "linear": lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.BatchNorm1d(16)),
     }[kind]()
@@ -178,8 +223,13 @@ def bn_exports(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bn")
     out = {}
-    for kind, dynamo in [("conv", True), ("eps", False), ("plain", False),
-                         ("transpose", True), ("linear", False)]:
+    for kind, dynamo in [
+        ("conv", True),
+        ("eps", False),
+        ("plain", False),
+        ("transpose", True),
+        ("linear", False),
+    ]:
         model = _bn_model(kind)
         ckpt = folder / f"{kind}.pt"
         torch.save(model.state_dict(), ckpt)
@@ -196,12 +246,15 @@ def bn_exports(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("kind,dynamo,eps", [
-    ("conv", True, {1e-5}),          # folded values kept under the conv's own names
-    ("eps", False, {1e-6, 0.01}),    # eps outside the defaults, told apart from 1e-5
-    ("plain", False, {1e-5}),        # no conv bias, no affine part: the bias is from the mean
-    ("transpose", True, {1e-5}),     # ConvTranspose scales its weight along dim 1
-])
+@pytest.mark.parametrize(
+    "kind,dynamo,eps",
+    [
+        ("conv", True, {1e-5}),  # folded values kept under the conv's own names
+        ("eps", False, {1e-6, 0.01}),  # eps outside the defaults, told apart from 1e-5
+        ("plain", False, {1e-5}),  # no conv bias, no affine part: the bias is from the mean
+        ("transpose", True, {1e-5}),  # ConvTranspose scales its weight along dim 1
+    ],
+)
 def test_compare_pairs_every_batchnorm_fold(bn_exports, kind, dynamo, eps):
     import json
 
@@ -230,6 +283,7 @@ def test_unfolded_batchnorm_counter_is_not_a_difference(bn_exports):
 
 # -- Torch7: functions inside a closure's upvalues are code too ----------------------------
 
+
 def _t7_closure() -> bytes:
     """A binary Torch7 table {outer = function} whose upvalues hold two more functions."""
     import struct
@@ -247,8 +301,16 @@ def _t7_closure() -> bytes:
         head = ints(3) + ints(next(memo)) + ints(len(pairs))
         return head + b"".join(string(k) + v() for k, v in pairs)
 
-    return table([("outer", lambda: func(table([
-        ("inner", func), ("deep", lambda: func(table([("x", func)])))])))])
+    return table(
+        [
+            (
+                "outer",
+                lambda: func(
+                    table([("inner", func), ("deep", lambda: func(table([("x", func)])))])
+                ),
+            )
+        ]
+    )
 
 
 def test_scan_lists_lua_functions_in_upvalues(tmp_path):
@@ -258,13 +320,18 @@ def test_scan_lists_lua_functions_in_upvalues(tmp_path):
     path.write_bytes(_t7_closure())
     code, out, err = run_cli("scan", path, "--json")
     names = [f["global"] for fr in json.loads(out)["files"] for f in fr["findings"]]
-    assert names == ["outer", "outer.<upvalues>.inner", "outer.<upvalues>.deep",
-                     "outer.<upvalues>.deep.<upvalues>.x"]
+    assert names == [
+        "outer",
+        "outer.<upvalues>.inner",
+        "outer.<upvalues>.deep",
+        "outer.<upvalues>.deep.<upvalues>.x",
+    ]
     code, out, err = run_cli("info", path, "--json")
     assert json.loads(out)["torch7"]["n_functions"] == 4
 
 
 # -- scan: a safetensors header length whose first byte is 0x80 is not a pickle --------------
+
 
 @pytest.mark.parametrize("header_len", [128, 384, 1408])
 def test_scan_safetensors_with_pickle_like_length(tmp_path, header_len):
@@ -276,8 +343,10 @@ def test_scan_safetensors_with_pickle_like_length(tmp_path, header_len):
     import numpy as np
 
     data = np.arange(4, dtype=np.float32).tobytes()
-    header = {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, len(data)]},
-              "__metadata__": {"pad": ""}}
+    header = {
+        "w": {"dtype": "F32", "shape": [4], "data_offsets": [0, len(data)]},
+        "__metadata__": {"pad": ""},
+    }
     text = json.dumps(header).encode()
     header["__metadata__"]["pad"] = "x" * (header_len - len(text))
     text = json.dumps(header).encode()
@@ -290,6 +359,7 @@ def test_scan_safetensors_with_pickle_like_length(tmp_path, header_len):
 
 
 # -- prompt_logprobs on engines without a KV cache: one forward, not one per token ---------
+
 
 @pytest.fixture(scope="module")
 def no_cache_exports(tiny_llama, tmp_path_factory):
@@ -316,17 +386,23 @@ def no_cache_exports(tiny_llama, tmp_path_factory):
             self.model = model
 
         def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              use_cache=False).logits
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).logits
 
     ids = torch.tensor([[5, 6, 7, 8]])
     axes = {0: "batch", 1: "seq"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Logits(), (ids, torch.ones_like(ids)), str(onnx_dir / "model.onnx"),
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={"input_ids": axes, "attention_mask": axes,
-                                        "logits": axes}, dynamo=False)
+        torch.onnx.export(
+            Logits(),
+            (ids, torch.ones_like(ids)),
+            str(onnx_dir / "model.onnx"),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
+            dynamo=False,
+        )
     return {"torchscript": root / "ts", "onnxruntime": onnx_dir}
 
 
@@ -340,16 +416,21 @@ def test_no_cache_scoring_is_one_forward(no_cache_exports, llm, backend, monkeyp
     assert "no KV cache" in engine.backend_reason
     steps = []
     original = engine._engine._forward
-    monkeypatch.setattr(engine._engine, "_forward",
-                        lambda *args: steps.append(1) or original(*args))
+    monkeypatch.setattr(
+        engine._engine, "_forward", lambda *args: steps.append(1) or original(*args)
+    )
     ids = list(range(3, 203))
     rows = engine.next_token_logits(ids)
     assert len(steps) <= 1  # was one recomputed prefix per token: O(n²), 46 s for 250
     assert np.abs(rows - llm.next_token_logits(ids)).max() < 1e-4
-    out = engine.generate({"prompt_token_ids": ids[:20]},
-                          SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=2))[0]
-    ref = llm.generate({"prompt_token_ids": ids[:20]},
-                       SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=2))[0]
+    out = engine.generate(
+        {"prompt_token_ids": ids[:20]},
+        SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=2),
+    )[0]
+    ref = llm.generate(
+        {"prompt_token_ids": ids[:20]},
+        SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=2),
+    )[0]
     assert out.outputs[0].token_ids == ref.outputs[0].token_ids
     for got, want in zip(out.prompt_logprobs[1:], ref.prompt_logprobs[1:]):
         assert got.keys() == want.keys()
@@ -358,9 +439,24 @@ def test_no_cache_scoring_is_one_forward(no_cache_exports, llm, backend, monkeyp
 
 # -- keishiki run: --prompt-logprobs is shown without --json, each prompt's numbers labelled -
 
+
 def test_run_prints_prompt_logprobs_and_labels_prompts(tiny_llama):
-    code, out, err = run_cli("run", tiny_llama, "-p", "Hello world", "-p", "hi", "-t", "0",
-                             "-n", "2", "--prompt-logprobs", "1", "--logprobs", "0")
+    code, out, err = run_cli(
+        "run",
+        tiny_llama,
+        "-p",
+        "Hello world",
+        "-p",
+        "hi",
+        "-t",
+        "0",
+        "-n",
+        "2",
+        "--prompt-logprobs",
+        "1",
+        "--logprobs",
+        "0",
+    )
     assert code == 0, err
     assert "--- prompt logprobs of prompt 0\n" in out
     assert "--- prompt logprobs of prompt 1\n" in out
@@ -378,8 +474,12 @@ def test_run_refuses_torchscript_the_scanner_could_not_read(file_op_ts, tmp_path
         for info in zin.infolist():
             data = zin.read(info.filename)
             if "/code/" in info.filename and info.filename.endswith(".py"):
-                zout.writestr(info.filename, data + b"\n" + b"#" * (40 << 20) + b"\n",
-                              compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+                zout.writestr(
+                    info.filename,
+                    data + b"\n" + b"#" * (40 << 20) + b"\n",
+                    compress_type=zipfile.ZIP_DEFLATED,
+                    compresslevel=9,
+                )
             else:
                 zout.writestr(info, data)
     # a fresh process, as a user runs it: the gate scans before torch is imported, so the
@@ -388,9 +488,22 @@ def test_run_refuses_torchscript_the_scanner_could_not_read(file_op_ts, tmp_path
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "keishiki", "run", str(bomb), "--tokenizer",
-                           str(tiny_llama), "-p", "hi"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keishiki",
+            "run",
+            str(bomb),
+            "--tokenizer",
+            str(tiny_llama),
+            "-p",
+            "hi",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     err = proc.stderr
     assert proc.returncode == 1 and "1 of 1 code files could not be read" in err, err
     assert "torch.jit.load would compile them unjudged" in err and err.count("\n") == 1

@@ -20,8 +20,15 @@ def markup_file(tmp_path):
     from safetensors.numpy import save_file
 
     path = tmp_path / "markup.safetensors"
-    save_file({"a[/b]": np.zeros(1, np.float32), "[red]x[/red]": np.zeros(1, np.float32),
-               LONG: np.zeros(3, np.float32)}, str(path), metadata={"note": "[/oops] [bold]hi"})
+    save_file(
+        {
+            "a[/b]": np.zeros(1, np.float32),
+            "[red]x[/red]": np.zeros(1, np.float32),
+            LONG: np.zeros(3, np.float32),
+        },
+        str(path),
+        metadata={"note": "[/oops] [bold]hi"},
+    )
     return path
 
 
@@ -41,8 +48,13 @@ def test_piped_tensors_keep_long_names_on_one_line(markup_file):
     # the real situation: `keishiki tensors m | grep ...` from a shell (COLUMNS not exported)
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     for command in ("tensors", "info"):
-        proc = subprocess.run([sys.executable, "-m", "keishiki", command, str(markup_file)],
-                              capture_output=True, text=True, env=env, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "keishiki", command, str(markup_file)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         wanted = LONG if command == "tensors" else str(markup_file)
         assert any(wanted in line for line in proc.stdout.splitlines()), proc.stdout
@@ -52,9 +64,17 @@ def test_piped_tensors_keep_long_names_on_one_line(markup_file):
 def test_rules_in_a_pipe_stay_readable():
     # `keishiki demo | less` prints rules between sections: not 4096 characters of "─"
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run([sys.executable, "-c", "from keishiki.cli.render import console; "
-                           "console.rule('keishiki info x')"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from keishiki.cli.render import console; console.rule('keishiki info x')",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "keishiki info x" in proc.stdout and len(proc.stdout.rstrip("\n")) <= 100
 
@@ -66,8 +86,13 @@ def test_closed_pipe_is_exit_0_and_silent(markup_file, args):
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = subprocess.run([sys.executable, "-m", "keishiki", *args, str(markup_file)],
-                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "keishiki", *args, str(markup_file)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr
@@ -82,8 +107,13 @@ def test_table_title_is_not_wrapped_at_the_table_width(tmp_path):
     path = folder / "w.safetensors"
     save_file({"w": np.zeros(1, np.float32)}, str(path))  # a narrow table, a long title
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run([sys.executable, "-m", "keishiki", "tensors", str(path)],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "keishiki", "tensors", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].strip() == f"1 of 1 tensors in {path}"
 
@@ -102,8 +132,13 @@ def test_generated_names_are_explained_in_full():
 
     path = corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx")
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run([sys.executable, "-m", "keishiki", "info", str(path)],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "keishiki", "info", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("onnx::<Op>_<N>"))
     assert line.rstrip().endswith("the original parameter name is lost")

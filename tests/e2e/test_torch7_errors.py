@@ -22,17 +22,30 @@ def _s(b):
 
 
 def _tensor(sizes, strides, storage):
-    return (_i(4) + _i(1) + _s(b"V 1") + _s(b"torch.FloatTensor") + _i(len(sizes))
-            + b"".join(map(_q, sizes)) + b"".join(map(_q, strides)) + _q(1) + storage)
+    return (
+        _i(4)
+        + _i(1)
+        + _s(b"V 1")
+        + _s(b"torch.FloatTensor")
+        + _i(len(sizes))
+        + b"".join(map(_q, sizes))
+        + b"".join(map(_q, strides))
+        + _q(1)
+        + storage
+    )
 
 
 STORAGE2 = _i(4) + _i(2) + _s(b"V 1") + _s(b"torch.FloatStorage") + _q(2) + struct.pack("<ff", 1, 2)
 
 
-@pytest.mark.parametrize("data,words", [
-    (_tensor([3, 3], [3, 1], STORAGE2), "reach outside its storage"),
-    (_tensor([-5], [1], STORAGE2), "negative size"),
-], ids=["storage-too-small", "negative-dim"])
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        (_tensor([3, 3], [3, 1], STORAGE2), "reach outside its storage"),
+        (_tensor([-5], [1], STORAGE2), "negative size"),
+    ],
+    ids=["storage-too-small", "negative-dim"],
+)
 def test_malformed_torch_object_is_named(tmp_path, data, words):
     path = tmp_path / "bad.t7"
     path.write_bytes(data)
@@ -44,6 +57,8 @@ def test_malformed_torch_object_is_named(tmp_path, data, words):
 @pytest.mark.parametrize("keep", [40, 100, 150])
 def test_truncated_t7_says_truncated(tmp_path, keep):
     path = tmp_path / "t.t7"
-    path.write_bytes(corpus_path("torch7_binary/python-torchfile/floattensor.t7").read_bytes()[:keep])
+    path.write_bytes(
+        corpus_path("torch7_binary/python-torchfile/floattensor.t7").read_bytes()[:keep]
+    )
     code, _, err = run_cli("tensors", path)
     assert code == 2 and "truncated Torch7 object stream" in err, err

@@ -16,9 +16,11 @@ msgpack = pytest.importorskip("msgpack")
 
 CASES = {
     "flax_msgpack/flax-0.12.8/mlp_params.msgpack": FACTS.get(
-        "flax_msgpack/flax-0.12.8/mlp_params.msgpack", {}),
-    "hf_dir/tiny-bert-flax/flax_model.msgpack": FACTS.get(
-        "hf_dir/tiny-bert-flax", {}).get("weights", {}).get("flax_model.msgpack", {}),
+        "flax_msgpack/flax-0.12.8/mlp_params.msgpack", {}
+    ),
+    "hf_dir/tiny-bert-flax/flax_model.msgpack": FACTS.get("hf_dir/tiny-bert-flax", {})
+    .get("weights", {})
+    .get("flax_model.msgpack", {}),
 }
 
 
@@ -63,7 +65,7 @@ def test_corpus_facts_and_values(rel):
     for lazy in info.lazy_tensors():
         np.testing.assert_array_equal(lazy.load(), _get(ref, lazy.name))
         offset, nbytes = lazy.info.data_offset, lazy.info.nbytes
-        assert path.read_bytes()[offset:offset + nbytes] == _get(ref, lazy.name).tobytes()
+        assert path.read_bytes()[offset : offset + nbytes] == _get(ref, lazy.name).tobytes()
 
 
 def _ndarray(arr: np.ndarray) -> "msgpack.ExtType":
@@ -80,15 +82,24 @@ def test_flax_ext_types_written_here(tmp_path):
         "params": {"dense": {"kernel": _ndarray(kernel), "bias": _ndarray(bf16)}},
         "step": msgpack.ExtType(3, msgpack.packb(("int64", np.int64(42).tobytes()))),
         "phase": msgpack.ExtType(2, msgpack.packb((1.0, -2.0))),
-        "opt": {"mu": {"__msgpack_chunked_array__": True, "shape": [10],
-                       "chunks": {"0": _ndarray(big[:6]), "1": _ndarray(big[6:])}}},
+        "opt": {
+            "mu": {
+                "__msgpack_chunked_array__": True,
+                "shape": [10],
+                "chunks": {"0": _ndarray(big[:6]), "1": _ndarray(big[6:])},
+            }
+        },
     }
     p = tmp_path / "state.msgpack"
     p.write_bytes(msgpack.packb(state))
     info = inspect(p)
     assert [(t.name, t.dtype, t.shape) for t in info.tensors] == [
-        ("params/dense/kernel", "float32", (3, 4)), ("params/dense/bias", "bfloat16", (2,)),
-        ("step", "int64", ()), ("phase", "complex128", ()), ("opt/mu", "int32", (10,))]
+        ("params/dense/kernel", "float32", (3, 4)),
+        ("params/dense/bias", "bfloat16", (2,)),
+        ("step", "int64", ()),
+        ("phase", "complex128", ()),
+        ("opt/mu", "int32", (10,)),
+    ]
     load = {t.name: info.tensor_loader(t) for t in info.tensors}
     np.testing.assert_array_equal(load["params/dense/kernel"], kernel)
     np.testing.assert_array_equal(load["params/dense/bias"], bf16)
@@ -127,8 +138,9 @@ def test_lying_sizes(tmp_path):
 
 
 def test_cli_json():
-    code, out, _ = run_cli("info", corpus_path("flax_msgpack/flax-0.12.8/mlp_params.msgpack"),
-                           "--json")
+    code, out, _ = run_cli(
+        "info", corpus_path("flax_msgpack/flax-0.12.8/mlp_params.msgpack"), "--json"
+    )
     data = json.loads(out)
     assert code == 0 and data["format"] == "flax-msgpack" and data["n_parameters"] == 74
 

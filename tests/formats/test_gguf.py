@@ -31,15 +31,17 @@ def test_corpus_facts(rel):
         got = g["kv"][key]
         if isinstance(want, str) and want.startswith("<array len "):
             length = got["length"] if isinstance(got, dict) else len(got)
-            assert length == int(want[len("<array len "):-1]), key
+            assert length == int(want[len("<array len ") : -1]), key
         else:
             assert got == want, key
     assert g["tensor_data_offset"] == facts["data_offset"]
     assert g["ggml_types"] == facts["tensor_types"]
     assert g["n_vocab_tokens"] == facts.get("n_vocab_tokens")
     assert g["architecture"] == facts.get("general.architecture")
-    first = [f"{t.name}:{t.extra['ggml_type']}{t.extra['gguf_shape']}"
-             for t in info.tensors[: len(facts["tensors_first"])]]
+    first = [
+        f"{t.name}:{t.extra['ggml_type']}{t.extra['gguf_shape']}"
+        for t in info.tensors[: len(facts["tensors_first"])]
+    ]
     assert first == facts["tensors_first"]
     for t in info.tensors:  # row-major shapes: GGUF's ne[0] comes last
         assert list(t.shape) == list(reversed(t.extra["gguf_shape"]))
@@ -104,8 +106,11 @@ def test_written_file(written):
     assert info.gguf["architecture"] == "llama" and info.metadata["general.name"] == "tiny"
     assert kv["llama.block_count"] == 1 and kv["llama.flag"] is True
     assert kv["small.ints"] == [1, 2, 3] and kv["big.neg"] == -(2**40)
-    assert kv["tokenizer.ggml.tokens"] == {"type": "string", "length": 100,
-                                           "first": ["t0", "t1", "t2", "t3", "t4"]}
+    assert kv["tokenizer.ggml.tokens"] == {
+        "type": "string",
+        "length": 100,
+        "first": ["t0", "t1", "t2", "t3", "t4"],
+    }
     assert info.gguf["n_vocab_tokens"] == 100
     dt = {t.name: (t.dtype, t.shape) for t in info.tensors}
     assert dt["tok_embd.weight"] == ("float32", (10, 64))
@@ -130,19 +135,26 @@ def _string(s: bytes) -> bytes:
     return struct.pack("<Q", len(s)) + s
 
 
-@pytest.mark.parametrize("blob, message", [
-    (_header(tensor_count=2**40) + b"\0" * 64, "cannot fit"),
-    (_header(kv_count=2**50) + b"\0" * 64, "cannot fit"),
-    (_header(kv_count=1) + struct.pack("<Q", 2**60) + b"key" + b"\0" * 40, "length"),
-    (_header(kv_count=1) + _string(b"k") + struct.pack("<IIQ", 9, 8, 2**50) + b"\0" * 40,
-     "array"),
-    (_header(kv_count=1) + _string(b"k") + struct.pack("<IIQ", 9, 4, 2**50) + b"\0" * 40,
-     "array"),
-    (_header(kv_count=1) + _string(b"k") + struct.pack("<I", 77) + b"\0" * 40, "value type"),
-    (_header(version=1) + b"\0" * 40, "version 1"),
-    (_header(version=7) + b"\0" * 40, "unknown GGUF version"),
-    (_header(tensor_count=1) + _string(b"t") + struct.pack("<I", 9) + b"\0" * 80, "dims"),
-])
+@pytest.mark.parametrize(
+    "blob, message",
+    [
+        (_header(tensor_count=2**40) + b"\0" * 64, "cannot fit"),
+        (_header(kv_count=2**50) + b"\0" * 64, "cannot fit"),
+        (_header(kv_count=1) + struct.pack("<Q", 2**60) + b"key" + b"\0" * 40, "length"),
+        (
+            _header(kv_count=1) + _string(b"k") + struct.pack("<IIQ", 9, 8, 2**50) + b"\0" * 40,
+            "array",
+        ),
+        (
+            _header(kv_count=1) + _string(b"k") + struct.pack("<IIQ", 9, 4, 2**50) + b"\0" * 40,
+            "array",
+        ),
+        (_header(kv_count=1) + _string(b"k") + struct.pack("<I", 77) + b"\0" * 40, "value type"),
+        (_header(version=1) + b"\0" * 40, "version 1"),
+        (_header(version=7) + b"\0" * 40, "unknown GGUF version"),
+        (_header(tensor_count=1) + _string(b"t") + struct.pack("<I", 9) + b"\0" * 80, "dims"),
+    ],
+)
 def test_hostile_headers_fail_fast(tmp_path, blob, message):
     p = tmp_path / "bad.gguf"
     p.write_bytes(blob)
@@ -188,8 +200,10 @@ def test_inspect_loads_neither_gguf_nor_torch():
     import sys
 
     path = corpus_path("gguf/llama.cpp-convert/tiny-bert-q8_0.gguf")
-    code = (f"import sys, keishiki; keishiki.inspect({str(path)!r}); "
-            f"print([m for m in ('gguf', 'torch', 'onnx') if m in sys.modules])")
+    code = (
+        f"import sys, keishiki; keishiki.inspect({str(path)!r}); "
+        f"print([m for m in ('gguf', 'torch', 'onnx') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -209,7 +223,7 @@ def test_mutated_files_fail_cleanly(written, tmp_path):
         blob = bytearray(seed)
         pos = rng.randrange(header_end)
         if rng.random() < 0.8:
-            blob[pos:pos + 8] = rng.getrandbits(64).to_bytes(8, "little")
+            blob[pos : pos + 8] = rng.getrandbits(64).to_bytes(8, "little")
         else:
             del blob[pos:]
         p = tmp_path / f"m{i}.gguf"
@@ -228,8 +242,10 @@ def test_mutated_files_fail_cleanly(written, tmp_path):
 
 
 def test_big_endian_file(tmp_path):
-    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4),
-              "b": np.arange(6, dtype=np.int16).reshape(2, 3)}
+    arrays = {
+        "a": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "b": np.arange(6, dtype=np.int16).reshape(2, 3),
+    }
     path = tmp_path / "be.gguf"
     w = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian.BIG)
     w.add_uint32("x.y", 7)

@@ -75,8 +75,11 @@ def split_copy(split_dir, tmp_path) -> Path:
 
 def _reference(folder: Path, names: list[str]) -> dict[str, tuple[str, np.ndarray]]:
     """name -> (file, raw data) from gguf.GGUFReader of each split."""
-    return {t.name: (name, np.asarray(t.data)) for name in names
-            for t in gguf.GGUFReader(str(folder / name)).tensors}
+    return {
+        t.name: (name, np.asarray(t.data))
+        for name in names
+        for t in gguf.GGUFReader(str(folder / name)).tensors
+    }
 
 
 @pytest.mark.parametrize("target", [NAMES[0], NAMES[1], NAMES[2], "."])
@@ -86,8 +89,12 @@ def test_any_split_or_the_folder_reads_the_whole_model(split_dir, target):
     assert info.format == "gguf" and info.variant == "split"
     assert [t.name for t in info.tensors] == list(_arrays()) == list(ref)
     assert info.gguf["tensor_count"] == info.n_tensors == 5
-    assert info.gguf["splits"] == {"count": 3, "files": NAMES, "n_tensors": [2, 2, 1],
-                                   "bytes": sum((split_dir / n).stat().st_size for n in NAMES)}
+    assert info.gguf["splits"] == {
+        "count": 3,
+        "files": NAMES,
+        "n_tensors": [2, 2, 1],
+        "bytes": sum((split_dir / n).stat().st_size for n in NAMES),
+    }
     assert info.gguf["kv"]["general.name"] == "tiny"  # the first split's metadata
     assert info.gguf["ggml_types"] == {"F32": 2, "F16": 1, "Q8_0": 1, "I32": 1}
     for t in info.tensors:
@@ -104,8 +111,11 @@ def test_cli_info_and_tensors_show_every_split(split_dir):
     data = json.loads(out)
     assert data["n_tensors"] == 5 and data["gguf"]["splits"]["count"] == 3
     # the size is the model's, every split's bytes, not the named file's
-    assert data["file_size"] == sum((split_dir / n).stat().st_size for n in NAMES) \
+    assert (
+        data["file_size"]
+        == sum((split_dir / n).stat().st_size for n in NAMES)
         == data["gguf"]["splits"]["bytes"]
+    )
     code, out, err = run_cli("tensors", split_dir / NAMES[2], "--json")
     assert code == 0, err
     files = [t["file"] for t in json.loads(out)["tensors"]]
@@ -124,8 +134,9 @@ def test_an_unsplit_file_is_read_alone(tmp_path):
     assert info.n_tensors == 5 and "no split.* keys" in info.warnings[-1]
 
 
-def _write_split(path: Path, no: int, count: int, total: int,
-                 arrays: dict[str, np.ndarray]) -> None:
+def _write_split(
+    path: Path, no: int, count: int, total: int, arrays: dict[str, np.ndarray]
+) -> None:
     """One split file written by hand, with whatever split.* keys the test wants."""
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_uint16("split.no", no)
@@ -189,18 +200,21 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize("breaker, error, message, exit_code", BROKEN,
-                         ids=[b[0].__name__.strip("_") for b in BROKEN])
-def test_a_broken_set_is_refused_in_one_line(split_copy, tmp_path, breaker, error, message,
-                                             exit_code):
+@pytest.mark.parametrize(
+    "breaker, error, message, exit_code", BROKEN, ids=[b[0].__name__.strip("_") for b in BROKEN]
+)
+def test_a_broken_set_is_refused_in_one_line(
+    split_copy, tmp_path, breaker, error, message, exit_code
+):
     named = breaker(split_copy)
     first = sorted(p.name for p in split_copy.glob("*.gguf"))[0]
     with pytest.raises(error, match=message) as exc:
         inspect(split_copy / first)
     assert named in str(exc.value)
-    for argv in (["info", split_copy / first],
-                 ["convert", split_copy / first, tmp_path / "o.safetensors", "--to",
-                  "safetensors"]):
+    for argv in (
+        ["info", split_copy / first],
+        ["convert", split_copy / first, tmp_path / "o.safetensors", "--to", "safetensors"],
+    ):
         code, _out, err = run_cli(*argv)
         assert code == exit_code, err
         assert err.count("\n") == 1 and message in err and named in err
@@ -216,8 +230,11 @@ def test_an_hf_folder_lists_a_split_model_once(split_copy):
 def test_a_folder_with_two_models_asks_for_one(split_copy):
     _write(split_copy / "other.gguf", _arrays())
     assert identify(split_copy).format == "gguf"
-    with pytest.raises(InvalidRequest, match=r"holds 2 GGUF models \(m-00001-of-00003.gguf, "
-                                             r"other.gguf\); name the file"):
+    with pytest.raises(
+        InvalidRequest,
+        match=r"holds 2 GGUF models \(m-00001-of-00003.gguf, "
+        r"other.gguf\); name the file",
+    ):
         inspect(split_copy)
 
 
@@ -251,6 +268,7 @@ def test_compare_a_split_model_with_its_unsplit_twin(split_dir, tmp_path):
 
 # ---- writing splits ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """Six float32 tensors of 4 KB each (and a small one) in a safetensors file."""
@@ -258,8 +276,11 @@ def weights(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("st") / "w.safetensors"
     rng = np.random.default_rng(2)
-    save_file({f"layer{i}.weight": rng.standard_normal((16, 64)).astype(np.float32)
-               for i in range(6)} | {"bias": np.ones(3, np.float32)}, str(path))
+    save_file(
+        {f"layer{i}.weight": rng.standard_normal((16, 64)).astype(np.float32) for i in range(6)}
+        | {"bias": np.ones(3, np.float32)},
+        str(path),
+    )
     return path
 
 
@@ -276,8 +297,11 @@ def _check_written(folder: Path, names: list[str], weights: Path) -> None:
     for i, name in enumerate(names):
         reader = gguf.GGUFReader(str(folder / name))
         fields = {k: f.contents() for k, f in reader.fields.items()}
-        assert (fields["split.no"], fields["split.count"], fields["split.tensors.count"]) == \
-            (i, len(names), len(source))
+        assert (fields["split.no"], fields["split.count"], fields["split.tensors.count"]) == (
+            i,
+            len(names),
+            len(source),
+        )
         assert ("general.architecture" in fields) == (i == 0)
         got.update({t.name: np.asarray(t.data) for t in reader.tensors})
     assert sorted(got) == sorted(source)
@@ -286,11 +310,14 @@ def _check_written(folder: Path, names: list[str], weights: Path) -> None:
     assert [t.name for t in inspect(folder / names[-1]).tensors] == list(got)
 
 
-@pytest.mark.parametrize("flags, count", [
-    (["--split-max-tensors", "3"], 3),    # 7 tensors: 3 + 3 + 1
-    (["--split-max-size", "9K"], 3),      # 12 + 4096 + 4096 bytes, then two per split
-    (["--split-max-size", "1M"], 1),      # fits: written unsplit, as gguf-py does
-])
+@pytest.mark.parametrize(
+    "flags, count",
+    [
+        (["--split-max-tensors", "3"], 3),  # 7 tensors: 3 + 3 + 1
+        (["--split-max-size", "9K"], 3),  # 12 + 4096 + 4096 bytes, then two per split
+        (["--split-max-size", "1M"], 1),  # fits: written unsplit, as gguf-py does
+    ],
+)
 def test_cli_writes_splits_named_after_out(weights, tmp_path, flags, count):
     out = tmp_path / "out.gguf"
     code, stdout, err = run_cli("convert", weights, out, "--to", "gguf", "--quiet", *flags)
@@ -318,15 +345,17 @@ def test_force_replaces_a_previous_set_and_nothing_else(weights, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == _split_names("out", 4)
     code, _out, err = run_cli("convert", weights, out, "--to", "gguf", "--split-max-tensors", "3")
     assert code == 2 and "out-00001-of-00004.gguf: already exists (pass --force" in err
-    code, _out, err = run_cli("convert", weights, out, "--to", "gguf", "--split-max-tensors",
-                              "3", "--force", "--quiet")
+    code, _out, err = run_cli(
+        "convert", weights, out, "--to", "gguf", "--split-max-tensors", "3", "--force", "--quiet"
+    )
     assert code == 0, err
     # the old four are gone, not mixed with the new three; no temporaries left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == _split_names("out", 3)
     _check_written(tmp_path, _split_names("out", 3), weights)
     (tmp_path / "out-00002-of-00003.gguf").write_text("my notes")
-    code, _out, err = run_cli("convert", weights, out, "--to", "gguf", "--split-max-tensors",
-                              "3", "--force")
+    code, _out, err = run_cli(
+        "convert", weights, out, "--to", "gguf", "--split-max-tensors", "3", "--force"
+    )
     assert code == 2 and "not a model file" in err and err.count("\n") == 1
     assert (tmp_path / "out-00002-of-00003.gguf").read_text() == "my notes"
 
@@ -334,8 +363,16 @@ def test_force_replaces_a_previous_set_and_nothing_else(weights, tmp_path):
 def test_never_writes_over_the_input(weights, tmp_path):
     link = tmp_path / "out-00001-of-00002.gguf"
     link.symlink_to(weights)
-    code, _out, err = run_cli("convert", weights, tmp_path / "out.gguf", "--to", "gguf",
-                              "--split-max-tensors", "4", "--force")
+    code, _out, err = run_cli(
+        "convert",
+        weights,
+        tmp_path / "out.gguf",
+        "--to",
+        "gguf",
+        "--split-max-tensors",
+        "4",
+        "--force",
+    )
     assert code == 2 and "refusing to write over the input" in err
     assert link.is_symlink() and os.readlink(link) == str(weights)
 
@@ -350,30 +387,57 @@ def test_failed_verification_keeps_the_splits_together(weights, tmp_path, monkey
         return {**result, "passed": False, "reason": "simulated"}
 
     monkeypatch.setattr(gguf_edges, "verify_gguf", failing)
-    code, _out, err = run_cli("convert", weights, tmp_path / "out.gguf", "--to", "gguf",
-                              "--split-max-tensors", "4", "--quiet")
+    code, _out, err = run_cli(
+        "convert",
+        weights,
+        tmp_path / "out.gguf",
+        "--to",
+        "gguf",
+        "--split-max-tensors",
+        "4",
+        "--quiet",
+    )
     assert code == 1 and "simulated" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf.unverified"]
-    assert sorted(p.name for p in (tmp_path / "out.gguf.unverified").iterdir()) == \
-        _split_names("out", 2)
+    assert sorted(p.name for p in (tmp_path / "out.gguf.unverified").iterdir()) == _split_names(
+        "out", 2
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--to", "safetensors", "--split-max-size", "2G"], "--split-max-size applies to --to gguf"),
-    (["--to", "hf-model", "--split-max-tensors", "2"], "--split-max-tensors applies to --to gguf"),
-    (["--to", "gguf", "--split-max-size", "0"], "write it like 5GB"),
-    (["--to", "gguf", "--split-max-size", "lots"], "write it like 5GB"),
-    (["--to", "gguf", "--split-max-tensors", "0"], "--split-max-tensors must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--to", "safetensors", "--split-max-size", "2G"],
+            "--split-max-size applies to --to gguf",
+        ),
+        (
+            ["--to", "hf-model", "--split-max-tensors", "2"],
+            "--split-max-tensors applies to --to gguf",
+        ),
+        (["--to", "gguf", "--split-max-size", "0"], "write it like 5GB"),
+        (["--to", "gguf", "--split-max-size", "lots"], "write it like 5GB"),
+        (["--to", "gguf", "--split-max-tensors", "0"], "--split-max-tensors must be positive"),
+    ],
+)
 def test_bad_split_options_are_refused(weights, tmp_path, argv, message):
     code, _out, err = run_cli("convert", weights, tmp_path / "o.gguf", *argv)
     assert code == 2 and message in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("text, size", [
-    ("2G", 2 * 10**9), ("500M", 5 * 10**8), ("9K", 9000), ("2GB", 2 * 10**9),
-    ("2GiB", 2**31), ("1024", 1024), (4096, 4096)])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("2G", 2 * 10**9),
+        ("500M", 5 * 10**8),
+        ("9K", 9000),
+        ("2GB", 2 * 10**9),
+        ("2GiB", 2**31),
+        ("1024", 1024),
+        (4096, 4096),
+    ],
+)
 def test_split_sizes_read_like_gguf_split(text, size):
     from keishiki._convert.gguf_split import parse_split_size
 
@@ -386,8 +450,9 @@ def test_hf_to_split_gguf_and_what_transformers_makes_of_it(tiny_llama, tmp_path
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "tiny.gguf"
-    report = keishiki.convert(tiny_llama, out, to="gguf", quant="f32", quiet=True,
-                              split_max_tensors=8)
+    report = keishiki.convert(
+        tiny_llama, out, to="gguf", quant="f32", quiet=True, split_max_tensors=8
+    )
     assert report.passed and report.steps[0].verify["n_files"] == 3, report.to_dict()
     names = _split_names("tiny", 3)
     assert report.steps[0].details["split_files"] == names
@@ -397,6 +462,7 @@ def test_hf_to_split_gguf_and_what_transformers_makes_of_it(tiny_llama, tmp_path
     for t in info.tensors:
         np.testing.assert_array_equal(info.load_tensor(t), ref[t.name][1])
     model, loading = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, gguf_file=names[0], output_loading_info=True, dtype=torch.float32)
+        tmp_path, gguf_file=names[0], output_loading_info=True, dtype=torch.float32
+    )
     in_first = len(gguf.GGUFReader(str(tmp_path / names[0])).tensors)
     assert len(loading["missing_keys"]) >= 21 - in_first - 1  # lm_head is tied

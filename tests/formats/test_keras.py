@@ -17,9 +17,19 @@ h5py = pytest.importorskip("h5py")
 
 H5_CASES = facts_where(lambda f: f.get("format") == "keras h5")
 KERAS_CASES = facts_where(lambda f: f.get("format") == "keras v3 (.keras zip)")
-H5_KEYS = ("top_level", "root_attrs", "keras_version", "backend", "model_class",
-           "n_layers_in_config", "layer_classes", "n_datasets_total", "n_weight_datasets",
-           "weight_param_count", "has_optimizer_weights")
+H5_KEYS = (
+    "top_level",
+    "root_attrs",
+    "keras_version",
+    "backend",
+    "model_class",
+    "n_layers_in_config",
+    "layer_classes",
+    "n_datasets_total",
+    "n_weight_datasets",
+    "weight_param_count",
+    "has_optimizer_weights",
+)
 
 
 @pytest.mark.parametrize("rel", H5_CASES)
@@ -38,7 +48,7 @@ def test_keras_h5_corpus_facts(rel):
         for lazy in info.lazy_tensors():
             np.testing.assert_array_equal(lazy.load(), ref[lazy.name][()])
             if lazy.info.data_offset is not None:  # contiguous: the offset is the bytes' place
-                raw = path.read_bytes()[lazy.info.data_offset:][:lazy.info.nbytes]
+                raw = path.read_bytes()[lazy.info.data_offset :][: lazy.info.nbytes]
                 assert raw == ref[lazy.name][()].tobytes()
 
 
@@ -60,12 +70,25 @@ def test_keras_v3_corpus_facts(rel):
 
 
 def _model_config(lambda_layer: bool) -> dict:
-    layers = [{"class_name": "InputLayer", "config": {"name": "x"}},
-              {"class_name": "Dense", "config": {"name": "d"}}]
+    layers = [
+        {"class_name": "InputLayer", "config": {"name": "x"}},
+        {"class_name": "Dense", "config": {"name": "d"}},
+    ]
     if lambda_layer:  # Keras 2 style: marshalled bytecode, base64, in "function"
-        layers.append({"class_name": "Lambda", "config": {
-            "name": "evil", "function": ["4wEAAAAAAAAAAQAAAAQAAABDAAAAcwQAAAB8AFMAKQFOqQCpAdoBeHIC",
-                                         None, None], "function_type": "lambda"}})
+        layers.append(
+            {
+                "class_name": "Lambda",
+                "config": {
+                    "name": "evil",
+                    "function": [
+                        "4wEAAAAAAAAAAQAAAAQAAABDAAAAcwQAAAB8AFMAKQFOqQCpAdoBeHIC",
+                        None,
+                        None,
+                    ],
+                    "function_type": "lambda",
+                },
+            }
+        )
     return {"class_name": "Sequential", "config": {"name": "m", "layers": layers}}
 
 
@@ -76,8 +99,9 @@ def _write_keras_h5(path, lambda_layer=False, userblock=0):
         f.attrs["backend"] = "tensorflow"
         f.attrs["model_config"] = json.dumps(_model_config(lambda_layer))
         f.create_dataset("model_weights/d/d/kernel:0", data=kernel)
-        f.create_dataset("model_weights/d/d/bias:0", data=np.ones(3, np.float32),
-                         chunks=(3,), compression="gzip")
+        f.create_dataset(
+            "model_weights/d/d/bias:0", data=np.ones(3, np.float32), chunks=(3,), compression="gzip"
+        )
         f.create_dataset("optimizer_weights/adam/iter:0", data=np.int64(7))
     return kernel
 
@@ -97,11 +121,14 @@ def test_userblock_chunked_and_optimizer_split(tmp_path):
     kernel = _write_keras_h5(p, userblock=512)
     assert p.read_bytes()[512:520] == b"\x89HDF\r\n\x1a\n"
     info = inspect(p)
-    assert [t.name for t in info.tensors] == ["model_weights/d/d/bias:0",
-                                              "model_weights/d/d/kernel:0"]
+    assert [t.name for t in info.tensors] == [
+        "model_weights/d/d/bias:0",
+        "model_weights/d/d/kernel:0",
+    ]
     assert info.tensor("model_weights/d/d/bias:0").data_offset is None  # chunked + gzip
-    np.testing.assert_array_equal(info.tensor_loader(info.tensor("model_weights/d/d/kernel:0")),
-                                  kernel)
+    np.testing.assert_array_equal(
+        info.tensor_loader(info.tensor("model_weights/d/d/kernel:0")), kernel
+    )
     details = info.details["keras-h5"]
     assert details["n_datasets_total"] == 3 and details["n_weight_datasets"] == 2
     assert details["has_optimizer_weights"] and not details["lambda_layers"]

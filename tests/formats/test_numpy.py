@@ -11,8 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from keishiki.errors import CorruptFile
 from keishiki.core.source import Source
+from keishiki.errors import CorruptFile
 from keishiki.formats import inspect
 from keishiki.formats import numpy as numpy_format
 from tests.conftest import FACTS, corpus_path, facts_where, run_cli
@@ -52,13 +52,16 @@ def test_npy_versions_fortran_and_big_endian(tmp_path, version):
     np.testing.assert_array_equal(loaded, arr)
     assert loaded.flags.c_contiguous and loaded.dtype == np.float64
     # data_offset points at the raw bytes (Fortran order, as written)
-    raw = p.read_bytes()[t.data_offset:]
+    raw = p.read_bytes()[t.data_offset :]
     assert raw == arr.tobytes(order="F")
 
 
 def test_npz_stored_offsets_and_deflated_members(tmp_path):
-    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3),
-              "b": np.array([1, -1], np.int8), "e": np.zeros((0, 3), np.float16)}
+    arrays = {
+        "w": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.array([1, -1], np.int8),
+        "e": np.zeros((0, 3), np.float16),
+    }
     plain, packed = tmp_path / "plain.npz", tmp_path / "packed.npz"
     np.savez(plain, **arrays)
     np.savez_compressed(packed, **arrays)
@@ -68,7 +71,7 @@ def test_npz_stored_offsets_and_deflated_members(tmp_path):
         for lazy in info.lazy_tensors():
             np.testing.assert_array_equal(lazy.load(), arrays[lazy.name])
     stored = inspect(plain).tensor("w")
-    assert plain.read_bytes()[stored.data_offset:stored.data_offset + 24] == arrays["w"].tobytes()
+    assert plain.read_bytes()[stored.data_offset : stored.data_offset + 24] == arrays["w"].tobytes()
     assert inspect(packed).tensor("w").data_offset is None
 
 
@@ -87,7 +90,9 @@ def test_object_arrays_are_reported_never_loaded(tmp_path):
 
 def test_header_is_not_evaluated(tmp_path):
     # a header that would run code under eval(): literal_eval refuses it
-    header = b"{'descr': __import__('os').system('echo pwned'), 'fortran_order': False, 'shape': (1,)}"
+    header = (
+        b"{'descr': __import__('os').system('echo pwned'), 'fortran_order': False, 'shape': (1,)}"
+    )
     header += b" " * (-(len(header) + 11) % 64) + b"\n"
     p = tmp_path / "evil.npy"
     p.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 8)
@@ -137,10 +142,8 @@ def test_cli_json(tmp_path):
 
 def test_inspect_does_not_import_torch():
     path = corpus_path("other/npz/candle/test.npz")
-    script = (f"import sys, keishiki; keishiki.inspect({str(path)!r}); "
-              f"print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
+    script = f"import sys, keishiki; keishiki.inspect({str(path)!r}); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -149,7 +152,8 @@ def test_npz_zip_bomb_is_refused_before_it_expands(tmp_path):
     info, convert and compare alike (it took 2.2-3.2 GB in convert and compare)."""
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (16 << 20,)})
+        header, {"descr": "<f4", "fortran_order": False, "shape": (16 << 20,)}
+    )
     bomb = tmp_path / "bomb.npz"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         with zf.open("w.npy", "w", force_zip64=True) as fh:
@@ -157,8 +161,11 @@ def test_npz_zip_bomb_is_refused_before_it_expands(tmp_path):
             for _ in range(64):
                 fh.write(b"\0" * (1 << 20))
     assert bomb.stat().st_size < 100_000
-    for args in (["info", bomb], ["convert", bomb, tmp_path / "o.safetensors", "--to",
-                                  "safetensors"], ["compare", bomb, bomb]):
+    for args in (
+        ["info", bomb],
+        ["convert", bomb, tmp_path / "o.safetensors", "--to", "safetensors"],
+        ["compare", bomb, bomb],
+    ):
         code, _out, err = run_cli(*args)
         assert code == 2 and "(over 1000:1): a zip bomb" in err and err.count("\n") == 1, args
     assert not (tmp_path / "o.safetensors").exists()

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from keishiki.errors import CorruptFile, InvalidRequest, UnknownFormat, UnsafeFile
+from keishiki.errors import CorruptFile, UnknownFormat, UnsafeFile
 from keishiki.formats import identify, inspect
 from keishiki.formats import onnx_proto as pb
 from tests.conftest import FACTS, corpus_path, facts_where, run_cli
@@ -18,9 +18,19 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 CASES = facts_where(lambda f: f.get("format") in ("onnx", "onnx (external data)"))
-GRAPH_FACTS = ["ir_version", "opset_import", "producer", "graph_name", "n_nodes",
-               "n_initializers", "op_types", "inputs", "outputs", "n_functions",
-               "external_data_files"]
+GRAPH_FACTS = [
+    "ir_version",
+    "opset_import",
+    "producer",
+    "graph_name",
+    "n_nodes",
+    "n_initializers",
+    "op_types",
+    "inputs",
+    "outputs",
+    "n_functions",
+    "external_data_files",
+]
 
 
 @pytest.mark.parametrize("rel", CASES)
@@ -80,20 +90,28 @@ def test_subgraph_constants_are_listed():
 def test_symbolic_dims_structured():
     info = inspect(corpus_path("onnx/silero-vad-6.2.3/silero_vad_16k_op15.onnx"))
     first = info.graph["inputs_detail"][0]
-    assert first == {"name": "input", "type": "FLOAT['batch', 'sequence']", "dtype": "float32",
-                     "shape": ["batch", "sequence"]}
+    assert first == {
+        "name": "input",
+        "type": "FLOAT['batch', 'sequence']",
+        "dtype": "float32",
+        "shape": ["batch", "sequence"],
+    }
 
 
 # ---- models built here ------------------------------------------------------------------------
+
 
 def _model(initializers, nodes=None, inputs=None, outputs=None, opset=17, name="g"):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
     nodes = nodes or [helper.make_node("Identity", ["x"], ["y"])]
     graph = helper.make_graph(nodes, name, inputs or [x], outputs or [y], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="keishiki-test", producer_version="0.1")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="keishiki-test",
+        producer_version="0.1",
+    )
     model.ir_version = 9
     return model
 
@@ -106,8 +124,9 @@ def mixed_model(tmp_path_factory):
     inits = [
         numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "raw_f32"),
         helper.make_tensor("typed_f32", TensorProto.FLOAT, [2, 2], [1.5, -2.0, 3.25, 0.0]),
-        helper.make_tensor("typed_f16", TensorProto.FLOAT16, [3],
-                           np.array([1.0, -0.5, 65504], np.float16)),
+        helper.make_tensor(
+            "typed_f16", TensorProto.FLOAT16, [3], np.array([1.0, -0.5, 65504], np.float16)
+        ),
         helper.make_tensor("typed_bf16", TensorProto.BFLOAT16, [2], [1.0, -3.0]),
         helper.make_tensor("typed_i8", TensorProto.INT8, [3], [-128, 0, 127]),
         helper.make_tensor("typed_bool", TensorProto.BOOL, [2], [True, False]),
@@ -119,8 +138,13 @@ def mixed_model(tmp_path_factory):
         numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2), "onnx::MatMul_12"),
         numpy_helper.from_array(np.ones(2, np.int64), "val_7"),
     ]
-    const = helper.make_node("Constant", [], ["c_out"], name="Constant_3",
-                             value=numpy_helper.from_array(np.array([[1, 2]], np.int32)))
+    const = helper.make_node(
+        "Constant",
+        [],
+        ["c_out"],
+        name="Constant_3",
+        value=numpy_helper.from_array(np.array([[1, 2]], np.int32)),
+    )
     nodes = [const, helper.make_node("Identity", ["x"], ["y"], name="id")]
     path = tmp_path_factory.mktemp("onnx") / "mixed.bin"  # the extension must not matter
     onnx.save(_model(inits, nodes), str(path))
@@ -138,8 +162,10 @@ def test_mixed_storage_values(mixed_model):
     _assert_same_arrays(info, _reference_arrays(mixed_model))
     raw = info.tensor("raw_f32")
     assert raw.extra["storage"] == "raw_data" and raw.nbytes == 48
-    assert mixed_model.read_bytes()[raw.data_offset:raw.data_offset + 48] == \
-        np.asarray(info.tensor_loader(raw)).tobytes()
+    assert (
+        mixed_model.read_bytes()[raw.data_offset : raw.data_offset + 48]
+        == np.asarray(info.tensor_loader(raw)).tobytes()
+    )
     assert info.tensor("c_out").extra["source"] == "constant"
     assert info.tensor("typed_bf16").dtype == "bfloat16"
 
@@ -154,14 +180,22 @@ def test_generated_names_explained(mixed_model):
 @pytest.fixture()
 def external_model(tmp_path):
     rng = np.random.default_rng(1)
-    arrays = {"w1": rng.standard_normal((64, 32)).astype(np.float32),
-              "onnx__MatMul_9": rng.standard_normal((32, 16)).astype(np.float16),
-              "small": np.arange(3, dtype=np.int64)}
+    arrays = {
+        "w1": rng.standard_normal((64, 32)).astype(np.float32),
+        "onnx__MatMul_9": rng.standard_normal((32, 16)).astype(np.float16),
+        "small": np.arange(3, dtype=np.int64),
+    }
     model = _model([numpy_helper.from_array(v, k) for k, v in arrays.items()])
     folder = tmp_path / "ext"
     folder.mkdir()
-    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=64)
+    onnx.save(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=64,
+    )
     return folder, arrays
 
 
@@ -172,7 +206,10 @@ def test_external_data_values(external_model):
         assert info.variant == identify(path).variant == "external-data"
         assert info.graph["external_data_files"] == ["model.onnx.data"]
         assert {t.name: t.extra["storage"] for t in info.tensors} == {
-            "w1": "external", "onnx__MatMul_9": "external", "small": "raw_data"}
+            "w1": "external",
+            "onnx__MatMul_9": "external",
+            "small": "raw_data",
+        }
         for lazy in info.lazy_tensors():
             np.testing.assert_array_equal(lazy.load(), arrays[lazy.name])
     assert "onnx__MatMul_<N>" in info.graph["generated_names"]
@@ -295,9 +332,11 @@ def test_inspect_external_data_loads_no_onnx():
     import sys
 
     path = corpus_path("onnx_external_data/onnx-1.12.0-debian/nmp_external_single")
-    code = (f"import sys, keishiki; i = keishiki.inspect({str(path)!r}); "
-            f"next(i.lazy_tensors()).load(); "
-            f"print([m for m in ('onnx', 'onnxruntime', 'torch') if m in sys.modules])")
+    code = (
+        f"import sys, keishiki; i = keishiki.inspect({str(path)!r}); "
+        f"next(i.lazy_tensors()).load(); "
+        f"print([m for m in ('onnx', 'onnxruntime', 'torch') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -352,7 +391,7 @@ def test_mutated_models_fail_cleanly(mixed_model, tmp_path):
         for _ in range(rng.randint(1, 4)):
             pos = rng.randrange(len(blob))
             if rng.random() < 0.7:
-                blob[pos:pos + 4] = rng.getrandbits(32).to_bytes(4, "little")
+                blob[pos : pos + 4] = rng.getrandbits(32).to_bytes(4, "little")
             else:
                 del blob[pos:]
                 break

@@ -4,7 +4,6 @@ that reading never imports torch, runs code or reads storage bytes."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import textwrap
@@ -19,8 +18,11 @@ from keishiki.errors import CorruptFile, KeishikiError
 from keishiki.formats import identify, inspect
 from tests.conftest import FACTS, corpus_path, run_cli
 
-CORPUS = sorted(k for k in FACTS if k.startswith(("pytorch_zip/", "pytorch_legacy/"))
-                or k == "hf_dir/tiny-bert-io.pt")
+CORPUS = sorted(
+    k
+    for k in FACTS
+    if k.startswith(("pytorch_zip/", "pytorch_legacy/")) or k == "hf_dir/tiny-bert-io.pt"
+)
 
 
 def flatten(obj, prefix=""):
@@ -50,8 +52,11 @@ def assert_same_values(path: Path, expected: dict | None = None):
         assert got.flags["C_CONTIGUOUS"]
         assert list(got.shape) == list(want.shape), lazy.name
         assert lazy.info.dtype == str(want.dtype).removeprefix("torch."), lazy.name
-        want_np = want.contiguous().view(torch.int16).numpy() if want.dtype == torch.bfloat16 \
+        want_np = (
+            want.contiguous().view(torch.int16).numpy()
+            if want.dtype == torch.bfloat16
             else want.numpy()
+        )
         got_np = got.view(np.int16) if want.dtype == torch.bfloat16 else got
         assert np.array_equal(got_np, want_np), lazy.name
     return info
@@ -69,12 +74,12 @@ def test_corpus_facts(rel):
     assert d["dtypes"] == facts["dtypes"]
     assert d["n_parameters"] == facts["total_numel"]
     listed = [f"{t.name}:{t.dtype}{list(t.shape)}" for t in info.tensors]
-    assert listed[:len(facts["tensors_first"])] == facts["tensors_first"]
+    assert listed[: len(facts["tensors_first"])] == facts["tensors_first"]
     p = d["pytorch"]  # format-specific facts live under the format id
     assert p["globals"] == facts["pickle_globals"]
     assert p["root_type"] == facts["root_type"]
     assert p["n_top_keys"] == facts["n_top_keys"]
-    assert p["top_keys"][:len(facts["top_keys_first"])] == facts["top_keys_first"]
+    assert p["top_keys"][: len(facts["top_keys_first"])] == facts["top_keys_first"]
     assert p["pickle_protocol"] == facts.get("pickle_protocol", facts.get("data_pkl_protocol"))
     assert p["n_storages"] == facts["n_storages"] if "n_storages" in facts else True
     assert d["total_bytes"] == sum(t.nbytes for t in info.tensors)
@@ -100,13 +105,16 @@ def test_corpus_values_equal_torch_load(rel):
 
 
 def test_corpus_kinds():
-    assert inspect(corpus_path("pytorch_zip/candle/test_with_key.pt")).details["pytorch"][
-        "kind"] == "checkpoint"
+    assert (
+        inspect(corpus_path("pytorch_zip/candle/test_with_key.pt")).details["pytorch"]["kind"]
+        == "checkpoint"
+    )
     info = inspect(corpus_path("pytorch_zip/torch-1.13.1-debian/mixed_dtypes_views_zip.pt"))
     d = info.details["pytorch"]
     assert d["kind"] == "state_dict"
-    assert d["shared_storages"] == [{"storage_key": "8",
-                                     "tensors": ["view_a", "view_b", "transposed"]}]
+    assert d["shared_storages"] == [
+        {"storage_key": "8", "tensors": ["view_a", "view_b", "transposed"]}
+    ]
     view_b = info.tensor("view_b")
     assert view_b.extra["storage_offset"] == 6 and view_b.extra["stride"] == [2, 1]
     assert view_b.data_offset == info.tensor("view_a").data_offset + 6 * 4
@@ -132,10 +140,10 @@ def saved(tmp_path_factory):
         "scalar": torch.tensor(3.5),
         "empty": torch.zeros(0, 3),
         "base": base,
-        "row": base[1],            # view with storage offset
-        "col": base[:, 2],         # strided view
-        "t": base.t(),             # transposed, non-contiguous
-        "slice": base[1:3, ::2],   # offset + step
+        "row": base[1],  # view with storage offset
+        "col": base[:, 2],  # strided view
+        "t": base.t(),  # transposed, non-contiguous
+        "slice": base[1:3, ::2],  # offset + step
         "tied": None,
     }
     tensors["tied"] = tensors["f32"]  # the same tensor under two names
@@ -166,7 +174,7 @@ def test_saved_zip_offsets_point_at_the_bytes(saved):
     info = inspect(zip_path)
     raw = zip_path.read_bytes()
     f32 = info.tensor("f32")
-    assert raw[f32.data_offset:f32.data_offset + f32.nbytes] == tensors["f32"].numpy().tobytes()
+    assert raw[f32.data_offset : f32.data_offset + f32.nbytes] == tensors["f32"].numpy().tobytes()
     # torch.save names the archive's root folder after the file: mixed.pt -> mixed/
     assert f32.file == "mixed/data/" + f32.extra["storage_key"]
 
@@ -177,8 +185,12 @@ def test_checkpoint_with_optimizer(tmp_path):
     opt = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 3)).sum().backward()
     opt.step()
-    ckpt = {"epoch": 3, "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": opt.state_dict(), "nested": {"ema": {"w": torch.ones(2)}}}
+    ckpt = {
+        "epoch": 3,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": opt.state_dict(),
+        "nested": {"ema": {"w": torch.ones(2)}},
+    }
     path = tmp_path / "ckpt.pt"
     torch.save(ckpt, path)
     info = assert_same_values(path)
@@ -186,9 +198,13 @@ def test_checkpoint_with_optimizer(tmp_path):
     assert d["kind"] == "checkpoint"
     assert set(d["checkpoint_keys"]) == {"epoch", "model_state_dict", "optimizer_state_dict"}
     names = {t.name for t in info.tensors}
-    assert {"model_state_dict.0.weight", "model_state_dict.2.bias",
-            "optimizer_state_dict.state.0.exp_avg", "optimizer_state_dict.state.3.exp_avg_sq",
-            "nested.ema.w"} <= names
+    assert {
+        "model_state_dict.0.weight",
+        "model_state_dict.2.bias",
+        "optimizer_state_dict.state.0.exp_avg",
+        "optimizer_state_dict.state.3.exp_avg_sq",
+        "nested.ema.w",
+    } <= names
 
 
 def test_single_tensor_and_parameter(tmp_path):
@@ -204,7 +220,7 @@ def test_single_tensor_and_parameter(tmp_path):
     assert "torch._utils._rebuild_parameter" in info.details["pytorch"]["globals"]
 
 
-MODULE_SRC = textwrap.dedent('''
+MODULE_SRC = textwrap.dedent("""
     import pathlib
     import torch
 
@@ -219,7 +235,7 @@ MODULE_SRC = textwrap.dedent('''
         def __setstate__(self, state):  # would run on torch.load(weights_only=False)
             MARKER.write_text("code ran")
             super().__setstate__(state)
-''')
+""")
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -276,8 +292,7 @@ def test_import_light_subprocess(saved):
         assert 'torch' not in sys.modules, 'torch was imported'
         print('ok')
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 
 
@@ -300,7 +315,7 @@ def test_broken_zip_members(saved, tmp_path):
         members = {n: zf.read(n) for n in zf.namelist()}
     pkl = next(n for n in members if n.endswith("data.pkl"))
     cases = {
-        "truncated_pkl": {**members, pkl: members[pkl][:len(members[pkl]) // 2]},
+        "truncated_pkl": {**members, pkl: members[pkl][: len(members[pkl]) // 2]},
         "missing_storage": {n: v for n, v in members.items() if not n.endswith("/data/0")},
         "short_storage": {**members, next(n for n in members if n.endswith("/data/0")): b"\0"},
     }
@@ -317,12 +332,13 @@ def test_broken_zip_members(saved, tmp_path):
 
 def test_hostile_view_and_storage_numbers(tmp_path):
     # a data.pkl whose tensor claims a 2^40-element view of a 1-element storage
-    import pickle
 
-    pkl = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n("
-           b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
-           b"X\x03\x00\x00\x00cpuK\x01tQ"
-           b"K\x00\x8a\x06\x00\x00\x00\x00\x00\x01\x85K\x01\x85\x89NtR.")
+    pkl = (
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n("
+        b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
+        b"X\x03\x00\x00\x00cpuK\x01tQ"
+        b"K\x00\x8a\x06\x00\x00\x00\x00\x00\x01\x85K\x01\x85\x89NtR."
+    )
     bad = tmp_path / "bad.pt"
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("archive/data.pkl", pkl)
@@ -407,8 +423,10 @@ def test_big_endian_zip(saved, tmp_path):
     """A checkpoint written on a big-endian machine (byteorder record 'big') loads right."""
     zip_path, _, tensors = saved
     info = inspect(zip_path)
-    itemsize = {t.extra["storage_key"]: np.dtype(t.dtype if t.dtype != "bfloat16" else "int16"
-                                                 ).itemsize for t in info.tensors}
+    itemsize = {
+        t.extra["storage_key"]: np.dtype(t.dtype if t.dtype != "bfloat16" else "int16").itemsize
+        for t in info.tensors
+    }
     bad = tmp_path / "big_endian.pt"
     with zipfile.ZipFile(zip_path) as src, zipfile.ZipFile(bad, "w") as dst:
         for item in src.infolist():
@@ -455,8 +473,10 @@ def test_recompressed_zip_still_loads(saved, tmp_path):
     """Archives re-zipped with deflate (not what torch writes) have no data_offset but load."""
     zip_path, _, tensors = saved
     deflated = tmp_path / "deflated.pt"
-    with zipfile.ZipFile(zip_path) as src, zipfile.ZipFile(deflated, "w",
-                                                           zipfile.ZIP_DEFLATED) as dst:
+    with (
+        zipfile.ZipFile(zip_path) as src,
+        zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
         for item in src.infolist():
             dst.writestr(item.filename, src.read(item.filename))
     info = assert_same_values(deflated, tensors)

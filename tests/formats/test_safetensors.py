@@ -31,10 +31,15 @@ def test_corpus_facts(rel):
 
 def test_roundtrip_writer_matches_reference(tmp_path):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, -2], np.int8),
-              "empty": np.zeros((0, 4), np.float16)}
-    lazies = [LazyTensor(TensorInfo(k, str(v.dtype), v.shape, v.nbytes), (lambda v=v: v))
-              for k, v in arrays.items()]
+    arrays = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.array([1, -2], np.int8),
+        "empty": np.zeros((0, 4), np.float16),
+    }
+    lazies = [
+        LazyTensor(TensorInfo(k, str(v.dtype), v.shape, v.nbytes), (lambda v=v: v))
+        for k, v in arrays.items()
+    ]
     out = tmp_path / "w.safetensors"
     with open(out, "wb") as fh:
         st.write(fh, lazies, metadata={"format": "pt"})
@@ -58,7 +63,9 @@ def test_absurd_header_length(tmp_path):
 
 
 def test_offsets_outside_file(tmp_path):
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}
+    ).encode()
     p = _write_raw(tmp_path / "x.safetensors", len(header), header, b"\0" * 16)
     with pytest.raises(CorruptFile, match="outside the file"):
         inspect(p)
@@ -97,7 +104,7 @@ def _one_tensor_file(path, code: str, shape, nbytes: int):
 
 
 def test_unknown_dtype_code_is_refused_as_safetensors_refuses_it(tmp_path):
-    """"F8" is no safetensors dtype; lower-cased it would have been numpy's float64 (a fuzz
+    """ "F8" is no safetensors dtype; lower-cased it would have been numpy's float64 (a fuzz
     find: info said f8, loading crashed in reshape).  The safetensors library refuses the
     file, and so does every keishiki command, in one line naming the tensor and the code."""
     from safetensors import SafetensorError, safe_open
@@ -107,8 +114,10 @@ def test_unknown_dtype_code_is_refused_as_safetensors_refuses_it(tmp_path):
         safe_open(str(path), framework="np")
     with pytest.raises(CorruptFile, match="tensor 'w': unknown dtype \"F8\""):
         inspect(path)
-    for args in (["info", path], ["convert", path, tmp_path / "o.safetensors", "--to",
-                                  "safetensors"]):
+    for args in (
+        ["info", path],
+        ["convert", path, tmp_path / "o.safetensors", "--to", "safetensors"],
+    ):
         code, _out, err = run_cli(*args)
         assert code == 2 and 'unknown dtype "F8"' in err and err.count("\n") == 1
 

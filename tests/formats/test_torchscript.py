@@ -23,14 +23,26 @@ def test_corpus_facts(rel):
     info = inspect(corpus_path(rel))
     assert info.format == "torchscript"
     d = info.details["torchscript"]
-    for key in ("archive_prefix", "n_records", "version_record", "has_constants_pkl",
-                "extra_files", "has_bytecode_pkl", "n_data_records", "original_name",
-                "n_parameters", "n_buffers", "param_numel", "forward_schema"):
+    for key in (
+        "archive_prefix",
+        "n_records",
+        "version_record",
+        "has_constants_pkl",
+        "extra_files",
+        "has_bytecode_pkl",
+        "n_data_records",
+        "original_name",
+        "n_parameters",
+        "n_buffers",
+        "param_numel",
+        "forward_schema",
+    ):
         assert d[key] == facts[key], key
-    assert d["code_files"][:len(facts["code_files"])] == facts["code_files"]
+    assert d["code_files"][: len(facts["code_files"])] == facts["code_files"]
     assert "def forward" in d["forward_source"]
-    assert sum(t.numel for t in info.tensors if t.extra["role"] == "parameter") == \
-        facts["param_numel"]
+    assert (
+        sum(t.numel for t in info.tensors if t.extra["role"] == "parameter") == facts["param_numel"]
+    )
 
 
 @pytest.mark.parametrize("rel", CORPUS)
@@ -55,8 +67,9 @@ def jit_files(tmp_path_factory):
             super().__init__()
             self.conv = torch.nn.Conv2d(3, 4, 3)
             self.bn = torch.nn.BatchNorm2d(4)
-            self.head = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(),
-                                            torch.nn.Linear(5, 2, bias=False))
+            self.head = torch.nn.Sequential(
+                torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2, bias=False)
+            )
             self.register_buffer("scale", torch.full((2,), 0.5))
 
         def forward(self, x: torch.Tensor, k: int = 2) -> torch.Tensor:
@@ -89,8 +102,10 @@ def test_built_here(jit_files, which):
     for lazy in info.lazy_tensors():
         assert np.array_equal(lazy.load(), state[lazy.name].numpy()), lazy.name
     if which == "scripted":
-        assert d["forward_schema"] == ("forward(__torch__.tests.formats.test_torchscript.Net "
-                                       "self, Tensor x, int k=2) -> Tensor")
+        assert d["forward_schema"] == (
+            "forward(__torch__.tests.formats.test_torchscript.Net "
+            "self, Tensor x, int k=2) -> Tensor"
+        )
         assert d["extra_files"] == ["meta.txt"]
     else:
         assert d["has_traced_inputs"] is True  # torch 2.13 saves traced_inputs.pkl
@@ -121,13 +136,19 @@ def test_code_is_parsed_not_run(tmp_path, jit_files):
 def test_schema_types():
     import ast
 
-    cases = {"Optional[Tensor]": "Tensor?", "List[int]": "int[]",
-             "Tuple[Tensor, int]": "(Tensor, int)", "Dict[str, Tensor]": "Dict(str, Tensor)"}
+    cases = {
+        "Optional[Tensor]": "Tensor?",
+        "List[int]": "int[]",
+        "Tuple[Tensor, int]": "(Tensor, int)",
+        "Dict[str, Tensor]": "Dict(str, Tensor)",
+    }
     for src, want in cases.items():
         assert schema_type(ast.parse(src, mode="eval").body) == want
-    classes = parse_classes("class A(Module):\n  __parameters__ = ['w', ]\n"
-                            "  __buffers__ = []\n  def forward(self: A, x: Tensor) -> Tensor:\n"
-                            "    return x\n")
+    classes = parse_classes(
+        "class A(Module):\n  __parameters__ = ['w', ]\n"
+        "  __buffers__ = []\n  def forward(self: A, x: Tensor) -> Tensor:\n"
+        "    return x\n"
+    )
     assert classes["A"].parameters == ["w"] and classes["A"].methods == ["forward"]
     assert parse_classes("def (:") == {}
 
@@ -154,8 +175,11 @@ def test_fuzz_data_pkl_and_code(jit_files, tmp_path, monkeypatch):
     scripted, _ = jit_files
     with zipfile.ZipFile(scripted) as zf:
         members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
-    targets = [n for n in members if n.endswith("/data.pkl") or n.endswith("code/__torch__.py")
-               or n.endswith("constants.pkl")]
+    targets = [
+        n
+        for n in members
+        if n.endswith("/data.pkl") or n.endswith("code/__torch__.py") or n.endswith("constants.pkl")
+    ]
     monkeypatch.setenv("KEISHIKI_DEBUG", "1")  # any non-keishiki exception fails the test
 
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))

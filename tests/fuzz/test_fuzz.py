@@ -48,8 +48,13 @@ MAGIC = {
     "msgpack": b"\x82\xa6params",
 }
 _DEEP = int(os.environ.get("KEISHIKI_FUZZ_EXAMPLES", "0"))
-SETTINGS = settings(max_examples=_DEEP or 400, derandomize=not _DEEP, deadline=None,
-                    database=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(
+    max_examples=_DEEP or 400,
+    derandomize=not _DEEP,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def _small_corpus_files(limit: int = 400_000) -> list[Path]:
@@ -57,8 +62,11 @@ def _small_corpus_files(limit: int = 400_000) -> list[Path]:
         return []
     picked: dict[tuple, Path] = {}
     for path in sorted(CORPUS.rglob("*")):
-        if path.is_file() and path.stat().st_size <= limit and path.suffix not in (
-                ".md", ".py", ".json", ".sh", ".txt", ".inp", ".out"):
+        if (
+            path.is_file()
+            and path.stat().st_size <= limit
+            and path.suffix not in (".md", ".py", ".json", ".sh", ".txt", ".inp", ".out")
+        ):
             # one per format folder and source (about two dozen): every reader gets mutants
             picked.setdefault(path.relative_to(CORPUS).parts[:2], path)
     return list(picked.values())
@@ -130,10 +138,10 @@ def test_mutated_corpus_files(tmp_path_factory, source, data):
             i = data.draw(st.integers(0, len(blob) - 1))
             blob[i] = data.draw(st.integers(0, 255))
     elif kind == "truncate":
-        blob = blob[:data.draw(st.integers(0, len(blob)))]
+        blob = blob[: data.draw(st.integers(0, len(blob)))]
     elif blob:
         i = data.draw(st.integers(0, len(blob) - 1))
-        blob[i:i + 8] = struct.pack("<Q", data.draw(st.sampled_from([0, 2**31, 2**40, 2**63])))
+        blob[i : i + 8] = struct.pack("<Q", data.draw(st.sampled_from([0, 2**31, 2**40, 2**63])))
     path = tmp_path_factory.mktemp("fz") / source.name
     path.write_bytes(bytes(blob))
     _inspect_and_scan(path)

@@ -55,15 +55,28 @@ def repo_files(tiny_llama, marker, tmp_path_factory) -> dict[str, dict[str, byte
     tiny = Repo.from_folder(TINY, tiny_llama).files
     bin_path = tmp_path_factory.mktemp("both") / "pytorch_model.bin"
     torch.save(load_file(tiny_llama / "model.safetensors"), bin_path)
-    both = dict(tiny, **{"pytorch_model.bin": bin_path.read_bytes(),
-                         "onnx/pytorch_model.bin": bin_path.read_bytes()})
+    both = dict(
+        tiny,
+        **{
+            "pytorch_model.bin": bin_path.read_bytes(),
+            "onnx/pytorch_model.bin": bin_path.read_bytes(),
+        },
+    )
     from tests.scan.samples import _payload_pickles
 
     evil_pickle = _payload_pickles(marker)["reduce_os_system_p4"][1]
-    evil = {"config.json": tiny["config.json"], "pytorch_model.bin": evil_pickle,
-            "README.md": b"# a model\n"}
-    return {TINY: tiny, BOTH: both, EVIL: evil, GATED: dict(tiny),
-            GGUF: _tiny_gguf(tmp_path_factory)}
+    evil = {
+        "config.json": tiny["config.json"],
+        "pytorch_model.bin": evil_pickle,
+        "README.md": b"# a model\n",
+    }
+    return {
+        TINY: tiny,
+        BOTH: both,
+        EVIL: evil,
+        GATED: dict(tiny),
+        GGUF: _tiny_gguf(tmp_path_factory),
+    }
 
 
 def _tiny_gguf(tmp_path_factory) -> dict[str, bytes]:
@@ -109,9 +122,14 @@ class HubEnv:
     def env(self, offline: bool = False) -> dict[str, str]:
         """The environment for a subprocess (what a user's shell would set)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-        env.update(HF_ENDPOINT=self.endpoint, HF_HOME=str(self.home),
-                   HF_HUB_CACHE=str(self.cache), HF_HUB_DISABLE_TELEMETRY="1",
-                   HF_HUB_OFFLINE="1" if offline else "0", PYTHONPATH=str(REPO))
+        env.update(
+            HF_ENDPOINT=self.endpoint,
+            HF_HOME=str(self.home),
+            HF_HUB_CACHE=str(self.cache),
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_OFFLINE="1" if offline else "0",
+            PYTHONPATH=str(REPO),
+        )
         return env
 
 
@@ -125,8 +143,11 @@ def hub_env(hub, tmp_path, monkeypatch) -> HubEnv:
         if key.startswith("HF_"):
             monkeypatch.setenv(key, value)
     monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
     monkeypatch.setattr(constants, "HF_HOME", str(state.home))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(state.cache))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(state.home / "token"))
@@ -151,7 +172,15 @@ def go_offline(hub_env, monkeypatch):
 
 def run_keishiki(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """``keishiki ARGS`` in a fresh interpreter with ``env``, behind the loopback guard."""
-    code = ("from tests.hub import loopback; loopback.install()\n"
-            "from keishiki.cli.app import main; main()")
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "from tests.hub import loopback; loopback.install()\n"
+        "from keishiki.cli.app import main; main()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -34,8 +34,19 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 # files the Hub stores in LFS (a sha256 ETag and X-Linked-* headers, as huggingface.co does)
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack",
-                ".onnx", ".pkl", ".gz")
+LFS_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".pkl",
+    ".gz",
+)
 
 
 @dataclass
@@ -61,8 +72,11 @@ class Repo:
 
     @classmethod
     def from_folder(cls, repo_id: str, folder: Path, **kw) -> "Repo":
-        files = {p.relative_to(folder).as_posix(): p.read_bytes()
-                 for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
         return cls(repo_id, files, **kw)
 
     def resolves(self, rev: str) -> bool:
@@ -88,10 +102,10 @@ def is_lfs(name: str) -> bool:
 @dataclass
 class Request:
     method: str
-    path: str           # URL path, unquoted, without the query
-    range: str | None   # the Range header, if any
-    sent: int           # body bytes sent
-    host: str = ""      # the Host header (the CDN's is another origin)
+    path: str  # URL path, unquoted, without the query
+    range: str | None  # the Range header, if any
+    sent: int  # body bytes sent
+    host: str = ""  # the Host header (the CDN's is another origin)
     auth: bool = False  # whether an Authorization header came with it
 
 
@@ -145,8 +159,9 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         # a short poll: shutdown() waits for it (0.5 s by default, at every test's teardown)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                       kwargs={"poll_interval": 0.02})
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, daemon=True, kwargs={"poll_interval": 0.02}
+        )
         self.thread.start()
         return self
 
@@ -222,12 +237,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _record(self, sent: int) -> None:
         path = unquote(urlsplit(self.path).path)
         with self.state.lock:
-            self.state.log.append(Request(self.command, path, self.headers.get("Range"), sent,
-                                          self.headers.get("Host", ""),
-                                          "Authorization" in self.headers))
+            self.state.log.append(
+                Request(
+                    self.command,
+                    path,
+                    self.headers.get("Range"),
+                    sent,
+                    self.headers.get("Host", ""),
+                    "Authorization" in self.headers,
+                )
+            )
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         head_only = self.command == "HEAD"
         # logged before a byte goes out: the client cannot see an answer the log lacks
         self._record(0 if head_only else len(body))
@@ -244,8 +271,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers)
 
     def _error(self, status: int, code: str, headers: dict[str, str] | None = None) -> None:
-        self._json({"error": code}, status, {"X-Error-Code": code, "X-Error-Message": code,
-                                             **(headers or {})})
+        self._json(
+            {"error": code},
+            status,
+            {"X-Error-Code": code, "X-Error-Message": code, **(headers or {})},
+        )
 
     def _repo(self, repo_id: str) -> Repo | None:
         """The repo, or None after answering with the Hub's error for a missing or gated one."""
@@ -265,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         """(revision, path) from ``rev/path``; a revision may hold slashes (refs/pr/1)."""
         for rev in sorted((*repo.branches, repo.commit), key=len, reverse=True):
             if rest == rev or rest.startswith(rev + "/"):
-                return rev, rest[len(rev) + 1:]
+                return rev, rest[len(rev) + 1 :]
         return None
 
     # ---- routes -----------------------------------------------------------------------------
@@ -276,8 +306,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         path, query = unquote(url.path), parse_qs(url.query)
-        for route, handler in ((_TREE_ROUTE, self._tree), (_REV_ROUTE, self._info),
-                               (_RESOLVE_ROUTE, self._resolve), (_CDN_ROUTE, self._cdn)):
+        for route, handler in (
+            (_TREE_ROUTE, self._tree),
+            (_REV_ROUTE, self._info),
+            (_RESOLVE_ROUTE, self._resolve),
+            (_CDN_ROUTE, self._cdn),
+        ):
             m = route.match(path)
             if m:
                 return handler(m, query)
@@ -313,19 +347,31 @@ class _Handler(BaseHTTPRequestHandler):
             if blobs and self.state.sizes_in_info:
                 entry.update(size=len(data), blobId=git_oid(data))
                 if is_lfs(name):
-                    entry["lfs"] = {"sha256": sha256_hex(data),
-                                    "size": len(data), "pointerSize": 134}
+                    entry["lfs"] = {
+                        "sha256": sha256_hex(data),
+                        "size": len(data),
+                        "pointerSize": 134,
+                    }
             siblings.append(entry)
-        self._json({"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.commit,
-                    "private": False, "gated": False, "disabled": False,
-                    "siblings": siblings, "tags": [], **self.state.info_patch})
+        self._json(
+            {
+                "id": repo.repo_id,
+                "modelId": repo.repo_id,
+                "sha": repo.commit,
+                "private": False,
+                "gated": False,
+                "disabled": False,
+                "siblings": siblings,
+                "tags": [],
+                **self.state.info_patch,
+            }
+        )
 
     def _entry(self, repo: Repo, name: str) -> dict:
         data = repo.files[name]
         entry = {"type": "file", "oid": git_oid(data), "size": len(data), "path": name}
         if is_lfs(name):
-            entry["lfs"] = {"oid": sha256_hex(data), "size": len(data),
-                            "pointerSize": 134}
+            entry["lfs"] = {"oid": sha256_hex(data), "size": len(data), "pointerSize": 134}
         return entry
 
     def _tree(self, m: re.Match, query: dict) -> None:
@@ -342,7 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name in sorted(repo.files):
             if not name.startswith(prefix):
                 continue
-            rest = name[len(prefix):]
+            rest = name[len(prefix) :]
             parts = rest.split("/")
             for depth in range(1, len(parts)):
                 sub = prefix + "/".join(parts[:depth])
@@ -370,13 +416,15 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {**commit, "Accept-Ranges": "bytes", "ETag": f'"{git_oid(data)}"'}
         if is_lfs(name):
             sha = sha256_hex(data)
-            headers.update({"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"',
-                            "X-Linked-Size": str(len(data))})
+            headers.update(
+                {"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data))}
+            )
             headers.update(self.state.resolve_headers)
             if self.state.cdn:
                 port = self.server.server_address[1]
-                return self._send(302, b"", {**headers,
-                                             "Location": f"http://localhost:{port}/cdn/{sha}"})
+                return self._send(
+                    302, b"", {**headers, "Location": f"http://localhost:{port}/cdn/{sha}"}
+                )
         self._bytes(data, {**headers, **self.state.resolve_headers})
 
     def _cdn(self, m: re.Match, query: dict) -> None:
@@ -401,9 +449,10 @@ class _Handler(BaseHTTPRequestHandler):
             mode = self.state.range_mode
             if mode == "whole":
                 return self._send(200, data, headers, "application/octet-stream")
-            body = {"shift": data[start + 1:end + 2],
-                    "short": data[start:start + (end + 1 - start) // 2]}.get(mode,
-                                                                          data[start:end + 1])
+            body = {
+                "shift": data[start + 1 : end + 2],
+                "short": data[start : start + (end + 1 - start) // 2],
+            }.get(mode, data[start : end + 1])
             if mode == "shift":
                 headers["Content-Range"] = f"bytes {start + 1}-{end + 1}/{len(data)}"
             if mode == "stall":

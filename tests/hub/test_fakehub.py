@@ -19,8 +19,9 @@ def test_fake_hub_answers_huggingface_hub_itself(hub, hub_env, tmp_path):
     assert sorted(api.list_repo_files(TINY)) == sorted(files)
     assert [p.path for p in api.get_paths_info(TINY, ["config.json", "absent"])] == ["config.json"]
     assert api.file_exists(TINY, "model.safetensors") and not api.file_exists(TINY, "absent")
-    assert api.model_info(TINY, files_metadata=True).siblings[0].size == \
-        len(files[sorted(files)[0]])
+    assert api.model_info(TINY, files_metadata=True).siblings[0].size == len(
+        files[sorted(files)[0]]
+    )
     fs = HfFileSystem(skip_instance_cache=True)
     assert fs.info(f"{TINY}/config.json", refresh=True)["size"] == len(files["config.json"])
     assert fs.read_block(f"{TINY}/model.safetensors", 8, 16) == files["model.safetensors"][8:24]
@@ -33,8 +34,10 @@ def test_fake_hub_answers_huggingface_hub_itself(hub, hub_env, tmp_path):
 def test_loopback_guard_refuses_the_internet(address):
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock, \
-            pytest.raises(ConnectionRefusedError, match="test guard"):
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock,
+        pytest.raises(ConnectionRefusedError, match="test guard"),
+    ):
         sock.connect(address)
     assert loopback.ATTEMPTS == [str(address)]
     loopback.ATTEMPTS.clear()  # seen and refused: the autouse guard's check stays for others

@@ -24,7 +24,7 @@ def _resolved(hub, repo_id: str) -> dict[str, list[str]]:
     prefix = f"/{repo_id}/resolve/{hub.repos[repo_id].commit}/"
     for r in hub.log:
         if r.path.startswith(prefix):
-            out.setdefault(r.path[len(prefix):], []).append(r.method)
+            out.setdefault(r.path[len(prefix) :], []).append(r.method)
     return out
 
 
@@ -46,8 +46,12 @@ def test_pull_writes_the_standard_cache_layout(hub, hub_env):
         assert link.resolve().parent == storage / "blobs"
         assert link.read_bytes() == data
     assert len(list((storage / "blobs").iterdir())) == len(repo.files)
-    assert (report.verdict, report.exit_code(), report.skipped, report.offline) == \
-        ("safe", 0, [], False)
+    assert (report.verdict, report.exit_code(), report.skipped, report.offline) == (
+        "safe",
+        0,
+        [],
+        False,
+    )
     # each file once: HEAD for its ETag, GET for its bytes; no range requests
     assert _resolved(hub, TINY) == {name: ["HEAD", "GET"] for name in repo.files}
     assert [r.range for r in hub.log] == [None] * len(hub.log)
@@ -68,30 +72,41 @@ def test_pull_to_local_dir_copies_real_files(hub, hub_env, tmp_path):
 def test_hf_prefix_is_the_same_repository(hub, hub_env):
     import keishiki
 
-    plain, prefixed = keishiki.pull(TINY, quiet=True), keishiki.pull(f"hf://{TINY}@main",
-                                                                     quiet=True)
+    plain, prefixed = (
+        keishiki.pull(TINY, quiet=True),
+        keishiki.pull(f"hf://{TINY}@main", quiet=True),
+    )
     assert (prefixed.repo_id, prefixed.folder) == (plain.repo_id, plain.folder)
 
 
-@pytest.mark.parametrize("how,ref", [("commit", None), ("branch", "main"),
-                                     ("argument", None), ("pr", "refs/pr/1")])
+@pytest.mark.parametrize(
+    "how,ref", [("commit", None), ("branch", "main"), ("argument", None), ("pr", "refs/pr/1")]
+)
 def test_pinned_revisions(hub, hub_env, how, ref):
     import keishiki
 
     repo = hub.repos[TINY]
     repo.branches = ("main", "refs/pr/1")
-    spec, revision = {"commit": (f"{TINY}@{repo.commit}", None), "branch": (f"{TINY}@main", None),
-                      "argument": (TINY, repo.commit), "pr": (f"{TINY}@refs/pr/1", None)}[how]
+    spec, revision = {
+        "commit": (f"{TINY}@{repo.commit}", None),
+        "branch": (f"{TINY}@main", None),
+        "argument": (TINY, repo.commit),
+        "pr": (f"{TINY}@refs/pr/1", None),
+    }[how]
     report = keishiki.pull(spec, revision=revision, quiet=True)
     assert report.commit == repo.commit and report.folder.name == repo.commit
     refs = hub_env.cache / "models--keishiki-test--tiny-llama" / "refs"
     # a commit needs no ref (huggingface_hub writes refs for branch, tag and PR names only)
-    written = sorted(p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()) \
-        if refs.exists() else []
+    written = (
+        sorted(p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file())
+        if refs.exists()
+        else []
+    )
     assert written == ([ref] if ref else [])
     # a commit is not resolved again: no revision call
-    assert [r.path for r in hub.log if "/revision/" in r.path or r.path.endswith(TINY)] == \
-        ([f"/api/models/{TINY}/revision/{ref}"] if ref else [])
+    assert [r.path for r in hub.log if "/revision/" in r.path or r.path.endswith(TINY)] == (
+        [f"/api/models/{TINY}/revision/{ref}"] if ref else []
+    )
 
 
 def test_two_revisions_refused(hub, hub_env):
@@ -102,12 +117,18 @@ def test_two_revisions_refused(hub, hub_env):
         keishiki.pull(f"{TINY}@main", revision="other")
 
 
-@pytest.mark.parametrize("include,exclude,expected", [
-    (["*.json"], None, ["config.json", "generation_config.json", "tokenizer.json",
-                        "tokenizer_config.json"]),
-    (None, ["*.json", "*.jinja"], ["model.safetensors"]),
-    (["config.json", "model.*"], ["*.safetensors"], ["config.json"]),
-])
+@pytest.mark.parametrize(
+    "include,exclude,expected",
+    [
+        (
+            ["*.json"],
+            None,
+            ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"],
+        ),
+        (None, ["*.json", "*.jinja"], ["model.safetensors"]),
+        (["config.json", "model.*"], ["*.safetensors"], ["config.json"]),
+    ],
+)
 def test_include_exclude(hub, hub_env, include, exclude, expected):
     import keishiki
 
@@ -117,23 +138,31 @@ def test_include_exclude(hub, hub_env, include, exclude, expected):
     assert sorted(_resolved(hub, TINY)) == expected  # nothing else was even asked for
 
 
-@pytest.mark.parametrize("args,patterns", [
-    (["--include", "*.nothing"], "--include '*.nothing'"),
-    (["--exclude", "*"], "--exclude '*'"),
-    (["--include", "*.bin", "--exclude", "*.json"], "--include '*.bin' --exclude '*.json'"),
-])
+@pytest.mark.parametrize(
+    "args,patterns",
+    [
+        (["--include", "*.nothing"], "--include '*.nothing'"),
+        (["--exclude", "*"], "--exclude '*'"),
+        (["--include", "*.bin", "--exclude", "*.json"], "--include '*.bin' --exclude '*.json'"),
+    ],
+)
 def test_nothing_matches_is_one_line(hub, hub_env, args, patterns):
     code, out, err = run_cli("pull", TINY, "--quiet", *args)
     assert (code, out) == (2, "")
-    assert err == (f"keishiki: error: {TINY}: no file of the repository matches {patterns}: "
-                   f"nothing was pulled\n")
+    assert err == (
+        f"keishiki: error: {TINY}: no file of the repository matches {patterns}: "
+        f"nothing was pulled\n"
+    )
     assert [r for r in hub.log if "/resolve/" in r.path] == []
 
 
-@pytest.mark.parametrize("prefer,skipped,fetched_bins", [
-    (True, ["pytorch_model.bin"], ["onnx/pytorch_model.bin"]),
-    (False, [], ["onnx/pytorch_model.bin", "pytorch_model.bin"]),
-])
+@pytest.mark.parametrize(
+    "prefer,skipped,fetched_bins",
+    [
+        (True, ["pytorch_model.bin"], ["onnx/pytorch_model.bin"]),
+        (False, [], ["onnx/pytorch_model.bin", "pytorch_model.bin"]),
+    ],
+)
 def test_prefer_safetensors(hub, hub_env, prefer, skipped, fetched_bins):
     import keishiki
 
@@ -143,11 +172,14 @@ def test_prefer_safetensors(hub, hub_env, prefer, skipped, fetched_bins):
     assert sorted(f for f in fetched if f.endswith(".bin")) == fetched_bins
     assert "model.safetensors" in fetched
     # a skipped file is never requested, not even its HEAD
-    assert all(not r.path.endswith("/pytorch_model.bin") or "/onnx/" in r.path
-               for r in hub.log) == prefer
+    assert (
+        all(not r.path.endswith("/pytorch_model.bin") or "/onnx/" in r.path for r in hub.log)
+        == prefer
+    )
     assert not (report.folder / "pytorch_model.bin").exists() == prefer
-    assert (report.folder / "onnx" / "pytorch_model.bin").read_bytes() == \
-        hub.repos[BOTH].files["onnx/pytorch_model.bin"]
+    assert (report.folder / "onnx" / "pytorch_model.bin").read_bytes() == hub.repos[BOTH].files[
+        "onnx/pytorch_model.bin"
+    ]
     assert report.files == sorted(set(hub.repos[BOTH].files) - set(skipped))
     assert report.verdict == "safe"  # torch.save of a state_dict: allowlisted globals only
 
@@ -160,8 +192,11 @@ def test_offline_answers_from_the_cache(hub, hub_env, go_offline):
     go_offline()
     offline = keishiki.pull(TINY, prefer_safetensors=True, quiet=True)
     assert hub.log == []  # not one request
-    assert (offline.folder, offline.commit, offline.files) == \
-        (online.folder, online.commit, online.files)
+    assert (offline.folder, offline.commit, offline.files) == (
+        online.folder,
+        online.commit,
+        online.files,
+    )
     assert offline.offline and offline.verdict == "safe" and offline.warnings == []
 
 
@@ -171,25 +206,40 @@ def test_offline_and_not_cached_is_one_line(hub, hub_env, go_offline):
     go_offline()
     with pytest.raises(HubError) as err:
         keishiki.pull(TINY, quiet=True)
-    assert str(err.value) == (f"{TINY}: not in the cache ({hub_env.cache}) and HF_HUB_OFFLINE=1 "
-                              f"forbids downloading: pull it once online")
+    assert str(err.value) == (
+        f"{TINY}: not in the cache ({hub_env.cache}) and HF_HUB_OFFLINE=1 "
+        f"forbids downloading: pull it once online"
+    )
     assert hub.log == []
     code, out, errtext = run_cli("pull", TINY, "--quiet")
     assert (code, out) == (2, "")
     assert errtext == f"keishiki: error: {err.value}\n"
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("keishiki-test/absent", "keishiki-test/absent on {endpoint}: repository not found (or "
-                             "private: log in with `hf auth login` or HF_TOKEN)"),
-    (f"{TINY}@nope", f"{TINY}@nope on {{endpoint}}: revision 'nope' not found (a branch, tag "
-                     f"or commit)"),
-    (GATED, f"{GATED} on {{endpoint}}: gated repository: accept its terms at "
-            f"{{endpoint}}/{GATED} and log in (`hf auth login` or HF_TOKEN)"),
-    ("not-a-repo", "'not-a-repo' is not a Hub repository: write ORG/NAME or ORG/NAME@REV"),
-    (f"{TINY}@../../x", f"{TINY}@../../x: '../../x' is not a revision (a branch, tag, commit "
-                        f"or refs/pr/N)"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            "keishiki-test/absent",
+            "keishiki-test/absent on {endpoint}: repository not found (or "
+            "private: log in with `hf auth login` or HF_TOKEN)",
+        ),
+        (
+            f"{TINY}@nope",
+            f"{TINY}@nope on {{endpoint}}: revision 'nope' not found (a branch, tag or commit)",
+        ),
+        (
+            GATED,
+            f"{GATED} on {{endpoint}}: gated repository: accept its terms at "
+            f"{{endpoint}}/{GATED} and log in (`hf auth login` or HF_TOKEN)",
+        ),
+        ("not-a-repo", "'not-a-repo' is not a Hub repository: write ORG/NAME or ORG/NAME@REV"),
+        (
+            f"{TINY}@../../x",
+            f"{TINY}@../../x: '../../x' is not a revision (a branch, tag, commit or refs/pr/N)",
+        ),
+    ],
+)
 def test_errors_are_one_line(hub, hub_env, spec, message):
     code, out, err = run_cli("pull", spec, "--quiet")
     assert (code, out) == (2, "")
@@ -202,43 +252,71 @@ def test_malicious_repo_verdict_and_exit_1(hub, hub_env, marker):
     assert code == 1, err
     assert "verdict: dangerous" in out and "system" in out
     assert not marker.exists()
-    snapshot = hub_env.cache / "models--keishiki-test--evil-pickle" / "snapshots" / \
-        hub.repos[EVIL].commit
+    snapshot = (
+        hub_env.cache / "models--keishiki-test--evil-pickle" / "snapshots" / hub.repos[EVIL].commit
+    )
     # pull only reports: the file stays, byte for byte
-    assert (snapshot / "pytorch_model.bin").read_bytes() == \
-        hub.repos[EVIL].files["pytorch_model.bin"]
+    assert (snapshot / "pytorch_model.bin").read_bytes() == hub.repos[EVIL].files[
+        "pytorch_model.bin"
+    ]
     code, out, _err = run_cli("pull", EVIL, "--quiet", "--json")
     data = json.loads(out)
     assert (code, data["verdict"], data["exit_code"]) == (1, "dangerous", 1)
-    assert [f["path"].endswith("pytorch_model.bin") for f in data["scan"]["files"]
-            if f["verdict"] == "dangerous"] == [True]
+    assert [
+        f["path"].endswith("pytorch_model.bin")
+        for f in data["scan"]["files"]
+        if f["verdict"] == "dangerous"
+    ] == [True]
 
 
-@pytest.mark.parametrize("args,code,verdict,fetched", [
-    ([], 1, "dangerous", ["README.md", "config.json", "pytorch_model.bin"]),
-    (["--include", "*.json"], 0, "safe", ["config.json"]),          # the pickle never came
-    (["--exclude", "*.bin"], 0, "safe", ["README.md", "config.json"]),
-    (["--prefer-safetensors"], 1, "dangerous",                      # no safetensors beside it
-     ["README.md", "config.json", "pytorch_model.bin"]),
-])
+@pytest.mark.parametrize(
+    "args,code,verdict,fetched",
+    [
+        ([], 1, "dangerous", ["README.md", "config.json", "pytorch_model.bin"]),
+        (["--include", "*.json"], 0, "safe", ["config.json"]),  # the pickle never came
+        (["--exclude", "*.bin"], 0, "safe", ["README.md", "config.json"]),
+        (
+            ["--prefer-safetensors"],
+            1,
+            "dangerous",  # no safetensors beside it
+            ["README.md", "config.json", "pytorch_model.bin"],
+        ),
+    ],
+)
 def test_verdict_covers_what_was_pulled(hub, hub_env, args, code, verdict, fetched):
     got, out, _err = run_cli("pull", EVIL, "--quiet", "--json", *args)
     data = json.loads(out)
-    assert (got, data["verdict"], data["exit_code"], data["files"]) == \
-        (code, verdict, code, fetched)
+    assert (got, data["verdict"], data["exit_code"], data["files"]) == (
+        code,
+        verdict,
+        code,
+        fetched,
+    )
     assert sorted(_resolved(hub, EVIL)) == fetched
 
 
 def test_cli_json(hub, hub_env):
-    code, out, err = run_cli("pull", f"{BOTH}@main", "--prefer-safetensors", "--quiet",
-                             "--include", "*.bin", "--include", "*.safetensors", "--json")
+    code, out, err = run_cli(
+        "pull",
+        f"{BOTH}@main",
+        "--prefer-safetensors",
+        "--quiet",
+        "--include",
+        "*.bin",
+        "--include",
+        "*.safetensors",
+        "--json",
+    )
     data = json.loads(out)
     assert (code, err) == (0, "")
     assert data["files"] == ["model.safetensors", "onnx/pytorch_model.bin"]
     assert data["skipped"] == ["pytorch_model.bin"]
     assert data["nbytes"] == sum(len(hub.repos[BOTH].files[f]) for f in data["files"])
-    assert (data["commit"], data["revision"], data["verdict"]) == \
-        (hub.repos[BOTH].commit, "main", "safe")
+    assert (data["commit"], data["revision"], data["verdict"]) == (
+        hub.repos[BOTH].commit,
+        "main",
+        "safe",
+    )
 
 
 def test_subprocess_env_progress_and_offline(hub, hub_env):
@@ -260,7 +338,8 @@ def test_subprocess_env_progress_and_offline(hub, hub_env):
     assert nothing.returncode == 2 and "No files matched" not in nothing.stderr
     assert nothing.stderr.splitlines()[-1] == (
         f"keishiki: error: {TINY}: no file of the repository matches --include '*.nothing': "
-        f"nothing was pulled")
+        f"nothing was pulled"
+    )
 
 
 def test_hub_down(hub, hub_env):
@@ -273,8 +352,9 @@ def test_hub_down(hub, hub_env):
     assert (again.folder, again.files, again.verdict) == (cached.folder, cached.files, "safe")
     code, out, err = run_cli("pull", BOTH, "--quiet")
     assert (code, out) == (2, "")
-    assert err == (f"keishiki: error: {BOTH}: not in the cache and {hub.endpoint} cannot be "
-                   f"reached\n")
+    assert err == (
+        f"keishiki: error: {BOTH}: not in the cache and {hub.endpoint} cannot be reached\n"
+    )
     code, out, err = run_cli("info", f"hf://{TINY}")
     assert (code, out) == (2, "")
     assert err == f"keishiki: error: {TINY}: cannot reach {hub.endpoint} (ConnectError)\n"
@@ -293,7 +373,8 @@ def test_pull_through_a_cdn_redirect(hub, hub_env):
     for name, data in files.items():
         assert (report.folder / name).read_bytes() == data
     sha = hashlib.sha256(files["model.safetensors"]).hexdigest()
-    assert _resolved(hub, TINY) == {name: ["HEAD"] if name == "model.safetensors"
-                                    else ["HEAD", "GET"] for name in files}
+    assert _resolved(hub, TINY) == {
+        name: ["HEAD"] if name == "model.safetensors" else ["HEAD", "GET"] for name in files
+    }
     assert [(r.method, r.range) for r in hub.log if r.path == f"/cdn/{sha}"] == [("GET", None)]
     assert report.verdict == "safe"

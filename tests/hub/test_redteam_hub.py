@@ -51,19 +51,28 @@ def _escaped(root: Path) -> list[Path]:
 
 PULL_CASES = [  # (id, knob, value, words of the one line)
     ("etag-climbs", "resolve_headers", {"ETag": '"../../../../pwned-etag"'}, "ETag"),
-    ("linked-etag-climbs", "resolve_headers", {"X-Linked-Etag": '"../../../../pwned-etag"'},
-     "X-Linked-Etag"),
+    (
+        "linked-etag-climbs",
+        "resolve_headers",
+        {"X-Linked-Etag": '"../../../../pwned-etag"'},
+        "X-Linked-Etag",
+    ),
     ("etag-absolute", "resolve_headers", {"ETag": '"/tmp/pwned-abs"'}, "ETag"),
-    ("commit-header-climbs", "resolve_headers", {"X-Repo-Commit": "../../../../pwned-c"},
-     "X-Repo-Commit"),
+    (
+        "commit-header-climbs",
+        "resolve_headers",
+        {"X-Repo-Commit": "../../../../pwned-c"},
+        "X-Repo-Commit",
+    ),
     ("sha-climbs", "info_patch", {"sha": "../../../../pwned-sha"}, "not a 40-digit hash"),
     ("sha-absolute", "info_patch", {"sha": "/tmp/pwned-sha"}, "not a 40-digit hash"),
     ("sha-missing", "info_patch", {"sha": None}, "not a 40-digit hash"),
 ]
 
 
-@pytest.mark.parametrize("knob,value,words", [c[1:] for c in PULL_CASES],
-                         ids=[c[0] for c in PULL_CASES])
+@pytest.mark.parametrize(
+    "knob,value,words", [c[1:] for c in PULL_CASES], ids=[c[0] for c in PULL_CASES]
+)
 def test_pull_refuses_cache_paths_from_the_hub(hub, hub_env, tmp_path, knob, value, words):
     """huggingface_hub joins the Hub's ETag and commit to cache paths unchecked; pull checks
     them first (one line, exit 2) and nothing lands outside the cache."""
@@ -74,8 +83,7 @@ def test_pull_refuses_cache_paths_from_the_hub(hub, hub_env, tmp_path, knob, val
 
 
 @pytest.mark.parametrize("local_dir", [False, True], ids=["cache", "local-dir"])
-@pytest.mark.parametrize("name", ["../pwned.txt", "a/../../pwned.txt", "/tmp/pwned-abs.txt",
-                                  ".."])
+@pytest.mark.parametrize("name", ["../pwned.txt", "a/../../pwned.txt", "/tmp/pwned-abs.txt", ".."])
 def test_pull_refuses_file_names_that_climb(hub, hub_env, tmp_path, name, local_dir):
     """The tree listing names a file outside the repository: huggingface_hub refuses it,
     and pull says so in one line (exit 2), nothing written outside."""
@@ -110,17 +118,20 @@ LISTING_CASES = [  # (id, the siblings model_info lists)
     ("control-chars", [{"rfilename": "x\x1b[2J\rpwned.bin", "size": 10}]),
     ("empty-part", [{"rfilename": "a//pwned.bin", "size": 10}]),
     ("dot", [{"rfilename": "./pwned.bin", "size": 10}]),
-    ("file-and-folder", [{"rfilename": "model.bin", "size": 10},
-                         {"rfilename": "model.bin/pwned.bin", "size": 10}]),
-    ("size-huge", [{"rfilename": "model.bin", "size": 10 ** 18}]),
+    (
+        "file-and-folder",
+        [{"rfilename": "model.bin", "size": 10}, {"rfilename": "model.bin/pwned.bin", "size": 10}],
+    ),
+    ("size-huge", [{"rfilename": "model.bin", "size": 10**18}]),
     ("size-negative", [{"rfilename": "model.bin", "size": -1}]),
     ("size-string", [{"rfilename": "model.bin", "size": "12"}]),
 ]
 
 
 @pytest.mark.parametrize("command", ["info", "scan"])
-@pytest.mark.parametrize("siblings", [c[1] for c in LISTING_CASES],
-                         ids=[c[0] for c in LISTING_CASES])
+@pytest.mark.parametrize(
+    "siblings", [c[1] for c in LISTING_CASES], ids=[c[0] for c in LISTING_CASES]
+)
 def test_a_hostile_file_list_is_refused(hub, hub_env, tmp_path, command, siblings):
     config = {"rfilename": "config.json", "size": len(hub.repos[EVIL].files["config.json"])}
     hub.info_patch["siblings"] = [config, *siblings]
@@ -138,8 +149,11 @@ MALFORMED_CASES = [  # (id, fields of model_info's answer, the commands that rea
 ]
 
 
-@pytest.mark.parametrize("patch,command", [(c[1], cmd) for c in MALFORMED_CASES for cmd in c[2]],
-                         ids=[f"{c[0]}-{cmd}" for c in MALFORMED_CASES for cmd in c[2]])
+@pytest.mark.parametrize(
+    "patch,command",
+    [(c[1], cmd) for c in MALFORMED_CASES for cmd in c[2]],
+    ids=[f"{c[0]}-{cmd}" for c in MALFORMED_CASES for cmd in c[2]],
+)
 def test_a_malformed_model_info_is_one_line(hub, hub_env, patch, command):
     """huggingface_hub's parser fails on shapes the Hub never sends (KeyError, TypeError):
     said as the Hub's malformed answer, not as keishiki's internal error."""
@@ -149,6 +163,7 @@ def test_a_malformed_model_info_is_one_line(hub, hub_env, patch, command):
 
 
 # ---- a redirect to the CDN carries no token ------------------------------------------------------
+
 
 @pytest.mark.parametrize("action", ["info", "pull"])
 def test_the_token_stays_with_the_hub(hub, hub_env, monkeypatch, action):
@@ -172,9 +187,9 @@ def test_the_token_stays_with_the_hub(hub, hub_env, monkeypatch, action):
 # ---- (b, e) a server that lies about ranges -----------------------------------------------------
 
 RANGE_CASES = [  # (mode, what the line says)
-    ("whole", "HTTP 200"),      # the whole file for a range: not read
+    ("whole", "HTTP 200"),  # the whole file for a range: not read
     ("shift", "Content-Range"),  # the bytes one further on
-    ("short", "sent"),           # half of what was asked for
+    ("short", "sent"),  # half of what was asked for
 ]
 
 
@@ -199,6 +214,7 @@ def test_scan_is_never_safe_from_a_lying_range_answer(hub_redteam, marker, mode,
 
 # ---- (d) a server that stops sending ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["info", "scan"])
 def test_a_stalled_answer_times_out_in_one_line(hub, hub_env, command):
     """huggingface_hub's client waits forever by default; a range read gives up after
@@ -216,6 +232,7 @@ def test_a_stalled_answer_times_out_in_one_line(hub, hub_env, command):
 
 # ---- (c, e) JSON nested to the recursion limit --------------------------------------------------
 
+
 def test_deeply_nested_config_is_one_line(hub, hub_env):
     hub.repos[TINY].files["config.json"] = b"[" * 200_000 + b"]" * 200_000
     line = _one_line(*run_cli("info", f"hf://{TINY}"))
@@ -223,6 +240,7 @@ def test_deeply_nested_config_is_one_line(hub, hub_env):
 
 
 # ---- (b) holes of a sparse copy never read as data ----------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def redteam_files(repo_files, marker, tmp_path_factory) -> dict[str, dict[str, bytes]]:
@@ -235,18 +253,26 @@ def redteam_files(repo_files, marker, tmp_path_factory) -> dict[str, dict[str, b
 
     from tests.scan.samples import _payload_pickles
 
-    weight = numpy_helper.from_array(np.arange(256 * 256, dtype=np.float32).reshape(256, 256),
-                                     "w")
+    weight = numpy_helper.from_array(np.arange(256 * 256, dtype=np.float32).reshape(256, 256), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])], [weight])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     folder = tmp_path_factory.mktemp("redteam-onnx")
     onnx.save_model(model, folder / "model.onnx")
     inline = (folder / "model.onnx").read_bytes()
-    onnx.save_model(model, folder / "ext.onnx", save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        folder / "ext.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     path = tmp_path_factory.mktemp("redteam-zip") / "pytorch_model.bin"
     torch.save({"w": torch.ones(64 * 1024)}, path)
     evil_pickle = _payload_pickles(marker)["reduce_os_system_p4"][1]
@@ -257,8 +283,10 @@ def redteam_files(repo_files, marker, tmp_path_factory) -> dict[str, dict[str, b
             dst.writestr(item.filename, data)
     return {
         ONNX: {"model.onnx": inline},
-        ONNX_EXT: {"model.onnx": (folder / "ext.onnx").read_bytes(),
-                   "ext.onnx.data": (folder / "ext.onnx.data").read_bytes()},
+        ONNX_EXT: {
+            "model.onnx": (folder / "ext.onnx").read_bytes(),
+            "ext.onnx.data": (folder / "ext.onnx.data").read_bytes(),
+        },
         ZIP_EVIL: {"pytorch_model.bin": out.getvalue()},
     }
 
@@ -306,11 +334,15 @@ def test_remote_files_never_read_the_holes(hub_redteam, monkeypatch, marker, ref
 
 # ---- (g) nothing remote is unpickled ------------------------------------------------------------
 
-@pytest.mark.parametrize("ref,verdict", [
-    (f"hf://{EVIL}", "dangerous"),
-    (f"hf://{EVIL}/pytorch_model.bin", "dangerous"),
-    (f"hf://{ZIP_EVIL}/pytorch_model.bin", "dangerous"),
-])
+
+@pytest.mark.parametrize(
+    "ref,verdict",
+    [
+        (f"hf://{EVIL}", "dangerous"),
+        (f"hf://{EVIL}/pytorch_model.bin", "dangerous"),
+        (f"hf://{ZIP_EVIL}/pytorch_model.bin", "dangerous"),
+    ],
+)
 def test_remote_pickles_are_read_never_loaded(hub_redteam, marker, ref, verdict):
     code, out, err = run_cli("info", ref, "--json")
     assert code in (0, 1), err
@@ -319,6 +351,7 @@ def test_remote_pickles_are_read_never_loaded(hub_redteam, marker, ref, verdict)
 
 
 # ---- (b) a file the remote scan passes over for its name ----------------------------------------
+
 
 def _hidden(repo_files, marker, tmp_path_factory) -> dict[str, bytes]:
     """The marker pickle under names no loader suffix announces, as torch.load, pickle.load
@@ -334,13 +367,18 @@ def _hidden(repo_files, marker, tmp_path_factory) -> dict[str, bytes]:
         info = tarfile.TarInfo("pickle")
         info.size = len(evil)
         tar.addfile(info, io.BytesIO(evil))
-    return {"weights.data": evil, "model.tar": tar_path.read_bytes(),
-            "state.gz": gzip.compress(evil), "optimizer.pt.bak": evil}
+    return {
+        "weights.data": evil,
+        "model.tar": tar_path.read_bytes(),
+        "state.gz": gzip.compress(evil),
+        "optimizer.pt.bak": evil,
+    }
 
 
 @pytest.mark.parametrize("name", ["weights.data", "model.tar", "state.gz", "optimizer.pt.bak"])
-def test_remote_scan_sees_what_the_local_scan_sees(hub, hub_env, repo_files, marker,
-                                                   tmp_path_factory, tmp_path, name):
+def test_remote_scan_sees_what_the_local_scan_sees(
+    hub, hub_env, repo_files, marker, tmp_path_factory, tmp_path, name
+):
     """A pickle a loader can be pointed at is judged by its bytes, whatever its name: the
     remote verdict is the local one (dangerous), never "safe" for a file it did not read."""
     import keishiki
@@ -356,6 +394,7 @@ def test_remote_scan_sees_what_the_local_scan_sees(hub, hub_env, repo_files, mar
 
 
 # ---- (c) a sparse copy fetched in bounded pieces ------------------------------------------------
+
 
 def test_merged_ranges_are_read_in_bounded_pieces(hub_redteam, monkeypatch):
     """Members side by side merge into one range of any size; each request (and what memory
@@ -378,6 +417,7 @@ def test_merged_ranges_are_read_in_bounded_pieces(hub_redteam, monkeypatch):
 
 
 # ---- (a) hf:// through a crafted cache ----------------------------------------------------------
+
 
 def _storage(hub_env) -> Path:
     return hub_env.cache / "models--keishiki-test--tiny-llama"
@@ -427,10 +467,12 @@ CACHE_CASES = [  # (id, crafting, the hf:// path after the repository)
 
 
 @pytest.mark.parametrize("command", ["convert", "compare"])
-@pytest.mark.parametrize("craft,inner", [c[1:] for c in CACHE_CASES],
-                         ids=[c[0] for c in CACHE_CASES])
-def test_a_crafted_cache_is_refused(hub, hub_env, go_offline, tmp_path, tiny_llama, craft,
-                                    inner, command):
+@pytest.mark.parametrize(
+    "craft,inner", [c[1:] for c in CACHE_CASES], ids=[c[0] for c in CACHE_CASES]
+)
+def test_a_crafted_cache_is_refused(
+    hub, hub_env, go_offline, tmp_path, tiny_llama, craft, inner, command
+):
     """A snapshot whose files, folder, ref or blobs lead outside the repository: the path
     gate refuses the hf:// reference (exit 1), offline and online alike."""
     import keishiki
@@ -439,8 +481,11 @@ def test_a_crafted_cache_is_refused(hub, hub_env, go_offline, tmp_path, tiny_lla
     craft(snapshot, tmp_path / "outside")
     go_offline()
     argv = [command, f"hf://{TINY}{inner}"]
-    argv += ([tmp_path / "o.safetensors", "--to", "safetensors"] if command == "convert"
-             else [tiny_llama / "model.safetensors" if inner else tiny_llama, "--json"])
+    argv += (
+        [tmp_path / "o.safetensors", "--to", "safetensors"]
+        if command == "convert"
+        else [tiny_llama / "model.safetensors" if inner else tiny_llama, "--json"]
+    )
     line = _one_line(*run_cli(*argv), want=1)
     assert "unsafe" in line
     assert not (tmp_path / "o.safetensors").exists()
@@ -458,9 +503,11 @@ def _blob_to_fifo(link: Path, tmp_path: Path) -> None:
 
 
 # (the path gate refuses both: a link out of the repository, a blob that is not a file)
-@pytest.mark.parametrize("craft,error", [(_to_dev_zero, "UnsafeFile"),
-                                         (_blob_to_fifo, "UnsafeFile")],
-                         ids=["link-to-dev-zero", "blob-is-a-fifo"])
+@pytest.mark.parametrize(
+    "craft,error",
+    [(_to_dev_zero, "UnsafeFile"), (_blob_to_fifo, "UnsafeFile")],
+    ids=["link-to-dev-zero", "blob-is-a-fifo"],
+)
 def test_zoo_reads_no_crafted_cache_file(hub, hub_env, go_offline, craft, error, tmp_path):
     """The zoo's manifest (and each model, before its checksum) is read from the cache only
     through the path gate: a link to /dev/zero or a FIFO in blobs/ would be read forever."""
@@ -469,16 +516,18 @@ def test_zoo_reads_no_crafted_cache_file(hub, hub_env, go_offline, craft, error,
 
     hub.add(Repo("keishiki-test/redteam-zoo", {"ONNX_HUB_MANIFEST.json": b"[]"}))
     assert keishiki.hub.list_models(repo="keishiki-test/redteam-zoo") == []
-    snapshot = next((hub_env.cache / "models--keishiki-test--redteam-zoo" / "snapshots")
-                    .iterdir())
+    snapshot = next((hub_env.cache / "models--keishiki-test--redteam-zoo" / "snapshots").iterdir())
     craft(snapshot / "ONNX_HUB_MANIFEST.json", tmp_path)
     go_offline()
     with pytest.raises(getattr(errors, error)):
         keishiki.hub.list_models(repo="keishiki-test/redteam-zoo")
 
 
-@pytest.mark.parametrize("craft", [_ref_climbs, _ref_absolute, _snapshot_is_a_link],
-                         ids=["ref-climbs", "ref-absolute", "snapshot-is-a-link"])
+@pytest.mark.parametrize(
+    "craft",
+    [_ref_climbs, _ref_absolute, _snapshot_is_a_link],
+    ids=["ref-climbs", "ref-absolute", "snapshot-is-a-link"],
+)
 def test_pull_answers_no_crafted_snapshot(hub, hub_env, go_offline, tmp_path, craft):
     """Offline, pull answers from the cache: a ref or snapshot leading elsewhere is refused
     (exit 1), not reported as the repository's folder."""

@@ -19,15 +19,20 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _snapshot(hub_env, hub, repo_id):
-    return (hub_env.cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
-            / hub.repos[repo_id].commit)
+    return (
+        hub_env.cache
+        / f"models--{repo_id.replace('/', '--')}"
+        / "snapshots"
+        / hub.repos[repo_id].commit
+    )
 
 
 def _fetched(hub, repo_id):
     """Repository files the fake Hub sent bytes of (GET /resolve)."""
     prefix = f"/{repo_id}/resolve/{hub.repos[repo_id].commit}/"
-    return sorted({r.path[len(prefix):] for r in hub.log
-                   if r.method == "GET" and r.path.startswith(prefix)})
+    return sorted(
+        {r.path[len(prefix) :] for r in hub.log if r.method == "GET" and r.path.startswith(prefix)}
+    )
 
 
 def _pulling(ref: str, hub_env, hub) -> str:
@@ -36,26 +41,58 @@ def _pulling(ref: str, hub_env, hub) -> str:
 
 # (id, argv with {out} and {orig}, exit code, check of stdout, files fetched from the Hub)
 CASES = [
-    ("convert", ["convert", f"hf://{TINY}", "{out}/m.safetensors", "--to", "safetensors"], 0,
-     lambda o: "ok (read-back)" in o, "all"),
-    ("compare", ["compare", f"hf://{TINY}", "{orig}", "--json"], 0,
-     lambda o: (json.loads(o)["n_pairs"], json.loads(o)["verdict"]) == (21, "identical"), None),
+    (
+        "convert",
+        ["convert", f"hf://{TINY}", "{out}/m.safetensors", "--to", "safetensors"],
+        0,
+        lambda o: "ok (read-back)" in o,
+        "all",
+    ),
+    (
+        "compare",
+        ["compare", f"hf://{TINY}", "{orig}", "--json"],
+        0,
+        lambda o: (json.loads(o)["n_pairs"], json.loads(o)["verdict"]) == (21, "identical"),
+        None,
+    ),
     # the pickle beside the safetensors is never fetched (prefer_safetensors), the one in
     # onnx/ (no safetensors there) is
-    ("map-prefers-safetensors", ["map", f"hf://{BOTH}", "{orig}", "--json"], 0,
-     lambda o: len(json.loads(o)["pairs"]) == 21, "all but pytorch_model.bin"),
-    ("one-file", ["convert", f"hf://{BOTH}/onnx/pytorch_model.bin", "{out}/b.safetensors",
-                  "--to", "safetensors"], 0, lambda o: "ok (read-back)" in o,
-     ["onnx/pytorch_model.bin"]),
-    ("revision", ["compare", f"hf://{TINY}@main/model.safetensors", "{orig}", "--json"], 0,
-     lambda o: json.loads(o)["verdict"] == "identical", ["model.safetensors"]),
+    (
+        "map-prefers-safetensors",
+        ["map", f"hf://{BOTH}", "{orig}", "--json"],
+        0,
+        lambda o: len(json.loads(o)["pairs"]) == 21,
+        "all but pytorch_model.bin",
+    ),
+    (
+        "one-file",
+        [
+            "convert",
+            f"hf://{BOTH}/onnx/pytorch_model.bin",
+            "{out}/b.safetensors",
+            "--to",
+            "safetensors",
+        ],
+        0,
+        lambda o: "ok (read-back)" in o,
+        ["onnx/pytorch_model.bin"],
+    ),
+    (
+        "revision",
+        ["compare", f"hf://{TINY}@main/model.safetensors", "{orig}", "--json"],
+        0,
+        lambda o: json.loads(o)["verdict"] == "identical",
+        ["model.safetensors"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv,code,check,fetched", [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
-def test_commands_pull_an_hf_reference_once(hub, hub_env, tiny_llama, tmp_path, argv, code,
-                                            check, fetched):
+@pytest.mark.parametrize(
+    "argv,code,check,fetched", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_commands_pull_an_hf_reference_once(
+    hub, hub_env, tiny_llama, tmp_path, argv, code, check, fetched
+):
     args = [a.format(out=tmp_path, orig=tiny_llama) for a in argv]
     ref = next(a for a in args if a.startswith("hf://"))
     got, out, err = run_cli(*args)
@@ -65,9 +102,14 @@ def test_commands_pull_an_hf_reference_once(hub, hub_env, tiny_llama, tmp_path, 
     repo_id = ref[5:].split("@")[0].split("/", 2)
     repo_id = "/".join(repo_id[:2])
     files = sorted(hub.repos[repo_id].files)
-    expected = {"all": files, "all but pytorch_model.bin": [
-        f for f in files if f != "pytorch_model.bin"]}.get(fetched) if isinstance(
-            fetched, str) else fetched
+    expected = (
+        {
+            "all": files,
+            "all but pytorch_model.bin": [f for f in files if f != "pytorch_model.bin"],
+        }.get(fetched)
+        if isinstance(fetched, str)
+        else fetched
+    )
     if fetched is not None:
         assert _fetched(hub, repo_id) == expected
     # again, with the Hub gone: the cache answers, and nothing is said
@@ -100,16 +142,33 @@ def test_run_of_a_dangerous_hf_reference_is_refused(hub, hub_env, marker):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("ref,message", [
-    (f"hf://{TINY}/../x", f"hf://{TINY}/../x: '..' or an absolute path inside an hf:// reference"),
-    (f"hf://{TINY}/absent.bin", f"hf://{TINY}/absent.bin: no file or folder 'absent.bin' in {TINY}"),
-    ("hf://keishiki-test/absent", "keishiki-test/absent on {endpoint}: repository not found (or "
-                                  "private: log in with `hf auth login` or HF_TOKEN)"),
-    ("hf://datasets/org/data", "hf://datasets/org/data: a dataset repository; keishiki reads "
-                               "model repositories (hf://ORG/NAME)"),
-    (f"hf://{TINY}@../../x", f"hf://{TINY}@../../x: '..' is not a revision (a branch, tag, "
-                             f"commit or refs/pr/N)"),
-])
+@pytest.mark.parametrize(
+    "ref,message",
+    [
+        (
+            f"hf://{TINY}/../x",
+            f"hf://{TINY}/../x: '..' or an absolute path inside an hf:// reference",
+        ),
+        (
+            f"hf://{TINY}/absent.bin",
+            f"hf://{TINY}/absent.bin: no file or folder 'absent.bin' in {TINY}",
+        ),
+        (
+            "hf://keishiki-test/absent",
+            "keishiki-test/absent on {endpoint}: repository not found (or "
+            "private: log in with `hf auth login` or HF_TOKEN)",
+        ),
+        (
+            "hf://datasets/org/data",
+            "hf://datasets/org/data: a dataset repository; keishiki reads "
+            "model repositories (hf://ORG/NAME)",
+        ),
+        (
+            f"hf://{TINY}@../../x",
+            f"hf://{TINY}@../../x: '..' is not a revision (a branch, tag, commit or refs/pr/N)",
+        ),
+    ],
+)
 def test_bad_references_are_one_line(hub, hub_env, tmp_path, ref, message):
     code, out, err = run_cli("convert", ref, tmp_path / "o.safetensors", "--to", "safetensors")
     assert (code, out) == (2, "")
@@ -122,14 +181,18 @@ def test_offline_and_hub_down(hub, hub_env, go_offline, tmp_path):
     hub.stop()
     code, _o, err = run_cli("convert", f"hf://{TINY}", out, "--to", "safetensors")
     assert code == 2
-    assert err == (_pulling(f"hf://{TINY}", hub_env, hub)
-                   + f"keishiki: error: {TINY}: not in the cache and {hub.endpoint} cannot be "
-                     f"reached\n")
+    assert err == (
+        _pulling(f"hf://{TINY}", hub_env, hub)
+        + f"keishiki: error: {TINY}: not in the cache and {hub.endpoint} cannot be "
+        f"reached\n"
+    )
     go_offline()
     code, _o, err = run_cli("convert", f"hf://{TINY}", out, "--to", "safetensors")
     assert code == 2
-    assert err == (f"keishiki: error: hf://{TINY}: not in the cache ({hub_env.cache}) and "
-                   f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online\n")
+    assert err == (
+        f"keishiki: error: hf://{TINY}: not in the cache ({hub_env.cache}) and "
+        f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online\n"
+    )
     assert not out.exists()
 
 
@@ -139,8 +202,10 @@ def test_private_repository_needs_the_token(hub, hub_env):
     hub.repos[TINY].private = True
     code, out, err = run_cli("pull", TINY, "--quiet")
     assert (code, out) == (2, "")
-    assert err == (f"keishiki: error: {TINY} on {hub.endpoint}: repository not found (or "
-                   f"private: log in with `hf auth login` or HF_TOKEN)\n")
+    assert err == (
+        f"keishiki: error: {TINY} on {hub.endpoint}: repository not found (or "
+        f"private: log in with `hf auth login` or HF_TOKEN)\n"
+    )
     assert not _snapshot(hub_env, hub, TINY).exists()
     with pytest.raises(HubError, match="repository not found"):  # this process has no token
         keishiki.pull(TINY, quiet=True)
@@ -166,8 +231,10 @@ def test_a_download_that_keeps_failing_is_one_line(hub, hub_env):
     hub.cut_always = True
     code, out, err = run_cli("pull", TINY, "--quiet")
     assert (code, out) == (2, "")
-    assert err == (f"keishiki: error: {TINY}: the download from {hub.endpoint} broke off "
-                   f"(RemoteProtocolError); run it again\n")
+    assert err == (
+        f"keishiki: error: {TINY}: the download from {hub.endpoint} broke off "
+        f"(RemoteProtocolError); run it again\n"
+    )
     snapshot = _snapshot(hub_env, hub, TINY)
     assert not (snapshot / "model.safetensors").exists()
     assert list((snapshot.parent.parent / "blobs").glob("*.incomplete")) == []
@@ -184,18 +251,27 @@ def test_a_killed_pull_leaves_nothing_a_loader_sees(hub, hub_env):
     from tests.conftest import REPO
 
     hub.stall["model.safetensors"] = 1000
-    code = ("from tests.hub import loopback; loopback.install()\n"
-            "from keishiki.cli.app import main; main()")
-    proc = subprocess.Popen([sys.executable, "-c", code, "pull", TINY, "--quiet"],
-                            env=hub_env.env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    code = (
+        "from tests.hub import loopback; loopback.install()\n"
+        "from keishiki.cli.app import main; main()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "pull", TINY, "--quiet"],
+        env=hub_env.env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     blobs = hub_env.cache / "models--keishiki-test--tiny-llama" / "blobs"
     try:
         # until the weights' partial file exists and its GET is stalled (at most 60 s)
         for _ in range(1200):
             parts = list(blobs.glob("*.incomplete")) if blobs.is_dir() else []
-            if parts and hub.requests_for("/model.safetensors")[-1:] and \
-                    hub.requests_for("/model.safetensors")[-1].sent == 1000:
+            if (
+                parts
+                and hub.requests_for("/model.safetensors")[-1:]
+                and hub.requests_for("/model.safetensors")[-1].sent == 1000
+            ):
                 break
             assert proc.poll() is None
             time.sleep(0.05)
@@ -209,11 +285,13 @@ def test_a_killed_pull_leaves_nothing_a_loader_sees(hub, hub_env):
     snapshot = _snapshot(hub_env, hub, TINY)
     assert not (snapshot / "model.safetensors").exists()
     report = keishiki.pull(TINY, quiet=True)
-    assert (report.folder / "model.safetensors").read_bytes() == \
-        hub.repos[TINY].files["model.safetensors"]
+    assert (report.folder / "model.safetensors").read_bytes() == hub.repos[TINY].files[
+        "model.safetensors"
+    ]
     assert list(blobs.glob("*.incomplete")) == []
-    assert report.warnings == [f"removed {len(left)} partial download(s) a killed pull left "
-                               f"in the cache"]
+    assert report.warnings == [
+        f"removed {len(left)} partial download(s) a killed pull left in the cache"
+    ]
 
 
 @pytest.mark.slow

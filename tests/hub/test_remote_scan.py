@@ -31,13 +31,20 @@ def scan_repos(repo_files, marker, tmp_path_factory) -> dict[str, dict[str, byte
     from tests.scan.samples import _payload_pickles
 
     path = tmp_path_factory.mktemp("torchzip") / "pytorch_model.bin"
-    torch.save({"embed.weight": torch.arange(STORAGE_FLOATS, dtype=torch.float32),
-                "norm.weight": torch.ones(64)}, path)
+    torch.save(
+        {
+            "embed.weight": torch.arange(STORAGE_FLOATS, dtype=torch.float32),
+            "norm.weight": torch.ones(64),
+        },
+        path,
+    )
     benign = path.read_bytes()
     evil_pickle = _payload_pickles(marker)["reduce_os_system_p4"][1]
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(benign)) as src, \
-            zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+    with (
+        zipfile.ZipFile(io.BytesIO(benign)) as src,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst,
+    ):
         for info in src.infolist():
             data = src.read(info)
             if info.filename.endswith("/data.pkl"):
@@ -54,9 +61,11 @@ def scan_repos(repo_files, marker, tmp_path_factory) -> dict[str, dict[str, byte
         ZIP_EVIL: {"config.json": config, "pytorch_model.bin": out.getvalue()},
         JIT: {"model.pt": jit.read_bytes()},
         LEGACY: {"config.json": config, "pytorch_model.bin": legacy.read_bytes()},
-        AUTO_MAP: {"config.json": json.dumps(auto).encode(),
-                   "modeling_x.py": b"class XModel:\n    pass\n",
-                   "model.safetensors": repo_files[TINY]["model.safetensors"]},
+        AUTO_MAP: {
+            "config.json": json.dumps(auto).encode(),
+            "modeling_x.py": b"class XModel:\n    pass\n",
+            "model.safetensors": repo_files[TINY]["model.safetensors"],
+        },
     }
 
 
@@ -68,8 +77,9 @@ def hub_scan(hub, hub_env, scan_repos):
 
 
 def _weights(hub, repo_id: str) -> int:
-    return sum(len(b) for n, b in hub.repos[repo_id].files.items()
-               if n.endswith((".bin", ".safetensors")))
+    return sum(
+        len(b) for n, b in hub.repos[repo_id].files.items() if n.endswith((".bin", ".safetensors"))
+    )
 
 
 def _local(hub, repo_id: str, tmp_path):
@@ -85,23 +95,27 @@ def _local(hub, repo_id: str, tmp_path):
 
 def _shape(report, root: str):
     """(verdict, sorted (file, member, global, severity)) with paths relative to ``root``."""
+
     def rel(p: str) -> str:
         return p.split(root, 1)[-1].lstrip("/")
+
     files = [fr for fr in report.files if not fr.skipped]
-    return ({rel(fr.path): fr.verdict for fr in files},
-            sorted((rel(f.file), f.member, f.global_, f.severity) for f in report.findings))
+    return (
+        {rel(fr.path): fr.verdict for fr in files},
+        sorted((rel(f.file), f.member, f.global_, f.severity) for f in report.findings),
+    )
 
 
 CASES = [  # repo, verdict, exit code
     (ZIP_OK, "safe", 0),
     (ZIP_EVIL, "dangerous", 1),
-    (EVIL, "dangerous", 1),     # a raw (non-zip) pickle: fetched whole (it is small)
+    (EVIL, "dangerous", 1),  # a raw (non-zip) pickle: fetched whole (it is small)
     (AUTO_MAP, "unknown", 1),
     (TINY, "safe", 0),
-    (BOTH, "safe", 0),          # two torch zips (one in a subfolder) beside safetensors
-    (GGUF, "safe", 0),          # a GGUF header only
-    (JIT, "safe", 0),           # TorchScript: code/ members fetched and judged
-    (LEGACY, "safe", 0),        # a pre-1.6 torch pickle (not a zip): fetched whole
+    (BOTH, "safe", 0),  # two torch zips (one in a subfolder) beside safetensors
+    (GGUF, "safe", 0),  # a GGUF header only
+    (JIT, "safe", 0),  # TorchScript: code/ members fetched and judged
+    (LEGACY, "safe", 0),  # a pre-1.6 torch pickle (not a zip): fetched whole
 ]
 
 
@@ -116,8 +130,7 @@ def test_remote_scan_equals_local_scan(hub_scan, marker, tmp_path, repo_id, verd
     assert local.verdict == verdict
     assert _shape(remote, f"hf://{repo_id}@{commit[:12]}") == _shape(local, str(folder))
     assert remote.remote["commit"] == commit
-    assert remote.remote["bytes_read"] == sum(r.sent for r in hub_scan.log
-                                              if "/resolve/" in r.path)
+    assert remote.remote["bytes_read"] == sum(r.sent for r in hub_scan.log if "/resolve/" in r.path)
     assert not marker.exists()
 
 
@@ -131,8 +144,10 @@ def test_torch_zip_fetches_a_fraction(hub_scan, marker):
         assert weights > 4 * STORAGE_FLOATS
         cost = report.remote
         assert cost["bytes_read"] < 0.10 * weights, cost
-        assert (cost["requests"], cost["response_bytes"]) == (len(hub_scan.log),
-                                                              hub_scan.bytes_sent)
+        assert (cost["requests"], cost["response_bytes"]) == (
+            len(hub_scan.log),
+            hub_scan.bytes_sent,
+        )
         # no request asked for the whole weights file
         ranges = [r.range for r in hub_scan.log if r.path.endswith("/pytorch_model.bin")]
         assert ranges and all(r and r.startswith("bytes=") for r in ranges)
@@ -150,8 +165,9 @@ def test_dangerous_finding_names_the_member(hub_scan, marker):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("repo_id,verdict,code", CASES[:4], ids=[c[0].split("/")[1]
-                                                                  for c in CASES[:4]])
+@pytest.mark.parametrize(
+    "repo_id,verdict,code", CASES[:4], ids=[c[0].split("/")[1] for c in CASES[:4]]
+)
 def test_cli_scan_hf(hub_scan, marker, repo_id, verdict, code):
     got, out, err = run_cli("scan", f"hf://{repo_id}", "--json")
     assert got == code, err
@@ -180,8 +196,8 @@ def test_a_damaged_directory_is_an_error(hub_scan, scan_repos):
 
     data = bytearray(scan_repos[ZIP_OK]["pytorch_model.bin"])
     at = data.rfind(b"PK\x05\x06")
-    cd = int.from_bytes(data[at + 16:at + 20], "little")
-    data[cd + 42:cd + 46] = (7).to_bytes(4, "little")  # first member's local header offset
+    cd = int.from_bytes(data[at + 16 : at + 20], "little")
+    data[cd + 42 : cd + 46] = (7).to_bytes(4, "little")  # first member's local header offset
     hub_scan.add(Repo("keishiki-test/broken-zip", {"pytorch_model.bin": bytes(data)}))
     report = keishiki.scan("hf://keishiki-test/broken-zip")
     assert report.verdict in ("error", "dangerous") and report.exit_code() in (1, 2)

@@ -35,12 +35,16 @@ def snapshots(repo_files, tmp_path_factory) -> dict[str, Path]:
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(constants, "ENDPOINT", hub.endpoint)
-            mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                       hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+            mp.setattr(
+                constants,
+                "HUGGINGFACE_CO_URL_TEMPLATE",
+                hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+            )
             mp.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
             mp.setattr(constants, "HF_HUB_OFFLINE", False)
-            folders = {repo_id: keishiki.pull(repo_id, quiet=True).folder
-                       for repo_id in (TINY, BOTH, EVIL)}
+            folders = {
+                repo_id: keishiki.pull(repo_id, quiet=True).folder for repo_id in (TINY, BOTH, EVIL)
+            }
     finally:
         hub.stop()
         loopback.uninstall()
@@ -59,34 +63,78 @@ def _tokens(out: str) -> list[int]:
 # (id, argv with {snap}/{evil}/{orig}/{out} placeholders, exit code, check of stdout)
 CASES = [
     ("info", ["info", "{snap}", "--json"], 0, lambda o: _params(o) == 123_200),
-    ("info-file", ["info", "{snap}/model.safetensors", "--json"], 0,
-     lambda o: _params(o) == 123_200),
+    (
+        "info-file",
+        ["info", "{snap}/model.safetensors", "--json"],
+        0,
+        lambda o: _params(o) == 123_200,
+    ),
     ("tensors", ["tensors", "{snap}", "--json"], 0, lambda o: len(json.loads(o)["tensors"]) == 21),
     ("scan", ["scan", "{snap}"], 0, lambda o: "verdict: safe (1 files scanned)" in o),
-    ("convert-safetensors", ["convert", "{snap}", "{out}/m.safetensors", "--to", "safetensors"],
-     0, lambda o: "ok (read-back)" in o),
-    ("convert-gguf", ["convert", "{snap}", "{out}/m.gguf", "--to", "gguf"], 0,
-     lambda o: "ok (read-back)" in o),
-    ("compare", ["compare", "{snap}", "{orig}", "--json"], 0,
-     lambda o: (json.loads(o)["n_pairs"], json.loads(o)["verdict"]) == (21, "identical")),
-    ("map", ["map", "{snap}", "{orig}", "--json"], 0,
-     lambda o: len(json.loads(o)["pairs"]) == 21),
-    ("run", ["run", "{snap}", "-p", "hello", "-n", "3", "-t", "0", "--backend", "torch",
-             "--json"], 0, lambda o: len(_tokens(o)) == 3),
+    (
+        "convert-safetensors",
+        ["convert", "{snap}", "{out}/m.safetensors", "--to", "safetensors"],
+        0,
+        lambda o: "ok (read-back)" in o,
+    ),
+    (
+        "convert-gguf",
+        ["convert", "{snap}", "{out}/m.gguf", "--to", "gguf"],
+        0,
+        lambda o: "ok (read-back)" in o,
+    ),
+    (
+        "compare",
+        ["compare", "{snap}", "{orig}", "--json"],
+        0,
+        lambda o: (json.loads(o)["n_pairs"], json.loads(o)["verdict"]) == (21, "identical"),
+    ),
+    ("map", ["map", "{snap}", "{orig}", "--json"], 0, lambda o: len(json.loads(o)["pairs"]) == 21),
+    (
+        "run",
+        ["run", "{snap}", "-p", "hello", "-n", "3", "-t", "0", "--backend", "torch", "--json"],
+        0,
+        lambda o: len(_tokens(o)) == 3,
+    ),
     # a pickle in a snapshot's subfolder: its link leads to the repository's blobs/ too
-    ("info-pickle-in-subfolder", ["info", "{both}/onnx/pytorch_model.bin", "--json"], 0,
-     lambda o: _params(o) == 123_200 and json.loads(o)["safety"]["verdict"] == "safe"),
+    (
+        "info-pickle-in-subfolder",
+        ["info", "{both}/onnx/pytorch_model.bin", "--json"],
+        0,
+        lambda o: _params(o) == 123_200 and json.loads(o)["safety"]["verdict"] == "safe",
+    ),
     ("scan-both", ["scan", "{both}"], 0, lambda o: "verdict: safe (3 files scanned)" in o),
-    ("convert-pickle", ["convert", "{both}/pytorch_model.bin", "{out}/from-bin.safetensors",
-                        "--to", "safetensors"], 0, lambda o: "ok (read-back)" in o),
-    ("compare-pickle-safetensors", ["compare", "{both}/pytorch_model.bin",
-                                    "{snap}/model.safetensors"], 0,
-     lambda o: "21 pairs (21 identical)" in o),
-    ("info-evil", ["info", "{evil}", "--json"], 0,
-     lambda o: json.loads(o)["safety"]["verdict"] == "dangerous"),
+    (
+        "convert-pickle",
+        [
+            "convert",
+            "{both}/pytorch_model.bin",
+            "{out}/from-bin.safetensors",
+            "--to",
+            "safetensors",
+        ],
+        0,
+        lambda o: "ok (read-back)" in o,
+    ),
+    (
+        "compare-pickle-safetensors",
+        ["compare", "{both}/pytorch_model.bin", "{snap}/model.safetensors"],
+        0,
+        lambda o: "21 pairs (21 identical)" in o,
+    ),
+    (
+        "info-evil",
+        ["info", "{evil}", "--json"],
+        0,
+        lambda o: json.loads(o)["safety"]["verdict"] == "dangerous",
+    ),
     ("scan-evil", ["scan", "{evil}"], 1, lambda o: "verdict: dangerous" in o),
-    ("run-evil", ["run", "{evil}", "-p", "hi", "-n", "1", "--backend", "torch"], 1,
-     lambda o: o == ""),
+    (
+        "run-evil",
+        ["run", "{evil}", "-p", "hi", "-n", "1", "--backend", "torch"],
+        1,
+        lambda o: o == "",
+    ),
 ]
 
 

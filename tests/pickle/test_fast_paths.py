@@ -35,9 +35,16 @@ def torch_pickles(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fast")
     base = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
     state = {f"layer.{i}.w": torch.zeros(300 + i, 2) for i in range(120)}
-    state.update({"scalar": torch.tensor(3.0), "vec": torch.arange(70000, dtype=torch.int16),
-                  "t4": torch.zeros(1, 2, 3, 4), "view": base.transpose(0, 2),
-                  "p": torch.nn.Parameter(torch.ones(5)), "b": torch.zeros(3, dtype=torch.bool)})
+    state.update(
+        {
+            "scalar": torch.tensor(3.0),
+            "vec": torch.arange(70000, dtype=torch.int16),
+            "t4": torch.zeros(1, 2, 3, 4),
+            "view": base.transpose(0, 2),
+            "p": torch.nn.Parameter(torch.ones(5)),
+            "b": torch.zeros(3, dtype=torch.bool),
+        }
+    )
     out = {}
     for proto in (2, 4):
         path = folder / f"p{proto}.pt"
@@ -54,12 +61,14 @@ def test_record_matches_pickletools(torch_pickles, proto):
     rec = read_pickle(data)
     assert rec.n_ops == len(ops) and rec.end == len(data) and rec.protocol == proto
     at = {pos: op.name for op, _arg, pos in ops}
-    assert [(g.offset, g.opcode) for g in rec.globals] == \
-        [(pos, op.name) for op, _a, pos in ops if op.name in ("GLOBAL", "STACK_GLOBAL")]
+    assert [(g.offset, g.opcode) for g in rec.globals] == [
+        (pos, op.name) for op, _a, pos in ops if op.name in ("GLOBAL", "STACK_GLOBAL")
+    ]
     assert [c.offset for c in rec.calls] == [pos for op, _a, pos in ops if op.name == "REDUCE"]
     assert all(at[c.offset] == c.opcode == "REDUCE" for c in rec.calls)
-    assert [p.offset for p in rec.persistent_ids] == \
-        [pos for op, _a, pos in ops if op.name == "BINPERSID"]
+    assert [p.offset for p in rec.persistent_ids] == [
+        pos for op, _a, pos in ops if op.name == "BINPERSID"
+    ]
     assert all(p.pid[0] == "storage" for p in rec.persistent_ids)
     names = [n for n, _c, _r in tp.walk_tensors(rec.value, "x")]
     assert names[:2] == ["layer.0.w", "layer.1.w"] and len(names) == 126
@@ -95,7 +104,7 @@ def test_every_truncation_fails_like_the_helpers(torch_pickles, proto):
 def test_inline_opcodes_errors():
     proto = b"\x80\x02"
     cases = {
-        proto + b"r\x00\x00\x00\x00.": ("stack underflow", 2),            # LONG_BINPUT on empty
+        proto + b"r\x00\x00\x00\x00.": ("stack underflow", 2),  # LONG_BINPUT on empty
         proto + b"j\x07\x00\x00\x00.": ("memo key 7 was never stored", 2),  # LONG_BINGET
         proto + b"h\x07.": ("memo key 7 was never stored", 2),
         proto + b"(\x86.": ("stack underflow", 3),  # MARK starts a new, empty stack
@@ -139,36 +148,50 @@ def test_memoryview_and_bytes_agree(torch_pickles):
 
 
 def _rebuild(shape, stride, offset=0, name="_rebuild_tensor_v2", numel=100):
-    pid = PersistentId(("storage", GlobalRef("torch", "HalfStorage", 0, "GLOBAL"), "7", "cpu",
-                        numel), 1)
-    return Call(GlobalRef("torch._utils", name, 0, "GLOBAL"), (pid, offset, shape, stride,
-                                                                  False, None), None, 5, "REDUCE")
+    pid = PersistentId(
+        ("storage", GlobalRef("torch", "HalfStorage", 0, "GLOBAL"), "7", "cpu", numel), 1
+    )
+    return Call(
+        GlobalRef("torch._utils", name, 0, "GLOBAL"),
+        (pid, offset, shape, stride, False, None),
+        None,
+        5,
+        "REDUCE",
+    )
 
 
 def test_decode_tensor_fast_path_values():
     ref = tp.decode_tensor(_rebuild((4, 5), (5, 1), 3), "f")
-    expected = tp.TensorRef(tp.StorageRef("7", "float16", 100, "cpu"), "float16", 3, (4, 5),
-                            (5, 1), "tensor")
+    expected = tp.TensorRef(
+        tp.StorageRef("7", "float16", 100, "cpu"), "float16", 3, (4, 5), (5, 1), "tensor"
+    )
     assert ref == expected and hash(ref) == hash(expected)
     with pytest.raises(dataclasses.FrozenInstanceError):
         ref.dtype = "x"
     assert tp.decode_tensor(_rebuild((), ()), "f").shape == ()
-    assert tp.decode_tensor(_rebuild((2,), (1,), name="_rebuild_qtensor"), "f").kind == \
-        "quantized"
-    wrapped = Call(GlobalRef("torch._utils", "_rebuild_parameter", 0, "GLOBAL"),
-                   (_rebuild((2,), (1,)), False, None), None, 9, "REDUCE")
+    assert tp.decode_tensor(_rebuild((2,), (1,), name="_rebuild_qtensor"), "f").kind == "quantized"
+    wrapped = Call(
+        GlobalRef("torch._utils", "_rebuild_parameter", 0, "GLOBAL"),
+        (_rebuild((2,), (1,)), False, None),
+        None,
+        9,
+        "REDUCE",
+    )
     assert tp.decode_tensor(wrapped, "f").kind == "parameter"
 
 
-@pytest.mark.parametrize("shape,stride,reason", [
-    ((2, True), (1, 1), "tensor size is not a tuple of ints"),
-    ((2, 1.0), (1, 1), "tensor size is not a tuple of ints"),
-    ((2, -1), (1, 1), "tensor size [2, -1] is out of range"),
-    ((2, 2), (1, -1), "tensor stride [1, -1] is out of range"),
-    ((1,) * 65, (1,) * 65, "is out of range"),
-    ((2, 3), (1,), "differ in length"),
-    ([2, 3], (3, 1), None),  # a list is accepted like a tuple
-])
+@pytest.mark.parametrize(
+    "shape,stride,reason",
+    [
+        ((2, True), (1, 1), "tensor size is not a tuple of ints"),
+        ((2, 1.0), (1, 1), "tensor size is not a tuple of ints"),
+        ((2, -1), (1, 1), "tensor size [2, -1] is out of range"),
+        ((2, 2), (1, -1), "tensor stride [1, -1] is out of range"),
+        ((1,) * 65, (1,) * 65, "is out of range"),
+        ((2, 3), (1,), "differ in length"),
+        ([2, 3], (3, 1), None),  # a list is accepted like a tuple
+    ],
+)
 def test_decode_tensor_fast_path_errors(shape, stride, reason):
     if reason is None:
         assert tp.decode_tensor(_rebuild(shape, stride), "f").shape == (2, 3)
@@ -192,9 +215,12 @@ def test_zip_data_offsets_match_local_headers(tmp_path):
     local headers give, and loading reads the right bytes."""
     from keishiki.formats import inspect
 
-    state = {"big0": torch.randn(300, 300), "small": torch.arange(7, dtype=torch.int64),
-             "big1": torch.randn(100, 700), **{f"s{i}": torch.full((3,), float(i))
-                                              for i in range(50)}}
+    state = {
+        "big0": torch.randn(300, 300),
+        "small": torch.arange(7, dtype=torch.int64),
+        "big1": torch.randn(100, 700),
+        **{f"s{i}": torch.full((3,), float(i)) for i in range(50)},
+    }
     path = tmp_path / "mixed.pt"
     torch.save(state, path)
     info = inspect(path)
@@ -224,7 +250,7 @@ def test_zip_missing_member_and_short_member(tmp_path):
         inspect(broken)
 
 
-SOURCE = '''class A(Module):
+SOURCE = """class A(Module):
   __parameters__ = ["weight", ]
   __buffers__ = []
   def forward(self: __torch__.A,
@@ -235,7 +261,7 @@ SOURCE = '''class A(Module):
 class B(Module):
   __parameters__ = []
   def forward(self, x: Tensor) -> Tensor: return x
-'''
+"""
 
 
 def test_source_segment_matches_stdlib():
@@ -267,6 +293,10 @@ def test_nothing_is_called(torch_pickles):
         Refuse(io.BytesIO(data)).load()
     rec = read_pickle(data)
     assert {g.qualname for g in rec.globals} == {
-        "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
-        "collections.OrderedDict", "torch.FloatStorage", "torch.ShortStorage",
-        "torch.BoolStorage"}
+        "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_parameter",
+        "collections.OrderedDict",
+        "torch.FloatStorage",
+        "torch.ShortStorage",
+        "torch.BoolStorage",
+    }

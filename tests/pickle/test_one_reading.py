@@ -16,11 +16,10 @@ import zipfile
 import pytest
 
 import keishiki
+from keishiki._scan import oplex, unpickler
 from keishiki.core.pickle_reader import read_pickle
 from keishiki.formats import _torch_pickle as tp
 from keishiki.formats import pytorch
-from keishiki._scan import oplex
-from keishiki._scan import unpickler
 
 torch = pytest.importorskip("torch")
 scan_pkg = importlib.import_module("keishiki._scan")
@@ -32,12 +31,21 @@ def _objects() -> dict:
     return {
         "state_dict": lin.state_dict(),
         "module": lin,
-        "checkpoint": {"model": lin.state_dict(), "epoch": 3, "args": argparse.Namespace(lr=0.1),
-                       "optimizer": torch.optim.Adam(lin.parameters()).state_dict()},
+        "checkpoint": {
+            "model": lin.state_dict(),
+            "epoch": 3,
+            "args": argparse.Namespace(lr=0.1),
+            "optimizer": torch.optim.Adam(lin.parameters()).state_dict(),
+        },
         "shared": {"a": base, "b": base[2:5], "t": torch.ones(3, 3).t()},
-        "nested": {"a": {"b": [torch.ones(1)] * 3}, "s": {1, 2}, "f": frozenset([3]),
-                   "x": (1, "x", None, b"yy"), "h": torch.ones(1, dtype=torch.bfloat16),
-                   "o": collections.OrderedDict(k=torch.zeros(2, dtype=torch.int64))},
+        "nested": {
+            "a": {"b": [torch.ones(1)] * 3},
+            "s": {1, 2},
+            "f": frozenset([3]),
+            "x": (1, "x", None, b"yy"),
+            "h": torch.ones(1, dtype=torch.bfloat16),
+            "o": collections.OrderedDict(k=torch.zeros(2, dtype=torch.int64)),
+        },
         "parameter": torch.nn.Parameter(torch.ones(2)),
         "meta": {"m": torch.empty(3, device="meta")},
     }
@@ -94,6 +102,7 @@ def test_the_scan_takes_the_readers_reading(saved, monkeypatch):
 
 def test_a_dangerous_stream_falls_back_to_the_vm(tmp_path):
     """A stand-in reaching a call of a load-time object: the VM reads it, the scan says so."""
+
     class Payload:
         def __reduce__(self):
             return getattr, (print, "__call__")
@@ -103,16 +112,28 @@ def test_a_dangerous_stream_falls_back_to_the_vm(tmp_path):
     with zipfile.ZipFile(path) as zf:
         data = zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))
     ours, vm = tp.read_torch_pickle(data), read_pickle(data)
-    assert [(g.qualname, g.note) for g in ours.globals] == [(g.qualname, g.note)
-                                                          for g in vm.globals]
+    assert [(g.qualname, g.note) for g in ours.globals] == [
+        (g.qualname, g.note) for g in vm.globals
+    ]
     scan_pkg._CACHE.clear()
     assert keishiki.inspect(path).safety["verdict"] == "dangerous"
 
 
 def _state(lexer: oplex.Lexer) -> tuple:
-    return (lexer.pos, lexer.ok, lexer.n_ops, lexer.capped, lexer.dead, list(lexer.naming_at),
-            bytes(lexer.naming_op), lexer.ext, lexer.protos, lexer.frame_end, lexer.inline,
-            lexer.py2_text)
+    return (
+        lexer.pos,
+        lexer.ok,
+        lexer.n_ops,
+        lexer.capped,
+        lexer.dead,
+        list(lexer.naming_at),
+        bytes(lexer.naming_op),
+        lexer.ext,
+        lexer.protos,
+        lexer.frame_end,
+        lexer.inline,
+        lexer.py2_text,
+    )
 
 
 class _FullChecks(oplex.Lexer):
@@ -127,9 +148,27 @@ class _FullChecks(oplex.Lexer):
 
 
 def _streams() -> list[bytes]:
-    value = {"a": [1, 2.5, "x" * 5000, b"y" * 300, (1, 2, 3), {1, 2}, frozenset([3]),
-                   bytearray(b"zz"), None, True, 2 ** 70, -5, 300, 70000, "é" * 40],
-             "b": collections.OrderedDict(k=1), "c": list(range(600))}
+    value = {
+        "a": [
+            1,
+            2.5,
+            "x" * 5000,
+            b"y" * 300,
+            (1, 2, 3),
+            {1, 2},
+            frozenset([3]),
+            bytearray(b"zz"),
+            None,
+            True,
+            2**70,
+            -5,
+            300,
+            70000,
+            "é" * 40,
+        ],
+        "b": collections.OrderedDict(k=1),
+        "c": list(range(600)),
+    }
     out = [pickle.dumps(value, protocol=p) for p in range(6)]
     out.append(b"\x80\x02r" + struct.pack("<I", 1 << 23) + b".")  # a memo bomb: capped
     out.append(b"\x80\x02X" + struct.pack("<I", 5000) + b"z" * 5000 + b".")  # long payload
@@ -140,7 +179,7 @@ def _streams() -> list[bytes]:
 def test_the_lexer_fast_lane_changes_nothing(max_ops):
     rng = random.Random(12)
     for stream in _streams():
-        cases = [stream] + [stream[:rng.randrange(len(stream))] for _ in range(40)]
+        cases = [stream] + [stream[: rng.randrange(len(stream))] for _ in range(40)]
         for _ in range(60):
             mutated = bytearray(stream)
             for _ in range(rng.randint(1, 3)):

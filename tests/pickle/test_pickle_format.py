@@ -29,8 +29,9 @@ class Estimator:
 @pytest.mark.parametrize("protocol", range(6))
 def test_plain_pickles(tmp_path, protocol):
     path = tmp_path / "obj.pkl"
-    path.write_bytes(pickle.dumps({"a": [1, 2], "od": collections.OrderedDict(x=1)},
-                                  protocol=protocol))
+    path.write_bytes(
+        pickle.dumps({"a": [1, 2], "od": collections.OrderedDict(x=1)}, protocol=protocol)
+    )
     assert identify(path).format == "pickle"
     info = inspect(path)
     d = info.details["pickle"]
@@ -40,8 +41,16 @@ def test_plain_pickles(tmp_path, protocol):
 
 
 def test_garbage_is_not_a_pickle(tmp_path):
-    for i, data in enumerate([b"\x80\x02garbage here", b"(random text, not a pickle)\n",
-                              b"\x80\x09N.", b"N", b"]]]]", os.urandom(200)]):
+    for i, data in enumerate(
+        [
+            b"\x80\x02garbage here",
+            b"(random text, not a pickle)\n",
+            b"\x80\x09N.",
+            b"N",
+            b"]]]]",
+            os.urandom(200),
+        ]
+    ):
         path = tmp_path / f"g{i}.bin"
         path.write_bytes(data)
         try:
@@ -79,9 +88,14 @@ def test_payload_is_named_not_run(tmp_path):
 def joblib_file(tmp_path_factory):
     joblib = pytest.importorskip("joblib")
     path = tmp_path_factory.mktemp("joblib") / "model.joblib"
-    obj = {"model": Estimator(), "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
-           "big_endian": np.arange(4, dtype=">i4"), "empty": np.zeros((0, 2)),
-           "objects": np.array([1, "x", None], dtype=object), "scalar": np.float64(2.5)}
+    obj = {
+        "model": Estimator(),
+        "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        "big_endian": np.arange(4, dtype=">i4"),
+        "empty": np.zeros((0, 2)),
+        "objects": np.array([1, "x", None], dtype=object),
+        "scalar": np.float64(2.5),
+    }
     joblib.dump(obj, path)
     return path, obj
 
@@ -94,13 +108,21 @@ def test_joblib_arrays_are_tensors(joblib_file):
     info = inspect(path)
     assert info.variant == "joblib" and info.details["pickle"]["joblib"] is True
     listed = {t.name: (t.dtype, t.shape) for t in info.tensors}
-    assert listed == {"model.coef_": ("float32", (2, 3)), "model.intercept_": ("float64", (2,)),
-                      "fortran": ("float64", (3, 4)), "big_endian": ("int32", (4,)),
-                      "empty": ("float64", (0, 2))}
+    assert listed == {
+        "model.coef_": ("float32", (2, 3)),
+        "model.intercept_": ("float64", (2,)),
+        "fortran": ("float64", (3, 4)),
+        "big_endian": ("int32", (4,)),
+        "empty": ("float64", (0, 2)),
+    }
     loaded = joblib.load(path)
-    expected = {"model.coef_": loaded["model"].coef_, "model.intercept_":
-                loaded["model"].intercept_, "fortran": obj["fortran"],
-                "big_endian": obj["big_endian"], "empty": obj["empty"]}
+    expected = {
+        "model.coef_": loaded["model"].coef_,
+        "model.intercept_": loaded["model"].intercept_,
+        "fortran": obj["fortran"],
+        "big_endian": obj["big_endian"],
+        "empty": obj["empty"],
+    }
     for lazy in info.lazy_tensors():
         got = lazy.load()
         assert got.flags["C_CONTIGUOUS"] and got.dtype.isnative
@@ -147,7 +169,8 @@ def test_joblib_truncated_array(joblib_file, tmp_path):
     rec = read_pickle(data, joblib_arrays=True)
     last = rec.inline_arrays[-1]
     cut = tmp_path / "cut.joblib"
-    cut.write_bytes(data[: last.offset + last.nbytes // 2 + 1] if last.nbytes else
-                    data[: last.offset])
+    cut.write_bytes(
+        data[: last.offset + last.nbytes // 2 + 1] if last.nbytes else data[: last.offset]
+    )
     with pytest.raises(CorruptFile):
         read_pickle(cut.read_bytes(), joblib_arrays=True)

@@ -8,7 +8,6 @@ import io
 import os
 import pickle
 import pickletools
-import struct
 import tracemalloc
 import zipfile
 
@@ -17,12 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keishiki.core.pickle_reader import (
-    DYNAMIC, Call, GlobalRef, OpaqueKey, PersistentId, read_pickle, read_pickles, type_name,
+    DYNAMIC,
+    Call,
+    OpaqueKey,
+    PersistentId,
+    read_pickle,
+    read_pickles,
+    type_name,
 )
 from keishiki.errors import CorruptFile
 
 SAMPLE = {
-    "ints": [0, 1, -1, 255, 256, 65535, 65536, -2**31, 2**31 - 1, 2**63, -2**100, 10**30],
+    "ints": [0, 1, -1, 255, 256, 65535, 65536, -(2**31), 2**31 - 1, 2**63, -(2**100), 10**30],
     "floats": [0.0, -1.5, 1e300, float("inf")],
     "text": ["", "ascii", "日本語", "x" * 300, "\ud800" if False else "é"],
     "bytes": [b"", b"\x00\xff", b"y" * 300],
@@ -49,8 +54,9 @@ def materialize(value):
         if name == "builtins.bytearray":
             return bytearray(*args)
         if name == "collections.OrderedDict":
-            return collections.OrderedDict((k, materialize(v))
-                                           for k, v in (value.dictitems or {}).items())
+            return collections.OrderedDict(
+                (k, materialize(v)) for k, v in (value.dictitems or {}).items()
+            )
         raise AssertionError(f"unexpected call {name}")
     if isinstance(value, dict):
         return {k: materialize(v) for k, v in value.items()}
@@ -75,8 +81,12 @@ def test_values_match_cpython(protocol):
 
 @pytest.mark.parametrize("protocol", range(6))
 def test_sets_bytearrays_ordered_dicts(protocol):
-    obj = {"s": {1, 2}, "f": frozenset({3}), "ba": bytearray(b"ab"),
-           "od": collections.OrderedDict([("b", 1), ("a", 2)])}
+    obj = {
+        "s": {1, 2},
+        "f": frozenset({3}),
+        "ba": bytearray(b"ab"),
+        "od": collections.OrderedDict([("b", 1), ("a", 2)]),
+    }
     rec = read_pickle(pickle.dumps(obj, protocol=protocol))
     assert materialize(rec.value) == obj
     od = rec.value["od"]
@@ -117,23 +127,22 @@ def test_reduce_is_recorded_not_called(protocol, tmp_path):
     assert isinstance(call, Call) and call.args == (f"touch {marker}",)
     assert call.func.qualname == f"{os.system.__module__}.system"  # posix.system on Linux
     assert [c.offset for c in rec.calls] == [call.offset]
-    assert data[call.offset:call.offset + 1] == b"R"
+    assert data[call.offset : call.offset + 1] == b"R"
     assert not marker.exists()
 
 
 def test_global_offsets_point_at_the_opcode():
     data = pickle.dumps(collections.OrderedDict(a=1), protocol=2)
     (ref,) = read_pickle(data).globals
-    assert data[ref.offset:ref.offset + 1] == b"c" and ref.opcode == "GLOBAL"
+    assert data[ref.offset : ref.offset + 1] == b"c" and ref.opcode == "GLOBAL"
     data4 = pickle.dumps(collections.OrderedDict(a=1), protocol=4)
     (ref4,) = read_pickle(data4).globals
-    assert data4[ref4.offset:ref4.offset + 1] == b"\x93" and ref4.opcode == "STACK_GLOBAL"
+    assert data4[ref4.offset : ref4.offset + 1] == b"\x93" and ref4.opcode == "STACK_GLOBAL"
 
 
 def test_stack_global_from_memo():
     # module and name strings memoized then fetched with BINGET before STACK_GLOBAL
-    data = (b"\x80\x04" b"\x8c\x02os\x94" b"\x8c\x06system\x94" b"\x93" b"0"
-            b"h\x00h\x01\x93" b"\x8c\x02id\x85R.")
+    data = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x930h\x00h\x01\x93\x8c\x02id\x85R."
     rec = read_pickle(data)
     assert [g.qualname for g in rec.globals] == ["os.system", "os.system"]
     assert rec.value.func.qualname == "os.system" and rec.value.args == ("id",)
@@ -185,7 +194,7 @@ def test_protocol5_buffers():
     rec = read_pickle(data)
     assert rec.protocol == 5 and rec.value.qualname.endswith("_frombuffer")
     buf = rec.value.args[0]
-    assert isinstance(buf, PickleBuffer) and data[buf.offset:buf.offset + 1] == b"\x97"
+    assert isinstance(buf, PickleBuffer) and data[buf.offset : buf.offset + 1] == b"\x97"
     rec = read_pickle(b"\x80\x05\x97\x98.")
     assert rec.value.readonly
 
@@ -220,17 +229,28 @@ def test_torch_saved_data_pkl():
     storage = call.args[0]
     assert isinstance(storage, PersistentId)
     tag, stype, key, location, numel = storage.pid
-    assert (tag, stype.qualname, key, location, numel) == ("storage", "torch.FloatStorage",
-                                                           "0", "cpu", 6)
+    assert (tag, stype.qualname, key, location, numel) == (
+        "storage",
+        "torch.FloatStorage",
+        "0",
+        "cpu",
+        6,
+    )
     assert call.args[1:4] == (0, (2, 3), (3, 1))
     assert rec.value["n"] == 5
     assert sorted({g.qualname for g in rec.globals}) == [
-        "collections.OrderedDict", "torch.FloatStorage", "torch._utils._rebuild_tensor_v2"]
+        "collections.OrderedDict",
+        "torch.FloatStorage",
+        "torch._utils._rebuild_tensor_v2",
+    ]
 
 
 def test_concatenated_streams():
-    data = pickle.dumps({"a": 1}, protocol=2) + pickle.dumps([2], protocol=4) + \
-        pickle.dumps("three", protocol=0)
+    data = (
+        pickle.dumps({"a": 1}, protocol=2)
+        + pickle.dumps([2], protocol=4)
+        + pickle.dumps("three", protocol=0)
+    )
     recs = read_pickles(data)
     assert [r.value for r in recs] == [{"a": 1}, [2], "three"]
     assert recs[0].start == 0 and recs[1].start == recs[0].end and recs[-1].end == len(data)
@@ -271,7 +291,7 @@ def test_truncated_streams(protocol):
 
 def test_huge_declared_lengths_fail_fast():
     for op, width in ((b"\x8e", 8), (b"\x8d", 8), (b"\x96", 8), (b"X", 4), (b"B", 4)):
-        data = b"\x80\x05" + op + (2**(8 * width) - 1).to_bytes(width, "little") + b"ab."
+        data = b"\x80\x05" + op + (2 ** (8 * width) - 1).to_bytes(width, "little") + b"ab."
         tracemalloc.start()
         try:
             with pytest.raises(CorruptFile, match="bytes but only"):
@@ -324,15 +344,18 @@ def test_errors_name_the_problem():
 
 def test_matches_pickletools_opcode_walk():
     """Every opcode offset pickletools sees is covered: globals offsets agree."""
-    data = pickle.dumps([collections.OrderedDict(), collections.Counter(), collections.deque()],
-                        protocol=2)
+    data = pickle.dumps(
+        [collections.OrderedDict(), collections.Counter(), collections.deque()], protocol=2
+    )
     expected = [pos for op, _arg, pos in pickletools.genops(data) if op.name == "GLOBAL"]
     assert [g.offset for g in read_pickle(data).globals] == expected
 
 
 # ---- fuzz: nothing but CorruptFile may escape --------------------------------------------------
 SEEDS = [pickle.dumps(SAMPLE, protocol=p) for p in range(6)] + [
-    b"\x80\x02cos\nsystem\n(S'id'\ntR.", b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93."]
+    b"\x80\x02cos\nsystem\n(S'id'\ntR.",
+    b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93.",
+]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -370,13 +393,26 @@ def test_many_concatenated_streams_are_bounded():
     assert len(recs) == 11 and recs[-1].error
 
 
-_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                    st.text(max_size=20), st.binary(max_size=20))
-_VALUES = st.recursive(_LEAVES, lambda kids: st.one_of(
-    st.lists(kids, max_size=5), st.tuples(kids), st.tuples(kids, kids),
-    st.tuples(kids, kids, kids), st.lists(kids, max_size=5).map(tuple),
-    st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), kids, max_size=5)),
-    max_leaves=30)
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda kids: st.one_of(
+        st.lists(kids, max_size=5),
+        st.tuples(kids),
+        st.tuples(kids, kids),
+        st.tuples(kids, kids, kids),
+        st.lists(kids, max_size=5).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), kids, max_size=5),
+    ),
+    max_leaves=30,
+)
 
 
 @settings(max_examples=300, deadline=None)

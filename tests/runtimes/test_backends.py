@@ -15,8 +15,16 @@ from .conftest import PROMPTS
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-SAMPLED = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, min_p=0.02,
-                         repetition_penalty=1.1, max_tokens=12, seed=1234, ignore_eos=True)
+SAMPLED = SamplingParams(
+    temperature=0.9,
+    top_p=0.9,
+    top_k=50,
+    min_p=0.02,
+    repetition_penalty=1.1,
+    max_tokens=12,
+    seed=1234,
+    ignore_eos=True,
+)
 
 
 def _tokens(llm, params, prompts=PROMPTS):
@@ -25,8 +33,11 @@ def _tokens(llm, params, prompts=PROMPTS):
 
 def test_backends_and_reasons(llms):
     assert {name: llm.backend for name, llm in llms.items()} == {
-        "torch": "torch", "onnxruntime": "onnxruntime", "torchscript": "torchscript",
-        "torchscript-kv": "torchscript"}
+        "torch": "torch",
+        "onnxruntime": "onnxruntime",
+        "torchscript": "torchscript",
+        "torchscript-kv": "torchscript",
+    }
     assert "KV cache" in llms["torch"].backend_reason
     assert "KV cache (2 layers)" in llms["onnxruntime"].backend_reason
     assert "recomputed every step" in llms["torchscript"].backend_reason
@@ -42,9 +53,10 @@ def test_greedy_matches_transformers_generate(llms, tiny_llama):
     expected = []
     for prompt in PROMPTS:
         ids = torch.tensor([tok.encode(prompt)])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                             do_sample=False)
-        expected.append([out[0, ids.shape[1]:].tolist()])
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False
+        )
+        expected.append([out[0, ids.shape[1] :].tolist()])
     # both stop at EOS (token 2, which the first prompt reaches), included in the ids
     assert any(2 in seq[0] for seq in expected)
     assert _tokens(llms["torch"], GREEDY.clone(ignore_eos=False)) == expected
@@ -100,14 +112,14 @@ def test_output_shape_text_and_stops(llms):
     # a stop token: generation ends on it, it stays in token_ids, stop_reason names it
     stop_id = completion.token_ids[3]
     stopped = llm.generate(PROMPTS[1], GREEDY.clone(stop_token_ids=[stop_id]))[0].outputs[0]
-    assert stopped.token_ids == completion.token_ids[:completion.token_ids.index(stop_id) + 1]
+    assert stopped.token_ids == completion.token_ids[: completion.token_ids.index(stop_id) + 1]
     assert (stopped.finish_reason, stopped.stop_reason) == ("stop", stop_id)
     # a stop string: the text is cut before it
     text = completion.text
-    stop = next(text[i:i + 2] for i in range(2, len(text) - 2) if "\ufffd" not in text[i:i + 2])
+    stop = next(text[i : i + 2] for i in range(2, len(text) - 2) if "\ufffd" not in text[i : i + 2])
     cut = llm.generate(PROMPTS[1], GREEDY.clone(stop=[stop]))[0].outputs[0]
     assert (cut.finish_reason, cut.stop_reason) == ("stop", stop)
-    assert cut.text == text[:text.index(stop)]
+    assert cut.text == text[: text.index(stop)]
 
 
 def test_streaming_deltas_add_up(llms):
@@ -147,8 +159,7 @@ out = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=4))
 chat = llm.chat([{{"role": "user", "content": "hi"}}], SamplingParams(max_tokens=2, seed=0))
 print(json.dumps([llm.backend, [m for m in ("torch", "transformers") if m in sys.modules]]))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["onnxruntime", []]
 
 
@@ -166,14 +177,15 @@ def test_torchscript_with_a_file_op_is_refused_unless_trusted(tiny_ts, tiny_llam
         for item in src.infolist():
             out.writestr(item, src.read(item))
         root = src.namelist()[0].split("/")[0]
-        out.writestr(f"{root}/code/__torch__/evil.py",
-                     "def f(x: Tensor) -> Tensor:\n  return torch.from_file('/etc/passwd')\n")
+        out.writestr(
+            f"{root}/code/__torch__/evil.py",
+            "def f(x: Tensor) -> Tensor:\n  return torch.from_file('/etc/passwd')\n",
+        )
     with pytest.raises(UnsafeFile, match=r"torch\.from_file.*trust_remote_code"):
         LLM(model=evil, tokenizer=tiny_llama, backend="torchscript")
     code, _out, err = run_cli("run", evil, "--tokenizer", tiny_llama, "-p", "hi", "-n", "1")
     assert code == 1 and "unsafe" in err and err.count("\n") == 1
-    trusted = LLM(model=evil, tokenizer=tiny_llama, backend="torchscript",
-                  trust_remote_code=True)
+    trusted = LLM(model=evil, tokenizer=tiny_llama, backend="torchscript", trust_remote_code=True)
     assert trusted.backend == "torchscript"
 
 
@@ -239,8 +251,7 @@ def test_logprobs_and_prompt_logprobs_as_vllm_returns_them(llms, tiny_llama):
         # the top 2 and the prompt's own token (a third entry only when it is not in the top 2)
         assert set(step) == set(np.argsort(-expected[i - 1])[:2].tolist()) | {token}
         assert abs(step[token].logprob - expected[i - 1][token]) < 1e-4
-        assert step[token].rank == 1 + int(np.sum(expected[i - 1] > expected[i - 1][token]
-                                                  + 1e-9))
+        assert step[token].rank == 1 + int(np.sum(expected[i - 1] > expected[i - 1][token] + 1e-9))
     # sampled, not greedy: the chosen token is still in each dict, with its own rank
     sampled = llm.generate([prompt], SAMPLED.clone(logprobs=0))[0].outputs[0]
     assert all(list(d) == [t] for d, t in zip(sampled.logprobs, sampled.token_ids))
@@ -284,10 +295,13 @@ def test_logprobs_over_max_logprobs_are_refused_as_vllm_does(llms):
     from keishiki.errors import InvalidRequest
 
     llm = llms["onnxruntime"]
-    with pytest.raises(InvalidRequest, match="Requested logprobs of 21, which is greater "
-                                             "than max allowed: 20"):
+    with pytest.raises(
+        InvalidRequest, match="Requested logprobs of 21, which is greater than max allowed: 20"
+    ):
         llm.generate(["Hi"], GREEDY.clone(logprobs=21, max_tokens=1))
     with pytest.raises(InvalidRequest, match="Requested prompt logprobs of 50"):
         llm.generate(["Hi"], GREEDY.clone(prompt_logprobs=50, max_tokens=1))
-    assert len(llm.generate(["Hi"], GREEDY.clone(logprobs=20, max_tokens=1))[0]
-               .outputs[0].logprobs[0]) == 20
+    assert (
+        len(llm.generate(["Hi"], GREEDY.clone(logprobs=20, max_tokens=1))[0].outputs[0].logprobs[0])
+        == 20
+    )

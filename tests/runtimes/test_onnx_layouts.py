@@ -20,27 +20,38 @@ def _counting_graph(path):
     from onnx import TensorProto, helper
 
     past = ["batch", "kv_heads", "past", "head_dim"]
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                            ["batch", "total"]),
-              helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1]),
-              helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, past),
-              helper.make_tensor_value_info("past_key_values.0.value", TensorProto.FLOAT, past)]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB]),
-               helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, past),
-               helper.make_tensor_value_info("present.0.value", TensorProto.FLOAT, past)]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+        helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1]),
+        helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, past),
+        helper.make_tensor_value_info("past_key_values.0.value", TensorProto.FLOAT, past),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB]),
+        helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, past),
+        helper.make_tensor_value_info("present.0.value", TensorProto.FLOAT, past),
+    ]
     const = lambda name, values: helper.make_node(  # noqa: E731
-        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64,
-                                                         [len(values)], values))
+        "Constant",
+        [],
+        [name],
+        value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values),
+    )
     nodes = [
-        const("axes", [1, 3]), const("two", [2]), const("vocab", [VOCAB]),
-        helper.make_node("Constant", [], ["onoff"], value=helper.make_tensor(
-            "onoff", TensorProto.FLOAT, [2], [0.0, 1.0])),
+        const("axes", [1, 3]),
+        const("two", [2]),
+        const("vocab", [VOCAB]),
+        helper.make_node(
+            "Constant",
+            [],
+            ["onoff"],
+            value=helper.make_tensor("onoff", TensorProto.FLOAT, [2], [0.0, 1.0]),
+        ),
         helper.make_node("Cast", ["input_ids"], ["idsf"], to=TensorProto.FLOAT),
         helper.make_node("Unsqueeze", ["idsf", "axes"], ["kv"]),
         helper.make_node("Concat", ["past_key_values.0.key", "kv"], ["present.0.key"], axis=2),
-        helper.make_node("Concat", ["past_key_values.0.value", "kv"], ["present.0.value"],
-                         axis=2),
+        helper.make_node("Concat", ["past_key_values.0.value", "kv"], ["present.0.value"], axis=2),
         helper.make_node("Shape", ["present.0.key"], ["shape"]),
         helper.make_node("Gather", ["shape", "two"], ["total"]),
         helper.make_node("Mul", ["input_ids", "zero"], ["zeros"]),
@@ -61,9 +72,17 @@ def test_optimum_style_graph(tiny_llama, tmp_path):
     _counting_graph(folder / "decoder_model_merged.onnx")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_llama / name, folder / name)
-    (folder / "config.json").write_text(json.dumps({
-        "num_key_value_heads": 1, "num_attention_heads": 1, "hidden_size": 1,
-        "vocab_size": VOCAB, "eos_token_id": 2}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "num_key_value_heads": 1,
+                "num_attention_heads": 1,
+                "hidden_size": 1,
+                "vocab_size": VOCAB,
+                "eos_token_id": 2,
+            }
+        )
+    )
     llm = LLM(model=folder)
     assert llm.backend == "onnxruntime" and "KV cache (1 layers)" in llm.backend_reason
     prompts = [{"prompt_token_ids": [10, 11, 12]}, {"prompt_token_ids": [20, 21, 22, 23, 24]}]

@@ -12,31 +12,41 @@ from keishiki.runtimes.sampling import make_rng, probabilities, sample_token
 
 def test_defaults_are_vllms():
     p = SamplingParams()
-    assert (p.n, p.temperature, p.top_p, p.top_k, p.min_p, p.max_tokens, p.seed) == \
-        (1, 1.0, 1.0, 0, 0.0, 16, None)
+    assert (p.n, p.temperature, p.top_p, p.top_k, p.min_p, p.max_tokens, p.seed) == (
+        1,
+        1.0,
+        1.0,
+        0,
+        0.0,
+        16,
+        None,
+    )
     assert p.stop == [] and p.stop_token_ids == [] and not p.greedy
     assert SamplingParams(temperature=0).greedy
     assert SamplingParams(stop="x").stop == ["x"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"top_p": 0}, "top_p must be in (0, 1], got 0"),
-    ({"top_p": 1.5}, "top_p must be in (0, 1]"),
-    ({"max_tokens": -3}, "max_tokens must be at least 1, got -3"),
-    ({"max_tokens": 0}, "max_tokens must be at least 1"),
-    ({"n": 0}, "n must be between 1 and 256, got 0"),
-    ({"n": 10**6}, "n must be between 1 and 256, got 1000000"),
-    ({"n": True}, "n must be between 1 and 256"),
-    ({"temperature": -1}, "temperature must be non-negative"),
-    ({"top_k": -5}, "top_k must be 0 or -1"),
-    ({"min_p": 2}, "min_p must be in [0, 1]"),
-    ({"repetition_penalty": 0}, "repetition_penalty must be in (0, 100]"),
-    ({"temperature": float("nan")}, "temperature must be non-negative"),
-    ({"stop": [""]}, "stop must be non-empty strings"),
-    ({"stop_token_ids": [-1]}, "stop_token_ids must be non-negative"),
-    ({"logprobs": -1}, "logprobs must be None or a non-negative integer, got -1"),
-    ({"prompt_logprobs": 2.5}, "prompt_logprobs must be None or a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_p": 0}, "top_p must be in (0, 1], got 0"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+        ({"max_tokens": -3}, "max_tokens must be at least 1, got -3"),
+        ({"max_tokens": 0}, "max_tokens must be at least 1"),
+        ({"n": 0}, "n must be between 1 and 256, got 0"),
+        ({"n": 10**6}, "n must be between 1 and 256, got 1000000"),
+        ({"n": True}, "n must be between 1 and 256"),
+        ({"temperature": -1}, "temperature must be non-negative"),
+        ({"top_k": -5}, "top_k must be 0 or -1"),
+        ({"min_p": 2}, "min_p must be in [0, 1]"),
+        ({"repetition_penalty": 0}, "repetition_penalty must be in (0, 100]"),
+        ({"temperature": float("nan")}, "temperature must be non-negative"),
+        ({"stop": [""]}, "stop must be non-empty strings"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids must be non-negative"),
+        ({"logprobs": -1}, "logprobs must be None or a non-negative integer, got -1"),
+        ({"prompt_logprobs": 2.5}, "prompt_logprobs must be None or a non-negative integer"),
+    ],
+)
 def test_validation_messages(kwargs, message):
     with pytest.raises(InvalidRequest) as info:
         SamplingParams(**kwargs).validate()
@@ -69,9 +79,9 @@ def test_filters_keep_the_expected_sets():
         return set(np.flatnonzero(probabilities(LOGITS.copy(), SamplingParams(**kw))))
 
     assert kept(top_k=2) == {1, 2}
-    assert kept(top_p=0.7) == {1, 2}          # 0.4 + 0.3 reaches 0.7
+    assert kept(top_p=0.7) == {1, 2}  # 0.4 + 0.3 reaches 0.7
     assert kept(top_p=0.71) == {1, 2, 3}
-    assert kept(min_p=0.3) == {1, 2, 3}       # 0.15 >= 0.3 * 0.4, 0.1 < 0.12
+    assert kept(min_p=0.3) == {1, 2, 3}  # 0.15 >= 0.3 * 0.4, 0.1 < 0.12
     probs = probabilities(LOGITS.copy(), SamplingParams(top_k=2))
     np.testing.assert_allclose(probs[[1, 2]], [0.4 / 0.7, 0.3 / 0.7])
 
@@ -122,11 +132,14 @@ class _ByteTokenizer:
         return bytes(ids).decode("utf-8", "replace")
 
 
-@pytest.mark.parametrize("stop, cut_at_step, text", [
-    (["\ufffd"], None, "aé!"),   # the half-decoded é must not match U+FFFD
-    (["é"], 3, "a"),             # a stop string matches once the character is whole
-    (["é!"], 4, "a"),
-])
+@pytest.mark.parametrize(
+    "stop, cut_at_step, text",
+    [
+        (["\ufffd"], None, "aé!"),  # the half-decoded é must not match U+FFFD
+        (["é"], 3, "a"),  # a stop string matches once the character is whole
+        (["é!"], 4, "a"),
+    ],
+)
 def test_stop_strings_match_complete_characters_only(stop, cut_at_step, text):
     from types import SimpleNamespace
 
@@ -134,8 +147,9 @@ def test_stop_strings_match_complete_characters_only(stop, cut_at_step, text):
 
     tracker = _TextTracker(_ByteTokenizer(), SamplingParams(stop=stop))
     data = list("aé!".encode())  # a, 0xC3, 0xA9, !
-    seq = SimpleNamespace(text=None, output_ids=[], finished=False, finish_reason=None,
-                          stop_reason=None)
+    seq = SimpleNamespace(
+        text=None, output_ids=[], finished=False, finish_reason=None, stop_reason=None
+    )
     stopped_at = None
     for step, token in enumerate(data, 1):
         seq.output_ids.append(token)

@@ -25,7 +25,8 @@ def test_tokenizer_matches_transformers(tiny_llama):
         assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert ours.render_chat(messages) == theirs.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True)
+        messages, tokenize=False, add_generation_prompt=True
+    )
     assert (ours.bos_token_id, ours.eos_token_ids, ours.pad_token_id) == (1, [2], 0)
 
 
@@ -41,11 +42,21 @@ def test_padding_and_truncation_in_tokenizer_json_are_not_applied(tiny_llama, tm
     shutil.copytree(tiny_llama, folder)
     data = json.loads((folder / "tokenizer.json").read_text())
     if setting in ("padding", "both"):
-        data["padding"] = {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of":
-                           None, "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"}
+        data["padding"] = {
+            "strategy": {"Fixed": 16},
+            "direction": "Right",
+            "pad_to_multiple_of": None,
+            "pad_id": 0,
+            "pad_type_id": 0,
+            "pad_token": "<pad>",
+        }
     if setting in ("truncation", "both"):
-        data["truncation"] = {"direction": "Right", "max_length": 2, "strategy": "LongestFirst",
-                              "stride": 0}
+        data["truncation"] = {
+            "direction": "Right",
+            "max_length": 2,
+            "strategy": "LongestFirst",
+            "stride": 0,
+        }
     (folder / "tokenizer.json").write_text(json.dumps(data))
     theirs = transformers.AutoTokenizer.from_pretrained(folder)
     ours = Tokenizer(folder)

@@ -10,22 +10,44 @@ import types
 import pytest
 
 from keishiki.errors import RuntimeUnavailable
-from keishiki.runtimes import SamplingParams
-from keishiki.runtimes import vllm_backend
+from keishiki.runtimes import SamplingParams, vllm_backend
 from keishiki.runtimes.vllm_backend import VllmBackend, sampling_kwargs
 
 
 def test_sampling_kwargs_map_one_to_one():
-    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, top_k=0, min_p=0.05,
-                            repetition_penalty=1.1, seed=7, max_tokens=32, stop="###",
-                            stop_token_ids=[5], ignore_eos=True)
+    params = SamplingParams(
+        n=2,
+        temperature=0.8,
+        top_p=0.95,
+        top_k=0,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        seed=7,
+        max_tokens=32,
+        stop="###",
+        stop_token_ids=[5],
+        ignore_eos=True,
+    )
     kwargs = sampling_kwargs(params)
-    assert kwargs == {"n": 2, "temperature": 0.8, "top_p": 0.95, "top_k": -1, "min_p": 0.05,
-                      "repetition_penalty": 1.1, "presence_penalty": 0.0,
-                      "frequency_penalty": 0.0, "seed": 7, "max_tokens": 32, "stop": ["###"],
-                      "stop_token_ids": [5], "ignore_eos": True, "skip_special_tokens": True,
-                      "include_stop_str_in_output": False, "logprobs": None,
-                      "prompt_logprobs": None}
+    assert kwargs == {
+        "n": 2,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "top_k": -1,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "seed": 7,
+        "max_tokens": 32,
+        "stop": ["###"],
+        "stop_token_ids": [5],
+        "ignore_eos": True,
+        "skip_special_tokens": True,
+        "include_stop_str_in_output": False,
+        "logprobs": None,
+        "prompt_logprobs": None,
+    }
     assert sampling_kwargs(SamplingParams(top_k=40))["top_k"] == 40
     assert sampling_kwargs(SamplingParams())["stop"] is None
 
@@ -35,8 +57,10 @@ class _FakeCompletion:
         self.index, self.text, self.token_ids = index, f"text{index}", [10 + index, 11]
         self.finish_reason, self.stop_reason = "length", None
         lp = types.SimpleNamespace
-        self.logprobs = [{10 + index: lp(logprob=-0.5, rank=1, decoded_token="x")},
-                         {11: lp(logprob=-1.5, rank=2, decoded_token="y")}]
+        self.logprobs = [
+            {10 + index: lp(logprob=-0.5, rank=1, decoded_token="x")},
+            {11: lp(logprob=-1.5, rank=2, decoded_token="y")},
+        ]
 
 
 def _fake_vllm(calls):
@@ -54,9 +78,13 @@ def _fake_vllm(calls):
         def generate(self, prompts, params, use_tqdm=True):
             calls["generate"] = (prompts, [p.kwargs for p in params])
             first = {7: types.SimpleNamespace(logprob=-2.0, rank=3, decoded_token="z")}
-            return [types.SimpleNamespace(outputs=[_FakeCompletion(i) for i in range(p.kwargs["n"])],
-                                          prompt_logprobs=[None, first])
-                    for p in params]
+            return [
+                types.SimpleNamespace(
+                    outputs=[_FakeCompletion(i) for i in range(p.kwargs["n"])],
+                    prompt_logprobs=[None, first],
+                )
+                for p in params
+            ]
 
     module.SamplingParams, module.LLM = SamplingParamsFake, LLMFake
     return module
@@ -69,16 +97,23 @@ def test_adapter_with_a_fake_vllm(tiny_llama, monkeypatch):
     monkeypatch.setattr(vllm_backend, "cuda_available", lambda: True)
     from keishiki.runtimes import LLM
 
-    llm = LLM(model=tiny_llama, backend="vllm", tensor_parallel_size=4,
-              pipeline_parallel_size=2, seed=3)
+    llm = LLM(
+        model=tiny_llama, backend="vllm", tensor_parallel_size=4, pipeline_parallel_size=2, seed=3
+    )
     assert llm.backend == "vllm" and "tensor_parallel_size=4" in llm.backend_reason
     engine = calls["engine"]
-    assert (engine["model"], engine["tensor_parallel_size"], engine["pipeline_parallel_size"],
-            engine["seed"]) == (str(tiny_llama), 4, 2, 3)
+    assert (
+        engine["model"],
+        engine["tensor_parallel_size"],
+        engine["pipeline_parallel_size"],
+        engine["seed"],
+    ) == (str(tiny_llama), 4, 2, 3)
     out = llm.generate(["Hello", "Hi"], SamplingParams(n=2, temperature=0.5, seed=1))
     prompts, params = calls["generate"]
-    assert prompts == [{"prompt_token_ids": llm.tokenizer.encode("Hello")},
-                       {"prompt_token_ids": llm.tokenizer.encode("Hi")}]
+    assert prompts == [
+        {"prompt_token_ids": llm.tokenizer.encode("Hello")},
+        {"prompt_token_ids": llm.tokenizer.encode("Hi")},
+    ]
     assert params[0]["n"] == 2 and params[0]["temperature"] == 0.5 and params[0]["seed"] == 1
     assert [c.text for c in out[1].outputs] == ["text0", "text1"]
     assert out[0].outputs[1].token_ids == [11, 11]
@@ -87,8 +122,10 @@ def test_adapter_with_a_fake_vllm(tiny_llama, monkeypatch):
     assert calls["generate"][1][0]["logprobs"] == 1
     assert calls["generate"][1][0]["prompt_logprobs"] == 1
     first = out.outputs[0]
-    assert [(lp.logprob, lp.rank) for step in first.logprobs for lp in step.values()] == \
-        [(-0.5, 1), (-1.5, 2)]
+    assert [(lp.logprob, lp.rank) for step in first.logprobs for lp in step.values()] == [
+        (-0.5, 1),
+        (-1.5, 2),
+    ]
     assert first.cumulative_logprob == -2.0
     assert first.logprobs[1][11].decoded_token == llm.tokenizer.decode([11], False)
     assert out.prompt_logprobs[0] is None and out.prompt_logprobs[1][7].rank == 3
@@ -121,14 +158,17 @@ def test_unsupported_architecture_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(vllm_backend, "cuda_available", lambda: True)
     assert VllmBackend(tmp_path).name == "vllm"  # the shipped list (0.14) lacks it: ignored
     fake.ModelRegistry = types.SimpleNamespace(get_supported_archs=lambda: {"LlamaForCausalLM"})
-    with pytest.raises(RuntimeUnavailable, match="TinyNetForMagic is not on vLLM 0.33.0's "
-                                                 "supported list.*model_impl='transformers'"):
+    with pytest.raises(
+        RuntimeUnavailable,
+        match="TinyNetForMagic is not on vLLM 0.33.0's supported list.*model_impl='transformers'",
+    ):
         VllmBackend(tmp_path)
     VllmBackend(tmp_path, model_impl="transformers")
     assert calls["engine"]["model_impl"] == "transformers"
     del fake.ModelRegistry  # an older vLLM without the API: the shipped list answers
-    monkeypatch.setattr(vllm_backend, "supported_architectures",
-                        lambda: ("0.14", {"LlamaForCausalLM"}))
+    monkeypatch.setattr(
+        vllm_backend, "supported_architectures", lambda: ("0.14", {"LlamaForCausalLM"})
+    )
     with pytest.raises(RuntimeUnavailable, match="TinyNetForMagic is not on vLLM 0.14"):
         VllmBackend(tmp_path)
 

@@ -31,6 +31,7 @@ torch = pytest.importorskip("torch")
 
 # ---- a zip writer that can lie --------------------------------------------------------------
 
+
 @dataclass
 class Z:
     """A zip under construction: local entries first, then any directories and end records."""
@@ -38,22 +39,49 @@ class Z:
     prefix: bytes = b""
     body: bytearray = field(default_factory=bytearray)
 
-    def local(self, name: str, data: bytes, crc: int | None = None, flag: int = 0,
-              base: int = 0) -> tuple:
+    def local(
+        self, name: str, data: bytes, crc: int | None = None, flag: int = 0, base: int = 0
+    ) -> tuple:
         """Append a local entry; returns its central-directory tuple."""
         off = len(self.body) + base
         c = zlib.crc32(data) if crc is None else crc
         n = name.encode()
-        self.body += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, flag, 0, 0, 0, c, len(data),
-                                 len(data), len(n), 0) + n + data
+        self.body += (
+            struct.pack(
+                "<IHHHHHIIIHH", 0x04034B50, 20, flag, 0, 0, 0, c, len(data), len(data), len(n), 0
+            )
+            + n
+            + data
+        )
         return (n, len(data), c, off, flag)
 
     @staticmethod
     def central(entries) -> bytes:
         out = b""
         for n, size, c, off, flag in entries:
-            out += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, flag, 0, 0, 0, c, size,
-                               size, len(n), 0, 0, 0, 0, 0, off) + n
+            out += (
+                struct.pack(
+                    "<IHHHHHHIIIHHHHHII",
+                    0x02014B50,
+                    20,
+                    20,
+                    flag,
+                    0,
+                    0,
+                    0,
+                    c,
+                    size,
+                    size,
+                    len(n),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    off,
+                )
+                + n
+            )
         return out
 
     def directory(self, entries, count: int | None = None, base: int = 0) -> tuple[int, int]:
@@ -63,14 +91,17 @@ class Z:
         return off, len(cd)
 
     def eocd(self, count: int, cd: tuple[int, int], comment: bytes = b"") -> bytes:
-        self.body += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, cd[1], cd[0],
-                                 len(comment)) + comment
+        self.body += (
+            struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, cd[1], cd[0], len(comment))
+            + comment
+        )
         return self.bytes()
 
     def eocd64(self, count: int, cd: tuple[int, int]) -> int:
         off = len(self.body)
-        self.body += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count,
-                                 cd[1], cd[0])
+        self.body += struct.pack(
+            "<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, cd[1], cd[0]
+        )
         return off
 
     def locator(self, eocd64_offset: int, disks: int = 1) -> None:
@@ -95,8 +126,9 @@ class _Touch:
 BENIGN = pickle.dumps({"w": 1}, protocol=2)
 
 
-def _plain(payload: bytes, folder: str = "archive", names=("data.pkl", "version"),
-           **local) -> bytes:
+def _plain(
+    payload: bytes, folder: str = "archive", names=("data.pkl", "version"), **local
+) -> bytes:
     z = Z()
     data = {"data.pkl": payload, "version": b"3\n", "DATA.PKL": payload, "VERSION": b"3\n"}
     entries = [z.local(f"{folder}/{n}", data[n], **local) for n in names]
@@ -112,8 +144,11 @@ def _patched(payload: bytes, **local) -> bytes:
 def _extra_entry_beyond_count(payload: bytes) -> bytes:
     """The end record counts 2 entries, the directory holds 3: zipfile reads 3, miniz 2."""
     z = Z()
-    entries = [z.local("archive/data.pkl", BENIGN), z.local("archive/version", b"3\n"),
-               z.local("archive/extra.pkl", payload)]
+    entries = [
+        z.local("archive/data.pkl", BENIGN),
+        z.local("archive/version", b"3\n"),
+        z.local("archive/extra.pkl", payload),
+    ]
     return z.eocd(2, z.directory(entries))
 
 
@@ -144,8 +179,10 @@ def _signature_in_tail(payload: bytes) -> bytes:
 def _prepended(payload: bytes) -> bytes:
     """Junk before the zip, offsets absolute (counting the junk): miniz reads it."""
     z = Z(prefix=b"JUNK" * 16)
-    entries = [z.local(n, d, base=64) for n, d in (("archive/data.pkl", payload),
-                                                   ("archive/version", b"3\n"))]
+    entries = [
+        z.local(n, d, base=64)
+        for n, d in (("archive/data.pkl", payload), ("archive/version", b"3\n"))
+    ]
     return z.eocd(2, z.directory(entries, base=64))
 
 
@@ -157,33 +194,48 @@ def _mixed_case_folder(payload: bytes) -> bytes:
 
 def _case_duplicates(payload: bytes) -> bytes:
     z = Z()
-    entries = [z.local("archive/data.pkl", BENIGN), z.local("archive/version", b"3\n"),
-               z.local("archive/DATA.PKL", payload)]
+    entries = [
+        z.local("archive/data.pkl", BENIGN),
+        z.local("archive/version", b"3\n"),
+        z.local("archive/DATA.PKL", payload),
+    ]
     return z.eocd(3, z.directory(entries))
 
 
 def _storage_named_payload(payload: bytes) -> bytes:
     """A pickle at archive/data/0: torch reads it as raw storage bytes, never unpickles it."""
     z = Z()
-    entries = [z.local("archive/data.pkl", BENIGN), z.local("archive/version", b"3\n"),
-               z.local("archive/data/0", payload)]
+    entries = [
+        z.local("archive/data.pkl", BENIGN),
+        z.local("archive/version", b"3\n"),
+        z.local("archive/data/0", payload),
+    ]
     return z.eocd(3, z.directory(entries))
 
 
 def _storage_name_outside_folder(payload: bytes) -> bytes:
     z = Z()
-    entries = [z.local("archive/data.pkl", BENIGN), z.local("archive/version", b"3\n"),
-               z.local("other/data/0", payload)]
+    entries = [
+        z.local("archive/data.pkl", BENIGN),
+        z.local("archive/version", b"3\n"),
+        z.local("other/data/0", payload),
+    ]
     return z.eocd(3, z.directory(entries))
 
 
 # name -> (builder, torch.load runs data.pkl's payload, scan verdict)
 CASES = {
     "plain": (lambda p: _plain(p), True, "dangerous"),
-    "upper_case_everything": (lambda p: _plain(p, "ARCHIVE", ("DATA.PKL", "VERSION")), True,
-                              "dangerous"),
-    "upper_case_record": (lambda p: _plain(p, "archive", ("DATA.PKL", "version")), True,
-                          "dangerous"),
+    "upper_case_everything": (
+        lambda p: _plain(p, "ARCHIVE", ("DATA.PKL", "VERSION")),
+        True,
+        "dangerous",
+    ),
+    "upper_case_record": (
+        lambda p: _plain(p, "archive", ("DATA.PKL", "version")),
+        True,
+        "dangerous",
+    ),
     "folder_with_spaces": (lambda p: _plain(p, "a b c"), True, "dangerous"),
     "dot_data_folder": (lambda p: _plain(p, ".data"), True, "dangerous"),
     "folder_named_data": (lambda p: _plain(p, "data"), True, "dangerous"),
@@ -278,11 +330,14 @@ def test_scan_verdict(name, built):
 def test_payloads_really_run_under_torch_load(built, tmp_path):
     """The cases marked live do run their payload in ``torch.load(weights_only=False)`` (one
     subprocess for all); the others do not."""
-    script = "import sys, torch\nfor p in sys.argv[1:]:\n    try:\n" \
-             "        torch.load(p, weights_only=False)\n    except Exception:\n        pass\n"
+    script = (
+        "import sys, torch\nfor p in sys.argv[1:]:\n    try:\n"
+        "        torch.load(p, weights_only=False)\n    except Exception:\n        pass\n"
+    )
     paths = [str(built[n][0]) for n in CASES]
-    subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, timeout=300,
-                   cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-c", script, *paths], capture_output=True, timeout=300, cwd=tmp_path
+    )
     ran = {n for n in CASES if built[n][1].exists()}
     expected = {n for n, (_b, runs, _v) in CASES.items() if runs}
     undecided = {n for n, (_b, runs, _v) in CASES.items() if runs is None}
@@ -329,8 +384,11 @@ class _Disagreeing:
             return [m for m in real(fp) if m.name != drop]
 
         monkeypatch.setattr(archives, "_miniz_members", fake)
-        monkeypatch.setattr(archives, "_zipfile_members",
-                            lambda fp: (_ for _ in ()).throw(archives.zipfile.BadZipFile("no")))
+        monkeypatch.setattr(
+            archives,
+            "_zipfile_members",
+            lambda fp: (_ for _ in ()).throw(archives.zipfile.BadZipFile("no")),
+        )
 
 
 def test_torch_sees_what_keishiki_does_not(built, monkeypatch):
@@ -345,8 +403,7 @@ def test_judged_through_torch_when_only_torch_reads_it(built, monkeypatch):
     _Disagreeing(monkeypatch, refuse=True)
     report = keishiki.scan(built["plain"][0])
     assert report.verdict == "dangerous"
-    assert any(f.member == "archive/data.pkl" and "system" in f.global_
-               for f in report.findings)
+    assert any(f.member == "archive/data.pkl" and "system" in f.global_ for f in report.findings)
 
 
 def test_without_torch_the_miniz_reader_still_decides(built, monkeypatch):
@@ -371,14 +428,18 @@ def test_scan_imports_torch_only_for_archives_torch_opens(kind, tmp_path):
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr("config.json", '{"class_name": "Sequential", "config": {}}')
             zf.writestr("metadata.json", "{}")
-    code = ("import sys, keishiki; r = keishiki.scan(sys.argv[1]); "
-            "print(r.verdict, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, timeout=120)
+    code = (
+        "import sys, keishiki; r = keishiki.scan(sys.argv[1]); "
+        "print(r.verdict, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
     assert out.stdout.split() == ["safe", "False"], out.stderr
 
 
 # ---- legacy torch tars (torch <= 0.1.10: tarfile, sys_info/pickle/storages/tensors) ---------
+
 
 def _v7_tar(members: dict[str, bytes]) -> bytes:
     """A tar without the ustar magic (v7), as Python's tarfile still reads it."""
@@ -390,19 +451,18 @@ def _v7_tar(members: dict[str, bytes]) -> bytes:
             tf.addfile(info, io.BytesIO(data))
     raw = bytearray(buf.getvalue())
     pos = 0
-    while pos + 512 <= len(raw) and raw[pos:pos + 1] != b"\0":
-        size = int(raw[pos + 124:pos + 136].rstrip(b"\0 ") or b"0", 8)
-        raw[pos + 257:pos + 265] = b"\0" * 8
-        raw[pos + 148:pos + 156] = b" " * 8
-        raw[pos + 148:pos + 156] = b"%06o\0 " % sum(raw[pos:pos + 512])
+    while pos + 512 <= len(raw) and raw[pos : pos + 1] != b"\0":
+        size = int(raw[pos + 124 : pos + 136].rstrip(b"\0 ") or b"0", 8)
+        raw[pos + 257 : pos + 265] = b"\0" * 8
+        raw[pos + 148 : pos + 156] = b" " * 8
+        raw[pos + 148 : pos + 156] = b"%06o\0 " % sum(raw[pos : pos + 512])
         pos += 512 + (size + 511) // 512 * 512
     return bytes(raw)
 
 
 @pytest.mark.parametrize("member", ["pickle", "sys_info", "storages", "tensors"])
 def test_legacy_v7_tar_members_are_scanned(member, tmp_path):
-    parts = {n: pickle.dumps([], protocol=2) for n in ("sys_info", "pickle", "storages",
-                                                       "tensors")}
+    parts = {n: pickle.dumps([], protocol=2) for n in ("sys_info", "pickle", "storages", "tensors")}
     parts[member] = evil(tmp_path / "never")
     data = _v7_tar(parts)
     assert data[257:262] != b"ustar"
@@ -422,9 +482,17 @@ def test_torch_still_reads_v7_tars(tmp_path):
     path = tmp_path / "old.pt"
     path.write_bytes(_v7_tar(parts))
     assert keishiki.scan(path).verdict == "dangerous"
-    subprocess.run([sys.executable, "-c", "import sys, torch; "
-                    "torch.load(sys.argv[1], weights_only=False)", str(path)],
-                   capture_output=True, timeout=120, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, torch; torch.load(sys.argv[1], weights_only=False)",
+            str(path),
+        ],
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert marker.exists()
 
 
@@ -446,10 +514,11 @@ def _mutants(n: int, seed: int = 7):
             if op < 0.6:
                 d[i] = rnd.randrange(256)
             elif op < 0.8:
-                d[i:i + 4] = struct.pack("<I", rnd.choice([0, 1, 0xFFFF, 0xFFFFFFFF,
-                                                           rnd.randrange(len(d) + 1)]))
+                d[i : i + 4] = struct.pack(
+                    "<I", rnd.choice([0, 1, 0xFFFF, 0xFFFFFFFF, rnd.randrange(len(d) + 1)])
+                )
             else:
-                del d[i:i + rnd.randint(1, 8)]
+                del d[i : i + rnd.randint(1, 8)]
         yield bytes(d)
 
 
@@ -459,8 +528,10 @@ def test_miniz_listing_parity_on_mutants():
     checked = 0
     for data in _mutants(1500):
         try:
-            ours = sorted(e.name.split("/", 1)[-1].split("\0")[0]  # torch lists C strings
-                          for e in miniz.entries(io.BytesIO(data), len(data)))
+            ours = sorted(
+                e.name.split("/", 1)[-1].split("\0")[0]  # torch lists C strings
+                for e in miniz.entries(io.BytesIO(data), len(data))
+            )
         except miniz.MinizError:
             ours = None
         reader = _torch_reader(data)
@@ -489,8 +560,11 @@ def test_storage_holding_an_object_npy_is_read(tmp_path):
     buf = io.BytesIO()
     np.save(buf, np.array([_Touch(str(tmp_path / "never"))], dtype=object), allow_pickle=True)
     z = Z()
-    entries = [z.local("archive/data.pkl", BENIGN), z.local("archive/version", b"3\n"),
-               z.local("archive/data/0", buf.getvalue())]
+    entries = [
+        z.local("archive/data.pkl", BENIGN),
+        z.local("archive/version", b"3\n"),
+        z.local("archive/data/0", buf.getvalue()),
+    ]
     path = tmp_path / "x.pt"
     path.write_bytes(z.eocd(3, z.directory(entries)))
     assert keishiki.scan(path).verdict == "dangerous"
@@ -503,14 +577,15 @@ def test_two_sizes_for_one_stored_member_is_a_differential(tmp_path):
     reader shows the bytes differ."""
     data = bytearray(_plain(BENIGN))
     cd = data.find(b"PK\x01\x02")
-    data[cd + 12:cd + 14] = b"\x01\x00"                                  # file time
-    (compressed,) = struct.unpack("<I", data[cd + 20:cd + 24])
-    data[cd + 20:cd + 24] = struct.pack("<I", compressed + 8)          # 8 bytes more
+    data[cd + 12 : cd + 14] = b"\x01\x00"  # file time
+    (compressed,) = struct.unpack("<I", data[cd + 20 : cd + 24])
+    data[cd + 20 : cd + 24] = struct.pack("<I", compressed + 8)  # 8 bytes more
     path = tmp_path / "two_sizes.pt"
     path.write_bytes(bytes(data))
     reader = torch._C.PyTorchFileReader(str(path))
-    assert reader.get_record("data.pkl") == BENIGN                      # torch: the expanded size
+    assert reader.get_record("data.pkl") == BENIGN  # torch: the expanded size
     report = keishiki.scan(path)
     assert report.verdict == "dangerous"
-    assert any(f.opcode == "zip-differential" and "other bytes" in f.reason
-               for f in report.findings)
+    assert any(
+        f.opcode == "zip-differential" and "other bytes" in f.reason for f in report.findings
+    )

@@ -63,8 +63,11 @@ NPY_CASES = {
     "nested_object_field": (_hdr("[('a', [('x', '<i4'), ('y', '|O')])]"), 1, "object"),
     "subarray_object_field": (_hdr("[('a', '|O', (2,))]"), 1, "object"),
     "tuple_descr": (_hdr("('|O', (2,))"), 1, "object"),
-    "python2_long_shape": ("{'descr': '|O', 'fortran_order': False, 'shape': (1L,), }", 1,
-                           "object"),
+    "python2_long_shape": (
+        "{'descr': '|O', 'fortran_order': False, 'shape': (1L,), }",
+        1,
+        "object",
+    ),
     "version_2": (_hdr("'|O'"), 2, "object"),
     "version_3_utf8": (_hdr("'|O'") + "  # \u00e9", 3, "object"),
     "float": (_hdr("'<f4'"), 1, "plain"),
@@ -74,8 +77,7 @@ NPY_CASES = {
     "bytes_dtype": (_hdr("'|S3'"), 1, "plain"),
     "unknown_dtype": (_hdr("'Q9'"), 1, "refused"),
     "missing_key": ("{'descr': '|O', 'shape': (1,), }", 1, "refused"),
-    "extra_key": ("{'descr': '|O', 'fortran_order': False, 'shape': (1,), 'x': 1, }", 1,
-                  "refused"),
+    "extra_key": ("{'descr': '|O', 'fortran_order': False, 'shape': (1,), 'x': 1, }", 1, "refused"),
     "shape_not_tuple": (_hdr("'|O'", "[1]"), 1, "refused"),
     "not_a_literal": (_hdr("__import__('os')"), 1, "refused"),
     "not_a_dict": ("['|O']", 1, "refused"),
@@ -121,10 +123,16 @@ def test_npy_header_verdicts_match_numpy(name, npy_files):
 
 def test_object_headers_really_unpickle(npy_files, tmp_path):
     """Under np.load(allow_pickle=True) exactly the 'object' rows run their payload."""
-    script = ("import sys, numpy as np\nfor p in sys.argv[1:]:\n    try:\n"
-              "        np.load(p, allow_pickle=True)\n    except Exception:\n        pass\n")
-    subprocess.run([sys.executable, "-c", script, *(str(p) for p, _m in npy_files.values())],
-                   capture_output=True, timeout=120, cwd=tmp_path)
+    script = (
+        "import sys, numpy as np\nfor p in sys.argv[1:]:\n    try:\n"
+        "        np.load(p, allow_pickle=True)\n    except Exception:\n        pass\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, *(str(p) for p, _m in npy_files.values())],
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     ran = {n for n, (_p, m) in npy_files.items() if m.exists()}
     assert ran == {n for n, (_h, _v, k) in NPY_CASES.items() if k == "object"}
     for _p, m in npy_files.values():
@@ -153,9 +161,16 @@ def test_npy_that_is_really_a_pickle(suffix, tmp_path):
     path.write_bytes(data)
     report = keishiki.scan(path)
     assert report.verdict == "dangerous", [f.to_dict() for f in report.findings]
-    subprocess.run([sys.executable, "-c", "import sys, numpy as np; "
-                    "np.load(sys.argv[1], allow_pickle=True)", str(path)],
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, numpy as np; np.load(sys.argv[1], allow_pickle=True)",
+            str(path),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert marker.exists(), "numpy did not unpickle it: the test proves nothing"
 
 
@@ -171,45 +186,95 @@ def test_real_numpy_files_are_safe(tmp_path):
 
 # ---- Keras ---------------------------------------------------------------------------------
 
-def _layer(cls: str, config: dict | None = None, module: str = "keras.layers",
-           registered: str | None = None) -> dict:
-    return {"module": module, "class_name": cls, "config": {"name": cls.lower(), **(config or {})},
-            "registered_name": registered}
+
+def _layer(
+    cls: str,
+    config: dict | None = None,
+    module: str = "keras.layers",
+    registered: str | None = None,
+) -> dict:
+    return {
+        "module": module,
+        "class_name": cls,
+        "config": {"name": cls.lower(), **(config or {})},
+        "registered_name": registered,
+    }
 
 
-_LAMBDA = _layer("Lambda", {"function": {"class_name": "__lambda__", "config": {
-    "code": "4wEAAAAAAAAAAAAAAAEAAAAD", "defaults": None, "closure": None}}, "arguments": {}})
+_LAMBDA = _layer(
+    "Lambda",
+    {
+        "function": {
+            "class_name": "__lambda__",
+            "config": {"code": "4wEAAAAAAAAAAAAAAAEAAAAD", "defaults": None, "closure": None},
+        },
+        "arguments": {},
+    },
+)
 _INPUT = _layer("InputLayer", {"batch_shape": [None, 4], "dtype": "float32"})
 
 
 def _fn(module: str, name: str) -> dict:
     """Keras 3's serialization of a function object: imported from ``module`` by name."""
-    return {"module": module, "class_name": "function", "config": name,
-            "registered_name": "function"}
+    return {
+        "module": module,
+        "class_name": "function",
+        "config": name,
+        "registered_name": "function",
+    }
 
 
 def _dense(**config) -> dict:
-    base = {"units": 2, "activation": "relu", "kernel_initializer": {
-        "module": "keras.initializers", "class_name": "GlorotUniform", "config": {"seed": None},
-        "registered_name": None}, "kernel_regularizer": {
-        "module": "keras.regularizers", "class_name": "L2", "config": {"l2": 0.01},
-        "registered_name": None}}
+    base = {
+        "units": 2,
+        "activation": "relu",
+        "kernel_initializer": {
+            "module": "keras.initializers",
+            "class_name": "GlorotUniform",
+            "config": {"seed": None},
+            "registered_name": None,
+        },
+        "kernel_regularizer": {
+            "module": "keras.regularizers",
+            "class_name": "L2",
+            "config": {"l2": 0.01},
+            "registered_name": None,
+        },
+    }
     return _layer("Dense", {**base, **config})
 
 
 def _sequential(*layers) -> dict:
-    return {"module": "keras", "class_name": "Sequential", "config": {
-        "name": "seq", "trainable": True, "layers": [_INPUT, *layers]}, "registered_name": None,
-        "build_config": {"input_shape": [None, 4]}, "compile_config": {
-            "optimizer": {"module": "keras.optimizers", "class_name": "Adam",
-                          "config": {"learning_rate": 0.001}, "registered_name": None},
-            "loss": "mean_squared_error"}}
+    return {
+        "module": "keras",
+        "class_name": "Sequential",
+        "config": {"name": "seq", "trainable": True, "layers": [_INPUT, *layers]},
+        "registered_name": None,
+        "build_config": {"input_shape": [None, 4]},
+        "compile_config": {
+            "optimizer": {
+                "module": "keras.optimizers",
+                "class_name": "Adam",
+                "config": {"learning_rate": 0.001},
+                "registered_name": None,
+            },
+            "loss": "mean_squared_error",
+        },
+    }
 
 
 def _functional(*layers) -> dict:
-    return {"module": "keras.src.models.functional", "class_name": "Functional", "config": {
-        "name": "f", "layers": [_INPUT, *layers], "input_layers": [["input", 0, 0]],
-        "output_layers": [[layers[-1]["config"]["name"], 0, 0]]}, "registered_name": "Functional"}
+    return {
+        "module": "keras.src.models.functional",
+        "class_name": "Functional",
+        "config": {
+            "name": "f",
+            "layers": [_INPUT, *layers],
+            "input_layers": [["input", 0, 0]],
+            "output_layers": [[layers[-1]["config"]["name"], 0, 0]],
+        },
+        "registered_name": "Functional",
+    }
 
 
 # config.json of models saved by Keras 3.8 (Sequential: Dense+L2, Dropout, BatchNormalization,
@@ -328,89 +393,163 @@ REAL_FUNCTIONAL = json.loads(r"""
 def _with_lambda_in_submodel(config: dict) -> dict:
     """The real functional model with a Lambda appended to its nested Sequential."""
     config = json.loads(json.dumps(config))
-    sub = next(layer for layer in config["config"]["layers"]
-               if layer["class_name"] == "Sequential")
+    sub = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Sequential")
     sub["config"]["layers"].append(_LAMBDA)
     return config
 
 
 KERAS_CASES = {
     "lambda_layer": ("dangerous", _sequential(_LAMBDA)),
-    "lambda_in_nested_submodel": ("dangerous", _functional(_dense(), _sequential(_dense(),
-                                                                                 _LAMBDA))),
-    "lambda_in_wrapper": ("dangerous", _sequential(_layer("TimeDistributed",
-                                                          {"layer": _LAMBDA}))),
-    "lambda_registered_name_only": ("dangerous", _sequential(
-        {"class_name": "CustomName", "registered_name": "keras.layers>Lambda",
-         "config": {"name": "x"}})),
-    "keras2_function_type_lambda": ("dangerous", {"class_name": "Model", "config": {"layers": [
-        {"class_name": "MyMap", "config": {"name": "m", "function": ["4wEAAAA=", None, None],
-                                           "function_type": "lambda"}}]}}),
-    "serialized_function_object": ("dangerous", _sequential(_dense(activation={
-        "class_name": "__lambda__", "config": {"code": "4wEAAAA="}}))),
-    "module_os_system_activation": ("dangerous", _sequential(_dense(activation=_fn("os",
-                                                                                   "system")))),
-    "module_subprocess_top_level": ("dangerous", {"module": "subprocess", "class_name": "Popen",
-                                                  "config": {"args": ["true"]},
-                                                  "registered_name": None}),
-    "builtins_exec_function": ("dangerous", _sequential(_dense(activation=_fn("builtins",
-                                                                              "exec")))),
-    "enable_unsafe_deserialization": ("dangerous", _sequential(
-        _dense(activation=_fn("keras.config", "enable_unsafe_deserialization")), _LAMBDA)),
-    "enable_unsafe_deserialization_src": ("dangerous", _sequential(_dense(activation=_fn(
-        "keras.src.saving.serialization_lib", "enable_unsafe_deserialization")))),
+    "lambda_in_nested_submodel": (
+        "dangerous",
+        _functional(_dense(), _sequential(_dense(), _LAMBDA)),
+    ),
+    "lambda_in_wrapper": ("dangerous", _sequential(_layer("TimeDistributed", {"layer": _LAMBDA}))),
+    "lambda_registered_name_only": (
+        "dangerous",
+        _sequential(
+            {
+                "class_name": "CustomName",
+                "registered_name": "keras.layers>Lambda",
+                "config": {"name": "x"},
+            }
+        ),
+    ),
+    "keras2_function_type_lambda": (
+        "dangerous",
+        {
+            "class_name": "Model",
+            "config": {
+                "layers": [
+                    {
+                        "class_name": "MyMap",
+                        "config": {
+                            "name": "m",
+                            "function": ["4wEAAAA=", None, None],
+                            "function_type": "lambda",
+                        },
+                    }
+                ]
+            },
+        },
+    ),
+    "serialized_function_object": (
+        "dangerous",
+        _sequential(
+            _dense(activation={"class_name": "__lambda__", "config": {"code": "4wEAAAA="}})
+        ),
+    ),
+    "module_os_system_activation": (
+        "dangerous",
+        _sequential(_dense(activation=_fn("os", "system"))),
+    ),
+    "module_subprocess_top_level": (
+        "dangerous",
+        {
+            "module": "subprocess",
+            "class_name": "Popen",
+            "config": {"args": ["true"]},
+            "registered_name": None,
+        },
+    ),
+    "builtins_exec_function": (
+        "dangerous",
+        _sequential(_dense(activation=_fn("builtins", "exec"))),
+    ),
+    "enable_unsafe_deserialization": (
+        "dangerous",
+        _sequential(
+            _dense(activation=_fn("keras.config", "enable_unsafe_deserialization")), _LAMBDA
+        ),
+    ),
+    "enable_unsafe_deserialization_src": (
+        "dangerous",
+        _sequential(
+            _dense(
+                activation=_fn(
+                    "keras.src.saving.serialization_lib", "enable_unsafe_deserialization"
+                )
+            )
+        ),
+    ),
     "get_file": ("dangerous", _sequential(_dense(activation=_fn("keras.utils", "get_file")))),
-    "func_load": ("dangerous", _sequential(_dense(activation=_fn(
-        "keras.src.utils.python_utils", "func_load")))),
+    "func_load": (
+        "dangerous",
+        _sequential(_dense(activation=_fn("keras.src.utils.python_utils", "func_load"))),
+    ),
     "tfsm_layer": ("dangerous", _sequential(_layer("TFSMLayer", {"filepath": "/tmp/sm"}))),
-    "string_lookup_vocabulary_path": ("dangerous", _sequential(_layer(
-        "StringLookup", {"vocabulary": "/etc/passwd"}))),
-    "tf_op_lambda_write_file": ("dangerous", _sequential(
-        {"class_name": "TFOpLambda", "config": {"name": "w", "function": "io.write_file"}})),
+    "string_lookup_vocabulary_path": (
+        "dangerous",
+        _sequential(_layer("StringLookup", {"vocabulary": "/etc/passwd"})),
+    ),
+    "tf_op_lambda_write_file": (
+        "dangerous",
+        _sequential(
+            {"class_name": "TFOpLambda", "config": {"name": "w", "function": "io.write_file"}}
+        ),
+    ),
     "custom_module_layer": ("unknown", _sequential(_layer("MyLayer", module="my_pkg.layers"))),
-    "custom_registered_layer": ("unknown", _sequential(
-        {"class_name": "MyLayer", "registered_name": "my_pkg>MyLayer", "config": {}})),
+    "custom_registered_layer": (
+        "unknown",
+        _sequential({"class_name": "MyLayer", "registered_name": "my_pkg>MyLayer", "config": {}}),
+    ),
     "plain_model": ("safe", _sequential(_dense(), _dense(activation=_fn("builtins", "relu")))),
     "functional_model": ("safe", _functional(_dense(), _layer("Dropout", {"rate": 0.5}))),
-    "tf_op_lambda_math": ("safe", _sequential(
-        {"class_name": "TFOpLambda", "config": {"name": "a", "function": "math.add"}})),
-    "string_lookup_inline_vocabulary": ("safe", _sequential(_layer(
-        "StringLookup", {"vocabulary": ["a", "b"]}))),
+    "tf_op_lambda_math": (
+        "safe",
+        _sequential({"class_name": "TFOpLambda", "config": {"name": "a", "function": "math.add"}}),
+    ),
+    "string_lookup_inline_vocabulary": (
+        "safe",
+        _sequential(_layer("StringLookup", {"vocabulary": ["a", "b"]})),
+    ),
     "layer_merely_named_lambda": ("safe", _sequential(_dense(name="lambda"))),
     "keras_3_8_sequential": ("safe", REAL_SEQUENTIAL),
     "keras_3_8_functional": ("safe", REAL_FUNCTIONAL),
-    "keras_3_8_functional_lambda_in_submodel": ("dangerous",
-                                                _with_lambda_in_submodel(REAL_FUNCTIONAL)),
+    "keras_3_8_functional_lambda_in_submodel": (
+        "dangerous",
+        _with_lambda_in_submodel(REAL_FUNCTIONAL),
+    ),
 }
 
 
-def _keras_zip(path: Path, config: dict, members=("metadata.json", "model.weights.h5"),
-               config_name: str = "config.json") -> Path:
+def _keras_zip(
+    path: Path,
+    config: dict,
+    members=("metadata.json", "model.weights.h5"),
+    config_name: str = "config.json",
+) -> Path:
     with zipfile.ZipFile(path, "w") as zf:  # the members Keras 3's saving_lib writes
         zf.writestr(config_name, json.dumps(config))
         if "metadata.json" in members:
-            zf.writestr("metadata.json", json.dumps({"keras_version": "3.12.0",
-                                                     "date_saved": "2026-01-01@00:00:00"}))
+            zf.writestr(
+                "metadata.json",
+                json.dumps({"keras_version": "3.12.0", "date_saved": "2026-01-01@00:00:00"}),
+            )
         if "model.weights.h5" in members:
             zf.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
     return path
 
 
 @pytest.mark.parametrize("name", KERAS_CASES)
-@pytest.mark.parametrize("members", [("metadata.json", "model.weights.h5"), ()],
-                         ids=["full", "config_only"])
+@pytest.mark.parametrize(
+    "members", [("metadata.json", "model.weights.h5"), ()], ids=["full", "config_only"]
+)
 def test_keras_config_verdicts(name, members, tmp_path):
     expected, config = KERAS_CASES[name]
     path = _keras_zip(tmp_path / "m.keras", config, members)
     report = keishiki.scan(path)
     assert report.verdict == expected, [f.to_dict() for f in report.findings]
     if expected != "safe":
-        assert any(f.member == "config.json" and f.opcode == "keras-config"
-                   for f in report.findings)
+        assert any(
+            f.member == "config.json" and f.opcode == "keras-config" for f in report.findings
+        )
 
 
-@pytest.mark.parametrize("name", ["lambda_layer", "module_os_system_activation",
-                                  "enable_unsafe_deserialization", "plain_model"])
+@pytest.mark.parametrize(
+    "name",
+    ["lambda_layer", "module_os_system_activation", "enable_unsafe_deserialization", "plain_model"],
+)
 def test_keras_h5_model_config(name, tmp_path):
     h5py = pytest.importorskip("h5py")
     path = tmp_path / "m.h5"
@@ -421,8 +560,9 @@ def test_keras_h5_model_config(name, tmp_path):
 
 
 def test_upper_case_config_name_is_judged(tmp_path):
-    path = _keras_zip(tmp_path / "m.keras", KERAS_CASES["lambda_layer"][1], (),
-                      config_name="CONFIG.JSON")
+    path = _keras_zip(
+        tmp_path / "m.keras", KERAS_CASES["lambda_layer"][1], (), config_name="CONFIG.JSON"
+    )
     assert keishiki.scan(path).verdict == "dangerous"
 
 
@@ -438,8 +578,9 @@ def test_keras_h5_training_config_is_judged(tmp_path):
     path = tmp_path / "m.h5"
     with h5py.File(path, "w") as fh:
         fh.attrs["model_config"] = json.dumps(KERAS_CASES["plain_model"][1])
-        fh.attrs["training_config"] = json.dumps({"loss": _fn("os", "system"),
-                                                  "optimizer_config": {"class_name": "Adam"}})
+        fh.attrs["training_config"] = json.dumps(
+            {"loss": _fn("os", "system"), "optimizer_config": {"class_name": "Adam"}}
+        )
     report = keishiki.scan(path)
     assert report.verdict == "dangerous"
     assert any(f.global_ == "os.system" for f in report.findings)
@@ -466,15 +607,27 @@ def test_npz_with_a_pickle_in_front_of_the_zip(tmp_path):
     path.write_bytes(pickle.dumps(_Touch(str(marker)), protocol=4)[2:] + buf.getvalue())
     assert zipfile.ZipFile(path).namelist() == ["w.npy"]
     assert keishiki.scan(path).verdict == "dangerous"
-    subprocess.run([sys.executable, "-c", "import sys, numpy as np; "
-                    "np.load(sys.argv[1], allow_pickle=True)", str(path)],
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, numpy as np; np.load(sys.argv[1], allow_pickle=True)",
+            str(path),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert marker.exists()
 
 
-@pytest.mark.parametrize("name,expected", [("lambda_layer", "dangerous"),
-                                           ("keras2_function_type_lambda", "dangerous"),
-                                           ("keras_3_8_sequential", "safe")])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("lambda_layer", "dangerous"),
+        ("keras2_function_type_lambda", "dangerous"),
+        ("keras_3_8_sequential", "safe"),
+    ],
+)
 def test_keras_h5_without_h5py_falls_back_to_the_bytes(name, expected, tmp_path, monkeypatch):
     """Without h5py the attribute text is searched in the file's bytes, any JSON spacing."""
     h5py = pytest.importorskip("h5py")
@@ -485,12 +638,15 @@ def test_keras_h5_without_h5py_falls_back_to_the_bytes(name, expected, tmp_path,
     assert keishiki.scan(path).verdict == expected
 
 
-@pytest.mark.parametrize("how, where, verdict", [
-    ("external_link", "inside", "safe"),
-    ("external_link", "outside", "dangerous"),
-    ("external_storage", "outside", "dangerous"),
-    ("virtual_source", "outside", "dangerous"),
-])
+@pytest.mark.parametrize(
+    "how, where, verdict",
+    [
+        ("external_link", "inside", "safe"),
+        ("external_link", "outside", "dangerous"),
+        ("external_storage", "outside", "dangerous"),
+        ("virtual_source", "outside", "dangerous"),
+    ],
+)
 def test_hdf5_references_are_judged_by_the_path_gate(tmp_path, how, where, verdict):
     """h5py follows external links, external storage and virtual-dataset sources when Keras
     reads a weight: like ONNX external data, a reference out of the folder is dangerous."""
@@ -505,8 +661,9 @@ def test_hdf5_references_are_judged_by_the_path_gate(tmp_path, how, where, verdi
     path = folder / "weights.h5"
     with h5py.File(path, "w") as f:
         if how == "external_link":
-            f["kernel"] = h5py.ExternalLink(str(other) if where == "outside" else "other.h5",
-                                            "/kernel")
+            f["kernel"] = h5py.ExternalLink(
+                str(other) if where == "outside" else "other.h5", "/kernel"
+            )
         elif how == "external_storage":
             f.create_dataset("kernel", shape=(2, 2), dtype="<f4", external=[(str(raw), 0, 16)])
         else:

@@ -21,87 +21,111 @@ pytest.importorskip("jinja2")
 
 # ---- public chat templates (as published in the models' tokenizer_config.json) --------------
 
-LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-          "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] "
-          "| trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content "
-          "%}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
-          "'<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+LLAMA3 = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] "
+    "| trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content "
+    "%}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 LLAMA31_TOOLS = (
     "{{- bos_token }}\n{%- if custom_tools is defined %}\n    {%- set tools = custom_tools %}\n"
     "{%- endif %}\n{%- if not tools_in_user_message is defined %}\n    {%- set "
     "tools_in_user_message = true %}\n{%- endif %}\n{%- if not date_string is defined %}\n"
     "    {%- set date_string = \"26 Jul 2024\" %}\n{%- endif %}\n{%- if messages[0]['role'] == "
     "'system' %}\n    {%- set system_message = messages[0]['content']|trim %}\n    {%- set "
-    "messages = messages[1:] %}\n{%- else %}\n    {%- set system_message = \"\" %}\n{%- endif %}"
-    "\n{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n{%- if builtin_tools is "
-    "defined or tools is not none %}\n    {{- \"Environment: ipython\\n\" }}\n{%- endif %}\n"
+    'messages = messages[1:] %}\n{%- else %}\n    {%- set system_message = "" %}\n{%- endif %}'
+    '\n{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}\n{%- if builtin_tools is '
+    'defined or tools is not none %}\n    {{- "Environment: ipython\\n" }}\n{%- endif %}\n'
     "{%- if builtin_tools is defined %}\n    {{- \"Tools: \" + builtin_tools | reject('equalto', "
-    "'code_interpreter') | join(\", \") + \"\\n\\n\"}}\n{%- endif %}\n{{- \"Today Date: \" + "
-    "date_string + \"\\n\\n\" }}\n{%- if tools is not none and not tools_in_user_message %}\n"
-    "    {%- for t in tools %}\n        {{- t | tojson(indent=4) }}\n        {{- \"\\n\\n\" }}\n"
-    "    {%- endfor %}\n{%- endif %}\n{{- system_message }}\n{{- \"<|eot_id|>\" }}\n"
+    '\'code_interpreter\') | join(", ") + "\\n\\n"}}\n{%- endif %}\n{{- "Today Date: " + '
+    'date_string + "\\n\\n" }}\n{%- if tools is not none and not tools_in_user_message %}\n'
+    '    {%- for t in tools %}\n        {{- t | tojson(indent=4) }}\n        {{- "\\n\\n" }}\n'
+    '    {%- endfor %}\n{%- endif %}\n{{- system_message }}\n{{- "<|eot_id|>" }}\n'
     "{%- for message in messages %}\n    {%- if not (message.role == 'ipython' or message.role "
     "== 'tool' or 'tool_calls' in message) %}\n        {{- '<|start_header_id|>' + "
     "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}\n"
     "    {%- elif 'tool_calls' in message %}\n        {%- set tool_call = "
     "message.tool_calls[0].function %}\n        {{- '{\"name\": \"' + tool_call.name + '\", ' }}"
     "\n        {{- '\"parameters\": ' }}\n        {{- tool_call.arguments | tojson }}\n"
-    "        {{- \"}\" }}\n        {{- \"<|eot_id|>\" }}\n    {%- endif %}\n{%- endfor %}\n"
+    '        {{- "}" }}\n        {{- "<|eot_id|>" }}\n    {%- endif %}\n{%- endfor %}\n'
     "{%- if add_generation_prompt %}\n    {{- '<|start_header_id|>assistant<|end_header_id|>"
-    "\\n\\n' }}\n{%- endif %}\n")
-MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
-           "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
-           "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
-           "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
-           "'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only "
-           "user and assistant roles are supported!') }}{% endif %}{% endfor %}")
-QWEN2 = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-         "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-         "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "\\n\\n' }}\n{%- endif %}\n"
+)
+MISTRAL = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+    "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+    "'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only "
+    "user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+QWEN2 = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 QWEN25_TOOLS = (
     "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == "
     "'system' %}\n        {{- messages[0]['content'] }}\n    {%- endif %}\n    {%- for tool in "
-    "tools %}\n        {{- \"\\n\" }}\n        {{- tool | tojson }}\n    {%- endfor %}\n"
-    "{%- endif %}\n{%- for message in messages %}\n    {%- if (message.role == \"user\") or "
-    "(message.role == \"system\" and not loop.first) or (message.role == \"assistant\" and not "
+    'tools %}\n        {{- "\\n" }}\n        {{- tool | tojson }}\n    {%- endfor %}\n'
+    '{%- endif %}\n{%- for message in messages %}\n    {%- if (message.role == "user") or '
+    '(message.role == "system" and not loop.first) or (message.role == "assistant" and not '
     "message.tool_calls) %}\n        {{- '<|im_start|>' + message.role + '\\n' + "
     "message.content + '<|im_end|>' + '\\n' }}\n    {%- elif message.role == \"assistant\" %}\n"
     "        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function "
     "is defined %}\n                {%- set tool_call = tool_call.function %}\n            "
     "{%- endif %}\n            {{- tool_call.name }}\n            {{- tool_call.arguments | "
-    "tojson }}\n        {%- endfor %}\n    {%- elif message.role == \"tool\" %}\n        {%- if "
-    "(loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n            {{- "
+    'tojson }}\n        {%- endfor %}\n    {%- elif message.role == "tool" %}\n        {%- if '
+    '(loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n            {{- '
     "'<|im_start|>user' }}\n        {%- endif %}\n        {{- message.content }}\n        "
-    "{%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n            {{- "
+    '{%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n            {{- '
     "'<|im_end|>\\n' }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n{%- if "
-    "add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n")
-GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role "
-         "not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == "
-         "'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must "
-         "alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == "
-         "'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
-         "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + "
-         "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'"
-         "}}{% endif %}")
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-          "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-          "{{ '<|im_start|>assistant\n' }}{% endif %}")
-PHI3 = ("{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + "
-        "message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + "
-        "message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
-        "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}"
-        "{% endif %}")
-DEEPSEEK_NS = ("{% set ns = namespace(is_first=false, system_prompt='') %}{%- for message in "
-               "messages %}{%- if message['role'] == 'system' %}{% set ns.system_prompt = "
-               "message['content'] %}{%- endif %}{%- endfor %}{{ bos_token }}{{ ns.system_prompt }}"
-               "{%- for message in messages %}{%- if message['role'] == 'user' %}{{ '<｜User｜>' + "
-               "message['content'] }}{%- endif %}{%- endfor %}")
+    "add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
+)
+GEMMA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role "
+    "not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == "
+    "'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must "
+    "alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == "
+    "'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + "
+    "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'"
+    "}}{% endif %}"
+)
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+PHI3 = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + "
+    "message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + "
+    "message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}"
+    "{% endif %}"
+)
+DEEPSEEK_NS = (
+    "{% set ns = namespace(is_first=false, system_prompt='') %}{%- for message in "
+    "messages %}{%- if message['role'] == 'system' %}{% set ns.system_prompt = "
+    "message['content'] %}{%- endif %}{%- endfor %}{{ bos_token }}{{ ns.system_prompt }}"
+    "{%- for message in messages %}{%- if message['role'] == 'user' %}{{ '<｜User｜>' + "
+    "message['content'] }}{%- endif %}{%- endfor %}"
+)
 
-PUBLIC = {"llama3": LLAMA3, "llama31_tools": LLAMA31_TOOLS, "mistral": MISTRAL, "qwen2": QWEN2,
-          "qwen25_tools": QWEN25_TOOLS, "gemma": GEMMA, "chatml": CHATML, "phi3": PHI3,
-          "deepseek_namespace": DEEPSEEK_NS}
+PUBLIC = {
+    "llama3": LLAMA3,
+    "llama31_tools": LLAMA31_TOOLS,
+    "mistral": MISTRAL,
+    "qwen2": QWEN2,
+    "qwen25_tools": QWEN25_TOOLS,
+    "gemma": GEMMA,
+    "chatml": CHATML,
+    "phi3": PHI3,
+    "deepseek_namespace": DEEPSEEK_NS,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLIC))
@@ -119,7 +143,11 @@ def test_public_templates_render_in_the_sandbox(name):
     env.globals["raise_exception"] = lambda m: (_ for _ in ()).throw(ValueError(m))
     text = env.from_string(PUBLIC[name]).render(
         messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-        bos_token="<s>", eos_token="</s>", add_generation_prompt=True, tools=None)
+        bos_token="<s>",
+        eos_token="</s>",
+        add_generation_prompt=True,
+        tools=None,
+    )
     assert "hi" in text
 
 
@@ -176,6 +204,7 @@ def test_an_escape_runs_unsandboxed_and_keishiki_refuses_it(tmp_path, tiny_llama
 
 # ---- model folders ------------------------------------------------------------------------
 
+
 def _folder(root: Path, **files) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name, value in files.items():
@@ -187,15 +216,23 @@ def _folder(root: Path, **files) -> Path:
 def test_folder_names_auto_map_python_files_and_bad_templates(tmp_path):
     folder = _folder(
         tmp_path / "m",
-        config__json={"model_type": "llama", "auto_map": {
-            "AutoConfig": "configuration_x.XConfig",
-            "AutoModelForCausalLM": "other/repo--modeling_x.XModel"}},
-        tokenizer_config__json={"auto_map": {"AutoTokenizer": ["tok_x.XTok", None]},
-                                "chat_template": [{"name": "default", "template": CHATML},
-                                                  {"name": "tool_use",
-                                                   "template": "{{ x.__class__ }}"}]},
+        config__json={
+            "model_type": "llama",
+            "auto_map": {
+                "AutoConfig": "configuration_x.XConfig",
+                "AutoModelForCausalLM": "other/repo--modeling_x.XModel",
+            },
+        },
+        tokenizer_config__json={
+            "auto_map": {"AutoTokenizer": ["tok_x.XTok", None]},
+            "chat_template": [
+                {"name": "default", "template": CHATML},
+                {"name": "tool_use", "template": "{{ x.__class__ }}"},
+            ],
+        },
         modeling_x__py="print('hi')\n",
-        chat_template__jinja=LLAMA3)
+        chat_template__jinja=LLAMA3,
+    )
     found = {(Path(f.file).name, f.severity, f.global_) for f in folder_findings(folder)}
     assert found == {
         ("config.json", "unknown", "auto_map.AutoConfig"),
@@ -220,16 +257,22 @@ def test_python_files_count_only_beside_a_model(tmp_path):
     assert [f.global_ for f in folder_findings(scripts)] == ["build.py"]
 
 
-@pytest.mark.parametrize("name,content,subject", [
-    ("chat_template.jinja", "{{ lipsum.__globals__ }}", ".__globals__"),
-    ("tool_use.jinja", "{{ x['_y'] }}", "['_y']"),
-    ("chat_template.json", {"chat_template": "{{ x|attr('__dict__') }}"}, "|attr('__dict__')"),
-    ("tokenizer_config.json", {"chat_template": "{% if %}"}, "unparseable-template"),
-    ("processor_config.json", {"auto_map": {"AutoProcessor": "proc.P"}},
-     "auto_map.AutoProcessor"),
-    ("config.json", {"custom_pipelines": {"x": {"impl": "pipe.X"}}}, "custom_pipelines.x"),
-    ("processor_config.json", {"chat_template": "{{ x._y }}"}, "._y"),
-])
+@pytest.mark.parametrize(
+    "name,content,subject",
+    [
+        ("chat_template.jinja", "{{ lipsum.__globals__ }}", ".__globals__"),
+        ("tool_use.jinja", "{{ x['_y'] }}", "['_y']"),
+        ("chat_template.json", {"chat_template": "{{ x|attr('__dict__') }}"}, "|attr('__dict__')"),
+        ("tokenizer_config.json", {"chat_template": "{% if %}"}, "unparseable-template"),
+        (
+            "processor_config.json",
+            {"auto_map": {"AutoProcessor": "proc.P"}},
+            "auto_map.AutoProcessor",
+        ),
+        ("config.json", {"custom_pipelines": {"x": {"impl": "pipe.X"}}}, "custom_pipelines.x"),
+        ("processor_config.json", {"chat_template": "{{ x._y }}"}, "._y"),
+    ],
+)
 def test_each_file_kind(tmp_path, name, content, subject):
     folder = _folder(tmp_path / "m", **{name.replace(".", "__"): content})
     (finding,) = file_findings(folder / name)
@@ -253,16 +296,29 @@ def test_auto_map_code_runs_under_trust_remote_code(tmp_path):
     """Why auto_map is named: transformers imports the folder's code (marker appears)."""
     pytest.importorskip("transformers")
     marker = tmp_path / "PWNED"
-    folder = _folder(tmp_path / "m", config__json={
-        "model_type": "llama", "auto_map": {"AutoConfig": "configuration_x.XConfig"}},
-        configuration_x__py=(f"open({str(marker)!r}, 'w').close()\n"
-                             "from transformers import LlamaConfig\n\n\n"
-                             "class XConfig(LlamaConfig):\n    model_type = 'llama'\n"))
+    folder = _folder(
+        tmp_path / "m",
+        config__json={"model_type": "llama", "auto_map": {"AutoConfig": "configuration_x.XConfig"}},
+        configuration_x__py=(
+            f"open({str(marker)!r}, 'w').close()\n"
+            "from transformers import LlamaConfig\n\n\n"
+            "class XConfig(LlamaConfig):\n    model_type = 'llama'\n"
+        ),
+    )
     assert any(f.global_ == "auto_map.AutoConfig" for f in keishiki.scan(folder).findings)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    subprocess.run([sys.executable, "-c", "import sys, transformers; transformers.AutoConfig"
-                    ".from_pretrained(sys.argv[1], trust_remote_code=True)", str(folder)],
-                   env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, transformers; transformers.AutoConfig"
+            ".from_pretrained(sys.argv[1], trust_remote_code=True)",
+            str(folder),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert marker.exists()
 
 
@@ -273,8 +329,10 @@ def test_gguf_chat_templates(tmp_path):
     assert gguf_findings({"tokenizer.chat_template": LLAMA3, "general.name": "x"}) == []
     found = gguf_findings({"tokenizer.chat_template.tool_use": "{{ x.__class__ }}"})
     assert [(s, g) for s, g, _ in found] == [("unknown", ".__class__")]
-    for name, template, verdict in (("good", QWEN2, "safe"),
-                                    ("bad", "{{ cycler.__init__.__globals__ }}", "unknown")):
+    for name, template, verdict in (
+        ("good", QWEN2, "safe"),
+        ("bad", "{{ cycler.__init__.__globals__ }}", "unknown"),
+    ):
         path = tmp_path / f"{name}.gguf"
         writer = gguf.GGUFWriter(str(path), "llama")
         writer.add_chat_template(template)

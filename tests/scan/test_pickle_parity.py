@@ -41,8 +41,10 @@ LOADERS = {
     "pickle2": "import pickle; f = open(P, 'rb'); pickle.load(f); pickle.load(f)",
     "torch": "import torch; torch.load(P, weights_only=False)",
     "joblib": "import joblib; joblib.load(P)",
-    "ext": ("import copyreg, pickle; copyreg.add_extension('os', 'system', 0x7a); "
-            "pickle.load(open(P, 'rb'))"),
+    "ext": (
+        "import copyreg, pickle; copyreg.add_extension('os', 'system', 0x7a); "
+        "pickle.load(open(P, 'rb'))"
+    ),
 }
 
 
@@ -61,8 +63,18 @@ def _runs(path: Path, loader: str, marker: Path) -> bool:
 
 def _getattr_chain(m: Path) -> bytes:
     # builtins.getattr(importlib.import_module('os'), 'system')(cmd)
-    return (P4 + sg("builtins", "getattr") + sg("importlib", "import_module") + u("os")
-            + b"\x85R" + u("system") + b"\x86R" + u(_cmd(m)) + b"\x85R" + STOP)
+    return (
+        P4
+        + sg("builtins", "getattr")
+        + sg("importlib", "import_module")
+        + u("os")
+        + b"\x85R"
+        + u("system")
+        + b"\x86R"
+        + u(_cmd(m))
+        + b"\x85R"
+        + STOP
+    )
 
 
 def _os_module() -> bytes:
@@ -70,8 +82,13 @@ def _os_module() -> bytes:
 
 
 def _legacy(sys_info: bytes, keys: bytes = b"") -> bytes:
-    return (pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2) + sys_info
-            + pickle.dumps({}, protocol=2) + (keys or pickle.dumps([], protocol=2)))
+    return (
+        pickle.dumps(LEGACY_MAGIC, protocol=2)
+        + pickle.dumps(1001, protocol=2)
+        + sys_info
+        + pickle.dumps({}, protocol=2)
+        + (keys or pickle.dumps([], protocol=2))
+    )
 
 
 def _torch_zip_bytes() -> bytes:
@@ -96,7 +113,7 @@ def _joblib_with_opcode_array(m: Path) -> bytes:
     key = data.index(b"X\x1b\x00\x00\x00numpy_array_alignment_bytes")
     build = data.index(b"ub", key)
     pad = build + 2
-    return data[:key] + data[build:pad] + data[pad + 1 + data[pad]:]
+    return data[:key] + data[build:pad] + data[pad + 1 + data[pad] :]
 
 
 def _joblib_object_array(m: Path) -> bytes:
@@ -116,86 +133,243 @@ def _frame_first(m: Path) -> bytes:
 
 
 CASES = {
-    "p0_global_builtin_eval": (lambda m: call(g0("__builtin__", "eval"), s0(_code(m))) + STOP,
-                               "a.pkl", "builtins.eval", "pickle"),
-    "p0_global_builtins_exec": (lambda m: call(g0("builtins", "exec"), s0(_code(m))) + STOP,
-                                "a.pkl", "builtins.exec", "pickle"),
+    "p0_global_builtin_eval": (
+        lambda m: call(g0("__builtin__", "eval"), s0(_code(m))) + STOP,
+        "a.pkl",
+        "builtins.eval",
+        "pickle",
+    ),
+    "p0_global_builtins_exec": (
+        lambda m: call(g0("builtins", "exec"), s0(_code(m))) + STOP,
+        "a.pkl",
+        "builtins.exec",
+        "pickle",
+    ),
     "stack_global_memo_binget": (
-        lambda m: P4 + u("os") + b"q\x00" + b"0" + u("system") + b"q\x01" + b"0"
-        + b"h\x00h\x01\x93" + u(_cmd(m)) + b"\x85R" + STOP, "a.pkl", "os.system", "pickle"),
+        lambda m: (
+            P4
+            + u("os")
+            + b"q\x00"
+            + b"0"
+            + u("system")
+            + b"q\x01"
+            + b"0"
+            + b"h\x00h\x01\x93"
+            + u(_cmd(m))
+            + b"\x85R"
+            + STOP
+        ),
+        "a.pkl",
+        "os.system",
+        "pickle",
+    ),
     "stack_global_memoize_dup": (
-        lambda m: P4 + u("system") + b"\x94" + b"0" + u("os") + b"2" + b"0" + b"h\x00\x93"
-        + u(_cmd(m)) + b"\x85R" + STOP, "a.pkl", "os.system", "pickle"),
+        lambda m: (
+            P4
+            + u("system")
+            + b"\x94"
+            + b"0"
+            + u("os")
+            + b"2"
+            + b"0"
+            + b"h\x00\x93"
+            + u(_cmd(m))
+            + b"\x85R"
+            + STOP
+        ),
+        "a.pkl",
+        "os.system",
+        "pickle",
+    ),
     "stack_global_computed_by_safe_call": (
         # builtins.str(b'os', 'ascii') is a safe call, yet its result names the module
-        lambda m: P4 + sg("builtins", "str") + b"C\x02os" + u("ascii") + b"\x86R"
-        + u("system") + b"\x93" + u(_cmd(m)) + b"\x85R" + STOP,
-        "a.pkl", "<dynamic>", "pickle"),
-    "inst_os_system": (lambda m: b"(" + s0(_cmd(m)) + b"ios\nsystem\n" + STOP,
-                       "a.pkl", "os.system", "pickle"),
-    "obj_os_system": (lambda m: b"(" + g0("os", "system") + s0(_cmd(m)) + b"o" + STOP,
-                      "a.pkl", "os.system", "pickle"),
-    "ext1_registered_in_loader": (lambda m: b"\x80\x02\x82\x7a" + u(_cmd(m)) + b"\x85R" + STOP,
-                                  "a.pkl", "copyreg.extension.122", "ext"),
+        lambda m: (
+            P4
+            + sg("builtins", "str")
+            + b"C\x02os"
+            + u("ascii")
+            + b"\x86R"
+            + u("system")
+            + b"\x93"
+            + u(_cmd(m))
+            + b"\x85R"
+            + STOP
+        ),
+        "a.pkl",
+        "<dynamic>",
+        "pickle",
+    ),
+    "inst_os_system": (
+        lambda m: b"(" + s0(_cmd(m)) + b"ios\nsystem\n" + STOP,
+        "a.pkl",
+        "os.system",
+        "pickle",
+    ),
+    "obj_os_system": (
+        lambda m: b"(" + g0("os", "system") + s0(_cmd(m)) + b"o" + STOP,
+        "a.pkl",
+        "os.system",
+        "pickle",
+    ),
+    "ext1_registered_in_loader": (
+        lambda m: b"\x80\x02\x82\x7a" + u(_cmd(m)) + b"\x85R" + STOP,
+        "a.pkl",
+        "copyreg.extension.122",
+        "ext",
+    ),
     "getattr_import_module_chain": (_getattr_chain, "a.pkl", "builtins.getattr", "pickle"),
     "operator_attrgetter": (
-        lambda m: P4 + sg("operator", "attrgetter") + u("system") + b"\x85R" + _os_module()
-        + b"\x85R" + u(_cmd(m)) + b"\x85R" + STOP, "a.pkl", "operator.attrgetter", "pickle"),
+        lambda m: (
+            P4
+            + sg("operator", "attrgetter")
+            + u("system")
+            + b"\x85R"
+            + _os_module()
+            + b"\x85R"
+            + u(_cmd(m))
+            + b"\x85R"
+            + STOP
+        ),
+        "a.pkl",
+        "operator.attrgetter",
+        "pickle",
+    ),
     "operator_methodcaller": (
-        lambda m: P4 + sg("operator", "methodcaller") + u("system") + u(_cmd(m)) + b"\x86R"
-        + _os_module() + b"\x85R" + STOP, "a.pkl", "operator.methodcaller", "pickle"),
+        lambda m: (
+            P4
+            + sg("operator", "methodcaller")
+            + u("system")
+            + u(_cmd(m))
+            + b"\x86R"
+            + _os_module()
+            + b"\x85R"
+            + STOP
+        ),
+        "a.pkl",
+        "operator.methodcaller",
+        "pickle",
+    ),
     "functools_partial": (
-        lambda m: P4 + sg("functools", "partial") + sg("os", "system") + u(_cmd(m)) + b"\x86R"
-        + b")R" + STOP, "a.pkl", "functools.partial", "pickle"),
+        lambda m: (
+            P4
+            + sg("functools", "partial")
+            + sg("os", "system")
+            + u(_cmd(m))
+            + b"\x86R"
+            + b")R"
+            + STOP
+        ),
+        "a.pkl",
+        "functools.partial",
+        "pickle",
+    ),
     "torch_load_from_bytes_nested": (
-        lambda m: b"\x80\x02" + g0("torch.storage", "_load_from_bytes")
-        + b"C" + bytes([len(p := pickle.dumps(Reduce(os.system, (_cmd(m),)), protocol=2))]) + p
-        + b"\x85R" + STOP, "a.pt", "torch.storage._load_from_bytes", "torch"),
+        lambda m: (
+            b"\x80\x02"
+            + g0("torch.storage", "_load_from_bytes")
+            + b"C"
+            + bytes([len(p := pickle.dumps(Reduce(os.system, (_cmd(m),)), protocol=2))])
+            + p
+            + b"\x85R"
+            + STOP
+        ),
+        "a.pt",
+        "torch.storage._load_from_bytes",
+        "torch",
+    ),
     "py2_name_only_after_mapping": (
         lambda m: b"\x80\x02" + g0("commands", "getoutput") + u(_cmd(m)) + b"\x85R" + STOP,
-        "a.pkl", "subprocess.getoutput", "pickle"),
+        "a.pkl",
+        "subprocess.getoutput",
+        "pickle",
+    ),
     "py2_stack_global_after_mapping": (
         lambda m: b"\x80\x02" + sg("commands", "getoutput") + u(_cmd(m)) + b"\x85R" + STOP,
-        "a.pkl", "subprocess.getoutput", "pickle"),
+        "a.pkl",
+        "subprocess.getoutput",
+        "pickle",
+    ),
     "second_stream_after_benign_stop": (
-        lambda m: pickle.dumps({"w": [1.0]}, protocol=4)
-        + pickle.dumps(Reduce(os.system, (_cmd(m),)), protocol=4), "a.pkl", "posix.system",
-        "pickle2"),
+        lambda m: (
+            pickle.dumps({"w": [1.0]}, protocol=4)
+            + pickle.dumps(Reduce(os.system, (_cmd(m),)), protocol=4)
+        ),
+        "a.pkl",
+        "posix.system",
+        "pickle2",
+    ),
     "legacy_payload_in_sys_info": (
         lambda m: _legacy(pickle.dumps(Reduce(os.system, (_cmd(m),)), protocol=2)),
-        "a.pt", "posix.system", "torch"),
+        "a.pt",
+        "posix.system",
+        "torch",
+    ),
     "legacy_payload_in_storage_keys": (
-        lambda m: _legacy(pickle.dumps({"little_endian": True}, protocol=2),
-                          pickle.dumps([Reduce(os.system, (_cmd(m),))], protocol=2)),
-        "a.pt", "posix.system", None),
+        lambda m: _legacy(
+            pickle.dumps({"little_endian": True}, protocol=2),
+            pickle.dumps([Reduce(os.system, (_cmd(m),))], protocol=2),
+        ),
+        "a.pt",
+        "posix.system",
+        None,
+    ),
     "no_proto_frame_first": (_frame_first, "weights", "os.system", "pickle"),
     "no_proto_short_binunicode_first": (
-        lambda m: sg("os", "system") + u(_cmd(m)) + b"\x85R" + STOP, "weights.data",
-        "os.system", "pickle"),
+        lambda m: sg("os", "system") + u(_cmd(m)) + b"\x85R" + STOP,
+        "weights.data",
+        "os.system",
+        "pickle",
+    ),
     "no_proto_newtrue_first": (
         lambda m: b"\x88" + b"0" + sg("os", "system") + u(_cmd(m)) + b"\x85R" + STOP,
-        "model", "os.system", "pickle"),
+        "model",
+        "os.system",
+        "pickle",
+    ),
     "no_proto_empty_dict_first": (
         lambda m: b"}" + b"0" + sg("os", "system") + u(_cmd(m)) + b"\x85R" + STOP,
-        "training_args.bin", "os.system", "pickle"),
+        "training_args.bin",
+        "os.system",
+        "pickle",
+    ),
     "polyglot_pickle_then_torch_zip": (
         lambda m: pickle.dumps(Reduce(os.system, (_cmd(m),)), protocol=2) + _torch_zip_bytes(),
-        "a.pt", "posix.system", "torch"),
-    "polyglot_joblib_array_is_opcodes": (_joblib_with_opcode_array, "a.joblib", "os.system",
-                                         "pickle"),
-    "joblib_object_array_payload": (_joblib_object_array, "a.joblib", "posix.system",
-                                    "joblib"),
+        "a.pt",
+        "posix.system",
+        "torch",
+    ),
+    "polyglot_joblib_array_is_opcodes": (
+        _joblib_with_opcode_array,
+        "a.joblib",
+        "os.system",
+        "pickle",
+    ),
+    "joblib_object_array_payload": (_joblib_object_array, "a.joblib", "posix.system", "joblib"),
 }
 
 NAMES_ONLY = [  # globals that must be dangerous by name (module.name as the loader imports it)
-    ("torch._C", "_load_for_lite_interpreter"), ("torch.hub", "load"),
-    ("torch.serialization", "load"), ("torch", "load"), ("numpy", "load"),
-    ("pip._internal.cli.main", "main"), ("runpy", "run_path"), ("runpy", "_run_code"),
-    ("code", "InteractiveInterpreter"), ("pty", "spawn"), ("webbrowser", "open"),
-    ("asyncio.subprocess", "create_subprocess_shell"), ("ctypes", "CDLL"),
-    ("importlib", "import_module"), ("builtins", "__import__"), ("subprocess", "Popen"),
-    ("ｏｓ", "system"), ("оs", "system"), ("os ", "system"), ("builtins", "ｅｖａｌ"),
-    ("__builtin__", "execfile"), ("copy_reg", "add_extension"),
+    ("torch._C", "_load_for_lite_interpreter"),
+    ("torch.hub", "load"),
+    ("torch.serialization", "load"),
+    ("torch", "load"),
+    ("numpy", "load"),
+    ("pip._internal.cli.main", "main"),
+    ("runpy", "run_path"),
+    ("runpy", "_run_code"),
+    ("code", "InteractiveInterpreter"),
+    ("pty", "spawn"),
+    ("webbrowser", "open"),
+    ("asyncio.subprocess", "create_subprocess_shell"),
+    ("ctypes", "CDLL"),
+    ("importlib", "import_module"),
+    ("builtins", "__import__"),
+    ("subprocess", "Popen"),
+    ("ｏｓ", "system"),
+    ("оs", "system"),
+    ("os ", "system"),
+    ("builtins", "ｅｖａｌ"),
+    ("__builtin__", "execfile"),
+    ("copy_reg", "add_extension"),
 ]
 
 
@@ -256,6 +430,7 @@ def _benign_files(root: Path) -> dict[str, Path]:
 
     import joblib
     import numpy as np
+
     torch = pytest.importorskip("torch")
 
     out: dict[str, Path] = {}
@@ -265,21 +440,50 @@ def _benign_files(root: Path) -> dict[str, Path]:
         torch.save(obj, out[name], **kw)
 
     save("namespace.pt", {"args": argparse.Namespace(lr=0.1), "w": torch.zeros(2)})
-    save("paths.pt", {"p": pathlib.Path("/a/b"), "pp": pathlib.PurePosixPath("a"),
-                      "pw": pathlib.PureWindowsPath("c:/x")})
-    save("rng.pt", {"gen": np.random.default_rng(0), "rs": np.random.RandomState(0),
-                    "bits": [np.random.PCG64(1), np.random.MT19937(1), np.random.Philox(1),
-                             np.random.SFC64(1), np.random.PCG64DXSM(1)],
-                    "ss": np.random.SeedSequence(3), "state": np.random.get_state()})
-    save("rng_legacy.pt", {"gen": np.random.default_rng(0)},
-         _use_new_zipfile_serialization=False)
-    save("rng_state.pth", {"python": random.getstate(), "numpy": np.random.get_state(),
-                           "cpu": torch.random.get_rng_state()})
-    save("collections.pt", {"od": collections.OrderedDict(a=1),
-                            "dd": collections.defaultdict(list, a=[1]),
-                            "dt": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
-                            "d": datetime.date(2020, 1, 1), "t": datetime.time(1, 2),
-                            "td": datetime.timedelta(1)})
+    save(
+        "paths.pt",
+        {
+            "p": pathlib.Path("/a/b"),
+            "pp": pathlib.PurePosixPath("a"),
+            "pw": pathlib.PureWindowsPath("c:/x"),
+        },
+    )
+    save(
+        "rng.pt",
+        {
+            "gen": np.random.default_rng(0),
+            "rs": np.random.RandomState(0),
+            "bits": [
+                np.random.PCG64(1),
+                np.random.MT19937(1),
+                np.random.Philox(1),
+                np.random.SFC64(1),
+                np.random.PCG64DXSM(1),
+            ],
+            "ss": np.random.SeedSequence(3),
+            "state": np.random.get_state(),
+        },
+    )
+    save("rng_legacy.pt", {"gen": np.random.default_rng(0)}, _use_new_zipfile_serialization=False)
+    save(
+        "rng_state.pth",
+        {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "cpu": torch.random.get_rng_state(),
+        },
+    )
+    save(
+        "collections.pt",
+        {
+            "od": collections.OrderedDict(a=1),
+            "dd": collections.defaultdict(list, a=[1]),
+            "dt": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
+            "d": datetime.date(2020, 1, 1),
+            "t": datetime.time(1, 2),
+            "td": datetime.timedelta(1),
+        },
+    )
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 2)).sum().backward()
@@ -294,16 +498,30 @@ def _benign_files(root: Path) -> dict[str, Path]:
         pass
     for proto in (2, 3, 4, 5):
         out[f"arrays_p{proto}.joblib"] = root / f"arrays_p{proto}.joblib"
-        joblib.dump({"a": np.arange(10.0), "b": np.ones((3, 3), dtype=np.int32),
-                     "f": np.asfortranarray(np.ones((2, 3))),
-                     "o": np.array([1, "x"], dtype=object)}, out[f"arrays_p{proto}.joblib"],
-                    protocol=proto)
+        joblib.dump(
+            {
+                "a": np.arange(10.0),
+                "b": np.ones((3, 3), dtype=np.int32),
+                "f": np.asfortranarray(np.ones((2, 3))),
+                "o": np.array([1, "x"], dtype=object),
+            },
+            out[f"arrays_p{proto}.joblib"],
+            protocol=proto,
+        )
     for proto in range(6):
         out[f"mixed_p{proto}.pkl"] = root / f"mixed_p{proto}.pkl"
-        out[f"mixed_p{proto}.pkl"].write_bytes(pickle.dumps(
-            {"gen": np.random.default_rng(1), "ns": argparse.Namespace(a=1),
-             "p": pathlib.PurePosixPath("x"), "od": collections.OrderedDict(b=2),
-             "a": np.zeros(3)}, protocol=proto))
+        out[f"mixed_p{proto}.pkl"].write_bytes(
+            pickle.dumps(
+                {
+                    "gen": np.random.default_rng(1),
+                    "ns": argparse.Namespace(a=1),
+                    "p": pathlib.PurePosixPath("x"),
+                    "od": collections.OrderedDict(b=2),
+                    "a": np.zeros(3),
+                },
+                protocol=proto,
+            )
+        )
     import torch.distributed.checkpoint as dcp
 
     dcp.save({"w": torch.zeros(3)}, checkpoint_id=str(root / "dcp"))
@@ -320,9 +538,22 @@ def benign_files(tmp_path_factory):
         return _benign_files(tmp_path_factory.mktemp("benign_parity"))
 
 
-BENIGN = ["namespace.pt", "paths.pt", "rng.pt", "rng_legacy.pt", "rng_state.pth",
-          "collections.pt", "optimizer.pt", "scheduler.pt", "training_args.bin", "dcp"] \
-    + [f"arrays_p{p}.joblib" for p in (2, 3, 4, 5)] + [f"mixed_p{p}.pkl" for p in range(6)]
+BENIGN = (
+    [
+        "namespace.pt",
+        "paths.pt",
+        "rng.pt",
+        "rng_legacy.pt",
+        "rng_state.pth",
+        "collections.pt",
+        "optimizer.pt",
+        "scheduler.pt",
+        "training_args.bin",
+        "dcp",
+    ]
+    + [f"arrays_p{p}.joblib" for p in (2, 3, 4, 5)]
+    + [f"mixed_p{p}.pkl" for p in range(6)]
+)
 
 
 @pytest.mark.parametrize("name", BENIGN)
@@ -330,8 +561,9 @@ def test_benign_lookalike_is_safe(name, benign_files):
     if name not in benign_files:
         pytest.skip("transformers not installed")
     report = keishiki.scan(benign_files[name])
-    assert report.verdict == "safe", [f.to_dict() for f in report.findings
-                                      if f.severity != "safe"] + report.files[0].errors
+    assert report.verdict == "safe", [
+        f.to_dict() for f in report.findings if f.severity != "safe"
+    ] + report.files[0].errors
     assert report.files and all(fr.scanned for fr in report.files if fr.kind != "zip")
 
 
@@ -347,7 +579,8 @@ class _Spy(pickle._Unpickler):
         resolved = (module, name)
         if self.proto < 3:
             resolved = _compat_pickle.NAME_MAPPING.get(
-                resolved, (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+                resolved, (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+            )
         self.seen.add(".".join(resolved))
         return super().find_class(module, name)
 
@@ -360,8 +593,7 @@ def test_named_globals_equal_what_pickle_load_imports(proto, benign_files):
         spy.seen = set()
         spy.load()
     report = keishiki.scan(path)
-    named = {f.global_ for f in report.findings if f.opcode in ("GLOBAL", "STACK_GLOBAL",
-                                                                  "INST")}
+    named = {f.global_ for f in report.findings if f.opcode in ("GLOBAL", "STACK_GLOBAL", "INST")}
     assert named == spy.seen
 
 
@@ -379,13 +611,15 @@ def test_compressed_joblib_is_decompressed_and_judged(method, tmp_path):
     import numpy as np
 
     benign = tmp_path / "ok.joblib"
-    joblib.dump({"a": np.arange(100.0), "o": np.array([1, "x"], dtype=object)}, benign,
-                compress=(method, 3))
+    joblib.dump(
+        {"a": np.arange(100.0), "o": np.array([1, "x"], dtype=object)}, benign, compress=(method, 3)
+    )
     assert keishiki.scan(benign).verdict == "safe"
     marker = tmp_path / "PWNED"
     evil = tmp_path / "model.bin"  # no joblib extension: the bytes decide
-    joblib.dump({"a": np.arange(3.0), "x": Reduce(os.system, (_cmd(marker),))}, evil,
-                compress=(method, 3))
+    joblib.dump(
+        {"a": np.arange(3.0), "x": Reduce(os.system, (_cmd(marker),))}, evil, compress=(method, 3)
+    )
     report, dangerous = _scan(evil)
     assert report.verdict == "dangerous" and "posix.system" in dangerous
     assert _runs(evil, "joblib", marker)
@@ -394,12 +628,15 @@ def test_compressed_joblib_is_decompressed_and_judged(method, tmp_path):
 # ---- bounds: the C unpickler never gets bytes it would allocate absurdly for ---------------
 
 
-@pytest.mark.parametrize("data,words", [
-    (b"\x80\x02}r\xff\xff\xff\x7f.", "memo index"),                      # 16 GiB memo array
-    (b"\x80\x02}p99999999999\n.", "memo index"),                          # same, text PUT
-    (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 60) + b"abc", ""),         # BINBYTES8 2^60
-    (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"x" * 64, ""),       # BINUNICODE8 1 TiB
-])
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        (b"\x80\x02}r\xff\xff\xff\x7f.", "memo index"),  # 16 GiB memo array
+        (b"\x80\x02}p99999999999\n.", "memo index"),  # same, text PUT
+        (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 60) + b"abc", ""),  # BINBYTES8 2^60
+        (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"x" * 64, ""),  # BINUNICODE8 1 TiB
+    ],
+)
 def test_absurd_sizes_are_errors_not_allocations(data, words, tmp_path):
     path = tmp_path / "bad.pkl"
     path.write_bytes(data)
@@ -456,8 +693,11 @@ def test_named_globals_equal_what_the_c_unpickler_imports(name, benign_files):
         spy = _CSpy(fh)
         spy.seen = set()
         spy.load()
-    named = {f.global_ for f in keishiki.scan(path).findings if f.opcode in (
-        "GLOBAL", "STACK_GLOBAL", "INST")}
+    named = {
+        f.global_
+        for f in keishiki.scan(path).findings
+        if f.opcode in ("GLOBAL", "STACK_GLOBAL", "INST")
+    }
     assert named == spy.seen
 
 
@@ -485,13 +725,17 @@ def test_opcode_soup_never_escapes_and_leaves_copyreg_clean():
     alphabet = sorted(OPCODE_BYTES) + [0, 1, 2, 10, 255]
     copyreg.add_extension("collections", "OrderedDict", 0x7C)
 
-    @settings(max_examples=300, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.lists(st.sampled_from(alphabet), max_size=300))
     def run(ops):
         report = FileReport("soup")
-        scan_blob(memoryview(b"\x80\x04" + bytes(ops)), Where("soup"), report,
-                  time.monotonic() + 5)
+        scan_blob(memoryview(b"\x80\x04" + bytes(ops)), Where("soup"), report, time.monotonic() + 5)
         assert report.verdict in ("safe", "unknown", "dangerous", "error")
         assert not copyreg._extension_cache
 

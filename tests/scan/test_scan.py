@@ -7,7 +7,6 @@ import io
 import json
 import os
 import struct
-import time
 import zipfile
 from pathlib import Path
 
@@ -32,8 +31,12 @@ def test_sample_lists_match_generator(malicious_samples, benign_samples):
 
 # code a loader runs only by opt-in (trust_remote_code, an unsandboxed template): unknown, by
 # design; every other malicious sample is dangerous
-OPT_IN = {"hf_auto_map_remote_code", "hf_tokenizer_auto_map_remote_code",
-          "hf_chat_template_ssti", "gguf_chat_template_ssti"}
+OPT_IN = {
+    "hf_auto_map_remote_code",
+    "hf_tokenizer_auto_map_remote_code",
+    "hf_chat_template_ssti",
+    "gguf_chat_template_ssti",
+}
 
 
 @pytest.mark.parametrize("name", MALICIOUS)
@@ -124,7 +127,7 @@ def test_torchscript_custom_op_and_file_op_are_named():
 
 
 def _onnx_with_location(folder: Path, location: str) -> Path:
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     tensor = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
@@ -133,19 +136,30 @@ def _onnx_with_location(folder: Path, location: str) -> Path:
     entry = tensor.external_data.add()
     entry.key, entry.value = "location", location
     node = helper.make_node("Add", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [2])],
-                              [helper.make_tensor_value_info("y", 1, [2])], [tensor])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", 1, [2])],
+        [helper.make_tensor_value_info("y", 1, [2])],
+        [tensor],
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     path.write_bytes(helper.make_model(graph).SerializeToString())
     return path
 
 
-@pytest.mark.parametrize("location,severity", [
-    ("weights.bin", "safe"), ("../secret.bin", "dangerous"), ("/etc/passwd", "dangerous"),
-    ("sub/../../x", "dangerous"), ("link.bin", "dangerous"),
-    ("weights.bin\0../../../etc/passwd", "dangerous"),  # C loaders cut at the NUL
-])
+@pytest.mark.parametrize(
+    "location,severity",
+    [
+        ("weights.bin", "safe"),
+        ("../secret.bin", "dangerous"),
+        ("/etc/passwd", "dangerous"),
+        ("sub/../../x", "dangerous"),
+        ("link.bin", "dangerous"),
+        ("weights.bin\0../../../etc/passwd", "dangerous"),  # C loaders cut at the NUL
+    ],
+)
 def test_onnx_external_data_locations(tmp_path, location, severity):
     folder = tmp_path / "m"
     path = _onnx_with_location(folder, location)
@@ -180,16 +194,19 @@ def test_zip_bomb_is_an_error(tmp_path):
 
 
 @pytest.mark.timeout(120)  # only a hang reaches it; the work is bounded by opcode counts
-@pytest.mark.parametrize("data, code, message", [
-    (b"\x80\x04" + b"(" * 200_000, 2, "breaks at byte 200002"),     # deep MARK nesting
-    (b"\x80\x04" + b"]" * 2_000_000 + b".", 0, ""),   # a huge stack of empty lists: a valid
-                                                     # pickle that imports nothing
-    (b"\x80\x04X\xff\xff\xff\x7f", 2, "pickle data was truncated"),            # absurd length
-    (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62), 2, "pickle data was truncated"),
-    (b"\x00\x01\x02" + bytes(range(256)) * 16, 2, "not a pickle, archive or model file"),
-    # torch.load reads a file not starting with a local header as a pickle: so does scan
-    (b"PK\x05\x06" + b"\0" * 18, 2, "pickle stream at byte 0 breaks"),
-])
+@pytest.mark.parametrize(
+    "data, code, message",
+    [
+        (b"\x80\x04" + b"(" * 200_000, 2, "breaks at byte 200002"),  # deep MARK nesting
+        (b"\x80\x04" + b"]" * 2_000_000 + b".", 0, ""),  # a huge stack of empty lists: a valid
+        # pickle that imports nothing
+        (b"\x80\x04X\xff\xff\xff\x7f", 2, "pickle data was truncated"),  # absurd length
+        (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62), 2, "pickle data was truncated"),
+        (b"\x00\x01\x02" + bytes(range(256)) * 16, 2, "not a pickle, archive or model file"),
+        # torch.load reads a file not starting with a local header as a pickle: so does scan
+        (b"PK\x05\x06" + b"\0" * 18, 2, "pickle stream at byte 0 breaks"),
+    ],
+)
 def test_malformed_is_one_line(tmp_path, data, code, message):
     path = tmp_path / "bad.pt"
     path.write_bytes(data)
@@ -215,8 +232,12 @@ def test_nested_zips_deeper_than_the_limit(tmp_path):
 def test_cli_exit_codes_and_json(tmp_path, malicious_samples, benign_samples):
     import json
 
-    code, out, _ = run_cli("scan", "--json", malicious_samples["torch_zip_reduce"].path,
-                           benign_samples["torch_zip_all_dtypes"].path)
+    code, out, _ = run_cli(
+        "scan",
+        "--json",
+        malicious_samples["torch_zip_reduce"].path,
+        benign_samples["torch_zip_all_dtypes"].path,
+    )
     data = json.loads(out)
     assert code == 1 and data["verdict"] == "dangerous" and data["exit_code"] == 1
     assert [f["verdict"] for f in data["files"]] == ["dangerous", "safe"]
@@ -265,8 +286,7 @@ def test_every_corpus_file_is_not_dangerous():
     assert "error" not in verdicts.values()
     unknown = sorted(k for k, v in verdicts.items() if v == "unknown")
     # code only: TorchScript archives, and the one Torch7 file that holds a Lua function
-    assert all(k.startswith("torchscript/") or k.endswith("/function.t7") for k in unknown), \
-        unknown
+    assert all(k.startswith("torchscript/") or k.endswith("/function.t7") for k in unknown), unknown
     for rel, facts in FACTS.items():
         if facts.get("pickle_globals") and rel in verdicts:
             assert verdicts[rel] == "safe", rel
@@ -287,9 +307,11 @@ def test_hostile_files_stay_under_1_gib(tmp_path):
     import sys
 
     files = []  # (a stack of 1.5M empty lists, stack.pkl, is a valid pickle: safe, no line)
-    for name, data in [("stack.pkl", b"\x80\x04" + b"]" * 1_500_000 + b"."),
-                       ("marks.pkl", b"\x80\x04" + b"(" * 500_000 + b"."),
-                       ("long.pkl", b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"x" * 64)]:
+    for name, data in [
+        ("stack.pkl", b"\x80\x04" + b"]" * 1_500_000 + b"."),
+        ("marks.pkl", b"\x80\x04" + b"(" * 500_000 + b"."),
+        ("long.pkl", b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"x" * 64),
+    ]:
         (tmp_path / name).write_bytes(data)
         files.append(str(tmp_path / name))
     bomb = tmp_path / "bomb.zip"
@@ -299,11 +321,14 @@ def test_hostile_files_stay_under_1_gib(tmp_path):
     # the scan process reports its own peak as VmHWM (per address space, reset at exec):
     # ru_maxrss, of the child or of RUSAGE_CHILDREN, starts at the pytest worker's own
     # high-water mark, which is ~1 GB once a worker has loaded torch and transformers
-    code = ("import re, sys; from keishiki.cli.app import run; rc = run(sys.argv[1:]); "
-            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]); "
-            "sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, "scan", *files],
-                          capture_output=True, text=True, timeout=120)  # only a hang
+    code = (
+        "import re, sys; from keishiki.cli.app import run; rc = run(sys.argv[1:]); "
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]); "
+        "sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "scan", *files], capture_output=True, text=True, timeout=120
+    )  # only a hang
     peak_kib = int(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()  # one line per damaged file
@@ -311,8 +336,9 @@ def test_hostile_files_stay_under_1_gib(tmp_path):
     assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
 
 
-def test_scan_never_unpickles_and_never_imports_torch(malicious_samples, benign_samples,
-                                                      monkeypatch):
+def test_scan_never_unpickles_and_never_imports_torch(
+    malicious_samples, benign_samples, monkeypatch
+):
     import pickle
     import subprocess
     import sys
@@ -324,12 +350,17 @@ def test_scan_never_unpickles_and_never_imports_torch(malicious_samples, benign_
         monkeypatch.setattr(pickle, name, refuse)
     for sample in list(malicious_samples.values()) + list(benign_samples.values()):
         keishiki.scan(sample.path)
-    code = ("import sys, keishiki; r = keishiki.scan(sys.argv[1]); "
-            "assert r.verdict == 'dangerous'; "
-            "assert not {'torch', 'onnx', 'h5py'} & set(sys.modules), sorted(sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code,
-                           str(malicious_samples["torch_zip_reduce"].path)],
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, keishiki; r = keishiki.scan(sys.argv[1]); "
+        "assert r.verdict == 'dangerous'; "
+        "assert not {'torch', 'onnx', 'h5py'} & set(sys.modules), sorted(sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(malicious_samples["torch_zip_reduce"].path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-500:]
 
 
@@ -337,13 +368,16 @@ def test_torch_export_graph_with_a_custom_op_is_unknown(tmp_path):
     path = tmp_path / "m.pt2"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("m/archive_format", "pt2")
-        zf.writestr("m/models/model.json",
-                    '{"nodes": [{"target": "torch.ops.aten.linear.default"}, '
-                    '{"target": "torch.ops.my_ext.secret.default"}]}')
+        zf.writestr(
+            "m/models/model.json",
+            '{"nodes": [{"target": "torch.ops.aten.linear.default"}, '
+            '{"target": "torch.ops.my_ext.secret.default"}]}',
+        )
     rep = keishiki.scan(path)
     assert rep.verdict == "unknown"
     assert [f.global_ for f in rep.findings if f.severity == "unknown"] == [
-        "torch.ops.my_ext.secret"]
+        "torch.ops.my_ext.secret"
+    ]
 
 
 def test_unparseable_data_formats_are_errors_not_safe(tmp_path):
@@ -372,7 +406,8 @@ def test_shard_index_pointing_outside_the_folder_is_dangerous(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}')
     (folder / "model.safetensors.index.json").write_text(
-        '{"weight_map": {"a": "../../etc/passwd", "b": "/etc/shadow", "c": "model-1.safetensors"}}')
+        '{"weight_map": {"a": "../../etc/passwd", "b": "/etc/shadow", "c": "model-1.safetensors"}}'
+    )
     report = keishiki.scan(folder)
     bad = sorted(f.global_ for f in report.findings if f.severity == "dangerous")
     assert bad == ["../../etc/passwd", "/etc/shadow"]
@@ -387,11 +422,16 @@ def test_torch7_lua_function_is_named_not_passed_as_data():
     rep = keishiki.scan(corpus_path("torch7_binary/python-torchfile/function.t7"))
     assert rep.verdict == "unknown" and rep.exit_code() == 1
     [finding] = rep.files[0].findings
-    assert (finding.opcode, finding.global_, finding.severity) == \
-        ("lua-function", "<root>", "unknown")
+    assert (finding.opcode, finding.global_, finding.severity) == (
+        "lua-function",
+        "<root>",
+        "unknown",
+    )
     assert "218 bytes" in finding.reason
-    assert keishiki.scan(corpus_path("torch7_binary/python-torchfile/floattensor.t7")).verdict \
+    assert (
+        keishiki.scan(corpus_path("torch7_binary/python-torchfile/floattensor.t7")).verdict
         == "safe"
+    )
 
 
 def test_zip_end_record_spanning_disks_does_not_hide_the_pickle(tmp_path):
@@ -414,14 +454,16 @@ def test_nul_in_external_data_or_shard_name_is_refused_everywhere(tmp_path):
     (folder / "weights.bin").write_bytes(b"\0" * 8)
     code, _out, err = run_cli("info", path)  # the path gate: a finding, exit 1
     assert code == 1 and "NUL byte" in err and err.count("\n") == 1
-    code, _out, err = run_cli("convert", path, tmp_path / "o.onnx", "--to", "onnx",
-                              "--no-external-data")
+    code, _out, err = run_cli(
+        "convert", path, tmp_path / "o.onnx", "--to", "onnx", "--no-external-data"
+    )
     assert code == 1 and "NUL byte" in err and err.count("\n") == 1
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
     (hf / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"w": "model-1.safetensors\u0000../../x"}}))
+        json.dumps({"weight_map": {"w": "model-1.safetensors\u0000../../x"}})
+    )
     rep = keishiki.scan(hf)
     assert rep.verdict == "dangerous" and "NUL" in rep.findings[0].reason
 
@@ -434,7 +476,10 @@ def test_scan_into_a_closed_pipe_keeps_the_verdicts_exit_code(malicious_samples)
 
     sample = next(s for s in malicious_samples.values() if s.path.suffix == ".pkl")
     for extra in ([], ["--json"]):
-        proc = subprocess.Popen([sys.executable, "-m", "keishiki", "scan", str(sample.path),
-                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keishiki", "scan", str(sample.path), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         proc.stdout.close()  # the reader is gone before the first byte is written
         assert proc.wait(timeout=60) == 1, extra

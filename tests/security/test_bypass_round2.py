@@ -28,6 +28,7 @@ MARKER = "MARKER_round2"
 
 # ---- payloads -----------------------------------------------------------------------------
 
+
 def _exec_src(marker: Path) -> str:
     return f"open({str(marker)!r}, 'w').close()"
 
@@ -47,32 +48,42 @@ def payload_pickle(marker: Path, protocol: int = 2) -> bytes:
 LOADERS = {
     "torch.load": "import torch,sys; torch.load(sys.argv[1], weights_only=False)",
     "pickle.load": "import pickle,sys; pickle.load(open(sys.argv[1],'rb'))",
-    "pickle.load-until-eof": ("import pickle,sys\nf=open(sys.argv[1],'rb')\n"
-                              "while True:\n try: pickle.load(f)\n except EOFError: break"),
+    "pickle.load-until-eof": (
+        "import pickle,sys\nf=open(sys.argv[1],'rb')\n"
+        "while True:\n try: pickle.load(f)\n except EOFError: break"
+    ),
     "joblib.load": "import joblib,sys; joblib.load(sys.argv[1])",
     "np.load": "import numpy,sys; numpy.load(sys.argv[1], allow_pickle=True)",
-    "np.load-npz": ("import numpy,sys; z=numpy.load(sys.argv[1], allow_pickle=True)\n"
-                    "for k in z.files: z[k]"),
-    "jinja2.render": ("import jinja2,sys; jinja2.Template(open(sys.argv[1]).read())"
-                      ".render(messages=[{'role': 'user', 'content': 'hi'}])"),
-    "torch.jit.load": ("import torch,sys; m=torch.jit.load(sys.argv[1])\n"
-                       "try: m(torch.zeros(2))\nexcept Exception as e: print(e)"),
+    "np.load-npz": (
+        "import numpy,sys; z=numpy.load(sys.argv[1], allow_pickle=True)\nfor k in z.files: z[k]"
+    ),
+    "jinja2.render": (
+        "import jinja2,sys; jinja2.Template(open(sys.argv[1]).read())"
+        ".render(messages=[{'role': 'user', 'content': 'hi'}])"
+    ),
+    "torch.jit.load": (
+        "import torch,sys; m=torch.jit.load(sys.argv[1])\n"
+        "try: m(torch.zeros(2))\nexcept Exception as e: print(e)"
+    ),
 }
 
 
 def run_loader(loader: str, path: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-c", LOADERS[loader], str(path)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [PY, "-c", LOADERS[loader], str(path)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def run_scan(path: Path, cwd: Path) -> subprocess.CompletedProcess:
     exe = Path(PY).with_name("keishiki")
     cmd = [str(exe)] if exe.exists() else [PY, "-m", "keishiki"]
-    return subprocess.run(cmd + ["scan", str(path)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        cmd + ["scan", str(path)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 # ---- generators ---------------------------------------------------------------------------
+
 
 def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
@@ -85,10 +96,13 @@ def gen_torch_tar_storages_after_raw(d: Path, marker: Path):
     pickle(args) + raw data (8-byte numel + bytes), then pickle(storage_views).  The raw data
     starts with a byte that is no opcode, so the scan stops there ("not read by a loader"),
     but torch.load reads the storage_views pickle after it with a full pickle.load."""
-    storages = (pickle.dumps(1, protocol=2)
-                + b"\x80\x02(X\x01\x00\x00\x000X\x03\x00\x00\x00cpuctorch\nFloatStorage\nt."
-                + struct.pack("<q", 1) + b"\0\0\0\0"
-                + payload_pickle(marker))
+    storages = (
+        pickle.dumps(1, protocol=2)
+        + b"\x80\x02(X\x01\x00\x00\x000X\x03\x00\x00\x00cpuctorch\nFloatStorage\nt."
+        + struct.pack("<q", 1)
+        + b"\0\0\0\0"
+        + payload_pickle(marker)
+    )
     path = d / "model.pt"
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
         _tar_add(tf, "zz", b"")  # the tar opens with a name byte that is no pickle opcode
@@ -117,8 +131,11 @@ def gen_joblib_object_dtype_word(d: Path, marker: Path):
     import numpy as np
 
     buf = io.BytesIO()
-    joblib.dump([np.frombuffer(b"\xff" * 8, dtype="<f8"), np.array([None] * 4, dtype=object)],
-                buf, protocol=2)
+    joblib.dump(
+        [np.frombuffer(b"\xff" * 8, dtype="<f8"), np.array([None] * 4, dtype=object)],
+        buf,
+        protocol=2,
+    )
     raw = buf.getvalue()
     first_wrapper_end = raw.index(b"\xffh\x01)\x81") + 1  # after the float array's data
     head, tail = raw[:first_wrapper_end], raw[first_wrapper_end:]
@@ -126,13 +143,15 @@ def gen_joblib_object_dtype_word(d: Path, marker: Path):
     if len(nested) % 2:
         nested += b"(N1"  # MARK, None, POP_MARK: a 3-byte no-op for the outer stream
     while len(nested) % 8:
-        nested += b"N0"   # None, POP
+        nested += b"N0"  # None, POP
     count = len(nested) // 8
     assert count < 256
-    wrapper = tail[:tail.index(b"ub\x80\x05") + 2]
-    wrapper = (wrapper.replace(b"X\x02\x00\x00\x00O8", b"X\x06\x00\x00\x00object")
-               .replace(b"h\x06K\x04\x85", b"h\x06K" + bytes([count]) + b"\x85")
-               .replace(b"h\x12K\x10u", b"h\x12Nu"))
+    wrapper = tail[: tail.index(b"ub\x80\x05") + 2]
+    wrapper = (
+        wrapper.replace(b"X\x02\x00\x00\x00O8", b"X\x06\x00\x00\x00object")
+        .replace(b"h\x06K\x04\x85", b"h\x06K" + bytes([count]) + b"\x85")
+        .replace(b"h\x12K\x10u", b"h\x12Nu")
+    )
     path = d / "model.joblib"
     path.write_bytes(head + wrapper + nested + b"e.")
     return path, "joblib.load"
@@ -170,14 +189,12 @@ def gen_chat_template_map_attribute(d: Path, marker: Path):
     return folder / "chat_template.jinja", "jinja2.render", folder
 
 
-
-
 def _pad8(ops: bytes) -> bytes:
     """``ops`` padded with no-op opcodes to a multiple of 8 bytes."""
     if len(ops) % 2:
         ops += b"(N1"  # MARK, None, POP_MARK
     while len(ops) % 8:
-        ops += b"N0"   # None, POP
+        ops += b"N0"  # None, POP
     return ops
 
 
@@ -188,12 +205,15 @@ def _joblib_two_arrays():
     import numpy as np
 
     buf = io.BytesIO()
-    joblib.dump([np.frombuffer(b"\xff" * 8, dtype="<f8"), np.array([None] * 4, dtype=object)],
-                buf, protocol=2)
+    joblib.dump(
+        [np.frombuffer(b"\xff" * 8, dtype="<f8"), np.array([None] * 4, dtype=object)],
+        buf,
+        protocol=2,
+    )
     raw = buf.getvalue()
     cut = raw.index(b"\xffh\x01)\x81") + 1
     head, tail = raw[:cut], raw[cut:]
-    return head, tail[:tail.index(b"ub\x80\x05") + 2]
+    return head, tail[: tail.index(b"ub\x80\x05") + 2]
 
 
 def gen_joblib_wrapper_inside_object_pickle(d: Path, marker: Path):
@@ -210,7 +230,7 @@ def gen_joblib_wrapper_inside_object_pickle(d: Path, marker: Path):
     buf = io.BytesIO()
     joblib.dump(np.zeros(len(region) // 8), buf, protocol=2)
     inner = buf.getvalue()
-    inner = inner[:inner.index(b"K\x10ub") + 4].replace(b"K\x10ub", b"Nub")
+    inner = inner[: inner.index(b"K\x10ub") + 4].replace(b"K\x10ub", b"Nub")
     path = d / "model.joblib"
     path.write_bytes(head + wrapper + inner + region + b"." + b"e.")
     return path, "joblib.load"
@@ -229,9 +249,10 @@ def gen_joblib_void_itemsize_from_state(d: Path, marker: Path):
     buf = io.BytesIO()
     joblib.dump(np.zeros(1, dtype="V8"), buf, protocol=2)
     single = buf.getvalue()
-    wrapper = single[2:single.index(b"K\x10ub") + 4]
-    wrapper = (wrapper.replace(b"NNNK\x08K\x01K\x00t", b"NNNM\x00\x04K\x01K\x00t")
-               .replace(b"K\x10ub", b"Nub"))
+    wrapper = single[2 : single.index(b"K\x10ub") + 4]
+    wrapper = wrapper.replace(b"NNNK\x08K\x01K\x00t", b"NNNM\x00\x04K\x01K\x00t").replace(
+        b"K\x10ub", b"Nub"
+    )
     region = (b"\0" * 8 + b".\x01").ljust(1024, b"\0")
     ops = payload_pickle(marker, protocol=2)[2:-1]
     path = d / "model.joblib"
@@ -254,13 +275,16 @@ def gen_joblib_object_subarray_state(d: Path, marker: Path):
     buf = io.BytesIO()
     joblib.dump(np.zeros(1, dtype="V16"), buf, protocol=2)
     single = buf.getvalue()
-    wrapper = single[2:single.index(b"K\x10ub") + 4]
-    obj = (b"cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R(K\x03X\x01\x00\x00\x00|NNN"
-           b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK?tb")
-    wrapper = (wrapper.replace(b"NNNK\x10K\x01K\x00t", obj + b"K\x02\x85\x86NNK\x10K\x08K?t")
-               .replace(b"shapeq\x05K\x01\x85", b"shapeq\x05K" + bytes([len(nested) // 16])
-                        + b"\x85")
-               .replace(b"K\x10ub", b"Nub"))
+    wrapper = single[2 : single.index(b"K\x10ub") + 4]
+    obj = (
+        b"cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R(K\x03X\x01\x00\x00\x00|NNN"
+        b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK?tb"
+    )
+    wrapper = (
+        wrapper.replace(b"NNNK\x10K\x01K\x00t", obj + b"K\x02\x85\x86NNK\x10K\x08K?t")
+        .replace(b"shapeq\x05K\x01\x85", b"shapeq\x05K" + bytes([len(nested) // 16]) + b"\x85")
+        .replace(b"K\x10ub", b"Nub")
+    )
     path = d / "model.joblib"
     path.write_bytes(head + wrapper + nested + b"e.")
     return path, "joblib.load"
@@ -279,11 +303,12 @@ def gen_joblib_wrapper_via_reconstructor(d: Path, marker: Path):
     buf = io.BytesIO()
     joblib.dump(np.zeros(1), buf, protocol=2)
     single = buf.getvalue()
-    wrapper = single[2:single.index(b"K\x10ub") + 4]
-    wrapper = (wrapper.replace(b"cjoblib.numpy_pickle\nNumpyArrayWrapper\nq\x00)\x81",
-                               b"ccopyreg\n_reconstructor\n(cjoblib.numpy_pickle\n"
-                               b"NumpyArrayWrapper\nq\x00cbuiltins\nobject\nNtR")
-               .replace(b"K\x10ub", b"Nub"))
+    wrapper = single[2 : single.index(b"K\x10ub") + 4]
+    wrapper = wrapper.replace(
+        b"cjoblib.numpy_pickle\nNumpyArrayWrapper\nq\x00)\x81",
+        b"ccopyreg\n_reconstructor\n(cjoblib.numpy_pickle\n"
+        b"NumpyArrayWrapper\nq\x00cbuiltins\nobject\nNtR",
+    ).replace(b"K\x10ub", b"Nub")
     ops = payload_pickle(marker, protocol=2)[2:-1]
     path = d / "model.joblib"
     path.write_bytes(head + wrapper + b".\x01\0\0\0\0\0\0" + ops + b"e.")
@@ -291,6 +316,7 @@ def gen_joblib_wrapper_via_reconstructor(d: Path, marker: Path):
 
 
 # ---- attacks keishiki got right (kept as regression tests) --------------------------------
+
 
 def _torch_zip_members(extra: dict[str, bytes] | None = None) -> list[tuple[str, bytes]]:
     import torch
@@ -333,18 +359,21 @@ def gen_torch_zip_eocd_in_comment(d: Path, marker: Path):
             zf.writestr(name, payload_pickle(marker) if name.endswith("/data.pkl") else data)
     ev = evil.getvalue()
     eocd = ev.rindex(b"PK\x05\x06")
-    n_entries, cd_size, cd_ofs = struct.unpack("<HII", ev[eocd + 10:eocd + 20])
+    n_entries, cd_size, cd_ofs = struct.unpack("<HII", ev[eocd + 10 : eocd + 20])
     body = ev[:eocd]
     # rewrite the evil central directory's offsets for its new place
-    cd = bytearray(body[cd_ofs:cd_ofs + cd_size])
+    cd = bytearray(body[cd_ofs : cd_ofs + cd_size])
     p = 0
     while p < len(cd):
-        n, x, c = struct.unpack("<HHH", cd[p + 28:p + 34])
-        (ofs,) = struct.unpack("<I", cd[p + 42:p + 46])
-        cd[p + 42:p + 46] = struct.pack("<I", ofs + len(good))
+        n, x, c = struct.unpack("<HHH", cd[p + 28 : p + 34])
+        (ofs,) = struct.unpack("<I", cd[p + 42 : p + 46])
+        cd[p + 42 : p + 46] = struct.pack("<I", ofs + len(good))
         p += 46 + n + x + c
-    new_eocd = (b"PK\x05\x06" + struct.pack("<HHHHII", 0, 0, n_entries, n_entries, cd_size,
-                                            cd_ofs + len(good)) + b"\0\0")
+    new_eocd = (
+        b"PK\x05\x06"
+        + struct.pack("<HHHHII", 0, 0, n_entries, n_entries, cd_size, cd_ofs + len(good))
+        + b"\0\0"
+    )
     comment = body[:cd_ofs] + bytes(cd) + new_eocd
     assert len(comment) < 65535
     data = good[:-2] + struct.pack("<H", len(comment)) + comment
@@ -376,6 +405,7 @@ def gen_chat_template_getitem_variable(d: Path, marker: Path):
 
 # ---- the tests ----------------------------------------------------------------------------
 
+
 def _miss(reason: str):
     return pytest.mark.xfail(strict=True, reason=reason)
 
@@ -395,8 +425,8 @@ JOBLIB_SAMPLES = {  # all caught: the dtype is built as numpy builds it, the wra
     "joblib_wrapper_via_reconstructor": [],
 }
 ZIP_SAMPLES = {
-    "torch_zip_duplicate_data_pkl": [],   # caught: dangerous
-    "torch_zip_eocd_in_comment": [],      # caught: dangerous
+    "torch_zip_duplicate_data_pkl": [],  # caught: dangerous
+    "torch_zip_eocd_in_comment": [],  # caught: dangerous
 }
 TEMPLATE_SAMPLES = {  # caught: computed attribute names in every attribute filter, and keys
     # held in a variable set to a string built at render time
@@ -423,13 +453,15 @@ def _check(name: str, tmp_path: Path) -> None:
     scan_dir.mkdir()
     path, loader, _ = build(name, live_dir)
     proc = run_loader(loader, path, live_dir)
-    assert (live_dir / MARKER).exists(), \
+    assert (live_dir / MARKER).exists(), (
         f"{name}: the payload did not run in {loader}: {proc.stderr[-2000:]}"
+    )
     path, loader, target = build(name, scan_dir)
     res = run_scan(target, scan_dir)
     assert not (scan_dir / MARKER).exists(), f"{name}: keishiki scan ran the payload"
-    assert res.returncode == 1, \
+    assert res.returncode == 1, (
         f"{name}: keishiki scan exit {res.returncode}\n{res.stdout[-3000:]}{res.stderr[-1000:]}"
+    )
 
 
 @pytest.mark.parametrize("name", _params(PICKLE_SAMPLES))

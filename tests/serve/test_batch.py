@@ -10,11 +10,12 @@ from keishiki.runtimes.batch import DecodeBatch
 from tests.runtimes.conftest import PROMPTS
 
 pytestmark = pytest.mark.slow
-PARAMS = [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
-          SamplingParams(temperature=0.9, top_p=0.9, seed=7, max_tokens=20, ignore_eos=True,
-                         logprobs=2),
-          SamplingParams(temperature=0, max_tokens=9, ignore_eos=True),
-          SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[5])]
+PARAMS = [
+    SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+    SamplingParams(temperature=0.9, top_p=0.9, seed=7, max_tokens=20, ignore_eos=True, logprobs=2),
+    SamplingParams(temperature=0, max_tokens=9, ignore_eos=True),
+    SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[5]),
+]
 TEXTS = PROMPTS + ["a"]
 
 

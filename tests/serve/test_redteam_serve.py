@@ -34,11 +34,16 @@ def running(llm):
         yield server
 
 
-def _post(server, path: str, body=None, *, raw: bytes | None = None, headers=None,
-          timeout: float = 60) -> httpx.Response:
+def _post(
+    server, path: str, body=None, *, raw: bytes | None = None, headers=None, timeout: float = 60
+) -> httpx.Response:
     content = raw if raw is not None else json.dumps(body).encode()
-    return httpx.post(server.url + path, content=content, timeout=timeout,
-                      headers={"content-type": "application/json", **(headers or {})})
+    return httpx.post(
+        server.url + path,
+        content=content,
+        timeout=timeout,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
 
 
 def _assert_error(resp: httpx.Response, status: int, needle: str = "") -> dict:
@@ -63,23 +68,28 @@ def _assert_serving(server) -> None:
 
 # -- bodies that are not a request ---------------------------------------------------------
 
-@pytest.mark.parametrize("raw, headers, status, needle", [
-    (b"{", {}, 400, "malformed JSON"),
-    (b'{"prompt": "x",}', {}, 400, "malformed JSON"),
-    (b"", {}, 400, ""),
-    (b"[1, 2, 3]", {}, 400, "dictionary"),
-    (b"42", {}, 400, "dictionary"),
-    (b'"just a string"', {}, 400, "dictionary"),
-    (b"null", {}, 400, ""),
-    (json.dumps(OK).encode(), {"content-type": "text/plain"}, 400, ""),
-    (json.dumps(OK).encode(), {"content-type": "application/x-www-form-urlencoded"}, 400, ""),
-    (b"\xff\xfe not utf-8", {}, 400, ""),
-])
+
+@pytest.mark.parametrize(
+    "raw, headers, status, needle",
+    [
+        (b"{", {}, 400, "malformed JSON"),
+        (b'{"prompt": "x",}', {}, 400, "malformed JSON"),
+        (b"", {}, 400, ""),
+        (b"[1, 2, 3]", {}, 400, "dictionary"),
+        (b"42", {}, 400, "dictionary"),
+        (b'"just a string"', {}, 400, "dictionary"),
+        (b"null", {}, 400, ""),
+        (json.dumps(OK).encode(), {"content-type": "text/plain"}, 400, ""),
+        (json.dumps(OK).encode(), {"content-type": "application/x-www-form-urlencoded"}, 400, ""),
+        (b"\xff\xfe not utf-8", {}, 400, ""),
+    ],
+)
 def test_not_a_request(running, raw, headers, status, needle):
     _assert_error(_post(running, "/v1/completions", raw=raw, headers=headers), status, needle)
 
 
 # -- completions fields out of range -------------------------------------------------------
+
 
 def _nan(field: str, value: str) -> bytes:
     """A body with a bare NaN/Infinity literal (not JSON, but Python's json reads it)."""
@@ -87,61 +97,72 @@ def _nan(field: str, value: str) -> bytes:
     return body.replace(f'"{field}": 0', f'"{field}": {value}').encode()
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"max_tokens": 10**30}, "maximum context length"),
-    ({"max_tokens": -1}, "max_tokens"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": 1.5}, "max_tokens"),
-    ({"max_tokens": "many"}, "max_tokens"),
-    ({"n": 0}, "n must be"),
-    ({"n": -3}, "n must be"),
-    ({"n": 10**9}, "n must be"),
-    ({"n": 10**40}, "n must be"),
-    ({"temperature": -1}, "temperature"),
-    ({"temperature": 1e309}, "temperature"),  # json.dumps writes Infinity
-    ({"top_p": 0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"top_k": -2}, "top_k"),
-    ({"min_p": 2}, "min_p"),
-    ({"repetition_penalty": 0}, "repetition_penalty"),
-    ({"presence_penalty": 9}, "presence_penalty"),
-    ({"logprobs": 10**6}, "logprobs"),
-    ({"logprobs": -1}, "logprobs"),
-    ({"logprobs": 10**6, "echo": True}, "logprobs"),
-    ({"seed": 1.5}, "seed"),
-    ({"stop": ""}, "stop"),
-    ({"stop": [1, 2]}, "stop"),
-    ({"stop_token_ids": [-1]}, "stop_token_ids"),
-    ({"logit_bias": {"1": 5}}, "logit_bias"),
-    ({"best_of": 3}, "best_of"),
-    ({"suffix": "x"}, "suffix"),
-    ({"prompt": ""}, "empty"),
-    ({"prompt": []}, "empty"),
-    ({"prompt": [[]]}, "empty"),
-    ({"prompt": [""]}, "empty"),
-    ({"prompt": [10**9]}, "vocabulary"),
-    ({"prompt": [-1]}, "vocabulary"),
-    ({"prompt": [[1, 2], [10**9]]}, "vocabulary"),
-    ({"prompt": [2**70]}, "vocabulary"),
-    ({"prompt": [1.5]}, "prompt"),
-    ({"prompt": None}, "prompt"),
-    ({"prompt": {"a": 1}}, "prompt"),
-    ({"prompt": "word " * 400}, "maximum context length"),
-    ({"prompt": list(range(5, 300))}, "maximum context length"),
-    ({"prompt": ["a"] * 64}, "max-num-seqs"),
-    ({"model": "other"}, "does not exist"),
-    ({"stream_options": "yes"}, "stream_options"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"max_tokens": 10**30}, "maximum context length"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"max_tokens": "many"}, "max_tokens"),
+        ({"n": 0}, "n must be"),
+        ({"n": -3}, "n must be"),
+        ({"n": 10**9}, "n must be"),
+        ({"n": 10**40}, "n must be"),
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": 1e309}, "temperature"),  # json.dumps writes Infinity
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 2}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"presence_penalty": 9}, "presence_penalty"),
+        ({"logprobs": 10**6}, "logprobs"),
+        ({"logprobs": -1}, "logprobs"),
+        ({"logprobs": 10**6, "echo": True}, "logprobs"),
+        ({"seed": 1.5}, "seed"),
+        ({"stop": ""}, "stop"),
+        ({"stop": [1, 2]}, "stop"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"best_of": 3}, "best_of"),
+        ({"suffix": "x"}, "suffix"),
+        ({"prompt": ""}, "empty"),
+        ({"prompt": []}, "empty"),
+        ({"prompt": [[]]}, "empty"),
+        ({"prompt": [""]}, "empty"),
+        ({"prompt": [10**9]}, "vocabulary"),
+        ({"prompt": [-1]}, "vocabulary"),
+        ({"prompt": [[1, 2], [10**9]]}, "vocabulary"),
+        ({"prompt": [2**70]}, "vocabulary"),
+        ({"prompt": [1.5]}, "prompt"),
+        ({"prompt": None}, "prompt"),
+        ({"prompt": {"a": 1}}, "prompt"),
+        ({"prompt": "word " * 400}, "maximum context length"),
+        ({"prompt": list(range(5, 300))}, "maximum context length"),
+        ({"prompt": ["a"] * 64}, "max-num-seqs"),
+        ({"model": "other"}, "does not exist"),
+        ({"stream_options": "yes"}, "stream_options"),
+    ],
+)
 def test_bad_completion_fields(running, change, needle):
     status = 404 if "model" in change else 400
     _assert_error(_post(running, "/v1/completions", {**OK, **change}), status, needle)
 
 
-@pytest.mark.parametrize("field, literal", [
-    ("temperature", "NaN"), ("temperature", "Infinity"), ("top_p", "NaN"),
-    ("min_p", "NaN"), ("presence_penalty", "-Infinity"), ("repetition_penalty", "Infinity"),
-    ("max_tokens", "NaN"), ("seed", "NaN"),
-])
+@pytest.mark.parametrize(
+    "field, literal",
+    [
+        ("temperature", "NaN"),
+        ("temperature", "Infinity"),
+        ("top_p", "NaN"),
+        ("min_p", "NaN"),
+        ("presence_penalty", "-Infinity"),
+        ("repetition_penalty", "Infinity"),
+        ("max_tokens", "NaN"),
+        ("seed", "NaN"),
+    ],
+)
 def test_nan_and_infinity_are_refused(running, field, literal):
     _assert_error(_post(running, "/v1/completions", raw=_nan(field, literal)), 400, field)
 
@@ -150,27 +171,41 @@ def test_odd_but_valid_fields(running):
     """Values at the edges that are allowed: seeds of any int (folded into 64 bits, see
     ``make_rng``), top_k -1, a huge stop
     list, 1 MB stop strings, token-id prompts, unicode."""
-    for change in ({"seed": -1}, {"seed": 2**63 - 1}, {"seed": -(2**63)},
-                   {"seed": 10**100}, {"seed": -(10**100)}, {"top_k": -1},
-                   {"top_p": 1e-9}, {"temperature": 0.0},
-                   {"stop": [f"never{i}" for i in range(10_000)]},
-                   {"stop": ["x" * 2**20, "y" * 2**20]},
-                   {"prompt": [1, 2, 3]}, {"prompt": [[5, 6], [7]]},
-                   {"prompt": "héllo 日本 🦙 \u0000"}, {"user": "u" * 10_000}):
+    for change in (
+        {"seed": -1},
+        {"seed": 2**63 - 1},
+        {"seed": -(2**63)},
+        {"seed": 10**100},
+        {"seed": -(10**100)},
+        {"top_k": -1},
+        {"top_p": 1e-9},
+        {"temperature": 0.0},
+        {"stop": [f"never{i}" for i in range(10_000)]},
+        {"stop": ["x" * 2**20, "y" * 2**20]},
+        {"prompt": [1, 2, 3]},
+        {"prompt": [[5, 6], [7]]},
+        {"prompt": "héllo 日本 🦙 \u0000"},
+        {"user": "u" * 10_000},
+    ):
         out = _post(running, "/v1/completions", {**OK, **change})
-        assert out.status_code == 200, (change if len(str(change)) < 200 else list(change),
-                                        out.text[:300])
+        assert out.status_code == 200, (
+            change if len(str(change)) < 200 else list(change),
+            out.text[:300],
+        )
         assert len(out.json()["choices"]) >= 1
     _assert_serving(running)
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/completions", {**OK, "prompt": "\ud800 lone surrogate"}),
-    ("/v1/completions", {**OK, "prompt": "\udfff", "echo": True}),
-    ("/v1/completions", {**OK, "stop": ["\ud800"]}),
-    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "a\ud800"}]}),
-    ("/tokenize", {"model": MODEL, "prompt": "\ud800"}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/completions", {**OK, "prompt": "\ud800 lone surrogate"}),
+        ("/v1/completions", {**OK, "prompt": "\udfff", "echo": True}),
+        ("/v1/completions", {**OK, "stop": ["\ud800"]}),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "a\ud800"}]}),
+        ("/tokenize", {"model": MODEL, "prompt": "\ud800"}),
+    ],
+)
 def test_lone_surrogates(running, path, body):
     """JSON may escape a lone surrogate (``"\\ud800"``), which is no UTF-8 text: a 400 (or
     text with the surrogate replaced), never a 500."""
@@ -183,30 +218,40 @@ def test_lone_surrogates(running, path, body):
 
 # -- chat --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("messages, status, needle", [
-    ([], 400, "messages"),
-    ("hi", 400, "messages"),
-    ([{"content": "no role"}], 400, "role"),
-    ([{"role": "user", "content": 5}], 400, "content"),
-    ([{"role": "user", "content": {"a": 1}}], 400, "content"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], 400,
-     "text content"),
-    ([{"role": "user", "content": [{"type": "text", "text": 5}]}], 400, "text content"),
-    ([{"role": "user", "content": [1, 2]}], 400, "content"),
-    ([{"role": "user", "content": "hi"}] * 10_000, 400, "maximum context length"),
-    ([{"role": 7, "content": "x"}], 400, "role"),
-])
+
+@pytest.mark.parametrize(
+    "messages, status, needle",
+    [
+        ([], 400, "messages"),
+        ("hi", 400, "messages"),
+        ([{"content": "no role"}], 400, "role"),
+        ([{"role": "user", "content": 5}], 400, "content"),
+        ([{"role": "user", "content": {"a": 1}}], 400, "content"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            400,
+            "text content",
+        ),
+        ([{"role": "user", "content": [{"type": "text", "text": 5}]}], 400, "text content"),
+        ([{"role": "user", "content": [1, 2]}], 400, "content"),
+        ([{"role": "user", "content": "hi"}] * 10_000, 400, "maximum context length"),
+        ([{"role": 7, "content": "x"}], 400, "role"),
+    ],
+)
 def test_bad_chat_messages(running, messages, status, needle):
     body = {**CHAT, "messages": messages}
     _assert_error(_post(running, "/v1/chat/completions", body), status, needle)
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"top_logprobs": 10**6, "logprobs": True}, "logprobs"),
-    ({"max_completion_tokens": 10**12}, "maximum context length"),
-    ({"max_tokens": -5}, "max_tokens"),
-    ({"n": 10**9}, "n must be"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"top_logprobs": 10**6, "logprobs": True}, "logprobs"),
+        ({"max_completion_tokens": 10**12}, "maximum context length"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"n": 10**9}, "n must be"),
+    ],
+)
 def test_bad_chat_fields(running, change, needle):
     _assert_error(_post(running, "/v1/chat/completions", {**CHAT, **change}), 400, needle)
 
@@ -214,9 +259,11 @@ def test_bad_chat_fields(running, change, needle):
 def test_unknown_roles_and_none_content(running):
     """Roles the template does not know and ``content: null`` are the template's business:
     a completion or a 400 from the template, never a 500."""
-    for messages in ([{"role": "wizard", "content": "hi"}],
-                     [{"role": "user", "content": None}],
-                     [{"role": "user", "content": "x", "name": {"nested": [1]}}]):
+    for messages in (
+        [{"role": "wizard", "content": "hi"}],
+        [{"role": "user", "content": None}],
+        [{"role": "user", "content": "x", "name": {"nested": [1]}}],
+    ):
         out = _post(running, "/v1/chat/completions", {**CHAT, "messages": messages})
         assert out.status_code in (200, 400), out.text[:300]
         if out.status_code == 400:
@@ -226,14 +273,18 @@ def test_unknown_roles_and_none_content(running):
 
 # -- tokenize ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, body, needle", [
-    ("/tokenize", {}, "prompt or messages"),
-    ("/tokenize", {"prompt": 5}, "prompt"),
-    ("/tokenize", {"messages": "x"}, "messages"),
-    ("/detokenize", {"tokens": [-1]}, "vocabulary"),
-    ("/detokenize", {"tokens": [2**70]}, "vocabulary"),
-    ("/detokenize", {"tokens": "abc"}, "tokens"),
-])
+
+@pytest.mark.parametrize(
+    "path, body, needle",
+    [
+        ("/tokenize", {}, "prompt or messages"),
+        ("/tokenize", {"prompt": 5}, "prompt"),
+        ("/tokenize", {"messages": "x"}, "messages"),
+        ("/detokenize", {"tokens": [-1]}, "vocabulary"),
+        ("/detokenize", {"tokens": [2**70]}, "vocabulary"),
+        ("/detokenize", {"tokens": "abc"}, "tokens"),
+    ],
+)
 def test_bad_tokenize(running, path, body, needle):
     _assert_error(_post(running, path, body), 400, needle)
 
@@ -250,6 +301,7 @@ def test_tokenize_huge_input(running, llm):
 
 
 # -- body size and the API key -----------------------------------------------------------
+
 
 def _raw_http(server, request: bytes) -> bytes:
     """Send ``request`` as raw bytes; the whole answer (or what came before the close)."""
@@ -278,39 +330,54 @@ def test_body_size_limits(llm):
         assert _post(server, "/v1/completions", raw=at_limit.encode()).status_code == 200
         over = at_limit.replace('"user": "', '"user": "u')
         _assert_error(_post(server, "/v1/completions", raw=over.encode()), 413, "larger")
+
         # chunked, no Content-Length: counted while read, refused once past the limit
         def chunks():
             for _ in range(64):
                 yield b" " * 256
             yield json.dumps(OK).encode()
-        out = httpx.post(server.url + "/v1/completions", content=chunks(),
-                         headers={"content-type": "application/json"}, timeout=30)
+
+        out = httpx.post(
+            server.url + "/v1/completions",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         _assert_error(out, 413, "larger")
         # a Content-Length that lies (says small, sends more) or is not a number
-        answer = _raw_http(server, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
-                                   b"Content-Type: application/json\r\n"
-                                   b"Content-Length: 99999999999999999999\r\n\r\n{}")
+        answer = _raw_http(
+            server,
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: 99999999999999999999\r\n\r\n{}",
+        )
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-        answer = _raw_http(server, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
-                                   b"Transfer-Encoding: chunked\r\n\r\n"
-                                   + b"".join(b"400\r\n" + b" " * 1024 + b"\r\n"
-                                              for _ in range(4)) + b"0\r\n\r\n")
+        answer = _raw_http(
+            server,
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"400\r\n" + b" " * 1024 + b"\r\n" for _ in range(4))
+            + b"0\r\n\r\n",
+        )
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         _assert_serving(server)
 
 
-@pytest.mark.parametrize("authorization, status", [
-    (None, 401),
-    ("", 401),
-    ("Bearer", 401),
-    ("Bearer wrong", 401),
-    ("Bearer s3cret-but-longer", 401),
-    ("Bearer s3cre", 401),
-    ("Basic s3cret", 401),
-    ("s3cret", 401),
-    ("Bearer  s3cret", 401),
-    ("Bearer s3cret", 200),
-])
+@pytest.mark.parametrize(
+    "authorization, status",
+    [
+        (None, 401),
+        ("", 401),
+        ("Bearer", 401),
+        ("Bearer wrong", 401),
+        ("Bearer s3cret-but-longer", 401),
+        ("Bearer s3cre", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+        ("Bearer  s3cret", 401),
+        ("Bearer s3cret", 200),
+    ],
+)
 def test_api_key(api_server, authorization, status):
     headers = {} if authorization is None else {"authorization": authorization}
     out = httpx.get(api_server.url + "/v1/models", headers=headers)
@@ -325,11 +392,15 @@ def test_api_key(api_server, authorization, status):
 
 def test_api_key_checked_before_the_body(api_server):
     """A request without the key is refused before its (huge) body is read."""
-    out = httpx.post(api_server.url + "/v1/completions", content=b"x" * (8 * 2**20),
-                     headers={"content-type": "application/json"})
+    out = httpx.post(
+        api_server.url + "/v1/completions",
+        content=b"x" * (8 * 2**20),
+        headers={"content-type": "application/json"},
+    )
     _assert_error(out, 401, "api key")
-    ok = httpx.post(api_server.url + "/v1/completions", json=OK,
-                    headers={"authorization": "Bearer s3cret"})
+    ok = httpx.post(
+        api_server.url + "/v1/completions", json=OK, headers={"authorization": "Bearer s3cret"}
+    )
     assert ok.status_code == 200
 
 
@@ -340,6 +411,7 @@ def api_server(llm):
 
 
 # -- disconnects, back-pressure, shutdown --------------------------------------------------
+
 
 @pytest.fixture
 def slow_model(llm, monkeypatch):
@@ -357,14 +429,21 @@ def slow_model(llm, monkeypatch):
     return llm
 
 
-@pytest.mark.parametrize("path, body", [
-    # return_token_ids: a chunk per token (the tiny model's random bytes are held back as
-    # incomplete UTF-8 until the end otherwise)
-    ("/v1/completions", {**OK, "max_tokens": 200, "ignore_eos": True, "stream": True,
-                         "return_token_ids": True}),
-    ("/v1/chat/completions", {**CHAT, "max_tokens": 200, "ignore_eos": True, "stream": True,
-                              "n": 3}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        # return_token_ids: a chunk per token (the tiny model's random bytes are held back as
+        # incomplete UTF-8 until the end otherwise)
+        (
+            "/v1/completions",
+            {**OK, "max_tokens": 200, "ignore_eos": True, "stream": True, "return_token_ids": True},
+        ),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "max_tokens": 200, "ignore_eos": True, "stream": True, "n": 3},
+        ),
+    ],
+)
 def test_stream_disconnects_leak_no_slot(running, slow_model, path, body):
     """Twenty clients in a row drop their stream after the first chunk: every one is
     cancelled and the batch is empty again."""
@@ -375,8 +454,9 @@ def test_stream_disconnects_leak_no_slot(running, slow_model, path, body):
             for line in resp.iter_lines():
                 if line.startswith("data:"):
                     break
-    wait_for(lambda: metric(running, "request_cancelled_total") >= cancelled + 20,
-             "20 cancellations")
+    wait_for(
+        lambda: metric(running, "request_cancelled_total") >= cancelled + 20, "20 cancellations"
+    )
     _assert_serving(running)
 
 
@@ -384,15 +464,22 @@ def test_abrupt_socket_close(running, slow_model):
     """A client that sends its request and closes the socket at once, streaming or not."""
     cancelled = metric(running, "request_cancelled_total")
     for stream in (True, False):
-        body = json.dumps({**OK, "max_tokens": 200, "ignore_eos": True,
-                           "stream": stream}).encode()
+        body = json.dumps({**OK, "max_tokens": 200, "ignore_eos": True, "stream": stream}).encode()
         for _ in range(5):
             with socket.create_connection(("127.0.0.1", running.port)) as sock:
-                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
-                             b"Content-Type: application/json\r\n"
-                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    wait_for(lambda: metric(running, "request_cancelled_total") >= cancelled + 10
-             and metric(running, "num_requests_running") == 0, "10 cancellations")
+                sock.sendall(
+                    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+    wait_for(
+        lambda: (
+            metric(running, "request_cancelled_total") >= cancelled + 10
+            and metric(running, "num_requests_running") == 0
+        ),
+        "10 cancellations",
+    )
     _assert_serving(running)
 
 
@@ -432,8 +519,9 @@ def test_requests_during_shutdown(llm):
 
     def stream():
         try:
-            with httpx.stream("POST", server.url + "/v1/completions", json=body,
-                              timeout=60) as resp:
+            with httpx.stream(
+                "POST", server.url + "/v1/completions", json=body, timeout=60
+            ) as resp:
                 lines = list(resp.iter_lines())
                 ended.append(lines[-1] if lines else "")
         except httpx.HTTPError as exc:
@@ -484,6 +572,9 @@ def test_a_stopped_engine_refuses_at_once(llm):
         engine.stop()
         assert not engine._thread.is_alive()
         _assert_error(_post(server, "/v1/completions", OK, timeout=10), 503, "stopping")
-        _assert_error(_post(server, "/v1/chat/completions", {**CHAT, "stream": True},
-                            timeout=10), 503, "stopping")
+        _assert_error(
+            _post(server, "/v1/chat/completions", {**CHAT, "stream": True}, timeout=10),
+            503,
+            "stopping",
+        )
         _assert_error(httpx.get(server.url + "/health"), 503, "stopped")

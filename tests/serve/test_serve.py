@@ -44,10 +44,16 @@ def test_completions_equal_generate(server):
         assert choice.token_ids == expected.token_ids and choice.text == expected.text
         assert choice.finish_reason == "length"
         prompt_len = len(llm.tokenizer.encode(prompt))
-        assert (out.usage.prompt_tokens, out.usage.completion_tokens,
-                out.usage.total_tokens) == (prompt_len, 12, prompt_len + 12)
-        chunks = list(api.completions.create(model=MODEL, prompt=prompt, stream=True,
-                                             extra_body=NO_EOS, **GREEDY))
+        assert (out.usage.prompt_tokens, out.usage.completion_tokens, out.usage.total_tokens) == (
+            prompt_len,
+            12,
+            prompt_len + 12,
+        )
+        chunks = list(
+            api.completions.create(
+                model=MODEL, prompt=prompt, stream=True, extra_body=NO_EOS, **GREEDY
+            )
+        )
         assert sum((c.choices[0].token_ids for c in chunks), []) == expected.token_ids
         assert "".join(c.choices[0].text for c in chunks) == expected.text
         assert chunks[-1].choices[0].finish_reason == "length"
@@ -63,9 +69,14 @@ def test_chat_equals_llm_chat(server):
     assert out.choices[0].token_ids == expected.token_ids
     rendered = llm.tokenizer.render_chat(CHAT)
     assert out.usage.prompt_tokens == len(llm.tokenizer.encode(rendered, False))
-    stream = api.chat.completions.create(model=MODEL, messages=CHAT, stream=True,
-                                         stream_options={"include_usage": True},
-                                         extra_body={"ignore_eos": True}, **GREEDY)
+    stream = api.chat.completions.create(
+        model=MODEL,
+        messages=CHAT,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+        **GREEDY,
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -78,8 +89,15 @@ def test_chat_n_streams_each_choice(server):
     """n=2 seeded: the streamed choices, told apart by index, equal the non-streamed ones."""
     _name, _llm, running = server
     api = client(running)
-    settings = dict(model=MODEL, messages=CHAT, n=2, seed=5, temperature=1.0, max_tokens=8,
-                    extra_body={"ignore_eos": True})
+    settings = dict(
+        model=MODEL,
+        messages=CHAT,
+        n=2,
+        seed=5,
+        temperature=1.0,
+        max_tokens=8,
+        extra_body={"ignore_eos": True},
+    )
     whole = api.chat.completions.create(**settings)
     texts = ["", ""]
     for chunk in api.chat.completions.create(stream=True, **settings):
@@ -91,8 +109,11 @@ def test_chat_n_streams_each_choice(server):
 
 def test_raw_stream_ends_with_done(server):
     _name, _llm, running = server
-    with httpx.stream("POST", running.url + "/v1/completions",
-                      json={"prompt": "Hi", "max_tokens": 3, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        running.url + "/v1/completions",
+        json={"prompt": "Hi", "max_tokens": 3, "stream": True},
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         data = [line for line in response.iter_lines() if line.startswith("data:")]
     assert data[-1] == "data: [DONE]"
@@ -105,12 +126,11 @@ def test_seeded_sampling_n_and_extras(server):
     api = client(running)
     settings = dict(temperature=0.9, top_p=0.9, seed=1234, max_tokens=10, n=2)
     extra = dict(top_k=50, min_p=0.02, repetition_penalty=1.1, **NO_EOS)
-    expected = _reference(llm, PROMPTS[1], ignore_eos=True, top_k=50, min_p=0.02,
-                          repetition_penalty=1.1, **settings)
-    first = api.completions.create(model=MODEL, prompt=PROMPTS[1], extra_body=extra,
-                                   **settings)
-    again = api.completions.create(model=MODEL, prompt=PROMPTS[1], extra_body=extra,
-                                   **settings)
+    expected = _reference(
+        llm, PROMPTS[1], ignore_eos=True, top_k=50, min_p=0.02, repetition_penalty=1.1, **settings
+    )
+    first = api.completions.create(model=MODEL, prompt=PROMPTS[1], extra_body=extra, **settings)
+    again = api.completions.create(model=MODEL, prompt=PROMPTS[1], extra_body=extra, **settings)
     assert [c.token_ids for c in first.choices] == [e.token_ids for e in expected]
     assert [c.token_ids for c in again.choices] == [e.token_ids for e in expected]
     assert [c.index for c in first.choices] == [0, 1]
@@ -122,10 +142,16 @@ def test_stop_logprobs_and_echo(server):
     api = client(running)
     base = _reference(llm, PROMPTS[2], ignore_eos=True, **GREEDY)[0]
     stop = base.text[4:6]
-    expected = _reference(llm, PROMPTS[2], ignore_eos=True, stop=[stop], logprobs=2,
-                          **GREEDY)[0]
-    out = api.completions.create(model=MODEL, prompt=PROMPTS[2], stop=[stop], logprobs=2,
-                                 echo=True, extra_body=NO_EOS, **GREEDY)
+    expected = _reference(llm, PROMPTS[2], ignore_eos=True, stop=[stop], logprobs=2, **GREEDY)[0]
+    out = api.completions.create(
+        model=MODEL,
+        prompt=PROMPTS[2],
+        stop=[stop],
+        logprobs=2,
+        echo=True,
+        extra_body=NO_EOS,
+        **GREEDY,
+    )
     choice = out.choices[0]
     assert choice.finish_reason == "stop" and choice.stop_reason == stop
     assert choice.text == PROMPTS[2] + expected.text
@@ -133,16 +159,18 @@ def test_stop_logprobs_and_echo(server):
     lp = choice.logprobs
     assert len(lp.tokens) == len(prompt_ids) + len(expected.token_ids)
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
-    generated = lp.token_logprobs[len(prompt_ids):]
+    generated = lp.token_logprobs[len(prompt_ids) :]
     wanted = [step[t].logprob for step, t in zip(expected.logprobs, expected.token_ids)]
     assert generated == pytest.approx(wanted, abs=1e-4)
     assert all(len(top) <= 2 for top in lp.top_logprobs[1:])
-    chat = api.chat.completions.create(model=MODEL, messages=CHAT, logprobs=True,
-                                       top_logprobs=3, **GREEDY)
+    chat = api.chat.completions.create(
+        model=MODEL, messages=CHAT, logprobs=True, top_logprobs=3, **GREEDY
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == chat.usage.completion_tokens
-    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob - 1e-9
-               for t in content)
+    assert all(
+        len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob - 1e-9 for t in content
+    )
 
 
 def test_concurrent_clients_are_batched(server):
@@ -151,18 +179,32 @@ def test_concurrent_clients_are_batched(server):
     _name, llm, running = server
     api = client(running)
     prompts = [f"{PROMPTS[i % 3]} {i}" for i in range(16)]
-    expected = [_reference(llm, p, ignore_eos=True, temperature=0, max_tokens=8 + i)[0]
-                for i, p in enumerate(prompts)]
+    expected = [
+        _reference(llm, p, ignore_eos=True, temperature=0, max_tokens=8 + i)[0]
+        for i, p in enumerate(prompts)
+    ]
     joined_before = metric(running, "requests_joined_running_batch_total")
     single_before = metric(running, "batch_size_bucket", le="1.0")
     steps_before = metric(running, "batch_size_count")
-    long_run = api.completions.create(model=MODEL, prompt="A long one", max_tokens=200,
-                                      temperature=0, stream=True, extra_body=NO_EOS)
+    long_run = api.completions.create(
+        model=MODEL,
+        prompt="A long one",
+        max_tokens=200,
+        temperature=0,
+        stream=True,
+        extra_body=NO_EOS,
+    )
     first = next(iter(long_run))  # it is decoding now: the others must join it
 
     def ask(i):
-        chunks = api.completions.create(model=MODEL, prompt=prompts[i], max_tokens=8 + i,
-                                        temperature=0, stream=True, extra_body=NO_EOS)
+        chunks = api.completions.create(
+            model=MODEL,
+            prompt=prompts[i],
+            max_tokens=8 + i,
+            temperature=0,
+            stream=True,
+            extra_body=NO_EOS,
+        )
         return sum((c.choices[0].token_ids for c in chunks), [])
 
     with ThreadPoolExecutor(16) as pool:
@@ -171,8 +213,9 @@ def test_concurrent_clients_are_batched(server):
     assert len(first.choices[0].token_ids) + len(rest) == 200
     assert got == [e.token_ids for e in expected]
     assert metric(running, "requests_joined_running_batch_total") >= joined_before + 16
-    multi = (metric(running, "batch_size_count") - steps_before) - \
-        (metric(running, "batch_size_bucket", le="1.0") - single_before)
+    multi = (metric(running, "batch_size_count") - steps_before) - (
+        metric(running, "batch_size_bucket", le="1.0") - single_before
+    )
     assert multi > 16  # steps that decoded more than one sequence
     assert metric(running, "num_requests_running") == 0
 
@@ -181,44 +224,53 @@ def test_disconnect_cancels(server):
     _name, _llm, running = server
     cancelled = metric(running, "request_cancelled_total")
     tokens = metric(running, "generation_tokens_total")
-    with httpx.stream("POST", running.url + "/v1/completions",
-                      json={"prompt": "Go on", "max_tokens": 240, "stream": True,
-                            "ignore_eos": True}) as response:
+    with httpx.stream(
+        "POST",
+        running.url + "/v1/completions",
+        json={"prompt": "Go on", "max_tokens": 240, "stream": True, "ignore_eos": True},
+    ) as response:
         lines = response.iter_lines()
         assert next(line for line in lines if line.startswith("data:"))
     # the response is closed mid-stream: the request leaves the batch
-    wait_for(lambda: metric(running, "request_cancelled_total") == cancelled + 1,
-             "the cancellation")
+    wait_for(
+        lambda: metric(running, "request_cancelled_total") == cancelled + 1, "the cancellation"
+    )
     wait_for(lambda: metric(running, "num_requests_running") == 0, "an empty batch")
     assert metric(running, "generation_tokens_total") - tokens < 240
     out = client(running).completions.create(model=MODEL, prompt="still here", max_tokens=2)
     assert out.choices[0].finish_reason in ("length", "stop")
 
 
-@pytest.mark.parametrize("path, body, status, message", [
-    ("/v1/completions", {"model": "other", "prompt": "x"}, 404, "The model `other` does not"),
-    ("/v1/chat/completions", {"model": MODEL}, 400, "messages: Field required"),
-    ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 300}, 400,
-     "maximum context length is 256 tokens"),
-    ("/v1/completions", {"prompt": "x", "n": -1}, 400, "n must be between 1 and 256"),
-    ("/v1/completions", {"prompt": "x", "n": 17}, 400, "at most 16 (--max-num-seqs)"),
-    ("/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature must be non"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
-    ("/v1/completions", {"prompt": "x", "logprobs": 21}, 400, "more than the maximum"),
-    ("/v1/completions", {"prompt": ""}, 400, "the prompt is empty"),
-    ("/v1/completions", {"prompt": [[5, 999999]]}, 400, "outside the model's vocabulary"),
-    ("/v1/completions", {"prompt": "x", "logit_bias": {"5": 1}}, 400, "logit_bias"),
-    ("/v1/completions", b'{"prompt": "x",', 400, "malformed JSON"),
-    ("/v1/completions", b"x" * (4 * 2**20 + 1), 413, "larger than"),
-    ("/v1/nothing", {}, 404, "Not Found"),
-    ("/detokenize", {"tokens": [-1]}, 400, "outside the model's vocabulary"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/v1/completions", {"model": "other", "prompt": "x"}, 404, "The model `other` does not"),
+        ("/v1/chat/completions", {"model": MODEL}, 400, "messages: Field required"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
+        (
+            "/v1/completions",
+            {"prompt": "x", "max_tokens": 300},
+            400,
+            "maximum context length is 256 tokens",
+        ),
+        ("/v1/completions", {"prompt": "x", "n": -1}, 400, "n must be between 1 and 256"),
+        ("/v1/completions", {"prompt": "x", "n": 17}, 400, "at most 16 (--max-num-seqs)"),
+        ("/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature must be non"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
+        ("/v1/completions", {"prompt": "x", "logprobs": 21}, 400, "more than the maximum"),
+        ("/v1/completions", {"prompt": ""}, 400, "the prompt is empty"),
+        ("/v1/completions", {"prompt": [[5, 999999]]}, 400, "outside the model's vocabulary"),
+        ("/v1/completions", {"prompt": "x", "logit_bias": {"5": 1}}, 400, "logit_bias"),
+        ("/v1/completions", b'{"prompt": "x",', 400, "malformed JSON"),
+        ("/v1/completions", b"x" * (4 * 2**20 + 1), 413, "larger than"),
+        ("/v1/nothing", {}, 404, "Not Found"),
+        ("/detokenize", {"tokens": [-1]}, 400, "outside the model's vocabulary"),
+    ],
+)
 def test_bad_requests(server, path, body, status, message):
     _name, _llm, running = server
     send = {"content": body} if isinstance(body, bytes) else {"json": body}
-    response = httpx.post(running.url + path, headers={"content-type": "application/json"},
-                          **send)
+    response = httpx.post(running.url + path, headers={"content-type": "application/json"}, **send)
     assert response.status_code == status
     error = response.json()["error"]
     assert message in error["message"] and set(error) >= {"message", "type", "code"}
@@ -249,19 +301,28 @@ def test_tokenize_detokenize(server):
 
 def test_metrics_exposition(server):
     _name, _llm, running = server
-    client(running).completions.create(model=MODEL, prompt="count me", max_tokens=4,
-                                       extra_body={"ignore_eos": True})
+    client(running).completions.create(
+        model=MODEL, prompt="count me", max_tokens=4, extra_body={"ignore_eos": True}
+    )
     text = httpx.get(running.url + "/metrics").text
-    for name in ("num_requests_running", "num_requests_waiting", "prompt_tokens_total",
-                 "generation_tokens_total", "request_success_total",
-                 "time_to_first_token_seconds_bucket", "inter_token_latency_seconds_count",
-                 "e2e_request_latency_seconds_sum", "batch_size_bucket"):
+    for name in (
+        "num_requests_running",
+        "num_requests_waiting",
+        "prompt_tokens_total",
+        "generation_tokens_total",
+        "request_success_total",
+        "time_to_first_token_seconds_bucket",
+        "inter_token_latency_seconds_count",
+        "e2e_request_latency_seconds_sum",
+        "batch_size_bucket",
+    ):
         assert f"keishiki:{name}{{" in text, name
     assert metric(running, "time_to_first_token_seconds_count") >= 1
     assert metric(running, "inter_token_latency_seconds_count") >= 3
 
 
 # -- servers with their own settings (onnxruntime: the quicker of the two) ------------------
+
 
 def test_full_queue_answers_503(served_llms):
     """One slot, one waiting place: a third request is refused with 503 and Retry-After;
@@ -270,12 +331,16 @@ def test_full_queue_answers_503(served_llms):
 
     with start(served_llms["onnxruntime"], max_num_seqs=1, max_queue_len=1) as running:
         api = client(running)
-        busy = api.completions.create(model=MODEL, prompt="busy", max_tokens=240,
-                                      stream=True, extra_body={"ignore_eos": True})
+        busy = api.completions.create(
+            model=MODEL, prompt="busy", max_tokens=240, stream=True, extra_body={"ignore_eos": True}
+        )
         next(iter(busy))  # running: the one slot is taken
         waiting = {}
-        thread = threading.Thread(target=lambda: waiting.setdefault("out", api.completions.create(
-            model=MODEL, prompt="waits", max_tokens=2)))
+        thread = threading.Thread(
+            target=lambda: waiting.setdefault(
+                "out", api.completions.create(model=MODEL, prompt="waits", max_tokens=2)
+            )
+        )
         thread.start()
         wait_for(lambda: metric(running, "num_requests_waiting") == 1, "a waiting request")
         with pytest.raises(openai.APIStatusError) as caught:
@@ -327,8 +392,11 @@ def test_disconnect_cancels_a_non_streaming_request(served_llms, monkeypatch):
     monkeypatch.setattr(llm._engine, "_forward", slow)
     with start(llm) as running:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(running.url + "/v1/completions", timeout=0.5,
-                       json={"prompt": "slow", "max_tokens": 240, "ignore_eos": True})
+            httpx.post(
+                running.url + "/v1/completions",
+                timeout=0.5,
+                json={"prompt": "slow", "max_tokens": 240, "ignore_eos": True},
+            )
         wait_for(lambda: metric(running, "request_cancelled_total") == 1, "the cancellation")
         assert metric(running, "generation_tokens_total") < 240
         assert metric(running, "num_requests_running") == 0

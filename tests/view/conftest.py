@@ -21,9 +21,14 @@ def hostile_file(tmp_path_factory) -> Path:
     from safetensors.numpy import save_file
 
     path = tmp_path_factory.mktemp("hostile") / "hostile.safetensors"
-    save_file({HOSTILE: np.arange(6, dtype=np.float32).reshape(2, 3),
-               "ok.weight": np.ones(4, np.float32)}, str(path),
-              metadata={HOSTILE: HOSTILE})
+    save_file(
+        {
+            HOSTILE: np.arange(6, dtype=np.float32).reshape(2, 3),
+            "ok.weight": np.ones(4, np.float32),
+        },
+        str(path),
+        metadata={HOSTILE: HOSTILE},
+    )
     return path
 
 
@@ -38,9 +43,13 @@ def stats_file(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     special[7] = np.inf
     special[[8, 9, 10]] = -np.inf
     special[100:120] = 0
-    arrays = {"special": special, "big": rng.standard_normal((100, 50)).astype(np.float64),
-              "nan": np.full(5, np.nan, np.float32), "const": np.full(4, 2.5, np.float32),
-              "ints": np.arange(-5, 5, dtype=np.int64)}
+    arrays = {
+        "special": special,
+        "big": rng.standard_normal((100, 50)).astype(np.float64),
+        "nan": np.full(5, np.nan, np.float32),
+        "const": np.full(4, 2.5, np.float32),
+        "ints": np.arange(-5, 5, dtype=np.int64),
+    }
     path = tmp_path_factory.mktemp("stats") / "stats.safetensors"
     save_file(arrays, str(path))
     return path, arrays
@@ -49,6 +58,12 @@ def stats_file(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 @pytest.fixture
 def remote_model() -> ModelInfo:
     """What ``inspect("hf://...")`` gives: names and shapes from headers, no tensor loader."""
-    return ModelInfo(path="hf://org/tiny", format="safetensors", file_size=100,
-                     tensors=[TensorInfo("0.weight", "float32", (8, 4), 128),
-                              TensorInfo("0.bias", "float32", (8,), 32)])
+    return ModelInfo(
+        path="hf://org/tiny",
+        format="safetensors",
+        file_size=100,
+        tensors=[
+            TensorInfo("0.weight", "float32", (8, 4), 128),
+            TensorInfo("0.bias", "float32", (8,), 32),
+        ],
+    )

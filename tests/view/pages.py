@@ -25,8 +25,9 @@ def routes_of(server: ViewServer, **extra) -> dict:
     return routes
 
 
-def render_in_node(tmp_path: Path, routes: dict, filter_text: str = "",
-                   click: bool = False) -> dict:
+def render_in_node(
+    tmp_path: Path, routes: dict, filter_text: str = "", click: bool = False
+) -> dict:
     """Run view.js with ``routes`` as the API; what the page shows (see render_page.js)."""
     node = shutil.which("node")
     if node is None:
@@ -34,9 +35,14 @@ def render_in_node(tmp_path: Path, routes: dict, filter_text: str = "",
     (tmp_path / "routes.json").write_bytes(to_json(routes))
     (tmp_path / "view.js").write_bytes(static_file("view.js"))
     env = {"FILTER": filter_text, **({"CLICK": "1"} if click else {})}
-    result = subprocess.run([node, str(RENDER_JS), str(tmp_path / "view.js"),
-                             str(tmp_path / "routes.json")], capture_output=True, text=True,
-                            timeout=60, env=env, check=False)
+    result = subprocess.run(
+        [node, str(RENDER_JS), str(tmp_path / "view.js"), str(tmp_path / "routes.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     page = json.loads(result.stdout)
     assert "Could not load" not in page["main"], page["main"]

@@ -31,13 +31,15 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 def chromium() -> str | None:
     """The system Chromium: $KEISHIKI_CHROMIUM, else the first of BROWSERS on PATH."""
     return os.environ.get("KEISHIKI_CHROMIUM") or next(
-        (p for p in map(shutil.which, BROWSERS) if p), None)
+        (p for p in map(shutil.which, BROWSERS) if p), None
+    )
 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install playwright)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
     path = chromium()
     if path is None:
         pytest.skip("no Chromium binary (apt-get install chromium, or set KEISHIKI_CHROMIUM)")
@@ -92,14 +94,20 @@ def test_model_page_and_tensor_statistics(page, serve):
     # the parameter count stays on one line: "493.89K" with the exact count under it
     value = page.locator("#summary .stat", has_text="parameters").locator(".value")
     assert value.inner_text() == "493.89K" and value.bounding_box()["height"] < 30
-    assert page.locator("#summary .stat", has_text="parameters").locator(".sub").inner_text() \
+    assert (
+        page.locator("#summary .stat", has_text="parameters").locator(".sub").inner_text()
         == "493,888"
+    )
     # GGUF general.* keys once (in the key/value table, with their type), not twice
     keys = page.locator("td.key").all_inner_texts()
-    assert keys.count("general.architecture") == 1 and "Metadata" not in page.locator(
-        "h2").all_inner_texts()
-    assert page.locator("#gguf-kv tr", has_text="tokenizer.ggml.tokens").inner_text().count(
-        "[PAD]") == 1
+    assert (
+        keys.count("general.architecture") == 1
+        and "Metadata" not in page.locator("h2").all_inner_texts()
+    )
+    assert (
+        page.locator("#gguf-kv tr", has_text="tokenizer.ggml.tokens").inner_text().count("[PAD]")
+        == 1
+    )
     screenshot(page, "model")
     page.locator(".tensor-link", has_text="blk.0.attn_q.weight").click()
     page.wait_for_selector(".stats-card")
@@ -119,8 +127,10 @@ def test_pytorch_details_are_tables_and_no_netron_link(page, serve):
     row = details.locator("#details-pytorch > tbody > tr", has_text="kind").first
     assert row.locator("td").nth(1).inner_text() == "state_dict"
     sys_info = details.locator("#details-pytorch > tbody > tr", has_text="sys_info")
-    assert sys_info.locator("table td.key").all_inner_texts()[:2] == ["protocol_version",
-                                                                     "little_endian"]
+    assert sys_info.locator("table td.key").all_inner_texts()[:2] == [
+        "protocol_version",
+        "little_endian",
+    ]
     assert details.locator("pre").count() == 0  # no raw JSON
     assert page.locator("#netron-link").count() == 0  # Netron draws no graph for a state dict
 

@@ -22,26 +22,73 @@ from .pages import offline, render_in_node, routes_of
 
 # a `keishiki compare A B --layers --json` document (schema keishiki._compare.layers/1)
 LAYERS = {
-    "schema": "keishiki._compare.layers/1", "verdict": "diverged", "exit_code": 1,
+    "schema": "keishiki._compare.layers/1",
+    "verdict": "diverged",
+    "exit_code": 1,
     "a": {"path": "a", "format": "hf-model", "backend": "torch", "precision": "float32"},
     "b": {"path": "b", "format": "gguf", "backend": "torch", "precision": "8-bit"},
-    "prompt": "The quick brown fox", "prompt_token_ids": [1, 2, 3], "atol": 1e-6,
-    "rtol": 1e-3, "rtol_source": "given", "n_pairs": 3, "n_over_tolerance": 2,
-    "first_divergence": {"position": 1, "module": "model.layers.0.mlp", "module_b": None,
-                         "index": None, "shape_a": [1, 3, 64], "shape_b": [1, 3, 64],
-                         "max_abs_diff": 0.02, "max_rel_diff": 0.5, "cosine": 0.9,
-                         "ok": False},
+    "prompt": "The quick brown fox",
+    "prompt_token_ids": [1, 2, 3],
+    "atol": 1e-6,
+    "rtol": 1e-3,
+    "rtol_source": "given",
+    "n_pairs": 3,
+    "n_over_tolerance": 2,
+    "first_divergence": {
+        "position": 1,
+        "module": "model.layers.0.mlp",
+        "module_b": None,
+        "index": None,
+        "shape_a": [1, 3, 64],
+        "shape_b": [1, 3, 64],
+        "max_abs_diff": 0.02,
+        "max_rel_diff": 0.5,
+        "cosine": 0.9,
+        "ok": False,
+    },
     "layers": [
-        {"module": "model.embed_tokens", "module_b": None, "index": None, "name_a": "x",
-         "name_b": "y", "shape_a": [1, 3, 64], "shape_b": [1, 3, 64], "max_abs_diff": 0.0,
-         "max_rel_diff": 0.0, "cosine": 1.0, "ok": True},
-        {"module": "model.layers.0.mlp", "module_b": None, "index": None, "name_a": "x",
-         "name_b": "y", "shape_a": [1, 3, 64], "shape_b": [1, 3, 64],
-         "max_abs_diff": 0.02, "max_rel_diff": 0.5, "cosine": 0.9, "ok": False},
-        {"module": "model.rotary_emb", "module_b": None, "index": 1, "name_a": "x",
-         "name_b": "y", "shape_a": [1, 3, 16], "shape_b": [1, 3, 16],
-         "max_abs_diff": "inf", "max_rel_diff": "inf", "cosine": "nan", "ok": False}],
-    "unpaired_a": ["lm_head"], "unpaired_b": [],
+        {
+            "module": "model.embed_tokens",
+            "module_b": None,
+            "index": None,
+            "name_a": "x",
+            "name_b": "y",
+            "shape_a": [1, 3, 64],
+            "shape_b": [1, 3, 64],
+            "max_abs_diff": 0.0,
+            "max_rel_diff": 0.0,
+            "cosine": 1.0,
+            "ok": True,
+        },
+        {
+            "module": "model.layers.0.mlp",
+            "module_b": None,
+            "index": None,
+            "name_a": "x",
+            "name_b": "y",
+            "shape_a": [1, 3, 64],
+            "shape_b": [1, 3, 64],
+            "max_abs_diff": 0.02,
+            "max_rel_diff": 0.5,
+            "cosine": 0.9,
+            "ok": False,
+        },
+        {
+            "module": "model.rotary_emb",
+            "module_b": None,
+            "index": 1,
+            "name_a": "x",
+            "name_b": "y",
+            "shape_a": [1, 3, 16],
+            "shape_b": [1, 3, 16],
+            "max_abs_diff": "inf",
+            "max_rel_diff": "inf",
+            "cosine": "nan",
+            "ok": False,
+        },
+    ],
+    "unpaired_a": ["lm_head"],
+    "unpaired_b": [],
 }
 
 
@@ -58,8 +105,9 @@ def test_pairs_with_how_and_transposed_marks(tmp_path, seq_files):
     assert by_a["0.weight"]["how"] == "value-transposed" and by_a["0.weight"]["transposed"]
     assert by_a["0.bias"]["how"] == "exact" and not by_a["0.bias"]["transposed"]
     page = render_in_node(tmp_path, routes_of(server), "matmul")
-    assert {"pairs", "unmatched-a", "unmatched-b", "compare-summary", "verdict",
-            "layers"} <= set(page["ids"])
+    assert {"pairs", "unmatched-a", "unmatched-b", "compare-summary", "verdict", "layers"} <= set(
+        page["ids"]
+    )
     assert page["filtered"] == 2  # the two onnx::MatMul_<N> pairs
     assert "identical" in page["badges"] and "safetensors vs onnx" in page["badges"]
     assert "transposed" in page["main"] and "value-transposed" in page["main"]
@@ -113,8 +161,10 @@ def test_remote_side_shows_names_only(tmp_path, seq_files, remote_model):
     cmp = compare_payload(a, remote_model)
     assert cmp["values_compared"] is False and cmp["verdict"] is None
     assert "B: a remote hf:// model" in cmp["values_note"]
-    assert {(t["a"], t["how"]) for t in cmp["tensors"]} == {("0.weight", "exact"),
-                                                            ("0.bias", "exact")}
+    assert {(t["a"], t["how"]) for t in cmp["tensors"]} == {
+        ("0.weight", "exact"),
+        ("0.bias", "exact"),
+    }
     server = offline(ViewServer(a, other=remote_model, comparison=cmp))
     page = render_in_node(tmp_path, routes_of(server))
     assert "names only" in page["badges"] and "not downloaded" in page["main"]
@@ -135,18 +185,33 @@ def test_stats_of_both_sides_of_a_pair(tmp_path, seq_files):
     stats_a = server.stats("a", "0.bias")
     page = render_in_node(tmp_path, routes_of(server, **{"/api/stats": stats_a}), click=True)
     assert [u for u in page["requested"] if "stats" in u] == [
-        "/api/stats?side=a&name=0.bias", "/api/stats?side=b&name=0.bias"]
+        "/api/stats?side=a&name=0.bias",
+        "/api/stats?side=b&name=0.bias",
+    ]
     assert page["stats"].count("0.bias") == 2 and "A:" in page["stats"]
 
 
 def test_cli_view_two_models(tmp_path, seq_files):
     layers = tmp_path / "layers.json"
     layers.write_text(json.dumps(LAYERS))
-    proc = subprocess.Popen([sys.executable, "-m", "keishiki", "view", str(seq_files["pt"]),
-                             str(seq_files["onnx"]), "--layers-json", str(layers),
-                             "--no-browser", "-q"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keishiki",
+            "view",
+            str(seq_files["pt"]),
+            str(seq_files["onnx"]),
+            "--layers-json",
+            str(layers),
+            "--no-browser",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         line = proc.stdout.readline()
         assert "(pytorch) vs" in line and "(onnx)" in line
@@ -164,17 +229,27 @@ def test_cli_view_two_models(tmp_path, seq_files):
             proc.kill()
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--layers-json", "{layers}"], "--layers-json needs a second model"),
-    (["{b}", "--layers-json", "{missing}"], "cannot read"),
-    (["{b}", "--layers-json", "{notjson}"], "is not JSON"),
-    (["{b}", "--layers-json", "{wrong}"], "is not the output of `keishiki compare A B --layers"),
-    (["{b}", "--atol", "-1"], "--atol and --rtol must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--layers-json", "{layers}"], "--layers-json needs a second model"),
+        (["{b}", "--layers-json", "{missing}"], "cannot read"),
+        (["{b}", "--layers-json", "{notjson}"], "is not JSON"),
+        (
+            ["{b}", "--layers-json", "{wrong}"],
+            "is not the output of `keishiki compare A B --layers",
+        ),
+        (["{b}", "--atol", "-1"], "--atol and --rtol must be >= 0"),
+    ],
+)
 def test_cli_view_bad_input(tmp_path, seq_files, extra, message):
-    files = {"layers": tmp_path / "layers.json", "missing": tmp_path / "missing.json",
-             "notjson": tmp_path / "bad.json", "wrong": tmp_path / "wrong.json",
-             "b": seq_files["onnx"]}
+    files = {
+        "layers": tmp_path / "layers.json",
+        "missing": tmp_path / "missing.json",
+        "notjson": tmp_path / "bad.json",
+        "wrong": tmp_path / "wrong.json",
+        "b": seq_files["onnx"],
+    }
     files["layers"].write_text(json.dumps(LAYERS))
     files["notjson"].write_text("{")
     files["wrong"].write_text(json.dumps({"schema": "keishiki.compare/1", "layers": []}))

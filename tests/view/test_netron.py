@@ -47,12 +47,17 @@ def test_keras_h5_without_model_config_is_weights_only():
     assert not netron.draws_graph(info)
 
 
-@pytest.mark.parametrize("arch,graph", [("bert", True), ("llama", True),
-                                        ("no-such-architecture", False)])
+@pytest.mark.parametrize(
+    "arch,graph", [("bert", True), ("llama", True), ("no-such-architecture", False)]
+)
 def test_gguf_graph_by_architecture(arch, graph):
     pytest.importorskip("netron")
-    info = ModelInfo(path="m.gguf", format="gguf", gguf={"architecture": arch},
-                     tensors=[TensorInfo("token_embd.weight", "float32", (4, 4), 64)])
+    info = ModelInfo(
+        path="m.gguf",
+        format="gguf",
+        gguf={"architecture": arch},
+        tensors=[TensorInfo("token_embd.weight", "float32", (4, 4), 64)],
+    )
     assert netron.draws_graph(info) is graph
 
 

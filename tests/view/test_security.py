@@ -41,13 +41,29 @@ def test_bound_to_loopback_only(hostile_server):
         assert request(hostile_server, "/api/info", host=host)[0] == 403  # DNS rebinding
 
 
-@pytest.mark.parametrize("path", [
-    "/../../../../etc/passwd", "/..%2f..%2f..%2fetc%2fpasswd", "/%2e%2e/%2e%2e/etc/passwd",
-    "/static/index.html", "/static/../server.py", "/server.py", "/__init__.py",
-    "/view.js/../server.py", "/view.js/../../server.py", "//etc/passwd", "/./view.js/..",
-    "/index.html%00.js", "/api/info/../../../etc/passwd", "/api/../server.py",
-    "/netron/../../etc/passwd", "/static/view.js", "/VIEW.JS", "/view.js.map",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../../../../etc/passwd",
+        "/..%2f..%2f..%2fetc%2fpasswd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/static/index.html",
+        "/static/../server.py",
+        "/server.py",
+        "/__init__.py",
+        "/view.js/../server.py",
+        "/view.js/../../server.py",
+        "//etc/passwd",
+        "/./view.js/..",
+        "/index.html%00.js",
+        "/api/info/../../../etc/passwd",
+        "/api/../server.py",
+        "/netron/../../etc/passwd",
+        "/static/view.js",
+        "/VIEW.JS",
+        "/view.js.map",
+    ],
+)
 def test_no_path_reaches_a_file_outside_the_static_table(hostile_server, path):
     status, body = request(hostile_server, path)
     assert status == 404
@@ -81,11 +97,32 @@ def test_csp_allows_only_own_script(hostile_server):
 
 def test_hostile_name_is_text_in_the_page(tmp_path, hostile_file):
     server = offline(ViewServer(inspect(hostile_file)))
-    page = render_in_node(tmp_path, routes_of(server, **{"/api/stats": {
-        "name": HOSTILE, "dtype": "float32", "shape": [2, 3], "numel": 6, "n_counted": 6,
-        "sampled": None, "min": 0, "max": 5, "mean": 2.5, "std": 1.7, "n_nan": 0,
-        "n_posinf": 0, "n_neginf": 0, "n_zero": 1,
-        "histogram": {"edges": [0, 2.5, 5], "counts": [3, 3]}}}), click=True)
+    page = render_in_node(
+        tmp_path,
+        routes_of(
+            server,
+            **{
+                "/api/stats": {
+                    "name": HOSTILE,
+                    "dtype": "float32",
+                    "shape": [2, 3],
+                    "numel": 6,
+                    "n_counted": 6,
+                    "sampled": None,
+                    "min": 0,
+                    "max": 5,
+                    "mean": 2.5,
+                    "std": 1.7,
+                    "n_nan": 0,
+                    "n_posinf": 0,
+                    "n_neginf": 0,
+                    "n_zero": 1,
+                    "histogram": {"edges": [0, 2.5, 5], "counts": [3, 3]},
+                }
+            },
+        ),
+        click=True,
+    )
     assert HOSTILE in page["main"]  # tensor table, metadata key and value, statistics
     assert "img" not in page["tags"] and "script" not in page["tags"]
     stats_url = [u for u in page["requested"] if u.startswith("/api/stats")]

@@ -23,10 +23,18 @@ def expected(arr: np.ndarray, bins: int = 48) -> dict:
     flat = arr.reshape(-1).astype(np.float64)
     finite = flat[np.isfinite(flat)]
     counts, edges = np.histogram(finite, bins=bins)
-    return {"min": finite.min(), "max": finite.max(), "mean": finite.mean(), "std": finite.std(),
-            "n_nan": int(np.isnan(flat).sum()), "n_posinf": int(np.isposinf(flat).sum()),
-            "n_neginf": int(np.isneginf(flat).sum()), "n_zero": int((flat == 0).sum()),
-            "counts": counts.tolist(), "edges": edges}
+    return {
+        "min": finite.min(),
+        "max": finite.max(),
+        "mean": finite.mean(),
+        "std": finite.std(),
+        "n_nan": int(np.isnan(flat).sum()),
+        "n_posinf": int(np.isposinf(flat).sum()),
+        "n_neginf": int(np.isneginf(flat).sum()),
+        "n_zero": int((flat == 0).sum()),
+        "counts": counts.tolist(),
+        "edges": edges,
+    }
 
 
 @pytest.mark.parametrize("name", ["special", "big", "const", "ints"])
@@ -63,7 +71,9 @@ def test_large_tensor_is_sampled_and_says_so(stats_file):
 
 
 def test_tensor_over_the_memory_bound_is_refused(stats_file):
-    with pytest.raises(InvalidRequest, match=r"'big' needs 39.1 KiB in memory; .* only up to 1000 B per tensor"):
+    with pytest.raises(
+        InvalidRequest, match=r"'big' needs 39.1 KiB in memory; .* only up to 1000 B per tensor"
+    ):
         tensor_stats(inspect(stats_file[0]), "big", max_bytes=1000)  # 40,000 bytes
 
 
@@ -95,6 +105,7 @@ def test_remote_model_has_no_statistics_and_says_why(remote_model):
 def test_stats_route(stats_file):
     server = ViewServer(inspect(stats_file[0]), max_stats_bytes=10_000).start()
     try:
+
         def get(query: str):
             url = server.url + "api/stats?" + urllib.parse.urlencode(query)
             try:

@@ -70,8 +70,10 @@ class CompareReport:
             reasons.append(f"{len(bad)} tensor(s) differ: {names}")
         ua, ub = self.mapping.counted_unmatched
         if not self.allow_unmatched and (ua or ub):
-            reasons.append(f"unpaired tensors: {len(ua)} only in A{_first(ua)}, "
-                           f"{len(ub)} only in B{_first(ub)}")
+            reasons.append(
+                f"unpaired tensors: {len(ua)} only in A{_first(ua)}, "
+                f"{len(ub)} only in B{_first(ub)}"
+            )
         if not self.tensors and (self.mapping.unmatched_a or self.mapping.unmatched_b):
             # (two models without any tensor have nothing that differs)
             reasons.append("no tensor of A could be paired with one of B")
@@ -89,13 +91,20 @@ class CompareReport:
         verdict = self.verdict
         mapping = self.mapping.to_dict()
         return {
-            "verdict": verdict, "exit_code": self.exit_code, "reasons": self.reasons,
-            "a": mapping["a"], "b": mapping["b"], "atol": self.atol, "rtol": self.rtol,
-            "n_pairs": len(self.tensors), "status_counts": self.counts(),
+            "verdict": verdict,
+            "exit_code": self.exit_code,
+            "reasons": self.reasons,
+            "a": mapping["a"],
+            "b": mapping["b"],
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "n_pairs": len(self.tensors),
+            "status_counts": self.counts(),
             "how": mapping["how"],
             "max_abs_diff": max((d.max_abs_diff or 0.0 for d in self.tensors), default=0.0),
             "tensors": [d.to_dict() for d in self.tensors],
-            "unmatched_a": mapping["unmatched_a"], "unmatched_b": mapping["unmatched_b"],
+            "unmatched_a": mapping["unmatched_a"],
+            "unmatched_b": mapping["unmatched_b"],
             "outputs": self.outputs,
             "config_diff": self.config_diff,
         }
@@ -110,8 +119,9 @@ def config_diff(a: ModelInfo, b: ModelInfo) -> dict[str, Any] | None:
     if not a.config or not b.config:
         return None
     keys = sorted(set(a.config) | set(b.config))
-    return {k: [a.config.get(k), b.config.get(k)] for k in keys
-            if a.config.get(k) != b.config.get(k)}
+    return {
+        k: [a.config.get(k), b.config.get(k)] for k in keys if a.config.get(k) != b.config.get(k)
+    }
 
 
 def _first(names: list[str], n: int = 3) -> str:
@@ -128,11 +138,21 @@ def _model(x: str | os.PathLike | ModelInfo) -> ModelInfo:
     return inspect(x)
 
 
-def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, *,
-            atol: float = 0.0, rtol: float = 0.0, by_value: bool = True,
-            allow_unmatched: bool = False, outputs: bool = False, prompt: str | None = None,
-            max_tokens: int = 20, logits_atol: float | None = None,
-            quiet: bool = True, trust_remote_code: bool = False) -> CompareReport:
+def compare(
+    a: str | os.PathLike | ModelInfo,
+    b: str | os.PathLike | ModelInfo,
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    by_value: bool = True,
+    allow_unmatched: bool = False,
+    outputs: bool = False,
+    prompt: str | None = None,
+    max_tokens: int = 20,
+    logits_atol: float | None = None,
+    quiet: bool = True,
+    trust_remote_code: bool = False,
+) -> CompareReport:
     """Compare model ``a`` (the reference) with model ``b``, in any two formats.
 
     Args:
@@ -162,8 +182,10 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
     model_a, model_b = _model(a), _model(b)
     for m in (model_a, model_b):
         if m.tensor_loader is None and m.tensors:
-            raise InvalidRequest(f"{m.path}: keishiki cannot read tensor data from {m.format} "
-                                 f"files, so their weights cannot be compared")
+            raise InvalidRequest(
+                f"{m.path}: keishiki cannot read tensor data from {m.format} "
+                f"files, so their weights cannot be compared"
+            )
     if outputs:
         from .outputs import check_runnable
 
@@ -172,8 +194,12 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
     from ..core.progress import progress
 
     with progress(None, "pairing tensors", quiet=quiet) as advance:
-        name_map = map_names(model_a, model_b, by_value=by_value,
-                             on_load=lambda n: advance(1, description=f"hashing {n}"))
+        name_map = map_names(
+            model_a,
+            model_b,
+            by_value=by_value,
+            on_load=lambda n: advance(1, description=f"hashing {n}"),
+        )
     diffs = []
     with progress(len(name_map.pairs), "comparing", quiet=quiet) as advance:
         for pair in name_map.pairs:
@@ -185,19 +211,26 @@ def compare(a: str | os.PathLike | ModelInfo, b: str | os.PathLike | ModelInfo, 
                 diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol))
                 del arr_a, arr_b  # one pair in memory at a time
             advance(1)
-    report = CompareReport(name_map, diffs, atol, rtol, allow_unmatched,
-                           config_diff=config_diff(model_a, model_b))
+    report = CompareReport(
+        name_map, diffs, atol, rtol, allow_unmatched, config_diff=config_diff(model_a, model_b)
+    )
     if outputs:
         from .outputs import compare_outputs
 
-        report.outputs = compare_outputs(model_a, model_b, prompt=prompt,
-                                         max_tokens=max_tokens, atol=logits_atol,
-                                         trust_remote_code=trust_remote_code)
+        report.outputs = compare_outputs(
+            model_a,
+            model_b,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            atol=logits_atol,
+            trust_remote_code=trust_remote_code,
+        )
     return report
 
 
-def _compare_folded(model_a: ModelInfo, model_b: ModelInfo, pair, atol: float,
-                    rtol: float) -> TensorDiff:
+def _compare_folded(
+    model_a: ModelInfo, model_b: ModelInfo, pair, atol: float, rtol: float
+) -> TensorDiff:
     """The export's tensor against the checkpoint's layer with its BatchNorm folded in,
     recomputed in float64 from the side holding the BatchNorm (A, or B when
     ``fold["side"] == "B"``).  The exporter folded in float32, so equal is never
@@ -211,9 +244,11 @@ def _compare_folded(model_a: ModelInfo, model_b: ModelInfo, pair, atol: float,
     got = load_array(export, export.tensor(pair.a if side_b else pair.b))
     a, b = (got, expected) if side_b else (expected, got)
     diff = compare_arrays(pair, a, b, atol, max(rtol, FOLD_RTOL))
-    diff.notes.append(f"{'B' if side_b else 'A'}'s {fold['role']} with BatchNorm "
-                      f"{fold['batchnorm']!r} folded in (eps {fold['eps']:g}); compared with "
-                      f"rtol >= {FOLD_RTOL:g}")
+    diff.notes.append(
+        f"{'B' if side_b else 'A'}'s {fold['role']} with BatchNorm "
+        f"{fold['batchnorm']!r} folded in (eps {fold['eps']:g}); compared with "
+        f"rtol >= {FOLD_RTOL:g}"
+    )
     return diff
 
 

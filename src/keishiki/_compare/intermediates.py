@@ -121,8 +121,9 @@ def resolve(path: str | os.PathLike, trust_remote_code: bool = False) -> Side:
         tokenizer_dir = None
     for checked in {folder, tokenizer_dir or folder}:
         check_tree(checked, recursive=False)
-    return Side(path, fmt, choice.backend, model_file, folder, tokenizer_dir, _config(folder),
-                precision)
+    return Side(
+        path, fmt, choice.backend, model_file, folder, tokenizer_dir, _config(folder), precision
+    )
 
 
 def _config(folder: Path) -> dict:
@@ -156,8 +157,17 @@ def capture(side: Side, token_ids: list[int]) -> Capture:
 
 
 # loosest first: the precision a model is judged by is that of its least precise weights
-_PRECISIONS = ("2-bit", "3-bit", "4-bit", "5-bit", "6-bit", "8-bit", "bfloat16", "float16",
-               "float32")
+_PRECISIONS = (
+    "2-bit",
+    "3-bit",
+    "4-bit",
+    "5-bit",
+    "6-bit",
+    "8-bit",
+    "bfloat16",
+    "float16",
+    "float32",
+)
 _QUANT_BITS = re.compile(r"^(?:i?q|tq)(\d)")
 
 
@@ -177,10 +187,13 @@ def precision_of_dtypes(dtypes: Iterable[str]) -> str:
 
 # ---- scopes: which values leave a module ------------------------------------------------
 
-def escaping_values(nodes: Iterable[tuple[tuple[str, ...], list[str]]],
-                    consumers: dict[str, list[int]], graph_outputs: set[str],
-                    forwarded: dict[int, int | None] | None = None
-                    ) -> dict[str, list[tuple[str, int]]]:
+
+def escaping_values(
+    nodes: Iterable[tuple[tuple[str, ...], list[str]]],
+    consumers: dict[str, list[int]],
+    graph_outputs: set[str],
+    forwarded: dict[int, int | None] | None = None,
+) -> dict[str, list[tuple[str, int]]]:
     """The values each module scope hands to the rest of the graph.
 
     Args:
@@ -237,7 +250,7 @@ def onnx_scope_chain(name: str, metadata: dict[str, str] | None = None) -> tuple
     if not name.startswith("/"):
         return ()
     parts = [p for p in name.split("/")[1:-1] if p]
-    return tuple(".".join(parts[:i + 1]) for i in range(len(parts)))
+    return tuple(".".join(parts[: i + 1]) for i in range(len(parts)))
 
 
 _HIER = re.compile(r"([^.()]+)\(([^()]*)\)")

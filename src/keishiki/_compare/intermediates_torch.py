@@ -21,8 +21,7 @@ import numpy as np
 
 from .._optional import require
 from ..errors import InvalidRequest, RuntimeUnavailable
-from .intermediates import (Capture, Probe, Side, escaping_values, float_array,
-                            hierarchy_parts)
+from .intermediates import Capture, Probe, Side, escaping_values, float_array, hierarchy_parts
 
 # nodes that hand their input on unchanged in value (dtype casts, layout copies)
 _FORWARDING = {"aten::to", "aten::contiguous", "aten::clone", "aten::detach", "aten::type_as"}
@@ -66,30 +65,42 @@ def capture_hf(side: Side, token_ids: list[int]) -> Capture:
             for index, tensor in enumerate(_flat_tensors(output, torch)):
                 array = _numpy(tensor)
                 if array is not None:
-                    probes.append(Probe(key, index, array, order, name.count(".") + 1,
-                                        exact=True))
+                    probes.append(Probe(key, index, array, order, name.count(".") + 1, exact=True))
+
         return record
 
-    handles = [module.register_forward_hook(hook(name))
-               for name, module in model.named_modules() if name]
+    handles = [
+        module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name
+    ]
     ids = torch.tensor([token_ids], dtype=torch.long, device=backend.device)
     try:
         with torch.inference_mode():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                  position_ids=torch.arange(ids.shape[1], device=backend.device)[None],
-                  use_cache=False)
+            model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=torch.arange(ids.shape[1], device=backend.device)[None],
+                use_cache=False,
+            )
     finally:
         for handle in handles:
             handle.remove()
     precision = side.precision or str(backend.dtype).replace("torch.", "")
-    return Capture(str(side.path), side.format, "torch", precision, probes,
-                   [f"forward hooks on {len(handles)} modules"])
+    return Capture(
+        str(side.path),
+        side.format,
+        "torch",
+        precision,
+        probes,
+        [f"forward hooks on {len(handles)} modules"],
+    )
 
 
 def _check_ids(side: Side, token_ids: list[int], vocab: int | None) -> None:
     if vocab and max(token_ids) >= vocab:
-        raise InvalidRequest(f"{side.path}: token id {max(token_ids)} is outside its "
-                             f"vocabulary of {vocab}: the two models do not share a tokenizer")
+        raise InvalidRequest(
+            f"{side.path}: token id {max(token_ids)} is outside its "
+            f"vocabulary of {vocab}: the two models do not share a tokenizer"
+        )
 
 
 def capture_torchscript(side: Side, token_ids: list[int]) -> Capture:
@@ -108,8 +119,10 @@ def capture_torchscript(side: Side, token_ids: list[int]) -> Capture:
     torch._C._jit_pass_lower_all_tuples(graph)
     nodes = list(graph.nodes())
     resolve = _PathResolver(backend.module)
-    chains = [resolve(node.getModuleHierarchy()) if node.kind() != "prim::Constant" else ()
-              for node in nodes]
+    chains = [
+        resolve(node.getModuleHierarchy()) if node.kind() != "prim::Constant" else ()
+        for node in nodes
+    ]
     index_of = {node: i for i, node in enumerate(nodes)}
     outputs: dict[str, Any] = {}
     consumers: dict[str, list[int]] = {}
@@ -117,34 +130,52 @@ def capture_torchscript(side: Side, token_ids: list[int]) -> Capture:
         for value in node.outputs():
             if isinstance(value.type(), torch._C.TensorType):
                 outputs[value.debugName()] = value
-                consumers[value.debugName()] = [_top_level(use.user, index_of)
-                                                for use in value.uses()]
+                consumers[value.debugName()] = [
+                    _top_level(use.user, index_of) for use in value.uses()
+                ]
     returned = {v.debugName() for v in graph.return_node().inputs()}
-    forwarded = {i: index_of.get(node.inputsAt(0).node()) for i, node in enumerate(nodes)
-                 if node.kind() in _FORWARDING and node.inputsSize()}
+    forwarded = {
+        i: index_of.get(node.inputsAt(0).node())
+        for i, node in enumerate(nodes)
+        if node.kind() in _FORWARDING and node.inputsSize()
+    }
     scoped = escaping_values(
-        ((chain, [v.debugName() for v in node.outputs() if v.debugName() in outputs])
-         for chain, node in zip(chains, nodes)),
-        {k: [i for i in v if i is not None] for k, v in consumers.items()}, returned,
-        forwarded)
+        (
+            (chain, [v.debugName() for v in node.outputs() if v.debugName() in outputs])
+            for chain, node in zip(chains, nodes)
+        ),
+        {k: [i for i in v if i is not None] for k, v in consumers.items()},
+        returned,
+        forwarded,
+    )
     wanted = list(dict.fromkeys(name for values in scoped.values() for name, _ in values))
     if not wanted:
-        raise RuntimeUnavailable(f"{side.model_file}: its TorchScript graph records no module "
-                                 f"call stack, so its intermediates cannot be named")
-    results = _run_with_outputs(torch, backend, graph, [outputs[n] for n in wanted],
-                                _inputs(torch, backend, token_ids))
+        raise RuntimeUnavailable(
+            f"{side.model_file}: its TorchScript graph records no module "
+            f"call stack, so its intermediates cannot be named"
+        )
+    results = _run_with_outputs(
+        torch, backend, graph, [outputs[n] for n in wanted], _inputs(torch, backend, token_ids)
+    )
     values = dict(zip(wanted, results))
     probes = []
     for module, produced in scoped.items():
         for index, (name, node_index) in enumerate(produced):
             array = _numpy(values[name])
             if array is not None:
-                probes.append(Probe(module, index, array, node_index, module.count(".") + 1,
-                                    name=name))
+                probes.append(
+                    Probe(module, index, array, node_index, module.count(".") + 1, name=name)
+                )
     param = next(backend.module.parameters(), None)
     precision = str(param.dtype).replace("torch.", "") if param is not None else "float32"
-    return Capture(str(side.path), side.format, "torchscript", precision, probes,
-                   [f"{len(wanted)} values of the inlined graph leave a module"])
+    return Capture(
+        str(side.path),
+        side.format,
+        "torchscript",
+        precision,
+        probes,
+        [f"{len(wanted)} values of the inlined graph leave a module"],
+    )
 
 
 def _top_level(user, index_of: dict) -> int | None:
@@ -160,8 +191,9 @@ def _inputs(torch, backend, token_ids: list[int]) -> list:
     """The forward's arguments for one prefill step, as the torchscript backend feeds them:
     ids [, mask [, positions [, an empty past per cache tensor]]]."""
     ids = torch.tensor([token_ids], dtype=torch.long, device=backend.device)
-    args = [ids, torch.ones_like(ids),
-            torch.arange(ids.shape[1], device=backend.device)[None]][:backend.n_inputs]
+    args = [ids, torch.ones_like(ids), torch.arange(ids.shape[1], device=backend.device)[None]][
+        : backend.n_inputs
+    ]
     if backend.cached:
         heads, head_dim = backend.past_shape
         args += [torch.zeros((1, heads, 0, head_dim), device=backend.device)] * backend.n_past
@@ -185,10 +217,12 @@ def _run_with_outputs(torch, backend, graph, extra: list, args: list) -> list:
             out = function(backend.module._c, *args)
     except (RuntimeError, torch.jit.Error) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise RuntimeUnavailable(f"{backend.path}: torch could not run its graph with the "
-                                 f"intermediate values exposed: "
-                                 f"{lines[-1] if lines else type(exc).__name__}") from None
-    return list(out)[len(returned):]
+        raise RuntimeUnavailable(
+            f"{backend.path}: torch could not run its graph with the "
+            f"intermediate values exposed: "
+            f"{lines[-1] if lines else type(exc).__name__}"
+        ) from None
+    return list(out)[len(returned) :]
 
 
 class _PathResolver:
@@ -212,8 +246,14 @@ class _PathResolver:
             if part in children:
                 module, step = children[part], part
             else:
-                holder = next((name for name, child in children.items()
-                               if part in dict(child.named_children())), None)
+                holder = next(
+                    (
+                        name
+                        for name, child in children.items()
+                        if part in dict(child.named_children())
+                    ),
+                    None,
+                )
                 if holder is None:
                     return tuple(chain)  # a frame keishiki cannot place: stop here
                 module = dict(children[holder].named_children())[part]

@@ -37,15 +37,26 @@ SCHEMA = "keishiki._compare.layers/1"
 # default rtol (relative to max|A| of each intermediate) by the precision a side computes
 # in: float runtimes differ by rounding; weights quantized to N bits by ~2^-N per layer,
 # growing through the layers
-TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 5e-2, "8-bit": 0.1,
-             "6-bit": 0.15, "5-bit": 0.15, "4-bit": 0.3, "3-bit": 0.5, "2-bit": 0.5}
+TOLERANCE = {
+    "float32": 1e-3,
+    "float16": 2e-2,
+    "bfloat16": 5e-2,
+    "8-bit": 0.1,
+    "6-bit": 0.15,
+    "5-bit": 0.15,
+    "4-bit": 0.3,
+    "3-bit": 0.5,
+    "2-bit": 0.5,
+}
 DEFAULT_ATOL = 1e-6  # so an all-zero intermediate is not "diverged" by a rounding error
 
 
 def default_rtol(precision_a: str, precision_b: str) -> float:
     """The looser of the two sides' tolerances (unknown precisions count as float32)."""
-    return max(TOLERANCE.get(precision_a, TOLERANCE["float32"]),
-               TOLERANCE.get(precision_b, TOLERANCE["float32"]))
+    return max(
+        TOLERANCE.get(precision_a, TOLERANCE["float32"]),
+        TOLERANCE.get(precision_b, TOLERANCE["float32"]),
+    )
 
 
 @dataclass
@@ -74,12 +85,19 @@ class LayerDiff:
     name_b: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"module": self.module, "module_b": self.module_b, "index": self.index,
-                "name_a": self.name_a, "name_b": self.name_b,
-                "shape_a": list(self.shape_a), "shape_b": list(self.shape_b),
-                "max_abs_diff": _finite(self.max_abs_diff),
-                "max_rel_diff": _finite(self.max_rel_diff), "cosine": _finite(self.cosine),
-                "ok": self.ok}
+        return {
+            "module": self.module,
+            "module_b": self.module_b,
+            "index": self.index,
+            "name_a": self.name_a,
+            "name_b": self.name_b,
+            "shape_a": list(self.shape_a),
+            "shape_b": list(self.shape_b),
+            "max_abs_diff": _finite(self.max_abs_diff),
+            "max_rel_diff": _finite(self.max_rel_diff),
+            "cosine": _finite(self.cosine),
+            "ok": self.ok,
+        }
 
 
 def _finite(x: float) -> float | str:
@@ -118,25 +136,42 @@ class LayerReport:
 
     def to_dict(self) -> dict[str, Any]:
         first = self.first_divergence
-        return {"schema": SCHEMA, "verdict": self.verdict, "exit_code": self.exit_code,
-                "a": _side(self.a), "b": _side(self.b), "prompt": self.prompt,
-                "prompt_token_ids": self.token_ids, "atol": self.atol, "rtol": self.rtol,
-                "rtol_source": self.rtol_source, "n_pairs": len(self.rows),
-                "n_over_tolerance": sum(not r.ok for r in self.rows),
-                "first_divergence": None if first is None else {
-                    "position": self.rows.index(first), **first.to_dict()},
-                "layers": [r.to_dict() for r in self.rows],
-                "unpaired_a": self.unpaired_a, "unpaired_b": self.unpaired_b}
+        return {
+            "schema": SCHEMA,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "a": _side(self.a),
+            "b": _side(self.b),
+            "prompt": self.prompt,
+            "prompt_token_ids": self.token_ids,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "rtol_source": self.rtol_source,
+            "n_pairs": len(self.rows),
+            "n_over_tolerance": sum(not r.ok for r in self.rows),
+            "first_divergence": None
+            if first is None
+            else {"position": self.rows.index(first), **first.to_dict()},
+            "layers": [r.to_dict() for r in self.rows],
+            "unpaired_a": self.unpaired_a,
+            "unpaired_b": self.unpaired_b,
+        }
 
 
 def _side(capture: Capture) -> dict[str, Any]:
-    return {"path": capture.path, "format": capture.format, "backend": capture.backend,
-            "precision": capture.precision, "n_intermediates": len(capture.probes),
-            "notes": capture.notes}
+    return {
+        "path": capture.path,
+        "format": capture.format,
+        "backend": capture.backend,
+        "precision": capture.precision,
+        "n_intermediates": len(capture.probes),
+        "notes": capture.notes,
+    }
 
 
-def diff_arrays(a: np.ndarray, b: np.ndarray, atol: float,
-                rtol: float) -> tuple[float, float, float, bool]:
+def diff_arrays(
+    a: np.ndarray, b: np.ndarray, atol: float, rtol: float
+) -> tuple[float, float, float, bool]:
     """(max abs, max abs / max|a|, cosine, within ``atol + rtol * max|a|``) in float64.
     NaN or inf where only one side has them counts as diverged."""
     a64 = a.astype(np.float64).reshape(-1)
@@ -172,8 +207,11 @@ def pair_modules(a: Capture, b: Capture) -> tuple[list[tuple[str, str]], list[st
     right = {m: TensorInfo(m, "float32", (), 0) for m in mods_b if m not in mods_a}
     pairs += prefix_pairs(left, right)
     paired_a, paired_b = {p[0] for p in pairs}, {p[1] for p in pairs}
-    return (pairs, [m for m in mods_a if m not in paired_a],
-            [m for m in mods_b if m not in paired_b])
+    return (
+        pairs,
+        [m for m in mods_a if m not in paired_a],
+        [m for m in mods_b if m not in paired_b],
+    )
 
 
 def pair_outputs(probes_a: list[Probe], probes_b: list[Probe]) -> list[tuple[Probe, Probe]]:
@@ -191,8 +229,12 @@ def pair_outputs(probes_a: list[Probe], probes_b: list[Probe]) -> list[tuple[Pro
     exact_b = any(p.exact for p in probes_b)
     if not exact_a and not exact_b:
         by_name = {p.name: p for p in probes_b}
-        out = [(p, by_name[p.name]) for p in probes_a if p.name in by_name
-               and _squeezed(p.value.shape) == _squeezed(by_name[p.name].value.shape)]
+        out = [
+            (p, by_name[p.name])
+            for p in probes_a
+            if p.name in by_name
+            and _squeezed(p.value.shape) == _squeezed(by_name[p.name].value.shape)
+        ]
         if out:
             return out
     for shape in dict.fromkeys(_squeezed(p.value.shape) for p in probes_a):
@@ -214,13 +256,16 @@ def pair_outputs(probes_a: list[Probe], probes_b: list[Probe]) -> list[tuple[Pro
 
 def _most_similar(group_a: list[Probe], group_b: list[Probe]) -> list[tuple[Probe, Probe]]:
     """Greedy pairing by cosine similarity, highest first; in A's order."""
+
     def cosine(x: Probe, y: Probe) -> float:
         a, b = x.value.astype(np.float64).ravel(), y.value.astype(np.float64).ravel()
         norm = float(np.linalg.norm(a) * np.linalg.norm(b))
         return float(np.nan_to_num(a @ b / norm)) if norm else 0.0
 
-    scores = sorted(((cosine(x, y), i, j) for i, x in enumerate(group_a)
-                     for j, y in enumerate(group_b)), reverse=True)
+    scores = sorted(
+        ((cosine(x, y), i, j) for i, x in enumerate(group_a) for j, y in enumerate(group_b)),
+        reverse=True,
+    )
     taken_a: dict[int, int] = {}
     taken_b: set[int] = set()
     for _score, i, j in scores:
@@ -230,8 +275,9 @@ def _most_similar(group_a: list[Probe], group_b: list[Probe]) -> list[tuple[Prob
     return [(group_a[i], group_b[taken_a[i]]) for i in sorted(taken_a)]
 
 
-def diff_captures(a: Capture, b: Capture, atol: float, rtol: float
-                  ) -> tuple[list[LayerDiff], list[str], list[str]]:
+def diff_captures(
+    a: Capture, b: Capture, atol: float, rtol: float
+) -> tuple[list[LayerDiff], list[str], list[str]]:
     """Every paired intermediate of ``a`` and ``b`` compared, in A's execution order."""
     pairs, unpaired_a, unpaired_b = pair_modules(a, b)
     mods_a, mods_b = a.by_module(), b.by_module()
@@ -248,17 +294,37 @@ def diff_captures(a: Capture, b: Capture, atol: float, rtol: float
             va = pa.value.reshape(_squeezed(pa.value.shape))
             vb = pb.value.reshape(_squeezed(pb.value.shape))
             max_abs, rel, cosine, ok = diff_arrays(va, vb, atol, rtol)
-            rows.append(LayerDiff(module_a, module_b, pa.index, tuple(pa.value.shape),
-                                  tuple(pb.value.shape), max_abs, rel, cosine, ok,
-                                  order=pa.order, name_a=pa.name, name_b=pb.name))
+            rows.append(
+                LayerDiff(
+                    module_a,
+                    module_b,
+                    pa.index,
+                    tuple(pa.value.shape),
+                    tuple(pb.value.shape),
+                    max_abs,
+                    rel,
+                    cosine,
+                    ok,
+                    order=pa.order,
+                    name_a=pa.name,
+                    name_b=pb.name,
+                )
+            )
     # a graph's parent module ends on its last child's value: the deeper one comes first
     rows.sort(key=lambda r: (r.order, -r.module.count("."), r.index))
     return rows, unpaired_a, unpaired_b
 
 
-def compare_layers(a: str | os.PathLike, b: str | os.PathLike, *, prompt: str | None = None,
-                   atol: float | None = None, rtol: float | None = None,
-                   trust_remote_code: bool = False, quiet: bool = True) -> LayerReport:
+def compare_layers(
+    a: str | os.PathLike,
+    b: str | os.PathLike,
+    *,
+    prompt: str | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    trust_remote_code: bool = False,
+    quiet: bool = True,
+) -> LayerReport:
     """Run ``a`` (the reference) and ``b`` on the same token ids and compare every
     intermediate they both expose, module by module (module doc).
 
@@ -299,16 +365,18 @@ def compare_layers(a: str | os.PathLike, b: str | os.PathLike, *, prompt: str | 
         advance(1, description="running B")
         cap_b = capture(side_b, token_ids)
         advance(1)
-    source = "given" if rtol is not None else \
-        f"default for {cap_a.precision} vs {cap_b.precision}"
+    source = "given" if rtol is not None else f"default for {cap_a.precision} vs {cap_b.precision}"
     rtol = rtol if rtol is not None else default_rtol(cap_a.precision, cap_b.precision)
     atol = atol if atol is not None else DEFAULT_ATOL
     rows, unpaired_a, unpaired_b = diff_captures(cap_a, cap_b, atol, rtol)
     if not rows:
-        raise InvalidRequest(f"no intermediate of {a} pairs with one of {b} (module paths "
-                             f"and output shapes differ: not the same architecture?)")
-    return LayerReport(cap_a, cap_b, prompt, token_ids, atol, rtol, source, rows,
-                       unpaired_a, unpaired_b)
+        raise InvalidRequest(
+            f"no intermediate of {a} pairs with one of {b} (module paths "
+            f"and output shapes differ: not the same architecture?)"
+        )
+    return LayerReport(
+        cap_a, cap_b, prompt, token_ids, atol, rtol, source, rows, unpaired_a, unpaired_b
+    )
 
 
 def tokenize(side_a, side_b, prompt: str) -> list[int]:
@@ -320,16 +388,19 @@ def tokenize(side_a, side_b, prompt: str) -> list[int]:
     from ..runtimes.tokenizer import Tokenizer
 
     if side_a.tokenizer_dir is None:
-        raise InvalidRequest(f"{side_a.path}: no tokenizer.json beside it to tokenize the "
-                             f"prompt with")
+        raise InvalidRequest(
+            f"{side_a.path}: no tokenizer.json beside it to tokenize the prompt with"
+        )
     ids = Tokenizer(side_a.tokenizer_dir).encode(prompt)
     if not ids:
         raise InvalidRequest(f"the prompt {prompt!r} tokenizes to nothing")
     if side_b.tokenizer_dir is not None:
         ids_b = Tokenizer(side_b.tokenizer_dir).encode(prompt)
         if ids_b != ids:
-            raise InvalidRequest(f"A and B tokenize {prompt!r} differently ({ids[:8]} vs "
-                                 f"{ids_b[:8]}): not the same model's tokenizer")
+            raise InvalidRequest(
+                f"A and B tokenize {prompt!r} differently ({ids[:8]} vs "
+                f"{ids_b[:8]}): not the same model's tokenizer"
+            )
     return ids
 
 
@@ -341,14 +412,17 @@ def _check_vocab(side_a, side_b) -> None:
     a conversion, so it is refused as vocabularies are (exit 2)."""
     from ..runtimes.base import model_config_value
 
-    for key, what in (("vocab_size", "vocabularies differ"),
-                      ("hidden_size", "hidden sizes differ"),
-                      ("num_hidden_layers", "layer counts differ")):
+    for key, what in (
+        ("vocab_size", "vocabularies differ"),
+        ("hidden_size", "hidden sizes differ"),
+        ("num_hidden_layers", "layer counts differ"),
+    ):
         va = model_config_value(side_a.config, key)
         vb = model_config_value(side_b.config, key)
         if isinstance(va, int) and isinstance(vb, int) and va != vb:
-            raise InvalidRequest(f"{what}: A has {va}, B {vb} ({key}); compare layers of "
-                                 f"one model in two formats")
+            raise InvalidRequest(
+                f"{what}: A has {va}, B {vb} ({key}); compare layers of one model in two formats"
+            )
 
 
 def _check_context(side_a, side_b, n_tokens: int) -> None:
@@ -358,9 +432,10 @@ def _check_context(side_a, side_b, n_tokens: int) -> None:
     from ..runtimes.base import model_config_value
 
     for name, side in (("A", side_a), ("B", side_b)):
-        n_ctx = model_config_value(side.config, "max_position_embeddings", "n_positions",
-                                   "n_ctx")
+        n_ctx = model_config_value(side.config, "max_position_embeddings", "n_positions", "n_ctx")
         if isinstance(n_ctx, int) and 0 < n_ctx < n_tokens:
-            raise InvalidRequest(f"the prompt is {n_tokens} tokens, longer than {name}'s "
-                                 f"context of {n_ctx} (max_position_embeddings): give a "
-                                 f"shorter --prompt")
+            raise InvalidRequest(
+                f"the prompt is {n_tokens} tokens, longer than {name}'s "
+                f"context of {n_ctx} (max_position_embeddings): give a "
+                f"shorter --prompt"
+            )

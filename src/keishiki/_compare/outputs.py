@@ -79,12 +79,18 @@ def _teacher_forced(llm, prompt_ids: list[int], tokens: list[int]) -> np.ndarray
         rows = llm.next_token_logits(prompt_ids + tokens[:-1])
     except RuntimeUnavailable:
         return None
-    return rows[len(prompt_ids) - 1:]
+    return rows[len(prompt_ids) - 1 :]
 
 
-def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
-                    max_tokens: int = 20, atol: float | None = None,
-                    rtol: float = 0.0, trust_remote_code: bool = False) -> dict[str, Any]:
+def compare_outputs(
+    a: ModelInfo,
+    b: ModelInfo,
+    prompt: str | None = None,
+    max_tokens: int = 20,
+    atol: float | None = None,
+    rtol: float = 0.0,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
     """Greedy-decode ``a`` and ``b`` on one prompt; compare tokens and logits (module doc).
 
     Args:
@@ -116,8 +122,10 @@ def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
     out_a = llm_a.generate([request], params)[0].outputs[0]
     out_b = llm_b.generate([request], params)[0].outputs[0]
     tokens_a, tokens_b = list(out_a.token_ids), list(out_b.token_ids)
-    first = next((i for i, (x, y) in enumerate(zip(tokens_a, tokens_b)) if x != y),
-                 None if len(tokens_a) == len(tokens_b) else min(len(tokens_a), len(tokens_b)))
+    first = next(
+        (i for i, (x, y) in enumerate(zip(tokens_a, tokens_b)) if x != y),
+        None if len(tokens_a) == len(tokens_b) else min(len(tokens_a), len(tokens_b)),
+    )
 
     atol_given = bool(atol)
     atol = atol if atol else _default_atol(_weights_dtype(a))
@@ -127,30 +135,51 @@ def compare_outputs(a: ModelInfo, b: ModelInfo, prompt: str | None = None,
     steps_b = _teacher_forced(llm_b, prompt_ids, tokens_a) if steps_a is not None else None
     if steps_a is not None and steps_b is not None:
         if any(x.shape != y.shape for x, y in zip(steps_a, steps_b)):
-            raise InvalidRequest(f"logits shapes differ: {steps_a[0].shape} vs "
-                                 f"{steps_b[0].shape} (different vocabularies?)")
-        max_abs = max(float(np.max(np.abs(x.astype(np.float64) - y))) for x, y in
-                      zip(steps_a, steps_b))
+            raise InvalidRequest(
+                f"logits shapes differ: {steps_a[0].shape} vs "
+                f"{steps_b[0].shape} (different vocabularies?)"
+            )
+        max_abs = max(
+            float(np.max(np.abs(x.astype(np.float64) - y))) for x, y in zip(steps_a, steps_b)
+        )
         ref = max(float(np.max(np.abs(x))) for x in steps_a)
         max_rel = max_abs / ref if ref else 0.0
         logits_ok = max_abs <= atol + rtol * ref
     tokens_match = first is None
     passed = bool(tokens_match and logits_ok)
-    summary = (f"tokens {'match' if tokens_match else f'diverge at step {first}'}"
-               + (f", max logit diff {max_abs:.3g} (atol {atol:g})" if max_abs is not None
-                  else ", logits not compared"))
+    summary = f"tokens {'match' if tokens_match else f'diverge at step {first}'}" + (
+        f", max logit diff {max_abs:.3g} (atol {atol:g})"
+        if max_abs is not None
+        else ", logits not compared"
+    )
     quantized = _quantized_judgement(a, b, steps_a, steps_b) if not atol_given else None
     if quantized is not None:  # a quantized side: judged by KL and greedy agreement
         passed = quantized["passed"]
-        summary += (f"; quantized ({quantized['quant']}): KL mean {quantized['kl_mean']:.3g} "
-                    f"(<= {quantized['kl_mean_allowed']:g}), greedy agreement "
-                    f"{quantized['top1_agreement']:.0%}")
-    return {"passed": passed, "summary": summary, "prompt": prompt,
-            "prompt_token_ids": prompt_ids, "steps": max_tokens,
-            "tokens_a": tokens_a, "tokens_b": tokens_b, "tokens_match": tokens_match,
-            "first_divergence": first, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
-            "atol": atol, "rtol": rtol, "backend_a": llm_a.backend, "backend_b": llm_b.backend,
-            "text_a": out_a.text, "text_b": out_b.text, "quantized": quantized}
+        summary += (
+            f"; quantized ({quantized['quant']}): KL mean {quantized['kl_mean']:.3g} "
+            f"(<= {quantized['kl_mean_allowed']:g}), greedy agreement "
+            f"{quantized['top1_agreement']:.0%}"
+        )
+    return {
+        "passed": passed,
+        "summary": summary,
+        "prompt": prompt,
+        "prompt_token_ids": prompt_ids,
+        "steps": max_tokens,
+        "tokens_a": tokens_a,
+        "tokens_b": tokens_b,
+        "tokens_match": tokens_match,
+        "first_divergence": first,
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_rel,
+        "atol": atol,
+        "rtol": rtol,
+        "backend_a": llm_a.backend,
+        "backend_b": llm_b.backend,
+        "text_a": out_a.text,
+        "text_b": out_b.text,
+        "quantized": quantized,
+    }
 
 
 def _quantized_judgement(a: ModelInfo, b: ModelInfo, steps_a, steps_b) -> dict | None:

@@ -45,10 +45,16 @@ class TensorDiff:
 
     def to_dict(self) -> dict[str, Any]:
         out = self.pair.to_dict()
-        out.update({"status": self.status, "bit_equal": self.bit_equal,
-                    "dtype_differs": self.pair.a_dtype != self.pair.b_dtype,
-                    "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
-                    "n_over_tolerance": self.n_over_tolerance})
+        out.update(
+            {
+                "status": self.status,
+                "bit_equal": self.bit_equal,
+                "dtype_differs": self.pair.a_dtype != self.pair.b_dtype,
+                "max_abs_diff": self.max_abs_diff,
+                "max_rel_diff": self.max_rel_diff,
+                "n_over_tolerance": self.n_over_tolerance,
+            }
+        )
         if self.transform != self.pair.transform:
             out["transform_applied"] = self.transform
         if self.notes:
@@ -57,6 +63,7 @@ class TensorDiff:
 
 
 # ---- transforms --------------------------------------------------------------------------------
+
 
 def apply_transform(arr: np.ndarray, transform: str | None, extra: dict) -> np.ndarray:
     """B's array lined up with A's (see :class:`keishiki.mapping.TensorPair`)."""
@@ -79,6 +86,7 @@ def apply_transform(arr: np.ndarray, transform: str | None, extra: dict) -> np.n
 
 # ---- differences -------------------------------------------------------------------------------
 
+
 def _as_wide(arr: np.ndarray) -> np.ndarray:
     kind = arr.dtype.kind
     if kind == "c":
@@ -95,8 +103,8 @@ def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[
     max_abs = max_ref = 0.0
     over = 0
     for start in range(0, flat_a.size, CHUNK):
-        xa = _as_wide(flat_a[start:start + CHUNK])
-        xb = _as_wide(flat_b[start:start + CHUNK])
+        xa = _as_wide(flat_a[start : start + CHUNK])
+        xb = _as_wide(flat_b[start : start + CHUNK])
         with np.errstate(invalid="ignore", over="ignore"):
             diff = np.abs(xa - xb).astype(np.float64)
             ref = np.abs(xa).astype(np.float64)
@@ -118,14 +126,20 @@ def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[
     return max_abs, max_rel, over
 
 
-def compare_arrays(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
-                   rtol: float) -> TensorDiff:
+def compare_arrays(
+    pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float, rtol: float
+) -> TensorDiff:
     """Compare A's array with B's (B not yet transformed) for ``pair``."""
     if pair.transform == "subtract-offset":
         # B = A + offset as the writer computed it (in A's dtype): adding to A reproduces
         # B's bits exactly, where subtracting from B would round |w| < 1 away
-        best = compare_arrays(replace(pair, transform=None),
-                              apply_transform(a, "add-offset", pair.extra), b, atol, rtol)
+        best = compare_arrays(
+            replace(pair, transform=None),
+            apply_transform(a, "add-offset", pair.extra),
+            b,
+            atol,
+            rtol,
+        )
         best.pair, best.transform = pair, pair.transform
         return best
     candidates = [pair.transform]
@@ -145,8 +159,11 @@ def compare_arrays(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
     if best.status == "different" and not (atol or rtol):
         _quantization_tolerance(best, a, apply_transform(b, best.transform, pair.extra))
     if best.transform != pair.transform:
-        best.notes.append(f"matched only with the {best.transform} transform" if best.transform
-                          else f"matched without the {pair.transform} transform")
+        best.notes.append(
+            f"matched only with the {best.transform} transform"
+            if best.transform
+            else f"matched without the {pair.transform} transform"
+        )
     return best
 
 
@@ -156,22 +173,25 @@ def _bytes_equal(a: np.ndarray, b: np.ndarray) -> bool:
     if raw_a.size != raw_b.size:
         return False
     step = CHUNK * 8
-    return all(np.array_equal(raw_a[i:i + step], raw_b[i:i + step])
-               for i in range(0, raw_a.size, step))
+    return all(
+        np.array_equal(raw_a[i : i + step], raw_b[i : i + step]) for i in range(0, raw_a.size, step)
+    )
 
 
 def _rank(diff: TensorDiff) -> tuple:
     return (not diff.ok, diff.max_abs_diff if diff.max_abs_diff is not None else np.inf)
 
 
-def _compare_one(pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float,
-                 rtol: float) -> TensorDiff:
+def _compare_one(
+    pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float, rtol: float
+) -> TensorDiff:
     if tuple(a.shape) != tuple(b.shape):
         if a.size == b.size and a.size and pair.how.startswith("value"):
             b = b.reshape(a.shape)  # same bytes, a reshaped view (ONNX folds sometimes)
         else:
-            return TensorDiff(pair, "shape mismatch", False,
-                              notes=[f"shape {list(a.shape)} vs {list(b.shape)}"])
+            return TensorDiff(
+                pair, "shape mismatch", False, notes=[f"shape {list(a.shape)} vs {list(b.shape)}"]
+            )
     # one contiguous copy at most (a transposed view), so chunks below are views, not copies
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     bit_equal = a.dtype == b.dtype and _bytes_equal(a, b)
@@ -194,13 +214,21 @@ def _quantization_tolerance(diff: TensorDiff, a: np.ndarray, b: np.ndarray) -> N
     GGUF is never bit-equal to its source."""
     from .._convert.gguf_quant import WEIGHT_REL_RMSE, weight_error
 
-    qtype = next((str(d).upper() for d in (diff.pair.b_dtype, diff.pair.a_dtype)
-                  if str(d).upper() in WEIGHT_REL_RMSE), None)
+    qtype = next(
+        (
+            str(d).upper()
+            for d in (diff.pair.b_dtype, diff.pair.a_dtype)
+            if str(d).upper() in WEIGHT_REL_RMSE
+        ),
+        None,
+    )
     if qtype is None or a.shape != b.shape:
         return
     rel = weight_error(a, b)["rel_rmse"]
     bound = diff.quant_bound = WEIGHT_REL_RMSE[qtype]
     if rel <= bound:
         diff.status, diff.n_over_tolerance = "within tolerance", 0
-    diff.notes.append(f"{qtype}: relative RMS error {rel:.3g} "
-                      f"{'<=' if rel <= bound else '>'} {bound:g} (quantization-aware tolerance)")
+    diff.notes.append(
+        f"{qtype}: relative RMS error {rel:.3g} "
+        f"{'<=' if rel <= bound else '>'} {bound:g} (quantization-aware tolerance)"
+    )

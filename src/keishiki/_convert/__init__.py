@@ -19,19 +19,38 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.atomic import (atomic_output, check_free_space, check_output, output_lock,
-                           replace_refusal, steps_folder)
+from ..core.atomic import (
+    atomic_output,
+    check_free_space,
+    check_output,
+    output_lock,
+    replace_refusal,
+    steps_folder,
+)
 from ..core.gate import admit, check_tree, problem, verdict
 from ..errors import InvalidRequest, Mismatch, MissingDependency
-from .base import (DTYPES, GGUF_QUANTS, ONNX_QUANTS, OUTPUT_KINDS, STEP_SUFFIX, TARGETS,
-                   ConvertOptions, ConvertReport, Edge, StepReport, output_is_folder)
+from .base import (
+    DTYPES,
+    GGUF_QUANTS,
+    ONNX_QUANTS,
+    OUTPUT_KINDS,
+    STEP_SUFFIX,
+    TARGETS,
+    ConvertOptions,
+    ConvertReport,
+    Edge,
+    StepReport,
+    output_is_folder,
+)
 
 __all__ = ["convert", "ConvertOptions", "ConvertReport", "StepReport", "Edge", "parse_size"]
 
 _OPTION_NAMES = ({f.name for f in fields(ConvertOptions)} - {"to"}) | {"trust_remote_code"}
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: Any) -> ConvertReport:
+def convert(
+    src: str | os.PathLike, out: str | os.PathLike, to: str, **options: Any
+) -> ConvertReport:
     """Convert the model at ``src`` into format ``to`` at ``out``, verified.
 
     Args:
@@ -61,8 +80,13 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
     src, out = Path(src), Path(out)
     if not src.exists():
         raise InvalidRequest(f"{src}: no such file or folder")
-    check_output(out, [src], opts.force, folder=output_is_folder(opts.to, out, src.is_dir()),
-                 kinds=OUTPUT_KINDS[opts.to])
+    check_output(
+        out,
+        [src],
+        opts.force,
+        folder=output_is_folder(opts.to, out, src.is_dir()),
+        kinds=OUTPUT_KINDS[opts.to],
+    )
     check_tree(src)
     src_format = source_format(src)
     path = _with_quant_edge(find_path(src_format, opts.to), opts)
@@ -70,8 +94,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, to: str, **options: 
     source_scan = _admit_source(src, src_format, path[0], opts)
     check_free_space(out.parent if str(out.parent) else Path("."), _space_needed(src, path, opts))
 
-    report = ConvertReport(src=str(src), out=str(out), src_format=src_format, to=opts.to,
-                           path=describe(path), source_scan=source_scan)
+    report = ConvertReport(
+        src=str(src),
+        out=str(out),
+        src_format=src_format,
+        to=opts.to,
+        path=describe(path),
+        source_scan=source_scan,
+    )
     start = time.perf_counter()
     try:
         with output_lock(out):
@@ -93,8 +123,7 @@ def _with_quant_edge(path: list[Edge], opts: ConvertOptions) -> list[Edge]:
     return [*path, ONNX_QUANT_EDGE]
 
 
-def _admit_source(src: Path, src_format: str, first: Edge,
-                  opts: ConvertOptions) -> dict | None:
+def _admit_source(src: Path, src_format: str, first: Edge, opts: ConvertOptions) -> dict | None:
     """The load gate for a conversion's source: it scans safe, or ``opts.trust``.
 
     Untrusted, a source that scans dangerous or unknown is refused whatever the edge, so no
@@ -114,15 +143,20 @@ def _admit_source(src: Path, src_format: str, first: Edge,
     reason = problem(report, unread_blocks=False)
     if reason is None:
         return None
-    return {"verdict": report.verdict, "reason": reason,
-            "read_by": "keishiki's own reader, which runs nothing from the file"}
+    return {
+        "verdict": report.verdict,
+        "reason": reason,
+        "read_by": "keishiki's own reader, which runs nothing from the file",
+    }
 
 
 def _purpose(first: Edge) -> str:
     if first.loads_source:
         return f"convert ({first.name} loads it with its library)"
-    return (f"convert ({first.name} reads it with keishiki's own reader, which runs nothing: "
-            f"--trust-remote-code takes the weights out anyway)")
+    return (
+        f"convert ({first.name} reads it with keishiki's own reader, which runs nothing: "
+        f"--trust-remote-code takes the weights out anyway)"
+    )
 
 
 def source_format(src: Path) -> str:
@@ -136,8 +170,10 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
     """Validate keyword options into a :class:`ConvertOptions` (InvalidRequest on bad ones)."""
     unknown = set(options) - _OPTION_NAMES
     if unknown:
-        raise InvalidRequest(f"unknown convert option(s): {', '.join(sorted(unknown))} "
-                             f"(known: {', '.join(sorted(_OPTION_NAMES))})")
+        raise InvalidRequest(
+            f"unknown convert option(s): {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(_OPTION_NAMES))})"
+        )
     if to not in TARGETS:
         raise InvalidRequest(f"cannot write {to!r}: --to must be one of {', '.join(TARGETS)}")
     if "trust_remote_code" in options:  # the Python API's name for --trust
@@ -164,17 +200,23 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
     for name, targets in _TARGET_ONLY.items():
         if getattr(opts, name) is not None and to not in targets:
             flag = "--" + name.replace("_", "-")
-            raise InvalidRequest(f"{flag} applies to --to {' / '.join(targets)} only, "
-                                 f"not --to {to}")
+            raise InvalidRequest(
+                f"{flag} applies to --to {' / '.join(targets)} only, not --to {to}"
+            )
     if opts.quant is not None:
         opts.quant = _quant_name(opts.quant, to)
     # onnxruntime's MatMulNBits quantizer (MLAS MlasQuantizeBlockwise) takes 16..256 only;
     # a larger power of 2 was an internal RuntimeError from deep inside it
-    if opts.block_size is not None and (opts.quant != "int4" or opts.block_size < 16
-                                        or opts.block_size > 256
-                                        or opts.block_size & (opts.block_size - 1)):
-        raise InvalidRequest(f"--block-size {opts.block_size}: applies to --quant int4, a "
-                             f"power of 2 from 16 to 256 (e.g. 32, 128)")
+    if opts.block_size is not None and (
+        opts.quant != "int4"
+        or opts.block_size < 16
+        or opts.block_size > 256
+        or opts.block_size & (opts.block_size - 1)
+    ):
+        raise InvalidRequest(
+            f"--block-size {opts.block_size}: applies to --quant int4, a "
+            f"power of 2 from 16 to 256 (e.g. 32, 128)"
+        )
     return opts
 
 
@@ -184,8 +226,7 @@ def _quant_name(quant: str, to: str) -> str:
     choices = ONNX_QUANTS if to == "onnx" else GGUF_QUANTS
     found = {q.lower(): q for q in choices}.get(str(quant).lower())
     if found is None:
-        raise InvalidRequest(f"--quant {quant!r} for --to {to}: use one of "
-                             f"{', '.join(choices)}")
+        raise InvalidRequest(f"--quant {quant!r} for --to {to}: use one of {', '.join(choices)}")
     return found
 
 
@@ -204,8 +245,18 @@ _TARGET_ONLY = {
 }
 
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -214,7 +265,7 @@ def parse_size(text: str | int) -> int:
         return text
     raw = str(text).strip().upper().replace(" ", "")
     number = raw.rstrip("KMGTIB")
-    unit = raw[len(number):]
+    unit = raw[len(number) :]
     try:
         value = float(number)
     except ValueError:
@@ -257,8 +308,9 @@ def _step_out(steps_dir: Path, i: int, edge: Edge) -> Path:
     return steps_dir / f"step{i}-{edge.dst}{suffix}"
 
 
-def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
-              report: ConvertReport) -> None:
+def _run_path(
+    src: Path, out: Path, path: list[Edge], opts: ConvertOptions, report: ConvertReport
+) -> None:
     steps_dir = steps_folder(out)
     current = src
     try:
@@ -269,8 +321,9 @@ def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
                 step_out = _step_out(steps_dir, i, edge)
                 # an ONNX export quantized next is a folder: its tokenizer and config, and
                 # the external data of a model over 2 GB, travel to the quantized one
-                folder = edge.dst == "hf-model" or (edge.dst == "onnx" and
-                                                   path[i + 1] is _quant_edge())
+                folder = edge.dst == "hf-model" or (
+                    edge.dst == "onnx" and path[i + 1] is _quant_edge()
+                )
                 if folder:
                     step_out = step_out.with_suffix("")
                     step_out.mkdir()
@@ -281,8 +334,11 @@ def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
                 step = _run_edge(edge, current, step_out, step_opts)
                 report.steps.append(step)
                 if step.passed is False:
-                    raise Mismatch(f"{edge.name} (intermediate step) failed verification: "
-                                   f"{_why(step)}; nothing written to {out}", report.to_dict())
+                    raise Mismatch(
+                        f"{edge.name} (intermediate step) failed verification: "
+                        f"{_why(step)}; nothing written to {out}",
+                        report.to_dict(),
+                    )
                 current = step_out
             else:
                 _run_last(edge, current, src, out, opts, report)
@@ -291,14 +347,18 @@ def _run_path(src: Path, out: Path, path: list[Edge], opts: ConvertOptions,
             shutil.rmtree(steps_dir, ignore_errors=True)
 
 
-def _run_last(edge: Edge, current: Path, src: Path, out: Path, opts: ConvertOptions,
-              report: ConvertReport) -> None:
+def _run_last(
+    edge: Edge, current: Path, src: Path, out: Path, opts: ConvertOptions, report: ConvertReport
+) -> None:
     folder = output_is_folder(opts.to, out, src.is_dir())
     from .gguf_split import atomic_splits, wants_split
 
     # a split GGUF is several files beside OUT: written and verified in a temporary folder
-    target = (atomic_splits(out, src, force=opts.force) if wants_split(opts) and not folder
-              else atomic_output(out, force=opts.force, folder=folder))
+    target = (
+        atomic_splits(out, src, force=opts.force)
+        if wants_split(opts) and not folder
+        else atomic_output(out, force=opts.force, folder=folder)
+    )
     with target as tmp:
         step = _run_edge(edge, current, tmp, opts)
         step.out = str(out)  # the edge saw the temporary name
@@ -306,10 +366,10 @@ def _run_last(edge: Edge, current: Path, src: Path, out: Path, opts: ConvertOpti
         if step.passed is False:
             kept = _keep_unverified(tmp, out, opts.strict)
             report.kept_as = kept
-            where = (f"kept as {kept} for inspection" if kept
-                     else "removed (--strict)")
-            raise Mismatch(f"{out}: verification failed ({_why(step)}); output {where}",
-                           report.to_dict())
+            where = f"kept as {kept} for inspection" if kept else "removed (--strict)"
+            raise Mismatch(
+                f"{out}: verification failed ({_why(step)}); output {where}", report.to_dict()
+            )
 
 
 def _run_edge(edge: Edge, src: Path, out: Path, opts: ConvertOptions) -> StepReport:

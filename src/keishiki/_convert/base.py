@@ -28,23 +28,59 @@ TARGETS = ("safetensors", "pytorch", "hf-model", "gguf", "torchscript", "onnx")
 DTYPES = ("float16", "bfloat16", "float32")
 # --quant values: GGUF types and llama.cpp mixes (convert/gguf_quant.py says which tensor gets
 # which type), then ONNX weight quantization (convert/onnx_quant.py)
-GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K",
-               "q3_K_M", "q4_K", "q4_K_S", "q4_K_M", "q5_K", "q5_K_M", "q6_K")
+GGUF_QUANTS = (
+    "f32",
+    "f16",
+    "bf16",
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "q2_K",
+    "q3_K",
+    "q3_K_M",
+    "q4_K",
+    "q4_K_S",
+    "q4_K_M",
+    "q5_K",
+    "q5_K_M",
+    "q6_K",
+)
 ONNX_QUANTS = ("int8", "int4")
 
 # what an existing OUT may be identified as for --force to replace it, per target: a folder
 # of safetensors/pytorch shards with their config reads as an hf-model
-OUTPUT_KINDS = {"safetensors": frozenset({"safetensors", "hf-model"}),
-                "pytorch": frozenset({"pytorch", "hf-model"}),
-                "hf-model": frozenset({"hf-model"}), "gguf": frozenset({"gguf"}),
-                "torchscript": frozenset({"torchscript"}), "onnx": frozenset({"onnx"})}
+OUTPUT_KINDS = {
+    "safetensors": frozenset({"safetensors", "hf-model"}),
+    "pytorch": frozenset({"pytorch", "hf-model"}),
+    "hf-model": frozenset({"hf-model"}),
+    "gguf": frozenset({"gguf"}),
+    "torchscript": frozenset({"torchscript"}),
+    "onnx": frozenset({"onnx"}),
+}
 
 # file suffixes that make OUT a single file even when the target could be a folder
-FILE_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".ts",
-                 ".pt2", ".torchscript"}
+FILE_SUFFIXES = {
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".gguf",
+    ".onnx",
+    ".ts",
+    ".pt2",
+    ".torchscript",
+}
 # the suffix an intermediate step's output gets inside the multi-step temp folder
-STEP_SUFFIX = {"safetensors": ".safetensors", "pytorch": ".bin", "gguf": ".gguf",
-               "onnx": ".onnx", "torchscript": ".pt"}
+STEP_SUFFIX = {
+    "safetensors": ".safetensors",
+    "pytorch": ".bin",
+    "gguf": ".gguf",
+    "onnx": ".onnx",
+    "torchscript": ".pt",
+}
 
 
 @dataclass
@@ -191,10 +227,19 @@ class ConvertReport:
         return all(s.passed is not False for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"src": self.src, "out": self.out, "src_format": self.src_format, "to": self.to,
-                "path": self.path, "seconds": round(self.seconds, 3),
-                "verified": self.verified, "passed": self.passed, "kept_as": self.kept_as,
-                "source_scan": self.source_scan, "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "src": self.src,
+            "out": self.out,
+            "src_format": self.src_format,
+            "to": self.to,
+            "path": self.path,
+            "seconds": round(self.seconds, 3),
+            "verified": self.verified,
+            "passed": self.passed,
+            "kept_as": self.kept_as,
+            "source_scan": self.source_scan,
+            "steps": [s.to_dict() for s in self.steps],
+        }
 
 
 def output_is_folder(to: str, out: Path, src_is_dir: bool) -> bool:

@@ -63,8 +63,14 @@ _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.
 _MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _LLAMA_PARTS = ("input_layernorm", *_ATTN, "post_attention_layernorm", *_MLP)
 _GEMMA2_PARTS = (*_LLAMA_PARTS, "pre_feedforward_layernorm", "post_feedforward_layernorm")
-_PHI3_PARTS = ("input_layernorm", "self_attn.qkv_proj", "self_attn.o_proj",
-               "post_attention_layernorm", "mlp.gate_up_proj", "mlp.down_proj")
+_PHI3_PARTS = (
+    "input_layernorm",
+    "self_attn.qkv_proj",
+    "self_attn.o_proj",
+    "post_attention_layernorm",
+    "mlp.gate_up_proj",
+    "mlp.down_proj",
+)
 _TOP_PARTS = ("model.embed_tokens", "model.norm", "lm_head")
 
 # defaults llama.cpp / transformers assume when a config.json omits an entry
@@ -106,8 +112,10 @@ class GGUFArch:
 
     def required_keys(self) -> list[str]:
         """Metadata keys llama.cpp's loader requires for this architecture."""
-        return ["general.architecture", *(f"{self.name}.{k.gguf}" for k in self.keys
-                                          if k.required and not k.only_if_in_config)]
+        return [
+            "general.architecture",
+            *(f"{self.name}.{k.gguf}" for k in self.keys if k.required and not k.only_if_in_config),
+        ]
 
     def name_maps(self, n_blocks: int) -> tuple[dict[str, str], dict[str, str]]:
         """(HF → GGUF, GGUF → HF) tensor names for ``n_blocks`` layers, from gguf's table."""
@@ -115,11 +123,15 @@ class GGUFArch:
 
         arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(self.name)
         if arch_enum is None:  # an old gguf package (qwen3 came in 2025)
-            raise InvalidRequest(f"the installed gguf package does not know architecture "
-                                 f"{self.name!r}: pip install -U gguf")
+            raise InvalidRequest(
+                f"the installed gguf package does not know architecture "
+                f"{self.name!r}: pip install -U gguf"
+            )
         table = gguf.get_tensor_name_map(arch_enum, n_blocks)
-        hf_bases = [*_TOP_PARTS, *(f"model.layers.{b}.{p}" for b in range(n_blocks)
-                                   for p in self.layer_parts)]
+        hf_bases = [
+            *_TOP_PARTS,
+            *(f"model.layers.{b}.{p}" for b in range(n_blocks) for p in self.layer_parts),
+        ]
         forward = {}
         for base in hf_bases:
             gguf_base = table.get_name(base)
@@ -134,44 +146,113 @@ class GGUFArch:
         return self.norm_offset if hf_name.endswith("norm.weight") else 0.0
 
 
-ARCHS: dict[str, GGUFArch] = {a.name: a for a in (
-    GGUFArch("llama", ("llama", "mistral"), "LlamaForCausalLM", "llama", _LLAMA_PARTS,
-             (*_COMMON, Key("rope.dimension_count", "head_dim"), _ROPE_BASE, _RMS_EPS),
-             permute_qk=True, config_extra={"hidden_act": "silu", "attention_bias": False},
-             bpe_pre_from_transformers=False),
-    GGUFArch("qwen2", ("qwen2",), "Qwen2ForCausalLM", "qwen2", _LLAMA_PARTS,
-             (*_COMMON, _ROPE_BASE, _RMS_EPS,
-              *(Key(k.gguf, k.hf, only_if_in_config=True) for k in _KEY_LEN)),
-             config_extra={"hidden_act": "silu"}),
-    GGUFArch("qwen3", ("qwen3",), "Qwen3ForCausalLM", "qwen3",
-             (*_LLAMA_PARTS, "self_attn.q_norm", "self_attn.k_norm"),
-             (*_COMMON, _ROPE_BASE, _RMS_EPS,
-              *(Key(k.gguf, k.hf, only_if_in_config=True) for k in _KEY_LEN)),
-             config_extra={"hidden_act": "silu", "attention_bias": False}),
-    GGUFArch("gemma", ("gemma",), "GemmaForCausalLM", "gemma", _LLAMA_PARTS,
-             (*_COMMON, _RMS_EPS, *_KEY_LEN, Key("rope.freq_base", "rope_theta", "f32",
-                                                   required=False)),
-             norm_offset=1.0, store_lm_head=False,
-             config_extra={"hidden_act": "gelu_pytorch_tanh",
-                           "hidden_activation": "gelu_pytorch_tanh"}),
-    GGUFArch("gemma2", ("gemma2",), "Gemma2ForCausalLM", "gemma2", _GEMMA2_PARTS,
-             (*_COMMON, _RMS_EPS, *_KEY_LEN,
-              Key("rope.freq_base", "rope_theta", "f32", required=False),
-              Key("attention.sliding_window", "sliding_window", required=False),
-              Key("attn_logit_softcapping", "attn_logit_softcapping", "f32", required=False),
-              Key("final_logit_softcapping", "final_logit_softcapping", "f32", required=False)),
-             norm_offset=1.0, store_lm_head=False,
-             config_extra={"hidden_act": "gelu_pytorch_tanh",
-                           "hidden_activation": "gelu_pytorch_tanh"},
-             config_copies=(("query_pre_attn_scalar", "head_dim"),)),
-    GGUFArch("phi3", ("phi3",), "Phi3ForCausalLM", "phi3", _PHI3_PARTS,
-             (*_COMMON, _RMS_EPS, Key("rope.dimension_count", "partial_rotary_factor"),
-              _ROPE_BASE,
-              Key("rope.scaling.original_context_length", "original_max_position_embeddings",
-                  required=False),
-              Key("attention.sliding_window", "sliding_window", none_as=0)),
-             config_extra={"hidden_act": "silu"}, refuse_rope=("long_factor", "short_factor")),
-)}
+ARCHS: dict[str, GGUFArch] = {
+    a.name: a
+    for a in (
+        GGUFArch(
+            "llama",
+            ("llama", "mistral"),
+            "LlamaForCausalLM",
+            "llama",
+            _LLAMA_PARTS,
+            (*_COMMON, Key("rope.dimension_count", "head_dim"), _ROPE_BASE, _RMS_EPS),
+            permute_qk=True,
+            config_extra={"hidden_act": "silu", "attention_bias": False},
+            bpe_pre_from_transformers=False,
+        ),
+        GGUFArch(
+            "qwen2",
+            ("qwen2",),
+            "Qwen2ForCausalLM",
+            "qwen2",
+            _LLAMA_PARTS,
+            (
+                *_COMMON,
+                _ROPE_BASE,
+                _RMS_EPS,
+                *(Key(k.gguf, k.hf, only_if_in_config=True) for k in _KEY_LEN),
+            ),
+            config_extra={"hidden_act": "silu"},
+        ),
+        GGUFArch(
+            "qwen3",
+            ("qwen3",),
+            "Qwen3ForCausalLM",
+            "qwen3",
+            (*_LLAMA_PARTS, "self_attn.q_norm", "self_attn.k_norm"),
+            (
+                *_COMMON,
+                _ROPE_BASE,
+                _RMS_EPS,
+                *(Key(k.gguf, k.hf, only_if_in_config=True) for k in _KEY_LEN),
+            ),
+            config_extra={"hidden_act": "silu", "attention_bias": False},
+        ),
+        GGUFArch(
+            "gemma",
+            ("gemma",),
+            "GemmaForCausalLM",
+            "gemma",
+            _LLAMA_PARTS,
+            (
+                *_COMMON,
+                _RMS_EPS,
+                *_KEY_LEN,
+                Key("rope.freq_base", "rope_theta", "f32", required=False),
+            ),
+            norm_offset=1.0,
+            store_lm_head=False,
+            config_extra={
+                "hidden_act": "gelu_pytorch_tanh",
+                "hidden_activation": "gelu_pytorch_tanh",
+            },
+        ),
+        GGUFArch(
+            "gemma2",
+            ("gemma2",),
+            "Gemma2ForCausalLM",
+            "gemma2",
+            _GEMMA2_PARTS,
+            (
+                *_COMMON,
+                _RMS_EPS,
+                *_KEY_LEN,
+                Key("rope.freq_base", "rope_theta", "f32", required=False),
+                Key("attention.sliding_window", "sliding_window", required=False),
+                Key("attn_logit_softcapping", "attn_logit_softcapping", "f32", required=False),
+                Key("final_logit_softcapping", "final_logit_softcapping", "f32", required=False),
+            ),
+            norm_offset=1.0,
+            store_lm_head=False,
+            config_extra={
+                "hidden_act": "gelu_pytorch_tanh",
+                "hidden_activation": "gelu_pytorch_tanh",
+            },
+            config_copies=(("query_pre_attn_scalar", "head_dim"),),
+        ),
+        GGUFArch(
+            "phi3",
+            ("phi3",),
+            "Phi3ForCausalLM",
+            "phi3",
+            _PHI3_PARTS,
+            (
+                *_COMMON,
+                _RMS_EPS,
+                Key("rope.dimension_count", "partial_rotary_factor"),
+                _ROPE_BASE,
+                Key(
+                    "rope.scaling.original_context_length",
+                    "original_max_position_embeddings",
+                    required=False,
+                ),
+                Key("attention.sliding_window", "sliding_window", none_as=0),
+            ),
+            config_extra={"hidden_act": "silu"},
+            refuse_rope=("long_factor", "short_factor"),
+        ),
+    )
+}
 
 
 def for_config(config: dict[str, Any], where: Any = "") -> GGUFArch:
@@ -188,9 +269,11 @@ def for_config(config: dict[str, Any], where: Any = "") -> GGUFArch:
     if "MistralForCausalLM" in classes:
         return ARCHS["llama"]
     supported = ", ".join(t for a in ARCHS.values() for t in a.model_types)
-    raise InvalidRequest(f"{where}: model_type {model_type!r}: keishiki writes GGUF for "
-                         f"{supported} only; use --to safetensors, or llama.cpp's "
-                         f"convert_hf_to_gguf.py")
+    raise InvalidRequest(
+        f"{where}: model_type {model_type!r}: keishiki writes GGUF for "
+        f"{supported} only; use --to safetensors, or llama.cpp's "
+        f"convert_hf_to_gguf.py"
+    )
 
 
 def for_gguf(kv: dict[str, Any]) -> GGUFArch | None:
@@ -248,22 +331,31 @@ def config_problems(arch: GGUFArch, config: dict[str, Any]) -> tuple[list[str], 
     """
     missing = [hf_key for hf_key in _needed_entries(arch) if _lookup(config, hf_key) is None]
     if missing:
-        return [f"config.json has no {', '.join(missing)}, which the GGUF metadata needs; add "
-                f"{'it' if len(missing) == 1 else 'them'} to config.json"], []
+        return [
+            f"config.json has no {', '.join(missing)}, which the GGUF metadata needs; add "
+            f"{'it' if len(missing) == 1 else 'them'} to config.json"
+        ], []
     rope = _rope(config)
-    refusals = [f"rope {k!r} (rope_type {rope.get('rope_type')!r}) needs llama.cpp's "
-                f"rope_factors tensors, which keishiki does not write; use llama.cpp's "
-                f"convert_hf_to_gguf.py" for k in arch.refuse_rope if rope.get(k)]
+    refusals = [
+        f"rope {k!r} (rope_type {rope.get('rope_type')!r}) needs llama.cpp's "
+        f"rope_factors tensors, which keishiki does not write; use llama.cpp's "
+        f"convert_hf_to_gguf.py"
+        for k in arch.refuse_rope
+        if rope.get(k)
+    ]
     warnings = []
     rope_type = rope.get("rope_type") or rope.get("type")
     if rope_type not in (None, "default", "linear") and not refusals:
-        warnings.append(f"rope_type {rope_type!r}: not written to the GGUF (llama.cpp will "
-                        f"use unscaled rope)")
+        warnings.append(
+            f"rope_type {rope_type!r}: not written to the GGUF (llama.cpp will use unscaled rope)"
+        )
     for dst, src in arch.config_copies:
         if config.get(dst) is not None and config[dst] != config_value(config, src):
-            warnings.append(f"{dst} {config[dst]} != {src} {config_value(config, src)}: "
-                            f"llama.cpp uses {src} for it ({arch.name}), so the GGUF computes "
-                            f"differently")
+            warnings.append(
+                f"{dst} {config[dst]} != {src} {config_value(config, src)}: "
+                f"llama.cpp uses {src} for it ({arch.name}), so the GGUF computes "
+                f"differently"
+            )
     return refusals, warnings
 
 
@@ -271,16 +363,26 @@ def needed_tensors(arch: GGUFArch, n_blocks: int) -> list[str]:
     """HF names of the weights a model of ``arch`` cannot run without (llama.cpp refuses a
     GGUF lacking them; transformers would random-initialise them). ``lm_head`` is not among
     them: without it both tie the head to the embedding."""
-    return ["model.embed_tokens.weight", "model.norm.weight",
-            *(f"model.layers.{i}.{part}.weight" for i in range(n_blocks)
-              for part in arch.layer_parts)]
+    return [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        *(f"model.layers.{i}.{part}.weight" for i in range(n_blocks) for part in arch.layer_parts),
+    ]
 
 
 def _needed_entries(arch: GGUFArch) -> list[str]:
     """config.json entries a GGUF of ``arch`` cannot be written without."""
     base = ["num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size"]
-    return list(dict.fromkeys(base + [k.hf for k in arch.keys if k.required
-                                      and not k.only_if_in_config and k.none_as is None]))
+    return list(
+        dict.fromkeys(
+            base
+            + [
+                k.hf
+                for k in arch.keys
+                if k.required and not k.only_if_in_config and k.none_as is None
+            ]
+        )
+    )
 
 
 def _lookup(config: dict[str, Any], hf_key: str) -> Any:
@@ -298,21 +400,25 @@ def metadata_from_config(arch: GGUFArch, config: dict[str, Any]) -> list[tuple[s
     rope = _rope(config)
     if (rope.get("rope_type") or rope.get("type")) == "linear" and rope.get("factor"):
         # llama.cpp divides positions by rope.scaling.factor for type "linear", as HF does
-        out += [(f"{arch.name}.rope.scaling.type", "str", "linear"),
-                (f"{arch.name}.rope.scaling.factor", "f32", float(rope["factor"]))]
+        out += [
+            (f"{arch.name}.rope.scaling.type", "str", "linear"),
+            (f"{arch.name}.rope.scaling.factor", "f32", float(rope["factor"])),
+        ]
     for key in arch.keys:
         if key.only_if_in_config and config.get(key.hf) is None:
             continue
         value = _to_gguf_value(config, key)
         if value is None:
             continue
-        out.append((f"{arch.name}.{key.gguf}", key.kind,
-                    float(value) if key.kind == "f32" else int(value)))
+        out.append(
+            (f"{arch.name}.{key.gguf}", key.kind, float(value) if key.kind == "f32" else int(value))
+        )
     return out
 
 
-def config_from_metadata(arch: GGUFArch, kv: dict[str, Any], vocab_size: int, tied: bool,
-                         dtype: str) -> dict[str, Any]:
+def config_from_metadata(
+    arch: GGUFArch, kv: dict[str, Any], vocab_size: int, tied: bool, dtype: str
+) -> dict[str, Any]:
     """A config.json for ``arch.hf_class`` from GGUF metadata (``kv``: ``<arch>.*`` keys)."""
     config: dict[str, Any] = {"architectures": [arch.hf_class], "model_type": arch.hf_model_type}
     late = []
@@ -327,8 +433,10 @@ def config_from_metadata(arch: GGUFArch, kv: dict[str, Any], vocab_size: int, ti
     for key, value in late:
         config[key.hf] = _to_hf_value(config, key, value)
     if kv.get(f"{arch.name}.rope.scaling.type") == "linear":
-        config["rope_scaling"] = {"rope_type": "linear",
-                                  "factor": float(kv[f"{arch.name}.rope.scaling.factor"])}
+        config["rope_scaling"] = {
+            "rope_type": "linear",
+            "factor": float(kv[f"{arch.name}.rope.scaling.factor"]),
+        }
     heads = config["num_attention_heads"]
     config.setdefault("num_key_value_heads", heads)
     config.setdefault("head_dim", config["hidden_size"] // heads)
@@ -338,9 +446,11 @@ def config_from_metadata(arch: GGUFArch, kv: dict[str, Any], vocab_size: int, ti
         config[dst] = config[src]
     config.update(vocab_size=vocab_size, tie_word_embeddings=tied, **arch.config_extra)
     config["dtype"] = dtype
-    for key, hf_key in (("tokenizer.ggml.bos_token_id", "bos_token_id"),
-                        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
-                        ("tokenizer.ggml.padding_token_id", "pad_token_id")):
+    for key, hf_key in (
+        ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+        ("tokenizer.ggml.padding_token_id", "pad_token_id"),
+    ):
         if key in kv:
             config[hf_key] = int(kv[key])
     return config

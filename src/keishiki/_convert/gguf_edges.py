@@ -30,11 +30,25 @@ from . import gguf_names as names
 from . import gguf_quant as quants
 from .base import ConvertOptions, StepReport, Timer
 from .verify import ReadBack
-from .weights import (FLOATING, SourceTensors, cast_array, source_tensors, verify_safetensors,
-                      write_safetensors)
+from .weights import (
+    FLOATING,
+    SourceTensors,
+    cast_array,
+    source_tensors,
+    verify_safetensors,
+    write_safetensors,
+)
 
-_KEEP = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-         "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
+_KEEP = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
+}
 GGUF_MAX_NAME = 63
 
 
@@ -45,6 +59,7 @@ def _gguf():
 
 
 # ---- reading GGUF -------------------------------------------------------------------------
+
 
 def read_kv(reader) -> dict[str, Any]:
     """Every metadata field as a Python value (arrays as lists), ``split.*`` keys left out
@@ -97,8 +112,14 @@ def open_reader(path: Path):
     return open_readers(path)[0]
 
 
-def _check_heads(src: Path, arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors,
-                 n_head: int, n_head_kv: int) -> None:
+def _check_heads(
+    src: Path,
+    arch: archs.GGUFArch,
+    config: dict[str, Any],
+    st: SourceTensors,
+    n_head: int,
+    n_head_kv: int,
+) -> None:
     """Refuse weights that lack a tensor the model needs, or a config whose head counts
     disagree with the attention weights' shapes.
 
@@ -111,14 +132,21 @@ def _check_heads(src: Path, arch: archs.GGUFArch, config: dict[str, Any], st: So
             heads x head_dim.
     """
     by_name = {t.info.name: t.info for t in st.tensors}
-    absent = [name for name in archs.needed_tensors(arch, int(config["num_hidden_layers"]))
-              if name not in by_name]
+    absent = [
+        name
+        for name in archs.needed_tensors(arch, int(config["num_hidden_layers"]))
+        if name not in by_name
+    ]
     if absent:  # llama.cpp would refuse the GGUF ("missing tensor"); the read-back cannot see it
-        raise InvalidRequest(f"{src}: {len(absent)} tensor(s) a {arch.name} model needs are "
-                             f"missing ({', '.join(absent[:3])}); check the weight files")
+        raise InvalidRequest(
+            f"{src}: {len(absent)} tensor(s) a {arch.name} model needs are "
+            f"missing ({', '.join(absent[:3])}); check the weight files"
+        )
     head_dim = int(archs.config_value(config, "head_dim"))
-    for proj, key, heads in (("q_proj", "num_attention_heads", n_head),
-                             ("k_proj", "num_key_value_heads", n_head_kv)):
+    for proj, key, heads in (
+        ("q_proj", "num_attention_heads", n_head),
+        ("k_proj", "num_key_value_heads", n_head_kv),
+    ):
         info = by_name.get(f"model.layers.0.self_attn.{proj}.weight")
         if info is None or not info.shape or info.shape[0] == heads * head_dim:
             continue
@@ -126,14 +154,16 @@ def _check_heads(src: Path, arch: archs.GGUFArch, config: dict[str, Any], st: So
         raise InvalidRequest(
             f"{src}: config.json's {key} {heads}{given} x head_dim {head_dim} != "
             f"{info.shape[0]} rows of {info.name}; set {key} to "
-            f"{info.shape[0] // head_dim if head_dim else '?'} in config.json")
+            f"{info.shape[0] // head_dim if head_dim else '?'} in config.json"
+        )
     fused = by_name.get("model.layers.0.self_attn.qkv_proj.weight")  # phi3: q, k, v stacked
     if fused is not None and fused.shape and fused.shape[0] != (n_head + 2 * n_head_kv) * head_dim:
         kv_rows = (fused.shape[0] - n_head * head_dim) // 2
         raise InvalidRequest(
             f"{src}: config.json's heads ({n_head} + 2 x {n_head_kv} KV) x head_dim {head_dim} "
             f"!= {fused.shape[0]} rows of {fused.name}; set num_key_value_heads to "
-            f"{kv_rows // head_dim if head_dim else '?'} in config.json")
+            f"{kv_rows // head_dim if head_dim else '?'} in config.json"
+        )
 
 
 def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str, Any]]:
@@ -142,7 +172,7 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
 
     Quantized tensors load dequantized to float32 (or ``dtype``); F32/F16/BF16 keep their type.
     """
-    gguf = _gguf()
+    _gguf()  # a missing gguf is one MissingDependency line, before any reading
     readers = open_readers(path)
     kv = read_kv(readers[0])  # the first split holds the model's metadata
     reader_tensors = [t for reader in readers for t in reader.tensors]
@@ -156,8 +186,10 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
         inferred = _kv_heads_from_tensors(reader_tensors, kv, arch.name, n_head)
         if inferred is not None:
             kv[f"{arch.name}.attention.head_count_kv"] = inferred
-            warnings.append(f"{arch.name}.attention.head_count_kv is absent: {inferred} KV "
-                            f"heads, read from blk.0.attn_k.weight's rows")
+            warnings.append(
+                f"{arch.name}.attention.head_count_kv is absent: {inferred} KV "
+                f"heads, read from blk.0.attn_k.weight's rows"
+            )
         n_head_kv = int(kv.get(f"{arch.name}.attention.head_count_kv", n_head) or n_head)
     for t in reader_tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
@@ -166,12 +198,10 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
         hf_name = back.get(t.name) if arch else None
         if arch and hf_name is None:
             warnings.append(f"{t.name}: no Hugging Face name known; kept as is")
-        heads = (names.rotary_heads(t.name, n_head, n_head_kv)
-                 if arch and arch.permute_qk else None)
+        heads = names.rotary_heads(t.name, n_head, n_head_kv) if arch and arch.permute_qk else None
         offset = arch.offset_of(hf_name) if arch and hf_name else 0.0
 
-        def load(t=t, shape=shape, heads=heads, type_name=type_name,
-                 offset=offset) -> np.ndarray:
+        def load(t=t, shape=shape, heads=heads, type_name=type_name, offset=offset) -> np.ndarray:
             if type_name in _KEEP:
                 arr = np.asarray(t.data)
                 if type_name == "BF16":
@@ -180,19 +210,28 @@ def gguf_tensors(path: Path, dtype: str | None) -> tuple[SourceTensors, dict[str
             else:
                 arr = quants.dequantize(np.asarray(t.data), t.tensor_type, shape)
             if offset:  # gemma: llama.cpp stored w + 1 (its RMSNorm multiplies by w alone)
-                arr = cast_array(cast_array(arr, "float32") - np.float32(offset),
-                                 dtypes.from_numpy(arr.dtype))
+                arr = cast_array(
+                    cast_array(arr, "float32") - np.float32(offset), dtypes.from_numpy(arr.dtype)
+                )
             return names.unpermute(arr, heads) if heads else np.ascontiguousarray(arr)
 
-        size = int(np.prod(shape)) * dtypes.itemsize(dtype_name) if shape else dtypes.itemsize(dtype_name)
-        info = TensorInfo(hf_name or t.name, dtype_name, shape, size,
-                          extra={"gguf_name": t.name, "ggml_type": type_name})
+        size = (
+            int(np.prod(shape)) * dtypes.itemsize(dtype_name)
+            if shape
+            else dtypes.itemsize(dtype_name)
+        )
+        info = TensorInfo(
+            hf_name or t.name,
+            dtype_name,
+            shape,
+            size,
+            extra={"gguf_name": t.name, "ggml_type": type_name},
+        )
         tensors.append(LazyTensor(info, load))
     return SourceTensors(tensors, warnings=warnings, format="gguf"), kv
 
 
-def _kv_heads_from_tensors(tensors: list, kv: dict[str, Any], arch: str,
-                           n_head: int) -> int | None:
+def _kv_heads_from_tensors(tensors: list, kv: dict[str, Any], arch: str, n_head: int) -> int | None:
     """KV heads of a GGUF whose metadata omits ``head_count_kv`` (old files, where llama.cpp
     defaults it to ``head_count``), from ``blk.0.attn_k.weight``'s rows / head size; None
     when the key is there or the tensors cannot say.  Why: with fewer KV heads than query
@@ -200,7 +239,8 @@ def _kv_heads_from_tensors(tensors: list, kv: dict[str, Any], arch: str,
     if f"{arch}.attention.head_count_kv" in kv or not n_head:
         return None
     head_dim = kv.get(f"{arch}.attention.key_length") or (
-        int(kv.get(f"{arch}.embedding_length", 0) or 0) // n_head)
+        int(kv.get(f"{arch}.embedding_length", 0) or 0) // n_head
+    )
     k = next((t for t in tensors if t.name == "blk.0.attn_k.weight"), None)
     if k is None or not head_dim:
         return None
@@ -219,9 +259,13 @@ def gguf_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
     st, kv = gguf_tensors(src, opts.dtype)
     if not st.tensors:  # llama.cpp's --vocab-only files: an empty safetensors helps nobody
         raise InvalidRequest(f"{src}: a vocabulary-only GGUF (no tensors): nothing to write")
-    report = StepReport(edge="gguf -> safetensors", src=str(src), out=str(out),
-                        warnings=st.warnings)
-    with Timer() as timer, progress(st.nbytes, "-> safetensors", opts.quiet, unit_bytes=True) as adv:
+    report = StepReport(
+        edge="gguf -> safetensors", src=str(src), out=str(out), warnings=st.warnings
+    )
+    with (
+        Timer() as timer,
+        progress(st.nbytes, "-> safetensors", opts.quiet, unit_bytes=True) as adv,
+    ):
         report.bytes_written = write_safetensors(out, st, opts, adv)
         if opts.verify:
             report.verify = verify_safetensors(out, st, opts.dtype)
@@ -232,8 +276,7 @@ def gguf_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
     return report
 
 
-def _check_complete(src: Path, arch: archs.GGUFArch, kv: dict[str, Any],
-                    st: SourceTensors) -> None:
+def _check_complete(src: Path, arch: archs.GGUFArch, kv: dict[str, Any], st: SourceTensors) -> None:
     """Refuse a GGUF that lacks metadata llama.cpp requires or a tensor the HF model needs.
 
     Why: config.json is built from those keys (a missing one was a KeyError), and a missing
@@ -246,22 +289,34 @@ def _check_complete(src: Path, arch: archs.GGUFArch, kv: dict[str, Any],
     # keys config_from_metadata has a fallback for (transformers' and llama.cpp's defaults)
     # may be absent: old GGUFs omit head_count_kv
     defaulted = {"num_key_value_heads", *archs.DEFAULTS}
-    missing = [f"{arch.name}.{k.gguf}" for k in arch.keys
-               if k.required and not k.only_if_in_config and k.hf not in defaulted
-               and f"{arch.name}.{k.gguf}" not in kv]
+    missing = [
+        f"{arch.name}.{k.gguf}"
+        for k in arch.keys
+        if k.required
+        and not k.only_if_in_config
+        and k.hf not in defaulted
+        and f"{arch.name}.{k.gguf}" not in kv
+    ]
     if missing:
-        raise CorruptFile(src, f"GGUF metadata has no {', '.join(missing[:3])}, which llama.cpp "
-                               f"requires for {arch.name}; use --to safetensors for the tensors")
+        raise CorruptFile(
+            src,
+            f"GGUF metadata has no {', '.join(missing[:3])}, which llama.cpp "
+            f"requires for {arch.name}; use --to safetensors for the tensors",
+        )
     if not st.tensors:  # llama.cpp's --vocab-only files: a tokenizer, no model
-        raise InvalidRequest(f"{src}: a vocabulary-only GGUF (no tensors): there is no model "
-                             f"to make an HF folder of")
+        raise InvalidRequest(
+            f"{src}: a vocabulary-only GGUF (no tensors): there is no model to make an HF folder of"
+        )
     present = {t.name for t in st.tensors}
     n_blocks = int(kv[f"{arch.name}.block_count"])
     absent = [name for name in archs.needed_tensors(arch, n_blocks) if name not in present]
     if absent:
-        raise CorruptFile(src, f"{len(absent)} tensor(s) the {arch.name} model needs are "
-                               f"missing ({', '.join(absent[:3])}); use --to safetensors for "
-                               f"the tensors")
+        raise CorruptFile(
+            src,
+            f"{len(absent)} tensor(s) the {arch.name} model needs are "
+            f"missing ({', '.join(absent[:3])}); use --to safetensors for "
+            f"the tensors",
+        )
 
 
 def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
@@ -274,9 +329,11 @@ def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     st, kv = gguf_tensors(src, opts.dtype)
     arch = archs.for_gguf(kv)
     if arch is None:
-        raise InvalidRequest(f"{src}: GGUF architecture {kv.get('general.architecture')!r}: "
-                             f"keishiki makes HF folders of {', '.join(archs.ARCHS)} GGUF files "
-                             f"only; use --to safetensors to get the tensors")
+        raise InvalidRequest(
+            f"{src}: GGUF architecture {kv.get('general.architecture')!r}: "
+            f"keishiki makes HF folders of {', '.join(archs.ARCHS)} GGUF files "
+            f"only; use --to safetensors to get the tensors"
+        )
     _check_complete(src, arch, kv, st)
     if not out.is_dir():
         out.mkdir()
@@ -301,18 +358,25 @@ def gguf_to_hf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     except Exception as exc:  # transformers' loader refusing a vocabulary: the weights stand
         files = []
         report.warnings.append(f"tokenizer not converted: transformers could not load it ({exc})")
-    if not files and "tokenizer.ggml.tokens" in kv and not any(
-            w.startswith("tokenizer not converted") for w in report.warnings):
-        report.warnings.append(f"tokenizer not converted (tokenizer.ggml.model "
-                               f"{kv.get('tokenizer.ggml.model')!r}; gpt2 and llama are)")
+    if (
+        not files
+        and "tokenizer.ggml.tokens" in kv
+        and not any(w.startswith("tokenizer not converted") for w in report.warnings)
+    ):
+        report.warnings.append(
+            f"tokenizer not converted (tokenizer.ggml.model "
+            f"{kv.get('tokenizer.ggml.model')!r}; gpt2 and llama are)"
+        )
     if files and opts.verify and report.verify:
-        check_tokenizer(report, lambda: load_gguf_tokenizer(first, kv),
-                        lambda: _auto_tokenizer(out))
+        check_tokenizer(
+            report, lambda: load_gguf_tokenizer(first, kv), lambda: _auto_tokenizer(out)
+        )
     report.details["files"] = ["config.json", "generation_config.json", "model.safetensors", *files]
     return report
 
 
 # ---- writing GGUF -------------------------------------------------------------------------
+
 
 @dataclass
 class Planned:
@@ -339,16 +403,23 @@ def _pick_type(info: TensorInfo, quant: str) -> str:
     return "mix"  # a llama.cpp quantization mix: :func:`_apply_mix` picks the type by name
 
 
-def _apply_mix(plan: list[Planned], quant: str, n_head: int = 0, n_head_kv: int = 0,
-               n_layer: int = 0, generic: bool = False) -> None:
+def _apply_mix(
+    plan: list[Planned],
+    quant: str,
+    n_head: int = 0,
+    n_head_kv: int = 0,
+    n_layer: int = 0,
+    generic: bool = False,
+) -> None:
     """Give every ``mix`` tensor of ``plan`` its type under llama.cpp's rules for ``quant``
     (:func:`.gguf_quant.tensor_type`), in file order as llama.cpp counts layers; ``generic``
     (tensors under their own names): the mix's type for every 2-D tensor."""
     state = quants.MixState.for_names([p.gguf_name for p in plan], n_head, n_head_kv, n_layer)
     for p in plan:
         if p.qtype == "mix":
-            p.qtype = quants.tensor_type(p.gguf_name, tuple(p.source.info.shape), quant, state,
-                                         generic)
+            p.qtype = quants.tensor_type(
+                p.gguf_name, tuple(p.source.info.shape), quant, state, generic
+            )
 
 
 def _default_quant(st: SourceTensors, opts: ConvertOptions) -> str:
@@ -359,13 +430,13 @@ def _default_quant(st: SourceTensors, opts: ConvertOptions) -> str:
     floating = {t.info.dtype for t in st.tensors if t.info.dtype in FLOATING}
     # lossless by default: keep a half-precision model in its half type, else f32
     return {frozenset({"float16"}): "f16", frozenset({"bfloat16"}): "bf16"}.get(
-        frozenset(floating), "f32")
+        frozenset(floating), "f32"
+    )
 
 
 def _encode(arr: np.ndarray, qtype: str, heads: int | None, offset: float = 0.0) -> np.ndarray:
     """The bytes GGUF stores for ``arr`` (``offset`` added in float32 and rows permuted first
     when asked)."""
-    gguf = _gguf()
     if offset:
         arr = cast_array(arr, "float32") + np.float32(offset)
     if heads:
@@ -412,8 +483,14 @@ def gguf_target(out: Path) -> Path:
     return out / f"{stem_of(final_name(out))}.gguf"
 
 
-def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned], quiet: bool,
-               opts: ConvertOptions | None = None) -> list[Path]:
+def write_gguf(
+    out: Path,
+    arch: str,
+    kv_writer: Callable,
+    plan: list[Planned],
+    quiet: bool,
+    opts: ConvertOptions | None = None,
+) -> list[Path]:
     """Stream ``plan`` into a GGUF file: metadata via ``kv_writer(writer)``, infos, then data.
 
     With ``opts.split_max_size`` / ``opts.split_max_tensors`` gguf's writer splits the
@@ -426,11 +503,15 @@ def write_gguf(out: Path, arch: str, kv_writer: Callable, plan: list[Planned], q
     gguf = _gguf()
     for p in plan:
         if len(p.gguf_name) > GGUF_MAX_NAME:
-            raise InvalidRequest(f"tensor name {p.gguf_name!r} is longer than GGUF's "
-                                 f"{GGUF_MAX_NAME}-byte limit")
-    writer = gguf.GGUFWriter(str(out), arch,
-                             split_max_tensors=getattr(opts, "split_max_tensors", None) or 0,
-                             split_max_size=getattr(opts, "split_max_size", None) or 0)
+            raise InvalidRequest(
+                f"tensor name {p.gguf_name!r} is longer than GGUF's {GGUF_MAX_NAME}-byte limit"
+            )
+    writer = gguf.GGUFWriter(
+        str(out),
+        arch,
+        split_max_tensors=getattr(opts, "split_max_tensors", None) or 0,
+        split_max_size=getattr(opts, "split_max_size", None) or 0,
+    )
     kv_writer(writer)
     for p in plan:
         shape, np_dtype, nbytes, raw = _encoded_size(p.source.info, p.qtype)
@@ -488,16 +569,19 @@ def verify_gguf(files: list[Path], plan: list[Planned], required_keys: list[str]
             ref = cast_array(expected_src, "float32").astype(np.float32)
             blocks = np.abs(ref.reshape(-1, 32)).max(axis=1) / 127.0
             # rounding to the nearest step (d/2) plus d stored in float16 (|q| <= 127)
-            atol = float(blocks.max(initial=0.0) * (0.5 + 127 * 2.0 ** -11)) * 1.001 + 1e-12
+            atol = float(blocks.max(initial=0.0) * (0.5 + 127 * 2.0**-11)) * 1.001 + 1e-12
             rb.compare(p.gguf_name, ref, got, original=ref, atol=atol)
         elif p.qtype in quants.QUANTIZED:
             _check_quantized(rb, p, t, expected_src, shape, worst)
         else:
             expected = _encode(original, p.qtype, p.heads, p.offset)
             got = np.asarray(t.data)
-            rb.compare(p.gguf_name, expected.reshape(-1).view(np.uint8),
-                       got.reshape(-1).view(np.uint8),
-                       original=None)
+            rb.compare(
+                p.gguf_name,
+                expected.reshape(-1).view(np.uint8),
+                got.reshape(-1).view(np.uint8),
+                original=None,
+            )
     rb.unexpected.extend(sorted(set(by_name) - {p.gguf_name for p in plan}))
     fields = set(readers[0].fields)  # the first split holds the metadata
     absent = [k for k in required_keys if k not in fields]
@@ -514,8 +598,14 @@ def verify_gguf(files: list[Path], plan: list[Planned], required_keys: list[str]
     return result
 
 
-def _check_quantized(rb: ReadBack, p: Planned, t, expected_src: np.ndarray,
-                     shape: tuple[int, ...], worst: dict[str, float]) -> None:
+def _check_quantized(
+    rb: ReadBack,
+    p: Planned,
+    t,
+    expected_src: np.ndarray,
+    shape: tuple[int, ...],
+    worst: dict[str, float],
+) -> None:
     """One quantized tensor read back: its GGML type, the very bytes written (sha256), and
     its values dequantized by gguf-py within the type's error bound."""
     got_bytes = np.ascontiguousarray(np.asarray(t.data))
@@ -533,8 +623,9 @@ def _check_quantized(rb: ReadBack, p: Planned, t, expected_src: np.ndarray,
         worst[p.qtype] = max(worst.get(p.qtype, 0.0), err["rel_rmse"])
         bound = quants.WEIGHT_REL_RMSE[p.qtype]
         if not err["rel_rmse"] <= bound:
-            problem = (f"{p.gguf_name}: {p.qtype} relative RMS error {err['rel_rmse']:.3g} "
-                       f"over {bound:g}")
+            problem = (
+                f"{p.gguf_name}: {p.qtype} relative RMS error {err['rel_rmse']:.3g} over {bound:g}"
+            )
     if problem:
         rb.mismatched.append(p.gguf_name)
         rb.problems.append(problem)
@@ -563,8 +654,9 @@ def _split_details(report: StepReport, files: list[Path], opts: ConvertOptions) 
     if len(files) > 1:
         report.details["split_files"] = [f.name for f in files]
     elif wants_split(opts):
-        report.warnings.append("fits in one file under the split limits: written unsplit "
-                               "(as gguf-py does)")
+        report.warnings.append(
+            "fits in one file under the split limits: written unsplit (as gguf-py does)"
+        )
 
 
 def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
@@ -610,9 +702,11 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
         if vocab:  # special ids come with it (gguf.SpecialVocab also reads config.json)
             vocab.add_to(w)
         else:
-            for key, setter in (("bos_token_id", w.add_bos_token_id),
-                                ("eos_token_id", w.add_eos_token_id),
-                                ("pad_token_id", w.add_pad_token_id)):
+            for key, setter in (
+                ("bos_token_id", w.add_bos_token_id),
+                ("eos_token_id", w.add_eos_token_id),
+                ("pad_token_id", w.add_pad_token_id),
+            ):
                 if isinstance(config.get(key), int) and config[key] >= 0:
                     setter(config[key])
 
@@ -626,22 +720,36 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
         if opts.verify:
             report.verify = verify_gguf(files, plan, required)
             if vocab:  # the first split holds the tokenizer
-                check_tokenizer(report, source_tokenizer,
-                                lambda: load_gguf_tokenizer(files[0], _tokenizer_flags(files[0])))
+                check_tokenizer(
+                    report,
+                    source_tokenizer,
+                    lambda: load_gguf_tokenizer(files[0], _tokenizer_flags(files[0])),
+                )
             if quant not in ("f32", "f16", "bf16"):
                 check_quality(report, src, files[0], quant, opts.trust)
     report.n_tensors = len(plan)
-    report.details.update(quant=quant, types=sorted({p.qtype for p in plan}),
-                          architecture=arch.name)
+    report.details.update(
+        quant=quant, types=sorted({p.qtype for p in plan}), architecture=arch.name
+    )
     if vocab:
-        report.details["tokenizer"] = {"model": vocab.model, "pre": vocab.pre,
-                                       "source": vocab.source, "n_tokens": len(vocab.tokens)}
+        report.details["tokenizer"] = {
+            "model": vocab.model,
+            "pre": vocab.pre,
+            "source": vocab.source,
+            "n_tokens": len(vocab.tokens),
+        }
     report.seconds = timer.seconds
     return report
 
 
-def _plan(arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors, quant: str,
-          n_head: int, n_head_kv: int) -> tuple[list[Planned], list[str]]:
+def _plan(
+    arch: archs.GGUFArch,
+    config: dict[str, Any],
+    st: SourceTensors,
+    quant: str,
+    n_head: int,
+    n_head_kv: int,
+) -> tuple[list[Planned], list[str]]:
     """Every tensor of ``st`` as a :class:`Planned` write for ``arch``, and warnings."""
     to_gguf, _ = arch.name_maps(int(config["num_hidden_layers"]))
     plan, warnings = [], []
@@ -651,13 +759,14 @@ def _plan(arch: archs.GGUFArch, config: dict[str, Any], st: SourceTensors, quant
         if t.name == "lm_head.weight" and not arch.store_lm_head:
             # llama.cpp skips it too: these models tie it to the embedding
             if config.get("tie_word_embeddings") is False:
-                warnings.append(f"lm_head.weight: not stored ({arch.name} GGUF files tie it "
-                                f"to token_embd), but config.json says it is not tied")
+                warnings.append(
+                    f"lm_head.weight: not stored ({arch.name} GGUF files tie it "
+                    f"to token_embd), but config.json says it is not tied"
+                )
             continue
         gname = to_gguf.get(t.name)
         if gname is None:
-            warnings.append(f"{t.name}: no GGUF name for it in the {arch.name} layout; "
-                            f"kept as is")
+            warnings.append(f"{t.name}: no GGUF name for it in the {arch.name} layout; kept as is")
             gname = t.name
         heads = names.rotary_heads(gname, n_head, n_head_kv) if arch.permute_qk else None
         plan.append(Planned(gname, t, _pick_type(t.info, quant), heads, arch.offset_of(t.name)))
@@ -675,8 +784,7 @@ def _transformers_bpe_pre(load_tokenizer: Callable) -> str | None:
     GGUF must split like what users of the folder get.
     """
     try:
-        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-            GGUF_PRE_TOKENIZER_SPLITS)
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
         tokenizer = load_tokenizer()
         pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
@@ -688,18 +796,24 @@ def _transformers_bpe_pre(load_tokenizer: Callable) -> str | None:
         # GPT-2's own split: llama.cpp's "gpt-2" is that regex ("default" splits digits in 3s)
         return "gpt-2"
     steps = pre.get("pretokenizers") or [pre]
-    patterns = {(step.get("pattern") or {}).get("Regex")
-                for step in steps if step.get("type") == "Split"}
-    return next((name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items()
-                 if regex in patterns), None)
+    patterns = {
+        (step.get("pattern") or {}).get("Regex") for step in steps if step.get("type") == "Split"
+    }
+    return next(
+        (name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items() if regex in patterns), None
+    )
 
 
 def _tokenizer_flags(path: Path) -> dict[str, Any]:
     """The scalar ``tokenizer.ggml.*`` keys :func:`load_gguf_tokenizer` needs, read back from
     the written file with GGUFReader (what llama.cpp will see, not what was meant)."""
     reader = _gguf().GGUFReader(str(path))
-    wanted = ("tokenizer.ggml.model", "tokenizer.ggml.add_bos_token",
-              "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix")
+    wanted = (
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.add_eos_token",
+        "tokenizer.ggml.add_space_prefix",
+    )
     return {k: reader.fields[k].contents() for k in wanted if k in reader.fields}
 
 
@@ -726,8 +840,9 @@ def check_tokenizer(report: StepReport, load_expected: Callable, load_got: Calla
         report.warnings.append(f"tokenizer not checked: {exc}")
         return
     except Exception as exc:  # transformers refusing a tokenizer: say which and go on
-        report.warnings.append(f"tokenizer not checked: transformers could not load it "
-                               f"({type(exc).__name__}: {exc})")
+        report.warnings.append(
+            f"tokenizer not checked: transformers could not load it ({type(exc).__name__}: {exc})"
+        )
         return
     result = compare_encodings(expected, got)
     report.verify["tokenizer"] = result
@@ -738,8 +853,7 @@ def check_tokenizer(report: StepReport, load_expected: Callable, load_got: Calla
         report.verify["reason"] = "; ".join(r for r in reasons if r)
 
 
-def check_quality(report: StepReport, src: Path, gguf_file: Path, quant: str,
-                  trust: bool) -> None:
+def check_quality(report: StepReport, src: Path, gguf_file: Path, quant: str, trust: bool) -> None:
     """Run the source and the quantized GGUF (dequantized) on fixed prompts into
     ``report.verify["quality"]`` (:mod:`.quant_verify`): logit error, KL divergence and
     greedy agreement within the type's tolerance, or the step fails.  Without torch and
@@ -749,8 +863,10 @@ def check_quality(report: StepReport, src: Path, gguf_file: Path, quant: str,
     from .quant_verify import gguf_quality
 
     if not (available("torch") and available("transformers")):
-        report.warnings.append("quantized model not run against the source (needs torch and "
-                               "transformers); its tensors were read back")
+        report.warnings.append(
+            "quantized model not run against the source (needs torch and "
+            "transformers); its tensors were read back"
+        )
         return
     admit(src, trust=trust, purpose="run it against its quantized GGUF")
     result = gguf_quality(src, gguf_file, quant)
@@ -784,8 +900,9 @@ def safetensors_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
         if st.aliases:
             w.add_string("keishiki.aliases", json.dumps(st.aliases, sort_keys=True))
 
-    report = StepReport(edge="safetensors -> gguf", src=str(src), out=str(out),
-                        warnings=list(st.warnings))
+    report = StepReport(
+        edge="safetensors -> gguf", src=str(src), out=str(out), warnings=list(st.warnings)
+    )
     with Timer() as timer:
         files = write_gguf(gguf_target(out), "keishiki", kv_writer, plan, opts.quiet, opts)
         _split_details(report, files, opts)

@@ -30,11 +30,13 @@ def rotary_heads(gguf_name: str, n_head: int, n_head_kv: int) -> int | None:
 
 def permute(w: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's ``LlamaModel.permute``: HF half-split rotary rows → interleaved pairs."""
-    return (w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return (
+        w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    )
 
 
 def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     """The inverse of :func:`permute`: interleaved rotary rows → HF half-split order."""
-    return (w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return (
+        w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    )

@@ -31,15 +31,32 @@ from .base import GGUF_QUANTS
 
 # --quant name -> (default GGML type, llama_ftype value written as general.file_type)
 MIXES: dict[str, tuple[str, int]] = {
-    "q4_0": ("Q4_0", 2), "q4_1": ("Q4_1", 3), "q5_0": ("Q5_0", 8), "q5_1": ("Q5_1", 9),
-    "q2_K": ("Q2_K", 10), "q3_K_M": ("Q3_K", 12), "q4_K_S": ("Q4_K", 14),
-    "q4_K_M": ("Q4_K", 15), "q5_K_M": ("Q5_K", 17), "q6_K": ("Q6_K", 18),
+    "q4_0": ("Q4_0", 2),
+    "q4_1": ("Q4_1", 3),
+    "q5_0": ("Q5_0", 8),
+    "q5_1": ("Q5_1", 9),
+    "q2_K": ("Q2_K", 10),
+    "q3_K_M": ("Q3_K", 12),
+    "q4_K_S": ("Q4_K", 14),
+    "q4_K_M": ("Q4_K", 15),
+    "q5_K_M": ("Q5_K", 17),
+    "q6_K": ("Q6_K", 18),
 }
 # llama-quantize's aliases (tools/quantize/quantize.cpp: "alias for Q4_K_M" ...)
 ALIASES = {"q3_K": "q3_K_M", "q4_K": "q4_K_M", "q5_K": "q5_K_M"}
 
-BLOCK = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q2_K": 256,
-         "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+BLOCK = {
+    "Q4_0": 32,
+    "Q4_1": 32,
+    "Q5_0": 32,
+    "Q5_1": 32,
+    "Q8_0": 32,
+    "Q2_K": 256,
+    "Q3_K": 256,
+    "Q4_K": 256,
+    "Q5_K": 256,
+    "Q6_K": 256,
+}
 QUANTIZED = frozenset(BLOCK)
 K_QUANTS = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"})
 _FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
@@ -47,8 +64,18 @@ _FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6
 # the worst relative RMS error (|w - dequant(q(w))|_2 / |w|_2) the read-back accepts per
 # tensor: ~2x what each type gives on Gaussian weights (Q4_K 0.071, Q2_K 0.30: measured,
 # docs/quantize.md), so a packing or scale bug fails and an outlier-heavy tensor does not
-WEIGHT_REL_RMSE = {"Q8_0": 0.01, "Q6_K": 0.05, "Q5_0": 0.1, "Q5_1": 0.1, "Q5_K": 0.1,
-                   "Q4_0": 0.2, "Q4_1": 0.2, "Q4_K": 0.2, "Q3_K": 0.35, "Q2_K": 0.6}
+WEIGHT_REL_RMSE = {
+    "Q8_0": 0.01,
+    "Q6_K": 0.05,
+    "Q5_0": 0.1,
+    "Q5_1": 0.1,
+    "Q5_K": 0.1,
+    "Q4_0": 0.2,
+    "Q4_1": 0.2,
+    "Q4_K": 0.2,
+    "Q3_K": 0.35,
+    "Q2_K": 0.6,
+}
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
@@ -85,12 +112,16 @@ class MixState:
     i_ffn_down: int = 0
 
     @classmethod
-    def for_names(cls, names: list[str], n_head: int = 0, n_head_kv: int = 0,
-                  n_layer: int = 0) -> "MixState":
-        return cls(n_attention_wv=sum(_is_attn_v(n) for n in names),
-                   n_ffn_down=sum("ffn_down" in n for n in names),
-                   tied="output.weight" not in names,
-                   n_gqa=n_head // n_head_kv if n_head and n_head_kv else 1, n_layer=n_layer)
+    def for_names(
+        cls, names: list[str], n_head: int = 0, n_head_kv: int = 0, n_layer: int = 0
+    ) -> "MixState":
+        return cls(
+            n_attention_wv=sum(_is_attn_v(n) for n in names),
+            n_ffn_down=sum("ffn_down" in n for n in names),
+            tied="output.weight" not in names,
+            n_gqa=n_head // n_head_kv if n_head and n_head_kv else 1,
+            n_layer=n_layer,
+        )
 
 
 def _is_attn_v(name: str) -> bool:
@@ -105,12 +136,20 @@ def allows_quantization(name: str, shape: tuple[int, ...]) -> bool:
     """llama.cpp's ``tensor_allows_quantization`` for the tensors of llama-like models."""
     if len(shape) < 2 or not name.endswith("weight") or "_norm.weight" in name:
         return False
-    return not any(k in name for k in ("ffn_gate_inp.weight", "position_embd.weight",
-                                       "token_types.weight", "attn_rel_b.weight"))
+    return not any(
+        k in name
+        for k in (
+            "ffn_gate_inp.weight",
+            "position_embd.weight",
+            "token_types.weight",
+            "attn_rel_b.weight",
+        )
+    )
 
 
-def tensor_type(name: str, shape: tuple[int, ...], quant: str, state: MixState,
-                generic: bool = False) -> str:
+def tensor_type(
+    name: str, shape: tuple[int, ...], quant: str, state: MixState, generic: bool = False
+) -> str:
     """The GGML type llama.cpp's ``llama_tensor_get_type`` gives tensor ``name`` (row-major
     ``shape``) under ``quant``, updating ``state``'s layer counters as llama.cpp does (call
     it for the tensors in file order).  Tensors it does not quantize: ``"F32"`` for 1-D,
@@ -188,28 +227,35 @@ def check_representable(name: str, arr: np.ndarray, qtype: str) -> None:
         InvalidRequest: naming the tensor, the count of bad values and the types that keep
             them.
     """
-    from ..errors import InvalidRequest
-
     from ..core import dtypes
+    from ..errors import InvalidRequest
     from .weights import FLOATING, cast_array
 
-    if qtype not in QUANTIZED and qtype != "F16" or \
-            dtypes.from_numpy(arr.dtype) not in FLOATING or \
-            qtype == "F16" and arr.dtype == np.float16:  # kept as it is: nothing to check
+    if (
+        qtype not in QUANTIZED
+        and qtype != "F16"
+        or dtypes.from_numpy(arr.dtype) not in FLOATING
+        or qtype == "F16"
+        and arr.dtype == np.float16
+    ):  # kept as it is: nothing to check
         return
     values = cast_array(arr, "float32")  # bfloat16 (ml_dtypes) and float16 sources
     finite = np.isfinite(values)
     n_bad = int(values.size - np.count_nonzero(finite))
     if n_bad and qtype in QUANTIZED:
-        raise InvalidRequest(f"{name}: {n_bad} NaN/inf value(s); {qtype} cannot hold them (a "
-                             f"block's float16 scale becomes NaN/inf and the whole block "
-                             f"garbage): fix the weights, or keep them as they are with "
-                             f"--quant f32 or bf16")
+        raise InvalidRequest(
+            f"{name}: {n_bad} NaN/inf value(s); {qtype} cannot hold them (a "
+            f"block's float16 scale becomes NaN/inf and the whole block "
+            f"garbage): fix the weights, or keep them as they are with "
+            f"--quant f32 or bf16"
+        )
     big = float(np.max(np.abs(values[finite]), initial=0.0))
     if big > F16_MAX:
         what = "rounds it to inf" if qtype == "F16" else "overflows its float16 block scales"
-        raise InvalidRequest(f"{name}: a weight of magnitude {big:.3g}, past float16's "
-                             f"{F16_MAX:g}; {qtype} {what}: keep it with --quant f32 or bf16")
+        raise InvalidRequest(
+            f"{name}: a weight of magnitude {big:.3g}, past float16's "
+            f"{F16_MAX:g}; {qtype} {what}: keep it with --quant f32 or bf16"
+        )
 
 
 def quantize(arr: np.ndarray, qtype: str) -> np.ndarray:
@@ -219,8 +265,10 @@ def quantize(arr: np.ndarray, qtype: str) -> np.ndarray:
 
     if arr.size == 0:  # a tensor with no rows (or columns): its empty bytes, in the GGUF's
         # byte shape (the block quantizers' reshapes cannot infer a size from 0 elements)
-        return np.zeros(gguf.quant_shape_to_byte_shape(arr.shape, getattr(
-            gguf.GGMLQuantizationType, qtype)), dtype=np.uint8)
+        return np.zeros(
+            gguf.quant_shape_to_byte_shape(arr.shape, getattr(gguf.GGMLQuantizationType, qtype)),
+            dtype=np.uint8,
+        )
     if qtype in K_QUANTS:
         from . import kquants
 
@@ -244,5 +292,7 @@ def weight_error(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     diff = got.astype(np.float64).reshape(-1) - ref
     norm = float(np.sqrt(np.mean(ref * ref))) if ref.size else 0.0
     rmse = float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0
-    return {"rel_rmse": rmse / norm if norm else rmse,
-            "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0}
+    return {
+        "rel_rmse": rmse / norm if norm else rmse,
+        "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
+    }

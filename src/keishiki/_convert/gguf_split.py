@@ -119,8 +119,10 @@ def _move_into_place(tmp: Path, out: Path, existing: list[Path], force: bool) ->
     targets = [out.parent / p.name for p in written]
     for target in targets:
         if (target.exists() or target.is_symlink()) and target not in existing and not force:
-            raise InvalidRequest(f"{target}: appeared while keishiki was writing it; left as "
-                                 f"it is (pass --force to overwrite)")
+            raise InvalidRequest(
+                f"{target}: appeared while keishiki was writing it; left as "
+                f"it is (pass --force to overwrite)"
+            )
     for p in written:
         with open(p, "rb") as fh:
             os.fsync(fh.fileno())

@@ -31,8 +31,10 @@ _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 # llama.cpp's scores for rows without a token (convert_hf_to_gguf fills them the same way)
 PAD_SCORE, ADDED_SCORE = -10000.0, -1000.0
 # the split regex of Llama-3's tokenizer.json; llama.cpp calls that pre-tokenizer "llama-bpe"
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class GGUFVocab:
 
 # ---- HF -> GGUF ---------------------------------------------------------------------------
 
+
 def vocab_from_hf(folder: Path, vocab_size: int) -> tuple[GGUFVocab | None, list[str]]:
     """The folder's tokenizer as a GGUF vocabulary, and warnings.
 
@@ -114,14 +117,18 @@ def vocab_from_hf(folder: Path, vocab_size: int) -> tuple[GGUFVocab | None, list
         if available("sentencepiece"):
             vocab = _llama_from_sentencepiece(folder, vocab_size, data, warnings)
         elif not (is_bpe and model.get("byte_fallback")):
-            warnings.append("tokenizer not converted: tokenizer.model needs the sentencepiece "
-                            "package (pip install sentencepiece) and there is no byte-fallback "
-                            "tokenizer.json to use instead")
+            warnings.append(
+                "tokenizer not converted: tokenizer.model needs the sentencepiece "
+                "package (pip install sentencepiece) and there is no byte-fallback "
+                "tokenizer.json to use instead"
+            )
             return None, warnings
     if vocab is None and data is not None:
         if not is_bpe:
-            warnings.append(f"tokenizer not converted: tokenizer.json model "
-                            f"{model.get('type')!r} (only BPE tokenizers are written to GGUF)")
+            warnings.append(
+                f"tokenizer not converted: tokenizer.json model "
+                f"{model.get('type')!r} (only BPE tokenizers are written to GGUF)"
+            )
             return None, warnings
         if model.get("byte_fallback"):
             vocab = _llama_from_tokenizer_json(data, _unk_token(folder, model))
@@ -146,8 +153,9 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _llama_from_sentencepiece(folder: Path, vocab_size: int, data: dict | None,
-                              warnings: list[str]) -> GGUFVocab | None:
+def _llama_from_sentencepiece(
+    folder: Path, vocab_size: int, data: dict | None, warnings: list[str]
+) -> GGUFVocab | None:
     """llama.cpp's ``_create_vocab_sentencepiece``: the SentencePiece pieces, scores and types
     (``gguf.vocab.SentencePieceVocab``), then the HF added tokens laid over them."""
     from gguf.vocab import SentencePieceVocab
@@ -157,14 +165,19 @@ def _llama_from_sentencepiece(folder: Path, vocab_size: int, data: dict | None,
         spm = SentencePieceVocab(folder)
         rows = list(spm.all_tokens())
     except Exception as exc:  # a broken protobuf or added_tokens.json: say so, don't crash
-        warnings.append(f"tokenizer.model not readable by sentencepiece ({exc}); "
-                        f"trying tokenizer.json")
+        warnings.append(
+            f"tokenizer.model not readable by sentencepiece ({exc}); trying tokenizer.json"
+        )
         return None
-    vocab = GGUFVocab(model="llama", pre="default", source="tokenizer.model",
-                      tokens=[t.decode("utf-8") for t, _, _ in rows],
-                      scores=[float(s) for _, s, _ in rows],
-                      token_types=[int(k) for _, _, k in rows],
-                      add_space_prefix=_spm_dummy_prefix(spm))
+    vocab = GGUFVocab(
+        model="llama",
+        pre="default",
+        source="tokenizer.model",
+        tokens=[t.decode("utf-8") for t, _, _ in rows],
+        scores=[float(s) for _, s, _ in rows],
+        token_types=[int(k) for _, _, k in rows],
+        add_space_prefix=_spm_dummy_prefix(spm),
+    )
     _fit(vocab, vocab_size, warnings)
     for idx, content, special in _hf_added_tokens(folder, data):
         if idx >= len(vocab.tokens):
@@ -196,6 +209,7 @@ def _json_dummy_prefix(data: dict) -> bool | None:
     """Whether a SentencePiece-style tokenizer.json puts "▁" before the text: a ``Prepend``
     normalizer (transformers' Llama conversion) or a ``Metaspace`` pre-tokenizer that
     prepends; None when neither is there to say."""
+
     def steps(node: Any) -> list[dict]:
         if not isinstance(node, dict):
             return []
@@ -208,8 +222,9 @@ def _json_dummy_prefix(data: dict) -> bool | None:
         return True
     for step in pre:
         if step.get("type") == "Metaspace":
-            scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True)
-                              else "never")
+            scheme = step.get(
+                "prepend_scheme", "always" if step.get("add_prefix_space", True) else "never"
+            )
             return scheme != "never"
     return False if any(n.get("type") == "Replace" for n in normalizers) else None
 
@@ -222,7 +237,11 @@ def _hf_added_tokens(folder: Path, data: dict | None) -> list[tuple[int, str, bo
     out = []
     if isinstance(decoder, dict) and decoder:
         for key, entry in decoder.items():
-            if str(key).isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            if (
+                str(key).isdigit()
+                and isinstance(entry, dict)
+                and isinstance(entry.get("content"), str)
+            ):
                 out.append((int(key), entry["content"], bool(entry.get("special"))))
         return out
     for entry in (data or {}).get("added_tokens") or []:
@@ -279,9 +298,15 @@ def _llama_from_tokenizer_json(data: dict, unk: str | None) -> GGUFVocab:
         else:  # single characters: below every merge, as SentencePiece ranks them
             score = -float(n_merges + i)
         tokens.append(text), scores.append(score), token_types.append(kind)
-    return GGUFVocab(model="llama", pre="default", tokens=tokens, scores=scores,
-                     token_types=token_types, source="tokenizer.json",
-                     add_space_prefix=_json_dummy_prefix(data))
+    return GGUFVocab(
+        model="llama",
+        pre="default",
+        tokens=tokens,
+        scores=scores,
+        token_types=token_types,
+        source="tokenizer.json",
+        add_space_prefix=_json_dummy_prefix(data),
+    )
 
 
 def _gpt2_from_tokenizer_json(data: dict) -> GGUFVocab:
@@ -296,8 +321,14 @@ def _gpt2_from_tokenizer_json(data: dict) -> GGUFVocab:
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
     token_types = [types.get(i, NORMAL) if i in by_id else UNUSED for i in range(size)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    return GGUFVocab(model="gpt2", pre=_gpt2_pre(data), tokens=tokens, token_types=token_types,
-                     merges=merges, source="tokenizer.json")
+    return GGUFVocab(
+        model="gpt2",
+        pre=_gpt2_pre(data),
+        tokens=tokens,
+        token_types=token_types,
+        merges=merges,
+        source="tokenizer.json",
+    )
 
 
 def _gpt2_pre(data: dict) -> str:
@@ -316,16 +347,19 @@ def _gpt2_pre(data: dict) -> str:
 def is_gpt2_split(pre_tokenizer: dict) -> bool:
     """True for GPT-2's own split: a lone ``ByteLevel`` pre-tokenizer with its regex on."""
     steps = pre_tokenizer.get("pretokenizers") or [pre_tokenizer]
-    return len(steps) == 1 and steps[0].get("type") == "ByteLevel" \
-        and steps[0].get("use_regex", True)
+    return (
+        len(steps) == 1 and steps[0].get("type") == "ByteLevel" and steps[0].get("use_regex", True)
+    )
 
 
 def _fit(vocab: GGUFVocab, vocab_size: int, warnings: list[str]) -> None:
     """Pad with unused ``[PADn]`` tokens, or cut, to the embedding's ``vocab_size`` rows."""
     n = len(vocab.tokens)
     if n > vocab_size > 0:
-        warnings.append(f"{vocab.source} has {n} tokens but the model {vocab_size} embedding "
-                        f"rows: tokens from id {vocab_size} on are left out (as llama.cpp does)")
+        warnings.append(
+            f"{vocab.source} has {n} tokens but the model {vocab_size} embedding "
+            f"rows: tokens from id {vocab_size} on are left out (as llama.cpp does)"
+        )
         del vocab.tokens[vocab_size:], vocab.token_types[vocab_size:]
         if vocab.scores is not None:
             del vocab.scores[vocab_size:]
@@ -348,12 +382,15 @@ def _specials(vocab: GGUFVocab, folder: Path, warnings: list[str]) -> None:
     log.setLevel(logging.ERROR)
     # a negative id in config.json ("pad_token_id": -1) means none, but SpecialVocab raises on it
     config = _read_json(folder / "config.json") or {}
-    kinds = tuple(k for k in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
-                  if not (isinstance(config.get(f"{k}_token_id"), int)
-                          and config[f"{k}_token_id"] < 0))
+    kinds = tuple(
+        k
+        for k in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+        if not (isinstance(config.get(f"{k}_token_id"), int) and config[f"{k}_token_id"] < 0)
+    )
     try:
-        special = SpecialVocab(folder, load_merges=False, n_vocab=len(vocab.tokens),
-                               special_token_types=kinds)
+        special = SpecialVocab(
+            folder, load_merges=False, n_vocab=len(vocab.tokens), special_token_types=kinds
+        )
     except (ValueError, OSError) as exc:  # e.g. a negative pad_token_id in config.json
         warnings.append(f"special tokens not converted ({exc})")
         return
@@ -381,6 +418,7 @@ def _chat_template(folder: Path) -> str | None:
 
 
 # ---- GGUF -> HF ---------------------------------------------------------------------------
+
 
 def write_hf_tokenizer(out: Path, kv: dict[str, Any], gguf_path: Path | None = None) -> list[str]:
     """Write tokenizer.json / tokenizer_config.json (and chat_template.jinja) into ``out``.
@@ -425,9 +463,9 @@ def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
     Raises:
         MissingDependency: transformers is not installed.
     """
-    from .._optional import require
-
     import tempfile
+
+    from .._optional import require
 
     transformers = require("transformers", extra="hf", purpose="load a GGUF tokenizer")
     llama = kv.get("tokenizer.ggml.model") == "llama"
@@ -446,7 +484,8 @@ def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
             pass
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(
-                folder, gguf_file=name, add_bos_token=bool(add_bos), add_eos_token=bool(add_eos))
+                folder, gguf_file=name, add_bos_token=bool(add_bos), add_eos_token=bool(add_eos)
+            )
         finally:
             transformers.logging.set_verbosity(verbosity)
     if llama and kv.get("general.architecture", "llama") == "llama":
@@ -483,9 +522,10 @@ def _write_gpt2_hf(out: Path, kv: dict[str, Any]) -> list[str]:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = [(i, t, ty) for i, (t, ty) in enumerate(zip(tokens, types))
-                if ty in (CONTROL, USER_DEFINED)]
-    for i, text, ty in specials:  # added in id order so they keep their ids
+    specials = [
+        (i, t, ty) for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (CONTROL, USER_DEFINED)
+    ]
+    for _id, text, ty in specials:  # added in id order so they keep their ids
         added = AddedToken(text, special=ty == CONTROL, normalized=False)
         (tok.add_special_tokens if ty == CONTROL else tok.add_tokens)([added])
     flags = _add_special_flags(kv, tokens)
@@ -493,12 +533,18 @@ def _write_gpt2_hf(out: Path, kv: dict[str, Any]) -> list[str]:
     if template is not None:
         tok.post_processor = template
     tok.save(str(out / "tokenizer.json"))
-    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
-                              "model_input_names": ["input_ids", "attention_mask"]}
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_input_names": ["input_ids", "attention_mask"],
+    }
     # what the template does, said where transformers' Llama-style classes read it
     config.update({f"add_{k}_token": v is not None for k, v in flags.items()})
-    for key, name in (("bos_token_id", "bos_token"), ("eos_token_id", "eos_token"),
-                      ("padding_token_id", "pad_token"), ("unknown_token_id", "unk_token")):
+    for key, name in (
+        ("bos_token_id", "bos_token"),
+        ("eos_token_id", "eos_token"),
+        ("padding_token_id", "pad_token"),
+        ("unknown_token_id", "unk_token"),
+    ):
         idx = kv.get(f"tokenizer.ggml.{key}")
         if isinstance(idx, int) and 0 <= idx < len(tokens):
             config[name] = tokens[idx]
@@ -537,13 +583,17 @@ def special_template(bos: tuple[str, int] | None, eos: tuple[str, int] | None):
     from tokenizers import processors
 
     def seq(name: str, type_id: int) -> str:
-        parts = [f"{bos[0]}:{type_id}" if bos else "", f"${name}:{type_id}",
-                 f"{eos[0]}:{type_id}" if eos else ""]
+        parts = [
+            f"{bos[0]}:{type_id}" if bos else "",
+            f"${name}:{type_id}",
+            f"{eos[0]}:{type_id}" if eos else "",
+        ]
         return " ".join(p for p in parts if p)
 
     specials = list(dict.fromkeys(t for t in (bos, eos) if t is not None))
-    return processors.TemplateProcessing(single=seq("A", 0), pair=f"{seq('A', 0)} {seq('B', 1)}",
-                                         special_tokens=specials)
+    return processors.TemplateProcessing(
+        single=seq("A", 0), pair=f"{seq('A', 0)} {seq('B', 1)}", special_tokens=specials
+    )
 
 
 # ---- verification -------------------------------------------------------------------------
@@ -587,19 +637,26 @@ def compare_encodings(expected_tok, got_tok) -> dict[str, Any]:
             (mismatched if strict else loose).append(line)
     notes = []
     if loose:
-        notes.append(f"{len(loose)} of {len(LOOSE_SAMPLES)} texts with leading spaces or special "
-                     f"tokens encode differently (the source's space convention is not "
-                     f"llama.cpp's), e.g. {loose[0]}")
+        notes.append(
+            f"{len(loose)} of {len(LOOSE_SAMPLES)} texts with leading spaces or special "
+            f"tokens encode differently (the source's space convention is not "
+            f"llama.cpp's), e.g. {loose[0]}"
+        )
     text = STRICT_SAMPLES[0]
     want, got = list(expected_tok.encode(text)), list(got_tok.encode(text))
     if want != got:
-        mismatched.append(f"with special tokens (BOS/EOS flags) {text!r}: "
-                          f"{_ids(want)} != {_ids(got)}")
-    result: dict[str, Any] = {"method": "encode", "library": "transformers",
-                              "passed": not mismatched,
-                              "n_samples": len(STRICT_SAMPLES) + len(LOOSE_SAMPLES),
-                              "mismatched": mismatched, "loose_mismatched": loose,
-                              "warnings": notes}
+        mismatched.append(
+            f"with special tokens (BOS/EOS flags) {text!r}: {_ids(want)} != {_ids(got)}"
+        )
+    result: dict[str, Any] = {
+        "method": "encode",
+        "library": "transformers",
+        "passed": not mismatched,
+        "n_samples": len(STRICT_SAMPLES) + len(LOOSE_SAMPLES),
+        "mismatched": mismatched,
+        "loose_mismatched": loose,
+        "warnings": notes,
+    }
     if mismatched:
         result["reason"] = "tokenizer encodes differently: " + "; ".join(mismatched[:2])
     return result

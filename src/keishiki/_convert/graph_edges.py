@@ -24,28 +24,63 @@ from .base import ConvertOptions, Edge, StepReport, Timer
 _M = "keishiki._convert.graph_edges"
 
 GRAPH_EDGES: list[Edge] = [
-    Edge("hf-model", "onnx", f"{_M}:hf_to_onnx", ("torch", "hf", "onnx"), lossless=False,
-         loads_source=True,
-         description="causal LM with KV cache (optimum layout), parameter names kept; "
-                     "--opset, --exporter, --dtype, --external-data; greedy-checked in ORT"),
-    Edge("hf-model", "torchscript", f"{_M}:hf_to_torchscript", ("torch", "hf"), lossless=False,
-         loads_source=True,
-         description="traced causal LM (--method trace: logits; trace-kv: with KV cache); "
-                     "tokenizer travels with a folder OUT"),
-    Edge("pytorch", "torchscript", f"{_M}:module_to_torchscript", ("torch",), lossless=False,
-         loads_source=True,
-         description="whole pickled nn.Module (--trust: runs its code), --method trace with "
-                     "--example-input, or script"),
-    Edge("onnx", "onnx", f"{_M}:onnx_to_onnx", ("onnx",),
-         description="opset change (onnx.version_converter), embedded <-> external data; "
-                     "both run in ORT"),
-    Edge("onnx", "safetensors", f"{_M}:onnx_to_safetensors", ("onnx", "hf"),
-         description="initializers and Constant tensors (external data included), by name"),
+    Edge(
+        "hf-model",
+        "onnx",
+        f"{_M}:hf_to_onnx",
+        ("torch", "hf", "onnx"),
+        lossless=False,
+        loads_source=True,
+        description="causal LM with KV cache (optimum layout), parameter names kept; "
+        "--opset, --exporter, --dtype, --external-data; greedy-checked in ORT",
+    ),
+    Edge(
+        "hf-model",
+        "torchscript",
+        f"{_M}:hf_to_torchscript",
+        ("torch", "hf"),
+        lossless=False,
+        loads_source=True,
+        description="traced causal LM (--method trace: logits; trace-kv: with KV cache); "
+        "tokenizer travels with a folder OUT",
+    ),
+    Edge(
+        "pytorch",
+        "torchscript",
+        f"{_M}:module_to_torchscript",
+        ("torch",),
+        lossless=False,
+        loads_source=True,
+        description="whole pickled nn.Module (--trust: runs its code), --method trace with "
+        "--example-input, or script",
+    ),
+    Edge(
+        "onnx",
+        "onnx",
+        f"{_M}:onnx_to_onnx",
+        ("onnx",),
+        description="opset change (onnx.version_converter), embedded <-> external data; "
+        "both run in ORT",
+    ),
+    Edge(
+        "onnx",
+        "safetensors",
+        f"{_M}:onnx_to_safetensors",
+        ("onnx", "hf"),
+        description="initializers and Constant tensors (external data included), by name",
+    ),
 ]
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
 def _tol(opts: ConvertOptions) -> tuple[float | None, float]:
@@ -86,6 +121,7 @@ def _sibling_tmp(out: Path, tag: str) -> Path:
 
 # ---- hf-model -> onnx ---------------------------------------------------------------------
 
+
 def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``hf-model -> onnx``: export with KV cache, then greedy-compare in ORT.
 
@@ -100,21 +136,32 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     with Timer() as timer:
         if out.is_dir():
             facts = onnx_export.export_causal_lm(
-                src, out, opset=opts.opset, exporter=opts.exporter or onnx_export.DEFAULT_EXPORTER,
-                dtype=opts.dtype, external_data=opts.external_data)
+                src,
+                out,
+                opset=opts.opset,
+                exporter=opts.exporter or onnx_export.DEFAULT_EXPORTER,
+                dtype=opts.dtype,
+                external_data=opts.external_data,
+            )
             facts["side_files"] += carry_tokenizer(opts, out)
             model_path = out / "model.onnx"
         else:
             if opts.external_data or _weights_bytes(src) > onnx_export.TWO_GB:
-                raise InvalidRequest(f"{final_name(out)}: external data (needed above 2 GB) needs a folder "
-                                     f"OUT (drop the .onnx suffix) so the .data file travels "
-                                     f"with the graph")
+                raise InvalidRequest(
+                    f"{final_name(out)}: external data (needed above 2 GB) needs a folder "
+                    f"OUT (drop the .onnx suffix) so the .data file travels "
+                    f"with the graph"
+                )
             work = _sibling_tmp(out, "export")
             try:
                 facts = onnx_export.export_causal_lm(
-                    src, work, opset=opts.opset,
+                    src,
+                    work,
+                    opset=opts.opset,
                     exporter=opts.exporter or onnx_export.DEFAULT_EXPORTER,
-                    dtype=opts.dtype, external_data=False)
+                    dtype=opts.dtype,
+                    external_data=False,
+                )
                 os.replace(work / "model.onnx", out)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -132,8 +179,11 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
 def _weights_bytes(model_dir: Path) -> int:
     """Bytes of the weight files of an HF folder (what the graph would embed, before --dtype)."""
-    return sum(p.stat().st_size for p in Path(model_dir).iterdir()
-               if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    return sum(
+        p.stat().st_size
+        for p in Path(model_dir).iterdir()
+        if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth")
+    )
 
 
 def _count_initializers(model_path: Path) -> int:
@@ -144,6 +194,7 @@ def _count_initializers(model_path: Path) -> int:
 
 # ---- -> torchscript -----------------------------------------------------------------------
 
+
 def hf_to_torchscript(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``hf-model -> torchscript``: trace (or script) the causal LM; greedy-compare."""
     from . import torchscript_export as tse
@@ -153,16 +204,22 @@ def hf_to_torchscript(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     pt_path = out / "model.pt" if out.is_dir() else out
     report = StepReport(edge="hf-model -> torchscript", src=str(src), out=str(out))
     with Timer() as timer:
-        facts, _ = tse.export_to(src, pt_path, method=opts.method or "trace",
-                                 example_input=opts.example_input or "1x8:int64",
-                                 dtype=opts.dtype, side_files_to=out if out.is_dir() else None)
+        facts, _ = tse.export_to(
+            src,
+            pt_path,
+            method=opts.method or "trace",
+            example_input=opts.example_input or "1x8:int64",
+            dtype=opts.dtype,
+            side_files_to=out if out.is_dir() else None,
+        )
         if out.is_dir():
             facts["side_files"] += carry_tokenizer(opts, out)
         report.details["torchscript"] = facts
         if opts.verify:
             atol, rtol = _tol(opts)
-            report.verify = verify_torchscript_lm(src, pt_path, atol, rtol,
-                                                  dtype=facts.get("dtype"))
+            report.verify = verify_torchscript_lm(
+                src, pt_path, atol, rtol, dtype=facts.get("dtype")
+            )
     report.bytes_written = _files_bytes(out)
     report.n_tensors = _count_ts_params(pt_path)
     report.seconds = timer.seconds
@@ -182,8 +239,9 @@ def module_to_torchscript(src: Path, out: Path, opts: ConvertOptions) -> StepRep
     example = opts.example_input or (None if method == "script" else "1x8:int64")
     report = StepReport(edge="pytorch -> torchscript", src=str(src), out=str(out))
     with Timer() as timer:
-        facts, module = tse.export_to(src, pt_path, method=method,
-                                      example_input=example or "", trust=opts.trust)
+        facts, module = tse.export_to(
+            src, pt_path, method=method, example_input=example or "", trust=opts.trust
+        )
         report.details["torchscript"] = facts
         report.warnings.append("--trust: the pickle's code ran while loading it")
         if opts.verify:
@@ -206,12 +264,18 @@ def _refuse_state_dict(src: Path) -> None:
     kind = str((info.details or {}).get(info.format, {}).get("kind", ""))
     if kind and "module" not in kind:
         # the reader's kinds: tensor / checkpoint / state_dict / other
-        what = {"other": "a pickled object", "tensor": "a bare tensor",
-                "state_dict": "a state_dict", "checkpoint": "a training checkpoint"}
-        raise InvalidRequest(f"{final_name(src)}: holds {what.get(kind, repr(kind))}, not a "
-                             f"pickled nn.Module: TorchScript "
-                             f"needs the model's code (convert the weights to safetensors, or "
-                             f"export from the Hugging Face folder)")
+        what = {
+            "other": "a pickled object",
+            "tensor": "a bare tensor",
+            "state_dict": "a state_dict",
+            "checkpoint": "a training checkpoint",
+        }
+        raise InvalidRequest(
+            f"{final_name(src)}: holds {what.get(kind, repr(kind))}, not a "
+            f"pickled nn.Module: TorchScript "
+            f"needs the model's code (convert the weights to safetensors, or "
+            f"export from the Hugging Face folder)"
+        )
 
 
 def _count_ts_params(pt_path: Path) -> int:
@@ -222,6 +286,7 @@ def _count_ts_params(pt_path: Path) -> int:
 
 # ---- onnx -> onnx -------------------------------------------------------------------------
 
+
 def onnx_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``onnx -> onnx``: opset change and/or data layout; both graphs run in ORT."""
     from . import onnx_ops
@@ -230,11 +295,15 @@ def onnx_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
     src, out = Path(src), Path(out)
     if opts.dtype:
-        raise InvalidRequest("--dtype is not supported for onnx -> onnx: re-export from the "
-                             "Hugging Face folder with --dtype")
+        raise InvalidRequest(
+            "--dtype is not supported for onnx -> onnx: re-export from the "
+            "Hugging Face folder with --dtype"
+        )
     if opts.opset is None and opts.external_data is None:
-        raise InvalidRequest("onnx -> onnx needs --opset N and/or --external-data / "
-                             "--no-external-data (nothing to change otherwise)")
+        raise InvalidRequest(
+            "onnx -> onnx needs --opset N and/or --external-data / "
+            "--no-external-data (nothing to change otherwise)"
+        )
     src_model = onnx_ops.model_file(src)
     report = StepReport(edge="onnx -> onnx", src=str(src), out=str(out))
     with Timer() as timer:
@@ -242,12 +311,18 @@ def onnx_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             out_model = out / src_model.name
         else:
             if opts.external_data:
-                raise InvalidRequest(f"{final_name(out)}: external data needs a folder OUT (drop the .onnx "
-                                     f"suffix) so the .data file travels with the graph")
+                raise InvalidRequest(
+                    f"{final_name(out)}: external data needs a folder OUT (drop the .onnx "
+                    f"suffix) so the .data file travels with the graph"
+                )
             out_model = out
-        facts = onnx_ops.rewrite(src_model, out_model, opset=opts.opset,
-                                 external_data=opts.external_data if out.is_dir() else False,
-                                 threshold=opts.external_threshold)
+        facts = onnx_ops.rewrite(
+            src_model,
+            out_model,
+            opset=opts.opset,
+            external_data=opts.external_data if out.is_dir() else False,
+            threshold=opts.external_threshold,
+        )
         if out.is_dir():
             facts["side_files"] = copy_side_files(src_model.parent, out)
             facts["test_data"] = _copy_test_data(src_model.parent, out)
@@ -282,6 +357,7 @@ def _copy_test_data(src_dir: Path, out_dir: Path) -> list[str]:
 
 # ---- onnx -> safetensors ------------------------------------------------------------------
 
+
 def onnx_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``onnx -> safetensors``: every initializer and Constant tensor, streamed.
 
@@ -295,14 +371,20 @@ def onnx_to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
 
     src, out = Path(src), Path(out)
     if out.is_dir():
-        raise InvalidRequest(f"{final_name(out)}: onnx -> safetensors writes one file; name it *.safetensors")
+        raise InvalidRequest(
+            f"{final_name(out)}: onnx -> safetensors writes one file; name it *.safetensors"
+        )
     src_model = onnx_ops.model_file(src)
     report = StepReport(edge="onnx -> safetensors", src=str(src), out=str(out))
     with Timer() as timer:
         info = read_model(src_model)
         tensors, renamed, transposed = _onnx_tensors(info, src_model)
-        st = SourceTensors(tensors, metadata={"keishiki.source_format": "onnx"},
-                           warnings=list(info.warnings), format="onnx")
+        st = SourceTensors(
+            tensors,
+            metadata={"keishiki.source_format": "onnx"},
+            warnings=list(info.warnings),
+            format="onnx",
+        )
         report.bytes_written = _write_safetensors(out, st, opts.dtype)
         report.n_tensors = len(tensors)
         report.warnings += st.warnings
@@ -329,8 +411,10 @@ def _write_safetensors(path: Path, st, dtype: str | None) -> int:
             if arr.dtype.byteorder == ">":
                 arr = arr.astype(arr.dtype.newbyteorder("<"))
             if tuple(arr.shape) != tuple(lazy.info.shape) or arr.nbytes != lazy.info.nbytes:
-                raise InvalidRequest(f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)}, "
-                                     f"expected {lazy.info.dtype}{list(lazy.info.shape)}")
+                raise InvalidRequest(
+                    f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)}, "
+                    f"expected {lazy.info.dtype}{list(lazy.info.shape)}"
+                )
             fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))  # no tobytes() copy
             del arr
     return path.stat().st_size
@@ -362,13 +446,15 @@ def _onnx_tensors(info, src_model: Path):
             meta = replace(t.info, name=name, shape=tuple(reversed(t.info.shape)))
             out.append(LazyTensor(meta, (lambda t=t: t.load().reshape(t.info.shape).T.copy())))
         else:
-            out.append(LazyTensor(replace(t.info, name=name),
-                                  (lambda t=t: t.load().reshape(t.info.shape))))
+            out.append(
+                LazyTensor(replace(t.info, name=name), (lambda t=t: t.load().reshape(t.info.shape)))
+            )
     return out, renamed, sorted(transposed)
 
 
-def _verify_onnx_safetensors(src_model: Path, out: Path, dtype: str | None,
-                             transposed: list[str]) -> dict:
+def _verify_onnx_safetensors(
+    src_model: Path, out: Path, dtype: str | None, transposed: list[str]
+) -> dict:
     """Every initializer/Constant of the source, as onnx sees it, vs the file.
 
     One tensor at a time: the graph is parsed without its external data, and each tensor's
@@ -406,8 +492,9 @@ def _verify_onnx_safetensors(src_model: Path, out: Path, dtype: str | None,
             if name in transposed and arr.ndim == 2:
                 arr = np.ascontiguousarray(arr.T)
             expected = cast_array(arr, dtype)
-            rb.compare_rows(name, expected, get_rows(name),
-                            original=None if expected is arr else arr)
+            rb.compare_rows(
+                name, expected, get_rows(name), original=None if expected is arr else arr
+            )
             del arr, expected
         rb.unexpected.extend(sorted(present - seen))
     return rb.result()
@@ -421,11 +508,17 @@ def _iter_tensors(graph, prefix: str):
     for index, node in enumerate(graph.node):
         node_id = node.name or f"{node.op_type}_{index}"
         for attr in node.attribute:
-            if (node.op_type == "Constant" and not node.domain and attr.name == "value"
-                    and attr.HasField("t")):
+            if (
+                node.op_type == "Constant"
+                and not node.domain
+                and attr.name == "value"
+                and attr.HasField("t")
+            ):
                 name = node.output[0] if node.output and node.output[0] else node_id
                 yield (f"{prefix}/{name}" if prefix else name), attr.t
             subgraphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
             for sub in subgraphs:
-                sub_prefix = f"{prefix}/{node_id}/{attr.name}" if prefix else f"{node_id}/{attr.name}"
+                sub_prefix = (
+                    f"{prefix}/{node_id}/{attr.name}" if prefix else f"{node_id}/{attr.name}"
+                )
                 yield from _iter_tensors(sub, sub_prefix)

@@ -19,14 +19,23 @@ from pathlib import Path
 from ..core.progress import progress
 from ..errors import InvalidRequest
 from .base import ConvertOptions, StepReport, Timer
-from .weights import (SourceTensors, source_tensors, torch_tensors, verify_pytorch,
-                      verify_safetensors, write_safetensors, _torch)
+from .weights import (
+    SourceTensors,
+    _torch,
+    source_tensors,
+    torch_tensors,
+    verify_pytorch,
+    verify_safetensors,
+    write_safetensors,
+)
 
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 # files that are weights (replaced by the conversion's own), never copied along
-_WEIGHT_FILE = re.compile(r"(\.safetensors|\.bin|\.safetensors\.index\.json|\.bin\.index\.json"
-                          r"|\.pt|\.pth|\.ckpt)$")
+_WEIGHT_FILE = re.compile(
+    r"(\.safetensors|\.bin|\.safetensors\.index\.json|\.bin\.index\.json"
+    r"|\.pt|\.pth|\.ckpt)$"
+)
 
 
 def weight_files(folder: Path) -> tuple[str, list[Path]]:
@@ -37,16 +46,20 @@ def weight_files(folder: Path) -> tuple[str, list[Path]]:
     Raises:
         InvalidRequest: the folder has no safetensors or pytorch_model.bin weights.
     """
-    for kind, single, index in (("safetensors", SAFE_SINGLE, SAFE_INDEX),
-                                ("pytorch", BIN_SINGLE, BIN_INDEX)):
+    for kind, single, index in (
+        ("safetensors", SAFE_SINGLE, SAFE_INDEX),
+        ("pytorch", BIN_SINGLE, BIN_INDEX),
+    ):
         if (folder / index).is_file():
             weight_map = _read_index(folder / index)
             names = list(dict.fromkeys(weight_map.values()))
             return kind, [_inside(folder, n) for n in names]
         if (folder / single).is_file():
             return kind, [folder / single]
-    raise InvalidRequest(f"{folder}: no model.safetensors or pytorch_model.bin weights (with or "
-                         f"without an index) in this Hugging Face folder")
+    raise InvalidRequest(
+        f"{folder}: no model.safetensors or pytorch_model.bin weights (with or "
+        f"without an index) in this Hugging Face folder"
+    )
 
 
 def _read_index(path: Path) -> dict[str, str]:
@@ -79,7 +92,9 @@ def folder_tensors(folder: Path, opts: ConvertOptions) -> tuple[str, SourceTenso
     return kind, merged
 
 
-def plan_shards(st: SourceTensors, shard_size: int | None, dtype: str | None) -> list[SourceTensors]:
+def plan_shards(
+    st: SourceTensors, shard_size: int | None, dtype: str | None
+) -> list[SourceTensors]:
     """Split ``st`` into shards of at most ``shard_size`` bytes (after ``dtype``); aliases go
     with the shard of the tensor they alias."""
     from .weights import cast_info
@@ -98,24 +113,33 @@ def plan_shards(st: SourceTensors, shard_size: int | None, dtype: str | None) ->
         if target in owner:
             owner[target].aliases[alias] = target
     for shard in shards:
-        shard.mapped_files = {t.name: st.mapped_files[t.name] for t in shard.tensors
-                              if t.name in st.mapped_files}
-        shard.raw_spans = {t.name: st.raw_spans[t.name] for t in shard.tensors
-                           if t.name in st.raw_spans}
+        shard.mapped_files = {
+            t.name: st.mapped_files[t.name] for t in shard.tensors if t.name in st.mapped_files
+        }
+        shard.raw_spans = {
+            t.name: st.raw_spans[t.name] for t in shard.tensors if t.name in st.raw_spans
+        }
     return shards
 
 
 def shard_names(kind: str, n: int) -> list[str]:
     """transformers' names: ``model.safetensors`` or ``model-00001-of-00003.safetensors``."""
     if kind == "safetensors":
-        return [SAFE_SINGLE] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors"
-                                               for i in range(1, n + 1)]
-    return [BIN_SINGLE] if n == 1 else [f"pytorch_model-{i:05d}-of-{n:05d}.bin"
-                                        for i in range(1, n + 1)]
+        return (
+            [SAFE_SINGLE]
+            if n == 1
+            else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+        )
+    return (
+        [BIN_SINGLE]
+        if n == 1
+        else [f"pytorch_model-{i:05d}-of-{n:05d}.bin" for i in range(1, n + 1)]
+    )
 
 
-def write_index(path: Path, shards: list[SourceTensors], names: list[str],
-                dtype: str | None) -> dict:
+def write_index(
+    path: Path, shards: list[SourceTensors], names: list[str], dtype: str | None
+) -> dict:
     """Write the ``*.index.json`` (metadata.total_size + weight_map) and return it."""
     from .weights import cast_info
 
@@ -179,23 +203,26 @@ def _to_folder_kind(src: Path, out: Path, opts: ConvertOptions, target: str) -> 
     if not src.is_dir():
         raise InvalidRequest(f"{src}: not a Hugging Face folder")
     kind, st = folder_tensors(src, opts)
-    report = StepReport(edge=f"hf-model -> {target}", src=str(src), out=str(out),
-                        warnings=list(st.warnings))
+    report = StepReport(
+        edge=f"hf-model -> {target}", src=str(src), out=str(out), warnings=list(st.warnings)
+    )
     report.details["source_weights"] = kind
     with Timer() as timer:
         if out.is_dir():
             _write_folder(src, out, st, opts, target, report)
         else:
             if opts.shard_size:
-                raise InvalidRequest("--shard-size needs a folder output (OUT without a "
-                                     ".safetensors/.bin suffix)")
+                raise InvalidRequest(
+                    "--shard-size needs a folder output (OUT without a .safetensors/.bin suffix)"
+                )
             _write_single(out, st, opts, target, report)
     report.seconds = timer.seconds
     return report
 
 
-def _write_single(out: Path, st: SourceTensors, opts: ConvertOptions, target: str,
-                  report: StepReport) -> None:
+def _write_single(
+    out: Path, st: SourceTensors, opts: ConvertOptions, target: str, report: StepReport
+) -> None:
     report.n_tensors = len(st.tensors)
     if target == "safetensors":
         with progress(st.nbytes, "-> safetensors", opts.quiet, unit_bytes=True) as adv:
@@ -209,8 +236,9 @@ def _write_single(out: Path, st: SourceTensors, opts: ConvertOptions, target: st
             report.verify = verify_pytorch(out, st, opts.dtype)
 
 
-def _write_folder(src: Path, out: Path, st: SourceTensors, opts: ConvertOptions, target: str,
-                  report: StepReport) -> None:
+def _write_folder(
+    src: Path, out: Path, st: SourceTensors, opts: ConvertOptions, target: str, report: StepReport
+) -> None:
     shards = plan_shards(st, opts.shard_size, opts.dtype)
     names = shard_names(target, len(shards))
     results = []
@@ -224,8 +252,9 @@ def _write_folder(src: Path, out: Path, st: SourceTensors, opts: ConvertOptions,
                 report.bytes_written += path.stat().st_size
                 adv(shard.nbytes)
     if len(shards) > 1:
-        write_index(out / (SAFE_INDEX if target == "safetensors" else BIN_INDEX), shards, names,
-                    opts.dtype)
+        write_index(
+            out / (SAFE_INDEX if target == "safetensors" else BIN_INDEX), shards, names, opts.dtype
+        )
     report.details["shards"] = names
     report.details["copied"] = copy_side_files(src, out, opts.dtype)
     report.n_tensors = len(st.tensors)

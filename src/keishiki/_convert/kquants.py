@@ -44,8 +44,9 @@ def quantize(arr: np.ndarray, qtype: str) -> np.ndarray:
     if fn is None:
         raise ValueError(f"no k-quant quantizer for {qtype!r}: one of {', '.join(_QUANTIZERS)}")
     if not arr.shape or arr.shape[-1] % QK_K:
-        raise ValueError(f"{qtype} needs rows of a multiple of {QK_K} values, got shape "
-                         f"{list(arr.shape)}")
+        raise ValueError(
+            f"{qtype} needs rows of a multiple of {QK_K} values, got shape {list(arr.shape)}"
+        )
     flat = np.ascontiguousarray(arr, dtype=_f32).reshape(-1, QK_K)
     out = np.empty((flat.shape[0], BLOCK_BYTES[qtype]), dtype=np.uint8)
     for start in range(0, flat.shape[0], CHUNK_BLOCKS):
@@ -56,6 +57,7 @@ def quantize(arr: np.ndarray, qtype: str) -> np.ndarray:
 
 
 # ---- the search helpers of ggml-quants.c, over groups (one group per row of x) ----------
+
 
 def _fp16(x: np.ndarray) -> np.ndarray:
     """float32 -> float16 -> float32 (``GGML_FP32_TO_FP16`` then back), and the fp16 bits."""
@@ -87,8 +89,9 @@ def _round_clip(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return np.clip(v, lo, hi, out=v)
 
 
-def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float,
-                     nstep: int, use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_qkx2_quants(
+    x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``make_qkx2_quants`` for every row of ``x`` (``[G, n]``) with weights ``w``: (scale
     ``[G]``, the_min ``[G]`` (positive: subtracted), L ``[G, n]`` in 0..nmax)."""
     x, w = _columns(x), _columns(w)
@@ -221,6 +224,7 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- bit packing shared by several types -------------------------------------------------
 
+
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
     """``qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | L[j+l+64] << 4 | L[j+l+96] << 6`` for
     j in (0, 128): ``[nb, 256]`` values 0..3 -> ``[nb, 64]`` bytes."""
@@ -243,8 +247,9 @@ def _f16_bytes(h: np.ndarray) -> np.ndarray:
     return h.astype(np.float16).reshape(-1, 1).view(np.uint8)
 
 
-def _requant(x: np.ndarray, d: np.ndarray, dm: np.ndarray, L: np.ndarray, lo: int,
-             hi: int) -> np.ndarray:
+def _requant(
+    x: np.ndarray, d: np.ndarray, dm: np.ndarray, L: np.ndarray, lo: int, hi: int
+) -> np.ndarray:
     """``L = clamp(nearest_int((x + dm) / d), lo, hi)`` per sub-block where ``d != 0``; the
     search's L is kept where the scale rounded to 0 (the C code's ``if (!d) continue``).
     ``x``, ``L`` ``[nb, S, n]``; ``d``, ``dm`` ``[nb, S]``."""
@@ -255,6 +260,7 @@ def _requant(x: np.ndarray, d: np.ndarray, dm: np.ndarray, L: np.ndarray, lo: in
 
 # ---- the five types ----------------------------------------------------------------------
 
+
 def _q2_k(x: np.ndarray) -> np.ndarray:
     """``quantize_row_q2_K_ref``: 16 sub-blocks of 16, 2-bit values with a 4-bit scale and
     min each; block = scales[16] qs[64] d dmin (84 bytes)."""
@@ -263,17 +269,26 @@ def _q2_k(x: np.ndarray) -> np.ndarray:
     scales, mins, L = make_qkx2_quants(g, np.abs(g), 3, -0.5, 0.1, 15, True)
     scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
     max_scale, max_min = scales.max(axis=1), mins.max(axis=1)
-    ls = np.where(max_scale[:, None] > 0,
-                  np.rint(_safe_div(_f32(15), max_scale)[:, None] * scales), 0).astype(np.uint8)
-    lm = np.where(max_min[:, None] > 0,
-                  np.rint(_safe_div(_f32(15), max_min)[:, None] * mins), 0).astype(np.uint8)
+    ls = np.where(
+        max_scale[:, None] > 0, np.rint(_safe_div(_f32(15), max_scale)[:, None] * scales), 0
+    ).astype(np.uint8)
+    lm = np.where(
+        max_min[:, None] > 0, np.rint(_safe_div(_f32(15), max_min)[:, None] * mins), 0
+    ).astype(np.uint8)
     d, dh = _fp16(np.where(max_scale > 0, max_scale / _f32(15), 0))
     dmin, dminh = _fp16(np.where(max_min > 0, max_min / _f32(15), 0))
     sc = ls | (lm << 4)
-    L = _requant(x.reshape(nb, 16, 16), d[:, None] * (sc & 0xF), dmin[:, None] * (sc >> 4),
-                 L.reshape(nb, 16, 16), 0, 3)
-    return np.concatenate([sc, _pack_2bit(L.reshape(nb, 256)), _f16_bytes(dh),
-                           _f16_bytes(dminh)], axis=1)
+    L = _requant(
+        x.reshape(nb, 16, 16),
+        d[:, None] * (sc & 0xF),
+        dmin[:, None] * (sc >> 4),
+        L.reshape(nb, 16, 16),
+        0,
+        3,
+    )
+    return np.concatenate(
+        [sc, _pack_2bit(L.reshape(nb, 256)), _f16_bytes(dh), _f16_bytes(dminh)], axis=1
+    )
 
 
 def _q3_k(x: np.ndarray) -> np.ndarray:
@@ -295,8 +310,7 @@ def _q3_k(x: np.ndarray) -> np.ndarray:
     d, dh = _fp16(np.where(has, _safe_div(_f32(1), iscale), 0))
     sc = np.where(has[:, None], l.astype(np.int16) - 32, -32)  # what the packing holds back
     dl = d[:, None] * sc
-    L = _requant(x.reshape(nb, 16, 16), dl, np.zeros_like(dl), L.reshape(nb, 16, 16) - 4,
-                 -4, 3) + 4
+    L = _requant(x.reshape(nb, 16, 16), dl, np.zeros_like(dl), L.reshape(nb, 16, 16) - 4, -4, 3) + 4
     L = L.reshape(nb, 256).astype(np.uint8)
     # the high bit of value j goes to hmask[j % 32], bit j // 32
     high = (L > 3).reshape(nb, 8, 32).astype(np.uint8)
@@ -311,8 +325,7 @@ def _q45_k(x: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple:
     nb = x.shape[0]
     g = x.reshape(-1, 32)
     av_x = np.sqrt(_sum(_columns(g * g)) / _f32(32))
-    scales, mins, L = make_qkx2_quants(g, av_x[:, None] + np.abs(g), nmax, rmin, 0.1, nstep,
-                                       False)
+    scales, mins, L = make_qkx2_quants(g, av_x[:, None] + np.abs(g), nmax, rmin, 0.1, nstep, False)
     scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
     max_scale, max_min = scales.max(axis=1), mins.max(axis=1)
     inv_scale = np.where(max_scale > 0, _safe_div(_f32(63), max_scale), 0).astype(_f32)
@@ -321,8 +334,9 @@ def _q45_k(x: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple:
     lm = np.minimum(63, np.rint(inv_min[:, None] * mins)).astype(np.uint8)
     d, dh = _fp16(max_scale / _f32(63))
     dmin, dminh = _fp16(max_min / _f32(63))
-    L = _requant(x.reshape(nb, 8, 32), d[:, None] * ls, dmin[:, None] * lm,
-                 L.reshape(nb, 8, 32), 0, nmax)
+    L = _requant(
+        x.reshape(nb, 8, 32), d[:, None] * ls, dmin[:, None] * lm, L.reshape(nb, 8, 32), 0, nmax
+    )
     return L.reshape(nb, 256).astype(np.uint8), _pack_scale_min_k4(ls, lm), dh, dminh
 
 
@@ -340,8 +354,9 @@ def _q5_k(x: np.ndarray) -> np.ndarray:
     q = L.reshape(-1, 4, 2, 32)  # [nb, n / 64, first or second 32, j]
     high = (q > 15).astype(np.uint8)
     # bit 2k of qh[j] is value 64k + j's high bit, bit 2k+1 value 64k + 32 + j's
-    shifts = (2 * np.arange(4, dtype=np.uint8))[None, :, None, None] + \
-        np.arange(2, dtype=np.uint8)[None, None, :, None]
+    shifts = (2 * np.arange(4, dtype=np.uint8))[None, :, None, None] + np.arange(2, dtype=np.uint8)[
+        None, None, :, None
+    ]
     qh = (high << shifts).reshape(-1, 8, 32).sum(axis=1, dtype=np.uint8)
     low = q & 0xF
     qs = (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(-1, 128)
@@ -361,13 +376,23 @@ def _q6_k(x: np.ndarray) -> np.ndarray:
     d, dh = _fp16(np.where(empty, 0, _safe_div(_f32(1), iscale)))
     sc = np.minimum(127, np.rint(iscale[:, None] * scales)).astype(np.int8)
     sc[empty] = 0
-    L = _requant(x.reshape(nb, 16, 16), d[:, None] * sc, np.zeros((nb, 16), _f32),
-                 L.reshape(nb, 16, 16) - 32, -32, 31) + 32
+    L = (
+        _requant(
+            x.reshape(nb, 16, 16),
+            d[:, None] * sc,
+            np.zeros((nb, 16), _f32),
+            L.reshape(nb, 16, 16) - 32,
+            -32,
+            31,
+        )
+        + 32
+    )
     L = L.reshape(nb, 2, 4, 32).astype(np.uint8)  # [nb, half of 128, quarter, l]
     L[empty] = 0
     lo, hi = L & 0xF, L >> 4
-    ql = np.concatenate([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)],
-                        axis=2).reshape(nb, 128)
+    ql = np.concatenate(
+        [lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2
+    ).reshape(nb, 128)
     qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
     qh = qh.reshape(nb, 64)
     return np.concatenate([ql, qh, sc.view(np.uint8), _f16_bytes(dh)], axis=1)

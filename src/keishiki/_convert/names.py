@@ -43,15 +43,20 @@ def _torch_int16():
 
 def _digest(arr: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
     arr = np.ascontiguousarray(arr)
-    return (arr.dtype.str, tuple(arr.shape), hashlib.blake2b(arr.tobytes(), digest_size=16).digest())
+    return (
+        arr.dtype.str,
+        tuple(arr.shape),
+        hashlib.blake2b(arr.tobytes(), digest_size=16).digest(),
+    )
 
 
 def _is_generated(name: str, params: Mapping[str, Any]) -> bool:
     return name not in params
 
 
-def map_onnx_names(onnx_model: "onnx.ModelProto", state_dict: Mapping[str, Any],
-                   only_generated: bool = True) -> dict[str, tuple[str, bool]]:
+def map_onnx_names(
+    onnx_model: "onnx.ModelProto", state_dict: Mapping[str, Any], only_generated: bool = True
+) -> dict[str, tuple[str, bool]]:
     """Find which parameter each ONNX initializer holds, by value.
 
     Args:
@@ -90,8 +95,9 @@ def map_onnx_names(onnx_model: "onnx.ModelProto", state_dict: Mapping[str, Any],
     return mapping
 
 
-def strip_prefix_mapping(onnx_model: "onnx.ModelProto", prefix: str,
-                         state_dict: Mapping[str, Any] | None = None) -> dict[str, tuple[str, bool]]:
+def strip_prefix_mapping(
+    onnx_model: "onnx.ModelProto", prefix: str, state_dict: Mapping[str, Any] | None = None
+) -> dict[str, tuple[str, bool]]:
     """``{name: (name without prefix, False)}`` for initializers named ``prefix + …``.
 
     With ``state_dict``, only names whose rest is a parameter; without, every prefixed name
@@ -99,14 +105,15 @@ def strip_prefix_mapping(onnx_model: "onnx.ModelProto", prefix: str,
     """
     out = {}
     for tensor in onnx_model.graph.initializer:
-        rest = tensor.name[len(prefix):]
+        rest = tensor.name[len(prefix) :]
         if tensor.name.startswith(prefix) and (state_dict is None or rest in state_dict):
             out[tensor.name] = (rest, False)
     return out
 
 
-def rename_initializers(onnx_model: "onnx.ModelProto",
-                        mapping: Mapping[str, tuple[str, bool]]) -> int:
+def rename_initializers(
+    onnx_model: "onnx.ModelProto", mapping: Mapping[str, tuple[str, bool]]
+) -> int:
     """Rename initializers (and every node/graph reference to them) in place.
 
     Transposed ones are listed in the model's ``metadata_props`` under :data:`TRANSPOSED_KEY`
@@ -114,8 +121,11 @@ def rename_initializers(onnx_model: "onnx.ModelProto",
     renamed.  Names already used by another value in the graph are left alone.
     """
     graph = onnx_model.graph
-    used = {t.name for t in graph.initializer} | {v.name for v in graph.input} | {
-        o for n in graph.node for o in n.output}
+    used = (
+        {t.name for t in graph.initializer}
+        | {v.name for v in graph.input}
+        | {o for n in graph.node for o in n.output}
+    )
     rename = {}
     for old, (new, _transposed) in mapping.items():
         if old != new and new not in used:

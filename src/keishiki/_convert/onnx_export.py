@@ -34,13 +34,29 @@ DEFAULT_EXPORTER = "torchscript"
 DEFAULT_OPSET = 17
 TWO_GB = 2 * 1024**3
 # files that travel with the graph so the folder is a runnable model (tokenizer, configs)
-SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
-              "added_tokens.json", "chat_template.jinja", "chat_template.json",
-              "preprocessor_config.json")
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+)
 WRAPPER_PREFIX = "lm."  # the wrapper's attribute name, stripped from initializer names
-TORCH_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-                "bfloat16": "bfloat16", "bf16": "bfloat16"}
+TORCH_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 
 
 def copy_side_files(model_dir: Path, out_dir: Path) -> list[str]:
@@ -61,10 +77,12 @@ def load_causal_lm(model_dir: Path, dtype: str | None = None):
     try:
         with quiet_transformers(transformers):
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(model_dir), dtype=torch_dtype, attn_implementation="eager")
+                str(model_dir), dtype=torch_dtype, attn_implementation="eager"
+            )
     except (ValueError, OSError, KeyError) as exc:
-        raise InvalidRequest(f"{model_dir}: cannot load as a causal LM with transformers: "
-                             f"{str(exc).splitlines()[0]}") from None
+        raise InvalidRequest(
+            f"{model_dir}: cannot load as a causal LM with transformers: {str(exc).splitlines()[0]}"
+        ) from None
     return model.eval()
 
 
@@ -112,8 +130,12 @@ def model_shape(config) -> dict[str, int]:
     heads = text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return {"n_layers": text.num_hidden_layers, "kv_heads": kv_heads, "head_dim": head_dim,
-            "vocab": text.vocab_size}
+    return {
+        "n_layers": text.num_hidden_layers,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab": text.vocab_size,
+    }
 
 
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -140,9 +162,14 @@ def _make_wrapper(model):
             pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
             cache = transformers.DynamicCache(pairs, config=self.lm.config)
             # transformers 5.x names the cache argument ``cache`` (was past_key_values)
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids, cache=cache, use_cache=True,
-                          return_dict=True)
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+                return_dict=True,
+            )
             flat = []
             for layer in out.cache.layers:
                 flat += [layer.keys, layer.values]
@@ -161,16 +188,21 @@ def dummy_inputs(shape: dict[str, int], dtype, batch: int = 2, seq: int = 3, pas
     kv = []
     for _ in range(shape["n_layers"]):
         for _ in range(2):
-            kv.append(torch.randn(batch, shape["kv_heads"], past, shape["head_dim"],
-                                  generator=gen).to(dtype))
+            kv.append(
+                torch.randn(batch, shape["kv_heads"], past, shape["head_dim"], generator=gen).to(
+                    dtype
+                )
+            )
     return (ids, mask, pos, *kv)
 
 
 def _dynamic_axes(n_layers: int) -> dict[str, dict[int, str]]:
-    axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
-            "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
-            "position_ids": {0: "batch_size", 1: "sequence_length"},
-            "logits": {0: "batch_size", 1: "sequence_length"}}
+    axes = {
+        "input_ids": {0: "batch_size", 1: "sequence_length"},
+        "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+        "position_ids": {0: "batch_size", 1: "sequence_length"},
+        "logits": {0: "batch_size", 1: "sequence_length"},
+    }
     for i in range(n_layers):
         for kind in ("key", "value"):
             axes[f"past_key_values.{i}.{kind}"] = {0: "batch_size", 2: "past_sequence_length"}
@@ -181,8 +213,12 @@ def _dynamic_axes(n_layers: int) -> dict[str, dict[int, str]]:
 def _torch_export(wrapper, args, path: Path, exporter: str, opset: int, n_layers: int) -> None:
     torch = require("torch")
     inputs, outputs = io_names(n_layers)
-    kwargs: dict[str, Any] = dict(input_names=inputs, output_names=outputs,
-                                  opset_version=opset, dynamic_axes=_dynamic_axes(n_layers))
+    kwargs: dict[str, Any] = dict(
+        input_names=inputs,
+        output_names=outputs,
+        opset_version=opset,
+        dynamic_axes=_dynamic_axes(n_layers),
+    )
     if exporter == "torchscript":
         # constant folding would rename Linear weights to onnx::MatMul_<N> (transposed)
         kwargs.update(dynamo=False, do_constant_folding=False)
@@ -193,9 +229,11 @@ def _torch_export(wrapper, args, path: Path, exporter: str, opset: int, n_layers
         dyn = torch.export.Dim.DYNAMIC
         del kwargs["dynamic_axes"]
         kwargs["dynamic_shapes"] = {
-            "input_ids": {0: dyn, 1: dyn}, "attention_mask": {0: dyn, 1: dyn},
+            "input_ids": {0: dyn, 1: dyn},
+            "attention_mask": {0: dyn, 1: dyn},
             "position_ids": {0: dyn, 1: dyn},
-            "past": tuple({0: dyn, 2: dyn} for _ in range(2 * n_layers))}
+            "past": tuple({0: dyn, 2: dyn} for _ in range(2 * n_layers)),
+        }
         # the optimizer renames weights to val_<N>; without it names survive
         kwargs.update(dynamo=True, optimize=False, external_data=False, verbose=False)
     # torch.onnx logs progress and (dynamo) a failed internal opset conversion: keishiki
@@ -205,8 +243,11 @@ def _torch_export(wrapper, args, path: Path, exporter: str, opset: int, n_layers
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
-        with pywarnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                _native_stdout_silenced():
+        with (
+            pywarnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            _native_stdout_silenced(),
+        ):
             pywarnings.simplefilter("ignore")
             with torch.no_grad():
                 torch.onnx.export(wrapper, args, str(path), **kwargs)
@@ -268,10 +309,13 @@ def check_forward(wrapper, args, model_dir: Path, n_layers: int) -> None:
         raise InvalidRequest(
             f"{model_dir}: {arch} cannot run with a KV cache ({type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); "
-            f"keishiki exports decoder-only causal LMs to ONNX") from None
+            f"keishiki exports decoder-only causal LMs to ONNX"
+        ) from None
     if len(outputs) != 1 + 2 * n_layers:
-        raise InvalidRequest(f"{model_dir}: {arch} returned {len(outputs) - 1} cache tensors for "
-                             f"{n_layers} layers; keishiki exports decoder-only causal LMs")
+        raise InvalidRequest(
+            f"{model_dir}: {arch} returned {len(outputs) - 1} cache tensors for "
+            f"{n_layers} layers; keishiki exports decoder-only causal LMs"
+        )
 
 
 def written_opset(onnx_model) -> int:
@@ -287,19 +331,28 @@ def fix_names(onnx_model, state_dict) -> dict[str, int]:
     from . import names
 
     n_prefixed = names.rename_initializers(
-        onnx_model, names.strip_prefix_mapping(onnx_model, WRAPPER_PREFIX))
+        onnx_model, names.strip_prefix_mapping(onnx_model, WRAPPER_PREFIX)
+    )
     n_matched = names.rename_initializers(onnx_model, names.map_onnx_names(onnx_model, state_dict))
-    return {"renamed_prefix": n_prefixed, "renamed_by_value": n_matched,
-            "generated_left": len(names.generated_names(onnx_model))}
+    return {
+        "renamed_prefix": n_prefixed,
+        "renamed_by_value": n_matched,
+        "generated_left": len(names.generated_names(onnx_model)),
+    }
 
 
 def save_onnx(onnx_model, path: Path, external_data: bool) -> None:
     """Save ``onnx_model`` to ``path``, its tensors in ``<name>.data`` beside it when asked."""
     onnx = require("onnx")
     if external_data:
-        onnx.save_model(onnx_model, str(path), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=path.name + ".data",
-                        size_threshold=1024)
+        onnx.save_model(
+            onnx_model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(onnx_model, str(path))
 
@@ -309,9 +362,15 @@ def _param_bytes(model) -> int:
 
 
 @quietly
-def export_causal_lm(model_dir: Path, out_dir: Path, *, opset: int | None = None,
-                     exporter: str = DEFAULT_EXPORTER, dtype: str | None = None,
-                     external_data: bool | None = None) -> dict:
+def export_causal_lm(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    opset: int | None = None,
+    exporter: str = DEFAULT_EXPORTER,
+    dtype: str | None = None,
+    external_data: bool | None = None,
+) -> dict:
     """Export a Hugging Face causal LM folder to ``out_dir/model.onnx`` with a KV cache.
 
     Args:
@@ -349,35 +408,49 @@ def export_causal_lm(model_dir: Path, out_dir: Path, *, opset: int | None = None
     wrapper = _make_wrapper(model)
     args = dummy_inputs(shape, next(model.parameters()).dtype)
     check_forward(wrapper, args, model_dir, shape["n_layers"])
-    onnx_model, used = _export_with_fallback(wrapper, args, out_dir, exporter, opset_requested,
-                                             shape["n_layers"], warns)
+    onnx_model, used = _export_with_fallback(
+        wrapper, args, out_dir, exporter, opset_requested, shape["n_layers"], warns
+    )
     del wrapper
     name_facts = fix_names(onnx_model, state_dict)
     # the torch weights are no longer needed: free them before serialising (peak memory)
     del model, state_dict
     gc.collect()
     if name_facts["generated_left"]:
-        warns.append(f"{name_facts['generated_left']} initializers keep exporter-generated "
-                     f"names (no parameter has their value)")
+        warns.append(
+            f"{name_facts['generated_left']} initializers keep exporter-generated "
+            f"names (no parameter has their value)"
+        )
     save_onnx(onnx_model, out_dir / "model.onnx", external_data)
     del onnx_model
     onnx.checker.check_model(str(out_dir / "model.onnx"))
     copied = copy_side_files(model_dir, out_dir)
     inputs, outputs = io_names(shape["n_layers"])
     final = onnx.load(str(out_dir / "model.onnx"), load_external_data=False)
-    return {"opset": written_opset(final), "opset_requested": opset_requested,
-            "exporter": used, "exporter_requested": exporter,
-            "input_names": [i.name for i in final.graph.input],
-            "output_names": [o.name for o in final.graph.output],
-            "expected_input_names": inputs, "expected_output_names": outputs,
-            **shape, "dtype": weight_dtype,
-            "external_data": external_data, "files": sorted(p.name for p in out_dir.iterdir()),
-            "side_files": copied, "names": name_facts, "warnings": warns,
-            "torch": torch.__version__, "onnx": onnx.__version__}
+    return {
+        "opset": written_opset(final),
+        "opset_requested": opset_requested,
+        "exporter": used,
+        "exporter_requested": exporter,
+        "input_names": [i.name for i in final.graph.input],
+        "output_names": [o.name for o in final.graph.output],
+        "expected_input_names": inputs,
+        "expected_output_names": outputs,
+        **shape,
+        "dtype": weight_dtype,
+        "external_data": external_data,
+        "files": sorted(p.name for p in out_dir.iterdir()),
+        "side_files": copied,
+        "names": name_facts,
+        "warnings": warns,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+    }
 
 
-def _export_with_fallback(wrapper, args, out_dir: Path, exporter: str, opset: int,
-                          n_layers: int, warns: list[str]):
+def _export_with_fallback(
+    wrapper, args, out_dir: Path, exporter: str, opset: int, n_layers: int, warns: list[str]
+):
     """Export, then make sure the opset written is the one asked for.
 
     Order: the chosen exporter; if its opset differs, ``onnx.version_converter``; if that
@@ -411,5 +484,8 @@ def _export_with_fallback(wrapper, args, out_dir: Path, exporter: str, opset: in
         except KeishikiError as exc:
             warns.append(f"{exc}; trying the other exporter")
             errors.append(f"{attempt}: opset {got} instead of {opset}")
-    raise InvalidRequest(f"could not export at opset {opset}: " + "; ".join(errors)
-                         + " (try another --opset or --exporter)")
+    raise InvalidRequest(
+        f"could not export at opset {opset}: "
+        + "; ".join(errors)
+        + " (try another --opset or --exporter)"
+    )

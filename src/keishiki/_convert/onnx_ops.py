@@ -36,7 +36,8 @@ def convert_opset_proto(onnx_model, target: int):
         raise InvalidRequest(
             f"onnx.version_converter cannot convert opset {current} → {target}: {reason} "
             f"(re-export from the source model with --opset {target}, or choose another "
-            f"--opset)") from None
+            f"--opset)"
+        ) from None
     if uses_external_data(converted):
         return converted  # tensors not loaded: the saved file is checked instead
     try:
@@ -44,8 +45,9 @@ def convert_opset_proto(onnx_model, target: int):
     except ValueError:  # > 2 GB protos cannot be checked in memory; the file check runs later
         pass
     except onnx.checker.ValidationError as exc:
-        raise InvalidRequest(f"opset {current} → {target} produced an invalid model: "
-                             f"{str(exc).splitlines()[0]}") from None
+        raise InvalidRequest(
+            f"opset {current} → {target} produced an invalid model: {str(exc).splitlines()[0]}"
+        ) from None
     return converted
 
 
@@ -81,15 +83,22 @@ def check_external_locations(model_path: Path, onnx_model) -> list[str]:
             continue
         location = ExternalDataInfo(tensor).location
         if "\0" in location:
-            raise CorruptFile(model_path, f"tensor {tensor.name!r} names external data "
-                              f"{location!r}, which holds a NUL byte (refused)")
+            raise CorruptFile(
+                model_path,
+                f"tensor {tensor.name!r} names external data "
+                f"{location!r}, which holds a NUL byte (refused)",
+            )
         target = (folder / location).resolve()
         if Path(location).is_absolute() or not target.is_relative_to(folder):
-            raise CorruptFile(model_path, f"tensor {tensor.name!r} points at external data "
-                              f"{location!r} outside the model's folder (refused)")
+            raise CorruptFile(
+                model_path,
+                f"tensor {tensor.name!r} points at external data "
+                f"{location!r} outside the model's folder (refused)",
+            )
         if not target.is_file():
-            raise CorruptFile(model_path, f"external data file {location!r} of tensor "
-                              f"{tensor.name!r} is missing")
+            raise CorruptFile(
+                model_path, f"external data file {location!r} of tensor {tensor.name!r} is missing"
+            )
         locations.append(location)
     return sorted(set(locations))
 
@@ -120,8 +129,7 @@ def model_file(src: Path) -> Path:
         return src
     found = sorted(p for p in src.iterdir() if p.suffix.lower() == ".onnx" and p.is_file())
     if len(found) != 1:
-        raise InvalidRequest(f"{src}: expected one .onnx file in the folder, found "
-                             f"{len(found)}")
+        raise InvalidRequest(f"{src}: expected one .onnx file in the folder, found {len(found)}")
     return found[0]
 
 
@@ -140,9 +148,14 @@ def tensor_bytes(onnx_model) -> int:
     return sum(len(t.raw_data) for t in _get_all_tensors(onnx_model))
 
 
-def rewrite(src_model: Path, out_model: Path, *, opset: int | None = None,
-            external_data: bool | None = None,
-            threshold: int = DEFAULT_EXTERNAL_THRESHOLD) -> dict:
+def rewrite(
+    src_model: Path,
+    out_model: Path,
+    *,
+    opset: int | None = None,
+    external_data: bool | None = None,
+    threshold: int = DEFAULT_EXTERNAL_THRESHOLD,
+) -> dict:
     """Write ``src_model`` to ``out_model`` at another opset and/or data layout.
 
     Args:
@@ -175,21 +188,37 @@ def rewrite(src_model: Path, out_model: Path, *, opset: int | None = None,
     if external_data is None:
         external_data = was_external or size > TWO_GB
     elif not external_data and size > TWO_GB:
-        raise InvalidRequest(f"{src_model}: {size / 1e9:.1f} GB of tensors cannot be embedded "
-                             f"(protobuf's 2 GB limit); drop --no-external-data")
+        raise InvalidRequest(
+            f"{src_model}: {size / 1e9:.1f} GB of tensors cannot be embedded "
+            f"(protobuf's 2 GB limit); drop --no-external-data"
+        )
     out_model = Path(out_model)
     if external_data:
-        onnx.save_model(model, str(out_model), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=out_model.name + ".data",
-                        size_threshold=threshold)
+        onnx.save_model(
+            model,
+            str(out_model),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=out_model.name + ".data",
+            size_threshold=threshold,
+        )
     else:
         onnx.save_model(model, str(out_model))
     checker = _check_like_source(out_model, src_model)
-    files = [out_model.name] + ([out_model.name + ".data"]
-                                if (out_model.parent / (out_model.name + ".data")).exists() else [])
-    return {"opset_from": opset_from, "opset": _default_opset(model),
-            "external_data_from": was_external, "external_data": external_data,
-            "files": files, "tensor_bytes": size, "checker": checker}
+    files = [out_model.name] + (
+        [out_model.name + ".data"]
+        if (out_model.parent / (out_model.name + ".data")).exists()
+        else []
+    )
+    return {
+        "opset_from": opset_from,
+        "opset": _default_opset(model),
+        "external_data_from": was_external,
+        "external_data": external_data,
+        "files": files,
+        "tensor_bytes": size,
+        "checker": checker,
+    }
 
 
 def _check_like_source(out_model: Path, src_model: Path) -> str:

@@ -35,8 +35,13 @@ def uses_external_data(model_path: Path) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def quantize_file(src_model: Path, out_model: Path, quant: str, block_size: int | None = None,
-                  external_data: bool = False) -> dict[str, Any]:
+def quantize_file(
+    src_model: Path,
+    out_model: Path,
+    quant: str,
+    block_size: int | None = None,
+    external_data: bool = False,
+) -> dict[str, Any]:
     """Write the ``quant`` (``int8``/``int4``) version of the graph ``src_model`` to
     ``out_model``; returns facts: the tool, nodes quantized, block size."""
     import onnx
@@ -57,13 +62,22 @@ def quantize_file(src_model: Path, out_model: Path, quant: str, block_size: int 
     # ORT's constant folding makes it one initializer
     pre = out_model.with_name(f".{out_model.stem}.pre.onnx")
     try:
-        quant_pre_process(str(src_model), str(pre), skip_symbolic_shape=True,
-                          save_as_external_data=external_data, all_tensors_to_one_file=True,
-                          external_data_location=pre.name + ".data")
+        quant_pre_process(
+            str(src_model),
+            str(pre),
+            skip_symbolic_shape=True,
+            save_as_external_data=external_data,
+            all_tensors_to_one_file=True,
+            external_data_location=pre.name + ".data",
+        )
         if quant == "int8":
-            quantize_dynamic(str(pre), str(out_model), op_types_to_quantize=["MatMul"],
-                             weight_type=QuantType.QInt8,
-                             use_external_data_format=external_data)
+            quantize_dynamic(
+                str(pre),
+                str(out_model),
+                op_types_to_quantize=["MatMul"],
+                weight_type=QuantType.QInt8,
+                use_external_data_format=external_data,
+            )
             facts["tool"] = "onnxruntime.quantization.quantize_dynamic (QInt8 weights)"
             kinds = ("MatMulInteger", "DynamicQuantizeMatMul")
         else:
@@ -71,8 +85,9 @@ def quantize_file(src_model: Path, out_model: Path, quant: str, block_size: int 
             model = onnx.load(str(pre))  # external data loaded from beside the graph
             quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=True)
             quantizer.process()
-            quantizer.model.save_model_to_file(str(out_model),
-                                               use_external_data_format=external_data)
+            quantizer.model.save_model_to_file(
+                str(out_model), use_external_data_format=external_data
+            )
             facts["tool"] = "onnxruntime.quantization.MatMulNBitsQuantizer (4 bits, symmetric)"
             facts["block_size"] = block
             kinds = ("MatMulNBits",)
@@ -83,8 +98,10 @@ def quantize_file(src_model: Path, out_model: Path, quant: str, block_size: int 
     facts["n_quantized"] = sum(n.op_type in kinds for n in written.graph.node)
     facts["n_matmul_left"] = sum(n.op_type == "MatMul" for n in written.graph.node)
     if not facts["n_quantized"]:
-        raise InvalidRequest(f"{src_model}: no MatMul with a constant weight to quantize "
-                             f"({quant} quantizes the weights of MatMul nodes)")
+        raise InvalidRequest(
+            f"{src_model}: no MatMul with a constant weight to quantize "
+            f"({quant} quantizes the weights of MatMul nodes)"
+        )
     return facts
 
 
@@ -97,8 +114,11 @@ def quantize_edge(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
     src_model = model_file(Path(src))
     report = StepReport(edge="onnx -> onnx (quantize)", src=str(src), out=str(out))
-    external = bool(opts.external_data) or uses_external_data(src_model) or \
-        src_model.stat().st_size > TWO_GB
+    external = (
+        bool(opts.external_data)
+        or uses_external_data(src_model)
+        or src_model.stat().st_size > TWO_GB
+    )
     if opts.external_data is False:
         external = False
     with Timer() as timer:
@@ -106,14 +126,17 @@ def quantize_edge(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             out_model = out / src_model.name
         else:
             if external:
-                raise InvalidRequest(f"{final_name(out)}: the weights are kept in external "
-                                     f"data, which needs a folder OUT (drop the .onnx suffix) "
-                                     f"so the .data file travels with the graph")
+                raise InvalidRequest(
+                    f"{final_name(out)}: the weights are kept in external "
+                    f"data, which needs a folder OUT (drop the .onnx suffix) "
+                    f"so the .data file travels with the graph"
+                )
             out_model = out
         facts = quantize_file(src_model, out_model, opts.quant, opts.block_size, external)
         if out.is_dir():
-            facts["side_files"] = copy_side_files(src_model.parent, out) + \
-                carry_tokenizer(opts, out)
+            facts["side_files"] = copy_side_files(src_model.parent, out) + carry_tokenizer(
+                opts, out
+            )
             facts["test_data"] = _copy_test_data(src_model.parent, out)
         report.details["onnx"] = facts
         report.details["quant"] = opts.quant
@@ -135,6 +158,8 @@ def verify_quantized(src_model: Path, out_model: Path, quant: str) -> dict[str, 
     if onnx_is_causal_lm(src_model):
         return onnx_quality(src_model, out_model, quant)
     result = verify_onnx_pair_graph(src_model, out_model, atol=float("inf"))
-    result["note"] = ("not a causal LM: checked that the quantized graph runs in onnxruntime "
-                      "on the source's inputs; the differences are reported, not judged")
+    result["note"] = (
+        "not a causal LM: checked that the quantized graph runs in onnxruntime "
+        "on the source's inputs; the differences are reported, not judged"
+    )
     return result

@@ -40,10 +40,14 @@ def find_path(src_format: str, to: str, edges: Sequence[Edge] | None = None) -> 
                 return _unwind(previous, src_format, to)
             queue.append(edge.dst)
     reachable = sorted(seen - {src_format})
-    hint = (f"; {src_format} converts to: {', '.join(reachable)}" if reachable
-            else f"; keishiki has no conversion from {src_format}")
-    raise NoConversionPath(f"no conversion path from {src_format} to {to}{hint} "
-                           f"(keishiki formats lists every edge)")
+    hint = (
+        f"; {src_format} converts to: {', '.join(reachable)}"
+        if reachable
+        else f"; keishiki has no conversion from {src_format}"
+    )
+    raise NoConversionPath(
+        f"no conversion path from {src_format} to {to}{hint} (keishiki formats lists every edge)"
+    )
 
 
 def _unwind(previous: dict[str, Edge], src_format: str, to: str) -> list[Edge]:

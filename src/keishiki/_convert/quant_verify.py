@@ -41,19 +41,31 @@ CONFIDENT = 0.5
 TOLERANCES: dict[str, dict[str, float]] = {
     "q8_0": {"kl_mean": 0.005, "top1": 0.95},
     "q6_K": {"kl_mean": 0.02, "top1": 0.92},
-    "q5_K_M": {"kl_mean": 0.05, "top1": 0.88}, "q5_0": {"kl_mean": 0.05, "top1": 0.88},
+    "q5_K_M": {"kl_mean": 0.05, "top1": 0.88},
+    "q5_0": {"kl_mean": 0.05, "top1": 0.88},
     "q5_1": {"kl_mean": 0.05, "top1": 0.88},
-    "q4_K_M": {"kl_mean": 0.1, "top1": 0.85}, "q4_K_S": {"kl_mean": 0.1, "top1": 0.85},
-    "q4_0": {"kl_mean": 0.15, "top1": 0.82}, "q4_1": {"kl_mean": 0.15, "top1": 0.82},
+    "q4_K_M": {"kl_mean": 0.1, "top1": 0.85},
+    "q4_K_S": {"kl_mean": 0.1, "top1": 0.85},
+    "q4_0": {"kl_mean": 0.15, "top1": 0.82},
+    "q4_1": {"kl_mean": 0.15, "top1": 0.82},
     "q3_K_M": {"kl_mean": 0.3, "top1": 0.75},
     "q2_K": {"kl_mean": 1.0, "top1": 0.6},
     "int8": {"kl_mean": 0.05, "top1": 0.88},
     "int4": {"kl_mean": 0.15, "top1": 0.8},
 }
 # a GGML type's own row (compare sees tensor types, not the mix that chose them)
-TYPE_TOLERANCE = {"Q8_0": "q8_0", "Q6_K": "q6_K", "Q5_K": "q5_K_M", "Q5_0": "q5_0",
-                  "Q5_1": "q5_1", "Q4_K": "q4_K_M", "Q4_0": "q4_0", "Q4_1": "q4_1",
-                  "Q3_K": "q3_K_M", "Q2_K": "q2_K"}
+TYPE_TOLERANCE = {
+    "Q8_0": "q8_0",
+    "Q6_K": "q6_K",
+    "Q5_K": "q5_K_M",
+    "Q5_0": "q5_0",
+    "Q5_1": "q5_1",
+    "Q4_K": "q4_K_M",
+    "Q4_0": "q4_0",
+    "Q4_1": "q4_1",
+    "Q3_K": "q3_K_M",
+    "Q2_K": "q2_K",
+}
 
 
 def tolerance(quant: str) -> dict[str, float]:
@@ -67,8 +79,7 @@ def tolerance(quant: str) -> dict[str, float]:
 def prompts(vocab: int) -> list[np.ndarray]:
     """The fixed prompts: ``[1, PROMPT_LEN]`` int64 token ids each, the same on every run."""
     rng = np.random.default_rng(SEED)
-    return [rng.integers(0, vocab, size=(1, PROMPT_LEN), dtype=np.int64)
-            for _ in range(N_PROMPTS)]
+    return [rng.integers(0, vocab, size=(1, PROMPT_LEN), dtype=np.int64) for _ in range(N_PROMPTS)]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -97,42 +108,57 @@ def logit_metrics(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> dict[
         n_sure += int(confident.sum())
         same_sure += int((agree & confident).sum())
     positions = len(kl)
-    return {"n_prompts": len(ref), "n_positions": positions,
-            "max_abs_diff": abs_max, "mean_abs_diff": abs_sum / n if n else 0.0,
-            "kl_mean": float(np.mean(kl)) if kl else 0.0,
-            "kl_max": float(np.max(kl)) if kl else 0.0,
-            "top1_agreement": same / positions if positions else 1.0,
-            "n_confident": n_sure,
-            "top1_agreement_confident": same_sure / n_sure if n_sure else None}
+    return {
+        "n_prompts": len(ref),
+        "n_positions": positions,
+        "max_abs_diff": abs_max,
+        "mean_abs_diff": abs_sum / n if n else 0.0,
+        "kl_mean": float(np.mean(kl)) if kl else 0.0,
+        "kl_max": float(np.max(kl)) if kl else 0.0,
+        "top1_agreement": same / positions if positions else 1.0,
+        "n_confident": n_sure,
+        "top1_agreement_confident": same_sure / n_sure if n_sure else None,
+    }
 
 
 def judge(metrics: dict[str, Any], quant: str) -> dict[str, Any]:
     """``metrics`` with the tolerance of ``quant``, ``passed`` and, when failed, ``reason``."""
     tol = tolerance(quant)
-    out = {"method": "quantized-vs-original", **metrics, "quant": quant,
-           "kl_mean_allowed": tol["kl_mean"], "top1_min": tol["top1"]}
+    out = {
+        "method": "quantized-vs-original",
+        **metrics,
+        "quant": quant,
+        "kl_mean_allowed": tol["kl_mean"],
+        "top1_min": tol["top1"],
+    }
     problems = []
     if not metrics["kl_mean"] <= tol["kl_mean"]:
         problems.append(f"mean KL divergence {metrics['kl_mean']:.3g} over {tol['kl_mean']:g}")
     sure = metrics["top1_agreement_confident"]
     if sure is not None and not sure >= tol["top1"]:
-        problems.append(f"greedy-token agreement {sure:.1%} where the original is confident "
-                        f"({metrics['n_confident']} positions) under {tol['top1']:.0%}")
+        problems.append(
+            f"greedy-token agreement {sure:.1%} where the original is confident "
+            f"({metrics['n_confident']} positions) under {tol['top1']:.0%}"
+        )
     out["passed"] = not problems
     if problems:
         out["reason"] = f"{quant}: " + "; ".join(problems)
     return out
 
 
-def compare_logits(run_ref: Callable[[np.ndarray], np.ndarray],
-                   run_got: Callable[[np.ndarray], np.ndarray], vocab: int,
-                   quant: str) -> dict[str, Any]:
+def compare_logits(
+    run_ref: Callable[[np.ndarray], np.ndarray],
+    run_got: Callable[[np.ndarray], np.ndarray],
+    vocab: int,
+    quant: str,
+) -> dict[str, Any]:
     """Run both on :func:`prompts` (``run(ids) -> [positions, vocab]`` logits) and judge."""
     ids = prompts(vocab)
     return judge(logit_metrics([run_ref(p) for p in ids], [run_got(p) for p in ids]), quant)
 
 
 # ---- the two kinds of quantized models keishiki writes -----------------------------------
+
 
 def gguf_quality(hf_src: Path, gguf_path: Path, quant: str) -> dict[str, Any]:
     """The HF model at ``hf_src`` against the same model with the GGUF's tensors
@@ -160,13 +186,20 @@ def gguf_quality(hf_src: Path, gguf_path: Path, quant: str) -> dict[str, Any]:
     names = {t.info.name for t in st.tensors}
     unknown = sorted(names - set(own))
     if unknown:
-        return {"method": "quantized-vs-original", "passed": False, "quant": quant,
-                "reason": f"{len(unknown)} GGUF tensor(s) not in the model, e.g. {unknown[0]}"}
+        return {
+            "method": "quantized-vs-original",
+            "passed": False,
+            "quant": quant,
+            "reason": f"{len(unknown)} GGUF tensor(s) not in the model, e.g. {unknown[0]}",
+        }
     with torch.no_grad():
         for t in st.tensors:
             own[t.info.name].copy_(torch.from_numpy(np.array(t.load(), dtype=np.float32)))
-        if "lm_head.weight" in own and "lm_head.weight" not in names and \
-                "model.embed_tokens.weight" in names:
+        if (
+            "lm_head.weight" in own
+            and "lm_head.weight" not in names
+            and "model.embed_tokens.weight" in names
+        ):
             # the GGUF ties them (llama.cpp reads token_embd as the output)
             own["lm_head.weight"].copy_(own["model.embed_tokens.weight"])
     return judge(logit_metrics(ref, run()), quant)

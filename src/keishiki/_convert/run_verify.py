@@ -80,9 +80,14 @@ def torch_greedy(model, prompt: np.ndarray, steps: int = VERIFY_STEPS):
     return tokens, logits_steps
 
 
-def kv_lm_forced(step_fn: Callable[[dict], dict], prompt: np.ndarray,
-                 tokens: Sequence[int] | None, shape: dict[str, int], kv_dtype=np.float32,
-                 steps: int = VERIFY_STEPS):
+def kv_lm_forced(
+    step_fn: Callable[[dict], dict],
+    prompt: np.ndarray,
+    tokens: Sequence[int] | None,
+    shape: dict[str, int],
+    kv_dtype=np.float32,
+    steps: int = VERIFY_STEPS,
+):
     """Feed ``prompt`` then ``tokens`` through a flat KV-cache model one step at a time.
 
     ``step_fn(feed) -> {output name: array}`` runs the model (ORT session or TorchScript).
@@ -91,17 +96,24 @@ def kv_lm_forced(step_fn: Callable[[dict], dict], prompt: np.ndarray,
     ``tokens=None`` runs free greedy for ``steps`` steps (each step feeds its own argmax).
     """
     n_steps = len(tokens) if tokens is not None else steps
-    past = {f"past_key_values.{i}.{k}": np.zeros((1, shape["kv_heads"], 0, shape["head_dim"]),
-                                                   dtype=kv_dtype)
-            for i in range(shape["n_layers"]) for k in ("key", "value")}
+    past = {
+        f"past_key_values.{i}.{k}": np.zeros(
+            (1, shape["kv_heads"], 0, shape["head_dim"]), dtype=kv_dtype
+        )
+        for i in range(shape["n_layers"])
+        for k in ("key", "value")
+    }
     inp = prompt
     total = 0
     argmaxes, logits_steps = [], []
     for step in range(n_steps):
         seq = inp.shape[1]
-        feed = {"input_ids": inp,
-                "attention_mask": np.ones((1, total + seq), dtype=np.int64),
-                "position_ids": np.arange(total, total + seq, dtype=np.int64)[None, :], **past}
+        feed = {
+            "input_ids": inp,
+            "attention_mask": np.ones((1, total + seq), dtype=np.int64),
+            "position_ids": np.arange(total, total + seq, dtype=np.int64)[None, :],
+            **past,
+        }
         outs = step_fn(feed)
         last = np.asarray(outs["logits"][:, -1, :], dtype=np.float32)
         logits_steps.append(last)
@@ -120,12 +132,21 @@ def onnx_lm_shape(session) -> dict[str, int]:
     logits = next(o for o in session.get_outputs() if o.name == "logits")
     first = pasts[0].shape if pasts else [None, 1, None, 1]
     vocab = logits.shape[-1]
-    return {"n_layers": len(pasts) // 2, "kv_heads": int(first[1]), "head_dim": int(first[3]),
-            "vocab": vocab if isinstance(vocab, int) else 2}
+    return {
+        "n_layers": len(pasts) // 2,
+        "kv_heads": int(first[1]),
+        "head_dim": int(first[3]),
+        "vocab": vocab if isinstance(vocab, int) else 2,
+    }
 
 
-def onnx_lm_forced(session, prompt: np.ndarray, tokens: Sequence[int] | None,
-                   shape: dict[str, int], steps: int = VERIFY_STEPS):
+def onnx_lm_forced(
+    session,
+    prompt: np.ndarray,
+    tokens: Sequence[int] | None,
+    shape: dict[str, int],
+    steps: int = VERIFY_STEPS,
+):
     """:func:`kv_lm_forced` through an onnxruntime session (``tokens=None``: free greedy)."""
     in_names = {i.name for i in session.get_inputs()}
     out_names = [o.name for o in session.get_outputs()]
@@ -141,7 +162,8 @@ def _ort_float_type(session):
     for i in session.get_inputs():
         if i.name.startswith("past_key_values"):
             return {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(
-                i.type, np.float32)
+                i.type, np.float32
+            )
     return np.float32
 
 
@@ -154,30 +176,50 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def compare_lm(reference: tuple[list[int], list[np.ndarray]],
-               result_fn: Callable[[list[int]], tuple[list[int], list[np.ndarray]]],
-               atol: float, rtol: float = 0.0, dtype: str = "float32") -> dict[str, Any]:
+def compare_lm(
+    reference: tuple[list[int], list[np.ndarray]],
+    result_fn: Callable[[list[int]], tuple[list[int], list[np.ndarray]]],
+    atol: float,
+    rtol: float = 0.0,
+    dtype: str = "float32",
+) -> dict[str, Any]:
     """Compare a reference greedy run with ``result_fn(tokens)`` (teacher-forced result)."""
     ref_tokens, ref_logits = reference
     got_tokens, got_logits = result_fn(ref_tokens)
     diff = _Diff()
     for got, ref in zip(got_logits, ref_logits):
         diff.add(got, ref)
-    first_divergence = next((i for i, (a, b) in enumerate(zip(got_tokens, ref_tokens)) if a != b),
-                            None)
+    first_divergence = next(
+        (i for i, (a, b) in enumerate(zip(got_tokens, ref_tokens)) if a != b), None
+    )
     tokens_match = first_divergence is None
     within = diff.max_abs <= atol + rtol * diff.ref_max
-    return {"method": "run-both", "passed": bool(tokens_match and within),
-            "max_abs_diff": diff.max_abs, "max_rel_diff": diff.max_rel,
-            "atol": atol, "rtol": rtol, "dtype": dtype, "steps": len(ref_tokens),
-            "tokens_match": tokens_match, "first_divergence": first_divergence,
-            "reference_tokens": list(ref_tokens), "result_tokens": list(got_tokens),
-            "prompt_len": PROMPT_LEN, "seed": SEED}
+    return {
+        "method": "run-both",
+        "passed": bool(tokens_match and within),
+        "max_abs_diff": diff.max_abs,
+        "max_rel_diff": diff.max_rel,
+        "atol": atol,
+        "rtol": rtol,
+        "dtype": dtype,
+        "steps": len(ref_tokens),
+        "tokens_match": tokens_match,
+        "first_divergence": first_divergence,
+        "reference_tokens": list(ref_tokens),
+        "result_tokens": list(got_tokens),
+        "prompt_len": PROMPT_LEN,
+        "seed": SEED,
+    }
 
 
 @quietly
-def verify_onnx_lm(model_dir: Path, onnx_path: Path, atol: float | None = None,
-                   rtol: float = 0.0, steps: int = VERIFY_STEPS) -> dict[str, Any]:
+def verify_onnx_lm(
+    model_dir: Path,
+    onnx_path: Path,
+    atol: float | None = None,
+    rtol: float = 0.0,
+    steps: int = VERIFY_STEPS,
+) -> dict[str, Any]:
     """Run the HF model (PyTorch) and the exported KV-cache ONNX model; compare (see module doc).
 
     Returns:
@@ -196,15 +238,26 @@ def verify_onnx_lm(model_dir: Path, onnx_path: Path, atol: float | None = None,
         session = ort_session(onnx_path)
         onnx_dtype = _onnx_weight_dtype(session)
         atol = atol if atol is not None else max(default_atol(dtype), default_atol(onnx_dtype))
-        report = compare_lm(reference, lambda toks: onnx_lm_forced(session, prompt, toks, shape),
-                            atol, rtol, onnx_dtype)
+        report = compare_lm(
+            reference,
+            lambda toks: onnx_lm_forced(session, prompt, toks, shape),
+            atol,
+            rtol,
+            onnx_dtype,
+        )
     except Exception as exc:  # ORT's own error types: an op without a kernel for this dtype
-        hint = (" (onnxruntime's CPU kernels lack bfloat16 for some ops: export float16, or "
-                "pass --no-verify and run it on a GPU provider)"
-                if _has_bfloat16(onnx_path) else "")
-        return {"method": "run-both", "passed": False,
-                "reason": f"onnxruntime cannot run the result: {_first_line(exc)}{hint}",
-                "seconds": round(time.perf_counter() - started, 3)}
+        hint = (
+            " (onnxruntime's CPU kernels lack bfloat16 for some ops: export float16, or "
+            "pass --no-verify and run it on a GPU provider)"
+            if _has_bfloat16(onnx_path)
+            else ""
+        )
+        return {
+            "method": "run-both",
+            "passed": False,
+            "reason": f"onnxruntime cannot run the result: {_first_line(exc)}{hint}",
+            "seconds": round(time.perf_counter() - started, 3),
+        }
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
 
@@ -223,8 +276,9 @@ def _onnx_weight_dtype(session) -> str:
 def onnx_is_causal_lm(onnx_path: Path) -> bool:
     """True when the graph has the KV-cache LM layout (input_ids + logits)."""
     session = ort_session(onnx_path)
-    return ({"input_ids"} <= {i.name for i in session.get_inputs()}
-            and "logits" in {o.name for o in session.get_outputs()})
+    return {"input_ids"} <= {i.name for i in session.get_inputs()} and "logits" in {
+        o.name for o in session.get_outputs()
+    }
 
 
 def _to_numpy(tensor) -> np.ndarray:
@@ -244,9 +298,14 @@ def torchscript_lm_forced(ts_module, meta: dict, prompt: np.ndarray, tokens: Seq
 
         def step(feed):
             with torch.no_grad():
-                outs = ts_module(*[torch.from_numpy(np.ascontiguousarray(feed[n]))
-                                   .to(_kv_torch_dtype(meta) if n.startswith("past") else None)
-                                   for n in order])
+                outs = ts_module(
+                    *[
+                        torch.from_numpy(np.ascontiguousarray(feed[n])).to(
+                            _kv_torch_dtype(meta) if n.startswith("past") else None
+                        )
+                        for n in order
+                    ]
+                )
             return {n: _to_numpy(o) for n, o in zip(names, outs)}
 
         return kv_lm_forced(step, prompt, tokens, meta, kv_dtype)
@@ -267,9 +326,14 @@ def _kv_torch_dtype(meta: dict):
 
 
 @quietly
-def verify_torchscript_lm(model_dir: Path, pt_path: Path, atol: float | None = None,
-                          rtol: float = 0.0, steps: int = VERIFY_STEPS,
-                          dtype: str | None = None) -> dict[str, Any]:
+def verify_torchscript_lm(
+    model_dir: Path,
+    pt_path: Path,
+    atol: float | None = None,
+    rtol: float = 0.0,
+    steps: int = VERIFY_STEPS,
+    dtype: str | None = None,
+) -> dict[str, Any]:
     """Run the HF model (eager) and the TorchScript archive greedily; compare logits and tokens."""
     torch = require("torch")
     from .onnx_export import load_causal_lm, model_shape
@@ -285,16 +349,21 @@ def verify_torchscript_lm(model_dir: Path, pt_path: Path, atol: float | None = N
     ts_module = torch.jit.load(str(pt_path), map_location="cpu").eval()
     src_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     atol = atol if atol is not None else max(default_atol(src_dtype), default_atol(meta["dtype"]))
-    report = compare_lm(reference,
-                        lambda toks: torchscript_lm_forced(ts_module, meta, prompt, toks),
-                        atol, rtol, meta["dtype"])
+    report = compare_lm(
+        reference,
+        lambda toks: torchscript_lm_forced(ts_module, meta, prompt, toks),
+        atol,
+        rtol,
+        meta["dtype"],
+    )
     report["kv_cache"] = bool(meta.get("kv_cache"))
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
 
 
-def compare_outputs(got: Sequence[np.ndarray], ref: Sequence[np.ndarray], atol: float,
-                    rtol: float = 0.0) -> dict[str, Any]:
+def compare_outputs(
+    got: Sequence[np.ndarray], ref: Sequence[np.ndarray], atol: float, rtol: float = 0.0
+) -> dict[str, Any]:
     """Compare output lists of a non-LM graph: max abs/rel diff, exact shapes, pass flag."""
     diff = _Diff()
     problems = []
@@ -310,13 +379,21 @@ def compare_outputs(got: Sequence[np.ndarray], ref: Sequence[np.ndarray], atol: 
         elif not np.array_equal(a, b):
             problems.append(f"output {i}: integer/bool values differ")
     within = diff.max_abs <= atol + rtol * diff.ref_max
-    return {"method": "run-both", "passed": bool(within and not problems),
-            "max_abs_diff": diff.max_abs, "max_rel_diff": diff.max_rel, "atol": atol,
-            "rtol": rtol, "n_outputs": len(ref), "problems": problems}
+    return {
+        "method": "run-both",
+        "passed": bool(within and not problems),
+        "max_abs_diff": diff.max_abs,
+        "max_rel_diff": diff.max_rel,
+        "atol": atol,
+        "rtol": rtol,
+        "n_outputs": len(ref),
+        "problems": problems,
+    }
 
 
-def verify_torchscript_module(module, pt_path: Path, example_input: str | None,
-                              atol: float | None = None, rtol: float = 0.0) -> dict[str, Any]:
+def verify_torchscript_module(
+    module, pt_path: Path, example_input: str | None, atol: float | None = None, rtol: float = 0.0
+) -> dict[str, Any]:
     """Run the eager module and the archive on the example input and a second seeded input.
 
     Without an example input (``--method script`` needs none to export) there is nothing to
@@ -343,11 +420,17 @@ def _compare_state_dicts(ref: dict, got: dict) -> dict[str, Any]:
     import torch
 
     names = sorted(set(ref) | set(got))
-    differ = [n for n in names if n not in ref or n not in got
-              or not torch.equal(ref[n].detach(), got[n].detach())]
-    report: dict[str, Any] = {"method": "state-dict", "passed": not differ,
-                              "n_compared": len(names),
-                              "note": "no --example-input: weights compared, outputs not run"}
+    differ = [
+        n
+        for n in names
+        if n not in ref or n not in got or not torch.equal(ref[n].detach(), got[n].detach())
+    ]
+    report: dict[str, Any] = {
+        "method": "state-dict",
+        "passed": not differ,
+        "n_compared": len(names),
+        "note": "no --example-input: weights compared, outputs not run",
+    }
     if differ:
         report["reason"] = f"{len(differ)} tensor(s) differ or are missing: {differ[:5]}"
     return report
@@ -363,8 +446,13 @@ def _flatten_outputs(value) -> list[np.ndarray]:
     return [np.asarray(value)]
 
 
-def verify_onnx_pair_lm(src_path: Path, out_path: Path, atol: float | None = None,
-                        rtol: float = 0.0, steps: int = VERIFY_STEPS) -> dict[str, Any]:
+def verify_onnx_pair_lm(
+    src_path: Path,
+    out_path: Path,
+    atol: float | None = None,
+    rtol: float = 0.0,
+    steps: int = VERIFY_STEPS,
+) -> dict[str, Any]:
     """Both KV-cache ONNX LMs in ORT: free greedy on the source, teacher-forced result."""
     started = time.perf_counter()
     src_session, out_session = ort_session(src_path), ort_session(out_path)
@@ -373,16 +461,25 @@ def verify_onnx_pair_lm(src_path: Path, out_path: Path, atol: float | None = Non
     reference = onnx_lm_forced(src_session, prompt, None, shape, steps)
     dtype = _onnx_weight_dtype(out_session)
     atol = atol if atol is not None else default_atol(dtype)
-    report = compare_lm(reference, lambda toks: onnx_lm_forced(out_session, prompt, toks, shape),
-                        atol, rtol, dtype)
+    report = compare_lm(
+        reference, lambda toks: onnx_lm_forced(out_session, prompt, toks, shape), atol, rtol, dtype
+    )
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
 
 
-ORT_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-             "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
-             "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
-             "tensor(int16)": np.int16, "tensor(uint16)": np.uint16}
+ORT_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+}
 
 
 def graph_inputs(onnx_dir: Path, session, free_dim: int = 8) -> tuple[dict[str, np.ndarray], str]:
@@ -397,8 +494,11 @@ def graph_inputs(onnx_dir: Path, session, free_dim: int = 8) -> tuple[dict[str, 
 
     names = [i.name for i in session.get_inputs()]
     data_dir = Path(onnx_dir) / "test_data_set_0"
-    files = sorted(data_dir.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[-1])) \
-        if data_dir.is_dir() else []
+    files = (
+        sorted(data_dir.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[-1]))
+        if data_dir.is_dir()
+        else []
+    )
     if files and len(files) == len(names):
         feed = {}
         for name, path in zip(names, files):
@@ -408,13 +508,17 @@ def graph_inputs(onnx_dir: Path, session, free_dim: int = 8) -> tuple[dict[str, 
         return feed, str(data_dir.name)
     rng = np.random.default_rng(SEED)
     # a symbolic dim that leads some input is a batch dim wherever it appears (RNN states)
-    batch_names = {spec.shape[0] for spec in session.get_inputs()
-                   if spec.shape and isinstance(spec.shape[0], str)}
+    batch_names = {
+        spec.shape[0]
+        for spec in session.get_inputs()
+        if spec.shape and isinstance(spec.shape[0], str)
+    }
     feed = {}
     for spec in session.get_inputs():
-        dims = [d if isinstance(d, int) and d > 0 else
-                (1 if i == 0 or d in batch_names else free_dim)
-                for i, d in enumerate(spec.shape or [])]
+        dims = [
+            d if isinstance(d, int) and d > 0 else (1 if i == 0 or d in batch_names else free_dim)
+            for i, d in enumerate(spec.shape or [])
+        ]
         dtype = ORT_NUMPY.get(spec.type)
         if dtype is None:
             raise ValueError(f"input {spec.name!r} has type {spec.type}")
@@ -427,8 +531,9 @@ def graph_inputs(onnx_dir: Path, session, free_dim: int = 8) -> tuple[dict[str, 
     return feed, f"random (seed 0, free dims {free_dim})"
 
 
-def verify_onnx_pair_graph(src_path: Path, out_path: Path, atol: float | None = None,
-                           rtol: float = 0.0) -> dict[str, Any]:
+def verify_onnx_pair_graph(
+    src_path: Path, out_path: Path, atol: float | None = None, rtol: float = 0.0
+) -> dict[str, Any]:
     """Run the source and result graphs in ORT on the same inputs; compare every output.
 
     When ORT cannot run the source (an opset or op it lacks), the result is only checked
@@ -453,16 +558,23 @@ def verify_onnx_pair_graph(src_path: Path, out_path: Path, atol: float | None = 
                     raise
     except Exception as exc:  # ORT raises its own exception types for unsupported models
         onnx.checker.check_model(str(out_path))
-        return {"method": "checker-only", "passed": True,
-                "reason": f"onnxruntime cannot run the source ({_first_line(exc)}); the "
-                          f"result passed onnx.checker only",
-                "seconds": round(time.perf_counter() - started, 3)}
+        return {
+            "method": "checker-only",
+            "passed": True,
+            "reason": f"onnxruntime cannot run the source ({_first_line(exc)}); the "
+            f"result passed onnx.checker only",
+            "seconds": round(time.perf_counter() - started, 3),
+        }
     try:
         got = ort_session(out_path).run(None, feed, quiet)
     except Exception as exc:
-        return {"method": "run-both", "passed": False, "inputs": origin,
-                "reason": f"onnxruntime cannot run the result: {_first_line(exc)}",
-                "seconds": round(time.perf_counter() - started, 3)}
+        return {
+            "method": "run-both",
+            "passed": False,
+            "inputs": origin,
+            "reason": f"onnxruntime cannot run the result: {_first_line(exc)}",
+            "seconds": round(time.perf_counter() - started, 3),
+        }
     report = compare_outputs(got, ref, 1e-5 if atol is None else atol, rtol)
     report.update(inputs=origin, seconds=round(time.perf_counter() - started, 3))
     return report

@@ -47,11 +47,15 @@ def parse_example_input(spec: str) -> list[tuple[tuple[int, ...], str]]:
         except ValueError:
             shape = ()
         dtype = dtype or "float32"
-        if not shape or any(d <= 0 for d in shape) or dtype not in (*INT_DTYPES, "float32",
-                                                                      "float16", "bfloat16",
-                                                                      "float64", "bool"):
-            raise InvalidRequest(f"--example-input {spec!r}: expected SHAPE:DTYPE such as "
-                                 f"'1x8:int64' or '1x3x224x224:float32' (comma-separated)")
+        if (
+            not shape
+            or any(d <= 0 for d in shape)
+            or dtype not in (*INT_DTYPES, "float32", "float16", "bfloat16", "float64", "bool")
+        ):
+            raise InvalidRequest(
+                f"--example-input {spec!r}: expected SHAPE:DTYPE such as "
+                f"'1x8:int64' or '1x3x224x224:float32' (comma-separated)"
+            )
         inputs.append((shape, dtype))
     return inputs
 
@@ -101,8 +105,10 @@ def _script(module, what: str):
             return torch.jit.script(module)
     except Exception as exc:  # TorchScript's frontend raises many types
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InvalidRequest(f"torch.jit.script cannot compile {what}: {reason} "
-                             f"(use --method trace with --example-input)") from None
+        raise InvalidRequest(
+            f"torch.jit.script cannot compile {what}: {reason} "
+            f"(use --method trace with --example-input)"
+        ) from None
 
 
 def _hf_traced(model_dir: Path, method: str, example_input: str, dtype: str | None):
@@ -111,24 +117,35 @@ def _hf_traced(model_dir: Path, method: str, example_input: str, dtype: str | No
 
     model = onnx_export.load_causal_lm(model_dir, dtype)
     shape = onnx_export.model_shape(model.config)
-    facts: dict[str, Any] = {**shape, "source": "hf-model",
-                             "architecture": (model.config.architectures or [None])[0],
-                             "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    facts: dict[str, Any] = {
+        **shape,
+        "source": "hf-model",
+        "architecture": (model.config.architectures or [None])[0],
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
     if method == "trace-kv":
         module = onnx_export._make_wrapper(model)
         args = onnx_export.dummy_inputs(shape, next(model.parameters()).dtype)
         inputs, outputs = onnx_export.io_names(shape["n_layers"])
-        return _trace(module, args), {**facts, "kind": "causal-lm-kv", "input_names": inputs,
-                                      "output_names": outputs, "kv_cache": True}
+        return _trace(module, args), {
+            **facts,
+            "kind": "causal-lm-kv",
+            "input_names": inputs,
+            "output_names": outputs,
+            "kv_cache": True,
+        }
     wrapper = _logits_wrapper(model)
-    facts.update(kind="causal-lm", input_names=["input_ids"], output_names=["logits"],
-                 kv_cache=False)
+    facts.update(
+        kind="causal-lm", input_names=["input_ids"], output_names=["logits"], kv_cache=False
+    )
     if method == "script":
         return _script(wrapper, f"{model_dir.name} ({facts['architecture']})"), facts
     (ids,) = make_example_tensors(example_input, high=shape["vocab"])
     if ids.dim() != 2 or ids.dtype.is_floating_point:
-        raise InvalidRequest(f"--example-input {example_input!r}: a causal LM takes token ids "
-                             f"shaped BATCHxSEQ with an integer dtype, e.g. '1x8:int64'")
+        raise InvalidRequest(
+            f"--example-input {example_input!r}: a causal LM takes token ids "
+            f"shaped BATCHxSEQ with an integer dtype, e.g. '1x8:int64'"
+        )
     # tracing at batch 1 bakes the batch size into the graph; 2 rows keep it symbolic
     if ids.shape[0] == 1:
         ids = ids.repeat(2, 1)
@@ -144,28 +161,37 @@ def load_module_pickle(path: Path, trust: bool):
             no ``nn.Module``.
     """
     if not trust:
-        raise InvalidRequest(f"{path}: loading a whole-module pickle runs code named in the "
-                             f"file; pass --trust only if you trust its author")
+        raise InvalidRequest(
+            f"{path}: loading a whole-module pickle runs code named in the "
+            f"file; pass --trust only if you trust its author"
+        )
     torch = require("torch", purpose="load the pickled module")
     with pywarnings.catch_warnings():
         pywarnings.simplefilter("ignore")
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc:  # the pickle may need classes that are not importable here
-            raise InvalidRequest(f"{path}: cannot load the pickled module even with --trust: "
-                                 f"{str(exc).splitlines()[0][:200]}") from None
+            raise InvalidRequest(
+                f"{path}: cannot load the pickled module even with --trust: "
+                f"{str(exc).splitlines()[0][:200]}"
+            ) from None
     if not isinstance(obj, torch.nn.Module):
-        raise InvalidRequest(f"{path}: holds a {type(obj).__name__}, not an nn.Module; "
-                             f"TorchScript needs the model's code (convert weights to "
-                             f"safetensors instead)")
+        raise InvalidRequest(
+            f"{path}: holds a {type(obj).__name__}, not an nn.Module; "
+            f"TorchScript needs the model's code (convert weights to "
+            f"safetensors instead)"
+        )
     return obj.eval()
 
 
 def _module_traced(path: Path, method: str, example_input: str, trust: bool):
     module = load_module_pickle(path, trust)
-    facts: dict[str, Any] = {"source": "pytorch-module", "kind": "module",
-                             "class": f"{type(module).__module__}.{type(module).__qualname__}",
-                             "example_input": example_input or None}
+    facts: dict[str, Any] = {
+        "source": "pytorch-module",
+        "kind": "module",
+        "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "example_input": example_input or None,
+    }
     if method == "script":
         return _script(module, facts["class"]), module, facts
     if method == "trace-kv":
@@ -175,9 +201,11 @@ def _module_traced(path: Path, method: str, example_input: str, trust: bool):
         return _trace(module, inputs), module, facts
     except Exception as exc:  # a wrong input shape/dtype fails inside the model's forward
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InvalidRequest(f"{path}: tracing {facts['class']} with --example-input "
-                             f"{example_input!r} failed: {reason} (give the shape and dtype "
-                             f"its forward takes, e.g. '1x3x224x224:float32')") from None
+        raise InvalidRequest(
+            f"{path}: tracing {facts['class']} with --example-input "
+            f"{example_input!r} failed: {reason} (give the shape and dtype "
+            f"its forward takes, e.g. '1x3x224x224:float32')"
+        ) from None
 
 
 def output_paths(out: Path) -> tuple[Path, bool]:
@@ -189,9 +217,16 @@ def output_paths(out: Path) -> tuple[Path, bool]:
 
 
 @quietly
-def export_to(src: Path, pt_path: Path, *, method: str = "trace",
-              example_input: str = "1x8:int64", trust: bool = False,
-              dtype: str | None = None, side_files_to: Path | None = None):
+def export_to(
+    src: Path,
+    pt_path: Path,
+    *,
+    method: str = "trace",
+    example_input: str = "1x8:int64",
+    trust: bool = False,
+    dtype: str | None = None,
+    side_files_to: Path | None = None,
+):
     """Write the archive to ``pt_path``; returns (facts, the eager module for verification).
 
     ``side_files_to``: a folder receiving the HF source's tokenizer and config files.
@@ -205,8 +240,9 @@ def export_to(src: Path, pt_path: Path, *, method: str = "trace",
         module = None
     else:
         if dtype:
-            raise InvalidRequest("--dtype applies to Hugging Face folders; cast the module "
-                                 "before saving it")
+            raise InvalidRequest(
+                "--dtype applies to Hugging Face folders; cast the module before saving it"
+            )
         scripted, module, facts = _module_traced(src, method, example_input, trust)
     facts.update(method=method, torch=torch.__version__)
     pt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,9 +257,15 @@ def export_to(src: Path, pt_path: Path, *, method: str = "trace",
     return {**facts, "path": str(pt_path), "side_files": side}, module
 
 
-def export_torchscript(src: Path, out: Path, *, method: str = "trace",
-                       example_input: str = "1x8:int64", trust: bool = False,
-                       dtype: str | None = None) -> dict:
+def export_torchscript(
+    src: Path,
+    out: Path,
+    *,
+    method: str = "trace",
+    example_input: str = "1x8:int64",
+    trust: bool = False,
+    dtype: str | None = None,
+) -> dict:
     """Write a TorchScript archive of ``src`` (an HF causal LM folder or a module pickle).
 
     Args:
@@ -244,9 +286,15 @@ def export_torchscript(src: Path, out: Path, *, method: str = "trace",
             a model ``torch.jit.script`` cannot compile or that fails to trace.
     """
     pt_path, is_folder = output_paths(Path(out))
-    facts, _module = export_to(src, pt_path, method=method, example_input=example_input,
-                               trust=trust, dtype=dtype,
-                               side_files_to=pt_path.parent if is_folder else None)
+    facts, _module = export_to(
+        src,
+        pt_path,
+        method=method,
+        example_input=example_input,
+        trust=trust,
+        dtype=dtype,
+        side_files_to=pt_path.parent if is_folder else None,
+    )
     return facts
 
 

@@ -41,8 +41,14 @@ class ReadBack:
         self.problems: list[str] = []
         self.tolerances: dict[str, float] = {}
 
-    def compare(self, name: str, expected: np.ndarray, got: np.ndarray,
-                original: np.ndarray | None = None, atol: float | None = None) -> bool:
+    def compare(
+        self,
+        name: str,
+        expected: np.ndarray,
+        got: np.ndarray,
+        original: np.ndarray | None = None,
+        atol: float | None = None,
+    ) -> bool:
         """Compare one tensor: dtype, shape, then bytes (or within ``atol`` when given).
 
         Args:
@@ -54,8 +60,10 @@ class ReadBack:
         self.n_compared += 1
         if got.dtype != expected.dtype or tuple(got.shape) != tuple(expected.shape):
             self.mismatched.append(name)
-            self.problems.append(f"{name}: wrote {expected.dtype}{list(expected.shape)}, read "
-                                 f"back {got.dtype}{list(got.shape)}")
+            self.problems.append(
+                f"{name}: wrote {expected.dtype}{list(expected.shape)}, read "
+                f"back {got.dtype}{list(got.shape)}"
+            )
             return False
         exact = bit_equal(expected, got)
         self.n_bit_exact += exact
@@ -69,8 +77,9 @@ class ReadBack:
             self.problems.append(f"{name}: differs (max abs diff {diff:.3g})")
         return ok
 
-    def compare_rows(self, name: str, expected: np.ndarray, rows: "Rows",
-                     original: np.ndarray | None = None) -> bool:
+    def compare_rows(
+        self, name: str, expected: np.ndarray, rows: "Rows", original: np.ndarray | None = None
+    ) -> bool:
         """Like :meth:`compare`, reading the output a block of rows at a time (bounded memory).
 
         ``original`` (the values before a dtype change) is None when nothing was cast, so a
@@ -79,8 +88,10 @@ class ReadBack:
         self.n_compared += 1
         if rows.dtype != expected.dtype or tuple(rows.shape) != tuple(expected.shape):
             self.mismatched.append(name)
-            self.problems.append(f"{name}: wrote {expected.dtype}{list(expected.shape)}, read "
-                                 f"back {rows.dtype}{list(rows.shape)}")
+            self.problems.append(
+                f"{name}: wrote {expected.dtype}{list(expected.shape)}, read "
+                f"back {rows.dtype}{list(rows.shape)}"
+            )
             return False
         exact, diff = True, 0.0
         for start, stop in rows.blocks():
@@ -108,21 +119,28 @@ class ReadBack:
         """The verify dict: method, library, passed, counts, max_abs_diff, first problems."""
         passed = not (self.mismatched or self.missing or self.unexpected)
         out: dict[str, Any] = {
-            "method": self.method, "library": self.library, "passed": passed,
-            "n_compared": self.n_compared, "n_bit_exact": self.n_bit_exact,
-            "max_abs_diff": self.max_abs_diff, "n_mismatched": len(self.mismatched),
-            "missing": self.missing[:MAX_LISTED], "unexpected": self.unexpected[:MAX_LISTED],
+            "method": self.method,
+            "library": self.library,
+            "passed": passed,
+            "n_compared": self.n_compared,
+            "n_bit_exact": self.n_bit_exact,
+            "max_abs_diff": self.max_abs_diff,
+            "n_mismatched": len(self.mismatched),
+            "missing": self.missing[:MAX_LISTED],
+            "unexpected": self.unexpected[:MAX_LISTED],
         }
         if self.tolerances:
             out["max_tolerance"] = max(self.tolerances.values())
         if not passed:
             reasons = self.problems[:3]
             if self.missing:
-                reasons.append(f"{len(self.missing)} tensor(s) missing from the output, "
-                               f"e.g. {self.missing[0]}")
+                reasons.append(
+                    f"{len(self.missing)} tensor(s) missing from the output, e.g. {self.missing[0]}"
+                )
             if self.unexpected:
-                reasons.append(f"{len(self.unexpected)} unexpected tensor(s), "
-                               f"e.g. {self.unexpected[0]}")
+                reasons.append(
+                    f"{len(self.unexpected)} unexpected tensor(s), e.g. {self.unexpected[0]}"
+                )
             out["reason"] = "; ".join(reasons)
         return out
 
@@ -145,8 +163,8 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     flat_a, flat_b = a.reshape(-1), b.reshape(-1)
     worst = 0.0
     for start in range(0, flat_a.size, CHUNK):
-        x = flat_a[start:start + CHUNK].astype(np.float64)
-        y = flat_b[start:start + CHUNK].astype(np.float64)
+        x = flat_a[start : start + CHUNK].astype(np.float64)
+        y = flat_b[start : start + CHUNK].astype(np.float64)
         both_nan = np.isnan(x) & np.isnan(y)
         same_inf = np.isinf(x) & (x == y)
         d = np.abs(x - y)
@@ -162,14 +180,17 @@ def _numeric(dtype: np.dtype) -> bool:
 
 # ---- reference readers ------------------------------------------------------------------------
 
+
 def torch_to_numpy(tensor) -> np.ndarray:
     """A numpy array of a CPU torch tensor; bfloat16/float8 through their bits and ml_dtypes."""
     import torch
 
     tensor = tensor.detach()
-    special = {torch.bfloat16: ("bfloat16", torch.int16),
-               getattr(torch, "float8_e4m3fn", None): ("float8_e4m3fn", torch.uint8),
-               getattr(torch, "float8_e5m2", None): ("float8_e5m2", torch.uint8)}
+    special = {
+        torch.bfloat16: ("bfloat16", torch.int16),
+        getattr(torch, "float8_e4m3fn", None): ("float8_e4m3fn", torch.uint8),
+        getattr(torch, "float8_e5m2", None): ("float8_e5m2", torch.uint8),
+    }
     if tensor.dtype in special and tensor.dtype is not None:
         name, carrier = special[tensor.dtype]
         return tensor.contiguous().view(carrier).numpy().view(dtypes.to_numpy(name))
@@ -204,8 +225,15 @@ class Rows:
 
     BLOCK_BYTES = 8 * 1024 * 1024
 
-    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype,
-                 framework: str, handles: "_Handles | None" = None):
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        framework: str,
+        handles: "_Handles | None" = None,
+    ):
         self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
         self._framework = framework
         self._handles = handles
@@ -224,8 +252,7 @@ class Rows:
         if self._handles is not None:
             fh = self._handles.get(self._framework)
             value = self._get(fh, start, stop)
-            self._handles.count(self._framework, value.nbytes if hasattr(value, "nbytes")
-                                else 0)
+            self._handles.count(self._framework, value.nbytes if hasattr(value, "nbytes") else 0)
             return value
         from safetensors import safe_open
 
@@ -309,8 +336,11 @@ def open_safetensors_rows(path: Path) -> Iterator[Callable[[str], Rows]]:
             code = sl.get_dtype()
             # numpy is enough for most dtypes, and importing torch costs ~200 MB of RSS
             framework = "pt" if code in _NEEDS_TORCH and available("torch") else "np"
-            meta[name] = (tuple(int(d) for d in sl.get_shape()),
-                          dtypes.to_numpy(dtypes.from_safetensors(code)), framework)
+            meta[name] = (
+                tuple(int(d) for d in sl.get_shape()),
+                dtypes.to_numpy(dtypes.from_safetensors(code)),
+                framework,
+            )
     handles = _Handles(path)
     try:
         yield lambda name: Rows(path, name, *meta[name], handles=handles)

@@ -23,8 +23,7 @@ from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import InvalidRequest
 from .base import ConvertOptions, StepReport, Timer
-from .verify import (ReadBack, load_torch, open_safetensors_rows, safetensors_names,
-                     torch_to_numpy)
+from .verify import ReadBack, load_torch, open_safetensors_rows, safetensors_names, torch_to_numpy
 
 ALIASES_KEY = "keishiki.aliases"
 FLOATING = {"float64", "float32", "float16", "bfloat16"}
@@ -53,6 +52,7 @@ class SourceTensors:
 
 
 # ---- reading the source -------------------------------------------------------------------
+
 
 def read_model(src: Path) -> ModelInfo:
     """The source's ModelInfo from keishiki's reader (identify + read; no scan)."""
@@ -86,26 +86,38 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
         byteorder = str(info.details.get("pytorch", {}).get("byteorder", "little"))
         tensors = [_direct(src, t, byteorder) for t in tensors]
     if not tensors:
-        what = (f"only the transient state of Lua nn modules ({', '.join(dropped[:3])}), which "
-                f"a PyTorch module does not hold" if dropped else
-                f"no tensors to convert ({info.format}{', ' + kind if kind else ''})")
+        what = (
+            f"only the transient state of Lua nn modules ({', '.join(dropped[:3])}), which "
+            f"a PyTorch module does not hold"
+            if dropped
+            else f"no tensors to convert ({info.format}{', ' + kind if kind else ''})"
+        )
         raise InvalidRequest(f"{src}: holds {what}; keishiki info shows what it holds")
     tensors = _select_key(tensors, opts.key, src, checkpoint="checkpoint" in kind)
     unique, aliases = _dedupe(tensors)
     metadata = dict(info.metadata) if info.format == "safetensors" else {}
     aliases.update(_recorded_aliases(metadata))
     mapped = {t.name: Path(src) for t in unique} if info.format == "safetensors" else {}
-    spans = {t.name: (Path(src), t.info.data_offset) for t in unique
-             if info.format == "safetensors" and t.info.data_offset is not None and not t.info.file}
-    spans.update({t.name: (Path(src), t.info.data_offset) for t in unique
-                  if getattr(t.load, "direct", False)})
+    spans = {
+        t.name: (Path(src), t.info.data_offset)
+        for t in unique
+        if info.format == "safetensors" and t.info.data_offset is not None and not t.info.file
+    }
+    spans.update(
+        {
+            t.name: (Path(src), t.info.data_offset)
+            for t in unique
+            if getattr(t.load, "direct", False)
+        }
+    )
     warnings = list(info.warnings)
     if dropped:
-        warnings.append(f"left out {len(dropped)} tensors the PyTorch module does not hold "
-                        f"(gradients, activations, workspaces of Lua nn): "
-                        f"{', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}")
-    return SourceTensors(unique, aliases, metadata, warnings, info.format, mapped, spans,
-                         dropped)
+        warnings.append(
+            f"left out {len(dropped)} tensors the PyTorch module does not hold "
+            f"(gradients, activations, workspaces of Lua nn): "
+            f"{', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}"
+        )
+    return SourceTensors(unique, aliases, metadata, warnings, info.format, mapped, spans, dropped)
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
@@ -121,8 +133,13 @@ def _direct(src: Path, lazy: LazyTensor, byteorder: str) -> LazyTensor:
     array (one copy, no temporary buffer); anything else goes through the reader's loader."""
     info = lazy.info
     stride = (info.extra or {}).get("stride")
-    if (info.data_offset is None or byteorder != "little" or stride is None or info.nbytes == 0
-            or list(stride) != _contiguous_strides(tuple(info.shape))):
+    if (
+        info.data_offset is None
+        or byteorder != "little"
+        or stride is None
+        or info.nbytes == 0
+        or list(stride) != _contiguous_strides(tuple(info.shape))
+    ):
         return lazy
     try:
         dtype = dtypes.to_numpy(info.dtype)
@@ -143,21 +160,29 @@ def _direct(src: Path, lazy: LazyTensor, byteorder: str) -> LazyTensor:
     return LazyTensor(info, load)
 
 
-def _select_key(tensors: list[LazyTensor], key: str | None, src: Path,
-                checkpoint: bool) -> list[LazyTensor]:
+def _select_key(
+    tensors: list[LazyTensor], key: str | None, src: Path, checkpoint: bool
+) -> list[LazyTensor]:
     if key is None:
         if checkpoint:
             tops = sorted({t.name.split(".", 1)[0] for t in tensors})
-            raise InvalidRequest(f"{src}: a training checkpoint, not a state_dict: pass --key "
-                                 f"with the entry holding the weights (one of: {', '.join(tops)})")
+            raise InvalidRequest(
+                f"{src}: a training checkpoint, not a state_dict: pass --key "
+                f"with the entry holding the weights (one of: {', '.join(tops)})"
+            )
         return tensors
     prefix = key.rstrip(".") + "."
-    picked = [LazyTensor(replace(t.info, name=t.name[len(prefix):]), t.load)
-              for t in tensors if t.name.startswith(prefix)]
+    picked = [
+        LazyTensor(replace(t.info, name=t.name[len(prefix) :]), t.load)
+        for t in tensors
+        if t.name.startswith(prefix)
+    ]
     if not picked:
         tops = sorted({t.name.split(".", 1)[0] for t in tensors})
-        raise InvalidRequest(f"{src}: --key {key!r} holds no tensors (entries with tensors: "
-                             f"{', '.join(tops) or 'none'})")
+        raise InvalidRequest(
+            f"{src}: --key {key!r} holds no tensors (entries with tensors: "
+            f"{', '.join(tops) or 'none'})"
+        )
     return picked
 
 
@@ -169,8 +194,14 @@ def _tie_key(info: TensorInfo) -> tuple | None:
         return None
     offset = next((extra[k] for k in ("storage_offset", "offset") if k in extra), 0)
     stride = extra.get("stride")
-    return (info.file, str(storage), offset, tuple(info.shape),
-            tuple(stride) if stride is not None else None, info.dtype)
+    return (
+        info.file,
+        str(storage),
+        offset,
+        tuple(info.shape),
+        tuple(stride) if stride is not None else None,
+        info.dtype,
+    )
 
 
 def _dedupe(tensors: list[LazyTensor]) -> tuple[list[LazyTensor], dict[str, str]]:
@@ -215,9 +246,11 @@ def _torch_fallback(src: Path, opts: ConvertOptions) -> SourceTensors:
 
 def _trusted_module(src: Path, info: ModelInfo, opts: ConvertOptions) -> SourceTensors:
     if not opts.trust:
-        raise InvalidRequest(f"{src}: a whole pickled nn.Module: naming its weights needs its "
-                             f"class code; pass --trust to load it with weights_only=False "
-                             f"(this RUNS code from the file), or save model.state_dict() instead")
+        raise InvalidRequest(
+            f"{src}: a whole pickled nn.Module: naming its weights needs its "
+            f"class code; pass --trust to load it with weights_only=False "
+            f"(this RUNS code from the file), or save model.state_dict() instead"
+        )
     torch = _torch()
     obj = torch.load(str(src), map_location="cpu", weights_only=False)
     if hasattr(obj, "state_dict"):
@@ -248,10 +281,17 @@ def torch_lazy(name: str, tensor) -> LazyTensor:
     """A LazyTensor over an in-memory (or mmap'd) torch tensor, tie key in ``extra``."""
     dtype = dtypes.from_torch_dtype(str(tensor.dtype).removeprefix("torch.")) or str(tensor.dtype)
     storage = tensor.untyped_storage()
-    info = TensorInfo(name, dtype, tuple(tensor.shape), tensor.numel() * tensor.element_size(),
-                      extra={"storage_key": storage.data_ptr(),
-                             "storage_offset": tensor.storage_offset(),
-                             "stride": list(tensor.stride())})
+    info = TensorInfo(
+        name,
+        dtype,
+        tuple(tensor.shape),
+        tensor.numel() * tensor.element_size(),
+        extra={
+            "storage_key": storage.data_ptr(),
+            "storage_offset": tensor.storage_offset(),
+            "stride": list(tensor.stride()),
+        },
+    )
     return LazyTensor(info, lambda t=tensor: torch_to_numpy(t.contiguous()))
 
 
@@ -262,6 +302,7 @@ def _torch():
 
 
 # ---- casting ------------------------------------------------------------------------------
+
 
 def cast_info(info: TensorInfo, dtype: str | None) -> TensorInfo:
     """The TensorInfo after ``--dtype`` (only floating tensors change)."""
@@ -284,14 +325,18 @@ def cast_array(arr: np.ndarray, dtype: str | None) -> np.ndarray:
 
 def output_tensors(st: SourceTensors, dtype: str | None) -> list[LazyTensor]:
     """LazyTensors describing what is written: cast info, cast on load."""
-    return [LazyTensor(cast_info(t.info, dtype), (lambda t=t: cast_array(t.load(), dtype)))
-            for t in st.tensors]
+    return [
+        LazyTensor(cast_info(t.info, dtype), (lambda t=t: cast_array(t.load(), dtype)))
+        for t in st.tensors
+    ]
 
 
 # ---- → safetensors ------------------------------------------------------------------------
 
-def write_safetensors(path: Path, st: SourceTensors, opts: ConvertOptions,
-                      advance: Callable | None = None) -> int:
+
+def write_safetensors(
+    path: Path, st: SourceTensors, opts: ConvertOptions, advance: Callable | None = None
+) -> int:
     """Stream ``st`` into one safetensors file at ``path``; returns bytes written."""
     from ..formats import safetensors as st_format
 
@@ -315,8 +360,10 @@ def write_safetensors(path: Path, st: SourceTensors, opts: ConvertOptions,
             if arr.dtype.byteorder == ">":
                 arr = arr.astype(arr.dtype.newbyteorder("<"))
             if arr.nbytes != lazy.info.nbytes or tuple(arr.shape) != tuple(lazy.info.shape):
-                raise ValueError(f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)} but the "
-                                 f"header says {lazy.info.dtype}{list(lazy.info.shape)}")
+                raise ValueError(
+                    f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)} but the "
+                    f"header says {lazy.info.dtype}{list(lazy.info.shape)}"
+                )
             # write the array's own buffer: no bytes copy of a possibly huge tensor
             _write_all(fh, memoryview(arr.reshape(-1).view(np.uint8)))
             del arr
@@ -352,8 +399,9 @@ def _copy_span(fh, sources: dict, span: tuple[Path, int], nbytes: int) -> bool:
     try:
         while done < nbytes:
             at = fh.tell()
-            n = os.copy_file_range(src_fd, dst_fd, min(WRITEBACK_CHUNK, nbytes - done),
-                                   offset + done)
+            n = os.copy_file_range(
+                src_fd, dst_fd, min(WRITEBACK_CHUNK, nbytes - done), offset + done
+            )
             if n == 0:
                 raise OSError("copy_file_range copied nothing (short source)")
             start_writeback(dst_fd, at, n)
@@ -373,8 +421,9 @@ def _copy_span(fh, sources: dict, span: tuple[Path, int], nbytes: int) -> bool:
     return True
 
 
-def verify_safetensors(path: Path, st: SourceTensors, dtype: str | None,
-                       rename: Callable[[str], str] = str) -> dict:
+def verify_safetensors(
+    path: Path, st: SourceTensors, dtype: str | None, rename: Callable[[str], str] = str
+) -> dict:
     """Read ``path`` back with safetensors.safe_open and compare every tensor with the source."""
     rb = ReadBack(library="safetensors.safe_open")
     names, metadata = safetensors_names(path)
@@ -392,8 +441,9 @@ def verify_safetensors(path: Path, st: SourceTensors, dtype: str | None,
         for t, name in todo:
             original = t.load()
             expected = cast_array(original, dtype)
-            rb.compare_rows(name, expected, get_rows(name),
-                            original=None if expected is original else original)
+            rb.compare_rows(
+                name, expected, get_rows(name), original=None if expected is original else original
+            )
             del original, expected
     rb.unexpected.extend(sorted(present - expected_names))
     recorded = json.loads(metadata.get(ALIASES_KEY, "{}"))
@@ -408,9 +458,13 @@ def verify_safetensors(path: Path, st: SourceTensors, dtype: str | None,
 def to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``X -> safetensors`` for any format whose reader loads tensor data."""
     st = source_tensors(src, opts)
-    report = StepReport(edge=f"{st.format} -> safetensors", src=str(src), out=str(out),
-                        warnings=list(st.warnings))
-    with Timer() as timer, progress(st.nbytes, "-> safetensors", opts.quiet, unit_bytes=True) as adv:
+    report = StepReport(
+        edge=f"{st.format} -> safetensors", src=str(src), out=str(out), warnings=list(st.warnings)
+    )
+    with (
+        Timer() as timer,
+        progress(st.nbytes, "-> safetensors", opts.quiet, unit_bytes=True) as adv,
+    ):
         report.bytes_written = write_safetensors(out, st, opts, adv)
     report.n_tensors = len(st.tensors)
     if st.aliases:
@@ -424,6 +478,7 @@ def to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
 
 # ---- → pytorch ----------------------------------------------------------------------------
+
 
 def torch_tensors(st: SourceTensors, dtype: str | None) -> dict[str, object]:
     """{name: torch tensor} for torch.save, ties restored.
@@ -442,7 +497,7 @@ def torch_tensors(st: SourceTensors, dtype: str | None) -> dict[str, object]:
         if path is not None and t.info.data_offset is not None and t.info.nbytes:
             if path not in maps:
                 maps[path] = np.memmap(path, dtype=np.uint8, mode="c")
-            raw = maps[path][t.info.data_offset:t.info.data_offset + t.info.nbytes]
+            raw = maps[path][t.info.data_offset : t.info.data_offset + t.info.nbytes]
             tensor = _bytes_to_torch(torch, raw, t.info)
             if dtype is not None and t.info.dtype in FLOATING:
                 tensor = tensor.to(getattr(torch, dtype))
@@ -477,8 +532,13 @@ def numpy_to_torch(arr: np.ndarray):
     return torch.from_numpy(arr)
 
 
-def verify_pytorch(path: Path, st: SourceTensors, dtype: str | None,
-                   rename: Callable[[str], str] = str, loaded: dict | None = None) -> dict:
+def verify_pytorch(
+    path: Path,
+    st: SourceTensors,
+    dtype: str | None,
+    rename: Callable[[str], str] = str,
+    loaded: dict | None = None,
+) -> dict:
     """Read ``path`` back with torch.load(weights_only=True, mmap=True) and compare."""
     rb = ReadBack(library="torch.load(weights_only=True, mmap=True)")
     state = loaded if loaded is not None else load_torch(path)
@@ -490,8 +550,9 @@ def verify_pytorch(path: Path, st: SourceTensors, dtype: str | None,
             rb.missing.append(name)
             continue
         original = t.load()
-        rb.compare(name, cast_array(original, dtype), torch_to_numpy(state[name]),
-                   original=original)
+        rb.compare(
+            name, cast_array(original, dtype), torch_to_numpy(state[name]), original=original
+        )
     for alias, target in st.aliases.items():
         a, b = state.get(rename(alias)), state.get(rename(target))
         expected_names.add(rename(alias))
@@ -504,16 +565,20 @@ def verify_pytorch(path: Path, st: SourceTensors, dtype: str | None,
 
 
 def _same_memory(a, b) -> bool:
-    return (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-            and a.storage_offset() == b.storage_offset() and a.shape == b.shape)
+    return (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.shape == b.shape
+    )
 
 
 def to_pytorch(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``X -> pytorch``: a torch.save zip state_dict (ties restored from the aliases)."""
     torch = _torch()
     st = source_tensors(src, opts)
-    report = StepReport(edge=f"{st.format} -> pytorch", src=str(src), out=str(out),
-                        warnings=list(st.warnings))
+    report = StepReport(
+        edge=f"{st.format} -> pytorch", src=str(src), out=str(out), warnings=list(st.warnings)
+    )
     with Timer() as timer, progress(None, "-> pytorch", opts.quiet):
         state = torch_tensors(st, opts.dtype)
         torch.save(state, str(out))

@@ -18,8 +18,20 @@ from typing import Any
 from .findings import FileReport, Finding, ScanReport
 
 # formats whose files can carry code or pickles (keishiki info shows their verdict)
-CODE_BEARING = frozenset({"pytorch", "pickle", "torchscript", "torch-export", "keras",
-                          "keras-h5", "hf-model", "numpy", "onnx", "gguf"})
+CODE_BEARING = frozenset(
+    {
+        "pytorch",
+        "pickle",
+        "torchscript",
+        "torch-export",
+        "keras",
+        "keras-h5",
+        "hf-model",
+        "numpy",
+        "onnx",
+        "gguf",
+    }
+)
 _CACHE: dict[tuple, ScanReport] = {}
 
 
@@ -64,8 +76,11 @@ def cached_scan(path: Path) -> ScanReport:
     """
     try:
         st = path.stat()
-        key = None if path.is_dir() else (str(path.resolve()), st.st_ino, st.st_size,
-                                            st.st_mtime_ns, st.st_ctime_ns)
+        key = (
+            None
+            if path.is_dir()
+            else (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        )
     except OSError:
         key = None
     if key is not None and key in _CACHE:
@@ -97,15 +112,24 @@ def summary_for(src: Any, info: Any) -> dict | None:
     try:
         report = cached_scan(Path(src.path))
     except Exception as exc:  # info must work on any file: a scan failure is shown, not raised
-        return {"verdict": "error", "findings": 0, "dangerous": [], "unknown": [],
-                "errors": [f"{type(exc).__name__}: {exc}"]}
+        return {
+            "verdict": "error",
+            "findings": 0,
+            "dangerous": [],
+            "unknown": [],
+            "errors": [f"{type(exc).__name__}: {exc}"],
+        }
     unsafe = [f for f in report.findings if f.severity != "safe"]
-    out = {"verdict": report.verdict, "findings": len(unsafe),
-           "dangerous": report.globals_by_severity("dangerous"),
-           "unknown": report.globals_by_severity("unknown")}
+    out = {
+        "verdict": report.verdict,
+        "findings": len(unsafe),
+        "dangerous": report.globals_by_severity("dangerous"),
+        "unknown": report.globals_by_severity("unknown"),
+    }
     errors = [e for fr in report.files for e in fr.errors]
     if errors:
         out["errors"] = errors[:5]
     return out
+
 
 __all__ = ["scan", "summary_for", "ScanReport", "FileReport", "Finding", "CODE_BEARING"]

@@ -25,7 +25,7 @@ from typing import BinaryIO
 from ..core.source import BOMB_MIN_BYTES, MAX_RATIO, ZIP_ERRORS
 from . import miniz
 
-MEMBER_LIMIT = 256 * 1024 * 1024   # bytes one member may expand to before it is refused
+MEMBER_LIMIT = 256 * 1024 * 1024  # bytes one member may expand to before it is refused
 MAX_MEMBERS = 100_000
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -39,22 +39,22 @@ class Member:
     """One archive member: its name, sizes, and how to read it."""
 
     name: str
-    size: int             # declared expanded size
+    size: int  # declared expanded size
     compressed: int
     method: int
     header_offset: int
     is_dir: bool = False
     is_link: bool = False
-    raw_name: bytes = b""    # the name's bytes as stored (miniz compares these)
-    seen_by: str = ""        # which directory lists it: "miniz", "zipfile" or both
+    raw_name: bytes = b""  # the name's bytes as stored (miniz compares these)
+    seen_by: str = ""  # which directory lists it: "miniz", "zipfile" or both
 
 
 @dataclass
 class ZipListing:
     """A zip's members as miniz (torch) and ``zipfile`` (numpy, Keras) list them."""
 
-    members: list[Member]            # the union, each local entry once, miniz's order first
-    miniz: list[Member] | None       # miniz's directory in its order (None: miniz refuses)
+    members: list[Member]  # the union, each local entry once, miniz's order first
+    miniz: list[Member] | None  # miniz's directory in its order (None: miniz refuses)
     miniz_error: str = ""
     zipfile_error: str = ""
 
@@ -78,17 +78,37 @@ def _zipfile_members(fp: BinaryIO) -> list[Member]:
         raise ArchiveError(f"{len(infos)} members (limit {MAX_MEMBERS})")
     # ZipInfo.is_dir() indexes filename[-1]: an empty member name (a damaged directory)
     # must not raise IndexError
-    return [Member(i.filename, i.file_size, i.compress_size, i.compress_type, i.header_offset,
-                   i.filename.endswith("/"), raw_name=i.orig_filename.encode("utf-8",
-                                                                          "surrogateescape"),
-                   seen_by="zipfile") for i in infos]
+    return [
+        Member(
+            i.filename,
+            i.file_size,
+            i.compress_size,
+            i.compress_type,
+            i.header_offset,
+            i.filename.endswith("/"),
+            raw_name=i.orig_filename.encode("utf-8", "surrogateescape"),
+            seen_by="zipfile",
+        )
+        for i in infos
+    ]
 
 
 def _miniz_members(fp: BinaryIO) -> list[Member]:
     fp.seek(0, 2)
     entries = miniz.entries(fp, fp.tell())
-    return [Member(e.name, e.size, e.compressed, e.method, e.header_offset, e.name.endswith("/"),
-                   raw_name=e.raw_name, seen_by="miniz") for e in entries]
+    return [
+        Member(
+            e.name,
+            e.size,
+            e.compressed,
+            e.method,
+            e.header_offset,
+            e.name.endswith("/"),
+            raw_name=e.raw_name,
+            seen_by="miniz",
+        )
+        for e in entries
+    ]
 
 
 def list_zip(fp: BinaryIO) -> ZipListing:
@@ -114,8 +134,9 @@ def list_zip(fp: BinaryIO) -> ZipListing:
     for m in (mz or []) + zf:
         key = (m.header_offset, m.compressed, m.size, m.method)
         if key in union:
-            union[key].seen_by = "miniz+zipfile" if union[key].seen_by != m.seen_by \
-                else union[key].seen_by
+            union[key].seen_by = (
+                "miniz+zipfile" if union[key].seen_by != m.seen_by else union[key].seen_by
+            )
         else:
             union[key] = copy.copy(m)  # (dataclasses.replace runs __init__: 10x slower)
     return ZipListing(list(union.values()), mz, mz_error, zf_error)
@@ -139,42 +160,51 @@ def read_zip_member(fp: BinaryIO, member: Member, limit: int = MEMBER_LIMIT) -> 
         ArchiveError: bad local header, unsupported compression, damaged or oversized data.
     """
     if member.size > limit:
-        raise ArchiveError(f"member {member.name!r} expands to {member.size:,} bytes "
-                           f"(limit {limit:,}; zip bomb?)")
-    if member.compressed and member.size / max(member.compressed, 1) > MAX_RATIO \
-            and member.size > BOMB_MIN_BYTES:
-        raise ArchiveError(f"member {member.name!r} expands {member.size // member.compressed}x "
-                           f"({member.size:,} bytes): zip bomb")
+        raise ArchiveError(
+            f"member {member.name!r} expands to {member.size:,} bytes (limit {limit:,}; zip bomb?)"
+        )
+    if (
+        member.compressed
+        and member.size / max(member.compressed, 1) > MAX_RATIO
+        and member.size > BOMB_MIN_BYTES
+    ):
+        raise ArchiveError(
+            f"member {member.name!r} expands {member.size // member.compressed}x "
+            f"({member.size:,} bytes): zip bomb"
+        )
     try:
         fp.seek(member.header_offset)
         header = fp.read(30)
         if len(header) < 30 or header[:4] != b"PK\x03\x04":
-            raise ArchiveError(f"member {member.name!r}: no local header at byte "
-                               f"{member.header_offset}")
+            raise ArchiveError(
+                f"member {member.name!r}: no local header at byte {member.header_offset}"
+            )
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         fp.seek(member.header_offset + 30 + name_len + extra_len)
         # a stored member: zipfile reads its compressed size, miniz (torch) its expanded size,
         # which a crafted directory can make differ: read both
-        stored_len = max(member.compressed, member.size) if member.method == 0 else \
-            member.compressed
+        stored_len = (
+            max(member.compressed, member.size) if member.method == 0 else member.compressed
+        )
         raw = fp.read(min(stored_len, limit * 2 + 1024))
     except (OSError, ValueError) as exc:
         raise ArchiveError(f"member {member.name!r} unreadable: {exc}") from None
     if member.method == zipfile.ZIP_STORED:
-        return raw[:limit + 1]
+        return raw[: limit + 1]
     if member.method == zipfile.ZIP_DEFLATED:
         try:
             out = zlib.decompressobj(-15).decompress(raw, limit + 1)
         except zlib.error as exc:
             raise ArchiveError(f"member {member.name!r}: damaged deflate data: {exc}") from None
         if len(out) > limit:
-            raise ArchiveError(f"member {member.name!r} expands beyond {limit:,} bytes "
-                               "(zip bomb?)")
+            raise ArchiveError(f"member {member.name!r} expands beyond {limit:,} bytes (zip bomb?)")
         return out
     if member.method in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
         return _expand_other(raw, member, limit)
-    raise ArchiveError(f"member {member.name!r}: compression method {member.method} is read "
-                       "neither by torch nor by zipfile")
+    raise ArchiveError(
+        f"member {member.name!r}: compression method {member.method} is read "
+        "neither by torch nor by zipfile"
+    )
 
 
 def _expand_other(raw: bytes, member: Member, limit: int) -> bytes:
@@ -188,9 +218,10 @@ def _expand_other(raw: bytes, member: Member, limit: int) -> bytes:
             out = bz2.BZ2Decompressor().decompress(raw, limit + 1)
         else:  # zipfile's LZMA: 2-byte version, 2-byte properties size, properties, raw LZMA1
             (psize,) = struct.unpack("<H", raw[2:4])
-            filt = lzma._decode_filter_properties(lzma.FILTER_LZMA1, raw[4:4 + psize])
+            filt = lzma._decode_filter_properties(lzma.FILTER_LZMA1, raw[4 : 4 + psize])
             out = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[filt]).decompress(
-                raw[4 + psize:], limit + 1)
+                raw[4 + psize :], limit + 1
+            )
     except (OSError, ValueError, EOFError, lzma.LZMAError, struct.error) as exc:
         raise ArchiveError(f"member {member.name!r}: damaged compressed data: {exc}") from None
     if len(out) > limit:

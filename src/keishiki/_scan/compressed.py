@@ -10,11 +10,18 @@ import lzma
 import zlib
 
 MAX_OUT = 256 << 20  # the limit archive members have too
-PROBE = 1 << 16      # decompressed bytes looked at before deciding to go on
+PROBE = 1 << 16  # decompressed bytes looked at before deciding to go on
 
 # joblib's registry order: its "compat" format (ZF) first, then zlib, gzip, bz2, lzma, xz, lz4
-_PREFIXES = ((b"ZF", "compat"), (b"x", "zlib"), (b"\x1f\x8b", "gzip"), (b"BZ", "bz2"),
-             (b"]\x00", "lzma"), (b"\xfd7zXZ", "xz"), (b'\x04"M\x18', "lz4"))
+_PREFIXES = (
+    (b"ZF", "compat"),
+    (b"x", "zlib"),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZ", "bz2"),
+    (b"]\x00", "lzma"),
+    (b"\xfd7zXZ", "xz"),
+    (b'\x04"M\x18', "lz4"),
+)
 
 
 class Undecodable(Exception):
@@ -52,7 +59,7 @@ def decompress(data, kind: str, limit: int = MAX_OUT, partial: bool = False) -> 
         OverflowError: more than ``limit`` bytes come out (a bomb, or too big to judge).
     """
     try:
-        out = _decompressor(kind).decompress(data, limit + 1)[:limit + (not partial)]
+        out = _decompressor(kind).decompress(data, limit + 1)[: limit + (not partial)]
     except (zlib.error, OSError, lzma.LZMAError, EOFError, ValueError) as exc:
         raise Undecodable(f"{kind}: {exc}") from None
     if len(out) > limit and not partial:

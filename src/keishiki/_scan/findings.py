@@ -51,9 +51,15 @@ class Finding:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "member": self.member, "offset": self.offset,
-                "opcode": self.opcode, "global": self.global_, "severity": self.severity,
-                "reason": self.reason}
+        return {
+            "file": self.file,
+            "member": self.member,
+            "offset": self.offset,
+            "opcode": self.opcode,
+            "global": self.global_,
+            "severity": self.severity,
+            "reason": self.reason,
+        }
 
     @property
     def where(self) -> str:
@@ -86,9 +92,15 @@ class FileReport:
 
     def to_dict(self, include_safe: bool = True) -> dict[str, Any]:
         findings = [f.to_dict() for f in self.findings if include_safe or f.severity != "safe"]
-        return {"path": self.path, "kind": self.kind, "verdict": self.verdict,
-                "findings": findings, "errors": list(self.errors), "scanned": list(self.scanned),
-                "skipped": self.skipped or None}
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "findings": findings,
+            "errors": list(self.errors),
+            "scanned": list(self.scanned),
+            "skipped": self.skipped or None,
+        }
 
 
 @dataclass
@@ -126,5 +138,8 @@ class ScanReport:
 
     def to_dict(self, include_safe: bool = True) -> dict[str, Any]:
         counts = {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}
-        return {"verdict": self.verdict, "counts": counts,
-                "files": [fr.to_dict(include_safe) for fr in self.files]}
+        return {
+            "verdict": self.verdict,
+            "counts": counts,
+            "files": [fr.to_dict(include_safe) for fr in self.files],
+        }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 MAX_DTYPE_DEPTH = 16
 
 
@@ -36,12 +35,19 @@ def _real_dtype(stand_in: Any, depth: int) -> Any:
     if depth > MAX_DTYPE_DEPTH:
         raise ValueError("joblib array dtype nested too deeply")
     call = getattr(stand_in, "call", None)
-    if call is None or call.callee is None or not call.args or \
-            call.callee.qualname not in ("numpy.dtype", "numpy.core.multiarray.dtype"):
+    if (
+        call is None
+        or call.callee is None
+        or not call.args
+        or call.callee.qualname not in ("numpy.dtype", "numpy.core.multiarray.dtype")
+    ):
         raise ValueError("joblib array wrapper without a numpy dtype")
     spec, *flags = call.args
-    if not isinstance(spec, str) or len(spec) > 32 or not all(isinstance(f, bool)
-                                                              for f in flags[:2]):
+    if (
+        not isinstance(spec, str)
+        or len(spec) > 32
+        or not all(isinstance(f, bool) for f in flags[:2])
+    ):
         raise ValueError(f"joblib array dtype {spec!r} is not a dtype string")
     try:
         dtype = np.dtype(spec, *flags[:2])

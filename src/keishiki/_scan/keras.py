@@ -35,8 +35,7 @@ KERAS_PACKAGES = frozenset({"keras", "tf_keras", "keras_hub", "keras_cv", "keras
 _TF_KERAS = ("tensorflow.keras", "tensorflow.python.keras")
 # Keras names that reach files, the network, other models or safe mode itself
 _KERAS_GADGETS = {
-    "enable_unsafe_deserialization": "turns safe_mode off for the rest of the load "
-                                     "(CVE-2025-9906)",
+    "enable_unsafe_deserialization": "turns safe_mode off for the rest of the load (CVE-2025-9906)",
     "get_file": "downloads and writes files when the config is deserialized (CVE-2025-8747)",
     "load_model": "loads another model file (and whatever code it carries)",
     "load_weights": "reads another file",
@@ -47,13 +46,33 @@ _KERAS_GADGETS = {
     "audio_dataset_from_directory": "reads local files",
     "load_img": "reads a local file",
 }
-_GADGET_MODULES = ("keras.src.utils.file_utils", "keras.src.saving", "keras.saving",
-                   "keras.src.utils.python_utils", "keras.utils.file_utils")
+_GADGET_MODULES = (
+    "keras.src.utils.file_utils",
+    "keras.src.saving",
+    "keras.saving",
+    "keras.src.utils.python_utils",
+    "keras.utils.file_utils",
+)
 _VOCAB_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization"})
 # TF symbols a TFOpLambda may name that touch files, run Python or print
-_TF_DANGEROUS = ("io.", "gfile.", "py_function", "numpy_function", "compat.v1.py_func",
-                 "raw_ops.", "saved_model.", "summary.", "print", "debugging.", "data.",
-                 "keras.", "load_op_library", "load_library", "compat.v1.gfile", "compat.v1.io")
+_TF_DANGEROUS = (
+    "io.",
+    "gfile.",
+    "py_function",
+    "numpy_function",
+    "compat.v1.py_func",
+    "raw_ops.",
+    "saved_model.",
+    "summary.",
+    "print",
+    "debugging.",
+    "data.",
+    "keras.",
+    "load_op_library",
+    "load_library",
+    "compat.v1.gfile",
+    "compat.v1.io",
+)
 
 
 def _nodes(value: Any) -> Iterator[dict]:
@@ -97,17 +116,33 @@ def _judge(d: dict) -> list[tuple[str, str, str]]:
     found = _code(d, cls, inner, names)
     if isinstance(module, str) and module:
         found += _module(module, cls, inner)
-    elif isinstance(registered, str) and ">" in registered \
-            and registered.split(">", 1)[0].split(".")[0] not in KERAS_PACKAGES:
-        found.append(("unknown", registered,
-                      f"custom registered object {registered}: loading needs its package's code"))
+    elif (
+        isinstance(registered, str)
+        and ">" in registered
+        and registered.split(">", 1)[0].split(".")[0] not in KERAS_PACKAGES
+    ):
+        found.append(
+            (
+                "unknown",
+                registered,
+                f"custom registered object {registered}: loading needs its package's code",
+            )
+        )
     for name in names & set(_KERAS_GADGETS):
         found.append(("dangerous", name, f"Keras config names {name}: {_KERAS_GADGETS[name]}"))
-    if _last(cls) in _VOCAB_LAYERS and isinstance(inner, dict) \
-            and isinstance(inner.get("vocabulary"), str):
-        found.append(("dangerous", f"{_last(cls)}.vocabulary",
-                      f"vocabulary is the path {inner['vocabulary'][:80]!r}: Keras reads that "
-                      "file when it builds the layer"))
+    if (
+        _last(cls) in _VOCAB_LAYERS
+        and isinstance(inner, dict)
+        and isinstance(inner.get("vocabulary"), str)
+    ):
+        found.append(
+            (
+                "dangerous",
+                f"{_last(cls)}.vocabulary",
+                f"vocabulary is the path {inner['vocabulary'][:80]!r}: Keras reads that "
+                "file when it builds the layer",
+            )
+        )
     return found
 
 
@@ -115,22 +150,40 @@ def _code(d: dict, cls: Any, inner: Any, names: set[str]) -> list[tuple[str, str
     """Serialized Python and TF-op lambdas."""
     layer = inner.get("name") if isinstance(inner, dict) else None
     if "Lambda" in names:
-        return [("dangerous", f"Lambda:{layer or '?'}",
-                 "Lambda layer: its function is serialized Python that runs when the model "
-                 "is loaded (safe_mode=False, or any safe_mode bypass)")]
-    if cls in ("__lambda__", "function") and isinstance(inner, dict) \
-            and ("code" in inner or "function" in inner):
+        return [
+            (
+                "dangerous",
+                f"Lambda:{layer or '?'}",
+                "Lambda layer: its function is serialized Python that runs when the model "
+                "is loaded (safe_mode=False, or any safe_mode bypass)",
+            )
+        ]
+    if (
+        cls in ("__lambda__", "function")
+        and isinstance(inner, dict)
+        and ("code" in inner or "function" in inner)
+    ):
         return [("dangerous", str(cls), "serialized Python function (marshalled bytecode)")]
     if "lambda" in (d.get("function_type"), d.get("output_shape_type")):
-        return [("dangerous", f"{cls or 'layer'}:{d.get('name', '?')}",
-                 "Keras 2 function_type 'lambda': marshalled bytecode runs at load")]
+        return [
+            (
+                "dangerous",
+                f"{cls or 'layer'}:{d.get('name', '?')}",
+                "Keras 2 function_type 'lambda': marshalled bytecode runs at load",
+            )
+        ]
     if names & {"TFOpLambda", "SlicingOpLambda"} and isinstance(inner, dict):
         fn = inner.get("function")
         if not isinstance(fn, str):
             return [("unknown", str(cls), f"{cls} without a named TF function")]
         if fn.startswith(_TF_DANGEROUS) or ".io." in fn or "gfile" in fn:
-            return [("dangerous", f"tf.{fn}", f"{cls} calls tf.{fn}: touches files or runs "
-                                              "Python when the layer is called")]
+            return [
+                (
+                    "dangerous",
+                    f"tf.{fn}",
+                    f"{cls} calls tf.{fn}: touches files or runs Python when the layer is called",
+                )
+            ]
     return []
 
 
@@ -145,12 +198,22 @@ def _module(module: str, cls: Any, inner: Any) -> list[tuple[str, str, str]]:
         return []
     severity, reason = classify(module, name)
     if severity == "dangerous":
-        return [("dangerous", f"{module}.{name}",
-                 f"Keras imports {module} and uses {name} (CVE-2025-1550): {reason}")]
+        return [
+            (
+                "dangerous",
+                f"{module}.{name}",
+                f"Keras imports {module} and uses {name} (CVE-2025-1550): {reason}",
+            )
+        ]
     if module in ("builtins", "numpy"):
         return []  # Keras 3's spelling of built-in functions and numpy dtypes
-    return [("unknown", f"{module}.{name}",
-             f"custom object {name} from {module}: Keras imports that module to load it")]
+    return [
+        (
+            "unknown",
+            f"{module}.{name}",
+            f"custom object {name} from {module}: Keras imports that module to load it",
+        )
+    ]
 
 
 def parse_config(raw: bytes | str) -> Any:
@@ -225,11 +288,16 @@ def h5_references(path: str) -> tuple[list[tuple[str, str]], str | None]:
             if isinstance(obj, h5py.Group):
                 visit(obj, f"{name}/")
             elif isinstance(obj, h5py.Dataset):
-                found.extend((name, ext[0] if isinstance(ext[0], str) else
-                              ext[0].decode("utf-8", "replace")) for ext in obj.external or [])
+                found.extend(
+                    (name, ext[0] if isinstance(ext[0], str) else ext[0].decode("utf-8", "replace"))
+                    for ext in obj.external or []
+                )
                 if obj.is_virtual:
-                    found.extend((name, src.file_name) for src in obj.virtual_sources()
-                                 if src.file_name != ".")
+                    found.extend(
+                        (name, src.file_name)
+                        for src in obj.virtual_sources()
+                        if src.file_name != "."
+                    )
 
     try:
         with h5py.File(path, "r") as fh:
@@ -242,8 +310,10 @@ def h5_references(path: str) -> tuple[list[tuple[str, str]], str | None]:
 
 
 # serialized Python in the attribute text, whatever the JSON spacing or escaping of quotes
-_RAW_CODE = re.compile(rb'class_name\\?"\s*:\s*\\?"(?:Lambda|__lambda__)\\?"'
-                       rb'|function_type\\?"\s*:\s*\\?"lambda')
+_RAW_CODE = re.compile(
+    rb'class_name\\?"\s*:\s*\\?"(?:Lambda|__lambda__)\\?"'
+    rb'|function_type\\?"\s*:\s*\\?"lambda'
+)
 
 
 def raw_lambda_hint(head_and_tail: bytes) -> bool:

@@ -87,8 +87,9 @@ def _directory_bounds(fp: BinaryIO, size: int) -> tuple[int, int, int, int]:
                 raise MinizError("zip64 locator points past the end")
             rec64 = _read(fp, rec64_ofs, _EOCD64)
             if rec64[:4] == EOCD64_SIG:
-                (rec64_size, _made, _need, disk, cd_disk, n_disk, n_total, cd_size,
-                 cd_ofs) = struct.unpack("<QHHIIQQQQ", rec64[4:])
+                (rec64_size, _made, _need, disk, cd_disk, n_disk, n_total, cd_size, cd_ofs) = (
+                    struct.unpack("<QHHIIQQQQ", rec64[4:])
+                )
                 if rec64_size < _EOCD64 - 12:
                     raise MinizError("zip64 end record too small")
                 if n_disks != 1:
@@ -110,15 +111,15 @@ def _zip64_extra(extra: bytes, size: int, compressed: int, offset: int) -> tuple
     """Fill the 0xFFFFFFFF fields from the zip64 extra field (id 1), in the spec's order."""
     pos = 0
     while pos + 4 <= len(extra):
-        tag, length = struct.unpack("<HH", extra[pos:pos + 4])
-        body = extra[pos + 4:pos + 4 + length]
+        tag, length = struct.unpack("<HH", extra[pos : pos + 4])
+        body = extra[pos + 4 : pos + 4 + length]
         if tag == 1:
             vals, at = [], 0
             for field in (size, compressed, offset):
                 if field == _U32:
                     if at + 8 > len(body):
                         raise MinizError("truncated zip64 extra field")
-                    field = struct.unpack("<Q", body[at:at + 8])[0]
+                    field = struct.unpack("<Q", body[at : at + 8])[0]
                     at += 8
                 vals.append(field)
             return vals[0], vals[1], vals[2]
@@ -137,14 +138,15 @@ def entries(fp: BinaryIO, size: int) -> list[Entry]:
     out: list[Entry] = []
     p = 0
     for _ in range(n_total):
-        if len(cd) - p < _CDH or cd[p:p + 4] != CDH_SIG:
+        if len(cd) - p < _CDH or cd[p : p + 4] != CDH_SIG:
             raise MinizError("damaged central directory entry")
-        (flags, method, crc, compressed, fsize, n_len, x_len, c_len, disk_start,
-         offset) = struct.unpack("<HHxxxxIIIHHHHxxxxxxI", cd[p + 8:p + 46])
+        (flags, method, crc, compressed, fsize, n_len, x_len, c_len, disk_start, offset) = (
+            struct.unpack("<HHxxxxIIIHHHHxxxxxxI", cd[p + 8 : p + 46])
+        )
         del crc
         # miniz reads the method as 32 bits (method and file time): with a nonzero time a
         # stored member may declare two sizes
-        method32 = struct.unpack("<I", cd[p + 10:p + 14])[0]
+        method32 = struct.unpack("<I", cd[p + 10 : p + 14])[0]
         if compressed != _U32 and fsize != _U32:
             if (method32 == 0 and fsize != compressed) or (fsize and not compressed):
                 raise MinizError("stored member whose sizes differ")
@@ -155,8 +157,8 @@ def entries(fp: BinaryIO, size: int) -> list[Entry]:
         total = _CDH + n_len + x_len + c_len
         if total > len(cd) - p:
             raise MinizError("central directory entry runs past the directory")
-        name = cd[p + 46:p + 46 + n_len]
-        extra = cd[p + 46 + n_len:p + 46 + n_len + x_len]
+        name = cd[p + 46 : p + 46 + n_len]
+        extra = cd[p + 46 + n_len : p + 46 + n_len + x_len]
         if _U32 in (fsize, compressed, offset):
             fsize, compressed, offset = _zip64_extra(extra, fsize, compressed, offset)
         elif offset + 30 + compressed > size:

@@ -24,10 +24,10 @@ _LENGTH = {1: ("<H", 2), 2: ("<I", 4), 3: ("<I", 4)}
 class Header:
     """What numpy reads from a ``.npy`` header."""
 
-    descr: str = ""            # the dtype as numpy builds it
-    hasobject: bool = False    # np.load(allow_pickle=True) unpickles what follows
-    data_offset: int = 0       # where the array data (or the pickle) starts
-    error: str = ""            # numpy refuses the header: np.load raises, nothing is judged
+    descr: str = ""  # the dtype as numpy builds it
+    hasobject: bool = False  # np.load(allow_pickle=True) unpickles what follows
+    data_offset: int = 0  # where the array data (or the pickle) starts
+    error: str = ""  # numpy refuses the header: np.load raises, nothing is judged
 
 
 def read_header(data) -> Header:
@@ -46,11 +46,11 @@ def read_header(data) -> Header:
         return Header(error=f"NumPy format version {head[6]}.{head[7]} (numpy reads 1.0-3.0)")
     if len(head) < 8 + spec[1]:
         return Header(error="truncated NumPy header")
-    (hlen,) = struct.unpack(spec[0], head[8:8 + spec[1]])
+    (hlen,) = struct.unpack(spec[0], head[8 : 8 + spec[1]])
     start = 8 + spec[1]
     if hlen > MAX_HEADER_CHARS * 4:
         return Header(error=f"NumPy header of {hlen:,} bytes (too large to judge)")
-    fp = io.BytesIO(bytes(data[:start + hlen]))
+    fp = io.BytesIO(bytes(data[: start + hlen]))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy warns about Python 2 headers
@@ -81,8 +81,9 @@ def _reader():
         return impl
 
     def public(fp, version, max_header_size):  # numpy without the private helper: 1.0/2.0
-        read = {(1, 0): npformat.read_array_header_1_0,
-                (2, 0): npformat.read_array_header_2_0}.get(version)
+        read = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}.get(
+            version
+        )
         if read is None:
             raise ValueError(f"format version {version} not readable by this numpy")
         return read(fp, max_header_size=max_header_size)

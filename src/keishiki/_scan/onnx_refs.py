@@ -22,8 +22,7 @@ _PATHS = {
     "graph": {1: "node", 5: "tensor", 15: "sparse"},
     "function": {7: "node"},
     "node": {5: "attribute"},
-    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse",
-                  23: "sparse"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
     "sparse": {1: "tensor", 2: "tensor"},
 }
 
@@ -87,12 +86,12 @@ def _tensor_location(buf, start: int, end: int) -> tuple[str, str | None]:
     name, location = "", None
     for field, wire, value in _fields(buf, start, end):
         if field == 8 and wire == 2:
-            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+            name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif field == 13 and wire == 2:
             key = val = None
             for f2, w2, v2 in _fields(buf, *value):
                 if w2 == 2 and f2 in (1, 2):
-                    text = bytes(buf[v2[0]:v2[1]]).decode("utf-8", "replace")
+                    text = bytes(buf[v2[0] : v2[1]]).decode("utf-8", "replace")
                     key, val = (text, val) if f2 == 1 else (key, text)
             if key == "location":
                 location = val
@@ -142,8 +141,9 @@ def judge_location(model_path: Path, location: str) -> tuple[str, str]:
     if not location or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
         return "dangerous", f"absolute external-data location {location!r}: reads any file"
     if ".." in norm.split("/"):
-        return "dangerous", (f"external-data location {location!r} climbs out of the model "
-                             "folder with '..'")
+        return "dangerous", (
+            f"external-data location {location!r} climbs out of the model folder with '..'"
+        )
     root = model_path.parent.resolve()
     target = model_path.parent / location
     try:
@@ -151,8 +151,10 @@ def judge_location(model_path: Path, location: str) -> tuple[str, str]:
     except (OSError, RuntimeError):
         return "dangerous", f"external-data location {location!r} cannot be resolved (loop?)"
     if not resolved.is_relative_to(root):
-        return "dangerous", (f"external-data location {location!r} resolves through a symlink "
-                             f"to {resolved}, outside the model folder")
+        return "dangerous", (
+            f"external-data location {location!r} resolves through a symlink "
+            f"to {resolved}, outside the model folder"
+        )
     if not os.path.exists(resolved):
         return "safe", f"external-data file {location!r} is missing"
     return "safe", f"external data in {location!r} inside the model folder"

@@ -31,12 +31,12 @@ import time
 from array import array
 from typing import Callable
 
-MAX_OPS = 3_000_000        # ~320k opcodes in the data.pkl of a 10k-tensor checkpoint;
-                           # at most ~216 bytes of objects each (EMPTY_SET)
-MAX_MEMO_INDEX = 1 << 22   # the C memo array grows to twice the index: 64 MiB at most
-MAX_INLINE = 384 << 20     # bytes/str payloads the unpickler materialises (a torch.save
-                           # pickle holds none: tensor data lives outside it)
-COPY_LIMIT = 64 << 20      # a cleared stream up to this size is served from one copy
+MAX_OPS = 3_000_000  # ~320k opcodes in the data.pkl of a 10k-tensor checkpoint;
+# at most ~216 bytes of objects each (EMPTY_SET)
+MAX_MEMO_INDEX = 1 << 22  # the C memo array grows to twice the index: 64 MiB at most
+MAX_INLINE = 384 << 20  # bytes/str payloads the unpickler materialises (a torch.save
+# pickle holds none: tensor data lives outside it)
+COPY_LIMIT = 64 << 20  # a cleared stream up to this size is served from one copy
 NAMING = frozenset(("GLOBAL", "STACK_GLOBAL", "INST", "EXT1", "EXT2", "EXT4"))
 
 
@@ -76,8 +76,9 @@ OPCODE_BYTES = frozenset(_OPS)
 _KINDS = [(_OPS[b][1] if b in _OPS else None) for b in range(256)]
 _SIGNED = frozenset(b for b, (name, _) in _OPS.items() if name in ("BINSTRING", "LONG4"))
 # opcodes that need more than their length: names, memo writes, protocol, frames
-_SPECIAL = frozenset(b for b, (name, _) in _OPS.items() if name in NAMING or name in (
-    "PROTO", "FRAME", "PUT"))
+_SPECIAL = frozenset(
+    b for b, (name, _) in _OPS.items() if name in NAMING or name in ("PROTO", "FRAME", "PUT")
+)
 _LINE_WINDOW = 1 << 16
 _PY2_TEXT = frozenset((0x53, 0x54, 0x55))  # STRING, BINSTRING, SHORT_BINSTRING
 # the fast lane of :meth:`Lexer.advance`: opcodes whose only effect on the lexer is their
@@ -103,23 +104,22 @@ _U32 = struct.Struct("<I").unpack_from
 class Lexer:
     """Walks opcodes on demand (``advance(end)``), checking limits; see the module doc."""
 
-    def __init__(self, data: memoryview, start: int, deadline: float,
-                 max_ops: int = MAX_OPS):
+    def __init__(self, data: memoryview, start: int, deadline: float, max_ops: int = MAX_OPS):
         self.data, self.n = _flat(data), len(data)
-        self.pos = start           # next opcode to lex
-        self.ok = start            # bytes before this are cleared to serve
+        self.pos = start  # next opcode to lex
+        self.ok = start  # bytes before this are cleared to serve
         self.deadline, self.max_ops = deadline, max_ops
         self.n_ops = 0
-        self.capped = ""           # why serving stopped at ``ok`` (our limit)
-        self.dead = False          # unreadable from here: serve bytes, the loader will fail
+        self.capped = ""  # why serving stopped at ``ok`` (our limit)
+        self.dead = False  # unreadable from here: serve bytes, the loader will fail
         # naming opcodes in stream order, compactly: offsets, and opcode bytes
         self.naming_at = array("q")
         self.naming_op = bytearray()
-        self.ext: list[tuple[int, int]] = []                  # (offset, code) of EXT opcodes
-        self.protos: list[tuple[int, int]] = []               # (offset, protocol)
-        self.py2_text = False      # STRING/BINSTRING/SHORT_BINSTRING seen (a Python 2 writer)
+        self.ext: list[tuple[int, int]] = []  # (offset, code) of EXT opcodes
+        self.protos: list[tuple[int, int]] = []  # (offset, protocol)
+        self.py2_text = False  # STRING/BINSTRING/SHORT_BINSTRING seen (a Python 2 writer)
         self.frame_end = -1
-        self.inline = 0            # payload bytes of counted opcodes so far
+        self.inline = 0  # payload bytes of counted opcodes so far
         self._win, self._win_base = b"", start  # cached bytes for newline searches
 
     def proto_at(self, pos: int) -> int:
@@ -187,13 +187,15 @@ class Lexer:
                 if nxt + width > n:
                     self.dead = True
                     break
-                size = int.from_bytes(data[nxt:nxt + width], "little", signed=op in _SIGNED)
+                size = int.from_bytes(data[nxt : nxt + width], "little", signed=op in _SIGNED)
                 nxt += width + max(size, 0)
                 if size > 4096:
                     self.inline += size
                     if self.inline > MAX_INLINE and nxt <= n:
-                        self.capped = (f"more than {MAX_INLINE >> 20} MiB of bytes/text inside "
-                                       f"the stream (at byte {pos})")
+                        self.capped = (
+                            f"more than {MAX_INLINE >> 20} MiB of bytes/text inside "
+                            f"the stream (at byte {pos})"
+                        )
                         break
             elif kind == -1 or kind == -2:
                 nxt = self._line_end(nxt, -kind)
@@ -203,8 +205,11 @@ class Lexer:
             if op in _PY2_TEXT:
                 self.py2_text = True
             # LONG_BINPUT (every memo write past 255) is checked inline: index >= 2^22 only
-            if (op in special or frame_end >= 0 or (op == 0x72 and (data[pos + 4] or
-                                                                     data[pos + 3] >= 0x40))):
+            if (
+                op in special
+                or frame_end >= 0
+                or (op == 0x72 and (data[pos + 4] or data[pos + 3] >= 0x40))
+            ):
                 if not self._check(op, pos, nxt):
                     break
                 frame_end = self.frame_end
@@ -226,18 +231,23 @@ class Lexer:
         data, name = self.data, _OPS[op][0]
         if self.frame_end >= 0:
             if end > self.frame_end or (name == "FRAME" and at < self.frame_end):
-                self.capped = (f"opcode at byte {at} crosses or nests a FRAME (C and Python "
-                               "unpicklers read it differently)")
+                self.capped = (
+                    f"opcode at byte {at} crosses or nests a FRAME (C and Python "
+                    "unpicklers read it differently)"
+                )
                 return False
             if end == self.frame_end:
                 self.frame_end = -1
         if name == "FRAME":
-            size = int.from_bytes(data[at + 1:at + 9], "little")
+            size = int.from_bytes(data[at + 1 : at + 9], "little")
             if size and end + size <= self.n:
                 self.frame_end = end + size
         elif name in NAMING:
-            code = (int.from_bytes(data[at + 1:end], "little", signed=name == "EXT4")
-                    if name.startswith("EXT") else None)
+            code = (
+                int.from_bytes(data[at + 1 : end], "little", signed=name == "EXT4")
+                if name.startswith("EXT")
+                else None
+            )
             self.naming_at.append(at)
             self.naming_op.append(op)
             if code is not None:
@@ -245,15 +255,16 @@ class Lexer:
         elif name == "PROTO":
             self.protos.append((at, data[at + 1]))
         elif name in ("LONG_BINPUT", "PUT"):
-            raw = bytes(data[at + 1:end])
+            raw = bytes(data[at + 1 : end])
             try:
-                index = (int.from_bytes(raw, "little") if name == "LONG_BINPUT"
-                         else int(raw.strip()))
+                index = int.from_bytes(raw, "little") if name == "LONG_BINPUT" else int(raw.strip())
             except ValueError:
                 index = 0  # the unpickler rejects it itself
             if index > MAX_MEMO_INDEX:
-                self.capped = (f"memo index {index} at byte {at} is beyond the scan's limit "
-                               f"({MAX_MEMO_INDEX}): the unpickler would allocate for it")
+                self.capped = (
+                    f"memo index {index} at byte {at} is beyond the scan's limit "
+                    f"({MAX_MEMO_INDEX}): the unpickler would allocate for it"
+                )
                 return False
         return True
 
@@ -277,15 +288,19 @@ class Lexer:
         return pos
 
     def _refill(self, pos: int, size: int) -> tuple[bytes, int]:
-        self._win, self._win_base = bytes(self.data[pos:pos + size]), pos
+        self._win, self._win_base = bytes(self.data[pos : pos + size]), pos
         return self._win, pos
 
 
 def _flat(data):
     """The bytes object behind a whole-object view (indexing ``bytes`` is about twice as
     fast as indexing a memoryview), else ``data`` itself (a mapped file is not copied)."""
-    if isinstance(data, memoryview) and type(data.obj) is bytes and data.nbytes == len(data.obj) \
-            and data.format == "B":
+    if (
+        isinstance(data, memoryview)
+        and type(data.obj) is bytes
+        and data.nbytes == len(data.obj)
+        and data.format == "B"
+    ):
         return data.obj
     return data
 
@@ -312,8 +327,7 @@ class GuardedReader:
     from there).
     """
 
-    def __init__(self, data: memoryview, start: int, deadline: float,
-                 lexer: Lexer | None = None):
+    def __init__(self, data: memoryview, start: int, deadline: float, lexer: Lexer | None = None):
         self.data, self.pos = data, start
         self.lexer = lexer or Lexer(data, start, deadline)
         self.on_read: Callable[[], None] | None = None
@@ -328,21 +342,21 @@ class GuardedReader:
 
     def read(self, n: int = -1) -> bytes:
         end = self._clear(len(self.data) if n is None or n < 0 else self.pos + n)
-        out = bytes(self.data[self.pos:end])
+        out = bytes(self.data[self.pos : end])
         self.pos = max(self.pos, end)
         return out
 
     def readinto(self, buf) -> int:
         end = self._clear(self.pos + len(buf))
         n = end - self.pos
-        memoryview(buf).cast("B")[:n] = self.data[self.pos:end]
+        memoryview(buf).cast("B")[:n] = self.data[self.pos : end]
         self.pos = end
         return n
 
     def readline(self, size: int = -1) -> bytes:
         stop = self.lexer._line_end(self.pos, 1)
         end = self._clear(stop if stop >= 0 else len(self.data))
-        out = bytes(self.data[self.pos:end])
+        out = bytes(self.data[self.pos : end])
         self.pos = end
         return out
 
@@ -351,8 +365,7 @@ class GuardedReader:
         data ends first.  The lexer resumes after them."""
         if n < 0 or self.pos + n > len(self.data):
             return None
-        out = bytes(self.data[self.pos:self.pos + n]) if n <= 64 else b""
+        out = bytes(self.data[self.pos : self.pos + n]) if n <= 64 else b""
         self.pos += n
         self.lexer.resync(self.pos)
         return out
-

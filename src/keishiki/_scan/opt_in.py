@@ -21,25 +21,87 @@ from typing import Any
 from .findings import Finding
 
 # files whose auto_map (and custom_pipelines) transformers follows into the folder's code
-AUTO_MAP_FILES = frozenset({"config.json", "tokenizer_config.json", "processor_config.json",
-                            "preprocessor_config.json", "feature_extractor_config.json",
-                            "image_processor_config.json", "video_preprocessor_config.json"})
+AUTO_MAP_FILES = frozenset(
+    {
+        "config.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+        "preprocessor_config.json",
+        "feature_extractor_config.json",
+        "image_processor_config.json",
+        "video_preprocessor_config.json",
+    }
+)
 # what makes a folder a model's: then its .py files are code a loader may import
-_MODEL_CONFIGS = AUTO_MAP_FILES | {"generation_config.json", "adapter_config.json",
-                                   "model_index.json", "tokenizer.json"}
-_WEIGHT_EXTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf", ".h5",
-                ".keras", ".msgpack", ".pkl", ".jit", ".pt2", ".npz", ".t7")
+_MODEL_CONFIGS = AUTO_MAP_FILES | {
+    "generation_config.json",
+    "adapter_config.json",
+    "model_index.json",
+    "tokenizer.json",
+}
+_WEIGHT_EXTS = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".onnx",
+    ".gguf",
+    ".h5",
+    ".keras",
+    ".msgpack",
+    ".pkl",
+    ".jit",
+    ".pt2",
+    ".npz",
+    ".t7",
+)
 _TEMPLATE_FILES = frozenset({"chat_template.jinja", "chat_template.json"})
 _MAX_JSON = 64 * 1024 * 1024
 # filters and tests that look attributes up by a name given as a string
-_ATTR_FILTERS = frozenset({"attr", "map", "selectattr", "rejectattr", "sort", "groupby", "sum",
-                           "unique", "min", "max", "dictsort"})
+_ATTR_FILTERS = frozenset(
+    {
+        "attr",
+        "map",
+        "selectattr",
+        "rejectattr",
+        "sort",
+        "groupby",
+        "sum",
+        "unique",
+        "min",
+        "max",
+        "dictsort",
+    }
+)
 # filters whose first argument is an attribute name (the others take attribute=...)
 _ATTR_FIRST_ARG = frozenset({"attr", "selectattr", "rejectattr", "groupby"})
 # filters that build strings: a key made with them is computed
-_STRING_FILTERS = frozenset({"format", "join", "replace", "string", "reverse", "lower", "upper",
-                             "title", "capitalize", "trim", "urlencode", "first", "last", "list",
-                             "center", "indent", "wordwrap", "truncate", "safe", "e", "escape"})
+_STRING_FILTERS = frozenset(
+    {
+        "format",
+        "join",
+        "replace",
+        "string",
+        "reverse",
+        "lower",
+        "upper",
+        "title",
+        "capitalize",
+        "trim",
+        "urlencode",
+        "first",
+        "last",
+        "list",
+        "center",
+        "indent",
+        "wordwrap",
+        "truncate",
+        "safe",
+        "e",
+        "escape",
+    }
+)
 # a string that is a private name: the pieces of a name built at render time ('_' ~ '_class__')
 _PRIVATE_NAME = re.compile(r"_[A-Za-z0-9_]+")
 # a str.format field that walks attributes or items: "{0.__class__}", "{x[_y]}"
@@ -79,24 +141,34 @@ def file_findings(path: Path) -> list[Finding]:
     if lower.endswith(".py"):
         if not is_model_folder(path.parent):
             return []  # a folder of scripts: nothing loads them as part of a model
-        return [Finding(str(path), "", None, "python-file", name, "unknown",
-                        "Python file in the model folder: transformers imports it under "
-                        "trust_remote_code=True (via auto_map), and so does any loader told to")]
-    if name not in AUTO_MAP_FILES and name not in _TEMPLATE_FILES \
-            and not lower.endswith(".jinja"):
+        return [
+            Finding(
+                str(path),
+                "",
+                None,
+                "python-file",
+                name,
+                "unknown",
+                "Python file in the model folder: transformers imports it under "
+                "trust_remote_code=True (via auto_map), and so does any loader told to",
+            )
+        ]
+    if name not in AUTO_MAP_FILES and name not in _TEMPLATE_FILES and not lower.endswith(".jinja"):
         return []
     if lower.endswith(".jinja"):  # chat_template.jinja, additional_chat_templates/*.jinja
         text = _read_text(path)
-        judged = (template_findings(text, name) if text is not None else
-                  [("unknown", name, f"{name}: unreadable (not UTF-8 or too large)")])
+        judged = (
+            template_findings(text, name)
+            if text is not None
+            else [("unknown", name, f"{name}: unreadable (not UTF-8 or too large)")]
+        )
         return [_finding(path, "chat-template", j) for j in judged]
     config = _read_json(path)
     if config is None:
         return []  # not JSON: the loaders reject it too; other checks report the file
     out = [_finding(path, "auto-map", j) for j in auto_map_findings(config, name)]
     if name != "config.json":  # tokenizer, processor and chat_template JSON carry templates
-        out += [_finding(path, "chat-template", j)
-                for j in config_template_findings(config, name)]
+        out += [_finding(path, "chat-template", j) for j in config_template_findings(config, name)]
     return out
 
 
@@ -125,9 +197,15 @@ def auto_map_findings(config: Any, where: str) -> list[Judgement]:
             refs = [t for t in (target if isinstance(target, list) else [target]) if t]
             shown = ", ".join(map(str, refs))[:200]
             other = any(isinstance(t, str) and "--" in t for t in refs)
-            out.append(("unknown", subject, f"{where}: {subject} → {shown}: transformers "
-                        "imports and runs this code when loaded with trust_remote_code=True"
-                        + (" (fetched from another repository)" if other else "")))
+            out.append(
+                (
+                    "unknown",
+                    subject,
+                    f"{where}: {subject} → {shown}: transformers "
+                    "imports and runs this code when loaded with trust_remote_code=True"
+                    + (" (fetched from another repository)" if other else ""),
+                )
+            )
     return out
 
 
@@ -147,13 +225,24 @@ def config_template_findings(config: Any, where: str) -> list[Judgement]:
             if isinstance(text, str):
                 out += template_findings(text, f"{where}: chat_template[{name}]")
             else:
-                out.append(("unknown", f"chat_template[{name}]", f"{where}: chat_template "
-                            f"entry {name!r} is not a {{name, template}} pair"))
+                out.append(
+                    (
+                        "unknown",
+                        f"chat_template[{name}]",
+                        f"{where}: chat_template entry {name!r} is not a {{name, template}} pair",
+                    )
+                )
         return out
     if value is None:
         return []
-    return [("unknown", "chat_template", f"{where}: chat_template is a "
-             f"{type(value).__name__}, neither a template nor a list of them")]
+    return [
+        (
+            "unknown",
+            "chat_template",
+            f"{where}: chat_template is a "
+            f"{type(value).__name__}, neither a template nor a list of them",
+        )
+    ]
 
 
 def gguf_findings(kv: dict) -> list[Judgement]:
@@ -187,16 +276,27 @@ def template_findings(text: str, where: str) -> list[Judgement]:
     try:
         tree = env.parse(text)
     except TemplateSyntaxError as exc:
-        return [("unknown", "unparseable-template",
-                 f"{where}: jinja2 cannot parse it (line {exc.lineno}: {exc.message}), so what "
-                 f"it reaches cannot be judged")]
+        return [
+            (
+                "unknown",
+                "unparseable-template",
+                f"{where}: jinja2 cannot parse it (line {exc.lineno}: {exc.message}), so what "
+                f"it reaches cannot be judged",
+            )
+        ]
     except (RecursionError, MemoryError) as exc:
         return [("unknown", "unparseable-template", f"{where}: {type(exc).__name__} parsing it")]
     found: dict[str, Judgement] = {}
 
     def flag(subject: str, why: str) -> None:
-        found.setdefault(subject, ("unknown", subject, f"{where}: {why}: a template that reaches "
-                                   "outside jinja2's sandbox"))
+        found.setdefault(
+            subject,
+            (
+                "unknown",
+                subject,
+                f"{where}: {why}: a template that reaches outside jinja2's sandbox",
+            ),
+        )
 
     uses_format = False
     judged: set[int] = set()  # constants already named as an item or attribute lookup
@@ -213,20 +313,28 @@ def template_findings(text: str, where: str) -> list[Judgement]:
             elif isinstance(node, (nodes.Filter, nodes.Test)) and node.name in _ATTR_FILTERS:
                 judged.update(id(v) for v in (*node.args, *(kw.value for kw in node.kwargs)))
                 _attr_filter(node, flag, nodes)
-            elif isinstance(node, (nodes.Import, nodes.FromImport, nodes.Include,
-                                   nodes.Extends)):
+            elif isinstance(node, (nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends)):
                 flag(type(node).__name__.lower(), "loads another template")
             elif isinstance(node, nodes.Name) and node.name.startswith("_"):
                 flag(node.name, f"names the private global {node.name}")
-            elif isinstance(node, nodes.Const) and isinstance(node.value, str) \
-                    and id(node) not in judged and _PRIVATE_NAME.fullmatch(node.value):
-                flag(repr(node.value), f"spells the private name {node.value!r}, the makings "
-                     "of an attribute lookup at render time")
+            elif (
+                isinstance(node, nodes.Const)
+                and isinstance(node.value, str)
+                and id(node) not in judged
+                and _PRIVATE_NAME.fullmatch(node.value)
+            ):
+                flag(
+                    repr(node.value),
+                    f"spells the private name {node.value!r}, the makings "
+                    "of an attribute lookup at render time",
+                )
         if uses_format:
             for const in tree.find_all(nodes.Const):
                 if isinstance(const.value, str) and _FORMAT_WALK.search(const.value):
-                    flag("str.format", f"formats {const.value[:60]!r}, whose fields walk "
-                         "private attributes")
+                    flag(
+                        "str.format",
+                        f"formats {const.value[:60]!r}, whose fields walk private attributes",
+                    )
     except RecursionError:
         flag("unparseable-template", "nested too deep to judge")
     return list(found.values())
@@ -235,9 +343,12 @@ def template_findings(text: str, where: str) -> list[Judgement]:
 def _builds_a_string(value, nodes) -> bool:
     """Whether an expression builds a string at render time (``~``, ``%``, calls, string
     filters): a name made that way cannot be read before the template runs."""
-    return any(isinstance(n, (nodes.Concat, nodes.Call, nodes.Mod))
-               or isinstance(n, nodes.Filter) and n.name in _STRING_FILTERS
-               for n in (value, *value.find_all(nodes.Node)))
+    return any(
+        isinstance(n, (nodes.Concat, nodes.Call, nodes.Mod))
+        or isinstance(n, nodes.Filter)
+        and n.name in _STRING_FILTERS
+        for n in (value, *value.find_all(nodes.Node))
+    )
 
 
 def _computed_names(tree, nodes) -> set[str]:
@@ -259,8 +370,8 @@ def _item(arg, flag, nodes, computed: set[str] = frozenset()) -> None:
         if isinstance(arg.value, str) and arg.value.startswith("_"):
             flag(f"[{arg.value!r}]", f"reads the item {arg.value!r}")
     elif _builds_a_string(arg, nodes) or any(
-            isinstance(n, nodes.Name) and n.name in computed
-            for n in (arg, *arg.find_all(nodes.Name))):
+        isinstance(n, nodes.Name) and n.name in computed for n in (arg, *arg.find_all(nodes.Name))
+    ):
         flag("[<computed>]", "looks an item up by a name built from strings")
 
 
@@ -271,8 +382,10 @@ def _attr_filter(node, flag, nodes) -> None:
     for value in values:
         if isinstance(value, nodes.Const) and isinstance(value.value, str):
             if any(part.startswith("_") for part in value.value.split(".")):
-                flag(f"|{node.name}({value.value!r})",
-                     f"|{node.name} looks up the attribute {value.value!r}")
+                flag(
+                    f"|{node.name}({value.value!r})",
+                    f"|{node.name} looks up the attribute {value.value!r}",
+                )
     # the argument that names an attribute, when it is not written out: computed
     naming = [kw.value for kw in node.kwargs if kw.key == "attribute"]
     if node.name in _ATTR_FIRST_ARG and node.args:

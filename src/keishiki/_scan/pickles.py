@@ -30,20 +30,43 @@ from typing import Any
 from .allowlist import BIT_GENERATORS, classify
 from .findings import FileReport, Finding
 from .oplex import OPCODE_BYTES
-from .unpickler import (JOBLIB_WRAPPERS, CallRecord, Global, Result, StreamRecord, Stub,
-                        read_stream)
+from .unpickler import JOBLIB_WRAPPERS, CallRecord, Global, Result, StreamRecord, Stub, read_stream
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-MAX_STREAMS = 100_000      # concatenated streams read from one blob (the time budget binds first)
-MAX_REPEATS = 16           # findings per (global, severity) in one blob
-MAX_NESTED = 3             # pickles inside call arguments (torch.storage._load_from_bytes)
+MAX_STREAMS = 100_000  # concatenated streams read from one blob (the time budget binds first)
+MAX_REPEATS = 16  # findings per (global, severity) in one blob
+MAX_NESTED = 3  # pickles inside call arguments (torch.storage._load_from_bytes)
 # callables that unpickle their first (bytes) argument with a full loader
-NESTED_LOADERS = frozenset(("torch.storage._load_from_bytes", "pickle.loads", "_pickle.loads",
-                            "dill.loads", "dill._dill.loads", "joblib.load"))
+NESTED_LOADERS = frozenset(
+    (
+        "torch.storage._load_from_bytes",
+        "pickle.loads",
+        "_pickle.loads",
+        "dill.loads",
+        "dill._dill.loads",
+        "joblib.load",
+    )
+)
 _STORAGE_ITEMSIZE = {
-    "Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
-    "Char": 1, "Byte": 1, "Bool": 1, "ComplexDouble": 16, "ComplexFloat": 8, "QInt8": 1,
-    "QUInt8": 1, "QInt32": 4, "QUInt4x2": 1, "QUInt2x4": 1, "Untyped": 1, "Typed": 1,
+    "Double": 8,
+    "Float": 4,
+    "Half": 2,
+    "BFloat16": 2,
+    "Long": 8,
+    "Int": 4,
+    "Short": 2,
+    "Char": 1,
+    "Byte": 1,
+    "Bool": 1,
+    "ComplexDouble": 16,
+    "ComplexFloat": 8,
+    "QInt8": 1,
+    "QUInt8": 1,
+    "QInt32": 4,
+    "QUInt4x2": 1,
+    "QUInt2x4": 1,
+    "Untyped": 1,
+    "Typed": 1,
 }
 
 
@@ -55,7 +78,7 @@ class Where:
     member: str = ""
     torchscript: bool = False
     torch_file: bool = False  # persistent ids are expected (torch.save data)
-    depth: int = 0            # nesting of pickles inside call arguments
+    depth: int = 0  # nesting of pickles inside call arguments
 
 
 def looks_like_pickle(head: bytes) -> bool:
@@ -67,8 +90,9 @@ def looks_like_pickle(head: bytes) -> bool:
     return head[0] != 0x80 or (len(head) > 1 and head[1] <= 5)
 
 
-def _finding(where: Where, offset: int | None, opcode: str, qualname: str, severity: str,
-             reason: str) -> Finding:
+def _finding(
+    where: Where, offset: int | None, opcode: str, qualname: str, severity: str, reason: str
+) -> Finding:
     return Finding(where.file, where.member, offset, opcode, qualname, severity, reason)
 
 
@@ -103,14 +127,24 @@ class _Judge:
         for call in rec.calls:
             self._call(call)
         if rec.dynamic:
-            self.add(rec.error_offset, "STACK_GLOBAL", "<dynamic>", "dangerous",
-                     "the stream names a global or class computed at load time (a stand-in "
-                     f"for a call's result reached an import or NEWOBJ: {rec.dynamic}); the "
-                     "loader would import or build whatever that call returns")
+            self.add(
+                rec.error_offset,
+                "STACK_GLOBAL",
+                "<dynamic>",
+                "dangerous",
+                "the stream names a global or class computed at load time (a stand-in "
+                f"for a call's result reached an import or NEWOBJ: {rec.dynamic}); the "
+                "loader would import or build whatever that call returns",
+            )
         if not self.where.torch_file and rec.persistent_ids:
-            self.add(None, "BINPERSID", "", "safe",
-                     "persistent id outside a torch checkpoint: plain pickle.load refuses it; "
-                     "a custom loader decides what it means")
+            self.add(
+                None,
+                "BINPERSID",
+                "",
+                "safe",
+                "persistent id outside a torch checkpoint: plain pickle.load refuses it; "
+                "a custom loader decides what it means",
+            )
 
     def _classify(self, ref: Global) -> tuple[str, str]:
         torchscript = self.where.torchscript
@@ -126,28 +160,57 @@ class _Judge:
         name = call.callee.qualname if call.callee else "<dynamic>"
         if call.kind == "dynamic":
             what = call.args[0].qualname if call.args else "?"
-            self.add(call.offset, "REDUCE", "<dynamic>", "dangerous",
-                     f"calls an object produced at load time (the result of {what}), not a "
-                     "named global: a getattr/import gadget chain")
+            self.add(
+                call.offset,
+                "REDUCE",
+                "<dynamic>",
+                "dangerous",
+                f"calls an object produced at load time (the result of {what}), not a "
+                "named global: a getattr/import gadget chain",
+            )
         elif call.kind == "build-global":
-            self.add(call.offset, "BUILD", name, "dangerous",
-                     f"BUILD sets attributes on the global {name} itself (tampers with module "
-                     "state; modelscan#85 family)")
+            self.add(
+                call.offset,
+                "BUILD",
+                name,
+                "dangerous",
+                f"BUILD sets attributes on the global {name} itself (tampers with module "
+                "state; modelscan#85 family)",
+            )
         elif call.kind == "mutate-global":
-            self.add(call.offset, "SETITEM", name, "dangerous",
-                     f"stores items into the global {name} itself (tampers with module state)")
+            self.add(
+                call.offset,
+                "SETITEM",
+                name,
+                "dangerous",
+                f"stores items into the global {name} itself (tampers with module state)",
+            )
         elif name == "_codecs.encode":
             args = call.args
-            ok = (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str)
-                  and args[1].lower().replace("-", "").replace("_", "") in ("latin1", "iso88591"))
+            ok = (
+                len(args) == 2
+                and isinstance(args[0], str)
+                and isinstance(args[1], str)
+                and args[1].lower().replace("-", "").replace("_", "") in ("latin1", "iso88591")
+            )
             if not ok:
-                self.add(call.offset, "REDUCE", name, "unknown",
-                         "_codecs.encode is allowed only as bytes reconstruction (text, "
-                         "'latin1'); called here with other arguments")
+                self.add(
+                    call.offset,
+                    "REDUCE",
+                    name,
+                    "unknown",
+                    "_codecs.encode is allowed only as bytes reconstruction (text, "
+                    "'latin1'); called here with other arguments",
+                )
         elif name in ("copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"):
             if not call.args or not isinstance(call.args[0], Stub):
-                self.add(call.offset, "REDUCE", name, "unknown",
-                         f"{name} with a class that is not a named global")
+                self.add(
+                    call.offset,
+                    "REDUCE",
+                    name,
+                    "unknown",
+                    f"{name} with a class that is not a named global",
+                )
         elif name in _NUMPY_CTORS:
             why = _numpy_ctor_misuse(name, call)
             if why:
@@ -155,11 +218,15 @@ class _Judge:
         elif name in _RECONSTRUCT:
             sub = call.args[0] if call.args else None
             if not (isinstance(sub, Stub) and sub._global.qualname in _ARRAY_TYPES):
-                self.add(call.offset, "REDUCE", name, "unknown",
-                         f"{name} builds an array of type {_label(sub)}: only numpy's own "
-                         "array types are expected (a subclass runs its own hooks)")
-        elif name in NESTED_LOADERS and call.args and isinstance(call.args[0], (bytes,
-                                                                                bytearray)):
+                self.add(
+                    call.offset,
+                    "REDUCE",
+                    name,
+                    "unknown",
+                    f"{name} builds an array of type {_label(sub)}: only numpy's own "
+                    "array types are expected (a subclass runs its own hooks)",
+                )
+        elif name in NESTED_LOADERS and call.args and isinstance(call.args[0], (bytes, bytearray)):
             self._nested(call, bytes(call.args[0]))
 
     def _nested(self, call: CallRecord, blob: bytes) -> None:
@@ -167,18 +234,34 @@ class _Judge:
         where = self.where
         if where.depth >= MAX_NESTED or not blob or blob[:2] == b"PK":
             return  # the call itself is judged by name; a nested zip is not followed here
-        inner = Where(where.file, f"{where.member}<arg of {call.callee.qualname}@{call.offset}>",
-                      where.torchscript, False, where.depth + 1)
+        inner = Where(
+            where.file,
+            f"{where.member}<arg of {call.callee.qualname}@{call.offset}>",
+            where.torchscript,
+            False,
+            where.depth + 1,
+        )
         scan_blob(memoryview(blob), inner, self.report, self.deadline)
 
 
-_NUMPY_CTORS = frozenset(("numpy.random._pickle.__bit_generator_ctor",
-                          "numpy.random._pickle.__generator_ctor",
-                          "numpy.random._pickle.__randomstate_ctor"))
-_RECONSTRUCT = frozenset(("numpy.core.multiarray._reconstruct",
-                          "numpy._core.multiarray._reconstruct"))
-_ARRAY_TYPES = frozenset(("numpy.ndarray", "numpy.ma.core.MaskedArray", "numpy.matrix",
-                          "numpy.matrixlib.defmatrix.matrix"))
+_NUMPY_CTORS = frozenset(
+    (
+        "numpy.random._pickle.__bit_generator_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "numpy.random._pickle.__randomstate_ctor",
+    )
+)
+_RECONSTRUCT = frozenset(
+    ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+)
+_ARRAY_TYPES = frozenset(
+    (
+        "numpy.ndarray",
+        "numpy.ma.core.MaskedArray",
+        "numpy.matrix",
+        "numpy.matrixlib.defmatrix.matrix",
+    )
+)
 
 
 def _label(value: Any) -> str:
@@ -194,20 +277,29 @@ def _numpy_ctor_misuse(name: str, call: CallRecord) -> str:
     args = list(call.args) + list((call.kwargs or {}).values())
     if name.endswith("__bit_generator_ctor"):
         arg = args[0] if args else "MT19937"
-        ok = isinstance(arg, str) or (isinstance(arg, Stub)
-                                      and arg._global.qualname in BIT_GENERATORS)
-        return "" if ok and len(args) <= 1 else (
-            f"{name} is given {_label(arg)}, not a BitGenerator name or class: it calls it")
+        ok = isinstance(arg, str) or (
+            isinstance(arg, Stub) and arg._global.qualname in BIT_GENERATORS
+        )
+        return (
+            ""
+            if ok and len(args) <= 1
+            else (f"{name} is given {_label(arg)}, not a BitGenerator name or class: it calls it")
+        )
     first = args[0] if args else "MT19937"
     ctor = args[1] if len(args) > 1 else None
-    first_ok = isinstance(first, str) or (isinstance(first, Result) and first.call is not None
-                                         and first.qualname in _NUMPY_CTORS)
-    ctor_ok = ctor is None or (isinstance(ctor, Stub) and ctor._global.qualname ==
-                               "numpy.random._pickle.__bit_generator_ctor")
+    first_ok = isinstance(first, str) or (
+        isinstance(first, Result) and first.call is not None and first.qualname in _NUMPY_CTORS
+    )
+    ctor_ok = ctor is None or (
+        isinstance(ctor, Stub)
+        and ctor._global.qualname == "numpy.random._pickle.__bit_generator_ctor"
+    )
     if first_ok and ctor_ok and len(args) <= 2:
         return ""
-    return (f"{name} is given {_label(first)} and {_label(ctor)}: it calls the constructor "
-            "it is given, and only numpy's own is expected")
+    return (
+        f"{name} is given {_label(first)} and {_label(ctor)}: it calls the constructor "
+        "it is given, and only numpy's own is expected"
+    )
 
 
 def _error(where: Where, report: FileReport, rec: StreamRecord, what: str) -> None:
@@ -215,8 +307,9 @@ def _error(where: Where, report: FileReport, rec: StreamRecord, what: str) -> No
     report.errors.append(f"{place}: pickle stream at byte {rec.start} {what}")
 
 
-def read_as_loaders(data: memoryview, pos: int, where: Where, report: FileReport,
-                    judge: _Judge) -> StreamRecord:
+def read_as_loaders(
+    data: memoryview, pos: int, where: Where, report: FileReport, judge: _Judge
+) -> StreamRecord:
     """Read the stream at ``pos`` as every loader that could meet it would, judge what each
     saw, report failures; return the C unpickler's record (the one ``pickle.load``,
     ``torch.load`` and ``np.load`` follow)."""
@@ -226,24 +319,34 @@ def read_as_loaders(data: memoryview, pos: int, where: Where, report: FileReport
     joblib = any(g.qualname in JOBLIB_WRAPPERS for g in rec.globals)
     alt = None
     if joblib or rec.error:
-        alt = read_stream(data, pos, deadline, python=True, joblib=joblib,
-                          torch_names=where.torch_file)
+        alt = read_stream(
+            data, pos, deadline, python=True, joblib=joblib, torch_names=where.torch_file
+        )
         judge.record(alt, " (as the pure-Python unpickler of joblib/dill reads it)")
     if rec.capped:
         _error(where, report, rec, f"was not read to its end: {rec.capped}")
     if alt is not None and alt.capped and not rec.capped:
-        _error(where, report, alt, f"was not read to its end by the pure-Python unpickler: "
-               f"{alt.capped}")
+        _error(
+            where,
+            report,
+            alt,
+            f"was not read to its end by the pure-Python unpickler: {alt.capped}",
+        )
     if rec.error and not (joblib and alt is not None and not (alt.error or alt.capped)):
         _error(where, report, rec, f"breaks at byte {rec.error_offset}: {rec.error}")
     elif rec.error:
-        judge.add(rec.error_offset, "", "", "safe",
-                  f"pickle.load stops here ({rec.error}); joblib.load reads this joblib "
-                  "dump to its end")
+        judge.add(
+            rec.error_offset,
+            "",
+            "",
+            "safe",
+            f"pickle.load stops here ({rec.error}); joblib.load reads this joblib dump to its end",
+        )
         rec = alt  # joblib's reading decides where the next stream starts
     elif alt is not None and alt.error and not rec.error:
-        _error(where, report, alt, f"breaks at byte {alt.error_offset} for joblib.load: "
-               f"{alt.error}")
+        _error(
+            where, report, alt, f"breaks at byte {alt.error_offset} for joblib.load: {alt.error}"
+        )
     return rec
 
 
@@ -265,15 +368,16 @@ def _legacy_storages(main: StreamRecord, keys: Any) -> list[tuple[str, int]] | N
         if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
             cls, key = pid[1], pid[2]
             name = cls._global.name if isinstance(cls, Stub) else ""
-            base = name[:-len("Storage")] if name.endswith("Storage") else name
+            base = name[: -len("Storage")] if name.endswith("Storage") else name
             types[_key(key)] = _STORAGE_ITEMSIZE.get(base, 1)
     if not isinstance(keys, list):
         return None
     return [(_key(k), types.get(_key(k), 1)) for k in keys]
 
 
-def scan_blob(data: memoryview, where: Where, report: FileReport, deadline: float,
-              start: int = 0) -> int:
+def scan_blob(
+    data: memoryview, where: Where, report: FileReport, deadline: float, start: int = 0
+) -> int:
     """Scan every pickle stream in ``data`` from ``start``: concatenated streams, the torch
     legacy layout (storages skipped by size, trailing bytes scanned again), joblib dumps.
 
@@ -286,9 +390,15 @@ def scan_blob(data: memoryview, where: Where, report: FileReport, deadline: floa
     n = len(data)
     while pos < n and count < MAX_STREAMS:
         if count and data[pos] not in OPCODE_BYTES:
-            if bytes(data[pos:pos + 4096]).strip(b"\0 \r\n\t"):
-                judge.add(pos, "", "", "safe", f"{n - pos} bytes after the last pickle stream "
-                          "are not a pickle (not read by a loader)")
+            if bytes(data[pos : pos + 4096]).strip(b"\0 \r\n\t"):
+                judge.add(
+                    pos,
+                    "",
+                    "",
+                    "safe",
+                    f"{n - pos} bytes after the last pickle stream "
+                    "are not a pickle (not read by a loader)",
+                )
             break
         rec = read_as_loaders(data, pos, where, report, judge)
         records.append(rec)
@@ -311,13 +421,16 @@ def scan_blob(data: memoryview, where: Where, report: FileReport, deadline: floa
             break
     if count >= MAX_STREAMS and pos < n and data[pos] in OPCODE_BYTES:
         # a loader reading until EOF goes on: what was not read is not known to be safe
-        report.errors.append(f"{where.file}: more than {MAX_STREAMS} pickle streams; the rest "
-                             f"(from byte {pos}) was not read")
+        report.errors.append(
+            f"{where.file}: more than {MAX_STREAMS} pickle streams; the rest "
+            f"(from byte {pos}) was not read"
+        )
     if legacy_step and count < 5 and not report.errors:
         # torch's legacy layout is five pickles (magic, protocol, sys_info, object, keys):
         # a file that stops early was not seen whole, so it cannot be called safe
-        report.errors.append(f"{where.file}: legacy torch file truncated after {count} of its "
-                             f"5 pickles (byte {pos})")
+        report.errors.append(
+            f"{where.file}: legacy torch file truncated after {count} of its 5 pickles (byte {pos})"
+        )
     return count
 
 
@@ -325,8 +438,9 @@ LEGACY_TAR_RECORDS = ("storages", "tensors")
 MAX_LEGACY_ITEMS = 1_000_000
 
 
-def scan_legacy_tar_member(record: str, data: memoryview, where: Where, report: FileReport,
-                           deadline: float) -> None:
+def scan_legacy_tar_member(
+    record: str, data: memoryview, where: Where, report: FileReport, deadline: float
+) -> None:
     """The ``storages`` or ``tensors`` member of a pre-0.4 torch tar, read as
     ``torch.serialization.legacy_load`` reads it: a count pickle, then per item an args
     pickle followed by raw bytes (a storage: int64 element count and its data; a tensor:
@@ -349,8 +463,9 @@ def scan_legacy_tar_member(record: str, data: memoryview, where: Where, report: 
     def raw(size: int) -> bool:
         nonlocal pos
         if size < 0 or pos + size > n:
-            report.errors.append(f"{where.file}!{where.member}: legacy {record} item runs past "
-                                 f"the end (byte {pos})")
+            report.errors.append(
+                f"{where.file}!{where.member}: legacy {record} item runs past the end (byte {pos})"
+            )
             return False
         pos += size
         return True
@@ -359,8 +474,9 @@ def scan_legacy_tar_member(record: str, data: memoryview, where: Where, report: 
     items = count.value if count is not None and type(count.value) is int else None
     if items is None or not 0 <= items <= MAX_LEGACY_ITEMS:
         if count is not None:
-            report.errors.append(f"{where.file}!{where.member}: legacy {record} count "
-                                 f"{items!r} is not a count")
+            report.errors.append(
+                f"{where.file}!{where.member}: legacy {record} count {items!r} is not a count"
+            )
         return
     for _ in range(items):
         args = stream()
@@ -369,17 +485,18 @@ def scan_legacy_tar_member(record: str, data: memoryview, where: Where, report: 
         if record == "storages":
             cls = args.value[2] if isinstance(args.value, tuple) and len(args.value) > 2 else None
             name = cls._global.name if isinstance(cls, Stub) else ""
-            itemsize = _STORAGE_ITEMSIZE.get(name[:-len("Storage")] if name.endswith("Storage")
-                                             else name, 1)
+            itemsize = _STORAGE_ITEMSIZE.get(
+                name[: -len("Storage")] if name.endswith("Storage") else name, 1
+            )
             if not raw(8):
                 return
-            (numel,) = struct.unpack("<q", data[pos - 8:pos])
+            (numel,) = struct.unpack("<q", data[pos - 8 : pos])
             if not raw(numel * itemsize):
                 return
         else:
             if not raw(8):
                 return
-            (ndim,) = struct.unpack("<i", data[pos - 8:pos - 4])
+            (ndim,) = struct.unpack("<i", data[pos - 8 : pos - 4])
             if not 0 <= ndim <= 64 or not raw(16 * ndim + 8):
                 return
     if record == "storages" and stream() is None:
@@ -388,8 +505,9 @@ def scan_legacy_tar_member(record: str, data: memoryview, where: Where, report: 
         scan_blob(data, where, report, deadline, start=pos)
 
 
-def _skip_storages(data: memoryview, pos: int, main: StreamRecord, keys: Any, where: Where,
-                   report: FileReport) -> int:
+def _skip_storages(
+    data: memoryview, pos: int, main: StreamRecord, keys: Any, where: Where, report: FileReport
+) -> int:
     plan = _legacy_storages(main, keys)
     if plan is None:
         report.errors.append(f"{where.file}: legacy torch file without a storage key list")
@@ -405,11 +523,13 @@ def _skip_storages(data: memoryview, pos: int, main: StreamRecord, keys: Any, wh
         if pos + 8 > n:
             report.errors.append(f"{where.file}: legacy storage {key} truncated at byte {pos}")
             return -1
-        (numel,) = struct.unpack("<q", data[pos:pos + 8])
+        (numel,) = struct.unpack("<q", data[pos : pos + 8])
         size = numel * itemsize
         if numel < 0 or pos + 8 + size > n:
-            report.errors.append(f"{where.file}: legacy storage {key} claims {numel} elements "
-                                 f"at byte {pos}, beyond the end of the file")
+            report.errors.append(
+                f"{where.file}: legacy storage {key} claims {numel} elements "
+                f"at byte {pos}, beyond the end of the file"
+            )
             return -1
         pos += 8 + size
     return pos

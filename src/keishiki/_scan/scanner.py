@@ -20,16 +20,45 @@ from typing import BinaryIO
 from ..errors import KeishikiError
 from . import archives, compressed, keras, npy, onnx_refs, opt_in, torch_archive, torchscript
 from .findings import FileReport, Finding, ScanReport
-from .pickles import (LEGACY_TAR_RECORDS, Where, looks_like_pickle, scan_blob,
-                      scan_legacy_tar_member)
+from .pickles import LEGACY_TAR_RECORDS, Where, looks_like_pickle, scan_blob, scan_legacy_tar_member
 
-FILE_SECONDS = 8.0        # time budget per file (the issue allows 10 s)
-MAX_DEPTH = 4             # archives inside archives
-_PICKLE_NAMES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".dill",
-                 ".sav", ".p", ".mar", ".pt2", ".debug_pkl")
-_MODEL_EXTS = _PICKLE_NAMES + (".npy", ".npz", ".onnx", ".keras", ".h5", ".hdf5",
-                               ".safetensors", ".gguf", ".jit", ".msgpack", ".zip", ".tar",
-                               ".tflite", ".t7", ".pb", ".mlmodel", ".ggml", ".model")
+FILE_SECONDS = 8.0  # time budget per file (the issue allows 10 s)
+MAX_DEPTH = 4  # archives inside archives
+_PICKLE_NAMES = (
+    ".pkl",
+    ".pickle",
+    ".pt",
+    ".pth",
+    ".bin",
+    ".ckpt",
+    ".joblib",
+    ".dill",
+    ".sav",
+    ".p",
+    ".mar",
+    ".pt2",
+    ".debug_pkl",
+)
+_MODEL_EXTS = _PICKLE_NAMES + (
+    ".npy",
+    ".npz",
+    ".onnx",
+    ".keras",
+    ".h5",
+    ".hdf5",
+    ".safetensors",
+    ".gguf",
+    ".jit",
+    ".msgpack",
+    ".zip",
+    ".tar",
+    ".tflite",
+    ".t7",
+    ".pb",
+    ".mlmodel",
+    ".ggml",
+    ".model",
+)
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 _NPY = b"\x93NUMPY"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -42,18 +71,26 @@ class _Ctx:
         self.report = report
         self.deadline = time.monotonic() + FILE_SECONDS
 
-    def finding(self, member: str, offset: int | None, opcode: str, subject: str,
-                severity: str, reason: str) -> None:
-        self.report.add(Finding(self.report.path, member, offset, opcode, subject, severity,
-                                reason))
+    def finding(
+        self, member: str, offset: int | None, opcode: str, subject: str, severity: str, reason: str
+    ) -> None:
+        self.report.add(
+            Finding(self.report.path, member, offset, opcode, subject, severity, reason)
+        )
 
     def error(self, member: str, message: str) -> None:
         where = self.report.path + (f"!{member}" if member else "")
         self.report.errors.append(f"{where}: {message}")
 
 
-def _pickle(ctx: _Ctx, data, member: str, strict: bool, torchscript_ctx: bool = False,
-            torch_file: bool = False) -> bool:
+def _pickle(
+    ctx: _Ctx,
+    data,
+    member: str,
+    strict: bool,
+    torchscript_ctx: bool = False,
+    torch_file: bool = False,
+) -> bool:
     """Scan ``data`` as pickle streams.  When not ``strict`` (the bytes only might be a
     pickle) and the first stream breaks without naming any global, the attempt is undone."""
     rep = ctx.report
@@ -63,8 +100,12 @@ def _pickle(ctx: _Ctx, data, member: str, strict: bool, torchscript_ctx: bool = 
     new = rep.findings[n_f:]
     # undone only when the loader imported nothing by name before failing (a msgpack map
     # opens with 0x82-0x84, an EXT opcode whose code no process registers)
-    if not strict and len(rep.errors) > n_e and not any(_IDENT.match(f.global_) for f in new) \
-            and len(rep.scanned) - n_s <= 1:
+    if (
+        not strict
+        and len(rep.errors) > n_e
+        and not any(_IDENT.match(f.global_) for f in new)
+        and len(rep.scanned) - n_s <= 1
+    ):
         del rep.findings[n_f:]
         del rep.errors[n_e:]
         del rep.scanned[n_s:]
@@ -80,14 +121,28 @@ def _npy(ctx: _Ctx, data, member: str) -> None:
         ctx.error(member, head.error)
         return
     if head.hasobject:
-        ctx.finding(member, None, "npy", "numpy.object_", "safe",
-                    f"object array (dtype {head.descr}): its elements are a pickle "
-                    "(np.load needs allow_pickle=True)")
-        _pickle(ctx, memoryview(data)[head.data_offset:], member, strict=True)
+        ctx.finding(
+            member,
+            None,
+            "npy",
+            "numpy.object_",
+            "safe",
+            f"object array (dtype {head.descr}): its elements are a pickle "
+            "(np.load needs allow_pickle=True)",
+        )
+        _pickle(ctx, memoryview(data)[head.data_offset :], member, strict=True)
 
 
-def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
-            torch_member: bool = False, ts: bool = False) -> str:
+def content(
+    ctx: _Ctx,
+    data,
+    fp: BinaryIO,
+    member: str,
+    depth: int,
+    name: str,
+    torch_member: bool = False,
+    ts: bool = False,
+) -> str:
     """Scan one piece of content (a file or an archive member); return what it was."""
     head = bytes(data[:512])
     kinds = []
@@ -97,14 +152,20 @@ def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
             return "zip"
         _zip(ctx, fp, member, depth)
         kinds.append("zip")
-    if not kinds and compressed.joblib_compression(head) and \
-            _joblib_compressed(ctx, data, member, name):
+    if (
+        not kinds
+        and compressed.joblib_compression(head)
+        and _joblib_compressed(ctx, data, member, name)
+    ):
         kinds.append("joblib-compressed")  # pickle.load may still read the raw bytes: below
     if head[:6] == _NPY:
         _npy(ctx, data, member)
         kinds.append("npy")
-    elif name.lower().endswith((".npy", ".npz")) and "joblib-compressed" not in kinds \
-            and head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+    elif (
+        name.lower().endswith((".npy", ".npz"))
+        and "joblib-compressed" not in kinds
+        and head[:4] not in (b"PK\x03\x04", b"PK\x05\x06")
+    ):
         # np.load(allow_pickle=True) unpickles a file that does not start with the NumPy or
         # a zip magic, whatever its first byte (even with a zip appended behind the pickle)
         _pickle(ctx, data, member, True, ts, torch_member)
@@ -115,9 +176,10 @@ def content(ctx: _Ctx, data, fp: BinaryIO, member: str, depth: int, name: str,
         # makes a failed parse an error (a stream naming no global cannot run anything)
         # a safetensors file whose header is 128, 384, ... 1408 bytes long starts with
         # 80 0N too (its little-endian length): a valid header makes that the reading
-        strict = (name.lower().endswith(_PICKLE_NAMES) or (
-            head[0] == 0x80 and not member and not _safetensors_header(data))) \
-            and "joblib-compressed" not in kinds
+        strict = (
+            name.lower().endswith(_PICKLE_NAMES)
+            or (head[0] == 0x80 and not member and not _safetensors_header(data))
+        ) and "joblib-compressed" not in kinds
         if _pickle(ctx, data, member, strict, ts, torch_member):
             kinds.append("pickle")
     if archives.looks_like_tar(head) and "zip" not in kinds:
@@ -144,8 +206,7 @@ def _joblib_compressed(ctx: _Ctx, data, member: str, name: str) -> bool:
     except OverflowError as exc:
         ctx.error(label, str(exc))
         return True
-    strict = name.lower().endswith(_PICKLE_NAMES + (".joblib", ".z", ".gz", ".bz2", ".lzma",
-                                                    ".xz"))
+    strict = name.lower().endswith(_PICKLE_NAMES + (".joblib", ".z", ".gz", ".bz2", ".lzma", ".xz"))
     return _pickle(ctx, out, label, strict)
 
 
@@ -160,7 +221,7 @@ def _safetensors_header(data) -> bool:
     if not 2 <= n <= min(len(data) - 8, MAX_HEADER_BYTES) or bytes(data[8:9]) != b"{":
         return False
     try:
-        return isinstance(json.loads(bytes(data[8:8 + n])), dict)
+        return isinstance(json.loads(bytes(data[8 : 8 + n])), dict)
     except (ValueError, UnicodeDecodeError):
         return False
 
@@ -182,8 +243,11 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
     code: list[tuple[str, str]] = []  # (path, text) of the TorchScript code members read
     # lay.is_storage(m), with the archive-wide half of the test taken once, not per member
     storage_name, record_of = torch_archive._STORAGE.match, lay.record_of  # noqa: SLF001
-    is_storage = ((lambda m: (r := record_of(m)) is not None and storage_name(r) is not None)
-                  if lay.is_torch else (lambda _m: False))
+    is_storage = (
+        (lambda m: (r := record_of(m)) is not None and storage_name(r) is not None)
+        if lay.is_torch
+        else (lambda _m: False)
+    )
     for m in members:
         path = join(m.name)
         bad = archives.unsafe_name(m.name)
@@ -201,11 +265,19 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
         is_code = ts and torchscript.is_code_member(m.name)
         is_config = keras_zip and m.name.lower() == "config.json"
         # torch.export graphs name their ops in JSON: custom namespaces need native code
-        is_export_graph = lower.endswith(".json") and ("/models/" in f"/{m.name}"
-                                                       or "serialized_exported_program" in lower)
-        interesting = (is_code or is_config or is_export_graph or lower.endswith(_PICKLE_NAMES)
-                       or looks_like_pickle(head) or head[:2] == b"PK" or head[:6] == _NPY
-                       or archives.looks_like_tar(head))
+        is_export_graph = lower.endswith(".json") and (
+            "/models/" in f"/{m.name}" or "serialized_exported_program" in lower
+        )
+        interesting = (
+            is_code
+            or is_config
+            or is_export_graph
+            or lower.endswith(_PICKLE_NAMES)
+            or looks_like_pickle(head)
+            or head[:2] == b"PK"
+            or head[:6] == _NPY
+            or archives.looks_like_tar(head)
+        )
         if not interesting:
             continue
         try:
@@ -230,13 +302,20 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
         _torchscript_code(ctx, prefix, names, code)
 
 
-def _zip_differential(ctx: _Ctx, diff, join, depth: int, torch_zip: bool, ts: bool,
-                      code: list[tuple[str, str]]) -> None:
+def _zip_differential(
+    ctx: _Ctx, diff, join, depth: int, torch_zip: bool, ts: bool, code: list[tuple[str, str]]
+) -> None:
     """torch's own reader disagrees with keishiki's: dangerous, and what torch reads is
     scanned as well (see :mod:`.torch_archive`)."""
     for member, reason in diff.findings:
-        ctx.finding(join(member), None, "zip-differential", member, "dangerous",
-                    f"archive parser differential: {reason}")
+        ctx.finding(
+            join(member),
+            None,
+            "zip-differential",
+            member,
+            "dangerous",
+            f"archive parser differential: {reason}",
+        )
     for member, blob in diff.extra:
         if blob is None:
             continue
@@ -246,8 +325,9 @@ def _zip_differential(ctx: _Ctx, diff, join, depth: int, torch_zip: bool, ts: bo
             content(ctx, blob, io.BytesIO(blob), join(member), depth + 1, member, torch_zip, ts)
 
 
-def _torchscript_code(ctx: _Ctx, prefix: str, names: list[str],
-                      code: list[tuple[str, str]]) -> None:
+def _torchscript_code(
+    ctx: _Ctx, prefix: str, names: list[str], code: list[tuple[str, str]]
+) -> None:
     """Judge an archive's code files together: every call allowlisted makes the code safe;
     otherwise each call off the list is a finding.  Code not read (damaged member, time
     limit) or mobile bytecode (the lite interpreter runs its own operator list) is unknown."""
@@ -257,18 +337,36 @@ def _torchscript_code(ctx: _Ctx, prefix: str, names: list[str],
         ctx.finding(path, None, "torchscript-code", subject, sev, reason)
     mobile = [n for n in names if n.lower().endswith("bytecode.pkl")]
     if len(code) < total:
-        ctx.finding(prefix, None, "torchscript", "torchscript-code", "unknown",
-                    f"TorchScript archive: {total - len(code)} of {total} code files could not "
-                    "be read, and torch.jit.load would compile them unjudged")
+        ctx.finding(
+            prefix,
+            None,
+            "torchscript",
+            "torchscript-code",
+            "unknown",
+            f"TorchScript archive: {total - len(code)} of {total} code files could not "
+            "be read, and torch.jit.load would compile them unjudged",
+        )
     elif mobile:
         where = f"{prefix}!{mobile[0]}" if prefix else mobile[0]
-        ctx.finding(where, None, "torchscript", "mobile-bytecode",
-                    "unknown", "TorchScript mobile bytecode: the lite interpreter runs its "
-                    "operator list, which keishiki does not judge")
+        ctx.finding(
+            where,
+            None,
+            "torchscript",
+            "mobile-bytecode",
+            "unknown",
+            "TorchScript mobile bytecode: the lite interpreter runs its "
+            "operator list, which keishiki does not judge",
+        )
     elif not found:
         listed = ", ".join(p for p, _ in code[:8]) + (" …" if len(code) > 8 else "")
-        ctx.finding(prefix, None, "torchscript", "torchscript-code", "safe",
-                    f"TorchScript code: {total} files, every call allowlisted: {listed}")
+        ctx.finding(
+            prefix,
+            None,
+            "torchscript",
+            "torchscript-code",
+            "safe",
+            f"TorchScript code: {total} files, every call allowlisted: {listed}",
+        )
 
 
 def _tar(ctx: _Ctx, data, prefix: str, depth: int) -> None:
@@ -286,11 +384,18 @@ def _tar(ctx: _Ctx, data, prefix: str, depth: int) -> None:
         if bad:
             ctx.finding(path, None, "tar-member", name, "dangerous", bad)
         if kind == "link" and blob is not None and archives.link_escapes(name, blob.decode()):
-            ctx.finding(path, None, "tar-member", name, "dangerous",
-                        f"link to {blob.decode()!r} outside the archive")
+            ctx.finding(
+                path,
+                None,
+                "tar-member",
+                name,
+                "dangerous",
+                f"link to {blob.decode()!r} outside the archive",
+            )
         elif kind == "file" and blob is not None and legacy and name in LEGACY_TAR_RECORDS:
-            scan_legacy_tar_member(name, memoryview(blob), Where(ctx.report.path, path),
-                                   ctx.report, ctx.deadline)
+            scan_legacy_tar_member(
+                name, memoryview(blob), Where(ctx.report.path, path), ctx.report, ctx.deadline
+            )
         elif kind == "file" and blob is not None and depth + 1 < MAX_DEPTH:
             content(ctx, blob, io.BytesIO(blob), path, depth + 1, name)
 
@@ -307,8 +412,9 @@ def _onnx(ctx: _Ctx, path: Path, data, named_onnx: bool = False) -> bool:
     try:
         # indexing bytes is about twice as fast as a view; a model with embedded weights
         # (large) stays a view of the map
-        refs = onnx_refs.external_locations(bytes(data) if len(data) <= 64 << 20
-                                            else memoryview(data))
+        refs = onnx_refs.external_locations(
+            bytes(data) if len(data) <= 64 << 20 else memoryview(data)
+        )
     except onnx_refs.NotOnnx as exc:
         if named_onnx:  # an .onnx file whose external-data paths cannot be checked
             ctx.error("", f"ONNX protobuf unreadable ({exc}): external-data paths not checked")
@@ -319,8 +425,7 @@ def _onnx(ctx: _Ctx, path: Path, data, named_onnx: bool = False) -> bool:
         if location not in judged:
             judged[location] = onnx_refs.judge_location(path, location)
         sev, reason = judged[location]
-        ctx.finding("", None, "onnx-external-data", location, sev,
-                    f"tensor {tensor!r}: {reason}")
+        ctx.finding("", None, "onnx-external-data", location, sev, f"tensor {tensor!r}: {reason}")
     return True
 
 
@@ -360,12 +465,24 @@ def _read_container(ctx: _Ctx, path: Path) -> None:
         ctx.finding("", None, "chat-template", subject, sev, reason)
     t7 = info.details.get("torch7", {}) if info.format == "torch7" else {}
     for fn in t7.get("functions", []):
-        ctx.finding("", None, "lua-function", fn["path"], "unknown",
-                    f"Lua bytecode ({fn['bytecode_bytes']} bytes): Lua torch.load loads it "
-                    "as code; keishiki cannot judge what it does")
+        ctx.finding(
+            "",
+            None,
+            "lua-function",
+            fn["path"],
+            "unknown",
+            f"Lua bytecode ({fn['bytecode_bytes']} bytes): Lua torch.load loads it "
+            "as code; keishiki cannot judge what it does",
+        )
     if t7.get("n_functions", 0) > len(t7.get("functions", [])):
-        ctx.finding("", None, "lua-function", "...", "unknown",
-                    f"{t7['n_functions'] - len(t7['functions'])} more Lua functions")
+        ctx.finding(
+            "",
+            None,
+            "lua-function",
+            "...",
+            "unknown",
+            f"{t7['n_functions'] - len(t7['functions'])} more Lua functions",
+        )
 
 
 def scan_file(path: Path, explicit: bool = True) -> FileReport:
@@ -402,29 +519,45 @@ def _scan_top(ctx: _Ctx, path: Path, view, fh: BinaryIO, explicit: bool) -> str:
     if head[:8] == _HDF5:
         _h5(ctx, path, view)
         kind = "hdf5"
-    elif path.suffix.lower() == ".onnx" and not looks_like_pickle(head[:2]) \
-            and head[:2] != b"PK" and _onnx(ctx, path, view, named_onnx=True):
+    elif (
+        path.suffix.lower() == ".onnx"
+        and not looks_like_pickle(head[:2])
+        and head[:2] != b"PK"
+        and _onnx(ctx, path, view, named_onnx=True)
+    ):
         kind = "onnx"
     else:
         kind = content(ctx, view, fh, "", 0, path.name)
         if not kind and head[:1] == b"\x08" and _onnx(ctx, path, view):
             kind = "onnx"
     if kind:
-        if kind.startswith("zip") and not kind.startswith("zip+") and not report.scanned \
-                and not report.findings and not report.errors:
-            report.findings.append(Finding(str(path), "", None, "zip", "", "safe",
-                                           "zip archive without pickles or code"))
+        if (
+            kind.startswith("zip")
+            and not kind.startswith("zip+")
+            and not report.scanned
+            and not report.findings
+            and not report.errors
+        ):
+            report.findings.append(
+                Finding(
+                    str(path), "", None, "zip", "", "safe", "zip archive without pickles or code"
+                )
+            )
         return kind
     fmt = _identify(path)
     if fmt:
         _read_container(ctx, path)
         return fmt
     if explicit:
-        report.errors.append(f"{path}: not a pickle, archive or model file keishiki "
-                             "recognises (nothing to scan)")
+        report.errors.append(
+            f"{path}: not a pickle, archive or model file keishiki recognises (nothing to scan)"
+        )
     else:
-        report.skipped = ("not a pickle, archive or model file" if path.suffix.lower() in
-                          _MODEL_EXTS else "not a model file")
+        report.skipped = (
+            "not a pickle, archive or model file"
+            if path.suffix.lower() in _MODEL_EXTS
+            else "not a model file"
+        )
     return ""
 
 
@@ -434,9 +567,15 @@ def _h5(ctx: _Ctx, path: Path, view) -> None:
     refs, ref_error = keras.h5_references(str(path))
     for name, target in refs:  # judged by the path gate's rule, as ONNX external data
         reason = escape_reason(path.parent, target)
-        ctx.finding(name, None, "hdf5-reference", target, "dangerous" if reason else "safe",
-                    f"h5py reads this object from {target!r} (Keras load_model/load_weights "
-                    f"follows it)" + (f": {reason}" if reason else ", inside the folder"))
+        ctx.finding(
+            name,
+            None,
+            "hdf5-reference",
+            target,
+            "dangerous" if reason else "safe",
+            f"h5py reads this object from {target!r} (Keras load_model/load_weights "
+            f"follows it)" + (f": {reason}" if reason else ", inside the folder"),
+        )
     if ref_error:
         ctx.error("", ref_error)
     config, error = keras.h5_config(str(path))
@@ -446,8 +585,14 @@ def _h5(ctx: _Ctx, path: Path, view) -> None:
     if config is not None:
         _keras_config(ctx, config, "model_config")
     elif keras.raw_lambda_hint(bytes(view[: 1 << 22])):
-        ctx.finding("", None, "keras-config", "Lambda", "dangerous",
-                    "the HDF5 attributes mention a Lambda layer (serialized Python)")
+        ctx.finding(
+            "",
+            None,
+            "keras-config",
+            "Lambda",
+            "dangerous",
+            "the HDF5 attributes mention a Lambda layer (serialized Python)",
+        )
 
 
 def scan_folder(root: Path) -> list[FileReport]:
@@ -466,9 +611,17 @@ def scan_folder(root: Path) -> list[FileReport]:
                 reason = escape_reason(root, path.relative_to(root).as_posix())
                 if reason:
                     rep = FileReport(str(path), kind="symlink")
-                    rep.add(Finding(str(path), "", None, "symlink", os.readlink(path),
-                                    "dangerous", f"symlink {reason}: a loader would read "
-                                    f"that file"))
+                    rep.add(
+                        Finding(
+                            str(path),
+                            "",
+                            None,
+                            "symlink",
+                            os.readlink(path),
+                            "dangerous",
+                            f"symlink {reason}: a loader would read that file",
+                        )
+                    )
                     out.append(rep)
                     continue
                 if path.resolve().is_relative_to(real_root) or not path.is_file():
@@ -506,8 +659,17 @@ def _check_shard_index(path: Path, rep: FileReport) -> None:
         if not shard:
             rep.errors.append(f"{path}: {reason}")
         else:
-            rep.add(Finding(str(path), "", None, "shard-index", shard, "dangerous",
-                            f"{reason}: a loader would open a file outside the model's folder"))
+            rep.add(
+                Finding(
+                    str(path),
+                    "",
+                    None,
+                    "shard-index",
+                    shard,
+                    "dangerous",
+                    f"{reason}: a loader would open a file outside the model's folder",
+                )
+            )
     rep.skipped = "" if rep.findings or rep.errors else rep.skipped
 
 
@@ -518,8 +680,9 @@ def scan_paths(paths) -> ScanReport:
         path = Path(p)
         if not path.exists():
             if path.is_symlink():
-                report.files.append(FileReport(str(path), kind="symlink",
-                                               errors=[f"{path}: broken symlink"]))
+                report.files.append(
+                    FileReport(str(path), kind="symlink", errors=[f"{path}: broken symlink"])
+                )
                 continue
             raise KeishikiError(f"{path}: no such file or folder")
         if path.is_dir():

@@ -28,17 +28,17 @@ from .archives import MEMBER_LIMIT, ArchiveError, Member, ZipListing, list_zip, 
 
 PICKLE_RECORDS = ("data.pkl", "constants.pkl", "bytecode.pkl")
 _STORAGE = re.compile(rb"^(?:data|constants)/\d+$")  # torch.save / jit.save storage records
-_COMPARE_LIMIT = 64 << 20   # pickle and code records up to this size are compared bytewise
-_SMALL = 1 << 20            # any record up to this size is compared byte for byte
+_COMPARE_LIMIT = 64 << 20  # pickle and code records up to this size are compared bytewise
+_SMALL = 1 << 20  # any record up to this size is compared byte for byte
 _CODE_SUFFIXES = (".pkl", ".py", ".json", ".debug_pkl", ".pickle")
-MAX_FINDINGS = 16           # per-record differentials named before the rest are summed up
+MAX_FINDINGS = 16  # per-record differentials named before the rest are summed up
 
 
 @dataclass
 class Layout:
     """The archive as torch resolves it (from miniz's directory)."""
 
-    folder: bytes | None                       # None: torch refuses (no '/' in first entry)
+    folder: bytes | None  # None: torch refuses (no '/' in first entry)
     records: dict[bytes, list[Member]] = field(default_factory=dict)  # folded record -> members
 
     def lookup(self, record: str) -> list[Member]:
@@ -51,13 +51,14 @@ class Layout:
             return None
         prefix = self.folder.lower() + b"/"
         raw = member.raw_name.lower()
-        return raw[len(prefix):] if raw.startswith(prefix) else None
+        return raw[len(prefix) :] if raw.startswith(prefix) else None
 
     @property
     def torch_opens(self) -> bool:
         """``PyTorchStreamReader`` accepts the archive: a folder, and a version record."""
-        return self.folder is not None and bool(self.lookup("version")
-                                                or self.lookup(".data/version"))
+        return self.folder is not None and bool(
+            self.lookup("version") or self.lookup(".data/version")
+        )
 
     @property
     def is_torch(self) -> bool:
@@ -88,10 +89,10 @@ def layout(listing: ZipListing) -> Layout:
 class Differential:
     """What torch's own reader sees differently: findings and the bytes to scan as well."""
 
-    findings: list[tuple[str, str]] = field(default_factory=list)   # (member, reason)
-    extra: list[tuple[str, bytes]] = field(default_factory=list)    # (member, torch's bytes)
-    note: str = ""                                                  # why no cross-check ran
-    import_seconds: float = 0.0     # spent importing torch (not the file's fault: off budget)
+    findings: list[tuple[str, str]] = field(default_factory=list)  # (member, reason)
+    extra: list[tuple[str, bytes]] = field(default_factory=list)  # (member, torch's bytes)
+    note: str = ""  # why no cross-check ran
+    import_seconds: float = 0.0  # spent importing torch (not the file's fault: off budget)
 
 
 def views(fp: BinaryIO) -> tuple[ZipListing, Layout, Differential]:
@@ -128,8 +129,10 @@ def _directories_differ(listing: ZipListing) -> str:
         return ""  # each entry (offset, sizes, method) read alike by both
     only_mz = sorted(m.name for m in listing.members if m.seen_by == "miniz")
     only_zf = sorted(m.name for m in listing.members if m.seen_by == "zipfile")
-    return (f"miniz (torch) and zipfile read different central directories: only torch sees "
-            f"{only_mz[:4]}, only zipfile sees {only_zf[:4]}")
+    return (
+        f"miniz (torch) and zipfile read different central directories: only torch sees "
+        f"{only_mz[:4]}, only zipfile sees {only_zf[:4]}"
+    )
 
 
 def torch_installed() -> bool:
@@ -152,10 +155,14 @@ def is_regular(listing: ZipListing, lay: Layout) -> bool:
         return False
     prefix = lay.folder + b"/"
     folded = [m.raw_name.lower() for m in members]
-    return (all(m.seen_by == "miniz+zipfile" and m.method in (0, 8)
-                and m.raw_name.startswith(prefix) for m in members)
-            and len(set(folded)) == len(folded)
-            and min(m.header_offset for m in members) == 0)
+    return (
+        all(
+            m.seen_by == "miniz+zipfile" and m.method in (0, 8) and m.raw_name.startswith(prefix)
+            for m in members
+        )
+        and len(set(folded)) == len(folded)
+        and min(m.header_offset for m in members) == 0
+    )
 
 
 def cross_check(fp: BinaryIO, listing: ZipListing, lay: Layout) -> Differential:
@@ -170,8 +177,11 @@ def cross_check(fp: BinaryIO, listing: ZipListing, lay: Layout) -> Differential:
     if listing.miniz is not None and not lay.torch_opens:  # .npz, .keras...: no torch import
         out.note = "torch's reader would refuse it (no folder or no version record)"
         return out
-    if is_regular(listing, lay) and "torch" not in sys.modules \
-            and os.environ.get("KEISHIKI_SCAN_TORCH_READER") != "1":
+    if (
+        is_regular(listing, lay)
+        and "torch" not in sys.modules
+        and os.environ.get("KEISHIKI_SCAN_TORCH_READER") != "1"
+    ):
         out.note = "laid out as torch.save writes it: keishiki's miniz reader only"
         return out
     if not torch_installed():
@@ -199,14 +209,21 @@ def cross_check(fp: BinaryIO, listing: ZipListing, lay: Layout) -> Differential:
         records = sorted({r.decode("utf-8", "surrogateescape") for r in lay.records})
     else:
         # torch lists names as C strings: cut at a NUL (such names are findings already)
-        ours = sorted(m.raw_name.split(b"\0")[0].decode("utf-8", "surrogateescape")
-                      .split("/", 1)[-1] for m in (listing.miniz or []))
+        ours = sorted(
+            m.raw_name.split(b"\0")[0].decode("utf-8", "surrogateescape").split("/", 1)[-1]
+            for m in (listing.miniz or [])
+        )
         if lay.folder is None or sorted(records) != ours:
             only_torch = sorted(set(records) - set(ours))
             only_ours = sorted(set(ours) - set(records))
-            out.findings.append((folder, f"torch lists records {only_torch[:5]} and keishiki "
-                                         f"{only_ours[:5]}: the two readers see different "
-                                         f"archives"))
+            out.findings.append(
+                (
+                    folder,
+                    f"torch lists records {only_torch[:5]} and keishiki "
+                    f"{only_ours[:5]}: the two readers see different "
+                    f"archives",
+                )
+            )
     by_header: dict[int, list[Member]] = {}
     for m in listing.members:
         by_header.setdefault(m.header_offset, []).append(m)
@@ -215,8 +232,15 @@ def cross_check(fp: BinaryIO, listing: ZipListing, lay: Layout) -> Differential:
     return out
 
 
-def _compare_record(fp, reader, rec: str, name: str, by_header: dict[int, list[Member]],
-                    lay: Layout, out: Differential) -> None:
+def _compare_record(
+    fp,
+    reader,
+    rec: str,
+    name: str,
+    by_header: dict[int, list[Member]],
+    lay: Layout,
+    out: Differential,
+) -> None:
     """Locate ``rec`` as torch does and compare entry, size and bytes with keishiki's."""
     try:
         header = reader.get_record_header_offset(rec)
@@ -226,20 +250,29 @@ def _compare_record(fp, reader, rec: str, name: str, by_header: dict[int, list[M
     mine = next((m for m in by_header.get(header, []) if m.size == size), None)
     storage = bool(_STORAGE.match(rec.encode().lower())) and lay.is_torch
     if mine is None:
-        out.findings.append((name, f"torch reads record {rec!r} from the entry at byte {header} "
-                                   f"({size} bytes), which keishiki's reader does not list"))
+        out.findings.append(
+            (
+                name,
+                f"torch reads record {rec!r} from the entry at byte {header} "
+                f"({size} bytes), which keishiki's reader does not list",
+            )
+        )
         if not storage and size <= _COMPARE_LIMIT:
             out.extra.append((name, _torch_bytes(reader, rec)))
         return
-    if storage or size > _COMPARE_LIMIT or (size > _SMALL and not rec.lower().endswith(
-            _CODE_SUFFIXES)):  # big data records: where torch reads them is enough
+    if (
+        storage
+        or size > _COMPARE_LIMIT
+        or (size > _SMALL and not rec.lower().endswith(_CODE_SUFFIXES))
+    ):  # big data records: where torch reads them is enough
         try:
             same = reader.get_record_offset(rec) == _data_offset(fp, mine)
         except Exception:
             same = True
         if not same:
-            out.findings.append((name, f"torch reads record {rec!r} from another offset than "
-                                       f"keishiki"))
+            out.findings.append(
+                (name, f"torch reads record {rec!r} from another offset than keishiki")
+            )
         return
     theirs = _torch_bytes(reader, rec)
     try:
@@ -249,8 +282,9 @@ def _compare_record(fp, reader, rec: str, name: str, by_header: dict[int, list[M
             out.extra.append((name, theirs))
         return
     if theirs is not None and theirs != ours:
-        out.findings.append((name, f"torch's reader returns other bytes for {rec!r} than "
-                                   f"keishiki's"))
+        out.findings.append(
+            (name, f"torch's reader returns other bytes for {rec!r} than keishiki's")
+        )
         out.extra.append((name, theirs))
 
 
@@ -279,5 +313,9 @@ def _data_offset(fp: BinaryIO, m: Member) -> int | None:
     lens = fp.read(4)
     if len(lens) < 4:
         return None
-    return m.header_offset + 30 + int.from_bytes(lens[:2], "little") + \
-        int.from_bytes(lens[2:], "little")
+    return (
+        m.header_offset
+        + 30
+        + int.from_bytes(lens[:2], "little")
+        + int.from_bytes(lens[2:], "little")
+    )

@@ -20,8 +20,15 @@ import time
 
 from .torchscript_calls import Index, Judgement, allowlist, judge_tree
 
-__all__ = ["allowlist", "archive_findings", "code_findings", "is_code_member", "is_torchscript",
-           "module_of", "parse"]
+__all__ = [
+    "allowlist",
+    "archive_findings",
+    "code_findings",
+    "is_code_member",
+    "is_torchscript",
+    "module_of",
+    "parse",
+]
 
 # a code member: <archive>/code/<qualified path>.py; torch's reader (miniz) finds members
 # case-insensitively, so CODE/ and .PY load too
@@ -29,8 +36,20 @@ _CODE = re.compile(r"(?:^|/)code/(.+)\.py$", re.IGNORECASE)
 _CUSTOM_OP = re.compile(r"\bops\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 _CUSTOM_CLASS = re.compile(r"__torch__\.torch\.classes\.([A-Za-z0-9_.]+)")
 _FILE_OPS = re.compile(r"\b(?:torch|ops\.aten)\.(from_file|save|load|_load_for_mobile)\b")
-_STANDARD_NS = frozenset({"aten", "prim", "quantized", "_quantized", "profiler", "cuda",
-                          "_caffe2", "onnx", "_test", "uninitialized"})
+_STANDARD_NS = frozenset(
+    {
+        "aten",
+        "prim",
+        "quantized",
+        "_quantized",
+        "profiler",
+        "cuda",
+        "_caffe2",
+        "onnx",
+        "_test",
+        "uninitialized",
+    }
+)
 
 MAX_CODE_CHARS = 16 * 1024 * 1024  # per archive; Python's parser takes seconds per few MB
 
@@ -70,12 +89,25 @@ def archive_findings(files, deadline: float | None = None) -> list[tuple[str, st
     trees: list[tuple[str, ast.Module]] = []
     out: list[tuple[str, str, str, str]] = []
     if sum(len(text) for _, text in pairs) > MAX_CODE_CHARS:
-        return [(pairs[0][0], "unknown", "torchscript-code", f"more than {MAX_CODE_CHARS:,} "
-                 "characters of code (real exports hold a few hundred KB): not judged")]
+        return [
+            (
+                pairs[0][0],
+                "unknown",
+                "torchscript-code",
+                f"more than {MAX_CODE_CHARS:,} "
+                "characters of code (real exports hold a few hundred KB): not judged",
+            )
+        ]
     for member, text in pairs:
         if deadline is not None and time.monotonic() > deadline:
-            return out + [(member, "unknown", "torchscript-code",
-                           "the scan's time limit passed before this code was judged")]
+            return out + [
+                (
+                    member,
+                    "unknown",
+                    "torchscript-code",
+                    "the scan's time limit passed before this code was judged",
+                )
+            ]
         tree, problem = parse(member, text)
         if tree is None:
             out.append((member, "dangerous", "unparseable-code", problem))
@@ -97,8 +129,10 @@ def parse(member: str, text: str) -> tuple[ast.Module | None, str]:
         why = f"{exc.msg} (line {exc.lineno})"
     except (ValueError, RecursionError, MemoryError) as exc:
         why = f"{type(exc).__name__}: {str(exc)[:80]}"
-    return None, (f"{member} does not parse as Python ({why}): torch's own parser may read "
-                  "it differently, so its calls cannot be judged")
+    return None, (
+        f"{member} does not parse as Python ({why}): torch's own parser may read "
+        "it differently, so its calls cannot be judged"
+    )
 
 
 def code_findings(name: str, text: str) -> list[Judgement]:
@@ -114,11 +148,21 @@ def _graph_findings(name: str, text: str) -> list[Judgement]:
     out: list[Judgement] = []
     for ns, op in sorted(set(_CUSTOM_OP.findall(text))):
         if ns not in _STANDARD_NS:
-            out.append(("unknown", f"torch.ops.{ns}.{op}",
-                        f"custom op {ns}::{op} in {name}: needs a native extension library"))
+            out.append(
+                (
+                    "unknown",
+                    f"torch.ops.{ns}.{op}",
+                    f"custom op {ns}::{op} in {name}: needs a native extension library",
+                )
+            )
     for cls in sorted(set(_CUSTOM_CLASS.findall(text))):
-        out.append(("unknown", f"__torch__.torch.classes.{cls}",
-                    f"custom TorchScript class {cls} in {name}: native code"))
+        out.append(
+            (
+                "unknown",
+                f"__torch__.torch.classes.{cls}",
+                f"custom TorchScript class {cls} in {name}: native code",
+            )
+        )
     for op in sorted(set(_FILE_OPS.findall(text))):
         out.append(("dangerous", f"torch.{op}", f"{name} calls {op}: reads or writes files"))
     return out

@@ -22,19 +22,82 @@ Judgement = tuple[str, str, str]  # (severity, subject, reason)
 # names that read or write files or load more code, wherever they appear in a torch/ops
 # chain or as a method: torch.from_file/aten::from_file, torch.save/load, torch.jit.load,
 # torch.ops.load_library, the lite interpreter's loader
-_IO_NAMES = frozenset({"from_file", "save", "load", "_load_for_mobile", "load_library",
-                       "_load", "_save", "import_module"})
+_IO_NAMES = frozenset(
+    {
+        "from_file",
+        "save",
+        "load",
+        "_load_for_mobile",
+        "load_library",
+        "_load",
+        "_save",
+        "import_module",
+    }
+)
 # first attribute under torch. that leaves the op namespace: native internals, hubs,
 # packages, storages and serialization all reach files or code
-_IO_TORCH = _IO_NAMES | {"_C", "hub", "package", "storage", "serialization", "utils",
-                         "multiprocessing", "distributed", "_dynamo", "_inductor"}
+_IO_TORCH = _IO_NAMES | {
+    "_C",
+    "hub",
+    "package",
+    "storage",
+    "serialization",
+    "utils",
+    "multiprocessing",
+    "distributed",
+    "_dynamo",
+    "_inductor",
+}
 # Python builtins that evaluate code or touch files; TorchScript has none of them
-_BAD_BUILTINS = frozenset({"__import__", "eval", "exec", "open", "compile", "globals", "locals",
-                           "vars", "input", "breakpoint", "setattr", "delattr", "__builtins__",
-                           "__loader__", "__spec__", "help", "exit", "quit", "memoryview"})
-_BAD_MODULES = frozenset({"os", "sys", "subprocess", "builtins", "importlib", "socket", "shutil",
-                          "pickle", "marshal", "ctypes", "io", "pathlib", "posix", "nt", "runpy",
-                          "code", "codeop", "pty", "urllib", "http", "requests", "signal"})
+_BAD_BUILTINS = frozenset(
+    {
+        "__import__",
+        "eval",
+        "exec",
+        "open",
+        "compile",
+        "globals",
+        "locals",
+        "vars",
+        "input",
+        "breakpoint",
+        "setattr",
+        "delattr",
+        "__builtins__",
+        "__loader__",
+        "__spec__",
+        "help",
+        "exit",
+        "quit",
+        "memoryview",
+    }
+)
+_BAD_MODULES = frozenset(
+    {
+        "os",
+        "sys",
+        "subprocess",
+        "builtins",
+        "importlib",
+        "socket",
+        "shutil",
+        "pickle",
+        "marshal",
+        "ctypes",
+        "io",
+        "pathlib",
+        "posix",
+        "nt",
+        "runpy",
+        "code",
+        "codeop",
+        "pty",
+        "urllib",
+        "http",
+        "requests",
+        "signal",
+    }
+)
 _ROOTS = frozenset({"torch", "ops", "__torch__", "CONSTANTS"})
 _CONSTANT = re.compile(r"c\d+")
 
@@ -44,8 +107,11 @@ def allowlist() -> dict[str, frozenset[str]]:
     """``data/torchscript_allowlist.json`` as one frozenset per section (see its ``_about``)."""
     from importlib import resources  # noqa: PLC0415
 
-    raw = json.loads(resources.files("keishiki").joinpath(
-        "data/torchscript_allowlist.json").read_text(encoding="utf-8"))
+    raw = json.loads(
+        resources.files("keishiki")
+        .joinpath("data/torchscript_allowlist.json")
+        .read_text(encoding="utf-8")
+    )
     return {k: frozenset(v) for k, v in raw.items() if isinstance(v, list)}
 
 
@@ -95,7 +161,7 @@ class Index:
         ``(kind, n_parts_used, class members)``."""
         full = ["__torch__", *parts]
         for k in range(len(full), 1, -1):
-            key = (".".join(full[:k - 1]).lower(), full[k - 1])
+            key = (".".join(full[: k - 1]).lower(), full[k - 1])
             if key in self.classes:
                 return "class", k - 1, self.classes[key]
             if key in self.functions:
@@ -151,8 +217,9 @@ class _Judge(ast.NodeVisitor):
         if self.setstate and severity == "unknown":
             # __setstate__ runs inside torch.jit.load itself, before anyone calls the model
             severity, why = "dangerous", why + "; in __setstate__, which runs while loading"
-        self.found.setdefault((severity, subject),
-                              (severity, subject, f"{self.member} ({self.where}): {why}"))
+        self.found.setdefault(
+            (severity, subject), (severity, subject, f"{self.member} ({self.where}): {why}")
+        )
 
     # -- structure: module → classes → functions ------------------------------------------
     def module(self, tree: ast.Module) -> None:
@@ -168,8 +235,11 @@ class _Judge(ast.NodeVisitor):
                     if not name.startswith("__torch__"):
                         self.flag("dangerous", f"import {name}", "imports a module: loads code")
             elif not _inert(stmt):
-                self.flag("unknown", type(stmt).__name__.lower(),
-                          "a module-level statement TorchScript's serializer never writes")
+                self.flag(
+                    "unknown",
+                    type(stmt).__name__.lower(),
+                    "a module-level statement TorchScript's serializer never writes",
+                )
                 self.visit(stmt)
 
     def class_(self, node: ast.ClassDef) -> None:
@@ -253,8 +323,12 @@ class _Judge(ast.NodeVisitor):
         if name in _BAD_BUILTINS or name in _BAD_MODULES:
             self.flag("dangerous", name, f"refers to {name}, which runs code or opens files")
         elif name in _ROOTS:  # t = ops; t.mylib.op(x) would read as a method call
-            self.flag("unknown", name, f"uses the namespace {name} as a value: what is "
-                      "reached through the alias cannot be read")
+            self.flag(
+                "unknown",
+                name,
+                f"uses the namespace {name} as a value: what is "
+                "reached through the alias cannot be read",
+            )
         elif _dunder(name) and name not in self.allow["dunder_names"]:
             self.flag("dangerous", name, f"refers to the dunder name {name}")
 
@@ -267,15 +341,22 @@ class _Judge(ast.NodeVisitor):
         elif name in _BAD_BUILTINS or name in _BAD_MODULES:
             self.flag("dangerous", name, f"calls {name}, which runs code or opens files")
         elif name not in self.allow["builtins"]:
-            self.flag("unknown", name, f"calls {name}, not a TorchScript builtin on the "
-                      "allowlist nor a local value")
+            self.flag(
+                "unknown",
+                name,
+                f"calls {name}, not a TorchScript builtin on the allowlist nor a local value",
+            )
 
     def getattr_call(self, name: str, node: ast.Call) -> None:
         args = node.args
-        if len(args) < 2 or not (isinstance(args[1], ast.Constant)
-                                 and isinstance(args[1].value, str)):
-            self.flag("dangerous", f"{name}(<computed>)",
-                      f"{name} with a computed attribute name: what it reaches cannot be read")
+        if len(args) < 2 or not (
+            isinstance(args[1], ast.Constant) and isinstance(args[1].value, str)
+        ):
+            self.flag(
+                "dangerous",
+                f"{name}(<computed>)",
+                f"{name} with a computed attribute name: what it reaches cannot be read",
+            )
             for arg in args:
                 self.visit(arg)
             return
@@ -293,8 +374,12 @@ class _Judge(ast.NodeVisitor):
         if attr in _IO_NAMES:
             self.flag("dangerous", attr, f"reaches .{attr}, which reads or writes files")
         elif _dunder(attr) and attr not in self.allow["dunder_methods"]:
-            self.flag("dangerous", attr, f"reaches the dunder attribute .{attr} (class, "
-                      "globals, subclasses: the way out of any sandbox)")
+            self.flag(
+                "dangerous",
+                attr,
+                f"reaches the dunder attribute .{attr} (class, "
+                "globals, subclasses: the way out of any sandbox)",
+            )
         else:
             return True
         return False
@@ -303,11 +388,18 @@ class _Judge(ast.NodeVisitor):
         """A method called on a value: one the archive defines, or an op on the allowlist."""
         if not self.attribute(name) or _dunder(name):
             return
-        if name in self.index.methods or name in self.allow["aten"] \
-                or name in self.allow["methods"]:
+        if (
+            name in self.index.methods
+            or name in self.allow["aten"]
+            or name in self.allow["methods"]
+        ):
             return
-        self.flag("unknown", f".{name}", f"calls method {name}, neither defined by the "
-                  "archive's code nor an op on the allowlist")
+        self.flag(
+            "unknown",
+            f".{name}",
+            f"calls method {name}, neither defined by the "
+            "archive's code nor an op on the allowlist",
+        )
 
     def reference(self, chain: list[str]) -> None:
         """A dotted name from a global: ``torch.*``, ``ops.*``, ``__torch__.*``, ``CONSTANTS``."""
@@ -329,8 +421,12 @@ class _Judge(ast.NodeVisitor):
 
     def _io_or_dunder(self, subject: str, parts: list[str], ops_ok: frozenset[str]) -> bool:
         if any(p in _IO_NAMES for p in parts) or (parts and parts[0] in _IO_TORCH):
-            self.flag("dangerous", subject, "reads or writes files, or loads native or Python "
-                      "code (file I/O and loaders are never allowlisted)")
+            self.flag(
+                "dangerous",
+                subject,
+                "reads or writes files, or loads native or Python "
+                "code (file I/O and loaders are never allowlisted)",
+            )
         elif any(_dunder(p) and p not in ops_ok for p in parts):
             self.flag("dangerous", subject, "reaches a dunder attribute")
         else:
@@ -346,8 +442,11 @@ class _Judge(ast.NodeVisitor):
         elif parts[0] == "ops":
             self.ops_ref(parts[1:])
         elif len(parts) > 1 or parts[0] not in self.allow["aten"]:
-            self.flag("unknown", subject, f"{subject} is not on the allowlist of ops that "
-                      "real TorchScript exports call")
+            self.flag(
+                "unknown",
+                subject,
+                f"{subject} is not on the allowlist of ops that real TorchScript exports call",
+            )
 
     def ops_ref(self, parts: list[str]) -> None:
         subject = ".".join(["torch.ops", *parts])
@@ -360,11 +459,13 @@ class _Judge(ast.NodeVisitor):
         if (ns == "aten" and op in self.allow["aten"]) or f"{ns}.{op}" in self.allow["ops"]:
             return
         if ns in ("aten", "prim", "quantized", "_quantized"):
-            self.flag("unknown", subject, f"{ns}::{op} is not on the allowlist of ops that "
-                      "real TorchScript exports call")
+            self.flag(
+                "unknown",
+                subject,
+                f"{ns}::{op} is not on the allowlist of ops that real TorchScript exports call",
+            )
         else:
-            self.flag("unknown", subject, f"custom op {ns}::{op}: needs a native extension "
-                      "library")
+            self.flag("unknown", subject, f"custom op {ns}::{op}: needs a native extension library")
 
     def class_ref(self, parts: list[str]) -> None:
         subject = ".".join(["__torch__", *parts])
@@ -378,8 +479,9 @@ class _Judge(ast.NodeVisitor):
             return
         kind, used, members = found
         rest = parts[used:]
-        if not rest or (kind == "class" and len(rest) == 1
-                        and (rest[0] == "__new__" or rest[0] in members)):
+        if not rest or (
+            kind == "class" and len(rest) == 1 and (rest[0] == "__new__" or rest[0] in members)
+        ):
             return
         if not self._io_or_dunder(subject, rest, frozenset()):
             self.flag("unknown", subject, "not a member the archive's code defines")
@@ -393,5 +495,8 @@ class _Judge(ast.NodeVisitor):
             return
         if len(cls) == 2 and ".".join(cls) in self.allow["custom_classes"]:
             return
-        self.flag("unknown", named, "custom TorchScript class: native code from a library "
-                  "that must be loaded first")
+        self.flag(
+            "unknown",
+            named,
+            "custom TorchScript class: native code from a library that must be loaded first",
+        )

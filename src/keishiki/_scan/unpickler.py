@@ -30,12 +30,16 @@ from typing import Any
 
 from .oplex import Capped, GuardedReader, cleared_stream, opcode_name
 
-MAX_CALLS = 1_000_000       # ~20k in a 10k-tensor checkpoint; ~250 bytes each with args
+MAX_CALLS = 1_000_000  # ~20k in a 10k-tensor checkpoint; ~250 bytes each with args
 MAX_PERSISTENT = 1_000_000
-MAX_NAME = 1000             # characters of module + name kept for a global
-MAX_GLOBALS = 200_000       # find_class calls (a pickler names each global once: memo)
-JOBLIB_WRAPPERS = frozenset(("joblib.numpy_pickle.NumpyArrayWrapper",
-                             "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper"))
+MAX_NAME = 1000  # characters of module + name kept for a global
+MAX_GLOBALS = 200_000  # find_class calls (a pickler names each global once: memo)
+JOBLIB_WRAPPERS = frozenset(
+    (
+        "joblib.numpy_pickle.NumpyArrayWrapper",
+        "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
+    )
+)
 # torch's UnpicklerWrapper.find_class renames this module before importing
 TORCH_MODULE_MAPPING = {"torch.tensor": "torch._tensor"}
 
@@ -44,9 +48,9 @@ TORCH_MODULE_MAPPING = {"torch.tensor": "torch._tensor"}
 class Global:
     """One ``find_class`` call: the global the loader would import."""
 
-    offset: int | None   # the GLOBAL/STACK_GLOBAL/INST/EXT opcode, when known
+    offset: int | None  # the GLOBAL/STACK_GLOBAL/INST/EXT opcode, when known
     opcode: str
-    module: str          # as the loader resolves it (Python 2 names mapped below protocol 3)
+    module: str  # as the loader resolves it (Python 2 names mapped below protocol 3)
     name: str
     raw: tuple[str, str] | None = None  # the names in the file, when resolving changed them
 
@@ -74,18 +78,18 @@ class StreamRecord:
     """What one stream made the unpickler do."""
 
     start: int
-    end: int = 0                   # first byte the loader did not read
-    value: Any = None              # the unpickled value (stand-ins inside); None on error
+    end: int = 0  # first byte the loader did not read
+    value: Any = None  # the unpickled value (stand-ins inside); None on error
     globals: list[Global] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)
     persistent_ids: list[Any] = field(default_factory=list)
     ext: list[tuple[int, int]] = field(default_factory=list)  # (offset, code) of EXT opcodes
-    results: list["Result"] = field(default_factory=list)      # per call and persistent id
-    protocol: int = 0              # the highest PROTO seen
-    py2_text: bool = False         # STRING/BINSTRING/SHORT_BINSTRING seen
-    error: str = ""                # why the loader stops (its own error)
-    capped: str = ""               # why the scan stopped (its own limit)
-    dynamic: str = ""              # a failure only stand-ins cause: a computed name or class
+    results: list["Result"] = field(default_factory=list)  # per call and persistent id
+    protocol: int = 0  # the highest PROTO seen
+    py2_text: bool = False  # STRING/BINSTRING/SHORT_BINSTRING seen
+    error: str = ""  # why the loader stops (its own error)
+    capped: str = ""  # why the scan stopped (its own limit)
+    dynamic: str = ""  # a failure only stand-ins cause: a computed name or class
     error_offset: int | None = None
     n_ops: int = 0
 
@@ -132,8 +136,17 @@ class Result:
     scan.  Keeping them changes nothing the loader does.
     """
 
-    __slots__ = ("call", "state", "_rec", "dictitems", "listitems", "pid", "at", "n_build",
-                 "__weakref__")
+    __slots__ = (
+        "call",
+        "state",
+        "_rec",
+        "dictitems",
+        "listitems",
+        "pid",
+        "at",
+        "n_build",
+        "__weakref__",
+    )
 
     def __init__(self, rec: "_Recorder", call: CallRecord | None):
         self._rec, self.call, self.state = rec, call, None
@@ -179,8 +192,9 @@ class Result:
 class _Recorder:
     """The state both unpickler classes share for one stream."""
 
-    def __init__(self, reader: Any, record: StreamRecord, torch_names: bool,
-                 deadline: float = float("inf")):
+    def __init__(
+        self, reader: Any, record: StreamRecord, torch_names: bool, deadline: float = float("inf")
+    ):
         self.reader, self.record, self.torch_names = reader, record, torch_names
         self.deadline = deadline
         self.k = 0  # find_class calls so far: the k-th naming opcode of the lexer
@@ -193,7 +207,7 @@ class _Recorder:
             offset, opcode = lexer.naming_at[self.k], opcode_name(lexer.naming_op[self.k])
         self.k += 1
         if len(module) + len(name) > MAX_NAME:  # no importable name is this long
-            module, name = module[:MAX_NAME // 2] + "...", name[:MAX_NAME // 2] + "..."
+            module, name = module[: MAX_NAME // 2] + "...", name[: MAX_NAME // 2] + "..."
         raw = (module, name)
         if lexer.proto_at(self.reader.pos) < 3:
             # what pickle's own find_class does for protocols 0-2 (fix_imports=True)
@@ -212,8 +226,8 @@ class _Recorder:
         stub = self.stubs.get((module, name))
         if stub is None:
             stub = self.stubs[(module, name)] = Stub(
-                "Global", (), {"__new__": _stub_new, "__slots__": (), "_rec": self,
-                               "_global": ref})
+                "Global", (), {"__new__": _stub_new, "__slots__": (), "_rec": self, "_global": ref}
+            )
         return stub
 
     def call(self, kind: str, callee: Global | None, args: tuple, kwargs) -> Result:
@@ -281,8 +295,9 @@ class _PyReader(pickle._Unpickler):
 
 
 # calls that make an instance of the class they are given (joblib's isinstance sees it)
-_INSTANCE_MAKERS = frozenset(("copyreg._reconstructor", "copyreg.__newobj__",
-                              "copyreg.__newobj_ex__"))
+_INSTANCE_MAKERS = frozenset(
+    ("copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__")
+)
 
 
 def _is_joblib_wrapper(obj: Result) -> bool:
@@ -297,8 +312,12 @@ def _is_joblib_wrapper(obj: Result) -> bool:
     return isinstance(first, Stub) and first._global.qualname in JOBLIB_WRAPPERS
 
 
-_STAND_IN_ERRORS = ("STACK_GLOBAL requires str", "must be a type", "isn't a type object",
-                    "is not a type object")
+_STAND_IN_ERRORS = (
+    "STACK_GLOBAL requires str",
+    "must be a type",
+    "isn't a type object",
+    "is not a type object",
+)
 
 
 class _Position:
@@ -318,9 +337,9 @@ class _Position:
 # when all of those are equal, only when its reading ended cleanly at the STOP (a cut-off
 # reading may depend on the time left), and once (the scan takes it out).  Kept records
 # are few and small in objects: everything they hold stays alive for the collector to walk.
-SHARED_STREAMS = 8           # a legacy torch file is five streams
+SHARED_STREAMS = 8  # a legacy torch file is five streams
 SHARED_BYTES = 16 << 20
-SHARED_OPS = 2_000_000       # opcodes of all kept readings together (~ objects they hold)
+SHARED_OPS = 2_000_000  # opcodes of all kept readings together (~ objects they hold)
 # (key, stream bytes, record), oldest first
 _SHARED: list[tuple[tuple, bytes, StreamRecord]] = []
 
@@ -329,7 +348,7 @@ def _take_shared(data: memoryview, key: tuple) -> tuple[bytes, StreamRecord] | N
     start = key[0]
     for i in range(len(_SHARED) - 1, -1, -1):
         k, stream, record = _SHARED[i]
-        if k == key and bytes(data[start:start + len(stream)]) == stream:
+        if k == key and bytes(data[start : start + len(stream)]) == stream:
             del _SHARED[i]
             return stream, record
     return None
@@ -344,9 +363,16 @@ def _share(key: tuple, stream: bytes, record: StreamRecord) -> None:
         del _SHARED[0]
 
 
-def read_stream(data: memoryview, start: int, deadline: float, *, python: bool = False,
-                joblib: bool = False, torch_names: bool = False,
-                share: bool = False) -> StreamRecord:
+def read_stream(
+    data: memoryview,
+    start: int,
+    deadline: float,
+    *,
+    python: bool = False,
+    joblib: bool = False,
+    torch_names: bool = False,
+    share: bool = False,
+) -> StreamRecord:
     """Unpickle one stream of ``data`` at ``start`` inertly and return what it did.
 
     With ``share``, a clean reading is kept for the next reader of the same stream, which
@@ -364,7 +390,7 @@ def read_stream(data: memoryview, start: int, deadline: float, *, python: bool =
     Returns:
         A :class:`StreamRecord`; never raises for anything the bytes contain.
     """
-    key = (start, python, joblib, torch_names, bytes(data[start:start + 64]))
+    key = (start, python, joblib, torch_names, bytes(data[start : start + 64]))
     known = _take_shared(data, key)
     if known is not None:
         if share:  # a reader again (inspect twice): the scan may still follow
@@ -413,9 +439,12 @@ def read_stream(data: memoryview, start: int, deadline: float, *, python: bool =
     record.ext = [(at, code) for at, code in lexer.ext if at < record.end]
     record.protocol = max((p for at, p in lexer.protos if at < record.end), default=0)
     record.py2_text = lexer.py2_text
-    if share and isinstance(source, io.BytesIO) and not (record.error or record.capped
-                                                         or record.dynamic):
-        _share(key, source.getvalue()[:record.end - start], record)
+    if (
+        share
+        and isinstance(source, io.BytesIO)
+        and not (record.error or record.capped or record.dynamic)
+    ):
+        _share(key, source.getvalue()[: record.end - start], record)
     # stand-in classes are freed by the cycle collector, not at once: drop the views they
     # reach, or the caller's mmap cannot close
     lexer.data = memoryview(b"")
@@ -424,5 +453,13 @@ def read_stream(data: memoryview, start: int, deadline: float, *, python: bool =
     return record
 
 
-__all__ = ["read_stream", "StreamRecord", "Global", "CallRecord", "Result", "Stub",
-           "JOBLIB_WRAPPERS", "Capped"]
+__all__ = [
+    "read_stream",
+    "StreamRecord",
+    "Global",
+    "CallRecord",
+    "Result",
+    "Stub",
+    "JOBLIB_WRAPPERS",
+    "Capped",
+]

@@ -26,7 +26,13 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_print_version,
-                                       is_eager=True, help="Print keishiki's version and exit.")
-          ) -> None:
+def _main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print keishiki's version and exit.",
+    ),
+) -> None:
     """Identify, inspect, scan, convert and run model files in every format."""

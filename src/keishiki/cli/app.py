@@ -20,8 +20,22 @@ from ..errors import KeishikiError
 from ._app import app
 
 # commands listed in `keishiki --help` in this order; modules not named here follow
-ORDER = ["info", "tensors", "scan", "pull", "formats", "convert", "quantize", "run", "bench", "serve", "compare",
-         "map", "view", "demo"]
+ORDER = [
+    "info",
+    "tensors",
+    "scan",
+    "pull",
+    "formats",
+    "convert",
+    "quantize",
+    "run",
+    "bench",
+    "serve",
+    "compare",
+    "map",
+    "view",
+    "demo",
+]
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -42,7 +56,8 @@ def _load_commands(argv: list[str] | None = None) -> None:
         importlib.import_module(f"{__package__}.cmd_{name}")
     # commands register on import: keep ORDER even when one was loaded alone before
     app.registered_commands.sort(
-        key=lambda c: _order(getattr(c.callback, "__module__", "").rsplit(".cmd_")[-1]))
+        key=lambda c: _order(getattr(c.callback, "__module__", "").rsplit(".cmd_")[-1])
+    )
 
 
 def _command():
@@ -109,13 +124,17 @@ def run(argv: list[str] | None = None) -> int:
     except MemoryError:
         if debug:
             raise
-        return _fail("out of memory (the model, or a size a file claims, is too large for this "
-                     "machine)", 2)
+        return _fail(
+            "out of memory (the model, or a size a file claims, is too large for this machine)", 2
+        )
     except Exception as exc:  # a bug: still one line, with the way to see more
         if debug:
             raise
-        return _fail(f"internal error: {type(exc).__name__}: {exc} "
-                     f"(KEISHIKI_DEBUG=1 shows the traceback)".replace("\n", " "), 2)
+        return _fail(
+            f"internal error: {type(exc).__name__}: {exc} "
+            f"(KEISHIKI_DEBUG=1 shows the traceback)".replace("\n", " "),
+            2,
+        )
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import typer
-
 from rich.markup import escape
 
 from ._app import app
@@ -21,6 +20,7 @@ def demo(
     """Build a 2-layer Llama here (no download), convert it to several formats, and show
     `keishiki info` on each — the tour of what keishiki does."""
     import keishiki
+
     from ..examples import build_tiny_llama
     from .cmd_info import render_info
 
@@ -41,8 +41,9 @@ def demo(
     for target, to, options in steps:
         source = hf / "model.safetensors" if target.suffix == ".pt" else hf
         if not target.exists():
-            console.print(f"[bold]convert[/bold] {escape(str(source))} → {escape(str(target))} "
-                          f"(--to {to})")
+            console.print(
+                f"[bold]convert[/bold] {escape(str(source))} → {escape(str(target))} (--to {to})"
+            )
             keishiki.convert(source, target, to=to, quiet=True, **options)
         shown.append(target)
     rows = []
@@ -53,11 +54,22 @@ def demo(
         if not quiet:
             console.rule(f"keishiki info {escape(str(path))}")
             render_info(model, str(path))
-        rows.append((str(path), model.format + (f"/{model.variant}" if model.variant else ""),
-                     f"{model.n_tensors}", f"{model.n_parameters:,}",
-                     human_bytes(model.file_size), f"{ms:.1f} ms",
-                     (model.safety or {}).get("verdict", "-")))
+        rows.append(
+            (
+                str(path),
+                model.format + (f"/{model.variant}" if model.variant else ""),
+                f"{model.n_tensors}",
+                f"{model.n_parameters:,}",
+                human_bytes(model.file_size),
+                f"{ms:.1f} ms",
+                (model.safety or {}).get("verdict", "-"),
+            )
+        )
     console.rule("summary")
-    table(None, ["path", "format", "tensors", "parameters", "size", "info took", "scan"], rows,
-          justify_right=["tensors", "parameters", "size", "info took"])
+    table(
+        None,
+        ["path", "format", "tensors", "parameters", "size", "info took", "scan"],
+        rows,
+        justify_right=["tensors", "parameters", "size", "info took"],
+    )
     return 0

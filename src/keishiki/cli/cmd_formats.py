@@ -18,10 +18,23 @@ def formats(json_out: bool = JSON_OPTION) -> int:
         print_json({"formats": fmts, "edges": edges}, schema="keishiki.formats/1")
         return 0
     yes = lambda b: "yes" if b else "-"  # noqa: E731
-    table("formats", ["id", "what", "read", "write"],
-          [(f["id"], f["what"], yes(f["readable"]), yes(f["writable"])) for f in fmts])
-    table("conversion edges (keishiki convert SRC OUT --to DST)",
-          ["from", "to", "needs", "lossless", "what"],
-          [(e["src"], e["dst"], escape(", ".join(f"keishiki[{x}]" for x in e["extras"]) or "-"),
-            yes(e["lossless"]), e["description"]) for e in edges])
+    table(
+        "formats",
+        ["id", "what", "read", "write"],
+        [(f["id"], f["what"], yes(f["readable"]), yes(f["writable"])) for f in fmts],
+    )
+    table(
+        "conversion edges (keishiki convert SRC OUT --to DST)",
+        ["from", "to", "needs", "lossless", "what"],
+        [
+            (
+                e["src"],
+                e["dst"],
+                escape(", ".join(f"keishiki[{x}]" for x in e["extras"]) or "-"),
+                yes(e["lossless"]),
+                e["description"],
+            )
+            for e in edges
+        ],
+    )
     return 0

@@ -5,25 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .args import HF_HELP, model_path
-from rich.markup import escape
-
 from .cmd_compare import render_unmatched, shape_text
 from .render import print_json, table
 
 
 @app.command(name="map")
 def map_cmd(
-    a: Path = typer.Argument(..., metavar="A", parser=model_path,
-                             help="Model A (any format)." + HF_HELP),
-    b: Path = typer.Argument(..., metavar="B", parser=model_path,
-                             help="Model B (any format)."),
-    no_values: bool = typer.Option(False, "--no-values", help="Pair by names only (never "
-                                   "read tensor data)."),
-    show: str = typer.Option("pairs", "--show", help="pairs (default) or all (also list "
-                             "ONNX graph constants left unpaired)."),
+    a: Path = typer.Argument(
+        ..., metavar="A", parser=model_path, help="Model A (any format)." + HF_HELP
+    ),
+    b: Path = typer.Argument(..., metavar="B", parser=model_path, help="Model B (any format)."),
+    no_values: bool = typer.Option(
+        False, "--no-values", help="Pair by names only (never read tensor data)."
+    ),
+    show: str = typer.Option(
+        "pairs",
+        "--show",
+        help="pairs (default) or all (also list ONNX graph constants left unpaired).",
+    ),
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Pair every tensor of A with its counterpart in B, across formats.
@@ -44,12 +47,22 @@ def map_cmd(
     if json_out:
         print_json(name_map.to_dict(), schema="keishiki.map/1")
         return 1 if ua or ub else 0
-    rows = [(escape(p.a), escape(p.b), p.how + (" (shared)" if p.extra.get("shared") else ""),
-             shape_text(p.a_shape), shape_text(p.b_shape),
-             p.a_dtype if p.a_dtype == p.b_dtype else f"{p.a_dtype} / {p.b_dtype}")
-            for p in name_map.pairs]
-    table(f"{len(name_map.pairs)} pairs: {escape(str(a))} ({name_map.a_format}) ↔ "
-          f"{escape(str(b))} ({name_map.b_format})",
-          ["A", "B", "how", "A shape", "B shape", "dtype"], rows)
+    rows = [
+        (
+            escape(p.a),
+            escape(p.b),
+            p.how + (" (shared)" if p.extra.get("shared") else ""),
+            shape_text(p.a_shape),
+            shape_text(p.b_shape),
+            p.a_dtype if p.a_dtype == p.b_dtype else f"{p.a_dtype} / {p.b_dtype}",
+        )
+        for p in name_map.pairs
+    ]
+    table(
+        f"{len(name_map.pairs)} pairs: {escape(str(a))} ({name_map.a_format}) ↔ "
+        f"{escape(str(b))} ({name_map.b_format})",
+        ["A", "B", "how", "A shape", "B shape", "dtype"],
+        rows,
+    )
     render_unmatched(name_map, show_all=show == "all")
     return 1 if ua or ub else 0

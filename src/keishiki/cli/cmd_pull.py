@@ -17,24 +17,40 @@ from .render import console, human_bytes, kv_table, print_json, printable
 
 @app.command()
 def pull(
-    repo: str = typer.Argument(..., metavar="REPO[@REV]",
-                               help="org/name, optionally @branch, @tag or @commit; or "
-                               "onnx-zoo:NAME for an ONNX Model Zoo model."),
-    include: list[str] = typer.Option(None, "--include", help="Only paths matching this glob "
-                                      "(repeatable)."),
-    exclude: list[str] = typer.Option(None, "--exclude", help="Skip paths matching this glob "
-                                      "(repeatable)."),
-    local_dir: Path = typer.Option(None, "--local-dir", help="Copy into this folder instead "
-                                   "of the Hugging Face cache."),
-    prefer_safetensors: bool = typer.Option(False, "--prefer-safetensors",
-                                            help="Skip pickled weights (*.bin, *.pt, *.pth, "
-                                            "*.ckpt) beside *.safetensors, as transformers "
-                                            "loads them."),
-    opset: int = typer.Option(None, "--opset", help="onnx-zoo:NAME: the version with exactly "
-                              "this opset (default: the highest)."),
-    zoo_repo: str = typer.Option(None, "--zoo-repo", metavar="ORG/NAME[@REV]",
-                                 help="onnx-zoo:NAME: the repository holding "
-                                 "ONNX_HUB_MANIFEST.json (default: onnxmodelzoo/legacy_models)."),
+    repo: str = typer.Argument(
+        ...,
+        metavar="REPO[@REV]",
+        help="org/name, optionally @branch, @tag or @commit; or "
+        "onnx-zoo:NAME for an ONNX Model Zoo model.",
+    ),
+    include: list[str] = typer.Option(
+        None, "--include", help="Only paths matching this glob (repeatable)."
+    ),
+    exclude: list[str] = typer.Option(
+        None, "--exclude", help="Skip paths matching this glob (repeatable)."
+    ),
+    local_dir: Path = typer.Option(
+        None, "--local-dir", help="Copy into this folder instead of the Hugging Face cache."
+    ),
+    prefer_safetensors: bool = typer.Option(
+        False,
+        "--prefer-safetensors",
+        help="Skip pickled weights (*.bin, *.pt, *.pth, "
+        "*.ckpt) beside *.safetensors, as transformers "
+        "loads them.",
+    ),
+    opset: int = typer.Option(
+        None,
+        "--opset",
+        help="onnx-zoo:NAME: the version with exactly this opset (default: the highest).",
+    ),
+    zoo_repo: str = typer.Option(
+        None,
+        "--zoo-repo",
+        metavar="ORG/NAME[@REV]",
+        help="onnx-zoo:NAME: the repository holding "
+        "ONNX_HUB_MANIFEST.json (default: onnxmodelzoo/legacy_models).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     json_out: bool = JSON_OPTION,
 ) -> int:
@@ -52,39 +68,62 @@ def pull(
     from ..hub.zoo import ZOO_PREFIX
 
     if repo.startswith(ZOO_PREFIX):
-        unused = [flag for flag, value in (("--include", include), ("--exclude", exclude),
-                                           ("--local-dir", local_dir),
-                                           ("--prefer-safetensors", prefer_safetensors)) if value]
+        unused = [
+            flag
+            for flag, value in (
+                ("--include", include),
+                ("--exclude", exclude),
+                ("--local-dir", local_dir),
+                ("--prefer-safetensors", prefer_safetensors),
+            )
+            if value
+        ]
         if unused:
-            raise InvalidRequest(f"{', '.join(unused)}: not for {ZOO_PREFIX}NAME (a zoo model "
-                                 f"is one file)")
-        return _pull_zoo(repo[len(ZOO_PREFIX):], opset, zoo_repo, quiet, json_out)
+            raise InvalidRequest(
+                f"{', '.join(unused)}: not for {ZOO_PREFIX}NAME (a zoo model is one file)"
+            )
+        return _pull_zoo(repo[len(ZOO_PREFIX) :], opset, zoo_repo, quiet, json_out)
     if opset is not None or zoo_repo is not None:
         raise InvalidRequest(f"--opset and --zoo-repo are for {ZOO_PREFIX}NAME, not {repo}")
     from ..hub.pull import pull as run_pull
 
-    report = run_pull(repo, include=include or None, exclude=exclude or None,
-                      local_dir=local_dir, prefer_safetensors=prefer_safetensors, quiet=quiet)
+    report = run_pull(
+        repo,
+        include=include or None,
+        exclude=exclude or None,
+        local_dir=local_dir,
+        prefer_safetensors=prefer_safetensors,
+        quiet=quiet,
+    )
     code = report.exit_code()
     if json_out:
         print_json(report.to_dict(), schema="keishiki.pull/1")
         return code
-    console.print(kv_table(None, [
-        ("repository", report.repo_id + (f"@{report.revision}" if report.revision else "")),
-        ("commit", report.commit),
-        ("folder", str(report.folder)),
-        ("files", f"{len(report.files)} ({human_bytes(report.nbytes)})"
-                  + (", from the cache (offline)" if report.offline else "")),
-        ("skipped", report.skipped or None),
-    ]))
+    console.print(
+        kv_table(
+            None,
+            [
+                ("repository", report.repo_id + (f"@{report.revision}" if report.revision else "")),
+                ("commit", report.commit),
+                ("folder", str(report.folder)),
+                (
+                    "files",
+                    f"{len(report.files)} ({human_bytes(report.nbytes)})"
+                    + (", from the cache (offline)" if report.offline else ""),
+                ),
+                ("skipped", report.skipped or None),
+            ],
+        )
+    )
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     _render_scan(report.scan)
     return code
 
 
-def _pull_zoo(name: str, opset: int | None, zoo_repo: str | None, quiet: bool,
-              json_out: bool) -> int:
+def _pull_zoo(
+    name: str, opset: int | None, zoo_repo: str | None, quiet: bool, json_out: bool
+) -> int:
     from ..hub.zoo import DEFAULT_REPO, pull_model
 
     report = pull_model(name, zoo_repo or DEFAULT_REPO, opset, silent=quiet)
@@ -92,14 +131,22 @@ def _pull_zoo(name: str, opset: int | None, zoo_repo: str | None, quiet: bool,
     if json_out:
         print_json(report.to_dict(), schema="keishiki.pull-zoo/1")
         return code
-    console.print(kv_table(None, [
-        ("zoo", report.repo_id + (f"@{report.revision}" if report.revision else "")),
-        ("commit", report.commit),
-        ("model", f"{report.info.model} (opset {report.info.opset})"),
-        ("file", str(report.path) + (" (from the cache, offline)" if report.offline else "")),
-        ("size", human_bytes(report.nbytes)),
-        ("sha256", f"{report.sha256} (matches the manifest)"),
-    ]))
+    console.print(
+        kv_table(
+            None,
+            [
+                ("zoo", report.repo_id + (f"@{report.revision}" if report.revision else "")),
+                ("commit", report.commit),
+                ("model", f"{report.info.model} (opset {report.info.opset})"),
+                (
+                    "file",
+                    str(report.path) + (" (from the cache, offline)" if report.offline else ""),
+                ),
+                ("size", human_bytes(report.nbytes)),
+                ("sha256", f"{report.sha256} (matches the manifest)"),
+            ],
+        )
+    )
     _render_scan(report.scan)
     return code
 

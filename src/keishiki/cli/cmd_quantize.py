@@ -14,18 +14,32 @@ from ._app import JSON_OPTION, app
 def quantize(
     src: Path = typer.Argument(..., metavar="MODEL", help="ONNX model file or folder."),
     out: Path = typer.Argument(
-        ..., metavar="OUT", help="Output .onnx file or folder (must not exist without "
-        "--force; a folder keeps external data, tokenizer and config)."),
-    int8: bool = typer.Option(False, "--int8", help="8-bit weights, activations quantized "
-                              "at run time (onnxruntime quantize_dynamic)."),
-    int4: bool = typer.Option(False, "--int4", help="4-bit block-wise weights (onnxruntime "
-                              "MatMulNBits)."),
-    block_size: int = typer.Option(None, "--block-size", help="--int4: values per block, a "
-                                   "power of 2 from 16 to 256 (default 32)."),
-    no_verify: bool = typer.Option(False, "--no-verify", help="Skip running it against the "
-                                   "original."),
-    strict: bool = typer.Option(False, "--strict", help="Remove the output when verification "
-                                "fails (default: keep it as OUT.unverified)."),
+        ...,
+        metavar="OUT",
+        help="Output .onnx file or folder (must not exist without "
+        "--force; a folder keeps external data, tokenizer and config).",
+    ),
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="8-bit weights, activations quantized at run time (onnxruntime quantize_dynamic).",
+    ),
+    int4: bool = typer.Option(
+        False, "--int4", help="4-bit block-wise weights (onnxruntime MatMulNBits)."
+    ),
+    block_size: int = typer.Option(
+        None,
+        "--block-size",
+        help="--int4: values per block, a power of 2 from 16 to 256 (default 32).",
+    ),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="Skip running it against the original."
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Remove the output when verification fails (default: keep it as OUT.unverified).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = JSON_OPTION,
@@ -45,9 +59,17 @@ def quantize(
 
         kind = source_format(src)
         if kind not in ("onnx", "hf-model"):
-            raise InvalidRequest(f"{src}: a {kind} file; keishiki quantize takes an ONNX model "
-                                 f"(or a Hugging Face folder, exported first). For GGUF: "
-                                 f"keishiki convert SRC OUT --to gguf --quant q4_K_M")
-    options = dict(quant="int8" if int8 else "int4", block_size=block_size,
-                   verify=not no_verify, strict=strict, force=force, quiet=quiet)
+            raise InvalidRequest(
+                f"{src}: a {kind} file; keishiki quantize takes an ONNX model "
+                f"(or a Hugging Face folder, exported first). For GGUF: "
+                f"keishiki convert SRC OUT --to gguf --quant q4_K_M"
+            )
+    options = dict(
+        quant="int8" if int8 else "int4",
+        block_size=block_size,
+        verify=not no_verify,
+        strict=strict,
+        force=force,
+        quiet=quiet,
+    )
     return convert_and_report(src, out, "onnx", options, json_out)

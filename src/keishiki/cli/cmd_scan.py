@@ -18,12 +18,15 @@ _STYLE = {"dangerous": "bold red", "unknown": "yellow", "error": "magenta", "saf
 def scan(
     # str, not Path: Path("hf://org/name") would fold the "//"
     paths: list[str] = typer.Argument(
-        ..., metavar="PATHS", help="Files or folders (archives are opened, folders walked), "
-        "or hf://ORG/NAME[@REV] on the Hub (read by range requests, weights not downloaded)."),
+        ...,
+        metavar="PATHS",
+        help="Files or folders (archives are opened, folders walked), "
+        "or hf://ORG/NAME[@REV] on the Hub (read by range requests, weights not downloaded).",
+    ),
     json_out: bool = JSON_OPTION,
-    allow_unknown: bool = typer.Option(False, "--allow-unknown",
-                                       help="Exit 0 when only unknown (not dangerous) "
-                                       "globals are found."),
+    allow_unknown: bool = typer.Option(
+        False, "--allow-unknown", help="Exit 0 when only unknown (not dangerous) globals are found."
+    ),
     show_safe: bool = typer.Option(False, "--all", help="Also list safe findings."),
 ) -> int:
     """Scan pickles, archives, TorchScript, Keras and ONNX files for code that runs on load.
@@ -58,17 +61,38 @@ def scan(
 
 def _render(report, show_safe: bool) -> None:
     files = [fr for fr in report.files if not fr.skipped]
-    table(None, ["verdict", "file", "kind", "dangerous", "unknown", "safe"],
-          [[f"[{_STYLE[fr.verdict]}]{fr.verdict}[/]", escape(fr.path), fr.kind or "-",
-            str(sum(f.severity == "dangerous" for f in fr.findings)),
-            str(sum(f.severity == "unknown" for f in fr.findings)),
-            str(sum(f.severity == "safe" for f in fr.findings))] for fr in files],
-          justify_right=["dangerous", "unknown", "safe"])
+    table(
+        None,
+        ["verdict", "file", "kind", "dangerous", "unknown", "safe"],
+        [
+            [
+                f"[{_STYLE[fr.verdict]}]{fr.verdict}[/]",
+                escape(fr.path),
+                fr.kind or "-",
+                str(sum(f.severity == "dangerous" for f in fr.findings)),
+                str(sum(f.severity == "unknown" for f in fr.findings)),
+                str(sum(f.severity == "safe" for f in fr.findings)),
+            ]
+            for fr in files
+        ],
+        justify_right=["dangerous", "unknown", "safe"],
+    )
     shown = [f for f in report.findings if show_safe or f.severity != "safe"]
     if shown:
-        table("findings", ["severity", "where", "opcode", "global", "reason"],
-              [[f"[{_STYLE[f.severity]}]{f.severity}[/]", escape(f.where), f.opcode,
-                escape(f.global_), escape(f.reason)] for f in shown[:500]])
+        table(
+            "findings",
+            ["severity", "where", "opcode", "global", "reason"],
+            [
+                [
+                    f"[{_STYLE[f.severity]}]{f.severity}[/]",
+                    escape(f.where),
+                    f.opcode,
+                    escape(f.global_),
+                    escape(f.reason),
+                ]
+                for f in shown[:500]
+            ],
+        )
         if len(shown) > 500:
             console.print(f"… {len(shown) - 500} more findings (use --json)")
     style = _STYLE[report.verdict]

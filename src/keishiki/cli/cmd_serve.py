@@ -13,37 +13,57 @@ from ._app import app
 @app.command()
 def serve(
     model: Path = typer.Argument(
-        ..., metavar="MODEL", help="HF folder, ONNX file/folder, TorchScript or GGUF file."),
-    backend: str = typer.Option("auto", "--backend", "-b",
-                                help="auto, torch, onnxruntime, torchscript or vllm (starts "
-                                     "vLLM's own OpenAI server)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on "
-                             "(0.0.0.0 exposes the model to the network)."),
+        ..., metavar="MODEL", help="HF folder, ONNX file/folder, TorchScript or GGUF file."
+    ),
+    backend: str = typer.Option(
+        "auto",
+        "--backend",
+        "-b",
+        help="auto, torch, onnxruntime, torchscript or vllm (starts vLLM's own OpenAI server).",
+    ),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on (0.0.0.0 exposes the model to the network).",
+    ),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    api_key: str = typer.Option(None, "--api-key", envvar="KEISHIKI_API_KEY",
-                                show_envvar=True,
-                                help="Require Authorization: Bearer KEY on every route but "
-                                     "/health and /metrics."),
+    api_key: str = typer.Option(
+        None,
+        "--api-key",
+        envvar="KEISHIKI_API_KEY",
+        show_envvar=True,
+        help="Require Authorization: Bearer KEY on every route but /health and /metrics.",
+    ),
     served_model_name: list[str] = typer.Option(
-        None, "--served-model-name", help="Name(s) clients pass as model (default: MODEL)."),
-    chat_template: str = typer.Option(None, "--chat-template",
-                                      help="Jinja2 chat template file (or inline template)."),
-    max_model_len: int = typer.Option(None, "--max-model-len",
-                                      help="Cap on prompt + output tokens."),
-    max_num_seqs: int = typer.Option(16, "--max-num-seqs",
-                                     help="Most sequences decoded in one batch."),
-    max_queue_len: int = typer.Option(64, "--max-queue-len",
-                                      help="Most requests waiting for a slot; more get 503."),
-    max_logprobs: int = typer.Option(20, "--max-logprobs",
-                                     help="Largest logprobs / top_logprobs a request may ask."),
+        None, "--served-model-name", help="Name(s) clients pass as model (default: MODEL)."
+    ),
+    chat_template: str = typer.Option(
+        None, "--chat-template", help="Jinja2 chat template file (or inline template)."
+    ),
+    max_model_len: int = typer.Option(
+        None, "--max-model-len", help="Cap on prompt + output tokens."
+    ),
+    max_num_seqs: int = typer.Option(
+        16, "--max-num-seqs", help="Most sequences decoded in one batch."
+    ),
+    max_queue_len: int = typer.Option(
+        64, "--max-queue-len", help="Most requests waiting for a slot; more get 503."
+    ),
+    max_logprobs: int = typer.Option(
+        20, "--max-logprobs", help="Largest logprobs / top_logprobs a request may ask."
+    ),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="Folder with tokenizer.json."),
     dtype: str = typer.Option(None, "--dtype", help="auto, float32, float16, bfloat16."),
     seed: int = typer.Option(None, "--seed", help="Seed of requests that give none."),
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Load a model that scan rates dangerous or unknown, "
-        "and let transformers/vLLM run the folder's own code (RUNS code from it)."),
-    log_level: str = typer.Option("info", "--uvicorn-log-level",
-                                  help="uvicorn's log level (debug shows each request)."),
+        False,
+        "--trust-remote-code",
+        help="Load a model that scan rates dangerous or unknown, "
+        "and let transformers/vLLM run the folder's own code (RUNS code from it).",
+    ),
+    log_level: str = typer.Option(
+        "info", "--uvicorn-log-level", help="uvicorn's log level (debug shows each request)."
+    ),
 ) -> int:
     """Serve MODEL behind OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models),
     batching concurrent requests; binds 127.0.0.1 unless --host says otherwise."""
@@ -62,10 +82,20 @@ def serve(
         from ..serve.vllm import run_vllm_server
 
         return run_vllm_server(
-            model, api_key, trust_remote_code, _say, host=host, port=port,
+            model,
+            api_key,
+            trust_remote_code,
+            _say,
+            host=host,
+            port=port,
             served_model_name=list(served_model_name or []) or None,
-            chat_template=chat_template, max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs, tokenizer=tokenizer, dtype=dtype, seed=seed)
+            chat_template=chat_template,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            seed=seed,
+        )
     for module in ("fastapi", "uvicorn", "sse_starlette", "prometheus_client"):
         require(module, extra="serve", purpose="serve models over HTTP")
     from ..runtimes import LLM
@@ -76,24 +106,41 @@ def serve(
     template = read_chat_template(chat_template)
     sock = bind(host, port)  # before loading: a port in use fails fast
     try:
-        llm = LLM(model=str(model), backend=backend, tokenizer=tokenizer, dtype=dtype,
-                  seed=seed, trust_remote_code=trust_remote_code, max_model_len=max_model_len,
-                  max_num_seqs=max_num_seqs, max_logprobs=max_logprobs)
-        config = ServeConfig(served_model_name=names, api_key=api_key or None,
-                             chat_template=template, max_num_seqs=max_num_seqs,
-                             max_queue_len=max_queue_len, max_logprobs=max_logprobs)
+        llm = LLM(
+            model=str(model),
+            backend=backend,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_logprobs=max_logprobs,
+        )
+        config = ServeConfig(
+            served_model_name=names,
+            api_key=api_key or None,
+            chat_template=template,
+            max_num_seqs=max_num_seqs,
+            max_queue_len=max_queue_len,
+            max_logprobs=max_logprobs,
+        )
         application = build_app(llm, config)
     except BaseException:
         sock.close()
         raise
     shown = f"[{host}]" if ":" in host else host
-    _say(f"keishiki: serving {model} as {names[0]!r} at http://{shown}:"
-         f"{sock.getsockname()[1]}/v1 ({llm.backend}: {llm.backend_reason}; up to "
-         f"{application.state.ctx.engine.capacity} sequences per batch"
-         f"{'; API key required' if api_key else ''})")
+    _say(
+        f"keishiki: serving {model} as {names[0]!r} at http://{shown}:"
+        f"{sock.getsockname()[1]}/v1 ({llm.backend}: {llm.backend_reason}; up to "
+        f"{application.state.ctx.engine.capacity} sequences per batch"
+        f"{'; API key required' if api_key else ''})"
+    )
     if not api_key and not _loopback(host):
-        _say(f"keishiki: warning: listening on {host} without --api-key: anyone who can reach "
-             f"this port can use the model")
+        _say(
+            f"keishiki: warning: listening on {host} without --api-key: anyone who can reach "
+            f"this port can use the model"
+        )
     serve_forever(application, sock, log_level)
     return 0
 

@@ -15,15 +15,27 @@ from .render import console
 @app.command()
 def view(
     # a str, not a Path: hf://ORG/NAME is shown from its headers, read by range (no download)
-    path: str = typer.Argument(..., metavar="PATH", help="Model file or folder (any format), "
-                               "or hf://ORG/NAME[@REV][/FILE] on the Hub (read by range)."),
-    path_b: str = typer.Argument(None, metavar="PATH_B", help="A second model: the page "
-                                 "shows how its tensors map to PATH's and compares them."),
+    path: str = typer.Argument(
+        ...,
+        metavar="PATH",
+        help="Model file or folder (any format), "
+        "or hf://ORG/NAME[@REV][/FILE] on the Hub (read by range).",
+    ),
+    path_b: str = typer.Argument(
+        None,
+        metavar="PATH_B",
+        help="A second model: the page shows how its tensors map to PATH's and compares them.",
+    ),
     atol: float = typer.Option(0.0, "--atol", help="With PATH_B: absolute tolerance."),
     rtol: float = typer.Option(0.0, "--rtol", help="With PATH_B: relative tolerance."),
-    layers_json: Path = typer.Option(None, "--layers-json", metavar="FILE", help="With PATH_B: "
-                                     "show this `keishiki compare A B --layers --json` output "
-                                     "as the layer-by-layer table."),
+    layers_json: Path = typer.Option(
+        None,
+        "--layers-json",
+        metavar="FILE",
+        help="With PATH_B: "
+        "show this `keishiki compare A B --layers --json` output "
+        "as the layer-by-layer table.",
+    ),
     port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -51,13 +63,13 @@ def view(
     other = comparison = None
     if path_b is not None:
         other = inspect(path_b)
-        comparison = compare_payload(info, other, atol=atol, rtol=rtol, layers=layers,
-                                     quiet=quiet)
+        comparison = compare_payload(info, other, atol=atol, rtol=rtol, layers=layers, quiet=quiet)
     try:
         server = ViewServer(info, port=port, other=other, comparison=comparison).start()
     except OSError as exc:
-        raise InvalidRequest(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} "
-                             f"(try --port 0)") from None
+        raise InvalidRequest(
+            f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} (try --port 0)"
+        ) from None
     from rich.markup import escape
 
     what = f"{escape(str(path))} ({info.format})"
@@ -65,8 +77,11 @@ def view(
         what += f" vs {escape(str(path_b))} ({other.format})"
     try:  # from here on, Ctrl-C is the normal way out (exit 0), even during the first print
         # one unwrapped line, so that scripts reading stdout find the URL whole
-        console.print(f"keishiki view: {what} at [bold]{server.url}[/bold]  (Ctrl-C stops)",
-                      soft_wrap=True, highlight=False)
+        console.print(
+            f"keishiki view: {what} at [bold]{server.url}[/bold]  (Ctrl-C stops)",
+            soft_wrap=True,
+            highlight=False,
+        )
         if not no_browser:
             import webbrowser
 

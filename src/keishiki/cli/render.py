@@ -24,11 +24,11 @@ _RULE_WIDTH = 100  # a rule spans the whole width: in a pipe, a readable fixed w
 # ESC) and the bidi overrides that reorder what is shown: text from a file (tensor names,
 # metadata, pickle globals, file names) is printed with these spelled out, so it can never
 # erase a "dangerous" row, hide text or write the clipboard (OSC 52)
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0b, 0x20),
-                                           *range(0x7f, 0xa0)]}
-_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x202a, 0x202f), *range(0x2066, 0x206a)]})
-_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in [*range(0x7f, 0xa0), *range(0x202a, 0x202f),
-                                              *range(0x2066, 0x206a)]}
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]}
+_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
+_JSON_CONTROLS = {
+    c: f"\\u{c:04x}" for c in [*range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+}
 
 
 def printable(text: str) -> str:
@@ -59,16 +59,27 @@ class _Console(Console):
         _silence_stdout()
         raise BrokenPipeError  # without errno: see print_json
 
-    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
-             align: Any = "center") -> None:
+    def rule(
+        self,
+        title: Any = "",
+        *,
+        characters: str = "─",
+        style: Any = "rule.line",
+        align: Any = "center",
+    ) -> None:
         from rich.rule import Rule
 
-        self.print(Rule(title, characters=characters, style=style, align=align),
-                   width=min(self.width, _RULE_WIDTH) if self.width >= _PIPE_WIDTH else None)
+        self.print(
+            Rule(title, characters=characters, style=style, align=align),
+            width=min(self.width, _RULE_WIDTH) if self.width >= _PIPE_WIDTH else None,
+        )
 
 
-console = _Console(highlight=False, soft_wrap=False,
-                   width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else _PIPE_WIDTH)
+console = _Console(
+    highlight=False,
+    soft_wrap=False,
+    width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else _PIPE_WIDTH,
+)
 
 
 def _default(obj: Any) -> Any:
@@ -99,8 +110,9 @@ def print_json(obj: Any, schema: str | None = None) -> None:
     listed in docs/json.md) goes first, so scripts can tell a shape they know."""
     if schema is not None:
         obj = {"schema": schema, **obj}
-    text = json.dumps(_finite(json.loads(json.dumps(obj, default=_default))), indent=2,
-                      ensure_ascii=False)
+    text = json.dumps(
+        _finite(json.loads(json.dumps(obj, default=_default))), indent=2, ensure_ascii=False
+    )
     # json escapes C0 controls itself; C1 and bidi controls become \u escapes too (valid JSON)
     write_text(text.translate(_JSON_CONTROLS) + "\n")
 
@@ -143,8 +155,9 @@ def short(value: Any, limit: int = 100) -> str:
     """A one-line rendering of any value, cut at ``limit`` characters."""
     # items get 60 characters: class names like torch.nn.modules.activation.ReLU stay whole
     if isinstance(value, dict):
-        text = ", ".join(f"{k if k != '' else chr(34) * 2}={short(v, 60)}"
-                         for k, v in value.items())
+        text = ", ".join(
+            f"{k if k != '' else chr(34) * 2}={short(v, 60)}" for k, v in value.items()
+        )
     elif isinstance(value, (list, tuple)):
         text = ", ".join(short(v, 60) for v in value[:12])
         if len(value) > 12:
@@ -160,8 +173,11 @@ def _cell(value: Any) -> str:
     lists), everything else on one shortened line."""
     if isinstance(value, str):
         return printable(value)
-    if isinstance(value, (list, tuple)) and 1 < len(value) <= 16 and all(
-            isinstance(v, (str, int, float)) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and 1 < len(value) <= 16
+        and all(isinstance(v, (str, int, float)) for v in value)
+    ):
         return "\n".join(short(v, 160) for v in value)
     return short(value)
 
@@ -172,8 +188,13 @@ def kv_table(title: str | None, rows: Iterable[tuple[str, Any]]) -> Table:
     Keys and values are text from the model file (metadata, names, paths): they are
     escaped, so a value like ``[/x]`` prints as itself instead of being read as rich markup.
     """
-    table = Table(title=title and escape(title), show_header=False, title_justify="left",
-                  box=None, pad_edge=False)
+    table = Table(
+        title=title and escape(title),
+        show_header=False,
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in rows:
@@ -189,8 +210,12 @@ def section(title: str, data: dict[str, Any]) -> None:
     console.print(kv_table(None, data.items()))
 
 
-def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]],
-          justify_right: Iterable[str] = ()) -> None:
+def table(
+    title: str | None,
+    columns: list[str],
+    rows: Iterable[Iterable[Any]],
+    justify_right: Iterable[str] = (),
+) -> None:
     """Print a simple table with headers.
 
     Cells are rich markup (callers style verdicts): escape text that comes from a file

@@ -20,18 +20,42 @@ TMP_MARK = ".keishiki-tmp-"
 STEPS_MARK = ".keishiki-steps-"
 LOCK_MARK = ".keishiki-lock"
 # what keishiki writes into an output folder: the only names --force may delete
-_SIDECARS = frozenset({
-    "config.json", "generation_config.json", "preprocessor_config.json", "keishiki.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json", "chat_template.jinja",
-    "chat_template.json"})
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".onnx", ".onnx.data", ".onnx_data",
-                    ".data", ".pt", ".pth", ".ts", ".index.json")
+_SIDECARS = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "keishiki.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".gguf",
+    ".onnx",
+    ".onnx.data",
+    ".onnx_data",
+    ".data",
+    ".pt",
+    ".pth",
+    ".ts",
+    ".index.json",
+)
 # ONNX external data files the torch exporters name after tensors ("onnx__MatMul_9")
 _ONNX_TENSOR_FILE = re.compile(r"^[A-Za-z0-9_\-]+$")
 WRITEBACK_CHUNK = 64 << 20  # bytes a streaming writer hands to start_writeback at a time
 _SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = None     # libc's, looked up on first use; False where there is none
+_sync_file_range = None  # libc's, looked up on first use; False where there is none
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:
@@ -51,11 +75,9 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
                 import ctypes
                 import ctypes.util
 
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
-                                   use_errno=True)
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
                 func = libc.sync_file_range
-                func.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong,
-                                 ctypes.c_uint]
+                func.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
                 _sync_file_range = func
             except (OSError, AttributeError):
                 pass
@@ -72,12 +94,17 @@ def final_name(path: str | os.PathLike) -> Path:
     path = Path(path)
     name = path.name
     if name.startswith(".") and TMP_MARK in name:
-        return path.with_name(name[1:name.index(TMP_MARK)])
+        return path.with_name(name[1 : name.index(TMP_MARK)])
     return path
 
 
-def check_output(out: Path, inputs: list[Path] | tuple[Path, ...] = (), force: bool = False,
-                 folder: bool | None = None, kinds: frozenset[str] | None = None) -> None:
+def check_output(
+    out: Path,
+    inputs: list[Path] | tuple[Path, ...] = (),
+    force: bool = False,
+    folder: bool | None = None,
+    kinds: frozenset[str] | None = None,
+) -> None:
     """Refuse to write over an input, over an existing output without ``force``, or (with
     ``force``, when ``folder`` says what the output will be) over what keishiki did not
     write (:func:`replace_refusal`, ``kinds``: the formats the output may be): checked
@@ -112,24 +139,33 @@ def replace_refusal(out: Path, folder: bool, kinds: frozenset[str] | None = None
     symbolic link, and never a folder with a file or a file with a folder.
     """
     if out.is_symlink():  # the user's link (to their folder, say) is not keishiki's either
-        return (f"{out} is a symbolic link (to {os.readlink(out)}); keishiki replaces only what "
-                f"it wrote: remove the link or choose another output")
+        return (
+            f"{out} is a symbolic link (to {os.readlink(out)}); keishiki replaces only what "
+            f"it wrote: remove the link or choose another output"
+        )
     if not out.exists():
         return None
     if out.is_dir() != folder:
-        return (f"{out} is a {'folder' if out.is_dir() else 'file'} and the output is a "
-                f"{'folder' if folder else 'file'}; keishiki will not replace one with the other")
+        return (
+            f"{out} is a {'folder' if out.is_dir() else 'file'} and the output is a "
+            f"{'folder' if folder else 'file'}; keishiki will not replace one with the other"
+        )
     if folder:
         entries = list(out.iterdir())
         if not entries:
             return None
         onnx_folder = any(e.name.endswith(".onnx") for e in entries)
-        foreign = [e.name for e in entries if e.is_symlink() or not e.is_file()
-                   or not _written_by_keishiki(e.name, onnx_folder)]
+        foreign = [
+            e.name
+            for e in entries
+            if e.is_symlink() or not e.is_file() or not _written_by_keishiki(e.name, onnx_folder)
+        ]
         if foreign:
             listed = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
-            return (f"{out} holds what keishiki does not write ({listed}); --force replaces "
-                    f"only a model output folder")
+            return (
+                f"{out} holds what keishiki does not write ({listed}); --force replaces "
+                f"only a model output folder"
+            )
     from ..formats import identify
 
     what = "folder" if folder else "file"
@@ -138,8 +174,10 @@ def replace_refusal(out: Path, folder: bool, kinds: frozenset[str] | None = None
     except Exception:  # noqa: BLE001 - whatever the reason, it is not a model
         return f"{out} is not a model {what}, so it is not keishiki's to replace"
     if kinds is not None and found not in kinds:
-        return (f"{out} holds a model in the {found} format, not the "
-                f"{' or '.join(sorted(kinds))} output being written: choose another output")
+        return (
+            f"{out} holds a model in the {found} format, not the "
+            f"{' or '.join(sorted(kinds))} output being written: choose another output"
+        )
     return None
 
 
@@ -148,8 +186,9 @@ def check_free_space(folder: Path, needed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise InvalidRequest(f"{folder}: needs {needed / 1e9:.2f} GB free, only "
-                             f"{free / 1e9:.2f} GB available")
+        raise InvalidRequest(
+            f"{folder}: needs {needed / 1e9:.2f} GB free, only {free / 1e9:.2f} GB available"
+        )
 
 
 def fsync_dir(folder: Path) -> None:
@@ -199,7 +238,7 @@ def _remove_stale(out: Path) -> None:
         return
     for entry in entries:
         prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
-        pid = entry.name[len(prefix):] if prefix else ""
+        pid = entry.name[len(prefix) :] if prefix else ""
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             _remove(entry)
 
@@ -233,8 +272,10 @@ def output_lock(out: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise InvalidRequest(f"{out}: another keishiki process is writing it now; wait for "
-                                 f"it to finish or choose another output") from None
+            raise InvalidRequest(
+                f"{out}: another keishiki process is writing it now; wait for "
+                f"it to finish or choose another output"
+            ) from None
         try:  # the holder before us may have removed the file after we opened it
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -254,7 +295,9 @@ def output_lock(out: str | os.PathLike) -> Iterator[None]:
 
 
 @contextmanager
-def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = False) -> Iterator[Path]:
+def atomic_output(
+    out: str | os.PathLike, force: bool = False, folder: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path beside ``out``; on success it is renamed to ``out``.
 
     Args:
@@ -281,8 +324,10 @@ def atomic_output(out: str | os.PathLike, force: bool = False, folder: bool = Fa
         yield tmp
         _fsync_tree(tmp)
         if (out.exists() or out.is_symlink()) and not force:
-            raise InvalidRequest(f"{out}: appeared while keishiki was writing it; left as it "
-                                 f"is (pass --force to overwrite)")
+            raise InvalidRequest(
+                f"{out}: appeared while keishiki was writing it; left as it "
+                f"is (pass --force to overwrite)"
+            )
         if out.exists() or out.is_symlink():
             old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
             os.replace(out, old) if not out.is_dir() else out.rename(old)

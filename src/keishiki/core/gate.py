@@ -141,8 +141,9 @@ def index_escapes(root: Path, index: Path) -> list[tuple[str, str]]:
         elif ".." in Path(shard.replace("\\", "/")).parts:
             reason = f"{shard!r}, which climbs out with '..'"
         else:
-            reason = escape_reason(root, shard if os.path.isabs(shard)
-                                   else (folder / shard).as_posix())
+            reason = escape_reason(
+                root, shard if os.path.isabs(shard) else (folder / shard).as_posix()
+            )
         if reason:
             out.append((shard, f"weight_map names {reason}"))
     return out
@@ -187,8 +188,13 @@ def problem(report: "ScanReport", unread_blocks: bool = True) -> str | None:
     return None
 
 
-def admit(path: str | os.PathLike, *, trust: bool = False, purpose: str = "load",
-          unread_blocks: bool = True) -> "ScanReport | None":
+def admit(
+    path: str | os.PathLike,
+    *,
+    trust: bool = False,
+    purpose: str = "load",
+    unread_blocks: bool = True,
+) -> "ScanReport | None":
     """The load gate: refuse to hand ``path`` to a loader unless it scans safe or is trusted.
 
     The path gate (:func:`check_tree`) applies whatever ``trust`` says: trusting a model's

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .lazy_numpy import np  # numpy on first use (start-up time)
-
 from .tensor import LazyTensor, TensorInfo
 
 
@@ -97,23 +96,29 @@ class ModelInfo:
         except (NameError, ImportError, SyntaxError):
             raise  # a bug in keishiki (or a missing library), not a damaged file
         except MemoryError:
-            raise CorruptFile(self.path, f"tensor {info.name!r}: MemoryError while reading "
-                              f"(absurd sizes?)") from None
+            raise CorruptFile(
+                self.path, f"tensor {info.name!r}: MemoryError while reading (absurd sizes?)"
+            ) from None
         except Exception as exc:  # numpy, zlib, struct... on bytes that lie
-            raise CorruptFile(self.path, f"tensor {info.name!r}: {type(exc).__name__}: "
-                              f"{exc}") from None
+            raise CorruptFile(
+                self.path, f"tensor {info.name!r}: {type(exc).__name__}: {exc}"
+            ) from None
         # block-quantized types come back as raw blocks, whatever their logical shape
         if dtypes.itemsize(info.dtype) is not None and tuple(arr.shape) != tuple(info.shape):
-            raise CorruptFile(self.path, f"tensor {info.name!r}: read {list(arr.shape)}, the "
-                              f"file declares {list(info.shape)}")
+            raise CorruptFile(
+                self.path,
+                f"tensor {info.name!r}: read {list(arr.shape)}, the "
+                f"file declares {list(info.shape)}",
+            )
         return arr
 
     def _require_loader(self) -> None:
         if self.tensor_loader is None:
             from ..errors import InvalidRequest
 
-            raise InvalidRequest(f"{self.path}: keishiki cannot read tensor data from "
-                                 f"{self.format} files")
+            raise InvalidRequest(
+                f"{self.path}: keishiki cannot read tensor data from {self.format} files"
+            )
 
     def to_dict(self, with_tensors: bool = False) -> dict[str, Any]:
         """The ``info --json`` object (tensors listed only when ``with_tensors``)."""

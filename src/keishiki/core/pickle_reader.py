@@ -128,8 +128,10 @@ class InlineArray:
     nested: "PickleRecord | None" = None  # object arrays: the nested pickle stream
 
 
-JOBLIB_WRAPPERS = {"joblib.numpy_pickle.NumpyArrayWrapper",
-                   "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper"}
+JOBLIB_WRAPPERS = {
+    "joblib.numpy_pickle.NumpyArrayWrapper",
+    "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
+}
 
 
 @dataclass
@@ -166,21 +168,74 @@ _ATOMIC = (str, bytes, int, float, bool, type(None), GlobalRef)
 # opcode byte -> name, for every opcode of protocols 0-5 (used by read_pickles' garbage test
 # and for error messages)
 OPCODE_NAMES = {
-    b"(": "MARK", b".": "STOP", b"0": "POP", b"1": "POP_MARK", b"2": "DUP", b"F": "FLOAT",
-    b"I": "INT", b"J": "BININT", b"K": "BININT1", b"L": "LONG", b"M": "BININT2", b"N": "NONE",
-    b"P": "PERSID", b"Q": "BINPERSID", b"R": "REDUCE", b"S": "STRING", b"T": "BINSTRING",
-    b"U": "SHORT_BINSTRING", b"V": "UNICODE", b"X": "BINUNICODE", b"a": "APPEND", b"b": "BUILD",
-    b"c": "GLOBAL", b"d": "DICT", b"}": "EMPTY_DICT", b"e": "APPENDS", b"g": "GET",
-    b"h": "BINGET", b"i": "INST", b"j": "LONG_BINGET", b"l": "LIST", b"]": "EMPTY_LIST",
-    b"o": "OBJ", b"p": "PUT", b"q": "BINPUT", b"r": "LONG_BINPUT", b"s": "SETITEM",
-    b"t": "TUPLE", b")": "EMPTY_TUPLE", b"u": "SETITEMS", b"G": "BINFLOAT",
-    b"\x80": "PROTO", b"\x81": "NEWOBJ", b"\x82": "EXT1", b"\x83": "EXT2", b"\x84": "EXT4",
-    b"\x85": "TUPLE1", b"\x86": "TUPLE2", b"\x87": "TUPLE3", b"\x88": "NEWTRUE",
-    b"\x89": "NEWFALSE", b"\x8a": "LONG1", b"\x8b": "LONG4", b"B": "BINBYTES",
-    b"C": "SHORT_BINBYTES", b"\x8c": "SHORT_BINUNICODE", b"\x8d": "BINUNICODE8",
-    b"\x8e": "BINBYTES8", b"\x8f": "EMPTY_SET", b"\x90": "ADDITEMS", b"\x91": "FROZENSET",
-    b"\x92": "NEWOBJ_EX", b"\x93": "STACK_GLOBAL", b"\x94": "MEMOIZE", b"\x95": "FRAME",
-    b"\x96": "BYTEARRAY8", b"\x97": "NEXT_BUFFER", b"\x98": "READONLY_BUFFER",
+    b"(": "MARK",
+    b".": "STOP",
+    b"0": "POP",
+    b"1": "POP_MARK",
+    b"2": "DUP",
+    b"F": "FLOAT",
+    b"I": "INT",
+    b"J": "BININT",
+    b"K": "BININT1",
+    b"L": "LONG",
+    b"M": "BININT2",
+    b"N": "NONE",
+    b"P": "PERSID",
+    b"Q": "BINPERSID",
+    b"R": "REDUCE",
+    b"S": "STRING",
+    b"T": "BINSTRING",
+    b"U": "SHORT_BINSTRING",
+    b"V": "UNICODE",
+    b"X": "BINUNICODE",
+    b"a": "APPEND",
+    b"b": "BUILD",
+    b"c": "GLOBAL",
+    b"d": "DICT",
+    b"}": "EMPTY_DICT",
+    b"e": "APPENDS",
+    b"g": "GET",
+    b"h": "BINGET",
+    b"i": "INST",
+    b"j": "LONG_BINGET",
+    b"l": "LIST",
+    b"]": "EMPTY_LIST",
+    b"o": "OBJ",
+    b"p": "PUT",
+    b"q": "BINPUT",
+    b"r": "LONG_BINPUT",
+    b"s": "SETITEM",
+    b"t": "TUPLE",
+    b")": "EMPTY_TUPLE",
+    b"u": "SETITEMS",
+    b"G": "BINFLOAT",
+    b"\x80": "PROTO",
+    b"\x81": "NEWOBJ",
+    b"\x82": "EXT1",
+    b"\x83": "EXT2",
+    b"\x84": "EXT4",
+    b"\x85": "TUPLE1",
+    b"\x86": "TUPLE2",
+    b"\x87": "TUPLE3",
+    b"\x88": "NEWTRUE",
+    b"\x89": "NEWFALSE",
+    b"\x8a": "LONG1",
+    b"\x8b": "LONG4",
+    b"B": "BINBYTES",
+    b"C": "SHORT_BINBYTES",
+    b"\x8c": "SHORT_BINUNICODE",
+    b"\x8d": "BINUNICODE8",
+    b"\x8e": "BINBYTES8",
+    b"\x8f": "EMPTY_SET",
+    b"\x90": "ADDITEMS",
+    b"\x91": "FROZENSET",
+    b"\x92": "NEWOBJ_EX",
+    b"\x93": "STACK_GLOBAL",
+    b"\x94": "MEMOIZE",
+    b"\x95": "FRAME",
+    b"\x96": "BYTEARRAY8",
+    b"\x97": "NEXT_BUFFER",
+    b"\x98": "READONLY_BUFFER",
 }
 _NAME_OF = {op[0]: name for op, name in OPCODE_NAMES.items()}
 _U32 = struct.Struct("<I")  # LONG_BINPUT / LONG_BINGET / BINUNICODE arguments
@@ -212,8 +267,16 @@ def _decode_py2(raw: bytes) -> str:
 class _VM:
     """One pass over one stream.  Fields are plain attributes for speed in the hot loop."""
 
-    def __init__(self, data: memoryview, start: int, max_ops: int, max_depth: int,
-                 max_memo: int, joblib_arrays: bool = False, path: str = "<pickle>"):
+    def __init__(
+        self,
+        data: memoryview,
+        start: int,
+        max_ops: int,
+        max_depth: int,
+        max_memo: int,
+        joblib_arrays: bool = False,
+        path: str = "<pickle>",
+    ):
         self.data = data
         self.n = len(data)
         self.pos = start
@@ -227,7 +290,9 @@ class _VM:
         self._n_ops = 0
         self.joblib_arrays = joblib_arrays
         self.path = path
-        self.rec = PickleRecord(value=None, protocol=0, globals=[], calls=[], start=start, end=start)
+        self.rec = PickleRecord(
+            value=None, protocol=0, globals=[], calls=[], start=start, end=start
+        )
 
     # ---- byte access ----------------------------------------------------------------------
     def take(self, k: int, at: int) -> memoryview:
@@ -236,14 +301,14 @@ class _VM:
         if k < 0 or k > self.n - pos:
             raise _Fail(f"needs {k} bytes but only {self.n - pos} are left", at)
         self.pos = pos + k
-        return self.data[pos:pos + k]
+        return self.data[pos : pos + k]
 
     def line(self, at: int) -> bytes:
         """Bytes up to the next newline (protocol-0 arguments), at most 1 MiB."""
         pos = self.pos
         size = 64  # lines are short: look in a small window first, widen up to 1 MiB
         while True:
-            window = bytes(self.data[pos:pos + size])
+            window = bytes(self.data[pos : pos + size])
             end = window.find(b"\n")
             if end >= 0:
                 self.pos = pos + end + 1
@@ -308,8 +373,13 @@ class _VM:
         if not isinstance(args, tuple):
             args = (args,)  # a real loader would fail; keep going so scan sees the rest
             self.rec.notes.append(f"{opcode} at {at}: arguments are not a tuple")
-        call = Call(func, args, kwargs if isinstance(kwargs, dict) or kwargs is None
-                    else {"<kwargs>": kwargs}, at, opcode)
+        call = Call(
+            func,
+            args,
+            kwargs if isinstance(kwargs, dict) or kwargs is None else {"<kwargs>": kwargs},
+            at,
+            opcode,
+        )
         self.rec.calls.append(call)
         return call
 
@@ -362,8 +432,12 @@ class _VM:
         stack = self.stack
         pos = self.pos
         n_ops = self._n_ops
-        max_memo, max_depth, max_ops, max_stack = (self.max_memo, self.max_depth, self.max_ops,
-                                                   self.max_stack)
+        max_memo, max_depth, max_ops, max_stack = (
+            self.max_memo,
+            self.max_depth,
+            self.max_ops,
+            self.max_stack,
+        )
         calls_append = rec.calls.append
         pids_append = rec.persistent_ids.append
         unpack_u32, unpack_i32 = _U32.unpack_from, _I32.unpack_from
@@ -433,7 +507,7 @@ class _VM:
                     if end > n:
                         raise _Fail(f"needs {k} bytes but only {n - at - 5} are left", at)
                     try:
-                        stack.append(str(data[at + 5:end], "utf-8", "surrogatepass"))
+                        stack.append(str(data[at + 5 : end], "utf-8", "surrogatepass"))
                     except UnicodeDecodeError:
                         raise _Fail("string is not valid UTF-8", at) from None
                     pos = end
@@ -511,7 +585,7 @@ class _VM:
                     pos += 1
                     if k > n - pos:
                         raise _Fail(f"needs {k} bytes but only {n - pos} are left", at)
-                    raw = data[pos:pos + k]
+                    raw = data[pos : pos + k]
                     pos += k
                     try:
                         stack.append(str(raw, "utf-8", "surrogatepass"))
@@ -611,9 +685,14 @@ class _VM:
             if isinstance(module, str) and isinstance(name, str):
                 ref = self.add_global(module, name, at, "STACK_GLOBAL")
             else:
-                ref = self.add_global(DYNAMIC, DYNAMIC, at, "STACK_GLOBAL",
-                                      note=f"operands were {type(module).__name__} and "
-                                           f"{type(name).__name__}, not strings")
+                ref = self.add_global(
+                    DYNAMIC,
+                    DYNAMIC,
+                    at,
+                    "STACK_GLOBAL",
+                    note=f"operands were {type(module).__name__} and "
+                    f"{type(name).__name__}, not strings",
+                )
             self.push(ref, at)
         elif op == 0x81:  # NEWOBJ
             args = self.pop(at)
@@ -761,8 +840,13 @@ class _VM:
         elif op in (0x82, 0x83, 0x84):  # EXT1 / EXT2 / EXT4: a code in copyreg's registry
             width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
             code = int.from_bytes(self.take(width, at), "little", signed=op == 0x84)
-            ref = self.add_global(EXTENSION_MODULE, str(code), at, _NAME_OF[op],
-                                  note="resolved through copyreg's extension registry")
+            ref = self.add_global(
+                EXTENSION_MODULE,
+                str(code),
+                at,
+                _NAME_OF[op],
+                note="resolved through copyreg's extension registry",
+            )
             self.push(ref, at)
         else:
             raise _Fail(f"unknown opcode 0x{op:02x}", at)
@@ -776,33 +860,49 @@ class _VM:
         shape, dtype_call = state.get("shape"), state.get("dtype")
         if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
             raise _Fail("joblib array wrapper without a valid shape", at)
-        if not isinstance(dtype_call, Call) or not dtype_call.args or \
-                not isinstance(dtype_call.args[0], str) or len(dtype_call.args[0]) > 32:
+        if (
+            not isinstance(dtype_call, Call)
+            or not dtype_call.args
+            or not isinstance(dtype_call.args[0], str)
+            or len(dtype_call.args[0]) > 32
+        ):
             raise _Fail("joblib array wrapper without a valid dtype", at)
         code = dtype_call.args[0]
         dstate = dtype_call.state if isinstance(dtype_call.state, tuple) else ()
         flags = dstate[7] if len(dstate) > 7 and type(dstate[7]) is int else 0
         if code.startswith("O") or flags & 1:  # holds Python objects: a nested pickle
             try:
-                nested = read_pickle(self.data, self.pos, path=self.path, joblib_arrays=True,
-                                     max_ops=self.max_ops, max_depth=self.max_depth,
-                                     max_memo=self.max_memo)
+                nested = read_pickle(
+                    self.data,
+                    self.pos,
+                    path=self.path,
+                    joblib_arrays=True,
+                    max_ops=self.max_ops,
+                    max_depth=self.max_depth,
+                    max_memo=self.max_memo,
+                )
             except CorruptFile as exc:
-                raise _Fail(f"joblib object array: {exc.reason}",
-                            exc.offset if exc.offset is not None else self.pos) from None
+                raise _Fail(
+                    f"joblib object array: {exc.reason}",
+                    exc.offset if exc.offset is not None else self.pos,
+                ) from None
             self.rec.globals.extend(nested.globals)
             self.rec.calls.extend(nested.calls)
             self.rec.persistent_ids.extend(nested.persistent_ids)
-            self.rec.inline_arrays.append(InlineArray(wrapper, self.pos, nested.end - self.pos,
-                                                      code, shape, "C", nested))
+            self.rec.inline_arrays.append(
+                InlineArray(wrapper, self.pos, nested.end - self.pos, code, shape, "C", nested)
+            )
             self.rec.inline_arrays.extend(nested.inline_arrays)
             self.pos = nested.end
             return
         try:
             import numpy as np  # numpy is a core dependency; parsing a dtype string runs nothing
 
-            itemsize = dstate[5] if len(dstate) > 5 and type(dstate[5]) is int and dstate[5] > 0 \
+            itemsize = (
+                dstate[5]
+                if len(dstate) > 5 and type(dstate[5]) is int and dstate[5] > 0
                 else np.dtype(code).itemsize
+            )
         except (TypeError, ValueError, SyntaxError):
             raise _Fail(f"joblib array dtype {code!r} is not a numpy dtype", at) from None
         if state.get("numpy_array_alignment_bytes") is not None:
@@ -815,8 +915,9 @@ class _VM:
         byteorder = dstate[1] if len(dstate) > 1 and dstate[1] in ("<", ">", "|") else "|"
         start = self.pos
         self.take(nbytes, start)
-        self.rec.inline_arrays.append(InlineArray(wrapper, start, nbytes, byteorder + code,
-                                                  shape, order))
+        self.rec.inline_arrays.append(
+            InlineArray(wrapper, start, nbytes, byteorder + code, shape, order)
+        )
 
     # ---- argument helpers -----------------------------------------------------------------
     def _marked(self, at: int) -> list[Any]:
@@ -847,9 +948,17 @@ class _VM:
             raise _Fail(f"bad integer literal {text[:20]!r}", at) from None
 
 
-def read_pickle(data: bytes | bytearray | memoryview, start: int = 0, *, path: str = "<pickle>",
-                lenient: bool = False, max_ops: int = 50_000_000, max_depth: int = 10_000,
-                max_memo: int = 10_000_000, joblib_arrays: bool = False) -> PickleRecord:
+def read_pickle(
+    data: bytes | bytearray | memoryview,
+    start: int = 0,
+    *,
+    path: str = "<pickle>",
+    lenient: bool = False,
+    max_ops: int = 50_000_000,
+    max_depth: int = 10_000,
+    max_memo: int = 10_000_000,
+    joblib_arrays: bool = False,
+) -> PickleRecord:
     """Run one pickle stream starting at ``start`` through the restricted VM.
 
     Nothing is imported or called: globals become :class:`GlobalRef`, calls :class:`Call`.
@@ -906,9 +1015,16 @@ def _failed(vm: _VM, reason: str, offset: int, path: str, lenient: bool) -> Pick
     return rec
 
 
-def read_pickles(data: bytes | bytearray | memoryview, *, path: str = "<pickle>",
-                 lenient: bool = False, start: int = 0, max_ops: int = 50_000_000,
-                 max_streams: int = 100_000, joblib_arrays: bool = False) -> list[PickleRecord]:
+def read_pickles(
+    data: bytes | bytearray | memoryview,
+    *,
+    path: str = "<pickle>",
+    lenient: bool = False,
+    start: int = 0,
+    max_ops: int = 50_000_000,
+    max_streams: int = 100_000,
+    joblib_arrays: bool = False,
+) -> list[PickleRecord]:
     """Every pickle stream concatenated in ``data`` (read until EOF or trailing garbage).
 
     A later stream that starts with a byte that is no pickle opcode (garbage, or zero or
@@ -930,8 +1046,9 @@ def read_pickles(data: bytes | bytearray | memoryview, *, path: str = "<pickle>"
                 raise CorruptFile(path, f"pickle: {reason}", offset=pos)
             records.append(PickleRecord(None, 0, [], [], pos, pos, reason, pos))
             break
-        rec = read_pickle(view, pos, path=path, lenient=lenient, max_ops=max_ops,
-                          joblib_arrays=joblib_arrays)
+        rec = read_pickle(
+            view, pos, path=path, lenient=lenient, max_ops=max_ops, joblib_arrays=joblib_arrays
+        )
         records.append(rec)
         if rec.error is not None or rec.end <= pos:
             break

@@ -16,15 +16,23 @@ def _noop(n: float = 1, description: str | None = None) -> None:
 
 
 @contextmanager
-def progress(total: float | None, description: str, quiet: bool = False,
-             unit_bytes: bool = False) -> Iterator[Advance]:
+def progress(
+    total: float | None, description: str, quiet: bool = False, unit_bytes: bool = False
+) -> Iterator[Advance]:
     """Yield ``advance(n, description=None)``; draws a rich bar on stderr when it is a TTY."""
     if quiet or not sys.stderr.isatty():
         yield _noop
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn, MofNCompleteColumn)
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     columns = [TextColumn("{task.description}"), BarColumn()]
     columns += [DownloadColumn(), TransferSpeedColumn()] if unit_bytes else [MofNCompleteColumn()]

@@ -31,8 +31,16 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 # stays far below 1000:1 (only runs of one byte reach it)
 MAX_RATIO = 1000
 BOMB_MIN_BYTES = 16 << 20
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
-              NotImplementedError, struct.error, UnicodeDecodeError)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    NotImplementedError,
+    struct.error,
+    UnicodeDecodeError,
+)
 
 
 def check_expansion(path: Path, info: zipfile.ZipInfo) -> None:
@@ -42,10 +50,16 @@ def check_expansion(path: Path, info: zipfile.ZipInfo) -> None:
         CorruptFile: it claims more than ``MAX_RATIO`` times its compressed size, and more
             than :data:`BOMB_MIN_BYTES`.
     """
-    if info.compress_type != zipfile.ZIP_STORED and info.file_size > BOMB_MIN_BYTES \
-            and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-        raise CorruptFile(path, f"zip member {info.filename!r} expands {info.compress_size:,} "
-                                f"bytes into {info.file_size:,} (over {MAX_RATIO}:1): a zip bomb")
+    if (
+        info.compress_type != zipfile.ZIP_STORED
+        and info.file_size > BOMB_MIN_BYTES
+        and info.file_size > MAX_RATIO * max(info.compress_size, 1)
+    ):
+        raise CorruptFile(
+            path,
+            f"zip member {info.filename!r} expands {info.compress_size:,} "
+            f"bytes into {info.file_size:,} (over {MAX_RATIO}:1): a zip bomb",
+        )
 
 
 def _check_readable_kind(path: Path) -> None:
@@ -63,14 +77,18 @@ def _check_readable_kind(path: Path) -> None:
         if exc.errno == errno.ELOOP:
             raise KeishikiError(f"{path}: symbolic link loop; point it at a real file") from None
         if path.is_symlink():
-            raise KeishikiError(f"{path}: broken symbolic link (points to "
-                                f"{os.readlink(path)!r}, which does not exist)") from None
+            raise KeishikiError(
+                f"{path}: broken symbolic link (points to "
+                f"{os.readlink(path)!r}, which does not exist)"
+            ) from None
         if exc.errno == errno.ENOENT:
             raise KeishikiError(f"{path}: no such file or folder") from None
         raise KeishikiError(f"{path}: cannot read: {exc.strerror}") from None
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise KeishikiError(f"{path}: not a regular file or folder (a pipe, socket or device); "
-                            f"give the model file itself")
+        raise KeishikiError(
+            f"{path}: not a regular file or folder (a pipe, socket or device); "
+            f"give the model file itself"
+        )
 
 
 class Source:
@@ -124,8 +142,11 @@ class Source:
     def read_at(self, offset: int, n: int, exact: bool = True) -> bytes:
         """``n`` bytes at ``offset``; raises CorruptFile when ``exact`` and the file is shorter."""
         if offset < 0 or n < 0 or (exact and offset + n > self.size):
-            raise CorruptFile(self.path, f"needs {n} bytes at offset {offset} but the file has "
-                              f"{self.size} bytes", offset=offset)
+            raise CorruptFile(
+                self.path,
+                f"needs {n} bytes at offset {offset} but the file has {self.size} bytes",
+                offset=offset,
+            )
         with open(self.path, "rb") as fh:
             fh.seek(offset)
             data = fh.read(n)
@@ -170,8 +191,9 @@ class Source:
         except KeyError:
             raise CorruptFile(self.path, f"zip member {name!r} is missing") from None
         if info.file_size > limit:
-            raise CorruptFile(self.path, f"zip member {name!r} expands to {info.file_size} bytes "
-                              f"(limit {limit})")
+            raise CorruptFile(
+                self.path, f"zip member {name!r} expands to {info.file_size} bytes (limit {limit})"
+            )
         check_expansion(self.path, info)
         try:
             with zf.open(info) as fh:

@@ -39,8 +39,12 @@ class Match:
 # exports); an optimum decoder folder holds several graphs: the one with the cache is run
 _EXPORT_MODULES = ("torchscript", "torch_export", "onnx")
 _EXPORT_SUFFIXES = (".pt", ".pt2", ".pth", ".jit", ".onnx")
-ONNX_PREFERRED = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx",
-                  "decoder_model.onnx")
+ONNX_PREFERRED = (
+    "model.onnx",
+    "decoder_model_merged.onnx",
+    "decoder_with_past_model.onnx",
+    "decoder_model.onnx",
+)
 
 
 def export_folder_member(src: Source) -> tuple[str, Match] | None:
@@ -65,26 +69,28 @@ def export_folder_member(src: Source) -> tuple[str, Match] | None:
 
 
 SNIFF_ORDER = [
-    "hf_model",       # folder: config.json + weights
+    "hf_model",  # folder: config.json + weights
     "tf_savedmodel",  # folder: saved_model.pb
-    "coreml",         # .mlpackage folder / .mlmodel
-    "torchscript",    # zip with code/ and constants.pkl
-    "torch_export",   # zip with serialized_exported_program
-    "keras",          # zip with config.json + model.weights.h5
-    "numpy",          # \x93NUMPY, or a zip of .npy members
-    "pytorch",        # zip with data.pkl, or a legacy pickle with torch's magic number
-    "safetensors",    # u64 header length + JSON header
-    "gguf",           # "GGUF"
-    "keras_h5",       # HDF5 signature
-    "tflite",         # "TFL3" flatbuffer identifier
-    "flax_msgpack",   # msgpack map of ndarray ext types
-    "pickle",         # any other pickle stream (not a model format, but scan-worthy)
-    "torch7",         # Lua Torch serialisation (binary or ascii): confirmed by parsing
-    "onnx",           # protobuf, no magic: confirmed by parsing, also a folder with one .onnx
+    "coreml",  # .mlpackage folder / .mlmodel
+    "torchscript",  # zip with code/ and constants.pkl
+    "torch_export",  # zip with serialized_exported_program
+    "keras",  # zip with config.json + model.weights.h5
+    "numpy",  # \x93NUMPY, or a zip of .npy members
+    "pytorch",  # zip with data.pkl, or a legacy pickle with torch's magic number
+    "safetensors",  # u64 header length + JSON header
+    "gguf",  # "GGUF"
+    "keras_h5",  # HDF5 signature
+    "tflite",  # "TFL3" flatbuffer identifier
+    "flax_msgpack",  # msgpack map of ndarray ext types
+    "pickle",  # any other pickle stream (not a model format, but scan-worthy)
+    "torch7",  # Lua Torch serialisation (binary or ascii): confirmed by parsing
+    "onnx",  # protobuf, no magic: confirmed by parsing, also a folder with one .onnx
 ]
 
-LOOKED_FOR = ("torch7, pytorch, torchscript, torch-export, safetensors, hf-model, onnx, gguf, "
-              "numpy, keras-h5, keras, flax-msgpack, pickle, tflite, tensorflow-savedmodel, coreml")
+LOOKED_FOR = (
+    "torch7, pytorch, torchscript, torch-export, safetensors, hf-model, onnx, gguf, "
+    "numpy, keras-h5, keras, flax-msgpack, pickle, tflite, tensorflow-savedmodel, coreml"
+)
 
 # exceptions that mean keishiki's own code is wrong, whatever the file holds; every other
 # exception escaping a reader is the file's bytes breaking the parser (CorruptFile)
@@ -125,8 +131,13 @@ def identify(path: str | os.PathLike | Source) -> Match:
     if exported is not None:
         member, match = exported
         module = _EXPORT_MODULES[[m.replace("_", "-") for m in _EXPORT_MODULES].index(match.format)]
-        return Match(match.format, match.variant, module,
-                     f"folder holding one {match.format} model file ({member})", member)
+        return Match(
+            match.format,
+            match.variant,
+            module,
+            f"folder holding one {match.format} model file ({member})",
+            member,
+        )
     _explain_near_miss(src)
     raise UnknownFormat(src.path, LOOKED_FOR)
 
@@ -160,8 +171,9 @@ def read(src: Source, match: Match) -> ModelInfo:
     except _CODE_BUGS:
         raise  # a bug in keishiki, not a broken file: the CLI reports it as an internal error
     except (MemoryError, RecursionError) as exc:
-        raise CorruptFile(src.path, f"{type(exc).__name__} while parsing "
-                          f"(absurd sizes or nesting?)") from None
+        raise CorruptFile(
+            src.path, f"{type(exc).__name__} while parsing (absurd sizes or nesting?)"
+        ) from None
     except Exception as exc:
         if os.environ.get("KEISHIKI_DEBUG"):
             raise
@@ -226,8 +238,9 @@ def _add_verdict(exc: CorruptFile | UnknownFormat, src: Source, match: Match | N
         report = scan(src.path)
     except Exception:  # the error being raised already says what is wrong
         return
-    dangerous = sorted({f.global_ for f in report.findings if f.severity == "dangerous"
-                        and f.global_})
+    dangerous = sorted(
+        {f.global_ for f in report.findings if f.severity == "dangerous" and f.global_}
+    )
     if report.verdict == "dangerous":
         names = ", ".join(dangerous[:3]) or "see keishiki scan"
         exc.message += f" — and keishiki scan calls it DANGEROUS ({names}): do not load it"

@@ -35,18 +35,18 @@ class Layout:
     """How one family builds a decoder layer; ``(key, default)`` pairs name the config.json
     switch and the config class's default when the file leaves it out."""
 
-    layer_norm: bool = False               # LayerNorm (weight + bias), else RMSNorm (weight)
+    layer_norm: bool = False  # LayerNorm (weight + bias), else RMSNorm (weight)
     norms_per_layer: int = 2
     qkv_bias: tuple[str | None, bool] = (None, False)
     o_bias: tuple[str | None, bool] = (None, False)
-    gated_mlp: bool = True                 # gate/up/down, else up/down (GPT-2, NeoX, Falcon)
+    gated_mlp: bool = True  # gate/up/down, else up/down (GPT-2, NeoX, Falcon)
     mlp_bias: tuple[str | None, bool] = (None, False)
-    qk_norm: bool = False                  # per-head RMSNorm on q and k (Qwen3, Gemma 3)
-    learned_positions: bool = False        # GPT-2's wpe
-    tie: bool = False                      # tie_word_embeddings default of the config class
-    head_dim: int | None = None            # head_dim default when it is not hidden/heads
-    window: int | None = None              # sliding_window default (Gemma 2/3)
-    moe: str | None = None                 # "mixtral", "qwen2_moe", "qwen3_moe"
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3, Gemma 3)
+    learned_positions: bool = False  # GPT-2's wpe
+    tie: bool = False  # tie_word_embeddings default of the config class
+    head_dim: int | None = None  # head_dim default when it is not hidden/heads
+    window: int | None = None  # sliding_window default (Gemma 2/3)
+    moe: str | None = None  # "mixtral", "qwen2_moe", "qwen3_moe"
 
 
 _LLAMA_BIAS = {"qkv_bias": ("attention_bias", False), "o_bias": ("attention_bias", False)}
@@ -60,15 +60,34 @@ LAYOUTS: dict[str, Layout] = {
     "qwen3_moe": Layout(**_LLAMA_BIAS, qk_norm=True, moe="qwen3_moe"),
     "gemma": Layout(**_LLAMA_BIAS, tie=True, head_dim=256),
     "gemma2": Layout(**_LLAMA_BIAS, norms_per_layer=4, tie=True, head_dim=256, window=4096),
-    "gemma3_text": Layout(**_LLAMA_BIAS, norms_per_layer=4, qk_norm=True, tie=True,
-                          head_dim=256, window=4096),
+    "gemma3_text": Layout(
+        **_LLAMA_BIAS, norms_per_layer=4, qk_norm=True, tie=True, head_dim=256, window=4096
+    ),
     "phi3": Layout(),
-    "gpt2": Layout(layer_norm=True, qkv_bias=(None, True), o_bias=(None, True),
-                   gated_mlp=False, mlp_bias=(None, True), learned_positions=True, tie=True),
-    "gpt_neox": Layout(layer_norm=True, qkv_bias=("attention_bias", True),
-                       o_bias=("attention_bias", True), gated_mlp=False, mlp_bias=(None, True)),
-    "falcon": Layout(layer_norm=True, qkv_bias=("bias", False), o_bias=("bias", False),
-                     gated_mlp=False, mlp_bias=("bias", False), tie=True),
+    "gpt2": Layout(
+        layer_norm=True,
+        qkv_bias=(None, True),
+        o_bias=(None, True),
+        gated_mlp=False,
+        mlp_bias=(None, True),
+        learned_positions=True,
+        tie=True,
+    ),
+    "gpt_neox": Layout(
+        layer_norm=True,
+        qkv_bias=("attention_bias", True),
+        o_bias=("attention_bias", True),
+        gated_mlp=False,
+        mlp_bias=(None, True),
+    ),
+    "falcon": Layout(
+        layer_norm=True,
+        qkv_bias=("bias", False),
+        o_bias=("bias", False),
+        gated_mlp=False,
+        mlp_bias=("bias", False),
+        tie=True,
+    ),
 }
 
 
@@ -101,8 +120,11 @@ def _dims(family: str, config: dict[str, Any]) -> tuple[_Dims | None, list[str]]
     if family in WIDTH_4X and isinstance(sizes["hidden"], int):
         # GPT-2 and Falcon ignore intermediate_size: their own key, or 4 × hidden
         sizes["intermediate"] = config.get(WIDTH_4X[family]) or 4 * sizes["hidden"]
-    missing = [n for n in ("layers", "hidden", "heads", "intermediate", "vocab")
-               if not isinstance(sizes[n], int) or isinstance(sizes[n], bool)]
+    missing = [
+        n
+        for n in ("layers", "hidden", "heads", "intermediate", "vocab")
+        if not isinstance(sizes[n], int) or isinstance(sizes[n], bool)
+    ]
     if family in ("mixtral", "qwen2_moe", "qwen3_moe") and "intermediate" in missing:
         missing.remove("intermediate")  # MoE-only layers need no dense MLP width
         sizes["intermediate"] = 0
@@ -110,8 +132,16 @@ def _dims(family: str, config: dict[str, Any]) -> tuple[_Dims | None, list[str]]
         return None, missing
     heads, hidden = sizes["heads"], sizes["hidden"]
     head_dim = config.get("head_dim") or layout.head_dim or hidden // heads
-    return _Dims(sizes["layers"], hidden, heads, _kv_heads(family, config, heads), head_dim,
-                 sizes["intermediate"], sizes["vocab"], sizes["context"]), []
+    return _Dims(
+        sizes["layers"],
+        hidden,
+        heads,
+        _kv_heads(family, config, heads),
+        head_dim,
+        sizes["intermediate"],
+        sizes["vocab"],
+        sizes["context"],
+    ), []
 
 
 def _kv_heads(family: str, config: dict[str, Any], heads: int) -> int:
@@ -148,7 +178,8 @@ def _norms_per_layer(family: str, layout: Layout, config: dict[str, Any]) -> int
     if family == "falcon":
         # modeling_falcon: two norms unless attention and MLP run in parallel off one norm
         n_ln = config.get("num_ln_in_parallel_attn") or (
-            2 if config.get("new_decoder_architecture") else None)
+            2 if config.get("new_decoder_architecture") else None
+        )
         return 1 if config.get("parallel_attn", True) and n_ln != 2 else 2
     return layout.norms_per_layer
 
@@ -166,12 +197,18 @@ def _moe(layout: Layout, config: dict[str, Any], d: _Dims) -> dict[str, Any] | N
     step = config.get("decoder_sparse_step") or 1
     dense = set(config.get("mlp_only_layers") or [])
     sparse = [i for i in range(d.layers) if i not in dense and (i + 1) % step == 0]
-    return {"experts": experts, "experts_per_token": config.get("num_experts_per_tok"),
-            "expert_width": width, "shared_width": shared, "sparse_layers": sparse}
+    return {
+        "experts": experts,
+        "experts_per_token": config.get("num_experts_per_tok"),
+        "expert_width": width,
+        "shared_width": shared,
+        "sparse_layers": sparse,
+    }
 
 
-def _mlp_totals(layout: Layout, config: dict[str, Any], d: _Dims,
-                moe: dict[str, Any] | None) -> tuple[int, int, int]:
+def _mlp_totals(
+    layout: Layout, config: dict[str, Any], d: _Dims, moe: dict[str, Any] | None
+) -> tuple[int, int, int]:
     """(MLP parameters over all layers, router parameters, parameters of the experts a token
     skips)."""
     if moe is None:
@@ -182,7 +219,8 @@ def _mlp_totals(layout: Layout, config: dict[str, Any], d: _Dims,
     if moe["shared_width"]:
         per_sparse += 3 * d.hidden * moe["shared_width"] + d.hidden  # + shared_expert_gate
     mlp = n_sparse * per_sparse + (d.layers - n_sparse) * _dense_mlp(
-        layout, config, d.hidden, d.intermediate)
+        layout, config, d.hidden, d.intermediate
+    )
     skipped = n_sparse * (moe["experts"] - (moe["experts_per_token"] or moe["experts"])) * expert
     return mlp, n_sparse * d.hidden * moe["experts"], skipped
 
@@ -190,8 +228,15 @@ def _mlp_totals(layout: Layout, config: dict[str, Any], d: _Dims,
 # transformers writes a multimodal model's text_config as a diff from the text config class's
 # defaults (LLaVA 1.5's holds little more than vocab_size), so a key it leaves out has the
 # class default: these, per family (checked against transformers by the tests)
-_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-          "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
+_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+)
 _DEFAULT_SIZES = {
     "llama": (32000, 4096, 11008, 32, 32, None, 2048),  # no KV heads: as many as heads
     "mistral": (32000, 4096, 14336, 32, 32, 8, 131072),
@@ -200,8 +245,10 @@ _DEFAULT_SIZES = {
     "gemma2": (256000, 2304, 9216, 26, 8, 4, 8192),
     "gemma3_text": (262208, 2304, 9216, 26, 8, 4, 131072),
 }
-TEXT_CONFIG_DEFAULTS = {family: {k: v for k, v in zip(_SIZES, values) if v is not None}
-                        for family, values in _DEFAULT_SIZES.items()}
+TEXT_CONFIG_DEFAULTS = {
+    family: {k: v for k, v in zip(_SIZES, values) if v is not None}
+    for family, values in _DEFAULT_SIZES.items()
+}
 
 
 def _family(config: dict[str, Any]) -> tuple[str | None, dict[str, Any], str]:
@@ -213,8 +260,10 @@ def _family(config: dict[str, Any]) -> tuple[str | None, dict[str, Any], str]:
     family = text.get("model_type") if isinstance(text, dict) else None
     if family in LAYOUTS:
         # Gemma 3, LLaVA...: the language model is a known family; the towers are not
-        scope = ("language model only (text_config): the vision or audio encoder and "
-                 "projector are not counted")
+        scope = (
+            "language model only (text_config): the vision or audio encoder and "
+            "projector are not counted"
+        )
         if family in TEXT_CONFIG_DEFAULTS:
             text = {**TEXT_CONFIG_DEFAULTS[family], **text}
             scope += f"; sizes text_config leaves out are transformers' {family} defaults"
@@ -230,8 +279,10 @@ def _prepare(config: dict[str, Any]) -> tuple[str, dict[str, Any], str, _Dims] |
     dims, missing = _dims(family, part)
     if dims is None:
         keys = ", ".join(SIZE_KEYS[name][0] for name in missing)
-        return {"estimated": False, "reason": f"config.json gives no {keys}: transformers "
-                                              f"would use its class defaults"}
+        return {
+            "estimated": False,
+            "reason": f"config.json gives no {keys}: transformers would use its class defaults",
+        }
     return family, part, scope, dims
 
 
@@ -261,8 +312,8 @@ def parameters_from_config(config: dict[str, Any]) -> dict[str, Any]:
     mlp, router, skipped = _mlp_totals(layout, part, d, moe)
     tied = part.get("tie_word_embeddings", layout.tie)
     breakdown = {
-        "embeddings": d.vocab * d.hidden + (d.context * d.hidden if layout.learned_positions
-                                            else 0),
+        "embeddings": d.vocab * d.hidden
+        + (d.context * d.hidden if layout.learned_positions else 0),
         "attention": d.layers * _attention(layout, part, d),
         "mlp": mlp,
         "router": router,
@@ -270,17 +321,27 @@ def parameters_from_config(config: dict[str, Any]) -> dict[str, Any]:
         "lm_head": 0 if tied else d.vocab * d.hidden,
     }
     total = sum(breakdown.values())
-    result = {"total": total, "estimated": True, "family": family, "scope": scope,
-              "tie_word_embeddings": bool(tied), "breakdown": breakdown}
+    result = {
+        "total": total,
+        "estimated": True,
+        "family": family,
+        "scope": scope,
+        "tie_word_embeddings": bool(tied),
+        "breakdown": breakdown,
+    }
     if moe:
-        result["moe"] = {"experts": moe["experts"], "experts_per_token": moe["experts_per_token"],
-                         "sparse_layers": len(moe["sparse_layers"]),
-                         "active_parameters": total - skipped}
+        result["moe"] = {
+            "experts": moe["experts"],
+            "experts_per_token": moe["experts_per_token"],
+            "sparse_layers": len(moe["sparse_layers"]),
+            "active_parameters": total - skipped,
+        }
     return result
 
 
-def _sliding_layers(family: str, config: dict[str, Any],
-                    layers: int) -> tuple[int | None, list[int]]:
+def _sliding_layers(
+    family: str, config: dict[str, Any], layers: int
+) -> tuple[int | None, list[int]]:
     """(window, indices of the layers that keep only the last ``window`` tokens)."""
     window = config["sliding_window"] if "sliding_window" in config else LAYOUTS[family].window
     if not window:
@@ -326,7 +387,15 @@ def kv_cache(config: dict[str, Any]) -> dict[str, Any]:
     if d.context:
         tokens = (d.layers - len(sliding)) * d.context + len(sliding) * min(window or 0, d.context)
         at_context = {k: tokens * per_layer * b for k, b in KV_DTYPES.items()}
-    return {"bytes_per_token": {k: d.layers * per_layer * b for k, b in KV_DTYPES.items()},
-            "bytes_at_context": at_context, "context_length": d.context,
-            "sliding_window": window, "sliding_layers": len(sliding), "layers": d.layers,
-            "kv_heads": d.kv_heads, "head_dim": d.head_dim, "estimated": True, "scope": scope}
+    return {
+        "bytes_per_token": {k: d.layers * per_layer * b for k, b in KV_DTYPES.items()},
+        "bytes_at_context": at_context,
+        "context_length": d.context,
+        "sliding_window": window,
+        "sliding_layers": len(sliding),
+        "layers": d.layers,
+        "kv_heads": d.kv_heads,
+        "head_dim": d.head_dim,
+        "estimated": True,
+        "scope": scope,
+    }

@@ -24,24 +24,55 @@ from typing import Any, BinaryIO
 
 from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 
-MAX_DEPTH = 200          # nesting beyond this is an attack or corruption, not a model
+MAX_DEPTH = 200  # nesting beyond this is an attack or corruption, not a model
 MAX_OBJECTS = 5_000_000  # values read in one file
 MAX_NDIM = 64
 
 # torch.<X>Tensor / torch.<X>Storage (and cutorch's torch.Cuda<X>...) element types
 _ELEMENT = {
-    "Double": "float64", "Float": "float32", "Half": "float16", "Long": "int64",
-    "Int": "int32", "Short": "int16", "Char": "int8", "Byte": "uint8", "Bool": "bool",
-    "Cuda": "float32", "CudaDouble": "float64", "CudaHalf": "float16", "CudaLong": "int64",
-    "CudaInt": "int32", "CudaShort": "int16", "CudaChar": "int8", "CudaByte": "uint8",
+    "Double": "float64",
+    "Float": "float32",
+    "Half": "float16",
+    "Long": "int64",
+    "Int": "int32",
+    "Short": "int16",
+    "Char": "int8",
+    "Byte": "uint8",
+    "Bool": "bool",
+    "Cuda": "float32",
+    "CudaDouble": "float64",
+    "CudaHalf": "float16",
+    "CudaLong": "int64",
+    "CudaInt": "int32",
+    "CudaShort": "int16",
+    "CudaChar": "int8",
+    "CudaByte": "uint8",
 }
-_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "int64": 8, "int32": 4, "int16": 2,
-             "int8": 1, "uint8": 1, "bool": 1}
+_ITEMSIZE = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+}
 _TENSOR = re.compile(r"^torch\.(\w*?)Tensor$")
 _STORAGE = re.compile(r"^torch\.(\w*?)Storage$")
 _CLASS_NAME = re.compile(r"^[A-Za-z_][\w.]*$")  # Lua class names: nn.Linear, torch.FloatTensor
-TYPE_NAMES = {0: "nil", 1: "number", 2: "string", 3: "table", 4: "torch", 5: "boolean",
-              6: "function", 7: "recur_function", 8: "legacy_recur_function"}
+TYPE_NAMES = {
+    0: "nil",
+    1: "number",
+    2: "string",
+    3: "table",
+    4: "torch",
+    5: "boolean",
+    6: "function",
+    7: "recur_function",
+    8: "legacy_recur_function",
+}
 
 
 class Truncated(Exception):
@@ -70,8 +101,9 @@ class Table:
         """Keys are exactly {1..n} in any order (what Lua calls a sequence; torchfile's
         list heuristic)."""
         keys = [k for k, _ in self.items]
-        if not all(isinstance(k, float) and not isinstance(k, bool) and k.is_integer()
-                   for k in keys):
+        if not all(
+            isinstance(k, float) and not isinstance(k, bool) and k.is_integer() for k in keys
+        ):
             return False
         return sorted(int(k) for k in keys) == list(range(1, len(keys) + 1))
 
@@ -81,8 +113,8 @@ class Storage:
     class_name: str
     dtype: str
     size: int
-    data_offset: int | None = None   # binary: absolute offset of the raw data
-    text_offset: int | None = None   # ascii: offset of the values' text line
+    data_offset: int | None = None  # binary: absolute offset of the raw data
+    text_offset: int | None = None  # ascii: offset of the values' text line
 
 
 @dataclass(eq=False)
@@ -91,7 +123,7 @@ class Tensor:
     dtype: str
     shape: tuple[int, ...]
     stride: tuple[int, ...]
-    storage_offset: int                # 0-based, in elements
+    storage_offset: int  # 0-based, in elements
     storage: Storage | None
 
 
@@ -197,14 +229,14 @@ class _Ascii:
 
     def _newline(self) -> None:
         # DiskFile's auto-spacing: one '\n' ends every write
-        if self.pos < len(self.data) and self.data[self.pos:self.pos + 1] == b"\n":
+        if self.pos < len(self.data) and self.data[self.pos : self.pos + 1] == b"\n":
             self.pos += 1
 
     def chars(self, n: int) -> bytes:
         self._newline()
         if n < 0 or self.pos + n > len(self.data):
             raise Truncated(self.pos)
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         self._newline()
         return out
@@ -225,8 +257,9 @@ class _Ascii:
                 raise Truncated(start)
             end = len(self.data)
         if n and len(self.data[start:end].split()) != n:
-            raise Malformed(f"storage of {n} values has "
-                            f"{len(self.data[start:end].split())} on its line")
+            raise Malformed(
+                f"storage of {n} values has {len(self.data[start:end].split())} on its line"
+            )
         self.pos = end
         return None, start
 
@@ -360,8 +393,10 @@ class Parser:
         if math.prod(shape) > 0:
             last = offset + sum((d - 1) * s for d, s in zip(shape, stride))
             if any(s < 0 for s in stride) or last >= storage.size:
-                raise Malformed(f"{class_name}{list(shape)} strides {list(stride)} reach "
-                                f"outside its storage of {storage.size}")
+                raise Malformed(
+                    f"{class_name}{list(shape)} strides {list(stride)} reach "
+                    f"outside its storage of {storage.size}"
+                )
         return Tensor(class_name, dtype, shape, stride, offset, storage)
 
 
@@ -383,5 +418,4 @@ def load_values(path, storage: Storage, ascii: bool) -> np.ndarray:
         if storage.dtype in ("uint8", "int8"):
             return np.frombuffer(fh.read(storage.size), np_dtype).copy()
         line = fh.readline()
-    return np.array([float(t) if np_dtype.kind == "f" else int(t) for t in line.split()],
-                    np_dtype)
+    return np.array([float(t) if np_dtype.kind == "f" else int(t) for t in line.split()], np_dtype)

@@ -23,11 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core import dtypes
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 from ..core.pickle_reader import (
-    Call, GlobalRef, OpaqueKey, PersistentId, PickleRecord, read_pickle, safe_key, type_name,
+    Call,
+    GlobalRef,
+    OpaqueKey,
+    PersistentId,
+    PickleRecord,
+    read_pickle,
+    safe_key,
+    type_name,
 )
 from ..core.source import Source
 from ..core.tensor import TensorInfo
@@ -38,11 +44,14 @@ MAX_EXPANSION_BYTES = 1 << 32  # a stride-0 view may expand its stored bytes thi
 
 # the functions torch pickles a tensor as; arguments start (storage, storage_offset, size, stride)
 REBUILD_TENSOR = {
-    "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_qtensor", "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_qtensor",
+    "torch._utils._rebuild_tensor_v3",
 }
 REBUILD_WRAPPERS = {  # first argument is the tensor itself
-    "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
 }
 REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"  # (func, new_type, args, state)
 REBUILD_META = "torch._utils._rebuild_meta_tensor_no_storage"  # (dtype, size, stride, ...)
@@ -76,29 +85,47 @@ _INT_ONLY = frozenset({int})
 _new = object.__new__
 
 
-def _tensor_ref(storage: StorageRef | None, dtype: str, storage_offset: int,
-                shape: tuple[int, ...], stride: tuple[int, ...], kind: str) -> TensorRef:
+def _tensor_ref(
+    storage: StorageRef | None,
+    dtype: str,
+    storage_offset: int,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    kind: str,
+) -> TensorRef:
     """``TensorRef(...)`` without the frozen dataclass's per-field ``object.__setattr__``
     (a third of the per-tensor cost); equal, hashable and immutable all the same."""
     ref = _new(TensorRef)
-    ref.__dict__.update(storage=storage, dtype=dtype, storage_offset=storage_offset,
-                        shape=shape, stride=stride, kind=kind)
+    ref.__dict__.update(
+        storage=storage,
+        dtype=dtype,
+        storage_offset=storage_offset,
+        shape=shape,
+        stride=stride,
+        kind=kind,
+    )
     return ref
 
 
-def _storage_ref(key: str, dtype: str, numel: int, location: str,
-                 view_offset: int = 0) -> StorageRef:
+def _storage_ref(
+    key: str, dtype: str, numel: int, location: str, view_offset: int = 0
+) -> StorageRef:
     """``StorageRef(...)``, built like :func:`_tensor_ref`."""
     ref = _new(StorageRef)
-    ref.__dict__.update(key=key, dtype=dtype, numel=numel, location=location,
-                        view_offset=view_offset)
+    ref.__dict__.update(
+        key=key, dtype=dtype, numel=numel, location=location, view_offset=view_offset
+    )
     return ref
 
 
 def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
     # fast path, C-level checks only: a tuple of at most 64 non-negative ints (bool excluded)
-    if type(value) is tuple and len(value) <= 64 and _INT_ONLY.issuperset(map(type, value)) \
-            and (not value or min(value) >= 0):
+    if (
+        type(value) is tuple
+        and len(value) <= 64
+        and _INT_ONLY.issuperset(map(type, value))
+        and (not value or min(value) >= 0)
+    ):
         return value
     if isinstance(value, Call) and value.args:  # torch.Size((2, 3)) when pickled as a call
         value = value.args[0]
@@ -133,23 +160,31 @@ def storage_dtype(ref: Any) -> str | None:
 def decode_storage(pid: Any, path: str) -> StorageRef:
     """``('storage', type, key, location, numel[, view_metadata])`` -> StorageRef."""
     tup = pid.pid if isinstance(pid, PersistentId) else None
-    if type(tup) is tuple and tup[0:1] == ("storage",) and (
-            len(tup) == 5 or (len(tup) == 6 and tup[5] is None)):
+    if (
+        type(tup) is tuple
+        and tup[0:1] == ("storage",)
+        and (len(tup) == 5 or (len(tup) == 6 and tup[5] is None))
+    ):
         # fast path: ('storage', type, key, location, numel) of the zip layout, and the
         # legacy layout's same tuple with a sixth item, None when the storage is no view
         _, stype, key, location, numel = tup[:5]
         dtype = storage_dtype(stype)
         if dtype is not None and type(key) is str and type(numel) is int and numel >= 0:
-            return _storage_ref(key, dtype, numel,
-                                location if type(location) is str else str(location))
+            return _storage_ref(
+                key, dtype, numel, location if type(location) is str else str(location)
+            )
     if not isinstance(tup, tuple) or len(tup) < 5 or tup[0] != "storage":
-        raise CorruptFile(path, f"unexpected persistent id {type(tup).__name__} "
-                          f"(not a torch storage reference)")
+        raise CorruptFile(
+            path, f"unexpected persistent id {type(tup).__name__} (not a torch storage reference)"
+        )
     _, stype, key, location, numel = tup[:5]
     dtype = storage_dtype(stype)
     if dtype is None:
-        raise CorruptFile(path, f"storage {key!r}: unknown storage type "
-                          f"{getattr(stype, 'qualname', type(stype).__name__)}")
+        raise CorruptFile(
+            path,
+            f"storage {key!r}: unknown storage type "
+            f"{getattr(stype, 'qualname', type(stype).__name__)}",
+        )
     if not isinstance(key, str) or type(numel) is not int or numel < 0:
         raise CorruptFile(path, f"storage {key!r}: malformed key or size")
     view_offset = 0
@@ -161,8 +196,12 @@ def decode_storage(pid: Any, path: str) -> StorageRef:
     return _storage_ref(key, dtype, numel, str(location), view_offset)
 
 
-_FAST_REBUILD = {"_rebuild_tensor_v2": "tensor", "_rebuild_tensor": "tensor",
-                 "_rebuild_tensor_v3": "tensor", "_rebuild_qtensor": "quantized"}
+_FAST_REBUILD = {
+    "_rebuild_tensor_v2": "tensor",
+    "_rebuild_tensor": "tensor",
+    "_rebuild_tensor_v3": "tensor",
+    "_rebuild_qtensor": "quantized",
+}
 
 
 def decode_tensor(call: Call, path: str) -> TensorRef | None:
@@ -184,8 +223,9 @@ def decode_tensor(call: Call, path: str) -> TensorRef | None:
         return None if inner is None else _tensor_ref(**{**inner.__dict__, "kind": "subclass"})
     if name == REBUILD_META and len(args) >= 3:
         dtype = storage_dtype(args[0]) or "float32"
-        return _tensor_ref(None, dtype, 0, _ints(args[1], "size", path),
-                           _ints(args[2], "stride", path), "meta")
+        return _tensor_ref(
+            None, dtype, 0, _ints(args[1], "size", path), _ints(args[2], "stride", path), "meta"
+        )
     if name not in REBUILD_TENSOR or len(args) < 4:
         return None
     return _storage_tensor(args, path, "quantized" if name.endswith("qtensor") else "tensor")
@@ -199,8 +239,9 @@ def _storage_tensor(args: tuple, path: str, kind: str):
         raise CorruptFile(path, "tensor storage_offset is not a non-negative int")
     shape, stride = _ints(args[2], "size", path), _ints(args[3], "stride", path)
     if len(shape) != len(stride):
-        raise CorruptFile(path, f"tensor size {list(shape)} and stride {list(stride)} differ "
-                          f"in length")
+        raise CorruptFile(
+            path, f"tensor size {list(shape)} and stride {list(stride)} differ in length"
+        )
     return _tensor_ref(storage, storage.dtype, offset + storage.view_offset, shape, stride, kind)
 
 
@@ -214,8 +255,14 @@ class _Unusual(Exception):
     """The C reading holds something the VM records differently: let the VM read it."""
 
 
-def read_torch_pickle(data: bytes | memoryview, start: int = 0, *, path: str = "<pickle>",
-                      max_ops: int = 10_000_000, torch_names: bool = True) -> PickleRecord:
+def read_torch_pickle(
+    data: bytes | memoryview,
+    start: int = 0,
+    *,
+    path: str = "<pickle>",
+    max_ops: int = 10_000_000,
+    torch_names: bool = True,
+) -> PickleRecord:
     """One torch pickle stream as :func:`keishiki.core.pickle_reader.read_pickle` records
     it, read by the scanner's inert C unpickler (:func:`keishiki._scan.unpickler.read_stream`).
 
@@ -236,8 +283,10 @@ def read_torch_pickle(data: bytes | memoryview, start: int = 0, *, path: str = "
     view = data if isinstance(data, memoryview) else memoryview(data)
     deadline = time.monotonic() + READ_SECONDS
     rec = read_stream(view, start, deadline, torch_names=torch_names, share=True)
-    if not (rec.error or rec.capped or rec.dynamic or rec.ext or rec.py2_text) \
-            and rec.n_ops <= max_ops:
+    if (
+        not (rec.error or rec.capped or rec.dynamic or rec.ext or rec.py2_text)
+        and rec.n_ops <= max_ops
+    ):
         try:
             return _from_stream(rec)
         except (_Unusual, RecursionError):
@@ -252,8 +301,9 @@ def _from_stream(rec: Any) -> PickleRecord:
     globals_ = []
     for g in rec.globals:
         module, name, note = _vm_name(g)
-        globals_.append(GlobalRef(module, name, g.offset if g.offset is not None else rec.start,
-                                  g.opcode, note))
+        globals_.append(
+            GlobalRef(module, name, g.offset if g.offset is not None else rec.start, g.opcode, note)
+        )
     first = {}
     for g, ref in zip(rec.globals, globals_):
         first.setdefault(id(g), ref)
@@ -286,13 +336,17 @@ def _from_stream(rec: Any) -> PickleRecord:
                 out = memo[key] = new(Call)
                 kwargs = call.kwargs
                 out.__dict__.update(
-                    func=first[id(call.callee)], args=tuple(items(call.args)),
+                    func=first[id(call.callee)],
+                    args=tuple(items(call.args)),
                     kwargs={k: conv(v) for k, v in kwargs.items()} if kwargs else None,
-                    offset=call.offset - 1, opcode="REDUCE" if call.kind == "call" else "NEWOBJ",
+                    offset=call.offset - 1,
+                    opcode="REDUCE" if call.kind == "call" else "NEWOBJ",
                     state=None if obj.state is None else conv(obj.state),
-                    dictitems=None if obj.dictitems is None else {
-                        safe_key(conv(k)): conv(v) for k, v in obj.dictitems},
-                    listitems=None if obj.listitems is None else items(obj.listitems))
+                    dictitems=None
+                    if obj.dictitems is None
+                    else {safe_key(conv(k)): conv(v) for k, v in obj.dictitems},
+                    listitems=None if obj.listitems is None else items(obj.listitems),
+                )
                 return out
         elif kind is Stub:
             out = first[id(obj._global)]
@@ -322,8 +376,16 @@ def _from_stream(rec: Any) -> PickleRecord:
     calls, persistent = [], []
     for result in rec.results:  # every call and persistent id, reachable or not
         (persistent if result.call is None else calls).append(conv(result))
-    return PickleRecord(value, rec.protocol, globals_, calls, rec.start, rec.end,
-                        persistent_ids=persistent, n_ops=rec.n_ops)
+    return PickleRecord(
+        value,
+        rec.protocol,
+        globals_,
+        calls,
+        rec.start,
+        rec.end,
+        persistent_ids=persistent,
+        n_ops=rec.n_ops,
+    )
 
 
 def _vm_name(g: Any) -> tuple[str, str, str]:
@@ -365,16 +427,25 @@ def class_name(call: Call) -> str:
     """The qualname of what ``call`` instantiates, seeing through legacy ('module', cls, ...)
     persistent ids."""
     func = call.func
-    if isinstance(func, PersistentId) and isinstance(func.pid, tuple) and len(func.pid) > 1 \
-            and func.pid[0] == "module" and isinstance(func.pid[1], GlobalRef):
+    if (
+        isinstance(func, PersistentId)
+        and isinstance(func.pid, tuple)
+        and len(func.pid) > 1
+        and func.pid[0] == "module"
+        and isinstance(func.pid[1], GlobalRef)
+    ):
         return func.pid[1].qualname
     return call.qualname
 
 
 def module_state(value: Any) -> dict | None:
     """The attribute dict of a pickled nn.Module (state with _parameters/_modules), else None."""
-    if isinstance(value, Call) and isinstance(value.state, dict) and \
-            "_modules" in value.state and "_parameters" in value.state:
+    if (
+        isinstance(value, Call)
+        and isinstance(value.state, dict)
+        and "_modules" in value.state
+        and "_parameters" in value.state
+    ):
         return value.state
     return None
 
@@ -392,8 +463,11 @@ def _children(value: Any) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         for group in ("_parameters", "_buffers", "_modules"):
             out.extend((key_text(k), v) for k, v in mapping_items(state.get(group)) or [])
-        out.extend((k, v) for k, v in state.items() if isinstance(k, str) and not k.startswith("_")
-                   and k != "training")
+        out.extend(
+            (k, v)
+            for k, v in state.items()
+            if isinstance(k, str) and not k.startswith("_") and k != "training"
+        )
         return out
     items = mapping_items(value)
     if items is not None:
@@ -430,8 +504,10 @@ def plain_value(value: Any, depth: int = 4, max_items: int = 100) -> Any:
     if depth <= 0:
         return f"<nested {type(value).__name__}>"
     if isinstance(value, dict):
-        return {str(key_text(k))[:200]: plain_value(v, depth - 1, max_items)
-                for k, v in list(value.items())[:max_items]}
+        return {
+            str(key_text(k))[:200]: plain_value(v, depth - 1, max_items)
+            for k, v in list(value.items())[:max_items]
+        }
     if isinstance(value, (list, tuple)):
         return [plain_value(v, depth - 1, max_items) for v in list(value)[:max_items]]
     return type_name(value)
@@ -471,8 +547,11 @@ def walk_named(root: Any, path: str, leaf: Callable[[Any], Any]) -> Iterator[tup
             continue
         visits += len(kids)
         if visits > MAX_NAMING_VISITS:
-            raise CorruptFile(path, f"pickled structure has more than {MAX_NAMING_VISITS} "
-                              f"references (a shared-reference bomb?)")
+            raise CorruptFile(
+                path,
+                f"pickled structure has more than {MAX_NAMING_VISITS} "
+                f"references (a shared-reference bomb?)",
+            )
         on_path.add(id(value))
         todo.append((None, id(value)))
         for part, child in reversed(kids):
@@ -485,9 +564,9 @@ def module_classes(rec: PickleRecord) -> list[str]:
     Every object the stream builds is one of the VM's recorded calls, so no walk is needed.
     """
     # state is None for most calls (every tensor rebuild): skip those before the full test
-    return sorted({class_name(c) for c in rec.calls
-                   if c.state is not None and module_state(c) is not None})
-
+    return sorted(
+        {class_name(c) for c in rec.calls if c.state is not None and module_state(c) is not None}
+    )
 
 
 def quantizer_params(call: Call) -> list[Any]:
@@ -561,16 +640,19 @@ def zip_data_offset(src: Source, name: str, fh: BinaryIO | None = None) -> int |
 def _member_data_start(src: Source, name: str, info: Any, local: bytes) -> int:
     """The data offset of a STORED member from its 30-byte local header ``local``."""
     if len(local) != 30:
-        raise CorruptFile(src.path, f"zip member {name!r}: truncated local header",
-                          offset=info.header_offset)
+        raise CorruptFile(
+            src.path, f"zip member {name!r}: truncated local header", offset=info.header_offset
+        )
     if local[:4] != b"PK\x03\x04":
-        raise CorruptFile(src.path, f"zip member {name!r}: bad local header",
-                          offset=info.header_offset)
+        raise CorruptFile(
+            src.path, f"zip member {name!r}: bad local header", offset=info.header_offset
+        )
     n_name, n_extra = struct.unpack_from("<HH", local, 26)
     start = info.header_offset + 30 + n_name + n_extra
     if start + info.file_size > src.size:
-        raise CorruptFile(src.path, f"zip member {name!r} extends past the end of the file",
-                          offset=start)
+        raise CorruptFile(
+            src.path, f"zip member {name!r} extends past the end of the file", offset=start
+        )
     return start
 
 
@@ -593,7 +675,7 @@ class _LocalHeaders:
     def read(self, offset: int) -> bytes:
         rel = offset - self.buf_start
         if self.buf_start >= 0 and 0 <= rel and rel + 30 <= len(self.buf):
-            return self.buf[rel:rel + 30]
+            return self.buf[rel : rel + 30]
         # read through the last header that starts within the window after this one
         i = bisect_right(self.offsets, offset + self.WINDOW - 30) - 1
         end = offset + 30 if i < 0 else max(offset + 30, self.offsets[i] + 30)
@@ -609,8 +691,9 @@ class _LocalHeaders:
         self.fh.close()
 
 
-def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
-                        ) -> Callable[[StorageRef], tuple[int | None, str | None]]:
+def zip_storage_locator(
+    src: Source, prefix: str, folder: str = "data"
+) -> Callable[[StorageRef], tuple[int | None, str | None]]:
     """storage -> (absolute offset of its bytes or None when compressed, member name), checking
     that the member ``<prefix><folder>/<key>`` exists and is large enough."""
     members = set(src.zip_names)
@@ -630,8 +713,9 @@ def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
         size = info.file_size
         need = storage.numel * (dtypes.itemsize(storage.dtype) or 1)
         if size < need:
-            raise CorruptFile(src.path, f"member {name!r} holds {size} bytes but its "
-                              f"storage needs {need}")
+            raise CorruptFile(
+                src.path, f"member {name!r} holds {size} bytes but its storage needs {need}"
+            )
         if info.compress_type != 0:
             start = None
         else:
@@ -648,6 +732,7 @@ def zip_storage_locator(src: Source, prefix: str, folder: str = "data"
 
 # ---- loading tensor data -----------------------------------------------------------------
 
+
 def numpy_dtype(name: str) -> np.dtype:
     """numpy dtype for a storage dtype (quantized types as their raw integer type)."""
     raw = {"qint8": "int8", "quint8": "uint8", "qint32": "int32", "quint4x2": "uint8"}
@@ -657,8 +742,9 @@ def numpy_dtype(name: str) -> np.dtype:
         raise InvalidRequest(f"keishiki cannot load {name} tensors as numpy arrays") from exc
 
 
-def view_from_bytes(buf: bytes | memoryview, ref: TensorRef, byteorder: str,
-                    first: int = 0) -> np.ndarray:
+def view_from_bytes(
+    buf: bytes | memoryview, ref: TensorRef, byteorder: str, first: int = 0
+) -> np.ndarray:
     """Apply a tensor's view (offset/shape/stride) to storage bytes; returns a contiguous copy.
 
     ``first`` is the element index of ``buf``'s first byte within the storage.
@@ -670,37 +756,46 @@ def view_from_bytes(buf: bytes | memoryview, ref: TensorRef, byteorder: str,
     start = ref.storage_offset - first
     need = span(ref.shape, ref.stride)
     if start < 0 or start + need > flat.size:
-        raise CorruptFile("<storage>", f"view needs elements [{ref.storage_offset}, "
-                          f"{ref.storage_offset + need}) beyond its storage")
+        raise CorruptFile(
+            "<storage>",
+            f"view needs elements [{ref.storage_offset}, "
+            f"{ref.storage_offset + need}) beyond its storage",
+        )
     if need == 0:
         return np.zeros(ref.shape, dtype=dtype.newbyteorder("="))
     materialised = math.prod(ref.shape) * dtype.itemsize
     if materialised > max(MAX_EXPANSION_BYTES, 64 * need * dtype.itemsize):
         # zero strides let a tiny storage claim an enormous tensor (an expand() bomb)
-        raise CorruptFile("<storage>", f"tensor of shape {list(ref.shape)} would take "
-                          f"{materialised} bytes from {need * dtype.itemsize} stored bytes")
+        raise CorruptFile(
+            "<storage>",
+            f"tensor of shape {list(ref.shape)} would take "
+            f"{materialised} bytes from {need * dtype.itemsize} stored bytes",
+        )
     try:
-        arr = np.lib.stride_tricks.as_strided(flat[start:], shape=ref.shape,
-                                              strides=[s * dtype.itemsize for s in ref.stride])
+        arr = np.lib.stride_tricks.as_strided(
+            flat[start:], shape=ref.shape, strides=[s * dtype.itemsize for s in ref.stride]
+        )
         out = np.array(arr, copy=True, order="C")
     except (MemoryError, ValueError) as exc:
-        raise CorruptFile("<storage>", f"tensor of shape {list(ref.shape)} cannot be "
-                          f"materialised ({type(exc).__name__})") from None
+        raise CorruptFile(
+            "<storage>",
+            f"tensor of shape {list(ref.shape)} cannot be materialised ({type(exc).__name__})",
+        ) from None
     if out.dtype.byteorder == ">":
         out = out.astype(out.dtype.newbyteorder("="))
     return out
 
 
-def loader_for(path: Path, refs: dict[str, TensorRef], byteorder: str
-               ) -> Callable[[TensorInfo], np.ndarray]:
+def loader_for(
+    path: Path, refs: dict[str, TensorRef], byteorder: str
+) -> Callable[[TensorInfo], np.ndarray]:
     """A loader reading only the bytes a tensor's view spans (never unpickling anything)."""
     path = Path(path)
 
     def load(info: TensorInfo) -> np.ndarray:
         ref = refs.get(info.name)
         if ref is None or ref.storage is None:
-            raise InvalidRequest(f"{path}: tensor {info.name!r} has no stored data "
-                                 f"(meta tensor)")
+            raise InvalidRequest(f"{path}: tensor {info.name!r} has no stored data (meta tensor)")
         itemsize = numpy_dtype(ref.dtype).itemsize
         need = span(ref.shape, ref.stride)
         if info.data_offset is not None:  # STORED zip member or legacy storage: read the span

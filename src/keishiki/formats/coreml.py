@@ -30,13 +30,13 @@ def _spec_version(head: bytes) -> int | None:
     if version is None or not 1 <= version <= MAX_SPEC_VERSION:
         return None
     pos = varint(head, 1)[1]  # type: ignore[index]
-    if head[pos:pos + 1] != b"\x12":  # field 2: description
+    if head[pos : pos + 1] != b"\x12":  # field 2: description
         return None
     got = varint(head, pos + 1)
-    if got is None or head[got[1]:got[1] + 1] != b"\x0a":  # description.input
+    if got is None or head[got[1] : got[1] + 1] != b"\x0a":  # description.input
         return None
     got = varint(head, got[1] + 1)
-    if got is None or head[got[1]:got[1] + 1] != b"\x0a":  # input.name
+    if got is None or head[got[1] : got[1] + 1] != b"\x0a":  # input.name
         return None
     return version
 
@@ -74,16 +74,21 @@ def _check_top_level(data_at, size: int, name: str) -> None:
                 raise CorruptFile(name, "truncated length", offset=pos)
             end = pos + got[1] + got[0]
             if end > size:
-                raise CorruptFile(name, f"field {key >> 3} needs {end - size} bytes more than the "
-                                  f"{size}-byte file holds (truncated?)", offset=pos)
+                raise CorruptFile(
+                    name,
+                    f"field {key >> 3} needs {end - size} bytes more than the "
+                    f"{size}-byte file holds (truncated?)",
+                    offset=pos,
+                )
             pos = end
         elif wire in (1, 5):
             pos += used + (8 if wire == 1 else 4)
         else:
             raise CorruptFile(name, f"unknown protobuf wire type {wire}", offset=pos)
         if pos > size:
-            raise CorruptFile(name, "last field runs past the end of the file (truncated?)",
-                              offset=size)
+            raise CorruptFile(
+                name, "last field runs past the end of the file (truncated?)", offset=size
+            )
     raise CorruptFile(name, f"more than {MAX_TOP_FIELDS} top-level fields: not a Core ML model")
 
 
@@ -122,8 +127,12 @@ def read(src: Source, match) -> ModelInfo:
         manifest = _manifest(src) or {}
         files = list_files(src.path)
         model_rel = _root_model(src, manifest)
-        details.update(manifest=manifest.get("fileFormatVersion"), files=files,
-                       n_files=len(files), root_model=model_rel)
+        details.update(
+            manifest=manifest.get("fileFormatVersion"),
+            files=files,
+            n_files=len(files),
+            root_model=model_rel,
+        )
         spec = None
         if model_rel and src.has(model_rel):
             model_path = src.child(model_rel)
@@ -144,6 +153,11 @@ def read(src: Source, match) -> ModelInfo:
         _check_top_level(lambda off, n: src.read_at(off, n, exact=False), src.size, src.path)
         details["files"] = [{"path": src.name, "size": src.size}]
     details["specification_version"] = spec
-    return ModelInfo(path=str(src.path), format=FORMAT, variant=match.variant,
-                     format_version=str(spec) if spec is not None else None,
-                     details={FORMAT: details}, warnings=warnings)
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        variant=match.variant,
+        format_version=str(spec) if spec is not None else None,
+        details={FORMAT: details},
+        warnings=warnings,
+    )

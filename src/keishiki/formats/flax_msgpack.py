@@ -19,9 +19,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core import dtypes
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
@@ -63,14 +62,34 @@ class Complex:
 
 
 # fixed-size headers: marker -> (struct format, kind)
-_FIXED = {0xcc: (">B", "int"), 0xcd: (">H", "int"), 0xce: (">I", "int"), 0xcf: (">Q", "int"),
-          0xd0: (">b", "int"), 0xd1: (">h", "int"), 0xd2: (">i", "int"), 0xd3: (">q", "int"),
-          0xca: (">f", "float"), 0xcb: (">d", "float")}
-_LEN = {0xc4: (">B", "bin"), 0xc5: (">H", "bin"), 0xc6: (">I", "bin"),
-        0xd9: (">B", "str"), 0xda: (">H", "str"), 0xdb: (">I", "str"),
-        0xdc: (">H", "array"), 0xdd: (">I", "array"), 0xde: (">H", "map"), 0xdf: (">I", "map"),
-        0xc7: (">B", "ext"), 0xc8: (">H", "ext"), 0xc9: (">I", "ext")}
-_FIXEXT = {0xd4: 1, 0xd5: 2, 0xd6: 4, 0xd7: 8, 0xd8: 16}
+_FIXED = {
+    0xCC: (">B", "int"),
+    0xCD: (">H", "int"),
+    0xCE: (">I", "int"),
+    0xCF: (">Q", "int"),
+    0xD0: (">b", "int"),
+    0xD1: (">h", "int"),
+    0xD2: (">i", "int"),
+    0xD3: (">q", "int"),
+    0xCA: (">f", "float"),
+    0xCB: (">d", "float"),
+}
+_LEN = {
+    0xC4: (">B", "bin"),
+    0xC5: (">H", "bin"),
+    0xC6: (">I", "bin"),
+    0xD9: (">B", "str"),
+    0xDA: (">H", "str"),
+    0xDB: (">I", "str"),
+    0xDC: (">H", "array"),
+    0xDD: (">I", "array"),
+    0xDE: (">H", "map"),
+    0xDF: (">I", "map"),
+    0xC7: (">B", "ext"),
+    0xC8: (">H", "ext"),
+    0xC9: (">I", "ext"),
+}
+_FIXEXT = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}
 
 
 class _Reader:
@@ -83,7 +102,7 @@ class _Reader:
     def _take(self, pos: int, n: int) -> bytes:
         if pos + n > len(self.buf) or n < 0:
             raise _Short(pos)
-        return bytes(self.buf[pos:pos + n])
+        return bytes(self.buf[pos : pos + n])
 
     def _unpack(self, fmt: str, pos: int) -> tuple[Any, int]:
         n = struct.calcsize(fmt)
@@ -95,18 +114,18 @@ class _Reader:
             raise _Bad("nesting or item count beyond limits")
         b = self._take(pos, 1)[0]
         pos += 1
-        if b <= 0x7f:
+        if b <= 0x7F:
             return b, pos
-        if b >= 0xe0:
+        if b >= 0xE0:
             return b - 0x100, pos
-        if 0x80 <= b <= 0x8f:
-            return self._map(pos, b & 0x0f, depth)
-        if 0x90 <= b <= 0x9f:
-            return self._array(pos, b & 0x0f, depth)
-        if 0xa0 <= b <= 0xbf:
-            return self._str(pos, b & 0x1f)
-        if b in (0xc0, 0xc2, 0xc3):
-            return {0xc0: None, 0xc2: False, 0xc3: True}[b], pos
+        if 0x80 <= b <= 0x8F:
+            return self._map(pos, b & 0x0F, depth)
+        if 0x90 <= b <= 0x9F:
+            return self._array(pos, b & 0x0F, depth)
+        if 0xA0 <= b <= 0xBF:
+            return self._str(pos, b & 0x1F)
+        if b in (0xC0, 0xC2, 0xC3):
+            return {0xC0: None, 0xC2: False, 0xC3: True}[b], pos
         if b in _FIXED:
             return self._unpack(_FIXED[b][0], pos)
         if b in _FIXEXT:
@@ -157,20 +176,25 @@ class _Reader:
             raise _Short(pos)
         if code == 1:  # ndarray: [shape, dtype name, bytes]
             inner, inner_end = self.value(pos, depth + 1)
-            if inner_end != end or not (isinstance(inner, list) and len(inner) == 3
-                                        and isinstance(inner[2], Bin)):
+            if inner_end != end or not (
+                isinstance(inner, list) and len(inner) == 3 and isinstance(inner[2], Bin)
+            ):
                 raise _Bad("ext 1 payload is not [shape, dtype, bytes]")
             return self._array_leaf(inner[0], inner[1], inner[2]), end
         if code == 3:  # numpy scalar: [dtype name, bytes]
             inner, inner_end = self.value(pos, depth + 1)
-            if inner_end != end or not (isinstance(inner, list) and len(inner) == 2
-                                        and isinstance(inner[1], Bin)):
+            if inner_end != end or not (
+                isinstance(inner, list) and len(inner) == 2 and isinstance(inner[1], Bin)
+            ):
                 raise _Bad("ext 3 payload is not [dtype, bytes]")
             return self._array_leaf([], inner[0], inner[1]), end
         if code == 2:  # native complex: [real, imag]
             inner, inner_end = self.value(pos, depth + 1)
-            if inner_end != end or not (isinstance(inner, list) and len(inner) == 2 and all(
-                    isinstance(x, (int, float)) for x in inner)):
+            if inner_end != end or not (
+                isinstance(inner, list)
+                and len(inner) == 2
+                and all(isinstance(x, (int, float)) for x in inner)
+            ):
                 raise _Bad("ext 2 payload is not [real, imag]")
             return Complex(complex(inner[0], inner[1])), end
         raise _Bad(f"unknown msgpack ext type {code}")
@@ -182,8 +206,10 @@ class _Reader:
         if size is None:
             raise _Bad(f"unknown ndarray dtype {dtype!r:.40}")
         if math.prod(shape) * size != data.length:
-            raise _Bad(f"{dtype}{shape} needs {math.prod(shape) * size} bytes, "
-                       f"the leaf holds {data.length}")
+            raise _Bad(
+                f"{dtype}{shape} needs {math.prod(shape) * size} bytes, "
+                f"the leaf holds {data.length}"
+            )
         self.n_arrays += 1
         return Array(tuple(shape), str(dtype), data.offset, data.length)
 
@@ -200,10 +226,10 @@ def sniff(src: Source):
     from . import Match
 
     head = src.head
-    if src.is_dir or len(head) < 6 or not (0x81 <= head[0] <= 0x8f or head[0] in (0xde, 0xdf)):
+    if src.is_dir or len(head) < 6 or not (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
         return None  # (6 bytes: a map32 header is 5 bytes before its first key)
-    first_key = head[1] if head[0] <= 0x8f else head[3 if head[0] == 0xde else 5]
-    if not (0xa0 <= first_key <= 0xbf or first_key in (0xd9, 0xda, 0xdb)):
+    first_key = head[1] if head[0] <= 0x8F else head[3 if head[0] == 0xDE else 5]
+    if not (0xA0 <= first_key <= 0xBF or first_key in (0xD9, 0xDA, 0xDB)):
         return None  # flax state maps are keyed by strings
     reader = _Reader(head, src.size)
     try:
@@ -232,14 +258,19 @@ def _info(src: Source, name: str, leaf: Any) -> TensorInfo:
     if isinstance(leaf, Complex):
         return TensorInfo(name, "complex128", (), 16)
     shape, chunks = leaf.get("shape"), leaf.get("chunks")
-    if not (isinstance(shape, list) and isinstance(chunks, dict)
-            and all(isinstance(c, Array) for c in chunks.values()) and chunks):
+    if not (
+        isinstance(shape, list)
+        and isinstance(chunks, dict)
+        and all(isinstance(c, Array) for c in chunks.values())
+        and chunks
+    ):
         raise CorruptFile(src.path, f"{name}: malformed chunked array")
     dtype = next(iter(chunks.values())).dtype
     nbytes = sum(c.nbytes for c in chunks.values())
     if math.prod(shape) * (dtypes.itemsize(dtype) or 0) != nbytes:
-        raise CorruptFile(src.path, f"{name}: chunks hold {nbytes} bytes, shape {shape} "
-                          f"of {dtype} needs more")
+        raise CorruptFile(
+            src.path, f"{name}: chunks hold {nbytes} bytes, shape {shape} of {dtype} needs more"
+        )
     return TensorInfo(name, dtype, tuple(shape), nbytes, extra={"chunks": len(chunks)})
 
 
@@ -259,8 +290,10 @@ def _loader(src: Source, leaves: dict[str, Any]):
             return raw(leaf)
         if isinstance(leaf, Complex):
             return np.array(leaf.value, np.complex128)
-        chunks = [raw(leaf["chunks"][k]).reshape(-1) for k in
-                  sorted(leaf["chunks"], key=lambda k: int(k) if str(k).isdigit() else 0)]
+        chunks = [
+            raw(leaf["chunks"][k]).reshape(-1)
+            for k in sorted(leaf["chunks"], key=lambda k: int(k) if str(k).isdigit() else 0)
+        ]
         return np.concatenate(chunks).reshape(info.shape)
 
     return load
@@ -274,8 +307,9 @@ def read(src: Source, match) -> ModelInfo:
         try:
             state, end = reader.value(0)
         except _Short as exc:
-            raise CorruptFile(src.path, "truncated msgpack stream",
-                              offset=exc.args[0] if exc.args else None) from None
+            raise CorruptFile(
+                src.path, "truncated msgpack stream", offset=exc.args[0] if exc.args else None
+            ) from None
         except _Bad as exc:
             raise CorruptFile(src.path, str(exc)) from None
     if not isinstance(state, dict):
@@ -283,8 +317,17 @@ def read(src: Source, match) -> ModelInfo:
     leaves: list[tuple[str, Any]] = []
     _flatten(state, "", leaves)
     infos = [_info(src, name, leaf) for name, leaf in leaves]
-    details = {"top_keys": [str(k) for k in state], "leaf_count": len(infos),
-               "trailing_bytes": src.size - end}
+    details = {
+        "top_keys": [str(k) for k in state],
+        "leaf_count": len(infos),
+        "trailing_bytes": src.size - end,
+    }
     warnings = [f"{src.size - end} bytes after the msgpack value"] if end != src.size else []
-    return ModelInfo(path=str(src.path), format=FORMAT, tensors=infos, warnings=warnings,
-                     details={FORMAT: details}, tensor_loader=_loader(src, dict(leaves)))
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        tensors=infos,
+        warnings=warnings,
+        details={FORMAT: details},
+        tensor_loader=_loader(src, dict(leaves)),
+    )

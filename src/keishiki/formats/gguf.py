@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
@@ -35,33 +34,74 @@ from . import gguf_split
 FORMAT = "gguf"
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
-MAX_DIMS = 4          # GGML_MAX_DIMS: llama.cpp refuses more
-ARRAY_KEEP = 8        # arrays up to this length are shown whole in ``info``
-ARRAY_FIRST = 5       # longer ones are summarised with their first items
+MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses more
+ARRAY_KEEP = 8  # arrays up to this length are shown whole in ``info``
+ARRAY_FIRST = 5  # longer ones are summarised with their first items
 
 # ggml_type id -> (name, elements per block, bytes per block); gguf.constants.GGML_QUANT_SIZES
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40),
-    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
-    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+    40: ("NVFP4", 64, 36),
+    41: ("Q1_0", 128, 18),
 }
 _TYPE_IDS = {name: type_id for type_id, (name, _b, _s) in GGML_TYPES.items()}
 # plain element types keep numpy/torch names; quantized ones their lower-case GGML names
-_PLAIN_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-                 "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
+_PLAIN_DTYPES = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
+}
 
 # GGUF metadata value types: id -> (name, struct code or None for string/array)
 VALUE_TYPES: dict[int, tuple[str, str | None]] = {
-    0: ("uint8", "B"), 1: ("int8", "b"), 2: ("uint16", "H"), 3: ("int16", "h"),
-    4: ("uint32", "I"), 5: ("int32", "i"), 6: ("float32", "f"), 7: ("bool", "?"),
-    8: ("string", None), 9: ("array", None), 10: ("uint64", "Q"), 11: ("int64", "q"),
+    0: ("uint8", "B"),
+    1: ("int8", "b"),
+    2: ("uint16", "H"),
+    3: ("int16", "h"),
+    4: ("uint32", "I"),
+    5: ("int32", "i"),
+    6: ("float32", "f"),
+    7: ("bool", "?"),
+    8: ("string", None),
+    9: ("array", None),
+    10: ("uint64", "Q"),
+    11: ("int64", "q"),
     12: ("float64", "d"),
 }
 STRING, ARRAY = 8, 9
@@ -78,8 +118,11 @@ def sniff(src: Source):
 
     if src.is_dir:  # a folder of GGUF files (one model, perhaps split): read() picks the file
         found = gguf_split.gguf_files(src)
-        return Match(FORMAT, None, reason=f"folder holding {len(found)} GGUF file(s)") \
-            if found else None
+        return (
+            Match(FORMAT, None, reason=f"folder holding {len(found)} GGUF file(s)")
+            if found
+            else None
+        )
     head = src.head
     if len(head) < 24 or head[:4] != MAGIC:
         return None
@@ -88,13 +131,14 @@ def sniff(src: Source):
 
 # ---- header parsing -----------------------------------------------------------------------------
 
+
 @dataclass
 class Header:
     """What a GGUF header says, with tensor offsets made absolute."""
 
     version: int
-    byte_order: str                      # "<" or ">"
-    kv: dict[str, Any] = field(default_factory=dict)        # summarised values
+    byte_order: str  # "<" or ">"
+    kv: dict[str, Any] = field(default_factory=dict)  # summarised values
     kv_types: dict[str, str] = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
     alignment: int = DEFAULT_ALIGNMENT
@@ -115,8 +159,10 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            self.fail(f"{what} needs {n} bytes but only {self.size - self.pos} remain "
-                      f"(truncated or corrupt)")
+            self.fail(
+                f"{what} needs {n} bytes but only {self.size - self.pos} remain "
+                f"(truncated or corrupt)"
+            )
 
     def scalar(self, code: str, what: str) -> Any:
         n = struct.calcsize(code)
@@ -132,7 +178,7 @@ class _Cursor:
         self.pos += length
         if not keep:
             return None
-        return bytes(self.buf[start:self.pos]).decode("utf-8", "replace")
+        return bytes(self.buf[start : self.pos]).decode("utf-8", "replace")
 
 
 def _read_value(cur: _Cursor, vtype: int, key: str, full_arrays: bool) -> Any:
@@ -178,7 +224,7 @@ def _skim_strings(cur: _Cursor, count: int, keep: int, key: str) -> list[str]:
             cur.pos = pos - n
             cur.fail(f"item {i} of array {key!r} claims {n} bytes beyond the end of the file")
         if i < keep:
-            items.append(bytes(buf[pos - n:pos]).decode("utf-8", "replace"))
+            items.append(bytes(buf[pos - n : pos]).decode("utf-8", "replace"))
     cur.pos = pos
     return items
 
@@ -208,22 +254,27 @@ def _parse(buf: Any, size: int, path: Path, full_arrays: bool) -> Header:
     if version & 0xFFFF == 0 and version >> 16:  # a big-endian file (s390x builds)
         order, version = ">", struct.unpack_from(">I", buf, 4)[0]
     if version == 1:
-        raise CorruptFile(path, "GGUF version 1 is unsupported (32-bit counts, pre-2023 "
-                          "llama.cpp): re-convert the model with a current llama.cpp",
-                          offset=4)
+        raise CorruptFile(
+            path,
+            "GGUF version 1 is unsupported (32-bit counts, pre-2023 "
+            "llama.cpp): re-convert the model with a current llama.cpp",
+            offset=4,
+        )
     if version not in (2, 3):
-        raise CorruptFile(path, f"unknown GGUF version {version} (keishiki reads 2 and 3)",
-                          offset=4)
+        raise CorruptFile(
+            path, f"unknown GGUF version {version} (keishiki reads 2 and 3)", offset=4
+        )
     cur = _Cursor(buf, size, path, order)
     cur.pos = 8
     tensor_count = cur.scalar("Q", "tensor count")
     kv_count = cur.scalar("Q", "metadata key count")
     # each key/value takes >= 13 bytes and each tensor info >= 28: refuse impossible counts
     if kv_count * 13 > size - cur.pos or tensor_count * 28 > size - cur.pos:
-        cur.fail(f"{tensor_count} tensors and {kv_count} metadata keys cannot fit in a "
-                 f"{size}-byte file", offset=8)
-    header = Header(version=version, byte_order=order, tensor_count=tensor_count,
-                    kv_count=kv_count)
+        cur.fail(
+            f"{tensor_count} tensors and {kv_count} metadata keys cannot fit in a {size}-byte file",
+            offset=8,
+        )
+    header = Header(version=version, byte_order=order, tensor_count=tensor_count, kv_count=kv_count)
     for _ in range(kv_count):
         key = cur.string("metadata key")
         vtype = cur.scalar("I", f"value type of {key!r}")
@@ -250,26 +301,38 @@ def _read_tensor_info(cur: _Cursor) -> tuple[str, list[int], int, int]:
     return name, dims, type_id, offset
 
 
-def _tensor_info(cur: _Cursor, header: Header, name: str, dims: list[int], type_id: int,
-                 offset: int) -> TensorInfo:
+def _tensor_info(
+    cur: _Cursor, header: Header, name: str, dims: list[int], type_id: int, offset: int
+) -> TensorInfo:
     if type_id not in GGML_TYPES:
         cur.fail(f"tensor {name!r} has unknown ggml type {type_id}")
     type_name, block, block_bytes = GGML_TYPES[type_id]
     numel = math.prod(dims)
     if dims and dims[0] % block:
-        cur.fail(f"tensor {name!r}: row length {dims[0]} is not a multiple of the "
-                 f"{type_name} block size {block}")
+        cur.fail(
+            f"tensor {name!r}: row length {dims[0]} is not a multiple of the "
+            f"{type_name} block size {block}"
+        )
     nbytes = numel // block * block_bytes
     start = header.data_offset + offset
     if offset % header.alignment or start + nbytes > cur.size:
-        cur.fail(f"tensor {name!r}: data at offset {offset} ({nbytes} bytes) is misaligned "
-                 f"or beyond the end of the file", offset=start)
-    return TensorInfo(name, ggml_dtype(type_id), tuple(reversed(dims)), nbytes,
-                      data_offset=start,
-                      extra={"ggml_type": type_name, "gguf_shape": list(dims)})
+        cur.fail(
+            f"tensor {name!r}: data at offset {offset} ({nbytes} bytes) is misaligned "
+            f"or beyond the end of the file",
+            offset=start,
+        )
+    return TensorInfo(
+        name,
+        ggml_dtype(type_id),
+        tuple(reversed(dims)),
+        nbytes,
+        data_offset=start,
+        extra={"ggml_type": type_name, "gguf_shape": list(dims)},
+    )
 
 
 # ---- ModelInfo ----------------------------------------------------------------------------------
+
 
 def read(src: Source, match) -> ModelInfo:
     """The model at ``src`` (a GGUF file, any split of a split model, or a folder holding
@@ -281,8 +344,11 @@ def read(src: Source, match) -> ModelInfo:
     header = parts.headers[0]  # the first split holds the model's metadata
     kv = header.kv
     tokens = kv.get("tokenizer.ggml.tokens")
-    n_vocab = tokens["length"] if isinstance(tokens, dict) else (
-        len(tokens) if isinstance(tokens, list) else None)
+    n_vocab = (
+        tokens["length"]
+        if isinstance(tokens, dict)
+        else (len(tokens) if isinstance(tokens, list) else None)
+    )
     tensors = _all_tensors(parts)
     gguf = {
         "version": header.version,
@@ -298,23 +364,36 @@ def read(src: Source, match) -> ModelInfo:
         "kv_types": header.kv_types,
     }
     if parts.count > 1:
-        gguf["splits"] = {"count": parts.count, "files": parts.names,
-                          "n_tensors": [len(h.tensors) for h in parts.headers],
-                          "bytes": sum(p.stat().st_size for p in parts.paths)}
-    metadata = {k: v for k, v in kv.items()
-                if k.startswith("general.") and not isinstance(v, (dict, list))}
+        gguf["splits"] = {
+            "count": parts.count,
+            "files": parts.names,
+            "n_tensors": [len(h.tensors) for h in parts.headers],
+            "bytes": sum(p.stat().st_size for p in parts.paths),
+        }
+    metadata = {
+        k: v for k, v in kv.items() if k.startswith("general.") and not isinstance(v, (dict, list))
+    }
     warnings = []
     if not tensors:
         warnings.append("no tensors: a vocabulary-only GGUF (convert_hf_to_gguf --vocab-only)")
     named = gguf_split.parse_name(src.path.name)
     if parts.count == 1 and named and named[2] > 1:
-        warnings.append(f"named like split {named[1]} of {named[2]} but has no split.* keys: "
-                        f"read as a whole model on its own")
-    return ModelInfo(path=str(src.path), format=FORMAT, format_version=str(header.version),
-                     variant="split" if parts.count > 1 else None,
-                     tensors=tensors, metadata=metadata, gguf=gguf, warnings=warnings,
-                     tensor_loader=loader_for(src.path, header.byte_order),
-                     file_size=gguf["splits"]["bytes"] if parts.count > 1 else 0)
+        warnings.append(
+            f"named like split {named[1]} of {named[2]} but has no split.* keys: "
+            f"read as a whole model on its own"
+        )
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        format_version=str(header.version),
+        variant="split" if parts.count > 1 else None,
+        tensors=tensors,
+        metadata=metadata,
+        gguf=gguf,
+        warnings=warnings,
+        tensor_loader=loader_for(src.path, header.byte_order),
+        file_size=gguf["splits"]["bytes"] if parts.count > 1 else 0,
+    )
 
 
 def _all_tensors(parts: gguf_split.SplitSet) -> list[TensorInfo]:
@@ -322,8 +401,11 @@ def _all_tensors(parts: gguf_split.SplitSet) -> list[TensorInfo]:
     if parts.count == 1:
         return parts.headers[0].tensors
     # the loader reads each from the split its ``file`` names, beside the named one
-    return [replace(t, file=name)
-            for name, header in zip(parts.names, parts.headers) for t in header.tensors]
+    return [
+        replace(t, file=name)
+        for name, header in zip(parts.names, parts.headers)
+        for t in header.tensors
+    ]
 
 
 def _type_histogram(tensors: list[TensorInfo]) -> dict[str, int]:
@@ -342,8 +424,13 @@ def loader_for(path: Path, byte_order: str = "<") -> Callable[[TensorInfo], np.n
 
     def load(info: TensorInfo) -> np.ndarray:
         where = inside(path.parent, info.file) if info.file else path
-        mm = np.memmap(where, dtype=np.uint8, mode="r", offset=info.data_offset,
-                       shape=(info.nbytes,)) if info.nbytes else np.zeros(0, np.uint8)
+        mm = (
+            np.memmap(
+                where, dtype=np.uint8, mode="r", offset=info.data_offset, shape=(info.nbytes,)
+            )
+            if info.nbytes
+            else np.zeros(0, np.uint8)
+        )
         data = np.array(mm)
         _name, block, block_bytes = GGML_TYPES[_TYPE_IDS[info.extra["ggml_type"]]]
         if block > 1:

@@ -90,10 +90,17 @@ def split_keys(path: Path, header: "Header") -> tuple[int, int, int | None] | No
         return None
     no, count, total = kv.get(SPLIT_NO), kv.get(SPLIT_COUNT), kv.get(SPLIT_TENSORS)
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (no, count))
-    if not ints or not 1 <= count <= MAX_SPLITS or not 0 <= no < count or not (
-            total is None or (isinstance(total, int) and total >= 0)):
-        raise CorruptFile(path, f"split keys out of range: split.no {no!r}, split.count "
-                                f"{count!r}, split.tensors.count {total!r}")
+    if (
+        not ints
+        or not 1 <= count <= MAX_SPLITS
+        or not 0 <= no < count
+        or not (total is None or (isinstance(total, int) and total >= 0))
+    ):
+        raise CorruptFile(
+            path,
+            f"split keys out of range: split.no {no!r}, split.count "
+            f"{count!r}, split.tensors.count {total!r}",
+        )
     return no, count, total
 
 
@@ -116,13 +123,18 @@ def open_set(path: Path, header: "Header") -> SplitSet:
     no, count, _total = keys
     parsed = parse_name(path.name)
     if parsed is None or parsed[1:] != (no + 1, count):
-        raise CorruptFile(path, f"split.no {no} / split.count {count} make it split {no + 1} of "
-                                f"{count}, but its name is not PREFIX-{no + 1:05d}-of-{count:05d}"
-                                f".gguf, which is how llama.cpp finds the other splits: rename it")
+        raise CorruptFile(
+            path,
+            f"split.no {no} / split.count {count} make it split {no + 1} of "
+            f"{count}, but its name is not PREFIX-{no + 1:05d}-of-{count:05d}"
+            f".gguf, which is how llama.cpp finds the other splits: rename it",
+        )
     prefix = parsed[0]
     names = [split_name(prefix, i, count) for i in range(1, count + 1)]
-    headers = [header if i == no else _split_header(root, name, i, count, path)
-               for i, name in enumerate(names)]
+    headers = [
+        header if i == no else _split_header(root, name, i, count, path)
+        for i, name in enumerate(names)
+    ]
     _check_tensors(SplitSet(root, names, headers))
     return SplitSet(root, names, headers)
 
@@ -134,15 +146,20 @@ def _split_header(root: Path, name: str, index: int, count: int, named: Path) ->
 
     path = inside(root, name)  # a symlink out of the folder is refused here
     if not path.is_file():
-        raise InvalidRequest(f"{path}: split {index + 1} of {count} is missing (the model "
-                             f"{named.name} belongs to needs all {count} files in {root})")
+        raise InvalidRequest(
+            f"{path}: split {index + 1} of {count} is missing (the model "
+            f"{named.name} belongs to needs all {count} files in {root})"
+        )
     with Source(path) as src:
         header = read_header(src)
     keys = split_keys(path, header)
     if keys is None or keys[:2] != (index, count):
         said = "no split keys" if keys is None else f"split.no {keys[0]} / split.count {keys[1]}"
-        raise CorruptFile(path, f"{said}, but its name makes it split {index + 1} of {count} "
-                                f"(split.no {index}): not part of the same split model")
+        raise CorruptFile(
+            path,
+            f"{said}, but its name makes it split {index + 1} of {count} "
+            f"(split.no {index}): not part of the same split model",
+        )
     return header
 
 
@@ -153,16 +170,18 @@ def _check_tensors(parts: SplitSet) -> None:
     for path, header in zip(parts.paths, parts.headers):
         total = header.kv.get(SPLIT_TENSORS)
         if total is not None and total != held:
-            raise CorruptFile(path, f"split.tensors.count says {total} tensors, but the "
-                                    f"{parts.count} splits hold {held}")
+            raise CorruptFile(
+                path,
+                f"split.tensors.count says {total} tensors, but the "
+                f"{parts.count} splits hold {held}",
+            )
         if header.byte_order != parts.headers[0].byte_order:
             raise CorruptFile(path, f"byte order differs from {first.name}'s")
     seen: dict[str, str] = {}
     for name, header in zip(parts.names, parts.headers):
         for t in header.tensors:
             if t.name in seen:
-                raise CorruptFile(parts.root / name, f"tensor {t.name!r} is also in "
-                                                     f"{seen[t.name]}")
+                raise CorruptFile(parts.root / name, f"tensor {t.name!r} is also in {seen[t.name]}")
             seen[t.name] = name
 
 
@@ -182,8 +201,10 @@ def model_file(src: Source) -> Path:
         raise InvalidRequest(f"{src.path}: holds no GGUF file")
     if len(models) > 1:
         listed = ", ".join(sorted(v[0] for v in models.values())[:4])
-        raise InvalidRequest(f"{src.path}: holds {len(models)} GGUF models ({listed}"
-                             f"{' ...' if len(models) > 4 else ''}); name the file to read")
+        raise InvalidRequest(
+            f"{src.path}: holds {len(models)} GGUF models ({listed}"
+            f"{' ...' if len(models) > 4 else ''}); name the file to read"
+        )
     (files,) = models.values()
     return src.child(sorted(files)[0])
 

@@ -20,7 +20,6 @@ from importlib import resources
 from typing import Any, Callable
 
 from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
@@ -36,9 +35,18 @@ WEIGHT_LAYOUTS = [
     ("keras-h5", "tf_model.h5", "tf_model.h5.index.json"),
     ("flax-msgpack", "flax_model.msgpack", "flax_model.msgpack.index.json"),
 ]
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt",
-                   "spiece.model", "sentencepiece.bpe.model", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json"]
+TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+]
 # bytes per parameter for the memory estimate
 PRECISIONS = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 
@@ -47,17 +55,29 @@ CONFIG_FACTS = [
     ("num_hidden_layers", ("num_hidden_layers", "n_layer", "num_layers", "n_layers")),
     ("hidden_size", ("hidden_size", "n_embd", "n_embed", "d_model", "dim")),
     ("num_attention_heads", ("num_attention_heads", "n_head", "num_heads", "n_heads")),
-    ("num_key_value_heads", ("num_key_value_heads", "num_kv_heads", "n_kv_heads",
-                             "multi_query_group_num")),
+    (
+        "num_key_value_heads",
+        ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"),
+    ),
     ("intermediate_size", ("intermediate_size", "n_inner", "ffn_dim", "d_ff")),
     ("vocab_size", ("vocab_size", "padded_vocab_size", "n_vocab")),
-    ("max_position_embeddings", ("max_position_embeddings", "n_positions", "max_seq_len",
-                                 "seq_length", "n_ctx", "max_sequence_length")),
+    (
+        "max_position_embeddings",
+        (
+            "max_position_embeddings",
+            "n_positions",
+            "max_seq_len",
+            "seq_length",
+            "n_ctx",
+            "max_sequence_length",
+        ),
+    ),
     ("head_dim", ("head_dim",)),
 ]
 
 
 # ---- sniffing -----------------------------------------------------------------------------------
+
 
 def _config(src: Source) -> dict[str, Any] | None:
     if not src.is_dir or not src.has("config.json"):
@@ -88,8 +108,9 @@ def _weight_files(src: Source) -> list[tuple[str, list[str], str | None]]:
     from .gguf_split import is_later_split
 
     # a split GGUF is read whole from any of its files: list its first split only
-    ggufs = [n for n in names if n.lower().endswith(".gguf") and src.has(n)
-             and not is_later_split(n)]
+    ggufs = [
+        n for n in names if n.lower().endswith(".gguf") and src.has(n) and not is_later_split(n)
+    ]
     if ggufs:
         found.append(("gguf", ggufs, None))
     return found
@@ -112,6 +133,7 @@ def sniff(src: Source):
 
 
 # ---- reading ------------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def vllm_registry() -> dict[str, Any]:
@@ -149,20 +171,31 @@ def vllm_support(architectures: list[str]) -> dict[str, Any]:
     'multimodal generate'
     """
     registry = vllm_registry()
-    matched = [(name, entry["task"]) for name, entry in vllm_lists(registry).items()
-               if any(a in entry["architectures"] for a in architectures)]
+    matched = [
+        (name, entry["task"])
+        for name, entry in vllm_lists(registry).items()
+        if any(a in entry["architectures"] for a in architectures)
+    ]
     previous = registry.get("previously_supported") or {}
     until = next((previous[a] for a in architectures if a in previous), None)
     tasks = list(dict.fromkeys(task for _name, task in matched))
-    return {"supported": bool(matched), "task": tasks[0] if tasks else None, "tasks": tasks,
-            "lists": [name for name, _task in matched], "version": registry["vllm_version"],
-            "supported_until": None if matched else until}
+    return {
+        "supported": bool(matched),
+        "task": tasks[0] if tasks else None,
+        "tasks": tasks,
+        "lists": [name for name, _task in matched],
+        "version": registry["vllm_version"],
+        "supported_until": None if matched else until,
+    }
 
 
 def config_facts(config: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a config.json (text_config of multimodal models as fallback)."""
-    scopes = [config] + [config[k] for k in ("text_config", "llm_config", "language_config")
-                         if isinstance(config.get(k), dict)]
+    scopes = [config] + [
+        config[k]
+        for k in ("text_config", "llm_config", "language_config")
+        if isinstance(config.get(k), dict)
+    ]
 
     def lookup(keys: tuple[str, ...]) -> Any:
         for scope in scopes:
@@ -182,8 +215,12 @@ def config_facts(config: dict[str, Any]) -> dict[str, Any]:
     layout = LAYOUTS.get(facts["model_type"])
     if facts["head_dim"] is None and layout is not None and layout.head_dim:
         facts["head_dim"] = layout.head_dim  # Qwen3, Gemma: the class default, not hidden/heads
-    if facts["head_dim"] is None and isinstance(facts["hidden_size"], int) and isinstance(
-            facts["num_attention_heads"], int) and facts["num_attention_heads"]:
+    if (
+        facts["head_dim"] is None
+        and isinstance(facts["hidden_size"], int)
+        and isinstance(facts["num_attention_heads"], int)
+        and facts["num_attention_heads"]
+    ):
         facts["head_dim"] = facts["hidden_size"] // facts["num_attention_heads"]
     facts["context_length"] = facts["max_position_embeddings"]
     facts["dtype"] = lookup(("dtype", "torch_dtype"))
@@ -200,15 +237,19 @@ def missing_sizes(config: dict[str, Any]) -> list[str]:
     handed such a config.
     """
     facts = config_facts(config)
-    return [name for name in ("num_hidden_layers", "hidden_size", "vocab_size")
-            if not isinstance(facts.get(name), int) or isinstance(facts.get(name), bool)]
+    return [
+        name
+        for name in ("num_hidden_layers", "hidden_size", "vocab_size")
+        if not isinstance(facts.get(name), int) or isinstance(facts.get(name), bool)
+    ]
 
 
 def _shards_from_index(src: Source, index: str) -> tuple[list[str], dict[str, str], dict]:
     data = src.read_json(index)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
         raise CorruptFile(src.child(index), "no weight_map of tensor name -> shard file")
     shards = list(dict.fromkeys(weight_map.values()))
     return shards, weight_map, data.get("metadata") or {}
@@ -259,8 +300,9 @@ class _Shards:
             try:
                 fn, original = loaders[(info.file or "", info.name)]
             except KeyError:
-                raise CorruptFile(info.file or "?", f"no reader can load tensor {info.name!r}"
-                                  ) from None
+                raise CorruptFile(
+                    info.file or "?", f"no reader can load tensor {info.name!r}"
+                ) from None
             return fn(original)
 
         return load
@@ -270,16 +312,21 @@ def _check_weight_map(shards: _Shards, index: str, weight_map: dict[str, str]) -
     present = {(t.file, t.name) for t in shards.tensors}
     read_files = {t.file for t in shards.tensors}
     problems = []
-    absent = [name for name, f in weight_map.items()
-              if f in read_files and (f, name) not in present]
+    absent = [
+        name for name, f in weight_map.items() if f in read_files and (f, name) not in present
+    ]
     if absent:
-        problems.append(f"{index}: {len(absent)} tensors listed in weight_map are not in their "
-                        f"shard (first: {absent[0]})")
+        problems.append(
+            f"{index}: {len(absent)} tensors listed in weight_map are not in their "
+            f"shard (first: {absent[0]})"
+        )
     listed = set(weight_map)
     unlisted = [t.name for t in shards.tensors if t.name not in listed]
     if unlisted:
-        problems.append(f"{index}: {len(unlisted)} tensors in the shards are not in weight_map "
-                        f"(first: {unlisted[0]})")
+        problems.append(
+            f"{index}: {len(unlisted)} tensors in the shards are not in weight_map "
+            f"(first: {unlisted[0]})"
+        )
     return problems
 
 
@@ -293,7 +340,8 @@ def _tokenizer_facts(src: Source) -> dict[str, Any]:
         except KeishikiError:
             tokenizer_config = {}
     chat_template = bool(tokenizer_config.get("chat_template")) or bool(
-        {"chat_template.jinja", "chat_template.json"} & names)
+        {"chat_template.jinja", "chat_template.json"} & names
+    )
     generation_config = None
     if "generation_config.json" in names:
         try:
@@ -305,10 +353,22 @@ def _tokenizer_facts(src: Source) -> dict[str, Any]:
         "tokenizer_class": tokenizer_config.get("tokenizer_class"),
         "chat_template": chat_template,
         "generation_config": "generation_config.json" in names,
-        "generation_defaults": {k: generation_config[k] for k in (
-            "bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature",
-            "top_p", "top_k", "max_new_tokens") if k in generation_config}
-        if isinstance(generation_config, dict) else None,
+        "generation_defaults": {
+            k: generation_config[k]
+            for k in (
+                "bos_token_id",
+                "eos_token_id",
+                "pad_token_id",
+                "do_sample",
+                "temperature",
+                "top_p",
+                "top_k",
+                "max_new_tokens",
+            )
+            if k in generation_config
+        }
+        if isinstance(generation_config, dict)
+        else None,
     }
 
 
@@ -321,20 +381,26 @@ def _estimate(config: dict[str, Any], n_params: int) -> dict[str, Any]:
         if n_params:
             # a gap means missing shards, a vision tower outside the scope, or a layout
             # this estimate does not know (extra heads, padded vocabularies)
-            estimate["vs_weights"] = {"weights": n_params, "difference": n_params - total,
-                                      "relative": round((n_params - total) / total, 6)}
+            estimate["vs_weights"] = {
+                "weights": n_params,
+                "difference": n_params - total,
+                "relative": round((n_params - total) / total, 6),
+            }
     return estimate
 
 
 def _memory(n_params: int, estimate: dict[str, Any]) -> dict[str, Any]:
     """memory_bytes from the weights, or from the config estimate when there are none."""
     if n_params or not estimate.get("estimated"):
-        return {"memory_bytes": {p: int(n_params * b) for p, b in PRECISIONS.items()},
-                "memory_note": "weights only: activations and the KV cache (kv_cache) come "
-                               "on top"}
-    return {"memory_bytes": estimate["memory_bytes"],
-            "memory_note": "estimated from config.json (no weights in the folder): weights "
-                           "only, activations and the KV cache (kv_cache) come on top"}
+        return {
+            "memory_bytes": {p: int(n_params * b) for p, b in PRECISIONS.items()},
+            "memory_note": "weights only: activations and the KV cache (kv_cache) come on top",
+        }
+    return {
+        "memory_bytes": estimate["memory_bytes"],
+        "memory_note": "estimated from config.json (no weights in the folder): weights "
+        "only, activations and the KV cache (kv_cache) come on top",
+    }
 
 
 def read(src: Source, match) -> ModelInfo:
@@ -358,25 +424,44 @@ def read(src: Source, match) -> ModelInfo:
         weights.update(format=fmt, sharded=index is not None or len(files) > 1, files=files)
         if shards.missing:
             weights["missing_files"] = shards.missing
-            warnings.append(f"weights files missing from the folder: {', '.join(shards.missing)}"
-                            f" (incomplete download?)")
+            warnings.append(
+                f"weights files missing from the folder: {', '.join(shards.missing)}"
+                f" (incomplete download?)"
+            )
         if index is not None:
             warnings.extend(_check_weight_map(shards, index, weight_map))
         if len(layouts) > 1:
-            warnings.append(f"several weight layouts present ({', '.join(weights['formats_present'])})"
-                            f"; listing {fmt}, which transformers loads first")
+            warnings.append(
+                f"several weight layouts present ({', '.join(weights['formats_present'])})"
+                f"; listing {fmt}, which transformers loads first"
+            )
     else:
         warnings.append("no weights: config.json without model weights in the folder")
     warnings.extend(shards.warnings)
     n_params = sum(t.numel for t in shards.tensors)
     estimate = _estimate(config, n_params)
     vllm = vllm_support(hf["architectures"])
-    hf.update(weights=weights, total_parameters=n_params, **_memory(n_params, estimate),
-              parameters_from_config=estimate, kv_cache=kv_cache(config),
-              vllm_supported=vllm["supported"], vllm_task=vllm["task"],
-              vllm_tasks=vllm["tasks"], vllm_version=vllm["version"],
-              vllm_supported_until=vllm["supported_until"], **_tokenizer_facts(src),
-              sentence_transformers=src.has("modules.json"))
-    return ModelInfo(path=str(src.path), format=FORMAT, tensors=shards.tensors,
-                     metadata=shards.metadata, config=config, warnings=warnings,
-                     details={"hf": hf}, tensor_loader=shards.loader())
+    hf.update(
+        weights=weights,
+        total_parameters=n_params,
+        **_memory(n_params, estimate),
+        parameters_from_config=estimate,
+        kv_cache=kv_cache(config),
+        vllm_supported=vllm["supported"],
+        vllm_task=vllm["task"],
+        vllm_tasks=vllm["tasks"],
+        vllm_version=vllm["version"],
+        vllm_supported_until=vllm["supported_until"],
+        **_tokenizer_facts(src),
+        sentence_transformers=src.has("modules.json"),
+    )
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        tensors=shards.tensors,
+        metadata=shards.metadata,
+        config=config,
+        warnings=warnings,
+        details={"hf": hf},
+        tensor_loader=shards.loader(),
+    )

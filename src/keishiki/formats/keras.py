@@ -27,8 +27,11 @@ def sniff(src: Source):
     from . import Match
 
     names = set(src.zip_names)
-    if "config.json" in names and "metadata.json" in names and (
-            WEIGHTS in names or "model.weights.npz" in names):
+    if (
+        "config.json" in names
+        and "metadata.json" in names
+        and (WEIGHTS in names or "model.weights.npz" in names)
+    ):
         return Match(FORMAT, None, reason="zip with metadata.json, config.json and model weights")
     return None
 
@@ -70,9 +73,11 @@ def read(src: Source, match) -> ModelInfo:
     config = _json_member(src, "config.json")
     if not isinstance(metadata, dict) or not isinstance(config, dict):
         raise CorruptFile(src.path, "metadata.json / config.json are not JSON objects")
-    details: dict[str, Any] = {"zip_members": src.zip_names,
-                               "keras_version": metadata.get("keras_version"),
-                               "date_saved": metadata.get("date_saved")}
+    details: dict[str, Any] = {
+        "zip_members": src.zip_names,
+        "keras_version": metadata.get("keras_version"),
+        "date_saved": metadata.get("date_saved"),
+    }
     details.update(keras_h5.summarize_config(config))
     infos: list = []
     if WEIGHTS in src.zip_names:
@@ -85,18 +90,30 @@ def read(src: Source, match) -> ModelInfo:
         except (*ZIP_ERRORS, RuntimeError, KeyError) as exc:
             raise CorruptFile(src.path, f"{WEIGHTS} is not readable HDF5: {exc}") from None
         # offsets inside the embedded file are not offsets in the archive: drop them
-        infos = [type(t)(t.name, t.dtype, t.shape, t.nbytes, file=WEIGHTS)
-                 for t in all_infos if not t.name.startswith("optimizer/")]
-        details.update(n_datasets_total=len(all_infos), n_weight_datasets=len(infos),
-                       has_optimizer_weights=len(all_infos) > len(infos))
+        infos = [
+            type(t)(t.name, t.dtype, t.shape, t.nbytes, file=WEIGHTS)
+            for t in all_infos
+            if not t.name.startswith("optimizer/")
+        ]
+        details.update(
+            n_datasets_total=len(all_infos),
+            n_weight_datasets=len(infos),
+            has_optimizer_weights=len(all_infos) > len(infos),
+        )
         if skipped:
             details["skipped_links"] = skipped[:50]
     warnings = []
     if details["lambda_layers"]:
         warnings.append(keras_h5.lambda_warning(details["lambda_layers"]))
     path = src.path
-    return ModelInfo(path=str(path), format=FORMAT, variant=None,
-                     format_version=details["keras_version"], tensors=infos,
-                     metadata={k: str(v) for k, v in metadata.items()}, warnings=warnings,
-                     details={FORMAT: details},
-                     tensor_loader=keras_h5.loader_for(lambda: _MemberFile(path, WEIGHTS)))
+    return ModelInfo(
+        path=str(path),
+        format=FORMAT,
+        variant=None,
+        format_version=details["keras_version"],
+        tensors=infos,
+        metadata={k: str(v) for k, v in metadata.items()},
+        warnings=warnings,
+        details={FORMAT: details},
+        tensor_loader=keras_h5.loader_for(lambda: _MemberFile(path, WEIGHTS)),
+    )

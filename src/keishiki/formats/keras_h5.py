@@ -16,10 +16,9 @@ import math
 from collections import Counter
 from typing import Any, Callable
 
-from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from .._optional import require
 from ..core import dtypes
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
@@ -36,7 +35,7 @@ def signature_offset(head: bytes) -> int | None:
     """Where the HDF5 signature is in ``head`` (0, 512, 1024, ...), or None."""
     offset = 0
     while offset + 8 <= len(head):
-        if head[offset:offset + 8] == SIGNATURE:
+        if head[offset : offset + 8] == SIGNATURE:
             return offset
         offset = 512 if offset == 0 else offset * 2
     return None
@@ -99,8 +98,7 @@ def dataset_info(name: str, ds: Any) -> TensorInfo:
             offset = ds.id.get_offset()
         except Exception:  # no storage allocated yet (an empty dataset)
             offset = None
-    return TensorInfo(name, name_of, shape, math.prod(shape) * dtype.itemsize,
-                      data_offset=offset)
+    return TensorInfo(name, name_of, shape, math.prod(shape) * dtype.itemsize, data_offset=offset)
 
 
 def _attr(value: Any) -> Any:
@@ -132,8 +130,12 @@ def lambda_layers(config: Any, found: list[dict] | None = None, depth: int = 0) 
         if layer.get("class_name") == "Lambda":
             cfg = layer.get("config") or {}
             fn = cfg.get("function")
-            kind = "python bytecode" if isinstance(fn, (list, dict)) or (
-                isinstance(fn, str) and cfg.get("function_type") == "lambda") else "named function"
+            kind = (
+                "python bytecode"
+                if isinstance(fn, (list, dict))
+                or (isinstance(fn, str) and cfg.get("function_type") == "lambda")
+                else "named function"
+            )
             found.append({"name": cfg.get("name") or layer.get("name"), "function": kind})
         lambda_layers(layer, found, depth + 1)
     return found
@@ -152,8 +154,10 @@ def summarize_config(config: Any) -> dict[str, Any]:
 
 def lambda_warning(lambdas: list[dict]) -> str:
     names = ", ".join(str(x["name"]) for x in lambdas[:5])
-    return (f"{len(lambdas)} Lambda layer(s) ({names}) hold Python code that Keras runs when "
-            f"loading (safe_mode=False); load only if you trust the file")
+    return (
+        f"{len(lambdas)} Lambda layer(s) ({names}) hold Python code that Keras runs when "
+        f"loading (safe_mode=False); load only if you trust the file"
+    )
 
 
 def _json_attr(attrs: Any, key: str, path: str) -> Any:
@@ -191,8 +195,11 @@ def read(src: Source, match) -> ModelInfo:
             top_level = sorted(h5file.keys())
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise CorruptFile(src.path, f"unreadable HDF5 structure: {exc}") from None
-    is_keras = any(k in root_attrs for k in ("keras_version", "model_config", "layer_names")) \
-        or "model_weights" in top_level or {"layers", "vars"} <= set(top_level)
+    is_keras = (
+        any(k in root_attrs for k in ("keras_version", "model_config", "layer_names"))
+        or "model_weights" in top_level
+        or {"layers", "vars"} <= set(top_level)
+    )
     variant = None if is_keras else "hdf5"
     weights = [t for t in infos_all if not t.name.startswith(_OPTIMIZER_ROOTS)]
     details: dict[str, Any] = {
@@ -208,13 +215,20 @@ def read(src: Source, match) -> ModelInfo:
     warnings = []
     if skipped:
         details["skipped_links"] = skipped[:50]
-        warnings.append(f"{len(skipped)} link(s) or dataset(s) point to other files and were "
-                        f"not followed")
+        warnings.append(
+            f"{len(skipped)} link(s) or dataset(s) point to other files and were not followed"
+        )
     if model_config is not None:
         details.update(summarize_config(model_config))
         if details["lambda_layers"]:
             warnings.append(lambda_warning(details["lambda_layers"]))
-    return ModelInfo(path=path, format=FORMAT, variant=variant,
-                     format_version=details["keras_version"], tensors=weights,
-                     warnings=warnings, details={FORMAT: details},
-                     tensor_loader=loader_for(lambda: h5py.File(src.path, "r")))
+    return ModelInfo(
+        path=path,
+        format=FORMAT,
+        variant=variant,
+        format_version=details["keras_version"],
+        tensors=weights,
+        warnings=warnings,
+        details={FORMAT: details},
+        tensor_loader=loader_for(lambda: h5py.File(src.path, "r")),
+    )

@@ -14,9 +14,8 @@ import struct
 import zipfile
 from typing import Any
 
-from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core import dtypes
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 from ..core.model import ModelInfo
 from ..core.source import Source, check_expansion
 from ..core.tensor import TensorInfo
@@ -61,7 +60,7 @@ def parse_header(raw: bytes, where: str) -> tuple[int, np.dtype, tuple[int, ...]
         raise ValueError(f"{where}: header of {hlen} bytes exceeds {MAX_HEADER_BYTES}")
     if len(raw) < start + hlen:
         raise ValueError(f"{where}: header runs past the end of the data")
-    text = raw[start:start + hlen].decode("utf-8" if major == 3 else "latin1")
+    text = raw[start : start + hlen].decode("utf-8" if major == 3 else "latin1")
     try:
         header = ast.literal_eval(text)  # literals only: no names, calls or attributes
         if not isinstance(header, dict):
@@ -80,23 +79,37 @@ def _dtype_name(dtype: np.dtype) -> str:
     return dtypes.from_numpy(dtype) if dtype.fields is None else f"struct{dtype.itemsize * 8}"
 
 
-def _info(name: str, dtype: np.dtype, shape: tuple[int, ...], fortran: bool,
-          data_offset: int | None, member: str | None) -> TensorInfo:
+def _info(
+    name: str,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    fortran: bool,
+    data_offset: int | None,
+    member: str | None,
+) -> TensorInfo:
     extra: dict[str, Any] = {}
     if fortran:
         extra["fortran_order"] = True
     if dtype.byteorder == ">":
         extra["byteorder"] = "big"
-    return TensorInfo(name, _dtype_name(dtype), shape, math.prod(shape) * dtype.itemsize,
-                      data_offset=data_offset, file=member, extra=extra)
+    return TensorInfo(
+        name,
+        _dtype_name(dtype),
+        shape,
+        math.prod(shape) * dtype.itemsize,
+        data_offset=data_offset,
+        file=member,
+        extra=extra,
+    )
 
 
 def _stored_data_start(src: Source, zinfo: zipfile.ZipInfo) -> int:
     """Absolute offset of a STORED member's first byte (after its local file header)."""
     local = src.read_at(zinfo.header_offset, 30)
     if local[:4] != b"PK\x03\x04":
-        raise CorruptFile(src.path, f"zip member {zinfo.filename!r}: bad local header",
-                          offset=zinfo.header_offset)
+        raise CorruptFile(
+            src.path, f"zip member {zinfo.filename!r}: bad local header", offset=zinfo.header_offset
+        )
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     return zinfo.header_offset + 30 + name_len + extra_len
 
@@ -126,8 +139,11 @@ def _read_npz(src: Source) -> tuple[list[TensorInfo], list[str], dict]:
         nbytes = math.prod(shape) * dtype.itemsize
         check_expansion(src.path, zinfo)
         if header_len + nbytes != zinfo.file_size:
-            raise CorruptFile(src.path, f"{where}: {dtype}{list(shape)} needs {nbytes} bytes "
-                              f"after a {header_len}-byte header, member has {zinfo.file_size}")
+            raise CorruptFile(
+                src.path,
+                f"{where}: {dtype}{list(shape)} needs {nbytes} bytes "
+                f"after a {header_len}-byte header, member has {zinfo.file_size}",
+            )
         offset = None
         if zinfo.compress_type == zipfile.ZIP_STORED:
             offset = _stored_data_start(src, zinfo) + header_len
@@ -153,14 +169,17 @@ def _loader(src: Source, placement: dict):
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype=dtype.newbyteorder("="))
         if info.data_offset is not None:
-            flat = np.array(np.memmap(path, np.uint8, "r", offset=info.data_offset,
-                                      shape=(info.nbytes,)))
+            flat = np.array(
+                np.memmap(path, np.uint8, "r", offset=info.data_offset, shape=(info.nbytes,))
+            )
         else:  # deflated member: stream it, bounded by the member's declared size
             with zipfile.ZipFile(path) as zf, zf.open(zinfo) as fh:
                 fh.read(header_len)
                 flat = np.frombuffer(fh.read(info.nbytes), np.uint8)
             if flat.size != info.nbytes:
-                raise CorruptFile(path, f"member {zinfo.filename!r} is shorter than its header says")
+                raise CorruptFile(
+                    path, f"member {zinfo.filename!r} is shorter than its header says"
+                )
         return _to_row_major(flat, dtype, info.shape, fortran)
 
     return load
@@ -174,7 +193,8 @@ def read(src: Source, match) -> ModelInfo:
     else:
         try:
             header_len, dtype, shape, fortran = parse_header(
-                src.peek(min(src.size, MAX_HEADER_BYTES + 12)), "header")
+                src.peek(min(src.size, MAX_HEADER_BYTES + 12)), "header"
+            )
         except ValueError as exc:
             raise CorruptFile(src.path, str(exc), offset=0) from None
         objects, infos, placement = [], [], {}
@@ -183,18 +203,33 @@ def read(src: Source, match) -> ModelInfo:
         else:
             nbytes = math.prod(shape) * dtype.itemsize
             if header_len + nbytes != src.size:
-                raise CorruptFile(src.path, f"{dtype}{list(shape)} needs {nbytes} bytes after "
-                                  f"the {header_len}-byte header, file has "
-                                  f"{src.size - header_len}", offset=header_len)
+                raise CorruptFile(
+                    src.path,
+                    f"{dtype}{list(shape)} needs {nbytes} bytes after "
+                    f"the {header_len}-byte header, file has "
+                    f"{src.size - header_len}",
+                    offset=header_len,
+                )
             infos.append(_info("array", dtype, shape, fortran, header_len, None))
             placement["array"] = (None, header_len, dtype, fortran)
     warnings = []
     if objects:
-        warnings.append(f"object arrays {objects} are pickles: loading them needs "
-                        f"allow_pickle=True, which would run code from the file; keishiki "
-                        f"does not load them")
-    details = {"arrays": {t.name: f"{t.dtype}{list(t.shape)}" for t in infos},
-               "object_arrays": objects}
-    return ModelInfo(path=str(src.path), format=FORMAT, variant=match.variant,
-                     format_version=version, tensors=infos, warnings=warnings, details={FORMAT: details},
-                     tensor_loader=_loader(src, placement))
+        warnings.append(
+            f"object arrays {objects} are pickles: loading them needs "
+            f"allow_pickle=True, which would run code from the file; keishiki "
+            f"does not load them"
+        )
+    details = {
+        "arrays": {t.name: f"{t.dtype}{list(t.shape)}" for t in infos},
+        "object_arrays": objects,
+    }
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        variant=match.variant,
+        format_version=version,
+        tensors=infos,
+        warnings=warnings,
+        details={FORMAT: details},
+        tensor_loader=_loader(src, placement),
+    )

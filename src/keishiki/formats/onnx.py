@@ -23,9 +23,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core import dtypes
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
@@ -36,38 +35,81 @@ FORMAT = "onnx"
 
 # onnx.TensorProto.DataType names, as onnx prints value infos (FLOAT[1, 3])
 ONNX_TYPE_NAMES = {
-    0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32",
-    7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64",
-    14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16", 17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ",
-    19: "FLOAT8E5M2", 20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1",
-    24: "FLOAT8E8M0", 25: "UINT2", 26: "INT2", 27: "FLOAT6E2M3", 28: "FLOAT6E3M2",
+    0: "UNDEFINED",
+    1: "FLOAT",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "STRING",
+    9: "BOOL",
+    10: "FLOAT16",
+    11: "DOUBLE",
+    12: "UINT32",
+    13: "UINT64",
+    14: "COMPLEX64",
+    15: "COMPLEX128",
+    16: "BFLOAT16",
+    17: "FLOAT8E4M3FN",
+    18: "FLOAT8E4M3FNUZ",
+    19: "FLOAT8E5M2",
+    20: "FLOAT8E5M2FNUZ",
+    21: "UINT4",
+    22: "INT4",
+    23: "FLOAT4E2M1",
+    24: "FLOAT8E8M0",
+    25: "UINT2",
+    26: "INT2",
+    27: "FLOAT6E2M3",
+    28: "FLOAT6E3M2",
 }
 
 # Names that exporters invent, and what they mean (see docs/inspect.md).
 GENERATED_NAMES = [
-    ("onnx::MatMul_<N>", re.compile(r"^onnx::MatMul_\d+$"),
-     "TorchScript-based exporter (dynamo=False) with constant folding: a Linear weight folded "
-     "into an already transposed MatMul operand, shape (in_features, out_features); the "
-     "PyTorch parameter name is lost"),
-    ("onnx__MatMul_<N>", re.compile(r"^onnx__MatMul_\d+$"),
-     "the same folded, transposed Linear weight (onnx::MatMul_<N>) with '::' sanitised to "
-     "'__', as written when each tensor of a >2 GB export goes to its own external data file"),
-    ("onnx::<Op>_<N>", re.compile(r"^onnx::[A-Za-z]+_\d+$"),
-     "TorchScript-based exporter: a value folded into a constant feeding an <Op> node; the "
-     "original parameter name is lost"),
-    ("onnx__<Op>_<N>", re.compile(r"^onnx__[A-Za-z]+_\d+$"),
-     "TorchScript-based exporter's onnx::<Op>_<N> name sanitised for an external data file"),
-    ("val_<N>", re.compile(r"^val_\d+$"),
-     "dynamo exporter (dynamo=True) with its default optimize=True: a value renamed by the "
-     "optimizer (constant folding / deduplication); export with optimize=False to keep "
-     "parameter names"),
-    ("Constant_<N>_attr__value", re.compile(r"^Constant_\d+_attr__value$"),
-     "a Constant node's 'value' tensor moved to external data (named after the node and its "
-     "attribute)"),
+    (
+        "onnx::MatMul_<N>",
+        re.compile(r"^onnx::MatMul_\d+$"),
+        "TorchScript-based exporter (dynamo=False) with constant folding: a Linear weight folded "
+        "into an already transposed MatMul operand, shape (in_features, out_features); the "
+        "PyTorch parameter name is lost",
+    ),
+    (
+        "onnx__MatMul_<N>",
+        re.compile(r"^onnx__MatMul_\d+$"),
+        "the same folded, transposed Linear weight (onnx::MatMul_<N>) with '::' sanitised to "
+        "'__', as written when each tensor of a >2 GB export goes to its own external data file",
+    ),
+    (
+        "onnx::<Op>_<N>",
+        re.compile(r"^onnx::[A-Za-z]+_\d+$"),
+        "TorchScript-based exporter: a value folded into a constant feeding an <Op> node; the "
+        "original parameter name is lost",
+    ),
+    (
+        "onnx__<Op>_<N>",
+        re.compile(r"^onnx__[A-Za-z]+_\d+$"),
+        "TorchScript-based exporter's onnx::<Op>_<N> name sanitised for an external data file",
+    ),
+    (
+        "val_<N>",
+        re.compile(r"^val_\d+$"),
+        "dynamo exporter (dynamo=True) with its default optimize=True: a value renamed by the "
+        "optimizer (constant folding / deduplication); export with optimize=False to keep "
+        "parameter names",
+    ),
+    (
+        "Constant_<N>_attr__value",
+        re.compile(r"^Constant_\d+_attr__value$"),
+        "a Constant node's 'value' tensor moved to external data (named after the node and its "
+        "attribute)",
+    ),
 ]
 
 
 # ---- sniffing -----------------------------------------------------------------------------------
+
 
 def _model_file(src: Source) -> Path | None:
     """The ONNX file: the path itself, or the only ONNX file directly inside a folder."""
@@ -104,13 +146,13 @@ def sniff(src: Source):
         return None
     if model.graph is None and not model.opset_import:
         return None
-    variant = "external-data" if any(t.is_external for t, _ in _all_tensors(model)) \
-        else "embedded"
+    variant = "external-data" if any(t.is_external for t, _ in _all_tensors(model)) else "embedded"
     where = f"folder with one ONNX file ({path.name})" if src.is_dir else "protobuf ModelProto"
     return Match(FORMAT, variant, reason=f"{where}: ir_version, opset imports and graph parse")
 
 
 # ---- parsing ------------------------------------------------------------------------------------
+
 
 def parse(path: Path) -> pb.Model:
     """The ModelProto of ``path`` (tensor payloads located, not read); cached per file state.
@@ -163,14 +205,18 @@ def _count_nodes(graph: pb.Graph) -> int:
 
 # ---- reading ------------------------------------------------------------------------------------
 
+
 def describe_type(t: dict[str, Any]) -> str:
     """A TypeProto summary as onnx prints it: ``FLOAT['batch', 3]``, ``seq(INT64[])``."""
     kind = t.get("kind")
     if kind in ("tensor", "sparse_tensor"):
         name = ONNX_TYPE_NAMES.get(t["elem_type"], f"TYPE_{t['elem_type']}")
         shape = t.get("shape")
-        dims = "" if shape is None else "[" + ", ".join(
-            repr("?" if d is None else d) for d in shape) + "]"
+        dims = (
+            ""
+            if shape is None
+            else "[" + ", ".join(repr("?" if d is None else d) for d in shape) + "]"
+        )
         return ("sparse " if kind == "sparse_tensor" else "") + name + dims
     if kind in ("sequence", "optional"):
         inner = describe_type(t["elem"]) if t.get("elem") else "?"
@@ -239,8 +285,9 @@ class _Reader:
     def tensor_info(self, t: pb.Tensor, where: dict[str, str]) -> TensorInfo:
         dtype = dtypes.from_onnx(t.data_type)
         if any(d < 0 for d in t.dims):
-            raise CorruptFile(self.model_path, f"tensor {where['name']!r} has negative dims "
-                              f"{t.dims}")
+            raise CorruptFile(
+                self.model_path, f"tensor {where['name']!r} has negative dims {t.dims}"
+            )
         shape = tuple(t.dims)
         numel = math.prod(shape)
         extra: dict[str, Any] = {"source": where["source"]}
@@ -248,8 +295,9 @@ class _Reader:
             extra["graph"] = where["graph"].rstrip("/")
         if t.name and t.name != where["name"]:
             extra["tensor_name"] = t.name
-        kind = generated_name_kind(where["name"]) or (generated_name_kind(t.name) if t.name
-                                                       else None)
+        kind = generated_name_kind(where["name"]) or (
+            generated_name_kind(t.name) if t.name else None
+        )
         if kind:
             extra["generated_name"] = kind
         if t.is_external:
@@ -258,45 +306,60 @@ class _Reader:
             nbytes = t.raw[1] - t.raw[0]
             expected = _typed_nbytes(t, dtype, numel)
             if expected and nbytes != expected:
-                self.warnings.append(f"tensor {where['name']!r}: raw_data has {nbytes} bytes, "
-                                     f"{dtype}{list(shape)} needs {expected}")
+                self.warnings.append(
+                    f"tensor {where['name']!r}: raw_data has {nbytes} bytes, "
+                    f"{dtype}{list(shape)} needs {expected}"
+                )
             extra["storage"] = "raw_data"
-            return TensorInfo(where["name"], dtype, shape, nbytes, data_offset=t.raw[0],
-                              file=self.embedded_file, extra=extra)
+            return TensorInfo(
+                where["name"],
+                dtype,
+                shape,
+                nbytes,
+                data_offset=t.raw[0],
+                file=self.embedded_file,
+                extra=extra,
+            )
         if t.string_count:
             extra["storage"] = "string_data"
             return TensorInfo(where["name"], dtype, shape, t.string_bytes, extra=extra)
         fields = [pb.TYPED_FIELD_NAMES[f] for f in t.typed]
         extra["storage"] = fields[0] if fields else "empty"
-        return TensorInfo(where["name"], dtype, shape, _typed_nbytes(t, dtype, numel),
-                          extra=extra)
+        return TensorInfo(where["name"], dtype, shape, _typed_nbytes(t, dtype, numel), extra=extra)
 
     def _external_info(self, t, name, dtype, shape, numel, extra) -> TensorInfo:
         location = t.external.get("location", "")
         if not location:
-            raise CorruptFile(self.model_path, f"tensor {name!r} is external but names no "
-                              f"location")
+            raise CorruptFile(self.model_path, f"tensor {name!r} is external but names no location")
         try:
             offset = int(t.external.get("offset", 0) or 0)
-            length = int(t.external["length"]) if t.external.get("length") else \
-                _typed_nbytes(t, dtype, numel)
+            length = (
+                int(t.external["length"])
+                if t.external.get("length")
+                else _typed_nbytes(t, dtype, numel)
+            )
         except ValueError:
-            raise CorruptFile(self.model_path, f"tensor {name!r}: external offset/length "
-                              f"{t.external!r} are not integers") from None
+            raise CorruptFile(
+                self.model_path,
+                f"tensor {name!r}: external offset/length {t.external!r} are not integers",
+            ) from None
         if offset < 0 or length < 0:
-            raise CorruptFile(self.model_path, f"tensor {name!r}: negative external "
-                              f"offset/length")
+            raise CorruptFile(self.model_path, f"tensor {name!r}: negative external offset/length")
         size = self._external_size(location)
         self.external_files.add(location)
         if size is None:
             self.missing_files.add(location)
         elif offset + length > size:
-            raise CorruptFile(self.model_path, f"tensor {name!r}: external range "
-                              f"[{offset}, {offset + length}) lies beyond the end of "
-                              f"{location!r} ({size} bytes)")
+            raise CorruptFile(
+                self.model_path,
+                f"tensor {name!r}: external range "
+                f"[{offset}, {offset + length}) lies beyond the end of "
+                f"{location!r} ({size} bytes)",
+            )
         extra["storage"] = "external"
-        return TensorInfo(name, dtype, shape, length, data_offset=offset, file=location,
-                          extra=extra)
+        return TensorInfo(
+            name, dtype, shape, length, data_offset=offset, file=location, extra=extra
+        )
 
 
 def _graph_summary(model: pb.Model, infos: list[TensorInfo], reader: _Reader) -> dict[str, Any]:
@@ -304,8 +367,9 @@ def _graph_summary(model: pb.Model, infos: list[TensorInfo], reader: _Reader) ->
     init_names = {t.name for t in graph.initializers}
     inputs, inputs_detail = _value_infos(graph.inputs, init_names)
     outputs, outputs_detail = _value_infos(graph.outputs, set())
-    initializer_infos = [i for i in infos if i.extra.get("source") == "initializer"
-                         and "graph" not in i.extra]
+    initializer_infos = [
+        i for i in infos if i.extra.get("source") == "initializer" and "graph" not in i.extra
+    ]
     return {
         "ir_version": model.ir_version,
         "opset_import": {(domain or "ai.onnx"): version for domain, version in model.opset_import},
@@ -339,11 +403,16 @@ def _generated_names(infos: list[TensorInfo]) -> dict[str, dict[str, Any]]:
     for info in infos:
         kind = info.extra.get("generated_name")
         if kind:
-            found.setdefault(kind, []).append(info.extra.get("tensor_name", info.name)
-                                              if kind.startswith("Constant_") else info.name)
+            found.setdefault(kind, []).append(
+                info.extra.get("tensor_name", info.name)
+                if kind.startswith("Constant_")
+                else info.name
+            )
     meanings = {label: meaning for label, _p, meaning in GENERATED_NAMES}
-    return {kind: {"count": len(names), "examples": names[:3], "meaning": meanings[kind]}
-            for kind, names in found.items()}
+    return {
+        kind: {"count": len(names), "examples": names[:3], "meaning": meanings[kind]}
+        for kind, names in found.items()
+    }
 
 
 def read(src: Source, match) -> ModelInfo:
@@ -353,8 +422,9 @@ def read(src: Source, match) -> ModelInfo:
     try:
         model = parse(model_path)
     except pb.ProtoError as exc:
-        raise CorruptFile(model_path, f"{exc.reason} (truncated or not ONNX)",
-                          offset=exc.offset) from None
+        raise CorruptFile(
+            model_path, f"{exc.reason} (truncated or not ONNX)", offset=exc.offset
+        ) from None
     reader = _Reader(src, model_path, model)
     infos: list[TensorInfo] = []
     tensors: dict[tuple[str, str | None], pb.Tensor] = {}
@@ -365,23 +435,33 @@ def read(src: Source, match) -> ModelInfo:
     graph = _graph_summary(model, infos, reader)
     warnings = list(reader.warnings)
     if graph["missing_external_data_files"]:
-        warnings.append("external data files missing from the model's folder: "
-                        + ", ".join(graph["missing_external_data_files"]))
+        warnings.append(
+            "external data files missing from the model's folder: "
+            + ", ".join(graph["missing_external_data_files"])
+        )
     metadata: dict[str, Any] = dict(model.metadata_props)
     if model.doc_string:
         metadata.setdefault("doc_string", model.doc_string[:500])
     variant = "external-data" if graph["external_data_files"] else "embedded"
-    return ModelInfo(path=str(src.path), format=FORMAT, variant=variant,
-                     format_version=f"ir{model.ir_version}" if model.ir_version else None,
-                     tensors=infos, metadata=metadata, graph=graph, warnings=warnings,
-                     tensor_loader=loader_for(src, model_path, tensors))
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        variant=variant,
+        format_version=f"ir{model.ir_version}" if model.ir_version else None,
+        tensors=infos,
+        metadata=metadata,
+        graph=graph,
+        warnings=warnings,
+        tensor_loader=loader_for(src, model_path, tensors),
+    )
 
 
 # ---- loading tensor data ------------------------------------------------------------------------
 
-def loader_for(src: Source, model_path: Path,
-               tensors: dict[tuple[str, str | None], pb.Tensor]
-               ) -> Callable[[TensorInfo], np.ndarray]:
+
+def loader_for(
+    src: Source, model_path: Path, tensors: dict[tuple[str, str | None], pb.Tensor]
+) -> Callable[[TensorInfo], np.ndarray]:
     """A function returning one tensor's data as a row-major numpy array.
 
     Raises (from the returned function):
@@ -392,15 +472,19 @@ def loader_for(src: Source, model_path: Path,
     def load(info: TensorInfo) -> np.ndarray:
         t = tensors[(info.name, info.extra.get("graph"))]
         if t.has_segment:
-            raise InvalidRequest(f"{model_path}: tensor {info.name!r} is segmented; "
-                                 f"keishiki cannot load segmented tensors")
+            raise InvalidRequest(
+                f"{model_path}: tensor {info.name!r} is segmented; "
+                f"keishiki cannot load segmented tensors"
+            )
         if info.dtype == "string":
             return _load_strings(model_path, t, info)
         try:
             dtype = dtypes.to_numpy(info.dtype)
         except (KeyError, TypeError):
-            raise InvalidRequest(f"{model_path}: tensor {info.name!r} has type {info.dtype}, "
-                                 f"which keishiki cannot load as numpy") from None
+            raise InvalidRequest(
+                f"{model_path}: tensor {info.name!r} has type {info.dtype}, "
+                f"which keishiki cannot load as numpy"
+            ) from None
         if t.is_external:
             data = _read_external(src, model_path, info)
         elif t.raw is not None:
@@ -409,15 +493,19 @@ def loader_for(src: Source, model_path: Path,
             try:
                 return _load_typed(model_path, t, info, dtype)
             except pb.ProtoError as exc:
-                raise CorruptFile(model_path, f"tensor {info.name!r}: {exc.reason}",
-                                  offset=exc.offset) from None
+                raise CorruptFile(
+                    model_path, f"tensor {info.name!r}: {exc.reason}", offset=exc.offset
+                ) from None
             except (ValueError, OverflowError) as exc:  # values that do not fit the type
                 raise CorruptFile(model_path, f"tensor {info.name!r}: {exc}") from None
         if info.numel == 0:
             return np.zeros(info.shape, dtype=dtype)
         if len(data) != info.numel * dtype.itemsize:
-            raise CorruptFile(model_path, f"tensor {info.name!r}: {len(data)} bytes of data "
-                              f"for {info.dtype}{list(info.shape)}")
+            raise CorruptFile(
+                model_path,
+                f"tensor {info.name!r}: {len(data)} bytes of data "
+                f"for {info.dtype}{list(info.shape)}",
+            )
         arr = np.frombuffer(data, dtype=dtype).reshape(info.shape).copy()
         # ONNX stores little-endian bytes whatever the writer's machine
         return arr if sys.byteorder == "little" else arr.byteswap()
@@ -446,8 +534,9 @@ def _load_strings(model_path: Path, t: pb.Tensor, info: TensorInfo) -> np.ndarra
     with open(model_path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         values = [_utf8_or_bytes(bytes(buf[a:b])) for a, b in t.string_spans]
     if len(values) != info.numel:
-        raise CorruptFile(model_path, f"tensor {info.name!r}: {len(values)} strings for shape "
-                          f"{list(info.shape)}")
+        raise CorruptFile(
+            model_path, f"tensor {info.name!r}: {len(values)} strings for shape {list(info.shape)}"
+        )
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
     return arr.reshape(info.shape)
@@ -465,23 +554,28 @@ def _load_typed(model_path: Path, t: pb.Tensor, info: TensorInfo, dtype: np.dtyp
     """Data held in float_data/int32_data/int64_data/double_data/uint64_data."""
     if not t.typed:
         if info.numel:
-            raise CorruptFile(model_path, f"tensor {info.name!r} holds no data for "
-                              f"{info.numel} elements")
+            raise CorruptFile(
+                model_path, f"tensor {info.name!r} holds no data for {info.numel} elements"
+            )
         return np.zeros(info.shape, dtype=dtype)
     number, stored = next(iter(t.typed.items()))
     if isinstance(stored, list):  # unpacked scalars (old writers)
         if number in (4, 10):
             fmt = "<f4" if number == 4 else "<f8"
-            values = np.array([v for v, _w in stored], dtype="<u4" if number == 4 else "<u8"
-                              ).view(fmt)
+            values = np.array([v for v, _w in stored], dtype="<u4" if number == 4 else "<u8").view(
+                fmt
+            )
         else:
             values = np.array([v for v, _w in stored], dtype=np.int64)
     else:
-        with open(model_path, "rb") as fh, \
-                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with (
+            open(model_path, "rb") as fh,
+            mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf,
+        ):
             if number in (4, 10):
-                values = np.frombuffer(bytes(buf[stored[0]:stored[1]]),
-                                       dtype="<f4" if number == 4 else "<f8")
+                values = np.frombuffer(
+                    bytes(buf[stored[0] : stored[1]]), dtype="<f4" if number == 4 else "<f8"
+                )
             else:
                 values = np.array(pb.unpack_varints(buf, stored), dtype=np.int64)
     native = dtype
@@ -496,7 +590,8 @@ def _load_typed(model_path: Path, t: pb.Tensor, info: TensorInfo, dtype: np.dtyp
     else:
         values = values.astype(native)
     if values.size != info.numel:
-        raise CorruptFile(model_path, f"tensor {info.name!r}: {values.size} values for "
-                          f"{info.dtype}{list(info.shape)}")
+        raise CorruptFile(
+            model_path,
+            f"tensor {info.name!r}: {values.size} values for {info.dtype}{list(info.shape)}",
+        )
     return values.reshape(info.shape)
-

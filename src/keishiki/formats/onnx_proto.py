@@ -25,8 +25,13 @@ VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
 
 # TensorProto typed-data fields: field number -> (wire encoding when packed, element format)
 TYPED_FIELDS = {4: "f4", 5: "varint", 7: "varint", 10: "f8", 11: "varint"}
-TYPED_FIELD_NAMES = {4: "float_data", 5: "int32_data", 7: "int64_data", 10: "double_data",
-                     11: "uint64_data"}
+TYPED_FIELD_NAMES = {
+    4: "float_data",
+    5: "int32_data",
+    7: "int64_data",
+    10: "double_data",
+    11: "uint64_data",
+}
 
 
 class ProtoError(Exception):
@@ -78,12 +83,12 @@ def iter_fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, Any]
         elif wire == FIXED32:
             if pos + 4 > end:
                 raise ProtoError("truncated fixed32", pos)
-            value = int.from_bytes(buf[pos:pos + 4], "little")
+            value = int.from_bytes(buf[pos : pos + 4], "little")
             pos += 4
         elif wire == FIXED64:
             if pos + 8 > end:
                 raise ProtoError("truncated fixed64", pos)
-            value = int.from_bytes(buf[pos:pos + 8], "little")
+            value = int.from_bytes(buf[pos : pos + 8], "little")
             pos += 8
         else:  # groups (3/4) are not used by ONNX; 6/7 do not exist
             raise ProtoError(f"unsupported wire type {wire} for field {number}", pos)
@@ -91,7 +96,7 @@ def iter_fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, Any]
 
 
 def _text(buf: Any, span: tuple[int, int]) -> str:
-    return bytes(buf[span[0]:span[1]]).decode("utf-8", "replace")
+    return bytes(buf[span[0] : span[1]]).decode("utf-8", "replace")
 
 
 def _signed64(value: int) -> int:
@@ -112,6 +117,7 @@ def unpack_varints(buf: Any, span: tuple[int, int]) -> list[int]:
 
 # ---- messages --------------------------------------------------------------------------------
 
+
 @dataclass
 class Tensor:
     """A TensorProto with its payload located, not loaded."""
@@ -119,13 +125,13 @@ class Tensor:
     name: str = ""
     data_type: int = 0
     dims: list[int] = field(default_factory=list)
-    raw: tuple[int, int] | None = None            # raw_data byte range in the file
+    raw: tuple[int, int] | None = None  # raw_data byte range in the file
     typed: dict[int, Any] = field(default_factory=dict)  # field -> (begin, end) | [values]
     string_count: int = 0
     string_bytes: int = 0
     string_spans: list[tuple[int, int]] = field(default_factory=list)
     external: dict[str, str] = field(default_factory=dict)
-    data_location: int = 0                       # 1 = EXTERNAL
+    data_location: int = 0  # 1 = EXTERNAL
     has_segment: bool = False
 
     @property
@@ -150,7 +156,7 @@ class Node:
     name: str = ""
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    tensors: list[tuple[str, Tensor]] = field(default_factory=list)   # (attribute, tensor)
+    tensors: list[tuple[str, Tensor]] = field(default_factory=list)  # (attribute, tensor)
     subgraphs: list[tuple[str, "Graph"]] = field(default_factory=list)
 
 
@@ -185,6 +191,7 @@ class Model:
 
 # ---- readers --------------------------------------------------------------------------------------
 
+
 class BytesReader:
     """Protobuf fields of a message held in memory (tests, small files)."""
 
@@ -196,7 +203,7 @@ class BytesReader:
         return iter_fields(self.data, start, end)
 
     def read(self, span: tuple[int, int]) -> bytes:
-        return self.data[span[0]:span[1]]
+        return self.data[span[0] : span[1]]
 
     def text(self, span: tuple[int, int]) -> str:
         return self.read(span).decode("utf-8", "replace")
@@ -226,8 +233,9 @@ class FileReader(BytesReader):
     def _pread(self, start: int, end: int) -> bytes:
         data = os.pread(self.fd, end - start, start)
         if len(data) != end - start:
-            raise ProtoError(f"file ends inside a field ({len(data)} of {end - start} bytes)",
-                             start)
+            raise ProtoError(
+                f"file ends inside a field ({len(data)} of {end - start} bytes)", start
+            )
         return data
 
     def _in_window(self, start: int, end: int) -> bool:
@@ -236,7 +244,7 @@ class FileReader(BytesReader):
     def read(self, span: tuple[int, int]) -> bytes:
         start, end = span
         if self._in_window(start, end):
-            return self._window[start - self._window_start:end - self._window_start]
+            return self._window[start - self._window_start : end - self._window_start]
         return self._pread(start, end)
 
     def varints(self, span: tuple[int, int]) -> list[int]:
@@ -269,15 +277,16 @@ class FileReader(BytesReader):
                 length, p = read_varint(head, p, len(head))
                 begin = pos + p
                 if length > end - begin:
-                    raise ProtoError(f"field {number} claims {length} bytes, {end - begin} "
-                                     f"remain", begin)
+                    raise ProtoError(
+                        f"field {number} claims {length} bytes, {end - begin} remain", begin
+                    )
                 value = (begin, begin + length)
                 p += length
             elif wire in (FIXED32, FIXED64):
                 width = 4 if wire == FIXED32 else 8
                 if p + width > len(head):
                     raise ProtoError("truncated fixed-width field", pos + p)
-                value = int.from_bytes(head[p:p + width], "little")
+                value = int.from_bytes(head[p : p + width], "little")
                 p += width
             else:
                 raise ProtoError(f"unsupported wire type {wire} for field {number}", pos + p)
@@ -355,8 +364,11 @@ def parse_type(buf: Any, span: tuple[int, int], depth: int = 0) -> dict[str, Any
         if wire != LEN:
             continue
         if number in (1, 8):  # tensor_type / sparse_tensor_type
-            out: dict[str, Any] = {"kind": "tensor" if number == 1 else "sparse_tensor",
-                                   "elem_type": 0, "shape": None}
+            out: dict[str, Any] = {
+                "kind": "tensor" if number == 1 else "sparse_tensor",
+                "elem_type": 0,
+                "shape": None,
+            }
             for n2, w2, v2 in buf.fields(*v):
                 if n2 == 1 and w2 == VARINT:
                     out["elem_type"] = v2
@@ -512,11 +524,32 @@ def parse_model(buf: "Reader") -> Model:
 # ---- sniffing -----------------------------------------------------------------------------------
 
 # ModelProto fields and their wire types (anything else at the top level: not ONNX)
-_MODEL_FIELDS = {1: VARINT, 2: LEN, 3: LEN, 4: LEN, 5: VARINT, 6: LEN, 7: LEN, 8: LEN, 14: LEN,
-                 20: LEN, 25: LEN}
+_MODEL_FIELDS = {
+    1: VARINT,
+    2: LEN,
+    3: LEN,
+    4: LEN,
+    5: VARINT,
+    6: LEN,
+    7: LEN,
+    8: LEN,
+    14: LEN,
+    20: LEN,
+    25: LEN,
+}
 MAX_NAME_BYTES = 4096
-_GRAPH_FIELDS = {1: LEN, 2: LEN, 5: LEN, 10: LEN, 11: LEN, 12: LEN, 13: LEN, 14: LEN, 15: LEN,
-                 16: LEN}
+_GRAPH_FIELDS = {
+    1: LEN,
+    2: LEN,
+    5: LEN,
+    10: LEN,
+    11: LEN,
+    12: LEN,
+    13: LEN,
+    14: LEN,
+    15: LEN,
+    16: LEN,
+}
 
 
 def looks_like_model(head: bytes, file_size: int) -> bool:

@@ -19,12 +19,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core import dtypes
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 from ..core.model import ModelInfo
 from ..core.pickle_reader import (
-    JOBLIB_WRAPPERS, OPCODE_NAMES, Call, InlineArray, PickleRecord, read_pickle, read_pickles,
+    JOBLIB_WRAPPERS,
+    OPCODE_NAMES,
+    Call,
+    InlineArray,
+    PickleRecord,
+    read_pickle,
+    read_pickles,
     type_name,
 )
 from ..core.source import HEAD_BYTES, Source
@@ -70,8 +75,12 @@ def sniff(src: Source):
     if head[0] not in _P0_STARTS:
         return None
     rec = _head_parses(head, whole)
-    if rec is None or (whole and head[rec.end:].strip(b"\0 \r\n\t") and rec.error is None
-                       and head[rec.end:rec.end + 1] not in OPCODE_NAMES):
+    if rec is None or (
+        whole
+        and head[rec.end :].strip(b"\0 \r\n\t")
+        and rec.error is None
+        and head[rec.end : rec.end + 1] not in OPCODE_NAMES
+    ):
         return None
     return Match(FORMAT, None, reason="protocol 0/1 pickle stream (parsed to STOP)")
 
@@ -88,8 +97,9 @@ def read(src: Source, match) -> ModelInfo:
     records = read_pickles(data, path=path, lenient=True, max_ops=MAX_OPS)
     joblib = any(g.qualname in JOBLIB_WRAPPERS for r in records for g in r.globals)
     if joblib:  # joblib.dump writes array bytes inline: read the stream as joblib.load does
-        records = read_pickles(data, path=path, lenient=partial, max_ops=MAX_OPS,
-                               joblib_arrays=True)
+        records = read_pickles(
+            data, path=path, lenient=partial, max_ops=MAX_OPS, joblib_arrays=True
+        )
     elif not partial and records[-1].error is not None:
         raise CorruptFile(path, f"pickle: {records[-1].error}", records[-1].error_offset)
     details = _details(records)
@@ -101,12 +111,20 @@ def read(src: Source, match) -> ModelInfo:
     if partial:
         warnings.append(f"only the first {MAX_READ_BYTES >> 20} MiB of the stream were analysed")
     if details["globals"]:
-        warnings.append(f"unpickling imports and may call the {len(details['globals'])} "
-                        f"globals this stream references; `keishiki scan` judges them")
-    return ModelInfo(path=path, format=FORMAT, variant="joblib" if joblib else None,
-                     format_version=str(details["protocol"]), tensors=tensors,
-                     details={FORMAT: details}, warnings=warnings,
-                     tensor_loader=_loader(src.path, arrays) if joblib else None)
+        warnings.append(
+            f"unpickling imports and may call the {len(details['globals'])} "
+            f"globals this stream references; `keishiki scan` judges them"
+        )
+    return ModelInfo(
+        path=path,
+        format=FORMAT,
+        variant="joblib" if joblib else None,
+        format_version=str(details["protocol"]),
+        tensors=tensors,
+        details={FORMAT: details},
+        warnings=warnings,
+        tensor_loader=_loader(src.path, arrays) if joblib else None,
+    )
 
 
 def _numeric(array: InlineArray) -> np.dtype | None:
@@ -117,7 +135,9 @@ def _numeric(array: InlineArray) -> np.dtype | None:
     return dtype if dtype.kind in "biufc" and array.nested is None else None
 
 
-def _inline_tensors(rec: PickleRecord, path: str) -> tuple[list[TensorInfo], dict[str, InlineArray]]:
+def _inline_tensors(
+    rec: PickleRecord, path: str
+) -> tuple[list[TensorInfo], dict[str, InlineArray]]:
     """joblib's numeric inline arrays, named by their place in the pickled object."""
     by_wrapper = {id(a.wrapper): a for a in rec.inline_arrays if _numeric(a) is not None}
 
@@ -128,8 +148,16 @@ def _inline_tensors(rec: PickleRecord, path: str) -> tuple[list[TensorInfo], dic
     for name, _value, array in walk_named(rec.value, path, leaf):
         name = name or "array"
         dtype = _numeric(array)
-        tensors.append(TensorInfo(name, dtypes.from_numpy(dtype), array.shape, array.nbytes,
-                                  array.offset, extra={"order": array.order}))
+        tensors.append(
+            TensorInfo(
+                name,
+                dtypes.from_numpy(dtype),
+                array.shape,
+                array.nbytes,
+                array.offset,
+                extra={"order": array.order},
+            )
+        )
         arrays[name] = array
     return tensors, arrays
 
@@ -144,8 +172,7 @@ def _loader(path: Path, arrays: dict[str, InlineArray]):
         if len(buf) != array.nbytes:
             raise CorruptFile(path, f"array {info.name!r}: short read", array.offset)
         flat = np.frombuffer(buf, dtype=dtype)
-        out = flat.reshape(array.shape[::-1]).T if array.order == "F" else \
-            flat.reshape(array.shape)
+        out = flat.reshape(array.shape[::-1]).T if array.order == "F" else flat.reshape(array.shape)
         out = np.ascontiguousarray(out)
         return out.astype(out.dtype.newbyteorder("=")) if out.dtype.byteorder == ">" else out
 

@@ -32,10 +32,26 @@ from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 from ._torch_pickle import (
-    REBUILD_FROM_TYPE, REBUILD_META, REBUILD_TENSOR, REBUILD_WRAPPERS, StorageRef, TensorRef,
-    class_name, decode_storage, is_contiguous, key_text, loader_for, mapping_items,
-    module_classes, module_state, plain_value, quantizer_params, read_torch_pickle, span,
-    walk_tensors, zip_storage_locator,
+    REBUILD_FROM_TYPE,
+    REBUILD_META,
+    REBUILD_TENSOR,
+    REBUILD_WRAPPERS,
+    StorageRef,
+    TensorRef,
+    class_name,
+    decode_storage,
+    is_contiguous,
+    key_text,
+    loader_for,
+    mapping_items,
+    module_classes,
+    module_state,
+    plain_value,
+    quantizer_params,
+    read_torch_pickle,
+    span,
+    walk_tensors,
+    zip_storage_locator,
 )
 
 FORMAT = "pytorch"
@@ -47,20 +63,51 @@ MAX_OPS = 10_000_000
 MAX_LEGACY_PICKLE_BYTES = 256 * 1024 * 1024
 # top-level keys that mark a training checkpoint rather than a bare state_dict
 CHECKPOINT_KEYS = {
-    "optimizer", "optimizer_state_dict", "optimizer_states", "optimizers", "epoch", "epochs",
-    "global_step", "step", "iteration", "iter", "model", "model_state_dict", "state_dict",
-    "net", "scheduler", "lr_scheduler", "lr_schedulers", "ema", "model_ema", "ema_state_dict",
-    "args", "config", "hyper_parameters", "hparams", "best_acc", "best_loss", "loss", "amp",
-    "scaler", "pytorch-lightning_version", "callbacks", "loops", "opt", "train_state",
+    "optimizer",
+    "optimizer_state_dict",
+    "optimizer_states",
+    "optimizers",
+    "epoch",
+    "epochs",
+    "global_step",
+    "step",
+    "iteration",
+    "iter",
+    "model",
+    "model_state_dict",
+    "state_dict",
+    "net",
+    "scheduler",
+    "lr_scheduler",
+    "lr_schedulers",
+    "ema",
+    "model_ema",
+    "ema_state_dict",
+    "args",
+    "config",
+    "hyper_parameters",
+    "hparams",
+    "best_acc",
+    "best_loss",
+    "loss",
+    "amp",
+    "scaler",
+    "pytorch-lightning_version",
+    "callbacks",
+    "loops",
+    "opt",
+    "train_state",
 }
 MODULE_NOTE = (
     "a whole pickled nn.Module: a PyTorch model is an instance of a Python class that "
     "subclasses torch.nn.Module, and the pickle names that class instead of holding its code; "
     "loading it needs the class's source importable and torch.load(weights_only=False), which "
-    "runs whatever the pickle names. The weights are the module's state_dict, listed here.")
+    "runs whatever the pickle names. The weights are the module's state_dict, listed here."
+)
 
 
 # ---- sniffing ------------------------------------------------------------------------------
+
 
 def data_pkl_member(names: list[str]) -> str | None:
     """The ``[<prefix>/]data.pkl`` member of a torch zip (shortest path wins), else None."""
@@ -70,9 +117,9 @@ def data_pkl_member(names: list[str]) -> str | None:
 
 def is_torchscript_names(names: list[str]) -> bool:
     """TorchScript archives add ``<prefix>/code/`` and ``<prefix>/constants.pkl``."""
-    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n or
-                                                                   n.startswith("code/")
-                                                                   for n in names)
+    return any(n.endswith("constants.pkl") for n in names) and any(
+        "/code/" in n or n.startswith("code/") for n in names
+    )
 
 
 def is_export_names(names: list[str]) -> bool:
@@ -91,7 +138,11 @@ def sniff(src: Source):
         return None
     if src.looks_like_zip:
         names = src.zip_names
-        if data_pkl_member(names) and not is_torchscript_names(names) and not is_export_names(names):
+        if (
+            data_pkl_member(names)
+            and not is_torchscript_names(names)
+            and not is_export_names(names)
+        ):
             return Match(FORMAT, "zip", reason="zip archive with data.pkl (torch.save)")
         return None
     head = src.head
@@ -107,8 +158,11 @@ def sniff(src: Source):
 
 def classify(root: Any, names: list[str], modules: list[str]) -> tuple[str, list[str]]:
     """(kind, checkpoint keys): tensor / module / checkpoint / state_dict / other."""
-    if isinstance(root, Call) and root.qualname in REBUILD_TENSOR | REBUILD_WRAPPERS | {
-            REBUILD_FROM_TYPE, REBUILD_META} and names == [""]:
+    if (
+        isinstance(root, Call)
+        and root.qualname in REBUILD_TENSOR | REBUILD_WRAPPERS | {REBUILD_FROM_TYPE, REBUILD_META}
+        and names == [""]
+    ):
         return "tensor", []
     if module_state(root) is not None:
         return "module", []
@@ -127,6 +181,7 @@ def classify(root: Any, names: list[str], modules: list[str]) -> tuple[str, list
 
 # ---- reading ---------------------------------------------------------------------------------
 
+
 @dataclass
 class _Parsed:
     record: PickleRecord
@@ -135,9 +190,11 @@ class _Parsed:
     details: dict[str, Any]
 
 
-def parse_object(rec: PickleRecord, path: str,
-                 storage_location: Callable[[StorageRef], tuple[int | None, str | None]]
-                 ) -> _Parsed:
+def parse_object(
+    rec: PickleRecord,
+    path: str,
+    storage_location: Callable[[StorageRef], tuple[int | None, str | None]],
+) -> _Parsed:
     """Tensors (named by structure) and the common pytorch details of one main pickle.
 
     ``storage_location(storage)`` gives (absolute byte offset of the storage's first byte
@@ -175,9 +232,12 @@ def parse_object(rec: PickleRecord, path: str,
                 offset = start + storage_offset * itemsize
             used = storage_offset - storage.view_offset + span(shape, stride)
             if numel and used > storage.numel:
-                raise CorruptFile(path, f"tensor {name!r}: view {list(shape)} stride "
-                                  f"{list(stride)} at offset {storage_offset} overruns "
-                                  f"its storage of {storage.numel} elements")
+                raise CorruptFile(
+                    path,
+                    f"tensor {name!r}: view {list(shape)} stride "
+                    f"{list(stride)} at offset {storage_offset} overruns "
+                    f"its storage of {storage.numel} elements",
+                )
         else:
             extra["device"] = "meta"
         if not is_contiguous(shape, stride):
@@ -187,8 +247,15 @@ def parse_object(rec: PickleRecord, path: str,
         if ref.kind == "quantized":
             extra["quantizer"] = quantizer_params(_call)
         info = new(TensorInfo)  # TensorInfo(...) without the frozen dataclass's __setattr__s
-        info.__dict__.update(name=name, dtype=dtype, shape=shape, nbytes=numel * itemsize,
-                             data_offset=offset, file=member, extra=extra)
+        info.__dict__.update(
+            name=name,
+            dtype=dtype,
+            shape=shape,
+            nbytes=numel * itemsize,
+            data_offset=offset,
+            file=member,
+            extra=extra,
+        )
         tensors.append(info)
         refs[name] = ref
     items = mapping_items(rec.value)
@@ -201,8 +268,9 @@ def parse_object(rec: PickleRecord, path: str,
         "n_top_keys": len(top_keys),
         "top_keys": top_keys[:100],
         "n_storages": len(by_storage),
-        "shared_storages": [{"storage_key": k, "tensors": v} for k, v in by_storage.items()
-                            if len(v) > 1],
+        "shared_storages": [
+            {"storage_key": k, "tensors": v} for k, v in by_storage.items() if len(v) > 1
+        ],
         "python2_pickle": rec.py2_strings,
     }
     if ckpt_keys:
@@ -220,8 +288,7 @@ def read_zip(src: Source, match) -> ModelInfo:
         raise CorruptFile(src.path, "zip archive has no data.pkl")
     prefix = member[: -len("data.pkl")]
     where = f"{src.path}:{member}"
-    rec = read_torch_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where,
-                            max_ops=MAX_OPS)
+    rec = read_torch_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where, max_ops=MAX_OPS)
     members = set(names)
     location = zip_storage_locator(src, prefix)
     parsed = parse_object(rec, where, location)
@@ -236,10 +303,16 @@ def read_zip(src: Source, match) -> ModelInfo:
     details["storage_alignment"] = _small_text(src, f"{prefix}.storage_alignment")
     details["has_serialization_id"] = f"{prefix}.data/serialization_id" in members
     details["n_records"] = len(names)
-    return ModelInfo(path=str(src.path), format=FORMAT, variant="zip", format_version=version,
-                     tensors=parsed.tensors, details={FORMAT: details},
-                     warnings=_warnings(details),
-                     tensor_loader=loader_for(src.path, parsed.refs, details["byteorder"]))
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        variant="zip",
+        format_version=version,
+        tensors=parsed.tensors,
+        details={FORMAT: details},
+        warnings=_warnings(details),
+        tensor_loader=loader_for(src.path, parsed.refs, details["byteorder"]),
+    )
 
 
 def _small_text(src: Source, name: str) -> str | None:
@@ -251,8 +324,11 @@ def _small_text(src: Source, name: str) -> str | None:
 def _warnings(details: dict[str, Any]) -> list[str]:
     out = []
     if details.get("module_classes"):
-        out.append("whole pickled nn.Module (" + ", ".join(details["module_classes"][:5]) +
-                   "): loading it runs code; use its state_dict")
+        out.append(
+            "whole pickled nn.Module ("
+            + ", ".join(details["module_classes"][:5])
+            + "): loading it runs code; use its state_dict"
+        )
     return out
 
 
@@ -273,8 +349,11 @@ def read_legacy(src: Source, match) -> ModelInfo:
             data = src.read_at(0, min(limit, len(data) * 8), exact=False)
     magic, proto_version, sys_info, main, keys_rec = recs
     if proto_version.value != LEGACY_PROTOCOL_VERSION:
-        raise CorruptFile(path, f"legacy protocol version {proto_version.value!r} is not "
-                          f"{LEGACY_PROTOCOL_VERSION}", offset=proto_version.start)
+        raise CorruptFile(
+            path,
+            f"legacy protocol version {proto_version.value!r} is not {LEGACY_PROTOCOL_VERSION}",
+            offset=proto_version.start,
+        )
     keys = keys_rec.value
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CorruptFile(path, "storage key list is not a list of strings", offset=keys_rec.start)
@@ -295,21 +374,29 @@ def read_legacy(src: Source, match) -> ModelInfo:
 
     parsed = parse_object(main, path, location)
     details = parsed.details
-    details.update({
-        "container": "legacy",
-        "magic_number": hex(magic.value),
-        "protocol_version": proto_version.value,
-        "sys_info": plain_value(info_dict),
-        "byteorder": "little" if little else "big",
-        "n_storages": len(keys),
-    })
+    details.update(
+        {
+            "container": "legacy",
+            "magic_number": hex(magic.value),
+            "protocol_version": proto_version.value,
+            "sys_info": plain_value(info_dict),
+            "byteorder": "little" if little else "big",
+            "n_storages": len(keys),
+        }
+    )
     sources = _legacy_module_sources(main)
     if sources:
         details["module_sources"] = sources
-    return ModelInfo(path=path, format=FORMAT, variant="legacy",
-                     format_version=str(LEGACY_PROTOCOL_VERSION), tensors=parsed.tensors,
-                     details={FORMAT: details}, warnings=_warnings(details),
-                     tensor_loader=loader_for(src.path, parsed.refs, details["byteorder"]))
+    return ModelInfo(
+        path=path,
+        format=FORMAT,
+        variant="legacy",
+        format_version=str(LEGACY_PROTOCOL_VERSION),
+        tensors=parsed.tensors,
+        details={FORMAT: details},
+        warnings=_warnings(details),
+        tensor_loader=loader_for(src.path, parsed.refs, details["byteorder"]),
+    )
 
 
 def _legacy_module_pid(pid: Any) -> tuple | None:
@@ -326,9 +413,13 @@ def _legacy_module_sources(rec: PickleRecord) -> list[dict[str, Any]]:
     for pid in rec.persistent_ids:
         tup = _legacy_module_pid(pid)
         if tup is not None:
-            out.append({"class": getattr(tup[1], "qualname", str(tup[1])),
-                        "source_file": str(tup[2]),
-                        "source_lines": str(tup[3]).count("\n")})
+            out.append(
+                {
+                    "class": getattr(tup[1], "qualname", str(tup[1])),
+                    "source_file": str(tup[2]),
+                    "source_lines": str(tup[3]).count("\n"),
+                }
+            )
     return out
 
 
@@ -337,8 +428,7 @@ def _legacy_pickles(data: bytes, path: str) -> list[PickleRecord]:
     recs, pos = [], 0
     for what in ("magic number", "protocol version", "sys_info", "object", "storage keys"):
         try:  # torch's names from the second pickle on, as the scan reads them
-            rec = read_torch_pickle(view, pos, path=path, max_ops=MAX_OPS,
-                                    torch_names=bool(recs))
+            rec = read_torch_pickle(view, pos, path=path, max_ops=MAX_OPS, torch_names=bool(recs))
         except CorruptFile as exc:
             raise CorruptFile(path, f"legacy {what} pickle: {exc.reason}", exc.offset) from None
         recs.append(rec)
@@ -348,26 +438,33 @@ def _legacy_pickles(data: bytes, path: str) -> list[PickleRecord]:
     return recs
 
 
-def _legacy_storage_offsets(src: Source, keys: list[str], dtype_of: dict[str, str], pos: int,
-                            little: bool) -> dict[str, int]:
+def _legacy_storage_offsets(
+    src: Source, keys: list[str], dtype_of: dict[str, str], pos: int, little: bool
+) -> dict[str, int]:
     """Byte offset of each storage's data: per key, an int64 element count then the bytes."""
     starts: dict[str, int] = {}
     fmt = "<q" if little else ">q"
     with open(src.path, "rb") as fh:  # one handle for thousands of 8-byte reads
         for key in keys:
             if key not in dtype_of:
-                raise CorruptFile(src.path, f"storage {key!r} is listed but no tensor uses it "
-                                  f"(its element size is unknown)", offset=pos)
+                raise CorruptFile(
+                    src.path,
+                    f"storage {key!r} is listed but no tensor uses it "
+                    f"(its element size is unknown)",
+                    offset=pos,
+                )
             fh.seek(pos)
             raw = fh.read(8)
             if len(raw) != 8:
-                raise CorruptFile(src.path, f"storage {key!r}: file ends in its header",
-                                  offset=pos)
+                raise CorruptFile(src.path, f"storage {key!r}: file ends in its header", offset=pos)
             (numel,) = struct.unpack(fmt, raw)
             nbytes = numel * (dtypes.itemsize(dtype_of[key]) or 1)
             if numel < 0 or pos + 8 + nbytes > src.size:
-                raise CorruptFile(src.path, f"storage {key!r} of {numel} elements runs past "
-                                  f"the end of the file", offset=pos)
+                raise CorruptFile(
+                    src.path,
+                    f"storage {key!r} of {numel} elements runs past the end of the file",
+                    offset=pos,
+                )
             starts[key] = pos + 8
             pos += 8 + nbytes
     return starts

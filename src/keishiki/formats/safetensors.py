@@ -20,9 +20,8 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core import dtypes
+from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import LazyTensor, TensorInfo
@@ -30,13 +29,31 @@ from ..errors import CorruptFile, InvalidRequest
 
 FORMAT = "safetensors"
 MAX_HEADER_BYTES = 100_000_000  # MAX_HEADER_SIZE of safetensors' Rust reader (not 100 MiB)
-MAX_DEPTH = 127                 # serde_json's recursion limit, counted as safetensors nests
-U64_MAX = 2 ** 64 - 1
+MAX_DEPTH = 127  # serde_json's recursion limit, counted as safetensors nests
+U64_MAX = 2**64 - 1
 # bits per element of every dtype safetensors 0.8 knows (serde refuses any other name)
 DTYPE_BITS = {
-    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
-    "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
-    "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64,
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
     "U64": 64,
 }
 _FIELD_SET = frozenset({"dtype", "shape", "data_offsets"})
@@ -116,10 +133,18 @@ def parse_header(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ValueError(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        hooks: dict[str, Any] = {"parse_int": lambda s: -0.0 if s == "-0" else int(s)} \
-            if _MINUS_ZERO.search(text) else {}
-        header = json.loads(text, object_pairs_hook=_object, parse_constant=_no_constant,
-                            parse_float=_finite, **hooks)
+        hooks: dict[str, Any] = (
+            {"parse_int": lambda s: -0.0 if s == "-0" else int(s)}
+            if _MINUS_ZERO.search(text)
+            else {}
+        )
+        header = json.loads(
+            text,
+            object_pairs_hook=_object,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+            **hooks,
+        )
     except (json.JSONDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"header is not valid JSON: {exc}") from None
     if _SURROGATE_ESCAPE.search(text):
@@ -184,13 +209,16 @@ def validate(header: dict[str, Any], data_bytes: int) -> tuple[dict[str, str], l
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ValueError("__metadata__ must map strings to strings")
-    entries = sorted(((name, *_entry(name, e)) for name, e in header.items()),
-                     key=lambda t: (t[3], t[4]))
+    entries = sorted(
+        ((name, *_entry(name, e)) for name, e in header.items()), key=lambda t: (t[3], t[4])
+    )
     start = 0
     for name, code, shape, begin, end in entries:
         if begin != start or end < begin:
-            raise ValueError(f"tensor {name!r}: data_offsets [{begin}, {end}] leave a gap or "
-                             f"overlap (expected to start at {start})")
+            raise ValueError(
+                f"tensor {name!r}: data_offsets [{begin}, {end}] leave a gap or "
+                f"overlap (expected to start at {start})"
+            )
         start = end
         n = 1
         for d in shape:  # a left fold with overflow checks, as Rust's try_fold does
@@ -199,17 +227,22 @@ def validate(header: dict[str, Any], data_bytes: int) -> tuple[dict[str, str], l
                 raise ValueError(f"tensor {name!r}: shape {list(shape)} overflows")
         bits = n * DTYPE_BITS[code]
         if bits > U64_MAX or bits % 8:
-            raise ValueError(f"tensor {name!r}: {code}{list(shape)} is not a whole number of "
-                             f"bytes")
+            raise ValueError(f"tensor {name!r}: {code}{list(shape)} is not a whole number of bytes")
         if bits // 8 != end - begin:
-            raise ValueError(f"tensor {name!r}: {code}{list(shape)} needs {bits // 8} bytes, "
-                             f"data_offsets give {end - begin}")
+            raise ValueError(
+                f"tensor {name!r}: {code}{list(shape)} needs {bits // 8} bytes, "
+                f"data_offsets give {end - begin}"
+            )
     if start > data_bytes:
-        raise ValueError(f"tensors end at byte {start} of the data section, outside the file "
-                         f"({data_bytes} bytes of data)")
+        raise ValueError(
+            f"tensors end at byte {start} of the data section, outside the file "
+            f"({data_bytes} bytes of data)"
+        )
     if start != data_bytes:
-        raise ValueError(f"tensors cover {start} bytes of a {data_bytes}-byte data section "
-                         f"(safetensors refuses a file not fully covered)")
+        raise ValueError(
+            f"tensors cover {start} bytes of a {data_bytes}-byte data section "
+            f"(safetensors refuses a file not fully covered)"
+        )
     return dict(metadata), entries
 
 
@@ -219,8 +252,12 @@ def read_header(src: Source) -> tuple[int, dict[str, Any]]:
         raise CorruptFile(src.path, "shorter than the 8-byte header length", offset=0)
     (n,) = struct.unpack("<Q", src.peek(8))
     if n > MAX_HEADER_BYTES or 8 + n > src.size:
-        raise CorruptFile(src.path, f"header length {n} exceeds the file size {src.size} "
-                          f"(or the {MAX_HEADER_BYTES}-byte limit)", offset=0)
+        raise CorruptFile(
+            src.path,
+            f"header length {n} exceeds the file size {src.size} "
+            f"(or the {MAX_HEADER_BYTES}-byte limit)",
+            offset=0,
+        )
     try:
         return n, parse_header(src.read_at(8, n))
     except ValueError as exc:
@@ -238,9 +275,12 @@ def read_tensors(src: Source) -> tuple[list[TensorInfo], dict[str, str]]:
         metadata, entries = validate(header, src.size - 8 - n)
     except ValueError as exc:
         raise CorruptFile(src.path, str(exc), offset=8) from None
-    infos = [TensorInfo(name, dtypes.from_safetensors(code), shape, end - begin,
-                        data_offset=8 + n + begin)
-             for name, code, shape, begin, end in entries]
+    infos = [
+        TensorInfo(
+            name, dtypes.from_safetensors(code), shape, end - begin, data_offset=8 + n + begin
+        )
+        for name, code, shape, begin, end in entries
+    ]
     return infos, metadata
 
 
@@ -250,13 +290,15 @@ def loader_for(path: Path) -> Callable[[TensorInfo], np.ndarray]:
     def load(info: TensorInfo) -> np.ndarray:
         target = path if info.file is None else path.parent / info.file
         if dtypes.itemsize(info.dtype) is None:
-            raise InvalidRequest(f"{target}: tensor {info.name!r} has dtype {info.dtype}, "
-                                 f"which keishiki cannot read")
+            raise InvalidRequest(
+                f"{target}: tensor {info.name!r} has dtype {info.dtype}, which keishiki cannot read"
+            )
         dtype = dtypes.to_numpy(info.dtype)
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype=dtype)
-        mm = np.memmap(target, dtype=np.uint8, mode="r", offset=info.data_offset,
-                       shape=(info.nbytes,))
+        mm = np.memmap(
+            target, dtype=np.uint8, mode="r", offset=info.data_offset, shape=(info.nbytes,)
+        )
         return np.array(mm).view(dtype).reshape(info.shape)
 
     return load
@@ -264,11 +306,18 @@ def loader_for(path: Path) -> Callable[[TensorInfo], np.ndarray]:
 
 def read(src: Source, match) -> ModelInfo:
     infos, metadata = read_tensors(src)
-    return ModelInfo(path=str(src.path), format=FORMAT, variant=match.variant,
-                     tensors=infos, metadata=dict(metadata), tensor_loader=loader_for(src.path))
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        variant=match.variant,
+        tensors=infos,
+        metadata=dict(metadata),
+        tensor_loader=loader_for(src.path),
+    )
 
 
 # ---- writing ----------------------------------------------------------------------------------
+
 
 def build_header(infos: Sequence[TensorInfo], metadata: dict[str, str] | None) -> bytes:
     """The padded JSON header for tensors written back to back in ``infos`` order."""
@@ -277,16 +326,23 @@ def build_header(infos: Sequence[TensorInfo], metadata: dict[str, str] | None) -
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     for info in infos:
-        header[info.name] = {"dtype": dtypes.to_safetensors(info.dtype), "shape": list(info.shape),
-                             "data_offsets": [offset, offset + info.nbytes]}
+        header[info.name] = {
+            "dtype": dtypes.to_safetensors(info.dtype),
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # 8-byte alignment of the data section, as safetensors does
     return struct.pack("<Q", len(raw)) + raw
 
 
-def write(fh: BinaryIO, tensors: Sequence[LazyTensor], metadata: dict[str, str] | None = None,
-          on_tensor: Callable[[TensorInfo], None] | None = None) -> None:
+def write(
+    fh: BinaryIO,
+    tensors: Sequence[LazyTensor],
+    metadata: dict[str, str] | None = None,
+    on_tensor: Callable[[TensorInfo], None] | None = None,
+) -> None:
     """Stream ``tensors`` into an open binary file as safetensors, one tensor in memory at a time.
 
     Each ``LazyTensor.info`` must carry the dtype, shape and nbytes that ``load()`` will
@@ -295,12 +351,17 @@ def write(fh: BinaryIO, tensors: Sequence[LazyTensor], metadata: dict[str, str] 
     fh.write(build_header([t.info for t in tensors], metadata))
     for lazy in tensors:
         arr = np.asarray(lazy.load(), order="C")  # (ascontiguousarray turns 0-d into 1-d)
-        data = arr.tobytes() if arr.dtype.byteorder not in (">",) else arr.astype(
-            arr.dtype.newbyteorder("<")).tobytes()
+        data = (
+            arr.tobytes()
+            if arr.dtype.byteorder not in (">",)
+            else arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        )
         if len(data) != lazy.info.nbytes or tuple(arr.shape) != tuple(lazy.info.shape):
-            raise ValueError(f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)} "
-                             f"({len(data)} bytes) but the header says {lazy.info.dtype}"
-                             f"{list(lazy.info.shape)} ({lazy.info.nbytes} bytes)")
+            raise ValueError(
+                f"{lazy.name}: loaded {arr.dtype}{list(arr.shape)} "
+                f"({len(data)} bytes) but the header says {lazy.info.dtype}"
+                f"{list(lazy.info.shape)} ({lazy.info.nbytes} bytes)"
+            )
         fh.write(data)
         if on_tensor is not None:
             on_tensor(lazy.info)

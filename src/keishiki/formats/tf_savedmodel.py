@@ -44,8 +44,14 @@ def read(src: Source, match) -> ModelInfo:
         with open(src.child("saved_model.pb"), "rb") as fh:
             version = first_varint_field(fh.read(16))  # SavedModel.saved_model_schema_version
     details["saved_model_schema_version"] = version
-    return ModelInfo(path=str(src.path), format=FORMAT, variant=None,
-                     format_version=str(version) if version is not None else None,
-                     details={FORMAT: details},
-                     warnings=["summary only: reading a SavedModel's graph and variables "
-                               "needs TensorFlow (keishiki lists its files)"])
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        variant=None,
+        format_version=str(version) if version is not None else None,
+        details={FORMAT: details},
+        warnings=[
+            "summary only: reading a SavedModel's graph and variables "
+            "needs TensorFlow (keishiki lists its files)"
+        ],
+    )

@@ -55,7 +55,9 @@ class _Flat:
             return None
         start = self.ref(pos)
         n = self.u32(start)
-        return bytes(self.data[start + 4:start + 4 + min(n, 4096)]).decode("utf-8", errors="replace")
+        return bytes(self.data[start + 4 : start + 4 + min(n, 4096)]).decode(
+            "utf-8", errors="replace"
+        )
 
 
 def sniff(src: Source):
@@ -79,16 +81,23 @@ def _summary(data: bytes) -> dict[str, Any]:
     out["n_operator_codes"] = len(fb.vector(model, 1))
     subgraphs = fb.vector(model, 2)
     out["n_subgraphs"] = len(subgraphs)
-    out["subgraphs"] = [{"name": fb.string(sg, 4), "n_tensors": len(fb.vector(sg, 0)),
-                         "n_operators": len(fb.vector(sg, 3))} for sg in subgraphs[:16]]
+    out["subgraphs"] = [
+        {
+            "name": fb.string(sg, 4),
+            "n_tensors": len(fb.vector(sg, 0)),
+            "n_operators": len(fb.vector(sg, 3)),
+        }
+        for sg in subgraphs[:16]
+    ]
     out["description"] = fb.string(model, 3)
     out["n_buffers"] = len(fb.vector(model, 4))
     return out
 
 
 def read(src: Source, match) -> ModelInfo:
-    warnings = ["summary only: keishiki names a TFLite model's parts; running it needs "
-                "TensorFlow Lite"]
+    warnings = [
+        "summary only: keishiki names a TFLite model's parts; running it needs TensorFlow Lite"
+    ]
     details: dict[str, Any] = {"file_identifier": "TFL3"}
     if src.size <= MAX_FLATBUFFER_BYTES:
         # memory-mapped: only the table headers are touched, never the weight buffers
@@ -98,6 +107,11 @@ def read(src: Source, match) -> ModelInfo:
             except (struct.error, ValueError, IndexError) as exc:
                 warnings.append(f"flatbuffer tables unreadable ({exc}); identified by TFL3 only")
     version = details.get("schema_version")
-    return ModelInfo(path=str(src.path), format=FORMAT, variant=None,
-                     format_version=str(version) if version is not None else None,
-                     details={FORMAT: details}, warnings=warnings)
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        variant=None,
+        format_version=str(version) if version is not None else None,
+        details={FORMAT: details},
+        warnings=warnings,
+    )

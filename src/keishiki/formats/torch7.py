@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ..core.lazy_numpy import np  # numpy on first use (start-up time)
-
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
@@ -59,14 +58,13 @@ def _torch_object_header(head: bytes) -> bool:
     if len(head) < 16 or head[:8] != b"\x04\x00\x00\x00\x01\x00\x00\x00":
         return False
     n = int.from_bytes(head[8:12], "little")
-    version = head[12:12 + n]
+    version = head[12 : 12 + n]
     if not 3 <= n <= 16 or not version.startswith(b"V ") or not version[2:].isdigit():
         return False
     pos = 12 + n
-    m = int.from_bytes(head[pos:pos + 4], "little")
-    name = head[pos + 4:pos + 4 + m]
-    return (3 <= m <= 200 and len(name) == m and b"." in name
-            and all(0x21 <= c < 0x7f for c in name))
+    m = int.from_bytes(head[pos : pos + 4], "little")
+    name = head[pos + 4 : pos + 4 + m]
+    return 3 <= m <= 200 and len(name) == m and b"." in name and all(0x21 <= c < 0x7F for c in name)
 
 
 def _sniff_ascii(src: Source) -> bool:
@@ -79,7 +77,7 @@ def _sniff_ascii(src: Source) -> bool:
     parser = t7.parser_for(head, src.size, ascii=True)
     try:
         parser.read()
-        return not head[parser.s.pos:].strip()  # nothing but whitespace after the object
+        return not head[parser.s.pos :].strip()  # nothing but whitespace after the object
     except t7.Truncated:
         return len(head) < src.size and parser.s.pos >= 16
     except (t7.Malformed, RecursionError, ValueError, OverflowError):
@@ -109,8 +107,11 @@ def parse(src: Source, variant: str) -> t7.Parser:
     """
     if variant == "ascii":
         if src.size > MAX_ASCII_BYTES:
-            raise CorruptFile(src.path, f"ascii Torch7 file of {src.size} bytes exceeds the "
-                              f"{MAX_ASCII_BYTES}-byte limit; re-save it in binary mode")
+            raise CorruptFile(
+                src.path,
+                f"ascii Torch7 file of {src.size} bytes exceeds the "
+                f"{MAX_ASCII_BYTES}-byte limit; re-save it in binary mode",
+            )
         parser = t7.parser_for(src.path.read_bytes(), src.size, ascii=True)
         _run(src, parser)
         return parser
@@ -142,8 +143,9 @@ def _run(src: Source, parser: t7.Parser) -> None:
     try:
         parser.root = parser.read()  # type: ignore[attr-defined]
     except t7.Truncated as exc:
-        raise CorruptFile(src.path, "truncated Torch7 object stream",
-                          offset=exc.args[0] if exc.args else None) from None
+        raise CorruptFile(
+            src.path, "truncated Torch7 object stream", offset=exc.args[0] if exc.args else None
+        ) from None
     except t7.Malformed as exc:
         raise CorruptFile(src.path, str(exc), offset=parser.s.pos) from None
     except RecursionError:
@@ -198,8 +200,10 @@ class _Walker:
             if obj.storage is None:
                 self.n_empty += 1
             else:
-                transient = str(node.get("class", "")).startswith(_NN_PACKAGES) and \
-                    path.rpartition(".")[2] not in MODULE_STATE
+                transient = (
+                    str(node.get("class", "")).startswith(_NN_PACKAGES)
+                    and path.rpartition(".")[2] not in MODULE_STATE
+                )
                 self.tensors.append((path or "tensor", obj, transient))
         elif isinstance(obj, t7.Storage):
             self.tensors.append((path or "storage", obj, False))
@@ -232,8 +236,9 @@ class _Walker:
                 self.seen.add(id(value))
                 children = sorted(value.items, key=lambda kv: _key_order(kv[0]))
                 for k, child in children:
-                    name = str(int(k) - 1) if isinstance(k, float) and k.is_integer() \
-                        else _key_name(k)
+                    name = (
+                        str(int(k) - 1) if isinstance(k, float) and k.is_integer() else _key_name(k)
+                    )
                     self.walk(child, _join(path, name), node)
             else:
                 self.walk(value, _join(path, _key_name(key)), node)
@@ -243,20 +248,26 @@ def _tensor_info(name: str, obj: Any, ascii: bool, transient: bool = False) -> T
     if isinstance(obj, t7.Storage):
         shape, itemsize = (obj.size,), np.dtype(obj.dtype).itemsize
         offset = obj.data_offset
-        return TensorInfo(name, obj.dtype, shape, obj.size * itemsize, data_offset=offset,
-                          extra={"torch_class": obj.class_name})
+        return TensorInfo(
+            name,
+            obj.dtype,
+            shape,
+            obj.size * itemsize,
+            data_offset=offset,
+            extra={"torch_class": obj.class_name},
+        )
     itemsize = np.dtype(obj.dtype).itemsize
     numel = math.prod(obj.shape)
-    contiguous = list(obj.stride) == [math.prod(obj.shape[i + 1:]) for i in
-                                      range(len(obj.shape))]
+    contiguous = list(obj.stride) == [math.prod(obj.shape[i + 1 :]) for i in range(len(obj.shape))]
     offset = None
     if not ascii and contiguous and obj.storage.data_offset is not None:
         offset = obj.storage.data_offset + obj.storage_offset * itemsize
     extra: dict[str, Any] = {"torch_class": obj.class_name}
     if transient:
         extra["transient"] = True
-    return TensorInfo(name, obj.dtype, tuple(obj.shape), numel * itemsize, data_offset=offset,
-                      extra=extra)
+    return TensorInfo(
+        name, obj.dtype, tuple(obj.shape), numel * itemsize, data_offset=offset, extra=extra
+    )
 
 
 def _loader(path: Path, objects: dict[str, Any], ascii: bool):
@@ -267,8 +278,10 @@ def _loader(path: Path, objects: dict[str, Any], ascii: bool):
         values = t7.load_values(path, obj.storage, ascii)
         itemsize = values.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
-            values[obj.storage_offset:], shape=obj.shape,
-            strides=[s * itemsize for s in obj.stride])
+            values[obj.storage_offset :],
+            shape=obj.shape,
+            strides=[s * itemsize for s in obj.stride],
+        )
         return np.array(view, dtype=obj.dtype)
 
     return load
@@ -327,20 +340,31 @@ def read(src: Source, match) -> ModelInfo:
     if tree["children"]:
         # {path: class} like PyTorch's named_modules() ("" is the root), plus the nesting
         details["modules"] = dict(_flat_modules(tree["children"]))
-        details["module_tree"] = tree["children"][0] if len(tree["children"]) == 1 \
-            else tree["children"]
+        details["module_tree"] = (
+            tree["children"][0] if len(tree["children"]) == 1 else tree["children"]
+        )
     details["long_size"] = getattr(parser, "long_size", None) if not ascii else None
     details["n_empty_tensors"] = walker.n_empty
     warnings = []
     if walker.n_functions or isinstance(parser.root, t7.Function):  # type: ignore[attr-defined]
         details["n_functions"] = max(walker.n_functions, 1)
-        details["functions"] = [{"path": p, "bytecode_bytes": n}
-                                for p, n in walker.functions[:MAX_LISTED_FUNCTIONS]]
-        warnings.append("holds Lua functions (bytecode): Lua torch.load would load and may run "
-                        "them; keishiki only recorded their size")
+        details["functions"] = [
+            {"path": p, "bytecode_bytes": n} for p, n in walker.functions[:MAX_LISTED_FUNCTIONS]
+        ]
+        warnings.append(
+            "holds Lua functions (bytecode): Lua torch.load would load and may run "
+            "them; keishiki only recorded their size"
+        )
     if not ascii and parser.s.pos != src.size:
         warnings.append(f"{src.size - parser.s.pos} bytes after the object were not read")
     version = details.get("version")
-    return ModelInfo(path=str(src.path), format=FORMAT, variant=variant,
-                     format_version=version, tensors=infos, warnings=warnings,
-                     details={FORMAT: details}, tensor_loader=_loader(src.path, objects, ascii))
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        variant=variant,
+        format_version=version,
+        tensors=infos,
+        warnings=warnings,
+        details={FORMAT: details},
+        tensor_loader=_loader(src.path, objects, ascii),
+    )

@@ -30,15 +30,47 @@ MAX_JSON_BYTES = 512 * 1024 * 1024
 
 # torch/_export/serde/schema.py ScalarType (serialized as its int value, or its name)
 SCALAR_TYPES = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32",
-    8: "float64", 9: "complex32", 10: "complex64", 11: "complex128", 12: "bool",
-    13: "bfloat16", 28: "uint16", 29: "float8_e4m3fn", 30: "float8_e5m2",
-    31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz", 34: "uint32", 35: "uint64",
+    1: "uint8",
+    2: "int8",
+    3: "int16",
+    4: "int32",
+    5: "int64",
+    6: "float16",
+    7: "float32",
+    8: "float64",
+    9: "complex32",
+    10: "complex64",
+    11: "complex128",
+    12: "bool",
+    13: "bfloat16",
+    28: "uint16",
+    29: "float8_e4m3fn",
+    30: "float8_e5m2",
+    31: "float8_e4m3fnuz",
+    32: "float8_e5m2fnuz",
+    34: "uint32",
+    35: "uint64",
 }
-_SCALAR_NAMES = {"BYTE": 1, "CHAR": 2, "SHORT": 3, "INT": 4, "LONG": 5, "HALF": 6, "FLOAT": 7,
-                 "DOUBLE": 8, "COMPLEXHALF": 9, "COMPLEXFLOAT": 10, "COMPLEXDOUBLE": 11,
-                 "BOOL": 12, "BFLOAT16": 13, "UINT16": 28, "FLOAT8E4M3FN": 29,
-                 "FLOAT8E5M2": 30, "UINT32": 34, "UINT64": 35}
+_SCALAR_NAMES = {
+    "BYTE": 1,
+    "CHAR": 2,
+    "SHORT": 3,
+    "INT": 4,
+    "LONG": 5,
+    "HALF": 6,
+    "FLOAT": 7,
+    "DOUBLE": 8,
+    "COMPLEXHALF": 9,
+    "COMPLEXFLOAT": 10,
+    "COMPLEXDOUBLE": 11,
+    "BOOL": 12,
+    "BFLOAT16": 13,
+    "UINT16": 28,
+    "FLOAT8E4M3FN": 29,
+    "FLOAT8E5M2": 30,
+    "UINT32": 34,
+    "UINT64": 35,
+}
 _SPEC_KINDS = {  # input_specs entry kind -> (name field, role)
     "parameter": ("parameter_name", "parameter"),
     "buffer": ("buffer_name", "buffer"),
@@ -79,6 +111,7 @@ def sniff(src: Source):
 
 # ---- JSON helpers --------------------------------------------------------------------------
 
+
 def _json(src: Source, name: str) -> Any:
     try:
         return json.loads(src.read_member(name, MAX_JSON_BYTES))
@@ -117,8 +150,11 @@ def _signature(program: dict) -> tuple[list[dict], list[dict]]:
         kind, body = next(iter(spec.items()))
         body = body if isinstance(body, dict) else {}
         arg = body.get("arg") or {}
-        arg_name = arg.get("name") or (arg.get("as_tensor") or {}).get("name") or \
-            next((v.get("name") for v in arg.values() if isinstance(v, dict)), None)
+        arg_name = (
+            arg.get("name")
+            or (arg.get("as_tensor") or {}).get("name")
+            or next((v.get("name") for v in arg.values() if isinstance(v, dict)), None)
+        )
         entry = {"kind": kind, "arg": arg_name}
         field, _role = _SPEC_KINDS.get(kind, (None, None))
         if field and field in body:
@@ -147,8 +183,16 @@ def _ops(program: dict) -> tuple[int, dict[str, int]]:
 
 # ---- reading ---------------------------------------------------------------------------------
 
-def _weights(src: Source, root: str, model: str, folder: str, config_name: str,
-             role_of: dict[str, str], refs: dict[str, torch_pickle.TensorRef]) -> list[TensorInfo]:
+
+def _weights(
+    src: Source,
+    root: str,
+    model: str,
+    folder: str,
+    config_name: str,
+    role_of: dict[str, str],
+    refs: dict[str, torch_pickle.TensorRef],
+) -> list[TensorInfo]:
     name = f"{root}data/{folder}/{config_name.format(model)}"
     if name not in src.zip_name_set:
         return []
@@ -163,19 +207,30 @@ def _weights(src: Source, root: str, model: str, folder: str, config_name: str,
         offset_elems = (meta.get("storage_offset") or {}).get("as_int", 0) or 0
         member = f"{root}data/{folder}/{entry.get('path_name')}"
         itemsize = dtypes.itemsize(dtype) or 1
-        extra: dict[str, Any] = {"role": role_of.get(fqn, "constant" if folder == "constants"
-                                                     else "weight"),
-                                 "stride": list(stride), "storage_offset": offset_elems}
+        extra: dict[str, Any] = {
+            "role": role_of.get(fqn, "constant" if folder == "constants" else "weight"),
+            "stride": list(stride),
+            "storage_offset": offset_elems,
+        }
         data_offset = None
         if entry.get("use_pickle"):
             extra["pickled"] = True  # a torch.save'd tensor: listed, not loaded
-        elif member in src.zip_name_set and min(shape + stride, default=0) >= 0 and \
-                dtypes.itemsize(dtype) is not None and \
-                len(shape) == len(stride) and type(offset_elems) is int and offset_elems >= 0:
+        elif (
+            member in src.zip_name_set
+            and min(shape + stride, default=0) >= 0
+            and dtypes.itemsize(dtype) is not None
+            and len(shape) == len(stride)
+            and type(offset_elems) is int
+            and offset_elems >= 0
+        ):
             start = torch_pickle.zip_data_offset(src, member)
             size = src.zip().getinfo(member).file_size
-            storage = torch_pickle.StorageRef(entry.get("path_name", ""), dtype, size // itemsize,
-                                         str((meta.get("device") or {}).get("type", "cpu")))
+            storage = torch_pickle.StorageRef(
+                entry.get("path_name", ""),
+                dtype,
+                size // itemsize,
+                str((meta.get("device") or {}).get("type", "cpu")),
+            )
             ref = torch_pickle.TensorRef(storage, dtype, offset_elems, shape, stride, "tensor")
             if math.prod(shape) and offset_elems + torch_pickle.span(shape, stride) > storage.numel:
                 raise CorruptFile(src.path, f"tensor {fqn!r}: view overruns {member!r}")
@@ -184,8 +239,11 @@ def _weights(src: Source, root: str, model: str, folder: str, config_name: str,
                 data_offset = start + offset_elems * itemsize
         if not torch_pickle.is_contiguous(shape, stride):
             extra["contiguous"] = False
-        out.append(TensorInfo(fqn, dtype, shape, max(0, math.prod(shape)) * itemsize,
-                              data_offset, member, extra))
+        out.append(
+            TensorInfo(
+                fqn, dtype, shape, max(0, math.prod(shape)) * itemsize, data_offset, member, extra
+            )
+        )
     return out
 
 
@@ -200,9 +258,15 @@ def _from_graph_meta(program: dict, inputs: list[dict]) -> list[TensorInfo]:
         meta = values[spec["arg"]]
         dtype = scalar_type(meta.get("dtype"))
         shape = _dims(meta.get("sizes"))
-        out.append(TensorInfo(spec.get("target", spec["arg"]), dtype, shape,
-                              max(0, math.prod(shape)) * (dtypes.itemsize(dtype) or 1),
-                              extra={"role": _SPEC_KINDS[kind][1]}))
+        out.append(
+            TensorInfo(
+                spec.get("target", spec["arg"]),
+                dtype,
+                shape,
+                max(0, math.prod(shape)) * (dtypes.itemsize(dtype) or 1),
+                extra={"role": _SPEC_KINDS[kind][1]},
+            )
+        )
     return out
 
 
@@ -217,8 +281,9 @@ def read(src: Source, match) -> ModelInfo:
     except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
         # the ExportedProgram schema is deep; a value of the wrong type anywhere in it is a
         # broken file, reported in one line rather than guarded at every access
-        raise CorruptFile(src.path, f"malformed exported program JSON "
-                          f"({type(exc).__name__}: {exc})") from None
+        raise CorruptFile(
+            src.path, f"malformed exported program JSON ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _read(src: Source) -> ModelInfo:
@@ -226,9 +291,13 @@ def _read(src: Source) -> ModelInfo:
     root = _root(names)
     if root is None:
         raise CorruptFile(src.path, "not a PT2 archive")
-    models = sorted(n[len(root) + len("models/"):-len(".json")] for n in names
-                    if n.startswith(f"{root}models/") and n.endswith(".json")
-                    and n.count("/") == root.count("/") + 1)
+    models = sorted(
+        n[len(root) + len("models/") : -len(".json")]
+        for n in names
+        if n.startswith(f"{root}models/")
+        and n.endswith(".json")
+        and n.count("/") == root.count("/") + 1
+    )
     legacy_json = f"{root}serialized_exported_program.json"
     if models:
         model = "model" if "model" in models else models[0]
@@ -236,18 +305,23 @@ def _read(src: Source) -> ModelInfo:
     elif legacy_json in names:
         model, program = None, _json(src, legacy_json)
     else:
-        raise CorruptFile(src.path, "PT2 archive has no models/*.json nor "
-                          "serialized_exported_program.json")
+        raise CorruptFile(
+            src.path, "PT2 archive has no models/*.json nor serialized_exported_program.json"
+        )
     if not isinstance(program, dict):
         raise CorruptFile(src.path, "exported program JSON is not an object")
     inputs, outputs = _signature(program)
-    role_of = {s["target"]: _SPEC_KINDS[s["kind"]][1] for s in inputs
-               if s["kind"] in _SPEC_KINDS and "target" in s}
+    role_of = {
+        s["target"]: _SPEC_KINDS[s["kind"]][1]
+        for s in inputs
+        if s["kind"] in _SPEC_KINDS and "target" in s
+    }
     refs: dict[str, torch_pickle.TensorRef] = {}
     if model is not None:
         tensors = _weights(src, root, model, "weights", "{}_weights_config.json", role_of, refs)
-        tensors += _weights(src, root, model, "constants", "{}_constants_config.json", role_of,
-                            refs)
+        tensors += _weights(
+            src, root, model, "constants", "{}_constants_config.json", role_of, refs
+        )
         order = {s.get("target"): i for i, s in enumerate(inputs)}
         tensors.sort(key=lambda t: order.get(t.name, len(order)))
     else:
@@ -256,7 +330,7 @@ def _read(src: Source) -> ModelInfo:
     call_graph = (program.get("graph_module") or {}).get("module_call_graph") or []
     forward_args = None
     if call_graph and isinstance(call_graph[0], dict):
-        forward_args = ((call_graph[0].get("signature") or {}).get("forward_arg_names"))
+        forward_args = (call_graph[0].get("signature") or {}).get("forward_arg_names")
     details = {
         "archive_prefix": root.rstrip("/"),
         "archive_version": _small(src, f"{root}archive_version"),
@@ -278,10 +352,15 @@ def _read(src: Source) -> ModelInfo:
         "has_sample_inputs": any(n.startswith(f"{root}data/sample_inputs/") for n in names),
         "has_aotinductor": any(n.startswith(f"{root}data/aotinductor/") for n in names),
     }
-    return ModelInfo(path=str(src.path), format=FORMAT,
-                     format_version=details["archive_version"], tensors=tensors,
-                     details={FORMAT: details}, graph=None,
-                     tensor_loader=_loader(src, refs, details["byteorder"] or "little"))
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        format_version=details["archive_version"],
+        tensors=tensors,
+        details={FORMAT: details},
+        graph=None,
+        tensor_loader=_loader(src, refs, details["byteorder"] or "little"),
+    )
 
 
 def _loader(src: Source, refs: dict[str, torch_pickle.TensorRef], byteorder: str):
@@ -291,8 +370,10 @@ def _loader(src: Source, refs: dict[str, torch_pickle.TensorRef], byteorder: str
         if info.name not in refs:
             from ..errors import InvalidRequest
 
-            raise InvalidRequest(f"{src.path}: tensor {info.name!r} is stored pickled or only "
-                                 f"described (old .pt2 layout); keishiki does not load it")
+            raise InvalidRequest(
+                f"{src.path}: tensor {info.name!r} is stored pickled or only "
+                f"described (old .pt2 layout); keishiki does not load it"
+            )
         return base(info)
 
     return load

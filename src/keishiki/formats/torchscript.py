@@ -36,8 +36,19 @@ SHOW_CODE_BYTES = 64 * 1024  # the top module's code shown in details
 MAX_CODE_FILES_PARSED = 2000
 MAX_CODE_BYTES_SCANNED = 64 * 1024 * 1024  # all code files together, for the op census
 # operator namespaces every TorchScript program uses; anything else needs a custom library
-STANDARD_OP_NAMESPACES = {"aten", "prim", "quantized", "_quantized", "prepacked", "profiler",
-                          "_caffe2", "torchvision", "image", "_c10d_functional", "c10d"}
+STANDARD_OP_NAMESPACES = {
+    "aten",
+    "prim",
+    "quantized",
+    "_quantized",
+    "prepacked",
+    "profiler",
+    "_caffe2",
+    "torchvision",
+    "image",
+    "_c10d_functional",
+    "c10d",
+}
 _OP_REF = re.compile(rb"\bops\.([A-Za-z_][A-Za-z_0-9]*)\.([A-Za-z_][A-Za-z_0-9]*)")
 _CLASS_REF = re.compile(rb"\btorch\.classes\.([A-Za-z_][A-Za-z_0-9]*)\.([A-Za-z_][A-Za-z_0-9]*)")
 
@@ -64,6 +75,7 @@ def sniff(src: Source):
 
 
 # ---- code files ------------------------------------------------------------------------------
+
 
 @dataclass
 class ClassCode:
@@ -118,7 +130,9 @@ def _schema(fn: ast.FunctionDef) -> str:
 
 def _string_list(node: ast.expr) -> list[str]:
     if isinstance(node, (ast.List, ast.Tuple)):
-        return [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+        return [
+            e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+        ]
     return []
 
 
@@ -133,7 +147,7 @@ def _source_segment(source: str, lines: list[str] | None, node: ast.AST) -> str 
         return lines[lineno].encode()[col:end_col].decode()
     first = lines[lineno].encode()[col:].decode()
     last = lines[end_lineno].encode()[:end_col].decode()
-    return "".join([first, *lines[lineno + 1:end_lineno], last])
+    return "".join([first, *lines[lineno + 1 : end_lineno], last])
 
 
 def parse_classes(source: str) -> dict[str, ClassCode]:
@@ -150,8 +164,11 @@ def parse_classes(source: str) -> dict[str, ClassCode]:
             continue
         cls = ClassCode(node.name)
         for item in node.body:
-            if isinstance(item, ast.Assign) and len(item.targets) == 1 and \
-                    isinstance(item.targets[0], ast.Name):
+            if (
+                isinstance(item, ast.Assign)
+                and len(item.targets) == 1
+                and isinstance(item.targets[0], ast.Name)
+            ):
                 if item.targets[0].id == "__parameters__":
                     cls.parameters = _string_list(item.value)
                 elif item.targets[0].id == "__buffers__":
@@ -205,9 +222,13 @@ class CodeIndex:
 
 # ---- the module tree --------------------------------------------------------------------------
 
+
 def _is_script_object(value: Any) -> bool:
-    return isinstance(value, Call) and isinstance(value.func, GlobalRef) and \
-        value.func.module.startswith("__torch__")
+    return (
+        isinstance(value, Call)
+        and isinstance(value.func, GlobalRef)
+        and value.func.module.startswith("__torch__")
+    )
 
 
 def _attributes(obj: Call) -> list[tuple[str, Any]]:
@@ -264,8 +285,11 @@ def read(src: Source, match) -> ModelInfo:
     if prefix is None:
         raise CorruptFile(src.path, "not a TorchScript archive (no data.pkl/constants.pkl/code)")
     where = f"{src.path}:{prefix}data.pkl"
-    rec = read_pickle(src.read_member(prefix + "data.pkl", pytorch.MAX_PICKLE_BYTES), path=where,
-                      max_ops=pytorch.MAX_OPS)
+    rec = read_pickle(
+        src.read_member(prefix + "data.pkl", pytorch.MAX_PICKLE_BYTES),
+        path=where,
+        max_ops=pytorch.MAX_OPS,
+    )
     code = CodeIndex(src, prefix)
     location = torch_pickle.zip_storage_locator(src, prefix)
     tensors: list[TensorInfo] = []
@@ -279,8 +303,11 @@ def read(src: Source, match) -> ModelInfo:
             param_numel += numel
         itemsize = dtypes.itemsize(ref.dtype) or 1
         offset = member = None
-        extra: dict[str, Any] = {"role": role, "stride": list(ref.stride),
-                                 "storage_offset": ref.storage_offset}
+        extra: dict[str, Any] = {
+            "role": role,
+            "stride": list(ref.stride),
+            "storage_offset": ref.storage_offset,
+        }
         if ref.storage is not None:
             start, member = location(ref.storage)
             extra["storage_key"] = ref.storage.key
@@ -290,22 +317,31 @@ def read(src: Source, match) -> ModelInfo:
             extra["owner_class"] = owner.qualname
         if not torch_pickle.is_contiguous(ref.shape, ref.stride):
             extra["contiguous"] = False
-        tensors.append(TensorInfo(name, ref.dtype, ref.shape, numel * itemsize, offset, member,
-                                  extra))
+        tensors.append(
+            TensorInfo(name, ref.dtype, ref.shape, numel * itemsize, offset, member, extra)
+        )
         refs[name] = ref
     details = _details(src, prefix, rec, code, roles, param_numel)
     byteorder = details.get("byteorder") or "little"
-    return ModelInfo(path=str(src.path), format=FORMAT, format_version=details["version_record"],
-                     tensors=tensors, details={FORMAT: details},
-                     warnings=["TorchScript archives carry code (code/ files) that runs when "
-                               "loaded with torch.jit.load"],
-                     tensor_loader=torch_pickle.loader_for(src.path, refs, byteorder))
+    return ModelInfo(
+        path=str(src.path),
+        format=FORMAT,
+        format_version=details["version_record"],
+        tensors=tensors,
+        details={FORMAT: details},
+        warnings=[
+            "TorchScript archives carry code (code/ files) that runs when "
+            "loaded with torch.jit.load"
+        ],
+        tensor_loader=torch_pickle.loader_for(src.path, refs, byteorder),
+    )
 
 
-def _details(src: Source, prefix: str, rec, code: CodeIndex, roles: dict[str, int],
-             param_numel: int) -> dict[str, Any]:
+def _details(
+    src: Source, prefix: str, rec, code: CodeIndex, roles: dict[str, int], param_numel: int
+) -> dict[str, Any]:
     names = src.zip_names
-    rel = [n[len(prefix):] for n in names if n.startswith(prefix)]
+    rel = [n[len(prefix) :] for n in names if n.startswith(prefix)]
     root = rec.value
     root_class = root.qualname if isinstance(root, Call) else None
     top = code.cls(root_class) if root_class else None
@@ -323,7 +359,7 @@ def _details(src: Source, prefix: str, rec, code: CodeIndex, roles: dict[str, in
         "globals": sorted({g.qualname for g in rec.globals}),
         "pickle_protocol": rec.protocol,
         "code_files": sorted(r for r in rel if r.startswith("code/") and r.endswith(".py")),
-        "extra_files": sorted(r[len("extra/"):] for r in rel if r.startswith("extra/")),
+        "extra_files": sorted(r[len("extra/") :] for r in rel if r.startswith("extra/")),
         "has_bytecode_pkl": "bytecode.pkl" in rel,
         "has_constants_pkl": "constants.pkl" in rel,
         "has_traced_inputs": "traced_inputs.pkl" in rel,
@@ -364,8 +400,11 @@ def _op_census(src: Source, prefix: str) -> dict[str, Any]:
             if ns.decode() not in STANDARD_OP_NAMESPACES:
                 custom.add(f"{ns.decode()}.{op.decode()}")
         classes.update(f"{a.decode()}.{b.decode()}" for a, b in _CLASS_REF.findall(text))
-    return {"op_namespaces": dict(namespaces.most_common()), "custom_ops": sorted(custom),
-            "custom_classes": sorted(classes)}
+    return {
+        "op_namespaces": dict(namespaces.most_common()),
+        "custom_ops": sorted(custom),
+        "custom_classes": sorted(classes),
+    }
 
 
 def _small(src: Source, name: str) -> str | None:
@@ -379,8 +418,11 @@ def _constants(src: Source, prefix: str) -> list[str]:
     name = prefix + "constants.pkl"
     if not _has_member(src, name):
         return []
-    rec = read_pickle(src.read_member(name, pytorch.MAX_PICKLE_BYTES), path=f"{src.path}:{name}",
-                      max_ops=pytorch.MAX_OPS)
+    rec = read_pickle(
+        src.read_member(name, pytorch.MAX_PICKLE_BYTES),
+        path=f"{src.path}:{name}",
+        max_ops=pytorch.MAX_OPS,
+    )
     values = rec.value if isinstance(rec.value, tuple) else (rec.value,)
     out = []
     for v in values[:1000]:

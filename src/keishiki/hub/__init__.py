@@ -28,8 +28,14 @@ def is_hf_path(path: object) -> bool:
 
 # onnx.hub's API, imported from .zoo on first use (it stays light: huggingface_hub is imported
 # only when a function runs)
-_ZOO = ("list_models", "get_model_info", "load", "download_model_with_test_data", "ModelInfo",
-        "DEFAULT_REPO")
+_ZOO = (
+    "list_models",
+    "get_model_info",
+    "load",
+    "download_model_with_test_data",
+    "ModelInfo",
+    "DEFAULT_REPO",
+)
 
 
 def __getattr__(name: str):

@@ -23,8 +23,10 @@ def hf() -> ModuleType:
     is older than the API keishiki uses (cached tree listings, ``hf://`` URIs: 2.x)."""
     hub = require("huggingface_hub", extra="hf", purpose="talk to the Hugging Face Hub")
     if not hasattr(hub, "get_cached_repo_tree") or not hasattr(hub.utils, "parse_hf_uri"):
-        raise HubError(f"huggingface_hub {hub.__version__} is too old for keishiki's Hub "
-                       f"commands (tested with 2.4): pip install -U 'huggingface_hub>=2.4'")
+        raise HubError(
+            f"huggingface_hub {hub.__version__} is too old for keishiki's Hub "
+            f"commands (tested with 2.4): pip install -U 'huggingface_hub>=2.4'"
+        )
     return hub
 
 
@@ -64,9 +66,11 @@ def _check_cache_headers(response) -> None:
             continue
         name = value.strip().removeprefix("W/").strip('"')
         if not plain_name(name):
-            raise HubError(f"{endpoint()} answered {response.request.url.path} with {key} "
-                           f"{value[:80]!r}: not a plain hash, refused (it would name a file "
-                           f"outside the cache)")
+            raise HubError(
+                f"{endpoint()} answered {response.request.url.path} with {key} "
+                f"{value[:80]!r}: not a plain hash, refused (it would name a file "
+                f"outside the cache)"
+            )
 
 
 @contextlib.contextmanager
@@ -97,11 +101,15 @@ def model_info(spec: "RepoSpec", **kwargs):
     except hub.errors.HFValidationError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise HubError(f"{spec.label} on {endpoint()}: the Hub's repository information is "
-                       f"malformed ({type(exc).__name__}: {str(exc)[:80]})") from None
+        raise HubError(
+            f"{spec.label} on {endpoint()}: the Hub's repository information is "
+            f"malformed ({type(exc).__name__}: {str(exc)[:80]})"
+        ) from None
     if not (isinstance(info.sha, str) and COMMIT.fullmatch(info.sha)):
-        raise HubError(f"{spec.label} on {endpoint()}: the Hub names commit "
-                       f"{str(info.sha)[:80]!r}, not a 40-digit hash: refused")
+        raise HubError(
+            f"{spec.label} on {endpoint()}: the Hub names commit "
+            f"{str(info.sha)[:80]!r}, not a 40-digit hash: refused"
+        )
     return info
 
 
@@ -136,10 +144,10 @@ def parse_repo(text: str) -> RepoSpec:
 def _check_revision(text: str, revision: str | None) -> None:
     """A revision names a ref, and huggingface_hub joins it to cache paths (``refs/<rev>``):
     no ``..`` part, no absolute path, no backslash (git refuses them in ref names too)."""
-    if revision and (revision.startswith("/") or "\\" in revision
-                     or ".." in revision.split("/")):
-        raise InvalidRequest(f"{text}: {revision!r} is not a revision (a branch, tag, commit "
-                             f"or refs/pr/N)")
+    if revision and (revision.startswith("/") or "\\" in revision or ".." in revision.split("/")):
+        raise InvalidRequest(
+            f"{text}: {revision!r} is not a revision (a branch, tag, commit or refs/pr/N)"
+        )
 
 
 def parse_hf_path(path: str) -> RepoSpec:
@@ -152,11 +160,14 @@ def parse_hf_path(path: str) -> RepoSpec:
     try:
         uri = hf().utils.parse_hf_uri(path)
     except ValueError as exc:
-        raise InvalidRequest(f"{path}: not an hf:// path ({str(exc).splitlines()[0]}); write "
-                             f"hf://ORG/NAME[@REV][/FILE]") from None
+        raise InvalidRequest(
+            f"{path}: not an hf:// path ({str(exc).splitlines()[0]}); write "
+            f"hf://ORG/NAME[@REV][/FILE]"
+        ) from None
     if uri.type != "model":
-        raise InvalidRequest(f"{path}: a {uri.type} repository; keishiki reads model "
-                             f"repositories (hf://ORG/NAME)")
+        raise InvalidRequest(
+            f"{path}: a {uri.type} repository; keishiki reads model repositories (hf://ORG/NAME)"
+        )
     _check_revision(path, uri.revision)
     return RepoSpec(uri.id, uri.revision, uri.path_in_repo.strip("/"))
 
@@ -166,29 +177,39 @@ def _message(exc: BaseException, spec: RepoSpec, remote: bool) -> str | None:
     ``remote``: the failure was reading ``hf://`` by range (which no cache answers)."""
     errors = hf().errors
     if remote and offline() and isinstance(exc, errors.OfflineModeIsEnabled):
-        return (f"hf://{spec.label}: HF_HUB_OFFLINE=1 forbids reading the Hub; inspect the "
-                f"snapshot folder `keishiki pull` left in the cache instead")
+        return (
+            f"hf://{spec.label}: HF_HUB_OFFLINE=1 forbids reading the Hub; inspect the "
+            f"snapshot folder `keishiki pull` left in the cache instead"
+        )
     where = f"{spec.label} on {endpoint()}"
     if isinstance(exc, errors.GatedRepoError):
-        return (f"{where}: gated repository: accept its terms at {endpoint()}/{spec.repo_id} "
-                f"and log in (`hf auth login` or HF_TOKEN)")
+        return (
+            f"{where}: gated repository: accept its terms at {endpoint()}/{spec.repo_id} "
+            f"and log in (`hf auth login` or HF_TOKEN)"
+        )
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return (f"{where}: repository not found (or private: log in with `hf auth login` or "
-                f"HF_TOKEN)")
+        return (
+            f"{where}: repository not found (or private: log in with `hf auth login` or HF_TOKEN)"
+        )
     if isinstance(exc, errors.RevisionNotFoundError):
         return f"{where}: revision {spec.revision!r} not found (a branch, tag or commit)"
     if isinstance(exc, errors.RemoteEntryNotFoundError):
         return f"{where}: no file {spec.path_in_repo or '(unknown)'!r} in the repository"
     if isinstance(exc, errors.IncompleteSnapshotError):
-        return (f"{spec.label}: the cached snapshot is incomplete and the Hub cannot be reached "
-                f"(HF_HUB_OFFLINE?): pull it again online")
+        return (
+            f"{spec.label}: the cached snapshot is incomplete and the Hub cannot be reached "
+            f"(HF_HUB_OFFLINE?): pull it again online"
+        )
     if isinstance(exc, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)):
         if offline():
-            return (f"{spec.label}: not in the cache ({hf().constants.HF_HUB_CACHE}) and "
-                    f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online")
+            return (
+                f"{spec.label}: not in the cache ({hf().constants.HF_HUB_CACHE}) and "
+                f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online"
+            )
         return f"{spec.label}: not in the cache and {endpoint()} cannot be reached"
-    if isinstance(exc, ValueError) and str(exc).startswith(("Invalid filename",
-                                                            "Invalid pointer path")):
+    if isinstance(exc, ValueError) and str(exc).startswith(
+        ("Invalid filename", "Invalid pointer path")
+    ):
         # huggingface_hub's own refusal of a file name that would leave the cache or
         # local_dir ("../x", "/abs"): a hostile listing, said in one line, not as a crash
         return f"{where}: the Hub lists a file name it refuses ({str(exc).split(':')[0][:120]})"
@@ -203,8 +224,10 @@ def _message(exc: BaseException, spec: RepoSpec, remote: bool) -> str | None:
     if httpx is not None and isinstance(exc, httpx.TransportError):
         # huggingface_hub resumed by itself a few times, gave up and deleted its partial
         # file: no snapshot link points at half a file
-        return (f"{spec.label}: the download from {endpoint()} broke off "
-                f"({type(exc).__name__}); run it again")
+        return (
+            f"{spec.label}: the download from {endpoint()} broke off "
+            f"({type(exc).__name__}); run it again"
+        )
     return None
 
 

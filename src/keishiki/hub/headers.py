@@ -23,8 +23,7 @@ GGUF_MAX_HEADER = 64 * 1024 * 1024
 SHARD_WORKERS = 8
 
 
-def safetensors_header(repo: RangedRepo,
-                       name: str) -> tuple[list[TensorInfo], dict[str, str]]:
+def safetensors_header(repo: RangedRepo, name: str) -> tuple[list[TensorInfo], dict[str, str]]:
     """The tensors and ``__metadata__`` of one safetensors file: its length and header from
     one request when the header fits :func:`safetensors_first_read`, else two."""
     from ..formats import safetensors as st
@@ -36,9 +35,13 @@ def safetensors_header(repo: RangedRepo,
     prefix = repo.read(name, 0, safetensors_first_read(size))
     (n,) = struct.unpack("<Q", prefix[:8])
     if n > st.MAX_HEADER_BYTES or 8 + n > size:
-        raise CorruptFile(where, f"header length {n} exceeds the file size {size} (or the "
-                          f"{st.MAX_HEADER_BYTES}-byte limit)", offset=0)
-    header = prefix[8:8 + n]
+        raise CorruptFile(
+            where,
+            f"header length {n} exceeds the file size {size} (or the "
+            f"{st.MAX_HEADER_BYTES}-byte limit)",
+            offset=0,
+        )
+    header = prefix[8 : 8 + n]
     if len(header) < n:  # a header longer than the first read: the rest, exactly
         header += repo.read(name, len(prefix), 8 + n - len(prefix))
     try:
@@ -47,9 +50,17 @@ def safetensors_header(repo: RangedRepo,
         raise CorruptFile(where, str(exc), offset=8) from None
     from ..core import dtypes
 
-    tensors = [TensorInfo(t, dtypes.from_safetensors(code), shape, end - begin,
-                          data_offset=8 + n + begin, file=name)
-               for t, code, shape, begin, end in entries]
+    tensors = [
+        TensorInfo(
+            t,
+            dtypes.from_safetensors(code),
+            shape,
+            end - begin,
+            data_offset=8 + n + begin,
+            file=name,
+        )
+        for t, code, shape, begin, end in entries
+    ]
     return tensors, metadata
 
 
@@ -60,8 +71,7 @@ def safetensors_first_read(size: int) -> int:
     return min(size, max(8, min(SAFETENSORS_FIRST_READ, size // 100)))
 
 
-def read_shards(repo: RangedRepo,
-                shards: list[str]) -> tuple[list[TensorInfo], dict[str, str]]:
+def read_shards(repo: RangedRepo, shards: list[str]) -> tuple[list[TensorInfo], dict[str, str]]:
     """Every shard's header, a few at a time (each is two small independent requests)."""
     with ThreadPoolExecutor(max_workers=min(SHARD_WORKERS, max(len(shards), 1))) as pool:
         results = list(pool.map(lambda s: safetensors_header(repo, s), shards))
@@ -77,8 +87,11 @@ def gguf_models(repo: RangedRepo) -> list[str]:
     """GGUF files that start a model (a split model counts once, by its first split)."""
     from ..formats.gguf_split import is_later_split
 
-    return [f for f in sorted(repo.sizes)
-            if f.lower().endswith(".gguf") and not is_later_split(posixpath.basename(f))]
+    return [
+        f
+        for f in sorted(repo.sizes)
+        if f.lower().endswith(".gguf") and not is_later_split(posixpath.basename(f))
+    ]
 
 
 def gguf_header(repo: RangedRepo, name: str) -> ModelInfo:
@@ -100,24 +113,44 @@ def gguf_header(repo: RangedRepo, name: str) -> ModelInfo:
         except (struct.error, IndexError):
             pass  # the header goes on past the prefix
         if want >= min(size, GGUF_MAX_HEADER):
-            raise CorruptFile(where, f"no complete GGUF header in the first {want} bytes "
-                              f"(pull the file to inspect it)")
+            raise CorruptFile(
+                where,
+                f"no complete GGUF header in the first {want} bytes (pull the file to inspect it)",
+            )
         want = min(size, want * 4, GGUF_MAX_HEADER)
     kv = header.kv
     tokens = kv.get("tokenizer.ggml.tokens")
-    info = {"version": header.version, "architecture": kv.get("general.architecture"),
-            "tensor_count": len(header.tensors), "kv_count": header.kv_count,
-            "alignment": header.alignment, "tensor_data_offset": header.data_offset,
-            "n_vocab_tokens": tokens["length"] if isinstance(tokens, dict) else (
-                len(tokens) if isinstance(tokens, list) else None),
-            "ggml_types": gguf._type_histogram(header.tensors), "kv": kv,
-            "header_bytes": header.data_offset}
+    info = {
+        "version": header.version,
+        "architecture": kv.get("general.architecture"),
+        "tensor_count": len(header.tensors),
+        "kv_count": header.kv_count,
+        "alignment": header.alignment,
+        "tensor_data_offset": header.data_offset,
+        "n_vocab_tokens": tokens["length"]
+        if isinstance(tokens, dict)
+        else (len(tokens) if isinstance(tokens, list) else None),
+        "ggml_types": gguf._type_histogram(header.tensors),
+        "kv": kv,
+        "header_bytes": header.data_offset,
+    }
     warnings = []
     if "split.count" in kv and (kv.get("split.count") or 1) > 1:
-        warnings.append(f"split {kv.get('split.no', 0) + 1} of {kv['split.count']}: only this "
-                        f"split's tensors are listed")
+        warnings.append(
+            f"split {kv.get('split.no', 0) + 1} of {kv['split.count']}: only this "
+            f"split's tensors are listed"
+        )
     info["file"] = name
-    return ModelInfo(path=name, format="gguf", format_version=str(header.version),
-                     tensors=header.tensors, gguf=info, warnings=warnings,
-                     metadata={k: v for k, v in kv.items()
-                               if k.startswith("general.") and not isinstance(v, (dict, list))})
+    return ModelInfo(
+        path=name,
+        format="gguf",
+        format_version=str(header.version),
+        tensors=header.tensors,
+        gguf=info,
+        warnings=warnings,
+        metadata={
+            k: v
+            for k, v in kv.items()
+            if k.startswith("general.") and not isinstance(v, (dict, list))
+        },
+    )

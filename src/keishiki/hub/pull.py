@@ -37,8 +37,11 @@ class ScannedReport:
         return self.scan.exit_code(allow_unknown) if self.scan is not None else 0
 
     def _scan_fields(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "exit_code": self.exit_code(),
-                "scan": self.scan.to_dict(include_safe=False) if self.scan is not None else None}
+        return {
+            "verdict": self.verdict,
+            "exit_code": self.exit_code(),
+            "scan": self.scan.to_dict(include_safe=False) if self.scan is not None else None,
+        }
 
 
 @dataclass
@@ -71,15 +74,30 @@ class PullReport(ScannedReport):
 
     def to_dict(self) -> dict[str, Any]:
         """The ``pull --json`` object."""
-        return {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit,
-                "folder": str(self.folder), "files": self.files, "n_files": len(self.files),
-                "nbytes": self.nbytes, "skipped": self.skipped, "offline": self.offline,
-                "warnings": self.warnings, **self._scan_fields()}
+        return {
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "folder": str(self.folder),
+            "files": self.files,
+            "n_files": len(self.files),
+            "nbytes": self.nbytes,
+            "skipped": self.skipped,
+            "offline": self.offline,
+            "warnings": self.warnings,
+            **self._scan_fields(),
+        }
 
 
-def pull(repo_id: str, revision: str | None = None, include: Sequence[str] | None = None,
-         exclude: Sequence[str] | None = None, local_dir: str | os.PathLike | None = None,
-         prefer_safetensors: bool = False, quiet: bool = False) -> PullReport:
+def pull(
+    repo_id: str,
+    revision: str | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    local_dir: str | os.PathLike | None = None,
+    prefer_safetensors: bool = False,
+    quiet: bool = False,
+) -> PullReport:
     """Download a model repository through huggingface_hub and scan every file of it.
 
     The files land in huggingface_hub's cache (``HF_HUB_CACHE``, default
@@ -125,20 +143,29 @@ def pull(repo_id: str, revision: str | None = None, include: Sequence[str] | Non
                     revision = _pinned(spec, commit, local_dir)
         if prefer_safetensors:
             if files is None:
-                warnings.append("--prefer-safetensors: the file list is not known offline and "
-                                "not cached; nothing was skipped")
+                warnings.append(
+                    "--prefer-safetensors: the file list is not known offline and "
+                    "not cached; nothing was skipped"
+                )
             else:
                 skipped = skipped_for_safetensors(_filtered(files, include, exclude))
         ignore = [*(exclude or []), *map(literal_pattern, skipped)] or None
         if local_dir is None and (cleared := _clear_killed_partials(spec)):
-            warnings.append(f"removed {cleared} partial download(s) a killed pull left in "
-                            f"the cache")
+            warnings.append(
+                f"removed {cleared} partial download(s) a killed pull left in the cache"
+            )
         try:
             with _progress(quiet), _no_match_said_once():
-                folder = Path(hub.snapshot_download(
-                    spec.repo_id, revision=revision,
-                    allow_patterns=list(include or []) or None, ignore_patterns=ignore,
-                    local_dir=local_dir, local_files_only=api_error is not None))
+                folder = Path(
+                    hub.snapshot_download(
+                        spec.repo_id,
+                        revision=revision,
+                        allow_patterns=list(include or []) or None,
+                        ignore_patterns=ignore,
+                        local_dir=local_dir,
+                        local_files_only=api_error is not None,
+                    )
+                )
         except hub.errors.LocalEntryNotFoundError:
             # not cached either: say why the Hub could not answer (gated, not found...)
             if api_error is None or not isinstance(api_error, hub.errors.HfHubHTTPError):
@@ -152,19 +179,33 @@ def pull(repo_id: str, revision: str | None = None, include: Sequence[str] | Non
     commit = snapshot_commit or commit or _commit_from_refs(spec)
     files, nbytes = _pulled(spec, commit, folder, local_dir, include, ignore)
     if not files:
-        raise InvalidRequest(f"{spec.label}: no file of the repository matches "
-                             f"{_patterns(include, exclude)}: nothing was pulled")
+        raise InvalidRequest(
+            f"{spec.label}: no file of the repository matches "
+            f"{_patterns(include, exclude)}: nothing was pulled"
+        )
     from .._scan import scan
 
-    return PullReport(spec.repo_id, spec.revision, commit, folder, files, nbytes, skipped,
-                      offline=_hf.offline(), warnings=warnings, scan=scan(folder))
+    return PullReport(
+        spec.repo_id,
+        spec.revision,
+        commit,
+        folder,
+        files,
+        nbytes,
+        skipped,
+        offline=_hf.offline(),
+        warnings=warnings,
+        scan=scan(folder),
+    )
 
 
 def _spec(repo_id: str, revision: str | None) -> _hf.RepoSpec:
     spec = _hf.parse_repo(repo_id)
     if revision is not None and spec.revision is not None and revision != spec.revision:
-        raise InvalidRequest(f"{repo_id}: two revisions given ({spec.revision!r} in the name, "
-                             f"{revision!r} as revision)")
+        raise InvalidRequest(
+            f"{repo_id}: two revisions given ({spec.revision!r} in the name, "
+            f"{revision!r} as revision)"
+        )
     return _hf.RepoSpec(spec.repo_id, spec.revision or revision)
 
 
@@ -174,8 +215,9 @@ def _repo_files(spec: _hf.RepoSpec, local_dir) -> tuple[list[str] | None, str | 
     hub = _hf.hf()
     if _hf.offline():
         try:
-            cached = hub.get_cached_repo_tree(spec.repo_id, revision=spec.revision,
-                                              local_dir=local_dir)
+            cached = hub.get_cached_repo_tree(
+                spec.repo_id, revision=spec.revision, local_dir=local_dir
+            )
         except hub.errors.CachedRepoTreeNotFoundError:
             return None, None
         return [f.path for f in cached], None
@@ -195,13 +237,22 @@ def check_snapshot(ref: str, spec: _hf.RepoSpec, folder: Path) -> None:
     """
     from huggingface_hub.file_download import repo_folder_name
 
-    snapshots = (Path(_hf.hf().constants.HF_HUB_CACHE).expanduser()
-                 / repo_folder_name(repo_id=spec.repo_id, repo_type="model") / "snapshots")
+    snapshots = (
+        Path(_hf.hf().constants.HF_HUB_CACHE).expanduser()
+        / repo_folder_name(repo_id=spec.repo_id, repo_type="model")
+        / "snapshots"
+    )
     real = Path(os.path.abspath(folder))
-    if real.parent != Path(os.path.abspath(snapshots)) or not _hf.plain_name(real.name) \
-            or folder.is_symlink():
-        raise UnsafeFile(folder, f"refuses {ref}: the cache answers a folder that is not a "
-                                 f"snapshot of {spec.repo_id} ({snapshots}/<commit>)")
+    if (
+        real.parent != Path(os.path.abspath(snapshots))
+        or not _hf.plain_name(real.name)
+        or folder.is_symlink()
+    ):
+        raise UnsafeFile(
+            folder,
+            f"refuses {ref}: the cache answers a folder that is not a "
+            f"snapshot of {spec.repo_id} ({snapshots}/<commit>)",
+        )
 
 
 def _cache_may_answer(exc: Exception) -> bool:
@@ -210,10 +261,13 @@ def _cache_may_answer(exc: Exception) -> bool:
     with ``local_files_only`` so that no second answer of the Hub is trusted instead."""
     errors = _hf.hf().errors
     httpx = _hf._httpx()
-    unreachable = (errors.OfflineModeIsEnabled,
-                   *((httpx.ConnectError, httpx.TimeoutException) if httpx else ()))
-    return isinstance(exc, unreachable) or (isinstance(exc, errors.HfHubHTTPError)
-                                            and not isinstance(exc, errors.RevisionNotFoundError))
+    unreachable = (
+        errors.OfflineModeIsEnabled,
+        *((httpx.ConnectError, httpx.TimeoutException) if httpx else ()),
+    )
+    return isinstance(exc, unreachable) or (
+        isinstance(exc, errors.HfHubHTTPError) and not isinstance(exc, errors.RevisionNotFoundError)
+    )
 
 
 def _pinned(spec: _hf.RepoSpec, commit: str, local_dir) -> Any:
@@ -227,15 +281,17 @@ def _pinned(spec: _hf.RepoSpec, commit: str, local_dir) -> Any:
     skips for a resolved revision) is written only with a commit that passed.
     """
     from huggingface_hub import ResolvedRevision
-    from huggingface_hub.file_download import (_cache_commit_hash_for_specific_revision,
-                                               repo_folder_name)
+    from huggingface_hub.file_download import (
+        _cache_commit_hash_for_specific_revision,
+        repo_folder_name,
+    )
 
     if spec.revision != commit:
         storage = Path(_hf.hf().constants.HF_HUB_CACHE) / repo_folder_name(
-            repo_id=spec.repo_id, repo_type="model")
+            repo_id=spec.repo_id, repo_type="model"
+        )
         with contextlib.suppress(OSError):  # best effort, as huggingface_hub's own
-            _cache_commit_hash_for_specific_revision(str(storage), spec.revision or "main",
-                                                     commit)
+            _cache_commit_hash_for_specific_revision(str(storage), spec.revision or "main", commit)
     return ResolvedRevision(commit, initial=spec.revision, repo_id=spec.repo_id)
 
 
@@ -279,8 +335,12 @@ def _commit_from_refs(spec: _hf.RepoSpec) -> str | None:
     revision = spec.revision or "main"
     if re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision
-    ref = (Path(_hf.hf().constants.HF_HUB_CACHE)
-           / repo_folder_name(repo_id=spec.repo_id, repo_type="model") / "refs" / revision)
+    ref = (
+        Path(_hf.hf().constants.HF_HUB_CACHE)
+        / repo_folder_name(repo_id=spec.repo_id, repo_type="model")
+        / "refs"
+        / revision
+    )
     try:
         return ref.read_text().strip() or None
     except OSError:
@@ -290,22 +350,32 @@ def _commit_from_refs(spec: _hf.RepoSpec) -> str | None:
 def _filtered(files: list[str], include, exclude) -> list[str]:
     from huggingface_hub.utils import filter_repo_objects
 
-    return list(filter_repo_objects(files, allow_patterns=list(include or []) or None,
-                                    ignore_patterns=list(exclude or []) or None))
+    return list(
+        filter_repo_objects(
+            files,
+            allow_patterns=list(include or []) or None,
+            ignore_patterns=list(exclude or []) or None,
+        )
+    )
 
 
-def _pulled(spec: _hf.RepoSpec, commit: str | None, folder: Path, local_dir, include,
-            ignore) -> tuple[list[str], int]:
+def _pulled(
+    spec: _hf.RepoSpec, commit: str | None, folder: Path, local_dir, include, ignore
+) -> tuple[list[str], int]:
     """The repository files this pull covers and their bytes, from the tree listing
     huggingface_hub cached beside the snapshot (the folder's files when there is none)."""
     hub = _hf.hf()
     try:
-        tree = hub.get_cached_repo_tree(spec.repo_id, revision=commit or spec.revision,
-                                        local_dir=local_dir)
+        tree = hub.get_cached_repo_tree(
+            spec.repo_id, revision=commit or spec.revision, local_dir=local_dir
+        )
         sizes = {f.path: f.size for f in tree}
     except hub.errors.CachedRepoTreeNotFoundError:
-        sizes = {p.relative_to(folder).as_posix(): p.stat().st_size
-                 for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts}
+        sizes = {
+            p.relative_to(folder).as_posix(): p.stat().st_size
+            for p in folder.rglob("*")
+            if p.is_file() and ".cache" not in p.parts
+        }
     files = sorted(_filtered(list(sizes), include, ignore))
     return files, sum(sizes[f] or 0 for f in files)
 

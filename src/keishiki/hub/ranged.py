@@ -95,24 +95,29 @@ class RangedRepo:
         chunks, got = [], 0
         # a timeout: huggingface_hub's shared client has none, and a server that stops
         # sending would hold the look forever
-        with hub.utils.get_session().stream("GET", self.url(name), headers=headers,
-                                             follow_redirects=True,
-                                             timeout=timeout()) as response:
+        with hub.utils.get_session().stream(
+            "GET", self.url(name), headers=headers, follow_redirects=True, timeout=timeout()
+        ) as response:
             hub.utils.hf_raise_for_status(response)
             if response.status_code != 206 and not (offset == 0 and n == self.size(name)):
-                raise CorruptFile(self.where(name), f"the server answered a range request "
-                                  f"with HTTP {response.status_code} (the whole file): not read")
+                raise CorruptFile(
+                    self.where(name),
+                    f"the server answered a range request "
+                    f"with HTTP {response.status_code} (the whole file): not read",
+                )
             if response.status_code == 206:
                 self._check_range(name, response.headers.get("Content-Range"), offset)
             for chunk in response.iter_bytes():
-                chunks.append(chunk[:n - got])
+                chunks.append(chunk[: n - got])
                 got += len(chunks[-1])
                 if got >= n:
                     break
         data = b"".join(chunks)
         if len(data) != n:  # the answer ended early: never pass a short prefix on as the file
-            raise CorruptFile(self.where(name), f"the server sent {len(data)} of the {n} bytes "
-                              f"asked for at offset {offset}")
+            raise CorruptFile(
+                self.where(name),
+                f"the server sent {len(data)} of the {n} bytes asked for at offset {offset}",
+            )
         with self._lock:
             self.bytes_read += len(data)
         return data
@@ -123,9 +128,12 @@ class RangedRepo:
         (the scanner would judge a file that is not the one a loader reads)."""
         m = _CONTENT_RANGE.fullmatch((header or "").strip())
         if not m or int(m[1]) != offset or m[3] not in ("*", str(self.size(name))):
-            raise CorruptFile(self.where(name), f"the server answered bytes {offset}- with "
-                              f"Content-Range {str(header)[:80]!r} (the file is "
-                              f"{self.size(name)} bytes): not read")
+            raise CorruptFile(
+                self.where(name),
+                f"the server answered bytes {offset}- with "
+                f"Content-Range {str(header)[:80]!r} (the file is "
+                f"{self.size(name)} bytes): not read",
+            )
 
     def prefetch_json(self, names: list[str]) -> None:
         """Read these JSON files at once, in parallel (one round trip, not one each); later
@@ -153,13 +161,17 @@ class RangedRepo:
 
     def _read_json(self, name: str) -> Any:
         if self.size(name) > MAX_JSON_BYTES:
-            raise CorruptFile(self.where(name), f"{self.size(name)} bytes: a config or index "
-                              f"larger than {MAX_JSON_BYTES} is not read")
+            raise CorruptFile(
+                self.where(name),
+                f"{self.size(name)} bytes: a config or index "
+                f"larger than {MAX_JSON_BYTES} is not read",
+            )
         try:
             return json.loads(self.read(name, 0, self.size(name)))
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-            raise CorruptFile(self.where(name), f"not JSON: {type(exc).__name__}: "
-                              f"{str(exc)[:120]}") from None
+            raise CorruptFile(
+                self.where(name), f"not JSON: {type(exc).__name__}: {str(exc)[:120]}"
+            ) from None
 
     def where(self, name: str) -> str:
         return f"hf://{self.spec.repo_id}@{self.commit[:12]}/{name}"
@@ -180,15 +192,29 @@ def _check_listing(spec: _hf.RepoSpec, sizes: dict[str, int | None]) -> None:
             or a control character, or is also a folder of another name; a size that is not
             a whole number from 0 to 8 TiB.
     """
-    folders = {"/".join(parts[:i]) for n in sizes if isinstance(n, str)
-               for parts in [n.split("/")] for i in range(1, len(parts))}
+    folders = {
+        "/".join(parts[:i])
+        for n in sizes
+        if isinstance(n, str)
+        for parts in [n.split("/")]
+        for i in range(1, len(parts))
+    }
     for name, size in sizes.items():
-        bad = (not isinstance(name, str) or any(p in ("", ".", "..") for p in name.split("/"))
-               or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name))
+        bad = (
+            not isinstance(name, str)
+            or any(p in ("", ".", "..") for p in name.split("/"))
+            or "\\" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        )
         if bad or name in folders:
-            raise HubError(f"hf://{spec.label} on {_hf.endpoint()}: the Hub lists a file named "
-                           f"{str(name)[:80]!r}: not a plain path inside a repository, refused")
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool)
-                                 or not 0 <= size <= MAX_FILE_BYTES):
-            raise HubError(f"hf://{spec.label} on {_hf.endpoint()}: the Hub lists "
-                           f"{name[:80]!r} with size {str(size)[:40]!r}: refused")
+            raise HubError(
+                f"hf://{spec.label} on {_hf.endpoint()}: the Hub lists a file named "
+                f"{str(name)[:80]!r}: not a plain path inside a repository, refused"
+            )
+        if size is not None and (
+            not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_BYTES
+        ):
+            raise HubError(
+                f"hf://{spec.label} on {_hf.endpoint()}: the Hub lists "
+                f"{name[:80]!r} with size {str(size)[:40]!r}: refused"
+            )

@@ -26,8 +26,7 @@ from typing import Any
 from ..core.model import ModelInfo
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile, HubError, InvalidRequest
-from . import _hf
-from . import remote_files
+from . import _hf, remote_files
 from .headers import gguf_header, gguf_models, read_shards, safetensors_header
 from .ranged import RangedRepo, Traffic
 
@@ -62,16 +61,32 @@ def inspect_remote(path: str) -> ModelInfo:
     info.path = path
     info.file_size = sum(n or 0 for n in repo.sizes.values())
     info.details["remote"] = {
-        "repo_id": spec.repo_id, "revision": spec.revision, "commit": repo.commit,
-        "endpoint": _hf.endpoint(), "files": sorted(repo.sizes), "repo_bytes": info.file_size,
-        "weight_bytes": weight_bytes, "requests": traffic.requests,
-        "bytes_read": repo.bytes_read, "response_bytes": traffic.response_bytes,
+        "repo_id": spec.repo_id,
+        "revision": spec.revision,
+        "commit": repo.commit,
+        "endpoint": _hf.endpoint(),
+        "files": sorted(repo.sizes),
+        "repo_bytes": info.file_size,
+        "weight_bytes": weight_bytes,
+        "requests": traffic.requests,
+        "bytes_read": repo.bytes_read,
+        "response_bytes": traffic.response_bytes,
     }
     return info
 
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5",
-                    ".msgpack", ".onnx", ".onnx_data")
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".onnx_data",
+)
 
 
 def _is_weights(name: str) -> bool:
@@ -93,6 +108,7 @@ def _one_file(repo: RangedRepo, name: str) -> ModelInfo:
 
 # ---- a repository -------------------------------------------------------------------------------
 
+
 def _repository(repo: RangedRepo) -> ModelInfo:
     """The hf-model view of a repository (config.json + weight headers), or, for a
     repository of GGUF files without a config, its one GGUF model."""
@@ -103,11 +119,18 @@ def _repository(repo: RangedRepo) -> ModelInfo:
         # adapters (adapter_model.safetensors), several quantizations: the user picks one
         files = ggufs or [f for f in sorted(repo.sizes) if f.endswith(".safetensors")]
         hint = f"; name one: hf://{repo.spec.repo_id}/{files[0]}" if files else ""
-        raise InvalidRequest(f"hf://{repo.spec.label}: no config.json and "
-                             f"{len(ggufs) or 'no'} GGUF models{hint}")
+        raise InvalidRequest(
+            f"hf://{repo.spec.label}: no config.json and {len(ggufs) or 'no'} GGUF models{hint}"
+        )
     # the JSON a description needs, in one round trip rather than one each
-    repo.prefetch_json(["config.json", "model.safetensors.index.json",
-                        "pytorch_model.bin.index.json", "tokenizer_config.json"])
+    repo.prefetch_json(
+        [
+            "config.json",
+            "model.safetensors.index.json",
+            "pytorch_model.bin.index.json",
+            "tokenizer_config.json",
+        ]
+    )
     config = repo.read_json("config.json")
     if not isinstance(config, dict):
         raise CorruptFile(repo.where("config.json"), "config.json is not a JSON object")
@@ -120,12 +143,20 @@ def _repository(repo: RangedRepo) -> ModelInfo:
         tensors, safety = _read_pickle_shards(repo, shards)
         fmt = "pytorch" if shards else None
     warnings = _weight_warnings(repo, shards, weights)
-    weights.update(format=fmt, files=shards, sharded=len(shards) > 1,
-                   formats_present=_formats_present(repo))
+    weights.update(
+        format=fmt, files=shards, sharded=len(shards) > 1, formats_present=_formats_present(repo)
+    )
     hf = _hf_facts(repo, config, tensors, weights)
-    return ModelInfo(path=repo.spec.repo_id, format="hf-model", tensors=tensors,
-                     metadata=metadata, config=config, warnings=warnings, details={"hf": hf},
-                     safety=safety)
+    return ModelInfo(
+        path=repo.spec.repo_id,
+        format="hf-model",
+        tensors=tensors,
+        metadata=metadata,
+        config=config,
+        warnings=warnings,
+        details={"hf": hf},
+        safety=safety,
+    )
 
 
 def _shards(repo: RangedRepo) -> tuple[list[str], dict[str, Any]]:
@@ -155,13 +186,17 @@ def _indexed(repo: RangedRepo, index: str) -> tuple[list[str], dict[str, Any]]:
         raise CorruptFile(repo.where(index), "no weight_map of tensor name -> shard file")
     shards = list(dict.fromkeys(str(v) for v in weight_map.values()))
     missing = [s for s in shards if s not in repo.sizes]
-    facts = {"index": index, "index_total_size": (data.get("metadata") or {}).get(
-        "total_size"), "missing_files": missing}
+    facts = {
+        "index": index,
+        "index_total_size": (data.get("metadata") or {}).get("total_size"),
+        "missing_files": missing,
+    }
     return [s for s in shards if s in repo.sizes], facts
 
 
-def _read_pickle_shards(repo: RangedRepo,
-                        shards: list[str]) -> tuple[list[TensorInfo], dict | None]:
+def _read_pickle_shards(
+    repo: RangedRepo, shards: list[str]
+) -> tuple[list[TensorInfo], dict | None]:
     """Every shard's tensors (named by shard) and the worst of their scan verdicts."""
     tensors: list[TensorInfo] = []
     verdicts = []
@@ -176,36 +211,48 @@ def _read_pickle_shards(repo: RangedRepo,
 
 
 def _formats_present(repo: RangedRepo) -> list[str]:
-    kinds = {".safetensors": "safetensors", ".bin": "pytorch", ".pt": "pytorch",
-             ".pth": "pytorch", ".gguf": "gguf", ".h5": "keras-h5", ".msgpack": "flax-msgpack",
-             ".onnx": "onnx"}
+    kinds = {
+        ".safetensors": "safetensors",
+        ".bin": "pytorch",
+        ".pt": "pytorch",
+        ".pth": "pytorch",
+        ".gguf": "gguf",
+        ".h5": "keras-h5",
+        ".msgpack": "flax-msgpack",
+        ".onnx": "onnx",
+    }
     found = {kinds[s] for f in repo.sizes for s in kinds if f.lower().endswith(s)}
     return sorted(found)
 
 
-def _weight_warnings(repo: RangedRepo, shards: list[str],
-                     weights: dict[str, Any]) -> list[str]:
+def _weight_warnings(repo: RangedRepo, shards: list[str], weights: dict[str, Any]) -> list[str]:
     warnings = []
     if weights.get("missing_files"):
-        warnings.append(f"the index names shards the repository lacks: "
-                        f"{', '.join(weights['missing_files'])}")
+        warnings.append(
+            f"the index names shards the repository lacks: {', '.join(weights['missing_files'])}"
+        )
     if not shards:
         ggufs = gguf_models(repo)
         others = [f for f in sorted(repo.sizes) if _is_weights(f) and f not in ggufs]
         if ggufs:
-            why = (f"GGUF files ({', '.join(ggufs[:3])}): name one to read its header, "
-                   f"hf://{repo.spec.repo_id}/{ggufs[0]}")
+            why = (
+                f"GGUF files ({', '.join(ggufs[:3])}): name one to read its header, "
+                f"hf://{repo.spec.repo_id}/{ggufs[0]}"
+            )
         elif others:
-            why = (f"{', '.join(others[:4])}: name one to read it by range, "
-                   f"hf://{repo.spec.repo_id}/{others[0]}")
+            why = (
+                f"{', '.join(others[:4])}: name one to read it by range, "
+                f"hf://{repo.spec.repo_id}/{others[0]}"
+            )
         else:
             why = "config.json without weights"
         warnings.append(f"no safetensors weights: {why}; sizes below come from config.json")
     return warnings
 
 
-def _hf_facts(repo: RangedRepo, config: dict, tensors: list[TensorInfo],
-              weights: dict[str, Any]) -> dict[str, Any]:
+def _hf_facts(
+    repo: RangedRepo, config: dict, tensors: list[TensorInfo], weights: dict[str, Any]
+) -> dict[str, Any]:
     """The ``hf`` section a local folder gets (formats.hf_model), from remote reads."""
     from ..formats import hf_model
     from ..formats._hf_sizes import kv_cache
@@ -214,12 +261,20 @@ def _hf_facts(repo: RangedRepo, config: dict, tensors: list[TensorInfo],
     n_params = sum(t.numel for t in tensors)
     estimate = hf_model._estimate(config, n_params)
     vllm = hf_model.vllm_support(facts["architectures"])
-    facts.update(weights=weights, total_parameters=n_params,
-                 **hf_model._memory(n_params, estimate), parameters_from_config=estimate,
-                 kv_cache=kv_cache(config), vllm_supported=vllm["supported"],
-                 vllm_task=vllm["task"], vllm_tasks=vllm["tasks"], vllm_version=vllm["version"],
-                 vllm_supported_until=vllm["supported_until"], **_tokenizer_facts(repo),
-                 sentence_transformers="modules.json" in repo.sizes)
+    facts.update(
+        weights=weights,
+        total_parameters=n_params,
+        **hf_model._memory(n_params, estimate),
+        parameters_from_config=estimate,
+        kv_cache=kv_cache(config),
+        vllm_supported=vllm["supported"],
+        vllm_task=vllm["task"],
+        vllm_tasks=vllm["tasks"],
+        vllm_version=vllm["version"],
+        vllm_supported_until=vllm["supported_until"],
+        **_tokenizer_facts(repo),
+        sentence_transformers="modules.json" in repo.sizes,
+    )
     return facts
 
 
@@ -239,9 +294,7 @@ def _tokenizer_facts(repo: RangedRepo) -> dict[str, Any]:
     return {
         "tokenizer_files": [n for n in TOKENIZER_FILES if n in names],
         "tokenizer_class": tokenizer_config.get("tokenizer_class"),
-        "chat_template": bool(tokenizer_config.get("chat_template")) or bool(
-            {"chat_template.jinja", "chat_template.json"} & names),
+        "chat_template": bool(tokenizer_config.get("chat_template"))
+        or bool({"chat_template.jinja", "chat_template.json"} & names),
         "generation_config": "generation_config.json" in names,
     }
-
-

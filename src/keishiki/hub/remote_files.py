@@ -51,9 +51,11 @@ def inspect_file(repo: RangedRepo, name: str) -> ModelInfo:
     from ..formats import inspect
 
     if not readable(name):
-        raise InvalidRequest(f"{repo.where(name)}: keishiki reads .safetensors, .gguf, .onnx "
-                             f"and torch checkpoint headers remotely; `keishiki pull` the "
-                             f"repository to inspect other files")
+        raise InvalidRequest(
+            f"{repo.where(name)}: keishiki reads .safetensors, .gguf, .onnx "
+            f"and torch checkpoint headers remotely; `keishiki pull` the "
+            f"repository to inspect other files"
+        )
     with tempfile.TemporaryDirectory(prefix="keishiki-hfinfo-") as tmp:
         root = Path(tmp)
         folder = posixpath.dirname(name)
@@ -94,8 +96,9 @@ class _RangedProto(pb.FileReader):
 
     def _pread(self, start: int, end: int) -> bytes:
         if end > self.size:
-            raise pb.ProtoError(f"file ends inside a field ({self.size - start} of "
-                                f"{end - start} bytes)", start)
+            raise pb.ProtoError(
+                f"file ends inside a field ({self.size - start} of {end - start} bytes)", start
+            )
         first, last = start // BLOCK * BLOCK, min(self.size, -(-end // BLOCK) * BLOCK)
         self.sparse.fetch([(first, last)])
         return self.sparse.read(start, end - start)
@@ -117,4 +120,3 @@ def _replace(value, local: str, remote: str):
     if isinstance(value, dict):
         return {k: _replace(v, local, remote) for k, v in value.items()}
     return value
-

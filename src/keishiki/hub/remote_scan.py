@@ -33,19 +33,36 @@ import struct
 import tempfile
 from pathlib import Path
 
-from ..errors import CorruptFile, HubError, KeishikiError
 from .._scan.findings import FileReport, Finding, ScanReport
+from ..errors import CorruptFile, HubError, KeishikiError
 from . import _hf
 from .ranged import MAX_JSON_BYTES, RangedRepo, Traffic
 
-WHOLE_LIMIT = 16 * 1024 * 1024   # a non-zip pickle / ONNX graph read whole up to this size
+WHOLE_LIMIT = 16 * 1024 * 1024  # a non-zip pickle / ONNX graph read whole up to this size
 MEMBER_LIMIT = 64 * 1024 * 1024  # a zip member (pickle, code) read whole up to this size
-SMALL_TAIL = 1024                # first read from the end: the end record(s)
-TAIL = 64 * 1024 + 22            # then, if none is there: the end record behind a comment
-MERGE_GAP = 4096                 # ranges this close are fetched as one request
-FETCH_PIECE = 8 * 1024 * 1024    # the most one request asks for (and memory holds)
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".dill",
-                    ".sav", ".p", ".mar", ".pt2", ".jit", ".zip", ".npy", ".npz", ".keras")
+SMALL_TAIL = 1024  # first read from the end: the end record(s)
+TAIL = 64 * 1024 + 22  # then, if none is there: the end record behind a comment
+MERGE_GAP = 4096  # ranges this close are fetched as one request
+FETCH_PIECE = 8 * 1024 * 1024  # the most one request asks for (and memory holds)
+_PICKLE_SUFFIXES = (
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".pkl",
+    ".pickle",
+    ".joblib",
+    ".dill",
+    ".sav",
+    ".p",
+    ".mar",
+    ".pt2",
+    ".jit",
+    ".zip",
+    ".npy",
+    ".npz",
+    ".keras",
+)
 _TEXT_SUFFIXES = (".json", ".py", ".jinja")
 
 
@@ -113,8 +130,11 @@ def scan_remote(path: str) -> ScanReport:
     """
     spec = _hf.parse_hf_path(path)
     report = ScanReport()
-    with _hf.hub_errors(spec, remote=True), Traffic() as traffic, \
-            tempfile.TemporaryDirectory(prefix="keishiki-hfscan-") as tmp:
+    with (
+        _hf.hub_errors(spec, remote=True),
+        Traffic() as traffic,
+        tempfile.TemporaryDirectory(prefix="keishiki-hfscan-") as tmp,
+    ):
         repo = RangedRepo(spec)
         names = sorted(repo.sizes)
         if spec.path_in_repo:
@@ -134,10 +154,15 @@ def scan_remote(path: str) -> ScanReport:
                 report.files.append(fr)
     weight_bytes = sum(n or 0 for f, n in repo.sizes.items() if _is_weights(f))
     report.remote = {  # type: ignore[attr-defined]
-        "repo_id": spec.repo_id, "revision": spec.revision, "commit": repo.commit,
-        "endpoint": _hf.endpoint(), "repo_bytes": sum(n or 0 for n in repo.sizes.values()),
-        "weight_bytes": weight_bytes, "requests": traffic.requests,
-        "bytes_read": repo.bytes_read, "response_bytes": traffic.response_bytes,
+        "repo_id": spec.repo_id,
+        "revision": spec.revision,
+        "commit": repo.commit,
+        "endpoint": _hf.endpoint(),
+        "repo_bytes": sum(n or 0 for n in repo.sizes.values()),
+        "weight_bytes": weight_bytes,
+        "requests": traffic.requests,
+        "bytes_read": repo.bytes_read,
+        "response_bytes": traffic.response_bytes,
     }
     return report
 
@@ -176,10 +201,12 @@ def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
     try:
         if lower.endswith(".safetensors"):
             from .headers import safetensors_header
+
             safetensors_header(repo, name)
             return FileReport(str(local), kind="safetensors")
         if lower.endswith(".gguf"):
             from .headers import gguf_header
+
             info = gguf_header(repo, name)
             fr = FileReport(str(local), kind="gguf")
             kv = (getattr(info, "gguf", None) or {}).get("kv") or {}
@@ -187,9 +214,11 @@ def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
                 fr.add(Finding(str(local), "", None, "chat-template", subject, sev, reason))
             return fr
         if lower.endswith(_TEXT_SUFFIXES):
-            if lower.endswith(".json") and not lower.endswith(".index.json") and \
-                    posixpath.basename(name) not in opt_in.AUTO_MAP_FILES | \
-                    opt_in._TEMPLATE_FILES:
+            if (
+                lower.endswith(".json")
+                and not lower.endswith(".index.json")
+                and posixpath.basename(name) not in opt_in.AUTO_MAP_FILES | opt_in._TEMPLATE_FILES
+            ):
                 return None  # tokenizer.json, generation_config.json...: no code in them
             if size > MAX_JSON_BYTES:
                 raise _CannotJudge(f"{size} bytes: larger than {MAX_JSON_BYTES} is not read")
@@ -198,13 +227,16 @@ def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
             fr.findings.extend(opt_in.file_findings(local))
             if lower.endswith(".index.json"):
                 from .._scan.scanner import _check_shard_index
+
                 _check_shard_index(local, fr)
             return fr if fr.findings or fr.errors else None
         if lower.endswith((".onnx", ".h5", ".hdf5")):
             if size > WHOLE_LIMIT:
-                raise _CannotJudge(f"a {lower.rsplit('.', 1)[-1]} file of {size:,} bytes is "
-                                   f"not read by range "
-                                   f"(limit {WHOLE_LIMIT:,}): pull it to scan it")
+                raise _CannotJudge(
+                    f"a {lower.rsplit('.', 1)[-1]} file of {size:,} bytes is "
+                    f"not read by range "
+                    f"(limit {WHOLE_LIMIT:,}): pull it to scan it"
+                )
             _Sparse(repo, name, local).fetch([(0, size)])
             return scan_file(local)
         # any other file: a local scan judges every file by its bytes (a pickle named
@@ -230,6 +262,7 @@ def _scan_one(repo: RangedRepo, name: str, root: Path) -> FileReport | None:
 
 # ---- what the scanner reads of a file -----------------------------------------------------------
 
+
 def _fetch_for_scan(sp: _Sparse, sniff: bool = False) -> bool:
     """Fetch every byte :func:`scan_file` reads of ``sp``; raise :class:`_CannotJudge` when
     that cannot be bounded.  ``sniff``: a file whose name promises nothing; False when its
@@ -250,8 +283,10 @@ def _fetch_for_scan(sp: _Sparse, sniff: bool = False) -> bool:
         # not a zip, or something in front of one (torch.load reads that as a pickle)
         if size > WHOLE_LIMIT:
             what = "a zip with data in front of it" if cd else "a pickle that is not a zip"
-            raise _CannotJudge(f"{what} ({size:,} bytes) is read whole only up to "
-                               f"{WHOLE_LIMIT:,} bytes: pull it to scan it")
+            raise _CannotJudge(
+                f"{what} ({size:,} bytes) is read whole only up to "
+                f"{WHOLE_LIMIT:,} bytes: pull it to scan it"
+            )
         sp.fetch([(0, size)])
         return True
     _fetch_zip(sp, cd)
@@ -265,8 +300,12 @@ def _loadable(head: bytes) -> bool:
     from .._scan import archives, compressed
     from .._scan.pickles import looks_like_pickle
 
-    return (looks_like_pickle(head) or head[:6] == b"\x93NUMPY"
-            or archives.looks_like_tar(head) or bool(compressed.joblib_compression(head)))
+    return (
+        looks_like_pickle(head)
+        or head[:6] == b"\x93NUMPY"
+        or archives.looks_like_tar(head)
+        or bool(compressed.joblib_compression(head))
+    )
 
 
 def _central_directory(sp: _Sparse, window: int) -> list[tuple[int, int]] | None:
@@ -279,7 +318,7 @@ def _central_directory(sp: _Sparse, window: int) -> list[tuple[int, int]] | None
     if at < 0 or len(tail) - at < 22:
         return None
     eocd = tail_start + at
-    cd_size, cd_offset = struct.unpack("<II", tail[at + 12:at + 20])
+    cd_size, cd_offset = struct.unpack("<II", tail[at + 12 : at + 20])
     sp.fetch([(max(0, eocd - 20 - 56), sp.size)])  # zip64 locator and record, if any
     loc = sp.read(eocd - 20, 20) if eocd >= 20 else b""
     z64_at = eocd - 20 - 56
@@ -296,8 +335,9 @@ def _central_directory(sp: _Sparse, window: int) -> list[tuple[int, int]] | None
             out += [(offset64, offset64 + size64), (rec_at - size64, rec_at)]
     ranges = [(max(0, a), min(sp.size, b)) for a, b in out if b > a and a < sp.size]
     if sum(b - a for a, b in ranges) > 4 * MEMBER_LIMIT:
-        raise _CannotJudge("a central directory larger than "
-                           f"{MEMBER_LIMIT:,} bytes is not read by range")
+        raise _CannotJudge(
+            f"a central directory larger than {MEMBER_LIMIT:,} bytes is not read by range"
+        )
     return ranges
 
 
@@ -320,28 +360,37 @@ def _fetch_zip(sp: _Sparse, directory: list[tuple[int, int]]) -> None:
             n = min(m.compressed, 512)
         else:
             if m.compressed > MEMBER_LIMIT:
-                raise _CannotJudge(f"member {m.name!r} of {m.compressed:,} bytes is not read "
-                                   f"by range (limit {MEMBER_LIMIT:,})")
+                raise _CannotJudge(
+                    f"member {m.name!r} of {m.compressed:,} bytes is not read "
+                    f"by range (limit {MEMBER_LIMIT:,})"
+                )
             n = m.compressed
         wanted[m.header_offset] = max(wanted.get(m.header_offset, 0), n)
     guess = 30 + 256 + 128  # local header + name + extra (torch pads to 64 bytes)
     sp.fetch([(off, off + guess + n) for off, n in wanted.items()])
     more = []
-    storages = {m.header_offset: m for m in listing.members
-                if not m.is_dir and lay.is_storage(m) and m.method == 0}
+    storages = {
+        m.header_offset: m
+        for m in listing.members
+        if not m.is_dir and lay.is_storage(m) and m.method == 0
+    }
     for off, n in wanted.items():
         head = sp.read(off, 30)
         if len(head) < 30 or head[:4] != b"PK\x03\x04":
-            raise _CannotJudge(f"no local header at offset {off} where the directory "
-                               f"points")
+            raise _CannotJudge(f"no local header at offset {off} where the directory points")
         name_len, extra_len = struct.unpack("<HH", head[26:30])
         data_at = off + 30 + name_len + extra_len
         m = storages.get(off)
-        if m is not None and sp.covered(data_at, data_at + 6) \
-                and sp.read(data_at, 6) == b"\x93NUMPY":
+        if (
+            m is not None
+            and sp.covered(data_at, data_at + 6)
+            and sp.read(data_at, 6) == b"\x93NUMPY"
+        ):
             if m.compressed > MEMBER_LIMIT:  # np.load would unpickle it: read it whole
-                raise _CannotJudge(f"member {m.name!r}: a NumPy array of {m.compressed:,} "
-                                   f"bytes is not read by range")
+                raise _CannotJudge(
+                    f"member {m.name!r}: a NumPy array of {m.compressed:,} "
+                    f"bytes is not read by range"
+                )
             n = m.compressed
         end = data_at + n
         if end > sp.size:

@@ -27,8 +27,7 @@ from .pull import check_snapshot, pull
 from .select import literal_pattern, skipped_for_safetensors
 
 
-def local_path(ref: str, *, quiet: bool = False,
-               say: Callable[[str], None] | None = None) -> Path:
+def local_path(ref: str, *, quiet: bool = False, say: Callable[[str], None] | None = None) -> Path:
     """The local file or folder for ``hf://org/name[@rev][/path]``: from the cache, or pulled.
 
     Args:
@@ -56,14 +55,19 @@ def local_path(ref: str, *, quiet: bool = False,
         folder = _cached(spec, patterns)
     if folder is None:
         if _hf.offline():
-            raise HubError(f"{ref}: not in the cache ({_hf.hf().constants.HF_HUB_CACHE}) and "
-                           f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online")
+            raise HubError(
+                f"{ref}: not in the cache ({_hf.hf().constants.HF_HUB_CACHE}) and "
+                f"HF_HUB_OFFLINE=1 forbids downloading: pull it once online"
+            )
 
-        (say or _log)(f"{ref}: not in the cache ({_hf.hf().constants.HF_HUB_CACHE}); "
-                         f"pulling it from {_hf.endpoint()}")
+        (say or _log)(
+            f"{ref}: not in the cache ({_hf.hf().constants.HF_HUB_CACHE}); "
+            f"pulling it from {_hf.endpoint()}"
+        )
         try:
-            folder = pull(spec.repo_id, spec.revision, include=patterns,
-                          prefer_safetensors=True, quiet=quiet).folder
+            folder = pull(
+                spec.repo_id, spec.revision, include=patterns, prefer_safetensors=True, quiet=quiet
+            ).folder
         except InvalidRequest:  # no file matched the path: say it as a missing path
             if not inner:
                 raise
@@ -91,9 +95,15 @@ def _cached(spec: _hf.RepoSpec, patterns: list[str] | None) -> Path | None:
         wanted = filter_repo_objects(files, allow_patterns=patterns)
         ignore = [literal_pattern(f) for f in skipped_for_safetensors(wanted)] or None
     try:
-        folder = Path(hub.snapshot_download(spec.repo_id, revision=spec.revision,
-                                            allow_patterns=patterns, ignore_patterns=ignore,
-                                            local_files_only=True))
+        folder = Path(
+            hub.snapshot_download(
+                spec.repo_id,
+                revision=spec.revision,
+                allow_patterns=patterns,
+                ignore_patterns=ignore,
+                local_files_only=True,
+            )
+        )
     except (hub.errors.LocalEntryNotFoundError, hub.errors.IncompleteSnapshotError):
         return None
     # without a cached file list huggingface_hub returns any snapshot folder as it is

@@ -26,8 +26,11 @@ def skipped_for_safetensors(files: Iterable[str]) -> list[str]:
     """
     files = list(files)
     with_safetensors = {posixpath.dirname(f) for f in files if f.endswith(".safetensors")}
-    return sorted(f for f in files if f.lower().endswith(PICKLED_WEIGHTS)
-                  and posixpath.dirname(f) in with_safetensors)
+    return sorted(
+        f
+        for f in files
+        if f.lower().endswith(PICKLED_WEIGHTS) and posixpath.dirname(f) in with_safetensors
+    )
 
 
 _GLOB_SPECIAL = re.compile(r"([*?\[])")

@@ -59,8 +59,10 @@ def parse_repo(repo: str) -> _hf.RepoSpec:
     if ":" in repo:
         name, _, ref = repo.partition(":")
         if "@" in repo or ":" in ref or not ref:
-            raise InvalidRequest(f"{repo!r} is not a zoo repository: write ORG/NAME[@REV] "
-                                 f"(or onnx.hub's OWNER/NAME:REF)")
+            raise InvalidRequest(
+                f"{repo!r} is not a zoo repository: write ORG/NAME[@REV] "
+                f"(or onnx.hub's OWNER/NAME:REF)"
+            )
         repo = f"{name}@{ref}"
     return _hf.parse_repo(repo)
 
@@ -79,8 +81,7 @@ class Manifest:
         return self.spec.label
 
 
-def manifest(repo: str = DEFAULT_REPO, force_reload: bool = False, silent: bool = True
-             ) -> Manifest:
+def manifest(repo: str = DEFAULT_REPO, force_reload: bool = False, silent: bool = True) -> Manifest:
     """Fetch (or find in the cache) and parse the ``ONNX_HUB_MANIFEST.json`` of ``repo``.
 
     Raises:
@@ -89,10 +90,16 @@ def manifest(repo: str = DEFAULT_REPO, force_reload: bool = False, silent: bool 
     """
     spec = parse_repo(repo)
     hub = _hf.hf()
-    with _hf.hub_errors(replace(spec, path_in_repo=MANIFEST)), _bars(silent), \
-            _hf.cache_headers_checked():
-        path = Path(hub.hf_hub_download(spec.repo_id, MANIFEST, revision=spec.revision,
-                                        force_download=force_reload))
+    with (
+        _hf.hub_errors(replace(spec, path_in_repo=MANIFEST)),
+        _bars(silent),
+        _hf.cache_headers_checked(),
+    ):
+        path = Path(
+            hub.hf_hub_download(
+                spec.repo_id, MANIFEST, revision=spec.revision, force_download=force_reload
+            )
+        )
     _check_cached(path, MANIFEST, spec.label)
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise HubError(f"{spec.label}: {MANIFEST} is larger than 64 MiB: not a zoo manifest")
@@ -100,8 +107,9 @@ def manifest(repo: str = DEFAULT_REPO, force_reload: bool = False, silent: bool 
     return Manifest(spec, path.parent.name, zoo_manifest.parse(path.read_bytes(), spec.label))
 
 
-def list_models(repo: str = DEFAULT_REPO, model: str | None = None,
-                tags: Iterable[str] | None = None) -> list[ModelInfo]:
+def list_models(
+    repo: str = DEFAULT_REPO, model: str | None = None, tags: Iterable[str] | None = None
+) -> list[ModelInfo]:
     """The zoo's models named ``model`` (case-insensitive) and/or sharing a tag with ``tags``
     (case-insensitive), as onnx.hub's ``list_models``; nothing but the manifest is fetched.
 
@@ -110,8 +118,7 @@ def list_models(repo: str = DEFAULT_REPO, model: str | None = None,
     return zoo_manifest.matching(manifest(repo).entries, model, tags)
 
 
-def get_model_info(model: str, repo: str = DEFAULT_REPO, opset: int | None = None
-                   ) -> ModelInfo:
+def get_model_info(model: str, repo: str = DEFAULT_REPO, opset: int | None = None) -> ModelInfo:
     """The manifest entry for ``model`` (case-insensitive): the highest opset, or exactly
     ``opset`` (as onnx.hub: no nearest-lower fallback).
 
@@ -148,15 +155,32 @@ class ZooPull(ScannedReport):
 
     def to_dict(self) -> dict[str, Any]:
         """The ``pull onnx-zoo:NAME --json`` object."""
-        return {"source": "onnx-zoo", "repo_id": self.repo_id, "revision": self.revision,
-                "commit": self.commit, "model": self.info.model, "opset": self.info.opset,
-                "model_path": self.info.model_path, "path": str(self.path),
-                "sha256": self.sha256, "sha256_verified": True, "nbytes": self.nbytes,
-                "tags": sorted(self.info.tags), "offline": self.offline, **self._scan_fields()}
+        return {
+            "source": "onnx-zoo",
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "model": self.info.model,
+            "opset": self.info.opset,
+            "model_path": self.info.model_path,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "sha256_verified": True,
+            "nbytes": self.nbytes,
+            "tags": sorted(self.info.tags),
+            "offline": self.offline,
+            **self._scan_fields(),
+        }
 
 
-def pull_model(model: str, repo: str = DEFAULT_REPO, opset: int | None = None,
-               force_reload: bool = False, silent: bool = False, scan: bool = True) -> ZooPull:
+def pull_model(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    scan: bool = True,
+) -> ZooPull:
     """Download one zoo model into the Hugging Face cache, check its sha256 against the
     manifest, and scan it (``keishiki pull onnx-zoo:NAME``).
 
@@ -173,13 +197,28 @@ def pull_model(model: str, repo: str = DEFAULT_REPO, opset: int | None = None,
         from .._scan import scan as run_scan
 
         report = run_scan(path)
-    return ZooPull(found.spec.repo_id, found.spec.revision, found.commit, info, path, sha,
-                   path.stat().st_size, _hf.offline(), report)
+    return ZooPull(
+        found.spec.repo_id,
+        found.spec.revision,
+        found.commit,
+        info,
+        path,
+        sha,
+        path.stat().st_size,
+        _hf.offline(),
+        report,
+    )
 
 
-def load(model: str, repo: str = DEFAULT_REPO, opset: int | None = None,
-         force_reload: bool = False, silent: bool = False, *, trust_remote_code: bool = False
-         ) -> Any:
+def load(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_remote_code: bool = False,
+) -> Any:
     """Download a zoo model (sha256-checked, cached) and load it, as onnx.hub's ``load``.
 
     Returns:
@@ -204,10 +243,15 @@ def load(model: str, repo: str = DEFAULT_REPO, opset: int | None = None,
     return onnx.load(str(pulled.path))
 
 
-def download_model_with_test_data(model: str, repo: str = DEFAULT_REPO,
-                                  opset: int | None = None, force_reload: bool = False,
-                                  silent: bool = False, *,
-                                  max_bytes: int = zoo_archive.MAX_BYTES) -> Path:
+def download_model_with_test_data(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    max_bytes: int = zoo_archive.MAX_BYTES,
+) -> Path:
     """Download a zoo model's ``.tar.gz`` (the model and its ``test_data_set_*`` folders),
     check its sha256, extract it safely, and return the folder (a :class:`~pathlib.Path`;
     onnx.hub returned a ``str``), as onnx.hub did.
@@ -227,10 +271,15 @@ def download_model_with_test_data(model: str, repo: str = DEFAULT_REPO,
     """
     found = manifest(repo, force_reload, silent=silent)
     info = zoo_manifest.choose(found.entries, model, opset, found.where)
-    archive, sha = _fetch_checked(found, info, "model_with_data_path", "model_with_data_sha",
-                                  force_reload, silent)
-    stem = Path(info.metadata["model_with_data_path"]).name.removesuffix(".gz") \
-        .removesuffix(".tar").removesuffix(".tgz")
+    archive, sha = _fetch_checked(
+        found, info, "model_with_data_path", "model_with_data_sha", force_reload, silent
+    )
+    stem = (
+        Path(info.metadata["model_with_data_path"])
+        .name.removesuffix(".gz")
+        .removesuffix(".tar")
+        .removesuffix(".tgz")
+    )
     target = _extract_root() / f"{sha[:16]}_{stem}"
     if force_reload and target.exists():
         import shutil
@@ -248,12 +297,12 @@ def download_model_with_test_data(model: str, repo: str = DEFAULT_REPO,
 
 
 def _extract_root() -> Path:
-    return Path(os.environ.get("KEISHIKI_CACHE", Path.home() / ".cache" / "keishiki")) \
-        / "onnx-zoo"
+    return Path(os.environ.get("KEISHIKI_CACHE", Path.home() / ".cache" / "keishiki")) / "onnx-zoo"
 
 
-def _fetch_checked(found: Manifest, info: ModelInfo, path_key: str, sha_key: str,
-                   force: bool, silent: bool) -> tuple[Path, str]:
+def _fetch_checked(
+    found: Manifest, info: ModelInfo, path_key: str, sha_key: str, force: bool, silent: bool
+) -> tuple[Path, str]:
     """(the cached file, its sha256) for the entry's ``path_key``, at the manifest's commit,
     once its sha256 equals the manifest's ``sha_key``."""
     raw = info.model_path if path_key == "model_path" else info.metadata.get(path_key)
@@ -262,15 +311,18 @@ def _fetch_checked(found: Manifest, info: ModelInfo, path_key: str, sha_key: str
     hub = _hf.hf()
     spec = _hf.RepoSpec(found.spec.repo_id, found.commit, filename)
     with _hf.hub_errors(spec), _bars(silent), _hf.cache_headers_checked():
-        path = Path(hub.hf_hub_download(spec.repo_id, filename, revision=found.commit,
-                                        force_download=force))
+        path = Path(
+            hub.hf_hub_download(spec.repo_id, filename, revision=found.commit, force_download=force)
+        )
     _check_cached(path, filename, found.where)
     with open(path, "rb") as f:
         got = hashlib.file_digest(f, "sha256").hexdigest()
     if got != want:
         _discard(path)
-        raise HubError(f"{found.where}: {filename} has sha256 {got[:16]}..., the manifest says "
-                       f"{want[:16]}...: removed from the cache, not used")
+        raise HubError(
+            f"{found.where}: {filename} has sha256 {got[:16]}..., the manifest says "
+            f"{want[:16]}...: removed from the cache, not used"
+        )
     return path, got
 
 
@@ -288,8 +340,7 @@ def _check_cached(path: Path, filename: str, where: str) -> None:
 
     inside(path.parents[filename.count("/")], filename)
     if not path.resolve().is_file():
-        raise HubError(f"{where}: {filename} in the cache ({path}) is not a regular file: "
-                       f"refused")
+        raise HubError(f"{where}: {filename} in the cache ({path}) is not a regular file: refused")
 
 
 def _discard(path: Path) -> None:

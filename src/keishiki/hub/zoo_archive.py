@@ -45,8 +45,13 @@ def _name_problem(name: str) -> str | None:
 def _link_problem(member: tarfile.TarInfo) -> str | None:
     """Why a link member would lead outside the folder (None: it stays inside)."""
     target = member.linkname
-    if not target or "\0" in target or "\\" in target or target.startswith("/") \
-            or re.match(r"^[A-Za-z]:", target):
+    if (
+        not target
+        or "\0" in target
+        or "\\" in target
+        or target.startswith("/")
+        or re.match(r"^[A-Za-z]:", target)
+    ):
         return f"a link to {target!r} (absolute or malformed)"
     # a hard link names another member from the archive's root; a symlink is relative to
     # the folder holding it
@@ -57,8 +62,9 @@ def _link_problem(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def check_members(tar: tarfile.TarFile, where: str, max_bytes: int = MAX_BYTES
-                  ) -> tuple[list[tarfile.TarInfo], int]:
+def check_members(
+    tar: tarfile.TarFile, where: str, max_bytes: int = MAX_BYTES
+) -> tuple[list[tarfile.TarInfo], int]:
     """(the members, their declared bytes) when every one of them is safe to extract.
 
     Raises:
@@ -68,19 +74,23 @@ def check_members(tar: tarfile.TarFile, where: str, max_bytes: int = MAX_BYTES
     members, total = [], 0
     for member in tar:
         problem = _name_problem(member.name)
-        if problem is None and not (member.isreg() or member.isdir() or member.issym()
-                                    or member.islnk()):
+        if problem is None and not (
+            member.isreg() or member.isdir() or member.issym() or member.islnk()
+        ):
             problem = "not a regular file, folder or link (a device or FIFO)"
         if problem is None and (member.issym() or member.islnk()):
             problem = _link_problem(member)
         if problem:
-            raise HubError(f"{where}: archive member {member.name!r} is {problem}: refused, "
-                           f"nothing extracted")
+            raise HubError(
+                f"{where}: archive member {member.name!r} is {problem}: refused, nothing extracted"
+            )
         members.append(member)
         total += member.size if member.isreg() else 0
         if len(members) > MAX_MEMBERS or total > max_bytes:
-            raise HubError(f"{where}: the archive holds more than {MAX_MEMBERS:,} members or "
-                           f"{max_bytes:,} bytes: refused, nothing extracted")
+            raise HubError(
+                f"{where}: the archive holds more than {MAX_MEMBERS:,} members or "
+                f"{max_bytes:,} bytes: refused, nothing extracted"
+            )
     return members, total
 
 
@@ -99,10 +109,12 @@ def extract(archive: Path, target: Path, where: str, max_bytes: int = MAX_BYTES)
             with atomic_output(target, folder=True) as tmp:
                 tar.extractall(tmp, members=members, filter="data")
     except tarfile.FilterError as exc:  # the second guard caught what the first did not
-        raise HubError(f"{where}: archive member refused by tarfile's data filter ({exc}): "
-                       f"nothing extracted") from None
+        raise HubError(
+            f"{where}: archive member refused by tarfile's data filter ({exc}): nothing extracted"
+        ) from None
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         detail = str(exc).splitlines()[0][:120] if str(exc) else "truncated"
-        raise HubError(f"{where}: not a readable .tar.gz ({type(exc).__name__}: {detail})"
-                       ) from None
+        raise HubError(
+            f"{where}: not a readable .tar.gz ({type(exc).__name__}: {detail})"
+        ) from None
     return target

@@ -54,8 +54,10 @@ class ModelInfo:
         self.raw_model_info = raw_model_info
 
     def __str__(self) -> str:
-        return (f"ModelInfo(model={self.model}, opset={self.opset}, path={self.model_path}, "
-                f"metadata={self.metadata})")
+        return (
+            f"ModelInfo(model={self.model}, opset={self.opset}, path={self.model_path}, "
+            f"metadata={self.metadata})"
+        )
 
     __repr__ = __str__
 
@@ -74,11 +76,15 @@ def parse(data: bytes, where: str) -> list[ModelInfo]:
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError) as exc:
-        raise HubError(f"{where}: not a valid {MANIFEST} ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:120]})") from None
+        raise HubError(
+            f"{where}: not a valid {MANIFEST} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120]})"
+        ) from None
     if not isinstance(raw, list):
-        raise HubError(f"{where}: not a valid {MANIFEST} (a JSON list of models expected, "
-                       f"found {type(raw).__name__})")
+        raise HubError(
+            f"{where}: not a valid {MANIFEST} (a JSON list of models expected, "
+            f"found {type(raw).__name__})"
+        )
     entries = []
     for i, item in enumerate(raw):
         problem = _entry_problem(item)
@@ -103,8 +109,9 @@ def _entry_problem(item: object) -> str | None:
     return None
 
 
-def matching(entries: Iterable[ModelInfo], model: str | None = None,
-             tags: Iterable[str] | None = None) -> list[ModelInfo]:
+def matching(
+    entries: Iterable[ModelInfo], model: str | None = None, tags: Iterable[str] | None = None
+) -> list[ModelInfo]:
     """onnx.hub's ``list_models`` filter: the entries named ``model`` (case-insensitive;
     None: all) that share at least one of ``tags`` (case-insensitive; None: no tag filter)."""
     found = [m for m in entries if model is None or m.model.lower() == model.lower()]
@@ -124,15 +131,17 @@ def choose(entries: list[ModelInfo], model: str, opset: int | None, where: str) 
     """
     named = matching(entries, model)
     if not named:
-        raise HubError(f"{where}: no model named {model!r} in the zoo's manifest"
-                       f"{_suggest(entries, model)}")
+        raise HubError(
+            f"{where}: no model named {model!r} in the zoo's manifest{_suggest(entries, model)}"
+        )
     if opset is None:
         return max(named, key=lambda m: m.opset)  # the first of the highest, as onnx.hub
     exact = [m for m in named if m.opset == opset]
     if not exact:
         opsets = ", ".join(str(o) for o in sorted({m.opset for m in named}))
-        raise HubError(f"{where}: {named[0].model} has no version with opset {opset} "
-                       f"(opsets: {opsets})")
+        raise HubError(
+            f"{where}: {named[0].model} has no version with opset {opset} (opsets: {opsets})"
+        )
     return exact[0]
 
 
@@ -157,13 +166,21 @@ def repo_path(path: object, entry: ModelInfo, key: str, where: str) -> str:
         HubError: missing, or not a plain relative path inside the repository.
     """
     if not isinstance(path, str) or not path:
-        raise HubError(f"{where}: {entry.model} (opset {entry.opset}) has no {key!r} in the "
-                       f"manifest")
+        raise HubError(
+            f"{where}: {entry.model} (opset {entry.opset}) has no {key!r} in the manifest"
+        )
     parts = path.split("/")
-    if ("\\" in path or "\0" in path or path.startswith("/") or re.match(r"^[A-Za-z]:", path)
-            or any(p in ("", ".", "..") for p in parts)):
-        raise HubError(f"{where}: the manifest's {key} {path!r} for {entry.model} leads "
-                       f"outside the repository: refused")
+    if (
+        "\\" in path
+        or "\0" in path
+        or path.startswith("/")
+        or re.match(r"^[A-Za-z]:", path)
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise HubError(
+            f"{where}: the manifest's {key} {path!r} for {entry.model} leads "
+            f"outside the repository: refused"
+        )
     return path
 
 
@@ -175,6 +192,8 @@ def sha256_of(entry: ModelInfo, key: str, where: str) -> str:
     """
     sha = entry.metadata.get(key)
     if not isinstance(sha, str) or not _SHA256.match(sha.lower()):
-        raise HubError(f"{where}: the manifest gives no valid sha256 ({key}) for "
-                       f"{entry.model} (opset {entry.opset}): refusing an unchecked file")
+        raise HubError(
+            f"{where}: the manifest gives no valid sha256 ({key}) for "
+            f"{entry.model} (opset {entry.opset}): refusing an unchecked file"
+        )
     return sha.lower()

@@ -31,14 +31,32 @@ pairing), ``folding`` (BatchNorm folds).
 from __future__ import annotations
 
 from .gguf import LLAMA_ROPE, gguf_architecture
-from .names import (COMPUTED_BUFFERS, WRAPPER_PREFIXES, is_uncounted, name_similarity,
-                    strip_wrappers, uncounted_reason)
+from .names import (
+    COMPUTED_BUFFERS,
+    WRAPPER_PREFIXES,
+    is_uncounted,
+    name_similarity,
+    strip_wrappers,
+    uncounted_reason,
+)
 from .pairs import map_names
 from .result import NameMap, TensorPair
 from .values import FLOAT_FOR_HASH, GGML_QUANT, content_digest, load_array
 
 __all__ = [
-    "COMPUTED_BUFFERS", "FLOAT_FOR_HASH", "GGML_QUANT", "LLAMA_ROPE", "NameMap", "TensorPair",
-    "WRAPPER_PREFIXES", "content_digest", "gguf_architecture", "is_uncounted", "load_array",
-    "map_names", "name_similarity", "strip_wrappers", "uncounted_reason",
+    "COMPUTED_BUFFERS",
+    "FLOAT_FOR_HASH",
+    "GGML_QUANT",
+    "LLAMA_ROPE",
+    "NameMap",
+    "TensorPair",
+    "WRAPPER_PREFIXES",
+    "content_digest",
+    "gguf_architecture",
+    "is_uncounted",
+    "load_array",
+    "map_names",
+    "name_similarity",
+    "strip_wrappers",
+    "uncounted_reason",
 ]

@@ -29,7 +29,7 @@ from ..core.model import ModelInfo
 from ..core.tensor import TensorInfo
 
 EPS_CANDIDATES = (1e-5, 1e-3, 1e-4)  # BatchNorm's default, then Keras/TF-ported models
-RTOL, ATOL = 1e-4, 1e-6               # float32 rounding of the fold, not a loose match
+RTOL, ATOL = 1e-4, 1e-6  # float32 rounding of the fold, not a loose match
 STRICT_RTOL, STRICT_ATOL = 1e-6, 1e-9  # a few float32 ulps: tells eps 1e-5 from 1e-6
 FLOATS = ("float16", "bfloat16", "float32", "float64")
 BN_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -49,8 +49,7 @@ def _batchnorms(left: dict[str, TensorInfo]) -> Iterator[tuple[str, int]]:
             yield prefix, info.shape[0]
 
 
-def _layers(left: dict[str, TensorInfo], channels: int
-            ) -> Iterator[tuple[str, str | None, int]]:
+def _layers(left: dict[str, TensorInfo], channels: int) -> Iterator[tuple[str, str | None, int]]:
     """(weight name, bias name or None, output axis) of layers with ``channels`` outputs:
     axis 0 for Conv/Linear ``[out, in, ...]``, axis 1 for ConvTranspose ``[in, out, ...]``."""
     for name, info in left.items():
@@ -81,11 +80,14 @@ def fold_values(arrays: Callable[[str], np.ndarray], fold: Fold) -> np.ndarray:
     return (bias - mean) * scale + shift
 
 
-def folded_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
-                 right: dict[str, TensorInfo],
-                 on_load: Callable[[str], None] | None = None,
-                 named: dict[str, str] | None = None
-                 ) -> Iterator[tuple[str, str, Fold, list[str]]]:
+def folded_pairs(
+    a: ModelInfo,
+    b: ModelInfo,
+    left: dict[str, TensorInfo],
+    right: dict[str, TensorInfo],
+    on_load: Callable[[str], None] | None = None,
+    named: dict[str, str] | None = None,
+) -> Iterator[tuple[str, str, Fold, list[str]]]:
     """Yield ``(a_name, b_name, fold, absorbed)`` for each folded weight and bias found:
     ``a_name`` is the layer's tensor (or the BatchNorm's bias for a layer without one),
     ``absorbed`` the BatchNorm tensors the fold consumed.  The caller pops paired names.
@@ -128,23 +130,35 @@ def folded_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
             weight_fold = {"batchnorm": bn, "affine": affine, "role": "weight", "layer": layer}
             if axis:
                 weight_fold["axis"] = axis
-            solved = tuple(e for w in weights[:4]
-                           for e in _solve_eps(lambda n: arr(a, n), weight_fold, arr(b, w))
-                           if e not in EPS_CANDIDATES)
-            found = _first_match(weights, lambda eps: fold_values(
-                lambda n: arr(a, n), dict(weight_fold, eps=eps)),
-                lambda n: arr(b, n), eps_values=EPS_CANDIDATES + tuple(dict.fromkeys(solved)))
+            solved = tuple(
+                e
+                for w in weights[:4]
+                for e in _solve_eps(lambda n: arr(a, n), weight_fold, arr(b, w))  # noqa: B023 (called here)
+                if e not in EPS_CANDIDATES
+            )
+            found = _first_match(
+                weights,
+                lambda eps: fold_values(lambda n: arr(a, n), dict(weight_fold, eps=eps)),  # noqa: B023
+                lambda n: arr(b, n),
+                eps_values=EPS_CANDIDATES + tuple(dict.fromkeys(solved)),
+            )
             if found is None:
                 continue
             b_weight, eps = found
             fold = {"batchnorm": bn, "eps": eps, "affine": affine}
             absorbed = [bn + "." + p for p in BN_PARTS if bn + "." + p in left]
             bias_fold = dict(fold, role="bias", layer=layer_bias)
-            biases = [named[layer_bias]] if layer_bias in named else \
-                [n for n in candidates((channels,)) if n != b_weight]
-            b_bias = _first_match(biases,
-                                  lambda _eps: fold_values(lambda n: arr(a, n), bias_fold),
-                                  lambda n: arr(b, n), eps_values=(eps,))
+            biases = (
+                [named[layer_bias]]
+                if layer_bias in named
+                else [n for n in candidates((channels,)) if n != b_weight]
+            )
+            b_bias = _first_match(
+                biases,
+                lambda _eps: fold_values(lambda n: arr(a, n), bias_fold),  # noqa: B023 (called at once)
+                lambda n: arr(b, n),
+                eps_values=(eps,),
+            )
             yield layer, b_weight, dict(weight_fold, eps=eps), absorbed
             if b_bias is not None:
                 # a layer without a bias gets one from the fold: pair it with BN's bias
@@ -154,8 +168,9 @@ def folded_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
             break  # this BatchNorm is folded; one layer feeds it
 
 
-def _solve_eps(arrays: Callable[[str], np.ndarray], fold: Fold,
-               got: np.ndarray) -> tuple[float, ...]:
+def _solve_eps(
+    arrays: Callable[[str], np.ndarray], fold: Fold, got: np.ndarray
+) -> tuple[float, ...]:
     """The ``eps`` that turns A's layer into ``got`` (B's candidate), rounded to 1, 2 and 3
     significant digits (float32 data pins a small eps only roughly), or ``()``: per output
     channel, ``var + eps = (w·γ / w')²`` at the
@@ -170,11 +185,16 @@ def _solve_eps(arrays: Callable[[str], np.ndarray], fold: Fold,
         w, folded = w.reshape(w.shape[0], -1), folded.reshape(folded.shape[0], -1)
         at = np.argmax(np.abs(folded), axis=1)
         rows = np.arange(w.shape[0])
-        gamma = arrays(fold["batchnorm"] + ".weight").astype(np.float64) \
-            if fold.get("affine", True) else 1.0
+        gamma = (
+            arrays(fold["batchnorm"] + ".weight").astype(np.float64)
+            if fold.get("affine", True)
+            else 1.0
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
-            eps = np.median((w[rows, at] * gamma / folded[rows, at]) ** 2
-                            - arrays(fold["batchnorm"] + ".running_var").astype(np.float64))
+            eps = np.median(
+                (w[rows, at] * gamma / folded[rows, at]) ** 2
+                - arrays(fold["batchnorm"] + ".running_var").astype(np.float64)
+            )
     except (KeyError, ValueError):
         return ()
     if not np.isfinite(eps) or not 0 < eps < 1:
@@ -182,9 +202,12 @@ def _solve_eps(arrays: Callable[[str], np.ndarray], fold: Fold,
     return tuple(dict.fromkeys(float(f"{eps:.{digits}g}") for digits in (1, 2, 3)))
 
 
-def _first_match(names: list[str], expected: Callable[[float], np.ndarray],
-                 actual: Callable[[str], np.ndarray],
-                 eps_values: tuple[float, ...] = EPS_CANDIDATES) -> tuple[str, float] | None:
+def _first_match(
+    names: list[str],
+    expected: Callable[[float], np.ndarray],
+    actual: Callable[[str], np.ndarray],
+    eps_values: tuple[float, ...] = EPS_CANDIDATES,
+) -> tuple[str, float] | None:
     """The first B tensor in ``names`` equal to ``expected(eps)`` for some ``eps``.  Within
     RTOL more than one ``eps`` can pass (1e-5 and 1e-6 both do): the first that also holds
     at :data:`STRICT_RTOL` (float32 rounding of the fold) wins, else the closest one."""

@@ -14,8 +14,9 @@ from .names import strip_wrappers
 LLAMA_ROPE = {"attn_q", "attn_k"}  # llama.cpp permutes these rows for its rotary layout
 
 
-def gguf_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
-               right: dict[str, TensorInfo]) -> list[tuple[str, str, str | None, dict]]:
+def gguf_pairs(
+    a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo], right: dict[str, TensorInfo]
+) -> list[tuple[str, str, str | None, dict]]:
     """HF ↔ GGUF pairs by the gguf package's name table for the GGUF file's architecture.
 
     Args:
@@ -28,7 +29,9 @@ def gguf_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
     """
     if (a.format == "gguf") == (b.format == "gguf"):
         return []
-    gguf_side, gguf_names, other_names = (a, left, right) if a.format == "gguf" else (b, right, left)
+    gguf_side, gguf_names, other_names = (
+        (a, left, right) if a.format == "gguf" else (b, right, left)
+    )
     arch = gguf_architecture(gguf_side)
     written = _converter_arch(arch)
     table = _gguf_table(arch, gguf_names)
@@ -91,7 +94,8 @@ def _kv_heads(info: ModelInfo, arch: str | None, n_head: Any) -> int | None:
     the head size (the converter reads them the same way)."""
     try:
         head_dim = _gguf_kv(info, f"{arch}.attention.key_length") or (
-            int(_gguf_kv(info, f"{arch}.embedding_length")) // int(n_head))
+            int(_gguf_kv(info, f"{arch}.embedding_length")) // int(n_head)
+        )
         k = next(t for t in info.tensors if t.name == "blk.0.attn_k.weight")
         heads, rest = divmod(int(k.shape[0]), int(head_dim))
     except (StopIteration, TypeError, ValueError, ZeroDivisionError, IndexError):

@@ -14,16 +14,26 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 # buffers a model recomputes at load time (transformers registers them non-persistent, so a
 # state_dict has none, while TorchScript archives and ONNX graphs carry them)
-COMPUTED_BUFFERS = re.compile(r"(^|\.)(rotary_emb\.(original_)?inv_freq|embeddings\.position_ids"
-                              r"|attn\.masked_bias)$")
+COMPUTED_BUFFERS = re.compile(
+    r"(^|\.)(rotary_emb\.(original_)?inv_freq|embeddings\.position_ids"
+    r"|attn\.masked_bias)$"
+)
 
 _NAME_SPLIT = re.compile(r"[./:_\-]+")
 # leaf names other frameworks give a PyTorch ``weight`` / ``bias`` (Flax, Keras, TF)
-_LEAF_ALIASES = {"kernel": "weight", "scale": "weight", "embedding": "weight",
-                 "embeddings": "weight", "gamma": "weight", "beta": "bias", "0": ""}
+_LEAF_ALIASES = {
+    "kernel": "weight",
+    "scale": "weight",
+    "embedding": "weight",
+    "embeddings": "weight",
+    "gamma": "weight",
+    "beta": "bias",
+    "0": "",
+}
 
 
 # ---- prefix ------------------------------------------------------------------------------------
+
 
 def strip_wrappers(name: str) -> str:
     """``module._orig_mod.fc.weight`` -> ``fc.weight`` (wrapper prefixes, repeatedly)."""
@@ -32,12 +42,13 @@ def strip_wrappers(name: str) -> str:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
+                name, changed = name[len(prefix) :], True
     return name
 
 
-def prefix_pairs(left: dict[str, TensorInfo],
-                 right: dict[str, TensorInfo]) -> list[tuple[str, str]]:
+def prefix_pairs(
+    left: dict[str, TensorInfo], right: dict[str, TensorInfo]
+) -> list[tuple[str, str]]:
     """Pairs equal after dropping wrapper prefixes, then after dropping one dotted prefix
     that only one side has (the most common such prefix first, so ``model.`` wins over a
     coincidence).
@@ -76,11 +87,12 @@ def prefix_pairs(left: dict[str, TensorInfo],
     for (side, prefix), _count in candidates.most_common():
         longer, shorter = (canon_right, canon_left) if side == "b" else (canon_left, canon_right)
         for canon in [c for c in longer if c.startswith(prefix)]:
-            rest = canon[len(prefix):]
+            rest = canon[len(prefix) :]
             if rest not in shorter or canon not in longer:
                 continue
-            a_name, b_name = ((shorter[rest], longer[canon]) if side == "b"
-                              else (longer[canon], shorter[rest]))
+            a_name, b_name = (
+                (shorter[rest], longer[canon]) if side == "b" else (longer[canon], shorter[rest])
+            )
             if left[a_name].numel != right[b_name].numel:
                 continue
             out.append((a_name, b_name))
@@ -92,11 +104,12 @@ def _dotted_splits(name: str) -> Iterable[tuple[str, str]]:
     """``a.b.c`` -> (``a.``, ``b.c``), (``a.b.``, ``c``)."""
     idx = name.find(".")
     while idx != -1:
-        yield name[:idx + 1], name[idx + 1:]
+        yield name[: idx + 1], name[idx + 1 :]
         idx = name.find(".", idx + 1)
 
 
 # ---- what an unpaired tensor means -------------------------------------------------------------
+
 
 def uncounted_reason(t: TensorInfo, fmt: str) -> str | None:
     """Why an unpaired tensor does not count as a difference, or None when it does.
@@ -111,8 +124,11 @@ def uncounted_reason(t: TensorInfo, fmt: str) -> str | None:
         return "computed buffer"
     if t.name.rsplit(".", 1)[-1] == "num_batches_tracked" and t.numel <= 1:
         return "training counter"
-    if fmt == "onnx" and (not t.dtype.startswith(("float", "bfloat")) or t.numel <= 1
-                          or t.extra.get("source") == "constant"):
+    if fmt == "onnx" and (
+        not t.dtype.startswith(("float", "bfloat"))
+        or t.numel <= 1
+        or t.extra.get("source") == "constant"
+    ):
         return "graph constant"
     return None
 
@@ -123,6 +139,7 @@ def is_uncounted(t: TensorInfo, fmt: str) -> bool:
 
 
 # ---- similarity --------------------------------------------------------------------------------
+
 
 def _name_tokens(name: str) -> list[str]:
     parts = [_LEAF_ALIASES.get(p, p) for p in _NAME_SPLIT.split(name.lower())]

@@ -15,8 +15,9 @@ from .result import NameMap, TensorPair
 from .values import value_pairs
 
 
-def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
-              on_load: Callable[[str], None] | None = None) -> NameMap:
+def map_names(
+    a: ModelInfo, b: ModelInfo, by_value: bool = True, on_load: Callable[[str], None] | None = None
+) -> NameMap:
     """Pair the tensors of ``a`` with those of ``b`` (see the package doc for the matchers).
 
     Args:
@@ -36,9 +37,16 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
 
     def add(a_name: str, b_name: str, how: str, transform: str | None = None, **extra) -> None:
         ta, tb = left.pop(a_name), right.pop(b_name)
-        if transform is None and len(ta.shape) == 2 and tb.shape == ta.shape[::-1] and (
-                ta.shape[0] != ta.shape[1] or a_name in stored_transposed[0]
-                or b_name in stored_transposed[1]):
+        if (
+            transform is None
+            and len(ta.shape) == 2
+            and tb.shape == ta.shape[::-1]
+            and (
+                ta.shape[0] != ta.shape[1]
+                or a_name in stored_transposed[0]
+                or b_name in stored_transposed[1]
+            )
+        ):
             # named after the parameter but stored as the MatMul operand (keishiki's ONNX
             # export records these in its metadata; a non-square shape says so by itself)
             transform = "transpose"
@@ -63,30 +71,46 @@ def map_names(a: ModelInfo, b: ModelInfo, by_value: bool = True,
 
     order = {t.name: i for i, t in enumerate(a.tensors)}
     pairs.sort(key=lambda p: order[p.a])
-    return NameMap(str(a.path), str(b.path), a.format, b.format, pairs,
-                   list(left.values()), list(right.values()),
-                   {n: t for n, t in folded_into.items() if n in left},
-                   {n: t for n, t in folded_into_b.items() if n in right})
+    return NameMap(
+        str(a.path),
+        str(b.path),
+        a.format,
+        b.format,
+        pairs,
+        list(left.values()),
+        list(right.values()),
+        {n: t for n, t in folded_into.items() if n in left},
+        {n: t for n, t in folded_into_b.items() if n in right},
+    )
 
 
-def _pair_folds(bn_side: ModelInfo, other: ModelInfo, bn_left: dict, other_left: dict,
-                pairs: list[TensorPair], add, absorbed_into: dict[str, str],
-                on_load, reverse: bool) -> None:
+def _pair_folds(
+    bn_side: ModelInfo,
+    other: ModelInfo,
+    bn_left: dict,
+    other_left: dict,
+    pairs: list[TensorPair],
+    add,
+    absorbed_into: dict[str, str],
+    on_load,
+    reverse: bool,
+) -> None:
     """Pair the layers of ``bn_side`` whose BatchNorm ``other`` holds folded in (see
     :mod:`.folding`), adding new pairs or turning name pairs into ``folded`` ones.
     ``reverse``: ``bn_side`` is model B (``extra["fold"]["side"] = "B"``)."""
+
     def key(p: TensorPair) -> tuple[str, str]:
         return (p.b, p.a) if reverse else (p.a, p.b)
 
     named = dict(key(p) for p in pairs if p.how in ("exact", "prefix") and not p.transform)
     by_name = {key(p): p for p in pairs}
-    for bn_name, other_name, fold, absorbed in list(folded_pairs(
-            bn_side, other, bn_left, other_left, on_load, named)):
+    for bn_name, other_name, fold, absorbed in list(
+        folded_pairs(bn_side, other, bn_left, other_left, on_load, named)
+    ):
         if reverse:
             fold = dict(fold, side="B")
         if bn_name in bn_left and other_name in other_left:
-            add(*((other_name, bn_name) if reverse else (bn_name, other_name)), "folded",
-                fold=fold)
+            add(*((other_name, bn_name) if reverse else (bn_name, other_name)), "folded", fold=fold)
         elif (bn_name, other_name) in by_name:  # same name, folded values (dynamo exporter)
             by_name[bn_name, other_name].how = "folded"
             by_name[bn_name, other_name].extra["fold"] = fold

@@ -41,20 +41,42 @@ class TensorPair:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, ta: TensorInfo, tb: TensorInfo, how: str, transform: str | None = None,
-           extra: dict[str, Any] | None = None) -> TensorPair:
+    def of(
+        cls,
+        ta: TensorInfo,
+        tb: TensorInfo,
+        how: str,
+        transform: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> TensorPair:
         """The pair of ``ta`` (A) and ``tb`` (B), shapes and dtypes taken from both."""
-        return cls(ta.name, tb.name, how, ta.shape, tb.shape, ta.dtype, tb.dtype, transform,
-                   dict(extra or {}))
+        return cls(
+            ta.name,
+            tb.name,
+            how,
+            ta.shape,
+            tb.shape,
+            ta.dtype,
+            tb.dtype,
+            transform,
+            dict(extra or {}),
+        )
 
     @property
     def transposed(self) -> bool:
         return self.transform == "transpose"
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"a": self.a, "b": self.b, "how": self.how, "transposed": self.transposed,
-               "a_shape": list(self.a_shape), "b_shape": list(self.b_shape),
-               "a_dtype": self.a_dtype, "b_dtype": self.b_dtype}
+        out = {
+            "a": self.a,
+            "b": self.b,
+            "how": self.how,
+            "transposed": self.transposed,
+            "a_shape": list(self.a_shape),
+            "b_shape": list(self.b_shape),
+            "a_dtype": self.a_dtype,
+            "b_dtype": self.b_dtype,
+        }
         if self.transform and not self.transposed:
             out["transform"] = self.transform
         out.update(self.extra)
@@ -90,8 +112,10 @@ class NameMap:
     def counted_unmatched(self) -> tuple[list[str], list[str]]:
         """Unpaired names that count as a difference (graph constants, computed buffers and
         folded BatchNorms excluded)."""
-        return ([t.name for t in self.unmatched_a if not self.not_counted(t, "A")],
-                [t.name for t in self.unmatched_b if not self.not_counted(t, "B")])
+        return (
+            [t.name for t in self.unmatched_a if not self.not_counted(t, "A")],
+            [t.name for t in self.unmatched_b if not self.not_counted(t, "B")],
+        )
 
     def how_counts(self) -> dict[str, int]:
         return dict(Counter(p.how for p in self.pairs).most_common())
@@ -101,7 +125,8 @@ class NameMap:
         return {
             "a": {"path": self.a_path, "format": self.a_format},
             "b": {"path": self.b_path, "format": self.b_format},
-            "n_pairs": len(self.pairs), "how": self.how_counts(),
+            "n_pairs": len(self.pairs),
+            "how": self.how_counts(),
             "pairs": [p.to_dict() for p in self.pairs],
             "unmatched_a": [_brief(t, self.not_counted(t, "A")) for t in self.unmatched_a],
             "unmatched_b": [_brief(t, self.not_counted(t, "B")) for t in self.unmatched_b],

@@ -65,15 +65,20 @@ def _hashable(info: TensorInfo) -> bool:
     return not GGML_QUANT.match(info.dtype) and info.numel > 1
 
 
-def _load_for_digest(model: ModelInfo, t: TensorInfo,
-                     on_load: Callable[[str], None] | None) -> np.ndarray:
+def _load_for_digest(
+    model: ModelInfo, t: TensorInfo, on_load: Callable[[str], None] | None
+) -> np.ndarray:
     if on_load:
         on_load(t.name)
     return load_array(model, t)
 
 
-def _digest_table(model: ModelInfo, infos: Iterable[TensorInfo], numels: set[int],
-                  on_load: Callable[[str], None] | None) -> dict[tuple, list[Candidate]]:
+def _digest_table(
+    model: ModelInfo,
+    infos: Iterable[TensorInfo],
+    numels: set[int],
+    on_load: Callable[[str], None] | None,
+) -> dict[tuple, list[Candidate]]:
     """{content digest: [(name, None | "transpose")]} of ``infos`` whose size is in
     ``numels`` (2-D tensors also under their transpose's digest)."""
     table: dict[tuple, list[Candidate]] = defaultdict(list)
@@ -95,14 +100,18 @@ def _rank_candidates(name: str, candidates: list[Candidate]) -> list[tuple[Candi
     return scored
 
 
-def _value_pair(ta: TensorInfo, tb: TensorInfo, transform: str | None,
-                extra: dict) -> TensorPair:
+def _value_pair(ta: TensorInfo, tb: TensorInfo, transform: str | None, extra: dict) -> TensorPair:
     return TensorPair.of(ta, tb, "value-transposed" if transform else "value", transform, extra)
 
 
-def value_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
-                right: dict[str, TensorInfo], pairs: list[TensorPair],
-                on_load: Callable[[str], None] | None) -> None:
+def value_pairs(
+    a: ModelInfo,
+    b: ModelInfo,
+    left: dict[str, TensorInfo],
+    right: dict[str, TensorInfo],
+    pairs: list[TensorPair],
+    on_load: Callable[[str], None] | None,
+) -> None:
     """Pair what is left by content.  Several tensors of A may share one tensor of B: tied
     weights stored once, or equal tensors (all-ones norms) an exporter merged into one.
 
@@ -128,8 +137,9 @@ def value_pairs(a: ModelInfo, b: ModelInfo, left: dict[str, TensorInfo],
             (b_name, transform), score = free[0]
             # equal tensors (zero biases, unit norms) tie on value: the names decide
             ambiguous = len(free) > 1 and free[1][1] == score
-            pair = _value_pair(t, right.pop(b_name), transform,
-                               {"ambiguous": True} if ambiguous else {})
+            pair = _value_pair(
+                t, right.pop(b_name), transform, {"ambiguous": True} if ambiguous else {}
+            )
         elif candidates:  # B's tensor was paired by value already: shared
             b_name, transform = candidates[0]
             pair = _value_pair(t, b.tensor(b_name), transform, {"shared": True})

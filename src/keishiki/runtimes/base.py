@@ -32,7 +32,7 @@ class Sequence:
     stop_ids: set[int]
     max_new: int
     output_ids: list[int] = field(default_factory=list)
-    text: str | None = None          # set by backends that detokenize themselves (vLLM)
+    text: str | None = None  # set by backends that detokenize themselves (vLLM)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[dict[int, tuple[float, int]]] | None = None  # per output token
@@ -99,11 +99,12 @@ class Backend:
         for seq in seqs:
             if not seq.prompt_ids:
                 raise InvalidRequest(f"prompt {seq.request} is empty after tokenization")
-            bad = [t for t in seq.prompt_ids
-                   if t < 0 or (self.vocab_size and t >= self.vocab_size)]
+            bad = [t for t in seq.prompt_ids if t < 0 or (self.vocab_size and t >= self.vocab_size)]
             if bad:
-                raise InvalidRequest(f"prompt {seq.request} has token id {bad[0]} "
-                                     f"outside the model's vocabulary ({self.vocab_size})")
+                raise InvalidRequest(
+                    f"prompt {seq.request} has token id {bad[0]} "
+                    f"outside the model's vocabulary ({self.vocab_size})"
+                )
 
     def _run_impl(self, seqs: list[Sequence]) -> Iterator[list[Sequence]]:
         raise NotImplementedError
@@ -124,8 +125,13 @@ class LoopBackend(Backend):
     max_batch = 16
     pad_id = 0
 
-    def _forward(self, state: Any, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 position_ids: np.ndarray) -> tuple[np.ndarray, Any]:
+    def _forward(
+        self,
+        state: Any,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+    ) -> tuple[np.ndarray, Any]:
         """Run the model: ``state`` is None for the prompt, else what the previous call
         returned; ``input_ids``/``position_ids`` are the new tokens ``[batch, new]`` and
         ``attention_mask`` covers all tokens so far ``[batch, total]``.  Returns the last
@@ -159,40 +165,44 @@ class LoopBackend(Backend):
         if self.max_model_len and len(token_ids) > self.max_model_len:
             # past its context a model's numbers mean nothing (and learned position tables
             # fail with an index error): generate() refuses such prompts too
-            raise InvalidRequest(f"{len(token_ids)} token ids to score; the model takes at "
-                                 f"most {self.max_model_len}")
+            raise InvalidRequest(
+                f"{len(token_ids)} token ids to score; the model takes at most {self.max_model_len}"
+            )
         bad = [t for t in token_ids if t < 0 or (self.vocab_size and t >= self.vocab_size)]
         if bad:
-            raise InvalidRequest(f"token id {bad[0]} is outside the model's vocabulary "
-                                 f"({self.vocab_size})")
+            raise InvalidRequest(
+                f"token id {bad[0]} is outside the model's vocabulary ({self.vocab_size})"
+            )
         return self._score(token_ids)
 
     def _score(self, token_ids: list[int]) -> np.ndarray:
         """next_token_logits' work, on checked ids (a backend whose model returns every
         position's logits in one call overrides this)."""
         ids = np.asarray([token_ids], dtype=np.int64)
-        logits, state = self._forward(None, ids[:, :1], np.ones((1, 1), np.int64),
-                                      np.zeros((1, 1), np.int64))
+        logits, state = self._forward(
+            None, ids[:, :1], np.ones((1, 1), np.int64), np.zeros((1, 1), np.int64)
+        )
         rows = [np.asarray(logits, dtype=np.float32)[0].copy()]
         for i in range(1, ids.shape[1]):
             mask = np.ones((1, i + 1), dtype=np.int64)
-            logits, state = self._forward(state, ids[:, i:i + 1], mask,
-                                          np.array([[i]], dtype=np.int64))
+            logits, state = self._forward(
+                state, ids[:, i : i + 1], mask, np.array([[i]], dtype=np.int64)
+            )
             rows.append(np.asarray(logits, dtype=np.float32)[0].copy())
         return np.stack(rows)
 
     def _run_impl(self, seqs: list[Sequence]) -> Iterator[list[Sequence]]:
         size = self.max_batch if self.batchable else 1
         for start in range(0, len(seqs), size):
-            yield from self._run_group(seqs[start:start + size])
+            yield from self._run_group(seqs[start : start + size])
 
     def _run_group(self, group: list[Sequence]) -> Iterator[list[Sequence]]:
         width = max(len(s.prompt_ids) for s in group)
         input_ids = np.full((len(group), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(group), width), dtype=np.int64)
         for row, seq in enumerate(group):  # left padding: every row's last token is at -1
-            input_ids[row, width - len(seq.prompt_ids):] = seq.prompt_ids
-            mask[row, width - len(seq.prompt_ids):] = 1
+            input_ids[row, width - len(seq.prompt_ids) :] = seq.prompt_ids
+            mask[row, width - len(seq.prompt_ids) :] = 1
             seq.started_at = time.perf_counter()
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         logits, state = self._forward(None, input_ids, mask, positions)

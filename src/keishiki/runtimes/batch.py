@@ -38,13 +38,15 @@ class DecodeBatch:
 
     def __init__(self, backend: LoopBackend, capacity: int | None = None):
         if not isinstance(backend, LoopBackend):
-            raise RuntimeUnavailable(f"backend {backend.name!r} runs its own scheduler: "
-                                     f"continuous batching here is for torch, onnxruntime "
-                                     f"and torchscript")
+            raise RuntimeUnavailable(
+                f"backend {backend.name!r} runs its own scheduler: "
+                f"continuous batching here is for torch, onnxruntime "
+                f"and torchscript"
+            )
         self.backend = backend
         self.capacity = (capacity or backend.max_batch) if backend.batchable else 1
         self.seqs: list[Sequence] = []
-        self._mask: np.ndarray | None = None   # [rows, width]: 1 where a row has a token
+        self._mask: np.ndarray | None = None  # [rows, width]: 1 where a row has a token
         self._state = None
         self.steps = 0
         self.joins = 0
@@ -69,15 +71,16 @@ class DecodeBatch:
         """
         self.backend.check(seqs)
         if len(seqs) > self.free:
-            raise RuntimeUnavailable(f"{len(seqs)} sequences do not fit: {self.free} of "
-                                     f"{self.capacity} rows are free")
+            raise RuntimeUnavailable(
+                f"{len(seqs)} sequences do not fit: {self.free} of {self.capacity} rows are free"
+            )
         width = max(len(s.prompt_ids) for s in seqs)
         ids = np.full((len(seqs), width), self.backend.pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
         now = time.perf_counter()
         for row, seq in enumerate(seqs):
-            ids[row, width - len(seq.prompt_ids):] = seq.prompt_ids
-            mask[row, width - len(seq.prompt_ids):] = 1
+            ids[row, width - len(seq.prompt_ids) :] = seq.prompt_ids
+            mask[row, width - len(seq.prompt_ids) :] = 1
             seq.started_at = seq.started_at or now
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         logits, state = self.backend._forward(None, ids, mask, positions)
@@ -101,8 +104,7 @@ class DecodeBatch:
         next_ids = np.asarray([[s.output_ids[-1]] for s in self.seqs], dtype=np.int64)
         self._mask = np.concatenate([self._mask, np.ones((rows, 1), dtype=np.int64)], axis=1)
         positions = self._mask.sum(axis=1, keepdims=True) - 1
-        logits, self._state = self.backend._forward(self._state, next_ids, self._mask,
-                                                    positions)
+        logits, self._state = self.backend._forward(self._state, next_ids, self._mask, positions)
         self.steps += 1
         for row, seq in enumerate(self.seqs):
             sample_next(seq, logits[row])
@@ -133,9 +135,10 @@ class DecodeBatch:
         width = max(mask_a.shape[1], mask_b.shape[1])
         pad_a, pad_b = width - mask_a.shape[1], width - mask_b.shape[1]
         mask = np.concatenate([_pad(mask_a, pad_a), _pad(mask_b, pad_b)], axis=0)
-        parts = [_cat([_pad(a, pad_a), _pad(b, pad_b)])
-                 for a, b in zip(self.backend._state_parts(state_a),
-                                 self.backend._state_parts(state_b))]
+        parts = [
+            _cat([_pad(a, pad_a), _pad(b, pad_b)])
+            for a, b in zip(self.backend._state_parts(state_a), self.backend._state_parts(state_b))
+        ]
         return mask, self.backend._state_from_parts(parts)
 
 
@@ -146,8 +149,11 @@ def _axis(part) -> int:
 
 def _cut(part, rows: list[int], lead: int):
     """Rows ``rows`` of ``part`` without its first ``lead`` positions (numpy or torch)."""
-    index = np.asarray(rows) if isinstance(part, np.ndarray) else \
-        _torch().as_tensor(rows, device=part.device)
+    index = (
+        np.asarray(rows)
+        if isinstance(part, np.ndarray)
+        else _torch().as_tensor(rows, device=part.device)
+    )
     picked = part[index]
     cut = [slice(None)] * picked.ndim
     cut[_axis(picked)] = slice(lead, None)

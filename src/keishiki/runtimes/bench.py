@@ -19,8 +19,12 @@ from pathlib import Path
 
 from ..errors import InvalidRequest, KeishikiError
 
-DEFAULT_BACKENDS = {"hf-model": ["torch", "onnxruntime", "torchscript"],
-                    "onnx": ["onnxruntime"], "torchscript": ["torchscript"], "gguf": ["torch"]}
+DEFAULT_BACKENDS = {
+    "hf-model": ["torch", "onnxruntime", "torchscript"],
+    "onnx": ["onnxruntime"],
+    "torchscript": ["torchscript"],
+    "gguf": ["torch"],
+}
 
 
 def cache_root() -> Path:
@@ -38,9 +42,17 @@ def prompt_ids(vocab: int, length: int, batch: int, skip: int = 8) -> list[list[
     return rows
 
 
-def measure(model: str, backend: str, tokenizer: str | None, prompt_len: int, gen_len: int,
-            batch: int, repeats: int = 3, threads: int | None = None,
-            trust_remote_code: bool = False) -> dict:
+def measure(
+    model: str,
+    backend: str,
+    tokenizer: str | None,
+    prompt_len: int,
+    gen_len: int,
+    batch: int,
+    repeats: int = 3,
+    threads: int | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
     """Load ``model`` on ``backend`` and time greedy generation of ``gen_len`` tokens for
     ``batch`` prompts of ``prompt_len`` tokens (EOS ignored, so every run has the same length).
 
@@ -52,8 +64,13 @@ def measure(model: str, backend: str, tokenizer: str | None, prompt_len: int, ge
 
     start = time.perf_counter()
     kwargs = {"threads": threads} if threads and backend == "onnxruntime" else {}
-    llm = LLM(model=model, backend=backend, tokenizer=tokenizer,
-              trust_remote_code=trust_remote_code, **kwargs)
+    llm = LLM(
+        model=model,
+        backend=backend,
+        tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
+        **kwargs,
+    )
     load_s = time.perf_counter() - start
     vocab = llm._engine.vocab_size or llm.tokenizer.vocab_size
     prompts = [{"prompt_token_ids": ids} for ids in prompt_ids(vocab, prompt_len, batch)]
@@ -65,10 +82,15 @@ def measure(model: str, backend: str, tokenizer: str | None, prompt_len: int, ge
         ttfts.append(outs[0].metrics["first_token_s"])
         decode = max(o.metrics.get("decode_s", 0.0) for o in outs)
         speeds.append(batch * (gen_len - 1) / decode if decode > 0 else float("nan"))
-    return {"backend": backend, "load_s": load_s, "ttft_s": _median(ttfts),
-            "decode_tok_s": _median(speeds), "peak_rss": _peak_rss(),
-            "token_ids": [o.outputs[0].token_ids for o in outs],
-            "backend_reason": llm.backend_reason}
+    return {
+        "backend": backend,
+        "load_s": load_s,
+        "ttft_s": _median(ttfts),
+        "decode_tok_s": _median(speeds),
+        "peak_rss": _peak_rss(),
+        "token_ids": [o.outputs[0].token_ids for o in outs],
+        "backend_reason": llm.backend_reason,
+    }
 
 
 def _median(values: list[float]) -> float:
@@ -120,10 +142,17 @@ def converted(model_dir: Path, backend: str, cache_dir: Path | None = None) -> P
     return target
 
 
-def bench(model: str | Path, backends: list[str] | None = None, prompt_len: int = 32,
-          gen_len: int = 32, batch: int = 1, tokenizer: str | None = None,
-          repeats: int = 3, cache_dir: Path | None = None,
-          trust_remote_code: bool = False) -> dict:
+def bench(
+    model: str | Path,
+    backends: list[str] | None = None,
+    prompt_len: int = 32,
+    gen_len: int = 32,
+    batch: int = 1,
+    tokenizer: str | None = None,
+    repeats: int = 3,
+    cache_dir: Path | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
     """Measure each backend on ``model`` (see :func:`measure`), each in its own process.
 
     The model passes the load gate first (:func:`keishiki.core.gate.admit`): a HF folder is
@@ -144,8 +173,12 @@ def bench(model: str | Path, backends: list[str] | None = None, prompt_len: int 
     model = Path(model)
     if not model.exists():
         raise InvalidRequest(f"{model}: no such file or folder")
-    for name, value in (("prompt-len", prompt_len), ("gen-len", gen_len), ("batch", batch),
-                        ("repeats", repeats)):
+    for name, value in (
+        ("prompt-len", prompt_len),
+        ("gen-len", gen_len),
+        ("batch", batch),
+        ("repeats", repeats),
+    ):
         if value < 1:
             raise InvalidRequest(f"--{name} must be at least 1, got {value}")
     fmt = detect_format(model)
@@ -156,28 +189,51 @@ def bench(model: str | Path, backends: list[str] | None = None, prompt_len: int 
     backends = backends or DEFAULT_BACKENDS[fmt]
     for name in backends:
         if name not in BACKENDS or name == "auto":
-            raise InvalidRequest(f"unknown backend {name!r}: choose from "
-                                 f"torch, onnxruntime, torchscript, vllm")
+            raise InvalidRequest(
+                f"unknown backend {name!r}: choose from torch, onnxruntime, torchscript, vllm"
+            )
     results = []
     for name in backends:
         target, tok = str(model), tokenizer
         if fmt == "hf-model" and name in ("onnxruntime", "torchscript"):
             target, tok = str(converted(model, name, cache_dir)), tokenizer or str(model)
-        results.append(_in_subprocess(dict(model=target, backend=name, tokenizer=tok,
-                                           prompt_len=prompt_len, gen_len=gen_len,
-                                           batch=batch, repeats=repeats,
-                                           trust_remote_code=trust_remote_code)))
+        results.append(
+            _in_subprocess(
+                dict(
+                    model=target,
+                    backend=name,
+                    tokenizer=tok,
+                    prompt_len=prompt_len,
+                    gen_len=gen_len,
+                    batch=batch,
+                    repeats=repeats,
+                    trust_remote_code=trust_remote_code,
+                )
+            )
+        )
     if all(r.get("refused") for r in results):  # nothing ran: one line, exit 2, as `run`
         raise InvalidRequest(results[0]["error"])
-    return {"model": str(model), "format": fmt,
-            "settings": {"prompt_len": prompt_len, "gen_len": gen_len, "batch": batch,
-                         "repeats": repeats, "sampling": "greedy, EOS ignored"},
-            "results": results, "agreement": agreement(results)}
+    return {
+        "model": str(model),
+        "format": fmt,
+        "settings": {
+            "prompt_len": prompt_len,
+            "gen_len": gen_len,
+            "batch": batch,
+            "repeats": repeats,
+            "sampling": "greedy, EOS ignored",
+        },
+        "results": results,
+        "agreement": agreement(results),
+    }
 
 
 def _in_subprocess(args: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "keishiki.runtimes.bench", json.dumps(args)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "keishiki.runtimes.bench", json.dumps(args)],
+        capture_output=True,
+        text=True,
+    )
     lines = proc.stdout.strip().splitlines()
     try:
         return json.loads(lines[-1])
@@ -197,10 +253,15 @@ def agreement(results: list[dict]) -> dict:
     for other in ran[1:]:
         pairs = list(zip(reference["token_ids"], other["token_ids"]))
         same = sum(a == b for a, b in pairs)
-        first = min((next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-                     for a, b in pairs if a != b), default=None)
-        report[other["backend"]] = {"identical": same, "of": len(pairs),
-                                    "first_difference_at": first}
+        first = min(
+            (next(i for i, (x, y) in enumerate(zip(a, b)) if x != y) for a, b in pairs if a != b),
+            default=None,
+        )
+        report[other["backend"]] = {
+            "identical": same,
+            "of": len(pairs),
+            "first_difference_at": first,
+        }
     return report
 
 
@@ -209,12 +270,21 @@ def _worker(argv: list[str]) -> int:
     try:
         result = measure(**args)
     except KeishikiError as exc:  # the model or request is at fault: said as keishiki says it
-        print(json.dumps({"backend": args.get("backend"), "error": str(exc).splitlines()[0],
-                          "refused": True}))
+        print(
+            json.dumps(
+                {"backend": args.get("backend"), "error": str(exc).splitlines()[0], "refused": True}
+            )
+        )
         return 0
     except Exception as exc:  # reported as the row's error, the other backends still run
-        print(json.dumps({"backend": args.get("backend"),
-                          "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}))
+        print(
+            json.dumps(
+                {
+                    "backend": args.get("backend"),
+                    "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+                }
+            )
+        )
         return 0
     print(json.dumps(result))
     return 0

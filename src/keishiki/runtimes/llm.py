@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence as Seq
+from typing import Any, Callable
+from typing import Sequence as Seq
 
 import numpy as np
 
@@ -68,13 +69,23 @@ class LLM:
         MissingDependency: the engine's library is not installed.
     """
 
-    def __init__(self, model: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
-                 backend: str = "auto", dtype: str | None = None, seed: int | None = None,
-                 trust_remote_code: bool = False, tensor_parallel_size: int = 1,
-                 pipeline_parallel_size: int = 1, max_model_len: int | None = None,
-                 max_num_seqs: int | None = None, device: str | None = None,
-                 providers: list[str] | None = None, max_logprobs: int = 20,
-                 **engine_kwargs: Any):
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        tokenizer: str | os.PathLike | None = None,
+        backend: str = "auto",
+        dtype: str | None = None,
+        seed: int | None = None,
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        max_num_seqs: int | None = None,
+        device: str | None = None,
+        providers: list[str] | None = None,
+        max_logprobs: int = 20,
+        **engine_kwargs: Any,
+    ):
         started = time.perf_counter()
         self.max_logprobs = max_logprobs
         self.model_path = _local(model)
@@ -86,8 +97,11 @@ class LLM:
             engine_kwargs.setdefault("max_logprobs", max_logprobs)
         try:
             tokenizer_dir = find_tokenizer_dir(
-                self.model_path, tokenizer if tokenizer is not None else
-                (choice.folder if (choice.folder / "tokenizer.json").is_file() else None))
+                self.model_path,
+                tokenizer
+                if tokenizer is not None
+                else (choice.folder if (choice.folder / "tokenizer.json").is_file() else None),
+            )
             no_tokenizer = None
         except RuntimeUnavailable as exc:
             # load the model first anyway: "not a language model" is the better message
@@ -95,11 +109,20 @@ class LLM:
         _admit(choice, tokenizer_dir, trust_remote_code)
         choice.check_sizes()
         config = choice.config() or _read_config(tokenizer_dir)
-        self._engine = self._load(choice, config, tokenizer_dir, dtype=dtype, seed=seed,
-                                  trust_remote_code=trust_remote_code, device=device,
-                                  providers=providers, tp=tensor_parallel_size,
-                                  pp=pipeline_parallel_size, max_model_len=max_model_len,
-                                  engine_kwargs=engine_kwargs)
+        self._engine = self._load(
+            choice,
+            config,
+            tokenizer_dir,
+            dtype=dtype,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            providers=providers,
+            tp=tensor_parallel_size,
+            pp=pipeline_parallel_size,
+            max_model_len=max_model_len,
+            engine_kwargs=engine_kwargs,
+        )
         if no_tokenizer is not None:
             raise no_tokenizer
         self.tokenizer = Tokenizer(tokenizer_dir)
@@ -107,8 +130,10 @@ class LLM:
             self._engine.max_batch = max_num_seqs
         if max_model_len:
             self._engine.max_model_len = max_model_len
-        if getattr(self._engine, "pad_id", None) is not None and self.tokenizer.pad_token_id \
-                is not None:
+        if (
+            getattr(self._engine, "pad_id", None) is not None
+            and self.tokenizer.pad_token_id is not None
+        ):
             self._engine.pad_id = self.tokenizer.pad_token_id
         self.backend = self._engine.name
         self.backend_reason = "; ".join([choice.reason] + self._engine.details)
@@ -116,36 +141,63 @@ class LLM:
         self.load_seconds = time.perf_counter() - started
 
     @staticmethod
-    def _load(choice, config, tokenizer_dir, *, dtype, seed, trust_remote_code, device,
-              providers, tp, pp, max_model_len, engine_kwargs) -> Backend:
+    def _load(
+        choice,
+        config,
+        tokenizer_dir,
+        *,
+        dtype,
+        seed,
+        trust_remote_code,
+        device,
+        providers,
+        tp,
+        pp,
+        max_model_len,
+        engine_kwargs,
+    ) -> Backend:
         if choice.backend == "torch":
             from .torch_backend import TorchBackend
 
-            return TorchBackend(choice.model_file, dtype=dtype, device=device,
-                                trust_remote_code=trust_remote_code)
+            return TorchBackend(
+                choice.model_file, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+            )
         if choice.backend == "onnxruntime":
             from .onnxruntime_backend import OnnxRuntimeBackend
 
-            return OnnxRuntimeBackend(choice.model_file, config, providers=providers,
-                                      threads=engine_kwargs.get("threads"))
+            return OnnxRuntimeBackend(
+                choice.model_file, config, providers=providers, threads=engine_kwargs.get("threads")
+            )
         if choice.backend == "torchscript":
             from .torchscript_backend import TorchScriptBackend
 
             return TorchScriptBackend(choice.model_file, config, device=device)
         from .vllm_backend import VllmBackend
 
-        return VllmBackend(choice.model_file, tokenizer=str(tokenizer_dir), dtype=dtype,
-                           seed=seed, tensor_parallel_size=tp, pipeline_parallel_size=pp,
-                           max_model_len=max_model_len, trust_remote_code=trust_remote_code,
-                           **engine_kwargs)
+        return VllmBackend(
+            choice.model_file,
+            tokenizer=str(tokenizer_dir),
+            dtype=dtype,
+            seed=seed,
+            tensor_parallel_size=tp,
+            pipeline_parallel_size=pp,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            **engine_kwargs,
+        )
 
     def get_tokenizer(self) -> Tokenizer:
         """The tokenizer (keishiki's ``tokenizers``-based one, for every backend)."""
         return self.tokenizer
 
-    def generate(self, prompts: PromptType | Seq[PromptType],
-                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
-                 use_tqdm: bool = False, on_text: OnText | None = None) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts: PromptType | Seq[PromptType],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = False,
+        on_text: OnText | None = None,
+    ) -> list[RequestOutput]:
         """Generate completions for each prompt.
 
         Args:
@@ -170,10 +222,16 @@ class LLM:
         texts, ids = zip(*(self._tokenize(p, i) for i, p in enumerate(prompts)))
         return self._generate_ids(list(texts), list(ids), params, on_text)
 
-    def chat(self, messages: list[dict] | list[list[dict]],
-             sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
-             add_generation_prompt: bool = True, chat_template: str | None = None,
-             use_tqdm: bool = False, on_text: OnText | None = None) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        use_tqdm: bool = False,
+        on_text: OnText | None = None,
+    ) -> list[RequestOutput]:
         """Generate replies to one conversation (a list of ``{"role", "content"}`` dicts) or
         to a list of conversations, rendered with the tokenizer's chat template.
 
@@ -181,11 +239,14 @@ class LLM:
             InvalidRequest: no chat template, malformed messages, or what generate() raises.
         """
         if not messages:
-            raise InvalidRequest("messages must be a non-empty list of "
-                                 "{'role': ..., 'content': ...} dicts")
+            raise InvalidRequest(
+                "messages must be a non-empty list of {'role': ..., 'content': ...} dicts"
+            )
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
-        rendered = [self.tokenizer.render_chat(c, add_generation_prompt, chat_template)
-                    for c in conversations]
+        rendered = [
+            self.tokenizer.render_chat(c, add_generation_prompt, chat_template)
+            for c in conversations
+        ]
         params = self._params_per_prompt(sampling_params, len(rendered))
         ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in rendered]
         return self._generate_ids(rendered, ids, params, on_text)
@@ -203,12 +264,16 @@ class LLM:
         """
         scorer = getattr(self._engine, "next_token_logits", None)
         if scorer is None:
-            raise RuntimeUnavailable(f"backend {self.backend!r} does not expose its logits; "
-                                     f"use prompt_logprobs in SamplingParams instead")
+            raise RuntimeUnavailable(
+                f"backend {self.backend!r} does not expose its logits; "
+                f"use prompt_logprobs in SamplingParams instead"
+            )
         ids = list(token_ids) if not isinstance(token_ids, (str, bytes)) else [token_ids]
         if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in ids):
-            raise InvalidRequest("token_ids must be a list of integer token ids "
-                                 "(tokenize text with llm.get_tokenizer().encode)")
+            raise InvalidRequest(
+                "token_ids must be a list of integer token ids "
+                "(tokenize text with llm.get_tokenizer().encode)"
+            )
         return scorer([int(t) for t in ids])
 
     # -- internals ---------------------------------------------------------------------
@@ -220,20 +285,25 @@ class LLM:
             sampling_params = [sampling_params] * count
         sampling_params = list(sampling_params)
         if len(sampling_params) != count:
-            raise InvalidRequest(f"{len(sampling_params)} sampling params for {count} prompts: "
-                                 f"pass one, or one per prompt")
+            raise InvalidRequest(
+                f"{len(sampling_params)} sampling params for {count} prompts: "
+                f"pass one, or one per prompt"
+            )
         for item in sampling_params:
             if not isinstance(item, SamplingParams):
-                raise InvalidRequest(f"sampling_params must be SamplingParams, got "
-                                     f"{type(item).__name__}")
+                raise InvalidRequest(
+                    f"sampling_params must be SamplingParams, got {type(item).__name__}"
+                )
             item.validate()
             for name in ("logprobs", "prompt_logprobs"):
                 asked = getattr(item, name)
                 if asked is not None and asked > self.max_logprobs:
                     # vLLM's wording; its engine argument raises the cap
-                    raise InvalidRequest(f"Requested {name.replace('_', ' ')} of {asked}, which "
-                                         f"is greater than max allowed: {self.max_logprobs} "
-                                         f"(LLM(max_logprobs=...) raises it)")
+                    raise InvalidRequest(
+                        f"Requested {name.replace('_', ' ')} of {asked}, which "
+                        f"is greater than max allowed: {self.max_logprobs} "
+                        f"(LLM(max_logprobs=...) raises it)"
+                    )
         return sampling_params
 
     def _tokenize(self, prompt: PromptType, index: int) -> tuple[str | None, list[int]]:
@@ -241,10 +311,11 @@ class LLM:
             ids = prompt.get("prompt_token_ids")
             if ids:
                 if isinstance(ids, (str, bytes)) or not all(
-                        isinstance(t, (int, np.integer)) and not isinstance(t, bool)
-                        for t in ids):
-                    raise InvalidRequest(f"prompt {index}: prompt_token_ids must be a list of "
-                                         f"integer token ids")
+                    isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in ids
+                ):
+                    raise InvalidRequest(
+                        f"prompt {index}: prompt_token_ids must be a list of integer token ids"
+                    )
                 return prompt.get("prompt"), [int(t) for t in ids]
             prompt = prompt.get("prompt", "")
         if not isinstance(prompt, str) or not prompt:
@@ -252,8 +323,9 @@ class LLM:
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError as exc:  # lone surrogates: no tokenizer can take them
-            raise InvalidRequest(f"prompt {index} is not valid text ({exc.reason} at "
-                                 f"character {exc.start})") from None
+            raise InvalidRequest(
+                f"prompt {index} is not valid text ({exc.reason} at character {exc.start})"
+            ) from None
         return prompt, self.tokenizer.encode(prompt)
 
     def _sequences(self, ids: list[list[int]], params: list[SamplingParams]) -> list[Sequence]:
@@ -262,15 +334,29 @@ class LLM:
         seqs = []
         for request, (prompt_ids, p) in enumerate(zip(ids, params)):
             if limit and len(prompt_ids) >= limit:
-                raise InvalidRequest(f"prompt {request} has {len(prompt_ids)} tokens; the model "
-                                     f"takes at most {limit} in all")
+                raise InvalidRequest(
+                    f"prompt {request} has {len(prompt_ids)} tokens; the model "
+                    f"takes at most {limit} in all"
+                )
             room = limit - len(prompt_ids) if limit else None
-            max_new = min(x for x in (p.max_tokens, room) if x) if (p.max_tokens or room) \
+            max_new = (
+                min(x for x in (p.max_tokens, room) if x)
+                if (p.max_tokens or room)
                 else UNBOUNDED_MAX_TOKENS
+            )
             stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else eos)
             for index in range(p.n):
-                seqs.append(Sequence(request, index, list(prompt_ids), p,
-                                     make_rng(p.seed, index, self._rng), stop_ids, max_new))
+                seqs.append(
+                    Sequence(
+                        request,
+                        index,
+                        list(prompt_ids),
+                        p,
+                        make_rng(p.seed, index, self._rng),
+                        stop_ids,
+                        max_new,
+                    )
+                )
         return seqs
 
     def _generate_ids(self, texts, ids, params, on_text) -> list[RequestOutput]:
@@ -289,24 +375,41 @@ class LLM:
         return self._outputs(texts, ids, params, seqs, trackers)
 
     def _outputs(self, texts, ids, params, seqs, trackers) -> list[RequestOutput]:
-        results = [RequestOutput(str(i), texts[i], list(ids[i]), [],
-                                 metrics={"backend": self.backend}) for i in range(len(ids))]
+        results = [
+            RequestOutput(str(i), texts[i], list(ids[i]), [], metrics={"backend": self.backend})
+            for i in range(len(ids))
+        ]
         for seq, tracker in zip(seqs, trackers):
             text = tracker.final_text(seq)
-            logprobs = None if seq.logprobs is None else \
-                [self._logprob_dict(d) for d in seq.logprobs[:len(seq.output_ids)]]
-            cumulative = None if logprobs is None else \
-                sum(step[t].logprob for step, t in zip(logprobs, seq.output_ids) if t in step)
-            results[seq.request].outputs.append(CompletionOutput(
-                seq.index, text, list(seq.output_ids), cumulative_logprob=cumulative,
-                logprobs=logprobs, finish_reason=seq.finish_reason,
-                stop_reason=seq.stop_reason))
+            logprobs = (
+                None
+                if seq.logprobs is None
+                else [self._logprob_dict(d) for d in seq.logprobs[: len(seq.output_ids)]]
+            )
+            cumulative = (
+                None
+                if logprobs is None
+                else sum(step[t].logprob for step, t in zip(logprobs, seq.output_ids) if t in step)
+            )
+            results[seq.request].outputs.append(
+                CompletionOutput(
+                    seq.index,
+                    text,
+                    list(seq.output_ids),
+                    cumulative_logprob=cumulative,
+                    logprobs=logprobs,
+                    finish_reason=seq.finish_reason,
+                    stop_reason=seq.stop_reason,
+                )
+            )
             result = results[seq.request]
             if seq.index == 0 and seq.params.prompt_logprobs is not None:
-                raw = seq.prompt_logprobs if seq.prompt_logprobs is not None else \
-                    self._prompt_logprobs(seq.prompt_ids, seq.params.prompt_logprobs)
-                result.prompt_logprobs = [None if d is None else self._logprob_dict(d)
-                                          for d in raw]
+                raw = (
+                    seq.prompt_logprobs
+                    if seq.prompt_logprobs is not None
+                    else self._prompt_logprobs(seq.prompt_ids, seq.params.prompt_logprobs)
+                )
+                result.prompt_logprobs = [None if d is None else self._logprob_dict(d) for d in raw]
             metrics = result.metrics
             if seq.first_token_at is not None:
                 metrics.setdefault("first_token_s", seq.first_token_at - seq.started_at)
@@ -317,12 +420,15 @@ class LLM:
         """vLLM's prompt_logprobs: None for the first token, then each prompt token's
         ``{id: (logprob, rank)}`` given the tokens before it."""
         rows = self.next_token_logits(prompt_ids)
-        return [None] + [top_logprobs(rows[i - 1], prompt_ids[i], k)
-                         for i in range(1, len(prompt_ids))]
+        return [None] + [
+            top_logprobs(rows[i - 1], prompt_ids[i], k) for i in range(1, len(prompt_ids))
+        ]
 
     def _logprob_dict(self, raw: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
-        return {tid: Logprob(lp, rank, self.tokenizer.decode([tid], False))
-                for tid, (lp, rank) in raw.items()}
+        return {
+            tid: Logprob(lp, rank, self.tokenizer.decode([tid], False))
+            for tid, (lp, rank) in raw.items()
+        }
 
 
 class _TextTracker:
@@ -348,7 +454,7 @@ class _TextTracker:
             end = len(text)
         else:
             end = len(text.rstrip("\ufffd")) - self.hold
-        delta = text[self.streamed:max(end, self.streamed)]
+        delta = text[self.streamed : max(end, self.streamed)]
         self.streamed += len(delta)
         return delta
 
@@ -364,7 +470,7 @@ class _TextTracker:
         found = [(complete.find(s), s) for s in self.params.stop if s in complete]
         if found:
             at, stop = min(found)
-            text = text[:at + len(stop) if self.params.include_stop_str_in_output else at]
+            text = text[: at + len(stop) if self.params.include_stop_str_in_output else at]
             seq.finish_reason, seq.stop_reason = "stop", stop
         return text
 

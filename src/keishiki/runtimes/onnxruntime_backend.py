@@ -22,8 +22,12 @@ from .base import LoopBackend, model_config_value
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-             "tensor(double)": np.float64, "tensor(bfloat16)": np.float32}
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(bfloat16)": np.float32,
+}
 
 
 def pick_providers(ort, requested: list[str] | None) -> list[str]:
@@ -40,23 +44,30 @@ class OnnxRuntimeBackend(LoopBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_file: Path, config: dict | None = None,
-                 providers: list[str] | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        onnx_file: Path,
+        config: dict | None = None,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ):
         super().__init__()
         ort = require("onnxruntime", extra="onnx", purpose="run an ONNX model")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # keep ORT's warnings about unused initializers quiet
-        self.session = ort.InferenceSession(str(onnx_file), options,
-                                            providers=pick_providers(ort, providers))
+        self.session = ort.InferenceSession(
+            str(onnx_file), options, providers=pick_providers(ort, providers)
+        )
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         if "input_ids" not in inputs or "logits" not in outputs:
             raise InvalidRequest(
                 f"{onnx_file}: not a causal language model graph (inputs "
                 f"{', '.join(list(inputs)[:4])}; outputs {', '.join(outputs[:4])}; "
-                f"generation needs input_ids → logits)")
+                f"generation needs input_ids → logits)"
+            )
         self.input_names = set(inputs)
         self.past_names = sorted((n for n in inputs if _PAST.match(n)), key=_layer_order)
         self.present_names = sorted((o for o in outputs if _PRESENT.match(o)), key=_layer_order)
@@ -69,10 +80,13 @@ class OnnxRuntimeBackend(LoopBackend):
         vocab = logits_shape[-1] if logits_shape and isinstance(logits_shape[-1], int) else None
         self.vocab_size = vocab or model_config_value(config, "vocab_size")
         self.max_model_len = model_config_value(config, "max_position_embeddings")
-        self.details = [f"onnxruntime {ort.__version__}",
-                        self.session.get_providers()[0],
-                        f"KV cache ({len(self.past_names) // 2} layers)" if self.cached else
-                        "no KV cache in the graph: the prefix is recomputed every step"]
+        self.details = [
+            f"onnxruntime {ort.__version__}",
+            self.session.get_providers()[0],
+            f"KV cache ({len(self.past_names) // 2} layers)"
+            if self.cached
+            else "no KV cache in the graph: the prefix is recomputed every step",
+        ]
 
     def _past_layout(self, inputs: dict, config: dict) -> tuple[tuple, type]:
         first = inputs[self.past_names[0]]
@@ -83,10 +97,13 @@ class OnnxRuntimeBackend(LoopBackend):
         if not isinstance(head_dim, int):
             head_dim = model_config_value(config, "head_dim") or (
                 model_config_value(config, "hidden_size")
-                // model_config_value(config, "num_attention_heads"))
+                // model_config_value(config, "num_attention_heads")
+            )
         if not isinstance(heads, int) or not isinstance(head_dim, int):
-            raise InvalidRequest(f"{first.name} has symbolic head sizes {shape} and there is no "
-                                 f"config.json beside the model to read them from")
+            raise InvalidRequest(
+                f"{first.name} has symbolic head sizes {shape} and there is no "
+                f"config.json beside the model to read them from"
+            )
         return (heads, head_dim), _NP_TYPES.get(first.type, np.float32)
 
     def _score(self, token_ids: list[int]) -> np.ndarray:
@@ -95,8 +112,11 @@ class OnnxRuntimeBackend(LoopBackend):
         if self.cached:
             return super()._score(token_ids)
         ids = np.asarray([token_ids], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None, :]}
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None, :],
+        }
         feed = {k: v for k, v in feed.items() if k in self.input_names}
         return np.asarray(self.session.run(["logits"], feed)[0][0], dtype=np.float32)
 
@@ -125,7 +145,6 @@ class OnnxRuntimeBackend(LoopBackend):
         if self.cached:
             state = dict(zip(self.past_names, results[1:]))
         return logits, state
-
 
     def _state_parts(self, state) -> list:
         # with a cache: the past tensors [batch, kv_heads, past, head_dim]; without: the ids

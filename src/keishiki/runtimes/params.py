@@ -82,35 +82,54 @@ class SamplingParams:
         Raises:
             InvalidRequest: the first out-of-range value, saying the allowed range.
         """
-        _check(isinstance(self.n, int) and not isinstance(self.n, bool) and 1 <= self.n <= MAX_N,
-               f"n must be between 1 and {MAX_N}, got {self.n}.")
-        _check(_num(self.temperature) and self.temperature >= 0,
-               f"temperature must be non-negative, got {self.temperature}.")
-        _check(_num(self.top_p) and 0 < self.top_p <= 1,
-               f"top_p must be in (0, 1], got {self.top_p}.")
-        _check(isinstance(self.top_k, int) and (self.top_k >= 0 or self.top_k == -1),
-               f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}.")
-        _check(_num(self.min_p) and 0 <= self.min_p <= 1,
-               f"min_p must be in [0, 1], got {self.min_p}.")
-        _check(_num(self.repetition_penalty) and 0 < self.repetition_penalty <= 100,
-               f"repetition_penalty must be in (0, 100], got {self.repetition_penalty}.")
+        _check(
+            isinstance(self.n, int) and not isinstance(self.n, bool) and 1 <= self.n <= MAX_N,
+            f"n must be between 1 and {MAX_N}, got {self.n}.",
+        )
+        _check(
+            _num(self.temperature) and self.temperature >= 0,
+            f"temperature must be non-negative, got {self.temperature}.",
+        )
+        _check(
+            _num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}."
+        )
+        _check(
+            isinstance(self.top_k, int) and (self.top_k >= 0 or self.top_k == -1),
+            f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}.",
+        )
+        _check(
+            _num(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}."
+        )
+        _check(
+            _num(self.repetition_penalty) and 0 < self.repetition_penalty <= 100,
+            f"repetition_penalty must be in (0, 100], got {self.repetition_penalty}.",
+        )
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check(_num(value) and -2 <= value <= 2, f"{name} must be in [-2, 2], got {value}.")
-        _check(self.max_tokens is None or (isinstance(self.max_tokens, int)
-                                           and self.max_tokens >= 1),
-               f"max_tokens must be at least 1, got {self.max_tokens}.")
-        _check(self.seed is None or isinstance(self.seed, int),
-               f"seed must be an integer, got {self.seed!r}.")
-        _check(all(isinstance(s, str) and s for s in self.stop),
-               f"stop must be non-empty strings, got {self.stop!r}.")
+        _check(
+            self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+            f"max_tokens must be at least 1, got {self.max_tokens}.",
+        )
+        _check(
+            self.seed is None or isinstance(self.seed, int),
+            f"seed must be an integer, got {self.seed!r}.",
+        )
+        _check(
+            all(isinstance(s, str) and s for s in self.stop),
+            f"stop must be non-empty strings, got {self.stop!r}.",
+        )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, int) and not isinstance(value, bool)
-                                     and value >= 0),
-                   f"{name} must be None or a non-negative integer, got {value!r}.")
-        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
-               f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}.")
+            _check(
+                value is None
+                or (isinstance(value, int) and not isinstance(value, bool) and value >= 0),
+                f"{name} must be None or a non-negative integer, got {value!r}.",
+            )
+        _check(
+            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+            f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}.",
+        )
         return self
 
     def clone(self, **changes) -> "SamplingParams":

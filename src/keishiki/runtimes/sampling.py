@@ -15,8 +15,9 @@ import numpy as np
 from .params import SamplingParams
 
 
-def make_rng(seed: int | None, index: int = 0,
-             fallback: np.random.Generator | None = None) -> np.random.Generator:
+def make_rng(
+    seed: int | None, index: int = 0, fallback: np.random.Generator | None = None
+) -> np.random.Generator:
     """The random generator of completion ``index`` of a request with ``seed``.
 
     Each completion gets its own stream (seeded by ``(seed, index)``), so results do not depend
@@ -32,16 +33,18 @@ def make_rng(seed: int | None, index: int = 0,
     return np.random.default_rng()
 
 
-def apply_penalties(logits: np.ndarray, params: SamplingParams, prompt_ids: list[int],
-                    output_ids: list[int]) -> np.ndarray:
+def apply_penalties(
+    logits: np.ndarray, params: SamplingParams, prompt_ids: list[int], output_ids: list[int]
+) -> np.ndarray:
     """Repetition penalty (prompt + output tokens, as in vLLM and HF: positive logits are
     divided, negative ones multiplied) then presence/frequency penalties (output tokens)."""
     if params.repetition_penalty != 1.0:
         seen = np.unique(np.asarray(prompt_ids + output_ids, dtype=np.int64))
         seen = seen[seen < logits.shape[-1]]
         values = logits[seen]
-        logits[seen] = np.where(values > 0, values / params.repetition_penalty,
-                                values * params.repetition_penalty)
+        logits[seen] = np.where(
+            values > 0, values / params.repetition_penalty, values * params.repetition_penalty
+        )
     if (params.presence_penalty or params.frequency_penalty) and output_ids:
         counts = np.bincount(np.asarray(output_ids), minlength=logits.shape[-1])[: logits.shape[-1]]
         logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
@@ -72,8 +75,13 @@ def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     return probs / probs.sum()
 
 
-def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
-                 prompt_ids: list[int], output_ids: list[int]) -> int:
+def sample_token(
+    logits: np.ndarray,
+    params: SamplingParams,
+    rng: np.random.Generator,
+    prompt_ids: list[int],
+    output_ids: list[int],
+) -> int:
     """The next token for one sequence.
 
     Args:
@@ -85,8 +93,9 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
     Returns:
         The chosen token id.
     """
-    needs_penalty = (params.repetition_penalty != 1.0 or params.presence_penalty
-                     or params.frequency_penalty)
+    needs_penalty = (
+        params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
+    )
     if params.greedy and not needs_penalty:
         return int(np.argmax(logits))
     work = np.array(logits, dtype=np.float64)

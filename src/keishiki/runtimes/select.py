@@ -18,8 +18,12 @@ from ..errors import InvalidRequest
 
 BACKENDS = ("auto", "torch", "onnxruntime", "torchscript", "vllm")
 # which format each explicit backend runs
-RUNS = {"torch": ("hf-model", "gguf"), "vllm": ("hf-model",), "onnxruntime": ("onnx",),
-        "torchscript": ("torchscript",)}
+RUNS = {
+    "torch": ("hf-model", "gguf"),
+    "vllm": ("hf-model",),
+    "onnxruntime": ("onnx",),
+    "torchscript": ("torchscript",),
+}
 
 
 @dataclass
@@ -59,9 +63,11 @@ class Choice:
 
         missing = missing_sizes(self.config())
         if missing:
-            raise InvalidRequest(f"{self.folder}: config.json does not give the model's "
-                                 f"{', '.join(missing)}; transformers would build its default "
-                                 f"(multi-GB) model instead of this one")
+            raise InvalidRequest(
+                f"{self.folder}: config.json does not give the model's "
+                f"{', '.join(missing)}; transformers would build its default "
+                f"(multi-GB) model instead of this one"
+            )
 
 
 def detect_format(path: Path) -> str:
@@ -110,9 +116,11 @@ def choose(path: str | Path, backend: str = "auto") -> Choice:
     if backend == "auto":
         name, reason = _auto(fmt, path)
     elif fmt not in RUNS[backend]:
-        raise InvalidRequest(f"backend '{backend}' runs {' and '.join(RUNS[backend])} models "
-                             f"and {path} is "
-                             f"{fmt}; use backend='auto' or convert it (keishiki convert)")
+        raise InvalidRequest(
+            f"backend '{backend}' runs {' and '.join(RUNS[backend])} models "
+            f"and {path} is "
+            f"{fmt}; use backend='auto' or convert it (keishiki convert)"
+        )
     else:
         name, reason = backend, "asked for"
     return Choice(name, fmt, reason, model_file, folder)
@@ -137,7 +145,8 @@ def _locate(path: Path, fmt: str) -> tuple[Path, Path]:
         raise InvalidRequest(
             f"{path}: a {fmt} file cannot generate text (it holds weights without the model's "
             f"architecture); run a Hugging Face folder, an ONNX causal-LM graph, a "
-            f"TorchScript LM or a GGUF file")
+            f"TorchScript LM or a GGUF file"
+        )
     if file is None:
         raise InvalidRequest(f"{path}: the folder holds no single {fmt} model file to run")
     return file, path if path.is_dir() else path.parent
@@ -157,6 +166,8 @@ def _auto(fmt: str, path: Path) -> tuple[str, str]:
     if fmt == "torchscript":
         return "torchscript", "auto: TorchScript archive"
     if fmt == "gguf":
-        return "torch", ("auto: GGUF, dequantized into a Hugging Face folder (keishiki convert "
-                         "--to hf-model, cached) and run with transformers")
+        return "torch", (
+            "auto: GGUF, dequantized into a Hugging Face folder (keishiki convert "
+            "--to hf-model, cached) and run with transformers"
+        )
     raise InvalidRequest(f"{path}: a {fmt} file cannot generate text")

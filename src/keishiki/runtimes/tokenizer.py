@@ -49,7 +49,8 @@ def find_tokenizer_dir(model: Path, tokenizer: str | Path | None) -> Path:
     where = candidates[0]
     raise RuntimeUnavailable(
         f"{where}: no tokenizer.json there; pass the folder of the model's Hugging Face "
-        f"tokenizer (tokenizer=PATH, or --tokenizer PATH)")
+        f"tokenizer (tokenizer=PATH, or --tokenizer PATH)"
+    )
 
 
 class Tokenizer:
@@ -75,8 +76,10 @@ class Tokenizer:
         tok_config = _read_json(self.folder / "tokenizer_config.json")
         gen_config = _read_json(self.folder / "generation_config.json")
         model_config = _read_json(self.folder / "config.json")
-        self.special = {name: _token_text(tok_config.get(f"{name}_token"))
-                        for name in ("bos", "eos", "pad", "unk")}
+        self.special = {
+            name: _token_text(tok_config.get(f"{name}_token"))
+            for name in ("bos", "eos", "pad", "unk")
+        }
         self.bos_token_id = self._id_of(self.special["bos"], gen_config, model_config, "bos")
         self.pad_token_id = self._id_of(self.special["pad"], gen_config, model_config, "pad")
         self.eos_token_ids = self._eos_ids(tok_config, gen_config, model_config)
@@ -90,8 +93,9 @@ class Tokenizer:
         self.chat_template: str | None = template
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
-    def _id_of(self, text: str | None, gen_config: dict, model_config: dict,
-               name: str) -> int | None:
+    def _id_of(
+        self, text: str | None, gen_config: dict, model_config: dict, name: str
+    ) -> int | None:
         for config in (gen_config, model_config):
             value = config.get(f"{name}_token_id")
             if isinstance(value, list):
@@ -120,8 +124,13 @@ class Tokenizer:
         """Text of ``ids``."""
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    chat_template: str | None = None, **kwargs: Any) -> str:
+    def render_chat(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> str:
         """The prompt text for a conversation, rendered with the chat template.
 
         Raises:
@@ -129,28 +138,34 @@ class Tokenizer:
         """
         template = chat_template or self.chat_template
         if not template:
-            raise InvalidRequest(f"{self.folder}: the tokenizer has no chat template; "
-                                 f"use generate() with a plain prompt")
-        if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m
-                                   for m in messages):
-            raise InvalidRequest("messages must be a non-empty list of "
-                                 "{'role': ..., 'content': ...} dicts")
+            raise InvalidRequest(
+                f"{self.folder}: the tokenizer has no chat template; "
+                f"use generate() with a plain prompt"
+            )
+        if not messages or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in messages
+        ):
+            raise InvalidRequest(
+                "messages must be a non-empty list of {'role': ..., 'content': ...} dicts"
+            )
         jinja2 = require("jinja2", extra="hf", purpose="render chat templates")
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         def raise_exception(message: str):
             raise InvalidRequest(f"chat template: {message}")
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.filters["tojson"] = lambda value, indent=None, **_: json.dumps(
-            value, ensure_ascii=False, indent=indent)
+            value, ensure_ascii=False, indent=indent
+        )
         env.globals["raise_exception"] = raise_exception
         values = {name + "_token": text or "" for name, text in self.special.items()}
         try:
             return env.from_string(template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                **values, **kwargs)
+                messages=messages, add_generation_prompt=add_generation_prompt, **values, **kwargs
+            )
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"chat template failed: {exc}") from None
 
@@ -172,5 +187,5 @@ class IncrementalDecoder:
         text = self.tokenizer.decode(ids, self.skip)
         if text.endswith("\ufffd") or not text.startswith(self.emitted):
             return ""
-        new, self.emitted = text[len(self.emitted):], text
+        new, self.emitted = text[len(self.emitted) :], text
         return new

@@ -12,9 +12,16 @@ from .._optional import require
 from ..errors import InvalidRequest, RuntimeUnavailable
 from .base import LoopBackend
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32",
-           "float16": "float16", "fp16": "float16", "half": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 
 
 def torch_dtype(torch: Any, dtype: str | None, config_dtype: str | None, device: str) -> Any:
@@ -35,18 +42,26 @@ class TorchBackend(LoopBackend):
 
     name = "torch"
 
-    def __init__(self, model_dir: Path, dtype: str | None = None, device: str | None = None,
-                 trust_remote_code: bool = False, pad_id: int | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        dtype: str | None = None,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+        pad_id: int | None = None,
+    ):
         super().__init__()
         self.torch = torch = require("torch", purpose="run a Hugging Face model")
         transformers = require("transformers", extra="hf", purpose="run a Hugging Face model")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            config = transformers.AutoConfig.from_pretrained(model_dir,
-                                                             trust_remote_code=trust_remote_code)
+            config = transformers.AutoConfig.from_pretrained(
+                model_dir, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError) as exc:
-            raise InvalidRequest(f"{model_dir}: transformers cannot read its config.json: "
-                                 f"{str(exc).splitlines()[0]}") from None
+            raise InvalidRequest(
+                f"{model_dir}: transformers cannot read its config.json: {str(exc).splitlines()[0]}"
+            ) from None
         config_dtype = str(getattr(config, "dtype", None) or "").replace("torch.", "") or None
         self.dtype = torch_dtype(torch, dtype, config_dtype, self.device)
         try:
@@ -56,32 +71,42 @@ class TorchBackend(LoopBackend):
             transformers.utils.logging.set_verbosity_error()
             try:
                 model, loading = transformers.AutoModelForCausalLM.from_pretrained(
-                    model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code,
-                    output_loading_info=True)
+                    model_dir,
+                    dtype=self.dtype,
+                    trust_remote_code=trust_remote_code,
+                    output_loading_info=True,
+                )
             finally:
                 transformers.utils.logging.set_verbosity(level)
         except OSError as exc:  # config.json without weights
-            raise InvalidRequest(f"{model_dir}: no weights transformers can load: "
-                                 f"{str(exc).splitlines()[0]}") from None
+            raise InvalidRequest(
+                f"{model_dir}: no weights transformers can load: {str(exc).splitlines()[0]}"
+            ) from None
         except ValueError as exc:
             archs = ", ".join(getattr(config, "architectures", None) or ["?"])
-            raise InvalidRequest(f"{model_dir}: {archs} is not a causal language model "
-                                 f"transformers can generate with ({str(exc).splitlines()[0]})")
+            raise InvalidRequest(
+                f"{model_dir}: {archs} is not a causal language model "
+                f"transformers can generate with ({str(exc).splitlines()[0]})"
+            ) from None
         missing = sorted(loading.get("missing_keys") or [])
         if missing:  # a BertModel folder gets a randomly initialised LM head: not a causal LM
             archs = ", ".join(getattr(config, "architectures", None) or ["?"])
             raise InvalidRequest(
                 f"{model_dir}: not a causal language model checkpoint ({archs}): its weights "
                 f"lack {len(missing)} tensor(s) a causal-LM head needs ({', '.join(missing[:3])}"
-                f"{' ...' if len(missing) > 3 else ''}), which transformers would fill at random")
+                f"{' ...' if len(missing) > 3 else ''}), which transformers would fill at random"
+            )
         self.model = model.to(self.device).eval()
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.max_model_len = getattr(config, "max_position_embeddings", None)
         self.pad_id = pad_id if pad_id is not None else 0
         # transformers 5.x renamed past_key_values to cache (the old name warns, later fails)
         self.cache_arg = "cache" if "cache" in _forward_params(self.model) else "past_key_values"
-        self.details = [f"transformers {transformers.__version__} on {self.device}",
-                        str(self.dtype).replace("torch.", ""), "KV cache"]
+        self.details = [
+            f"transformers {transformers.__version__} on {self.device}",
+            str(self.dtype).replace("torch.", ""),
+            "KV cache",
+        ]
 
     def _score(self, token_ids: list[int]) -> np.ndarray:
         """One forward over all ids with every position's logits kept (transformers' own
@@ -89,9 +114,12 @@ class TorchBackend(LoopBackend):
         torch = self.torch
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                             position_ids=torch.arange(ids.shape[1], device=self.device)[None],
-                             use_cache=False)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=torch.arange(ids.shape[1], device=self.device)[None],
+                use_cache=False,
+            )
         return out.logits[0].float().cpu().numpy()
 
     def _forward(self, state, input_ids, attention_mask, position_ids):
@@ -101,10 +129,12 @@ class TorchBackend(LoopBackend):
                 input_ids=torch.from_numpy(input_ids).to(self.device),
                 attention_mask=torch.from_numpy(attention_mask).to(self.device),
                 position_ids=torch.from_numpy(position_ids).to(self.device),
-                use_cache=True, logits_to_keep=1, **{self.cache_arg: state})
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.cache_arg: state},
+            )
             logits = out.logits[:, -1, :].float().cpu().numpy()
         return logits, getattr(out, self.cache_arg)
-
 
     def _state_parts(self, state) -> list:
         """The cache's key and value tensors, layer by layer.  Only a cache of plain growing
@@ -114,10 +144,13 @@ class TorchBackend(LoopBackend):
 
         layers = getattr(state, "layers", None)
         if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
-            kinds = sorted({type(layer).__name__ for layer in layers or []}) or \
-                [type(state).__name__]
-            raise RuntimeUnavailable(f"continuous batching needs a cache of full-attention "
-                                     f"layers; this model's is {', '.join(kinds)}")
+            kinds = sorted({type(layer).__name__ for layer in layers or []}) or [
+                type(state).__name__
+            ]
+            raise RuntimeUnavailable(
+                f"continuous batching needs a cache of full-attention "
+                f"layers; this model's is {', '.join(kinds)}"
+            )
         return [t for layer in layers for t in (layer.keys, layer.values)]
 
     def _state_from_parts(self, parts: list):

@@ -32,35 +32,46 @@ class TorchScriptBackend(LoopBackend):
         try:
             self.module = torch.jit.load(str(ts_file), map_location=self.device).eval()
         except RuntimeError as exc:
-            raise InvalidRequest(f"{ts_file}: TorchScript could not load it: "
-                                 f"{str(exc).splitlines()[0]}") from None
+            raise InvalidRequest(
+                f"{ts_file}: TorchScript could not load it: {str(exc).splitlines()[0]}"
+            ) from None
         graph_inputs = list(self.module.graph.inputs())[1:]  # [0] is self
         self.n_inputs = len(graph_inputs)
         returns = str(self.module.forward.schema).rsplit("->", 1)[-1].strip()
         self.n_outputs = returns.count("Tensor") if returns.startswith("(") else 1
         n_past = max(self.n_inputs - 3, 0)
         if self.n_inputs < 1 or n_past % 2 or (n_past and self.n_outputs != 1 + n_past):
-            raise InvalidRequest(f"{ts_file}: forward{returns and ''} takes {self.n_inputs} "
-                                 f"tensors and returns {self.n_outputs}: not a causal LM layout "
-                                 f"(ids [, mask [, positions [, past k/v…]]] → logits [, presents])")
+            raise InvalidRequest(
+                f"{ts_file}: forward{returns and ''} takes {self.n_inputs} "
+                f"tensors and returns {self.n_outputs}: not a causal LM layout "
+                f"(ids [, mask [, positions [, past k/v…]]] → logits [, presents])"
+            )
         self.cached = n_past > 0
         self.batchable = self.n_inputs >= 2
         config = config or {}
         meta = _keishiki_meta(ts_file)  # written by keishiki's exporter: the model's shape
         if self.cached:
             sizes = _traced_sizes(graph_inputs[3]) or [None] * 4
-            heads = meta.get("kv_heads") or sizes[1] or model_config_value(
-                config, "num_key_value_heads", "num_attention_heads")
+            heads = (
+                meta.get("kv_heads")
+                or sizes[1]
+                or model_config_value(config, "num_key_value_heads", "num_attention_heads")
+            )
             head_dim = meta.get("head_dim") or sizes[3] or model_config_value(config, "head_dim")
             if not heads or not head_dim:
-                raise InvalidRequest(f"{ts_file}: cannot tell the KV cache's head sizes; put the "
-                                     f"model's config.json beside the tokenizer")
+                raise InvalidRequest(
+                    f"{ts_file}: cannot tell the KV cache's head sizes; put the "
+                    f"model's config.json beside the tokenizer"
+                )
             self.past_shape = (heads, head_dim)
             self.n_past = n_past
         self.vocab_size = meta.get("vocab") or model_config_value(config, "vocab_size")
         self.max_model_len = model_config_value(config, "max_position_embeddings")
-        how = (f"KV cache ({n_past // 2} layers)" if self.cached else
-               "no KV cache in the traced graph: the prefix is recomputed every step")
+        how = (
+            f"KV cache ({n_past // 2} layers)"
+            if self.cached
+            else "no KV cache in the traced graph: the prefix is recomputed every step"
+        )
         self.details = [f"torch {torch.__version__} on {self.device}", how]
         if not self.batchable:
             self.details.append("no attention_mask input: prompts run one at a time")
@@ -72,8 +83,9 @@ class TorchScriptBackend(LoopBackend):
             if self.cached:
                 if state is None:
                     heads, head_dim = self.past_shape
-                    empty = torch.zeros((input_ids.shape[0], heads, 0, head_dim),
-                                        device=self.device)
+                    empty = torch.zeros(
+                        (input_ids.shape[0], heads, 0, head_dim), device=self.device
+                    )
                     state = [empty] * self.n_past
                 out = self._call(t(input_ids), t(attention_mask), t(position_ids), *state)
                 return self._last_logits(out[0]), list(out[1:])
@@ -103,7 +115,7 @@ class TorchScriptBackend(LoopBackend):
         torch = self.torch
         ids = np.asarray([token_ids], dtype=np.int64)
         mask = np.ones_like(ids)
-        args = [ids, mask, np.arange(ids.shape[1], dtype=np.int64)[None, :]][:self.n_inputs]
+        args = [ids, mask, np.arange(ids.shape[1], dtype=np.int64)[None, :]][: self.n_inputs]
         with torch.inference_mode():
             out = self._call(*(torch.from_numpy(a).to(self.device) for a in args))
         logits = out[0] if isinstance(out, (tuple, list)) else out
@@ -119,18 +131,25 @@ class TorchScriptBackend(LoopBackend):
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             last = lines[-1] if lines else type(exc).__name__
             if isinstance(exc, getattr(self.torch, "OutOfMemoryError", ())):
-                raise InvalidRequest(f"{self.path}: out of memory running the model on "
-                                     f"{self.device}: {last}") from None
-            raise InvalidRequest(f"{self.path}: the TorchScript model failed on token ids (not a "
-                                 f"causal LM?): {last}") from None
+                raise InvalidRequest(
+                    f"{self.path}: out of memory running the model on {self.device}: {last}"
+                ) from None
+            raise InvalidRequest(
+                f"{self.path}: the TorchScript model failed on token ids (not a causal LM?): {last}"
+            ) from None
 
     def _last_logits(self, logits):
         """The last position's logits ``[batch, vocab]`` of a ``[batch, seq, vocab]`` output."""
         if not isinstance(logits, self.torch.Tensor) or logits.dim() != 3:
-            shape = list(logits.shape) if isinstance(logits, self.torch.Tensor) else \
-                type(logits).__name__
-            raise InvalidRequest(f"{self.path}: the TorchScript model returned {shape}, not "
-                                 f"logits [batch, tokens, vocab]: not a causal LM")
+            shape = (
+                list(logits.shape)
+                if isinstance(logits, self.torch.Tensor)
+                else type(logits).__name__
+            )
+            raise InvalidRequest(
+                f"{self.path}: the TorchScript model returned {shape}, not "
+                f"logits [batch, tokens, vocab]: not a causal LM"
+            )
         return logits[:, -1, :].float().cpu().numpy()
 
 

@@ -17,10 +17,25 @@ from .base import Backend, Sequence
 from .params import SamplingParams
 
 # keishiki field -> vllm.SamplingParams keyword (the same names: vLLM's are the model)
-_SAME = ["n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-         "presence_penalty", "frequency_penalty", "seed", "max_tokens", "stop",
-         "stop_token_ids", "ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
-         "logprobs", "prompt_logprobs"]
+_SAME = [
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "max_tokens",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "skip_special_tokens",
+    "include_stop_str_in_output",
+    "logprobs",
+    "prompt_logprobs",
+]
 
 
 def sampling_kwargs(params: SamplingParams) -> dict:
@@ -71,7 +86,8 @@ def check_supported(model_dir: Path, registry=None, installed: str | None = None
         raise RuntimeUnavailable(
             f"{model_dir}: architecture {', '.join(model_archs)} is not on vLLM "
             f"{version or ''}'s supported list; use backend='torch' (or convert to ONNX), or "
-            f"pass model_impl='transformers' to run it through vLLM's Transformers backend")
+            f"pass model_impl='transformers' to run it through vLLM's Transformers backend"
+        )
 
 
 def cuda_available() -> bool:
@@ -88,30 +104,51 @@ class VllmBackend(Backend):
 
     name = "vllm"
 
-    def __init__(self, model_dir: Path, tokenizer: str | None = None, dtype: str | None = None,
-                 seed: int | None = None, tensor_parallel_size: int = 1,
-                 pipeline_parallel_size: int = 1, max_model_len: int | None = None,
-                 trust_remote_code: bool = False, **engine_kwargs):
+    def __init__(
+        self,
+        model_dir: Path,
+        tokenizer: str | None = None,
+        dtype: str | None = None,
+        seed: int | None = None,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        **engine_kwargs,
+    ):
         super().__init__()
         if not available("vllm"):
-            raise RuntimeUnavailable("backend 'vllm' needs vLLM, which is not installed: "
-                                     "pip install vllm (in its own environment, then "
-                                     "pip install keishiki there), or use backend='torch'")
+            raise RuntimeUnavailable(
+                "backend 'vllm' needs vLLM, which is not installed: "
+                "pip install vllm (in its own environment, then "
+                "pip install keishiki there), or use backend='torch'"
+            )
         if not cuda_available():
-            raise RuntimeUnavailable("backend 'vllm' needs a CUDA GPU and none is visible; "
-                                     "use backend='torch' or 'onnxruntime' on a CPU")
+            raise RuntimeUnavailable(
+                "backend 'vllm' needs a CUDA GPU and none is visible; "
+                "use backend='torch' or 'onnxruntime' on a CPU"
+            )
         import vllm
 
         if engine_kwargs.get("model_impl") != "transformers":
             check_supported(model_dir, getattr(vllm, "ModelRegistry", None), vllm.__version__)
         self.vllm = vllm
         self.engine = vllm.LLM(
-            model=str(model_dir), tokenizer=tokenizer, dtype=dtype or "auto", seed=seed,
+            model=str(model_dir),
+            tokenizer=tokenizer,
+            dtype=dtype or "auto",
+            seed=seed,
             tensor_parallel_size=tensor_parallel_size,
-            pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len,
-            trust_remote_code=trust_remote_code, **engine_kwargs)
-        self.details = [f"vllm {vllm.__version__}", f"tensor_parallel_size={tensor_parallel_size}",
-                        f"pipeline_parallel_size={pipeline_parallel_size}"]
+            pipeline_parallel_size=pipeline_parallel_size,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            **engine_kwargs,
+        )
+        self.details = [
+            f"vllm {vllm.__version__}",
+            f"tensor_parallel_size={tensor_parallel_size}",
+            f"pipeline_parallel_size={pipeline_parallel_size}",
+        ]
 
     def _run_impl(self, seqs: list[Sequence]):
         by_request: dict[int, list[Sequence]] = {}
@@ -119,8 +156,10 @@ class VllmBackend(Backend):
             by_request.setdefault(seq.request, []).append(seq)
         requests = list(by_request.values())
         prompts = [{"prompt_token_ids": group[0].prompt_ids} for group in requests]
-        params = [self.vllm.SamplingParams(**sampling_kwargs(group[0].params.clone(
-            n=len(group)))) for group in requests]
+        params = [
+            self.vllm.SamplingParams(**sampling_kwargs(group[0].params.clone(n=len(group))))
+            for group in requests
+        ]
         results = self.engine.generate(prompts, params, use_tqdm=False)
         for group, result in zip(requests, results):
             prompt_logprobs = _raw_logprobs(getattr(result, "prompt_logprobs", None))
@@ -139,6 +178,9 @@ def _raw_logprobs(steps) -> list | None:
     ``[{token_id: (logprob, rank)}]``, which ``LLM`` decodes into its own Logprob."""
     if steps is None:
         return None
-    return [None if step is None else
-            {int(tid): (float(lp.logprob), getattr(lp, "rank", None)) for tid, lp in step.items()}
-            for step in steps]
+    return [
+        None
+        if step is None
+        else {int(tid): (float(lp.logprob), getattr(lp, "rank", None)) for tid, lp in step.items()}
+        for step in steps
+    ]

@@ -78,8 +78,9 @@ def build_app(llm, config: ServeConfig):
         finally:
             engine.stop()
 
-    app = FastAPI(title="keishiki", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="keishiki", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.ctx = Context(llm, engine, config, metrics)
     errors.install(app)
     app.include_router(routes_openai.router)
@@ -99,5 +100,6 @@ def read_chat_template(value: str | None) -> str | None:
         return value
     from ..errors import InvalidRequest
 
-    raise InvalidRequest(f"{value}: no such chat template file (and not a template: no "
-                         f"{{{{ or {{% in it)")
+    raise InvalidRequest(
+        f"{value}: no such chat template file (and not a template: no {{{{ or {{% in it)"
+    )

@@ -20,6 +20,7 @@ from typing import AsyncIterator
 from ..errors import KeishikiError
 from ..runtimes.base import Sequence
 from ..runtimes.batch import DecodeBatch
+
 # the same stop-string and streaming rules as LLM.generate
 from ..runtimes.llm import _TextTracker as TextTracker
 from .metrics import Metrics
@@ -55,17 +56,18 @@ class Request:
 
     _ids = itertools.count()
 
-    def __init__(self, seqs: list[Sequence], trackers: list[TextTracker],
-                 loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, seqs: list[Sequence], trackers: list[TextTracker], loop: asyncio.AbstractEventLoop
+    ):
         self.number = next(self._ids)
         self.seqs = seqs
         self.trackers = trackers
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.arrived = time.perf_counter()
-        self.sent = [0] * len(seqs)            # tokens already handed over, per sequence
+        self.sent = [0] * len(seqs)  # tokens already handed over, per sequence
         self.last_at: list[float | None] = [None] * len(seqs)
-        self.reported = [False] * len(seqs)    # finish already handed over
+        self.reported = [False] * len(seqs)  # finish already handed over
         self.cancelled = False
         self.done = False
 
@@ -136,8 +138,10 @@ class Engine:
                 raise EngineStopped("the server is stopping: no new requests")
             if len(self._waiting) >= self.max_queue_len:
                 self.metrics.rejected.inc()
-                raise ServerBusy(f"the server is busy: {len(self._waiting)} requests are "
-                                 f"waiting already; retry later")
+                raise ServerBusy(
+                    f"the server is busy: {len(self._waiting)} requests are "
+                    f"waiting already; retry later"
+                )
             self._waiting.append(request)
             self.metrics.waiting.set(len(self._waiting))
             self._cond.notify()
@@ -221,13 +225,15 @@ class Engine:
         if self.batch.size:
             self.metrics.joined.inc(len(admitted))
         for request in admitted:
-            self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in request.seqs
-                                               if s.index == 0))
+            self.metrics.prompt_tokens.inc(
+                sum(len(s.prompt_ids) for s in request.seqs if s.index == 0)
+            )
             for seq in request.seqs:
                 seq.started_at = request.arrived
                 if seq.index == 0 and seq.params.prompt_logprobs is not None:
                     seq.prompt_logprobs = self.llm._prompt_logprobs(
-                        seq.prompt_ids, seq.params.prompt_logprobs)
+                        seq.prompt_ids, seq.params.prompt_logprobs
+                    )
         self._running.extend(admitted)
         self.metrics.running.set(len(self._running))
         self.batch.join(seqs)
@@ -259,7 +265,7 @@ class Engine:
                 if request.reported[i]:
                     continue
                 text = tracker.update(seq)  # applies stop strings (may finish the sequence)
-                new = seq.output_ids[request.sent[i]:]
+                new = seq.output_ids[request.sent[i] :]
                 if new:
                     metrics.generation_tokens.inc(len(new))
                     if request.last_at[i] is None:
@@ -267,14 +273,18 @@ class Engine:
                     else:
                         metrics.itl.observe(seq.last_token_at - request.last_at[i])
                     request.last_at[i] = seq.last_token_at
-                logprobs = None if seq.logprobs is None else \
-                    seq.logprobs[request.sent[i]:len(seq.output_ids)]
+                logprobs = (
+                    None
+                    if seq.logprobs is None
+                    else seq.logprobs[request.sent[i] : len(seq.output_ids)]
+                )
                 request.sent[i] = len(seq.output_ids)
                 if seq.finished:
                     request.reported[i] = True
                 if text or new or seq.finished:
-                    updates.append(Update(i, text, list(new), logprobs,
-                                          seq.finish_reason, seq.stop_reason))
+                    updates.append(
+                        Update(i, text, list(new), logprobs, seq.finish_reason, seq.stop_reason)
+                    )
             if updates:
                 request.put(updates)
             if all(request.reported):
@@ -289,8 +299,11 @@ class Engine:
     def _fail(self, requests: list[Request], exc: Exception) -> None:
         """End ``requests`` with an error; the batch keeps the others (or is emptied, with
         all of them failed, when its cache cannot be cut)."""
-        message = str(exc) if isinstance(exc, KeishikiError) else \
-            f"the model failed: {type(exc).__name__}: {exc}"
+        message = (
+            str(exc)
+            if isinstance(exc, KeishikiError)
+            else f"the model failed: {type(exc).__name__}: {exc}"
+        )
         error = EngineFailed(message.splitlines()[0] if message else "the model failed")
         for request in requests:
             for seq in request.seqs:

@@ -11,36 +11,61 @@ from .engine import EngineFailed, EngineStopped, ServerBusy
 log = logging.getLogger("keishiki.serve")
 
 # OpenAI's error types by status
-_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
-          404: "invalid_request_error", 405: "invalid_request_error",
-          413: "invalid_request_error", 422: "invalid_request_error",
-          503: "server_error", 500: "server_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    503: "server_error",
+    500: "server_error",
+}
 
 
 class APIError(Exception):
     """An error answered with ``status`` (raise it from a route)."""
 
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 param: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.headers = headers or {}
 
 
-def error_body(status: int, message: str, code: str | None = None,
-               param: str | None = None) -> dict:
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> dict:
     """The JSON body of an error."""
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
-def error_response(status: int, message: str, code: str | None = None,
-                   param: str | None = None, headers: dict | None = None):
+def error_response(
+    status: int,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict | None = None,
+):
     """A JSONResponse with the OpenAI error body."""
     from starlette.responses import JSONResponse
 
-    return JSONResponse(error_body(status, message, code, param), status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        error_body(status, message, code, param), status_code=status, headers=headers
+    )
 
 
 def as_api_error(exc: Exception) -> APIError:
@@ -76,8 +101,9 @@ def install(app) -> None:
         return error_response(400, message, "invalid_request", where or None)
 
     async def on_http(_request, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), None,
-                              headers=getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code, str(exc.detail), None, headers=getattr(exc, "headers", None)
+        )
 
     async def on_error(_request, exc: Exception):
         api = as_api_error(exc)

@@ -30,9 +30,13 @@ class Guard:
             given = dict(scope["headers"]).get(b"authorization", b"")
             # compare_digest: the time taken does not tell how much of the key was right
             if not hmac.compare_digest(given, self.expected):
-                return await _reply(send, 401, "invalid API key: send Authorization: Bearer "
-                                               "<key>", "invalid_api_key",
-                                    [(b"www-authenticate", b"Bearer")])
+                return await _reply(
+                    send,
+                    401,
+                    "invalid API key: send Authorization: Bearer <key>",
+                    "invalid_api_key",
+                    [(b"www-authenticate", b"Bearer")],
+                )
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
@@ -61,13 +65,20 @@ class Guard:
 
 
 async def _too_large(send, limit: int):
-    return await _reply(send, 413, f"request body larger than {limit} bytes",
-                        "request_too_large")
+    return await _reply(send, 413, f"request body larger than {limit} bytes", "request_too_large")
 
 
 async def _reply(send, status: int, message: str, code: str, headers=()):
     body = json.dumps(error_body(status, message, code)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

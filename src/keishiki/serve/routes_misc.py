@@ -15,9 +15,12 @@ router = APIRouter()
 async def models(request: Request) -> ModelList:
     """The served model (one card per served name, as vLLM lists them)."""
     ctx = request.app.state.ctx
-    return ModelList(data=[ModelCard(id=name, root=str(ctx.llm.model_path),
-                                     max_model_len=ctx.max_model_len)
-                           for name in ctx.config.served_model_name])
+    return ModelList(
+        data=[
+            ModelCard(id=name, root=str(ctx.llm.model_path), max_model_len=ctx.max_model_len)
+            for name in ctx.config.served_model_name
+        ]
+    )
 
 
 @router.get("/health")
@@ -53,12 +56,14 @@ async def tokenize(body: TokenizeRequest, request: Request) -> Response:
         text, special = body.prompt, body.add_special_tokens is not False
     else:
         raise APIError(400, "give prompt or messages", "invalid_request")
-    ids = await encode(ctx, text, "messages" if body.messages is not None else "prompt",
-                       add_special_tokens=special)
+    ids = await encode(
+        ctx, text, "messages" if body.messages is not None else "prompt", add_special_tokens=special
+    )
     # a JSONResponse as is: FastAPI's jsonable_encoder walks a returned dict item by item,
     # over a second per million ids on the event loop; these are plain JSON values already
-    return JSONResponse({"count": len(ids), "max_model_len": ctx.max_model_len, "tokens": ids,
-                         "token_strs": None})
+    return JSONResponse(
+        {"count": len(ids), "max_model_len": ctx.max_model_len, "tokens": ids, "token_strs": None}
+    )
 
 
 @router.post("/detokenize")

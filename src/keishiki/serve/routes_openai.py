@@ -15,10 +15,22 @@ from starlette.responses import Response
 from .engine import Request as EngineRequest
 from .engine import TextTracker, Update
 from .errors import APIError, as_api_error, error_body
-from .protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
-                       CompletionResponse)
-from .shaping import (chat_logprobs, check_model, check_token_ids, completion_logprobs, encode,
-                      render_chat, sampling_params, sequences)
+from .protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+)
+from .shaping import (
+    chat_logprobs,
+    check_model,
+    check_token_ids,
+    completion_logprobs,
+    encode,
+    render_chat,
+    sampling_params,
+    sequences,
+)
 
 router = APIRouter()
 
@@ -43,8 +55,9 @@ class _Choice:
 
 def _submit(ctx, seqs) -> EngineRequest:
     tokenizer = ctx.llm.tokenizer
-    request = EngineRequest(seqs, [TextTracker(tokenizer, s.params) for s in seqs],
-                            asyncio.get_running_loop())
+    request = EngineRequest(
+        seqs, [TextTracker(tokenizer, s.params) for s in seqs], asyncio.get_running_loop()
+    )
     ctx.engine.submit(request)
     return request
 
@@ -72,8 +85,11 @@ async def _gather(ctx, request: EngineRequest, http: Request) -> list[_Choice] |
 
 def _usage(prompt_ids: list[list[int]], completion_tokens: int) -> dict:
     prompt = sum(len(ids) for ids in prompt_ids)
-    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
 
 
 def _sse(chunks):
@@ -94,6 +110,7 @@ def _sse(chunks):
 
 
 # -- completions ---------------------------------------------------------------------------
+
 
 async def _prompt_ids(ctx, prompt) -> tuple[list[str], list[list[int]]]:
     """Texts and token ids of the prompt field's four forms."""
@@ -126,19 +143,20 @@ async def completions(body: CompletionRequest, http: Request):
     if body.suffix:
         raise APIError(400, "suffix is not supported", "invalid_request", "suffix")
     if body.best_of is not None and body.best_of != body.n:
-        raise APIError(400, "best_of other than n is not supported", "invalid_request",
-                       "best_of")
+        raise APIError(400, "best_of other than n is not supported", "invalid_request", "best_of")
     texts, prompt_ids = await _prompt_ids(ctx, body.prompt)
     k = body.logprobs
-    params = sampling_params(ctx, body, body.max_tokens, k,
-                             k if body.echo and k is not None else None)
+    params = sampling_params(
+        ctx, body, body.max_tokens, k, k if body.echo and k is not None else None
+    )
     seqs = sequences(ctx, prompt_ids, params)
     request = _submit(ctx, seqs)
     rid, created, name = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model or ctx.model_name
     tokenizer = ctx.llm.tokenizer
 
-    def choice(index: int, text: str, tokens: list[int], raw: list, finish, stop,
-               first: bool) -> dict:
+    def choice(
+        index: int, text: str, tokens: list[int], raw: list, finish, stop, first: bool
+    ) -> dict:
         seq = seqs[index]
         prompt = index // params.n
         logprobs = None
@@ -148,47 +166,91 @@ async def completions(body: CompletionRequest, http: Request):
                 head = seqs[prompt * params.n].prompt_logprobs or []
                 echoed = completion_logprobs(tokenizer, seq.prompt_ids, head, k, 0)
                 shift = len(texts[prompt])
-                logprobs = {key: echoed[key] + (
-                    [o + shift for o in logprobs[key]] if key == "text_offset" else logprobs[key])
-                    for key in logprobs}
+                logprobs = {
+                    key: echoed[key]
+                    + (
+                        [o + shift for o in logprobs[key]]
+                        if key == "text_offset"
+                        else logprobs[key]
+                    )
+                    for key in logprobs
+                }
         if body.echo and first:
             text = texts[prompt] + text
-        out = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish,
-               "stop_reason": stop}
+        out = {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": finish,
+            "stop_reason": stop,
+        }
         if body.return_token_ids:
             out["token_ids"] = tokens
             out["prompt_token_ids"] = seq.prompt_ids if first else None
         return out
 
     if body.stream:
+
         async def chunks():
             started = [False] * len(seqs)
             total = 0
             async for updates in ctx.engine.updates(request):
                 for u in updates:
                     total += len(u.token_ids)
-                    if not (u.text or u.finish_reason or k is not None or body.return_token_ids
-                            or (body.echo and not started[u.index])):
+                    if not (
+                        u.text
+                        or u.finish_reason
+                        or k is not None
+                        or body.return_token_ids
+                        or (body.echo and not started[u.index])
+                    ):
                         continue  # tokens whose text is held back (a stop string may follow)
-                    item = choice(u.index, u.text, u.token_ids, u.logprobs or [],
-                                  u.finish_reason, u.stop_reason, not started[u.index])
+                    item = choice(
+                        u.index,
+                        u.text,
+                        u.token_ids,
+                        u.logprobs or [],
+                        u.finish_reason,
+                        u.stop_reason,
+                        not started[u.index],
+                    )
                     started[u.index] = True
-                    yield {"id": rid, "object": "text_completion", "created": created,
-                           "model": name, "choices": [item]}
+                    yield {
+                        "id": rid,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": name,
+                        "choices": [item],
+                    }
             if body.stream_options and body.stream_options.include_usage:
-                yield {"id": rid, "object": "text_completion", "created": created,
-                       "model": name, "choices": [], "usage": _usage(prompt_ids, total)}
+                yield {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": name,
+                    "choices": [],
+                    "usage": _usage(prompt_ids, total),
+                }
+
         return _sse(chunks())
     results = await _gather(ctx, request, http)
     if results is None:
         return Response(status_code=499)  # nobody is listening any more
-    return {"id": rid, "object": "text_completion", "created": created, "model": name,
-            "choices": [choice(i, c.text, c.token_ids, c.logprobs, c.finish_reason,
-                               c.stop_reason, True) for i, c in enumerate(results)],
-            "usage": _usage(prompt_ids, sum(len(c.token_ids) for c in results))}
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": name,
+        "choices": [
+            choice(i, c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason, True)
+            for i, c in enumerate(results)
+        ],
+        "usage": _usage(prompt_ids, sum(len(c.token_ids) for c in results)),
+    }
 
 
 # -- chat ----------------------------------------------------------------------------------
+
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, http: Request):
@@ -201,57 +263,82 @@ async def chat_completions(body: ChatCompletionRequest, http: Request):
     # the template wrote the special tokens itself (as transformers and vLLM encode it)
     prompt_ids = [await encode(ctx, text, "messages", add_special_tokens=False)]
     k = (body.top_logprobs or 0) if body.logprobs else None
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
-        else body.max_tokens
+    max_tokens = (
+        body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    )
     if max_tokens is None and ctx.max_model_len:  # OpenAI's default: the rest of the context
         max_tokens = max(ctx.max_model_len - len(prompt_ids[0]), 1)
     params = sampling_params(ctx, body, max_tokens, k)
     seqs = sequences(ctx, prompt_ids, params)
     request = _submit(ctx, seqs)
-    rid, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), \
-        body.model or ctx.model_name
+    rid, created, name = (
+        f"chatcmpl-{uuid.uuid4().hex}",
+        int(time.time()),
+        body.model or ctx.model_name,
+    )
 
     def logprobs(tokens, raw):
         return None if k is None else {"content": chat_logprobs(tokenizer, tokens, raw, k)}
 
     if body.stream:
+
         async def chunks():
             total = 0
-            head = {"id": rid, "object": "chat.completion.chunk", "created": created,
-                    "model": name}
+            head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name}
             for index in range(len(seqs)):
-                yield {**head, "choices": [{"index": index, "logprobs": None,
-                                            "delta": {"role": "assistant", "content": ""},
-                                            "finish_reason": None}]}
+                yield {
+                    **head,
+                    "choices": [
+                        {
+                            "index": index,
+                            "logprobs": None,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
             async for updates in ctx.engine.updates(request):
                 for u in updates:
                     total += len(u.token_ids)
-                    if not (u.text or u.finish_reason or k is not None
-                            or body.return_token_ids):
+                    if not (u.text or u.finish_reason or k is not None or body.return_token_ids):
                         continue  # tokens whose text is held back (a stop string may follow)
-                    item = {"index": u.index, "delta": {"content": u.text} if u.text else {},
-                            "logprobs": logprobs(u.token_ids, u.logprobs or []),
-                            "finish_reason": u.finish_reason, "stop_reason": u.stop_reason}
+                    item = {
+                        "index": u.index,
+                        "delta": {"content": u.text} if u.text else {},
+                        "logprobs": logprobs(u.token_ids, u.logprobs or []),
+                        "finish_reason": u.finish_reason,
+                        "stop_reason": u.stop_reason,
+                    }
                     if body.return_token_ids:
                         item["token_ids"] = u.token_ids
                     yield {**head, "choices": [item]}
             if body.stream_options and body.stream_options.include_usage:
                 yield {**head, "choices": [], "usage": _usage(prompt_ids, total)}
+
         return _sse(chunks())
     results = await _gather(ctx, request, http)
     if results is None:
         return Response(status_code=499)
     choices = []
     for index, c in enumerate(results):
-        item = {"index": index, "message": {"role": "assistant", "content": c.text},
-                "logprobs": logprobs(c.token_ids, c.logprobs),
-                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+        item = {
+            "index": index,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": logprobs(c.token_ids, c.logprobs),
+            "finish_reason": c.finish_reason,
+            "stop_reason": c.stop_reason,
+        }
         if body.return_token_ids:
             item["token_ids"] = c.token_ids
         choices.append(item)
-    out = {"id": rid, "object": "chat.completion", "created": created, "model": name,
-           "choices": choices,
-           "usage": _usage(prompt_ids, sum(len(c.token_ids) for c in results))}
+    out = {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": name,
+        "choices": choices,
+        "usage": _usage(prompt_ids, sum(len(c.token_ids) for c in results)),
+    }
     if body.return_token_ids:
         out["prompt_token_ids"] = prompt_ids[0]
     return out

@@ -26,16 +26,19 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise InvalidRequest(f"cannot listen on {host}:{port}: "
-                             f"{exc.strerror or exc}") from None
+        raise InvalidRequest(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
 
 
 def _server(app, log_level: str):
     uvicorn = require("uvicorn", extra="serve", purpose="serve models over HTTP")
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
-                            access_log=log_level in ("debug", "trace"))
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        access_log=log_level in ("debug", "trace"),
+    )
     return uvicorn.Server(config)
 
 
@@ -55,14 +58,17 @@ class Running:
     ...     OpenAI(base_url=server.url + "/v1", api_key="-")
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning"):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self.server = _server(app, log_level)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="keishiki-serve", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run,
+            kwargs={"sockets": [self.sock]},
+            name="keishiki-serve",
+            daemon=True,
+        )
 
     def __enter__(self) -> "Running":
         self.thread.start()

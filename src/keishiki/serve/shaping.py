@@ -34,12 +34,17 @@ async def encode(ctx, text: str, param: str, add_special_tokens: bool = True) ->
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise APIError(400, f"{param} is not valid Unicode text: a lone surrogate "
-                            f"(\\u{ord(exc.object[exc.start]):04x}) at position {exc.start}",
-                       "invalid_request", param) from None
+        raise APIError(
+            400,
+            f"{param} is not valid Unicode text: a lone surrogate "
+            f"(\\u{ord(exc.object[exc.start]):04x}) at position {exc.start}",
+            "invalid_request",
+            param,
+        ) from None
     # Tokenizer.encode's own call, ids for ids (the tokenizers.Tokenizer it wraps)
-    encoded = await run_in_threadpool(ctx.llm.tokenizer._tok.encode_batch, [text],
-                                      add_special_tokens=add_special_tokens)
+    encoded = await run_in_threadpool(
+        ctx.llm.tokenizer._tok.encode_batch, [text], add_special_tokens=add_special_tokens
+    )
     return list(encoded[0].ids)
 
 
@@ -49,8 +54,12 @@ def check_token_ids(ctx, ids: list[int], param: str) -> None:
     vocab = ctx.llm._engine.vocab_size or ctx.llm.tokenizer.vocab_size
     bad = [t for t in ids if t < 0 or t >= vocab]
     if bad:
-        raise APIError(400, f"token id {bad[0]} is outside the model's vocabulary ({vocab})",
-                       "invalid_request", param)
+        raise APIError(
+            400,
+            f"token id {bad[0]} is outside the model's vocabulary ({vocab})",
+            "invalid_request",
+            param,
+        )
 
 
 def render_chat(ctx, messages, add_generation_prompt: bool = True) -> str:
@@ -64,17 +73,18 @@ def render_chat(ctx, messages, add_generation_prompt: bool = True) -> str:
         if isinstance(content, list):
             texts = [p.get("text") for p in content if p.get("type") == "text"]
             if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
-                raise APIError(400, "only text content parts are supported",
-                               "invalid_request", "messages")
+                raise APIError(
+                    400, "only text content parts are supported", "invalid_request", "messages"
+                )
             content = "\n".join(texts)
         item["content"] = content
         plain.append(item)
-    return ctx.llm.tokenizer.render_chat(plain, add_generation_prompt,
-                                         ctx.config.chat_template)
+    return ctx.llm.tokenizer.render_chat(plain, add_generation_prompt, ctx.config.chat_template)
 
 
-def sampling_params(ctx, body, max_tokens: int | None, logprobs: int | None,
-                    prompt_logprobs: int | None = None) -> SamplingParams:
+def sampling_params(
+    ctx, body, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None
+) -> SamplingParams:
     """SamplingParams of a request body, checked (400 with vLLM's message if not).
 
     Raises:
@@ -84,21 +94,32 @@ def sampling_params(ctx, body, max_tokens: int | None, logprobs: int | None,
         raise APIError(400, "logit_bias is not supported", "invalid_request", "logit_bias")
     for asked in (logprobs, prompt_logprobs):
         if asked is not None and asked > ctx.config.max_logprobs:
-            raise APIError(400, f"requested {asked} logprobs, more than the maximum allowed "
-                                f"({ctx.config.max_logprobs}, --max-logprobs)",
-                           "invalid_request", "logprobs")
+            raise APIError(
+                400,
+                f"requested {asked} logprobs, more than the maximum allowed "
+                f"({ctx.config.max_logprobs}, --max-logprobs)",
+                "invalid_request",
+                "logprobs",
+            )
     params = SamplingParams(
-        n=body.n, temperature=1.0 if body.temperature is None else body.temperature,
+        n=body.n,
+        temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=0 if body.top_k is None else body.top_k,
         min_p=0.0 if body.min_p is None else body.min_p,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
-        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-        seed=body.seed, max_tokens=max_tokens, stop=body.stop,
-        stop_token_ids=body.stop_token_ids, ignore_eos=body.ignore_eos,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        seed=body.seed,
+        max_tokens=max_tokens,
+        stop=body.stop,
+        stop_token_ids=body.stop_token_ids,
+        ignore_eos=body.ignore_eos,
         skip_special_tokens=body.skip_special_tokens,
         include_stop_str_in_output=body.include_stop_str_in_output,
-        logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+    )
     try:
         return params.validate()
     except InvalidRequest as exc:
@@ -114,19 +135,28 @@ def sequences(ctx, prompt_ids: list[list[int]], params: SamplingParams) -> list:
     """
     capacity = ctx.engine.capacity
     if params.n * len(prompt_ids) > capacity:
-        raise APIError(400, f"n × prompts must be at most {capacity} (--max-num-seqs), got "
-                            f"{params.n} × {len(prompt_ids)}", "invalid_request", "n")
+        raise APIError(
+            400,
+            f"n × prompts must be at most {capacity} (--max-num-seqs), got "
+            f"{params.n} × {len(prompt_ids)}",
+            "invalid_request",
+            "n",
+        )
     limit = ctx.max_model_len
     for ids in prompt_ids:
         if not ids:
             raise APIError(400, "the prompt is empty", "invalid_request", "prompt")
         wanted = len(ids) + (params.max_tokens or 0)
         if limit and (len(ids) >= limit or wanted > limit):
-            raise APIError(400, f"This model's maximum context length is {limit} tokens. "
-                                f"However, you requested {wanted} tokens ({len(ids)} in the "
-                                f"prompt, {params.max_tokens or 0} for the completion). Please "
-                                f"reduce the length of the prompt or completion.",
-                           "invalid_request", "max_tokens")
+            raise APIError(
+                400,
+                f"This model's maximum context length is {limit} tokens. "
+                f"However, you requested {wanted} tokens ({len(ids)} in the "
+                f"prompt, {params.max_tokens or 0} for the completion). Please "
+                f"reduce the length of the prompt or completion.",
+                "invalid_request",
+                "max_tokens",
+            )
     try:
         return ctx.llm._sequences(prompt_ids, [params] * len(prompt_ids))
     except InvalidRequest as exc:
@@ -153,8 +183,9 @@ def completion_logprobs(tokenizer, tokens: list[int], raw: list, k: int, offset:
             out["top_logprobs"].append(None)
             continue
         out["token_logprobs"].append(step[token][0])
-        best = sorted(step.items(), key=lambda item: item[1][1])[:k] if k else \
-            [(token, step[token])]
+        best = (
+            sorted(step.items(), key=lambda item: item[1][1])[:k] if k else [(token, step[token])]
+        )
         out["top_logprobs"].append({token_text(tokenizer, t): lp for t, (lp, _) in best})
     return out
 
@@ -165,12 +196,22 @@ def chat_logprobs(tokenizer, tokens: list[int], raw: list, k: int) -> list[dict]
     content = []
     for token, step in zip(tokens, raw):
         text = token_text(tokenizer, token)
-        best = [item for item in sorted(step.items(), key=lambda item: item[1][1])
-                if item[1][1] <= k][:k]
-        content.append({"token": text, "logprob": step[token][0],
-                        "bytes": list(text.encode("utf-8")),
-                        "top_logprobs": [{"token": token_text(tokenizer, t), "logprob": lp,
-                                          "bytes": list(token_text(tokenizer, t)
-                                                        .encode("utf-8"))}
-                                         for t, (lp, _) in best]})
+        best = [
+            item for item in sorted(step.items(), key=lambda item: item[1][1]) if item[1][1] <= k
+        ][:k]
+        content.append(
+            {
+                "token": text,
+                "logprob": step[token][0],
+                "bytes": list(text.encode("utf-8")),
+                "top_logprobs": [
+                    {
+                        "token": token_text(tokenizer, t),
+                        "logprob": lp,
+                        "bytes": list(token_text(tokenizer, t).encode("utf-8")),
+                    }
+                    for t, (lp, _) in best
+                ],
+            }
+        )
     return content

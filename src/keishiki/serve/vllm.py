@@ -14,17 +14,32 @@ from .._optional import require
 ENTRY = "vllm.entrypoints.openai.api_server"
 
 
-def vllm_command(model: Path, *, host: str, port: int, served_model_name: list[str] | None,
-                 chat_template: str | None, max_model_len: int | None,
-                 max_num_seqs: int | None, tokenizer: Path | None, dtype: str | None,
-                 seed: int | None, trust_remote_code: bool) -> list[str]:
+def vllm_command(
+    model: Path,
+    *,
+    host: str,
+    port: int,
+    served_model_name: list[str] | None,
+    chat_template: str | None,
+    max_model_len: int | None,
+    max_num_seqs: int | None,
+    tokenizer: Path | None,
+    dtype: str | None,
+    seed: int | None,
+    trust_remote_code: bool,
+) -> list[str]:
     """The command line that starts vLLM's server with keishiki's settings (the API key
     goes through ``VLLM_API_KEY``, not the command line, which other users can read)."""
-    argv = [sys.executable, "-m", ENTRY, "--model", str(model), "--host", host,
-            "--port", str(port)]
-    options = {"--served-model-name": served_model_name, "--chat-template": chat_template,
-               "--max-model-len": max_model_len, "--max-num-seqs": max_num_seqs,
-               "--tokenizer": tokenizer, "--dtype": dtype, "--seed": seed}
+    argv = [sys.executable, "-m", ENTRY, "--model", str(model), "--host", host, "--port", str(port)]
+    options = {
+        "--served-model-name": served_model_name,
+        "--chat-template": chat_template,
+        "--max-model-len": max_model_len,
+        "--max-num-seqs": max_num_seqs,
+        "--tokenizer": tokenizer,
+        "--dtype": dtype,
+        "--seed": seed,
+    }
     for flag, value in options.items():
         if value is None:
             continue
@@ -34,8 +49,9 @@ def vllm_command(model: Path, *, host: str, port: int, served_model_name: list[s
     return argv
 
 
-def run_vllm_server(model: Path, api_key: str | None, trust_remote_code: bool,
-                    say, **settings) -> int:
+def run_vllm_server(
+    model: Path, api_key: str | None, trust_remote_code: bool, say, **settings
+) -> int:
     """Check, gate, then run vLLM's server in the foreground; returns its exit code.
 
     Raises:

@@ -24,11 +24,23 @@ from pathlib import Path
 
 from ..core.model import ModelInfo
 
-GRAPH_FORMATS = frozenset({"onnx", "torchscript", "torch-export", "tflite", "coreml",
-                           "tensorflow-savedmodel", "keras", "torch7"})
+GRAPH_FORMATS = frozenset(
+    {
+        "onnx",
+        "torchscript",
+        "torch-export",
+        "tflite",
+        "coreml",
+        "tensorflow-savedmodel",
+        "keras",
+        "torch7",
+    }
+)
 # the file Netron must be given for a model that is a folder
-_FOLDER_ENTRY = {"tensorflow-savedmodel": ("saved_model.pb",),
-                 "coreml": ("Data/com.apple.CoreML/model.mlmodel",)}
+_FOLDER_ENTRY = {
+    "tensorflow-savedmodel": ("saved_model.pb",),
+    "coreml": ("Data/com.apple.CoreML/model.mlmodel",),
+}
 _EXPORT_SUFFIXES = (".onnx", ".pt", ".pt2", ".pth", ".jit")
 
 

@@ -24,13 +24,23 @@ def model_payload(info: ModelInfo) -> dict[str, Any]:
     not)."""
     out = info.to_dict(with_tensors=True)
     reason = unavailable_reason(info)
-    out["view"] = {"netron": netron.link_offered(info), "stats": reason is None,
-                   "stats_reason": reason}
+    out["view"] = {
+        "netron": netron.link_offered(info),
+        "stats": reason is None,
+        "stats_reason": reason,
+    }
     return out
 
 
-def compare_payload(a: ModelInfo, b: ModelInfo, *, atol: float = 0.0, rtol: float = 0.0,
-                    layers: dict[str, Any] | None = None, quiet: bool = True) -> dict[str, Any]:
+def compare_payload(
+    a: ModelInfo,
+    b: ModelInfo,
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    layers: dict[str, Any] | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
     """``compare --json`` for ``a`` (the reference) and ``b``, with ``values_compared``.
 
     When either side has no tensor data (a remote ``hf://`` model, a format keishiki only
@@ -42,13 +52,19 @@ def compare_payload(a: ModelInfo, b: ModelInfo, *, atol: float = 0.0, rtol: floa
     from .._compare import compare
     from ..mapping import map_names
 
-    missing = [(side, r) for side, m in (("A", a), ("B", b))
-               if (r := unavailable_reason(m)) is not None]
+    missing = [
+        (side, r) for side, m in (("A", a), ("B", b)) if (r := unavailable_reason(m)) is not None
+    ]
     if missing:
         out = map_names(a, b, by_value=False).to_dict()
         out["tensors"] = out.pop("pairs")
-        out.update({"verdict": None, "values_compared": False,
-                    "values_note": "; ".join(f"{side}: {r}" for side, r in missing)})
+        out.update(
+            {
+                "verdict": None,
+                "values_compared": False,
+                "values_note": "; ".join(f"{side}: {r}" for side, r in missing),
+            }
+        )
     else:
         out = compare(a, b, atol=atol, rtol=rtol, quiet=quiet).to_dict()
         out["values_compared"] = True
@@ -69,9 +85,14 @@ def read_layers_json(path: str | os.PathLike) -> dict[str, Any]:
         raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise InvalidRequest(f"{path} is not JSON: {exc}") from None
-    if not (isinstance(doc, dict) and str(doc.get("schema", "")).startswith(LAYERS_SCHEMA)
-            and isinstance(doc.get("layers"), list)):
-        raise InvalidRequest(f"{path} is not the output of `keishiki compare A B --layers "
-                             f"--json` (expected \"schema\": \"{LAYERS_SCHEMA}1\" and a "
-                             f"\"layers\" list)")
+    if not (
+        isinstance(doc, dict)
+        and str(doc.get("schema", "")).startswith(LAYERS_SCHEMA)
+        and isinstance(doc.get("layers"), list)
+    ):
+        raise InvalidRequest(
+            f"{path} is not the output of `keishiki compare A B --layers "
+            f'--json` (expected "schema": "{LAYERS_SCHEMA}1" and a '
+            f'"layers" list)'
+        )
     return doc

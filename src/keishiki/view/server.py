@@ -40,9 +40,11 @@ from .stats import MAX_BYTES, MAX_ELEMENTS
 HOST = "127.0.0.1"
 ALLOWED_HOSTS = ("127.0.0.1", "localhost")
 # route -> (file in static/, content type): the only files the server ever reads
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
-          "/index.html": ("index.html", "text/html; charset=utf-8"),
-          "/view.js": ("view.js", "text/javascript; charset=utf-8")}
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/view.js": ("view.js", "text/javascript; charset=utf-8"),
+}
 JSON_TYPE = "application/json; charset=utf-8"
 
 
@@ -109,9 +111,16 @@ class ViewServer:
             :func:`keishiki.view.stats.tensor_stats`).
     """
 
-    def __init__(self, info: ModelInfo, port: int = 0, *, other: ModelInfo | None = None,
-                 comparison: dict[str, Any] | None = None, max_stats_bytes: int = MAX_BYTES,
-                 max_stats_elements: int = MAX_ELEMENTS):
+    def __init__(
+        self,
+        info: ModelInfo,
+        port: int = 0,
+        *,
+        other: ModelInfo | None = None,
+        comparison: dict[str, Any] | None = None,
+        max_stats_bytes: int = MAX_BYTES,
+        max_stats_elements: int = MAX_ELEMENTS,
+    ):
         self.models = {"a": info} if other is None else {"a": info, "b": other}
         self.payloads = {side: model_payload(m) for side, m in self.models.items()}
         for side, payload in self.payloads.items():
@@ -144,9 +153,9 @@ class ViewServer:
 
     def start(self) -> ViewServer:
         """Start serving in a daemon thread; returns self."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
-                                        name="keishiki-view",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name="keishiki-view", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -171,9 +180,11 @@ class ViewServer:
             if side not in self._netron:
                 import netron as netron_pkg
 
-                self._netron[side] = tuple(netron_pkg.start(
-                    netron.target(self.models[side]), address=(HOST, free_port()),
-                    browse=False))
+                self._netron[side] = tuple(
+                    netron_pkg.start(
+                        netron.target(self.models[side]), address=(HOST, free_port()), browse=False
+                    )
+                )
         host, port = self._netron[side]
         return f"http://{host}:{port}/"
 
@@ -194,16 +205,19 @@ def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet: no access log
             return
 
-        def _send(self, status: int, body: bytes, content_type: str,
-                  headers: dict[str, str] | None = None) -> None:
+        def _send(
+            self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
             # the page runs its own script only, and reaches nothing but this server
-            self.send_header("Content-Security-Policy", "default-src 'self'; "
-                             "style-src 'self' 'unsafe-inline'; img-src 'self' data:")
+            self.send_header(
+                "Content-Security-Policy",
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+            )
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
@@ -231,8 +245,9 @@ def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
             elif route == "/favicon.ico":  # browsers ask; no icon, and no 404 in the console
                 self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
             elif side not in server.models:
-                self._error(HTTPStatus.NOT_FOUND, f"no model {side!r} (sides: "
-                            f"{', '.join(server.models)})")
+                self._error(
+                    HTTPStatus.NOT_FOUND, f"no model {side!r} (sides: {', '.join(server.models)})"
+                )
             elif route == "/api/info":
                 self._send(HTTPStatus.OK, to_json(server.payloads[side]), JSON_TYPE)
             elif route == "/api/compare" and server.comparison is not None:
@@ -258,8 +273,12 @@ def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
         def _netron(self, side: str) -> None:
             url = server.netron_url(side)
             if url is None:
-                self._send(HTTPStatus.NOT_FOUND, b"netron is not installed (pip install "
-                           b"netron) or draws no graph for this model\n", "text/plain")
+                self._send(
+                    HTTPStatus.NOT_FOUND,
+                    b"netron is not installed (pip install "
+                    b"netron) or draws no graph for this model\n",
+                    "text/plain",
+                )
             else:
                 self._send(HTTPStatus.FOUND, b"", "text/plain", {"Location": url})
 

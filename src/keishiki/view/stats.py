@@ -18,10 +18,10 @@ import numpy as np
 from ..core.model import ModelInfo
 from ..errors import InvalidRequest
 
-MAX_BYTES = 1 << 30        # refuse tensors that would need more than 1 GiB in memory
-MAX_ELEMENTS = 1 << 24     # exact up to 16M elements, a strided sample above
+MAX_BYTES = 1 << 30  # refuse tensors that would need more than 1 GiB in memory
+MAX_ELEMENTS = 1 << 24  # exact up to 16M elements, a strided sample above
 BINS = 48
-CHUNK = 1 << 20            # elements per float64 chunk (8 MB)
+CHUNK = 1 << 20  # elements per float64 chunk (8 MB)
 
 
 def unavailable_reason(model: ModelInfo) -> str | None:
@@ -29,9 +29,11 @@ def unavailable_reason(model: ModelInfo) -> str | None:
     if model.tensor_loader is not None:
         return None
     if str(model.path).startswith("hf://"):
-        return ("a remote hf:// model is described from its file headers (read by range); its "
-                "tensor data is not downloaded, so there are no statistics (download it, "
-                "e.g. `keishiki pull`, and view the local copy)")
+        return (
+            "a remote hf:// model is described from its file headers (read by range); its "
+            "tensor data is not downloaded, so there are no statistics (download it, "
+            "e.g. `keishiki pull`, and view the local copy)"
+        )
     return f"keishiki cannot read tensor data from {model.format} files"
 
 
@@ -44,8 +46,14 @@ def memory_bytes(model: ModelInfo, name: str) -> int:
     return info.numel * 4 if GGML_QUANT.match(info.dtype) else info.nbytes
 
 
-def tensor_stats(model: ModelInfo, name: str, *, max_bytes: int = MAX_BYTES,
-                 max_elements: int = MAX_ELEMENTS, bins: int = BINS) -> dict[str, Any]:
+def tensor_stats(
+    model: ModelInfo,
+    name: str,
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_elements: int = MAX_ELEMENTS,
+    bins: int = BINS,
+) -> dict[str, Any]:
     """Statistics of tensor ``name`` of ``model``.
 
     Returns:
@@ -69,8 +77,10 @@ def tensor_stats(model: ModelInfo, name: str, *, max_bytes: int = MAX_BYTES,
         raise InvalidRequest(f"no tensor named {name!r} in {model.path}") from None
     need = memory_bytes(model, name)
     if need > max_bytes:
-        raise InvalidRequest(f"tensor {name!r} needs {_size(need)} in memory; the view "
-                             f"computes statistics only up to {_size(max_bytes)} per tensor")
+        raise InvalidRequest(
+            f"tensor {name!r} needs {_size(need)} in memory; the view "
+            f"computes statistics only up to {_size(max_bytes)} per tensor"
+        )
     flat = np.asarray(load_array(model, info)).reshape(-1)
     if flat.dtype.kind == "c":
         raise InvalidRequest(f"tensor {name!r} is complex ({flat.dtype}); no order to summarise")
@@ -79,8 +89,14 @@ def tensor_stats(model: ModelInfo, name: str, *, max_bytes: int = MAX_BYTES,
         step = math.ceil(flat.size / max_elements)
         flat = flat[::step]
         sampled = {"step": step, "n": int(flat.size)}
-    out: dict[str, Any] = {"name": name, "dtype": info.dtype, "shape": list(info.shape),
-                           "numel": info.numel, "n_counted": int(flat.size), "sampled": sampled}
+    out: dict[str, Any] = {
+        "name": name,
+        "dtype": info.dtype,
+        "shape": list(info.shape),
+        "numel": info.numel,
+        "n_counted": int(flat.size),
+        "sampled": sampled,
+    }
     out.update(_summarise(flat, bins))
     return out
 
@@ -94,7 +110,7 @@ def _size(n: int) -> str:
 
 def _chunks(flat):
     for start in range(0, flat.size, CHUNK):
-        yield np.asarray(flat[start:start + CHUNK], dtype=np.float64)
+        yield np.asarray(flat[start : start + CHUNK], dtype=np.float64)
 
 
 def _summarise(flat, bins: int) -> dict[str, Any]:
@@ -110,9 +126,17 @@ def _summarise(flat, bins: int) -> dict[str, Any]:
             n_finite += finite.size
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
             total += float(finite.sum())
-    out: dict[str, Any] = {"n_nan": n_nan, "n_posinf": n_pos, "n_neginf": n_neg,
-                           "n_zero": n_zero, "min": None, "max": None, "mean": None,
-                           "std": None, "histogram": None}
+    out: dict[str, Any] = {
+        "n_nan": n_nan,
+        "n_posinf": n_pos,
+        "n_neginf": n_neg,
+        "n_zero": n_zero,
+        "min": None,
+        "max": None,
+        "mean": None,
+        "std": None,
+        "histogram": None,
+    }
     if not n_finite:
         return out
     mean = total / n_finite
@@ -124,6 +148,13 @@ def _summarise(flat, bins: int) -> dict[str, Any]:
         finite = c[np.isfinite(c)]
         squares += float(np.square(finite - mean).sum())
         counts += np.histogram(finite, bins=edges)[0]
-    out.update({"min": lo, "max": hi, "mean": mean, "std": math.sqrt(squares / n_finite),
-                "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}})
+    out.update(
+        {
+            "min": lo,
+            "max": hi,
+            "mean": mean,
+            "std": math.sqrt(squares / n_finite),
+            "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+        }
+    )
     return out
