@@ -229,7 +229,7 @@ def test_cli_table_and_json(models):
     )
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["schema"] == "keishiki._compare.layers/1"
+    assert doc["schema"] == "keishiki.compare.layers/1"
     assert doc["verdict"] == "within tolerance" and doc["first_divergence"] is None
     assert doc["prompt"] == "a b c" and doc["n_over_tolerance"] == 0
     assert all(

@@ -20,9 +20,9 @@ from tests.conftest import corpus_path, run_cli
 
 from .pages import offline, render_in_node, routes_of
 
-# a `keishiki compare A B --layers --json` document (schema keishiki._compare.layers/1)
+# a `keishiki compare A B --layers --json` document (schema keishiki.compare.layers/1)
 LAYERS = {
-    "schema": "keishiki._compare.layers/1",
+    "schema": "keishiki.compare.layers/1",
     "verdict": "diverged",
     "exit_code": 1,
     "a": {"path": "a", "format": "hf-model", "backend": "torch", "precision": "float32"},

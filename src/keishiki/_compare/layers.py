@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import InvalidRequest
 from .intermediates import Capture, Probe
 
-SCHEMA = "keishiki._compare.layers/1"
+SCHEMA = "keishiki.compare.layers/1"
 
 # default rtol (relative to max|A| of each intermediate) by the precision a side computes
 # in: float runtimes differ by rounding; weights quantized to N bits by ~2^-N per layer,

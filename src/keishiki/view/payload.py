@@ -15,7 +15,7 @@ from ..errors import InvalidRequest
 from . import netron
 from .stats import unavailable_reason
 
-LAYERS_SCHEMA = "keishiki._compare.layers/"
+LAYERS_SCHEMA = "keishiki.compare.layers/"
 
 
 def model_payload(info: ModelInfo) -> dict[str, Any]:
