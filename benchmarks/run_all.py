@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["info", "pickle", "scan", "convert", "runtimes", "hub", "serve"]
+ORDER = ["startup", "info", "pickle", "onnx", "scan", "convert", "runtimes", "hub", "serve"]
 
 
 def main(argv: list[str]) -> int:

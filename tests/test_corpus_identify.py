@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from keishiki.formats import identify, inspect
+from keishiki import inspect
+from keishiki.formats import identify
 from tests.conftest import FACTS, corpus_path, run_cli
 
 # facts.json "format" -> (keishiki format id, variant)

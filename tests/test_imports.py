@@ -99,3 +99,27 @@ def test_lazy_numpy_is_numpy():
     lazy = _LazyNumpy("numpy")
     assert lazy.float32 is numpy.float32 and lazy.frombuffer is numpy.frombuffer
     assert "frombuffer" in vars(lazy)  # later reads are plain attribute lookups
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["info", "--help"],
+        ["info", "SMALL"],
+        ["tensors", "SMALL", "--json"],
+        ["scan", "SMALL"],
+        ["scan", "TORCH"],
+    ],
+)
+def test_cli_start_up_skips_pydantic_and_markdown(args):
+    """typer 0.29 imports pydantic to coerce parameters (60-120 ms) and rich's markdown
+    renderer and tracebacks for --help (markdown_it, pygments: ~30 ms); cli/_startup.py
+    keeps all three out (a typer that changes its internals makes this fail)."""
+    files = {
+        "SMALL": "safetensors/safetensors-samples/overall.safetensors",
+        "TORCH": "pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt",
+    }
+    args = [str(corpus_path(files[a])) if a in files else a for a in args]
+    loaded = _modules_after_cli(args)
+    assert not {"pydantic", "pydantic_core", "markdown_it", "pygments"} & loaded, args

@@ -4,11 +4,27 @@ The CLI turns every :class:`KeishikiError` into one line on stderr and the error
 ``exit_code``; ``KEISHIKI_DEBUG=1`` shows the traceback as well.  Exit codes mean:
 0 = done / nothing unsafe, 1 = a finding (unsafe file, verification mismatch),
 2 = could not do it (bad input, missing dependency, impossible request).
+
+As huggingface_hub's errors do, each class also derives from the builtin a Python caller
+would catch without knowing keishiki: a path that does not exist is a
+:class:`FileNotFoundError` (:class:`PathNotFound`), impossible arguments a
+:class:`ValueError` (:class:`InvalidRequest`, :class:`NoConversionPath`), a missing optional
+library an :class:`ImportError` (:class:`MissingDependency`), a Hub failure an
+:class:`OSError` (as transformers' ``from_pretrained`` raises), a backend that cannot run here
+a :class:`RuntimeError`.  A file's broken bytes (:class:`CorruptFile`) or unknown format are
+plain exceptions, as :class:`zipfile.BadZipFile` and :class:`pickle.UnpicklingError` are:
+keishiki's format readers catch the ValueError of the parsers they call, and must not catch
+their own verdict.
+
+Messages name the Python parameter (``force=True``, ``dtype='float8'``), not a command-line
+flag: the CLI rewrites those names into its flags (``--force``) in its one error table.
 """
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+from typing import Any
 
 
 class KeishikiError(Exception):
@@ -22,6 +38,18 @@ class KeishikiError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class PathNotFound(KeishikiError, FileNotFoundError):
+    """The model path (or another path an argument names) does not exist."""
+
+    def __init__(self, path: str | Path, message: str | None = None):
+        self.path = str(path)
+        super().__init__(message or f"{self.path}: no such file or folder")
+        # as open() fills them (``filename`` is what a caller of FileNotFoundError reads);
+        # set after __init__: OSError's own (message) form leaves them None
+        self.errno = errno.ENOENT
+        self.filename = self.path
 
 
 class UnknownFormat(KeishikiError):
@@ -55,7 +83,7 @@ class UnsafeFile(KeishikiError):
         super().__init__(f"{self.path}: unsafe: {reason}")
 
 
-class MissingDependency(KeishikiError):
+class MissingDependency(KeishikiError, ImportError):
     """An optional library is needed for this operation and is not installed."""
 
     def __init__(self, package: str, extra: str, purpose: str = ""):
@@ -65,18 +93,20 @@ class MissingDependency(KeishikiError):
         super().__init__(
             f"{package} is needed{why} but is not installed: pip install 'keishiki[{extra}]'"
         )
+        self.name = package  # ImportError's attribute: the module that could not be imported
 
 
-class NoConversionPath(KeishikiError):
+class NoConversionPath(KeishikiError, ValueError):
     """The conversion graph has no path from the source format to the target."""
 
 
-class RuntimeUnavailable(KeishikiError):
+class RuntimeUnavailable(KeishikiError, RuntimeError):
     """A generation backend cannot run here (no GPU, no vllm, unsupported model)."""
 
 
-class InvalidRequest(KeishikiError):
-    """The arguments are impossible or unsafe: an existing output without force, top_p=0, ..."""
+class InvalidRequest(KeishikiError, ValueError):
+    """The arguments are impossible or unsafe: an existing output without force=True,
+    top_p=0, ..."""
 
 
 class Mismatch(KeishikiError):
@@ -84,11 +114,11 @@ class Mismatch(KeishikiError):
 
     exit_code = 1
 
-    def __init__(self, message: str, report: dict | None = None):
+    def __init__(self, message: str, report: dict[str, Any] | None = None):
         super().__init__(message)
         self.report = report or {}
 
 
-class HubError(KeishikiError):
+class HubError(KeishikiError, OSError):
     """The Hugging Face Hub refused or could not answer: repository or revision not found,
     gated, offline and not cached, unreachable (``keishiki pull``, ``info hf://...``)."""

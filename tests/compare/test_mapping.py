@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.core.model import ModelInfo
 from keishiki.core.tensor import TensorInfo
-from keishiki.formats import inspect
 from keishiki.mapping import content_digest, map_names, strip_wrappers
 from tests.conftest import corpus_path, run_cli
 

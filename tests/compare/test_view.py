@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from keishiki.formats import inspect
+from keishiki import inspect
 from keishiki.view import ViewServer
 from keishiki.view.server import page_html, static_file, to_json
 from tests.conftest import corpus_path, run_cli

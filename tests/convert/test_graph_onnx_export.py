@@ -228,7 +228,7 @@ def test_refusals(tiny_llama, tmp_path):
     code, _, err = run_cli(
         "convert", tiny_llama, tmp_path / "x", "--to", "onnx", "--exporter", "tensorflow"
     )
-    assert code == 2 and "--exporter tensorflow: choose one of torchscript, dynamo" in err
+    assert code == 2 and "--exporter 'tensorflow': choose one of torchscript, dynamo" in err
     assert len(err.strip().splitlines()) == 1
     code, _, err = run_cli(
         "convert", tiny_llama, tmp_path / "x.onnx", "--to", "onnx", "--external-data"

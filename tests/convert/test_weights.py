@@ -91,7 +91,7 @@ def test_whole_module_pickle_weights_named_by_module_tree_without_running_it(pt_
     for): refused untrusted; trusted, keishiki's reader names the weights by the module tree
     and runs none of its code, and the report says so."""
     out = tmp_path / "m.safetensors"
-    with pytest.raises(UnsafeFile, match="runs nothing: --trust-remote-code takes the weights"):
+    with pytest.raises(UnsafeFile, match="runs nothing: trust_remote_code=True takes the weights"):
         keishiki.convert(pt_files["module"], out, to="safetensors", quiet=True)
     assert not out.exists()
     report = keishiki.convert(

@@ -247,7 +247,7 @@ def test_admit_names_the_finding(dangerous_bin):
         gate.admit(dangerous_bin, purpose="run")
     message = str(info.value)
     assert "not loaded to run: dangerous" in message and "system" in message
-    assert "--trust-remote-code" in message
+    assert "trust_remote_code=True" in message
     assert gate.admit(dangerous_bin, trust=True) is None
 
 

@@ -79,7 +79,7 @@ def test_zip_with_unknown_extract_version_is_corrupt_not_a_crash(tmp_path):
     import zipfile
 
     import keishiki
-    from keishiki.formats import inspect
+    from keishiki import inspect
 
     path = tmp_path / "m.pt"
     with zipfile.ZipFile(path, "w") as zf:

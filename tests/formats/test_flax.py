@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.core.source import Source
-from keishiki.formats import flax_msgpack, identify, inspect
+from keishiki.formats import flax_msgpack, identify
 from tests.conftest import FACTS, corpus_path, run_cli
 
 msgpack = pytest.importorskip("msgpack")

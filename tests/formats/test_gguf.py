@@ -8,9 +8,10 @@ import struct
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.errors import CorruptFile
 from keishiki.formats import gguf as kg
-from keishiki.formats import identify, inspect
+from keishiki.formats import identify
 from tests.conftest import FACTS, corpus_path, count_calls, facts_where, run_cli
 
 gguf = pytest.importorskip("gguf")

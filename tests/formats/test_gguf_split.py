@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import keishiki
+from keishiki import inspect
 from keishiki.errors import CorruptFile, InvalidRequest, UnsafeFile
-from keishiki.formats import identify, inspect
+from keishiki.formats import identify
 from tests.conftest import run_cli
 
 gguf = pytest.importorskip("gguf")

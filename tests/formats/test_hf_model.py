@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.errors import UnsafeFile
-from keishiki.formats import _hf_sizes, hf_model, identify, inspect
+from keishiki.formats import _hf_sizes, hf_model, identify
 from tests.conftest import FACTS, corpus_path, run_cli
 
 CORPUS_CASES = ["hf_dir/tiny-bert-safetensors", "hf_dir/tiny-bert-flax", "hf_dir/all-MiniLM-L6-v2"]

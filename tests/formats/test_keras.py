@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from keishiki.formats import identify, inspect
+from keishiki import inspect
+from keishiki.formats import identify
 from tests.conftest import FACTS, corpus_path, facts_where, run_cli
 
 h5py = pytest.importorskip("h5py")

@@ -11,9 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.core.source import Source
 from keishiki.errors import CorruptFile
-from keishiki.formats import inspect
 from keishiki.formats import numpy as numpy_format
 from tests.conftest import FACTS, corpus_path, facts_where, run_cli
 

@@ -9,8 +9,9 @@ import random
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.errors import CorruptFile, UnknownFormat, UnsafeFile
-from keishiki.formats import identify, inspect
+from keishiki.formats import identify
 from keishiki.formats import onnx_proto as pb
 from tests.conftest import FACTS, corpus_path, facts_where, run_cli
 

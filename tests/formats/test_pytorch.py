@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.core.source import Source
 from keishiki.errors import CorruptFile, KeishikiError
-from keishiki.formats import identify, inspect
+from keishiki.formats import identify
 from tests.conftest import FACTS, corpus_path, run_cli
 
 CORPUS = sorted(

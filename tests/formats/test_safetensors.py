@@ -4,9 +4,10 @@ import struct
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.core.tensor import LazyTensor, TensorInfo
 from keishiki.errors import CorruptFile
-from keishiki.formats import identify, inspect
+from keishiki.formats import identify
 from keishiki.formats import safetensors as st
 from tests.conftest import FACTS, corpus_path, facts_where, run_cli
 

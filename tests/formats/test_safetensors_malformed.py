@@ -12,9 +12,9 @@ import struct
 
 import pytest
 
+from keishiki import inspect
 from keishiki.core.source import Source
 from keishiki.errors import CorruptFile, KeishikiError
-from keishiki.formats import inspect
 from keishiki.formats import safetensors as st
 from tests.conftest import run_cli
 

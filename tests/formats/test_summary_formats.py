@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from keishiki import inspect
 from keishiki.core.source import Source
 from keishiki.formats import (
     coreml,
     flax_msgpack,
     identify,
-    inspect,
     keras,
     keras_h5,
     numpy,

@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.core.source import Source
 from keishiki.errors import CorruptFile
-from keishiki.formats import Match, identify, inspect, torch7
+from keishiki.formats import Match, identify, torch7
 from tests.conftest import FACTS, corpus_path, facts_where, run_cli
 
 CASES = facts_where(lambda f: str(f.get("format", "")).startswith("torch7"))

@@ -10,8 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.errors import KeishikiError
-from keishiki.formats import identify, inspect
+from keishiki.formats import identify
 from tests.conftest import run_cli
 
 

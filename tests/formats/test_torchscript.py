@@ -8,9 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from keishiki import scan
+from keishiki import inspect, scan
 from keishiki.errors import KeishikiError
-from keishiki.formats import identify, inspect
+from keishiki.formats import identify
 from keishiki.formats.torchscript import class_file, parse_classes, schema_type
 from tests.conftest import FACTS, corpus_path, run_cli
 

@@ -80,7 +80,7 @@ def _imports_done(tmp_path_factory):
     """Each reader's first use imports its modules: done here, so the calls counted per input
     are the input's own work."""
     import keishiki
-    from keishiki.formats import inspect
+    from keishiki import inspect
 
     magic_files = []
     for fmt, magic in MAGIC.items():
@@ -97,7 +97,7 @@ def _imports_done(tmp_path_factory):
 
 def _inspect_and_scan(path: Path) -> None:
     import keishiki
-    from keishiki.formats import inspect
+    from keishiki import inspect
 
     with count_calls() as work:
         try:
@@ -166,8 +166,8 @@ def test_scan_of_mutated_malicious_pickle_never_crashes(tail):
 def test_mutated_files_load_tensor_data_or_say_why(tmp_path_factory, source, data):
     """What convert does after inspect: read each tensor's bytes.  A damaged file gives
     arrays or a KeishikiError, never another exception (the first 16 tensors, bounded)."""
+    from keishiki import inspect
     from keishiki.core.dtypes import itemsize
-    from keishiki.formats import inspect
 
     blob = bytearray(source.read_bytes())
     for _ in range(data.draw(st.integers(1, 8))):

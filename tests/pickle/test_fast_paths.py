@@ -213,7 +213,7 @@ def test_span_and_contiguity():
 def test_zip_data_offsets_match_local_headers(tmp_path):
     """Members far apart (big tensors) and close together (small ones) get the offsets the
     local headers give, and loading reads the right bytes."""
-    from keishiki.formats import inspect
+    from keishiki import inspect
 
     state = {
         "big0": torch.randn(300, 300),
@@ -235,7 +235,7 @@ def test_zip_data_offsets_match_local_headers(tmp_path):
 
 
 def test_zip_missing_member_and_short_member(tmp_path):
-    from keishiki.formats import inspect
+    from keishiki import inspect
 
     path = tmp_path / "m.pt"
     torch.save({"a": torch.zeros(4), "b": torch.ones(2)}, path)

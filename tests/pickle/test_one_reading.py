@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
+import io
 import json
 import pickle
 import random
@@ -63,7 +64,9 @@ def saved(tmp_path_factory):
     return paths
 
 
-def _vm_only(data, start=0, *, path="<pickle>", max_ops=10_000_000, torch_names=True):
+def _vm_only(
+    data, start=0, *, path="<pickle>", max_ops=10_000_000, torch_names=True, state_dicts=True
+):
     return read_pickle(data, start, path=path, max_ops=max_ops)
 
 
@@ -76,7 +79,7 @@ def _described(path) -> str:
 
 def test_inspect_equals_the_vm_reading(saved, monkeypatch):
     shared = [_described(p) for p in saved]
-    monkeypatch.setattr(pytorch, "read_torch_pickle", _vm_only)
+    monkeypatch.setattr(pytorch, "read_torch_object", _vm_only)
     assert [_described(p) for p in saved] == shared
 
 
@@ -191,3 +194,127 @@ def test_the_lexer_fast_lane_changes_nothing(max_ops):
             fast.advance(len(case), to_stop=True)
             full.advance(len(case), to_stop=True)
             assert _state(fast) == _state(full), case[:40]
+
+
+# ---- plain state_dicts: tensors straight from the stand-ins ----------------------------------
+
+
+def _general_reading(monkeypatch) -> None:
+    """Every stream through the VM's records (the state_dict shortcut closed)."""
+    monkeypatch.setattr(tp, "_state_dict", lambda rec, path: None)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {f"l.{i}.w": torch.randn(2, 3) for i in range(5)},
+        collections.OrderedDict([("x.w", torch.ones(2)), ("y", torch.zeros(3, 2))]),
+        {"a": torch.arange(10.0)[2:5], "t": torch.ones(3, 3).t(), "h": torch.ones(2).half()},
+        {"": torch.ones(1), "e": torch.zeros(0, 3), "s": torch.tensor(3.0)},
+        {},
+    ],
+    ids=["dict", "ordered", "views", "edge-names", "empty"],
+)
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_state_dict_shortcut_equals_the_general_reading(tmp_path, monkeypatch, state, legacy):
+    path = tmp_path / "sd.pt"
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    taken: list[str] = []
+    real = tp._state_dict
+
+    def spying(rec, where):
+        out = real(rec, where)
+        taken.append(type(out).__name__)
+        return out
+
+    monkeypatch.setattr(tp, "_state_dict", spying)
+    shortcut = _described(path)
+    assert "StateDictReading" in taken
+    _general_reading(monkeypatch)
+    assert _described(path) == shortcut
+
+
+_OTHER_LAYOUTS = {
+    "module-state-dict": lambda: torch.nn.Linear(2, 2).state_dict(),  # with _metadata
+    "mixed": lambda: {"w": torch.ones(2), "epoch": 3},  # a value that is no tensor
+    "parameter": lambda: {"p": torch.nn.Parameter(torch.ones(2))},  # _rebuild_parameter
+    "nested": lambda: {"n": {"w": torch.ones(2)}},
+    "module": lambda: torch.nn.Linear(2, 2),
+    "quantized": lambda: {"q": torch.quantize_per_tensor(torch.ones(2), 0.1, 3, torch.qint8)},
+}
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
+@pytest.mark.parametrize("layout", sorted(_OTHER_LAYOUTS))
+def test_other_layouts_read_the_general_way_with_the_same_result(tmp_path, monkeypatch, layout):
+    path = tmp_path / "o.pt"
+    torch.save(_OTHER_LAYOUTS[layout](), path)
+    shortcut = _described(path)
+    _general_reading(monkeypatch)
+    assert _described(path) == shortcut
+
+
+def test_state_dict_shortcut_refuses_what_the_vm_records_otherwise():
+    """Streams one byte away from a plain state_dict: the shortcut declines, the record is
+    the VM's (the general reading gives the exact error or value)."""
+    state = {"a": torch.ones(2, 2), "b": torch.zeros(3)}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with zipfile.ZipFile(buf) as zf:
+        data = zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))
+    assert type(tp.read_torch_object(data)) is tp.StateDictReading
+    unpickler._SHARED.clear()
+    # a negative storage offset: BININT of -1 where the offset's BININT1 0 is
+    i = data.index(b"K\x00K\x02")
+    bad = data[:i] + b"J\xff\xff\xff\xff" + data[i + 2 :]
+    reading = tp.read_torch_object(bad)
+    assert type(reading) is not tp.StateDictReading
+    with pytest.raises(keishiki.errors.CorruptFile, match="storage_offset"):
+        list(tp.walk_tensors(reading.value, "x"))
+
+
+# ---- the zip directory read once for the reader and the scan ----------------------------------
+
+
+def test_the_scan_takes_the_readers_zip_directory(saved, monkeypatch):
+    from keishiki._scan import archives
+
+    parsed: list[object] = []
+    real = archives.zipfile.ZipFile
+
+    class Counting(real):
+        def __init__(self, file, *args, **kwargs):
+            parsed.append(file)
+            super().__init__(file, *args, **kwargs)
+
+    path = next(p for p in saved if p.name == "state_dict_zip.pt")
+    monkeypatch.setattr(archives.zipfile, "ZipFile", Counting)
+    scan_pkg._CACHE.clear()
+    assert keishiki.inspect(path).safety["verdict"] == "safe"
+    # the reader opened it by path; the scan took that directory instead of reading its own
+    assert parsed == [path] and archives._SHARED_DIRECTORY == []
+    scan_pkg._CACHE.clear()
+    keishiki.scan(path)  # a scan on its own reads the directory itself (from its open file)
+    assert len(parsed) == 2 and parsed[1] is not path
+
+
+def test_a_shared_zip_directory_serves_only_its_own_unchanged_file(tmp_path):
+    from keishiki._scan import archives
+
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({"a": torch.ones(1)}, first)
+    torch.save({"b": torch.ones(1)}, second)
+    with zipfile.ZipFile(first) as zf:
+        infos = zf.infolist()
+    archives.share_directory(first, infos)
+    with open(second, "rb") as fh:  # another file: its own directory, the offer dropped
+        assert [i.filename for i in archives._zipfile_infos(fh)][0].startswith("b/")
+    assert archives._SHARED_DIRECTORY == []
+    archives.share_directory(first, infos)
+    first.touch()  # rewritten (times changed): read again
+    with open(first, "rb") as fh:
+        assert archives._zipfile_infos(fh) is not infos
+    archives.share_directory(first, infos)
+    with open(first, "rb") as fh:
+        assert archives._zipfile_infos(fh) is infos
+        assert archives._zipfile_infos(io.BytesIO(fh.read())) is not infos  # taken once

@@ -10,9 +10,10 @@ import pickle
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.core.pickle_reader import read_pickle
 from keishiki.errors import CorruptFile, KeishikiError, UnknownFormat
-from keishiki.formats import identify, inspect
+from keishiki.formats import identify
 from tests.conftest import run_cli
 
 

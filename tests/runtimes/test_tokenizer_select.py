@@ -85,7 +85,7 @@ def test_choose(tiny_llama, tiny_onnx, tiny_ts):
 
 
 def test_refusals(tiny_llama, tiny_ts, tmp_path):
-    with pytest.raises(InvalidRequest, match="no such file or folder"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):  # PathNotFound
         choose(tmp_path / "missing")
     with pytest.raises(InvalidRequest, match="safetensors file cannot generate"):
         choose(tiny_llama / "model.safetensors")

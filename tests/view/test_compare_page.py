@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from keishiki.formats import inspect
+from keishiki import inspect
 from keishiki.view import ViewServer
 from keishiki.view.payload import compare_payload
 from tests.conftest import corpus_path, run_cli

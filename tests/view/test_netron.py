@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from keishiki import inspect
 from keishiki.core.model import ModelInfo
 from keishiki.core.tensor import TensorInfo
-from keishiki.formats import inspect
 from keishiki.view import ViewServer, netron
 from tests.conftest import corpus_path
 

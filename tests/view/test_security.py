@@ -9,7 +9,7 @@ import urllib.parse
 
 import pytest
 
-from keishiki.formats import inspect
+from keishiki import inspect
 from keishiki.view import ViewServer
 
 from .conftest import HOSTILE

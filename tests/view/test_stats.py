@@ -11,8 +11,8 @@ import urllib.request
 import numpy as np
 import pytest
 
+from keishiki import inspect
 from keishiki.errors import InvalidRequest
-from keishiki.formats import inspect
 from keishiki.mapping import load_array
 from keishiki.view import ViewServer
 from keishiki.view.stats import tensor_stats, unavailable_reason

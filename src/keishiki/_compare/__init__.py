@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..core.display import MAX_ROWS, Raw, Shown, View, short_repr
 from ..core.model import ModelInfo
 from ..errors import InvalidRequest
-from ..mapping import NameMap, load_array, map_names
+from ..mapping import NameMap, TensorPair, load_array, map_names
 from .weights import TensorDiff, compare_arrays
+
+if TYPE_CHECKING:
+    from .layers import LayerReport
+
+PathLike = str | os.PathLike[str]
 
 VERDICTS = ("identical", "within tolerance", "different")
 
 
 @dataclass
-class CompareReport:
+class CompareReport(Shown):
     """What :func:`compare` found.
 
     Attributes:
@@ -101,13 +107,58 @@ class CompareReport:
             "n_pairs": len(self.tensors),
             "status_counts": self.counts(),
             "how": mapping["how"],
-            "max_abs_diff": max((d.max_abs_diff or 0.0 for d in self.tensors), default=0.0),
+            "max_abs_diff": self.max_abs_diff,
             "tensors": [d.to_dict() for d in self.tensors],
             "unmatched_a": mapping["unmatched_a"],
             "unmatched_b": mapping["unmatched_b"],
             "outputs": self.outputs,
             "config_diff": self.config_diff,
         }
+
+    @property
+    def max_abs_diff(self) -> float:
+        """The largest absolute difference over the pairs (0.0 when there are none)."""
+        return max((d.max_abs_diff or 0.0 for d in self.tensors), default=0.0)
+
+    def __repr__(self) -> str:
+        return short_repr(
+            "CompareReport",
+            [
+                ("verdict", self.verdict),
+                ("pairs", len(self.tensors)),
+                ("max_abs_diff", Raw(f"{self.max_abs_diff:.3g}")),
+                ("a", self.mapping.a_path),
+                ("b", self.mapping.b_path),
+            ],
+        )
+
+    def _view(self) -> View:
+        ua, ub = self.mapping.counted_unmatched
+        fields = [
+            ("verdict", self.verdict),
+            ("A", f"{self.mapping.a_path} ({self.mapping.a_format})"),
+            ("B", f"{self.mapping.b_path} ({self.mapping.b_format})"),
+            ("tolerance", f"atol {self.atol:g}, rtol {self.rtol:g}"),
+            ("pairs", ", ".join(f"{n} {s}" for s, n in self.counts().items()) or "0"),
+            ("max abs diff", f"{self.max_abs_diff:.3g}"),
+        ]
+        if ua or ub:
+            fields.append(("unpaired", f"{len(ua)} only in A, {len(ub)} only in B"))
+        fields += [("reason", r) for r in self.reasons]
+        # the pairs that differ first: they are what a reader looks for
+        ranked = sorted(self.tensors, key=lambda d: (d.ok, d.status == "identical"))
+        rows = [
+            (
+                d.pair.a,
+                d.pair.b,
+                d.pair.how,
+                d.status,
+                "" if d.max_abs_diff is None else f"{d.max_abs_diff:.3g}",
+            )
+            for d in ranked[:MAX_ROWS]
+        ]
+        columns = ("A", "B", "paired by", "status", "max abs diff") if rows else ()
+        return View("CompareReport", fields, columns, rows, len(self.tensors))
 
 
 FOLD_RTOL = 1e-5  # float32 rounding of a BatchNorm fold (a few ulps), not a loose match
@@ -130,17 +181,17 @@ def _first(names: list[str], n: int = 3) -> str:
     return " (" + ", ".join(names[:n]) + (" …" if len(names) > n else "") + ")"
 
 
-def _model(x: str | os.PathLike | ModelInfo) -> ModelInfo:
+def _model(x: PathLike | ModelInfo) -> ModelInfo:
     if isinstance(x, ModelInfo):
         return x
-    from ..formats import inspect
+    from ..inspecting import inspect
 
     return inspect(x)
 
 
 def compare(
-    a: str | os.PathLike | ModelInfo,
-    b: str | os.PathLike | ModelInfo,
+    a: PathLike | ModelInfo,
+    b: PathLike | ModelInfo,
     *,
     atol: float = 0.0,
     rtol: float = 0.0,
@@ -229,7 +280,7 @@ def compare(
 
 
 def _compare_folded(
-    model_a: ModelInfo, model_b: ModelInfo, pair, atol: float, rtol: float
+    model_a: ModelInfo, model_b: ModelInfo, pair: TensorPair, atol: float, rtol: float
 ) -> TensorDiff:
     """The export's tensor against the checkpoint's layer with its BatchNorm folded in,
     recomputed in float64 from the side holding the BatchNorm (A, or B when
@@ -252,12 +303,29 @@ def _compare_folded(
     return diff
 
 
-def compare_layers(a: str | os.PathLike, b: str | os.PathLike, **kwargs):
+def compare_layers(
+    a: PathLike,
+    b: PathLike,
+    *,
+    prompt: str | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    trust_remote_code: bool = False,
+    quiet: bool = True,
+) -> LayerReport:
     """Run ``a`` and ``b`` on one prompt with every intermediate exposed and find the first
     module whose output differs (see :func:`keishiki._compare.layers.compare_layers`)."""
     from .layers import compare_layers as run
 
-    return run(a, b, **kwargs)
+    return run(
+        a,
+        b,
+        prompt=prompt,
+        atol=atol,
+        rtol=rtol,
+        trust_remote_code=trust_remote_code,
+        quiet=quiet,
+    )
 
 
 __all__ = ["CompareReport", "TensorDiff", "compare", "compare_layers"]

@@ -108,7 +108,7 @@ def resolve(path: str | os.PathLike, trust_remote_code: bool = False) -> Side:
     fmt, model_file, folder = choice.format, choice.model_file, choice.folder
     precision = None
     if fmt == "gguf":
-        from ..formats import inspect
+        from ..inspecting import inspect
         from ..runtimes.gguf_run import hf_folder_for
 
         admit(model_file, trust=trust_remote_code, purpose="compare layers")

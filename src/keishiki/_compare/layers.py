@@ -437,5 +437,5 @@ def _check_context(side_a, side_b, n_tokens: int) -> None:
             raise InvalidRequest(
                 f"the prompt is {n_tokens} tokens, longer than {name}'s "
                 f"context of {n_ctx} (max_position_embeddings): give a "
-                f"shorter --prompt"
+                f"shorter prompt"
             )

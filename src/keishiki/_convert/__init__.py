@@ -28,7 +28,7 @@ from ..core.atomic import (
     steps_folder,
 )
 from ..core.gate import admit, check_tree, problem, verdict
-from ..errors import InvalidRequest, Mismatch, MissingDependency
+from ..errors import InvalidRequest, Mismatch, MissingDependency, PathNotFound
 from .base import (
     DTYPES,
     GGUF_QUANTS,
@@ -65,6 +65,7 @@ def convert(
         A :class:`ConvertReport` with the path taken and every step's verification.
 
     Raises:
+        PathNotFound: ``src`` does not exist.
         InvalidRequest: bad options, an existing output without ``force``, output == input.
         UnsafeFile: a file of the source leads outside its folder; or the path hands the
             source to a loader that can run its code (transformers, a whole-module pickle)
@@ -79,7 +80,7 @@ def convert(
     opts = make_options(to, options)
     src, out = Path(src), Path(out)
     if not src.exists():
-        raise InvalidRequest(f"{src}: no such file or folder")
+        raise PathNotFound(src)
     check_output(
         out,
         [src],
@@ -155,7 +156,7 @@ def _purpose(first: Edge) -> str:
         return f"convert ({first.name} loads it with its library)"
     return (
         f"convert ({first.name} reads it with keishiki's own reader, which runs nothing: "
-        f"--trust-remote-code takes the weights out anyway)"
+        f"trust_remote_code=True takes the weights out anyway)"
     )
 
 
@@ -175,34 +176,31 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
             f"(known: {', '.join(sorted(_OPTION_NAMES))})"
         )
     if to not in TARGETS:
-        raise InvalidRequest(f"cannot write {to!r}: --to must be one of {', '.join(TARGETS)}")
+        raise InvalidRequest(f"cannot write {to!r}: `to` must be one of {', '.join(TARGETS)}")
     if "trust_remote_code" in options:  # the Python API's name for --trust
         options = dict(options)
         options["trust"] = bool(options.pop("trust_remote_code")) or options.get("trust", False)
     opts = ConvertOptions(to=to, **options)
     if opts.dtype is not None and opts.dtype not in DTYPES:
-        raise InvalidRequest(f"--dtype {opts.dtype!r}: use one of {', '.join(DTYPES)}")
+        raise InvalidRequest(f"dtype={opts.dtype!r}: use one of {', '.join(DTYPES)}")
     if isinstance(opts.shard_size, str):
         opts.shard_size = parse_size(opts.shard_size)
     if opts.shard_size is not None and opts.shard_size <= 0:
-        raise InvalidRequest("--shard-size must be positive (e.g. 5GB)")
+        raise InvalidRequest("`shard_size` must be positive (e.g. 5GB)")
     if isinstance(opts.split_max_size, str):  # gguf-split's units: 2G, 500M
         from .gguf_split import parse_split_size
 
         opts.split_max_size = parse_split_size(opts.split_max_size)
     for name in ("split_max_size", "split_max_tensors"):
         if getattr(opts, name) is not None and getattr(opts, name) <= 0:
-            raise InvalidRequest(f"--{name.replace('_', '-')} must be positive")
+            raise InvalidRequest(f"`{name}` must be positive")
     for name in ("atol", "rtol"):
         value = getattr(opts, name)
         if value is not None and not value >= 0:  # (also refuses NaN)
-            raise InvalidRequest(f"--{name} must be >= 0, got {value}")
+            raise InvalidRequest(f"`{name}` must be >= 0, got {value}")
     for name, targets in _TARGET_ONLY.items():
         if getattr(opts, name) is not None and to not in targets:
-            flag = "--" + name.replace("_", "-")
-            raise InvalidRequest(
-                f"{flag} applies to --to {' / '.join(targets)} only, not --to {to}"
-            )
+            raise InvalidRequest(f"`{name}` applies to to={' / '.join(targets)} only, not to={to}")
     if opts.quant is not None:
         opts.quant = _quant_name(opts.quant, to)
     # onnxruntime's MatMulNBits quantizer (MLAS MlasQuantizeBlockwise) takes 16..256 only;
@@ -214,7 +212,7 @@ def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
         or opts.block_size & (opts.block_size - 1)
     ):
         raise InvalidRequest(
-            f"--block-size {opts.block_size}: applies to --quant int4, a "
+            f"block_size={opts.block_size}: applies to quant=int4, a "
             f"power of 2 from 16 to 256 (e.g. 32, 128)"
         )
     return opts
@@ -226,7 +224,7 @@ def _quant_name(quant: str, to: str) -> str:
     choices = ONNX_QUANTS if to == "onnx" else GGUF_QUANTS
     found = {q.lower(): q for q in choices}.get(str(quant).lower())
     if found is None:
-        raise InvalidRequest(f"--quant {quant!r} for --to {to}: use one of {', '.join(choices)}")
+        raise InvalidRequest(f"quant={quant!r} for to={to}: use one of {', '.join(choices)}")
     return found
 
 
@@ -366,7 +364,7 @@ def _run_last(
         if step.passed is False:
             kept = _keep_unverified(tmp, out, opts.strict)
             report.kept_as = kept
-            where = f"kept as {kept} for inspection" if kept else "removed (--strict)"
+            where = f"kept as {kept} for inspection" if kept else "removed (strict=True)"
             raise Mismatch(
                 f"{out}: verification failed ({_why(step)}); output {where}", report.to_dict()
             )

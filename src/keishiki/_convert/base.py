@@ -21,10 +21,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from ..core.display import Shown, View, short_repr, size
+from ..formats.registry import WRITABLE
 
 # format ids a conversion can write (the --to choices)
-TARGETS = ("safetensors", "pytorch", "hf-model", "gguf", "torchscript", "onnx")
+TARGETS = WRITABLE  # the formats `convert --to` writes, declared in the format registry
 DTYPES = ("float16", "bfloat16", "float32")
 # --quant values: GGUF types and llama.cpp mixes (convert/gguf_quant.py says which tensor gets
 # which type), then ONNX weight quantization (convert/onnx_quant.py)
@@ -163,6 +166,25 @@ class StepReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def verdict(self) -> str:
+        """``passed`` / ``FAILED`` (with the verification's method) or ``not verified``."""
+        if self.passed is None:
+            return "not verified"
+        method = self.verify.get("method")
+        return ("passed" if self.passed else "FAILED") + (f" ({method})" if method else "")
+
+    def __repr__(self) -> str:
+        return short_repr(
+            "StepReport",
+            [
+                ("edge", self.edge),
+                ("tensors", self.n_tensors),
+                ("bytes_written", self.bytes_written),
+                ("passed", self.passed),
+            ],
+        )
+
 
 @dataclass(frozen=True)
 class Edge:
@@ -192,7 +214,7 @@ class Edge:
     def name(self) -> str:
         return f"{self.src} -> {self.dst}"
 
-    def function(self):
+    def function(self) -> Callable[[Path, Path, ConvertOptions], StepReport]:
         """The edge's function, imported now."""
         import importlib
 
@@ -201,7 +223,7 @@ class Edge:
 
 
 @dataclass
-class ConvertReport:
+class ConvertReport(Shown):
     """The result of :func:`keishiki.convert`: the path taken and each step's report."""
 
     src: str
@@ -240,6 +262,36 @@ class ConvertReport:
             "source_scan": self.source_scan,
             "steps": [s.to_dict() for s in self.steps],
         }
+
+    def __repr__(self) -> str:
+        return short_repr(
+            "ConvertReport",
+            [
+                ("path", " -> ".join(self.path)),
+                ("passed", self.passed),
+                ("verified", self.verified),
+                ("out", self.out),
+            ],
+        )
+
+    def _view(self) -> View:
+        fields = [
+            ("source", f"{self.src} ({self.src_format})"),
+            ("output", self.out),
+            ("path", " -> ".join(self.path)),
+            ("seconds", f"{self.seconds:.2f}"),
+        ]
+        if self.kept_as:
+            fields.append(("kept as", self.kept_as))
+        if self.source_scan:
+            fields.append(("source scan", str(self.source_scan.get("verdict", ""))))
+        fields += [("warning", w) for s in self.steps for w in s.warnings]
+        rows = [
+            (s.edge, str(s.n_tensors), size(s.bytes_written), f"{s.seconds:.2f}", s.verdict)
+            for s in self.steps
+        ]
+        columns = ("step", "tensors", "written", "seconds", "verification")
+        return View("ConvertReport", fields, columns if rows else (), rows)
 
 
 def output_is_folder(to: str, out: Path, src_is_dir: bool) -> bool:

@@ -8,27 +8,11 @@ as a string and is imported only when it runs.
 
 from __future__ import annotations
 
+from ..formats.registry import FORMATS as REGISTRY
 from .base import Edge
 
-# format id -> (what it is, module in keishiki/formats that reads it)
-FORMATS: dict[str, tuple[str, str]] = {
-    "safetensors": ("safetensors tensors (single file or shard)", "safetensors"),
-    "pytorch": ("torch.save pickles: state_dicts, checkpoints, whole nn.Modules", "pytorch"),
-    "hf-model": ("Hugging Face model folder: config.json + weights + tokenizer", "hf_model"),
-    "gguf": ("GGUF v2/v3 (llama.cpp), quantized or not", "gguf"),
-    "torchscript": ("TorchScript archive (torch.jit.save)", "torchscript"),
-    "onnx": ("ONNX ModelProto, embedded or external data", "onnx"),
-    "torch-export": ("torch.export .pt2 archive", "torch_export"),
-    "torch7": ("Lua Torch7 torch.save file (binary or ascii)", "torch7"),
-    "numpy": ("NumPy .npy / .npz arrays", "numpy"),
-    "keras-h5": ("Keras/TF HDF5 weights or model", "keras_h5"),
-    "keras": ("Keras v3 .keras archive", "keras"),
-    "flax-msgpack": ("Flax serialized state (msgpack)", "flax_msgpack"),
-    "pickle": ("any other Python pickle stream, joblib files (read, never loaded)", "pickle"),
-    "tflite": ("TensorFlow Lite flatbuffer (identified only)", "tflite"),
-    "tensorflow-savedmodel": ("TensorFlow SavedModel folder (identified only)", "tf_savedmodel"),
-    "coreml": ("Core ML model (identified only)", "coreml"),
-}
+# format id -> (what it is, module in keishiki/formats that reads it), from the format registry
+FORMATS: dict[str, tuple[str, str]] = {spec.id: (spec.what, spec.module) for spec in REGISTRY}
 
 # pip extra -> the modules it must make importable (checked before a conversion starts)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {

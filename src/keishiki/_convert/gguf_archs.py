@@ -271,7 +271,7 @@ def for_config(config: dict[str, Any], where: Any = "") -> GGUFArch:
     supported = ", ".join(t for a in ARCHS.values() for t in a.model_types)
     raise InvalidRequest(
         f"{where}: model_type {model_type!r}: keishiki writes GGUF for "
-        f"{supported} only; use --to safetensors, or llama.cpp's "
+        f"{supported} only; use to=safetensors, or llama.cpp's "
         f"convert_hf_to_gguf.py"
     )
 

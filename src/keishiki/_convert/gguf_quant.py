@@ -240,6 +240,12 @@ def check_representable(name: str, arr: np.ndarray, qtype: str) -> None:
     ):  # kept as it is: nothing to check
         return
     values = cast_array(arr, "float32")  # bfloat16 (ml_dtypes) and float16 sources
+    if values.size:
+        # the common case in two passes without temporaries: a finite min and max within
+        # float16's range mean no NaN/inf and no value past it (NaN makes both NaN)
+        low, high = float(np.min(values)), float(np.max(values))
+        if -F16_MAX <= low and high <= F16_MAX:
+            return
     finite = np.isfinite(values)
     n_bad = int(values.size - np.count_nonzero(finite))
     if n_bad and qtype in QUANTIZED:
@@ -247,14 +253,14 @@ def check_representable(name: str, arr: np.ndarray, qtype: str) -> None:
             f"{name}: {n_bad} NaN/inf value(s); {qtype} cannot hold them (a "
             f"block's float16 scale becomes NaN/inf and the whole block "
             f"garbage): fix the weights, or keep them as they are with "
-            f"--quant f32 or bf16"
+            f"quant=f32 or bf16"
         )
     big = float(np.max(np.abs(values[finite]), initial=0.0))
     if big > F16_MAX:
         what = "rounds it to inf" if qtype == "F16" else "overflows its float16 block scales"
         raise InvalidRequest(
             f"{name}: a weight of magnitude {big:.3g}, past float16's "
-            f"{F16_MAX:g}; {qtype} {what}: keep it with --quant f32 or bf16"
+            f"{F16_MAX:g}; {qtype} {what}: keep it with quant=f32 or bf16"
         )
 
 

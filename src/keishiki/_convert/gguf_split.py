@@ -70,7 +70,7 @@ def existing_outputs(out: Path) -> list[Path]:
 
 
 def _check_existing(out: Path, src: Path, force: bool) -> list[Path]:
-    """The existing outputs --force will replace; refuse them without it, or when one is
+    """The existing outputs ``force`` will replace; refuse them without it, or when one is
     the input (or inside it) or not a model file."""
     existing = existing_outputs(out)
     src_r = src.resolve()
@@ -79,7 +79,7 @@ def _check_existing(out: Path, src: Path, force: bool) -> list[Path]:
         if path_r == src_r or path_r.is_relative_to(src_r):
             raise InvalidRequest(f"{path}: refusing to write over the input {src}")
     if existing and not force:
-        raise InvalidRequest(f"{existing[0]}: already exists (pass --force to overwrite)")
+        raise InvalidRequest(f"{existing[0]}: already exists (pass force=True to overwrite)")
     for path in existing:
         refusal = replace_refusal(path, False)
         if refusal:
@@ -90,7 +90,7 @@ def _check_existing(out: Path, src: Path, force: bool) -> list[Path]:
 @contextmanager
 def atomic_splits(out: Path, src: Path, force: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder for the splits of OUT; on success move them beside
-    OUT (first split last) and remove what --force replaces.
+    OUT (first split last) and remove what ``force`` replaces.
 
     Args:
         out: the output name the user gave (``model.gguf``).
@@ -121,7 +121,7 @@ def _move_into_place(tmp: Path, out: Path, existing: list[Path], force: bool) ->
         if (target.exists() or target.is_symlink()) and target not in existing and not force:
             raise InvalidRequest(
                 f"{target}: appeared while keishiki was writing it; left as "
-                f"it is (pass --force to overwrite)"
+                f"it is (pass force=True to overwrite)"
             )
     for p in written:
         with open(p, "rb") as fh:

@@ -18,7 +18,8 @@ import shutil
 from pathlib import Path
 
 from ..core.atomic import final_name
-from ..errors import InvalidRequest
+from ..core.progress import progress
+from ..errors import InvalidRequest, PathNotFound
 from .base import ConvertOptions, Edge, StepReport, Timer
 
 _M = "keishiki._convert.graph_edges"
@@ -102,7 +103,7 @@ def carry_tokenizer(opts: ConvertOptions, out_dir: Path) -> list[str]:
         shutil.copy2(tok, out_dir / tok.name)
         return [tok.name]
     if not tok.is_dir():
-        raise InvalidRequest(f"--tokenizer {tok}: no such file or folder")
+        raise PathNotFound(tok, f"tokenizer={str(tok)!r}: no such file or folder")
     copied = []
     for name in TOKENIZER_FILES:
         if (tok / name).is_file():
@@ -133,7 +134,8 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
 
     src, out = Path(src), Path(out)
     report = StepReport(edge="hf-model -> onnx", src=str(src), out=str(out))
-    with Timer() as timer:
+    export_bar = progress(onnx_export.EXPORT_STEPS, "-> onnx", opts.quiet)
+    with Timer() as timer, export_bar as adv:
         if out.is_dir():
             facts = onnx_export.export_causal_lm(
                 src,
@@ -142,6 +144,7 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
                 exporter=opts.exporter or onnx_export.DEFAULT_EXPORTER,
                 dtype=opts.dtype,
                 external_data=opts.external_data,
+                advance=adv,
             )
             facts["side_files"] += carry_tokenizer(opts, out)
             model_path = out / "model.onnx"
@@ -161,6 +164,7 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
                     exporter=opts.exporter or onnx_export.DEFAULT_EXPORTER,
                     dtype=opts.dtype,
                     external_data=False,
+                    advance=adv,
                 )
                 os.replace(work / "model.onnx", out)
             finally:
@@ -168,13 +172,22 @@ def hf_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             model_path = out
         report.details["onnx"] = facts
         report.warnings += facts["warnings"]
-        if opts.verify:
-            atol, rtol = _tol(opts)
-            report.verify = verify_onnx_lm(src, model_path, atol, rtol)
+    if opts.verify:
+        atol, rtol = _tol(opts)
+        with Timer() as verify_timer, _run_both_bar(opts) as adv:
+            report.verify = verify_onnx_lm(src, model_path, atol, rtol, advance=adv)
+        timer.seconds += verify_timer.seconds
     report.n_tensors = _count_initializers(model_path)
     report.bytes_written = _files_bytes(out)
     report.seconds = timer.seconds
     return report
+
+
+def _run_both_bar(opts: ConvertOptions):
+    """The progress bar of a run-both verification (:data:`.run_verify.RUN_BOTH_STEPS`)."""
+    from .run_verify import RUN_BOTH_STEPS
+
+    return progress(RUN_BOTH_STEPS, "verifying", opts.quiet)
 
 
 def _weights_bytes(model_dir: Path) -> int:
@@ -203,8 +216,8 @@ def hf_to_torchscript(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     src, out = Path(src), Path(out)
     pt_path = out / "model.pt" if out.is_dir() else out
     report = StepReport(edge="hf-model -> torchscript", src=str(src), out=str(out))
-    with Timer() as timer:
-        facts, _ = tse.export_to(
+    with Timer() as timer, progress(None, "-> torchscript", opts.quiet):
+        facts, model = tse.export_to(
             src,
             pt_path,
             method=opts.method or "trace",
@@ -215,11 +228,15 @@ def hf_to_torchscript(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
         if out.is_dir():
             facts["side_files"] += carry_tokenizer(opts, out)
         report.details["torchscript"] = facts
-        if opts.verify:
-            atol, rtol = _tol(opts)
+    if opts.verify:
+        atol, rtol = _tol(opts)
+        with Timer() as verify_timer, _run_both_bar(opts) as adv:
+            # the model the export loaded is the reference, unless --dtype cast it
+            source = None if opts.dtype else model
             report.verify = verify_torchscript_lm(
-                src, pt_path, atol, rtol, dtype=facts.get("dtype")
+                src, pt_path, atol, rtol, dtype=facts.get("dtype"), advance=adv, model=source
             )
+        timer.seconds += verify_timer.seconds
     report.bytes_written = _files_bytes(out)
     report.n_tensors = _count_ts_params(pt_path)
     report.seconds = timer.seconds
@@ -243,7 +260,7 @@ def module_to_torchscript(src: Path, out: Path, opts: ConvertOptions) -> StepRep
             src, pt_path, method=method, example_input=example or "", trust=opts.trust
         )
         report.details["torchscript"] = facts
-        report.warnings.append("--trust: the pickle's code ran while loading it")
+        report.warnings.append("trust_remote_code=True: the pickle's code ran while loading it")
         if opts.verify:
             atol, rtol = _tol(opts)
             report.verify = verify_torchscript_module(module, pt_path, example, atol, rtol)
@@ -296,13 +313,13 @@ def onnx_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     src, out = Path(src), Path(out)
     if opts.dtype:
         raise InvalidRequest(
-            "--dtype is not supported for onnx -> onnx: re-export from the "
-            "Hugging Face folder with --dtype"
+            "`dtype` is not supported for onnx -> onnx: re-export from the "
+            "Hugging Face folder with `dtype`"
         )
     if opts.opset is None and opts.external_data is None:
         raise InvalidRequest(
-            "onnx -> onnx needs --opset N and/or --external-data / "
-            "--no-external-data (nothing to change otherwise)"
+            "onnx -> onnx needs opset=N and/or external_data=True / "
+            "external_data=False (nothing to change otherwise)"
         )
     src_model = onnx_ops.model_file(src)
     report = StepReport(edge="onnx -> onnx", src=str(src), out=str(out))

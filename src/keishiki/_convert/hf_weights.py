@@ -213,7 +213,7 @@ def _to_folder_kind(src: Path, out: Path, opts: ConvertOptions, target: str) -> 
         else:
             if opts.shard_size:
                 raise InvalidRequest(
-                    "--shard-size needs a folder output (OUT without a .safetensors/.bin suffix)"
+                    "`shard_size` needs a folder output (a path without a .safetensors/.bin suffix)"
                 )
             _write_single(out, st, opts, target, report)
     report.seconds = timer.seconds
@@ -228,12 +228,15 @@ def _write_single(
         with progress(st.nbytes, "-> safetensors", opts.quiet, unit_bytes=True) as adv:
             report.bytes_written = write_safetensors(out, st, opts, adv)
         if opts.verify:
-            report.verify = verify_safetensors(out, st, opts.dtype)
+            with progress(st.nbytes, "verifying", opts.quiet, unit_bytes=True) as adv:
+                report.verify = verify_safetensors(out, st, opts.dtype, advance=adv)
     else:
-        _torch().save(torch_tensors(st, opts.dtype), str(out))
+        with progress(None, "-> pytorch", opts.quiet):
+            _torch().save(torch_tensors(st, opts.dtype), str(out))
         report.bytes_written = out.stat().st_size
         if opts.verify:
-            report.verify = verify_pytorch(out, st, opts.dtype)
+            with progress(None, "verifying", opts.quiet):
+                report.verify = verify_pytorch(out, st, opts.dtype)
 
 
 def _write_folder(
@@ -259,9 +262,13 @@ def _write_folder(
     report.details["copied"] = copy_side_files(src, out, opts.dtype)
     report.n_tensors = len(st.tensors)
     if opts.verify:
-        for shard, name in zip(shards, names):
-            check = verify_safetensors if target == "safetensors" else verify_pytorch
-            results.append(check(out / name, shard, opts.dtype))
+        with progress(st.nbytes, "verifying", opts.quiet, unit_bytes=True) as adv:
+            for shard, name in zip(shards, names):
+                if target == "safetensors":
+                    results.append(verify_safetensors(out / name, shard, opts.dtype, advance=adv))
+                else:
+                    results.append(verify_pytorch(out / name, shard, opts.dtype))
+                    adv(shard.nbytes)
         report.verify = _merge_verify(results)
         if len(shards) > 1:
             index_name = SAFE_INDEX if target == "safetensors" else BIN_INDEX

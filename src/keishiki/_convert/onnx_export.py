@@ -24,7 +24,7 @@ import sys
 import tempfile
 import warnings as pywarnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .._optional import require
 from ..errors import InvalidRequest, KeishikiError
@@ -120,7 +120,7 @@ def quietly(fn):
 
 def _dtype_name(dtype: str) -> str:
     if dtype not in TORCH_DTYPES:
-        raise InvalidRequest(f"--dtype {dtype}: choose one of float32, float16, bfloat16")
+        raise InvalidRequest(f"dtype={dtype!r}: choose one of float32, float16, bfloat16")
     return TORCH_DTYPES[dtype]
 
 
@@ -370,6 +370,7 @@ def export_causal_lm(
     exporter: str = DEFAULT_EXPORTER,
     dtype: str | None = None,
     external_data: bool | None = None,
+    advance: Callable[..., None] | None = None,
 ) -> dict:
     """Export a Hugging Face causal LM folder to ``out_dir/model.onnx`` with a KV cache.
 
@@ -381,6 +382,8 @@ def export_causal_lm(
         exporter: ``"torchscript"`` (default, see the module docstring) or ``"dynamo"``.
         dtype: ``float32``/``float16``/``bfloat16`` to cast the weights first (default: as saved).
         external_data: store tensors in ``model.onnx.data``; default only above 2 GB.
+        advance: ``advance(n, description)`` as each of the :data:`EXPORT_STEPS` begins
+            (a progress bar).
 
     Returns:
         Facts: ``opset`` (written), ``opset_requested``, ``exporter`` (the one that produced the
@@ -394,9 +397,11 @@ def export_causal_lm(
     onnx = require("onnx", purpose="export to ONNX")
     torch = require("torch", purpose="export to ONNX")
     if exporter not in EXPORTERS:
-        raise InvalidRequest(f"--exporter {exporter}: choose one of {', '.join(EXPORTERS)}")
+        raise InvalidRequest(f"exporter={exporter!r}: choose one of {', '.join(EXPORTERS)}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     opset_requested = opset or DEFAULT_OPSET
+    step = _stepper(advance)
+    step("loading the model")
     model = load_causal_lm(model_dir, dtype)
     shape = model_shape(model.config)
     weight_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
@@ -408,10 +413,12 @@ def export_causal_lm(
     wrapper = _make_wrapper(model)
     args = dummy_inputs(shape, next(model.parameters()).dtype)
     check_forward(wrapper, args, model_dir, shape["n_layers"])
+    step(f"exporting ({exporter})")
     onnx_model, used = _export_with_fallback(
         wrapper, args, out_dir, exporter, opset_requested, shape["n_layers"], warns
     )
     del wrapper
+    step("naming the weights")
     name_facts = fix_names(onnx_model, state_dict)
     # the torch weights are no longer needed: free them before serialising (peak memory)
     del model, state_dict
@@ -421,8 +428,10 @@ def export_causal_lm(
             f"{name_facts['generated_left']} initializers keep exporter-generated "
             f"names (no parameter has their value)"
         )
+    step("saving")
     save_onnx(onnx_model, out_dir / "model.onnx", external_data)
     del onnx_model
+    step("onnx.checker")
     onnx.checker.check_model(str(out_dir / "model.onnx"))
     copied = copy_side_files(model_dir, out_dir)
     inputs, outputs = io_names(shape["n_layers"])
@@ -446,6 +455,21 @@ def export_causal_lm(
         "torch": torch.__version__,
         "onnx": onnx.__version__,
     }
+
+
+EXPORT_STEPS = 5  # the steps :func:`export_causal_lm` reports to its ``advance``
+
+
+def _stepper(advance: Callable[..., None] | None) -> Callable[[str], None]:
+    """``step(description)``: the previous step is done (one unit), this one begins."""
+    count = [0]
+
+    def step(description: str) -> None:
+        if advance is not None:
+            advance(1 if count[0] else 0, description=description)
+        count[0] += 1
+
+    return step
 
 
 def _export_with_fallback(
@@ -487,5 +511,5 @@ def _export_with_fallback(
     raise InvalidRequest(
         f"could not export at opset {opset}: "
         + "; ".join(errors)
-        + " (try another --opset or --exporter)"
+        + " (try another `opset` or `exporter`)"
     )

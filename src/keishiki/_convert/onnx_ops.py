@@ -35,8 +35,8 @@ def convert_opset_proto(onnx_model, target: int):
         reason = converter_reason(exc)
         raise InvalidRequest(
             f"onnx.version_converter cannot convert opset {current} → {target}: {reason} "
-            f"(re-export from the source model with --opset {target}, or choose another "
-            f"--opset)"
+            f"(re-export from the source model with opset={target}, or choose another "
+            f"`opset`)"
         ) from None
     if uses_external_data(converted):
         return converted  # tensors not loaded: the saved file is checked instead
@@ -190,7 +190,7 @@ def rewrite(
     elif not external_data and size > TWO_GB:
         raise InvalidRequest(
             f"{src_model}: {size / 1e9:.1f} GB of tensors cannot be embedded "
-            f"(protobuf's 2 GB limit); drop --no-external-data"
+            f"(protobuf's 2 GB limit); drop external_data=False"
         )
     out_model = Path(out_model)
     if external_data:

@@ -1,8 +1,9 @@
 """Run both sides and compare: the source model and the converted graph on the same inputs.
 
 For causal LMs the source (PyTorch, eager) runs a greedy loop of ``steps`` tokens from fixed
-seed token ids; the result is fed the same tokens one step at a time (ONNX: with its KV cache,
-empty past first; TorchScript: the whole prefix each step, or its cache when it has one).  At
+seed token ids; the result is fed the same tokens (ONNX: one step at a time with its KV cache,
+empty past first; TorchScript: its cache when it has one, else one causal pass over the prompt
+and the tokens, whose position p gives step p's logits).  At
 each step the result's argmax is compared with the source's token, and every step's logits
 go into the max abs/rel difference.  ``tokens_match`` is then exactly "free-running greedy on
 the result gives the same tokens".
@@ -212,6 +213,9 @@ def compare_lm(
     }
 
 
+RUN_BOTH_STEPS = 3  # loading the source, running it, running the result (``advance``)
+
+
 @quietly
 def verify_onnx_lm(
     model_dir: Path,
@@ -219,21 +223,27 @@ def verify_onnx_lm(
     atol: float | None = None,
     rtol: float = 0.0,
     steps: int = VERIFY_STEPS,
+    advance: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Run the HF model (PyTorch) and the exported KV-cache ONNX model; compare (see module doc).
+    ``advance(n, description)`` as each of the :data:`RUN_BOTH_STEPS` begins.
 
     Returns:
         The verify dict: ``passed``, ``max_abs_diff``, ``max_rel_diff``, ``tokens_match``,
         ``first_divergence``, both token lists, ``atol``, ``seconds``.
     """
-    from .onnx_export import load_causal_lm, model_shape
+    from .onnx_export import _stepper, load_causal_lm, model_shape
 
     started = time.perf_counter()
+    step = _stepper(advance)
+    step("loading the source")
     model = load_causal_lm(Path(model_dir))
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     shape = model_shape(model.config)
     prompt = seed_token_ids(shape["vocab"])
+    step("running the source (PyTorch)")
     reference = torch_greedy(model, prompt, steps)
+    step("running the result (onnxruntime)")
     try:
         session = ort_session(onnx_path)
         onnx_dtype = _onnx_weight_dtype(session)
@@ -248,7 +258,7 @@ def verify_onnx_lm(
     except Exception as exc:  # ORT's own error types: an op without a kernel for this dtype
         hint = (
             " (onnxruntime's CPU kernels lack bfloat16 for some ops: export float16, or "
-            "pass --no-verify and run it on a GPU provider)"
+            "pass verify=False and run it on a GPU provider)"
             if _has_bfloat16(onnx_path)
             else ""
         )
@@ -289,7 +299,8 @@ def _to_numpy(tensor) -> np.ndarray:
 
 
 def torchscript_lm_forced(ts_module, meta: dict, prompt: np.ndarray, tokens: Sequence[int]):
-    """Teacher-forced greedy through a traced LM: prefix recompute, or its KV cache."""
+    """Teacher-forced greedy through a traced LM: one pass over prompt + forced tokens, or its
+    KV cache one step at a time."""
     torch = require("torch")
     if meta.get("kv_cache"):
         names = meta["output_names"]
@@ -309,15 +320,16 @@ def torchscript_lm_forced(ts_module, meta: dict, prompt: np.ndarray, tokens: Seq
             return {n: _to_numpy(o) for n, o in zip(names, outs)}
 
         return kv_lm_forced(step, prompt, tokens, meta, kv_dtype)
-    ids = prompt
-    argmaxes, logits_steps = [], []
+    # teacher-forced without a cache: step i's logits are those at position prompt + i - 1 of
+    # one causal pass over the prompt and the forced tokens (a causal LM's position p sees
+    # only tokens <= p), so one pass gives every step instead of recomputing each prefix
+    forced = np.array([list(tokens[:-1])], dtype=np.int64).reshape(1, -1)
+    ids = np.concatenate([prompt, forced], axis=1)
     with torch.no_grad():
-        for token in tokens:
-            last = _to_numpy(ts_module(torch.from_numpy(ids))[:, -1, :]).astype(np.float32)
-            logits_steps.append(last)
-            argmaxes.append(int(last[0].argmax()))
-            ids = np.concatenate([ids, np.array([[token]], dtype=np.int64)], axis=1)
-    return argmaxes, logits_steps
+        logits = _to_numpy(ts_module(torch.from_numpy(ids))).astype(np.float32)
+    start = prompt.shape[1] - 1
+    logits_steps = [logits[:, start + i, :] for i in range(len(tokens))]
+    return [int(step[0].argmax()) for step in logits_steps], logits_steps
 
 
 def _kv_torch_dtype(meta: dict):
@@ -333,17 +345,26 @@ def verify_torchscript_lm(
     rtol: float = 0.0,
     steps: int = VERIFY_STEPS,
     dtype: str | None = None,
+    advance: Callable[..., None] | None = None,
+    model: Any = None,
 ) -> dict[str, Any]:
-    """Run the HF model (eager) and the TorchScript archive greedily; compare logits and tokens."""
+    """Run the HF model (eager) and the TorchScript archive greedily; compare logits and tokens
+    (``advance(n, description)`` as each of the :data:`RUN_BOTH_STEPS` begins).  ``model``:
+    the HF model already loaded from ``model_dir`` as :func:`.onnx_export.load_causal_lm`
+    loads it (the export's), instead of loading it again."""
     torch = require("torch")
-    from .onnx_export import load_causal_lm, model_shape
+    from .onnx_export import _stepper, load_causal_lm, model_shape
     from .torchscript_export import read_meta
 
     started = time.perf_counter()
-    model = load_causal_lm(Path(model_dir))
+    step = _stepper(advance)
+    step("loading the source")
+    model = model if model is not None else load_causal_lm(Path(model_dir))
     shape = model_shape(model.config)
     prompt = seed_token_ids(shape["vocab"])
+    step("running the source (PyTorch)")
     reference = torch_greedy(model, prompt, steps)
+    step("running the result (TorchScript)")
     meta = {**shape, **read_meta(Path(pt_path))}
     meta.setdefault("dtype", dtype or "float32")
     ts_module = torch.jit.load(str(pt_path), map_location="cpu").eval()
@@ -429,7 +450,7 @@ def _compare_state_dicts(ref: dict, got: dict) -> dict[str, Any]:
         "method": "state-dict",
         "passed": not differ,
         "n_compared": len(names),
-        "note": "no --example-input: weights compared, outputs not run",
+        "note": "no example input: weights compared, outputs not run",
     }
     if differ:
         report["reason"] = f"{len(differ)} tensor(s) differ or are missing: {differ[:5]}"

@@ -53,7 +53,7 @@ def parse_example_input(spec: str) -> list[tuple[tuple[int, ...], str]]:
             or dtype not in (*INT_DTYPES, "float32", "float16", "bfloat16", "float64", "bool")
         ):
             raise InvalidRequest(
-                f"--example-input {spec!r}: expected SHAPE:DTYPE such as "
+                f"example_input={spec!r}: expected SHAPE:DTYPE such as "
                 f"'1x8:int64' or '1x3x224x224:float32' (comma-separated)"
             )
         inputs.append((shape, dtype))
@@ -107,12 +107,14 @@ def _script(module, what: str):
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(
             f"torch.jit.script cannot compile {what}: {reason} "
-            f"(use --method trace with --example-input)"
+            f"(use method=trace with `example_input`)"
         ) from None
 
 
 def _hf_traced(model_dir: Path, method: str, example_input: str, dtype: str | None):
-    """(ScriptModule, keishiki.json facts) for a Hugging Face causal LM folder."""
+    """(ScriptModule, keishiki.json facts, the eager model it was traced from) for a Hugging
+    Face causal LM folder (the archive shares the eager model's weights: keeping it costs
+    no memory)."""
     from . import onnx_export
 
     model = onnx_export.load_causal_lm(model_dir, dtype)
@@ -127,43 +129,45 @@ def _hf_traced(model_dir: Path, method: str, example_input: str, dtype: str | No
         module = onnx_export._make_wrapper(model)
         args = onnx_export.dummy_inputs(shape, next(model.parameters()).dtype)
         inputs, outputs = onnx_export.io_names(shape["n_layers"])
-        return _trace(module, args), {
+        kv_facts = {
             **facts,
             "kind": "causal-lm-kv",
             "input_names": inputs,
             "output_names": outputs,
             "kv_cache": True,
         }
+        return _trace(module, args), kv_facts, model
     wrapper = _logits_wrapper(model)
     facts.update(
         kind="causal-lm", input_names=["input_ids"], output_names=["logits"], kv_cache=False
     )
     if method == "script":
-        return _script(wrapper, f"{model_dir.name} ({facts['architecture']})"), facts
+        return _script(wrapper, f"{model_dir.name} ({facts['architecture']})"), facts, model
     (ids,) = make_example_tensors(example_input, high=shape["vocab"])
     if ids.dim() != 2 or ids.dtype.is_floating_point:
         raise InvalidRequest(
-            f"--example-input {example_input!r}: a causal LM takes token ids "
+            f"example_input={example_input!r}: a causal LM takes token ids "
             f"shaped BATCHxSEQ with an integer dtype, e.g. '1x8:int64'"
         )
     # tracing at batch 1 bakes the batch size into the graph; 2 rows keep it symbolic
     if ids.shape[0] == 1:
         ids = ids.repeat(2, 1)
     facts["traced_input_shape"] = list(ids.shape)
-    return _trace(wrapper, (ids,)), facts
+    return _trace(wrapper, (ids,)), facts, model
 
 
 def load_module_pickle(path: Path, trust: bool):
     """``torch.load(weights_only=False)`` of a whole-module pickle, only when ``trust``.
 
     Raises:
-        InvalidRequest: ``trust`` is False (the message names ``--trust``), or the file holds
+        InvalidRequest: ``trust`` is False (the message names ``trust_remote_code=True``), or
+            the file holds
             no ``nn.Module``.
     """
     if not trust:
         raise InvalidRequest(
             f"{path}: loading a whole-module pickle runs code named in the "
-            f"file; pass --trust only if you trust its author"
+            f"file; pass trust_remote_code=True only if you trust its author"
         )
     torch = require("torch", purpose="load the pickled module")
     with pywarnings.catch_warnings():
@@ -172,7 +176,7 @@ def load_module_pickle(path: Path, trust: bool):
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc:  # the pickle may need classes that are not importable here
             raise InvalidRequest(
-                f"{path}: cannot load the pickled module even with --trust: "
+                f"{path}: cannot load the pickled module even with trust_remote_code=True: "
                 f"{str(exc).splitlines()[0][:200]}"
             ) from None
     if not isinstance(obj, torch.nn.Module):
@@ -195,14 +199,14 @@ def _module_traced(path: Path, method: str, example_input: str, trust: bool):
     if method == "script":
         return _script(module, facts["class"]), module, facts
     if method == "trace-kv":
-        raise InvalidRequest("--method trace-kv is for Hugging Face causal LM folders")
+        raise InvalidRequest("method=trace-kv is for Hugging Face causal LM folders")
     inputs = tuple(make_example_tensors(example_input))
     try:
         return _trace(module, inputs), module, facts
     except Exception as exc:  # a wrong input shape/dtype fails inside the model's forward
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise InvalidRequest(
-            f"{path}: tracing {facts['class']} with --example-input "
+            f"{path}: tracing {facts['class']} with example_input="
             f"{example_input!r} failed: {reason} (give the shape and dtype "
             f"its forward takes, e.g. '1x3x224x224:float32')"
         ) from None
@@ -227,21 +231,21 @@ def export_to(
     dtype: str | None = None,
     side_files_to: Path | None = None,
 ):
-    """Write the archive to ``pt_path``; returns (facts, the eager module for verification).
+    """Write the archive to ``pt_path``; returns (facts, the eager module for verification:
+    the pickled module, or the HF model as loaded, cast by ``dtype`` when given).
 
     ``side_files_to``: a folder receiving the HF source's tokenizer and config files.
     """
     torch = require("torch", purpose="write TorchScript")
     if method not in METHODS:
-        raise InvalidRequest(f"--method {method}: choose one of {', '.join(METHODS)}")
+        raise InvalidRequest(f"method={method!r}: choose one of {', '.join(METHODS)}")
     src, pt_path = Path(src), Path(pt_path)
     if src.is_dir():
-        scripted, facts = _hf_traced(src, method, example_input, dtype)
-        module = None
+        scripted, facts, module = _hf_traced(src, method, example_input, dtype)
     else:
         if dtype:
             raise InvalidRequest(
-                "--dtype applies to Hugging Face folders; cast the module before saving it"
+                "`dtype` applies to Hugging Face folders; cast the module before saving it"
             )
         scripted, module, facts = _module_traced(src, method, example_input, trust)
     facts.update(method=method, torch=torch.__version__)

@@ -23,7 +23,14 @@ from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import InvalidRequest
 from .base import ConvertOptions, StepReport, Timer
-from .verify import ReadBack, load_torch, open_safetensors_rows, safetensors_names, torch_to_numpy
+from .verify import (
+    ReadBack,
+    load_torch,
+    open_safetensors_rows,
+    prefetched,
+    safetensors_names,
+    torch_to_numpy,
+)
 
 ALIASES_KEY = "keishiki.aliases"
 FLOATING = {"float64", "float32", "float16", "bfloat16"}
@@ -67,8 +74,8 @@ def source_tensors(src: Path, opts: ConvertOptions, info: ModelInfo | None = Non
     """Everything to write from ``src``: its tensors (``opts.key`` selected), ties found.
 
     Raises:
-        InvalidRequest: a training checkpoint without ``--key``, an unknown ``--key``, a whole
-            pickled module without ``--trust``, or a format whose tensor data keishiki cannot read.
+        InvalidRequest: a training checkpoint without ``key``, an unknown ``key``, a whole
+            pickled module without ``trust``, or a format whose tensor data keishiki cannot read.
     """
     info = info or read_model(src)
     kind = str(info.details.get(info.format, {}).get("kind", "")) if info.details else ""
@@ -167,7 +174,7 @@ def _select_key(
         if checkpoint:
             tops = sorted({t.name.split(".", 1)[0] for t in tensors})
             raise InvalidRequest(
-                f"{src}: a training checkpoint, not a state_dict: pass --key "
+                f"{src}: a training checkpoint, not a state_dict: pass `key` "
                 f"with the entry holding the weights (one of: {', '.join(tops)})"
             )
         return tensors
@@ -180,7 +187,7 @@ def _select_key(
     if not picked:
         tops = sorted({t.name.split(".", 1)[0] for t in tensors})
         raise InvalidRequest(
-            f"{src}: --key {key!r} holds no tensors (entries with tensors: "
+            f"{src}: key={key!r} holds no tensors (entries with tensors: "
             f"{', '.join(tops) or 'none'})"
         )
     return picked
@@ -248,7 +255,7 @@ def _trusted_module(src: Path, info: ModelInfo, opts: ConvertOptions) -> SourceT
     if not opts.trust:
         raise InvalidRequest(
             f"{src}: a whole pickled nn.Module: naming its weights needs its "
-            f"class code; pass --trust to load it with weights_only=False "
+            f"class code; pass trust_remote_code=True to load it with weights_only=False "
             f"(this RUNS code from the file), or save model.state_dict() instead"
         )
     torch = _torch()
@@ -422,9 +429,14 @@ def _copy_span(fh, sources: dict, span: tuple[Path, int], nbytes: int) -> bool:
 
 
 def verify_safetensors(
-    path: Path, st: SourceTensors, dtype: str | None, rename: Callable[[str], str] = str
+    path: Path,
+    st: SourceTensors,
+    dtype: str | None,
+    rename: Callable[[str], str] = str,
+    advance: Callable | None = None,
 ) -> dict:
-    """Read ``path`` back with safetensors.safe_open and compare every tensor with the source."""
+    """Read ``path`` back with safetensors.safe_open and compare every tensor with the source
+    (``advance(nbytes)`` after each: a progress bar)."""
     rb = ReadBack(library="safetensors.safe_open")
     names, metadata = safetensors_names(path)
     present = set(names)
@@ -438,8 +450,9 @@ def verify_safetensors(
         else:
             rb.missing.append(name)
     with open_safetensors_rows(path) as get_rows:
-        for t, name in todo:
-            original = t.load()
+        for (t, name), original in zip(todo, prefetched(t.load for t, _ in todo)):
+            if advance:
+                advance(t.info.nbytes)
             expected = cast_array(original, dtype)
             rb.compare_rows(
                 name, expected, get_rows(name), original=None if expected is original else original
@@ -472,7 +485,8 @@ def to_safetensors(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     if st.dropped:
         report.details["dropped"] = st.dropped
     if opts.verify:
-        report.verify = verify_safetensors(out, st, opts.dtype)
+        with progress(st.nbytes, "verifying", opts.quiet, unit_bytes=True) as adv:
+            report.verify = verify_safetensors(out, st, opts.dtype, advance=adv)
     report.seconds = timer.seconds
     return report
 
@@ -590,6 +604,7 @@ def to_pytorch(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     if st.dropped:
         report.details["dropped"] = st.dropped
     if opts.verify:
-        report.verify = verify_pytorch(out, st, opts.dtype)
+        with progress(None, "verifying", opts.quiet):
+            report.verify = verify_pytorch(out, st, opts.dtype)
     report.seconds = timer.seconds
     return report

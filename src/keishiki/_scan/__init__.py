@@ -15,23 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+# the formats whose files can carry code or pickles (keishiki info shows their verdict)
+from ..formats.registry import CODE_BEARING
 from .findings import FileReport, Finding, ScanReport
 
-# formats whose files can carry code or pickles (keishiki info shows their verdict)
-CODE_BEARING = frozenset(
-    {
-        "pytorch",
-        "pickle",
-        "torchscript",
-        "torch-export",
-        "keras",
-        "keras-h5",
-        "hf-model",
-        "numpy",
-        "onnx",
-        "gguf",
-    }
-)
 _CACHE: dict[tuple, ScanReport] = {}
 
 

@@ -11,8 +11,8 @@ each local header, with the expansion bounded (zip bombs).
 
 from __future__ import annotations
 
-import copy
 import io
+import os
 import posixpath
 import re
 import struct
@@ -71,9 +71,43 @@ def unsafe_name(name: str) -> str | None:
     return None
 
 
+# ``zipfile``'s reading of one file's directory, offered by a reader that opened the same
+# file with ``zipfile`` just before scanning it (``inspect`` of a torch zip): (identity of
+# the file, its ZipInfo list).  Taken once, and only by a scan of the same file, unchanged:
+# same device, inode, size, modification and change times (a rewrite changes the ctime).
+# miniz's directory (torch's view) is always read afresh, so even a directory rewritten in
+# place between the two readings is not missed: the listings then differ, a finding.
+_SHARED_DIRECTORY: list[tuple[tuple, list[zipfile.ZipInfo]]] = []
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def share_directory(path: str | os.PathLike, infos: list[zipfile.ZipInfo]) -> None:
+    """Offer ``zipfile.ZipFile(path).infolist()`` to the next scan of ``path``, which then
+    takes it instead of reading the directory again (the same parser on the same bytes)."""
+    try:
+        key = _identity(os.stat(path))
+    except OSError:
+        return  # gone: the scan reports it
+    _SHARED_DIRECTORY[:] = [(key, infos)]
+
+
+def _zipfile_infos(fp: BinaryIO) -> list[zipfile.ZipInfo]:
+    """``zipfile.ZipFile(fp).infolist()``, or the same list already read (see above)."""
+    if _SHARED_DIRECTORY:
+        known, infos = _SHARED_DIRECTORY.pop()
+        try:
+            if known == _identity(os.fstat(fp.fileno())):
+                return infos
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass  # not a file of its own (an archive member in memory)
+    return zipfile.ZipFile(fp).infolist()
+
+
 def _zipfile_members(fp: BinaryIO) -> list[Member]:
-    zf = zipfile.ZipFile(fp)
-    infos = zf.infolist()
+    infos = _zipfile_infos(fp)
     if len(infos) > MAX_MEMBERS:
         raise ArchiveError(f"{len(infos)} members (limit {MAX_MEMBERS})")
     # ZipInfo.is_dir() indexes filename[-1]: an empty member name (a damaged directory)
@@ -138,7 +172,10 @@ def list_zip(fp: BinaryIO) -> ZipListing:
                 "miniz+zipfile" if union[key].seen_by != m.seen_by else union[key].seen_by
             )
         else:
-            union[key] = copy.copy(m)  # (dataclasses.replace runs __init__: 10x slower)
+            # a shallow copy (copy.copy goes through __reduce_ex__, dataclasses.replace
+            # through __init__: both several times slower)
+            union[key] = twin = object.__new__(Member)
+            twin.__dict__.update(m.__dict__)
     return ZipListing(list(union.values()), mz, mz_error, zf_error)
 
 

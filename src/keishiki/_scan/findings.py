@@ -10,14 +10,19 @@ not be read to the end, so what follows the break was not seen.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.display import MAX_ROWS, Shown, View, short_repr
+
 SEVERITIES = ("safe", "unknown", "dangerous")
 _RANK = {"safe": 0, "unknown": 1, "dangerous": 2}
+_FINDING_COLUMNS = ("severity", "global", "where", "reason")
+_VERDICT_ORDER = ("dangerous", "unknown", "error", "safe")
 
 
-def worst(severities) -> str:
+def worst(severities: Iterable[str]) -> str:
     """The most severe of ``severities`` ("safe" for none)."""
     best = "safe"
     for sev in severities:
@@ -68,8 +73,23 @@ class Finding:
         return text + (f"@{self.offset}" if self.offset is not None else "")
 
 
+def _counts(findings: Iterable[Finding]) -> dict[str, int]:
+    """{severity: number of findings}, dangerous first."""
+    found = [f.severity for f in findings]
+    return {s: found.count(s) for s in reversed(SEVERITIES)}
+
+
+def _findings_view(title: str, fields: list[tuple[str, str]], findings: Sequence[Finding]) -> View:
+    """The View of a scan: its fields, then the findings that are not safe, worst first."""
+    shown = sorted(
+        (f for f in findings if f.severity != "safe"), key=lambda f: -_RANK.get(f.severity, 0)
+    )
+    rows = [(f.severity, f.global_ or f.opcode, f.where, f.reason) for f in shown[:MAX_ROWS]]
+    return View(title, fields, _FINDING_COLUMNS if shown else (), rows, len(shown))
+
+
 @dataclass
-class FileReport:
+class FileReport(Shown):
     """The scan of one file: its findings, errors, and what was looked at."""
 
     path: str
@@ -102,9 +122,30 @@ class FileReport:
             "skipped": self.skipped or None,
         }
 
+    def __repr__(self) -> str:
+        fields: list[tuple[str, object]] = [("path", self.path), ("verdict", self.verdict)]
+        if self.kind:
+            fields.append(("kind", self.kind))
+        fields += list(_counts(self.findings).items())
+        if self.errors:
+            fields.append(("errors", len(self.errors)))
+        if self.skipped:
+            fields.append(("skipped", self.skipped))
+        return short_repr("FileReport", fields)
+
+    def _view(self) -> View:
+        fields = [("verdict", self.verdict)]
+        if self.kind:
+            fields.append(("scanned as", self.kind))
+        fields += [(s, str(n)) for s, n in _counts(self.findings).items() if n]
+        fields += [("error", e) for e in self.errors]
+        if self.skipped:
+            fields.append(("skipped", self.skipped))
+        return _findings_view(f"FileReport {self.path}", fields, self.findings)
+
 
 @dataclass
-class ScanReport:
+class ScanReport(Shown):
     """The scan of one or more paths."""
 
     files: list[FileReport] = field(default_factory=list)
@@ -143,3 +184,20 @@ class ScanReport:
             "counts": counts,
             "files": [fr.to_dict(include_safe) for fr in self.files],
         }
+
+    def __repr__(self) -> str:
+        fields: list[tuple[str, object]] = [("verdict", self.verdict), ("files", len(self.files))]
+        fields += list(_counts(self.findings).items())
+        errors = sum(len(fr.errors) for fr in self.files)
+        if errors:
+            fields.append(("errors", errors))
+        return short_repr("ScanReport", fields)
+
+    def _view(self) -> View:
+        fields = [("verdict", self.verdict), ("files", str(len(self.files)))]
+        fields += [(s, str(n)) for s, n in _counts(self.findings).items() if n]
+        if len(self.files) > 1:  # each file's verdict, worst first
+            ranked = sorted(self.files, key=lambda fr: _VERDICT_ORDER.index(fr.verdict))
+            fields += [(fr.verdict, fr.path) for fr in ranked[:MAX_ROWS]]
+        fields += [("error", e) for fr in self.files for e in fr.errors]
+        return _findings_view("ScanReport", fields, self.findings)

@@ -5,13 +5,16 @@ An initializer stored outside the model names its file in ``external_data`` (key
 ``..`` component or a symlink that leads outside makes a model read any file on the
 machine (CVE-2024-27318 and friends).  Parsing the wire format ourselves needs no onnx
 package and has no 2 GB protobuf limit; only the message paths that hold tensors are
-descended into, iteratively.
+descended into, iteratively.  A small file whose bytes are canonical protobuf is read
+through protobuf's C parser instead (:mod:`keishiki.formats.onnx_upb`, the parse ``info``
+already made of the same bytes), visiting the same tensors in the same order.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 _MAX_DEPTH = 64
 _MAX_FIELDS = 5_000_000
@@ -104,6 +107,98 @@ def external_locations(buf) -> list[tuple[str, str]]:
     Raises:
         NotOnnx: the bytes do not parse as a ModelProto with a graph.
     """
+    if buf.__class__ is bytes:
+        from ..formats import onnx_upb
+
+        # protobuf's C parser, when the bytes are exactly what it would write (the walk
+        # below and this one then see the same fields); the walk for anything else
+        model = onnx_upb.parse(buf)
+        if model is not None:
+            return _locations_parsed(model)
+    return _locations_walked(buf)
+
+
+def _locations_parsed(model: Any) -> list[tuple[str, str]]:
+    """:func:`_locations_walked` over a canonical upb ModelProto: the same stack, children
+    pushed in the bytes' order (field-number order), so the same list in the same order.
+    A graph's sparse initializers and initializers, which that stack pops right after
+    pushing them, are taken at once, and nodes without attributes are not pushed (same
+    order, same depth checks)."""
+    from ..formats.onnx_upb import text
+
+    out: list[tuple[str, str]] = []
+    todo = [("model", model, 0)]
+    while todo:
+        kind, msg, depth = todo.pop()
+        if depth > _MAX_DEPTH:
+            raise NotOnnx("nesting too deep")
+        depth += 1
+        if kind == "tensor":
+            _parsed_location(msg, out, text)
+        elif kind == "graph":
+            _push_nodes(todo, msg.node, depth)
+            if depth > _MAX_DEPTH and (msg.sparse_initializer or msg.initializer):
+                raise NotOnnx("nesting too deep")
+            for sparse in reversed(msg.sparse_initializer):
+                if depth + 1 > _MAX_DEPTH and (
+                    sparse.HasField("indices") or sparse.HasField("values")
+                ):
+                    raise NotOnnx("nesting too deep")
+                if sparse.HasField("indices"):
+                    _parsed_location(sparse.indices, out, text)
+                if sparse.HasField("values"):
+                    _parsed_location(sparse.values, out, text)
+            for tensor in reversed(msg.initializer):
+                _parsed_location(tensor, out, text)
+        elif kind == "node":
+            todo.extend(("attribute", a, depth) for a in msg.attribute)
+        elif kind == "attribute":
+            if msg.HasField("t"):
+                todo.append(("tensor", msg.t, depth))
+            if msg.HasField("g"):
+                todo.append(("graph", msg.g, depth))
+            todo.extend(("tensor", t, depth) for t in msg.tensors)
+            todo.extend(("graph", g, depth) for g in msg.graphs)
+            if msg.HasField("sparse_tensor"):
+                todo.append(("sparse", msg.sparse_tensor, depth))
+            todo.extend(("sparse", t, depth) for t in msg.sparse_tensors)
+        elif kind == "sparse":
+            if msg.HasField("values"):
+                todo.append(("tensor", msg.values, depth))
+            if msg.HasField("indices"):
+                todo.append(("tensor", msg.indices, depth))
+        elif kind == "function":
+            _push_nodes(todo, msg.node, depth)
+        else:  # the model
+            if msg.HasField("graph"):
+                todo.append(("graph", msg.graph, depth))
+            todo.extend(("function", f, depth) for f in msg.functions)
+    if not model.HasField("graph"):
+        raise NotOnnx("no graph")
+    return out
+
+
+def _push_nodes(todo: list, nodes: Any, depth: int) -> None:
+    """Push the nodes that have attributes: the others hold nothing, and the stack would
+    only have checked their depth."""
+    if nodes and depth > _MAX_DEPTH:
+        raise NotOnnx("nesting too deep")
+    todo.extend(("node", n, depth) for n in nodes if n.attribute)
+
+
+def _parsed_location(tensor: Any, out: list[tuple[str, str]], text: Callable[[Any], str]) -> None:
+    """:func:`_tensor_location` of a upb TensorProto, appended to ``out`` when external
+    (``text``: :func:`keishiki.formats.onnx_upb.text`)."""
+    location = None
+    for entry in tensor.external_data:
+        key = entry.key
+        if key == "location" or (key.__class__ is not str and text(key) == "location"):
+            location = text(entry.value) if entry.HasField("value") else None
+    if location is not None:
+        out.append((text(tensor.name), location))
+
+
+def _locations_walked(buf) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     todo = [("model", 0, len(buf), 0)]
     fields = 0

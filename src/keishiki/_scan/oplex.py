@@ -169,6 +169,31 @@ class Lexer:
                 if nxt < limit:
                     count += 1
                     pos = nxt
+                    # the rest of a run of fast-lane opcodes, without the checks above: pos
+                    # stays below the limit (so below n), and the caps are looked at again
+                    # before the opcode that makes count & 0xFFF < 4.  Anything else leaves
+                    # the run and is taken from the top, as if the run had not been.
+                    while pos < end and count & 0xFFF >= 4:
+                        k = fast[data[pos]]
+                        if k > 0:
+                            nxt = pos + k
+                        elif not k or pos + 5 > limit:
+                            break
+                        elif k == -1:
+                            nxt = pos + 2 + data[pos + 1]
+                        elif k == -5:
+                            if data[pos + 4] or data[pos + 3] >= 0x40:
+                                break
+                            nxt = pos + 5
+                        else:
+                            size = u32(data, pos + 1)[0]
+                            if size > 4096:
+                                break
+                            nxt = pos + 5 + size
+                        if nxt >= limit:
+                            break
+                        count += 1
+                        pos = nxt
                     continue
             kind = kinds[op]
             if kind is None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import KeishikiError
+from ..errors import KeishikiError, PathNotFound
 from . import archives, compressed, keras, npy, onnx_refs, opt_in, torch_archive, torchscript
 from .findings import FileReport, Finding, ScanReport
 from .pickles import LEGACY_TAR_RECORDS, Where, looks_like_pickle, scan_blob, scan_legacy_tar_member
@@ -248,6 +248,7 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
         if lay.is_torch
         else (lambda _m: False)
     )
+    heads = torch_archive.MemberHeads(fp, members)  # storages' first bytes, many per read
     for m in members:
         path = join(m.name)
         bad = archives.unsafe_name(m.name)
@@ -255,7 +256,7 @@ def _zip(ctx: _Ctx, fp: BinaryIO, prefix: str, depth: int) -> None:
             ctx.finding(path, m.header_offset, "zip-member", m.name, "dangerous", bad)
         # torch never unpickles storages (raw tensor bytes); np.load of the same zip would
         # unpickle a member with the NumPy magic and an object dtype, so those are read
-        if m.is_dir or (is_storage(m) and archives.read_zip_head(fp, m, 6) != _NPY):
+        if m.is_dir or (is_storage(m) and heads.read(m, 6) != _NPY):
             continue
         if time.monotonic() > ctx.deadline:
             ctx.error(prefix, "scan stopped at the time limit")
@@ -595,10 +596,11 @@ def _h5(ctx: _Ctx, path: Path, view) -> None:
         )
 
 
-def scan_folder(root: Path) -> list[FileReport]:
+def scan_folder(root: Path, advance=None) -> list[FileReport]:
     """Scan every file under ``root`` (links are not followed; a link that leads outside the
     folder is a finding, by the path gate's rule: :func:`keishiki.core.gate.escape_reason`,
-    which lets a Hugging Face cache snapshot link into its own repository's ``blobs/``)."""
+    which lets a Hugging Face cache snapshot link into its own repository's ``blobs/``).
+    ``advance(1)``, when given, is called after each file (the CLI's progress bar)."""
     from ..core.gate import escape_reason
 
     out: list[FileReport] = []
@@ -637,6 +639,8 @@ def scan_folder(root: Path) -> list[FileReport]:
                     _check_shard_index(path, rep)
                 _opt_in_code(path, rep)
                 out.append(rep)
+            if advance is not None:
+                advance(1)
     return out
 
 
@@ -673,8 +677,9 @@ def _check_shard_index(path: Path, rep: FileReport) -> None:
     rep.skipped = "" if rep.findings or rep.errors else rep.skipped
 
 
-def scan_paths(paths) -> ScanReport:
-    """Scan files and folders; see :func:`keishiki._scan.scan`."""
+def scan_paths(paths, advance=None) -> ScanReport:
+    """Scan files and folders; see :func:`keishiki._scan.scan` (``advance``: see
+    :func:`scan_folder`)."""
     report = ScanReport()
     for p in paths:
         path = Path(p)
@@ -684,9 +689,11 @@ def scan_paths(paths) -> ScanReport:
                     FileReport(str(path), kind="symlink", errors=[f"{path}: broken symlink"])
                 )
                 continue
-            raise KeishikiError(f"{path}: no such file or folder")
+            raise PathNotFound(path)
         if path.is_dir():
-            report.files.extend(scan_folder(path))
+            report.files.extend(scan_folder(path, advance))
         else:
             report.files.append(scan_file(path, explicit=True))
+            if advance is not None:
+                advance(1)
     return report

@@ -19,12 +19,22 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import struct
 import sys
 import time
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .archives import MEMBER_LIMIT, ArchiveError, Member, ZipListing, list_zip, read_zip_member
+from .archives import (
+    MEMBER_LIMIT,
+    ArchiveError,
+    Member,
+    ZipListing,
+    list_zip,
+    read_zip_head,
+    read_zip_member,
+)
 
 PICKLE_RECORDS = ("data.pkl", "constants.pkl", "bytecode.pkl")
 _STORAGE = re.compile(rb"^(?:data|constants)/\d+$")  # torch.save / jit.save storage records
@@ -40,6 +50,7 @@ class Layout:
 
     folder: bytes | None  # None: torch refuses (no '/' in first entry)
     records: dict[bytes, list[Member]] = field(default_factory=dict)  # folded record -> members
+    _prefix: bytes = field(default=b"", init=False, repr=False, compare=False)  # folder + "/"
 
     def lookup(self, record: str) -> list[Member]:
         """The members torch may return for ``record`` (several: miniz's pick is arbitrary)."""
@@ -49,7 +60,8 @@ class Layout:
         """``member``'s record name (folded) when torch can reach it, else None."""
         if self.folder is None:
             return None
-        prefix = self.folder.lower() + b"/"
+        prefix = self._prefix or self.folder.lower() + b"/"  # asked per member: built once
+        self._prefix = prefix
         raw = member.raw_name.lower()
         return raw[len(prefix) :] if raw.startswith(prefix) else None
 
@@ -83,6 +95,57 @@ def layout(listing: ZipListing) -> Layout:
         if rec is not None:
             out.records.setdefault(rec, []).append(m)
     return out
+
+
+class MemberHeads:
+    """The first bytes of STORED members, many per read: what :func:`read_zip_head` gives.
+
+    The scan checks every storage of a torch zip for the NumPy magic (``np.load`` of the same
+    zip would unpickle an object array): one 30-byte header read and one data read each cost
+    four system calls per storage, which is most of the scan's time on a checkpoint of
+    thousands of small tensors.  Headers that start within ``WINDOW`` bytes of each other
+    are read together (never the data of large members between them); anything that does
+    not fit the window read, or is not STORED, is read by :func:`read_zip_head` itself.
+    """
+
+    WINDOW = 64 * 1024
+    SLACK = 1024  # name, extra field and the bytes asked for, past the last header read
+
+    def __init__(self, fp: BinaryIO, members: list[Member]):
+        self.fp = fp
+        self.starts = sorted(m.header_offset for m in members)
+        self.buf, self.base = b"", -1
+
+    def read(self, member: Member, n: int) -> bytes:
+        """``read_zip_head(fp, member, n)``."""
+        if member.method != 0 or n > self.SLACK // 2:
+            return read_zip_head(self.fp, member, n)
+        rel = member.header_offset - self.base
+        if self.base < 0 or rel < 0 or rel + 30 > len(self.buf):
+            if not self._fill(member.header_offset):
+                return read_zip_head(self.fp, member, n)
+            rel = 0
+        buf = self.buf
+        if buf[rel : rel + 4] != b"PK\x03\x04":
+            return read_zip_head(self.fp, member, n)
+        name_len, extra_len = struct.unpack_from("<HH", buf, rel + 26)
+        start = rel + 30 + name_len + extra_len
+        end = start + min(member.compressed, n)
+        if end > len(buf):
+            return read_zip_head(self.fp, member, n)
+        return buf[start:end]
+
+    def _fill(self, offset: int) -> bool:
+        i = bisect_right(self.starts, offset + self.WINDOW) - 1
+        last = max(offset, self.starts[i]) if i >= 0 else offset
+        try:
+            self.fp.seek(offset)
+            self.buf = self.fp.read(last - offset + self.SLACK)
+        except (OSError, ValueError):
+            self.buf, self.base = b"", -1
+            return False
+        self.base = offset
+        return len(self.buf) >= 30
 
 
 @dataclass

@@ -196,6 +196,9 @@ class _Recorder:
         self, reader: Any, record: StreamRecord, torch_names: bool, deadline: float = float("inf")
     ):
         self.reader, self.record, self.torch_names = reader, record, torch_names
+        # per call and persistent id (thousands per checkpoint): no attribute chains
+        self.calls, self.results, self.ids = record.calls, record.results, record.persistent_ids
+        self.where = reader.tell if isinstance(reader, _Position) else lambda: reader.pos
         self.deadline = deadline
         self.k = 0  # find_class calls so far: the k-th naming opcode of the lexer
         self.stubs: dict[tuple[str, str], type] = {}
@@ -231,25 +234,26 @@ class _Recorder:
         return stub
 
     def call(self, kind: str, callee: Global | None, args: tuple, kwargs) -> Result:
-        calls = self.record.calls
-        if len(calls) >= MAX_CALLS:
+        calls = self.calls
+        n = len(calls)
+        if n >= MAX_CALLS:
             raise Capped(f"more than {MAX_CALLS} calls in one stream")
-        if len(calls) & 0xFFF == 0xFFF and time.monotonic() > self.deadline:
-            raise Capped(f"time limit reached after {len(calls)} calls")
-        rec = CallRecord(kind, callee, args, kwargs or None, self.reader.pos)
+        if n & 0xFFF == 0xFFF and time.monotonic() > self.deadline:
+            raise Capped(f"time limit reached after {n} calls")
+        rec = CallRecord(kind, callee, args, kwargs or None, self.where())
         calls.append(rec)
         result = Result(self, rec)
-        self.record.results.append(result)
+        self.results.append(result)
         return result
 
     def persistent_load(self, pid: Any) -> Result:
-        pids = self.record.persistent_ids
+        pids = self.ids
         if len(pids) >= MAX_PERSISTENT:
             raise Capped(f"more than {MAX_PERSISTENT} persistent ids in one stream")
         pids.append(pid)
         result = Result(self, None)
-        result.pid, result.at = pid, self.reader.pos
-        self.record.results.append(result)
+        result.pid, result.at = pid, self.where()
+        self.results.append(result)
         return result
 
 
@@ -325,10 +329,15 @@ class _Position:
 
     def __init__(self, lexer, bio: io.BytesIO, start: int):
         self.lexer, self.bio, self.start = lexer, bio, start
+        self._tell = bio.tell
 
     @property
     def pos(self) -> int:
-        return self.start + self.bio.tell()
+        return self.start + self._tell()
+
+    def tell(self) -> int:
+        """``pos`` as a method (the recorder calls it per call and persistent id)."""
+        return self.start + self._tell()
 
 
 # Readings kept for a second reader of the same bytes: ``inspect`` reads a torch pickle for

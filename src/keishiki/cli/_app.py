@@ -1,16 +1,144 @@
-"""The Typer application every ``cmd_*`` module registers its command on."""
+"""The Typer application every ``cmd_*`` module registers its command on, and the options
+every command shares (``-q/--quiet``, ``-v/--verbose``)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
 import typer
 
-app = typer.Typer(
+
+@dataclass
+class Output:
+    """How much the running command says: ``quiet`` (only errors and the result) or
+    ``verbose`` (1: the keishiki log at INFO, 2: at DEBUG)."""
+
+    quiet: bool = False
+    verbose: int = 0
+
+
+OUTPUT = Output()
+
+QUIET_OPTION = typer.Option(
+    False,
+    "--quiet",
+    "-q",
+    help="Only errors and the result: no progress bars, notices or log lines.",
+)
+VERBOSE_OPTION = typer.Option(
+    0,
+    "--verbose",
+    "-v",
+    count=True,
+    show_default=False,
+    help="More detail on stderr: keishiki's log at INFO (-v) or DEBUG (-vv).",
+)
+
+
+@contextlib.contextmanager
+def output(quiet: bool, verbose: int) -> Iterator[None]:
+    """Set :data:`OUTPUT`, the ``keishiki`` logger and (with ``quiet``) Python's warnings for
+    one command, and put them back after it (tests run many commands in one process)."""
+    previous = (OUTPUT.quiet, OUTPUT.verbose)
+    OUTPUT.quiet, OUTPUT.verbose = quiet, 0 if quiet else verbose
+    try:
+        if not (quiet or verbose):  # (logging costs start-up: imported only when asked for)
+            yield
+            return
+        with _log_level(quiet, verbose):
+            yield
+    finally:
+        OUTPUT.quiet, OUTPUT.verbose = previous
+
+
+@contextlib.contextmanager
+def _log_level(quiet: bool, verbose: int) -> Iterator[None]:
+    import logging
+    import warnings
+
+    log = logging.getLogger("keishiki")
+    level = log.level
+    with contextlib.ExitStack() as stack:
+        if quiet:  # keishiki's warnings and the libraries' (torch, transformers: on stderr)
+            log.setLevel(logging.ERROR)
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+        else:
+            log.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(
+                logging.Formatter(
+                    "keishiki: %(message)s" if verbose == 1 else "keishiki: %(name)s: %(message)s"
+                )
+            )
+            log.addHandler(handler)
+            stack.callback(log.removeHandler, handler)
+        stack.callback(log.setLevel, level)
+        yield
+
+
+def _with_output_options(f: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``f`` as typer sees it with ``--quiet`` and ``--verbose`` added: they set
+    :func:`output`, and reach ``f`` too when it declares a ``quiet``/``verbose`` parameter
+    (a plain default there: the options themselves are declared once, here).  With
+    ``--verbose``, how long the command took is logged last."""
+    signature = inspect.signature(f, eval_str=True)
+    takes = {option for option in ("quiet", "verbose") if option in signature.parameters}
+    own = [p for option, p in signature.parameters.items() if option not in takes]
+
+    @functools.wraps(f)
+    def command(*args: Any, quiet: bool = False, verbose: int = 0, **kwargs: Any) -> Any:
+        with output(quiet, verbose):
+            given = {"quiet": OUTPUT.quiet, "verbose": OUTPUT.verbose}
+            started = time.perf_counter()
+            result = f(*args, **kwargs, **{option: given[option] for option in takes})
+            if OUTPUT.verbose:
+                import logging
+
+                seconds = time.perf_counter() - started
+                logging.getLogger("keishiki.cli").info("%s took %.2f s", name, seconds)
+            return result
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[
+            *own,
+            inspect.Parameter("quiet", keyword, default=QUIET_OPTION, annotation=bool),
+            inspect.Parameter("verbose", keyword, default=VERBOSE_OPTION, annotation=int),
+        ]
+    )
+    command.__annotations__ = {**f.__annotations__, "quiet": bool, "verbose": int}
+    return command
+
+
+class _Typer(typer.Typer):
+    """A Typer whose commands all take ``-q/--quiet`` and ``-v/--verbose``."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
+            name = (args[0] if args else kwargs.get("name")) or f.__name__
+            register(_with_output_options(f, name))
+            return f
+
+        return decorator
+
+
+app = _Typer(
     name="keishiki",
     help="Identify, inspect, scan, convert and run model files in every format.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # docstring line breaks are reflowed, not kept
+    # "rich", not "markdown": typer's markdown renderer costs ~30 ms of start-up; help text
+    # is reflowed and escaped for this mode by cli/_startup.py
+    rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -10,6 +10,7 @@ import errno
 import importlib
 import os
 import pkgutil
+import re
 import sys
 
 import typer
@@ -17,6 +18,7 @@ from typer import exceptions as typer_exceptions
 from typer._click import exceptions as click_exceptions  # typer >= 0.20 vendors its own click
 
 from ..errors import KeishikiError
+from . import _startup
 from ._app import app
 
 # commands listed in `keishiki --help` in this order; modules not named here follow
@@ -60,10 +62,15 @@ def _load_commands(argv: list[str] | None = None) -> None:
     )
 
 
-def _command():
-    """The click command: always a group (typer would make a lone registered command the
-    program itself)."""
-    return typer.main.get_group(app)
+def _command(argv: list[str] | None = None):
+    """The click command: a group even when one command is loaded (the app has a callback),
+    with typer's completion options and cli/_startup.py's cheaper coercion and help."""
+    command = typer.main.get_command(app)
+    _startup.plain_coercion(command)
+    _startup.plain_help(command)
+    if not argv or "--help" in argv or "-h" in argv:
+        _startup.import_rich_utils()
+    return command
 
 
 def _fail(message: str, code: int) -> int:
@@ -88,6 +95,53 @@ _OS_ERRORS = {
 }
 
 
+# the library's messages name Python parameters (force=True, dtype='float8', `atol`); the CLI
+# says the flag that sets each: NAME=True -> --flag, NAME=False -> --no-flag,
+# NAME=VALUE -> --flag VALUE, `NAME` and a bare NAME= -> --flag
+PARAM_FLAGS = {
+    "atol": "--atol",
+    "block_size": "--block-size",
+    "dtype": "--dtype",
+    "example_input": "--example-input",
+    "exclude": "--exclude",
+    "exporter": "--exporter",
+    "external_data": "--external-data",
+    "force": "--force",
+    "include": "--include",
+    "key": "--key",
+    "method": "--method",
+    "opset": "--opset",
+    "prefer_safetensors": "--prefer-safetensors",
+    "quant": "--quant",
+    "rtol": "--rtol",
+    "shard_size": "--shard-size",
+    "split_max_size": "--split-max-size",
+    "split_max_tensors": "--split-max-tensors",
+    "strict": "--strict",
+    "to": "--to",
+    "tokenizer": "--tokenizer",
+    "trust_remote_code": "--trust-remote-code",
+    "verify": "--verify",
+}
+_NAMES = "|".join(PARAM_FLAGS)
+_PARAM = re.compile(rf"`({_NAMES})`|(?<![\w.\-/])({_NAMES})=(True\b|False\b|(?=[\s,;:)]|$))?")
+
+
+def as_flags(message: str) -> str:
+    """A library message in the CLI's words: ``pass force=True to overwrite`` becomes
+    ``pass --force to overwrite``, ``dtype='int3'`` becomes ``--dtype 'int3'``."""
+
+    def flag(match: re.Match[str]) -> str:
+        if match[1]:
+            return PARAM_FLAGS[match[1]]
+        name, switch = PARAM_FLAGS[match[2]], match[3]
+        if switch == "False":
+            return "--no-" + name[2:]
+        return name if switch is not None else name + " "  # (a value follows)
+
+    return _PARAM.sub(flag, message)
+
+
 def os_error_line(exc: OSError) -> str:
     """One line for an OSError: what happened (ENOSPC, EROFS, EACCES, ...) and where."""
     what = _OS_ERRORS.get(exc.errno, exc.strerror or type(exc).__name__)
@@ -101,11 +155,13 @@ def run(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("KEISHIKI_DEBUG"))
     try:
         _load_commands(argv)  # inside the try: Ctrl-C during the imports is an interrupt too
-        command = _command()
+        command = _command(argv)
         result = command.main(args=argv, prog_name="keishiki", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer_exceptions.Exit as exc:
         return exc.exit_code
+    except SystemExit as exc:  # typer's completion (--show-completion, the shell's requests)
+        return exc.code if isinstance(exc.code, int) else 0
     except (typer_exceptions.Abort, KeyboardInterrupt):
         return _fail("interrupted", 130)
     except click_exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
@@ -114,7 +170,7 @@ def run(argv: list[str] | None = None) -> int:
     except KeishikiError as exc:
         if debug:
             raise
-        return _fail(str(exc).replace("\n", " "), exc.exit_code)
+        return _fail(as_flags(str(exc)).replace("\n", " "), exc.exit_code)
     except BrokenPipeError:
         return 0
     except OSError as exc:

@@ -20,10 +20,15 @@ def model_path(text: str) -> Path:
 
 
 def _notice(line: str) -> None:
-    """One line on stderr, as the CLI's errors are (text from the user and the Hub escaped)."""
+    """One line on stderr, as the CLI's errors are (text from the user and the Hub escaped);
+    none with --quiet."""
     import sys
 
+    from ._app import OUTPUT
     from .render import printable
+
+    if OUTPUT.quiet:
+        return
 
     sys.stderr.write(f"keishiki: {printable(line)}\n")
     sys.stderr.flush()

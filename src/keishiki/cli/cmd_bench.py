@@ -22,7 +22,8 @@ def bench(
     backends: str = typer.Option(
         None,
         "--backends",
-        help="Comma-separated (default for a HF folder: torch,onnxruntime,torchscript).",
+        help="Comma-separated, of torch, onnxruntime, torchscript, vllm "
+        "(default for a HF folder: torch,onnxruntime,torchscript).",
     ),
     prompt_len: int = typer.Option(32, "--prompt-len", help="Prompt tokens per sequence."),
     gen_len: int = typer.Option(32, "--gen-len", help="Generated tokens per sequence."),

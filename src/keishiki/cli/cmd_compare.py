@@ -63,7 +63,7 @@ def compare(
         "dangerous or unknown (RUNS code from them).",
     ),
     show: str = typer.Option("diff", "--show", help="Rows to list: diff (not identical), all."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = False,  # -q/--quiet: cli/_app.py
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Compare the weights of A and B tensor by tensor (and optionally their outputs), or

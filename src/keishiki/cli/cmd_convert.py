@@ -86,7 +86,7 @@ def convert(
         help="Remove the output when verification fails (default: keep it as OUT.unverified).",
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = False,  # -q/--quiet: cli/_app.py
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Convert SRC to another format, streaming, and prove the result by reading it back
@@ -169,9 +169,11 @@ def render_report(report: dict) -> None:
         rows,
         justify_right=["tensors", "written", "time"],
     )
+    from .app import as_flags  # the library names parameters; the CLI says its flags
+
     for step in report["steps"]:
         for warning in step.get("warnings", []):
-            console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}")
+            console.print(f"[yellow]warning:[/yellow] {escape(as_flags(str(warning)))}")
         splits = step.get("details", {}).get("split_files")
         if splits:
             console.print(

@@ -15,7 +15,7 @@ from .render import console, human_bytes, table
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's files."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the closing summary table."),
+    quiet: bool = False,  # -q/--quiet: cli/_app.py
 ) -> int:
     """Build a 2-layer Llama here (no download), convert it to several formats, and show
     `keishiki info` on each — the tour of what keishiki does."""

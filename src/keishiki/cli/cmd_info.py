@@ -1,4 +1,4 @@
-"""``keishiki info PATH``: what a model file or folder is and what it holds."""
+"""``keishiki info PATH...``: what model files or folders are and what they hold."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import typer
 from rich.markup import escape
 
 from ._app import JSON_OPTION, app
-from .render import console, human_bytes, human_count, kv_table, print_json, section
+from .paths import PATHS_HELP, each_path
+from .render import console, human_bytes, human_count, kv_table, section
 
 # ModelInfo.to_dict() keys shown in the summary table, not again as sections
 _COMMON = {
@@ -30,29 +31,27 @@ _COMMON = {
 
 @app.command()
 def info(
-    # a str, not a Path: Path("hf://org/name") would fold the "//"
-    path: str = typer.Argument(
-        ...,
-        metavar="PATH",
-        help="Model file or folder (any format), "
-        "or hf://ORG/NAME[@REV] on the Hub (read by range requests).",
-    ),
+    # str, not Path: Path("hf://org/name") would fold the "//"
+    paths: list[str] = typer.Argument(..., metavar="PATHS", help=PATHS_HELP),
     json_out: bool = JSON_OPTION,
 ) -> int:
-    """Identify PATH by its content and summarise it, without loading weights or running code."""
-    from ..formats import inspect
+    """Identify each PATH by its content and summarise it, without loading weights or running
+    code."""
+    from ..inspecting import inspect
 
-    model = inspect(path)
-    if json_out:
-        print_json(model.to_dict(), schema="keishiki.info/1")
-        return 0
-    render_info(model, str(path))
-    return 0
+    def report(path: str) -> dict:
+        return inspect(path).to_dict()
+
+    return each_path(paths, report, render_data, json_out, schema="keishiki.info/1")
 
 
 def render_info(model, path: str) -> None:
     """Print a ModelInfo as the human ``info`` view."""
-    data = model.to_dict()
+    render_data(path, model.to_dict())
+
+
+def render_data(path: str, data: dict) -> None:
+    """Print ``ModelInfo.to_dict()`` as the human ``info`` view."""
     fmt = data["format"] + (f" ({data['variant']})" if data.get("variant") else "")
     console.print(
         kv_table(

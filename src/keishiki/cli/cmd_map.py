@@ -39,7 +39,7 @@ def map_cmd(
         from ..errors import InvalidRequest
 
         raise InvalidRequest(f"--show {show}: choose pairs or all")
-    from ..formats import inspect
+    from ..inspecting import inspect
     from ..mapping import map_names
 
     name_map = map_names(inspect(a), inspect(b), by_value=not no_values)

@@ -51,7 +51,7 @@ def pull(
         help="onnx-zoo:NAME: the repository holding "
         "ONNX_HUB_MANIFEST.json (default: onnxmodelzoo/legacy_models).",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = False,  # -q/--quiet: cli/_app.py
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Download REPO from the Hugging Face Hub into its cache and scan every file.
@@ -115,8 +115,10 @@ def pull(
             ],
         )
     )
+    from .app import as_flags  # the library names parameters; the CLI says its flags
+
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(as_flags(warning))}")
     _render_scan(report.scan)
     return code
 

@@ -41,7 +41,7 @@ def quantize(
         help="Remove the output when verification fails (default: keep it as OUT.unverified).",
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = False,  # -q/--quiet: cli/_app.py
     json_out: bool = JSON_OPTION,
 ) -> int:
     """Quantize an ONNX model's MatMul weights to int8 or int4 and check the result against

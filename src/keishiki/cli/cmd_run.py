@@ -54,6 +54,7 @@ def run(
         "and let transformers/vLLM run the folder's own code (RUNS code from it).",
     ),
     json_out: bool = JSON_OPTION,
+    quiet: bool = False,  # -q/--quiet: cli/_app.py
 ) -> int:
     """Generate from MODEL (vLLM's sampling options); one prompt streams as it is generated."""
     from ..errors import InvalidRequest
@@ -114,6 +115,8 @@ def run(
             _write_prompt_logprobs(out, label, lambda t: llm.get_tokenizer().decode([t], False))
         if logprobs is not None:
             _write_logprobs(out.outputs[0], label)
+    if quiet:
+        return 0
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     sys.stderr.write(
         f"[{llm.backend}: {llm.backend_reason}; {tokens} tokens in "

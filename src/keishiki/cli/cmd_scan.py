@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def scan(
         False, "--allow-unknown", help="Exit 0 when only unknown (not dangerous) globals are found."
     ),
     show_safe: bool = typer.Option(False, "--all", help="Also list safe findings."),
+    quiet: bool = False,  # -q/--quiet: cli/_app.py
 ) -> int:
     """Scan pickles, archives, TorchScript, Keras and ONNX files for code that runs on load.
 
@@ -35,9 +37,7 @@ def scan(
     allowlist of what legitimate checkpoints reference; --allow-unknown exits 0 for those),
     2 could not scan (damaged or unrecognised file, and nothing unsafe seen before the damage).
     """
-    from .._scan import scan as run_scan
-
-    report = run_scan(*(p if p.startswith("hf://") else Path(p) for p in paths))
+    report = _scan(paths, quiet or json_out)
     code = report.exit_code(allow_unknown=allow_unknown)
     try:
         if json_out:
@@ -57,6 +57,37 @@ def scan(
         for err in fr.errors:
             sys.stderr.write(printable(f"keishiki: error: {err}") + "\n")
     return code
+
+
+def _scan(paths: list[str], quiet: bool):
+    """``keishiki.scan(*paths)``, with a progress bar over the local files on a terminal."""
+    from .._scan import scan as run_scan
+    from .._scan.scanner import scan_paths
+    from ..core.progress import progress
+    from ..hub import is_hf_path
+
+    local = [Path(p) for p in paths if not is_hf_path(p)]
+    remote = [p for p in paths if is_hf_path(p)]
+    show = not quiet and sys.stderr.isatty()
+    with progress(_count(local) if show else None, "scanning", quiet=not show) as advance:
+        report = scan_paths(local, advance)
+    if remote:  # judged from byte ranges (no bar: a few requests per file)
+        found = run_scan(*remote)
+        report.files.extend(found.files)
+        report.remote = found.remote
+    return report
+
+
+def _count(paths: list[Path]) -> int:
+    """How many files the scan will open (the bar's total; links are not followed)."""
+    total = 0
+    for path in paths:
+        if not path.is_dir():
+            total += 1
+            continue
+        for _dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
+            total += len(filenames)
+    return total
 
 
 def _render(report, show_safe: bool) -> None:

@@ -38,7 +38,7 @@ def view(
     ),
     port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = False,  # -q/--quiet: cli/_app.py
 ) -> int:
     """Show a model in a local web page on 127.0.0.1 (Ctrl-C stops).
 
@@ -48,7 +48,7 @@ def view(
     each pair's error, unmatched tensors and, given --layers-json, the layer-by-layer table.
     """
     from ..errors import InvalidRequest
-    from ..formats import inspect
+    from ..inspecting import inspect
     from ..view import ViewServer
     from ..view.payload import compare_payload, read_layers_json
 

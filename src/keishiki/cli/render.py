@@ -225,9 +225,59 @@ def table(
     if title:
         # as its own line: a Table title wraps at the table's width, splitting long paths
         console.print(printable(title), soft_wrap=True)
+    cells = [[printable(v) if isinstance(v, str) else short(v) for v in row] for row in rows]
+    drawn = _one_line_table(columns, cells, right)
+    if drawn is not None:
+        console.print(drawn, end="", soft_wrap=True)
+        return
     t = Table(header_style="bold")
     for col in columns:
         t.add_column(col, justify="right" if col in right else "left", overflow="fold")
-    for row in rows:
-        t.add_row(*[printable(v) if isinstance(v, str) else short(v) for v in row])
+    for row in cells:
+        t.add_row(*row)
     console.print(t)
+
+
+def _one_line_table(columns: list[str], cells: list[list[str]], right: set[str]) -> Any:
+    """The table :func:`table` draws with rich's ``Table``, as one ``Text``, when no cell needs
+    folding (one line each, and the whole fits the width); else None.
+
+    rich lays a table out cell by cell: 90 ms for the 200 rows of a folder scan, a third of
+    ``keishiki scan``'s run; this draws the same characters in ~13 ms
+    (tests/cli/test_render.py compares the two)."""
+    from rich.box import HEAVY_HEAD
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    texts = [[Text.from_markup(cell) for cell in row] for row in cells]
+    if any("\n" in text.plain for row in texts for text in row):
+        return None
+    widths = [cell_len(col) for col in columns]
+    for row in texts:
+        widths = [max(w, text.cell_len) for w, text in zip(widths, row)]
+    if sum(widths) + 3 * len(widths) + 1 > console.width:
+        return None
+    box = HEAVY_HEAD.substitute(console.options, safe=console.safe_box)
+    padded = [w + 2 for w in widths]
+    out = Text(box.get_top(padded) + "\n")
+
+    def add_row(row: list[Any], edge: str, divider: str, style: str = "") -> None:
+        out.append(edge)
+        for n, (col, text, width) in enumerate(zip(columns, row, widths)):
+            pad = " " * (width - text.cell_len)
+            out.append(" ", style)
+            if col in right:
+                out.append(pad, style)
+            out.append_text(text)
+            if col not in right:
+                out.append(pad, style)
+            out.append(" ", style)
+            out.append(divider if n < len(columns) - 1 else edge)
+        out.append("\n")
+
+    add_row([Text(col, style="bold") for col in columns], box.head_left, box.head_vertical, "bold")
+    out.append(box.get_row(padded, "head") + "\n")
+    for row in texts:
+        add_row(row, box.mid_left, box.mid_vertical)
+    out.append(box.get_bottom(padded) + "\n")
+    return out

@@ -19,7 +19,7 @@ from ..errors import InvalidRequest
 TMP_MARK = ".keishiki-tmp-"
 STEPS_MARK = ".keishiki-steps-"
 LOCK_MARK = ".keishiki-lock"
-# what keishiki writes into an output folder: the only names --force may delete
+# what keishiki writes into an output folder: the only names force=True may delete
 _SIDECARS = frozenset(
     {
         "config.json",
@@ -113,11 +113,11 @@ def check_output(
     for src in inputs:
         src_r = Path(src).resolve()
         # replacing ``out`` would delete the input when they are the same path, or when the
-        # input lives inside an output folder that --force would replace
+        # input lives inside an output folder that force=True would replace
         if out_r == src_r or src_r.is_relative_to(out_r):
             raise InvalidRequest(f"{out}: refusing to write over the input {src}")
     if out.exists() and not force:
-        raise InvalidRequest(f"{out}: already exists (pass --force to overwrite)")
+        raise InvalidRequest(f"{out}: already exists (pass force=True to overwrite)")
     refusal = replace_refusal(out, folder, kinds) if force and folder is not None else None
     if refusal:
         raise InvalidRequest(f"refusing to replace: {refusal}")
@@ -130,9 +130,9 @@ def _written_by_keishiki(name: str, onnx_folder: bool) -> bool:
 
 
 def replace_refusal(out: Path, folder: bool, kinds: frozenset[str] | None = None) -> str | None:
-    """Why ``--force`` must not replace what is at ``out`` (None: it may).
+    """Why ``force=True`` must not replace what is at ``out`` (None: it may).
 
-    ``--force`` replaces what keishiki would write, nothing else: an existing folder only
+    ``force=True`` replaces what keishiki would write, nothing else: an existing folder only
     when it holds model files and their sidecars alone (weights, graphs, configs, tokenizer
     files: no subfolders, nothing else), a file only when it is a model file, either only
     when it is a model of one of ``kinds`` (the output's formats) when given, never a
@@ -163,7 +163,7 @@ def replace_refusal(out: Path, folder: bool, kinds: frozenset[str] | None = None
         if foreign:
             listed = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
             return (
-                f"{out} holds what keishiki does not write ({listed}); --force replaces "
+                f"{out} holds what keishiki does not write ({listed}); force=True replaces "
                 f"only a model output folder"
             )
     from ..formats import identify
@@ -310,7 +310,7 @@ def atomic_output(
     """
     out = Path(out)
     if out.exists() and not force:
-        raise InvalidRequest(f"{out}: already exists (pass --force to overwrite)")
+        raise InvalidRequest(f"{out}: already exists (pass force=True to overwrite)")
     refusal = replace_refusal(out, folder) if force else None
     if refusal:
         raise InvalidRequest(f"refusing to replace: {refusal}")
@@ -326,7 +326,7 @@ def atomic_output(
         if (out.exists() or out.is_symlink()) and not force:
             raise InvalidRequest(
                 f"{out}: appeared while keishiki was writing it; left as it "
-                f"is (pass --force to overwrite)"
+                f"is (pass force=True to overwrite)"
             )
         if out.exists() or out.is_symlink():
             old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _HF_REPO = re.compile(r"^(models|datasets|spaces)--.+")
-TRUST_HINT = "trust_remote_code=True / --trust-remote-code loads it anyway"
+TRUST_HINT = "trust_remote_code=True loads it anyway"
 
 
 def model_root(path: Path) -> Path:

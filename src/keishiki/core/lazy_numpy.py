@@ -5,7 +5,7 @@ file and ``scan`` never touch an array, yet the modules they import use ``np`` i
 functions that load tensors.  ``np`` here is a module object that imports numpy the first
 time one of its attributes is read and then holds numpy's own attributes, so later reads
 are plain attribute lookups (no proxy call per access).  Annotations need nothing: every
-module using it has ``from __future__ import annotations``.
+module using it has ``from __future__ import annotations``, and type checkers see numpy itself.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 
 class _LazyNumpy(ModuleType):
@@ -25,5 +26,8 @@ class _LazyNumpy(ModuleType):
         return dir(importlib.import_module("numpy"))
 
 
-np = sys.modules["numpy"] if "numpy" in sys.modules else _LazyNumpy("numpy")
-"""numpy itself when it is already imported, else the stand-in that imports it."""
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = sys.modules["numpy"] if "numpy" in sys.modules else _LazyNumpy("numpy")
+    """numpy itself when it is already imported, else the stand-in that imports it."""

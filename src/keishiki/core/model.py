@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterator
 
+from .display import MAX_ROWS, Raw, Shown, View, count, exact, short_repr, size
 from .lazy_numpy import np  # numpy on first use (start-up time)
 from .tensor import LazyTensor, TensorInfo
 
@@ -17,7 +19,7 @@ def is_parameter(t: TensorInfo) -> bool:
 
 
 @dataclass
-class ModelInfo:
+class ModelInfo(Shown):
     """Everything ``keishiki info`` knows about a model, read without loading weights.
 
     Format readers fill the common fields and put format-specific facts into
@@ -71,9 +73,9 @@ class ModelInfo:
 
     def lazy_tensors(self) -> Iterator[LazyTensor]:
         """Each tensor as a :class:`LazyTensor`; raises when the format cannot load data."""
-        self._require_loader()
+        self._loader()
         for info in self.tensors:
-            yield LazyTensor(info, (lambda i=info: self.load_tensor(i)))
+            yield LazyTensor(info, partial(self.load_tensor, info))
 
     def load_tensor(self, info: TensorInfo) -> np.ndarray:
         """Read one tensor's data through the format's loader, checked: a damaged file's
@@ -88,9 +90,9 @@ class ModelInfo:
         from ..errors import CorruptFile, KeishikiError
         from . import dtypes
 
-        self._require_loader()
+        loader = self._loader()
         try:
-            arr = self.tensor_loader(info)
+            arr = loader(info)
         except KeishikiError:
             raise
         except (NameError, ImportError, SyntaxError):
@@ -112,13 +114,14 @@ class ModelInfo:
             )
         return arr
 
-    def _require_loader(self) -> None:
+    def _loader(self) -> Callable[[TensorInfo], np.ndarray]:
         if self.tensor_loader is None:
             from ..errors import InvalidRequest
 
             raise InvalidRequest(
                 f"{self.path}: keishiki cannot read tensor data from {self.format} files"
             )
+        return self.tensor_loader
 
     def to_dict(self, with_tensors: bool = False) -> dict[str, Any]:
         """The ``info --json`` object (tensors listed only when ``with_tensors``)."""
@@ -144,3 +147,34 @@ class ModelInfo:
         if with_tensors:
             out["tensors"] = [t.to_dict() for t in self.tensors]
         return out
+
+    def __repr__(self) -> str:
+        fields: list[tuple[str, object]] = [("format", self.format)]
+        if self.variant:
+            fields.append(("variant", self.variant))
+        fields += [
+            ("tensors", self.n_tensors),
+            ("params", Raw(count(self.n_parameters))),
+            ("path", self.path),
+        ]
+        return short_repr("ModelInfo", fields)
+
+    def _view(self) -> View:
+        fmt = self.format + (f" ({self.variant})" if self.variant else "")
+        fields = [("format", fmt)]
+        if self.format_version:
+            fields.append(("format version", self.format_version))
+        params = self.n_parameters
+        fields += [
+            ("file size", size(self.file_size)),
+            ("tensors", f"{self.n_tensors:,}"),
+            ("parameters", exact(params, count(params))),
+            ("tensor bytes", size(self.total_bytes)),
+            ("dtypes", ", ".join(f"{d} ×{n}" for d, n in self.dtypes.items())),
+        ]
+        fields += [("warning", w) for w in self.warnings]
+        rows = [
+            (t.name, t.dtype, str(list(t.shape)), size(t.nbytes)) for t in self.tensors[:MAX_ROWS]
+        ]
+        columns = ("tensor", "dtype", "shape", "size") if self.tensors else ()
+        return View(f"ModelInfo {self.path}", fields, columns, rows, self.n_tensors)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import codecs
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import CorruptFile
 
@@ -165,82 +165,52 @@ class _Fail(Exception):
 _MARK = object()  # pushed by MARK; never escapes the VM
 _ATOMIC = (str, bytes, int, float, bool, type(None), GlobalRef)
 
-# opcode byte -> name, for every opcode of protocols 0-5 (used by read_pickles' garbage test
-# and for error messages)
-OPCODE_NAMES = {
-    b"(": "MARK",
-    b".": "STOP",
-    b"0": "POP",
-    b"1": "POP_MARK",
-    b"2": "DUP",
-    b"F": "FLOAT",
-    b"I": "INT",
-    b"J": "BININT",
-    b"K": "BININT1",
-    b"L": "LONG",
-    b"M": "BININT2",
-    b"N": "NONE",
-    b"P": "PERSID",
-    b"Q": "BINPERSID",
-    b"R": "REDUCE",
-    b"S": "STRING",
-    b"T": "BINSTRING",
-    b"U": "SHORT_BINSTRING",
-    b"V": "UNICODE",
-    b"X": "BINUNICODE",
-    b"a": "APPEND",
-    b"b": "BUILD",
-    b"c": "GLOBAL",
-    b"d": "DICT",
-    b"}": "EMPTY_DICT",
-    b"e": "APPENDS",
-    b"g": "GET",
-    b"h": "BINGET",
-    b"i": "INST",
-    b"j": "LONG_BINGET",
-    b"l": "LIST",
-    b"]": "EMPTY_LIST",
-    b"o": "OBJ",
-    b"p": "PUT",
-    b"q": "BINPUT",
-    b"r": "LONG_BINPUT",
-    b"s": "SETITEM",
-    b"t": "TUPLE",
-    b")": "EMPTY_TUPLE",
-    b"u": "SETITEMS",
-    b"G": "BINFLOAT",
-    b"\x80": "PROTO",
-    b"\x81": "NEWOBJ",
-    b"\x82": "EXT1",
-    b"\x83": "EXT2",
-    b"\x84": "EXT4",
-    b"\x85": "TUPLE1",
-    b"\x86": "TUPLE2",
-    b"\x87": "TUPLE3",
-    b"\x88": "NEWTRUE",
-    b"\x89": "NEWFALSE",
-    b"\x8a": "LONG1",
-    b"\x8b": "LONG4",
-    b"B": "BINBYTES",
-    b"C": "SHORT_BINBYTES",
-    b"\x8c": "SHORT_BINUNICODE",
-    b"\x8d": "BINUNICODE8",
-    b"\x8e": "BINBYTES8",
-    b"\x8f": "EMPTY_SET",
-    b"\x90": "ADDITEMS",
-    b"\x91": "FROZENSET",
-    b"\x92": "NEWOBJ_EX",
-    b"\x93": "STACK_GLOBAL",
-    b"\x94": "MEMOIZE",
-    b"\x95": "FRAME",
-    b"\x96": "BYTEARRAY8",
-    b"\x97": "NEXT_BUFFER",
-    b"\x98": "READONLY_BUFFER",
+# ---- opcodes --------------------------------------------------------------------------------
+# The opcode bytes of protocols 0-5 under pickletools' names (``pickle.BINPUT == b"q"``).
+# The hot loop binds the ones it handles inline to locals: a local costs what a literal
+# does, a module global a dictionary check per comparison.
+MARK, STOP, POP, POP_MARK, DUP = 0x28, 0x2E, 0x30, 0x31, 0x32
+EMPTY_TUPLE, EMPTY_LIST, EMPTY_DICT = 0x29, 0x5D, 0x7D
+FLOAT, BINFLOAT, INT, BININT, BININT1, BININT2, LONG = 0x46, 0x47, 0x49, 0x4A, 0x4B, 0x4D, 0x4C
+NONE, NEWTRUE, NEWFALSE, LONG1, LONG4 = 0x4E, 0x88, 0x89, 0x8A, 0x8B
+PERSID, BINPERSID, REDUCE, BUILD, GLOBAL, INST, OBJ = 0x50, 0x51, 0x52, 0x62, 0x63, 0x69, 0x6F
+STRING, BINSTRING, SHORT_BINSTRING = 0x53, 0x54, 0x55
+UNICODE, BINUNICODE, SHORT_BINUNICODE, BINUNICODE8 = 0x56, 0x58, 0x8C, 0x8D
+BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8 = 0x42, 0x43, 0x8E, 0x96
+APPEND, APPENDS, DICT, LIST, SETITEM, SETITEMS = 0x61, 0x65, 0x64, 0x6C, 0x73, 0x75
+GET, BINGET, LONG_BINGET, MEMOIZE = 0x67, 0x68, 0x6A, 0x94
+PUT, BINPUT, LONG_BINPUT = 0x70, 0x71, 0x72
+TUPLE, TUPLE1, TUPLE2, TUPLE3 = 0x74, 0x85, 0x86, 0x87
+PROTO, NEWOBJ, NEWOBJ_EX, STACK_GLOBAL, FRAME = 0x80, 0x81, 0x92, 0x93, 0x95
+EXT1, EXT2, EXT4 = 0x82, 0x83, 0x84
+EMPTY_SET, ADDITEMS, FROZENSET = 0x8F, 0x90, 0x91
+NEXT_BUFFER, READONLY_BUFFER = 0x97, 0x98
+
+# every constant above, by code (tests/pickle/test_opcodes.py checks them against pickletools)
+_NAME_OF = {
+    code: name
+    for name, code in list(globals().items())
+    if name.isupper() and type(code) is int and 0x28 <= code <= 0x98
 }
-_NAME_OF = {op[0]: name for op, name in OPCODE_NAMES.items()}
+# opcode byte -> name, for every opcode of protocols 0-5 (used by read_pickles' garbage test,
+# the pickle sniffer and error messages)
+OPCODE_NAMES = {bytes([code]): name for code, name in _NAME_OF.items()}
+_OPCODE_BYTES = frozenset(_NAME_OF)
 _U32 = struct.Struct("<I")  # LONG_BINPUT / LONG_BINGET / BINUNICODE arguments
 _I32 = struct.Struct("<i")  # BININT
-_OPCODE_BYTES = frozenset(_NAME_OF)
+# argument bytes of the inline opcodes whose argument the hot loop reads without a bounds
+# test (a short read raises IndexError or struct.error, turned into the same message)
+_ARG_BYTES = {
+    BINPUT: 1,
+    LONG_BINPUT: 4,
+    BININT1: 1,
+    BINGET: 1,
+    LONG_BINGET: 4,
+    BININT2: 2,
+    BININT: 4,
+    BINUNICODE: 4,
+    SHORT_BINUNICODE: 1,
+}
 
 
 def safe_key(value: Any, offset: int = -1) -> Any:
@@ -262,6 +232,55 @@ def _decode_py2(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+# the VM's handlers of the opcodes its hot loop does not take inline: opcode -> function
+_HANDLERS: dict[int, Callable[[_VM, int, int], bool | None]] = {}  # True: STOP
+# bytes of the length (or code) that follows these opcodes
+_LENGTH_BYTES = {
+    BINBYTES: 4,
+    SHORT_BINBYTES: 1,
+    BINBYTES8: 8,
+    BYTEARRAY8: 8,
+    EXT1: 1,
+    EXT2: 2,
+    EXT4: 4,
+}
+
+
+def _handles(*codes: int) -> Callable[[Callable], Callable]:
+    """Register a :class:`_VM` method as the handler of opcodes ``codes``."""
+
+    def register(fn: Callable) -> Callable:
+        for code in codes:
+            _HANDLERS[code] = fn
+        return fn
+
+    return register
+
+
+def _utf8(raw: bytes | memoryview, at: int) -> str:
+    try:
+        return str(raw, "utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise _Fail("string is not valid UTF-8", at) from None
+
+
+def _text(raw: bytes) -> str:
+    """A protocol-0 name line: UTF-8 when it is, else latin-1 (lossless for any bytes)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _int_arg(text: bytes, at: int) -> int:
+    if len(text) > 4000:  # CPython refuses >4300 digits too; this also keeps it linear
+        raise _Fail("integer literal too long", at)
+    try:
+        return int(text)
+    except ValueError:
+        raise _Fail(f"bad integer literal {text[:20]!r}", at) from None
 
 
 class _VM:
@@ -302,6 +321,14 @@ class _VM:
             raise _Fail(f"needs {k} bytes but only {self.n - pos} are left", at)
         self.pos = pos + k
         return self.data[pos : pos + k]
+
+    def length(self, width: int, at: int, negative: str = "") -> int:
+        """A ``width``-byte little-endian length; signed when a ``negative`` one has a
+        message (it is refused with it)."""
+        k = int.from_bytes(self.take(width, at), "little", signed=bool(negative))
+        if k < 0:
+            raise _Fail(negative, at)
+        return k
 
     def line(self, at: int) -> bytes:
         """Bytes up to the next newline (protocol-0 arguments), at most 1 MiB."""
@@ -421,8 +448,9 @@ class _VM:
     def _loop(self) -> None:  # noqa: C901 - one dispatch chain, kept in one place for speed
         """The hot loop: position, stack and counters live in locals (attribute access per
         opcode is what made the VM slow) and the opcodes of a torch ``data.pkl`` (protocol
-        2) and of protocol 4/5 pickles are handled inline, most frequent first.  Everything
-        else goes through :meth:`_slow` with the state synced to the attributes.
+        2) and of protocol 4/5 pickles are handled inline, most frequent first.  Every other
+        opcode goes through its handler in :data:`_HANDLERS` with the state synced to the
+        attributes.
 
         Failure offsets and the partial state a lenient record sees (``self.pos``,
         ``self.stack``) are the same as one opcode at a time through the helpers would give.
@@ -432,17 +460,21 @@ class _VM:
         stack = self.stack
         pos = self.pos
         n_ops = self._n_ops
-        max_memo, max_depth, max_ops, max_stack = (
-            self.max_memo,
-            self.max_depth,
-            self.max_ops,
-            self.max_stack,
-        )
+        max_memo, max_depth, max_ops = self.max_memo, self.max_depth, self.max_ops
+        max_stack = self.max_stack
         calls_append = rec.calls.append
         pids_append = rec.persistent_ids.append
         unpack_u32, unpack_i32 = _U32.unpack_from, _I32.unpack_from
         mark, call_cls, pid_cls, new = _MARK, Call, PersistentId, object.__new__
-        in_slow = False
+        handlers, arg_bytes = _HANDLERS, _ARG_BYTES
+        # the inline opcodes as locals (see the opcode table)
+        o_binput, o_long_binput, o_binget, o_long_binget = BINPUT, LONG_BINPUT, BINGET, LONG_BINGET
+        o_binint1, o_binint2, o_binint, o_mark = BININT1, BININT2, BININT, MARK
+        o_binunicode, o_short_binunicode = BINUNICODE, SHORT_BINUNICODE
+        o_tuple, o_tuple1, o_tuple2, o_tuple3 = TUPLE, TUPLE1, TUPLE2, TUPLE3
+        o_reduce, o_binpersid, o_memoize = REDUCE, BINPERSID, MEMOIZE
+        o_newfalse, o_newtrue, o_none, o_empty_tuple = NEWFALSE, NEWTRUE, NONE, EMPTY_TUPLE
+        in_handler = False
         try:
             while True:
                 at = pos
@@ -457,399 +489,406 @@ class _VM:
                         raise _Fail(f"more than {max_ops} opcodes", at)
                     if len(stack) > max_stack:
                         raise _Fail(f"stack deeper than {max_stack} items", at)
-                if op == 0x72 or op == 0x71:  # LONG_BINPUT / BINPUT
-                    if op == 0x71:
-                        if at + 1 >= n:
-                            raise _Fail(f"needs 1 bytes but only {n - at - 1} are left", at)
-                        arg = data[at + 1]
+                try:  # an argument read past the data's end raises: see _ARG_BYTES
+                    if op == o_long_binput or op == o_binput:
+                        if op == o_binput:
+                            arg = data[at + 1]
+                            pos = at + 2
+                        else:
+                            arg = unpack_u32(data, at + 1)[0]
+                            pos = at + 5
+                        if not stack or stack[-1] is mark:
+                            raise _Fail("stack underflow", at)
+                        if len(memo) >= max_memo and arg not in memo:
+                            raise _Fail(f"memo larger than {max_memo} entries", at)
+                        memo[arg] = stack[-1]
+                    elif op == o_binint1:
+                        stack.append(data[at + 1])
                         pos = at + 2
-                    else:
-                        if at + 4 >= n:
-                            raise _Fail(f"needs 4 bytes but only {n - at - 1} are left", at)
-                        arg = unpack_u32(data, at + 1)[0]
+                    elif op == o_binget or op == o_long_binget:
+                        if op == o_binget:
+                            arg = data[at + 1]
+                            pos = at + 2
+                        else:
+                            arg = unpack_u32(data, at + 1)[0]
+                            pos = at + 5
+                        try:
+                            stack.append(memo[arg])
+                        except KeyError:
+                            raise _Fail(f"memo key {arg} was never stored", at) from None
+                    elif op == o_mark:
+                        metastack.append(stack)
+                        stack = []
+                        pos = at + 1
+                        if len(metastack) > max_depth:
+                            raise _Fail(f"MARKs nested deeper than {max_depth}", at)
+                    elif op == o_binunicode:
+                        k = unpack_u32(data, at + 1)[0]
+                        end = at + 5 + k
+                        if end > n:
+                            raise _Fail(f"needs {k} bytes but only {n - at - 5} are left", at)
+                        try:
+                            stack.append(str(data[at + 5 : end], "utf-8", "surrogatepass"))
+                        except UnicodeDecodeError:
+                            raise _Fail("string is not valid UTF-8", at) from None
+                        pos = end
+                    elif op == o_tuple:
+                        if not metastack:
+                            raise _Fail("no MARK to pop to", at)
+                        items = stack
+                        stack = metastack.pop()
+                        stack.append(tuple(items))
+                        pos = at + 1
+                    elif op == o_tuple2:
+                        if len(stack) < 2:
+                            raise _Fail("stack underflow", at)
+                        a, b = stack[-2], stack[-1]
+                        if a is mark or b is mark:
+                            raise _Fail("unexpected MARK on the stack", at)
+                        del stack[-1]
+                        stack[-1] = (a, b)
+                        pos = at + 1
+                    elif op == o_reduce:
+                        if len(stack) < 2:
+                            raise _Fail("stack underflow", at)
+                        func, args = stack[-2], stack[-1]
+                        if func is mark or args is mark:
+                            raise _Fail("unexpected MARK on the stack", at)
+                        del stack[-1]
+                        if type(args) is tuple:
+                            call = call_cls(func, args, None, at, "REDUCE")
+                            calls_append(call)
+                        else:
+                            call = self.add_call(func, args, None, at, "REDUCE")
+                        stack[-1] = call
+                        pos = at + 1
+                    elif op == o_binpersid:
+                        if not stack:
+                            raise _Fail("stack underflow", at)
+                        value = stack[-1]
+                        if value is mark:
+                            raise _Fail("unexpected MARK on the stack", at)
+                        pid = new(pid_cls)  # PersistentId(value, at) minus frozen-init overhead
+                        pid.__dict__.update(pid=value, offset=at)
+                        pids_append(pid)
+                        stack[-1] = pid
+                        pos = at + 1
+                    elif op == o_newfalse:
+                        stack.append(False)
+                        pos = at + 1
+                    elif op == o_empty_tuple:
+                        stack.append(())
+                        pos = at + 1
+                    elif op == o_binint2:
+                        stack.append(data[at + 1] | (data[at + 2] << 8))
+                        pos = at + 3
+                    elif op == o_binint:
+                        pos = at + 1
+                        stack.append(unpack_i32(data, at + 1)[0])
                         pos = at + 5
-                    if not stack or stack[-1] is mark:
-                        raise _Fail("stack underflow", at)
-                    if len(memo) >= max_memo and arg not in memo:
-                        raise _Fail(f"memo larger than {max_memo} entries", at)
-                    memo[arg] = stack[-1]
-                elif op == 0x4B:  # BININT1
-                    if at + 1 >= n:
-                        raise _Fail(f"needs 1 bytes but only {n - at - 1} are left", at)
-                    stack.append(data[at + 1])
-                    pos = at + 2
-                elif op == 0x68 or op == 0x6A:  # BINGET / LONG_BINGET
-                    if op == 0x68:
-                        if at + 1 >= n:
-                            raise _Fail(f"needs 1 bytes but only {n - at - 1} are left", at)
-                        arg = data[at + 1]
-                        pos = at + 2
-                    else:
-                        if at + 4 >= n:
-                            raise _Fail(f"needs 4 bytes but only {n - at - 1} are left", at)
-                        arg = unpack_u32(data, at + 1)[0]
-                        pos = at + 5
-                    try:
-                        stack.append(memo[arg])
-                    except KeyError:
-                        raise _Fail(f"memo key {arg} was never stored", at) from None
-                elif op == 0x28:  # MARK
-                    metastack.append(stack)
-                    stack = []
-                    pos = at + 1
-                    if len(metastack) > max_depth:
-                        raise _Fail(f"MARKs nested deeper than {max_depth}", at)
-                elif op == 0x58:  # BINUNICODE
-                    if at + 5 > n:
-                        raise _Fail(f"needs 4 bytes but only {n - at - 1} are left", at)
-                    k = unpack_u32(data, at + 1)[0]
-                    end = at + 5 + k
-                    if end > n:
-                        raise _Fail(f"needs {k} bytes but only {n - at - 5} are left", at)
-                    try:
-                        stack.append(str(data[at + 5 : end], "utf-8", "surrogatepass"))
-                    except UnicodeDecodeError:
-                        raise _Fail("string is not valid UTF-8", at) from None
-                    pos = end
-                elif op == 0x74:  # TUPLE
-                    if not metastack:
-                        raise _Fail("no MARK to pop to", at)
-                    items = stack
-                    stack = metastack.pop()
-                    stack.append(tuple(items))
-                    pos = at + 1
-                elif op == 0x86:  # TUPLE2
-                    if len(stack) < 2:
-                        raise _Fail("stack underflow", at)
-                    a, b = stack[-2], stack[-1]
-                    if a is mark or b is mark:
-                        raise _Fail("unexpected MARK on the stack", at)
-                    del stack[-1]
-                    stack[-1] = (a, b)
-                    pos = at + 1
-                elif op == 0x52:  # REDUCE
-                    if len(stack) < 2:
-                        raise _Fail("stack underflow", at)
-                    func, args = stack[-2], stack[-1]
-                    if func is mark or args is mark:
-                        raise _Fail("unexpected MARK on the stack", at)
-                    del stack[-1]
-                    if type(args) is tuple:
-                        call = call_cls(func, args, None, at, "REDUCE")
-                        calls_append(call)
-                    else:
-                        call = self.add_call(func, args, None, at, "REDUCE")
-                    stack[-1] = call
-                    pos = at + 1
-                elif op == 0x51:  # BINPERSID
-                    if not stack:
-                        raise _Fail("stack underflow", at)
-                    value = stack[-1]
-                    if value is mark:
-                        raise _Fail("unexpected MARK on the stack", at)
-                    pid = new(pid_cls)  # PersistentId(value, at) minus frozen-init overhead
-                    pid.__dict__.update(pid=value, offset=at)
-                    pids_append(pid)
-                    stack[-1] = pid
-                    pos = at + 1
-                elif op == 0x89:  # NEWFALSE
-                    stack.append(False)
-                    pos = at + 1
-                elif op == 0x29:  # EMPTY_TUPLE
-                    stack.append(())
-                    pos = at + 1
-                elif op == 0x4D:  # BININT2
-                    if at + 2 >= n:
-                        raise _Fail(f"needs 2 bytes but only {n - at - 1} are left", at)
-                    stack.append(data[at + 1] | (data[at + 2] << 8))
-                    pos = at + 3
-                elif op == 0x4A:  # BININT
-                    pos = at + 1
-                    if at + 5 > n:
-                        raise _Fail(f"needs 4 bytes but only {n - at - 1} are left", at)
-                    stack.append(unpack_i32(data, at + 1)[0])
-                    pos = at + 5
-                elif op == 0x94:  # MEMOIZE
-                    pos = at + 1
-                    idx = len(memo)
-                    if idx >= max_memo and idx not in memo:
-                        raise _Fail(f"memo larger than {max_memo} entries", at)
-                    if not stack or stack[-1] is mark:
-                        raise _Fail("stack underflow", at)
-                    memo[idx] = stack[-1]
-                elif op == 0x8C:  # SHORT_BINUNICODE
-                    pos = at + 1
-                    if pos >= n:
-                        raise _Fail(f"needs 1 bytes but only {n - pos} are left", at)
-                    k = data[pos]
-                    pos += 1
-                    if k > n - pos:
-                        raise _Fail(f"needs {k} bytes but only {n - pos} are left", at)
-                    raw = data[pos : pos + k]
-                    pos += k
-                    try:
-                        stack.append(str(raw, "utf-8", "surrogatepass"))
-                    except UnicodeDecodeError:
-                        raise _Fail("string is not valid UTF-8", at) from None
-                elif op == 0x85 or op == 0x87:  # TUPLE1 / TUPLE3
-                    count = 1 if op == 0x85 else 3
-                    if len(stack) < count:
-                        raise _Fail("stack underflow", at)
-                    items = stack[-count:]
-                    if mark in items:  # identity is checked first: placeholders never equal it
-                        raise _Fail("unexpected MARK on the stack", at)
-                    del stack[-count:]
-                    stack.append(tuple(items))
-                    pos = at + 1
-                elif op == 0x4E or op == 0x88:  # NONE / NEWTRUE
-                    stack.append(None if op == 0x4E else True)
-                    pos = at + 1
-                elif op == 0x95:  # FRAME: a length prefix for buffering; the opcodes follow
-                    pos = at + 1
-                    if 8 > n - pos:
-                        raise _Fail(f"needs 8 bytes but only {n - pos} are left", at)
-                    pos += 8
-                elif op == 0x2E:  # STOP
-                    pos = at + 1
-                    self.pos = pos
-                    self.stack = stack
-                    self._n_ops = n_ops
-                    rec.value = self.pop(at) if stack else None
-                    rec.end = pos
-                    rec.n_ops = n_ops
-                    return
-                else:  # everything else: the state goes back to the attributes for the helpers
-                    self.stack = stack
-                    self.pos = at + 1
-                    self._n_ops = n_ops
-                    in_slow = True
-                    if self._slow(op, at):
+                    elif op == o_memoize:
+                        pos = at + 1
+                        idx = len(memo)
+                        if idx >= max_memo and idx not in memo:
+                            raise _Fail(f"memo larger than {max_memo} entries", at)
+                        if not stack or stack[-1] is mark:
+                            raise _Fail("stack underflow", at)
+                        memo[idx] = stack[-1]
+                    elif op == o_short_binunicode:
+                        pos = at + 1
+                        k = data[pos]
+                        pos += 1
+                        if k > n - pos:
+                            raise _Fail(f"needs {k} bytes but only {n - pos} are left", at)
+                        raw = data[pos : pos + k]
+                        pos += k
+                        try:
+                            stack.append(str(raw, "utf-8", "surrogatepass"))
+                        except UnicodeDecodeError:
+                            raise _Fail("string is not valid UTF-8", at) from None
+                    elif op == o_tuple1 or op == o_tuple3:
+                        count = 1 if op == o_tuple1 else 3
+                        if len(stack) < count:
+                            raise _Fail("stack underflow", at)
+                        items = stack[-count:]
+                        if mark in items:  # identity is checked first: placeholders never equal it
+                            raise _Fail("unexpected MARK on the stack", at)
+                        del stack[-count:]
+                        stack.append(tuple(items))
+                        pos = at + 1
+                    elif op == o_none or op == o_newtrue:
+                        stack.append(None if op == o_none else True)
+                        pos = at + 1
+                    else:  # everything else: the state goes back to the attributes
+                        self.stack = stack
+                        self.pos = at + 1
+                        self._n_ops = n_ops
+                        in_handler = True
+                        handler = handlers.get(op)
+                        if handler is None:
+                            raise _Fail(f"unknown opcode 0x{op:02x}", at)
+                        if handler(self, op, at):  # STOP
+                            rec.n_ops = n_ops
+                            return
+                        in_handler = False
+                        stack = self.stack
+                        pos = self.pos
                         rec.n_ops = n_ops
-                        return
-                    in_slow = False
-                    stack = self.stack
-                    pos = self.pos
-                    rec.n_ops = n_ops
+                except (IndexError, struct.error):
+                    if in_handler or op not in arg_bytes:
+                        raise
+                    left = n - at - 1
+                    raise _Fail(
+                        f"needs {arg_bytes[op]} bytes but only {left} are left", at
+                    ) from None
         except BaseException:
             self._n_ops = n_ops
-            if not in_slow:
+            if not in_handler:
                 self.stack = stack
                 self.pos = pos
             raise
 
-    def _slow(self, op: int, at: int) -> bool:  # noqa: C901 - the less frequent opcodes
-        """One opcode outside the inline set, with ``self.pos`` just past the opcode byte.
+    # ---- the other opcodes: one handler each, self.pos just past the opcode byte ----------
+    @_handles(STOP)
+    def _stop(self, op: int, at: int) -> bool:
+        self.rec.value = self.pop(at) if self.stack else None
+        self.rec.end = self.pos
+        return True  # the record is complete
 
-        Returns:
-            True when the opcode was STOP (the record is complete).
-        """
-        rec = self.rec
-        if op == 0x4A:  # BININT
-            self.push(struct.unpack("<i", self.take(4, at))[0], at)
-        elif op == 0x75:  # SETITEMS
-            pairs = self._marked(at)
-            self.setitems(self.top(at), pairs, at)
-        elif op == 0x73:  # SETITEM
-            v = self.pop(at)
-            k = self.pop(at)
-            self.setitems(self.top(at), [k, v], at)
-        elif op == 0x7D:  # EMPTY_DICT
-            self.push({}, at)
-        elif op == 0x5D:  # EMPTY_LIST
-            self.push([], at)
-        elif op == 0x65:  # APPENDS
-            items = self._marked(at)
-            self.appends(self.top(at), items, at)
-        elif op == 0x61:  # APPEND
-            v = self.pop(at)
-            self.appends(self.top(at), [v], at)
-        elif op == 0x62:  # BUILD
-            state = self.pop(at)
-            target = self.top(at)
-            if isinstance(target, Call):
-                # a second BUILD on one object updates it again; keep both states
-                target.state = state if target.state is None else (target.state, state)
-                if self.joblib_arrays and target.qualname in JOBLIB_WRAPPERS:
-                    self.skip_joblib_array(target, at)
-            else:
-                self.rec.notes.append(f"BUILD at {at} on a {type(target).__name__}")
-                self.stack[-1] = self.add_call(None, (target,), None, at, "BUILD")
-                self.stack[-1].state = state
-        elif op == 0x63:  # GLOBAL
-            module = self._text(self.line(at), at)
-            name = self._text(self.line(at), at)
-            self.push(self.add_global(module, name, at, "GLOBAL"), at)
-        elif op == 0x93:  # STACK_GLOBAL
-            name = self.pop(at)
-            module = self.pop(at)
-            if isinstance(module, str) and isinstance(name, str):
-                ref = self.add_global(module, name, at, "STACK_GLOBAL")
-            else:
-                ref = self.add_global(
-                    DYNAMIC,
-                    DYNAMIC,
-                    at,
-                    "STACK_GLOBAL",
-                    note=f"operands were {type(module).__name__} and "
-                    f"{type(name).__name__}, not strings",
-                )
-            self.push(ref, at)
-        elif op == 0x81:  # NEWOBJ
-            args = self.pop(at)
-            cls = self.pop(at)
-            self.push(self.add_call(cls, args, None, at, "NEWOBJ"), at)
-        elif op == 0x92:  # NEWOBJ_EX
-            kwargs = self.pop(at)
-            args = self.pop(at)
-            cls = self.pop(at)
-            self.push(self.add_call(cls, args, kwargs, at, "NEWOBJ_EX"), at)
-        elif op == 0x94:  # MEMOIZE
-            self.memo_put(len(self.memo), at)
-        elif op == 0x8C:  # SHORT_BINUNICODE
-            k = self.take(1, at)[0]
-            self.push(self._utf8(self.take(k, at), at), at)
-        elif op == 0x95:  # FRAME: a length prefix for buffering; the opcodes follow inline
-            self.take(8, at)
-        elif op == 0x80:  # PROTO
-            proto = self.take(1, at)[0]
-            if proto > 5:
-                raise _Fail(f"unsupported pickle protocol {proto}", at)
-            rec.protocol = max(rec.protocol, proto)
-        elif op == 0x2E:  # STOP
-            rec.value = self.pop(at) if self.stack else None
-            rec.end = self.pos
-            return True
+    @_handles(FRAME)
+    def _frame(self, op: int, at: int) -> None:  # a length prefix for buffering
+        self.take(8, at)  # the opcodes follow inline
+
+    @_handles(SETITEMS)
+    def _setitems(self, op: int, at: int) -> None:
+        pairs = self.pop_mark(at)
+        self.setitems(self.top(at), pairs, at)
+
+    @_handles(SETITEM)
+    def _setitem(self, op: int, at: int) -> None:
+        v = self.pop(at)
+        k = self.pop(at)
+        self.setitems(self.top(at), [k, v], at)
+
+    @_handles(APPENDS, ADDITEMS)
+    def _appends(self, op: int, at: int) -> None:
+        items = self.pop_mark(at)
+        self.appends(self.top(at), items, at)
+
+    @_handles(APPEND)
+    def _append(self, op: int, at: int) -> None:
+        v = self.pop(at)
+        self.appends(self.top(at), [v], at)
+
+    @_handles(EMPTY_DICT, EMPTY_LIST, EMPTY_SET)
+    def _empty(self, op: int, at: int) -> None:
+        self.push({} if op == EMPTY_DICT else [] if op == EMPTY_LIST else set(), at)
+
+    @_handles(BUILD)
+    def _build(self, op: int, at: int) -> None:
+        state = self.pop(at)
+        target = self.top(at)
+        if isinstance(target, Call):
+            # a second BUILD on one object updates it again; keep both states
+            target.state = state if target.state is None else (target.state, state)
+            if self.joblib_arrays and target.qualname in JOBLIB_WRAPPERS:
+                self.skip_joblib_array(target, at)
         else:
-            self._rare(op, at)
-        return False
+            self.rec.notes.append(f"BUILD at {at} on a {type(target).__name__}")
+            self.stack[-1] = self.add_call(None, (target,), None, at, "BUILD")
+            self.stack[-1].state = state
 
-    def _rare(self, op: int, at: int) -> None:  # noqa: C901 - the remaining opcodes
-        rec = self.rec
-        if op == 0x30:  # POP
-            if self.stack:
-                self.stack.pop()
-            else:
-                self.pop_mark(at)  # POP of an empty stack pops a MARK in CPython
-        elif op == 0x31:  # POP_MARK
-            self.pop_mark(at)
-        elif op == 0x32:  # DUP
-            self.push(self.top(at), at)
-        elif op == 0x70:  # PUT
-            self.memo_put(self._int_arg(self.line(at), at), at)
-        elif op == 0x67:  # GET
-            self.memo_get(self._int_arg(self.line(at), at), at)
-        elif op == 0x49:  # INT (protocol 0; "01"/"00" are Python 2 booleans)
-            text = self.line(at)
-            if text in (b"01", b"00"):
-                self.push(text == b"01", at)
-            else:
-                self.push(self._int_arg(text, at), at)
-        elif op == 0x4C:  # LONG (protocol 0)
-            text = self.line(at)
-            self.push(self._int_arg(text[:-1] if text.endswith(b"L") else text, at), at)
-        elif op == 0x8A:  # LONG1
-            k = self.take(1, at)[0]
-            self.push(int.from_bytes(self.take(k, at), "little", signed=True), at)
-        elif op == 0x8B:  # LONG4
-            (k,) = struct.unpack("<i", self.take(4, at))
-            if k < 0:
-                raise _Fail("LONG4 with a negative byte count", at)
-            self.push(int.from_bytes(self.take(k, at), "little", signed=True), at)
-        elif op == 0x46:  # FLOAT
-            try:
-                self.push(float(self.line(at)), at)
-            except ValueError:
-                raise _Fail("FLOAT argument is not a number", at) from None
-        elif op == 0x47:  # BINFLOAT
-            self.push(struct.unpack(">d", self.take(8, at))[0], at)
-        elif op == 0x53:  # STRING (protocol 0, quoted, Python 2 str)
-            text = self.line(at)
-            if len(text) < 2 or text[0] != text[-1] or text[:1] not in (b"'", b'"'):
-                raise _Fail("STRING argument is not quoted", at)
-            try:
-                raw = codecs.escape_decode(text[1:-1])[0]
-            except Exception:  # escape_decode raises ValueError and friends on bad escapes
-                raise _Fail("STRING argument has a bad escape", at) from None
-            rec.py2_strings = True
-            self.push(_decode_py2(raw), at)
-        elif op == 0x54:  # BINSTRING
-            (k,) = struct.unpack("<i", self.take(4, at))
-            if k < 0:
-                raise _Fail("BINSTRING with a negative length", at)
-            rec.py2_strings = True
-            self.push(_decode_py2(bytes(self.take(k, at))), at)
-        elif op == 0x55:  # SHORT_BINSTRING
-            k = self.take(1, at)[0]
-            rec.py2_strings = True
-            self.push(_decode_py2(bytes(self.take(k, at))), at)
-        elif op == 0x56:  # UNICODE (protocol 0, raw-unicode-escape)
-            try:
-                self.push(self.line(at).decode("raw-unicode-escape"), at)
-            except UnicodeDecodeError:
-                raise _Fail("UNICODE argument is not valid raw-unicode-escape", at) from None
-        elif op == 0x8D:  # BINUNICODE8
-            (k,) = struct.unpack("<Q", self.take(8, at))
-            self.push(self._utf8(self.take(k, at), at), at)
-        elif op == 0x42:  # BINBYTES
-            (k,) = struct.unpack("<I", self.take(4, at))
-            self.push(bytes(self.take(k, at)), at)
-        elif op == 0x43:  # SHORT_BINBYTES
-            k = self.take(1, at)[0]
-            self.push(bytes(self.take(k, at)), at)
-        elif op == 0x8E:  # BINBYTES8
-            (k,) = struct.unpack("<Q", self.take(8, at))
-            self.push(bytes(self.take(k, at)), at)
-        elif op == 0x96:  # BYTEARRAY8
-            (k,) = struct.unpack("<Q", self.take(8, at))
-            self.push(bytearray(self.take(k, at)), at)
-        elif op == 0x97:  # NEXT_BUFFER
-            self.push(PickleBuffer(at), at)
-        elif op == 0x98:  # READONLY_BUFFER
-            buf = self.top(at)
-            if isinstance(buf, PickleBuffer):
-                self.stack[-1] = PickleBuffer(buf.offset, readonly=True)
-        elif op == 0x6C:  # LIST
-            self.push(self._marked(at), at)
-        elif op == 0x64:  # DICT
-            items = self._marked(at)
-            d: dict = {}
-            self.setitems(d, items, at)
-            self.push(d, at)
-        elif op == 0x8F:  # EMPTY_SET
-            self.push(set(), at)
-        elif op == 0x90:  # ADDITEMS
-            items = self._marked(at)
-            self.appends(self.top(at), items, at)
-        elif op == 0x91:  # FROZENSET
-            self.push(frozenset(safe_key(v, at) for v in self._marked(at)), at)
-        elif op == 0x50:  # PERSID (protocol 0: the id is a text line)
-            pid = PersistentId(self._text(self.line(at), at), at)
-            rec.persistent_ids.append(pid)
-            self.push(pid, at)
-        elif op == 0x69:  # INST: MARK args... INST module\nname\n -> module.name(*args)
-            module = self._text(self.line(at), at)
-            name = self._text(self.line(at), at)
-            args = tuple(self._marked(at))
-            ref = self.add_global(module, name, at, "INST")
-            self.push(self.add_call(ref, args, None, at, "INST"), at)
-        elif op == 0x6F:  # OBJ: MARK cls args... OBJ -> cls(*args)
-            items = self._marked(at)
-            if not items:
-                raise _Fail("OBJ without a class", at)
-            self.push(self.add_call(items[0], tuple(items[1:]), None, at, "OBJ"), at)
-        elif op in (0x82, 0x83, 0x84):  # EXT1 / EXT2 / EXT4: a code in copyreg's registry
-            width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
-            code = int.from_bytes(self.take(width, at), "little", signed=op == 0x84)
+    @_handles(GLOBAL)
+    def _global(self, op: int, at: int) -> None:
+        module = _text(self.line(at))
+        name = _text(self.line(at))
+        self.push(self.add_global(module, name, at, "GLOBAL"), at)
+
+    @_handles(STACK_GLOBAL)
+    def _stack_global(self, op: int, at: int) -> None:
+        name = self.pop(at)
+        module = self.pop(at)
+        if isinstance(module, str) and isinstance(name, str):
+            ref = self.add_global(module, name, at, "STACK_GLOBAL")
+        else:
             ref = self.add_global(
-                EXTENSION_MODULE,
-                str(code),
+                DYNAMIC,
+                DYNAMIC,
                 at,
-                _NAME_OF[op],
-                note="resolved through copyreg's extension registry",
+                "STACK_GLOBAL",
+                note=f"operands were {type(module).__name__} and "
+                f"{type(name).__name__}, not strings",
             )
-            self.push(ref, at)
+        self.push(ref, at)
+
+    @_handles(NEWOBJ)
+    def _newobj(self, op: int, at: int) -> None:
+        args = self.pop(at)
+        cls = self.pop(at)
+        self.push(self.add_call(cls, args, None, at, "NEWOBJ"), at)
+
+    @_handles(NEWOBJ_EX)
+    def _newobj_ex(self, op: int, at: int) -> None:
+        kwargs = self.pop(at)
+        args = self.pop(at)
+        cls = self.pop(at)
+        self.push(self.add_call(cls, args, kwargs, at, "NEWOBJ_EX"), at)
+
+    @_handles(PROTO)
+    def _proto(self, op: int, at: int) -> None:
+        proto = self.take(1, at)[0]
+        if proto > 5:
+            raise _Fail(f"unsupported pickle protocol {proto}", at)
+        self.rec.protocol = max(self.rec.protocol, proto)
+
+    @_handles(POP)
+    def _pop(self, op: int, at: int) -> None:
+        if self.stack:
+            self.stack.pop()
         else:
-            raise _Fail(f"unknown opcode 0x{op:02x}", at)
+            self.pop_mark(at)  # POP of an empty stack pops a MARK in CPython
+
+    @_handles(POP_MARK)
+    def _pop_mark(self, op: int, at: int) -> None:
+        self.pop_mark(at)
+
+    @_handles(DUP)
+    def _dup(self, op: int, at: int) -> None:
+        self.push(self.top(at), at)
+
+    @_handles(PUT)
+    def _put(self, op: int, at: int) -> None:
+        self.memo_put(_int_arg(self.line(at), at), at)
+
+    @_handles(GET)
+    def _get(self, op: int, at: int) -> None:
+        self.memo_get(_int_arg(self.line(at), at), at)
+
+    @_handles(INT)
+    def _int(self, op: int, at: int) -> None:  # protocol 0; "01"/"00" are Python 2 booleans
+        text = self.line(at)
+        self.push(text == b"01" if text in (b"01", b"00") else _int_arg(text, at), at)
+
+    @_handles(LONG)
+    def _long(self, op: int, at: int) -> None:  # protocol 0
+        text = self.line(at)
+        self.push(_int_arg(text[:-1] if text.endswith(b"L") else text, at), at)
+
+    @_handles(LONG1, LONG4)
+    def _long_binary(self, op: int, at: int) -> None:
+        if op == LONG1:
+            k = self.length(1, at)
+        else:
+            k = self.length(4, at, "LONG4 with a negative byte count")
+        self.push(int.from_bytes(self.take(k, at), "little", signed=True), at)
+
+    @_handles(FLOAT)
+    def _float(self, op: int, at: int) -> None:
+        try:
+            self.push(float(self.line(at)), at)
+        except ValueError:
+            raise _Fail("FLOAT argument is not a number", at) from None
+
+    @_handles(BINFLOAT)
+    def _binfloat(self, op: int, at: int) -> None:
+        self.push(struct.unpack(">d", self.take(8, at))[0], at)
+
+    @_handles(STRING)
+    def _string(self, op: int, at: int) -> None:  # protocol 0, quoted, a Python 2 str
+        text = self.line(at)
+        if len(text) < 2 or text[0] != text[-1] or text[:1] not in (b"'", b'"'):
+            raise _Fail("STRING argument is not quoted", at)
+        try:
+            raw = codecs.escape_decode(text[1:-1])[0]
+        except Exception:  # escape_decode raises ValueError and friends on bad escapes
+            raise _Fail("STRING argument has a bad escape", at) from None
+        self.rec.py2_strings = True
+        self.push(_decode_py2(raw), at)
+
+    @_handles(BINSTRING, SHORT_BINSTRING)
+    def _binstring(self, op: int, at: int) -> None:
+        if op == BINSTRING:
+            k = self.length(4, at, "BINSTRING with a negative length")
+        else:
+            k = self.length(1, at)
+        self.rec.py2_strings = True
+        self.push(_decode_py2(bytes(self.take(k, at))), at)
+
+    @_handles(UNICODE)
+    def _unicode(self, op: int, at: int) -> None:  # protocol 0, raw-unicode-escape
+        try:
+            self.push(self.line(at).decode("raw-unicode-escape"), at)
+        except UnicodeDecodeError:
+            raise _Fail("UNICODE argument is not valid raw-unicode-escape", at) from None
+
+    @_handles(BINUNICODE8)
+    def _binunicode8(self, op: int, at: int) -> None:
+        self.push(_utf8(self.take(self.length(8, at), at), at), at)
+
+    @_handles(BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8)
+    def _bytes(self, op: int, at: int) -> None:
+        raw = self.take(self.length(_LENGTH_BYTES[op], at), at)
+        self.push(bytearray(raw) if op == BYTEARRAY8 else bytes(raw), at)
+
+    @_handles(NEXT_BUFFER)
+    def _next_buffer(self, op: int, at: int) -> None:
+        self.push(PickleBuffer(at), at)
+
+    @_handles(READONLY_BUFFER)
+    def _readonly_buffer(self, op: int, at: int) -> None:
+        buf = self.top(at)
+        if isinstance(buf, PickleBuffer):
+            self.stack[-1] = PickleBuffer(buf.offset, readonly=True)
+
+    @_handles(LIST)
+    def _list(self, op: int, at: int) -> None:
+        self.push(self.pop_mark(at), at)
+
+    @_handles(DICT)
+    def _dict(self, op: int, at: int) -> None:
+        items = self.pop_mark(at)
+        d: dict = {}
+        self.setitems(d, items, at)
+        self.push(d, at)
+
+    @_handles(FROZENSET)
+    def _frozenset(self, op: int, at: int) -> None:
+        self.push(frozenset(safe_key(v, at) for v in self.pop_mark(at)), at)
+
+    @_handles(PERSID)
+    def _persid(self, op: int, at: int) -> None:  # protocol 0: the id is a text line
+        pid = PersistentId(_text(self.line(at)), at)
+        self.rec.persistent_ids.append(pid)
+        self.push(pid, at)
+
+    @_handles(INST)
+    def _inst(
+        self, op: int, at: int
+    ) -> None:  # MARK args... INST module\nname\n -> module.name(*args)
+        module = _text(self.line(at))
+        name = _text(self.line(at))
+        args = tuple(self.pop_mark(at))
+        ref = self.add_global(module, name, at, "INST")
+        self.push(self.add_call(ref, args, None, at, "INST"), at)
+
+    @_handles(OBJ)
+    def _obj(self, op: int, at: int) -> None:  # MARK cls args... OBJ -> cls(*args)
+        items = self.pop_mark(at)
+        if not items:
+            raise _Fail("OBJ without a class", at)
+        self.push(self.add_call(items[0], tuple(items[1:]), None, at, "OBJ"), at)
+
+    @_handles(EXT1, EXT2, EXT4)
+    def _ext(self, op: int, at: int) -> None:  # a code in copyreg's registry
+        code = int.from_bytes(self.take(_LENGTH_BYTES[op], at), "little", signed=op == EXT4)
+        ref = self.add_global(
+            EXTENSION_MODULE,
+            str(code),
+            at,
+            _NAME_OF[op],
+            note="resolved through copyreg's extension registry",
+        )
+        self.push(ref, at)
 
     # ---- joblib ---------------------------------------------------------------------------
     def skip_joblib_array(self, wrapper: Call, at: int) -> None:
@@ -918,34 +957,6 @@ class _VM:
         self.rec.inline_arrays.append(
             InlineArray(wrapper, start, nbytes, byteorder + code, shape, order)
         )
-
-    # ---- argument helpers -----------------------------------------------------------------
-    def _marked(self, at: int) -> list[Any]:
-        items = self.pop_mark(at)
-        return items
-
-    @staticmethod
-    def _utf8(raw: memoryview, at: int) -> str:
-        try:
-            return str(raw, "utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            raise _Fail("string is not valid UTF-8", at) from None
-
-    @staticmethod
-    def _text(raw: bytes, at: int) -> str:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("latin-1")
-
-    @staticmethod
-    def _int_arg(text: bytes, at: int) -> int:
-        if len(text) > 4000:  # CPython refuses >4300 digits too; this also keeps it linear
-            raise _Fail("integer literal too long", at)
-        try:
-            return int(text)
-        except ValueError:
-            raise _Fail(f"bad integer literal {text[:20]!r}", at) from None
 
 
 def read_pickle(

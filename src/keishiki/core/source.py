@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFile, KeishikiError
+from ..errors import CorruptFile, KeishikiError, PathNotFound
 
 HEAD_BYTES = 64 * 1024
 # JSON sidecars (config.json, index files, tokenizer configs) larger than this are refused:
@@ -82,7 +82,7 @@ def _check_readable_kind(path: Path) -> None:
                 f"{os.readlink(path)!r}, which does not exist)"
             ) from None
         if exc.errno == errno.ENOENT:
-            raise KeishikiError(f"{path}: no such file or folder") from None
+            raise PathNotFound(path) from None
         raise KeishikiError(f"{path}: cannot read: {exc.strerror}") from None
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise KeishikiError(

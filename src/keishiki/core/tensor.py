@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .display import Shown, View, clip, exact, short_repr, size
 from .lazy_numpy import np  # numpy on first use (start-up time)
 
 
 @dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(Shown):
     """What a file says about one tensor, without its bytes.
 
     Attributes:
@@ -54,6 +55,31 @@ class TensorInfo:
             out.update(self.extra)
         return out
 
+    def __repr__(self) -> str:
+        fields: list[tuple[str, object]] = [
+            ("name", self.name),
+            ("dtype", self.dtype),
+            ("shape", self.shape),
+            ("nbytes", self.nbytes),
+        ]
+        if self.file is not None:
+            fields.append(("file", self.file))
+        return short_repr("TensorInfo", fields)
+
+    def _view(self) -> View:
+        fields = [
+            ("dtype", self.dtype),
+            ("shape", str(list(self.shape))),
+            ("elements", f"{self.numel:,}"),
+            ("bytes", exact(self.nbytes, size(self.nbytes))),
+        ]
+        if self.data_offset is not None:
+            fields.append(("offset", f"{self.data_offset:,}"))
+        if self.file is not None:
+            fields.append(("file", self.file))
+        fields += [(str(k), clip(v)) for k, v in self.extra.items()]
+        return View(f"TensorInfo {self.name}", fields)
+
 
 @dataclass
 class LazyTensor:
@@ -69,3 +95,6 @@ class LazyTensor:
     @property
     def name(self) -> str:
         return self.info.name
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({self.info!r})"

@@ -143,7 +143,11 @@ def storage_dtype(ref: Any) -> str | None:
     """``torch.FloatStorage`` / ``torch.float16`` / ``torch.UntypedStorage`` -> dtype name."""
     if not isinstance(ref, GlobalRef) or ref.module != "torch":
         return None
-    name = ref.name
+    return _storage_name_dtype(ref.name)
+
+
+def _storage_name_dtype(name: str) -> str | None:
+    """The dtype of the torch attribute ``name`` (``FloatStorage``, ``float16``...)."""
     try:
         return _STORAGE_DTYPES[name]
     except KeyError:
@@ -278,6 +282,25 @@ def read_torch_pickle(
     ``data.pkl`` and a legacy file's pickles after the magic number) for the reading to be
     shared; either way the result is the same.
     """
+    reading = read_torch_object(
+        data, start, path=path, max_ops=max_ops, torch_names=torch_names, state_dicts=False
+    )
+    assert isinstance(reading, PickleRecord)
+    return reading
+
+
+def read_torch_object(
+    data: bytes | memoryview,
+    start: int = 0,
+    *,
+    path: str = "<pickle>",
+    max_ops: int = 10_000_000,
+    torch_names: bool = True,
+    state_dicts: bool = True,
+) -> "PickleRecord | StateDictReading":
+    """:func:`read_torch_pickle`, except that a plain state_dict (see
+    :class:`StateDictReading`) comes back as its tensors, read straight from the stand-ins:
+    the VM's records of a state_dict cost more than the C reading itself."""
     from .._scan.unpickler import read_stream  # noqa: PLC0415 - keeps scan out of import
 
     view = data if isinstance(data, memoryview) else memoryview(data)
@@ -287,11 +310,146 @@ def read_torch_pickle(
         not (rec.error or rec.capped or rec.dynamic or rec.ext or rec.py2_text)
         and rec.n_ops <= max_ops
     ):
+        if state_dicts:
+            fast = _state_dict(rec, path)
+            if fast is not None:
+                return fast
         try:
             return _from_stream(rec)
         except (_Unusual, RecursionError):
             pass
     return read_pickle(data, start, path=path, max_ops=max_ops)
+
+
+_REBUILD_V2 = "torch._utils._rebuild_tensor_v2"
+_ORDERED_DICT = "collections.OrderedDict"
+
+
+@dataclass
+class StateDictReading:
+    """A plain state_dict read from the scan's stand-ins without the VM's records.
+
+    Plain: the root is a ``dict`` or an ``OrderedDict()`` holding only
+    ``_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`` calls under
+    text keys, and the stream calls nothing but those two (what ``torch.save(model
+    .state_dict())`` writes).  Everything the pytorch reader derives from the VM's record
+    of such a stream (names, tensors, storages, kind, top keys, globals) is here, equal to
+    what the VM gives; any other stream is read the general way.
+    """
+
+    protocol: int
+    global_names: list[str]  # qualnames named in the stream, sorted
+    root_type: str
+    keys: list[str]  # top-level keys in order
+    found: list[tuple[str, None, TensorRef]]  # (name, no call record, tensor) in pickle order
+    storages: list[StorageRef]  # one per persistent id, in stream order
+    end: int  # the byte after the stream's STOP
+
+
+def _state_dict(rec: Any, path: str) -> StateDictReading | None:  # noqa: C901 - one pattern
+    """The :class:`StateDictReading` of a clean C reading, or None when it is not one."""
+    from .._scan.unpickler import Result, Stub  # noqa: PLC0415
+
+    rebuild, ordered = set(), set()
+    for g in rec.globals:
+        if g.raw is not None:  # a renamed global: the VM records it its own way
+            return None
+        if g.module == "torch._utils" and g.name == "_rebuild_tensor_v2":
+            rebuild.add(id(g))
+        elif g.module == "collections" and g.name == "OrderedDict":
+            ordered.add(id(g))
+    storages: list[StorageRef] = []
+    storage_of: dict[int, StorageRef] = {}  # id(stand-in) -> its storage
+    callees = rebuild | ordered
+    for result in rec.results:  # every call and storage id, reachable or not
+        call = result.call
+        if call is None:
+            storage = _stand_in_storage(result.pid, Stub)
+            if storage is None:
+                return None
+            storages.append(storage)
+            storage_of[id(result)] = storage
+            continue
+        callee = id(call.callee) if call.callee is not None else 0
+        if call.kind != "call" or result.n_build > 1 or callee not in callees:
+            return None
+        state = result.state
+        if type(state) is dict and "_modules" in state and "_parameters" in state:
+            return None  # an nn.Module's attributes: the general reader names its classes
+    root = rec.value
+    if type(root) is dict:
+        pairs: dict = root
+        root_type = "builtins.dict"
+    elif (
+        type(root) is Result
+        and root.call is not None
+        and id(root.call.callee) in ordered
+        and not root.call.args
+        and root.listitems is None
+        and (root.dictitems is None or all(type(k) is str for k, _ in root.dictitems))
+    ):
+        pairs = dict(root.dictitems or ())  # a key given twice keeps its first place
+        root_type = _ORDERED_DICT
+    else:
+        return None
+    found: list[tuple[str, None, TensorRef]] = []
+    ints_ok = _INT_ONLY.issuperset
+    for key, value in pairs.items():
+        if type(key) is not str or type(value) is not Result:
+            return None
+        call = value.call
+        if call is None or id(call.callee) not in rebuild or len(call.args) != 6:
+            return None
+        pid, offset, shape, stride = call.args[:4]
+        storage = storage_of.get(id(pid)) if type(pid) is Result else None
+        if (
+            storage is None
+            or type(offset) is not int
+            or offset < 0
+            or type(shape) is not tuple
+            or type(stride) is not tuple
+            or len(shape) != len(stride)
+            or len(shape) > 64
+            or not ints_ok(map(type, shape))
+            or not ints_ok(map(type, stride))
+            or (shape and min(shape) < 0)
+            or (stride and min(stride) < 0)
+        ):
+            return None  # the general decoder gives the exact error, or reads it its way
+        ref = _tensor_ref(storage, storage.dtype, offset, shape, stride, "tensor")
+        found.append((key, None, ref))
+    return StateDictReading(
+        rec.protocol,
+        sorted({g.qualname for g in rec.globals}),
+        root_type,
+        list(pairs),
+        found,
+        storages,
+        rec.end,
+    )
+
+
+def _stand_in_storage(pid: Any, stub: Any) -> StorageRef | None:
+    """``decode_storage``'s fast path over a stand-in storage id: ``('storage',
+    torch.<X>Storage, key, location, numel[, None])`` with text key and location."""
+    if (
+        type(pid) is tuple
+        and (len(pid) == 5 or (len(pid) == 6 and pid[5] is None))
+        and pid[0] == "storage"
+    ):
+        _, stype, key, location, numel = pid[:5]
+        if (
+            type(stype) is stub
+            and stype._global.module == "torch"
+            and type(key) is str
+            and type(location) is str
+            and type(numel) is int
+            and numel >= 0
+        ):
+            dtype = _storage_name_dtype(stype._global.name)
+            if dtype is not None:
+                return _storage_ref(key, dtype, numel, location)
+    return None
 
 
 def _from_stream(rec: Any) -> PickleRecord:
@@ -304,7 +462,7 @@ def _from_stream(rec: Any) -> PickleRecord:
         globals_.append(
             GlobalRef(module, name, g.offset if g.offset is not None else rec.start, g.opcode, note)
         )
-    first = {}
+    first: dict[int, GlobalRef] = {}
     for g, ref in zip(rec.globals, globals_):
         first.setdefault(id(g), ref)
     memo: dict[int, Any] = {}
@@ -322,32 +480,37 @@ def _from_stream(rec: Any) -> PickleRecord:
         done = memo.get(key)
         if done is not None:
             return done
-        if kind is tuple:
-            out: Any = tuple(items(obj))
-        elif kind is Result:
+        if kind is Result:  # a call's result (every tensor is two or three) or a storage id
             call = obj.call
             if call is None:
                 out = new(PersistentId)
-                out.__dict__.update(pid=conv(obj.pid), offset=obj.at)
-            else:
-                if call.kind not in ("call", "new") or obj.n_build > 1:
-                    raise _Unusual(call.kind)
-                # Call(...) without the dataclass __init__: the same eight fields
-                out = memo[key] = new(Call)
-                kwargs = call.kwargs
-                out.__dict__.update(
-                    func=first[id(call.callee)],
-                    args=tuple(items(call.args)),
-                    kwargs={k: conv(v) for k, v in kwargs.items()} if kwargs else None,
-                    offset=call.offset - 1,
-                    opcode="REDUCE" if call.kind == "call" else "NEWOBJ",
-                    state=None if obj.state is None else conv(obj.state),
-                    dictitems=None
-                    if obj.dictitems is None
-                    else {safe_key(conv(k)): conv(v) for k, v in obj.dictitems},
-                    listitems=None if obj.listitems is None else items(obj.listitems),
-                )
+                pid = obj.pid
+                out.__dict__.update(pid=pid if type(pid) in atoms else conv(pid), offset=obj.at)
+                memo[key] = out
                 return out
+            if obj.n_build > 1 or (call.kind != "call" and call.kind != "new"):
+                raise _Unusual(call.kind)
+            # Call(...) without the dataclass __init__: the same eight fields
+            out = memo[key] = new(Call)
+            kwargs, state, pairs, listed = call.kwargs, obj.state, obj.dictitems, obj.listitems
+            out.__dict__.update(
+                func=first[id(call.callee)],
+                args=tuple([v if type(v) in atoms else conv(v) for v in call.args]),
+                kwargs={k: conv(v) for k, v in kwargs.items()} if kwargs else None,
+                offset=call.offset - 1,
+                opcode="REDUCE" if call.kind == "call" else "NEWOBJ",
+                state=None if state is None else conv(state),
+                dictitems=None
+                if pairs is None
+                else {
+                    safe_key(k if type(k) in atoms else conv(k)): v if type(v) in atoms else conv(v)
+                    for k, v in pairs
+                },
+                listitems=None if listed is None else items(listed),
+            )
+            return out
+        if kind is tuple:
+            out: Any = tuple([v if type(v) in atoms else conv(v) for v in obj])
         elif kind is Stub:
             out = first[id(obj._global)]
         elif kind is dict:
@@ -374,8 +537,9 @@ def _from_stream(rec: Any) -> PickleRecord:
 
     value = conv(rec.value)
     calls, persistent = [], []
+    get = memo.get
     for result in rec.results:  # every call and persistent id, reachable or not
-        (persistent if result.call is None else calls).append(conv(result))
+        (persistent if result.call is None else calls).append(get(id(result)) or conv(result))
     return PickleRecord(
         value,
         rec.protocol,
@@ -696,10 +860,11 @@ def zip_storage_locator(
 ) -> Callable[[StorageRef], tuple[int | None, str | None]]:
     """storage -> (absolute offset of its bytes or None when compressed, member name), checking
     that the member ``<prefix><folder>/<key>`` exists and is large enough."""
-    members = set(src.zip_names)
     cache: dict[str, tuple[int | None, str | None]] = {}
     headers: list[_LocalHeaders] = []  # opened on first use, closed when the locator is collected
     member_prefix = f"{prefix}{folder}/"
+    getinfo = src.zip().getinfo if src.zip_names else None  # (zip_names: [] when unreadable)
+    itemsize_of = dtypes.ITEMSIZE
 
     def location(storage: StorageRef) -> tuple[int | None, str | None]:
         key = storage.key
@@ -707,11 +872,14 @@ def zip_storage_locator(
         if hit is not None:
             return hit
         name = member_prefix + key
-        if name not in members:
-            raise CorruptFile(src.path, f"storage {key!r} has no member {name!r}")
-        info = src.zip().getinfo(name)
+        try:
+            if getinfo is None:
+                raise KeyError(name)
+            info = getinfo(name)  # the member names are the keys of its directory
+        except KeyError:
+            raise CorruptFile(src.path, f"storage {key!r} has no member {name!r}") from None
         size = info.file_size
-        need = storage.numel * (dtypes.itemsize(storage.dtype) or 1)
+        need = storage.numel * (itemsize_of.get(storage.dtype) or 1)
         if size < need:
             raise CorruptFile(
                 src.path, f"member {name!r} holds {size} bytes but its storage needs {need}"

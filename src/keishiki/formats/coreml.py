@@ -14,6 +14,7 @@ from ..core.model import ModelInfo
 from ..core.source import Source
 from ..errors import CorruptFile, KeishikiError
 from ._summary import first_varint_field, list_files, varint
+from .registry import Match
 
 FORMAT = "coreml"
 MAX_SPEC_VERSION = 100  # Core ML specification versions are small integers (9 in 2024)
@@ -101,9 +102,7 @@ def _manifest(src: Source) -> dict[str, Any] | None:
     return data if ok else None
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir:
         if src.has("Manifest.json") and _manifest(src) is not None:
             return Match(FORMAT, "mlpackage", reason="folder with a Core ML Manifest.json")

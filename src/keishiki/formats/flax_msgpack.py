@@ -25,6 +25,7 @@ from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
+from .registry import Match
 
 FORMAT = "flax-msgpack"
 MAX_DEPTH = 100
@@ -222,9 +223,7 @@ def _has_array(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     head = src.head
     if src.is_dir or len(head) < 6 or not (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
         return None  # (6 bytes: a map32 header is 5 bytes before its first key)

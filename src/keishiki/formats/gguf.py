@@ -30,6 +30,7 @@ from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 from . import gguf_split
+from .registry import Match
 
 FORMAT = "gguf"
 MAGIC = b"GGUF"
@@ -113,9 +114,7 @@ def ggml_dtype(type_id: int) -> str:
     return _PLAIN_DTYPES.get(name, name.lower())
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir:  # a folder of GGUF files (one model, perhaps split): read() picks the file
         found = gguf_split.gguf_files(src)
         return (

@@ -25,6 +25,7 @@ from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile, KeishikiError, UnknownFormat
 from ._hf_sizes import LAYOUTS, kv_cache, parameters_from_config
+from .registry import Match
 
 FORMAT = "hf-model"
 
@@ -116,9 +117,7 @@ def _weight_files(src: Source) -> list[tuple[str, list[str], str | None]]:
     return found
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     config = _config(src)
     if config is None:
         return None

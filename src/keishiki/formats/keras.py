@@ -17,15 +17,14 @@ from ..core.model import ModelInfo
 from ..core.source import ZIP_ERRORS, Source, check_expansion
 from ..errors import CorruptFile
 from . import keras_h5
+from .registry import Match
 
 FORMAT = "keras"
 WEIGHTS = "model.weights.h5"
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     names = set(src.zip_names)
     if (
         "config.json" in names

@@ -23,6 +23,7 @@ from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
+from .registry import Match
 
 FORMAT = "keras-h5"
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -41,9 +42,7 @@ def signature_offset(head: bytes) -> int | None:
     return None
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir or signature_offset(src.head) is None:
         return None
     return Match(FORMAT, None, reason="HDF5 signature")

@@ -20,15 +20,14 @@ from ..core.model import ModelInfo
 from ..core.source import Source, check_expansion
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
+from .registry import Match
 
 FORMAT = "numpy"
 MAGIC = b"\x93NUMPY"
 MAX_HEADER_BYTES = 1 << 20  # numpy's own default limit is 10 kB; 1 MB leaves room for big shapes
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir:
         return None
     if src.head[:6] == MAGIC and len(src.head) >= 10:

@@ -1,7 +1,9 @@
 """ONNX: a protobuf ModelProto, its initializers embedded or in external data files.
 
-Read without the onnx package: :mod:`.onnx_proto` walks the wire format over a read-only
-``mmap`` and skips every tensor payload, recording where it lies.  External data locations
+Read without importing the onnx package: a small file (a graph whose weights are external
+data) is parsed by protobuf's C parser with onnx's schema (:mod:`.onnx_upb`, when its bytes
+are canonical), anything else by :mod:`.onnx_proto`'s walk, which skips every tensor
+payload, recording where it lies; both give the same :class:`Parsed`.  External data locations
 are resolved only inside the model's folder (``Source.child``: absolute paths, ``..`` and
 symlinks leading out are refused, CVE-2024-27318); files that are simply absent are listed
 in ``graph["missing_external_data_files"]``.
@@ -19,6 +21,7 @@ import os
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +33,8 @@ from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile, InvalidRequest
 from . import onnx_proto as pb
+from . import onnx_upb
+from .registry import Match
 
 FORMAT = "onnx"
 
@@ -129,24 +134,22 @@ def _file_looks_onnx(path: Path, head: bytes | None = None) -> bool:
     return pb.looks_like_model(head, path.stat().st_size)
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     path = _model_file(src)
     if path is None:
         return None
     if not _file_looks_onnx(path, None if src.is_dir else src.head):
         return None
     try:
-        model = parse(path)
+        parsed = parse(path)
     except pb.ProtoError:
         # the start is a ModelProto but the rest is broken: let read() say what is wrong
         return Match(FORMAT, "embedded", reason="protobuf ModelProto start (damaged further on)")
     except (OSError, ValueError):
         return None
-    if model.graph is None and not model.opset_import:
+    if not parsed.has_graph and not parsed.model.opset_import:
         return None
-    variant = "external-data" if any(t.is_external for t, _ in _all_tensors(model)) else "embedded"
+    variant = "external-data" if any(t.is_external for t, _ in parsed.tensors) else "embedded"
     where = f"folder with one ONNX file ({path.name})" if src.is_dir else "protobuf ModelProto"
     return Match(FORMAT, variant, reason=f"{where}: ir_version, opset imports and graph parse")
 
@@ -154,8 +157,26 @@ def sniff(src: Source):
 # ---- parsing ------------------------------------------------------------------------------------
 
 
-def parse(path: Path) -> pb.Model:
-    """The ModelProto of ``path`` (tensor payloads located, not read); cached per file state.
+@dataclass
+class Parsed:
+    """What :func:`read` needs from a ModelProto, however it was parsed."""
+
+    model: pb.Model  # the model-level fields (its ``graph`` is not used past parsing)
+    has_graph: bool
+    tensors: list[tuple[Any, dict[str, str]]]  # (tensor, where) as _all_tensors yields them
+    graph_name: str = ""
+    init_names: set[str] = field(default_factory=set)
+    n_initializers: int = 0
+    n_sparse_initializers: int = 0
+    inputs: list[pb.ValueInfo] = field(default_factory=list)
+    outputs: list[pb.ValueInfo] = field(default_factory=list)
+    op_types: list[str] = field(default_factory=list)  # the main graph's nodes
+    n_nodes_with_subgraphs: int = 0
+
+
+def parse(path: Path) -> Parsed:
+    """The ModelProto of ``path`` as :class:`Parsed` records (tensor payloads located, not
+    read); cached per file state.
 
     Raises:
         pb.ProtoError: the bytes are not a well-formed ModelProto.
@@ -165,14 +186,36 @@ def parse(path: Path) -> pb.Model:
 
 
 @lru_cache(maxsize=8)
-def _parse_cached(path: str, size: int, _mtime_ns: int) -> pb.Model:
+def _parse_cached(path: str, size: int, _mtime_ns: int) -> Parsed:
     if size == 0:
         raise pb.ProtoError("empty file", 0)
+    if size <= onnx_upb.FAST_MAX_BYTES:
+        with open(path, "rb") as fh:
+            parsed = _parse_fast(fh.read())
+        if parsed is not None:
+            return parsed
     reader = pb.open_file(path)
     try:
-        return pb.parse_model(reader)
+        return _from_walk(pb.parse_model(reader))
     finally:
         os.close(reader.fd)
+
+
+def _from_walk(model: pb.Model) -> Parsed:
+    graph = model.graph or pb.Graph()
+    return Parsed(
+        model=model,
+        has_graph=model.graph is not None,
+        tensors=list(_all_tensors(model)),
+        graph_name=graph.name,
+        init_names={t.name for t in graph.initializers},
+        n_initializers=len(graph.initializers),
+        n_sparse_initializers=graph.n_sparse_initializers,
+        inputs=graph.inputs,
+        outputs=graph.outputs,
+        op_types=[n.op_type for n in graph.nodes],
+        n_nodes_with_subgraphs=_count_nodes(graph),
+    )
 
 
 def _all_tensors(model: pb.Model):
@@ -201,6 +244,42 @@ def _graph_tensors(graph: pb.Graph, prefix: str):
 
 def _count_nodes(graph: pb.Graph) -> int:
     return sum(1 + sum(_count_nodes(g) for _, g in n.subgraphs) for n in graph.nodes)
+
+
+def _parse_fast(data: bytes) -> Parsed | None:
+    """The same Parsed through protobuf's C parser (:mod:`.onnx_upb`), or None when only the
+    walk can say (not canonical bytes, no onnx/protobuf, nesting past the walk's bound)."""
+    message = onnx_upb.parse(data)
+    if message is None:
+        return None
+    conv = onnx_upb.Converter(data)
+    graph = message.graph
+
+    def graph_span() -> tuple[int, int]:
+        for number, wire, span in pb.iter_fields(data, 0, len(data)):
+            if number == 7 and wire == pb.LEN:
+                return span
+        raise onnx_upb.Fallback("no graph field")
+
+    try:
+        tensors: list[tuple[Any, dict[str, str]]] = []
+        op_types, n_nodes = conv.graph(graph, "", graph_span, tensors)
+        n_init = len(graph.initializer)
+        return Parsed(
+            model=conv.model_record(message),
+            has_graph=message.HasField("graph"),
+            tensors=tensors,
+            graph_name=onnx_upb.text(graph.name),
+            init_names={t.name for t, _where in tensors[:n_init]},
+            n_initializers=n_init,
+            n_sparse_initializers=len(graph.sparse_initializer),
+            inputs=[conv.value_info(v) for v in graph.input],
+            outputs=[conv.value_info(v) for v in graph.output],
+            op_types=op_types,
+            n_nodes_with_subgraphs=n_nodes,
+        )
+    except onnx_upb.Fallback:
+        return None
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -232,8 +311,9 @@ def _value_infos(infos: list[pb.ValueInfo], exclude: set[str]) -> tuple[list[str
     for vi in infos:
         if vi.name in exclude:
             continue
-        text.append(f"{vi.name}:{describe_type(vi.type)}")
-        entry: dict[str, Any] = {"name": vi.name, "type": describe_type(vi.type)}
+        described = describe_type(vi.type)
+        text.append(f"{vi.name}:{described}")
+        entry: dict[str, Any] = {"name": vi.name, "type": described}
         if vi.type.get("kind") == "tensor":
             entry["dtype"] = dtypes.from_onnx(vi.type["elem_type"])
             entry["shape"] = vi.type["shape"]
@@ -241,8 +321,14 @@ def _value_infos(infos: list[pb.ValueInfo], exclude: set[str]) -> tuple[list[str
     return text, structured
 
 
+# every pattern above starts with one of these (a cheap test for the many ordinary names)
+_GENERATED_PREFIXES = ("onnx::", "onnx__", "val_", "Constant_")
+
+
 def generated_name_kind(name: str) -> str | None:
     """Which exporter-generated naming pattern ``name`` follows (``"val_<N>"``...), or None."""
+    if not name.startswith(_GENERATED_PREFIXES):
+        return None
     for label, pattern, _meaning in GENERATED_NAMES:
         if pattern.match(name):
             return label
@@ -284,7 +370,7 @@ class _Reader:
 
     def tensor_info(self, t: pb.Tensor, where: dict[str, str]) -> TensorInfo:
         dtype = dtypes.from_onnx(t.data_type)
-        if any(d < 0 for d in t.dims):
+        if t.dims and min(t.dims) < 0:
             raise CorruptFile(
                 self.model_path, f"tensor {where['name']!r} has negative dims {t.dims}"
             )
@@ -362,11 +448,10 @@ class _Reader:
         )
 
 
-def _graph_summary(model: pb.Model, infos: list[TensorInfo], reader: _Reader) -> dict[str, Any]:
-    graph = model.graph or pb.Graph()
-    init_names = {t.name for t in graph.initializers}
-    inputs, inputs_detail = _value_infos(graph.inputs, init_names)
-    outputs, outputs_detail = _value_infos(graph.outputs, set())
+def _graph_summary(parsed: Parsed, infos: list[TensorInfo], reader: _Reader) -> dict[str, Any]:
+    model = parsed.model
+    inputs, inputs_detail = _value_infos(parsed.inputs, parsed.init_names)
+    outputs, outputs_detail = _value_infos(parsed.outputs, set())
     initializer_infos = [
         i for i in infos if i.extra.get("source") == "initializer" and "graph" not in i.extra
     ]
@@ -376,16 +461,16 @@ def _graph_summary(model: pb.Model, infos: list[TensorInfo], reader: _Reader) ->
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "domain": model.domain or None,
         "model_version": model.model_version,
-        "graph_name": graph.name,
+        "graph_name": parsed.graph_name,
         "inputs": inputs,
         "outputs": outputs,
         "inputs_detail": inputs_detail,
         "outputs_detail": outputs_detail,
-        "n_nodes": len(graph.nodes),
-        "n_nodes_with_subgraphs": _count_nodes(graph),
-        "op_types": dict(Counter(n.op_type for n in graph.nodes).most_common()),
-        "n_initializers": len(graph.initializers),
-        "n_sparse_initializers": graph.n_sparse_initializers,
+        "n_nodes": len(parsed.op_types),
+        "n_nodes_with_subgraphs": parsed.n_nodes_with_subgraphs,
+        "op_types": dict(Counter(parsed.op_types).most_common()),
+        "n_initializers": parsed.n_initializers,
+        "n_sparse_initializers": parsed.n_sparse_initializers,
         "n_constants": sum(1 for i in infos if i.extra.get("source") == "constant"),
         # elements of Constant nodes: listed as tensors, not counted as parameters
         "constant_elements": sum(i.numel for i in infos if i.extra.get("source") == "constant"),
@@ -420,19 +505,20 @@ def read(src: Source, match) -> ModelInfo:
     if model_path is None:
         raise CorruptFile(src.path, "folder does not hold exactly one .onnx file")
     try:
-        model = parse(model_path)
+        parsed = parse(model_path)
     except pb.ProtoError as exc:
         raise CorruptFile(
             model_path, f"{exc.reason} (truncated or not ONNX)", offset=exc.offset
         ) from None
+    model = parsed.model
     reader = _Reader(src, model_path, model)
     infos: list[TensorInfo] = []
     tensors: dict[tuple[str, str | None], pb.Tensor] = {}
-    for t, where in _all_tensors(model):
+    for t, where in parsed.tensors:
         info = reader.tensor_info(t, where)
         infos.append(info)
         tensors[(info.name, info.extra.get("graph"))] = t
-    graph = _graph_summary(model, infos, reader)
+    graph = _graph_summary(parsed, infos, reader)
     warnings = list(reader.warnings)
     if graph["missing_external_data_files"]:
         warnings.append(

@@ -36,6 +36,7 @@ from ..core.source import HEAD_BYTES, Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 from ._torch_pickle import walk_named
+from .registry import Match
 
 FORMAT = "pickle"
 # first opcodes of protocol 0/1 pickles of ordinary objects: MARK, EMPTY_LIST/DICT/TUPLE,
@@ -57,9 +58,7 @@ def _head_parses(head: bytes, whole_file: bool) -> PickleRecord | None:
     return None
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir or src.looks_like_zip:
         return None
     head = src.head

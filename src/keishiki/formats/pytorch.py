@@ -36,6 +36,7 @@ from ._torch_pickle import (
     REBUILD_META,
     REBUILD_TENSOR,
     REBUILD_WRAPPERS,
+    StateDictReading,
     StorageRef,
     TensorRef,
     class_name,
@@ -48,11 +49,12 @@ from ._torch_pickle import (
     module_state,
     plain_value,
     quantizer_params,
-    read_torch_pickle,
+    read_torch_object,
     span,
     walk_tensors,
     zip_storage_locator,
 )
+from .registry import Match
 
 FORMAT = "pytorch"
 TORCH_MAGIC = 0x1950A86A20F9469CFC6C
@@ -131,9 +133,7 @@ def _magic_bytes() -> list[bytes]:
     return [b"\x8a\x0a" + body]
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir:
         return None
     if src.looks_like_zip:
@@ -184,14 +184,13 @@ def classify(root: Any, names: list[str], modules: list[str]) -> tuple[str, list
 
 @dataclass
 class _Parsed:
-    record: PickleRecord
     tensors: list[TensorInfo]
     refs: dict[str, TensorRef]
     details: dict[str, Any]
 
 
 def parse_object(
-    rec: PickleRecord,
+    rec: PickleRecord | StateDictReading,
     path: str,
     storage_location: Callable[[StorageRef], tuple[int | None, str | None]],
 ) -> _Parsed:
@@ -200,16 +199,28 @@ def parse_object(
     ``storage_location(storage)`` gives (absolute byte offset of the storage's first byte
     or None, file/member name or None) for TensorInfo.data_offset / file.
     """
-    found = list(walk_tensors(rec.value, path))
-    names = [n for n, _, _ in found]
-    modules = module_classes(rec)
-    kind, ckpt_keys = classify(rec.value, names, modules)
+    if isinstance(rec, StateDictReading):  # a plain state_dict: its tensors are read
+        found: list[tuple[str, Any, TensorRef]] = rec.found
+        root: Any = dict.fromkeys(rec.keys)  # what classify looks at: the keys
+        modules: list[str] = []
+        kind, ckpt_keys = classify(root, [n for n, _, _ in found], modules)
+        top_keys, root_type = rec.keys, rec.root_type
+        protocol, global_names, py2 = rec.protocol, rec.global_names, False
+    else:
+        found = list(walk_tensors(rec.value, path))
+        modules = module_classes(rec)
+        kind, ckpt_keys = classify(rec.value, [n for n, _, _ in found], modules)
+        items = mapping_items(rec.value)
+        top_keys = [key_text(k) for k, _ in items] if items is not None else []
+        root_type = class_name(rec.value) if isinstance(rec.value, Call) else type_name(rec.value)
+        protocol, py2 = rec.protocol, rec.py2_strings
+        global_names = sorted({g.qualname for g in rec.globals})
     tensors: list[TensorInfo] = []
     refs: dict[str, TensorRef] = {}
     by_storage: dict[str, list[str]] = {}
     itemsize_of = dtypes.ITEMSIZE  # per-tensor loop: plain dict and local lookups
     new = object.__new__
-    for name, _call, ref in found:
+    for name, call, ref in found:
         name = name or "tensor"
         dtype, shape, stride, storage_offset = ref.dtype, ref.shape, ref.stride, ref.storage_offset
         itemsize = itemsize_of.get(dtype) or 1
@@ -245,7 +256,7 @@ def parse_object(
         if ref.kind != "tensor":
             extra["tensor_kind"] = ref.kind
         if ref.kind == "quantized":
-            extra["quantizer"] = quantizer_params(_call)
+            extra["quantizer"] = quantizer_params(call)
         info = new(TensorInfo)  # TensorInfo(...) without the frozen dataclass's __setattr__s
         info.__dict__.update(
             name=name,
@@ -258,27 +269,25 @@ def parse_object(
         )
         tensors.append(info)
         refs[name] = ref
-    items = mapping_items(rec.value)
-    top_keys = [key_text(k) for k, _ in items] if items is not None else []
     details: dict[str, Any] = {
         "kind": kind,
-        "pickle_protocol": rec.protocol,
-        "globals": sorted({g.qualname for g in rec.globals}),
-        "root_type": class_name(rec.value) if isinstance(rec.value, Call) else type_name(rec.value),
+        "pickle_protocol": protocol,
+        "globals": global_names,
+        "root_type": root_type,
         "n_top_keys": len(top_keys),
         "top_keys": top_keys[:100],
         "n_storages": len(by_storage),
         "shared_storages": [
             {"storage_key": k, "tensors": v} for k, v in by_storage.items() if len(v) > 1
         ],
-        "python2_pickle": rec.py2_strings,
+        "python2_pickle": py2,
     }
     if ckpt_keys:
         details["checkpoint_keys"] = ckpt_keys
     if modules:
         details["module_classes"] = modules
         details["loading"] = MODULE_NOTE
-    return _Parsed(rec, tensors, refs, details)
+    return _Parsed(tensors, refs, details)
 
 
 def read_zip(src: Source, match) -> ModelInfo:
@@ -288,7 +297,11 @@ def read_zip(src: Source, match) -> ModelInfo:
         raise CorruptFile(src.path, "zip archive has no data.pkl")
     prefix = member[: -len("data.pkl")]
     where = f"{src.path}:{member}"
-    rec = read_torch_pickle(src.read_member(member, MAX_PICKLE_BYTES), path=where, max_ops=MAX_OPS)
+    data = src.read_member(member, MAX_PICKLE_BYTES)
+    rec = read_torch_object(data, path=where, max_ops=MAX_OPS)
+    from .._scan.archives import share_directory  # noqa: PLC0415 - keeps scan out of import
+
+    share_directory(src.path, src.zip().infolist())  # the scan that follows takes it
     members = set(names)
     location = zip_storage_locator(src, prefix)
     parsed = parse_object(rec, where, location)
@@ -360,12 +373,16 @@ def read_legacy(src: Source, match) -> ModelInfo:
     info_dict = sys_info.value if isinstance(sys_info.value, dict) else {}
     little = info_dict.get("little_endian", True) is not False
     dtype_of: dict[str, str] = {}
-    for pid in main.persistent_ids:
-        if _legacy_module_pid(pid) is not None:
-            continue
-        storage = decode_storage(pid, path)
-        dtype_of.setdefault(storage.key, storage.dtype)
-    starts = _legacy_storage_offsets(src, keys, dtype_of, keys_rec.end, little)
+    if isinstance(main, StateDictReading):
+        for storage in main.storages:
+            dtype_of.setdefault(storage.key, storage.dtype)
+    else:
+        for pid in main.persistent_ids:
+            if _legacy_module_pid(pid) is not None:
+                continue
+            storage = decode_storage(pid, path)
+            dtype_of.setdefault(storage.key, storage.dtype)
+    starts = _legacy_storage_offsets(src, keys, dtype_of, keys_rec.end, little, data)
 
     def location(storage: StorageRef) -> tuple[int | None, str | None]:
         if storage.key not in starts:
@@ -384,7 +401,7 @@ def read_legacy(src: Source, match) -> ModelInfo:
             "n_storages": len(keys),
         }
     )
-    sources = _legacy_module_sources(main)
+    sources = [] if isinstance(main, StateDictReading) else _legacy_module_sources(main)
     if sources:
         details["module_sources"] = sources
     return ModelInfo(
@@ -423,12 +440,20 @@ def _legacy_module_sources(rec: PickleRecord) -> list[dict[str, Any]]:
     return out
 
 
-def _legacy_pickles(data: bytes, path: str) -> list[PickleRecord]:
+def _legacy_pickles(data: bytes, path: str) -> list[Any]:
     view = memoryview(data)
-    recs, pos = [], 0
+    recs: list[Any] = []
+    pos = 0
     for what in ("magic number", "protocol version", "sys_info", "object", "storage keys"):
         try:  # torch's names from the second pickle on, as the scan reads them
-            rec = read_torch_pickle(view, pos, path=path, max_ops=MAX_OPS, torch_names=bool(recs))
+            rec = read_torch_object(
+                view,
+                pos,
+                path=path,
+                max_ops=MAX_OPS,
+                torch_names=bool(recs),
+                state_dicts=what == "object",
+            )
         except CorruptFile as exc:
             raise CorruptFile(path, f"legacy {what} pickle: {exc.reason}", exc.offset) from None
         recs.append(rec)
@@ -439,11 +464,19 @@ def _legacy_pickles(data: bytes, path: str) -> list[PickleRecord]:
 
 
 def _legacy_storage_offsets(
-    src: Source, keys: list[str], dtype_of: dict[str, str], pos: int, little: bool
+    src: Source,
+    keys: list[str],
+    dtype_of: dict[str, str],
+    pos: int,
+    little: bool,
+    head: bytes = b"",
 ) -> dict[str, int]:
-    """Byte offset of each storage's data: per key, an int64 element count then the bytes."""
+    """Byte offset of each storage's data: per key, an int64 element count then the bytes.
+
+    ``head`` is the start of the file, already read: counts inside it are taken from it
+    (a checkpoint of small tensors has thousands of them), the rest from the file."""
     starts: dict[str, int] = {}
-    fmt = "<q" if little else ">q"
+    unpack = struct.Struct("<q" if little else ">q").unpack_from
     with open(src.path, "rb") as fh:  # one handle for thousands of 8-byte reads
         for key in keys:
             if key not in dtype_of:
@@ -453,11 +486,16 @@ def _legacy_storage_offsets(
                     f"(its element size is unknown)",
                     offset=pos,
                 )
-            fh.seek(pos)
-            raw = fh.read(8)
-            if len(raw) != 8:
-                raise CorruptFile(src.path, f"storage {key!r}: file ends in its header", offset=pos)
-            (numel,) = struct.unpack(fmt, raw)
+            if pos + 8 <= len(head):
+                (numel,) = unpack(head, pos)
+            else:
+                fh.seek(pos)
+                raw = fh.read(8)
+                if len(raw) != 8:
+                    raise CorruptFile(
+                        src.path, f"storage {key!r}: file ends in its header", offset=pos
+                    )
+                (numel,) = unpack(raw)
             nbytes = numel * (dtypes.itemsize(dtype_of[key]) or 1)
             if numel < 0 or pos + 8 + nbytes > src.size:
                 raise CorruptFile(

@@ -26,6 +26,7 @@ from ..core.model import ModelInfo
 from ..core.source import Source
 from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import CorruptFile, InvalidRequest
+from .registry import Match
 
 FORMAT = "safetensors"
 MAX_HEADER_BYTES = 100_000_000  # MAX_HEADER_SIZE of safetensors' Rust reader (not 100 MiB)
@@ -61,9 +62,7 @@ _MINUS_ZERO = re.compile(r"-0(?![0-9.eE])")  # serde reads "-0" as a float, Pyth
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     head = src.head
     if src.is_dir or len(head) < 10:
         return None

@@ -9,13 +9,12 @@ from __future__ import annotations
 from ..core.model import ModelInfo
 from ..core.source import Source
 from ._summary import first_varint_field, list_files
+from .registry import Match
 
 FORMAT = "tensorflow-savedmodel"
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir and (src.has("saved_model.pb") or src.has("saved_model.pbtxt")):
         return Match(FORMAT, None, reason="folder with saved_model.pb")
     # the graph file itself: its name plus SavedModel's leading schema version (field 1 = 1);

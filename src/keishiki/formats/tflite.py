@@ -12,6 +12,7 @@ from typing import Any
 
 from ..core.model import ModelInfo
 from ..core.source import Source
+from .registry import Match
 
 FORMAT = "tflite"
 MAX_FLATBUFFER_BYTES = 2 << 30  # flatbuffers address at most 2 GiB
@@ -60,9 +61,7 @@ class _Flat:
         )
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     head = src.head
     if src.is_dir or len(head) < 8 or head[4:8] != b"TFL3":
         return None

@@ -21,6 +21,7 @@ from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 from . import _torch7_parse as t7
+from .registry import Match
 
 FORMAT = "torch7"
 MAX_ASCII_BYTES = 1 << 30  # ascii files are parsed in memory
@@ -84,9 +85,7 @@ def _sniff_ascii(src: Source) -> bool:
         return False
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir or src.size < 8:
         return None
     if src.head[:1] in (b"\x03", b"\x04", b"\x06", b"\x07", b"\x08") and _sniff_binary(src):

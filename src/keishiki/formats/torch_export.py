@@ -24,6 +24,7 @@ from ..core.source import Source
 from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 from . import _torch_pickle as torch_pickle
+from .registry import Match
 
 FORMAT = "torch-export"
 MAX_JSON_BYTES = 512 * 1024 * 1024
@@ -91,9 +92,7 @@ def _root(names: list[str]) -> str | None:
     return None
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir or not src.looks_like_zip:
         return None
     names = src.zip_names

@@ -29,6 +29,7 @@ from ..core.tensor import TensorInfo
 from ..errors import CorruptFile
 from . import _torch_pickle as torch_pickle
 from . import pytorch
+from .registry import Match
 
 FORMAT = "torchscript"
 MAX_CODE_BYTES = 16 * 1024 * 1024  # one code file
@@ -64,9 +65,7 @@ def prefix_of(names: list[str]) -> str | None:
     return prefix if has_constants and has_code else None
 
 
-def sniff(src: Source):
-    from . import Match
-
+def sniff(src: Source) -> Match | None:
     if src.is_dir or not src.looks_like_zip:
         return None
     if prefix_of(src.zip_names) is None:

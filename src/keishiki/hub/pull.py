@@ -19,7 +19,12 @@ from . import _hf
 from .select import literal_pattern, skipped_for_safetensors
 
 if TYPE_CHECKING:
+    from huggingface_hub import ResolvedRevision
+
     from .._scan.findings import ScanReport
+
+LocalDir = str | os.PathLike[str] | None
+Patterns = Sequence[str] | None
 
 
 class ScannedReport:
@@ -92,9 +97,9 @@ class PullReport(ScannedReport):
 def pull(
     repo_id: str,
     revision: str | None = None,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    local_dir: str | os.PathLike | None = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    local_dir: LocalDir = None,
     prefer_safetensors: bool = False,
     quiet: bool = False,
 ) -> PullReport:
@@ -128,10 +133,14 @@ def pull(
     spec = _spec(repo_id, revision)
     hub = _hf.hf()
     with _hf.hub_errors(spec), _hf.cache_headers_checked():
-        skipped, commit, warnings, files = [], None, [], None
-        revision: Any = spec.revision
+        skipped: list[str] = []
+        warnings: list[str] = []
+        files: list[str] | None = None
+        commit: str | None = None
+        # what snapshot_download gets: as asked, or the commit model_info resolved it to
+        download: str | ResolvedRevision | None = spec.revision
         api_error: Exception | None = None  # the Hub failed: the cache alone answers
-        if prefer_safetensors or not (_hf.offline() or _hf.COMMIT.fullmatch(revision or "")):
+        if prefer_safetensors or not (_hf.offline() or _hf.COMMIT.fullmatch(spec.revision or "")):
             try:
                 files, commit = _repo_files(spec, local_dir)
             except Exception as exc:
@@ -139,12 +148,12 @@ def pull(
                     raise
                 api_error = exc
             else:
-                if not _hf.offline():
-                    revision = _pinned(spec, commit, local_dir)
+                if commit is not None and not _hf.offline():  # (offline: no commit named)
+                    download = _pinned(spec, commit, local_dir)
         if prefer_safetensors:
             if files is None:
                 warnings.append(
-                    "--prefer-safetensors: the file list is not known offline and "
+                    "prefer_safetensors=True: the file list is not known offline and "
                     "not cached; nothing was skipped"
                 )
             else:
@@ -159,7 +168,7 @@ def pull(
                 folder = Path(
                     hub.snapshot_download(
                         spec.repo_id,
-                        revision=revision,
+                        revision=download,
                         allow_patterns=list(include or []) or None,
                         ignore_patterns=ignore,
                         local_dir=local_dir,
@@ -209,7 +218,7 @@ def _spec(repo_id: str, revision: str | None) -> _hf.RepoSpec:
     return _hf.RepoSpec(spec.repo_id, spec.revision or revision)
 
 
-def _repo_files(spec: _hf.RepoSpec, local_dir) -> tuple[list[str] | None, str | None]:
+def _repo_files(spec: _hf.RepoSpec, local_dir: LocalDir) -> tuple[list[str] | None, str | None]:
     """(every file of the repository at the revision, its commit): one ``model_info`` call
     online; offline, the tree listing an earlier pull cached (None when there is none)."""
     hub = _hf.hf()
@@ -270,7 +279,7 @@ def _cache_may_answer(exc: Exception) -> bool:
     )
 
 
-def _pinned(spec: _hf.RepoSpec, commit: str, local_dir) -> Any:
+def _pinned(spec: _hf.RepoSpec, commit: str, local_dir: LocalDir) -> ResolvedRevision:
     """The revision ``snapshot_download`` gets once ``model_info`` said its commit: that
     commit as huggingface_hub's ``ResolvedRevision`` (so it does not ask again).
 
@@ -347,7 +356,7 @@ def _commit_from_refs(spec: _hf.RepoSpec) -> str | None:
         return None
 
 
-def _filtered(files: list[str], include, exclude) -> list[str]:
+def _filtered(files: list[str], include: Patterns, exclude: Patterns) -> list[str]:
     from huggingface_hub.utils import filter_repo_objects
 
     return list(
@@ -360,7 +369,12 @@ def _filtered(files: list[str], include, exclude) -> list[str]:
 
 
 def _pulled(
-    spec: _hf.RepoSpec, commit: str | None, folder: Path, local_dir, include, ignore
+    spec: _hf.RepoSpec,
+    commit: str | None,
+    folder: Path,
+    local_dir: LocalDir,
+    include: Patterns,
+    ignore: Patterns,
 ) -> tuple[list[str], int]:
     """The repository files this pull covers and their bytes, from the tree listing
     huggingface_hub cached beside the snapshot (the folder's files when there is none)."""
@@ -380,9 +394,9 @@ def _pulled(
     return files, sum(sizes[f] or 0 for f in files)
 
 
-def _patterns(include, exclude) -> str:
-    parts = [f"--include {p!r}" for p in include or []]
-    parts += [f"--exclude {p!r}" for p in exclude or []]
+def _patterns(include: Patterns, exclude: Patterns) -> str:
+    parts = [f"include={p!r}" for p in include or []]
+    parts += [f"exclude={p!r}" for p in exclude or []]
     return " ".join(parts) or "the filters"
 
 

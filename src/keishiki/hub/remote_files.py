@@ -48,7 +48,7 @@ def inspect_file(repo: RangedRepo, name: str) -> ModelInfo:
         CorruptFile: the bytes break the format, or cannot be read by range (a legacy
             pickle over 16 MiB: pull it).
     """
-    from ..formats import inspect
+    from ..inspecting import inspect
 
     if not readable(name):
         raise InvalidRequest(

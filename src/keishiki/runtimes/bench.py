@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InvalidRequest, KeishikiError
+from ..errors import InvalidRequest, KeishikiError, PathNotFound
 
 DEFAULT_BACKENDS = {
     "hf-model": ["torch", "onnxruntime", "torchscript"],
@@ -164,6 +164,7 @@ def bench(
         backend's greedy tokens with the first one's.
 
     Raises:
+        PathNotFound: no such model path.
         InvalidRequest: bad sizes, an unknown backend, a model that cannot generate.
         UnsafeFile: the model scans dangerous or unknown, without ``trust_remote_code``.
     """
@@ -172,7 +173,7 @@ def bench(
 
     model = Path(model)
     if not model.exists():
-        raise InvalidRequest(f"{model}: no such file or folder")
+        raise PathNotFound(model)
     for name, value in (
         ("prompt-len", prompt_len),
         ("gen-len", gen_len),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from ..errors import InvalidRequest
 
@@ -115,8 +116,9 @@ class SamplingParams:
             self.seed is None or isinstance(self.seed, int),
             f"seed must be an integer, got {self.seed!r}.",
         )
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         _check(
-            all(isinstance(s, str) and s for s in self.stop),
+            all(isinstance(s, str) and s for s in stop),
             f"stop must be non-empty strings, got {self.stop!r}.",
         )
         for name in ("logprobs", "prompt_logprobs"):
@@ -127,21 +129,21 @@ class SamplingParams:
                 f"{name} must be None or a non-negative integer, got {value!r}.",
             )
         _check(
-            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids or []),
             f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}.",
         )
         return self
 
-    def clone(self, **changes) -> "SamplingParams":
+    def clone(self, **changes: Any) -> SamplingParams:
         """A copy with ``changes`` applied."""
         return replace(self, **changes)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (``extra`` left out)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
 
 
-def _num(value) -> bool:
+def _num(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 

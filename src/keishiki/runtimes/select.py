@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._optional import available
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, PathNotFound
 
 BACKENDS = ("auto", "torch", "onnxruntime", "torchscript", "vllm")
 # which format each explicit backend runs
@@ -102,15 +102,16 @@ def choose(path: str | Path, backend: str = "auto") -> Choice:
     """Pick the engine for ``path``.
 
     Raises:
-        InvalidRequest: no such path, an unknown backend name, a format that cannot generate,
-            or a backend that does not run this format.
+        PathNotFound: no such path.
+        InvalidRequest: an unknown backend name, a format that cannot generate, or a backend
+            that does not run this format.
         UnknownFormat: keishiki does not recognise the file.
     """
     path = Path(path)
     if backend not in BACKENDS:
         raise InvalidRequest(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if not path.exists():
-        raise InvalidRequest(f"{path}: no such file or folder")
+        raise PathNotFound(path)
     fmt = detect_format(path)
     model_file, folder = _locate(path, fmt)
     if backend == "auto":

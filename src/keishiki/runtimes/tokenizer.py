@@ -49,7 +49,7 @@ def find_tokenizer_dir(model: Path, tokenizer: str | Path | None) -> Path:
     where = candidates[0]
     raise RuntimeUnavailable(
         f"{where}: no tokenizer.json there; pass the folder of the model's Hugging Face "
-        f"tokenizer (tokenizer=PATH, or --tokenizer PATH)"
+        f"tokenizer (tokenizer=PATH)"
     )
 
 

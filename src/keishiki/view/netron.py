@@ -23,25 +23,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..core.model import ModelInfo
+from ..formats.registry import EXPORT_SUFFIXES, NETRON_GRAPH
 
-GRAPH_FORMATS = frozenset(
-    {
-        "onnx",
-        "torchscript",
-        "torch-export",
-        "tflite",
-        "coreml",
-        "tensorflow-savedmodel",
-        "keras",
-        "torch7",
-    }
-)
 # the file Netron must be given for a model that is a folder
 _FOLDER_ENTRY = {
     "tensorflow-savedmodel": ("saved_model.pb",),
     "coreml": ("Data/com.apple.CoreML/model.mlmodel",),
 }
-_EXPORT_SUFFIXES = (".onnx", ".pt", ".pt2", ".pth", ".jit")
 
 
 def available() -> bool:
@@ -69,7 +57,7 @@ def gguf_architectures() -> frozenset[str]:
 
 def draws_graph(info: ModelInfo) -> bool:
     """Whether Netron shows ``info`` as a graph (not only a list of weights)."""
-    if info.format in GRAPH_FORMATS:
+    if info.format in NETRON_GRAPH:  # (the registry's netron="graph"; "depends" below)
         return True
     if info.format == "keras-h5":
         return bool((info.details.get("keras-h5") or {}).get("model_class"))
@@ -92,7 +80,7 @@ def target(info: ModelInfo) -> str | None:
         if (path / entry).is_file():
             return str(path / entry)
     # an export folder (model.onnx or model.pt beside its tokenizer and config)
-    found = [p for p in sorted(path.iterdir()) if p.suffix in _EXPORT_SUFFIXES and p.is_file()]
+    found = [p for p in sorted(path.iterdir()) if p.suffix in EXPORT_SUFFIXES and p.is_file()]
     onnx = [p for p in found if p.suffix == ".onnx"]
     pick = onnx or found
     return str(pick[0]) if len(pick) == 1 or (onnx and pick[0].name == "model.onnx") else None

@@ -1,0 +1,91 @@
+"""cli/render.py's one-line table draws what rich's ``Table`` draws, faster."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from keishiki.cli import render
+
+ROWS = [
+    ["[green]safe[/]", escape("/m/[x]/a.pt"), "zip", "0", "12"],
+    ["[bold red]dangerous[/]", "モデル.pt", "pickle", "3", "0"],
+    ["", "b", "", "10", ""],
+]
+COLUMNS = ["verdict", "file", "kind", "dangerous", "safe"]
+
+
+def _console(color: bool, width: int = 200) -> Console:
+    return Console(
+        file=io.StringIO(),
+        width=width,
+        highlight=False,
+        soft_wrap=False,
+        color_system="truecolor" if color else None,
+        force_terminal=color,
+    )
+
+
+def _with_rich(console, columns, rows, right) -> str:
+    t = Table(header_style="bold")
+    for col in columns:
+        t.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+    return console.file.getvalue()
+
+
+def _drawn(console, monkeypatch, columns, rows, right) -> str | None:
+    monkeypatch.setattr(render, "console", console)
+    drawn = render._one_line_table(columns, rows, right)
+    if drawn is None:
+        return None
+    console.print(drawn, end="", soft_wrap=True)
+    return console.file.getvalue()
+
+
+@pytest.mark.parametrize(
+    "rows, right",
+    [
+        (ROWS, {"dangerous", "safe"}),
+        (ROWS, set()),
+        ([], {"safe"}),
+        ([["a", "b", "c", "d", "e"]], {"kind"}),
+    ],
+)
+def test_same_characters_as_rich(rows, right, monkeypatch):
+    expected = _with_rich(_console(False), COLUMNS, rows, right)
+    assert _drawn(_console(False), monkeypatch, COLUMNS, rows, right) == expected
+
+
+def _styles(ansi: str) -> list[tuple[str, str]]:
+    """Each character with the styles over it."""
+    from rich.text import Text
+
+    text = Text.from_ansi(ansi)
+    marks = [[] for _ in text.plain]
+    for span in text.spans:
+        for i in range(span.start, span.end):
+            marks[i].append(str(span.style))
+    return [(char, " ".join(sorted(m))) for char, m in zip(text.plain, marks)]
+
+
+def test_same_styles_as_rich(monkeypatch):
+    """With colour: each character under the same styles (rich may split the escape codes
+    differently)."""
+    expected = _with_rich(_console(True), COLUMNS, ROWS, {"safe"})
+    got = _drawn(_console(True), monkeypatch, COLUMNS, ROWS, {"safe"})
+    assert _styles(got) == _styles(expected)
+
+
+@pytest.mark.parametrize(
+    "rows, width",
+    [([["two\nlines", "b", "c", "d", "e"]], 200), (ROWS, 30)],
+)
+def test_rich_draws_what_needs_folding(rows, width, monkeypatch):
+    assert _drawn(_console(False, width), monkeypatch, COLUMNS, rows, set()) is None
