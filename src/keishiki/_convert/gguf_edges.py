@@ -137,12 +137,6 @@ def reference_reader(path: Path):
     return _plain_view_reader()(str(path))
 
 
-def open_reader(path: Path):
-    """``gguf.GGUFReader`` of the file holding the metadata of the GGUF model at ``path``
-    (the first split of a split model); checked as :func:`open_readers` does."""
-    return open_readers(path)[0]
-
-
 def _check_heads(
     src: Path,
     arch: archs.GGUFArch,

@@ -228,24 +228,6 @@ def torch_to_numpy(tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-@contextmanager
-def open_safetensors(path: Path) -> Iterator[tuple[list[str], dict, Callable[[str], np.ndarray]]]:
-    """(names, metadata, get) for a safetensors file through ``safetensors.safe_open``."""
-    from .._optional import available, require
-
-    require("safetensors", extra="safetensors", purpose="verify safetensors output")
-    from safetensors import safe_open
-
-    framework = "pt" if available("torch") else "np"
-    with safe_open(str(path), framework=framework) as fh:
-        names = list(fh.keys())
-        metadata = fh.metadata() or {}
-        if framework == "pt":
-            yield names, metadata, lambda n: torch_to_numpy(fh.get_tensor(n))
-        else:
-            yield names, metadata, fh.get_tensor
-
-
 class Rows:
     """One tensor of a safetensors file, read back a block of rows at a time.
 

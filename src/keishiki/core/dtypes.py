@@ -141,7 +141,6 @@ _ONNX = {
     22: "int4",
     23: "float4_e2m1",
 }
-_TO_ONNX = {v: k for k, v in _ONNX.items()}
 
 # ml_dtypes provides the numpy dtypes numpy itself lacks
 _ML_DTYPES = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"}
@@ -190,11 +189,6 @@ def from_torch_dtype(attr: str) -> str | None:
 def from_onnx(code: int) -> str:
     """ONNX TensorProto data type enum -> keishiki name."""
     return _ONNX.get(code, f"onnx_type_{code}")
-
-
-def to_onnx(name: str) -> int:
-    """keishiki name -> ONNX TensorProto enum value."""
-    return _TO_ONNX[name]
 
 
 def itemsize(name: str) -> int | None:

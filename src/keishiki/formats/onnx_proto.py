@@ -14,7 +14,6 @@ recursing without end or allocating what a length field claims.
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -607,8 +606,3 @@ def _graph_start_ok(head: bytes, pos: int, end: int) -> bool:
     except ProtoError:
         return True
     return _GRAPH_FIELDS.get(key >> 3) == key & 7
-
-
-def decode_float32(value: int) -> float:
-    """A fixed32 field as an IEEE float."""
-    return struct.unpack("<f", value.to_bytes(4, "little"))[0]

@@ -168,24 +168,3 @@ class Tokenizer:
             )
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"chat template failed: {exc}") from None
-
-
-class IncrementalDecoder:
-    """Turns a growing list of token ids into text deltas for streaming.
-
-    A token may end in the middle of a UTF-8 character (byte-level BPE): the decoded text then
-    ends with U+FFFD and the delta is held back until the character completes.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip = skip_special_tokens
-        self.emitted = ""
-
-    def delta(self, ids: list[int]) -> str:
-        """The text added since the last call."""
-        text = self.tokenizer.decode(ids, self.skip)
-        if text.endswith("\ufffd") or not text.startswith(self.emitted):
-            return ""
-        new, self.emitted = text[len(self.emitted) :], text
-        return new
