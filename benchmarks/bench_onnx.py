@@ -40,7 +40,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_info import build_onnx_external  # noqa: E402 - the same model layout
+from bench_pickle import extract_rev  # noqa: E402 - one `git archive` helper
 
 # child program: argv = folder, warm-up folder, repeat, kind; prints one JSON object
 _CHILD = """
@@ -133,16 +133,6 @@ def run_process(path: Path, kind: str, pythonpath: str | None) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, capture_output=True, env=_env(pythonpath), check=True)
     return time.perf_counter() - start
-
-
-def extract_rev(rev: str, dest: Path) -> Path:
-    """``git archive REV src`` unpacked under ``dest``; returns its ``src`` folder."""
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / "rev.tar"
-    subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), rev, "src"], check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "src"
 
 
 def _varint(value: int) -> bytes:

@@ -36,12 +36,14 @@ import shutil
 import struct
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pickle import extract_rev  # noqa: E402 - one `git archive` helper
+
 BIN = Path(sys.executable).parent
 GOALS = {"keishiki --help": 0.15, "keishiki info": 0.25}
 
@@ -66,16 +68,6 @@ def torch_folder(folder: Path, count: int) -> None:
     for n in range(count):
         state = {"fc.weight": torch.randn(8, 8), "fc.bias": torch.zeros(8), "step": n}
         torch.save(state, folder / f"ckpt_{n:03d}.pt")
-
-
-def extract_rev(rev: str, dest: Path) -> Path:
-    """``git archive REV src`` unpacked under ``dest``; returns its ``src`` folder."""
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / "rev.tar"
-    subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), rev, "src"], check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "src"
 
 
 def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:

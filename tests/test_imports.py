@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -123,3 +124,18 @@ def test_cli_start_up_skips_pydantic_and_markdown(args):
     args = [str(corpus_path(files[a])) if a in files else a for a in args]
     loaded = _modules_after_cli(args)
     assert not {"pydantic", "pydantic_core", "markdown_it", "pygments"} & loaded, args
+
+
+def test_scan_imports_the_format_registry_without_the_readers():
+    """``keishiki._scan`` takes its list of code-bearing formats from the format registry;
+    that must not pull in ModelInfo and the readers' imports (`scan` start-up)."""
+    path = corpus_path("pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt")
+    script = (
+        "import io, sys, contextlib, json\nfrom keishiki.cli.app import run\n"
+        f"with contextlib.redirect_stdout(io.StringIO()): run(['scan', {str(path)!r}])\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "keishiki.formats.registry" in loaded
+    assert not {"keishiki.core.model", "html"} & loaded

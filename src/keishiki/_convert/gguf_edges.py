@@ -25,6 +25,7 @@ from ..core import dtypes
 from ..core.progress import progress
 from ..core.tensor import LazyTensor, TensorInfo
 from ..errors import CorruptFile, InvalidRequest, MissingDependency
+from ..formats.gguf import PLAIN_DTYPES
 from . import gguf_archs as archs
 from . import gguf_names as names
 from . import gguf_quant as quants
@@ -39,16 +40,7 @@ from .weights import (
     write_safetensors,
 )
 
-_KEEP = {
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F64": "float64",
-    "I8": "int8",
-    "I16": "int16",
-    "I32": "int32",
-    "I64": "int64",
-}
+_KEEP = PLAIN_DTYPES  # GGML types kept as they are, by their numpy names
 GGUF_MAX_NAME = 63
 
 

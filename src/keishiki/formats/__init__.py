@@ -13,9 +13,8 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import replace
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from ..core.model import ModelInfo
 from ..core.source import Source
 from ..errors import CorruptFile, KeishikiError, UnknownFormat
 from .registry import (
@@ -29,6 +28,11 @@ from .registry import (
     FormatSpec,
     Match,
 )
+
+if (
+    TYPE_CHECKING
+):  # `keishiki scan` imports the registry: ModelInfo (and its display) only for readers
+    from ..core.model import ModelInfo
 
 # an optimum decoder folder holds several graphs: the one with the cache is run
 ONNX_PREFERRED = (

@@ -78,7 +78,7 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 }
 _TYPE_IDS = {name: type_id for type_id, (name, _b, _s) in GGML_TYPES.items()}
 # plain element types keep numpy/torch names; quantized ones their lower-case GGML names
-_PLAIN_DTYPES = {
+PLAIN_DTYPES = {
     "F32": "float32",
     "F16": "float16",
     "BF16": "bfloat16",
@@ -111,7 +111,7 @@ STRING, ARRAY = 8, 9
 def ggml_dtype(type_id: int) -> str:
     """GGML type id -> keishiki dtype (``float16``, ``q4_0``, ``q6_k``...)."""
     name = GGML_TYPES[type_id][0]
-    return _PLAIN_DTYPES.get(name, name.lower())
+    return PLAIN_DTYPES.get(name, name.lower())
 
 
 def sniff(src: Source) -> Match | None:
