@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -184,17 +185,75 @@ def test_child_encodes_as_the_tokenizers_here(tiny_llama, tmp_path):
     out = tmp_path / "m.gguf"
     keishiki.convert(tiny_llama, out, to="gguf", quiet=True, verify=False)
     flags = _tokenizer_flags(reference_reader(out))
-    child = TokenizerChild(tiny_llama)
-    child.send_gguf(out, flags)
     here = transformers.AutoTokenizer.from_pretrained(str(tiny_llama))
     gguf_here = load_gguf_tokenizer(out, flags)
-    for text, special in samples():
-        assert child.expected().encode(text, special) == here.encode(
-            text, add_special_tokens=special
-        )
-        assert child.got().encode(text, special) == gguf_here.encode(
-            text, add_special_tokens=special
-        )
+    for torch_free in (False, True):
+        child = TokenizerChild(tiny_llama, torch_free=torch_free)
+        child.send_gguf(out)
+        assert not child.failed()
+        for text, special in samples():
+            assert child.expected().encode(text, special) == here.encode(
+                text, add_special_tokens=special
+            )
+            assert child.got().encode(text, special) == gguf_here.encode(
+                text, add_special_tokens=special
+            )
+
+
+def test_torch_free_gguf_tokenizer_is_the_auto_one(tiny_llama, tmp_path):
+    """What the child loads without torch (transformers' generic class, its GGUF metadata
+    reader served by gguf-py) is the tokenizer ``AutoTokenizer`` builds: same backend JSON,
+    same special-token settings; and transformers has no class of its own for the
+    architectures that take that way."""
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    from keishiki._convert.encodings import TORCH_FREE_ARCHS, _serve_gguf_metadata
+    from keishiki._convert.gguf_edges import _tokenizer_flags, reference_reader
+    from keishiki._convert.gguf_vocab import load_gguf_tokenizer
+
+    assert all(
+        TOKENIZER_MAPPING_NAMES.get(a) in (None, "TokenizersBackend") for a in TORCH_FREE_ARCHS
+    )
+    out = tmp_path / "m.gguf"
+    keishiki.convert(tiny_llama, out, to="gguf", quiet=True, verify=False)
+    reader = reference_reader(out)
+    flags = _tokenizer_flags(reader)
+    auto = load_gguf_tokenizer(out, flags)
+    reader_module = "transformers.integrations.gguf.reader"
+    saved = sys.modules.get(reader_module)
+    try:
+        _serve_gguf_metadata(out, reader)
+        generic = load_gguf_tokenizer(out, flags, generic=True)
+    finally:
+        if saved is None:
+            sys.modules.pop(reader_module, None)
+        else:
+            sys.modules[reader_module] = saved
+    assert type(generic) is type(auto)
+    assert generic.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
+    for attr in ("bos_token", "eos_token", "unk_token", "pad_token", "add_bos_token"):
+        assert getattr(generic, attr) == getattr(auto, attr), attr
+
+
+def test_torch_free_child_that_fails_is_redone_here(tiny_llama, tmp_path, monkeypatch):
+    """Should the torch-free child fail on either side, the tokenizer is checked in this
+    process the usual way (transformers with torch), not left unchecked."""
+    from keishiki._convert import gguf_vocab
+    from keishiki._convert.encodings import TokenizerChild
+
+    here = []
+    real = gguf_vocab.load_gguf_tokenizer
+
+    def spy(path, kv, generic=False):
+        here.append(generic)
+        return real(path, kv, generic)
+
+    monkeypatch.setattr(TokenizerChild, "failed", lambda self: True)
+    monkeypatch.setattr(gguf_vocab, "load_gguf_tokenizer", spy)
+    report = keishiki.convert(tiny_llama, tmp_path / "m.gguf", to="gguf", quiet=True)
+    assert here == [False]
+    assert report.steps[0].verify["tokenizer"]["passed"] is True
+    assert report.verified and report.passed
 
 
 def test_child_that_cannot_load_a_tokenizer_says_why(tmp_path):

@@ -14,6 +14,23 @@ In the child, which does nothing else, transformers' GGUF loader is handed
 :func:`.gguf_edges.reference_reader`'s class as ``gguf.GGUFReader``: the same parsing over a
 plain view of the file's map (opening a 32000-token vocabulary: 0.4 s instead of 1.6 s).
 
+Without torch, where it can (``torch_free``): transformers 5 imports torch for any tokenizer
+when torch is installed (1.1 s here, and its tokenizer loading then imports more), yet loads
+tokenizers without it: that is its documented tokenizer-only mode, which the child enters
+by marking torch absent (``sys.modules["torch"] = None``) before importing transformers
+(the folder's side: 1.4 s instead of 3.5 s).  The GGUF's side needs one more step:
+``AutoTokenizer.from_pretrained(gguf_file=...)`` builds the model's config from the file
+with ``load_gguf_checkpoint``, which requires torch, only to pick the tokenizer class, and
+transformers' GGUF metadata reader module imports torch for its tensors.  For the
+architectures whose class is transformers' generic ``TokenizersBackend``
+(:data:`TORCH_FREE_ARCHS`, checked again in the child against transformers' own
+``TOKENIZER_MAPPING_NAMES``) the child calls that class directly, and transformers'
+``read_gguf_metadata`` is served from gguf-py's reader of the same file (the metadata,
+values as transformers' reader gives them).  The backend tokenizer that comes out is the
+same (tests/convert/test_verify_cost.py compares its JSON with the ``AutoTokenizer`` one).
+Should the torch-free child fail for any reason, the check runs here the usual way
+(:meth:`TokenizerChild.failed`).
+
 The child makes exactly the calls the in-process check makes (same functions, same
 arguments) and returns the ids; :class:`Recorded` hands them to
 :func:`.gguf_vocab.compare_encodings` as the tokenizers would.
@@ -27,8 +44,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# run by ``python -c``; stdin: a JSON line {"folder", "samples", "keishiki"}, later {"gguf",
-# "flags"} (or end of input: nothing more to do); stdout: one JSON object
+# GGUF architectures whose tokenizer transformers builds with its generic TokenizersBackend
+# (no class of their own in TOKENIZER_MAPPING_NAMES): their check runs without torch
+TORCH_FREE_ARCHS = frozenset({"llama"})
+
+# run by ``python -c``; stdin: a JSON line {"folder", "samples", "keishiki", "torch_free"},
+# later {"gguf"} (or end of input: nothing more to do); stdout: one JSON object
 _CHILD = r"""
 import json, sys
 from pathlib import Path
@@ -41,8 +62,10 @@ def encode(load, samples):
         return {"error": getattr(exc, "kind", type(exc).__name__), "message": str(exc)}
 
 first = json.loads(sys.stdin.readline())
-samples = first["samples"]
+samples, torch_free = first["samples"], first["torch_free"]
 sys.path.insert(0, first["keishiki"])  # this keishiki, however the parent found it
+if torch_free:  # transformers' tokenizer-only mode (see keishiki._convert.encodings)
+    sys.modules["torch"] = None
 
 def source():
     import transformers
@@ -51,23 +74,77 @@ def source():
 
 out = {"expected": encode(source, samples)}
 try:  # imported while the parent still writes
-    import gguf
-    from keishiki._convert.gguf_edges import _plain_view_reader
-    from keishiki._convert.gguf_vocab import load_gguf_tokenizer
-    # this process does nothing else: transformers' GGUF loader (it takes gguf.GGUFReader
-    # when called) gets the same reader over a plain view of the map, 4x faster to open
-    gguf.GGUFReader = _plain_view_reader()
+    from keishiki._convert.encodings import gguf_tokenizer
 except Exception as exc:
     failed = {"error": type(exc).__name__, "message": str(exc)}
 else:
     failed = None
 line = sys.stdin.readline()
 if line:
-    second = json.loads(line)
-    load = lambda: load_gguf_tokenizer(Path(second["gguf"]), second["flags"])
-    out["got"] = failed or encode(load, samples)
+    path = Path(json.loads(line)["gguf"])
+    out["got"] = failed or encode(lambda: gguf_tokenizer(path, torch_free), samples)
 sys.stdout.write(json.dumps(out))
 """
+
+
+def gguf_tokenizer(path: Path, torch_free: bool):
+    """The written GGUF's tokenizer, loaded in the child (:func:`.gguf_vocab.load_gguf_tokenizer`
+    with the flags the file holds, read by gguf-py as the parent reads them).
+
+    Raises:
+        ChildError: ``torch_free`` and transformers gives this architecture a tokenizer
+            class of its own (the parent then checks the usual way).
+    """
+    import gguf
+
+    from .gguf_edges import _plain_view_reader, _tokenizer_flags
+    from .gguf_vocab import load_gguf_tokenizer
+
+    reader = _plain_view_reader()(str(path))
+    flags = _tokenizer_flags(reader)
+    if not torch_free:
+        # transformers' loader takes gguf.GGUFReader when called: the same parsing over a
+        # plain view of the map, 4x faster to open (this process does nothing else)
+        gguf.GGUFReader = _plain_view_reader()
+        return load_gguf_tokenizer(path, flags)
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    arch = reader.fields["general.architecture"].contents()
+    # (a model type absent from the table gets the generic class too)
+    if TOKENIZER_MAPPING_NAMES.get(arch) not in (None, "TokenizersBackend"):
+        raise ChildError("NotGeneric", f"transformers has a tokenizer class of its own for {arch}")
+    _serve_gguf_metadata(path, reader)
+    return load_gguf_tokenizer(path, flags, generic=True)
+
+
+def _serve_gguf_metadata(path: Path, reader) -> None:
+    """Stand in for transformers' GGUF reader module (it imports torch) with a
+    ``read_gguf_metadata`` over gguf-py's ``reader`` of ``path``: values as transformers'
+    reader gives them (scalars and number arrays as Python values, a string array as its
+    count unless named in ``string_arrays``), and the tensor names."""
+    import sys
+    import types
+
+    import gguf
+
+    def read_gguf_metadata(gguf_path: str, string_arrays=()) -> tuple[dict, tuple[str, ...]]:
+        if Path(gguf_path).resolve() != path.resolve():
+            raise ChildError("UnexpectedFile", f"asked for {gguf_path}, read {path}")
+        metadata: dict[str, Any] = {}
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF."):  # gguf-py's header pseudo-fields
+                continue
+            strings = field.types[:1] == [gguf.GGUFValueType.ARRAY] and field.types[-1] == (
+                gguf.GGUFValueType.STRING
+            )
+            metadata[key] = (
+                len(field.data) if strings and key not in string_arrays else (field.contents())
+            )
+        return metadata, tuple(t.name for t in reader.tensors)
+
+    stand_in = types.ModuleType("transformers.integrations.gguf.reader")
+    stand_in.read_gguf_metadata = read_gguf_metadata  # type: ignore[attr-defined]
+    sys.modules[stand_in.__name__] = stand_in
 
 
 class Recorded:
@@ -101,8 +178,9 @@ class TokenizerChild:
     :meth:`send_gguf` hands it the written file; :meth:`expected` / :meth:`got` wait for the
     encodings (a :class:`Recorded` each) or raise :class:`ChildError` as loading would have."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, torch_free: bool = False):
         self._samples = samples()
+        self.torch_free = torch_free
         self._result: dict[str, Any] | None = None
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD],
@@ -113,7 +191,8 @@ class TokenizerChild:
             encoding="utf-8",
         )
         package_root = str(Path(__file__).resolve().parents[2])
-        self._send({"folder": str(folder), "samples": self._samples, "keishiki": package_root})
+        first = {"folder": str(folder), "samples": self._samples, "keishiki": package_root}
+        self._send({**first, "torch_free": torch_free})
 
     def _send(self, message: dict) -> None:
         if self._proc.stdin is None:
@@ -124,9 +203,9 @@ class TokenizerChild:
         except OSError:  # the child has ended already: its output says why
             self.close()
 
-    def send_gguf(self, path: Path, flags: dict[str, Any]) -> None:
-        """Load ``path``'s tokenizer with ``load_gguf_tokenizer(path, flags)`` in the child."""
-        self._send({"gguf": str(path), "flags": flags})
+    def send_gguf(self, path: Path) -> None:
+        """Load the written ``path``'s tokenizer in the child (:func:`gguf_tokenizer`)."""
+        self._send({"gguf": str(path)})
         self.close()
 
     def close(self) -> None:
@@ -164,6 +243,11 @@ class TokenizerChild:
             raise ChildError(side["error"], side["message"])
         return Recorded(dict(zip(self._samples, side["ids"])))
 
+    def failed(self) -> bool:
+        """Whether either side could not be encoded in the child."""
+        result = self._wait()
+        return any("error" in (result.get(key) or {"error": 1}) for key in ("expected", "got"))
+
     def expected(self) -> Recorded:
         """The folder's tokenizer's encodings."""
         return self._side("expected")
@@ -173,6 +257,7 @@ class TokenizerChild:
         return self._side("got")
 
 
-def start(folder: Path) -> TokenizerChild:
-    """Start the child process for ``folder`` (OSError when no interpreter can start)."""
-    return TokenizerChild(folder)
+def start(folder: Path, arch: str) -> TokenizerChild:
+    """Start the child process for ``folder``, to be converted as GGUF architecture ``arch``
+    (OSError when no interpreter can start)."""
+    return TokenizerChild(folder, torch_free=arch in TORCH_FREE_ARCHS)

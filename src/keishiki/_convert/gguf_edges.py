@@ -752,7 +752,7 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     if opts.verify and vocab and not (vocab.model == "gpt2" and arch.bpe_pre_from_transformers):
         # not needed before the check: a child process encodes with it while the GGUF is
         # written, then with the GGUF's while the tensors are read back (:mod:`.encodings`)
-        child = _tokenizer_child(src)
+        child = _tokenizer_child(src, arch.name)
     if vocab and vocab.model == "gpt2" and arch.bpe_pre_from_transformers:
         vocab.pre = _transformers_bpe_pre(source_tokenizer) or vocab.pre
 
@@ -786,19 +786,18 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
             if vocab:
                 required += vocab.required_keys()
             if opts.verify:
+                if child:  # the first split holds the tokenizer; the child reads it itself
+                    child.send_gguf(files[0])
                 readers = [reference_reader(f) for f in files]  # each file opened once
-                if vocab:  # the first split holds the tokenizer; transformers reads it itself
-                    flags = _tokenizer_flags(readers[0])
-                    if child:
-                        child.send_gguf(files[0], flags)
                 total = sum(p.source.info.nbytes for p in plan)
                 with progress(total, "verifying", opts.quiet, unit_bytes=True) as adv:
                     report.verify = verify_gguf(files, plan, required, readers, adv)
                 if vocab:
                     with progress(None, "verifying the tokenizer", opts.quiet):
-                        if child:
+                        flags = _tokenizer_flags(readers[0])
+                        if child and not (child.torch_free and child.failed()):
                             check_tokenizer(report, child.expected, child.got)
-                        else:
+                        else:  # no child, or its torch-free loading could not: here, as usual
                             check_tokenizer(
                                 report,
                                 source_tokenizer,
@@ -898,9 +897,10 @@ def _tokenizer_flags(reader) -> dict[str, Any]:
     return {k: reader.fields[k].contents() for k in wanted if k in reader.fields}
 
 
-def _tokenizer_child(folder: Path):
+def _tokenizer_child(folder: Path, arch: str):
     """The child process that encodes both sides of the tokenizer check
-    (:class:`.encodings.TokenizerChild`), started now; None when transformers is missing (the
+    (:class:`.encodings.TokenizerChild`; without torch where ``arch``, the GGUF architecture,
+    allows), started now; None when transformers is missing (the
     check then says so itself) or no interpreter can start (the check then runs here)."""
     from .._optional import available
 
@@ -909,7 +909,7 @@ def _tokenizer_child(folder: Path):
     from .encodings import start
 
     try:
-        return start(folder)
+        return start(folder, arch)
     except OSError:  # no interpreter to start (an embedded Python)
         return None
 

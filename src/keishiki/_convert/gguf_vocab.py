@@ -442,7 +442,7 @@ def write_hf_tokenizer(out: Path, kv: dict[str, Any], gguf_path: Path | None = N
     return []
 
 
-def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
+def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any], generic: bool = False):
     """transformers' tokenizer for a GGUF file, BOS/EOS and spaces as llama.cpp handles them.
 
     Two corrections on top of transformers' GGUF loader (5.x), both checked against
@@ -459,6 +459,10 @@ def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
     Args:
         gguf_path: the GGUF file (only its metadata is read).
         kv: its ``tokenizer.ggml.*`` metadata (model, add_bos/add_eos/add_space_prefix).
+        generic: load with transformers' generic ``TokenizersBackend`` (what ``AutoTokenizer``
+            picks for an architecture without a tokenizer class of its own) instead of
+            ``AutoTokenizer``, which first builds the model's config from the file, and for
+            most architectures that needs torch (see :mod:`.encodings`).
 
     Raises:
         MissingDependency: transformers is not installed.
@@ -483,7 +487,8 @@ def load_gguf_tokenizer(gguf_path: Path, kv: dict[str, Any]):
         except OSError:  # no symlinks here (Windows without the privilege): best effort
             pass
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
+            loader = transformers.TokenizersBackend if generic else transformers.AutoTokenizer
+            tokenizer = loader.from_pretrained(
                 folder, gguf_file=name, add_bos_token=bool(add_bos), add_eos_token=bool(add_eos)
             )
         finally:
