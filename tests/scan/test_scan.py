@@ -207,7 +207,10 @@ def test_zip_bomb_is_an_error(tmp_path):
         (b"PK\x05\x06" + b"\0" * 18, 2, "pickle stream at byte 0 breaks"),
     ],
 )
-def test_malformed_is_one_line(tmp_path, data, code, message):
+def test_malformed_is_one_line(tmp_path, monkeypatch, data, code, message):
+    # the work is bounded by opcode counts, not by the clock: the per-file time budget (8 s of
+    # wall time) would make a loaded machine's slow run of the 2-million-opcode pickle an error
+    monkeypatch.setattr("keishiki._scan.scanner.FILE_SECONDS", 600.0)
     path = tmp_path / "bad.pt"
     path.write_bytes(data)
     got, _out, err = run_cli("scan", path)

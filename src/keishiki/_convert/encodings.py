@@ -31,8 +31,8 @@ same (tests/convert/test_verify_cost.py compares its JSON with the ``AutoTokeniz
 Should the torch-free child fail for any reason, the check runs here the usual way
 (:meth:`TokenizerChild.failed`).
 
-The child makes exactly the calls the in-process check makes (same functions, same
-arguments) and returns the ids; :class:`Recorded` hands them to
+Otherwise the child makes exactly the calls the in-process check makes (same functions,
+same arguments) and returns the ids; :class:`Recorded` hands them to
 :func:`.gguf_vocab.compare_encodings` as the tokenizers would.
 """
 
