@@ -138,6 +138,74 @@ def test_reference_reader_reads_what_gguf_reader_reads(tiny_llama, tmp_path):
         assert type(a.data) is np.ndarray and np.array_equal(a.data, b.data)
 
 
+def _odd_gguf(path: Path, endian) -> Path:
+    """Every kind of array GGUFReader parses: strings (empty ones too), each scalar type, an
+    empty array and a nested one, in ``endian`` byte order."""
+    w = gguf.GGUFWriter(str(path), "llama", endianess=endian)
+    w.add_array("t.strings", ["a", "", "ünï", "<0x0A>"] * 50)
+    w.add_array("t.floats", [0.5, -1.25, float("inf")] * 30)
+    w.add_array("t.ints", list(range(-50, 50)))
+    w.add_array("t.bools", [True, False, True])
+    w.add_array("t.empty", [])
+    w.add_array("t.nested", [[1, 2], [3, 4]])
+    w.add_string("t.text", "x")
+    w.add_tensor("w", np.arange(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _fields(reader) -> list:
+    return [
+        (
+            f.offset,
+            f.name,
+            f.data,
+            f.types,
+            [(a.dtype.str, a.shape, a.tobytes()) for a in f.parts],
+        )
+        for f in reader.fields.values()
+    ]
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["corpus", "little-endian", "big-endian", "truncated"],
+)
+def test_reference_reader_parts_are_gguf_readers(source, tmp_path):
+    """The reference reader parses arrays in a loop of its own: every field's parts (dtype,
+    shape, bytes), indices and types equal GGUFReader's; a file cut short fails alike."""
+    from keishiki._convert.gguf_edges import reference_reader
+    from tests.conftest import CORPUS
+
+    if source == "corpus":
+        files = sorted((CORPUS / "gguf").rglob("*.gguf"))
+        assert len(files) >= 5
+    else:
+        big = source == "big-endian"
+        endian = gguf.GGUFEndian.BIG if big else gguf.GGUFEndian.LITTLE
+        files = [_odd_gguf(tmp_path / "odd.gguf", endian)]
+    if source == "truncated":  # cut inside the string array, then inside the float array
+        whole = files[0].read_bytes()
+        files = []
+        for marker in (b"\x05\x00\x00\x00\x00\x00\x00\x00\xc3\xbc", b"\x00\x00\xa0\xbf"):
+            cut = tmp_path / f"cut{len(files)}.gguf"
+            cut.write_bytes(whole[: whole.index(marker) + 2])
+            files.append(cut)
+    for path in files:
+        try:
+            expected = _fields(gguf.GGUFReader(str(path)))
+        except Exception as exc:  # noqa: BLE001 - whatever gguf-py raises, ours must too
+            with pytest.raises(type(exc)):
+                reference_reader(path)
+            continue
+        assert _fields(reference_reader(path)) == expected, path.name
+    if source == "big-endian":
+        assert reference_reader(files[0]).fields["t.ints"].contents()[:3] == [-50, -49, -48]
+
+
 def test_safetensors_byte_flipped_after_the_write_fails_verification(
     pt_files, tmp_path, monkeypatch
 ):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -101,9 +102,11 @@ def open_readers(path: Path) -> list:
 @functools.cache
 def _plain_view_reader() -> type:
     gguf = _gguf()
+    vt = gguf.GGUFValueType
 
     class PlainViewReader(gguf.GGUFReader):
-        """GGUFReader whose ``data`` is a plain ndarray view of its ``np.memmap``."""
+        """GGUFReader whose ``data`` is a plain ndarray view of its ``np.memmap``, and whose
+        arrays of scalars or strings are parsed in one loop each (the same parts)."""
 
         @property
         def data(self):
@@ -113,6 +116,58 @@ def _plain_view_reader() -> type:
         def data(self, mapped) -> None:
             self._mapped = mapped  # keeps the map open as long as the reader
             self._plain = mapped.view(np.ndarray)
+
+        def _get_field_parts(self, orig_offs: int, raw_type: int):
+            # GGUFReader parses an array by calling itself once per element (~8 µs each:
+            # an enum, two dtype lookups, two slices): 0.25 s for a 32000-token vocabulary
+            # and its scores and types.  The parts made here are the same views of the same
+            # bytes with the same dtypes (tests/convert/test_verify_cost.py compares them);
+            # nested arrays and anything that runs past the end go to gguf-py's own code.
+            parsed = self._flat_array(orig_offs) if raw_type == vt.ARRAY else None
+            if parsed is None:
+                return super()._get_field_parts(orig_offs, raw_type)
+            return parsed
+
+        def _flat_array(self, orig_offs: int):
+            data = self.data
+            head = orig_offs + 12
+            if head > len(data):
+                return None
+            raw_itype = self._get(orig_offs, np.uint32)
+            alen = self._get(orig_offs + 4, np.uint64)
+            count = int(alen[0])
+            try:
+                itype = vt(int(raw_itype[0]))
+            except ValueError:
+                return None
+            native = self.byte_order == "I"  # else byte-swapped: "S"
+            order = sys.byteorder if native else ("big" if sys.byteorder == "little" else "little")
+            types = [vt.ARRAY, itype] if count else [vt.ARRAY]  # (as gguf-py: from element 0)
+            parts: list = [raw_itype, alen]
+            scalar = self.gguf_scalar_to_np.get(itype)
+            if scalar is not None:
+                dtype = np.dtype(scalar).newbyteorder(self.byte_order)
+                end = head + dtype.itemsize * count
+                if end > len(data):
+                    return None
+                whole = data[head:end].view(dtype)
+                parts += [whole[i : i + 1] for i in range(count)]
+                return end - orig_offs, parts, list(range(2, 2 + count)), types
+            if itype != vt.STRING:
+                return None
+            u64 = np.dtype(np.uint64).newbyteorder(self.byte_order)
+            raw, pos, size, idxs = memoryview(data), head, len(data), []
+            for _ in range(count):
+                if pos + 8 > size:
+                    return None
+                length = int.from_bytes(raw[pos : pos + 8], order)
+                if pos + 8 + length > size:
+                    return None
+                parts.append(data[pos : pos + 8].view(u64))
+                parts.append(data[pos + 8 : pos + 8 + length])
+                idxs.append(len(parts) - 1)
+                pos += 8 + length
+            return pos - orig_offs, parts, idxs, types
 
     return PlainViewReader
 
@@ -124,7 +179,8 @@ def reference_reader(path: Path):
     Why: GGUFReader slices its ``np.memmap`` once per value it parses, and every slice of a
     memmap runs memmap's Python ``__array_finalize__``: 1.2 of the 1.6 s it takes to open a
     GGUF with a 32000-token vocabulary.  Slices of a plain view of the same map are the
-    same bytes, made in a quarter of the time.
+    same bytes, made in a quarter of the time; its arrays parsed in a loop each, in a
+    fifth of what is left.
     """
     return _plain_view_reader()(str(path))
 
@@ -727,14 +783,37 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     Raises:
         InvalidRequest: another model_type.
     """
-    from .gguf_vocab import load_gguf_tokenizer, vocab_from_hf
-    from .hf_weights import folder_tensors
-
     config = json.loads((src / "config.json").read_text())
     arch = archs.for_config(config, src)
     refusals, config_warnings = archs.config_problems(arch, config)
     if refusals:
         raise InvalidRequest(f"{src}: {refusals[0]}")
+    child = None
+    if opts.verify and not arch.bpe_pre_from_transformers:
+        # the tokenizer check's child process (:mod:`.encodings`), started first: it encodes
+        # with the folder's tokenizer while the GGUF is planned and written, then with the
+        # GGUF's while the tensors are read back (these architectures load the folder's
+        # tokenizer here, to name the split, and check here too)
+        child = _tokenizer_child(src, arch.name)
+    try:
+        return _hf_to_gguf(src, out, opts, config, arch, config_warnings, child)
+    finally:
+        if child:  # not asked for (no tokenizer), or a failure before the check
+            child.discard()
+
+
+def _hf_to_gguf(
+    src: Path,
+    out: Path,
+    opts: ConvertOptions,
+    config: dict[str, Any],
+    arch: archs.GGUFArch,
+    config_warnings: list[str],
+    child,
+) -> StepReport:
+    from .gguf_vocab import load_gguf_tokenizer, vocab_from_hf
+    from .hf_weights import folder_tensors
+
     _, st = folder_tensors(src, replace_key(opts))
     metadata = archs.metadata_from_config(arch, config)
     n_head = int(config["num_attention_heads"])
@@ -748,11 +827,6 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     warnings.extend(vocab_warnings)
     # the folder's transformers tokenizer, loaded once for the split and for the check
     source_tokenizer = functools.cache(lambda: _auto_tokenizer(src))
-    child = None
-    if opts.verify and vocab and not (vocab.model == "gpt2" and arch.bpe_pre_from_transformers):
-        # not needed before the check: a child process encodes with it while the GGUF is
-        # written, then with the GGUF's while the tensors are read back (:mod:`.encodings`)
-        child = _tokenizer_child(src, arch.name)
     if vocab and vocab.model == "gpt2" and arch.bpe_pre_from_transformers:
         vocab.pre = _transformers_bpe_pre(source_tokenizer) or vocab.pre
 
@@ -776,38 +850,34 @@ def hf_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
                     setter(config[key])
 
     report = StepReport(edge="hf-model -> gguf", src=str(src), out=str(out), warnings=warnings)
-    try:
-        with Timer() as timer:
-            files = write_gguf(
-                gguf_target(out), arch.name, kv_writer, plan, opts.quiet, opts, digests=opts.verify
-            )
-            _split_details(report, files, opts)
-            required = arch.required_keys()
+    with Timer() as timer:
+        files = write_gguf(
+            gguf_target(out), arch.name, kv_writer, plan, opts.quiet, opts, digests=opts.verify
+        )
+        _split_details(report, files, opts)
+        required = arch.required_keys()
+        if vocab:
+            required += vocab.required_keys()
+        if opts.verify:
+            if child and vocab:  # the first split holds the tokenizer; the child reads it
+                child.send_gguf(files[0])
+            readers = [reference_reader(f) for f in files]  # each file opened once
+            total = sum(p.source.info.nbytes for p in plan)
+            with progress(total, "verifying", opts.quiet, unit_bytes=True) as adv:
+                report.verify = verify_gguf(files, plan, required, readers, adv)
             if vocab:
-                required += vocab.required_keys()
-            if opts.verify:
-                if child:  # the first split holds the tokenizer; the child reads it itself
-                    child.send_gguf(files[0])
-                readers = [reference_reader(f) for f in files]  # each file opened once
-                total = sum(p.source.info.nbytes for p in plan)
-                with progress(total, "verifying", opts.quiet, unit_bytes=True) as adv:
-                    report.verify = verify_gguf(files, plan, required, readers, adv)
-                if vocab:
-                    with progress(None, "verifying the tokenizer", opts.quiet):
-                        flags = _tokenizer_flags(readers[0])
-                        if child and not (child.torch_free and child.failed()):
-                            check_tokenizer(report, child.expected, child.got)
-                        else:  # no child, or its torch-free loading could not: here, as usual
-                            check_tokenizer(
-                                report,
-                                source_tokenizer,
-                                lambda: load_gguf_tokenizer(files[0], flags),
-                            )
-                if quant not in ("f32", "f16", "bf16"):
-                    check_quality(report, src, files[0], quant, opts.trust)
-    finally:
-        if child:  # a failure before the check: the child's work is not wanted
-            child.discard()
+                with progress(None, "verifying the tokenizer", opts.quiet):
+                    flags = _tokenizer_flags(readers[0])
+                    if child and not (child.torch_free and child.failed()):
+                        check_tokenizer(report, child.expected, child.got)
+                    else:  # no child, or its torch-free loading could not: here, as usual
+                        check_tokenizer(
+                            report,
+                            source_tokenizer,
+                            lambda: load_gguf_tokenizer(files[0], flags),
+                        )
+            if quant not in ("f32", "f16", "bf16"):
+                check_quality(report, src, files[0], quant, opts.trust)
     report.n_tensors = len(plan)
     report.details.update(
         quant=quant, types=sorted({p.qtype for p in plan}), architecture=arch.name
