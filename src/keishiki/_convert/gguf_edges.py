@@ -71,9 +71,9 @@ def read_kv(reader) -> dict[str, Any]:
 
 
 def open_readers(path: Path) -> list:
-    """``gguf.GGUFReader`` of every file of the GGUF model at ``path`` (a file, any split of
-    a split model, or a folder holding one model), in split order: the first holds the
-    metadata.
+    """gguf-py's reader (:func:`reference_reader`) of every file of the GGUF model at ``path``
+    (a file, any split of a split model, or a folder holding one model), in split order: the
+    first holds the metadata.
 
     Raises:
         CorruptFile: a file is truncated or malformed (GGUFReader's own ValueError/IndexError
@@ -89,11 +89,11 @@ def open_readers(path: Path) -> list:
     # (a crafted array length grew past 1.5 GB for minutes); it names the bad offset, and
     # it checks a split model's every split (present, named and numbered alike)
     inspect(path)
-    gguf = _gguf()
+    _gguf()  # a missing gguf: one MissingDependency line
     readers = []
     for file in model_paths(path):
         try:
-            readers.append(gguf.GGUFReader(str(file)))
+            readers.append(reference_reader(file))
         except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
             raise CorruptFile(file, f"gguf cannot read it ({exc})") from exc
     return readers
