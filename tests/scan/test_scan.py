@@ -437,6 +437,24 @@ def test_torch7_lua_function_is_named_not_passed_as_data():
     )
 
 
+def test_torch7_is_code_bearing_for_info_and_convert(tmp_path):
+    """Torch7 can carry Lua functions, so it is gated like the other code-bearing formats:
+    ``info`` shows the scan's verdict, and convert refuses the function's file untrusted
+    (reads it with keishiki's own parser when trusted), while plain tensors convert."""
+    from keishiki.errors import UnsafeFile
+
+    if not CORPUS.exists():
+        pytest.skip("corpus absent")
+    function = corpus_path("torch7_binary/python-torchfile/function.t7")
+    assert keishiki.inspect(function).safety["verdict"] == "unknown"
+    with pytest.raises(UnsafeFile, match="Lua bytecode"):
+        keishiki.convert(function, tmp_path / "f.safetensors", to="safetensors", quiet=True)
+    plain = corpus_path("torch7_binary/python-torchfile/floattensor.t7")
+    assert keishiki.inspect(plain).safety["verdict"] == "safe"
+    report = keishiki.convert(plain, tmp_path / "t.safetensors", to="safetensors", quiet=True)
+    assert report.passed and report.source_scan is None
+
+
 def test_zip_end_record_spanning_disks_does_not_hide_the_pickle(tmp_path):
     """zipfile.is_zipfile raises (not returns False) for a zip64 locator naming two disks;
     the pickle in front of such a trailer is still read and its payload still named."""

@@ -172,6 +172,7 @@ FORMATS: tuple[FormatSpec, ...] = (
         sniff_rank=150,  # Lua Torch serialisation (binary or ascii): confirmed by parsing
         variants=("binary", "ascii"),
         notes="any extension",
+        code=True,  # Lua functions (bytecode Lua's torch.load loads as code)
         graph=True,  # nn modules
         netron="graph",
     ),
