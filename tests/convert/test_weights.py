@@ -190,6 +190,15 @@ def test_zero_element_tensors_convert_and_verify(tmp_path, shape, to, suffix):
     assert torch.equal(loaded["w"], torch.arange(6.0))
 
 
+def test_convert_kwargs_name_every_option():
+    """The TypedDict type checkers see for ``convert(**options)`` names exactly the options
+    ``convert`` takes."""
+    from keishiki._convert import _OPTION_NAMES
+    from keishiki._convert.base import ConvertKwargs
+
+    assert set(ConvertKwargs.__annotations__) == _OPTION_NAMES
+
+
 def test_unknown_option_and_bad_dtype_are_refused(pt_files, tmp_path):
     with pytest.raises(InvalidRequest, match="unknown convert option"):
         keishiki.convert(pt_files["zip"], tmp_path / "x", to="safetensors", bogus=1)

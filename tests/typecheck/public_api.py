@@ -38,8 +38,11 @@ def inspect_and_scan(path: str) -> int:
 
 
 def convert_compare_map(src: str, out: str) -> float:
-    converted = keishiki.convert(src, out, to="safetensors", force=True)
+    converted = keishiki.convert(src, out, to="safetensors", force=True, shard_size="5GB")
     assert_type(converted.passed, bool)
+    # the options are a TypedDict: a misspelt one or a wrong type is a type error
+    keishiki.convert(src, out, to="gguf", qaunt="q4_K_M")  # type: ignore[call-arg]
+    keishiki.convert(src, out, to="gguf", verify="no")  # type: ignore[arg-type]
     diff = keishiki.compare(src, out, atol=1e-6)
     assert_type(diff.verdict, str)
     assert_type(diff.exit_code, int)

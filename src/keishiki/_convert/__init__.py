@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.atomic import (
     atomic_output,
@@ -29,6 +30,12 @@ from ..core.atomic import (
 )
 from ..core.gate import admit, check_tree, problem, verdict
 from ..errors import InvalidRequest, Mismatch, MissingDependency, PathNotFound
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .base import ConvertKwargs
+
 from .base import (
     DTYPES,
     GGUF_QUANTS,
@@ -49,7 +56,7 @@ _OPTION_NAMES = ({f.name for f in fields(ConvertOptions)} - {"to"}) | {"trust_re
 
 
 def convert(
-    src: str | os.PathLike, out: str | os.PathLike, to: str, **options: Any
+    src: str | os.PathLike, out: str | os.PathLike, to: str, **options: Unpack[ConvertKwargs]
 ) -> ConvertReport:
     """Convert the model at ``src`` into format ``to`` at ``out``, verified.
 
@@ -167,7 +174,7 @@ def source_format(src: Path) -> str:
     return identify(src).format
 
 
-def make_options(to: str, options: dict[str, Any]) -> ConvertOptions:
+def make_options(to: str, options: Mapping[str, Any]) -> ConvertOptions:
     """Validate keyword options into a :class:`ConvertOptions` (InvalidRequest on bad ones)."""
     unknown = set(options) - _OPTION_NAMES
     if unknown:

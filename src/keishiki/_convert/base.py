@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 from ..core.display import Shown, View, short_repr, size
 from ..formats.registry import WRITABLE
@@ -137,6 +137,36 @@ class ConvertOptions:
     split_max_size: int | None = None
     split_max_tensors: int | None = None
     block_size: int | None = None
+
+
+class ConvertKwargs(TypedDict, total=False):
+    """The keyword options of :func:`keishiki.convert`, for type checkers: the fields of
+    :class:`ConvertOptions` but ``to``, sizes also as text (``"5GB"``, ``"2G"``), and
+    ``trust_remote_code`` (``trust`` under its Python API name).  A test checks that the
+    two lists agree."""
+
+    dtype: str | None
+    force: bool
+    verify: bool
+    strict: bool
+    quiet: bool
+    atol: float | None
+    rtol: float | None
+    key: str | None
+    shard_size: int | str | None
+    quant: str | None
+    method: str | None
+    example_input: str | None
+    trust: bool
+    trust_remote_code: bool
+    opset: int | None
+    exporter: str | None
+    external_data: bool | None
+    external_threshold: int
+    tokenizer: str | None
+    split_max_size: int | str | None
+    split_max_tensors: int | None
+    block_size: int | None
 
 
 @dataclass
