@@ -103,8 +103,8 @@ def gguf_tokenizer(path: Path, torch_free: bool):
     reader = reference_reader(path)
     flags = _tokenizer_flags(reader)
     if not torch_free:
-        # transformers' loader takes gguf.GGUFReader when called: the same parsing over a
-        # plain view of the map, 4x faster to open (this process does nothing else)
+        # transformers' loader takes gguf.GGUFReader when called: the reference reader's
+        # class, the same fields made faster (this process does nothing else)
         gguf.GGUFReader = _plain_view_reader()
         return load_gguf_tokenizer(path, flags)
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
@@ -122,7 +122,6 @@ def _serve_gguf_metadata(path: Path, reader) -> None:
     ``read_gguf_metadata`` over gguf-py's ``reader`` of ``path``: values as transformers'
     reader gives them (scalars and number arrays as Python values, a string array as its
     count unless named in ``string_arrays``), and the tensor names."""
-    import sys
     import types
 
     import gguf
@@ -137,9 +136,8 @@ def _serve_gguf_metadata(path: Path, reader) -> None:
             strings = field.types[:1] == [gguf.GGUFValueType.ARRAY] and field.types[-1] == (
                 gguf.GGUFValueType.STRING
             )
-            metadata[key] = (
-                len(field.data) if strings and key not in string_arrays else (field.contents())
-            )
+            asked = not strings or key in string_arrays
+            metadata[key] = field.contents() if asked else len(field.data)
         return metadata, tuple(t.name for t in reader.tensors)
 
     stand_in = types.ModuleType("transformers.integrations.gguf.reader")
