@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -601,21 +603,36 @@ def write_gguf(
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     total = sum(p.source.info.nbytes for p in plan)
-    with progress(total, "-> gguf", quiet, unit_bytes=True) as adv:
+    # verified while writing: the read-back hashes the file's bytes and compares them with
+    # these, instead of loading and encoding every tensor again.  A tensor is hashed on a
+    # worker thread while it is written (hashlib and the file write let go of the GIL),
+    # one tensor in flight, so at most two encoded tensors are held.
+    hashing: tuple[Planned, Future] | None = None
+    with progress(total, "-> gguf", quiet, unit_bytes=True) as adv, ThreadPoolExecutor(1) as pool:
         for p in plan:
             arr = p.source.load()
             # NaN/inf or out-of-float16 weights would make whole blocks garbage (or inf
             # in F16) with no error but the verifier's: refused up front, naming the tensor
             quants.check_representable(p.gguf_name, arr, p.qtype)
             data = _encode(arr, p.qtype, p.heads, p.offset)
+            digest = None
             if digests or (p.qtype in quants.QUANTIZED and p.qtype != "Q8_0"):
-                # verified while writing: the read-back hashes the file's bytes and compares
-                # them with these, instead of loading and encoding every tensor again
-                p.digest = hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()
+                digest = pool.submit(_sha256, data)
             writer.write_tensor_data(data)
+            if hashing is not None:
+                hashing[0].digest = hashing[1].result()
+            hashing = (p, digest) if digest is not None else None
             adv(p.source.info.nbytes)
+        if hashing is not None:
+            hashing[0].digest = hashing[1].result()
     writer.close()
     return files
+
+
+def _sha256(data: Any) -> str:
+    """The sha256 of an array's bytes in C order, as hex (a view of a file's map is not
+    copied: GGUF's tensors are contiguous)."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(data)).data).hexdigest()
 
 
 def verify_gguf(
@@ -642,6 +659,47 @@ def verify_gguf(
     rb = ReadBack(library="gguf.GGUFReader")
     by_name = {t.name: t for reader in readers for t in reader.tensors}
     worst: dict[str, float] = {}  # GGML type -> worst relative RMS error of its tensors
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        # the bytes read back, hashed a few tensors at a time (views of the file's map:
+        # nothing is copied; hashlib lets go of the GIL)
+        hashed = {
+            p.gguf_name: pool.submit(_sha256, t.data)
+            for p in plan
+            if p.qtype not in quants.QUANTIZED
+            and p.digest is not None
+            and (t := by_name.get(p.gguf_name)) is not None
+        }
+        _check_tensors(rb, plan, by_name, hashed, worst, advance)
+    rb.unexpected.extend(sorted(set(by_name) - {p.gguf_name for p in plan}))
+    fields = set(readers[0].fields)  # the first split holds the metadata
+    absent = [k for k in required_keys if k not in fields]
+    result = rb.result()
+    if worst:
+        result["quant_rel_rmse"] = {k: round(v, 5) for k, v in sorted(worst.items())}
+    problem = _split_problem(files) if len(files) > 1 else None
+    if absent or problem:
+        result["passed"] = False
+        result["reason"] = problem or f"metadata keys missing: {', '.join(absent)}"
+    result["metadata_keys_checked"] = len(required_keys)
+    if len(files) > 1:
+        result["n_files"] = len(files)
+    return result
+
+
+# the GGML type gguf's writer gives a tensor of these dtypes written as they are ("keep")
+_KEEP_TYPE = {"int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64", "float64": "F64"}
+
+
+def _check_tensors(
+    rb: ReadBack,
+    plan: list[Planned],
+    by_name: dict[str, Any],
+    hashed: dict[str, Future],
+    worst: dict[str, float],
+    advance: Callable | None,
+) -> None:
+    """:func:`verify_gguf`'s tensor by tensor part: each planned tensor against what the
+    reader found (``hashed``: the digests of the bytes read back, being computed)."""
     for p in plan:
         if advance:
             advance(p.source.info.nbytes)
@@ -660,9 +718,8 @@ def verify_gguf(
             rb.mismatched.append(p.gguf_name)
             rb.problems.append(problem)
             continue
-        if p.qtype not in quants.QUANTIZED and p.digest is not None:
-            got_bytes = np.ascontiguousarray(np.asarray(t.data))
-            if hashlib.sha256(got_bytes.data).hexdigest() == p.digest:
+        if p.gguf_name in hashed:
+            if hashed[p.gguf_name].result() == p.digest:
                 rb.count_ok()  # bit for bit what was written: no float pass needed
                 continue
             # bytes differ: compare with the source's encoding again to say how much
@@ -694,24 +751,6 @@ def verify_gguf(
                     got.reshape(-1).view(np.uint8),
                     original=None,
                 )
-    rb.unexpected.extend(sorted(set(by_name) - {p.gguf_name for p in plan}))
-    fields = set(readers[0].fields)  # the first split holds the metadata
-    absent = [k for k in required_keys if k not in fields]
-    result = rb.result()
-    if worst:
-        result["quant_rel_rmse"] = {k: round(v, 5) for k, v in sorted(worst.items())}
-    problem = _split_problem(files) if len(files) > 1 else None
-    if absent or problem:
-        result["passed"] = False
-        result["reason"] = problem or f"metadata keys missing: {', '.join(absent)}"
-    result["metadata_keys_checked"] = len(required_keys)
-    if len(files) > 1:
-        result["n_files"] = len(files)
-    return result
-
-
-# the GGML type gguf's writer gives a tensor of these dtypes written as they are ("keep")
-_KEEP_TYPE = {"int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64", "float64": "F64"}
 
 
 def _check_quantized(
@@ -729,7 +768,7 @@ def _check_quantized(
     problem = None
     if t.tensor_type.name != p.qtype:
         problem = f"{p.gguf_name}: type {t.tensor_type.name}, wrote {p.qtype}"
-    elif hashlib.sha256(got_bytes.data).hexdigest() != p.digest:
+    elif _sha256(got_bytes) != p.digest:
         problem = f"{p.gguf_name}: bytes differ from those written"
     else:
         rb.n_bit_exact += 1
