@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -427,3 +428,38 @@ def test_llama_cpp_tokenizes_like_the_hf_folder(arch, arch_ggufs, tiny_models):
             == hf(text, add_special_tokens=False)["input_ids"]
         ), text
     llm.close()
+
+
+@pytest.mark.parametrize("arch", ["llama", *CASES])
+def test_torch_free_tokenizer_is_the_auto_one(arch, arch_ggufs, tiny_llama, tmp_path, monkeypatch):
+    """The tokenizer check's child loads a GGUF's tokenizer without torch for the
+    architectures transformers has no tokenizer class of its own for (its generic class,
+    transformers' GGUF metadata reader served by gguf-py): exactly those are listed, and
+    what comes out is ``AutoTokenizer``'s tokenizer (same class, backend JSON and special
+    tokens)."""
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    from keishiki._convert.encodings import TORCH_FREE_ARCHS, _serve_gguf_metadata
+    from keishiki._convert.gguf_edges import _tokenizer_flags, reference_reader
+    from keishiki._convert.gguf_vocab import load_gguf_tokenizer
+
+    generic = TOKENIZER_MAPPING_NAMES.get(arch) in (None, "TokenizersBackend")
+    assert (arch in TORCH_FREE_ARCHS) == generic
+    if not generic:
+        return
+    if arch == "llama":
+        path = tmp_path / "llama.gguf"
+        keishiki.convert(tiny_llama, path, to="gguf", quiet=True, verify=False)
+    else:
+        path = arch_ggufs[arch, "f32"]
+    reader = reference_reader(path)
+    flags = _tokenizer_flags(reader)
+    auto = load_gguf_tokenizer(path, flags)
+    stand_in = "transformers.integrations.gguf.reader"  # restored (or removed) afterwards
+    monkeypatch.setitem(sys.modules, stand_in, sys.modules.get(stand_in))
+    _serve_gguf_metadata(path, reader)
+    generic_tok = load_gguf_tokenizer(path, flags, generic=True)
+    assert type(generic_tok) is type(auto)
+    assert generic_tok.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
+    for attr in ("bos_token", "eos_token", "unk_token", "pad_token", "add_bos_token"):
+        assert getattr(generic_tok, attr) == getattr(auto, attr), attr

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -266,41 +265,6 @@ def test_child_encodes_as_the_tokenizers_here(tiny_llama, tmp_path):
             assert child.got().encode(text, special) == gguf_here.encode(
                 text, add_special_tokens=special
             )
-
-
-def test_torch_free_gguf_tokenizer_is_the_auto_one(tiny_llama, tmp_path):
-    """What the child loads without torch (transformers' generic class, its GGUF metadata
-    reader served by gguf-py) is the tokenizer ``AutoTokenizer`` builds: same backend JSON,
-    same special-token settings; and transformers has no class of its own for the
-    architectures that take that way."""
-    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
-
-    from keishiki._convert.encodings import TORCH_FREE_ARCHS, _serve_gguf_metadata
-    from keishiki._convert.gguf_edges import _tokenizer_flags, reference_reader
-    from keishiki._convert.gguf_vocab import load_gguf_tokenizer
-
-    assert all(
-        TOKENIZER_MAPPING_NAMES.get(a) in (None, "TokenizersBackend") for a in TORCH_FREE_ARCHS
-    )
-    out = tmp_path / "m.gguf"
-    keishiki.convert(tiny_llama, out, to="gguf", quiet=True, verify=False)
-    reader = reference_reader(out)
-    flags = _tokenizer_flags(reader)
-    auto = load_gguf_tokenizer(out, flags)
-    reader_module = "transformers.integrations.gguf.reader"
-    saved = sys.modules.get(reader_module)
-    try:
-        _serve_gguf_metadata(out, reader)
-        generic = load_gguf_tokenizer(out, flags, generic=True)
-    finally:
-        if saved is None:
-            sys.modules.pop(reader_module, None)
-        else:
-            sys.modules[reader_module] = saved
-    assert type(generic) is type(auto)
-    assert generic.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
-    for attr in ("bos_token", "eos_token", "unk_token", "pad_token", "add_bos_token"):
-        assert getattr(generic, attr) == getattr(auto, attr), attr
 
 
 def test_torch_free_child_that_fails_is_redone_here(tiny_llama, tmp_path, monkeypatch):

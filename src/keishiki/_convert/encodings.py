@@ -27,7 +27,7 @@ architectures whose class is transformers' generic ``TokenizersBackend``
 ``TOKENIZER_MAPPING_NAMES``) the child calls that class directly, and transformers'
 ``read_gguf_metadata`` is served from gguf-py's reader of the same file (the metadata,
 values as transformers' reader gives them).  The backend tokenizer that comes out is the
-same (tests/convert/test_verify_cost.py compares its JSON with the ``AutoTokenizer`` one).
+same (tests/convert/test_gguf_archs.py compares its JSON with the ``AutoTokenizer`` one).
 Should the torch-free child fail for any reason, the check runs here the usual way
 (:meth:`TokenizerChild.failed`).
 
@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 # GGUF architectures whose tokenizer transformers builds with its generic TokenizersBackend
-# (no class of their own in TOKENIZER_MAPPING_NAMES): their check runs without torch
-TORCH_FREE_ARCHS = frozenset({"llama"})
+# (none or that class in TOKENIZER_MAPPING_NAMES): their check runs without torch (a test
+# checks that this names exactly those among the architectures keishiki writes)
+TORCH_FREE_ARCHS = frozenset({"llama", "phi3"})
 
 # run by ``python -c``; stdin: a JSON line {"folder", "samples", "keishiki", "torch_free"},
 # later {"gguf"} (or end of input: nothing more to do); stdout: one JSON object
