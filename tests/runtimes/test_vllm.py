@@ -98,7 +98,12 @@ def test_adapter_with_a_fake_vllm(tiny_llama, monkeypatch):
     from keishiki.runtimes import LLM
 
     llm = LLM(
-        model=tiny_llama, backend="vllm", tensor_parallel_size=4, pipeline_parallel_size=2, seed=3
+        model=tiny_llama,
+        backend="vllm",
+        tensor_parallel_size=4,
+        pipeline_parallel_size=2,
+        seed=3,
+        max_num_seqs=8,
     )
     assert llm.backend == "vllm" and "tensor_parallel_size=4" in llm.backend_reason
     engine = calls["engine"]
@@ -107,7 +112,8 @@ def test_adapter_with_a_fake_vllm(tiny_llama, monkeypatch):
         engine["tensor_parallel_size"],
         engine["pipeline_parallel_size"],
         engine["seed"],
-    ) == (str(tiny_llama), 4, 2, 3)
+        engine["max_num_seqs"],
+    ) == (str(tiny_llama), 4, 2, 3, 8)
     out = llm.generate(["Hello", "Hi"], SamplingParams(n=2, temperature=0.5, seed=1))
     prompts, params = calls["generate"]
     assert prompts == [

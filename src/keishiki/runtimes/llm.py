@@ -95,6 +95,8 @@ class LLM:
             choice = _dequantized(choice, trust_remote_code)
         if choice.backend == "vllm":  # vLLM enforces the same cap itself
             engine_kwargs.setdefault("max_logprobs", max_logprobs)
+            if max_num_seqs:  # its scheduler's batch: set on the engine, not afterwards
+                engine_kwargs.setdefault("max_num_seqs", max_num_seqs)
         try:
             tokenizer_dir = find_tokenizer_dir(
                 self.model_path,
