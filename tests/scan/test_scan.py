@@ -504,3 +504,28 @@ def test_scan_into_a_closed_pipe_keeps_the_verdicts_exit_code(malicious_samples)
         )
         proc.stdout.close()  # the reader is gone before the first byte is written
         assert proc.wait(timeout=60) == 1, extra
+
+
+# every opcode of the fast lane, alone and followed by what could name a global
+_OPENS_BROKEN = [
+    bytes([op]) + tail for op in b"012abdelorstuR." for tail in (b"", b"cos\nsystem\n")
+]
+
+
+@pytest.mark.parametrize("blob", [b"1", b"little", b"big", b"0123456789012345678", *_OPENS_BROKEN])
+@pytest.mark.parametrize("torch_member", [False, True])
+def test_a_maybe_pickle_that_breaks_at_once_reads_as_before(blob, torch_member, monkeypatch):
+    """A member tried as a pickle only because it might be one (torch's text records: "1",
+    "little", digit serial numbers) is not read when its first opcode takes from an empty
+    stack or needs a MARK: the report is exactly what reading it gives (the attempt undone)."""
+    from keishiki._scan import scanner
+    from keishiki._scan.findings import FileReport
+
+    def attempt():
+        ctx = scanner._Ctx(FileReport(path="m.pt"))
+        kept = scanner._pickle(ctx, blob, "archive/byteorder", False, False, torch_member)
+        return kept, ctx.report.findings, ctx.report.errors, ctx.report.scanned
+
+    fast = attempt()
+    monkeypatch.setattr(scanner, "_BREAKS_AT_ONCE", frozenset())
+    assert attempt() == fast == (False, [], [], [])

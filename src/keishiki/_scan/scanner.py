@@ -62,6 +62,10 @@ _MODEL_EXTS = _PICKLE_NAMES + (
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 _NPY = b"\x93NUMPY"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# opcodes that take from an empty stack or need a MARK: a stream opening with one breaks at
+# its first byte in every unpickler, naming nothing, so a maybe-pickle that opens with one
+# is not one (torch's text records "1", "little", "big" and digit serial numbers do)
+_BREAKS_AT_ONCE = frozenset(b"012abdelorstuR.")
 
 
 class _Ctx:
@@ -93,6 +97,8 @@ def _pickle(
 ) -> bool:
     """Scan ``data`` as pickle streams.  When not ``strict`` (the bytes only might be a
     pickle) and the first stream breaks without naming any global, the attempt is undone."""
+    if not strict and len(data) and data[0] in _BREAKS_AT_ONCE:
+        return False  # what the attempt below would undo, without reading it twice
     rep = ctx.report
     n_f, n_e, n_s = len(rep.findings), len(rep.errors), len(rep.scanned)
     where = Where(rep.path, member, torchscript_ctx, torch_file)
