@@ -49,7 +49,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_info import build_onnx_external  # noqa: E402 - the same model layout
-from bench_pickle import extract_rev  # noqa: E402 - one `git archive` helper
+from bench_pickle import TIMED_OPS, extract_rev  # noqa: E402 - shared helpers
 
 # child program: argv = folder, warm-up folder, repeat, kind; prints one JSON object
 _CHILD = """
@@ -72,16 +72,8 @@ else:
     import onnx
     def op(p):
         return len(onnx.load(p + "/model.onnx", load_external_data=False).graph.initializer)
-op(warm)
-walls, cpus = [], []
-for _ in range(repeat):
-    c0, t0 = time.process_time(), time.perf_counter()
-    n = op(path)
-    walls.append(time.perf_counter() - t0)
-    cpus.append(time.process_time() - c0)
-hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-print(json.dumps({"walls": walls, "cpus": cpus, "n": n, "hwm_kb": hwm}))
 """
+_CHILD += TIMED_OPS
 
 # peak RSS of one inspect of a big embedded model, in a process of its own
 _RSS_CHILD = """

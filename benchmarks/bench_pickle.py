@@ -103,6 +103,10 @@ else:
             return len(m.state_dict())
         mmap = kind == "torch.load-mmap"
         return len(torch.load(p, mmap=mmap, weights_only=True))
+"""
+# the child programs' timing (after they define op(p)): a warm-up on ``warm``, then
+# ``repeat`` timed calls on ``path``; prints one JSON object (bench_onnx.py shares it)
+TIMED_OPS = """
 op(warm)
 walls, cpus = [], []
 for _ in range(repeat):
@@ -113,6 +117,7 @@ for _ in range(repeat):
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
 print(json.dumps({"walls": walls, "cpus": cpus, "n": n, "hwm_kb": hwm}))
 """
+_CHILD += TIMED_OPS
 
 
 def build(out: Path, n_tensors: int, elems: int) -> dict[str, Path]:

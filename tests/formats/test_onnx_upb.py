@@ -23,22 +23,13 @@ from keishiki.formats import onnx as konnx
 from keishiki.formats import onnx_proto as pb
 from keishiki.formats import onnx_upb
 from tests.conftest import corpus_path, facts_where
+from tests.formats.test_onnx import _varint  # protobuf's varint, written
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 if onnx_upb.model_class() is None:
     pytest.skip("protobuf cannot build onnx's descriptor here", allow_module_level=True)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _field(number: int, payload: bytes) -> bytes:

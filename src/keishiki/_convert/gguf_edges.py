@@ -92,7 +92,6 @@ def open_readers(path: Path) -> list:
     # (a crafted array length grew past 1.5 GB for minutes); it names the bad offset, and
     # it checks a split model's every split (present, named and numbered alike)
     inspect(path)
-    _gguf()  # a missing gguf: one MissingDependency line
     readers = []
     for file in model_paths(path):
         try:
