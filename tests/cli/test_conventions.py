@@ -65,7 +65,7 @@ def test_help_lists_every_choice(command, option, module, names):
 
 
 def test_quiet_and_verbose_set_the_keishiki_log_for_one_command(capsys):
-    from keishiki.cli._app import OUTPUT, output
+    from keishiki.cli.output import OUTPUT, output
 
     log = logging.getLogger("keishiki.test")
     level = logging.getLogger("keishiki").level
@@ -86,7 +86,7 @@ def test_quiet_and_verbose_set_the_keishiki_log_for_one_command(capsys):
 
 def test_quiet_drops_the_hub_notice(monkeypatch, capsys):
     from keishiki.cli import args
-    from keishiki.cli._app import output
+    from keishiki.cli.output import output
 
     with output(quiet=True, verbose=0):
         args._notice("pulling hf://org/name")
@@ -182,7 +182,7 @@ def test_scan_of_a_folder_advances_a_bar_per_file(tmp_path, monkeypatch):
     import contextlib
 
     import keishiki.core.progress
-    from keishiki.cli import cmd_scan
+    from keishiki.cli import scanning
 
     for n in range(5):
         (tmp_path / f"f{n}.bin").write_bytes(b"\x80\x04K\x01.")  # pickle of the int 1
@@ -197,10 +197,10 @@ def test_scan_of_a_folder_advances_a_bar_per_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keishiki.core.progress, "progress", recorder)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    report = cmd_scan._scan([str(tmp_path)], quiet=False)
+    report = scanning.scan_with_bar([str(tmp_path)], quiet=False)
     assert len(report.files) == 6 and seen == [(6, "scanning", False)] + [1] * 6
     seen.clear()
-    cmd_scan._scan([str(tmp_path)], quiet=True)  # -q or --json: no bar, no counting walk
+    scanning.scan_with_bar([str(tmp_path)], quiet=True)  # -q or --json: no bar, no counting walk
     assert seen == [(None, "scanning", True)]
 
 
@@ -237,7 +237,7 @@ def test_help_text_is_reflowed_and_escaped_as_markdown_showed_it():
 def test_quiet_silences_python_warnings_for_the_command_only():
     import warnings
 
-    from keishiki.cli._app import output
+    from keishiki.cli.output import output
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

@@ -1,29 +1,17 @@
 """The Typer application every ``cmd_*`` module registers its command on, and the options
-every command shares (``-q/--quiet``, ``-v/--verbose``)."""
+every command shares (``-q/--quiet``, ``-v/--verbose``: what they set is in
+``cli/output.py``)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import typer
 
-
-@dataclass
-class Output:
-    """How much the running command says: ``quiet`` (only errors and the result) or
-    ``verbose`` (1: the keishiki log at INFO, 2: at DEBUG)."""
-
-    quiet: bool = False
-    verbose: int = 0
-
-
-OUTPUT = Output()
+from .output import OUTPUT, output
 
 QUIET_OPTION = typer.Option(
     False,
@@ -39,48 +27,6 @@ VERBOSE_OPTION = typer.Option(
     show_default=False,
     help="More detail on stderr: keishiki's log at INFO (-v) or DEBUG (-vv).",
 )
-
-
-@contextlib.contextmanager
-def output(quiet: bool, verbose: int) -> Iterator[None]:
-    """Set :data:`OUTPUT`, the ``keishiki`` logger and (with ``quiet``) Python's warnings for
-    one command, and put them back after it (tests run many commands in one process)."""
-    previous = (OUTPUT.quiet, OUTPUT.verbose)
-    OUTPUT.quiet, OUTPUT.verbose = quiet, 0 if quiet else verbose
-    try:
-        if not (quiet or verbose):  # (logging costs start-up: imported only when asked for)
-            yield
-            return
-        with _log_level(quiet, verbose):
-            yield
-    finally:
-        OUTPUT.quiet, OUTPUT.verbose = previous
-
-
-@contextlib.contextmanager
-def _log_level(quiet: bool, verbose: int) -> Iterator[None]:
-    import logging
-    import warnings
-
-    log = logging.getLogger("keishiki")
-    level = log.level
-    with contextlib.ExitStack() as stack:
-        if quiet:  # keishiki's warnings and the libraries' (torch, transformers: on stderr)
-            log.setLevel(logging.ERROR)
-            stack.enter_context(warnings.catch_warnings())
-            warnings.simplefilter("ignore")
-        else:
-            log.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(
-                logging.Formatter(
-                    "keishiki: %(message)s" if verbose == 1 else "keishiki: %(name)s: %(message)s"
-                )
-            )
-            log.addHandler(handler)
-            stack.callback(log.removeHandler, handler)
-        stack.callback(log.setLevel, level)
-        yield
 
 
 def _with_output_options(f: Callable[..., Any], name: str) -> Callable[..., Any]:

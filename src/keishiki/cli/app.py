@@ -1,5 +1,8 @@
 """Entry point: load the command modules, run, and map errors to one line and an exit code.
 
+A plain ``keishiki scan PATHS`` runs without typer (start-up: ``cli/fast.py``); typer and
+the command modules are imported for everything else.
+
 Exit codes: 0 done / nothing unsafe, 1 a finding (unsafe file, verification mismatch),
 2 could not do it (bad input, missing dependency, usage error), 130 interrupted.
 """
@@ -7,19 +10,12 @@ Exit codes: 0 done / nothing unsafe, 1 a finding (unsafe file, verification mism
 from __future__ import annotations
 
 import errno
-import importlib
 import os
-import pkgutil
 import re
 import sys
 
-import typer
-from typer import exceptions as typer_exceptions
-from typer._click import exceptions as click_exceptions  # typer >= 0.20 vendors its own click
-
 from ..errors import KeishikiError
-from . import _startup
-from ._app import app
+from .fast import plain_command
 
 # commands listed in `keishiki --help` in this order; modules not named here follow
 ORDER = [
@@ -48,7 +44,11 @@ def _load_commands(argv: list[str] | None = None) -> None:
     """Import the command modules: only ``cmd_<name>`` when ``argv`` names a command that has
     one (start-up time: each module brings its own imports, and typer builds every
     registered command's options), else all of them (``--help``, a typo to suggest for)."""
+    import importlib
+    import pkgutil
+
     from . import __path__ as pkg_path
+    from ._app import app
 
     found = [m.name[4:] for m in pkgutil.iter_modules(pkg_path) if m.name.startswith("cmd_")]
     if argv and argv[0] in found:  # the program has no options but --help: argv[0] is it
@@ -65,6 +65,11 @@ def _load_commands(argv: list[str] | None = None) -> None:
 def _command(argv: list[str] | None = None):
     """The click command: a group even when one command is loaded (the app has a callback),
     with typer's completion options and cli/_startup.py's cheaper coercion and help."""
+    import typer
+
+    from . import _startup
+    from ._app import app
+
     command = typer.main.get_command(app)
     _startup.plain_coercion(command)
     _startup.plain_help(command)
@@ -124,7 +129,7 @@ PARAM_FLAGS = {
     "verify": "--verify",
 }
 _NAMES = "|".join(PARAM_FLAGS)
-_PARAM = re.compile(rf"`({_NAMES})`|(?<![\w.\-/])({_NAMES})=(True\b|False\b|(?=[\s,;:)]|$))?")
+_PARAM = rf"`({_NAMES})`|(?<![\w.\-/])({_NAMES})=(True\b|False\b|(?=[\s,;:)]|$))?"
 
 
 def as_flags(message: str) -> str:
@@ -139,7 +144,7 @@ def as_flags(message: str) -> str:
             return "--no-" + name[2:]
         return name if switch is not None else name + " "  # (a value follows)
 
-    return _PARAM.sub(flag, message)
+    return re.sub(_PARAM, flag, message)  # (compiled on first use, not at every start-up)
 
 
 def os_error_line(exc: OSError) -> str:
@@ -152,45 +157,57 @@ def os_error_line(exc: OSError) -> str:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises, never prints a traceback
     unless ``KEISHIKI_DEBUG=1``)."""
-    debug = bool(os.environ.get("KEISHIKI_DEBUG"))
     try:
+        plain = plain_command(argv) if argv is not None else None
+        if plain is not None:
+            return plain()
         _load_commands(argv)  # inside the try: Ctrl-C during the imports is an interrupt too
         command = _command(argv)
         result = command.main(args=argv, prog_name="keishiki", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except typer_exceptions.Exit as exc:
-        return exc.exit_code
-    except SystemExit as exc:  # typer's completion (--show-completion, the shell's requests)
+    except BaseException as exc:
+        code = _exit_code(exc, debug=bool(os.environ.get("KEISHIKI_DEBUG")))
+        if code is None:
+            raise
+        return code
+
+
+def _exit_code(exc: BaseException, debug: bool) -> int | None:
+    """The exit code for ``exc`` (its line said on stderr), or None to let it through:
+    with ``debug``, or for what is not an error of the command (GeneratorExit)."""
+    if "typer" in sys.modules:  # (typer's and click's exceptions exist only once it is in)
+        from typer import exceptions as typer_exceptions
+        from typer._click import exceptions as click_exceptions  # typer >= 0.20 vendors click
+
+        if isinstance(exc, typer_exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, typer_exceptions.Abort):
+            return _fail("interrupted", 130)
+        if isinstance(exc, click_exceptions.ClickException):  # usage: click's message, exit 2
+            exc.show()
+            return exc.exit_code
+    if isinstance(exc, SystemExit):  # typer's completion (--show-completion, shell requests)
         return exc.code if isinstance(exc.code, int) else 0
-    except (typer_exceptions.Abort, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt):
         return _fail("interrupted", 130)
-    except click_exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
-        return exc.exit_code
-    except KeishikiError as exc:
-        if debug:
-            raise
-        return _fail(as_flags(str(exc)).replace("\n", " "), exc.exit_code)
-    except BrokenPipeError:
+    if isinstance(exc, KeishikiError):
+        return None if debug else _fail(as_flags(str(exc)).replace("\n", " "), exc.exit_code)
+    if isinstance(exc, BrokenPipeError):
         return 0
-    except OSError as exc:
-        if debug:
-            raise
+    if debug or not isinstance(exc, Exception):
+        return None
+    if isinstance(exc, OSError):
         return _fail(os_error_line(exc), 2)
-    except MemoryError:
-        if debug:
-            raise
+    if isinstance(exc, MemoryError):
         return _fail(
             "out of memory (the model, or a size a file claims, is too large for this machine)", 2
         )
-    except Exception as exc:  # a bug: still one line, with the way to see more
-        if debug:
-            raise
-        return _fail(
-            f"internal error: {type(exc).__name__}: {exc} "
-            f"(KEISHIKI_DEBUG=1 shows the traceback)".replace("\n", " "),
-            2,
-        )
+    # a bug: still one line, with the way to see more
+    return _fail(
+        f"internal error: {type(exc).__name__}: {exc} "
+        f"(KEISHIKI_DEBUG=1 shows the traceback)".replace("\n", " "),
+        2,
+    )
 
 
 def main() -> None:

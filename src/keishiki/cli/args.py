@@ -24,7 +24,7 @@ def _notice(line: str) -> None:
     none with --quiet."""
     import sys
 
-    from ._app import OUTPUT
+    from .output import OUTPUT
     from .render import printable
 
     if OUTPUT.quiet:

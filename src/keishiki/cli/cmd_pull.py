@@ -157,9 +157,9 @@ def _render_scan(scan) -> None:
     """The scan verdict as ``keishiki scan`` prints it; unread parts as one-line errors."""
     if scan is None:
         return
-    from .cmd_scan import _render
+    from .scanning import render_report
 
-    _render(scan, show_safe=False)
+    render_report(scan, show_safe=False)
     for fr in scan.files:
         for err in fr.errors:
             sys.stderr.write(printable(f"keishiki: error: {err}") + "\n")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
 import os
 import sys
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich.table costs ~5 ms of start-up: imported where a Table is built
+    from rich.table import Table
 
 # In a pipe or a file there is no terminal width: rich would fold every line at 80 columns
 # and split tensor names and paths in two (breaking `keishiki tensors m | grep`).  Lines are
@@ -77,6 +80,7 @@ class _Console(Console):
 
 console = _Console(
     highlight=False,
+    emoji=False,  # text from files is escaped markup: a tensor named ":warning:" stays as it is
     soft_wrap=False,
     width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else _PIPE_WIDTH,
 )
@@ -188,6 +192,8 @@ def kv_table(title: str | None, rows: Iterable[tuple[str, Any]]) -> Table:
     Keys and values are text from the model file (metadata, names, paths): they are
     escaped, so a value like ``[/x]`` prints as itself instead of being read as rich markup.
     """
+    from rich.table import Table
+
     table = Table(
         title=title and escape(title),
         show_header=False,
@@ -227,9 +233,18 @@ def table(
         console.print(printable(title), soft_wrap=True)
     cells = [[printable(v) if isinstance(v, str) else short(v) for v in row] for row in rows]
     drawn = _one_line_table(columns, cells, right)
+    if isinstance(drawn, str):  # no colour: the characters rich would write, written as such
+        try:
+            console.file.write(drawn)
+            console.file.flush()
+        except BrokenPipeError:
+            console.on_broken_pipe()
+        return
     if drawn is not None:
         console.print(drawn, end="", soft_wrap=True)
         return
+    from rich.table import Table
+
     t = Table(header_style="bold")
     for col in columns:
         t.add_column(col, justify="right" if col in right else "left", overflow="fold")
@@ -239,23 +254,26 @@ def table(
 
 
 def _one_line_table(columns: list[str], cells: list[list[str]], right: set[str]) -> Any:
-    """The table :func:`table` draws with rich's ``Table``, as one ``Text``, when no cell needs
-    folding (one line each, and the whole fits the width); else None.
+    """The table :func:`table` draws with rich's ``Table``, when no cell needs folding (one
+    line each, and the whole fits the width): as one ``Text``, or without colour (a pipe, a
+    file) as the string rich would write; else None.
 
     rich lays a table out cell by cell: 90 ms for the 200 rows of a folder scan, a third of
-    ``keishiki scan``'s run; this draws the same characters in ~13 ms
-    (tests/cli/test_render.py compares the two)."""
+    ``keishiki scan``'s run; this draws the same characters in ~13 ms with colour, ~3 ms
+    without (tests/cli/test_render.py compares them)."""
     from rich.box import HEAVY_HEAD
-    from rich.cells import cell_len
     from rich.text import Text
 
-    texts = [[Text.from_markup(cell) for cell in row] for row in cells]
+    if console.color_system is None:
+        plain = [[_plain(cell) for cell in row] for row in cells]
+        if not any("\t" in text or "\n" in text for row in plain for text in row):
+            return _plain_table(columns, plain, right)
+
+    texts = [[Text.from_markup(cell, emoji=False) for cell in row] for row in cells]
     if any("\n" in text.plain for row in texts for text in row):
         return None
-    widths = [cell_len(col) for col in columns]
-    for row in texts:
-        widths = [max(w, text.cell_len) for w, text in zip(widths, row)]
-    if sum(widths) + 3 * len(widths) + 1 > console.width:
+    widths = _widths(columns, [[text.plain for text in row] for row in texts])
+    if widths is None:
         return None
     box = HEAVY_HEAD.substitute(console.options, safe=console.safe_box)
     padded = [w + 2 for w in widths]
@@ -281,3 +299,63 @@ def _one_line_table(columns: list[str], cells: list[list[str]], right: set[str])
         add_row(row, box.mid_left, box.mid_vertical)
     out.append(box.get_bottom(padded) + "\n")
     return out
+
+
+def _plain_table(columns: list[str], plain: list[list[str]], right: set[str]) -> str | None:
+    """:func:`_one_line_table` without colour: the characters alone, as one string."""
+    from rich.box import HEAVY_HEAD
+
+    widths = _widths(columns, plain)
+    if widths is None:
+        return None
+    box = HEAVY_HEAD.substitute(console.options, safe=console.safe_box)
+    padded = [w + 2 for w in widths]
+
+    def line(row: list[str], edge: str, divider: str) -> str:
+        return (
+            edge
+            + divider.join(
+                f" {pad}{text} " if col in right else f" {text}{pad} "
+                for col, text, pad in zip(columns, row, _pads(row, widths))
+            )
+            + edge
+        )
+
+    lines = [
+        box.get_top(padded),
+        line(columns, box.head_left, box.head_vertical),
+        box.get_row(padded, "head"),
+        *(line(row, box.mid_left, box.mid_vertical) for row in plain),
+        box.get_bottom(padded),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _widths(columns: list[str], plain: list[list[str]]) -> list[int] | None:
+    """Each column's width in terminal cells, or None when the table is wider than the
+    console."""
+    from rich.cells import cell_len
+
+    widths = [cell_len(col) for col in columns]
+    for row in plain:
+        widths = [max(w, cell_len(text)) for w, text in zip(widths, row)]
+    return None if sum(widths) + 3 * len(widths) + 1 > console.width else widths
+
+
+def _pads(row: list[str], widths: list[int]) -> list[str]:
+    """The spaces that fill each cell of ``row`` to its column's width (in terminal cells:
+    a CJK character takes two)."""
+    from rich.cells import cell_len
+
+    return [" " * (width - cell_len(text)) for text, width in zip(row, widths)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain(cell: str) -> str:
+    """The characters rich shows for the markup ``cell`` (``[style]`` tags and ``\\[``
+    escapes: a cell without a bracket is itself)."""
+    if "[" not in cell:
+        return cell
+    from rich.text import Text
+
+    return Text.from_markup(cell, emoji=False).plain

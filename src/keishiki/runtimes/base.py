@@ -68,9 +68,16 @@ class Backend:
         details: facts worth showing (device, provider, cache or not), merged into
             ``LLM.backend_reason``.
         max_model_len: longest prompt + output the model takes, or None if unknown.
+        max_batch: most sequences decoded together; None for an engine that schedules its
+            own batches (vLLM, given ``max_num_seqs`` as an engine argument).
+        pad_id: the id fed to padded rows; None for an engine that pads for itself (vLLM),
+            which ``LLM`` then leaves alone rather than hand it the tokenizer's.
     """
 
     name = "?"
+    # class attributes, not set in __init__: LoopBackend's class defaults must show through
+    max_batch: int | None = None
+    pad_id: int | None = None
 
     def __init__(self) -> None:
         self.details: list[str] = []
@@ -122,8 +129,8 @@ class LoopBackend(Backend):
     """
 
     batchable = True
-    max_batch = 16
-    pad_id = 0
+    max_batch: int = 16
+    pad_id: int = 0
 
     def _forward(
         self,

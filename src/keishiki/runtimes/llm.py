@@ -15,7 +15,7 @@ from .base import Backend, Sequence
 from .outputs import CompletionOutput, Logprob, RequestOutput
 from .params import SamplingParams
 from .sampling import make_rng, top_logprobs
-from .select import choose
+from .select import Choice, choose
 from .tokenizer import Tokenizer, find_tokenizer_dir
 
 PromptType = str | dict
@@ -132,10 +132,7 @@ class LLM:
             self._engine.max_batch = max_num_seqs
         if max_model_len:
             self._engine.max_model_len = max_model_len
-        if (
-            getattr(self._engine, "pad_id", None) is not None
-            and self.tokenizer.pad_token_id is not None
-        ):
+        if self._engine.pad_id is not None and self.tokenizer.pad_token_id is not None:
             self._engine.pad_id = self.tokenizer.pad_token_id
         self.backend = self._engine.name
         self.backend_reason = "; ".join([choice.reason] + self._engine.details)
@@ -144,19 +141,19 @@ class LLM:
 
     @staticmethod
     def _load(
-        choice,
-        config,
-        tokenizer_dir,
+        choice: Choice,
+        config: dict,
+        tokenizer_dir: Path,
         *,
-        dtype,
-        seed,
-        trust_remote_code,
-        device,
-        providers,
-        tp,
-        pp,
-        max_model_len,
-        engine_kwargs,
+        dtype: str | None,
+        seed: int | None,
+        trust_remote_code: bool,
+        device: str | None,
+        providers: list[str] | None,
+        tp: int,
+        pp: int,
+        max_model_len: int | None,
+        engine_kwargs: dict[str, Any],
     ) -> Backend:
         if choice.backend == "torch":
             from .torch_backend import TorchBackend
@@ -280,7 +277,9 @@ class LLM:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _params_per_prompt(self, sampling_params, count: int) -> list[SamplingParams]:
+    def _params_per_prompt(
+        self, sampling_params: SamplingParams | Seq[SamplingParams] | None, count: int
+    ) -> list[SamplingParams]:
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
@@ -346,7 +345,8 @@ class LLM:
                 if (p.max_tokens or room)
                 else UNBOUNDED_MAX_TOKENS
             )
-            stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else eos)
+            # __post_init__ makes it a list; validate() accepts None set afterwards
+            stop_ids = set(p.stop_token_ids or []) | (set() if p.ignore_eos else eos)
             for index in range(p.n):
                 seqs.append(
                     Sequence(
@@ -361,7 +361,13 @@ class LLM:
                 )
         return seqs
 
-    def _generate_ids(self, texts, ids, params, on_text) -> list[RequestOutput]:
+    def _generate_ids(
+        self,
+        texts: Seq[str | None],
+        ids: list[list[int]],
+        params: list[SamplingParams],
+        on_text: OnText | None,
+    ) -> list[RequestOutput]:
         seqs = self._sequences(ids, params)
         trackers = [_TextTracker(self.tokenizer, s.params) for s in seqs]
         watch = on_text is not None or any(s.params.stop for s in seqs)
@@ -376,7 +382,14 @@ class LLM:
                     on_text(seq.request, seq.index, delta)
         return self._outputs(texts, ids, params, seqs, trackers)
 
-    def _outputs(self, texts, ids, params, seqs, trackers) -> list[RequestOutput]:
+    def _outputs(
+        self,
+        texts: Seq[str | None],
+        ids: list[list[int]],
+        params: list[SamplingParams],
+        seqs: list[Sequence],
+        trackers: list[_TextTracker],
+    ) -> list[RequestOutput]:
         results = [
             RequestOutput(str(i), texts[i], list(ids[i]), [], metrics={"backend": self.backend})
             for i in range(len(ids))
@@ -413,7 +426,8 @@ class LLM:
                 )
                 result.prompt_logprobs = [None if d is None else self._logprob_dict(d) for d in raw]
             metrics = result.metrics
-            if seq.first_token_at is not None:
+            # Sequence.add() sets both together
+            if seq.first_token_at is not None and seq.last_token_at is not None:
                 metrics.setdefault("first_token_s", seq.first_token_at - seq.started_at)
                 metrics.setdefault("decode_s", seq.last_token_at - seq.first_token_at)
         return results
@@ -442,7 +456,9 @@ class _TextTracker:
     def __init__(self, tokenizer: Tokenizer, params: SamplingParams):
         self.tokenizer = tokenizer
         self.params = params
-        self.hold = max((len(s) for s in params.stop), default=1) - 1
+        # as validate() reads it: a str set after __post_init__ is one stop string
+        self.stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.streamed = 0
         self.done = False
 
@@ -469,7 +485,7 @@ class _TextTracker:
         # last tokens hold part of a UTF-8 character the text ends in U+FFFD, which would
         # match a stop string "\ufffd" (or one ending in it) a token too early
         complete = text if seq.finished else text.rstrip("\ufffd")
-        found = [(complete.find(s), s) for s in self.params.stop if s in complete]
+        found = [(complete.find(s), s) for s in self.stop if s in complete]
         if found:
             at, stop = min(found)
             text = text[: at + len(stop) if self.params.include_stop_str_in_output else at]
@@ -486,19 +502,18 @@ def _read_config(folder: Path) -> dict:
         return {}
 
 
-def _dequantized(choice, trust: bool):
+def _dequantized(choice: Choice, trust: bool) -> Choice:
     """The choice for a GGUF file: its cached Hugging Face folder (after the GGUF itself has
     passed the load gate: its chat template is rendered later)."""
     from ..core.gate import admit
     from .gguf_run import hf_folder_for
-    from .select import Choice
 
     admit(choice.model_file, trust=trust, purpose="run")
     folder = hf_folder_for(choice.model_file)
     return Choice(choice.backend, "hf-model", f"{choice.reason}: {folder}", folder, folder)
 
 
-def _admit(choice, tokenizer_dir: Path, trust: bool) -> None:
+def _admit(choice: Choice, tokenizer_dir: Path, trust: bool) -> None:
     """The load gate for everything the engine will open: the model (an HF folder whole, or
     the ONNX/TorchScript file: its verdict must be safe unless trusted) and the folders its
     config and tokenizer come from (no file of theirs may lead outside them)."""

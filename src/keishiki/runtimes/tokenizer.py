@@ -9,6 +9,7 @@ rendered prompt is encoded without adding special tokens again, as transformers 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def find_tokenizer_dir(model: Path, tokenizer: str | Path | None) -> Path:
+def find_tokenizer_dir(model: Path, tokenizer: str | os.PathLike | None) -> Path:
     """Where the tokenizer files are: ``tokenizer`` if given, else the model folder, else the
     folder holding the model file.
 
