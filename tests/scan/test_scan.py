@@ -527,5 +527,59 @@ def test_a_maybe_pickle_that_breaks_at_once_reads_as_before(blob, torch_member, 
         return kept, ctx.report.findings, ctx.report.errors, ctx.report.scanned
 
     fast = attempt()
-    monkeypatch.setattr(scanner, "_BREAKS_AT_ONCE", frozenset())
+    monkeypatch.setattr(scanner, "BREAKS_AT_START", frozenset())
     assert attempt() == fast == (False, [], [], [])
+
+
+def _long_name_call(tail: bytes) -> bytes:
+    """``os.path.os....system("true")`` by a STACK_GLOBAL whose name is longer than the
+    scan shows (cut to 1000 characters), in a stream that opens as a maybe-pickle."""
+
+    def text(s: str) -> bytes:
+        return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+    call = text("os") + text("path.os." * 130 + "system") + b"\x93" + text("true") + b"\x85R"
+    return b"N0\x80\x04" + call + tail
+
+
+@pytest.mark.parametrize(
+    "blob, kept",
+    [
+        # what the loader runs before it fails has run: a dangerous name, even cut short
+        (_long_name_call(b"\xff"), True),
+        # the scan's own memo limit stops the reading: the loader reads on to STOP
+        (_long_name_call(b"r" + struct.pack("<I", 5_000_000) + b"."), True),
+        # text whose first line reads as GLOBAL: names that are no identifiers, undone
+        (b"c" + b"some words " * 60 + b"\n" + b"more words " * 60 + b"\n\xff", False),
+        # a msgpack map opens with an EXT opcode no process registers: undone
+        (b"\x83\xa5hello\xa5world", False),
+        # a memo write at the first byte breaks every unpickler, whatever its index
+        (b"r\xff\xff\xff\x7f.", False),
+    ],
+)
+def test_a_maybe_pickle_is_undone_only_when_the_loader_would_run_nothing(blob, kept):
+    from keishiki._scan import scanner
+    from keishiki._scan.findings import FileReport
+
+    ctx = scanner._Ctx(FileReport(path="m.bin"))
+    assert scanner._pickle(ctx, blob, "", False) is kept
+    assert bool(ctx.report.findings or ctx.report.errors) is kept
+    if kept:
+        assert ctx.report.verdict == "dangerous"
+
+
+@pytest.mark.parametrize(
+    "name, shaped",
+    [
+        ("os.system", True),
+        ("os....path.os.path.os.pa...", True),  # cut for the report at both ends
+        ("os....path.os....", True),
+        ("some words .more words ", False),
+        ("os", False),
+        ("...", False),
+    ],
+)
+def test_names_a_global(name, shaped):
+    from keishiki._scan.scanner import _names_a_global
+
+    assert _names_a_global(name) is shaped

@@ -410,9 +410,105 @@ def _miss(reason: str):
     return pytest.mark.xfail(strict=True, reason=reason)
 
 
+# ---- round 3 (seventh session): a cut-short name, and the pre-0.4 tar's raw sizes ----------
+
+
+def _long_name_call(marker: Path, tail: bytes) -> bytes:
+    """``os.path.os.path....system("touch MARKER")`` by a protocol-4 STACK_GLOBAL whose
+    dotted name is over the scan's 1000-character cut (the report shows it shortened), in a
+    stream that opens with ``N0`` (so the scan only tries it as a maybe-pickle), then
+    ``tail``."""
+
+    def text(s: str) -> bytes:
+        raw = s.encode()
+        return b"X" + struct.pack("<I", len(raw)) + raw
+
+    dotted = "path.os." * 130 + "system"
+    call = text("os") + text(dotted) + b"\x93" + text(f"touch {marker}") + b"\x85R"
+    return b"N0\x80\x04" + call + tail
+
+
+def gen_long_name_then_memo_cap(d: Path, marker: Path):
+    """After the call, a LONG_BINPUT index beyond the scan's memo limit: the scan stops
+    there (its limit, not the loader's, which reads on to STOP) and used to undo the whole
+    reading as "not a pickle" because the shortened name is not identifier-shaped; the
+    format sniffer then took the file for a pickle and read it cleanly: safe."""
+    path = d / "checkpoint"
+    path.write_bytes(_long_name_call(marker, b"r" + struct.pack("<I", 5_000_000) + b"."))
+    return path, "pickle.load"
+
+
+def gen_long_name_then_junk_in_folder(d: Path, marker: Path):
+    """The same call followed by a byte that is no opcode: pickle.load runs the call, then
+    fails; the scan of the folder undid the reading (an error and no identifier-shaped
+    name) and skipped the file."""
+    (d / "config.json").write_text("{}")
+    path = d / "model.pth.tar"
+    path.write_bytes(_long_name_call(marker, b"\xff"))
+    return path, "pickle.load", d
+
+
+def gen_torch_tar_storage_args_list(d: Path, marker: Path):
+    """A pre-0.4 tar whose storage arguments are a *list* ``[key, location, FloatStorage]``:
+    torch unpacks any sequence and steps over 4 bytes per element; the scan read the type
+    only from a tuple and stepped 1 byte per element, onto a harmless decoy, while torch's
+    ``storage_views`` pickle (the payload) lay further on."""
+    n = 16
+    raw = bytearray(4 * n)
+    raw[n : n + 4] = b"].N."  # where the scan looked: an empty list, then None
+    storages = (
+        pickle.dumps(1, protocol=2)
+        + b"\x80\x02](X\x01\x00\x00\x00kX\x03\x00\x00\x00cpuctorch\nFloatStorage\ne."
+        + struct.pack("<q", n)
+        + bytes(raw)
+        + payload_pickle(marker)
+    )
+    path = d / "model.pth"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        _tar_add(tf, "storages", storages)
+        _tar_add(tf, "tensors", pickle.dumps(0, protocol=2))
+        _tar_add(tf, "pickle", pickle.dumps({}, protocol=2))
+    return path, "torch.load"
+
+
+def gen_torch_tar_tensor_ndim_65(d: Path, marker: Path):
+    """A pre-0.4 tar whose first tensor has 65 dimensions: torch reads 65 sizes, 65
+    strides and an offset, then the next tensor's arguments (the payload); the scan
+    stopped quietly at more than 64 dimensions."""
+    ndim = 65
+    tensors = (
+        pickle.dumps(2, protocol=2)
+        + b"\x80\x02X\x02\x00\x00\x00t0X\x01\x00\x00\x00kctorch\nFloatTensor\n\x87."
+        + struct.pack("<i", ndim)
+        + b"\0" * 4
+        + struct.pack(f"<{ndim}q", *[0] * ndim)
+        + struct.pack(f"<{ndim}q", *[1] * ndim)
+        + struct.pack("<q", 0)
+        + payload_pickle(marker)
+    )
+    storages = (  # storage "k": no elements
+        pickle.dumps(1, protocol=2)
+        + b"\x80\x02X\x01\x00\x00\x00kX\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87."
+        + struct.pack("<q", 0)
+        + pickle.dumps([], protocol=2)
+    )
+    path = d / "model.pth"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        _tar_add(tf, "storages", storages)
+        _tar_add(tf, "tensors", tensors)
+        _tar_add(tf, "pickle", pickle.dumps({}, protocol=2))
+    return path, "torch.load"
+
+
 # per class: name -> marks (an xfail mark names a live miss the lead has not fixed yet;
 # samples without one are attacks keishiki already catches, kept as regression tests)
 PICKLE_SAMPLES = {
+    # round 3: caught since the seventh session (a reading stopped by the scan's own limit,
+    # or that named a dangerous global, is never undone; the tar's raw sizes as torch reads)
+    "long_name_then_memo_cap": [],
+    "long_name_then_junk_in_folder": [],
+    "torch_tar_storage_args_list": [],
+    "torch_tar_tensor_ndim_65": [],
     "pickle_65_streams": [],  # caught: streams are read until the time budget (then: error)
     "torch_tar_storages_after_raw": [],  # caught: the member read in legacy_load's layout
 }

@@ -38,6 +38,10 @@ MAX_INLINE = 384 << 20  # bytes/str payloads the unpickler materialises (a torch
 # pickle holds none: tensor data lives outside it)
 COPY_LIMIT = 64 << 20  # a cleared stream up to this size is served from one copy
 NAMING = frozenset(("GLOBAL", "STACK_GLOBAL", "INST", "EXT1", "EXT2", "EXT4"))
+# opcodes that take from an empty stack or need a MARK: a stream opening with one breaks at
+# its first byte in every unpickler, naming nothing (a memo write there too, whatever the
+# scan's limits say of its index)
+BREAKS_AT_START = frozenset(b"012abdelorstuR.")
 
 
 class Capped(Exception):

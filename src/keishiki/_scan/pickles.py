@@ -29,7 +29,7 @@ from typing import Any
 
 from .allowlist import BIT_GENERATORS, classify
 from .findings import FileReport, Finding
-from .oplex import OPCODE_BYTES
+from .oplex import BREAKS_AT_START, OPCODE_BYTES
 from .unpickler import JOBLIB_WRAPPERS, CallRecord, Global, Result, StreamRecord, Stub, read_stream
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -103,6 +103,7 @@ class _Judge:
         self.where, self.report, self.deadline = where, report, deadline
         self.seen: set[tuple] = set()
         self.repeats: dict[tuple[str, str], int] = {}
+        self.capped = False  # a limit of the scan stopped a reading (see scan_blob)
 
     def add(self, offset, opcode, subject, severity, reason) -> None:
         key = (offset, subject, severity)
@@ -241,7 +242,8 @@ class _Judge:
             False,
             where.depth + 1,
         )
-        scan_blob(memoryview(blob), inner, self.report, self.deadline)
+        if scan_blob(memoryview(blob), inner, self.report, self.deadline):
+            self.capped = True
 
 
 _NUMPY_CTORS = frozenset(
@@ -302,6 +304,13 @@ def _numpy_ctor_misuse(name: str, call: CallRecord) -> str:
     )
 
 
+def _stopped_by_the_scan(rec: StreamRecord, data: memoryview) -> bool:
+    """A limit of the scan stopped ``rec`` where the loader may read on: not at a stream's
+    first opcode when that one breaks every unpickler at once."""
+    at_start = rec.end == rec.start < len(data) and data[rec.start] in BREAKS_AT_START
+    return bool(rec.capped) and not at_start
+
+
 def _error(where: Where, report: FileReport, rec: StreamRecord, what: str) -> None:
     place = where.file + (f"!{where.member}" if where.member else "")
     report.errors.append(f"{place}: pickle stream at byte {rec.start} {what}")
@@ -323,6 +332,8 @@ def read_as_loaders(
             data, pos, deadline, python=True, joblib=joblib, torch_names=where.torch_file
         )
         judge.record(alt, " (as the pure-Python unpickler of joblib/dill reads it)")
+    if _stopped_by_the_scan(rec, data) or (alt is not None and _stopped_by_the_scan(alt, data)):
+        judge.capped = True
     if rec.capped:
         _error(where, report, rec, f"was not read to its end: {rec.capped}")
     if alt is not None and alt.capped and not rec.capped:
@@ -361,11 +372,29 @@ def _key(value: Any) -> str:
         return f"<{type(value).__name__} without a printable form>"
 
 
+def _storage_itemsize(args: Any) -> int | None:
+    """The element size of the storage type in a legacy tar's ``(key, location, type)``
+    (a tuple or list, as torch unpacks it), None when it is not a storage type torch names."""
+    if not isinstance(args, (tuple, list)) or len(args) != 3:
+        return None
+    cls = args[2]
+    name = cls._global.name if isinstance(cls, Stub) else ""
+    return _STORAGE_ITEMSIZE.get(name[: -len("Storage")] if name.endswith("Storage") else "")
+
+
+def _storage_label(args: Any) -> str:
+    """What a legacy tar's storage arguments give as the type, for a message."""
+    if isinstance(args, (tuple, list)) and len(args) == 3:
+        return _label(args[2])
+    return f"{_label(args)} instead of (key, location, type)"
+
+
 def _legacy_storages(main: StreamRecord, keys: Any) -> list[tuple[str, int]] | None:
     """(key, itemsize) for each storage in the order the legacy file writes them."""
     types: dict[str, int] = {}
     for pid in main.persistent_ids:
-        if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
+        # torch's persistent_load slices the id (``saved_id[1:]``): a list serves as well
+        if isinstance(pid, (tuple, list)) and len(pid) >= 3 and pid[0] == "storage":
             cls, key = pid[1], pid[2]
             name = cls._global.name if isinstance(cls, Stub) else ""
             base = name[: -len("Storage")] if name.endswith("Storage") else name
@@ -377,12 +406,13 @@ def _legacy_storages(main: StreamRecord, keys: Any) -> list[tuple[str, int]] | N
 
 def scan_blob(
     data: memoryview, where: Where, report: FileReport, deadline: float, start: int = 0
-) -> int:
+) -> bool:
     """Scan every pickle stream in ``data`` from ``start``: concatenated streams, the torch
     legacy layout (storages skipped by size, trailing bytes scanned again), joblib dumps.
 
     Returns:
-        The number of streams read.
+        Whether a limit of the scan (not of the loader) stopped a reading: the loader
+        would have read on.
     """
     judge = _Judge(where, report, deadline)
     pos, count, legacy_step = start, 0, 0
@@ -418,6 +448,7 @@ def scan_blob(
             legacy_step = 0
         if time.monotonic() > deadline:
             report.errors.append(f"{where.file}: scan stopped at the time limit")
+            judge.capped = True
             break
     if count >= MAX_STREAMS and pos < n and data[pos] in OPCODE_BYTES:
         # a loader reading until EOF goes on: what was not read is not known to be safe
@@ -425,13 +456,14 @@ def scan_blob(
             f"{where.file}: more than {MAX_STREAMS} pickle streams; the rest "
             f"(from byte {pos}) was not read"
         )
+        judge.capped = True
     if legacy_step and count < 5 and not report.errors:
         # torch's legacy layout is five pickles (magic, protocol, sys_info, object, keys):
         # a file that stops early was not seen whole, so it cannot be called safe
         report.errors.append(
             f"{where.file}: legacy torch file truncated after {count} of its 5 pickles (byte {pos})"
         )
-    return count
+    return judge.capped
 
 
 LEGACY_TAR_RECORDS = ("storages", "tensors")
@@ -478,16 +510,24 @@ def scan_legacy_tar_member(
                 f"{where.file}!{where.member}: legacy {record} count {items!r} is not a count"
             )
         return
-    for _ in range(items):
+    for i in range(items):
         args = stream()
-        if args is None or time.monotonic() > deadline:
+        if args is None:
+            return
+        if time.monotonic() > deadline:
+            report.errors.append(f"{where.file}!{where.member}: scan stopped at the time limit")
             return
         if record == "storages":
-            cls = args.value[2] if isinstance(args.value, tuple) and len(args.value) > 2 else None
-            name = cls._global.name if isinstance(cls, Stub) else ""
-            itemsize = _STORAGE_ITEMSIZE.get(
-                name[: -len("Storage")] if name.endswith("Storage") else name, 1
-            )
+            # torch unpacks ``key, location, storage_type = args`` (a list does too) and
+            # reads element count x the storage type's element size: a type it cannot
+            # size is a byte count keishiki cannot follow
+            itemsize = _storage_itemsize(args.value)
+            if itemsize is None:
+                report.errors.append(
+                    f"{where.file}!{where.member}: legacy storage {i}'s type is not one "
+                    f"torch names (its size in bytes is not known): {_storage_label(args.value)}"
+                )
+                return
             if not raw(8):
                 return
             (numel,) = struct.unpack("<q", data[pos - 8 : pos])
@@ -497,7 +537,14 @@ def scan_legacy_tar_member(
             if not raw(8):
                 return
             (ndim,) = struct.unpack("<i", data[pos - 8 : pos - 4])
-            if not 0 <= ndim <= 64 or not raw(16 * ndim + 8):
+            # torch reads ndim sizes and strides (8 bytes each) and an offset, however many
+            if ndim < 0:
+                report.errors.append(
+                    f"{where.file}!{where.member}: legacy tensor with {ndim} dimensions "
+                    f"(byte {pos - 8})"
+                )
+                return
+            if not raw(16 * ndim + 8):
                 return
     if record == "storages" and stream() is None:
         return

@@ -20,6 +20,7 @@ from typing import BinaryIO
 from ..errors import KeishikiError, PathNotFound
 from . import archives, compressed, keras, npy, onnx_refs, opt_in, torch_archive, torchscript
 from .findings import FileReport, Finding, ScanReport
+from .oplex import BREAKS_AT_START
 from .pickles import LEGACY_TAR_RECORDS, Where, looks_like_pickle, scan_blob, scan_legacy_tar_member
 
 FILE_SECONDS = 8.0  # time budget per file (the issue allows 10 s)
@@ -62,10 +63,6 @@ _MODEL_EXTS = _PICKLE_NAMES + (
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 _NPY = b"\x93NUMPY"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-# opcodes that take from an empty stack or need a MARK: a stream opening with one breaks at
-# its first byte in every unpickler, naming nothing, so a maybe-pickle that opens with one
-# is not one (torch's text records "1", "little", "big" and digit serial numbers do)
-_BREAKS_AT_ONCE = frozenset(b"012abdelorstuR.")
 
 
 class _Ctx:
@@ -97,19 +94,23 @@ def _pickle(
 ) -> bool:
     """Scan ``data`` as pickle streams.  When not ``strict`` (the bytes only might be a
     pickle) and the first stream breaks without naming any global, the attempt is undone."""
-    if not strict and len(data) and data[0] in _BREAKS_AT_ONCE:
+    # (torch's text records "1", "little", "big" and digit serial numbers open that way)
+    if not strict and len(data) and data[0] in BREAKS_AT_START:
         return False  # what the attempt below would undo, without reading it twice
     rep = ctx.report
     n_f, n_e, n_s = len(rep.findings), len(rep.errors), len(rep.scanned)
     where = Where(rep.path, member, torchscript_ctx, torch_file)
-    scan_blob(memoryview(data), where, rep, ctx.deadline)
+    capped = scan_blob(memoryview(data), where, rep, ctx.deadline)
     new = rep.findings[n_f:]
     # undone only when the loader imported nothing by name before failing (a msgpack map
-    # opens with 0x82-0x84, an EXT opcode whose code no process registers)
+    # opens with 0x82-0x84, an EXT opcode whose code no process registers).  Never when the
+    # scan's own limit stopped the reading (the loader reads on), nor when a name was judged
+    # dangerous: what the loader runs before it fails has run
     if (
         not strict
+        and not capped
         and len(rep.errors) > n_e
-        and not any(_IDENT.match(f.global_) for f in new)
+        and not any(_names_a_global(f.global_) or _dangerous_name(f) for f in new)
         and len(rep.scanned) - n_s <= 1
     ):
         del rep.findings[n_f:]
@@ -117,6 +118,18 @@ def _pickle(
         del rep.scanned[n_s:]
         return False
     return True
+
+
+def _dangerous_name(finding: Finding) -> bool:
+    """A global named by GLOBAL, STACK_GLOBAL or INST and judged dangerous (not an EXT code:
+    a msgpack map opens with one, and no process registers it)."""
+    return finding.severity == "dangerous" and finding.opcode in ("GLOBAL", "STACK_GLOBAL", "INST")
+
+
+def _names_a_global(name: str) -> bool:
+    """``module.name`` shaped like an importable name, also when the unpickler shortened it
+    for the report (``"..."`` where more than ``MAX_NAME`` characters were cut)."""
+    return bool(_IDENT.match(name) or _IDENT.match(name.replace("...", "").rstrip(".")))
 
 
 def _npy(ctx: _Ctx, data, member: str) -> None:
@@ -552,6 +565,11 @@ def _scan_top(ctx: _Ctx, path: Path, view, fh: BinaryIO, explicit: bool) -> str:
             )
         return kind
     fmt = _identify(path)
+    if fmt in ("pickle", "pytorch"):
+        # keishiki's own reader takes it for a pickle the attempt above gave up on: judged
+        # as one, whatever the undone reading said
+        _pickle(ctx, view, "", strict=True)
+        return fmt
     if fmt:
         _read_container(ctx, path)
         return fmt
