@@ -8,6 +8,7 @@ on, at any depth of nesting.  Nothing is imported from the file and nothing is l
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import mmap
@@ -519,12 +520,20 @@ def scan_file(path: Path, explicit: bool = True) -> FileReport:
                 report.skipped = "empty file"
             return report
         with open(path, "rb") as fh:
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    report.kind = _scan_top(ctx, path, view, fh, explicit)
-                finally:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            view = memoryview(mm)
+            try:
+                report.kind = _scan_top(ctx, path, view, fh, explicit)
+            except BaseException:
+                # the exception's traceback may still hold slices of the view (Ctrl-C in
+                # the middle of a reading): closing now would raise BufferError instead of
+                # it; the map closes when the last slice goes
+                with contextlib.suppress(BufferError):
                     view.release()
+                    mm.close()
+                raise
+            view.release()
+            mm.close()
     except OSError as exc:
         report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
     except (MemoryError, RecursionError) as exc:
@@ -706,6 +715,8 @@ def scan_paths(paths, advance=None) -> ScanReport:
     :func:`scan_folder`)."""
     report = ScanReport()
     for p in paths:
+        if isinstance(p, str) and not p:  # Path("") is ".": the working folder, never asked for
+            raise PathNotFound(p, "an empty path ('') names no file or folder")
         path = Path(p)
         if not path.exists():
             if path.is_symlink():

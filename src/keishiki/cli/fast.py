@@ -58,4 +58,7 @@ def _scan(paths: list[str], *, quiet: bool, **switches: bool) -> int:
     from .scanning import run_scan
 
     with output(quiet, 0):
-        return run_scan(paths, quiet=quiet, **switches)
+        try:
+            return run_scan(paths, quiet=quiet, **switches)
+        except KeyboardInterrupt:  # as typer's main does within a command: 130, nothing said
+            return 130

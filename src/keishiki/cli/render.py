@@ -32,6 +32,10 @@ _CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x20
 _JSON_CONTROLS = {
     c: f"\\u{c:04x}" for c in [*range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 }
+# a file name with bytes that are not UTF-8 holds lone surrogates (Python's surrogateescape):
+# shown as the bytes they stand for, which every encoding can write
+_CONTROLS.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})
+_JSON_CONTROLS.update({c: f"\\u{c:04x}" for c in range(0xDC80, 0xDD00)})
 
 
 def printable(text: str) -> str:
@@ -82,7 +86,10 @@ console = _Console(
     highlight=False,
     emoji=False,  # text from files is escaped markup: a tensor named ":warning:" stays as it is
     soft_wrap=False,
-    width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else _PIPE_WIDTH,
+    # (sys.stdout is None when the process starts with its stdout closed: `scan x >&-`)
+    width=None
+    if (sys.stdout is not None and sys.stdout.isatty()) or os.environ.get("COLUMNS")
+    else _PIPE_WIDTH,
 )
 
 
@@ -123,6 +130,8 @@ def print_json(obj: Any, schema: str | None = None) -> None:
 
 def write_text(text: str) -> None:
     """Write raw text to stdout now (streamed tokens, JSON); a closed pipe ends quietly."""
+    if sys.stdout is None:  # started with stdout closed: nowhere to write
+        return
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

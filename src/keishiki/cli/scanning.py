@@ -29,16 +29,31 @@ def run_scan(
             if getattr(report, "remote", None):
                 data["remote"] = report.remote
             print_json(data, schema="keishiki.scan/1")
-            return code
-        render_report(report, show_safe)
+        else:
+            render_report(report, show_safe)
     except BrokenPipeError:
         # the reader stopped early (`| head`): the verdict, not the pipe, sets the exit code,
         # or `scan evil.pt | head; echo ${PIPESTATUS[0]}` would say 0
-        return code
-    for fr in report.files:
-        for err in fr.errors:
-            sys.stderr.write(printable(f"keishiki: error: {err}") + "\n")
+        pass
+    except UnicodeEncodeError:  # an encoding that cannot show a name: the verdict stands
+        _say(
+            [
+                "keishiki: error: the output's encoding cannot show the report (PYTHONIOENCODING=utf-8)"
+            ]
+        )
+    _say([printable(f"keishiki: error: {err}") for fr in report.files for err in fr.errors])
     return code
+
+
+def _say(lines: list[str]) -> None:
+    """Lines on stderr; a stderr that is gone or cannot encode them does not change the
+    exit code (the verdict's)."""
+    try:
+        for line in lines:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, UnicodeEncodeError):  # (ValueError: stderr closed)
+        pass
 
 
 def scan_with_bar(paths: list[str], quiet: bool):
@@ -48,7 +63,7 @@ def scan_with_bar(paths: list[str], quiet: bool):
     from ..core.progress import progress
     from ..hub import is_hf_path
 
-    local = [Path(p) for p in paths if not is_hf_path(p)]
+    local = [p for p in paths if not is_hf_path(p)]  # ("" is refused by scan_paths)
     remote = [p for p in paths if is_hf_path(p)]
     show = not quiet and sys.stderr.isatty()
     with progress(_count(local) if show else None, "scanning", quiet=not show) as advance:
@@ -60,10 +75,10 @@ def scan_with_bar(paths: list[str], quiet: bool):
     return report
 
 
-def _count(paths: list[Path]) -> int:
+def _count(paths: list[str]) -> int:
     """How many files the scan will open (the bar's total; links are not followed)."""
     total = 0
-    for path in paths:
+    for path in map(Path, paths):
         if not path.is_dir():
             total += 1
             continue
