@@ -76,7 +76,10 @@ def test_ctrl_c_inside_a_reading_is_not_a_buffer_error(tmp_path, monkeypatch):
         scanner.scan_file(tmp_path / "m.pkl")
 
 
-def test_a_name_that_is_not_utf8_is_shown_by_its_bytes(tmp_path):
+def test_a_name_that_is_not_utf8_is_shown_by_its_bytes(tmp_path, monkeypatch):
+    from keishiki.cli import render
+
+    monkeypatch.setattr(render.console, "width", 4096)  # one line per row (COLUMNS may be set)
     name = os.fsdecode(b"bad\xff.pkl")
     (tmp_path / name).write_bytes(EVIL)
     code, out, _ = run_cli("scan", str(tmp_path))
