@@ -490,3 +490,44 @@ def test_too_much_code_or_no_time_left_is_unknown():
     late = ts.archive_findings([("a/code/__torch__.py", "x = 1\n")], time.monotonic() - 1)
     for found in (huge, late):
         assert [(s, g) for _, s, g, _ in found] == [("unknown", "torchscript-code")]
+
+
+@pytest.mark.parametrize(
+    "target, severity",
+    [
+        # what torch.export's serializer writes
+        ("torch.ops.aten.linear.default", None),
+        ("torch.ops.aten.sym_size.int", None),
+        ("torch.ops.higher_order.cond", None),
+        ("_operator.mul", None),
+        ("_operator.getitem", None),
+        ("math.sqrt", None),
+        ("torch.sym_max", None),
+        # torch's deserializer walks attributes from the torch module: any alias reaches ops
+        ("torch._decomp.decompositions.aten.from_file.default", "dangerous"),
+        ("torch.nn.functional.torch.ops.aten.save", "dangerous"),
+        ("torch._refs.aten.linear.default", "unknown"),
+        ("torch.os.system", "unknown"),
+        ("_operator.call", "unknown"),
+        ("_operator.methodcaller", "unknown"),
+        ("builtins.exec", "unknown"),
+    ],
+)
+def test_export_graph_targets_are_judged_as_torch_resolves_them(target, severity):
+    from keishiki._scan.torchscript import _judge_target
+
+    judged = _judge_target("model.json", target)
+    assert (judged[0] if judged else None) == severity
+
+
+@pytest.mark.parametrize(
+    "char, parses", [("\n", True), ("\t", True), ("\r", False), ("\f", False), ("\x0b", False)]
+)
+def test_code_with_characters_the_two_lexers_read_apart_is_not_judged(char, parses):
+    """A lone CR ends a comment for Python but not for TorchScript (a blank to its lexer)."""
+    from keishiki._scan.torchscript import parse
+
+    code = f"def f(x: Tensor) -> Tensor:\n  y = x  # note{char}  return y\n  return x\n"
+    tree, why = parse("a/code/__torch__.py", code)
+    assert (tree is not None) is parses
+    assert parses or "control character" in why

@@ -51,6 +51,7 @@ _STANDARD_NS = frozenset(
     }
 )
 
+_LEXED_APART = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 MAX_CODE_CHARS = 16 * 1024 * 1024  # per archive; Python's parser takes seconds per few MB
 
 
@@ -122,7 +123,20 @@ def archive_findings(files, deadline: float | None = None) -> list[tuple[str, st
 
 def parse(member: str, text: str) -> tuple[ast.Module | None, str]:
     """``(tree, "")`` or ``(None, why)``: a file Python's parser rejects (NUL bytes, nesting
-    beyond its limits, bad indentation) may still load in torch, read its own way."""
+    beyond its limits, bad indentation) may still load in torch, read its own way.
+
+    So may a file with control characters other than newline and tab: TorchScript's lexer
+    takes a lone ``\r`` (and ``\f``, ``\v``) for a blank where Python ends the line, so a
+    comment ended by ``\r`` in Python's reading runs on in torch's, and a line Python reads
+    inside a string is code to torch.  TorchScript's own printer never writes them (it
+    escapes them inside string literals)."""
+    control = _LEXED_APART.search(text)
+    if control:
+        line = text.count("\n", 0, control.start()) + 1
+        return None, (
+            f"{member} holds the control character {control.group()!r} (line {line}), which "
+            "Python's and TorchScript's lexers read differently: its calls cannot be judged"
+        )
     try:
         return ast.parse(text, filename=member), ""
     except SyntaxError as exc:
@@ -165,4 +179,65 @@ def _graph_findings(name: str, text: str) -> list[Judgement]:
         )
     for op in sorted(set(_FILE_OPS.findall(text))):
         out.append(("dangerous", f"torch.{op}", f"{name} calls {op}: reads or writes files"))
+    for target in sorted(_graph_targets(text)):
+        judged = _judge_target(name, target)
+        if judged is not None:
+            out.append(judged)
     return out
+
+
+# what torch.export's serializer writes as a node's target: torch.ops.<ns>.<op>[.<overload>],
+# a Python operator or math function, or a symbolic-shape helper of torch
+_CANONICAL_OP = re.compile(r"torch\.ops\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)(?:\.[A-Za-z_]\w*)?")
+_PURE_TARGET = re.compile(r"(?:math\.[a-z_0-9]+|torch\._?sym_[a-z_]+)")
+_OPERATORS = frozenset(
+    "abs add and_ contains eq floordiv ge getitem gt index inv invert is_ is_not le lshift lt "
+    "matmul mod mul ne neg not_ or_ pos pow rshift sub truediv truth xor".split()
+)
+_GRAPH_FILE_OPS = frozenset(("from_file", "save", "load", "_load_for_mobile"))
+
+
+def _graph_targets(text: str) -> set[str]:
+    """Every node target a ``torch.export`` graph JSON names (its ``"target"`` strings)."""
+    import json  # noqa: PLC0415 - .pt2 graphs only
+
+    found: set[str] = set()
+    try:
+        stack = [json.loads(text)]
+    except (ValueError, RecursionError):
+        return found  # torch.export.load refuses it too
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "target" and isinstance(value, str):
+                    found.add(value)
+                else:
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _judge_target(name: str, target: str) -> Judgement | None:
+    """A graph node's target as torch's deserializer resolves it: a name starting with
+    ``torch`` by walking attributes from the torch module, so any module's alias of an op
+    namespace reaches its ops (``torch._decomp.decompositions.aten.from_file.default`` is
+    ``aten::from_file``).  Only the serializer's own spellings are judged by name; any other
+    is unknown, and dangerous when it ends in a file op."""
+    op = _CANONICAL_OP.fullmatch(target)
+    if op is not None:
+        return None  # judged above, by namespace and op name
+    if _PURE_TARGET.fullmatch(target) or (
+        target.startswith("_operator.") and target[len("_operator.") :] in _OPERATORS
+    ):
+        return None
+    parts = target.split(".")
+    if any(part in _GRAPH_FILE_OPS for part in parts[-3:]):
+        return ("dangerous", target, f"{name} calls {target}: an alias of a file op")
+    return (
+        "unknown",
+        target,
+        f"{name} names the op {target!r} in a form torch.export does not write: torch "
+        "resolves it attribute by attribute from the torch module, which can reach any op",
+    )
