@@ -473,6 +473,14 @@ KERAS_CASES = {
         ),
     ),
     "get_file": ("dangerous", _sequential(_dense(activation=_fn("keras.utils", "get_file")))),
+    "legacy_saving_loader": (
+        "dangerous",
+        _sequential(
+            _dense(
+                activation=_fn("keras.src.legacy.saving.legacy_h5_format", "load_model_from_hdf5")
+            )
+        ),
+    ),
     "func_load": (
         "dangerous",
         _sequential(_dense(activation=_fn("keras.src.utils.python_utils", "func_load"))),

@@ -50,6 +50,8 @@ _GADGET_MODULES = (
     "keras.src.utils.file_utils",
     "keras.src.saving",
     "keras.saving",
+    "keras.src.legacy.saving",  # Keras 2's HDF5 loading, kept in Keras 3: other files
+    "keras.legacy.saving",
     "keras.src.utils.python_utils",
     "keras.utils.file_utils",
 )
