@@ -360,3 +360,28 @@ def test_disk_errors_are_one_line_and_leave_nothing(
     )
     assert code == 2 and words in err and err.count("\n") == 1 and "internal error" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_index_naming_too_many_shards_is_refused_before_they_are_resolved(tmp_path, monkeypatch):
+    """Each shard an index names is resolved on disk by every reader of the folder: an index
+    naming 100,000 distinct files took ~12 s of `info`; more than MAX_SHARDS is refused."""
+    model, _ = _folder(tmp_path)
+    weight_map = {f"w{i}": f"model-{i:05d}-of-00005.safetensors" for i in range(5)}
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert gate.index_escapes(model, model / "model.safetensors.index.json") == []
+    monkeypatch.setattr(gate, "MAX_SHARDS", 4)
+    found = gate.index_escapes(model, model / "model.safetensors.index.json")
+    assert found == [("", "shard index names 5 shard files (at most 4)")]
+
+
+def test_a_long_list_of_missing_shards_is_one_short_warning(tmp_path, tiny_llama):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    weight_map = {f"w{i}": f"model-{i:05d}-of-00020.safetensors" for i in range(20)}
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    warning = next(w for w in keishiki.inspect(model).warnings if "missing" in w)
+    assert "model-00007-of-00020" in warning and "model-00008" not in warning
+    assert "and 12 more" in warning

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -202,6 +204,10 @@ def test_zip_bomb_is_an_error(tmp_path):
         # pickle that imports nothing
         (b"\x80\x04X\xff\xff\xff\x7f", 2, "pickle data was truncated"),  # absurd length
         (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62), 2, "pickle data was truncated"),
+        # bytes opcodes the unpickler allocates for before reading: cut short before them
+        (b"\x80\x05\x96" + struct.pack("<Q", 1 << 40) + b"abc.", 2, "breaks at byte 2"),
+        (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 62) + b"abc.", 2, "breaks at byte 2"),
+        (b"\x80\x04B" + struct.pack("<I", 1 << 31) + b"abc.", 2, "breaks at byte 2"),
         (b"\x00\x01\x02" + bytes(range(256)) * 16, 2, "not a pickle, archive or model file"),
         # torch.load reads a file not starting with a local header as a pickle: so does scan
         (b"PK\x05\x06" + b"\0" * 18, 2, "pickle stream at byte 0 breaks"),
@@ -583,3 +589,16 @@ def test_names_a_global(name, shaped):
     from keishiki._scan.scanner import _names_a_global
 
     assert _names_a_global(name) is shaped
+
+
+@pytest.mark.parametrize("command", ["scan", "info", "tensors"])
+def test_a_bytearray_past_the_end_says_one_line(tmp_path, command):
+    """CPython's unpickler allocates a BYTEARRAY8's claimed size before reading it, and prints
+    a SystemError of its own (not through sys.stderr) on the way to MemoryError: the stream is
+    served only up to that opcode, so the process says one line."""
+    path = tmp_path / "m.pkl"
+    path.write_bytes(b"\x80\x05\x96" + struct.pack("<Q", 1 << 40) + b"abc.")
+    proc = subprocess.run(
+        [sys.executable, "-m", "keishiki", command, str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -103,6 +103,8 @@ for _op, (_name, _kind) in _OPS.items():
     elif _kind == -14 and _op not in _SIGNED:
         _FAST[_op] = -4
 _U32 = struct.Struct("<I").unpack_from
+# BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8: read into a buffer of the claimed size
+_ALLOCATES_FIRST = frozenset((0x42, 0x43, 0x8E, 0x96))
 
 
 class Lexer:
@@ -116,6 +118,10 @@ class Lexer:
         self.n_ops = 0
         self.capped = ""  # why serving stopped at ``ok`` (our limit)
         self.dead = False  # unreadable from here: serve bytes, the loader will fail
+        # where a bytes opcode claims more bytes than are left: served up to its start
+        # only, as CPython's unpickler allocates the claimed size before it reads (and
+        # BYTEARRAY8 of 2**40 prints a SystemError of its own on the way to MemoryError)
+        self.truncated_at = -1
         # naming opcodes in stream order, compactly: offsets, and opcode bytes
         self.naming_at = array("q")
         self.naming_op = bytearray()
@@ -218,6 +224,9 @@ class Lexer:
                     break
                 size = int.from_bytes(data[nxt : nxt + width], "little", signed=op in _SIGNED)
                 nxt += width + max(size, 0)
+                if nxt > n and op in _ALLOCATES_FIRST:
+                    self.dead, self.truncated_at = True, pos
+                    break
                 if size > 4096:
                     self.inline += size
                     if self.inline > MAX_INLINE and nxt <= n:
@@ -249,6 +258,8 @@ class Lexer:
                 break
         self.pos = pos
         self.ok = n if self.dead else pos
+        if self.truncated_at >= 0:
+            self.ok = self.truncated_at
         self.n_ops = count
 
     def resync(self, pos: int) -> None:
@@ -342,6 +353,8 @@ def cleared_stream(data: memoryview, start: int, deadline: float):
     lexer = Lexer(data, start, deadline)
     lexer.advance(len(data), to_stop=True)
     end = min(len(data), lexer.pos + 4096) if lexer.dead else lexer.ok
+    if lexer.truncated_at >= 0:
+        end = lexer.truncated_at
     if end - start <= COPY_LIMIT:
         return lexer, io.BytesIO(bytes(data[start:end]))
     return lexer, GuardedReader(data, start, deadline, lexer)
@@ -367,6 +380,8 @@ class GuardedReader:
             lexer.advance(end)
             if end > lexer.ok and lexer.capped:
                 raise Capped(lexer.capped)
+        if lexer.truncated_at >= 0:  # a short read from there (see Lexer.truncated_at)
+            return max(self.pos, min(end, lexer.truncated_at))
         return min(end, len(self.data))
 
     def read(self, n: int = -1) -> bytes:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 from ..errors import UnsafeFile
 from .source import MAX_JSON_BYTES
 
+MAX_SHARDS = 10_000  # distinct shard files an index may name (real ones: a few hundred)
+
 if TYPE_CHECKING:
     from .._scan.findings import ScanReport
 
@@ -133,6 +135,8 @@ def index_escapes(root: Path, index: Path) -> list[tuple[str, str]]:
         shards = sorted({str(v) for v in weight_map.values()})
     except (OSError, ValueError, AttributeError, RecursionError) as exc:
         return [("", f"unreadable shard index ({type(exc).__name__})")]
+    if len(shards) > MAX_SHARDS:  # each is resolved on disk, by every reader of the folder
+        return [("", f"shard index names {len(shards):,} shard files (at most {MAX_SHARDS:,})")]
     folder = index.parent.relative_to(root)
     out = []
     for shard in shards:

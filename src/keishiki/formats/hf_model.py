@@ -423,9 +423,12 @@ def read(src: Source, match) -> ModelInfo:
         weights.update(format=fmt, sharded=index is not None or len(files) > 1, files=files)
         if shards.missing:
             weights["missing_files"] = shards.missing
+            named = ", ".join(shards.missing[:8])
+            more = len(shards.missing) - 8
             warnings.append(
-                f"weights files missing from the folder: {', '.join(shards.missing)}"
-                f" (incomplete download?)"
+                f"weights files missing from the folder: {named}"
+                + (f" and {more:,} more" if more > 0 else "")
+                + " (incomplete download?)"
             )
         if index is not None:
             warnings.extend(_check_weight_map(shards, index, weight_map))

@@ -64,7 +64,11 @@ def parse_header(raw: bytes, where: str) -> tuple[int, np.dtype, tuple[int, ...]
         header = ast.literal_eval(text)  # literals only: no names, calls or attributes
         if not isinstance(header, dict):
             raise ValueError("not a dict")
-        shape = tuple(int(d) for d in header["shape"])
+        if not isinstance(header["shape"], tuple) or not all(
+            type(d) is int for d in header["shape"]
+        ):  # what numpy's own header check refuses (a float, a list, a bool)
+            raise ValueError(f"shape {header['shape']!r} is not a tuple of ints")
+        shape = tuple(header["shape"])
         dtype = np.lib.format.descr_to_dtype(header["descr"])
         fortran = bool(header["fortran_order"])
     except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
