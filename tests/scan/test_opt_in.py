@@ -363,3 +363,42 @@ def test_hf_cache_layout_links_into_blobs_are_read_by_their_names(tmp_path):
     rep = keishiki.scan(repo)
     assert rep.verdict == "unknown"
     assert {f.global_ for f in rep.findings if f.severity == "unknown"} == expected
+
+
+@pytest.mark.parametrize(
+    "rel, flagged",
+    [
+        ("json.py", True),
+        ("json.pyc", True),  # sourceless bytecode: imported like json.py
+        ("json.cpython-311-x86_64-linux-gnu.so", True),
+        ("json/__init__.py", True),  # a package right inside the model folder
+        ("keishiki/__init__.pyc", True),
+        ("json/decoder.pyc", True),
+        ("__pycache__/modeling.cpython-311.pyc", False),  # a cache, only used beside its .py
+        ("scripts/train.py", False),  # a folder of scripts, not a package
+        ("scripts/util.pyc", False),
+    ],
+)
+def test_importable_code_in_a_model_folder_is_named(tmp_path, rel, flagged):
+    """A Python started in the model's folder imports what it holds before the standard
+    library (``json``) or keishiki itself: every module it can import is opt-in code."""
+    (tmp_path / "config.json").write_text("{}")
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x00" * 16)
+    if rel.startswith(("json/", "keishiki/")) and not rel.endswith("__init__.py"):
+        (path.parent / "__init__.pyc").write_bytes(b"\x00")
+    found = file_findings(path)
+    assert bool(found) is flagged and all(f.severity == "unknown" for f in found)
+
+
+def test_a_config_too_large_to_judge_is_not_safe(tmp_path, monkeypatch):
+    from keishiki._scan import opt_in
+
+    monkeypatch.setattr(opt_in, "_MAX_JSON", 64)
+    path = tmp_path / "tokenizer_config.json"
+    path.write_text(json.dumps({"auto_map": {}, "pad": "x" * 100}))
+    (found,) = file_findings(path)
+    assert found.severity == "unknown" and "not judged" in found.reason
+    path.write_text("not json")  # unreadable JSON: the loaders refuse it too
+    assert file_findings(path) == []

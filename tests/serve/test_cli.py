@@ -65,8 +65,8 @@ def test_vllm_command_maps_the_flags(tmp_path):
         seed=3,
         trust_remote_code=True,
     )
-    assert argv[1:3] == ["-m", ENTRY]
-    assert " ".join(argv[3:]) == (
+    assert argv[1:4] == ["-P", "-m", ENTRY]  # -P: nothing imported from the working folder
+    assert " ".join(argv[4:]) == (
         f"--model {tmp_path} --host 127.0.0.1 --port 8001 "
         "--served-model-name a b --chat-template t.jinja "
         "--max-model-len 512 --max-num-seqs 8 --seed 3 "

@@ -44,6 +44,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..core.children import python_code
+
 # GGUF architectures whose tokenizer transformers builds with its generic TokenizersBackend
 # (none or that class in TOKENIZER_MAPPING_NAMES): their check runs without torch (a test
 # checks that this names exactly those among the architectures keishiki writes)
@@ -182,7 +184,7 @@ class TokenizerChild:
         self.torch_free = torch_free
         self._result: dict[str, Any] | None = None
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD],
+            python_code(_CHILD),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -139,7 +139,7 @@ def file_findings(path: Path) -> list[Finding]:
     if not path.is_file():
         return []
     if lower.endswith(".py"):
-        if not is_model_folder(path.parent):
+        if not _importable_from_model_folder(path):
             return []  # a folder of scripts: nothing loads them as part of a model
         return [
             Finding(
@@ -151,6 +151,19 @@ def file_findings(path: Path) -> list[Finding]:
                 "unknown",
                 "Python file in the model folder: transformers imports it under "
                 "trust_remote_code=True (via auto_map), and so does any loader told to",
+            )
+        ]
+    if lower.endswith(_COMPILED_MODULES) and _importable_from_model_folder(path):
+        return [
+            Finding(
+                str(path),
+                "",
+                None,
+                "python-file",
+                name,
+                "unknown",
+                "compiled Python module in the model folder: any Python started in the "
+                "folder imports it before the standard library of the same name",
             )
         ]
     if name not in AUTO_MAP_FILES and name not in _TEMPLATE_FILES and not lower.endswith(".jinja"):
@@ -165,11 +178,42 @@ def file_findings(path: Path) -> list[Finding]:
         return [_finding(path, "chat-template", j) for j in judged]
     config = _read_json(path)
     if config is None:
+        if _too_large(path):  # the loaders read it whole: it is not judged, so not safe
+            return [
+                _finding(
+                    path,
+                    "auto-map",
+                    ("unknown", name, f"{name}: larger than {_MAX_JSON >> 20} MiB, not judged"),
+                )
+            ]
         return []  # not JSON: the loaders reject it too; other checks report the file
     out = [_finding(path, "auto-map", j) for j in auto_map_findings(config, name)]
     if name != "config.json":  # tokenizer, processor and chat_template JSON carry templates
         out += [_finding(path, "chat-template", j) for j in config_template_findings(config, name)]
     return out
+
+
+# sourceless bytecode and extension modules: importable like a .py of the same name
+_COMPILED_MODULES = (".pyc", ".pyo", ".so", ".pyd")
+
+
+def _importable_from_model_folder(path: Path) -> bool:
+    """``path`` is a module a Python started in a model folder can import: in that folder,
+    or in a package (a folder with an ``__init__``) right inside it."""
+    if is_model_folder(path.parent):
+        return True
+    try:
+        package = any(n.startswith("__init__.") for n in os.listdir(path.parent))
+    except OSError:
+        return False
+    return package and is_model_folder(path.parent.parent)
+
+
+def _too_large(path: Path) -> bool:
+    try:
+        return path.stat().st_size > _MAX_JSON
+    except OSError:
+        return False
 
 
 def is_model_folder(folder: Path) -> bool:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.children import python_module
 from ..errors import InvalidRequest, KeishikiError, PathNotFound
 
 DEFAULT_BACKENDS = {
@@ -231,7 +232,7 @@ def bench(
 
 def _in_subprocess(args: dict) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "keishiki.runtimes.bench", json.dumps(args)],
+        python_module("keishiki.runtimes.bench", json.dumps(args)),
         capture_output=True,
         text=True,
     )

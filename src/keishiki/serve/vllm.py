@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from .._optional import require
+from ..core.children import python_module
 
 ENTRY = "vllm.entrypoints.openai.api_server"
 
@@ -30,7 +30,7 @@ def vllm_command(
 ) -> list[str]:
     """The command line that starts vLLM's server with keishiki's settings (the API key
     goes through ``VLLM_API_KEY``, not the command line, which other users can read)."""
-    argv = [sys.executable, "-m", ENTRY, "--model", str(model), "--host", host, "--port", str(port)]
+    argv = python_module(ENTRY, "--model", str(model), "--host", host, "--port", str(port))
     options = {
         "--served-model-name": served_model_name,
         "--chat-template": chat_template,
