@@ -97,6 +97,24 @@ def test_pull_refuses_file_names_that_climb(hub, hub_env, tmp_path, name, local_
     assert _escaped(tmp_path) == [] and not Path("/tmp/pwned-abs.txt").exists()
 
 
+@pytest.mark.parametrize("local_dir", [False, True], ids=["cache", "local-dir"])
+@pytest.mark.parametrize(
+    "name", [".git/config", "sub/.GIT/hooks/pre-commit", ".hg/hgrc", ".cache/huggingface/x"]
+)
+def test_pull_refuses_version_control_and_cache_folders(hub, hub_env, tmp_path, name, local_dir):
+    """No Hub repository holds a .git/ (git refuses to commit one), yet a .git/config written
+    into a --local-dir checkout runs commands at the next `git status` (core.fsmonitor)."""
+    hub.add(Repo("keishiki-test/redteam-vcs", {"config.json": b"{}", name: b"[core]\n"}))
+    args = ["pull", "keishiki-test/redteam-vcs", "--quiet"]
+    target = tmp_path / "checkout"
+    if local_dir:
+        target.mkdir()
+        args += ["--local-dir", target]
+    line = _one_line(*run_cli(*args))
+    assert "refused" in line and "version-control or cache folder" in line
+    assert not (target / name).exists() and _escaped(tmp_path) == []
+
+
 def test_zoo_refuses_cache_paths_from_the_hub(hub, hub_env, tmp_path):
     import keishiki.hub
     from keishiki.errors import HubError

@@ -42,6 +42,9 @@ def test_defaults_are_vllms():
         ({"repetition_penalty": 0}, "repetition_penalty must be in (0, 100]"),
         ({"temperature": float("nan")}, "temperature must be non-negative"),
         ({"stop": [""]}, "stop must be non-empty strings"),
+        # every stop string is searched after every step: one request must not stall all
+        ({"stop": ["x"] * 65}, "stop holds 65 strings, at most 64"),
+        ({"stop": ["x" * 1025]}, "stop must be non-empty strings of at most 1024 characters"),
         ({"stop_token_ids": [-1]}, "stop_token_ids must be non-negative"),
         ({"logprobs": -1}, "logprobs must be None or a non-negative integer, got -1"),
         ({"prompt_logprobs": 2.5}, "prompt_logprobs must be None or a non-negative integer"),

@@ -67,3 +67,23 @@ def test_no_netron_link_for_weight_containers(tmp_path, seq_files):
         assert payload["view"]["netron"] is (offered and netron.available()), key
         page = render_in_node(tmp_path, {"/api/info": payload})
         assert ("Netron" in page["netron"]) is payload["view"]["netron"]
+
+
+@pytest.mark.parametrize(
+    "name, offered",
+    [
+        ("model.onnx", True),
+        ("my model (v2).onnx", True),
+        ('m"><script src=e.js>.onnx', False),  # closes Netron's <meta> tag
+        ("a&b.onnx", False),
+        ("it's.onnx", False),
+    ],
+)
+def test_a_name_netron_would_not_escape_is_not_handed_to_it(tmp_path, name, offered):
+    """Netron writes the file name into its page unescaped and serves the model's folder:
+    such a name could load a script from a file beside the model."""
+    import shutil
+
+    path = tmp_path / name
+    shutil.copy(corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx"), path)
+    assert (netron.target(inspect(path)) == str(path)) is offered

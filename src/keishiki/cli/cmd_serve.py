@@ -124,6 +124,7 @@ def serve(
             max_num_seqs=max_num_seqs,
             max_queue_len=max_queue_len,
             max_logprobs=max_logprobs,
+            local_only=not api_key and _loopback(host),
         )
         application = build_app(llm, config)
     except BaseException:

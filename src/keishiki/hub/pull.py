@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ..errors import InvalidRequest, UnsafeFile
+from ..errors import HubError, InvalidRequest, UnsafeFile
 from . import _hf
 from .select import literal_pattern, skipped_for_safetensors
 
@@ -158,7 +159,10 @@ def pull(
                 )
             else:
                 skipped = skipped_for_safetensors(_filtered(files, include, exclude))
-        ignore = [*(exclude or []), *map(literal_pattern, skipped)] or None
+        if files is not None:
+            _refuse_reserved(spec, files)
+        # and never downloaded, whatever snapshot_download's own listing says
+        ignore = [*(exclude or []), *map(literal_pattern, skipped), *_RESERVED_PATTERNS]
         if local_dir is None and (cleared := _clear_killed_partials(spec)):
             warnings.append(
                 f"removed {cleared} partial download(s) a killed pull left in the cache"
@@ -206,6 +210,30 @@ def pull(
         warnings=warnings,
         scan=scan(folder),
     )
+
+
+# names no Hub repository holds (git refuses to commit them) that tools act on when they
+# land in a folder: .git/config runs commands (core.fsmonitor) at the next `git status` in
+# a --local-dir checkout; huggingface_hub keeps a --local-dir's bookkeeping in
+# .cache/huggingface.  Case-folded: case-insensitive file systems fold them.
+_RESERVED = re.compile(
+    r"(?:^|/)(?:\.git|\.hg|\.svn)(?:/|$)|^\.cache/huggingface(?:/|$)", re.IGNORECASE
+)
+_RESERVED_PATTERNS = [
+    f"{where}{''.join(f'[{c.lower()}{c.upper()}]' if c.isalpha() else f'[{c}]' for c in name)}/*"
+    for name in (".git", ".hg", ".svn")
+    for where in ("", "*/")
+] + [".cache/huggingface/*"]
+
+
+def _refuse_reserved(spec: _hf.RepoSpec, files: list[str]) -> None:
+    """Refuse a file list that names a version-control folder or huggingface_hub's own."""
+    bad = next((f for f in files if _RESERVED.search(str(f))), None)
+    if bad is not None:
+        raise HubError(
+            f"hf://{spec.label} on {_hf.endpoint()}: the Hub lists {str(bad)[:80]!r}, a name "
+            "no repository holds (a version-control or cache folder): refused"
+        )
 
 
 def _spec(repo_id: str, revision: str | None) -> _hf.RepoSpec:

@@ -14,6 +14,10 @@ _GREEDY_EPS = 1e-5  # vLLM treats temperature below this as greedy
 MAX_N = 256
 
 
+MAX_STOP = 64  # stop strings a request may give
+MAX_STOP_CHARS = 1024  # characters in one stop string
+
+
 @dataclass
 class SamplingParams:
     """Sampling settings for one request, as in ``vllm.SamplingParams``.
@@ -117,9 +121,13 @@ class SamplingParams:
             f"seed must be an integer, got {self.seed!r}.",
         )
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        # every stop string is looked for after every step: a request's list is bounded, or
+        # one request slows the engine for every client (OpenAI's API takes 4)
+        _check(len(stop) <= MAX_STOP, f"stop holds {len(stop)} strings, at most {MAX_STOP}.")
         _check(
-            all(isinstance(s, str) and s for s in stop),
-            f"stop must be non-empty strings, got {self.stop!r}.",
+            all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop),
+            f"stop must be non-empty strings of at most {MAX_STOP_CHARS} characters, "
+            f"got {str(self.stop)[:200]}.",
         )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)

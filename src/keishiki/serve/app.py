@@ -25,6 +25,9 @@ class ServeConfig:
         max_queue_len: most requests waiting for a slot before 503s.
         max_logprobs: largest ``logprobs``/``top_logprobs`` a request may ask for.
         max_body_bytes: largest request body.
+        local_only: answer only requests that name this machine by a loopback name in their
+            ``Host`` header (``keishiki serve`` sets it on a loopback address without an API
+            key: a web page whose name an attacker rebinds to 127.0.0.1 cannot use the model).
     """
 
     served_model_name: list[str]
@@ -34,6 +37,7 @@ class ServeConfig:
     max_queue_len: int = 64
     max_logprobs: int = 20
     max_body_bytes: int = MAX_BODY_BYTES
+    local_only: bool = False
 
 
 @dataclass
@@ -85,7 +89,12 @@ def build_app(llm, config: ServeConfig):
     errors.install(app)
     app.include_router(routes_openai.router)
     app.include_router(routes_misc.router)
-    app.add_middleware(Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        Guard,
+        api_key=config.api_key,
+        max_body_bytes=config.max_body_bytes,
+        local_only=config.local_only,
+    )
     return app
 
 

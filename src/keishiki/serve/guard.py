@@ -1,4 +1,5 @@
-"""The ASGI middleware in front of every route: the API key and the request body size.
+"""The ASGI middleware in front of every route: the Host header (on a loopback server without
+an API key), the API key and the request body size.
 
 Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, which buffers streaming responses
 and hides a client's disconnect from them.  Both checks run before any route reads the body.
@@ -12,20 +13,31 @@ import json
 from .errors import error_body
 
 OPEN_PATHS = ("/health", "/metrics")  # what a load balancer or Prometheus polls (as vLLM)
+LOOPBACK_NAMES = frozenset((b"127.0.0.1", b"localhost", b"::1"))
 
 
 class Guard:
-    """Refuse requests without ``Authorization: Bearer <api_key>`` (401) and bodies over
-    ``max_body_bytes`` (413), with OpenAI-shaped errors."""
+    """Refuse requests addressed to another name than a loopback one when ``local_only``
+    (403: DNS rebinding), requests without ``Authorization: Bearer <api_key>`` (401) and
+    bodies over ``max_body_bytes`` (413), with OpenAI-shaped errors."""
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, local_only: bool = False):
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.local_only = local_only
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.local_only and not _names_this_machine(scope):
+            return await _reply(
+                send,
+                403,
+                "this server answers only requests addressed to 127.0.0.1, localhost or "
+                "[::1] (Host header)",
+                "forbidden_host",
+            )
         if self.expected is not None and scope["path"] not in OPEN_PATHS:
             given = dict(scope["headers"]).get(b"authorization", b"")
             # compare_digest: the time taken does not tell how much of the key was right
@@ -62,6 +74,19 @@ class Guard:
             return await receive()  # then the disconnect, when it comes
 
         return await self.app(scope, replay, send)
+
+
+def _names_this_machine(scope) -> bool:
+    """The request's ``Host`` is a loopback name (with or without a port), and given once."""
+    hosts = [value for name, value in scope["headers"] if name == b"host"]
+    if len(hosts) != 1:
+        return False
+    host = hosts[0].strip()
+    if host.startswith(b"["):  # [::1]:8000
+        host = host[1 : host.find(b"]")] if b"]" in host else b""
+    elif host.count(b":") == 1:
+        host = host.split(b":")[0]
+    return host.lower() in LOOPBACK_NAMES
 
 
 async def _too_large(send, limit: int):
