@@ -138,34 +138,17 @@ def file_findings(path: Path) -> list[Finding]:
     lower = name.lower()
     if not path.is_file():
         return []
-    if lower.endswith(".py"):
+    if lower.endswith((".py", *_COMPILED_MODULES)):
         if not _importable_from_model_folder(path):
             return []  # a folder of scripts: nothing loads them as part of a model
-        return [
-            Finding(
-                str(path),
-                "",
-                None,
-                "python-file",
-                name,
-                "unknown",
-                "Python file in the model folder: transformers imports it under "
-                "trust_remote_code=True (via auto_map), and so does any loader told to",
-            )
-        ]
-    if lower.endswith(_COMPILED_MODULES) and _importable_from_model_folder(path):
-        return [
-            Finding(
-                str(path),
-                "",
-                None,
-                "python-file",
-                name,
-                "unknown",
-                "compiled Python module in the model folder: any Python started in the "
-                "folder imports it before the standard library of the same name",
-            )
-        ]
+        why = (
+            "Python file in the model folder: transformers imports it under "
+            "trust_remote_code=True (via auto_map), and so does any loader told to"
+            if lower.endswith(".py")
+            else "compiled Python module in the model folder: any Python started in the "
+            "folder imports it before the standard library of the same name"
+        )
+        return [Finding(str(path), "", None, "python-file", name, "unknown", why)]
     if name not in AUTO_MAP_FILES and name not in _TEMPLATE_FILES and not lower.endswith(".jinja"):
         return []
     if lower.endswith(".jinja"):  # chat_template.jinja, additional_chat_templates/*.jinja
