@@ -110,3 +110,50 @@ def test_start_writeback_is_a_hint_that_never_fails(tmp_path):
         os.fsync(fh.fileno())
     start_writeback(-1, 0, 10)
     assert path.read_bytes() == b"x" * 10_000
+
+
+def test_force_never_writes_over_a_file_of_an_input_folder(tmp_path):
+    """`convert src src/model.safetensors --force` replaced the weights it read from."""
+    from keishiki.core.atomic import check_output
+    from keishiki.errors import InvalidRequest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(InvalidRequest, match="part of that folder"):
+        check_output(src / "model.safetensors", [src], force=True, folder=False)
+    check_output(src / "model-bf16.safetensors", [src], force=True, folder=False)  # new: fine
+
+
+@pytest.mark.parametrize(
+    "names, refused",
+    [
+        (["model.safetensors", "config.json", "tokenizer.json"], None),
+        (["model.safetensors", "optimizer.pt"], "optimizer.pt"),  # the user's, not keishiki's
+        (["model.safetensors", "training_args.bin"], "training_args.bin"),
+        (["model.safetensors", "results.index.json"], "results.index.json"),
+        (["model.onnx", "config.json", "LICENSE"], "LICENSE"),  # not data the graph names
+        (["model.onnx", "NOTES"], "NOTES"),
+    ],
+)
+def test_force_replaces_only_the_names_keishiki_writes(tmp_path, names, refused):
+    import shutil
+
+    from keishiki.core.atomic import replace_refusal
+    from tests.conftest import corpus_path
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in names:
+        if name == "model.onnx":
+            shutil.copy(
+                corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx"), out / name
+            )
+        elif name == "model.safetensors":
+            shutil.copy(
+                corpus_path("safetensors/safetensors-samples/overall.safetensors"), out / name
+            )
+        else:
+            (out / name).write_text('{"model_type": "llama"}' if name == "config.json" else "{}")
+    why = replace_refusal(out, True)
+    assert (why is None) if refused is None else (refused in why)

@@ -149,7 +149,8 @@ def as_flags(message: str) -> str:
 
 def os_error_line(exc: OSError) -> str:
     """One line for an OSError: what happened (ENOSPC, EROFS, EACCES, ...) and where."""
-    what = _OS_ERRORS.get(exc.errno, exc.strerror or type(exc).__name__)
+    # (numpy's tofile raises an OSError with no errno on a full disk: its text says why)
+    what = _OS_ERRORS.get(exc.errno, exc.strerror or str(exc) or type(exc).__name__)
     where = exc.filename if exc.filename is not None else ""
     return f"{where}: {what}" if where else what
 

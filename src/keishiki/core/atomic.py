@@ -38,21 +38,16 @@ _SIDECARS = frozenset(
         "chat_template.json",
     }
 )
-_WEIGHT_SUFFIXES = (
-    ".safetensors",
-    ".bin",
-    ".gguf",
-    ".onnx",
-    ".onnx.data",
-    ".onnx_data",
-    ".data",
-    ".pt",
-    ".pth",
-    ".ts",
-    ".index.json",
+# the weight and index files keishiki's writers name in an output folder (hf_weights.py,
+# onnx_export.py, torchscript_export.py): force=True replaces these names, not any *.bin
+# or *.pt of the user's (optimizer.pt, training_args.bin)
+_KEISHIKI_WEIGHTS = re.compile(
+    r"^(?:model(?:-\d{5}-of-\d{5})?\.safetensors|pytorch_model(?:-\d{5}-of-\d{5})?\.bin"
+    r"|model\.safetensors\.index\.json|pytorch_model\.bin\.index\.json|model\.onnx|model\.pt)$"
 )
-# ONNX external data files the torch exporters name after tensors ("onnx__MatMul_9")
-_ONNX_TENSOR_FILE = re.compile(r"^[A-Za-z0-9_\-]+$")
+# ONNX external data files the torch exporters name after tensors ("onnx__MatMul_9"), or
+# model.onnx.data: replaced only when the folder's graph names them
+_ONNX_TENSOR_FILE = re.compile(r"^[A-Za-z0-9_\-]+$|\.onnx[._]data$|\.data$")
 WRITEBACK_CHUNK = 64 << 20  # bytes a streaming writer hands to start_writeback at a time
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = None  # libc's, looked up on first use; False where there is none
@@ -116,6 +111,12 @@ def check_output(
         # input lives inside an output folder that force=True would replace
         if out_r == src_r or src_r.is_relative_to(out_r):
             raise InvalidRequest(f"{out}: refusing to write over the input {src}")
+        # or when ``out`` is already something of an input folder: the input is made of its
+        # files (force=True would replace the very weights it is read from)
+        if src_r.is_dir() and out_r.is_relative_to(src_r) and (out.exists() or out.is_symlink()):
+            raise InvalidRequest(
+                f"{out}: refusing to write over the input {src} (it is part of that folder)"
+            )
     if out.exists() and not force:
         raise InvalidRequest(f"{out}: already exists (pass force=True to overwrite)")
     refusal = replace_refusal(out, folder, kinds) if force and folder is not None else None
@@ -123,10 +124,25 @@ def check_output(
         raise InvalidRequest(f"refusing to replace: {refusal}")
 
 
-def _written_by_keishiki(name: str, onnx_folder: bool) -> bool:
-    if name in _SIDECARS or name.endswith(_WEIGHT_SUFFIXES):
+def _written_by_keishiki(name: str, onnx_external: set[str]) -> bool:
+    """A name keishiki writes into an output folder (``onnx_external``: the files the
+    folder's model.onnx names as external data)."""
+    if name in _SIDECARS or _KEISHIKI_WEIGHTS.match(name):
         return True
-    return onnx_folder and bool(_ONNX_TENSOR_FILE.match(name))
+    return name in onnx_external and bool(_ONNX_TENSOR_FILE.search(name))
+
+
+def _onnx_external_files(folder: Path) -> set[str]:
+    """The external data files ``folder/model.onnx`` names (none when it cannot be read)."""
+    from ..formats import identify, read
+    from .source import Source
+
+    try:
+        with Source(folder / "model.onnx") as src:
+            info = read(src, identify(src))
+    except Exception:  # noqa: BLE001 - unreadable: nothing beside it is known to be its data
+        return set()
+    return set((info.graph or {}).get("external_data_files") or ())
 
 
 def replace_refusal(out: Path, folder: bool, kinds: frozenset[str] | None = None) -> str | None:
@@ -154,11 +170,11 @@ def replace_refusal(out: Path, folder: bool, kinds: frozenset[str] | None = None
         entries = list(out.iterdir())
         if not entries:
             return None
-        onnx_folder = any(e.name.endswith(".onnx") for e in entries)
+        external = _onnx_external_files(out) if (out / "model.onnx").is_file() else set()
         foreign = [
             e.name
             for e in entries
-            if e.is_symlink() or not e.is_file() or not _written_by_keishiki(e.name, onnx_folder)
+            if e.is_symlink() or not e.is_file() or not _written_by_keishiki(e.name, external)
         ]
         if foreign:
             listed = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
