@@ -157,3 +157,13 @@ def test_force_replaces_only_the_names_keishiki_writes(tmp_path, names, refused)
             (out / name).write_text('{"model_type": "llama"}' if name == "config.json" else "{}")
     why = replace_refusal(out, True)
     assert (why is None) if refused is None else (refused in why)
+
+
+def test_a_dangling_link_at_the_output_is_refused_before_any_work(tmp_path):
+    from keishiki.core.atomic import check_output
+    from keishiki.errors import InvalidRequest
+
+    out = tmp_path / "out.safetensors"
+    out.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InvalidRequest, match="already exists"):
+        check_output(out, [], force=False, folder=False)

@@ -165,6 +165,8 @@ def run(argv: list[str] | None = None) -> int:
         _load_commands(argv)  # inside the try: Ctrl-C during the imports is an interrupt too
         command = _command(argv)
         result = command.main(args=argv, prog_name="keishiki", standalone_mode=False)
+        if result == 130:  # typer turns Ctrl-C inside a command into 130, saying nothing
+            return _fail("interrupted", 130)
         return result if isinstance(result, int) else 0
     except BaseException as exc:
         code = _exit_code(exc, debug=bool(os.environ.get("KEISHIKI_DEBUG")))

@@ -58,7 +58,4 @@ def _scan(paths: list[str], *, quiet: bool, **switches: bool) -> int:
     from .scanning import run_scan
 
     with output(quiet, 0):
-        try:
-            return run_scan(paths, quiet=quiet, **switches)
-        except KeyboardInterrupt:  # as typer's main does within a command: 130, nothing said
-            return 130
+        return run_scan(paths, quiet=quiet, **switches)  # (Ctrl-C: cli/app.py says it, 130)

@@ -117,7 +117,7 @@ def check_output(
             raise InvalidRequest(
                 f"{out}: refusing to write over the input {src} (it is part of that folder)"
             )
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:  # (a dangling link exists too)
         raise InvalidRequest(f"{out}: already exists (pass force=True to overwrite)")
     refusal = replace_refusal(out, folder, kinds) if force and folder is not None else None
     if refusal:
@@ -325,7 +325,7 @@ def atomic_output(
     On an exception the temporary path is removed and ``out`` is left untouched.
     """
     out = Path(out)
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:  # (a dangling link exists too)
         raise InvalidRequest(f"{out}: already exists (pass force=True to overwrite)")
     refusal = replace_refusal(out, folder) if force else None
     if refusal:
