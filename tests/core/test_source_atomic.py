@@ -1,5 +1,6 @@
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,44 @@ def test_a_dangling_link_at_the_output_is_refused_before_any_work(tmp_path):
     out.symlink_to(tmp_path / "nowhere")
     with pytest.raises(InvalidRequest, match="already exists"):
         check_output(out, [], force=False, folder=False)
+
+
+def test_force_asks_again_before_replacing(tmp_path):
+    """What is at OUT may change while keishiki writes: a file the user puts into the old
+    output folder meanwhile is theirs, and the folder is then left as it is."""
+    import shutil
+
+    from tests.conftest import corpus_path
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(
+        corpus_path("safetensors/safetensors-samples/overall.safetensors"),
+        out / "model.safetensors",
+    )
+    (out / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(InvalidRequest, match="changed meanwhile"):
+        with atomic_output(out, force=True, folder=True) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"new")
+            (out / "thesis.tex").write_text("mine")  # the user, while keishiki writes
+    assert (out / "thesis.tex").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old copy left
+
+
+def test_force_replaces_a_file_in_one_rename(tmp_path, monkeypatch):
+    """A file is replaced by one rename over it: no moment without OUT, no old copy aside."""
+    import shutil
+
+    from tests.conftest import corpus_path
+
+    sample = corpus_path("safetensors/safetensors-samples/overall.safetensors")
+    out = tmp_path / "m.safetensors"
+    shutil.copy(sample, out)
+    renames = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: renames.append((a, b)) or real(a, b))
+    with atomic_output(out, force=True) as tmp:
+        tmp.write_bytes(sample.read_bytes()[::-1])
+    assert [Path(b).name for _, b in renames] == ["m.safetensors"]
+    assert out.read_bytes() == sample.read_bytes()[::-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

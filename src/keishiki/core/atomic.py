@@ -345,10 +345,23 @@ def atomic_output(
                 f"is (pass force=True to overwrite)"
             )
         if out.exists() or out.is_symlink():
-            old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
-            os.replace(out, old) if not out.is_dir() else out.rename(old)
-            os.replace(tmp, out)
-            _remove(old)
+            # asked again: what is at ``out`` may have changed while keishiki wrote (a file
+            # the user put into the old output folder is theirs)
+            refusal = replace_refusal(out, folder)
+            if refusal:
+                raise InvalidRequest(f"refusing to replace: {refusal} (it changed meanwhile)")
+            if not folder:
+                os.replace(tmp, out)  # one rename: a reader sees the old file or the new
+            else:  # a folder cannot be renamed over a full one: the old one steps aside
+                old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
+                out.rename(old)
+                try:
+                    os.replace(tmp, out)
+                except BaseException:
+                    if not out.exists():  # (Ctrl-C between the renames) put it back
+                        old.rename(out)
+                    raise
+                _remove(old)
         else:
             os.replace(tmp, out)
         fsync_dir(out.parent)
