@@ -50,6 +50,13 @@ def sg(module: str, name: str) -> bytes:
     return u(module) + u(name) + b"\x93"
 
 
+def long_name_call(command: str, tail: bytes) -> bytes:
+    """``os.path.os....system(command)`` by a protocol-4 STACK_GLOBAL whose dotted name is
+    over the scan's 1000-character cut (the report shows it shortened), in a stream that
+    opens with ``N0`` (so the scan only tries it as a maybe-pickle), then ``tail``."""
+    return b"N0" + P4 + sg("os", "path.os." * 130 + "system") + u(command) + b"\x85R" + tail
+
+
 def g0(module: str, name: str) -> bytes:
     """Protocol-0 GLOBAL."""
     return b"c" + module.encode() + b"\n" + name.encode() + b"\n"

@@ -17,6 +17,7 @@ import pytest
 import keishiki
 from keishiki._scan.allowlist import classify
 from tests.conftest import CORPUS, FACTS, corpus_path, run_cli
+from tests.scan.samples import long_name_call
 
 # one table of the corpus, with each sample's kind: tests/security/test_no_marker.py
 from tests.security.test_no_marker import BENIGN_NAMES as BENIGN  # noqa: E402
@@ -537,24 +538,13 @@ def test_a_maybe_pickle_that_breaks_at_once_reads_as_before(blob, torch_member, 
     assert attempt() == fast == (False, [], [], [])
 
 
-def _long_name_call(tail: bytes) -> bytes:
-    """``os.path.os....system("true")`` by a STACK_GLOBAL whose name is longer than the
-    scan shows (cut to 1000 characters), in a stream that opens as a maybe-pickle."""
-
-    def text(s: str) -> bytes:
-        return b"X" + struct.pack("<I", len(s)) + s.encode()
-
-    call = text("os") + text("path.os." * 130 + "system") + b"\x93" + text("true") + b"\x85R"
-    return b"N0\x80\x04" + call + tail
-
-
 @pytest.mark.parametrize(
     "blob, kept",
     [
         # what the loader runs before it fails has run: a dangerous name, even cut short
-        (_long_name_call(b"\xff"), True),
+        (long_name_call("true", b"\xff"), True),
         # the scan's own memo limit stops the reading: the loader reads on to STOP
-        (_long_name_call(b"r" + struct.pack("<I", 5_000_000) + b"."), True),
+        (long_name_call("true", b"r" + struct.pack("<I", 5_000_000) + b"."), True),
         # text whose first line reads as GLOBAL: names that are no identifiers, undone
         (b"c" + b"some words " * 60 + b"\n" + b"more words " * 60 + b"\n\xff", False),
         # a msgpack map opens with an EXT opcode no process registers: undone

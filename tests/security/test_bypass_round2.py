@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.scan.samples import long_name_call
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 MARKER = "MARKER_round2"
@@ -417,28 +419,13 @@ def _miss(reason: str):
 # ---- round 3 (seventh session): a cut-short name, and the pre-0.4 tar's raw sizes ----------
 
 
-def _long_name_call(marker: Path, tail: bytes) -> bytes:
-    """``os.path.os.path....system("touch MARKER")`` by a protocol-4 STACK_GLOBAL whose
-    dotted name is over the scan's 1000-character cut (the report shows it shortened), in a
-    stream that opens with ``N0`` (so the scan only tries it as a maybe-pickle), then
-    ``tail``."""
-
-    def text(s: str) -> bytes:
-        raw = s.encode()
-        return b"X" + struct.pack("<I", len(raw)) + raw
-
-    dotted = "path.os." * 130 + "system"
-    call = text("os") + text(dotted) + b"\x93" + text(f"touch {marker}") + b"\x85R"
-    return b"N0\x80\x04" + call + tail
-
-
 def gen_long_name_then_memo_cap(d: Path, marker: Path):
     """After the call, a LONG_BINPUT index beyond the scan's memo limit: the scan stops
     there (its limit, not the loader's, which reads on to STOP) and used to undo the whole
     reading as "not a pickle" because the shortened name is not identifier-shaped; the
     format sniffer then took the file for a pickle and read it cleanly: safe."""
     path = d / "checkpoint"
-    path.write_bytes(_long_name_call(marker, b"r" + struct.pack("<I", 5_000_000) + b"."))
+    path.write_bytes(long_name_call(f"touch {marker}", b"r" + struct.pack("<I", 5_000_000) + b"."))
     return path, "pickle.load"
 
 
@@ -448,7 +435,7 @@ def gen_long_name_then_junk_in_folder(d: Path, marker: Path):
     name) and skipped the file."""
     (d / "config.json").write_text("{}")
     path = d / "model.pth.tar"
-    path.write_bytes(_long_name_call(marker, b"\xff"))
+    path.write_bytes(long_name_call(f"touch {marker}", b"\xff"))
     return path, "pickle.load", d
 
 

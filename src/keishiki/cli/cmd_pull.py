@@ -4,7 +4,6 @@ manifest (:mod:`keishiki.hub.zoo`)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -12,7 +11,7 @@ from rich.markup import escape
 
 from ..errors import InvalidRequest
 from ._app import JSON_OPTION, app
-from .render import console, human_bytes, kv_table, print_json, printable
+from .render import console, human_bytes, kv_table, print_json
 
 
 @app.command()
@@ -157,9 +156,7 @@ def _render_scan(scan) -> None:
     """The scan verdict as ``keishiki scan`` prints it; unread parts as one-line errors."""
     if scan is None:
         return
-    from .scanning import render_report
+    from .scanning import render_report, say_errors
 
     render_report(scan, show_safe=False)
-    for fr in scan.files:
-        for err in fr.errors:
-            sys.stderr.write(printable(f"keishiki: error: {err}") + "\n")
+    say_errors(scan)

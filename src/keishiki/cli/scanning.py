@@ -41,8 +41,13 @@ def run_scan(
                 "keishiki: error: the output's encoding cannot show the report (PYTHONIOENCODING=utf-8)"
             ]
         )
-    _say([printable(f"keishiki: error: {err}") for fr in report.files for err in fr.errors])
+    say_errors(report)
     return code
+
+
+def say_errors(report) -> None:
+    """Each part of ``report`` that could not be read, as one line on stderr."""
+    _say([printable(f"keishiki: error: {err}") for fr in report.files for err in fr.errors])
 
 
 def _say(lines: list[str]) -> None:
