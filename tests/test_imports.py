@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -139,3 +140,26 @@ def test_scan_imports_the_format_registry_without_the_readers():
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert "keishiki.formats.registry" in loaded
     assert not {"keishiki.core.model", "html"} & loaded
+
+
+def test_plain_scan_without_colour_imports_no_rich(tmp_path):
+    """``keishiki scan`` to a pipe or a file prints through cli/plain.py: rich's console and
+    markup (~20 ms of start-up, measured against picklescan's) stay out; an unsafe file's
+    table and a clean one's alike."""
+    import pickle
+
+    (tmp_path / "evil.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    (tmp_path / "ok.pkl").write_bytes(pickle.dumps({"a": 1}))
+    for args in (["scan", str(tmp_path)], ["scan", "--json", str(tmp_path)]):
+        script = (
+            "import io, sys, json\nfrom keishiki.cli.app import run\n"
+            f"sys.stdout = io.StringIO(); code = run({args!r}); out = sys.stdout.getvalue()\n"
+            "sys.stdout = sys.__stdout__\n"
+            "print(json.dumps([code, 'verdict: dangerous' in out or '\"dangerous\"' in out,"
+            " sorted(m for m in sys.modules if m.split('.')[0] == 'rich')]))"
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+        )
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, True, []], args

@@ -4,6 +4,7 @@ colour, as a plain string without)."""
 from __future__ import annotations
 
 import io
+import sys
 
 import pytest
 from rich.console import Console
@@ -113,3 +114,97 @@ def test_emoji_codes_print_as_written(capsys):
     render.table(None, ["name"], [[":smile:"]])
     out = capsys.readouterr().out
     assert "tensor :warning: a:b:c" in out and ":smile:" in out and "⚠" not in out
+
+
+# names as a file may hold them: markup, escapes, emoji codes, wide and control characters
+ODD_NAMES = [
+    "/m/[x]/a.pt",
+    "a:b:c [red]x[/red].pkl",
+    "back\\slash",  # (one at the end: rich shows two, since its escape() adds one)
+    "esc\\[bold].pt",
+    ":warning:.pt",
+    "モデル/中文.pt",
+    "e\u0301.pt",
+    "ctl\x1b[31m\u202e.pt",
+]
+
+
+def _report():
+    from keishiki._scan.findings import FileReport, Finding, ScanReport
+
+    files = []
+    for n, name in enumerate(ODD_NAMES):
+        severity = ("safe", "unknown", "dangerous")[n % 3]
+        rep = FileReport(name, kind="zip" if n % 2 else "pickle")
+        for k in range(n % 4):
+            rep.add(
+                Finding(name, f"m{k}/[data].pkl", k, "GLOBAL", f"os.{name}", severity, "why [b]")
+            )
+        rep.errors += ["broken"] if n == 3 else []
+        files.append(rep)
+    return ScanReport(files=files)
+
+
+@pytest.mark.parametrize("show_safe, max_shown", [(False, 500), (True, 500), (True, 2)])
+def test_scan_report_without_rich_prints_what_rich_prints(
+    show_safe, max_shown, monkeypatch, capsys
+):
+    """``keishiki scan`` draws its report without importing rich when stdout has no colour
+    (cli/plain.py): the same characters as through rich's console."""
+    from keishiki.cli import scanning
+
+    monkeypatch.setattr(scanning, "MAX_SHOWN", max_shown)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(scanning, "no_colour", lambda: True)
+    scanning.render_report(_report(), show_safe)
+    plain = capsys.readouterr().out
+    rich_console = render._Console(
+        file=io.StringIO(),
+        width=4096,
+        highlight=False,
+        emoji=False,
+        soft_wrap=False,
+        color_system=None,
+    )
+    monkeypatch.setattr(render, "console", rich_console)
+    monkeypatch.setattr(scanning, "no_colour", lambda: False)
+    scanning.render_report(_report(), show_safe)
+    assert plain == rich_console.file.getvalue()
+    assert "\\x1b[31m\\u202e" in plain and "[red]x[/red]" in plain and "⚠" not in plain
+    assert ("more findings (use --json)" in plain) == (max_shown == 2)
+
+
+@pytest.mark.parametrize(
+    "env, tty, encoding, expected",
+    [
+        ({}, False, "utf-8", True),
+        ({}, True, "utf-8", False),  # a terminal: colour
+        ({"COLUMNS": "80"}, False, "utf-8", False),  # a width to fold at: rich folds
+        ({"FORCE_COLOR": "1"}, False, "utf-8", False),
+        ({"FORCE_COLOR": ""}, False, "utf-8", True),
+        ({"TTY_COMPATIBLE": "1"}, False, "utf-8", False),
+        ({"TTY_COMPATIBLE": "0"}, True, "utf-8", True),
+        ({}, False, "ascii", False),  # rich draws ASCII boxes there
+    ],
+)
+def test_no_colour_says_what_rich_decides(env, tty, encoding, expected, monkeypatch):
+    from keishiki.cli import plain
+
+    class Out(io.StringIO):
+        def isatty(self):
+            return tty
+
+        @property
+        def encoding(self):
+            return encoding
+
+    out = Out()
+    for key in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "stdout", out)
+    assert plain.no_colour() is expected
+    if expected:  # rich, asked the same, writes without colour at the pipe's width
+        console = Console(file=out, width=None if tty else plain.PIPE_WIDTH)
+        assert console.color_system is None and not console.options.ascii_only

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import mmap
 import os
 import re
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import KeishikiError, PathNotFound
 from . import archives, compressed, keras, npy, onnx_refs, opt_in, torch_archive, torchscript
@@ -634,9 +635,19 @@ def scan_folder(root: Path, advance=None) -> list[FileReport]:
     folder is a finding, by the path gate's rule: :func:`keishiki.core.gate.escape_reason`,
     which lets a Hugging Face cache snapshot link into its own repository's ``blobs/``).
     ``advance(1)``, when given, is called after each file (the CLI's progress bar)."""
+    return _run(_folder_jobs(root), advance)
+
+
+# A job of a scan: a file to scan (its path, and whether the user named it or it was found
+# in a folder), a report already made while walking (a link), or None (a name that is
+# neither: counted by the progress bar, nothing to report)
+Job = tuple[str, bool] | FileReport | None
+
+
+def _folder_jobs(root: Path) -> Iterator[Job]:
+    """The jobs of :func:`scan_folder`, in its order (names sorted, folder by folder)."""
     from ..core.gate import escape_reason
 
-    out: list[FileReport] = []
     real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
@@ -657,23 +668,40 @@ def scan_folder(root: Path, advance=None) -> list[FileReport]:
                             f"symlink {reason}: a loader would read that file",
                         )
                     )
-                    out.append(rep)
+                    yield rep
                     continue
                 if path.resolve().is_relative_to(real_root) or not path.is_file():
                     rep = FileReport(str(path), kind="symlink")
                     _opt_in_code(path, rep)  # (its target is scanned on its own)
-                    if rep.findings:
-                        out.append(rep)
+                    yield rep if rep.findings else None
                     continue
                 # a cache snapshot's link into blobs/: scanned through the link, by its name
-            if path.is_file():
-                rep = scan_file(path, explicit=False)
-                if name.endswith(".index.json"):
-                    _check_shard_index(path, rep)
-                _opt_in_code(path, rep)
-                out.append(rep)
-            if advance is not None:
-                advance(1)
+            yield (str(path), False) if path.is_file() else None
+
+
+def scan_job(job: tuple[str, bool]) -> FileReport:
+    """Scan the file of one job: named by the user, or found in a folder (then a shard
+    index's names and code a loader runs by opt-in are judged too)."""
+    path_name, explicit = job
+    path = Path(path_name)
+    rep = scan_file(path, explicit=explicit)
+    if not explicit:
+        if path.name.endswith(".index.json"):
+            _check_shard_index(path, rep)
+        _opt_in_code(path, rep)
+    return rep
+
+
+def _run(jobs: Iterable[Job], advance=None) -> list[FileReport]:
+    """Each job's report, in order (``advance(1)`` after each job)."""
+    out: list[FileReport] = []
+    for job in jobs:
+        if isinstance(job, tuple):
+            out.append(scan_job(job))
+        elif job is not None:
+            out.append(job)
+        if advance is not None:
+            advance(1)
     return out
 
 
@@ -710,25 +738,25 @@ def _check_shard_index(path: Path, rep: FileReport) -> None:
     rep.skipped = "" if rep.findings or rep.errors else rep.skipped
 
 
-def scan_paths(paths, advance=None) -> ScanReport:
+def scan_paths(paths, advance=None, workers: int = 1) -> ScanReport:
     """Scan files and folders; see :func:`keishiki._scan.scan` (``advance``: see
-    :func:`scan_folder`)."""
-    report = ScanReport()
+    :func:`scan_folder`).  ``workers`` > 1 scans the files in that many processes forked
+    from this one (:mod:`.parallel`: only where forking is safe, else here)."""
+    jobs: list[Iterable[Job]] = []
     for p in paths:
         if isinstance(p, str) and not p:  # Path("") is ".": the working folder, never asked for
             raise PathNotFound(p, "an empty path ('') names no file or folder")
         path = Path(p)
         if not path.exists():
             if path.is_symlink():
-                report.files.append(
-                    FileReport(str(path), kind="symlink", errors=[f"{path}: broken symlink"])
-                )
+                broken = FileReport(str(path), kind="symlink", errors=[f"{path}: broken symlink"])
+                jobs.append([broken])
                 continue
             raise PathNotFound(path)
-        if path.is_dir():
-            report.files.extend(scan_folder(path, advance))
-        else:
-            report.files.append(scan_file(path, explicit=True))
-            if advance is not None:
-                advance(1)
-    return report
+        jobs.append(_folder_jobs(path) if path.is_dir() else [(str(path), True)])
+    every = itertools.chain.from_iterable(jobs)
+    if workers > 1 and advance is None:
+        from .parallel import run_forked
+
+        return ScanReport(files=run_forked(list(every), workers))
+    return ScanReport(files=_run(every, advance))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
-import json
-import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Iterable
@@ -13,45 +10,21 @@ from typing import TYPE_CHECKING, Any, Iterable
 from rich.console import Console
 from rich.markup import escape
 
+from .plain import (  # noqa: F401 - print_json, write_text: the commands import them from here
+    PIPE_WIDTH,
+    cell_len,
+    draw_table,
+    print_json,
+    printable,
+    silence_stdout,
+    write_text,
+)
+
 if TYPE_CHECKING:  # rich.table costs ~5 ms of start-up: imported where a Table is built
     from rich.table import Table
 
-# In a pipe or a file there is no terminal width: rich would fold every line at 80 columns
-# and split tensor names and paths in two (breaking `keishiki tensors m | grep`).  Lines are
-# left whole there unless COLUMNS says otherwise.
-_PIPE_WIDTH = 4096
+_PIPE_WIDTH = PIPE_WIDTH
 _RULE_WIDTH = 100  # a rule spans the whole width: in a pipe, a readable fixed width instead
-
-
-# C0 controls but newline and tab, DEL, the C1 block (CSI 0x9b drives a terminal without
-# ESC) and the bidi overrides that reorder what is shown: text from a file (tensor names,
-# metadata, pickle globals, file names) is printed with these spelled out, so it can never
-# erase a "dangerous" row, hide text or write the clipboard (OSC 52)
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]}
-_CONTROLS.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
-_JSON_CONTROLS = {
-    c: f"\\u{c:04x}" for c in [*range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-}
-# a file name with bytes that are not UTF-8 holds lone surrogates (Python's surrogateescape):
-# shown as the bytes they stand for, which every encoding can write
-_CONTROLS.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})
-_JSON_CONTROLS.update({c: f"\\u{c:04x}" for c in range(0xDC80, 0xDD00)})
-
-
-def printable(text: str) -> str:
-    """``text`` with terminal control characters spelled out (``\\x1b``), newlines and tabs
-    kept."""
-    return text.translate(_CONTROLS)
-
-
-def _silence_stdout() -> None:
-    """After the reader went away (``keishiki info m | head -1``): point stdout at /dev/null
-    so the interpreter's final flush does not fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        pass  # not a real file (tests capture stdout in memory)
 
 
 class _Console(Console):
@@ -63,8 +36,8 @@ class _Console(Console):
     def on_broken_pipe(self) -> None:
         # rich would raise SystemExit(1), and 1 means "a finding" in keishiki's exit codes;
         # the CLI maps BrokenPipeError to 0 like `cat file | head` does
-        _silence_stdout()
-        raise BrokenPipeError  # without errno: see print_json
+        silence_stdout()
+        raise BrokenPipeError  # without errno: see plain.write_text
 
     def rule(
         self,
@@ -91,55 +64,6 @@ console = _Console(
     if (sys.stdout is not None and sys.stdout.isatty()) or os.environ.get("COLUMNS")
     else _PIPE_WIDTH,
 )
-
-
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", "backslashreplace")
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/inf: write them as strings so every consumer can parse the output."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def print_json(obj: Any, schema: str | None = None) -> None:
-    """Print ``obj`` as indented JSON on stdout; ``schema`` (``keishiki.<command>/<version>``,
-    listed in docs/json.md) goes first, so scripts can tell a shape they know."""
-    if schema is not None:
-        obj = {"schema": schema, **obj}
-    text = json.dumps(
-        _finite(json.loads(json.dumps(obj, default=_default))), indent=2, ensure_ascii=False
-    )
-    # json escapes C0 controls itself; C1 and bidi controls become \u escapes too (valid JSON)
-    write_text(text.translate(_JSON_CONTROLS) + "\n")
-
-
-def write_text(text: str) -> None:
-    """Write raw text to stdout now (streamed tokens, JSON); a closed pipe ends quietly."""
-    if sys.stdout is None:  # started with stdout closed: nowhere to write
-        return
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-        # without errno: click/typer turn an EPIPE OSError into exit 1 ("a finding" here);
-        # the CLI maps this one to 0
-        raise BrokenPipeError from None
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -273,10 +197,10 @@ def _one_line_table(columns: list[str], cells: list[list[str]], right: set[str])
     from rich.box import HEAVY_HEAD
     from rich.text import Text
 
-    if console.color_system is None:
+    if console.color_system is None and not (console.legacy_windows or console.options.ascii_only):
         plain = [[_plain(cell) for cell in row] for row in cells]
         if not any("\t" in text or "\n" in text for row in plain for text in row):
-            return _plain_table(columns, plain, right)
+            return draw_table(columns, plain, right, console.width)
 
     texts = [[Text.from_markup(cell, emoji=False) for cell in row] for row in cells]
     if any("\n" in text.plain for row in texts for text in row):
@@ -310,53 +234,13 @@ def _one_line_table(columns: list[str], cells: list[list[str]], right: set[str])
     return out
 
 
-def _plain_table(columns: list[str], plain: list[list[str]], right: set[str]) -> str | None:
-    """:func:`_one_line_table` without colour: the characters alone, as one string."""
-    from rich.box import HEAVY_HEAD
-
-    widths = _widths(columns, plain)
-    if widths is None:
-        return None
-    box = HEAVY_HEAD.substitute(console.options, safe=console.safe_box)
-    padded = [w + 2 for w in widths]
-
-    def line(row: list[str], edge: str, divider: str) -> str:
-        return (
-            edge
-            + divider.join(
-                f" {pad}{text} " if col in right else f" {text}{pad} "
-                for col, text, pad in zip(columns, row, _pads(row, widths))
-            )
-            + edge
-        )
-
-    lines = [
-        box.get_top(padded),
-        line(columns, box.head_left, box.head_vertical),
-        box.get_row(padded, "head"),
-        *(line(row, box.mid_left, box.mid_vertical) for row in plain),
-        box.get_bottom(padded),
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def _widths(columns: list[str], plain: list[list[str]]) -> list[int] | None:
     """Each column's width in terminal cells, or None when the table is wider than the
     console."""
-    from rich.cells import cell_len
-
     widths = [cell_len(col) for col in columns]
     for row in plain:
         widths = [max(w, cell_len(text)) for w, text in zip(widths, row)]
     return None if sum(widths) + 3 * len(widths) + 1 > console.width else widths
-
-
-def _pads(row: list[str], widths: list[int]) -> list[str]:
-    """The spaces that fill each cell of ``row`` to its column's width (in terminal cells:
-    a CJK character takes two)."""
-    from rich.cells import cell_len
-
-    return [" " * (width - cell_len(text)) for text, width in zip(row, widths)]
 
 
 @functools.lru_cache(maxsize=1024)

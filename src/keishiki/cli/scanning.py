@@ -8,11 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from rich.markup import escape
-
-from .render import console, print_json, printable, table
+from .plain import draw_table, no_colour, print_json, printable, write_text
 
 _STYLE = {"dangerous": "bold red", "unknown": "yellow", "error": "magenta", "safe": "green"}
+_FILE_COLUMNS = ["verdict", "file", "kind", "dangerous", "unknown", "safe"]
+_FINDING_COLUMNS = ["severity", "where", "opcode", "global", "reason"]
+_COUNTS = {"dangerous", "unknown", "safe"}  # right-justified
+MAX_SHOWN = 500  # findings in the table; --json has them all
 
 
 def run_scan(
@@ -65,14 +67,19 @@ def scan_with_bar(paths: list[str], quiet: bool):
     """``keishiki.scan(*paths)``, with a progress bar over the local files on a terminal."""
     from .._scan import scan as scan_remote
     from .._scan.scanner import scan_paths
-    from ..core.progress import progress
     from ..hub import is_hf_path
 
     local = [p for p in paths if not is_hf_path(p)]  # ("" is refused by scan_paths)
     remote = [p for p in paths if is_hf_path(p)]
-    show = not quiet and sys.stderr.isatty()
-    with progress(_count(local) if show else None, "scanning", quiet=not show) as advance:
-        report = scan_paths(local, advance)
+    if not quiet and sys.stderr.isatty():
+        from ..core.progress import progress
+
+        with progress(_count(local), "scanning") as advance:
+            report = scan_paths(local, advance)
+    else:  # no bar to draw: the files spread over the cores (_scan/parallel.py)
+        report = scan_paths(
+            local, workers=os.cpu_count() or 1
+        )  # (as many as pay: parallel.workers_for)
     if remote:  # judged from byte ranges (no bar: a few requests per file)
         found = scan_remote(*remote)
         report.files.extend(found.files)
@@ -94,41 +101,59 @@ def _count(paths: list[str]) -> int:
 
 def render_report(report, show_safe: bool) -> None:
     """The scan table, the findings table (not the safe ones unless ``show_safe``) and the
-    verdict line."""
+    verdict line: plain characters when stdout has no colour, else through rich."""
     files = [fr for fr in report.files if not fr.skipped]
-    table(
-        None,
-        ["verdict", "file", "kind", "dangerous", "unknown", "safe"],
+    file_rows = [
         [
-            [
-                f"[{_STYLE[fr.verdict]}]{fr.verdict}[/]",
-                escape(fr.path),
-                fr.kind or "-",
-                str(sum(f.severity == "dangerous" for f in fr.findings)),
-                str(sum(f.severity == "unknown" for f in fr.findings)),
-                str(sum(f.severity == "safe" for f in fr.findings)),
-            ]
-            for fr in files
-        ],
-        justify_right=["dangerous", "unknown", "safe"],
-    )
+            fr.verdict,
+            fr.path,
+            fr.kind or "-",
+            *(
+                str(sum(f.severity == s for f in fr.findings))
+                for s in ("dangerous", "unknown", "safe")
+            ),
+        ]
+        for fr in files
+    ]
     shown = [f for f in report.findings if show_safe or f.severity != "safe"]
-    if shown:
-        table(
-            "findings",
-            ["severity", "where", "opcode", "global", "reason"],
-            [
-                [
-                    f"[{_STYLE[f.severity]}]{f.severity}[/]",
-                    escape(f.where),
-                    f.opcode,
-                    escape(f.global_),
-                    escape(f.reason),
-                ]
-                for f in shown[:500]
-            ],
-        )
-        if len(shown) > 500:
-            console.print(f"… {len(shown) - 500} more findings (use --json)")
-    style = _STYLE[report.verdict]
-    console.print(f"verdict: [{style}]{report.verdict}[/] ({len(files)} files scanned)")
+    finding_rows = [[f.severity, f.where, f.opcode, f.global_, f.reason] for f in shown[:MAX_SHOWN]]
+    more = len(shown) - MAX_SHOWN
+    verdict = (report.verdict, f" ({len(files)} files scanned)")
+    text = _plain_report(file_rows, finding_rows, more, verdict) if no_colour() else None
+    if text is not None:
+        write_text(text)
+    else:
+        _rich_report(file_rows, finding_rows, more, verdict)
+
+
+def _plain_report(file_rows, finding_rows, more: int, verdict: tuple[str, str]) -> str | None:
+    """What :func:`_rich_report` prints without colour, as one string; None when a cell
+    needs folding (rich does that)."""
+    parts = [draw_table(_FILE_COLUMNS, _printable(file_rows), _COUNTS)]
+    if finding_rows:
+        parts += ["findings\n", draw_table(_FINDING_COLUMNS, _printable(finding_rows), set())]
+        if more > 0:
+            parts.append(f"… {more} more findings (use --json)\n")
+    parts.append(printable(f"verdict: {verdict[0]}{verdict[1]}") + "\n")
+    return None if None in parts else "".join(parts)  # type: ignore[arg-type]
+
+
+def _printable(rows: list[list[str]]) -> list[list[str]]:
+    return [[printable(cell) for cell in row] for row in rows]
+
+
+def _rich_report(file_rows, finding_rows, more: int, verdict: tuple[str, str]) -> None:
+    """The report through rich: the first cell of each row in its verdict's colour."""
+    from rich.markup import escape
+
+    from .render import console, table
+
+    def marked(rows: list[list[str]]) -> list[list[str]]:
+        return [[f"[{_STYLE[row[0]]}]{row[0]}[/]", *map(escape, row[1:])] for row in rows]
+
+    table(None, _FILE_COLUMNS, marked(file_rows), justify_right=_COUNTS)
+    if finding_rows:
+        table("findings", _FINDING_COLUMNS, marked(finding_rows))
+        if more > 0:
+            console.print(f"… {more} more findings (use --json)")
+    console.print(f"verdict: [{_STYLE[verdict[0]]}]{verdict[0]}[/]{escape(verdict[1])}")

@@ -1,0 +1,153 @@
+"""A folder scanned by forked workers (``_scan/parallel.py``) gives the reports, in the
+order, that one process gives; forking happens only where it is safe.
+
+The forking runs in a fresh interpreter (a pytest worker may run threads of its own, and
+forking beside threads is what the module refuses to do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from keishiki._scan import parallel
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+
+# argv: workers, "ok" | "dies" | "interrupted", roots...; prints what it saw as JSON
+_SCRIPT = r"""
+import itertools, json, os, sys
+from pathlib import Path
+from keishiki._scan import parallel, scanner
+
+os.sched_getaffinity = lambda pid: set(range(8))  # as if on 8 cores
+forks, real_fork, parent = [], os.fork, os.getpid()
+
+def counting_fork():
+    pid = real_fork()
+    if pid:
+        forks.append(pid)
+    return pid
+
+os.fork = counting_fork
+workers, how, roots = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+if how == "dies":  # every worker ends at once, sending nothing
+    parallel._work = lambda jobs, fd: os._exit(3)
+jobs = list(itertools.chain.from_iterable(scanner._folder_jobs(Path(r)) for r in roots))
+if how == "interrupted":  # Ctrl-C in this process while the workers scan
+    real_run = parallel._run
+
+    def interrupted(jobs):
+        if os.getpid() == parent:
+            raise KeyboardInterrupt
+        return real_run(jobs)
+
+    parallel._run = interrupted
+    try:
+        parallel.run_forked(jobs, workers)
+    except KeyboardInterrupt:
+        pass
+    try:
+        left = os.waitpid(-1, os.WNOHANG)  # no worker may be left behind
+    except ChildProcessError:
+        left = None
+    print(json.dumps({"forks": len(forks), "left": left}))
+    sys.exit(0)
+forked = [r.to_dict() for r in parallel.run_forked(jobs, workers)]
+alone = [r.to_dict() for r in scanner._run(jobs)]
+print(json.dumps({"same": forked == alone, "forks": len(forks), "n": len(alone),
+                  "verdicts": sorted({r["verdict"] for r in alone})}))
+"""
+
+
+def _roots(*sample_sets) -> list[str]:
+    return [os.path.commonpath([str(s.path) for s in samples.values()]) for samples in sample_sets]
+
+
+def _forked(workers: int, how: str, roots: list[str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(workers), how, *roots],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("workers", [2, 3, 5])
+def test_forked_workers_report_what_one_process_reports(workers, malicious_samples, benign_samples):
+    """Every malicious and benign sample of the scanner's tests (links, shard indexes, code
+    files, archives, damaged files), scanned both ways: the same reports in the same order."""
+    seen = _forked(workers, "ok", _roots(malicious_samples, benign_samples))
+    assert seen["same"] is True
+    assert seen["forks"] == workers - 1
+    assert seen["n"] > 200 and {"dangerous", "safe", "unknown"} <= set(seen["verdicts"])
+
+
+def test_a_worker_that_dies_has_its_share_scanned_here(malicious_samples):
+    seen = _forked(3, "dies", _roots(malicious_samples))
+    assert seen["same"] is True and seen["forks"] == 2
+
+
+def test_ctrl_c_ends_the_workers(malicious_samples):
+    seen = _forked(3, "interrupted", _roots(malicious_samples))
+    assert seen == {"forks": 2, "left": None}
+
+
+@pytest.mark.parametrize(
+    "n_jobs, cores, expected",
+    [
+        (200, 2, 2),
+        (200, 8, 8),
+        (40, 8, 2),  # at least 16 files each
+        (31, 8, 1),
+        (0, 4, 1),
+        (10_000, 1, 1),
+    ],
+)
+def test_workers_for(n_jobs, cores, expected, monkeypatch):
+    monkeypatch.setattr(parallel, "can_fork", lambda: True)
+    assert parallel.workers_for(n_jobs, cores) == expected
+
+
+def test_no_fork_beside_threads_or_torch(monkeypatch):
+    """A thread holding a lock at the fork leaves it locked in the child (a progress bar, a
+    server); torch runs thread pools Python does not see."""
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert parallel.can_fork() is True
+    monkeypatch.setitem(sys.modules, "torch", object())
+    assert parallel.can_fork() is False and parallel.workers_for(1000, 8) == 1
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    assert parallel.can_fork() is False
+
+
+def test_cli_scan_of_a_folder_prints_what_the_library_finds(tmp_path, malicious_samples):
+    """``keishiki scan DIR`` (forked workers when the machine has cores to spare) and
+    ``keishiki.scan(DIR)`` in this process agree, file by file."""
+    import keishiki
+
+    root = _roots(malicious_samples)[0]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "keishiki"), "scan", "--json", "--all", root],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    library = keishiki.scan(root)
+    assert done.returncode == library.exit_code() == 1
+    assert json.loads(done.stdout)["files"] == [
+        f for f in library.to_dict()["files"] if not f["skipped"] or f["findings"]
+    ]
+    # and the in-process CLI (no fork: pytest's threads) says the same
+    code, out, _ = run_cli("scan", "--json", "--all", root)
+    assert code == 1 and json.loads(out)["files"] == json.loads(done.stdout)["files"]
