@@ -79,7 +79,7 @@ def _command(argv: list[str] | None = None):
 
 
 def _fail(message: str, code: int) -> int:
-    from .render import printable  # (messages quote file names and names from files)
+    from .plain import printable  # (messages quote file names and names from files)
 
     sys.stderr.write(f"keishiki: error: {printable(message)}\n")
     return code

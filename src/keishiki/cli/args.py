@@ -25,7 +25,7 @@ def _notice(line: str) -> None:
     import sys
 
     from .output import OUTPUT
-    from .render import printable
+    from .plain import printable
 
     if OUTPUT.quiet:
         return

@@ -23,7 +23,7 @@ from .plain import (  # noqa: F401 - print_json, write_text: the commands import
 if TYPE_CHECKING:  # rich.table costs ~5 ms of start-up: imported where a Table is built
     from rich.table import Table
 
-_PIPE_WIDTH = PIPE_WIDTH
+
 _RULE_WIDTH = 100  # a rule spans the whole width: in a pipe, a readable fixed width instead
 
 
@@ -51,7 +51,7 @@ class _Console(Console):
 
         self.print(
             Rule(title, characters=characters, style=style, align=align),
-            width=min(self.width, _RULE_WIDTH) if self.width >= _PIPE_WIDTH else None,
+            width=min(self.width, _RULE_WIDTH) if self.width >= PIPE_WIDTH else None,
         )
 
 
@@ -62,7 +62,7 @@ console = _Console(
     # (sys.stdout is None when the process starts with its stdout closed: `scan x >&-`)
     width=None
     if (sys.stdout is not None and sys.stdout.isatty()) or os.environ.get("COLUMNS")
-    else _PIPE_WIDTH,
+    else PIPE_WIDTH,
 )
 
 
