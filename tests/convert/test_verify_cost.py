@@ -441,3 +441,79 @@ def test_torchscript_with_a_changed_weight_fails_the_one_pass_check(
         keishiki.convert(tiny_llama, tmp_path / "m.pt", to="torchscript", quiet=True)
     verify = caught.value.report["steps"][-1]["verify"]
     assert verify["passed"] is False and verify["max_abs_diff"] > 1e-2
+
+
+def _swap_pieces(path: Path, sample: str, tokenizer) -> None:
+    """Swap, in the GGUF ``path``, the text of the first piece ``tokenizer`` gives for
+    ``sample`` with that of another piece as long (the vocabulary still loads, merges and
+    all, but the sample encodes to other ids)."""
+    from keishiki._convert.gguf_edges import reference_reader
+
+    reader = reference_reader(path)
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    used = set(tokenizer.encode(sample, add_special_tokens=False))
+    first = tokenizer.encode(sample, add_special_tokens=False)[0]
+    pieces = [tokens.parts[i] for i in tokens.data]
+    other = next(
+        n
+        for n, piece in enumerate(pieces)
+        if n not in used and len(piece) == len(pieces[first]) and bytes(piece).isalpha()
+    )
+    base = reader.data.__array_interface__["data"][0]
+    spots = [pieces[n].__array_interface__["data"][0] - base for n in (first, other)]
+    texts = [bytes(pieces[n]) for n in (first, other)]
+    del reader, tokens, pieces
+    with open(path, "r+b") as fh:
+        for at, text in zip(spots, reversed(texts)):
+            fh.seek(at)
+            fh.write(text)
+
+
+def test_gguf_tokenizer_changed_after_the_child_read_it_fails(tiny_llama, tmp_path, monkeypatch):
+    """The torch-free child reads the GGUF's tokenizer while the tensors are still being
+    written: a vocabulary byte changed after that (between the write and the read-back) is
+    seen, because the finished file's first bytes are compared with those the child read,
+    and the check then runs here on the finished file."""
+    import transformers
+
+    from keishiki._convert import encodings, gguf_edges
+    from keishiki._convert.gguf_vocab import STRICT_SAMPLES
+
+    folder_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_llama))
+    sent = []
+    real_send = encodings.TokenizerChild.send_gguf
+
+    def send(self, path, metadata_only=False):
+        sent.append(metadata_only)
+        real_send(self, path, metadata_only)
+        self._wait()  # the child has read the metadata before the write goes on
+
+    def corrupt(files, *args):
+        _swap_pieces(files[0], STRICT_SAMPLES[0], folder_tokenizer)
+
+    monkeypatch.setattr(encodings.TokenizerChild, "send_gguf", send)
+    monkeypatch.setattr(gguf_edges, "write_gguf", _corrupting(gguf_edges, "write_gguf", corrupt))
+    with pytest.raises(Mismatch) as caught:
+        keishiki.convert(tiny_llama, tmp_path / "m.gguf", to="gguf", quant="f16", quiet=True)
+    assert sent == [True]  # the child was handed the file before its tensors were written
+    verify = caught.value.report["steps"][-1]["verify"]
+    assert verify["tokenizer"]["passed"] is False and verify["n_mismatched"] == 0
+
+
+def test_metadata_reader_reads_an_unfinished_gguf(tiny_llama, tmp_path):
+    """The child's reader of a GGUF whose tensors are not written yet: the fields and tensor
+    names of the finished file, and where the tensor infos end."""
+    from keishiki._convert.gguf_edges import metadata_reader, read_kv, reference_reader
+
+    out = tmp_path / "m.gguf"
+    keishiki.convert(tiny_llama, out, to="gguf", quant="f16", quiet=True, verify=False)
+    whole = reference_reader(out)
+    early = metadata_reader(out)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(out.read_bytes()[: early.metadata_end])  # no tensor data at all
+    partial = metadata_reader(cut)
+    assert partial.metadata_end == early.metadata_end < whole.data_offset
+    assert read_kv(partial) == read_kv(whole)
+    assert [t.name for t in partial.tensors] == [t.name for t in whole.tensors]
+    with pytest.raises(ValueError):  # the whole reader needs the data
+        reference_reader(cut)

@@ -4,9 +4,13 @@ The check compares the folder's tokenizer (``transformers.AutoTokenizer``) with 
 GGUF's (:func:`.gguf_vocab.load_gguf_tokenizer`, transformers' GGUF loader) on sample texts.
 Loading them is seconds of imports (transformers pulls in torch) and Python, none of which
 the conversion itself needs.  So a child process starts with the conversion, loads the
-folder's tokenizer and encodes the samples while this process writes the GGUF; once the
-file is written it is handed the file, loads the GGUF's tokenizer (transformers already
-imported) and encodes the same samples while this process reads the tensors back.
+folder's tokenizer and encodes the samples while this process writes the GGUF; it is
+handed the file, loads the GGUF's tokenizer (transformers already imported) and encodes the
+same samples while this process writes and reads the tensors back.  A torch-free child
+(below) is handed the file as soon as its metadata is written, and reads only that: the
+finished file must then start with the very bytes it read (:meth:`TokenizerChild.
+read_the_same`), else the check runs here on the finished file.  Any other child reads the
+finished file (transformers' own GGUF loader reads it whole).
 
 Why a process and not a thread: the writer makes many short numpy calls that let go of the
 GIL, and each had to win it back from a thread busy importing: the write took 2-3x longer.
@@ -38,6 +42,7 @@ same arguments) and returns the ids; :class:`Recorded` hands them to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -84,15 +89,22 @@ else:
     failed = None
 line = sys.stdin.readline()
 if line:
-    path = Path(json.loads(line)["gguf"])
-    out["got"] = failed or encode(lambda: gguf_tokenizer(path, torch_free), samples)
+    asked, read = json.loads(line), {}
+    path, early = Path(asked["gguf"]), asked.get("metadata_only", False)
+    out["got"] = failed or encode(lambda: gguf_tokenizer(path, torch_free, early, read), samples)
+    out["read"] = read
 sys.stdout.write(json.dumps(out))
 """
 
 
-def gguf_tokenizer(path: Path, torch_free: bool):
+def gguf_tokenizer(path: Path, torch_free: bool, metadata_only: bool = False, read=None):
     """The written GGUF's tokenizer, loaded in the child (:func:`.gguf_vocab.load_gguf_tokenizer`
     with the flags the file holds, read by gguf-py as the parent reads them).
+
+    ``metadata_only`` (torch-free only): the file's tensor data may still be being written;
+    its metadata is read (:func:`.gguf_edges.metadata_reader`) and ``read`` gets how many
+    bytes from the start that was, and their sha256, for the parent to compare with the
+    finished file (:meth:`TokenizerChild.read_the_same`).
 
     Raises:
         ChildError: ``torch_free`` and transformers gives this architecture a tokenizer
@@ -100,10 +112,13 @@ def gguf_tokenizer(path: Path, torch_free: bool):
     """
     import gguf
 
-    from .gguf_edges import _plain_view_reader, _tokenizer_flags, reference_reader
+    from .gguf_edges import _plain_view_reader, _tokenizer_flags, metadata_reader, reference_reader
     from .gguf_vocab import load_gguf_tokenizer
 
-    reader = reference_reader(path)
+    reader = metadata_reader(path) if metadata_only and torch_free else reference_reader(path)
+    if metadata_only and torch_free and read is not None:
+        end = int(reader.metadata_end)
+        read.update(bytes=end, sha256=hashlib.sha256(reader.data[:end]).hexdigest())
     flags = _tokenizer_flags(reader)
     if not torch_free:
         # transformers' loader takes gguf.GGUFReader when called: the reference reader's
@@ -204,10 +219,22 @@ class TokenizerChild:
         except OSError:  # the child has ended already: its output says why
             self.close()
 
-    def send_gguf(self, path: Path) -> None:
-        """Load the written ``path``'s tokenizer in the child (:func:`gguf_tokenizer`)."""
-        self._send({"gguf": str(path)})
+    def send_gguf(self, path: Path, metadata_only: bool = False) -> None:
+        """Load the written ``path``'s tokenizer in the child (:func:`gguf_tokenizer`);
+        ``metadata_only``: its metadata is written, its tensors may still be being written
+        (torch-free only: see :meth:`read_the_same`)."""
+        self._send({"gguf": str(path), "metadata_only": metadata_only and self.torch_free})
         self.close()
+
+    def read_the_same(self, path: Path) -> bool:
+        """Whether the bytes the child read its GGUF tokenizer from, before the file was
+        finished, are those the finished ``path`` starts with (True when it read the
+        finished file)."""
+        read = self._wait().get("read") or {}
+        if "bytes" not in read:
+            return True
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read(read["bytes"])).hexdigest() == read["sha256"]
 
     def close(self) -> None:
         """No more to send: the child finishes what it has (idempotent)."""

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+import types
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +186,26 @@ def reference_reader(path: Path):
     instead of a call per element, take 0.05 s.
     """
     return _plain_view_reader()(str(path))
+
+
+def metadata_reader(path: Path):
+    """:func:`reference_reader` of a GGUF whose tensor data may not be written yet: the
+    header, metadata and tensor infos parsed as gguf-py parses them; ``tensors`` hold the
+    names alone, and ``metadata_end`` is where the tensor infos end (the bytes read)."""
+    base = _plain_view_reader()
+
+    class MetadataReader(base):  # type: ignore[misc, valid-type]
+        def _build_tensor_info(self, offs: int, count: int):
+            offs, fields = super()._build_tensor_info(offs, count)
+            self.metadata_end = offs
+            return offs, fields
+
+        def _build_tensors(self, start_offs: int, fields) -> None:
+            self.tensors = [
+                types.SimpleNamespace(name=str(bytes(f.parts[1]), encoding="utf-8")) for f in fields
+            ]
+
+    return MetadataReader(str(path))
 
 
 def _check_heads(
@@ -571,9 +592,12 @@ def write_gguf(
     quiet: bool,
     opts: ConvertOptions | None = None,
     digests: bool = False,
+    on_metadata: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Stream ``plan`` into a GGUF file: metadata via ``kv_writer(writer)``, infos, then data;
-    with ``digests``, each :class:`Planned` gets the sha256 of the bytes written for it.
+    with ``digests``, each :class:`Planned` gets the sha256 of the bytes written for it;
+    ``on_metadata(first file)`` is called once the metadata and tensor infos are on disk,
+    before the tensors are written.
 
     With ``opts.split_max_size`` / ``opts.split_max_tensors`` gguf's writer splits the
     tensors into ``STEM-00001-of-0000N.gguf``... beside ``out`` (metadata in the first,
@@ -601,7 +625,9 @@ def write_gguf(
     writer.write_header_to_file()
     files = [Path(f.name) for f in writer.fout]  # the writer's own split names
     writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
+    writer.write_ti_data_to_file()  # (each of these three flushes its file)
+    if on_metadata is not None:
+        on_metadata(files[0])
     total = sum(p.source.info.nbytes for p in plan)
     # verified while writing: the read-back hashes the file's bytes and compares them with
     # these, instead of loading and encoding every tensor again.  A tensor is hashed on a
@@ -904,15 +930,29 @@ def _hf_to_gguf(
 
     report = StepReport(edge="hf-model -> gguf", src=str(src), out=str(out), warnings=warnings)
     with Timer() as timer:
+        # the first split holds the tokenizer.  A torch-free child reads it as soon as the
+        # metadata is written, while the tensors are (the finished file's first bytes are
+        # compared with those it read: TokenizerChild.read_the_same); any other child reads
+        # the finished file
+        early = bool(opts.verify and child and vocab and child.torch_free)
         files = write_gguf(
-            gguf_target(out), arch.name, kv_writer, plan, opts.quiet, opts, digests=opts.verify
+            gguf_target(out),
+            arch.name,
+            kv_writer,
+            plan,
+            opts.quiet,
+            opts,
+            digests=opts.verify,
+            on_metadata=(lambda first: child.send_gguf(first, metadata_only=True))
+            if early
+            else None,
         )
         _split_details(report, files, opts)
         required = arch.required_keys()
         if vocab:
             required += vocab.required_keys()
         if opts.verify:
-            if child and vocab:  # the first split holds the tokenizer; the child reads it
+            if child and vocab and not early:
                 child.send_gguf(files[0])
             readers = [reference_reader(f) for f in files]  # each file opened once
             total = sum(p.source.info.nbytes for p in plan)
@@ -921,9 +961,14 @@ def _hf_to_gguf(
             if vocab:
                 with progress(None, "verifying the tokenizer", opts.quiet):
                     flags = _tokenizer_flags(readers[0])
-                    if child and not (child.torch_free and child.failed()):
+                    if (
+                        child
+                        and not (child.torch_free and child.failed())
+                        and child.read_the_same(files[0])
+                    ):
                         check_tokenizer(report, child.expected, child.got)
-                    else:  # no child, or its torch-free loading could not: here, as usual
+                    else:  # no child, its torch-free loading could not, or the file's
+                        # metadata changed after the child read it: here, as usual
                         check_tokenizer(
                             report,
                             source_tokenizer,
