@@ -4,7 +4,7 @@ shows progress (issue 14).
 Each check restructured for speed has a test here that corrupts the output between the
 write and the read-back and sees verification fail, naming what differs:
 
-- GGUF tensors are compared by the sha256 of the bytes written and read back (no source
+- GGUF tensors are compared by the digest (BLAKE3) of the bytes written and read back (no source
   reload for F32/F16/BF16 and integers), through a GGUFReader over a plain ndarray view;
 - safetensors read-back compares with the source tensor loaded one ahead on a thread;
 - the HF -> GGUF tokenizer check encodes both sides in a child process.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -517,3 +518,25 @@ def test_metadata_reader_reads_an_unfinished_gguf(tiny_llama, tmp_path):
     assert [t.name for t in partial.tensors] == [t.name for t in whole.tensors]
     with pytest.raises(ValueError):  # the whole reader needs the data
         reference_reader(cut)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float16).reshape(3, 4),
+        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not contiguous: C order's bytes
+        np.zeros(0, dtype=np.int8),
+        np.frombuffer(b"\x01\x02\x03\x04\x05\x06", dtype=np.uint8)[1:],  # a view
+    ],
+)
+def test_gguf_digest_is_blake3_else_sha256(array, monkeypatch):
+    """The read-back's digest: BLAKE3 of the C-order bytes, sha256 without the package."""
+    import hashlib
+
+    from keishiki._convert.gguf_edges import _digest
+
+    raw = np.ascontiguousarray(array).tobytes()
+    blake3 = pytest.importorskip("blake3")
+    assert _digest(array) == "blake3:" + blake3.blake3(raw).hexdigest()
+    monkeypatch.setitem(sys.modules, "blake3", None)  # not installed
+    assert _digest(array) == "sha256:" + hashlib.sha256(raw).hexdigest()
