@@ -107,6 +107,7 @@ def test_ctrl_c_ends_the_workers(malicious_samples):
     [
         (200, 2, 2),
         (200, 8, 8),
+        (10_000, 64, 8),  # at most MAX_WORKERS
         (40, 8, 2),  # at least 16 files each
         (31, 8, 1),
         (0, 4, 1),

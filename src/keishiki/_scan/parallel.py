@@ -24,16 +24,20 @@ from .findings import FileReport, Finding
 from .scanner import Job, _run
 
 MIN_JOBS_PER_WORKER = 16  # below this a fork (a few ms) costs more than it saves
+# each worker holds what its own files need (a member, a stream's records): on a machine with
+# many cores, a bound on how much a scan may hold at once
+MAX_WORKERS = 8
 
 
 def workers_for(n_jobs: int, cores: int | None = None) -> int:
-    """How many processes a scan of ``n_jobs`` jobs should use: one per core, each with at
-    least :data:`MIN_JOBS_PER_WORKER` jobs, and 1 where forking is not safe."""
+    """How many processes a scan of ``n_jobs`` jobs should use: one per core (at most
+    :data:`MAX_WORKERS`), each with at least :data:`MIN_JOBS_PER_WORKER` jobs, and 1 where
+    forking is not safe."""
     if not can_fork():
         return 1
     if cores is None:  # the cores this process may run on (a container's share)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    return max(1, min(cores, n_jobs // MIN_JOBS_PER_WORKER))
+    return max(1, min(cores, MAX_WORKERS, n_jobs // MIN_JOBS_PER_WORKER))
 
 
 def can_fork() -> bool:
