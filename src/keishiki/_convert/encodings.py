@@ -233,8 +233,12 @@ class TokenizerChild:
         read = self._wait().get("read") or {}
         if "bytes" not in read:
             return True
+        digest, left = hashlib.sha256(), int(read["bytes"])
         with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read(read["bytes"])).hexdigest() == read["sha256"]
+            while left > 0 and (chunk := fh.read(min(left, 1 << 24))):
+                digest.update(chunk)
+                left -= len(chunk)
+        return left == 0 and digest.hexdigest() == read["sha256"]
 
     def close(self) -> None:
         """No more to send: the child finishes what it has (idempotent)."""
