@@ -18,6 +18,7 @@ import ast
 import re
 import time
 
+from ..core import python_code
 from .torchscript_calls import Index, Judgement, allowlist, judge_tree
 
 __all__ = [
@@ -138,7 +139,7 @@ def parse(member: str, text: str) -> tuple[ast.Module | None, str]:
             "Python's and TorchScript's lexers read differently: its calls cannot be judged"
         )
     try:
-        return ast.parse(text, filename=member), ""
+        return python_code.parse(text), ""  # (the reader's tree of the same text, if parsed)
     except SyntaxError as exc:
         why = f"{exc.msg} (line {exc.lineno})"
     except (ValueError, RecursionError, MemoryError) as exc:

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core import dtypes
+from ..core import dtypes, python_code
 from ..core.model import ModelInfo
 from ..core.pickle_reader import Call, GlobalRef, read_pickle
 from ..core.source import Source
@@ -152,7 +152,7 @@ def _source_segment(source: str, lines: list[str] | None, node: ast.AST) -> str 
 def parse_classes(source: str) -> dict[str, ClassCode]:
     """Every class a code file defines, with its declared parameters/buffers and methods."""
     try:
-        tree = ast.parse(source)
+        tree = python_code.parse(source)  # (shared with the scan's judging of the same code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return {}
     out: dict[str, ClassCode] = {}
