@@ -21,7 +21,7 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 
-# argv: workers, "ok" | "dies" | "interrupted", roots...; prints what it saw as JSON
+# argv: workers, "ok" | "dies" | "cannot-fork" | "interrupted", roots...; prints what it saw
 _SCRIPT = r"""
 import itertools, json, os, sys
 from pathlib import Path
@@ -31,13 +31,15 @@ os.sched_getaffinity = lambda pid: set(range(8))  # as if on 8 cores
 forks, real_fork, parent = [], os.fork, os.getpid()
 
 def counting_fork():
+    if how == "cannot-fork" and forks:  # the second fork fails (EAGAIN: too many processes)
+        raise BlockingIOError(11, "Resource temporarily unavailable")
     pid = real_fork()
     if pid:
         forks.append(pid)
     return pid
 
-os.fork = counting_fork
 workers, how, roots = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+os.fork = counting_fork
 if how == "dies":  # every worker ends at once, sending nothing
     parallel._work = lambda jobs, fd: os._exit(3)
 jobs = list(itertools.chain.from_iterable(scanner._folder_jobs(Path(r)) for r in roots))
@@ -95,6 +97,11 @@ def test_forked_workers_report_what_one_process_reports(workers, malicious_sampl
 def test_a_worker_that_dies_has_its_share_scanned_here(malicious_samples):
     seen = _forked(3, "dies", _roots(malicious_samples))
     assert seen["same"] is True and seen["forks"] == 2
+
+
+def test_a_worker_that_cannot_start_has_its_share_scanned_here(malicious_samples):
+    seen = _forked(3, "cannot-fork", _roots(malicious_samples))
+    assert seen["same"] is True and seen["forks"] == 1
 
 
 def test_ctrl_c_ends_the_workers(malicious_samples):

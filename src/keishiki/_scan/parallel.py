@@ -15,10 +15,13 @@ here again; Ctrl-C ends the workers with this process.
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
+import signal
 import sys
 import threading
+from typing import Iterator
 
 from .findings import FileReport, Finding
 from .scanner import Job, _run
@@ -57,35 +60,74 @@ def run_forked(jobs: list[Job], workers: int) -> list[FileReport]:
     workers = min(workers, workers_for(sum(isinstance(j, tuple) for j in jobs)))
     if workers <= 1:
         return _run(jobs)
-    children: list[tuple[int, int, int]] = []  # (pid, read end, worker index)
+    # worker k (k >= 1) scans jobs k, k + workers, ...: (pid, read end), None if not started
+    started: dict[int, tuple[int, int] | None] = {}
+    shares: dict[int, list[FileReport]] = {}
     try:
+        with _interrupts_held():  # each worker recorded before Ctrl-C can come
+            for k in range(1, workers):
+                started[k] = _fork(jobs[k::workers])
+        shares[0] = _run(jobs[0::workers])
         for k in range(1, workers):
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child leaves through os._exit
-                os.close(read_end)
-                _work(jobs[k::workers], write_end)
-            os.close(write_end)
-            children.append((pid, read_end, k))
-        shares = {0: _run(jobs[0::workers])}
-        for pid, read_end, k in children:
-            shares[k] = _collect(pid, read_end, jobs[k::workers])
-        children.clear()
+            child = started.pop(k)
+            reports = _reports(child, len(jobs[k::workers])) if child else None
+            shares[k] = reports if reports is not None else _run(jobs[k::workers])
     finally:
-        for pid, read_end, _ in children:  # interrupted (Ctrl-C) or failed: end them
-            _end(pid, read_end)
-    out: list[FileReport] = []
-    for i in range(len(jobs)):
-        out.append(shares[i % workers][i // workers])
-    return out
+        for child in started.values():  # interrupted (Ctrl-C) or failed: end the rest
+            if child:
+                _end(*child)
+    return [shares[i % workers][i // workers] for i in range(len(jobs))]
 
 
-def _work(jobs: list[Job], write_end: int) -> None:  # pragma: no cover - runs in the child
-    """A worker: scan ``jobs``, write their reports to ``write_end``, leave without running
+def _fork(share: list[Job]) -> tuple[int, int] | None:
+    """Start a worker on ``share``: (its pid, the read end of its pipe), or None when no
+    process can be started (this one then scans the share)."""
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid == 0:  # pragma: no cover - the child leaves through os._exit
+        try:  # (an interrupt must never let the child run on in the parent's code)
+            os.close(read_end)
+            _allow_interrupts()
+            _work(share, write_end)
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    if pid < 0:
+        os.close(read_end)
+        return None
+    return pid, read_end
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT (Ctrl-C) held back while workers are started, delivered after."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        _allow_interrupts()
+
+
+def _allow_interrupts() -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _work(share: list[Job], write_end: int) -> None:  # pragma: no cover - runs in the child
+    """A worker: scan ``share``, write the reports to ``write_end``, leave without running
     anything of the parent's at exit (no atexit handlers, no flush of its buffers)."""
     code = 0
     try:
-        payload = marshal.dumps([_to_plain(rep) for rep in _run(jobs)])
+        payload = marshal.dumps([_to_plain(rep) for rep in _run(share)])
         with os.fdopen(write_end, "wb") as out:
             out.write(payload)
     except BaseException:  # noqa: BLE001 - Ctrl-C or anything: the parent rescans the share
@@ -94,30 +136,42 @@ def _work(jobs: list[Job], write_end: int) -> None:  # pragma: no cover - runs i
         os._exit(code)
 
 
-def _collect(pid: int, read_end: int, jobs: list[Job]) -> list[FileReport]:
-    """A worker's reports; its share scanned here when it failed."""
-    with os.fdopen(read_end, "rb") as pipe:
-        payload = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) == 0:
-        try:
-            reports = [_from_plain(plain) for plain in marshal.loads(payload)]
-            if len(reports) == len(jobs):
-                return reports
-        except (EOFError, ValueError, TypeError):
-            pass
-    return _run(jobs)
+def _reports(child: tuple[int, int], expected: int) -> list[FileReport] | None:
+    """A worker's reports, or None when it failed (its share is then scanned here).  The
+    pipe is closed and the worker waited for (killed first if this is interrupted)."""
+    pid, read_end = child
+    chunks, status = [], None
+    try:
+        while chunk := os.read(read_end, 1 << 20):
+            chunks.append(chunk)
+        status = os.waitpid(pid, 0)[1]
+    finally:
+        os.close(read_end)
+        if status is None:
+            _kill(pid)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return None
+    try:
+        reports = [_from_plain(plain) for plain in marshal.loads(b"".join(chunks))]
+    except (EOFError, ValueError, TypeError):
+        return None
+    return reports if len(reports) == expected else None
 
 
 def _end(pid: int, read_end: int) -> None:
+    """A worker not collected: its pipe closed, the process killed and waited for."""
+    os.close(read_end)
+    _kill(pid)
+
+
+def _kill(pid: int) -> None:
     try:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    except OSError:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:  # (ended already: still ours to wait for until waited)
         pass
     try:
-        os.close(read_end)
-    except OSError:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
         pass
 
 
