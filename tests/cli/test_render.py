@@ -126,6 +126,7 @@ ODD_NAMES = [
     "モデル/中文.pt",
     "e\u0301.pt",
     "ctl\x1b[31m\u202e.pt",
+    "sur\ud800rogate.pkl",  # a lone surrogate read from a file: no encoding can write it
 ]
 
 

@@ -113,3 +113,21 @@ def test_an_empty_path_is_no_path(tmp_path, monkeypatch):
     (tmp_path / "evil.pkl").write_bytes(EVIL)  # what scanning "." would find
     code, out, err = run_cli("scan", "")
     assert (code, out) == (2, "") and "empty path" in err
+
+
+def test_a_global_no_encoding_can_write_keeps_the_report(tmp_path):
+    """A pickle naming ``os.<U+D800>`` (bytes ED A0 80, read leniently): the report of the
+    whole folder still prints, the name spelled out, on a pipe and as JSON."""
+    name = "\ud800".encode("utf-8", "surrogatepass")
+    (tmp_path / "a.pkl").write_bytes(
+        b"\x80\x04\x8c\x02os\x8c" + bytes([len(name)]) + name + b"\x93)R."
+    )
+    (tmp_path / "b.pkl").write_bytes(EVIL)
+    exe = os.path.join(os.path.dirname(sys.executable), "keishiki")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+    done = subprocess.run([exe, "scan", str(tmp_path)], capture_output=True, env=env)
+    out = done.stdout.decode()
+    assert done.returncode == 1 and "os.\\ud800" in out and "b.pkl" in out, done.stderr
+    done = subprocess.run([exe, "scan", "--json", str(tmp_path)], capture_output=True, env=env)
+    found = [f["global"] for fr in json.loads(done.stdout)["files"] for f in fr["findings"]]
+    assert done.returncode == 1 and "os.\ud800" in found, done.stderr

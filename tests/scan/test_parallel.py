@@ -94,6 +94,76 @@ def test_forked_workers_report_what_one_process_reports(workers, malicious_sampl
     assert seen["n"] > 200 and {"dangerous", "safe", "unknown"} <= set(seen["verdicts"])
 
 
+def _folder_with_names_that_report_nothing(root: Path) -> Path:
+    """40 pickles, one of them unsafe, and names a folder scan reports nothing for: a link
+    inside the folder, a linked subfolder, a dangling link, a link loop, a FIFO."""
+    import pickle
+
+    root.mkdir()
+    for n in range(40):
+        (root / f"f{n:03d}.pkl").write_bytes(pickle.dumps({"n": n}))
+    (root / "sub").mkdir()
+    (root / "sub" / "g.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    os.symlink("f000.pkl", root / "a_link.pkl")
+    os.symlink("sub", root / "linked_sub")
+    os.symlink("gone.pkl", root / "dangling.pkl")
+    os.symlink("loop", root / "loop")
+    os.mkfifo(root / "fifo")
+    return root
+
+
+def test_names_with_nothing_to_report_keep_the_order(tmp_path):
+    """Links inside the folder, FIFOs and the like give no report: each worker's reports
+    still line up with its files (an HF cache repository's snapshot links are such names)."""
+    root = _folder_with_names_that_report_nothing(tmp_path / "m")
+    seen = _forked(2, "ok", [str(root)])
+    assert seen["same"] is True and seen["forks"] == 1 and "dangerous" in seen["verdicts"]
+
+
+def test_workers_end_with_their_parent(tmp_path):
+    """SIGTERM (``timeout``, a CI runner) ends the parent alone: its workers go too."""
+    import signal
+    import time
+
+    root = tmp_path / "m"
+    root.mkdir()
+    for n in range(64):  # slow files: each worker has seconds of work
+        (root / f"f{n:03d}.pkl").write_bytes(b"(" + b"K\x01" * 200_000 + b"l.")
+    script = (
+        "import os, sys, time\nfrom keishiki._scan import parallel\n"
+        "parallel.workers_for = lambda n, cores=None: 3\n"
+        "def work(share, fd):\n"
+        "    os.write(1, b'worker %d\\n' % os.getpid())  # (one write: never interleaved)\n"
+        "    time.sleep(60)\n"
+        "parallel._work = work\n"
+        f"from keishiki._scan.scanner import scan_paths\nscan_paths([{str(root)!r}], workers=3)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines = [parent.stdout.readline() for _ in range(2)]
+    assert all(lines), parent.stderr.read()[-2000:]
+    workers = [int(line.split()[1]) for line in lines]
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in workers)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_worker_that_dies_has_its_share_scanned_here(malicious_samples):
     seen = _forked(3, "dies", _roots(malicious_samples))
     assert seen["same"] is True and seen["forks"] == 2

@@ -57,6 +57,8 @@ def can_fork() -> bool:
 def run_forked(jobs: list[Job], workers: int) -> list[FileReport]:
     """The report of every job, in order, scanned by ``workers`` processes (this one
     included); in this process alone when forking is not safe or not worth it."""
+    # one report per job from here on (a None job, a name with nothing to report, has none)
+    jobs = [job for job in jobs if job is not None]
     workers = min(workers, workers_for(sum(isinstance(j, tuple) for j in jobs)))
     if workers <= 1:
         return _run(jobs)
@@ -86,6 +88,7 @@ def _fork(share: list[Job]) -> tuple[int, int] | None:
         read_end, write_end = os.pipe()
     except OSError:
         return None
+    parent = os.getpid()
     try:
         pid = os.fork()
     except OSError:
@@ -93,6 +96,7 @@ def _fork(share: list[Job]) -> tuple[int, int] | None:
     if pid == 0:  # pragma: no cover - the child leaves through os._exit
         try:  # (an interrupt must never let the child run on in the parent's code)
             os.close(read_end)
+            _die_with(parent)
             _allow_interrupts()
             _work(share, write_end)
         finally:
@@ -102,6 +106,21 @@ def _fork(share: list[Job]) -> tuple[int, int] | None:
         os.close(read_end)
         return None
     return pid, read_end
+
+
+def _die_with(parent: int) -> None:  # pragma: no cover - runs in the child
+    """End this worker when its parent ends, however it ends (SIGTERM from ``timeout`` or a
+    CI runner kills the parent alone): Linux's parent-death signal, checked once after
+    setting it (the parent may have ended before)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @contextlib.contextmanager

@@ -32,9 +32,11 @@ _JSON_CONTROLS = {
     c: f"\\u{c:04x}" for c in [*range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 }
 # a file name with bytes that are not UTF-8 holds lone surrogates (Python's surrogateescape):
-# shown as the bytes they stand for, which every encoding can write
+# shown as the bytes they stand for, which every encoding can write; any other lone
+# surrogate (a name read leniently from a file) as its code, since no encoding writes it
+_CONTROLS.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)})
 _CONTROLS.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})
-_JSON_CONTROLS.update({c: f"\\u{c:04x}" for c in range(0xDC80, 0xDD00)})
+_JSON_CONTROLS.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)})
 
 # rich.box.HEAVY_HEAD, the box of rich's default Table: top, header row, header rule, body
 # row, bottom, each as (left, fill, divider, right)
