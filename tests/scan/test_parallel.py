@@ -229,3 +229,34 @@ def test_cli_scan_of_a_folder_prints_what_the_library_finds(tmp_path, malicious_
     # and the in-process CLI (no fork: pytest's threads) says the same
     code, out, _ = run_cli("scan", "--json", "--all", root)
     assert code == 1 and json.loads(out)["files"] == json.loads(done.stdout)["files"]
+
+
+@pytest.mark.parametrize("swap", ["file", "folder on the way", "fifo"])
+def test_a_file_swapped_after_the_walk_is_not_read(swap, tmp_path):
+    """The walk lists a folder's files before they are scanned (the workers share them):
+    a file replaced after the walk by a link out of the folder, or a folder on its way
+    replaced so, is an error, and what lies outside is never read (nor waited on)."""
+    from keishiki._scan import scanner
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "m.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    root = tmp_path / "m"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "m.pkl").write_bytes(b"\x80\x04K\x01.")
+    jobs = list(scanner._folder_jobs(root))
+    target = root / "sub" / "m.pkl"
+    if swap == "file":
+        target.unlink()
+        os.symlink(outside / "m.pkl", target)
+    elif swap == "folder on the way":
+        (root / "sub").rename(tmp_path / "old_sub")
+        os.symlink(outside, root / "sub")
+    else:
+        target.unlink()
+        os.mkfifo(target)
+    (report,) = scanner._run(jobs)
+    assert report.path == str(target) and not report.findings
+    assert report.errors == [
+        f"{target}: changed while its folder was scanned (not read: it is another file than the one the folder held)"
+    ]

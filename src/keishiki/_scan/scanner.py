@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -507,20 +508,34 @@ def _read_container(ctx: _Ctx, path: Path) -> None:
         )
 
 
-def scan_file(path: Path, explicit: bool = True) -> FileReport:
+def scan_file(path: Path, explicit: bool = True, seen: tuple[int, int] | None = None) -> FileReport:
     """Scan one file.  ``explicit``: named by the user (an unrecognised file is an error)
-    rather than found in a folder (an unrecognised file is skipped)."""
+    rather than found in a folder (an unrecognised file is skipped).  ``seen``: the (device,
+    inode) a folder's walk found at ``path``; another file there now (swapped, or a folder on
+    the way swapped for a link, after the walk) is an error, and not read."""
     report = FileReport(str(path))
     ctx = _Ctx(report)
     try:
-        size = path.stat().st_size
-        if size == 0:
-            if explicit:
-                report.errors.append(f"{path}: empty file")
-            else:
-                report.skipped = "empty file"
-            return report
-        with open(path, "rb") as fh:
+        if seen is None:
+            fh = open(path, "rb")
+        else:  # (never waits on a FIFO put there meanwhile)
+            fh = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+        with fh:
+            st = os.fstat(fh.fileno())
+            if seen is not None and (
+                (st.st_dev, st.st_ino) != seen or not stat.S_ISREG(st.st_mode)  # (ino reused)
+            ):
+                report.errors.append(
+                    f"{path}: changed while its folder was scanned (not read: it is another "
+                    "file than the one the folder held)"
+                )
+                return report
+            if st.st_size == 0:
+                if explicit:
+                    report.errors.append(f"{path}: empty file")
+                else:
+                    report.skipped = "empty file"
+                return report
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             view = memoryview(mm)
             try:
@@ -638,10 +653,11 @@ def scan_folder(root: Path, advance=None) -> list[FileReport]:
     return _run(_folder_jobs(root), advance)
 
 
-# A job of a scan: a file to scan (its path, and whether the user named it or it was found
-# in a folder), a report already made while walking (a link), or None (a name that is
-# neither: counted by the progress bar, nothing to report)
-Job = tuple[str, bool] | FileReport | None
+# A job of a scan: a file to scan (its path; whether the user named it or it was found in a
+# folder; the (device, inode) the walk found there, so that a file swapped after the walk is
+# not read), a report already made while walking (a link), or None (a name that is neither:
+# counted by the progress bar, nothing to report)
+Job = tuple[str, bool, tuple[int, int] | None] | FileReport | None
 
 
 def _folder_jobs(root: Path) -> Iterator[Job]:
@@ -676,15 +692,20 @@ def _folder_jobs(root: Path) -> Iterator[Job]:
                     yield rep if rep.findings else None
                     continue
                 # a cache snapshot's link into blobs/: scanned through the link, by its name
-            yield (str(path), False) if path.is_file() else None
+            try:  # (a link here is a cache snapshot's into blobs/: its target's)
+                st = path.stat()
+            except OSError:
+                st = None
+            regular = st is not None and stat.S_ISREG(st.st_mode)
+            yield (str(path), False, (st.st_dev, st.st_ino)) if regular else None
 
 
-def scan_job(job: tuple[str, bool]) -> FileReport:
+def scan_job(job: tuple[str, bool, tuple[int, int] | None]) -> FileReport:
     """Scan the file of one job: named by the user, or found in a folder (then a shard
     index's names and code a loader runs by opt-in are judged too)."""
-    path_name, explicit = job
+    path_name, explicit, seen = job
     path = Path(path_name)
-    rep = scan_file(path, explicit=explicit)
+    rep = scan_file(path, explicit=explicit, seen=seen)
     if not explicit:
         if path.name.endswith(".index.json"):
             _check_shard_index(path, rep)
@@ -753,7 +774,7 @@ def scan_paths(paths, advance=None, workers: int = 1) -> ScanReport:
                 jobs.append([broken])
                 continue
             raise PathNotFound(path)
-        jobs.append(_folder_jobs(path) if path.is_dir() else [(str(path), True)])
+        jobs.append(_folder_jobs(path) if path.is_dir() else [(str(path), True, None)])
     every = itertools.chain.from_iterable(jobs)
     if workers > 1 and advance is None:
         from .parallel import run_forked
