@@ -121,21 +121,25 @@ def test_names_with_nothing_to_report_keep_the_order(tmp_path):
 
 
 def test_workers_end_with_their_parent(tmp_path):
-    """SIGTERM (``timeout``, a CI runner) ends the parent alone: its workers go too."""
+    """SIGTERM (``timeout``, a CI runner) ends the parent alone: its workers stop after the
+    file in hand (of 21 each here)."""
     import signal
     import time
 
     root = tmp_path / "m"
     root.mkdir()
-    for n in range(64):  # slow files: each worker has seconds of work
-        (root / f"f{n:03d}.pkl").write_bytes(b"(" + b"K\x01" * 200_000 + b"l.")
-    script = (
+    for n in range(64):
+        (root / f"f{n:03d}.pkl").write_bytes(b"\x80\x04K\x01.")
+    script = (  # each file takes a second in the workers
         "import os, sys, time\nfrom keishiki._scan import parallel\n"
         "parallel.workers_for = lambda n, cores=None: 3\n"
-        "def work(share, fd):\n"
-        "    os.write(1, b'worker %d\\n' % os.getpid())  # (one write: never interleaved)\n"
-        "    time.sleep(60)\n"
-        "parallel._work = work\n"
+        "real_run, parent = parallel._run, os.getpid()\n"
+        "def slow(jobs):\n"
+        "    if os.getpid() != parent:\n"
+        "        os.write(1, b'worker %d\\n' % os.getpid())  # (one write: never interleaved)\n"
+        "        time.sleep(1)\n"
+        "    return real_run(jobs)\n"
+        "parallel._run = slow\n"
         f"from keishiki._scan.scanner import scan_paths\nscan_paths([{str(root)!r}], workers=3)\n"
     )
     parent = subprocess.Popen(
@@ -147,10 +151,10 @@ def test_workers_end_with_their_parent(tmp_path):
     )
     lines = [parent.stdout.readline() for _ in range(2)]
     assert all(lines), parent.stderr.read()[-2000:]
-    workers = [int(line.split()[1]) for line in lines]
+    workers = {int(line.split()[1]) for line in lines}
     parent.send_signal(signal.SIGTERM)
     parent.wait(timeout=60)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 10  # (the file in hand is finished: 1 s)
     while time.monotonic() < deadline and any(_running(pid) for pid in workers):
         time.sleep(0.05)
     assert not any(_running(pid) for pid in workers)

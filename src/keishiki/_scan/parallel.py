@@ -96,9 +96,8 @@ def _fork(share: list[Job]) -> tuple[int, int] | None:
     if pid == 0:  # pragma: no cover - the child leaves through os._exit
         try:  # (an interrupt must never let the child run on in the parent's code)
             os.close(read_end)
-            _die_with(parent)
             _allow_interrupts()
-            _work(share, write_end)
+            _work(share, write_end, parent)
         finally:
             os._exit(1)
     os.close(write_end)
@@ -106,21 +105,6 @@ def _fork(share: list[Job]) -> tuple[int, int] | None:
         os.close(read_end)
         return None
     return pid, read_end
-
-
-def _die_with(parent: int) -> None:  # pragma: no cover - runs in the child
-    """End this worker when its parent ends, however it ends (SIGTERM from ``timeout`` or a
-    CI runner kills the parent alone): Linux's parent-death signal, checked once after
-    setting it (the parent may have ended before)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -141,12 +125,20 @@ def _allow_interrupts() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def _work(share: list[Job], write_end: int) -> None:  # pragma: no cover - runs in the child
+def _work(share: list[Job], write_end: int, parent: int) -> None:  # pragma: no cover - child
     """A worker: scan ``share``, write the reports to ``write_end``, leave without running
-    anything of the parent's at exit (no atexit handlers, no flush of its buffers)."""
+    anything of the parent's at exit (no atexit handlers, no flush of its buffers).
+
+    It stops when its parent has gone (SIGTERM from ``timeout`` or a CI runner ends the
+    parent alone), checked before each file: at most one file's scan later."""
     code = 0
     try:
-        payload = marshal.dumps([_to_plain(rep) for rep in _run(share)])
+        reports = []
+        for job in share:
+            if os.getppid() != parent:
+                os._exit(1)
+            reports += _run([job])
+        payload = marshal.dumps([_to_plain(rep) for rep in reports])
         with os.fdopen(write_end, "wb") as out:
             out.write(payload)
     except BaseException:  # noqa: BLE001 - Ctrl-C or anything: the parent rescans the share
