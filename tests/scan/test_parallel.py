@@ -235,8 +235,17 @@ def test_cli_scan_of_a_folder_prints_what_the_library_finds(tmp_path, malicious_
     assert code == 1 and json.loads(out)["files"] == json.loads(done.stdout)["files"]
 
 
-@pytest.mark.parametrize("swap", ["file", "folder on the way", "fifo"])
-def test_a_file_swapped_after_the_walk_is_not_read(swap, tmp_path):
+@pytest.mark.parametrize(
+    "swap, name",
+    [
+        ("file", "m.pkl"),
+        ("folder on the way", "m.pkl"),
+        ("fifo", "m.pkl"),
+        ("fifo", "model.safetensors.index.json"),  # read again by the shard check: not waited on
+        ("file", "config.json"),  # read again for auto_map: not read
+    ],
+)
+def test_a_file_swapped_after_the_walk_is_not_read(swap, name, tmp_path):
     """The walk lists a folder's files before they are scanned (the workers share them):
     a file replaced after the walk by a link out of the folder, or a folder on its way
     replaced so, is an error, and what lies outside is never read (nor waited on)."""
@@ -245,14 +254,15 @@ def test_a_file_swapped_after_the_walk_is_not_read(swap, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "m.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    (outside / "config.json").write_text('{"auto_map": {"AutoModel": "evil.Model"}}')
     root = tmp_path / "m"
     (root / "sub").mkdir(parents=True)
-    (root / "sub" / "m.pkl").write_bytes(b"\x80\x04K\x01.")
+    target = root / "sub" / name
+    target.write_bytes(b"\x80\x04K\x01." if name.endswith(".pkl") else b"{}")
     jobs = list(scanner._folder_jobs(root))
-    target = root / "sub" / "m.pkl"
     if swap == "file":
         target.unlink()
-        os.symlink(outside / "m.pkl", target)
+        os.symlink(outside / ("m.pkl" if name.endswith(".pkl") else "config.json"), target)
     elif swap == "folder on the way":
         (root / "sub").rename(tmp_path / "old_sub")
         os.symlink(outside, root / "sub")
@@ -261,6 +271,43 @@ def test_a_file_swapped_after_the_walk_is_not_read(swap, tmp_path):
         os.mkfifo(target)
     (report,) = scanner._run(jobs)
     assert report.path == str(target) and not report.findings
-    assert report.errors == [
-        f"{target}: changed while its folder was scanned (not read: it is another file than the one the folder held)"
-    ]
+    assert report.errors == [f"{target}: {scanner.CHANGED}"]
+
+
+def test_a_file_emptied_before_its_map_is_not_read(tmp_path, monkeypatch):
+    """Truncated to nothing between its size and its map (mmap refuses an empty file)."""
+    from keishiki._scan import scanner
+
+    (tmp_path / "m.pkl").write_bytes(b"\x80\x04K\x01.")
+    jobs = list(scanner._folder_jobs(tmp_path))
+
+    def emptied(*args, **kwargs):
+        raise ValueError("cannot mmap an empty file")
+
+    monkeypatch.setattr(scanner.mmap, "mmap", emptied)
+    (report,) = scanner._run(jobs)
+    assert report.errors == [f"{tmp_path / 'm.pkl'}: {scanner.CHANGED}"]
+
+
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda p: p.write_bytes(b"12345"), None),
+        (lambda p: p.write_bytes(b"123456"), "holds more than 5 bytes"),
+        (lambda p: os.mkfifo(p), "is not a regular file"),  # never waited on
+        (lambda p: p.mkdir(), None),  # IsADirectoryError
+    ],
+)
+def test_read_regular(make, error, tmp_path):
+    from keishiki.core.source import read_regular
+
+    path = tmp_path / "f"
+    make(path)
+    if error is None and path.is_file():
+        assert read_regular(path, 5) == b"12345"
+    elif error is None:
+        with pytest.raises(OSError):
+            read_regular(path, 5)
+    else:
+        with pytest.raises(ValueError, match=error):
+            read_regular(path, 5)

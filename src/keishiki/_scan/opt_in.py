@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..core.source import read_regular
 from .findings import Finding
 
 # files whose auto_map (and custom_pipelines) transformers follows into the folder's code
@@ -427,11 +428,9 @@ def _finding(path: Path, kind: str, judged: Judgement) -> Finding:
 
 
 def _read_text(path: Path) -> str | None:
-    try:
-        if path.stat().st_size > _MAX_JSON:
-            return None
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    try:  # (a FIFO swapped in after the folder's walk is not waited on)
+        return read_regular(path, _MAX_JSON).decode("utf-8")
+    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
         return None
 
 

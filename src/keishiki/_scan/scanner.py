@@ -20,12 +20,15 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+from ..core.source import NONBLOCK
 from ..errors import KeishikiError, PathNotFound
 from . import archives, compressed, keras, npy, onnx_refs, opt_in, torch_archive, torchscript
 from .findings import FileReport, Finding, ScanReport
 from .oplex import BREAKS_AT_START
 from .pickles import LEGACY_TAR_RECORDS, Where, looks_like_pickle, scan_blob, scan_legacy_tar_member
 
+# a folder's file that is not the one the walk found (swapped since): not read
+CHANGED = "changed while its folder was scanned (not read: it is another file than the one the folder held)"
 FILE_SECONDS = 8.0  # time budget per file (the issue allows 10 s)
 MAX_DEPTH = 4  # archives inside archives
 _PICKLE_NAMES = (
@@ -519,16 +522,13 @@ def scan_file(path: Path, explicit: bool = True, seen: tuple[int, int] | None = 
         if seen is None:
             fh = open(path, "rb")
         else:  # (never waits on a FIFO put there meanwhile)
-            fh = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+            fh = os.fdopen(os.open(path, os.O_RDONLY | NONBLOCK), "rb")
         with fh:
             st = os.fstat(fh.fileno())
             if seen is not None and (
                 (st.st_dev, st.st_ino) != seen or not stat.S_ISREG(st.st_mode)  # (ino reused)
             ):
-                report.errors.append(
-                    f"{path}: changed while its folder was scanned (not read: it is another "
-                    "file than the one the folder held)"
-                )
+                report.errors.append(f"{path}: {CHANGED}")
                 return report
             if st.st_size == 0:
                 if explicit:
@@ -536,7 +536,11 @@ def scan_file(path: Path, explicit: bool = True, seen: tuple[int, int] | None = 
                 else:
                     report.skipped = "empty file"
                 return report
-            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except ValueError:  # emptied since the fstat above
+                report.errors.append(f"{path}: {CHANGED}")
+                return report
             view = memoryview(mm)
             try:
                 report.kind = _scan_top(ctx, path, view, fh, explicit)
@@ -669,7 +673,13 @@ def _folder_jobs(root: Path) -> Iterator[Job]:
         dirnames.sort()
         for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
             path = Path(dirpath, name)
-            if path.is_symlink():
+            try:  # one lstat for both what it is and, when a file, which file
+                own = path.lstat()
+            except OSError:  # gone since the listing
+                yield None
+                continue
+            is_link = stat.S_ISLNK(own.st_mode)
+            if is_link:
                 reason = escape_reason(root, path.relative_to(root).as_posix())
                 if reason:
                     rep = FileReport(str(path), kind="symlink")
@@ -692,8 +702,8 @@ def _folder_jobs(root: Path) -> Iterator[Job]:
                     yield rep if rep.findings else None
                     continue
                 # a cache snapshot's link into blobs/: scanned through the link, by its name
-            try:  # (a link here is a cache snapshot's into blobs/: its target's)
-                st = path.stat()
+            try:  # a cache snapshot's link into blobs/: its target's (else not followed)
+                st = path.stat() if is_link else own
             except OSError:
                 st = None
             regular = st is not None and stat.S_ISREG(st.st_mode)
@@ -706,7 +716,7 @@ def scan_job(job: tuple[str, bool, tuple[int, int] | None]) -> FileReport:
     path_name, explicit, seen = job
     path = Path(path_name)
     rep = scan_file(path, explicit=explicit, seen=seen)
-    if not explicit:
+    if not explicit and not any(e.endswith(CHANGED) for e in rep.errors):
         if path.name.endswith(".index.json"):
             _check_shard_index(path, rep)
         _opt_in_code(path, rep)

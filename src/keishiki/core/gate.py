@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UnsafeFile
-from .source import MAX_JSON_BYTES
+from .source import MAX_JSON_BYTES, read_regular
 
 MAX_SHARDS = 10_000  # distinct shard files an index may name (real ones: a few hundred)
 
@@ -131,7 +131,7 @@ def index_escapes(root: Path, index: Path) -> list[tuple[str, str]]:
     try:
         if index.stat().st_size > MAX_JSON_BYTES:
             return [("", "shard index larger than 64 MiB")]
-        weight_map = json.loads(index.read_bytes()).get("weight_map") or {}
+        weight_map = json.loads(read_regular(index, MAX_JSON_BYTES)).get("weight_map") or {}
         shards = sorted({str(v) for v in weight_map.values()})
     except (OSError, ValueError, AttributeError, RecursionError) as exc:
         return [("", f"unreadable shard index ({type(exc).__name__})")]

@@ -23,6 +23,29 @@ HEAD_BYTES = 64 * 1024
 # JSON sidecars (config.json, index files, tokenizer configs) larger than this are refused:
 # a 2 GB "config.json" is an attack or a mistake, not a config.
 MAX_JSON_BYTES = 64 * 1024 * 1024
+
+# opening a FIFO to read waits for a writer: a file a folder held may be swapped for one
+NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of the regular file at ``path`` (a link is followed), at most ``limit``.
+
+    Raises:
+        OSError: it cannot be opened.
+        ValueError: it is not a regular file (a FIFO or device is not waited on) or holds
+            more than ``limit`` bytes.
+    """
+    with os.fdopen(os.open(path, os.O_RDONLY | NONBLOCK), "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{os.fspath(path)} is not a regular file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{os.fspath(path)} holds more than {limit} bytes")
+    return data
+
+
 # What zipfile raises on a damaged or hostile central directory.  NotImplementedError is
 # its answer to a "version needed" it does not know (one flipped byte makes 6.4), so it
 # belongs here as much as BadZipFile does.
