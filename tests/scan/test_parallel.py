@@ -42,16 +42,16 @@ workers, how, roots = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 os.fork = counting_fork
 if how == "dies":  # every worker ends at once, sending nothing
     parallel._work = lambda jobs, fd: os._exit(3)
-jobs = list(itertools.chain.from_iterable(scanner._folder_jobs(Path(r)) for r in roots))
+jobs = list(itertools.chain.from_iterable(scanner.folder_jobs(Path(r)) for r in roots))
 if how == "interrupted":  # Ctrl-C in this process while the workers scan
-    real_run = parallel._run
+    real_run = parallel.run_jobs
 
     def interrupted(jobs):
         if os.getpid() == parent:
             raise KeyboardInterrupt
         return real_run(jobs)
 
-    parallel._run = interrupted
+    parallel.run_jobs = interrupted
     try:
         parallel.run_forked(jobs, workers)
     except KeyboardInterrupt:
@@ -63,7 +63,7 @@ if how == "interrupted":  # Ctrl-C in this process while the workers scan
     print(json.dumps({"forks": len(forks), "left": left}))
     sys.exit(0)
 forked = [r.to_dict() for r in parallel.run_forked(jobs, workers)]
-alone = [r.to_dict() for r in scanner._run(jobs)]
+alone = [r.to_dict() for r in scanner.run_jobs(jobs)]
 print(json.dumps({"same": forked == alone, "forks": len(forks), "n": len(alone),
                   "verdicts": sorted({r["verdict"] for r in alone})}))
 """
@@ -133,13 +133,13 @@ def test_workers_end_with_their_parent(tmp_path):
     script = (  # each file takes a second in the workers
         "import os, sys, time\nfrom keishiki._scan import parallel\n"
         "parallel.workers_for = lambda n, cores=None: 3\n"
-        "real_run, parent = parallel._run, os.getpid()\n"
+        "real_run, parent = parallel.run_jobs, os.getpid()\n"
         "def slow(jobs):\n"
         "    if os.getpid() != parent:\n"
         "        os.write(1, b'worker %d\\n' % os.getpid())  # (one write: never interleaved)\n"
         "        time.sleep(1)\n"
         "    return real_run(jobs)\n"
-        "parallel._run = slow\n"
+        "parallel.run_jobs = slow\n"
         f"from keishiki._scan.scanner import scan_paths\nscan_paths([{str(root)!r}], workers=3)\n"
     )
     parent = subprocess.Popen(
@@ -259,7 +259,7 @@ def test_a_file_swapped_after_the_walk_is_not_read(swap, name, tmp_path):
     (root / "sub").mkdir(parents=True)
     target = root / "sub" / name
     target.write_bytes(b"\x80\x04K\x01." if name.endswith(".pkl") else b"{}")
-    jobs = list(scanner._folder_jobs(root))
+    jobs = list(scanner.folder_jobs(root))
     if swap == "file":
         target.unlink()
         os.symlink(outside / ("m.pkl" if name.endswith(".pkl") else "config.json"), target)
@@ -269,7 +269,7 @@ def test_a_file_swapped_after_the_walk_is_not_read(swap, name, tmp_path):
     else:
         target.unlink()
         os.mkfifo(target)
-    (report,) = scanner._run(jobs)
+    (report,) = scanner.run_jobs(jobs)
     assert report.path == str(target) and not report.findings
     assert report.errors == [f"{target}: {scanner.CHANGED}"]
 
@@ -279,13 +279,13 @@ def test_a_file_emptied_before_its_map_is_not_read(tmp_path, monkeypatch):
     from keishiki._scan import scanner
 
     (tmp_path / "m.pkl").write_bytes(b"\x80\x04K\x01.")
-    jobs = list(scanner._folder_jobs(tmp_path))
+    jobs = list(scanner.folder_jobs(tmp_path))
 
     def emptied(*args, **kwargs):
         raise ValueError("cannot mmap an empty file")
 
     monkeypatch.setattr(scanner.mmap, "mmap", emptied)
-    (report,) = scanner._run(jobs)
+    (report,) = scanner.run_jobs(jobs)
     assert report.errors == [f"{tmp_path / 'm.pkl'}: {scanner.CHANGED}"]
 
 

@@ -9,8 +9,9 @@ reports are the ones a single process makes (tests/scan/test_parallel.py compare
 Forking is done only where it is safe: a process with no other thread (a thread holding a
 lock at the fork leaves it locked forever in the child: a progress bar, a server, torch's
 pool) and a platform with ``fork``.  Otherwise, and for a handful of files, the scan runs
-here as usual.  A worker that dies or sends something unreadable has its share scanned
-here again; Ctrl-C ends the workers with this process.
+here as usual.  A worker that dies, cannot start or sends something unreadable has its
+share scanned here again; Ctrl-C ends the workers with this process, and a worker whose
+parent is gone (SIGTERM) stops before its next file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import threading
 from typing import Iterator
 
 from .findings import FileReport, Finding
-from .scanner import Job, _run
+from .scanner import Job, run_jobs
 
 MIN_JOBS_PER_WORKER = 16  # below this a fork (a few ms) costs more than it saves
 # each worker holds what its own files need (a member, a stream's records): on a machine with
@@ -61,7 +62,7 @@ def run_forked(jobs: list[Job], workers: int) -> list[FileReport]:
     jobs = [job for job in jobs if job is not None]
     workers = min(workers, workers_for(sum(isinstance(j, tuple) for j in jobs)))
     if workers <= 1:
-        return _run(jobs)
+        return run_jobs(jobs)
     # worker k (k >= 1) scans jobs k, k + workers, ...: (pid, read end), None if not started
     started: dict[int, tuple[int, int] | None] = {}
     shares: dict[int, list[FileReport]] = {}
@@ -69,11 +70,11 @@ def run_forked(jobs: list[Job], workers: int) -> list[FileReport]:
         with _interrupts_held():  # each worker recorded before Ctrl-C can come
             for k in range(1, workers):
                 started[k] = _fork(jobs[k::workers])
-        shares[0] = _run(jobs[0::workers])
+        shares[0] = run_jobs(jobs[0::workers])
         for k in range(1, workers):
             child = started.pop(k)
             reports = _reports(child, len(jobs[k::workers])) if child else None
-            shares[k] = reports if reports is not None else _run(jobs[k::workers])
+            shares[k] = reports if reports is not None else run_jobs(jobs[k::workers])
     finally:
         for child in started.values():  # interrupted (Ctrl-C) or failed: end the rest
             if child:
@@ -137,7 +138,7 @@ def _work(share: list[Job], write_end: int, parent: int) -> None:  # pragma: no 
         for job in share:
             if os.getppid() != parent:
                 os._exit(1)
-            reports += _run([job])
+            reports += run_jobs([job])
         payload = marshal.dumps([_to_plain(rep) for rep in reports])
         with os.fdopen(write_end, "wb") as out:
             out.write(payload)

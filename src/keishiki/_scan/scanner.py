@@ -654,7 +654,7 @@ def scan_folder(root: Path, advance=None) -> list[FileReport]:
     folder is a finding, by the path gate's rule: :func:`keishiki.core.gate.escape_reason`,
     which lets a Hugging Face cache snapshot link into its own repository's ``blobs/``).
     ``advance(1)``, when given, is called after each file (the CLI's progress bar)."""
-    return _run(_folder_jobs(root), advance)
+    return run_jobs(folder_jobs(root), advance)
 
 
 # A job of a scan: a file to scan (its path; whether the user named it or it was found in a
@@ -664,8 +664,10 @@ def scan_folder(root: Path, advance=None) -> list[FileReport]:
 Job = tuple[str, bool, tuple[int, int] | None] | FileReport | None
 
 
-def _folder_jobs(root: Path) -> Iterator[Job]:
-    """The jobs of :func:`scan_folder`, in its order (names sorted, folder by folder)."""
+def folder_jobs(root: Path) -> Iterator[Job]:
+    """The jobs of :func:`scan_folder`, in its order (names sorted, folder by folder): the
+    whole walk can come before any file is read (:mod:`.parallel`), so each file's identity
+    is kept for :func:`scan_file` to check."""
     from ..core.gate import escape_reason
 
     real_root = root.resolve()
@@ -723,8 +725,8 @@ def scan_job(job: tuple[str, bool, tuple[int, int] | None]) -> FileReport:
     return rep
 
 
-def _run(jobs: Iterable[Job], advance=None) -> list[FileReport]:
-    """Each job's report, in order (``advance(1)`` after each job)."""
+def run_jobs(jobs: Iterable[Job], advance=None) -> list[FileReport]:
+    """Each job's report, in order, in this process (``advance(1)`` after each job)."""
     out: list[FileReport] = []
     for job in jobs:
         if isinstance(job, tuple):
@@ -784,10 +786,10 @@ def scan_paths(paths, advance=None, workers: int = 1) -> ScanReport:
                 jobs.append([broken])
                 continue
             raise PathNotFound(path)
-        jobs.append(_folder_jobs(path) if path.is_dir() else [(str(path), True, None)])
+        jobs.append(folder_jobs(path) if path.is_dir() else [(str(path), True, None)])
     every = itertools.chain.from_iterable(jobs)
     if workers > 1 and advance is None:
         from .parallel import run_forked
 
         return ScanReport(files=run_forked(list(every), workers))
-    return ScanReport(files=_run(every, advance))
+    return ScanReport(files=run_jobs(every, advance))

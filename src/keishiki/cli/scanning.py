@@ -76,10 +76,8 @@ def scan_with_bar(paths: list[str], quiet: bool):
 
         with progress(_count(local), "scanning") as advance:
             report = scan_paths(local, advance)
-    else:  # no bar to draw: the files spread over the cores (_scan/parallel.py)
-        report = scan_paths(
-            local, workers=os.cpu_count() or 1
-        )  # (as many as pay: parallel.workers_for)
+    else:  # no bar to draw: the files spread over the cores that pay (_scan/parallel.py)
+        report = scan_paths(local, workers=os.cpu_count() or 1)
     if remote:  # judged from byte ranges (no bar: a few requests per file)
         found = scan_remote(*remote)
         report.files.extend(found.files)
