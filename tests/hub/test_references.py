@@ -279,9 +279,10 @@ def test_a_killed_pull_leaves_nothing_a_loader_sees(hub, hub_env):
         proc.kill()
         proc.wait()
     hub.release.set()
-    # (other files were in flight too; bytes in the dead process's buffers never reached disk)
+    # partial files are left (the weights' and any other file in flight when the kill came,
+    # which may hold more than the weights' stalled 1000 bytes: not asserted, it is timing)
     left = list(blobs.glob("*.incomplete"))
-    assert left and all(p.stat().st_size <= 1000 for p in left)
+    assert left
     snapshot = _snapshot(hub_env, hub, TINY)
     assert not (snapshot / "model.safetensors").exists()
     report = keishiki.pull(TINY, quiet=True)
