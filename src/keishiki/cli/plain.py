@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import sys
 from typing import Any
+
+from ..core.jsonable import jsonable
 
 # In a pipe or a file there is no terminal width: rich would fold every line at 80 columns
 # and split tensor names and paths in two (breaking `keishiki tensors m | grep`).  Lines are
@@ -139,36 +140,11 @@ def write_text(text: str) -> None:
         raise BrokenPipeError from None
 
 
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", "backslashreplace")
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/inf: write them as strings so every consumer can parse the output."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def print_json(obj: Any, schema: str | None = None) -> None:
     """Print ``obj`` as indented JSON on stdout; ``schema`` (``keishiki.<command>/<version>``,
     listed in docs/json.md) goes first, so scripts can tell a shape they know."""
     if schema is not None:
         obj = {"schema": schema, **obj}
-    text = json.dumps(
-        _finite(json.loads(json.dumps(obj, default=_default))), indent=2, ensure_ascii=False
-    )
+    text = json.dumps(jsonable(obj), indent=2, ensure_ascii=False)
     # json escapes C0 controls itself; C1 and bidi controls become \u escapes too (valid JSON)
     write_text(text.translate(_JSON_CONTROLS) + "\n")

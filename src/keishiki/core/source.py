@@ -261,7 +261,11 @@ class Source:
         if size > MAX_JSON_BYTES:
             raise CorruptFile(path, f"JSON file of {size} bytes exceeds {MAX_JSON_BYTES}")
         try:
-            return json.loads(path.read_bytes())
+            raw = read_regular(path, MAX_JSON_BYTES)  # (swapped for a FIFO since: not waited on)
+        except ValueError as exc:
+            raise CorruptFile(path, str(exc)) from None
+        try:
+            return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise CorruptFile(path, f"invalid JSON: {exc}") from None
 

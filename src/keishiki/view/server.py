@@ -22,7 +22,6 @@ and the models' paths are fixed at start.
 from __future__ import annotations
 
 import json
-import math
 import socket
 import threading
 from http import HTTPStatus
@@ -31,6 +30,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ..core.jsonable import jsonable
 from ..core.model import ModelInfo
 from ..errors import KeishikiError
 from . import netron
@@ -50,29 +50,7 @@ JSON_TYPE = "application/json; charset=utf-8"
 
 def to_json(obj: Any) -> bytes:
     """JSON bytes for the page: numpy scalars as numbers, bytes as text, NaN/inf as strings."""
-
-    def default(value: Any) -> Any:
-        if hasattr(value, "to_dict"):
-            return value.to_dict()
-        if isinstance(value, (set, frozenset, tuple)):
-            return list(value)
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "backslashreplace")
-        if hasattr(value, "item"):
-            return value.item()
-        return str(value)
-
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        if isinstance(value, dict):
-            return {str(k): finite(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [finite(v) for v in value]
-        return value
-
-    plain = json.loads(json.dumps(obj, default=default))
-    return json.dumps(finite(plain), ensure_ascii=False).encode("utf-8")
+    return json.dumps(jsonable(obj), ensure_ascii=False).encode("utf-8")
 
 
 def static_file(name: str) -> bytes:
