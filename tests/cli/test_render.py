@@ -116,11 +116,29 @@ def test_emoji_codes_print_as_written(capsys):
     assert "tensor :warning: a:b:c" in out and ":smile:" in out and "⚠" not in out
 
 
+ESCAPED = ["a\\", "a\\\\", "a\\\\\\", "\\", "x[b]\\", "\\[b]", "[/]\\\\", "mid\\dle", "[red]x[/red]", ""]
+
+
+@pytest.mark.parametrize("text", ESCAPED)
+@pytest.mark.parametrize("place", ["{}", "[bold]{}[/bold]", "{}[dim] after[/dim]", "before {}"])
+def test_escaped_text_shows_as_written(text, place):
+    """render.escape gives markup that rich shows as the text itself, trailing backslashes
+    included, at the end of the markup or before a tag."""
+    from rich.text import Text
+
+    shown = Text.from_markup(place.format(render.escape(text)), emoji=False).plain
+    assert shown == place.replace("[bold]", "").replace("[/bold]", "").replace(
+        "[dim]", ""
+    ).replace("[/dim]", "").format(text)
+
+
 # names as a file may hold them: markup, escapes, emoji codes, wide and control characters
 ODD_NAMES = [
     "/m/[x]/a.pt",
     "a:b:c [red]x[/red].pkl",
-    "back\\slash",  # (one at the end: rich shows two, since its escape() adds one)
+    "back\\slash",
+    "trailing\\",  # rich's escape() alone: two shown at the end of a cell
+    "two\\\\",  # rich's escape() alone: one shown before a tag
     "esc\\[bold].pt",
     ":warning:.pt",
     "モデル/中文.pt",

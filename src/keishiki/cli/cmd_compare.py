@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .args import HF_HELP, model_path
-from .render import console, print_json, table
+from .render import console, escape, print_json, table
 
 STYLE = {"identical": "green", "within tolerance": "yellow", "different": "red"}
 

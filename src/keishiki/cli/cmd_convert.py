@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .args import HF_HELP, model_path
-from .render import console, human_bytes, print_json, printable, table
+from .render import console, escape, human_bytes, print_json, printable, table
 
 
 @app.command()

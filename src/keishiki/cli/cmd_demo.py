@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ._app import app
-from .render import console, human_bytes, table
+from .render import console, escape, human_bytes, table
 
 
 @app.command()

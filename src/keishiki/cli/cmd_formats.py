@@ -9,9 +9,8 @@ from .render import print_json, table
 @app.command()
 def formats(json_out: bool = JSON_OPTION) -> int:
     """List every format (readable, writable) and every conversion edge with the extra it needs."""
-    from rich.markup import escape
-
     from .._convert.edges import edges_table, formats_table
+    from .render import escape
 
     fmts, edges = formats_table(), edges_table()
     if json_out:

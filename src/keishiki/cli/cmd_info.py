@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .paths import PATHS_HELP, each_path
-from .render import console, human_bytes, human_count, kv_table, section
+from .render import console, escape, human_bytes, human_count, kv_table, section
 
 # ModelInfo.to_dict() keys shown in the summary table, not again as sections
 _COMMON = {

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .args import HF_HELP, model_path
 from .cmd_compare import render_unmatched, shape_text
-from .render import print_json, table
+from .render import escape, print_json, table
 
 
 @app.command(name="map")

@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ..errors import InvalidRequest
 from ._app import JSON_OPTION, app
-from .render import console, human_bytes, kv_table, print_json
+from .render import console, escape, human_bytes, kv_table, print_json
 
 
 @app.command()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import fnmatch
 
 import typer
-from rich.markup import escape
 
 from ._app import JSON_OPTION, app
 from .paths import PATHS_HELP, each_path
-from .render import human_bytes, table
+from .render import escape, human_bytes, table
 
 
 @app.command()

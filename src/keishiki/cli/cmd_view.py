@@ -70,7 +70,7 @@ def view(
         raise InvalidRequest(
             f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} (try --port 0)"
         ) from None
-    from rich.markup import escape
+    from .render import escape
 
     what = f"{escape(str(path))} ({info.format})"
     if other is not None:

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Iterable
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _rich_escape
 
 from .plain import (  # noqa: F401 - print_json, write_text: the commands import them from here
     PIPE_WIDTH,
@@ -64,6 +64,21 @@ console = _Console(
     if (sys.stdout is not None and sys.stdout.isatty()) or os.environ.get("COLUMNS")
     else PIPE_WIDTH,
 )
+
+
+def escape(text: str) -> str:
+    """``text`` as rich markup that shows exactly ``text``, wherever it is placed.
+
+    rich's ``escape`` protects ``[tag]``-like text and doubles one trailing backslash, so
+    that a tag the caller puts after it stays a tag; but at the end of the markup (a table
+    cell, the end of a line) rich then shows both backslashes, and a run of two is not
+    doubled at all (one shows before a tag).  So the whole trailing run is doubled here
+    and closed with an empty span: rich shows the run as written, tag after it or not."""
+    body = text.rstrip("\\")
+    run = len(text) - len(body)
+    if not run:
+        return _rich_escape(text)
+    return _rich_escape(body) + "\\" * (2 * run) + "[none][/none]"
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -158,7 +173,7 @@ def table(
     """Print a simple table with headers.
 
     Cells are rich markup (callers style verdicts): escape text that comes from a file
-    with :func:`rich.markup.escape` before passing it.
+    with :func:`escape` before passing it.
     """
     right = set(justify_right)
     if title:

@@ -142,9 +142,7 @@ def _printable(rows: list[list[str]]) -> list[list[str]]:
 
 def _rich_report(file_rows, finding_rows, more: int, verdict: tuple[str, str]) -> None:
     """The report through rich: the first cell of each row in its verdict's colour."""
-    from rich.markup import escape
-
-    from .render import console, table
+    from .render import console, escape, table
 
     def marked(rows: list[list[str]]) -> list[list[str]]:
         return [[f"[{_STYLE[row[0]]}]{row[0]}[/]", *map(escape, row[1:])] for row in rows]
