@@ -245,3 +245,24 @@ def test_quiet_silences_python_warnings_for_the_command_only():
             warnings.warn("from a library", UserWarning, stacklevel=1)
         warnings.warn("after the command", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["after the command"]
+
+
+@pytest.mark.parametrize("rich_help", ["1", "0"])
+def test_flags_show_no_value_in_help(rich_help):
+    """A flag takes no value, so its help shows none (typer shows ``--json <bool>``, which
+    reads as ``--json true``); options that take one still show their type.  In a child
+    process: typer reads TYPER_USE_RICH (rich panels or click's plain help) on import."""
+    import re
+
+    env = {**os.environ, "TYPER_USE_RICH": rich_help, "COLUMNS": "100"}
+    for argv in (["--help"], ["info", "--help"], ["scan", "--help"], ["convert", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "keishiki", *argv], env=env, capture_output=True, text=True
+        )
+        out = done.stdout
+        assert done.returncode == 0 and ("╭" in out) == (rich_help == "1"), argv
+        flags = re.findall(r"(--(?:json|help|quiet|verbose|version|force)\b)[ ,│-]*(\S*)", out)
+        assert flags, argv
+        assert not [f for f in flags if f[1].startswith("<")], (argv, flags)
+        if argv[0] == "convert":
+            assert re.search(r"--block-size\s+<int>", out) and re.search(r"--to\s+<str>", out)

@@ -116,7 +116,18 @@ def test_emoji_codes_print_as_written(capsys):
     assert "tensor :warning: a:b:c" in out and ":smile:" in out and "⚠" not in out
 
 
-ESCAPED = ["a\\", "a\\\\", "a\\\\\\", "\\", "x[b]\\", "\\[b]", "[/]\\\\", "mid\\dle", "[red]x[/red]", ""]
+ESCAPED = [
+    "a\\",
+    "a\\\\",
+    "a\\\\\\",
+    "\\",
+    "x[b]\\",
+    "\\[b]",
+    "[/]\\\\",
+    "mid\\dle",
+    "[red]x[/red]",
+    "",
+]
 
 
 @pytest.mark.parametrize("text", ESCAPED)
@@ -127,9 +138,9 @@ def test_escaped_text_shows_as_written(text, place):
     from rich.text import Text
 
     shown = Text.from_markup(place.format(render.escape(text)), emoji=False).plain
-    assert shown == place.replace("[bold]", "").replace("[/bold]", "").replace(
-        "[dim]", ""
-    ).replace("[/dim]", "").format(text)
+    assert shown == place.replace("[bold]", "").replace("[/bold]", "").replace("[dim]", "").replace(
+        "[/dim]", ""
+    ).format(text)
 
 
 # names as a file may hold them: markup, escapes, emoji codes, wide and control characters

@@ -20,6 +20,7 @@ is imported again):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import sys
@@ -206,6 +207,13 @@ def _reflow(text: str) -> str:
     return _CODE.sub(r"[markdown.code]\1[/]", escape(_LINE_BREAK.sub(" ", text)))
 
 
+def _flag_help_option(made: Any, ctx: Any) -> Any:
+    option = made(ctx)
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
 def plain_help(command: Any) -> None:
     """Reflow and escape the help of ``command``, its parameters and its subcommands, for
     typer's "rich" markup mode (none with TYPER_USE_RICH=0: click's plain help, as is)."""
@@ -221,5 +229,11 @@ def plain_help(command: Any) -> None:
     for param in getattr(command, "params", []):
         if getattr(param, "help", None):
             param.help = _reflow(param.help)
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            # typer >= 0.2x shows a flag's type (`--json <bool>`, `-v <int>`), which reads
+            # as if it took a value: a flag takes none, and shows none (as click shows it)
+            param.metavar = ""
+    if hasattr(command, "get_help_option"):  # --help is made per run, outside params
+        command.get_help_option = functools.partial(_flag_help_option, command.get_help_option)
     for sub in getattr(command, "commands", {}).values():
         plain_help(sub)
