@@ -223,6 +223,39 @@ def test_parameter_named_but_stored_transposed():
     assert sq.transform == "transpose" and "only with the transpose" in sq.notes[0]
 
 
+@pytest.mark.parametrize(
+    "fmt_a, fmt_b, verdict, rect_status, square_status",
+    [
+        # PyTorch layout on both sides: a weight stored transposed is another tensor
+        ("safetensors", "safetensors", "different", "shape mismatch", "different"),
+        ("pytorch", "gguf", "different", "shape mismatch", "different"),
+        ("safetensors", "torchscript", "different", "shape mismatch", "different"),
+        # a side stores [in, out] (MatMul operands, Keras/Flax kernels): the same weight
+        ("safetensors", "onnx", "identical", "identical", "identical"),
+        ("onnx", "pytorch", "identical", "identical", "identical"),
+        ("flax-msgpack", "safetensors", "identical", "identical", "identical"),
+        ("safetensors", "keras-h5", "identical", "identical", "identical"),
+    ],
+)
+def test_transposed_storage_is_a_layout_only_where_a_format_has_it(
+    fmt_a, fmt_b, verdict, rect_status, square_status
+):
+    """A 2-D weight under one name, stored transposed in B: the same weight when a side's
+    format stores [in, out]; between two [out, in] formats a difference (it would not even
+    load into the model), never "identical"."""
+    from tests.compare.test_mapping import memory_model
+
+    rng = np.random.default_rng(5)
+    rect, square = rng.standard_normal((2, 3)), rng.standard_normal((3, 3))
+    a = memory_model({"fc.weight": rect, "sq.weight": square}, fmt=fmt_a)
+    b = memory_model({"fc.weight": rect.T.copy(), "sq.weight": square.T.copy()}, fmt=fmt_b)
+    report = keishiki.compare(a, b)
+    got = by_a(report)
+    assert report.verdict == verdict, report.reasons
+    assert (got["fc.weight"].status, got["sq.weight"].status) == (rect_status, square_status)
+    assert got["fc.weight"].pair.transposed == (rect_status == "identical")
+
+
 def test_real_corpus_state_dict_vs_torchscript():
     sd = corpus_path("pytorch_zip/torch-1.13.1-debian/tinynet_state_dict_zip.pt")
     scripted = corpus_path("torchscript/torch-1.13.1-debian/tinynet_scripted.pt")

@@ -110,6 +110,27 @@ def test_run_refuses_state_dict_and_non_lm_graph(tiny_llama_state_dict, tmp_path
     assert "cls.predictions.bias" in message and "fill at random" in message
 
 
+def test_run_names_a_weight_that_does_not_fit_the_config(tiny_llama, tmp_path):
+    """A folder whose checkpoint holds a weight transposed: one line naming it (transformers
+    raised a RuntimeError that named nothing: "internal error")."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "bad"
+    shutil.copytree(tiny_llama, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    name = "model.layers.1.mlp.down_proj.weight"
+    rows, cols = weights[name].shape
+    weights[name] = weights[name].T.copy()
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    message = _error("run", folder, "-p", "x")
+    assert message == (
+        f"keishiki: error: {folder}: its weights do not fit its config.json: {name} is "
+        f"[{cols}, {rows}] in the checkpoint, [{rows}, {cols}] in the model"
+    )
+
+
 @pytest.mark.slow
 def test_bench_json(tiny_onnx, tiny_ts_kv, tmp_path):
     code, out, err = run_cli(

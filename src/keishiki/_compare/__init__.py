@@ -20,6 +20,7 @@ from ..core.display import MAX_ROWS, Raw, Shown, View, short_repr
 from ..core.model import ModelInfo
 from ..errors import InvalidRequest
 from ..mapping import NameMap, TensorPair, load_array, map_names
+from ..mapping.pairs import layouts_differ
 from .weights import TensorDiff, compare_arrays
 
 if TYPE_CHECKING:
@@ -252,14 +253,15 @@ def compare(
             on_load=lambda n: advance(1, description=f"hashing {n}"),
         )
     diffs = []
+    in_out = layouts_differ(model_a.format, model_b.format)
     with progress(len(name_map.pairs), "comparing", quiet=quiet) as advance:
         for pair in name_map.pairs:
             if pair.how == "folded":
-                diffs.append(_compare_folded(model_a, model_b, pair, atol, rtol))
+                diffs.append(_compare_folded(model_a, model_b, pair, atol, rtol, in_out))
             else:
                 arr_a = load_array(model_a, model_a.tensor(pair.a))
                 arr_b = load_array(model_b, model_b.tensor(pair.b))
-                diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol))
+                diffs.append(compare_arrays(pair, arr_a, arr_b, atol, rtol, in_out))
                 del arr_a, arr_b  # one pair in memory at a time
             advance(1)
     report = CompareReport(
@@ -280,7 +282,12 @@ def compare(
 
 
 def _compare_folded(
-    model_a: ModelInfo, model_b: ModelInfo, pair: TensorPair, atol: float, rtol: float
+    model_a: ModelInfo,
+    model_b: ModelInfo,
+    pair: TensorPair,
+    atol: float,
+    rtol: float,
+    in_out: bool,
 ) -> TensorDiff:
     """The export's tensor against the checkpoint's layer with its BatchNorm folded in,
     recomputed in float64 from the side holding the BatchNorm (A, or B when
@@ -294,7 +301,7 @@ def _compare_folded(
     expected = fold_values(lambda n: load_array(checkpoint, checkpoint.tensor(n)), fold)
     got = load_array(export, export.tensor(pair.a if side_b else pair.b))
     a, b = (got, expected) if side_b else (expected, got)
-    diff = compare_arrays(pair, a, b, atol, max(rtol, FOLD_RTOL))
+    diff = compare_arrays(pair, a, b, atol, max(rtol, FOLD_RTOL), in_out)
     diff.notes.append(
         f"{'B' if side_b else 'A'}'s {fold['role']} with BatchNorm "
         f"{fold['batchnorm']!r} folded in (eps {fold['eps']:g}); compared with "

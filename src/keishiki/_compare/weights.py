@@ -127,9 +127,17 @@ def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[
 
 
 def compare_arrays(
-    pair: TensorPair, a: np.ndarray, b: np.ndarray, atol: float, rtol: float
+    pair: TensorPair,
+    a: np.ndarray,
+    b: np.ndarray,
+    atol: float,
+    rtol: float,
+    in_out: bool = False,
 ) -> TensorDiff:
-    """Compare A's array with B's (B not yet transformed) for ``pair``."""
+    """Compare A's array with B's (B not yet transformed) for ``pair``.  ``in_out``: a side's
+    format may store dense weights as [in, out] (:func:`keishiki.mapping.pairs
+    .layouts_differ`), so a square weight that is not equal as it is is also tried
+    transposed; between two [out, in] files a transposed square weight is a difference."""
     if pair.transform == "subtract-offset":
         # B = A + offset as the writer computed it (in A's dtype): adding to A reproduces
         # B's bits exactly, where subtracting from B would round |w| < 1 away
@@ -139,13 +147,14 @@ def compare_arrays(
             b,
             atol,
             rtol,
+            in_out,
         )
         best.pair, best.transform = pair, pair.transform
         return best
     candidates = [pair.transform]
     if pair.transform and pair.transform.startswith("llama-rope"):
         candidates.append(None)  # a writer that did not permute
-    elif pair.transform is None and a.ndim == 2 and a.shape[0] == a.shape[1]:
+    elif in_out and pair.transform is None and a.ndim == 2 and a.shape[0] == a.shape[1]:
         candidates.append("transpose")  # a square MatMul operand kept under the param's name
     best: TensorDiff | None = None
     for transform in candidates:

@@ -87,6 +87,10 @@ class FormatSpec:
     graph: bool = False  # can carry a computation graph (operators or layers)
     tokenizer: bool = False  # can carry the tokenizer itself
     netron: NetronView = "no"
+    # its writers store a dense layer's weight as [in, out], the transpose of PyTorch's
+    # [out, in] (ONNX MatMul operands, Keras and Flax kernels): a weight paired with one
+    # of its tensors may be compared transposed (keishiki.mapping, keishiki.compare)
+    in_out_weights: bool = False
     export_suffixes: tuple[str, ...] = ()  # its model file in an export folder
 
     def __post_init__(self) -> None:
@@ -156,6 +160,7 @@ FORMATS: tuple[FormatSpec, ...] = (
         graph=True,
         netron="graph",
         export_suffixes=(".onnx",),
+        in_out_weights=True,
     ),
     FormatSpec(
         "torch-export",
@@ -191,6 +196,7 @@ FORMATS: tuple[FormatSpec, ...] = (
         code=True,  # Lambda layers
         graph=True,  # a model_config
         netron="depends",  # only with a model_config
+        in_out_weights=True,
     ),
     FormatSpec(
         "keras",
@@ -199,11 +205,13 @@ FORMATS: tuple[FormatSpec, ...] = (
         code=True,  # Lambda layers
         graph=True,
         netron="graph",
+        in_out_weights=True,
     ),
     FormatSpec(
         "flax-msgpack",
         "Flax serialized state (msgpack)",
         sniff_rank=130,  # msgpack map of ndarray ext types
+        in_out_weights=True,
     ),
     FormatSpec(
         "pickle",
@@ -218,6 +226,7 @@ FORMATS: tuple[FormatSpec, ...] = (
         sniff_rank=120,  # "TFL3" flatbuffer identifier
         graph=True,
         netron="graph",
+        in_out_weights=True,
     ),
     FormatSpec(
         "tensorflow-savedmodel",
@@ -226,6 +235,7 @@ FORMATS: tuple[FormatSpec, ...] = (
         module="tf_savedmodel",
         graph=True,
         netron="graph",
+        in_out_weights=True,
     ),
     FormatSpec(
         "coreml",
@@ -242,6 +252,7 @@ SNIFF_ORDER: tuple[FormatSpec, ...] = tuple(sorted(FORMATS, key=lambda spec: spe
 LOOKED_FOR = ", ".join(spec.id for spec in FORMATS)
 CODE_BEARING = frozenset(spec.id for spec in FORMATS if spec.code)
 NETRON_GRAPH = frozenset(spec.id for spec in FORMATS if spec.netron == "graph")
+IN_OUT_WEIGHTS = frozenset(spec.id for spec in FORMATS if spec.in_out_weights)
 WRITABLE = tuple(spec.id for spec in FORMATS if spec.writable)
 # formats whose folder form is "model file(s) + tokenizer/config" (keishiki's and optimum's
 # exports), in sniff order, and the suffixes of that model file

@@ -34,6 +34,9 @@ def map_names(
     pairs: list[TensorPair] = []
 
     stored_transposed = _declared_transposed(a), _declared_transposed(b)
+    # a reversed shape under one name is a layout only where a side's format stores
+    # [in, out]: between two PyTorch-layout files it is a different tensor
+    in_out = layouts_differ(a.format, b.format)
 
     def add(a_name: str, b_name: str, how: str, transform: str | None = None, **extra) -> None:
         ta, tb = left.pop(a_name), right.pop(b_name)
@@ -42,13 +45,14 @@ def map_names(
             and len(ta.shape) == 2
             and tb.shape == ta.shape[::-1]
             and (
-                ta.shape[0] != ta.shape[1]
+                (in_out and ta.shape[0] != ta.shape[1])
                 or a_name in stored_transposed[0]
                 or b_name in stored_transposed[1]
             )
         ):
             # named after the parameter but stored as the MatMul operand (keishiki's ONNX
-            # export records these in its metadata; a non-square shape says so by itself)
+            # export records these in its metadata; in an [in, out] format a non-square
+            # shape says so by itself)
             transform = "transpose"
         pairs.append(TensorPair.of(ta, tb, how, transform, extra))
 
@@ -118,6 +122,16 @@ def _pair_folds(
             continue
         for name in absorbed:
             absorbed_into.setdefault(name, other_name)
+
+
+def layouts_differ(a_format: str, b_format: str) -> bool:
+    """Whether either format may store dense weights as [in, out]
+    (:data:`keishiki.formats.registry.IN_OUT_WEIGHTS`): then a 2-D weight may line up only
+    transposed, against PyTorch's [out, in] or between two exporters (a MatMul operand
+    against a Gemm's ``transB`` weight)."""
+    from ..formats.registry import IN_OUT_WEIGHTS
+
+    return a_format in IN_OUT_WEIGHTS or b_format in IN_OUT_WEIGHTS
 
 
 def _declared_transposed(info: ModelInfo) -> set[str]:

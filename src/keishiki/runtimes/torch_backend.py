@@ -75,6 +75,9 @@ class TorchBackend(LoopBackend):
                     dtype=self.dtype,
                     trust_remote_code=trust_remote_code,
                     output_loading_info=True,
+                    # a weight whose shape is not the config's: keishiki's refusal below
+                    # names it (transformers raises a RuntimeError that does not)
+                    ignore_mismatched_sizes=True,
                 )
             finally:
                 transformers.utils.logging.set_verbosity(level)
@@ -88,6 +91,14 @@ class TorchBackend(LoopBackend):
                 f"{model_dir}: {archs} is not a causal language model "
                 f"transformers can generate with ({str(exc).splitlines()[0]})"
             ) from None
+        mismatched = list(loading.get("mismatched_keys") or [])
+        if mismatched:
+            name, in_file, in_model = mismatched[0]
+            raise InvalidRequest(
+                f"{model_dir}: its weights do not fit its config.json: {name} is "
+                f"{list(in_file)} in the checkpoint, {list(in_model)} in the model"
+                + (f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else "")
+            )
         missing = sorted(loading.get("missing_keys") or [])
         if missing:  # a BertModel folder gets a randomly initialised LM head: not a causal LM
             archs = ", ".join(getattr(config, "architectures", None) or ["?"])
