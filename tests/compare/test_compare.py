@@ -128,6 +128,38 @@ def test_value_diff_nan_inf_and_ints():
     assert value_diff(np.array([5, 7]), np.array([5, 9]), 0, 0)[0] == 2.0
 
 
+I64 = np.iinfo(np.int64)
+
+
+@pytest.mark.parametrize(
+    "a, b, atol, max_abs, over",
+    [
+        # integers: no wrap-around in int64 (INT64_MAX - INT64_MIN gave 1), uint64 by value
+        (np.array([I64.max, 7], np.int64), np.array([I64.min, 7], np.int64), 1.0, 2.0**64, 1),
+        (np.array([2**64 - 1], np.uint64), np.array([-1], np.int64), 0.0, 2.0**64, 1),
+        (np.array([2**62 + 1], np.int64), np.array([2**62], np.int64), 0.0, 1.0, 1),  # float64 ties
+        (np.array([True, False]), np.array([1, 0], np.uint8), 0.0, 0.0, 0),
+        (np.array([3], np.int8), np.array([3], np.uint64), 0.0, 0.0, 0),
+        # an infinite difference counts whatever the tolerance
+        (np.array([1.0, 2.0]), np.array([np.nan, 2.0]), np.inf, np.inf, 1),
+        (np.array([np.inf, 2.0]), np.array([-np.inf, 2.0]), np.inf, np.inf, 1),
+        (np.array([np.inf, 2.0]), np.array([np.inf, 2.5]), np.inf, 0.5, 0),
+    ],
+)
+def test_value_diff_cases(a, b, atol, max_abs, over):
+    got_abs, _rel, got_over = value_diff(a, b, atol, 0.0)
+    assert (got_abs, got_over) == (max_abs, over)
+
+
+@pytest.mark.parametrize("atol, rtol", [(float("nan"), 0.0), (0.0, float("nan")), (-1.0, 0.0)])
+def test_bad_tolerances_are_refused(atol, rtol):
+    from tests.compare.test_mapping import memory_model
+
+    w = np.ones(2, np.float32)
+    with pytest.raises(InvalidRequest, match="must be >= 0, got"):
+        keishiki.compare(memory_model({"w": w}), memory_model({"w": w}), atol=atol, rtol=rtol)
+
+
 def test_transforms_round_trip():
     w = np.arange(8 * 3).reshape(8, 3)
     from keishiki._convert.gguf_names import permute
@@ -135,11 +167,6 @@ def test_transforms_round_trip():
     assert np.array_equal(apply_transform(permute(w, 2), "llama-rope-unpermute", {"n_head": 2}), w)
     assert np.array_equal(apply_transform(w, "llama-rope-permute", {"n_head": 2}), permute(w, 2))
     assert apply_transform(w, "transpose", {}).shape == (3, 8)
-
-
-def test_bad_tolerance():
-    with pytest.raises(InvalidRequest, match="tolerances"):
-        keishiki.compare("x", "y", atol=-1)
 
 
 def test_cli_exit_codes_and_json(seq_files):
@@ -326,6 +353,11 @@ def test_config_differences_are_reported_not_judged():
     assert report.config_diff == {"dtype": ["float32", "float16"], "extra": [None, 1]}
     assert report.verdict == "identical"
     assert keishiki.compare(memory_model({"w": w}), memory_model({"w": w})).config_diff is None
+    # NaN (json reads it) equals NaN, nested too; 1 and 1.0 are one value
+    a.config = b.config = {"f": float("nan"), "rope": {"factor": float("nan")}, "t": [1, 2.0]}
+    assert keishiki.compare(a, b).config_diff == {}
+    b.config = {"f": float("nan"), "rope": {"factor": 2.0}, "t": [1.0, 2]}
+    assert list(keishiki.compare(a, b).config_diff) == ["rope"]
 
 
 @pytest.mark.slow

@@ -278,7 +278,9 @@ def test_the_load_gate_applies(models, tmp_path):
 
 def test_negative_tolerance_and_two_modes_are_refused(tiny_llama):
     code, _out, err = run_cli("compare", tiny_llama, tiny_llama, "--layers", "--rtol", "-1")
-    assert code == 2 and "tolerances must be >= 0" in err
+    assert code == 2 and "--rtol must be >= 0, got -1.0" in err
+    code, _out, err = run_cli("compare", tiny_llama, tiny_llama, "--layers", "--atol", "nan")
+    assert code == 2 and "--atol must be >= 0, got nan" in err
     code, _out, err = run_cli("compare", tiny_llama, tiny_llama, "--layers", "--outputs")
     assert code == 2 and "choose one" in err
 
@@ -318,6 +320,22 @@ def test_escaping_values_and_scope_names():
     assert precision_of_dtypes(["float32", "q8_0", "q4_K"]) == "4-bit"
     assert precision_of_dtypes(["float32", "float16"]) == "float16"
     assert precision_of_dtypes(["iq2_xs"]) == precision_of_dtypes(["tq1_0"]) == "2-bit"
+
+
+@pytest.mark.parametrize(
+    "a, b, ok",
+    [
+        ([np.inf, 1.0], [-np.inf, 1.0], False),  # opposite infinities
+        ([np.nan, 1.0], [np.inf, 1.0], False),
+        ([np.inf, 1.0], [1.0, 1.0], False),
+        ([np.inf, 1.0], [np.inf, 1.0], True),
+        ([-np.inf, np.nan, 1.0], [-np.inf, np.nan, 1.0], True),
+    ],
+)
+def test_diff_arrays_non_finite_must_match(a, b, ok):
+    from keishiki._compare.layers import diff_arrays
+
+    assert diff_arrays(np.array(a), np.array(b), 1e3, 1e3)[3] is ok
 
 
 def test_diff_arrays_nan_and_zero():

@@ -239,7 +239,8 @@ def test_cli_view_two_models(tmp_path, seq_files):
             ["{b}", "--layers-json", "{wrong}"],
             "is not the output of `keishiki compare A B --layers",
         ),
-        (["{b}", "--atol", "-1"], "--atol and --rtol must be >= 0"),
+        (["{b}", "--atol", "-1"], "--atol must be >= 0, got -1.0"),
+        (["{b}", "--rtol", "nan"], "--rtol must be >= 0, got nan"),
     ],
 )
 def test_cli_view_bad_input(tmp_path, seq_files, extra, message):

@@ -21,7 +21,7 @@ from ..core.model import ModelInfo
 from ..errors import InvalidRequest
 from ..mapping import NameMap, TensorPair, load_array, map_names
 from ..mapping.pairs import layouts_differ
-from .weights import TensorDiff, compare_arrays
+from .weights import TensorDiff, check_tolerances, compare_arrays
 
 if TYPE_CHECKING:
     from .layers import LayerReport
@@ -172,8 +172,22 @@ def config_diff(a: ModelInfo, b: ModelInfo) -> dict[str, Any] | None:
         return None
     keys = sorted(set(a.config) | set(b.config))
     return {
-        k: [a.config.get(k), b.config.get(k)] for k in keys if a.config.get(k) != b.config.get(k)
+        k: [a.config.get(k), b.config.get(k)]
+        for k in keys
+        if not _same_value(a.config.get(k), b.config.get(k))
     }
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    """``x == y`` for JSON values, except that NaN equals NaN (json reads ``NaN``; a folder
+    compared with itself has no differing key)."""
+    if isinstance(x, float) and isinstance(y, float) and x != x and y != y:
+        return True
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same_value(x[k], y[k]) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_same_value(u, v) for u, v in zip(x, y))
+    return bool(x == y)
 
 
 def _first(names: list[str], n: int = 3) -> str:
@@ -229,8 +243,8 @@ def compare(
         InvalidRequest: negative tolerances, or a format keishiki cannot read data from.
         UnsafeFile: ``outputs`` on a model that scans dangerous or unknown, untrusted.
     """
-    if atol < 0 or rtol < 0:
-        raise InvalidRequest(f"tolerances must be >= 0 (got atol={atol}, rtol={rtol})")
+    check_tolerances(atol, rtol)
+    check_tolerances(logits_atol, None)
     model_a, model_b = _model(a), _model(b)
     for m in (model_a, model_b):
         if m.tensor_loader is None and m.tensors:

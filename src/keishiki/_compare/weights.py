@@ -16,6 +16,7 @@ import numpy as np
 
 from .._convert.gguf_names import permute as llama_permute
 from .._convert.gguf_names import unpermute as llama_unpermute
+from ..errors import InvalidRequest
 from ..mapping import TensorPair
 
 CHUNK = 1 << 20  # elements per float64 chunk (8 MB; a few temporaries of this size)
@@ -88,12 +89,12 @@ def apply_transform(arr: np.ndarray, transform: str | None, extra: dict) -> np.n
 
 
 def _as_wide(arr: np.ndarray) -> np.ndarray:
-    kind = arr.dtype.kind
-    if kind == "c":
+    # integers too: in int64, uint64 values wrap and int64 differences overflow (INT64_MAX
+    # against INT64_MIN gave 1); float64 keeps their size, and equality is taken from the
+    # arrays themselves (value_diff), so two integers float64 rounds together still differ
+    if arr.dtype.kind == "c":
         return arr.astype(np.complex128)
-    if kind in "iub":
-        return arr.astype(np.int64)
-    return arr.astype(np.float64)  # float16/32/64 and the ml_dtypes floats
+    return arr.astype(np.float64)  # float16/32/64, the ml_dtypes floats, integers, bool
 
 
 def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[float, float, int]:
@@ -102,6 +103,7 @@ def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[
     flat_a, flat_b = a.reshape(-1), b.reshape(-1)
     max_abs = max_ref = 0.0
     over = 0
+    integers = flat_a.dtype.kind in "iub" and flat_b.dtype.kind in "iub"
     for start in range(0, flat_a.size, CHUNK):
         xa = _as_wide(flat_a[start : start + CHUNK])
         xb = _as_wide(flat_b[start : start + CHUNK])
@@ -110,8 +112,11 @@ def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[
             ref = np.abs(xa).astype(np.float64)
         both_nan = np.isnan(ref) & np.isnan(np.abs(xb).astype(np.float64))
         diff[both_nan] = 0.0
-        # equal infinities give inf - inf = nan: they are equal
-        same = xa == xb
+        if integers:  # exact (numpy compares int64 with uint64 by value)
+            same = flat_a[start : start + CHUNK] == flat_b[start : start + CHUNK]
+            np.maximum(diff, 1.0, out=diff, where=~same)  # integers differ by 1 at least
+        else:  # equal infinities give inf - inf = nan: they are equal
+            same = xa == xb
         diff[same] = 0.0
         bad = np.isnan(diff)
         diff[bad] = np.inf
@@ -121,9 +126,20 @@ def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[
             if finite_ref.size:
                 max_ref = max(max_ref, float(finite_ref.max()))
         with np.errstate(invalid="ignore"):
-            over += int(np.count_nonzero(~(diff <= atol + rtol * np.nan_to_num(ref))))
+            # an infinite difference (NaN or an infinity against a number, opposite
+            # infinities) counts whatever the tolerance, --atol inf included
+            within = (diff <= atol + rtol * np.nan_to_num(ref)) & (diff != np.inf)
+            over += int(np.count_nonzero(~within))
     max_rel = max_abs / max_ref if max_ref else (0.0 if max_abs == 0 else float("inf"))
     return max_abs, max_rel, over
+
+
+def check_tolerances(atol: float | None, rtol: float | None) -> None:
+    """Raise :class:`InvalidRequest` unless each tolerance given is >= 0 (NaN passed a
+    ``< 0`` test, and then made every comparison fail, or none); as convert words it."""
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and not value >= 0:
+            raise InvalidRequest(f"`{name}` must be >= 0, got {value}")
 
 
 def compare_arrays(

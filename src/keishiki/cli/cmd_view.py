@@ -47,6 +47,7 @@ def view(
     Netron draws as a graph when netron is installed.  With PATH_B: the name mapping,
     each pair's error, unmatched tensors and, given --layers-json, the layer-by-layer table.
     """
+    from .._compare.weights import check_tolerances
     from ..errors import InvalidRequest
     from ..inspecting import inspect
     from ..view import ViewServer
@@ -54,8 +55,7 @@ def view(
 
     if not 0 <= port <= 65535:
         raise InvalidRequest(f"--port must be 0..65535, got {port}")
-    if atol < 0 or rtol < 0:
-        raise InvalidRequest(f"--atol and --rtol must be >= 0 (got {atol:g}, {rtol:g})")
+    check_tolerances(atol, rtol)
     if path_b is None and layers_json is not None:
         raise InvalidRequest("--layers-json needs a second model (keishiki view A B)")
     layers = read_layers_json(layers_json) if layers_json is not None else None
