@@ -143,3 +143,47 @@ def test_page_says_why_a_remote_model_has_no_statistics(tmp_path, remote_model):
     page = render_in_node(tmp_path, routes_of(offline(ViewServer(remote_model))), click=True)
     assert "No statistics: a remote hf:// model" in page["stats"]
     assert not [u for u in page["requested"] if "stats" in u]  # names are not links
+
+
+def _labels_onnx(path, labels):
+    """An ONNX file with a string initializer (sklearn-onnx keeps class labels so)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[
+            numpy_helper.from_array(np.array(labels, dtype=object), "labels"),
+            numpy_helper.from_array(np.ones(2, np.float32), "w"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_string_tensors_compare_by_value_and_have_no_statistics(tmp_path):
+    """Strings are compared element by element (their arrays have no bytes to compare:
+    "internal error: TypeError"), and refused by the statistics as not numbers, also on
+    the route (a ValueError there dropped the connection)."""
+    import keishiki
+
+    a = _labels_onnx(tmp_path / "a.onnx", ["cat", "dog"])
+    b = _labels_onnx(tmp_path / "b.onnx", ["cat", "cow"])
+    same = keishiki.compare(a, a)
+    assert same.verdict == "identical" and len(same.tensors) == 2
+    diff = {d.pair.a: d for d in keishiki.compare(a, b).tensors}
+    assert (diff["labels"].status, diff["labels"].n_over_tolerance) == ("different", 1)
+    assert diff["w"].status == "identical"
+    with pytest.raises(InvalidRequest, match="'labels' holds string values, not numbers"):
+        tensor_stats(inspect(a), "labels")
+    server = ViewServer(inspect(a)).start()
+    try:
+        url = server.url + "api/stats?name=labels"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url, timeout=10)
+        assert info.value.code == 400 and "not numbers" in json.loads(info.value.read())["error"]
+    finally:
+        server.stop()

@@ -246,6 +246,9 @@ def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
             except KeishikiError as exc:
                 self._error(HTTPStatus.BAD_REQUEST, str(exc))
                 return
+            except Exception as exc:  # a reader's bug: an answer, not a dropped connection
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+                return
             self._send(HTTPStatus.OK, body, JSON_TYPE)
 
         def _netron(self, side: str) -> None:

@@ -64,7 +64,7 @@ def tensor_stats(
 
     Raises:
         InvalidRequest: no such tensor, no tensor loader for the format, a tensor above
-            ``max_bytes``, or a dtype without an order (complex).
+            ``max_bytes``, or a dtype without an order (complex) or not numbers (strings).
     """
     from ..mapping import load_array
 
@@ -84,6 +84,8 @@ def tensor_stats(
     flat = np.asarray(load_array(model, info)).reshape(-1)
     if flat.dtype.kind == "c":
         raise InvalidRequest(f"tensor {name!r} is complex ({flat.dtype}); no order to summarise")
+    if flat.dtype.kind not in "biuf":  # ONNX string initializers (class labels): objects
+        raise InvalidRequest(f"tensor {name!r} holds {info.dtype} values, not numbers")
     sampled = None
     if flat.size > max_elements:
         step = math.ceil(flat.size / max_elements)
