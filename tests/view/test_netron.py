@@ -87,3 +87,9 @@ def test_a_name_netron_would_not_escape_is_not_handed_to_it(tmp_path, name, offe
     path = tmp_path / name
     shutil.copy(corpus_path("onnx/torch-1.13.1-debian/tinynet_torch113_opset13.onnx"), path)
     assert (netron.target(inspect(path)) == str(path)) is offered
+    # Netron writes the whole path it is given: a folder's name counts as much
+    folder = tmp_path / name.replace(".onnx", "")
+    folder.mkdir()
+    inside = folder / "model.onnx"
+    shutil.copy(path, inside)
+    assert (netron.target(inspect(inside)) == str(inside)) is offered

@@ -23,10 +23,12 @@ def hostile_server(hostile_file):
     server.stop()
 
 
-def request(server, path: str, method: str = "GET", host: str = "127.0.0.1"):
+def request(server, path: str, method: str = "GET", host: str = "127.0.0.1", **headers):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
     conn.putheader("Host", f"{host}:{server.port}")
+    for key, value in headers.items():
+        conn.putheader(key.replace("_", "-"), value)
     conn.endheaders()
     resp = conn.getresponse()
     body = resp.read()
@@ -39,6 +41,20 @@ def test_bound_to_loopback_only(hostile_server):
     assert request(hostile_server, "/api/info", host="localhost")[0] == 200
     for host in ("evil.example", "0.0.0.0", "192.168.1.2"):
         assert request(hostile_server, "/api/info", host=host)[0] == 403  # DNS rebinding
+
+
+@pytest.mark.parametrize(
+    "site, status",
+    [(None, 200), ("none", 200), ("same-origin", 200), ("same-site", 403), ("cross-site", 403)],
+)
+@pytest.mark.parametrize("path", ["/api/info", "/api/stats?name=x", "/netron", "/"])
+def test_requests_another_page_makes_are_refused(hostile_server, path, site, status):
+    """A page elsewhere can make the browser GET /netron (start Netron) or /api/stats (load
+    a tensor) with an <img>: browsers mark such requests (Sec-Fetch-Site), and they are
+    refused; the view's own page (same-origin), a typed address and curl are not."""
+    headers = {} if site is None else {"Sec_Fetch_Site": site}
+    got = request(hostile_server, path, **headers)[0]
+    assert (got == 403) == (status == 403), (path, site, got)
 
 
 @pytest.mark.parametrize(

@@ -66,18 +66,19 @@ def draws_graph(info: ModelInfo) -> bool:
     return False
 
 
-# Netron 9 writes the file's name into its page unescaped (a <meta> tag) and serves every
-# file of the model's folder under /data/: a name that closes the tag could load a script
-# from that folder.  Such a model is not offered to Netron.
+# Netron 9 writes the path it is given into its page unescaped (a <meta> tag: the whole
+# path, folders included) and serves every file of the model's folder under /data/: a
+# path that closes the tag could load a script from that folder.  Such a model is not
+# offered to Netron.
 _UNSAFE_IN_NETRON = frozenset("\"<>&`'")
 
 
 def target(info: ModelInfo) -> str | None:
     """The file to open in Netron for ``info``, or None when Netron has no graph for it
-    (or the model is not a local file, such as an ``hf://`` repository, or the file's name
-    holds characters Netron's page would not escape)."""
+    (or the model is not a local file, such as an ``hf://`` repository, or its path holds
+    characters Netron's page would not escape)."""
     chosen = _file_to_draw(info)
-    return chosen if chosen and not _UNSAFE_IN_NETRON & set(Path(chosen).name) else None
+    return chosen if chosen and not _UNSAFE_IN_NETRON & set(chosen) else None
 
 
 def _file_to_draw(info: ModelInfo) -> str | None:

@@ -213,6 +213,12 @@ def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
             if not self._host_ok():
                 self._send(HTTPStatus.FORBIDDEN, b"forbidden host\n", "text/plain")
                 return
+            if self.headers.get("Sec-Fetch-Site", "none") not in ("same-origin", "none"):
+                # a request another page made (an <img> pointing at /netron would start
+                # Netron, one at /api/stats load tensors): browsers say so; the view's
+                # own page and a typed address are same-origin and none
+                self._send(HTTPStatus.FORBIDDEN, b"cross-site request\n", "text/plain")
+                return
             parts = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
             side = query.get("side", "a")
