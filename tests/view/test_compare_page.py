@@ -115,6 +115,22 @@ def test_pairs_with_how_and_transposed_marks(tmp_path, seq_files):
     assert "keishiki compare A B --layers --json" in page["main"]  # the table's slot
 
 
+@pytest.mark.parametrize(
+    "typed, shown",
+    [
+        ("matmul", 2),
+        ("MatMul_", 2),  # matched without case
+        (r"^\D", 0),  # every row starts with a digit: \D is not lower-cased into \d
+        (r"^\d\.b\S", 2),
+        (r"bias\W", 2),
+        ("0.b[", 0),  # not a pattern: a substring
+    ],
+)
+def test_filter_takes_the_pattern_as_typed(tmp_path, seq_files, typed, shown):
+    server = compare_server(seq_files["safetensors"], seq_files["onnx"])
+    assert render_in_node(tmp_path, routes_of(server), typed)["filtered"] == shown
+
+
 def test_per_tensor_error(tmp_path, seq_files):
     server = compare_server(seq_files["safetensors"], seq_files["perturbed"], atol=1e-2)
     cmp = server.comparison

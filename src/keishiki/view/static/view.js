@@ -243,9 +243,12 @@ function filterBox(id, rows, placeholder) {
   const input = el("input", {type: "search", placeholder, id});
   const shown = el("span", {class: "muted"});
   const apply = () => {
-    const query = input.value.trim().toLowerCase();
+    const typed = input.value.trim();
+    const query = typed.toLowerCase();
+    // the pattern as typed, matched without case ("i"): lower-casing it first would turn
+    // \D, \S, \W, \B into \d, \s, \w, \b
     let re = null;
-    try { re = query ? new RegExp(query) : null; } catch (e) { re = null; }
+    try { re = typed ? new RegExp(typed, "i") : null; } catch (e) { re = null; }
     let n = 0;
     for (const row of rows) {
       const hit = !query || (re ? re.test(row.dataset.search) : row.dataset.search.includes(query));
