@@ -490,3 +490,65 @@ def test_expanded_views(tmp_path):
     tensors = {"row": base.expand(4, 3), "scalar_bcast": torch.tensor(7.0).expand(5)}
     torch.save(tensors, tmp_path / "expand.pt")
     assert_same_values(tmp_path / "expand.pt", tensors)
+
+
+def _flagged_and_v3_tensors():
+    """Tensors torch saves with a lazy neg/conj bit (``metadata``) or through
+    ``_rebuild_tensor_v3`` (an untyped byte storage and the dtype apart)."""
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    z, z2 = (torch.randn(2, 3, dtype=torch.complex64, generator=g) for _ in range(2))
+    x = torch.randn(2, 3, generator=g)
+    neg = z.conj().imag  # float32, stored un-negated with {"neg": True}
+    return {
+        "neg_view": neg,
+        "neg_t": neg.t(),  # and a strided view of it
+        "conj_view": z2.conj(),  # complex64, stored un-conjugated with {"conj": True}
+        "f8": x.to(torch.float8_e4m3fn),
+        "f8_t": x.to(torch.float8_e5m2).t(),
+        "u16": torch.tensor([0, 1, 65535], dtype=torch.uint16),
+        "u32": torch.tensor([0, 7, 2**32 - 1], dtype=torch.uint32),
+        "u64": torch.tensor([0, 9, 2**63], dtype=torch.uint64),
+        "plain": x,
+    }
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_neg_conj_bits_and_untyped_storages_read_as_torch_loads_them(tmp_path, legacy):
+    """``torch.load`` applies a tensor's neg/conj bits (copying the stored bytes flipped
+    signs: a verified conversion wrote negated weights) and reads float8/uint16+ tensors of
+    ``_rebuild_tensor_v3`` (refused as "unknown storage type UntypedStorage"): keishiki's
+    loader and a converted safetensors file give the same bits."""
+    import torch
+    from safetensors.torch import load_file
+
+    import keishiki
+
+    tensors = _flagged_and_v3_tensors()
+    path = tmp_path / "flags.pt"
+    torch.save(tensors, path, _use_new_zipfile_serialization=not legacy)
+    info = inspect(path)
+    assert info.tensor("neg_view").extra["torch_flags"] == ["neg"]
+    assert info.tensor("conj_view").extra["torch_flags"] == ["conj"]
+    assert "torch_flags" not in info.tensor("plain").extra
+    out = tmp_path / "flags.safetensors"
+    report = keishiki.convert(path, out, to="safetensors")
+    assert report.passed and report.verified
+    converted = load_file(out)
+    for lazy in info.lazy_tensors():
+        want = tensors[lazy.name].resolve_neg().resolve_conj().contiguous()
+        assert lazy.info.dtype == str(want.dtype).removeprefix("torch."), lazy.name
+        want_bytes = want.view(torch.uint8).numpy().tobytes()
+        assert lazy.load().tobytes() == want_bytes, lazy.name
+        got = converted[lazy.name].contiguous()
+        assert got.view(torch.uint8).numpy().tobytes() == want_bytes, lazy.name
+
+
+def test_an_unknown_value_flag_is_refused_on_load(tmp_path):
+    from keishiki.formats._torch_pickle import apply_flags
+
+    arr = np.arange(3, dtype=np.float32)
+    assert apply_flags(arr, ("neg",), "t").tolist() == [0.0, -1.0, -2.0]
+    with pytest.raises(KeishikiError, match="torch metadata 'zeroed' changes its values"):
+        apply_flags(arr, ("zeroed",), "t")

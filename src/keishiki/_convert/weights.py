@@ -142,6 +142,7 @@ def _direct(src: Path, lazy: LazyTensor, byteorder: str) -> LazyTensor:
     stride = (info.extra or {}).get("stride")
     if (
         info.data_offset is None
+        or (info.extra or {}).get("torch_flags")  # stored negated/conjugated
         or byteorder != "little"
         or stride is None
         or info.nbytes == 0

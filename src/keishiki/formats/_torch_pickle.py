@@ -79,6 +79,9 @@ class TensorRef:
     shape: tuple[int, ...]
     stride: tuple[int, ...]
     kind: str  # "tensor", "parameter", "meta", "quantized", "subclass"
+    # torch's lazy view bits from the rebuild's ``metadata`` ({"neg": True}, {"conj": True}):
+    # the values are the stored ones negated / conjugated (torch.load applies them)
+    flags: tuple[str, ...] = ()
 
 
 _INT_ONLY = frozenset({int})
@@ -92,6 +95,7 @@ def _tensor_ref(
     shape: tuple[int, ...],
     stride: tuple[int, ...],
     kind: str,
+    flags: tuple[str, ...] = (),
 ) -> TensorRef:
     """``TensorRef(...)`` without the frozen dataclass's per-field ``object.__setattr__``
     (a third of the per-tensor cost); equal, hashable and immutable all the same."""
@@ -104,6 +108,8 @@ def _tensor_ref(
         stride=stride,
         kind=kind,
     )
+    if flags:  # (the class default otherwise)
+        ref.__dict__["flags"] = flags
     return ref
 
 
@@ -140,10 +146,15 @@ _STORAGE_DTYPES: dict[str, str | None] = {}  # torch attribute name -> dtype (bo
 
 
 def storage_dtype(ref: Any) -> str | None:
-    """``torch.FloatStorage`` / ``torch.float16`` / ``torch.UntypedStorage`` -> dtype name."""
-    if not isinstance(ref, GlobalRef) or ref.module != "torch":
+    """``torch.FloatStorage`` / ``torch.float16`` / ``torch.UntypedStorage`` (also as
+    ``torch.storage.UntypedStorage``, which ``_rebuild_tensor_v3`` files name) -> dtype."""
+    if not isinstance(ref, GlobalRef):
         return None
-    return _storage_name_dtype(ref.name)
+    if ref.module == "torch":
+        return _storage_name_dtype(ref.name)
+    if ref.module == "torch.storage" and ref.name == "UntypedStorage":
+        return "uint8"
+    return None
 
 
 def _storage_name_dtype(name: str) -> str | None:
@@ -203,9 +214,11 @@ def decode_storage(pid: Any, path: str) -> StorageRef:
 _FAST_REBUILD = {
     "_rebuild_tensor_v2": "tensor",
     "_rebuild_tensor": "tensor",
-    "_rebuild_tensor_v3": "tensor",
+    "_rebuild_tensor_v3": "tensor-v3",
     "_rebuild_qtensor": "quantized",
 }
+# what a rebuild's metadata may hold that changes the values (torch._C._get_tensor_metadata)
+_VALUE_FLAGS = frozenset(("neg", "conj"))
 
 
 def decode_tensor(call: Call, path: str) -> TensorRef | None:
@@ -232,12 +245,24 @@ def decode_tensor(call: Call, path: str) -> TensorRef | None:
         )
     if name not in REBUILD_TENSOR or len(args) < 4:
         return None
-    return _storage_tensor(args, path, "quantized" if name.endswith("qtensor") else "tensor")
+    return _storage_tensor(args, path, _FAST_REBUILD.get(name.rpartition(".")[2], "tensor"))
 
 
 def _storage_tensor(args: tuple, path: str, kind: str):
-    """The tensor a ``_rebuild_tensor*(storage, storage_offset, size, stride, ...)`` call makes."""
+    """The tensor a ``_rebuild_tensor*(storage, storage_offset, size, stride, ...)`` call makes.
+
+    ``_rebuild_tensor_v2(..., requires_grad, hooks[, metadata])``; ``_rebuild_tensor_v3(...,
+    requires_grad, hooks, dtype[, metadata])`` (float8, uint16/32/64: an untyped storage of
+    bytes, the dtype given apart)."""
     storage = decode_storage(args[0], path)
+    metadata = args[6] if kind == "tensor" and len(args) > 6 else None
+    if kind == "tensor-v3":
+        kind = "tensor"
+        dtype = storage_dtype(args[6]) if len(args) > 6 else None
+        if dtype is None:
+            raise CorruptFile(path, "_rebuild_tensor_v3 without a torch dtype")
+        storage = _retyped(storage, dtype, path)
+        metadata = args[7] if len(args) > 7 else None
     offset = args[1]
     if type(offset) is not int or offset < 0:
         raise CorruptFile(path, "tensor storage_offset is not a non-negative int")
@@ -246,7 +271,32 @@ def _storage_tensor(args: tuple, path: str, kind: str):
         raise CorruptFile(
             path, f"tensor size {list(shape)} and stride {list(stride)} differ in length"
         )
-    return _tensor_ref(storage, storage.dtype, offset + storage.view_offset, shape, stride, kind)
+    flags = _value_flags(metadata, path) if metadata else ()
+    return _tensor_ref(
+        storage, storage.dtype, offset + storage.view_offset, shape, stride, kind, flags
+    )
+
+
+def _retyped(storage: StorageRef, dtype: str, path: str) -> StorageRef:
+    """An untyped (byte) storage seen as ``dtype`` elements, as ``_rebuild_tensor_v3`` does."""
+    size = dtypes.itemsize(dtype)
+    if storage.dtype == dtype:
+        return storage
+    if storage.dtype != "uint8" or not size or storage.numel % size or storage.view_offset % size:
+        raise CorruptFile(
+            path, f"storage {storage.key!r}: {storage.numel} bytes are not {dtype} elements"
+        )
+    return _storage_ref(
+        storage.key, dtype, storage.numel // size, storage.location, storage.view_offset // size
+    )
+
+
+def _value_flags(metadata: Any, path: str) -> tuple[str, ...]:
+    """The set flags of a rebuild's metadata dict, in a fixed order; a flag keishiki does not
+    know is kept too, and the loader refuses it rather than give other values than torch."""
+    if not isinstance(metadata, dict):
+        raise CorruptFile(path, f"tensor metadata is a {type_name(metadata)}, not a dict")
+    return tuple(sorted(str(k) for k, v in metadata.items() if v))
 
 
 # ---- one reading for the reader and the scan ------------------------------------------------
@@ -920,7 +970,9 @@ def view_from_bytes(
     dtype = numpy_dtype(ref.dtype)
     if byteorder == "big" and dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">")
-    flat = np.frombuffer(buf, dtype=dtype)
+    # strided as opaque items, typed after the copy: numpy's as_strided rebuilds the array
+    # from its type string, which it cannot parse back for ml_dtypes' float8 ("<f1")
+    flat = np.frombuffer(buf, dtype=np.dtype((np.void, dtype.itemsize)))
     start = ref.storage_offset - first
     need = span(ref.shape, ref.stride)
     if start < 0 or start + need > flat.size:
@@ -943,7 +995,7 @@ def view_from_bytes(
         arr = np.lib.stride_tricks.as_strided(
             flat[start:], shape=ref.shape, strides=[s * dtype.itemsize for s in ref.stride]
         )
-        out = np.array(arr, copy=True, order="C")
+        out = np.array(arr, copy=True, order="C").view(dtype)
     except (MemoryError, ValueError) as exc:
         raise CorruptFile(
             "<storage>",
@@ -952,6 +1004,22 @@ def view_from_bytes(
     if out.dtype.byteorder == ">":
         out = out.astype(out.dtype.newbyteorder("="))
     return out
+
+
+def apply_flags(arr: np.ndarray, flags: tuple[str, ...], what: str) -> np.ndarray:
+    """The values torch gives a tensor saved with its neg/conj bits set (``z.conj().imag``
+    is stored un-negated with ``{"neg": True}``): copying the stored bytes would flip signs."""
+    for flag in flags:
+        if flag == "neg":
+            arr = np.negative(arr)
+        elif flag == "conj":
+            arr = np.conj(arr)
+        else:
+            raise InvalidRequest(
+                f"{what}: torch metadata {flag!r} changes its values in a way keishiki does "
+                f"not apply"
+            )
+    return arr
 
 
 def loader_for(
@@ -978,8 +1046,9 @@ def loader_for(
                 buf = src.read_member(info.file, max(1, ref.storage.numel * itemsize) + 64)
             first = 0
         try:
-            return view_from_bytes(buf, ref, byteorder, first=first)
+            arr = view_from_bytes(buf, ref, byteorder, first=first)
         except CorruptFile as exc:  # name the file and tensor, not the anonymous storage
             raise CorruptFile(path, f"tensor {info.name!r}: {exc.reason}") from None
+        return apply_flags(arr, ref.flags, f"{path}: tensor {info.name!r}")
 
     return load

@@ -255,6 +255,8 @@ def parse_object(
             extra["contiguous"] = False
         if ref.kind != "tensor":
             extra["tensor_kind"] = ref.kind
+        if ref.flags:  # neg/conj bits: the loader applies them; bytes are not the values
+            extra["torch_flags"] = list(ref.flags)
         if ref.kind == "quantized":
             extra["quantizer"] = quantizer_params(call)
         info = new(TensorInfo)  # TensorInfo(...) without the frozen dataclass's __setattr__s

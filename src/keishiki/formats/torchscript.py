@@ -316,6 +316,8 @@ def read(src: Source, match) -> ModelInfo:
             extra["owner_class"] = owner.qualname
         if not torch_pickle.is_contiguous(ref.shape, ref.stride):
             extra["contiguous"] = False
+        if ref.flags:  # neg/conj bits: the loader applies them; bytes are not the values
+            extra["torch_flags"] = list(ref.flags)
         tensors.append(
             TensorInfo(name, ref.dtype, ref.shape, numel * itemsize, offset, member, extra)
         )
