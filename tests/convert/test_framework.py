@@ -147,6 +147,49 @@ def test_missing_extra_names_the_pip_line(
     assert not (tmp_path / name).exists()
 
 
+@pytest.mark.parametrize(
+    "holder, force, replaced",
+    [
+        ("user file", False, False),
+        ("user file", True, False),  # not a model: never keishiki's to replace
+        ("earlier output", False, False),  # not without --force
+        ("earlier output", True, True),
+        ("the input", True, False),  # never the input, --force or not
+    ],
+)
+def test_an_unverified_output_never_replaces_what_holds_its_name(
+    small_st, tmp_path, monkeypatch, holder, force, replaced
+):
+    """A failed verification keeps the output as OUT.unverified; what already has that name
+    is replaced only as OUT would be (--force, a model, not an input), else the output takes
+    a free OUT.unverified-PID name (the input named so was deleted)."""
+    import keishiki._convert.weights as weights
+
+    monkeypatch.setattr(
+        weights, "verify_safetensors", lambda *a, **k: {"method": "read-back", "passed": False}
+    )
+    out = tmp_path / "o.safetensors"
+    taken = tmp_path / "o.safetensors.unverified"
+    src = small_st
+    if holder == "user file":
+        taken.write_text("notes")
+    elif holder == "earlier output":
+        shutil.copy(small_st, taken)
+    else:
+        src = taken
+        shutil.copy(small_st, src)
+    before = taken.read_bytes()
+    args = ["convert", src, out, "--to", "safetensors", "--dtype", "float16"]
+    code, _, err = run_cli(*args, *(["--force"] if force else []))
+    assert code == 1, err
+    kept = err.split("kept as ")[1].split(" for inspection")[0]
+    if replaced:
+        assert Path(kept) == taken and taken.read_bytes() != before
+    else:
+        assert Path(kept).name == f"o.safetensors.unverified-{os.getpid()}"
+        assert taken.read_bytes() == before and Path(kept).is_file()
+
+
 def test_not_enough_disk_space_is_refused(small_st, tmp_path, monkeypatch):
     import shutil
 

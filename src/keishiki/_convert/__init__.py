@@ -369,7 +369,7 @@ def _run_last(
         step.out = str(out)  # the edge saw the temporary name
         report.steps.append(step)
         if step.passed is False:
-            kept = _keep_unverified(tmp, out, opts.strict)
+            kept = _keep_unverified(tmp, out, opts, (src, current))
             report.kept_as = kept
             where = f"kept as {kept} for inspection" if kept else "removed (strict=True)"
             raise Mismatch(
@@ -387,18 +387,37 @@ def _run_edge(edge: Edge, src: Path, out: Path, opts: ConvertOptions) -> StepRep
     return step
 
 
-def _keep_unverified(tmp: Path, out: Path, strict: bool) -> str | None:
-    if strict:
+def _keep_unverified(
+    tmp: Path, out: Path, opts: ConvertOptions, inputs: tuple[Path, ...]
+) -> str | None:
+    """Move an output that failed verification to ``OUT.unverified`` (None with strict).
+    What already holds that name is replaced only as OUT would be: with force, when it is
+    keishiki's kind of output, and never when it is (or holds) an input; otherwise the
+    output goes to a free ``OUT.unverified-PID[-N]`` name."""
+    if opts.strict:
         return None
     kept = out.with_name(out.name + ".unverified")
-    if replace_refusal(kept, tmp.is_dir()):  # something of the user's holds that name
-        kept = out.with_name(f"{out.name}.unverified-{os.getpid()}")
+    if (kept.exists() or kept.is_symlink()) and not _may_replace(kept, tmp.is_dir(), opts, inputs):
+        base, n = f"{out.name}.unverified-{os.getpid()}", 0
+        kept = out.with_name(base)
+        while kept.exists() or kept.is_symlink():
+            n += 1
+            kept = out.with_name(f"{base}-{n}")
     if kept.is_dir() and not kept.is_symlink():
         shutil.rmtree(kept)
     elif kept.exists() or kept.is_symlink():
         kept.unlink()
     os.replace(tmp, kept)
     return str(kept)
+
+
+def _may_replace(path: Path, folder: bool, opts: ConvertOptions, inputs: tuple[Path, ...]) -> bool:
+    if not opts.force or replace_refusal(path, folder):
+        return False
+    target = path.resolve()
+    return not any(
+        target == i.resolve() or i.resolve().is_relative_to(target) for i in map(Path, inputs)
+    )
 
 
 def _why(step: StepReport) -> str:
