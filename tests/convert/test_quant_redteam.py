@@ -317,6 +317,34 @@ def _safetensors(path: Path, tensors: dict[str, np.ndarray]) -> Path:
 
 
 @pytest.mark.parametrize(
+    "quant, gguf_type, message",
+    [
+        (None, "F64", None),  # no quantization asked: a generic GGUF keeps float64
+        ("f32", "F32", "a float64 weight of magnitude 1e+300, past float32's 3.4e+38"),
+        ("bf16", "BF16", "past float32's 3.4e+38; BF16 would hold inf"),
+        ("q8_0", "Q8_0", "past float32's 3.4e+38; Q8_0 would hold inf"),
+    ],
+)
+def test_float64_weights_are_kept_or_refused(tmp_path, quant, gguf_type, message):
+    """float64 tensors were written as F32 by default, 1e300 as inf and 1e-300 as 0, and the
+    read-back said bit-exact: by default they stay F64; a type asked for refuses what
+    float32 cannot hold."""
+    w = np.tile(np.array([1 / 3, 1e-300, 1e300, 0.1]), (2, 8))  # rows of 32: Q8_0 blocks
+    src = _safetensors(tmp_path / "w.safetensors", {"layer.weight": w})
+    out = tmp_path / "w.gguf"
+    args = ["--quant", quant] if quant else []
+    code, _out, err = run_cli("convert", src, out, "--to", "gguf", *args, "--quiet")
+    if message is None:
+        assert code == 0, err
+        t = gguf.GGUFReader(str(out)).tensors[0]
+        assert t.tensor_type.name == gguf_type
+        assert np.asarray(t.data).reshape(w.shape).tobytes() == w.tobytes()
+    else:
+        assert code == 2 and message in err and "layer.weight" in err, err
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
     "bad, quant, message",
     [
         (np.nan, "q4_0", "1 NaN/inf value(s); Q4_0 cannot hold them"),

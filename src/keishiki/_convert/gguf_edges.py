@@ -492,8 +492,11 @@ class Planned:
     digest: str | None = None  # digest of the bytes written (what the read-back compares)
 
 
-def _pick_type(info: TensorInfo, quant: str) -> str:
-    if info.dtype not in FLOATING:
+def _pick_type(info: TensorInfo, quant: str, keep_float64: bool = False) -> str:
+    """The GGML type of one tensor under ``quant``; ``keep_float64``: a float64 tensor stays
+    F64 (a generic GGUF with no quantization asked: lossless; llama.cpp computes in F32 at
+    most, so a model GGUF gets F32)."""
+    if info.dtype not in FLOATING or (keep_float64 and info.dtype == "float64"):
         return "keep"
     if quant == "f32" or len(info.shape) < 2:
         return "F32"  # llama.cpp keeps 1-D tensors (norms, biases) in f32
@@ -1167,7 +1170,8 @@ def safetensors_to_gguf(src: Path, out: Path, opts: ConvertOptions) -> StepRepor
     tensors under their own names; f32 by default, or ``--quant``."""
     st = source_tensors(src, replace_key(opts))
     quant = _default_quant(st, opts)
-    plan = [Planned(t.name, t, _pick_type(t.info, quant)) for t in st.tensors]
+    lossless = not (opts.quant or opts.dtype)
+    plan = [Planned(t.name, t, _pick_type(t.info, quant, lossless)) for t in st.tensors]
     _apply_mix(plan, quant, generic=True)
 
     def kv_writer(w) -> None:

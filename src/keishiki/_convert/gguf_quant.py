@@ -213,6 +213,9 @@ def fallback(qtype: str, nx: int) -> str:
 F16_MAX = 65504.0
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_representable(name: str, arr: np.ndarray, qtype: str) -> None:
     """Refuse values ``qtype`` cannot hold, instead of writing garbage.
 
@@ -231,6 +234,15 @@ def check_representable(name: str, arr: np.ndarray, qtype: str) -> None:
     from ..errors import InvalidRequest
     from .weights import FLOATING, cast_array
 
+    if arr.dtype == np.float64 and qtype != "keep" and arr.size:
+        # every GGML type but F64 computes from float32: a finite float64 past its range
+        # would be written as inf
+        big = float(np.max(np.abs(arr[np.isfinite(arr)]), initial=0.0))
+        if big > F32_MAX:
+            raise InvalidRequest(
+                f"{name}: a float64 weight of magnitude {big:.3g}, past float32's "
+                f"{F32_MAX:.3g}; {qtype} would hold inf"
+            )
     if (
         qtype not in QUANTIZED
         and qtype != "F16"
