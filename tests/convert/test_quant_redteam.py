@@ -344,6 +344,19 @@ def test_float64_weights_are_kept_or_refused(tmp_path, quant, gguf_type, message
         assert not out.exists()
 
 
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "uint16", "float8_e4m3fn", "complex64"])
+def test_a_dtype_gguf_cannot_hold_is_refused_by_name(tmp_path, dtype):
+    """gguf's writer raised ValueError half-way ("internal error"): refused up front."""
+    from safetensors.torch import save_file
+
+    tensors = {"w": torch.randn(8, 8), "odd": torch.zeros(8, 8).to(getattr(torch, dtype))}
+    src, out = tmp_path / "m.safetensors", tmp_path / "m.gguf"
+    save_file(tensors, str(src))
+    code, _out, err = run_cli("convert", src, out, "--to", "gguf", "--quiet")
+    assert code == 2 and err.startswith(f"keishiki: error: odd: GGUF has no type for {dtype}")
+    assert not out.exists() and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "bad, quant, message",
     [

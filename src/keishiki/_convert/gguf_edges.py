@@ -497,6 +497,11 @@ def _pick_type(info: TensorInfo, quant: str, keep_float64: bool = False) -> str:
     F64 (a generic GGUF with no quantization asked: lossless; llama.cpp computes in F32 at
     most, so a model GGUF gets F32)."""
     if info.dtype not in FLOATING or (keep_float64 and info.dtype == "float64"):
+        if info.dtype not in _KEEP_TYPE:  # (gguf's writer would fail half-way)
+            raise InvalidRequest(
+                f"{info.name}: GGUF has no type for {info.dtype} tensors (it holds F32, F16, "
+                f"BF16, F64, I8, I16, I32, I64 and the quantized types)"
+            )
         return "keep"
     if quant == "f32" or len(info.shape) < 2:
         return "F32"  # llama.cpp keeps 1-D tensors (norms, biases) in f32
