@@ -116,11 +116,46 @@ def test_force_does_not_replace_a_model_of_another_kind(tiny_llama, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx"]
 
 
+@pytest.mark.parametrize(
+    "name, carried",
+    [
+        ("config.json", True),
+        ("tokenizer.model", True),
+        ("README.md", True),
+        ("LICENSE.txt", True),
+        ("modeling_llama3.py", True),  # remote code: the copy needs it to load
+        ("configuration_x.py", True),
+        ("model.onnx", False),  # other formats' weights: stale beside converted ones
+        ("ggml-model-f16.gguf", False),
+        ("flax_model.msgpack", False),
+        ("notes.txt", False),
+        ("train.py", False),
+        ("optimizer.pt", False),
+    ],
+)
+def test_what_travels_with_the_weights(name, carried):
+    from keishiki.core.atomic import is_sidecar
+
+    assert is_sidecar(name) is carried
+
+
 def test_force_replaces_keishikis_own_folder(tiny_llama, tmp_path):
+    """Also when the source carries a card and a licence, which travel with the weights (a
+    --force run then refused: "holds what keishiki does not write"), and other formats'
+    weights and other files beside them, which do not (stale copies)."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_llama, src)
+    carried = ["LICENSE", "README.md"]
+    for name in [*carried, "notes.txt", "x.gguf", "flax_model.msgpack"]:
+        (src / name).write_text(name)
+    shutil.copy(corpus_path("onnx/onnxruntime-1.32.0/mul_1.onnx"), src / "model.onnx")
     out = tmp_path / "out"
-    assert run_cli("convert", tiny_llama, out, "--to", "hf-model", "-q")[0] == 0
+    assert run_cli("convert", src, out, "--to", "hf-model", "-q")[0] == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert set(carried) <= set(names) and "model.safetensors" in names
+    assert not {"notes.txt", "x.gguf", "flax_model.msgpack", "model.onnx"} & set(names)
     code, _, err = run_cli(
-        "convert", tiny_llama, out, "--to", "hf-model", "--force", "-q", "--dtype", "float16"
+        "convert", src, out, "--to", "hf-model", "--force", "-q", "--dtype", "float16"
     )
     assert code == 0, err
     weights = safetensors_torch.load_file(out / "model.safetensors")

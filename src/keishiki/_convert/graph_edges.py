@@ -307,7 +307,7 @@ def _count_ts_params(pt_path: Path) -> int:
 def onnx_to_onnx(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``onnx -> onnx``: opset change and/or data layout; both graphs run in ORT."""
     from . import onnx_ops
-    from .onnx_export import copy_side_files
+    from .hf_weights import copy_side_files
     from .run_verify import onnx_is_causal_lm, verify_onnx_pair_graph, verify_onnx_pair_lm
 
     src, out = Path(src), Path(out)

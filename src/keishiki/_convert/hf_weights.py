@@ -12,10 +12,10 @@ transformers writes), not the file sizes.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
+from ..core.atomic import is_sidecar
 from ..core.progress import progress
 from ..errors import InvalidRequest
 from .base import ConvertOptions, StepReport, Timer
@@ -32,10 +32,6 @@ from .weights import (
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 # files that are weights (replaced by the conversion's own), never copied along
-_WEIGHT_FILE = re.compile(
-    r"(\.safetensors|\.bin|\.safetensors\.index\.json|\.bin\.index\.json"
-    r"|\.pt|\.pth|\.ckpt)$"
-)
 
 
 def weight_files(folder: Path) -> tuple[str, list[Path]]:
@@ -156,12 +152,15 @@ def write_index(
     return index
 
 
-def copy_side_files(src: Path, out: Path, dtype: str | None) -> list[str]:
-    """Copy config, tokenizer and other non-weight files (top level, regular files only);
-    set the config's dtype when ``--dtype`` changed it.  Returns the copied names."""
+def copy_side_files(src: Path, out: Path, dtype: str | None = None) -> list[str]:
+    """Copy what travels with the weights (:func:`keishiki.core.atomic.is_sidecar`: config,
+    tokenizer, model card, licence, remote code; top level, regular files only), not other
+    formats' weights (a model.onnx or *.gguf beside them would be stale copies, and a
+    --force run could not replace a folder holding them); set the config's dtype when
+    ``--dtype`` changed it.  Returns the copied names."""
     copied = []
     for path in sorted(src.iterdir()):
-        if path.is_symlink() or not path.is_file() or _WEIGHT_FILE.search(path.name):
+        if path.is_symlink() or not path.is_file() or not is_sidecar(path.name):
             continue
         shutil.copy2(path, out / path.name)
         copied.append(path.name)

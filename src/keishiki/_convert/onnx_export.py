@@ -19,7 +19,6 @@ import gc
 import io
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import warnings as pywarnings
@@ -28,26 +27,13 @@ from typing import Any, Callable
 
 from .._optional import require
 from ..errors import InvalidRequest, KeishikiError
+from .hf_weights import copy_side_files
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"
 DEFAULT_OPSET = 17
 TWO_GB = 2 * 1024**3
 # files that travel with the graph so the folder is a runnable model (tokenizer, configs)
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "preprocessor_config.json",
-)
 WRAPPER_PREFIX = "lm."  # the wrapper's attribute name, stripped from initializer names
 TORCH_DTYPES = {
     "float32": "float32",
@@ -57,16 +43,6 @@ TORCH_DTYPES = {
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
 }
-
-
-def copy_side_files(model_dir: Path, out_dir: Path) -> list[str]:
-    """Copy the tokenizer and config files of ``model_dir`` into ``out_dir``; return their names."""
-    copied = []
-    for name in SIDE_FILES:
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, out_dir / name)
-            copied.append(name)
-    return copied
 
 
 def load_causal_lm(model_dir: Path, dtype: str | None = None):

@@ -109,7 +109,7 @@ def quantize_edge(src: Path, out: Path, opts: ConvertOptions) -> StepReport:
     """Edge ``onnx -> onnx`` with ``--quant int8|int4``: onnxruntime's quantizer, then the
     quantized graph run against the original (:mod:`.quant_verify`)."""
     from .graph_edges import _copy_test_data, _count_initializers, _files_bytes, carry_tokenizer
-    from .onnx_export import copy_side_files
+    from .hf_weights import copy_side_files
     from .onnx_ops import model_file
 
     src_model = model_file(Path(src))

@@ -255,7 +255,7 @@ def export_to(
         torch.jit.save(scripted, str(pt_path), _extra_files={META_NAME: json.dumps(facts)})
     side = []
     if side_files_to is not None and src.is_dir():
-        from .onnx_export import copy_side_files
+        from .hf_weights import copy_side_files
 
         side = copy_side_files(src, side_files_to)
     return {**facts, "path": str(pt_path), "side_files": side}, module

@@ -38,6 +38,22 @@ _SIDECARS = frozenset(
         "chat_template.json",
     }
 )
+# what travels with the weights of a Hub model folder and keishiki copies into an output
+# folder beside them: its card and licence, and the code trust_remote_code would run
+_MODEL_CARD = frozenset(
+    {"README.md", "LICENSE", "LICENSE.md", "LICENSE.txt", "NOTICE", "NOTICE.md", "USE_POLICY.md"}
+)
+_REMOTE_CODE = re.compile(
+    r"^(?:modeling|configuration|tokenization|processing|image_processing)_\w+\.py$"
+)
+
+
+def is_sidecar(name: str) -> bool:
+    """Whether ``name`` is a file keishiki copies beside a model's weights into an output
+    folder (config, tokenizer, model card, licence, remote code), and so replaces with it."""
+    return name in _SIDECARS or name in _MODEL_CARD or bool(_REMOTE_CODE.match(name))
+
+
 # the weight and index files keishiki's writers name in an output folder (hf_weights.py,
 # onnx_export.py, torchscript_export.py): force=True replaces these names, not any *.bin
 # or *.pt of the user's (optimizer.pt, training_args.bin)
@@ -127,7 +143,7 @@ def check_output(
 def _written_by_keishiki(name: str, onnx_external: set[str]) -> bool:
     """A name keishiki writes into an output folder (``onnx_external``: the files the
     folder's model.onnx names as external data)."""
-    if name in _SIDECARS or _KEISHIKI_WEIGHTS.match(name):
+    if is_sidecar(name) or _KEISHIKI_WEIGHTS.match(name):
         return True
     return name in onnx_external and bool(_ONNX_TENSOR_FILE.search(name))
 
