@@ -43,6 +43,15 @@ def test_find_path_is_shortest_and_explains_failures():
         find_path("d", "a", edges)
     real = [e.name for e in find_path("torch7", "gguf")]
     assert real == ["torch7 -> safetensors", "safetensors -> gguf"]
+    # an edge that needs an original file starts a path or is not taken: a generic GGUF
+    # written on the way has no architecture to make an HF folder of
+    first = [Edge("a", "b", "m:f"), Edge("b", "c", "m:g", first_only=True)]
+    assert [e.run for e in find_path("b", "c", first)] == ["m:g"]
+    with pytest.raises(NoConversionPath, match="a converts to: b "):
+        find_path("a", "c", first)
+    assert [e.name for e in find_path("gguf", "hf-model")] == ["gguf -> hf-model"]
+    with pytest.raises(NoConversionPath, match="pytorch to hf-model"):
+        find_path("pytorch", "hf-model")
 
 
 def test_no_path_is_a_one_line_error_exit_2(tmp_path):

@@ -230,6 +230,9 @@ class Edge:
             from it (transformers' ``from_pretrained``, ``torch.load(weights_only=False)``),
             so the source must pass the load gate; other edges read it with keishiki's own
             readers, which run nothing.
+        first_only: the edge needs what only an original file of ``src`` carries (a model
+            GGUF's architecture and vocabulary: the generic GGUF another edge writes has
+            neither), so a path starts with it or does not take it.
     """
 
     src: str
@@ -239,6 +242,7 @@ class Edge:
     lossless: bool = True
     description: str = ""
     loads_source: bool = False
+    first_only: bool = False
 
     @property
     def name(self) -> str:

@@ -122,6 +122,7 @@ WEIGHT_EDGES: list[Edge] = [
         ("gguf", "hf"),
         description="HF folder: config.json from GGUF metadata (llama, qwen2, qwen3, gemma, "
         "gemma2, phi3), model.safetensors, tokenizer",
+        first_only=True,  # (pytorch -> gguf -> hf-model made a generic GGUF, then failed)
     ),
     Edge(
         "hf-model",

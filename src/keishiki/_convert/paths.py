@@ -13,7 +13,8 @@ def find_path(src_format: str, to: str, edges: Sequence[Edge] | None = None) -> 
     """The shortest list of edges leading from ``src_format`` to ``to`` (breadth-first).
 
     Among paths of equal length the one using edges listed earlier wins, so weight edges
-    (listed first) are preferred over graph edges.
+    (listed first) are preferred over graph edges.  An edge marked ``first_only`` starts a
+    path or is not taken.
 
     Example: ``find_path("torch7", "gguf")`` → ``[torch7 -> safetensors, safetensors -> gguf]``.
 
@@ -32,7 +33,7 @@ def find_path(src_format: str, to: str, edges: Sequence[Edge] | None = None) -> 
     while queue:
         fmt = queue.popleft()
         for edge in edges:
-            if edge.src != fmt or edge.dst in seen:
+            if edge.src != fmt or edge.dst in seen or (edge.first_only and fmt != src_format):
                 continue
             seen.add(edge.dst)
             previous[edge.dst] = edge
