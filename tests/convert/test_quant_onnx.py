@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -132,6 +133,43 @@ def test_a_graph_that_is_not_a_language_model(tmp_path, quant, op):
     assert step.verify["method"] == "run-both" and step.verify["passed"]
     assert 0 < step.verify["max_abs_diff"] < 5 and "not a causal LM" in step.verify["note"]
     assert _ops(tmp_path / "q.onnx")[op] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mm.onnx", "q.onnx"]
+
+
+def test_preprocessing_copies_live_in_the_hidden_steps_folder(tmp_path, monkeypatch):
+    """onnxruntime's pre-processed copy of the model (and its "-inferred" twin) were written
+    under fixed names beside OUT, which a killed run left there; they are written in OUT's
+    hidden steps folder, which the next run removes."""
+    import os
+
+    import numpy as np
+    import onnxruntime.quantization.shape_inference as shape_inference
+    from onnx import TensorProto, helper, numpy_helper
+
+    import keishiki
+
+    seen = []
+    original = shape_inference.quant_pre_process
+
+    def recording(src, out, *args, **kwargs):
+        seen.append(Path(out))
+        return original(src, out, *args, **kwargs)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", recording)
+    w = numpy_helper.from_array(np.ones((64, 32), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "mm.onnx"))
+    keishiki.convert(tmp_path / "mm.onnx", tmp_path / "q.onnx", to="onnx", quant="int8")
+    assert [p.parent.parent for p in seen] == [tmp_path / f".q.onnx.keishiki-steps-{os.getpid()}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mm.onnx", "q.onnx"]
 
 
 def test_nothing_to_quantize_is_refused(tmp_path):

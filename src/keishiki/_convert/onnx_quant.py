@@ -16,10 +16,11 @@ must load and run in onnxruntime, with its largest output difference reported.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ..core.atomic import final_name
+from ..core.atomic import final_name, steps_folder
 from ..errors import InvalidRequest
 from .base import ConvertOptions, StepReport, Timer
 
@@ -60,7 +61,14 @@ def quantize_file(
     # onnxruntime's pre-processing first: exporters feed MatMul a Transpose of the weight
     # (torch's Linear keeps W as [out, in]), which the quantizers skip as not constant;
     # ORT's constant folding makes it one initializer
-    pre = out_model.with_name(f".{out_model.stem}.pre.onnx")
+    # in the output's hidden steps folder (and a folder of its own there: a multi-step
+    # conversion keeps its earlier outputs in it), which the next run removes after a kill:
+    # onnxruntime also writes an "-inferred" copy beside the file it is given
+    steps = steps_folder(final_name(out_model))
+    made = not steps.exists()
+    work = steps / "onnx-quant-pre"
+    work.mkdir(parents=True, exist_ok=True)
+    pre = work / "model.onnx"
     try:
         quant_pre_process(
             str(src_model),
@@ -92,8 +100,7 @@ def quantize_file(
             facts["block_size"] = block
             kinds = ("MatMulNBits",)
     finally:
-        for leftover in (pre, pre.with_name(pre.name + ".data")):
-            leftover.unlink(missing_ok=True)
+        shutil.rmtree(steps if made else work, ignore_errors=True)
     written = onnx.load(str(out_model), load_external_data=False)
     facts["n_quantized"] = sum(n.op_type in kinds for n in written.graph.node)
     facts["n_matmul_left"] = sum(n.op_type == "MatMul" for n in written.graph.node)
