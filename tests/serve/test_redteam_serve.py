@@ -154,6 +154,23 @@ def test_bad_completion_fields(running, change, needle):
     _assert_error(_post(running, "/v1/completions", {**OK, **change}), status, needle)
 
 
+@pytest.mark.parametrize("prompt", [["a"] * 20_000, [[5, 6]] * 20_000])
+def test_too_many_prompts_are_refused_before_any_is_tokenized(running, llm, monkeypatch, prompt):
+    """The count of prompts alone says 400: 200,000 one-character prompts took 25 s of the
+    server's CPU, tokenized (or token ids decoded on the event loop) before the refusal."""
+    calls = []
+    tok = llm.tokenizer
+    for obj, name in ((tok._tok, "encode_batch"), (tok, "decode")):
+        real = getattr(obj, name)
+        monkeypatch.setattr(
+            obj, name, lambda *a, _real=real, _n=name, **k: (calls.append(_n), _real(*a, **k))[1]
+        )
+    response = _post(running, "/v1/completions", {**OK, "prompt": prompt})
+    _assert_error(response, 400, "n × prompts must be at most 8 (--max-num-seqs), got 1 × 20000")
+    assert calls == []
+    assert _post(running, "/v1/completions", OK).status_code == 200 and calls
+
+
 @pytest.mark.parametrize(
     "field, literal",
     [

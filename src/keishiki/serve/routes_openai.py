@@ -23,6 +23,7 @@ from .protocol import (
 )
 from .shaping import (
     chat_logprobs,
+    check_count,
     check_model,
     check_token_ids,
     completion_logprobs,
@@ -112,6 +113,13 @@ def _sse(chunks):
 # -- completions ---------------------------------------------------------------------------
 
 
+def _prompt_count(prompt) -> int:
+    """How many prompts the prompt field holds (a text, token ids, or a list of either)."""
+    if isinstance(prompt, str) or (prompt and all(isinstance(p, int) for p in prompt)):
+        return 1
+    return len(prompt or ())
+
+
 async def _prompt_ids(ctx, prompt) -> tuple[list[str], list[list[int]]]:
     """Texts and token ids of the prompt field's four forms."""
     tokenizer = ctx.llm.tokenizer
@@ -144,6 +152,7 @@ async def completions(body: CompletionRequest, http: Request):
         raise APIError(400, "suffix is not supported", "invalid_request", "suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", "invalid_request", "best_of")
+    check_count(ctx, body.n or 1, _prompt_count(body.prompt))
     texts, prompt_ids = await _prompt_ids(ctx, body.prompt)
     k = body.logprobs
     params = sampling_params(
