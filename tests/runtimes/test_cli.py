@@ -84,6 +84,19 @@ def _error(*args):
     return lines[0]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # a non-UTF-8 byte on the command line arrives as a lone surrogate
+        (["-p", "caf\udcff"], "prompt 0 is not valid text (surrogates not allowed"),
+        (["-p", "caf\udcff", "--chat"], "conversation 0 is not valid text (surrogates"),
+    ],
+)
+def test_text_that_is_not_unicode_is_a_bad_request(tiny_llama, args, message):
+    """With --chat too (the tokenizers library raised TypeError: "internal error")."""
+    assert message in _error("run", tiny_llama, *args)
+
+
 def test_run_errors(tiny_llama, tmp_path):
     assert "no such file or folder" in _error("run", tmp_path / "nope", "-p", "x")
     assert "no prompt" in _error("run", tiny_llama)

@@ -247,6 +247,8 @@ class LLM:
             for c in conversations
         ]
         params = self._params_per_prompt(sampling_params, len(rendered))
+        for index, text in enumerate(rendered):
+            _check_text(text, f"conversation {index}")
         ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in rendered]
         return self._generate_ids(rendered, ids, params, on_text)
 
@@ -321,12 +323,7 @@ class LLM:
             prompt = prompt.get("prompt", "")
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequest(f"prompt {index} is empty: give some text to continue")
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError as exc:  # lone surrogates: no tokenizer can take them
-            raise InvalidRequest(
-                f"prompt {index} is not valid text ({exc.reason} at character {exc.start})"
-            ) from None
+        _check_text(prompt, f"prompt {index}")
         return prompt, self.tokenizer.encode(prompt)
 
     def _sequences(self, ids: list[list[int]], params: list[SamplingParams]) -> list[Sequence]:
@@ -522,3 +519,14 @@ def _admit(choice: Choice, tokenizer_dir: Path, trust: bool) -> None:
     admit(choice.model_file, trust=trust, purpose="run")
     for folder in {choice.folder, tokenizer_dir}:
         check_tree(folder, recursive=False)
+
+
+def _check_text(text: str, what: str) -> None:
+    """Raise :class:`InvalidRequest` when ``text`` has no UTF-8 form (lone surrogates: a
+    non-UTF-8 byte on the command line, ``"\\ud800"`` in JSON): no tokenizer can take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{what} is not valid text ({exc.reason} at character {exc.start})"
+        ) from None
