@@ -162,7 +162,9 @@ def test_stop_logprobs_and_echo(server):
     generated = lp.token_logprobs[len(prompt_ids) :]
     wanted = [step[t].logprob for step, t in zip(expected.logprobs, expected.token_ids)]
     assert generated == pytest.approx(wanted, abs=1e-4)
-    assert all(len(top) <= 2 for top in lp.top_logprobs[1:])
+    # the 2 most likely and the chosen one (OpenAI: "up to logprobs+1 elements")
+    assert all(len(top) <= 3 for top in lp.top_logprobs[1:])
+    assert all(t in top for t, top in zip(lp.tokens[1:], lp.top_logprobs[1:]))
     chat = api.chat.completions.create(
         model=MODEL, messages=CHAT, logprobs=True, top_logprobs=3, **GREEDY
     )
@@ -171,6 +173,30 @@ def test_stop_logprobs_and_echo(server):
     assert all(
         len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob - 1e-9 for t in content
     )
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_streamed_logprobs_continue_the_text(server, echo):
+    """A stream's text_offsets run on from chunk to chunk (they restarted at 0 in each),
+    equal to the whole answer's; a sampled token is always among its top_logprobs."""
+    _name, llm, running = server
+    api = client(running)
+    ask = dict(
+        model=MODEL, prompt=PROMPTS[1], max_tokens=8, logprobs=2, echo=echo, extra_body=NO_EOS
+    )
+    ask.update(temperature=1.0, seed=3)
+    whole = api.completions.create(**ask).choices[0].logprobs
+    streamed = {"text_offset": [], "tokens": [], "top_logprobs": []}
+    for chunk in api.completions.create(**ask, stream=True):
+        for c in chunk.choices:
+            for key in streamed:
+                streamed[key] += getattr(c.logprobs, key)
+    assert streamed["text_offset"] == whole.text_offset
+    assert streamed["tokens"] == whole.tokens
+    assert whole.text_offset == sorted(whole.text_offset) and whole.text_offset[-1] > 0
+    first = len(llm.tokenizer.encode(PROMPTS[1])) if echo else 0
+    for top, tok in zip(whole.top_logprobs[first:], whole.tokens[first:]):
+        assert tok in top and len(top) <= 3
 
 
 def test_concurrent_clients_are_batched(server):

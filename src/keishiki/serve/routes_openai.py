@@ -31,6 +31,7 @@ from .shaping import (
     render_chat,
     sampling_params,
     sequences,
+    token_text,
 )
 
 router = APIRouter()
@@ -164,13 +165,22 @@ async def completions(body: CompletionRequest, http: Request):
     tokenizer = ctx.llm.tokenizer
 
     def choice(
-        index: int, text: str, tokens: list[int], raw: list, finish, stop, first: bool
+        index: int,
+        text: str,
+        tokens: list[int],
+        raw: list,
+        finish,
+        stop,
+        first: bool,
+        offset: int = 0,
     ) -> dict:
+        """One choice; ``offset``: the text offset of ``tokens``' first token (a stream's
+        later chunks continue the text, echoed prompt included)."""
         seq = seqs[index]
         prompt = index // params.n
         logprobs = None
         if k is not None:
-            logprobs = completion_logprobs(tokenizer, tokens, raw, k, 0)
+            logprobs = completion_logprobs(tokenizer, tokens, raw, k, offset)
             if body.echo and first:
                 head = seqs[prompt * params.n].prompt_logprobs or []
                 echoed = completion_logprobs(tokenizer, seq.prompt_ids, head, k, 0)
@@ -202,6 +212,8 @@ async def completions(body: CompletionRequest, http: Request):
 
         async def chunks():
             started = [False] * len(seqs)
+            # where each sequence's next token starts in its text (logprobs' text_offset)
+            offsets = [len(texts[i // params.n]) if body.echo else 0 for i in range(len(seqs))]
             total = 0
             async for updates in ctx.engine.updates(request):
                 for u in updates:
@@ -222,7 +234,10 @@ async def completions(body: CompletionRequest, http: Request):
                         u.finish_reason,
                         u.stop_reason,
                         not started[u.index],
+                        offsets[u.index] if started[u.index] else 0,
                     )
+                    if k is not None:
+                        offsets[u.index] += sum(len(token_text(tokenizer, t)) for t in u.token_ids)
                     started[u.index] = True
                     yield {
                         "id": rid,

@@ -175,7 +175,8 @@ def token_text(tokenizer, token: int) -> str:
 
 def completion_logprobs(tokenizer, tokens: list[int], raw: list, k: int, offset: int) -> dict:
     """The completions API's logprobs of ``tokens``: parallel lists, ``top_logprobs`` the
-    ``k`` most likely tokens by text; ``offset`` is the text offset of the first token.
+    ``k`` most likely tokens by text and the chosen one (OpenAI: "up to logprobs+1
+    elements", as vLLM gives them); ``offset`` is the text offset of the first token.
     A ``None`` in ``raw`` (the first prompt token) has no log-probability."""
     out = {"text_offset": [], "token_logprobs": [], "tokens": [], "top_logprobs": []}
     for token, step in zip(tokens, raw):
@@ -188,9 +189,9 @@ def completion_logprobs(tokenizer, tokens: list[int], raw: list, k: int, offset:
             out["top_logprobs"].append(None)
             continue
         out["token_logprobs"].append(step[token][0])
-        best = (
-            sorted(step.items(), key=lambda item: item[1][1])[:k] if k else [(token, step[token])]
-        )
+        best = sorted(step.items(), key=lambda item: item[1][1])[:k] if k else []
+        if all(t != token for t, _ in best):
+            best.append((token, step[token]))
         out["top_logprobs"].append({token_text(tokenizer, t): lp for t, (lp, _) in best})
     return out
 
