@@ -134,11 +134,19 @@ def test_path_not_found_reads_as_open_does(tmp_path):
 
 
 def test_missing_dependency_is_an_import_error():
+    from keishiki._optional import EXTRA_OF
+
     error = MissingDependency("onnxruntime", "onnx", "run ONNX models")
     assert error.name == "onnxruntime"
     assert str(error) == (
         "onnxruntime is needed to run ONNX models but is not installed: "
         "pip install 'keishiki[onnx]'"
+    )
+    # vLLM is no keishiki extra: it is installed on its own (it pins its own torch)
+    error = MissingDependency("vllm", EXTRA_OF["vllm"], "serve with vLLM")
+    assert str(error) == (
+        "vllm is needed to serve with vLLM but is not installed: "
+        "pip install vllm (in its own environment: it pins its own torch)"
     )
 
 

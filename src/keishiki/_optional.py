@@ -21,7 +21,7 @@ EXTRA_OF = {
     "h5py": "h5",
     "psutil": "all",
     "netron": "view",
-    "vllm": "vllm (pip install vllm in its own environment)",
+    "vllm": "pip install vllm (in its own environment: it pins its own torch)",
     "jinja2": "hf",
     "fastapi": "serve",
     "uvicorn": "serve",

@@ -88,11 +88,10 @@ class MissingDependency(KeishikiError, ImportError):
 
     def __init__(self, package: str, extra: str, purpose: str = ""):
         self.package = package
-        self.extra = extra
+        self.extra = extra  # a keishiki extra, or the install line itself ("pip install ...")
         why = f" to {purpose}" if purpose else ""
-        super().__init__(
-            f"{package} is needed{why} but is not installed: pip install 'keishiki[{extra}]'"
-        )
+        install = extra if extra.startswith("pip install") else f"pip install 'keishiki[{extra}]'"
+        super().__init__(f"{package} is needed{why} but is not installed: {install}")
         self.name = package  # ImportError's attribute: the module that could not be imported
 
 

@@ -80,6 +80,7 @@ def test_vllm_command_maps_the_flags(tmp_path):
         (["--max-num-seqs", "0"], "--max-num-seqs must be between 1 and 1024"),
         (["--max-model-len", "1"], "--max-model-len must be at least 2"),
         (["--max-queue-len", "0"], "--max-queue-len must be at least 1"),
+        (["--max-logprobs", "-1"], "--max-logprobs must be at least 0, got -1"),
         (["--chat-template", "no-such-file.jinja"], "no such chat template file"),
         (["--backend", "onnxruntime"], "backend 'onnxruntime' runs onnx models"),
     ],

@@ -75,6 +75,8 @@ def serve(
         raise InvalidRequest(f"--max-num-seqs must be between 1 and 1024, got {max_num_seqs}")
     if max_queue_len < 1:  # every request passes through the queue, however briefly
         raise InvalidRequest(f"--max-queue-len must be at least 1, got {max_queue_len}")
+    if max_logprobs < 0:  # (-1 refused every request that asked for logprobs)
+        raise InvalidRequest(f"--max-logprobs must be at least 0, got {max_logprobs}")
     if max_model_len is not None and max_model_len < 2:
         raise InvalidRequest(f"--max-model-len must be at least 2, got {max_model_len}")
     names = list(served_model_name or []) or [str(model)]

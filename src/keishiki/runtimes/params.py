@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -93,7 +94,7 @@ class SamplingParams:
         )
         _check(
             _num(self.temperature) and self.temperature >= 0,
-            f"temperature must be non-negative, got {self.temperature}.",
+            f"temperature must be non-negative and finite, got {self.temperature}.",
         )
         _check(
             _num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}."
@@ -152,7 +153,9 @@ class SamplingParams:
 
 
 def _num(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A finite number (not a bool): NaN and infinities pass no range check (temperature
+    inf, accepted by ``run -t inf``, is refused by the server's JSON)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check(ok: bool, message: str) -> None:

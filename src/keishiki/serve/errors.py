@@ -15,6 +15,7 @@ _TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
     404: "invalid_request_error",
+    403: "invalid_request_error",  # a Host the server does not answer
     405: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
