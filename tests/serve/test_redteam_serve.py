@@ -587,6 +587,56 @@ def test_requests_during_shutdown(llm):
         httpx.post(server.url + "/v1/completions", json=OK, timeout=5)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_stopping_server_drains_then_ends_what_runs_with_an_error(llm, monkeypatch, stream):
+    """At Ctrl-C a short request in flight completes; one still running after the drain
+    ends with an OpenAI error: a stream with an error event and [DONE] (sse-starlette cut
+    every stream at the signal, without [DONE]), a plain request with a JSON 503 (uvicorn's
+    cancel gave a plain-text 500)."""
+    import time
+
+    from keishiki.serve import server as server_module
+
+    monkeypatch.setattr(server_module, "DRAIN_SECONDS", 1.0)
+    forward = llm._engine._forward
+
+    def slow(*args):
+        time.sleep(0.05)
+        return forward(*args)
+
+    monkeypatch.setattr(llm._engine, "_forward", slow)
+    server = start(llm, max_num_seqs=4).__enter__()
+    answers: dict[str, httpx.Response] = {}
+
+    def ask(name: str, max_tokens: int) -> None:
+        body = {**OK, "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}
+        answers[name] = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+
+    threads = [
+        threading.Thread(target=ask, args=("short", 8)),
+        threading.Thread(target=ask, args=("long", 200)),
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: metric(server, "num_requests_running") >= 2, "two running requests")
+    server.__exit__(None, None, None)
+    for thread in threads:
+        thread.join(timeout=60)
+    short, long = answers["short"], answers["long"]
+    if stream:
+        events = [line for line in long.text.splitlines() if line.startswith("data: ")]
+        assert long.status_code == 200 and events[-1] == "data: [DONE]"
+        error = json.loads(events[-2][6:])["error"]
+        assert error["code"] == "engine_stopped" and "stopped before" in error["message"]
+        assert short.text.rstrip().endswith("data: [DONE]") and '"error"' not in short.text
+    else:
+        assert long.status_code == 503
+        assert "stopped before this request finished" in long.json()["error"]["message"]
+        assert short.status_code == 200
+        assert short.json()["usage"]["completion_tokens"] == 8
+    assert not server.thread.is_alive()
+
+
 def test_a_failing_step_fails_its_requests_only(llm, monkeypatch):
     """A forward pass that raises mid-decode ends the running requests with an OpenAI error
     (500, no traceback); the engine thread lives on and the next request completes."""

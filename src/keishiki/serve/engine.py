@@ -99,6 +99,7 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
         self._stop = False
+        self._draining = False
         self._thread = threading.Thread(target=self._loop, name="keishiki-engine", daemon=True)
 
     @property
@@ -108,12 +109,23 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        """Whether the engine thread runs (``/health`` answers 503 once it does not)."""
-        return self._thread.is_alive() and not self._stop
+        """Whether the engine thread runs and takes requests (``/health`` answers 503 once
+        it does not, a draining server included)."""
+        return self._thread.is_alive() and not self._stop and not self._draining
 
     def start(self) -> None:
         """Start the engine thread."""
         self._thread.start()
+
+    def drain(self, seconds: float) -> None:
+        """Take no more requests (503) and give those in flight ``seconds`` to finish; what
+        still runs then ends with an error (a stream: one error event before ``[DONE]``),
+        before the HTTP server cancels its tasks and cuts the connections."""
+        with self._cond:
+            self._draining = True
+        timer = threading.Timer(seconds, self.stop)
+        timer.daemon = True
+        timer.start()
 
     def stop(self) -> None:
         """Stop the engine thread (requests still running get an error)."""
@@ -202,7 +214,10 @@ class Engine:
                     self._publish()
             except Exception as exc:  # a failed step leaves the cache unusable: all fail
                 self._fail(list(self._running), exc)
-        self._fail(list(self._running) + list(self._waiting), EngineFailed("server stopped"))
+        self._fail(
+            list(self._running) + list(self._waiting),
+            EngineStopped("the server stopped before this request finished"),
+        )
 
     def _take_waiting(self) -> list[Request]:
         """Requests leaving the queue for the batch, first come first served (called under
@@ -304,7 +319,8 @@ class Engine:
             if isinstance(exc, KeishikiError)
             else f"the model failed: {type(exc).__name__}: {exc}"
         )
-        error = EngineFailed(message.splitlines()[0] if message else "the model failed")
+        kind = EngineStopped if isinstance(exc, EngineStopped) else EngineFailed
+        error = kind(message.splitlines()[0] if message else "the model failed")
         for request in requests:
             for seq in request.seqs:
                 if not seq.finished:

@@ -153,12 +153,12 @@ async def completions(body: CompletionRequest, http: Request):
         raise APIError(400, "suffix is not supported", "invalid_request", "suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", "invalid_request", "best_of")
-    check_count(ctx, body.n or 1, _prompt_count(body.prompt))
-    texts, prompt_ids = await _prompt_ids(ctx, body.prompt)
     k = body.logprobs
     params = sampling_params(
         ctx, body, body.max_tokens, k, k if body.echo and k is not None else None
     )
+    check_count(ctx, params.n, _prompt_count(body.prompt))
+    texts, prompt_ids = await _prompt_ids(ctx, body.prompt)
     seqs = sequences(ctx, prompt_ids, params)
     request = _submit(ctx, seqs)
     rid, created, name = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model or ctx.model_name

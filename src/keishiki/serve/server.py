@@ -31,15 +31,35 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+DRAIN_SECONDS = 5.0  # what runs at Ctrl-C has this long to finish, then ends with an error
+_CUT_SECONDS = DRAIN_SECONDS + 5  # uvicorn cancels what is left (the errors are sent by then)
+
+
 def _server(app, log_level: str):
     uvicorn = require("uvicorn", extra="serve", purpose="serve models over HTTP")
+    from sse_starlette.sse import AppStatus
+
+    # sse-starlette ends every stream at the signal, unfinished and without [DONE]: the
+    # streams drain with the other requests instead (they end when their request does)
+    AppStatus.disable_automatic_graceful_drain()
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            # uvicorn stops listening, then waits for the requests in flight: the engine
+            # refuses new ones, and ends what still runs after DRAIN_SECONDS with an error
+            # response (503) before uvicorn cancels (a cut stream, a plain-text 500)
+            engine = getattr(getattr(getattr(app, "state", None), "ctx", None), "engine", None)
+            if engine is not None:
+                engine.drain(DRAIN_SECONDS)
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
         app,
         log_level=log_level,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=_CUT_SECONDS,
         access_log=log_level in ("debug", "trace"),
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def serve_forever(app, sock: socket.socket, log_level: str = "info") -> None:
