@@ -234,6 +234,25 @@ def test_an_unverified_output_never_replaces_what_holds_its_name(
         assert taken.read_bytes() == before and Path(kept).is_file()
 
 
+def test_a_failed_conversion_leaves_no_folders_it_made(tmp_path):
+    """The folders made for OUT go when nothing was written (a refusal left deep/a/b);
+    a folder that was there stays, and a written OUT keeps its folders."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "m.safetensors"
+    save_file({"w": np.ones((4, 4), np.float32), "mask": np.ones(4, bool)}, str(src))
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "deep" / "a" / "b" / "m.gguf", tmp_path / "kept" / "c" / "m.gguf"):
+        code, _, err = run_cli("convert", src, out, "--to", "gguf", "-q")
+        assert code == 2 and "GGUF has no type for bool" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "m.safetensors"]
+    assert list((tmp_path / "kept").iterdir()) == []
+    out = tmp_path / "deep" / "a" / "m.safetensors"
+    assert run_cli("convert", src, out, "--to", "safetensors", "-q")[0] == 0
+    assert [p.name for p in out.parent.iterdir()] == ["m.safetensors"]
+
+
 def test_not_enough_disk_space_is_refused(small_st, tmp_path, monkeypatch):
     import shutil
 

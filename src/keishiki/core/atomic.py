@@ -214,9 +214,12 @@ def replace_refusal(out: Path, folder: bool, kinds: frozenset[str] | None = None
 
 
 def check_free_space(folder: Path, needed: int) -> None:
-    """Raise when the file system holding ``folder`` has less than ``needed`` bytes free."""
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
+    """Raise when the file system holding ``folder`` has less than ``needed`` bytes free
+    (asked of its nearest existing folder: nothing is created before the output is)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if needed > free:
         raise InvalidRequest(
             f"{folder}: needs {needed / 1e9:.2f} GB free, only {free / 1e9:.2f} GB available"
@@ -296,7 +299,7 @@ def output_lock(out: str | os.PathLike) -> Iterator[None]:
     import fcntl
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(out)
     lock = out.parent / f".{out.name}{LOCK_MARK}"
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -324,6 +327,23 @@ def output_lock(out: str | os.PathLike) -> Iterator[None]:
         except OSError:
             pass
         os.close(fd)
+        if not (out.exists() or out.is_symlink()):  # nothing written: no empty folders left
+            for folder in made:
+                try:
+                    folder.rmdir()  # (only when empty)
+                except OSError:
+                    break
+
+
+def _make_parents(out: Path) -> list[Path]:
+    """Create the folders ``out`` goes in; returns those created, deepest first."""
+    missing = []
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 @contextmanager
