@@ -60,3 +60,21 @@ def test_cancelled_rows_leave_and_the_rest_carry_on(llms):
         batch.step()
     assert seqs[1].output_ids == alone[1].outputs[0].token_ids
     assert len(seqs[0].output_ids) == 2
+
+
+def test_a_model_without_a_mask_says_why_it_takes_one_sequence(llms):
+    """A TorchScript trace of ids alone decodes one row at a time: n=2 is refused with the
+    reason (it said to raise --max-num-seqs, which cannot help), n=1 runs."""
+    import httpx
+
+    from tests.serve.conftest import MODEL, start
+
+    with start(llms["torchscript"], max_num_seqs=8) as server:
+        body = {"model": MODEL, "prompt": "Hello", "max_tokens": 2, "temperature": 0}
+        refused = httpx.post(server.url + "/v1/completions", json={**body, "n": 2}, timeout=60)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == (
+            "this model decodes one sequence at a time (its graph takes no attention mask): "
+            "n × prompts must be 1, got 2 × 1"
+        )
+        assert httpx.post(server.url + "/v1/completions", json=body, timeout=60).status_code == 200

@@ -130,6 +130,14 @@ def check_count(ctx, n: int, n_prompts: int) -> None:
     """Refuse ``n`` × ``n_prompts`` sequences beyond ``--max-num-seqs``: before anything is
     tokenized (200,000 one-character prompts took 25 s of the server's CPU to refuse)."""
     capacity = ctx.engine.capacity
+    if n * n_prompts > capacity and not ctx.engine.batch.backend.batchable:
+        raise APIError(
+            400,
+            f"this model decodes one sequence at a time (its graph takes no attention mask): "
+            f"n × prompts must be 1, got {n} × {n_prompts}",
+            "invalid_request",
+            "n",
+        )
     if n * n_prompts > capacity:
         raise APIError(
             400,
