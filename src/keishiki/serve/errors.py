@@ -97,6 +97,7 @@ def install(app) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         if first.get("type") == "json_invalid":
             message = f"malformed JSON body: {first.get('ctx', {}).get('error', 'invalid')}"
+            where = ""  # (its location is a character offset, not a field)
         else:
             message = f"{where or 'body'}: {first.get('msg', 'invalid value')}"
         return error_response(400, message, "invalid_request", where or None)

@@ -286,6 +286,10 @@ async def chat_completions(body: ChatCompletionRequest, http: Request):
     text = render_chat(ctx, body.messages, body.add_generation_prompt)
     # the template wrote the special tokens itself (as transformers and vLLM encode it)
     prompt_ids = [await encode(ctx, text, "messages", add_special_tokens=False)]
+    if body.top_logprobs is not None and not body.logprobs:  # (OpenAI and vLLM: a 400)
+        raise APIError(
+            400, "top_logprobs needs logprobs set to true", "invalid_request", "top_logprobs"
+        )
     k = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = (
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
