@@ -139,6 +139,11 @@ class FakeHub:
     info_patch: dict = field(default_factory=dict)
     resolve_headers: dict = field(default_factory=dict)
     range_mode: str = "honest"
+    # True: LFS files answer /resolve with a bare 302 to /cdn/ on the same host, the
+    # metadata (commit, ETag) on the CDN's answer, with ``cdn_headers`` over it
+    cdn_same_host: bool = False
+    cdn_headers: dict = field(default_factory=dict)
+    tree_patch: dict = field(default_factory=dict)  # fields merged into each tree file entry
 
     def add(self, repo: Repo) -> Repo:
         self.repos[repo.repo_id] = repo
@@ -372,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry = {"type": "file", "oid": git_oid(data), "size": len(data), "path": name}
         if is_lfs(name):
             entry["lfs"] = {"oid": sha256_hex(data), "size": len(data), "pointerSize": 134}
-        return entry
+        return {**entry, **self.state.tree_patch}
 
     def _tree(self, m: re.Match, query: dict) -> None:
         repo = self._repo(m["repo"])
@@ -420,6 +425,8 @@ class _Handler(BaseHTTPRequestHandler):
                 {"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data))}
             )
             headers.update(self.state.resolve_headers)
+            if self.state.cdn_same_host:
+                return self._send(302, b"", {"Location": f"/cdn/{sha}"})
             if self.state.cdn:
                 port = self.server.server_address[1]
                 return self._send(
@@ -431,7 +438,10 @@ class _Handler(BaseHTTPRequestHandler):
         for repo in self.state.repos.values():
             for data in repo.files.values():
                 if sha256_hex(data) == m["sha"]:
-                    return self._bytes(data, {"Accept-Ranges": "bytes", "ETag": f'"{m["sha"]}"'})
+                    headers = {"Accept-Ranges": "bytes", "ETag": f'"{m["sha"]}"'}
+                    if self.state.cdn_same_host:
+                        headers["X-Repo-Commit"] = repo.commit
+                    return self._bytes(data, {**headers, **self.state.cdn_headers})
         self._error(404, "NotFound")
 
     def _bytes(self, data: bytes, headers: dict[str, str]) -> None:

@@ -82,6 +82,36 @@ def test_pull_refuses_cache_paths_from_the_hub(hub, hub_env, tmp_path, knob, val
     assert _escaped(tmp_path) == [] and not Path("/tmp/pwned-abs").exists()
 
 
+def test_pull_refuses_cache_paths_after_a_redirect(hub, hub_env, tmp_path):
+    """/resolve redirects on the same host, and the answer at the end of the chain names
+    the ETag: huggingface_hub takes it (it wrote the download to <cache>/../../pwned), so it
+    is checked as /resolve's own is."""
+    hub.cdn_same_host = True
+    hub.cdn_headers = {"ETag": '"../../../../pwned-etag"'}
+    line = _one_line(*run_cli("pull", TINY, "--quiet"))
+    assert "/cdn/" in line and "ETag" in line and "refused" in line
+    assert _escaped(tmp_path) == []
+    hub.cdn_headers = {}
+    assert run_cli("pull", TINY, "--quiet")[0] == 0  # the honest redirect chain
+
+
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        ({"lfs": {"oid": "../../../../pwned-dir/pwned", "size": 1}}, "lfs.oid"),
+        ({"xetHash": "../../../../pwned-xet"}, "xetHash"),
+        ({"oid": "/tmp/pwned-oid"}, "oid"),
+    ],
+)
+def test_pull_refuses_a_tree_listing_whose_ids_climb(hub, hub_env, tmp_path, patch, key):
+    """huggingface_hub names blobs and locks after a tree entry's ids (with hf_xet, without
+    asking /resolve): a listing whose ids are no plain hash is refused before any write."""
+    hub.tree_patch = patch
+    line = _one_line(*run_cli("pull", TINY, "--quiet"))
+    assert f"has {key} " in line and "refused" in line
+    assert _escaped(tmp_path) == [] and not Path("/tmp/pwned-oid").exists()
+
+
 @pytest.mark.parametrize("local_dir", [False, True], ids=["cache", "local-dir"])
 @pytest.mark.parametrize("name", ["../pwned.txt", "a/../../pwned.txt", "/tmp/pwned-abs.txt", ".."])
 def test_pull_refuses_file_names_that_climb(hub, hub_env, tmp_path, name, local_dir):
@@ -113,6 +143,23 @@ def test_pull_refuses_version_control_and_cache_folders(hub, hub_env, tmp_path, 
     line = _one_line(*run_cli(*args))
     assert "refused" in line and "version-control or cache folder" in line
     assert not (target / name).exists() and _escaped(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", [".git", "sub/.Git", ".svn/entries"])
+def test_a_pinned_pull_never_downloads_version_control_names(hub, hub_env, tmp_path, name):
+    """Pulled at a commit, the file list is not asked for (so not refused): a ".git" *file*
+    ("gitdir: elsewhere", beside a folder holding git's config) is never downloaded, nor
+    is anything else under a version-control name."""
+    repo = hub.add(
+        Repo("keishiki-test/redteam-gitfile", {"config.json": b"{}", name: b"gitdir: data\n"})
+    )
+    target = tmp_path / "checkout"
+    target.mkdir()
+    code, _out, err = run_cli(
+        "pull", f"{repo.repo_id}@{repo.commit}", "--local-dir", target, "--quiet"
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in target.iterdir() if p.name != ".cache") == ["config.json"]
 
 
 def test_zoo_refuses_cache_paths_from_the_hub(hub, hub_env, tmp_path):

@@ -55,10 +55,22 @@ def plain_name(value: str) -> bool:
 
 
 def _check_cache_headers(response) -> None:
-    """An httpx response hook: refuse a ``resolve`` answer whose ETag or commit header would
-    lead huggingface_hub's cache writes outside the cache.  Only ``resolve`` answers name
-    blobs and snapshots (the API's JSON answers carry web-server ETags, base64 with ``/``)."""
-    if "/resolve/" not in response.request.url.path:
+    """An httpx response hook: refuse an answer whose ETag or commit header would lead
+    huggingface_hub's cache writes outside the cache, and a tree listing whose object ids
+    would (:func:`check_tree_entries`).
+
+    Every answer but the API's JSON ones is checked (those carry web-server ETags, base64
+    with ``/``): a ``resolve`` may redirect, on the same host or to a CDN, and
+    huggingface_hub takes the ETag and commit of the last answer of the chain."""
+    path = response.request.url.path
+    if "/api/" in path:
+        if "/tree/" in path and response.status_code == 200:
+            response.read()  # (a small JSON page; huggingface_hub reads it next anyway)
+            try:
+                entries = response.json()
+            except ValueError:
+                return  # not JSON: huggingface_hub refuses it itself
+            check_tree_entries(entries, f"{endpoint()} answered {path}")
         return
     for key in ("ETag", "X-Linked-Etag", "X-Repo-Commit"):
         value = response.headers.get(key)
@@ -67,10 +79,35 @@ def _check_cache_headers(response) -> None:
         name = value.strip().removeprefix("W/").strip('"')
         if not plain_name(name):
             raise HubError(
-                f"{endpoint()} answered {response.request.url.path} with {key} "
+                f"{endpoint()} answered {path} with {key} "
                 f"{value[:80]!r}: not a plain hash, refused (it would name a file "
                 f"outside the cache)"
             )
+
+
+def check_tree_entries(entries, where: str) -> None:
+    """Refuse a tree listing an entry of which has an object id that is not a plain name:
+    huggingface_hub names blobs and locks after ``oid``, ``lfs.oid`` and ``xetHash`` (with
+    a commit pinned and hf_xet installed it downloads without asking ``resolve``), so
+    ``"../../x"`` there would write outside the cache.
+
+    Raises:
+        HubError: naming the entry and the id.
+    """
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, dict):
+            continue
+        lfs = entry.get("lfs") if isinstance(entry.get("lfs"), dict) else {}
+        for key, value in (
+            ("oid", entry.get("oid")),
+            ("lfs.oid", lfs.get("oid")),
+            ("xetHash", entry.get("xetHash")),
+        ):
+            if value is not None and not (isinstance(value, str) and plain_name(value)):
+                raise HubError(
+                    f"{where}: {str(entry.get('path'))[:80]!r} has {key} {str(value)[:80]!r}: "
+                    f"not a plain hash, refused (it would name a file outside the cache)"
+                )
 
 
 @contextlib.contextmanager

@@ -220,9 +220,12 @@ _RESERVED = re.compile(
     r"(?:^|/)(?:\.git|\.hg|\.svn)(?:/|$)|^\.cache/huggingface(?:/|$)", re.IGNORECASE
 )
 _RESERVED_PATTERNS = [
-    f"{where}{''.join(f'[{c.lower()}{c.upper()}]' if c.isalpha() else f'[{c}]' for c in name)}/*"
+    f"{where}{''.join(f'[{c.lower()}{c.upper()}]' if c.isalpha() else f'[{c}]' for c in name)}{tail}"
     for name in (".git", ".hg", ".svn")
     for where in ("", "*/")
+    # the folder's files, and the name itself: a ".git" *file* ("gitdir: elsewhere") points
+    # git at a folder of the download, whose config runs commands just the same
+    for tail in ("/*", "")
 ] + [".cache/huggingface/*"]
 
 
