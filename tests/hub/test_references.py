@@ -295,6 +295,50 @@ def test_a_killed_pull_leaves_nothing_a_loader_sees(hub, hub_env):
     ]
 
 
+def test_ctrl_c_ends_a_pull_at_once(hub, hub_env):
+    """Ctrl-C in the middle of a download: exit 130 and one line at once (huggingface_hub's
+    thread pool waited for the download to end), and the next pull completes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import keishiki
+    from tests.conftest import REPO
+
+    hub.stall["model.safetensors"] = 1000
+    code = (
+        "from tests.hub import loopback; loopback.install()\n"
+        "from keishiki.cli.app import main; main()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "pull", TINY, "--quiet"],
+        env=hub_env.env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(1200):  # until the weights' GET is stalled (at most 60 s)
+            got = hub.requests_for("/model.safetensors")
+            if got and got[-1].sent == 1000:
+                break
+            assert proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)  # (the stall is never released meanwhile)
+    finally:
+        proc.kill()
+        hub.release.set()
+    assert (proc.returncode, out) == (130, "")
+    assert err.strip().splitlines() == ["keishiki: error: interrupted"]
+    report = keishiki.pull(TINY, quiet=True)
+    assert (report.folder / "model.safetensors").read_bytes() == hub.repos[TINY].files[
+        "model.safetensors"
+    ]
+
+
 @pytest.mark.slow
 def test_llm_takes_an_hf_reference(hub, hub_env, tiny_llama):
     import keishiki

@@ -4,7 +4,13 @@ manifest (:mod:`keishiki.hub.zoo`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import typer
 
@@ -85,14 +91,15 @@ def pull(
         raise InvalidRequest(f"--opset and --zoo-repo are for {ZOO_PREFIX}NAME, not {repo}")
     from ..hub.pull import pull as run_pull
 
-    report = run_pull(
-        repo,
-        include=include or None,
-        exclude=exclude or None,
-        local_dir=local_dir,
-        prefer_safetensors=prefer_safetensors,
-        quiet=quiet,
-    )
+    with _interrupt_ends_at_once():
+        report = run_pull(
+            repo,
+            include=include or None,
+            exclude=exclude or None,
+            local_dir=local_dir,
+            prefer_safetensors=prefer_safetensors,
+            quiet=quiet,
+        )
     code = report.exit_code()
     if json_out:
         print_json(report.to_dict(), schema="keishiki.pull/1")
@@ -119,6 +126,30 @@ def pull(
         console.print(f"[yellow]warning:[/yellow] {escape(as_flags(warning))}")
     _render_scan(report.scan)
     return code
+
+
+@contextlib.contextmanager
+def _interrupt_ends_at_once() -> Iterator[None]:
+    """Ctrl-C ends the process at once (exit 130): huggingface_hub downloads on a thread
+    pool, and a KeyboardInterrupt waits for its downloads to finish (a 4 MiB file on a
+    slow line ran on for a minute).  What the end leaves, as ``kill`` would (a partial
+    blob), no loader sees and the next pull removes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(_signum, _frame) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\x1b[?25h")  # the progress bar hid the cursor
+        sys.stderr.write("\nkeishiki: error: interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, end)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _pull_zoo(
