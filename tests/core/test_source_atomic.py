@@ -133,7 +133,8 @@ def test_force_never_writes_over_a_file_of_an_input_folder(tmp_path):
         (["model.safetensors", "optimizer.pt"], "optimizer.pt"),  # the user's, not keishiki's
         (["model.safetensors", "training_args.bin"], "training_args.bin"),
         (["model.safetensors", "results.index.json"], "results.index.json"),
-        (["model.onnx", "config.json", "LICENSE"], "LICENSE"),  # not data the graph names
+        (["model.onnx", "config.json", "LICENSE"], None),  # the licence travels with it
+        (["model.onnx", "config.json", "notes.txt"], "notes.txt"),  # not data the graph names
         (["model.onnx", "NOTES"], "NOTES"),
     ],
 )
