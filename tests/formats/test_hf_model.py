@@ -443,6 +443,38 @@ def test_parameters_from_config_equal_transformers(model_type, keys):
         assert estimate["total"] == sum(estimate["breakdown"].values())
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"model_type": "gemma2"},
+        {"model_type": "gemma3_text"},
+        {"model_type": "mixtral", "num_local_experts": 8},
+        {"model_type": "qwen2_moe", "num_experts": 4, "moe_intermediate_size": 8},
+        {"model_type": "qwen2", "use_sliding_window": True},
+        {"model_type": "llama", "num_hidden_layers": 0},
+        {"model_type": "llama", "num_hidden_layers": -5},
+    ],
+)
+def test_an_absurd_layer_count_is_no_estimate(extra):
+    """One list item per layer: 200 bytes of config.json claiming 10**9 layers took
+    gigabytes (10**30: killed); such a count is refused, in bounded work."""
+    from tests.conftest import count_calls
+
+    config = {
+        "architectures": ["X"],
+        "num_hidden_layers": 10**9,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+        "intermediate_size": 128,
+        **extra,
+    }
+    with count_calls() as calls:
+        estimate = _hf_sizes.parameters_from_config(config)
+    assert estimate["estimated"] is False and "layers" in estimate["reason"]
+    assert calls.calls < 10_000
+
+
 # the sizes of published models (their config.json, trimmed to what the count reads), built
 # on the meta device: transformers' count without allocating a byte
 PUBLISHED = {

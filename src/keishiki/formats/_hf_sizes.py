@@ -100,6 +100,9 @@ def _switch(config: dict[str, Any], spec: tuple[str | None, bool]) -> bool:
     return bool(config.get(key, default)) if key else default
 
 
+MAX_LAYERS = 100_000  # the largest published models have a few hundred
+
+
 @dataclass(frozen=True)
 class _Dims:
     layers: int
@@ -277,6 +280,14 @@ def _prepare(config: dict[str, Any]) -> tuple[str, dict[str, Any], str, _Dims] |
     if family is None:
         return {"estimated": False, "reason": scope}
     dims, missing = _dims(family, part)
+    if dims is not None and not 0 < dims.layers <= MAX_LAYERS:
+        # the per-layer lists below (sliding windows, MoE layers) are one item per layer: a
+        # config.json of 200 bytes claiming 10**9 layers took gigabytes to count
+        return {
+            "estimated": False,
+            "reason": f"config.json gives {dims.layers} layers: not a model keishiki counts "
+            f"(at most {MAX_LAYERS})",
+        }
     if dims is None:
         keys = ", ".join(SIZE_KEYS[name][0] for name in missing)
         return {
