@@ -1,5 +1,6 @@
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,23 @@ def test_force_replaces_a_file_in_one_rename(tmp_path, monkeypatch):
     assert [Path(b).name for _, b in renames] == ["m.safetensors"]
     assert out.read_bytes() == sample.read_bytes()[::-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (b'{"vocab_size": ' + b"9" * 4301 + b"}", "Exceeds the limit (4300 digits)"),  # ValueError
+        (b'{"a": "\xff"}', "invalid JSON"),  # not UTF-8
+        (b"[" * 100_000 + b"]" * 100_000, "invalid JSON"),  # RecursionError
+        (b'{"a": 1,}', "invalid JSON"),
+    ],
+)
+def test_a_config_that_is_no_json_is_a_corrupt_file(tmp_path, raw, words):
+    """Every way json.loads refuses is one CorruptFile (an int past 4300 digits raised a
+    plain ValueError: "internal error")."""
+    from keishiki.core.source import Source
+    from keishiki.errors import CorruptFile
+
+    (tmp_path / "config.json").write_bytes(raw)
+    with Source(tmp_path) as src, pytest.raises(CorruptFile, match=re.escape(words)):
+        src.read_json("config.json")

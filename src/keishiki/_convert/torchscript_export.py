@@ -313,6 +313,6 @@ def read_meta(pt_path: Path) -> dict:
             for name in zf.namelist():
                 if name.endswith("/extra/" + META_NAME):
                     return json.loads(zf.read(name))
-    except (*ZIP_ERRORS, json.JSONDecodeError):
+    except (*ZIP_ERRORS, ValueError, RecursionError):  # (a file's JSON: anything)
         pass
     return {}

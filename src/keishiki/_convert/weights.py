@@ -233,7 +233,7 @@ def _recorded_aliases(metadata: dict[str, str]) -> dict[str, str]:
         return {}
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # a file's metadata: anything
         return {}
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
