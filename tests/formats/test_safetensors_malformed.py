@@ -116,6 +116,40 @@ CASES = {
             ),
         ),
     ),
+    # serde types every value of a repeated name as it reads it, keeps the last one
+    "tensor_name_twice_first_unknown_dtype": (
+        NO,
+        _file(
+            None,
+            b"abcd",
+            raw=(
+                b'{"a":{"dtype":"NOPE","shape":[4],"data_offsets":[0,4]},'
+                b'"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}'
+            ),
+        ),
+    ),
+    "tensor_name_twice_first_shape_junk": (
+        NO,
+        _file(
+            None,
+            b"abcd",
+            raw=(
+                b'{"a":{"dtype":"U8","shape":"junk","data_offsets":[0,4]},'
+                b'"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}'
+            ),
+        ),
+    ),
+    "tensor_name_twice_first_typed_but_out_of_file": (
+        OK,
+        _file(
+            None,
+            b"abcd",
+            raw=(
+                b'{"a":{"dtype":"U8","shape":[99],"data_offsets":[50,149]},'
+                b'"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}'
+            ),
+        ),
+    ),
     "field_twice": (
         NO,
         _file(

@@ -76,9 +76,11 @@ def sniff(src: Source) -> Match | None:
 
 class _Object(dict):
     """A JSON object that remembers which keys it was given more than once (serde keeps the
-    last value in a map but refuses a repeated struct field)."""
+    last value in a map but refuses a repeated struct field), and the values the last one
+    replaced (serde typed each of them as it read it: a bad one is refused all the same)."""
 
     repeated: frozenset = frozenset()
+    replaced: tuple = ()
 
 
 def _object(pairs: list[tuple[str, Any]]) -> _Object:
@@ -86,6 +88,8 @@ def _object(pairs: list[tuple[str, Any]]) -> _Object:
     if len(obj) != len(pairs):  # rare: find which keys came twice
         seen: set[str] = set()
         obj.repeated = frozenset(k for k, _v in pairs if k in seen or seen.add(k))
+        last = {k: i for i, (k, _v) in enumerate(pairs)}
+        obj.replaced = tuple(p for i, p in enumerate(pairs) if last[p[0]] != i)
     return obj
 
 
@@ -202,6 +206,9 @@ def validate(header: dict[str, Any], data_bytes: int) -> tuple[dict[str, str], l
     Raises:
         ValueError: what safetensors refuses.
     """
+    for name, earlier in getattr(header, "replaced", ()):
+        if name != "__metadata__":  # (given twice: refused by parse_header)
+            _entry(name, earlier)
     header = dict(header)
     metadata = header.pop("__metadata__", None)
     if metadata is None:
