@@ -154,6 +154,22 @@ def _string(s: bytes) -> bytes:
         (_header(version=1) + b"\0" * 40, "version 1"),
         (_header(version=7) + b"\0" * 40, "unknown GGUF version"),
         (_header(tensor_count=1) + _string(b"t") + struct.pack("<I", 9) + b"\0" * 80, "dims"),
+        # names given twice: gguf-py and llama.cpp refuse them (which one would count?)
+        (
+            _header(kv_count=2) + (_string(b"k") + struct.pack("<IB", 0, 7)) * 2 + b"\0" * 40,
+            "metadata key 'k' given twice",
+        ),
+        (
+            _header(tensor_count=2)
+            + (_string(b"x") + struct.pack("<IQIQ", 1, 1, 0, 0)) * 2
+            + b"\0" * 64,
+            "tensor 'x' given twice",
+        ),
+        # a 0-dim q4_0 tensor is one value, not a whole 32-value block (read as 0 bytes)
+        (
+            _header(tensor_count=1) + _string(b"s") + struct.pack("<IIQ", 0, 2, 0) + b"\0" * 64,
+            "row length 1 is not a multiple of the Q4_0 block size 32",
+        ),
     ],
 )
 def test_hostile_headers_fail_fast(tmp_path, blob, message):

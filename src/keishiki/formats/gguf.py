@@ -275,7 +275,10 @@ def _parse(buf: Any, size: int, path: Path, full_arrays: bool) -> Header:
         )
     header = Header(version=version, byte_order=order, tensor_count=tensor_count, kv_count=kv_count)
     for _ in range(kv_count):
+        at = cur.pos
         key = cur.string("metadata key")
+        if key in header.kv:  # llama.cpp and gguf-py refuse the file; which would count?
+            cur.fail(f"metadata key {key!r} given twice", offset=at)
         vtype = cur.scalar("I", f"value type of {key!r}")
         header.kv[key] = _read_value(cur, vtype, key, full_arrays)
         header.kv_types[key] = VALUE_TYPES[vtype][0]
@@ -284,6 +287,10 @@ def _parse(buf: Any, size: int, path: Path, full_arrays: bool) -> Header:
         cur.fail(f"general.alignment {alignment!r} is not a power of two")
     header.alignment = alignment
     raw = [_read_tensor_info(cur) for _ in range(tensor_count)]
+    if len({entry[0] for entry in raw}) != len(raw):  # (as llama.cpp, gguf-py: refused)
+        seen: set[str] = set()
+        twice = next(entry[0] for entry in raw if entry[0] in seen or seen.add(entry[0]))
+        cur.fail(f"tensor {twice!r} given twice")
     header.data_offset = cur.pos + (-cur.pos % alignment)
     header.tensors = [_tensor_info(cur, header, *entry) for entry in raw]
     return header
@@ -307,9 +314,10 @@ def _tensor_info(
         cur.fail(f"tensor {name!r} has unknown ggml type {type_id}")
     type_name, block, block_bytes = GGML_TYPES[type_id]
     numel = math.prod(dims)
-    if dims and dims[0] % block:
+    row = dims[0] if dims else 1  # (a 0-dim tensor is one value: one row of one)
+    if row % block:
         cur.fail(
-            f"tensor {name!r}: row length {dims[0]} is not a multiple of the "
+            f"tensor {name!r}: row length {row} is not a multiple of the "
             f"{type_name} block size {block}"
         )
     nbytes = numel // block * block_bytes
