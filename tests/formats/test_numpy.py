@@ -122,6 +122,27 @@ def test_npz_member_size_mismatch(tmp_path):
     assert code == 2 and "corrupt" in err
 
 
+def test_npz_stored_member_past_the_end_of_the_file(tmp_path):
+    """A STORED member whose zip sizes claim a gigabyte in a 252-byte file: its header
+    matched the claim, so the reader listed 250M parameters that np.load cannot read."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "liar.npz"
+    h = b"{'descr': '<f4', 'fortran_order': False, 'shape': (250000000,), }"
+    h += b" " * (-(len(h) + 11) % 64) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("a.npy", npy + b"\0" * 16)
+    data = bytearray(path.read_bytes())
+    fake = len(npy) + 10**9
+    struct.pack_into("<II", data, 18, fake, fake)  # the local header's sizes
+    struct.pack_into("<II", data, data.rfind(b"PK\x01\x02") + 20, fake, fake)  # and the directory's
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile, match="stored bytes run past the end of the file"):
+        inspect(path)
+
+
 def test_zip_of_other_things_is_not_npz(tmp_path):
     p = tmp_path / "x.zip"
     with zipfile.ZipFile(p, "w") as zf:

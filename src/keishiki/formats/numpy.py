@@ -149,7 +149,14 @@ def _read_npz(src: Source) -> tuple[list[TensorInfo], list[str], dict]:
             )
         offset = None
         if zinfo.compress_type == zipfile.ZIP_STORED:
-            offset = _stored_data_start(src, zinfo) + header_len
+            start = _stored_data_start(src, zinfo)
+            if start + zinfo.file_size > src.size:  # (its sizes in the directory lie)
+                raise CorruptFile(
+                    src.path,
+                    f"{where}: {zinfo.file_size} stored bytes run past the end of the file",
+                    offset=start,
+                )
+            offset = start + header_len
         infos.append(_info(name, dtype, shape, fortran, offset, zinfo.filename))
         placement[name] = (zinfo, header_len, dtype, fortran)
     return infos, objects, placement
