@@ -89,12 +89,12 @@ def summary_for(src: Any, info: Any) -> dict | None:
 
     Returns:
         ``{"verdict", "findings", "dangerous": [...], "unknown": [...]}`` or None for
-        pure-data formats (safetensors, gguf, ...) and ONNX without external data.
+        pure-data formats (safetensors, gguf, ...).  Every ONNX file is scanned: the reader
+        lists initializers and Constant values, but onnx loads external data for sparse
+        initializers and any node's tensor attributes too, which the scan checks.
     """
     fmt = getattr(info, "format", None)
     if fmt not in CODE_BEARING:
-        return None
-    if fmt == "onnx" and getattr(info, "variant", None) != "external-data":
         return None
     try:
         report = cached_scan(Path(src.path))
