@@ -785,3 +785,32 @@ def test_missing_shard_shows_in_the_gap(sharded, tmp_path):
     (folder / sorted(set(index["weight_map"].values()))[0]).unlink()
     gap = inspect(folder).details["hf"]["parameters_from_config"]["vs_weights"]
     assert gap["difference"] < 0 and gap["relative"] < 0
+
+
+def test_a_tensor_in_two_shards_is_listed_once(tmp_path):
+    """The index maps each name to one shard; a name that two shards hold was listed twice
+    and counted twice in the parameters: once now, from the shard the index names."""
+    from safetensors.numpy import save_file
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"a": np.zeros(3, np.float32)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file(
+        {"a": np.ones(3, np.float32), "b": np.ones(2, np.float32)},
+        str(tmp_path / "model-00002-of-00002.safetensors"),
+    )
+    index = {
+        "metadata": {},
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        },
+    }
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    info = inspect(tmp_path)
+    assert [(t.name, t.file) for t in info.tensors] == [
+        ("a", "model-00001-of-00002.safetensors"),
+        ("b", "model-00002-of-00002.safetensors"),
+    ]
+    assert info.n_parameters == 5
+    assert info.tensor_loader(info.tensor("a")).tolist() == [0.0, 0.0, 0.0]
+    assert any("in more than one shard" in w for w in info.warnings)

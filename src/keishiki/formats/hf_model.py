@@ -307,6 +307,29 @@ class _Shards:
         return load
 
 
+def _one_per_name(shards: _Shards, weight_map: dict[str, str]) -> list[str]:
+    """Keep one tensor per name when shards repeat one (the shard weight_map names, else the
+    first): transformers loads each name once, and the parameter count counted it twice."""
+    seen: dict[str, int] = {}
+    for t in shards.tensors:
+        seen[t.name] = seen.get(t.name, 0) + 1
+    twice = {name for name, n in seen.items() if n > 1}
+    if not twice:
+        return []
+    kept, taken = [], set()
+    for t in sorted(shards.tensors, key=lambda t: t.file != weight_map.get(t.name)):
+        if t.name not in taken:
+            taken.add(t.name)
+            kept.append(t)
+    order = {id(t): i for i, t in enumerate(shards.tensors)}
+    shards.tensors = sorted(kept, key=lambda t: order[id(t)])
+    first = sorted(twice)[0]
+    return [
+        f"{len(twice)} tensors are in more than one shard (first: {first}); each is "
+        f"listed once, from the shard the index names"
+    ]
+
+
 def _check_weight_map(shards: _Shards, index: str, weight_map: dict[str, str]) -> list[str]:
     present = {(t.file, t.name) for t in shards.tensors}
     read_files = {t.file for t in shards.tensors}
@@ -420,6 +443,7 @@ def read(src: Source, match) -> ModelInfo:
             weights["index_total_size"] = (index_meta or {}).get("total_size")
         for rel in files:
             shards.read_file(rel)
+        warnings.extend(_one_per_name(shards, weight_map))
         weights.update(format=fmt, sharded=index is not None or len(files) > 1, files=files)
         if shards.missing:
             weights["missing_files"] = shards.missing
