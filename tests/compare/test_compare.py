@@ -158,6 +158,8 @@ def test_bad_tolerances_are_refused(atol, rtol):
     w = np.ones(2, np.float32)
     with pytest.raises(InvalidRequest, match="must be >= 0, got"):
         keishiki.compare(memory_model({"w": w}), memory_model({"w": w}), atol=atol, rtol=rtol)
+    with pytest.raises(InvalidRequest, match="`logits_atol` must be >= 0"):  # its own name
+        keishiki.compare(memory_model({"w": w}), memory_model({"w": w}), logits_atol=-1.0)
 
 
 def test_transforms_round_trip():

@@ -134,6 +134,10 @@ def test_force_does_not_replace_a_model_of_another_kind(tiny_llama, tmp_path):
         ("LICENSE.txt", True),
         ("modeling_llama3.py", True),  # remote code: the copy needs it to load
         ("configuration_x.py", True),
+        ("spiece.model", True),  # T5's SentencePiece vocabulary
+        ("qwen.tiktoken", True),
+        ("source.spm", True),
+        ("processor_config.json", True),
         ("model.onnx", False),  # other formats' weights: stale beside converted ones
         ("ggml-model-f16.gguf", False),
         ("flax_model.msgpack", False),
@@ -379,6 +383,10 @@ def test_options_that_do_not_apply_and_negative_tolerances_are_refused(tmp_path)
     )
     assert code == 2 and "--atol must be >= 0" in err
     assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o2.safetensors").exists()
+    code, _, err = run_cli(
+        "convert", src, tmp_path / "o3.safetensors", "--to", "safetensors", "--atol", "nan"
+    )
+    assert code == 2 and "--atol must be >= 0, got nan" in err
 
 
 def test_bracketed_output_path_is_printed_not_parsed(tmp_path):

@@ -502,6 +502,7 @@ def _flagged_and_v3_tensors():
     x = torch.randn(2, 3, generator=g)
     neg = z.conj().imag  # float32, stored un-negated with {"neg": True}
     return {
+        "plain_imag": z.imag,  # the same storage, offset, shape and stride, no neg bit
         "neg_view": neg,
         "neg_t": neg.t(),  # and a strided view of it
         "conj_view": z2.conj(),  # complex64, stored un-conjugated with {"conj": True}

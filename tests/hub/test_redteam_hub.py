@@ -603,3 +603,35 @@ def test_pull_answers_no_crafted_snapshot(hub, hub_env, go_offline, tmp_path, cr
     go_offline()
     line = _one_line(*run_cli("pull", TINY, "--quiet"), want=1)
     assert "not a snapshot of" in line
+
+
+@pytest.mark.parametrize(
+    "path, etag, refused",
+    [
+        ("/org/name/resolve/main/x.bin", '"../../../x"', True),
+        ("/org/api/resolve/main/x.bin", '"../../../x"', True),  # a repo named api: no API
+        ("/elsewhere/x.bin", '"../../../x"', True),  # where a resolve redirected to
+        ("/api/models/org/name", '"Zm9v/YmFy+cQ=="', False),  # a web server's base64 ETag
+        ("/api/models/org/name", '"../../../x"', True),  # the API's own, climbing
+        ("/org/name/resolve/main/x.bin", '"3f786850e387550fdab836ed7e6dc881de23001b"', False),
+    ],
+)
+def test_the_cache_header_check_covers_the_endpoints_answers(hub, hub_env, path, etag, refused):
+    """Which answers the ETag check sees: every answer of the endpoint's host, the API's
+    (base64 ETags) only for what climbs; a path holding "/api/" elsewhere is no API."""
+    import httpx
+
+    from keishiki.errors import HubError
+    from keishiki.hub import _hf
+
+    request = httpx.Request("HEAD", _hf.endpoint() + path)
+    response = httpx.Response(200, headers={"ETag": etag}, request=request)
+    if refused:
+        with pytest.raises(HubError, match="not a plain hash"):
+            _hf._check_cache_headers(response)
+    else:
+        _hf._check_cache_headers(response)
+    elsewhere = httpx.Response(
+        200, headers={"ETag": etag}, request=httpx.Request("GET", "http://cdn.invalid" + path)
+    )
+    _hf._check_cache_headers(elsewhere)  # another host's answers name nothing in the cache

@@ -42,6 +42,7 @@ def test_defaults_are_vllms():
         ({"repetition_penalty": 0}, "repetition_penalty must be in (0, 100]"),
         ({"temperature": float("nan")}, "temperature must be non-negative"),
         ({"temperature": float("inf")}, "temperature must be non-negative and finite, got inf"),
+        ({"temperature": 10**400}, "temperature must be non-negative"),  # (isfinite overflows)
         ({"stop": [""]}, "stop must be non-empty strings"),
         # every stop string is searched after every step: one request must not stall all
         ({"stop": ["x"] * 65}, "stop holds 65 strings, at most 64"),

@@ -187,3 +187,17 @@ def test_string_tensors_compare_by_value_and_have_no_statistics(tmp_path):
         assert info.value.code == 400 and "not numbers" in json.loads(info.value.read())["error"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
+def test_ml_dtypes_floats_have_statistics(tmp_path, dtype):
+    """bfloat16 and float8 (numpy kind "V" through ml_dtypes) are numbers: statistics, not
+    the refusal meant for string tensors."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    values = np.array([1.0, -2.0, 0.5, 0.0], np.float32)
+    path = tmp_path / "w.safetensors"
+    save_file({"w": values.astype(getattr(ml_dtypes, dtype))}, str(path))
+    stats = tensor_stats(inspect(path), "w")
+    assert (stats["min"], stats["max"], stats["n_zero"]) == (-2.0, 1.0, 1)

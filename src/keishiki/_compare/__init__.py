@@ -243,8 +243,7 @@ def compare(
         InvalidRequest: negative tolerances, or a format keishiki cannot read data from.
         UnsafeFile: ``outputs`` on a model that scans dangerous or unknown, untrusted.
     """
-    check_tolerances(atol, rtol)
-    check_tolerances(logits_atol, None)
+    check_tolerances(atol=atol, rtol=rtol, logits_atol=logits_atol)
     model_a, model_b = _model(a), _model(b)
     for m in (model_a, model_b):
         if m.tensor_loader is None and m.tensors:

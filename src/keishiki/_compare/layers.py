@@ -355,7 +355,7 @@ def compare_layers(
     from .outputs import DEFAULT_PROMPT
     from .weights import check_tolerances
 
-    check_tolerances(atol, rtol)
+    check_tolerances(atol=atol, rtol=rtol)
     side_a = resolve(a, trust_remote_code)
     side_b = resolve(b, trust_remote_code)
     # an empty prompt is the user's (it was silently replaced by the default): it runs on

@@ -134,10 +134,10 @@ def value_diff(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[
     return max_abs, max_rel, over
 
 
-def check_tolerances(atol: float | None, rtol: float | None) -> None:
-    """Raise :class:`InvalidRequest` unless each tolerance given is >= 0 (NaN passed a
-    ``< 0`` test, and then made every comparison fail, or none); as convert words it."""
-    for name, value in (("atol", atol), ("rtol", rtol)):
+def check_tolerances(**tolerances: float | None) -> None:
+    """Raise :class:`InvalidRequest` unless each tolerance given (by its parameter's name) is
+    >= 0 (NaN passed a ``< 0`` test, and then made every comparison fail, or none)."""
+    for name, value in tolerances.items():
         if value is not None and not value >= 0:
             raise InvalidRequest(f"`{name}` must be >= 0, got {value}")
 

@@ -201,10 +201,9 @@ def make_options(to: str, options: Mapping[str, Any]) -> ConvertOptions:
     for name in ("split_max_size", "split_max_tensors"):
         if getattr(opts, name) is not None and getattr(opts, name) <= 0:
             raise InvalidRequest(f"`{name}` must be positive")
-    for name in ("atol", "rtol"):
-        value = getattr(opts, name)
-        if value is not None and not value >= 0:  # (also refuses NaN)
-            raise InvalidRequest(f"`{name}` must be >= 0, got {value}")
+    from .._compare.weights import check_tolerances
+
+    check_tolerances(atol=opts.atol, rtol=opts.rtol)
     for name, targets in _TARGET_ONLY.items():
         if getattr(opts, name) is not None and to not in targets:
             raise InvalidRequest(f"`{name}` applies to to={' / '.join(targets)} only, not to={to}")

@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..core.atomic import final_name
+from ..core.atomic import TOKENIZER_FILES, final_name
 from ..core.progress import progress
 from ..errors import InvalidRequest, PathNotFound
 from .base import ConvertOptions, Edge, StepReport, Timer
@@ -71,17 +71,6 @@ GRAPH_EDGES: list[Edge] = [
         description="initializers and Constant tensors (external data included), by name",
     ),
 ]
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
 
 
 def _tol(opts: ConvertOptions) -> tuple[float | None, float]:

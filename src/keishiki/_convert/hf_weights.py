@@ -31,7 +31,6 @@ from .weights import (
 
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-# files that are weights (replaced by the conversion's own), never copied along
 
 
 def weight_files(folder: Path) -> tuple[str, list[Path]]:

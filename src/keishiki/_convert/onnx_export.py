@@ -33,7 +33,6 @@ EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"
 DEFAULT_OPSET = 17
 TWO_GB = 2 * 1024**3
-# files that travel with the graph so the folder is a runnable model (tokenizer, configs)
 WRAPPER_PREFIX = "lm."  # the wrapper's attribute name, stripped from initializer names
 TORCH_DTYPES = {
     "float32": "float32",

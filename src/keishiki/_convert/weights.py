@@ -195,7 +195,8 @@ def _select_key(
 
 
 def _tie_key(info: TensorInfo) -> tuple | None:
-    """What makes two tensors the same memory: storage, offset, shape, stride, dtype."""
+    """What makes two tensors the same values: storage, offset, shape, stride, dtype, and
+    torch's neg/conj bits (``z.imag`` and ``z.conj().imag`` share all the rest)."""
     extra = info.extra or {}
     storage = next((extra[k] for k in ("storage_key", "storage", "key") if k in extra), None)
     if storage is None:
@@ -209,6 +210,7 @@ def _tie_key(info: TensorInfo) -> tuple | None:
         tuple(info.shape),
         tuple(stride) if stride is not None else None,
         info.dtype,
+        tuple(extra.get("torch_flags") or ()),
     )
 
 

@@ -86,7 +86,8 @@ def pull(
             raise InvalidRequest(
                 f"{', '.join(unused)}: not for {ZOO_PREFIX}NAME (a zoo model is one file)"
             )
-        return _pull_zoo(repo[len(ZOO_PREFIX) :], opset, zoo_repo, quiet, json_out)
+        with _interrupt_ends_at_once():
+            return _pull_zoo(repo[len(ZOO_PREFIX) :], opset, zoo_repo, quiet, json_out)
     if opset is not None or zoo_repo is not None:
         raise InvalidRequest(f"--opset and --zoo-repo are for {ZOO_PREFIX}NAME, not {repo}")
     from ..hub.pull import pull as run_pull
@@ -133,7 +134,8 @@ def _interrupt_ends_at_once() -> Iterator[None]:
     """Ctrl-C ends the process at once (exit 130): huggingface_hub downloads on a thread
     pool, and a KeyboardInterrupt waits for its downloads to finish (a 4 MiB file on a
     slow line ran on for a minute).  What the end leaves, as ``kill`` would (a partial
-    blob), no loader sees and the next pull removes."""
+    blob), no loader sees; in the cache, the next pull removes it (in a --local-dir,
+    huggingface_hub resumes it)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

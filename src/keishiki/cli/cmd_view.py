@@ -55,7 +55,7 @@ def view(
 
     if not 0 <= port <= 65535:
         raise InvalidRequest(f"--port must be 0..65535, got {port}")
-    check_tolerances(atol, rtol)
+    check_tolerances(atol=atol, rtol=rtol)
     if path_b is None and layers_json is not None:
         raise InvalidRequest("--layers-json needs a second model (keishiki view A B)")
     layers = read_layers_json(layers_json) if layers_json is not None else None

@@ -19,23 +19,33 @@ from ..errors import InvalidRequest
 TMP_MARK = ".keishiki-tmp-"
 STEPS_MARK = ".keishiki-steps-"
 LOCK_MARK = ".keishiki-lock"
+# a tokenizer's files as transformers' tokenizers save and read them (one list: the hf-model
+# reader shows them, the converters carry them, force=True replaces them)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# and the vocabularies named after the model: SentencePiece *.model / *.spm, tiktoken's
+_TOKENIZER_NAMED = re.compile(r"^[\w.-]+\.(?:model|spm|tiktoken)$")
 # what keishiki writes into an output folder: the only names force=True may delete
 _SIDECARS = frozenset(
     {
         "config.json",
         "generation_config.json",
         "preprocessor_config.json",
+        "processor_config.json",
         "keishiki.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "tokenizer.model",
-        "vocab.json",
-        "vocab.txt",
-        "merges.txt",
-        "added_tokens.json",
-        "chat_template.jinja",
-        "chat_template.json",
+        *TOKENIZER_FILES,
     }
 )
 # what travels with the weights of a Hub model folder and keishiki copies into an output
@@ -51,7 +61,11 @@ _REMOTE_CODE = re.compile(
 def is_sidecar(name: str) -> bool:
     """Whether ``name`` is a file keishiki copies beside a model's weights into an output
     folder (config, tokenizer, model card, licence, remote code), and so replaces with it."""
-    return name in _SIDECARS or name in _MODEL_CARD or bool(_REMOTE_CODE.match(name))
+    return (
+        name in _SIDECARS
+        or name in _MODEL_CARD
+        or bool(_REMOTE_CODE.match(name) or _TOKENIZER_NAMED.match(name))
+    )
 
 
 # the weight and index files keishiki's writers name in an output folder (hf_weights.py,

@@ -19,6 +19,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable
 
+from ..core.atomic import TOKENIZER_FILES
 from ..core.lazy_numpy import np  # numpy on first use (start-up time)
 from ..core.model import ModelInfo
 from ..core.source import Source
@@ -35,18 +36,6 @@ WEIGHT_LAYOUTS = [
     ("pytorch", "pytorch_model.bin", "pytorch_model.bin.index.json"),
     ("keras-h5", "tf_model.h5", "tf_model.h5.index.json"),
     ("flax-msgpack", "flax_model.msgpack", "flax_model.msgpack.index.json"),
-]
-TOKENIZER_FILES = [
-    "tokenizer.json",
-    "tokenizer.model",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
 ]
 # bytes per parameter for the memory estimate
 PRECISIONS = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
@@ -326,7 +315,7 @@ def _one_per_name(shards: _Shards, weight_map: dict[str, str]) -> list[str]:
     first = sorted(twice)[0]
     return [
         f"{len(twice)} tensors are in more than one shard (first: {first}); each is "
-        f"listed once, from the shard the index names"
+        f"listed once, from the shard the index names (else the first)"
     ]
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Iterator
+from urllib.parse import urlsplit
 
 from .._optional import require
 from ..errors import HubError, InvalidRequest
@@ -55,31 +56,36 @@ def plain_name(value: str) -> bool:
 
 
 def _check_cache_headers(response) -> None:
-    """An httpx response hook: refuse an answer whose ETag or commit header would lead
-    huggingface_hub's cache writes outside the cache, and a tree listing whose object ids
+    """An httpx response hook: refuse an answer of the Hub whose ETag or commit header would
+    lead huggingface_hub's cache writes outside the cache, and a tree listing whose object ids
     would (:func:`check_tree_entries`).
 
-    Every answer but the API's JSON ones is checked (those carry web-server ETags, base64
-    with ``/``): a ``resolve`` may redirect, on the same host or to a CDN, and
-    huggingface_hub takes the ETag and commit of the last answer of the chain."""
-    path = response.request.url.path
-    if "/api/" in path:
-        if "/tree/" in path and response.status_code == 200:
-            response.read()  # (a small JSON page; huggingface_hub reads it next anyway)
-            try:
-                entries = response.json()
-            except ValueError:
-                return  # not JSON: huggingface_hub refuses it itself
-            check_tree_entries(entries, f"{endpoint()} answered {path}")
+    Every answer from the endpoint's host is checked, not only ``resolve``'s: huggingface_hub
+    follows a ``resolve``'s same-host redirects and takes the ETag and commit of the last
+    answer (other hosts' answers, a CDN's, it never takes them from).  The API's own JSON
+    answers (``<endpoint>/api/...``) carry web-server ETags, base64 with ``/``: those are
+    refused only for what climbs (``..``, a leading separator)."""
+    url = response.request.url
+    root = urlsplit(endpoint())
+    if url.host != root.hostname:
         return
+    api = url.path.startswith(root.path.rstrip("/") + "/api/")
+    if api and "/tree/" in url.path and response.status_code == 200:
+        response.read()  # (a small JSON page; huggingface_hub reads it next anyway)
+        try:
+            entries = response.json()
+        except ValueError:
+            entries = None  # not JSON: huggingface_hub refuses it itself
+        check_tree_entries(entries, f"{endpoint()} answered {url.path}")
     for key in ("ETag", "X-Linked-Etag", "X-Repo-Commit"):
         value = response.headers.get(key)
         if value is None:
             continue
         name = value.strip().removeprefix("W/").strip('"')
-        if not plain_name(name):
+        climbs = ".." in name or name[:1] in ("/", "\\")
+        if climbs or not (api or plain_name(name)):
             raise HubError(
-                f"{endpoint()} answered {path} with {key} "
+                f"{endpoint()} answered {url.path} with {key} "
                 f"{value[:80]!r}: not a plain hash, refused (it would name a file "
                 f"outside the cache)"
             )

@@ -280,7 +280,7 @@ def _hf_facts(
 
 def _tokenizer_facts(repo: RangedRepo) -> dict[str, Any]:
     """Tokenizer files present, and tokenizer_config.json's class and chat template."""
-    from ..formats.hf_model import TOKENIZER_FILES
+    from ..core.atomic import TOKENIZER_FILES
 
     names = set(repo.sizes)
     tokenizer_config: Any = {}

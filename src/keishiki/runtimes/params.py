@@ -155,7 +155,12 @@ class SamplingParams:
 def _num(value: object) -> bool:
     """A finite number (not a bool): NaN and infinities pass no range check (temperature
     inf, accepted by ``run -t inf``, is refused by the server's JSON)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int past float's range (10**400): no sampling value either
+        return False
 
 
 def _check(ok: bool, message: str) -> None:

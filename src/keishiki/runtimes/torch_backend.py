@@ -93,7 +93,7 @@ class TorchBackend(LoopBackend):
             ) from None
         mismatched = list(loading.get("mismatched_keys") or [])
         if mismatched:
-            name, in_file, in_model = mismatched[0]
+            name, in_file, in_model = min(mismatched)  # (a set in transformers 5)
             raise InvalidRequest(
                 f"{model_dir}: its weights do not fit its config.json: {name} is "
                 f"{list(in_file)} in the checkpoint, {list(in_model)} in the model"

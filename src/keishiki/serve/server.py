@@ -40,8 +40,11 @@ def _server(app, log_level: str):
     from sse_starlette.sse import AppStatus
 
     # sse-starlette ends every stream at the signal, unfinished and without [DONE]: the
-    # streams drain with the other requests instead (they end when their request does)
-    AppStatus.disable_automatic_graceful_drain()
+    # streams drain with the other requests instead (they end when their request does);
+    # (sse-starlette before 3.x has no switch: its streams end at the signal)
+    disable = getattr(AppStatus, "disable_automatic_graceful_drain", None)
+    if disable is not None:
+        disable()
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:

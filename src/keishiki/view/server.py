@@ -213,10 +213,13 @@ def _handler_for(server: ViewServer) -> type[BaseHTTPRequestHandler]:
             if not self._host_ok():
                 self._send(HTTPStatus.FORBIDDEN, b"forbidden host\n", "text/plain")
                 return
-            if self.headers.get("Sec-Fetch-Site", "none") not in ("same-origin", "none"):
+            if self.headers.get("Sec-Fetch-Site", "none") not in ("same-origin", "none") and (
+                self.path.startswith(("/api/", "/netron"))
+            ):
                 # a request another page made (an <img> pointing at /netron would start
                 # Netron, one at /api/stats load tensors): browsers say so; the view's
-                # own page and a typed address are same-origin and none
+                # own page asks same-origin, a typed address none (a link to the page
+                # itself, from a notebook say, is welcome: the page reads nothing)
                 self._send(HTTPStatus.FORBIDDEN, b"cross-site request\n", "text/plain")
                 return
             parts = urlsplit(self.path)

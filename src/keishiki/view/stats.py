@@ -84,7 +84,8 @@ def tensor_stats(
     flat = np.asarray(load_array(model, info)).reshape(-1)
     if flat.dtype.kind == "c":
         raise InvalidRequest(f"tensor {name!r} is complex ({flat.dtype}); no order to summarise")
-    if flat.dtype.kind not in "biuf":  # ONNX string initializers (class labels): objects
+    if flat.dtype.kind in "OSU":  # ONNX string initializers (class labels); ml_dtypes' "V"
+        # floats (bfloat16, float8) are numbers
         raise InvalidRequest(f"tensor {name!r} holds {info.dtype} values, not numbers")
     sampled = None
     if flat.size > max_elements:
