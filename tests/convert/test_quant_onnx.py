@@ -104,18 +104,13 @@ def test_convert_hf_to_quantized_onnx(llama256, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
 
 
-@pytest.mark.parametrize("quant, op", [("int8", "MatMulInteger"), ("int4", "MatMulNBits")])
-def test_a_graph_that_is_not_a_language_model(tmp_path, quant, op):
-    """Any graph with a constant-weight MatMul: quantized, then run on the source's inputs
-    (the difference reported, not judged: there is no next-token distribution)."""
+def _matmul_onnx(path, weight) -> None:
+    """A one-MatMul graph y = x @ W, W (64 x 32, float32) an initializer: any graph with a
+    constant-weight MatMul, not a language model."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    import keishiki
-
-    w = numpy_helper.from_array(
-        np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "W"
-    )
+    w = numpy_helper.from_array(np.asarray(weight, np.float32), "W")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["y"])],
         "g",
@@ -125,7 +120,18 @@ def test_a_graph_that_is_not_a_language_model(tmp_path, quant, op):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    onnx.save(model, str(tmp_path / "mm.onnx"))
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("quant, op", [("int8", "MatMulInteger"), ("int4", "MatMulNBits")])
+def test_a_graph_that_is_not_a_language_model(tmp_path, quant, op):
+    """Any graph with a constant-weight MatMul: quantized, then run on the source's inputs
+    (the difference reported, not judged: there is no next-token distribution)."""
+    import numpy as np
+
+    import keishiki
+
+    _matmul_onnx(tmp_path / "mm.onnx", np.random.default_rng(0).standard_normal((64, 32)))
     report = keishiki.convert(
         tmp_path / "mm.onnx", tmp_path / "q.onnx", to="onnx", quant=quant, quiet=True
     )
@@ -144,7 +150,6 @@ def test_preprocessing_copies_live_in_the_hidden_steps_folder(tmp_path, monkeypa
 
     import numpy as np
     import onnxruntime.quantization.shape_inference as shape_inference
-    from onnx import TensorProto, helper, numpy_helper
 
     import keishiki
 
@@ -156,17 +161,7 @@ def test_preprocessing_copies_live_in_the_hidden_steps_folder(tmp_path, monkeypa
         return original(src, out, *args, **kwargs)
 
     monkeypatch.setattr(shape_inference, "quant_pre_process", recording)
-    w = numpy_helper.from_array(np.ones((64, 32), np.float32), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, str(tmp_path / "mm.onnx"))
+    _matmul_onnx(tmp_path / "mm.onnx", np.ones((64, 32)))
     keishiki.convert(tmp_path / "mm.onnx", tmp_path / "q.onnx", to="onnx", quant="int8")
     assert [p.parent.parent for p in seen] == [tmp_path / f".q.onnx.keishiki-steps-{os.getpid()}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mm.onnx", "q.onnx"]

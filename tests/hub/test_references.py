@@ -240,28 +240,35 @@ def test_a_download_that_keeps_failing_is_one_line(hub, hub_env):
     assert list((snapshot.parent.parent / "blobs").glob("*.incomplete")) == []
 
 
-def test_a_killed_pull_leaves_nothing_a_loader_sees(hub, hub_env):
-    """``kill -9`` in the middle of the weights: no snapshot link to a partial file; the next
-    pull removes the partial file the dead process left and completes."""
+def _pull_in_a_child(hub_env, **pipes):
+    """``keishiki pull TINY --quiet`` in a child process on the loopback Hub."""
     import subprocess
     import sys
-    import time
 
-    import keishiki
     from tests.conftest import REPO
 
-    hub.stall["model.safetensors"] = 1000
     code = (
         "from tests.hub import loopback; loopback.install()\n"
         "from keishiki.cli.app import main; main()"
     )
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", code, "pull", TINY, "--quiet"],
         env=hub_env.env(),
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        **pipes,
     )
+
+
+def test_a_killed_pull_leaves_nothing_a_loader_sees(hub, hub_env):
+    """``kill -9`` in the middle of the weights: no snapshot link to a partial file; the next
+    pull removes the partial file the dead process left and completes."""
+    import subprocess
+    import time
+
+    import keishiki
+
+    hub.stall["model.safetensors"] = 1000
+    proc = _pull_in_a_child(hub_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     blobs = hub_env.cache / "models--keishiki-test--tiny-llama" / "blobs"
     try:
         # until the weights' partial file exists and its GET is stalled (at most 60 s)
@@ -300,25 +307,12 @@ def test_ctrl_c_ends_a_pull_at_once(hub, hub_env):
     thread pool waited for the download to end), and the next pull completes."""
     import signal
     import subprocess
-    import sys
     import time
 
     import keishiki
-    from tests.conftest import REPO
 
     hub.stall["model.safetensors"] = 1000
-    code = (
-        "from tests.hub import loopback; loopback.install()\n"
-        "from keishiki.cli.app import main; main()"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "pull", TINY, "--quiet"],
-        env=hub_env.env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _pull_in_a_child(hub_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(1200):  # until the weights' GET is stalled (at most 60 s)
             got = hub.requests_for("/model.safetensors")
