@@ -137,6 +137,8 @@ def test_force_does_not_replace_a_model_of_another_kind(tiny_llama, tmp_path):
         ("spiece.model", True),  # T5's SentencePiece vocabulary
         ("qwen.tiktoken", True),
         ("source.spm", True),
+        ("sentencepiece.bpe.model", True),
+        ("classifier.model", False),  # a *.model that does not say it is a vocabulary
         ("processor_config.json", True),
         ("model.onnx", False),  # other formats' weights: stale beside converted ones
         ("ggml-model-f16.gguf", False),

@@ -35,8 +35,13 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-# and the vocabularies named after the model: SentencePiece *.model / *.spm, tiktoken's
-_TOKENIZER_NAMED = re.compile(r"^[\w.-]+\.(?:model|spm|tiktoken)$")
+# and vocabularies named after the model: tiktoken's, SentencePiece's *.spm, and *.model
+# files that say they are one (a bare *.model may be the user's classifier: not replaced)
+_TOKENIZER_NAMED = re.compile(
+    r"^[\w.-]+\.(?:tiktoken|spm)$"
+    r"|^[\w.-]*(?:spiece|sentencepiece|spm|bpe|tokenizer|vocab)[\w.-]*\.model$",
+    re.IGNORECASE,
+)
 # what keishiki writes into an output folder: the only names force=True may delete
 _SIDECARS = frozenset(
     {

@@ -217,8 +217,6 @@ _FAST_REBUILD = {
     "_rebuild_tensor_v3": "tensor-v3",
     "_rebuild_qtensor": "quantized",
 }
-# what a rebuild's metadata may hold that changes the values (torch._C._get_tensor_metadata)
-_VALUE_FLAGS = frozenset(("neg", "conj"))
 
 
 def decode_tensor(call: Call, path: str) -> TensorRef | None:
